@@ -1,0 +1,1 @@
+"""The `maglev` command line (installed as the package ``maglev_cli``)."""

@@ -1,0 +1,27 @@
+/* Hash functions.  These are a compatibility surface: every maglev instance and every
+ * version must compute the same values, or flows move on an upgrade.  Golden vectors in
+ * tests/test_hash_vectors.py pin them; changing them is a breaking change.
+ *
+ * SipHash-1-3 (Aumasson & Bernstein; 1 compression round, 3 finalization rounds, the
+ * variant Rust's std HashMap uses) with a 128-bit key given as two little-endian
+ * 64-bit words.  It serves both purposes:
+ *   - backend name hashes (Maglev paper section 3.4, "offset" and "skip") with the fixed
+ *     keys MG_NAME_KEY_OFFSET / MG_NAME_KEY_SKIP below;
+ *   - the per-packet flow hash, keyed by the deployment-wide secret from config, so
+ *     clients cannot craft collisions into one connection-table bucket.
+ */
+#ifndef MG_HASH_H
+#define MG_HASH_H
+
+#include "mg_common.h"
+
+/* The 16 ASCII bytes "maglev/offs/v1.0" and "maglev/skip/v1.0" read as two
+ * little-endian u64 words each. */
+#define MG_NAME_KEY_OFFSET_K0 0x6f2f76656c67616dULL
+#define MG_NAME_KEY_OFFSET_K1 0x302e31762f736666ULL
+#define MG_NAME_KEY_SKIP_K0 0x732f76656c67616dULL
+#define MG_NAME_KEY_SKIP_K1 0x302e31762f70696bULL
+
+uint64_t mg_siphash13(uint64_t k0, uint64_t k1, const uint8_t *data, size_t len);
+
+#endif

@@ -1,0 +1,56 @@
+/* SipHash-1-3, written from the SipHash paper's description (section 2). */
+#include "mg_hash.h"
+
+static inline uint64_t rotl64(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
+
+#define SIPROUND(v0, v1, v2, v3)                                                         \
+    do {                                                                                 \
+        v0 += v1; v1 = rotl64(v1, 13); v1 ^= v0; v0 = rotl64(v0, 32);                    \
+        v2 += v3; v3 = rotl64(v3, 16); v3 ^= v2;                                         \
+        v0 += v3; v3 = rotl64(v3, 21); v3 ^= v0;                                         \
+        v2 += v1; v1 = rotl64(v1, 17); v1 ^= v2; v2 = rotl64(v2, 32);                    \
+    } while (0)
+
+static inline uint64_t load_le64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+uint64_t mg_siphash13(uint64_t k0, uint64_t k1, const uint8_t *data, size_t len)
+{
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
+    uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
+    uint64_t v3 = 0x7465646279746573ULL ^ k1;
+    const uint8_t *end = data + (len & ~(size_t)7);
+    for (const uint8_t *p = data; p != end; p += 8) {
+        uint64_t m = load_le64(p);
+        v3 ^= m;
+        SIPROUND(v0, v1, v2, v3);
+        v0 ^= m;
+    }
+    uint64_t b = ((uint64_t)len) << 56;
+    switch (len & 7) {
+    case 7: b |= ((uint64_t)end[6]) << 48; /* fall through */
+    case 6: b |= ((uint64_t)end[5]) << 40; /* fall through */
+    case 5: b |= ((uint64_t)end[4]) << 32; /* fall through */
+    case 4: b |= ((uint64_t)end[3]) << 24; /* fall through */
+    case 3: b |= ((uint64_t)end[2]) << 16; /* fall through */
+    case 2: b |= ((uint64_t)end[1]) << 8;  /* fall through */
+    case 1: b |= ((uint64_t)end[0]); break;
+    case 0: break;
+    }
+    v3 ^= b;
+    SIPROUND(v0, v1, v2, v3);
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND(v0, v1, v2, v3);
+    SIPROUND(v0, v1, v2, v3);
+    SIPROUND(v0, v1, v2, v3);
+    return v0 ^ v1 ^ v2 ^ v3;
+}

@@ -1,0 +1,514 @@
+"""The configuration model: TOML in, validated frozen dataclasses out.
+
+Config is data and tables are derived from it: the config manager is the only writer.
+Validation collects *every* problem, each as ``path: message`` with the exact path
+(``vip[1].backend[0].address: '10.0.0.x' is not an IP address``), and raises one
+:class:`ConfigError`; nothing is ever half-applied.  ``Config.to_dict()`` and
+``Config.from_dict()`` round-trip, and ``dump_toml`` writes a file ``load`` reads back, so
+the accepted config can be persisted and reloaded.
+
+Unknown keys are errors: a typo in a load balancer's config must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maglev.errors import ConfigError
+from maglev.hashing import DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, is_prime, next_prime
+
+PROTOCOLS = ("tcp", "udp")
+ENCAPS = ("gre", "ipip", "vxlan", "l2")
+HEALTH_TYPES = ("none", "tcp", "http", "udp")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# The packet (flow) hash key.  Every instance of a deployment must use the same secret
+# (ECMP may move a flow between instances) and clients must not know it.  This default is
+# public, so it is fine for a lab and wrong for production: set [instance].flow_hash_secret.
+DEFAULT_FLOW_HASH_SECRET = "6d61676c65762d64656661756c742d31"  # "maglev-default-1"
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    type: str = "none"  # none | tcp | http | udp
+    port: int = 0  # 0 = the VIP's port
+    path: str = "/"  # http only
+    expect_status: int = 200  # http only
+    send: str = ""  # udp only: payload to send (UTF-8)
+    expect: str = ""  # udp only: a reply must start with this (empty = any reply)
+    interval_ms: int = 1000
+    timeout_ms: int = 500
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass(frozen=True)
+class Backend:
+    address: str
+    weight: int = 1
+    name: str = ""  # hashed for the Maglev table; defaults to the canonical address
+    mac: str = ""  # next-hop MAC for encap = "l2" and inner destination MAC for "vxlan"
+
+    @property
+    def key(self) -> str:
+        return self.name or self.address
+
+    @property
+    def ip(self) -> IPAddress:
+        return ipaddress.ip_address(self.address)
+
+
+@dataclass(frozen=True)
+class Vip:
+    address: str
+    port: int = 0  # 0 = every port
+    protocol: str = "tcp"
+    encap: str = "gre"
+    table_size: int = DEFAULT_TABLE_SIZE
+    allow_fragments: bool = True
+    vxlan_vni: int = 1
+    vxlan_port: int = 4789
+    health: HealthCheck = field(default_factory=HealthCheck)
+    backends: tuple[Backend, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """``address:port/protocol`` (IPv6 in brackets): how operators name a VIP."""
+        ip = ipaddress.ip_address(self.address)
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
+        return f"{host}:{self.port}/{self.protocol}"
+
+    @property
+    def ip(self) -> IPAddress:
+        return ipaddress.ip_address(self.address)
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str = "mg1"
+    source_ipv4: str = ""
+    source_ipv6: str = ""
+    mtu: int = 1500
+    flow_hash_secret: str = DEFAULT_FLOW_HASH_SECRET  # 32 hex digits (128 bits)
+
+
+@dataclass(frozen=True)
+class Conntrack:
+    capacity: int = 65536  # entries per worker, rounded up to a power of two
+    tcp_timeout_s: int = 300
+    udp_timeout_s: int = 30
+
+
+@dataclass(frozen=True)
+class BgpPeer:
+    address: str
+    asn: int
+    port: int = 179
+    hold_time: int = 90
+    passive: bool = False
+
+
+@dataclass(frozen=True)
+class Bgp:
+    local_asn: int = 0  # 0 = BGP disabled
+    router_id: str = ""
+    next_hop_ipv4: str = ""  # empty = the session's local address (next-hop self)
+    next_hop_ipv6: str = ""
+    listen_port: int = 179
+    peers: tuple[BgpPeer, ...] = ()
+
+
+@dataclass(frozen=True)
+class Control:
+    endpoint: str = ""  # empty = ipc:// socket under the run directory
+    events_endpoint: str = ""
+    server_secret_key_file: str = ""  # CURVE, required for tcp://
+    authorized_keys_file: str = ""
+
+
+@dataclass(frozen=True)
+class Tracing:
+    otlp_endpoint: str = ""
+    packet_sample_rate: int = 0  # 1 in N packets traced; 0 = off
+
+
+@dataclass(frozen=True)
+class Config:
+    instance: Instance = field(default_factory=Instance)
+    conntrack: Conntrack = field(default_factory=Conntrack)
+    vips: tuple[Vip, ...] = ()
+    bgp: Bgp = field(default_factory=Bgp)
+    control: Control = field(default_factory=Control)
+    tracing: Tracing = field(default_factory=Tracing)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data in the TOML file's shape (``vip`` arrays, ``backend`` arrays)."""
+        d = asdict(self)
+        d["vip"] = [dict(v) for v in d.pop("vips")]
+        for v in d["vip"]:
+            v["backend"] = list(v.pop("backends"))
+        d["bgp"]["peer"] = list(d["bgp"].pop("peers"))
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Config:
+        return _Parser().config(data)
+
+    def vip(self, key: str) -> Vip:
+        for v in self.vips:
+            if v.key == key:
+                return v
+        raise KeyError(key)
+
+    @property
+    def flow_hash_key(self) -> tuple[int, int]:
+        raw = bytes.fromhex(self.instance.flow_hash_secret)
+        return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: not UTF-8 text"]) from None
+    return loads(text, source=str(p))
+
+
+def loads(text: str, source: str = "<string>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: TOML syntax error: {exc}"]) from None
+    return Config.from_dict(data)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Parser:
+    """Collects problems while walking the data; raises once at the end."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def err(self, path: str, msg: str) -> None:
+        self.problems.append(f"{path}: {msg}")
+
+    def table(self, data: Any, path: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            self.err(path, f"must be a table, not {type(data).__name__}")
+            return {}
+        for k in data:
+            if k not in allowed:
+                self.err(f"{path}.{k}" if path else k, "unknown key")
+        return data
+
+    def array(self, data: Any, path: str) -> list[Any]:
+        if not isinstance(data, list):
+            self.err(path, f"must be an array of tables, not {type(data).__name__}")
+            return []
+        return data
+
+    def integer(self, d: dict[str, Any], key: str, path: str, default: int, lo: int, hi: int) -> int:
+        v = d.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool):
+            self.err(f"{path}.{key}", f"{v!r} is not an integer")
+            return default
+        if not lo <= v <= hi:
+            self.err(f"{path}.{key}", f"{v} is out of range {lo}..{hi}")
+            return default
+        return v
+
+    def string(self, d: dict[str, Any], key: str, path: str, default: str) -> str:
+        v = d.get(key, default)
+        if not isinstance(v, str):
+            self.err(f"{path}.{key}", f"{v!r} is not a string")
+            return default
+        return v
+
+    def boolean(self, d: dict[str, Any], key: str, path: str, default: bool) -> bool:
+        v = d.get(key, default)
+        if not isinstance(v, bool):
+            self.err(f"{path}.{key}", f"{v!r} is not true or false")
+            return default
+        return v
+
+    def choice(self, d: dict[str, Any], key: str, path: str, default: str, options: tuple[str, ...]) -> str:
+        v = self.string(d, key, path, default)
+        if v not in options:
+            self.err(f"{path}.{key}", f"{v!r} is not one of {', '.join(options)}")
+            return default
+        return v
+
+    def ip(self, d: dict[str, Any], key: str, path: str, required: bool, version: int = 0) -> str:
+        if key not in d:
+            if required:
+                self.err(f"{path}.{key}", "is required")
+            return ""
+        v = d[key]
+        if not isinstance(v, str):
+            self.err(f"{path}.{key}", f"{v!r} is not an IP address")
+            return ""
+        if v == "" and not required:
+            return ""
+        try:
+            ip = ipaddress.ip_address(v)
+        except ValueError:
+            self.err(f"{path}.{key}", f"{v!r} is not an IP address")
+            return ""
+        if version and ip.version != version:
+            self.err(f"{path}.{key}", f"{v!r} is not an IPv{version} address")
+            return ""
+        return str(ip)
+
+    # -- sections ---------------------------------------------------------------
+
+    def config(self, data: Any) -> Config:
+        top = self.table(
+            data, "", {"instance", "conntrack", "vip", "bgp", "control", "tracing"}
+        )
+        instance = self.instance(top.get("instance", {}))
+        conntrack = self.conntrack(top.get("conntrack", {}))
+        vips = tuple(
+            self.vip(v, f"vip[{i}]", instance) for i, v in enumerate(self.array(top.get("vip", []), "vip"))
+        )
+        seen: dict[str, int] = {}
+        for i, v in enumerate(vips):
+            if not v.address:
+                continue
+            if v.key in seen:
+                self.err(f"vip[{i}]", f"duplicate VIP {v.key} (also vip[{seen[v.key]}])")
+            seen.setdefault(v.key, i)
+        bgp = self.bgp(top.get("bgp", {}))
+        control = self.control(top.get("control", {}))
+        tracing = self.tracing(top.get("tracing", {}))
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Config(instance, conntrack, vips, bgp, control, tracing)
+
+    def instance(self, data: Any) -> Instance:
+        p = "instance"
+        d = self.table(data, p, {"name", "source_ipv4", "source_ipv6", "mtu", "flow_hash_secret"})
+        name = self.string(d, "name", p, "mg1")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
+            self.err(f"{p}.name", f"{name!r} must be 1-63 characters of letters, digits, '_', '.', '-'")
+        secret = self.string(d, "flow_hash_secret", p, DEFAULT_FLOW_HASH_SECRET)
+        if not re.fullmatch(r"[0-9a-fA-F]{32}", secret):
+            self.err(f"{p}.flow_hash_secret", "must be exactly 32 hex digits (128 bits)")
+            secret = DEFAULT_FLOW_HASH_SECRET
+        return Instance(
+            name=name,
+            source_ipv4=self.ip(d, "source_ipv4", p, False, 4),
+            source_ipv6=self.ip(d, "source_ipv6", p, False, 6),
+            mtu=self.integer(d, "mtu", p, 1500, 576, 9216),
+            flow_hash_secret=secret.lower(),
+        )
+
+    def conntrack(self, data: Any) -> Conntrack:
+        p = "conntrack"
+        d = self.table(data, p, {"capacity", "tcp_timeout_s", "udp_timeout_s"})
+        return Conntrack(
+            capacity=self.integer(d, "capacity", p, 65536, 64, 1 << 26),
+            tcp_timeout_s=self.integer(d, "tcp_timeout_s", p, 300, 1, 86400),
+            udp_timeout_s=self.integer(d, "udp_timeout_s", p, 30, 1, 86400),
+        )
+
+    def health(self, data: Any, p: str) -> HealthCheck:
+        d = self.table(
+            data,
+            p,
+            {"type", "port", "path", "expect_status", "send", "expect", "interval_ms", "timeout_ms", "rise", "fall"},
+        )
+        h = HealthCheck(
+            type=self.choice(d, "type", p, "none", HEALTH_TYPES),
+            port=self.integer(d, "port", p, 0, 0, 65535),
+            path=self.string(d, "path", p, "/"),
+            expect_status=self.integer(d, "expect_status", p, 200, 100, 599),
+            send=self.string(d, "send", p, ""),
+            expect=self.string(d, "expect", p, ""),
+            interval_ms=self.integer(d, "interval_ms", p, 1000, 50, 3_600_000),
+            timeout_ms=self.integer(d, "timeout_ms", p, 500, 10, 600_000),
+            rise=self.integer(d, "rise", p, 2, 1, 100),
+            fall=self.integer(d, "fall", p, 3, 1, 100),
+        )
+        if not h.path.startswith("/"):
+            self.err(f"{p}.path", f"{h.path!r} must start with '/'")
+        return h
+
+    def vip(self, data: Any, p: str, instance: Instance) -> Vip:
+        d = self.table(
+            data,
+            p,
+            {"address", "port", "protocol", "encap", "table_size", "allow_fragments", "vxlan_vni", "vxlan_port", "health", "backend"},
+        )
+        address = self.ip(d, "address", p, True)
+        size = self.integer(d, "table_size", p, DEFAULT_TABLE_SIZE, 2, MAX_TABLE_SIZE)
+        if not is_prime(size):
+            self.err(f"{p}.table_size", f"{size} is not prime (the next prime is {next_prime(size)})")
+        encap = self.choice(d, "encap", p, "gre", ENCAPS)
+        backends = tuple(
+            self.backend(b, f"{p}.backend[{j}]", encap)
+            for j, b in enumerate(self.array(d.get("backend", []), f"{p}.backend"))
+        )
+        seen: dict[str, int] = {}
+        for j, b in enumerate(backends):
+            if not b.address:
+                continue
+            if b.key in seen:
+                self.err(f"{p}.backend[{j}]", f"duplicate backend {b.key!r} (also backend[{seen[b.key]}])")
+            seen.setdefault(b.key, j)
+            fam = b.ip.version
+            if encap in ("gre", "ipip", "vxlan"):
+                src = instance.source_ipv4 if fam == 4 else instance.source_ipv6
+                if not src:
+                    self.err(
+                        f"{p}.backend[{j}].address",
+                        f"IPv{fam} backend needs instance.source_ipv{fam} for {encap} encapsulation",
+                    )
+            if encap == "l2" and address and fam != ipaddress.ip_address(address).version:
+                self.err(f"{p}.backend[{j}].address", "encap 'l2' needs a backend of the VIP's address family")
+        return Vip(
+            address=address,
+            port=self.integer(d, "port", p, 0, 0, 65535),
+            protocol=self.choice(d, "protocol", p, "tcp", PROTOCOLS),
+            encap=encap,
+            table_size=size,
+            allow_fragments=self.boolean(d, "allow_fragments", p, True),
+            vxlan_vni=self.integer(d, "vxlan_vni", p, 1, 0, (1 << 24) - 1),
+            vxlan_port=self.integer(d, "vxlan_port", p, 4789, 1, 65535),
+            health=self.health(d.get("health", {}), f"{p}.health"),
+            backends=backends,
+        )
+
+    def backend(self, data: Any, p: str, encap: str) -> Backend:
+        d = self.table(data, p, {"address", "weight", "name", "mac"})
+        mac = self.string(d, "mac", p, "")
+        if mac and not _MAC_RE.match(mac):
+            self.err(f"{p}.mac", f"{mac!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+            mac = ""
+        name = self.string(d, "name", p, "")
+        if len(name.encode()) > 255:
+            self.err(f"{p}.name", "is longer than 255 bytes")
+        return Backend(
+            address=self.ip(d, "address", p, True),
+            weight=self.integer(d, "weight", p, 1, 0, MAX_WEIGHT),
+            name=name,
+            mac=mac.lower(),
+        )
+
+    def bgp(self, data: Any) -> Bgp:
+        p = "bgp"
+        d = self.table(
+            data, p, {"local_asn", "router_id", "next_hop_ipv4", "next_hop_ipv6", "listen_port", "peer"}
+        )
+        peers = []
+        for i, raw in enumerate(self.array(d.get("peer", []), f"{p}.peer")):
+            pp = f"{p}.peer[{i}]"
+            pd = self.table(raw, pp, {"address", "asn", "port", "hold_time", "passive"})
+            hold = self.integer(pd, "hold_time", pp, 90, 0, 65535)
+            if hold in (1, 2):
+                self.err(f"{pp}.hold_time", "must be 0 or at least 3 seconds (RFC 4271 4.2)")
+            peers.append(
+                BgpPeer(
+                    address=self.ip(pd, "address", pp, True),
+                    asn=self.integer(pd, "asn", pp, 0, 1, 4294967295),
+                    port=self.integer(pd, "port", pp, 179, 1, 65535),
+                    hold_time=hold,
+                    passive=self.boolean(pd, "passive", pp, False),
+                )
+            )
+        bgp = Bgp(
+            local_asn=self.integer(d, "local_asn", p, 0, 0, 4294967295),
+            router_id=self.ip(d, "router_id", p, False, 4),
+            next_hop_ipv4=self.ip(d, "next_hop_ipv4", p, False, 4),
+            next_hop_ipv6=self.ip(d, "next_hop_ipv6", p, False, 6),
+            listen_port=self.integer(d, "listen_port", p, 179, 0, 65535),
+            peers=tuple(peers),
+        )
+        if bgp.peers and not bgp.local_asn:
+            self.err(f"{p}.local_asn", "is required when peers are configured")
+        if bgp.peers and not bgp.router_id:
+            self.err(f"{p}.router_id", "is required when peers are configured")
+        return bgp
+
+    def control(self, data: Any) -> Control:
+        p = "control"
+        d = self.table(data, p, {"endpoint", "events_endpoint", "server_secret_key_file", "authorized_keys_file"})
+        c = Control(
+            endpoint=self.string(d, "endpoint", p, ""),
+            events_endpoint=self.string(d, "events_endpoint", p, ""),
+            server_secret_key_file=self.string(d, "server_secret_key_file", p, ""),
+            authorized_keys_file=self.string(d, "authorized_keys_file", p, ""),
+        )
+        for key in ("endpoint", "events_endpoint"):
+            ep = getattr(c, key)
+            if ep and not ep.startswith(("ipc://", "tcp://")):
+                self.err(f"{p}.{key}", f"{ep!r} must start with ipc:// or tcp://")
+            if ep.startswith("tcp://") and not (c.server_secret_key_file and c.authorized_keys_file):
+                self.err(
+                    f"{p}.{key}",
+                    "a tcp:// endpoint needs CURVE keys: set server_secret_key_file and authorized_keys_file",
+                )
+        return c
+
+    def tracing(self, data: Any) -> Tracing:
+        p = "tracing"
+        d = self.table(data, p, {"otlp_endpoint", "packet_sample_rate"})
+        return Tracing(
+            otlp_endpoint=self.string(d, "otlp_endpoint", p, ""),
+            packet_sample_rate=self.integer(d, "packet_sample_rate", p, 0, 0, 1 << 30),
+        )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        out = v.replace("\\", "\\\\").replace('"', '\\"')
+        out = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in out)
+        return f'"{out}"'
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _emit(lines: list[str], header: str, d: dict[str, Any], is_array: bool) -> None:
+    scalars = {k: v for k, v in d.items() if not isinstance(v, dict | list | tuple)}
+    lines.append("")
+    lines.append(f"[[{header}]]" if is_array else f"[{header}]")
+    lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+    for k, v in d.items():
+        if isinstance(v, dict):
+            _emit(lines, f"{header}.{k}", v, False)
+        elif isinstance(v, list | tuple):
+            for item in v:
+                _emit(lines, f"{header}.{k}", item, True)
+
+
+def dump_toml(config: Config) -> str:
+    """TOML text that ``loads`` turns back into an equal ``Config``."""
+    lines = ["# written by maglev; the last accepted configuration"]
+    for key, value in config.to_dict().items():
+        if isinstance(value, list):
+            for item in value:
+                _emit(lines, key, item, True)
+        else:
+            _emit(lines, key, value, False)
+    return "\n".join(lines) + "\n"
+
+
+Validator = Callable[[Config], list[str]]
