@@ -22,6 +22,12 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
+# setuptools wants paths relative to the project root (where setup.py is).
+ROOT = HERE.parent.parent
+
+
+def _rel(p: Path) -> str:
+    return os.path.relpath(p, ROOT) if Path.cwd().resolve() == ROOT else str(p)
 
 
 def _read_cdefs() -> str:
@@ -45,24 +51,33 @@ def _link_args() -> list[str]:
     return []
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(_read_cdefs())
-_headers = sorted(p.name for p in (HERE / "include").glob("*.h"))
-ffibuilder.set_source(
-    "maglev._native",
-    "\n".join(f'#include "{name}"' for name in _headers),
-    sources=[str(p) for p in sorted((HERE / "src").glob("*.c"))],
-    include_dirs=[str(HERE / "include")],
-    extra_compile_args=_compile_args(),
-    extra_link_args=_link_args(),
-    libraries=[],
-)
+def make_ffibuilder() -> FFI:
+    builder = FFI()
+    builder.cdef(_read_cdefs())
+    headers = sorted(p.name for p in (HERE / "include").glob("*.h"))
+    builder.set_source(
+        "maglev._native",
+        "\n".join(f'#include "{name}"' for name in headers),
+        sources=[_rel(p) for p in sorted((HERE / "src").glob("*.c"))],
+        include_dirs=[_rel(HERE / "include")],
+        extra_compile_args=_compile_args(),
+        extra_link_args=_link_args(),
+    )
+    return builder
+
+
+ffibuilder = make_ffibuilder()
 
 if __name__ == "__main__":
-    # In-place developer build: `python maglev/_cffi_src/build.py` from the repo root.
-    os.chdir(HERE.parent.parent)
-    ffibuilder.compile(tmpdir="build/cffi", verbose=False)
+    # Quick developer rebuild without pip: compile in build/inplace (absolute paths, no
+    # project files there to confuse setuptools) and copy the module next to the sources
+    # under the name `pip install -e .` gives it, removing any other copy.
     import shutil
 
-    for so in Path("build/cffi/maglev").glob("_native*.so"):
-        shutil.copy2(so, "maglev/")
+    out = ROOT / "build" / "inplace"
+    out.mkdir(parents=True, exist_ok=True)
+    os.chdir(out)
+    so = Path(make_ffibuilder().compile(tmpdir=str(out)))
+    for stale in (ROOT / "maglev").glob("_native*.so"):
+        stale.unlink()
+    shutil.copy2(so, ROOT / "maglev" / so.name)

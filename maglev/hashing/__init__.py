@@ -114,11 +114,11 @@ def build_table(
     items.sort(key=lambda nw: nw[0].encode())
     names = [n.encode() for n, _ in items]
     weights = [w for _, w in items]
-    t0 = time.perf_counter()
     entries = array("i")
     if engine == "c":
         from maglev.hashing import native
 
+        t0 = time.perf_counter()
         table = native.ffi.new("int32_t[]", size)
         counts_c = native.ffi.new("uint32_t[]", max(len(names), 1))
         native.populate_into(size, names, weights, table, counts_c)
@@ -126,6 +126,7 @@ def build_table(
         entries.frombytes(native.ffi.buffer(table))
         counts = tuple(counts_c[i] for i in range(len(names)))
     else:
+        t0 = time.perf_counter()
         entries.extend(reference.populate(size, names, weights))
         elapsed = time.perf_counter() - t0
         tally = [0] * len(names)

@@ -1,0 +1,71 @@
+"""`maglev table`: build Maglev lookup tables and report how evenly they spread."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from maglev.hashing import DEFAULT_TABLE_SIZE, ENGINES, MaglevTable, build_table
+
+
+def _summary(table: MaglevTable) -> dict:
+    counts = table.counts or (0,)
+    live = [c for c, w in zip(table.counts, table.weights, strict=True) if w > 0] or [0]
+    return {
+        "size": table.size,
+        "backends": len(table.names),
+        "entries_min": min(live),
+        "entries_max": max(live),
+        "entries_total": sum(counts),
+        "build_ms": round(table.build_seconds * 1e3, 3),
+        "fingerprint": table.fingerprint(),
+    }
+
+
+@click.command()
+@click.option("--backends", "n_backends", type=click.IntRange(1, 65536), help="N synthetic backends (b0000..).")
+@click.option("--size", type=int, default=DEFAULT_TABLE_SIZE, show_default=True, help="Table size M (prime).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Build one table per VIP of this config file.")
+@click.option("--engine", type=click.Choice(ENGINES), default="c", show_default=True)
+@click.option("--evaluate", is_flag=True, help="Reproduce the paper's Figures 11 and 12 (Maglev vs Karger vs Rendezvous).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="With --evaluate: also write a PNG (needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def table(n_backends, size, config_path, engine, evaluate, plot, as_json) -> None:
+    """Build Maglev lookup tables (paper section 3.4) and show their balance."""
+    if evaluate:
+        from maglev.hashing.evaluate import run_evaluation
+
+        run_evaluation(as_json=as_json, plot=plot, engine=engine)
+        return
+    if config_path:
+        from maglev import config as cfg
+
+        conf = cfg.load(config_path)
+        out = []
+        for vip in conf.vips:
+            t = build_table(((b.key, b.weight) for b in vip.backends), vip.table_size, engine)
+            out.append({"vip": vip.key, **_summary(t)})
+        if as_json:
+            click.echo(json.dumps(out if len(out) != 1 else out[0]))
+        else:
+            for row in out:
+                _print_row(row)
+        return
+    if not n_backends:
+        raise click.UsageError("give --backends N, --config FILE or --evaluate")
+    t = build_table(((f"b{i:04d}", 1) for i in range(n_backends)), size, engine)
+    row = _summary(t)
+    if as_json:
+        click.echo(json.dumps(row))
+    else:
+        _print_row(row)
+
+
+def _print_row(row: dict) -> None:
+    head = f"{row['vip']}: " if "vip" in row else ""
+    click.echo(
+        f"{head}M={row['size']} backends={row['backends']} entries per backend "
+        f"min={row['entries_min']} max={row['entries_max']} build={row['build_ms']} ms "
+        f"fingerprint={row['fingerprint']}"
+    )

@@ -1,0 +1,58 @@
+/* The frame: the unit every actor and kernel moves.  Structs shared by C and Python live
+ * here (Katran's balancer_structs.h habit); Python sees them through cdef/mg_frame.h.
+ *
+ *   frame i starts at pool + i * MG_FRAME_SIZE
+ *   [ struct mg_frame_meta (MG_FRAME_META_SIZE) ][ headroom ... packet ... tail ]
+ *   the packet's first byte is at  frame + MG_FRAME_META_SIZE + meta->data_off
+ *   a received packet starts with data_off = MG_FRAME_HEADROOM; encapsulation lowers
+ *   data_off and raises len, in place.
+ *
+ * A descriptor (what rings carry) is a 64-bit word: the low 32 bits are the frame index;
+ * the upper 32 bits are free for the ring's user (e.g. a worker id on the return ring).
+ */
+#ifndef MG_FRAME_H
+#define MG_FRAME_H
+
+#include "mg_common.h"
+#include "mg_consts.h"
+
+struct mg_frame_meta {
+    uint32_t len;          /* packet bytes starting at data_off */
+    uint32_t data_off;     /* offset of the packet from the end of the metadata */
+    uint32_t flow_hash;    /* steering's hash (5-tuple, or 3-tuple for fragments) */
+    uint16_t flags;        /* MG_FRAME_F_* */
+    uint16_t verdict;      /* MG_VERDICT_* or a drop reason (enum mg_drop) after the worker */
+    uint32_t wire_len;     /* original length on the wire (>= len when truncated capture) */
+    uint16_t vip_index;    /* filled by the worker when a VIP matched */
+    uint16_t worker;       /* the worker that handled it */
+    int32_t backend_index; /* filled by the worker; -1 none */
+    uint32_t reserved0;
+    uint64_t rx_ts_ns;     /* receive time (CLOCK_MONOTONIC ns), steering */
+    uint64_t trace_id_hi;  /* packet tracer: 128-bit trace id when MG_FRAME_F_TRACE */
+    uint64_t trace_id_lo;
+    uint64_t ts_steer_ns;  /* stage timestamps for traced packets */
+    uint64_t ts_worker_ns;
+    uint64_t ts_tx_ns;
+    uint64_t seq;          /* pcap NIC: the packet's position in the input */
+    uint8_t pad[MG_FRAME_META_SIZE - 88];
+};
+
+#define MG_FRAME_F_TRACE 0x0001     /* packet tracer: record stage timestamps */
+#define MG_FRAME_F_FRAGMENT 0x0002  /* steering saw an IP fragment (3-tuple hash) */
+#define MG_FRAME_F_GENERATED 0x0004 /* built by maglev (ICMP), not received */
+#define MG_FRAME_F_REDIRECTED 0x0008 /* fragment redirected from another instance */
+
+static inline struct mg_frame_meta *mg_frame_meta(uint8_t *pool, uint32_t idx)
+{
+    return (struct mg_frame_meta *)(pool + (size_t)idx * MG_FRAME_SIZE);
+}
+
+static inline uint8_t *mg_frame_data(uint8_t *pool, uint32_t idx)
+{
+    struct mg_frame_meta *m = mg_frame_meta(pool, idx);
+    return pool + (size_t)idx * MG_FRAME_SIZE + MG_FRAME_META_SIZE + m->data_off;
+}
+
+_Static_assert(sizeof(struct mg_frame_meta) == MG_FRAME_META_SIZE, "frame meta size");
+
+#endif

@@ -1,0 +1,1 @@
+"""Public test doubles and test infrastructure (trio's ``trio.testing`` habit)."""
