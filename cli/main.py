@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+
 import click
 
 from maglev import __version__

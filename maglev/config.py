@@ -474,6 +474,11 @@ class _Parser:
 # --------------------------------------------------------------------------- writing
 
 
+def _toml_escape(c: str) -> str:
+    n = ord(c)
+    return f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}"
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -481,7 +486,7 @@ def _toml_value(v: Any) -> str:
         return str(v)
     if isinstance(v, str):
         out = v.replace("\\", "\\\\").replace('"', '\\"')
-        out = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in out)
+        out = "".join(c if c.isprintable() else _toml_escape(c) for c in out)
         return f'"{out}"'
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
