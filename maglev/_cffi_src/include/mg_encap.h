@@ -1,0 +1,89 @@
+/* Encapsulation toward a backend, in place, in a pool frame (see mg_frame.h).
+ *
+ * Input: a received frame whose packet starts with Ethernet (optionally 802.1Q tags);
+ * the parser found the L3 header at `l3_off` bytes into the packet and its family.
+ * Output: the same frame with data_off lowered and len changed; the L3 packet itself is
+ * never copied.  The original L2 header (and any VLAN tags) is dropped and replaced by:
+ *
+ *   GRE   (RFC 2784)  eth | IPv4/IPv6 (proto 47) | GRE 4 B (proto 0x0800/0x86DD) | inner
+ *   IPIP  (RFC 2003, RFC 2473, RFC 4213)
+ *                     eth | IPv4/IPv6 (proto 4 for inner IPv4, 41 for inner IPv6) | inner
+ *   VXLAN (RFC 7348)  eth | IPv4/IPv6 (proto 17) | UDP 8 B | VXLAN 8 B | inner eth 14 B | inner
+ *   L2    (DSR)       the packet is unchanged except Ethernet dst = backend MAC and
+ *                     src = ours (VLAN tags kept: the backend is on the same segment)
+ *
+ * Outer IP header (every type but L2):
+ *   - source = params->src (instance source_ipv4/6), destination = params->dst (backend);
+ *   - TTL / hop limit MG_ENCAP_TTL (64);
+ *   - TOS / traffic class copied from the inner packet (DSCP and ECN, RFC 2983 "uniform");
+ *   - IPv4: DF set when the inner packet is IPv6 or IPv4 with DF set; DF clear when the
+ *     inner IPv4 packet has DF clear (so a later hop may still fragment the outer
+ *     packet, as it could have fragmented the inner one).  ID = the inner IPv4 ID, 0 for
+ *     IPv6 inner.  Header checksum computed.
+ *   - IPv6: flow label = flow_hash & 0xfffff (ECMP entropy, RFC 6438), payload length set.
+ * VXLAN: UDP source port = 49152 + ((flow_hash ^ flow_hash >> 16) & 0x3fff) (entropy for
+ * ECMP, RFC 7348 section 5), destination port params->vxlan_port, VNI params->vni, I flag
+ * set.  UDP checksum 0 over IPv4 (RFC 7348), computed over IPv6 (RFC 8200 8.1); the inner
+ * Ethernet header is dst = params->inner_eth_dst, src = params->inner_eth_src, ethertype
+ * by the inner family, no VLAN tag.
+ *
+ * Padding: the inner L3 packet is taken as long as its own length field says (IPv4 total
+ * length, IPv6 40 + payload length); Ethernet padding after it is dropped.  A length
+ * field larger than the captured bytes is -EINVAL (the parser should have dropped it).
+ *
+ * Return: the new packet length (> 0), or
+ *   -ENOSPC   not enough headroom in front of the packet (nothing written);
+ *   -EINVAL   bad parameters (unknown type, family not 4/6, l3_off beyond the packet,
+ *             IP length field inconsistent, IPv6 jumbogram) (nothing written).
+ * Nothing outside [frame + MG_FRAME_META_SIZE, frame + MG_FRAME_SIZE) is ever written.
+ * MTU is not checked here: call mg_pmtu_check() (mg_icmp.h) first, with
+ * mg_encap_overhead() of the same type and outer family.
+ */
+#ifndef MG_ENCAP_H
+#define MG_ENCAP_H
+
+#include "mg_common.h"
+#include "mg_frame.h"
+
+#define MG_ENCAP_GRE 0
+#define MG_ENCAP_IPIP 1
+#define MG_ENCAP_VXLAN 2
+#define MG_ENCAP_L2 3
+
+/* TTL / hop limit of every outer header we build (encapsulation and ICMP errors). */
+#define MG_ENCAP_TTL 64
+/* VXLAN: default UDP destination port (IANA, RFC 7348) and the I flag. */
+#define MG_VXLAN_DEFAULT_PORT 4789
+#define MG_VXLAN_FLAG_I 0x08
+/* VXLAN UDP source ports are drawn from 49152..65535 (RFC 7348 section 5). */
+#define MG_VXLAN_SPORT_BASE 49152
+#define MG_VXLAN_SPORT_MASK 0x3fff
+
+/* Everything that is constant for a (VIP, backend) pair; the worker keeps one per backend. */
+struct mg_encap_params {
+    uint8_t type;             /* MG_ENCAP_* */
+    uint8_t outer_family;     /* 4 or 6: family of src/dst (ignored for L2) */
+    uint16_t vxlan_port;      /* VXLAN UDP destination port, host byte order */
+    uint32_t vni;             /* VXLAN network identifier, 24 bits */
+    uint8_t eth_src[6];       /* outer Ethernet source (our interface) */
+    uint8_t eth_dst[6];       /* outer Ethernet destination (next hop; backend for L2) */
+    uint8_t inner_eth_src[6]; /* VXLAN inner Ethernet source */
+    uint8_t inner_eth_dst[6]; /* VXLAN inner Ethernet destination (backend vxlan dev MAC) */
+    uint8_t src[16];          /* outer IP source; IPv4 in the first 4 bytes */
+    uint8_t dst[16];          /* outer IP destination (the backend) */
+};
+
+/* Bytes the encapsulation adds to the L3 packet (outer Ethernet not counted), i.e. what
+ * the L3 packet grows by on a link whose MTU is `mtu`: GRE 24/44, IPIP 20/40,
+ * VXLAN 50/70 (IPv4/IPv6 outer), L2 0.  -EINVAL for an unknown type or family. */
+int mg_encap_overhead(uint8_t type, uint8_t outer_family);
+
+/* Encapsulate frame `idx` of `pool` in place (see the comment at the top). */
+int mg_encap(uint8_t *pool, uint32_t idx, uint32_t l3_off, uint8_t inner_family,
+             uint32_t flow_hash, const struct mg_encap_params *params);
+
+/* Internet checksum helpers shared with mg_icmp.c (RFC 1071). */
+uint32_t mg_csum_add(uint32_t sum, const uint8_t *data, size_t len);
+uint16_t mg_csum_fold(uint32_t sum);
+
+#endif
