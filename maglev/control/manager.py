@@ -1,0 +1,489 @@
+"""The config manager's core: one owner of the configuration, all-or-nothing changes.
+
+Every change goes through :meth:`ConfigManager.apply`, in this order:
+
+1. **validate** -- the op builds a whole new ``Config`` through ``Config.from_dict``
+   (maglev/control/ops.py); an invalid change raises before step 2;
+2. **build** the tables for the new config and the current health ``down`` set;
+3. **persist** the new config atomically (maglev/control/persist.py);
+4. **publish** the tables (double-buffered shared memory, ``TablePublisher``);
+5. **wait** until every live worker reports the new generation, then reply with the
+   generation and the time each step took.
+
+Why persist before publish: if the process dies between the two, the restart resumes the
+persisted (accepted) state, which is what the operator was about to be told.  If persisting
+fails, nothing was published: reply ``persist-failed``.  If publishing fails, the previous
+state file is written back and the reply is ``publish-failed``: nothing changed anywhere.
+A timeout in step 5 is not a failure of the change (the tables are live and workers that
+restart pick them up); the reply says ``confirmed: false`` and a counter records it.
+
+Health is not config: the prober's verdicts live in ``self.health`` and only shape the
+tables (``down`` set), they are never persisted.  A new backend starts as up ("unknown"
+counts as up), so a fresh start serves at once; the prober's first verdict on a check
+takes effect immediately, later ones need rise/fall consecutive results
+(maglev/health/state.py).
+
+This class is synchronous and single-threaded on purpose: the actor's loop serialises
+requests, so two changes can never interleave and no lock is needed (paper section 2.2,
+config commits are atomic).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maglev import config as cfg
+from maglev.config import Config
+from maglev.control import ops, persist
+from maglev.control.protocol import (
+    BAD_ARGS,
+    INTERNAL,
+    INVALID_CONFIG,
+    PERSIST_FAILED,
+    PUBLISH_FAILED,
+    UNKNOWN_OP,
+    ProtocolError,
+    Reply,
+    Request,
+)
+from maglev.control.publisher import TablePublisher
+from maglev.control.tables import build_tables as default_build_tables
+from maglev.control.tables import resolve as resolve_builder
+from maglev.control.tables import vip_table
+from maglev.errors import ConfigError
+
+log = logging.getLogger("maglev.control")
+
+Emit = Callable[[str, dict[str, Any]], None]
+DownSet = frozenset[tuple[str, str]]
+
+
+@dataclass
+class HealthEntry:
+    up: bool
+    since: float
+    detail: str = ""
+
+
+@dataclass
+class Counters:
+    changes_applied: int = 0
+    changes_unchanged: int = 0
+    changes_rejected: int = 0
+    publishes: int = 0
+    publish_failures: int = 0
+    persist_failures: int = 0
+    unconfirmed: int = 0
+    health_reports: int = 0
+    health_transitions: int = 0
+    vip_all_down: int = 0
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class ConfigManager:
+    """Owns the config, the health view and the published generation."""
+
+    def __init__(
+        self,
+        config: Config,
+        publisher: TablePublisher,
+        *,
+        source_path: str | Path | None = None,
+        state_path: str | Path | None = None,
+        source_sha256: str = "",
+        emit: Emit | None = None,
+        build_tables: Callable[..., bytes] | None = None,
+        confirm_timeout: float = 2.0,
+    ):
+        self.config = config
+        self.publisher = publisher
+        self.source_path = Path(source_path) if source_path else None
+        self.state_path = Path(state_path) if state_path else None
+        self.source_sha256 = source_sha256
+        self.emit: Emit = emit or (lambda topic, body: None)
+        self.build_tables = build_tables or default_build_tables
+        self.builder_name = "custom" if build_tables else resolve_builder()[1]
+        self.confirm_timeout = confirm_timeout
+        self.health: dict[tuple[str, str], HealthEntry] = {}
+        self.generation = 0
+        self.confirmed = False
+        self.started = time.time()
+        self.last_change: dict[str, Any] = {}
+        self.counters = Counters()
+        self._all_down: set[str] = set()
+        self._table_cache: dict[tuple[Any, ...], Any] = {}
+
+    # ------------------------------------------------------------------ start-up
+
+    @classmethod
+    def open(
+        cls,
+        publisher: TablePublisher,
+        *,
+        source_path: str | Path | None,
+        state_path: str | Path | None,
+        **kw: Any,
+    ) -> ConfigManager:
+        """Load the config to start from and publish its tables.
+
+        The state file (the last accepted config) wins while the source file is the one it
+        descends from; an edited source file wins over the state file."""
+        src_sha = persist.file_sha256(source_path) if source_path else ""
+        config: Config | None = None
+        resumed = False
+        if state_path:
+            state = persist.load_state(state_path)
+            if state is not None:
+                state_cfg, state_src = state
+                if not source_path or state_src == src_sha:
+                    config, resumed = state_cfg, True
+                else:
+                    log.warning("%s changed since the last accepted state; starting from it", source_path)
+        if config is None:
+            config = cfg.load(source_path) if source_path else Config()
+        mgr = cls(config, publisher, source_path=source_path, state_path=state_path, source_sha256=src_sha, **kw)
+        mgr.resumed = resumed
+        if state_path and not resumed:
+            persist.save_state(state_path, config, src_sha)
+        mgr._publish_initial()
+        return mgr
+
+    resumed = False
+
+    def _publish_initial(self) -> None:
+        blob = self.build_tables(self.config, down=self.down_set())
+        self.generation = self.publisher.publish(blob)
+        self.counters.publishes += 1
+        self.confirmed = self.publisher.wait_all_seen(self.generation, self.confirm_timeout)
+        self.emit("generation", {"generation": self.generation, "op": "start", "confirmed": self.confirmed})
+
+    # ------------------------------------------------------------------ health view
+
+    def down_set(self) -> DownSet:
+        return frozenset(k for k, e in self.health.items() if not e.up)
+
+    def _prune_health(self, config: Config) -> None:
+        """Forget verdicts on backends that left the config or lost their health check."""
+        keep = {(v.key, b.key) for v in config.vips if v.health.type != "none" for b in v.backends}
+        for k in list(self.health):
+            if k not in keep:
+                del self.health[k]
+
+    def _check_all_down(self) -> None:
+        """Loud when a VIP has backends but none of them is up (GLB #77): event, log, counter."""
+        now_down = set()
+        for v in self.config.vips:
+            if v.backends and all((v.key, b.key) in self.health and not self.health[(v.key, b.key)].up for b in v.backends):
+                now_down.add(v.key)
+        for key in sorted(now_down - self._all_down):
+            self.counters.vip_all_down += 1
+            log.error("VIP %s: every backend is down; its packets are dropped", key)
+            self.emit("alert", {"kind": "vip-all-down", "vip": key, "generation": self.generation})
+        for key in sorted(self._all_down - now_down):
+            log.warning("VIP %s: a backend is up again", key)
+            self.emit("alert", {"kind": "vip-recovered", "vip": key, "generation": self.generation})
+        self._all_down = now_down
+
+    # ------------------------------------------------------------------ apply
+
+    def _timed_publish(self, new: Config, down: DownSet, op: str, persist_state: bool) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            blob = self.build_tables(new, down=down)
+        except ConfigError as exc:
+            raise ProtocolError(INVALID_CONFIG, "; ".join(exc.problems), details=exc.problems) from None
+        t1 = time.perf_counter()
+        if persist_state and self.state_path:
+            try:
+                persist.save_state(self.state_path, new, self.source_sha256)
+            except OSError as exc:
+                self.counters.persist_failures += 1
+                raise ProtocolError(PERSIST_FAILED, f"cannot write {self.state_path}: {exc}") from None
+        t2 = time.perf_counter()
+        try:
+            gen = self.publisher.publish(blob)
+        except Exception as exc:
+            self.counters.publish_failures += 1
+            if persist_state and self.state_path:
+                try:
+                    persist.save_state(self.state_path, self.config, self.source_sha256)
+                except OSError:
+                    log.exception("could not restore %s after a failed publish", self.state_path)
+            raise ProtocolError(PUBLISH_FAILED, f"tables not published: {exc}") from None
+        t3 = time.perf_counter()
+        confirmed = self.publisher.wait_all_seen(gen, self.confirm_timeout)
+        t4 = time.perf_counter()
+        self.counters.publishes += 1
+        if not confirmed:
+            self.counters.unconfirmed += 1
+            log.warning("generation %d: not every worker reported within %.1fs", gen, self.confirm_timeout)
+        self.generation, self.confirmed = gen, confirmed
+        result = {
+            "generation": gen,
+            "confirmed": confirmed,
+            "changed": True,
+            "apply_ms": round((t4 - t0) * 1e3, 3),
+            "build_ms": round((t1 - t0) * 1e3, 3),
+            "persist_ms": round((t2 - t1) * 1e3, 3),
+            "publish_ms": round((t3 - t2) * 1e3, 3),
+            "wait_ms": round((t4 - t3) * 1e3, 3),
+        }
+        self.last_change = {"op": op, "time": time.time(), **result}
+        self.emit("generation", {"generation": gen, "op": op, "confirmed": confirmed, "apply_ms": result["apply_ms"]})
+        return result
+
+    def apply(self, new: Config, op: str) -> dict[str, Any]:
+        """Make ``new`` the config: build, persist, publish, wait.  All or nothing."""
+        if new == self.config:
+            self.counters.changes_unchanged += 1
+            return {"generation": self.generation, "confirmed": self.confirmed, "changed": False, "apply_ms": 0.0}
+        old_health = dict(self.health)
+        self._prune_health(new)
+        try:
+            result = self._timed_publish(new, self.down_set(), op, persist_state=True)
+        except BaseException:
+            self.health = old_health
+            raise
+        self.config = new
+        self.counters.changes_applied += 1
+        self.emit("config", {"generation": self.generation, "op": op})
+        self._check_all_down()
+        return result
+
+    def report_health(self, reports: list[dict[str, Any]], full: bool = False) -> dict[str, Any]:
+        """Verdicts from the prober: ``[{vip, backend, up, detail}]``.  Verdicts on backends
+        not in the config are ignored (the prober may lag a config change).  With ``full``
+        the list is the prober's whole view and replaces ours."""
+        self.counters.health_reports += 1
+        valid = {(v.key, b.key) for v in self.config.vips if v.health.type != "none" for b in v.backends}
+        new = dict(self.health) if not full else {}
+        now = time.time()
+        ignored = 0
+        transitions = []
+        for r in reports:
+            key = (r["vip"], r["backend"])
+            if key not in valid:
+                ignored += 1
+                continue
+            old = self.health.get(key)
+            if old is not None and old.up == r["up"]:
+                new[key] = old
+                continue
+            new[key] = HealthEntry(r["up"], now, r.get("detail", ""))
+            if (old.up if old else True) != r["up"]:
+                transitions.append((key, r["up"], r.get("detail", "")))
+        if full:
+            for key, old in self.health.items():
+                if key not in new and not old.up:
+                    transitions.append((key, True, "no longer reported"))
+        old_health, old_down = self.health, self.down_set()
+        self.health = new
+        result: dict[str, Any] = {"generation": self.generation, "changed": False, "ignored": ignored}
+        if self.down_set() != old_down:
+            try:
+                result = {**self._timed_publish(self.config, self.down_set(), "health", persist_state=False), "ignored": ignored}
+            except BaseException:
+                self.health = old_health  # nothing changed: the prober will report again
+                raise
+        for (vip, backend), up, detail in transitions:
+            self.counters.health_transitions += 1
+            log.info("backend %s of %s is %s (%s)", backend, vip, "up" if up else "down", detail)
+            self.emit("health", {"vip": vip, "backend": backend, "up": up, "detail": detail, "generation": self.generation})
+        self._check_all_down()
+        return result
+
+    # ------------------------------------------------------------------ queries
+
+    def _health_label(self, vip_key: str, backend_key: str, check_type: str) -> str:
+        if check_type == "none":
+            return "none"
+        e = self.health.get((vip_key, backend_key))
+        return "unknown" if e is None else ("up" if e.up else "down")
+
+    def table_for(self, vip_key: str) -> Any:
+        """The MaglevTable of one VIP as currently published (cached per generation)."""
+        i = ops.find_vip(self.config, vip_key)
+        vip = self.config.vips[i]
+        down = frozenset(k for k in self.down_set() if k[0] == vip.key)
+        ck = (vip, down)
+        t = self._table_cache.get(ck)
+        if t is None:
+            if len(self._table_cache) > 64:
+                self._table_cache.clear()
+            t = self._table_cache[ck] = vip_table(vip, down)
+        return t
+
+    def status(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "instance": self.config.instance.name,
+            "pid": os.getpid(),
+            "generation": self.generation,
+            "confirmed": self.confirmed,
+            "uptime_s": round(time.time() - self.started, 3),
+            "vips": len(self.config.vips),
+            "backends": sum(len(v.backends) for v in self.config.vips),
+            "backends_down": len(self.down_set()),
+            "vips_all_down": sorted(self._all_down),
+            "source": str(self.source_path or ""),
+            "state": str(self.state_path or ""),
+            "resumed": self.resumed,
+            "table_builder": self.builder_name,
+            "last_change": self.last_change,
+            "counters": {k: v for k, v in vars(c).items()},
+        }
+
+    def vips(self) -> list[dict[str, Any]]:
+        out = []
+        for v in self.config.vips:
+            down = sum(1 for b in v.backends if (v.key, b.key) in self.down_set())
+            out.append(
+                {
+                    "vip": v.key,
+                    "address": v.address,
+                    "port": v.port,
+                    "protocol": v.protocol,
+                    "encap": v.encap,
+                    "table_size": v.table_size,
+                    "health_check": v.health.type,
+                    "backends": len(v.backends),
+                    "backends_down": down,
+                    "backends_drained": sum(1 for b in v.backends if b.weight == 0),
+                    "all_down": v.key in self._all_down,
+                }
+            )
+        return out
+
+    def backends(self, vip_key: str) -> dict[str, Any]:
+        i = ops.find_vip(self.config, vip_key)
+        vip = self.config.vips[i]
+        table = self.table_for(vip.key)
+        counts = dict(zip(table.names, table.counts, strict=True))
+        rows = []
+        for b in vip.backends:
+            e = self.health.get((vip.key, b.key))
+            n = counts.get(b.key, 0)
+            rows.append(
+                {
+                    "backend": b.key,
+                    "address": b.address,
+                    "weight": b.weight,
+                    "health": self._health_label(vip.key, b.key, vip.health.type),
+                    "health_detail": e.detail if e else "",
+                    "entries": n,
+                    "share": round(n / table.size, 6),
+                    "packets": None,  # per-backend packet counters come from the data path's stats
+                }
+            )
+        return {"vip": vip.key, "table_size": table.size, "generation": self.generation, "backends": rows}
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, req: Request) -> Reply:
+        """Serve one decoded request.  Never raises: every failure becomes an error reply."""
+        self.counters.requests += 1
+        try:
+            result = self._dispatch(req)
+        except ProtocolError as exc:
+            self.counters.errors[exc.code] = self.counters.errors.get(exc.code, 0) + 1
+            if req.op in ops.CHANGES or req.op == "reload":
+                self.counters.changes_rejected += 1
+            return Reply.failure(req.id, exc)
+        except Exception as exc:  # a bug: say so, keep serving, nothing was applied
+            log.error("internal error serving %r: %s", req.op, traceback.format_exc())
+            self.counters.errors[INTERNAL] = self.counters.errors.get(INTERNAL, 0) + 1
+            return Reply.failure(req.id, ProtocolError(INTERNAL, f"{type(exc).__name__}: {exc}"))
+        return Reply(req.id, True, result=result)
+
+    def _dispatch(self, req: Request) -> Any:
+        op, args = req.op, req.args
+        change = ops.CHANGES.get(op)
+        if change is not None:
+            return self.apply(change(self.config, args), op)
+        if op == "reload":
+            ops.check_keys(args, ())
+            return self.reload()
+        if op == "health-report":
+            ops.check_keys(args, ("reports",), ("full",))
+            return self.report_health(_health_reports(args["reports"]), _bool(args, "full"))
+        if op == "status":
+            ops.check_keys(args, ())
+            return self.status()
+        if op == "vips":
+            ops.check_keys(args, ())
+            return self.vips()
+        if op == "backends":
+            ops.check_keys(args, ("vip",))
+            return self.backends(ops.arg_str(args, "vip"))
+        if op == "get-config":
+            ops.check_keys(args, ())
+            return {"generation": self.generation, "config": self.config.to_dict()}
+        if op == "health":
+            ops.check_keys(args, ())
+            return [
+                {"vip": k[0], "backend": k[1], "up": e.up, "since": e.since, "detail": e.detail}
+                for k, e in sorted(self.health.items())
+            ]
+        raise ProtocolError(UNKNOWN_OP, f"unknown operation {op!r} (known: {', '.join(sorted(OPS))})", "op")
+
+    def reload(self) -> dict[str, Any]:
+        if not self.source_path:
+            raise ProtocolError(BAD_ARGS, "this instance was started without a config file to reload")
+        try:
+            new = cfg.load(self.source_path)
+        except ConfigError as exc:
+            first = exc.problems[0] if exc.problems else ""
+            raise ProtocolError(
+                INVALID_CONFIG, "; ".join(exc.problems), first.split(": ", 1)[0], details=exc.problems
+            ) from None
+        old_sha = self.source_sha256
+        self.source_sha256 = persist.file_sha256(self.source_path)
+        try:
+            result = self.apply(new, "reload")
+        except BaseException:
+            self.source_sha256 = old_sha
+            raise
+        if not result["changed"] and self.state_path and self.source_sha256 != old_sha:
+            # Same config, edited file (comments...): record the new source hash.
+            try:
+                persist.save_state(self.state_path, self.config, self.source_sha256)
+            except OSError as exc:
+                raise ProtocolError(PERSIST_FAILED, f"cannot write {self.state_path}: {exc}") from None
+        return result
+
+
+OPS = (*ops.CHANGES, "reload", "health-report", "status", "vips", "backends", "get-config", "health")
+CHANGE_OPS = (*ops.CHANGES, "reload")
+
+
+def _bool(args: dict[str, Any], key: str) -> bool:
+    v = args.get(key, False)
+    if not isinstance(v, bool):
+        raise ProtocolError(BAD_ARGS, f"argument {key!r} must be true or false", key)
+    return v
+
+
+def _health_reports(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list) or len(raw) > 100_000:
+        raise ProtocolError(BAD_ARGS, "argument 'reports' must be a list", "reports")
+    out = []
+    for i, r in enumerate(raw):
+        f = f"reports[{i}]"
+        if not isinstance(r, dict):
+            raise ProtocolError(BAD_ARGS, f"{f} must be a map", f)
+        ops.check_keys(r, ("vip", "backend", "up"), ("detail",))
+        if not isinstance(r["up"], bool):
+            raise ProtocolError(BAD_ARGS, f"{f}.up must be true or false", f"{f}.up")
+        detail = r.get("detail", "")
+        if not isinstance(detail, str):
+            raise ProtocolError(BAD_ARGS, f"{f}.detail must be a string", f"{f}.detail")
+        out.append({"vip": ops.arg_str(r, "vip"), "backend": ops.arg_str(r, "backend"), "up": r["up"], "detail": detail[:200]})
+    return out

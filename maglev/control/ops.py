@@ -1,0 +1,249 @@
+"""Config-change operations: pure functions ``(Config, args) -> Config``.
+
+Each change is made on the plain-data form (``Config.to_dict()``) and the result goes
+through ``Config.from_dict`` -- the same validator a TOML file meets -- so a change made over
+the socket can never produce a config the file could not express, and an invalid change
+raises before anything outside this module has seen it.  Nothing here touches tables,
+files or sockets: the config manager builds, publishes and persists only what these
+functions return.
+
+Arguments are checked strictly (unknown keys and wrong types are ``bad-args``), because a
+misspelt argument silently ignored by a load balancer is an outage waiting to happen.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from maglev.config import Config, Vip
+from maglev.control.protocol import (
+    BAD_ARGS,
+    CONFLICT,
+    INVALID_CONFIG,
+    NOT_FOUND,
+    ProtocolError,
+)
+from maglev.errors import ConfigError
+from maglev.hashing import MAX_WEIGHT
+
+# -------------------------------------------------------------------- argument helpers
+
+
+def check_keys(args: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    for k in args:
+        if not isinstance(k, str) or k not in required + optional:
+            raise ProtocolError(BAD_ARGS, f"unknown argument {k!r}", str(k))
+    for k in required:
+        if k not in args:
+            raise ProtocolError(BAD_ARGS, f"missing argument {k!r}", k)
+
+
+def arg_str(args: dict[str, Any], key: str) -> str:
+    v = args.get(key)
+    if not isinstance(v, str) or not v:
+        raise ProtocolError(BAD_ARGS, f"argument {key!r} must be a non-empty string", key)
+    return v
+
+
+def arg_map(args: dict[str, Any], key: str) -> dict[str, Any]:
+    v = args.get(key)
+    if not isinstance(v, dict):
+        raise ProtocolError(BAD_ARGS, f"argument {key!r} must be a map", key)
+    return v
+
+
+def arg_int(args: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    v = args.get(key)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ProtocolError(BAD_ARGS, f"argument {key!r} must be an integer", key)
+    if not lo <= v <= hi:
+        raise ProtocolError(BAD_ARGS, f"argument {key!r}: {v} is out of range {lo}..{hi}", key)
+    return v
+
+
+# -------------------------------------------------------------------- lookups
+
+
+def _canon_vip_key(text: str) -> tuple[str, int | None, str | None] | None:
+    """'203.0.113.1:80/tcp', '[2001:db8::1]:443/tcp', '203.0.113.1' -> (ip, port, proto)."""
+    proto = None
+    if "/" in text:
+        text, proto = text.rsplit("/", 1)
+    port = None
+    host = text
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port_s = rest[1:]
+            if not port_s.isdigit():
+                return None
+            port = int(port_s)
+    elif text.count(":") == 1:
+        host, port_s = text.split(":")
+        if not port_s.isdigit():
+            return None
+        port = int(port_s)
+    try:
+        ip = str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+    return ip, port, proto
+
+
+def find_vip(config: Config, key: str, field: str = "vip") -> int:
+    """Index of the VIP named ``key``: its exact key, or an address (with optional port or
+    protocol) that matches exactly one VIP."""
+    for i, v in enumerate(config.vips):
+        if v.key == key:
+            return i
+    parts = _canon_vip_key(key)
+    if parts is not None:
+        ip, port, proto = parts
+        hits = [
+            i
+            for i, v in enumerate(config.vips)
+            if v.address == ip and (port is None or v.port == port) and (proto is None or v.protocol == proto)
+        ]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            names = ", ".join(config.vips[i].key for i in hits)
+            raise ProtocolError(BAD_ARGS, f"{key!r} matches several VIPs ({names}); give address:port/protocol", field)
+    raise ProtocolError(NOT_FOUND, f"no VIP {key!r}", field)
+
+
+def find_backend(vip: Vip, key: str, field: str = "backend") -> int:
+    """Index of the backend named ``key`` (its name, or its address when unique)."""
+    for j, b in enumerate(vip.backends):
+        if b.key == key:
+            return j
+    try:
+        ip = str(ipaddress.ip_address(key))
+    except ValueError:
+        ip = None
+    if ip is not None:
+        hits = [j for j, b in enumerate(vip.backends) if b.address == ip]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise ProtocolError(BAD_ARGS, f"{key!r} matches several backends of {vip.key}; use the name", field)
+    raise ProtocolError(NOT_FOUND, f"VIP {vip.key} has no backend {key!r}", field)
+
+
+# -------------------------------------------------------------------- validation
+
+
+def validate(data: Any) -> Config:
+    """``Config.from_dict`` with its problems turned into an ``invalid-config`` reply."""
+    try:
+        return Config.from_dict(data)
+    except ConfigError as exc:
+        first = exc.problems[0] if exc.problems else ""
+        path = first.split(": ", 1)[0] if ": " in first else ""
+        raise ProtocolError(
+            INVALID_CONFIG, "; ".join(exc.problems) or "invalid configuration", path, details=exc.problems
+        ) from None
+    except RecursionError:
+        raise ProtocolError(INVALID_CONFIG, "configuration is nested too deeply") from None
+
+
+# -------------------------------------------------------------------- the operations
+
+
+def replace_config(config: Config, args: dict[str, Any]) -> Config:
+    check_keys(args, ("config",))
+    return validate(arg_map(args, "config"))
+
+
+def add_vip(config: Config, args: dict[str, Any]) -> Config:
+    check_keys(args, ("vip",))
+    new = arg_map(args, "vip")
+    data = config.to_dict()
+    data["vip"].append(new)
+    out = validate(data)
+    # from_dict reports duplicates by index; say it in the operator's words instead.
+    added = out.vips[-1]
+    if any(v.key == added.key for v in config.vips):
+        raise ProtocolError(CONFLICT, f"VIP {added.key} already exists", "vip")
+    return out
+
+
+def remove_vip(config: Config, args: dict[str, Any]) -> Config:
+    check_keys(args, ("vip",))
+    i = find_vip(config, arg_str(args, "vip"))
+    data = config.to_dict()
+    del data["vip"][i]
+    return validate(data)
+
+
+def update_vip(config: Config, args: dict[str, Any]) -> Config:
+    """Change a VIP's settings (not its backends, which have their own ops).  ``set`` holds
+    the keys to change; ``set.health`` is merged key by key into the current health check."""
+    check_keys(args, ("vip", "set"))
+    i = find_vip(config, arg_str(args, "vip"))
+    changes = arg_map(args, "set")
+    if "backend" in changes:
+        raise ProtocolError(BAD_ARGS, "use add-backend/remove-backend/set-weight to change backends", "set.backend")
+    data = config.to_dict()
+    vip = data["vip"][i]
+    for k, v in changes.items():
+        if k == "health" and isinstance(v, dict):
+            vip["health"] = {**vip["health"], **copy.deepcopy(v)}
+        else:
+            vip[k] = copy.deepcopy(v)
+    return validate(data)
+
+
+def add_backend(config: Config, args: dict[str, Any]) -> Config:
+    check_keys(args, ("vip", "backend"))
+    i = find_vip(config, arg_str(args, "vip"))
+    new = arg_map(args, "backend")
+    data = config.to_dict()
+    data["vip"][i]["backend"].append(copy.deepcopy(new))
+    out = validate(data)
+    added = out.vips[i].backends[-1]
+    if any(b.key == added.key for b in config.vips[i].backends):
+        raise ProtocolError(CONFLICT, f"VIP {config.vips[i].key} already has backend {added.key!r}", "backend")
+    return out
+
+
+def remove_backend(config: Config, args: dict[str, Any]) -> Config:
+    check_keys(args, ("vip", "backend"))
+    i = find_vip(config, arg_str(args, "vip"))
+    j = find_backend(config.vips[i], arg_str(args, "backend"))
+    data = config.to_dict()
+    del data["vip"][i]["backend"][j]
+    return validate(data)
+
+
+def set_weight(config: Config, args: dict[str, Any]) -> Config:
+    check_keys(args, ("vip", "backend", "weight"))
+    i = find_vip(config, arg_str(args, "vip"))
+    j = find_backend(config.vips[i], arg_str(args, "backend"))
+    weight = arg_int(args, "weight", 0, MAX_WEIGHT)
+    data = config.to_dict()
+    data["vip"][i]["backend"][j]["weight"] = weight
+    return validate(data)
+
+
+def drain(config: Config, args: dict[str, Any]) -> Config:
+    """Weight 0: the backend gets no new flows; established flows keep it (conntrack)."""
+    check_keys(args, ("vip", "backend"))
+    return set_weight(config, {**args, "weight": 0})
+
+
+# op name -> function; the config manager adds the ops that need more than the config
+# (reload, status, ...).
+CHANGES: dict[str, Callable[[Config, dict[str, Any]], Config]] = {
+    "replace-config": replace_config,
+    "add-vip": add_vip,
+    "remove-vip": remove_vip,
+    "update-vip": update_vip,
+    "add-backend": add_backend,
+    "remove-backend": remove_backend,
+    "set-weight": set_weight,
+    "drain": drain,
+}

@@ -1,0 +1,122 @@
+"""How the config manager hands tables to the workers: the ``TablePublisher`` protocol.
+
+The real publisher is the shared-memory table area of ``maglev.rings`` (double-buffered,
+quiescent-state reclamation: ARCHITECTURE.md, "Table publication").  The config manager
+needs two verbs from it -- publish a blob and learn its generation, then wait until every
+live worker has reported that generation -- and nothing else, so tests and benchmarks can
+substitute :class:`ThreadedPublisher`, an in-process model with one thread per simulated
+worker that switches when it "starts a burst".
+
+:class:`RegionPublisher` adapts the rings developer's region object
+(``region.tables.publish(blob, live_workers, timeout)`` and
+``region.tables.wait_all_seen(generation, live_workers, timeout)``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class TablePublisher(Protocol):
+    def publish(self, blob: bytes) -> int:
+        """Make ``blob`` the active tables; return its generation.  Raises on failure, in
+        which case the previous tables stay active."""
+        ...
+
+    def wait_all_seen(self, generation: int, timeout: float) -> bool:
+        """True once every live worker runs ``generation`` (or newer); False on timeout."""
+        ...
+
+
+class RegionPublisher:
+    """The shared-memory publisher of a running forwarder (maglev.rings)."""
+
+    def __init__(self, region: Any, live_workers: Callable[[], Sequence[int]], publish_timeout: float = 2.0):
+        self.region = region
+        self.live_workers = live_workers
+        self.publish_timeout = publish_timeout
+
+    def publish(self, blob: bytes) -> int:
+        return int(self.region.tables.publish(blob, list(self.live_workers()), self.publish_timeout))
+
+    def wait_all_seen(self, generation: int, timeout: float) -> bool:
+        r = self.region.tables.wait_all_seen(generation, list(self.live_workers()), timeout)
+        # The region returns a bool or None; a timeout there may also raise TimeoutError.
+        return r is None or bool(r)
+
+
+class ThreadedPublisher:
+    """An in-process model of the shared-memory publisher: ``workers`` threads wake on each
+    publish, wait ``lag_s`` (the rest of a burst) and report the generation they saw.
+    ``stall(i)`` freezes worker i to test timeouts.  Close it when done."""
+
+    def __init__(self, workers: int = 2, lag_s: float = 0.0):
+        self.blob = b""
+        self.generation = 0
+        self.seen = [0] * workers
+        self.history: list[tuple[int, bytes]] = []
+        self.fail_next: BaseException | None = None
+        self._stalled: set[int] = set()
+        self._cv = threading.Condition()
+        self._stop = False
+        self._lag_s = lag_s
+        self._threads = [threading.Thread(target=self._worker, args=(i,), daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def _worker(self, i: int) -> None:
+        with self._cv:
+            while not self._stop:
+                if i not in self._stalled and self.seen[i] != self.generation:
+                    gen = self.generation
+                    if self._lag_s:
+                        self._cv.release()
+                        time.sleep(self._lag_s)
+                        self._cv.acquire()
+                    self.seen[i] = gen
+                    self._cv.notify_all()
+                    continue
+                self._cv.wait()
+
+    def publish(self, blob: bytes) -> int:
+        with self._cv:
+            if self.fail_next is not None:
+                exc, self.fail_next = self.fail_next, None
+                raise exc
+            self.generation += 1
+            self.blob = bytes(blob)
+            self.history.append((self.generation, self.blob))
+            self._cv.notify_all()
+            return self.generation
+
+    def wait_all_seen(self, generation: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while any(s < generation for s in self.seen):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+            return True
+
+    def stall(self, worker: int, stalled: bool = True) -> None:
+        with self._cv:
+            (self._stalled.add if stalled else self._stalled.discard)(worker)
+            self._cv.notify_all()
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=2)
+
+    def __enter__(self) -> ThreadedPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
