@@ -1,0 +1,40 @@
+#define MG_AFP_BLOCK_SIZE ...
+#define MG_AFP_BLOCK_NR ...
+#define MG_AFP_RETIRE_TOV_MS ...
+#define MG_AFP_F_NO_QDISC_BYPASS 1
+#define MG_AFP_F_NO_CSUM_FIX 2
+
+struct mg_afp_stats {
+    uint64_t rx_packets;
+    uint64_t rx_bytes;
+    uint64_t rx_outgoing;
+    uint64_t rx_oversize;
+    uint64_t rx_truncated;
+    uint64_t rx_csum_fixed;
+    uint64_t rx_vlan;
+    uint64_t rx_blocks;
+    uint64_t tx_packets;
+    uint64_t tx_bytes;
+    uint64_t tx_errors;
+    uint64_t tx_calls;
+};
+
+struct mg_afp {
+    int fd;
+    int ifindex;
+    uint32_t flags;
+    uint32_t block_size;
+    uint32_t block_nr;
+    int last_tx_errno;
+    struct mg_afp_stats stats;
+    ...;
+};
+
+int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t block_size, uint32_t block_nr,
+                uint32_t tov_ms, uint32_t flags);
+void mg_afp_close(struct mg_afp *afp);
+int mg_afp_rx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);
+int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);
+int mg_afp_kernel_stats(struct mg_afp *afp, uint64_t *packets, uint64_t *drops,
+                        uint64_t *freezes);
+int mg_afp_csum_complete(uint8_t *frame, uint32_t len);

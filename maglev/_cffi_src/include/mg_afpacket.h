@@ -1,0 +1,117 @@
+/* AF_PACKET NIC: a TPACKET_V3 receive ring read in bursts straight into pool frames, and
+ * burst transmit of pool frames with sendmmsg(2) on a socket with PACKET_QDISC_BYPASS.
+ *
+ * Receive.  TPACKET_V3 hands the ring to user space one *block* at a time: the kernel
+ * fills a block with variable-length packets and "retires" it (block_status |=
+ * TP_STATUS_USER) when it is full or when tp_retire_blk_tov milliseconds have passed.
+ * mg_afp_rx_burst() walks the packets of the current user-owned block, copies each one
+ * into the next free frame at MG_FRAME_META_SIZE + MG_FRAME_HEADROOM and fills the frame
+ * metadata; when a block is exhausted it is handed back (block_status = TP_STATUS_KERNEL,
+ * release store) and the walk moves to the next block.  A burst may end in the middle of
+ * a block; the position is kept in struct mg_afp.  The copy is the price of a shared
+ * frame pool that outlives the ring (frames travel through worker rings while the kernel
+ * reuses the block); it is one memcpy per packet of at most MG_FRAME_DATA_MAX bytes.
+ *
+ * Trade-off: the block timeout bounds latency at low rates (a lone SYN waits up to
+ * tov ms for its block to retire), and big blocks amortise at high rates.  TPACKET_V2
+ * would release per packet (no latency floor) but costs a status write per packet.
+ *
+ * What the kernel gives a packet socket is not always what was on the wire, so the
+ * driver repairs it:
+ *   - the 802.1Q tag is stripped into tp_vlan_tci (TP_STATUS_VLAN_VALID): reinserted;
+ *   - packets sent by a local stack with checksum offload arrive CHECKSUM_PARTIAL
+ *     (TP_STATUS_CSUMNOTREADY, e.g. veth from another namespace): the TCP/UDP checksum is
+ *     completed in software, as a real NIC would have done;
+ *   - packets this host sends (PACKET_OUTGOING) are skipped (PACKET_IGNORE_OUTGOING is
+ *     set too where the kernel has it), so the forwarder never re-reads its own output;
+ *   - packets longer than a frame or truncated by the ring are dropped and counted.
+ *
+ * Transmit.  sendmmsg() with one iovec per frame, MSG_DONTWAIT; the socket has
+ * PACKET_QDISC_BYPASS (frames go straight to the driver's xmit, like a kernel-bypass
+ * NIC: no qdisc, no taps).  A TX ring (PACKET_TX_RING) would save the iovec setup but
+ * needs a second copy into the ring and a second mapping; one syscall per burst is
+ * already the dominant cost either way.  Frames that fail to send are counted, never
+ * retried: the caller owns them again as soon as the call returns.
+ *
+ * Interface down/up: the kernel unhooks a packet socket on NETDEV_DOWN and re-hooks it
+ * on NETDEV_UP (same ifindex), so the ring simply sees no packets while the link is
+ * down; send errors (ENETDOWN, ENXIO) are counted per burst.
+ *
+ * References: packet(7); Documentation/networking/packet_mmap.rst (TPACKET_V3 section).
+ */
+#ifndef MG_AFPACKET_H
+#define MG_AFPACKET_H
+
+#include "mg_common.h"
+#include "mg_frame.h"
+
+/* Default ring geometry: 16 blocks of 256 KiB (4 MiB), retire timeout 1 ms. */
+#define MG_AFP_BLOCK_SIZE (256u * 1024u)
+#define MG_AFP_BLOCK_NR 16u
+#define MG_AFP_RETIRE_TOV_MS 1u
+
+/* mg_afp_open() flags */
+#define MG_AFP_F_NO_QDISC_BYPASS 0x1 /* keep the qdisc (and taps) on transmit */
+#define MG_AFP_F_NO_CSUM_FIX 0x2     /* deliver CHECKSUM_PARTIAL packets unrepaired */
+
+struct mg_afp_stats {
+    uint64_t rx_packets;    /* delivered into frames */
+    uint64_t rx_bytes;
+    uint64_t rx_outgoing;   /* skipped: sent by this host */
+    uint64_t rx_oversize;   /* dropped: longer than MG_FRAME_DATA_MAX */
+    uint64_t rx_truncated;  /* dropped: the ring kept only part of the packet */
+    uint64_t rx_csum_fixed; /* CHECKSUM_PARTIAL packets completed in software */
+    uint64_t rx_vlan;       /* packets whose 802.1Q tag was reinserted */
+    uint64_t rx_blocks;     /* ring blocks consumed */
+    uint64_t tx_packets;
+    uint64_t tx_bytes;
+    uint64_t tx_errors;     /* frames not sent (send error or invalid frame) */
+    uint64_t tx_calls;      /* sendmmsg calls */
+};
+
+struct mg_afp {
+    int fd;
+    int ifindex;
+    uint32_t flags;
+    uint32_t block_size;
+    uint32_t block_nr;
+    uint32_t cur_block;     /* block being consumed */
+    uint32_t pkts_left;     /* packets not yet read from cur_block; 0 = not started */
+    uint32_t pkt_off;       /* offset of the next packet inside cur_block */
+    uint8_t *map;           /* the mmap'd RX ring */
+    size_t map_len;
+    int last_tx_errno;      /* errno of the latest failed send (0 = none) */
+    int reserved;
+    struct mg_afp_stats stats;
+};
+
+/* Opens a packet socket on ifindex with a TPACKET_V3 RX ring (block_size a multiple of
+ * the page size and a power of two, 0 = default; block_nr 0 = default; tov_ms 0 =
+ * default).  Returns the socket fd (>= 0) or -errno (-EPERM without CAP_NET_RAW). */
+int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t block_size, uint32_t block_nr,
+                uint32_t tov_ms, uint32_t flags);
+
+/* Unmaps the ring and closes the socket; safe to call twice. */
+void mg_afp_close(struct mg_afp *afp);
+
+/* Receives up to n packets into the frames named by descs[0..n) (low 32 bits = frame
+ * index in pool, frames of MG_FRAME_SIZE bytes), in order: returns k, and frames
+ * descs[0..k) hold packets (meta len, data_off = MG_FRAME_HEADROOM, wire_len, rx_ts_ns;
+ * other meta fields zeroed, backend_index = -1).  0 when the ring has nothing ready. */
+int mg_afp_rx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);
+
+/* Sends the n frames named by descs (each frame's meta len/data_off say what to send).
+ * Returns how many were sent; the rest are counted in tx_errors and last_tx_errno. */
+int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);
+
+/* The kernel's counters for this socket since the last call (PACKET_STATISTICS reads
+ * and resets them): packets seen, packets dropped for lack of ring space, freezes. */
+int mg_afp_kernel_stats(struct mg_afp *afp, uint64_t *packets, uint64_t *drops,
+                        uint64_t *freezes);
+
+/* Completes the TCP/UDP checksum of an Ethernet frame in place (IPv4 without fragments,
+ * IPv6 with TCP/UDP right after the fixed header).  Returns 1 when fixed, 0 when the
+ * frame is not TCP/UDP or cannot be handled.  Exposed for tests. */
+int mg_afp_csum_complete(uint8_t *frame, uint32_t len);
+
+#endif

@@ -1,0 +1,393 @@
+/* AF_PACKET NIC: TPACKET_V3 RX ring + sendmmsg TX.  Design notes in mg_afpacket.h. */
+#define _GNU_SOURCE
+#include "mg_afpacket.h"
+
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int is_pow2(uint32_t x) { return x && !(x & (x - 1)); }
+
+void mg_afp_close(struct mg_afp *afp)
+{
+    if (afp->map && afp->map != MAP_FAILED)
+        munmap(afp->map, afp->map_len);
+    afp->map = NULL;
+    afp->map_len = 0;
+    if (afp->fd >= 0)
+        close(afp->fd);
+    afp->fd = -1;
+}
+
+int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t block_size, uint32_t block_nr,
+                uint32_t tov_ms, uint32_t flags)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    int rc;
+
+    memset(afp, 0, sizeof(*afp));
+    afp->fd = -1;
+    if (ifindex <= 0)
+        return -EINVAL;
+    if (!block_size)
+        block_size = MG_AFP_BLOCK_SIZE;
+    if (!block_nr)
+        block_nr = MG_AFP_BLOCK_NR;
+    if (!tov_ms)
+        tov_ms = MG_AFP_RETIRE_TOV_MS;
+    if (!is_pow2(block_size) || page <= 0 || block_size % (uint32_t)page ||
+        block_size < MG_FRAME_SIZE || block_nr > 4096)
+        return -EINVAL;
+
+    /* Protocol 0: no packet is queued before the ring exists; bind() below starts it. */
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    afp->fd = fd;
+    afp->ifindex = ifindex;
+    afp->flags = flags;
+
+    int v = TPACKET_V3;
+    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0)
+        goto fail;
+
+    struct tpacket_req3 req;
+    memset(&req, 0, sizeof req);
+    req.tp_block_size = block_size;
+    req.tp_block_nr = block_nr;
+    req.tp_frame_size = MG_FRAME_SIZE; /* only sizes the ring's bookkeeping in V3 */
+    req.tp_frame_nr = (block_size / MG_FRAME_SIZE) * block_nr;
+    req.tp_retire_blk_tov = tov_ms;
+    req.tp_feature_req_word = 0;
+    if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) < 0)
+        goto fail;
+
+    afp->map_len = (size_t)block_size * block_nr;
+    afp->map = mmap(NULL, afp->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, 0);
+    if (afp->map == MAP_FAILED) /* MAP_LOCKED may exceed RLIMIT_MEMLOCK: retry without */
+        afp->map = mmap(NULL, afp->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (afp->map == MAP_FAILED) {
+        afp->map = NULL;
+        goto fail;
+    }
+    afp->block_size = block_size;
+    afp->block_nr = block_nr;
+
+    if (!(flags & MG_AFP_F_NO_QDISC_BYPASS)) {
+        v = 1;
+        if (setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &v, sizeof v) < 0)
+            goto fail;
+    }
+#ifdef PACKET_IGNORE_OUTGOING
+    /* Best effort (Linux >= 4.20); rx_burst also checks sll_pkttype. */
+    v = 1;
+    (void)setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &v, sizeof v);
+#endif
+
+    struct sockaddr_ll sll;
+    memset(&sll, 0, sizeof sll);
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = htons(ETH_P_ALL);
+    sll.sll_ifindex = ifindex;
+    if (bind(fd, (struct sockaddr *)&sll, sizeof sll) < 0)
+        goto fail;
+    return fd;
+
+fail:
+    rc = -errno;
+    mg_afp_close(afp);
+    return rc ? rc : -EIO;
+}
+
+/* ------------------------------------------------------------------ checksums */
+
+static uint32_t sum16(const uint8_t *p, size_t len, uint32_t acc)
+{
+    while (len > 1) {
+        acc += (uint32_t)p[0] << 8 | p[1];
+        p += 2;
+        len -= 2;
+    }
+    if (len)
+        acc += (uint32_t)p[0] << 8;
+    return acc;
+}
+
+static uint16_t fold(uint32_t acc)
+{
+    while (acc >> 16)
+        acc = (acc & 0xffff) + (acc >> 16);
+    return (uint16_t)~acc;
+}
+
+int mg_afp_csum_complete(uint8_t *frame, uint32_t len)
+{
+    uint32_t off = 14;
+    if (len < off)
+        return 0;
+    uint16_t et = (uint16_t)(frame[12] << 8 | frame[13]);
+    while ((et == 0x8100 || et == 0x88a8) && len >= off + 4) {
+        et = (uint16_t)(frame[off + 2] << 8 | frame[off + 3]);
+        off += 4;
+    }
+    uint8_t proto;
+    uint32_t l4, l4len;
+    uint32_t acc = 0;
+    if (et == 0x0800) {
+        if (len < off + 20)
+            return 0;
+        const uint8_t *ip = frame + off;
+        uint32_t ihl = (uint32_t)(ip[0] & 0x0f) * 4;
+        uint32_t tot = (uint32_t)(ip[2] << 8 | ip[3]);
+        if ((ip[0] >> 4) != 4 || ihl < 20 || tot < ihl || off + tot > len)
+            return 0;
+        if ((ip[6] & 0x3f) || ip[7]) /* MF or offset: a fragment has no whole L4 */
+            return 0;
+        proto = ip[9];
+        l4 = off + ihl;
+        l4len = tot - ihl;
+        acc = sum16(ip + 12, 8, acc);
+    } else if (et == 0x86dd) {
+        if (len < off + 40)
+            return 0;
+        const uint8_t *ip = frame + off;
+        uint32_t plen = (uint32_t)(ip[4] << 8 | ip[5]);
+        if ((ip[0] >> 4) != 6 || off + 40 + plen > len)
+            return 0;
+        proto = ip[6];
+        l4 = off + 40;
+        /* Skip hop-by-hop, routing and destination options headers. */
+        while (proto == 0 || proto == 43 || proto == 60) {
+            if (l4 + 8 > off + 40 + plen)
+                return 0;
+            uint32_t hl = ((uint32_t)frame[l4 + 1] + 1) * 8;
+            proto = frame[l4];
+            l4 += hl;
+        }
+        if (l4 > off + 40 + plen)
+            return 0;
+        l4len = off + 40 + plen - l4;
+        acc = sum16(ip + 8, 32, acc);
+    } else {
+        return 0;
+    }
+    uint32_t cso;
+    if (proto == IPPROTO_TCP) {
+        if (l4len < 20)
+            return 0;
+        cso = 16;
+    } else if (proto == IPPROTO_UDP) {
+        if (l4len < 8)
+            return 0;
+        cso = 6;
+    } else {
+        return 0;
+    }
+    acc += proto;
+    acc += l4len;
+    frame[l4 + cso] = 0;
+    frame[l4 + cso + 1] = 0;
+    acc = sum16(frame + l4, l4len, acc);
+    uint16_t c = fold(acc);
+    if (proto == IPPROTO_UDP && c == 0)
+        c = 0xffff; /* RFC 768: 0 means "no checksum" */
+    frame[l4 + cso] = (uint8_t)(c >> 8);
+    frame[l4 + cso + 1] = (uint8_t)c;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ receive */
+
+static inline struct tpacket_block_desc *block_at(struct mg_afp *afp, uint32_t i)
+{
+    return (struct tpacket_block_desc *)(afp->map + (size_t)i * afp->block_size);
+}
+
+/* Hands the current block back to the kernel and moves on. */
+static inline void block_release(struct mg_afp *afp, struct tpacket_block_desc *bd)
+{
+    /* Release: our reads of the block happen before the kernel may refill it
+     * (pairs with the kernel's read of block_status in prb_dispatch_next_block). */
+    __atomic_store_n(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+    afp->cur_block = (afp->cur_block + 1) % afp->block_nr;
+    afp->pkts_left = 0;
+    afp->pkt_off = 0;
+    afp->stats.rx_blocks++;
+}
+
+/* Copies one ring packet into frame `idx`; returns 1 when delivered, 0 when dropped. */
+static int deliver(struct mg_afp *afp, uint8_t *pool, uint32_t idx, struct tpacket3_hdr *h,
+                   uint64_t ts)
+{
+    const struct sockaddr_ll *sll =
+        (const struct sockaddr_ll *)((uint8_t *)h + TPACKET_ALIGN(sizeof(struct tpacket3_hdr)));
+    if (sll->sll_pkttype == PACKET_OUTGOING) {
+        afp->stats.rx_outgoing++;
+        return 0;
+    }
+    uint32_t snap = h->tp_snaplen, wire = h->tp_len;
+    if (snap < wire) {
+        afp->stats.rx_truncated++;
+        return 0;
+    }
+    int vlan = (h->tp_status & TP_STATUS_VLAN_VALID) && snap >= 12;
+    uint32_t len = snap + (vlan ? 4u : 0u);
+    if (len > MG_FRAME_DATA_MAX) {
+        afp->stats.rx_oversize++;
+        return 0;
+    }
+    const uint8_t *src = (const uint8_t *)h + h->tp_mac;
+    struct mg_frame_meta *m = mg_frame_meta(pool, idx);
+    uint8_t *dst = (uint8_t *)m + MG_FRAME_META_SIZE + MG_FRAME_HEADROOM;
+    if (vlan) {
+        uint16_t tpid = (h->tp_status & TP_STATUS_VLAN_TPID_VALID) ? h->hv1.tp_vlan_tpid : 0x8100;
+        uint16_t tci = (uint16_t)h->hv1.tp_vlan_tci;
+        memcpy(dst, src, 12);
+        dst[12] = (uint8_t)(tpid >> 8);
+        dst[13] = (uint8_t)tpid;
+        dst[14] = (uint8_t)(tci >> 8);
+        dst[15] = (uint8_t)tci;
+        memcpy(dst + 16, src + 12, snap - 12);
+        afp->stats.rx_vlan++;
+    } else {
+        memcpy(dst, src, snap);
+    }
+    if ((h->tp_status & TP_STATUS_CSUMNOTREADY) && !(afp->flags & MG_AFP_F_NO_CSUM_FIX))
+        afp->stats.rx_csum_fixed += (uint64_t)mg_afp_csum_complete(dst, len);
+    /* Metadata: everything the later stages fill starts clean. */
+    memset(m, 0, sizeof(*m));
+    m->len = len;
+    m->data_off = MG_FRAME_HEADROOM;
+    m->wire_len = wire + (vlan ? 4u : 0u);
+    m->backend_index = -1;
+    m->rx_ts_ns = ts;
+    afp->stats.rx_packets++;
+    afp->stats.rx_bytes += len;
+    return 1;
+}
+
+int mg_afp_rx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n)
+{
+    if (afp->fd < 0 || !afp->map)
+        return -EBADF;
+    if (n > MG_BURST_MAX)
+        n = MG_BURST_MAX;
+    uint32_t got = 0;
+    uint64_t ts = 0;
+    /* Visit at most every block once per call, so a busy ring cannot pin us here. */
+    for (uint32_t visited = 0; got < n && visited <= afp->block_nr;) {
+        struct tpacket_block_desc *bd = block_at(afp, afp->cur_block);
+        if (afp->pkts_left == 0) {
+            /* Acquire: the block's packets are read only after we saw it is ours
+             * (pairs with the kernel's smp_wmb + status store when it retires a block). */
+            uint32_t st = __atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE);
+            if (!(st & TP_STATUS_USER))
+                break;
+            afp->pkts_left = bd->hdr.bh1.num_pkts;
+            afp->pkt_off = bd->hdr.bh1.offset_to_first_pkt;
+            visited++;
+            if (afp->pkts_left == 0) {
+                block_release(afp, bd);
+                continue;
+            }
+        }
+        if (!ts)
+            ts = now_ns(); /* one clock read per burst */
+        while (afp->pkts_left && got < n) {
+            struct tpacket3_hdr *h = (struct tpacket3_hdr *)((uint8_t *)bd + afp->pkt_off);
+            uint32_t idx = (uint32_t)descs[got];
+            got += (uint32_t)deliver(afp, pool, idx, h, ts);
+            afp->pkt_off += h->tp_next_offset;
+            afp->pkts_left--;
+        }
+        if (afp->pkts_left == 0)
+            block_release(afp, bd);
+    }
+    return (int)got;
+}
+
+/* ------------------------------------------------------------------ transmit */
+
+int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n)
+{
+    struct mmsghdr msgs[MG_BURST_MAX];
+    struct iovec iov[MG_BURST_MAX];
+    if (afp->fd < 0)
+        return -EBADF;
+    uint32_t sent_total = 0;
+    while (n) {
+        uint32_t chunk = n > MG_BURST_MAX ? MG_BURST_MAX : n, k = 0;
+        for (uint32_t i = 0; i < chunk; i++) {
+            uint32_t idx = (uint32_t)descs[i];
+            struct mg_frame_meta *m = mg_frame_meta(pool, idx);
+            /* A frame whose packet would run past its slot is a caller bug: count it. */
+            if (m->len < 14 || (uint64_t)m->data_off + m->len >
+                                   MG_FRAME_SIZE - MG_FRAME_META_SIZE) {
+                afp->stats.tx_errors++;
+                continue;
+            }
+            iov[k].iov_base = mg_frame_data(pool, idx);
+            iov[k].iov_len = m->len;
+            memset(&msgs[k], 0, sizeof msgs[k]);
+            msgs[k].msg_hdr.msg_iov = &iov[k];
+            msgs[k].msg_hdr.msg_iovlen = 1;
+            k++;
+        }
+        uint32_t done = 0;
+        while (done < k) {
+            afp->stats.tx_calls++;
+            int r = sendmmsg(afp->fd, msgs + done, k - done, MSG_DONTWAIT);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                /* The first unsent frame failed: count it and try the rest once more
+                 * (a transient ENOBUFS drops one frame, not the burst). */
+                afp->last_tx_errno = errno;
+                afp->stats.tx_errors++;
+                done++;
+                if (errno == ENETDOWN || errno == ENXIO || errno == ENODEV) {
+                    afp->stats.tx_errors += k - done; /* link gone: drop the burst */
+                    done = k;
+                }
+                continue;
+            }
+            for (int j = 0; j < r; j++)
+                afp->stats.tx_bytes += iov[done + (uint32_t)j].iov_len;
+            afp->stats.tx_packets += (uint64_t)r;
+            sent_total += (uint32_t)r;
+            done += (uint32_t)r;
+        }
+        descs += chunk;
+        n -= chunk;
+    }
+    return (int)sent_total;
+}
+
+int mg_afp_kernel_stats(struct mg_afp *afp, uint64_t *packets, uint64_t *drops,
+                        uint64_t *freezes)
+{
+    struct tpacket_stats_v3 st;
+    socklen_t sl = sizeof st;
+    memset(&st, 0, sizeof st);
+    if (afp->fd < 0)
+        return -EBADF;
+    if (getsockopt(afp->fd, SOL_PACKET, PACKET_STATISTICS, &st, &sl) < 0)
+        return -errno;
+    *packets = st.tp_packets;
+    *drops = st.tp_drops;
+    *freezes = st.tp_freeze_q_cnt;
+    return 0;
+}
