@@ -113,6 +113,7 @@ class BgpPeer:
     port: int = 179
     hold_time: int = 90
     passive: bool = False
+    local_address: str = ""  # source address of our connections to this peer; empty = kernel's choice
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,10 @@ class Bgp:
     router_id: str = ""
     next_hop_ipv4: str = ""  # empty = the session's local address (next-hop self)
     next_hop_ipv6: str = ""
-    listen_port: int = 179
+    listen_port: int = 179  # 0 = do not listen (active sessions only)
     peers: tuple[BgpPeer, ...] = ()
+    listen_address: str = ""  # empty = every address
+    connect_retry_time: int = 30  # seconds (RFC 4271 suggests 120; a VIP should come back sooner)
 
 
 @dataclass(frozen=True)
@@ -410,12 +413,15 @@ class _Parser:
     def bgp(self, data: Any) -> Bgp:
         p = "bgp"
         d = self.table(
-            data, p, {"local_asn", "router_id", "next_hop_ipv4", "next_hop_ipv6", "listen_port", "peer"}
+            data,
+            p,
+            {"local_asn", "router_id", "next_hop_ipv4", "next_hop_ipv6", "listen_port", "peer",
+             "listen_address", "connect_retry_time"},
         )
         peers = []
         for i, raw in enumerate(self.array(d.get("peer", []), f"{p}.peer")):
             pp = f"{p}.peer[{i}]"
-            pd = self.table(raw, pp, {"address", "asn", "port", "hold_time", "passive"})
+            pd = self.table(raw, pp, {"address", "asn", "port", "hold_time", "passive", "local_address"})
             hold = self.integer(pd, "hold_time", pp, 90, 0, 65535)
             if hold in (1, 2):
                 self.err(f"{pp}.hold_time", "must be 0 or at least 3 seconds (RFC 4271 4.2)")
@@ -426,8 +432,16 @@ class _Parser:
                     port=self.integer(pd, "port", pp, 179, 1, 65535),
                     hold_time=hold,
                     passive=self.boolean(pd, "passive", pp, False),
+                    local_address=self.ip(pd, "local_address", pp, False),
                 )
             )
+            peer = peers[-1]
+            if peer.local_address and peer.address and (":" in peer.local_address) != (":" in peer.address):
+                self.err(f"{pp}.local_address", "must be of the same address family as the peer address")
+            # Incoming connections are matched to a peer by source address.
+            earlier = [j for j, q in enumerate(peers[:-1]) if q.address and q.address == peer.address]
+            if earlier:
+                self.err(f"{pp}.address", f"duplicate peer {peer.address} (also peer[{earlier[0]}])")
         bgp = Bgp(
             local_asn=self.integer(d, "local_asn", p, 0, 0, 4294967295),
             router_id=self.ip(d, "router_id", p, False, 4),
@@ -435,7 +449,13 @@ class _Parser:
             next_hop_ipv6=self.ip(d, "next_hop_ipv6", p, False, 6),
             listen_port=self.integer(d, "listen_port", p, 179, 0, 65535),
             peers=tuple(peers),
+            listen_address=self.ip(d, "listen_address", p, False),
+            connect_retry_time=self.integer(d, "connect_retry_time", p, 30, 1, 65535),
         )
+        if bgp.listen_port == 0:
+            for i, peer in enumerate(bgp.peers):
+                if peer.passive:
+                    self.err(f"{p}.peer[{i}].passive", "a passive peer needs bgp.listen_port (it is 0)")
         if bgp.peers and not bgp.local_asn:
             self.err(f"{p}.local_asn", "is required when peers are configured")
         if bgp.peers and not bgp.router_id:

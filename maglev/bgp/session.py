@@ -1,0 +1,598 @@
+"""One BGP session per configured peer: the RFC 4271 section 8 state machine on asyncio.
+
+Design
+------
+The RFC draws the FSM as a table of (state, event) cells.  Here each session is one
+coroutine (:meth:`Session._run`) whose position in the code *is* the state, and the
+timers are deadlines on the awaits that can time out:
+
+- Idle: wait out the idle-hold delay (peer oscillation damping, RFC 4271 8.1.1 option
+  ``DampPeerOscillations``): 0 s the first time, then 1, 2, 4 ... s after each failed
+  session, capped at the connect-retry time, reset once a session was up for a while.
+  An incoming connection ends the wait at once: a router that restarted and connects to
+  us should not wait for our damping.
+- Connect: a TCP connect bounded by the ConnectRetryTimer, raced against an incoming
+  connection (TcpConnectionConfirmed wins the race and the outgoing attempt is dropped).
+- Active: TCP failed (or the peer is passive): wait for an incoming connection until
+  the ConnectRetryTimer expires, then back to Connect.  A passive peer waits forever.
+- OpenSent: our OPEN is out; the HoldTimer is the RFC's "large value" (240 s).
+- OpenConfirm: their OPEN checked and our KEEPALIVE sent; the negotiated hold time
+  bounds the wait for their KEEPALIVE.
+- Established: a reader loop (every message restarts the HoldTimer: the read timeout)
+  and a writer task that both sends KEEPALIVE every hold/3 s and brings the peer's
+  Adj-RIB-Out in line with the speaker's prefix set.  The writer compares *desired* with
+  *sent* each time it wakes, so announce/withdraw/route-refresh/re-establishment are one
+  idempotent code path and a burst of changes collapses into few UPDATEs.
+
+Any error in a state leaves through one ``except`` ladder in :meth:`_run`: a
+:class:`Notify` is sent as a NOTIFICATION, the connection is closed, the session goes to
+Idle (RFC 8: most errors "release all resources ... change state to Idle").
+
+Connection collisions (RFC 4271 6.8): an incoming connection that arrives while the
+session is in OpenSent/OpenConfirm becomes a "shadow": we send it an OPEN and read the
+peer's OPEN on it.  Then the connection opened by the side with the higher BGP
+identifier survives (ties, possible between ASes since RFC 6286, are broken by the
+higher ASN); the loser gets a CEASE "connection collision resolution" (RFC 4486 7).  An
+incoming connection while Established is refused the same way.  When two connections
+were both opened by the peer (it restarted and our old one is stale) the newer wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import logging
+import struct
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from maglev.bgp import messages as m
+from maglev.bgp.messages import Err, Notify
+
+if TYPE_CHECKING:
+    from maglev.bgp.speaker import Speaker
+    from maglev.config import BgpPeer
+
+log = logging.getLogger("maglev.bgp")
+
+OPEN_HOLD_S = 240.0  # RFC 4271 8.2.2: HoldTimer "large value" while waiting for OPEN
+SEND_TIMEOUT_S = 15.0  # a peer that does not read for this long is gone
+STABLE_S = 60.0  # a session up this long resets the damping back-off
+
+
+class State(enum.Enum):
+    IDLE = "Idle"
+    CONNECT = "Connect"
+    ACTIVE = "Active"
+    OPENSENT = "OpenSent"
+    OPENCONFIRM = "OpenConfirm"
+    ESTABLISHED = "Established"
+
+
+def _plain(addr: str) -> str:
+    """An IPv4-mapped IPv6 address (dual-stack listener) back to plain IPv4."""
+    ip = ipaddress.ip_address(addr.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+class Connection:
+    """One TCP connection carrying BGP messages."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outgoing: bool):
+        self.reader = reader
+        self.writer = writer
+        self.outgoing = outgoing
+        self.local = _plain(writer.get_extra_info("sockname")[0])
+        self.remote = _plain(writer.get_extra_info("peername")[0])
+        self.asn4 = True  # the width of AS numbers in UPDATEs, fixed once OPENs are exchanged
+        self.opened_at = time.monotonic()
+        self.closed = False
+        self.on_message: Callable[[str, Any], None] | None = None
+
+    async def read(self, timeout: float | None) -> m.Message:
+        """The next message; ``timeout`` is the hold timer (None = no hold timer)."""
+        try:
+            async with asyncio.timeout(timeout):
+                header = await self.reader.readexactly(m.HEADER_LEN)
+                length, _ = m.check_header(header)
+                body = await self.reader.readexactly(length - m.HEADER_LEN)
+        except TimeoutError:
+            raise Notify(Err.HOLD_TIMER, 0, b"", f"no message for {timeout:g} s") from None
+        msg = m.parse_message(header + body, self.asn4)
+        if self.on_message:
+            self.on_message("in", msg)
+        return msg
+
+    async def send(self, msg: m.Message) -> None:
+        self.writer.write(bytes(msg))
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await self.writer.drain()
+        if self.on_message:
+            self.on_message("out", msg)
+
+    def abort(self) -> None:
+        self.closed = True
+        self.writer.transport.abort()
+
+    async def close(self, notification: m.Notification | None = None) -> None:
+        """Send ``notification`` (best effort) and close; never raises."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if notification is not None:
+                self.writer.write(bytes(notification))
+                async with asyncio.timeout(2):
+                    await self.writer.drain()
+                if self.on_message:
+                    self.on_message("out", notification)
+            self.writer.close()
+            async with asyncio.timeout(2):
+                await self.writer.wait_closed()
+        except (OSError, TimeoutError, ConnectionError):
+            self.writer.transport.abort()
+
+
+class PeerNotification(Exception):
+    """The peer sent us a NOTIFICATION."""
+
+    def __init__(self, notification: m.Notification):
+        self.notification = notification
+        super().__init__(f"peer sent NOTIFICATION {notification}")
+
+
+class _Switched(Exception):
+    """Collision resolved in favour of the shadow connection."""
+
+    def __init__(self, conn: Connection, open_msg: m.Open):
+        self.conn = conn
+        self.open = open_msg
+        super().__init__("connection collision: continuing on the peer's connection")
+
+
+def _shutdown_data(text: str) -> bytes:
+    """RFC 9003 shutdown communication: length octet + UTF-8 (at most 255 octets)."""
+    raw = text.encode()[:255]
+    while raw:
+        try:
+            raw.decode()
+            break
+        except UnicodeDecodeError:
+            raw = raw[:-1]
+    return bytes([len(raw)]) + raw if raw else b""
+
+
+class Session:
+    """The FSM of one peer.  Created and driven by :class:`maglev.bgp.speaker.Speaker`."""
+
+    def __init__(self, speaker: Speaker, peer: BgpPeer):
+        self.speaker = speaker
+        self.peer = peer
+        self.address = str(ipaddress.ip_address(peer.address))
+        self.state = State.IDLE
+        self.conn: Connection | None = None
+        self.peer_open: m.Open | None = None
+        self.hold_time = 0.0
+        self.families: frozenset[tuple[int, int]] = frozenset()
+        self.adj_out: set[m.Prefix] = set()  # what this peer has from us right now
+        self.received: set[m.Prefix] = set()  # what the peer announced to us (counted only)
+        self.no_next_hop: set[m.Prefix] = set()  # wanted but unannounceable on this session
+        self.last_error = ""
+        self.established_at: float | None = None
+        self.failures = 0  # ConnectRetryCounter (drives the damping delay)
+        self.counters = {
+            "msgs_in": 0, "msgs_out": 0, "updates_in": 0, "updates_out": 0,
+            "notifications_in": 0, "notifications_out": 0, "established": 0,
+            "skipped_no_next_hop": 0,
+        }  # fmt: skip
+        self._incoming: asyncio.Queue[Connection] = asyncio.Queue()
+        self._dirty = asyncio.Event()
+        self._switch: asyncio.Future[tuple[Connection, m.Open]] | None = None
+        self._shadow: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._stop_text = ""
+        self._writer_error: BaseException | None = None
+
+    # ------------------------------------------------------------------ public
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"bgp-{self.address}")
+
+    async def stop(self, text: str = "") -> None:
+        """ManualStop: CEASE/administrative shutdown to the peer, then Idle for good."""
+        self._stopping = True
+        self._stop_text = text
+        if self._shadow is not None:
+            self._shadow.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while not self._incoming.empty():
+            await self._incoming.get_nowait().close()
+
+    def changed(self) -> None:
+        """The speaker's prefix set changed: wake the writer."""
+        self._dirty.set()
+
+    def incoming(self, conn: Connection) -> None:
+        """An accepted TCP connection from this peer's address."""
+        self._hook(conn)
+        loop = asyncio.get_running_loop()
+        if self._stopping:
+            loop.create_task(conn.close())
+        elif self.state == State.ESTABLISHED:
+            loop.create_task(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))
+        elif self.state in (State.OPENSENT, State.OPENCONFIRM):
+            if self._shadow is not None:
+                loop.create_task(conn.close(m.Notification(Err.CEASE, Err.CONNECTION_REJECTED)))
+            else:
+                self._shadow = loop.create_task(self._shadow_handshake(conn))
+        else:
+            while not self._incoming.empty():  # keep only the newest waiting connection
+                loop.create_task(self._incoming.get_nowait().close())
+            self._incoming.put_nowait(conn)
+
+    def snapshot(self) -> dict[str, Any]:
+        up = self.established_at
+        return {
+            "peer": self.address,
+            "port": self.peer.port,
+            "asn": self.peer.asn,
+            "state": self.state.value,
+            "uptime_s": round(time.monotonic() - up, 1) if up and self.state == State.ESTABLISHED else 0.0,
+            "local_address": self.conn.local if self.conn else "",
+            "router_id": self.peer_open.router_id if self.peer_open else "",
+            "hold_time": self.hold_time,
+            "families": sorted("ipv4-unicast" if f == m.IPV4_UNICAST else "ipv6-unicast" for f in self.families if f in (m.IPV4_UNICAST, m.IPV6_UNICAST)),
+            "announced": sorted(str(p) for p in self.adj_out),
+            "received": len(self.received),
+            "last_error": self.last_error,
+            **self.counters,
+        }
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def ebgp(self) -> bool:
+        return self.peer.asn != self.speaker.config.local_asn
+
+    def _set_state(self, new: State, reason: str = "") -> None:
+        old = self.state
+        if old == new:
+            return
+        self.state = new
+        log.info("bgp peer %s: %s -> %s %s", self.address, old.value, new.value, reason)
+        self.speaker._emit(
+            {"event": "bgp.state", "peer": self.address, "asn": self.peer.asn, "old": old.value, "new": new.value, "reason": reason}
+        )
+
+    def _hook(self, conn: Connection) -> None:
+        def count(direction: str, msg: Any) -> None:
+            self.counters["msgs_" + direction] += 1
+            if isinstance(msg, m.Update):
+                self.counters["updates_" + direction] += 1
+            elif isinstance(msg, m.Notification):
+                self.counters["notifications_" + direction] += 1
+
+        conn.on_message = count
+
+    def _open(self) -> m.Open:
+        cfg = self.speaker.config
+        return m.Open.build(cfg.local_asn, self.peer.hold_time, cfg.router_id, (m.IPV4_UNICAST, m.IPV6_UNICAST))
+
+    def _check_open(self, o: m.Open) -> None:
+        """Session-level OPEN checks (RFC 4271 6.2; RFC 6793 for the ASN)."""
+        if o.asn != self.peer.asn:
+            data = struct.pack("!H", o.my_as)
+            raise Notify(Err.OPEN, Err.BAD_PEER_AS, data, f"peer says AS {o.asn}, configured {self.peer.asn}")
+        if not self.ebgp and o.router_id == self.speaker.config.router_id:
+            raise Notify(Err.OPEN, Err.BAD_BGP_ID, b"", f"iBGP peer has our BGP identifier {o.router_id}")
+
+    # ------------------------------------------------------------------ main loop
+    async def _run(self) -> None:
+        delay = 0.0
+        while True:
+            conn: Connection | None = None
+            reason = ""
+            try:
+                self._set_state(State.IDLE)
+                conn = await self._acquire(delay)
+                await self._session(conn)
+            except asyncio.CancelledError:
+                await self._end(self.conn or conn, m.Notification(Err.CEASE, Err.ADMIN_SHUTDOWN, _shutdown_data(self._stop_text)))
+                self._set_state(State.IDLE, "stopped")
+                raise
+            except Notify as exc:
+                reason = f"sent NOTIFICATION {exc}"
+                await self._end(self.conn or conn, exc.notification())
+            except PeerNotification as exc:
+                reason = str(exc)
+                await self._end(self.conn or conn, None)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                reason = self._describe(exc)
+                await self._end(self.conn or conn, None)
+            self.last_error = reason
+            log.warning("bgp peer %s: session ended: %s", self.address, reason)
+            stable = self.established_at is not None and time.monotonic() - self.established_at >= STABLE_S
+            self.failures = 0 if stable else self.failures + 1
+            self.established_at = None
+            self._set_state(State.IDLE, reason)
+            delay = min(float(self.speaker.config.connect_retry_time), 2.0 ** (self.failures - 1)) if self.failures else 0.0
+
+    def _describe(self, exc: BaseException) -> str:
+        if self._writer_error is not None:
+            exc, self._writer_error = self._writer_error, None
+        if isinstance(exc, asyncio.IncompleteReadError):
+            return "peer closed the connection"
+        if isinstance(exc, TimeoutError):
+            return "send timed out"
+        return f"{type(exc).__name__}: {exc}"
+
+    async def _end(self, conn: Connection | None, notification: m.Notification | None) -> None:
+        """Leave the session: close the connection, forget what the peer had."""
+        if conn is not None:
+            # A NOTIFICATION only makes sense once our OPEN is out (RFC 4271 4.5).
+            opened = self.state in (State.OPENSENT, State.OPENCONFIRM, State.ESTABLISHED)
+            await conn.close(notification if opened else None)
+        self.conn = None
+        if self._shadow is not None:
+            self._shadow.cancel()
+            self._shadow = None
+        if self._switch is not None and self._switch.done():
+            await self._switch.result()[0].close()  # a collision winner nobody picked up
+        self._switch = None
+        if self.adj_out:
+            # Closing the session withdraws everything implicitly (RFC 4271 3).
+            self.speaker._emit({"event": "bgp.route", "peer": self.address, "action": "withdraw", "prefixes": sorted(str(p) for p in self.adj_out), "implicit": True})
+        self.adj_out.clear()
+        self.received.clear()
+        self.no_next_hop.clear()
+        self.peer_open = None
+        self.families = frozenset()
+        self.hold_time = 0.0
+
+    async def _wait_incoming(self, timeout: float | None) -> Connection | None:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._incoming.get()
+        except TimeoutError:
+            return None
+
+    async def _acquire(self, delay: float) -> Connection:
+        """Idle -> Connect/Active -> a TCP connection (ours or the peer's)."""
+        if delay > 0 and (conn := await self._wait_incoming(delay)) is not None:
+            self._set_state(State.ACTIVE, "incoming connection")
+            return conn
+        retry = float(self.speaker.config.connect_retry_time)
+        if self.peer.passive:
+            self._set_state(State.ACTIVE, "passive: waiting for the peer")
+            conn = await self._incoming.get()
+            return conn
+        while True:
+            self._set_state(State.CONNECT)
+            started = time.monotonic()
+            get_in = asyncio.ensure_future(self._incoming.get())
+            dial = asyncio.ensure_future(self._dial(retry))
+            try:
+                await asyncio.wait({get_in, dial}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (get_in, dial):
+                    if not t.done():
+                        t.cancel()
+            if get_in.done() and not get_in.cancelled():
+                if dial.done() and not dial.cancelled() and dial.exception() is None and dial.result() is not None:
+                    await dial.result().close()
+                return get_in.result()
+            out = dial.result() if not dial.cancelled() and dial.exception() is None else None
+            if out is not None:
+                return out
+            self._set_state(State.ACTIVE, self.last_error)
+            left = max(0.0, retry - (time.monotonic() - started))
+            if (conn := await self._wait_incoming(left)) is not None:
+                return conn
+
+    async def _dial(self, timeout: float) -> Connection | None:
+        """One outgoing TCP connection attempt bounded by the ConnectRetryTimer."""
+        try:
+            async with asyncio.timeout(timeout):
+                local = (self.peer.local_address, 0) if self.peer.local_address else None
+                reader, writer = await asyncio.open_connection(self.address, self.peer.port, local_addr=local)
+        except (OSError, TimeoutError) as exc:
+            self.last_error = f"connect to {self.address}:{self.peer.port} failed: {getattr(exc, 'strerror', None) or exc or 'timeout'}"
+            return None
+        conn = Connection(reader, writer, outgoing=True)
+        self._hook(conn)
+        return conn
+
+    async def _recv_or_switch(self, conn: Connection, timeout: float | None) -> m.Message:
+        """Read from ``conn`` unless a shadow connection wins a collision first."""
+        loop = asyncio.get_running_loop()
+        assert self._switch is not None
+        if not self._switch.done():
+            read = loop.create_task(conn.read(timeout))
+            try:
+                await asyncio.wait({read, self._switch}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                read.cancel()
+                raise
+            if not self._switch.done():
+                return read.result()
+            read.cancel()
+        new_conn, open_msg = self._switch.result()
+        self._switch = loop.create_future()
+        await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
+        raise _Switched(new_conn, open_msg)
+
+    async def _session(self, conn: Connection) -> None:
+        self.conn = conn
+        self._switch = asyncio.get_running_loop().create_future()
+        await conn.send(self._open())
+        self._set_state(State.OPENSENT, f"{'connected to' if conn.outgoing else 'accepted'} {conn.remote}")
+        open_msg: m.Open | None = None
+        while self.state != State.ESTABLISHED:
+            if open_msg is None:
+                try:
+                    msg = await self._recv_or_switch(self.conn, OPEN_HOLD_S)
+                except _Switched as sw:
+                    self.conn, msg = sw.conn, sw.open
+                if isinstance(msg, m.Notification):
+                    raise PeerNotification(msg)
+                if not isinstance(msg, m.Open):
+                    raise Notify(Err.FSM, Err.FSM_IN_OPENSENT, bytes([msg.TYPE]), f"{type(msg).__name__} in OpenSent")
+                open_msg = msg
+            self._check_open(open_msg)
+            self.peer_open = open_msg
+            self.conn.asn4 = open_msg.asn4 is not None
+            self.hold_time = float(min(self.peer.hold_time, open_msg.hold_time))
+            self.families = open_msg.families & {m.IPV4_UNICAST, m.IPV6_UNICAST}
+            await self.conn.send(m.Keepalive())
+            self._set_state(State.OPENCONFIRM, f"peer {open_msg.router_id} AS {open_msg.asn}")
+            try:
+                msg = await self._recv_or_switch(self.conn, self.hold_time or None)
+            except _Switched as sw:
+                self.conn, open_msg = sw.conn, sw.open
+                continue  # check the new OPEN, answer it with a KEEPALIVE, stay in OpenConfirm
+            if isinstance(msg, m.Notification):
+                raise PeerNotification(msg)
+            if not isinstance(msg, m.Keepalive):
+                raise Notify(Err.FSM, Err.FSM_IN_OPENCONFIRM, bytes([msg.TYPE]), f"{type(msg).__name__} in OpenConfirm")
+            self.established_at = time.monotonic()
+            self.counters["established"] += 1
+            self._set_state(State.ESTABLISHED, f"hold time {self.hold_time:g} s")
+        await self._established(self.conn)
+
+    async def _shadow_handshake(self, conn: Connection) -> None:
+        """Second connection during OpenSent/OpenConfirm: OPEN both ways, then resolve."""
+        try:
+            await conn.send(self._open())
+            msg = await conn.read(OPEN_HOLD_S)
+            if not isinstance(msg, m.Open):
+                await conn.close(m.Notification(Err.FSM, Err.FSM_IN_OPENSENT) if not isinstance(msg, m.Notification) else None)
+                return
+            self._check_open(msg)
+            primary = self.conn
+            if self.state not in (State.OPENSENT, State.OPENCONFIRM) or primary is None:
+                await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
+                return
+            local = (int(ipaddress.IPv4Address(self.speaker.config.router_id)), self.speaker.config.local_asn)
+            remote = (int(ipaddress.IPv4Address(msg.router_id)), msg.asn)
+            # Keep the connection opened by the side with the higher identifier.
+            keep_shadow = (remote > local) if primary.outgoing else True
+            log.info("bgp peer %s: connection collision, keeping the %s one", self.address, "peer's" if keep_shadow else "existing")
+            if keep_shadow and self._switch is not None and not self._switch.done():
+                self._switch.set_result((conn, msg))
+            else:
+                await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
+        except Notify as exc:
+            await conn.close(exc.notification())
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            await conn.close()
+        except asyncio.CancelledError:
+            if self.conn is not conn:
+                await conn.close()
+            raise
+        finally:
+            if self._shadow is asyncio.current_task():
+                self._shadow = None
+
+    # ------------------------------------------------------------------ Established
+    async def _established(self, conn: Connection) -> None:
+        self.adj_out.clear()
+        self._dirty.set()  # initial announcement of everything we have
+        self._writer_error = None
+        writer = asyncio.get_running_loop().create_task(self._writer(conn))
+        try:
+            while True:
+                msg = await conn.read(self.hold_time or None)
+                if isinstance(msg, m.Keepalive):
+                    continue
+                if isinstance(msg, m.Update):
+                    self._on_update(msg)
+                elif isinstance(msg, m.RouteRefresh):
+                    fam = (msg.afi, msg.safi)
+                    if fam in self.families:
+                        version = 4 if msg.afi == m.AFI_IPV4 else 6
+                        self.adj_out = {p for p in self.adj_out if p.version != version}
+                        self._dirty.set()
+                elif isinstance(msg, m.Notification):
+                    raise PeerNotification(msg)
+                elif isinstance(msg, m.Open):
+                    raise Notify(Err.FSM, Err.FSM_IN_ESTABLISHED, bytes([m.OPEN]), "OPEN in Established")
+        finally:
+            writer.cancel()
+            try:
+                await writer
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def _on_update(self, u: m.Update) -> None:
+        for p in u.withdrawn_all():
+            self.received.discard(p)
+        for p in u.announced():
+            self.received.add(p)
+
+    async def _writer(self, conn: Connection) -> None:
+        """KEEPALIVE every hold/3 s and Adj-RIB-Out synchronisation (RFC 4271 4.4, 9.2)."""
+        keepalive = self.hold_time / 3 if self.hold_time else None
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(keepalive):
+                        await self._dirty.wait()
+                except TimeoutError:
+                    await conn.send(m.Keepalive())
+                    continue
+                self._dirty.clear()
+                await self._sync(conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # make the reader notice: it owns the session's end
+            self._writer_error = exc
+            conn.abort()
+
+    def _next_hop(self, version: int, conn: Connection) -> str:
+        cfg = self.speaker.config
+        configured = cfg.next_hop_ipv4 if version == 4 else cfg.next_hop_ipv6
+        if configured:
+            return configured
+        local = ipaddress.ip_address(conn.local)
+        if local.version == version and not (version == 6 and local.is_link_local):
+            return str(local)
+        return ""
+
+    async def _sync(self, conn: Connection) -> None:
+        desired = self.speaker.prefixes
+        for version, fam in ((4, m.IPV4_UNICAST), (6, m.IPV6_UNICAST)):
+            if fam not in self.families:
+                continue
+            want = {p for p in desired if p.version == version}
+            have = {p for p in self.adj_out if p.version == version}
+            gone = sorted(have - want)
+            new = sorted(want - have)
+            for u in m.build_withdraw(gone):
+                await conn.send(u)
+            if gone:
+                self.adj_out -= set(gone)
+                self.speaker._emit({"event": "bgp.route", "peer": self.address, "action": "withdraw", "prefixes": [str(p) for p in gone]})
+            if not new:
+                continue
+            hop = self._next_hop(version, conn)
+            if not hop:
+                # Counted and logged once per prefix and session, not on every wake-up.
+                fresh = set(new) - self.no_next_hop
+                if fresh:
+                    self.no_next_hop |= fresh
+                    self.counters["skipped_no_next_hop"] = len(self.no_next_hop)
+                    log.warning("bgp peer %s: no IPv%d next hop on this session (set bgp.next_hop_ipv%d); not announcing %s", self.address, version, version, ", ".join(map(str, sorted(fresh))))
+                continue
+            for u in m.build_announce(new, local_asn=self.speaker.config.local_asn, ebgp=self.ebgp, asn4=conn.asn4, next_hop=hop):
+                await conn.send(u)
+            self.adj_out |= set(new)
+            self.speaker._emit({"event": "bgp.route", "peer": self.address, "action": "announce", "prefixes": [str(p) for p in new], "next_hop": hop})

@@ -1,0 +1,166 @@
+"""The BGP speaker: a listener, one :class:`Session` per configured peer, one prefix set.
+
+The speaker holds the set of prefixes this machine wants announced (the VIPs); every
+session brings its peer in line with that set whenever it changes or the session comes
+up.  It never installs or re-advertises what peers send: a load balancer announces its
+VIPs and nothing else.
+
+Events (state changes, prefixes announced to / withdrawn from a peer) go to one
+callback as plain dicts, ready for msgpack on the control socket's event stream::
+
+    {"event": "bgp.state", "peer": "198.18.0.1", "asn": 64512, "old": "OpenConfirm",
+     "new": "Established", "reason": "hold time 90 s"}
+    {"event": "bgp.route", "peer": "198.18.0.1", "action": "announce",
+     "prefixes": ["203.0.113.10/32"], "next_hop": "198.18.0.2"}
+
+A callback that raises is logged and otherwise ignored: observers must not break sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from maglev.bgp.messages import Prefix
+from maglev.bgp.session import Connection, Session
+from maglev.config import Bgp
+from maglev.errors import ConfigError
+
+log = logging.getLogger("maglev.bgp")
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+def parse_prefix(prefix: str | Prefix | ipaddress.IPv4Address | ipaddress.IPv6Address) -> Prefix:
+    """``203.0.113.10`` (a host), ``203.0.113.10/32`` or ``2001:db8::10/128`` to a network.
+
+    Raises ValueError with the reason for anything else (host bits set included).
+    """
+    if isinstance(prefix, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return prefix
+    if isinstance(prefix, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return ipaddress.ip_network(prefix)
+    if not isinstance(prefix, str):
+        raise ValueError(f"{prefix!r} is not a prefix")
+    try:
+        return ipaddress.ip_network(prefix.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{prefix!r} is not a prefix: {exc}") from None
+
+
+class Speaker:
+    """``Speaker(config.bgp)``; ``await start()``; ``announce``/``withdraw``; ``await stop()``."""
+
+    def __init__(self, config: Bgp, on_event: EventCallback | None = None):
+        problems = []
+        if not config.local_asn:
+            problems.append("bgp.local_asn: is required to run a BGP speaker")
+        if not config.router_id:
+            problems.append("bgp.router_id: is required to run a BGP speaker")
+        if problems:
+            raise ConfigError(problems)
+        self.config = config
+        self.on_event = on_event
+        self.prefixes: set[Prefix] = set()
+        self.sessions = [Session(self, p) for p in config.peers]
+        self._by_address = {s.address: s for s in self.sessions}
+        self._server: asyncio.base_events.Server | None = None
+        self.rejected = 0  # incoming connections from addresses that are not peers
+        self.started = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Listen (unless ``listen_port`` is 0) and start every session."""
+        if self.started:
+            return
+        if self.config.listen_port:
+            self._server = await asyncio.start_server(
+                self._accept,
+                host=self.config.listen_address or None,
+                port=self.config.listen_port,
+                reuse_address=True,
+            )
+        self.started = True
+        for s in self.sessions:
+            s.start()
+
+    async def stop(self, reason: str = "maglev BGP speaker stopping") -> None:
+        """CEASE (administrative shutdown, with ``reason`` as RFC 9003 text) to every peer."""
+        if self._server is not None:
+            self._server.close()
+        await asyncio.gather(*(s.stop(reason) for s in self.sessions), return_exceptions=True)
+        if self._server is not None:
+            try:
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                pass
+            self._server = None
+        self.started = False
+
+    @property
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        if self._server is None:
+            return []
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    # ------------------------------------------------------------------ routes
+    def announce(self, prefix: str | Prefix) -> bool:
+        """Announce ``prefix`` to every peer (now, and to peers that come up later).
+
+        Returns False when it was already announced."""
+        p = parse_prefix(prefix)
+        if p in self.prefixes:
+            return False
+        self.prefixes.add(p)
+        self._changed()
+        return True
+
+    def withdraw(self, prefix: str | Prefix) -> bool:
+        """Withdraw ``prefix`` from every peer; False when it was not announced."""
+        p = parse_prefix(prefix)
+        if p not in self.prefixes:
+            return False
+        self.prefixes.discard(p)
+        self._changed()
+        return True
+
+    def withdraw_all(self) -> None:
+        if self.prefixes:
+            self.prefixes.clear()
+            self._changed()
+
+    def announced(self) -> list[str]:
+        return [str(p) for p in sorted(self.prefixes, key=lambda p: (p.version, p))]
+
+    def peers_state(self) -> list[dict[str, Any]]:
+        """One dict per peer: state, uptime, negotiated hold time and families, what we
+        announced to it, counters and the last error."""
+        return [s.snapshot() for s in self.sessions]
+
+    # ------------------------------------------------------------------ internals
+    def _changed(self) -> None:
+        for s in self.sessions:
+            s.changed()
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("BGP event callback failed")
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(reader, writer, outgoing=False)
+        session = self._by_address.get(conn.remote)
+        if session is None or not self.started:
+            # Not a configured peer: close without a word (RFC 4271 8.2.1.3 leaves this open).
+            self.rejected += 1
+            log.warning("bgp: connection from %s refused: not a configured peer", conn.remote)
+            await conn.close()
+            return
+        session.incoming(conn)
