@@ -11,12 +11,18 @@ socket), and survives the interface going away:
 * the interface deleted and created again (new ifindex): :meth:`AfPacketNic.maintain`
   notices the name now points at another ifindex and reopens the socket.
 
+The receive ring is created on first use (``rx_burst``, ``wait`` or ``fileno``): the
+pipeline opens one object for receiving (steering) and another for transmitting (muxer),
+and a transmit-only socket should neither hold a 4 MiB ring nor make the kernel copy
+every received packet into it.
+
 Needs CAP_NET_RAW (root): without it the constructor raises :class:`NotRootError`.
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import select
 import socket
@@ -80,6 +86,15 @@ class AfPacketNic:
         self._next_check = 0.0
         self.reopens = 0
         self._kernel = {"kernel_packets": 0, "kernel_drops": 0, "kernel_freezes": 0}
+        self._rx_on = False
+        page = mmap.PAGESIZE
+        bs = block_size
+        if bs and (bs & (bs - 1) or bs % page or bs < lib.MG_FRAME_SIZE) or not 0 <= block_nr <= 4096:
+            raise NicError(
+                errno.EINVAL,
+                f"afpacket: bad ring geometry for {iface} (block size must be a power of two, "
+                "a multiple of the page size and at least one frame; at most 4096 blocks)",
+            )
         self._prev = {k: 0 for k in _STAT_FIELDS}  # counters of sockets already closed
         self._open()
 
@@ -95,21 +110,28 @@ class AfPacketNic:
 
     def _open(self) -> None:
         ifindex = self._ifindex()
-        bs, bn, tov = self._geometry
-        rc = lib.mg_afp_open(self._afp, ifindex, bs, bn, tov, self._flags)
+        rc = lib.mg_afp_open(self._afp, ifindex, self._flags)
         if rc in (-errno.EPERM, -errno.EACCES):
             raise NotRootError(
                 f"the afpacket NIC needs root (CAP_NET_RAW) to open a packet socket on {self.iface}"
             )
-        if rc == -errno.EINVAL:
-            raise NicError(
-                errno.EINVAL,
-                f"afpacket: bad ring geometry for {self.iface} (block size must be a power "
-                "of two, a multiple of the page size and at least one frame)",
-            )
         check(rc, f"afpacket: opening {self.iface}")
+        if self._rx_on:
+            self._rx_on = False
+            self._ensure_rx()
+
+    def start_rx(self) -> None:
+        """Create the receive ring now (otherwise the first ``rx_burst``/``wait`` does)."""
+        self._ensure_rx()
+
+    def _ensure_rx(self) -> None:
+        if self._rx_on:
+            return
+        bs, bn, tov = self._geometry
+        check(lib.mg_afp_rx_enable(self._afp, bs, bn, tov), f"afpacket: RX ring on {self.iface}")
         self._poll = select.poll()
         self._poll.register(self._afp.fd, select.POLLIN | select.POLLERR)
+        self._rx_on = True
 
     def close(self) -> None:
         if self._afp is not None and self._afp.fd >= 0:
@@ -130,6 +152,7 @@ class AfPacketNic:
             pass
 
     def fileno(self) -> int:
+        self._ensure_rx()
         return int(self._afp.fd)
 
     @property
@@ -139,6 +162,8 @@ class AfPacketNic:
     # -- data path -------------------------------------------------------------
 
     def rx_burst(self, pool: Any, descs: Any, n: int) -> int:
+        if not self._rx_on:
+            self._ensure_rx()
         return check(lib.mg_afp_rx_burst(self._afp, pool, descs, n), f"afpacket rx on {self.iface}")
 
     def tx_burst(self, pool: Any, descs: Any, n: int) -> int:
@@ -148,6 +173,8 @@ class AfPacketNic:
 
     def wait(self, timeout_s: float) -> bool:
         """Sleep until the ring may have packets (True) or the timeout passed (False)."""
+        if not self._rx_on:
+            self._ensure_rx()
         if self._poll is None:
             time.sleep(timeout_s)
             return False

@@ -75,7 +75,9 @@ def raw_socket(ns_name: str, dev: str) -> socket.socket:
 
 def open_nic(ns_name: str, dev: str, **kw) -> AfPacketNic:
     with in_netns(ns_name):
-        return AfPacketNic(dev, **kw)
+        nic = AfPacketNic(dev, **kw)
+    nic.start_rx()
+    return nic
 
 
 def frame(seq: int, size: int = 100, dst: bytes = MAC_B, src: bytes = MAC_A) -> bytes:
@@ -113,6 +115,26 @@ def test_rx_burst_delivers_every_frame_in_order_into_pool_frames(pair):
         st = nic.stats()
         assert st["rx_packets"] >= 300 and st["rx_oversize"] == 0
         assert st["kernel_drops"] == 0
+
+
+def test_transmit_only_socket_receives_nothing(pair):
+    """Until the ring is asked for, the socket is bound to no protocol: no copies."""
+    _, a, b = pair
+    pool = Pool()
+    with in_netns(b.name):
+        nic = AfPacketNic("b0")
+    try:
+        tx = raw_socket(a.name, "a0")
+        try:
+            for i in range(10):
+                tx.send(frame(i))
+        finally:
+            tx.close()
+        st = nic.stats()
+        assert st["kernel_packets"] == 0 and st["rx_packets"] == 0
+        assert nic.rx_burst(pool.ptr, pool.descs, 16) == 0  # now it has a ring; old frames gone
+    finally:
+        nic.close()
 
 
 def test_tx_burst_frames_arrive_on_the_peer_unchanged(pair):
@@ -184,8 +206,7 @@ def test_link_down_and_up_is_survived(pair):
 def test_interface_deleted_and_recreated_is_reopened(pair):
     netns, a, b = pair
     pool = Pool()
-    with in_netns(b.name):
-        nic = AfPacketNic("b0")
+    nic = open_nic(b.name, "b0")
     try:
         b.exec("ip", "link", "del", "b0")  # removes the peer a0 as well
         netns.veth(a, "a0", b, "b0")

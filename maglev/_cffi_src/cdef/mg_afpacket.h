@@ -30,8 +30,8 @@ struct mg_afp {
     ...;
 };
 
-int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t block_size, uint32_t block_nr,
-                uint32_t tov_ms, uint32_t flags);
+int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t flags);
+int mg_afp_rx_enable(struct mg_afp *afp, uint32_t block_size, uint32_t block_nr, uint32_t tov_ms);
 void mg_afp_close(struct mg_afp *afp);
 int mg_afp_rx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);
 int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);

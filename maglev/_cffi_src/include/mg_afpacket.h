@@ -85,11 +85,14 @@ struct mg_afp {
     struct mg_afp_stats stats;
 };
 
-/* Opens a packet socket on ifindex with a TPACKET_V3 RX ring (block_size a multiple of
- * the page size and a power of two, 0 = default; block_nr 0 = default; tov_ms 0 =
- * default).  Returns the socket fd (>= 0) or -errno (-EPERM without CAP_NET_RAW). */
-int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t block_size, uint32_t block_nr,
-                uint32_t tov_ms, uint32_t flags);
+/* Opens a packet socket for ifindex that can transmit but receives nothing yet.
+ * Returns the socket fd (>= 0) or -errno (-EPERM without CAP_NET_RAW). */
+int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t flags);
+
+/* Adds the TPACKET_V3 RX ring and starts receiving every protocol.  block_size: a
+ * multiple of the page size and a power of two (0 = default); block_nr 0 = default;
+ * tov_ms 0 = default.  Returns 0 or -errno; a second call does nothing. */
+int mg_afp_rx_enable(struct mg_afp *afp, uint32_t block_size, uint32_t block_nr, uint32_t tov_ms);
 
 /* Unmaps the ring and closes the socket; safe to call twice. */
 void mg_afp_close(struct mg_afp *afp);

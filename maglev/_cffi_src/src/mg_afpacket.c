@@ -32,27 +32,26 @@ void mg_afp_close(struct mg_afp *afp)
     afp->fd = -1;
 }
 
-int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t block_size, uint32_t block_nr,
-                uint32_t tov_ms, uint32_t flags)
+static int bind_to(struct mg_afp *afp, uint16_t proto)
 {
-    long page = sysconf(_SC_PAGESIZE);
+    struct sockaddr_ll sll;
+    memset(&sll, 0, sizeof sll);
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = htons(proto);
+    sll.sll_ifindex = afp->ifindex;
+    return bind(afp->fd, (struct sockaddr *)&sll, sizeof sll) < 0 ? -errno : 0;
+}
+
+int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t flags)
+{
     int rc;
 
     memset(afp, 0, sizeof(*afp));
     afp->fd = -1;
     if (ifindex <= 0)
         return -EINVAL;
-    if (!block_size)
-        block_size = MG_AFP_BLOCK_SIZE;
-    if (!block_nr)
-        block_nr = MG_AFP_BLOCK_NR;
-    if (!tov_ms)
-        tov_ms = MG_AFP_RETIRE_TOV_MS;
-    if (!is_pow2(block_size) || page <= 0 || block_size % (uint32_t)page ||
-        block_size < MG_FRAME_SIZE || block_nr > 4096)
-        return -EINVAL;
-
-    /* Protocol 0: no packet is queued before the ring exists; bind() below starts it. */
+    /* Protocol 0: nothing is received until mg_afp_rx_enable() binds to ETH_P_ALL, so a
+     * transmit-only socket costs the kernel nothing per received packet. */
     int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
@@ -63,29 +62,6 @@ int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t block_size, uint32_t b
     int v = TPACKET_V3;
     if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0)
         goto fail;
-
-    struct tpacket_req3 req;
-    memset(&req, 0, sizeof req);
-    req.tp_block_size = block_size;
-    req.tp_block_nr = block_nr;
-    req.tp_frame_size = MG_FRAME_SIZE; /* only sizes the ring's bookkeeping in V3 */
-    req.tp_frame_nr = (block_size / MG_FRAME_SIZE) * block_nr;
-    req.tp_retire_blk_tov = tov_ms;
-    req.tp_feature_req_word = 0;
-    if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) < 0)
-        goto fail;
-
-    afp->map_len = (size_t)block_size * block_nr;
-    afp->map = mmap(NULL, afp->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, 0);
-    if (afp->map == MAP_FAILED) /* MAP_LOCKED may exceed RLIMIT_MEMLOCK: retry without */
-        afp->map = mmap(NULL, afp->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (afp->map == MAP_FAILED) {
-        afp->map = NULL;
-        goto fail;
-    }
-    afp->block_size = block_size;
-    afp->block_nr = block_nr;
-
     if (!(flags & MG_AFP_F_NO_QDISC_BYPASS)) {
         v = 1;
         if (setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &v, sizeof v) < 0)
@@ -96,20 +72,64 @@ int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t block_size, uint32_t b
     v = 1;
     (void)setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &v, sizeof v);
 #endif
-
-    struct sockaddr_ll sll;
-    memset(&sll, 0, sizeof sll);
-    sll.sll_family = AF_PACKET;
-    sll.sll_protocol = htons(ETH_P_ALL);
-    sll.sll_ifindex = ifindex;
-    if (bind(fd, (struct sockaddr *)&sll, sizeof sll) < 0)
-        goto fail;
+    if ((rc = bind_to(afp, 0)) < 0)
+        goto fail_rc;
     return fd;
 
 fail:
-    rc = -errno;
+    rc = errno ? -errno : -EIO;
+fail_rc:
     mg_afp_close(afp);
-    return rc ? rc : -EIO;
+    return rc;
+}
+
+int mg_afp_rx_enable(struct mg_afp *afp, uint32_t block_size, uint32_t block_nr, uint32_t tov_ms)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    int rc;
+
+    if (afp->fd < 0)
+        return -EBADF;
+    if (afp->map)
+        return 0; /* already receiving */
+    if (!block_size)
+        block_size = MG_AFP_BLOCK_SIZE;
+    if (!block_nr)
+        block_nr = MG_AFP_BLOCK_NR;
+    if (!tov_ms)
+        tov_ms = MG_AFP_RETIRE_TOV_MS;
+    if (!is_pow2(block_size) || page <= 0 || block_size % (uint32_t)page ||
+        block_size < MG_FRAME_SIZE || block_nr == 0 || block_nr > 4096)
+        return -EINVAL;
+
+    struct tpacket_req3 req;
+    memset(&req, 0, sizeof req);
+    req.tp_block_size = block_size;
+    req.tp_block_nr = block_nr;
+    req.tp_frame_size = MG_FRAME_SIZE; /* only sizes the ring's bookkeeping in V3 */
+    req.tp_frame_nr = (block_size / MG_FRAME_SIZE) * block_nr;
+    req.tp_retire_blk_tov = tov_ms;
+    if (setsockopt(afp->fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) < 0)
+        return -errno;
+
+    size_t len = (size_t)block_size * block_nr;
+    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, afp->fd, 0);
+    if (map == MAP_FAILED) /* MAP_LOCKED may exceed RLIMIT_MEMLOCK: retry without */
+        map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, afp->fd, 0);
+    if (map == MAP_FAILED) {
+        rc = -errno;
+        memset(&req, 0, sizeof req); /* drop the ring again */
+        (void)setsockopt(afp->fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req);
+        return rc;
+    }
+    afp->map = map;
+    afp->map_len = len;
+    afp->block_size = block_size;
+    afp->block_nr = block_nr;
+    afp->cur_block = 0;
+    afp->pkts_left = 0;
+    afp->pkt_off = 0;
+    return bind_to(afp, ETH_P_ALL);
 }
 
 /* ------------------------------------------------------------------ checksums */
