@@ -1,0 +1,65 @@
+#define MG_TABLES_MAGIC 1112819533
+#define MG_TABLES_VERSION 1
+#define MG_TABLES_MAX_VIPS 4096
+#define MG_TABLES_MAX_BACKENDS 65536
+#define MG_VIP_F_ALLOW_FRAGMENTS 1
+#define MG_BACKEND_F_PRESENT 1
+#define MG_BACKEND_F_HEALTHY 2
+
+struct mg_tables_header {
+    uint32_t magic;
+    uint16_t version;
+    uint16_t hdr_size;
+    uint64_t total_size;
+    uint64_t generation;
+    uint64_t hash_k0;
+    uint64_t hash_k1;
+    uint32_t n_vips;
+    uint32_t n_backends;
+    uint32_t vip_off;
+    uint32_t backend_off;
+    uint32_t index_off;
+    uint32_t index_bits;
+    uint32_t tcp_timeout_ms;
+    uint32_t udp_timeout_ms;
+    uint8_t src4[4];
+    uint8_t src6[16];
+    uint8_t has_src4;
+    uint8_t has_src6;
+    uint16_t mtu;
+    uint8_t own_mac[6];
+    uint8_t gateway_mac[6];
+    uint8_t inner_mac[6];
+    uint8_t reserved[46];
+};
+
+struct mg_vip {
+    uint8_t addr[16];
+    uint16_t port;
+    uint8_t proto;
+    uint8_t family;
+    uint8_t encap;
+    uint8_t flags;
+    uint16_t vxlan_port;
+    uint32_t vxlan_vni;
+    uint32_t table_size;
+    uint64_t table_off;
+    uint32_t backend_first;
+    uint32_t backend_count;
+    uint32_t n_healthy;
+    uint8_t reserved[12];
+};
+
+struct mg_backend {
+    uint8_t addr[16];
+    uint8_t mac[6];
+    uint8_t family;
+    uint8_t flags;
+    uint32_t id;
+    uint16_t vip_index;
+    uint16_t weight;
+};
+
+int mg_tables_validate(const void *tables, uint64_t size);
+int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,
+                         uint8_t proto);

@@ -1,0 +1,159 @@
+/* The tables blob: everything a packet worker needs to forward, in one position-independent
+ * block of bytes (offsets, never pointers), so it can live in shared memory mapped at any
+ * address in any process.  Written only by the Python builder
+ * (maglev.datapath.tables.build_tables); read by the burst kernel and by tests.
+ *
+ *   [mg_tables_header][mg_vip x n_vips][mg_backend x n_backends][index u32 x 2^index_bits]
+ *   [maglev table of VIP 0 (int32 x size)][maglev table of VIP 1]...
+ *
+ * All offsets are from the start of the blob and 8-byte aligned; multi-byte integers are
+ * host byte order except the fields marked "network order" (compared against packet bytes).
+ *
+ * Backends: one entry per (VIP, backend) pair, grouped by VIP (backend_first ..
+ * backend_first + backend_count).  A Maglev entry is an index into that global array or
+ * -1.  Unhealthy backends stay in the array with MG_BACKEND_F_HEALTHY clear and are left
+ * out of the Maglev table, so established flows to them are re-selected while flows to
+ * weight-0 (draining) backends continue.  `id` is a 32-bit identity of (VIP key, backend
+ * key) stable across rebuilds: the connection table stores (index, id) and a hit is only
+ * trusted while tables->backends[index].id still equals the stored id.
+ *
+ * VIP index: open addressing over 2^index_bits u32 slots holding vip index + 1 (0 = empty),
+ * probed linearly from mg_vip_hash(addr, port, proto).  Lookup tries (dst, dport, proto)
+ * then (dst, 0, proto) -- port 0 in config means every port.
+ *
+ * Validation: mg_tables_validate() checks everything once (sizes, offsets, every Maglev
+ * entry in range); the burst kernel calls it only when the blob pointer or its generation
+ * changes, so a changed blob must carry a new generation.
+ */
+#ifndef MG_TABLES_H
+#define MG_TABLES_H
+
+#include "mg_common.h"
+
+#define MG_TABLES_MAGIC 0x4254474dU /* "MGTB" little-endian */
+#define MG_TABLES_VERSION 1
+/* Limits the builder enforces (and the per-worker counters are sized for). */
+#define MG_TABLES_MAX_VIPS 4096
+#define MG_TABLES_MAX_BACKENDS 65536
+
+#define MG_VIP_F_ALLOW_FRAGMENTS 0x01
+
+#define MG_BACKEND_F_PRESENT 0x01
+#define MG_BACKEND_F_HEALTHY 0x02
+
+struct mg_tables_header {
+    uint32_t magic;
+    uint16_t version;
+    uint16_t hdr_size;       /* sizeof(struct mg_tables_header) */
+    uint64_t total_size;     /* bytes of the whole blob */
+    uint64_t generation;     /* bumped by the publisher on every change */
+    uint64_t hash_k0;        /* flow-hash secret (SipHash-1-3 key) */
+    uint64_t hash_k1;
+    uint32_t n_vips;
+    uint32_t n_backends;
+    uint32_t vip_off;
+    uint32_t backend_off;
+    uint32_t index_off;
+    uint32_t index_bits;
+    uint32_t tcp_timeout_ms; /* conntrack idle timeouts */
+    uint32_t udp_timeout_ms;
+    uint8_t src4[4];         /* outer source addresses (instance) */
+    uint8_t src6[16];
+    uint8_t has_src4;
+    uint8_t has_src6;
+    uint16_t mtu;            /* link MTU for encapsulated packets */
+    uint8_t own_mac[6];      /* outer Ethernet source; all zero = reflect the received dst */
+    uint8_t gateway_mac[6];  /* outer Ethernet destination; zero = reflect the received src */
+    uint8_t inner_mac[6];    /* VXLAN inner Ethernet source */
+    uint8_t reserved[46];
+};
+
+struct mg_vip {
+    uint8_t addr[16];       /* IPv4 in the first 4 bytes, rest 0 */
+    uint16_t port;          /* network order; 0 = every port */
+    uint8_t proto;          /* 6 or 17 */
+    uint8_t family;         /* 4 or 6 */
+    uint8_t encap;          /* MG_ENCAP_* (mg_encap.h) */
+    uint8_t flags;          /* MG_VIP_F_* */
+    uint16_t vxlan_port;    /* host order */
+    uint32_t vxlan_vni;
+    uint32_t table_size;    /* Maglev table size M (prime) */
+    uint64_t table_off;     /* int32 x table_size */
+    uint32_t backend_first;
+    uint32_t backend_count;
+    uint32_t n_healthy;
+    uint8_t reserved[12];
+};
+
+struct mg_backend {
+    uint8_t addr[16];
+    uint8_t mac[6];         /* all zero = not configured */
+    uint8_t family;
+    uint8_t flags;          /* MG_BACKEND_F_* */
+    uint32_t id;            /* stable identity, see above */
+    uint16_t vip_index;
+    uint16_t weight;
+};
+
+_Static_assert(sizeof(struct mg_tables_header) == 160, "tables header size");
+_Static_assert(sizeof(struct mg_vip) == 64, "vip entry size");
+_Static_assert(sizeof(struct mg_backend) == 32, "backend entry size");
+
+/* The VIP-index hash; the builder computes the same in Python. */
+static inline uint32_t mg_vip_hash(const uint8_t *addr16, uint16_t port_be, uint8_t proto)
+{
+    uint32_t w[4];
+    memcpy(w, addr16, 16);
+    uint32_t x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ ((uint32_t)port_be << 8) ^ proto;
+    return x * 0x9e3779b1u;
+}
+
+static inline const struct mg_tables_header *mg_tables_header_of(const void *t)
+{
+    return (const struct mg_tables_header *)t;
+}
+
+static inline const struct mg_vip *mg_tables_vips(const void *t)
+{
+    return (const struct mg_vip *)((const uint8_t *)t + mg_tables_header_of(t)->vip_off);
+}
+
+static inline const struct mg_backend *mg_tables_backends(const void *t)
+{
+    return (const struct mg_backend *)((const uint8_t *)t + mg_tables_header_of(t)->backend_off);
+}
+
+static inline const int32_t *mg_tables_maglev(const void *t, const struct mg_vip *v)
+{
+    return (const int32_t *)((const uint8_t *)t + v->table_off);
+}
+
+/* Exact (addr, port, proto); the caller retries with port 0.  -1 when absent. */
+static inline int mg_tables_find_vip(const void *t, const uint8_t *addr16, uint16_t port_be,
+                                     uint8_t proto)
+{
+    const struct mg_tables_header *h = mg_tables_header_of(t);
+    const uint32_t *idx = (const uint32_t *)((const uint8_t *)t + h->index_off);
+    const struct mg_vip *vips = mg_tables_vips(t);
+    uint32_t mask = (1u << h->index_bits) - 1;
+    uint32_t i = mg_vip_hash(addr16, port_be, proto) >> (32 - h->index_bits);
+    for (uint32_t n = 0; n <= mask; n++, i = (i + 1) & mask) {
+        uint32_t e = idx[i];
+        if (e == 0)
+            return -1;
+        const struct mg_vip *v = &vips[e - 1];
+        if (v->port == port_be && v->proto == proto && memcmp(v->addr, addr16, 16) == 0)
+            return (int)(e - 1);
+    }
+    return -1;
+}
+
+/* Full validation of a blob of `size` bytes: 0 or -EINVAL (bad magic/version/sizes/
+ * offsets/entries).  O(size of the Maglev tables). */
+int mg_tables_validate(const void *tables, uint64_t size);
+
+/* VIP lookup with the port-0 fallback, for tests: vip index or -1. */
+int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,
+                         uint8_t proto);
+
+#endif

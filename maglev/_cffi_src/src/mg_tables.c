@@ -1,0 +1,67 @@
+/* Tables blob validation and lookup helpers; the layout is in include/mg_tables.h. */
+#include "mg_tables.h"
+
+static int range_ok(uint64_t off, uint64_t len, uint64_t size)
+{
+    return off <= size && len <= size - off && (off & 7) == 0;
+}
+
+int mg_tables_validate(const void *tables, uint64_t size)
+{
+    if (!tables || size < sizeof(struct mg_tables_header))
+        return -EINVAL;
+    const struct mg_tables_header *h = mg_tables_header_of(tables);
+    if (h->magic != MG_TABLES_MAGIC || h->version != MG_TABLES_VERSION ||
+        h->hdr_size != sizeof(struct mg_tables_header) || h->total_size != size)
+        return -EINVAL;
+    if (h->n_vips > MG_TABLES_MAX_VIPS || h->n_backends > MG_TABLES_MAX_BACKENDS ||
+        h->index_bits < 1 || h->index_bits > 16 || (1u << h->index_bits) < h->n_vips)
+        return -EINVAL;
+    if (!range_ok(h->vip_off, (uint64_t)h->n_vips * sizeof(struct mg_vip), size) ||
+        !range_ok(h->backend_off, (uint64_t)h->n_backends * sizeof(struct mg_backend), size) ||
+        !range_ok(h->index_off, (uint64_t)4 << h->index_bits, size))
+        return -EINVAL;
+    const struct mg_vip *vips = mg_tables_vips(tables);
+    const struct mg_backend *be = mg_tables_backends(tables);
+    const uint32_t *idx = (const uint32_t *)((const uint8_t *)tables + h->index_off);
+    uint32_t empty = 0;
+    for (uint32_t i = 0; i < (1u << h->index_bits); i++) {
+        if (idx[i] > h->n_vips)
+            return -EINVAL;
+        empty += idx[i] == 0;
+    }
+    if (empty == 0)
+        return -EINVAL; /* probing relies on an empty slot */
+    for (uint32_t v = 0; v < h->n_vips; v++) {
+        const struct mg_vip *vp = &vips[v];
+        if ((vp->family != 4 && vp->family != 6) || vp->table_size == 0 ||
+            !range_ok(vp->table_off, (uint64_t)vp->table_size * 4, size) ||
+            vp->backend_first > h->n_backends ||
+            vp->backend_count > h->n_backends - vp->backend_first)
+            return -EINVAL;
+        const int32_t *tab = mg_tables_maglev(tables, vp);
+        for (uint32_t s = 0; s < vp->table_size; s++) {
+            int32_t e = tab[s];
+            if (e == -1)
+                continue;
+            if (e < 0 || (uint32_t)e < vp->backend_first ||
+                (uint32_t)e >= vp->backend_first + vp->backend_count)
+                return -EINVAL;
+        }
+        if (mg_tables_find_vip(tables, vp->addr, vp->port, vp->proto) != (int)v)
+            return -EINVAL;
+    }
+    for (uint32_t b = 0; b < h->n_backends; b++)
+        if ((be[b].family != 4 && be[b].family != 6) || be[b].vip_index >= h->n_vips)
+            return -EINVAL;
+    return 0;
+}
+
+int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,
+                         uint8_t proto)
+{
+    int v = mg_tables_find_vip(tables, addr16, port_be, proto);
+    if (v < 0 && port_be != 0)
+        v = mg_tables_find_vip(tables, addr16, 0, proto);
+    return v;
+}

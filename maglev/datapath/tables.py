@@ -1,0 +1,320 @@
+"""The tables blob: the data path's view of the config (VIP map, backends, Maglev tables).
+
+Config is data and tables are derived (ARCHITECTURE.md): :func:`build_tables` turns a
+validated :class:`~maglev.config.Config` plus the set of unhealthy (VIP, backend) pairs into
+one position-independent ``bytes`` object -- offsets, never pointers -- that the config
+manager copies into shared memory and every worker's burst kernel reads.  The byte layout
+is defined once, in ``maglev/_cffi_src/include/mg_tables.h``; this module writes it with
+``struct`` using the sizes and offsets cffi reports for the compiled structs, and
+:func:`read_tables` parses it back for tests, tools and the Python reference engine.
+
+Design choices (see docs/datapath.md):
+
+* One backend entry per (VIP, backend) pair, grouped by VIP, in config order; a Maglev
+  table entry is an index into that global array.  Unhealthy backends (``down``) stay in
+  the array with the HEALTHY flag clear and are left out of their VIP's Maglev table, so
+  connection-table hits on them are re-selected; weight-0 backends stay healthy but get
+  no slots (draining: established flows continue, new flows go elsewhere).
+* Backend ``id`` = low 32 bits of SipHash-1-3("maglev/bkid/v1.0"; "<vip key>\\0<backend
+  key>"): the connection table stores (index, id) and trusts a remembered index only
+  while the entry at that index still carries the same id, so a rebuild that shifts
+  indices cannot send a flow to the wrong backend.
+* ``generation``: when the caller gives none, a 64-bit digest of the blob's content, so two
+  different blobs never share a generation (the kernel re-validates on any change).
+* Outer Ethernet addresses are not in the config: by default the kernel reflects the
+  frame to the MAC it came from (the router) from the MAC it was sent to; ``own_mac`` /
+  ``gateway_mac`` override that.  VXLAN's inner source MAC defaults to the locally
+  administered 02:6d:67:00:00:01 and its inner destination is the backend's ``mac`` or
+  broadcast when unset (a Linux vxlan device accepts both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from maglev.config import Config
+from maglev.errors import ConfigError, PacketError
+from maglev.hashing import build_table
+from maglev.hashing.reference import siphash13
+
+__all__ = [
+    "BackendEntry",
+    "TablesView",
+    "VipEntry",
+    "build_tables",
+    "read_tables",
+    "vip_hash",
+]
+
+MAGIC = 0x4254474D
+VERSION = 1
+MAX_VIPS = 4096
+MAX_BACKENDS = 65536
+VIP_F_ALLOW_FRAGMENTS = 0x01
+BACKEND_F_PRESENT = 0x01
+BACKEND_F_HEALTHY = 0x02
+ENCAP_CODES = {"gre": 0, "ipip": 1, "vxlan": 2, "l2": 3}  # MG_ENCAP_* (mg_encap.h)
+PROTO_CODES = {"tcp": 6, "udp": 17}
+DEFAULT_INNER_MAC = bytes.fromhex("026d67000001")
+BACKEND_ID_KEY = struct.unpack("<QQ", b"maglev/bkid/v1.0")
+
+# struct layouts (mg_tables.h); sizes are checked against the compiled module in tests.
+HDR = struct.Struct("=IHHQQQQIIIIIIII4s16sBBH6s6s6s46s")
+VIP = struct.Struct("=16sHBBBBHIIQIII12s")
+BACKEND = struct.Struct("=16s6sBBIHH")
+assert HDR.size == 160 and VIP.size == 64 and BACKEND.size == 32
+
+
+def _addr16(addr: str) -> tuple[bytes, int]:
+    ip = ipaddress.ip_address(addr)
+    return ip.packed.ljust(16, b"\0"), ip.version
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", "")) if text else bytes(6)
+
+
+def vip_hash(addr16: bytes, port_be: int, proto: int) -> int:
+    """mg_vip_hash(): ``port_be`` is the 16-bit value as C loads it from network-order bytes."""
+    w = struct.unpack("=4I", addr16)
+    x = (w[0] ^ w[1] ^ w[2] ^ w[3] ^ (port_be << 8) ^ proto) & 0xFFFFFFFF
+    return (x * 0x9E3779B1) & 0xFFFFFFFF
+
+
+def port_be(port: int) -> int:
+    """The uint16 C sees when it loads ``port`` stored in network byte order."""
+    return struct.unpack("=H", port.to_bytes(2, "big"))[0]
+
+
+def backend_id(vip_key: str, backend_key: str) -> int:
+    return siphash13(*BACKEND_ID_KEY, f"{vip_key}\0{backend_key}".encode()) & 0xFFFFFFFF
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def build_tables(
+    config: Config,
+    down: frozenset[tuple[str, str]] = frozenset(),
+    *,
+    generation: int = 0,
+    own_mac: str = "",
+    gateway_mac: str = "",
+    inner_mac: str = "",
+    engine: str = "c",
+) -> bytes:
+    """The tables blob for ``config`` with the (vip key, backend key) pairs in ``down``
+    marked unhealthy.  Raises :class:`ConfigError` listing every problem (too many VIPs or
+    backends, an ``l2`` backend without a MAC); nothing is returned half-built."""
+    problems: list[str] = []
+    vips = config.vips
+    if len(vips) > MAX_VIPS:
+        problems.append(f"vip: {len(vips)} VIPs exceed the data path's maximum {MAX_VIPS}")
+    n_backends = sum(len(v.backends) for v in vips)
+    if n_backends > MAX_BACKENDS:
+        problems.append(
+            f"vip: {n_backends} (VIP, backend) pairs exceed the data path's maximum {MAX_BACKENDS}"
+        )
+    for i, v in enumerate(vips):
+        if v.encap == "l2":
+            for j, b in enumerate(v.backends):
+                if not b.mac:
+                    problems.append(f"vip[{i}].backend[{j}].mac: required for encap 'l2'")
+    macs = {}
+    for name, text in (("own_mac", own_mac), ("gateway_mac", gateway_mac), ("inner_mac", inner_mac)):
+        try:
+            raw = _mac(text)
+            if len(raw) != 6:
+                raise ValueError
+            macs[name] = raw
+        except ValueError:
+            problems.append(f"{name}: {text!r} is not a MAC address")
+    if problems:
+        raise ConfigError(problems)
+    if not inner_mac:
+        macs["inner_mac"] = DEFAULT_INNER_MAC
+
+    n_vips = len(vips)
+    index_bits = 1
+    while (1 << index_bits) < 2 * max(n_vips, 1):
+        index_bits += 1
+    vip_off = _align8(HDR.size)
+    backend_off = _align8(vip_off + VIP.size * n_vips)
+    index_off = _align8(backend_off + BACKEND.size * n_backends)
+    table_off = _align8(index_off + 4 * (1 << index_bits))
+
+    vip_recs: list[bytes] = []
+    backend_recs: list[bytes] = []
+    tables: list[bytes] = []
+    index = [0] * (1 << index_bits)
+    mask = (1 << index_bits) - 1
+    first = 0
+    for vi, v in enumerate(vips):
+        addr, fam = _addr16(v.address)
+        proto = PROTO_CODES[v.protocol]
+        pbe = port_be(v.port)
+        healthy = []
+        for b in v.backends:
+            baddr, bfam = _addr16(b.address)
+            ok = (v.key, b.key) not in down
+            flags = BACKEND_F_PRESENT | (BACKEND_F_HEALTHY if ok else 0)
+            backend_recs.append(
+                BACKEND.pack(baddr, _mac(b.mac), bfam, flags, backend_id(v.key, b.key), vi, b.weight)
+            )
+            if ok:
+                healthy.append((b.key, b.weight))
+        global_of = {b.key: first + j for j, b in enumerate(v.backends)}
+        t = build_table(healthy, v.table_size, engine)
+        remap = [global_of[name] for name in t.names]
+        entries = struct.pack(
+            f"={v.table_size}i", *(remap[e] if e >= 0 else -1 for e in t.entries)
+        )
+        flags = VIP_F_ALLOW_FRAGMENTS if v.allow_fragments else 0
+        vip_recs.append(
+            VIP.pack(addr, pbe, proto, fam, ENCAP_CODES[v.encap], flags, v.vxlan_port,
+                     v.vxlan_vni, v.table_size, table_off, first, len(v.backends),
+                     len(healthy), bytes(12))
+        )
+        tables.append(entries + bytes(_align8(len(entries)) - len(entries)))
+        table_off += _align8(len(entries))
+        first += len(v.backends)
+        i = vip_hash(addr, pbe, proto) >> (32 - index_bits)
+        while index[i]:
+            i = (i + 1) & mask
+        index[i] = vi + 1
+
+    body = bytearray(table_off - vip_off)
+    def put(off: int, data: bytes) -> None:
+        body[off - vip_off : off - vip_off + len(data)] = data
+    put(vip_off, b"".join(vip_recs))
+    put(backend_off, b"".join(backend_recs))
+    put(index_off, struct.pack(f"={len(index)}I", *index))
+    put(_align8(index_off + 4 * len(index)), b"".join(tables))
+
+    inst = config.instance
+    k0, k1 = config.flow_hash_key
+    src4 = ipaddress.IPv4Address(inst.source_ipv4).packed if inst.source_ipv4 else bytes(4)
+    src6 = ipaddress.IPv6Address(inst.source_ipv6).packed if inst.source_ipv6 else bytes(16)
+    total = table_off
+
+    def header(gen: int) -> bytes:
+        return HDR.pack(
+            MAGIC, VERSION, HDR.size, total, gen, k0, k1, n_vips, n_backends, vip_off,
+            backend_off, index_off, index_bits, config.conntrack.tcp_timeout_s * 1000,
+            config.conntrack.udp_timeout_s * 1000, src4, src6, int(bool(inst.source_ipv4)),
+            int(bool(inst.source_ipv6)), inst.mtu, macs["own_mac"], macs["gateway_mac"],
+            macs["inner_mac"], bytes(46),
+        )
+
+    if not generation:
+        digest = hashlib.sha256(header(0) + body).digest()
+        generation = int.from_bytes(digest[:8], "little") | 1
+    return header(generation) + bytes(body)
+
+
+@dataclass(frozen=True)
+class VipEntry:
+    addr: bytes  # 16 bytes
+    port: int  # host order
+    proto: int
+    family: int
+    encap: int
+    flags: int
+    vxlan_port: int
+    vxlan_vni: int
+    table_size: int
+    table_off: int
+    backend_first: int
+    backend_count: int
+    n_healthy: int
+
+    @property
+    def address(self) -> str:
+        raw = self.addr[:4] if self.family == 4 else self.addr
+        return str(ipaddress.ip_address(raw))
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    addr: bytes
+    mac: bytes
+    family: int
+    flags: int
+    id: int
+    vip_index: int
+    weight: int
+
+    @property
+    def address(self) -> str:
+        raw = self.addr[:4] if self.family == 4 else self.addr
+        return str(ipaddress.ip_address(raw))
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.flags & BACKEND_F_HEALTHY) and bool(self.flags & BACKEND_F_PRESENT)
+
+
+@dataclass(frozen=True)
+class TablesView:
+    """A parsed tables blob (what :func:`read_tables` returns)."""
+
+    header: dict[str, Any]
+    vips: tuple[VipEntry, ...]
+    backends: tuple[BackendEntry, ...]
+    blob: bytes
+
+    def maglev(self, vip: int) -> tuple[int, ...]:
+        v = self.vips[vip]
+        return struct.unpack_from(f"={v.table_size}i", self.blob, v.table_off)
+
+    def find_vip(self, addr16: bytes, port: int, proto: int) -> int:
+        """Exact (addr, port, proto), then (addr, 0, proto); -1 when none (``port`` host order)."""
+        for want in (port, 0) if port else (0,):
+            for i, v in enumerate(self.vips):
+                if v.addr == addr16 and v.port == want and v.proto == proto:
+                    return i
+        return -1
+
+
+_HDR_FIELDS = (
+    "magic version hdr_size total_size generation hash_k0 hash_k1 n_vips n_backends vip_off "
+    "backend_off index_off index_bits tcp_timeout_ms udp_timeout_ms src4 src6 has_src4 "
+    "has_src6 mtu own_mac gateway_mac inner_mac reserved"
+).split()
+
+
+def read_tables(blob: bytes) -> TablesView:
+    """Parse and validate a blob (the same checks as ``mg_tables_validate``, in Python).
+    Raises :class:`PacketError` with the first problem found."""
+    blob = bytes(blob)
+    if len(blob) < HDR.size:
+        raise PacketError(f"tables blob: {len(blob)} bytes is shorter than its header")
+    h = dict(zip(_HDR_FIELDS, HDR.unpack_from(blob, 0), strict=True))
+    if h["magic"] != MAGIC or h["version"] != VERSION or h["hdr_size"] != HDR.size:
+        raise PacketError("tables blob: bad magic, version or header size")
+    if h["total_size"] != len(blob):
+        raise PacketError(f"tables blob: header says {h['total_size']} bytes, got {len(blob)}")
+    if h["n_vips"] > MAX_VIPS or h["n_backends"] > MAX_BACKENDS:
+        raise PacketError("tables blob: too many VIPs or backends")
+    if h["vip_off"] + VIP.size * h["n_vips"] > len(blob) or (
+        h["backend_off"] + BACKEND.size * h["n_backends"] > len(blob)
+    ):
+        raise PacketError("tables blob: VIP or backend array beyond the end")
+    vips = []
+    for i in range(h["n_vips"]):
+        f = VIP.unpack_from(blob, h["vip_off"] + i * VIP.size)
+        port = int.from_bytes(struct.pack("=H", f[1]), "big")
+        v = VipEntry(f[0], port, *f[2:13])
+        if v.table_off + 4 * v.table_size > len(blob) or v.backend_first + v.backend_count > h["n_backends"]:
+            raise PacketError(f"tables blob: VIP {i} table or backend range beyond the end")
+        vips.append(v)
+    backends = tuple(
+        BackendEntry(*BACKEND.unpack_from(blob, h["backend_off"] + i * BACKEND.size))
+        for i in range(h["n_backends"])
+    )
+    return TablesView(h, tuple(vips), backends, blob)
