@@ -1,0 +1,9 @@
+#define MG_HAND_MAX ...
+#define MG_HAND_KEEP ...
+
+int mg_hand_pull(void *base, uint32_t slot, uint32_t ring_id, uint32_t max);
+int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n);
+uint64_t *mg_hand_descs(void *base, uint32_t slot, uint32_t *n);
+int mg_hand_count(void *base, uint32_t slot);
+int mg_hand_recover(void *base, uint32_t slot);
+int mg_hand_settled(void *base, uint32_t slot, uint64_t *out, uint32_t max);

@@ -1,0 +1,72 @@
+/* Hands: the frames an actor holds between its input and output rings, journalled in
+ * shared memory so that no frame is lost when the actor is killed at any instruction.
+ *
+ * Every frame is in exactly one place: a ring (between cons and prod), or one actor's
+ * hand.  (The free list is a ring too.)  An actor moves frames only with two verbs:
+ *
+ *   pull(ring, max)  peek up to max descriptors from an input ring (this actor is its
+ *                    consumer), append them to the hand, release them from the ring;
+ *   push(dest[])     dest[j] is the output ring id for hand entry j (this actor is that
+ *                    ring's producer) or MG_HAND_KEEP; what fits is submitted, the rest
+ *                    stays in the hand, in order (so a flow is not reordered).
+ *
+ * The hand has two descriptor buffers; `state` says which is active and whether a move is
+ * in flight.  A move writes the *next* buffer and a journal record first, flips `state`
+ * to (same buffer, op) with a release store, does the ring operation (one store of cons
+ * or prod per ring -- atomic by nature), then flips `state` to (next buffer, no op).  If
+ * the owner dies, mg_hand_recover() settles the journal by comparing each ring's index
+ * with the value the journal says it reaches once the operation is done:
+ *
+ *   pull in flight: ring.cons == pull_commit ? the pulled frames are in the hand
+ *                                            : they are still in the ring (the next
+ *                                              consumer gets them again)
+ *   push in flight: for each entry with dest r: ring r.prod == commit[r] ? in ring r
+ *                                                                      : in the hand
+ *
+ * Recovery is idempotent (it only writes the idle buffer before its own flip), so a
+ * recovering process may itself die and be retried.  Before recovery the rings the dead
+ * actor produced/consumed must not be touched by a new producer/consumer; afterwards the
+ * new owner calls mg_ring_reset_producer/_consumer on them.
+ */
+#ifndef MG_HAND_H
+#define MG_HAND_H
+
+#include "mg_common.h"
+
+/* Frames one actor may hold at once (two bursts of MG_BURST_MAX). */
+#define MG_HAND_MAX 512
+/* push destination: keep this entry in the hand. */
+#define MG_HAND_KEEP 0xffff
+
+#define MG_HAND_OP_NONE 0
+#define MG_HAND_OP_PULL 1
+#define MG_HAND_OP_PUSH 2
+
+struct mg_hand {
+    uint32_t state; /* bit 0: active buffer; bits 1-2: MG_HAND_OP_* in flight */
+    uint32_t n[2];  /* entries in each buffer */
+    uint32_t pull_ring, pull_commit, pull_from;
+    uint32_t n_rings;
+    uint32_t pad;
+    uint16_t dest[MG_HAND_MAX];           /* push journal, for the active buffer */
+    uint64_t descs[2][MG_HAND_MAX];
+    uint32_t commit[];                    /* [n_rings] push journal; then [n_rings] scratch */
+};
+
+size_t mg_hand_bytes(uint32_t n_rings);
+struct mg_hand *mg_region_hand(void *base, uint32_t slot);
+
+/* Frames pulled (0 when the ring is empty or the hand full), or -EINVAL / -EBUSY (a
+ * move of a dead owner is unsettled: call mg_hand_recover first). */
+int mg_hand_pull(void *base, uint32_t slot, uint32_t ring_id, uint32_t max);
+/* dest has one entry per hand entry (n == mg_hand_count).  Returns frames pushed. */
+int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n);
+/* The hand's entries (valid until the next move); *n = count. */
+uint64_t *mg_hand_descs(void *base, uint32_t slot, uint32_t *n);
+int mg_hand_count(void *base, uint32_t slot);
+/* Settle an unfinished move of a dead owner; returns the frames now in the hand. */
+int mg_hand_recover(void *base, uint32_t slot);
+/* What recover would leave in the hand, copied to out, without writing anything. */
+int mg_hand_settled(void *base, uint32_t slot, uint64_t *out, uint32_t max);
+
+#endif

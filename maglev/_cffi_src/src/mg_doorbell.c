@@ -1,0 +1,94 @@
+/* Doorbell wait and wake (protocol and the lost-wake-up argument: mg_doorbell.h). */
+#define _GNU_SOURCE
+#include "mg_doorbell.h"
+
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mg_ring.h"
+#include "mg_shm.h"
+
+static long futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *ts)
+{
+    /* Shared futex (no FUTEX_PRIVATE_FLAG): waiters and wakers are different processes
+     * mapping the same shm page at different addresses; the kernel keys on the page. */
+    return syscall(SYS_futex, uaddr, op, val, ts, NULL, 0);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+void mg_bell_wake_slow(struct mg_bell *b)
+{
+    /* Only the producer that clears the flag pays for the syscall. */
+    if (!__atomic_exchange_n(&b->need_wakeup, 0, __ATOMIC_SEQ_CST))
+        return;
+    __atomic_fetch_add(&b->word, 1, __ATOMIC_SEQ_CST);
+    __atomic_fetch_add(&b->wakeups, 1, __ATOMIC_RELAXED);
+    futex(&b->word, FUTEX_WAKE, INT_MAX, NULL);
+}
+
+static int bell_has_work(void *base, const struct mg_bell *b)
+{
+    for (uint32_t i = 0; i < b->n_rings; i++) {
+        const struct mg_ring *r = mg_region_ring_by_id(base, b->first_ring + i);
+        if (r && mg_ring_has_work(r))
+            return 1;
+    }
+    return 0;
+}
+
+int mg_bell_wait(void *base, uint32_t bell, uint32_t spin, int32_t timeout_ms)
+{
+    struct mg_bell *b = mg_region_bell(base, bell);
+    if (!b || timeout_ms < 0)
+        return -EINVAL;
+    if (bell_has_work(base, b))
+        return 1;
+    for (uint32_t i = 0; i < spin; i++) {
+        cpu_relax();
+        if (bell_has_work(base, b))
+            return 1;
+    }
+    if (timeout_ms == 0)
+        return 0;
+    uint32_t seq = __atomic_load_n(&b->word, __ATOMIC_ACQUIRE);
+    __atomic_store_n(&b->need_wakeup, 1, __ATOMIC_RELAXED);
+    /* (E) full fence, pairs with (F) in mg_bell_notify */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (bell_has_work(base, b)) {
+        __atomic_store_n(&b->need_wakeup, 0, __ATOMIC_RELAXED);
+        return 1;
+    }
+    __atomic_fetch_add(&b->sleeps, 1, __ATOMIC_RELAXED);
+    struct timespec ts = {.tv_sec = timeout_ms / 1000, .tv_nsec = (timeout_ms % 1000) * 1000000L};
+    long rc = futex(&b->word, FUTEX_WAIT, seq, &ts);
+    int err = rc < 0 ? errno : 0;
+    __atomic_store_n(&b->need_wakeup, 0, __ATOMIC_RELAXED);
+    if (bell_has_work(base, b))
+        return 1;
+    if (rc == 0 || err == ETIMEDOUT || err == EINTR || err == EAGAIN)
+        return 0;
+    return -err;
+}
+
+int mg_bell_ring(void *base, uint32_t bell)
+{
+    struct mg_bell *b = mg_region_bell(base, bell);
+    if (!b)
+        return -EINVAL;
+    __atomic_store_n(&b->need_wakeup, 0, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&b->word, 1, __ATOMIC_SEQ_CST);
+    __atomic_fetch_add(&b->wakeups, 1, __ATOMIC_RELAXED);
+    futex(&b->word, FUTEX_WAKE, INT_MAX, NULL);
+    return 0;
+}

@@ -1,0 +1,213 @@
+/* Hand journal: pull / push / recover (design and recovery rules: mg_hand.h). */
+#include "mg_hand.h"
+
+#include "mg_ring.h"
+#include "mg_shm.h"
+
+#define ST_BUF(s) ((s) & 1u)
+#define ST_OP(s) (((s) >> 1) & 3u)
+#define ST(buf, op) ((buf) | ((op) << 1))
+
+size_t mg_hand_bytes(uint32_t n_rings)
+{
+    size_t b = sizeof(struct mg_hand) + 2 * (size_t)n_rings * sizeof(uint32_t);
+    return (b + MG_CACHE_LINE - 1) & ~(size_t)(MG_CACHE_LINE - 1);
+}
+
+static uint32_t load_state(const struct mg_hand *h)
+{
+    return __atomic_load_n(&h->state, __ATOMIC_ACQUIRE);
+}
+
+/* Journal writes (buffers, records) are ordered before the state flip by the release. */
+static void store_state(struct mg_hand *h, uint32_t s)
+{
+    __atomic_store_n(&h->state, s, __ATOMIC_RELEASE);
+}
+
+int mg_hand_pull(void *base, uint32_t slot, uint32_t ring_id, uint32_t max)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    struct mg_ring *r = mg_region_ring_by_id(base, ring_id);
+    if (!h || !r)
+        return -EINVAL;
+    uint32_t s = load_state(h);
+    if (ST_OP(s) != MG_HAND_OP_NONE)
+        return -EBUSY;
+    uint32_t cons = __atomic_load_n(&r->cons, __ATOMIC_RELAXED);
+    if (r->c_head != cons)
+        return -EBUSY; /* someone peeked without releasing: not a hand-managed ring */
+    uint32_t a = ST_BUF(s), b = a ^ 1u, have = h->n[a];
+    if (max > MG_HAND_MAX - have)
+        max = MG_HAND_MAX - have;
+    uint32_t idx, k = mg_ring_peek(r, max, &idx);
+    if (!k)
+        return 0;
+    memcpy(h->descs[b], h->descs[a], (size_t)have * sizeof(uint64_t));
+    for (uint32_t i = 0; i < k; i++)
+        h->descs[b][have + i] = *mg_ring_slot(r, idx + i);
+    h->n[b] = have + k;
+    h->pull_ring = ring_id;
+    h->pull_from = have;
+    h->pull_commit = cons + k;
+    store_state(h, ST(b, MG_HAND_OP_PULL));
+    mg_ring_release(r, k);
+    store_state(h, ST(b, MG_HAND_OP_NONE));
+    return (int)k;
+}
+
+int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    if (!h)
+        return -EINVAL;
+    uint32_t s = load_state(h);
+    if (ST_OP(s) != MG_HAND_OP_NONE)
+        return -EBUSY;
+    uint32_t a = ST_BUF(s), b = a ^ 1u, n_rings = h->n_rings;
+    if (n != h->n[a])
+        return -EINVAL;
+    /* Validate everything before touching any ring: a bad call changes nothing. */
+    for (uint32_t j = 0; j < n; j++)
+        if (dest[j] != MG_HAND_KEEP && dest[j] >= n_rings)
+            return -EINVAL;
+    /* commit[d]: prod of ring d once this push is submitted (journal).
+     * want[d]:   scratch; entries for d, then slots granted and not yet filled; bit 31
+     *            = "reserved, not yet submitted". */
+    uint32_t *commit = h->commit, *want = h->commit + n_rings;
+    const uint32_t RESERVED = 0x80000000u;
+    for (uint32_t j = 0; j < n; j++)
+        if (dest[j] != MG_HAND_KEEP)
+            want[dest[j]] = 0;
+    for (uint32_t j = 0; j < n; j++)
+        if (dest[j] != MG_HAND_KEEP)
+            want[dest[j]]++;
+    for (uint32_t j = 0; j < n; j++) {
+        uint16_t d = dest[j];
+        if (d == MG_HAND_KEEP || (want[d] & RESERVED))
+            continue;
+        struct mg_ring *r = mg_region_ring_by_id(base, d);
+        uint32_t prod = __atomic_load_n(&r->prod, __ATOMIC_RELAXED);
+        if (r->p_head != prod) {
+            /* Someone holds unsubmitted reservations on this ring: undo ours, refuse. */
+            for (uint32_t q = 0; q < j; q++) {
+                uint16_t e = dest[q];
+                if (e != MG_HAND_KEEP && (want[e] & RESERVED)) {
+                    struct mg_ring *rq = mg_region_ring_by_id(base, e);
+                    rq->p_head = __atomic_load_n(&rq->prod, __ATOMIC_RELAXED);
+                    want[e] = 0;
+                }
+            }
+            return -EBUSY;
+        }
+        uint32_t idx, got = mg_ring_reserve(r, want[d], &idx);
+        commit[d] = prod + got;
+        want[d] = got | RESERVED;
+    }
+    /* Fill the slots in hand order (order within a ring is preserved), journal each
+     * entry's destination, and build the leftover list in the idle buffer. */
+    uint32_t left = 0, pushed = 0;
+    for (uint32_t j = 0; j < n; j++) {
+        uint16_t d = dest[j];
+        uint64_t desc = h->descs[a][j];
+        if (d != MG_HAND_KEEP && (want[d] & ~RESERVED)) {
+            struct mg_ring *r = mg_region_ring_by_id(base, d);
+            uint32_t remaining = want[d] & ~RESERVED;
+            *mg_ring_slot(r, commit[d] - remaining) = desc;
+            want[d]--;
+            h->dest[j] = d;
+            pushed++;
+        } else {
+            h->dest[j] = MG_HAND_KEEP;
+            h->descs[b][left++] = desc;
+        }
+    }
+    h->n[b] = left;
+    store_state(h, ST(a, MG_HAND_OP_PUSH));
+    for (uint32_t j = 0; j < n; j++) {
+        uint16_t d = dest[j];
+        if (d == MG_HAND_KEEP || !(want[d] & RESERVED))
+            continue;
+        want[d] = 0;
+        struct mg_ring *r = mg_region_ring_by_id(base, d);
+        uint32_t granted = commit[d] - __atomic_load_n(&r->prod, __ATOMIC_RELAXED);
+        if (granted)
+            mg_ring_submit(r, granted);
+    }
+    store_state(h, ST(b, MG_HAND_OP_NONE));
+    return (int)pushed;
+}
+
+uint64_t *mg_hand_descs(void *base, uint32_t slot, uint32_t *n)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    if (!h) {
+        *n = 0;
+        return NULL;
+    }
+    uint32_t a = ST_BUF(load_state(h));
+    *n = h->n[a];
+    return h->descs[a];
+}
+
+int mg_hand_count(void *base, uint32_t slot)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    if (!h)
+        return -EINVAL;
+    return (int)h->n[ST_BUF(load_state(h))];
+}
+
+/* The frames in the hand once the move recorded in state s is settled (mg_hand.h). */
+static uint32_t settle(void *base, const struct mg_hand *h, uint32_t s, uint64_t *out,
+                       uint32_t max)
+{
+    uint32_t a = ST_BUF(s), n = h->n[a], k = 0;
+    if (n > MG_HAND_MAX)
+        n = MG_HAND_MAX;
+    switch (ST_OP(s)) {
+    case MG_HAND_OP_PULL: {
+        struct mg_ring *r = mg_region_ring_by_id(base, h->pull_ring);
+        if (r && __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE) != h->pull_commit)
+            n = h->pull_from < n ? h->pull_from : n; /* still in the ring */
+        for (uint32_t j = 0; j < n && k < max; j++)
+            out[k++] = h->descs[a][j];
+        break;
+    }
+    case MG_HAND_OP_PUSH:
+        for (uint32_t j = 0; j < n && k < max; j++) {
+            uint16_t d = h->dest[j];
+            struct mg_ring *r = d == MG_HAND_KEEP ? NULL : mg_region_ring_by_id(base, d);
+            if (!r || __atomic_load_n(&r->prod, __ATOMIC_ACQUIRE) != h->commit[d])
+                out[k++] = h->descs[a][j];
+        }
+        break;
+    default:
+        for (uint32_t j = 0; j < n && k < max; j++)
+            out[k++] = h->descs[a][j];
+    }
+    return k;
+}
+
+int mg_hand_settled(void *base, uint32_t slot, uint64_t *out, uint32_t max)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    if (!h)
+        return -EINVAL;
+    return (int)settle(base, h, load_state(h), out, max);
+}
+
+int mg_hand_recover(void *base, uint32_t slot)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    if (!h)
+        return -EINVAL;
+    uint32_t s = load_state(h);
+    if (ST_OP(s) == MG_HAND_OP_NONE)
+        return (int)h->n[ST_BUF(s)];
+    uint32_t other = ST_BUF(s) ^ 1u;
+    /* Only the idle buffer is written before the flip, so a crash here is retried. */
+    h->n[other] = settle(base, h, s, h->descs[other], MG_HAND_MAX);
+    store_state(h, ST(other, MG_HAND_OP_NONE));
+    return (int)h->n[other];
+}

@@ -1,0 +1,701 @@
+"""The shared-memory region of one forwarder instance, as Python objects.
+
+Design (the long version is docs/rings.md and the comments in the C headers):
+
+* One POSIX shared-memory file ``/dev/shm/maglev-<name>`` per instance, mapped by every
+  actor.  Its layout is computed in C (``mg_region_layout``) so C and Python can never
+  disagree: header, frame pool, rings, doorbells, hands, tables (two copies), stats and
+  heartbeats, each part aligned to a page and every single-writer word on its own cache
+  line.
+* Rings are SPSC.  The producer and consumer of every ring (``ring(kind, i)``):
+
+    ===========  ==========  ==========  ===================================
+    ring         producer    consumer    carries
+    ===========  ==========  ==========  ===================================
+    ``rx(i)``    steering    worker i    received frames to process
+    ``tx(i)``    worker i    muxer       frames to transmit
+    ``ret(i)``   worker i    steering    dropped frames (back to the pool)
+    ``sent``     muxer       steering    transmitted frames (back to the pool)
+    ``free``     steering    steering    the free list (steering's alone)
+    ===========  ==========  ==========  ===================================
+
+  The free list is a ring in shared memory that only steering touches, so a frame is
+  always somewhere the supervisor can see, and a restarted steering finds the pool.
+* Doorbells: one per consuming actor (steering, muxer, each worker), shared by all of
+  that actor's input rings.  ``Doorbell.wait`` sleeps on a futex; producers kick it
+  inside ``submit`` only when the consumer asked (``need_wakeup``).
+* Hands: a per-actor journal of the frames it holds between rings, so a killed actor's
+  frames are found (``Hand.recover``) and the pool stays whole.
+* Python crosses into C once per call and every call is a burst; nothing here is meant
+  to be called per packet.
+
+A ``Region`` object is not thread-safe and not fork-safe: attach in each process.
+After ``close()`` every object derived from the region raises ``RegionError``.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from maglev.errors import MaglevError
+from maglev.native import check, ffi, lib
+
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "maglev-"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+RING_RX = int(lib.MG_RING_RX)
+RING_TX = int(lib.MG_RING_TX)
+RING_RET = int(lib.MG_RING_RET)
+RING_SENT = int(lib.MG_RING_SENT)
+RING_FREE = int(lib.MG_RING_FREE)
+_KIND_NAMES = {RING_RX: "rx", RING_TX: "tx", RING_RET: "ret", RING_SENT: "sent", RING_FREE: "free"}
+
+BELL_STEERING = int(lib.MG_BELL_STEERING)
+BELL_MUXER = int(lib.MG_BELL_MUXER)
+
+SLOT_SUPERVISOR = int(lib.MG_SLOT_SUPERVISOR)
+SLOT_STEERING = int(lib.MG_SLOT_STEERING)
+SLOT_MUXER = int(lib.MG_SLOT_MUXER)
+SLOT_CONFIG = int(lib.MG_SLOT_CONFIG)
+SLOT_HEALTH = int(lib.MG_SLOT_HEALTH)
+SLOT_BGP = int(lib.MG_SLOT_BGP)
+SLOT_WORKER0 = int(lib.MG_SLOT_WORKER0)
+STATS_WORDS = int(lib.MG_STATS_WORDS)
+
+HAND_MAX = int(lib.MG_HAND_MAX)
+HAND_KEEP = int(lib.MG_HAND_KEEP)
+
+DEFAULT_SPIN = int(lib.MG_BELL_SPIN_DEFAULT)
+
+
+def worker_slot(i: int) -> int:
+    """Stats/heartbeat/hand slot of packet worker ``i``."""
+    return SLOT_WORKER0 + i
+
+
+def worker_bell(i: int) -> int:
+    """Doorbell index of packet worker ``i`` (rung by steering when rx(i) gets frames)."""
+    return int(lib.MG_BELL_WORKER0) + i
+
+
+class RegionError(MaglevError, ValueError):
+    """Bad region name/parameters, a region that is not maglev's, or use after close."""
+
+
+class TablesBusyError(MaglevError, TimeoutError):
+    """A live worker has not seen the current table generation within the timeout, so
+    the idle copy cannot be reused yet (quiescent-state reclamation)."""
+
+    def __init__(self, generation: int, laggards: dict[int, int]):
+        self.generation = generation
+        self.laggards = dict(laggards)
+        lag = ", ".join(f"worker {w} at {g}" for w, g in sorted(self.laggards.items()))
+        super().__init__(f"table generation {generation} not yet seen by: {lag}")
+
+
+def _shm_path(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise RegionError(
+            f"region name {name!r}: use 1-64 characters from A-Z a-z 0-9 _ . -"
+        )
+    return os.path.join(SHM_DIR, SHM_PREFIX + name)
+
+
+def _u64_array(descs, n: int, what: str):
+    """Accept a cffi uint64_t array/pointer (fast path) or any sequence of ints."""
+    if isinstance(descs, ffi.CData):
+        return descs
+    seq = list(descs)
+    if len(seq) < n:
+        raise RegionError(f"{what}: {n} descriptors asked, {len(seq)} given")
+    return ffi.new("uint64_t[]", seq[: max(n, 1)] if n else [0])
+
+
+def _check_n(n: int, what: str) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or n > 0xFFFFFFFF:
+        raise RegionError(f"{what}: count {n!r} must be an integer 0..2^32-1")
+    return n
+
+
+class Ring:
+    """One SPSC ring of 64-bit descriptors (low 32 bits = frame index).
+
+    Producer verbs: ``reserve``/``submit`` or ``enqueue``; consumer verbs: ``peek``/
+    ``release`` or ``dequeue``.  Only the ring's one producer may call producer verbs and
+    only its one consumer the consumer verbs (table in the module docstring).  Empty and
+    full are not errors: the verbs return 0.
+    """
+
+    __slots__ = ("_region", "_r", "kind", "index", "id", "name", "size")
+
+    def __init__(self, region: Region, kind: int, index: int):
+        self._region = region
+        self.kind = kind
+        self.index = index
+        self._r = lib.mg_region_ring(region._base, kind, index)
+        if self._r == ffi.NULL:
+            raise RegionError(f"no ring kind={kind} index={index} in region {region.name}")
+        self.id = int(lib.mg_region_ring_id(region._base, kind, index))
+        self.name = _KIND_NAMES[kind] + ("" if kind in (RING_SENT, RING_FREE) else str(index))
+        self.size = int(self._r.size)
+
+    def _ptr(self):
+        if self._region._closed:
+            raise RegionError(f"ring {self.name}: region {self._region.name} is closed")
+        return self._r
+
+    @property
+    def ptr(self):
+        """The ``struct mg_ring *`` for C kernels (valid while the region is open)."""
+        return self._ptr()
+
+    # -- producer ------------------------------------------------------------------
+    def enqueue(self, descs, n: int) -> int:
+        """Copy up to ``n`` descriptors in and publish them (kicks the consumer's doorbell
+        if it sleeps).  Returns how many went in (0 when full)."""
+        r = self._ptr()
+        _check_n(n, "enqueue")
+        return int(lib.mg_ring_enqueue_burst(r, _u64_array(descs, n, "enqueue"), n))
+
+    def reserve(self, n: int) -> int:
+        """Reserve up to ``n`` slots; returns how many.  Fill them with ``submit``."""
+        r = self._ptr()
+        _check_n(n, "reserve")
+        idx = ffi.new("uint32_t *")
+        return int(lib.mg_ring_reserve(r, n, idx))
+
+    def submit(self, descs, n: int) -> None:
+        """Write ``n`` descriptors into the oldest reserved slots and publish them."""
+        r = self._ptr()
+        _check_n(n, "submit")
+        check(lib.mg_ring_fill_submit(r, _u64_array(descs, n, "submit"), n), f"{self.name} submit")
+
+    def free_count(self) -> int:
+        """Slots the producer could fill now (exact for the producer, a lower bound for
+        anyone else)."""
+        return int(lib.mg_ring_free_count(self._ptr()))
+
+    def reset_producer(self) -> None:
+        """Forget reservations of a previous (dead) producer; call once when taking over."""
+        lib.mg_ring_reset_producer(self._ptr())
+
+    # -- consumer ------------------------------------------------------------------
+    def dequeue(self, out, max_n: int) -> int:
+        """Copy up to ``max_n`` descriptors into ``out`` (a cffi ``uint64_t[]``) and
+        release them.  Returns how many (0 when empty)."""
+        r = self._ptr()
+        _check_n(max_n, "dequeue")
+        if not isinstance(out, ffi.CData):
+            raise RegionError("dequeue: out must be a cffi uint64_t array")
+        return int(lib.mg_ring_dequeue_burst(r, out, max_n))
+
+    def peek(self, out, max_n: int) -> int:
+        """Copy up to ``max_n`` not-yet-peeked descriptors into ``out`` without releasing
+        them (they stay in the ring until ``release``)."""
+        r = self._ptr()
+        _check_n(max_n, "peek")
+        if not isinstance(out, ffi.CData):
+            raise RegionError("peek: out must be a cffi uint64_t array")
+        return int(lib.mg_ring_peek_copy(r, out, max_n))
+
+    def release(self, n: int) -> None:
+        """Give back the ``n`` oldest peeked slots to the producer."""
+        r = self._ptr()
+        _check_n(n, "release")
+        check(lib.mg_ring_release_checked(r, n), f"{self.name} release")
+
+    def reset_consumer(self) -> None:
+        """Forget peeks of a previous (dead) consumer (they will be delivered again)."""
+        lib.mg_ring_reset_consumer(self._ptr())
+
+    # -- anyone ----------------------------------------------------------------------
+    def count(self) -> int:
+        """Descriptors published and not yet released."""
+        return int(lib.mg_ring_count(self._ptr()))
+
+    def snapshot(self) -> list[int]:
+        """The descriptors between the consumer and producer index, oldest first.  Only
+        meaningful while neither side moves (tests, accounting after a run)."""
+        r = self._ptr()
+        out = ffi.new("uint64_t[]", self.size)
+        n = int(lib.mg_ring_snapshot(r, out, self.size))
+        return ffi.unpack(out, n)
+
+    def __repr__(self) -> str:
+        return f"<Ring {self.name} of {self._region.name}>"
+
+
+class Doorbell:
+    """The futex doorbell of one consuming actor, shared by all its input rings."""
+
+    __slots__ = ("_region", "index")
+
+    def __init__(self, region: Region, index: int):
+        if not 0 <= index < region.n_bells:
+            raise RegionError(f"doorbell {index}: region has {region.n_bells}")
+        self._region = region
+        self.index = index
+
+    def wait(self, timeout_ms: int, spin: int = DEFAULT_SPIN) -> bool:
+        """Return True as soon as one of this actor's input rings has work, False after
+        ``timeout_ms`` without work (or an interrupting signal).  Spins ``spin`` times,
+        then sleeps on the futex; an idle actor uses no CPU.  The GIL is released."""
+        if not isinstance(timeout_ms, int) or timeout_ms < 0:
+            raise RegionError(f"doorbell wait: timeout_ms {timeout_ms!r} must be an int >= 0")
+        rc = lib.mg_bell_wait(self._region._b(), self.index, max(0, int(spin)), timeout_ms)
+        return check(rc, "doorbell wait") > 0
+
+    def ring(self) -> None:
+        """Wake the actor unconditionally (e.g. to look at its mailbox or stop)."""
+        check(lib.mg_bell_ring(self._region._b(), self.index), "doorbell ring")
+
+    def stats(self) -> dict[str, int]:
+        b = lib.mg_region_bell(self._region._b(), self.index)
+        return {"sleeps": int(b.sleeps), "wakeups": int(b.wakeups), "word": int(b.word)}
+
+
+class Hand:
+    """The frames one actor holds between rings, journalled in shared memory.
+
+    ``pull(ring, n)`` moves frames from an input ring into the hand; ``push(dest)`` moves
+    hand entries to output rings (``dest[j]`` = ring id, or ``HAND_KEEP``); entries that do
+    not fit stay, in order.  Each move is a two-step journal so that, if the owner dies at
+    any instruction, ``recover()`` (called by its replacement or the supervisor) tells
+    exactly which frames were still in the hand.
+    """
+
+    __slots__ = ("_region", "slot")
+
+    def __init__(self, region: Region, slot: int):
+        if not 0 <= slot < region.n_slots:
+            raise RegionError(f"hand slot {slot}: region has {region.n_slots} slots")
+        self._region = region
+        self.slot = slot
+
+    def pull(self, ring: Ring, max_n: int) -> int:
+        _check_n(max_n, "hand pull")
+        return check(lib.mg_hand_pull(self._region._b(), self.slot, ring.id, max_n), "hand pull")
+
+    def descs(self) -> list[int]:
+        n = ffi.new("uint32_t *")
+        p = lib.mg_hand_descs(self._region._b(), self.slot, n)
+        return ffi.unpack(p, n[0])
+
+    def count(self) -> int:
+        return check(lib.mg_hand_count(self._region._b(), self.slot), "hand count")
+
+    def push(self, dest: Iterable[int]) -> int:
+        d = list(dest)
+        arr = ffi.new("uint16_t[]", d if d else [0])
+        return check(
+            lib.mg_hand_push(self._region._b(), self.slot, arr, len(d)), "hand push"
+        )
+
+    def recover(self) -> list[int]:
+        """Settle a dead owner's unfinished move; return the frames now in the hand."""
+        check(lib.mg_hand_recover(self._region._b(), self.slot), "hand recover")
+        return self.descs()
+
+
+class Tables:
+    """Double-buffered table blobs with quiescent-state reclamation.
+
+    One writer (the config manager) calls ``publish``; workers call the C function
+    ``mg_tables_acquire`` once per burst.  The active copy is ``generation & 1``;
+    generation 0 means nothing was published yet.
+    """
+
+    def __init__(self, region: Region):
+        self._region = region
+        self.capacity = int(region._hdr.tables_bytes)
+        self.n_workers = region.n_workers
+
+    def generation(self) -> int:
+        return int(lib.mg_tables_generation(self._region._b()))
+
+    def seen(self, worker: int) -> int:
+        """The generation worker ``worker`` last reported (QUIESCENT = 2**64-1 when idle)."""
+        self._check_worker(worker)
+        return int(lib.mg_tables_seen(self._region._b(), worker))
+
+    def _check_worker(self, w: int) -> None:
+        if not isinstance(w, int) or not 0 <= w < self.n_workers:
+            raise RegionError(f"worker {w!r}: region has {self.n_workers} workers")
+
+    def _laggards(self, generation: int, live: list[int]) -> dict[int, int]:
+        base = self._region._b()
+        out = {}
+        for w in live:
+            if not lib.mg_tables_has_seen(base, w, generation):
+                out[w] = int(lib.mg_tables_seen(base, w))
+        return out
+
+    def wait_all_seen(self, generation: int, live_workers: Iterable[int], timeout: float) -> bool:
+        """True once every worker in ``live_workers`` has seen ``generation`` (or is idle
+        and so holds no copy); False after ``timeout`` seconds."""
+        live = sorted(set(live_workers))
+        for w in live:
+            self._check_worker(w)
+        deadline = time.monotonic() + max(0.0, timeout)
+        pause = 0.0002
+        while True:
+            lib.mg_tables_fence()
+            if not self._laggards(generation, live):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+
+    def publish(self, blob: bytes, live_workers: Iterable[int], timeout: float) -> int:
+        """Write ``blob`` into the idle copy and make it active; return the new generation.
+
+        Waits up to ``timeout`` s for every live worker to have seen the current
+        generation (else raises :class:`TablesBusyError` and changes nothing)."""
+        data = bytes(blob)
+        if len(data) > self.capacity:
+            raise RegionError(
+                f"table blob of {len(data)} bytes exceeds the region's {self.capacity}"
+            )
+        live = sorted(set(live_workers))
+        base = self._region._b()
+        cur = self.generation()
+        if not self.wait_all_seen(cur, live, timeout):
+            raise TablesBusyError(cur, self._laggards(cur, live))
+        new = cur + 1
+        dst = lib.mg_tables_copy(base, new & 1)
+        ffi.memmove(dst, data, len(data))
+        lib.mg_tables_commit(base, new, len(data))
+        return new
+
+    def current(self) -> tuple[int, bytes]:
+        """(generation, blob) of the active copy; (0, b"") before the first publish."""
+        base = self._region._b()
+        while True:
+            gen = int(lib.mg_tables_generation(base))
+            if gen == 0:
+                return 0, b""
+            size = int(lib.mg_tables_size(base, gen))
+            data = ffi.buffer(lib.mg_tables_copy(base, gen & 1), size)[:]
+            lib.mg_tables_fence()
+            # The copy of `gen` is rewritten only by the publication of gen + 2.
+            if int(lib.mg_tables_generation(base)) <= gen + 1:
+                return gen, data
+
+    def acquire(self, worker: int) -> tuple[int, bytes]:
+        """Python version of the worker's per-burst ``mg_tables_acquire`` (tests, tools):
+        report the current generation as seen and return (generation, blob)."""
+        self._check_worker(worker)
+        g = ffi.new("uint64_t *")
+        p = lib.mg_tables_acquire(self._region._b(), worker, g)
+        if p == ffi.NULL:
+            return 0, b""
+        size = int(lib.mg_tables_size(self._region._b(), g[0]))
+        return int(g[0]), ffi.buffer(p, size)[:]
+
+    def quiesce(self, worker: int) -> None:
+        """Worker ``worker`` holds no table copy (idle, or just started)."""
+        self._check_worker(worker)
+        lib.mg_tables_quiesce(self._region._b(), worker)
+
+
+@dataclass
+class AccountReport:
+    """Where every frame of the pool is.  ``ok`` when each frame is in exactly one place."""
+
+    n_frames: int
+    places: dict[str, int] = field(default_factory=dict)  # place -> frames there
+    missing: list[int] = field(default_factory=list)  # frames found nowhere (leaked)
+    duplicates: dict[int, list[str]] = field(default_factory=dict)  # frame -> places
+    invalid: dict[str, list[int]] = field(default_factory=dict)  # out-of-range indices
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.duplicates or self.invalid)
+
+    @property
+    def total(self) -> int:
+        return sum(self.places.values())
+
+    def __str__(self) -> str:
+        where = ", ".join(f"{k}={v}" for k, v in self.places.items() if v)
+        if self.ok:
+            return f"all {self.n_frames} frames accounted for ({where})"
+        dup = dict(list(self.duplicates.items())[:5])
+        return (
+            f"frame accounting FAILED: {len(self.missing)} missing "
+            f"(first {self.missing[:8]}), {len(self.duplicates)} duplicated (e.g. {dup}), "
+            f"invalid {self.invalid}; places: {where}"
+        )
+
+
+class Region:
+    """The mapped shared-memory region.  Use ``create`` (once, by the supervisor) or
+    ``attach`` (every other process); both return a context manager."""
+
+    def __init__(self, name: str, path: str, fd: int, mm: mmap.mmap, owner: bool):
+        self.name = name
+        self.path = path
+        self._owner = owner
+        self._fd = fd
+        self._mm = mm
+        self._buf = ffi.from_buffer("uint8_t[]", mm)
+        self._base = ffi.cast("void *", self._buf)
+        self._hdr = ffi.cast("struct mg_region_hdr *", self._base)
+        self._closed = False
+        h = self._hdr
+        self.size = int(h.total_size)
+        self.n_workers = int(h.n_workers)
+        self.n_frames = int(h.n_frames)
+        self.ring_size = int(h.ring_size)
+        self.n_bells = int(h.n_bells)
+        self.n_slots = int(h.n_slots)
+        self.n_rings = int(h.n_rings)
+        self.pool_ptr = lib.mg_region_pool(self._base)
+        self._rings: dict[tuple[int, int], Ring] = {}
+        self.tables = Tables(self)
+
+    # -- life cycle ----------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        n_workers: int,
+        n_frames: int = 8192,
+        ring_size: int = 1024,
+        tables_bytes: int = 64 << 20,
+    ) -> Region:
+        """Create and initialise ``/dev/shm/maglev-<name>``: all frames on the free ring,
+        rings empty, no tables published.  Fails if it exists (``FileExistsError`` as a
+        RegionError): remove a stale one with ``Region.unlink_name``."""
+        path = _shm_path(name)
+        for what, v in (("n_workers", n_workers), ("n_frames", n_frames),
+                        ("ring_size", ring_size), ("tables_bytes", tables_bytes)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise RegionError(f"{what}: {v!r} must be an integer")
+        layout = ffi.new("struct mg_region_hdr *")
+        rc = lib.mg_region_layout(n_workers, n_frames, ring_size, tables_bytes, layout)
+        if rc < 0:
+            raise RegionError(
+                f"region {name}: invalid sizes (n_workers 1..{lib.MG_MAX_WORKERS}, "
+                f"n_frames 1..{lib.MG_MAX_FRAMES}, ring_size a power of two "
+                f"{lib.MG_RING_MIN}..{lib.MG_RING_MAX}, tables_bytes 0..{lib.MG_TABLES_MAX}): "
+                f"got {n_workers}, {n_frames}, {ring_size}, {tables_bytes}"
+            )
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise RegionError(f"region {name}: {path} already exists") from exc
+        try:
+            os.ftruncate(fd, int(layout.total_size))
+            mm = mmap.mmap(fd, int(layout.total_size), mmap.MAP_SHARED)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        try:
+            base = ffi.from_buffer("uint8_t[]", mm)
+            check(lib.mg_region_init(base, layout), f"region {name} init")
+            ffi.release(base)
+            return cls(name, path, fd, mm, owner=True)
+        except BaseException:
+            mm.close()
+            os.close(fd)
+            os.unlink(path)
+            raise
+
+    @classmethod
+    def attach(cls, name: str) -> Region:
+        """Map an existing region (created by another process)."""
+        path = _shm_path(name)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError as exc:
+            raise RegionError(f"region {name}: {path} does not exist") from exc
+        try:
+            size = os.fstat(fd).st_size
+            if size < int(lib.MG_REGION_HDR_SIZE):
+                raise RegionError(f"region {name}: {path} is too small to be a maglev region")
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED)
+        except BaseException:
+            os.close(fd)
+            raise
+        base = ffi.from_buffer("uint8_t[]", mm)
+        rc = lib.mg_region_check(base, size)
+        ffi.release(base)
+        if rc < 0:
+            mm.close()
+            os.close(fd)
+            why = {
+                -errno.EPROTO: "wrong magic or layout version (not a maglev region, or another version)",
+                -errno.EAGAIN: "still being initialised",
+            }.get(rc, "inconsistent header")
+            raise RegionError(f"region {name}: {path}: {why}")
+        return cls(name, path, fd, mm, owner=False)
+
+    def close(self) -> None:
+        """Unmap (idempotent).  Objects derived from this region become unusable."""
+        if self._closed:
+            return
+        self._closed = True
+        self._rings.clear()
+        self.pool_ptr = None
+        self._hdr = None
+        self._base = None
+        ffi.release(self._buf)
+        self._buf = None
+        self._mm.close()
+        os.close(self._fd)
+
+    def unlink(self) -> None:
+        """Remove the name from /dev/shm (the memory lives until the last unmap)."""
+        self.unlink_name(self.name)
+
+    @staticmethod
+    def unlink_name(name: str) -> bool:
+        """Remove ``/dev/shm/maglev-<name>``; True if it existed."""
+        try:
+            os.unlink(_shm_path(name))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def __enter__(self) -> Region:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _b(self):
+        if self._closed:
+            raise RegionError(f"region {self.name} is closed")
+        return self._base
+
+    @property
+    def base(self):
+        """``void *`` to the start of the region, for C kernels."""
+        return self._b()
+
+    # -- rings -----------------------------------------------------------------------
+    def ring(self, kind: int, i: int = 0) -> Ring:
+        self._b()
+        key = (kind, i)
+        r = self._rings.get(key)
+        if r is None:
+            if kind not in _KIND_NAMES:
+                raise RegionError(f"ring kind {kind!r} is not one of {sorted(_KIND_NAMES)}")
+            r = self._rings[key] = Ring(self, kind, i)
+        return r
+
+    def _worker_ring(self, kind: int, i: int) -> Ring:
+        if not isinstance(i, int) or not 0 <= i < self.n_workers:
+            raise RegionError(f"worker {i!r}: region {self.name} has {self.n_workers} workers")
+        return self.ring(kind, i)
+
+    def rx(self, i: int) -> Ring:
+        return self._worker_ring(RING_RX, i)
+
+    def tx(self, i: int) -> Ring:
+        return self._worker_ring(RING_TX, i)
+
+    def ret(self, i: int) -> Ring:
+        return self._worker_ring(RING_RET, i)
+
+    @property
+    def sent(self) -> Ring:
+        return self.ring(RING_SENT, 0)
+
+    @property
+    def free(self) -> Ring:
+        return self.ring(RING_FREE, 0)
+
+    def all_rings(self) -> list[Ring]:
+        out = [self.free, self.sent]
+        for i in range(self.n_workers):
+            out += [self.rx(i), self.tx(i), self.ret(i)]
+        return out
+
+    def ring_by_id(self, ring_id: int) -> Ring:
+        kind = ffi.new("uint32_t *")
+        idx = ffi.new("uint32_t *")
+        check(lib.mg_region_ring_kind(self._b(), ring_id, kind, idx), f"ring id {ring_id}")
+        return self.ring(int(kind[0]), int(idx[0]))
+
+    # -- doorbells, hands, stats, heartbeats -------------------------------------------
+    def bell(self, index: int) -> Doorbell:
+        """``BELL_STEERING``, ``BELL_MUXER`` or ``worker_bell(i)``."""
+        self._b()
+        return Doorbell(self, index)
+
+    def hand(self, slot: int) -> Hand:
+        self._b()
+        return Hand(self, slot)
+
+    def _check_slot(self, slot: int) -> None:
+        if not isinstance(slot, int) or not 0 <= slot < self.n_slots:
+            raise RegionError(f"slot {slot!r}: region has {self.n_slots} slots")
+
+    def stats(self, slot: int):
+        """The ``uint64_t[STATS_WORDS]`` counter block of actor ``slot``: one writer (the
+        actor), read by anyone; values may lag a burst behind."""
+        self._check_slot(slot)
+        return ffi.cast(f"uint64_t[{STATS_WORDS}]", lib.mg_region_stats(self._b(), slot))
+
+    def heartbeat(self, slot: int) -> int:
+        """Last heartbeat (CLOCK_MONOTONIC ns) of actor ``slot``; 0 if never."""
+        self._check_slot(slot)
+        return int(lib.mg_heartbeat_get(self._b(), slot))
+
+    def set_heartbeat(self, slot: int, now_ns: int | None = None) -> None:
+        self._check_slot(slot)
+        lib.mg_heartbeat_set(self._b(), slot, time.monotonic_ns() if now_ns is None else now_ns)
+
+    # -- accounting -------------------------------------------------------------------
+    def account(self, held: Mapping[str, Iterable[int]] | None = None) -> AccountReport:
+        """Prove every frame is in exactly one place: a ring (between its consumer and
+        producer index), an actor's hand (after settling its journal, as ``recover``
+        would, without changing it), or ``held`` (frames the caller says an actor holds
+        outside the hand, e.g. ``{"nic": [...]}``).  Call when the actors are stopped or
+        idle; a moving pipeline gives a meaningless answer."""
+        base = self._b()
+        where: dict[int, list[str]] = {}
+        report = AccountReport(self.n_frames)
+
+        def add(place: str, descs: Iterable[int]) -> None:
+            cnt = 0
+            for d in descs:
+                f = int(d) & 0xFFFFFFFF
+                cnt += 1
+                if f >= self.n_frames:
+                    report.invalid.setdefault(place, []).append(f)
+                    continue
+                where.setdefault(f, []).append(place)
+            report.places[place] = report.places.get(place, 0) + cnt
+
+        for r in self.all_rings():
+            add(r.name, r.snapshot())
+        out = ffi.new("uint64_t[]", HAND_MAX)
+        for slot in range(self.n_slots):
+            n = check(lib.mg_hand_settled(base, slot, out, HAND_MAX), "hand settle")
+            if n:
+                add(f"hand{slot}", ffi.unpack(out, n))
+        for place, descs in (held or {}).items():
+            add(str(place), descs)
+        for f in range(self.n_frames):
+            places = where.get(f)
+            if not places:
+                report.missing.append(f)
+            elif len(places) > 1:
+                report.duplicates[f] = places
+        return report
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.size} bytes"
+        return f"<Region {self.name} {self.n_workers} workers {self.n_frames} frames {state}>"
