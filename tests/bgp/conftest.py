@@ -1,0 +1,306 @@
+"""Interop lab for the BGP tests: a router namespace (BIRD 2 or GoBGP) and a speaker
+namespace running ``python -m maglev.bgp`` as its own process, joined by one veth pair.
+
+    router ns  r0 198.18.0.1/30  2001:db8:18::1/64  <-veth->  s0 198.18.0.2/30  2001:db8:18::2/64  speaker ns
+
+Everything lives in a per-test temp dir (configs, BIRD control socket, logs); the
+``netns`` fixture removes the namespaces and the processes it started, also on failure.
+Waits poll with a deadline; none is unbounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROUTER_V4, SPEAKER_V4 = "198.18.0.1", "198.18.0.2"
+ROUTER_V6, SPEAKER_V6 = "2001:db8:18::1", "2001:db8:18::2"
+ROUTER_ASN = 64512
+
+
+def wait_until(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``fn`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+
+
+class SpeakerProc:
+    """``python -m maglev.bgp`` in the speaker namespace, driven over stdin/stdout."""
+
+    def __init__(self, proc: subprocess.Popen, log_path: Path):
+        self.proc = proc
+        self.log_path = log_path
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.events.put(json.loads(line))
+            except ValueError:
+                self.events.put({"garbage": line})
+
+    def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
+        for ev in self.seen:
+            if pred(ev):
+                return ev
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                ev = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.seen.append(ev)
+            if pred(ev):
+                return ev
+        raise AssertionError(f"speaker: no {what} within {timeout:g} s; events: {self.seen[-8:]}; log: {self.log()}")
+
+    def command(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def state(self, timeout: float = 5) -> dict[str, Any]:
+        self.seen = [e for e in self.seen if e.get("reply") != "state"]
+        self.command("state")
+        return self.wait_for(lambda e: e.get("reply") == "state", timeout, "state reply")
+
+    def wait_established(self, timeout: float = 20) -> None:
+        self.wait_for(lambda e: e.get("event") == "bgp.state" and e.get("new") == "Established", timeout, "Established")
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=5)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()[-2000:]
+        except OSError:
+            return ""
+
+
+class BgpLab:
+    wait_until = staticmethod(wait_until)
+
+    @staticmethod
+    def wait_text(fn: Callable[[], str], needle: str, timeout: float, what: str) -> str:
+        """Poll ``fn`` until its text contains ``needle``; return that text."""
+        return wait_until(lambda: (lambda t: t if needle in t else "")(fn()), timeout, what)
+
+    def __init__(self, netns: Any, tmp: Path):
+        self.netns = netns
+        self.tmp = tmp
+        self.router = netns.add("r")
+        self.speaker_ns = netns.add("s")
+        netns.veth(self.router, "r0", self.speaker_ns, "s0")
+        self.router.addr("r0", f"{ROUTER_V4}/30")
+        self.speaker_ns.addr("s0", f"{SPEAKER_V4}/30")
+        self.router.addr("r0", f"{ROUTER_V6}/64")
+        self.speaker_ns.addr("s0", f"{SPEAKER_V6}/64")
+        self.bird_proc: subprocess.Popen | None = None
+        self.gobgp_proc: subprocess.Popen | None = None
+        self.bird_sock = tmp / "bird.ctl"
+        self.speakers: list[SpeakerProc] = []
+        self.files: list[Any] = []  # log files handed to child processes; closed at teardown
+
+    def logfile(self, name: str) -> Any:
+        f = (self.tmp / name).open("w")
+        self.files.append(f)
+        return f
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        for sp in self.speakers:
+            for pipe in (sp.proc.stdin, sp.proc.stdout):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except OSError:
+                        pass
+
+    # ------------------------------------------------------------------ maglev speaker
+    def start_speaker(
+        self, *, asn: int = 64513, peer: str = ROUTER_V4, peer_asn: int = ROUTER_ASN, announce: tuple[str, ...] = (),
+        next_hop_ipv6: str = "", passive: bool = False,
+    ) -> SpeakerProc:
+        nh6 = f'next_hop_ipv6 = "{next_hop_ipv6}"\n' if next_hop_ipv6 else ""
+        conf = self.tmp / "maglev.toml"
+        conf.write_text(
+            f"""[bgp]
+local_asn = {asn}
+router_id = "{SPEAKER_V4}"
+listen_port = 179
+connect_retry_time = 1
+{nh6}
+[[bgp.peer]]
+address = "{peer}"
+asn = {peer_asn}
+hold_time = 9
+passive = {"true" if passive else "false"}
+"""
+        )
+        log_path = self.tmp / "speaker.log"
+        argv = [sys.executable, "-m", "maglev.bgp", "--config", str(conf), "--log-level", "info"]
+        for p in announce:
+            argv += ["--announce", p]
+        proc = self.speaker_ns.popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.logfile("speaker.log"), text=True, bufsize=1
+        )
+        sp = SpeakerProc(proc, log_path)
+        self.speakers.append(sp)
+        sp.wait_for(lambda e: e.get("event") == "ready", 20, "ready")
+        return sp
+
+    # ------------------------------------------------------------------ BIRD
+    def start_bird(self, *, peer: str = SPEAKER_V4, peer_asn: int = 64513) -> None:
+        conf = self.tmp / "bird.conf"
+        conf.write_text(
+            f"""log "{self.tmp}/bird.log" all;
+router id {ROUTER_V4};
+protocol device {{ scan time 10; }}
+protocol kernel kernel4 {{ ipv4 {{ import none; export all; }}; }}
+protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
+protocol bgp maglev {{
+    local as {ROUTER_ASN};
+    neighbor {peer} as {peer_asn};
+    hold time 9;
+    keepalive time 3;
+    connect delay time 1;
+    connect retry time 1;
+    error wait time 1, 3;
+    ipv4 {{ import all; export none; }};
+    ipv6 {{ import all; export none; }};
+}}
+"""
+        )
+        self.bird_proc = self.router.popen(
+            ["bird", "-f", "-c", str(conf), "-s", str(self.bird_sock), "-P", str(self.tmp / "bird.pid")],
+            stderr=self.logfile("bird.stderr"),
+        )
+        wait_until(lambda: self.bird_sock.exists() and self.birdc("show status").returncode == 0, 10, "BIRD control socket")
+
+    def stop_bird(self) -> None:
+        assert self.bird_proc is not None
+        self.bird_proc.terminate()
+        self.bird_proc.wait(timeout=10)
+        self.bird_proc = None
+        wait_until(lambda: not self.bird_sock.exists() or self.birdc("show status").returncode != 0, 5, "BIRD gone")
+
+    def birdc(self, *cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["birdc", "-s", str(self.bird_sock), *cmd], capture_output=True, text=True, timeout=10)
+
+    def bird_routes(self, family: str = "ipv4") -> str:
+        table = "master4" if family == "ipv4" else "master6"
+        return self.birdc("show", "route", "table", table, "protocol", "maglev", "all").stdout
+
+    def bird_state(self) -> str:
+        return self.birdc("show", "protocols", "maglev").stdout
+
+    def kernel_routes(self, family: str = "-4") -> str:
+        return self.router.exec("ip", family, "route", "show", "proto", "bird").stdout
+
+    # ------------------------------------------------------------------ GoBGP
+    def start_gobgp(self, *, peer: str = SPEAKER_V4, peer_asn: int = 64513, asn: int = ROUTER_ASN) -> None:
+        conf = self.tmp / "gobgpd.toml"
+        conf.write_text(
+            f"""[global.config]
+  as = {asn}
+  router-id = "{ROUTER_V4}"
+  port = 179
+  local-address-list = ["{ROUTER_V4}", "{ROUTER_V6}"]
+
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "{peer}"
+    peer-as = {peer_asn}
+  [neighbors.timers.config]
+    connect-retry = 1
+    hold-time = 9
+    keepalive-interval = 3
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv4-unicast"
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv6-unicast"
+"""
+        )
+        self.gobgp_proc = self.router.popen(
+            ["gobgpd", "-f", str(conf), "-t", "toml", "--api-hosts", "127.0.0.1:50051", "--pprof-disable", "-p", "-l", "info"],
+            stdout=self.logfile("gobgpd.log"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: self.gobgp("global").returncode == 0, 15, "gobgpd API")
+
+    def stop_gobgp(self) -> None:
+        assert self.gobgp_proc is not None
+        self.gobgp_proc.terminate()
+        self.gobgp_proc.wait(timeout=10)
+        self.gobgp_proc = None
+
+    def gobgp(self, *cmd: str) -> subprocess.CompletedProcess:
+        return self.router.exec("gobgp", "-u", "127.0.0.1", "-p", "50051", *cmd, check=False, timeout=10)
+
+    def gobgp_rib(self, family: str = "ipv4") -> dict[str, Any]:
+        r = self.gobgp("global", "rib", "-a", family, "-j")
+        if r.returncode != 0 or not r.stdout.strip():
+            return {}
+        try:
+            data = json.loads(r.stdout)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def gobgp_neighbor_state(self, peer: str) -> str:
+        r = self.gobgp("neighbor", peer, "-j")
+        if r.returncode != 0:
+            return ""
+        try:
+            return str(json.loads(r.stdout)["state"]["session_state"])
+        except (ValueError, KeyError, TypeError):
+            return ""
+
+
+def _lab(request: pytest.FixtureRequest, tmp_path: Path, binaries: tuple[str, ...], package: str):
+    missing = [b for b in binaries if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} on PATH (apt-get install {package})")
+    netns = request.getfixturevalue("netns")  # skips with the reason when not root
+    lab = BgpLab(netns, tmp_path)
+    try:
+        yield lab
+    finally:
+        netns.close()  # processes first, so their log files can be closed after
+        lab.close()
+
+
+@pytest.fixture
+def bird_lab(request, tmp_path):
+    yield from _lab(request, tmp_path, ("bird", "birdc"), "bird2")
+
+
+@pytest.fixture
+def gobgp_lab(request, tmp_path):
+    yield from _lab(request, tmp_path, ("gobgpd", "gobgp"), "gobgpd")

@@ -1,0 +1,101 @@
+"""maglev's speaker against BIRD 2 in network namespaces (issue 7, interop).
+
+Each test: a router namespace running BIRD (BGP + kernel protocols exporting into the
+namespace's routing table) and a speaker namespace running ``python -m maglev.bgp`` as its
+own process.  Routes are read back with ``birdc show route`` and ``ip route`` in the
+router namespace.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+VIP4 = "203.0.113.10"
+VIP6 = "2001:db8:100::10"
+
+
+def test_announce_reaches_bird_and_kernel_then_withdraw_removes_it(bird_lab):
+    lab = bird_lab
+    lab.start_bird()
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",))
+    sp.wait_established()
+    lab.wait_until(lambda: "Established" in lab.bird_state(), 10, "BIRD session Established")
+    routes = lab.wait_text(lab.bird_routes, f"{VIP4}/32", 10, "VIP in BIRD")
+    assert "AS64513i" in routes  # AS_PATH [64513], ORIGIN IGP
+    assert "198.18.0.2" in routes  # next hop self
+    kernel = lab.wait_text(lab.kernel_routes, VIP4, 10, "VIP in the kernel")
+    assert f"{VIP4} via 198.18.0.2 dev r0" in kernel
+
+    sp.command(f"withdraw {VIP4}/32")
+    sp.wait_for(lambda e: e.get("event") == "bgp.route" and e.get("action") == "withdraw", 5, "withdraw event")
+    lab.wait_until(lambda: f"{VIP4}/32" not in lab.bird_routes(), 10, "VIP gone from BIRD")
+    lab.wait_until(lambda: VIP4 not in lab.kernel_routes(), 10, "VIP gone from the kernel")
+    assert "Established" in lab.bird_state()  # a withdraw is not a session reset
+
+    sp.command(f"announce {VIP4}/32")  # and it can come back on the same session
+    lab.wait_until(lambda: VIP4 in lab.kernel_routes(), 10, "VIP back in the kernel")
+
+
+def test_sigkill_of_the_speaker_removes_the_route(bird_lab):
+    lab = bird_lab
+    lab.start_bird()
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",))
+    lab.wait_until(lambda: VIP4 in lab.kernel_routes(), 20, "VIP in the kernel")
+    sp.kill()  # no CEASE: the kernel closes the TCP connection for the dead process
+    lab.wait_until(lambda: f"{VIP4}/32" not in lab.bird_routes(), 10, "VIP gone from BIRD")
+    lab.wait_until(lambda: VIP4 not in lab.kernel_routes(), 10, "VIP gone from the kernel")
+    assert "Established" not in lab.bird_state()
+
+
+def test_bird_restart_session_comes_back_and_vip_is_reannounced(bird_lab):
+    lab = bird_lab
+    lab.start_bird()
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",))
+    lab.wait_until(lambda: VIP4 in lab.kernel_routes(), 20, "VIP in the kernel")
+    lab.stop_bird()
+    sp.wait_for(lambda e: e.get("event") == "bgp.state" and e.get("old") == "Established", 10, "session down")
+    lab.start_bird()
+    lab.wait_until(lambda: "Established" in lab.bird_state(), 20, "session back")
+    lab.wait_until(lambda: f"{VIP4}/32" in lab.bird_routes(), 10, "VIP re-announced to BIRD")
+    lab.wait_until(lambda: VIP4 in lab.kernel_routes(), 10, "VIP back in the kernel")
+    peers = sp.state()["peers"]
+    assert peers[0]["state"] == "Established" and peers[0]["established"] == 2
+
+
+def test_ipv6_vip_over_mp_bgp(bird_lab):
+    # IPv4 transport session carrying the IPv6 unicast family (RFC 4760); the IPv6 next hop
+    # comes from bgp.next_hop_ipv6 because the session's own address is IPv4.
+    lab = bird_lab
+    lab.start_bird()
+    sp = lab.start_speaker(announce=(f"{VIP6}/128", f"{VIP4}/32"), next_hop_ipv6="2001:db8:18::2")
+    sp.wait_established()
+    routes = lab.wait_text(lambda: lab.bird_routes("ipv6"), f"{VIP6}/128", 15, "IPv6 VIP in BIRD")
+    assert "2001:db8:18::2" in routes
+    lab.wait_until(lambda: VIP6 in lab.kernel_routes("-6"), 10, "IPv6 VIP in the kernel")
+    assert "via 2001:db8:18::2 dev r0" in lab.kernel_routes("-6")
+    sp.command(f"withdraw {VIP6}/128")  # MP_UNREACH_NLRI
+    lab.wait_until(lambda: f"{VIP6}/128" not in lab.bird_routes("ipv6"), 10, "IPv6 VIP gone from BIRD")
+    lab.wait_until(lambda: VIP6 not in lab.kernel_routes("-6"), 10, "IPv6 VIP gone from the kernel")
+    assert f"{VIP4}/32" in lab.bird_routes()  # the IPv4 VIP is untouched
+
+
+def test_four_octet_asn(bird_lab):
+    lab = bird_lab
+    lab.start_bird(peer_asn=4200000001)
+    sp = lab.start_speaker(asn=4200000001, announce=(f"{VIP4}/32",))
+    sp.wait_established()
+    routes = lab.wait_text(lab.bird_routes, f"{VIP4}/32", 15, "VIP in BIRD")
+    assert "AS4200000001i" in routes
+    assert "4200000001" in lab.birdc("show", "protocols", "all", "maglev").stdout
+
+
+def test_ipv6_transport_session(bird_lab):
+    # The whole session over IPv6: next hop self is the session's local IPv6 address.
+    lab = bird_lab
+    lab.start_bird(peer="2001:db8:18::2")
+    sp = lab.start_speaker(peer="2001:db8:18::1", announce=(f"{VIP6}/128",))
+    sp.wait_established()
+    lab.wait_until(lambda: VIP6 in lab.kernel_routes("-6"), 15, "IPv6 VIP in the kernel")
+    assert "via 2001:db8:18::2 dev r0" in lab.kernel_routes("-6")
