@@ -278,9 +278,12 @@ protocol bgp maglev {{
         if r.returncode != 0:
             return ""
         try:
-            return str(json.loads(r.stdout)["state"]["session_state"])
+            raw = json.loads(r.stdout)["state"]["session_state"]
         except (ValueError, KeyError, TypeError):
             return ""
+        # The JSON carries GoBGP's protobuf enum number (6 = established) or its name.
+        names = {1: "idle", 2: "connect", 3: "active", 4: "opensent", 5: "openconfirm", 6: "established"}
+        return names.get(raw, str(raw).lower()) if isinstance(raw, int) else str(raw).lower()
 
 
 def _lab(request: pytest.FixtureRequest, tmp_path: Path, binaries: tuple[str, ...], package: str):
