@@ -14,6 +14,8 @@ from maglev.errors import MaglevError
 # so `maglev table` does not pay for ZeroMQ or OpenTelemetry imports.
 COMMANDS: list[tuple[str, str]] = [
     ("maglev_cli.table", "table"),
+    ("maglev_cli.lab", "lab"),
+    ("maglev_cli.backend_agent", "backend_agent"),
 ]
 
 

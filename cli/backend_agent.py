@@ -1,0 +1,25 @@
+"""`maglev backend-agent`: decapsulate GRE/IPIP for a backend whose kernel cannot."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("backend-agent")
+@click.option("--vip", "vips", multiple=True, required=True, metavar="ADDR",
+              help="A VIP this backend serves (repeat for several; IPv4 or IPv6). Put on lo if missing.")
+@click.option("--encap", type=click.Choice(["gre", "ipip"]), default="gre", show_default=True)
+@click.option("--tun", default="mgdecap0", show_default=True, help="Name of the TUN device to create.")
+@click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default="",
+              help="Write the counters as JSON to this file every second and at exit.")
+@click.option("--duration", type=float, default=0.0, help="Stop after this many seconds (0 = until SIGTERM).")
+def backend_agent(vips, encap, tun, stats_path, duration) -> None:
+    """Read GRE (or IPIP) packets from a raw socket, check the inner packet is for a VIP,
+    and hand it to this host's stack through a TUN device, so the kernel answers the
+    client directly (direct server return).  Needs root."""
+    from maglev.lab.agent import serve
+
+    agent = serve(list(vips), encap, tun, stats_path, duration)
+    click.echo(json.dumps(dict(agent.counters), sort_keys=True), err=True)

@@ -1,0 +1,563 @@
+"""The namespace lab: build it, remember what was built, take it all down again.
+
+Topology (``P`` is the lab prefix, ``mglab`` for ``maglev lab``)::
+
+    P-client                 P-router                                   P-maglev
+    eth0 198.18.1.2/24 ---- rc 198.18.1.1/24                            eth0 198.18.2.2/24
+    2001:db8:1::2/64        2001:db8:1::1/64        +-- pm ----------- (maglev run,
+    routes to the lab       br0 198.18.2.1/24 ------+                    --nic afpacket:eth0)
+    only (no default)       2001:db8:2::1/64        +-- pb1 ---------- P-be1 eth0 198.18.2.11
+                            forwarding on;          +-- pb2 ---------- P-be2 eth0 198.18.2.12
+                            VIPs routed to maglev   ...                  VIPs on lo, HTTP :80
+
+* The router routes 203.0.113.0/24 and 2001:db8:f::/64 (the VIPs) to the maglev
+  namespace, which forwards them (encapsulated) to a backend over the server bridge.
+* Backends answer the client straight through the router (direct server return): the
+  reply never enters the maglev namespace.  Their default route does not exist either;
+  they have routes to the lab's client network only.
+* The server bridge has MTU 9000 and the client link 1500, so an encapsulated full-size
+  packet fits (the paper's deployment does the same: encapsulation overhead must fit the
+  fabric MTU).  The client's TCP segmentation offload is capped at one segment
+  (``gso_max_segs 1``): the forwarder must see wire-sized packets, as from a real NIC.
+* The maglev namespace keeps IP forwarding off and does not own the VIPs: its kernel
+  drops the VIP packets silently, and only maglev's packet socket forwards them.
+
+Decapsulation on the backends, by ``encap``:
+  ``gre``/``ipip``: ``maglev backend-agent`` (raw socket -> TUN; this kernel has no GRE
+  or IPIP modules); ``vxlan``: a stock ``vxlan`` device in external mode on port 4789;
+  ``l2``: nothing -- the VIP on ``lo`` with ``arp_ignore=1``/``arp_announce=2``.
+
+State: every namespace and process is recorded in ``STATE_DIR/state.json`` *as it is
+created*, so ``down`` removes exactly what ``up`` made even when ``up`` failed halfway.
+Processes are remembered by PID plus their start time (from /proc), so a recycled PID is
+never killed.  A lock file serialises concurrent ``up``/``down``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maglev.errors import MaglevError, NotRootError
+
+STATE_DIR = Path(os.environ.get("MAGLEV_LAB_DIR", "/run/maglev-lab"))
+STATE_VERSION = 1
+ENCAPS = ("gre", "ipip", "vxlan", "l2")
+MAX_BACKENDS = 64
+
+CLIENT_V4, CLIENT_V6 = "198.18.1.2", "2001:db8:1::2"
+ROUTER_C_V4, ROUTER_C_V6 = "198.18.1.1", "2001:db8:1::1"
+ROUTER_S_V4, ROUTER_S_V6 = "198.18.2.1", "2001:db8:2::1"
+MAGLEV_V4, MAGLEV_V6 = "198.18.2.2", "2001:db8:2::2"
+VIP_V4, VIP_V6 = "203.0.113.10", "2001:db8:f::10"
+VIP_NET_V4, VIP_NET_V6 = "203.0.113.0/24", "2001:db8:f::/64"
+HTTP_PORT = 80
+SERVER_MTU = 9000
+
+MAC_CLIENT = "02:00:00:01:00:02"
+MAC_ROUTER_C = "02:00:00:01:00:01"
+MAC_ROUTER_S = "02:00:00:02:00:01"
+MAC_MAGLEV = "02:00:00:02:00:02"
+
+
+class LabError(MaglevError, RuntimeError):
+    """The lab could not be built or taken down."""
+
+
+def backend_v4(i: int) -> str:
+    return f"198.18.2.{10 + i}"
+
+
+def backend_v6(i: int) -> str:
+    return f"2001:db8:2::{10 + i:x}"
+
+
+def backend_mac(i: int) -> str:
+    return f"02:00:00:02:01:{i:02x}"
+
+
+def backend_vxlan_mac(i: int) -> str:
+    return f"02:00:00:03:01:{i:02x}"
+
+
+def why_no_lab() -> str | None:
+    """None when a lab can be built here, else one sentence saying why not."""
+    if os.geteuid() != 0:
+        return "maglev lab needs root: it creates network namespaces, veth pairs and a bridge"
+    if shutil.which("ip") is None:
+        return "maglev lab needs the `ip` command from iproute2 (apt-get install iproute2)"
+    probe = f"mglab-probe-{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"this system cannot create network namespaces: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def sh(cmd: Sequence[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise LabError(f"`{' '.join(cmd)}` failed: {r.stderr.strip() or r.stdout.strip()}")
+    return r
+
+
+def ns_exec(ns: str, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    return sh(["ip", "netns", "exec", ns, *cmd], check=check, timeout=timeout)
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), None when gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(raw.rsplit(")", 1)[1].split()[19])
+
+
+@dataclass
+class LabSpec:
+    backends: int = 3
+    encap: str = "gre"
+    weights: tuple[int, ...] = ()
+    prefix: str = "mglab"
+    state_dir: Path = STATE_DIR
+    forwarder: bool = True  # start `maglev run` in the maglev namespace
+    workers: int = 1
+    forwarder_argv: tuple[str, ...] = ()  # override the forwarder command (tests, debugging)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.encap not in ENCAPS:
+            raise LabError(f"--encap must be one of {', '.join(ENCAPS)}, not {self.encap!r}")
+        if not 1 <= self.backends <= MAX_BACKENDS:
+            raise LabError(f"--backends must be 1..{MAX_BACKENDS}, not {self.backends}")
+        if self.weights and len(self.weights) != self.backends:
+            raise LabError(f"{len(self.weights)} weights given for {self.backends} backends")
+        if any(w < 0 for w in self.weights) or (self.weights and not any(self.weights)):
+            raise LabError("weights must be >= 0 and not all 0")
+        if not self.prefix.replace("-", "").isalnum() or len(self.prefix) > 20:
+            raise LabError(f"bad lab prefix {self.prefix!r}")
+
+
+class Lab:
+    """A handle on the lab recorded in ``state_dir`` (which may not exist yet)."""
+
+    def __init__(self, state_dir: Path = STATE_DIR):
+        self.state_dir = Path(state_dir)
+        self.state_path = self.state_dir / "state.json"
+        self.state: dict[str, Any] = {}
+
+    # -- state file ------------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with open(self.state_dir / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            self.state = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            self.state = {}
+            return None
+        except (OSError, ValueError) as exc:
+            raise LabError(f"lab state {self.state_path} is unreadable ({exc}); remove it by hand") from None
+        return self.state
+
+    def save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True))
+        os.replace(tmp, self.state_path)
+
+    def is_up(self) -> bool:
+        st = self.state
+        if not st or not st.get("complete"):
+            return False
+        existing = set(list_netns())
+        return all(ns in existing for ns in st.get("namespaces", []))
+
+    # -- building blocks, each recorded before it can fail half-done --------------
+
+    def _add_ns(self, name: str) -> str:
+        self.state["namespaces"].append(name)
+        self.save()
+        sh(["ip", "netns", "add", name])
+        ns_exec(name, "ip", "link", "set", "lo", "up")
+        return name
+
+    def _veth(self, a: str, a_dev: str, b: str, b_dev: str, mtu: int = 1500) -> None:
+        tag = secrets.token_hex(4)
+        tmp_a, tmp_b = f"mgl{tag}a", f"mgl{tag}b"
+        sh(["ip", "link", "add", tmp_a, "mtu", str(mtu), "type", "veth", "peer", "name", tmp_b, "mtu", str(mtu)])
+        try:
+            sh(["ip", "link", "set", tmp_a, "netns", a, "name", a_dev])
+            sh(["ip", "link", "set", tmp_b, "netns", b, "name", b_dev])
+        except LabError:
+            sh(["ip", "link", "del", tmp_a], check=False)
+            raise
+
+    def spawn(self, role: str, ns: str, argv: Sequence[str]) -> int:
+        """Start ``argv`` inside ``ns`` in its own session, detached from us; record it."""
+        logs = self.state_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        log_path = logs / f"{role}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        start = _proc_start_time(proc.pid)
+        self.state["processes"].append(
+            {"role": role, "ns": ns, "pid": proc.pid, "start": start, "log": str(log_path)}
+        )
+        self.save()
+        return proc.pid
+
+    # -- up ----------------------------------------------------------------------
+
+    def up(self, spec: LabSpec, wait_s: float = 30.0) -> dict[str, Any]:
+        """Build the lab (or return the one already up).  Raises LabError/NotRootError."""
+        spec.validate()
+        if reason := why_no_lab():
+            raise NotRootError(reason)
+        with self.locked():
+            if self.load() is not None:
+                if self.is_up():
+                    self.state["already_up"] = True
+                    return self.state
+                self._down_locked()  # a half-built or stale lab: clear it first
+            try:
+                self._build(spec)
+            except BaseException:
+                self._down_locked()
+                raise
+        self._wait_ready(spec, wait_s)
+        return self.state
+
+    def _build(self, spec: LabSpec) -> None:
+        p = spec.prefix
+        weights = list(spec.weights) or [1] * spec.backends
+        backends = []
+        for i in range(1, spec.backends + 1):
+            backends.append(
+                {
+                    "name": f"be{i}",
+                    "ns": f"{p}-be{i}",
+                    "ipv4": backend_v4(i),
+                    "ipv6": backend_v6(i),
+                    "mac": backend_mac(i),
+                    "vxlan_mac": backend_vxlan_mac(i) if spec.encap == "vxlan" else "",
+                    "weight": weights[i - 1],
+                }
+            )
+        self.state = {
+            "version": STATE_VERSION,
+            "complete": False,
+            "prefix": p,
+            "encap": spec.encap,
+            "created": time.time(),
+            "namespaces": [],
+            "processes": [],
+            "client": {"ns": f"{p}-client", "iface": "eth0", "ipv4": CLIENT_V4, "ipv6": CLIENT_V6, "mac": MAC_CLIENT},
+            "router": {"ns": f"{p}-router", "ipv4": [ROUTER_C_V4, ROUTER_S_V4], "ipv6": [ROUTER_C_V6, ROUTER_S_V6]},
+            "maglev": {"ns": f"{p}-maglev", "iface": "eth0", "ipv4": MAGLEV_V4, "ipv6": MAGLEV_V6, "mac": MAC_MAGLEV},
+            "backends": backends,
+            "vips": {"ipv4": VIP_V4, "ipv6": VIP_V6, "http_port": HTTP_PORT},
+            "config": str(self.state_dir / "maglev.toml"),
+            "forwarder": spec.forwarder,
+        }
+        self.save()
+        client, router, mg = self.state["client"]["ns"], self.state["router"]["ns"], self.state["maglev"]["ns"]
+        for ns in (client, router, mg, *(b["ns"] for b in backends)):
+            self._add_ns(ns)
+
+        # Router: client link, server bridge, forwarding, VIP routes toward maglev.
+        self._veth(client, "eth0", router, "rc")
+        ns_exec(router, "ip", "link", "add", "br0", "mtu", str(SERVER_MTU), "type", "bridge", "stp_state", "0")
+        ns_exec(router, "ip", "link", "set", "br0", "address", MAC_ROUTER_S, "up")
+        ns_exec(router, "ip", "link", "set", "rc", "address", MAC_ROUTER_C, "up")
+        ns_exec(router, "ip", "addr", "add", f"{ROUTER_C_V4}/24", "dev", "rc")
+        ns_exec(router, "ip", "-6", "addr", "add", f"{ROUTER_C_V6}/64", "dev", "rc", "nodad")
+        ns_exec(router, "ip", "addr", "add", f"{ROUTER_S_V4}/24", "dev", "br0")
+        ns_exec(router, "ip", "-6", "addr", "add", f"{ROUTER_S_V6}/64", "dev", "br0", "nodad")
+        ns_exec(
+            router, "sysctl", "-qw",
+            "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.br0.send_redirects=0",
+            "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+        )  # fmt: skip
+        ns_exec(router, "ip", "route", "add", VIP_NET_V4, "via", MAGLEV_V4)
+        ns_exec(router, "ip", "-6", "route", "add", VIP_NET_V6, "via", MAGLEV_V6)
+
+        # Client: lab routes only.  One segment per skb (no TSO): wire-sized packets.
+        ns_exec(client, "ip", "link", "set", "eth0", "address", MAC_CLIENT, "gso_max_segs", "1", "up")
+        ns_exec(client, "ip", "addr", "add", f"{CLIENT_V4}/24", "dev", "eth0")
+        ns_exec(client, "ip", "-6", "addr", "add", f"{CLIENT_V6}/64", "dev", "eth0", "nodad")
+        for net in ("198.18.0.0/15", VIP_NET_V4):
+            ns_exec(client, "ip", "route", "add", net, "via", ROUTER_C_V4)
+        for net in ("2001:db8::/32",):
+            ns_exec(client, "ip", "-6", "route", "add", net, "via", ROUTER_C_V6)
+
+        # Maglev: on the server bridge; the kernel neither forwards nor owns the VIPs.
+        self._server_port(router, "pm", mg, MAC_MAGLEV)
+        ns_exec(mg, "ip", "addr", "add", f"{MAGLEV_V4}/24", "dev", "eth0")
+        ns_exec(mg, "ip", "-6", "addr", "add", f"{MAGLEV_V6}/64", "dev", "eth0", "nodad")
+        ns_exec(mg, "ip", "route", "add", "198.18.0.0/15", "via", ROUTER_S_V4)
+        ns_exec(mg, "ip", "-6", "route", "add", "2001:db8::/32", "via", ROUTER_S_V6)
+        ns_exec(mg, "sysctl", "-qw", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0")
+
+        for i, b in enumerate(backends, start=1):
+            self._backend(spec, router, i, b)
+        self._write_config(spec)
+        self.state["complete"] = True
+        self.save()
+
+        # Processes last: HTTP servers, decapsulation agents, the forwarder.
+        py = sys.executable
+        for b in backends:
+            self.spawn(f"httpd-{b['name']}", b["ns"], [py, "-m", "maglev.lab.httpd", "--name", b["name"], "--port", str(HTTP_PORT)])
+            if spec.encap in ("gre", "ipip"):
+                self.spawn(
+                    f"agent-{b['name']}", b["ns"],
+                    [*maglev_argv(), "backend-agent", "--vip", VIP_V4, "--vip", VIP_V6, "--encap", spec.encap,
+                     "--stats", str(self.state_dir / f"agent-{b['name']}.json")],
+                )  # fmt: skip
+        if spec.forwarder:
+            argv = list(spec.forwarder_argv) or [
+                *maglev_argv(), "run", "--config", self.state["config"],
+                "--nic", "afpacket:eth0", "--workers", str(spec.workers),
+            ]  # fmt: skip
+            self.spawn("maglev", mg, argv)
+
+    def _server_port(self, router: str, port: str, ns: str, mac: str) -> None:
+        self._veth(router, port, ns, "eth0", mtu=SERVER_MTU)
+        ns_exec(router, "ip", "link", "set", port, "master", "br0", "up")
+        ns_exec(ns, "ip", "link", "set", "eth0", "address", mac, "up")
+
+    def _backend(self, spec: LabSpec, router: str, i: int, b: dict[str, Any]) -> None:
+        ns = b["ns"]
+        self._server_port(router, f"pb{i}", ns, b["mac"])
+        ns_exec(ns, "ip", "addr", "add", f"{b['ipv4']}/24", "dev", "eth0")
+        ns_exec(ns, "ip", "-6", "addr", "add", f"{b['ipv6']}/64", "dev", "eth0", "nodad")
+        ns_exec(ns, "ip", "route", "add", "198.18.0.0/15", "via", ROUTER_S_V4)
+        ns_exec(ns, "ip", "-6", "route", "add", "2001:db8::/32", "via", ROUTER_S_V6)
+        ns_exec(ns, "ip", "addr", "add", f"{VIP_V4}/32", "dev", "lo")
+        ns_exec(ns, "ip", "-6", "addr", "add", f"{VIP_V6}/128", "dev", "lo", "nodad")
+        # DSR: never answer ARP for the VIP (it is on lo), never use it as ARP source;
+        # decapsulated packets arrive on a device the client is not routed through.
+        ns_exec(
+            ns, "sysctl", "-qw",
+            "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2",
+            "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv4.conf.eth0.rp_filter=0",
+        )  # fmt: skip
+        if spec.encap == "vxlan":
+            ns_exec(ns, "ip", "link", "add", "vx0", "address", b["vxlan_mac"], "type", "vxlan",
+                    "external", "dstport", "4789")  # fmt: skip
+            ns_exec(ns, "ip", "link", "set", "vx0", "up")
+            ns_exec(ns, "sysctl", "-qw", "net.ipv4.conf.vx0.rp_filter=0")
+
+    def _write_config(self, spec: LabSpec) -> None:
+        from maglev import config as cfg
+
+        lines = [
+            "# maglev lab configuration (written by `maglev lab up`)",
+            "[instance]",
+            'name = "lab"',
+            f'source_ipv4 = "{MAGLEV_V4}"',
+            f'source_ipv6 = "{MAGLEV_V6}"',
+            f"mtu = {SERVER_MTU}",
+        ]
+        for vip, fam in ((VIP_V4, "ipv4"), (VIP_V6, "ipv6")):
+            for proto in ("tcp", "udp"):
+                lines += ["", "[[vip]]", f'address = "{vip}"', "port = 0", f'protocol = "{proto}"', f'encap = "{spec.encap}"']
+                for b in self.state["backends"]:
+                    # l2 needs the VIP's family; the tunnels use it too (IPv6 outer for IPv6).
+                    mac = b["vxlan_mac"] if spec.encap == "vxlan" else b["mac"]
+                    lines += [
+                        "", "[[vip.backend]]", f'address = "{b[fam]}"', f'name = "{b["name"]}"',
+                        f"weight = {b['weight']}", f'mac = "{mac}"',
+                    ]  # fmt: skip
+        text = "\n".join(lines) + "\n"
+        cfg.loads(text, source="lab config")  # never start a forwarder on a bad config
+        Path(self.state["config"]).write_text(text)
+
+    def _wait_ready(self, spec: LabSpec, wait_s: float) -> None:
+        """Wait for every HTTP server, then (with a forwarder) for one request via the VIP."""
+        deadline = time.monotonic() + wait_s
+        for b in self.state["backends"]:
+            while not _tcp_ok(b["ns"], "127.0.0.1", HTTP_PORT):
+                self._check_processes()
+                if time.monotonic() > deadline:
+                    raise LabError(f"the HTTP server of {b['name']} did not start; see {self.state_dir}/logs")
+                time.sleep(0.05)
+        if not spec.forwarder:
+            return
+        while True:
+            try:
+                http_get(self.state["client"]["ns"], VIP_V4, HTTP_PORT, timeout=1.0)
+                return
+            except OSError:
+                pass
+            self._check_processes()
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"no HTTP reply through the VIP {VIP_V4} after {wait_s:.0f} s; the lab is up "
+                    f"for inspection (logs in {self.state_dir}/logs); `maglev lab down` removes it"
+                )
+            time.sleep(0.2)
+
+    def _check_processes(self) -> None:
+        for p in self.state.get("processes", []):
+            if _proc_start_time(p["pid"]) != p["start"]:
+                tail = ""
+                try:
+                    tail = Path(p["log"]).read_text()[-600:].strip()
+                except OSError:
+                    pass
+                raise LabError(f"lab process {p['role']} (pid {p['pid']}) exited: {tail or 'no output'}")
+
+    # -- down --------------------------------------------------------------------
+
+    def down(self) -> dict[str, Any]:
+        """Remove everything the recorded lab made.  Nothing recorded: nothing to do."""
+        if os.geteuid() != 0:
+            raise NotRootError("maglev lab down needs root: it deletes network namespaces")
+        if not self.state_path.exists():
+            return {"removed_namespaces": [], "stopped_processes": 0, "was_up": False}
+        with self.locked():
+            if self.load() is None:
+                return {"removed_namespaces": [], "stopped_processes": 0, "was_up": False}
+            return self._down_locked()
+
+    def _down_locked(self) -> dict[str, Any]:
+        procs = [p for p in self.state.get("processes", []) if _proc_start_time(p["pid"]) == p.get("start")]
+        for p in procs:
+            _signal_group(p["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for p in procs:
+            while _proc_start_time(p["pid"]) == p["start"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _proc_start_time(p["pid"]) == p["start"]:
+                _signal_group(p["pid"], signal.SIGKILL)
+        existing = set(list_netns())
+        removed = []
+        for ns in reversed(self.state.get("namespaces", [])):
+            if ns in existing:
+                sh(["ip", "netns", "del", ns], check=False)
+                removed.append(ns)
+        for leftover in ("state.json", "maglev.toml"):
+            (self.state_dir / leftover).unlink(missing_ok=True)
+        for f in self.state_dir.glob("agent-*.json"):
+            f.unlink(missing_ok=True)
+        self.state = {}
+        return {"removed_namespaces": removed, "stopped_processes": len(procs), "was_up": True}
+
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    # Each lab process leads its own session (start_new_session), so its group id is its
+    # pid: the signal reaches the children it started too (e.g. maglev run's actors).
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def list_netns() -> list[str]:
+    r = sh(["ip", "netns", "list"], check=False)
+    return [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+
+
+def maglev_argv() -> list[str]:
+    """How to run the ``maglev`` command from inside a namespace."""
+    exe = shutil.which("maglev")
+    return [exe] if exe else [sys.executable, "-c", "from maglev_cli.main import main; main()"]
+
+
+def _tcp_ok(ns: str, host: str, port: int) -> bool:
+    from maglev.lab.nsenter import netns
+
+    with netns(ns):
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(0.5)
+        s.connect((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def http_get(ns: str, host: str, port: int = HTTP_PORT, path: str = "/", timeout: float = 2.0) -> tuple[int, str]:
+    """One HTTP/1.0 GET from inside ``ns`` on a fresh connection; (status, body)."""
+    from maglev.lab.nsenter import netns
+
+    with netns(ns):
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        h = f"[{host}]" if ":" in host else host
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {h}\r\n\r\n".encode())
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        s.close()
+    raw = b"".join(chunks).decode("latin-1")
+    head, _, body = raw.partition("\r\n\r\n")
+    try:
+        status = int(head.split(" ", 2)[1])
+    except (IndexError, ValueError):
+        raise ConnectionError(f"malformed HTTP reply from {host}: {head[:80]!r}") from None
+    return status, body
+
+
+def summary(state: dict[str, Any]) -> dict[str, Any]:
+    """What ``maglev lab up --json`` prints: namespaces, addresses, VIPs."""
+    return {
+        "prefix": state["prefix"],
+        "encap": state["encap"],
+        "namespaces": {
+            "client": state["client"]["ns"],
+            "router": state["router"]["ns"],
+            "maglev": state["maglev"]["ns"],
+            "backends": [b["ns"] for b in state["backends"]],
+        },
+        "client": {k: state["client"][k] for k in ("ipv4", "ipv6")},
+        "router": {k: state["router"][k] for k in ("ipv4", "ipv6")},
+        "maglev": {k: state["maglev"][k] for k in ("ipv4", "ipv6", "iface")},
+        "backends": [{k: b[k] for k in ("name", "ns", "ipv4", "ipv6", "weight")} for b in state["backends"]],
+        "vips": state["vips"],
+        "config": state["config"],
+        "forwarder": state.get("forwarder", False),
+        "processes": [{k: p[k] for k in ("role", "ns", "pid")} for p in state["processes"]],
+        "already_up": bool(state.get("already_up")),
+    }
