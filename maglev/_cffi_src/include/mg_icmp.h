@@ -10,9 +10,12 @@
  *                        inner packet with mg_frag_split_ipv4() (mg_frag.h) and
  *                        encapsulate every piece (the backend reassembles, as it would
  *                        for fragments a router made).
- *    Never an error about an ICMP error or a non-first fragment (RFC 1122 3.2.2,
- *    RFC 4443 2.4): the check returns MG_PMTU_DROP for those, and the caller drops and
- *    counts them.
+ *    Never an error about an ICMP error (only about ICMP queries: echo, timestamp), about
+ *    a non-first fragment, or toward a source that is not a unicast host (multicast,
+ *    0.0.0.0, ::) (RFC 1122 3.2.2, RFC 4443 2.4): the check returns MG_PMTU_DROP for
+ *    those, and the caller drops and counts them.  The IPv6 MTU reported is
+ *    mtu - overhead even below 1280 (stacks clamp it; configure mtu >= 1280 + overhead
+ *    for IPv6 VIPs).
  *
  *    mg_icmp_too_big() rewrites the frame in place: the original L3 packet stays where it
  *    is and becomes the quoted payload; the L2 header (with VLAN tags) moves forward into

@@ -64,8 +64,7 @@ int mg_encap_overhead(uint8_t type, uint8_t outer_family)
     }
 }
 
-/* Length of the inner L3 packet from its own header; <0 when inconsistent. */
-static int inner_l3_len(const uint8_t *l3, uint32_t avail, uint8_t family)
+int mg_l3_len(const uint8_t *l3, uint32_t avail, uint8_t family)
 {
     if (family == 4) {
         if (avail < 20 || (l3[0] >> 4) != 4 || (l3[0] & 0xf) < 5)
@@ -110,7 +109,7 @@ int mg_encap(uint8_t *pool, uint32_t idx, uint32_t l3_off, uint8_t inner_family,
     if (ov < 0 || p->vni > 0xffffff || l3_off > len)
         return -EINVAL;
     uint8_t *l3 = pkt + l3_off;
-    int l3len = inner_l3_len(l3, len - l3_off, inner_family);
+    int l3len = mg_l3_len(l3, len - l3_off, inner_family);
     if (l3len < 0)
         return l3len;
     uint32_t hdr = 14 + (uint32_t)ov;
