@@ -1,0 +1,143 @@
+"""NICs: where packets come from and where they go.
+
+One small interface, several drivers, chosen on the command line (``--nic``, ``--out``):
+
+==========================  ==========================  ================================
+``--nic``                   receive side (steering)     default transmit side (muxer)
+==========================  ==========================  ================================
+``gen:flows=N,...``         in-memory generator (C)     ``null`` (count and discard)
+``pcap:IN.pcap``            capture replay              ``null`` unless ``--out FILE``
+``afpacket:IFACE``          TPACKET_V3 ring             the same interface
+==========================  ==========================  ================================
+
+``--out null`` or ``--out FILE.pcap`` overrides the transmit side.
+
+The pipeline opens the receive side in the steering process and the transmit side in the
+muxer process (two different objects, two processes).  A driver object offers the verbs
+it supports (the AF_PACKET driver has both, so its shape is the interface):
+
+* ``rx_burst(pool, descs, n) -> k`` fills frames ``descs[0..k)`` (cffi ``uint8_t *`` pool,
+  cffi ``uint64_t *`` descriptors whose low 32 bits are frame indices) with received
+  packets, metadata included (``len``, ``data_off = MG_FRAME_HEADROOM``, ``rx_ts_ns``,
+  ``seq``);
+* ``tx_burst(pool, descs, n) -> k`` transmits frames; the caller owns every frame again
+  when it returns, sent or not;
+* ``wait(timeout_s) -> bool`` sleeps until receive may have packets (never spins);
+* ``eof`` (receive side) is True once a finite source is exhausted;
+* ``stats() -> dict`` and ``close()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from maglev.errors import MaglevError
+
+__all__ = ["NicSpec", "NicSpecError", "RxNic", "TxNic", "open_rx", "open_tx", "parse_nic", "parse_out"]
+
+
+class NicSpecError(MaglevError, ValueError):
+    """A ``--nic`` / ``--out`` value that cannot be used."""
+
+
+class RxNic(Protocol):
+    kind: str
+    eof: bool
+
+    def rx_burst(self, pool: Any, descs: Any, n: int) -> int: ...
+    def wait(self, timeout_s: float) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class TxNic(Protocol):
+    kind: str
+
+    def tx_burst(self, pool: Any, descs: Any, n: int) -> int: ...
+    def stats(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    kind: str  # gen | pcap | afpacket | null
+    arg: str = ""  # path or interface name
+    options: tuple[tuple[str, str], ...] = ()
+
+    def option_dict(self) -> dict[str, str]:
+        return dict(self.options)
+
+    def __str__(self) -> str:
+        if self.kind == "gen":
+            return "gen:" + ",".join(f"{k}={v}" for k, v in self.options)
+        return f"{self.kind}:{self.arg}" if self.arg else self.kind
+
+
+def parse_nic(text: str) -> NicSpec:
+    """``gen[:k=v,...]``, ``pcap:PATH``, ``afpacket:IFACE``."""
+    kind, sep, rest = text.partition(":")
+    if kind == "gen":
+        opts = []
+        for item in filter(None, rest.split(",")):
+            k, eq, v = item.partition("=")
+            if not eq or not k:
+                raise NicSpecError(f"--nic {text}: {item!r} is not key=value")
+            opts.append((k.strip(), v.strip()))
+        from maglev.nic.gen import validate_options
+
+        validate_options(dict(opts), where=f"--nic {text}")
+        return NicSpec("gen", "", tuple(opts))
+    if kind in ("pcap", "afpacket"):
+        if not sep or not rest:
+            what = "a capture file" if kind == "pcap" else "an interface name"
+            raise NicSpecError(f"--nic {text}: {kind} needs {what}, as {kind}:NAME")
+        return NicSpec(kind, rest)
+    raise NicSpecError(f"--nic {text}: unknown NIC {kind!r} (use gen:..., pcap:FILE or afpacket:IFACE)")
+
+
+def parse_out(text: str | None, nic: NicSpec) -> NicSpec:
+    """The transmit side: ``null``, a pcap file path, or (default) what ``nic`` implies."""
+    if text is None or text == "":
+        return NicSpec("afpacket", nic.arg) if nic.kind == "afpacket" else NicSpec("null")
+    if text == "null":
+        return NicSpec("null")
+    if text.startswith("afpacket:"):
+        return parse_nic(text)
+    return NicSpec("pcap", text.removeprefix("pcap:"))
+
+
+def open_rx(spec: NicSpec, *, vips: Any = None, seed: int = 1) -> RxNic:
+    """Open the receive side in the calling (steering) process."""
+    if spec.kind == "gen":
+        from maglev.nic.gen import GenNic
+
+        return GenNic.from_options(spec.option_dict(), vips or (), seed=seed)
+    if spec.kind == "pcap":
+        from maglev.nic.pcapnic import PcapRx
+
+        return PcapRx(spec.arg)
+    if spec.kind == "afpacket":
+        from maglev.nic.afpacket import AfPacketNic
+
+        nic = AfPacketNic(spec.arg)
+        nic.eof = False  # type: ignore[attr-defined]
+        return nic  # type: ignore[return-value]
+    raise NicSpecError(f"{spec}: cannot receive from this NIC")
+
+
+def open_tx(spec: NicSpec) -> TxNic:
+    """Open the transmit side in the calling (muxer) process."""
+    if spec.kind == "null":
+        from maglev.nic.null import NullSink
+
+        return NullSink()
+    if spec.kind == "pcap":
+        from maglev.nic.pcapnic import PcapTx
+
+        return PcapTx(spec.arg)
+    if spec.kind == "afpacket":
+        from maglev.nic.afpacket import AfPacketNic
+
+        return AfPacketNic(spec.arg)  # type: ignore[return-value]
+    raise NicSpecError(f"{spec}: cannot transmit to this NIC")

@@ -1,0 +1,349 @@
+"""The actor base class: one OS process per actor, a mailbox to the supervisor, a loop.
+
+Design
+------
+Every actor (steering, packet worker, muxer, config manager, health prober, BGP speaker)
+is a separate OS process started by the supervisor with ``python -m maglev.actors.launch``
+-- a fresh interpreter, never a fork of a process that holds ZeroMQ contexts, open
+shared-memory mappings or OpenTelemetry threads (fork would duplicate all three).  The
+process receives an :class:`ActorSpec` (JSON on argv), imports the class it names and
+calls :meth:`Actor.main`.
+
+Lifecycle, in order: ignore nothing but handle SIGTERM and SIGINT as "stop gracefully";
+pin to the CPUs in the spec (psutil); set up logging (logfmt lines on stderr, one line per
+event, keys ``ts level actor pid msg ...``); set up tracing through
+:mod:`maglev.telemetry` (a ``start`` span, or ``restart`` when the supervisor restarted
+it; a ``stop`` span at the end); connect a ZeroMQ DEALER to the supervisor's ROUTER on an
+``ipc://`` socket in the private run directory; say ``hello``; run :meth:`setup`; loop;
+on stop run :meth:`drain` (finish what is in the actor's input rings), :meth:`teardown`,
+say ``bye`` with final stats, exit 0.
+
+The loop alternates :meth:`step` (one burst of work, returns how much it did) with a
+housekeeping tick (mailbox, heartbeat, parent check) at most every ``tick_s``.  When a step
+did nothing the actor backs off: a few ``os.sched_yield()`` rounds (cheap, ~0.6 us, and
+the right thing when more processes than cores share the machine -- spinning there
+collapses throughput), then :meth:`wait`, which subclasses implement by sleeping on their
+ring doorbell with a timeout, so an idle actor costs a few wake-ups per second and
+nothing else.  ``time.sleep(0)`` is never used as a backoff: it sleeps ~76 us here.
+
+Orphans: actors run in their own session (a Ctrl-C in the terminal reaches only the
+supervisor, which then stops the actors in order); an actor whose parent vanished
+(supervisor killed with -9) notices on its next tick (``getppid`` changed) and stops.
+
+Heartbeats go over the mailbox every ``heartbeat_s`` with a small stats dict; the
+supervisor restarts an actor whose process died or whose heartbeats stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+log = logging.getLogger("maglev.actor")
+
+
+@dataclass
+class ActorSpec:
+    """Everything a fresh actor process needs; JSON-serialisable."""
+
+    name: str  # unique within a run: "steering", "worker-3", "muxer", "config", ...
+    target: str  # "package.module:Class"
+    run_dir: str  # private directory of this run (mailbox socket lives there)
+    instance: str = "mg1"
+    mailbox: str = ""  # ZeroMQ endpoint of the supervisor's ROUTER
+    cpus: list[int] | None = None  # pin to these CPUs; None = no pinning
+    params: dict[str, Any] = field(default_factory=dict)
+    otlp_endpoint: str = ""
+    log_level: str = "WARNING"
+    incarnation: int = 0  # 0 = first start, n = n-th restart
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ActorSpec:
+        return cls(**json.loads(text))
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``ts=... level=... actor=... pid=... msg="..." key=value`` -- grep- and machine-friendly."""
+
+    def __init__(self, actor: str):
+        super().__init__()
+        self.actor = actor
+
+    @staticmethod
+    def _val(v: Any) -> str:
+        s = str(v)
+        if s == "" or any(c in s for c in ' "=\n'):
+            return json.dumps(s)
+        return s
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        parts = [
+            f"ts={t}.{int(record.msecs):03d}Z",
+            f"level={record.levelname.lower()}",
+            f"actor={self.actor}",
+            f"pid={record.process}",
+            f"msg={self._val(record.getMessage())}",
+        ]
+        for k, v in getattr(record, "kv", {}).items():
+            parts.append(f"{k}={self._val(v)}")
+        if record.exc_info:
+            parts.append(f"exc={self._val(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+def setup_logging(actor: str, level: str = "WARNING") -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(LogfmtFormatter(actor))
+    root.addHandler(h)
+    root.setLevel(getattr(logging, level.upper(), logging.WARNING))
+
+
+def pin_cpus(cpus: list[int] | None) -> list[int] | None:
+    """Pin this process to ``cpus`` (psutil); return the affinity now in force."""
+    if not cpus:
+        return None
+    import psutil
+
+    p = psutil.Process()
+    try:
+        p.cpu_affinity(list(cpus))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot pin", extra={"kv": {"cpus": cpus, "error": exc}})
+    return p.cpu_affinity()
+
+
+class Actor:
+    """Base class.  Subclasses override :meth:`setup`, :meth:`step`, :meth:`wait`,
+    :meth:`drain`, :meth:`teardown`, :meth:`handle` and :meth:`stats` as needed."""
+
+    kind = "actor"
+    tick_s = 0.1  # housekeeping period: mailbox, heartbeat, parent check
+    heartbeat_s = 0.25
+    idle_wait_s = 0.1  # longest sleep in wait(); bounds how late a mailbox message is seen
+    yield_rounds = 16  # sched_yield rounds before sleeping
+
+    def __init__(self, spec: ActorSpec):
+        self.spec = spec
+        self.name = spec.name
+        self.params = spec.params
+        self.stopping = False
+        self.stop_reason = ""
+        self._ctx: Any = None
+        self.mailbox: Any = None
+        self._ppid = os.getppid()
+        self._last_tick = 0.0
+        self._last_hb = 0.0
+        self._tracer: Any = None
+        self.started_at = time.monotonic()
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self) -> None:
+        """Attach shared memory, open the NIC, ... (runs before the loop)."""
+
+    def step(self) -> int:
+        """Do one burst of work; return how much was done (0 = idle)."""
+        return 0
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep until work may be there or ``timeout_s`` passed.  The default waits on
+        the mailbox; data-path actors sleep on their ring doorbell instead."""
+        if self.mailbox is not None:
+            self.mailbox.poll(int(timeout_s * 1000))
+        else:
+            time.sleep(timeout_s)
+
+    def drain(self) -> None:
+        """Finish the work already queued for this actor before it exits."""
+
+    def teardown(self) -> None:
+        """Release what setup acquired."""
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        """A mailbox message other than ``stop`` (``actor_up``/``actor_down`` events are
+        broadcast to everyone; actors that do not care ignore them)."""
+        log.debug("message ignored", extra={"kv": {"type": msg.get("type")}})
+
+    def stats(self) -> dict[str, Any]:
+        """Counters reported with every heartbeat and in ``bye``."""
+        return {}
+
+    # ------------------------------------------------------------------ helpers
+    def send(self, type_: str, **body: Any) -> None:
+        if self.mailbox is None:
+            return
+        msg = {"v": PROTOCOL_VERSION, "type": type_, "name": self.name, "pid": os.getpid(), **body}
+        try:
+            import zmq
+
+            self.mailbox.send(msgpack.packb(msg, use_bin_type=True), zmq.NOBLOCK)
+        except Exception as exc:  # a full or closed mailbox must not stop the data path
+            log.debug("mailbox send failed", extra={"kv": {"type": type_, "error": exc}})
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.stop_reason = reason
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.request_stop(signal.Signals(signum).name)
+
+    def _span(self, what: str, **attrs: Any) -> None:
+        if self._tracer is None:
+            return
+        with self._tracer.start_as_current_span(f"{self.kind}.{what}") as span:
+            span.set_attribute("maglev.actor", self.name)
+            span.set_attribute("maglev.incarnation", self.spec.incarnation)
+            for k, v in attrs.items():
+                span.set_attribute(k, v)
+
+    def _setup_tracing(self) -> None:
+        try:
+            from maglev.telemetry import get_tracer, setup_tracing
+        except ImportError:  # telemetry is optional for the data path to run
+            return
+        setup_tracing(self.name, self.spec.instance, self.spec.otlp_endpoint or None)
+        self._tracer = get_tracer("maglev.actors")
+
+    def _connect(self) -> None:
+        if not self.spec.mailbox:
+            return
+        import zmq
+
+        self._ctx = zmq.Context(1)
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.IDENTITY, self.name.encode())
+        s.setsockopt(zmq.LINGER, 200)
+        s.setsockopt(zmq.SNDHWM, 1000)
+        s.connect(self.spec.mailbox)
+        self.mailbox = s
+
+    def _poll_mailbox(self) -> None:
+        import zmq
+
+        while True:
+            try:
+                raw = self.mailbox.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = msgpack.unpackb(raw, raw=False)
+                if not isinstance(msg, dict) or msg.get("v") != PROTOCOL_VERSION:
+                    raise ValueError("not a version-1 message")
+            except Exception as exc:
+                log.warning("bad mailbox message dropped", extra={"kv": {"error": exc}})
+                continue
+            if msg.get("type") == "stop":
+                self.request_stop(str(msg.get("reason", "supervisor")))
+            else:
+                self.handle(msg)
+
+    def tick(self, now: float) -> None:
+        """Housekeeping; called from the loop at most every ``tick_s``."""
+        self._last_tick = now
+        if self.mailbox is not None:
+            self._poll_mailbox()
+        if os.getppid() != self._ppid:
+            self.request_stop("parent exited")
+        if now - self._last_hb >= self.heartbeat_s:
+            self._last_hb = now
+            self.send("hb", stats=self.stats())
+
+    # ------------------------------------------------------------------ main
+    def main(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        setup_logging(self.name, self.spec.log_level)
+        affinity = pin_cpus(self.spec.cpus)
+        self._setup_tracing()
+        self._connect()
+        self._span("restart" if self.spec.incarnation else "start", **{"maglev.cpus": str(affinity)})
+        try:
+            self.setup()
+        except Exception as exc:
+            log.exception("setup failed")
+            self.send("fatal", error=f"{type(exc).__name__}: {exc}")
+            self._close()
+            return 3
+        self.send("hello", incarnation=self.spec.incarnation, cpus=affinity)
+        log.info("started", extra={"kv": {"cpus": affinity, "incarnation": self.spec.incarnation}})
+        rc = 0
+        try:
+            self._loop()
+            self.drain()
+        except Exception as exc:
+            log.exception("actor failed")
+            self.send("fatal", error=f"{type(exc).__name__}: {exc}")
+            rc = 1
+        finally:
+            try:
+                self.teardown()
+            except Exception:
+                log.exception("teardown failed")
+                rc = rc or 1
+            self.send("bye", stats=self.stats(), reason=self.stop_reason, rc=rc)
+            self._span("stop", **{"maglev.reason": self.stop_reason})
+            self._close()
+        return rc
+
+    def _loop(self) -> None:
+        idle = 0
+        mono = time.monotonic
+        sched_yield = os.sched_yield
+        while not self.stopping:
+            now = mono()
+            if now - self._last_tick >= self.tick_s:
+                self.tick(now)
+                if self.stopping:
+                    break
+            if self.step():
+                idle = 0
+                continue
+            idle += 1
+            if idle <= self.yield_rounds:
+                sched_yield()
+            else:
+                self.wait(min(self.idle_wait_s, self.tick_s))
+
+    def _close(self) -> None:
+        try:
+            from maglev.telemetry import shutdown_tracing
+
+            shutdown_tracing()
+        except ImportError:
+            pass
+        if self.mailbox is not None:
+            self.mailbox.close()
+            self.mailbox = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+
+def load_target(target: str) -> type[Actor]:
+    """Import ``package.module:Class`` and check it is an Actor subclass."""
+    import importlib
+
+    mod_name, _, cls_name = target.partition(":")
+    if not mod_name or not cls_name:
+        raise ValueError(f"actor target {target!r} must be 'module:Class'")
+    cls = getattr(importlib.import_module(mod_name), cls_name)
+    if not (isinstance(cls, type) and issubclass(cls, Actor)):
+        raise TypeError(f"{target} is not an Actor subclass")
+    return cls

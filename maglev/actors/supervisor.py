@@ -1,0 +1,390 @@
+"""The supervisor: starts every actor, watches it, restarts it, stops everything in order.
+
+Design
+------
+The supervisor is ``maglev run`` itself.  It owns a private run directory (mode 0700)
+holding the mailbox socket, binds a ZeroMQ ROUTER there, and starts each actor described
+by an :class:`ActorDef` with ``python -m maglev.actors.launch`` in its own session (a
+terminal Ctrl-C reaches only the supervisor, which then stops the actors in order).
+Adding an actor to a run is adding one ``ActorDef`` to the list: the control-plane actors
+(config manager, health prober, BGP speaker) are entries like the data-path ones.
+
+Watching: a child that exits while the run is not stopping is restarted at once with
+``incarnation + 1`` (``Popen.poll`` sees a ``kill -9`` within one supervisor tick, 20 ms);
+a child whose heartbeats stop for ``heartbeat_timeout_s`` is killed (SIGKILL, by PID) and
+restarted the same way.  A restart counter per actor is kept and reported.  An actor that
+keeps dying (``max_restarts`` within ``restart_window_s``) or fails its setup (exit code
+3, e.g. a bad config) is not restarted again: the run stops with an error, rather than
+spinning in a crash loop.
+
+Stopping: actors carry a ``stop_group``; groups stop in ascending order, each getting a
+``stop`` message (and SIGTERM as a fallback) and ``stop_timeout_s`` to drain and exit,
+then SIGKILL.  For the data path that order is steering (stops receiving, waits until
+every frame is back in its free pool), then workers, then the muxer (flushes the output),
+then the control plane.
+
+Every message is a msgpack dict with ``v`` (protocol version), ``type``, ``name``.
+Actor -> supervisor: ``hello``, ``hb`` (with ``stats``), ``bye`` (final ``stats``),
+``fatal`` (setup or loop error), ``eof`` (steering: the input is drained), and anything
+else goes to ``on_message``.  Supervisor -> actor: ``stop``, and ``actor_up`` /
+``actor_down`` events (so e.g. table publication can exclude a dead worker until its
+replacement reports in).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from maglev.actors.base import PROTOCOL_VERSION, ActorSpec
+from maglev.errors import MaglevError
+
+log = logging.getLogger("maglev.supervisor")
+
+SETUP_FAILED_RC = 3
+
+
+class SupervisorError(MaglevError, RuntimeError):
+    """An actor could not be started or kept running."""
+
+
+@dataclass
+class ActorDef:
+    name: str
+    target: str  # "module:Class"
+    params: dict[str, Any] = field(default_factory=dict)
+    cpus: list[int] | None = None
+    stop_group: int = 0  # lower groups stop first
+    restart: bool = True
+
+
+@dataclass
+class _Child:
+    d: ActorDef
+    proc: subprocess.Popen | None = None
+    incarnation: int = 0
+    restarts: int = 0
+    restart_times: list[float] = field(default_factory=list)
+    started_at: float = 0.0
+    last_hb: float = 0.0
+    hello: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+    bye: bool = False
+    stopping: bool = False
+    exit_code: int | None = None
+    error: str = ""
+
+
+def make_run_dir(instance: str) -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix=f"maglev-{instance}-", dir=base)  # mode 0700
+
+
+class Supervisor:
+    """Start, watch, restart and stop a list of actors."""
+
+    tick_s = 0.02
+
+    def __init__(
+        self,
+        defs: list[ActorDef],
+        *,
+        instance: str = "mg1",
+        run_dir: str | None = None,
+        otlp_endpoint: str = "",
+        log_level: str = "WARNING",
+        heartbeat_timeout_s: float = 3.0,
+        startup_timeout_s: float = 15.0,
+        stop_timeout_s: float = 5.0,
+        max_restarts: int = 5,
+        restart_window_s: float = 10.0,
+        on_message: Callable[[str, dict[str, Any]], None] | None = None,
+    ):
+        names = [d.name for d in defs]
+        if len(set(names)) != len(names):
+            raise SupervisorError(f"duplicate actor names in {names}")
+        self.instance = instance
+        self.own_run_dir = run_dir is None
+        self.run_dir = run_dir or make_run_dir(instance)
+        self.mailbox_endpoint = f"ipc://{self.run_dir}/supervisor.sock"
+        self.otlp_endpoint = otlp_endpoint
+        self.log_level = log_level
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.max_restarts = max_restarts
+        self.restart_window_s = restart_window_s
+        self.on_message = on_message
+        self.children = {d.name: _Child(d) for d in defs}
+        self.events: list[tuple[float, str, str]] = []  # (time, actor, what)
+        self.failed: str = ""
+        self.stopping = False
+        self._ctx: Any = None
+        self._sock: Any = None
+        self._tracer: Any = None
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> None:
+        import zmq
+
+        self._ctx = zmq.Context(1)
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted actor reuses its name
+        self._sock.bind(self.mailbox_endpoint)
+        os.chmod(f"{self.run_dir}/supervisor.sock", 0o600)
+        try:
+            from maglev.telemetry import get_tracer
+
+            self._tracer = get_tracer("maglev.supervisor")
+        except ImportError:
+            self._tracer = None
+        for c in self.children.values():
+            self._spawn(c)
+
+    def _spec(self, c: _Child) -> ActorSpec:
+        return ActorSpec(
+            name=c.d.name,
+            target=c.d.target,
+            run_dir=self.run_dir,
+            instance=self.instance,
+            mailbox=self.mailbox_endpoint,
+            cpus=c.d.cpus,
+            params=c.d.params,
+            otlp_endpoint=self.otlp_endpoint,
+            log_level=self.log_level,
+            incarnation=c.incarnation,
+        )
+
+    def _spawn(self, c: _Child) -> None:
+        spec = self._spec(c)
+        c.proc = subprocess.Popen(
+            [sys.executable, "-m", "maglev.actors.launch", spec.to_json()],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
+        c.started_at = c.last_hb = time.monotonic()
+        c.hello = False
+        c.bye = False
+        c.exit_code = None
+        self.events.append((time.time(), c.d.name, f"started pid {c.proc.pid}"))
+        log.info("actor started", extra={"kv": {"actor": c.d.name, "pid": c.proc.pid}})
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Block until every actor said hello; raise if one failed first."""
+        deadline = time.monotonic() + (timeout_s or self.startup_timeout_s)
+        while not all(c.hello for c in self.children.values()):
+            self.poll(0.05)
+            if self.failed:
+                raise SupervisorError(self.failed)
+            if time.monotonic() > deadline:
+                late = [n for n, c in self.children.items() if not c.hello]
+                raise SupervisorError(f"actors did not start in time: {', '.join(late)}")
+
+    # ------------------------------------------------------------------ watch
+    def send(self, name: str, type_: str, **body: Any) -> None:
+        import zmq
+
+        msg = msgpack.packb({"v": PROTOCOL_VERSION, "type": type_, **body}, use_bin_type=True)
+        try:
+            self._sock.send_multipart([name.encode(), msg], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # actor not connected (yet / any more)
+            log.debug("send failed", extra={"kv": {"actor": name, "error": exc}})
+
+    def broadcast(self, type_: str, **body: Any) -> None:
+        for n, c in self.children.items():
+            if c.hello and c.proc is not None and c.proc.poll() is None:
+                self.send(n, type_, **body)
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Handle mailbox traffic for up to ``timeout_s``, then check every child."""
+        import zmq
+
+        if self._sock.poll(int(timeout_s * 1000)):
+            while True:
+                try:
+                    ident, raw = self._sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except ValueError:
+                    continue  # wrong frame count: not one of ours
+                self._dispatch(ident.decode(errors="replace"), raw)
+        self._check_children()
+
+    def _dispatch(self, name: str, raw: bytes) -> None:
+        try:
+            msg = msgpack.unpackb(raw, raw=False)
+            if not isinstance(msg, dict) or msg.get("v") != PROTOCOL_VERSION:
+                raise ValueError("not a version-1 message")
+        except Exception as exc:
+            log.warning("bad message dropped", extra={"kv": {"from": name, "error": exc}})
+            return
+        c = self.children.get(name)
+        if c is None:
+            return
+        # A message from a previous incarnation (still queued) must not count for the new one.
+        if c.proc is not None and msg.get("pid") not in (None, c.proc.pid):
+            return
+        t = msg.get("type")
+        now = time.monotonic()
+        c.last_hb = now
+        if isinstance(msg.get("stats"), dict):
+            c.stats = msg["stats"]
+        if t == "hello":
+            c.hello = True
+            self.events.append((time.time(), name, f"ready (incarnation {c.incarnation})"))
+            self.broadcast("actor_up", actor=name, incarnation=c.incarnation)
+        elif t == "bye":
+            c.bye = True
+        elif t == "fatal":
+            c.error = str(msg.get("error", "unknown error"))
+            log.error("actor reported a fatal error", extra={"kv": {"actor": name, "error": c.error}})
+        if t not in ("hello", "hb", "bye") and self.on_message is not None:
+            self.on_message(name, msg)
+
+    def _check_children(self) -> None:
+        now = time.monotonic()
+        for c in self.children.values():
+            if c.proc is None:
+                continue
+            rc = c.proc.poll()
+            if rc is None:
+                limit = self.heartbeat_timeout_s if c.hello else self.startup_timeout_s
+                if not c.stopping and not self.stopping and now - c.last_hb > limit:
+                    log.error("actor stopped heart-beating; killing it", extra={"kv": {"actor": c.d.name}})
+                    self._kill(c.proc)
+                continue
+            c.exit_code = rc
+            if c.stopping or self.stopping:
+                continue
+            self._on_death(c, rc, now)
+
+    def _on_death(self, c: _Child, rc: int, now: float) -> None:
+        how = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+        self.events.append((time.time(), c.d.name, f"died ({how})"))
+        log.warning("actor died", extra={"kv": {"actor": c.d.name, "how": how}})
+        self.broadcast("actor_down", actor=c.d.name)
+        if rc == SETUP_FAILED_RC:
+            self.failed = f"{c.d.name} failed to start: {c.error or how}"
+            c.proc = None
+            return
+        if not c.d.restart:
+            if rc != 0:
+                self.failed = f"{c.d.name} died ({how}) and is not restartable"
+            c.proc = None
+            return
+        c.restart_times = [t for t in c.restart_times if now - t < self.restart_window_s]
+        if len(c.restart_times) >= self.max_restarts:
+            self.failed = (
+                f"{c.d.name} died {len(c.restart_times) + 1} times in "
+                f"{self.restart_window_s:.0f} s ({how}); giving up"
+            )
+            c.proc = None
+            return
+        c.restart_times.append(now)
+        c.restarts += 1
+        c.incarnation += 1
+        if self._tracer is not None:
+            with self._tracer.start_as_current_span("supervisor.restart") as span:
+                span.set_attribute("maglev.actor", c.d.name)
+                span.set_attribute("maglev.cause", how)
+                span.set_attribute("maglev.restarts", c.restarts)
+        self._spawn(c)
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def restarts(self) -> dict[str, int]:
+        return {n: c.restarts for n, c in self.children.items()}
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {n: c.stats for n, c in self.children.items()}
+
+    def pid(self, name: str) -> int | None:
+        c = self.children[name]
+        return c.proc.pid if c.proc is not None else None
+
+    def alive(self, name: str) -> bool:
+        c = self.children[name]
+        return c.proc is not None and c.proc.poll() is None and c.hello
+
+    # ------------------------------------------------------------------ stop
+    def stop(self, reason: str = "stop") -> None:
+        """Stop every actor, group by group; always returns with no child left."""
+        self.stopping = True
+        groups = sorted({c.d.stop_group for c in self.children.values()})
+        for g in groups:
+            members = [c for c in self.children.values() if c.d.stop_group == g]
+            for c in members:
+                c.stopping = True
+                if c.proc is not None and c.proc.poll() is None:
+                    self.send(c.d.name, "stop", reason=reason)
+            self._await_exit(members, self.stop_timeout_s, signal.SIGTERM)
+
+    def _await_exit(self, members: list[_Child], timeout_s: float, fallback: int) -> None:
+        deadline = time.monotonic() + timeout_s
+        sent_fallback = False
+        while True:
+            alive = [c for c in members if c.proc is not None and c.proc.poll() is None]
+            if not alive:
+                break
+            now = time.monotonic()
+            if now > deadline:
+                if sent_fallback:
+                    for c in alive:
+                        log.error("actor did not stop; killing", extra={"kv": {"actor": c.d.name}})
+                        self._kill(c.proc)
+                    for c in alive:
+                        c.proc.wait(timeout=5)
+                    break
+                for c in alive:  # the mailbox may be wedged: try the signal too
+                    self._kill(c.proc, fallback)
+                sent_fallback = True
+                deadline = now + 2.0
+            self.poll(0.02)
+        # Collect final stats that are still in flight.
+        self.poll(0.0)
+        for c in members:
+            if c.proc is not None:
+                c.exit_code = c.proc.poll()
+
+    def close(self) -> None:
+        """Stop (if needed), close the mailbox and remove the run directory."""
+        if not self.stopping:
+            self.stop("close")
+        for c in self.children.values():
+            if c.proc is not None and c.proc.poll() is None:
+                self._kill(c.proc)
+                c.proc.wait(timeout=5)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        if self.own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> Supervisor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

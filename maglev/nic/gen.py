@@ -1,0 +1,161 @@
+"""The generator NIC (``--nic gen:flows=N,syn=0.1,size=64,ipv6=0.2,seconds=S``).
+
+Packets are synthesised in C (``mg_gen.c``: per-flow header templates built once, then a
+copy, a flag patch and metadata per packet), straight into pool frames, toward the VIPs of
+the configuration.  Options:
+
+========== ========= ==========================================================
+option     default   meaning
+========== ========= ==========================================================
+flows      10000     distinct client flows (1 .. 4194304)
+syn        0.1       fraction of TCP packets that are SYNs (the rest are ACKs)
+size       64        frame length in bytes without FCS (headers-only minimum)
+ipv6       0.2       fraction of flows toward IPv6 VIPs (needs one in the config)
+seconds    0         stop receiving after this many seconds (0 = no limit)
+packets    0         stop after this many packets (0 = no limit)
+seed       1         random seed: the same seed gives the same packet sequence
+========== ========= ==========================================================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from maglev.native import check, ffi, lib
+
+DEFAULTS = {"flows": "10000", "syn": "0.1", "size": "64", "ipv6": "0.2", "seconds": "0",
+            "packets": "0", "seed": "1"}
+
+
+def _num(opts: dict[str, str], key: str, where: str, lo: float, hi: float, integer: bool) -> float:
+    raw = opts.get(key, DEFAULTS[key])
+    from maglev.nic import NicSpecError
+
+    try:
+        v = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise NicSpecError(f"{where}: {key}={raw!r} is not {kind}") from None
+    if not lo <= v <= hi:
+        raise NicSpecError(f"{where}: {key}={raw} is out of range {lo:g}..{hi:g}")
+    return v
+
+
+def validate_options(opts: dict[str, str], where: str = "gen") -> dict[str, float]:
+    """Check every option (unknown keys are errors) and return them as numbers."""
+    from maglev.nic import NicSpecError
+
+    unknown = sorted(set(opts) - set(DEFAULTS))
+    if unknown:
+        raise NicSpecError(f"{where}: unknown option(s) {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
+    return {
+        "flows": _num(opts, "flows", where, 1, int(lib.MG_GEN_MAX_FLOWS), True),
+        "syn": _num(opts, "syn", where, 0, 1, False),
+        "size": _num(opts, "size", where, 0, int(lib.MG_FRAME_DATA_MAX), True),
+        "ipv6": _num(opts, "ipv6", where, 0, 1, False),
+        "seconds": _num(opts, "seconds", where, 0, 10**7, False),
+        "packets": _num(opts, "packets", where, 0, 2**63 - 1, True),
+        "seed": _num(opts, "seed", where, 0, 2**64 - 1, True),
+    }
+
+
+def vip_targets(config: Any) -> list[tuple[str, int, str]]:
+    """(address, port, protocol) of every VIP of a :class:`maglev.config.Config`."""
+    return [(v.address, v.port, v.protocol) for v in config.vips]
+
+
+class GenNic:
+    """Receive side only: ``rx_burst`` fills frames with the next packets."""
+
+    kind = "gen"
+
+    def __init__(
+        self,
+        vips: Iterable[tuple[str, int, str]],
+        *,
+        flows: int = 10000,
+        syn: float = 0.1,
+        size: int = 64,
+        ipv6: float = 0.2,
+        seconds: float = 0.0,
+        packets: int = 0,
+        seed: int = 1,
+    ):
+        from maglev.nic import NicSpecError
+
+        targets = list(vips)
+        if not targets:
+            raise NicSpecError("gen: the configuration has no VIP to send traffic to")
+        if len(targets) > int(lib.MG_GEN_MAX_VIPS):
+            targets = targets[: int(lib.MG_GEN_MAX_VIPS)]
+        arr = ffi.new("struct mg_gen_vip[]", len(targets))
+        has6 = False
+        for i, (addr, port, proto) in enumerate(targets):
+            ip = ipaddress.ip_address(addr)
+            packed = ip.packed
+            ffi.memmove(arr[i].addr, packed, len(packed))
+            arr[i].family = ip.version
+            arr[i].proto = 6 if proto == "tcp" else 17
+            arr[i].port = port
+            has6 |= ip.version == 6
+        if ipv6 > 0 and not has6:
+            raise NicSpecError(f"gen: ipv6={ipv6:g} needs an IPv6 VIP in the configuration (set ipv6=0)")
+        g = lib.mg_gen_new(arr, len(targets), flows, size, round(syn * 1e6), round(ipv6 * 1e6), seed)
+        if g == ffi.NULL:
+            raise NicSpecError("gen: could not build the flow templates (bad arguments or out of memory)")
+        self._g = ffi.gc(g, lib.mg_gen_free)
+        self.flows, self.size, self.syn, self.ipv6 = flows, size, syn, ipv6
+        self.seconds = seconds
+        self.limit = packets
+        self.eof = False
+        self._t0: float | None = None
+        self._deadline = 0.0
+
+    @classmethod
+    def from_options(cls, opts: dict[str, str], vips: Iterable[tuple[str, int, str]], seed: int = 1) -> GenNic:
+        o = validate_options(opts)
+        return cls(
+            vips,
+            flows=int(o["flows"]),
+            syn=o["syn"],
+            size=int(o["size"]),
+            ipv6=o["ipv6"],
+            seconds=o["seconds"],
+            packets=int(o["packets"]),
+            seed=int(o["seed"]) if "seed" in opts else seed,
+        )
+
+    @property
+    def produced(self) -> int:
+        return int(lib.mg_gen_count(self._g))
+
+    def rx_burst(self, pool: Any, descs: Any, n: int) -> int:
+        if self.eof:
+            return 0
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+            self._deadline = now + self.seconds if self.seconds else 0.0
+        if self._deadline and now >= self._deadline:
+            self.eof = True
+            return 0
+        if self.limit:
+            left = self.limit - self.produced
+            if left <= 0:
+                self.eof = True
+                return 0
+            n = min(n, left)
+        return check(lib.mg_gen_fill(self._g, pool, descs, n, time.monotonic_ns()), "gen fill")
+
+    def wait(self, timeout_s: float) -> bool:
+        # A generator always has packets until eof; nothing to wait for.
+        return not self.eof
+
+    def stats(self) -> dict[str, Any]:
+        return {"generated": self.produced}
+
+    def close(self) -> None:
+        self.eof = True
