@@ -1,0 +1,79 @@
+"""What both data-path engines share: the output record, drop-reason names and the
+frame-pool bookkeeping rules.
+
+A :class:`Packet` goes in (bytes plus the caller's sequence number); an :class:`Output`
+comes out for every packet, now or -- for a fragment held until its first fragment comes
+-- in a later ``process``/``flush`` call.  ``Output.seq`` ties it back to the input.
+Packets larger than a frame never reach a kernel: the engine front-end answers them with
+a ``frame_overflow`` drop itself, the same way for both engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from maglev.native import ffi, lib
+
+DROP_NAMES: tuple[str, ...] = tuple(
+    ffi.string(lib.mg_drop_name(i)).decode() for i in range(lib.MG_DROP_COUNT)
+)
+DROP_CODES: dict[str, int] = {n: i for i, n in enumerate(DROP_NAMES)}
+VERDICT_FORWARD = lib.MG_VERDICT_FORWARD
+VERDICT_ICMP = lib.MG_VERDICT_ICMP
+VERDICT_HELD = lib.MG_VERDICT_HELD
+FRAME_DATA_MAX = lib.MG_FRAME_SIZE - lib.MG_FRAME_META_SIZE - lib.MG_FRAME_HEADROOM
+BURST_MAX = lib.MG_BURST_MAX
+DRAIN_MAX = lib.MG_DP_DRAIN_MAX
+ENGINES = ("c", "python")
+
+
+def verdict_name(verdict: int) -> str:
+    if verdict == VERDICT_FORWARD:
+        return "forward"
+    if verdict == VERDICT_ICMP:
+        return "icmp"
+    if verdict == VERDICT_HELD:
+        return "held"
+    return DROP_NAMES[verdict] if 0 <= verdict < len(DROP_NAMES) else f"verdict_{verdict}"
+
+
+@dataclass(frozen=True)
+class Packet:
+    seq: int
+    data: bytes
+    wire_len: int = 0  # original length on the wire (0 = len(data))
+
+
+@dataclass(frozen=True)
+class Output:
+    """One frame leaving the data path.  ``action`` is "tx" (``data`` = the bytes on the
+    wire: encapsulated packet or generated ICMP error) or "drop" (``data`` empty)."""
+
+    seq: int
+    action: str
+    verdict: int
+    data: bytes
+    vip_index: int
+    backend_index: int
+
+    @property
+    def reason(self) -> str:
+        return verdict_name(self.verdict)
+
+
+def empty_stats() -> dict:
+    return {
+        "packets_in": 0,
+        "bytes_in": 0,
+        "forwarded": 0,
+        "bytes_out": 0,
+        "icmp_sent": 0,
+        "icmp_forwarded": 0,
+        "fragments": 0,
+        "held": 0,
+        "split_pieces": 0,
+        "drops": {},
+        "conntrack": {},
+        "vips": {},
+        "backends": {},
+    }

@@ -1,0 +1,444 @@
+"""The Python engine: a pure-Python reference of the burst kernel (``src/mg_dp.c``).
+
+It takes the same tables blob, keeps the same state (connection table
+:mod:`~maglev.datapath.ref_conntrack`, fragment table :mod:`~maglev.datapath.ref_frag`,
+ICMP token bucket :class:`~maglev.datapath.ref_icmp.RateLimit`) and must produce the same
+verdicts, backend choices and output bytes as the C engine for any packet sequence; the
+hypothesis tests in ``tests/datapath/test_differential.py`` hold it to that.
+
+It handles one packet at a time.  The C kernel works in two passes (stateless parse/hash
+with prefetch, then state in input order), which is equivalent because the first pass
+touches no state.  Per burst, as in C: drops and transmissions are reported in input order,
+then what the fragment table releases or expires.  Frames are Python objects here (packet
+bytes + headroom), not pool memory; ``headroom`` is tracked so encapsulation and ICMP see
+the same limits as the C frame.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from maglev.datapath import ref_encap, ref_icmp
+from maglev.datapath.engine import (
+    BURST_MAX,
+    DRAIN_MAX,
+    DROP_CODES,
+    DROP_NAMES,
+    FRAME_DATA_MAX,
+    VERDICT_FORWARD,
+    VERDICT_HELD,
+    VERDICT_ICMP,
+    Output,
+    Packet,
+    empty_stats,
+)
+from maglev.datapath.ref_conntrack import ConnTable, ticks
+from maglev.datapath.ref_parse import PF_FIRST, PF_FRAGMENT, Parsed, parse
+from maglev.datapath.tables import (
+    BACKEND_F_HEALTHY,
+    BACKEND_F_PRESENT,
+    VIP_F_ALLOW_FRAGMENTS,
+    TablesView,
+    read_tables,
+)
+from maglev.errors import NativeError
+from maglev.hashing.reference import siphash13
+
+HEADROOM = 192
+EXPIRE_BUCKETS = 64
+SPARE = 64
+ZERO_MAC = bytes(6)
+BCAST_MAC = b"\xff" * 6
+D = DROP_CODES
+
+FLOW, ICMP_FLOW, HASH_ONLY, FRAG_FIRST, FRAG_NEXT = range(5)
+HOLD_FRAMES = 256  # MG_FRAG_DEFAULT_HOLD_FRAMES: part of the C engine's pool size
+
+
+def _ref_frag():
+    try:
+        from maglev.datapath import ref_frag
+    except ImportError:
+        return None
+    return ref_frag
+
+
+@dataclass
+class Frame:
+    seq: int
+    data: bytes
+    headroom: int = HEADROOM
+    verdict: int = 0
+    vip_index: int = 0
+    backend_index: int = -1
+
+
+def _is_icmp_error(p: Parsed) -> bool:
+    if p.proto == 1 and p.family == 4:
+        return p.icmp_type in (3, 11, 12)
+    if p.proto == 58 and p.family == 6:
+        return 1 <= p.icmp_type <= 4
+    return False
+
+
+class RefDataPath:
+    engine = "python"
+
+    def __init__(self, tables: bytes, *, ct_capacity: int = 65536, worker: int = 0, now_ns: int = 0):
+        self.t: TablesView | None = None
+        self.generation = None
+        self.set_tables(tables)
+        h = self.t.header
+        self.ct = ConnTable(ct_capacity)
+        ref_frag = _ref_frag()
+        # Without the fragment table (not built yet) the C kernel runs without one too:
+        # non-first fragments are dropped as frag_table_full, first fragments forwarded.
+        self.frag = None if ref_frag is None else ref_frag.FragTable(
+            ref_frag.DEFAULT_ENTRIES, ref_frag.DEFAULT_HOLD_FRAMES, ref_frag.DEFAULT_HOLD_BYTES,
+            ref_frag.DEFAULT_TIMEOUT_MS * 1_000_000, h["hash_k0"], h["hash_k1"],
+        )
+        self.rl = ref_icmp.RateLimit(now_ns=now_ns)
+        self.worker = worker
+        self.s = empty_stats()
+        self.drops = [0] * len(DROP_NAMES)
+        self.vip_c: dict[int, list[int]] = {}
+        self.be_c: dict[int, list[int]] = {}
+        self.frames: dict[int, Frame] = {}  # frames held by the fragment table, by handle
+        self._next_handle = 0
+
+    def set_tables(self, tables: bytes) -> None:
+        view = read_tables(tables)
+        self.t = view
+        gen = view.header["generation"]
+        if gen != self.generation:
+            self.generation = gen
+            self.vip_c, self.be_c = {}, {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _drop(self, out: list[Output], fr: Frame, reason: int) -> None:
+        fr.verdict = reason
+        self.drops[reason] += 1
+        out.append(Output(fr.seq, "drop", reason, b"", fr.vip_index, fr.backend_index))
+
+    def _hash(self, key: bytes) -> int:
+        h = self.t.header
+        return siphash13(h["hash_k0"], h["hash_k1"], key)
+
+    def _maglev(self, vip: int, hsh: int) -> int:
+        v = self.t.vips[vip]
+        return struct.unpack_from("=i", self.t.blob, v.table_off + 4 * (hsh % v.table_size))[0]
+
+    def _usable(self, vip: int, b: int, bid: int, check_id: bool) -> bool:
+        if b < 0 or b >= len(self.t.backends):
+            return False
+        be = self.t.backends[b]
+        return (be.vip_index == vip and bool(be.flags & BACKEND_F_HEALTHY)
+                and bool(be.flags & BACKEND_F_PRESENT) and (not check_id or be.id == bid))
+
+    def _find_vip(self, key: bytes) -> int:
+        dport = struct.unpack_from("!H", key, 34)[0]
+        return self.t.find_vip(key[16:32], dport, key[36])
+
+    def _frag_vip_check(self, p: Parsed) -> int:
+        seen = False
+        for v in self.t.vips:
+            if v.proto != p.proto or v.addr != p.dst:
+                continue
+            if v.flags & VIP_F_ALLOW_FRAGMENTS:
+                return 0
+            seen = True
+        return D["fragment_not_allowed"] if seen else D["no_vip"]
+
+    def _frag_key(self, p: Parsed) -> bytes:
+        return p.src + p.dst + struct.pack("=IBBxx", p.frag_id, p.proto, p.family)
+
+    # ------------------------------------------------------------------ forwarding
+
+    def _forward(self, out: list[Output], fr: Frame, p: Parsed, vip: int, b: int, hsh: int,
+                 now_ns: int, spare: list[int]) -> bool:
+        h = self.t.header
+        v = self.t.vips[vip]
+        be = self.t.backends[b]
+        pkt = fr.data
+        fr.vip_index, fr.backend_index = vip, b
+        l2 = v.encap == ref_encap.L2
+        outer_family = v.family if l2 else be.family
+        src = b""
+        if not l2:
+            if be.family == 4:
+                if not h["has_src4"]:
+                    self._drop(out, fr, D["no_source_address"])
+                    return False
+                src = h["src4"]
+            else:
+                if not h["has_src6"]:
+                    self._drop(out, fr, D["no_source_address"])
+                    return False
+                src = h["src6"]
+        alen = 4 if outer_family == 4 else 16
+        params = ref_encap.EncapParams(
+            type=v.encap,
+            outer_family=outer_family,
+            src=(src or bytes(16))[:alen],
+            dst=be.addr[:alen],
+            eth_src=h["own_mac"] if h["own_mac"] != ZERO_MAC else pkt[0:6],
+            eth_dst=be.mac if l2 else (h["gateway_mac"] if h["gateway_mac"] != ZERO_MAC else pkt[6:12]),
+            inner_eth_src=h["inner_mac"],
+            inner_eth_dst=be.mac if be.mac != ZERO_MAC else BCAST_MAC,
+            vni=v.vxlan_vni,
+            vxlan_port=v.vxlan_port,
+        )
+        try:
+            ovh = ref_encap.overhead(v.encap, outer_family)
+        except NativeError:
+            self._drop(out, fr, D["bad_tables"])
+            return False
+        mtu = h["mtu"]
+        try:
+            pm = ref_icmp.pmtu_check(pkt, p.l3_off, p.family, p.proto, p.l4_off, ovh, mtu)
+        except NativeError:
+            pm = -1
+        pieces = [fr]
+        if pm == ref_icmp.PMTU_ICMP:
+            if not self.rl.take(now_ns):
+                self._drop(out, fr, D["icmp_rate_limited"])
+                return False
+            try:
+                new = ref_icmp.too_big(pkt, p.l3_off, p.family, mtu - ovh, headroom=fr.headroom)
+            except NativeError as exc:
+                self._drop(out, fr, D["no_headroom"] if exc.errno == errno.ENOSPC else D["too_big"])
+                return False
+            fr.headroom -= len(new) - len(pkt)
+            fr.data = new
+            self.drops[D["too_big"]] += 1
+            self.s["icmp_sent"] += 1
+            fr.verdict = VERDICT_ICMP
+            self.s["bytes_out"] += len(new)
+            out.append(Output(fr.seq, "tx", VERDICT_ICMP, new, fr.vip_index, fr.backend_index))
+            return False
+        if pm == ref_icmp.PMTU_FRAGMENT:
+            ref_frag = _ref_frag()
+            try:
+                if ref_frag is None:
+                    raise NativeError(errno.ENOSYS, "fragment splitting is not built in")
+                parts = ref_frag.split_ipv4(pkt, p.l3_off, mtu - ovh, max_pieces=1 + len(spare))
+            except NativeError as exc:
+                self._drop(out, fr, D["no_spare_frame"] if exc.errno == errno.ENOSPC else D["too_big"])
+                return False
+            fr.data = parts[0]
+            for extra in parts[1:]:
+                spare.pop()
+                pieces.append(Frame(fr.seq, extra, HEADROOM, 0, vip, b))
+            self.s["split_pieces"] += len(parts) - 1
+        elif pm != ref_icmp.PMTU_FITS:
+            self._drop(out, fr, D["too_big"])
+            return False
+        for i, f in enumerate(pieces):
+            try:
+                new = ref_encap.encap(f.data, p.l3_off, p.family, hsh & 0xFFFFFFFF, params,
+                                      headroom=f.headroom)
+            except NativeError as exc:
+                self._drop(out, f, D["no_headroom"] if exc.errno == errno.ENOSPC else D["bad_frame"])
+                if i == 0:
+                    return False
+                continue
+            f.data = new
+            f.verdict = VERDICT_FORWARD
+            f.vip_index, f.backend_index = vip, b
+            self.s["bytes_out"] += len(new)
+            c = self.be_c.setdefault(b, [0, 0])
+            c[0] += 1
+            c[1] += len(new)
+            out.append(Output(f.seq, "tx", VERDICT_FORWARD, new, vip, b))
+        self.s["forwarded"] += 1
+        if p.frag & PF_FRAGMENT:
+            self.s["fragments"] += 1
+        return True
+
+    # ------------------------------------------------------------------ bursts
+
+    def process(self, packets: Iterable[Packet], now_ns: int) -> list[Output]:
+        out: list[Output] = []
+        batch: list[Packet] = []
+        for p in packets:
+            if len(p.data) > FRAME_DATA_MAX:
+                self.drops[D["frame_overflow"]] += 1
+                self.s["packets_in"] += 1
+                out.append(Output(p.seq, "drop", D["frame_overflow"], b"", 0, -1))
+                continue
+            batch.append(p)
+            if len(batch) == BURST_MAX:
+                out += self._burst(batch, now_ns)
+                batch = []
+        if batch:
+            out += self._burst(batch, now_ns)
+        return out
+
+    def _burst(self, batch: list[Packet], now_ns: int) -> list[Output]:
+        out: list[Output] = []
+        self.s["packets_in"] += len(batch)
+        h = self.t.header
+        now_t = ticks(now_ns)
+        tcp_ms, udp_ms = h["tcp_timeout_ms"], h["udp_timeout_ms"]
+        # Spare frames: the C front-end offers min(64, free) spares; the Python engine has no
+        # pool limit beyond the same frame count, mirrored here.
+        spare = list(range(min(SPARE, self._free_frames(len(batch)))))
+        for pk in batch:
+            fr = Frame(pk.seq, bytes(pk.data))
+            self.s["bytes_in"] += len(fr.data)
+            rc, p = parse(fr.data)
+            if rc:
+                self._drop(out, fr, rc)
+                continue
+            key = p.key()
+            kind = FLOW
+            if p.frag & PF_FRAGMENT:
+                if not p.frag & PF_FIRST:
+                    r = self._frag_vip_check(p)
+                    if r:
+                        self._drop(out, fr, r)
+                        continue
+                    self._frag_next(out, fr, p, now_ns, spare)
+                    continue
+                kind = FRAG_FIRST
+            elif p.l4_off and _is_icmp_error(p):
+                try:
+                    q, key = ref_icmp.quoted_flow(fr.data, p.l3_off, p.family, p.l4_off)
+                    kind = ICMP_FLOW if q == ref_icmp.QUOTE_5TUPLE else HASH_ONLY
+                except NativeError as exc:
+                    if exc.errno != errno.ENOMSG:
+                        self._drop(out, fr, D["bad_icmp"])
+                        continue
+                    key = p.key()
+            vip = self._find_vip(key)
+            if vip < 0:
+                self._drop(out, fr, D["no_vip"])
+                continue
+            if kind == FRAG_FIRST:
+                if not self.t.vips[vip].flags & VIP_F_ALLOW_FRAGMENTS:
+                    self._drop(out, fr, D["fragment_not_allowed"])
+                    continue
+                key = key[:32] + bytes(4) + key[36:]
+            hsh = self._hash(key)
+            b = -1
+            if kind in (FLOW, ICMP_FLOW):
+                e = self.ct.find(key, hsh, now_t, tcp_ms, udp_ms)
+                if e is not None:
+                    if self._usable(vip, e.backend, e.backend_id, True):
+                        b = e.backend
+                    else:
+                        self.ct.stats.reselected += 1
+                        b = self._maglev(vip, hsh)
+                        if b >= 0:
+                            e.backend, e.backend_id = b, self.t.backends[b].id
+                else:
+                    b = self._maglev(vip, hsh)
+                    if b >= 0 and kind == FLOW:
+                        self.ct.add(key, hsh, now_t, tcp_ms, udp_ms, b, self.t.backends[b].id)
+            else:
+                b = self._maglev(vip, hsh)
+            if b < 0:
+                self._drop(out, fr, D["no_backend"])
+                continue
+            if kind == FRAG_FIRST and self.frag is not None:
+                self.frag.first(self._frag_key(p), b, vip, now_ns)
+            c = self.vip_c.setdefault(vip, [0, 0])
+            c[0] += 1
+            c[1] += len(fr.data)
+            fw = self._forward(out, fr, p, vip, b, hsh, now_ns, spare)
+            if fw and (kind == ICMP_FLOW or (kind == HASH_ONLY and p.l4_off and _is_icmp_error(p))):
+                self.s["icmp_forwarded"] += 1
+        self._drain(out, now_ns, EXPIRE_BUCKETS, spare)
+        return out
+
+    def _free_frames(self, n: int) -> int:
+        # Same pool size as the C engine: BURST_MAX + SPARE + hold frames + DRAIN_MAX.
+        total = BURST_MAX + SPARE + HOLD_FRAMES + DRAIN_MAX
+        return total - n - len(self.frames)
+
+    def _frag_next(self, out: list[Output], fr: Frame, p: Parsed, now_ns: int, spare: list[int]) -> None:
+        handle = self._next_handle
+        self._next_handle += 1
+        if self.frag is None:
+            self._drop(out, fr, D["frag_table_full"])
+            return
+        try:
+            rc, fb, fv = self.frag.next(self._frag_key(p), handle, len(fr.data), now_ns)
+        except NativeError as exc:
+            reason = D["frag_hold_limit"] if exc.errno == errno.ENOBUFS else D["frag_table_full"]
+            self._drop(out, fr, reason)
+            return
+        if rc == 1:
+            fr.verdict = VERDICT_HELD
+            self.frames[handle] = fr
+            self.s["held"] += 1
+            return
+        if fv >= len(self.t.vips):
+            self._drop(out, fr, D["no_vip"])
+            return
+        hsh = self._hash(p.key(ports=False))
+        b = fb if self._usable(fv, fb, 0, False) else self._maglev(fv, hsh)
+        if b < 0:
+            self._drop(out, fr, D["no_backend"])
+            return
+        self.vip_c.setdefault(fv, [0, 0])
+        c = self.vip_c[fv]
+        c[0] += 1
+        c[1] += len(fr.data)
+        self._forward(out, fr, p, fv, b, hsh, now_ns, spare)
+
+    def _drain(self, out: list[Output], now_ns: int, max_buckets: int, spare: list[int]) -> None:
+        ref_frag = _ref_frag()
+        if self.frag is None or ref_frag is None:
+            return
+        self.frag.expire(now_ns, max_buckets)
+        for o in self.frag.drain(DRAIN_MAX):
+            fr = self.frames.pop(o.frame)
+            if self.s["held"]:
+                self.s["held"] -= 1
+            if o.reason == ref_frag.R_EXPIRED:
+                self._drop(out, fr, D["frag_expired"])
+                continue
+            if o.reason != ref_frag.R_RELEASED:
+                self._drop(out, fr, D["frag_evicted"])
+                continue
+            rc, p = parse(fr.data)
+            if rc:
+                self._drop(out, fr, rc)
+                continue
+            vip, b = o.vip_index, o.backend
+            hsh = self._hash(p.key(ports=False))
+            if vip >= len(self.t.vips):
+                self._drop(out, fr, D["no_vip"])
+                continue
+            if not self._usable(vip, b, 0, False):
+                b = self._maglev(vip, hsh)
+            if b < 0:
+                self._drop(out, fr, D["no_backend"])
+                continue
+            self._forward(out, fr, p, vip, b, hsh, now_ns, spare)
+
+    def flush(self, now_ns: int) -> list[Output]:
+        out: list[Output] = []
+        while True:
+            part: list[Output] = []
+            if self.frag is None:
+                return out
+            self._drain(part, now_ns, self.frag.nbuckets, [])
+            out += part
+            if not part:
+                return out
+
+    def stats(self) -> dict:
+        d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.s.items()}
+        d["drops"] = {DROP_NAMES[i]: n for i, n in enumerate(self.drops) if n}
+        cs = self.ct.stats
+        d["conntrack"] = {k: getattr(cs, k) for k in (
+            "lookups", "hits", "inserts", "insert_failed", "evictions", "expired", "reselected")}
+        d["vips"] = {i: tuple(c) for i, c in sorted(self.vip_c.items())}
+        d["backends"] = {i: tuple(c) for i, c in sorted(self.be_c.items())}
+        return d
