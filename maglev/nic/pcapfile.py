@@ -1,0 +1,314 @@
+"""Capture files: read classic pcap and pcapng, write classic pcap.
+
+Reading is defensive because captures come from anywhere (the test corpus has tcpdump's
+fuzz cases on purpose):
+
+* classic pcap in both byte orders, microsecond (magic ``a1b2c3d4``) and nanosecond
+  (``a1b23c4d``) timestamps; the link-type field is masked with ``0x0FFFFFFF`` (the upper
+  bits carry FCS/flags in some writers); a record's caplen larger than the file's snaplen
+  is tolerated (capped at :data:`MAX_RECORD`); caplen < len is normal (truncated capture);
+* pcapng (section header, interface description, enhanced / simple / obsolete packet
+  blocks; other blocks skipped) in both byte orders, with ``if_tsresol`` honoured and
+  several sections per file;
+* link types Ethernet (1), Linux cooked SLL (113) and SLL2 (276), raw IP (101, and the
+  BSD values 12 and 14), raw IPv4 (228) and raw IPv6 (229).  Non-Ethernet packets get a
+  synthetic Ethernet header (dst 02:00:00:00:00:01, src 02:00:00:00:00:02 -- or the SLL
+  source address when it is 6 bytes -- and the ethertype from the link header or the IP
+  version nibble), so the data path always sees Ethernet; ``orig_len`` is adjusted
+  the same way.  Other link types yield records with ``ok=False`` that the caller counts
+  as ``unsupported_linktype`` drops.
+
+Damage: a file that is not a capture at all raises :class:`~maglev.errors.PacketError` at
+open.  Damage after the header (a truncated record, an impossible length, a bad block)
+ends the iteration; the records before it have been yielded, and ``reader.error`` holds
+a :class:`PacketError` describing the damage (offset included) for the caller to report.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from maglev.errors import PacketError
+
+__all__ = ["PcapReader", "PcapWriter", "Record", "SUPPORTED_LINKTYPES", "open_capture"]
+
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_LINUX_SLL2 = 276
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+SUPPORTED_LINKTYPES = (1, 12, 14, 101, 113, 228, 229, 276)
+MAX_RECORD = 256 * 1024  # largest record accepted (jumbo/GSO captures are ~64 KiB)
+SYN_DST = bytes.fromhex("020000000001")
+SYN_SRC = bytes.fromhex("020000000002")
+
+_PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),  # little-endian, microseconds
+    b"\xa1\xb2\xc3\xd4": (">", 1000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),  # nanoseconds
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+_SHB = 0x0A0D0D0A
+_BOM = 0x1A2B3C4D
+
+
+@dataclass(frozen=True)
+class Record:
+    """One packet as the data path should see it (Ethernet framed)."""
+
+    index: int  # position in the file, from 0
+    ts_ns: int
+    data: bytes
+    orig_len: int
+    linktype: int
+    ok: bool = True  # False: unsupported link type, ``data`` is the raw record
+
+
+def _ethernet(linktype: int, raw: bytes, orig_len: int) -> tuple[bytes, int, bool]:
+    """(Ethernet frame, adjusted original length, ok)."""
+    if linktype == LINKTYPE_ETHERNET:
+        return raw, orig_len, True
+    if linktype in (LINKTYPE_RAW, 12, 14, LINKTYPE_IPV4, LINKTYPE_IPV6):
+        if linktype == LINKTYPE_IPV4:
+            et = 0x0800
+        elif linktype == LINKTYPE_IPV6:
+            et = 0x86DD
+        else:  # raw IP: the version nibble says which (anything but 6 is parsed as IPv4)
+            et = 0x86DD if raw and raw[0] >> 4 == 6 else 0x0800
+        return SYN_DST + SYN_SRC + struct.pack("!H", et) + raw, orig_len + 14, True
+    if linktype == LINKTYPE_LINUX_SLL:
+        if len(raw) < 16:
+            return SYN_DST + SYN_SRC + b"\0\0", orig_len, True  # parser: truncated
+        alen = struct.unpack_from("!H", raw, 4)[0]
+        src = raw[6:12] if alen == 6 else SYN_SRC
+        et = raw[14:16]
+        return SYN_DST + src + et + raw[16:], max(orig_len - 2, 0), True
+    if linktype == LINKTYPE_LINUX_SLL2:
+        if len(raw) < 20:
+            return SYN_DST + SYN_SRC + b"\0\0", orig_len, True
+        alen = raw[11]
+        src = raw[12:18] if alen == 6 else SYN_SRC
+        return SYN_DST + src + raw[0:2] + raw[20:], max(orig_len - 6, 0), True
+    return raw, orig_len, False
+
+
+class PcapReader:
+    """Iterate the packets of a classic pcap or pcapng file (see the module docstring)."""
+
+    def __init__(self, source: str | Path | BinaryIO):
+        if isinstance(source, str | Path):
+            self.name = str(source)
+            try:
+                self._f: BinaryIO = open(source, "rb")  # closed in close()
+            except OSError as exc:
+                raise PacketError(f"{source}: cannot open: {exc.strerror or exc}") from None
+            self._own = True
+        else:
+            self.name = getattr(source, "name", "<stream>")
+            self._f = source
+            self._own = False
+        self.error: PacketError | None = None
+        self.records = 0
+        self.unsupported = 0
+        self.linktypes: set[int] = set()
+        head = self._f.read(4)
+        if len(head) < 4:
+            self.close()
+            raise PacketError(f"{self.name}: too short to be a capture file ({len(head)} bytes)")
+        if head in _PCAP_MAGICS:
+            self.format = "pcap"
+            self._order, self._ts_mult = _PCAP_MAGICS[head]
+            rest = self._f.read(20)
+            if len(rest) < 20:
+                self.close()
+                raise PacketError(f"{self.name}: pcap header truncated")
+            _vmaj, _vmin, _tz, _sig, self.snaplen, lt = struct.unpack(self._order + "HHiIII", rest)
+            self.linktype = lt & 0x0FFFFFFF
+            self.linktypes.add(self.linktype)
+        elif struct.unpack("<I", head)[0] == _SHB:
+            self.format = "pcapng"
+            self.linktype = -1
+            self.snaplen = 0
+            self._pending = head
+        else:
+            self.close()
+            raise PacketError(f"{self.name}: not a pcap or pcapng file (magic {head.hex()})")
+
+    def __enter__(self) -> PcapReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own:
+            self._f.close()
+
+    def _damage(self, offset: int, what: str) -> None:
+        self.error = PacketError(f"{self.name}: damaged at byte {offset}: {what}")
+
+    def _record(self, lt: int, ts_ns: int, raw: bytes, orig_len: int) -> Record:
+        data, olen, ok = _ethernet(lt, raw, orig_len)
+        rec = Record(self.records, ts_ns, data, olen, lt, ok)
+        self.records += 1
+        if not ok:
+            self.unsupported += 1
+        return rec
+
+    def __iter__(self) -> Iterator[Record]:
+        if self.format == "pcap":
+            yield from self._iter_pcap()
+        else:
+            yield from self._iter_pcapng()
+
+    def _iter_pcap(self) -> Iterator[Record]:
+        f, o = self._f, self._order
+        off = 24
+        while True:
+            hdr = f.read(16)
+            if not hdr:
+                return
+            if len(hdr) < 16:
+                return self._damage(off, f"record header cut after {len(hdr)} of 16 bytes")
+            sec, frac, caplen, orig = struct.unpack(o + "IIII", hdr)
+            if caplen > MAX_RECORD:
+                return self._damage(off, f"record length {caplen} exceeds {MAX_RECORD}")
+            raw = f.read(caplen)
+            if len(raw) < caplen:
+                return self._damage(off, f"record data cut: {len(raw)} of {caplen} bytes")
+            off += 16 + caplen
+            yield self._record(self.linktype, sec * 1_000_000_000 + frac * self._ts_mult, raw, orig)
+
+    def _iter_pcapng(self) -> Iterator[Record]:
+        f = self._f
+        off = 0
+        o = "<"
+        ifaces: list[tuple[int, int, int]] = []  # (linktype, units per second, snaplen)
+        head = self._pending
+        while True:
+            rest = f.read(8 - len(head)) if len(head) < 8 else b""
+            block = head + rest
+            head = b""
+            if not block:
+                return
+            if len(block) < 8:
+                return self._damage(off, "block header cut")
+            btype = struct.unpack_from(o + "I", block)[0]
+            if btype == _SHB or struct.unpack_from("<I", block)[0] == _SHB:
+                bom = f.read(4)
+                if len(bom) < 4:
+                    return self._damage(off, "section header cut")
+                if struct.unpack("<I", bom)[0] == _BOM:
+                    o = "<"
+                elif struct.unpack(">I", bom)[0] == _BOM:
+                    o = ">"
+                else:
+                    return self._damage(off, "section header has no byte-order magic")
+                blen = struct.unpack_from(o + "I", block, 4)[0]
+                if blen < 28 or blen % 4 or blen > MAX_RECORD + 64:
+                    return self._damage(off, f"section header length {blen} invalid")
+                body = f.read(blen - 12)
+                if len(body) < blen - 12:
+                    return self._damage(off, "section header cut")
+                ifaces = []
+                off += blen
+                continue
+            blen = struct.unpack_from(o + "I", block, 4)[0]
+            if blen < 12 or blen % 4 or blen > MAX_RECORD + 64:
+                return self._damage(off, f"block length {blen} invalid")
+            body = f.read(blen - 8)
+            if len(body) < blen - 8:
+                return self._damage(off, f"block cut: {len(body)} of {blen - 8} bytes")
+            if struct.unpack_from(o + "I", body, blen - 12)[0] != blen:
+                return self._damage(off, "block trailing length does not match")
+            body = body[:-4]
+            if btype == 1:  # interface description
+                if len(body) < 8:
+                    return self._damage(off, "interface block too short")
+                lt, _res, snap = struct.unpack_from(o + "HHI", body)
+                ifaces.append((lt & 0x0FFFFFFF, self._tsresol(body[8:], o), snap))
+                self.linktypes.add(lt & 0x0FFFFFFF)
+                if self.linktype < 0:
+                    self.linktype = lt & 0x0FFFFFFF
+            elif btype in (6, 2):  # enhanced / obsolete packet
+                if len(body) < 20:
+                    return self._damage(off, "packet block too short")
+                if btype == 6:
+                    ifid, hi, lo, caplen, orig = struct.unpack_from(o + "IIIII", body)
+                else:
+                    ifid, _drops, hi, lo, caplen, orig = struct.unpack_from(o + "HHIIII", body)
+                if ifid >= len(ifaces):
+                    return self._damage(off, f"packet for undeclared interface {ifid}")
+                if caplen > len(body) - 20:
+                    return self._damage(off, f"captured length {caplen} exceeds the block")
+                lt, per_s, _snap = ifaces[ifid]
+                ts = (hi << 32) | lo
+                yield self._record(lt, ts * 1_000_000_000 // per_s, body[20 : 20 + caplen], orig)
+            elif btype == 3:  # simple packet: interface 0, no timestamp
+                if not ifaces or len(body) < 4:
+                    return self._damage(off, "simple packet block without interface or length")
+                orig = struct.unpack_from(o + "I", body)[0]
+                data = body[4 : 4 + min(orig, len(body) - 4)]
+                yield self._record(ifaces[0][0], 0, data, orig)
+            off += blen
+
+    @staticmethod
+    def _tsresol(opts: bytes, o: str) -> int:
+        """Timestamp units per second of an interface (option if_tsresol, default 10^6)."""
+        i = 0
+        while i + 4 <= len(opts):
+            code, ln = struct.unpack_from(o + "HH", opts, i)
+            if code == 0:
+                break
+            if code == 9 and ln >= 1 and i + 4 < len(opts):
+                v = opts[i + 4]
+                exp = v & 0x7F
+                if exp > 30 and not v & 0x80:
+                    return 10**6  # absurd resolution: fall back to the default
+                return (2**exp) if v & 0x80 else (10**exp)
+            i += 4 + ((ln + 3) & ~3)
+        return 10**6
+
+
+def open_capture(path: str | Path) -> PcapReader:
+    """Open a capture file (pcap or pcapng); raises PacketError when it is not one."""
+    return PcapReader(path)
+
+
+class PcapWriter:
+    """Write a classic little-endian pcap file (link type Ethernet by default)."""
+
+    def __init__(self, path: str | Path, *, linktype: int = LINKTYPE_ETHERNET, snaplen: int = 262144,
+                 nanosecond: bool = True):
+        self.path = str(path)
+        try:
+            self._f = open(path, "wb")  # closed in close()
+        except OSError as exc:
+            raise PacketError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
+        self._div = 1 if nanosecond else 1000
+        self.snaplen = snaplen
+        self._f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
+        self.count = 0
+
+    def write(self, data: bytes, ts_ns: int = 0, orig_len: int | None = None) -> None:
+        cap = data[: self.snaplen]
+        sec, frac = divmod(ts_ns, 1_000_000_000)
+        self._f.write(struct.pack("<IIII", sec & 0xFFFFFFFF, frac // self._div, len(cap),
+                                  len(data) if orig_len is None else orig_len))
+        self._f.write(cap)
+        self.count += 1
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> PcapWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
