@@ -168,8 +168,7 @@ class Ring:
         """Reserve up to ``n`` slots; returns how many.  Fill them with ``submit``."""
         r = self._ptr()
         _check_n(n, "reserve")
-        idx = ffi.new("uint32_t *")
-        return int(lib.mg_ring_reserve(r, n, idx))
+        return int(lib.mg_ring_reserve_n(r, n))
 
     def submit(self, descs, n: int) -> None:
         """Write ``n`` descriptors into the oldest reserved slots and publish them."""
@@ -476,18 +475,20 @@ class Region:
         rings empty, no tables published.  Fails if it exists (``FileExistsError`` as a
         RegionError): remove a stale one with ``Region.unlink_name``."""
         path = _shm_path(name)
-        for what, v in (("n_workers", n_workers), ("n_frames", n_frames),
-                        ("ring_size", ring_size), ("tables_bytes", tables_bytes)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise RegionError(f"{what}: {v!r} must be an integer")
+        limits = (
+            f"n_workers 1..{lib.MG_MAX_WORKERS}, n_frames 1..{lib.MG_MAX_FRAMES}, ring_size a "
+            f"power of two {lib.MG_RING_MIN}..{lib.MG_RING_MAX}, tables_bytes 0..{lib.MG_TABLES_MAX}"
+        )
+        values = (n_workers, n_frames, ring_size, tables_bytes)
         layout = ffi.new("struct mg_region_hdr *")
-        rc = lib.mg_region_layout(n_workers, n_frames, ring_size, tables_bytes, layout)
-        if rc < 0:
+        ok = all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << 32 if i < 3 else 1 << 64)
+            for i, v in enumerate(values)
+        )
+        if not ok or lib.mg_region_layout(*values, layout) < 0:
             raise RegionError(
-                f"region {name}: invalid sizes (n_workers 1..{lib.MG_MAX_WORKERS}, "
-                f"n_frames 1..{lib.MG_MAX_FRAMES}, ring_size a power of two "
-                f"{lib.MG_RING_MIN}..{lib.MG_RING_MAX}, tables_bytes 0..{lib.MG_TABLES_MAX}): "
-                f"got {n_workers}, {n_frames}, {ring_size}, {tables_bytes}"
+                f"region {name}: invalid sizes ({limits}): got n_workers={n_workers!r}, "
+                f"n_frames={n_frames!r}, ring_size={ring_size!r}, tables_bytes={tables_bytes!r}"
             )
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)

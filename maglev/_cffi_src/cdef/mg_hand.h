@@ -7,3 +7,4 @@ uint64_t *mg_hand_descs(void *base, uint32_t slot, uint32_t *n);
 int mg_hand_count(void *base, uint32_t slot);
 int mg_hand_recover(void *base, uint32_t slot);
 int mg_hand_settled(void *base, uint32_t slot, uint64_t *out, uint32_t max);
+extern int mg_hand_fault_at;

@@ -5,8 +5,10 @@ struct mg_ring {
     uint32_t prod;
     uint32_t cons;
     uint32_t p_head;
+    uint32_t p_cached_cons;
     uint64_t p_full;
     uint32_t c_head;
+    uint32_t c_cached_prod;
     uint64_t c_empty;
     ...;
 };

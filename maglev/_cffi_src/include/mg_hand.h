@@ -53,6 +53,10 @@ struct mg_hand {
     uint32_t commit[];                    /* [n_rings] push journal; then [n_rings] scratch */
 };
 
+/* Tests only: when set to a step number (1, 2: pull; 11, 12, 13: push) the move stops
+ * there and returns -EINTR, leaving shared memory as a process killed there would. */
+extern int mg_hand_fault_at;
+
 size_t mg_hand_bytes(uint32_t n_rings);
 struct mg_hand *mg_region_hand(void *base, uint32_t slot);
 

@@ -144,9 +144,11 @@ static inline int mg_ring_has_work(const struct mg_ring *r)
 
 /* Out-of-line API (mg_ring.c), also what Python calls. */
 int mg_ring_init(struct mg_ring *r, uint32_t size, uint32_t id, int64_t bell_off);
-/* reserve + copy + submit: how many of descs[0..n) went in (0 when full). */
+/* reserve + copy + submit: how many of descs[0..n) went in (0 when full, or when
+ * reservations are outstanding: mixing the verbs is the caller's bug). */
 uint32_t mg_ring_enqueue_burst(struct mg_ring *r, const uint64_t *descs, uint32_t n);
-/* peek + copy + release: how many were copied to descs (0 when empty). */
+/* peek + copy + release: how many were copied to descs (0 when empty, or when peeks are
+ * outstanding). */
 uint32_t mg_ring_dequeue_burst(struct mg_ring *r, uint64_t *descs, uint32_t n);
 /* peek + copy, no release. */
 uint32_t mg_ring_peek_copy(struct mg_ring *r, uint64_t *descs, uint32_t n);

@@ -4,6 +4,14 @@
 #include "mg_ring.h"
 #include "mg_shm.h"
 
+/* Fault injection for tests: stop a move at step k as if the process died there. */
+int mg_hand_fault_at = 0;
+#define FAULT(k)                          \
+    do {                                  \
+        if (MG_UNLIKELY(mg_hand_fault_at == (k))) \
+            return -EINTR;                \
+    } while (0)
+
 #define ST_BUF(s) ((s) & 1u)
 #define ST_OP(s) (((s) >> 1) & 3u)
 #define ST(buf, op) ((buf) | ((op) << 1))
@@ -51,7 +59,9 @@ int mg_hand_pull(void *base, uint32_t slot, uint32_t ring_id, uint32_t max)
     h->pull_from = have;
     h->pull_commit = cons + k;
     store_state(h, ST(b, MG_HAND_OP_PULL));
+    FAULT(1);
     mg_ring_release(r, k);
+    FAULT(2);
     store_state(h, ST(b, MG_HAND_OP_NONE));
     return (int)k;
 }
@@ -124,6 +134,7 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
     }
     h->n[b] = left;
     store_state(h, ST(a, MG_HAND_OP_PUSH));
+    FAULT(11);
     for (uint32_t j = 0; j < n; j++) {
         uint16_t d = dest[j];
         if (d == MG_HAND_KEEP || !(want[d] & RESERVED))
@@ -133,7 +144,9 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
         uint32_t granted = commit[d] - __atomic_load_n(&r->prod, __ATOMIC_RELAXED);
         if (granted)
             mg_ring_submit(r, granted);
+        FAULT(12); /* after the first ring's submit */
     }
+    FAULT(13);
     store_state(h, ST(b, MG_HAND_OP_NONE));
     return (int)pushed;
 }

@@ -18,6 +18,10 @@ int mg_ring_init(struct mg_ring *r, uint32_t size, uint32_t id, int64_t bell_off
 uint32_t mg_ring_enqueue_burst(struct mg_ring *r, const uint64_t *descs, uint32_t n)
 {
     uint32_t idx;
+    /* Only a producer with no outstanding reservation may use the shortcut; otherwise
+     * submit(n) would publish the older reserved slots, not these. */
+    if (r->p_head != __atomic_load_n(&r->prod, __ATOMIC_RELAXED))
+        return 0;
     n = mg_ring_reserve(r, n, &idx);
     if (!n)
         return 0;
