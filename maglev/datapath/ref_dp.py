@@ -98,7 +98,7 @@ class RefDataPath:
         # non-first fragments are dropped as frag_table_full, first fragments forwarded.
         self.frag = None if ref_frag is None else ref_frag.FragTable(
             ref_frag.DEFAULT_ENTRIES, ref_frag.DEFAULT_HOLD_FRAMES, ref_frag.DEFAULT_HOLD_BYTES,
-            ref_frag.DEFAULT_TIMEOUT_MS * 1_000_000, h["hash_k0"], h["hash_k1"],
+            ref_frag.DEFAULT_TIMEOUT_MS * 1_000_000, (h["hash_k0"], h["hash_k1"]),
         )
         self.rl = ref_icmp.RateLimit(now_ns=now_ns)
         self.worker = worker
@@ -225,7 +225,7 @@ class RefDataPath:
             try:
                 if ref_frag is None:
                     raise NativeError(errno.ENOSYS, "fragment splitting is not built in")
-                parts = ref_frag.split_ipv4(pkt, p.l3_off, mtu - ovh, max_pieces=1 + len(spare))
+                parts = ref_frag.split_ipv4(pkt, p.l3_off, mtu - ovh, min(len(spare), BURST_MAX))
             except NativeError as exc:
                 self._drop(out, fr, D["no_spare_frame"] if exc.errno == errno.ENOSPC else D["too_big"])
                 return False
@@ -368,8 +368,10 @@ class RefDataPath:
             return
         try:
             rc, fb, fv = self.frag.next(self._frag_key(p), handle, len(fr.data), now_ns)
-        except NativeError as exc:
-            reason = D["frag_hold_limit"] if exc.errno == errno.ENOBUFS else D["frag_table_full"]
+        except NativeError:
+            rc, fb, fv = -errno.EINVAL, -1, 0
+        if rc < 0:
+            reason = D["frag_hold_limit"] if rc == -errno.ENOBUFS else D["frag_table_full"]
             self._drop(out, fr, reason)
             return
         if rc == 1:
@@ -396,21 +398,21 @@ class RefDataPath:
         if self.frag is None or ref_frag is None:
             return
         self.frag.expire(now_ns, max_buckets)
-        for o in self.frag.drain(DRAIN_MAX):
-            fr = self.frames.pop(o.frame)
+        for frame, o_backend, o_vip, o_reason in self.frag.drain(DRAIN_MAX):
+            fr = self.frames.pop(frame)
             if self.s["held"]:
                 self.s["held"] -= 1
-            if o.reason == ref_frag.R_EXPIRED:
+            if o_reason == ref_frag.R_EXPIRED:
                 self._drop(out, fr, D["frag_expired"])
                 continue
-            if o.reason != ref_frag.R_RELEASED:
+            if o_reason != ref_frag.R_RELEASED:
                 self._drop(out, fr, D["frag_evicted"])
                 continue
             rc, p = parse(fr.data)
             if rc:
                 self._drop(out, fr, rc)
                 continue
-            vip, b = o.vip_index, o.backend
+            vip, b = o_vip, o_backend
             hsh = self._hash(p.key(ports=False))
             if vip >= len(self.t.vips):
                 self._drop(out, fr, D["no_vip"])

@@ -142,6 +142,14 @@ class PcapReader:
     def __enter__(self) -> PcapReader:
         return self
 
+    @property
+    def position(self) -> int:
+        """Bytes read so far (for progress bars)."""
+        try:
+            return self._f.tell()
+        except (OSError, ValueError):
+            return 0
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
