@@ -216,21 +216,23 @@ class Lab:
         logs = self.state_dir / "logs"
         logs.mkdir(exist_ok=True)
         log_path = logs / f"{role}.log"
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
-        start = _proc_start_time(proc.pid)
-        self.state["processes"].append(
-            {"role": role, "ns": ns, "pid": proc.pid, "start": start, "log": str(log_path)}
-        )
+        # Detached for real: a shell starts the process in the background in its own
+        # session (setsid; its pgid is its pid) and exits, so the lab processes are not
+        # our children and outlive `maglev lab up`.
+        r = subprocess.run(
+            ["sh", "-c", 'setsid "$@" </dev/null >>"$MAGLEV_LAB_LOG" 2>&1 & echo $!', "sh",
+             "ip", "netns", "exec", ns, *argv],
+            env={**os.environ, "MAGLEV_LAB_LOG": str(log_path)},
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        try:
+            pid = int(r.stdout.strip())
+        except ValueError:
+            raise LabError(f"could not start {role}: {r.stderr.strip()}") from None
+        start = _proc_start_time(pid)
+        self.state["processes"].append({"role": role, "ns": ns, "pid": pid, "start": start, "log": str(log_path)})
         self.save()
-        return proc.pid
+        return pid
 
     # -- up ----------------------------------------------------------------------
 
@@ -409,6 +411,13 @@ class Lab:
                 self._check_processes()
                 if time.monotonic() > deadline:
                     raise LabError(f"the HTTP server of {b['name']} did not start; see {self.state_dir}/logs")
+                time.sleep(0.05)
+            # The agent writes its counters file once its sockets and TUN device exist.
+            agent_stats = self.state_dir / f"agent-{b['name']}.json"
+            while spec.encap in ("gre", "ipip") and not agent_stats.exists():
+                self._check_processes()
+                if time.monotonic() > deadline:
+                    raise LabError(f"the backend agent of {b['name']} did not start; see {self.state_dir}/logs")
                 time.sleep(0.05)
         if not spec.forwarder:
             return
