@@ -16,6 +16,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("maglev_cli.table", "table"),
     ("maglev_cli.lab", "lab"),
     ("maglev_cli.backend_agent", "backend_agent"),
+    ("maglev_cli.demo", "demo"),
     ("maglev_cli.replay", "replay"),
 ]
 
