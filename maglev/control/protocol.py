@@ -2,7 +2,8 @@
 
 Requests travel DEALER (or REQ) -> ROUTER, one msgpack map per message::
 
-    {"v": 1, "id": <int|str>, "op": "set-weight", "args": {...}, "traceparent": "00-..."}
+    {"v": 1, "id": <int|str>, "op": "set-weight", "args": {...},
+     "traceparent": "00-...", "tracestate": "..."}      # trace fields optional
 
 Replies mirror the request id::
 
@@ -92,12 +93,15 @@ class Request:
     args: dict[str, Any]
     id: int | str = 0
     traceparent: str = ""
+    tracestate: str = ""
     v: int = VERSION
 
     def encode(self) -> bytes:
         msg: dict[str, Any] = {"v": self.v, "id": self.id, "op": self.op, "args": self.args}
         if self.traceparent:
             msg["traceparent"] = self.traceparent
+        if self.tracestate:
+            msg["tracestate"] = self.tracestate
         return pack(msg)
 
 
@@ -131,7 +135,6 @@ def unpack(data: bytes) -> Any:
         data,
         raw=False,
         strict_map_key=True,
-        max_buffer_size=MAX_MESSAGE_BYTES,
         max_str_len=MAX_MESSAGE_BYTES,
         max_bin_len=MAX_MESSAGE_BYTES,
         max_array_len=200_000,
@@ -169,7 +172,7 @@ def decode_request(data: bytes) -> Request:
         raise ProtocolError(MALFORMED, f"not a msgpack message: {type(exc).__name__}") from None
     if not isinstance(msg, dict):
         raise ProtocolError(MALFORMED, f"the envelope must be a map, not {type(msg).__name__}")
-    unknown = sorted(str(k) for k in msg if k not in ("v", "id", "op", "args", "traceparent"))
+    unknown = sorted(str(k) for k in msg if k not in ("v", "id", "op", "args", "traceparent", "tracestate"))
     if unknown:
         raise ProtocolError(MALFORMED, f"unknown envelope keys: {', '.join(unknown)}", unknown[0])
     v = msg.get("v")
@@ -193,7 +196,10 @@ def decode_request(data: bytes) -> Request:
     tp = msg.get("traceparent", "")
     if not isinstance(tp, str) or len(tp) > 256:
         raise ProtocolError(MALFORMED, "'traceparent' must be a W3C traceparent string", "traceparent")
-    return Request(op=op, args=args, id=req_id, traceparent=tp, v=v)
+    ts = msg.get("tracestate", "")
+    if not isinstance(ts, str) or len(ts) > 1024:
+        raise ProtocolError(MALFORMED, "'tracestate' must be a W3C tracestate string", "tracestate")
+    return Request(op=op, args=args, id=req_id, traceparent=tp, tracestate=ts, v=v)
 
 
 def decode_reply(data: bytes) -> Reply:

@@ -48,3 +48,81 @@ def cfgdict():
 @pytest.fixture
 def mkconfig():
     return make_config
+
+
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+@pytest.fixture
+def shortdir():
+    """A short private directory (unix socket paths are limited to 107 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="mgc-", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class Served:
+    """A ConfigManager behind a ControlServer polled by a background thread."""
+
+    def __init__(self, mgr, server):
+        self.mgr, self.server = mgr, server
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.server.poll(20)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.server.close()
+
+
+@pytest.fixture
+def served(publisher, shortdir):
+    from maglev.control.manager import ConfigManager
+    from maglev.control.server import ControlServer
+    from maglev.control.tables import fallback_build_tables
+
+    holder = {}
+    mgr = ConfigManager(make_config(3), publisher, state_path=shortdir / "state.toml",
+                        emit=lambda t, b: holder["srv"].publish(t, b), build_tables=fallback_build_tables)
+    server = ControlServer(mgr.handle, f"ipc://{shortdir}/control.sock", f"ipc://{shortdir}/events.sock")
+    holder["srv"] = server
+    mgr._publish_initial()
+    s = Served(mgr, server)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def served_module():
+    """A client connected to a served manager, shared by a module's hypothesis examples."""
+    from maglev.control.client import ControlClient
+    from maglev.control.manager import ConfigManager
+    from maglev.control.server import ControlServer
+    from maglev.control.tables import fallback_build_tables
+
+    d = Path(tempfile.mkdtemp(prefix="mgc-", dir="/tmp"))
+    pub = ThreadedPublisher(workers=1)
+    mgr = ConfigManager(make_config(2), pub, build_tables=fallback_build_tables)
+    mgr._publish_initial()
+    server = ControlServer(mgr.handle, f"ipc://{d}/control.sock")
+    s = Served(mgr, server)
+    client = ControlClient(server.bound_endpoint)
+    try:
+        yield client
+    finally:
+        client.close()
+        s.close()
+        pub.close()
+        shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,102 @@
+"""CURVE keys for tcp:// control endpoints, and the ZAP allow list.
+
+ZeroMQ CURVE (RFC 26, CurveZMQ) encrypts and authenticates a TCP connection with
+Curve25519 key pairs.  The server proves itself with its secret key; clients prove
+themselves with theirs, and the ZAP handler (RFC 27) admits only public keys listed in
+the authorized-keys file.  Without a ZAP handler libzmq would accept *any* client key, so
+the authenticator is started before the socket binds, and a tcp:// endpoint without keys
+is refused outright (``ControlError``), never bound in the clear.
+
+Files:
+* key pairs use ZeroMQ's certificate format (``zmq.auth.create_certificates``):
+  ``NAME.key`` holds the public key, ``NAME.key_secret`` both keys (mode 0600);
+* the authorized-keys file lists one Z85 public key (40 characters) per line; a line
+  starting with ``#`` is a comment, and text after the key on a line is a free-form label
+  (no inline ``#`` comments: ``#`` is a Z85 digit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from maglev.errors import ControlError
+
+Z85_KEY_LEN = 40
+_Z85 = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    public: bytes
+    secret: bytes
+
+
+def load_keypair(path: str | Path) -> KeyPair:
+    """A key pair from a ZeroMQ ``.key_secret`` certificate file."""
+    import zmq.auth
+
+    try:
+        public, secret = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise ControlError(f"cannot read CURVE key pair from {path}: {exc}") from None
+    if not secret:
+        raise ControlError(f"{path} holds no secret key (give the .key_secret file)")
+    return KeyPair(public, secret)
+
+
+def load_public_key(path_or_key: str) -> bytes:
+    """A server public key: a Z85 string, or a certificate file holding one."""
+    if len(path_or_key) == Z85_KEY_LEN and set(path_or_key) <= _Z85 and not Path(path_or_key).exists():
+        return path_or_key.encode()
+    import zmq.auth
+
+    try:
+        public, _ = zmq.auth.load_certificate(path_or_key)
+    except (OSError, ValueError) as exc:
+        raise ControlError(f"cannot read CURVE public key from {path_or_key}: {exc}") from None
+    return public
+
+
+def load_authorized_keys(path: str | Path) -> frozenset[bytes]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ControlError(f"cannot read authorized keys {path}: {exc}") from None
+    keys = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):  # no inline comments: '#' is a Z85 digit
+            continue
+        key = line.split()[0]
+        if len(key) != Z85_KEY_LEN or not set(key) <= _Z85:
+            raise ControlError(f"{path}:{n}: {key!r} is not a 40-character Z85 CURVE public key")
+        keys.add(key.encode())
+    if not keys:
+        raise ControlError(f"{path} lists no client keys: nobody could connect")
+    return frozenset(keys)
+
+
+def generate(directory: str | Path, name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` and ``NAME.key_secret`` (0600) into ``directory``."""
+    import zmq.auth
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(d), name)
+    Path(secret).chmod(0o600)
+    return Path(public), Path(secret)
+
+
+class AllowList:
+    """ZAP credentials provider: admits exactly the listed Z85 public keys."""
+
+    def __init__(self, keys: frozenset[bytes]):
+        self.keys = keys
+        self.denied = 0
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        ok = key in self.keys
+        if not ok:
+            self.denied += 1
+        return ok
