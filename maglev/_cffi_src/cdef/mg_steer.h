@@ -1,0 +1,27 @@
+#define MG_SS_RX_PACKETS 0
+#define MG_SS_RX_BYTES 1
+#define MG_SS_DISPATCHED 2
+#define MG_SS_FALLBACK 3
+#define MG_SS_BACKPRESSURE 4
+#define MG_SS_RECLAIMED 5
+#define MG_SS_FRAGMENTS 6
+#define MG_SS_UNPARSED 7
+#define MG_SS_BURSTS 8
+#define MG_SS_NO_FREE 9
+#define MG_SS_RECOVERED 10
+#define MG_MS_TX_PACKETS 0
+#define MG_MS_TX_BYTES 1
+#define MG_MS_TX_ERRORS 2
+#define MG_MS_BURSTS 3
+#define MG_MS_RECOVERED 4
+struct mg_steer { ...; };
+struct mg_mux { ...; };
+int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, uint64_t k1);
+int mg_steer_reclaim(struct mg_steer *s, void *base);
+int mg_steer_take(struct mg_steer *s, void *base, uint32_t n);
+int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh);
+int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
+                  uint32_t n_workers, uint64_t *hash, uint16_t *flags);
+int mg_mux_init(struct mg_mux *m, void *base, uint32_t slot);
+int mg_mux_collect(struct mg_mux *m, void *base, uint32_t max);
+int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed);

@@ -1,0 +1,247 @@
+/* Steering and muxer glue (design in include/mg_steer.h). */
+#include "mg_steer.h"
+
+#include "mg_hash.h"
+#include "mg_parse.h"
+#include "mg_ring.h"
+
+static int ids_ok(uint32_t id) { return id != UINT32_MAX; }
+
+int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, uint64_t k1)
+{
+    const struct mg_region_hdr *h = base;
+    if (!s || !base || slot >= h->n_slots)
+        return -EINVAL;
+    memset(s, 0, sizeof *s);
+    s->k0 = k0;
+    s->k1 = k1;
+    s->n_workers = h->n_workers;
+    s->slot = slot;
+    s->free_id = mg_region_ring_id(base, MG_RING_FREE, 0);
+    s->sent_id = mg_region_ring_id(base, MG_RING_SENT, 0);
+    if (!ids_ok(s->free_id) || !ids_ok(s->sent_id) || s->n_workers == 0 ||
+        s->n_workers > MG_MAX_WORKERS)
+        return -EINVAL;
+    for (uint32_t i = 0; i < s->n_workers; i++) {
+        s->rx_id[i] = mg_region_ring_id(base, MG_RING_RX, i);
+        s->ret_id[i] = mg_region_ring_id(base, MG_RING_RET, i);
+        if (!ids_ok(s->rx_id[i]) || !ids_ok(s->ret_id[i]))
+            return -EINVAL;
+    }
+    s->stats = mg_region_stats(base, slot);
+    return s->stats ? 0 : -EINVAL;
+}
+
+/* Push: every entry before `keep_to` is kept, the others go to `to`. */
+static int push_all(void *base, uint32_t slot, uint16_t *dest, uint32_t keep_to, uint32_t to)
+{
+    uint32_t cnt;
+    mg_hand_descs(base, slot, &cnt);
+    for (uint32_t j = 0; j < cnt; j++)
+        dest[j] = j < keep_to ? MG_HAND_KEEP : (uint16_t)to;
+    return mg_hand_push(base, slot, dest, cnt);
+}
+
+int mg_steer_reclaim(struct mg_steer *s, void *base)
+{
+    int total = 0;
+    for (uint32_t i = 0; i <= s->n_workers; i++) {
+        uint32_t id = i < s->n_workers ? s->ret_id[i] : s->sent_id;
+        for (;;) {
+            int kept = mg_hand_count(base, s->slot);
+            if (kept < 0)
+                return kept;
+            uint32_t room = MG_HAND_MAX - (uint32_t)kept;
+            if (room == 0)
+                return -ENOSPC;
+            int n = mg_hand_pull(base, s->slot, id, room);
+            if (n < 0)
+                return n;
+            if (n == 0)
+                break;
+            int rc = push_all(base, s->slot, s->dest, (uint32_t)kept, s->free_id);
+            if (rc < 0)
+                return rc;
+            total += n;
+            if ((uint32_t)n < room)
+                break;
+        }
+    }
+    s->stats[MG_SS_RECLAIMED] += (uint64_t)total;
+    return total;
+}
+
+int mg_steer_take(struct mg_steer *s, void *base, uint32_t n)
+{
+    if (n > MG_BURST_MAX)
+        return -EINVAL;
+    int kept = mg_hand_count(base, s->slot);
+    if (kept != 0)
+        return kept < 0 ? kept : -EBUSY;
+    int got = mg_hand_pull(base, s->slot, s->free_id, n);
+    if (got == 0 && n > 0)
+        s->stats[MG_SS_NO_FREE]++;
+    return got;
+}
+
+int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
+                  uint32_t n_workers, uint64_t *hash, uint16_t *flags)
+{
+    struct mg_parsed p;
+    *hash = 0;
+    *flags = 0;
+    if (mg_parse(pkt, len, &p) != MG_OK)
+        return -1;
+    if (p.frag & MG_PF_FRAGMENT) {
+        /* 3-tuple: every fragment of the datagram, first or not, hashes alike. */
+        p.key.sport = 0;
+        p.key.dport = 0;
+        *flags |= MG_FRAME_F_FRAGMENT;
+    }
+    *hash = mg_siphash13(k0, k1, (const uint8_t *)&p.key, sizeof p.key);
+    return n_workers ? (int)((uint32_t)(*hash >> 32) % n_workers) : 0;
+}
+
+static uint32_t most_room(const struct mg_steer *s)
+{
+    uint32_t best = 0;
+    for (uint32_t i = 1; i < s->n_workers; i++)
+        if (s->room[i] > s->room[best])
+            best = i;
+    return best;
+}
+
+int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh)
+{
+    uint32_t cnt;
+    uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
+    uint8_t *pool = mg_region_pool(base);
+    if (!descs || filled > cnt)
+        return -EINVAL;
+    for (uint32_t i = 0; i < s->n_workers; i++)
+        s->room[i] = mg_ring_free_count(mg_region_ring_by_id(base, s->rx_id[i]));
+    uint64_t rx_bytes = 0, placed = 0, fallback = 0, frags = 0, unparsed = 0;
+    int blocked = 0;
+    for (uint32_t j = 0; j < filled; j++) {
+        uint32_t idx = (uint32_t)descs[j];
+        struct mg_frame_meta *m = mg_frame_meta(pool, idx);
+        uint32_t w;
+        if (MG_UNLIKELY(m->data_off > MG_FRAME_SIZE - MG_FRAME_META_SIZE ||
+                        m->len > MG_FRAME_SIZE - MG_FRAME_META_SIZE - m->data_off)) {
+            /* Bad metadata from a NIC: let a worker count it (bad_frame). */
+            w = s->rr++ % s->n_workers;
+        } else {
+            uint64_t h;
+            uint16_t fl;
+            int r = mg_steer_hash(mg_frame_data(pool, idx), m->len, s->k0, s->k1, s->n_workers,
+                                  &h, &fl);
+            m->flow_hash = (uint32_t)h;
+            m->flags = (uint16_t)((m->flags & ~MG_FRAME_F_FRAGMENT) | fl);
+            if (r < 0) {
+                w = s->rr++ % s->n_workers;
+                unparsed++;
+            } else {
+                w = (uint32_t)r;
+                frags += (fl & MG_FRAME_F_FRAGMENT) != 0;
+            }
+        }
+        rx_bytes += m->len;
+        if (MG_UNLIKELY(s->room[w] == 0)) {
+            uint32_t alt = most_room(s);
+            if (s->room[alt] == 0) {
+                s->dest[j] = MG_HAND_KEEP;
+                blocked = 1;
+                continue;
+            }
+            w = alt;
+            fallback++;
+        }
+        s->room[w]--;
+        s->dest[j] = (uint16_t)s->rx_id[w];
+        placed++;
+    }
+    for (uint32_t j = filled; j < cnt; j++)
+        s->dest[j] = (uint16_t)s->free_id;
+    int rc = mg_hand_push(base, s->slot, s->dest, cnt);
+    if (rc < 0)
+        return rc;
+    s->stats[MG_SS_DISPATCHED] += placed;
+    s->stats[MG_SS_FALLBACK] += fallback;
+    s->stats[MG_SS_FRAGMENTS] += frags;
+    s->stats[MG_SS_UNPARSED] += unparsed;
+    s->stats[MG_SS_BACKPRESSURE] += (uint64_t)blocked;
+    s->stats[MG_SS_BURSTS]++;
+    if (fresh) {
+        s->stats[MG_SS_RX_PACKETS] += filled;
+        s->stats[MG_SS_RX_BYTES] += rx_bytes;
+    }
+    return mg_hand_count(base, s->slot);
+}
+
+/* ------------------------------------------------------------------------- muxer */
+
+int mg_mux_init(struct mg_mux *m, void *base, uint32_t slot)
+{
+    const struct mg_region_hdr *h = base;
+    if (!m || !base || slot >= h->n_slots)
+        return -EINVAL;
+    memset(m, 0, sizeof *m);
+    m->n_workers = h->n_workers;
+    m->slot = slot;
+    m->sent_id = mg_region_ring_id(base, MG_RING_SENT, 0);
+    if (!ids_ok(m->sent_id) || m->n_workers == 0 || m->n_workers > MG_MAX_WORKERS)
+        return -EINVAL;
+    for (uint32_t i = 0; i < m->n_workers; i++) {
+        m->tx_id[i] = mg_region_ring_id(base, MG_RING_TX, i);
+        if (!ids_ok(m->tx_id[i]))
+            return -EINVAL;
+    }
+    m->stats = mg_region_stats(base, slot);
+    return m->stats ? 0 : -EINVAL;
+}
+
+int mg_mux_collect(struct mg_mux *m, void *base, uint32_t max)
+{
+    if (max > MG_HAND_MAX)
+        max = MG_HAND_MAX;
+    int have = mg_hand_count(base, m->slot);
+    if (have != 0)
+        return have < 0 ? have : -EBUSY;
+    uint32_t got = 0;
+    uint32_t start = m->next;
+    for (uint32_t k = 0; k < m->n_workers && got < max; k++) {
+        uint32_t i = (start + k) % m->n_workers;
+        int n = mg_hand_pull(base, m->slot, m->tx_id[i], max - got);
+        if (n < 0)
+            return n;
+        got += (uint32_t)n;
+    }
+    m->next = (start + 1) % m->n_workers;
+    return (int)got;
+}
+
+int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed)
+{
+    uint32_t cnt;
+    uint64_t *descs = mg_hand_descs(base, m->slot, &cnt);
+    if (!descs || (uint64_t)n_sent + n_failed > cnt)
+        return -EINVAL;
+    if (cnt == 0)
+        return 0;
+    uint8_t *pool = mg_region_pool(base);
+    uint64_t bytes = 0;
+    for (uint32_t j = 0; j < n_sent; j++)
+        bytes += mg_frame_meta(pool, (uint32_t)descs[j])->len;
+    for (uint32_t j = 0; j < cnt; j++)
+        m->dest[j] = (uint16_t)m->sent_id;
+    /* The counts describe this transmit; frames are freed below (or on the next call). */
+    m->stats[MG_MS_TX_PACKETS] += n_sent;
+    m->stats[MG_MS_TX_BYTES] += bytes;
+    m->stats[MG_MS_TX_ERRORS] += n_failed;
+    if (n_sent + n_failed)
+        m->stats[MG_MS_BURSTS]++;
+    int rc = mg_hand_push(base, m->slot, m->dest, cnt);
+    if (rc < 0)
+        return rc;
+    return mg_hand_count(base, m->slot);
+}

@@ -1,0 +1,80 @@
+"""The packet worker actor: rx ring -> C burst kernel -> tx ring / ret ring.
+
+All per-packet work is one C call per burst (``mg_worker_burst``: pull into the hand,
+acquire the tables generation, ``mg_dp_burst``, push by verdict).  When its rx ring is
+empty the worker reports itself quiescent to the table publisher (so a table update never
+waits on an idle worker) and sleeps on its doorbell.
+
+Restart semantics (``mg_worker.h``): a replacement takes over the same rings; frames the
+dead worker held are returned to steering and counted as ``worker_restart`` drops
+(at-most-once for in-flight packets); frames still on its rx ring are processed normally.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from typing import Any
+
+from maglev.actors.base import Actor
+from maglev.actors.pipeline import load_config, open_region, worker_stats
+from maglev.native import check, ffi, lib
+
+log = logging.getLogger("maglev.worker")
+
+
+class Worker(Actor):
+    kind = "worker"
+
+    def setup(self) -> None:
+        from maglev.rings import worker_bell, worker_slot
+
+        p = self.params
+        self.index = int(p["index"])
+        self.region = open_region(p["region"])
+        self.base = self.region.base
+        cfg = load_config(p.get("config", ""))
+        k0, k1 = cfg.flow_hash_key
+        self.burst = int(p.get("burst", 256))
+        w = lib.mg_worker_new(
+            self.base, self.index, cfg.conntrack.capacity, k0, k1, self.burst, time.monotonic_ns()
+        )
+        if w == ffi.NULL:
+            raise RuntimeError(f"worker {self.index}: cannot allocate the data path")
+        self.w = ffi.gc(w, lib.mg_worker_free)
+        recovered = check(lib.mg_worker_recover(self.w, self.base), "worker recover")
+        if recovered:
+            log.warning("dropped frames a dead predecessor held", extra={"kv": {"frames": recovered}})
+        self.bell = self.region.bell(worker_bell(self.index))
+        self.stats_block = self.region.stats(worker_slot(self.index))
+
+    def step(self) -> int:
+        rc = lib.mg_worker_burst(self.w, self.base, time.monotonic_ns())
+        if rc == -errno.EAGAIN:
+            return 1  # output ring full: retry soon, do not sleep
+        return check(rc, "worker burst")
+
+    def wait(self, timeout_s: float) -> None:
+        lib.mg_tables_quiesce(self.base, self.index)
+        self.bell.wait(int(timeout_s * 1000))
+
+    def drain(self) -> None:
+        """Process what is on the rx ring, then release every held fragment (expired as of
+        far in the future) and push everything out; bounded in time."""
+        deadline = time.monotonic() + float(self.params.get("drain_s", 2.0))
+        while time.monotonic() < deadline:
+            rc = self.step()
+            if rc == 0:
+                break
+        far = time.monotonic_ns() + 3600 * 10**9
+        while time.monotonic() < deadline:
+            left = check(lib.mg_worker_flush(self.w, self.base, far), "worker flush")
+            if left == 0:
+                break
+            time.sleep(0.001)
+        lib.mg_tables_quiesce(self.base, self.index)
+
+    def stats(self) -> dict[str, Any]:
+        s = getattr(self, "stats_block", None)
+        return worker_stats(s) if s is not None else {}
