@@ -317,4 +317,18 @@ def read_tables(blob: bytes) -> TablesView:
         BackendEntry(*BACKEND.unpack_from(blob, h["backend_off"] + i * BACKEND.size))
         for i in range(h["n_backends"])
     )
-    return TablesView(h, tuple(vips), backends, blob)
+    bits = h["index_bits"]
+    if not 1 <= bits <= 16 or (1 << bits) < h["n_vips"] or h["index_off"] + (4 << bits) > len(blob):
+        raise PacketError("tables blob: VIP index size or offset invalid")
+    index = struct.unpack_from(f"={1 << bits}I", blob, h["index_off"])
+    if any(e > h["n_vips"] for e in index) or 0 not in index:
+        raise PacketError("tables blob: VIP index entries invalid")
+    view = TablesView(h, tuple(vips), backends, blob)
+    for i, v in enumerate(vips):
+        lo, hi = v.backend_first, v.backend_first + v.backend_count
+        if any(e != -1 and not lo <= e < hi for e in view.maglev(i)):
+            raise PacketError(f"tables blob: VIP {i} Maglev entry outside its backends")
+    for i, b in enumerate(backends):
+        if b.family not in (4, 6) or b.vip_index >= h["n_vips"]:
+            raise PacketError(f"tables blob: backend {i} family or VIP index invalid")
+    return view

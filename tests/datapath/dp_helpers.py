@@ -1,0 +1,109 @@
+"""Shared helpers for the data-path tests: C parser access, a config with VIPs of every
+kind, and packet shortcuts (built with maglev.testing.packets, independent of the code
+under test)."""
+
+from __future__ import annotations
+
+from maglev import config as cfg
+from maglev.datapath.ref_parse import Parsed
+from maglev.native import ffi, lib
+
+CLIENT4 = "198.51.100.7"
+CLIENT6 = "2001:db8:c::7"
+VIP4 = "203.0.113.10"
+VIP4_ANY = "203.0.113.20"  # port 0 VIP (every port), UDP and TCP
+VIP4_NOFRAG = "203.0.113.30"
+VIP4_DOWN = "203.0.113.40"  # every backend down
+VIP6 = "2001:db8:f::10"
+
+CONFIG_TOML = f"""
+[instance]
+source_ipv4 = "198.18.0.1"
+source_ipv6 = "2001:db8:1::1"
+mtu = 1500
+
+[conntrack]
+capacity = 4096
+tcp_timeout_s = 300
+udp_timeout_s = 30
+
+[[vip]]
+address = "{VIP4}"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.1.1"
+[[vip.backend]]
+address = "198.18.1.2"
+[[vip.backend]]
+address = "198.18.1.3"
+
+[[vip]]
+address = "{VIP4_ANY}"
+port = 0
+protocol = "udp"
+encap = "ipip"
+[[vip.backend]]
+address = "198.18.2.1"
+[[vip.backend]]
+address = "198.18.2.2"
+
+[[vip]]
+address = "{VIP4_ANY}"
+port = 0
+protocol = "tcp"
+encap = "vxlan"
+vxlan_vni = 77
+[[vip.backend]]
+address = "198.18.3.1"
+mac = "02:00:00:00:03:01"
+
+[[vip]]
+address = "{VIP4_NOFRAG}"
+port = 53
+protocol = "udp"
+allow_fragments = false
+[[vip.backend]]
+address = "198.18.4.1"
+
+[[vip]]
+address = "{VIP4_DOWN}"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.5.1"
+
+[[vip]]
+address = "{VIP6}"
+port = 443
+protocol = "tcp"
+[[vip.backend]]
+address = "2001:db8:2::1"
+[[vip.backend]]
+address = "2001:db8:2::2"
+"""
+
+DOWN = frozenset({(f"{VIP4_DOWN}:80/tcp", "198.18.5.1")})
+
+
+def config() -> cfg.Config:
+    return cfg.loads(CONFIG_TOML)
+
+
+def c_parse(pkt: bytes) -> tuple[int, Parsed]:
+    """The C parser's result as a reference ``Parsed`` (for field-by-field comparison)."""
+    out = ffi.new("struct mg_parsed *")
+    buf = ffi.new("uint8_t[]", max(len(pkt), 1))
+    ffi.memmove(buf, pkt, len(pkt))
+    rc = lib.mg_parse(buf, len(pkt), out)
+    k = out.key
+    p = Parsed(
+        src=bytes(k.src), dst=bytes(k.dst),
+        sport=int.from_bytes(ffi.buffer(ffi.addressof(k, "sport"), 2), "big"),
+        dport=int.from_bytes(ffi.buffer(ffi.addressof(k, "dport"), 2), "big"),
+        proto=out.proto, family=out.family, l3_off=out.l3_off, l4_off=out.l4_off,
+        l3_len=out.l3_len, ethertype=out.ethertype, frag_off=out.frag_off, ttl=out.ttl,
+        vlans=out.vlans, frag=out.frag, tcp_flags=out.tcp_flags, frag_id=out.frag_id,
+        icmp_type=out.icmp_type, icmp_code=out.icmp_code,
+    )
+    return rc, p
