@@ -1,0 +1,171 @@
+"""Lab benchmark: maglev on the namespace topology against the kernel, in one run.
+
+1. Forwarding rate, 64-byte UDP frames: a generator in the client namespace (the
+   AF_PACKET NIC transmitting bursts of prebuilt frames, bounded in time and count) sends
+   toward the VIP; we count what reaches the backends' interfaces per second.
+   * baseline: the maglev namespace's *kernel* forwards (ip_forward=1, VIPs routed to
+     backend 1), no maglev process;
+   * maglev:   `maglev run --nic afpacket:eth0` forwards (GRE to the backends);
+   * relay:    the lab's pure-Python stand-in (with --relay), for scale only.
+2. HTTP through the VIP vs straight to one backend: requests/s and latency p50/p99 of
+   fresh-connection GETs from the client namespace.
+
+Prints numbers and ratios against the baseline from the same run; never asserts on
+speed.  Needs root.  Usage:  python bench/bench_lab.py [--seconds 3] [--requests 500]
+[--workers 1] [--relay] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+from maglev.lab import topology as topo
+from maglev.lab.client import http_load
+from maglev.lab.nsenter import netns
+from maglev.native import ffi, lib
+from maglev.nic.afpacket import AfPacketNic
+
+
+def _csum(b: bytes) -> int:
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def udp_frame(sport: int, dst: str) -> bytes:
+    payload = b"\0" * 18  # 14 + 20 + 8 + 18 = 60 bytes, 64 with the FCS
+    udp = struct.pack("!HHHH", sport, 9, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
+                     socket.inet_aton(topo.CLIENT_V4), socket.inet_aton(dst))
+    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    mac = lambda m: bytes.fromhex(m.replace(":", ""))  # noqa: E731
+    return mac(topo.MAC_ROUTER_C) + mac(topo.MAC_CLIENT) + b"\x08\x00" + ip + udp
+
+
+def rx_packets(ns: str, dev: str = "eth0") -> int:
+    out = topo.ns_exec(ns, "ip", "-s", "-j", "link", "show", dev).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+
+
+def generate(ns: str, dst: str, seconds: float, flows: int = 256, max_packets: int = 50_000_000) -> int:
+    """Send 64-byte UDP frames toward ``dst`` for ``seconds``; returns frames sent."""
+    with netns(ns):
+        nic = AfPacketNic("eth0")
+    try:
+        mm = mmap.mmap(-1, flows * lib.MG_FRAME_SIZE)
+        pool = ffi.from_buffer("uint8_t[]", mm)
+        for i in range(flows):
+            f = udp_frame(10000 + i, dst)
+            m = ffi.cast("struct mg_frame_meta *", pool + i * lib.MG_FRAME_SIZE)
+            m.data_off, m.len = lib.MG_FRAME_HEADROOM, len(f)
+            start = i * lib.MG_FRAME_SIZE + lib.MG_FRAME_META_SIZE + lib.MG_FRAME_HEADROOM
+            mm[start : start + len(f)] = f
+        descs = ffi.new("uint64_t[]", list(range(flows)))
+        sent = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and sent < max_packets:
+            sent += nic.tx_burst(pool, descs, flows)
+        return sent
+    finally:
+        nic.close()
+
+
+def measure_pps(state: dict, seconds: float) -> dict:
+    bes = [b["ns"] for b in state["backends"]]
+    before = sum(rx_packets(ns) for ns in bes)
+    t0 = time.monotonic()
+    sent = generate(state["client"]["ns"], topo.VIP_V4, seconds)
+    elapsed = time.monotonic() - t0
+    time.sleep(0.3)  # let queues drain
+    got = sum(rx_packets(ns) for ns in bes) - before
+    return {"sent": sent, "received": got, "seconds": round(elapsed, 3),
+            "sent_pps": round(sent / elapsed), "forwarded_pps": round(got / elapsed)}
+
+
+def kernel_forwarding(state: dict, on: bool) -> None:
+    ns = state["maglev"]["ns"]
+    topo.ns_exec(ns, "sysctl", "-qw", f"net.ipv4.ip_forward={int(on)}")
+    verb = "replace" if on else "del"
+    topo.ns_exec(ns, "ip", "route", verb, topo.VIP_NET_V4, *(["via", state["backends"][0]["ipv4"]] if on else []),
+                 check=on)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--relay", action="store_true", help="also measure the Python stand-in relay")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if reason := topo.why_no_lab():
+        print(f"bench_lab: skipped: {reason}")
+        return
+    from maglev_cli.main import COMMANDS
+
+    have_run = any(a == "run" for _, a in COMMANDS)
+    state_dir = Path("/run/maglev-lab-bench")
+    lab = topo.Lab(state_dir)
+    spec = topo.LabSpec(prefix="mgbench", state_dir=state_dir, backends=3, encap="gre", forwarder=False)
+    out: dict = {"machine_note": "2 shared vCPUs; repeat runs, compare ratios"}
+    try:
+        state = lab.up(spec)
+        be1 = state["backends"][0]["ipv4"]
+
+        kernel_forwarding(state, True)
+        out["pps_kernel"] = measure_pps(state, args.seconds)
+        out["http_direct"] = http_load(state["client"]["ns"], be1, args.requests, concurrency=8).to_dict()
+        kernel_forwarding(state, False)
+
+        if args.relay:
+            from maglev.lab.relay import Relay
+
+            relay = Relay(state["maglev"]["ns"], "eth0", [topo.VIP_V4], state["backends"], "gre", state["maglev"]["mac"])
+            try:
+                out["pps_relay"] = measure_pps(state, args.seconds)
+                out["http_relay"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests, concurrency=8).to_dict()
+            finally:
+                relay.stop()
+
+        if have_run:
+            lab.spawn("maglev", state["maglev"]["ns"], [*topo.maglev_argv(), "run", "--config", state["config"],
+                                                        "--nic", "afpacket:eth0", "--workers", str(args.workers)])
+            lab._wait_ready(topo.LabSpec(forwarder=True), 60)
+            out["pps_maglev"] = measure_pps(state, args.seconds)
+            out["http_vip"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests, concurrency=8).to_dict()
+        else:
+            out["maglev"] = "not measured: `maglev run` is not registered yet"
+    finally:
+        lab.down()
+
+    k = out["pps_kernel"]["forwarded_pps"] or 1
+    for name in ("maglev", "relay"):
+        if f"pps_{name}" in out:
+            out[f"ratio_pps_{name}_vs_kernel"] = round(out[f"pps_{name}"]["forwarded_pps"] / k, 3)
+    d = out["http_direct"]["requests_per_s"] or 1
+    for key in ("http_vip", "http_relay"):
+        if key in out:
+            out[f"ratio_{key}_rps_vs_direct"] = round(out[key]["requests_per_s"] / d, 3)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    for key, v in out.items():
+        if isinstance(v, dict) and "forwarded_pps" in v:
+            print(f"{key:<14} sent {v['sent_pps']:>9} pps  forwarded {v['forwarded_pps']:>9} pps")
+        elif isinstance(v, dict) and "requests_per_s" in v:
+            print(f"{key:<14} {v['ok']}/{v['requests']} ok  {v['requests_per_s']:>8} req/s  "
+                  f"p50 {v['latency_ms']['p50']} ms  p99 {v['latency_ms']['p99']} ms")
+        else:
+            print(f"{key:<14} {v}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
