@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from maglev.datapath import ref_encap, ref_icmp
+from maglev.datapath import ref_encap, ref_frag, ref_icmp
 from maglev.datapath.engine import (
     BURST_MAX,
     DRAIN_MAX,
@@ -58,12 +58,6 @@ FLOW, ICMP_FLOW, HASH_ONLY, FRAG_FIRST, FRAG_NEXT = range(5)
 HOLD_FRAMES = 256  # MG_FRAG_DEFAULT_HOLD_FRAMES: part of the C engine's pool size
 
 
-def _ref_frag():
-    try:
-        from maglev.datapath import ref_frag
-    except ImportError:
-        return None
-    return ref_frag
 
 
 @dataclass
@@ -93,10 +87,7 @@ class RefDataPath:
         self.set_tables(tables)
         h = self.t.header
         self.ct = ConnTable(ct_capacity)
-        ref_frag = _ref_frag()
-        # Without the fragment table (not built yet) the C kernel runs without one too:
-        # non-first fragments are dropped as frag_table_full, first fragments forwarded.
-        self.frag = None if ref_frag is None else ref_frag.FragTable(
+        self.frag = ref_frag.FragTable(
             ref_frag.DEFAULT_ENTRIES, ref_frag.DEFAULT_HOLD_FRAMES, ref_frag.DEFAULT_HOLD_BYTES,
             ref_frag.DEFAULT_TIMEOUT_MS * 1_000_000, (h["hash_k0"], h["hash_k1"]),
         )
@@ -221,10 +212,7 @@ class RefDataPath:
             out.append(Output(fr.seq, "tx", VERDICT_ICMP, new, fr.vip_index, fr.backend_index))
             return False
         if pm == ref_icmp.PMTU_FRAGMENT:
-            ref_frag = _ref_frag()
             try:
-                if ref_frag is None:
-                    raise NativeError(errno.ENOSYS, "fragment splitting is not built in")
                 parts = ref_frag.split_ipv4(pkt, p.l3_off, mtu - ovh, min(len(spare), BURST_MAX))
             except NativeError as exc:
                 self._drop(out, fr, D["no_spare_frame"] if exc.errno == errno.ENOSPC else D["too_big"])
@@ -344,7 +332,7 @@ class RefDataPath:
             if b < 0:
                 self._drop(out, fr, D["no_backend"])
                 continue
-            if kind == FRAG_FIRST and self.frag is not None:
+            if kind == FRAG_FIRST:
                 self.frag.first(self._frag_key(p), b, vip, now_ns)
             c = self.vip_c.setdefault(vip, [0, 0])
             c[0] += 1
@@ -363,9 +351,6 @@ class RefDataPath:
     def _frag_next(self, out: list[Output], fr: Frame, p: Parsed, now_ns: int, spare: list[int]) -> None:
         handle = self._next_handle
         self._next_handle += 1
-        if self.frag is None:
-            self._drop(out, fr, D["frag_table_full"])
-            return
         try:
             rc, fb, fv = self.frag.next(self._frag_key(p), handle, len(fr.data), now_ns)
         except NativeError:
@@ -394,9 +379,6 @@ class RefDataPath:
         self._forward(out, fr, p, fv, b, hsh, now_ns, spare)
 
     def _drain(self, out: list[Output], now_ns: int, max_buckets: int, spare: list[int]) -> None:
-        ref_frag = _ref_frag()
-        if self.frag is None or ref_frag is None:
-            return
         self.frag.expire(now_ns, max_buckets)
         for frame, o_backend, o_vip, o_reason in self.frag.drain(DRAIN_MAX):
             fr = self.frames.pop(frame)
@@ -428,8 +410,6 @@ class RefDataPath:
         out: list[Output] = []
         while True:
             part: list[Output] = []
-            if self.frag is None:
-                return out
             self._drain(part, now_ns, self.frag.nbuckets, [])
             out += part
             if not part:

@@ -64,13 +64,11 @@ struct mg_dp *mg_dp_new(uint32_t ct_capacity, uint16_t worker, uint64_t k0, uint
         int rc = mg_frag_table_init(dp->frag, MG_FRAG_DEFAULT_ENTRIES,
                                     MG_FRAG_DEFAULT_HOLD_FRAMES, MG_FRAG_DEFAULT_HOLD_BYTES,
                                     (uint64_t)MG_FRAG_DEFAULT_TIMEOUT_MS * 1000000u, k0, k1);
-        if (rc == -ENOSYS) { /* fragment table not built in: run without (see frag_on) */
-            free(dp->frag);
-            dp->frag = NULL;
-        } else if (rc < 0) {
+        if (rc < 0)
             goto fail;
-        }
     }
+    if (!dp->frag)
+        goto fail;
     return dp;
 fail:
     mg_dp_free(dp);
@@ -284,8 +282,6 @@ static int forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_
 static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint64_t now_ns,
                        uint32_t max_buckets)
 {
-    if (!dp->frag)
-        return;
     mg_frag_expire(dp->frag, now_ns, max_buckets);
     struct mg_frag_out outs[MG_DP_DRAIN_MAX];
     int n = mg_frag_drain(dp->frag, outs, MG_DP_DRAIN_MAX);
@@ -437,8 +433,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             int32_t fb = -1;
             uint16_t fv = 0;
             struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
-            int rc = dp->frag ? mg_frag_next(dp->frag, &fk, idx, meta->len, now_ns, &fb, &fv)
-                              : -ENOSPC;
+            int rc = mg_frag_next(dp->frag, &fk, idx, meta->len, now_ns, &fb, &fv);
             if (rc == 1) {
                 meta->verdict = MG_VERDICT_HELD;
                 dp->stats.held++;
@@ -488,8 +483,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         if (wk->kind == K_FRAG_FIRST) {
             struct mg_frag_key fk;
             frag_key_of(&wk->p, &fk);
-            if (dp->frag)
-                mg_frag_first(dp->frag, &fk, b, (uint16_t)vip, now_ns);
+            mg_frag_first(dp->frag, &fk, b, (uint16_t)vip, now_ns);
         }
         const struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
         dp->vip_c[vip].packets++;
@@ -502,8 +496,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     if (ok)
         drain_frag(dp, io, tables, now_ns, MG_DP_EXPIRE_BUCKETS);
     dp->stats.ct = dp->ct->stats;
-    if (dp->frag)
-        dp->stats.frag = dp->frag->stats;
+    dp->stats.frag = dp->frag->stats;
     return (int)n;
 }
 
@@ -513,8 +506,6 @@ int mg_dp_flush(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         return -EINVAL;
     io->n_tx = io->n_drop = io->n_spare_used = 0;
     if (!tables_ok(dp, tables))
-        return 0;
-    if (!dp->frag)
         return 0;
     drain_frag(dp, io, tables, now_ns, dp->frag->nbuckets);
     dp->stats.ct = dp->ct->stats;
