@@ -1,0 +1,165 @@
+"""One health probe: TCP connect, HTTP GET, UDP request/response, with a hard timeout.
+
+Each probe runs under ``asyncio.timeout`` covering connect, send and receive together, and
+closes its socket in ``finally`` -- a probe can neither hang nor leak a descriptor.  Errors
+are sorted into two kinds (:class:`Result.local`): the backend failed (refused, reset,
+timeout, wrong status), or *we* failed (out of file descriptors, buffers, memory).  Local
+failures never count against a backend: GLB Director's checker once ran out of
+descriptors and declared every backend dead (github.com/github/glb-director PR #124).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+from dataclasses import dataclass
+
+from maglev.config import Backend, Vip
+
+# errno values that describe this machine, not the backend.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+MAX_HTTP_HEAD = 4096
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """Everything that defines a probe.  Equal specs are probed once (deduplication)."""
+
+    type: str  # tcp | http | udp
+    address: str
+    port: int
+    path: str = "/"
+    expect_status: int = 200
+    send: str = ""
+    expect: str = ""
+    interval_s: float = 1.0
+    timeout_s: float = 0.5
+    rise: int = 2
+    fall: int = 3
+
+    @classmethod
+    def for_backend(cls, vip: Vip, backend: Backend) -> CheckSpec | None:
+        """The probe of ``backend`` under ``vip``'s ``[vip.health]``; None when the VIP has no
+        check or no port to probe (VIP port 0 and health.port 0)."""
+        h = vip.health
+        port = h.port or vip.port
+        if h.type == "none" or not port:
+            return None
+        return cls(
+            type=h.type,
+            address=backend.address,
+            port=port,
+            # Only the parameters the type uses take part in equality (dedup).
+            path=h.path if h.type == "http" else "/",
+            expect_status=h.expect_status if h.type == "http" else 200,
+            send=h.send if h.type == "udp" else "",
+            expect=h.expect if h.type == "udp" else "",
+            interval_s=h.interval_ms / 1000,
+            timeout_s=h.timeout_ms / 1000,
+            rise=h.rise,
+            fall=h.fall,
+        )
+
+    def describe(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        extra = f" GET {self.path}" if self.type == "http" else ""
+        return f"{self.type}://{host}:{self.port}{extra}"
+
+
+@dataclass(frozen=True)
+class Result:
+    ok: bool
+    detail: str
+    local: bool = False  # the prober failed, not the backend: do not count it
+
+
+def _os_error(exc: OSError) -> Result:
+    if exc.errno in LOCAL_ERRNOS:
+        return Result(False, f"local error: {exc.strerror or exc}", local=True)
+    name = errno.errorcode.get(exc.errno or 0, "") if exc.errno else ""
+    return Result(False, (name.lower() + ": " if name else "") + str(exc.strerror or exc))
+
+
+async def _tcp(spec: CheckSpec) -> Result:
+    _, writer = await asyncio.open_connection(spec.address, spec.port)
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass  # a reset on close still proves the connect worked
+    return Result(True, "connected")
+
+
+async def _http(spec: CheckSpec) -> Result:
+    reader, writer = await asyncio.open_connection(spec.address, spec.port)
+    try:
+        host = f"[{spec.address}]" if ipaddress.ip_address(spec.address).version == 6 else spec.address
+        writer.write(
+            f"GET {spec.path} HTTP/1.0\r\nHost: {host}:{spec.port}\r\n"
+            "User-Agent: maglev-health\r\nConnection: close\r\n\r\n".encode("latin-1", "replace")
+        )
+        await writer.drain()
+        line = await reader.readuntil(b"\r\n")
+    except asyncio.LimitOverrunError:
+        return Result(False, "status line too long")
+    except asyncio.IncompleteReadError as exc:
+        line = exc.partial
+        if not line:
+            return Result(False, "connection closed before a status line")
+    finally:
+        writer.close()
+    parts = line[:MAX_HTTP_HEAD].decode("latin-1").split()
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return Result(False, f"not an HTTP status line: {line[:60]!r}")
+    status = int(parts[1])
+    if status != spec.expect_status:
+        return Result(False, f"HTTP {status}, expected {spec.expect_status}")
+    return Result(True, f"HTTP {status}")
+
+
+class _UdpProbe(asyncio.DatagramProtocol):
+    def __init__(self, done: asyncio.Future[bytes]):
+        self.done = done
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if not self.done.done():
+            self.done.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable and friends
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+async def _udp(spec: CheckSpec) -> Result:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProbe(done), remote_addr=(spec.address, spec.port))
+    try:
+        transport.sendto(spec.send.encode())
+        data = await done
+    finally:
+        transport.close()
+    want = spec.expect.encode()
+    if want and not data.startswith(want):
+        return Result(False, f"reply {data[:40]!r} does not start with {want[:40]!r}")
+    return Result(True, f"reply of {len(data)} bytes")
+
+
+_PROBES = {"tcp": _tcp, "http": _http, "udp": _udp}
+
+
+async def run_check(spec: CheckSpec) -> Result:
+    """Probe once; never raises (except cancellation), always within ``spec.timeout_s``."""
+    probe = _PROBES.get(spec.type)
+    if probe is None:
+        return Result(False, f"unknown check type {spec.type!r}", local=True)
+    try:
+        async with asyncio.timeout(spec.timeout_s):
+            return await probe(spec)
+    except TimeoutError:
+        return Result(False, f"timeout after {spec.timeout_s * 1000:.0f} ms")
+    except OSError as exc:
+        return _os_error(exc)
+    except (ValueError, UnicodeError) as exc:
+        return Result(False, f"bad reply: {exc}")

@@ -1,0 +1,98 @@
+"""Each probe type against real servers on 127.0.0.1, and rise/fall."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from maglev.health.checks import CheckSpec, run_check
+from maglev.health.state import RiseFall
+
+
+def closed_port(kind=socket.SOCK_STREAM) -> int:
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def check(**kw):
+    kw.setdefault("address", "127.0.0.1")
+    kw.setdefault("timeout_s", 0.3)
+    return asyncio.run(run_check(CheckSpec(**kw)))
+
+
+def test_tcp_up_and_refused(servers):
+    t = servers.tcp()
+    assert check(type="tcp", port=t.port).ok
+    r = check(type="tcp", port=closed_port())
+    assert not r.ok and not r.local and "refused" in r.detail
+
+
+def test_http_status(servers):
+    h = servers.http()
+    r = check(type="http", port=h.port, path="/healthz")
+    assert r.ok and r.detail == "HTTP 200"
+    h.status = 503
+    r = check(type="http", port=h.port)
+    assert not r.ok and r.detail == "HTTP 503, expected 200"
+    assert check(type="http", port=h.port, expect_status=503).ok
+
+
+def test_http_hung_server_times_out_on_time(servers):
+    h = servers.http()
+    h.hang.set()
+    t0 = time.monotonic()
+    r = check(type="http", port=h.port, timeout_s=0.2)
+    assert not r.ok and "timeout" in r.detail
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_http_not_http(servers):
+    # A TCP listener that accepts (kernel backlog) and never speaks: times out.
+    t = servers.tcp()
+    r = check(type="http", port=t.port, timeout_s=0.1)
+    assert not r.ok and "timeout" in r.detail
+
+
+def test_udp_echo_expect_and_refused(servers):
+    u = servers.udp(prefix=b"OK ")
+    assert check(type="udp", port=u.port, send="ping").ok
+    assert check(type="udp", port=u.port, send="ping", expect="OK").ok
+    r = check(type="udp", port=u.port, send="ping", expect="PONG")
+    assert not r.ok and "does not start with" in r.detail
+    r = check(type="udp", port=closed_port(socket.SOCK_DGRAM), send="x")
+    assert not r.ok and "refused" in r.detail.lower()
+    silent = servers.udp(silent=True)
+    r = check(type="udp", port=silent.port, send="x", timeout_s=0.1)
+    assert not r.ok and "timeout" in r.detail
+
+
+def test_descriptor_exhaustion_is_a_local_error(monkeypatch):
+    import errno
+
+    async def no_fds(*a, **kw):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(asyncio, "open_connection", no_fds)
+    r = check(type="tcp", port=1)
+    assert not r.ok and r.local
+
+
+@pytest.mark.parametrize(
+    "rise,fall,seq,expect",
+    [
+        (2, 3, [True], [True]),  # first verdict at once
+        (2, 3, [False], [False]),
+        (2, 3, [True, False, False, True, False, False, False], [True, None, None, None, None, None, False]),
+        (2, 1, [False, True, True], [False, None, True]),
+        (1, 1, [True, False, True], [True, False, True]),
+    ],
+)
+def test_rise_fall(rise, fall, seq, expect):
+    rf = RiseFall(rise, fall)
+    assert [rf.observe(x) for x in seq] == expect
