@@ -123,7 +123,8 @@ def churn(name: str, seconds: float) -> dict:
     print(json.dumps({"ready": True}), flush=True)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not hand.pull(rx, 64) and not hand.count():
+        # pull only while the outputs keep up (a real worker works in bursts too)
+        if not (hand.count() < 64 and hand.pull(rx, 64)) and not hand.count():
             bell.wait(10, spin=0)
             continue
         dest = [(tx.id if d % 2 == 0 else ret.id) for d in hand.descs()]
