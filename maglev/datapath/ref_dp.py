@@ -78,6 +78,12 @@ def _is_icmp_error(p: Parsed) -> bool:
     return False
 
 
+def _tx_then_drop(out: list[Output]) -> list[Output]:
+    """The C kernel fills separate tx[] and drop[] arrays (each in order); the engines
+    report a burst as tx[] followed by drop[]."""
+    return [o for o in out if o.action == "tx"] + [o for o in out if o.action == "drop"]
+
+
 class RefDataPath:
     engine = "python"
 
@@ -341,7 +347,7 @@ class RefDataPath:
             if fw and (kind == ICMP_FLOW or (kind == HASH_ONLY and p.l4_off and _is_icmp_error(p))):
                 self.s["icmp_forwarded"] += 1
         self._drain(out, now_ns, EXPIRE_BUCKETS, spare)
-        return out
+        return _tx_then_drop(out)
 
     def _free_frames(self, n: int) -> int:
         # Same pool size as the C engine: BURST_MAX + SPARE + hold frames + DRAIN_MAX.
@@ -411,7 +417,7 @@ class RefDataPath:
         while True:
             part: list[Output] = []
             self._drain(part, now_ns, self.frag.nbuckets, [])
-            out += part
+            out += _tx_then_drop(part)
             if not part:
                 return out
 
