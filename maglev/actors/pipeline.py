@@ -222,6 +222,7 @@ class Pipeline:
         self.supervisor.start()
         self.supervisor.wait_ready()
         self.t0 = time.monotonic()
+        self.supervisor.send("steering", "go")
 
     def poll(self, timeout_s: float) -> None:
         self.supervisor.poll(timeout_s)
@@ -231,8 +232,8 @@ class Pipeline:
             raise SupervisorError(self.supervisor.failed)
 
     def stop(self) -> None:
+        self.t_end = time.monotonic()  # the drain that follows is not part of the rate
         self.supervisor.stop("run finished")
-        self.t_end = time.monotonic()
         self.account_report = self.region.account()
 
     def close(self) -> None:
@@ -259,12 +260,19 @@ class Pipeline:
             for k, v in w["dropped"].items():
                 dropped[k] = dropped.get(k, 0) + v
             per_worker.append({"worker": i, **w})
+        from maglev.actors.steering import SS_NIC_DROPS
+
+        nic_drops = 0
+        for reason, word in SS_NIC_DROPS.items():
+            if int(st[word]):
+                dropped[reason] = dropped.get(reason, 0) + int(st[word])
+                nic_drops += int(st[word])
         tx_err = int(mx[lib.MG_MS_TX_ERRORS])
         if tx_err:
             dropped["tx_error"] = tx_err
         end = self.t_end or time.monotonic()
         elapsed = max(1e-9, end - self.t0) if self.t0 else 0.0
-        packets_in = int(st[lib.MG_SS_RX_PACKETS])
+        packets_in = int(st[lib.MG_SS_RX_PACKETS]) + nic_drops
         return {
             "packets_in": packets_in,
             "forwarded": forwarded,

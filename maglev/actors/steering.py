@@ -25,6 +25,10 @@ from maglev.nic import open_rx, parse_nic
 
 log = logging.getLogger("maglev.steering")
 
+# Stats words (after the MG_SS_* ones the C glue writes) for records a capture NIC could
+# not turn into frames: they count as received and dropped with these reasons.
+SS_NIC_DROPS = {"unsupported_linktype": 16, "frame_overflow": 17}
+
 
 class Steering(Actor):
     kind = "steering"
@@ -43,6 +47,7 @@ class Steering(Actor):
         self.st = ffi.new("struct mg_steer *")
         check(lib.mg_steer_init(self.st, self.base, self.slot, k0, k1), "steering init")
         self.stats_block = self.region.stats(self.slot)
+        self._nic_drop_base = {w: int(self.stats_block[w]) for w in SS_NIC_DROPS.values()}
         self._recover()
         self.burst = int(p.get("burst", 256))
         self.nic = open_rx(parse_nic(p["nic"]), vips=vip_targets(cfg), seed=int(p.get("seed", 1)))
@@ -51,6 +56,13 @@ class Steering(Actor):
         self._cnt = ffi.new("uint32_t *")
         self.eof_sent = False
         self.draining = False
+        # A first start waits for the supervisor's "go" (every worker attached), so the
+        # rx rings do not fill while workers are still starting; a restart goes at once.
+        self.going = self.spec.incarnation > 0 or not p.get("wait_go", True)
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "go":
+            self.going = True
 
     def _recover(self) -> None:
         """Take over from a dead predecessor (a no-op on a first start): settle its hand,
@@ -81,6 +93,8 @@ class Steering(Actor):
         if self.draining or self.nic.eof:
             self._maybe_eof()
             return 0
+        if not self.going:
+            return 0
         n = check(lib.mg_steer_take(st, base, self.burst), "steering take")
         if n == 0:
             return 0
@@ -94,15 +108,34 @@ class Steering(Actor):
         check(lib.mg_steer_dispatch(st, base, k, 1), "steering dispatch")
         return k
 
+    def _poll_mailbox_now(self) -> None:
+        if self.mailbox is not None:
+            self._poll_mailbox()
+
+    def tick(self, now: float) -> None:
+        self._sync_nic_drops()
+        super().tick(now)
+
+    def _sync_nic_drops(self) -> None:
+        drops = getattr(getattr(self, "nic", None), "drops", None)
+        if drops:
+            for reason, word in SS_NIC_DROPS.items():
+                self.stats_block[word] = self._nic_drop_base[word] + drops.get(reason, 0)
+
     def _maybe_eof(self) -> None:
         if self.eof_sent or not self.nic.eof:
             return
+        self._sync_nic_drops()
         if any(self.region.rx(i).count() for i in range(self.n_workers)):
             return
         self.eof_sent = True
         self.send("eof", stats=self.stats())
 
     def wait(self, timeout_s: float) -> None:
+        if not self.going:  # waiting for "go": sleep on the mailbox, not the rings
+            super().wait(timeout_s)
+            self._poll_mailbox_now()
+            return
         if not self.nic.eof and not self.draining and self.nic.kind == "afpacket":
             self.nic.wait(timeout_s)
         else:
@@ -124,6 +157,7 @@ class Steering(Actor):
     def teardown(self) -> None:
         nic = getattr(self, "nic", None)
         if nic is not None:
+            self._sync_nic_drops()
             nic.close()
 
     def stats(self) -> dict[str, Any]:

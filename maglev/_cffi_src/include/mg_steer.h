@@ -17,9 +17,11 @@
  *
  * Fallback: each rx ring's free room is read once per burst (steering is the producer,
  * so the count is exact).  A packet whose worker's ring is full goes to the worker with
- * the most room and is counted (it may be reordered against its flow's earlier packets);
- * when every ring is full it stays in the hand (backpressure: no new frames are taken
- * until it is placed), counted once per turn.  Packets the parser rejects are spread
+ * the most room, if that ring is at least half free, and is counted (it may be reordered
+ * against its flow's earlier packets).  Otherwise it stays in the hand (backpressure: no
+ * new frames are taken until it is placed), counted once per turn.  The half-free rule
+ * keeps fallback for what it is for -- one slow or restarting worker -- and stops a
+ * uniformly saturated pipeline from spraying every flow over every worker.  Packets the parser rejects are spread
  * round-robin: the worker counts the drop with its reason.
  *
  * Muxer: mg_mux_collect pulls up to `max` frames from the tx rings (round-robin start, so
@@ -61,7 +63,7 @@ struct mg_steer {
     uint32_t slot;       /* hand / stats slot */
     uint32_t free_id, sent_id;
     uint32_t rr;         /* round-robin cursor for unparsable packets */
-    uint32_t pad;
+    uint32_t fallback_min; /* room a fallback ring needs: half the ring */
     uint64_t *stats;     /* this process's mapping of the slot's stats block */
     uint32_t rx_id[MG_MAX_WORKERS];
     uint32_t ret_id[MG_MAX_WORKERS];

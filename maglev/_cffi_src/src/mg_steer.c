@@ -28,6 +28,7 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
         if (!ids_ok(s->rx_id[i]) || !ids_ok(s->ret_id[i]))
             return -EINVAL;
     }
+    s->fallback_min = h->ring_size / 2 ? h->ring_size / 2 : 1;
     s->stats = mg_region_stats(base, slot);
     return s->stats ? 0 : -EINVAL;
 }
@@ -147,8 +148,10 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         }
         rx_bytes += m->len;
         if (MG_UNLIKELY(s->room[w] == 0)) {
+            /* Fall back only to a worker with at least half its ring free: when every
+             * worker is saturated, spraying a flow over them reorders it for nothing. */
             uint32_t alt = most_room(s);
-            if (s->room[alt] == 0) {
+            if (s->room[alt] < s->fallback_min) {
                 s->dest[j] = MG_HAND_KEEP;
                 blocked = 1;
                 continue;

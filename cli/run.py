@@ -1,0 +1,140 @@
+"""`maglev run`: the forwarder -- steering, N packet workers and a muxer as processes on
+shared-memory rings, under a supervisor (this process)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+import click
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def _live_line(c: dict, prev: dict | None, dt: float) -> str:
+    rate = (c["packets_in"] - (prev["packets_in"] if prev else 0)) / dt if dt > 0 else 0.0
+    dropped = sum(c["dropped"].values())
+    restarts = sum(c["restarts"].values())
+    workers = " ".join(f"w{w['worker']}={_fmt(w['packets_in'])}" for w in c["per_worker"])
+    return (
+        f"[{c['elapsed_s']:7.1f}s] in={_fmt(c['packets_in'])} ({rate / 1e6:.2f} Mpps) "
+        f"fwd={_fmt(c['forwarded'])} drop={_fmt(dropped)} tx={_fmt(c['tx_packets'])} "
+        f"fallback={_fmt(c['fallback'])} restarts={restarts} | {workers}"
+    )
+
+
+def _summary_text(s: dict) -> str:
+    lines = [
+        f"elapsed {s['elapsed_s']} s: {s['packets_in']} packets in ({s['mpps']} Mpps), "
+        f"{s['forwarded']} forwarded, {sum(s['dropped'].values())} dropped, "
+        f"{s['tx_packets']} transmitted, {s['fallback']} steered to a fallback worker",
+    ]
+    for reason, n in s["dropped"].items():
+        lines.append(f"  dropped {reason}: {n}")
+    for w in s["per_worker"]:
+        lines.append(f"  worker {w['worker']}: in {w['packets_in']} forwarded {w['forwarded']}")
+    r = {k: v for k, v in s["restarts"].items() if v}
+    lines.append(f"  restarts: {r if r else 'none'}")
+    if "pool" in s:
+        lines.append(f"  frames: {s['pool']['detail']}")
+    return "\n".join(lines)
+
+
+@click.command("run")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Packet worker processes.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config (default: the built-in sample config).")
+@click.option("--nic", default=None,
+              help="gen:flows=N,syn=F,size=B,ipv6=F,seconds=S,packets=N | pcap:FILE | afpacket:IFACE "
+                   "(default: gen).")
+@click.option("--out", default=None, help="Transmit side: null, FILE.pcap or afpacket:IFACE.")
+@click.option("--exit-on-eof", is_flag=True,
+              help="Stop once a finite input (capture, generator limit) is drained and flushed.")
+@click.option("--json", "as_json", is_flag=True, help="Print only a final JSON stats object.")
+@click.option("--cpus", default="", help="CPUs to use, e.g. 0-1 or 0,2 (default: all available).")
+@click.option("--otlp-endpoint", default="", help="OTLP/HTTP collector, e.g. http://127.0.0.1:4318.")
+@click.option("--control", default="", help="Control socket endpoint (ipc://... or tcp://...).")
+@click.option("--burst", type=click.IntRange(1, 256), default=256, show_default=True,
+              help="Packets per burst.")
+@click.option("--ring-size", type=int, default=512, show_default=True,
+              help="Slots per rx/tx/ret ring (power of two).")
+@click.option("--frames", type=click.IntRange(0, 1 << 22), default=0,
+              help="Frames in the pool (default: sized from workers and ring size).")
+@click.option("-v", "--verbose", count=True, help="Actor logs on stderr (-v info, -vv debug).")
+def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoint, control,
+        burst, ring_size, frames, verbose) -> None:
+    """Run the forwarder until Ctrl-C (or the end of a finite input)."""
+    from maglev.actors import pipeline as pl
+    from maglev.actors.base import setup_logging
+
+    level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
+    setup_logging("supervisor", level)
+    nic_given = nic is not None
+    nic = nic or "gen"
+    if not as_json and not (config_path and nic_given):
+        what = []
+        if not config_path:
+            what.append(f"the built-in sample config ({pl.SAMPLE_CONFIG.name}: VIPs in 203.0.113.0/24)")
+        if not nic_given:
+            what.append("the traffic generator NIC (gen: 10000 flows toward its VIPs, null sink)")
+        click.echo(f"maglev run: using {' and '.join(what)}; Ctrl-C to stop.")
+    if control and not pl.EXTRA_ACTORS:
+        click.echo("maglev run: warning: no control-plane actor is available; --control ignored", err=True)
+    try:
+        from maglev.telemetry import setup_tracing
+
+        setup_tracing("supervisor", "maglev", otlp_endpoint or None)
+    except ImportError:
+        pass
+    opts = pl.PipelineOptions(
+        workers=workers, config_path=config_path or "", nic=nic, out=out or "", cpus=cpus,
+        burst=burst, ring_size=ring_size, n_frames=frames, otlp_endpoint=otlp_endpoint,
+        control=control, log_level=level,
+    )
+    p = pl.Pipeline(opts)
+    finite_gen = p.nic_spec.kind == "gen" and any(
+        k in ("seconds", "packets") and float(v) > 0 for k, v in p.nic_spec.options
+    )
+    stop_reason: list[str] = []
+
+    def on_signal(signum, _frame):
+        if stop_reason:  # second Ctrl-C: stop hard
+            raise KeyboardInterrupt
+        stop_reason.append(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        p.start()
+        prev, prev_t = None, time.monotonic()
+        next_print = prev_t + 1.0
+        while not stop_reason:
+            p.poll(0.05)
+            if p.eof and (exit_on_eof or finite_gen):
+                break
+            now = time.monotonic()
+            if not as_json and now >= next_print:
+                c = p.counters()
+                click.echo(_live_line(c, prev, now - prev_t))
+                prev, prev_t = c, now
+                next_print = now + 1.0
+        p.stop()
+        s = p.summary()
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        p.close()
+    if as_json:
+        click.echo(json.dumps(s))
+    else:
+        click.echo(_summary_text(s))
+    if "pool" in s and not s["pool"]["ok"]:
+        click.echo(f"maglev run: error: {s['pool']['detail']}", err=True)
+        sys.exit(1)

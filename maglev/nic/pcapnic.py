@@ -1,0 +1,124 @@
+"""Capture-file NICs: ``--nic pcap:IN.pcap`` (receive) and ``--out OUT.pcap`` (transmit).
+
+Receive copies each record (read by :mod:`maglev.nic.pcapfile`, pcap or pcapng, any
+supported link type turned into Ethernet) into a pool frame: ``len`` = captured bytes,
+``wire_len`` = original length, ``seq`` = the record's position in the file, ``rx_ts_ns``
+= the capture timestamp.  Records that cannot become a frame never enter the pipeline;
+they are counted here, by the same reason names the data path uses, so ``packets_in``
+still covers every record: ``unsupported_linktype`` and ``frame_overflow`` (a record
+larger than a frame's data area).  A damaged file ends the input at the damage (the
+records before it are replayed) and ``error`` says where.
+
+Transmit writes every frame the muxer hands it as one classic pcap record, stamped with
+its ``rx_ts_ns`` (so a replayed capture keeps its timing).  Both sides work per packet
+in Python: a capture NIC is for tests and replays, not for speed.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Any
+
+from maglev.native import ffi, lib
+from maglev.nic.pcapfile import PcapReader, PcapWriter
+
+FRAME = int(lib.MG_FRAME_SIZE)
+META = int(lib.MG_FRAME_META_SIZE)
+HEADROOM = int(lib.MG_FRAME_HEADROOM)
+DATA_MAX = FRAME - META - HEADROOM
+
+
+class PcapRx:
+    kind = "pcap"
+
+    def __init__(self, path: str):
+        self.path = path
+        self.reader = PcapReader(path)
+        self._it = iter(self.reader)
+        self.eof = False
+        self.packets = 0
+        self.drops = {"unsupported_linktype": 0, "frame_overflow": 0}
+
+    def rx_burst(self, pool: Any, descs: Any, n: int) -> int:
+        if self.eof:
+            return 0
+        k = 0
+        while k < n:
+            recs = list(islice(self._it, n - k))
+            if not recs:
+                self.eof = True
+                break
+            for rec in recs:
+                if not rec.ok:
+                    self.drops["unsupported_linktype"] += 1
+                    continue
+                data = rec.data
+                if len(data) > DATA_MAX:
+                    self.drops["frame_overflow"] += 1
+                    continue
+                idx = int(descs[k]) & 0xFFFFFFFF
+                m = ffi.cast("struct mg_frame_meta *", pool + idx * FRAME)
+                m.len = len(data)
+                m.data_off = HEADROOM
+                m.flow_hash = 0
+                m.flags = 0
+                m.verdict = 0
+                m.wire_len = max(rec.orig_len, len(data))
+                m.vip_index = 0
+                m.worker = 0
+                m.backend_index = -1
+                m.rx_ts_ns = rec.ts_ns
+                m.seq = rec.index
+                ffi.memmove(pool + idx * FRAME + META + HEADROOM, data, len(data))
+                k += 1
+        self.packets += k
+        return k
+
+    @property
+    def error(self) -> str:
+        err = getattr(self.reader, "error", None)
+        return str(err) if err else ""
+
+    def wait(self, timeout_s: float) -> bool:
+        return not self.eof
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"records": self.packets + sum(self.drops.values()), "drops": dict(self.drops)}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    def close(self) -> None:
+        self.eof = True
+        self.reader.close()
+
+
+class PcapTx:
+    kind = "pcap"
+
+    def __init__(self, path: str):
+        self.path = path
+        self.writer = PcapWriter(path)
+        self.packets = 0
+
+    def tx_burst(self, pool: Any, descs: Any, n: int) -> int:
+        w = self.writer
+        sent = 0
+        for j in range(n):
+            idx = int(descs[j]) & 0xFFFFFFFF
+            m = ffi.cast("struct mg_frame_meta *", pool + idx * FRAME)
+            if m.data_off + m.len > FRAME - META:
+                # Never read past the frame; the muxer counts what we refuse as tx errors.
+                # Refusing must keep hand order: what was written is a prefix.
+                break
+            start = idx * FRAME + META + m.data_off
+            w.write(ffi.buffer(pool + start, m.len)[:], m.rx_ts_ns)
+            sent += 1
+        self.packets += sent
+        return sent
+
+    def stats(self) -> dict[str, Any]:
+        return {"tx_packets": self.packets}
+
+    def close(self) -> None:
+        self.writer.close()
