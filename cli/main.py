@@ -18,6 +18,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("maglev_cli.backend_agent", "backend_agent"),
     ("maglev_cli.demo", "demo"),
     ("maglev_cli.replay", "replay"),
+    ("maglev_cli.run", "run"),
 ]
 
 
