@@ -326,7 +326,9 @@ def read_tables(blob: bytes) -> TablesView:
     view = TablesView(h, tuple(vips), backends, blob)
     for i, v in enumerate(vips):
         lo, hi = v.backend_first, v.backend_first + v.backend_count
-        if any(e != -1 and not lo <= e < hi for e in view.maglev(i)):
+        used = set(view.maglev(i))
+        used.discard(-1)
+        if used and (min(used) < lo or max(used) >= hi):
             raise PacketError(f"tables blob: VIP {i} Maglev entry outside its backends")
     for i, b in enumerate(backends):
         if b.family not in (4, 6) or b.vip_index >= h["n_vips"]:
