@@ -1,0 +1,187 @@
+"""The config-manager actor: the ConfigManager behind the control sockets, in its own process.
+
+It attaches the run's shared-memory region, resumes the last accepted config (or reads the
+TOML file), publishes its tables, and serves the control protocol (maglev/control) until
+stopped.  The table publisher waits only for *live* workers: the supervisor's
+``actor_down``/``actor_up`` messages remove a dead worker from the set until its
+replacement reports in (ARCHITECTURE.md, "Table publication").
+
+Endpoints (each a ROUTER + PUB pair):
+
+1. a private ``ipc://`` socket in the supervisor's run directory (unique per run) -- the
+   health prober uses it, so it always reaches *this* run's config manager;
+2. the well-known ``ipc://`` socket for ``maglev ctl`` (``--control`` when it is ipc, else
+   ``/run/maglev/<instance>/control.sock``, see maglev/control/endpoints.py).  If the
+   *default* path is held by another live instance with the same name, the actor warns and
+   goes on with the private socket only; an endpoint the operator named is never skipped;
+3. a ``tcp://`` endpoint (``--control`` or ``[control] endpoint``) with CURVE.  CURVE is a
+   per-socket setting, which is why it is a socket of its own and the local ones stay
+   key-less.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from maglev.actors.base import Actor, ActorSpec
+from maglev.control import endpoints
+from maglev.control.manager import ConfigManager
+from maglev.control.protocol import Reply, Request
+from maglev.control.publisher import RegionPublisher, TablePublisher
+from maglev.errors import ControlError
+
+log = logging.getLogger("maglev.config")
+
+
+class ConfigManagerActor(Actor):
+    kind = "config"
+    idle_wait_s = 0.05
+
+    def __init__(self, spec: ActorSpec):
+        super().__init__(spec)
+        self.region: Any = None
+        self.manager: ConfigManager | None = None
+        self.servers: list[Any] = []
+        self.live: set[int] = set()
+
+    # -- overridable for tests -------------------------------------------------
+    def make_publisher(self) -> TablePublisher:
+        from maglev.rings import Region
+
+        self.region = Region.attach(self.params["region"])
+        self.live = set(range(self.region.n_workers))
+        return RegionPublisher(self.region, lambda: sorted(self.live))
+
+    def setup(self) -> None:
+        from maglev.control.server import ControlServer
+
+        p = self.params
+        source = p.get("config") or None
+        instance = self.spec.instance
+        state = p.get("state") or str(endpoints.state_dir(instance) / "config.toml")
+        publisher = self.make_publisher()
+        self.manager = ConfigManager.open(
+            publisher,
+            source_path=source,
+            state_path=state,
+            emit=self._emit,
+            confirm_timeout=float(p.get("confirm_timeout", 2.0)),
+        )
+        ctl = self.manager.config.control
+        # 1. The private socket in the supervisor's run directory (unique per run): the
+        #    health prober and other local actors use it.
+        private = f"ipc://{Path(self.spec.run_dir) / endpoints.CONTROL_SOCKET}"
+        self.servers.append(ControlServer(self.handle_request, private, endpoints.events_for(private)))
+        # 2. The well-known local socket for `maglev ctl`.
+        explicit = p.get("control") or ctl.endpoint
+        local = explicit if explicit.startswith("ipc://") else endpoints.default_control(instance)
+        try:
+            self.servers.append(ControlServer(self.handle_request, local, endpoints.events_for(local)))
+        except ControlError as exc:
+            if local == explicit or "in use" not in str(exc):
+                raise
+            log.warning("default control socket is held by another running instance; "
+                        "use --control with the private endpoint",
+                        extra={"kv": {"busy": local, "endpoint": private}})
+        # 3. tcp:// with CURVE, when asked for.
+        if explicit.startswith("tcp://"):
+            self.servers.append(
+                ControlServer(
+                    self.handle_request,
+                    explicit,
+                    ctl.events_endpoint or endpoints.events_for(explicit),
+                    server_secret_key_file=ctl.server_secret_key_file,
+                    authorized_keys_file=ctl.authorized_keys_file,
+                )
+            )
+        log.info("control plane ready", extra={"kv": {"endpoints": ",".join(s.bound_endpoint for s in self.servers),
+                                                      "generation": self.manager.generation,
+                                                      "resumed": self.manager.resumed}})
+
+    def handle_request(self, req: Request) -> Reply:
+        assert self.manager is not None
+        reply = self.manager.handle(req)
+        if req.op == "status" and reply.ok:
+            reply.result["endpoints"] = [s.bound_endpoint for s in self.servers]
+            reply.result["live_workers"] = sorted(self.live)
+        return reply
+
+    def _emit(self, topic: str, body: dict[str, Any]) -> None:
+        for s in self.servers:
+            s.publish(topic, body)
+
+    def step(self) -> int:
+        return sum(s.poll(0) for s in self.servers)
+
+    def wait(self, timeout_s: float) -> None:
+        if self.servers:
+            # Sleep on the first socket; the others are polled on the next step.
+            self.servers[0].poll(int(timeout_s * 1000))
+        else:
+            super().wait(timeout_s)
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        """Supervisor events: keep the set of workers the publisher waits for."""
+        actor = str(msg.get("actor", ""))
+        if not actor.startswith("worker-") or not actor[7:].isdigit():
+            return
+        i = int(actor[7:])
+        if msg.get("type") == "actor_down":
+            self.live.discard(i)
+        elif msg.get("type") == "actor_up" and (self.region is None or i < self.region.n_workers):
+            self.live.add(i)
+
+    def stats(self) -> dict[str, Any]:
+        if self.manager is None:
+            return {}
+        c = self.manager.counters
+        return {
+            "generation": self.manager.generation,
+            "changes_applied": c.changes_applied,
+            "changes_rejected": c.changes_rejected,
+            "health_transitions": c.health_transitions,
+            "vip_all_down": c.vip_all_down,
+            "unconfirmed": c.unconfirmed,
+            "malformed": sum(s.stats.malformed + s.stats.dropped_frames for s in self.servers),
+        }
+
+    def teardown(self) -> None:
+        for s in self.servers:
+            s.close()
+        self.servers = []
+        if self.region is not None:
+            self.region.close()
+            self.region = None
+
+
+def actor_def(opts: Any, region_name: str) -> Any:
+    """The ActorDef ``maglev run`` adds for this actor (``pipeline.EXTRA_ACTORS``)."""
+    from maglev.actors.pipeline import SAMPLE_CONFIG
+    from maglev.actors.supervisor import ActorDef
+
+    extra = getattr(opts, "extra", {}) or {}
+    return ActorDef(
+        "config",
+        "maglev.actors.config_manager:ConfigManagerActor",
+        {
+            "region": region_name,
+            "config": str(Path(opts.config_path or SAMPLE_CONFIG).resolve()),
+            "control": opts.control,
+            "state": extra.get("state", ""),
+        },
+        stop_group=4,
+    )
+
+
+def _register() -> None:
+    try:
+        from maglev.actors import pipeline
+    except ImportError:  # the data-path actors are not installed: nothing to register with
+        return
+    if actor_def not in pipeline.EXTRA_ACTORS:
+        pipeline.EXTRA_ACTORS.append(actor_def)
+
+
+_register()
