@@ -108,18 +108,48 @@ def _shm_path(name: str) -> str:
     return os.path.join(SHM_DIR, SHM_PREFIX + name)
 
 
-def _u64_array(descs, n: int, what: str):
-    """Accept a cffi uint64_t array/pointer (fast path) or any sequence of ints."""
-    if isinstance(descs, ffi.CData):
+_CData = ffi.CData
+
+
+def _u64_in(descs, n, what: str):
+    """The descriptors to copy in: a cffi ``uint64_t`` array holding at least ``n``
+    (fast path), a cffi pointer (the caller vouches for ``n``), or any sequence of ints."""
+    if type(n) is not int or not 0 <= n <= 0xFFFFFFFF:
+        raise RegionError(f"{what}: count {n!r} must be an integer 0..2^32-1")
+    if isinstance(descs, _CData):
+        try:
+            have = len(descs)
+        except TypeError:  # a pointer: no length to check
+            return descs
+        if have < n:
+            raise RegionError(f"{what}: {n} descriptors asked, the array holds {have}")
         return descs
     seq = list(descs)
     if len(seq) < n:
         raise RegionError(f"{what}: {n} descriptors asked, {len(seq)} given")
-    return ffi.new("uint64_t[]", seq[: max(n, 1)] if n else [0])
+    try:
+        return ffi.new("uint64_t[]", seq[:n] or [0])
+    except (OverflowError, TypeError) as exc:
+        raise RegionError(f"{what}: descriptors must be integers 0..2^64-1 ({exc})") from None
+
+
+def _u64_out(out, n, what: str):
+    """``out`` must be a cffi ``uint64_t`` array with room for ``n`` (or a pointer)."""
+    if type(n) is not int or not 0 <= n <= 0xFFFFFFFF:
+        raise RegionError(f"{what}: count {n!r} must be an integer 0..2^32-1")
+    if not isinstance(out, _CData):
+        raise RegionError(f"{what}: out must be a cffi uint64_t array")
+    try:
+        have = len(out)
+    except TypeError:
+        return out
+    if have < n:
+        raise RegionError(f"{what}: room for {n} descriptors asked, the array holds {have}")
+    return out
 
 
 def _check_n(n: int, what: str) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or n > 0xFFFFFFFF:
+    if type(n) is not int or not 0 <= n <= 0xFFFFFFFF:
         raise RegionError(f"{what}: count {n!r} must be an integer 0..2^32-1")
     return n
 
@@ -160,9 +190,9 @@ class Ring:
     def enqueue(self, descs, n: int) -> int:
         """Copy up to ``n`` descriptors in and publish them (kicks the consumer's doorbell
         if it sleeps).  Returns how many went in (0 when full)."""
-        r = self._ptr()
-        _check_n(n, "enqueue")
-        return int(lib.mg_ring_enqueue_burst(r, _u64_array(descs, n, "enqueue"), n))
+        if self._region._closed:
+            self._ptr()
+        return lib.mg_ring_enqueue_burst(self._r, _u64_in(descs, n, "enqueue"), n)
 
     def reserve(self, n: int) -> int:
         """Reserve up to ``n`` slots; returns how many.  Fill them with ``submit``."""
@@ -173,8 +203,7 @@ class Ring:
     def submit(self, descs, n: int) -> None:
         """Write ``n`` descriptors into the oldest reserved slots and publish them."""
         r = self._ptr()
-        _check_n(n, "submit")
-        check(lib.mg_ring_fill_submit(r, _u64_array(descs, n, "submit"), n), f"{self.name} submit")
+        check(lib.mg_ring_fill_submit(r, _u64_in(descs, n, "submit"), n), f"{self.name} submit")
 
     def free_count(self) -> int:
         """Slots the producer could fill now (exact for the producer, a lower bound for
@@ -189,20 +218,15 @@ class Ring:
     def dequeue(self, out, max_n: int) -> int:
         """Copy up to ``max_n`` descriptors into ``out`` (a cffi ``uint64_t[]``) and
         release them.  Returns how many (0 when empty)."""
-        r = self._ptr()
-        _check_n(max_n, "dequeue")
-        if not isinstance(out, ffi.CData):
-            raise RegionError("dequeue: out must be a cffi uint64_t array")
-        return int(lib.mg_ring_dequeue_burst(r, out, max_n))
+        if self._region._closed:
+            self._ptr()
+        return lib.mg_ring_dequeue_burst(self._r, _u64_out(out, max_n, "dequeue"), max_n)
 
     def peek(self, out, max_n: int) -> int:
         """Copy up to ``max_n`` not-yet-peeked descriptors into ``out`` without releasing
         them (they stay in the ring until ``release``)."""
         r = self._ptr()
-        _check_n(max_n, "peek")
-        if not isinstance(out, ffi.CData):
-            raise RegionError("peek: out must be a cffi uint64_t array")
-        return int(lib.mg_ring_peek_copy(r, out, max_n))
+        return lib.mg_ring_peek_copy(r, _u64_out(out, max_n, "peek"), max_n)
 
     def release(self, n: int) -> None:
         """Give back the ``n`` oldest peeked slots to the producer."""
@@ -246,7 +270,7 @@ class Doorbell:
         """Return True as soon as one of this actor's input rings has work, False after
         ``timeout_ms`` without work (or an interrupting signal).  Spins ``spin`` times,
         then sleeps on the futex; an idle actor uses no CPU.  The GIL is released."""
-        if not isinstance(timeout_ms, int) or timeout_ms < 0:
+        if type(timeout_ms) is not int or not 0 <= timeout_ms < 2**31:
             raise RegionError(f"doorbell wait: timeout_ms {timeout_ms!r} must be an int >= 0")
         rc = lib.mg_bell_wait(self._region._b(), self.index, max(0, int(spin)), timeout_ms)
         return check(rc, "doorbell wait") > 0
@@ -279,6 +303,10 @@ class Hand:
         self.slot = slot
 
     def pull(self, ring: Ring, max_n: int) -> int:
+        """Move up to ``max_n`` frames from ``ring`` (this actor is its consumer) into the
+        hand, after what it already holds.  Returns how many (0: empty ring or full hand)."""
+        if not isinstance(ring, Ring) or ring._region is not self._region:
+            raise RegionError(f"hand pull: {ring!r} is not a ring of region {self._region.name}")
         _check_n(max_n, "hand pull")
         return check(lib.mg_hand_pull(self._region._b(), self.slot, ring.id, max_n), "hand pull")
 
@@ -291,8 +319,14 @@ class Hand:
         return check(lib.mg_hand_count(self._region._b(), self.slot), "hand count")
 
     def push(self, dest: Iterable[int]) -> int:
+        """``dest[j]``: ring id (``Ring.id``, this actor its producer) for hand entry j, or
+        ``HAND_KEEP``; one entry per frame in the hand.  Returns frames pushed; the rest
+        (kept, or no room in their ring) stay in the hand in their order."""
         d = list(dest)
-        arr = ffi.new("uint16_t[]", d if d else [0])
+        try:
+            arr = ffi.new("uint16_t[]", d if d else [0])
+        except (OverflowError, TypeError) as exc:
+            raise RegionError(f"hand push: destinations must be ring ids or HAND_KEEP ({exc})") from None
         return check(
             lib.mg_hand_push(self._region._b(), self.slot, arr, len(d)), "hand push"
         )

@@ -11,7 +11,7 @@ import pytest
 
 from maglev.errors import NativeError
 from maglev.native import ffi, lib
-from maglev.rings import HAND_KEEP, HAND_MAX, SLOT_STEERING, worker_slot
+from maglev.rings import HAND_KEEP, HAND_MAX, SLOT_STEERING, RegionError, worker_slot
 
 
 @pytest.fixture
@@ -56,8 +56,11 @@ def test_bad_push_changes_nothing(make_region):
         with pytest.raises(NativeError):
             h.push(dest)
         assert (h.descs(), r.rx(0).snapshot(), r.rx(0).free_count()) == before
-    with pytest.raises(OverflowError):
-        h.push([70000] * 4)
+    for bad in ([70000] * 4, [-1] * 4, ["x"] * 4):
+        with pytest.raises(RegionError):
+            h.push(bad)
+    with pytest.raises(RegionError):
+        h.pull("free", 1)
     # a ring with someone else's unsubmitted reservation is refused, ours rolled back
     r.tx(0).reserve(1)
     with pytest.raises(NativeError):

@@ -166,3 +166,29 @@ def test_account_reports_leaks_duplicates_and_bad_indices(make_region):
     assert rep.invalid == {"nic": [99]}
     # the descriptor's upper 32 bits are the user's: accounting looks at the frame index
     assert r.account({"nic": [(7 << 32) | f for f in range(4)]}).ok
+
+
+def test_ring_verbs_refuse_bad_buffers_and_counts(make_region):
+    r = make_region(1, ring_size=16)
+    rx = r.rx(0)
+    small = ffi.new("uint64_t[]", 4)
+    for call in (
+        lambda: rx.enqueue(small, 5),  # would read past the array
+        lambda: rx.dequeue(small, 5),  # would write past the array
+        lambda: rx.peek(small, 5),
+        lambda: rx.enqueue([1, 2], 3),
+        lambda: rx.enqueue([-1], 1),
+        lambda: rx.enqueue(["a"], 1),
+        lambda: rx.enqueue(small, -1),
+        lambda: rx.enqueue(small, 2.0),
+        lambda: rx.dequeue([0] * 4, 4),
+        lambda: rx.release(-1),
+    ):
+        with pytest.raises(RegionError):
+            call()
+    assert rx.count() == 0 and rx.free_count() == 16
+    with pytest.raises(NativeError):
+        rx.release(1)  # nothing peeked
+    with pytest.raises(NativeError):
+        rx.submit([1], 1)  # nothing reserved
+    assert rx.enqueue(ffi.cast("uint64_t *", small), 4) == 4  # a pointer: caller vouches
