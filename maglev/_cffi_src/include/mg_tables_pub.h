@@ -21,13 +21,13 @@
  * copy g & 1 or newer, and the writer only rewrites copy (g + 1) & 1 after every live
  * worker has seen g, so no worker reads a copy while it is rewritten.
  *
- * Leaving QUIESCENT is the delicate case: the worker stores seen = g for a g it loaded
- * *before*, so the writer might have read QUIESCENT, started overwriting copy g & 1's
- * successor... which is fine, unless g is stale.  So the worker stores seen = g, issues a
- * full fence (I) and loads generation again, retrying until stable; the writer issues a
- * full fence (J) before reading `seen`.  Store-buffering with SC fences: either the writer
- * reads seen = g (and waits for g to be current) or the worker's reload sees the writer's
- * newer generation and retries.
+ * Leaving QUIESCENT is the delicate case: the writer ignored this worker meanwhile, so
+ * it may be about to rewrite copy g & 1 for generation g + 2 (having published g + 1).
+ * The worker therefore stores seen = g, issues a full fence (I), loads generation again
+ * and retries until the value is stable; the writer issues a full fence (J) between
+ * publishing g + 1 and reading `seen`.  Store-buffering with SC fences: either the writer
+ * reads seen = g (and waits, g < g + 1), or the worker's reload sees g + 1 and retries,
+ * so it never settles on a copy the writer is free to overwrite.
  *
  * Dead workers: the caller passes the live workers; a replacement calls
  * mg_tables_quiesce() before its first acquire (it may find its predecessor's value).
