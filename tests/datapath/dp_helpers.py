@@ -31,6 +31,7 @@ udp_timeout_s = 30
 address = "{VIP4}"
 port = 80
 protocol = "tcp"
+table_size = 65537
 [[vip.backend]]
 address = "198.18.1.1"
 [[vip.backend]]
@@ -41,6 +42,7 @@ address = "198.18.1.3"
 [[vip]]
 address = "{VIP4_ANY}"
 port = 0
+table_size = 1009
 protocol = "udp"
 encap = "ipip"
 [[vip.backend]]
@@ -51,6 +53,7 @@ address = "198.18.2.2"
 [[vip]]
 address = "{VIP4_ANY}"
 port = 0
+table_size = 1009
 protocol = "tcp"
 encap = "vxlan"
 vxlan_vni = 77
@@ -61,6 +64,7 @@ mac = "02:00:00:00:03:01"
 [[vip]]
 address = "{VIP4_NOFRAG}"
 port = 53
+table_size = 1009
 protocol = "udp"
 allow_fragments = false
 [[vip.backend]]
@@ -69,6 +73,7 @@ address = "198.18.4.1"
 [[vip]]
 address = "{VIP4_DOWN}"
 port = 80
+table_size = 1009
 protocol = "tcp"
 [[vip.backend]]
 address = "198.18.5.1"
@@ -76,6 +81,7 @@ address = "198.18.5.1"
 [[vip]]
 address = "{VIP6}"
 port = 443
+table_size = 1009
 protocol = "tcp"
 [[vip.backend]]
 address = "2001:db8:2::1"
