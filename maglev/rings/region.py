@@ -692,6 +692,16 @@ class Region:
         self._check_slot(slot)
         lib.mg_heartbeat_set(self._b(), slot, time.monotonic_ns() if now_ns is None else now_ns)
 
+    def slot_pid(self, slot: int) -> int:
+        """PID recorded by the process now serving ``slot`` (0 if none)."""
+        self._check_slot(slot)
+        return int(lib.mg_region_slot(self._b(), slot).pid)
+
+    def set_slot_pid(self, slot: int, pid: int | None = None) -> None:
+        """Record the PID serving ``slot`` (an actor calls this once at start)."""
+        self._check_slot(slot)
+        lib.mg_region_slot(self._b(), slot).pid = os.getpid() if pid is None else pid
+
     # -- accounting -------------------------------------------------------------------
     def account(self, held: Mapping[str, Iterable[int]] | None = None) -> AccountReport:
         """Prove every frame is in exactly one place: a ring (between its consumer and

@@ -59,6 +59,8 @@ def test_attach_sees_the_same_memory(make_region):
         assert a.rx(1).enqueue([5, 6], 2) == 2
         a.stats(SLOT_STEERING)[3] = 42
         a.set_heartbeat(worker_slot(1), 123)
+        a.set_slot_pid(worker_slot(1))
+        assert r.slot_pid(worker_slot(1)) == os.getpid() and r.slot_pid(0) == 0
     assert r.rx(1).snapshot() == [5, 6]
     assert r.stats(SLOT_STEERING)[3] == 42 and len(r.stats(SLOT_STEERING)) == STATS_WORDS
     assert r.heartbeat(SLOT_WORKER0 + 1) == 123 and r.heartbeat(0) == 0
