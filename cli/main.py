@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("maglev_cli.demo", "demo"),
     ("maglev_cli.replay", "replay"),
     ("maglev_cli.run", "run"),
+    ("maglev_cli.ctl", "ctl"),
 ]
 
 

@@ -12,6 +12,7 @@ Unknown keys are errors: a typo in a load balancer's config must not be silently
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import tomllib
@@ -33,6 +34,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # public, so it is fine for a lab and wrong for production: set [instance].flow_hash_secret.
 DEFAULT_FLOW_HASH_SECRET = "6d61676c65762d64656661756c742d31"  # "maglev-default-1"
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+# Parsing an address costs ~20 us and a 1000-backend config parses each one several times
+# per validation; address objects are immutable, so parsed ones are shared (control-plane
+# latency: docs/benchmarks.md, "Control plane").  Invalid strings raise and are not cached.
+_ip_address = functools.lru_cache(maxsize=1 << 16)(ipaddress.ip_address)
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class Backend:
 
     @property
     def ip(self) -> IPAddress:
-        return ipaddress.ip_address(self.address)
+        return _ip_address(self.address)
 
 
 @dataclass(frozen=True)
@@ -81,13 +86,13 @@ class Vip:
     @property
     def key(self) -> str:
         """``address:port/protocol`` (IPv6 in brackets): how operators name a VIP."""
-        ip = ipaddress.ip_address(self.address)
+        ip = _ip_address(self.address)
         host = f"[{ip}]" if ip.version == 6 else str(ip)
         return f"{host}:{self.port}/{self.protocol}"
 
     @property
     def ip(self) -> IPAddress:
-        return ipaddress.ip_address(self.address)
+        return _ip_address(self.address)
 
 
 @dataclass(frozen=True)
@@ -266,7 +271,7 @@ class _Parser:
         if v == "" and not required:
             return ""
         try:
-            ip = ipaddress.ip_address(v)
+            ip = _ip_address(v)
         except ValueError:
             self.err(f"{path}.{key}", f"{v!r} is not an IP address")
             return ""
@@ -379,9 +384,9 @@ class _Parser:
                         f"{p}.backend[{j}].address",
                         f"IPv{fam} backend needs instance.source_ipv{fam} for {encap} encapsulation",
                     )
-            if encap == "l2" and address and fam != ipaddress.ip_address(address).version:
+            if encap == "l2" and address and fam != _ip_address(address).version:
                 self.err(f"{p}.backend[{j}].address", "encap 'l2' needs a backend of the VIP's address family")
-        return Vip(
+        vip = Vip(
             address=address,
             port=self.integer(d, "port", p, 0, 0, 65535),
             protocol=self.choice(d, "protocol", p, "tcp", PROTOCOLS),
@@ -393,6 +398,10 @@ class _Parser:
             health=self.health(d.get("health", {}), f"{p}.health"),
             backends=backends,
         )
+        # A probe needs a port: a VIP that serves every port (port 0) must name one.
+        if vip.health.type != "none" and not vip.health.port and not vip.port:
+            self.err(f"{p}.health.port", "is required when the VIP serves every port (port = 0)")
+        return vip
 
     def backend(self, data: Any, p: str, encap: str) -> Backend:
         d = self.table(data, p, {"address", "weight", "name", "mac"})

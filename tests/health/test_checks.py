@@ -96,3 +96,18 @@ def test_descriptor_exhaustion_is_a_local_error(monkeypatch):
 def test_rise_fall(rise, fall, seq, expect):
     rf = RiseFall(rise, fall)
     assert [rf.observe(x) for x in seq] == expect
+
+
+def test_config_requires_a_probe_port_for_an_all_ports_vip():
+    from maglev.config import Config
+    from maglev.errors import ConfigError
+
+    base = {"instance": {"source_ipv4": "198.18.0.1"},
+            "vip": [{"address": "203.0.113.5", "port": 0, "protocol": "udp", "table_size": 13,
+                     "health": {"type": "udp"}, "backend": [{"address": "198.18.1.1"}]}]}
+    with pytest.raises(ConfigError) as ei:
+        Config.from_dict(base)
+    assert ei.value.problems == ["vip[0].health.port: is required when the VIP serves every port (port = 0)"]
+    base["vip"][0]["health"]["port"] = 53
+    spec = CheckSpec.for_backend(Config.from_dict(base).vips[0], Config.from_dict(base).vips[0].backends[0])
+    assert (spec.type, spec.port, spec.address) == ("udp", 53, "198.18.1.1")

@@ -1,0 +1,316 @@
+"""`maglev ctl`: talk to a running maglev over its control socket.
+
+Human output is a small table or one line per change; ``--json`` prints the server's result
+unchanged (stable for scripts: the documented result of each op, docs/control-protocol.md).
+An error reply prints one line (``--json``: a JSON error object) and exits 2; a change that
+not every worker confirmed in time exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import tomllib
+from typing import Any
+
+import click
+
+from maglev.control import endpoints
+
+
+def _opts(ctx: click.Context) -> dict[str, Any]:
+    c = ctx
+    while c is not None:
+        if isinstance(c.obj, dict) and "control" in c.obj:
+            return c.obj
+        c = c.parent
+    raise click.UsageError("internal: ctl options missing")
+
+
+def _call(ctx: click.Context, op: str, args: dict[str, Any] | None, as_json: bool) -> Any:
+    from maglev.control.client import ControlClient
+    from maglev.control.protocol import ProtocolError
+
+    o = _opts(ctx)
+    as_json = as_json or o["json"]
+    try:
+        with ControlClient(o["control"], timeout=o["timeout"], client_key_file=o["client_key"],
+                           server_key=o["server_key"]) as c:
+            return c.call(op, args or {})
+    except ProtocolError as exc:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "error": {"code": exc.code, "message": exc.message,
+                                                          "field": exc.field}}))
+        else:
+            where = f" (field {exc.field})" if exc.field else ""
+            click.echo(f"maglev ctl: {op}: {exc.code}: {exc.message}{where}", err=True)
+        ctx.exit(2)
+
+
+def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[h for _, h in cols]] + [["" if r.get(k) is None else _fmt(r.get(k)) for k, _ in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _change(ctx: click.Context, op: str, args: dict[str, Any], as_json: bool) -> None:
+    r = _call(ctx, op, args, as_json)
+    if as_json or _opts(ctx)["json"]:
+        click.echo(json.dumps(r))
+    elif not r.get("changed", True):
+        click.echo(f"{op}: nothing to change (generation {r['generation']})")
+    else:
+        click.echo(
+            f"{op}: generation {r['generation']} {'confirmed by every worker' if r['confirmed'] else 'NOT confirmed'} "
+            f"in {r['apply_ms']:.2f} ms (build {r['build_ms']:.2f}, persist {r['persist_ms']:.2f}, "
+            f"publish {r['publish_ms']:.2f}, wait {r['wait_ms']:.2f})"
+        )
+    if not r.get("confirmed", True):
+        click.echo(f"maglev ctl: {op}: applied, but not every worker reported generation {r['generation']} in time",
+                   err=True)
+        ctx.exit(1)
+
+
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+@click.group()
+@click.option("--control", envvar="MAGLEV_CONTROL", default="",
+              help="Control endpoint (default: ipc:// socket of --instance under the run directory).")
+@click.option("--events", envvar="MAGLEV_EVENTS", default="", help="Events endpoint (default: beside --control).")
+@click.option("--instance", envvar="MAGLEV_INSTANCE", default="mg1", show_default=True,
+              help="Instance name, to find its default sockets.")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
+              help="Seconds to wait for a reply.")
+@click.option("--client-key", envvar="MAGLEV_CLIENT_KEY", default="", help="tcp://: your CURVE .key_secret file.")
+@click.option("--server-key", envvar="MAGLEV_SERVER_KEY", default="",
+              help="tcp://: the server's CURVE public key (Z85) or .key file.")
+@json_opt
+@click.pass_context
+def ctl(ctx, control, events, instance, timeout, client_key, server_key, as_json) -> None:
+    """Inspect and change a running maglev through its control socket."""
+    control = control or endpoints.default_control(instance)
+    ctx.obj = {"control": control, "events": events, "timeout": timeout, "client_key": client_key,
+               "server_key": server_key, "json": as_json}
+
+
+@ctl.command()
+@json_opt
+@click.pass_context
+def status(ctx, as_json) -> None:
+    """Generation, counts, last change, counters."""
+    r = _call(ctx, "status", {}, as_json)
+    if as_json or _opts(ctx)["json"]:
+        click.echo(json.dumps(r))
+        return
+    lc = r.get("last_change") or {}
+    click.echo(f"instance      {r['instance']} (pid {r['pid']}, up {r['uptime_s']:.0f} s)")
+    click.echo(f"generation    {r['generation']} ({'confirmed' if r['confirmed'] else 'NOT confirmed'} by every worker)")
+    click.echo(f"vips          {r['vips']}, backends {r['backends']}, down {r['backends_down']}")
+    if r["vips_all_down"]:
+        click.echo(f"ALL DOWN      {', '.join(r['vips_all_down'])} (packets dropped)")
+    if lc:
+        click.echo(f"last change   {lc['op']} -> generation {lc['generation']} in {lc['apply_ms']:.2f} ms")
+    click.echo(f"config        {r['source'] or '-'} (state {r['state'] or '-'}{', resumed' if r['resumed'] else ''})")
+    if r.get("endpoints"):
+        click.echo(f"endpoints     {', '.join(r['endpoints'])}")
+    c = r["counters"]
+    click.echo(f"changes       {c['changes_applied']} applied, {c['changes_rejected']} rejected, "
+               f"{c['unconfirmed']} unconfirmed; health transitions {c['health_transitions']}")
+
+
+@ctl.command()
+@json_opt
+@click.pass_context
+def vips(ctx, as_json) -> None:
+    """One line per VIP."""
+    r = _call(ctx, "vips", {}, as_json)
+    if as_json or _opts(ctx)["json"]:
+        click.echo(json.dumps(r))
+        return
+    _table(r, [("vip", "VIP"), ("encap", "ENCAP"), ("table_size", "M"), ("health_check", "CHECK"),
+               ("backends", "BACKENDS"), ("backends_down", "DOWN"), ("backends_drained", "DRAINED"),
+               ("all_down", "ALL-DOWN")])
+
+
+@ctl.command()
+@click.argument("vip")
+@json_opt
+@click.pass_context
+def backends(ctx, vip, as_json) -> None:
+    """Backends of VIP: health, weight, table entries and share."""
+    r = _call(ctx, "backends", {"vip": vip}, as_json)
+    if as_json or _opts(ctx)["json"]:
+        click.echo(json.dumps(r))
+        return
+    click.echo(f"{r['vip']}  M={r['table_size']}  generation {r['generation']}")
+    rows = [{**b, "share": f"{b['share'] * 100:.2f}%"} for b in r["backends"]]
+    _table(rows, [("backend", "BACKEND"), ("address", "ADDRESS"), ("weight", "WEIGHT"), ("health", "HEALTH"),
+                  ("entries", "ENTRIES"), ("share", "SHARE"), ("packets", "PACKETS"), ("health_detail", "DETAIL")])
+
+
+@ctl.command()
+@json_opt
+@click.pass_context
+def health(ctx, as_json) -> None:
+    """Every health verdict the config manager holds."""
+    r = _call(ctx, "health", {}, as_json)
+    if as_json or _opts(ctx)["json"]:
+        click.echo(json.dumps(r))
+        return
+    now = time.time()
+    _table([{**h, "up": "up" if h["up"] else "DOWN", "for": f"{now - h['since']:.0f}s"} for h in r],
+           [("vip", "VIP"), ("backend", "BACKEND"), ("up", "STATE"), ("for", "FOR"), ("detail", "DETAIL")])
+
+
+@ctl.command("set-weight")
+@click.argument("vip")
+@click.argument("backend")
+@click.argument("weight", type=int)
+@json_opt
+@click.pass_context
+def set_weight(ctx, vip, backend, weight, as_json) -> None:
+    """Set BACKEND's weight (0 drains it)."""
+    _change(ctx, "set-weight", {"vip": vip, "backend": backend, "weight": weight}, as_json)
+
+
+@ctl.command()
+@click.argument("vip")
+@click.argument("backend")
+@json_opt
+@click.pass_context
+def drain(ctx, vip, backend, as_json) -> None:
+    """Weight 0: no new flows; established flows keep BACKEND."""
+    _change(ctx, "drain", {"vip": vip, "backend": backend}, as_json)
+
+
+@ctl.command("add-backend")
+@click.argument("vip")
+@click.argument("address")
+@click.option("--weight", type=int, default=None, help="Default 1.")
+@click.option("--name", default=None, help="Name hashed for the table (default: the address).")
+@click.option("--mac", default=None, help="Next-hop MAC (encap l2 / vxlan).")
+@json_opt
+@click.pass_context
+def add_backend(ctx, vip, address, weight, name, mac, as_json) -> None:
+    """Add a backend to VIP."""
+    b: dict[str, Any] = {"address": address}
+    for k, v in (("weight", weight), ("name", name), ("mac", mac)):
+        if v is not None:
+            b[k] = v
+    _change(ctx, "add-backend", {"vip": vip, "backend": b}, as_json)
+
+
+@ctl.command("remove-backend")
+@click.argument("vip")
+@click.argument("backend")
+@json_opt
+@click.pass_context
+def remove_backend(ctx, vip, backend, as_json) -> None:
+    """Remove BACKEND (name or address) from VIP."""
+    _change(ctx, "remove-backend", {"vip": vip, "backend": backend}, as_json)
+
+
+@ctl.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@json_opt
+@click.pass_context
+def apply(ctx, file, as_json) -> None:
+    """Replace the whole config with FILE (validated by the server; all or nothing)."""
+    try:
+        with open(file, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise click.ClickException(f"{file}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise click.ClickException(f"{file}: TOML syntax error: {exc}") from None
+    _change(ctx, "replace-config", {"config": data}, as_json)
+
+
+@ctl.command()
+@json_opt
+@click.pass_context
+def reload(ctx, as_json) -> None:
+    """Re-read the config file the server was started with."""
+    _change(ctx, "reload", {}, as_json)
+
+
+@ctl.command("config")
+@json_opt
+@click.pass_context
+def show_config(ctx, as_json) -> None:
+    """Print the running config (TOML, or JSON with --json)."""
+    r = _call(ctx, "get-config", {}, as_json)
+    if as_json or _opts(ctx)["json"]:
+        click.echo(json.dumps(r))
+        return
+    from maglev.config import Config, dump_toml
+
+    click.echo(dump_toml(Config.from_dict(r["config"])), nl=False)
+
+
+@ctl.command()
+@click.option("--topic", "topics", multiple=True,
+              help="Only these topics (health, generation, config, alert, bgp); repeatable.")
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop after N events.")
+@click.option("--seconds", type=click.FloatRange(0.1), default=None, help="Stop after S seconds.")
+@json_opt
+@click.pass_context
+def watch(ctx, topics, count, seconds, as_json) -> None:
+    """Stream events (one line each; JSON lines with --json) until Ctrl-C."""
+    from maglev.control.client import EventSubscriber
+
+    o = _opts(ctx)
+    as_json = as_json or o["json"]
+    ep = o["events"] or endpoints.events_for(o["control"])
+    if ep.startswith("ipc://") and not os.path.exists(ep[6:]):
+        click.echo(f"maglev ctl: watch: no events socket at {ep[6:]} (is maglev running?)", err=True)
+        ctx.exit(2)
+    deadline = time.monotonic() + seconds if seconds else None
+    n = 0
+    with EventSubscriber(ep, topics or ("",), client_key_file=o["client_key"], server_key=o["server_key"]) as sub:
+        try:
+            while count is None or n < count:
+                left = 1.0 if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    break
+                ev = sub.recv(min(left, 1.0))
+                if ev is None:
+                    continue
+                n += 1
+                topic, body = ev
+                if as_json:
+                    click.echo(json.dumps(body))
+                else:
+                    ts = time.strftime("%H:%M:%S")
+                    kv = " ".join(f"{k}={_fmt(v)}" for k, v in body.items() if k not in ("v", "topic"))
+                    click.echo(f"{ts} {topic:<10} {kv}")
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+
+
+@ctl.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("name")
+def keygen(directory, name) -> None:
+    """Write a CURVE key pair NAME.key / NAME.key_secret into DIRECTORY (for tcp://)."""
+    from maglev.control import curve
+
+    pub, sec = curve.generate(directory, name)
+    key = curve.load_keypair(sec).public.decode()
+    click.echo(f"public key {key}\nwrote {pub} and {sec} (0600)")
