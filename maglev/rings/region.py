@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from maglev.errors import MaglevError
+from maglev.errors import MaglevError, NativeError
 from maglev.native import check, ffi, lib
 
 SHM_DIR = "/dev/shm"
@@ -182,6 +182,13 @@ class Ring:
         return self._r
 
     @property
+    def bell(self) -> Doorbell | None:
+        """The doorbell of this ring's consumer (None for the free ring)."""
+        bell = {RING_RX: worker_bell(self.index), RING_TX: BELL_MUXER,
+                RING_RET: BELL_STEERING, RING_SENT: BELL_STEERING}.get(self.kind)
+        return None if bell is None else Doorbell(self._region, bell)
+
+    @property
     def ptr(self):
         """The ``struct mg_ring *`` for C kernels (valid while the region is open)."""
         return self._ptr()
@@ -284,6 +291,18 @@ class Doorbell:
         return {"sleeps": int(b.sleeps), "wakeups": int(b.wakeups), "word": int(b.word)}
 
 
+_BUSY_HINT = (
+    "an unfinished move of a dead owner (call recover() first), or outstanding "
+    "peeks/reservations on the ring made outside the hand"
+)
+
+
+def _hand_check(rc: int, what: str) -> int:
+    if rc == -errno.EBUSY:
+        raise NativeError(errno.EBUSY, f"{what}: {_BUSY_HINT}")
+    return check(rc, what)
+
+
 class Hand:
     """The frames one actor holds between rings, journalled in shared memory.
 
@@ -308,7 +327,9 @@ class Hand:
         if not isinstance(ring, Ring) or ring._region is not self._region:
             raise RegionError(f"hand pull: {ring!r} is not a ring of region {self._region.name}")
         _check_n(max_n, "hand pull")
-        return check(lib.mg_hand_pull(self._region._b(), self.slot, ring.id, max_n), "hand pull")
+        return _hand_check(
+            lib.mg_hand_pull(self._region._b(), self.slot, ring.id, max_n), "hand pull"
+        )
 
     def descs(self) -> list[int]:
         n = ffi.new("uint32_t *")
@@ -327,7 +348,7 @@ class Hand:
             arr = ffi.new("uint16_t[]", d if d else [0])
         except (OverflowError, TypeError) as exc:
             raise RegionError(f"hand push: destinations must be ring ids or HAND_KEEP ({exc})") from None
-        return check(
+        return _hand_check(
             lib.mg_hand_push(self._region._b(), self.slot, arr, len(d)), "hand push"
         )
 

@@ -115,3 +115,13 @@ def test_idle_waiter_uses_almost_no_cpu(make_region, spawn):
     assert res["woke"] is None and res["waits"] >= 10
     # ~10 futex waits per second; a spinning waiter would show ~1.0 here
     assert cpu / wall < 0.05, f"idle waiter used {cpu / wall:.1%} of a core"
+
+
+def test_each_ring_knows_its_consumers_doorbell(make_region):
+    r = make_region(2)
+    assert r.rx(1).bell.index == worker_bell(1)
+    assert r.tx(0).bell.index == BELL_MUXER
+    assert r.ret(1).bell.index == r.sent.bell.index == BELL_STEERING
+    assert r.free.bell is None
+    r.tx(1).enqueue([1], 1)
+    assert r.tx(1).bell.wait(0) is True
