@@ -5,7 +5,8 @@
    toward the VIP; we count what reaches the backends' interfaces per second.
    * baseline: the maglev namespace's *kernel* forwards (ip_forward=1, VIPs routed to
      backend 1), no maglev process;
-   * maglev:   `maglev run --nic afpacket:eth0` forwards (GRE to the backends);
+   * maglev:   `maglev run --nic afpacket:eth0` forwards (GRE to the backends), once
+               with each AF_PACKET ring (TPACKET_V3, the default, and TPACKET_V2);
    * relay:    the lab's pure-Python stand-in (with --relay), for scale only.
 2. HTTP through the VIP vs straight to one backend: requests/s and latency p50/p99 of
    fresh-connection GETs from the client namespace.
@@ -109,9 +110,11 @@ def main() -> None:
     if reason := topo.why_no_lab():
         print(f"bench_lab: skipped: {reason}")
         return
+    import os
+
     from maglev_cli.main import COMMANDS
 
-    have_run = any(a == "run" for _, a in COMMANDS)
+    have_run = any(a == "run" for _, a in COMMANDS) or bool(os.environ.get("MAGLEV_LAB_FORWARDER"))
     state_dir = Path("/run/maglev-lab-bench")
     lab = topo.Lab(state_dir)
     spec = topo.LabSpec(prefix="mgbench", state_dir=state_dir, backends=3, encap="gre", forwarder=False)
@@ -136,22 +139,25 @@ def main() -> None:
                 relay.stop()
 
         if have_run:
-            lab.spawn("maglev", state["maglev"]["ns"], [*topo.maglev_argv(), "run", "--config", state["config"],
-                                                        "--nic", "afpacket:eth0", "--workers", str(args.workers)])
-            lab._wait_ready(topo.LabSpec(forwarder=True), 60)
-            out["pps_maglev"] = measure_pps(state, args.seconds)
-            out["http_vip"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests, concurrency=8).to_dict()
+            for ring in ("v3", "v2"):
+                fwd = topo.forwarder_argv(topo.LabSpec(workers=args.workers), state["config"])
+                lab.spawn("maglev", state["maglev"]["ns"], fwd, env={"MAGLEV_AFPACKET_RING": ring})
+                lab._wait_ready(topo.LabSpec(forwarder=True), 60)
+                out[f"pps_maglev_{ring}"] = measure_pps(state, args.seconds)
+                out[f"http_vip_{ring}"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests,
+                                                    concurrency=8).to_dict()
+                lab.stop_process("maglev")
         else:
             out["maglev"] = "not measured: `maglev run` is not registered yet"
     finally:
         lab.down()
 
     k = out["pps_kernel"]["forwarded_pps"] or 1
-    for name in ("maglev", "relay"):
+    for name in ("maglev_v3", "maglev_v2", "relay"):
         if f"pps_{name}" in out:
             out[f"ratio_pps_{name}_vs_kernel"] = round(out[f"pps_{name}"]["forwarded_pps"] / k, 3)
     d = out["http_direct"]["requests_per_s"] or 1
-    for key in ("http_vip", "http_relay"):
+    for key in ("http_vip_v3", "http_vip_v2", "http_relay"):
         if key in out:
             out[f"ratio_{key}_rps_vs_direct"] = round(out[key]["requests_per_s"] / d, 3)
     if args.json:

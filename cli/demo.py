@@ -16,12 +16,14 @@ import click
 @click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--ipv6", is_flag=True, help="Send to the IPv6 VIP instead of the IPv4 one.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--ring", type=click.Choice(["v3", "v2"]), default=None,
+              help="AF_PACKET ring of the forwarder (default: the driver's, TPACKET_V3).")
 @click.option("--forwarder", type=click.Choice(["maglev", "relay"]), default="maglev", show_default=True,
               help="maglev = `maglev run` with the AF_PACKET NIC; relay = the lab's Python stand-in "
                    "(checks the lab itself, does no Maglev hashing).")
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards (`maglev lab down` removes it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def demo(n, backends, encap, weights, concurrency, ipv6, workers, forwarder, keep, as_json) -> None:
+def demo(n, backends, encap, weights, concurrency, ipv6, workers, ring, forwarder, keep, as_json) -> None:
     """Bring the namespace lab up, send N real HTTP requests from the client namespace to
     the VIP, show how they spread over the backends, and take the lab down again (also on
     Ctrl-C or failure).  Needs root."""
@@ -30,7 +32,7 @@ def demo(n, backends, encap, weights, concurrency, ipv6, workers, forwarder, kee
     from maglev_cli.lab import _weights
 
     spec = topo.LabSpec(backends=backends, encap=encap, weights=_weights(weights, backends),
-                        forwarder=(forwarder == "maglev"), workers=workers)
+                        forwarder=(forwarder == "maglev"), workers=workers, ring=ring or "")
     lab = topo.Lab()
     relay = None
     created = False

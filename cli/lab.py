@@ -58,17 +58,19 @@ def lab() -> None:
 @click.option("--encap", type=click.Choice(["gre", "ipip", "vxlan", "l2"]), default="gre", show_default=True)
 @click.option("--weights", default="", help="Comma-separated backend weights (default all 1).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="maglev run --workers.")
+@click.option("--ring", type=click.Choice(["v3", "v2"]), default=None,
+              help="AF_PACKET ring of the forwarder (default: the driver's, TPACKET_V3).")
 @click.option("--no-forwarder", is_flag=True, help="Build the topology without starting `maglev run`.")
 @click.option("--wait", "wait_s", type=float, default=30.0, show_default=True, help="Seconds to wait for the lab to answer.")
 @click.option("--state-dir", default=None, help="Where the lab state lives (default /run/maglev-lab).")
 @click.option("--json", "as_json", is_flag=True, help="Print namespaces, addresses and VIPs as JSON.")
-def up(backends, encap, weights, workers, no_forwarder, wait_s, state_dir, as_json) -> None:
+def up(backends, encap, weights, workers, ring, no_forwarder, wait_s, state_dir, as_json) -> None:
     """Create the lab: client, router, maglev and N backend namespaces, HTTP servers,
     decapsulation, and `maglev run --nic afpacket:eth0`.  Harmless when already up."""
     from maglev.lab.topology import LabSpec
 
     spec = LabSpec(backends=backends, encap=encap, weights=_weights(weights, backends),
-                   forwarder=not no_forwarder, workers=workers)
+                   forwarder=not no_forwarder, workers=workers, ring=ring or "")
     lab_ = _lab(state_dir)
     if state_dir:
         spec.state_dir = lab_.state_dir

@@ -138,6 +138,7 @@ class LabSpec:
     forwarder: bool = True  # start `maglev run` in the maglev namespace
     workers: int = 1
     forwarder_argv: tuple[str, ...] = ()  # override the forwarder command (tests, debugging)
+    ring: str = ""  # AF_PACKET ring of the forwarder: "v3", "v2" or "" (the driver's default)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -149,6 +150,8 @@ class LabSpec:
             raise LabError(f"{len(self.weights)} weights given for {self.backends} backends")
         if any(w < 0 for w in self.weights) or (self.weights and not any(self.weights)):
             raise LabError("weights must be >= 0 and not all 0")
+        if self.ring not in ("", "v2", "v3"):
+            raise LabError(f"--ring must be v2 or v3, not {self.ring!r}")
         if not self.prefix.replace("-", "").isalnum() or len(self.prefix) > 20:
             raise LabError(f"bad lab prefix {self.prefix!r}")
 
@@ -212,7 +215,7 @@ class Lab:
             sh(["ip", "link", "del", tmp_a], check=False)
             raise
 
-    def spawn(self, role: str, ns: str, argv: Sequence[str]) -> int:
+    def spawn(self, role: str, ns: str, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
         """Start ``argv`` inside ``ns`` in its own session, detached from us; record it."""
         logs = self.state_dir / "logs"
         logs.mkdir(exist_ok=True)
@@ -223,7 +226,7 @@ class Lab:
         r = subprocess.run(
             ["sh", "-c", 'setsid "$@" </dev/null >>"$MAGLEV_LAB_LOG" 2>&1 & echo $!', "sh",
              "ip", "netns", "exec", ns, *argv],
-            env={**os.environ, "MAGLEV_LAB_LOG": str(log_path)},
+            env={**os.environ, **(env or {}), "MAGLEV_LAB_LOG": str(log_path)},
             capture_output=True, text=True, timeout=10,
         )  # fmt: skip
         try:
@@ -345,7 +348,7 @@ class Lab:
                      "--stats", str(self.state_dir / f"agent-{b['name']}.json")],
                 )  # fmt: skip
         if spec.forwarder:
-            self.spawn("maglev", mg, forwarder_argv(spec, self.state["config"]))
+            self.spawn("maglev", mg, forwarder_argv(spec, self.state["config"]), env=forwarder_env(spec))
 
     def _server_port(self, router: str, port: str, ns: str, mac: str) -> None:
         self._veth(router, port, ns, "eth0", mtu=SERVER_MTU)
@@ -432,6 +435,27 @@ class Lab:
                 )
             time.sleep(0.2)
 
+    def stop_process(self, role: str) -> bool:
+        """Stop the recorded process ``role`` (by PID, checked by start time) and forget it."""
+        with self.locked():
+            self.load()
+            keep, found = [], False
+            for p in self.state.get("processes", []):
+                if p["role"] != role:
+                    keep.append(p)
+                    continue
+                found = True
+                if _proc_start_time(p["pid"]) == p["start"]:
+                    _signal_group(p["pid"], signal.SIGTERM)
+                    deadline = time.monotonic() + 5
+                    while _proc_start_time(p["pid"]) == p["start"] and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    if _proc_start_time(p["pid"]) == p["start"]:
+                        _signal_group(p["pid"], signal.SIGKILL)
+            self.state["processes"] = keep
+            self.save()
+        return found
+
     def _check_processes(self) -> None:
         for p in self.state.get("processes", []):
             if _proc_start_time(p["pid"]) != p["start"]:
@@ -490,6 +514,11 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def forwarder_env(spec: LabSpec) -> dict[str, str]:
+    """Environment for the forwarder: the AF_PACKET ring flavour when the spec names one."""
+    return {"MAGLEV_AFPACKET_RING": spec.ring} if spec.ring else {}
 
 
 def forwarder_argv(spec: LabSpec, config: str) -> list[str]:

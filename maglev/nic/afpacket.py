@@ -11,6 +11,12 @@ socket), and survives the interface going away:
 * the interface deleted and created again (new ifindex): :meth:`AfPacketNic.maintain`
   notices the name now points at another ifindex and reopens the socket.
 
+Two ring flavours (``ring="v3"``, the default, or ``"v2"``; or ``MAGLEV_AFPACKET_RING``
+in the environment, which reaches the steering process that ``maglev run`` starts): V3
+hands over whole blocks and retires a partly filled block only after a timer that counts
+in jiffies (4-8 ms at HZ=250), which is a latency floor at low packet rates; V2 hands over
+every packet at once.  See the header ``mg_afpacket.h`` for the trade-off.
+
 The receive ring is created on first use (``rx_burst``, ``wait`` or ``fileno``): the
 pipeline opens one object for receiving (steering) and another for transmitting (muxer),
 and a transmit-only socket should neither hold a 4 MiB ring nor make the kernel copy
@@ -32,7 +38,11 @@ from typing import Any
 from maglev.errors import MaglevError, NotRootError
 from maglev.native import check, ffi, lib
 
-__all__ = ["AfPacketNic", "NicError"]
+__all__ = ["RINGS", "AfPacketNic", "NicError"]
+
+# TPACKET_V3 (blocks, the default: fewest wake-ups at high rates) or TPACKET_V2 (one frame
+# per packet: no block-retire latency floor).  ``MAGLEV_AFPACKET_RING`` picks the default.
+RINGS = {"v3": lib.MG_AFP_RING_V3, "v2": lib.MG_AFP_RING_V2}
 
 _STAT_FIELDS = (
     "rx_packets",
@@ -74,8 +84,13 @@ class AfPacketNic:
         tov_ms: int = 0,
         qdisc_bypass: bool = True,
         fix_checksums: bool = True,
+        ring: str | None = None,
     ) -> None:
         self.iface = iface
+        ring = ring or os.environ.get("MAGLEV_AFPACKET_RING", "") or "v3"
+        if ring not in RINGS:
+            raise NicError(errno.EINVAL, f"afpacket: ring {ring!r} is not one of {', '.join(RINGS)}")
+        self.ring = ring
         self._geometry = (block_size, block_nr, tov_ms)
         self._flags = (0 if qdisc_bypass else lib.MG_AFP_F_NO_QDISC_BYPASS) | (
             0 if fix_checksums else lib.MG_AFP_F_NO_CSUM_FIX
@@ -128,7 +143,8 @@ class AfPacketNic:
         if self._rx_on:
             return
         bs, bn, tov = self._geometry
-        check(lib.mg_afp_rx_enable(self._afp, bs, bn, tov), f"afpacket: RX ring on {self.iface}")
+        check(lib.mg_afp_rx_enable(self._afp, RINGS[self.ring], bs, bn, tov),
+              f"afpacket: {self.ring} RX ring on {self.iface}")
         self._poll = select.poll()
         self._poll.register(self._afp.fd, select.POLLIN | select.POLLERR)
         self._rx_on = True
@@ -237,6 +253,7 @@ class AfPacketNic:
         out = {k: self._prev[k] + int(getattr(self._afp.stats, k)) for k in _STAT_FIELDS}
         out.update(self._kernel)
         out["reopens"] = self.reopens
+        out["ring"] = self.ring  # type: ignore[assignment]
         out["last_tx_errno"] = int(self._afp.last_tx_errno)
         return out
 

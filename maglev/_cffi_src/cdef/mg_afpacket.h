@@ -1,6 +1,9 @@
 #define MG_AFP_BLOCK_SIZE ...
 #define MG_AFP_BLOCK_NR ...
 #define MG_AFP_RETIRE_TOV_MS ...
+#define MG_AFP_RING_V2 2
+#define MG_AFP_RING_V3 3
+#define MG_AFP_V2_FRAME_SIZE ...
 #define MG_AFP_F_NO_QDISC_BYPASS 1
 #define MG_AFP_F_NO_CSUM_FIX 2
 
@@ -25,13 +28,15 @@ struct mg_afp {
     uint32_t flags;
     uint32_t block_size;
     uint32_t block_nr;
+    uint32_t version;
     int last_tx_errno;
     struct mg_afp_stats stats;
     ...;
 };
 
 int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t flags);
-int mg_afp_rx_enable(struct mg_afp *afp, uint32_t block_size, uint32_t block_nr, uint32_t tov_ms);
+int mg_afp_rx_enable(struct mg_afp *afp, uint32_t version, uint32_t block_size, uint32_t block_nr,
+                     uint32_t tov_ms);
 void mg_afp_close(struct mg_afp *afp);
 int mg_afp_rx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);
 int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);

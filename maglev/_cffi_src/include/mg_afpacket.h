@@ -12,9 +12,11 @@
  * frame pool that outlives the ring (frames travel through worker rings while the kernel
  * reuses the block); it is one memcpy per packet of at most MG_FRAME_DATA_MAX bytes.
  *
- * Trade-off: the block timeout bounds latency at low rates (a lone SYN waits up to
- * tov ms for its block to retire), and big blocks amortise at high rates.  TPACKET_V2
- * would release per packet (no latency floor) but costs a status write per packet.
+ * Trade-off: the block timeout bounds latency at low rates -- a lone SYN waits for its
+ * block to retire, and the retire timer counts in jiffies, so tov = 1 ms is really 1-2
+ * ticks (4-8 ms at HZ=250).  Big blocks amortise at high rates.  So TPACKET_V2 is offered
+ * too (MG_AFP_RING_V2): one status word per fixed 2 KiB frame, handed over per packet, no
+ * latency floor, one extra status write per packet.  Same copy, same metadata.
  *
  * What the kernel gives a packet socket is not always what was on the wire, so the
  * driver repairs it:
@@ -45,6 +47,11 @@
 #include "mg_common.h"
 #include "mg_frame.h"
 
+/* Ring versions (mg_afp_rx_enable) */
+#define MG_AFP_RING_V2 2
+#define MG_AFP_RING_V3 3
+/* TPACKET_V2 frame size: header + sockaddr_ll + a full MG_FRAME_DATA_MAX packet. */
+#define MG_AFP_V2_FRAME_SIZE 2048u
 /* Default ring geometry: 16 blocks of 256 KiB (4 MiB), retire timeout 1 ms. */
 #define MG_AFP_BLOCK_SIZE (256u * 1024u)
 #define MG_AFP_BLOCK_NR 16u
@@ -78,6 +85,10 @@ struct mg_afp {
     uint32_t cur_block;     /* block being consumed */
     uint32_t pkts_left;     /* packets not yet read from cur_block; 0 = not started */
     uint32_t pkt_off;       /* offset of the next packet inside cur_block */
+    uint32_t version;       /* MG_AFP_RING_V2 or _V3 once receiving, 0 before */
+    uint32_t frame_size;    /* V2 */
+    uint32_t frame_nr;      /* V2 */
+    uint32_t cur_frame;     /* V2: next frame to look at */
     uint8_t *map;           /* the mmap'd RX ring */
     size_t map_len;
     int last_tx_errno;      /* errno of the latest failed send (0 = none) */
@@ -89,10 +100,12 @@ struct mg_afp {
  * Returns the socket fd (>= 0) or -errno (-EPERM without CAP_NET_RAW). */
 int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t flags);
 
-/* Adds the TPACKET_V3 RX ring and starts receiving every protocol.  block_size: a
- * multiple of the page size and a power of two (0 = default); block_nr 0 = default;
- * tov_ms 0 = default.  Returns 0 or -errno; a second call does nothing. */
-int mg_afp_rx_enable(struct mg_afp *afp, uint32_t block_size, uint32_t block_nr, uint32_t tov_ms);
+/* Adds the RX ring and starts receiving every protocol.  version: MG_AFP_RING_V3
+ * (default when 0) or MG_AFP_RING_V2.  block_size: a multiple of the page size and a power
+ * of two (0 = default); block_nr 0 = default; tov_ms (V3 only) 0 = default.  Returns 0 or
+ * -errno; a second call does nothing. */
+int mg_afp_rx_enable(struct mg_afp *afp, uint32_t version, uint32_t block_size, uint32_t block_nr,
+                     uint32_t tov_ms);
 
 /* Unmaps the ring and closes the socket; safe to call twice. */
 void mg_afp_close(struct mg_afp *afp);

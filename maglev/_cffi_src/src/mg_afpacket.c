@@ -59,9 +59,7 @@ int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t flags)
     afp->ifindex = ifindex;
     afp->flags = flags;
 
-    int v = TPACKET_V3;
-    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0)
-        goto fail;
+    int v;
     if (!(flags & MG_AFP_F_NO_QDISC_BYPASS)) {
         v = 1;
         if (setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &v, sizeof v) < 0)
@@ -83,7 +81,8 @@ fail_rc:
     return rc;
 }
 
-int mg_afp_rx_enable(struct mg_afp *afp, uint32_t block_size, uint32_t block_nr, uint32_t tov_ms)
+int mg_afp_rx_enable(struct mg_afp *afp, uint32_t version, uint32_t block_size, uint32_t block_nr,
+                     uint32_t tov_ms)
 {
     long page = sysconf(_SC_PAGESIZE);
     int rc;
@@ -92,24 +91,35 @@ int mg_afp_rx_enable(struct mg_afp *afp, uint32_t block_size, uint32_t block_nr,
         return -EBADF;
     if (afp->map)
         return 0; /* already receiving */
+    if (!version)
+        version = MG_AFP_RING_V3;
     if (!block_size)
         block_size = MG_AFP_BLOCK_SIZE;
     if (!block_nr)
         block_nr = MG_AFP_BLOCK_NR;
     if (!tov_ms)
         tov_ms = MG_AFP_RETIRE_TOV_MS;
-    if (!is_pow2(block_size) || page <= 0 || block_size % (uint32_t)page ||
-        block_size < MG_FRAME_SIZE || block_nr == 0 || block_nr > 4096)
+    if ((version != MG_AFP_RING_V2 && version != MG_AFP_RING_V3) || !is_pow2(block_size) ||
+        page <= 0 || block_size % (uint32_t)page || block_size < MG_AFP_V2_FRAME_SIZE ||
+        block_nr == 0 || block_nr > 4096)
         return -EINVAL;
 
+    int v = version == MG_AFP_RING_V2 ? TPACKET_V2 : TPACKET_V3;
+    if (setsockopt(afp->fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0)
+        return -errno;
+    /* V2: fixed frames; V3: tp_frame_size only sizes the kernel's bookkeeping. */
+    uint32_t frame_size = MG_AFP_V2_FRAME_SIZE;
     struct tpacket_req3 req;
     memset(&req, 0, sizeof req);
     req.tp_block_size = block_size;
     req.tp_block_nr = block_nr;
-    req.tp_frame_size = MG_FRAME_SIZE; /* only sizes the ring's bookkeeping in V3 */
-    req.tp_frame_nr = (block_size / MG_FRAME_SIZE) * block_nr;
-    req.tp_retire_blk_tov = tov_ms;
-    if (setsockopt(afp->fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) < 0)
+    req.tp_frame_size = frame_size;
+    req.tp_frame_nr = (block_size / frame_size) * block_nr;
+    if (version == MG_AFP_RING_V3)
+        req.tp_retire_blk_tov = tov_ms;
+    /* struct tpacket_req (V2) is the prefix of struct tpacket_req3. */
+    socklen_t req_len = version == MG_AFP_RING_V3 ? sizeof req : sizeof(struct tpacket_req);
+    if (setsockopt(afp->fd, SOL_PACKET, PACKET_RX_RING, &req, req_len) < 0)
         return -errno;
 
     size_t len = (size_t)block_size * block_nr;
@@ -119,16 +129,20 @@ int mg_afp_rx_enable(struct mg_afp *afp, uint32_t block_size, uint32_t block_nr,
     if (map == MAP_FAILED) {
         rc = -errno;
         memset(&req, 0, sizeof req); /* drop the ring again */
-        (void)setsockopt(afp->fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req);
+        (void)setsockopt(afp->fd, SOL_PACKET, PACKET_RX_RING, &req, req_len);
         return rc;
     }
     afp->map = map;
     afp->map_len = len;
+    afp->version = version;
     afp->block_size = block_size;
     afp->block_nr = block_nr;
+    afp->frame_size = frame_size;
+    afp->frame_nr = req.tp_frame_nr;
     afp->cur_block = 0;
     afp->pkts_left = 0;
     afp->pkt_off = 0;
+    afp->cur_frame = 0;
     return bind_to(afp, ETH_P_ALL);
 }
 
@@ -248,33 +262,40 @@ static inline void block_release(struct mg_afp *afp, struct tpacket_block_desc *
     afp->stats.rx_blocks++;
 }
 
+/* What the ring says about one packet, V2 or V3. */
+struct ring_pkt {
+    const uint8_t *hdr; /* the tpacket2_hdr / tpacket3_hdr */
+    uint32_t hdr_len;   /* its aligned size: the sockaddr_ll follows */
+    uint32_t status, snaplen, len, mac;
+    uint16_t vlan_tci, vlan_tpid;
+};
+
 /* Copies one ring packet into frame `idx`; returns 1 when delivered, 0 when dropped. */
-static int deliver(struct mg_afp *afp, uint8_t *pool, uint32_t idx, struct tpacket3_hdr *h,
+static int deliver(struct mg_afp *afp, uint8_t *pool, uint32_t idx, const struct ring_pkt *rp,
                    uint64_t ts)
 {
-    const struct sockaddr_ll *sll =
-        (const struct sockaddr_ll *)((uint8_t *)h + TPACKET_ALIGN(sizeof(struct tpacket3_hdr)));
+    const struct sockaddr_ll *sll = (const struct sockaddr_ll *)(rp->hdr + rp->hdr_len);
     if (sll->sll_pkttype == PACKET_OUTGOING) {
         afp->stats.rx_outgoing++;
         return 0;
     }
-    uint32_t snap = h->tp_snaplen, wire = h->tp_len;
+    uint32_t snap = rp->snaplen, wire = rp->len;
     if (snap < wire) {
         afp->stats.rx_truncated++;
         return 0;
     }
-    int vlan = (h->tp_status & TP_STATUS_VLAN_VALID) && snap >= 12;
+    int vlan = (rp->status & TP_STATUS_VLAN_VALID) && snap >= 12;
     uint32_t len = snap + (vlan ? 4u : 0u);
     if (len > MG_FRAME_DATA_MAX) {
         afp->stats.rx_oversize++;
         return 0;
     }
-    const uint8_t *src = (const uint8_t *)h + h->tp_mac;
+    const uint8_t *src = rp->hdr + rp->mac;
     struct mg_frame_meta *m = mg_frame_meta(pool, idx);
     uint8_t *dst = (uint8_t *)m + MG_FRAME_META_SIZE + MG_FRAME_HEADROOM;
     if (vlan) {
-        uint16_t tpid = (h->tp_status & TP_STATUS_VLAN_TPID_VALID) ? h->hv1.tp_vlan_tpid : 0x8100;
-        uint16_t tci = (uint16_t)h->hv1.tp_vlan_tci;
+        uint16_t tpid = (rp->status & TP_STATUS_VLAN_TPID_VALID) ? rp->vlan_tpid : 0x8100;
+        uint16_t tci = rp->vlan_tci;
         memcpy(dst, src, 12);
         dst[12] = (uint8_t)(tpid >> 8);
         dst[13] = (uint8_t)tpid;
@@ -285,7 +306,7 @@ static int deliver(struct mg_afp *afp, uint8_t *pool, uint32_t idx, struct tpack
     } else {
         memcpy(dst, src, snap);
     }
-    if ((h->tp_status & TP_STATUS_CSUMNOTREADY) && !(afp->flags & MG_AFP_F_NO_CSUM_FIX))
+    if ((rp->status & TP_STATUS_CSUMNOTREADY) && !(afp->flags & MG_AFP_F_NO_CSUM_FIX))
         afp->stats.rx_csum_fixed += (uint64_t)mg_afp_csum_complete(dst, len);
     /* Metadata: everything the later stages fill starts clean. */
     memset(m, 0, sizeof(*m));
@@ -299,12 +320,43 @@ static int deliver(struct mg_afp *afp, uint8_t *pool, uint32_t idx, struct tpack
     return 1;
 }
 
+/* TPACKET_V2: one status word per fixed-size frame; no latency floor. */
+static int rx_burst_v2(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n)
+{
+    uint32_t got = 0, seen = 0;
+    uint64_t ts = 0;
+    uint32_t per_block = afp->block_size / afp->frame_size;
+    /* At most one lap of the ring per call. */
+    while (got < n && seen < afp->frame_nr) {
+        uint32_t f = afp->cur_frame;
+        struct tpacket2_hdr *h = (struct tpacket2_hdr *)(afp->map +
+            (size_t)(f / per_block) * afp->block_size + (size_t)(f % per_block) * afp->frame_size);
+        /* Acquire: read the frame only after seeing it is ours (pairs with the kernel's
+         * smp_wmb before it sets TP_STATUS_USER in __packet_set_status). */
+        uint32_t st = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+        if (!(st & TP_STATUS_USER))
+            break;
+        if (!ts)
+            ts = now_ns();
+        struct ring_pkt rp = {(const uint8_t *)h, TPACKET_ALIGN(sizeof(struct tpacket2_hdr)), st,
+                              h->tp_snaplen, h->tp_len, h->tp_mac, h->tp_vlan_tci, h->tp_vlan_tpid};
+        got += (uint32_t)deliver(afp, pool, (uint32_t)descs[got], &rp, ts);
+        /* Release: our copy is done before the kernel may reuse the frame. */
+        __atomic_store_n(&h->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+        afp->cur_frame = (f + 1) % afp->frame_nr;
+        seen++;
+    }
+    return (int)got;
+}
+
 int mg_afp_rx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n)
 {
     if (afp->fd < 0 || !afp->map)
         return -EBADF;
     if (n > MG_BURST_MAX)
         n = MG_BURST_MAX;
+    if (afp->version == MG_AFP_RING_V2)
+        return rx_burst_v2(afp, pool, descs, n);
     uint32_t got = 0;
     uint64_t ts = 0;
     /* Visit at most every block once per call, so a busy ring cannot pin us here. */
@@ -328,8 +380,10 @@ int mg_afp_rx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, ui
             ts = now_ns(); /* one clock read per burst */
         while (afp->pkts_left && got < n) {
             struct tpacket3_hdr *h = (struct tpacket3_hdr *)((uint8_t *)bd + afp->pkt_off);
-            uint32_t idx = (uint32_t)descs[got];
-            got += (uint32_t)deliver(afp, pool, idx, h, ts);
+            struct ring_pkt rp = {(const uint8_t *)h, TPACKET_ALIGN(sizeof(struct tpacket3_hdr)),
+                                  h->tp_status, h->tp_snaplen, h->tp_len, h->tp_mac,
+                                  (uint16_t)h->hv1.tp_vlan_tci, h->hv1.tp_vlan_tpid};
+            got += (uint32_t)deliver(afp, pool, (uint32_t)descs[got], &rp, ts);
             afp->pkt_off += h->tp_next_offset;
             afp->pkts_left--;
         }
