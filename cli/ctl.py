@@ -76,8 +76,8 @@ def _change(ctx: click.Context, op: str, args: dict[str, Any], as_json: bool) ->
     else:
         click.echo(
             f"{op}: generation {r['generation']} {'confirmed by every worker' if r['confirmed'] else 'NOT confirmed'} "
-            f"in {r['apply_ms']:.2f} ms (build {r['build_ms']:.2f}, persist {r['persist_ms']:.2f}, "
-            f"publish {r['publish_ms']:.2f}, wait {r['wait_ms']:.2f})"
+            f"in {r['apply_ms']:.2f} ms (build {r['build_ms']:.2f}, publish {r['publish_ms']:.2f}, "
+            f"wait {r['wait_ms']:.2f}, persist {r['persist_wait_ms']:.2f} more)"
         )
     if not r.get("confirmed", True):
         click.echo(f"maglev ctl: {op}: applied, but not every worker reported generation {r['generation']} in time",

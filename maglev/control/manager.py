@@ -5,15 +5,19 @@ Every change goes through :meth:`ConfigManager.apply`, in this order:
 1. **validate** -- the op builds a whole new ``Config`` through ``Config.from_dict``
    (maglev/control/ops.py); an invalid change raises before step 2;
 2. **build** the tables for the new config and the current health ``down`` set;
-3. **persist** the new config atomically (maglev/control/persist.py);
-4. **publish** the tables (double-buffered shared memory, ``TablePublisher``);
-5. **wait** until every live worker reports the new generation, then reply with the
-   generation and the time each step took.
+3. **persist** the new config atomically (maglev/control/persist.py) on a thread, while
+4. **publish** the tables (double-buffered shared memory, ``TablePublisher``) and
+5. **wait** until every live worker reports the new generation; then join the writer and
+   reply with the generation and the time each step took.
 
-Why persist before publish: if the process dies between the two, the restart resumes the
-persisted (accepted) state, which is what the operator was about to be told.  If persisting
-fails, nothing was published: reply ``persist-failed``.  If publishing fails, the previous
-state file is written back and the reply is ``publish-failed``: nothing changed anywhere.
+Persisting overlaps publication because an fsync costs 5-10 ms on this kind of disk, as
+much as everything else together (docs/benchmarks.md).  Either way the reply comes only
+after the state file holds the new config, so "accepted" always means "survives a
+restart".  Failure handling keeps changes all-or-nothing: if publishing fails, the writer
+is joined and the previous state file written back (``publish-failed``); if persisting
+fails, the previous tables are published again and the reply is ``persist-failed`` -- the
+generation moved on, the content did not.  A crash between rename and reply leaves the new
+state, which the restart resumes (the operator saw no reply and re-checks with status).
 A timeout in step 5 is not a failure of the change (the tables are live and workers that
 restart pick them up); the reply says ``confirmed: false`` and a counter records it.
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -120,6 +125,7 @@ class ConfigManager:
         self.counters = Counters()
         self._all_down: set[str] = set()
         self._table_cache: dict[tuple[Any, ...], Any] = {}
+        self._blob: bytes | None = None  # the tables now published (for a rollback)
 
     # ------------------------------------------------------------------ start-up
 
@@ -161,6 +167,7 @@ class ConfigManager:
     def _publish_initial(self) -> None:
         blob = self.build_tables(self.config, down=self.down_set())
         self.generation = self.publisher.publish(blob)
+        self._blob = blob
         self.counters.publishes += 1
         self.confirmed = self.publisher.wait_all_seen(self.generation, self.confirm_timeout)
         self.emit("generation", {"generation": self.generation, "op": "start", "confirmed": self.confirmed})
@@ -201,44 +208,64 @@ class ConfigManager:
         except ConfigError as exc:
             raise ProtocolError(INVALID_CONFIG, "; ".join(exc.problems), details=exc.problems) from None
         t1 = time.perf_counter()
+        # The state file's write + fsync (milliseconds on a disk) overlaps publication; the
+        # reply waits for both.  fsync releases the GIL, so this is real overlap.
+        writer = None
         if persist_state and self.state_path:
-            try:
-                persist.save_state(self.state_path, new, self.source_sha256)
-            except OSError as exc:
-                self.counters.persist_failures += 1
-                raise ProtocolError(PERSIST_FAILED, f"cannot write {self.state_path}: {exc}") from None
-        t2 = time.perf_counter()
+            writer = _Writer(self.state_path, persist.encode_state(ops.plain(new), self.source_sha256))
         try:
             gen = self.publisher.publish(blob)
         except Exception as exc:
             self.counters.publish_failures += 1
-            if persist_state and self.state_path:
-                try:
-                    persist.save_state(self.state_path, self.config, self.source_sha256)
-                except OSError:
-                    log.exception("could not restore %s after a failed publish", self.state_path)
+            if writer is not None:
+                writer.join()
+                self._restore_state()
             raise ProtocolError(PUBLISH_FAILED, f"tables not published: {exc}") from None
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         confirmed = self.publisher.wait_all_seen(gen, self.confirm_timeout)
-        t4 = time.perf_counter()
+        t3 = time.perf_counter()
         self.counters.publishes += 1
+        self.generation, self.confirmed = gen, confirmed
+        if writer is not None and (err := writer.join()) is not None:
+            # Not durable: put the previous tables back so that nothing changed anywhere.
+            self.counters.persist_failures += 1
+            self._republish_previous()  # (a failed atomic write left the old state file)
+            raise ProtocolError(PERSIST_FAILED, f"cannot write {self.state_path}: {err}; the previous "
+                                "tables were published again")
+        t4 = time.perf_counter()
+        self._blob = blob
         if not confirmed:
             self.counters.unconfirmed += 1
             log.warning("generation %d: not every worker reported within %.1fs", gen, self.confirm_timeout)
-        self.generation, self.confirmed = gen, confirmed
         result = {
             "generation": gen,
             "confirmed": confirmed,
             "changed": True,
             "apply_ms": round((t4 - t0) * 1e3, 3),
             "build_ms": round((t1 - t0) * 1e3, 3),
-            "persist_ms": round((t2 - t1) * 1e3, 3),
-            "publish_ms": round((t3 - t2) * 1e3, 3),
-            "wait_ms": round((t4 - t3) * 1e3, 3),
+            "publish_ms": round((t2 - t1) * 1e3, 3),
+            "wait_ms": round((t3 - t2) * 1e3, 3),
+            "persist_wait_ms": round((t4 - t3) * 1e3, 3),
         }
         self.last_change = {"op": op, "time": time.time(), **result}
         self.emit("generation", {"generation": gen, "op": op, "confirmed": confirmed, "apply_ms": result["apply_ms"]})
         return result
+
+    def _restore_state(self) -> None:
+        assert self.state_path is not None
+        try:
+            persist.atomic_write(self.state_path, persist.encode_state(ops.plain(self.config), self.source_sha256))
+        except OSError:
+            log.exception("could not restore %s", self.state_path)
+
+    def _republish_previous(self) -> None:
+        try:
+            blob = self._blob if self._blob is not None else self.build_tables(self.config, down=self.down_set())
+            self.generation = self.publisher.publish(blob)
+            self.confirmed = self.publisher.wait_all_seen(self.generation, self.confirm_timeout)
+            self.counters.publishes += 1
+        except Exception:
+            log.exception("could not publish the previous tables again")
 
     def apply(self, new: Config, op: str) -> dict[str, Any]:
         """Make ``new`` the config: build, persist, publish, wait.  All or nothing."""
@@ -458,6 +485,25 @@ class ConfigManager:
             except OSError as exc:
                 raise ProtocolError(PERSIST_FAILED, f"cannot write {self.state_path}: {exc}") from None
         return result
+
+
+class _Writer:
+    """Writes the state file on a thread; ``join()`` returns the OSError, if any."""
+
+    def __init__(self, path: Path, data: bytes):
+        self.error: OSError | None = None
+        self._t = threading.Thread(target=self._run, args=(path, data), name="maglev-persist", daemon=True)
+        self._t.start()
+
+    def _run(self, path: Path, data: bytes) -> None:
+        try:
+            persist.atomic_write(path, data)
+        except OSError as exc:
+            self.error = exc
+
+    def join(self) -> OSError | None:
+        self._t.join()
+        return self.error
 
 
 OPS = (*ops.CHANGES, "reload", "health-report", "status", "vips", "backends", "get-config", "health")

@@ -27,7 +27,8 @@ FALLBACK_FORMAT = "maglev-control-fallback-1"
 
 
 def live_backends(vip: Vip, down: frozenset[tuple[str, str]]) -> list[tuple[str, int]]:
-    return [(b.key, b.weight) for b in vip.backends if (vip.key, b.key) not in down]
+    key = vip.key
+    return [(b.key, b.weight) for b in vip.backends if (key, b.key) not in down]
 
 
 def vip_table(vip: Vip, down: frozenset[tuple[str, str]]) -> MaglevTable:

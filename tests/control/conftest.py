@@ -92,7 +92,7 @@ def served(publisher, shortdir):
     from maglev.control.tables import fallback_build_tables
 
     holder = {}
-    mgr = ConfigManager(make_config(3), publisher, state_path=shortdir / "state.toml",
+    mgr = ConfigManager(make_config(3), publisher, state_path=shortdir / "state.json",
                         emit=lambda t, b: holder["srv"].publish(t, b), build_tables=fallback_build_tables)
     server = ControlServer(mgr.handle, f"ipc://{shortdir}/control.sock", f"ipc://{shortdir}/events.sock")
     holder["srv"] = server

@@ -34,7 +34,7 @@ def mgr(publisher, mkconfig, tmp_path):
     m = ConfigManager.open(
         publisher,
         source_path=src,
-        state_path=tmp_path / "state" / "config.toml",
+        state_path=tmp_path / "state" / "state.json",
         emit=lambda t, b: events.append((t, b)),
         build_tables=fallback_build_tables,
     )
@@ -204,7 +204,10 @@ def test_persist_failure_changes_nothing(mgr, publisher, tmp_path):
     finally:
         mgr.state_path.parent.chmod(0o700)
     assert not r.ok and r.error["code"] == "persist-failed"
-    assert publisher.generation == 1 and mgr.config.vips[0].backends[0].weight == 1
+    assert mgr.config.vips[0].backends[0].weight == 1
+    # The new tables were live for a moment; the previous content is published again.
+    assert publisher.generation == 3 and publisher.blob == publisher.history[0][1]
+    assert mgr.generation == 3 and publisher.seen == [3, 3, 3]
 
 
 def test_unconfirmed_generation_is_reported(mgr, publisher):
@@ -254,3 +257,28 @@ def test_atomic_write_crash_leaves_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert p.read_bytes() == b"old"
     assert [x.name for x in tmp_path.iterdir()] == ["f"]  # no temp file left behind
+
+
+def test_plain_equals_to_dict():
+    from maglev.control.ops import plain
+
+    c = Config.from_dict({
+        "instance": {"source_ipv4": "198.18.0.1", "source_ipv6": "2001:db8::1"},
+        "bgp": {"local_asn": 65001, "router_id": "198.18.0.1",
+                "peer": [{"address": "198.18.0.2", "asn": 65000}]},
+        "vip": [{"address": "203.0.113.1", "port": 80, "health": {"type": "http", "path": "/x"},
+                 "backend": [{"address": "198.18.1.1", "weight": 3, "name": "a"}]},
+                {"address": "2001:db8::10", "port": 0, "protocol": "udp"}],
+    })
+    assert plain(c) == c.to_dict()
+    assert Config.from_dict(plain(c)) == c
+
+
+def test_state_file_that_is_not_ours_is_an_error(tmp_path):
+    from maglev.errors import ConfigError
+
+    p = tmp_path / "state.json"
+    p.write_text("[vip]\n")
+    with pytest.raises(ConfigError, match="not a maglev state file"):
+        persist.load_state(p)
+    assert persist.load_state(tmp_path / "missing.json") is None
