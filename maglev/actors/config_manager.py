@@ -60,7 +60,7 @@ class ConfigManagerActor(Actor):
         p = self.params
         source = p.get("config") or None
         instance = self.spec.instance
-        state = p.get("state") or str(endpoints.state_dir(instance) / "config.toml")
+        state = p.get("state") or str(endpoints.state_dir(instance) / "state.json")
         publisher = self.make_publisher()
         self.manager = ConfigManager.open(
             publisher,
