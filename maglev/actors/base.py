@@ -134,9 +134,11 @@ class Actor:
     :meth:`drain`, :meth:`teardown`, :meth:`handle` and :meth:`stats` as needed."""
 
     kind = "actor"
-    tick_s = 0.1  # housekeeping period: mailbox, heartbeat, parent check
-    heartbeat_s = 0.25
-    idle_wait_s = 0.1  # longest sleep in wait(); bounds how late a mailbox message is seen
+    tick_s = 0.1  # housekeeping period while busy: mailbox, heartbeat, parent check
+    heartbeat_s = 0.5
+    # Longest sleep in wait(): bounds how late an idle actor sees a mailbox message, and
+    # sets the idle cost (two wake-ups a second per actor).
+    idle_wait_s = 0.5
     yield_rounds = 16  # sched_yield rounds before sleeping
 
     def __init__(self, spec: ActorSpec):
@@ -319,7 +321,7 @@ class Actor:
             if idle <= self.yield_rounds:
                 sched_yield()
             else:
-                self.wait(min(self.idle_wait_s, self.tick_s))
+                self.wait(self.idle_wait_s)
 
     def _close(self) -> None:
         try:

@@ -50,10 +50,16 @@ def open_region(name: str):
     return Region.attach(name)
 
 
-def drop_names() -> list[str]:
-    from maglev.native import ffi, lib
+_DROP_NAMES: list[str] = []
 
-    return [ffi.string(lib.mg_drop_name(i)).decode() for i in range(lib.MG_DROP_COUNT)]
+
+def drop_names() -> list[str]:
+    """Drop reason names, read once from C (enum mg_drop order)."""
+    if not _DROP_NAMES:
+        from maglev.native import ffi, lib
+
+        _DROP_NAMES.extend(ffi.string(lib.mg_drop_name(i)).decode() for i in range(lib.MG_DROP_COUNT))
+    return _DROP_NAMES
 
 
 def worker_stats(s: Any) -> dict[str, Any]:

@@ -10,7 +10,10 @@ Adding an actor to a run is adding one ``ActorDef`` to the list: the control-pla
 (config manager, health prober, BGP speaker) are entries like the data-path ones.
 
 Watching: a child that exits while the run is not stopping is restarted at once with
-``incarnation + 1`` (``Popen.poll`` sees a ``kill -9`` within one supervisor tick, 20 ms);
+``incarnation + 1`` (``Popen.poll`` sees a ``kill -9`` within one supervisor tick, 20 ms).
+The replacement is a *standby* process started in advance with the runtime's modules
+already imported (``launch --standby``), so it is running the actor's setup within
+milliseconds instead of after ~1 s of interpreter start and imports;
 a child whose heartbeats stop for ``heartbeat_timeout_s`` is killed (SIGKILL, by PID) and
 restarted the same way.  A restart counter per actor is kept and reported.  An actor that
 keeps dying (``max_restarts`` within ``restart_window_s``) or fails its setup (exit code
@@ -133,6 +136,8 @@ class Supervisor:
         self._ctx: Any = None
         self._sock: Any = None
         self._tracer: Any = None
+        self.use_standby = True
+        self._standby: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -152,6 +157,7 @@ class Supervisor:
             self._tracer = None
         for c in self.children.values():
             self._spawn(c)
+        self._new_standby()
 
     def _spec(self, c: _Child) -> ActorSpec:
         return ActorSpec(
@@ -167,13 +173,52 @@ class Supervisor:
             incarnation=c.incarnation,
         )
 
+    def _new_standby(self) -> None:
+        if not self.use_standby or self.stopping:
+            return
+        mods = sorted({c.d.target.partition(":")[0] for c in self.children.values()})
+        self._standby = subprocess.Popen(
+            [sys.executable, "-m", "maglev.actors.launch", "--standby", ",".join(mods)],
+            start_new_session=True,
+            stdin=subprocess.PIPE,
+        )
+
+    def _take_standby(self, spec: ActorSpec) -> subprocess.Popen | None:
+        sb, self._standby = self._standby, None
+        if sb is None or sb.poll() is not None:
+            return None
+        try:
+            sb.stdin.write((spec.to_json() + "\n").encode())
+            sb.stdin.close()
+        except OSError:
+            self._kill(sb)
+            sb.wait(timeout=5)
+            return None
+        return sb
+
+    def _close_standby(self) -> None:
+        sb, self._standby = self._standby, None
+        if sb is None:
+            return
+        try:
+            sb.stdin.close()  # end of input: the standby exits by itself
+            sb.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self._kill(sb)
+            sb.wait(timeout=5)
+
     def _spawn(self, c: _Child) -> None:
         spec = self._spec(c)
-        c.proc = subprocess.Popen(
-            [sys.executable, "-m", "maglev.actors.launch", spec.to_json()],
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-        )
+        proc = self._take_standby(spec) if c.incarnation else None
+        if proc is not None:
+            self._new_standby()
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "maglev.actors.launch", spec.to_json()],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
+        c.proc = proc
         c.started_at = c.last_hb = time.monotonic()
         c.hello = False
         c.bye = False
@@ -329,6 +374,7 @@ class Supervisor:
     def stop(self, reason: str = "stop") -> None:
         """Stop every actor, group by group; always returns with no child left."""
         self.stopping = True
+        self._close_standby()
         groups = sorted({c.d.stop_group for c in self.children.values()})
         for g in groups:
             members = [c for c in self.children.values() if c.d.stop_group == g]
@@ -369,6 +415,7 @@ class Supervisor:
         """Stop (if needed), close the mailbox and remove the run directory."""
         if not self.stopping:
             self.stop("close")
+        self._close_standby()
         for c in self.children.values():
             if c.proc is not None and c.proc.poll() is None:
                 self._kill(c.proc)

@@ -8,13 +8,20 @@
  *
  * Everything a worker holds is in its hand (mg_hand.h), including fragments the data path
  * holds across bursts, so a `kill -9` loses no frame.  A replacement worker calls
- * mg_worker_recover(): the dead worker's hand is settled, and every frame in it goes back
- * to steering on the ret ring, counted in MG_WS_RESTART_DROPS.  That makes a worker crash
- * *at-most-once* for the packets it held: they may have been half rewritten (encapsulation
- * works in place), so replaying them could send garbage or a duplicate; dropping them is
- * what a NIC does on a reset.  Packets still on the rx ring are not affected (the new
- * worker processes them), and the connection table starts empty: flows keep their backend
- * through the Maglev table (paper 3.3), unless the backend set changed since they began.
+ * mg_worker_recover(): the dead worker's hand is settled (the journal says exactly which
+ * frames it still held) and every frame in it is settled by its verdict -- steering
+ * clears the verdict of each packet it dispatches, so a verdict means "judged":
+ *   forward / ICMP  -> tx (fully processed, not yet queued: sent once);
+ *   a drop reason   -> ret (already counted);
+ *   no verdict      -> ret, counted in MG_WS_RESTART_DROPS (never judged, or judged in
+ *   or held           the instant of the kill; a held fragment's reassembly state died
+ *                     with the process).
+ * So in-flight packets are delivered *at most once*: never duplicated (the journal rules
+ * that out), possibly dropped -- and each such drop is counted.  Packets still on the rx
+ * ring are not affected (the new worker processes them), and the connection table starts
+ * empty: flows keep their backend through the Maglev table (paper 3.3), unless the
+ * backend set changed since they began.  The counters can be off by the one burst whose
+ * verdicts were set but not yet added to the stats block when the process died.
  *
  * Counters: the worker's stats block in the region (MG_WS_* words) survives a restart: a
  * new worker adds its data-path counters to the values its predecessor left.

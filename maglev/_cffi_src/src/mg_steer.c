@@ -130,6 +130,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         if (MG_UNLIKELY(m->data_off > MG_FRAME_SIZE - MG_FRAME_META_SIZE ||
                         m->len > MG_FRAME_SIZE - MG_FRAME_META_SIZE - m->data_off)) {
             /* Bad metadata from a NIC: let a worker count it (bad_frame). */
+            m->verdict = 0;
             w = s->rr++ % s->n_workers;
         } else {
             uint64_t h;
@@ -137,6 +138,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
             int r = mg_steer_hash(mg_frame_data(pool, idx), m->len, s->k0, s->k1, s->n_workers,
                                   &h, &fl);
             m->flow_hash = (uint32_t)h;
+            m->verdict = 0; /* "not judged yet": worker recovery relies on it */
             m->flags = (uint16_t)((m->flags & ~MG_FRAME_F_FRAGMENT) | fl);
             if (r < 0) {
                 w = s->rr++ % s->n_workers;

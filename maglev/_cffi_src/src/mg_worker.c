@@ -109,17 +109,32 @@ int mg_worker_recover(struct mg_worker *w, void *base)
     mg_ring_reset_producer(mg_region_ring_by_id(base, w->ret_id));
     mg_tables_quiesce(base, w->worker);
     if (n > 0) {
+        /* Steering clears verdict on every packet it dispatches, so a verdict here says
+         * the dead worker judged the frame (and counted it).  Judged frames finish their
+         * way (forward -> tx, drop -> ret); the others -- never judged, or a fragment the
+         * dead data path held -- are dropped and counted as worker_restart. */
         uint32_t cnt;
         uint64_t *descs = mg_hand_descs(base, w->slot, &cnt);
         uint8_t *pool = mg_region_pool(base);
+        uint64_t lost = 0;
         for (uint32_t j = 0; j < cnt; j++) {
-            mg_frame_meta(pool, (uint32_t)descs[j])->verdict = MG_DROP_NONE;
-            w->dest[j] = (uint16_t)w->ret_id;
+            struct mg_frame_meta *m = mg_frame_meta(pool, (uint32_t)descs[j]);
+            if (m->verdict == MG_VERDICT_FORWARD || m->verdict == MG_VERDICT_ICMP) {
+                w->dest[j] = (uint16_t)w->tx_id;
+            } else if (m->verdict != MG_DROP_NONE && m->verdict < MG_DROP_COUNT) {
+                w->dest[j] = (uint16_t)w->ret_id;
+            } else {
+                m->verdict = MG_DROP_NONE;
+                w->dest[j] = (uint16_t)w->ret_id;
+                lost++;
+            }
         }
+        /* The rings were the dead worker's and are empty enough or not: keep what does
+         * not fit (the first bursts push it). */
         int rc = mg_hand_push(base, w->slot, w->dest, cnt);
         if (rc < 0)
             return rc;
-        w->stats[MG_WS_RESTART_DROPS] += (uint64_t)n;
+        w->stats[MG_WS_RESTART_DROPS] += lost;
         w->base[MG_WS_RESTART_DROPS] = w->stats[MG_WS_RESTART_DROPS];
     }
     return n;

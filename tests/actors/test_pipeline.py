@@ -1,0 +1,218 @@
+"""The forwarder pipeline end to end: steering, workers and muxer as processes on the
+shared-memory rings, under the supervisor.  Every test checks the frame accounting (each
+frame in exactly one place at the end) and that the shm region and run directory are gone."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from maglev.actors.pipeline import SAMPLE_CONFIG, Pipeline, PipelineOptions
+from maglev.native import ffi, lib
+from maglev.nic.gen import GenNic
+from maglev.nic.pcapfile import PcapReader, PcapWriter
+
+FRAME = int(lib.MG_FRAME_SIZE)
+META = int(lib.MG_FRAME_META_SIZE)
+CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
+
+
+def run_until_eof(p: Pipeline, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not p.eof:
+        assert time.monotonic() < deadline, "no eof in time"
+        p.poll(0.05)
+
+
+def gone(p: Pipeline) -> None:
+    assert not os.path.exists(f"/dev/shm/maglev-{p.region_name}")
+    assert not os.path.exists(p.supervisor.run_dir)
+
+
+def balanced(s: dict, slack: int = 0) -> None:
+    total = s["forwarded"] + sum(s["dropped"].values())
+    assert abs(s["packets_in"] - total) <= slack, s
+
+
+def test_generator_run_accounts_for_every_packet():
+    p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=20000,flows=500,ipv6=0.2"))
+    try:
+        p.start()
+        run_until_eof(p)
+        p.stop()
+        s = p.summary()
+    finally:
+        p.close()
+    gone(p)
+    assert s["packets_in"] == 20000
+    balanced(s)
+    assert s["forwarded"] == 20000  # every generated packet is for a configured VIP
+    assert s["tx_packets"] == s["forwarded"]
+    assert sum(w["packets_in"] for w in s["per_worker"]) == 20000
+    assert all(w["packets_in"] > 0 for w in s["per_worker"])
+    assert s["pool"]["ok"], s["pool"]["detail"]
+    assert s["restarts"] == {"steering": 0, "worker-0": 0, "worker-1": 0, "muxer": 0}
+
+
+def write_capture(path: Path, bursts: int, extra: list[bytes] = ()) -> int:
+    """Generated packets toward the sample VIPs plus one VIP that is not configured (drops),
+    and any extra raw frames; timestamps 1 us apart."""
+    vips = [("203.0.113.10", 80, "tcp"), ("203.0.113.20", 0, "udp"),
+            ("2001:db8:100::10", 443, "tcp"), ("203.0.113.99", 80, "tcp")]
+    g = GenNic(vips, flows=300, syn=0.3, size=100, ipv6=0.2, seed=5)
+    pool = ffi.new("uint8_t[]", 256 * FRAME)
+    descs = ffi.new("uint64_t[]", list(range(256)))
+    n = 0
+    with PcapWriter(path) as w:
+        for _ in range(bursts):
+            k = g.rx_burst(pool, descs, 256)
+            for i in range(k):
+                m = ffi.cast("struct mg_frame_meta *", pool + i * FRAME)
+                w.write(ffi.buffer(pool + i * FRAME + META + m.data_off, m.len)[:], 10**9 + n * 1000)
+                n += 1
+        for raw in extra:
+            w.write(raw, 10**9 + n * 1000)
+            n += 1
+    return n
+
+
+def test_capture_run_gives_the_same_packets_as_replay(tmp_path, corpus_dir):
+    from maglev import config
+    from maglev.datapath.replay import replay
+
+    extra = []
+    for name in ("IPv4Frag.pcap", "icmp6.pcap", "802.1ad_QinQ.pcap"):
+        with PcapReader(corpus_dir / name) as reader:
+            extra += [r.data for r in reader if r.ok]
+    cap = tmp_path / "in.pcap"
+    n = write_capture(cap, 12, extra)
+    out_run, out_replay = tmp_path / "run.pcap", tmp_path / "replay.pcap"
+    r = subprocess.run(
+        [*CLI, "run", "--workers", "3", "--config", str(SAMPLE_CONFIG), "--nic", f"pcap:{cap}",
+         "--out", str(out_run), "--exit-on-eof", "--json"],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    ref = replay(cap, config.load(SAMPLE_CONFIG), out=out_replay)
+    assert s["packets_in"] == ref["packets_in"] == n
+    assert s["forwarded"] == ref["forwarded"]
+    assert s["dropped"] == ref["dropped"]
+    assert s["pool"]["ok"]
+    with PcapReader(out_run) as a, PcapReader(out_replay) as b:
+        mine = Counter(rec.data for rec in a)
+        theirs = Counter(rec.data for rec in b)
+    assert sum(mine.values()) == ref["forwarded"] + ref["icmp_sent"]
+    assert mine == theirs
+
+
+def test_kill_9_worker_is_replaced_within_a_second_and_the_pool_stays_whole():
+    p = Pipeline(PipelineOptions(workers=2, nic="gen:seconds=20,flows=1000", ring_size=256))
+    try:
+        p.start()
+        sup = p.supervisor
+        deadline = time.monotonic() + 10
+        while p.counters()["per_worker"][0]["packets_in"] < 2000:
+            assert time.monotonic() < deadline, "worker 0 got no traffic"
+            p.poll(0.02)
+        old = sup.pid("worker-0")
+        os.kill(old, signal.SIGKILL)
+        t0 = time.monotonic()
+        while not (sup.alive("worker-0") and sup.pid("worker-0") != old):
+            assert time.monotonic() - t0 < 5, "no replacement"
+            p.poll(0.01)
+        took = time.monotonic() - t0
+        before = p.counters()["per_worker"][0]["packets_in"]
+        deadline = time.monotonic() + 10
+        while p.counters()["per_worker"][0]["packets_in"] < before + 2000:
+            assert time.monotonic() < deadline, "the replacement does not process packets"
+            p.poll(0.02)
+        p.stop()
+        s = p.summary()
+    finally:
+        p.close()
+    gone(p)
+    assert took < 1.0, f"replacement took {took:.2f} s"
+    assert s["restarts"]["worker-0"] == 1
+    assert sum(s["restarts"].values()) == 1
+    assert s["pool"]["ok"], s["pool"]["detail"]
+    # Counters may disagree by at most the burst the dead worker was in the middle of.
+    balanced(s, slack=256)
+
+
+def test_sigterm_stops_cleanly_with_a_summary_and_leaves_nothing(tmp_path):
+    proc = subprocess.Popen([*CLI, "run", "--workers", "2", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        me = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 30
+        while len(me.children()) < 4:
+            assert time.monotonic() < deadline, "actors did not start"
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        children = me.children()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    s = json.loads(out)
+    assert s["packets_in"] > 0
+    assert s["pool"]["ok"]
+    assert set(s) >= {"packets_in", "forwarded", "dropped", "per_worker", "restarts", "elapsed_s"}
+    assert not glob.glob(f"/dev/shm/maglev-*-{proc.pid}-*")  # region names carry the pid
+    for c in children:
+        assert not c.is_running() or c.status() == psutil.STATUS_ZOMBIE
+
+
+def test_eight_idle_workers_use_almost_no_cpu():
+    p = Pipeline(PipelineOptions(workers=8, nic="gen:packets=1000"))
+    try:
+        p.start()
+        run_until_eof(p)
+        procs = [psutil.Process(p.supervisor.pid(n)) for n in p.supervisor.children]
+        time.sleep(0.5)
+        c0 = sum(sum(pr.cpu_times()[:2]) for pr in procs)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.0:
+            p.poll(0.05)
+        used = (sum(sum(pr.cpu_times()[:2]) for pr in procs) - c0) / (time.monotonic() - t0)
+        p.stop()
+        s = p.summary()
+    finally:
+        p.close()
+    print(f"idle CPU of 10 actors (8 workers): {used * 100:.2f}% of one core")
+    assert used < 0.10  # aim < 2%; the bound leaves room for a busy shared machine
+    assert s["pool"]["ok"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--nic", "pcap:/nonexistent/x.pcap"], "no such file"),
+        (["--nic", "gen:flows=-1"], "flows=-1 is out of range"),
+        (["--cpus", "4096"], "not available here"),
+        (["--config", "/nonexistent.toml"], "cannot read"),
+    ],
+)
+def test_bad_arguments_are_one_clear_line_and_leave_nothing(args, message):
+    proc = subprocess.Popen([*CLI, "run", "--json", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert not glob.glob(f"/dev/shm/maglev-*-{proc.pid}-*")
