@@ -49,8 +49,9 @@ FULL_0_15 = {
     63: 0x9D199062B7BBB3A8,
 }
 
-# Published full 64-bit SipHash-1-3 values under the all-zero key (the RustCrypto-style
-# `siphash13` tests print them as big-endian hex, i.e. the integer's usual spelling).
+# Published full 64-bit SipHash-1-3 values under the all-zero key, from the `siphash13`
+# tests of a Rust SipHash crate (digest-sip_hash); they print the u64 as big-endian hex,
+# i.e. the integer's usual spelling.
 ZERO_KEY = {
     b"": 0xD1FBA762150C532C,
     b"siphash": 0x8264CEECCB16BCBE,

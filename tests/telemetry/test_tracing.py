@@ -155,3 +155,16 @@ def test_collector_outage_is_reported_once_and_not_hammered(caplog):
             "trace export to http://127.0.0.1:9/v1/traces works again "
             "(20 span batches were dropped meanwhile)"
         ]
+
+
+def test_endpoint_resolution_follows_the_otel_variables(monkeypatch):
+    from maglev.telemetry.tracing import _otlp_exporter
+
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    assert _otlp_exporter(None) is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://10.9.9.9:4318")
+    assert _otlp_exporter(None)[1] == "http://10.9.9.9:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:1/custom")
+    assert _otlp_exporter(None)[1] == "http://c:1/custom"  # the specific one wins
+    assert _otlp_exporter("http://127.0.0.1:4318")[1] == "http://127.0.0.1:4318/v1/traces"
