@@ -126,6 +126,7 @@ class ConfigManager:
         self._all_down: set[str] = set()
         self._table_cache: dict[tuple[Any, ...], Any] = {}
         self._blob: bytes | None = None  # the tables now published (for a rollback)
+        self._plain_cache: list[tuple[Config, dict[str, Any]]] = []
 
     # ------------------------------------------------------------------ start-up
 
@@ -179,7 +180,7 @@ class ConfigManager:
 
     def _prune_health(self, config: Config) -> None:
         """Forget verdicts on backends that left the config or lost their health check."""
-        keep = {(v.key, b.key) for v in config.vips if v.health.type != "none" for b in v.backends}
+        keep = _checked_pairs(config)
         for k in list(self.health):
             if k not in keep:
                 del self.health[k]
@@ -188,8 +189,12 @@ class ConfigManager:
         """Loud when a VIP has backends but none of them is up (GLB #77): event, log, counter."""
         now_down = set()
         for v in self.config.vips:
-            if v.backends and all((v.key, b.key) in self.health and not self.health[(v.key, b.key)].up for b in v.backends):
-                now_down.add(v.key)
+            if not v.backends or not self.health:
+                continue
+            key = v.key
+            entries = [self.health.get((key, b.key)) for b in v.backends]
+            if all(e is not None and not e.up for e in entries):
+                now_down.add(key)
         for key in sorted(now_down - self._all_down):
             self.counters.vip_all_down += 1
             log.error("VIP %s: every backend is down; its packets are dropped", key)
@@ -212,7 +217,7 @@ class ConfigManager:
         # reply waits for both.  fsync releases the GIL, so this is real overlap.
         writer = None
         if persist_state and self.state_path:
-            writer = _Writer(self.state_path, persist.encode_state(ops.plain(new), self.source_sha256))
+            writer = _Writer(self.state_path, persist.encode_state(self.plain(new), self.source_sha256))
         try:
             gen = self.publisher.publish(blob)
         except Exception as exc:
@@ -250,6 +255,16 @@ class ConfigManager:
         self.last_change = {"op": op, "time": time.time(), **result}
         self.emit("generation", {"generation": gen, "op": op, "confirmed": confirmed, "apply_ms": result["apply_ms"]})
         return result
+
+    def plain(self, config: Config) -> dict[str, Any]:
+        """``config`` as plain data, remembered for the current and the last new config
+        (each change needs the old one for the op and the new one for the state file)."""
+        for c, d in self._plain_cache:
+            if c is config:
+                return d
+        d = ops.plain(config)
+        self._plain_cache = [*self._plain_cache[-1:], (config, d)]
+        return d
 
     def _restore_state(self) -> None:
         assert self.state_path is not None
@@ -290,7 +305,7 @@ class ConfigManager:
         not in the config are ignored (the prober may lag a config change).  With ``full``
         the list is the prober's whole view and replaces ours."""
         self.counters.health_reports += 1
-        valid = {(v.key, b.key) for v in self.config.vips if v.health.type != "none" for b in v.backends}
+        valid = _checked_pairs(self.config)
         new = dict(self.health) if not full else {}
         now = time.time()
         ignored = 0
@@ -371,7 +386,8 @@ class ConfigManager:
     def vips(self) -> list[dict[str, Any]]:
         out = []
         for v in self.config.vips:
-            down = sum(1 for b in v.backends if (v.key, b.key) in self.down_set())
+            key, down_set = v.key, self.down_set()
+            down = sum(1 for b in v.backends if (key, b.key) in down_set)
             out.append(
                 {
                     "vip": v.key,
@@ -434,7 +450,7 @@ class ConfigManager:
         op, args = req.op, req.args
         change = ops.CHANGES.get(op)
         if change is not None:
-            return self.apply(change(self.config, args), op)
+            return self.apply(change(self.config, args, self.plain(self.config)), op)
         if op == "reload":
             ops.check_keys(args, ())
             return self.reload()
@@ -508,6 +524,16 @@ class _Writer:
 
 OPS = (*ops.CHANGES, "reload", "health-report", "status", "vips", "backends", "get-config", "health")
 CHANGE_OPS = (*ops.CHANGES, "reload")
+
+
+def _checked_pairs(config: Config) -> set[tuple[str, str]]:
+    """(vip key, backend key) of every backend that has a health check."""
+    out = set()
+    for v in config.vips:
+        if v.health.type != "none":
+            key = v.key
+            out.update((key, b.key) for b in v.backends)
+    return out
 
 
 def _bool(args: dict[str, Any], key: str) -> bool:

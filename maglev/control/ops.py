@@ -68,12 +68,20 @@ def arg_int(args: dict[str, Any], key: str, lo: int, hi: int) -> int:
 # -------------------------------------------------------------------- plain data
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+_SCALARS = (str, int, bool, float, type(None))
+
+
 def _plain(obj: Any) -> Any:
-    if is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, tuple | list):
-        return [_plain(x) for x in obj]
-    return obj
+    t = type(obj)
+    if t in _SCALARS:
+        return obj
+    names = _FIELDS.get(t)
+    if names is None:
+        if not is_dataclass(obj):
+            return [_plain(x) for x in obj] if isinstance(obj, tuple | list) else obj
+        names = _FIELDS[t] = tuple(f.name for f in fields(obj))
+    return {n: _plain(getattr(obj, n)) for n in names}
 
 
 def plain(config: Config) -> dict[str, Any]:
@@ -176,17 +184,35 @@ def validate(data: Any) -> Config:
 # -------------------------------------------------------------------- the operations
 
 
-def replace_config(config: Config, args: dict[str, Any]) -> Config:
+# Each op gets ``base`` = plain(config), shared with the config manager's cache: ops copy
+# only the path they change (copy-on-write) and never mutate ``base``.
+
+Base = dict[str, Any] | None
+
+
+def _with_vip(base: dict[str, Any], i: int, vip: dict[str, Any] | None) -> dict[str, Any]:
+    vips = list(base["vip"])
+    if vip is None:
+        del vips[i]
+    else:
+        vips[i] = vip
+    return {**base, "vip": vips}
+
+
+def _with_backends(base: dict[str, Any], i: int, backends: list[Any]) -> dict[str, Any]:
+    return _with_vip(base, i, {**base["vip"][i], "backend": backends})
+
+
+def replace_config(config: Config, args: dict[str, Any], base: Base = None) -> Config:
     check_keys(args, ("config",))
     return validate(arg_map(args, "config"))
 
 
-def add_vip(config: Config, args: dict[str, Any]) -> Config:
+def add_vip(config: Config, args: dict[str, Any], base: Base = None) -> Config:
     check_keys(args, ("vip",))
     new = arg_map(args, "vip")
-    data = plain(config)
-    data["vip"].append(new)
-    out = validate(data)
+    base = base if base is not None else plain(config)
+    out = validate({**base, "vip": [*base["vip"], new]})
     # from_dict reports duplicates by index; say it in the operator's words instead.
     added = out.vips[-1]
     if any(v.key == added.key for v in config.vips):
@@ -194,15 +220,14 @@ def add_vip(config: Config, args: dict[str, Any]) -> Config:
     return out
 
 
-def remove_vip(config: Config, args: dict[str, Any]) -> Config:
+def remove_vip(config: Config, args: dict[str, Any], base: Base = None) -> Config:
     check_keys(args, ("vip",))
     i = find_vip(config, arg_str(args, "vip"))
-    data = plain(config)
-    del data["vip"][i]
-    return validate(data)
+    base = base if base is not None else plain(config)
+    return validate(_with_vip(base, i, None))
 
 
-def update_vip(config: Config, args: dict[str, Any]) -> Config:
+def update_vip(config: Config, args: dict[str, Any], base: Base = None) -> Config:
     """Change a VIP's settings (not its backends, which have their own ops).  ``set`` holds
     the keys to change; ``set.health`` is merged key by key into the current health check."""
     check_keys(args, ("vip", "set"))
@@ -210,57 +235,58 @@ def update_vip(config: Config, args: dict[str, Any]) -> Config:
     changes = arg_map(args, "set")
     if "backend" in changes:
         raise ProtocolError(BAD_ARGS, "use add-backend/remove-backend/set-weight to change backends", "set.backend")
-    data = plain(config)
-    vip = data["vip"][i]
+    base = base if base is not None else plain(config)
+    vip = dict(base["vip"][i])
     for k, v in changes.items():
         if k == "health" and isinstance(v, dict):
             vip["health"] = {**vip["health"], **copy.deepcopy(v)}
         else:
             vip[k] = copy.deepcopy(v)
-    return validate(data)
+    return validate(_with_vip(base, i, vip))
 
 
-def add_backend(config: Config, args: dict[str, Any]) -> Config:
+def add_backend(config: Config, args: dict[str, Any], base: Base = None) -> Config:
     check_keys(args, ("vip", "backend"))
     i = find_vip(config, arg_str(args, "vip"))
     new = arg_map(args, "backend")
-    data = plain(config)
-    data["vip"][i]["backend"].append(copy.deepcopy(new))
-    out = validate(data)
+    base = base if base is not None else plain(config)
+    out = validate(_with_backends(base, i, [*base["vip"][i]["backend"], copy.deepcopy(new)]))
     added = out.vips[i].backends[-1]
     if any(b.key == added.key for b in config.vips[i].backends):
         raise ProtocolError(CONFLICT, f"VIP {config.vips[i].key} already has backend {added.key!r}", "backend")
     return out
 
 
-def remove_backend(config: Config, args: dict[str, Any]) -> Config:
+def remove_backend(config: Config, args: dict[str, Any], base: Base = None) -> Config:
     check_keys(args, ("vip", "backend"))
     i = find_vip(config, arg_str(args, "vip"))
     j = find_backend(config.vips[i], arg_str(args, "backend"))
-    data = plain(config)
-    del data["vip"][i]["backend"][j]
-    return validate(data)
+    base = base if base is not None else plain(config)
+    backends = list(base["vip"][i]["backend"])
+    del backends[j]
+    return validate(_with_backends(base, i, backends))
 
 
-def set_weight(config: Config, args: dict[str, Any]) -> Config:
+def set_weight(config: Config, args: dict[str, Any], base: Base = None) -> Config:
     check_keys(args, ("vip", "backend", "weight"))
     i = find_vip(config, arg_str(args, "vip"))
     j = find_backend(config.vips[i], arg_str(args, "backend"))
     weight = arg_int(args, "weight", 0, MAX_WEIGHT)
-    data = plain(config)
-    data["vip"][i]["backend"][j]["weight"] = weight
-    return validate(data)
+    base = base if base is not None else plain(config)
+    backends = list(base["vip"][i]["backend"])
+    backends[j] = {**backends[j], "weight": weight}
+    return validate(_with_backends(base, i, backends))
 
 
-def drain(config: Config, args: dict[str, Any]) -> Config:
+def drain(config: Config, args: dict[str, Any], base: Base = None) -> Config:
     """Weight 0: the backend gets no new flows; established flows keep it (conntrack)."""
     check_keys(args, ("vip", "backend"))
-    return set_weight(config, {**args, "weight": 0})
+    return set_weight(config, {**args, "weight": 0}, base)
 
 
 # op name -> function; the config manager adds the ops that need more than the config
 # (reload, status, ...).
-CHANGES: dict[str, Callable[[Config, dict[str, Any]], Config]] = {
+CHANGES: dict[str, Callable[[Config, dict[str, Any], Base], Config]] = {
     "replace-config": replace_config,
     "add-vip": add_vip,
     "remove-vip": remove_vip,

@@ -74,7 +74,8 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o600) -> None:
 def encode_state(config_dict: dict, source_sha256: str = "") -> bytes:
     """The state file's bytes (cheap; done before the write, which may run in a thread)."""
     doc = {"format": STATE_FORMAT, "source_sha256": source_sha256, "config": config_dict}
-    return json.dumps(doc, indent=1, sort_keys=False).encode("utf-8") + b"\n"
+    # No indent: only the compact form uses json's C encoder (10x faster for big configs).
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 def save_state(path: str | Path, config: Config, source_sha256: str = "") -> None:

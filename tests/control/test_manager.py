@@ -282,3 +282,22 @@ def test_state_file_that_is_not_ours_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="not a maglev state file"):
         persist.load_state(p)
     assert persist.load_state(tmp_path / "missing.json") is None
+
+
+def test_ops_never_mutate_the_shared_base(mgr):
+    import copy as _copy
+
+    base = mgr.plain(mgr.config)
+    snapshot = _copy.deepcopy(base)
+    for op, args in [
+        ("set-weight", {"vip": VIP, "backend": "198.18.1.1", "weight": 7}),
+        ("add-backend", {"vip": VIP, "backend": {"address": "198.18.1.40"}}),
+        ("remove-backend", {"vip": VIP, "backend": "198.18.1.2"}),
+        ("update-vip", {"vip": VIP, "set": {"health": {"rise": 5}}}),
+        ("add-vip", {"vip": {"address": "203.0.113.99", "port": 1}}),
+        ("remove-vip", {"vip": VIP}),
+    ]:
+        from maglev.control import ops
+
+        ops.CHANGES[op](mgr.config, args, base)
+        assert base == snapshot, op
