@@ -63,14 +63,15 @@ def lab() -> None:
 @click.option("--no-forwarder", is_flag=True, help="Build the topology without starting `maglev run`.")
 @click.option("--wait", "wait_s", type=float, default=30.0, show_default=True, help="Seconds to wait for the lab to answer.")
 @click.option("--state-dir", default=None, help="Where the lab state lives (default /run/maglev-lab).")
+@click.option("--prefix", default="mglab", show_default=True, help="Namespace name prefix (for several labs).")
 @click.option("--json", "as_json", is_flag=True, help="Print namespaces, addresses and VIPs as JSON.")
-def up(backends, encap, weights, workers, ring, no_forwarder, wait_s, state_dir, as_json) -> None:
+def up(backends, encap, weights, workers, ring, no_forwarder, wait_s, state_dir, prefix, as_json) -> None:
     """Create the lab: client, router, maglev and N backend namespaces, HTTP servers,
     decapsulation, and `maglev run --nic afpacket:eth0`.  Harmless when already up."""
     from maglev.lab.topology import LabSpec
 
     spec = LabSpec(backends=backends, encap=encap, weights=_weights(weights, backends),
-                   forwarder=not no_forwarder, workers=workers, ring=ring or "")
+                   forwarder=not no_forwarder, workers=workers, ring=ring or "", prefix=prefix)
     lab_ = _lab(state_dir)
     if state_dir:
         spec.state_dir = lab_.state_dir
