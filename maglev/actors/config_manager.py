@@ -175,13 +175,17 @@ def actor_def(opts: Any, region_name: str) -> Any:
     )
 
 
-def _register() -> None:
-    try:
-        from maglev.actors import pipeline
-    except ImportError:  # the data-path actors are not installed: nothing to register with
-        return
+def register() -> None:
+    """Add this actor to every ``maglev run`` of this process (``pipeline.EXTRA_ACTORS``).
+    Explicit, not on import: importing the module (tests do) must not change other runs."""
+    from maglev.actors import pipeline
+
     if actor_def not in pipeline.EXTRA_ACTORS:
         pipeline.EXTRA_ACTORS.append(actor_def)
 
 
-_register()
+def unregister() -> None:
+    from maglev.actors import pipeline
+
+    while actor_def in pipeline.EXTRA_ACTORS:
+        pipeline.EXTRA_ACTORS.remove(actor_def)

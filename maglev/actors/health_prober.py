@@ -212,13 +212,17 @@ def actor_def(opts: Any, region_name: str) -> Any:
     return ActorDef("health", "maglev.actors.health_prober:HealthProberActor", {}, stop_group=3)
 
 
-def _register() -> None:
-    try:
-        from maglev.actors import pipeline
-    except ImportError:
-        return
+def register() -> None:
+    """Add this actor to every ``maglev run`` of this process (``pipeline.EXTRA_ACTORS``).
+    Explicit, not on import: importing the module (tests do) must not change other runs."""
+    from maglev.actors import pipeline
+
     if actor_def not in pipeline.EXTRA_ACTORS:
         pipeline.EXTRA_ACTORS.append(actor_def)
 
 
-_register()
+def unregister() -> None:
+    from maglev.actors import pipeline
+
+    while actor_def in pipeline.EXTRA_ACTORS:
+        pipeline.EXTRA_ACTORS.remove(actor_def)
