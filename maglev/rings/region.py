@@ -279,7 +279,9 @@ class Doorbell:
         then sleeps on the futex; an idle actor uses no CPU.  The GIL is released."""
         if type(timeout_ms) is not int or not 0 <= timeout_ms < 2**31:
             raise RegionError(f"doorbell wait: timeout_ms {timeout_ms!r} must be an int >= 0")
-        rc = lib.mg_bell_wait(self._region._b(), self.index, max(0, int(spin)), timeout_ms)
+        if type(spin) is not int or not 0 <= spin < 2**32:
+            raise RegionError(f"doorbell wait: spin {spin!r} must be an int 0..2^32-1")
+        rc = lib.mg_bell_wait(self._region._b(), self.index, spin, timeout_ms)
         return check(rc, "doorbell wait") > 0
 
     def ring(self) -> None:
@@ -424,6 +426,13 @@ class Tables:
         if not self.wait_all_seen(cur, live, timeout):
             raise TablesBusyError(cur, self._laggards(cur, live))
         new = cur + 1
+        if data:
+            try:  # SIGBUS-proof: reserve the pages of the idle copy first
+                os.posix_fallocate(
+                    self._region._fd, int(self._region._hdr.tables_copy_off[new & 1]), len(data)
+                )
+            except OSError as exc:
+                raise RegionError(f"cannot allocate {len(data)} bytes of table copy: {exc}") from None
         dst = lib.mg_tables_copy(base, new & 1)
         ffi.memmove(dst, data, len(data))
         lib.mg_tables_commit(base, new, len(data))
@@ -551,6 +560,13 @@ class Region:
             raise RegionError(f"region {name}: {path} already exists") from exc
         try:
             os.ftruncate(fd, int(layout.total_size))
+            # Allocate everything but the table copies now: on a full /dev/shm this is a
+            # clean ENOSPC here instead of a SIGBUS at the first touch.  The copies stay
+            # sparse until a publication needs them (Tables.publish allocates first).
+            try:
+                os.posix_fallocate(fd, 0, int(layout.tables_copy_off[0]))
+            except OSError as exc:
+                raise RegionError(f"region {name}: cannot allocate {path}: {exc}") from None
             mm = mmap.mmap(fd, int(layout.total_size), mmap.MAP_SHARED)
         except BaseException:
             os.close(fd)
