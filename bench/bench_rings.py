@@ -7,7 +7,10 @@ For each burst size (8..256) it measures, in the same run:
 * ``2proc``  -- a producer process and a consumer process, loops in C (what the C
   worker glue sees: the cost of the cache-line hand-off between cores);
 * ``2proc-py`` -- the same with a Python loop making one cffi call per burst on each
-  side (what a Python actor main loop sees).
+  side (what a Python actor main loop sees);
+
+and the doorbell wake-up latency (enqueue -> a consumer process asleep on the futex has
+the descriptor) against a consumer polling with ``sched_yield`` as the baseline.
 
 and prints ns/descriptor (median of REPEAT runs, min in brackets) and the ratios
 2proc/local and 2proc-py/2proc.  It never asserts on speed.  The machine is shared and
@@ -27,7 +30,7 @@ import sys
 import time
 
 from maglev.native import ffi, lib
-from maglev.rings import Region
+from maglev.rings import Region, worker_bell
 
 BURSTS = (8, 16, 32, 64, 128, 256)
 RING_SIZE = 1024
@@ -62,6 +65,61 @@ def producer(name: str, total: int, burst: int, python: bool, cpu: int | None) -
     else:
         lib.mg_ring_bench_produce(ring.ptr, total, burst, deadline)
     region.close()
+
+
+def waker(name: str, count: int, sleep: bool) -> None:
+    """Doorbell latency, consumer side: wait for each descriptor (sleeping on the futex,
+    or polling with sched_yield as the baseline); the descriptor is the send time."""
+    region = Region.attach(name)
+    rx = region.rx(0)
+    rx.reset_consumer()
+    bell = region.bell(worker_bell(0))
+    buf = ffi.new("uint64_t[]", 1)
+    lat = []
+    deadline = time.monotonic() + 60
+    region.stats(0)[READY_WORD] = 1
+    while len(lat) < count and time.monotonic() < deadline:
+        if sleep:
+            if not bell.wait(1000, spin=0):
+                continue
+        if rx.dequeue(buf, 1):
+            lat.append(lib.mg_now_ns() - buf[0])
+        elif not sleep:
+            os.sched_yield()  # the prototype's backoff: poll, yield the core, poll
+    region.stats(0)[2] = len(lat)
+    lat.sort()
+    for q, word in ((0.5, 3), (0.99, 4)):
+        region.stats(0)[word] = lat[min(len(lat) - 1, int(q * len(lat)))] if lat else 0
+    region.close()
+
+
+def _wake_latency(count: int, sleep: bool) -> tuple[float, float]:
+    """(median, p99) µs from enqueue to the consumer process having the descriptor."""
+    name = f"bench-{os.getpid()}-{secrets.token_hex(3)}"
+    with Region.create(name, 1, n_frames=64, ring_size=RING_SIZE, tables_bytes=0) as region:
+        child = None
+        try:
+            child = subprocess.Popen([sys.executable, __file__, "--waker", name, str(count),
+                                      "1" if sleep else "0"])
+            flags = region.stats(0)
+            t_wait = time.monotonic() + 20
+            while flags[READY_WORD] == 0:
+                if child.poll() is not None or time.monotonic() > t_wait:
+                    raise RuntimeError("waker did not start")
+                time.sleep(0.001)
+            rx = region.rx(0)
+            for _ in range(count):
+                time.sleep(0.002)  # long enough for the consumer to be asleep again
+                rx.enqueue([lib.mg_now_ns()], 1)
+            child.wait(60)
+            if flags[2] != count:
+                raise RuntimeError(f"waker saw {flags[2]}/{count} descriptors")
+            return flags[3] / 1000, flags[4] / 1000
+        finally:
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait()
+            region.unlink()
 
 
 def _two_process(total: int, burst: int, python: bool, pin: bool) -> float:
@@ -138,7 +196,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer descriptors and repeats")
     ap.add_argument("--no-pin", action="store_true", help="do not pin the two processes")
     ap.add_argument("--producer", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--waker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.waker:
+        waker(args.waker[0], int(args.waker[1]), args.waker[2] == "1")
+        return
     if args.producer:
         name, total, burst, python, cpu = args.producer
         producer(name, int(total), int(burst), python == "1", None if cpu == "-" else int(cpu))
@@ -159,6 +221,14 @@ def main() -> None:
         ml, mt, mp = (statistics.median(x) for x in (loc, two, py))
         print(f"{burst:>6} {ml:>7.2f} ({min(loc):5.2f}) {mt:>7.2f} ({min(two):5.2f}) "
               f"{mp:>8.2f} ({min(py):5.2f}) {mt / ml:>11.1f}x {mp / mt:>5.1f}x", flush=True)
+    n = 100 if args.quick else 300
+    print(f"# doorbell: enqueue -> consumer process (Python) has the descriptor, {n} "
+          "samples 2 ms apart, not pinned")
+    busy = _wake_latency(n, sleep=False)
+    slept = _wake_latency(n, sleep=True)
+    print(f"{'poll+yield consumer (baseline)':>32}: median {busy[0]:8.1f} us  p99 {busy[1]:8.1f} us")
+    print(f"{'consumer asleep on the futex':>32}: median {slept[0]:8.1f} us  p99 {slept[1]:8.1f} us"
+          f"  ({slept[0] / max(busy[0], 1e-3):.1f}x the baseline median)")
 
 
 if __name__ == "__main__":
