@@ -103,3 +103,49 @@ def test_random_bytes_over_the_socket(served_module, data):
     r = decode_reply(frames[0])
     if not r.ok:
         assert r.error["code"] in ERROR_CODES
+
+
+addresses = st.sampled_from(["198.18.1.1", "198.18.1.2", "198.18.1.3", "198.18.1.9", "2001:db8::5",
+                             "10.0.0.x", "", "198.18.1.1 "])
+vip_names = st.sampled_from([VIP, "203.0.113.10", "203.0.113.10:80", "203.0.113.11:80/tcp", "[2001:db8::1]:1/tcp"])
+weights = st.one_of(st.integers(-2, 70000), st.sampled_from([0, 1, 2, 65535]), st.text(max_size=3))
+requests = st.one_of(
+    st.builds(lambda v, b, w: ("set-weight", {"vip": v, "backend": b, "weight": w}), vip_names, addresses, weights),
+    st.builds(lambda v, b: ("drain", {"vip": v, "backend": b}), vip_names, addresses),
+    st.builds(lambda v, a, w: ("add-backend", {"vip": v, "backend": {"address": a, "weight": w}}),
+              vip_names, addresses, weights),
+    st.builds(lambda v, b: ("remove-backend", {"vip": v, "backend": b}), vip_names, addresses),
+    st.builds(lambda v, p: ("update-vip", {"vip": v, "set": {"port": p}}), vip_names, st.integers(-1, 70000)),
+    st.builds(lambda a, p: ("add-vip", {"vip": {"address": a, "port": p}}), addresses, st.integers(-1, 70000)),
+    st.builds(lambda v: ("remove-vip", {"vip": v}), vip_names),
+    st.builds(lambda v, b, up: ("health-report", {"reports": [{"vip": v, "backend": b, "up": up}]}),
+              vip_names, addresses, st.booleans()),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(requests, min_size=1, max_size=12))
+def test_random_change_sequences_keep_every_invariant(seq):
+    """After every request, accepted or not: the config validates, the state file holds
+    exactly it, and the published generation is the manager's and every worker's."""
+    import tempfile
+    from pathlib import Path
+
+    from maglev.control import persist
+    from maglev.control.publisher import ThreadedPublisher
+    from maglev.control.tables import fallback_build_tables
+
+    with tempfile.TemporaryDirectory(prefix="mgc-prop-") as d, ThreadedPublisher(workers=2) as pub:
+        state = Path(d) / "state.json"
+        m = ConfigManager(Config.from_dict(BASE), pub, state_path=state, build_tables=fallback_build_tables)
+        persist.save_state(state, m.config)
+        m._publish_initial()
+        for op, args in seq:
+            before, gen = m.config, m.generation
+            r = m.handle(Request(op=op, args=args, id=1))
+            if not r.ok:
+                assert r.error["code"] in ERROR_CODES and r.error["code"] != "internal", r.error
+                assert m.config is before and m.generation == gen
+            assert Config.from_dict(m.config.to_dict()) == m.config
+            assert persist.load_state(state)[0] == m.config
+            assert pub.generation == m.generation and pub.seen == [m.generation] * 2
