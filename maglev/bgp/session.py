@@ -193,6 +193,8 @@ class Session:
         self._dirty = asyncio.Event()
         self._switch: asyncio.Future[tuple[Connection, m.Open]] | None = None
         self._shadow: asyncio.Task | None = None
+        self._pending_second: Connection | None = None  # see _offer
+        self._late_dial: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._stop_text = ""
@@ -210,10 +212,9 @@ class Session:
             self._shadow.cancel()
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # asyncio.wait, not ``await task``: a CancelledError here must be our own, never
+            # the session task's (swallowing one would hide a cancellation of stop()).
+            await asyncio.wait({self._task})
             self._task = None
         while not self._incoming.empty():
             await self._incoming.get_nowait().close()
@@ -225,6 +226,10 @@ class Session:
     def incoming(self, conn: Connection) -> None:
         """An accepted TCP connection from this peer's address."""
         self._hook(conn)
+        self._offer(conn)
+
+    def _offer(self, conn: Connection) -> None:
+        """A connection (incoming, or our own dial that completed late) to place."""
         loop = asyncio.get_running_loop()
         if self._stopping:
             loop.create_task(conn.close())
@@ -235,6 +240,12 @@ class Session:
                 loop.create_task(conn.close(m.Notification(Err.CEASE, Err.CONNECTION_REJECTED)))
             else:
                 self._shadow = loop.create_task(self._shadow_handshake(conn))
+        elif conn.outgoing:
+            if self.state == State.CONNECT and self.conn is not None:
+                # The primary is chosen but its OPEN not yet sent: a collision candidate.
+                self._pending_second = conn
+            else:
+                loop.create_task(conn.close())
         else:
             while not self._incoming.empty():  # keep only the newest waiting connection
                 loop.create_task(self._incoming.get_nowait().close())
@@ -348,6 +359,12 @@ class Session:
         if self._switch is not None and self._switch.done():
             await self._switch.result()[0].close()  # a collision winner nobody picked up
         self._switch = None
+        if self._late_dial is not None:
+            self._late_dial.cancel()
+            self._late_dial = None
+        if self._pending_second is not None:
+            await self._pending_second.close()
+            self._pending_second = None
         if self.adj_out:
             # Closing the session withdraws everything implicitly (RFC 4271 3).
             self.speaker._emit({"event": "bgp.route", "peer": self.address, "action": "withdraw", "prefixes": sorted(str(p) for p in self.adj_out), "implicit": True})
@@ -382,21 +399,43 @@ class Session:
             dial = asyncio.ensure_future(self._dial(retry))
             try:
                 await asyncio.wait({get_in, dial}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in (get_in, dial):
-                    if not t.done():
-                        t.cancel()
+            except asyncio.CancelledError:
+                get_in.cancel()
+                dial.cancel()
+                raise
+            if not get_in.done():
+                get_in.cancel()
             if get_in.done() and not get_in.cancelled():
-                if dial.done() and not dial.cancelled() and dial.exception() is None and dial.result() is not None:
-                    await dial.result().close()
-                return get_in.result()
-            out = dial.result() if not dial.cancelled() and dial.exception() is None else None
-            if out is not None:
+                # The peer's connection came first.  Our own attempt is not thrown away: if it
+                # completes it is a collision candidate like any second connection (RFC 4271
+                # 6.8), so both sides settle on the same connection.  Dropping it instead
+                # makes two speakers that dial each other at once close both connections.
+                self.conn = conn = get_in.result()
+                if dial.done():
+                    if (late := self._dial_result(dial)) is not None:
+                        self._offer(late)
+                else:
+                    self._late_dial = dial
+                    dial.add_done_callback(self._on_late_dial)
+                return conn
+            if (out := self._dial_result(dial)) is not None:
                 return out
             self._set_state(State.ACTIVE, self.last_error)
             left = max(0.0, retry - (time.monotonic() - started))
             if (conn := await self._wait_incoming(left)) is not None:
                 return conn
+
+    @staticmethod
+    def _dial_result(dial: asyncio.Future) -> Connection | None:
+        if dial.cancelled() or dial.exception() is not None:
+            return None
+        return dial.result()
+
+    def _on_late_dial(self, dial: asyncio.Future) -> None:
+        if self._late_dial is dial:
+            self._late_dial = None
+        if (conn := self._dial_result(dial)) is not None:
+            self._offer(conn)
 
     async def _dial(self, timeout: float) -> Connection | None:
         """One outgoing TCP connection attempt bounded by the ConnectRetryTimer."""
@@ -435,6 +474,9 @@ class Session:
         self._switch = asyncio.get_running_loop().create_future()
         await conn.send(self._open())
         self._set_state(State.OPENSENT, f"{'connected to' if conn.outgoing else 'accepted'} {conn.remote}")
+        if (second := self._pending_second) is not None:
+            self._pending_second = None
+            self._offer(second)
         open_msg: m.Open | None = None
         while self.state != State.ESTABLISHED:
             if open_msg is None:
@@ -483,8 +525,12 @@ class Session:
                 return
             local = (int(ipaddress.IPv4Address(self.speaker.config.router_id)), self.speaker.config.local_asn)
             remote = (int(ipaddress.IPv4Address(msg.router_id)), msg.asn)
-            # Keep the connection opened by the side with the higher identifier.
-            keep_shadow = (remote > local) if primary.outgoing else True
+            # Keep the connection opened by the side with the higher identifier; of two
+            # opened by the same side, the newer (the older one is likely stale).
+            if primary.outgoing != conn.outgoing:
+                keep_shadow = conn.outgoing == (local > remote)
+            else:
+                keep_shadow = True
             log.info("bgp peer %s: connection collision, keeping the %s one", self.address, "peer's" if keep_shadow else "existing")
             if keep_shadow and self._switch is not None and not self._switch.done():
                 self._switch.set_result((conn, msg))
@@ -527,10 +573,9 @@ class Session:
                     raise Notify(Err.FSM, Err.FSM_IN_ESTABLISHED, bytes([m.OPEN]), "OPEN in Established")
         finally:
             writer.cancel()
-            try:
-                await writer
-            except (asyncio.CancelledError, Exception):
-                pass
+            # Not ``await writer`` inside try/except: that would also swallow a cancellation
+            # of *this* task arriving meanwhile (Session.stop), and the session would go on.
+            await asyncio.wait({writer})
 
     def _on_update(self, u: m.Update) -> None:
         for p in u.withdrawn_all():

@@ -1,0 +1,626 @@
+"""The session FSM and the Speaker API on 127.0.0.0/8, against scripted peers and each other.
+
+A scripted peer (:class:`Scripted`) speaks raw BGP through :mod:`maglev.bgp.messages`,
+so each test states exactly what goes over the wire and what must come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import struct
+import time
+
+import pytest
+
+from maglev.bgp import Speaker
+from maglev.bgp import messages as m
+from maglev.bgp.__main__ import handle_command
+from maglev.config import Bgp, BgpPeer
+
+LOCAL_ID = "198.18.0.10"  # the speaker under test
+VIP4 = "203.0.113.10/32"
+VIP6 = "2001:db8:100::10/128"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def run(coro, timeout: float = 30):
+    async def bounded():
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+class Scripted:
+    """One TCP connection of a scripted BGP neighbour."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.asn4 = True
+
+    @classmethod
+    async def connect(cls, port: int, local: str = "127.0.0.1") -> Scripted:
+        r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+        return cls(r, w)
+
+    async def send(self, msg) -> None:
+        self.writer.write(msg if isinstance(msg, bytes) else bytes(msg))
+        await self.writer.drain()
+
+    async def recv(self, timeout: float = 5):
+        async with asyncio.timeout(timeout):
+            header = await self.reader.readexactly(19)
+            length, _ = m.check_header(header)
+            body = await self.reader.readexactly(length - 19)
+        return m.parse_message(header + body, self.asn4)
+
+    async def expect(self, cls, timeout: float = 5):
+        """The next message that is not a KEEPALIVE (unless a KEEPALIVE is expected)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = await self.recv(max(0.05, deadline - time.monotonic()))
+            if isinstance(msg, cls):
+                return msg
+            if not isinstance(msg, m.Keepalive):
+                raise AssertionError(f"expected {cls.__name__}, got {msg}")
+
+    async def closed(self, timeout: float = 5) -> bool:
+        """True once the speaker closed the connection (reads EOF)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while await self.reader.read(4096):
+                    pass
+            return True
+        except (TimeoutError, ConnectionError):
+            return False
+
+    async def handshake(self, asn: int, router_id: str = "198.18.0.1", hold: int = 90, caps=None) -> m.Open:
+        """Read the speaker's OPEN, answer OPEN + KEEPALIVE, read its KEEPALIVE."""
+        theirs = await self.expect(m.Open)
+        if caps is None:
+            mine = m.Open.build(asn, hold, router_id, (m.IPV4_UNICAST, m.IPV6_UNICAST))
+        else:
+            mine = m.Open(asn, hold, router_id, caps)
+        await self.send(mine)
+        await self.send(m.Keepalive())
+        assert isinstance(await self.recv(), m.Keepalive)
+        self.asn4 = mine.asn4 is not None
+        return theirs
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+def speaker_config(peer_port: int = 179, *, asn: int = 64513, peer_asn: int = 64512, passive: bool = True,
+                   listen: int | None = None, hold: int = 90, **bgp) -> Bgp:
+    return Bgp(
+        local_asn=asn,
+        router_id=LOCAL_ID,
+        listen_port=free_port() if listen is None else listen,
+        listen_address="127.0.0.1",
+        connect_retry_time=1,
+        peers=(BgpPeer("127.0.0.1", peer_asn, port=peer_port, hold_time=hold, passive=passive),),
+        **bgp,
+    )
+
+
+async def established_with(cfg: Bgp, events=None, **hs) -> tuple[Speaker, Scripted, m.Open]:
+    sp = Speaker(cfg, on_event=(events.append if events is not None else None))
+    await sp.start()
+    peer = await Scripted.connect(cfg.listen_port)
+    their_open = await peer.handshake(cfg.peers[0].asn, **hs)
+    return sp, peer, their_open
+
+
+async def wait_state(sp: Speaker, state: str, timeout: float = 5, index: int = 0) -> None:
+    deadline = time.monotonic() + timeout
+    while sp.peers_state()[index]["state"] != state:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"peer {index} never reached {state}: {sp.peers_state()[index]}")
+        await asyncio.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------- handshake and announcements
+
+
+def test_passive_session_establishes_and_announces_with_next_hop_self():
+    events: list[dict] = []
+
+    async def go():
+        sp = Speaker(speaker_config(), on_event=events.append)
+        sp.announce(VIP4)
+        await sp.start()
+        try:
+            await wait_state(sp, "Active")  # passive: waits for the peer
+            peer = await Scripted.connect(sp.config.listen_port)
+            theirs = await peer.handshake(64512)
+            assert theirs.asn == 64513 and theirs.router_id == LOCAL_ID and theirs.hold_time == 90
+            assert theirs.families == {m.IPV4_UNICAST, m.IPV6_UNICAST} and theirs.asn4 == 64513
+            u = await peer.expect(m.Update)
+            assert u.nlri == (ipaddress.ip_network(VIP4),)
+            assert u.get(m.A_ORIGIN) == m.Origin(m.ORIGIN_IGP)
+            assert u.get(m.A_AS_PATH) == m.AsPath.sequence((64513,))
+            assert u.get(m.A_NEXT_HOP) == m.NextHop("127.0.0.1")
+            assert u.get(m.A_LOCAL_PREF) is None  # eBGP
+            await wait_state(sp, "Established")
+            st = sp.peers_state()[0]
+            assert st["announced"] == [VIP4] and st["hold_time"] == 90 and st["router_id"] == "198.18.0.1"
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+    states = [e["new"] for e in events if e["event"] == "bgp.state"]
+    assert states[:4] == ["Active", "OpenSent", "OpenConfirm", "Established"]
+    assert {"event": "bgp.route", "peer": "127.0.0.1", "action": "announce", "prefixes": [VIP4], "next_hop": "127.0.0.1"} in events
+
+
+def test_announce_and_withdraw_while_established_and_route_refresh():
+    async def go():
+        sp, peer, _ = await established_with(speaker_config())
+        try:
+            assert sp.announce(VIP4) is True
+            assert sp.announce(VIP4) is False  # idempotent
+            u = await peer.expect(m.Update)
+            assert u.announced() == (ipaddress.ip_network(VIP4),)
+            # ROUTE-REFRESH (RFC 2918): everything of that family is sent again.
+            await peer.send(m.RouteRefresh(m.AFI_IPV4, m.SAFI_UNICAST))
+            again = await peer.expect(m.Update)
+            assert again == u
+            assert sp.withdraw(VIP4) is True and sp.withdraw(VIP4) is False
+            w = await peer.expect(m.Update)
+            assert w.withdrawn_all() == (ipaddress.ip_network(VIP4),) and not w.attributes
+            assert sp.peers_state()[0]["announced"] == []
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+def test_ipv6_vip_needs_an_ipv6_next_hop_on_an_ipv4_session():
+    async def go():
+        sp, peer, _ = await established_with(speaker_config())
+        try:
+            sp.announce(VIP6)
+            sp.announce(VIP4)
+            u = await peer.expect(m.Update)  # only the IPv4 one: no IPv6 address to offer
+            assert u.announced() == (ipaddress.ip_network(VIP4),)
+            await asyncio.sleep(0.2)
+            st = sp.peers_state()[0]
+            assert st["skipped_no_next_hop"] == 1 and st["announced"] == [VIP4]
+            await peer.close()
+        finally:
+            await sp.stop()
+
+        sp, peer, _ = await established_with(speaker_config(next_hop_ipv6="2001:db8:18::2"))
+        try:
+            sp.announce(VIP6)
+            u = await peer.expect(m.Update)
+            mp = u.get(m.A_MP_REACH)
+            assert mp.next_hops == ("2001:db8:18::2",) and mp.nlri == (ipaddress.ip_network(VIP6),)
+            assert u.get(m.A_NEXT_HOP) is None  # IPv6 goes in MP_REACH_NLRI only
+            sp.withdraw(VIP6)
+            w = await peer.expect(m.Update)
+            assert w.get(m.A_MP_UNREACH).withdrawn == (ipaddress.ip_network(VIP6),)
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+def test_ibgp_announcement_has_empty_as_path_and_local_pref():
+    async def go():
+        sp, peer, _ = await established_with(speaker_config(peer_asn=64513))
+        try:
+            sp.announce(VIP4)
+            u = await peer.expect(m.Update)
+            assert u.get(m.A_AS_PATH) == m.AsPath(())
+            assert u.get(m.A_LOCAL_PREF) == m.LocalPref(100)
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go(), timeout=20)
+
+
+def test_two_octet_peer_gets_as_trans_and_as4_path():
+    async def go():
+        cfg = speaker_config(asn=4200000001)
+        sp = Speaker(cfg)
+        sp.announce(VIP4)
+        await sp.start()
+        try:
+            peer = await Scripted.connect(cfg.listen_port)
+            # An "old" speaker: no capabilities at all (so IPv4 unicast, 2-octet ASNs).
+            theirs = await peer.handshake(64512, caps=())
+            assert theirs.my_as == m.AS_TRANS and theirs.asn == 4200000001
+            u = await peer.expect(m.Update)
+            assert u.get(m.A_AS_PATH) == m.AsPath.sequence((m.AS_TRANS,), asn4=False)
+            assert u.get(m.A_AS4_PATH) == m.As4Path(((m.AS_SEQUENCE, (4200000001,)),))
+            await wait_state(sp, "Established")
+            assert sp.peers_state()[0]["families"] == ["ipv4-unicast"]
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+def test_received_routes_are_counted_not_installed():
+    async def go():
+        sp, peer, _ = await established_with(speaker_config())
+        try:
+            (u,) = m.build_announce([ipaddress.ip_network("198.51.100.0/24")], local_asn=64512, ebgp=True, asn4=True, next_hop="127.0.0.1")
+            await peer.send(u)
+            deadline = time.monotonic() + 5
+            while sp.peers_state()[0]["received"] != 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert sp.peers_state()[0]["received"] == 1
+            assert sp.announced() == []  # never re-advertised
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+# ----------------------------------------------------------------------------- errors answered with NOTIFICATION
+
+
+@pytest.mark.parametrize(
+    ("open_kw", "expected"),
+    [
+        ({"asn": 65000}, (2, 2, struct.pack("!H", 65000))),  # bad peer AS
+        ({"asn": 64512, "hold": 1}, (2, 6, b"")),  # unacceptable hold time
+    ],
+    ids=["bad-peer-as", "hold-time-1"],
+)
+def test_bad_open_gets_open_message_error(open_kw, expected):
+    async def go():
+        cfg = speaker_config()
+        sp = Speaker(cfg)
+        await sp.start()
+        try:
+            peer = await Scripted.connect(cfg.listen_port)
+            await peer.expect(m.Open)
+            o = m.Open.build(open_kw["asn"], 90, "198.18.0.1")
+            raw = bytearray(bytes(o))
+            struct.pack_into("!H", raw, 22, open_kw.get("hold", 90))
+            await peer.send(bytes(raw))
+            n = await peer.expect(m.Notification)
+            assert (n.code, n.subcode, n.data) == expected
+            assert await peer.closed()
+            await wait_state(sp, "Active")
+            assert "sent NOTIFICATION OPEN Message Error" in sp.peers_state()[0]["last_error"]
+            assert sp.peers_state()[0]["notifications_out"] == 1
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+def test_ibgp_peer_with_our_router_id_is_refused():
+    async def go():
+        cfg = speaker_config(peer_asn=64513)
+        sp = Speaker(cfg)
+        await sp.start()
+        try:
+            peer = await Scripted.connect(cfg.listen_port)
+            await peer.expect(m.Open)
+            await peer.send(m.Open.build(64513, 90, LOCAL_ID))
+            n = await peer.expect(m.Notification)
+            assert (n.code, n.subcode) == (2, 3)
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+def test_unsupported_version_gets_version_error_with_our_version():
+    async def go():
+        cfg = speaker_config()
+        sp = Speaker(cfg)
+        await sp.start()
+        try:
+            peer = await Scripted.connect(cfg.listen_port)
+            await peer.expect(m.Open)
+            raw = bytearray(bytes(m.Open.build(64512, 90, "198.18.0.1")))
+            raw[19] = 5
+            await peer.send(bytes(raw))
+            n = await peer.expect(m.Notification)
+            assert (n.code, n.subcode, n.data) == (2, 1, b"\x00\x04")
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"\xfe" + b"\xff" * 15 + b"\x00\x13\x04", (1, 1)),  # bad marker
+        (b"\xff" * 16 + b"\x00\x13\x07", (1, 3)),  # bad type
+        (b"\xff" * 16 + b"\x00\x17\x02\x00\x00\x00\x08\x40\x01", (3, 1)),  # malformed attribute list
+        (bytes(m.Open.build(64512, 90, "198.18.0.1")), (5, 3)),  # OPEN in Established
+    ],
+    ids=["bad-marker", "bad-type", "malformed-update", "open-in-established"],
+)
+def test_bad_message_in_established_resets_the_session(raw, expected):
+    async def go():
+        cfg = speaker_config()
+        events: list[dict] = []
+        sp, peer, _ = await established_with(cfg, events)
+        try:
+            sp.announce(VIP4)
+            await peer.expect(m.Update)
+            await peer.send(raw)
+            n = await peer.expect(m.Notification)
+            assert (n.code, n.subcode) == expected
+            assert await peer.closed()
+            await wait_state(sp, "Active")
+            # Closing the session withdrew the VIP from that peer implicitly.
+            assert any(e.get("implicit") for e in events if e["event"] == "bgp.route")
+            assert sp.peers_state()[0]["announced"] == []
+            await peer.close()
+            # And the speaker takes a new session afterwards.
+            peer2 = await Scripted.connect(cfg.listen_port)
+            await peer2.handshake(64512)
+            u = await peer2.expect(m.Update)
+            assert u.announced() == (ipaddress.ip_network(VIP4),)
+            await peer2.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+def test_update_in_opensent_is_an_fsm_error():
+    async def go():
+        cfg = speaker_config()
+        sp = Speaker(cfg)
+        await sp.start()
+        try:
+            peer = await Scripted.connect(cfg.listen_port)
+            await peer.expect(m.Open)
+            await peer.send(m.Update())
+            n = await peer.expect(m.Notification)
+            assert (n.code, n.subcode) == (5, 1)
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+def test_peer_notification_ends_the_session():
+    async def go():
+        sp, peer, _ = await established_with(speaker_config())
+        try:
+            await peer.send(m.Notification(6, 2, b"\x03bye"))
+            assert await peer.closed()
+            await wait_state(sp, "Active")
+            assert sp.peers_state()[0]["last_error"] == 'peer sent NOTIFICATION Cease (6/2): "bye"'
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+# ----------------------------------------------------------------------------- timers
+
+
+def test_hold_timer_expiry_sends_notification():
+    async def go():
+        sp, peer, theirs = await established_with(speaker_config(hold=3), hold=3)
+        try:
+            t0 = time.monotonic()
+            keepalives = 0
+            while True:  # we stay silent; the speaker keeps sending KEEPALIVEs, then gives up
+                msg = await peer.recv(timeout=6)
+                if isinstance(msg, m.Keepalive):
+                    keepalives += 1
+                    continue
+                break
+            elapsed = time.monotonic() - t0
+            assert isinstance(msg, m.Notification) and (msg.code, msg.subcode) == (4, 0)
+            assert 2.5 <= elapsed <= 5.0, elapsed
+            assert keepalives >= 2  # every hold/3 = 1 s
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+def test_hold_time_is_the_smaller_of_the_two_and_zero_disables_keepalives():
+    async def go():
+        sp, peer, _ = await established_with(speaker_config(hold=90), hold=0)
+        try:
+            await wait_state(sp, "Established")
+            assert sp.peers_state()[0]["hold_time"] == 0
+            with pytest.raises(TimeoutError):
+                await peer.recv(timeout=1.5)  # no KEEPALIVE when the hold time is 0
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+def test_active_peer_retries_after_connect_retry_time():
+    async def go():
+        port = free_port()
+        cfg = speaker_config(port, passive=False, listen=0)  # active only, no listener
+        sp = Speaker(cfg)
+        await sp.start()
+        server = None
+        try:
+            await wait_state(sp, "Active", timeout=3)  # connection refused -> Active
+            assert "connect to 127.0.0.1" in sp.peers_state()[0]["last_error"]
+            accepted: asyncio.Queue = asyncio.Queue()
+            server = await asyncio.start_server(lambda r, w: accepted.put_nowait(Scripted(r, w)), "127.0.0.1", port)
+            async with asyncio.timeout(4):  # ConnectRetryTimer is 1 s
+                peer = await accepted.get()
+            await peer.handshake(64512)
+            await wait_state(sp, "Established")
+            await peer.close()
+        finally:
+            await sp.stop()
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+
+    run(go())
+
+
+# ----------------------------------------------------------------------------- lifecycle, collisions, several peers
+
+
+def test_stop_sends_cease_administrative_shutdown():
+    async def go():
+        sp, peer, _ = await established_with(speaker_config())
+        await sp.stop("maintenance")
+        n = await peer.expect(m.Notification)
+        assert (n.code, n.subcode) == (6, 2) and n.data == b"\x0bmaintenance"
+        assert await peer.closed()
+        assert sp.peers_state()[0]["state"] == "Idle"
+        await peer.close()
+
+    run(go())
+
+
+def test_connection_from_an_unknown_address_is_refused():
+    async def go():
+        cfg = speaker_config()
+        sp = Speaker(cfg)
+        await sp.start()
+        try:
+            stranger = await Scripted.connect(cfg.listen_port, local="127.0.0.3")
+            assert await stranger.closed()
+            assert sp.rejected == 1
+            await stranger.close()
+        finally:
+            await sp.stop()
+
+    run(go())
+
+
+@pytest.mark.parametrize("remote_id", ["198.18.0.200", "198.18.0.1"], ids=["peer-higher", "peer-lower"])
+def test_collision_keeps_the_connection_of_the_higher_identifier(remote_id):
+    async def go():
+        port = free_port()
+        cfg = speaker_config(port, passive=False)
+        accepted: asyncio.Queue = asyncio.Queue()
+        server = await asyncio.start_server(lambda r, w: accepted.put_nowait(Scripted(r, w)), "127.0.0.1", port)
+        sp = Speaker(cfg)
+        await sp.start()
+        try:
+            async with asyncio.timeout(5):
+                ours = await accepted.get()  # the speaker dialled us: connection 1
+            await ours.expect(m.Open)
+            theirs = await Scripted.connect(cfg.listen_port)  # we dial it: connection 2
+            await theirs.expect(m.Open)  # it answers on the shadow connection too
+            await theirs.send(m.Open.build(64512, 90, remote_id))
+            if ipaddress.ip_address(remote_id) > ipaddress.ip_address(LOCAL_ID):
+                keep, drop = theirs, ours  # the peer's connection survives
+            else:
+                keep, drop = ours, theirs
+                await ours.send(m.Open.build(64512, 90, remote_id))
+            n = await drop.expect(m.Notification)
+            assert (n.code, n.subcode) == (6, 7)  # CEASE, connection collision resolution
+            await keep.send(m.Keepalive())
+            assert isinstance(await keep.expect(m.Keepalive), m.Keepalive)
+            await wait_state(sp, "Established")
+            await ours.close()
+            await theirs.close()
+        finally:
+            await sp.stop()
+            server.close()
+            await server.wait_closed()
+
+    run(go())
+
+
+def test_two_active_speakers_and_several_peers():
+    """Three speakers on 127.0.0.1-3, all active: collisions happen and resolve; routes flow."""
+
+    async def go():
+        ports = {h: free_port(h) for h in ("127.0.0.1", "127.0.0.2", "127.0.0.3")}
+        ids = {"127.0.0.1": "198.18.0.1", "127.0.0.2": "198.18.0.2", "127.0.0.3": "198.18.0.3"}
+        asns = {"127.0.0.1": 64601, "127.0.0.2": 64602, "127.0.0.3": 4200000003}
+
+        def cfg(me: str, others: list[str]) -> Bgp:
+            return Bgp(
+                local_asn=asns[me], router_id=ids[me], listen_port=ports[me], listen_address=me, connect_retry_time=1,
+                peers=tuple(BgpPeer(o, asns[o], port=ports[o], hold_time=9, local_address=me) for o in others),
+            )
+
+        a = Speaker(cfg("127.0.0.1", ["127.0.0.2", "127.0.0.3"]))
+        b = Speaker(cfg("127.0.0.2", ["127.0.0.1"]))
+        c = Speaker(cfg("127.0.0.3", ["127.0.0.1"]))
+        a.announce(VIP4)
+        try:
+            await asyncio.gather(a.start(), b.start(), c.start())
+            for sp, idx in ((a, 0), (a, 1), (b, 0), (c, 0)):
+                await wait_state(sp, "Established", timeout=10, index=idx)
+            deadline = time.monotonic() + 5
+            while (b.peers_state()[0]["received"], c.peers_state()[0]["received"]) != (1, 1):
+                assert time.monotonic() < deadline, (b.peers_state(), c.peers_state())
+                await asyncio.sleep(0.05)
+            a.withdraw(VIP4)
+            while (b.peers_state()[0]["received"], c.peers_state()[0]["received"]) != (0, 0):
+                assert time.monotonic() < deadline + 5
+                await asyncio.sleep(0.05)
+            await a.stop()
+            deadline = time.monotonic() + 5
+            # The CEASE from a.stop() ends b's session.
+            while (st := b.peers_state()[0])["state"] == "Established" or st["notifications_in"] < 1:
+                assert time.monotonic() < deadline, st
+                await asyncio.sleep(0.05)
+        finally:
+            await asyncio.gather(a.stop(), b.stop(), c.stop())
+
+    run(go())
+
+
+# ----------------------------------------------------------------------------- API surface
+
+
+def test_speaker_requires_asn_and_router_id():
+    from maglev.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="local_asn"):
+        Speaker(Bgp())
+
+
+def test_prefix_validation_and_commands():
+    sp = Speaker(speaker_config())
+    with pytest.raises(ValueError, match="has host bits set"):
+        sp.announce("203.0.113.10/24")
+    with pytest.raises(ValueError, match="is not a prefix"):
+        sp.announce("not-an-ip")
+    assert sp.announce("203.0.113.11") is True  # a bare address is a host route
+    assert handle_command(sp, "announce 2001:db8::1/128") == {"reply": "announce", "prefix": "2001:db8::1/128", "changed": True}
+    assert handle_command(sp, "withdraw 198.51.100.0/33")["error"].startswith("'198.51.100.0/33' is not a prefix")
+    assert handle_command(sp, "frobnicate")["error"].startswith("unknown command")
+    assert handle_command(sp, "quit") is None
+    assert sp.announced() == ["203.0.113.11/32", "2001:db8::1/128"]
+    state = handle_command(sp, "state")
+    assert state["reply"] == "state" and state["peers"][0]["state"] == "Idle"
