@@ -64,7 +64,7 @@ def _summary_text(s: dict) -> str:
 @click.option("--control", default="", help="Control socket endpoint (ipc://... or tcp://...).")
 @click.option("--burst", type=click.IntRange(1, 256), default=256, show_default=True,
               help="Packets per burst.")
-@click.option("--ring-size", type=int, default=512, show_default=True,
+@click.option("--ring-size", type=int, default=2048, show_default=True,
               help="Slots per rx/tx/ret ring (power of two).")
 @click.option("--frames", type=click.IntRange(0, 1 << 22), default=0,
               help="Frames in the pool (default: sized from workers and ring size).")

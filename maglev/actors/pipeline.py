@@ -131,7 +131,10 @@ class PipelineOptions:
     cpus: str = ""
     burst: int = 256
     n_frames: int = 0  # 0 = sized from workers and ring size
-    ring_size: int = 1024
+    # Slots per rx/tx/ret ring.  Deep rings let each actor do more per scheduling quantum
+    # when the cores are shared (measured: 2048-4096 doubles throughput over 512 on a
+    # loaded 2-vCPU machine); the pool grows with them.
+    ring_size: int = 2048
     otlp_endpoint: str = ""
     control: str = ""
     log_level: str = "WARNING"
@@ -165,7 +168,7 @@ class Pipeline:
             raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: no such file"])
         blob = build_tables(self.config)
         self.cpus = parse_cpus(opts.cpus)
-        n_frames = opts.n_frames or max(4096, opts.workers * opts.ring_size * 2 + 2048)
+        n_frames = opts.n_frames or max(4096, (opts.workers + 2) * opts.ring_size)
         self.region_name = f"{self.config.instance.name}-{os.getpid()}-{secrets.token_hex(3)}"
         self.region = Region.create(
             self.region_name, opts.workers, n_frames, opts.ring_size, max(len(blob) * 2, 1 << 20)

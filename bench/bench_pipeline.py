@@ -1,0 +1,159 @@
+"""Pipeline throughput: generator NIC -> steering -> N workers -> muxer -> null sink, against
+the single-process engine on the same packets, in the same run (issue 4).
+
+Measured, in this order and repeated ``--rounds`` times (the machine is shared and the two
+vCPUs are sometimes placed far apart, so only ratios from the same round mean much):
+
+* ``single``: one process, one core: the generator (mg_gen_fill) and the data-path burst
+  kernel (mg_dp_burst, the C path `maglev replay` uses) called in a loop on bursts of 256
+  frames, the same packets (same generator seed and options), no rings;
+* ``pipeline W=1`` and ``pipeline W=2``: ``maglev run``'s processes (Pipeline), generator
+  NIC and null sink; the rate is the muxer's transmit counter over a window after a
+  warm-up;
+* idle CPU: 8 workers, after the input ended, CPU time of all actor processes over 3 s.
+
+Packets: 64-byte frames (IPv4 TCP; IPv6 flows are header-sized, 74 bytes), 10k flows,
+10% SYN, 20% IPv6, toward the sample config's VIPs.  Never asserts on speed.
+
+    python bench/bench_pipeline.py [--seconds 4] [--rounds 2] [--workers 1,2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import psutil
+
+from maglev.actors.pipeline import Pipeline, PipelineOptions, load_config
+from maglev.datapath.tables import build_tables
+from maglev.native import ffi, lib
+from maglev.nic.gen import GenNic, vip_targets
+
+GEN = "flows=10000,size=64,syn=0.1,ipv6=0.2,seed=1"
+
+
+def single_process(seconds: float, pool_frames: int = 4096) -> float:
+    """Mpps of generator + burst kernel in this one process (the replay engine's C path)."""
+    cfg = load_config("")
+    blob = build_tables(cfg)
+    tables = ffi.new("uint8_t[]", blob)
+    k0, k1 = cfg.flow_hash_key
+    frame = int(lib.MG_FRAME_SIZE)
+    pool = ffi.new("uint8_t[]", pool_frames * frame)
+    gen = GenNic(vip_targets(cfg), flows=10000, size=64, syn=0.1, ipv6=0.2, seed=1)
+    dp = ffi.gc(lib.mg_dp_new(cfg.conntrack.capacity, 0, k0, k1, time.monotonic_ns()), lib.mg_dp_free)
+    burst = 256
+    n_bursts = pool_frames // burst
+    # Walk the pool burst by burst, as the pipeline's frames cycle through the free list.
+    descs = [ffi.new("uint64_t[]", list(range(b * burst, (b + 1) * burst))) for b in range(n_bursts)]
+    frames = [ffi.new("uint32_t[]", list(range(b * burst, (b + 1) * burst))) for b in range(n_bursts)]
+    tx = ffi.new("uint32_t[]", burst + 64)
+    drop = ffi.new("uint32_t[]", burst + 64)
+    io = ffi.new("struct mg_dp_io *")
+    io.pool, io.n, io.tx, io.tx_cap, io.drop, io.drop_cap = pool, burst, tx, burst + 64, drop, burst + 64
+    done = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    b = 0
+    while True:
+        gen.rx_burst(pool, descs[b], burst)
+        io.frames = frames[b]
+        io.n_tx = io.n_drop = 0
+        lib.mg_dp_burst(dp, tables, time.monotonic_ns(), io)
+        done += burst
+        b = (b + 1) % n_bursts
+        if b == 0 and time.perf_counter() >= end:
+            break
+    return done / (time.perf_counter() - t0) / 1e6
+
+
+def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float = 1.0) -> dict:
+    p = Pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN}", ring_size=ring_size))
+    try:
+        p.start()
+        t_end = time.monotonic() + warmup
+        while time.monotonic() < t_end:
+            p.poll(0.05)
+        c0, t0 = p.counters(), time.monotonic()
+        while time.monotonic() < t0 + seconds:
+            p.poll(0.05)
+        c1, t1 = p.counters(), time.monotonic()
+        p.stop()
+        s = p.summary()
+    finally:
+        p.close()
+    dt = t1 - t0
+    return {
+        "workers": workers,
+        "mpps": (c1["tx_packets"] - c0["tx_packets"]) / dt / 1e6,
+        "fallback_share": (c1["fallback"] - c0["fallback"]) / max(1, c1["packets_in"] - c0["packets_in"]),
+        "pool_ok": s["pool"]["ok"],
+        "dropped": s["dropped"],
+    }
+
+
+def idle_cpu(workers: int = 8, seconds: float = 3.0) -> float:
+    p = Pipeline(PipelineOptions(workers=workers, nic="gen:packets=1000"))
+    try:
+        p.start()
+        while not p.eof:
+            p.poll(0.05)
+        procs = [psutil.Process(p.supervisor.pid(n)) for n in p.supervisor.children]
+        time.sleep(0.5)
+        c0 = sum(sum(pr.cpu_times()[:2]) for pr in procs)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            p.poll(0.05)
+        used = (sum(sum(pr.cpu_times()[:2]) for pr in procs) - c0) / (time.monotonic() - t0)
+        p.stop()
+    finally:
+        p.close()
+    return used
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--ring-size", type=int, default=2048, help="slots per rx/tx/ret ring")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    ws = [int(x) for x in a.workers.split(",")]
+    rows = []
+    for r in range(a.rounds):
+        base = single_process(a.seconds)
+        row = {"round": r + 1, "single_mpps": round(base, 3)}
+        for w in ws:
+            res = pipeline(w, a.seconds, a.ring_size)
+            row[f"pipeline{w}_mpps"] = round(res["mpps"], 3)
+            row[f"pipeline{w}_ratio"] = round(res["mpps"] / base, 2) if base else 0.0
+            row[f"pipeline{w}_fallback_share"] = round(res["fallback_share"], 4)
+            row[f"pipeline{w}_pool_ok"] = res["pool_ok"]
+        rows.append(row)
+        if not a.json:
+            parts = [f"single {row['single_mpps']:.2f} Mpps"]
+            for w in ws:
+                parts.append(
+                    f"pipeline W={w} {row[f'pipeline{w}_mpps']:.2f} Mpps "
+                    f"(x{row[f'pipeline{w}_ratio']:.2f}, fallback {row[f'pipeline{w}_fallback_share']:.1%})"
+                )
+            print(f"round {r + 1}: " + " | ".join(parts), flush=True)
+    idle = idle_cpu()
+    try:
+        load = tuple(round(x, 2) for x in psutil.getloadavg())
+    except OSError:
+        load = ()
+    if a.json:
+        print(json.dumps({"rounds": rows, "idle_cpu_8_workers": round(idle, 4), "loadavg": load}))
+    else:
+        print(f"idle: 8 workers + steering + muxer use {idle * 100:.2f}% of one core")
+        print(f"load average during the run: {load}  (2 vCPUs shared with other work)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The C glue of steering, worker and muxer, driven in one process over a real region:
+hashing, placement, fallback, back pressure, order within a flow, crash recovery."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import defaultdict
+
+import pytest
+
+from maglev.native import check, ffi, lib
+from maglev.nic.gen import GenNic
+from maglev.nic.pcapfile import PcapReader
+from maglev.rings import SLOT_MUXER, SLOT_STEERING, Region, worker_slot
+
+K0, K1 = 0x0123456789ABCDEF, 0xFEDCBA9876543210
+VIPS = [("203.0.113.10", 80, "tcp"), ("2001:db8:100::10", 443, "tcp")]
+
+
+@pytest.fixture
+def region():
+    name = f"test-glue-{secrets.token_hex(4)}"
+    r = Region.create(name, 2, 1024, 64, 1 << 20)
+    try:
+        yield r
+    finally:
+        r.close()
+        r.unlink()
+
+
+def steer(r: Region):
+    st = ffi.new("struct mg_steer *")
+    check(lib.mg_steer_init(st, r.base, SLOT_STEERING, K0, K1), "init")
+    return st
+
+
+def receive(r: Region, st, gen: GenNic, n: int) -> int:
+    """One steering turn: reclaim, take n frames, fill, dispatch; returns frames kept."""
+    check(lib.mg_steer_reclaim(st, r.base), "reclaim")
+    got = check(lib.mg_steer_take(st, r.base, n), "take")
+    cnt = ffi.new("uint32_t *")
+    descs = lib.mg_hand_descs(r.base, SLOT_STEERING, cnt)
+    k = gen.rx_burst(r.pool_ptr, descs, got)
+    return check(lib.mg_steer_dispatch(st, r.base, k, 1), "dispatch")
+
+
+def meta(r: Region, idx: int):
+    return ffi.cast("struct mg_frame_meta *", r.pool_ptr + idx * lib.MG_FRAME_SIZE)
+
+
+def packet(r: Region, idx: int) -> bytes:
+    m = meta(r, idx)
+    off = idx * lib.MG_FRAME_SIZE + lib.MG_FRAME_META_SIZE + m.data_off
+    return bytes(ffi.buffer(r.pool_ptr + off, m.len))
+
+
+def steer_hash(pkt: bytes, n: int) -> tuple[int, int, int]:
+    h = ffi.new("uint64_t *")
+    fl = ffi.new("uint16_t *")
+    w = lib.mg_steer_hash(pkt, len(pkt), K0, K1, n, h, fl)
+    return w, int(h[0]), int(fl[0])
+
+
+def test_worker_is_chosen_from_the_high_hash_bits_and_flow_hash_keeps_the_low(region):
+    st = steer(region)
+    gen = GenNic(VIPS, flows=100, seed=2)
+    assert receive(region, st, gen, 32) == 0
+    for i in range(2):
+        for d in region.rx(i).snapshot():
+            w, h, fl = steer_hash(packet(region, d), 2)
+            assert w == i == (h >> 32) % 2
+            assert meta(region, d).flow_hash == h & 0xFFFFFFFF
+            assert fl == 0
+
+
+def test_every_fragment_of_a_datagram_reaches_one_worker(corpus_dir):
+    by_datagram = defaultdict(set)
+    with PcapReader(corpus_dir / "IPv4Frag.pcap") as reader:
+        for rec in reader:
+            pkt = rec.data
+            if pkt[12:14] != b"\x08\x00":
+                continue
+            w, _, fl = steer_hash(pkt, 8)
+            assert fl & lib.MG_FRAME_F_FRAGMENT
+            by_datagram[(pkt[26:34], pkt[18:20])].add(w)
+    assert by_datagram
+    assert all(len(ws) == 1 for ws in by_datagram.values())
+
+
+def test_unparsable_packets_are_spread_and_counted(region):
+    assert steer_hash(b"\x00" * 10, 2)[0] == -1
+    st = steer(region)
+    check(lib.mg_steer_take(st, region.base, 4), "take")
+    cnt = ffi.new("uint32_t *")
+    descs = lib.mg_hand_descs(region.base, SLOT_STEERING, cnt)
+    for j in range(4):
+        m = meta(region, int(descs[j]))
+        m.data_off, m.len = lib.MG_FRAME_HEADROOM, 20  # 20 zero bytes: not IP
+    assert lib.mg_steer_dispatch(st, region.base, 4, 1) == 0
+    assert region.rx(0).count() == region.rx(1).count() == 2
+    assert region.stats(SLOT_STEERING)[lib.MG_SS_UNPARSED] == 4
+
+
+def test_full_ring_falls_back_then_holds_and_loses_nothing(region):
+    st = steer(region)
+    gen = GenNic(VIPS[:1], flows=1, ipv6=0, seed=3)  # one flow: one worker
+    kept = receive(region, st, gen, 64)
+    assert kept == 0
+    full = 0 if region.rx(0).count() == 64 else 1
+    other = 1 - full
+    assert region.rx(full).count() == 64
+    stats = region.stats(SLOT_STEERING)
+    # The other ring is empty: packets fall back to it while it stays at least half free
+    # (room 64 -> 31 after 33 packets), counted; the rest stay in the hand.
+    kept = receive(region, st, gen, 40)
+    assert region.rx(other).count() == 33
+    assert stats[lib.MG_SS_FALLBACK] == 33
+    assert kept == 7
+    assert stats[lib.MG_SS_BACKPRESSURE] == 1
+    # While the hand holds packets steering takes no new frames.
+    assert lib.mg_steer_take(st, region.base, 8) < 0
+    # Draining the full ring lets a retry place them on their own worker.
+    out = ffi.new("uint64_t[]", 64)
+    assert region.rx(full).dequeue(out, 64) == 64
+    assert check(lib.mg_steer_dispatch(st, region.base, kept, 0), "retry") == 0
+    assert region.rx(full).count() == 7
+    assert stats[lib.MG_SS_RX_PACKETS] == 64 + 40  # the retry is not counted twice
+    report = region.account(held={"test": [int(d) for d in ffi.unpack(out, 64)]})
+    assert report.ok, str(report)
+
+
+def test_order_within_a_flow_is_kept_without_fallback(region):
+    st = steer(region)
+    gen = GenNic(VIPS, flows=20, seed=4)
+    seqs = defaultdict(list)
+    out = ffi.new("uint64_t[]", 64)
+    for _ in range(20):
+        assert receive(region, st, gen, 24) == 0
+        for i in range(2):
+            n = region.rx(i).dequeue(out, 64)
+            for d in ffi.unpack(out, n):
+                _, h, _ = steer_hash(packet(region, d), 2)
+                seqs[h].append(int(meta(region, d).seq))
+                region.ret(i).enqueue(ffi.new("uint64_t[]", [d]), 1)
+    assert region.stats(SLOT_STEERING)[lib.MG_SS_FALLBACK] == 0
+    assert len(seqs) > 10
+    assert all(s == sorted(s) for s in seqs.values())
+
+
+def test_replacement_worker_finishes_judged_frames_and_drops_the_rest(region):
+    from maglev.actors.pipeline import load_config
+    from maglev.datapath.tables import build_tables
+
+    region.tables.publish(build_tables(load_config("")), [], 1.0)
+    st = steer(region)
+    gen = GenNic(VIPS[:1], flows=1, ipv6=0, seed=5)
+    receive(region, st, gen, 10)
+    w = 0 if region.rx(0).count() else 1
+    # A worker that died holding the 10 frames: 3 forwarded, 2 dropped, 5 not judged.
+    slot = worker_slot(w)
+    rx_id = region.rx(w).id
+    assert lib.mg_hand_pull(region.base, slot, rx_id, 10) == 10
+    held = region.hand(slot).descs()
+    for d in held[:3]:
+        meta(region, d).verdict = lib.MG_VERDICT_FORWARD
+    for d in held[3:5]:
+        meta(region, d).verdict = 8  # a drop reason (no_vip)
+    worker = ffi.gc(lib.mg_worker_new(region.base, w, 1024, K0, K1, 64, time.monotonic_ns()),
+                    lib.mg_worker_free)
+    assert lib.mg_worker_recover(worker, region.base) == 10
+    assert region.tx(w).snapshot() == held[:3]
+    assert region.ret(w).snapshot() == held[3:]
+    assert region.stats(slot)[lib.MG_WS_RESTART_DROPS] == 5
+    assert region.hand(slot).count() == 0
+    # The muxer takes the forwarded ones; everything is accounted for.
+    mux = ffi.new("struct mg_mux *")
+    check(lib.mg_mux_init(mux, region.base, SLOT_MUXER), "mux init")
+    assert lib.mg_mux_collect(mux, region.base, 64) == 3
+    assert lib.mg_mux_done(mux, region.base, 2, 1) == 0
+    s = region.stats(SLOT_MUXER)
+    assert (s[lib.MG_MS_TX_PACKETS], s[lib.MG_MS_TX_ERRORS]) == (2, 1)
+    assert region.account().ok
