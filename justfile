@@ -42,3 +42,26 @@ ci: system-deps setup
 demo: setup
     maglev table --config examples/sample.toml
     maglev table --backends 1000 --size 65537 --json
+
+# Fuzz the C parser + burst kernel with libFuzzer under ASan+UBSan for SECONDS (default 60),
+# seeded with every packet of the shared corpus (docs/datapath.md, "Fuzzing").
+fuzz SECONDS="60":
+    python3 fuzz/make_seeds.py build/fuzz
+    clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Imaglev/_cffi_src/include fuzz/fuzz_dp.c maglev/_cffi_src/src/mg_parse.c maglev/_cffi_src/src/mg_dp.c maglev/_cffi_src/src/mg_conntrack.c maglev/_cffi_src/src/mg_tables.c maglev/_cffi_src/src/mg_encap.c maglev/_cffi_src/src/mg_icmp.c maglev/_cffi_src/src/mg_frag.c maglev/_cffi_src/src/mg_hash.c -o build/fuzz/fuzz_dp
+    MG_FUZZ_TABLES=build/fuzz/tables.bin build/fuzz/fuzz_dp -max_total_time={{SECONDS}} -max_len=4096 -print_final_stats=1 build/fuzz/corpus
+
+# tests/datapath against an ASan+UBSan build of the extension, in a private copy of the
+# tree (build/sanitize), so the shared in-place build is never replaced.
+sanitize:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    rm -rf build/sanitize && mkdir -p build/sanitize
+    cp -r maglev tests pyproject.toml build/sanitize/
+    cp -r cli build/sanitize/maglev_cli
+    rm -f build/sanitize/maglev/_native*.so
+    (cd build/sanitize && MAGLEV_SANITIZE=1 python3 maglev/_cffi_src/build.py >/dev/null)
+    cd build/sanitize
+    MAGLEV_CORPUS="${MAGLEV_CORPUS:-$(cd ../../.. && pwd)/shared/corpus}" \
+    LD_PRELOAD="$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=. \
+    python3 -m pytest -p no:cacheprovider -q tests/datapath
