@@ -48,9 +48,16 @@ class Steering(Actor):
         check(lib.mg_steer_init(self.st, self.base, self.slot, k0, k1), "steering init")
         self.stats_block = self.region.stats(self.slot)
         self._nic_drop_base = {w: int(self.stats_block[w]) for w in SS_NIC_DROPS.values()}
-        self._recover()
+        recovered = self._recover()
         self.burst = int(p.get("burst", 256))
         self.nic = open_rx(parse_nic(p["nic"]), vips=vip_targets(cfg), seed=int(p.get("seed", 1)))
+        if self.spec.incarnation and hasattr(self.nic, "skip"):
+            # A capture replay continues after what the dead steering read (dispatched,
+            # dropped by the NIC, or recovered from its hand), instead of sending the
+            # start of the file again.
+            s = self.stats_block
+            done = int(s[lib.MG_SS_RX_PACKETS]) + sum(int(s[w]) for w in SS_NIC_DROPS.values())
+            self.nic.skip(done + recovered)
         self.bell = self.region.bell(BELL_STEERING)
         self.n_workers = self.region.n_workers
         self._cnt = ffi.new("uint32_t *")
@@ -64,7 +71,7 @@ class Steering(Actor):
         if msg.get("type") == "go":
             self.going = True
 
-    def _recover(self) -> None:
+    def _recover(self) -> int:
         """Take over from a dead predecessor (a no-op on a first start): settle its hand,
         own the rings' producer/consumer sides, send what it held back to the free list.
         Packets it had received but not placed are dropped (at-most-once)."""
@@ -82,6 +89,7 @@ class Steering(Actor):
                 raise RuntimeError(f"steering recovery left {left} frames in the hand")
             self.stats_block[lib.MG_SS_RECOVERED] += len(held)
             log.warning("recovered frames from a dead steering", extra={"kv": {"frames": len(held)}})
+        return len(held)
 
     def step(self) -> int:
         base, st = self.base, self.st

@@ -74,6 +74,14 @@ class PcapRx:
         self.packets += k
         return k
 
+    def skip(self, n: int) -> int:
+        """Pass over the next ``n`` records (a restarted steering resuming); returns how
+        many were skipped (fewer at the end of the file)."""
+        done = sum(1 for _ in islice(self._it, n))
+        if done < n:
+            self.eof = True
+        return done
+
     @property
     def error(self) -> str:
         err = getattr(self.reader, "error", None)
