@@ -65,3 +65,12 @@ sanitize:
     LD_PRELOAD="$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=. \
     python3 -m pytest -p no:cacheprovider -q tests/datapath
+
+# Regenerate the goldens of the recorded lab traces (traces/README.md); review the diff.
+traces-golden:
+    python3 traces/golden.py --update
+
+# Re-record the lab traces (root: brings a namespace lab up and down), then the goldens.
+traces-record:
+    python3 traces/record.py
+    python3 traces/golden.py --update

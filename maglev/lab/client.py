@@ -109,15 +109,20 @@ class Capture:
     ``count(filter)`` reads the file back with a BPF filter and returns how many packets
     matched.  The tcpdump process is ours (started here, stopped by PID)."""
 
-    def __init__(self, ns: str, iface: str, path: Path, bpf: str = ""):
+    def __init__(self, ns: str, iface: str, path: Path, bpf: str = "", direction: str = "",
+                 snaplen: int = 256):
         if shutil.which("tcpdump") is None:
             raise RuntimeError("tcpdump is not installed (apt-get install tcpdump)")
         self.ns, self.iface, self.path, self.bpf = ns, iface, Path(path), bpf
+        self.direction = direction  # "" (both), "in" or "out": tcpdump -Q
+        self.snaplen = snaplen  # bytes kept per packet; 0 = whole packets
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Capture:
-        cmd = ["ip", "netns", "exec", self.ns, "tcpdump", "-i", self.iface, "-U", "--immediate-mode", "-n", "-s", "256", "-B", "16384",
+        cmd = ["ip", "netns", "exec", self.ns, "tcpdump", "-i", self.iface, "-U", "--immediate-mode", "-n", "-s", str(self.snaplen), "-B", "16384",
                "-w", str(self.path)]  # fmt: skip
+        if self.direction:
+            cmd[5:5] = ["-Q", self.direction]
         if self.bpf:
             cmd.append(self.bpf)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
