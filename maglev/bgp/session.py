@@ -329,6 +329,11 @@ class Session:
             except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 reason = self._describe(exc)
                 await self._end(self.conn or conn, None)
+            except Exception as exc:
+                # A bug must cost one session, not the peer: reset it and carry on.
+                log.exception("bgp peer %s: internal error", self.address)
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                await self._end(self.conn or conn, m.Notification(Err.CEASE, 0))
             self.last_error = reason
             log.warning("bgp peer %s: session ended: %s", self.address, reason)
             stable = self.established_at is not None and time.monotonic() - self.established_at >= STABLE_S
@@ -540,6 +545,9 @@ class Session:
             await conn.close(exc.notification())
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             await conn.close()
+        except Exception:
+            log.exception("bgp peer %s: internal error on a second connection", self.address)
+            await conn.close(m.Notification(Err.CEASE, 0))
         except asyncio.CancelledError:
             if self.conn is not conn:
                 await conn.close()

@@ -155,7 +155,11 @@ class Speaker:
             log.exception("BGP event callback failed")
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(reader, writer, outgoing=False)
+        try:
+            conn = Connection(reader, writer, outgoing=False)
+        except (TypeError, ValueError, OSError):  # reset before we could ask for its address
+            writer.transport.abort()
+            return
         session = self._by_address.get(conn.remote)
         if session is None or not self.started:
             # Not a configured peer: close without a word (RFC 4271 8.2.1.3 leaves this open).

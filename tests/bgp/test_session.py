@@ -624,3 +624,49 @@ def test_prefix_validation_and_commands():
     assert sp.announced() == ["203.0.113.11/32", "2001:db8::1/128"]
     state = handle_command(sp, "state")
     assert state["reply"] == "state" and state["peers"][0]["state"] == "Idle"
+
+
+def test_garbage_from_an_established_peer_never_kills_the_speaker():
+    """Random messages (valid header, random body, or raw noise) in Established: each is
+    either accepted or answered with a NOTIFICATION; the speaker keeps taking sessions."""
+    import random
+
+    rng = random.Random(4271)
+
+    async def go():
+        cfg = speaker_config()
+        sp = Speaker(cfg)
+        sp.announce(VIP4)
+        await sp.start()
+        outcomes = {"notification": 0, "accepted": 0}
+        try:
+            for _ in range(20):
+                peer = await Scripted.connect(cfg.listen_port)
+                await peer.handshake(64512)
+                await peer.expect(m.Update)
+                if rng.random() < 0.7:
+                    body = rng.randbytes(rng.randrange(0, 120))
+                    raw = b"\xff" * 16 + struct.pack("!HB", 19 + len(body), rng.randrange(1, 6)) + body
+                else:
+                    raw = rng.randbytes(rng.randrange(1, 80))
+                await peer.send(raw)
+                try:
+                    n = await peer.expect(m.Notification, timeout=0.5)
+                    assert 1 <= n.code <= 6
+                    outcomes["notification"] += 1
+                except (TimeoutError, asyncio.IncompleteReadError, AssertionError):
+                    outcomes["accepted"] += 1  # a valid message, or noise still waiting for more bytes
+                await peer.close()
+                deadline = time.monotonic() + 5
+                while sp.peers_state()[0]["state"] in ("OpenSent", "OpenConfirm", "Established"):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+            assert outcomes["notification"] >= 10, outcomes
+            peer = await Scripted.connect(cfg.listen_port)  # still serving
+            await peer.handshake(64512)
+            assert (await peer.expect(m.Update)).nlri == (ipaddress.ip_network(VIP4),)
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go(), timeout=60)
