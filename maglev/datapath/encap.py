@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+from typing import TYPE_CHECKING, Any
 
 from maglev.datapath import ref_encap
 from maglev.datapath.ref_encap import EncapParams
 from maglev.errors import ConfigError, NativeError
 from maglev.native import check, ffi, lib
+
+if TYPE_CHECKING:
+    from maglev.config import Backend, Instance, Vip
 
 __all__ = ["ENGINES", "EncapParams", "ScratchPool", "encap", "overhead", "params_for", "TYPES"]
 
@@ -34,7 +38,8 @@ class ScratchPool:
         self.frames = frames
         self.buf = ffi.new("uint8_t[]", frames * lib.MG_FRAME_SIZE)
 
-    def meta(self, idx: int):
+    def meta(self, idx: int) -> Any:
+        """The frame's ``struct mg_frame_meta *``."""
         return ffi.cast("struct mg_frame_meta *", self.buf + idx * lib.MG_FRAME_SIZE)
 
     def put(self, idx: int, packet: bytes, headroom: int = lib.MG_FRAME_HEADROOM) -> None:
@@ -68,7 +73,7 @@ def _pool() -> ScratchPool:
     return _scratch
 
 
-def c_params(p: EncapParams):
+def c_params(p: EncapParams) -> Any:
     """A ``struct mg_encap_params *`` (cffi-owned) for ``p``."""
     c = ffi.new("struct mg_encap_params *")
     c.type = p.type
@@ -113,7 +118,7 @@ def _mac(s: str, what: str) -> bytes:
     return b
 
 
-def params_for(instance, vip, backend, eth_src: str, eth_dst: str,
+def params_for(instance: Instance, vip: Vip, backend: Backend, eth_src: str, eth_dst: str,
                inner_eth_src: str = "02:00:00:00:00:00") -> EncapParams:
     """Encapsulation parameters for sending ``vip``'s packets to ``backend`` (config
     objects from :mod:`maglev.config`).  ``eth_src``/``eth_dst``: our interface's MAC and

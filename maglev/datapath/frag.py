@@ -61,12 +61,14 @@ class FragTable:
 
     def first(self, key: bytes, backend: int, vip_index: int, now_ns: int) -> int:
         self._set_key(key)
-        if not -(1 << 31) <= backend < (1 << 31):
-            raise NativeError(errno.EINVAL, "frag first: backend out of range")
+        if not (-(1 << 31) <= backend < (1 << 31) and 0 <= vip_index <= 0xFFFF):
+            raise NativeError(errno.EINVAL, "frag first: backend or VIP index out of range")
         return check(lib.mg_frag_first(self._t, self._key, backend, vip_index, now_ns), "frag first")
 
     def next(self, key: bytes, frame: int, length: int, now_ns: int) -> tuple[int, int, int]:
         self._set_key(key)
+        if not (0 <= frame <= 0xFFFFFFFF and 0 <= length <= 0xFFFFFFFF):
+            raise NativeError(errno.EINVAL, "frag next: frame or length out of range")
         rc = lib.mg_frag_next(self._t, self._key, frame, length, now_ns, self._backend, self._vip)
         if rc == -errno.EINVAL:
             check(rc, "frag next")

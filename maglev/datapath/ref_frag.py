@@ -128,8 +128,8 @@ class FragTable:
         return next((e for e in bucket if not self._live(e, now)), None)
 
     def first(self, key: bytes, backend: int, vip_index: int, now_ns: int) -> int:
-        if not key_ok(key) or backend < 0:
-            raise NativeError(errno.EINVAL, "frag first: bad key or backend")
+        if not key_ok(key) or not 0 <= backend < (1 << 31) or not 0 <= vip_index <= 0xFFFF:
+            raise NativeError(errno.EINVAL, "frag first: bad key, backend or VIP index")
         bucket = self._bucket(key)
         e = self._find_live(bucket, key, now_ns)
         if e is None:
@@ -150,8 +150,8 @@ class FragTable:
 
     def next(self, key: bytes, frame: int, length: int, now_ns: int) -> tuple[int, int, int]:
         """(0, backend, vip) forward; (1, -1, 0) held; (-ENOSPC | -ENOBUFS, -1, 0) drop."""
-        if not key_ok(key):
-            raise NativeError(errno.EINVAL, "frag next: bad key")
+        if not key_ok(key) or not (0 <= frame <= 0xFFFFFFFF and 0 <= length <= 0xFFFFFFFF):
+            raise NativeError(errno.EINVAL, "frag next: bad key, frame or length")
         bucket = self._bucket(key)
         e = self._find_live(bucket, key, now_ns)
         if e is not None and e.backend >= 0:
