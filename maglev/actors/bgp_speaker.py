@@ -128,3 +128,37 @@ class BgpSpeakerActor(Actor):
             "commands": self.commands,
             "bad_commands": self.bad_commands,
         }
+
+
+def actor_def(opts: Any, region_name: str) -> Any:
+    """The ActorDef ``maglev run`` adds for this actor (``pipeline.EXTRA_ACTORS``), or None
+    when the config has no BGP peers.
+
+    It stops first (stop group -1, before steering's 0): the CEASE reaches the routers
+    while the data path still forwards, so no packet is sent to an instance that already
+    stopped forwarding.  What to announce is the controller's decision (mailbox commands);
+    the actor starts with nothing announced.
+    """
+    from maglev.actors.pipeline import load_config
+    from maglev.actors.supervisor import ActorDef
+
+    cfg = load_config(opts.config_path)
+    if not cfg.bgp.local_asn or not cfg.bgp.peers:
+        return None
+    params: dict[str, Any] = {"config_file": opts.config_path} if opts.config_path else {"bgp": cfg.to_dict()["bgp"]}
+    return ActorDef("bgp", "maglev.actors.bgp_speaker:BgpSpeakerActor", params, stop_group=-1)
+
+
+def register() -> None:
+    """Add this actor to every ``maglev run`` of this process; explicit, not on import."""
+    from maglev.actors import pipeline
+
+    if actor_def not in pipeline.EXTRA_ACTORS:
+        pipeline.EXTRA_ACTORS.append(actor_def)
+
+
+def unregister() -> None:
+    from maglev.actors import pipeline
+
+    while actor_def in pipeline.EXTRA_ACTORS:
+        pipeline.EXTRA_ACTORS.remove(actor_def)

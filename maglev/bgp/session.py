@@ -501,11 +501,17 @@ class Session:
             self.families = open_msg.families & {m.IPV4_UNICAST, m.IPV6_UNICAST}
             await self.conn.send(m.Keepalive())
             self._set_state(State.OPENCONFIRM, f"peer {open_msg.router_id} AS {open_msg.asn}")
+            # The KeepaliveTimer runs in OpenConfirm too (RFC 4271 8.2.2).
+            ka = asyncio.get_running_loop().create_task(self._keepalives(self.conn)) if self.hold_time else None
             try:
                 msg = await self._recv_or_switch(self.conn, self.hold_time or None)
             except _Switched as sw:
                 self.conn, open_msg = sw.conn, sw.open
                 continue  # check the new OPEN, answer it with a KEEPALIVE, stay in OpenConfirm
+            finally:
+                if ka is not None:
+                    ka.cancel()
+                    await asyncio.wait({ka})
             if isinstance(msg, m.Notification):
                 raise PeerNotification(msg)
             if not isinstance(msg, m.Keepalive):
@@ -514,6 +520,14 @@ class Session:
             self.counters["established"] += 1
             self._set_state(State.ESTABLISHED, f"hold time {self.hold_time:g} s")
         await self._established(self.conn)
+
+    async def _keepalives(self, conn: Connection) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.hold_time / 3)
+                await conn.send(m.Keepalive())
+        except (OSError, TimeoutError):
+            pass  # the reader sees the broken connection and ends the session
 
     async def _shadow_handshake(self, conn: Connection) -> None:
         """Second connection during OpenSent/OpenConfirm: OPEN both ways, then resolve."""

@@ -166,3 +166,17 @@ def test_actor_rejects_a_bad_config(tmp_path):
         actor.setup()
     assert "bgp.router_id: 'nope' is not an IP address" in info.value.problems
     assert "bgp.peer[0].hold_time: must be 0 or at least 3 seconds (RFC 4271 4.2)" in info.value.problems
+
+
+def test_actor_def_for_maglev_run(tmp_path):
+    from maglev.actors.bgp_speaker import actor_def
+    from maglev.actors.pipeline import PipelineOptions
+
+    no_bgp = tmp_path / "none.toml"
+    no_bgp.write_text("[bgp]\nlocal_asn = 0\n")
+    assert actor_def(PipelineOptions(config_path=str(no_bgp)), "r") is None
+    with_bgp = tmp_path / "bgp.toml"
+    with_bgp.write_text('[bgp]\nlocal_asn = 64513\nrouter_id = "198.18.0.2"\n[[bgp.peer]]\naddress = "198.18.0.1"\nasn = 64512\n')
+    d = actor_def(PipelineOptions(config_path=str(with_bgp)), "r")
+    assert d.target == "maglev.actors.bgp_speaker:BgpSpeakerActor" and d.params == {"config_file": str(with_bgp)}
+    assert d.stop_group < 0  # withdraws before the data path stops

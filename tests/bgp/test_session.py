@@ -670,3 +670,26 @@ def test_garbage_from_an_established_peer_never_kills_the_speaker():
             await sp.stop()
 
     run(go(), timeout=60)
+
+
+def test_keepalives_flow_in_openconfirm():
+    async def go():
+        cfg = speaker_config(hold=3)
+        sp = Speaker(cfg)
+        await sp.start()
+        try:
+            peer = await Scripted.connect(cfg.listen_port)
+            await peer.expect(m.Open)
+            await peer.send(m.Open.build(64512, 3, "198.18.0.1"))
+            # We hold back our KEEPALIVE: the speaker sits in OpenConfirm and keeps the
+            # session alive with its own KEEPALIVEs every hold/3 = 1 s.
+            kinds = [type(await peer.recv(timeout=2)).__name__ for _ in range(3)]
+            assert kinds == ["Keepalive", "Keepalive", "Keepalive"]
+            assert sp.peers_state()[0]["state"] == "OpenConfirm"
+            await peer.send(m.Keepalive())
+            await wait_state(sp, "Established")
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
