@@ -46,9 +46,10 @@ from maglev.datapath.tables import (
 )
 from maglev.errors import NativeError
 from maglev.hashing.reference import siphash13
+from maglev.native import lib
 
 HEADROOM = 192
-EXPIRE_BUCKETS = 64
+EXPIRE_BUCKETS = lib.MG_DP_EXPIRE_BUCKETS
 SPARE = 64
 ZERO_MAC = bytes(6)
 BCAST_MAC = b"\xff" * 6

@@ -2,7 +2,7 @@
 #define MG_VERDICT_ICMP 257
 #define MG_VERDICT_HELD 258
 #define MG_DP_DRAIN_MAX 64
-#define MG_DP_EXPIRE_BUCKETS 64
+#define MG_DP_EXPIRE_BUCKETS 16
 #define MG_DP_MAX_DROPS 48
 
 struct mg_dp_counter {

@@ -89,6 +89,27 @@ static inline void mg_ct_prefetch(const struct mg_ct *ct, uint64_t h)
     __builtin_prefetch(&ct->meta[h & ct->mask], 1, 3);
 }
 
+/* Second prefetch stage: with the bucket's metadata line (prefetched earlier) in cache,
+ * prefetch the entry line a lookup will compare (the first way whose signature matches)
+ * or, if none matches, the entry an insert would write (the first empty way). */
+static inline void mg_ct_prefetch_entry(const struct mg_ct *ct, uint64_t h)
+{
+    uint32_t b = (uint32_t)h & ct->mask;
+    const struct mg_ct_meta *m = &ct->meta[b];
+    uint32_t sig = mg_ct_sig(h);
+    int empty = -1;
+    for (int w = 0; w < MG_CT_WAYS; w++) {
+        if (m->sig[w] == sig) {
+            __builtin_prefetch(&ct->entries[(size_t)b * MG_CT_WAYS + w], 1, 3);
+            return;
+        }
+        if (empty < 0 && m->sig[w] == 0)
+            empty = w;
+    }
+    if (empty >= 0)
+        __builtin_prefetch(&ct->entries[(size_t)b * MG_CT_WAYS + empty], 1, 3);
+}
+
 /* Returns the way (0..7) holding key, or -1.  An expired match is freed and counted. */
 static inline int mg_ct_find(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h,
                              uint32_t now, uint32_t tcp_ms, uint32_t udp_ms)

@@ -58,8 +58,9 @@
 
 /* Most fragment-table frames (released/expired) handled per burst. */
 #define MG_DP_DRAIN_MAX 64
-/* Fragment-table buckets examined for expiry per burst. */
-#define MG_DP_EXPIRE_BUCKETS 64
+/* Fragment-table buckets examined for expiry per burst (the default table's 1024 buckets
+ * are swept every 64 bursts; entries also count as absent once expired). */
+#define MG_DP_EXPIRE_BUCKETS 16
 /* Room reserved for drop counters (>= MG_DROP_COUNT, checked at compile time). */
 #define MG_DP_MAX_DROPS 48
 

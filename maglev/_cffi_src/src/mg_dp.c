@@ -35,14 +35,67 @@ struct mg_dp {
 
 enum kind { K_DROP, K_FLOW, K_ICMP_FLOW, K_HASH_ONLY, K_FRAG_FIRST, K_FRAG_NEXT };
 
+/* Per-packet state between the passes (~80 bytes: the burst's array stays in L1/L2).
+ * p.key is rewritten to the key selection uses (3-tuple for fragments, the quoted flow for
+ * inbound ICMP errors); the rest of p describes the packet itself. */
 struct work {
     struct mg_parsed p;
-    struct mg_flow_key key; /* the key selection uses (5-tuple, 3-tuple, quoted flow) */
     uint64_t hash;
     int32_t vip;
     uint16_t reason;
     uint8_t kind;
 };
+
+/* SipHash-1-3 of the 40-byte flow key, unrolled: the same function as mg_siphash13()
+ * (mg_hash.c) for len = 40, inlined here because it is the largest fixed cost per packet.
+ * The differential tests compare every decision with the Python reference, which uses the
+ * generic SipHash, and test_hash_vectors pins mg_siphash13 itself. */
+#define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                          \
+    do {                                                                                  \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                          \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                             \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                             \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                          \
+    } while (0)
+
+static inline uint64_t flow_hash(const struct mg_tables_header *h, const struct mg_flow_key *k)
+{
+    uint64_t m[5];
+    memcpy(m, k, sizeof(m));
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    for (int i = 0; i < 5; i++)
+        m[i] = __builtin_bswap64(m[i]);
+#endif
+    uint64_t v0 = 0x736f6d6570736575ULL ^ h->hash_k0;
+    uint64_t v1 = 0x646f72616e646f6dULL ^ h->hash_k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ h->hash_k0;
+    uint64_t v3 = 0x7465646279746573ULL ^ h->hash_k1;
+    for (int i = 0; i < 5; i++) {
+        v3 ^= m[i];
+        SIPROUND;
+        v0 ^= m[i];
+    }
+    uint64_t b = (uint64_t)40 << 56;
+    v3 ^= b;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+_Static_assert(sizeof(struct mg_flow_key) == 40, "flow_hash is unrolled for 40 bytes");
+
+/* Prefetch distances (packets ahead) of pass 2's pipeline. */
+#define PF_META 12
+#define PF_ENTRY 6
+
+static inline int uses_ct(const struct work *wk)
+{
+    return wk->kind == K_FLOW || wk->kind == K_ICMP_FLOW;
+}
 
 static const uint8_t zero_mac[6];
 static const uint8_t bcast_mac[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
@@ -192,7 +245,6 @@ static int forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_
     meta->backend_index = b;
 
     struct mg_encap_params ep;
-    memset(&ep, 0, sizeof(ep));
     ep.type = v->encap;
     ep.outer_family = v->encap == MG_ENCAP_L2 ? v->family : be->family;
     ep.vxlan_port = v->vxlan_port;
@@ -206,6 +258,7 @@ static int forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_
         memcpy(ep.eth_dst, memcmp(h->gateway_mac, zero_mac, 6) ? h->gateway_mac : pkt + 6, 6);
     memcpy(ep.inner_eth_src, h->inner_mac, 6);
     memcpy(ep.inner_eth_dst, memcmp(be->mac, zero_mac, 6) ? be->mac : bcast_mac, 6);
+    memset(ep.src, 0, sizeof(ep.src));
     if (v->encap != MG_ENCAP_L2) {
         if (be->family == 4) {
             if (!h->has_src4)
@@ -222,8 +275,12 @@ static int forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_
     int ovh = mg_encap_overhead(ep.type, ep.outer_family);
     if (ovh < 0)
         return out_drop(dp, io, idx, MG_DROP_BAD_TABLES), 0;
-    int pm = mg_pmtu_check(pkt, len, p->l3_off, p->family, p->proto, p->l4_off, (uint32_t)ovh,
-                           h->mtu);
+    /* Fast path: the parser already knows the IP length, and mg_pmtu_check() answers FITS
+     * exactly when l3_len + overhead <= mtu. */
+    int pm = (uint32_t)p->l3_len + (uint32_t)ovh <= h->mtu
+                 ? MG_PMTU_FITS
+                 : mg_pmtu_check(pkt, len, p->l3_off, p->family, p->proto, p->l4_off,
+                                 (uint32_t)ovh, h->mtu);
     uint32_t pieces[1 + MG_BURST_MAX];
     uint32_t n_pieces = 1;
     pieces[0] = idx;
@@ -309,8 +366,7 @@ static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uin
         int32_t b = outs[i].backend;
         struct mg_flow_key k = p.key;
         k.sport = k.dport = 0;
-        uint64_t hash = mg_siphash13(mg_tables_header_of(t)->hash_k0, mg_tables_header_of(t)->hash_k1,
-                                     (const uint8_t *)&k, sizeof(k));
+        uint64_t hash = flow_hash(mg_tables_header_of(t), &k);
         if ((uint32_t)vip >= mg_tables_header_of(t)->n_vips) {
             out_drop(dp, io, idx, MG_DROP_NO_VIP);
             continue;
@@ -372,11 +428,10 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             wk->reason = (uint16_t)rc;
             continue;
         }
-        wk->key = wk->p.key;
         uint8_t kind = K_FLOW;
         if (wk->p.frag & MG_PF_FRAGMENT) {
             if (!(wk->p.frag & MG_PF_FIRST)) {
-                int r = frag_vip_check(tables, &wk->key);
+                int r = frag_vip_check(tables, &wk->p.key);
                 if (r) {
                     wk->reason = (uint16_t)r;
                     continue;
@@ -386,20 +441,18 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             }
             kind = K_FRAG_FIRST;
         } else if (wk->p.l4_off && is_icmp_error(&wk->p)) {
+            struct mg_flow_key qk;
             int q = mg_icmp_quoted_flow(pkt, meta->len, wk->p.l3_off, wk->p.family,
-                                        wk->p.l4_off, &wk->key);
-            if (q == MG_QUOTE_5TUPLE)
-                kind = K_ICMP_FLOW;
-            else if (q == MG_QUOTE_3TUPLE)
-                kind = K_HASH_ONLY;
-            else if (q == -ENOMSG)
-                wk->key = wk->p.key; /* not an error after all: an ordinary packet */
-            else {
+                                        wk->p.l4_off, &qk);
+            if (q == MG_QUOTE_5TUPLE || q == MG_QUOTE_3TUPLE) {
+                kind = q == MG_QUOTE_5TUPLE ? K_ICMP_FLOW : K_HASH_ONLY;
+                wk->p.key = qk;
+            } else if (q != -ENOMSG) { /* -ENOMSG: not an error after all, an ordinary packet */
                 wk->reason = MG_DROP_BAD_ICMP;
                 continue;
             }
         }
-        int vip = match_vip(tables, &wk->key);
+        int vip = match_vip(tables, &wk->p.key);
         if (vip < 0) {
             wk->reason = MG_DROP_NO_VIP;
             continue;
@@ -410,17 +463,29 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                 wk->reason = MG_DROP_FRAGMENT_NOT_ALLOWED;
                 continue;
             }
-            wk->key.sport = wk->key.dport = 0; /* 3-tuple: the other fragments have no ports */
+            wk->p.key.sport = wk->p.key.dport = 0; /* 3-tuple: other fragments have no ports */
         }
-        wk->hash = mg_siphash13(h->hash_k0, h->hash_k1, (const uint8_t *)&wk->key, sizeof(wk->key));
-        if (kind == K_FLOW || kind == K_ICMP_FLOW)
-            mg_ct_prefetch(dp->ct, wk->hash);
+        wk->hash = flow_hash(h, &wk->p.key);
         wk->kind = kind;
     }
 
-    /* Pass 2: state and outputs, in input order. */
+    /* Pass 2: state and outputs, in input order, software-pipelined: while packet i is
+     * handled, the bucket metadata line of packet i + PF_META and the entry line of packet
+     * i + PF_ENTRY (whose metadata arrived meanwhile) are being fetched.  A few cache
+     * misses in flight at a time is what the core's miss buffers can overlap; prefetching
+     * a whole burst at once only queues them. */
+    for (uint32_t i = 0; i < n && i < PF_META; i++)
+        if (uses_ct(&w[i]))
+            mg_ct_prefetch(dp->ct, w[i].hash);
+    for (uint32_t i = 0; i < n && i < PF_ENTRY; i++)
+        if (uses_ct(&w[i]))
+            mg_ct_prefetch_entry(dp->ct, w[i].hash);
     for (uint32_t i = 0; i < n; i++) {
         struct work *wk = &w[i];
+        if (i + PF_META < n && uses_ct(&w[i + PF_META]))
+            mg_ct_prefetch(dp->ct, w[i + PF_META].hash);
+        if (i + PF_ENTRY < n && uses_ct(&w[i + PF_ENTRY]))
+            mg_ct_prefetch_entry(dp->ct, w[i + PF_ENTRY].hash);
         uint32_t idx = io->frames[i];
         if (wk->kind == K_DROP) {
             out_drop(dp, io, idx, wk->reason);
@@ -451,10 +516,10 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             }
             struct mg_flow_key k = wk->p.key;
             k.sport = k.dport = 0;
-            wk->hash = mg_siphash13(h->hash_k0, h->hash_k1, (const uint8_t *)&k, sizeof(k));
+            wk->hash = flow_hash(h, &k);
             b = backend_usable(tables, vip, fb, 0, 0) ? fb : maglev_pick(tables, vip, wk->hash);
         } else if (wk->kind == K_FLOW || wk->kind == K_ICMP_FLOW) {
-            int way = mg_ct_find(dp->ct, &wk->key, wk->hash, now_t, h->tcp_timeout_ms,
+            int way = mg_ct_find(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
                                  h->udp_timeout_ms);
             if (way >= 0) {
                 struct mg_ct_entry *e = mg_ct_entry_at(dp->ct, wk->hash, way);
@@ -471,7 +536,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             } else {
                 b = maglev_pick(tables, vip, wk->hash);
                 if (b >= 0 && wk->kind == K_FLOW)
-                    mg_ct_add(dp->ct, &wk->key, wk->hash, now_t, h->tcp_timeout_ms,
+                    mg_ct_add(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
                               h->udp_timeout_ms, b, mg_tables_backends(tables)[b].id);
             }
         } else { /* K_HASH_ONLY, K_FRAG_FIRST */
