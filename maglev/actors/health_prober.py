@@ -7,8 +7,11 @@ a prober crash loses nothing but its rise/fall counters.
 
 Delivery: transitions are queued and sent in order; when a send fails (config manager
 restarting, timeout) the queue is kept and retried, and after any failure -- and every
-``resync_s`` anyway -- the prober sends its whole view with ``full: true``, so a restarted
-config manager relearns which backends are down within seconds.
+``resync_s`` anyway -- the prober re-reads the config and sends its whole view with
+``full: true``, so a restarted config manager relearns which backends are down within
+seconds, and a missed ``config`` event costs at most ``resync_s``.  A restarted prober
+starts with an empty view (every backend "unknown", i.e. in the table) and re-decides each
+one at its first probe, spread over at most one second.
 
 The Actor base loop is synchronous; the prober is asyncio.  ``wait()`` runs the event loop
 for the idle slice the base loop would sleep, so probes and their timeouts run whenever the
@@ -115,6 +118,8 @@ class ProberClient:
         try:
             while not stop.is_set():
                 try:
+                    if time.monotonic() - self.last_full >= self.resync_s:
+                        self.need_config = True  # a missed config event heals here too
                     if self.need_config:
                         await self.refresh_config()
                     await self.flush()
