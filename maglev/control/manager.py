@@ -440,6 +440,9 @@ class ConfigManager:
             if req.op in ops.CHANGES or req.op == "reload":
                 self.counters.changes_rejected += 1
             return Reply.failure(req.id, exc)
+        except RecursionError:  # hostile nesting (msgpack allows ~1000 levels)
+            self.counters.errors[BAD_ARGS] = self.counters.errors.get(BAD_ARGS, 0) + 1
+            return Reply.failure(req.id, ProtocolError(BAD_ARGS, "arguments are nested too deeply", "args"))
         except Exception as exc:  # a bug: say so, keep serving, nothing was applied
             log.error("internal error serving %r: %s", req.op, traceback.format_exc())
             self.counters.errors[INTERNAL] = self.counters.errors.get(INTERNAL, 0) + 1

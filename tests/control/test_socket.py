@@ -156,3 +156,16 @@ def test_tcp_without_keys_is_refused():
 def test_client_reports_missing_server():
     with pytest.raises(ControlTimeout, match="is maglev running"):
         ControlClient("ipc:///tmp/definitely-not-here-mgc/control.sock")
+
+
+def test_deeply_nested_arguments_are_refused(served):
+    deep: object = "x"
+    for _ in range(900):
+        deep = {"health": deep}
+    body = msgpack.packb({"v": 1, "id": 9, "op": "update-vip", "args": {"vip": VIP, "set": {"health": deep}}})
+    with ControlClient(served.server.bound_endpoint) as c:
+        c.send_raw([body])
+        frames = c.recv_raw(5)
+        r = decode_reply(frames[0])
+        assert not r.ok and r.error["code"] in ("bad-args", "invalid-config", "malformed"), r.error
+        assert c.call("status")["generation"] == 1
