@@ -60,6 +60,9 @@ log = logging.getLogger("maglev.bgp")
 OPEN_HOLD_S = 240.0  # RFC 4271 8.2.2: HoldTimer "large value" while waiting for OPEN
 SEND_TIMEOUT_S = 15.0  # a peer that does not read for this long is gone
 STABLE_S = 60.0  # a session up this long resets the damping back-off
+# Received prefixes are only counted; past this many we stop remembering them, so a
+# router that sends us a full table by mistake costs no more than a few MB.
+MAX_TRACKED_RECEIVED = 100_000
 
 
 class State(enum.Enum):
@@ -187,7 +190,7 @@ class Session:
         self.counters = {
             "msgs_in": 0, "msgs_out": 0, "updates_in": 0, "updates_out": 0,
             "notifications_in": 0, "notifications_out": 0, "established": 0,
-            "skipped_no_next_hop": 0,
+            "skipped_no_next_hop": 0, "received_untracked": 0,
         }  # fmt: skip
         self._incoming: asyncio.Queue[Connection] = asyncio.Queue()
         self._dirty = asyncio.Event()
@@ -603,7 +606,10 @@ class Session:
         for p in u.withdrawn_all():
             self.received.discard(p)
         for p in u.announced():
-            self.received.add(p)
+            if len(self.received) < MAX_TRACKED_RECEIVED or p in self.received:
+                self.received.add(p)
+            else:
+                self.counters["received_untracked"] += 1
 
     async def _writer(self, conn: Connection) -> None:
         """KEEPALIVE every hold/3 s and Adj-RIB-Out synchronisation (RFC 4271 4.4, 9.2)."""

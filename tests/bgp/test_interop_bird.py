@@ -99,3 +99,13 @@ def test_ipv6_transport_session(bird_lab):
     sp.wait_established()
     lab.wait_until(lambda: VIP6 in lab.kernel_routes("-6"), 15, "IPv6 VIP in the kernel")
     assert "via 2001:db8:18::2 dev r0" in lab.kernel_routes("-6")
+
+
+def test_passive_speaker_is_dialled_by_bird(bird_lab):
+    lab = bird_lab
+    sp = lab.start_speaker(passive=True, announce=(f"{VIP4}/32",))
+    lab.start_bird()  # BIRD connects to us; we never dial
+    sp.wait_established()
+    lab.wait_until(lambda: VIP4 in lab.kernel_routes(), 15, "VIP in the kernel")
+    peers = sp.state()["peers"]
+    assert peers[0]["state"] == "Established" and "connect to" not in peers[0]["last_error"]

@@ -693,3 +693,26 @@ def test_keepalives_flow_in_openconfirm():
             await sp.stop()
 
     run(go())
+
+
+def test_received_prefixes_tracked_up_to_a_bound(monkeypatch):
+    from maglev.bgp import session
+
+    monkeypatch.setattr(session, "MAX_TRACKED_RECEIVED", 2)
+
+    async def go():
+        sp, peer, _ = await established_with(speaker_config())
+        try:
+            nets = [ipaddress.ip_network(f"198.51.100.{i}/32") for i in range(3)]
+            for u in m.build_announce(nets, local_asn=64512, ebgp=True, asn4=True, next_hop="127.0.0.1"):
+                await peer.send(u)
+            deadline = time.monotonic() + 5
+            while sp.peers_state()[0]["received_untracked"] != 1:
+                assert time.monotonic() < deadline, sp.peers_state()
+                await asyncio.sleep(0.02)
+            assert sp.peers_state()[0]["received"] == 2
+            await peer.close()
+        finally:
+            await sp.stop()
+
+    run(go())
