@@ -10,6 +10,8 @@
    * relay:    the lab's pure-Python stand-in (with --relay), for scale only.
 2. HTTP through the VIP vs straight to one backend: requests/s and latency p50/p99 of
    fresh-connection GETs from the client namespace.
+3. The driver's wake-up latency alone (one frame over a bare veth pair, send -> wait()
+   returns -> rx_burst has it), TPACKET_V3 vs TPACKET_V2.
 
 Prints numbers and ratios against the baseline from the same run; never asserts on
 speed.  Needs root.  Usage:  python bench/bench_lab.py [--seconds 3] [--requests 500]
@@ -91,6 +93,54 @@ def measure_pps(state: dict, seconds: float) -> dict:
             "sent_pps": round(sent / elapsed), "forwarded_pps": round(got / elapsed)}
 
 
+def nic_wakeup(ring: str, rounds: int = 40) -> dict:
+    """One frame at a time over a bare veth pair: send -> the driver's wait() returns and
+    rx_burst has it.  Shows the TPACKET_V3 block-retire floor against V2."""
+    import threading
+
+    from maglev.testing.netns import NetnsSet
+
+    with NetnsSet("bench") as nets:
+        a, b = nets.add("a"), nets.add("b")
+        nets.veth(a, "a0", b, "b0")
+        for ns, dev in ((a, "a0"), (b, "b0")):
+            ns.sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "1")  # no chatter in the ring
+        with netns(b.name):
+            nic = AfPacketNic("b0", ring=ring)
+        with netns(a.name):
+            tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        try:
+            nic.start_rx()
+            tx.bind(("a0", 0))
+            mm = mmap.mmap(-1, 256 * lib.MG_FRAME_SIZE)
+            pool = ffi.from_buffer("uint8_t[]", mm)
+            descs = ffi.new("uint64_t[]", list(range(256)))
+            frame = b"\x02" * 6 + b"\x04" * 6 + b"\x88\xb5" + b"x" * 50
+            lat = []
+            for _ in range(rounds):
+                while nic.rx_burst(pool, descs, 256):
+                    pass
+                sent_at = [0.0]
+
+                def send(at=sent_at) -> None:
+                    time.sleep(0.02)
+                    at[0] = time.perf_counter()
+                    tx.send(frame)
+
+                th = threading.Thread(target=send)
+                th.start()
+                deadline = time.monotonic() + 2
+                while not nic.rx_burst(pool, descs, 256) and time.monotonic() < deadline:
+                    nic.wait(1.0)
+                lat.append(time.perf_counter() - sent_at[0])
+                th.join()
+        finally:
+            tx.close()
+            nic.close()
+    lat.sort()
+    return {"p50_ms": round(lat[len(lat) // 2] * 1e3, 3), "max_ms": round(lat[-1] * 1e3, 3)}
+
+
 def kernel_forwarding(state: dict, on: bool) -> None:
     ns = state["maglev"]["ns"]
     topo.ns_exec(ns, "sysctl", "-qw", f"net.ipv4.ip_forward={int(on)}")
@@ -119,6 +169,8 @@ def main() -> None:
     lab = topo.Lab(state_dir)
     spec = topo.LabSpec(prefix="mgbench", state_dir=state_dir, backends=3, encap="gre", forwarder=False)
     out: dict = {"machine_note": "2 shared vCPUs; repeat runs, compare ratios"}
+    out["nic_wakeup_v3"] = nic_wakeup("v3")
+    out["nic_wakeup_v2"] = nic_wakeup("v2")
     try:
         state = lab.up(spec)
         be1 = state["backends"][0]["ipv4"]
@@ -169,6 +221,8 @@ def main() -> None:
         elif isinstance(v, dict) and "requests_per_s" in v:
             print(f"{key:<14} {v['ok']}/{v['requests']} ok  {v['requests_per_s']:>8} req/s  "
                   f"p50 {v['latency_ms']['p50']} ms  p99 {v['latency_ms']['p99']} ms")
+        elif isinstance(v, dict) and "p50_ms" in v:
+            print(f"{key:<14} one frame, send -> received: p50 {v['p50_ms']} ms, max {v['max_ms']} ms")
         else:
             print(f"{key:<14} {v}")
 
