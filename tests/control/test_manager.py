@@ -301,3 +301,19 @@ def test_ops_never_mutate_the_shared_base(mgr):
 
         ops.CHANGES[op](mgr.config, args, base)
         assert base == snapshot, op
+
+
+@pytest.mark.parametrize("bad", [True, 1.0, "1", None])
+def test_revalidation_memo_never_accepts_a_lookalike(bad):
+    """Config validation remembers accepted backends; a value equal to an accepted one but
+    of another type (True == 1 == 1.0 in Python) must still be rejected."""
+    from maglev.errors import ConfigError
+
+    def cfg(w):
+        return {"instance": {"source_ipv4": "198.18.0.1"},
+                "vip": [{"address": "203.0.113.1", "port": 80, "table_size": 13,
+                         "backend": [{"address": "198.18.1.1", "weight": w}]}]}
+
+    assert Config.from_dict(cfg(1)).vips[0].backends[0].weight == 1
+    with pytest.raises(ConfigError, match="is not an integer"):
+        Config.from_dict(cfg(bad))
