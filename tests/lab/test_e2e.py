@@ -161,3 +161,26 @@ def test_fragmented_udp_reaches_one_backend_whole_via_relay(make_lab):
 def test_fragmented_udp_reaches_one_backend_whole(make_lab, encap):
     lab = make_lab(encap=encap, backends=3, forwarder=True)
     _fragment_test(lab)
+
+
+@needs_run
+@pytest.mark.slow
+def test_forwarder_survives_its_link_going_down_and_up(make_lab):
+    lab = make_lab(encap="gre", backends=2, forwarder=True)
+    st = lab.state
+    before = http_load(st["client"]["ns"], topo.VIP_V4, 50, concurrency=4, deadline_s=60)
+    assert before.ok == 50, before.to_dict()
+    topo.ns_exec(st["maglev"]["ns"], "ip", "link", "set", "eth0", "down")
+    failed = http_load(st["client"]["ns"], topo.VIP_V4, 5, concurrency=5, timeout_s=0.5, deadline_s=10)
+    assert failed.ok == 0  # really down
+    time.sleep(0.5)
+    topo.ns_exec(st["maglev"]["ns"], "ip", "link", "set", "eth0", "up")
+    lab._check_processes()  # the forwarder did not crash
+    deadline = time.monotonic() + 20
+    while True:
+        after = http_load(st["client"]["ns"], topo.VIP_V4, 50, concurrency=4, deadline_s=60)
+        if after.ok == 50 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert after.ok == 50, after.to_dict()
+    lab._check_processes()
