@@ -92,7 +92,6 @@ class Muxer(Actor):
             return {}
         out = {
             "tx_packets": int(s[lib.MG_MS_TX_PACKETS]),
-            "tx_bytes": int(s[lib.MG_MS_TX_BYTES]),
             "tx_errors": int(s[lib.MG_MS_TX_ERRORS]),
             "recovered": int(s[lib.MG_MS_RECOVERED]),
         }

@@ -52,7 +52,7 @@
 
 /* Muxer counters (muxer slot). */
 #define MG_MS_TX_PACKETS 0
-#define MG_MS_TX_BYTES 1
+#define MG_MS_TX_BYTES 1     /* unused: the muxer does not touch frames (see mg_mux_done) */
 #define MG_MS_TX_ERRORS 2    /* frames the NIC did not take (dropped, counted) */
 #define MG_MS_BURSTS 3
 #define MG_MS_RECOVERED 4
