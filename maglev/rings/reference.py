@@ -13,6 +13,7 @@ reads the true index every time.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 
 U32 = 0xFFFFFFFF
@@ -115,3 +116,132 @@ class RingModel:
 
     def reset_consumer(self) -> None:
         self.c_head = self.cons
+
+
+# ---------------------------------------------------------------------------------------
+# Hand journal (maglev/_cffi_src/include/mg_hand.h), over RingModel objects.
+
+HAND_MAX = 512
+HAND_KEEP = 0xFFFF
+OP_NONE, OP_PULL, OP_PUSH = 0, 1, 2
+
+
+class HandError(Exception):
+    """The C hand's -errno, as the model reports it (``errno`` attribute)."""
+
+    def __init__(self, errno_: int):
+        super().__init__(errno_)
+        self.errno = errno_
+
+
+class Fault(Exception):
+    """The move stopped at a fault-injection step (the C code returns -EINTR)."""
+
+
+class HandModel:
+    """One actor's hand: two buffers, a state (active buffer, op in flight), a pull record
+    and a push journal.  ``rings`` maps ring id -> RingModel.  ``fault`` = the step at
+    which to stop, like ``mg_hand_fault_at`` (1, 2: pull; 11, 12, 13: push)."""
+
+    def __init__(self, rings: dict[int, RingModel]):
+        self.rings = rings
+        self.bufs: list[list[int]] = [[], []]
+        self.active = 0
+        self.op = OP_NONE
+        self.pull_ring = self.pull_commit = self.pull_from = 0
+        self.dest: list[int] = []
+        self.commit: dict[int, int] = {}
+
+    def descs(self) -> list[int]:
+        return list(self.bufs[self.active])
+
+    def pull(self, ring_id: int, max_n: int, fault: int = 0) -> int:
+        r = self.rings.get(ring_id)
+        if r is None:
+            raise HandError(errno.EINVAL)
+        if self.op != OP_NONE or r.c_head != r.cons:
+            raise HandError(errno.EBUSY)
+        have = self.bufs[self.active]
+        k, idx = r.peek(min(max_n, HAND_MAX - len(have)))
+        if k == 0:
+            return 0
+        b = self.active ^ 1
+        self.bufs[b] = have + [r.read(idx + i) for i in range(k)]
+        self.pull_ring, self.pull_from, self.pull_commit = ring_id, len(have), (r.cons + k) & U32
+        self.active, self.op = b, OP_PULL
+        if fault == 1:
+            raise Fault(1)
+        r.release(k)
+        if fault == 2:
+            raise Fault(2)
+        self.op = OP_NONE
+        return k
+
+    def push(self, dest: Sequence[int], fault: int = 0) -> int:
+        if self.op != OP_NONE:
+            raise HandError(errno.EBUSY)
+        a = self.active
+        hand = self.bufs[a]
+        if len(dest) != len(hand) or any(d != HAND_KEEP and d not in self.rings for d in dest):
+            raise HandError(errno.EINVAL)
+        order = list(dict.fromkeys(d for d in dest if d != HAND_KEEP))  # first appearance
+        want = {d: sum(1 for x in dest if x == d) for d in order}
+        granted: dict[int, int] = {}
+        commit: dict[int, int] = {}
+        for d in order:
+            r = self.rings[d]
+            if r.p_head != r.prod:
+                for e in granted:  # undo our reservations, refuse
+                    self.rings[e].p_head = self.rings[e].prod
+                raise HandError(errno.EBUSY)
+            got, _ = r.reserve(want[d])
+            granted[d] = got
+            commit[d] = (r.prod + got) & U32
+        left_in_ring = dict(granted)
+        journal, leftovers, pushed = [], [], 0
+        for d, desc in zip(dest, hand, strict=True):
+            if d != HAND_KEEP and left_in_ring[d]:
+                r = self.rings[d]
+                r.write(commit[d] - left_in_ring[d], desc)
+                left_in_ring[d] -= 1
+                journal.append(d)
+                pushed += 1
+            else:
+                journal.append(HAND_KEEP)
+                leftovers.append(desc)
+        self.bufs[a ^ 1] = leftovers
+        self.dest, self.commit = journal, commit
+        self.op = OP_PUSH
+        if fault == 11:
+            raise Fault(11)
+        for d in order:
+            if granted[d]:
+                self.rings[d].submit(granted[d])
+            if fault == 12:
+                raise Fault(12)
+        if fault == 13:
+            raise Fault(13)
+        self.active, self.op = a ^ 1, OP_NONE
+        return pushed
+
+    def settled(self) -> list[int]:
+        """The frames in the hand once the move in flight is settled (no writes)."""
+        hand = self.bufs[self.active]
+        if self.op == OP_PULL:
+            if self.rings[self.pull_ring].cons != self.pull_commit:
+                return hand[: self.pull_from]  # the pulled frames are still in the ring
+            return list(hand)
+        if self.op == OP_PUSH:
+            return [
+                desc
+                for d, desc in zip(self.dest, hand, strict=True)
+                if d == HAND_KEEP or self.rings[d].prod != self.commit[d]
+            ]
+        return list(hand)
+
+    def recover(self) -> list[int]:
+        if self.op != OP_NONE:
+            other = self.active ^ 1
+            self.bufs[other] = self.settled()
+            self.active, self.op = other, OP_NONE
+        return self.descs()
