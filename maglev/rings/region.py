@@ -626,6 +626,13 @@ class Region:
         self._mm.close()
         os.close(self._fd)
 
+    def __del__(self) -> None:
+        # A forgotten Region must not leak its descriptor and mapping.
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: modules may already be gone
+            pass
+
     def unlink(self) -> None:
         """Remove the name from /dev/shm (the memory lives until the last unmap)."""
         self.unlink_name(self.name)
