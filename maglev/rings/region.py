@@ -268,7 +268,7 @@ class Doorbell:
     __slots__ = ("_region", "index")
 
     def __init__(self, region: Region, index: int):
-        if not 0 <= index < region.n_bells:
+        if type(index) is not int or not 0 <= index < region.n_bells:
             raise RegionError(f"doorbell {index}: region has {region.n_bells}")
         self._region = region
         self.index = index
@@ -318,8 +318,8 @@ class Hand:
     __slots__ = ("_region", "slot")
 
     def __init__(self, region: Region, slot: int):
-        if not 0 <= slot < region.n_slots:
-            raise RegionError(f"hand slot {slot}: region has {region.n_slots} slots")
+        if type(slot) is not int or not 0 <= slot < region.n_slots:
+            raise RegionError(f"hand slot {slot!r}: region has {region.n_slots} slots")
         self._region = region
         self.slot = slot
 
@@ -381,8 +381,14 @@ class Tables:
         self._check_worker(worker)
         return int(lib.mg_tables_seen(self._region._b(), worker))
 
+    def _live(self, live_workers: Iterable[int]) -> list[int]:
+        live = list(dict.fromkeys(live_workers))
+        for w in live:
+            self._check_worker(w)
+        return live
+
     def _check_worker(self, w: int) -> None:
-        if not isinstance(w, int) or not 0 <= w < self.n_workers:
+        if type(w) is not int or not 0 <= w < self.n_workers:
             raise RegionError(f"worker {w!r}: region has {self.n_workers} workers")
 
     def _laggards(self, generation: int, live: list[int]) -> dict[int, int]:
@@ -396,9 +402,9 @@ class Tables:
     def wait_all_seen(self, generation: int, live_workers: Iterable[int], timeout: float) -> bool:
         """True once every worker in ``live_workers`` has seen ``generation`` (or is idle
         and so holds no copy); False after ``timeout`` seconds."""
-        live = sorted(set(live_workers))
-        for w in live:
-            self._check_worker(w)
+        live = self._live(live_workers)
+        if type(generation) is not int or not 0 <= generation < 2**64:
+            raise RegionError(f"generation {generation!r} must be an integer >= 0")
         deadline = time.monotonic() + max(0.0, timeout)
         pause = 0.0002
         while True:
@@ -420,11 +426,14 @@ class Tables:
             raise RegionError(
                 f"table blob of {len(data)} bytes exceeds the region's {self.capacity}"
             )
-        live = sorted(set(live_workers))
+        live = self._live(live_workers)
         base = self._region._b()
         cur = self.generation()
         if not self.wait_all_seen(cur, live, timeout):
-            raise TablesBusyError(cur, self._laggards(cur, live))
+            lib.mg_tables_fence()
+            laggards = self._laggards(cur, live)
+            if laggards:  # (else they all reported just after the deadline: go on)
+                raise TablesBusyError(cur, laggards)
         new = cur + 1
         if data:
             try:  # SIGBUS-proof: reserve the pages of the idle copy first

@@ -112,3 +112,17 @@ def test_slow_worker_in_another_process_blocks_reuse_until_it_reports(make_regio
     child.proc.stdin.flush()
     assert r.tables.publish(table_blob(3, 512), [0], 5.0) == 3
     assert child.result() == {"first": 1, "second": 2}
+
+
+def test_bad_worker_lists_and_generations(make_region):
+    r = make_region(2)
+    for live in ([0, "1"], [None], [0, 1.0], [True]):
+        with pytest.raises(RegionError):
+            r.tables.publish(b"x", live, 0.1)
+        with pytest.raises(RegionError):
+            r.tables.wait_all_seen(0, live, 0.1)
+    for gen in (-1, 2**64, "1"):
+        with pytest.raises(RegionError):
+            r.tables.wait_all_seen(gen, [0], 0.1)
+    assert r.tables.generation() == 0
+    assert r.tables.publish(b"x", [0, 0, 1], 0.1) == 1  # duplicates are harmless
