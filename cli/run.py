@@ -3,6 +3,7 @@ shared-memory rings, under a supervisor (this process)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import sys
@@ -86,6 +87,13 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         if not nic_given:
             what.append("the traffic generator NIC (gen: 10000 flows toward its VIPs, null sink)")
         click.echo(f"maglev run: using {' and '.join(what)}; Ctrl-C to stop.")
+    # The control plane: config manager (control socket, table publication), health
+    # prober, BGP speaker (only when the config has peers).  Each registers explicitly.
+    for mod in ("config_manager", "health_prober", "bgp_speaker"):
+        try:
+            importlib.import_module(f"maglev.actors.{mod}").register()
+        except ImportError as exc:  # a partial install still forwards packets
+            click.echo(f"maglev run: warning: {mod} unavailable ({exc})", err=True)
     if control and not pl.EXTRA_ACTORS:
         click.echo("maglev run: warning: no control-plane actor is available; --control ignored", err=True)
     try:

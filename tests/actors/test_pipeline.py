@@ -27,6 +27,12 @@ META = int(lib.MG_FRAME_META_SIZE)
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
 
+def cli_env(tmp: Path) -> dict[str, str]:
+    """The config manager resumes the last accepted config of an instance from its state
+    directory; a test run must not pick up another run's changes."""
+    return {**os.environ, "MAGLEV_STATE_DIR": str(tmp)}
+
+
 def run_until_eof(p: Pipeline, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not p.eof:
@@ -100,7 +106,7 @@ def test_capture_run_gives_the_same_packets_as_replay(tmp_path, corpus_dir):
     r = subprocess.run(
         [*CLI, "run", "--workers", "3", "--config", str(SAMPLE_CONFIG), "--nic", f"pcap:{cap}",
          "--out", str(out_run), "--exit-on-eof", "--json"],
-        capture_output=True, text=True, timeout=90,
+        capture_output=True, text=True, timeout=90, env=cli_env(tmp_path),
     )
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
@@ -152,11 +158,11 @@ def test_kill_9_worker_is_replaced_within_a_second_and_the_pool_stays_whole():
 
 def test_sigterm_stops_cleanly_with_a_summary_and_leaves_nothing(tmp_path):
     proc = subprocess.Popen([*CLI, "run", "--workers", "2", "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=cli_env(tmp_path))
     try:
         me = psutil.Process(proc.pid)
         deadline = time.monotonic() + 30
-        while len(me.children()) < 4:
+        while len(me.children()) < 5:  # steering, 2 workers, muxer, config manager
             assert time.monotonic() < deadline, "actors did not start"
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.1)
@@ -208,9 +214,9 @@ def test_eight_idle_workers_use_almost_no_cpu():
         (["--config", "/nonexistent.toml"], "cannot read"),
     ],
 )
-def test_bad_arguments_are_one_clear_line_and_leave_nothing(args, message):
+def test_bad_arguments_are_one_clear_line_and_leave_nothing(args, message, tmp_path):
     proc = subprocess.Popen([*CLI, "run", "--json", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=cli_env(tmp_path))
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert message in err
