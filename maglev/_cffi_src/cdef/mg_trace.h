@@ -1,0 +1,31 @@
+#define MG_SLOT_TRACE 6
+#define MG_TRACE_F_CT_HIT 0x0100
+#define MG_TRACE_F_CT_RESELECT 0x0200
+#define MG_TW_SEQ 0
+#define MG_TW_SAMPLE 1
+#define MG_TW_COUNT 2
+#define MG_TW_DEADLINE 3
+#define MG_TW_DST 4
+#define MG_TW_DST_META 6
+#define MG_TW_SRC 7
+#define MG_TW_SRC_META 9
+#define MG_TW_REQ_ID 10
+#define MG_TW_FLAGS 11
+#define MG_TW_F_SAMPLE_SET 1
+#define MG_TW_APPLIED 32
+#define MG_TW_MARKED 33
+#define MG_TW_REQ_MARKED 34
+#define MG_TW_FINISHED 35
+#define MG_TW_LOST 36
+#define MG_TW_RESYNCS 37
+#define MG_TRACE_LOG 1024
+void mg_trace_steer_default(uint64_t sample_every);
+void mg_trace_steer_burst(void *base);
+void mg_trace_steer_packet(void *base, struct mg_frame_meta *m, const uint8_t *pkt);
+int mg_trace_inflight(void *base);
+void mg_trace_collect(void *base, uint8_t *pool, const uint64_t *descs, uint32_t n);
+void mg_trace_mux_stamp(uint8_t *pool, const uint64_t *descs, uint32_t n);
+void mg_trace_worker_done(struct mg_frame_meta *m);
+int mg_trace_drain(struct mg_frame_meta *out, uint32_t max);
+void mg_trace_resync(void *base);
+void mg_trace_reset(void);
