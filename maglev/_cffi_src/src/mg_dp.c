@@ -17,6 +17,7 @@
 #include "mg_dp.h"
 #include "mg_encap.h"
 #include "mg_hash.h"
+#include "mg_trace.h"
 
 _Static_assert(MG_DROP_COUNT <= MG_DP_MAX_DROPS, "room for every drop reason");
 
@@ -523,9 +524,14 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                                  h->udp_timeout_ms);
             if (way >= 0) {
                 struct mg_ct_entry *e = mg_ct_entry_at(dp->ct, wk->hash, way);
+                struct mg_frame_meta *tm = mg_frame_meta(io->pool, idx);
+                if (MG_UNLIKELY(tm->flags & MG_FRAME_F_TRACE)) /* packet tracer (mg_trace.h) */
+                    tm->flags |= MG_TRACE_F_CT_HIT;
                 if (backend_usable(tables, vip, e->backend, e->backend_id, 1)) {
                     b = e->backend;
                 } else {
+                    if (MG_UNLIKELY(tm->flags & MG_FRAME_F_TRACE))
+                        tm->flags |= MG_TRACE_F_CT_RESELECT;
                     dp->ct->stats.reselected++;
                     b = maglev_pick(tables, vip, wk->hash);
                     if (b >= 0) {

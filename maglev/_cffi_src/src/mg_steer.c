@@ -4,6 +4,7 @@
 #include "mg_hash.h"
 #include "mg_parse.h"
 #include "mg_ring.h"
+#include "mg_trace.h"
 
 static int ids_ok(uint32_t id) { return id != UINT32_MAX; }
 
@@ -60,6 +61,11 @@ int mg_steer_reclaim(struct mg_steer *s, void *base)
                 return n;
             if (n == 0)
                 break;
+            if (MG_UNLIKELY(mg_trace_inflight(base))) { /* packet tracer: mg_trace.h */
+                uint32_t hn;
+                uint64_t *hd = mg_hand_descs(base, s->slot, &hn);
+                mg_trace_collect(base, mg_region_pool(base), hd + kept, (uint32_t)n);
+            }
             int rc = push_all(base, s->slot, s->dest, (uint32_t)kept, s->free_id);
             if (rc < 0)
                 return rc;
@@ -121,6 +127,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         return -EINVAL;
     for (uint32_t i = 0; i < s->n_workers; i++)
         s->room[i] = mg_ring_free_count(mg_region_ring_by_id(base, s->rx_id[i]));
+    mg_trace_steer_burst(base); /* packet tracer: a new request? (mg_trace.h) */
     uint64_t rx_bytes = 0, placed = 0, fallback = 0, frags = 0, unparsed = 0;
     int blocked = 0;
     for (uint32_t j = 0; j < filled; j++) {
@@ -140,6 +147,10 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
             m->flow_hash = (uint32_t)h;
             m->verdict = 0; /* "not judged yet": worker recovery relies on it */
             m->flags = (uint16_t)((m->flags & ~MG_FRAME_F_FRAGMENT) | fl);
+            if (fresh) { /* packet tracer (mg_trace.h): one countdown branch per packet */
+                m->flags &= (uint16_t)~MG_FRAME_F_TRACE;
+                mg_trace_steer_hook(base, m, mg_frame_data(pool, idx));
+            }
             if (r < 0) {
                 w = s->rr++ % s->n_workers;
                 unparsed++;
@@ -238,6 +249,8 @@ int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed
      * Bytes are counted by the workers (bytes_out) and by NICs that copy. */
     for (uint32_t j = 0; j < cnt; j++)
         m->dest[j] = (uint16_t)m->sent_id;
+    if (MG_UNLIKELY(mg_trace_inflight(base))) /* packet tracer: stamp ts_tx_ns */
+        mg_trace_mux_stamp(mg_region_pool(base), descs, n_sent);
     m->stats[MG_MS_TX_PACKETS] += n_sent;
     m->stats[MG_MS_TX_ERRORS] += n_failed;
     if (n_sent + n_failed)

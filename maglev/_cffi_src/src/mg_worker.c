@@ -5,6 +5,7 @@
 
 #include "mg_ring.h"
 #include "mg_tables_pub.h"
+#include "mg_trace.h"
 
 _Static_assert(MG_WS_DROPS + MG_WS_N_DROPS <= MG_STATS_WORDS, "worker stats fit the block");
 _Static_assert(MG_DROP_COUNT <= MG_WS_N_DROPS, "every drop reason has a counter");
@@ -85,7 +86,9 @@ static int route_and_push(struct mg_worker *w, void *base)
         return -EINVAL;
     uint8_t *pool = mg_region_pool(base);
     for (uint32_t j = 0; j < cnt; j++) {
-        uint16_t v = mg_frame_meta(pool, (uint32_t)descs[j])->verdict;
+        struct mg_frame_meta *m = mg_frame_meta(pool, (uint32_t)descs[j]);
+        uint16_t v = m->verdict;
+        mg_trace_worker_hook(m); /* packet tracer: one branch on the line just read */
         if (v == MG_VERDICT_FORWARD || v == MG_VERDICT_ICMP)
             w->dest[j] = (uint16_t)w->tx_id;
         else if (v == MG_VERDICT_HELD)
