@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("maglev_cli.replay", "replay"),
     ("maglev_cli.run", "run"),
     ("maglev_cli.ctl", "ctl"),
+    ("maglev_cli.bgp", "bgp_speak"),
 ]
 
 

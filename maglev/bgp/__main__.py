@@ -91,8 +91,8 @@ async def _amain(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m maglev.bgp", description="Run maglev's BGP speaker on its own.")
+def main(argv: list[str] | None = None, prog: str = "python -m maglev.bgp") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description="Run maglev's BGP speaker on its own.")
     ap.add_argument("--config", required=True, help="maglev TOML config; its [bgp] section is used")
     ap.add_argument("--announce", action="append", default=[], metavar="PREFIX", help="announce at start (repeatable)")
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])

@@ -41,7 +41,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from maglev.errors import MaglevError
 
@@ -557,7 +557,7 @@ class _U32Attr:
         return struct.pack("!I", self.value)
 
     @classmethod
-    def decode(cls, flags: int, v: bytes, asn4: bool):
+    def decode(cls, flags: int, v: bytes, asn4: bool) -> Self:
         if len(v) != 4:
             raise Notify(Err.UPDATE, Err.ATTR_LENGTH, _attr_bytes(flags, cls.TYPE, v), f"{cls.NAME} length is not 4")
         return cls(struct.unpack("!I", v)[0], flags)
