@@ -46,6 +46,8 @@ int mg_hand_pull(void *base, uint32_t slot, uint32_t ring_id, uint32_t max)
     if (r->c_head != cons)
         return -EBUSY; /* someone peeked without releasing: not a hand-managed ring */
     uint32_t a = ST_BUF(s), b = a ^ 1u, have = h->n[a];
+    if (have > MG_HAND_MAX)
+        return -EINVAL; /* a corrupted hand: refuse rather than overrun */
     if (max > MG_HAND_MAX - have)
         max = MG_HAND_MAX - have;
     uint32_t idx, k = mg_ring_peek(r, max, &idx);
@@ -75,7 +77,7 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
     if (ST_OP(s) != MG_HAND_OP_NONE)
         return -EBUSY;
     uint32_t a = ST_BUF(s), b = a ^ 1u, n_rings = h->n_rings;
-    if (n != h->n[a])
+    if (n != h->n[a] || n > MG_HAND_MAX)
         return -EINVAL;
     /* Validate everything before touching any ring: a bad call changes nothing. */
     for (uint32_t j = 0; j < n; j++)
