@@ -59,6 +59,9 @@ class Steering(Actor):
             done = int(s[lib.MG_SS_RX_PACKETS]) + sum(int(s[w]) for w in SS_NIC_DROPS.values())
             self.nic.skip(done + recovered)
         self.bell = self.region.bell(BELL_STEERING)
+        from maglev.telemetry.tracer import SteeringTracer, steering_sample_rate
+
+        self.tracer = SteeringTracer(self.region, steering_sample_rate(cfg), self.spec.instance)
         self.n_workers = self.region.n_workers
         self._cnt = ffi.new("uint32_t *")
         self.eof_sent = False
@@ -122,6 +125,7 @@ class Steering(Actor):
 
     def tick(self, now: float) -> None:
         self._sync_nic_drops()
+        self.tracer.tick(now)  # packet tracer: collected records -> spans
         super().tick(now)
 
     def _sync_nic_drops(self) -> None:

@@ -48,6 +48,13 @@ class Worker(Actor):
             log.warning("dropped frames a dead predecessor held", extra={"kv": {"frames": recovered}})
         self.bell = self.region.bell(worker_bell(self.index))
         self.stats_block = self.region.stats(worker_slot(self.index))
+        from maglev.telemetry.metrics import WorkerObserver
+
+        self.observe = WorkerObserver(self)  # metrics page + generation-switch spans
+
+    def tick(self, now: float) -> None:
+        super().tick(now)
+        self.observe.tick(now)
 
     def step(self) -> int:
         rc = lib.mg_worker_burst(self.w, self.base, time.monotonic_ns())
