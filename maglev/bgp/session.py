@@ -202,6 +202,7 @@ class Session:
         self._stopping = False
         self._stop_text = ""
         self._writer_error: BaseException | None = None
+        self._bg: set[asyncio.Task] = set()  # fire-and-forget work (closing losers); see _spawn
 
     # ------------------------------------------------------------------ public
     def start(self) -> None:
@@ -221,6 +222,16 @@ class Session:
             self._task = None
         while not self._incoming.empty():
             await self._incoming.get_nowait().close()
+        if self._bg:  # closes in flight; each is bounded by Connection.close's timeouts
+            await asyncio.wait(set(self._bg), timeout=10)
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        """A background task we keep a reference to (the loop only holds weak ones) and
+        that :meth:`stop` waits for."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        return task
 
     def changed(self) -> None:
         """The speaker's prefix set changed: wake the writer."""
@@ -233,25 +244,24 @@ class Session:
 
     def _offer(self, conn: Connection) -> None:
         """A connection (incoming, or our own dial that completed late) to place."""
-        loop = asyncio.get_running_loop()
         if self._stopping:
-            loop.create_task(conn.close())
+            self._spawn(conn.close())
         elif self.state == State.ESTABLISHED:
-            loop.create_task(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))
+            self._spawn(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))
         elif self.state in (State.OPENSENT, State.OPENCONFIRM):
             if self._shadow is not None:
-                loop.create_task(conn.close(m.Notification(Err.CEASE, Err.CONNECTION_REJECTED)))
+                self._spawn(conn.close(m.Notification(Err.CEASE, Err.CONNECTION_REJECTED)))
             else:
-                self._shadow = loop.create_task(self._shadow_handshake(conn))
+                self._shadow = self._spawn(self._shadow_handshake(conn))
         elif conn.outgoing:
             if self.state == State.CONNECT and self.conn is not None:
                 # The primary is chosen but its OPEN not yet sent: a collision candidate.
                 self._pending_second = conn
             else:
-                loop.create_task(conn.close())
+                self._spawn(conn.close())
         else:
             while not self._incoming.empty():  # keep only the newest waiting connection
-                loop.create_task(self._incoming.get_nowait().close())
+                self._spawn(self._incoming.get_nowait().close())
             self._incoming.put_nowait(conn)
 
     def snapshot(self) -> dict[str, Any]:
