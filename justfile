@@ -74,3 +74,7 @@ traces-golden:
 traces-record:
     python3 traces/record.py
     python3 traces/golden.py --update
+
+# BGP speaker against BIRD 2 and GoBGP in network namespaces (root; docs/bgp.md).
+bgp-interop *ARGS:
+    python3 -m pytest tests/bgp/test_interop_bird.py tests/bgp/test_interop_gobgp.py {{ARGS}}
