@@ -109,3 +109,14 @@ def test_passive_speaker_is_dialled_by_bird(bird_lab):
     lab.wait_until(lambda: VIP4 in lab.kernel_routes(), 15, "VIP in the kernel")
     peers = sp.state()["peers"]
     assert peers[0]["state"] == "Established" and "connect to" not in peers[0]["last_error"]
+
+
+def test_bird_reload_in_uses_route_refresh(bird_lab):
+    lab = bird_lab
+    lab.start_bird()
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",))
+    lab.wait_until(lambda: VIP4 in lab.kernel_routes(), 20, "VIP in the kernel")
+    before = sp.state()["peers"][0]["updates_out"]
+    assert lab.birdc("reload", "in", "maglev").returncode == 0  # BIRD sends ROUTE-REFRESH
+    lab.wait_until(lambda: sp.state()["peers"][0]["updates_out"] > before, 10, "UPDATE re-sent on ROUTE-REFRESH")
+    assert f"{VIP4}/32" in lab.bird_routes() and "Established" in lab.bird_state()
