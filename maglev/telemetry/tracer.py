@@ -348,13 +348,14 @@ class SteeringTracer:
 
     stuck_s = 2.0  # in flight with nothing coming home for this long: resync
 
-    def __init__(self, region: Any, sample_every: int = 0, instance: str = ""):
+    def __init__(self, region: Any, sample_every: int = 0, instance: str = "", run_dir: str = ""):
         from maglev.native import ffi, lib
         from maglev.telemetry import current_provider
 
         self._ffi, self._lib = ffi, lib
         self.region = region
         self.instance = instance
+        self.run_dir = run_dir
         lib.mg_trace_steer_default(int(sample_every))
         self._out = ffi.new("struct mg_frame_meta[]", 256)
         self._ids = _fixed_ids()
@@ -406,6 +407,10 @@ class SteeringTracer:
                 self._name(r, info)
                 self._emit(r)
             self.records = (self.records + recs)[-self.keep:]
+        if n_total and self.run_dir:
+            from maglev.telemetry.ops import write_traces
+
+            write_traces(self.run_dir, self.records)  # for `maglev ctl trace`
         base = self.region.base
         fin = int(_block(self.region)[lib.MG_TW_FINISHED])
         if fin != self._last_finished or not lib.mg_trace_inflight(base):

@@ -1,0 +1,166 @@
+"""``maglev whereis``: which backend a flow goes to, and why.
+
+The answer is computed by the data path's own C code, never by a re-implementation that
+could drift from it: a synthetic first packet of the flow (TCP SYN, or a UDP datagram) is
+built, hashed by steering's ``mg_steer_hash`` (which worker owns the flow: high 32 bits of
+the SipHash-1-3 flow hash, keyed by the deployment's secret, modulo the worker count) and
+run through a private instance of the burst kernel ``mg_dp_burst`` over the same tables
+blob (VIP match, Maglev lookup ``table[hash % M]``, encapsulation).  The slot index is
+``hash % M``; the result cross-checks that the kernel's backend is the one in that slot.
+
+Two sources of tables:
+
+* a config file (offline, ``--config``): the blob is built from it exactly as the config
+  manager would with every backend healthy;
+* a running instance (``--control``): the config manager answers with the tables blob
+  *now published* (so health and live changes count) and the generation.
+
+What it cannot see: the connection table of the worker that owns the flow lives in that
+worker's private memory, so an established flow whose backend changed since it started
+(it keeps its old backend through conntrack, paper 3.3) is answered with where a *new*
+flow goes.  ``maglev ctl trace --vip ... --src ...`` shows the live verdict, conntrack hit
+or miss included, for the next packets of the flow.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from maglev.errors import MaglevError
+
+__all__ = ["FlowSpec", "WhereisError", "parse_flow", "whereis_blob", "whereis_config"]
+
+PROTOS = {"tcp": 6, "udp": 17}
+
+
+class WhereisError(MaglevError, ValueError):
+    """A flow that cannot be parsed or answered."""
+
+
+class FlowSpec:
+    def __init__(self, src: Any, sport: int, dst: Any, dport: int, proto: str):
+        self.src, self.sport, self.dst, self.dport, self.proto = src, sport, dst, dport, proto
+
+    def __str__(self) -> str:
+        def hp(a: Any, p: int) -> str:
+            return f"[{a}]:{p}" if a.version == 6 else f"{a}:{p}"
+
+        return f"{hp(self.src, self.sport)} -> {hp(self.dst, self.dport)}/{self.proto}"
+
+
+def _host_port(text: str, what: str) -> tuple[Any, int]:
+    s = text.strip()
+    if s.startswith("["):
+        host, sep, rest = s[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise WhereisError(f"{what} {text!r}: write an IPv6 address as [ADDR]:PORT")
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = s.rpartition(":")
+        if not sep or ":" in host:
+            raise WhereisError(f"{what} {text!r}: expected ADDR:PORT (IPv6 as [ADDR]:PORT)")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise WhereisError(f"{what} {text!r}: {host!r} is not an IP address") from None
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise WhereisError(f"{what} {text!r}: port must be 0..65535")
+    return ip, int(port_s)
+
+
+def parse_flow(src: str, dst: str) -> FlowSpec:
+    """``SRC:PORT`` and ``DST:PORT/PROTO`` (proto tcp or udp; default tcp)."""
+    proto = "tcp"
+    if "/" in dst:
+        dst, _, proto = dst.rpartition("/")
+        proto = proto.lower()
+        if proto not in PROTOS:
+            raise WhereisError(f"protocol {proto!r}: tcp or udp")
+    s_ip, s_port = _host_port(src, "source")
+    d_ip, d_port = _host_port(dst, "destination")
+    if s_ip.version != d_ip.version:
+        raise WhereisError("source and destination must both be IPv4 or both IPv6")
+    return FlowSpec(s_ip, s_port, d_ip, d_port, proto)
+
+
+def _packet(f: FlowSpec) -> bytes:
+    from maglev.testing import packets as P
+
+    src, dst = str(f.src), str(f.dst)
+    if f.proto == "tcp":
+        l4 = P.tcp(f.sport, f.dport, b"", src=src, dst=dst, flags=0x02)  # SYN: a new flow
+    else:
+        l4 = P.udp(f.sport, f.dport, b"\0" * 8, src=src, dst=dst)
+    proto = PROTOS[f.proto]
+    ip = P.ipv4(src, dst, proto, l4) if f.src.version == 4 else P.ipv6(src, dst, proto, l4)
+    return P.eth(ip)
+
+
+def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: int | None = None,
+                 names: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
+    """Answer for ``flow`` over a tables blob.  ``workers`` > 0 adds the owning worker;
+    ``names`` maps (vip key, backend address) to the configured backend name."""
+    from maglev.datapath import DataPath
+    from maglev.datapath.engine import Packet, verdict_name
+    from maglev.datapath.tables import read_tables
+    from maglev.native import ffi, lib
+    from maglev.telemetry.metrics import ENCAP_NAMES, vip_key
+
+    view = read_tables(blob)
+    k0, k1 = view.header["hash_k0"], view.header["hash_k1"]
+    pkt = _packet(flow)
+    h = ffi.new("uint64_t *")
+    fl = ffi.new("uint16_t *")
+    w = int(lib.mg_steer_hash(pkt, len(pkt), k0, k1, max(workers, 1), h, fl))
+    if w < 0:
+        raise WhereisError(f"{flow}: the parser rejects the synthetic packet")
+    out = DataPath(blob, engine="c").process([Packet(0, pkt)], 1)[0]
+    result: dict[str, Any] = {
+        "flow": str(flow),
+        "flow_hash": f"{int(h[0]):016x}",
+        "generation": generation if generation is not None else view.header["generation"],
+        "verdict": verdict_name(out.verdict),
+    }
+    if workers > 0:
+        result["worker"] = w
+        result["workers"] = workers
+    addr16 = flow.dst.packed.ljust(16, b"\0")
+    vi = view.find_vip(addr16, flow.dport, PROTOS[flow.proto])
+    if vi < 0:
+        result["why"] = "no VIP matches this destination, port and protocol: the packet is dropped (no_vip)"
+        return result
+    v = view.vips[vi]
+    key = vip_key(v)
+    slot = int(h[0]) % v.table_size
+    entry = view.maglev(vi)[slot]
+    result.update({"vip": key, "encap": ENCAP_NAMES.get(v.encap, str(v.encap)), "table_size": v.table_size,
+                   "slot": slot, "slot_backend_index": entry})
+    if out.backend_index >= 0:
+        be = view.backends[out.backend_index]
+        result["backend"] = be.address
+        name = (names or {}).get((key, be.address))
+        if name and name != be.address:
+            result["backend_name"] = name
+        result["backend_index"] = out.backend_index
+    if entry < 0:
+        result["why"] = f"slot {slot} of {key}'s table is empty: every backend is down or drained"
+    elif entry == out.backend_index:
+        result["why"] = (f"new flow: Maglev table slot {slot} = hash % {v.table_size} of {key} "
+                         f"holds backend {result.get('backend')}; an established flow keeps the "
+                         "backend in its worker's connection table")
+    else:
+        result["why"] = (f"the data path chose backend index {out.backend_index}, slot {slot} holds "
+                         f"{entry} (fragment or ICMP handling)")
+    return result
+
+
+def whereis_config(config: Any, flow: FlowSpec, workers: int = 0) -> dict[str, Any]:
+    """Offline: tables built from ``config`` with every backend up."""
+    from maglev.datapath.tables import build_tables
+
+    blob = build_tables(config)
+    names = {(v.key, str(ipaddress.ip_address(b.address))): b.key for v in config.vips for b in v.backends}
+    r = whereis_blob(blob, flow, workers=workers, names=names)
+    r["source"] = "config (every backend assumed healthy)"
+    return r
