@@ -61,7 +61,7 @@ class Steering(Actor):
         self.bell = self.region.bell(BELL_STEERING)
         from maglev.telemetry.tracer import SteeringTracer, steering_sample_rate
 
-        self.tracer = SteeringTracer(self.region, steering_sample_rate(cfg), self.spec.instance)
+        self.tracer = SteeringTracer(self.region, steering_sample_rate(cfg), self.spec.instance, self.spec.run_dir)
         self.n_workers = self.region.n_workers
         self._cnt = ffi.new("uint32_t *")
         self.eof_sent = False
