@@ -102,6 +102,10 @@ class ConfigManagerActor(Actor):
 
     def handle_request(self, req: Request) -> Reply:
         assert self.manager is not None
+        from maglev.telemetry import ops as observability
+
+        if req.op in observability.OPS:  # stats, trace, whereis (maglev/telemetry/ops.py)
+            return observability.handle(self, req)
         reply = self.manager.handle(req)
         if req.op == "status" and reply.ok:
             reply.result["endpoints"] = [s.bound_endpoint for s in self.servers]
