@@ -209,7 +209,8 @@ class ConfigManager:
     def _timed_publish(self, new: Config, down: DownSet, op: str, persist_state: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
-            blob = self.build_tables(new, down=down)
+            with _span("config.build_tables", op=op):
+                blob = self.build_tables(new, down=down)
         except ConfigError as exc:
             raise ProtocolError(INVALID_CONFIG, "; ".join(exc.problems), details=exc.problems) from None
         t1 = time.perf_counter()
@@ -218,17 +219,20 @@ class ConfigManager:
         writer = None
         if persist_state and self.state_path:
             writer = _Writer(self.state_path, persist.encode_state(self.plain(new), self.source_sha256))
-        try:
-            gen = self.publisher.publish(blob)
-        except Exception as exc:
-            self.counters.publish_failures += 1
-            if writer is not None:
-                writer.join()
-                self._restore_state()
-            raise ProtocolError(PUBLISH_FAILED, f"tables not published: {exc}") from None
-        t2 = time.perf_counter()
-        confirmed = self.publisher.wait_all_seen(gen, self.confirm_timeout)
-        t3 = time.perf_counter()
+        with _span("config.publish", op=op) as pub_span:  # workers' switch spans are its children
+            try:
+                gen = self.publisher.publish(blob)
+            except Exception as exc:
+                self.counters.publish_failures += 1
+                if writer is not None:
+                    writer.join()
+                    self._restore_state()
+                raise ProtocolError(PUBLISH_FAILED, f"tables not published: {exc}") from None
+            t2 = time.perf_counter()
+            confirmed = self.publisher.wait_all_seen(gen, self.confirm_timeout)
+            t3 = time.perf_counter()
+            pub_span.set_attribute("maglev.generation", gen)
+            pub_span.set_attribute("maglev.confirmed", confirmed)
         self.counters.publishes += 1
         self.generation, self.confirmed = gen, confirmed
         if writer is not None and (err := writer.join()) is not None:
@@ -453,7 +457,9 @@ class ConfigManager:
         op, args = req.op, req.args
         change = ops.CHANGES.get(op)
         if change is not None:
-            return self.apply(change(self.config, args, self.plain(self.config)), op)
+            with _span("config.validate", op=op):
+                new = change(self.config, args, self.plain(self.config))
+            return self.apply(new, op)
         if op == "reload":
             ops.check_keys(args, ())
             return self.reload()
@@ -504,6 +510,13 @@ class ConfigManager:
             except OSError as exc:
                 raise ProtocolError(PERSIST_FAILED, f"cannot write {self.state_path}: {exc}") from None
         return result
+
+
+def _span(name: str, op: str) -> Any:
+    """A child span of the current one (the control server's span of the request)."""
+    from maglev.telemetry import get_tracer
+
+    return get_tracer("maglev.config").start_as_current_span(name, attributes={"maglev.control.op": op})
 
 
 class _Writer:
