@@ -254,3 +254,37 @@ def test_c_seam_rejects_bad_io_and_bad_frames():
     bad = ffi.new("uint8_t[]", 256)
     assert lib.mg_dp_burst(dp, bad, 0, io) == 2
     assert DROP_NAMES[m1.verdict] == "bad_tables"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_icmp_errors_are_rate_limited(engine):
+    pkts = [tcp4(sport=20000 + i, size=1500 - 40) for i in range(60)]
+    _, dp, outs = run(pkts, engine)
+    reasons = [o.reason for o in outs]
+    assert reasons.count("icmp") == 50 and reasons.count("icmp_rate_limited") == 10
+    s = dp.stats()
+    assert s["icmp_sent"] == 50 and s["drops"] == {"too_big": 50, "icmp_rate_limited": 10}
+
+
+def test_df_clear_too_big_is_split_and_every_piece_encapsulated():
+    big = P.eth(P.ipv4(CLIENT4, VIP4_ANY, P.UDP, P.udp(1, 9, bytes(1470), src=CLIENT4, dst=VIP4_ANY), df=False))
+    got = {}
+    for engine in ENGINES:
+        _, dp, outs = run([big], engine)
+        assert [o.reason for o in outs] == ["forward", "forward"]
+        s = dp.stats()
+        assert s["forwarded"] == 1 and s["split_pieces"] == 1
+        for o in outs:
+            rc, p = parse(o.data)
+            assert rc == 0 and p.proto == 4 and p.l3_len <= 1500  # IPIP, fits the MTU
+        got[engine] = [o.data for o in outs]
+    assert got["c"] == got["python"]
+
+
+def test_python_engine_constants_match_c():
+    from maglev.datapath import native, ref_dp
+
+    assert ref_dp.HEADROOM == lib.MG_FRAME_HEADROOM
+    assert ref_dp.HOLD_FRAMES == lib.MG_FRAG_DEFAULT_HOLD_FRAMES
+    assert ref_dp.SPARE == native.SPARE
+    assert ref_dp.EXPIRE_BUCKETS == lib.MG_DP_EXPIRE_BUCKETS

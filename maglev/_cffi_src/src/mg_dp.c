@@ -50,7 +50,7 @@ struct work {
 /* SipHash-1-3 of the 40-byte flow key, unrolled: the same function as mg_siphash13()
  * (mg_hash.c) for len = 40, inlined here because it is the largest fixed cost per packet.
  * The differential tests compare every decision with the Python reference, which uses the
- * generic SipHash, and test_hash_vectors pins mg_siphash13 itself. */
+ * generic SipHash, and tests/hashing/test_vectors.py pins mg_siphash13 itself. */
 #define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
 #define SIPROUND                                                                          \
     do {                                                                                  \
