@@ -47,14 +47,18 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import struct
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger("maglev.telemetry")
 
 __all__ = [
     "GenerationWatch",
+    "client_span",
     "SteeringTracer",
     "TraceRequestError",
     "arm_request",
@@ -207,6 +211,32 @@ def request_status(region: Any) -> dict[str, Any]:
         "resyncs": int(b[lib.MG_TW_RESYNCS]), "count": int(b[lib.MG_TW_COUNT]),
         "sample_every": int(b[lib.MG_TW_SAMPLE]) if int(b[lib.MG_TW_FLAGS]) & 1 else None,
     }
+
+
+# ---------------------------------------------------------------------- ctl client span
+
+
+@contextmanager
+def client_span(op: str, instance: str = "") -> Iterator[Any]:
+    """``maglev ctl``: when an OTLP endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT``
+    or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), run the request inside a CLIENT span
+    ``ctl <op>`` -- the root of the change's trace, its context travels in the envelope --
+    and flush it before the command exits.  Otherwise nothing is imported or exported."""
+    if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        yield None
+        return
+    from opentelemetry.trace import SpanKind
+
+    from maglev.telemetry import get_tracer, setup_tracing, shutdown_tracing
+
+    setup_tracing("ctl", instance or "maglev")
+    try:
+        with get_tracer("maglev.ctl").start_as_current_span(
+            f"ctl {op}", kind=SpanKind.CLIENT, attributes={"maglev.control.op": op}
+        ) as span:
+            yield span
+    finally:
+        shutdown_tracing()
 
 
 # ---------------------------------------------------------------------- generation context
