@@ -32,12 +32,13 @@ def _opts(ctx: click.Context) -> dict[str, Any]:
 def _call(ctx: click.Context, op: str, args: dict[str, Any] | None, as_json: bool) -> Any:
     from maglev.control.client import ControlClient
     from maglev.control.protocol import ProtocolError
+    from maglev.telemetry.tracer import client_span
 
     o = _opts(ctx)
     as_json = as_json or o["json"]
     try:
-        with ControlClient(o["control"], timeout=o["timeout"], client_key_file=o["client_key"],
-                           server_key=o["server_key"]) as c:
+        with client_span(op), ControlClient(o["control"], timeout=o["timeout"], client_key_file=o["client_key"],
+                                            server_key=o["server_key"]) as c:
             return c.call(op, args or {})
     except ProtocolError as exc:
         if as_json:
@@ -314,3 +315,10 @@ def keygen(directory, name) -> None:
     pub, sec = curve.generate(directory, name)
     key = curve.load_keypair(sec).public.decode()
     click.echo(f"public key {key}\nwrote {pub} and {sec} (0600)")
+
+
+# Observability subcommands (stats, trace) live in maglev_cli.ctl_obs.
+from maglev_cli.ctl_obs import stats, trace  # noqa: E402
+
+ctl.add_command(stats)
+ctl.add_command(trace)
