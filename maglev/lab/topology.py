@@ -198,6 +198,12 @@ class Lab:
     # -- building blocks, each recorded before it can fail half-done --------------
 
     def _add_ns(self, name: str) -> str:
+        if name in list_netns():
+            # Not ours (no state recorded it): never adopt it, so `down` never deletes it.
+            raise LabError(
+                f"network namespace {name} already exists but is not in {self.state_path}; "
+                "another lab (other --state-dir?) uses this prefix: pick another --prefix"
+            )
         self.state["namespaces"].append(name)
         self.save()
         sh(["ip", "netns", "add", name])

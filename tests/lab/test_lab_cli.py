@@ -103,3 +103,18 @@ def test_without_root_one_sentence_and_nonzero_exit(tmp_path):
     assert r.returncode != 0
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "needs root" in lines[0], r.stderr
+
+
+@pytest.mark.root
+def test_a_foreign_namespace_with_our_name_is_never_adopted(lab_dir):
+    prefix = f"mgt-fn{secrets.token_hex(2)}"
+    foreign = f"{prefix}-router"
+    subprocess.run(["ip", "netns", "add", foreign], check=True)
+    try:
+        lab = Lab(lab_dir)
+        with pytest.raises(LabError, match="already exists"):
+            lab.up(LabSpec(prefix=prefix, state_dir=lab_dir, backends=1, encap="l2", forwarder=False))
+        assert foreign in list_netns()  # the failed up cleaned its own, not this one
+        assert not any(n.startswith(prefix) and n != foreign for n in list_netns())
+    finally:
+        subprocess.run(["ip", "netns", "del", foreign], check=False)
