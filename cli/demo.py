@@ -40,8 +40,9 @@ def demo(n, backends, encap, weights, concurrency, ipv6, workers, ring, forwarde
     try:
         if not as_json:
             click.echo(f"bringing the lab up ({backends} backends, {encap}) ...", file=err)
+        # Decided before `up`: a lab we start is taken down again even when `up` fails.
+        created = not (lab.load() is not None and lab.is_up())
         state = lab.up(spec, wait_s=60)
-        created = not state.get("already_up")
         if not created and (state["encap"] != encap or len(state["backends"]) != backends):
             click.echo(f"note: using the lab that is already up ({state['encap']}, "
                        f"{len(state['backends'])} backends)", file=err)

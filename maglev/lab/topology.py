@@ -298,6 +298,8 @@ class Lab:
             "forwarder": spec.forwarder,
         }
         self.save()
+        # Fresh logs for a fresh lab (kept after `down`, for a post-mortem).
+        shutil.rmtree(self.state_dir / "logs", ignore_errors=True)
         client, router, mg = self.state["client"]["ns"], self.state["router"]["ns"], self.state["maglev"]["ns"]
         for ns in (client, router, mg, *(b["ns"] for b in backends)):
             self._add_ns(ns)
