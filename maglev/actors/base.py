@@ -66,6 +66,10 @@ class ActorSpec:
     otlp_endpoint: str = ""
     log_level: str = "WARNING"
     incarnation: int = 0  # 0 = first start, n = n-th restart
+    # The supervisor's pid.  Compared with getppid() rather than getppid() at start: on a
+    # busy machine an actor can still be importing when its supervisor dies, and would
+    # then take init for its parent and never notice.
+    parent_pid: int = 0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -152,7 +156,7 @@ class Actor:
         self.stop_reason = ""
         self._ctx: Any = None
         self.mailbox: Any = None
-        self._ppid = os.getppid()
+        self._ppid = spec.parent_pid or os.getppid()
         self._last_tick = 0.0
         self._last_hb = 0.0
         self._tracer: Any = None

@@ -27,7 +27,7 @@ def _standby(modules: str) -> int:
             importlib.import_module(mod)
         except ImportError:
             pass  # the real start reports a missing module properly
-    line = sys.stdin.readline()
+    line = sys.stdin.readline()  # EOF too when the supervisor dies: the pipe closes
     if not line.strip():
         return 0
     sys.stdin.close()

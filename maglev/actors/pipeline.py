@@ -86,6 +86,31 @@ def worker_stats(s: Any) -> dict[str, Any]:
     }
 
 
+def remove_stale_regions(instance: str) -> list[str]:
+    """Unlink regions this program made for ``instance`` whose supervisor is gone (killed
+    with -9: nobody else would ever remove them).  Names are ``<instance>-<pid>-<hex6>``."""
+    import re
+
+    import psutil
+
+    removed = []
+    pat = re.compile(rf"^maglev-{re.escape(instance)}-(\d+)-[0-9a-f]{{6}}$")
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return removed
+    for name in names:
+        m = pat.match(name)
+        if m and not psutil.pid_exists(int(m.group(1))):
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+                removed.append(name)
+                log.warning("removed a stale region", extra={"kv": {"name": name}})
+            except OSError:
+                pass
+    return removed
+
+
 def parse_cpus(text: str | None) -> list[int]:
     """``"0,2-3"`` -> [0, 2, 3]; empty -> the CPUs this process may use."""
     from maglev.errors import ConfigError
@@ -168,6 +193,7 @@ class Pipeline:
             raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: no such file"])
         blob = build_tables(self.config)
         self.cpus = parse_cpus(opts.cpus)
+        remove_stale_regions(self.config.instance.name)
         n_frames = opts.n_frames or max(4096, (opts.workers + 2) * opts.ring_size)
         self.region_name = f"{self.config.instance.name}-{os.getpid()}-{secrets.token_hex(3)}"
         self.region = Region.create(
@@ -300,4 +326,7 @@ class Pipeline:
         if self.account_report is not None:
             out["pool"] = {"ok": self.account_report.ok, "frames": self.region.n_frames,
                            "detail": str(self.account_report)}
+        nic = self.supervisor.stats().get("steering", {}).get("nic", {})
+        if nic.get("error"):
+            out["input_error"] = nic["error"]  # a damaged capture: replayed up to the damage
         return out

@@ -171,6 +171,7 @@ class Supervisor:
             otlp_endpoint=self.otlp_endpoint,
             log_level=self.log_level,
             incarnation=c.incarnation,
+            parent_pid=os.getpid(),
         )
 
     def _new_standby(self) -> None:

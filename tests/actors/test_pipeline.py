@@ -222,3 +222,31 @@ def test_bad_arguments_are_one_clear_line_and_leave_nothing(args, message, tmp_p
     assert message in err
     assert "Traceback" not in err
     assert not glob.glob(f"/dev/shm/maglev-*-{proc.pid}-*")
+
+
+def test_supervisor_killed_with_9_actors_exit_and_the_region_is_reclaimed(tmp_path):
+    from maglev.actors.pipeline import remove_stale_regions
+
+    proc = subprocess.Popen([*CLI, "run", "--workers", "2", "--json"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=cli_env(tmp_path))
+    try:
+        me = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 30
+        while len(me.children()) < 5 or not glob.glob(f"/dev/shm/maglev-mg1-{proc.pid}-*"):
+            assert time.monotonic() < deadline, "actors did not start"
+            time.sleep(0.1)
+        children = me.children()
+        proc.kill()
+        proc.wait(timeout=10)
+        gone_, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"orphans left: {alive}"
+        assert glob.glob(f"/dev/shm/maglev-mg1-{proc.pid}-*")  # nobody removed it ...
+        removed = remove_stale_regions("mg1")  # ... until the next run looks
+        assert any(f"-{proc.pid}-" in n for n in removed)
+        assert not glob.glob(f"/dev/shm/maglev-mg1-{proc.pid}-*")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in glob.glob(f"/dev/shm/maglev-mg1-{proc.pid}-*"):
+            os.unlink(p)
