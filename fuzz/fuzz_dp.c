@@ -76,7 +76,7 @@ static void reset_dp(void)
 
 static void run_burst(const uint8_t **pk, const uint32_t *len, uint32_t n)
 {
-    uint32_t frames[MAXPKT], spare[8], tx[MAXPKT + 8 + MG_DP_DRAIN_MAX], drop[MAXPKT + MG_DP_DRAIN_MAX];
+    uint32_t frames[MAXPKT], spare[8], tx[MAXPKT + 8 + MG_DP_DRAIN_MAX], drop[MAXPKT + 8 + MG_DP_DRAIN_MAX];
     if (n_free < n + 8)
         reset_dp();
     for (uint32_t i = 0; i < n; i++) {
@@ -94,7 +94,7 @@ static void run_burst(const uint8_t **pk, const uint32_t *len, uint32_t n)
         spare[i] = free_list[--n_free];
     struct mg_dp_io io = {.pool = pool, .frames = frames, .n = n, .tx = tx,
                           .tx_cap = MAXPKT + 8 + MG_DP_DRAIN_MAX, .drop = drop,
-                          .drop_cap = MAXPKT + MG_DP_DRAIN_MAX, .spare = spare, .n_spare = 8};
+                          .drop_cap = MAXPKT + 8 + MG_DP_DRAIN_MAX, .spare = spare, .n_spare = 8};
     if (mg_dp_burst(dp, tables, now_ns, &io) != (int)n)
         abort();
     for (uint32_t i = 0; i < io.n_tx; i++) {

@@ -47,14 +47,14 @@ class CDataPath:
         self._frames = ffi.new("uint32_t[]", BURST_MAX)
         self._spare = ffi.new("uint32_t[]", SPARE)
         self._tx = ffi.new("uint32_t[]", BURST_MAX + SPARE + DRAIN_MAX)
-        self._drop = ffi.new("uint32_t[]", BURST_MAX + DRAIN_MAX)
+        self._drop = ffi.new("uint32_t[]", BURST_MAX + SPARE + DRAIN_MAX)
         self._io = ffi.new("struct mg_dp_io *")
         self._io.pool = self._pool
         self._io.frames = self._frames
         self._io.tx = self._tx
         self._io.tx_cap = BURST_MAX + SPARE + DRAIN_MAX
         self._io.drop = self._drop
-        self._io.drop_cap = BURST_MAX + DRAIN_MAX
+        self._io.drop_cap = BURST_MAX + SPARE + DRAIN_MAX
         self._io.spare = self._spare
         self._extra_drops: dict[str, int] = {}
 

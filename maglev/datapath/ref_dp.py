@@ -237,9 +237,16 @@ class RefDataPath:
                 new = ref_encap.encap(f.data, p.l3_off, p.family, hsh & 0xFFFFFFFF, params,
                                       headroom=f.headroom)
             except NativeError as exc:
-                self._drop(out, f, D["no_headroom"] if exc.errno == errno.ENOSPC else D["bad_frame"])
+                reason = D["no_headroom"] if exc.errno == errno.ENOSPC else D["bad_frame"]
                 if i == 0:
+                    self._drop(out, f, reason)
+                    for other in pieces[1:]:
+                        other.verdict = reason
+                        out.append(Output(other.seq, "drop", reason, b"", vip, b))
                     return False
+                # a later piece: freed, the packet still counts as forwarded once
+                f.verdict = reason
+                out.append(Output(f.seq, "drop", reason, b"", vip, b))
                 continue
             f.data = new
             f.verdict = VERDICT_FORWARD

@@ -301,6 +301,8 @@ def read_tables(blob: bytes) -> TablesView:
         raise PacketError(f"tables blob: header says {h['total_size']} bytes, got {len(blob)}")
     if h["n_vips"] > MAX_VIPS or h["n_backends"] > MAX_BACKENDS:
         raise PacketError("tables blob: too many VIPs or backends")
+    if h["mtu"] < 576:
+        raise PacketError(f"tables blob: MTU {h['mtu']} is below 576")
     if h["vip_off"] + VIP.size * h["n_vips"] > len(blob) or (
         h["backend_off"] + BACKEND.size * h["n_backends"] > len(blob)
     ):

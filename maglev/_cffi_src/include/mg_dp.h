@@ -35,7 +35,7 @@
  * generation changes (stats.tables_generation says which generation they describe).
  *
  * Ownership of the arrays in struct mg_dp_io: the caller owns them; capacities must be
- * tx_cap >= n + n_spare + MG_DP_DRAIN_MAX and drop_cap >= n + MG_DP_DRAIN_MAX, n <=
+ * tx_cap >= n + n_spare + MG_DP_DRAIN_MAX and drop_cap >= n + n_spare + MG_DP_DRAIN_MAX, n <=
  * MG_BURST_MAX, else -EINVAL and nothing is touched.  spare[] are free frames the kernel
  * may use for split pieces, taken from the front; n_spare_used says how many it took
  * (they are in tx[]; the rest stay the caller's).

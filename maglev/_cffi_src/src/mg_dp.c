@@ -317,11 +317,20 @@ static int forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_
         struct mg_frame_meta *m = mg_frame_meta(io->pool, f);
         int rc = mg_encap(io->pool, f, p->l3_off, p->family, (uint32_t)hash, &ep);
         if (rc < 0) {
-            /* Only the first piece can fail before anything was sent (same headroom and
-             * shape for every piece); later failures drop that piece alone. */
-            out_drop(dp, io, f, rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME);
-            if (i == 0)
+            int reason = rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME;
+            if (i == 0) {
+                /* the packet is dropped (its other pieces, if any, with it: not sent) */
+                out_drop(dp, io, f, reason);
+                for (uint32_t j = 1; j < n_pieces; j++) {
+                    mg_frame_meta(io->pool, pieces[j])->verdict = (uint16_t)reason;
+                    io->drop[io->n_drop++] = pieces[j];
+                }
                 return 0;
+            }
+            /* A later piece (same headers and headroom as the first, so this should not
+             * happen): the packet still counts as forwarded once; the piece is freed. */
+            m->verdict = (uint16_t)reason;
+            io->drop[io->n_drop++] = f;
             continue;
         }
         m->verdict = MG_VERDICT_FORWARD;
@@ -387,7 +396,7 @@ static int io_ok(const struct mg_dp_io *io)
     return io && io->pool && (io->n == 0 || io->frames) && io->n <= MG_BURST_MAX && io->tx &&
            io->drop && io->n_spare <= (1u << 24) && (io->n_spare == 0 || io->spare) &&
            io->tx_cap >= io->n + io->n_spare + MG_DP_DRAIN_MAX &&
-           io->drop_cap >= io->n + MG_DP_DRAIN_MAX;
+           io->drop_cap >= io->n + io->n_spare + MG_DP_DRAIN_MAX;
 }
 
 int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg_dp_io *io)

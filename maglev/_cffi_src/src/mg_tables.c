@@ -15,7 +15,8 @@ int mg_tables_validate(const void *tables, uint64_t size)
         h->hdr_size != sizeof(struct mg_tables_header) || h->total_size != size)
         return -EINVAL;
     if (h->n_vips > MG_TABLES_MAX_VIPS || h->n_backends > MG_TABLES_MAX_BACKENDS ||
-        h->index_bits < 1 || h->index_bits > 16 || (1u << h->index_bits) < h->n_vips)
+        h->index_bits < 1 || h->index_bits > 16 || (1u << h->index_bits) < h->n_vips ||
+        h->mtu < 576)
         return -EINVAL;
     if (!range_ok(h->vip_off, (uint64_t)h->n_vips * sizeof(struct mg_vip), size) ||
         !range_ok(h->backend_off, (uint64_t)h->n_backends * sizeof(struct mg_backend), size) ||
