@@ -334,12 +334,75 @@ def _drop_name(verdict: int) -> str:
     return f"drop:{names[verdict]}" if 0 < verdict < len(names) else f"verdict:{verdict}"
 
 
-def record_to_dict(m: Any) -> dict[str, Any]:
-    """One collected ``struct mg_frame_meta`` as plain values."""
-    from maglev.native import lib
+def _ip_at(b: bytes, off: int) -> tuple[str, str, int, int] | None:
+    """(src, dst, protocol, header length) of the IP header at ``off``."""
+    if len(b) >= off + 20 and b[off] >> 4 == 4:
+        ihl = (b[off] & 15) * 4
+        return (str(ipaddress.IPv4Address(b[off + 12:off + 16])), str(ipaddress.IPv4Address(b[off + 16:off + 20])),
+                b[off + 9], ihl)
+    if len(b) >= off + 40 and b[off] >> 4 == 6:
+        return (str(ipaddress.IPv6Address(b[off + 8:off + 24])), str(ipaddress.IPv6Address(b[off + 24:off + 40])),
+                b[off + 6], 40)
+    return None
 
+
+def _eth_l3(b: bytes) -> int:
+    off, et = 12, 0
+    while len(b) >= off + 2:
+        et = int.from_bytes(b[off:off + 2], "big")
+        if et in (0x8100, 0x88A8):
+            off += 4
+            continue
+        break
+    return off + 2 if et in (0x0800, 0x86DD) else -1
+
+
+def decode_head(head: bytes, forwarded: bool) -> dict[str, str]:
+    """What the first bytes of a traced frame say: for a forwarded (encapsulated) packet
+    the outer destination -- the backend it went to -- and the inner flow."""
+    out: dict[str, str] = {}
+    l3 = _eth_l3(head)
+    ip = _ip_at(head, l3) if l3 >= 0 else None
+    if ip is None:
+        return out
+    inner_off = -1
+    if forwarded:
+        out["outer_dst"] = ip[1]
+        if ip[2] == 47 and len(head) >= l3 + ip[3] + 4:  # GRE (RFC 2784, no options)
+            inner_off = l3 + ip[3] + 4
+        elif ip[2] in (4, 41):  # IPIP / IPv6-in-IP
+            inner_off = l3 + ip[3]
+        elif ip[2] == 17 and len(head) >= l3 + ip[3] + 16:  # VXLAN: UDP + VXLAN + inner Ethernet
+            e = _eth_l3(head[l3 + ip[3] + 16:])
+            inner_off = l3 + ip[3] + 16 + e if e >= 0 else -1
+        inner = _ip_at(head, inner_off) if inner_off >= 0 else None
+    else:
+        inner, inner_off = ip, l3
+    if inner is not None:
+        l4 = inner_off + inner[3]
+        proto = {6: "tcp", 17: "udp"}.get(inner[2], str(inner[2]))
+        if inner[2] in (6, 17) and len(head) >= l4 + 4:
+            sp, dp = int.from_bytes(head[l4:l4 + 2], "big"), int.from_bytes(head[l4 + 2:l4 + 4], "big")
+
+            def hp(a: str, p: int) -> str:
+                return f"[{a}]:{p}" if ":" in a else f"{a}:{p}"
+
+            out["flow"] = f"{hp(inner[0], sp)} -> {hp(inner[1], dp)}/{proto}"
+        else:
+            out["flow"] = f"{inner[0]} -> {inner[1]}/{proto}"
+    return out
+
+
+def record_to_dict(rec: Any) -> dict[str, Any]:
+    """One collected ``struct mg_trace_rec`` as plain values."""
+    from maglev.native import ffi, lib
+
+    m = rec.meta
     fl = int(m.flags)
+    head = bytes(ffi.buffer(rec.head, min(int(rec.head_len), int(lib.MG_TRACE_HEAD))))
+    fwd = int(m.verdict) == int(lib.MG_VERDICT_FORWARD)
     return {
+        **decode_head(head, fwd),
         "trace_id": f"{int(m.trace_id_hi):016x}{int(m.trace_id_lo):016x}",
         "flags": fl,
         "verdict": _drop_name(int(m.verdict)),
@@ -387,7 +450,7 @@ class SteeringTracer:
         self.instance = instance
         self.run_dir = run_dir
         lib.mg_trace_steer_default(int(sample_every))
-        self._out = ffi.new("struct mg_frame_meta[]", 256)
+        self._out = ffi.new("struct mg_trace_rec[]", 256)
         self._ids = _fixed_ids()
         provider = current_provider()
         self._tracer = provider.get_tracer("maglev.packet") if provider is not None else None
@@ -479,7 +542,7 @@ class SteeringTracer:
         end = tx if tx >= w1 else w1
         attrs: dict[str, Any] = {"maglev.verdict": r["verdict"], "maglev.worker": r["worker"],
                                  "maglev.packet.len": r["len"]}
-        for k in ("vip", "backend", "encap"):
+        for k in ("vip", "backend", "encap", "outer_dst", "flow"):
             if k in r:
                 attrs[f"maglev.{k}"] = r[k]
         self._ids.next_trace_id = int(r["trace_id"], 16)

@@ -19,6 +19,12 @@
 #define MG_TW_LOST 36
 #define MG_TW_RESYNCS 37
 #define MG_TRACE_LOG 1024
+#define MG_TRACE_HEAD 124
+struct mg_trace_rec {
+    struct mg_frame_meta meta;
+    uint32_t head_len;
+    uint8_t head[124];
+};
 void mg_trace_steer_default(uint64_t sample_every);
 void mg_trace_steer_burst(void *base);
 void mg_trace_steer_packet(void *base, struct mg_frame_meta *m, const uint8_t *pkt);
@@ -26,6 +32,6 @@ int mg_trace_inflight(void *base);
 void mg_trace_collect(void *base, uint8_t *pool, const uint64_t *descs, uint32_t n);
 void mg_trace_mux_stamp(uint8_t *pool, const uint64_t *descs, uint32_t n);
 void mg_trace_worker_done(struct mg_frame_meta *m);
-int mg_trace_drain(struct mg_frame_meta *out, uint32_t max);
+int mg_trace_drain(struct mg_trace_rec *out, uint32_t max);
 void mg_trace_resync(void *base);
 void mg_trace_reset(void);

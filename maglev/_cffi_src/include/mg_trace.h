@@ -70,6 +70,15 @@
 
 /* Records the steering process keeps until Python drains them. */
 #define MG_TRACE_LOG 1024
+#define MG_TRACE_HEAD 124
+
+/* One collected packet: its metadata and the first bytes of the frame as it left (the
+ * encapsulated packet for a forwarded one: its outer destination is the backend). */
+struct mg_trace_rec {
+    struct mg_frame_meta meta;
+    uint32_t head_len;
+    uint8_t head[MG_TRACE_HEAD];
+};
 
 /* Steering, per packet: decremented for every packet; 0 -> slow path. */
 extern uint64_t mg_trace_cd;
@@ -104,7 +113,7 @@ static inline void mg_trace_worker_hook(struct mg_frame_meta *m)
 }
 
 /* Steering process: move up to max collected records out; returns how many. */
-int mg_trace_drain(struct mg_frame_meta *out, uint32_t max);
+int mg_trace_drain(struct mg_trace_rec *out, uint32_t max);
 /* Steering process: give up on traced frames that never came home. */
 void mg_trace_resync(void *base);
 /* Tests: forget this process's steering state (request, countdown, log). */

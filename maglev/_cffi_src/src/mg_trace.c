@@ -28,7 +28,7 @@ static struct {
 
 /* The collected records (steering process); single thread: steering's loop both fills and
  * drains it. */
-static struct mg_frame_meta trace_log[MG_TRACE_LOG];
+static struct mg_trace_rec trace_log[MG_TRACE_LOG];
 static uint32_t log_head, log_tail;
 
 static uint64_t now_ns(void)
@@ -219,9 +219,16 @@ void mg_trace_collect(void *base, uint8_t *pool, const uint64_t *descs, uint32_t
         struct mg_frame_meta *m = mg_frame_meta(pool, (uint32_t)descs[j]);
         if (!(m->flags & MG_FRAME_F_TRACE))
             continue;
-        if (log_head - log_tail < MG_TRACE_LOG)
-            trace_log[log_head++ % MG_TRACE_LOG] = *m;
-        else
+        if (log_head - log_tail < MG_TRACE_LOG) {
+            struct mg_trace_rec *r = &trace_log[log_head++ % MG_TRACE_LOG];
+            r->meta = *m;
+            uint32_t n_head = 0;
+            if (m->data_off <= MG_FRAME_SIZE - MG_FRAME_META_SIZE &&
+                m->len <= MG_FRAME_SIZE - MG_FRAME_META_SIZE - m->data_off)
+                n_head = m->len < MG_TRACE_HEAD ? m->len : MG_TRACE_HEAD;
+            memcpy(r->head, mg_frame_data(pool, (uint32_t)descs[j]), n_head);
+            r->head_len = n_head;
+        } else
             lost++;
         m->flags &= (uint16_t)~MG_FRAME_F_TRACE;
         got++;
@@ -260,7 +267,7 @@ void mg_trace_worker_done(struct mg_frame_meta *m)
         m->reserved0 = 1; /* 0 means "the worker never released it" */
 }
 
-int mg_trace_drain(struct mg_frame_meta *out, uint32_t max)
+int mg_trace_drain(struct mg_trace_rec *out, uint32_t max)
 {
     uint32_t k = 0;
     while (k < max && log_tail != log_head)

@@ -1,0 +1,272 @@
+"""The Prometheus text endpoint (``maglev run --metrics ADDR:PORT``).
+
+Design
+------
+Where it runs: in ``maglev run`` itself (the supervisor process), on a small
+``http.server`` thread.  The supervisor already maps the shared-memory region, knows every
+actor's restarts and heartbeat stats, and outlives every actor it restarts, so the
+endpoint stays up while actors come and go -- which is when an operator looks at it.  A
+scrape runs :func:`maglev.telemetry.metrics.collect` on the HTTP thread: it only *reads*
+shared memory (stats blocks, ring indices, the published tables, the workers' pages), so
+it neither locks nor slows an actor, and the supervisor's own loop is not involved
+beyond the GIL for the few milliseconds of a scrape.  The supervisor's loop calls
+:meth:`MetricsHost.tick` once a second to write its view (restarts, BGP) into the run
+directory, where ``maglev ctl stats`` (served by the config manager) finds it too.
+
+Names follow the Prometheus conventions: ``maglev_`` prefix, base units in the name
+(``_bytes``, ``_seconds``), ``_total`` for counters, ``_ratio`` for 0..1 gauges, every
+family with ``# HELP`` and ``# TYPE``.  Per-VIP and per-backend counters carry a
+``worker`` label because each worker's series restarts from zero when it switches tables
+generation (``rate()`` handles a reset per series; a sum over workers would not).
+
+Only ``GET /metrics`` (and ``/``) is served; anything else is 404.  Bind it to 127.0.0.1
+or a management address: the endpoint has no authentication.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from maglev.errors import ConfigError
+
+log = logging.getLogger("maglev.telemetry")
+
+__all__ = ["MetricsHost", "MetricsServer", "parse_listen", "render"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _esc(v: Any) -> str:
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._seen: set[str] = set()
+
+    def family(self, name: str, kind: str, help_: str,
+               samples: Iterable[tuple[dict[str, Any], float]]) -> None:
+        rows = list(samples)
+        if name in self._seen:
+            raise ValueError(f"metric family {name} rendered twice")
+        self._seen.add(name)
+        self.lines.append(f"# HELP {name} {help_}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in rows:
+            lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+            self.lines.append(f"{name}{{{lab}}} {_num(value)}" if lab else f"{name} {_num(value)}")
+
+
+def _num(v: float) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    return repr(float(v))
+
+
+def render(s: dict[str, Any]) -> str:
+    """A :func:`~maglev.telemetry.metrics.collect` snapshot as Prometheus text format."""
+    o = _Out()
+    t, st, mx = s["totals"], s["steering"], s["muxer"]
+    c = "counter"
+    g = "gauge"
+    o.family("maglev_received_packets_total", c, "Packets received from the NIC by steering.",
+             [({}, t["packets_in"])])
+    o.family("maglev_received_bytes_total", c, "Bytes received from the NIC by steering.", [({}, t["bytes_in"])])
+    o.family("maglev_transmitted_packets_total", c, "Packets the muxer handed to the NIC.", [({}, mx["tx_packets"])])
+    o.family("maglev_drops_total", c, "Packets dropped, by reason (data path reasons, worker restarts, NIC errors).",
+             [({"reason": k}, v) for k, v in s["drops"].items()])
+    o.family("maglev_fallback_packets_total", c,
+             "Packets steered to another worker than their hash because its ring was full (may reorder).",
+             [({}, st["fallback"])])
+    o.family("maglev_backpressure_events_total", c, "Steering turns in which every candidate rx ring was full.",
+             [({}, st["backpressure"])])
+    o.family("maglev_unparsed_packets_total", c, "Packets steering could not parse (spread round-robin).",
+             [({}, st["unparsed"])])
+    w_rows = s["workers"]
+    o.family("maglev_worker_packets_total", c, "Packets a worker processed.",
+             [({"worker": w["worker"]}, w["packets_in"]) for w in w_rows])
+    o.family("maglev_worker_forwarded_packets_total", c, "Packets a worker sent to a backend.",
+             [({"worker": w["worker"]}, w["forwarded"]) for w in w_rows])
+    o.family("maglev_worker_received_bytes_total", c, "Bytes a worker processed.",
+             [({"worker": w["worker"]}, w["bytes_in"]) for w in w_rows])
+    o.family("maglev_worker_transmitted_bytes_total", c, "Bytes a worker put on its tx ring (encapsulated).",
+             [({"worker": w["worker"]}, w["bytes_out"]) for w in w_rows])
+    o.family("maglev_worker_drops_total", c, "Packets a worker dropped, by reason.",
+             [({"worker": w["worker"], "reason": k}, v) for w in w_rows for k, v in w["dropped"].items()])
+    o.family("maglev_worker_tables_generation", g, "Tables generation a worker uses.",
+             [({"worker": w["worker"]}, w["tables_generation"]) for w in w_rows])
+    o.family("maglev_worker_held_fragments", g, "IP fragments a worker holds waiting for their first fragment.",
+             [({"worker": w["worker"]}, w["held"]) for w in w_rows])
+    rings = []
+    for w in w_rows:
+        for kind in ("rx", "tx", "ret"):
+            r = w[f"{kind}_ring"]
+            rings.append((r["ring"], r))
+    rings += [("free", s["rings"]["free"]), ("sent", s["rings"]["sent"])]
+    o.family("maglev_ring_used_slots", g, "Descriptors waiting on a ring.", [({"ring": n}, r["count"]) for n, r in rings])
+    o.family("maglev_ring_capacity_slots", g, "Slots of a ring.", [({"ring": n}, r["size"]) for n, r in rings])
+    o.family("maglev_ring_occupancy_ratio", g, "Used / capacity of a ring.",
+             [({"ring": n}, r["occupancy"]) for n, r in rings])
+    ct_rows = [(w["worker"], w["conntrack"]) for w in w_rows if w.get("conntrack")]
+    o.family("maglev_conntrack_entries", g,
+             "Connection-table entries (inserts - evictions - expirations: an upper bound).",
+             [({"worker": i}, ct["entries"]) for i, ct in ct_rows])
+    for key, name, help_ in (
+        ("lookups", "maglev_conntrack_lookups_total", "Connection-table lookups."),
+        ("hits", "maglev_conntrack_hits_total", "Connection-table hits."),
+        ("inserts", "maglev_conntrack_inserts_total", "Connection-table inserts."),
+        ("evictions", "maglev_conntrack_evictions_total", "Live entries replaced (LRU) by an insert."),
+        ("insert_failed", "maglev_conntrack_table_full_total",
+         "Inserts that found no way (table full): the packet was forwarded statelessly."),
+        ("expired", "maglev_conntrack_expirations_total", "Entries found idle past their timeout."),
+        ("reselected", "maglev_conntrack_reselections_total", "Hits whose backend was gone or down: re-selected."),
+    ):
+        o.family(name, c, help_, [({"worker": i}, ct[key]) for i, ct in ct_rows])
+    vw = s.get("vip_workers", [])
+    o.family("maglev_vip_packets_total", c, "Packets forwarded for a VIP (per worker; resets on a tables switch).",
+             [({"vip": r["vip"], "worker": r["worker"]}, r["packets"]) for r in vw])
+    o.family("maglev_vip_bytes_total", c, "Bytes forwarded for a VIP (per worker; resets on a tables switch).",
+             [({"vip": r["vip"], "worker": r["worker"]}, r["bytes"]) for r in vw])
+    be = [(v, b) for v in s["vips"] for b in v["backends"]]
+    o.family("maglev_packets_total", c, "Packets sent to a backend (all workers, since their last tables switch).",
+             [({"vip": v["vip"], "backend": b["backend"]}, b["packets"]) for v, b in be])
+    o.family("maglev_bytes_total", c, "Bytes sent to a backend (all workers, since their last tables switch).",
+             [({"vip": v["vip"], "backend": b["backend"]}, b["bytes"]) for v, b in be])
+    o.family("maglev_backend_up", g, "1 when the backend is healthy in the published tables.",
+             [({"vip": v["vip"], "backend": b["backend"]}, b["health"] == "up") for v, b in be])
+    o.family("maglev_backend_weight", g, "Configured weight of the backend.",
+             [({"vip": v["vip"], "backend": b["backend"]}, b["weight"]) for v, b in be])
+    o.family("maglev_table_entries", g, "Maglev lookup-table entries of a backend.",
+             [({"vip": v["vip"], "backend": b["backend"]}, b["entries"]) for v, b in be])
+    o.family("maglev_table_entries_min", g, "Fewest table entries of a live backend of the VIP.",
+             [({"vip": v["vip"]}, v["entries_min"]) for v in s["vips"]])
+    o.family("maglev_table_entries_max", g, "Most table entries of a live backend of the VIP.",
+             [({"vip": v["vip"]}, v["entries_max"]) for v in s["vips"]])
+    o.family("maglev_table_size_entries", g, "Maglev lookup-table size M of the VIP.",
+             [({"vip": v["vip"]}, v["table_size"]) for v in s["vips"]])
+    o.family("maglev_tables_generation", g, "Tables generation now published.", [({}, s["generation"])])
+    tr = s.get("tracer") or {}
+    o.family("maglev_traced_packets_total", c, "Packets marked by the packet tracer.", [({}, tr.get("marked", 0))])
+    o.family("maglev_trace_records_lost_total", c, "Traced packets whose record was dropped (log full).",
+             [({}, tr.get("lost", 0))])
+    if s.get("restarts") is not None:
+        o.family("maglev_actor_restarts_total", c, "Restarts of an actor by the supervisor.",
+                 [({"actor": k}, v) for k, v in sorted(s["restarts"].items())])
+    bgp = s.get("bgp")
+    if isinstance(bgp, dict):
+        nums = [(k, v) for k, v in sorted(bgp.items()) if isinstance(v, int | float) and not isinstance(v, bool)]
+        o.family("maglev_bgp_state", g, "BGP speaker state from its heartbeat (key = field).",
+                 [({"key": k}, v) for k, v in nums])
+    if s.get("uptime_s") is not None:
+        o.family("maglev_uptime_seconds", g, "Seconds since maglev run started.", [({}, float(s["uptime_s"]))])
+    return "\n".join(o.lines) + "\n"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (``[v6]:PORT``; port 0 = any free port) -> (host, port)."""
+    s = text.strip()
+    if s.startswith("["):
+        host, sep, rest = s[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port_s = s.rpartition(":")
+    if not host or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ConfigError([f"--metrics {text!r}: expected ADDR:PORT, e.g. 127.0.0.1:9108"])
+    return host, int(port_s)
+
+
+class MetricsServer:
+    """``GET /metrics`` on a daemon thread; ``text()`` is called per scrape."""
+
+    def __init__(self, host: str, port: int, text: Callable[[], str]):
+        produce = text
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] not in ("/metrics", "/"):
+                    self.send_error(404, "only /metrics is served")
+                    return
+                try:
+                    body = produce().encode()
+                    code = 200
+                except Exception as exc:  # a scrape must never take the supervisor down
+                    log.exception("metrics scrape failed")
+                    body = f"# scrape failed: {type(exc).__name__}: {exc}\n".encode()
+                    code = 500
+                self.send_response(code)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                log.debug("metrics: " + fmt, *args)
+
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise ConfigError([f"--metrics {host}:{port}: cannot listen: {exc.strerror or exc}"]) from None
+        self.httpd.daemon_threads = True
+        self.httpd.timeout = 1.0
+        self._t = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                   name="maglev-metrics", daemon=True)
+        self._t.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.httpd.server_address[:2]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._t.join(timeout=5)
+
+
+class MetricsHost:
+    """What ``maglev run`` runs: the optional endpoint plus the supervisor view file."""
+
+    def __init__(self, pipeline: Any, listen: str = ""):
+        self.p = pipeline
+        self.started = time.monotonic()
+        self._next = 0.0
+        self.server: MetricsServer | None = None
+        if listen:
+            host, port = parse_listen(listen)
+            self.server = MetricsServer(host, port, self.text)
+
+    def snapshot(self) -> dict[str, Any]:
+        from maglev.telemetry.metrics import collect
+
+        return collect(self.p.region, self.p.supervisor.run_dir, instance=self.p.config.instance.name)
+
+    def text(self) -> str:
+        return render(self.snapshot())
+
+    def tick(self, now: float | None = None) -> None:
+        """Once a second: restarts and the BGP speaker's stats -> ``supervisor.json``."""
+        now = time.monotonic() if now is None else now
+        if now < self._next:
+            return
+        self._next = now + 1.0
+        from maglev.telemetry.metrics import write_supervisor_view
+
+        sup = self.p.supervisor
+        bgp = sup.stats().get("bgp") if "bgp" in sup.children else None
+        try:
+            write_supervisor_view(sup.run_dir, {"restarts": sup.restarts, "bgp": bgp,
+                                                "uptime_s": round(now - self.started, 3)})
+        except OSError as exc:
+            log.debug("supervisor view not written: %s", exc)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
