@@ -62,6 +62,8 @@ def _summary_text(s: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print only a final JSON stats object.")
 @click.option("--cpus", default="", help="CPUs to use, e.g. 0-1 or 0,2 (default: all available).")
 @click.option("--otlp-endpoint", default="", help="OTLP/HTTP collector, e.g. http://127.0.0.1:4318.")
+@click.option("--metrics", default="", metavar="ADDR:PORT",
+              help="Serve Prometheus metrics on http://ADDR:PORT/metrics (default: off).")
 @click.option("--control", default="", help="Control socket endpoint (ipc://... or tcp://...).")
 @click.option("--burst", type=click.IntRange(1, 256), default=256, show_default=True,
               help="Packets per burst.")
@@ -70,7 +72,7 @@ def _summary_text(s: dict) -> str:
 @click.option("--frames", type=click.IntRange(0, 1 << 22), default=0,
               help="Frames in the pool (default: sized from workers and ring size).")
 @click.option("-v", "--verbose", count=True, help="Actor logs on stderr (-v info, -vv debug).")
-def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoint, control,
+def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoint, metrics, control,
         burst, ring_size, frames, verbose) -> None:
     """Run the forwarder until Ctrl-C (or the end of a finite input)."""
     from maglev.actors import pipeline as pl
@@ -119,12 +121,17 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         stop_reason.append(signal.Signals(signum).name)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    obs = None
     try:
+        from maglev.telemetry.prometheus import MetricsHost
+
+        obs = MetricsHost(p, metrics)  # --metrics endpoint + supervisor view (restarts, BGP)
         p.start()
         prev, prev_t = None, time.monotonic()
         next_print = prev_t + 1.0
         while not stop_reason:
             p.poll(0.05)
+            obs.tick()
             if p.eof and (exit_on_eof or finite_gen):
                 break
             now = time.monotonic()
@@ -138,6 +145,8 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+        if obs is not None:
+            obs.close()
         p.close()
     if as_json:
         click.echo(json.dumps(s))
