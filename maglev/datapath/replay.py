@@ -59,8 +59,12 @@ def replay(
     writer = PcapWriter(out) if out else None
     try:
         dp = DataPath(blob, engine=engine, ct_capacity=ct_capacity or config.conntrack.capacity)
-        ts_of: dict[int, int] = {}
-        final: dict[int, str] = {}  # seq -> "forward" or drop reason
+        # Each input's outputs all come out of one process()/flush() call (a held fragment
+        # in a later one), so only inputs still inside the data path are remembered:
+        # memory stays bounded by the fragment table, not by the file.
+        pending: dict[int, int] = {}  # seq -> capture timestamp
+        forwarded = 0
+        dropped: Counter[str] = Counter()
         icmp_sent = 0
         per_backend: Counter[int] = Counter()
         per_vip: Counter[int] = Counter()
@@ -68,32 +72,43 @@ def replay(
         now = 0
 
         def take(outs: list[Output]) -> None:
-            nonlocal icmp_sent
+            nonlocal icmp_sent, forwarded
+            groups: dict[int, list[Output]] = {}
             for o in outs:
+                groups.setdefault(o.seq, []).append(o)
                 if outputs is not None:
                     outputs.append(o)
-                if o.action == "tx":
-                    if writer:
-                        writer.write(o.data, ts_of.get(o.seq, now))
-                    if o.reason == "icmp":
-                        icmp_sent += 1
-                        final.setdefault(o.seq, "too_big")
-                    elif final.get(o.seq) != "forward":
-                        final[o.seq] = "forward"
-                        per_backend[o.backend_index] += 1
-                        per_vip[o.vip_index] += 1
+            for seq, group in groups.items():
+                ts = pending.pop(seq, now)
+                fwd = None
+                icmp = 0
+                for o in group:
+                    if o.action == "tx":
+                        if writer:
+                            writer.write(o.data, ts)
+                        if o.reason == "icmp":
+                            icmp += 1
+                        elif fwd is None:
+                            fwd = o
+                icmp_sent += icmp
+                if fwd is not None:
+                    forwarded += 1
+                    per_backend[fwd.backend_index] += 1
+                    per_vip[fwd.vip_index] += 1
+                elif icmp:
+                    dropped["too_big"] += 1
                 else:
-                    final.setdefault(o.seq, o.reason)
+                    dropped[group[0].reason] += 1
 
         batch: list[Packet] = []
         for rec in reader:
             packets_in += 1
             if not rec.ok:
-                final[rec.index] = "unsupported_linktype"
+                dropped["unsupported_linktype"] += 1
                 if outputs is not None:
                     outputs.append(Output(rec.index, "drop", DROP_CODES["unsupported_linktype"], b"", 0, -1))
                 continue
-            ts_of[rec.index] = rec.ts_ns
+            pending[rec.index] = rec.ts_ns
             now = max(now, rec.ts_ns)
             batch.append(Packet(rec.index, rec.data, rec.orig_len))
             if len(batch) == BURST_MAX:
@@ -112,12 +127,10 @@ def replay(
         if writer:
             writer.close()
 
-    dropped = Counter(r for r in final.values() if r != "forward")
-    forwarded = sum(1 for r in final.values() if r == "forward")
-    if len(final) != packets_in or forwarded + sum(dropped.values()) != packets_in:
+    if pending or forwarded + sum(dropped.values()) != packets_in:
         raise ReplayError(
             f"accounting mismatch: {packets_in} packets in, {forwarded} forwarded, "
-            f"{sum(dropped.values())} dropped, {packets_in - len(final)} unaccounted"
+            f"{sum(dropped.values())} dropped, {len(pending)} never came out of the data path"
         )
 
     def backend_addr(i: int) -> str:
