@@ -1,0 +1,64 @@
+"""`maglev whereis SRC:PORT DST:PORT/PROTO`: which backend a flow goes to, and why.
+
+With ``--config FILE`` the answer is computed offline from that config (every backend
+healthy); otherwise it comes from the running instance's control socket (the tables now
+published).  Both use the data path's own C code (maglev/telemetry/whereis.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("whereis")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Answer offline from this TOML config (every backend healthy).")
+@click.option("--control", envvar="MAGLEV_CONTROL", default="",
+              help="Control endpoint of a running maglev (default: the --instance's socket).")
+@click.option("--instance", envvar="MAGLEV_INSTANCE", default="mg1", show_default=True)
+@click.option("--workers", type=click.IntRange(0, 64), default=0,
+              help="With --config: also say which of N workers owns the flow.")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def whereis(src, dst, config_path, control, instance, workers, timeout, as_json) -> None:
+    """Which backend the flow SRC:PORT -> DST:PORT/PROTO goes to, and why (Maglev table
+    slot, generation, owning worker).  IPv6 as [ADDR]:PORT."""
+    from maglev.telemetry.whereis import parse_flow, whereis_config
+
+    flow = parse_flow(src, dst)
+    if config_path:
+        from maglev.config import load
+
+        ans = whereis_config(load(config_path), flow, workers=workers)
+    else:
+        from maglev.control import endpoints
+        from maglev.control.client import ControlClient
+        from maglev.control.protocol import ProtocolError
+
+        ep = control or endpoints.default_control(instance)
+        try:
+            with ControlClient(ep, timeout=timeout) as c:
+                ans = c.call("whereis", {"src": src, "dst": dst})
+        except ProtocolError as exc:
+            raise click.ClickException(f"whereis: {exc.code}: {exc.message}") from None
+    if as_json:
+        click.echo(json.dumps(ans))
+        return
+    click.echo(f"flow       {ans['flow']}")
+    if "vip" not in ans:
+        click.echo(f"verdict    {ans['verdict']}: {ans['why']}")
+        return
+    be = ans.get("backend", "-")
+    if ans.get("backend_name"):
+        be += f" ({ans['backend_name']})"
+    click.echo(f"vip        {ans['vip']} ({ans['encap']}, M={ans['table_size']})")
+    click.echo(f"backend    {be}   verdict {ans['verdict']}")
+    click.echo(f"slot       {ans['slot']} = flow hash {ans['flow_hash']} mod {ans['table_size']}")
+    if "worker" in ans:
+        click.echo(f"worker     {ans['worker']} of {ans['workers']} (high 32 bits of the flow hash)")
+    click.echo(f"generation {ans['generation']}   source: {ans['source']}")
+    click.echo(f"why        {ans['why']}")

@@ -1,0 +1,103 @@
+"""One real `maglev run` (generator traffic, 2 workers, control plane, --metrics on
+127.0.0.1, traces to a local OTLP receiver) shared by the end-to-end tests of this folder.
+
+Everything it creates -- the process group, the shared-memory region, the run and state
+directories, the receiver -- is removed at the end, also when a test fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from maglev.actors.pipeline import SAMPLE_CONFIG
+from maglev.testing.otlp import OtlpReceiver
+
+SAMPLE_EVERY = 500
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    def __init__(self, d: Path, name: str, port: int, rx: OtlpReceiver, proc: subprocess.Popen):
+        self.dir, self.name, self.port, self.rx, self.proc = d, name, port, rx, proc
+        self.control = f"ipc://{d}/run/{name}/control.sock"
+        self.config = d / "maglev.toml"
+        self.env = {**os.environ, **rx.env(), "MAGLEV_RUN_DIR": str(d / "run"),
+                    "MAGLEV_STATE_DIR": str(d / "state")}
+
+    def ctl(self, *args: str, otel: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
+        env = dict(self.env)
+        if not otel:
+            env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+            env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
+        return subprocess.run([sys.executable, "-m", "maglev_cli.main", "ctl", "--control", self.control, *args],
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "maglev_cli.main", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def _main_module_ok() -> bool:
+    try:
+        import maglev_cli.main  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="package")
+def running():
+    if not _main_module_ok():
+        pytest.skip("maglev_cli is not installed (pip install -e .)")
+    d = Path(tempfile.mkdtemp(prefix="mgo-", dir="/tmp"))
+    name = f"obs{os.getpid() % 100000}"
+    port = free_port()
+    cfg = SAMPLE_CONFIG.read_text().replace('name = "mg1"', f'name = "{name}"')
+    cfg += f"\n[tracing]\npacket_sample_rate = {SAMPLE_EVERY}\n"
+    (d / "maglev.toml").write_text(cfg)
+    rx = OtlpReceiver().__enter__()
+    proc = None
+    try:
+        r = Running(d, name, port, rx, None)  # type: ignore[arg-type]
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--workers", "2",
+             "--config", str(r.config), "--nic", "gen:flows=200,ipv6=0,seconds=120", "--json",
+             "--metrics", f"127.0.0.1:{port}", "--control", r.control, "--otlp-endpoint", rx.endpoint],
+            env=r.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True)
+        r.proc = proc
+        deadline = time.monotonic() + 40
+        while True:
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                pytest.fail(f"maglev run exited early ({proc.returncode}): {err[-2000:]}")
+            if Path(r.control[len("ipc://"):]).exists() and r.ctl("status").returncode == 0:
+                break
+            assert time.monotonic() < deadline, "maglev run did not start in 40 s"
+            time.sleep(0.3)
+        yield r
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)  # our child: a clean stop of every actor
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        rx.__exit__(None, None, None)
+        for shm in Path("/dev/shm").glob(f"maglev-{name}-*"):
+            shm.unlink(missing_ok=True)
+        shutil.rmtree(d, ignore_errors=True)
