@@ -20,6 +20,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("maglev_cli.replay", "replay"),
     ("maglev_cli.run", "run"),
     ("maglev_cli.ctl", "ctl"),
+    ("maglev_cli.top", "top"),
+    ("maglev_cli.whereis", "whereis"),
     ("maglev_cli.bgp", "bgp_speak"),
 ]
 
