@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from maglev.actors import controller
 from maglev.actors.base import Actor, ActorSpec
 from maglev.control import endpoints
 from maglev.control.manager import ConfigManager
@@ -106,10 +107,13 @@ class ConfigManagerActor(Actor):
 
         if req.op in observability.OPS:  # stats, trace, whereis (maglev/telemetry/ops.py)
             return observability.handle(self, req)
+        if req.op in controller.OPS:  # drain-instance, resume-instance (maglev/actors/controller.py)
+            return controller.config_handle_op(self, req)
         reply = self.manager.handle(req)
         if req.op == "status" and reply.ok:
             reply.result["endpoints"] = [s.bound_endpoint for s in self.servers]
             reply.result["live_workers"] = sorted(self.live)
+            controller.config_status_extra(self, reply.result)  # table fingerprints, controller state
         return reply
 
     def _emit(self, topic: str, body: dict[str, Any]) -> None:
@@ -128,6 +132,8 @@ class ConfigManagerActor(Actor):
 
     def handle(self, msg: dict[str, Any]) -> None:
         """Supervisor events: keep the set of workers the publisher waits for."""
+        if controller.config_handle_mailbox(self, msg):  # the supervisor's controller (events, VIP health)
+            return
         actor = str(msg.get("actor", ""))
         if not actor.startswith("worker-") or not actor[7:].isdigit():
             return
