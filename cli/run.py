@@ -109,7 +109,11 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         burst=burst, ring_size=ring_size, n_frames=frames, otlp_endpoint=otlp_endpoint,
         control=control, log_level=level,
     )
-    p = pl.Pipeline(opts)
+    from maglev.actors.controller import Controller
+
+    ctrl = Controller()  # announces/withdraws the VIPs over BGP (maglev/actors/controller.py)
+    p = pl.Pipeline(opts, on_message=ctrl.on_message)
+    ctrl.bind(p)
     finite_gen = p.nic_spec.kind == "gen" and any(
         k in ("seconds", "packets") and float(v) > 0 for k, v in p.nic_spec.options
     )
@@ -132,6 +136,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         while not stop_reason:
             p.poll(0.05)
             obs.tick()
+            ctrl.tick()
             if p.eof and (exit_on_eof or finite_gen):
                 break
             now = time.monotonic()
@@ -140,6 +145,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
                 click.echo(_live_line(c, prev, now - prev_t))
                 prev, prev_t = c, now
                 next_print = now + 1.0
+        ctrl.shutdown()  # withdraw every VIP and let the routers move away before stopping
         p.stop()
         s = p.summary()
     finally:
