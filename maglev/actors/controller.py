@@ -301,7 +301,7 @@ class Controller:
             self.transitions += 1
             reason = "; ".join(self.problems)
             if healthy:
-                log.warning("forwarder healthy")
+                log.info("forwarder healthy")
             else:
                 log.error("forwarder unhealthy: withdrawing every VIP", extra={"kv": {"reason": reason}})
             self.publish({"event": "controller.health", "healthy": healthy, "reasons": list(self.problems)})
