@@ -3,6 +3,7 @@ fills, entry counts and table differences.  Tables are ``array('i')`` (int32).""
 
 from __future__ import annotations
 
+import errno
 from array import array
 from collections.abc import Sequence
 
@@ -34,14 +35,34 @@ def _alive_arg(n: int, alive: Sequence[bool] | None):
     return ffi.new("uint8_t[]", [1 if a else 0 for a in alive])
 
 
+class KargerRing:
+    """The Karger ring of a backend set (``vnodes`` points per backend), built once;
+    :meth:`fill` makes tables for any subset of alive backends."""
+
+    def __init__(self, names: Names, vnodes: int):
+        n, blob, offs = names.args()
+        self.n = n
+        self.count = n * vnodes
+        if self.count > int(lib.MG_EVAL_MAX_POINTS):
+            check(-errno.E2BIG, "karger ring")
+        self._ring = ffi.new("struct mg_eval_point[]", max(self.count, 1))
+        self._start = ffi.new("uint32_t[]", int(lib.MG_EVAL_RING_INDEX))
+        check(lib.mg_eval_karger_ring(n, blob, offs, vnodes, self._ring, self._start), "karger ring")
+
+    def fill(self, m: int, alive: Sequence[bool] | None = None) -> array:
+        table = array("i", bytes(4 * m))
+        buf = ffi.from_buffer("int32_t[]", table)
+        rc = lib.mg_eval_karger_lookup(
+            m, self._ring, self.count, self._start, _alive_arg(self.n, alive), buf
+        )
+        check(rc, "karger fill")
+        return table
+
+
 def karger_fill(
     m: int, names: Names, vnodes: int, alive: Sequence[bool] | None = None
 ) -> array:
-    table = array("i", bytes(4 * m))
-    n, blob, offs = names.args()
-    buf = ffi.from_buffer("int32_t[]", table)
-    check(lib.mg_eval_karger_fill(m, n, blob, offs, _alive_arg(n, alive), vnodes, buf), "karger fill")
-    return table
+    return KargerRing(names, vnodes).fill(m, alive)
 
 
 def rendezvous_fill(m: int, names: Names, alive: Sequence[bool] | None = None) -> array:
@@ -50,6 +71,30 @@ def rendezvous_fill(m: int, names: Names, alive: Sequence[bool] | None = None) -
     buf = ffi.from_buffer("int32_t[]", table)
     check(lib.mg_eval_rendezvous_fill(m, n, blob, offs, _alive_arg(n, alive), buf), "rendezvous fill")
     return table
+
+
+class RendezvousTop:
+    """Every slot's ``depth`` best-scoring backends, computed once (one full pass);
+    :meth:`fill` then builds the table for any subset of alive backends in O(m * depth),
+    identical to :func:`rendezvous_fill` (slots whose candidates all failed are
+    recomputed in full; ``last_rescans`` counts them)."""
+
+    def __init__(self, m: int, names: Names, depth: int = 8):
+        n, blob, offs = names.args()
+        self.m, self.depth, self._names = m, depth, names
+        self._top = ffi.new("int32_t[]", m * depth)
+        check(lib.mg_eval_rendezvous_top(m, n, blob, offs, depth, self._top), "rendezvous top")
+        self.last_rescans = 0
+
+    def fill(self, alive: Sequence[bool] | None = None) -> array:
+        table = array("i", bytes(4 * self.m))
+        n, blob, offs = self._names.args()
+        buf = ffi.from_buffer("int32_t[]", table)
+        rc = lib.mg_eval_rendezvous_pick(
+            self.m, n, blob, offs, self.depth, self._top, _alive_arg(n, alive), buf
+        )
+        self.last_rescans = check(rc, "rendezvous fill")
+        return table
 
 
 def count(table: array, n: int) -> tuple[list[int], int]:

@@ -32,9 +32,29 @@ def test_c_fills_equal_the_python_reference(names, m, vnodes, data):
     alive = data.draw(
         st.none() | st.lists(st.booleans(), min_size=len(names), max_size=len(names))
     )
+    depth = data.draw(st.integers(1, 4))
     packed = en.Names(names)
-    assert list(en.karger_fill(m, packed, vnodes, alive)) == er.karger_fill(m, names, vnodes, alive)
-    assert list(en.rendezvous_fill(m, packed, alive)) == er.rendezvous_fill(m, names, alive)
+    karger = er.karger_fill(m, names, vnodes, alive)
+    assert list(en.karger_fill(m, packed, vnodes, alive)) == karger
+    # The ring built once for all backends gives the same table for any alive subset.
+    assert list(en.KargerRing(packed, vnodes).fill(m, alive)) == karger
+    rendezvous = er.rendezvous_fill(m, names, alive)
+    assert list(en.rendezvous_fill(m, packed, alive)) == rendezvous
+    # So do the per-slot top candidates, also when all of a slot's candidates failed.
+    assert list(en.RendezvousTop(m, packed, depth).fill(alive)) == rendezvous
+
+
+def test_rendezvous_top_recomputes_slots_whose_candidates_all_failed():
+    names = [f"n{i}".encode() for i in range(20)]
+    packed = en.Names(names)
+    top = en.RendezvousTop(509, packed, depth=1)
+    alive = [i % 2 == 0 for i in range(20)]
+    assert list(top.fill(alive)) == er.rendezvous_fill(509, names, alive)
+    # With one candidate per slot, every slot whose winner failed is recomputed.
+    winners = top.fill()
+    assert top.last_rescans == 0
+    top.fill(alive)
+    assert top.last_rescans == sum(1 for w in winners if not alive[w])
 
 
 def test_fills_with_no_alive_backend_are_empty():
@@ -48,12 +68,14 @@ def test_fills_with_no_alive_backend_are_empty():
 
 
 def test_karger_rejects_bad_arguments():
-    with pytest.raises(NativeError, match="karger fill: invalid argument"):
+    with pytest.raises(NativeError, match="karger ring: invalid argument"):
         en.karger_fill(11, en.Names([b"x" * (en.NAME_MAX + 1)]), 3)
-    with pytest.raises(NativeError, match="karger fill: invalid argument"):
+    with pytest.raises(NativeError, match="karger ring: invalid argument"):
         en.karger_fill(11, en.Names([b"a"]), 0)
-    with pytest.raises(NativeError, match="karger fill: argument too large"):
-        en.karger_fill(11, en.Names([b"a", b"b"]), 9 << 20)
+    with pytest.raises(NativeError, match="karger ring: argument too large"):
+        en.KargerRing(en.Names([b"a", b"b"]), 9 << 20)
+    with pytest.raises(NativeError, match="rendezvous top: invalid argument"):
+        en.RendezvousTop(11, en.Names([b"a"]), 0)
     with pytest.raises(ValueError, match="alive has 1 flags for 2 backends"):
         en.rendezvous_fill(11, en.Names([b"a", b"b"]), [True])
 

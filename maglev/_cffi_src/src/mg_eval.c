@@ -29,24 +29,18 @@ static int check_names(uint32_t n, const uint32_t *name_off)
     return 0;
 }
 
-struct point {
-    uint64_t pos;
-    uint32_t backend;
-    uint32_t pad;
-};
-
 /* LSD radix sort of points by pos, 16 bits per pass.  Stable, so points generated in
  * backend order keep backend order among equal positions (the documented tie rule). */
-static int sort_points(struct point *p, size_t count)
+static int sort_points(struct mg_eval_point *p, size_t count)
 {
-    struct point *tmp = malloc(sizeof(*tmp) * count);
+    struct mg_eval_point *tmp = malloc(sizeof(*tmp) * (count ? count : 1));
     size_t *hist = malloc(sizeof(*hist) * 65536);
     if (!tmp || !hist) {
         free(tmp);
         free(hist);
         return -ENOMEM;
     }
-    struct point *src = p, *dst = tmp;
+    struct mg_eval_point *src = p, *dst = tmp;
     for (int shift = 0; shift < 64; shift += 16) {
         memset(hist, 0, sizeof(*hist) * 65536);
         for (size_t k = 0; k < count; k++)
@@ -59,7 +53,7 @@ static int sort_points(struct point *p, size_t count)
         }
         for (size_t k = 0; k < count; k++)
             dst[hist[(src[k].pos >> shift) & 0xffff]++] = src[k];
-        struct point *t = src;
+        struct mg_eval_point *t = src;
         src = dst;
         dst = t;
     }
@@ -69,33 +63,19 @@ static int sort_points(struct point *p, size_t count)
     return 0;
 }
 
-int mg_eval_karger_fill(uint32_t m, uint32_t n, const uint8_t *names, const uint32_t *name_off,
-                        const uint8_t *alive, uint32_t vnodes, int32_t *table)
+int mg_eval_karger_ring(uint32_t n, const uint8_t *names, const uint32_t *name_off,
+                        uint32_t vnodes, struct mg_eval_point *ring, uint32_t *start)
 {
-    if (m < 1 || vnodes == 0 || check_names(n, name_off) < 0)
+    if (vnodes == 0 || check_names(n, name_off) < 0)
         return -EINVAL;
-    uint32_t live = 0;
-    for (uint32_t i = 0; i < n; i++) {
+    for (uint32_t i = 0; i < n; i++)
         if (name_off[i + 1] - name_off[i] > MG_EVAL_NAME_MAX)
             return -EINVAL;
-        live += !alive || alive[i];
-    }
-    for (uint32_t j = 0; j < m; j++)
-        table[j] = MG_NO_BACKEND;
-    if (live == 0)
-        return 0;
-    if ((uint64_t)live * vnodes > MG_EVAL_MAX_POINTS)
+    if ((uint64_t)n * vnodes > MG_EVAL_MAX_POINTS)
         return -E2BIG;
-
-    size_t count = (size_t)live * vnodes;
-    struct point *ring = malloc(sizeof(*ring) * count);
-    if (!ring)
-        return -ENOMEM;
-    size_t k = 0;
+    size_t count = (size_t)n * vnodes, k = 0;
     uint8_t buf[MG_EVAL_NAME_MAX + 4];
     for (uint32_t i = 0; i < n; i++) {
-        if (alive && !alive[i])
-            continue;
         uint32_t len = name_off[i + 1] - name_off[i];
         memcpy(buf, names + name_off[i], len);
         for (uint32_t v = 0; v < vnodes; v++) {
@@ -110,23 +90,31 @@ int mg_eval_karger_fill(uint32_t m, uint32_t n, const uint8_t *names, const uint
         }
     }
     int rc = sort_points(ring, count);
-    if (rc < 0) {
-        free(ring);
+    if (rc < 0)
         return rc;
-    }
-    /* Index by the top 16 bits: start[d] = first point whose top bits are >= d, so a
-     * lookup scans only the few points of one bucket (1M points: ~16 per bucket) instead
-     * of binary-searching 16 MiB. */
-    uint32_t *start = malloc(sizeof(*start) * 65537);
-    if (!start) {
-        free(ring);
-        return -ENOMEM;
-    }
+    /* Index by the top 16 bits so a lookup scans the few points of one bucket (1M
+     * points: ~16 per bucket) instead of binary-searching 16 MiB. */
     size_t at = 0;
-    for (uint32_t d = 0; d <= 65536; d++) {
+    for (uint32_t d = 0; d < MG_EVAL_RING_INDEX; d++) {
         while (at < count && (ring[at].pos >> 48) < d)
             at++;
         start[d] = (uint32_t)at;
+    }
+    return 0;
+}
+
+int mg_eval_karger_lookup(uint32_t m, const struct mg_eval_point *ring, uint32_t count,
+                          const uint32_t *start, const uint8_t *alive, int32_t *table)
+{
+    if (m < 1)
+        return -EINVAL;
+    uint32_t live = 0;
+    for (uint32_t k = 0; k < count && !live; k++)
+        live = !alive || alive[ring[k].backend];
+    if (!live) {
+        for (uint32_t j = 0; j < m; j++)
+            table[j] = MG_NO_BACKEND;
+        return 0;
     }
     for (uint32_t j = 0; j < m; j++) {
         uint64_t h = slot_hash(j);
@@ -134,12 +122,106 @@ int mg_eval_karger_fill(uint32_t m, uint32_t n, const uint8_t *names, const uint
         while (lo < hi && ring[lo].pos < h)
             lo++;
         /* lo == hi: no point >= h in this bucket; the successor is the first point of a
-         * later bucket, which is ring[hi] (or the wrap-around to ring[0]). */
-        table[j] = (int32_t)ring[lo < count ? lo : 0].backend;
+         * later bucket, ring[hi], or the wrap-around to ring[0]. */
+        if (lo == count)
+            lo = 0;
+        /* A failed backend's points are not on the ring: walk on to the next alive one
+         * (one exists, checked above). */
+        while (alive && !alive[ring[lo].backend])
+            lo = lo + 1 == count ? 0 : lo + 1;
+        table[j] = (int32_t)ring[lo].backend;
     }
-    free(start);
-    free(ring);
     return 0;
+}
+
+/* Hash of every backend name for Rendezvous scores. */
+static uint64_t *backend_hashes(uint32_t n, const uint8_t *names, const uint32_t *name_off)
+{
+    uint64_t *hb = malloc(sizeof(*hb) * (n ? n : 1));
+    if (hb)
+        for (uint32_t i = 0; i < n; i++)
+            hb[i] = mg_siphash13(MG_EVAL_KEY_RENDEZVOUS_K0, MG_EVAL_KEY_RENDEZVOUS_K1,
+                                 names + name_off[i], name_off[i + 1] - name_off[i]);
+    return hb;
+}
+
+int mg_eval_rendezvous_top(uint32_t m, uint32_t n, const uint8_t *names,
+                           const uint32_t *name_off, uint32_t l, int32_t *top)
+{
+    if (l == 0 || check_names(n, name_off) < 0)
+        return -EINVAL;
+    uint64_t *hb = backend_hashes(n, names, name_off);
+    uint64_t *best = malloc(sizeof(*best) * l);
+    if (!hb || !best) {
+        free(hb);
+        free(best);
+        return -ENOMEM;
+    }
+    for (uint32_t j = 0; j < m; j++) {
+        int32_t *t = top + (size_t)j * l;
+        uint32_t have = 0;
+        uint64_t h = slot_hash(j);
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t s = mix64(hb[i] ^ h);
+            /* Sorted insert; strict comparisons keep the lower index first among equal
+             * scores, since indices arrive in increasing order. */
+            if (have == l && s <= best[l - 1])
+                continue;
+            uint32_t q = have < l ? have++ : l - 1;
+            while (q > 0 && s > best[q - 1]) {
+                best[q] = best[q - 1];
+                t[q] = t[q - 1];
+                q--;
+            }
+            best[q] = s;
+            t[q] = (int32_t)i;
+        }
+        for (uint32_t q = have; q < l; q++)
+            t[q] = MG_NO_BACKEND;
+    }
+    free(hb);
+    free(best);
+    return 0;
+}
+
+int64_t mg_eval_rendezvous_pick(uint32_t m, uint32_t n, const uint8_t *names,
+                                const uint32_t *name_off, uint32_t l, const int32_t *top,
+                                const uint8_t *alive, int32_t *table)
+{
+    if (l == 0 || check_names(n, name_off) < 0)
+        return -EINVAL;
+    uint64_t *hb = NULL;
+    int64_t rescans = 0;
+    for (uint32_t j = 0; j < m; j++) {
+        const int32_t *t = top + (size_t)j * l;
+        int32_t win = MG_NO_BACKEND;
+        uint32_t q = 0;
+        for (; q < l && t[q] >= 0; q++) {
+            if (!alive || alive[t[q]]) {
+                win = t[q];
+                break;
+            }
+        }
+        /* Every candidate failed and the list was full: other backends may be alive. */
+        if (win < 0 && q == l && n > l) {
+            if (!hb && !(hb = backend_hashes(n, names, name_off)))
+                return -ENOMEM;
+            uint64_t h = slot_hash(j), best = 0;
+            for (uint32_t i = 0; i < n; i++) {
+                if (alive && !alive[i])
+                    continue;
+                uint64_t s = mix64(hb[i] ^ h);
+                if (win < 0 || s > best) {
+                    best = s;
+                    win = (int32_t)i;
+                }
+            }
+            rescans++;
+        }
+        table[j] = win;
+    }
+    free(hb);
+    return rescans;
 }
 
 int mg_eval_rendezvous_fill(uint32_t m, uint32_t n, const uint8_t *names,
