@@ -139,7 +139,7 @@ class Actor:
 
     kind = "actor"
     tick_s = 0.1  # housekeeping period while busy: mailbox, heartbeat, parent check
-    heartbeat_s = 0.5
+    heartbeat_s = 1.0  # the supervisor declares an actor hung after 3 s without one
     # Longest sleep in wait(): bounds how late an idle actor sees a mailbox message, and
     # sets the idle cost (two wake-ups a second per actor).
     idle_wait_s = 0.5

@@ -10,7 +10,8 @@ Adding an actor to a run is adding one ``ActorDef`` to the list: the control-pla
 (config manager, health prober, BGP speaker) are entries like the data-path ones.
 
 Watching: a child that exits while the run is not stopping is restarted at once with
-``incarnation + 1`` (``Popen.poll`` sees a ``kill -9`` within one supervisor tick, 20 ms).
+``incarnation + 1``: each child's pidfd is polled together with the mailbox, so a
+``kill -9`` wakes the supervisor at once even while it sleeps for a second.
 The replacement is a *standby* process started in advance with the runtime's modules
 already imported (``launch --standby``), so it is running the actor's setup within
 milliseconds instead of after ~1 s of interpreter start and imports;
@@ -138,6 +139,9 @@ class Supervisor:
         self._tracer: Any = None
         self.use_standby = True
         self._standby: subprocess.Popen | None = None
+        # pid -> pidfd of each live child: polled with the mailbox, so a death wakes the
+        # supervisor at once however long it sleeps (no busy polling of waitpid).
+        self._pidfds: dict[int, int] = {}
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -220,6 +224,10 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
             )
         c.proc = proc
+        try:
+            self._pidfds[proc.pid] = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # old kernel: deaths are seen at the next poll
+            pass
         c.started_at = c.last_hb = time.monotonic()
         c.hello = False
         c.bye = False
@@ -253,11 +261,22 @@ class Supervisor:
             if c.hello and c.proc is not None and c.proc.poll() is None:
                 self.send(n, type_, **body)
 
+    def _forget_pidfd(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
+
     def poll(self, timeout_s: float = 0.0) -> None:
-        """Handle mailbox traffic for up to ``timeout_s``, then check every child."""
+        """Wait up to ``timeout_s`` for mailbox traffic or a child's death, handle the
+        messages, then check every child (deaths, heartbeats)."""
         import zmq
 
-        if self._sock.poll(int(timeout_s * 1000)):
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        for fd in self._pidfds.values():
+            poller.register(fd, zmq.POLLIN)
+        events = dict(poller.poll(int(timeout_s * 1000)))
+        if self._sock in events:
             while True:
                 try:
                     ident, raw = self._sock.recv_multipart(zmq.NOBLOCK)
@@ -305,6 +324,8 @@ class Supervisor:
             if c.proc is None:
                 continue
             rc = c.proc.poll()
+            if rc is not None:
+                self._forget_pidfd(c.proc.pid)
             if rc is None:
                 limit = self.heartbeat_timeout_s if c.hello else self.startup_timeout_s
                 if not c.stopping and not self.stopping and now - c.last_hb > limit:
@@ -421,6 +442,8 @@ class Supervisor:
             if c.proc is not None and c.proc.poll() is None:
                 self._kill(c.proc)
                 c.proc.wait(timeout=5)
+        for pid in list(self._pidfds):
+            self._forget_pidfd(pid)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
