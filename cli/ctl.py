@@ -132,6 +132,8 @@ def status(ctx, as_json) -> None:
     c = r["counters"]
     click.echo(f"changes       {c['changes_applied']} applied, {c['changes_rejected']} rejected, "
                f"{c['unconfirmed']} unconfirmed; health transitions {c['health_transitions']}")
+    for line in status_lines(r):  # table fingerprints, controller (maglev_cli.ctl_scaleout)
+        click.echo(line)
 
 
 @ctl.command()
@@ -322,3 +324,9 @@ from maglev_cli.ctl_obs import stats, trace  # noqa: E402
 
 ctl.add_command(stats)
 ctl.add_command(trace)
+
+# Scale-out subcommands (drain-instance, resume-instance) live in maglev_cli.ctl_scaleout.
+from maglev_cli.ctl_scaleout import drain_instance, resume_instance, status_lines  # noqa: E402
+
+ctl.add_command(drain_instance)
+ctl.add_command(resume_instance)
