@@ -168,7 +168,7 @@ def desired(healthy: bool, drained: bool, serving: dict[str, bool]) -> set[str]:
 
 @dataclass
 class ControllerOptions:
-    heartbeat_limit_s: float = 1.5
+    heartbeat_limit_s: float = 2.5  # actors beat every 1 s; the supervisor kills at 3 s
     stall_s: float = 2.0
     withdraw_after_s: float = 1.0
     announce_after_s: float = 1.0
