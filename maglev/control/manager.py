@@ -143,7 +143,7 @@ class ConfigManager:
 
         The state file (the last accepted config) wins while the source file is the one it
         descends from; an edited source file wins over the state file."""
-        src_sha = persist.file_sha256(source_path) if source_path else ""
+        src_sha = persist.source_id(source_path) if source_path else ""
         config: Config | None = None
         resumed = False
         if state_path:
@@ -153,7 +153,8 @@ class ConfigManager:
                 if not source_path or state_src == src_sha:
                     config, resumed = state_cfg, True
                 else:
-                    log.warning("%s changed since the last accepted state; starting from it", source_path)
+                    log.warning("%s is not the file the last accepted state came from (edited, or "
+                                "another file); starting from it", source_path)
         if config is None:
             config = cfg.load(source_path) if source_path else Config()
         mgr = cls(config, publisher, source_path=source_path, state_path=state_path, source_sha256=src_sha, **kw)
@@ -497,7 +498,7 @@ class ConfigManager:
                 INVALID_CONFIG, "; ".join(exc.problems), first.split(": ", 1)[0], details=exc.problems
             ) from None
         old_sha = self.source_sha256
-        self.source_sha256 = persist.file_sha256(self.source_path)
+        self.source_sha256 = persist.source_id(self.source_path)
         try:
             result = self.apply(new, "reload")
         except BaseException:

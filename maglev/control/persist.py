@@ -13,7 +13,8 @@ than TOML because it is written on every change, in the reply's critical path: f
 backends ``json.dumps`` takes about a millisecond, the TOML writer tens.  ``maglev ctl
 config`` prints the running config as TOML when an operator wants a file back.
 
-``source_sha256`` is the SHA-256 of the operator's source file the state descends from.
+``source_sha256`` identifies the operator's source file the state descends from (SHA-256
+of its absolute path and content, :func:`source_id`).
 At start the config manager resumes the state file only while the source file is
 unchanged; when the operator has edited the source, the edit wins
 (docs/control-protocol.md, "Persistence").
@@ -33,11 +34,16 @@ from maglev.errors import ConfigError
 STATE_FORMAT = "maglev-state-1"
 
 
-def file_sha256(path: str | Path) -> str:
+def source_id(path: str | Path) -> str:
+    """SHA-256 of a source file's absolute path and content: a state file is resumed only
+    for the same file, unchanged.  (With the content alone, two runs from equal copies of a
+    config -- tests, labs -- would resume each other's live changes.)"""
+    p = Path(path).resolve()
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        data = p.read_bytes()
     except OSError:
         return ""
+    return hashlib.sha256(str(p).encode() + b"\0" + data).hexdigest()
 
 
 def atomic_write(path: str | Path, data: bytes, mode: int = 0o600) -> None:

@@ -317,3 +317,13 @@ def test_revalidation_memo_never_accepts_a_lookalike(bad):
     assert Config.from_dict(cfg(1)).vips[0].backends[0].weight == 1
     with pytest.raises(ConfigError, match="is not an integer"):
         Config.from_dict(cfg(bad))
+
+
+def test_state_of_another_source_file_is_not_resumed(mgr, publisher, tmp_path):
+    """Two runs from equal copies of a config (tests, labs) must not resume each other."""
+    mgr.handle(req("set-weight", vip=VIP, backend="198.18.1.1", weight=4))
+    copy = tmp_path / "copy.toml"
+    copy.write_bytes(mgr.source_path.read_bytes())
+    other = ConfigManager.open(publisher, source_path=copy, state_path=mgr.state_path,
+                               build_tables=fallback_build_tables)
+    assert not other.resumed and other.config.vips[0].backends[0].weight == 1
