@@ -222,7 +222,7 @@ class Controller:
         if t == "bgp.event" and name == BGP_ACTOR:
             body = {k: v for k, v in msg.items() if k not in ("v", "type", "name", "pid")}
             self.publish(body)
-        elif t == "bgp.reply" and name == BGP_ACTOR:
+        elif t == "bgp.reply" and name == BGP_ACTOR and msg.get("op") in ("bgp.announce", "bgp.withdraw", "bgp.state"):
             if not msg.get("ok", False):
                 self.commands_failed += 1
                 log.error("BGP speaker refused a command", extra={"kv": {"error": msg.get("error")}})

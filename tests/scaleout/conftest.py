@@ -1,0 +1,110 @@
+"""Helpers for the scale-out tests: a BGP "router" on 127.0.0.1 (maglev's own Speaker in a
+thread, counting what it receives), and waiting with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from maglev.bgp.speaker import Speaker
+from maglev.config import Config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class RouterThread:
+    """A passive BGP peer on 127.0.0.1:``port`` (AS 64512) that accepts maglev (AS 64513)
+    and records the prefixes maglev announces.  Runs its own event loop in a thread."""
+
+    def __init__(self, port: int):
+        self.port = port
+        cfg = Config.from_dict({"bgp": {
+            "local_asn": 64512, "router_id": "198.18.0.1", "listen_port": port, "listen_address": "127.0.0.1",
+            "peer": [{"address": "127.0.0.1", "asn": 64513, "passive": True, "hold_time": 9}],
+        }}).bgp  # fmt: skip
+        self.loop = asyncio.new_event_loop()
+        self.speaker = Speaker(cfg)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> RouterThread:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.speaker.start(), self.loop).result(10)
+        return self
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def received(self) -> set[str]:
+        return self._call(lambda: {str(p) for s in self.speaker.sessions for p in s.received})
+
+    def state(self) -> str:
+        return self._call(lambda: self.speaker.sessions[0].state.name)
+
+    def close(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.speaker.stop("test over"), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that accepts and closes (a health-check target); ``stop``
+    and ``start`` again on the same port."""
+
+    def __init__(self):
+        self.port = 0
+        self.sock: socket.socket | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> Listener:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        s.settimeout(0.2)
+        self.port = s.getsockname()[1]
+        self.sock = s
+        self.thread = threading.Thread(target=self._accept, args=(s,), daemon=True)
+        self.thread.start()
+        return self
+
+    def _accept(self, s: socket.socket) -> None:
+        while self.sock is s:
+            try:
+                conn, _ = s.accept()
+                conn.close()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        s, self.sock = self.sock, None
+        if self.thread is not None:
+            self.thread.join(5)
+        if s is not None:
+            s.close()

@@ -1,0 +1,170 @@
+"""``maglev run`` with [bgp] peers: the controller announces, withdraws and drains through the
+real BGP speaker actor, toward a BGP peer on 127.0.0.1 (no root needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from maglev.control.protocol import decode_event
+from maglev.hashing import build_table
+from maglev.testing.packets import write_pcap
+
+from .conftest import Listener, RouterThread, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+VIP_A = "203.0.113.10/32"  # health "none": always serving
+VIP_B = "203.0.113.20/32"  # one backend, TCP-checked against a listener the test controls
+
+
+def _config(tmp: Path, router_port: int, check_port: int) -> Path:
+    text = f"""
+[instance]
+name = "ctltest"
+source_ipv4 = "198.18.2.2"
+
+[bgp]
+local_asn = 64513
+router_id = "198.18.2.2"
+listen_port = 0
+connect_retry_time = 1
+
+[[bgp.peer]]
+address = "127.0.0.1"
+port = {router_port}
+asn = 64512
+hold_time = 9
+
+[[vip]]
+address = "203.0.113.10"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.2.11"
+name = "be1"
+[[vip.backend]]
+address = "198.18.2.12"
+name = "be2"
+
+[[vip]]
+address = "203.0.113.20"
+port = 80
+protocol = "tcp"
+[vip.health]
+type = "tcp"
+port = {check_port}
+interval_ms = 200
+timeout_ms = 200
+rise = 1
+fall = 1
+[[vip.backend]]
+address = "127.0.0.1"
+name = "local"
+"""
+    p = tmp / "maglev.toml"
+    p.write_text(text)
+    return p
+
+
+def _ctl(control: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from maglev_cli.main import main; main()", "ctl", "--control", control, *args],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def _status(control: str) -> dict:
+    r = _ctl(control, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_controller_follows_health_drain_and_shutdown(tmp_path):
+    router = RouterThread(free_port()).start()
+    listener = Listener().start()
+    conf = _config(tmp_path, router.port, listener.port)
+    empty = write_pcap(tmp_path / "empty.pcap", [])
+    control = f"ipc://{tmp_path}/ctl.sock"
+    env = {**os.environ, "MAGLEV_STATE_DIR": str(tmp_path / "state"), "MAGLEV_RUN_DIR": str(tmp_path / "run")}
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--config", str(conf),
+         "--nic", f"pcap:{empty}", "--workers", "1", "--control", control, "--json"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"bgp")
+    events: list[dict] = []
+
+    def drain_events() -> list[dict]:
+        while sub.poll(0):
+            topic, body = decode_event(sub.recv_multipart())
+            events.append(body)
+        return events
+
+    try:
+        wait_until(lambda: Path(f"{tmp_path}/events.sock").exists(), 30, "the control sockets")
+        sub.connect(f"ipc://{tmp_path}/events.sock")
+        # Both VIPs can serve (listener up): both announced once healthy for announce_after_s.
+        wait_until(lambda: router.received() == {VIP_A, VIP_B}, 30, "both VIPs announced")
+        st = _status(control)
+        assert st["controller"]["healthy"] and st["controller"]["bgp"]
+        assert sorted(st["controller"]["announced"]) == [VIP_A, VIP_B]
+
+        # Fingerprints: what any instance builds from the same backends.
+        fps = {t["vip"]: t["fingerprint"] for t in st["tables"]}
+        assert fps["203.0.113.10:80/tcp"] == build_table([("be1", 1), ("be2", 1)]).fingerprint()
+        assert fps["203.0.113.20:80/tcp"] == build_table([("local", 1)]).fingerprint()
+        human = _ctl(control, "status")
+        assert f"fingerprint {fps['203.0.113.10:80/tcp']}" in human.stdout and "forwarder     healthy" in human.stdout
+
+        # The only backend of VIP B fails its check: B is withdrawn, A stays.
+        listener.stop()
+        wait_until(lambda: router.received() == {VIP_A}, 15, "VIP B withdrawn after its backend went down")
+        listener.start()
+        wait_until(lambda: router.received() == {VIP_A, VIP_B}, 15, "VIP B back")
+
+        # Drain: everything withdrawn, the session stays up; resume brings them back.
+        r = _ctl(control, "drain-instance")
+        assert r.returncode == 0 and "drained" in r.stdout, r.stderr
+        wait_until(lambda: router.received() == set(), 10, "every VIP withdrawn on drain-instance")
+        assert router.state() == "ESTABLISHED"
+        assert "DRAINED" in _ctl(control, "status").stdout
+        r = _ctl(control, "resume-instance")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: router.received() == {VIP_A, VIP_B}, 10, "VIPs back after resume-instance")
+
+        # The event stream carried session states and the controller's decisions.
+        wait_until(lambda: any(e.get("event") == "controller.announce" for e in drain_events()), 5, "events")
+        kinds = {e.get("event") for e in drain_events()}
+        assert {"controller.withdraw", "controller.announce", "controller.drain", "bgp.route"} <= kinds, kinds
+        withdraws = [e for e in events if e.get("event") == "controller.withdraw"]
+        assert {"prefix": VIP_B, "reason": "no healthy backend"} in [
+            {k: e[k] for k in ("prefix", "reason")} for e in withdraws]  # fmt: skip
+
+        # Clean stop: withdrawn first (while the session is still up), then CEASE.
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        wait_until(lambda: router.received() == set(), 10, "VIPs withdrawn on shutdown")
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - t0 >= 0.9  # the controller waited for the routers
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+        listener.stop()
+        sub.close()
+        ctx.term()
+        router.close()
