@@ -147,7 +147,19 @@ class ConfigManager:
         config: Config | None = None
         resumed = False
         if state_path:
-            state = persist.load_state(state_path)
+            try:
+                state = persist.load_state(state_path)
+            except ConfigError as exc:
+                if not source_path:
+                    raise
+                # Refusing to start would take the load balancer down over a stale file
+                # (e.g. written before a config key was renamed): keep it aside, say so
+                # loudly, and start from the operator's file.
+                aside = Path(f"{state_path}.invalid")
+                os.replace(state_path, aside)
+                log.error("state file %s is not usable (%s); moved to %s, starting from %s",
+                          state_path, "; ".join(exc.problems), aside, source_path)
+                state = None
             if state is not None:
                 state_cfg, state_src = state
                 if not source_path or state_src == src_sha:

@@ -327,3 +327,12 @@ def test_state_of_another_source_file_is_not_resumed(mgr, publisher, tmp_path):
     other = ConfigManager.open(publisher, source_path=copy, state_path=mgr.state_path,
                                build_tables=fallback_build_tables)
     assert not other.resumed and other.config.vips[0].backends[0].weight == 1
+
+
+def test_unusable_state_file_is_set_aside_not_fatal(mgr, publisher):
+    mgr.state_path.write_text('{"format": "maglev-state-1", "config": {"vip": [{"adress": "x"}]}}')
+    again = ConfigManager.open(publisher, source_path=mgr.source_path, state_path=mgr.state_path,
+                               build_tables=fallback_build_tables)
+    assert not again.resumed and len(again.config.vips[0].backends) == 3
+    assert mgr.state_path.with_name("state.json.invalid").exists()
+    assert persist.load_state(mgr.state_path)[0] == again.config
