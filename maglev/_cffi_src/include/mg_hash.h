@@ -1,6 +1,6 @@
 /* Hash functions.  These are a compatibility surface: every maglev instance and every
  * version must compute the same values, or flows move on an upgrade.  Golden vectors in
- * tests/test_hash_vectors.py pin them; changing them is a breaking change.
+ * tests/hashing/test_vectors.py pin them; changing them is a breaking change.
  *
  * SipHash-1-3 (Aumasson & Bernstein; 1 compression round, 3 finalization rounds, the
  * variant Rust's std HashMap uses) with a 128-bit key given as two little-endian
