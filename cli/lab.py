@@ -65,7 +65,11 @@ def lab() -> None:
 @click.option("--state-dir", default=None, help="Where the lab state lives (default /run/maglev-lab).")
 @click.option("--prefix", default="mglab", show_default=True, help="Namespace name prefix (for several labs).")
 @click.option("--json", "as_json", is_flag=True, help="Print namespaces, addresses and VIPs as JSON.")
-def up(backends, encap, weights, workers, ring, no_forwarder, wait_s, state_dir, prefix, as_json) -> None:
+@click.option("--instances", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="maglev instances (with --bgp: behind a BIRD router doing ECMP; docs/scaleout.md).")
+@click.option("--bgp", is_flag=True, help="Routers learn the VIPs over BGP from every instance (BIRD 2).")
+def up(backends, encap, weights, workers, ring, no_forwarder, wait_s, state_dir, prefix, as_json,
+       instances, bgp) -> None:
     """Create the lab: client, router, maglev and N backend namespaces, HTTP servers,
     decapsulation, and `maglev run --nic afpacket:eth0`.  Harmless when already up."""
     from maglev.lab.topology import LabSpec
@@ -73,10 +77,22 @@ def up(backends, encap, weights, workers, ring, no_forwarder, wait_s, state_dir,
     spec = LabSpec(backends=backends, encap=encap, weights=_weights(weights, backends),
                    forwarder=not no_forwarder, workers=workers, ring=ring or "", prefix=prefix)
     lab_ = _lab(state_dir)
+    if instances > 1 and not bgp:
+        raise click.BadParameter("several instances need --bgp (the router learns them over BGP)",
+                                 param_hint="--instances")
+    if bgp:  # maglev/lab/scaleout.py
+        from maglev.lab.scaleout import ScaleoutLab
+
+        lab_ = ScaleoutLab(lab_.state_dir)
+        spec.extra["instances"] = instances
     if state_dir:
         spec.state_dir = lab_.state_dir
     state = lab_.up(spec, wait_s=wait_s)
     print_summary(state, as_json)
+    if bgp and not as_json:
+        from maglev.lab.scaleout import summary_lines
+
+        click.echo("\n".join(summary_lines(state)))
 
 
 @lab.command()
