@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,34 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # ../shared/corpus beside the checkout (CI lays shared/ beside the clone as well).
 CORPUS = Path(os.environ.get("MAGLEV_CORPUS", REPO.parent / "shared" / "corpus"))
+
+
+# Keep every run/state/lab directory the tests create out of /run and /var/lib: the suite
+# must not touch a real maglev on this machine and must leave nothing behind.  Set before
+# collection (pytest_configure), because some modules read these at import time.  The
+# base path is short: ipc:// socket paths are limited to 107 bytes.
+_RUN_DIR_VARS = {"MAGLEV_RUN_DIR": "run", "MAGLEV_STATE_DIR": "state", "MAGLEV_LAB_DIR": "lab"}
+_saved_env: dict[str, str | None] = {}
+_private_base: list[Path] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    base = Path(tempfile.mkdtemp(prefix="mgt-", dir="/tmp"))
+    _private_base.append(base)
+    for key, sub in _RUN_DIR_VARS.items():
+        _saved_env[key] = os.environ.get(key)
+        if not os.environ.get(key):
+            os.environ[key] = str(base / sub)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for key, value in _saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    for base in _private_base:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
