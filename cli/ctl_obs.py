@@ -125,16 +125,22 @@ def trace(ctx, vip, src, count, seconds, sample_every, as_json) -> None:
     if sample_every is not None:
         args["sample_every"] = sample_every
     before = {p["trace_id"] for p in _call(ctx, "trace", {}, as_json)["packets"]} if args.get("count") else set()
+
+    def fresh(packets: list[dict[str, Any]]) -> list[dict[str, Any]]:  # this filter's, not sampled ones
+        return [p for p in packets if p["trace_id"] not in before and p.get("marked_by") == "filter"]
+
     r = _call(ctx, "trace", args, as_json)
+    armed = r.get("armed")
     want = int(args.get("count", 0))
     new: list[dict[str, Any]] = []
     deadline = time.monotonic() + seconds
     while want:
-        new = [p for p in r["packets"] if p["trace_id"] not in before]
+        new = fresh(r["packets"])
         if len(new) >= want or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
         r = _call(ctx, "trace", {}, as_json)
+    r["armed"] = armed
     if as_json or _opts(ctx)["json"]:
         click.echo(json.dumps({**r, "traced": new}))
         return

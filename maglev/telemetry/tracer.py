@@ -419,6 +419,7 @@ def record_to_dict(rec: Any) -> dict[str, Any]:
         "conntrack": ("reselected" if fl & lib.MG_TRACE_F_CT_RESELECT
                       else "hit" if fl & lib.MG_TRACE_F_CT_HIT else "miss"),
         "fragment": bool(fl & lib.MG_FRAME_F_FRAGMENT),
+        "marked_by": "filter" if fl & lib.MG_TRACE_F_FILTER else "sample",
     }
 
 
@@ -463,7 +464,10 @@ class SteeringTracer:
         self._last_finished = -1
         self.emitted = 0
         self.failed = False
-        self.records: list[dict[str, Any]] = []  # the last few, for tests and `ctl trace`
+        # The last few records, for `maglev ctl trace`: filter matches are kept apart so a
+        # busy sampler cannot push them out before the operator's poll sees them.
+        self.sampled: list[dict[str, Any]] = []
+        self.filtered: list[dict[str, Any]] = []
         self.keep = 64
 
     def _tables(self) -> Any:
@@ -499,11 +503,12 @@ class SteeringTracer:
             for r in recs:
                 self._name(r, info)
                 self._emit(r)
-            self.records = (self.records + recs)[-self.keep:]
+            self.filtered = (self.filtered + [r for r in recs if r["marked_by"] == "filter"])[-self.keep:]
+            self.sampled = (self.sampled + [r for r in recs if r["marked_by"] != "filter"])[-self.keep // 4:]
         if n_total and self.run_dir:
             from maglev.telemetry.ops import write_traces
 
-            write_traces(self.run_dir, self.records)  # for `maglev ctl trace`
+            write_traces(self.run_dir, self.sampled + self.filtered)  # for `maglev ctl trace`
         base = self.region.base
         fin = int(_block(self.region)[lib.MG_TW_FINISHED])
         if fin != self._last_finished or not lib.mg_trace_inflight(base):
@@ -536,12 +541,16 @@ class SteeringTracer:
         off = time.time_ns() - time.monotonic_ns()  # CLOCK_MONOTONIC -> epoch
         steer = r["ts_steer_ns"]
         rx = r["rx_ts_ns"] if 0 < r["rx_ts_ns"] <= steer else steer
-        w0 = r["ts_worker_ns"] or steer
-        w1 = w0 + r["worker_ns"] if r["worker_ns"] else w0
+        # ts_worker_ns is the clock the worker read just before its burst; a worker that was
+        # descheduled between reading it and pulling the ring shows a time before steering
+        # placed the packet: the span starts no earlier than the hand-off.
+        tw = r["ts_worker_ns"] or steer
+        w1 = max(tw + r["worker_ns"] if r["worker_ns"] else tw, steer)
+        w0 = min(max(tw, steer), w1)
         tx = r["ts_tx_ns"]
         end = tx if tx >= w1 else w1
         attrs: dict[str, Any] = {"maglev.verdict": r["verdict"], "maglev.worker": r["worker"],
-                                 "maglev.packet.len": r["len"]}
+                                 "maglev.packet.len": r["len"], "maglev.trace.marked_by": r["marked_by"]}
         for k in ("vip", "backend", "encap", "outer_dst", "flow"):
             if k in r:
                 attrs[f"maglev.{k}"] = r[k]
@@ -554,7 +563,7 @@ class SteeringTracer:
         s = self._tracer.start_span("steering", context=ctx, start_time=rx + off,
                                     attributes={"maglev.fragment": r["fragment"]})
         s.end(end_time=steer + off)
-        wattrs = {**attrs, "maglev.conntrack": r["conntrack"], "maglev.queue_ns": max(0, w0 - steer)}
+        wattrs = {**attrs, "maglev.conntrack": r["conntrack"], "maglev.queue_ns": max(0, tw - steer)}
         s = self._tracer.start_span("worker", context=ctx, start_time=w0 + off, attributes=wattrs)
         s.end(end_time=w1 + off)
         if tx:

@@ -22,6 +22,7 @@ from maglev.actors.pipeline import SAMPLE_CONFIG
 from maglev.testing.otlp import OtlpReceiver
 
 SAMPLE_EVERY = 500
+MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
 
 def free_port() -> int:
@@ -33,6 +34,7 @@ def free_port() -> int:
 class Running:
     def __init__(self, d: Path, name: str, port: int, rx: OtlpReceiver, proc: subprocess.Popen):
         self.dir, self.name, self.port, self.rx, self.proc = d, name, port, rx, proc
+        self.sample_every = SAMPLE_EVERY
         self.control = f"ipc://{d}/run/{name}/control.sock"
         self.config = d / "maglev.toml"
         self.env = {**os.environ, **rx.env(), "MAGLEV_RUN_DIR": str(d / "run"),
@@ -43,11 +45,11 @@ class Running:
         if not otel:
             env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
             env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
-        return subprocess.run([sys.executable, "-m", "maglev_cli.main", "ctl", "--control", self.control, *args],
+        return subprocess.run([*MAGLEV, "ctl", "--control", self.control, *args],
                               env=env, capture_output=True, text=True, timeout=timeout)
 
     def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "maglev_cli.main", *args], env=self.env,
+        return subprocess.run([*MAGLEV, *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
 
@@ -71,18 +73,19 @@ def running():
     (d / "maglev.toml").write_text(cfg)
     rx = OtlpReceiver().__enter__()
     proc = None
+    err_file = open(d / "run.err", "wb")  # closed in finally
     try:
         r = Running(d, name, port, rx, None)  # type: ignore[arg-type]
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--workers", "2",
+            [*MAGLEV, "run", "--workers", "2",
              "--config", str(r.config), "--nic", "gen:flows=200,ipv6=0,seconds=120", "--json",
              "--metrics", f"127.0.0.1:{port}", "--control", r.control, "--otlp-endpoint", rx.endpoint],
-            env=r.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True)
+            env=r.env, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
         r.proc = proc
         deadline = time.monotonic() + 40
         while True:
             if proc.poll() is not None:
-                out, err = proc.communicate()
+                err = (d / "run.err").read_text(errors="replace")
                 pytest.fail(f"maglev run exited early ({proc.returncode}): {err[-2000:]}")
             if Path(r.control[len("ipc://"):]).exists() and r.ctl("status").returncode == 0:
                 break
@@ -95,8 +98,9 @@ def running():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()  # its actors notice the parent is gone and stop
                 proc.wait(timeout=10)
+        err_file.close()
         rx.__exit__(None, None, None)
         for shm in Path("/dev/shm").glob(f"maglev-{name}-*"):
             shm.unlink(missing_ok=True)

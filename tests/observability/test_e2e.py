@@ -9,8 +9,6 @@ import re
 import time
 import urllib.request
 
-from tests.observability.conftest import SAMPLE_EVERY
-
 WEB_VIP = "203.0.113.10:80/tcp"
 WEB_BACKENDS = {"198.18.1.11", "198.18.1.12", "198.18.1.13", "198.18.1.14"}
 
@@ -88,7 +86,7 @@ def test_prometheus_endpoint_during_a_generator_run(running):
 
 def test_ctl_stats_json_and_text(running):
     r = running.ctl("stats", "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stdout, r.stderr
     s = json.loads(r.stdout)
     assert s["workers_n"] == 2 and len(s["workers"]) == 2
     assert s["totals"]["packets_in"] > 0 and s["totals"]["forwarded"] > 0
@@ -131,10 +129,13 @@ def test_whereis_control_matches_the_traced_packets(running):
         w = running.cli("whereis", src, dst, "--control", running.control, "--json")
         assert w.returncode == 0, w.stderr
         ans = json.loads(w.stdout)
-        assert ans["vip"] == WEB_VIP and ans["worker"] == p["worker"]
+        assert ans["vip"] == WEB_VIP, ans
         # A new flow goes to the slot's backend; the traced packet's flow is established,
         # but no backend changed since it started, so conntrack agrees with the table.
         assert ans["backend"] == p["backend"], (ans, p)
+        # The owning worker, unless steering had to fall back to another one (full ring).
+        fallback = json.loads(running.ctl("stats", "--json").stdout)["steering"]["fallback"]
+        assert ans["worker"] == p["worker"] or fallback > 0, (ans, p)
         assert 0 <= ans["slot"] < 65537
 
 
@@ -170,9 +171,11 @@ def test_sampled_packets_become_ordered_traces_naming_their_backend(running):
         assert a["maglev.vip"] in (WEB_VIP, "203.0.113.20:0/udp")
         checked += 1
     assert checked >= 3
-    # Sampling is 1 in SAMPLE_EVERY: nowhere near every packet is traced.
+    # Sampling is exactly 1 in N (plus the few packets the filter tests marked; the two
+    # counters are read a moment apart).
     s = json.loads(running.ctl("stats", "--json").stdout)
-    assert 0 < s["tracer"]["marked"] <= s["totals"]["packets_in"] // SAMPLE_EVERY + 2
+    expect = s["totals"]["packets_in"] // running.sample_every
+    assert expect - 5 <= s["tracer"]["marked"] <= expect + 50, (s["tracer"], s["totals"])
 
 
 def test_set_weight_is_one_trace_across_ctl_config_and_every_worker(running):

@@ -1,6 +1,7 @@
 #define MG_SLOT_TRACE 6
 #define MG_TRACE_F_CT_HIT 0x0100
 #define MG_TRACE_F_CT_RESELECT 0x0200
+#define MG_TRACE_F_FILTER 0x0400
 #define MG_TW_SEQ 0
 #define MG_TW_SAMPLE 1
 #define MG_TW_COUNT 2

@@ -47,6 +47,7 @@
 /* meta->flags bits the data path sets on traced packets only. */
 #define MG_TRACE_F_CT_HIT 0x0100      /* connection-table hit */
 #define MG_TRACE_F_CT_RESELECT 0x0200 /* hit whose backend was gone: re-selected */
+#define MG_TRACE_F_FILTER 0x0400      /* steering: marked by the request's filter (not sampled) */
 
 /* Request words (config manager). */
 #define MG_TW_SEQ 0        /* seqlock: odd while the request is being written */

@@ -163,13 +163,13 @@ static int filter_match(const uint8_t *pkt, uint32_t len)
 void mg_trace_steer_packet(void *base, struct mg_frame_meta *m, const uint8_t *pkt)
 {
     uint64_t passed = st.cd_set;
-    int mark = 0;
+    int mark = 0, by_filter = 0;
     uint64_t *b = block(base);
     if (st.left) {
         if (st.deadline && now_ns() > st.deadline) {
             st.left = 0;
         } else if (filter_match(pkt, m->len)) {
-            mark = 1;
+            mark = by_filter = 1;
             st.left--;
             __atomic_store_n(&b[MG_TW_REQ_MARKED], b[MG_TW_REQ_MARKED] + 1, __ATOMIC_RELAXED);
         }
@@ -191,7 +191,9 @@ void mg_trace_steer_packet(void *base, struct mg_frame_meta *m, const uint8_t *p
         lo = rnd();
     } while ((hi | lo) == 0);
     m->flags |= MG_FRAME_F_TRACE;
-    m->flags &= (uint16_t)~(MG_TRACE_F_CT_HIT | MG_TRACE_F_CT_RESELECT);
+    m->flags &= (uint16_t)~(MG_TRACE_F_CT_HIT | MG_TRACE_F_CT_RESELECT | MG_TRACE_F_FILTER);
+    if (by_filter)
+        m->flags |= MG_TRACE_F_FILTER;
     m->trace_id_hi = hi;
     m->trace_id_lo = lo;
     m->ts_steer_ns = now_ns();
