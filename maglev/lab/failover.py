@@ -5,6 +5,8 @@ runs both on a lab that ``maglev lab up --instances 3 --bgp`` built (root), and 
 
 * **spread**: ``--requests`` short HTTP connections through the VIP (each one a new flow,
   so the router hashes it anew); the packets each instance received on its interface.
+* **fragments**: 4000-byte UDP datagrams (fragmented by the client) must arrive whole,
+  once each, at a backend.
 * **failover** (paper 3.4): ``--connections`` long-lived HTTP/1.1 connections are opened
   and used once; each is attributed to the instance that forwarded it (the instance whose
   packet counter moved during one request on that connection alone).  Then the victim's
@@ -106,6 +108,54 @@ def spread(state: dict[str, Any], requests: int = 300) -> dict[str, Any]:
     return {"requests": requests, "ok": load.ok, "packets": delta,
             "share": {k: round(v / total, 3) for k, v in delta.items()},
             "backends": dict(sorted(load.backends.items()))}  # fmt: skip
+
+
+def fragmented_udp(state: dict[str, Any], count: int = 24, size: int = 4000, port: int = 9999) -> dict[str, Any]:
+    """``count`` UDP datagrams of ``size`` bytes (fragmented by the client: MTU 1500), each
+    from its own socket (source port), to the VIP; which backend received each one whole.
+    Returns the datagrams delivered intact, how many reached more than one backend, and the
+    packets each instance received meanwhile."""
+    if not 1 <= count <= 256 or not 8 <= size <= 65000:
+        raise ValueError("count must be 1..256 and size 8..65000")
+    socks: dict[str, socket.socket] = {}
+    clients: list[socket.socket] = []
+    try:
+        for b in state["backends"]:
+            with netns(b["ns"]):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks[b["name"]] = s
+            s.bind(("0.0.0.0", port))
+            s.settimeout(0.05)
+        before = instance_counters(state)
+        sent = []
+        for i in range(count):
+            with netns(state["client"]["ns"]):
+                c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            clients.append(c)
+            payload = i.to_bytes(4, "big") + bytes((i * 7 + k) & 0xFF for k in range(size - 4))
+            c.sendto(payload, (t.VIP_V4, port))
+            sent.append(payload)
+            time.sleep(0.01)
+        got: dict[bytes, list[str]] = {}
+        deadline = time.monotonic() + 5
+        while sum(len(v) for v in got.values()) < count and time.monotonic() < deadline:
+            for name, s in socks.items():
+                try:
+                    got.setdefault(s.recv(65535), []).append(name)
+                except TimeoutError:
+                    continue
+        after = instance_counters(state)
+    finally:
+        for s in [*socks.values(), *clients]:
+            s.close()
+    return {
+        "datagrams": count,
+        "size": size,
+        "delivered_intact": sum(1 for p in sent if p in got),
+        "damaged_or_unknown": sum(1 for p in got if p not in sent),
+        "duplicated": sum(1 for v in got.values() if len(v) > 1),
+        "per_instance_packets": {k: after[k] - before[k] for k in after},
+    }
 
 
 def _attribute(state: dict[str, Any], conn: KeepAlive) -> tuple[str, str]:
@@ -219,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no scale-out lab is up in {a.state_dir} (maglev lab up --instances 3 --bgp)", file=sys.stderr)
         return 2
     try:
-        out = {"spread": spread(lab.state, a.requests), "failover": failover(lab.state, a.connections, a.victim)}
+        out = {"spread": spread(lab.state, a.requests), "fragments": fragmented_udp(lab.state),
+               "failover": failover(lab.state, a.connections, a.victim)}
     except (ValueError, t.LabError) as exc:
         print(f"python -m maglev.lab.failover: {exc}", file=sys.stderr)
         return 2
@@ -228,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         s, f = out["spread"], out["failover"]
         print(f"spread: {s['ok']}/{s['requests']} requests; packets per instance {s['packets']} (share {s['share']})")
+        fr = out["fragments"]
+        print(f"fragments: {fr['delivered_intact']}/{fr['datagrams']} datagrams of {fr['size']} bytes delivered "
+              f"whole ({fr['duplicated']} duplicated); packets per instance {fr['per_instance_packets']}")
         print(f"failover: killed {f['victim']} ({f['killed_pids']} processes); route down to "
               f"{len(f['nexthops_after'])} next hops in {f['route_withdrawn_s']} s")
         print(f"  {f['continued_same_backend']}/{f['connections']} connections continued on the same backend "
