@@ -33,7 +33,8 @@ def _live_line(c: dict, prev: dict | None, dt: float) -> str:
 
 def _summary_text(s: dict) -> str:
     lines = [
-        f"elapsed {s['elapsed_s']} s: {s['packets_in']} packets in ({s['mpps']} Mpps), "
+        f"elapsed {s['elapsed_s']} s: {s['packets_in']} packets in ({s['mpps']} Mpps over "
+        f"{s['rx_window_s']} s of receiving), "
         f"{s['forwarded']} forwarded, {sum(s['dropped'].values())} dropped, "
         f"{s['tx_packets']} transmitted, {s['fallback']} steered to a fallback worker",
     ]
@@ -130,7 +131,9 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         from maglev.telemetry.prometheus import MetricsHost
 
         obs = MetricsHost(p, metrics)  # --metrics endpoint + supervisor view (restarts, BGP)
-        p.start()
+        p.start(go=False)
+        if not stop_reason:  # Ctrl-C while the actors were starting: stop, do not begin
+            p.go()
         prev, prev_t = None, time.monotonic()
         next_print = prev_t + 1.0
         while not stop_reason:

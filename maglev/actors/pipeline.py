@@ -255,9 +255,15 @@ class Pipeline:
             self._user_on_message(name, msg)
 
     # ------------------------------------------------------------------ run
-    def start(self) -> None:
+    def start(self, go: bool = True) -> None:
+        """Start every actor and wait until all are ready; then (``go``) let steering
+        receive.  ``go=False`` leaves that to :meth:`go` (a stop requested meanwhile)."""
         self.supervisor.start()
         self.supervisor.wait_ready()
+        if go:
+            self.go()
+
+    def go(self) -> None:
         self.t0 = time.monotonic()
         self.supervisor.send("steering", "go")
 
@@ -310,6 +316,10 @@ class Pipeline:
         end = self.t_end or time.monotonic()
         elapsed = max(1e-9, end - self.t0) if self.t0 else 0.0
         packets_in = int(st[lib.MG_SS_RX_PACKETS]) + nic_drops
+        # The rate is over steering's receive window (first to last received burst), not
+        # the run's wall time, which includes start-up waits and the stop.
+        first, last = int(st[lib.MG_SS_FIRST_RX_NS]), int(st[lib.MG_SS_LAST_RX_NS])
+        window = (last - first) / 1e9 if last > first else 0.0
         return {
             "packets_in": packets_in,
             "forwarded": forwarded,
@@ -320,7 +330,8 @@ class Pipeline:
             "per_worker": per_worker,
             "restarts": self.supervisor.restarts,
             "elapsed_s": round(elapsed, 3),
-            "mpps": round(packets_in / elapsed / 1e6, 3) if elapsed else 0.0,
+            "rx_window_s": round(window, 3),
+            "mpps": round(int(st[lib.MG_SS_RX_PACKETS]) / window / 1e6, 3) if window else 0.0,
         }
 
     def summary(self) -> dict[str, Any]:

@@ -9,6 +9,8 @@
 #define MG_SS_BURSTS 8
 #define MG_SS_NO_FREE 9
 #define MG_SS_RECOVERED 10
+#define MG_SS_FIRST_RX_NS 11
+#define MG_SS_LAST_RX_NS 12
 #define MG_MS_TX_PACKETS 0
 #define MG_MS_TX_BYTES 1
 #define MG_MS_TX_ERRORS 2

@@ -49,6 +49,8 @@
 #define MG_SS_BURSTS 8
 #define MG_SS_NO_FREE 9      /* turns that found the free list empty */
 #define MG_SS_RECOVERED 10   /* frames found in a dead predecessor's hand */
+#define MG_SS_FIRST_RX_NS 11 /* CLOCK_MONOTONIC of the first received burst */
+#define MG_SS_LAST_RX_NS 12  /* ... and of the latest one (rates over the receive window) */
 
 /* Muxer counters (muxer slot). */
 #define MG_MS_TX_PACKETS 0

@@ -1,6 +1,8 @@
 /* Steering and muxer glue (design in include/mg_steer.h). */
 #include "mg_steer.h"
 
+#include <time.h>
+
 #include "mg_hash.h"
 #include "mg_parse.h"
 #include "mg_ring.h"
@@ -187,7 +189,13 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
     s->stats[MG_SS_UNPARSED] += unparsed;
     s->stats[MG_SS_BACKPRESSURE] += (uint64_t)blocked;
     s->stats[MG_SS_BURSTS]++;
-    if (fresh) {
+    if (fresh && filled) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        if (!s->stats[MG_SS_FIRST_RX_NS])
+            s->stats[MG_SS_FIRST_RX_NS] = now;
+        s->stats[MG_SS_LAST_RX_NS] = now;
         s->stats[MG_SS_RX_PACKETS] += filled;
         s->stats[MG_SS_RX_BYTES] += rx_bytes;
     }
