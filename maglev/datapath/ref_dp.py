@@ -151,6 +151,13 @@ class RefDataPath:
             seen = True
         return D["fragment_not_allowed"] if seen else D["no_vip"]
 
+    def _frag_vip_ok(self, vip: int, p: Parsed) -> bool:
+        """The remembered VIP index still names a VIP with the packet's address/protocol."""
+        if not 0 <= vip < len(self.t.vips):
+            return False
+        v = self.t.vips[vip]
+        return v.proto == p.proto and v.family == p.family and v.addr == p.dst
+
     def _frag_key(self, p: Parsed) -> bytes:
         return p.src + p.dst + struct.pack("=IBBxx", p.frag_id, p.proto, p.family)
 
@@ -366,9 +373,9 @@ class RefDataPath:
         handle = self._next_handle
         self._next_handle += 1
         try:
-            rc, fb, fv = self.frag.next(self._frag_key(p), handle, len(fr.data), now_ns)
+            rc, _fb, fv = self.frag.next(self._frag_key(p), handle, len(fr.data), now_ns)
         except NativeError:
-            rc, fb, fv = -errno.EINVAL, -1, 0
+            rc, _fb, fv = -errno.EINVAL, -1, 0
         if rc < 0:
             reason = D["frag_hold_limit"] if rc == -errno.ENOBUFS else D["frag_table_full"]
             self._drop(out, fr, reason)
@@ -378,11 +385,11 @@ class RefDataPath:
             self.frames[handle] = fr
             self.s["held"] += 1
             return
-        if fv >= len(self.t.vips):
+        if not self._frag_vip_ok(fv, p):
             self._drop(out, fr, D["no_vip"])
             return
         hsh = self._hash(p.key(ports=False))
-        b = fb if self._usable(fv, fb, 0, False) else self._maglev(fv, hsh)
+        b = self._maglev(fv, hsh)  # fragments: always the 3-tuple Maglev choice (see C)
         if b < 0:
             self._drop(out, fr, D["no_backend"])
             return
@@ -394,7 +401,7 @@ class RefDataPath:
 
     def _drain(self, out: list[Output], now_ns: int, max_buckets: int, spare: list[int]) -> None:
         self.frag.expire(now_ns, max_buckets)
-        for frame, o_backend, o_vip, o_reason in self.frag.drain(DRAIN_MAX):
+        for frame, _backend, o_vip, o_reason in self.frag.drain(DRAIN_MAX):
             fr = self.frames.pop(frame)
             if self.s["held"]:
                 self.s["held"] -= 1
@@ -408,13 +415,12 @@ class RefDataPath:
             if rc:
                 self._drop(out, fr, rc)
                 continue
-            vip, b = o_vip, o_backend
+            vip = o_vip
             hsh = self._hash(p.key(ports=False))
-            if vip >= len(self.t.vips):
+            if not self._frag_vip_ok(vip, p):
                 self._drop(out, fr, D["no_vip"])
                 continue
-            if not self._usable(vip, b, 0, False):
-                b = self._maglev(vip, hsh)
+            b = self._maglev(vip, hsh)
             if b < 0:
                 self._drop(out, fr, D["no_backend"])
                 continue

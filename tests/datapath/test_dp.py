@@ -288,3 +288,20 @@ def test_python_engine_constants_match_c():
     assert ref_dp.HOLD_FRAMES == lib.MG_FRAG_DEFAULT_HOLD_FRAMES
     assert ref_dp.SPARE == native.SPARE
     assert ref_dp.EXPIRE_BUCKETS == lib.MG_DP_EXPIRE_BUCKETS
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fragments_use_current_tables_across_a_swap(engine):
+    blob = build_tables(config())
+    payload = P.udp(1, 5000, bytes(40), src=CLIENT4, dst=VIP4_ANY)
+    first = P.eth(P.ipv4(CLIENT4, VIP4_ANY, P.UDP, payload[:24], df=False, mf=True, ident=11))
+    second = P.eth(P.ipv4(CLIENT4, VIP4_ANY, P.UDP, payload[24:], df=False, frag_offset=24, ident=11))
+    _, addr = maglev_backend(blob, first, ports=False)
+    blob2 = build_tables(config(), frozenset({(f"{VIP4_ANY}:0/udp", addr)}))
+    dp = DataPath(blob, engine=engine)
+    assert dp.process([Packet(0, second)], NOW) == []
+    dp.set_tables(blob2)
+    outs = dp.process([Packet(1, first)], NOW + 1000)
+    want = maglev_backend(blob2, first, ports=False)[0]
+    assert [o.backend_index for o in outs] == [want, want]
+    assert read_tables(blob2).backends[want].address != addr

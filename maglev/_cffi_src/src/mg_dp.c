@@ -226,6 +226,20 @@ static inline int backend_usable(const void *t, int vip, int32_t b, uint32_t id,
            (be->flags & MG_BACKEND_F_PRESENT) && (!check_id || be->id == id);
 }
 
+/* The fragment table remembers the first fragment's VIP index (the other fragments carry
+ * no port to match with).  Fragments never use the connection table, so their backend is
+ * the Maglev choice for the 3-tuple: recomputed from the current tables rather than taken
+ * from the table, which keeps every fragment consistent with what a first fragment would
+ * get now, even across a tables swap that renumbered backends.  The remembered VIP index
+ * is trusted only while the VIP there still has the packet's address and protocol. */
+static inline int frag_vip_ok(const void *t, int vip, const struct mg_parsed *p)
+{
+    if (vip < 0 || (uint32_t)vip >= mg_tables_header_of(t)->n_vips)
+        return 0;
+    const struct mg_vip *v = &mg_tables_vips(t)[vip];
+    return v->proto == p->proto && v->family == p->family && memcmp(v->addr, p->key.dst, 16) == 0;
+}
+
 static inline void frag_key_of(const struct mg_parsed *p, struct mg_frag_key *fk)
 {
     memset(fk, 0, sizeof(*fk));
@@ -378,16 +392,14 @@ static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uin
             continue;
         }
         int vip = outs[i].vip_index;
-        int32_t b = outs[i].backend;
         struct mg_flow_key k = p.key;
         k.sport = k.dport = 0;
         uint64_t hash = flow_hash(mg_tables_header_of(t), &k);
-        if ((uint32_t)vip >= mg_tables_header_of(t)->n_vips) {
+        if (!frag_vip_ok(t, vip, &p)) {
             out_drop(dp, io, idx, MG_DROP_NO_VIP);
             continue;
         }
-        if (!backend_usable(t, vip, b, 0, 0))
-            b = maglev_pick(t, vip, hash);
+        int32_t b = maglev_pick(t, vip, hash);
         if (b < 0) {
             out_drop(dp, io, idx, MG_DROP_NO_BACKEND);
             continue;
@@ -524,15 +536,16 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                 out_drop(dp, io, idx, rc == -ENOBUFS ? MG_DROP_FRAG_HOLD_LIMIT : MG_DROP_FRAG_TABLE_FULL);
                 continue;
             }
+            (void)fb; /* recomputed below: see frag_vip_ok */
             vip = fv;
-            if ((uint32_t)vip >= h->n_vips) {
+            if (!frag_vip_ok(tables, vip, &wk->p)) {
                 out_drop(dp, io, idx, MG_DROP_NO_VIP);
                 continue;
             }
             struct mg_flow_key k = wk->p.key;
             k.sport = k.dport = 0;
             wk->hash = flow_hash(h, &k);
-            b = backend_usable(tables, vip, fb, 0, 0) ? fb : maglev_pick(tables, vip, wk->hash);
+            b = maglev_pick(tables, vip, wk->hash);
         } else if (wk->kind == K_FLOW || wk->kind == K_ICMP_FLOW) {
             int way = mg_ct_find(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
                                  h->udp_timeout_ms);
