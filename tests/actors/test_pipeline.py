@@ -167,7 +167,14 @@ def test_sigterm_stops_cleanly_with_a_summary_and_leaves_nothing(tmp_path):
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.1)
         children = me.children()
-        time.sleep(1.0)
+        # Wait until traffic flows (steering's receive counter in the region moves).
+        from maglev.rings import SLOT_STEERING, Region
+
+        name = Path(glob.glob(f"/dev/shm/maglev-mg1-{proc.pid}-*")[0]).name.removeprefix("maglev-")
+        with Region.attach(name) as region:
+            while region.stats(SLOT_STEERING)[lib.MG_SS_RX_PACKETS] == 0:
+                assert time.monotonic() < deadline, "no traffic"
+                time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -240,9 +247,10 @@ def test_supervisor_killed_with_9_actors_exit_and_the_region_is_reclaimed(tmp_pa
         proc.wait(timeout=10)
         gone_, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"orphans left: {alive}"
-        assert glob.glob(f"/dev/shm/maglev-mg1-{proc.pid}-*")  # nobody removed it ...
-        removed = remove_stale_regions("mg1")  # ... until the next run looks
-        assert any(f"-{proc.pid}-" in n for n in removed)
+        # Nobody removes it until the next run of the instance looks (on this shared
+        # machine another run of "mg1" may be the one that does, hence no assertion on
+        # which call removed it).
+        remove_stale_regions("mg1")
         assert not glob.glob(f"/dev/shm/maglev-mg1-{proc.pid}-*")
     finally:
         if proc.poll() is None:
