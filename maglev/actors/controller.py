@@ -415,13 +415,21 @@ def config_handle_op(actor: Any, req: Any) -> Any:
 def config_status_extra(actor: Any, result: dict[str, Any]) -> None:
     """Add table fingerprints (and the controller's state) to a ``status`` result."""
     m = actor.manager
+    # A fingerprint hashes the whole table (256 KiB for 65537 slots): keep them per
+    # generation so a status poll over many VIPs costs nothing after the first.
+    cache = getattr(actor, "_fingerprints", None)
+    if cache is None or cache[0] != m.generation:
+        cache = actor._fingerprints = (m.generation, {})
     tables = []
     for v in m.config.vips:
-        try:
-            t = m.table_for(v.key)
-        except Exception as exc:  # never fail status for one table
-            tables.append({"vip": v.key, "error": str(exc)})
-            continue
-        tables.append({"vip": v.key, "size": t.size, "backends": len(t.names), "fingerprint": t.fingerprint()})
+        row = cache[1].get(v.key)
+        if row is None:
+            try:
+                t = m.table_for(v.key)
+                row = {"vip": v.key, "size": t.size, "backends": len(t.names), "fingerprint": t.fingerprint()}
+            except Exception as exc:  # never fail status for one table
+                row = {"vip": v.key, "error": str(exc)}
+            cache[1][v.key] = row
+        tables.append(dict(row))
     result["tables"] = tables
     result["controller"] = getattr(actor, "controller_state", None)
