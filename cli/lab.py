@@ -121,3 +121,7 @@ def status(state_dir, as_json) -> None:
         click.echo("no lab is up" if not as_json else "null")
         sys.exit(1)
     print_summary(lab_.state, as_json)
+    if lab_.state.get("instances") and not as_json:  # a scale-out lab (maglev/lab/scaleout.py)
+        from maglev.lab.scaleout import summary_lines
+
+        click.echo("\n".join(summary_lines(lab_.state)))
