@@ -220,6 +220,11 @@ def failover(state: dict[str, Any], connections: int = 150, victim: str = "lab2"
         import psutil
 
         psutil.wait_procs(killed, timeout=10)  # bounded; they were sent SIGKILL
+        # A killed supervisor cannot remove its shared-memory region; do it for it (only
+        # regions of this instance whose supervisor is gone).
+        from maglev.actors.pipeline import remove_stale_regions
+
+        stale = remove_stale_regions(victim)
         hops_after = lab.vip_nexthops()
         outcome: Counter = Counter()
         moved_same = moved_total = 0
@@ -241,6 +246,7 @@ def failover(state: dict[str, Any], connections: int = 150, victim: str = "lab2"
         "connections": connections,
         "victim": victim,
         "killed_pids": len(killed),
+        "stale_regions_removed": len(stale),
         "per_instance_before": dict(sorted(Counter(where).items())),
         "nexthops_before": hops_before,
         "nexthops_after": hops_after,
