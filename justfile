@@ -38,10 +38,18 @@ ci: system-deps setup
     ruff check .
     python3 -m pytest -p no:cacheprovider
 
-# The main job on a fresh machine.
-demo: setup
-    maglev table --config examples/sample.toml
-    maglev table --backends 1000 --size 65537 --json
+# The main job on a fresh machine (root): system packages, install, then a namespace lab
+# with 3 backends and 1000 real HTTP requests through the VIP (`maglev demo`).
+demo: system-deps setup
+    maglev demo
+
+# Reproduce the paper's Figures 11 and 12 (Maglev vs Karger vs Rendezvous).
+evaluate:
+    maglev table --evaluate
+
+# The forwarder on the sample config with the traffic generator for 5 s (JSON summary).
+run-sample:
+    maglev run --workers 2 --nic gen:seconds=5 --json
 
 # Fuzz the C parser + burst kernel with libFuzzer under ASan+UBSan for SECONDS (default 60),
 # seeded with every packet of the shared corpus (docs/datapath.md, "Fuzzing").
