@@ -158,7 +158,8 @@ def main() -> int:
     for i, r in enumerate(res["chain"]["rounds"]):
         print(f"  round {i}: off {r['off']['mpps_cpu']:.3f} Mpps ({r['off']['cpu_ns_per_packet']} ns/pkt)   "
               f"on {r['on']['mpps_cpu']:.3f} Mpps ({r['on']['cpu_ns_per_packet']} ns/pkt, "
-              f"{r['on']['marked']} marked, {r['on']['collected']} collected)   ratio {r['ratio']:.4f}")
+              f"{r['on']['packets']} packets, {r['on']['marked']} marked, {r['on']['collected']} collected)"
+              f"   ratio {r['ratio']:.4f}")
     print(f"  median on/off ratio {res['chain']['median_ratio']:.4f}; frame pool "
           f"{'whole' if res['chain']['pool_ok'] else 'NOT whole'}")
     if "pipeline" in res:
