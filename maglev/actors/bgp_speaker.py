@@ -76,6 +76,8 @@ class BgpSpeakerActor(Actor):
         self.send("bgp.event", **event)
 
     def handle(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") in ("actor_up", "actor_down"):
+            return  # the supervisor's broadcasts about other actors: nothing to do here
         reply = self.command(msg)
         if "id" in msg:
             reply["id"] = msg["id"]
