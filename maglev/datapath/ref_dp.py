@@ -35,7 +35,7 @@ from maglev.datapath.engine import (
     Packet,
     empty_stats,
 )
-from maglev.datapath.ref_conntrack import ConnTable, ticks
+from maglev.datapath.ref_conntrack import ConnTable, Entry, ticks
 from maglev.datapath.ref_parse import PF_FIRST, PF_FRAGMENT, Parsed, parse
 from maglev.datapath.tables import (
     BACKEND_F_HEALTHY,
@@ -130,12 +130,19 @@ class RefDataPath:
         v = self.t.vips[vip]
         return struct.unpack_from("=i", self.t.blob, v.table_off + 4 * (hsh % v.table_size))[0]
 
-    def _usable(self, vip: int, b: int, bid: int, check_id: bool) -> bool:
-        if b < 0 or b >= len(self.t.backends):
-            return False
-        be = self.t.backends[b]
-        return (be.vip_index == vip and bool(be.flags & BACKEND_F_HEALTHY)
-                and bool(be.flags & BACKEND_F_PRESENT) and (not check_id or be.id == bid))
+    def _ct_backend(self, vip: int, e: Entry) -> int:
+        """ct_backend() in mg_dp.c: the entry's backend found by identity (the stored index
+        is a hint; the entry follows its backend when a rebuild moved it), or -1 when that
+        backend is gone from this VIP or unhealthy.  Drained (weight 0) backends keep flows."""
+        b = e.backend
+        bes = self.t.backends
+        if not 0 <= b < len(bes) or bes[b].id != e.backend_id or bes[b].vip_index != vip:
+            b = self.t.find_backend(e.backend_id, vip)
+            if b < 0:
+                return -1
+            e.backend = b
+        want = BACKEND_F_PRESENT | BACKEND_F_HEALTHY
+        return b if bes[b].flags & want == want else -1
 
     def _find_vip(self, key: bytes) -> int:
         dport = struct.unpack_from("!H", key, 34)[0]
@@ -337,9 +344,8 @@ class RefDataPath:
             if kind in (FLOW, ICMP_FLOW):
                 e = self.ct.find(key, hsh, now_t, tcp_ms, udp_ms)
                 if e is not None:
-                    if self._usable(vip, e.backend, e.backend_id, True):
-                        b = e.backend
-                    else:
+                    b = self._ct_backend(vip, e)
+                    if b < 0:
                         self.ct.stats.reselected += 1
                         b = self._maglev(vip, hsh)
                         if b >= 0:

@@ -15,10 +15,13 @@ Design choices (see docs/datapath.md):
   the array with the HEALTHY flag clear and are left out of their VIP's Maglev table, so
   connection-table hits on them are re-selected; weight-0 backends stay healthy but get
   no slots (draining: established flows continue, new flows go elsewhere).
-* Backend ``id`` = low 32 bits of SipHash-1-3("maglev/bkid/v1.0"; "<vip key>\\0<backend
-  key>"): the connection table stores (index, id) and trusts a remembered index only
-  while the entry at that index still carries the same id, so a rebuild that shifts
-  indices cannot send a flow to the wrong backend.
+* Backend ``id`` = SipHash-1-3("maglev/bkid/v1.0"; "<vip key>\\0<backend key>"), all 64
+  bits: a stable identity of the (VIP, backend) pair.  Indices are not stable (removing a
+  backend shifts every later one), so the connection table stores (index, id), trusts a
+  remembered index only while the entry there still carries the id, and otherwise finds
+  the backend again through the blob's id map (open addressing, index + 1 per slot,
+  probed from the id's low bits) -- a flow re-selects only when its backend is gone or
+  unhealthy, never because another backend was added or removed.
 * ``generation``: when the caller gives none, a 64-bit digest of the blob's content, so two
   different blobs never share a generation (the kernel re-validates on any change).
 * Outer Ethernet addresses are not in the config: by default the kernel reflects the
@@ -51,7 +54,7 @@ __all__ = [
 ]
 
 MAGIC = 0x4254474D
-VERSION = 1
+VERSION = 2
 MAX_VIPS = 4096
 MAX_BACKENDS = 65536
 VIP_F_ALLOW_FRAGMENTS = 0x01
@@ -63,10 +66,10 @@ DEFAULT_INNER_MAC = bytes.fromhex("026d67000001")
 BACKEND_ID_KEY = struct.unpack("<QQ", b"maglev/bkid/v1.0")
 
 # struct layouts (mg_tables.h); sizes are checked against the compiled module in tests.
-HDR = struct.Struct("=IHHQQQQIIIIIIII4s16sBBH6s6s6s46s")
+HDR = struct.Struct("=IHHQQQQIIIIIIII4s16sBBH6s6s6sHII36s")
 VIP = struct.Struct("=16sHBBBBHIIQIII12s")
-BACKEND = struct.Struct("=16s6sBBIHH")
-assert HDR.size == 160 and VIP.size == 64 and BACKEND.size == 32
+BACKEND = struct.Struct("=16s6sBBQHH4x")
+assert HDR.size == 160 and VIP.size == 64 and BACKEND.size == 40
 
 
 def _addr16(addr: str) -> tuple[bytes, int]:
@@ -91,7 +94,16 @@ def port_be(port: int) -> int:
 
 
 def backend_id(vip_key: str, backend_key: str) -> int:
-    return siphash13(*BACKEND_ID_KEY, f"{vip_key}\0{backend_key}".encode()) & 0xFFFFFFFF
+    """The 64-bit identity of a (VIP, backend) pair, the same in every rebuild."""
+    return siphash13(*BACKEND_ID_KEY, f"{vip_key}\0{backend_key}".encode())
+
+
+def _bits_for(n: int) -> int:
+    """Bits of an open-addressing index with at least 2n slots (>= 2)."""
+    bits = 1
+    while (1 << bits) < 2 * max(n, 1):
+        bits += 1
+    return bits
 
 
 def _align8(n: int) -> int:
@@ -140,32 +152,37 @@ def build_tables(
         macs["inner_mac"] = DEFAULT_INNER_MAC
 
     n_vips = len(vips)
-    index_bits = 1
-    while (1 << index_bits) < 2 * max(n_vips, 1):
-        index_bits += 1
+    index_bits = _bits_for(n_vips)
+    idmap_bits = _bits_for(n_backends)
     vip_off = _align8(HDR.size)
     backend_off = _align8(vip_off + VIP.size * n_vips)
     index_off = _align8(backend_off + BACKEND.size * n_backends)
-    table_off = _align8(index_off + 4 * (1 << index_bits))
+    idmap_off = _align8(index_off + 4 * (1 << index_bits))
+    table_off = _align8(idmap_off + 4 * (1 << idmap_bits))
 
     vip_recs: list[bytes] = []
     backend_recs: list[bytes] = []
     tables: list[bytes] = []
     index = [0] * (1 << index_bits)
     mask = (1 << index_bits) - 1
+    idmap = [0] * (1 << idmap_bits)
+    idmask = (1 << idmap_bits) - 1
     first = 0
     for vi, v in enumerate(vips):
         addr, fam = _addr16(v.address)
         proto = PROTO_CODES[v.protocol]
         pbe = port_be(v.port)
         healthy = []
-        for b in v.backends:
+        for j, b in enumerate(v.backends):
             baddr, bfam = _addr16(b.address)
             ok = (v.key, b.key) not in down
             flags = BACKEND_F_PRESENT | (BACKEND_F_HEALTHY if ok else 0)
-            backend_recs.append(
-                BACKEND.pack(baddr, _mac(b.mac), bfam, flags, backend_id(v.key, b.key), vi, b.weight)
-            )
+            bid = backend_id(v.key, b.key)
+            backend_recs.append(BACKEND.pack(baddr, _mac(b.mac), bfam, flags, bid, vi, b.weight))
+            k = bid & idmask
+            while idmap[k]:
+                k = (k + 1) & idmask
+            idmap[k] = first + j + 1
             if ok:
                 healthy.append((b.key, b.weight))
         global_of = {b.key: first + j for j, b in enumerate(v.backends)}
@@ -194,7 +211,8 @@ def build_tables(
     put(vip_off, b"".join(vip_recs))
     put(backend_off, b"".join(backend_recs))
     put(index_off, struct.pack(f"={len(index)}I", *index))
-    put(_align8(index_off + 4 * len(index)), b"".join(tables))
+    put(idmap_off, struct.pack(f"={len(idmap)}I", *idmap))
+    put(_align8(idmap_off + 4 * len(idmap)), b"".join(tables))
 
     inst = config.instance
     k0, k1 = config.flow_hash_key
@@ -208,7 +226,7 @@ def build_tables(
             backend_off, index_off, index_bits, config.conntrack.tcp_timeout_s * 1000,
             config.conntrack.udp_timeout_s * 1000, src4, src6, int(bool(inst.source_ipv4)),
             int(bool(inst.source_ipv6)), inst.mtu, macs["own_mac"], macs["gateway_mac"],
-            macs["inner_mac"], bytes(46),
+            macs["inner_mac"], 0, idmap_off, idmap_bits, bytes(36),
         )
 
     if not generation:
@@ -272,6 +290,23 @@ class TablesView:
         v = self.vips[vip]
         return struct.unpack_from(f"={v.table_size}i", self.blob, v.table_off)
 
+    def find_backend(self, bid: int, vip: int) -> int:
+        """mg_tables_find_backend(): the index of backend ``bid`` of VIP ``vip`` (< 0: any
+        VIP) or -1, by the same probe sequence over the blob's id map."""
+        h = self.header
+        bits = h["idmap_bits"]
+        mask = (1 << bits) - 1
+        i = bid & mask
+        for _ in range(mask + 1):
+            e = struct.unpack_from("=I", self.blob, h["idmap_off"] + 4 * i)[0]
+            if e == 0:
+                return -1
+            be = self.backends[e - 1]
+            if be.id == bid and (vip < 0 or be.vip_index == vip):
+                return e - 1
+            i = (i + 1) & mask
+        return -1
+
     def find_vip(self, addr16: bytes, port: int, proto: int) -> int:
         """Exact (addr, port, proto), then (addr, 0, proto); -1 when none (``port`` host order)."""
         for want in (port, 0) if port else (0,):
@@ -284,7 +319,7 @@ class TablesView:
 _HDR_FIELDS = (
     "magic version hdr_size total_size generation hash_k0 hash_k1 n_vips n_backends vip_off "
     "backend_off index_off index_bits tcp_timeout_ms udp_timeout_ms src4 src6 has_src4 "
-    "has_src6 mtu own_mac gateway_mac inner_mac reserved"
+    "has_src6 mtu own_mac gateway_mac inner_mac reserved0 idmap_off idmap_bits reserved"
 ).split()
 
 
@@ -325,6 +360,11 @@ def read_tables(blob: bytes) -> TablesView:
     index = struct.unpack_from(f"={1 << bits}I", blob, h["index_off"])
     if any(e > h["n_vips"] for e in index) or 0 not in index:
         raise PacketError("tables blob: VIP index entries invalid")
+    ibits = h["idmap_bits"]
+    if not 1 <= ibits <= 17 or (1 << ibits) <= h["n_backends"] or h["idmap_off"] + (4 << ibits) > len(blob):
+        raise PacketError("tables blob: backend id map size or offset invalid")
+    if any(e > h["n_backends"] for e in struct.unpack_from(f"={1 << ibits}I", blob, h["idmap_off"])):
+        raise PacketError("tables blob: backend id map entries invalid")
     view = TablesView(h, tuple(vips), backends, blob)
     for i, v in enumerate(vips):
         lo, hi = v.backend_first, v.backend_first + v.backend_count
@@ -335,4 +375,6 @@ def read_tables(blob: bytes) -> TablesView:
     for i, b in enumerate(backends):
         if b.family not in (4, 6) or b.vip_index >= h["n_vips"]:
             raise PacketError(f"tables blob: backend {i} family or VIP index invalid")
+        if view.find_backend(b.id, b.vip_index) != i:
+            raise PacketError(f"tables blob: backend {i} is not found by its id")
     return view

@@ -46,7 +46,7 @@ def test_capacity_rounds_up_and_memory_is_stated():
         assert lib.mg_ct_capacity(c) == 1024
     finally:
         lib.mg_ct_free(c)
-    assert lib.mg_ct_bytes(1 << 20) == (1 << 20) * 56  # 56 bytes per entry
+    assert lib.mg_ct_bytes(1 << 20) == (1 << 20) * 72  # 72 bytes per entry (8 metadata + 64)
     assert lib.mg_ct_new(0) == ffi.NULL
     assert lib.mg_ct_new(lib.MG_CT_MAX_CAPACITY + 1) == ffi.NULL
 

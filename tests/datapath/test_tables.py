@@ -157,3 +157,31 @@ def test_truncated_blob_rejected():
     assert c_validate(blob[:100]) < 0
     with pytest.raises(PacketError):
         read_tables(blob[:100])
+
+
+def _idmap(view) -> tuple[int, int]:
+    return view.header["idmap_off"], 1 << view.header["idmap_bits"]
+
+
+def test_backend_ids_are_64_bit_and_found_through_the_id_map():
+    view = read_tables(build_tables(config(), DOWN))
+    assert any(b.id >> 32 for b in view.backends)  # the full 64-bit identity is stored
+    for i, b in enumerate(view.backends):
+        assert view.find_backend(b.id, b.vip_index) == i
+
+
+@pytest.mark.parametrize("what", ["entry beyond the backends", "entry pointing at the wrong backend"])
+def test_corrupt_id_map_rejected(what):
+    blob = bytearray(build_tables(config()))
+    view = read_tables(bytes(blob))
+    off, n = _idmap(view)
+    slots = list(struct.unpack_from(f"={n}I", blob, off))
+    used = [i for i, e in enumerate(slots) if e]
+    if what == "entry beyond the backends":
+        slots[used[0]] = len(view.backends) + 1
+    else:  # two slots swapped: each backend's probe now finds another id first
+        slots[used[0]], slots[used[1]] = slots[used[1]], slots[used[0]]
+    struct.pack_into(f"={n}I", blob, off, *slots)
+    assert c_validate(bytes(blob)) < 0
+    with pytest.raises(PacketError):
+        read_tables(bytes(blob))

@@ -15,7 +15,9 @@ struct mg_ct_stats {
 struct mg_ct_entry {
     struct mg_flow_key key;
     int32_t backend;
-    uint32_t backend_id;
+    uint32_t reserved;
+    uint64_t backend_id;
+    uint8_t pad[8];
 };
 
 struct mg_ct {
@@ -32,5 +34,5 @@ uint32_t mg_ct_capacity(const struct mg_ct *ct);
 int32_t mg_ct_lookup(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h,
                      uint64_t now_ns, uint32_t tcp_ms, uint32_t udp_ms);
 int mg_ct_insert(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h, uint64_t now_ns,
-                 uint32_t tcp_ms, uint32_t udp_ms, int32_t backend, uint32_t backend_id);
+                 uint32_t tcp_ms, uint32_t udp_ms, int32_t backend, uint64_t backend_id);
 uint32_t mg_ct_count(const struct mg_ct *ct);

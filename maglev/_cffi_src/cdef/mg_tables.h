@@ -1,5 +1,5 @@
 #define MG_TABLES_MAGIC 1112819533
-#define MG_TABLES_VERSION 1
+#define MG_TABLES_VERSION 2
 #define MG_TABLES_MAX_VIPS 4096
 #define MG_TABLES_MAX_BACKENDS 65536
 #define MG_VIP_F_ALLOW_FRAGMENTS 1
@@ -30,7 +30,10 @@ struct mg_tables_header {
     uint8_t own_mac[6];
     uint8_t gateway_mac[6];
     uint8_t inner_mac[6];
-    uint8_t reserved[46];
+    uint16_t reserved0;
+    uint32_t idmap_off;
+    uint32_t idmap_bits;
+    uint8_t reserved[36];
 };
 
 struct mg_vip {
@@ -55,11 +58,13 @@ struct mg_backend {
     uint8_t mac[6];
     uint8_t family;
     uint8_t flags;
-    uint32_t id;
+    uint64_t id;
     uint16_t vip_index;
     uint16_t weight;
+    uint32_t reserved;
 };
 
 int mg_tables_validate(const void *tables, uint64_t size);
+int32_t mg_tables_backend_by_id(const void *tables, uint64_t id, int vip);
 int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,
                          uint8_t proto);

@@ -3,12 +3,13 @@
  *
  * Layout: set-associative, MG_CT_WAYS (8) ways per bucket, capacity rounded up to a power
  * of two (>= 8 ways x 1 bucket).  Each bucket has one 64-byte line of metadata -- 8
- * 32-bit signatures and 8 32-bit last-used times -- and 8 entries of 48 bytes (the full
- * 40-byte flow key, the backend index and the backend id) in a separate array.  A lookup
+ * 32-bit signatures and 8 32-bit last-used times -- and 8 entries of 64 bytes (the full
+ * 40-byte flow key, the backend index and the 64-bit backend id, padded to one cache
+ * line so a key compare never straddles two lines) in a separate array.  A lookup
  * that misses touches only the metadata line (signatures filter) unless a signature
  * matches, in which case the full key is compared with memcmp: a signature hit is never
- * trusted alone.  Memory: 56 bytes per entry (8 metadata + 48 entry), e.g. 58.7 MB for
- * 2^20 entries.
+ * trusted alone.  Memory: 72 bytes per entry (8 metadata + 64 entry), e.g. 75.5 MB for
+ * 2^20 entries.  The backend index is a hint; the id is the identity (mg_tables.h).
  *
  * Hashing: the caller gives the flow hash h (SipHash-1-3 of the key under the deployment
  * secret); bucket = h & (n_buckets - 1), signature = h >> 32 with 0 mapped to 1 (0 marks an
@@ -46,8 +47,10 @@ struct mg_ct_meta {
 
 struct mg_ct_entry {
     struct mg_flow_key key;
-    int32_t backend;     /* global backend index in the tables blob */
-    uint32_t backend_id; /* mg_backend.id when stored */
+    int32_t backend;     /* global backend index in the tables blob (a hint) */
+    uint32_t reserved;
+    uint64_t backend_id; /* mg_backend.id of the chosen backend (the identity) */
+    uint8_t pad[8];      /* to one 64-byte line */
 };
 
 struct mg_ct_stats {
@@ -69,7 +72,7 @@ struct mg_ct {
 };
 
 _Static_assert(sizeof(struct mg_ct_meta) == 64, "one line of metadata per bucket");
-_Static_assert(sizeof(struct mg_ct_entry) == 48, "48-byte entries");
+_Static_assert(sizeof(struct mg_ct_entry) == 64, "one line per entry");
 
 static inline uint32_t mg_ct_sig(uint64_t h)
 {
@@ -144,7 +147,7 @@ static inline struct mg_ct_entry *mg_ct_entry_at(struct mg_ct *ct, uint64_t h, i
 /* Insert key (known absent) -> (backend, id).  Returns the way or -1 (insert failed). */
 static inline int mg_ct_add(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h,
                             uint32_t now, uint32_t tcp_ms, uint32_t udp_ms, int32_t backend,
-                            uint32_t backend_id)
+                            uint64_t backend_id)
 {
     uint32_t b = (uint32_t)h & ct->mask;
     struct mg_ct_meta *m = &ct->meta[b];
@@ -203,7 +206,7 @@ uint32_t mg_ct_capacity(const struct mg_ct *ct);
 int32_t mg_ct_lookup(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h,
                      uint64_t now_ns, uint32_t tcp_ms, uint32_t udp_ms);
 int mg_ct_insert(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h, uint64_t now_ns,
-                 uint32_t tcp_ms, uint32_t udp_ms, int32_t backend, uint32_t backend_id);
+                 uint32_t tcp_ms, uint32_t udp_ms, int32_t backend, uint64_t backend_id);
 /* Live (non-empty, not necessarily unexpired) ways, for tests and stats: O(capacity). */
 uint32_t mg_ct_count(const struct mg_ct *ct);
 

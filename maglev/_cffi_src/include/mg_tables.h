@@ -4,7 +4,7 @@
  * (maglev.datapath.tables.build_tables); read by the burst kernel and by tests.
  *
  *   [mg_tables_header][mg_vip x n_vips][mg_backend x n_backends][index u32 x 2^index_bits]
- *   [maglev table of VIP 0 (int32 x size)][maglev table of VIP 1]...
+ *   [id map u32 x 2^idmap_bits][maglev table of VIP 0 (int32 x size)][maglev table of VIP 1]...
  *
  * All offsets are from the start of the blob and 8-byte aligned; multi-byte integers are
  * host byte order except the fields marked "network order" (compared against packet bytes).
@@ -13,9 +13,21 @@
  * backend_first + backend_count).  A Maglev entry is an index into that global array or
  * -1.  Unhealthy backends stay in the array with MG_BACKEND_F_HEALTHY clear and are left
  * out of the Maglev table, so established flows to them are re-selected while flows to
- * weight-0 (draining) backends continue.  `id` is a 32-bit identity of (VIP key, backend
- * key) stable across rebuilds: the connection table stores (index, id) and a hit is only
- * trusted while tables->backends[index].id still equals the stored id.
+ * weight-0 (draining) backends continue.
+ *
+ * Backend identity: `id` is a 64-bit SipHash of (VIP key, backend key) under a fixed key
+ * (maglev.datapath.tables.backend_id), the same in every rebuild and on every instance.
+ * Indices are not stable -- removing a backend shifts every later entry -- so the
+ * connection table stores (index, id): the index is a hint trusted only while
+ * backends[index] still carries the id; otherwise the backend is found again through the
+ * id map and the entry follows it.  Only a backend that is gone (no longer in the map for
+ * that VIP) or unhealthy makes a flow re-select; a drained one (weight 0) keeps its flows.
+ * The per-backend counters of the burst kernel follow backends by id the same way.
+ *
+ * Id map: open addressing over 2^idmap_bits u32 slots (at least twice the backends, so
+ * there is always an empty slot) holding backend index + 1 (0 = empty), probed linearly
+ * from the id's low bits.  Lookup by (id, VIP index): an id names one (VIP, backend)
+ * pair, and the VIP check also makes a stale id from another VIP harmless.
  *
  * VIP index: open addressing over 2^index_bits u32 slots holding vip index + 1 (0 = empty),
  * probed linearly from mg_vip_hash(addr, port, proto).  Lookup tries (dst, dport, proto)
@@ -31,7 +43,7 @@
 #include "mg_common.h"
 
 #define MG_TABLES_MAGIC 0x4254474dU /* "MGTB" little-endian */
-#define MG_TABLES_VERSION 1
+#define MG_TABLES_VERSION 2
 /* Limits the builder enforces (and the per-worker counters are sized for). */
 #define MG_TABLES_MAX_VIPS 4096
 #define MG_TABLES_MAX_BACKENDS 65536
@@ -65,7 +77,10 @@ struct mg_tables_header {
     uint8_t own_mac[6];      /* outer Ethernet source; all zero = reflect the received dst */
     uint8_t gateway_mac[6];  /* outer Ethernet destination; zero = reflect the received src */
     uint8_t inner_mac[6];    /* VXLAN inner Ethernet source */
-    uint8_t reserved[46];
+    uint16_t reserved0;
+    uint32_t idmap_off;      /* backend id map (see above) */
+    uint32_t idmap_bits;
+    uint8_t reserved[36];
 };
 
 struct mg_vip {
@@ -90,14 +105,15 @@ struct mg_backend {
     uint8_t mac[6];         /* all zero = not configured */
     uint8_t family;
     uint8_t flags;          /* MG_BACKEND_F_* */
-    uint32_t id;            /* stable identity, see above */
+    uint64_t id;            /* stable identity, see above */
     uint16_t vip_index;
     uint16_t weight;
+    uint32_t reserved;
 };
 
 _Static_assert(sizeof(struct mg_tables_header) == 160, "tables header size");
 _Static_assert(sizeof(struct mg_vip) == 64, "vip entry size");
-_Static_assert(sizeof(struct mg_backend) == 32, "backend entry size");
+_Static_assert(sizeof(struct mg_backend) == 40, "backend entry size");
 
 /* The VIP-index hash; the builder computes the same in Python. */
 static inline uint32_t mg_vip_hash(const uint8_t *addr16, uint16_t port_be, uint8_t proto)
@@ -148,9 +164,31 @@ static inline int mg_tables_find_vip(const void *t, const uint8_t *addr16, uint1
     return -1;
 }
 
+/* The index of the backend with identity `id` in VIP `vip` (vip < 0: in any VIP), or -1
+ * when the tables no longer hold it.  A few probes of a small array. */
+static inline int32_t mg_tables_find_backend(const void *t, uint64_t id, int vip)
+{
+    const struct mg_tables_header *h = mg_tables_header_of(t);
+    const uint32_t *map = (const uint32_t *)((const uint8_t *)t + h->idmap_off);
+    const struct mg_backend *be = mg_tables_backends(t);
+    uint32_t mask = (1u << h->idmap_bits) - 1;
+    uint32_t i = (uint32_t)id & mask;
+    for (uint32_t n = 0; n <= mask; n++, i = (i + 1) & mask) {
+        uint32_t e = map[i];
+        if (e == 0)
+            return -1;
+        if (be[e - 1].id == id && (vip < 0 || be[e - 1].vip_index == (uint32_t)vip))
+            return (int32_t)(e - 1);
+    }
+    return -1;
+}
+
 /* Full validation of a blob of `size` bytes: 0 or -EINVAL (bad magic/version/sizes/
  * offsets/entries).  O(size of the Maglev tables). */
 int mg_tables_validate(const void *tables, uint64_t size);
+
+/* mg_tables_find_backend() out of line, for tests. */
+int32_t mg_tables_backend_by_id(const void *tables, uint64_t id, int vip);
 
 /* VIP lookup with the port-0 fallback, for tests: vip index or -1. */
 int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,

@@ -85,7 +85,7 @@ int32_t mg_ct_lookup(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h
 }
 
 int mg_ct_insert(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h, uint64_t now_ns,
-                 uint32_t tcp_ms, uint32_t udp_ms, int32_t backend, uint32_t backend_id)
+                 uint32_t tcp_ms, uint32_t udp_ms, int32_t backend, uint64_t backend_id)
 {
     return mg_ct_add(ct, key, h, mg_ct_ticks(now_ns), tcp_ms, udp_ms, backend, backend_id);
 }

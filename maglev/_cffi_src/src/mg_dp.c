@@ -215,15 +215,26 @@ static inline int32_t maglev_pick(const void *t, int vip, uint64_t hash)
     return mg_tables_maglev(t, v)[hash % v->table_size];
 }
 
-/* A backend index remembered in some state is still usable for this VIP. */
-static inline int backend_usable(const void *t, int vip, int32_t b, uint32_t id, int check_id)
+/* The backend a connection-table entry names in the current tables, or -1 when the flow
+ * must be re-selected.  The stored index is a hint: a rebuild that removed or added
+ * another backend shifts indices, so when the entry there no longer carries the stored
+ * identity (or belongs to another VIP) the backend is found again by id and the entry is
+ * updated to follow it.  Re-selection only when the backend is gone from this VIP or
+ * unhealthy; a drained backend (weight 0: healthy, no Maglev slots) keeps its flows. */
+static inline int32_t ct_backend(const void *t, int vip, struct mg_ct_entry *e)
 {
     const struct mg_tables_header *h = mg_tables_header_of(t);
-    if (b < 0 || (uint32_t)b >= h->n_backends)
-        return 0;
-    const struct mg_backend *be = &mg_tables_backends(t)[b];
-    return be->vip_index == vip && (be->flags & MG_BACKEND_F_HEALTHY) &&
-           (be->flags & MG_BACKEND_F_PRESENT) && (!check_id || be->id == id);
+    const struct mg_backend *bes = mg_tables_backends(t);
+    int32_t b = e->backend;
+    if (MG_UNLIKELY(b < 0 || (uint32_t)b >= h->n_backends || bes[b].id != e->backend_id ||
+                    bes[b].vip_index != (uint32_t)vip)) {
+        b = mg_tables_find_backend(t, e->backend_id, vip);
+        if (b < 0)
+            return -1;
+        e->backend = b;
+    }
+    const uint8_t want = MG_BACKEND_F_PRESENT | MG_BACKEND_F_HEALTHY;
+    return (bes[b].flags & want) == want ? b : -1;
 }
 
 /* The fragment table remembers the first fragment's VIP index (the other fragments carry
@@ -554,9 +565,8 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                 struct mg_frame_meta *tm = mg_frame_meta(io->pool, idx);
                 if (MG_UNLIKELY(tm->flags & MG_FRAME_F_TRACE)) /* packet tracer (mg_trace.h) */
                     tm->flags |= MG_TRACE_F_CT_HIT;
-                if (backend_usable(tables, vip, e->backend, e->backend_id, 1)) {
-                    b = e->backend;
-                } else {
+                b = ct_backend(tables, vip, e);
+                if (b < 0) {
                     if (MG_UNLIKELY(tm->flags & MG_FRAME_F_TRACE))
                         tm->flags |= MG_TRACE_F_CT_RESELECT;
                     dp->ct->stats.reselected++;

@@ -22,6 +22,9 @@ int mg_tables_validate(const void *tables, uint64_t size)
         !range_ok(h->backend_off, (uint64_t)h->n_backends * sizeof(struct mg_backend), size) ||
         !range_ok(h->index_off, (uint64_t)4 << h->index_bits, size))
         return -EINVAL;
+    if (h->idmap_bits < 1 || h->idmap_bits > 17 || (1u << h->idmap_bits) <= h->n_backends ||
+        !range_ok(h->idmap_off, (uint64_t)4 << h->idmap_bits, size))
+        return -EINVAL;
     const struct mg_vip *vips = mg_tables_vips(tables);
     const struct mg_backend *be = mg_tables_backends(tables);
     const uint32_t *idx = (const uint32_t *)((const uint8_t *)tables + h->index_off);
@@ -52,10 +55,23 @@ int mg_tables_validate(const void *tables, uint64_t size)
         if (mg_tables_find_vip(tables, vp->addr, vp->port, vp->proto) != (int)v)
             return -EINVAL;
     }
-    for (uint32_t b = 0; b < h->n_backends; b++)
+    const uint32_t *map = (const uint32_t *)((const uint8_t *)tables + h->idmap_off);
+    for (uint32_t i = 0; i < (1u << h->idmap_bits); i++)
+        if (map[i] > h->n_backends)
+            return -EINVAL;
+    for (uint32_t b = 0; b < h->n_backends; b++) {
         if ((be[b].family != 4 && be[b].family != 6) || be[b].vip_index >= h->n_vips)
             return -EINVAL;
+        /* every backend is found by its identity (this also rejects a duplicate id in a VIP) */
+        if (mg_tables_find_backend(tables, be[b].id, be[b].vip_index) != (int32_t)b)
+            return -EINVAL;
+    }
     return 0;
+}
+
+int32_t mg_tables_backend_by_id(const void *tables, uint64_t id, int vip)
+{
+    return mg_tables_find_backend(tables, id, vip);
 }
 
 int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,
