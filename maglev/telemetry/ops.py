@@ -32,6 +32,7 @@ def handle(actor: Any, req: Any) -> Any:
     try:
         if actor.region is None:
             raise ProtocolError(INTERNAL, "this config manager has no shared-memory region attached")
+        after_request(actor, req, None)  # the configured sampling rate first, then any override
         args = req.args
         if req.op == "stats":
             cops.check_keys(args, ())
@@ -49,6 +50,22 @@ def handle(actor: Any, req: Any) -> Any:
     except ValueError as exc:  # TraceRequestError, WhereisError: the caller's input
         return Reply.failure(req.id, ProtocolError(BAD_ARGS, str(exc)))
     return Reply(req.id, True, result=result)
+
+
+def after_request(actor: Any, req: Any, reply: Any) -> None:
+    """After any request the config manager served: keep the packet tracer's sampling rate
+    equal to the running config's ``[tracing].packet_sample_rate`` (a change, a reload, or a
+    resumed state whose rate differs from the file steering read at start).  A rate set
+    with ``maglev ctl trace --sample-every`` holds until the configured rate changes."""
+    cfg = getattr(actor.manager, "config", None)
+    if cfg is None or actor.region is None:
+        return
+    rate = int(getattr(getattr(cfg, "tracing", None), "packet_sample_rate", 0) or 0)
+    if getattr(actor, "_obs_sample_rate", None) != rate:
+        from maglev.telemetry.tracer import set_sampling
+
+        set_sampling(actor.region, rate)
+        actor._obs_sample_rate = rate
 
 
 def _trace(actor: Any, args: dict[str, Any]) -> dict[str, Any]:

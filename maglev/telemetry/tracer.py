@@ -200,6 +200,25 @@ def arm_request(region: Any, *, vip: str | None = None, src: str | None = None, 
     return armed
 
 
+def set_sampling(region: Any, sample_every: int) -> None:
+    """Change only the sampling rate of the current request (config manager only).  An
+    armed filter keeps its remaining count (steering re-reads the whole request)."""
+    from maglev.native import lib
+
+    if not 0 <= sample_every <= 1 << 30:
+        raise TraceRequestError(f"sample rate {sample_every} must be 0..2^30")
+    b = _block(region)
+    seq = int(b[lib.MG_TW_SEQ])
+    if seq & 1:
+        seq += 1
+    left = max(0, int(b[lib.MG_TW_COUNT]) - int(b[lib.MG_TW_REQ_MARKED]))
+    b[lib.MG_TW_SEQ] = seq + 1
+    b[lib.MG_TW_COUNT] = left
+    b[lib.MG_TW_SAMPLE] = sample_every
+    b[lib.MG_TW_FLAGS] = int(b[lib.MG_TW_FLAGS]) | lib.MG_TW_F_SAMPLE_SET
+    b[lib.MG_TW_SEQ] = seq + 2
+
+
 def request_status(region: Any) -> dict[str, Any]:
     from maglev.native import lib
 

@@ -184,3 +184,25 @@ def test_set_weight_is_one_trace_across_ctl_config_and_every_worker(running):
         assert s.attributes["maglev.generation"] == gen
         assert s.start_ns >= publish.start_ns
     running.ctl("set-weight", WEB_VIP, "198.18.1.12", "1")
+
+
+def test_sampling_rate_changes_at_run_time(running):
+    def marked_and_in():
+        s = json.loads(running.ctl("stats", "--json").stdout)
+        return s["tracer"]["marked"], s["totals"]["packets_in"]
+
+    try:
+        assert running.ctl("trace", "--sample-every", "0").returncode == 0
+        time.sleep(0.5)  # steering applies it at its next burst
+        m1, _ = marked_and_in()
+        time.sleep(1.0)
+        m2, _ = marked_and_in()
+        assert m2 == m1  # off: nothing marked
+        assert running.ctl("trace", "--sample-every", "100").returncode == 0
+        time.sleep(0.5)
+        m3, p3 = marked_and_in()
+        time.sleep(1.0)
+        m4, p4 = marked_and_in()
+        assert m4 - m3 >= (p4 - p3) // 100 - 60 > 0
+    finally:
+        running.ctl("trace", "--sample-every", str(running.sample_every))

@@ -109,6 +109,16 @@ def test_trace_request_block_and_c_filter(region):
     assert not m.flags & lib.MG_FRAME_F_TRACE
 
 
+def test_set_sampling_keeps_the_filter_remaining_count(region):
+    from maglev.telemetry.tracer import set_sampling
+
+    arm_request(region, vip=WEB_VIP, count=10)
+    region.stats(int(lib.MG_SLOT_TRACE))[lib.MG_TW_REQ_MARKED] = 4  # steering marked 4 so far
+    set_sampling(region, 250)
+    st = request_status(region)
+    assert st["sample_every"] == 250 and st["count"] == 6 and st["seq"] % 2 == 0
+
+
 @pytest.mark.parametrize("kw, msg", [
     ({"vip": "nope", "count": 1}, "not an IP address"),
     ({"vip": "203.0.113.10:99999", "count": 1}, "port"),
