@@ -110,6 +110,7 @@ class ConfigManagerActor(Actor):
         if req.op in controller.OPS:  # drain-instance, resume-instance (maglev/actors/controller.py)
             return controller.config_handle_op(self, req)
         reply = self.manager.handle(req)
+        observability.after_request(self, req, reply)  # [tracing].packet_sample_rate -> steering
         if req.op == "status" and reply.ok:
             reply.result["endpoints"] = [s.bound_endpoint for s in self.servers]
             reply.result["live_workers"] = sorted(self.live)
