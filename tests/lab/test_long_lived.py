@@ -127,13 +127,5 @@ def test_connections_keep_their_backend_when_a_backend_is_added(make_lab):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="data path: removing a backend shifts the backend array; a connection-table entry "
-    "whose stored index now holds another backend id is re-selected by the current Maglev table "
-    "(mg_dp.c: backend_usable(..., check_id=1) fails, then maglev_pick) instead of being found "
-    "again by its id, so a flow that conntrack had kept on be3 after be4 was added moves to be4 "
-    "and is reset (about a quarter of the surviving connections)",
-    strict=True,
-)
 def test_connections_keep_their_backend_when_another_backend_is_removed(make_lab):
     _run(make_lab, remove=True)
