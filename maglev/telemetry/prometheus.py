@@ -183,6 +183,10 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_s)
 
 
+class Starting(Exception):
+    """No pipeline yet: a scrape answers 503."""
+
+
 class MetricsServer:
     """``GET /metrics`` on a daemon thread; ``text()`` is called per scrape."""
 
@@ -197,6 +201,8 @@ class MetricsServer:
                 try:
                     body = produce().encode()
                     code = 200
+                except Starting as exc:
+                    body, code = f"# {exc}\n".encode(), 503
                 except Exception as exc:  # a scrape must never take the supervisor down
                     log.exception("metrics scrape failed")
                     body = f"# scrape failed: {type(exc).__name__}: {exc}\n".encode()
@@ -233,7 +239,7 @@ class MetricsServer:
 class MetricsHost:
     """What ``maglev run`` runs: the optional endpoint plus the supervisor view file."""
 
-    def __init__(self, pipeline: Any, listen: str = ""):
+    def __init__(self, listen: str = "", pipeline: Any = None):
         self.p = pipeline
         self.started = time.monotonic()
         self._next = 0.0
@@ -242,9 +248,16 @@ class MetricsHost:
             host, port = parse_listen(listen)
             self.server = MetricsServer(host, port, self.text)
 
+    def attach(self, pipeline: Any) -> None:
+        """The pipeline whose region and supervisor the endpoint reports (until then a
+        scrape gets 503: starting)."""
+        self.p = pipeline
+
     def snapshot(self) -> dict[str, Any]:
         from maglev.telemetry.metrics import collect
 
+        if self.p is None:
+            raise Starting("maglev is starting")
         return collect(self.p.region, self.p.supervisor.run_dir, instance=self.p.config.instance.name)
 
     def text(self) -> str:
@@ -253,7 +266,7 @@ class MetricsHost:
     def tick(self, now: float | None = None) -> None:
         """Once a second: restarts and the BGP speaker's stats -> ``supervisor.json``."""
         now = time.monotonic() if now is None else now
-        if now < self._next:
+        if now < self._next or self.p is None:
             return
         self._next = now + 1.0
         from maglev.telemetry.metrics import write_supervisor_view

@@ -243,3 +243,32 @@ def test_top_frame_from_two_snapshots(region, tmp_path):
     text = "\n".join(lines)
     assert "1000 pps" in text.replace("   ", " ").replace("  ", " ") or " 1.00k pps" in text
     assert WEB_VIP in text and "198.18.1.14" in text and "worker" in text.lower()
+
+
+@pytest.mark.parametrize("listen, message", [("127.0.0.1:xyz", "expected ADDR:PORT"),
+                                             ("nonsense", "expected ADDR:PORT")])
+def test_run_with_a_bad_metrics_address_is_one_line_and_starts_nothing(tmp_path, listen, message):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MAGLEV_RUN_DIR": str(tmp_path / "run"), "MAGLEV_STATE_DIR": str(tmp_path / "state")}
+    r = subprocess.run([sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--json",
+                        "--metrics", listen, "--nic", "gen:seconds=1"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_metrics_host_answers_503_until_attached():
+    from maglev.telemetry.prometheus import MetricsHost
+
+    host = MetricsHost("127.0.0.1:0")
+    try:
+        h, port = host.server.address
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://{h}:{port}/metrics", timeout=5)
+        assert e.value.code == 503
+        e.value.close()
+        host.tick()  # nothing to write yet, and no error
+    finally:
+        host.close()
