@@ -113,7 +113,15 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     from maglev.actors.controller import Controller
 
     ctrl = Controller()  # announces/withdraws the VIPs over BGP (maglev/actors/controller.py)
-    p = pl.Pipeline(opts, on_message=ctrl.on_message)
+    from maglev.telemetry.prometheus import MetricsHost
+
+    obs = MetricsHost(metrics)  # binds --metrics first: a bad address fails before anything starts
+    try:
+        p = pl.Pipeline(opts, on_message=ctrl.on_message)
+    except BaseException:
+        obs.close()
+        raise
+    obs.attach(p)  # the endpoint + the supervisor view file (restarts, BGP) for ctl stats
     ctrl.bind(p)
     finite_gen = p.nic_spec.kind == "gen" and any(
         k in ("seconds", "packets") and float(v) > 0 for k, v in p.nic_spec.options
@@ -126,11 +134,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         stop_reason.append(signal.Signals(signum).name)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    obs = None
     try:
-        from maglev.telemetry.prometheus import MetricsHost
-
-        obs = MetricsHost(p, metrics)  # --metrics endpoint + supervisor view (restarts, BGP)
         p.start(go=False)
         if not stop_reason:  # Ctrl-C while the actors were starting: stop, do not begin
             p.go()
@@ -154,8 +158,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
-        if obs is not None:
-            obs.close()
+        obs.close()
         p.close()
     if as_json:
         click.echo(json.dumps(s))
