@@ -356,6 +356,8 @@ class ConfigManager:
             self.counters.health_transitions += 1
             log.info("backend %s of %s is %s (%s)", backend, vip, "up" if up else "down", detail)
             self.emit("health", {"vip": vip, "backend": backend, "up": up, "detail": detail, "generation": self.generation})
+            _span_event("health.transition", {"maglev.vip": vip, "maglev.backend": backend, "maglev.up": up,
+                                              "maglev.detail": detail, "maglev.generation": self.generation})
         self._check_all_down()
         return result
 
@@ -530,6 +532,13 @@ def _span(name: str, op: str) -> Any:
     from maglev.telemetry import get_tracer
 
     return get_tracer("maglev.config").start_as_current_span(name, attributes={"maglev.control.op": op})
+
+
+def _span_event(name: str, attrs: dict[str, Any]) -> None:
+    """An event on the current span (the control server's span of the prober's report)."""
+    from opentelemetry import trace
+
+    trace.get_current_span().add_event(name, attrs)
 
 
 class _Writer:
