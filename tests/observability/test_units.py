@@ -272,3 +272,43 @@ def test_metrics_host_answers_503_until_attached():
         host.tick()  # nothing to write yet, and no error
     finally:
         host.close()
+
+
+def test_config_manager_spans_and_health_transition_events(tmp_path):
+    """validate / build_tables / publish spans under the request's span, and a health
+    transition as a span event carrying VIP, backend and generation."""
+    from maglev.control.manager import ConfigManager
+    from maglev.control.protocol import Request
+    from maglev.control.publisher import ThreadedPublisher
+
+    toml = SAMPLE_CONFIG.read_text().replace('encap = "gre"', 'encap = "gre"\n\n  [vip.health]\n  type = "tcp"', 1)
+    path = tmp_path / "health.toml"
+    path.write_text(toml)
+    cfg = load(path)
+    web = next(v for v in cfg.vips if v.key == WEB_VIP)
+    assert web.health.type == "tcp"
+    exporter = InMemorySpanExporter()
+    provider = setup_tracing("config", "t1", exporter=exporter)
+    try:
+        with ThreadedPublisher(workers=2) as pub:
+            m = ConfigManager(cfg, pub)
+            m._publish_initial()
+            tracer = get_tracer("test")
+            with tracer.start_as_current_span("control set-weight") as root:
+                rep = m.handle(Request(op="set-weight", args={"vip": WEB_VIP, "backend": "198.18.1.12", "weight": 3},
+                                       id=1))
+            assert rep.ok, rep.error
+            with tracer.start_as_current_span("control health-report"):
+                m.report_health([{"vip": WEB_VIP, "backend": web.backends[0].key, "up": False, "detail": "refused"}])
+        provider.force_flush()
+        spans = exporter.get_finished_spans()
+        kids = {s.name: s for s in spans if s.parent is not None and s.parent.span_id == root.get_span_context().span_id}
+        assert {"config.validate", "config.build_tables", "config.publish"} <= set(kids)
+        assert kids["config.publish"].attributes["maglev.generation"] == rep.result["generation"]
+        hr = next(s for s in spans if s.name == "control health-report")
+        ev = [e for e in hr.events if e.name == "health.transition"]
+        assert ev and ev[0].attributes["maglev.up"] is False and ev[0].attributes["maglev.vip"] == WEB_VIP
+        assert ev[0].attributes["maglev.backend"] == web.backends[0].key
+        assert ev[0].attributes["maglev.generation"] == m.generation
+    finally:
+        shutdown_tracing()
