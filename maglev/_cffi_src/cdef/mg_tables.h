@@ -65,6 +65,10 @@ struct mg_backend {
 };
 
 int mg_tables_validate(const void *tables, uint64_t size);
+int mg_tables_remap(int32_t *dst, const int32_t *src, uint32_t n, const int32_t *map,
+                    uint32_t n_map);
+int mg_tables_ids(uint64_t k0, uint64_t k1, const uint8_t *data, const uint32_t *offs,
+                  uint32_t n, uint64_t *out);
 int32_t mg_tables_backend_by_id(const void *tables, uint64_t id, int vip);
 int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,
                          uint8_t proto);

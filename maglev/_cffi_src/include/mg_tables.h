@@ -187,6 +187,19 @@ static inline int32_t mg_tables_find_backend(const void *t, uint64_t id, int vip
  * offsets/entries).  O(size of the Maglev tables). */
 int mg_tables_validate(const void *tables, uint64_t size);
 
+/* Builder helper (maglev.datapath.tables.build_tables): dst[i] = map[src[i]] for the n
+ * entries of a Maglev table built over one VIP's healthy backends (src: index into them,
+ * negative = empty -> -1; map: their global backend indices).  0, or -EINVAL when an entry
+ * is >= n_map.  Turns a 65537-entry Python loop into a memory pass. */
+int mg_tables_remap(int32_t *dst, const int32_t *src, uint32_t n, const int32_t *map,
+                    uint32_t n_map);
+
+/* Builder helper: out[i] = mg_siphash13(k0, k1, data[offs[i] .. offs[i+1]]) for i < n
+ * (the backend ids of one VIP in one call instead of one cffi crossing each).  0 or
+ * -EINVAL (null pointers, decreasing offsets). */
+int mg_tables_ids(uint64_t k0, uint64_t k1, const uint8_t *data, const uint32_t *offs,
+                  uint32_t n, uint64_t *out);
+
 /* mg_tables_find_backend() out of line, for tests. */
 int32_t mg_tables_backend_by_id(const void *tables, uint64_t id, int vip);
 

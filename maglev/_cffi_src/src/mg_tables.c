@@ -1,4 +1,5 @@
 /* Tables blob validation and lookup helpers; the layout is in include/mg_tables.h. */
+#include "mg_hash.h"
 #include "mg_tables.h"
 
 static int range_ok(uint64_t off, uint64_t len, uint64_t size)
@@ -81,4 +82,35 @@ int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t por
     if (v < 0 && port_be != 0)
         v = mg_tables_find_vip(tables, addr16, 0, proto);
     return v;
+}
+
+int mg_tables_remap(int32_t *dst, const int32_t *src, uint32_t n, const int32_t *map,
+                    uint32_t n_map)
+{
+    if (!dst || !src || (n_map && !map))
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++) {
+        int32_t e = src[i];
+        if (e < 0) {
+            dst[i] = -1;
+            continue;
+        }
+        if ((uint32_t)e >= n_map)
+            return -EINVAL;
+        dst[i] = map[e];
+    }
+    return 0;
+}
+
+int mg_tables_ids(uint64_t k0, uint64_t k1, const uint8_t *data, const uint32_t *offs,
+                  uint32_t n, uint64_t *out)
+{
+    if (n && (!data || !offs || !out))
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++) {
+        if (offs[i + 1] < offs[i])
+            return -EINVAL;
+        out[i] = mg_siphash13(k0, k1, data + offs[i], offs[i + 1] - offs[i]);
+    }
+    return 0;
 }
