@@ -25,21 +25,11 @@ from typing import Any
 
 import pytest
 
+from maglev.testing.wait import wait_until
+
 ROUTER_V4, SPEAKER_V4 = "198.18.0.1", "198.18.0.2"
 ROUTER_V6, SPEAKER_V6 = "2001:db8:18::1", "2001:db8:18::2"
 ROUTER_ASN = 64512
-
-
-def wait_until(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Poll ``fn`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
 class SpeakerProc:

@@ -16,6 +16,7 @@ from maglev.actors.health_prober import HealthProberActor
 from maglev.config import dump_toml
 from maglev.control.client import ControlClient
 from maglev.control.publisher import ThreadedPublisher
+from maglev.testing.wait import wait_until
 
 
 class LocalConfigActor(ConfigManagerActor):
@@ -62,15 +63,6 @@ class Driver:
         self.t.join(10)
 
 
-def wait_until(pred, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.fixture
 def env(shortdir, monkeypatch):
     monkeypatch.setenv("MAGLEV_RUN_DIR", str(shortdir / "run"))
@@ -102,14 +94,14 @@ def test_prober_and_config_manager_actors(env, cfgdict):
             def rows():
                 return {r["backend"]: r for r in c.call("backends", {"vip": vip})["backends"]}
 
-            assert wait_until(lambda: rows()["dead"]["health"] == "down" and rows()["alive"]["health"] == "up")
+            wait_until(lambda: rows()["dead"]["health"] == "down" and rows()["alive"]["health"] == "up", 5.0, "dead down, alive up", 0.02)
             assert rows()["dead"]["entries"] == 0 and rows()["alive"]["entries"] == 251
             st = c.call("status")
             assert st["backends_down"] == 1 and len(st["endpoints"]) == 2 and st["resumed"] is False
             # A config change reaches the prober (config event -> get-config): a new backend
             # that is dead goes down as well.
             c.call("add-backend", {"vip": vip, "backend": {"address": "127.0.0.4", "name": "dead2"}})
-            assert wait_until(lambda: rows()["dead2"]["health"] == "down")
+            wait_until(lambda: rows()["dead2"]["health"] == "down", 5.0, "dead2 down", 0.02)
     finally:
         if hp:
             hp.close()

@@ -16,8 +16,7 @@ import pytest
 
 from maglev.lab import failover as fo
 from maglev.lab.topology import LabSpec, list_netns, why_no_lab
-
-from .conftest import wait_until
+from maglev.testing.wait import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

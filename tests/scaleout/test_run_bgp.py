@@ -17,8 +17,9 @@ import zmq
 from maglev.control.protocol import decode_event
 from maglev.hashing import build_table
 from maglev.testing.packets import write_pcap
+from maglev.testing.wait import wait_until
 
-from .conftest import Listener, RouterThread, free_port, wait_until
+from .conftest import Listener, RouterThread, free_port
 
 pytestmark = pytest.mark.slow
 
