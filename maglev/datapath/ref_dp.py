@@ -109,11 +109,32 @@ class RefDataPath:
 
     def set_tables(self, tables: bytes) -> None:
         view = read_tables(tables)
-        self.t = view
+        old, self.t = self.t, view
         gen = view.header["generation"]
         if gen != self.generation:
             self.generation = gen
+            self._carry_counters(old, view)
+
+    def _carry_counters(self, old: TablesView | None, new: TablesView) -> None:
+        """carry_counters() in mg_dp.c: each count moves to its VIP's / backend's index in
+        the new tables (VIP by address, port, protocol; backend by 64-bit id); counts of
+        removed ones are dropped."""
+        if old is None:
             self.vip_c, self.be_c = {}, {}
+            return
+        be_c: dict[int, list[int]] = {}
+        for i, c in self.be_c.items():
+            nb = new.find_backend(old.backends[i].id, -1)
+            if nb >= 0 and any(c):
+                be_c[nb] = c
+        vip_c: dict[int, list[int]] = {}
+        for i, c in self.vip_c.items():
+            ov = old.vips[i]
+            nv = next((j for j, v in enumerate(new.vips)
+                       if (v.addr, v.port, v.proto) == (ov.addr, ov.port, ov.proto)), -1)
+            if nv >= 0 and any(c):
+                vip_c[nv] = c
+        self.vip_c, self.be_c = vip_c, be_c
 
     # ------------------------------------------------------------------ helpers
 

@@ -139,3 +139,35 @@ def test_id_map_lookup_agrees_in_c_and_python():
         assert view.find_backend(be.id, other) == -1 == lib.mg_tables_backend_by_id(buf, be.id, other)
     gone = backend_id(VKEY, "198.18.7.99")
     assert view.find_backend(gone, 1) == -1 == lib.mg_tables_backend_by_id(buf, gone, 1)
+
+
+def test_per_backend_and_per_vip_counters_follow_identity_across_generations():
+    """Counters are indexed like the tables in use but carried to each backend's / VIP's new
+    index when a rebuild renumbers them; a removed backend's count is dropped."""
+    before = conf(BASE, other_vip_first=True)
+    after = conf([("198.18.7.9", 1), *without("198.18.7.3")])  # other VIP gone, .3 gone, .9 new
+    blob1, blob2 = build_tables(before), build_tables(after)
+    results = {}
+    for engine in ("c", "python"):
+        dp = DataPath(blob1, engine=engine, ct_capacity=4096)
+        dp.process([Packet(i, flow(20000 + i, 0x02)) for i in range(N_FLOWS)], NOW)
+        s1 = dp.stats()
+        by_addr1 = {addr_of(blob1, i): c for i, c in s1["backends"].items()}
+        assert sum(c[0] for c in by_addr1.values()) == N_FLOWS
+        dp.set_tables(blob2)
+        # the C kernel switches at its next burst: one packet to no VIP (counts nothing)
+        stray = P.eth(P.ipv4(CLIENT, "203.0.113.99", P.TCP, P.tcp(1, 80, b"", src=CLIENT, dst="203.0.113.99")))
+        assert dp.process([Packet(0, stray)], NOW)[0].reason == "no_vip"
+        s_swap = dp.stats()
+        by_addr_swap = {addr_of(blob2, i): c for i, c in s_swap["backends"].items()}
+        assert by_addr_swap == {a: c for a, c in by_addr1.items() if a != "198.18.7.3"}
+        assert s_swap["vips"] == {0: s1["vips"][1]}  # the VIP moved from index 1 to 0
+        dp.process([Packet(i, flow(20000 + i)) for i in range(N_FLOWS)], NOW + 10**9)
+        s2 = dp.stats()
+        by_addr2 = {addr_of(blob2, i): c[0] for i, c in s2["backends"].items()}
+        for addr, (packets, _bytes) in by_addr_swap.items():
+            assert by_addr2[addr] >= packets + 1  # kept its count and its flows
+        assert sum(by_addr2.values()) == 2 * N_FLOWS - by_addr1["198.18.7.3"][0]
+        assert s2["vips"][0][0] == 2 * N_FLOWS
+        results[engine] = (s_swap["backends"], s2["backends"], s2["vips"])
+    assert results["c"] == results["python"]

@@ -31,8 +31,11 @@
  *
  * Tables: validated in full when the pointer or the generation differs from the last
  * burst's (mg_tables_validate); an invalid blob drops the burst with bad_tables.  Per-VIP
- * and per-backend counters are indexed like the tables in use and are zeroed when the
- * generation changes (stats.tables_generation says which generation they describe).
+ * and per-backend counters are indexed like the tables in use (stats.tables_generation
+ * says which generation their indices describe) and survive a generation change: each
+ * count moves to the new index of its VIP (address, port, protocol) or backend (64-bit
+ * id, mg_tables.h), so they only grow while the VIP/backend exists; counts of removed
+ * ones are dropped.
  *
  * Ownership of the arrays in struct mg_dp_io: the caller owns them; capacities must be
  * tx_cap >= n + n_spare + MG_DP_DRAIN_MAX and drop_cap >= n + n_spare + MG_DP_DRAIN_MAX, n <=
@@ -120,7 +123,10 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
 int mg_dp_flush(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg_dp_io *io);
 
 const struct mg_dp_stats *mg_dp_stats(const struct mg_dp *dp);
-/* Per-VIP and per-backend counters: MG_TABLES_MAX_VIPS / MG_TABLES_MAX_BACKENDS entries. */
+/* Per-VIP and per-backend counters: MG_TABLES_MAX_VIPS / MG_TABLES_MAX_BACKENDS entries,
+ * index i = VIP/backend i of the tables of generation stats.tables_generation; packets =
+ * input packets forwarded to it (a split packet counts once per piece), bytes = bytes on
+ * the wire after encapsulation.  Monotonic per VIP/backend across table generations. */
 const struct mg_dp_counter *mg_dp_vip_counters(const struct mg_dp *dp);
 const struct mg_dp_counter *mg_dp_backend_counters(const struct mg_dp *dp);
 struct mg_ct *mg_dp_conntrack(struct mg_dp *dp);

@@ -32,6 +32,12 @@ struct mg_dp {
     uint16_t worker;
     struct mg_dp_counter vip_c[MG_TABLES_MAX_VIPS];
     struct mg_dp_counter be_c[MG_TABLES_MAX_BACKENDS];
+    /* Identities of the entries the counters are indexed by (the last valid tables), so a
+     * generation change can carry each count to its VIP's/backend's new index. */
+    uint32_t n_vip_keys, n_be_ids;
+    struct vip_ident { uint8_t addr[16]; uint16_t port; uint8_t proto; } vip_keys[MG_TABLES_MAX_VIPS];
+    uint64_t be_ids[MG_TABLES_MAX_BACKENDS];
+    struct mg_dp_counter scratch[MG_TABLES_MAX_BACKENDS];
 };
 
 enum kind { K_DROP, K_FLOW, K_ICMP_FLOW, K_HASH_ONLY, K_FRAG_FIRST, K_FRAG_NEXT };
@@ -149,6 +155,47 @@ const struct mg_dp_counter *mg_dp_vip_counters(const struct mg_dp *dp) { return 
 const struct mg_dp_counter *mg_dp_backend_counters(const struct mg_dp *dp) { return dp->be_c; }
 struct mg_ct *mg_dp_conntrack(struct mg_dp *dp) { return dp->ct; }
 
+/* A new generation renumbers VIPs and backends: carry every counter to the index its VIP
+ * (address, port, protocol) or backend (64-bit id) has in the new tables, so counts are
+ * monotonic per VIP and per backend for as long as they exist; counts of entries that are
+ * gone are dropped.  O(VIPs + backends) per swap, off the per-packet path. */
+static void carry_counters(struct mg_dp *dp, const void *t)
+{
+    const struct mg_tables_header *h = mg_tables_header_of(t);
+    const struct mg_vip *vips = mg_tables_vips(t);
+    const struct mg_backend *bes = mg_tables_backends(t);
+
+    memcpy(dp->scratch, dp->be_c, (size_t)dp->n_be_ids * sizeof(dp->scratch[0]));
+    memset(dp->be_c, 0, sizeof(dp->be_c));
+    for (uint32_t ob = 0; ob < dp->n_be_ids; ob++) {
+        if (!dp->scratch[ob].packets && !dp->scratch[ob].bytes)
+            continue;
+        int32_t nb = mg_tables_find_backend(t, dp->be_ids[ob], -1);
+        if (nb >= 0)
+            dp->be_c[nb] = dp->scratch[ob];
+    }
+    for (uint32_t b = 0; b < h->n_backends; b++)
+        dp->be_ids[b] = bes[b].id;
+    dp->n_be_ids = h->n_backends;
+
+    memcpy(dp->scratch, dp->vip_c, (size_t)dp->n_vip_keys * sizeof(dp->scratch[0]));
+    memset(dp->vip_c, 0, sizeof(dp->vip_c));
+    for (uint32_t ov = 0; ov < dp->n_vip_keys; ov++) {
+        if (!dp->scratch[ov].packets && !dp->scratch[ov].bytes)
+            continue;
+        const struct vip_ident *k = &dp->vip_keys[ov];
+        int nv = mg_tables_find_vip(t, k->addr, k->port, k->proto);
+        if (nv >= 0)
+            dp->vip_c[nv] = dp->scratch[ov];
+    }
+    for (uint32_t v = 0; v < h->n_vips; v++) {
+        memcpy(dp->vip_keys[v].addr, vips[v].addr, 16);
+        dp->vip_keys[v].port = vips[v].port;
+        dp->vip_keys[v].proto = vips[v].proto;
+    }
+    dp->n_vip_keys = h->n_vips;
+}
+
 static int tables_ok(struct mg_dp *dp, const void *tables)
 {
     if (!tables)
@@ -160,8 +207,7 @@ static int tables_ok(struct mg_dp *dp, const void *tables)
     dp->gen_seen = h->generation;
     dp->tables_valid = h->magic == MG_TABLES_MAGIC && mg_tables_validate(tables, h->total_size) == 0;
     if (dp->tables_valid && h->generation != dp->stats.tables_generation) {
-        memset(dp->vip_c, 0, sizeof(dp->vip_c));
-        memset(dp->be_c, 0, sizeof(dp->be_c));
+        carry_counters(dp, tables);
         dp->stats.tables_generation = h->generation;
         dp->stats.table_swaps++;
     }
