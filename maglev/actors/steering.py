@@ -10,11 +10,37 @@ frames are taken until they are placed -- the right thing for a capture or a gen
 At the end of a finite input (capture, ``packets=``/``seconds=`` generator) steering
 tells the supervisor ``eof`` once its hand and every rx ring are empty; the supervisor's
 ordered stop then lets workers and muxer drain.
+
+Waiting on two things at once.  Steering is the consumer of the ``ret`` and ``sent``
+rings *and* the receiver of a NIC whose readiness is a file descriptor (AF_PACKET).  It
+once slept in ``poll()`` on the NIC alone, with the actors' 0.5 s idle timeout, and the
+rings' doorbell rang a futex nobody waited on.  After a burst of traffic the frames
+still in flight came home to ``sent`` while steering slept; once ``sent`` was full the
+muxer could not give its frames back, stopped collecting from the tx rings, and every
+packet behind them (the next request after the burst) waited for the timeout -- an HTTP
+p99 of ~0.5 s in the lab, multiples of 0.5 s per probe in ``tests/actors/test_latency.py``.
+A futex cannot be polled together with a socket, so a small thread
+(:class:`_BellPipe`) turns the futex doorbell into a readable pipe: it sleeps on the
+doorbell only while the main thread sleeps in ``poll()`` (armed), writes one byte when a
+ring has work, and waits to be armed again, so it never spins and costs nothing while
+steering is busy.  No wake-up is lost: the doorbell's own protocol (need_wakeup, fence,
+re-check) covers submits that race with the thread going to sleep, and the byte stays
+in the pipe until the main thread's next idle turn drains it, so a signal that races with
+the main thread going back to ``poll()`` makes that poll return at once.  The rejected
+alternatives: a short poll timeout (bounded latency but hundreds of wake-ups a second
+when idle) or rings deep enough that no producer ever waits for steering (a region
+layout change, and the ``ret`` rings would have to hold the whole pool each).
+
+Back pressure needs no doorbell: while steering holds packets it cannot place, it backs
+off for a fraction of a millisecond (a worker drains a burst in ~0.1 ms) instead of
+sleeping until its own rings or the NIC have news, which could be 0.5 s.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from typing import Any
 
@@ -30,8 +56,64 @@ log = logging.getLogger("maglev.steering")
 SS_NIC_DROPS = {"unsupported_linktype": 16, "frame_overflow": 17}
 
 
+class _BellPipe:
+    """Steering's futex doorbell as a readable pipe, for a ``poll()`` on the NIC too.
+
+    The thread waits on the doorbell only after :meth:`arm` (the main thread is about to
+    sleep in ``poll()``); a doorbell wake with ring work writes one byte and the thread
+    waits to be armed again.  The main thread calls :meth:`arm` before every sleep, which
+    first drains the pipe: every ring work signalled before that is reclaimed by the step
+    that preceded the sleep (a step always reclaims first), and anything later makes the
+    re-armed thread find the work at once (the doorbell re-checks the rings before it
+    sleeps) and write a new byte.  cffi releases the GIL in the doorbell wait.
+    """
+
+    def __init__(self, bell: Any, name: str = "steering-bell"):
+        self.bell = bell
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._armed = threading.Event()
+        self._stop = False
+        self.signals = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            if not self._armed.wait(1.0):
+                continue
+            self._armed.clear()
+            while not self._stop:
+                if self.bell.wait(500, spin=0):
+                    self.signals += 1
+                    try:
+                        os.write(self.w, b"\0")
+                    except BlockingIOError:  # a full pipe is signal enough
+                        pass
+                    break
+
+    def arm(self) -> None:
+        try:
+            while os.read(self.r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self._armed.set()
+
+    def close(self) -> None:
+        if self._stop:
+            return
+        self._stop = True
+        self._armed.set()
+        self.bell.ring()  # out of a doorbell wait now, not at its timeout
+        self._thread.join(2.0)
+        os.close(self.r)
+        os.close(self.w)
+
+
 class Steering(Actor):
     kind = "steering"
+    # Back-off while packets wait in the hand for room on an rx ring (back pressure).
+    backpressure_sleep_s = 0.0002
 
     def setup(self) -> None:
         from maglev.nic.gen import vip_targets
@@ -59,6 +141,10 @@ class Steering(Actor):
             done = int(s[lib.MG_SS_RX_PACKETS]) + sum(int(s[w]) for w in SS_NIC_DROPS.values())
             self.nic.skip(done + recovered)
         self.bell = self.region.bell(BELL_STEERING)
+        self.bell_pipe: _BellPipe | None = None
+        if hasattr(self.nic, "wake_on"):  # an fd-based NIC: poll it and the doorbell
+            self.bell_pipe = _BellPipe(self.bell)
+            self.nic.wake_on(self.bell_pipe.r)
         from maglev.telemetry.tracer import SteeringTracer, steering_sample_rate
 
         self.tracer = SteeringTracer(self.region, steering_sample_rate(cfg), self.spec.instance, self.spec.run_dir)
@@ -148,7 +234,12 @@ class Steering(Actor):
             super().wait(timeout_s)
             self._poll_mailbox_now()
             return
-        if not self.nic.eof and not self.draining and self.nic.kind == "afpacket":
+        if check(lib.mg_hand_count(self.base, self.slot), "hand count"):
+            # Back pressure: room appears on an rx ring when a worker pulls, and nobody
+            # rings steering for that; back off briefly instead of sleeping.
+            time.sleep(self.backpressure_sleep_s)
+        elif self.bell_pipe is not None and not self.nic.eof and not self.draining:
+            self.bell_pipe.arm()
             self.nic.wait(timeout_s)
         else:
             self.bell.wait(int(timeout_s * 1000))
@@ -157,6 +248,8 @@ class Steering(Actor):
         """Stop receiving; place what is in the hand; wait (bounded) until every frame the
         workers and muxer will hand back is home."""
         self.draining = True
+        if self.bell_pipe is not None:  # drain waits on the doorbell itself
+            self.bell_pipe.close()
         deadline = time.monotonic() + float(self.params.get("drain_s", 2.0))
         free = self.region.free
         n_frames = self.region.n_frames
@@ -167,6 +260,8 @@ class Steering(Actor):
             self.bell.wait(20)
 
     def teardown(self) -> None:
+        if getattr(self, "bell_pipe", None) is not None:
+            self.bell_pipe.close()
         nic = getattr(self, "nic", None)
         if nic is not None:
             self._sync_nic_drops()

@@ -102,6 +102,9 @@ class AfPacketNic:
         self.reopens = 0
         self._kernel = {"kernel_packets": 0, "kernel_drops": 0, "kernel_freezes": 0}
         self._rx_on = False
+        # Other descriptors wait() also returns for (steering's doorbell pipe): a
+        # process that receives from the NIC may have other work to wake up for.
+        self._also: list[int] = []
         page = mmap.PAGESIZE
         bs = block_size
         if bs and (bs & (bs - 1) or bs % page or bs < lib.MG_FRAME_SIZE) or not 0 <= block_nr <= 4096:
@@ -147,6 +150,8 @@ class AfPacketNic:
               f"afpacket: {self.ring} RX ring on {self.iface}")
         self._poll = select.poll()
         self._poll.register(self._afp.fd, select.POLLIN | select.POLLERR)
+        for fd in self._also:
+            self._poll.register(fd, select.POLLIN)
         self._rx_on = True
 
     def close(self) -> None:
@@ -187,8 +192,18 @@ class AfPacketNic:
             return 0
         return check(lib.mg_afp_tx_burst(self._afp, pool, descs, n), f"afpacket tx on {self.iface}")
 
+    def wake_on(self, fd: int) -> None:
+        """Make :meth:`wait` also return when ``fd`` becomes readable (kept across a
+        reopen).  Reading it is the caller's business: a readable fd makes every wait
+        return at once until it is drained."""
+        if fd not in self._also:
+            self._also.append(fd)
+            if self._poll is not None:
+                self._poll.register(fd, select.POLLIN)
+
     def wait(self, timeout_s: float) -> bool:
-        """Sleep until the ring may have packets (True) or the timeout passed (False)."""
+        """Sleep until the ring may have packets or an fd given to :meth:`wake_on` is
+        readable (True), or the timeout passed (False)."""
         if not self._rx_on:
             self._ensure_rx()
         if self._poll is None:
@@ -198,8 +213,8 @@ class AfPacketNic:
             events = self._poll.poll(max(0, int(timeout_s * 1000)))
         except InterruptedError:
             return True
-        for _, ev in events:
-            if ev & select.POLLERR:
+        for fd, ev in events:
+            if ev & select.POLLERR and fd == self._afp.fd:
                 self._clear_error()
         return bool(events)
 
