@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_datapath import CONF, packet  # noqa: E402
+from bench_datapath import CONF, packet
 
-from maglev import config as cfg  # noqa: E402
-from maglev.datapath.tables import build_tables  # noqa: E402
+from maglev import config as cfg
+from maglev.datapath.tables import build_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "maglev" / "_cffi_src"
