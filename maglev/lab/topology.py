@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from maglev.errors import MaglevError, NotRootError
+from maglev.testing.netns import why_no_netns
 
 STATE_DIR = Path(os.environ.get("MAGLEV_LAB_DIR", "/run/maglev-lab"))
 STATE_VERSION = 1
@@ -96,16 +97,7 @@ def backend_vxlan_mac(i: int) -> str:
 
 def why_no_lab() -> str | None:
     """None when a lab can be built here, else one sentence saying why not."""
-    if os.geteuid() != 0:
-        return "maglev lab needs root: it creates network namespaces, veth pairs and a bridge"
-    if shutil.which("ip") is None:
-        return "maglev lab needs the `ip` command from iproute2 (apt-get install iproute2)"
-    probe = f"mglab-probe-{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"this system cannot create network namespaces: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
+    return why_no_netns("maglev lab", "to create network namespaces, veth pairs and a bridge")
 
 
 def sh(cmd: Sequence[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:

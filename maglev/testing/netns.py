@@ -22,16 +22,17 @@ from collections.abc import Sequence
 from maglev.errors import NotRootError
 
 
-def why_no_netns() -> str | None:
-    """None when namespaces can be made here, else a full sentence saying why not."""
+def why_no_netns(who: str = "this test", why: str = "to create network namespaces") -> str | None:
+    """None when namespaces can be made here, else a full sentence saying why not, naming
+    ``who`` needs them (a test, ``maglev lab``) and ``why``."""
     if os.geteuid() != 0:
-        return "needs root to create network namespaces (run the tests as root, as CI does)"
+        return f"{who} needs root {why} (run as root, as CI does)"
     if shutil.which("ip") is None:
-        return "needs the `ip` command from iproute2 (apt-get install iproute2)"
+        return f"{who} needs the `ip` command from iproute2 (apt-get install iproute2)"
     probe = f"mgt-probe-{secrets.token_hex(3)}"
     r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if r.returncode != 0:
-        return f"`ip netns add` failed: {r.stderr.strip()}"
+        return f"this system cannot create network namespaces: {r.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
 
