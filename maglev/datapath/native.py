@@ -36,6 +36,9 @@ class CDataPath:
     def __init__(self, tables: bytes, *, ct_capacity: int = 65536, worker: int = 0, now_ns: int = 0):
         self._tables_buf = None
         self.set_tables(tables)
+        # the blob the kernel last ran with: its counters are indexed by that blob's VIPs
+        # and backends until the next burst switches to a newer set_tables() blob
+        self._kernel_buf = self._tables_buf
         hdr = ffi.cast("struct mg_tables_header *", self._tables_buf)
         dp = lib.mg_dp_new(ct_capacity, worker, hdr.hash_k0, hdr.hash_k1, now_ns)
         if dp == ffi.NULL:
@@ -132,6 +135,7 @@ class CDataPath:
             self._spare[i] = self._free.pop()
         io.n_spare = n_spare
         check(lib.mg_dp_burst(self._dp, self._tables_buf, now_ns, io), "mg_dp_burst")
+        self._kernel_buf = self._tables_buf
         return self._collect()
 
     def flush(self, now_ns: int) -> list[Output]:
@@ -143,6 +147,7 @@ class CDataPath:
         while True:
             io.n_spare = 0
             n = check(lib.mg_dp_flush(self._dp, self._tables_buf, now_ns, io), "mg_dp_flush")
+            self._kernel_buf = self._tables_buf
             out += self._collect()
             if n == 0:
                 return out
@@ -159,7 +164,7 @@ class CDataPath:
             d["packets_in"] += v
         d["conntrack"] = {k: int(getattr(s.ct, k)) for k in (
             "lookups", "hits", "inserts", "insert_failed", "evictions", "expired", "reselected")}
-        hdr = ffi.cast("struct mg_tables_header *", self._tables_buf)
+        hdr = ffi.cast("struct mg_tables_header *", self._kernel_buf)
         vc = lib.mg_dp_vip_counters(self._dp)
         bc = lib.mg_dp_backend_counters(self._dp)
         d["vips"] = {i: (int(vc[i].packets), int(vc[i].bytes)) for i in range(hdr.n_vips) if vc[i].packets}

@@ -90,6 +90,7 @@ class RefDataPath:
 
     def __init__(self, tables: bytes, *, ct_capacity: int = 65536, worker: int = 0, now_ns: int = 0):
         self.t: TablesView | None = None
+        self._counted: TablesView | None = None  # the tables the counters are indexed by
         self.generation = None
         self.set_tables(tables)
         h = self.t.header
@@ -108,12 +109,18 @@ class RefDataPath:
         self._next_handle = 0
 
     def set_tables(self, tables: bytes) -> None:
-        view = read_tables(tables)
-        old, self.t = self.t, view
-        gen = view.header["generation"]
+        self.t = read_tables(tables)
+        if self.generation is None:
+            self._switch()
+
+    def _switch(self) -> None:
+        """As the C kernel at the start of a burst or flush: a new generation carries the
+        counters to the new indices (until then they stay indexed like the old tables)."""
+        gen = self.t.header["generation"]
         if gen != self.generation:
             self.generation = gen
-            self._carry_counters(old, view)
+            self._carry_counters(self._counted, self.t)
+        self._counted = self.t
 
     def _carry_counters(self, old: TablesView | None, new: TablesView) -> None:
         """carry_counters() in mg_dp.c: each count moves to its VIP's / backend's index in
@@ -316,6 +323,7 @@ class RefDataPath:
         return out
 
     def _burst(self, batch: list[Packet], now_ns: int) -> list[Output]:
+        self._switch()
         out: list[Output] = []
         self.s["packets_in"] += len(batch)
         h = self.t.header
@@ -454,6 +462,7 @@ class RefDataPath:
             self._forward(out, fr, p, vip, b, hsh, now_ns, spare)
 
     def flush(self, now_ns: int) -> list[Output]:
+        self._switch()
         out: list[Output] = []
         while True:
             part: list[Output] = []
