@@ -5,7 +5,7 @@
 #include "mg_conntrack.h"
 
 /* Large tables are aligned to 2 MiB and marked for transparent huge pages: at 1M entries a
- * lookup touches two random lines of a 117 MB table, and with 4 KiB pages each would also
+ * lookup touches two random lines of a 151 MB table, and with 4 KiB pages each would also
  * miss the TLB (a page walk that itself misses the cache). */
 #define HUGE_PAGE (2u << 20)
 
