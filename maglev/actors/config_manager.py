@@ -111,11 +111,31 @@ class ConfigManagerActor(Actor):
             return controller.config_handle_op(self, req)
         reply = self.manager.handle(req)
         observability.after_request(self, req, reply)  # [tracing].packet_sample_rate -> steering
+        if req.op == "backends" and reply.ok:
+            self._add_backend_packets(reply.result)
         if req.op == "status" and reply.ok:
             reply.result["endpoints"] = [s.bound_endpoint for s in self.servers]
             reply.result["live_workers"] = sorted(self.live)
             controller.config_status_extra(self, reply.result)  # table fingerprints, controller state
         return reply
+
+    def _add_backend_packets(self, result: dict[str, Any]) -> None:
+        """Fill ``packets``/``bytes`` of a ``backends`` reply from the workers' counters
+        (the same snapshot ``stats`` serves); left null when no region is attached."""
+        if self.region is None:
+            return
+        from maglev.telemetry.metrics import collect
+
+        snap = collect(self.region, self.spec.run_dir, instance=self.spec.instance)
+        by_vip = {v["vip"]: v for v in snap["vips"]}
+        vip = by_vip.get(result["vip"])
+        if vip is None:
+            return
+        counted = {b["backend"]: b for b in vip["backends"]}
+        for row in result["backends"]:
+            b = counted.get(row["address"])
+            if b is not None:
+                row["packets"], row["bytes"] = b["packets"], b["bytes"]
 
     def _emit(self, topic: str, body: dict[str, Any]) -> None:
         for s in self.servers:
