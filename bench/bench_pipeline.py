@@ -10,12 +10,18 @@ vCPUs are sometimes placed far apart, so only ratios from the same round mean mu
 * ``pipeline W=1`` and ``pipeline W=2``: ``maglev run``'s processes (Pipeline), generator
   NIC and null sink; the rate is the muxer's transmit counter over a window after a
   warm-up;
-* idle CPU: 8 workers, after the input ended, CPU time of all actor processes over 3 s.
+* idle CPU: 8 workers, after the input ended, CPU time of all actor processes over 3 s;
+* per actor, CPU ns per packet over the window (process CPU time / packets): what each
+  stage costs, which on a shared machine varies much less than the rate does;
+* ``--stages``: the pipeline's C glue driven in this one process over a real region, one
+  stage after the other (steering: reclaim, take, dispatch; the generator; the worker's
+  ``mg_worker_burst``; the muxer's collect + done), ns per packet each: the machinery's
+  own cost with no cross-core traffic and no scheduling.
 
 Packets: 64-byte frames (IPv4 TCP; IPv6 flows are header-sized, 74 bytes), 10k flows,
 10% SYN, 20% IPv6, toward the sample config's VIPs.  Never asserts on speed.
 
-    python bench/bench_pipeline.py [--seconds 4] [--rounds 2] [--workers 1,2] [--json]
+    python bench/bench_pipeline.py [--seconds 4] [--rounds 2] [--workers 1,2] [--stages] [--json]
 """
 
 from __future__ import annotations
@@ -70,6 +76,55 @@ def single_process(seconds: float, pool_frames: int = 4096) -> float:
     return done / (time.perf_counter() - t0) / 1e6
 
 
+def stages(bursts: int = 4000) -> dict[str, float]:
+    """ns per packet of each stage of the pipeline's C glue, in this one process."""
+    from maglev.rings import SLOT_MUXER, SLOT_STEERING, Region
+
+    cfg = load_config("")
+    blob = build_tables(cfg)
+    k0, k1 = cfg.flow_hash_key
+    region = Region.create(f"benchstages-{time.monotonic_ns() % 10**9}", 1, 6144, 2048,
+                           max(len(blob) * 2, 1 << 20))
+    try:
+        region.tables.publish(blob, [], 1.0)
+        base, pool = region.base, region.pool_ptr
+        st = ffi.new("struct mg_steer *")
+        mux = ffi.new("struct mg_mux *")
+        if lib.mg_steer_init(st, base, SLOT_STEERING, k0, k1) or lib.mg_mux_init(mux, base, SLOT_MUXER):
+            raise RuntimeError("stage bench: glue init failed")
+        w = ffi.gc(lib.mg_worker_new(base, 0, cfg.conntrack.capacity, k0, k1, 256, time.monotonic_ns()),
+                   lib.mg_worker_free)
+        gen = GenNic(vip_targets(cfg), flows=10000, size=64, syn=0.1, ipv6=0.2, seed=1)
+        cnt = ffi.new("uint32_t *")
+        ns = {"steering (reclaim+take+dispatch)": 0, "generator (mg_gen_fill)": 0,
+              "worker (mg_worker_burst)": 0, "muxer (collect+done)": 0}
+        keys = list(ns)
+        packets = 0
+        pc = time.perf_counter_ns
+        for it in range(bursts):
+            a = pc()
+            lib.mg_steer_reclaim(st, base)
+            n = lib.mg_steer_take(st, base, 256)
+            descs = lib.mg_hand_descs(base, SLOT_STEERING, cnt)
+            b = pc()
+            k = lib.mg_gen_fill(gen._g, pool, descs, n, time.monotonic_ns())
+            c = pc()
+            lib.mg_steer_dispatch(st, base, k, 1)
+            d = pc()
+            lib.mg_worker_burst(w, base, time.monotonic_ns())
+            e = pc()
+            lib.mg_mux_done(mux, base, lib.mg_mux_collect(mux, base, 256), 0)
+            f = pc()
+            if it >= bursts // 4:  # after a warm-up lap of the pool
+                for key, v in zip(keys, ((b - a) + (d - c), c - b, e - d, f - e), strict=True):
+                    ns[key] += v
+                packets += k
+    finally:
+        region.close()
+        region.unlink()
+    return {key: round(v / max(1, packets), 1) for key, v in ns.items()}
+
+
 def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float = 1.0) -> dict:
     p = Pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN}", ring_size=ring_size))
     try:
@@ -77,17 +132,23 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
         t_end = time.monotonic() + warmup
         while time.monotonic() < t_end:
             p.poll(0.05)
+        procs = {n: psutil.Process(p.supervisor.pid(n)) for n in p.supervisor.children
+                 if n in ("steering", "muxer") or n.startswith("worker-")}
+        cpu0 = {n: sum(pr.cpu_times()[:2]) for n, pr in procs.items()}
         c0, t0 = p.counters(), time.monotonic()
         while time.monotonic() < t0 + seconds:
             p.poll(0.05)
         c1, t1 = p.counters(), time.monotonic()
+        cpu = {n: sum(pr.cpu_times()[:2]) - cpu0[n] for n, pr in procs.items()}
         p.stop()
         s = p.summary()
     finally:
         p.close()
     dt = t1 - t0
+    sent = max(1, c1["tx_packets"] - c0["tx_packets"])
     return {
         "workers": workers,
+        "cpu_ns_per_packet": {n: round(v * 1e9 / sent) for n, v in sorted(cpu.items())},
         "mpps": (c1["tx_packets"] - c0["tx_packets"]) / dt / 1e6,
         "fallback_share": (c1["fallback"] - c0["fallback"]) / max(1, c1["packets_in"] - c0["packets_in"]),
         "pool_ok": s["pool"]["ok"],
@@ -120,10 +181,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--ring-size", type=int, default=2048, help="slots per rx/tx/ret ring")
+    ap.add_argument("--stages", action="store_true", help="also time each stage's C glue in one process")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     ws = [int(x) for x in a.workers.split(",")]
     rows = []
+    stage_ns = stages() if a.stages else None
+    if stage_ns and not a.json:
+        print("stages in one process (ns/packet): " + ", ".join(f"{k} {v}" for k, v in stage_ns.items())
+              + f"; total {sum(stage_ns.values()):.0f}", flush=True)
     for r in range(a.rounds):
         base = single_process(a.seconds)
         row = {"round": r + 1, "single_mpps": round(base, 3)}
@@ -133,6 +199,7 @@ def main() -> int:
             row[f"pipeline{w}_ratio"] = round(res["mpps"] / base, 2) if base else 0.0
             row[f"pipeline{w}_fallback_share"] = round(res["fallback_share"], 4)
             row[f"pipeline{w}_pool_ok"] = res["pool_ok"]
+            row[f"pipeline{w}_cpu_ns_per_packet"] = res["cpu_ns_per_packet"]
         rows.append(row)
         if not a.json:
             parts = [f"single {row['single_mpps']:.2f} Mpps"]
@@ -142,13 +209,18 @@ def main() -> int:
                     f"(x{row[f'pipeline{w}_ratio']:.2f}, fallback {row[f'pipeline{w}_fallback_share']:.1%})"
                 )
             print(f"round {r + 1}: " + " | ".join(parts), flush=True)
+            for w in ws:
+                cpu = row[f"pipeline{w}_cpu_ns_per_packet"]
+                print(f"         W={w} CPU ns/packet: "
+                      + ", ".join(f"{n} {v}" for n, v in cpu.items()) + f"; total {sum(cpu.values())}")
     idle = idle_cpu()
     try:
         load = tuple(round(x, 2) for x in psutil.getloadavg())
     except OSError:
         load = ()
     if a.json:
-        print(json.dumps({"rounds": rows, "idle_cpu_8_workers": round(idle, 4), "loadavg": load}))
+        print(json.dumps({"rounds": rows, "stages_ns_per_packet": stage_ns, "idle_cpu_8_workers": round(idle, 4),
+                          "loadavg": load}))
     else:
         print(f"idle: 8 workers + steering + muxer use {idle * 100:.2f}% of one core")
         print(f"load average during the run: {load}  (2 vCPUs shared with other work)")

@@ -56,13 +56,24 @@ class Worker(Actor):
         super().tick(now)
         self.observe.tick(now)
 
+    # Back-off when an output ring is full (retry soon, but without spinning: with more
+    # workers than spare cores a spinning worker takes the core the muxer or steering
+    # needs to make that room).
+    stall_sleep_s = 0.0002
+    _stalled = False
+
     def step(self) -> int:
         rc = lib.mg_worker_burst(self.w, self.base, time.monotonic_ns())
         if rc == -errno.EAGAIN:
-            return 1  # output ring full: retry soon, do not sleep
+            self._stalled = True  # output ring full: wait() backs off briefly
+            return 0
         return check(rc, "worker burst")
 
     def wait(self, timeout_s: float) -> None:
+        if self._stalled:
+            self._stalled = False
+            time.sleep(self.stall_sleep_s)
+            return
         lib.mg_tables_quiesce(self.base, self.index)
         self.bell.wait(int(timeout_s * 1000))
 
