@@ -75,6 +75,19 @@ def test_ctl_stats_json_and_text(running):
     assert f"vip {WEB_VIP}" in text.stdout and "worker 0" in text.stdout and "198.18.1.14" in text.stdout
 
 
+def test_ctl_backends_counts_packets_per_backend(running):
+    r = running.ctl("backends", WEB_VIP, "--json")
+    assert r.returncode == 0 and r.stdout, r.stderr
+    rows = json.loads(r.stdout)["backends"]
+    assert {row["address"] for row in rows} == WEB_BACKENDS
+    assert all(isinstance(row["packets"], int) and row["packets"] > 0 for row in rows), rows
+    assert all(row["bytes"] >= 64 * row["packets"] for row in rows), rows
+    # the weight-2 backend owns twice the table entries, so it carries about twice the flows
+    heavy = next(row for row in rows if row["weight"] == 2)
+    light = [row for row in rows if row["weight"] == 1]
+    assert heavy["packets"] > max(row["packets"] for row in light)
+
+
 def test_ctl_trace_filter_marks_matching_packets(running):
     r = running.ctl("trace", "--vip", WEB_VIP, "--count", "3", "--seconds", "15", "--json")
     assert r.returncode == 0, r.stderr
