@@ -34,13 +34,7 @@ from maglev.lab.client import http_load
 from maglev.lab.nsenter import netns
 from maglev.native import ffi, lib
 from maglev.nic.afpacket import AfPacketNic
-
-
-def _csum(b: bytes) -> int:
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+from maglev.testing.packets import checksum
 
 
 def udp_frame(sport: int, dst: str) -> bytes:
@@ -48,7 +42,7 @@ def udp_frame(sport: int, dst: str) -> bytes:
     udp = struct.pack("!HHHH", sport, 9, 8 + len(payload), 0) + payload
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
                      socket.inet_aton(topo.CLIENT_V4), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
     mac = lambda m: bytes.fromhex(m.replace(":", ""))  # noqa: E731
     return mac(topo.MAC_ROUTER_C) + mac(topo.MAC_CLIENT) + b"\x08\x00" + ip + udp
 

@@ -32,15 +32,7 @@ from maglev.lab import topology as topo
 from maglev.lab.client import Capture, http_load
 from maglev.lab.nsenter import netns
 from maglev.lab.relay import Relay
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+from maglev.testing.packets import checksum
 
 
 def syn_burst(ns: str, n: int) -> None:
@@ -52,7 +44,7 @@ def syn_burst(ns: str, n: int) -> None:
             sport = 20000 + i
             tcp = struct.pack("!HHIIBBHHH", sport, 80, 1000 + i, 0, 5 << 4, 0x02, 64240, 0, 0)
             pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
-            tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+            tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
             s.sendto(tcp, (topo.VIP_V4, 0))
     finally:
         s.close()

@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from maglev.datapath.ref_parse import checksum as inet_checksum
 from maglev.errors import MaglevError, NotRootError
 
 IPPROTO_GRE = 47
@@ -65,15 +66,6 @@ class DecapError(ValueError):
         self.reason = reason
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def strip_gre(payload: bytes) -> tuple[int, bytes]:
     """(inner ethertype, inner packet) from a GRE header + payload (RFC 2784, with the
     RFC 2890 key and sequence number extensions).  Raises DecapError."""
@@ -87,7 +79,7 @@ def strip_gre(payload: bytes) -> tuple[int, bytes]:
     hlen = 4 + 4 * bool(flags & 0x8000) + 4 * bool(flags & 0x2000) + 4 * bool(flags & 0x1000)
     if len(payload) < hlen:
         raise DecapError("gre_short")
-    if flags & 0x8000 and _csum(payload) != 0:
+    if flags & 0x8000 and inet_checksum(payload) != 0:
         raise DecapError("gre_checksum")
     return proto, payload[hlen:]
 

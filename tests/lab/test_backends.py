@@ -17,12 +17,12 @@ from maglev.lab.agent import (
     IPPROTO_IPIP,
     IPPROTO_IPV6,
     DecapError,
-    _csum,
     decapsulate,
 )
 from maglev.lab.client import Capture, http_load
 from maglev.lab.nsenter import netns as in_netns
 from maglev.lab.relay import Relay
+from maglev.testing.packets import checksum
 
 VIP4 = socket.inet_aton("203.0.113.10")
 VIP6 = socket.inet_pton(socket.AF_INET6, "2001:db8:f::10")
@@ -32,7 +32,7 @@ VIPS = frozenset({VIP4, VIP6})
 def ipv4(dst: bytes = VIP4, payload: bytes = b"x" * 8, proto: int = 17) -> bytes:
     h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0,
                     socket.inet_aton("198.18.1.2"), dst)
-    return h[:10] + struct.pack("!H", _csum(h)) + h[12:] + payload
+    return h[:10] + struct.pack("!H", checksum(h)) + h[12:] + payload
 
 
 def ipv6(dst: bytes = VIP6, payload: bytes = b"y" * 8) -> bytes:
@@ -65,7 +65,7 @@ def test_gre_is_stripped(desc, gre_header, inner):
 def test_gre_checksum_is_verified():
     inner = ipv4()
     body = b"\x80\x00\x08\x00" + b"\x00\x00\x00\x00" + inner
-    good = body[:4] + struct.pack("!H", _csum(body)) + body[6:]
+    good = body[:4] + struct.pack("!H", checksum(body)) + body[6:]
     assert decapsulate(good, socket.AF_INET6, IPPROTO_GRE, VIPS) == inner
     bad = good[:4] + bytes([good[4] ^ 0xFF]) + good[5:]
     with pytest.raises(DecapError, match="gre_checksum"):

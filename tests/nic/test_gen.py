@@ -10,6 +10,7 @@ import pytest
 from maglev.native import ffi, lib
 from maglev.nic import NicSpecError, parse_nic, parse_out
 from maglev.nic.gen import GenNic
+from maglev.testing.packets import checksum
 
 FRAME = int(lib.MG_FRAME_SIZE)
 META = int(lib.MG_FRAME_META_SIZE)
@@ -31,15 +32,6 @@ class Pool:
         return bytes(ffi.buffer(self.buf + start, m.len))
 
 
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
 def l4_ok(pkt: bytes) -> bool:
     """The TCP/UDP checksum over the pseudo header verifies (sums to 0xffff)."""
     et = struct.unpack("!H", pkt[12:14])[0]
@@ -51,7 +43,7 @@ def l4_ok(pkt: bytes) -> bool:
         src, dst, proto = pkt[22:38], pkt[38:54], pkt[20]
         l4 = pkt[54:]
     pseudo = src + dst + struct.pack("!HH", proto, len(l4))
-    return csum(pseudo + l4) == 0xFFFF
+    return checksum(pseudo + l4) == 0
 
 
 def burst(gen: GenNic, pool: Pool, n: int) -> list[bytes]:
