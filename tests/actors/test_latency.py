@@ -34,6 +34,7 @@ from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.lab.nsenter import netns as in_netns
 from maglev.native import ffi, lib
 from maglev.nic.afpacket import AfPacketNic
+from maglev.testing import packets as pk
 
 pytestmark = pytest.mark.root
 
@@ -42,23 +43,11 @@ MAC_B = bytes.fromhex("020000000b0b")
 VIP_UDP = "203.0.113.20"  # the sample config's UDP VIP (every port, IPIP)
 
 
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def udp_frame(sport: int, dst: str = VIP_UDP) -> bytes:
-    """Ethernet + IPv4 + UDP (checksum 0) toward ``dst``, 64 bytes on the wire."""
-    payload = b"x" * 18
-    udp = struct.pack("!HHHH", sport, 53, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
-                     socket.inet_aton(f"198.19.{sport >> 8 & 0xFF}.{sport & 0xFF}"), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
-    return MAC_B + MAC_A + b"\x08\x00" + ip + udp
+    """Ethernet + IPv4 + UDP toward ``dst``, 64 bytes on the wire."""
+    src = f"198.19.{sport >> 8 & 0xFF}.{sport & 0xFF}"
+    return pk.eth(pk.ipv4(src, dst, 17, pk.udp(sport, 53, b"x" * 18, src=src, dst=dst)),
+                  dst=MAC_B, src=MAC_A)
 
 
 class Sender:
