@@ -29,6 +29,9 @@ ENCAPS = ("gre", "ipip", "vxlan", "l2")
 HEALTH_TYPES = ("none", "tcp", "http", "udp")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+# Most maglev instances in instance.pool (the tables blob has room for this many).
+MAX_POOL = 64
+
 # The packet (flow) hash key.  Every instance of a deployment must use the same secret
 # (ECMP may move a flow between instances) and clients must not know it.  This default is
 # public, so it is fine for a lab and wrong for production: set [instance].flow_hash_secret.
@@ -115,6 +118,12 @@ class Instance:
     source_ipv6: str = ""
     mtu: int = 1500
     flow_hash_secret: str = DEFAULT_FLOW_HASH_SECRET  # 32 hex digits (128 bits)
+    # Outer addresses of every maglev instance behind the same routers (this one's own
+    # source address included, the same list on every instance), one family.  Fragments
+    # of a datagram that ECMP split over instances are sent (GRE, marked) to the one
+    # instance the 3-tuple hash picks from it (paper 4.3; docs/datapath.md).  Empty: no
+    # redirection.
+    pool: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -320,7 +329,7 @@ class _Parser:
 
     def instance(self, data: Any) -> Instance:
         p = "instance"
-        d = self.table(data, p, {"name", "source_ipv4", "source_ipv6", "mtu", "flow_hash_secret"})
+        d = self.table(data, p, {"name", "source_ipv4", "source_ipv6", "mtu", "flow_hash_secret", "pool"})
         name = self.string(d, "name", p, "mg1")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
             self.err(f"{p}.name", f"{name!r} must be 1-63 characters of letters, digits, '_', '.', '-'")
@@ -328,13 +337,54 @@ class _Parser:
         if not re.fullmatch(r"[0-9a-fA-F]{32}", secret):
             self.err(f"{p}.flow_hash_secret", "must be exactly 32 hex digits (128 bits)")
             secret = DEFAULT_FLOW_HASH_SECRET
+        source_ipv4 = self.ip(d, "source_ipv4", p, False, 4)
+        source_ipv6 = self.ip(d, "source_ipv6", p, False, 6)
         return Instance(
             name=name,
-            source_ipv4=self.ip(d, "source_ipv4", p, False, 4),
-            source_ipv6=self.ip(d, "source_ipv6", p, False, 6),
+            source_ipv4=source_ipv4,
+            source_ipv6=source_ipv6,
             mtu=self.integer(d, "mtu", p, 1500, 576, 9216),
             flow_hash_secret=secret.lower(),
+            pool=self.pool(d, p, source_ipv4, source_ipv6),
         )
+
+    def pool(self, d: dict[str, Any], p: str, source_ipv4: str, source_ipv6: str) -> tuple[str, ...]:
+        """``instance.pool``: distinct addresses of one family, at most MAX_POOL, this
+        instance's source address of that family among them (it must know which member
+        it is).  Kept in the file's order; the tables blob sorts it."""
+        raw = d.get("pool", [])
+        if not isinstance(raw, list | tuple):
+            self.err(f"{p}.pool", f"must be an array of IP addresses, not {type(raw).__name__}")
+            return ()
+        if len(raw) > MAX_POOL:
+            self.err(f"{p}.pool", f"{len(raw)} addresses; at most {MAX_POOL}")
+            return ()
+        out: list[str] = []
+        families: set[int] = set()
+        for i, v in enumerate(raw):
+            try:
+                ip = _ip_address(v) if isinstance(v, str) else None
+            except ValueError:
+                ip = None
+            if ip is None:
+                self.err(f"{p}.pool[{i}]", f"{v!r} is not an IP address")
+                continue
+            if str(ip) in out:
+                self.err(f"{p}.pool[{i}]", f"{v!r} is listed twice")
+                continue
+            families.add(ip.version)
+            out.append(str(ip))
+        if len(families) > 1:
+            self.err(f"{p}.pool", "mixes IPv4 and IPv6 addresses; use one family")
+            return ()
+        if out and len(out) == len(raw):
+            fam = families.pop()
+            own = source_ipv4 if fam == 4 else source_ipv6
+            if not own:
+                self.err(f"{p}.pool", f"an IPv{fam} pool needs instance.source_ipv{fam} (this instance's member)")
+            elif own not in out:
+                self.err(f"{p}.pool", f"must include this instance's source_ipv{fam} {own}")
+        return tuple(out)
 
     def conntrack(self, data: Any) -> Conntrack:
         p = "conntrack"
@@ -546,18 +596,26 @@ def _toml_value(v: Any) -> str:
         out = v.replace("\\", "\\\\").replace('"', '\\"')
         out = "".join(c if c.isprintable() else _toml_escape(c) for c in out)
         return f'"{out}"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
+def _scalar_list(v: Any) -> bool:
+    """A non-empty array of plain values (``instance.pool``), written inline; arrays of
+    tables (and empty arrays, which need no line) are not."""
+    return isinstance(v, list | tuple) and bool(v) and not any(isinstance(x, dict) for x in v)
+
+
 def _emit(lines: list[str], header: str, d: dict[str, Any], is_array: bool) -> None:
-    scalars = {k: v for k, v in d.items() if not isinstance(v, dict | list | tuple)}
+    scalars = {k: v for k, v in d.items() if not isinstance(v, dict | list | tuple) or _scalar_list(v)}
     lines.append("")
     lines.append(f"[[{header}]]" if is_array else f"[{header}]")
     lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
     for k, v in d.items():
         if isinstance(v, dict):
             _emit(lines, f"{header}.{k}", v, False)
-        elif isinstance(v, list | tuple):
+        elif isinstance(v, list | tuple) and not _scalar_list(v):
             for item in v:
                 _emit(lines, f"{header}.{k}", item, True)
 

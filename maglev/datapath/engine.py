@@ -21,6 +21,7 @@ DROP_CODES: dict[str, int] = {n: i for i, n in enumerate(DROP_NAMES)}
 VERDICT_FORWARD = lib.MG_VERDICT_FORWARD
 VERDICT_ICMP = lib.MG_VERDICT_ICMP
 VERDICT_HELD = lib.MG_VERDICT_HELD
+VERDICT_REDIRECT = lib.MG_VERDICT_REDIRECT  # a fragment sent to its owner instance (mg_dp.h)
 FRAME_DATA_MAX = lib.MG_FRAME_SIZE - lib.MG_FRAME_META_SIZE - lib.MG_FRAME_HEADROOM
 BURST_MAX = lib.MG_BURST_MAX
 DRAIN_MAX = lib.MG_DP_DRAIN_MAX
@@ -34,6 +35,8 @@ def verdict_name(verdict: int) -> str:
         return "icmp"
     if verdict == VERDICT_HELD:
         return "held"
+    if verdict == VERDICT_REDIRECT:
+        return "redirected"
     return DROP_NAMES[verdict] if 0 <= verdict < len(DROP_NAMES) else f"verdict_{verdict}"
 
 
@@ -72,6 +75,8 @@ def empty_stats() -> dict:
         "fragments": 0,
         "held": 0,
         "split_pieces": 0,
+        "redirected": 0,
+        "redirect_in": 0,
         "drops": {},
         "conntrack": {},
         "vips": {},

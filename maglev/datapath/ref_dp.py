@@ -31,6 +31,7 @@ from maglev.datapath.engine import (
     VERDICT_FORWARD,
     VERDICT_HELD,
     VERDICT_ICMP,
+    VERDICT_REDIRECT,
     Output,
     Packet,
     empty_stats,
@@ -196,6 +197,84 @@ class RefDataPath:
     def _frag_key(self, p: Parsed) -> bytes:
         return p.src + p.dst + struct.pack("=IBBxx", p.frag_id, p.proto, p.family)
 
+    # ------------------------------------------------------------------ fragments across instances
+
+    def _redirect_in(self, fr: Frame, p: Parsed) -> tuple[int, Parsed]:
+        """redirect_in() in mg_dp.c: (0, p) when the GRE packet is not addressed to our pool
+        address, (1, inner) when it was a marked redirect from another pool member and
+        ``fr`` now holds the inner packet as an Ethernet frame, else (drop reason, p)."""
+        h = self.t.header
+        pool = self.t.pool
+        if p.family != h["pool_family"] or p.dst != pool[h["pool_self"]]:
+            return 0, p
+        if not any(i != h["pool_self"] and a == p.src for i, a in enumerate(pool)):
+            return D["redirect_foreign"], p
+        if p.frag & PF_FRAGMENT:
+            return D["bad_redirect"], p
+        pkt = fr.data
+        if p.family == 4:
+            gre = p.l3_off + (pkt[p.l3_off] & 0x0F) * 4
+        else:
+            if pkt[p.l3_off + 6] != 47:
+                return D["bad_redirect"], p
+            gre = p.l3_off + 40
+        end = p.l3_off + p.l3_len
+        if end < gre + 8:
+            return D["bad_redirect"], p
+        flags, ptype, key = struct.unpack_from("!HHI", pkt, gre)
+        if flags != ref_encap.GRE_F_KEY or key != ref_encap.REDIRECT_GRE_KEY:
+            return D["redirect_unmarked"], p
+        if ptype not in (0x0800, 0x86DD):
+            return D["bad_redirect"], p
+        cut = gre + 8 - 14
+        fr.data = pkt[:12] + struct.pack("!H", ptype) + pkt[gre + 8 : end]
+        fr.headroom += cut
+        rc, inner = parse(fr.data)
+        if rc:
+            return rc, inner
+        if not inner.frag & PF_FRAGMENT:
+            return D["bad_redirect"], inner
+        return 1, inner
+
+    def _owner(self, hsh: int) -> int:
+        """frag_owner() in mg_dp.c: the pool index owning a fragment, or -1 for ourselves."""
+        n = self.t.header["n_pool"]
+        if n < 2:
+            return -1
+        o = hsh % n
+        return -1 if o == self.t.header["pool_self"] else o
+
+    def _redirect_out(self, out: list[Output], fr: Frame, p: Parsed, vip: int, owner: int,
+                      hsh: int) -> None:
+        """redirect_out() in mg_dp.c: the fragment to pool member ``owner`` in marked GRE."""
+        h = self.t.header
+        fam = h["pool_family"]
+        alen = 4 if fam == 4 else 16
+        pkt = fr.data
+        params = ref_encap.EncapParams(
+            type=ref_encap.GRE_REDIRECT,
+            outer_family=fam,
+            src=self.t.pool[h["pool_self"]][:alen],
+            dst=self.t.pool[owner][:alen],
+            eth_src=h["own_mac"] if h["own_mac"] != ZERO_MAC else pkt[0:6],
+            eth_dst=h["gateway_mac"] if h["gateway_mac"] != ZERO_MAC else pkt[6:12],
+        )
+        fr.vip_index = vip
+        if p.l3_len + ref_encap.overhead(ref_encap.GRE_REDIRECT, fam) > h["mtu"]:
+            self._drop(out, fr, D["too_big"])
+            return
+        try:
+            new = ref_encap.encap(pkt, p.l3_off, p.family, hsh & 0xFFFFFFFF, params,
+                                  headroom=fr.headroom)
+        except NativeError as exc:
+            self._drop(out, fr, D["no_headroom"] if exc.errno == errno.ENOSPC else D["bad_frame"])
+            return
+        fr.data = new
+        fr.verdict = VERDICT_REDIRECT
+        self.s["redirected"] += 1
+        self.s["bytes_out"] += len(new)
+        out.append(Output(fr.seq, "tx", VERDICT_REDIRECT, new, vip, fr.backend_index))
+
     # ------------------------------------------------------------------ forwarding
 
     def _forward(self, out: list[Output], fr: Frame, p: Parsed, vip: int, b: int, hsh: int,
@@ -339,6 +418,15 @@ class RefDataPath:
             if rc:
                 self._drop(out, fr, rc)
                 continue
+            redirected = False
+            if h["n_pool"] and p.proto == 47:
+                r, p = self._redirect_in(fr, p)
+                if r > 1:
+                    self._drop(out, fr, r)
+                    continue
+                if r == 1:
+                    redirected = True
+                    self.s["redirect_in"] += 1
             key = p.key()
             kind = FLOW
             if p.frag & PF_FRAGMENT:
@@ -347,6 +435,12 @@ class RefDataPath:
                     if r:
                         self._drop(out, fr, r)
                         continue
+                    if not redirected and h["n_pool"] > 1:
+                        hsh = self._hash(p.key(ports=False))
+                        owner = self._owner(hsh)
+                        if owner >= 0:
+                            self._redirect_out(out, fr, p, 0, owner, hsh)
+                            continue
                     self._frag_next(out, fr, p, now_ns, spare)
                     continue
                 kind = FRAG_FIRST
@@ -369,6 +463,11 @@ class RefDataPath:
                     continue
                 key = key[:32] + bytes(4) + key[36:]
             hsh = self._hash(key)
+            if kind == FRAG_FIRST and not redirected:
+                owner = self._owner(hsh)
+                if owner >= 0:
+                    self._redirect_out(out, fr, p, vip, owner, hsh)
+                    continue
             b = -1
             if kind in (FLOW, ICMP_FLOW):
                 e = self.ct.find(key, hsh, now_t, tcp_ms, udp_ms)

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from maglev.errors import NativeError
 
 GRE, IPIP, VXLAN, L2 = 0, 1, 2, 3
+GRE_REDIRECT = 4  # MG_ENCAP_GRE_REDIRECT: fragment redirection between instances (mg_encap.h)
+GRE_F_KEY = 0x2000
+REDIRECT_GRE_KEY = 0x4D474C56  # "MGLV": the marker of a redirected fragment
 TYPES = {"gre": GRE, "ipip": IPIP, "vxlan": VXLAN, "l2": L2}
 TTL = 64
 VXLAN_DEFAULT_PORT = 4789
@@ -72,6 +75,8 @@ def overhead(type_: int, outer_family: int) -> int:
     ip = 20 if outer_family == 4 else 40
     if type_ == GRE:
         return ip + 4
+    if type_ == GRE_REDIRECT:
+        return ip + 8
     if type_ == IPIP:
         return ip
     if type_ == VXLAN:
@@ -134,6 +139,8 @@ def encap(packet: bytes, l3_off: int, inner_family: int, flow_hash: int, p: Enca
     payload = ov - iphl + l3len
     if p.type == GRE:
         proto, l4 = 47, struct.pack("!HH", 0, inner_type)
+    elif p.type == GRE_REDIRECT:
+        proto, l4 = 47, struct.pack("!HHI", GRE_F_KEY, inner_type, REDIRECT_GRE_KEY)
     elif p.type == IPIP:
         proto, l4 = (4 if inner_family == 4 else 41), b""
     else:

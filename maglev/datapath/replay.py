@@ -10,7 +10,9 @@ is flushed (an hour past the last packet) so held fragments are accounted for as
 Accounting is per input record, from the outputs: a record is *forwarded* when at least
 one frame of it left toward a backend; otherwise it is *dropped* with exactly one reason
 (a record answered with an ICMP error counts as dropped ``too_big`` and, separately, in
-``icmp_sent``).  So ``packets_in == forwarded + sum(dropped)`` holds by construction, and
+``icmp_sent``); with an ``instance.pool`` a fragment sent to its owner instance counts as
+*redirected* instead.  So ``packets_in == forwarded + redirected + sum(dropped)`` holds by
+construction, and
 :func:`replay` checks it anyway (an engine bug would show up as a ``ReplayError``).
 """
 
@@ -64,6 +66,7 @@ def replay(
         # memory stays bounded by the fragment table, not by the file.
         pending: dict[int, int] = {}  # seq -> capture timestamp
         forwarded = 0
+        redirected = 0  # fragments sent to their owner instance (instance.pool)
         dropped: Counter[str] = Counter()
         icmp_sent = 0
         per_backend: Counter[int] = Counter()
@@ -72,7 +75,7 @@ def replay(
         now = 0
 
         def take(outs: list[Output]) -> None:
-            nonlocal icmp_sent, forwarded
+            nonlocal icmp_sent, forwarded, redirected
             groups: dict[int, list[Output]] = {}
             for o in outs:
                 groups.setdefault(o.seq, []).append(o)
@@ -91,7 +94,9 @@ def replay(
                         elif fwd is None:
                             fwd = o
                 icmp_sent += icmp
-                if fwd is not None:
+                if fwd is not None and fwd.reason == "redirected":
+                    redirected += 1
+                elif fwd is not None:
                     forwarded += 1
                     per_backend[fwd.backend_index] += 1
                     per_vip[fwd.vip_index] += 1
@@ -127,9 +132,10 @@ def replay(
         if writer:
             writer.close()
 
-    if pending or forwarded + sum(dropped.values()) != packets_in:
+    if pending or forwarded + redirected + sum(dropped.values()) != packets_in:
         raise ReplayError(
             f"accounting mismatch: {packets_in} packets in, {forwarded} forwarded, "
+            f"{redirected} redirected, "
             f"{sum(dropped.values())} dropped, {len(pending)} never came out of the data path"
         )
 
@@ -151,6 +157,7 @@ def replay(
         "engine": engine,
         "packets_in": packets_in,
         "forwarded": forwarded,
+        "redirected": redirected,
         "dropped": dict(sorted(dropped.items())),
         "icmp_sent": icmp_sent,
         "per_backend": dict(sorted(by_addr.items(), key=lambda kv: _addr_sort(kv[0]))),

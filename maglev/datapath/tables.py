@@ -66,7 +66,8 @@ __all__ = [
 ]
 
 MAGIC = 0x4254474D
-VERSION = 2
+VERSION = 3
+MAX_POOL = 64  # MG_TABLES_MAX_POOL
 MAX_VIPS = 4096
 MAX_BACKENDS = 65536
 VIP_F_ALLOW_FRAGMENTS = 0x01
@@ -78,7 +79,7 @@ DEFAULT_INNER_MAC = bytes.fromhex("026d67000001")
 BACKEND_ID_KEY = struct.unpack("<QQ", b"maglev/bkid/v1.0")
 
 # struct layouts (mg_tables.h); sizes are checked against the compiled module in tests.
-HDR = struct.Struct("=IHHQQQQIIIIIIII4s16sBBH6s6s6sHII36s")
+HDR = struct.Struct("=IHHQQQQIIIIIIII4s16sBBH6s6s6sHIIIHHB27s")
 VIP = struct.Struct("=16sHBBBBHIIQIII12s")
 BACKEND = struct.Struct("=16s6sBBQHH4x")
 assert HDR.size == 160 and VIP.size == 64 and BACKEND.size == 40
@@ -156,6 +157,27 @@ def _align8(n: int) -> int:
     return (n + 7) & ~7
 
 
+def _pool(config: Config) -> tuple[list[bytes], int, int]:
+    """The maglev pool in canonical order (16-byte addresses sorted by their bytes, so
+    every instance numbers the members alike whatever order its file lists them in), this
+    instance's index in it and the family; ([], 0, 0) without a pool.  The config parser
+    has checked the family rules and that the instance's own address is a member."""
+    inst = config.instance
+    if not inst.pool:
+        return [], 0, 0
+    if len(inst.pool) > MAX_POOL:
+        raise ConfigError([f"instance.pool: {len(inst.pool)} addresses; at most {MAX_POOL}"])
+    members = sorted(_addr16(a) for a in inst.pool)
+    family = members[0][1]
+    own = inst.source_ipv4 if family == 4 else inst.source_ipv6
+    addrs = [a for a, _ in members]
+    own16 = _addr16(own)[0] if own else b""
+    if own16 not in addrs or len(set(addrs)) != len(addrs) or any(f != family for _, f in members):
+        raise ConfigError([f"instance.pool: must list distinct IPv{family} addresses including "
+                           f"this instance's source_ipv{family}"])
+    return addrs, addrs.index(own16), family
+
+
 def build_tables(
     config: Config,
     down: frozenset[tuple[str, str]] = frozenset(),
@@ -204,7 +226,9 @@ def build_tables(
     backend_off = _align8(vip_off + VIP.size * n_vips)
     index_off = _align8(backend_off + BACKEND.size * n_backends)
     idmap_off = _align8(index_off + 4 * (1 << index_bits))
-    table_off = _align8(idmap_off + 4 * (1 << idmap_bits))
+    pool_off = _align8(idmap_off + 4 * (1 << idmap_bits))
+    pool, pool_self, pool_family = _pool(config)
+    table_off = _align8(pool_off + 16 * len(pool))
 
     vip_recs: list[bytes] = []
     backend_recs: list[bytes] = []
@@ -257,7 +281,8 @@ def build_tables(
     put(backend_off, b"".join(backend_recs))
     put(index_off, struct.pack(f"={len(index)}I", *index))
     put(idmap_off, struct.pack(f"={len(idmap)}I", *idmap))
-    put(_align8(idmap_off + 4 * len(idmap)), b"".join(tables))
+    put(pool_off, b"".join(pool))
+    put(_align8(pool_off + 16 * len(pool)), b"".join(tables))
 
     inst = config.instance
     k0, k1 = config.flow_hash_key
@@ -271,7 +296,8 @@ def build_tables(
             backend_off, index_off, index_bits, config.conntrack.tcp_timeout_s * 1000,
             config.conntrack.udp_timeout_s * 1000, src4, src6, int(bool(inst.source_ipv4)),
             int(bool(inst.source_ipv6)), inst.mtu, macs["own_mac"], macs["gateway_mac"],
-            macs["inner_mac"], 0, idmap_off, idmap_bits, bytes(36),
+            macs["inner_mac"], 0, idmap_off, idmap_bits, pool_off, len(pool), pool_self,
+            pool_family, bytes(27),
         )
 
     if not generation:
@@ -330,6 +356,7 @@ class TablesView:
     vips: tuple[VipEntry, ...]
     backends: tuple[BackendEntry, ...]
     blob: bytes
+    pool: tuple[bytes, ...] = ()  # maglev pool, 16-byte addresses in canonical order
 
     def maglev(self, vip: int) -> tuple[int, ...]:
         v = self.vips[vip]
@@ -364,8 +391,31 @@ class TablesView:
 _HDR_FIELDS = (
     "magic version hdr_size total_size generation hash_k0 hash_k1 n_vips n_backends vip_off "
     "backend_off index_off index_bits tcp_timeout_ms udp_timeout_ms src4 src6 has_src4 "
-    "has_src6 mtu own_mac gateway_mac inner_mac reserved0 idmap_off idmap_bits reserved"
+    "has_src6 mtu own_mac gateway_mac inner_mac reserved0 idmap_off idmap_bits pool_off n_pool "
+    "pool_self pool_family reserved"
 ).split()
+
+
+def _read_pool(h: dict[str, Any], blob: bytes) -> tuple[bytes, ...]:
+    """The pool members (16 bytes each), with mg_tables_validate()'s checks."""
+    n, off = h["n_pool"], h["pool_off"]
+    if n > MAX_POOL or off % 8 or off + 16 * n > len(blob):
+        raise PacketError("tables blob: pool size or offset invalid")
+    if n == 0:
+        if h["pool_self"] or h["pool_family"]:
+            raise PacketError("tables blob: pool index or family set without a pool")
+        return ()
+    fam = h["pool_family"]
+    pool = tuple(blob[off + 16 * i : off + 16 * (i + 1)] for i in range(n))
+    if fam not in (4, 6) or h["pool_self"] >= n or not h["has_src4" if fam == 4 else "has_src6"]:
+        raise PacketError("tables blob: pool family, own index or source address invalid")
+    alen = 4 if fam == 4 else 16
+    own = h["src4"] if fam == 4 else h["src6"]
+    if pool[h["pool_self"]][:alen] != own:
+        raise PacketError("tables blob: pool[pool_self] is not this instance's source address")
+    if any(a[alen:] != bytes(16 - alen) for a in pool) or any(a >= b for a, b in zip(pool, pool[1:], strict=False)):
+        raise PacketError("tables blob: pool addresses not canonical (sorted, distinct)")
+    return pool
 
 
 def read_tables(blob: bytes) -> TablesView:
@@ -410,7 +460,8 @@ def read_tables(blob: bytes) -> TablesView:
         raise PacketError("tables blob: backend id map size or offset invalid")
     if any(e > h["n_backends"] for e in struct.unpack_from(f"={1 << ibits}I", blob, h["idmap_off"])):
         raise PacketError("tables blob: backend id map entries invalid")
-    view = TablesView(h, tuple(vips), backends, blob)
+    pool = _read_pool(h, blob)
+    view = TablesView(h, tuple(vips), backends, blob, pool)
     for i, v in enumerate(vips):
         lo, hi = v.backend_first, v.backend_first + v.backend_count
         used = set(view.maglev(i))

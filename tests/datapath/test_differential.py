@@ -14,8 +14,11 @@ from maglev.datapath.engine import Packet
 from maglev.testing import packets as P
 
 from .dp_helpers import CLIENT4, CLIENT6, DOWN, VIP4, VIP4_ANY, VIP4_DOWN, VIP4_NOFRAG, VIP6, config
+from .redirect_helpers import marked_gre, pool_config, tcp6_fragments, udp_fragments
 
 BLOB = build_tables(config(), DOWN)
+# This instance is 198.18.0.1 in a pool of three: fragments owned elsewhere are redirected
+POOL_BLOB = build_tables(pool_config("198.18.0.1"), DOWN)
 
 
 def _seeds() -> list[bytes]:
@@ -37,6 +40,28 @@ def _seeds() -> list[bytes]:
 
 
 SEEDS = _seeds()
+
+
+def _pool_seeds() -> list[bytes]:
+    """Fragments of several clients (so several owners), and what other instances send:
+    marked GRE (IPv4 and IPv6 fragments, whole packets), unmarked GRE, foreign sources."""
+    s = []
+    for i in range(1, 7):
+        s += udp_fragments(f"198.51.100.{i}", VIP4_ANY, 5000 + i, i, size=1200, piece=400)
+        s += tcp6_fragments(f"2001:db8:c::{i:x}", VIP6, 6000 + i, i, size=900, piece=400)
+    frag = udp_fragments(CLIENT4, VIP4_ANY, 5000, 3, size=1200, piece=400)
+    frag6 = tcp6_fragments(CLIENT6, VIP6, 6000, 3, size=900, piece=400)
+    for f in (frag[0], frag[1], frag[-1], frag6[0], frag6[1]):
+        s.append(marked_gre("198.18.0.2", "198.18.0.1", f))
+        s.append(marked_gre("198.18.0.3", "198.18.0.1", f))
+    whole = P.eth(P.ipv4(CLIENT4, VIP4_ANY, P.UDP, P.udp(1, 53, b"q", src=CLIENT4, dst=VIP4_ANY)))
+    s.append(marked_gre("198.18.0.2", "198.18.0.1", whole))
+    s.append(marked_gre("198.18.0.2", "198.18.0.1", frag[1], key=None))
+    s.append(marked_gre("198.51.100.9", "198.18.0.1", frag[1]))
+    return s
+
+
+POOL_SEEDS = _pool_seeds()
 
 
 def _fix_ipv4_checksum(pkt: bytearray) -> None:
@@ -91,6 +116,45 @@ def test_engines_agree_on_streams(bursts, gaps):
     for k in ("packets_in", "forwarded", "icmp_sent", "drops", "conntrack", "vips", "backends", "held"):
         assert sc[k] == sp[k], k
     assert sc["forwarded"] + sum(sc["drops"].values()) == sc["packets_in"]
+
+
+pool_mutation = st.tuples(
+    st.sampled_from(POOL_SEEDS + SEEDS),
+    st.lists(st.tuples(st.integers(0, 90), st.integers(0, 255)), max_size=3),
+    st.integers(0, 30),
+    st.booleans(),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.one_of(pool_mutation, st.tuples(st.sampled_from(POOL_SEEDS),
+                                                            st.just([]), st.just(0), st.just(False))),
+                         min_size=1, max_size=16), min_size=1, max_size=4),
+       st.lists(st.integers(0, 3_000_000_000), min_size=4, max_size=4))
+def test_engines_agree_with_a_pool(bursts, gaps):
+    """The same streams with a maglev pool: redirects out (marked GRE to the owner) and in
+    (decapsulated, processed, never redirected again), their drops, byte for byte."""
+    engines = {e: DataPath(POOL_BLOB, engine=e, ct_capacity=16) for e in ("c", "python")}
+    now = 1_000_000_000
+    seq = 0
+    results = {e: [] for e in engines}
+    for burst, gap in zip(bursts, gaps, strict=False):
+        now += gap
+        pkts = []
+        for m in burst:
+            pkts.append(Packet(seq, _make(m)))
+            seq += 1
+        for e, dp in engines.items():
+            results[e] += [(o.seq, o.action, o.verdict, o.data, o.vip_index, o.backend_index)
+                           for o in dp.process(pkts, now)]
+    for e, dp in engines.items():
+        results[e] += [(o.seq, o.action, o.verdict) for o in dp.flush(now + 10**12)]
+    assert results["c"] == results["python"]
+    sc, sp = engines["c"].stats(), engines["python"].stats()
+    for k in ("packets_in", "forwarded", "redirected", "redirect_in", "icmp_sent", "drops",
+              "conntrack", "vips", "backends", "held", "bytes_out"):
+        assert sc[k] == sp[k], k
+    assert sc["forwarded"] + sc["redirected"] + sum(sc["drops"].values()) == sc["packets_in"]
 
 
 @settings(max_examples=150, deadline=None)

@@ -1,6 +1,7 @@
 #define MG_VERDICT_FORWARD 256
 #define MG_VERDICT_ICMP 257
 #define MG_VERDICT_HELD 258
+#define MG_VERDICT_REDIRECT 259
 #define MG_DP_DRAIN_MAX 64
 #define MG_DP_EXPIRE_BUCKETS 16
 #define MG_DP_MAX_DROPS 48
@@ -26,6 +27,8 @@ struct mg_dp_stats {
     uint64_t drops[48];
     struct mg_ct_stats ct;
     struct mg_frag_stats frag;
+    uint64_t redirected;
+    uint64_t redirect_in;
 };
 
 struct mg_dp_io {

@@ -1,5 +1,5 @@
 #define MG_TABLES_MAGIC 1112819533
-#define MG_TABLES_VERSION 2
+#define MG_TABLES_VERSION 3
 #define MG_TABLES_MAX_VIPS 4096
 #define MG_TABLES_MAX_BACKENDS 65536
 #define MG_VIP_F_ALLOW_FRAGMENTS 1
@@ -33,7 +33,11 @@ struct mg_tables_header {
     uint16_t reserved0;
     uint32_t idmap_off;
     uint32_t idmap_bits;
-    uint8_t reserved[36];
+    uint32_t pool_off;
+    uint16_t n_pool;
+    uint16_t pool_self;
+    uint8_t pool_family;
+    uint8_t reserved[27];
 };
 
 struct mg_vip {

@@ -7,6 +7,13 @@
  *   3. inbound ICMP/ICMPv6 errors (types 3/11/12, v6 1-4): the quoted packet is a VIP
  *      flow's reply, so the flow key becomes the quoted flow reversed (mg_icmp_quoted_flow)
  *      and the error travels to that flow's backend like a packet of the flow;
+ *   3a. with a maglev pool (mg_tables.h): protocol 47 to our pool address is a fragment
+ *      another instance redirected here -- decapsulated in place when marked (GRE key
+ *      MG_REDIRECT_GRE_KEY) and from a pool member, MG_FRAME_F_REDIRECTED set, else a
+ *      redirect_* / bad_redirect drop; a fragment of a fragment-enabled VIP that was not
+ *      redirected and whose owner pool[3-tuple hash % n_pool] is another instance is sent
+ *      there (marked GRE, verdict MG_VERDICT_REDIRECT, counted `redirected`), see
+ *      "fragments across instances" in mg_dp.c;
  *   4. VIP match: exact (dst, dport, proto), then (dst, 0, proto); none -> no_vip (never
  *      an open relay).  Non-first fragments carry no port: they match a VIP through the
  *      fragment table (the first fragment's decision) and are held until it comes;
@@ -25,7 +32,8 @@
  * Accounting: every input frame ends in exactly one of tx[] (forwarded or ICMP), drop[]
  * or the fragment table (held).  Held frames come out of a later burst or mg_dp_flush()
  * (released -> tx, expired/evicted -> drop).  A packet turned into an ICMP error counts
- * as dropped (too_big) AND as icmp_sent, so packets_in == forwarded + sum(drops) + held.
+ * as dropped (too_big) AND as icmp_sent, so packets_in == forwarded + redirected +
+ * sum(drops) + held.
  * meta->verdict is MG_VERDICT_FORWARD, MG_VERDICT_ICMP or the drop reason; vip_index and
  * backend_index are set when known; meta->worker = the dp's worker id.
  *
@@ -58,6 +66,7 @@
 #define MG_VERDICT_FORWARD 0x100
 #define MG_VERDICT_ICMP 0x101
 #define MG_VERDICT_HELD 0x102
+#define MG_VERDICT_REDIRECT 0x103 /* fragment sent to its owner instance (GRE, marked) */
 
 /* Most fragment-table frames (released/expired) handled per burst. */
 #define MG_DP_DRAIN_MAX 64
@@ -88,6 +97,8 @@ struct mg_dp_stats {
     uint64_t drops[MG_DP_MAX_DROPS]; /* by enum mg_drop */
     struct mg_ct_stats ct;      /* connection table (copied at the end of each burst) */
     struct mg_frag_stats frag;  /* fragment table (copied at the end of each burst) */
+    uint64_t redirected;        /* fragments sent to their owner instance (on tx) */
+    uint64_t redirect_in;       /* redirected fragments received and decapsulated */
 };
 
 struct mg_dp_io {

@@ -49,6 +49,14 @@
 #define MG_ENCAP_IPIP 1
 #define MG_ENCAP_VXLAN 2
 #define MG_ENCAP_L2 3
+/* Fragment redirection between maglev instances (mg_dp.h, paper 4.3), never a VIP's
+ * encapsulation: GRE (RFC 2784) with the key present (RFC 2890) and the key
+ * MG_REDIRECT_GRE_KEY ("MGLV"), the marker that says "redirected by maglev, never
+ * redirect again":  eth | IPv4/IPv6 (proto 47) | GRE 8 B (0x2000, inner ethertype,
+ * key) | inner.  Overhead 28/48. */
+#define MG_ENCAP_GRE_REDIRECT 4
+#define MG_GRE_F_KEY 0x2000
+#define MG_REDIRECT_GRE_KEY 0x4d474c56u
 
 /* TTL / hop limit of every outer header we build (encapsulation and ICMP errors). */
 #define MG_ENCAP_TTL 64

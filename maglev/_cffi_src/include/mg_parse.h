@@ -58,7 +58,10 @@
     X(BAD_ICMP, "bad_icmp", "ICMP error whose quoted packet cannot be parsed")             \
     X(ICMP_RATE_LIMITED, "icmp_rate_limited", "too big, and the ICMP error was rate limited") \
     X(BAD_FRAME, "bad_frame", "frame metadata out of range (len/data_off)")              \
-    X(NO_SPARE_FRAME, "no_spare_frame", "DF-clear packet needs splitting; no spare frames")
+    X(NO_SPARE_FRAME, "no_spare_frame", "DF-clear packet needs splitting; no spare frames") \
+    X(REDIRECT_FOREIGN, "redirect_foreign", "GRE to this instance from an address not in instance.pool") \
+    X(REDIRECT_UNMARKED, "redirect_unmarked", "GRE to this instance without maglev's redirect key") \
+    X(BAD_REDIRECT, "bad_redirect", "redirected packet malformed (outer fragment, GRE, inner type) or not a fragment")
 
 enum mg_drop {
 #define MG_X_ENUM(sym, name, doc) MG_DROP_##sym,

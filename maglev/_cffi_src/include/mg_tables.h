@@ -33,6 +33,12 @@
  * probed linearly from mg_vip_hash(addr, port, proto).  Lookup tries (dst, dport, proto)
  * then (dst, 0, proto) -- port 0 in config means every port.
  *
+ * Maglev pool (format version 3): the outer addresses of every maglev instance behind the
+ * same routers, 16 bytes each (IPv4 in the first 4), one family, sorted by their bytes and
+ * distinct, so every instance numbers them alike; pool_self is this instance's index
+ * and pool[pool_self] equals its source address of pool_family.  A fragment's owner
+ * instance is pool[3-tuple hash % n_pool] (mg_dp.h, paper 4.3).
+ *
  * Validation: mg_tables_validate() checks everything once (sizes, offsets, every Maglev
  * entry in range); the burst kernel calls it only when the blob pointer or its generation
  * changes, so a changed blob must carry a new generation.
@@ -43,10 +49,12 @@
 #include "mg_common.h"
 
 #define MG_TABLES_MAGIC 0x4254474dU /* "MGTB" little-endian */
-#define MG_TABLES_VERSION 2
+#define MG_TABLES_VERSION 3
 /* Limits the builder enforces (and the per-worker counters are sized for). */
 #define MG_TABLES_MAX_VIPS 4096
 #define MG_TABLES_MAX_BACKENDS 65536
+/* Most maglev instances in the pool (config.MAX_POOL). */
+#define MG_TABLES_MAX_POOL 64
 
 #define MG_VIP_F_ALLOW_FRAGMENTS 0x01
 
@@ -80,7 +88,11 @@ struct mg_tables_header {
     uint16_t reserved0;
     uint32_t idmap_off;      /* backend id map (see above) */
     uint32_t idmap_bits;
-    uint8_t reserved[36];
+    uint32_t pool_off;       /* maglev pool: n_pool x 16-byte addresses, sorted (below) */
+    uint16_t n_pool;         /* 0 = no fragment redirection */
+    uint16_t pool_self;      /* this instance's index in the pool */
+    uint8_t pool_family;     /* 4 or 6 (0 when n_pool == 0) */
+    uint8_t reserved[27];
 };
 
 struct mg_vip {

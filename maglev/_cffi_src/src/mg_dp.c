@@ -42,7 +42,7 @@ struct mg_dp {
     struct mg_dp_counter scratch[MG_TABLES_MAX_BACKENDS];
 };
 
-enum kind { K_DROP, K_FLOW, K_ICMP_FLOW, K_HASH_ONLY, K_FRAG_FIRST, K_FRAG_NEXT };
+enum kind { K_DROP, K_FLOW, K_ICMP_FLOW, K_HASH_ONLY, K_FRAG_FIRST, K_FRAG_NEXT, K_REDIRECT };
 
 /* Per-packet state between the passes (~80 bytes: the burst's array stays in L1/L2).
  * p.key is rewritten to the key selection uses (3-tuple for fragments, the quoted flow for
@@ -53,6 +53,7 @@ struct work {
     int32_t vip;
     uint16_t reason;
     uint8_t kind;
+    uint8_t owner; /* K_REDIRECT: the pool member the fragment goes to */
 };
 
 /* SipHash-1-3 of the 40-byte flow key, unrolled: the same function as mg_siphash13()
@@ -459,6 +460,122 @@ forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
     return 1;
 }
 
+/* ------------------------------------------------------------------ fragments across
+ * instances (paper 4.3).  ECMP may split the fragments of one datagram over several maglev
+ * instances (a router that hashes a first fragment with its ports and the others without).
+ * Every instance knows the pool (mg_tables.h, same sorted list everywhere), so a fragment
+ * of a fragment-enabled VIP has one owner: pool[3-tuple hash % n_pool], the same hash the
+ * Maglev choice of a fragment uses.  A fragment that arrives elsewhere is sent to its owner
+ * in GRE with the key MG_REDIRECT_GRE_KEY (MG_ENCAP_GRE_REDIRECT, mg_encap.h); the owner
+ * decapsulates it in place, marks the frame MG_FRAME_F_REDIRECTED and handles it like a
+ * fragment that arrived there (fragment table, 3-tuple Maglev, encapsulation to the
+ * backend), never redirecting it again -- so a disagreement between instances (different
+ * pools during a config roll-out) costs at most one extra hop, never a loop. */
+
+static inline const uint8_t *pool_addr(const void *t, uint32_t i)
+{
+    return (const uint8_t *)t + mg_tables_header_of(t)->pool_off + 16u * i;
+}
+
+static inline uint32_t rd16be(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
+
+/* A packet addressed to this instance's pool address with IP protocol 47.  Returns 0 when
+ * it is not for us (other family or destination: it goes on as an ordinary packet), 1
+ * when it was a marked redirect from another pool member and frame idx now holds the inner
+ * packet as an Ethernet frame (outer MACs, inner ethertype; *p re-parsed), or a drop
+ * reason (> 1). */
+static int redirect_in(const void *t, uint8_t *pool, uint32_t idx, struct mg_parsed *p)
+{
+    const struct mg_tables_header *h = mg_tables_header_of(t);
+    if (p->family != h->pool_family || memcmp(p->key.dst, pool_addr(t, h->pool_self), 16) != 0)
+        return 0;
+    int member = 0;
+    for (uint32_t i = 0; i < h->n_pool; i++)
+        if (i != h->pool_self && memcmp(pool_addr(t, i), p->key.src, 16) == 0)
+            member = 1;
+    if (!member)
+        return MG_DROP_REDIRECT_FOREIGN;
+    if (p->frag & MG_PF_FRAGMENT)
+        return MG_DROP_BAD_REDIRECT; /* we never fragment the outer packet */
+    struct mg_frame_meta *meta = mg_frame_meta(pool, idx);
+    uint8_t *pkt = mg_frame_data(pool, idx);
+    uint32_t gre;
+    if (p->family == 4) {
+        gre = p->l3_off + (uint32_t)(pkt[p->l3_off] & 0x0f) * 4;
+    } else {
+        if (pkt[p->l3_off + 6] != 47)
+            return MG_DROP_BAD_REDIRECT; /* we send no extension headers */
+        gre = p->l3_off + 40u;
+    }
+    uint32_t end = p->l3_off + (uint32_t)p->l3_len;
+    if (end < gre + 8)
+        return MG_DROP_BAD_REDIRECT;
+    uint32_t key = rd16be(pkt + gre + 4) << 16 | rd16be(pkt + gre + 6);
+    if (rd16be(pkt + gre) != MG_GRE_F_KEY || key != MG_REDIRECT_GRE_KEY)
+        return MG_DROP_REDIRECT_UNMARKED;
+    uint32_t ptype = rd16be(pkt + gre + 2);
+    if (ptype != 0x0800 && ptype != 0x86dd)
+        return MG_DROP_BAD_REDIRECT;
+    /* The inner L3 packet stays where it is; an Ethernet header is written in front of it
+     * over the end of the outer headers (>= 28 bytes, so the 12 MAC bytes never overlap). */
+    uint32_t cut = gre + 8 - 14;
+    memmove(pkt + cut, pkt, 12);
+    pkt[cut + 12] = (uint8_t)(ptype >> 8);
+    pkt[cut + 13] = (uint8_t)ptype;
+    meta->data_off += cut;
+    meta->len = end - cut; /* Ethernet padding after the outer packet goes too */
+    meta->flags |= MG_FRAME_F_REDIRECTED;
+    int rc = mg_parse(pkt + cut, meta->len, p);
+    if (rc != MG_OK)
+        return rc;
+    if (!(p->frag & MG_PF_FRAGMENT))
+        return MG_DROP_BAD_REDIRECT; /* only fragments are ever redirected */
+    return 1;
+}
+
+/* The owner of a fragment whose 3-tuple hash is `hash`, or -1 when it is this instance
+ * (or there is no pool). */
+static inline int frag_owner(const struct mg_tables_header *h, uint64_t hash)
+{
+    if (h->n_pool < 2)
+        return -1;
+    uint32_t o = (uint32_t)(hash % h->n_pool);
+    return o == h->pool_self ? -1 : (int)o;
+}
+
+/* Send fragment idx (parsed as *p) to pool member `owner` in marked GRE.  The link MTU of
+ * the tables applies: a fragment that no longer fits with the 28/48 bytes of GRE is
+ * dropped (too_big), not split or answered with ICMP (see docs/datapath.md). */
+static void redirect_out(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
+                         const struct mg_parsed *p, int vip, int owner, uint64_t hash)
+{
+    const struct mg_tables_header *h = mg_tables_header_of(t);
+    struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
+    const uint8_t *pkt = mg_frame_data(io->pool, idx);
+    struct mg_encap_params ep;
+    memset(&ep, 0, sizeof(ep));
+    ep.type = MG_ENCAP_GRE_REDIRECT;
+    ep.outer_family = h->pool_family;
+    memcpy(ep.eth_src, dp->own_mac_set ? h->own_mac : pkt, 6);
+    memcpy(ep.eth_dst, dp->gw_mac_set ? h->gateway_mac : pkt + 6, 6);
+    memcpy(ep.src, pool_addr(t, h->pool_self), 16);
+    memcpy(ep.dst, pool_addr(t, (uint32_t)owner), 16);
+    meta->vip_index = (uint16_t)vip;
+    if ((uint32_t)p->l3_len + (uint32_t)mg_encap_overhead(ep.type, ep.outer_family) > h->mtu) {
+        out_drop(dp, io, idx, MG_DROP_TOO_BIG);
+        return;
+    }
+    int rc = mg_encap(io->pool, idx, p->l3_off, p->family, (uint32_t)hash, &ep);
+    if (rc < 0) {
+        out_drop(dp, io, idx, rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME);
+        return;
+    }
+    meta->verdict = MG_VERDICT_REDIRECT;
+    dp->stats.redirected++;
+    dp->stats.bytes_out += meta->len;
+    io->tx[io->n_tx++] = idx;
+}
+
 static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint64_t now_ns,
                        uint32_t max_buckets)
 {
@@ -531,6 +648,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
         meta->worker = dp->worker;
         meta->backend_index = -1;
+        meta->flags &= (uint16_t)~MG_FRAME_F_REDIRECTED; /* set below, by this burst only */
         wk->kind = K_DROP;
         if (meta->flags & MG_FRAME_F_TRACE)
             meta->ts_worker_ns = now_ns;
@@ -550,6 +668,19 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             wk->reason = (uint16_t)rc;
             continue;
         }
+        int redirected = 0;
+        if (MG_UNLIKELY(h->n_pool && wk->p.proto == 47)) {
+            int r = redirect_in(tables, io->pool, idx, &wk->p);
+            if (r > 1) {
+                wk->reason = (uint16_t)r;
+                continue;
+            }
+            if (r == 1) {
+                redirected = 1;
+                dp->stats.redirect_in++;
+                pkt = mg_frame_data(io->pool, idx);
+            }
+        }
         uint8_t kind = K_FLOW;
         if (wk->p.frag & MG_PF_FRAGMENT) {
             if (!(wk->p.frag & MG_PF_FIRST)) {
@@ -559,6 +690,15 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                     continue;
                 }
                 wk->kind = K_FRAG_NEXT;
+                if (!redirected && h->n_pool > 1) { /* ports are 0 already: the 3-tuple */
+                    wk->hash = flow_hash(h, &wk->p.key);
+                    int o = frag_owner(h, wk->hash);
+                    if (o >= 0) {
+                        wk->kind = K_REDIRECT;
+                        wk->owner = (uint8_t)o;
+                        wk->vip = 0;
+                    }
+                }
                 continue;
             }
             kind = K_FRAG_FIRST;
@@ -589,6 +729,13 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         }
         wk->hash = flow_hash(h, &wk->p.key);
         wk->kind = kind;
+        if (kind == K_FRAG_FIRST && !redirected) {
+            int o = frag_owner(h, wk->hash);
+            if (o >= 0) {
+                wk->kind = K_REDIRECT;
+                wk->owner = (uint8_t)o;
+            }
+        }
     }
 
     /* Pass 2: state and outputs, in input order, software-pipelined: while packet i is
@@ -615,6 +762,10 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         }
         int vip = wk->vip;
         int32_t b = -1;
+        if (MG_UNLIKELY(wk->kind == K_REDIRECT)) {
+            redirect_out(dp, io, tables, idx, &wk->p, vip, wk->owner, wk->hash);
+            continue;
+        }
         if (wk->kind == K_FRAG_NEXT) {
             struct mg_frag_key fk;
             frag_key_of(&wk->p, &fk);

@@ -81,6 +81,7 @@ int mg_encap_overhead(uint8_t type, uint8_t outer_family)
     int ip = outer_family == 4 ? 20 : 40;
     switch (type) {
     case MG_ENCAP_GRE: return ip + 4;
+    case MG_ENCAP_GRE_REDIRECT: return ip + 8;
     case MG_ENCAP_IPIP: return ip;
     case MG_ENCAP_VXLAN: return ip + 8 + 8 + 14;
     default: return -EINVAL;
@@ -157,7 +158,7 @@ int mg_encap(uint8_t *pool, uint32_t idx, uint32_t l3_off, uint8_t inner_family,
     uint8_t *ip = h + 14;
     uint32_t iphl = p->outer_family == 4 ? 20 : 40;
     uint32_t payload = (uint32_t)ov - iphl + (uint32_t)l3len; /* bytes after outer IP */
-    uint8_t proto = p->type == MG_ENCAP_GRE    ? 47
+    uint8_t proto = p->type == MG_ENCAP_GRE || p->type == MG_ENCAP_GRE_REDIRECT ? 47
                     : p->type == MG_ENCAP_VXLAN ? 17
                     : inner_family == 4         ? 4
                                                 : 41;
@@ -186,6 +187,10 @@ int mg_encap(uint8_t *pool, uint32_t idx, uint32_t l3_off, uint8_t inner_family,
     if (p->type == MG_ENCAP_GRE) {
         put16(l4, 0); /* no checksum, key or sequence; version 0 */
         put16(l4 + 2, inner_type);
+    } else if (p->type == MG_ENCAP_GRE_REDIRECT) {
+        put16(l4, MG_GRE_F_KEY); /* key present; no checksum or sequence; version 0 */
+        put16(l4 + 2, inner_type);
+        put32(l4 + 4, MG_REDIRECT_GRE_KEY);
     } else if (p->type == MG_ENCAP_VXLAN) {
         uint16_t sport = (uint16_t)(MG_VXLAN_SPORT_BASE +
                                     ((flow_hash ^ flow_hash >> 16) & MG_VXLAN_SPORT_MASK));

@@ -26,6 +26,28 @@ int mg_tables_validate(const void *tables, uint64_t size)
     if (h->idmap_bits < 1 || h->idmap_bits > 17 || (1u << h->idmap_bits) <= h->n_backends ||
         !range_ok(h->idmap_off, (uint64_t)4 << h->idmap_bits, size))
         return -EINVAL;
+    if (h->n_pool > MG_TABLES_MAX_POOL || !range_ok(h->pool_off, (uint64_t)h->n_pool * 16, size))
+        return -EINVAL;
+    if (h->n_pool == 0) {
+        if (h->pool_self != 0 || h->pool_family != 0)
+            return -EINVAL;
+    } else {
+        const uint8_t *pool = (const uint8_t *)tables + h->pool_off;
+        const uint8_t *own = h->pool_family == 4 ? h->src4 : h->src6;
+        uint32_t alen = h->pool_family == 4 ? 4 : 16;
+        if ((h->pool_family != 4 && h->pool_family != 6) || h->pool_self >= h->n_pool ||
+            !(h->pool_family == 4 ? h->has_src4 : h->has_src6) ||
+            memcmp(pool + 16u * h->pool_self, own, alen) != 0)
+            return -EINVAL;
+        for (uint32_t i = 0; i < h->n_pool; i++) {
+            const uint8_t *a = pool + 16u * i;
+            for (uint32_t j = alen; j < 16; j++)
+                if (a[j])
+                    return -EINVAL; /* IPv4: the rest is zero */
+            if (i && memcmp(a - 16, a, 16) >= 0)
+                return -EINVAL; /* sorted, distinct */
+        }
+    }
     const struct mg_vip *vips = mg_tables_vips(tables);
     const struct mg_backend *be = mg_tables_backends(tables);
     const uint32_t *idx = (const uint32_t *)((const uint8_t *)tables + h->index_off);
