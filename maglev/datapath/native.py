@@ -83,7 +83,10 @@ class CDataPath:
         for i in range(io.n_tx):
             idx = io.tx[i]
             m = self._meta(idx)
-            out.append(Output(m.seq, "tx", m.verdict, self._read(idx), m.vip_index, m.backend_index))
+            verdict = m.verdict
+            if verdict == lib.MG_VERDICT_FORWARD and m.flags & lib.MG_FRAME_F_REDIRECT_OUT:
+                verdict = lib.MG_VERDICT_REDIRECT  # a fragment sent to its owner instance
+            out.append(Output(m.seq, "tx", verdict, self._read(idx), m.vip_index, m.backend_index))
             self._free.append(idx)
         for i in range(io.n_drop):
             idx = io.drop[i]

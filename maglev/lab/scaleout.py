@@ -136,7 +136,8 @@ class ScaleoutLab(Lab):
             ns_exec(ns, "ip", "route", "add", "198.18.0.0/15", "via", t.ROUTER_S_V4)
             ns_exec(ns, "ip", "-6", "route", "add", "2001:db8::/32", "via", t.ROUTER_S_V6)
             ns_exec(ns, "sysctl", "-qw", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0")
-            Path(inst["config"]).write_text(instance_config(Path(st["config"]).read_text(), inst, secret))
+            pool = tuple(m["ipv4"] for m in instances)
+            Path(inst["config"]).write_text(instance_config(Path(st["config"]).read_text(), inst, secret, pool))
         # The first instance stands for "maglev" in the lab summary.
         st["maglev"] = {"ns": instances[0]["ns"], "iface": "eth0", "ipv4": instances[0]["ipv4"],
                         "ipv6": instances[0]["ipv6"], "mac": instances[0]["mac"]}
@@ -205,15 +206,17 @@ class ScaleoutLab(Lab):
         return sorted(out)
 
 
-def instance_config(base_text: str, inst: dict[str, Any], secret: str) -> str:
+def instance_config(base_text: str, inst: dict[str, Any], secret: str, pool: tuple[str, ...] = ()) -> str:
     """The one-instance lab config with this instance's identity (name, source addresses),
-    the shared flow secret and a ``[bgp]`` section toward the router; VIPs and backends are
-    untouched, so every instance builds the same tables."""
+    the shared flow secret, the maglev ``pool`` (every instance's IPv4 address: fragments
+    are redirected to their owner instance, docs/datapath.md) and a ``[bgp]`` section
+    toward the router; VIPs and backends are untouched, so every instance builds the same
+    tables."""
     from maglev import config as cfg
 
     d = cfg.loads(base_text, source="lab config").to_dict()
     d["instance"].update(name=inst["name"], source_ipv4=inst["ipv4"], source_ipv6=inst["ipv6"],
-                         flow_hash_secret=secret)
+                         flow_hash_secret=secret, pool=list(pool))
     d["bgp"] = {
         "local_asn": MAGLEV_ASN, "router_id": inst["ipv4"], "listen_address": inst["ipv4"],
         "connect_retry_time": 2, "next_hop_ipv6": inst["ipv6"],

@@ -6,6 +6,7 @@ continue on the same backend (paper 3.4).  Root and BIRD needed; skipped otherwi
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import subprocess
@@ -53,6 +54,22 @@ def _status(control: str) -> dict:
     return json.loads(r.stdout)
 
 
+def _fragment_owner(st: dict) -> str:
+    """The instance owning the client's UDP fragments to the VIP (docs/datapath.md,
+    "Fragments across instances"), computed from an instance config with the reference
+    SipHash, independently of the data path."""
+    from maglev import config as cfg
+    from maglev.hashing.reference import siphash13
+
+    conf = cfg.load(st["instances"][0]["config"])
+    k0, k1 = conf.flow_hash_key
+    key = (ipaddress.ip_address(st["client"]["ipv4"]).packed + bytes(12)
+           + ipaddress.ip_address(st["vips"]["ipv4"]).packed + bytes(12) + bytes([0, 0, 0, 0, 17, 4, 0, 0]))
+    members = sorted(conf.instance.pool, key=lambda a: ipaddress.ip_address(a).packed)
+    addr = members[siphash13(k0, k1, key) % len(members)]
+    return next(i["name"] for i in st["instances"] if i["ipv4"] == addr)
+
+
 def test_three_instances_spread_agree_drain_and_fail_over(scaleout_lab):
     lab = scaleout_lab
     st = lab.state
@@ -77,10 +94,14 @@ def test_three_instances_spread_agree_drain_and_fail_over(scaleout_lab):
     assert set(sp["backends"]) == {"be1", "be2", "be3"}
 
     # Fragmented UDP datagrams (4000 bytes over a 1500 MTU) arrive whole, once each.  The
-    # router's multipath hash ignores ports for fragments (3-tuple), so all fragments of a
-    # datagram take the same instance: no redirection between instances is needed here.
+    # router's multipath hash ignores ports for fragments (3-tuple), so it never splits a
+    # datagram; but the instances have an [instance] pool, so the instance the router picks
+    # sends every fragment to its owner, pool[3-tuple hash % 3], in marked GRE (unless it
+    # is the owner): the owner's interface sees all 3 x 24 fragments either way.
     fr = fo.fragmented_udp(st, count=24, size=4000)
     assert fr["delivered_intact"] == 24 and fr["duplicated"] == 0 and fr["damaged_or_unknown"] == 0, fr
+    owner = _fragment_owner(st)
+    assert fr["per_instance_packets"][owner] >= 3 * 24, (owner, fr)
 
     # drain-instance: lab3 leaves the router's route while its session stays up; resume: back.
     r = _ctl(insts[2]["control"], "drain-instance")

@@ -7,6 +7,7 @@
 #define MG_FRAME_F_FRAGMENT 2
 #define MG_FRAME_F_GENERATED 4
 #define MG_FRAME_F_REDIRECTED 8
+#define MG_FRAME_F_REDIRECT_OUT 16
 
 struct mg_frame_meta {
     uint32_t len;

@@ -12,7 +12,7 @@
  *      MG_REDIRECT_GRE_KEY) and from a pool member, MG_FRAME_F_REDIRECTED set, else a
  *      redirect_* / bad_redirect drop; a fragment of a fragment-enabled VIP that was not
  *      redirected and whose owner pool[3-tuple hash % n_pool] is another instance is sent
- *      there (marked GRE, verdict MG_VERDICT_REDIRECT, counted `redirected`), see
+ *      there (marked GRE, verdict FORWARD + MG_FRAME_F_REDIRECT_OUT, counted `redirected`), see
  *      "fragments across instances" in mg_dp.c;
  *   4. VIP match: exact (dst, dport, proto), then (dst, 0, proto); none -> no_vip (never
  *      an open relay).  Non-first fragments carry no port: they match a VIP through the
@@ -66,7 +66,10 @@
 #define MG_VERDICT_FORWARD 0x100
 #define MG_VERDICT_ICMP 0x101
 #define MG_VERDICT_HELD 0x102
-#define MG_VERDICT_REDIRECT 0x103 /* fragment sent to its owner instance (GRE, marked) */
+/* A fragment sent to its owner instance (GRE, marked): what the engines report
+ * (Output.verdict, "redirected").  In the frame the kernel leaves MG_VERDICT_FORWARD --
+ * the worker transmits every FORWARD frame -- and sets MG_FRAME_F_REDIRECT_OUT. */
+#define MG_VERDICT_REDIRECT 0x103
 
 /* Most fragment-table frames (released/expired) handled per burst. */
 #define MG_DP_DRAIN_MAX 64

@@ -41,6 +41,8 @@ struct mg_frame_meta {
 #define MG_FRAME_F_FRAGMENT 0x0002  /* steering saw an IP fragment (3-tuple hash) */
 #define MG_FRAME_F_GENERATED 0x0004 /* built by maglev (ICMP), not received */
 #define MG_FRAME_F_REDIRECTED 0x0008 /* fragment redirected from another instance */
+#define MG_FRAME_F_REDIRECT_OUT 0x0010 /* worker sent this fragment to its owner instance
+                                         * (verdict stays MG_VERDICT_FORWARD: it goes on tx) */
 
 static inline struct mg_frame_meta *mg_frame_meta(uint8_t *pool, uint32_t idx)
 {

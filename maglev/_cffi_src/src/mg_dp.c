@@ -570,7 +570,8 @@ static void redirect_out(struct mg_dp *dp, struct mg_dp_io *io, const void *t, u
         out_drop(dp, io, idx, rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME);
         return;
     }
-    meta->verdict = MG_VERDICT_REDIRECT;
+    meta->verdict = MG_VERDICT_FORWARD; /* on the wire like any forward (mg_worker.c) */
+    meta->flags |= MG_FRAME_F_REDIRECT_OUT;
     dp->stats.redirected++;
     dp->stats.bytes_out += meta->len;
     io->tx[io->n_tx++] = idx;
@@ -648,7 +649,8 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
         meta->worker = dp->worker;
         meta->backend_index = -1;
-        meta->flags &= (uint16_t)~MG_FRAME_F_REDIRECTED; /* set below, by this burst only */
+        /* set below, by this burst only (steering keeps other flags of a reused frame) */
+        meta->flags &= (uint16_t)~(MG_FRAME_F_REDIRECTED | MG_FRAME_F_REDIRECT_OUT);
         wk->kind = K_DROP;
         if (meta->flags & MG_FRAME_F_TRACE)
             meta->ts_worker_ns = now_ns;
