@@ -181,6 +181,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain data in the TOML file's shape (``vip`` arrays, ``backend`` arrays)."""
         d = asdict(self)
+        d["instance"]["pool"] = list(d["instance"]["pool"])
         d["vip"] = [dict(v) for v in d.pop("vips")]
         for v in d["vip"]:
             v["backend"] = list(v.pop("backends"))

@@ -44,3 +44,12 @@ def test_bad_pools_are_reported_with_their_path(pool, error):
 def test_pool_family_needs_that_source_address():
     with pytest.raises(ConfigError, match=r"instance\.pool: an IPv6 pool needs instance\.source_ipv6"):
         cfg.loads('[instance]\nsource_ipv4 = "198.18.0.10"\npool = ["2001:db8:1::10"]\n')
+
+
+def test_pool_in_plain_data_and_state_round_trip():
+    from maglev.control.ops import plain
+
+    c = cfg.loads(BASE + 'pool = ["198.18.0.10", "198.18.0.11"]\n')
+    assert c.to_dict()["instance"]["pool"] == ["198.18.0.10", "198.18.0.11"]
+    assert plain(c) == c.to_dict()
+    assert cfg.Config.from_dict(plain(c)) == c
