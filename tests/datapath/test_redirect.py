@@ -251,3 +251,26 @@ def test_split_datagrams_reach_one_backend_exactly_once_across_two_instances():
     stats = {own: dps[own].stats() for own in pool}
     assert all(s["redirected"] > 0 and s["redirect_in"] > 0 for s in stats.values())
     assert sum(s["redirected"] for s in stats.values()) == sum(s["redirect_in"] for s in stats.values())
+
+
+def _steer(frame: bytes, workers: int = 8) -> tuple[int, int, int]:
+    from maglev.native import ffi, lib
+
+    h, fl = ffi.new("uint64_t *"), ffi.new("uint16_t *")
+    k0, k1 = pool_config(POOL[0]).flow_hash_key
+    w = lib.mg_steer_hash(frame, len(frame), k0, k1, workers, h, fl)
+    return w, int(h[0]), int(fl[0])
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_steering_sends_a_redirected_fragment_to_the_worker_of_its_datagram(family):
+    """With several workers, a redirect must meet the other fragments of its datagram in
+    one worker's fragment table: steering hashes it by its inner 3-tuple."""
+    for i in range(1, 6):
+        for frag in datagram(family, i):
+            direct = _steer(frag)
+            assert direct[2] & 0x0002  # MG_FRAME_F_FRAGMENT
+            assert _steer(marked_gre(POOL[1], POOL[0], frag)) == direct
+            # without the marker it is an ordinary GRE packet, steered by its outer header
+            unmarked = _steer(marked_gre(POOL[1], POOL[0], frag, key=None))
+            assert unmarked[1] != direct[1] and not unmarked[2] & 0x0002

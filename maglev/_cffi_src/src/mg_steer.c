@@ -3,6 +3,7 @@
 
 #include <time.h>
 
+#include "mg_encap.h"
 #include "mg_hash.h"
 #include "mg_parse.h"
 #include "mg_ring.h"
@@ -93,14 +94,51 @@ int mg_steer_take(struct mg_steer *s, void *base, uint32_t n)
     return got;
 }
 
+/* A fragment another instance redirected here (GRE keyed MG_REDIRECT_GRE_KEY, see
+ * mg_dp.c "Fragments across instances") must reach the worker whose fragment table holds
+ * the rest of its datagram, so it is steered by its *inner* 3-tuple, like the fragments
+ * that arrived directly.  Only the marker is checked here; the worker checks that the
+ * sender is a pool member.  Returns 1 and fills *inner when pkt is such a packet. */
+static int redirected_inner(const uint8_t *pkt, const struct mg_parsed *p, struct mg_parsed *inner)
+{
+    if (p->key.proto != 47 || (p->frag & MG_PF_FRAGMENT))
+        return 0;
+    uint32_t gre;
+    if (p->family == 4)
+        gre = p->l3_off + (uint32_t)(pkt[p->l3_off] & 0x0f) * 4;
+    else if (pkt[p->l3_off + 6] == 47)
+        gre = p->l3_off + 40u; /* redirects carry no IPv6 extension headers */
+    else
+        return 0;
+    uint32_t end = p->l3_off + (uint32_t)p->l3_len;
+    if (end < gre + 8 || end - (gre + 8) > MG_FRAME_DATA_MAX)
+        return 0;
+    uint32_t gflags = (uint32_t)pkt[gre] << 8 | pkt[gre + 1];
+    uint32_t ptype = (uint32_t)pkt[gre + 2] << 8 | pkt[gre + 3];
+    uint32_t key = (uint32_t)pkt[gre + 4] << 24 | (uint32_t)pkt[gre + 5] << 16 |
+                   (uint32_t)pkt[gre + 6] << 8 | pkt[gre + 7];
+    if (gflags != MG_GRE_F_KEY || key != MG_REDIRECT_GRE_KEY || (ptype != 0x0800 && ptype != 0x86dd))
+        return 0;
+    /* mg_parse reads Ethernet frames: give it the inner packet behind a blank header. */
+    uint8_t buf[14 + MG_FRAME_DATA_MAX];
+    uint32_t n = end - (gre + 8);
+    memset(buf, 0, 12);
+    buf[12] = (uint8_t)(ptype >> 8);
+    buf[13] = (uint8_t)ptype;
+    memcpy(buf + 14, pkt + gre + 8, n);
+    return mg_parse(buf, 14 + n, inner) == MG_OK && (inner->frag & MG_PF_FRAGMENT);
+}
+
 int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
                   uint32_t n_workers, uint64_t *hash, uint16_t *flags)
 {
-    struct mg_parsed p;
+    struct mg_parsed p, inner;
     *hash = 0;
     *flags = 0;
     if (mg_parse(pkt, len, &p) != MG_OK)
         return -1;
+    if (MG_UNLIKELY(redirected_inner(pkt, &p, &inner)))
+        p = inner;
     if (p.frag & MG_PF_FRAGMENT) {
         /* 3-tuple: every fragment of the datagram, first or not, hashes alike. */
         p.key.sport = 0;
