@@ -119,9 +119,13 @@ def test_controller_follows_health_drain_and_shutdown(tmp_path):
         sub.connect(f"ipc://{tmp_path}/events.sock")
         # Both VIPs can serve (listener up): both announced once healthy for announce_after_s.
         wait_until(lambda: router.received() == {VIP_A, VIP_B}, 30, "both VIPs announced")
-        st = _status(control)
-        assert st["controller"]["healthy"] and st["controller"]["bgp"]
-        assert sorted(st["controller"]["announced"]) == [VIP_A, VIP_B]
+        # The controller pushes its state to the config manager periodically, so `status`
+        # may trail the router by one push.
+        def settled() -> dict | None:
+            c = (s := _status(control))["controller"]
+            return s if c["healthy"] and c["bgp"] and sorted(c["announced"]) == [VIP_A, VIP_B] else None
+
+        st = wait_until(settled, 10, "status to show both VIPs announced by a healthy controller")
 
         # Fingerprints: what any instance builds from the same backends.
         fps = {t["vip"]: t["fingerprint"] for t in st["tables"]}
