@@ -138,9 +138,20 @@ def test_sampled_packets_become_ordered_traces_naming_their_backend(running):
         return sum(1 for s in spans if s.name == "packet" and s.attributes.get("maglev.verdict") == "forward") >= 3
 
     spans = running.rx.wait_for(enough, 20)
+    roots = [s for s in spans if s.name == "packet" and s.attributes.get("maglev.verdict") == "forward"]
+
+    def complete(spans):
+        # A trace's spans may be cut across two export batches: wait for the rest of every
+        # root seen above (each must complete; none is skipped).
+        names: dict[str, set[str]] = {}
+        for sp in spans:
+            names.setdefault(sp.trace_id, set()).add(sp.name)
+        return all({"steering", "worker", "muxer"} <= names.get(r.trace_id, set()) for r in roots)
+
+    running.rx.wait_for(complete, 10)
     traces = running.rx.traces()
     checked = 0
-    for root in (s for s in spans if s.name == "packet" and s.attributes.get("maglev.verdict") == "forward"):
+    for root in roots:
         t = {s.name: s for s in traces[root.trace_id]}
         assert {"steering", "worker", "muxer"} <= set(t), set(t)
         st, wk, mx = t["steering"], t["worker"], t["muxer"]
