@@ -92,11 +92,10 @@ def _make(m) -> bytes:
     return bytes(pkt[: len(pkt) - cut] if cut < len(pkt) else pkt[:1])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.lists(mutation, min_size=1, max_size=12), min_size=1, max_size=4),
-       st.lists(st.integers(0, 3_000_000_000), min_size=4, max_size=4))
-def test_engines_agree_on_streams(bursts, gaps):
-    engines = {e: DataPath(BLOB, engine=e, ct_capacity=16) for e in ("c", "python")}
+def _run_stream_on_both(blob: bytes, bursts, gaps) -> tuple[dict, dict]:
+    """Feed the same bursts (with clock gaps) to the C and Python engines, assert their
+    outputs are identical, and return both engines' stats."""
+    engines = {e: DataPath(blob, engine=e, ct_capacity=16) for e in ("c", "python")}
     now = 1_000_000_000
     seq = 0
     results = {e: [] for e in engines}
@@ -113,6 +112,14 @@ def test_engines_agree_on_streams(bursts, gaps):
         results[e] += [(o.seq, o.action, o.verdict) for o in dp.flush(now + 10**12)]
     assert results["c"] == results["python"]
     sc, sp = engines["c"].stats(), engines["python"].stats()
+    return sc, sp
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(mutation, min_size=1, max_size=12), min_size=1, max_size=4),
+       st.lists(st.integers(0, 3_000_000_000), min_size=4, max_size=4))
+def test_engines_agree_on_streams(bursts, gaps):
+    sc, sp = _run_stream_on_both(BLOB, bursts, gaps)
     for k in ("packets_in", "forwarded", "icmp_sent", "drops", "conntrack", "vips", "backends", "held"):
         assert sc[k] == sp[k], k
     assert sc["forwarded"] + sum(sc["drops"].values()) == sc["packets_in"]
@@ -134,23 +141,7 @@ pool_mutation = st.tuples(
 def test_engines_agree_with_a_pool(bursts, gaps):
     """The same streams with a maglev pool: redirects out (marked GRE to the owner) and in
     (decapsulated, processed, never redirected again), their drops, byte for byte."""
-    engines = {e: DataPath(POOL_BLOB, engine=e, ct_capacity=16) for e in ("c", "python")}
-    now = 1_000_000_000
-    seq = 0
-    results = {e: [] for e in engines}
-    for burst, gap in zip(bursts, gaps, strict=False):
-        now += gap
-        pkts = []
-        for m in burst:
-            pkts.append(Packet(seq, _make(m)))
-            seq += 1
-        for e, dp in engines.items():
-            results[e] += [(o.seq, o.action, o.verdict, o.data, o.vip_index, o.backend_index)
-                           for o in dp.process(pkts, now)]
-    for e, dp in engines.items():
-        results[e] += [(o.seq, o.action, o.verdict) for o in dp.flush(now + 10**12)]
-    assert results["c"] == results["python"]
-    sc, sp = engines["c"].stats(), engines["python"].stats()
+    sc, sp = _run_stream_on_both(POOL_BLOB, bursts, gaps)
     for k in ("packets_in", "forwarded", "redirected", "redirect_in", "icmp_sent", "drops",
               "conntrack", "vips", "backends", "held", "bytes_out"):
         assert sc[k] == sp[k], k
