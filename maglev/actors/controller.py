@@ -192,6 +192,7 @@ class Controller:
         self.stalls = StallDetector(self.o.stall_s)
         self.health = Debounce(self.o.withdraw_after_s, self.o.announce_after_s)
         self.drained = False
+        self.drain_seq = 0  # the config manager's sequence of the last drain command applied
         self.problems: list[str] = []
         self.serving: dict[str, bool] = {}
         self.vips_at = 0.0
@@ -235,7 +236,12 @@ class Controller:
                 self.vips_at = self.clock()
                 self.vips_generation = int(msg.get("generation") or 0)
         elif t == "controller.drain" and name == CONFIG_ACTOR:
+            seq = msg.get("seq")
+            if isinstance(seq, int) and not isinstance(seq, bool):
+                self.drain_seq = max(self.drain_seq, seq)
             self.set_drained(bool(msg.get("drained", True)))
+            # Tell the config manager at once, so `status` shows the change now.
+            self.last_query = 0.0
 
     def publish(self, body: dict[str, Any]) -> None:
         """An event on the control socket's stream (topic ``bgp``), via the config manager."""
@@ -359,6 +365,7 @@ class Controller:
             "healthy": self.health.healthy,
             "problems": list(self.problems),
             "drained": self.drained,
+            "drain_seq": self.drain_seq,
             "bgp": self.has_bgp,
             "announced": sorted(self.announced),
             "serving": dict(sorted(self.serving.items())),
@@ -381,8 +388,15 @@ def config_handle_mailbox(actor: Any, msg: dict[str, Any]) -> bool:
         if isinstance(topic, str) and isinstance(body, dict):
             actor._emit(topic, body)
     elif t == "controller.query":
-        if isinstance(msg.get("state"), dict):
-            actor.controller_state = msg["state"]
+        state = msg.get("state")
+        if isinstance(state, dict):
+            # The supervisor pushes its state periodically; a push sent before it applied
+            # our last drain command must not undo what that command's reply promised.
+            sent = getattr(actor, "drain_seq", 0)
+            seen = state.get("drain_seq")
+            if not isinstance(seen, int) or seen < sent:
+                state = {**state, "drained": getattr(actor, "drain_intent", state.get("drained"))}
+            actor.controller_state = state
         m = actor.manager
         if m is not None:
             actor.send("controller.vips", serving=serving_addresses(m.config, m.down_set()),
@@ -404,7 +418,9 @@ def config_handle_op(actor: Any, req: Any) -> Any:
     if state is None:
         return Reply.failure(req.id, ProtocolError(
             NOT_FOUND, "no controller in this process tree (not started by `maglev run`?)"))
-    actor.send("controller.drain", drained=drained)
+    actor.drain_seq = getattr(actor, "drain_seq", 0) + 1
+    actor.drain_intent = drained
+    actor.send("controller.drain", drained=drained, seq=actor.drain_seq)
     state = {**state, "drained": drained}
     actor.controller_state = state
     return Reply(req.id, True, result={"drained": drained, "announced": state.get("announced", []),

@@ -76,11 +76,21 @@ async def _amain(args: argparse.Namespace) -> int:
         else:
             _out(reply)
 
+    def post(line: str | None) -> bool:
+        # The loop may close (after ``quit`` or a signal) while this thread still reads:
+        # posting to a closed loop raises RuntimeError, which means "stop reading".
+        try:
+            loop.call_soon_threadsafe(on_line, line)
+        except RuntimeError:
+            return False
+        return True
+
     def reader() -> None:
         # A thread, because stdin may be a file, a pipe or /dev/null.
         for line in sys.stdin:
-            loop.call_soon_threadsafe(on_line, line)
-        loop.call_soon_threadsafe(on_line, None)
+            if not post(line):
+                return
+        post(None)
 
     await speaker.start()
     threading.Thread(target=reader, name="stdin", daemon=True).start()
