@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from maglev.actors.pipeline import SAMPLE_CONFIG
+from maglev.config import SAMPLE_CONFIG
 from maglev.testing.otlp import OtlpReceiver
 
 SAMPLE_EVERY = 500
