@@ -34,6 +34,7 @@ from maglev.actors.extra import EXTRA_ACTORS
 from maglev.actors.supervisor import ActorDef, Supervisor
 from maglev.config import load_config
 from maglev.rings import forwarder_counters, remove_stale_regions
+from maglev.rings.worker_page import read_worker_page
 
 log = logging.getLogger("maglev.pipeline")
 
@@ -221,6 +222,11 @@ class Pipeline:
         c = forwarder_counters(self.region)
         st, mx = c["steering"], c["muxer"]
         per_worker = [{"worker": i, **w} for i, w in enumerate(c["workers"])]
+        for row in per_worker:  # what only the worker holds: its metrics page
+            page = read_worker_page(self.supervisor.run_dir, row["worker"])
+            if page is not None:
+                row["conntrack"] = page["conntrack"]
+                row["fragment_table"] = page["fragments"]
         end = self.t_end or time.monotonic()
         elapsed = max(1e-9, end - self.t0) if self.t0 else 0.0
         # The rate is over steering's receive window (first to last received burst), not

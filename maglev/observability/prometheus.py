@@ -105,6 +105,19 @@ def render(s: dict[str, Any]) -> str:
              [({"worker": w["worker"]}, w["tables_generation"]) for w in w_rows])
     o.family("maglev_worker_held_fragments", g, "IP fragments a worker holds waiting for their first fragment.",
              [({"worker": w["worker"]}, w["held"]) for w in w_rows])
+    o.family("maglev_worker_fragments_total", c, "IP fragments a worker forwarded (first and non-first).",
+             [({"worker": w["worker"]}, w["fragments"]) for w in w_rows])
+    o.family("maglev_worker_icmp_sent_total", c, "ICMP errors a worker generated (packet too big).",
+             [({"worker": w["worker"]}, w["icmp_sent"]) for w in w_rows])
+    o.family("maglev_worker_icmp_forwarded_total", c, "Inbound ICMP errors a worker sent to a flow's backend.",
+             [({"worker": w["worker"]}, w["icmp_forwarded"]) for w in w_rows])
+    o.family("maglev_worker_table_swaps_total", c, "Tables generation switches a worker made.",
+             [({"worker": w["worker"]}, w["table_swaps"]) for w in w_rows])
+    ft_rows = [(w["worker"], w["fragment_table"]) for w in w_rows if w.get("fragment_table")]
+    for key in (ft_rows[0][1] if ft_rows else {}):
+        o.family(f"maglev_fragment_table_{key}_total", c,
+                 f"Fragment table: {key.replace('_', ' ')} (struct mg_frag_stats, mg_frag.h).",
+                 [({"worker": i}, ft[key]) for i, ft in ft_rows])
     rings = []
     for w in w_rows:
         for kind in ("rx", "tx", "ret"):
