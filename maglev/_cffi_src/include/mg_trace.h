@@ -1,7 +1,7 @@
 /* Packet tracer: mark a few packets in steering, let every stage stamp its time into the
  * frame metadata, collect the marked frames when they come home, turn them into spans.
  *
- * Who does what (the Python side is maglev/telemetry/tracer.py):
+ * Who does what (the Python side is maglev/telemetry/packets.py (spans) and maglev/rings/trace_block.py (request words)):
  *
  *   config manager  writes a trace *request* into the trace block (below): a sampling rate
  *                   (1 in N) and/or a filter (VIP dst/port/proto, client src/prefix/port,
