@@ -78,6 +78,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     """Run the forwarder until Ctrl-C (or the end of a finite input)."""
     from maglev.actors import pipeline as pl
     from maglev.actors.base import setup_logging
+    from maglev.config import SAMPLE_CONFIG
 
     level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
     setup_logging("supervisor", level)
@@ -86,7 +87,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     if not as_json and not (config_path and nic_given):
         what = []
         if not config_path:
-            what.append(f"the built-in sample config ({pl.SAMPLE_CONFIG.name}: VIPs in 203.0.113.0/24)")
+            what.append(f"the built-in sample config ({SAMPLE_CONFIG.name}: VIPs in 203.0.113.0/24)")
         if not nic_given:
             what.append("the traffic generator NIC (gen: 10000 flows toward its VIPs, null sink)")
         click.echo(f"maglev run: using {' and '.join(what)}; Ctrl-C to stop.")
@@ -113,7 +114,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     from maglev.actors.controller import Controller
 
     ctrl = Controller()  # announces/withdraws the VIPs over BGP (maglev/actors/controller.py)
-    from maglev.telemetry.prometheus import MetricsHost
+    from maglev.observability.prometheus import MetricsHost
 
     obs = MetricsHost(metrics)  # binds --metrics first: a bad address fails before anything starts
     try:
