@@ -134,7 +134,11 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
             raise KeyboardInterrupt
         stop_reason.append(signal.Signals(signum).name)
 
+    from maglev.service.runloop import ServiceLoop
+
+    svc = ServiceLoop(p)  # systemd readiness/watchdog/status; SIGHUP -> reload (maglev/service)
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: svc.request_reload())
     try:
         p.start(go=False)
         if not stop_reason:  # Ctrl-C while the actors were starting: stop, do not begin
@@ -145,6 +149,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
             p.poll(0.05)
             obs.tick()
             ctrl.tick()
+            svc.tick()
             if p.eof and (exit_on_eof or finite_gen):
                 break
             now = time.monotonic()
@@ -153,6 +158,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
                 click.echo(_live_line(c, prev, now - prev_t))
                 prev, prev_t = c, now
                 next_print = now + 1.0
+        svc.stopping()
         ctrl.shutdown()  # withdraw every VIP and let the routers move away before stopping
         p.stop()
         s = p.summary()
@@ -160,6 +166,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         for sig, h in old.items():
             signal.signal(sig, h)
         obs.close()
+        svc.close()
         p.close()
     if as_json:
         click.echo(json.dumps(s))
