@@ -27,6 +27,7 @@ from maglev.nic.pcapfile import PcapWriter
 from maglev.testing import packets as P
 from maglev.testing.ports import free_port
 
+from .metrics_doc import documented
 from .promparse import parse_prometheus
 
 pytestmark = pytest.mark.slow
@@ -179,6 +180,16 @@ def test_ctl_stats_prometheus_and_run_json_agree(workdir, corpus_dir):
     assert stats["muxer"]["tx_packets"] == run["tx_packets"]
     assert stats["steering"]["fallback"] == run["fallback"]
     assert stats["steering"]["backpressure"] == run["backpressure"]
+
+    # docs/metrics.md and the endpoint name the same families, with the same type and labels
+    # (rows marked "Only when/under" may be absent: BGP is not configured here).
+    doc = documented()
+    assert set(prom) - set(doc) == set(), "exported but not documented"
+    assert {n for n, d in doc.items() if not d["conditional"]} - set(prom) == set(), "documented, not exported"
+    for n, f in prom.items():
+        assert f["type"] == doc[n]["type"], n
+        for labels, _ in f["samples"]:
+            assert set(labels) == doc[n]["labels"], (n, labels)
 
     # ctl stats == Prometheus (the scrape came first: counters were already final).
     assert _sample(prom, "maglev_received_packets_total") == stats["totals"]["packets_in"]
