@@ -46,6 +46,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from maglev.datapath.ref_conntrack import CT_STAT_NAMES
+
 __all__ = [
     "WorkerPage",
     "collect",
@@ -58,12 +60,13 @@ __all__ = [
 PAGE_MAGIC = 0x31474150534F474D  # "MGOSPAG1"
 # magic, seq, mono_ns, region generation, dp tables generation, n_vips, n_backends
 _HDR = struct.Struct("<QQQQQII")
-_CT_FIELDS = ("lookups", "hits", "inserts", "insert_failed", "evictions", "expired", "reselected")
+_CT_FIELDS = CT_STAT_NAMES  # the one list of connection-table counters (struct mg_ct_stats)
 _FRAG_FIELDS = ("first", "forwarded", "held", "released", "expired", "evicted", "evictions",
                 "drop_table_full", "drop_hold_limit")
 _CT = struct.Struct(f"<{len(_CT_FIELDS)}Q")
 _FRAG = struct.Struct(f"<{len(_FRAG_FIELDS)}Q")
-_BODY_OFF = 128
+_BODY_OFF = 256
+assert _HDR.size + _CT.size + _FRAG.size <= _BODY_OFF, "page header overlaps the counters"
 MAX_VIPS = 4096
 MAX_BACKENDS = 65536
 PAGE_BYTES = _BODY_OFF + 16 * (MAX_VIPS + MAX_BACKENDS)
