@@ -171,9 +171,14 @@ static inline uint32_t mg_ct_tag_timeout(uint32_t tag, uint32_t tcp_ms, uint32_t
     return (tag & MG_CT_TAG_TCP) ? tcp_ms : udp_ms;
 }
 
+/* First prefetch stage: the primary bucket's metadata line; near full (where a new flow's
+ * insert reads both buckets) the alternate's too. */
 static inline void mg_ct_prefetch(const struct mg_ct *ct, uint64_t h)
 {
-    __builtin_prefetch(mg_ct_meta_of(ct, (uint32_t)h & ct->mask), 1, 3);
+    uint32_t b = (uint32_t)h & ct->mask;
+    __builtin_prefetch(mg_ct_meta_of(ct, b), 1, 3);
+    if (ct->n_used >= ct->n_buckets * (MG_CT_WAYS - MG_CT_WAYS / 4)) /* >= 75% used */
+        __builtin_prefetch(mg_ct_meta_of(ct, mg_ct_alt(ct, b, mg_ct_sig(h))), 1, 3);
 }
 
 /* Second prefetch stage: with the primary bucket's metadata line (prefetched earlier) in

@@ -196,27 +196,36 @@ int mg_ct_add(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h, uint3
     bk[1] = mg_ct_alt(ct, bk[0], sig);
     int nb = bk[1] == bk[0] ? 1 : 2;
     struct mg_ct_meta *m[2] = {mg_ct_meta_of(ct, bk[0]), mg_ct_meta_of(ct, bk[1])};
-    /* 1. an empty way */
-    for (int i = 0; i < nb; i++) {
-        int w = first_empty(m[i]);
-        if (w >= 0) {
-            ct->n_used++;
-            put(ct, bk[i], w, key, sig, now, backend, backend_id);
-            return (int)(bk[i] * MG_CT_WAYS + (uint32_t)w);
-        }
-    }
-    /* 2. a way idle past its timeout */
+    /* One pass over b1 then b2 serves steps 1, 2 and 4: the first empty way is taken at
+     * once; the first expired way and the LRU probation way are remembered. */
+    int xi = -1, xw = 0, vi = -1, vw = 0;
+    uint32_t oldest = 0;
     for (int i = 0; i < nb; i++) {
         for (int w = 0; w < MG_CT_WAYS; w++) {
             uint32_t tag = m[i]->tag[w];
-            if ((uint32_t)(now - m[i]->last[w]) >= mg_ct_tag_timeout(tag, tcp_ms, udp_ms)) {
-                if (tag & MG_CT_TAG_PROTECTED)
-                    ct->n_protected--;
-                ct->stats.expired++;
+            if (tag == 0) { /* 1. an empty way */
+                ct->n_used++;
                 put(ct, bk[i], w, key, sig, now, backend, backend_id);
                 return (int)(bk[i] * MG_CT_WAYS + (uint32_t)w);
             }
+            uint32_t age = now - m[i]->last[w];
+            if (xi < 0 && age >= mg_ct_tag_timeout(tag, tcp_ms, udp_ms)) {
+                xi = i;
+                xw = w;
+            }
+            if (!(tag & MG_CT_TAG_PROTECTED) && (vi < 0 || age > oldest)) {
+                oldest = age;
+                vi = i;
+                vw = w;
+            }
         }
+    }
+    if (xi >= 0) { /* 2. a way idle past its timeout */
+        if (m[xi]->tag[xw] & MG_CT_TAG_PROTECTED)
+            ct->n_protected--;
+        ct->stats.expired++;
+        put(ct, bk[xi], xw, key, sig, now, backend, backend_id);
+        return (int)(bk[xi] * MG_CT_WAYS + (uint32_t)xw);
     }
     /* 3. a cuckoo move of one entry to its alternate bucket */
     uint32_t cap = mg_ct_capacity(ct);
@@ -240,21 +249,7 @@ int mg_ct_add(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h, uint3
             }
         }
     }
-    /* 4. the least recently used probation way */
-    int vi = -1, vw = 0;
-    uint32_t oldest = 0;
-    for (int i = 0; i < nb; i++) {
-        for (int w = 0; w < MG_CT_WAYS; w++) {
-            if (m[i]->tag[w] & MG_CT_TAG_PROTECTED)
-                continue;
-            uint32_t age = now - m[i]->last[w];
-            if (vi < 0 || age > oldest) {
-                oldest = age;
-                vi = i;
-                vw = w;
-            }
-        }
-    }
+    /* 4. the least recently used probation way (found above) */
     if (vi < 0) { /* 5. every way protected and alive */
         ct->stats.insert_failed++;
         return -1;
