@@ -18,7 +18,7 @@ M32 = 0xFFFFFFFF
 TAG_PROTECTED = 0x8000_0000
 TAG_TCP = 0x4000_0000
 SIG_MASK = 0x3FFF_FFFF
-MOVE_RESERVE = 16
+MOVE_RESERVE = 4
 DEFAULT_PROTECTED_PCT = 90
 
 # The connection-table counters, in the order of struct mg_ct_stats: the one list every
