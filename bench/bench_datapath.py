@@ -15,12 +15,13 @@ bursts and times only mg_dp_burst, in thread CPU time (CLOCK_THREAD_CPUTIME_ID),
 the core spent on other processes is not counted; cache pollution by them still is.  Each C scenario runs --repeat times; best and median
 are printed (the host's noise is large: other processes share the two cores).
 
-    python bench/bench_datapath.py [--rounds N] [--repeat N] [--cpu N] [--no-python]
+    python bench/bench_datapath.py [--rounds N] [--repeat N] [--cpu N] [--no-python] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -129,10 +130,16 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU (default: the lowest allowed)")
     ap.add_argument("--no-python", action="store_true", help="skip the Python reference")
     ap.add_argument("--python-packets", type=int, default=2000)
+    ap.add_argument("--json", action="store_true",
+                    help="print established_1_ns, established_10k_ns, established_1m_ns, new_ns "
+                         "(medians of the repeats; *_best_ns beside) as JSON")
     a = ap.parse_args()
     cpu = a.cpu if a.cpu is not None else min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
     blob = build_tables(cfg.loads(CONF))
+    if a.json:
+        print(json.dumps(measure_json(blob, a.rounds, a.repeat), indent=1))
+        return
     print(f"maglev data path: C burst kernel (mg_dp_burst) vs Python reference, pinned to CPU {cpu}, "
           f"bursts of {lib.MG_BURST_MAX}, {a.rounds} bursts x {a.repeat} runs")
     cal = min(lib.mg_dp_calibrate(2_000_000) for _ in range(3)) / 2_000_000
@@ -157,6 +164,23 @@ def main() -> None:
     _row("new flows (SYN, insert)", ns, py, 150, cal)
     print(f"   new flows: {st[0]} inserts, {st[1]} evictions, {st[2]} insert failures (table of 2^20)")
     print("Python reference at 1M flows is not measured (it would need 1M Python-level inserts first).")
+
+
+def measure_json(blob: bytes, rounds: int, repeat: int) -> dict:
+    """The issue-13 keys: median ns/packet of the repeats (best beside), and the context."""
+    out: dict = {"rounds": rounds, "repeat": repeat, "burst": int(lib.MG_BURST_MAX)}
+    out["siphash_ns"] = min(lib.mg_dp_calibrate(2_000_000) for _ in range(3)) / 2_000_000
+    for key, flows, cap in (("established_1", 1, 65536), ("established_10k", 10_000, 65536),
+                            ("established_1m", 1_000_000, 1 << 21)):
+        ns, _ = c_established(blob, flows, cap, rounds, repeat)
+        out[f"{key}_ns"], out[f"{key}_best_ns"], out[f"{key}_runs_ns"] = statistics.median(ns), min(ns), ns
+    ns, st = c_new_flows(blob, 1 << 20, rounds, repeat)
+    out["new_ns"], out["new_best_ns"], out["new_runs_ns"] = statistics.median(ns), min(ns), ns
+    out["new_inserts"], out["new_evictions"], out["new_insert_failures"] = st
+    probe = lib.mg_ct_new(1 << 21)
+    out["table_1m_pages"] = {1: "hugetlb", 2: "thp", 3: "4k"}.get(int(lib.mg_ct_page_mode(probe)), "?")
+    lib.mg_ct_free(probe)
+    return out
 
 
 def _row(name: str, ns: list[float], py: float | None, target: int | None, cal: float) -> None:

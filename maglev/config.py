@@ -27,6 +27,7 @@ from maglev.hashing import DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, is_pr
 PROTOCOLS = ("tcp", "udp")
 ENCAPS = ("gre", "ipip", "vxlan", "l2")
 HEALTH_TYPES = ("none", "tcp", "http", "udp")
+HUGE_PAGE_MODES = ("auto", "hugetlb", "thp", "off")  # [conntrack] huge_pages
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Most maglev instances in instance.pool (the tables blob has room for this many).
@@ -131,6 +132,9 @@ class Conntrack:
     capacity: int = 65536  # entries per worker, rounded up to a power of two
     tcp_timeout_s: int = 300
     udp_timeout_s: int = 30
+    protected_percent: int = 90  # quota of the protected (established) segment, % of capacity
+    new_flows_per_s: int = 0  # per-worker rate guard on inserts of new flows; 0 = no limit
+    huge_pages: str = "auto"  # auto | hugetlb | thp | off (maglev/datapath/ctmem.py)
 
 
 @dataclass(frozen=True)
@@ -397,11 +401,17 @@ class _Parser:
 
     def conntrack(self, data: Any) -> Conntrack:
         p = "conntrack"
-        d = self.table(data, p, {"capacity", "tcp_timeout_s", "udp_timeout_s"})
+        d = self.table(
+            data, p,
+            {"capacity", "tcp_timeout_s", "udp_timeout_s", "protected_percent", "new_flows_per_s", "huge_pages"},
+        )
         return Conntrack(
             capacity=self.integer(d, "capacity", p, 65536, 64, 1 << 26),
             tcp_timeout_s=self.integer(d, "tcp_timeout_s", p, 300, 1, 86400),
             udp_timeout_s=self.integer(d, "udp_timeout_s", p, 30, 1, 86400),
+            protected_percent=self.integer(d, "protected_percent", p, 90, 1, 100),
+            new_flows_per_s=self.integer(d, "new_flows_per_s", p, 0, 0, 1_000_000_000),
+            huge_pages=self.choice(d, "huge_pages", p, "auto", HUGE_PAGE_MODES),
         )
 
     def health(self, data: Any, p: str) -> HealthCheck:

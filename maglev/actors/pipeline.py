@@ -113,6 +113,10 @@ class Pipeline:
             raise ConfigError([f"burst: {opts.burst} must be 1..256"])
         self.opts = opts
         self.config = load_config(opts.config_path)
+        from maglev.datapath.ctmem import check_memory
+
+        ctc = self.config.conntrack  # every worker's table must fit: a clear error, nothing started
+        check_memory(ctc.capacity, ctc.huge_pages, copies=opts.workers)
         self.nic_spec = parse_nic(opts.nic)
         self.out_spec = parse_out(opts.out or None, self.nic_spec)
         if self.nic_spec.kind == "gen":

@@ -38,12 +38,22 @@ class Worker(Actor):
         cfg = load_config(p.get("config", ""))
         k0, k1 = cfg.flow_hash_key
         self.burst = int(p.get("burst", 256))
+        ctc = cfg.conntrack
+        from maglev.datapath.ctmem import PAGE_MODES, check_memory, page_mode_name
+
+        check_memory(ctc.capacity, ctc.huge_pages)  # a clear error before anything is allocated
+        check(lib.mg_ct_set_default_pages(PAGE_MODES[ctc.huge_pages]), "conntrack page mode")
         w = lib.mg_worker_new(
             self.base, self.index, cfg.conntrack.capacity, k0, k1, self.burst, time.monotonic_ns()
         )
         if w == ffi.NULL:
             raise RuntimeError(f"worker {self.index}: cannot allocate the data path")
         self.w = ffi.gc(w, lib.mg_worker_free)
+        ct = lib.mg_dp_conntrack(lib.mg_worker_dp(self.w))
+        check(lib.mg_ct_set_policy(ct, ctc.protected_percent, ctc.new_flows_per_s), "conntrack policy")
+        log.info("connection table ready", extra={"kv": {
+            "entries": int(lib.mg_ct_capacity(ct)), "bytes": int(ct.map_bytes), "pages": page_mode_name(ct),
+            "protected_percent": ctc.protected_percent, "new_flows_per_s": ctc.new_flows_per_s}})
         recovered = check(lib.mg_worker_recover(self.w, self.base), "worker recover")
         if recovered:
             log.warning("dropped frames a dead predecessor held", extra={"kv": {"frames": recovered}})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from maglev.datapath.ctmem import check_memory
 from maglev.datapath.engine import (
     BURST_MAX,
     DRAIN_MAX,
@@ -21,6 +22,7 @@ from maglev.datapath.engine import (
     Packet,
     empty_stats,
 )
+from maglev.datapath.ref_conntrack import CT_STAT_NAMES
 from maglev.errors import NativeError
 from maglev.native import check, ffi, lib
 
@@ -40,6 +42,8 @@ class CDataPath:
         # and backends until the next burst switches to a newer set_tables() blob
         self._kernel_buf = self._tables_buf
         hdr = ffi.cast("struct mg_tables_header *", self._tables_buf)
+        if 0 < ct_capacity <= lib.MG_CT_MAX_CAPACITY:
+            check_memory(ct_capacity)  # a clear error with the numbers, nothing allocated
         dp = lib.mg_dp_new(ct_capacity, worker, hdr.hash_k0, hdr.hash_k1, now_ns)
         if dp == ffi.NULL:
             raise NativeError(22, f"data path: cannot create (capacity {ct_capacity} out of range or no memory)")
@@ -155,6 +159,14 @@ class CDataPath:
             if n == 0:
                 return out
 
+    def set_conntrack_policy(self, protected_percent: int, new_flows_per_s: int) -> None:
+        """The protected-segment quota and the new-flow rate guard (mg_conntrack.h)."""
+        check(lib.mg_ct_set_policy(lib.mg_dp_conntrack(self._dp), protected_percent, new_flows_per_s),
+              "mg_ct_set_policy")
+
+    def conntrack_table(self):
+        return lib.mg_dp_conntrack(self._dp)
+
     def stats(self) -> dict:
         s = lib.mg_dp_stats(self._dp)
         d = empty_stats()
@@ -165,8 +177,7 @@ class CDataPath:
         for k, v in self._extra_drops.items():
             d["drops"][k] = d["drops"].get(k, 0) + v
             d["packets_in"] += v
-        d["conntrack"] = {k: int(getattr(s.ct, k)) for k in (
-            "lookups", "hits", "inserts", "insert_failed", "evictions", "expired", "reselected")}
+        d["conntrack"] = {k: int(getattr(s.ct, k)) for k in CT_STAT_NAMES}
         hdr = ffi.cast("struct mg_tables_header *", self._kernel_buf)
         vc = lib.mg_dp_vip_counters(self._dp)
         bc = lib.mg_dp_backend_counters(self._dp)

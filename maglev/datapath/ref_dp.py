@@ -470,8 +470,11 @@ class RefDataPath:
                     continue
             b = -1
             if kind in (FLOW, ICMP_FLOW):
-                e = self.ct.find(key, hsh, now_t, tcp_ms, udp_ms)
-                if e is not None:
+                slot = self.ct.find_slot(key, hsh, now_t, tcp_ms, udp_ms)
+                if slot >= 0:
+                    e = self.ct.entry(slot)
+                    if kind == FLOW and not (p.proto == 6 and p.tcp_flags & 0x02):
+                        self.ct.promote(slot)  # a later packet that is not a SYN
                     b = self._ct_backend(vip, e)
                     if b < 0:
                         self.ct.stats.reselected += 1
@@ -480,7 +483,7 @@ class RefDataPath:
                             e.backend, e.backend_id = b, self.t.backends[b].id
                 else:
                     b = self._maglev(vip, hsh)
-                    if b >= 0 and kind == FLOW:
+                    if b >= 0 and kind == FLOW and self.ct.admit(now_t):
                         self.ct.add(key, hsh, now_t, tcp_ms, udp_ms, b, self.t.backends[b].id)
             else:
                 b = self._maglev(vip, hsh)
@@ -570,12 +573,14 @@ class RefDataPath:
             if not part:
                 return out
 
+    def set_conntrack_policy(self, protected_percent: int, new_flows_per_s: int) -> None:
+        """The protected-segment quota and the new-flow rate guard (mg_conntrack.h)."""
+        self.ct.set_policy(protected_percent, new_flows_per_s)
+
     def stats(self) -> dict:
         d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.s.items()}
         d["drops"] = {DROP_NAMES[i]: n for i, n in enumerate(self.drops) if n}
-        cs = self.ct.stats
-        d["conntrack"] = {k: getattr(cs, k) for k in (
-            "lookups", "hits", "inserts", "insert_failed", "evictions", "expired", "reselected")}
+        d["conntrack"] = self.ct.stats.as_dict()
         d["vips"] = {i: tuple(c) for i, c in sorted(self.vip_c.items())}
         d["backends"] = {i: tuple(c) for i, c in sorted(self.be_c.items())}
         return d

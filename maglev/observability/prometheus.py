@@ -136,11 +136,16 @@ def render(s: dict[str, Any]) -> str:
         ("lookups", "maglev_conntrack_lookups_total", "Connection-table lookups."),
         ("hits", "maglev_conntrack_hits_total", "Connection-table hits."),
         ("inserts", "maglev_conntrack_inserts_total", "Connection-table inserts."),
-        ("evictions", "maglev_conntrack_evictions_total", "Live entries replaced (LRU) by an insert."),
+        ("evictions", "maglev_conntrack_evictions_total", "Live probation entries replaced (LRU) by an insert."),
         ("insert_failed", "maglev_conntrack_table_full_total",
          "Inserts that found no way (table full): the packet was forwarded statelessly."),
         ("expired", "maglev_conntrack_expirations_total", "Entries found idle past their timeout."),
         ("reselected", "maglev_conntrack_reselections_total", "Hits whose backend was gone or down: re-selected."),
+        ("promoted", "maglev_conntrack_promotions_total", "Probation entries promoted to the protected segment."),
+        ("demoted", "maglev_conntrack_demotions_total", "Protected entries demoted (protected quota reached)."),
+        ("moved", "maglev_conntrack_moves_total", "Entries moved to their alternate bucket (cuckoo)."),
+        ("rate_guard_hits", "maglev_conntrack_rate_guard_total",
+         "New flows above conntrack.new_flows_per_s: forwarded by Maglev hash, not inserted."),
     ):
         o.family(name, c, help_, [({"worker": i}, ct[key]) for i, ct in ct_rows])
     vw = s.get("vip_workers", [])

@@ -194,12 +194,18 @@ def test_flow_reselected_when_its_backend_goes_down(engine):
 def test_full_conntrack_falls_back_to_maglev_and_counts(engine):
     blob = build_tables(config())
     dp = DataPath(blob, engine=engine, ct_capacity=8)  # one bucket of 8 ways
-    pkts = [Packet(i, tcp4(sport=30000 + i)) for i in range(20)]
-    outs = dp.process(pkts, NOW)
+    dp.set_conntrack_policy(100, 0)  # the whole table may be protected
+    # 8 established flows (SYN, then ACK: promoted) fill the only bucket with protected entries
+    est = [Packet(i, tcp4(sport=30000 + i, flags=f)) for f in (0x02, 0x10) for i in range(8)]
+    assert all(o.reason == "forward" for o in dp.process(est, NOW))
+    assert dp.stats()["conntrack"]["promoted"] == 8
+    pkts = [Packet(100 + i, tcp4(sport=31000 + i)) for i in range(12)]
+    outs = dp.process(pkts, NOW + 10**6)
     assert all(o.reason == "forward" for o in outs)
     for o, p in zip(sorted(outs, key=lambda o: o.seq), pkts, strict=True):
         assert o.backend_index == maglev_backend(blob, p.data)[0]  # stateless = Maglev choice
-    assert dp.stats()["conntrack"]["insert_failed"] == 12
+    st = dp.stats()["conntrack"]
+    assert st["insert_failed"] == 12 and st["evictions"] == 0  # protected entries stay
 
 
 @pytest.mark.parametrize("engine", ENGINES)

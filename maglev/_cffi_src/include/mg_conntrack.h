@@ -1,31 +1,63 @@
 /* Per-worker connection table (paper section 3.3: "each packet thread keeps its own
  * connection tracking table, no sharing").
  *
- * Layout: set-associative, MG_CT_WAYS (8) ways per bucket, capacity rounded up to a power
- * of two (>= 8 ways x 1 bucket).  Each bucket has one 64-byte line of metadata -- 8
- * 32-bit signatures and 8 32-bit last-used times -- and 8 entries of 64 bytes (the full
- * 40-byte flow key, the backend index and the 64-bit backend id, padded to one cache
- * line so a key compare never straddles two lines) in a separate array.  A lookup
- * that misses touches only the metadata line (signatures filter) unless a signature
- * matches, in which case the full key is compared with memcmp: a signature hit is never
- * trusted alone.  Memory: 72 bytes per entry (8 metadata + 64 entry), e.g. 75.5 MB for
- * 2^20 entries.  The backend index is a hint; the id is the identity (mg_tables.h).
+ * Memory: ONE contiguous anonymous mapping (mmap: fresh pages are already zero, so a table
+ * of any size starts without a memset), laid out as
  *
- * Hashing: the caller gives the flow hash h (SipHash-1-3 of the key under the deployment
- * secret); bucket = h & (n_buckets - 1), signature = h >> 32 with 0 mapped to 1 (0 marks an
- * empty way).  Because the secret is unknown to clients they cannot aim at one bucket.
+ *     [struct mg_ct: header, 256 bytes] [meta: n_buckets x 64 B] [entries: capacity x 64 B]
  *
- * Time: "ticks" are milliseconds (now_ns / 1e6) truncated to 32 bits; ages are computed
- * as (uint32_t)(now - last), correct for ages below 49.7 days.
+ * The header starts with a magic and a layout version and locates the arrays by offsets,
+ * never by pointers, so the same bytes can later live in shared memory and be adopted by
+ * another process (issue 16.5: not done here).  struct mg_ct *is* the mapping.  Pages:
+ * MAP_HUGETLB when reserved huge pages suffice (or are required), else transparent huge
+ * pages by madvise(MADV_HUGEPAGE), else 4 KiB pages; mg_ct_page_mode() says which.  Before
+ * mapping, the size is checked against MemAvailable (or HugePages_Free) -- mg_ct_plan() --
+ * and an allocation that does not fit is refused with ENOMEM, nothing mapped.
  *
- * Eviction rule (on insert, in this order): an empty way; else a way whose entry is idle
- * past its timeout (TCP or UDP by the entry's protocol); else the least recently used
- * way, but only if it has been idle at least MG_CT_EVICT_MIN_IDLE_MS.  Otherwise the
- * insert fails: the caller forwards by Maglev hash without state (paper 3.3) and counts
- * it.  The idle floor keeps a SYN flood from evicting active connections faster than they
- * send packets; ties go to the lowest way.
+ * Geometry: buckets of MG_CT_WAYS (8) ways; capacity = a power of two >= 8.  A bucket's
+ * metadata is one 64-byte line: 8 32-bit tags and 8 32-bit last-used times.  A tag is
  *
- * Everything here is deterministic so the Python reference (maglev/datapath/reference.py,
+ *     bit 31  PROTECTED  (segment: 0 = probation, 1 = protected)
+ *     bit 30  TCP        (which idle timeout applies: TCP's or the other one)
+ *     bits 0-29 signature (bits 32..61 of the flow hash; 0 is mapped to 1; tag 0 = empty)
+ *
+ * so every decision of an insert (empty? expired? which segment? how old?) reads the
+ * metadata lines only.  Entries are one 64-byte line each (the full 40-byte flow key,
+ * backend index hint, 64-bit backend id): a lookup compares the full key with memcmp
+ * whenever a signature matches -- a signature hit is never trusted alone.  A lookup hit in
+ * the primary bucket touches exactly two lines (its metadata line, its entry line).
+ *
+ * Two candidate buckets (partial-key cuckoo hashing): primary b1 = h & mask, alternate
+ * b2 = b1 ^ ((sig * 0x9E3779B1 >> 8) | 1) & mask -- computable from (bucket, signature)
+ * alone, so an entry can be moved to its other bucket without its hash.  Lookups check b1,
+ * then b2.  Inserts take (chosen by bench/bench_conntrack.py, numbers in docs/datapath.md):
+ *
+ *   1. the first empty way of b1, then of b2;
+ *   2. the first way of b1, then b2, whose entry is idle past its timeout (reused);
+ *   3. while the table is below 3/4 full: a cuckoo move -- the first entry of b1, then
+ *      b2, whose alternate bucket has an empty way is moved there and its way is taken;
+ *   4. the least recently used PROBATION way of b1 and b2 (ties: b1 first, lowest way);
+ *   5. otherwise the insert fails: the packet is forwarded by Maglev hash without state
+ *      (paper 3.3) and counted (insert_failed).
+ *
+ * Segments (issue 16.1): a new flow enters probation.  It is promoted to the protected
+ * segment by a later packet of the flow that is not a TCP SYN (a second packet, the ACK
+ * after the SYN); SYN retransmissions and ICMP errors do not promote.  Protected entries
+ * are never evicted for a new flow: they leave only by idle timeout, or when a promotion
+ * finds the protected segment at its quota (protected_max entries), in which case the
+ * least recently used protected way of the promoted entry's bucket is demoted to probation
+ * (if the bucket has none the entry stays in probation).  So a SYN flood can only churn
+ * probation entries: an established flow keeps its entry for its idle timeout.
+ *
+ * Rate guard (issue 16.2, Katran's per-core new-connection limit): a token bucket of
+ * new_flows_per_s per worker (burst: a tenth of a second's worth, at least 1).  A new flow
+ * beyond it is forwarded by Maglev hash alone, not inserted, and counted
+ * (rate_guard_hits); lookups of existing flows are not affected.  0 = no limit.
+ *
+ * Time: "ticks" are milliseconds (now_ns / 1e6) truncated to 32 bits; ages are computed as
+ * (uint32_t)(now - last), correct for ages below 49.7 days.
+ *
+ * Everything here is deterministic so the Python reference (maglev/datapath/ref_conntrack.py,
  * class ConnTable) reproduces the exact same table state.
  */
 #ifndef MG_CONNTRACK_H
@@ -35,13 +67,30 @@
 #include "mg_flow.h"
 
 #define MG_CT_WAYS 8
-/* LRU victims younger than this (ms) are not evicted: the insert fails instead. */
-#define MG_CT_EVICT_MIN_IDLE_MS 1000
 /* Largest capacity accepted (entries). */
 #define MG_CT_MAX_CAPACITY (1u << 26)
+#define MG_CT_MAGIC 0x314b5254434d474dull /* "MGCTRK1" + version byte, little-endian */
+#define MG_CT_LAYOUT_VERSION 2u
+#define MG_CT_HDR_SIZE 256u
+
+#define MG_CT_TAG_PROTECTED 0x80000000u
+#define MG_CT_TAG_TCP 0x40000000u
+#define MG_CT_SIG_MASK 0x3fffffffu
+/* Cuckoo moves only while fewer than capacity - capacity / MG_CT_MOVE_RESERVE ways are
+ * used (75%): each attempt reads up to 16 more metadata lines, which near full (a flood, a
+ * table at capacity) costs ~100 ns per new flow on average (bench_datapath "new flows")
+ * and rarely succeeds; 0 insert failures below 70% needs moves only up to there. */
+#define MG_CT_MOVE_RESERVE 4u
+#define MG_CT_DEFAULT_PROTECTED_PCT 90u
+
+/* Page modes (mg_ct_new_mode, mg_ct_plan, mg_ct_page_mode). */
+#define MG_CT_PAGES_AUTO 0    /* hugetlb if enough huge pages are free, else thp */
+#define MG_CT_PAGES_HUGETLB 1 /* MAP_HUGETLB, required */
+#define MG_CT_PAGES_THP 2     /* 4 KiB mapping + madvise(MADV_HUGEPAGE) */
+#define MG_CT_PAGES_SMALL 3   /* 4 KiB pages, no advice */
 
 struct mg_ct_meta {
-    uint32_t sig[MG_CT_WAYS];
+    uint32_t tag[MG_CT_WAYS];
     uint32_t last[MG_CT_WAYS];
 };
 
@@ -53,161 +102,253 @@ struct mg_ct_entry {
     uint8_t pad[8];      /* to one 64-byte line */
 };
 
+/* The counters, in this order, are the stat names of ref_conntrack.CT_STAT_NAMES. */
 struct mg_ct_stats {
     uint64_t lookups;
     uint64_t hits;
     uint64_t inserts;
-    uint64_t insert_failed; /* no way could be taken: forwarded statelessly */
-    uint64_t evictions;     /* live LRU entry replaced */
-    uint64_t expired;       /* entry found idle past its timeout (lookup or insert) */
-    uint64_t reselected;    /* hit whose backend was gone or unhealthy */
+    uint64_t insert_failed;   /* no way could be taken: forwarded statelessly */
+    uint64_t evictions;       /* live probation entry replaced by a new flow */
+    uint64_t expired;         /* entry found idle past its timeout (lookup or insert) */
+    uint64_t reselected;      /* hit whose backend was gone or unhealthy */
+    uint64_t promoted;        /* probation -> protected */
+    uint64_t demoted;         /* protected -> probation (protected quota reached) */
+    uint64_t moved;           /* cuckoo moves to the alternate bucket */
+    uint64_t rate_guard_hits; /* new flows not inserted: above new_flows_per_s */
 };
 
+/* The mapping's header (the first MG_CT_HDR_SIZE bytes). */
 struct mg_ct {
+    uint64_t magic;          /* MG_CT_MAGIC */
+    uint32_t version;        /* MG_CT_LAYOUT_VERSION */
+    uint32_t ways;
     uint32_t n_buckets;
-    uint32_t mask;
-    struct mg_ct_meta *meta;     /* n_buckets, 64-byte aligned */
-    struct mg_ct_entry *entries; /* n_buckets * MG_CT_WAYS */
-    struct mg_ct_stats stats;
+    uint32_t mask;           /* n_buckets - 1 */
+    uint64_t meta_off;       /* bytes from the header to the metadata array */
+    uint64_t entries_off;    /* bytes from the header to the entry array */
+    uint64_t map_bytes;      /* the whole mapping */
+    uint32_t page_mode;      /* MG_CT_PAGES_HUGETLB / _THP / _SMALL: what was used */
+    uint32_t protected_max;  /* protected-segment quota (entries) */
+    uint32_t n_used;         /* non-empty ways */
+    uint32_t n_protected;    /* ways in the protected segment */
+    uint32_t rate_per_s;     /* new flows per second admitted (0 = no limit) */
+    uint32_t rate_last;      /* tick of the last refill */
+    uint64_t tokens;         /* thousandths of a new flow */
+    uint64_t burst;          /* most tokens held (thousandths) */
+    uint8_t pad0[8];
+    struct mg_ct_stats stats; /* from byte 96 */
+    uint8_t pad1[MG_CT_HDR_SIZE - 96 - sizeof(struct mg_ct_stats)];
 };
 
 _Static_assert(sizeof(struct mg_ct_meta) == 64, "one line of metadata per bucket");
 _Static_assert(sizeof(struct mg_ct_entry) == 64, "one line per entry");
+_Static_assert(sizeof(struct mg_ct) == MG_CT_HDR_SIZE, "header size");
 
 static inline uint32_t mg_ct_sig(uint64_t h)
 {
-    uint32_t s = (uint32_t)(h >> 32);
+    uint32_t s = (uint32_t)(h >> 32) & MG_CT_SIG_MASK;
     return s ? s : 1;
+}
+
+static inline uint32_t mg_ct_alt(const struct mg_ct *ct, uint32_t b, uint32_t sig)
+{
+    return (b ^ (((sig * 0x9E3779B1u) >> 8) | 1u)) & ct->mask;
 }
 
 static inline uint32_t mg_ct_ticks(uint64_t now_ns) { return (uint32_t)(now_ns / 1000000u); }
 
-static inline uint32_t mg_ct_timeout(const struct mg_flow_key *k, uint32_t tcp_ms, uint32_t udp_ms)
+static inline struct mg_ct_meta *mg_ct_meta_of(const struct mg_ct *ct, uint32_t b)
 {
-    return k->proto == 6 ? tcp_ms : udp_ms;
+    return (struct mg_ct_meta *)((char *)ct + ct->meta_off) + b;
 }
 
+/* Entry of slot = bucket * MG_CT_WAYS + way. */
+static inline struct mg_ct_entry *mg_ct_entry_at(const struct mg_ct *ct, uint32_t slot)
+{
+    return (struct mg_ct_entry *)((char *)ct + ct->entries_off) + slot;
+}
+
+static inline uint32_t mg_ct_tag_timeout(uint32_t tag, uint32_t tcp_ms, uint32_t udp_ms)
+{
+    return (tag & MG_CT_TAG_TCP) ? tcp_ms : udp_ms;
+}
+
+/* First prefetch stage: the primary bucket's metadata line; near full (where a new flow's
+ * insert reads both buckets) the alternate's too. */
 static inline void mg_ct_prefetch(const struct mg_ct *ct, uint64_t h)
 {
-    __builtin_prefetch(&ct->meta[h & ct->mask], 1, 3);
+    uint32_t b = (uint32_t)h & ct->mask;
+    __builtin_prefetch(mg_ct_meta_of(ct, b), 1, 3);
+    if (ct->n_used >= ct->n_buckets * (MG_CT_WAYS - MG_CT_WAYS / 4)) /* >= 75% used */
+        __builtin_prefetch(mg_ct_meta_of(ct, mg_ct_alt(ct, b, mg_ct_sig(h))), 1, 3);
 }
 
-/* Second prefetch stage: with the bucket's metadata line (prefetched earlier) in cache,
- * prefetch the entry line a lookup will compare (the first way whose signature matches)
- * or, if none matches, the entry an insert would write (the first empty way). */
+/* Second prefetch stage: with the primary bucket's metadata line (prefetched earlier) in
+ * cache, prefetch the entry line a lookup will compare (the first way whose signature
+ * matches); if none matches, the alternate bucket's metadata line (a lookup that misses
+ * reads both) and the entry an insert would write (the first empty way), if any. */
 static inline void mg_ct_prefetch_entry(const struct mg_ct *ct, uint64_t h)
 {
     uint32_t b = (uint32_t)h & ct->mask;
-    const struct mg_ct_meta *m = &ct->meta[b];
+    const struct mg_ct_meta *m = mg_ct_meta_of(ct, b);
     uint32_t sig = mg_ct_sig(h);
     int empty = -1;
     for (int w = 0; w < MG_CT_WAYS; w++) {
-        if (m->sig[w] == sig) {
-            __builtin_prefetch(&ct->entries[(size_t)b * MG_CT_WAYS + w], 1, 3);
+        if ((m->tag[w] & MG_CT_SIG_MASK) == sig) {
+            __builtin_prefetch(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)w), 1, 3);
             return;
         }
-        if (empty < 0 && m->sig[w] == 0)
+        if (empty < 0 && m->tag[w] == 0)
             empty = w;
     }
+    /* a miss in the primary: the lookup will read the alternate's line too */
+    __builtin_prefetch(mg_ct_meta_of(ct, mg_ct_alt(ct, b, sig)), 1, 3);
     if (empty >= 0)
-        __builtin_prefetch(&ct->entries[(size_t)b * MG_CT_WAYS + empty], 1, 3);
+        __builtin_prefetch(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)empty), 1, 3);
 }
 
-/* Returns the way (0..7) holding key, or -1.  An expired match is freed and counted. */
-static inline int mg_ct_find(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h,
-                             uint32_t now, uint32_t tcp_ms, uint32_t udp_ms)
+static inline void mg_ct_free_way(struct mg_ct *ct, struct mg_ct_meta *m, int w)
 {
-    uint32_t b = (uint32_t)h & ct->mask;
-    struct mg_ct_meta *m = &ct->meta[b];
-    uint32_t sig = mg_ct_sig(h);
-    ct->stats.lookups++;
+    if (m->tag[w] & MG_CT_TAG_PROTECTED)
+        ct->n_protected--;
+    m->tag[w] = 0;
+    ct->n_used--;
+}
+
+static inline int mg_ct_scan(struct mg_ct *ct, uint32_t b, const struct mg_flow_key *key,
+                             uint32_t sig, uint32_t now, uint32_t tcp_ms, uint32_t udp_ms)
+{
+    struct mg_ct_meta *m = mg_ct_meta_of(ct, b);
     for (int w = 0; w < MG_CT_WAYS; w++) {
-        if (m->sig[w] != sig)
+        if ((m->tag[w] & MG_CT_SIG_MASK) != sig)
             continue;
-        struct mg_ct_entry *e = &ct->entries[(size_t)b * MG_CT_WAYS + w];
-        if (memcmp(&e->key, key, sizeof(*key)) != 0)
+        uint32_t slot = b * MG_CT_WAYS + (uint32_t)w;
+        if (memcmp(&mg_ct_entry_at(ct, slot)->key, key, sizeof(*key)) != 0)
             continue;
-        if ((uint32_t)(now - m->last[w]) >= mg_ct_timeout(key, tcp_ms, udp_ms)) {
-            m->sig[w] = 0;
+        if ((uint32_t)(now - m->last[w]) >= mg_ct_tag_timeout(m->tag[w], tcp_ms, udp_ms)) {
+            mg_ct_free_way(ct, m, w);
             ct->stats.expired++;
-            return -1;
+            return -2;
         }
         m->last[w] = now;
         ct->stats.hits++;
-        return w;
+        return (int)slot;
     }
     return -1;
 }
 
-static inline struct mg_ct_entry *mg_ct_entry_at(struct mg_ct *ct, uint64_t h, int way)
-{
-    return &ct->entries[(size_t)((uint32_t)h & ct->mask) * MG_CT_WAYS + way];
-}
-
-/* Insert key (known absent) -> (backend, id).  Returns the way or -1 (insert failed). */
-static inline int mg_ct_add(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h,
-                            uint32_t now, uint32_t tcp_ms, uint32_t udp_ms, int32_t backend,
-                            uint64_t backend_id)
+/* Returns the slot holding key (refreshed), or -1.  An expired match is freed and counted. */
+static inline int mg_ct_find(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h,
+                             uint32_t now, uint32_t tcp_ms, uint32_t udp_ms)
 {
     uint32_t b = (uint32_t)h & ct->mask;
-    struct mg_ct_meta *m = &ct->meta[b];
-    struct mg_ct_entry *ents = &ct->entries[(size_t)b * MG_CT_WAYS];
-    int way = -1;
-    for (int w = 0; w < MG_CT_WAYS; w++) {
-        if (m->sig[w] == 0) {
-            way = w;
-            break;
-        }
-    }
-    if (way < 0) {
-        for (int w = 0; w < MG_CT_WAYS; w++) {
-            if ((uint32_t)(now - m->last[w]) >= mg_ct_timeout(&ents[w].key, tcp_ms, udp_ms)) {
-                way = w;
-                ct->stats.expired++;
-                break;
-            }
-        }
-    }
-    if (way < 0) {
-        uint32_t oldest = 0;
-        int lru = 0;
-        for (int w = 0; w < MG_CT_WAYS; w++) {
-            uint32_t age = now - m->last[w];
-            if (age > oldest) {
-                oldest = age;
-                lru = w;
-            }
-        }
-        if (oldest < MG_CT_EVICT_MIN_IDLE_MS) {
-            ct->stats.insert_failed++;
-            return -1;
-        }
-        way = lru;
-        ct->stats.evictions++;
-    }
-    m->sig[way] = mg_ct_sig(h);
-    m->last[way] = now;
-    ents[way].key = *key;
-    ents[way].backend = backend;
-    ents[way].backend_id = backend_id;
-    ct->stats.inserts++;
-    return way;
+    uint32_t sig = mg_ct_sig(h);
+    ct->stats.lookups++;
+    int s = mg_ct_scan(ct, b, key, sig, now, tcp_ms, udp_ms);
+    if (s != -1)
+        return s < 0 ? -1 : s;
+    uint32_t b2 = mg_ct_alt(ct, b, sig);
+    if (b2 == b)
+        return -1;
+    s = mg_ct_scan(ct, b2, key, sig, now, tcp_ms, udp_ms);
+    return s < 0 ? -1 : s;
 }
 
-/* Memory of a table of `capacity` entries (rounded up to a power of two, >= 8). */
+/* Promote the entry at slot to the protected segment (no-op when it already is). */
+static inline void mg_ct_promote(struct mg_ct *ct, uint32_t slot)
+{
+    struct mg_ct_meta *m = mg_ct_meta_of(ct, slot / MG_CT_WAYS);
+    int w = (int)(slot % MG_CT_WAYS);
+    if (MG_LIKELY(m->tag[w] & MG_CT_TAG_PROTECTED))
+        return;
+    if (ct->n_protected >= ct->protected_max) {
+        int lru = -1;
+        uint32_t oldest = 0;
+        for (int v = 0; v < MG_CT_WAYS; v++) {
+            if (!(m->tag[v] & MG_CT_TAG_PROTECTED))
+                continue;
+            uint32_t age = m->last[w] - m->last[v];
+            if (lru < 0 || age > oldest) {
+                oldest = age;
+                lru = v;
+            }
+        }
+        if (lru < 0)
+            return; /* quota reached, no protected way here to give up: stays in probation */
+        m->tag[lru] &= ~MG_CT_TAG_PROTECTED;
+        ct->n_protected--;
+        ct->stats.demoted++;
+    }
+    m->tag[w] |= MG_CT_TAG_PROTECTED;
+    ct->n_protected++;
+    ct->stats.promoted++;
+}
+
+/* Rate guard: 1 if a new flow may be inserted now, else 0 (counted). */
+static inline int mg_ct_admit(struct mg_ct *ct, uint32_t now)
+{
+    if (MG_LIKELY(ct->rate_per_s == 0))
+        return 1;
+    uint32_t el = now - ct->rate_last;
+    ct->rate_last = now;
+    uint64_t t = ct->tokens + (uint64_t)el * ct->rate_per_s;
+    ct->tokens = t < ct->burst ? t : ct->burst;
+    if (ct->tokens >= 1000) {
+        ct->tokens -= 1000;
+        return 1;
+    }
+    ct->stats.rate_guard_hits++;
+    return 0;
+}
+
+/* Insert key (known absent) -> (backend, id) in probation.  Returns the slot or -1 (insert
+ * failed).  Out of line: the rule (header comment) has five steps. */
+int mg_ct_add(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h, uint32_t now,
+              uint32_t tcp_ms, uint32_t udp_ms, int32_t backend, uint64_t backend_id);
+
+/* What a table needs and what the machine has (bytes), for a clear error before
+ * allocating.  mode: MG_CT_PAGES_*; copies: how many such tables (workers) must fit. */
+struct mg_ct_plan {
+    uint64_t table_bytes;      /* the mapping of one table (rounded to the page size used) */
+    uint64_t mem_available;    /* MemAvailable (UINT64_MAX if /proc/meminfo is unreadable) */
+    uint64_t huge_free_bytes;  /* HugePages_Free x Hugepagesize */
+    uint64_t huge_page_size;
+    uint32_t capacity;         /* entries after rounding up */
+    uint32_t mode;             /* the page mode that would be used */
+    int32_t ok;                /* 1: fits; 0: does not fit (mg_ct_new would fail) */
+    int32_t reserved;
+};
+/* 0, or -EINVAL for a bad capacity / mode. */
+int mg_ct_plan(uint32_t capacity, uint32_t mode, uint32_t copies, struct mg_ct_plan *out);
+
+/* Memory of a table of `capacity` entries (rounded up to a power of two, >= 8), header
+ * included, before page rounding.  0 for a bad capacity. */
 size_t mg_ct_bytes(uint32_t capacity);
-/* Allocate / free.  NULL on a bad capacity (0 or > MG_CT_MAX_CAPACITY) or no memory. */
+/* Allocate / free.  NULL (errno EINVAL or ENOMEM) on a bad capacity (0 or >
+ * MG_CT_MAX_CAPACITY) or a table that does not fit (mg_ct_plan) -- nothing is mapped. */
 struct mg_ct *mg_ct_new(uint32_t capacity);
+struct mg_ct *mg_ct_new_mode(uint32_t capacity, uint32_t mode);
+/* Page mode used by mg_ct_new() (and so by mg_dp_new / mg_worker_new); default AUTO. */
+int mg_ct_set_default_pages(uint32_t mode);
 void mg_ct_free(struct mg_ct *ct);
 void mg_ct_clear(struct mg_ct *ct);
 uint32_t mg_ct_capacity(const struct mg_ct *ct);
-/* Out-of-line forms for tests: lookup returns the backend index or -1 (refreshes on hit);
- * insert returns the way or -1. */
+uint32_t mg_ct_page_mode(const struct mg_ct *ct);
+/* protected_pct: quota of the protected segment in percent of capacity (1..100);
+ * new_flows_per_s: rate guard (0 = off).  -EINVAL on out-of-range values. */
+int mg_ct_set_policy(struct mg_ct *ct, uint32_t protected_pct, uint32_t new_flows_per_s);
+/* Out-of-line forms for tests: lookup returns the backend index or -1 (refreshes on hit,
+ * promotes when `promote`); insert returns the slot or -1. */
 int32_t mg_ct_lookup(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h,
                      uint64_t now_ns, uint32_t tcp_ms, uint32_t udp_ms);
+int mg_ct_lookup_slot(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h,
+                      uint64_t now_ns, uint32_t tcp_ms, uint32_t udp_ms, int promote);
 int mg_ct_insert(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h, uint64_t now_ns,
                  uint32_t tcp_ms, uint32_t udp_ms, int32_t backend, uint64_t backend_id);
-/* Live (non-empty, not necessarily unexpired) ways, for tests and stats: O(capacity). */
+int mg_ct_admit_at(struct mg_ct *ct, uint64_t now_ns);
+/* Non-empty ways counted by scanning (tests check it equals n_used): O(capacity). */
 uint32_t mg_ct_count(const struct mg_ct *ct);
+/* Tag of a slot (tests, the reference comparison). */
+uint32_t mg_ct_tag(const struct mg_ct *ct, uint32_t slot);
 
 #endif

@@ -77,6 +77,8 @@ struct mg_worker {
 struct mg_worker *mg_worker_new(void *base, uint32_t worker, uint32_t ct_capacity,
                                 uint64_t k0, uint64_t k1, uint32_t burst, uint64_t now_ns);
 void mg_worker_free(struct mg_worker *w);
+/* The worker's data path (for its connection table: mg_dp_conntrack). */
+struct mg_dp *mg_worker_dp(struct mg_worker *w);
 /* Take over from a dead predecessor: settle the hand, reset this worker's ring sides,
  * return every frame it held on the ret ring.  Returns frames recovered or -errno. */
 int mg_worker_recover(struct mg_worker *w, void *base);

@@ -795,10 +795,13 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             wk->hash = flow_hash(h, &k);
             b = maglev_pick(tables, vip, wk->hash);
         } else if (wk->kind == K_FLOW || wk->kind == K_ICMP_FLOW) {
-            int way = mg_ct_find(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
-                                 h->udp_timeout_ms);
-            if (way >= 0) {
-                struct mg_ct_entry *e = mg_ct_entry_at(dp->ct, wk->hash, way);
+            int slot = mg_ct_find(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
+                                  h->udp_timeout_ms);
+            if (slot >= 0) {
+                struct mg_ct_entry *e = mg_ct_entry_at(dp->ct, (uint32_t)slot);
+                /* a later packet of the flow that is not a SYN: promote (mg_conntrack.h) */
+                if (wk->kind == K_FLOW && !(wk->p.proto == 6 && (wk->p.tcp_flags & 0x02)))
+                    mg_ct_promote(dp->ct, (uint32_t)slot);
                 struct mg_frame_meta *tm = mg_frame_meta(io->pool, idx);
                 if (MG_UNLIKELY(tm->flags & MG_FRAME_F_TRACE)) /* packet tracer (mg_trace.h) */
                     tm->flags |= MG_TRACE_F_CT_HIT;
@@ -815,7 +818,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                 }
             } else {
                 b = maglev_pick(tables, vip, wk->hash);
-                if (b >= 0 && wk->kind == K_FLOW)
+                if (b >= 0 && wk->kind == K_FLOW && mg_ct_admit(dp->ct, now_t))
                     mg_ct_add(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
                               h->udp_timeout_ms, b, mg_tables_backends(tables)[b].id);
             }

@@ -52,6 +52,8 @@ void mg_worker_free(struct mg_worker *w)
     free(w);
 }
 
+struct mg_dp *mg_worker_dp(struct mg_worker *w) { return w->dp; }
+
 int mg_worker_holding(const struct mg_worker *w, void *base)
 {
     return mg_hand_count(base, w->slot);
