@@ -63,6 +63,10 @@ STABLE_S = 60.0  # a session up this long resets the damping back-off
 # Received prefixes are only counted; past this many we stop remembering them, so a
 # router that sends us a full table by mistake costs no more than a few MB.
 MAX_TRACKED_RECEIVED = 100_000
+# RFC 7606 errors are logged once per kind and peer, then at most once per this many
+# seconds with the count of the ones not logged (a router repeating one bad UPDATE for
+# every route must not flood the log).
+ERROR_LOG_INTERVAL_S = 60.0
 
 
 class State(enum.Enum):
@@ -92,6 +96,7 @@ class Connection:
         self.local = _plain(writer.get_extra_info("sockname")[0])
         self.remote = _plain(writer.get_extra_info("peername")[0])
         self.asn4 = True  # the width of AS numbers in UPDATEs, fixed once OPENs are exchanged
+        self.ebgp = True  # the peer is external (RFC 7606 rules that depend on it)
         self.opened_at = time.monotonic()
         self.closed = False
         self.on_message: Callable[[str, Any], None] | None = None
@@ -105,7 +110,7 @@ class Connection:
                 body = await self.reader.readexactly(length - m.HEADER_LEN)
         except TimeoutError:
             raise Notify(Err.HOLD_TIMER, 0, b"", f"no message for {timeout:g} s") from None
-        msg = m.parse_message(header + body, self.asn4)
+        msg = m.parse_message(header + body, self.asn4, self.ebgp)
         if self.on_message:
             self.on_message("in", msg)
         return msg
@@ -191,7 +196,11 @@ class Session:
             "msgs_in": 0, "msgs_out": 0, "updates_in": 0, "updates_out": 0,
             "notifications_in": 0, "notifications_out": 0, "established": 0,
             "skipped_no_next_hop": 0, "received_untracked": 0,
+            "updates_treat_as_withdraw": 0, "attributes_discarded": 0,
         }  # fmt: skip
+        # RFC 7606 errors by "ATTRIBUTE/kind/action" (kept across sessions, like counters).
+        self.update_errors: dict[str, int] = {}
+        self._error_log: dict[str, tuple[float, int]] = {}  # key -> (last logged, not logged since)
         self._incoming: asyncio.Queue[Connection] = asyncio.Queue()
         self._dirty = asyncio.Event()
         self._switch: asyncio.Future[tuple[Connection, m.Open]] | None = None
@@ -280,6 +289,7 @@ class Session:
             "received": len(self.received),
             "last_error": self.last_error,
             **self.counters,
+            "update_errors": dict(sorted(self.update_errors.items())),
         }
 
     # ------------------------------------------------------------------ helpers
@@ -510,6 +520,7 @@ class Session:
             self._check_open(open_msg)
             self.peer_open = open_msg
             self.conn.asn4 = open_msg.asn4 is not None
+            self.conn.ebgp = self.ebgp
             self.hold_time = float(min(self.peer.hold_time, open_msg.hold_time))
             self.families = open_msg.families & {m.IPV4_UNICAST, m.IPV6_UNICAST}
             await self.conn.send(m.Keepalive())
@@ -613,6 +624,8 @@ class Session:
             await asyncio.wait({writer})
 
     def _on_update(self, u: m.Update) -> None:
+        if u.errors:
+            self._count_errors(u)
         for p in u.withdrawn_all():
             self.received.discard(p)
         for p in u.announced():
@@ -620,6 +633,27 @@ class Session:
                 self.received.add(p)
             else:
                 self.counters["received_untracked"] += 1
+
+    def _count_errors(self, u: m.Update) -> None:
+        """RFC 7606: the session stays up; each error is counted and logged (rate-limited)."""
+        if u.treat_as_withdraw:
+            self.counters["updates_treat_as_withdraw"] += 1
+        now = time.monotonic()
+        for e in u.errors:
+            if e.action == m.ATTRIBUTE_DISCARD:
+                self.counters["attributes_discarded"] += 1
+            self.update_errors[e.key] = self.update_errors.get(e.key, 0) + 1
+            last, quiet = self._error_log.get(e.key, (-ERROR_LOG_INTERVAL_S, 0))
+            if now - last < ERROR_LOG_INTERVAL_S:
+                self._error_log[e.key] = (last, quiet + 1)
+                continue
+            self._error_log[e.key] = (now, 0)
+            more = f" ({quiet} more since the last report)" if quiet else ""
+            routes = ", ".join(map(str, u.withdrawn_all()[:4])) if e.action == m.TREAT_AS_WITHDRAW else ""
+            log.warning(
+                "bgp peer %s: UPDATE error, %s: %s%s%s", self.address, e.action, e.reason,
+                f" (routes {routes}{' ...' if len(u.withdrawn_all()) > 4 else ''} treated as withdrawn)" if routes else "", more,
+            )
 
     async def _writer(self, conn: Connection) -> None:
         """KEEPALIVE every hold/3 s and Adj-RIB-Out synchronisation (RFC 4271 4.4, 9.2)."""
