@@ -153,6 +153,7 @@ class Bgp:
     peers: tuple[BgpPeer, ...] = ()
     listen_address: str = ""  # empty = every address
     connect_retry_time: int = 30  # seconds (RFC 4271 suggests 120; a VIP should come back sooner)
+    graceful_restart_time: int = 0  # seconds routers keep our routes after the speaker dies (RFC 4724); 0 = off
 
 
 @dataclass(frozen=True)
@@ -505,7 +506,7 @@ class _Parser:
             data,
             p,
             {"local_asn", "router_id", "next_hop_ipv4", "next_hop_ipv6", "listen_port", "peer",
-             "listen_address", "connect_retry_time"},
+             "listen_address", "connect_retry_time", "graceful_restart_time"},
         )
         peers = []
         for i, raw in enumerate(self.array(d.get("peer", []), f"{p}.peer")):
@@ -540,6 +541,7 @@ class _Parser:
             peers=tuple(peers),
             listen_address=self.ip(d, "listen_address", p, False),
             connect_retry_time=self.integer(d, "connect_retry_time", p, 30, 1, 65535),
+            graceful_restart_time=self.integer(d, "graceful_restart_time", p, 0, 0, 4095),  # 12 bits on the wire
         )
         if bgp.listen_port == 0:
             for i, peer in enumerate(bgp.peers):

@@ -1157,6 +1157,13 @@ def build_announce(
     return out
 
 
+def end_of_rib(family: tuple[int, int]) -> Update:
+    """The End-of-RIB marker of one family (RFC 4724 2)."""
+    if family == IPV4_UNICAST:
+        return Update()
+    return Update((), (MpUnreach(family[0], family[1], ()),), ())
+
+
 def build_withdraw(prefixes: list[Prefix]) -> list[Update]:
     if not prefixes:
         return []

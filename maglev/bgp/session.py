@@ -210,12 +210,23 @@ class Session:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._stop_text = ""
+        self._silent = False  # abort(): close without a NOTIFICATION
+        # RFC 4724: the Restarting bit goes in the OPENs until the first session after
+        # a restart of the speaker is up; End-of-RIB follows each initial announcement.
+        self._restarting = speaker.restarting
+        self._eor_pending = False
         self._writer_error: BaseException | None = None
         self._bg: set[asyncio.Task] = set()  # fire-and-forget work (closing losers); see _spawn
 
     # ------------------------------------------------------------------ public
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"bgp-{self.address}")
+
+    async def abort(self) -> None:
+        """Stop without a NOTIFICATION: the TCP connection is reset, as if the process had
+        died, so a router that supports graceful restart keeps our routes (RFC 4724 4.2)."""
+        self._silent = True
+        await self.stop()
 
     async def stop(self, text: str = "") -> None:
         """ManualStop: CEASE/administrative shutdown to the peer, then Idle for good."""
@@ -284,12 +295,24 @@ class Session:
             "local_address": self.conn.local if self.conn else "",
             "router_id": self.peer_open.router_id if self.peer_open else "",
             "hold_time": self.hold_time,
+            "graceful_restart": self._gr_state(),
             "families": sorted("ipv4-unicast" if f == m.IPV4_UNICAST else "ipv6-unicast" for f in self.families if f in (m.IPV4_UNICAST, m.IPV6_UNICAST)),
             "announced": sorted(str(p) for p in self.adj_out),
             "received": len(self.received),
             "last_error": self.last_error,
             **self.counters,
             "update_errors": dict(sorted(self.update_errors.items())),
+        }
+
+    def _gr_state(self) -> dict[str, Any]:
+        """What graceful restart means on this session: ours (restart time, whether the
+        next OPEN says Restarting) and whether the peer can keep our routes."""
+        peer_gr = self.peer_open.graceful_restart if self.peer_open else None
+        return {
+            "restart_time": self.speaker.config.graceful_restart_time,
+            "restarting": self._restarting,
+            "peer_supports": peer_gr is not None,
+            "peer_restart_time": peer_gr[1] if peer_gr else 0,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -319,7 +342,14 @@ class Session:
 
     def _open(self) -> m.Open:
         cfg = self.speaker.config
-        return m.Open.build(cfg.local_asn, self.peer.hold_time, cfg.router_id, (m.IPV4_UNICAST, m.IPV6_UNICAST))
+        return m.Open.build(
+            cfg.local_asn,
+            self.peer.hold_time,
+            cfg.router_id,
+            (m.IPV4_UNICAST, m.IPV6_UNICAST),
+            restart_time=cfg.graceful_restart_time or None,
+            restarting=self._restarting,
+        )
 
     def _check_open(self, o: m.Open) -> None:
         """Session-level OPEN checks (RFC 4271 6.2; RFC 6793 for the ASN)."""
@@ -340,7 +370,12 @@ class Session:
                 conn = await self._acquire(delay)
                 await self._session(conn)
             except asyncio.CancelledError:
-                await self._end(self.conn or conn, m.Notification(Err.CEASE, Err.ADMIN_SHUTDOWN, _shutdown_data(self._stop_text)))
+                if self._silent:  # abort(): no NOTIFICATION, so GR helpers keep our routes
+                    if (c := self.conn or conn) is not None:
+                        c.abort()
+                    await self._end(None, None)
+                else:
+                    await self._end(self.conn or conn, m.Notification(Err.CEASE, Err.ADMIN_SHUTDOWN, _shutdown_data(self._stop_text)))
                 self._set_state(State.IDLE, "stopped")
                 raise
             except Notify as exc:
@@ -542,6 +577,7 @@ class Session:
                 raise Notify(Err.FSM, Err.FSM_IN_OPENCONFIRM, bytes([msg.TYPE]), f"{type(msg).__name__} in OpenConfirm")
             self.established_at = time.monotonic()
             self.counters["established"] += 1
+            self._restarting = False
             self._set_state(State.ESTABLISHED, f"hold time {self.hold_time:g} s")
         await self._established(self.conn)
 
@@ -598,6 +634,9 @@ class Session:
     async def _established(self, conn: Connection) -> None:
         self.adj_out.clear()
         self._dirty.set()  # initial announcement of everything we have
+        # End-of-RIB after it (RFC 4724 2) to peers that sent the GR capability: a
+        # router keeping our routes from before a restart drops the stale ones then.
+        self._eor_pending = self.peer_open is not None and self.peer_open.graceful_restart is not None
         self._writer_error = None
         writer = asyncio.get_running_loop().create_task(self._writer(conn))
         try:
@@ -668,6 +707,10 @@ class Session:
                     continue
                 self._dirty.clear()
                 await self._sync(conn)
+                if self._eor_pending:
+                    self._eor_pending = False
+                    for fam in sorted(self.families):
+                        await conn.send(m.end_of_rib(fam))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # make the reader notice: it owns the session's end

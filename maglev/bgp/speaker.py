@@ -54,7 +54,7 @@ def parse_prefix(prefix: str | Prefix | ipaddress.IPv4Address | ipaddress.IPv6Ad
 class Speaker:
     """``Speaker(config.bgp)``; ``await start()``; ``announce``/``withdraw``; ``await stop()``."""
 
-    def __init__(self, config: Bgp, on_event: EventCallback | None = None):
+    def __init__(self, config: Bgp, on_event: EventCallback | None = None, restarting: bool = False):
         problems = []
         if not config.local_asn:
             problems.append("bgp.local_asn: is required to run a BGP speaker")
@@ -64,6 +64,9 @@ class Speaker:
             raise ConfigError(problems)
         self.config = config
         self.on_event = on_event
+        # RFC 4724: this speaker has just restarted (its previous incarnation died without
+        # a CEASE) and peers may hold its routes; the first OPENs say so.
+        self.restarting = restarting and config.graceful_restart_time > 0
         self.prefixes: set[Prefix] = set()
         self.sessions = [Session(self, p) for p in config.peers]
         self._by_address = {s.address: s for s in self.sessions}
@@ -99,6 +102,15 @@ class Speaker:
             except TimeoutError:
                 pass
             self._server = None
+        self.started = False
+
+    async def abort(self) -> None:
+        """Close every session without a NOTIFICATION (graceful restart: routers that
+        support it keep our routes for the restart time; the others withdraw them)."""
+        if self._server is not None:
+            self._server.close()
+        await asyncio.gather(*(s.abort() for s in self.sessions), return_exceptions=True)
+        self._server = None
         self.started = False
 
     @property

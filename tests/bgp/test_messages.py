@@ -115,6 +115,48 @@ def test_open_with_several_capabilities_in_one_parameter():
     assert o.asn == 64512 and o.families == {m.IPV4_UNICAST} and o.has(m.CAP_ROUTE_REFRESH)
 
 
+def test_open_rfc9072_extended_parameters_are_accepted():
+    # The same capabilities as OPEN_GOLDEN in the RFC 9072 layout: Non-Ext OP Len 255,
+    # Non-Ext OP Type 255, Extended Opt. Parm. Length 2 octets, then each parameter with
+    # a 2-octet length:  02 0006 <cap>  02 0006 <cap>  02 0002 <cap>  02 0006 <cap>
+    params = (
+        bytes.fromhex("02 0006 01040001 0001")
+        + bytes.fromhex("02 0006 01040002 0001")
+        + bytes.fromhex("02 0002 0200")
+        + bytes.fromhex("02 0006 4104 0000fc01")
+    )
+    body = bytes.fromhex("04 fc01 005a c6120002 ff ff") + struct.pack("!H", len(params)) + params
+    p = m.Open.parse(hdr(19 + len(body), 1) + body)
+    assert p == m.Open.parse(OPEN_GOLDEN)
+    # Re-encoded in the classic layout: it fits in 255 octets.
+    assert bytes(p) == OPEN_GOLDEN
+
+
+def test_open_parameters_over_255_octets_are_sent_extended():
+    # 40 multiprotocol capabilities: 40 * (2 + 6) = 320 octets of parameters.
+    fams = tuple((1, s) for s in range(1, 41))
+    o = m.Open.build(64513, 90, "198.18.0.2", fams)
+    raw = bytes(o)
+    assert raw[28] == 255 and raw[29] == 255  # Non-Ext OP Len, Non-Ext OP Type
+    ext_len = struct.unpack_from("!H", raw, 30)[0]
+    assert ext_len == len(raw) - 32
+    assert raw[32] == 2 and struct.unpack_from("!H", raw, 33)[0] == 6  # first parameter: capabilities, 2-octet length
+    back = m.Open.parse(raw)
+    assert back == o and back.families == frozenset(fams)
+
+
+def test_graceful_restart_capability():
+    o = m.Open.build(64513, 90, "198.18.0.2", (m.IPV4_UNICAST, m.IPV6_UNICAST), restart_time=120, restarting=True)
+    cap = next(c for c in o.capabilities if c.code == m.CAP_GRACEFUL_RESTART)
+    # R bit + 120 s = 0x8078; then AFI 1 SAFI 1 F bit, AFI 2 SAFI 1 F bit.
+    assert cap.value == bytes.fromhex("8078 0001 01 80 0002 01 80")
+    back = m.Open.parse(bytes(o))
+    assert back.graceful_restart == (m.GR_RESTARTING, 120, {m.IPV4_UNICAST: 0x80, m.IPV6_UNICAST: 0x80})
+    assert m.Open.parse(OPEN_GOLDEN).graceful_restart is None
+    with pytest.raises(ValueError):
+        m.Capability.graceful_restart(4096, ())
+
+
 def test_update_ipv4_golden():
     (u,) = m.build_announce([VIP4], local_asn=64513, ebgp=True, asn4=True, next_hop="198.18.0.2")
     assert bytes(u) == UPDATE4_GOLDEN
