@@ -72,6 +72,7 @@ class BgpSpeakerActor(Actor):
         self.bad_commands = 0
         self._wake: asyncio.Event | None = None
         self._mailbox_fd: int | None = None
+        self._old_signals: dict[int, Any] = {}
 
     def setup(self) -> None:
         cfg = bgp_config(self.params)
@@ -83,6 +84,7 @@ class BgpSpeakerActor(Actor):
         for p in self.params.get("announce", []):
             self.speaker.announce(p)
         for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_signals[sig] = signal.getsignal(sig)
             self.loop.add_signal_handler(sig, self._on_stop_signal, sig)
         if self.mailbox is not None:
             import zmq
@@ -179,8 +181,10 @@ class BgpSpeakerActor(Actor):
                 self.loop.run_until_complete(self.speaker.abort())
             else:
                 self.loop.run_until_complete(self.speaker.stop("maglev BGP speaker failed"))
-        self.loop.close()
+        self.loop.close()  # removes its signal handlers (back to SIG_DFL) ...
         self.loop = None
+        for sig, handler in self._old_signals.items():  # ... so put the base class's back
+            signal.signal(sig, handler)
 
     def stats(self) -> dict[str, Any]:
         if self.speaker is None:

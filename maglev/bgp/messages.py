@@ -5,10 +5,13 @@ Design
 Each message is a small frozen dataclass.  ``bytes(msg)`` gives the whole message
 (19-byte header included) and ``Cls.parse(data)`` reads one whole message back; the
 module-level :func:`parse_message` checks the header and dispatches on the type octet.
-Every malformation raises :class:`Notify` carrying the NOTIFICATION (code, subcode,
-data) that RFC 4271 section 6 prescribes for it, so the session only has to turn the
-exception into bytes and close.  Nothing in here ever raises anything else on bad
-input: the hypothesis tests feed random bytes to the parsers to hold that line.
+A malformation that costs the session raises :class:`Notify` carrying the NOTIFICATION
+(code, subcode, data) that RFC 4271 section 6 prescribes for it, so the session only has
+to turn the exception into bytes and close.  UPDATE attribute errors follow RFC 7606
+instead: the parsed :class:`Update` lists them in ``errors`` (treat-as-withdraw or
+attribute-discard, per the table ``ATTR_RULES``) and the session stays up.  Nothing in
+here ever raises anything else on bad input: the hypothesis tests feed random bytes to
+the parsers to hold that line.
 
 References:
 - RFC 4271 (BGP-4): formats (section 4) and error handling (section 6).
@@ -18,6 +21,8 @@ References:
 - RFC 4760 (multiprotocol BGP): MP_REACH_NLRI / MP_UNREACH_NLRI, used here for IPv6
   unicast (AFI 2, SAFI 1).
 - RFC 2918 (ROUTE-REFRESH), RFC 4486 (CEASE subcodes), RFC 6608 (FSM error subcodes).
+- RFC 7606 (revised UPDATE error handling), RFC 7607 (AS 0), RFC 9072 (extended
+  optional parameters length), RFC 4724 (graceful restart capability, End-of-RIB).
 
 Trade-offs
 ----------
@@ -29,11 +34,14 @@ Trade-offs
 - Capabilities are kept as one flat tuple; we write them one per optional parameter.
   RFC 5492 allows either grouping, so a peer's OPEN that packs several capabilities into
   one parameter parses fine but re-encodes with a different grouping.
-- Error handling follows RFC 4271 (session reset with a NOTIFICATION), not the
-  treat-as-withdraw rules of RFC 7606: this speaker only announces, it installs nothing
-  it receives, so there is no RIB that a softer rule would protect, and a loud reset is
-  easier to diagnose in a lab.  RFC 8654 extended messages (> 4096 octets) and RFC 9072
-  extended optional parameters are not supported; both are rejected cleanly.
+- RFC 7606 even though this speaker installs nothing it receives: a session reset
+  withdraws our VIPs from the router, so one bad attribute from a router must never cost
+  the session (a real router's malformed AS_PATH made the session flap ~23 times a
+  minute under the strict RFC 4271 rules).  A malformed attribute is dropped from
+  ``attributes`` rather than kept raw, so such an UPDATE does not re-encode to its bytes.
+- RFC 9072: an OPEN whose parameters exceed 255 octets is sent in the extended layout;
+  one received in it parses like any other and re-encodes in the classic layout when it
+  fits.  RFC 8654 extended messages (> 4096 octets) are not supported (rejected cleanly).
 """
 
 from __future__ import annotations
