@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from maglev.bgp import bfd as bfd_mod
 from maglev.bgp import messages as m
 from maglev.bgp.messages import Err, Notify
 
@@ -211,6 +212,7 @@ class Session:
         self._stopping = False
         self._stop_text = ""
         self._silent = False  # abort(): close without a NOTIFICATION
+        self.bfd: bfd_mod.Session | None = None  # set by the speaker when the peer has bfd = true
         # RFC 4724: the Restarting bit goes in the OPENs until the first session after
         # a restart of the speaker is up; End-of-RIB follows each initial announcement.
         self._restarting = speaker.restarting
@@ -302,7 +304,15 @@ class Session:
             "last_error": self.last_error,
             **self.counters,
             "update_errors": dict(sorted(self.update_errors.items())),
+            "bfd": self.bfd.snapshot() if self.bfd is not None else None,
         }
+
+    def on_bfd(self, old: bfd_mod.State, new: bfd_mod.State) -> None:
+        """BFD went down after being Up: the router is unreachable, so end the BGP
+        session now rather than after the hold time (RFC 5882 4.1)."""
+        if old == bfd_mod.State.UP and new == bfd_mod.State.DOWN and self.state == State.ESTABLISHED and self.conn:
+            self._writer_error = ConnectionError(f"BFD session down ({self.bfd.diag.name if self.bfd else ''})")
+            self.conn.abort()
 
     def _gr_state(self) -> dict[str, Any]:
         """What graceful restart means on this session: ours (restart time, whether the

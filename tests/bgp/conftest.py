@@ -134,9 +134,10 @@ class BgpLab:
     def start_speaker(
         self, *, asn: int = 64513, peer: str = ROUTER_V4, peer_asn: int = ROUTER_ASN, announce: tuple[str, ...] = (),
         next_hop_ipv6: str = "", passive: bool = False, graceful_restart_time: int = 0, restarting: bool = False,
+        bfd: bool = False,
     ) -> SpeakerProc:
         nh6 = f'next_hop_ipv6 = "{next_hop_ipv6}"\n' if next_hop_ipv6 else ""
-        nh6 += f"graceful_restart_time = {graceful_restart_time}\n"
+        nh6 += f"graceful_restart_time = {graceful_restart_time}\nbfd_interval_ms = 100\n"
         conf = self.tmp / "maglev.toml"
         conf.write_text(
             f"""[bgp]
@@ -150,6 +151,7 @@ address = "{peer}"
 asn = {peer_asn}
 hold_time = 9
 passive = {"true" if passive else "false"}
+bfd = {"true" if bfd else "false"}
 """
         )
         log_path = self.tmp / f"speaker{len(self.speakers) or ''}.log"
@@ -167,8 +169,12 @@ passive = {"true" if passive else "false"}
         return sp
 
     # ------------------------------------------------------------------ BIRD
-    def start_bird(self, *, peer: str = SPEAKER_V4, peer_asn: int = 64513, graceful_restart: bool = False) -> None:
+    def start_bird(
+        self, *, peer: str = SPEAKER_V4, peer_asn: int = 64513, graceful_restart: bool = False, bfd: bool = False
+    ) -> None:
         gr = "    graceful restart on;\n" if graceful_restart else ""
+        gr += "    bfd on;\n" if bfd else ""
+        bfd_proto = 'protocol bfd {\n    interface "r0" { interval 100 ms; multiplier 3; };\n}\n' if bfd else ""
         conf = self.tmp / "bird.conf"
         conf.write_text(
             f"""log "{self.tmp}/bird.log" all;
@@ -176,7 +182,7 @@ router id {ROUTER_V4};
 protocol device {{ scan time 10; }}
 protocol kernel kernel4 {{ ipv4 {{ import none; export all; }}; }}
 protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
-protocol bgp maglev {{
+{bfd_proto}protocol bgp maglev {{
     local as {ROUTER_ASN};
     neighbor {peer} as {peer_asn};
     hold time 9;

@@ -171,3 +171,28 @@ def test_graceful_restart_route_goes_after_the_restart_time(bird_lab):
     lab.wait_until(lambda: "Established" not in lab.bird_state(), 10, "BIRD noticed the dead session")
     assert VIP4 in lab.kernel_routes()  # still there: within the 4 s restart time
     lab.wait_until(lambda: VIP4 not in lab.kernel_routes(), 15, "VIP gone after the restart time")
+
+
+def test_bfd_lets_bird_drop_a_hung_speaker_in_under_a_second(bird_lab):
+    """BFD (RFC 5880/5881) beside the BGP session, 100 ms x 3.  SIGSTOP of the speaker is
+    an instance that stopped answering without closing its TCP connections: without BFD
+    BIRD would notice after the 9 s hold time; with it, after ~0.3 s."""
+    import os
+    import signal
+    import time
+
+    lab = bird_lab
+    lab.start_bird(bfd=True)
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",), bfd=True)
+    lab.wait_until(lambda: VIP4 in lab.kernel_routes(), 20, "VIP in the kernel")
+    lab.wait_text(lambda: lab.birdc("show", "bfd", "sessions").stdout, "Up", 15, "BFD Up in BIRD")
+    lab.wait_until(lambda: sp.state()["peers"][0]["bfd"]["state"] == "UP", 10, "BFD Up in the speaker")
+    os.kill(sp.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        lab.wait_until(lambda: VIP4 not in lab.kernel_routes(), 5, "VIP gone from the kernel")
+        took = time.monotonic() - t0
+        print(f"\nhung speaker: VIP gone from the router's kernel {took * 1000:.0f} ms after SIGSTOP (BFD 100 ms x 3; hold time 9 s)")
+        assert took < 2.0
+    finally:
+        os.kill(sp.proc.pid, signal.SIGCONT)
