@@ -278,3 +278,69 @@ def test_command_reaches_the_wire_at_once(tmp_path):
             proc.wait(timeout=5)
         proc.stderr.close()
         mb.close()
+
+
+def test_restarted_actor_says_restarting_and_a_crash_sends_no_cease(tmp_path):
+    """Graceful restart through the actor: incarnation 1 with graceful_restart_time set
+    puts the Restarting bit in the OPEN and sends End-of-RIB after the routes; a crash
+    (teardown without drain) closes the session without a NOTIFICATION, so a router
+    keeps our routes for the restart time."""
+    port = free_port()
+    params_ = params(port)
+    params_["bgp"]["graceful_restart_time"] = 30
+    params_["announce"] = ["203.0.113.10/32"]
+    spec = ActorSpec(name="bgp", target="maglev.actors.bgp_speaker:BgpSpeakerActor", run_dir=str(tmp_path), params=params_, incarnation=1)
+    actor = BgpSpeakerActor(spec)
+    actor.setup()
+    got: dict = {}
+    done = threading.Event()
+
+    def peer_side() -> None:
+        try:
+            p = BlockingPeer(port)
+            got["open"] = p.expect(m.Open)
+            caps = (m.Capability.route_refresh(), m.Capability.graceful_restart(120, (m.IPV4_UNICAST,)), m.Capability.four_octet_as(64512))
+            p.sock.sendall(bytes(m.Open(64512, 90, "198.18.0.1", caps)) + bytes(m.Keepalive()))
+            p.expect(m.Keepalive)
+            got["update"] = p.expect(m.Update)
+            got["eor"] = p.expect(m.Update)
+            got["sock"] = p
+        except Exception as exc:  # reported by the assertions below
+            got["error"] = exc
+        finally:
+            done.set()
+
+    t = threading.Thread(target=peer_side, daemon=True)
+    t.start()
+    crashed = False
+    try:
+        pump_until(actor, done)
+        t.join(timeout=5)
+        assert "error" not in got, got
+        flags, restart_time, fams = got["open"].graceful_restart
+        assert flags & m.GR_RESTARTING and restart_time == 30 and fams[m.IPV4_UNICAST] & m.GR_FORWARDING
+        assert got["update"].nlri == (ipaddress.ip_network("203.0.113.10/32"),)
+        assert got["eor"].is_end_of_rib
+        state = actor.command({"type": "bgp.state"})["peers"][0]["graceful_restart"]
+        assert state == {"restart_time": 30, "restarting": False, "peer_supports": True, "peer_restart_time": 120}
+        actor.teardown()  # the crash path: drain() did not run
+        crashed = True
+        p = got["sock"]
+        p.sock.settimeout(5)
+        rest = b""
+        try:
+            while chunk := p.sock.recv(4096):
+                rest += chunk
+        except ConnectionResetError:
+            pass  # the abort resets the connection
+        finally:
+            p.sock.close()
+        # Whatever came before the close (keepalives at most), never a NOTIFICATION.
+        while rest:
+            length, msg_type = m.check_header(rest[:19])
+            assert msg_type != m.NOTIFICATION
+            rest = rest[length:]
+    finally:
+        if not crashed:
+            actor.drain()
+            actor.teardown()
