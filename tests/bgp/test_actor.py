@@ -238,8 +238,8 @@ def connect_peer(port: int, proc: subprocess.Popen) -> BlockingPeer:
 def test_command_reaches_the_wire_at_once(tmp_path):
     """Mailbox command -> UPDATE read by a peer on 127.0.0.1, for announce and withdraw,
     and SIGTERM -> CEASE.  The actor waits on its mailbox and its sockets together, so
-    each is a few milliseconds (it was ~400 ms with fixed 0.5 s idle slices).  The bound
-    is generous for a loaded 2-core machine; the real figures are printed."""
+    each is a few milliseconds (it was ~400 ms with fixed 0.5 s idle slices).  The bounds
+    are generous for a loaded 2-core machine; the real figures are printed."""
     port = free_port()
     mb = Mailbox(tmp_path)
     proc = start_actor(tmp_path, mb, params(port))
@@ -269,9 +269,11 @@ def test_command_reaches_the_wire_at_once(tmp_path):
         for op, xs in lat.items():
             xs.sort()
             print(f"\n{op}: command -> UPDATE at the peer: median {xs[len(xs) // 2]:.2f} ms, max {xs[-1]:.2f} ms (n={len(xs)})")
-            assert xs[-1] < 100, xs
+            # Typically ~1 ms; the bounds leave room for a loaded 2-core machine and are
+            # still far below the ~400 ms of the fixed 0.5 s idle slices.
+            assert xs[len(xs) // 2] < 100 and xs[-1] < 300, xs
         print(f"SIGTERM -> CEASE at the peer: {cease_ms:.2f} ms")
-        assert cease_ms < 100
+        assert cease_ms < 300
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -84,7 +84,7 @@ async def wait_for(pred, timeout: float, what: str) -> float:
     return time.monotonic() - t0
 
 
-def pair(port: int, interval_ms: int = 50):
+def pair(port: int, interval_ms: int = 100):
     a_ep, b_ep = bfd.Endpoint("127.0.0.1", port), bfd.Endpoint("127.0.0.2", port)
     a = bfd.Session(a_ep, "127.0.0.2", local_address="127.0.0.1", interval_ms=interval_ms)
     b = bfd.Session(b_ep, "127.0.0.1", local_address="127.0.0.2", interval_ms=interval_ms)
@@ -95,7 +95,7 @@ def pair(port: int, interval_ms: int = 50):
 
 def test_two_endpoints_come_up_and_detect_a_silent_peer():
     """Both sides come Up (three-way: Down -> Init -> Up); when one goes silent (a dead
-    instance: no AdminDown) the other declares it down after its detection time, 3 x 50
+    instance: no AdminDown) the other declares it down after its detection time, 3 x 100
     ms here; the measured time is printed."""
 
     async def go():
@@ -107,7 +107,7 @@ def test_two_endpoints_come_up_and_detect_a_silent_peer():
             up = await wait_for(lambda: a.state == b.state == bfd.State.UP, 5, "both Up")
             await wait_for(lambda: not a.polling and not b.polling, 5, "poll sequences done")
             assert a.remote_disc == b.local_disc and b.remote_disc == a.local_disc
-            assert a.snapshot()["tx_interval_ms"] == 50 and a.snapshot()["detection_time_ms"] == 150
+            assert a.snapshot()["tx_interval_ms"] == 100 and a.snapshot()["detection_time_ms"] == 300
             await asyncio.sleep(0.3)  # a few fast intervals: stays Up
             assert a.state == bfd.State.UP and a.counters["down"] == 0
             await b_ep.stop(silent=True)
@@ -115,7 +115,7 @@ def test_two_endpoints_come_up_and_detect_a_silent_peer():
             await wait_for(lambda: a.state == bfd.State.DOWN, 2, "A notices B is gone")
             detect = time.monotonic() - t0
             assert a.diag == bfd.Diag.DETECTION_EXPIRED and a.remote_disc == 0
-            print(f"\nBFD up in {up * 1000:.0f} ms; silent peer detected in {detect * 1000:.0f} ms (detection time 150 ms)")
+            print(f"\nBFD up in {up * 1000:.0f} ms; silent peer detected in {detect * 1000:.0f} ms (detection time 300 ms)")
             assert detect < 1.0
         finally:
             await a_ep.stop()
@@ -174,13 +174,13 @@ def test_bfd_down_ends_the_bgp_session():
         bgp_port = free_tcp_port()
         cfg = Bgp(
             local_asn=64513, router_id="198.18.0.10", listen_port=bgp_port, listen_address="127.0.0.1",
-            connect_retry_time=1, bfd_interval_ms=50, bfd_port=port,
+            connect_retry_time=1, bfd_interval_ms=100, bfd_port=port,
             peers=(BgpPeer("127.0.0.2", 64512, hold_time=90, passive=True, bfd=True),),
         )  # fmt: skip
         sp = Speaker(cfg)
         await sp.start()
         router_ep = bfd.Endpoint("127.0.0.2", port)
-        router = bfd.Session(router_ep, "127.0.0.1", local_address="127.0.0.2", interval_ms=50)
+        router = bfd.Session(router_ep, "127.0.0.1", local_address="127.0.0.2", interval_ms=100)
         router_ep.add(router)
         router_ep.start()
         try:
@@ -191,7 +191,7 @@ def test_bfd_down_ends_the_bgp_session():
             await router_ep.stop(silent=True)
             took = await wait_for(lambda: sp.peers_state()[0]["state"] != "Established", 2, "BGP session ended")
             assert "BFD session down" in sp.peers_state()[0]["last_error"]
-            print(f"\nBFD down -> BGP session ended in {took * 1000:.0f} ms (BFD detection time 150 ms, hold time 90 s)")
+            print(f"\nBFD down -> BGP session ended in {took * 1000:.0f} ms (BFD detection time 300 ms, hold time 90 s)")
             await peer.close()
         finally:
             await sp.stop()
