@@ -145,6 +145,7 @@ class BgpPeer:
     hold_time: int = 90
     passive: bool = False
     local_address: str = ""  # source address of our connections to this peer; empty = kernel's choice
+    bfd: bool = False  # run a BFD session (RFC 5880/5881) beside the BGP session
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,10 @@ class Bgp:
     peers: tuple[BgpPeer, ...] = ()
     listen_address: str = ""  # empty = every address
     connect_retry_time: int = 30  # seconds (RFC 4271 suggests 120; a VIP should come back sooner)
+    graceful_restart_time: int = 0  # seconds routers keep our routes after the speaker dies (RFC 4724); 0 = off
+    bfd_interval_ms: int = 300  # BFD DesiredMinTx = RequiredMinRx once Up
+    bfd_multiplier: int = 3  # BFD Detect Mult: the peer declares us down after this many lost intervals
+    bfd_port: int = 3784  # RFC 5881; only tests change it
 
 
 @dataclass(frozen=True)
@@ -523,12 +528,13 @@ class _Parser:
             data,
             p,
             {"local_asn", "router_id", "next_hop_ipv4", "next_hop_ipv6", "listen_port", "peer",
-             "listen_address", "connect_retry_time"},
+             "listen_address", "connect_retry_time", "graceful_restart_time", "bfd_interval_ms", "bfd_multiplier",
+             "bfd_port"},
         )
         peers = []
         for i, raw in enumerate(self.array(d.get("peer", []), f"{p}.peer")):
             pp = f"{p}.peer[{i}]"
-            pd = self.table(raw, pp, {"address", "asn", "port", "hold_time", "passive", "local_address"})
+            pd = self.table(raw, pp, {"address", "asn", "port", "hold_time", "passive", "local_address", "bfd"})
             hold = self.integer(pd, "hold_time", pp, 90, 0, 65535)
             if hold in (1, 2):
                 self.err(f"{pp}.hold_time", "must be 0 or at least 3 seconds (RFC 4271 4.2)")
@@ -540,6 +546,7 @@ class _Parser:
                     hold_time=hold,
                     passive=self.boolean(pd, "passive", pp, False),
                     local_address=self.ip(pd, "local_address", pp, False),
+                    bfd=self.boolean(pd, "bfd", pp, False),
                 )
             )
             peer = peers[-1]
@@ -558,6 +565,10 @@ class _Parser:
             peers=tuple(peers),
             listen_address=self.ip(d, "listen_address", p, False),
             connect_retry_time=self.integer(d, "connect_retry_time", p, 30, 1, 65535),
+            graceful_restart_time=self.integer(d, "graceful_restart_time", p, 0, 0, 4095),  # 12 bits on the wire
+            bfd_interval_ms=self.integer(d, "bfd_interval_ms", p, 300, 10, 60000),
+            bfd_multiplier=self.integer(d, "bfd_multiplier", p, 3, 1, 255),
+            bfd_port=self.integer(d, "bfd_port", p, 3784, 1, 65535),
         )
         if bgp.listen_port == 0:
             for i, peer in enumerate(bgp.peers):

@@ -57,7 +57,7 @@ def handle_command(speaker: Speaker, line: str) -> dict[str, Any] | None:
 
 async def _amain(args: argparse.Namespace) -> int:
     cfg = load(args.config)
-    speaker = Speaker(cfg.bgp, on_event=_out)
+    speaker = Speaker(cfg.bgp, on_event=_out, restarting=args.restarting)
     for p in args.announce:
         speaker.announce(p)
     loop = asyncio.get_running_loop()
@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m maglev.bgp") -> i
     ap.add_argument("--config", required=True, help="maglev TOML config; its [bgp] section is used")
     ap.add_argument("--announce", action="append", default=[], metavar="PREFIX", help="announce at start (repeatable)")
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    ap.add_argument(
+        "--restarting", action="store_true",
+        help="a restart of a speaker that died: say so in the OPEN (RFC 4724; needs bgp.graceful_restart_time)",
+    )
     ap.add_argument("--shutdown-message", default="maglev BGP speaker stopping", help="CEASE text on stop (RFC 9003)")
     args = ap.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -5,10 +5,13 @@ Design
 Each message is a small frozen dataclass.  ``bytes(msg)`` gives the whole message
 (19-byte header included) and ``Cls.parse(data)`` reads one whole message back; the
 module-level :func:`parse_message` checks the header and dispatches on the type octet.
-Every malformation raises :class:`Notify` carrying the NOTIFICATION (code, subcode,
-data) that RFC 4271 section 6 prescribes for it, so the session only has to turn the
-exception into bytes and close.  Nothing in here ever raises anything else on bad
-input: the hypothesis tests feed random bytes to the parsers to hold that line.
+A malformation that costs the session raises :class:`Notify` carrying the NOTIFICATION
+(code, subcode, data) that RFC 4271 section 6 prescribes for it, so the session only has
+to turn the exception into bytes and close.  UPDATE attribute errors follow RFC 7606
+instead: the parsed :class:`Update` lists them in ``errors`` (treat-as-withdraw or
+attribute-discard, per the table ``ATTR_RULES``) and the session stays up.  Nothing in
+here ever raises anything else on bad input: the hypothesis tests feed random bytes to
+the parsers to hold that line.
 
 References:
 - RFC 4271 (BGP-4): formats (section 4) and error handling (section 6).
@@ -18,6 +21,8 @@ References:
 - RFC 4760 (multiprotocol BGP): MP_REACH_NLRI / MP_UNREACH_NLRI, used here for IPv6
   unicast (AFI 2, SAFI 1).
 - RFC 2918 (ROUTE-REFRESH), RFC 4486 (CEASE subcodes), RFC 6608 (FSM error subcodes).
+- RFC 7606 (revised UPDATE error handling), RFC 7607 (AS 0), RFC 9072 (extended
+  optional parameters length), RFC 4724 (graceful restart capability, End-of-RIB).
 
 Trade-offs
 ----------
@@ -29,11 +34,14 @@ Trade-offs
 - Capabilities are kept as one flat tuple; we write them one per optional parameter.
   RFC 5492 allows either grouping, so a peer's OPEN that packs several capabilities into
   one parameter parses fine but re-encodes with a different grouping.
-- Error handling follows RFC 4271 (session reset with a NOTIFICATION), not the
-  treat-as-withdraw rules of RFC 7606: this speaker only announces, it installs nothing
-  it receives, so there is no RIB that a softer rule would protect, and a loud reset is
-  easier to diagnose in a lab.  RFC 8654 extended messages (> 4096 octets) and RFC 9072
-  extended optional parameters are not supported; both are rejected cleanly.
+- RFC 7606 even though this speaker installs nothing it receives: a session reset
+  withdraws our VIPs from the router, so one bad attribute from a router must never cost
+  the session (a real router's malformed AS_PATH made the session flap ~23 times a
+  minute under the strict RFC 4271 rules).  A malformed attribute is dropped from
+  ``attributes`` rather than kept raw, so such an UPDATE does not re-encode to its bytes.
+- RFC 9072: an OPEN whose parameters exceed 255 octets is sent in the extended layout;
+  one received in it parses like any other and re-encodes in the classic layout when it
+  fits.  RFC 8654 extended messages (> 4096 octets) are not supported (rejected cleanly).
 """
 
 from __future__ import annotations
@@ -64,7 +72,15 @@ IPV6_UNICAST = (AFI_IPV6, SAFI_UNICAST)
 # Capability codes (RFC 5492 registry).
 CAP_MULTIPROTOCOL = 1
 CAP_ROUTE_REFRESH = 2
+CAP_GRACEFUL_RESTART = 64  # RFC 4724
 CAP_FOUR_OCTET_AS = 65
+
+# Graceful restart capability flags (RFC 4724 3; N bit from RFC 8538).
+GR_RESTARTING = 0x8  # R: "I have just restarted" (in the 4-bit Restart Flags)
+GR_NOTIFICATION = 0x4  # N: we support graceful NOTIFICATION (RFC 8538); not sent by us
+GR_FORWARDING = 0x80  # F: forwarding state for this AFI/SAFI was kept across the restart
+OPT_PARAM_CAPABILITIES = 2  # RFC 5492
+OPT_PARAM_EXTENDED = 255  # RFC 9072: the "Non-Ext OP Type" marker
 
 # NOTIFICATION error codes and the subcodes we send (RFC 4271 4.5, 6.x).
 class Err:
@@ -205,6 +221,17 @@ class Capability:
     def route_refresh(cls) -> Capability:
         return cls(CAP_ROUTE_REFRESH)
 
+    @classmethod
+    def graceful_restart(
+        cls, restart_time: int, families: tuple[tuple[int, int], ...], *, restarting: bool = False, forwarding: bool = True
+    ) -> Capability:
+        """RFC 4724 3: 4 flag bits + 12-bit restart time, then (AFI, SAFI, flags) per family."""
+        if not 0 <= restart_time <= 4095:
+            raise ValueError(f"graceful restart time {restart_time} is outside 0..4095 s")
+        head = ((GR_RESTARTING if restarting else 0) << 12) | restart_time
+        tail = b"".join(struct.pack("!HBB", a, s, GR_FORWARDING if forwarding else 0) for a, s in families)
+        return cls(CAP_GRACEFUL_RESTART, struct.pack("!H", head) + tail)
+
     def __bytes__(self) -> bytes:
         if len(self.value) > 255:
             raise ValueError(f"capability {self.code} value is longer than 255 octets")
@@ -228,12 +255,37 @@ class Open:
 
     @classmethod
     def build(
-        cls, asn: int, hold_time: int, router_id: str, families: tuple[tuple[int, int], ...] = (IPV4_UNICAST,)
+        cls,
+        asn: int,
+        hold_time: int,
+        router_id: str,
+        families: tuple[tuple[int, int], ...] = (IPV4_UNICAST,),
+        *,
+        restart_time: int | None = None,
+        restarting: bool = False,
     ) -> Open:
-        """The OPEN we send: multiprotocol families, route refresh, 4-octet ASN."""
+        """The OPEN we send: multiprotocol families, route refresh, 4-octet ASN, and the
+        graceful restart capability when ``restart_time`` is given (RFC 4724)."""
         caps = tuple(Capability.multiprotocol(a, s) for a, s in families)
-        caps += (Capability.route_refresh(), Capability.four_octet_as(asn))
+        caps += (Capability.route_refresh(),)
+        if restart_time is not None:
+            caps += (Capability.graceful_restart(restart_time, families, restarting=restarting),)
+        caps += (Capability.four_octet_as(asn),)
         return cls(asn=asn, hold_time=hold_time, router_id=router_id, capabilities=caps)
+
+    @property
+    def graceful_restart(self) -> tuple[int, int, dict[tuple[int, int], int]] | None:
+        """(restart flags, restart time, {(afi, safi): flags}) from the GR capability, or
+        None when the peer did not send one (or sent one too short to read)."""
+        for c in self.capabilities:
+            if c.code == CAP_GRACEFUL_RESTART and len(c.value) >= 2:
+                head = struct.unpack_from("!H", c.value)[0]
+                fams = {}
+                for k in range(2, len(c.value) - 3, 4):
+                    afi, safi, flags = struct.unpack_from("!HBB", c.value, k)
+                    fams[(afi, safi)] = flags
+                return head >> 12, head & 0x0FFF, fams
+        return None
 
     @property
     def asn4(self) -> int | None:
@@ -259,16 +311,25 @@ class Open:
         return any(c.code == code for c in self.capabilities)
 
     def __bytes__(self) -> bytes:
-        params = b"".join(b"\x02" + bytes([len(bytes(c))]) + bytes(c) for c in self.capabilities)
+        caps = [bytes(c) for c in self.capabilities]
+        params = b"".join(bytes([OPT_PARAM_CAPABILITIES, len(c)]) + c for c in caps)
         if len(params) > 255:
-            raise ValueError("OPEN optional parameters exceed 255 octets")
+            # RFC 9072: Non-Ext OP Len 255, Non-Ext OP Type 255, a 2-octet Extended Opt.
+            # Parm. Length, and 2-octet lengths on every parameter.
+            params = b"".join(struct.pack("!BH", OPT_PARAM_CAPABILITIES, len(c)) + c for c in caps)
+            if len(params) > 0xFFFF:
+                raise ValueError("OPEN optional parameters exceed 65535 octets")
+            plen = 255
+            params = bytes([OPT_PARAM_EXTENDED]) + struct.pack("!H", len(params)) + params
+        else:
+            plen = len(params)
         body = struct.pack(
             "!BHH4sB",
             self.version,
             self.my_as,
             self.hold_time,
             ipaddress.IPv4Address(self.router_id).packed,
-            len(params),
+            plen,
         )
         return _header(OPEN, body + params)
 
@@ -281,23 +342,32 @@ class Open:
             raise Notify(
                 Err.OPEN, Err.UNSUPPORTED_VERSION, struct.pack("!H", BGP_VERSION), f"BGP version {version}"
             )
-        if plen == 255 and len(body) > 10 and body[10] == 255:
-            raise Notify(Err.OPEN, Err.UNSPECIFIC, b"", "RFC 9072 extended optional parameters are not supported")
-        params = body[10:]
+        extended = plen == 255 and len(body) > 10 and body[10] == OPT_PARAM_EXTENDED
+        if extended:
+            # RFC 9072 3: the real length is the 2 octets after the 255/255 marker, and
+            # each parameter's length field is 2 octets too.
+            if len(body) < 13:
+                raise Notify(Err.OPEN, Err.UNSPECIFIC, b"", "extended optional parameters length truncated")
+            plen = struct.unpack_from("!H", body, 11)[0]
+            params = body[13:]
+        else:
+            params = body[10:]
         if len(params) != plen:
             raise Notify(
                 Err.OPEN, Err.UNSPECIFIC, b"", f"optional parameters length {plen} but {len(params)} octets follow"
             )
         caps: list[Capability] = []
+        hl = 3 if extended else 2
         i = 0
         while i < len(params):
-            if i + 2 > len(params):
+            if i + hl > len(params):
                 raise Notify(Err.OPEN, Err.UNSPECIFIC, b"", "truncated optional parameter")
-            ptype, pl = params[i], params[i + 1]
-            pval = params[i + 2 : i + 2 + pl]
+            ptype = params[i]
+            pl = struct.unpack_from("!H", params, i + 1)[0] if extended else params[i + 1]
+            pval = params[i + hl : i + hl + pl]
             if len(pval) != pl:
                 raise Notify(Err.OPEN, Err.UNSPECIFIC, b"", "optional parameter overruns the message")
-            if ptype != 2:
+            if ptype != OPT_PARAM_CAPABILITIES:
                 raise Notify(Err.OPEN, Err.UNSUPPORTED_OPT_PARAM, b"", f"optional parameter type {ptype}")
             j = 0
             while j < len(pval):
@@ -309,7 +379,7 @@ class Open:
                     raise Notify(Err.OPEN, Err.UNSPECIFIC, b"", "capability overruns its parameter")
                 caps.append(Capability(code, bytes(cval)))
                 j += 2 + cl
-            i += 2 + pl
+            i += hl + pl
         if hold in (1, 2):
             raise Notify(Err.OPEN, Err.UNACCEPTABLE_HOLD_TIME, b"", f"hold time {hold} (must be 0 or >= 3)")
         router_id = str(ipaddress.IPv4Address(rid))
@@ -473,27 +543,85 @@ def _encode_segments(segments: tuple[tuple[int, tuple[int, ...]], ...], asn4: bo
 
 
 def _decode_segments(v: bytes, asn4: bool, err: tuple[int, int], name: str) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """AS_PATH / AS4_PATH segments.  Malformed (RFC 7606 7.2, RFC 7607): an unknown
+    segment type, a segment that overruns the attribute, a lone octet left over (no room
+    for a segment header), a segment length of zero, or AS 0 anywhere."""
     size = 4 if asn4 else 2
     segs = []
     i = 0
     while i < len(v):
         if i + 2 > len(v):
-            raise Notify(*err, b"", f"{name} segment header truncated")
+            raise Notify(*err, b"", f"{name}: {len(v) - i} octet left after the last segment (no room for a segment header)")
         seg_type, count = v[i], v[i + 1]
-        if seg_type not in (AS_SET, AS_SEQUENCE, AS_CONFED_SEQUENCE, AS_CONFED_SET) or count == 0:
-            raise Notify(*err, b"", f"{name} segment type {seg_type} with {count} AS numbers")
+        if seg_type not in (AS_SET, AS_SEQUENCE, AS_CONFED_SEQUENCE, AS_CONFED_SET):
+            raise Notify(*err, b"", f"{name}: unknown segment type {seg_type}")
+        if count == 0:
+            raise Notify(*err, b"", f"{name}: segment of type {seg_type} with zero AS numbers")
         raw = v[i + 2 : i + 2 + count * size]
         if len(raw) != count * size:
-            raise Notify(*err, b"", f"{name} segment overruns the attribute")
+            raise Notify(
+                *err, b"", f"{name}: segment of {count} {size}-octet AS numbers overruns the attribute ({len(raw)} octets left)"
+            )
         asns = struct.unpack(f"!{count}{'I' if asn4 else 'H'}", raw)
+        if 0 in asns:
+            raise Notify(*err, b"", f"{name}: AS 0 (RFC 7607)")
         segs.append((seg_type, tuple(asns)))
         i += 2 + count * size
     return tuple(segs)
 
 
+Segments = tuple[tuple[int, tuple[int, ...]], ...]
+CONFED_SEGMENTS = (AS_CONFED_SEQUENCE, AS_CONFED_SET)
+
+
+def path_length(segments: Segments) -> int:
+    """RFC 4271 9.1.2.2 / RFC 6793 4.2.3 counting: an AS_SET counts as one, the
+    confederation segments count as zero."""
+    n = 0
+    for seg_type, asns in segments:
+        if seg_type == AS_SEQUENCE:
+            n += len(asns)
+        elif seg_type == AS_SET:
+            n += 1
+    return n
+
+
+def merge_as4_path(as_path: Segments, as4_path: Segments) -> Segments:
+    """RFC 6793 4.2.3: the leading part of the 2-octet AS_PATH (AS_TRANS stand-ins and
+    all) that AS4_PATH does not cover, followed by AS4_PATH.  When AS_PATH counts fewer
+    AS numbers than AS4_PATH, AS4_PATH is ignored (a 2-octet speaker on the way prepended
+    without updating it, or it is bogus) and AS_PATH is the path."""
+    need = path_length(as_path) - path_length(as4_path)
+    if need < 0:
+        return as_path
+    head: list[tuple[int, tuple[int, ...]]] = []
+    for seg_type, asns in as_path:
+        if seg_type in CONFED_SEGMENTS:  # leading confederation segments stay in front
+            head.append((seg_type, asns))
+            continue
+        if need == 0:
+            break
+        if seg_type == AS_SET:
+            head.append((seg_type, asns))
+            need -= 1
+        else:
+            take = asns[:need]
+            head.append((seg_type, take))
+            need -= len(take)
+    out = head + list(as4_path)
+    # Join an AS_SEQUENCE cut from AS_PATH to an AS4_PATH that starts with one.
+    merged: list[tuple[int, tuple[int, ...]]] = []
+    for seg in out:
+        if merged and seg[0] == AS_SEQUENCE == merged[-1][0] and len(merged[-1][1]) + len(seg[1]) <= 255:
+            merged[-1] = (AS_SEQUENCE, merged[-1][1] + seg[1])
+        else:
+            merged.append(seg)
+    return tuple(merged)
+
+
 @dataclass(frozen=True)
 class AsPath:
-    segments: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    segments: Segments = ()
     asn4: bool = True  # wire width of the AS numbers (negotiated per session)
     flags: int = F_TRANSITIVE
     TYPE: ClassVar[int] = A_AS_PATH
@@ -514,7 +642,7 @@ class AsPath:
 class As4Path:
     """RFC 6793: the true path beside a 2-octet AS_PATH that has AS_TRANS in it."""
 
-    segments: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    segments: Segments = ()
     flags: int = F_OPTIONAL | F_TRANSITIVE
     TYPE: ClassVar[int] = A_AS4_PATH
 
@@ -538,7 +666,7 @@ class NextHop:
     @classmethod
     def decode(cls, flags: int, v: bytes, asn4: bool) -> NextHop:
         if len(v) != 4:
-            raise Notify(Err.UPDATE, Err.ATTR_LENGTH, b"", "NEXT_HOP length is not 4")
+            raise Notify(Err.UPDATE, Err.ATTR_LENGTH, b"", f"NEXT_HOP length is {len(v)}, not 4")
         ip = ipaddress.IPv4Address(v)
         # 0.0.0.0, class D/E and the limited broadcast are never a usable next hop.
         if ip.is_unspecified or ip.is_multicast or int(ip) >= 0xF0000000:
@@ -559,7 +687,9 @@ class _U32Attr:
     @classmethod
     def decode(cls, flags: int, v: bytes, asn4: bool) -> Self:
         if len(v) != 4:
-            raise Notify(Err.UPDATE, Err.ATTR_LENGTH, _attr_bytes(flags, cls.TYPE, v), f"{cls.NAME} length is not 4")
+            raise Notify(
+                Err.UPDATE, Err.ATTR_LENGTH, _attr_bytes(flags, cls.TYPE, v), f"{cls.NAME} length is {len(v)}, not 4"
+            )
         return cls(struct.unpack("!I", v)[0], flags)
 
 
@@ -588,7 +718,9 @@ class AtomicAggregate:
     @classmethod
     def decode(cls, flags: int, v: bytes, asn4: bool) -> AtomicAggregate:
         if v:
-            raise Notify(Err.UPDATE, Err.ATTR_LENGTH, _attr_bytes(flags, A_ATOMIC_AGGREGATE, v), "ATOMIC_AGGREGATE is not empty")
+            raise Notify(
+                Err.UPDATE, Err.ATTR_LENGTH, _attr_bytes(flags, A_ATOMIC_AGGREGATE, v), f"ATOMIC_AGGREGATE length is {len(v)}, not 0"
+            )
         return cls(flags)
 
 
@@ -606,9 +738,14 @@ class Aggregator:
     @classmethod
     def decode(cls, flags: int, v: bytes, asn4: bool) -> Aggregator:
         if len(v) != (8 if asn4 else 6):
-            raise Notify(Err.UPDATE, Err.ATTR_LENGTH, _attr_bytes(flags, A_AGGREGATOR, v), "AGGREGATOR length")
+            raise Notify(
+                Err.UPDATE, Err.ATTR_LENGTH, _attr_bytes(flags, A_AGGREGATOR, v), f"AGGREGATOR length is {len(v)}, not {8 if asn4 else 6}"
+            )
         n = 4 if asn4 else 2
-        return cls(int.from_bytes(v[:n], "big"), str(ipaddress.IPv4Address(v[n:])), asn4, flags)
+        asn = int.from_bytes(v[:n], "big")
+        if asn == 0:
+            raise Notify(Err.UPDATE, Err.OPTIONAL_ATTR, _attr_bytes(flags, A_AGGREGATOR, v), "AGGREGATOR AS 0 (RFC 7607)")
+        return cls(asn, str(ipaddress.IPv4Address(v[n:])), asn4, flags)
 
 
 def _families_prefix_version(afi: int) -> int:
@@ -697,19 +834,73 @@ Attribute = (
 _DECODERS = {
     c.TYPE: c for c in (Origin, AsPath, As4Path, NextHop, Med, LocalPref, AtomicAggregate, Aggregator, MpReach, MpUnreach)
 }
-# Expected (optional, transitive) bits of each attribute we know (RFC 4271 5, RFC 4760, RFC 6793).
-_EXPECTED_FLAGS = {
-    A_ORIGIN: (0, F_TRANSITIVE),
-    A_AS_PATH: (0, F_TRANSITIVE),
-    A_NEXT_HOP: (0, F_TRANSITIVE),
-    A_MED: (F_OPTIONAL, 0),
-    A_LOCAL_PREF: (0, F_TRANSITIVE),
-    A_ATOMIC_AGGREGATE: (0, F_TRANSITIVE),
-    A_AGGREGATOR: (F_OPTIONAL, F_TRANSITIVE),
-    A_MP_REACH: (F_OPTIONAL, 0),
-    A_MP_UNREACH: (F_OPTIONAL, 0),
-    A_AS4_PATH: (F_OPTIONAL, F_TRANSITIVE),
+
+# --------------------------------------------------------------------------- RFC 7606 error handling
+
+# What an attribute error costs (RFC 7606 2): the whole session, the routes of this
+# UPDATE, or only the attribute.
+SESSION_RESET, TREAT_AS_WITHDRAW, ATTRIBUTE_DISCARD = "session-reset", "treat-as-withdraw", "attribute-discard"
+
+A_COMMUNITIES, A_ORIGINATOR_ID, A_CLUSTER_LIST = 8, 9, 10
+A_EXT_COMMUNITIES, A_IPV6_EXT_COMMUNITIES, A_LARGE_COMMUNITIES = 16, 25, 32
+
+
+@dataclass(frozen=True)
+class AttrRule:
+    """How a recognised attribute is checked and what its errors cost."""
+
+    name: str
+    optional: int  # the expected Optional bit (F_OPTIONAL or 0)
+    transitive: int  # the expected Transitive bit
+    action: str  # for a malformed value (RFC 7606 7.x, RFC 6793 6, RFC 4760 7)
+    size: int = 0  # raw-kept attributes: the value is a non-zero multiple of ``size`` (exact when ``exact``)
+    exact: bool = False
+    ibgp_only: bool = False  # from an external peer the attribute is discarded whole
+
+
+ATTR_RULES: dict[int, AttrRule] = {
+    A_ORIGIN: AttrRule("ORIGIN", 0, F_TRANSITIVE, TREAT_AS_WITHDRAW),  # 7.1
+    A_AS_PATH: AttrRule("AS_PATH", 0, F_TRANSITIVE, TREAT_AS_WITHDRAW),  # 7.2
+    A_NEXT_HOP: AttrRule("NEXT_HOP", 0, F_TRANSITIVE, TREAT_AS_WITHDRAW),  # 7.3
+    A_MED: AttrRule("MULTI_EXIT_DISC", F_OPTIONAL, 0, TREAT_AS_WITHDRAW),  # 7.4
+    A_LOCAL_PREF: AttrRule("LOCAL_PREF", 0, F_TRANSITIVE, TREAT_AS_WITHDRAW, ibgp_only=True),  # 7.5
+    A_ATOMIC_AGGREGATE: AttrRule("ATOMIC_AGGREGATE", 0, F_TRANSITIVE, ATTRIBUTE_DISCARD),  # 7.6
+    A_AGGREGATOR: AttrRule("AGGREGATOR", F_OPTIONAL, F_TRANSITIVE, ATTRIBUTE_DISCARD),  # 7.7
+    A_COMMUNITIES: AttrRule("COMMUNITIES", F_OPTIONAL, F_TRANSITIVE, TREAT_AS_WITHDRAW, 4),  # 7.8
+    A_ORIGINATOR_ID: AttrRule("ORIGINATOR_ID", F_OPTIONAL, 0, TREAT_AS_WITHDRAW, 4, True, True),  # 7.9
+    A_CLUSTER_LIST: AttrRule("CLUSTER_LIST", F_OPTIONAL, 0, TREAT_AS_WITHDRAW, 4, False, True),  # 7.10
+    A_MP_REACH: AttrRule("MP_REACH_NLRI", F_OPTIONAL, 0, SESSION_RESET),  # 7.11 (no AFI/SAFI disable)
+    A_MP_UNREACH: AttrRule("MP_UNREACH_NLRI", F_OPTIONAL, 0, SESSION_RESET),  # 7.12
+    A_EXT_COMMUNITIES: AttrRule("EXTENDED_COMMUNITIES", F_OPTIONAL, F_TRANSITIVE, TREAT_AS_WITHDRAW, 8),  # 7.14
+    A_AS4_PATH: AttrRule("AS4_PATH", F_OPTIONAL, F_TRANSITIVE, ATTRIBUTE_DISCARD),  # RFC 6793 6
+    A_AS4_AGGREGATOR: AttrRule("AS4_AGGREGATOR", F_OPTIONAL, F_TRANSITIVE, ATTRIBUTE_DISCARD, 8, True),  # RFC 6793 6
+    A_IPV6_EXT_COMMUNITIES: AttrRule("IPV6_EXTENDED_COMMUNITIES", F_OPTIONAL, F_TRANSITIVE, TREAT_AS_WITHDRAW, 20),  # 7.15
+    A_LARGE_COMMUNITIES: AttrRule("LARGE_COMMUNITIES", F_OPTIONAL, F_TRANSITIVE, TREAT_AS_WITHDRAW, 12),  # RFC 8092 5
 }
+_SEVERITY = {ATTRIBUTE_DISCARD: 1, TREAT_AS_WITHDRAW: 2, SESSION_RESET: 3}
+
+
+def attr_name(type_code: int) -> str:
+    rule = ATTR_RULES.get(type_code)
+    return rule.name if rule else f"attribute {type_code}"
+
+
+@dataclass(frozen=True)
+class AttrError:
+    """One UPDATE error that did not cost the session (RFC 7606): ``action`` is
+    TREAT_AS_WITHDRAW or ATTRIBUTE_DISCARD; ``kind`` a short stable word for counters
+    (``flags``, ``length``, ``value``, ``duplicate``, ``missing``, ``overrun``, ...)."""
+
+    action: str
+    type_code: int  # 0 = the attribute list as a whole
+    kind: str
+    reason: str
+
+    @property
+    def key(self) -> str:
+        """Counter key, e.g. ``AS_PATH/value/treat-as-withdraw``."""
+        what = attr_name(self.type_code) if self.type_code else "attributes"
+        return f"{what}/{self.kind}/{self.action}"
 
 
 def _attr_bytes(flags: int, type_code: int, value: bytes) -> bytes:
@@ -730,6 +921,9 @@ class Update:
     withdrawn: tuple[ipaddress.IPv4Network, ...] = ()
     attributes: tuple[Attribute, ...] = ()
     nlri: tuple[ipaddress.IPv4Network, ...] = ()
+    # RFC 7606 errors found while parsing (never encoded); malformed attributes are not
+    # in ``attributes``.  Any TREAT_AS_WITHDRAW turns the announced routes into withdrawals.
+    errors: tuple[AttrError, ...] = ()
 
     TYPE: ClassVar[int] = UPDATE
 
@@ -746,25 +940,58 @@ class Update:
         return None
 
     @property
+    def treat_as_withdraw(self) -> bool:
+        return any(e.action == TREAT_AS_WITHDRAW for e in self.errors)
+
+    @property
     def is_end_of_rib(self) -> bool:
         """RFC 4724 End-of-RIB: an empty UPDATE (IPv4) or a lone empty MP_UNREACH."""
-        if self.withdrawn or self.nlri:
+        if self.withdrawn or self.nlri or self.errors:
             return False
         if not self.attributes:
             return True
         return len(self.attributes) == 1 and isinstance(self.attributes[0], MpUnreach) and not self.attributes[0].withdrawn
 
-    def announced(self) -> tuple[Prefix, ...]:
+    def _reach(self) -> tuple[Prefix, ...]:
         mp = self.get(A_MP_REACH)
         return tuple(self.nlri) + (mp.nlri if isinstance(mp, MpReach) else ())
 
+    def announced(self) -> tuple[Prefix, ...]:
+        """Routes this UPDATE makes reachable: none when it is treated as a withdraw."""
+        return () if self.treat_as_withdraw else self._reach()
+
     def withdrawn_all(self) -> tuple[Prefix, ...]:
+        """Routes this UPDATE withdraws, the ones it announced included when an attribute
+        error makes it a withdraw (RFC 7606 2)."""
         mp = self.get(A_MP_UNREACH)
-        return tuple(self.withdrawn) + (mp.withdrawn if isinstance(mp, MpUnreach) else ())
+        out = tuple(self.withdrawn) + (mp.withdrawn if isinstance(mp, MpUnreach) else ())
+        return out + self._reach() if self.treat_as_withdraw else out
+
+    def full_as_path(self) -> Segments:
+        """The AS path with 4-octet ASNs: AS_PATH itself, or on a 2-octet session AS_PATH
+        merged with AS4_PATH (RFC 6793 4.2.3).  AS4_PATH is ignored when an AGGREGATOR
+        names a real ASN (not AS_TRANS): a 2-octet speaker aggregated after it was made."""
+        ap = self.get(A_AS_PATH)
+        segs = ap.segments if isinstance(ap, AsPath) else ()
+        a4 = self.get(A_AS4_PATH)
+        if not isinstance(a4, As4Path) or (isinstance(ap, AsPath) and ap.asn4):
+            return segs
+        agg = self.get(A_AGGREGATOR)
+        if isinstance(agg, Aggregator) and agg.asn != AS_TRANS:
+            return segs
+        return merge_as4_path(segs, a4.segments)
 
     @classmethod
-    def parse(cls, data: bytes, asn4: bool = True) -> Update:
-        """Parse and validate one UPDATE (RFC 4271 6.3); ``asn4`` = 4-octet AS_PATH."""
+    def parse(cls, data: bytes, asn4: bool = True, ebgp: bool = True) -> Update:
+        """Parse and validate one UPDATE with the RFC 7606 rules.
+
+        ``asn4``: both sides sent the 4-octet AS capability (AS_PATH has 4-octet ASNs);
+        ``ebgp``: the peer is external (LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST are
+        then discarded, confederation segments make AS_PATH malformed).  Errors that
+        leave the NLRI locatable become :class:`AttrError` entries; the rest (a
+        withdrawn-routes or attribute-list length that overruns the message, an NLRI that
+        does not parse, a bad or repeated MP_REACH/MP_UNREACH, an unrecognised well-known
+        attribute) raise :class:`Notify`: session reset."""
         body = _body(data, UPDATE)
         malformed = (Err.UPDATE, Err.MALFORMED_ATTR_LIST)
         wlen = struct.unpack_from("!H", body)[0]
@@ -775,68 +1002,126 @@ class Update:
         start = 4 + wlen
         if start + alen > len(body):
             raise Notify(*malformed, b"", f"path attribute length {alen} overruns the message")
-        attrs = cls._parse_attributes(bytes(body[start : start + alen]), asn4)
+        attrs, errors = cls._parse_attributes(bytes(body[start : start + alen]), asn4, ebgp)
         nlri = decode_prefixes(bytes(body[start + alen :]), 4, (Err.UPDATE, Err.INVALID_NETWORK))
 
         present = {a.TYPE for a in attrs}
+        failed = {e.type_code for e in errors}
+        if not nlri and A_NEXT_HOP in failed:
+            # RFC 4760 3: without NLRI in the NLRI field NEXT_HOP means nothing; an error
+            # in it costs only the attribute.
+            errors = [
+                AttrError(ATTRIBUTE_DISCARD, e.type_code, e.kind, e.reason) if e.type_code == A_NEXT_HOP else e
+                for e in errors
+            ]
         has_mp_reach = any(isinstance(a, MpReach) and a.nlri for a in attrs)
         if nlri or has_mp_reach:
             required = [A_ORIGIN, A_AS_PATH] + ([A_NEXT_HOP] if nlri else [])
             for t in required:
-                if t not in present:
-                    raise Notify(Err.UPDATE, Err.MISSING_WELL_KNOWN, bytes([t]), f"missing well-known attribute {t}")
-        return cls(withdrawn, attrs, nlri)
+                if t not in present and t not in failed:  # RFC 7606 3(d)
+                    errors.append(AttrError(TREAT_AS_WITHDRAW, t, "missing", f"missing well-known attribute {attr_name(t)}"))
+        return cls(withdrawn, tuple(attrs), nlri, tuple(errors))
 
     @staticmethod
-    def _parse_attributes(data: bytes, asn4: bool) -> tuple[Attribute, ...]:
+    def _parse_attributes(data: bytes, asn4: bool, ebgp: bool) -> tuple[list[Attribute], list[AttrError]]:
         out: list[Attribute] = []
+        errors: list[AttrError] = []
         seen: set[int] = set()
         i = 0
         while i < len(data):
-            if i + 3 > len(data):
-                raise Notify(Err.UPDATE, Err.MALFORMED_ATTR_LIST, b"", "truncated attribute header")
-            flags, code = data[i], data[i + 1]
-            if flags & F_EXTENDED:
-                if i + 4 > len(data):
-                    raise Notify(Err.UPDATE, Err.MALFORMED_ATTR_LIST, b"", "truncated attribute header")
-                length = struct.unpack_from("!H", data, i + 2)[0]
-                hl = 4
-            else:
-                length = data[i + 2]
-                hl = 3
+            flags = data[i]
+            hl = 4 if flags & F_EXTENDED else 3
+            if i + hl > len(data):
+                # RFC 7606 4: not even room for an attribute header; the Total Attribute
+                # Length still tells where the NLRI begins.
+                errors.append(AttrError(TREAT_AS_WITHDRAW, 0, "overrun", f"{len(data) - i} octets left, too few for an attribute header"))
+                break
+            code = data[i + 1]
+            length = struct.unpack_from("!H", data, i + 2)[0] if hl == 4 else data[i + 2]
             value = data[i + hl : i + hl + length]
             if len(value) != length:
-                raise Notify(Err.UPDATE, Err.MALFORMED_ATTR_LIST, b"", f"attribute {code} overruns the attribute list")
+                # RFC 7606 4: the last attribute overruns the attribute list.
+                errors.append(AttrError(TREAT_AS_WITHDRAW, code, "overrun", f"{attr_name(code)} of {length} octets overruns the attribute list"))
+                break
+            raw = data[i : i + hl + length]
             i += hl + length
+            rule = ATTR_RULES.get(code)
             if code in seen:
-                raise Notify(Err.UPDATE, Err.MALFORMED_ATTR_LIST, b"", f"attribute {code} appears twice")
+                if code in (A_MP_REACH, A_MP_UNREACH):  # RFC 7606 3(g)
+                    raise Notify(Err.UPDATE, Err.MALFORMED_ATTR_LIST, b"", f"{attr_name(code)} appears twice")
+                # RFC 7606 3(g): every occurrence after the first is discarded.
+                errors.append(AttrError(ATTRIBUTE_DISCARD, code, "duplicate", f"{attr_name(code)} appears more than once"))
+                continue
             seen.add(code)
-            raw = data[i - hl - length : i]
-            if code in _EXPECTED_FLAGS:
-                opt, trans = _EXPECTED_FLAGS[code]
-                # The partial bit is only meaningful on optional transitive attributes.
-                partial_ok = opt and trans
-                if (flags & F_OPTIONAL) != opt or (flags & F_TRANSITIVE) != trans or (
-                    flags & F_PARTIAL and not partial_ok
-                ):
-                    raise Notify(Err.UPDATE, Err.ATTR_FLAGS, raw, f"flags {flags:#04x} wrong for attribute {code}")
-                out.append(_DECODERS[code].decode(flags, value, asn4))
-            elif not flags & F_OPTIONAL:
-                raise Notify(Err.UPDATE, Err.UNRECOGNIZED_WELL_KNOWN, raw, f"unknown well-known attribute {code}")
-            else:
+            if rule is None:
+                if not flags & F_OPTIONAL:  # RFC 4271 6.3 (unchanged by RFC 7606)
+                    raise Notify(Err.UPDATE, Err.UNRECOGNIZED_WELL_KNOWN, raw, f"unknown well-known attribute {code}")
                 out.append(Unknown(code, flags, value))
-        return tuple(out)
+                continue
+            if rule.ibgp_only and ebgp:  # RFC 7606 7.5, 7.9, 7.10
+                errors.append(AttrError(ATTRIBUTE_DISCARD, code, "from-ebgp", f"{rule.name} from an external peer"))
+                continue
+            if code in (A_AS4_PATH, A_AS4_AGGREGATOR) and asn4:  # RFC 6793 6
+                errors.append(AttrError(ATTRIBUTE_DISCARD, code, "from-4-octet-speaker", f"{rule.name} on a 4-octet AS session"))
+                continue
+            flag_error = (flags & F_OPTIONAL) != rule.optional or (flags & F_TRANSITIVE) != rule.transitive or bool(
+                flags & F_PARTIAL and not (rule.optional and rule.transitive)
+            )
+            try:
+                attr = Update._decode_one(code, rule, flags, value, asn4)
+            except Notify as exc:
+                if rule.action == SESSION_RESET:
+                    raise
+                errors.append(AttrError(rule.action, code, _kind(exc), exc.reason))
+                continue
+            if flag_error:
+                # RFC 7606 3(c): treat-as-withdraw; an attribute whose own errors only
+                # cost the attribute is discarded instead; MP_REACH/MP_UNREACH keep
+                # their (parsed) NLRI so that the withdraw knows what to withdraw.
+                action = ATTRIBUTE_DISCARD if rule.action == ATTRIBUTE_DISCARD else TREAT_AS_WITHDRAW
+                errors.append(AttrError(action, code, "flags", f"flags {flags:#04x} are wrong for {rule.name}"))
+                if action == ATTRIBUTE_DISCARD:
+                    continue
+                if code not in (A_MP_REACH, A_MP_UNREACH):
+                    continue
+            if isinstance(attr, AsPath) and ebgp and any(t in CONFED_SEGMENTS for t, _ in attr.segments):
+                errors.append(AttrError(TREAT_AS_WITHDRAW, code, "confed-from-ebgp", "AS_PATH with confederation segments from an external peer (RFC 5065 5)"))
+                continue
+            if isinstance(attr, As4Path) and any(t in CONFED_SEGMENTS for t, _ in attr.segments):
+                # RFC 6793 6: confederation segments in AS4_PATH are dropped, the rest kept.
+                errors.append(AttrError(ATTRIBUTE_DISCARD, code, "confed-segments", "AS4_PATH confederation segments dropped"))
+                attr = As4Path(tuple(s for s in attr.segments if s[0] not in CONFED_SEGMENTS), attr.flags)
+            out.append(attr)
+        return out, errors
+
+    @staticmethod
+    def _decode_one(code: int, rule: AttrRule, flags: int, value: bytes, asn4: bool) -> Attribute:
+        decoder = _DECODERS.get(code)
+        if decoder is not None:
+            return decoder.decode(flags, value, asn4)
+        n = len(value)
+        if (rule.exact and n != rule.size) or (not rule.exact and (n == 0 or n % rule.size)):
+            want = f"{rule.size}" if rule.exact else f"a non-zero multiple of {rule.size}"
+            raise Notify(Err.UPDATE, Err.ATTR_LENGTH, b"", f"{rule.name} length is {n}, not {want}")
+        if code == A_AS4_AGGREGATOR and value[:4] == bytes(4):
+            raise Notify(Err.UPDATE, Err.OPTIONAL_ATTR, b"", "AS4_AGGREGATOR AS 0 (RFC 7607)")
+        return Unknown(code, flags, value)
+
+
+def _kind(exc: Notify) -> str:
+    return "length" if exc.subcode == Err.ATTR_LENGTH else "value"
 
 
 Message = Open | Update | Keepalive | Notification | RouteRefresh
 _PARSERS = {OPEN: Open, KEEPALIVE: Keepalive, NOTIFICATION: Notification, ROUTE_REFRESH: RouteRefresh}
 
 
-def parse_message(data: bytes, asn4: bool = True) -> Message:
-    """Parse one whole message (header included); raises :class:`Notify` on any error."""
+def parse_message(data: bytes, asn4: bool = True, ebgp: bool = True) -> Message:
+    """Parse one whole message (header included); raises :class:`Notify` on an error that
+    resets the session.  ``asn4``/``ebgp`` describe the session (see :meth:`Update.parse`)."""
     _length, msg_type = check_header(data)
     if msg_type == UPDATE:
-        return Update.parse(data, asn4)
+        return Update.parse(data, asn4, ebgp)
     return _PARSERS[msg_type].parse(data)
 
 
@@ -878,6 +1163,13 @@ def build_announce(
         else:
             out.append(Update((), tuple(sorted(attrs, key=lambda a: a.TYPE)), part))  # type: ignore[arg-type]
     return out
+
+
+def end_of_rib(family: tuple[int, int]) -> Update:
+    """The End-of-RIB marker of one family (RFC 4724 2)."""
+    if family == IPV4_UNICAST:
+        return Update()
+    return Update((), (MpUnreach(family[0], family[1], ()),), ())
 
 
 def build_withdraw(prefixes: list[Prefix]) -> list[Update]:

@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from maglev.bgp import bfd as bfd_mod
 from maglev.bgp import messages as m
 from maglev.bgp.messages import Err, Notify
 
@@ -72,6 +73,10 @@ STABLE_S = 60.0  # a session up this long resets the damping back-off
 # Received prefixes are only counted; past this many we stop remembering them, so a
 # router that sends us a full table by mistake costs no more than a few MB.
 MAX_TRACKED_RECEIVED = 100_000
+# RFC 7606 errors are logged once per kind and peer, then at most once per this many
+# seconds with the count of the ones not logged (a router repeating one bad UPDATE for
+# every route must not flood the log).
+ERROR_LOG_INTERVAL_S = 60.0
 
 
 class State(enum.Enum):
@@ -101,6 +106,7 @@ class Connection:
         self.local = _plain(writer.get_extra_info("sockname")[0])
         self.remote = _plain(writer.get_extra_info("peername")[0])
         self.asn4 = True  # the width of AS numbers in UPDATEs, fixed once OPENs are exchanged
+        self.ebgp = True  # the peer is external (RFC 7606 rules that depend on it)
         self.opened_at = time.monotonic()
         self.closed = False
         self.on_message: Callable[[str, Any], None] | None = None
@@ -114,7 +120,7 @@ class Connection:
                 body = await self.reader.readexactly(length - m.HEADER_LEN)
         except TimeoutError:
             raise Notify(Err.HOLD_TIMER, 0, b"", f"no message for {timeout:g} s") from None
-        msg = m.parse_message(header + body, self.asn4)
+        msg = m.parse_message(header + body, self.asn4, self.ebgp)
         if self.on_message:
             self.on_message("in", msg)
         return msg
@@ -200,7 +206,11 @@ class Session:
             "msgs_in": 0, "msgs_out": 0, "updates_in": 0, "updates_out": 0,
             "notifications_in": 0, "notifications_out": 0, "established": 0,
             "skipped_no_next_hop": 0, "received_untracked": 0,
+            "updates_treat_as_withdraw": 0, "attributes_discarded": 0,
         }  # fmt: skip
+        # RFC 7606 errors by "ATTRIBUTE/kind/action" (kept across sessions, like counters).
+        self.update_errors: dict[str, int] = {}
+        self._error_log: dict[str, tuple[float, int]] = {}  # key -> (last logged, not logged since)
         self._incoming: asyncio.Queue[Connection] = asyncio.Queue()
         self._dirty = asyncio.Event()
         self._switch: asyncio.Future[tuple[Connection, m.Open]] | None = None
@@ -210,12 +220,24 @@ class Session:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._stop_text = ""
+        self._silent = False  # abort(): close without a NOTIFICATION
+        self.bfd: bfd_mod.Session | None = None  # set by the speaker when the peer has bfd = true
+        # RFC 4724: the Restarting bit goes in the OPENs until the first session after
+        # a restart of the speaker is up; End-of-RIB follows each initial announcement.
+        self._restarting = speaker.restarting
+        self._eor_pending = False
         self._writer_error: BaseException | None = None
         self._bg: set[asyncio.Task] = set()  # fire-and-forget work (closing losers); see _spawn
 
     # ------------------------------------------------------------------ public
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"bgp-{self.address}")
+
+    async def abort(self) -> None:
+        """Stop without a NOTIFICATION: the TCP connection is reset, as if the process had
+        died, so a router that supports graceful restart keeps our routes (RFC 4724 4.2)."""
+        self._silent = True
+        await self.stop()
 
     async def stop(self, text: str = "") -> None:
         """ManualStop: CEASE/administrative shutdown to the peer, then Idle for good."""
@@ -284,11 +306,32 @@ class Session:
             "local_address": self.conn.local if self.conn else "",
             "router_id": self.peer_open.router_id if self.peer_open else "",
             "hold_time": self.hold_time,
+            "graceful_restart": self._gr_state(),
             "families": sorted("ipv4-unicast" if f == m.IPV4_UNICAST else "ipv6-unicast" for f in self.families if f in (m.IPV4_UNICAST, m.IPV6_UNICAST)),
             "announced": sorted(str(p) for p in self.adj_out),
             "received": len(self.received),
             "last_error": self.last_error,
             **self.counters,
+            "update_errors": dict(sorted(self.update_errors.items())),
+            "bfd": self.bfd.snapshot() if self.bfd is not None else None,
+        }
+
+    def on_bfd(self, old: bfd_mod.State, new: bfd_mod.State) -> None:
+        """BFD went down after being Up: the router is unreachable, so end the BGP
+        session now rather than after the hold time (RFC 5882 4.1)."""
+        if old == bfd_mod.State.UP and new == bfd_mod.State.DOWN and self.state == State.ESTABLISHED and self.conn:
+            self._writer_error = ConnectionError(f"BFD session down ({self.bfd.diag.name if self.bfd else ''})")
+            self.conn.abort()
+
+    def _gr_state(self) -> dict[str, Any]:
+        """What graceful restart means on this session: ours (restart time, whether the
+        next OPEN says Restarting) and whether the peer can keep our routes."""
+        peer_gr = self.peer_open.graceful_restart if self.peer_open else None
+        return {
+            "restart_time": self.speaker.config.graceful_restart_time,
+            "restarting": self._restarting,
+            "peer_supports": peer_gr is not None,
+            "peer_restart_time": peer_gr[1] if peer_gr else 0,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -318,7 +361,14 @@ class Session:
 
     def _open(self) -> m.Open:
         cfg = self.speaker.config
-        return m.Open.build(cfg.local_asn, self.peer.hold_time, cfg.router_id, (m.IPV4_UNICAST, m.IPV6_UNICAST))
+        return m.Open.build(
+            cfg.local_asn,
+            self.peer.hold_time,
+            cfg.router_id,
+            (m.IPV4_UNICAST, m.IPV6_UNICAST),
+            restart_time=cfg.graceful_restart_time or None,
+            restarting=self._restarting,
+        )
 
     def _check_open(self, o: m.Open) -> None:
         """Session-level OPEN checks (RFC 4271 6.2; RFC 6793 for the ASN)."""
@@ -339,7 +389,12 @@ class Session:
                 conn = await self._acquire(delay)
                 await self._session(conn)
             except asyncio.CancelledError:
-                await self._end(self.conn or conn, m.Notification(Err.CEASE, Err.ADMIN_SHUTDOWN, _shutdown_data(self._stop_text)))
+                if self._silent:  # abort(): no NOTIFICATION, so GR helpers keep our routes
+                    if (c := self.conn or conn) is not None:
+                        c.abort()
+                    await self._end(None, None)
+                else:
+                    await self._end(self.conn or conn, m.Notification(Err.CEASE, Err.ADMIN_SHUTDOWN, _shutdown_data(self._stop_text)))
                 self._set_state(State.IDLE, "stopped")
                 raise
             except Notify as exc:
@@ -519,6 +574,7 @@ class Session:
             self._check_open(open_msg)
             self.peer_open = open_msg
             self.conn.asn4 = open_msg.asn4 is not None
+            self.conn.ebgp = self.ebgp
             self.hold_time = float(min(self.peer.hold_time, open_msg.hold_time))
             self.families = open_msg.families & {m.IPV4_UNICAST, m.IPV6_UNICAST}
             await self.conn.send(m.Keepalive())
@@ -540,6 +596,7 @@ class Session:
                 raise Notify(Err.FSM, Err.FSM_IN_OPENCONFIRM, bytes([msg.TYPE]), f"{type(msg).__name__} in OpenConfirm")
             self.established_at = time.monotonic()
             self.counters["established"] += 1
+            self._restarting = False
             self._set_state(State.ESTABLISHED, f"hold time {self.hold_time:g} s")
         await self._established(self.conn)
 
@@ -596,6 +653,9 @@ class Session:
     async def _established(self, conn: Connection) -> None:
         self.adj_out.clear()
         self._dirty.set()  # initial announcement of everything we have
+        # End-of-RIB after it (RFC 4724 2) to peers that sent the GR capability: a
+        # router keeping our routes from before a restart drops the stale ones then.
+        self._eor_pending = self.peer_open is not None and self.peer_open.graceful_restart is not None
         self._writer_error = None
         writer = asyncio.get_running_loop().create_task(self._writer(conn))
         try:
@@ -622,6 +682,8 @@ class Session:
             await asyncio.wait({writer})
 
     def _on_update(self, u: m.Update) -> None:
+        if u.errors:
+            self._count_errors(u)
         for p in u.withdrawn_all():
             self.received.discard(p)
         for p in u.announced():
@@ -629,6 +691,27 @@ class Session:
                 self.received.add(p)
             else:
                 self.counters["received_untracked"] += 1
+
+    def _count_errors(self, u: m.Update) -> None:
+        """RFC 7606: the session stays up; each error is counted and logged (rate-limited)."""
+        if u.treat_as_withdraw:
+            self.counters["updates_treat_as_withdraw"] += 1
+        now = time.monotonic()
+        for e in u.errors:
+            if e.action == m.ATTRIBUTE_DISCARD:
+                self.counters["attributes_discarded"] += 1
+            self.update_errors[e.key] = self.update_errors.get(e.key, 0) + 1
+            last, quiet = self._error_log.get(e.key, (-ERROR_LOG_INTERVAL_S, 0))
+            if now - last < ERROR_LOG_INTERVAL_S:
+                self._error_log[e.key] = (last, quiet + 1)
+                continue
+            self._error_log[e.key] = (now, 0)
+            more = f" ({quiet} more since the last report)" if quiet else ""
+            routes = ", ".join(map(str, u.withdrawn_all()[:4])) if e.action == m.TREAT_AS_WITHDRAW else ""
+            log.warning(
+                "bgp peer %s: UPDATE error, %s: %s%s%s", self.address, e.action, e.reason,
+                f" (routes {routes}{' ...' if len(u.withdrawn_all()) > 4 else ''} treated as withdrawn)" if routes else "", more,
+            )
 
     async def _writer(self, conn: Connection) -> None:
         """KEEPALIVE every hold/3 s and Adj-RIB-Out synchronisation (RFC 4271 4.4, 9.2)."""
@@ -643,6 +726,10 @@ class Session:
                     continue
                 self._dirty.clear()
                 await self._sync(conn)
+                if self._eor_pending:
+                    self._eor_pending = False
+                    for fam in sorted(self.families):
+                        await conn.send(m.end_of_rib(fam))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # make the reader notice: it owns the session's end

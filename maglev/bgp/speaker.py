@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from maglev.bgp import bfd
 from maglev.bgp.messages import Prefix
 from maglev.bgp.session import Connection, Session
 from maglev.config import Bgp
@@ -54,7 +55,7 @@ def parse_prefix(prefix: str | Prefix | ipaddress.IPv4Address | ipaddress.IPv6Ad
 class Speaker:
     """``Speaker(config.bgp)``; ``await start()``; ``announce``/``withdraw``; ``await stop()``."""
 
-    def __init__(self, config: Bgp, on_event: EventCallback | None = None):
+    def __init__(self, config: Bgp, on_event: EventCallback | None = None, restarting: bool = False):
         problems = []
         if not config.local_asn:
             problems.append("bgp.local_asn: is required to run a BGP speaker")
@@ -64,8 +65,21 @@ class Speaker:
             raise ConfigError(problems)
         self.config = config
         self.on_event = on_event
+        # RFC 4724: this speaker has just restarted (its previous incarnation died without
+        # a CEASE) and peers may hold its routes; the first OPENs say so.
+        self.restarting = restarting and config.graceful_restart_time > 0
         self.prefixes: set[Prefix] = set()
         self.sessions = [Session(self, p) for p in config.peers]
+        self.bfd: bfd.Endpoint | None = None
+        if any(p.bfd for p in config.peers):
+            self.bfd = bfd.Endpoint(config.listen_address, config.bfd_port)
+            for s in self.sessions:
+                if s.peer.bfd:
+                    s.bfd = bfd.Session(
+                        self.bfd, s.address, local_address=s.peer.local_address, interval_ms=config.bfd_interval_ms,
+                        multiplier=config.bfd_multiplier, on_change=s.on_bfd,
+                    )
+                    self.bfd.add(s.bfd)
         self._by_address = {s.address: s for s in self.sessions}
         self._server: asyncio.base_events.Server | None = None
         self.rejected = 0  # incoming connections from addresses that are not peers
@@ -83,6 +97,14 @@ class Speaker:
                 port=self.config.listen_port,
                 reuse_address=True,
             )
+        if self.bfd is not None:
+            try:
+                self.bfd.start()
+            except OSError:
+                if self._server is not None:
+                    self._server.close()
+                    self._server = None
+                raise
         self.started = True
         for s in self.sessions:
             s.start()
@@ -92,6 +114,8 @@ class Speaker:
         if self._server is not None:
             self._server.close()
         await asyncio.gather(*(s.stop(reason) for s in self.sessions), return_exceptions=True)
+        if self.bfd is not None and self.started:
+            await self.bfd.stop()  # AdminDown after the CEASEs
         if self._server is not None:
             try:
                 async with asyncio.timeout(2):
@@ -99,6 +123,17 @@ class Speaker:
             except TimeoutError:
                 pass
             self._server = None
+        self.started = False
+
+    async def abort(self) -> None:
+        """Close every session without a NOTIFICATION (graceful restart: routers that
+        support it keep our routes for the restart time; the others withdraw them)."""
+        if self._server is not None:
+            self._server.close()
+        await asyncio.gather(*(s.abort() for s in self.sessions), return_exceptions=True)
+        if self.bfd is not None and self.started:
+            await self.bfd.stop(silent=True)
+        self._server = None
         self.started = False
 
     @property

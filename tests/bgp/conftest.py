@@ -133,9 +133,11 @@ class BgpLab:
     # ------------------------------------------------------------------ maglev speaker
     def start_speaker(
         self, *, asn: int = 64513, peer: str = ROUTER_V4, peer_asn: int = ROUTER_ASN, announce: tuple[str, ...] = (),
-        next_hop_ipv6: str = "", passive: bool = False,
+        next_hop_ipv6: str = "", passive: bool = False, graceful_restart_time: int = 0, restarting: bool = False,
+        bfd: bool = False,
     ) -> SpeakerProc:
         nh6 = f'next_hop_ipv6 = "{next_hop_ipv6}"\n' if next_hop_ipv6 else ""
+        nh6 += f"graceful_restart_time = {graceful_restart_time}\nbfd_interval_ms = 100\n"
         conf = self.tmp / "maglev.toml"
         conf.write_text(
             f"""[bgp]
@@ -149,14 +151,17 @@ address = "{peer}"
 asn = {peer_asn}
 hold_time = 9
 passive = {"true" if passive else "false"}
+bfd = {"true" if bfd else "false"}
 """
         )
-        log_path = self.tmp / "speaker.log"
+        log_path = self.tmp / f"speaker{len(self.speakers) or ''}.log"
         argv = [sys.executable, "-m", "maglev.bgp", "--config", str(conf), "--log-level", "info"]
         for p in announce:
             argv += ["--announce", p]
+        if restarting:
+            argv.append("--restarting")
         proc = self.speaker_ns.popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.logfile("speaker.log"), text=True, bufsize=1
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.logfile(log_path.name), text=True, bufsize=1
         )
         sp = SpeakerProc(proc, log_path)
         self.speakers.append(sp)
@@ -164,7 +169,12 @@ passive = {"true" if passive else "false"}
         return sp
 
     # ------------------------------------------------------------------ BIRD
-    def start_bird(self, *, peer: str = SPEAKER_V4, peer_asn: int = 64513) -> None:
+    def start_bird(
+        self, *, peer: str = SPEAKER_V4, peer_asn: int = 64513, graceful_restart: bool = False, bfd: bool = False
+    ) -> None:
+        gr = "    graceful restart on;\n" if graceful_restart else ""
+        gr += "    bfd on;\n" if bfd else ""
+        bfd_proto = 'protocol bfd {\n    interface "r0" { interval 100 ms; multiplier 3; };\n}\n' if bfd else ""
         conf = self.tmp / "bird.conf"
         conf.write_text(
             f"""log "{self.tmp}/bird.log" all;
@@ -172,7 +182,7 @@ router id {ROUTER_V4};
 protocol device {{ scan time 10; }}
 protocol kernel kernel4 {{ ipv4 {{ import none; export all; }}; }}
 protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
-protocol bgp maglev {{
+{bfd_proto}protocol bgp maglev {{
     local as {ROUTER_ASN};
     neighbor {peer} as {peer_asn};
     hold time 9;
@@ -180,7 +190,7 @@ protocol bgp maglev {{
     connect delay time 1;
     connect retry time 1;
     error wait time 1, 3;
-    ipv4 {{ import all; export none; }};
+{gr}    ipv4 {{ import all; export none; }};
     ipv6 {{ import all; export none; }};
 }}
 """
@@ -212,7 +222,11 @@ protocol bgp maglev {{
         return self.router.exec("ip", family, "route", "show", "proto", "bird").stdout
 
     # ------------------------------------------------------------------ GoBGP
-    def start_gobgp(self, *, peer: str = SPEAKER_V4, peer_asn: int = 64513, asn: int = ROUTER_ASN) -> None:
+    def start_gobgp(
+        self, *, peer: str = SPEAKER_V4, peer_asn: int = 64513, asn: int = ROUTER_ASN, graceful_restart: bool = False
+    ) -> None:
+        gr = "  [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = 30\n" if graceful_restart else ""
+        mp_gr = "    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true\n" if graceful_restart else ""
         conf = self.tmp / "gobgpd.toml"
         conf.write_text(
             f"""[global.config]
@@ -229,13 +243,13 @@ protocol bgp maglev {{
     connect-retry = 1
     hold-time = 9
     keepalive-interval = 3
-  [[neighbors.afi-safis]]
+{gr}  [[neighbors.afi-safis]]
     [neighbors.afi-safis.config]
       afi-safi-name = "ipv4-unicast"
-  [[neighbors.afi-safis]]
+{mp_gr}  [[neighbors.afi-safis]]
     [neighbors.afi-safis.config]
       afi-safi-name = "ipv6-unicast"
-"""
+{mp_gr}"""
         )
         self.gobgp_proc = self.router.popen(
             ["gobgpd", "-f", str(conf), "-t", "toml", "--api-hosts", "127.0.0.1:50051", "--pprof-disable", "-p", "-l", "info"],

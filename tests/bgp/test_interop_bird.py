@@ -120,3 +120,79 @@ def test_bird_reload_in_uses_route_refresh(bird_lab):
     assert lab.birdc("reload", "in", "maglev").returncode == 0  # BIRD sends ROUTE-REFRESH
     lab.wait_until(lambda: sp.state()["peers"][0]["updates_out"] > before, 10, "UPDATE re-sent on ROUTE-REFRESH")
     assert f"{VIP4}/32" in lab.bird_routes() and "Established" in lab.bird_state()
+
+
+def _watch_kernel(lab, vip: str, seconds: float) -> list[float]:
+    """Poll the router's kernel table for ``seconds``; return the times (s from now) at
+    which ``vip`` was missing."""
+    import time
+
+    missing = []
+    t0 = time.monotonic()
+    while (t := time.monotonic() - t0) < seconds:
+        if vip not in lab.kernel_routes():
+            missing.append(round(t, 2))
+        time.sleep(0.1)
+    return missing
+
+
+def test_graceful_restart_keeps_the_route_while_the_speaker_restarts(bird_lab):
+    """RFC 4724 with BIRD as the receiving speaker: the speaker dies (SIGKILL, no CEASE),
+    BIRD keeps the VIP (stale) and the kernel keeps forwarding; the restarted speaker
+    sends OPEN with the Restarting bit, re-announces, sends End-of-RIB, and the route
+    never left the kernel."""
+    lab = bird_lab
+    lab.start_bird(graceful_restart=True)
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",), graceful_restart_time=30)
+    lab.wait_until(lambda: VIP4 in lab.kernel_routes(), 20, "VIP in the kernel")
+    state = sp.state()["peers"][0]
+    assert state["graceful_restart"]["peer_supports"] and state["graceful_restart"]["restart_time"] == 30
+    sp.kill()
+    lab.wait_until(lambda: "Established" not in lab.bird_state(), 10, "BIRD noticed the dead session")
+    assert _watch_kernel(lab, VIP4, 3.0) == []  # kept for the restart time
+    assert f"{VIP4}/32" in lab.bird_routes()
+    sp2 = lab.start_speaker(announce=(f"{VIP4}/32",), graceful_restart_time=30, restarting=True)
+    sp2.wait_established()
+    lab.wait_until(lambda: "Established" in lab.bird_state(), 20, "session back")
+    assert _watch_kernel(lab, VIP4, 2.0) == []
+    st2 = sp2.state()["peers"][0]
+    assert st2["graceful_restart"]["restarting"] is False  # only the first OPEN after the restart says so
+    # And an orderly stop still withdraws at once (CEASE ends graceful restart).
+    sp2.command("quit")
+    lab.wait_until(lambda: VIP4 not in lab.kernel_routes(), 10, "VIP gone after CEASE")
+
+
+def test_graceful_restart_route_goes_after_the_restart_time(bird_lab):
+    lab = bird_lab
+    lab.start_bird(graceful_restart=True)
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",), graceful_restart_time=4)
+    lab.wait_until(lambda: VIP4 in lab.kernel_routes(), 20, "VIP in the kernel")
+    sp.kill()
+    lab.wait_until(lambda: "Established" not in lab.bird_state(), 10, "BIRD noticed the dead session")
+    assert VIP4 in lab.kernel_routes()  # still there: within the 4 s restart time
+    lab.wait_until(lambda: VIP4 not in lab.kernel_routes(), 15, "VIP gone after the restart time")
+
+
+def test_bfd_lets_bird_drop_a_hung_speaker_in_under_a_second(bird_lab):
+    """BFD (RFC 5880/5881) beside the BGP session, 100 ms x 3.  SIGSTOP of the speaker is
+    an instance that stopped answering without closing its TCP connections: without BFD
+    BIRD would notice after the 9 s hold time; with it, after ~0.3 s."""
+    import os
+    import signal
+    import time
+
+    lab = bird_lab
+    lab.start_bird(bfd=True)
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",), bfd=True)
+    lab.wait_until(lambda: VIP4 in lab.kernel_routes(), 20, "VIP in the kernel")
+    lab.wait_text(lambda: lab.birdc("show", "bfd", "sessions").stdout, "Up", 15, "BFD Up in BIRD")
+    lab.wait_until(lambda: sp.state()["peers"][0]["bfd"]["state"] == "UP", 10, "BFD Up in the speaker")
+    os.kill(sp.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        lab.wait_until(lambda: VIP4 not in lab.kernel_routes(), 5, "VIP gone from the kernel")
+        took = time.monotonic() - t0
+        print(f"\nhung speaker: VIP gone from the router's kernel {took * 1000:.0f} ms after SIGSTOP (BFD 100 ms x 3; hold time 9 s)")
+        assert took < 2.0
+    finally:
+        os.kill(sp.proc.pid, signal.SIGCONT)

@@ -82,3 +82,31 @@ def test_ipv6_vip_over_ipv4_session_and_four_octet_router_asn(gobgp_lab):
     lab.wait_until(lambda: f"{VIP6}/128" in lab.gobgp_rib("ipv6"), 15, "IPv6 VIP in GoBGP")
     lab.wait_until(lambda: f"{VIP4}/32" in lab.gobgp_rib(), 15, "IPv4 VIP in GoBGP")
     assert sp.state()["peers"][0]["asn"] == 4200000002
+
+
+def test_graceful_restart_keeps_the_route_while_the_speaker_restarts(gobgp_lab):
+    """RFC 4724 with GoBGP as the receiving speaker: SIGKILL of the speaker leaves the VIP
+    in GoBGP's RIB (stale); the restarted speaker (Restarting bit, re-announcement,
+    End-of-RIB) takes it over without it ever leaving."""
+    import time
+
+    lab = gobgp_lab
+    lab.start_gobgp(graceful_restart=True)
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",), graceful_restart_time=30)
+    lab.wait_until(lambda: f"{VIP4}/32" in lab.gobgp_rib(), 20, "VIP in GoBGP's RIB")
+    assert sp.state()["peers"][0]["graceful_restart"]["peer_supports"]
+    sp.kill()
+    lab.wait_until(lambda: lab.gobgp_neighbor_state("198.18.0.2") != "established", 10, "GoBGP noticed the dead session")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3:
+        assert f"{VIP4}/32" in lab.gobgp_rib(), "VIP withdrawn although GoBGP supports graceful restart"
+        time.sleep(0.2)
+    sp2 = lab.start_speaker(announce=(f"{VIP4}/32",), graceful_restart_time=30, restarting=True)
+    sp2.wait_established()
+    lab.wait_until(lambda: lab.gobgp_neighbor_state("198.18.0.2") == "established", 20, "session back")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2:
+        assert f"{VIP4}/32" in lab.gobgp_rib()
+        time.sleep(0.2)
+    path = _path(lab.gobgp_rib(), f"{VIP4}/32")
+    assert not path.get("stale", False), path  # refreshed by the new session

@@ -40,6 +40,7 @@ class Scripted:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader, self.writer = reader, writer
         self.asn4 = True
+        self.ebgp = True  # how this neighbour reads UPDATEs (RFC 7606 rules depend on it)
 
     @classmethod
     async def connect(cls, port: int, local: str = "127.0.0.1") -> Scripted:
@@ -55,7 +56,7 @@ class Scripted:
             header = await self.reader.readexactly(19)
             length, _ = m.check_header(header)
             body = await self.reader.readexactly(length - 19)
-        return m.parse_message(header + body, self.asn4)
+        return m.parse_message(header + body, self.asn4, self.ebgp)
 
     async def expect(self, cls, timeout: float = 5):
         """The next message that is not a KEEPALIVE (unless a KEEPALIVE is expected)."""
@@ -220,9 +221,11 @@ def test_ipv6_vip_needs_an_ipv6_next_hop_on_an_ipv4_session():
 def test_ibgp_announcement_has_empty_as_path_and_local_pref():
     async def go():
         sp, peer, _ = await established_with(speaker_config(peer_asn=64513))
+        peer.ebgp = False
         try:
             sp.announce(VIP4)
             u = await peer.expect(m.Update)
+            assert not u.errors
             assert u.get(m.A_AS_PATH) == m.AsPath(())
             assert u.get(m.A_LOCAL_PREF) == m.LocalPref(100)
             await peer.close()
