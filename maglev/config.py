@@ -244,17 +244,23 @@ class Config:
         return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
 
 
+def _source(path: str | Path) -> str:
+    """A file name for a one-line message: as is, or quoted when it holds control characters."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def read_bytes(path: str | Path) -> bytes:
     """The bytes of a config file, at most MAX_FILE_BYTES; ConfigError when it cannot be
     read (missing, a directory, no permission) or is too large."""
-    p = Path(path)
+    p = _source(path)
     try:
-        with open(p, "rb") as f:
+        with open(path, "rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
     except ValueError:  # a NUL in the path
-        raise ConfigError([f"{show(str(path))}: cannot read: the path holds a NUL character"]) from None
+        raise ConfigError([f"{p}: cannot read: the path holds a NUL character"]) from None
     if len(raw) > MAX_FILE_BYTES:
         raise ConfigError([f"{p}: larger than {MAX_FILE_BYTES >> 20} MiB; not a maglev config"])
     return raw
@@ -293,7 +299,7 @@ def parse_document(raw: bytes | str, source: str = "<string>") -> dict[str, Any]
 
 def read_document(path: str | Path) -> dict[str, Any]:
     """A config file as plain data (what ``maglev ctl apply`` sends), not yet validated."""
-    return parse_document(read_bytes(path), str(path))
+    return parse_document(read_bytes(path), _source(path))
 
 
 def load(path: str | Path) -> Config:
@@ -449,16 +455,18 @@ class _Parser:
         slots = sum(v.table_size for v in vips)
         if slots > MAX_TABLE_SLOTS:
             self.err("vip", f"the VIPs' table_size values add up to {slots} slots; at most {MAX_TABLE_SLOTS}")
-        own = {a: f"instance.{k}" for k, a in (("source_ipv4", instance.source_ipv4),
-                                               ("source_ipv6", instance.source_ipv6)) if a}
-        own.update({a: f"vip[{i}]" for i, v in enumerate(vips) if v.address for a in (v.address,)})
+        own: dict[str, str] = {}  # address -> what it is here
+        for i, v in reversed(list(enumerate(vips))):  # the first VIP with an address wins
+            if v.address:
+                own[v.address] = f"a VIP of this config (vip[{i}])"
+        for key in ("source_ipv4", "source_ipv6"):
+            if addr := getattr(instance, key):
+                own[addr] = f"this instance's own source address (instance.{key})"
         for i, v in enumerate(vips):
             for j, b in enumerate(v.backends):
                 if b.address in own:
-                    what = own[b.address]
-                    kind = "this instance's own source address" if what.startswith("instance") else "a VIP of this config"
                     self.err(f"vip[{i}].backend[{j}].address",
-                             f"{b.address} is {kind} ({what}): packets would come back to maglev")
+                             f"{b.address} is {own[b.address]}: packets would come back to maglev")
 
     def instance(self, data: Any) -> Instance:
         p = "instance"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import random
 import tomllib
 from pathlib import Path
@@ -153,7 +154,9 @@ def manager_validation(data: object) -> None:
         assert isinstance(new, config.Config)
 
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# MAGLEV_CONFIG_FUZZ_EXAMPLES=5000 for a longer run (docs/config.md).
+FUZZ = settings(max_examples=int(os.environ.get("MAGLEV_CONFIG_FUZZ_EXAMPLES", "200")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ

@@ -241,6 +241,8 @@ def test_file_problems(tmp_path):
         fh.truncate(MAX_FILE_BYTES + 1)  # sparse: costs no disk
     assert err(big) == [f"{big}: larger than 32 MiB; not a maglev config"]
     assert err("a\0b") == ["'a\\x00b': cannot read: the path holds a NUL character"]
+    nl = tmp_path / "new\nline.toml"
+    assert err(nl) == [f"{str(nl)!r}: cannot read: No such file or directory"]
     bom = tmp_path / "bom.toml"
     bom.write_bytes(b"\xef\xbb\xbf" + (HEAD + vip("203.0.113.10", "198.18.1.1")).encode())
     assert config.load(bom).vips[0].address == "203.0.113.10"  # a byte-order mark is accepted
