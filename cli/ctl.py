@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-import tomllib
 from typing import Any
 
 import click
@@ -184,18 +183,28 @@ def remove_backend(ctx, vip, backend, as_json) -> None:
 
 
 @ctl.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())  # a directory is the loader's one-line error
 @json_opt
 @click.pass_context
 def apply(ctx, file, as_json) -> None:
-    """Replace the whole config with FILE (validated by the server; all or nothing)."""
+    """Replace the whole config with FILE (validated here and by the server; all or nothing).
+
+    A file that cannot be read, is not UTF-8 TOML or is not a valid config exits 2 with
+    one ``path: message`` line per problem before anything is sent."""
+    from maglev.config import Config, read_document
+    from maglev.errors import ConfigError
+
     try:
-        with open(file, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise click.ClickException(f"{file}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise click.ClickException(f"{file}: TOML syntax error: {exc}") from None
+        data = read_document(file)
+        Config.from_dict(data)  # the server's validator, so a bad file never reaches it
+    except ConfigError as exc:
+        if not (as_json or _opts(ctx)["json"]):
+            raise  # one "maglev: error: path: message" line per problem, exit 2 (maglev_cli.main)
+        first = exc.problems[0] if exc.problems else ""
+        click.echo(json.dumps({"ok": False, "error": {
+            "code": "invalid-config", "message": "; ".join(exc.problems),
+            "field": first.split(": ", 1)[0] if ": " in first else "", "details": exc.problems}}))
+        ctx.exit(2)
     _change(ctx, "replace-config", {"config": data}, as_json)
 
 

@@ -46,7 +46,10 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MaglevError as exc:
-            click.echo(f"maglev: error: {exc}", err=True)
+            # A config error lists one ``path: message`` per problem: one line each.
+            lines = getattr(exc, "problems", None) or str(exc).splitlines() or [type(exc).__name__]
+            for line in lines:
+                click.echo(f"maglev: error: {line}", err=True)
             ctx.exit(2)
 
 

@@ -17,7 +17,7 @@ PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 
 @click.command()
 @click.argument("capture", type=click.Path(dir_okay=False))
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--config", "config_path", required=True, type=click.Path(),
               help="maglev config (TOML) with the VIPs and backends.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Write what would go on the wire (encapsulated packets, ICMP errors) as pcap.")

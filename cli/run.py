@@ -49,10 +49,29 @@ def _summary_text(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_config(config_path: str | None, nic: str) -> None:
+    """Validate the config before anything starts (ConfigError: exit 2, one line per
+    problem) and refuse what cannot work: the generator NIC sends only to the config's
+    VIPs, chosen when it starts, so a config without VIPs gives it nothing to send.  Any
+    other NIC may start empty (VIPs come later over the control socket): a warning."""
+    from maglev.actors.pipeline import load_config
+    from maglev.errors import ConfigError
+
+    conf = load_config(config_path)
+    if conf.vips:
+        return
+    src = config_path or "the config"
+    if nic.split(":", 1)[0] == "gen":
+        raise ConfigError([f"vip: {src} has no VIP, and the traffic generator (--nic gen) sends only to "
+                           "the config's VIPs as they are when it starts; add a [[vip]] or use another --nic"])
+    click.echo(f"maglev run: warning: {src} has no VIP: every packet is dropped (no_vip) until VIPs "
+               "are added over the control socket (maglev ctl apply FILE, or add-vip)", err=True)
+
+
 @click.command("run")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Packet worker processes.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+@click.option("--config", "config_path", type=click.Path(),
               help="TOML config (default: the built-in sample config).")
 @click.option("--nic", default=None,
               help="gen:flows=N,syn=F,size=B,ipv6=F,seconds=S,packets=N | pcap:FILE | afpacket:IFACE "
@@ -84,6 +103,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     setup_logging("supervisor", level)
     nic_given = nic is not None
     nic = nic or "gen"
+    _check_config(config_path, nic)
     if not as_json and not (config_path and nic_given):
         what = []
         if not config_path:

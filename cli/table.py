@@ -26,7 +26,7 @@ def _summary(table: MaglevTable) -> dict:
 @click.command()
 @click.option("--backends", "n_backends", type=click.IntRange(1, 65536), help="N synthetic backends (b0000..).")
 @click.option("--size", type=int, default=DEFAULT_TABLE_SIZE, show_default=True, help="Table size M (prime).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Build one table per VIP of this config file.")
+@click.option("--config", "config_path", type=click.Path(), help="Build one table per VIP of this config file.")
 @click.option("--engine", type=click.Choice(ENGINES), default="c", show_default=True)
 @click.option("--evaluate", is_flag=True, help="Reproduce the paper's Figures 11 and 12 (Maglev vs Karger vs Rendezvous).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --evaluate: also write a PNG (needs matplotlib).")

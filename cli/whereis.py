@@ -15,7 +15,7 @@ import click
 @click.command("whereis")
 @click.argument("src")
 @click.argument("dst")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+@click.option("--config", "config_path", type=click.Path(),
               help="Answer offline from this TOML config (every backend healthy).")
 @click.option("--control", envvar="MAGLEV_CONTROL", default="",
               help="Control endpoint of a running maglev (default: the --instance's socket).")

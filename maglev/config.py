@@ -21,6 +21,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maglev.config_rules import (
+    MAX_BACKEND_PAIRS,
+    MAX_FILE_BYTES,
+    MAX_PROBLEMS,
+    MAX_STRING,
+    MAX_TABLE_SLOTS,
+    MAX_VIPS,
+    address_problem,
+    shape_problem,
+    show,
+    show_key,
+    utf8_problem,
+)
 from maglev.errors import ConfigError
 from maglev.hashing import DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, is_prime, next_prime
 
@@ -37,22 +50,37 @@ MAX_POOL = 64
 # (ECMP may move a flow between instances) and clients must not know it.  This default is
 # public, so it is fine for a lab and wrong for production: set [instance].flow_hash_secret.
 DEFAULT_FLOW_HASH_SECRET = "6d61676c65762d64656661756c742d31"  # "maglev-default-1"
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+# An HTTP health-check path goes into the request line as is: no spaces, no control
+# characters, nothing outside printable ASCII (percent-encode the rest).
+_HTTP_PATH_RE = re.compile(r"/[\x21-\x7e]*")
+# AS_TRANS (RFC 6793): stands in for a 4-octet AS toward old speakers, never a real AS.
+AS_TRANS = 23456
+# A Unix socket path (sun_path) holds 107 bytes and a NUL.
+_IPC_PATH_MAX = 107
+_TCP_ENDPOINT_RE = re.compile(r"(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.:-]+):(\*|[0-9]{1,5})")
 # Parsing an address costs ~20 us and a 1000-backend config parses each one several times
 # per validation; address objects are immutable, so parsed ones are shared (control-plane
 # latency: docs/benchmarks.md, "Control plane").  Invalid strings raise and are not cached.
 _ip_address = functools.lru_cache(maxsize=1 << 16)(ipaddress.ip_address)
+_SCALARS = frozenset({str, int, bool, float})
+_LOOPBACK = frozenset({"loopback"})
+_NOTHING: frozenset[str] = frozenset()
 _BACKEND_MEMO: dict[tuple[Any, ...], Any] = {}  # validated Backend by _backend_memo_key
 _BACKEND_MEMO_MAX = 1 << 17
 
 
-def _backend_memo_key(data: Any, encap: str) -> tuple[Any, ...] | None:
+def _backend_memo_key(data: Any, encap: str, allow_loopback: bool) -> tuple[Any, ...] | None:
     if type(data) is not dict:
         return None
-    key = (encap, *((k, type(v), v) for k, v in data.items()))
+    key = (encap, allow_loopback, *((k, type(v), v) for k, v in data.items()))
+    # Only plain values: a list or table is invalid anyway (validate normally), and
+    # hashing a deeply nested tuple would recurse.
+    if not all(type(v) in _SCALARS for v in data.values()):
+        return None
     try:
         hash(key)
-    except TypeError:  # a list or table as a value: invalid anyway, validate normally
+    except TypeError:
         return None
     return key
 
@@ -125,6 +153,11 @@ class Instance:
     # instance the 3-tuple hash picks from it (paper 4.3; docs/datapath.md).  Empty: no
     # redirection.
     pool: tuple[str, ...] = ()
+    # Loopback backends (127.0.0.0/8, ::1) break address rule 'loopback' unless this is
+    # set: a packet encapsulated to a loopback address never leaves the host, so only a
+    # single-host setup (health-prober and control-plane tests, a null or pcap sink) can
+    # use them.  docs/config.md, "Address rules".
+    allow_loopback_backends: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,7 +232,14 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: Any) -> Config:
-        return _Parser().config(data)
+        """Validate plain data (a parsed TOML file, a control request); ConfigError lists
+        every problem.  Never another exception, whatever ``data`` holds."""
+        # The parser reads only the keys it knows and never walks or prints a value it
+        # did not ask for, so hostile nesting costs nothing; this is a last guard.
+        try:
+            return _Parser().config(data)
+        except RecursionError:
+            raise ConfigError(["<document>: nested too deeply"]) from None
 
     def vip(self, key: str) -> Vip:
         for v in self.vips:
@@ -213,16 +253,26 @@ class Config:
         return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
 
 
-def load(path: str | Path) -> Config:
-    """Read and validate a TOML config file."""
-    p = Path(path)
+def _source(path: str | Path) -> str:
+    """A file name for a one-line message: as is, or quoted when it holds control characters."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of a config file, at most MAX_FILE_BYTES; ConfigError when it cannot be
+    read (missing, a directory, no permission) or is too large."""
+    p = _source(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{p}: not UTF-8 text"]) from None
-    return loads(text, source=str(p))
+    except ValueError:  # a NUL in the path
+        raise ConfigError([f"{p}: cannot read: the path holds a NUL character"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([f"{p}: larger than {MAX_FILE_BYTES >> 20} MiB; not a maglev config"])
+    return raw
 
 
 SAMPLE_CONFIG = Path(__file__).resolve().parent / "data" / "sample.toml"
@@ -233,12 +283,50 @@ def load_config(path: str | Path | None) -> Config:
     return load(path or SAMPLE_CONFIG)
 
 
-def loads(text: str, source: str = "<string>") -> Config:
+def parse_document(raw: bytes | str, source: str = "<string>") -> dict[str, Any]:
+    """TOML bytes (UTF-8, an optional byte-order mark) or text to plain data, not yet
+    validated.  Every failure is one ConfigError line naming ``source``."""
+    if isinstance(raw, bytes | bytearray):
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                [f"{source}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"]
+            ) from None
+    else:
+        text = raw
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError([f"{source}: larger than {MAX_FILE_BYTES >> 20} MiB; not a maglev config"])
+    text = text.removeprefix("\ufeff")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{source}: TOML syntax error: {exc}"]) from None
-    return Config.from_dict(data)
+        msg = " ".join(str(exc).split())
+        raise ConfigError([f"{source}: TOML syntax error: {msg}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: TOML syntax error: arrays or inline tables nested too deeply"]) from None
+    except ValueError as exc:  # e.g. an integer literal of more than 4300 digits
+        msg = " ".join(str(exc).split(";")[0].split())[:120]
+        raise ConfigError([f"{source}: TOML syntax error: unusable value ({msg})"]) from None
+    why = shape_problem(data)  # [a.b.c.d.e.f.g.h.i] tables: deep, yet TOML-valid
+    if why:
+        raise ConfigError([why])
+    return data
+
+
+def read_document(path: str | Path) -> dict[str, Any]:
+    """A config file as plain data (what ``maglev ctl apply`` sends), not yet validated."""
+    return parse_document(read_bytes(path), _source(path))
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    return Config.from_dict(read_document(path))
+
+
+def loads(text: str | bytes, source: str = "<string>") -> Config:
+    """Validate a TOML document given as text (or UTF-8 bytes)."""
+    return Config.from_dict(parse_document(text, source))
 
 
 # --------------------------------------------------------------------------- parsing
@@ -249,9 +337,20 @@ class _Parser:
 
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.n_problems = 0
+        self.allow_loopback = False
 
     def err(self, path: str, msg: str) -> None:
-        self.problems.append(f"{path}: {msg}")
+        self.n_problems += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(f"{path}: {msg}")
+
+    def fail(self) -> None:
+        if self.n_problems:
+            more = self.n_problems - len(self.problems)
+            if more:
+                self.problems.append(f"<document>: {more} more problems not listed")
+            raise ConfigError(self.problems)
 
     def table(self, data: Any, path: str, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -259,64 +358,81 @@ class _Parser:
             return {}
         for k in data:
             if k not in allowed:
-                self.err(f"{path}.{k}" if path else k, "unknown key")
+                self.err(f"{path}.{show_key(k)}" if path else show_key(k), "unknown key")
         return data
 
     def array(self, data: Any, path: str) -> list[Any]:
-        if not isinstance(data, list):
+        if not isinstance(data, list | tuple):
             self.err(path, f"must be an array of tables, not {type(data).__name__}")
             return []
-        return data
+        return list(data)
 
     def integer(self, d: dict[str, Any], key: str, path: str, default: int, lo: int, hi: int) -> int:
         v = d.get(key, default)
         if not isinstance(v, int) or isinstance(v, bool):
-            self.err(f"{path}.{key}", f"{v!r} is not an integer")
+            self.err(f"{path}.{key}", f"{show(v)} is not an integer")
             return default
         if not lo <= v <= hi:
-            self.err(f"{path}.{key}", f"{v} is out of range {lo}..{hi}")
+            self.err(f"{path}.{key}", f"{show(v)} is out of range {lo}..{hi}")
             return default
         return v
 
     def string(self, d: dict[str, Any], key: str, path: str, default: str) -> str:
         v = d.get(key, default)
         if not isinstance(v, str):
-            self.err(f"{path}.{key}", f"{v!r} is not a string")
+            self.err(f"{path}.{key}", f"{show(v)} is not a string")
+            return default
+        if len(v) > MAX_STRING:
+            self.err(f"{path}.{key}", f"is longer than {MAX_STRING} characters")
+            return default
+        why = utf8_problem(v)
+        if why:
+            self.err(f"{path}.{key}", why)
             return default
         return v
 
     def boolean(self, d: dict[str, Any], key: str, path: str, default: bool) -> bool:
         v = d.get(key, default)
         if not isinstance(v, bool):
-            self.err(f"{path}.{key}", f"{v!r} is not true or false")
+            self.err(f"{path}.{key}", f"{show(v)} is not true or false")
             return default
         return v
 
     def choice(self, d: dict[str, Any], key: str, path: str, default: str, options: tuple[str, ...]) -> str:
         v = self.string(d, key, path, default)
         if v not in options:
-            self.err(f"{path}.{key}", f"{v!r} is not one of {', '.join(options)}")
+            self.err(f"{path}.{key}", f"{show(v)} is not one of {', '.join(options)}")
             return default
         return v
 
-    def ip(self, d: dict[str, Any], key: str, path: str, required: bool, version: int = 0) -> str:
+    def ip(
+        self, d: dict[str, Any], key: str, path: str, required: bool, version: int = 0, role: str = "vip",
+    ) -> str:
+        """An IP address under ``key``, canonical, obeying the address rules of ``role``
+        (maglev/config_rules.py); "" when absent or invalid (the problem is recorded)."""
         if key not in d:
             if required:
                 self.err(f"{path}.{key}", "is required")
             return ""
-        v = d[key]
+        return self.address(d[key], f"{path}.{key}", required, version, role)
+
+    def address(self, v: Any, path: str, required: bool, version: int, role: str) -> str:
         if not isinstance(v, str):
-            self.err(f"{path}.{key}", f"{v!r} is not an IP address")
+            self.err(path, f"{show(v)} is not an IP address")
             return ""
         if v == "" and not required:
             return ""
         try:
             ip = _ip_address(v)
         except ValueError:
-            self.err(f"{path}.{key}", f"{v!r} is not an IP address")
+            self.err(path, f"{show(v)} is not an IP address")
             return ""
         if version and ip.version != version:
-            self.err(f"{path}.{key}", f"{v!r} is not an IPv{version} address")
+            self.err(path, f"{show(v)} is not an IPv{version} address")
+            return ""
+        why = address_problem(ip, role, _LOOPBACK if role == "backend" and self.allow_loopback else _NOTHING)
+        if why:
+            self.err(path, f"{show(v)} {why}")
             return ""
         return str(ip)
 
@@ -328,9 +444,11 @@ class _Parser:
         )
         instance = self.instance(top.get("instance", {}))
         conntrack = self.conntrack(top.get("conntrack", {}))
-        vips = tuple(
-            self.vip(v, f"vip[{i}]", instance) for i, v in enumerate(self.array(top.get("vip", []), "vip"))
-        )
+        raw_vips = self.array(top.get("vip", []), "vip")
+        if len(raw_vips) > MAX_VIPS:
+            self.err("vip", f"{len(raw_vips)} VIPs; the data path holds at most {MAX_VIPS}")
+            raw_vips = []
+        vips = tuple(self.vip(v, f"vip[{i}]", instance) for i, v in enumerate(raw_vips))
         seen: dict[str, int] = {}
         for i, v in enumerate(vips):
             if not v.address:
@@ -338,25 +456,51 @@ class _Parser:
             if v.key in seen:
                 self.err(f"vip[{i}]", f"duplicate VIP {v.key} (also vip[{seen[v.key]}])")
             seen.setdefault(v.key, i)
+        self.combinations(instance, vips)
         bgp = self.bgp(top.get("bgp", {}))
         control = self.control(top.get("control", {}))
         tracing = self.tracing(top.get("tracing", {}))
-        if self.problems:
-            raise ConfigError(self.problems)
+        self.fail()
         return Config(instance, conntrack, vips, bgp, control, tracing)
+
+    def combinations(self, instance: Instance, vips: tuple[Vip, ...]) -> None:
+        """Checks across VIPs: what the data path can hold, and backends that would send
+        packets straight back to this maglev."""
+        pairs = sum(len(v.backends) for v in vips)
+        if pairs > MAX_BACKEND_PAIRS:
+            self.err("vip", f"{pairs} (VIP, backend) pairs; the data path holds at most {MAX_BACKEND_PAIRS}")
+        slots = sum(v.table_size for v in vips)
+        if slots > MAX_TABLE_SLOTS:
+            self.err("vip", f"the VIPs' table_size values add up to {slots} slots; at most {MAX_TABLE_SLOTS}")
+        own: dict[str, str] = {}  # address -> what it is here
+        for i, v in reversed(list(enumerate(vips))):  # the first VIP with an address wins
+            if v.address:
+                own[v.address] = f"a VIP of this config (vip[{i}])"
+        for key in ("source_ipv4", "source_ipv6"):
+            if addr := getattr(instance, key):
+                own[addr] = f"this instance's own source address (instance.{key})"
+        for i, v in enumerate(vips):
+            for j, b in enumerate(v.backends):
+                if b.address in own:
+                    self.err(f"vip[{i}].backend[{j}].address",
+                             f"{b.address} is {own[b.address]}: packets would come back to maglev")
 
     def instance(self, data: Any) -> Instance:
         p = "instance"
-        d = self.table(data, p, {"name", "source_ipv4", "source_ipv6", "mtu", "flow_hash_secret", "pool"})
+        d = self.table(
+            data, p,
+            {"name", "source_ipv4", "source_ipv6", "mtu", "flow_hash_secret", "pool", "allow_loopback_backends"},
+        )
         name = self.string(d, "name", p, "mg1")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
-            self.err(f"{p}.name", f"{name!r} must be 1-63 characters of letters, digits, '_', '.', '-'")
+            self.err(f"{p}.name", f"{show(name)} must be 1-63 characters of letters, digits, '_', '.', '-'")
         secret = self.string(d, "flow_hash_secret", p, DEFAULT_FLOW_HASH_SECRET)
         if not re.fullmatch(r"[0-9a-fA-F]{32}", secret):
             self.err(f"{p}.flow_hash_secret", "must be exactly 32 hex digits (128 bits)")
             secret = DEFAULT_FLOW_HASH_SECRET
-        source_ipv4 = self.ip(d, "source_ipv4", p, False, 4)
-        source_ipv6 = self.ip(d, "source_ipv6", p, False, 6)
+        source_ipv4 = self.ip(d, "source_ipv4", p, False, 4, "source")
+        source_ipv6 = self.ip(d, "source_ipv6", p, False, 6, "source")
+        self.allow_loopback = self.boolean(d, "allow_loopback_backends", p, False)
         return Instance(
             name=name,
             source_ipv4=source_ipv4,
@@ -364,6 +508,7 @@ class _Parser:
             mtu=self.integer(d, "mtu", p, 1500, 576, 9216),
             flow_hash_secret=secret.lower(),
             pool=self.pool(d, p, source_ipv4, source_ipv6),
+            allow_loopback_backends=self.allow_loopback,
         )
 
     def pool(self, d: dict[str, Any], p: str, source_ipv4: str, source_ipv6: str) -> tuple[str, ...]:
@@ -380,18 +525,14 @@ class _Parser:
         out: list[str] = []
         families: set[int] = set()
         for i, v in enumerate(raw):
-            try:
-                ip = _ip_address(v) if isinstance(v, str) else None
-            except ValueError:
-                ip = None
-            if ip is None:
-                self.err(f"{p}.pool[{i}]", f"{v!r} is not an IP address")
+            addr = self.address(v, f"{p}.pool[{i}]", True, 0, "source")
+            if not addr:
                 continue
-            if str(ip) in out:
-                self.err(f"{p}.pool[{i}]", f"{v!r} is listed twice")
+            if addr in out:
+                self.err(f"{p}.pool[{i}]", f"{show(v)} is listed twice")
                 continue
-            families.add(ip.version)
-            out.append(str(ip))
+            families.add(_ip_address(addr).version)
+            out.append(addr)
         if len(families) > 1:
             self.err(f"{p}.pool", "mixes IPv4 and IPv6 addresses; use one family")
             return ()
@@ -438,7 +579,9 @@ class _Parser:
             fall=self.integer(d, "fall", p, 3, 1, 100),
         )
         if not h.path.startswith("/"):
-            self.err(f"{p}.path", f"{h.path!r} must start with '/'")
+            self.err(f"{p}.path", f"{show(h.path)} must start with '/'")
+        elif not _HTTP_PATH_RE.fullmatch(h.path):
+            self.err(f"{p}.path", f"{show(h.path)} must be printable ASCII without spaces (percent-encode the rest)")
         return h
 
     def vip(self, data: Any, p: str, instance: Instance) -> Vip:
@@ -447,21 +590,22 @@ class _Parser:
             p,
             {"address", "port", "protocol", "encap", "table_size", "allow_fragments", "vxlan_vni", "vxlan_port", "health", "backend"},
         )
-        address = self.ip(d, "address", p, True)
+        address = self.ip(d, "address", p, True, 0, "vip")
         size = self.integer(d, "table_size", p, DEFAULT_TABLE_SIZE, 2, MAX_TABLE_SIZE)
         if not is_prime(size):
             self.err(f"{p}.table_size", f"{size} is not prime (the next prime is {next_prime(size)})")
         encap = self.choice(d, "encap", p, "gre", ENCAPS)
-        backends = tuple(
-            self.backend(b, f"{p}.backend[{j}]", encap)
-            for j, b in enumerate(self.array(d.get("backend", []), f"{p}.backend"))
-        )
+        raw_backends = self.array(d.get("backend", []), f"{p}.backend")
+        if len(raw_backends) > MAX_BACKEND_PAIRS:
+            self.err(f"{p}.backend", f"{len(raw_backends)} backends; the data path holds at most {MAX_BACKEND_PAIRS}")
+            raw_backends = []
+        backends = tuple(self.backend(b, f"{p}.backend[{j}]", encap) for j, b in enumerate(raw_backends))
         seen: dict[str, int] = {}
         for j, b in enumerate(backends):
             if not b.address:
                 continue
             if b.key in seen:
-                self.err(f"{p}.backend[{j}]", f"duplicate backend {b.key!r} (also backend[{seen[b.key]}])")
+                self.err(f"{p}.backend[{j}]", f"duplicate backend {show(b.key)} (also backend[{seen[b.key]}])")
             seen.setdefault(b.key, j)
             fam = b.ip.version
             if encap in ("gre", "ipip", "vxlan"):
@@ -473,6 +617,11 @@ class _Parser:
                     )
             if encap == "l2" and address and fam != _ip_address(address).version:
                 self.err(f"{p}.backend[{j}].address", "encap 'l2' needs a backend of the VIP's address family")
+        # Every serving backend needs at least one slot of the Maglev table.
+        serving = sum(1 for b in backends if b.weight > 0)
+        if serving > size and is_prime(size):
+            self.err(f"{p}.table_size", f"{size} slots cannot hold {serving} backends with weight > 0 "
+                                        f"(use a prime at least 100 times the number of backends)")
         vip = Vip(
             address=address,
             port=self.integer(d, "port", p, 0, 0, 65535),
@@ -495,12 +644,12 @@ class _Parser:
         # socket); a backend table equal to one accepted before -- same keys, values *and
         # value types*, so True is not taken for 1 -- gives the same Backend, which makes
         # validating 1000 backends ~3x faster.  Only successes are remembered; bounded.
-        key = _backend_memo_key(data, encap)
+        key = _backend_memo_key(data, encap, self.allow_loopback)
         if key is not None and (hit := _BACKEND_MEMO.get(key)) is not None:
             return hit
-        n = len(self.problems)
+        n = self.n_problems
         b = self._backend(data, p, encap)
-        if key is not None and len(self.problems) == n:
+        if key is not None and self.n_problems == n:
             if len(_BACKEND_MEMO) >= _BACKEND_MEMO_MAX:
                 _BACKEND_MEMO.clear()
             _BACKEND_MEMO[key] = b
@@ -509,18 +658,31 @@ class _Parser:
     def _backend(self, data: Any, p: str, encap: str) -> Backend:
         d = self.table(data, p, {"address", "weight", "name", "mac"})
         mac = self.string(d, "mac", p, "")
-        if mac and not _MAC_RE.match(mac):
-            self.err(f"{p}.mac", f"{mac!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+        if mac and not _MAC_RE.fullmatch(mac):
+            self.err(f"{p}.mac", f"{show(mac)} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+            mac = ""
+        elif mac and int(mac[:2], 16) & 1:
+            self.err(f"{p}.mac", f"{show(mac)} is a group (multicast) MAC address, not a host's")
+            mac = ""
+        elif mac and not int(mac.replace(":", ""), 16):
+            self.err(f"{p}.mac", f"{show(mac)} is the all-zero MAC address, not a host's")
             mac = ""
         name = self.string(d, "name", p, "")
         if len(name.encode()) > 255:
             self.err(f"{p}.name", "is longer than 255 bytes")
         return Backend(
-            address=self.ip(d, "address", p, True),
+            address=self.ip(d, "address", p, True, 0, "backend"),
             weight=self.integer(d, "weight", p, 1, 0, MAX_WEIGHT),
             name=name,
             mac=mac.lower(),
         )
+
+    def asn(self, d: dict[str, Any], key: str, path: str, default: int, lo: int) -> int:
+        asn = self.integer(d, key, path, default, lo, 4294967295)
+        if asn == AS_TRANS:
+            self.err(f"{path}.{key}", f"{AS_TRANS} is AS_TRANS (RFC 6793), a placeholder, not an AS number")
+            return default
+        return asn
 
     def bgp(self, data: Any) -> Bgp:
         p = "bgp"
@@ -540,12 +702,12 @@ class _Parser:
                 self.err(f"{pp}.hold_time", "must be 0 or at least 3 seconds (RFC 4271 4.2)")
             peers.append(
                 BgpPeer(
-                    address=self.ip(pd, "address", pp, True),
-                    asn=self.integer(pd, "asn", pp, 0, 1, 4294967295),
+                    address=self.ip(pd, "address", pp, True, 0, "peer"),
+                    asn=self.asn(pd, "asn", pp, 0, 1),
                     port=self.integer(pd, "port", pp, 179, 1, 65535),
                     hold_time=hold,
                     passive=self.boolean(pd, "passive", pp, False),
-                    local_address=self.ip(pd, "local_address", pp, False),
+                    local_address=self.ip(pd, "local_address", pp, False, 0, "local"),
                     bfd=self.boolean(pd, "bfd", pp, False),
                 )
             )
@@ -557,13 +719,13 @@ class _Parser:
             if earlier:
                 self.err(f"{pp}.address", f"duplicate peer {peer.address} (also peer[{earlier[0]}])")
         bgp = Bgp(
-            local_asn=self.integer(d, "local_asn", p, 0, 0, 4294967295),
-            router_id=self.ip(d, "router_id", p, False, 4),
-            next_hop_ipv4=self.ip(d, "next_hop_ipv4", p, False, 4),
-            next_hop_ipv6=self.ip(d, "next_hop_ipv6", p, False, 6),
+            local_asn=self.asn(d, "local_asn", p, 0, 0),
+            router_id=self.ip(d, "router_id", p, False, 4, "router-id"),
+            next_hop_ipv4=self.ip(d, "next_hop_ipv4", p, False, 4, "next-hop"),
+            next_hop_ipv6=self.ip(d, "next_hop_ipv6", p, False, 6, "next-hop"),
             listen_port=self.integer(d, "listen_port", p, 179, 0, 65535),
             peers=tuple(peers),
-            listen_address=self.ip(d, "listen_address", p, False),
+            listen_address=self.ip(d, "listen_address", p, False, 0, "listen"),
             connect_retry_time=self.integer(d, "connect_retry_time", p, 30, 1, 65535),
             graceful_restart_time=self.integer(d, "graceful_restart_time", p, 0, 0, 4095),  # 12 bits on the wire
             bfd_interval_ms=self.integer(d, "bfd_interval_ms", p, 300, 10, 60000),
@@ -592,8 +754,12 @@ class _Parser:
         for key in ("endpoint", "events_endpoint"):
             ep = getattr(c, key)
             if ep and not ep.startswith(("ipc://", "tcp://")):
-                self.err(f"{p}.{key}", f"{ep!r} must start with ipc:// or tcp://")
-            if ep.startswith("tcp://") and not (c.server_secret_key_file and c.authorized_keys_file):
+                self.err(f"{p}.{key}", f"{show(ep)} must start with ipc:// or tcp://")
+            elif ep.startswith("ipc://") and not 0 < len(ep[6:].encode()) <= _IPC_PATH_MAX:
+                self.err(f"{p}.{key}", f"{show(ep)}: an ipc:// path must be 1-{_IPC_PATH_MAX} bytes (a Unix socket path)")
+            elif ep.startswith("tcp://") and not _TCP_ENDPOINT_RE.fullmatch(ep[6:]):
+                self.err(f"{p}.{key}", f"{show(ep)} must be tcp://HOST:PORT (port 0-65535 or *)")
+            elif ep.startswith("tcp://") and not (c.server_secret_key_file and c.authorized_keys_file):
                 self.err(
                     f"{p}.{key}",
                     "a tcp:// endpoint needs CURVE keys: set server_secret_key_file and authorized_keys_file",
@@ -603,10 +769,13 @@ class _Parser:
     def tracing(self, data: Any) -> Tracing:
         p = "tracing"
         d = self.table(data, p, {"otlp_endpoint", "packet_sample_rate"})
-        return Tracing(
+        t = Tracing(
             otlp_endpoint=self.string(d, "otlp_endpoint", p, ""),
             packet_sample_rate=self.integer(d, "packet_sample_rate", p, 0, 0, 1 << 30),
         )
+        if t.otlp_endpoint and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", t.otlp_endpoint):
+            self.err(f"{p}.otlp_endpoint", f"{show(t.otlp_endpoint)} must be an http:// or https:// URL")
+        return t
 
 
 # --------------------------------------------------------------------------- writing

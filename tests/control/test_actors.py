@@ -78,6 +78,7 @@ def test_prober_and_config_manager_actors(env, cfgdict):
     port = up.getsockname()[1]
     d = cfgdict(0, health={"type": "tcp", "interval_ms": 50, "timeout_ms": 100, "rise": 1, "fall": 1})
     d["instance"]["name"] = "act1"
+    d["instance"]["allow_loopback_backends"] = True  # health checks against this host
     d["vip"][0]["port"] = port
     d["vip"][0]["backend"] = [{"address": "127.0.0.1", "name": "alive"}, {"address": "127.0.0.3", "name": "dead"}]
     src = env / "maglev.toml"

@@ -14,7 +14,7 @@ from maglev.health.prober import Prober
 def cfg(ports, health, vips=1, n_backends=1):
     return Config.from_dict(
         {
-            "instance": {"source_ipv4": "198.18.0.1"},
+            "instance": {"source_ipv4": "198.18.0.1", "allow_loopback_backends": True},
             "vip": [
                 {
                     "address": f"203.0.113.{10 + v}",
@@ -64,7 +64,7 @@ def test_concurrency_is_bounded_and_busy_checks_are_skipped():
     p = Prober(lambda r: None, max_concurrent=4, probe=slow, spread=False)
     c = Config.from_dict({
         "instance": {"source_ipv4": "198.18.0.1"},
-        "vip": [{"address": "203.0.113.1", "port": 80, "table_size": 13,
+        "vip": [{"address": "203.0.113.1", "port": 80, "table_size": 23,
                  "health": {"type": "tcp", "interval_ms": 50, "timeout_ms": 200},
                  "backend": [{"address": f"198.18.2.{i}"} for i in range(1, 21)]}],
     })
@@ -145,7 +145,7 @@ def test_prober_drives_the_config_manager(servers):
 
     a = servers.tcp()  # backend a listens on 127.0.0.1:port; b (127.0.0.2) does not yet
     config = Config.from_dict({
-        "instance": {"source_ipv4": "198.18.0.1"},
+        "instance": {"source_ipv4": "198.18.0.1", "allow_loopback_backends": True},
         "vip": [{"address": "203.0.113.10", "port": a.port, "table_size": 13,
                  "health": {"type": "tcp", "interval_ms": 50, "timeout_ms": 50, "rise": 2, "fall": 1},
                  "backend": [{"address": "127.0.0.1", "name": "a"}, {"address": "127.0.0.2", "name": "b"}]}],

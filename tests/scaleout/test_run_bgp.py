@@ -33,6 +33,7 @@ def _config(tmp: Path, router_port: int, check_port: int) -> Path:
 [instance]
 name = "ctltest"
 source_ipv4 = "198.18.2.2"
+allow_loopback_backends = true  # vip 203.0.113.20's backend is a health-check target on this host
 
 [bgp]
 local_asn = 64513
