@@ -92,15 +92,21 @@ def _check_config(config_path: str | None, nic: str) -> None:
 @click.option("--frames", type=click.IntRange(0, 1 << 22), default=0,
               help="Frames in the pool (default: sized from workers and ring size).")
 @click.option("-v", "--verbose", count=True, help="Actor logs on stderr (-v info, -vv debug).")
+@click.option("--log-format", type=click.Choice(["auto", "logfmt", "journal", "json"]), default="auto",
+              show_default=True,
+              help="Log lines: logfmt, journal (<N> priority prefix; auto when stderr is the journal) or json.")
 def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoint, metrics, control,
-        burst, ring_size, frames, verbose) -> None:
+        burst, ring_size, frames, verbose, log_format) -> None:
     """Run the forwarder until Ctrl-C (or the end of a finite input)."""
+    import os
+
     from maglev.actors import pipeline as pl
-    from maglev.actors.base import setup_logging
     from maglev.config import SAMPLE_CONFIG
+    from maglev.telemetry.logs import setup_logging
 
     level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
-    setup_logging("supervisor", level)
+    os.environ["MAGLEV_LOG_FORMAT"] = log_format  # the actors inherit it
+    setup_logging("supervisor", level, fmt=log_format)
     nic_given = nic is not None
     nic = nic or "gen"
     _check_config(config_path, nic)

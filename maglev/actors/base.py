@@ -41,12 +41,13 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+
+from maglev.telemetry.logs import setup_logging
 
 PROTOCOL_VERSION = 1
 log = logging.getLogger("maglev.actor")
@@ -79,44 +80,7 @@ class ActorSpec:
         return cls(**json.loads(text))
 
 
-class LogfmtFormatter(logging.Formatter):
-    """``ts=... level=... actor=... pid=... msg="..." key=value`` -- grep- and machine-friendly."""
-
-    def __init__(self, actor: str):
-        super().__init__()
-        self.actor = actor
-
-    @staticmethod
-    def _val(v: Any) -> str:
-        s = str(v)
-        if s == "" or any(c in s for c in ' "=\n'):
-            return json.dumps(s)
-        return s
-
-    def format(self, record: logging.LogRecord) -> str:
-        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        parts = [
-            f"ts={t}.{int(record.msecs):03d}Z",
-            f"level={record.levelname.lower()}",
-            f"actor={self.actor}",
-            f"pid={record.process}",
-            f"msg={self._val(record.getMessage())}",
-        ]
-        for k, v in getattr(record, "kv", {}).items():
-            parts.append(f"{k}={self._val(v)}")
-        if record.exc_info:
-            parts.append(f"exc={self._val(self.formatException(record.exc_info))}")
-        return " ".join(parts)
-
-
-def setup_logging(actor: str, level: str = "WARNING") -> None:
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(LogfmtFormatter(actor))
-    root.addHandler(h)
-    root.setLevel(getattr(logging, level.upper(), logging.WARNING))
+# Log formats (logfmt / journal / JSON) and the warning rate limit: maglev/telemetry/logs.py
 
 
 def pin_cpus(cpus: list[int] | None) -> list[int] | None:
@@ -278,7 +242,7 @@ class Actor:
     def main(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        setup_logging(self.name, self.spec.log_level)
+        setup_logging(self.name, self.spec.log_level, instance=self.spec.instance)
         affinity = pin_cpus(self.spec.cpus)
         self._setup_tracing()
         self._connect()

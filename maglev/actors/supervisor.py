@@ -233,7 +233,7 @@ class Supervisor:
         c.bye = False
         c.exit_code = None
         self.events.append((time.time(), c.d.name, f"started pid {c.proc.pid}"))
-        log.info("actor started", extra={"kv": {"actor": c.d.name, "pid": c.proc.pid}})
+        log.info("actor started", extra={"kv": {"child": c.d.name, "child_pid": c.proc.pid}})
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Block until every actor said hello; raise if one failed first."""
