@@ -185,9 +185,12 @@ def remove_backend(ctx, vip, backend, as_json) -> None:
 
 @ctl.command()
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True,
+              help="Validate and build FILE's tables without committing; print per VIP the share of "
+                   "table entries and (estimated) established flows that would move.")
 @json_opt
 @click.pass_context
-def apply(ctx, file, as_json) -> None:
+def apply(ctx, file, dry_run, as_json) -> None:
     """Replace the whole config with FILE (validated by the server; all or nothing)."""
     try:
         with open(file, "rb") as f:
@@ -196,6 +199,18 @@ def apply(ctx, file, as_json) -> None:
         raise click.ClickException(f"{file}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise click.ClickException(f"{file}: TOML syntax error: {exc}") from None
+    if dry_run:
+        r = _call(ctx, "preview-config", {"config": data}, as_json)
+        if as_json or _opts(ctx)["json"]:
+            click.echo(json.dumps(r))
+            return
+        from maglev_cli.table import print_preview
+
+        click.echo(f"dry run against generation {r['generation']}: nothing committed "
+                   f"({'differs from' if r['changed'] else 'same as'} the running config; "
+                   f"tables built in {r['build_ms']:.2f} ms)")
+        print_preview(r["vips"])
+        return
     _change(ctx, "replace-config", {"config": data}, as_json)
 
 
