@@ -184,9 +184,12 @@ def remove_backend(ctx, vip, backend, as_json) -> None:
 
 @ctl.command()
 @click.argument("file", type=click.Path())  # a directory is the loader's one-line error
+@click.option("--dry-run", is_flag=True,
+              help="Validate and build FILE's tables without committing; print per VIP the share of "
+                   "table entries and (estimated) established flows that would move.")
 @json_opt
 @click.pass_context
-def apply(ctx, file, as_json) -> None:
+def apply(ctx, file, dry_run, as_json) -> None:
     """Replace the whole config with FILE (validated here and by the server; all or nothing).
 
     A file that cannot be read, is not UTF-8 TOML or is not a valid config exits 2 with
@@ -205,6 +208,18 @@ def apply(ctx, file, as_json) -> None:
             "code": "invalid-config", "message": "; ".join(exc.problems),
             "field": first.split(": ", 1)[0] if ": " in first else "", "details": exc.problems}}))
         ctx.exit(2)
+    if dry_run:
+        r = _call(ctx, "preview-config", {"config": data}, as_json)
+        if as_json or _opts(ctx)["json"]:
+            click.echo(json.dumps(r))
+            return
+        from maglev_cli.table import print_preview
+
+        click.echo(f"dry run against generation {r['generation']}: nothing committed "
+                   f"({'differs from' if r['changed'] else 'same as'} the running config; "
+                   f"tables built in {r['build_ms']:.2f} ms)")
+        print_preview(r["vips"])
+        return
     _change(ctx, "replace-config", {"config": data}, as_json)
 
 

@@ -30,9 +30,14 @@ def _summary(table: MaglevTable) -> dict:
 @click.option("--engine", type=click.Choice(ENGINES), default="c", show_default=True)
 @click.option("--evaluate", is_flag=True, help="Reproduce the paper's Figures 11 and 12 (Maglev vs Karger vs Rendezvous).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --evaluate: also write a PNG (needs matplotlib).")
+@click.option("--diff", "diff", nargs=2, type=click.Path(dir_okay=False), default=None, metavar="OLD NEW",
+              help="Per VIP, the share of table entries (and estimated flows) that would move from OLD to NEW.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def table(n_backends, size, config_path, engine, evaluate, plot, as_json) -> None:
+def table(n_backends, size, config_path, engine, evaluate, plot, diff, as_json) -> None:
     """Build Maglev lookup tables (paper section 3.4) and show their balance."""
+    if diff:
+        _diff(diff[0], diff[1], as_json)
+        return
     if evaluate:
         from maglev.hashing.evaluate import run_evaluation
 
@@ -69,3 +74,31 @@ def _print_row(row: dict) -> None:
         f"min={row['entries_min']} max={row['entries_max']} build={row['build_ms']} ms "
         f"fingerprint={row['fingerprint']}"
     )
+
+
+def _diff(old_path: str, new_path: str, as_json: bool) -> None:
+    """``--diff OLD NEW``: both configs validated and built with every backend healthy
+    (maglev/control/preview.py); established flows are estimated from the old table."""
+    from maglev import config as cfg
+    from maglev.control.preview import diff_tables
+    from maglev.datapath.tables import build_tables
+
+    rows = diff_tables(build_tables(cfg.load(old_path)), build_tables(cfg.load(new_path)))
+    if as_json:
+        click.echo(json.dumps({"old": old_path, "new": new_path, "vips": rows}))
+        return
+    print_preview(rows)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def print_preview(rows: list[dict]) -> None:
+    """One line per VIP: status, entries moved, flows moved (estimate) and its basis."""
+    click.echo(f"{'VIP':<32} {'status':<9} {'entries moved':>13} {'flows moved*':>12}  basis")
+    for r in rows:
+        click.echo(f"{r['vip']:<32} {r['status']:<9} {_pct(r['entries_moved_share']):>13} "
+                   f"{_pct(r['flows_moved_share']):>12}  {r['flows_basis']}")
+    click.echo("* established flows keep their backend unless it is removed or down; the share of flows "
+               "per backend is estimated (connection tables are worker-private)")

@@ -57,7 +57,10 @@ def whereis(src, dst, config_path, control, instance, workers, timeout, as_json)
         be += f" ({ans['backend_name']})"
     click.echo(f"vip        {ans['vip']} ({ans['encap']}, M={ans['table_size']})")
     click.echo(f"backend    {be}   verdict {ans['verdict']}")
-    click.echo(f"slot       {ans['slot']} = flow hash {ans['flow_hash']} mod {ans['table_size']}")
+    sel = ans.get("selection_hash", ans["flow_hash"])
+    click.echo(f"slot       {ans['slot']} = selection hash {sel} mod {ans['table_size']}")
+    if "hash_inputs" in ans:
+        click.echo(f"hashed on  {ans['hash_inputs']}")
     if "worker" in ans:
         click.echo(f"worker     {ans['worker']} of {ans['workers']} (high 32 bits of the flow hash)")
     click.echo(f"generation {ans['generation']}   source: {ans['source']}")

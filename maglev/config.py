@@ -39,6 +39,8 @@ from maglev.hashing import DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, is_pr
 
 PROTOCOLS = ("tcp", "udp")
 ENCAPS = ("gre", "ipip", "vxlan", "l2")
+HASH_MODES = ("5tuple", "src_ip", "dst_port")  # [[vip]] hash (docs/datapath.md)
+MAX_PRIORITY = 7  # [[vip]] priority 0..7 (MG_VIP_MAX_PRIORITY)
 HEALTH_TYPES = ("none", "tcp", "http", "udp")
 HUGE_PAGE_MODES = ("auto", "hugetlb", "thp", "off")  # [conntrack] huge_pages
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -127,6 +129,11 @@ class Vip:
     vxlan_port: int = 4789
     health: HealthCheck = field(default_factory=HealthCheck)
     backends: tuple[Backend, ...] = ()
+    # Per-VIP hashing options (docs/datapath.md "Per-VIP hashing") and overload priority.
+    hash: str = "5tuple"  # one of HASH_MODES
+    udp_ignore_src_port: bool = False
+    conntrack: bool = True
+    priority: int = 0  # 0..7, higher is shed last under overload
 
     @property
     def key(self) -> str:
@@ -588,7 +595,8 @@ class _Parser:
         d = self.table(
             data,
             p,
-            {"address", "port", "protocol", "encap", "table_size", "allow_fragments", "vxlan_vni", "vxlan_port", "health", "backend"},
+            {"address", "port", "protocol", "encap", "table_size", "allow_fragments", "vxlan_vni", "vxlan_port", "health", "backend",
+             "hash", "udp_ignore_src_port", "conntrack", "priority"},
         )
         address = self.ip(d, "address", p, True, 0, "vip")
         size = self.integer(d, "table_size", p, DEFAULT_TABLE_SIZE, 2, MAX_TABLE_SIZE)
@@ -633,11 +641,29 @@ class _Parser:
             vxlan_port=self.integer(d, "vxlan_port", p, 4789, 1, 65535),
             health=self.health(d.get("health", {}), f"{p}.health"),
             backends=backends,
+            hash=self.choice(d, "hash", p, "5tuple", HASH_MODES),
+            udp_ignore_src_port=self.boolean(d, "udp_ignore_src_port", p, False),
+            conntrack=self.boolean(d, "conntrack", p, True),
+            priority=self.integer(d, "priority", p, 0, 0, MAX_PRIORITY),
         )
+        self.hashing(d, vip, p)
         # A probe needs a port: a VIP that serves every port (port 0) must name one.
         if vip.health.type != "none" and not vip.health.port and not vip.port:
             self.err(f"{p}.health.port", "is required when the VIP serves every port (port = 0)")
         return vip
+
+    def hashing(self, d: dict[str, Any], vip: Vip, p: str) -> None:
+        """Combinations of the per-VIP hashing options that cannot work."""
+        if vip.udp_ignore_src_port and vip.protocol != "udp":
+            self.err(f"{p}.udp_ignore_src_port", f"applies to UDP VIPs only (protocol is {vip.protocol!r})")
+        if vip.udp_ignore_src_port and vip.hash != "5tuple":
+            self.err(f"{p}.udp_ignore_src_port", f"hash {vip.hash!r} leaves the source port out already")
+        if not vip.conntrack and vip.protocol != "udp":
+            self.err(f"{p}.conntrack", "false is for stateless UDP services: a TCP connection "
+                     "would move whenever the VIP's table changes")
+        if vip.hash == "dst_port" and vip.allow_fragments:
+            self.err(f"{p}.hash", "'dst_port' needs allow_fragments = false (fragments are hashed on "
+                     "source, destination and protocol, so they would reach another backend)")
 
     def backend(self, data: Any, p: str, encap: str) -> Backend:
         # A control-plane change revalidates the whole config (one validator for file and

@@ -70,6 +70,7 @@ class ConfigManagerActor(Actor):
             emit=self._emit,
             confirm_timeout=float(p.get("confirm_timeout", 2.0)),
         )
+        self.manager.backend_packets = self._backend_packets  # `ctl apply --dry-run` weights
         ctl = self.manager.config.control
         # 1. The private socket in the supervisor's run directory (unique per run): the
         #    health prober and other local actors use it.
@@ -118,6 +119,16 @@ class ConfigManagerActor(Actor):
             reply.result["live_workers"] = sorted(self.live)
             controller.config_status_extra(self, reply.result)  # table fingerprints, controller state
         return reply
+
+    def _backend_packets(self) -> dict[tuple[str, str], int]:
+        """(vip key, backend address) -> packets the workers forwarded to it (the
+        traffic weights of ``preview-config``'s flows estimate)."""
+        if self.region is None:
+            return {}
+        from maglev.observability.metrics import collect
+
+        snap = collect(self.region, self.spec.run_dir, instance=self.spec.instance)
+        return {(v["vip"], b["backend"]): b["packets"] for v in snap["vips"] for b in v["backends"]}
 
     def _add_backend_packets(self, result: dict[str, Any]) -> None:
         """Fill ``packets``/``bytes`` of a ``backends`` reply from the workers' counters

@@ -127,6 +127,8 @@ class ConfigManager:
         self._table_cache: dict[tuple[Any, ...], Any] = {}
         self._blob: bytes | None = None  # the tables now published (for a rollback)
         self._plain_cache: list[tuple[Config, dict[str, Any]]] = []
+        # (vip key, backend address) -> packets forwarded, for preview's flows estimate
+        self.backend_packets: Callable[[], dict[tuple[str, str], int]] | None = None
 
     # ------------------------------------------------------------------ start-up
 
@@ -317,6 +319,28 @@ class ConfigManager:
         self._check_all_down()
         return result
 
+    def preview(self, new: Config) -> dict[str, Any]:
+        """What applying ``new`` would move (maglev/control/preview.py): its tables are
+        built with the current health verdicts and compared with the tables published now;
+        nothing is persisted or published.  ``self.backend_packets`` (set by the actor)
+        gives the traffic weights of the flows estimate."""
+        from maglev.control.preview import diff_tables
+        from maglev.datapath.tables import build_tables as data_path_tables
+
+        keys = {(v.key, b.key) for v in new.vips for b in v.backends}
+        down = frozenset(k for k in self.down_set() if k in keys)
+        t0 = time.perf_counter()
+        try:  # the data path's format whatever this manager publishes (tests use a stand-in)
+            blob = data_path_tables(new, down=down)
+        except ConfigError as exc:
+            raise ProtocolError(INVALID_CONFIG, "; ".join(exc.problems), details=exc.problems) from None
+        t1 = time.perf_counter()
+        published = self._blob if self.builder_name == "datapath" else None
+        old = published if published is not None else data_path_tables(self.config, down=self.down_set())
+        packets = self.backend_packets() if self.backend_packets is not None else None
+        return {"generation": self.generation, "changed": new != self.config, "committed": False,
+                "build_ms": round((t1 - t0) * 1e3, 3), "vips": diff_tables(old, blob, packets)}
+
     def report_health(self, reports: list[dict[str, Any]], full: bool = False) -> dict[str, Any]:
         """Verdicts from the prober: ``[{vip, backend, up, detail}]``.  Verdicts on backends
         not in the config are ignored (the prober may lag a config change).  With ``full``
@@ -475,6 +499,10 @@ class ConfigManager:
             with _span("config.validate", op=op):
                 new = change(self.config, args, self.plain(self.config))
             return self.apply(new, op)
+        if op == "preview-config":  # `ctl apply --dry-run`: validate + build, commit nothing
+            with _span("config.validate", op=op):
+                new = ops.replace_config(self.config, args)
+            return self.preview(new)
         if op == "reload":
             ops.check_keys(args, ())
             return self.reload()
@@ -560,7 +588,7 @@ class _Writer:
         return self.error
 
 
-OPS = (*ops.CHANGES, "reload", "health-report", "status", "vips", "backends", "get-config", "health")
+OPS = (*ops.CHANGES, "reload", "preview-config", "health-report", "status", "vips", "backends", "get-config", "health")
 CHANGE_OPS = (*ops.CHANGES, "reload")
 
 

@@ -42,8 +42,10 @@ from maglev.datapath.tables import (
     BACKEND_F_HEALTHY,
     BACKEND_F_PRESENT,
     VIP_F_ALLOW_FRAGMENTS,
+    VIP_F_NO_CONNTRACK,
     TablesView,
     read_tables,
+    select_key,
 )
 from maglev.errors import NativeError
 from maglev.hashing.reference import siphash13
@@ -457,11 +459,16 @@ class RefDataPath:
             if vip < 0:
                 self._drop(out, fr, D["no_vip"])
                 continue
+            vflags = self.t.vips[vip].flags
             if kind == FRAG_FIRST:
-                if not self.t.vips[vip].flags & VIP_F_ALLOW_FRAGMENTS:
+                if not vflags & VIP_F_ALLOW_FRAGMENTS:
                     self._drop(out, fr, D["fragment_not_allowed"])
                     continue
                 key = key[:32] + bytes(4) + key[36:]
+            else:  # per-VIP hashing options (mg_vip_select_key)
+                key = select_key(vflags, key)
+                if vflags & VIP_F_NO_CONNTRACK:
+                    kind = HASH_ONLY
             hsh = self._hash(key)
             if kind == FRAG_FIRST and not redirected:
                 owner = self._owner(hsh)

@@ -58,16 +58,26 @@ __all__ = [
     "TablesView",
     "VipEntry",
     "build_tables",
+    "hash_inputs",
     "read_tables",
+    "select_key",
+    "vip_flags",
     "vip_hash",
 ]
 
 MAGIC = 0x4254474D
-VERSION = 3
+VERSION = 4
 MAX_POOL = 64  # MG_TABLES_MAX_POOL
 MAX_VIPS = 4096
 MAX_BACKENDS = 65536
 VIP_F_ALLOW_FRAGMENTS = 0x01
+VIP_F_HASH_SRC_IP = 0x02
+VIP_F_HASH_DST_PORT = 0x04
+VIP_F_UDP_NO_SPORT = 0x08
+VIP_F_NO_CONNTRACK = 0x10
+VIP_F_KNOWN = 0x1F
+HASH_FLAGS = {"5tuple": 0, "src_ip": VIP_F_HASH_SRC_IP, "dst_port": VIP_F_HASH_DST_PORT}
+MAX_PRIORITY = 7
 BACKEND_F_PRESENT = 0x01
 BACKEND_F_HEALTHY = 0x02
 # Encapsulation names and codes: the codes are C's (MG_ENCAP_*, mg_encap.h).
@@ -81,7 +91,7 @@ BACKEND_ID_KEY = struct.unpack("<QQ", b"maglev/bkid/v1.0")
 
 # struct layouts (mg_tables.h); sizes are checked against the compiled module in tests.
 HDR = struct.Struct("=IHHQQQQIIIIIIII4s16sBBH6s6s6sHIIIHHB27s")
-VIP = struct.Struct("=16sHBBBBHIIQIII12s")
+VIP = struct.Struct("=16sHBBBBHIIQIIIB11s")
 BACKEND = struct.Struct("=16s6sBBQHH4x")
 assert HDR.size == 160 and VIP.size == 64 and BACKEND.size == 40
 
@@ -119,6 +129,42 @@ def vip_hash(addr16: bytes, port_be: int, proto: int) -> int:
     w = struct.unpack("=4I", addr16)
     x = (w[0] ^ w[1] ^ w[2] ^ w[3] ^ (port_be << 8) ^ proto) & 0xFFFFFFFF
     return (x * 0x9E3779B1) & 0xFFFFFFFF
+
+
+def vip_flags(v: Any) -> int:
+    """The MG_VIP_F_* flags of a config VIP (allow_fragments and the hashing options)."""
+    flags = VIP_F_ALLOW_FRAGMENTS if v.allow_fragments else 0
+    flags |= HASH_FLAGS[v.hash]
+    if v.udp_ignore_src_port:
+        flags |= VIP_F_UDP_NO_SPORT
+    if not v.conntrack:
+        flags |= VIP_F_NO_CONNTRACK
+    return flags
+
+
+def select_key(flags: int, key: bytes) -> bytes:
+    """mg_vip_select_key(): the 40-byte flow key with the fields a VIP's hashing flags
+    leave out set to zero (src 0..16, dst 16..32, sport 32..34, dport 34..36, proto 36)."""
+    if flags & VIP_F_HASH_SRC_IP:
+        return key[:32] + bytes(4) + key[36:]
+    if flags & VIP_F_HASH_DST_PORT:
+        return bytes(16) + key[16:32] + bytes(2) + key[34:]
+    if flags & VIP_F_UDP_NO_SPORT and key[36] == 17:
+        return key[:32] + bytes(2) + key[34:]
+    return key
+
+
+def hash_inputs(flags: int, proto: int) -> str:
+    """What a VIP's flows are hashed (and tracked) on, in words (whereis, ctl)."""
+    if flags & VIP_F_HASH_SRC_IP:
+        s = "source address, VIP address, protocol (hash = src_ip)"
+    elif flags & VIP_F_HASH_DST_PORT:
+        s = "VIP address, destination port, protocol (hash = dst_port)"
+    elif flags & VIP_F_UDP_NO_SPORT and proto == 17:
+        s = "source address, VIP address, destination port, protocol (udp_ignore_src_port)"
+    else:
+        s = "5-tuple"
+    return s + ("; no connection table (conntrack = false)" if flags & VIP_F_NO_CONNTRACK else "")
 
 
 def port_be(port: int) -> int:
@@ -261,11 +307,10 @@ def build_tables(
                 healthy.append((bkey, b.weight))
         t = build_table(healthy, v.table_size, engine)
         entries = _remap(t.entries, [global_of[name] for name in t.names])
-        flags = VIP_F_ALLOW_FRAGMENTS if v.allow_fragments else 0
         vip_recs.append(
-            VIP.pack(addr, pbe, proto, fam, ENCAP_CODES[v.encap], flags, v.vxlan_port,
+            VIP.pack(addr, pbe, proto, fam, ENCAP_CODES[v.encap], vip_flags(v), v.vxlan_port,
                      v.vxlan_vni, v.table_size, table_off, first, len(v.backends),
-                     len(healthy), bytes(12))
+                     len(healthy), v.priority, bytes(11))
         )
         tables.append(entries + bytes(_align8(len(entries)) - len(entries)))
         table_off += _align8(len(entries))
@@ -322,6 +367,7 @@ class VipEntry:
     backend_first: int
     backend_count: int
     n_healthy: int
+    priority: int = 0
 
     @property
     def address(self) -> str:
@@ -442,7 +488,11 @@ def read_tables(blob: bytes) -> TablesView:
     for i in range(h["n_vips"]):
         f = VIP.unpack_from(blob, h["vip_off"] + i * VIP.size)
         port = int.from_bytes(struct.pack("=H", f[1]), "big")
-        v = VipEntry(f[0], port, *f[2:13])
+        v = VipEntry(f[0], port, *f[2:14])
+        if v.flags & ~VIP_F_KNOWN or v.priority > MAX_PRIORITY or (
+            v.flags & VIP_F_HASH_SRC_IP and v.flags & VIP_F_HASH_DST_PORT
+        ):
+            raise PacketError(f"tables blob: VIP {i} flags or priority invalid")
         if v.table_off + 4 * v.table_size > len(blob) or v.backend_first + v.backend_count > h["n_backends"]:
             raise PacketError(f"tables blob: VIP {i} table or backend range beyond the end")
         vips.append(v)

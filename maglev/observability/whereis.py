@@ -103,7 +103,13 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
     ``names`` maps (vip key, backend address) to the configured backend name."""
     from maglev.datapath import DataPath
     from maglev.datapath.engine import Packet, verdict_name
-    from maglev.datapath.tables import ENCAP_NAMES, read_tables, vip_key
+    from maglev.datapath.tables import (
+        ENCAP_NAMES,
+        VIP_F_NO_CONNTRACK,
+        hash_inputs,
+        read_tables,
+        vip_key,
+    )
     from maglev.native import ffi, lib
 
     view = read_tables(blob)
@@ -131,10 +137,14 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
         return result
     v = view.vips[vi]
     key = vip_key(v)
-    slot = int(h[0]) % v.table_size
+    sel = _selection_hash(blob, vi, pkt, k0, k1)
+    slot = sel % v.table_size
     entry = view.maglev(vi)[slot]
     result.update({"vip": key, "encap": ENCAP_NAMES.get(v.encap, str(v.encap)), "table_size": v.table_size,
-                   "slot": slot, "slot_backend_index": entry})
+                   "slot": slot, "slot_backend_index": entry, "hash_inputs": hash_inputs(v.flags, v.proto),
+                   "conntrack": not v.flags & VIP_F_NO_CONNTRACK})
+    if sel != int(h[0]):
+        result["selection_hash"] = f"{sel:016x}"
     if out.backend_index >= 0:
         be = view.backends[out.backend_index]
         result["backend"] = be.address
@@ -145,13 +155,31 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
     if entry < 0:
         result["why"] = f"slot {slot} of {key}'s table is empty: every backend is down or drained"
     elif entry == out.backend_index:
-        result["why"] = (f"new flow: Maglev table slot {slot} = hash % {v.table_size} of {key} "
-                         f"holds backend {result.get('backend')}; an established flow keeps the "
-                         "backend in its worker's connection table")
+        ct = ("an established flow keeps the backend in its worker's connection table"
+              if result["conntrack"] else "the VIP has no connection table: every packet is hashed")
+        result["why"] = (f"new flow: Maglev table slot {slot} = hash({result['hash_inputs'].split(';')[0]}) "
+                         f"% {v.table_size} of {key} holds backend {result.get('backend')}; {ct}")
     else:
         result["why"] = (f"the data path chose backend index {out.backend_index}, slot {slot} holds "
                          f"{entry} (fragment or ICMP handling)")
     return result
+
+
+def _selection_hash(blob: bytes, vip: int, pkt: bytes, k0: int, k1: int) -> int:
+    """The hash the burst kernel selects with: the C parser's flow key of ``pkt``, masked
+    by the VIP's hashing options (mg_tables_select_key), SipHash-1-3 under the secret."""
+    from maglev.native import ffi, lib
+
+    parsed = ffi.new("struct mg_parsed *")
+    if lib.mg_parse(pkt, len(pkt), parsed) != 0:
+        raise WhereisError("the parser rejects the synthetic packet")
+    buf = ffi.new("uint64_t[]", (len(blob) + 7) // 8)
+    ffi.memmove(buf, blob, len(blob))
+    key = ffi.new("struct mg_flow_key *", parsed.key)
+    if lib.mg_tables_select_key(buf, vip, key) != 0:
+        raise WhereisError(f"VIP index {vip} is not in the tables")
+    raw = bytes(ffi.buffer(key, ffi.sizeof("struct mg_flow_key")))
+    return int(lib.mg_siphash13(k0, k1, raw, len(raw)))
 
 
 def whereis_config(config: Any, flow: FlowSpec, workers: int = 0) -> dict[str, Any]:

@@ -1,8 +1,13 @@
 #define MG_TABLES_MAGIC 1112819533
-#define MG_TABLES_VERSION 3
+#define MG_TABLES_VERSION 4
 #define MG_TABLES_MAX_VIPS 4096
 #define MG_TABLES_MAX_BACKENDS 65536
 #define MG_VIP_F_ALLOW_FRAGMENTS 1
+#define MG_VIP_F_HASH_SRC_IP 2
+#define MG_VIP_F_HASH_DST_PORT 4
+#define MG_VIP_F_UDP_NO_SPORT 8
+#define MG_VIP_F_NO_CONNTRACK 16
+#define MG_VIP_MAX_PRIORITY 7
 #define MG_BACKEND_F_PRESENT 1
 #define MG_BACKEND_F_HEALTHY 2
 
@@ -54,7 +59,8 @@ struct mg_vip {
     uint32_t backend_first;
     uint32_t backend_count;
     uint32_t n_healthy;
-    uint8_t reserved[12];
+    uint8_t priority;
+    uint8_t reserved[11];
 };
 
 struct mg_backend {
@@ -74,5 +80,6 @@ int mg_tables_remap(int32_t *dst, const int32_t *src, uint32_t n, const int32_t 
 int mg_tables_ids(uint64_t k0, uint64_t k1, const uint8_t *data, const uint32_t *offs,
                   uint32_t n, uint64_t *out);
 int32_t mg_tables_backend_by_id(const void *tables, uint64_t id, int vip);
+int mg_tables_select_key(const void *tables, int vip, struct mg_flow_key *k);
 int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,
                          uint8_t proto);

@@ -39,6 +39,14 @@
  * and pool[pool_self] equals its source address of pool_family.  A fragment's owner
  * instance is pool[3-tuple hash % n_pool] (mg_dp.h, paper 4.3).
  *
+ * Per-VIP hashing options (format version 4, docs/datapath.md "Per-VIP hashing"): the
+ * flags MG_VIP_F_HASH_SRC_IP / MG_VIP_F_HASH_DST_PORT / MG_VIP_F_UDP_NO_SPORT mask the flow
+ * key *after* the VIP match (mg_vip_select_key), so both the Maglev hash and the
+ * connection-table key are computed from the masked key: every flow with the same masked
+ * key is one connection-table entry and goes to one backend.  MG_VIP_F_NO_CONNTRACK: the
+ * VIP's packets never look up or create a connection-table entry (pure Maglev hashing).
+ * `priority` (0..7, 7 highest) is read by steering's overload shedding (mg_steer.h).
+ *
  * Validation: mg_tables_validate() checks everything once (sizes, offsets, every Maglev
  * entry in range); the burst kernel calls it only when the blob pointer or its generation
  * changes, so a changed blob must carry a new generation.
@@ -47,9 +55,10 @@
 #define MG_TABLES_H
 
 #include "mg_common.h"
+#include "mg_flow.h"
 
 #define MG_TABLES_MAGIC 0x4254474dU /* "MGTB" little-endian */
-#define MG_TABLES_VERSION 3
+#define MG_TABLES_VERSION 4
 /* Limits the builder enforces (and the per-worker counters are sized for). */
 #define MG_TABLES_MAX_VIPS 4096
 #define MG_TABLES_MAX_BACKENDS 65536
@@ -57,6 +66,12 @@
 #define MG_TABLES_MAX_POOL 64
 
 #define MG_VIP_F_ALLOW_FRAGMENTS 0x01
+#define MG_VIP_F_HASH_SRC_IP 0x02   /* key = (src, dst, proto): sticky clients */
+#define MG_VIP_F_HASH_DST_PORT 0x04 /* key = (dst, dport, proto) */
+#define MG_VIP_F_UDP_NO_SPORT 0x08  /* UDP packets: source port left out of the key */
+#define MG_VIP_F_NO_CONNTRACK 0x10  /* no connection-table lookup or entry */
+#define MG_VIP_F_KNOWN 0x1f
+#define MG_VIP_MAX_PRIORITY 7
 
 #define MG_BACKEND_F_PRESENT 0x01
 #define MG_BACKEND_F_HEALTHY 0x02
@@ -109,7 +124,8 @@ struct mg_vip {
     uint32_t backend_first;
     uint32_t backend_count;
     uint32_t n_healthy;
-    uint8_t reserved[12];
+    uint8_t priority;       /* 0..MG_VIP_MAX_PRIORITY, higher survives overload longer */
+    uint8_t reserved[11];
 };
 
 struct mg_backend {
@@ -134,6 +150,21 @@ static inline uint32_t mg_vip_hash(const uint8_t *addr16, uint16_t port_be, uint
     memcpy(w, addr16, 16);
     uint32_t x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ ((uint32_t)port_be << 8) ^ proto;
     return x * 0x9e3779b1u;
+}
+
+/* The key a VIP's flows are hashed and tracked by: `k` (the packet's flow key) with the
+ * fields the VIP's hashing flags leave out set to zero.  In place; no-op for 5-tuple VIPs. */
+static inline void mg_vip_select_key(uint8_t flags, struct mg_flow_key *k)
+{
+    if (flags & MG_VIP_F_HASH_SRC_IP) {
+        k->sport = 0;
+        k->dport = 0;
+    } else if (flags & MG_VIP_F_HASH_DST_PORT) {
+        memset(k->src, 0, sizeof(k->src));
+        k->sport = 0;
+    } else if ((flags & MG_VIP_F_UDP_NO_SPORT) && k->proto == 17) {
+        k->sport = 0;
+    }
 }
 
 static inline const struct mg_tables_header *mg_tables_header_of(const void *t)
@@ -214,6 +245,9 @@ int mg_tables_ids(uint64_t k0, uint64_t k1, const uint8_t *data, const uint32_t 
 
 /* mg_tables_find_backend() out of line, for tests. */
 int32_t mg_tables_backend_by_id(const void *tables, uint64_t id, int vip);
+
+/* mg_vip_select_key() with VIP `vip`'s flags, out of line (whereis, tests).  0 or -EINVAL. */
+int mg_tables_select_key(const void *tables, int vip, struct mg_flow_key *k);
 
 /* VIP lookup with the port-0 fallback, for tests: vip index or -1. */
 int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,

@@ -722,12 +722,18 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             continue;
         }
         wk->vip = vip;
+        const uint8_t vflags = mg_tables_vips(tables)[vip].flags;
         if (kind == K_FRAG_FIRST) {
-            if (!(mg_tables_vips(tables)[vip].flags & MG_VIP_F_ALLOW_FRAGMENTS)) {
+            if (!(vflags & MG_VIP_F_ALLOW_FRAGMENTS)) {
                 wk->reason = MG_DROP_FRAGMENT_NOT_ALLOWED;
                 continue;
             }
             wk->p.key.sport = wk->p.key.dport = 0; /* 3-tuple: other fragments have no ports */
+        } else {
+            /* per-VIP hashing options (mg_tables.h): the key selection and conntrack use */
+            mg_vip_select_key(vflags, &wk->p.key);
+            if (vflags & MG_VIP_F_NO_CONNTRACK)
+                kind = K_HASH_ONLY;
         }
         wk->hash = flow_hash(h, &wk->p.key);
         wk->kind = kind;

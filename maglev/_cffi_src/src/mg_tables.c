@@ -61,6 +61,9 @@ int mg_tables_validate(const void *tables, uint64_t size)
         return -EINVAL; /* probing relies on an empty slot */
     for (uint32_t v = 0; v < h->n_vips; v++) {
         const struct mg_vip *vp = &vips[v];
+        if ((vp->flags & ~MG_VIP_F_KNOWN) || vp->priority > MG_VIP_MAX_PRIORITY ||
+            ((vp->flags & MG_VIP_F_HASH_SRC_IP) && (vp->flags & MG_VIP_F_HASH_DST_PORT)))
+            return -EINVAL;
         if ((vp->family != 4 && vp->family != 6) || vp->table_size == 0 ||
             !range_ok(vp->table_off, (uint64_t)vp->table_size * 4, size) ||
             vp->backend_first > h->n_backends ||
@@ -95,6 +98,14 @@ int mg_tables_validate(const void *tables, uint64_t size)
 int32_t mg_tables_backend_by_id(const void *tables, uint64_t id, int vip)
 {
     return mg_tables_find_backend(tables, id, vip);
+}
+
+int mg_tables_select_key(const void *tables, int vip, struct mg_flow_key *k)
+{
+    if (!tables || !k || vip < 0 || (uint32_t)vip >= mg_tables_header_of(tables)->n_vips)
+        return -EINVAL;
+    mg_vip_select_key(mg_tables_vips(tables)[vip].flags, k);
+    return 0;
 }
 
 int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,
