@@ -45,7 +45,7 @@ def _call(ctx: click.Context, op: str, args: dict[str, Any] | None, as_json: boo
             click.echo(json.dumps({"ok": False, "error": {"code": exc.code, "message": exc.message,
                                                           "field": exc.field}}))
         else:
-            where = f" (field {exc.field})" if exc.field else ""
+            where = f" (field {exc.field})" if exc.field and exc.code != "needs-force" else ""
             click.echo(f"maglev ctl: {op}: {exc.code}: {exc.message}{where}", err=True)
         ctx.exit(2)
 
@@ -87,6 +87,13 @@ def _change(ctx: click.Context, op: str, args: dict[str, Any], as_json: bool) ->
 
 
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+force_opt = click.option("--force", is_flag=True,
+                         help="Allow a change that removes every VIP, or every backend of a VIP.")
+
+
+def _forced(args: dict[str, Any], force: bool) -> dict[str, Any]:
+    """``force`` goes on the wire only when given (older servers know no such argument)."""
+    return {**args, "force": True} if force else args
 
 
 @click.group()
@@ -221,19 +228,22 @@ def add_backend(ctx, vip, address, weight, name, mac, as_json) -> None:
 @ctl.command("remove-backend")
 @click.argument("vip")
 @click.argument("backend")
+@force_opt
 @json_opt
 @click.pass_context
-def remove_backend(ctx, vip, backend, as_json) -> None:
-    """Remove BACKEND (name or address) from VIP."""
-    _change(ctx, "remove-backend", {"vip": vip, "backend": backend}, as_json)
+def remove_backend(ctx, vip, backend, force, as_json) -> None:
+    """Remove BACKEND (name or address) from VIP (its last one only with --force)."""
+    _change(ctx, "remove-backend", _forced({"vip": vip, "backend": backend}, force), as_json)
 
 
 @ctl.command()
 @click.argument("file", type=click.Path(dir_okay=False))
+@force_opt
 @json_opt
 @click.pass_context
-def apply(ctx, file, as_json) -> None:
-    """Replace the whole config with FILE (validated by the server; all or nothing)."""
+def apply(ctx, file, force, as_json) -> None:
+    """Replace the whole config with FILE (validated by the server; all or nothing).
+    A FILE without VIPs, or leaving a VIP without backends, needs --force."""
     try:
         with open(file, "rb") as f:
             data = tomllib.load(f)
@@ -241,15 +251,17 @@ def apply(ctx, file, as_json) -> None:
         raise click.ClickException(f"{file}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise click.ClickException(f"{file}: TOML syntax error: {exc}") from None
-    _change(ctx, "replace-config", {"config": data}, as_json)
+    _change(ctx, "replace-config", _forced({"config": data}, force), as_json)
 
 
 @ctl.command()
+@force_opt
 @json_opt
 @click.pass_context
-def reload(ctx, as_json) -> None:
-    """Re-read the config file the server was started with."""
-    _change(ctx, "reload", {}, as_json)
+def reload(ctx, force, as_json) -> None:
+    """Re-read the config file the server was started with (--force: even when it removes
+    every VIP or every backend of a VIP)."""
+    _change(ctx, "reload", _forced({}, force), as_json)
 
 
 @ctl.command("config")
