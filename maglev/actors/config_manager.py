@@ -28,9 +28,9 @@ from typing import Any
 
 from maglev.actors import controller
 from maglev.actors.base import Actor, ActorSpec
-from maglev.control import endpoints
+from maglev.control import endpoints, optable
 from maglev.control.manager import ConfigManager
-from maglev.control.protocol import Reply, Request
+from maglev.control.protocol import ProtocolError, Reply, Request
 from maglev.control.publisher import RegionPublisher, TablePublisher
 from maglev.errors import ControlError
 
@@ -109,9 +109,13 @@ class ConfigManagerActor(Actor):
         assert self.manager is not None
         from maglev.telemetry import ops as observability
 
-        if req.op in observability.OPS:  # stats, trace, whereis (maglev/telemetry/ops.py)
+        try:  # the op and its argument names, from the one table (maglev/control/optable.py)
+            owner = optable.check(req.op, req.args).owner
+        except ProtocolError as exc:
+            return Reply.failure(req.id, exc)
+        if owner == "observability":  # stats, trace, whereis (maglev/telemetry/ops.py)
             return observability.handle(self, req)
-        if req.op in controller.OPS:  # drain-instance, resume-instance (maglev/actors/controller.py)
+        if owner == "scaleout":  # drain-instance, resume-instance (maglev/actors/controller.py)
             return controller.config_handle_op(self, req)
         reply = self.manager.handle(req)
         observability.after_request(self, req, reply)  # [tracing].packet_sample_rate -> steering

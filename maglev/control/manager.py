@@ -46,7 +46,7 @@ from typing import Any
 
 from maglev import config as cfg
 from maglev.config import Config
-from maglev.control import ops, persist
+from maglev.control import ops, optable, persist
 from maglev.control.protocol import (
     BAD_ARGS,
     INTERNAL,
@@ -476,7 +476,7 @@ class ConfigManager:
             result = self._dispatch(req)
         except ProtocolError as exc:
             self.counters.errors[exc.code] = self.counters.errors.get(exc.code, 0) + 1
-            if req.op in ops.CHANGES or req.op == "reload":
+            if req.op in CHANGE_OPS:
                 self.counters.changes_rejected += 1
             return Reply.failure(req.id, exc)
         except RecursionError:  # hostile nesting (msgpack allows ~1000 levels)
@@ -490,6 +490,9 @@ class ConfigManager:
 
     def _dispatch(self, req: Request) -> Any:
         op, args = req.op, req.args
+        if optable.check(op, args).owner != "config":  # argument names checked from the table
+            raise ProtocolError(UNKNOWN_OP, f"{op!r} is not served by a bare config manager (it needs the "
+                                "config-manager actor)", "op")
         change = ops.CHANGES.get(op)
         if change is not None:
             force = _bool(args, "force")
@@ -580,8 +583,8 @@ class _Writer:
         return self.error
 
 
-OPS = (*ops.CHANGES, "reload", "health-report", "status", "vips", "backends", "get-config", "health")
-CHANGE_OPS = (*ops.CHANGES, "reload")
+OPS = optable.names("config")  # the ops this class serves (maglev/control/optable.py)
+CHANGE_OPS = optable.CHANGE_OPS
 
 
 def emptying(old: Config, new: Config) -> str:

@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 
 from maglev.actors.base import ActorSpec
 from maglev.config import Config, dump_toml
+from maglev.control import optable
 from maglev.control.protocol import ERROR_CODES, MAX_MESSAGE_BYTES, decode_reply, pack
 from maglev.testing.wait import wait_until
 
@@ -55,12 +56,7 @@ CONFIG = {
          "backend": [{"address": "2001:db8:1::1"}, {"address": "2001:db8:1::2"}]},
     ],
 }
-# Every op the config manager actor serves (manager, observability, scale-out controller).
-KNOWN_OPS = ("replace-config", "add-vip", "remove-vip", "update-vip", "add-backend", "remove-backend",
-             "set-weight", "drain", "reload", "health-report", "status", "vips", "backends", "get-config",
-             "health", "stats", "trace", "whereis", "drain-instance", "resume-instance")
-MUTATING = {"replace-config", "add-vip", "remove-vip", "update-vip", "add-backend", "remove-backend",
-            "set-weight", "drain", "reload", "health-report"}
+KNOWN_OPS = optable.NAMES  # every op the config-manager actor serves
 
 
 class LiveActor:
