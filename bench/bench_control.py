@@ -13,6 +13,12 @@ Set-up, all on this machine:
 Baseline from the same run: the round trip of a `status` request (no change).  The
 server's own breakdown (build / publish / wait / persist) is printed from its replies.
 
+`status` round trip on the public socket of the real config-manager actor (issue 15: it
+used to wait in 50 ms slices on its first socket only): the actor process is started the
+way the supervisor starts it (``python -m maglev.actors.launch``, private socket + public
+socket, a real shared-memory region with one table-acquiring worker thread), and
+--status-calls back-to-back `status` requests measure p50/p99 (``status_rtt_us``).
+
 Table builders: "datapath" is maglev.datapath.tables.build_tables (the real blob the
 workers read); "hashing" is the control plane's fallback (one Maglev table per VIP, no
 backend records), shown to separate the control plane's cost from the blob encoder's.
@@ -21,16 +27,19 @@ disk with fsync; give /dev/shm to see the cost without the disk).
 
     python bench/bench_control.py [--changes 100] [--sizes 10,100,1000] [--workers 2]
                                   [--builders datapath,hashing] [--state-dir DIR]
+                                  [--status-calls 2000] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import secrets
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -145,6 +154,67 @@ def run_case(n: int, builder: str, args, tmp: str) -> dict:
             os.unlink(state)
 
 
+def status_rtt(calls: int, tmp: str) -> dict:
+    """p50/p99 (microseconds) of `status` on the public socket of a real config-manager actor."""
+    import threading
+
+    from maglev.actors.base import ActorSpec
+    from maglev.config import Config, dump_toml
+    from maglev.control.client import ControlClient
+    from maglev.rings import Region
+
+    name = f"mgc-rtt-{os.getpid()}-{secrets.token_hex(3)}"
+    region = Region.create(name, 1, 256, 256, 4 << 20)
+    stop = threading.Event()
+
+    def worker() -> None:  # a packet worker acquiring the tables once per 50 us burst
+        while not stop.is_set():
+            region.tables.acquire(0)
+            time.sleep(50e-6)
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    src = os.path.join(tmp, "rtt.toml")
+    with open(src, "w") as f:
+        f.write(dump_toml(Config.from_dict(config_dict(10))))
+    os.makedirs(os.path.join(tmp, "rtt-run"), mode=0o700)
+    endpoint = f"ipc://{tmp}/rtt-public/control.sock"
+    spec = ActorSpec("config", "maglev.actors.config_manager:ConfigManagerActor", os.path.join(tmp, "rtt-run"),
+                     instance=f"bench{secrets.token_hex(2)}", parent_pid=os.getpid(),
+                     params={"region": name, "config": src, "state": os.path.join(tmp, "rtt-state.json"),
+                             "control": endpoint})
+    env = {**os.environ, "MAGLEV_RUN_DIR": os.path.join(tmp, "rtt-rundir"),
+           "MAGLEV_STATE_DIR": os.path.join(tmp, "rtt-statedir")}
+    proc = subprocess.Popen([sys.executable, "-m", "maglev.actors.launch", spec.to_json()], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(endpoint[6:]):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the config-manager actor did not start")
+            time.sleep(0.05)
+        rtt = []
+        with ControlClient(endpoint, timeout=30) as c:
+            for _ in range(50):  # warm-up
+                c.call("status")
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                c.call("status")
+                rtt.append(time.perf_counter() - t0)
+        return {"p50": round(pct(rtt, 50) * 1e6, 1), "p99": round(pct(rtt, 99) * 1e6, 1),
+                "max": round(max(rtt) * 1e6, 1), "calls": calls}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        stop.set()
+        t.join(5)
+        region.close()
+        region.unlink()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--changes", type=int, default=100)
@@ -153,19 +223,29 @@ def main() -> int:
     ap.add_argument("--burst-us", type=float, default=50.0, help="simulated burst length per worker")
     ap.add_argument("--builders", default="datapath,hashing")
     ap.add_argument("--state-dir", default="", help="where the state file is written (default: /tmp)")
+    ap.add_argument("--status-calls", type=int, default=2000,
+                    help="status round trips on the config-manager actor's public socket (0: skip)")
+    ap.add_argument("--json", action="store_true", help="also print the results as one JSON document")
     args = ap.parse_args()
-    if not 1 <= args.changes <= 10_000 or not 1 <= args.workers <= 16:
-        ap.error("--changes 1..10000, --workers 1..16")
+    if not 1 <= args.changes <= 10_000 or not 1 <= args.workers <= 16 or not 0 <= args.status_calls <= 100_000:
+        ap.error("--changes 1..10000, --workers 1..16, --status-calls 0..100000")
     tmp = tempfile.mkdtemp(prefix="mgc-bench-", dir="/tmp")
     print(f"control-plane change latency: {args.changes} set-weight changes per case, M=65537, "
           f"{args.workers} simulated workers (shared-memory tables, burst {args.burst_us:g} us), "
           f"state file in {args.state_dir or '/tmp'}")
     print(f"{'backends':>8} {'builder':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'x status':>9} | "
           f"server p50: {'build':>6} {'publish':>7} {'wait':>6} {'persist+':>8}")
+    cases = []
+    rtt = None
     try:
+        if args.status_calls:
+            rtt = status_rtt(args.status_calls, tmp)
+            print(f"status round trip, public socket of the config-manager actor ({rtt['calls']} calls): "
+                  f"p50 {rtt['p50']:.0f} us, p99 {rtt['p99']:.0f} us, max {rtt['max']:.0f} us")
         for builder in args.builders.split(","):
             for n in (int(x) for x in args.sizes.split(",")):
                 r = run_case(n, builder, args, tmp)
+                cases.append(r)
                 print(f"{r['n']:>8} {builder:>8} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['max']:>8.2f} "
                       f"{r['p50'] / r['base_p50']:>8.1f}x | {'':>11} {r['build_p50']:>6.2f} {r['publish_p50']:>7.2f} "
                       f"{r['wait_p50']:>6.2f} {r['persist_p50']:>8.2f}")
@@ -174,6 +254,8 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print("'x status': p50 of a change over p50 of a status round trip in the same run (baseline).")
     print("'persist+': time the reply still waited for the state file after the workers switched.")
+    if args.json:
+        print(json.dumps({"cases": cases, "status_rtt_us": rtt}, indent=2))
     return 0
 
 

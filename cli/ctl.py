@@ -42,6 +42,14 @@ def _change(ctx: click.Context, op: str, args: dict[str, Any], as_json: bool) ->
         ctx.exit(1)
 
 
+force_opt = click.option("--force", is_flag=True,
+                         help="Allow a change that removes every VIP, or every backend of a VIP.")
+
+
+def _forced(args: dict[str, Any], force: bool) -> dict[str, Any]:
+    """``force`` goes on the wire only when given (older servers know no such argument)."""
+    return {**args, "force": True} if force else args
+
 
 @click.group()
 @click.option("--control", envvar="MAGLEV_CONTROL", default="",
@@ -175,25 +183,28 @@ def add_backend(ctx, vip, address, weight, name, mac, as_json) -> None:
 @ctl.command("remove-backend")
 @click.argument("vip")
 @click.argument("backend")
+@force_opt
 @json_opt
 @click.pass_context
-def remove_backend(ctx, vip, backend, as_json) -> None:
-    """Remove BACKEND (name or address) from VIP."""
-    _change(ctx, "remove-backend", {"vip": vip, "backend": backend}, as_json)
+def remove_backend(ctx, vip, backend, force, as_json) -> None:
+    """Remove BACKEND (name or address) from VIP (its last one only with --force)."""
+    _change(ctx, "remove-backend", _forced({"vip": vip, "backend": backend}, force), as_json)
 
 
 @ctl.command()
 @click.argument("file", type=click.Path())  # a directory is the loader's one-line error
+@force_opt
 @click.option("--dry-run", is_flag=True,
               help="Validate and build FILE's tables without committing; print per VIP the share of "
                    "table entries and (estimated) established flows that would move.")
 @json_opt
 @click.pass_context
-def apply(ctx, file, dry_run, as_json) -> None:
+def apply(ctx, file, force, dry_run, as_json) -> None:
     """Replace the whole config with FILE (validated here and by the server; all or nothing).
 
     A file that cannot be read, is not UTF-8 TOML or is not a valid config exits 2 with
-    one ``path: message`` line per problem before anything is sent."""
+    one ``path: message`` line per problem before anything is sent.  A FILE without VIPs,
+    or leaving a VIP without backends, needs --force."""
     from maglev.config import Config, read_document
     from maglev.errors import ConfigError
 
@@ -220,15 +231,17 @@ def apply(ctx, file, dry_run, as_json) -> None:
                    f"tables built in {r['build_ms']:.2f} ms)")
         print_preview(r["vips"])
         return
-    _change(ctx, "replace-config", {"config": data}, as_json)
+    _change(ctx, "replace-config", _forced({"config": data}, force), as_json)
 
 
 @ctl.command()
+@force_opt
 @json_opt
 @click.pass_context
-def reload(ctx, as_json) -> None:
-    """Re-read the config file the server was started with."""
-    _change(ctx, "reload", {}, as_json)
+def reload(ctx, force, as_json) -> None:
+    """Re-read the config file the server was started with (--force: even when it removes
+    every VIP or every backend of a VIP)."""
+    _change(ctx, "reload", _forced({}, force), as_json)
 
 
 @ctl.command("config")

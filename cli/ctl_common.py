@@ -40,7 +40,7 @@ def call(ctx: click.Context, op: str, args: dict[str, Any] | None, as_json: bool
             click.echo(json.dumps({"ok": False, "error": {"code": exc.code, "message": exc.message,
                                                           "field": exc.field}}))
         else:
-            where = f" (field {exc.field})" if exc.field else ""
+            where = f" (field {exc.field})" if exc.field and exc.code != "needs-force" else ""
             click.echo(f"maglev ctl: {op}: {exc.code}: {exc.message}{where}", err=True)
         ctx.exit(2)
 

@@ -22,14 +22,15 @@ Endpoints (each a ROUTER + PUB pair):
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from maglev.actors import controller
 from maglev.actors.base import Actor, ActorSpec
-from maglev.control import endpoints
+from maglev.control import endpoints, optable
 from maglev.control.manager import ConfigManager
-from maglev.control.protocol import Reply, Request
+from maglev.control.protocol import ProtocolError, Reply, Request
 from maglev.control.publisher import RegionPublisher, TablePublisher
 from maglev.errors import ControlError
 
@@ -38,7 +39,9 @@ log = logging.getLogger("maglev.config")
 
 class ConfigManagerActor(Actor):
     kind = "config"
-    idle_wait_s = 0.05
+    # wait() wakes on every socket and the mailbox; this only bounds how late a signal
+    # (SIGTERM) or a vanished parent is noticed.
+    idle_wait_s = 0.1
 
     def __init__(self, spec: ActorSpec):
         super().__init__(spec)
@@ -46,6 +49,7 @@ class ConfigManagerActor(Actor):
         self.manager: ConfigManager | None = None
         self.servers: list[Any] = []
         self.live: set[int] = set()
+        self._poller: Any = None
 
     # -- overridable for tests -------------------------------------------------
     def make_publisher(self) -> TablePublisher:
@@ -106,9 +110,13 @@ class ConfigManagerActor(Actor):
         assert self.manager is not None
         from maglev.observability import ops as observability
 
-        if req.op in observability.OPS:  # stats, trace, whereis (maglev/observability/ops.py)
+        try:  # the op and its argument names, from the one table (maglev/control/optable.py)
+            owner = optable.check(req.op, req.args).owner
+        except ProtocolError as exc:
+            return Reply.failure(req.id, exc)
+        if owner == "observability":  # stats, trace, whereis (maglev/observability/ops.py)
             return observability.handle(self, req)
-        if req.op in controller.OPS:  # drain-instance, resume-instance (maglev/actors/controller.py)
+        if owner == "scaleout":  # drain-instance, resume-instance (maglev/actors/controller.py)
             return controller.config_handle_op(self, req)
         reply = self.manager.handle(req)
         observability.after_request(self, req, reply)  # [tracing].packet_sample_rate -> steering
@@ -153,21 +161,31 @@ class ConfigManagerActor(Actor):
             s.publish(topic, body)
 
     def step(self) -> int:
-        return sum(s.poll(0) for s in self.servers)
+        return sum(s.serve_ready() for s in self.servers)
 
     def wait(self, timeout_s: float) -> None:
-        if self.servers:
-            # Sleep on the first socket; the others are polled on the next step.
-            self.servers[0].poll(int(timeout_s * 1000))
-        else:
-            super().wait(timeout_s)
+        """Block until a request arrives on any control socket or a message in the mailbox,
+        at most ``timeout_s``: one ``zmq.Poller`` over every ROUTER and the mailbox, so a
+        request on any socket is served at once (no sleep slice) and a ``stop`` or
+        ``actor_down`` from the supervisor is handled at once too."""
+        import zmq
+
+        if self._poller is None:
+            self._poller = zmq.Poller()
+            for s in self.servers:
+                self._poller.register(s.router, zmq.POLLIN)
+            if self.mailbox is not None:
+                self._poller.register(self.mailbox, zmq.POLLIN)
+        ready = dict(self._poller.poll(max(0, int(timeout_s * 1000))))
+        if self.mailbox is not None and self.mailbox in ready:
+            self.tick(time.monotonic())  # the mailbox (stop, actor_up/down), heartbeat, parent
 
     def handle(self, msg: dict[str, Any]) -> None:
         """Supervisor events: keep the set of workers the publisher waits for."""
         if controller.config_handle_mailbox(self, msg):  # the supervisor's controller (events, VIP health)
             return
         actor = str(msg.get("actor", ""))
-        if not actor.startswith("worker-") or not actor[7:].isdigit():
+        if not actor.startswith("worker-") or not (actor[7:].isascii() and actor[7:].isdigit()):
             return
         i = int(actor[7:])
         if msg.get("type") == "actor_down":
@@ -190,6 +208,7 @@ class ConfigManagerActor(Actor):
         }
 
     def teardown(self) -> None:
+        self._poller = None
         for s in self.servers:
             s.close()
         self.servers = []

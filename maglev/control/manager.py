@@ -46,17 +46,19 @@ from typing import Any
 
 from maglev import config as cfg
 from maglev.config import Config
-from maglev.control import ops, persist
+from maglev.control import ops, optable, persist
 from maglev.control.protocol import (
     BAD_ARGS,
     INTERNAL,
     INVALID_CONFIG,
+    NEEDS_FORCE,
     PERSIST_FAILED,
     PUBLISH_FAILED,
     UNKNOWN_OP,
     ProtocolError,
     Reply,
     Request,
+    invalid_config,
 )
 from maglev.control.publisher import TablePublisher
 from maglev.control.tables import build_tables as default_build_tables
@@ -227,7 +229,15 @@ class ConfigManager:
             with _span("config.build_tables", op=op):
                 blob = self.build_tables(new, down=down)
         except ConfigError as exc:
-            raise ProtocolError(INVALID_CONFIG, "; ".join(exc.problems), details=exc.problems) from None
+            raise invalid_config(exc.problems) from None
+        except (ValueError, TypeError, OverflowError, OSError) as exc:
+            # The config validated, yet its tables cannot be built (e.g. an address form the
+            # validator let through, which inet_pton refuses): a gap in validation, logged
+            # as such; for the caller an invalid config like any other, and nothing changed.
+            log.error("config passed validation but its tables cannot be built (%s): %s",
+                      op, traceback.format_exc())
+            raise ProtocolError(INVALID_CONFIG, f"the tables cannot be built for this config: "
+                                f"{type(exc).__name__}: {exc}") from None
         t1 = time.perf_counter()
         # The state file's write + fsync (milliseconds on a disk) overlaps publication; the
         # reply waits for both.  fsync releases the GIL, so this is real overlap.
@@ -301,11 +311,21 @@ class ConfigManager:
         except Exception:
             log.exception("could not publish the previous tables again")
 
-    def apply(self, new: Config, op: str) -> dict[str, Any]:
-        """Make ``new`` the config: build, persist, publish, wait.  All or nothing."""
+    def apply(self, new: Config, op: str, force: bool = False) -> dict[str, Any]:
+        """Make ``new`` the config: build, persist, publish, wait.  All or nothing.
+
+        A change that would take every VIP away, or every backend of a VIP that had some, is
+        refused with ``needs-force`` unless ``force`` is set: an empty ``[[vip]]`` list in a
+        file given to ``maglev ctl apply`` must not black-hole all traffic by accident."""
         if new == self.config:
             self.counters.changes_unchanged += 1
             return {"generation": self.generation, "confirmed": self.confirmed, "changed": False, "apply_ms": 0.0}
+        emptied = emptying(self.config, new)
+        if emptied:
+            if not force:
+                raise ProtocolError(NEEDS_FORCE, f"{op} would remove {emptied}; nothing changed. Send it with "
+                                    "force=true (maglev ctl ... --force) if that is what you want", "force")
+            log.warning("forced change removes %s", emptied, extra={"kv": {"op": op}})
         old_health = dict(self.health)
         self._prune_health(new)
         try:
@@ -480,7 +500,7 @@ class ConfigManager:
             result = self._dispatch(req)
         except ProtocolError as exc:
             self.counters.errors[exc.code] = self.counters.errors.get(exc.code, 0) + 1
-            if req.op in ops.CHANGES or req.op == "reload":
+            if req.op in CHANGE_OPS:
                 self.counters.changes_rejected += 1
             return Reply.failure(req.id, exc)
         except RecursionError:  # hostile nesting (msgpack allows ~1000 levels)
@@ -494,18 +514,24 @@ class ConfigManager:
 
     def _dispatch(self, req: Request) -> Any:
         op, args = req.op, req.args
+        if optable.check(op, args).owner != "config":  # argument names checked from the table
+            raise ProtocolError(UNKNOWN_OP, f"{op!r} is not served by a bare config manager (it needs the "
+                                "config-manager actor)", "op")
         change = ops.CHANGES.get(op)
         if change is not None:
+            force = _bool(args, "force")
+            if "force" in args:
+                args = {k: v for k, v in args.items() if k != "force"}
             with _span("config.validate", op=op):
                 new = change(self.config, args, self.plain(self.config))
-            return self.apply(new, op)
+            return self.apply(new, op, force=force)
         if op == "preview-config":  # `ctl apply --dry-run`: validate + build, commit nothing
             with _span("config.validate", op=op):
                 new = ops.replace_config(self.config, args)
             return self.preview(new)
         if op == "reload":
-            ops.check_keys(args, ())
-            return self.reload()
+            ops.check_keys(args, (), ("force",))
+            return self.reload(force=_bool(args, "force"))
         if op == "health-report":
             ops.check_keys(args, ("reports",), ("full",))
             return self.report_health(_health_reports(args["reports"]), _bool(args, "full"))
@@ -529,20 +555,17 @@ class ConfigManager:
             ]
         raise ProtocolError(UNKNOWN_OP, f"unknown operation {op!r} (known: {', '.join(sorted(OPS))})", "op")
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self, force: bool = False) -> dict[str, Any]:
         if not self.source_path:
             raise ProtocolError(BAD_ARGS, "this instance was started without a config file to reload")
         try:
             new = cfg.load(self.source_path)
         except ConfigError as exc:
-            first = exc.problems[0] if exc.problems else ""
-            raise ProtocolError(
-                INVALID_CONFIG, "; ".join(exc.problems), first.split(": ", 1)[0], details=exc.problems
-            ) from None
+            raise invalid_config(exc.problems) from None
         old_sha = self.source_sha256
         self.source_sha256 = persist.source_id(self.source_path)
         try:
-            result = self.apply(new, "reload")
+            result = self.apply(new, "reload", force=force)
         except BaseException:
             self.source_sha256 = old_sha
             raise
@@ -588,8 +611,20 @@ class _Writer:
         return self.error
 
 
-OPS = (*ops.CHANGES, "reload", "preview-config", "health-report", "status", "vips", "backends", "get-config", "health")
-CHANGE_OPS = (*ops.CHANGES, "reload")
+OPS = optable.names("config")  # the ops this class serves (maglev/control/optable.py)
+CHANGE_OPS = optable.CHANGE_OPS
+
+
+def emptying(old: Config, new: Config) -> str:
+    """What ``old`` -> ``new`` would leave empty: '' when nothing, else "every VIP" or
+    "every backend of VIP ..." (VIPs that stay, had backends and have none left)."""
+    if old.vips and not new.vips:
+        return f"every VIP ({len(old.vips)})"
+    before = {v.key: len(v.backends) for v in old.vips}
+    gone = [v.key for v in new.vips if not v.backends and before.get(v.key)]
+    if gone:
+        return f"every backend of VIP {', '.join(gone)}"
+    return ""
 
 
 def _checked_pairs(config: Config) -> set[tuple[str, str]]:

@@ -26,6 +26,7 @@ from maglev.control.protocol import (
     INVALID_CONFIG,
     NOT_FOUND,
     ProtocolError,
+    invalid_config,
 )
 from maglev.errors import ConfigError
 from maglev.hashing import MAX_WEIGHT
@@ -98,6 +99,11 @@ def plain(config: Config) -> dict[str, Any]:
 # -------------------------------------------------------------------- lookups
 
 
+def _is_port(text: str) -> bool:
+    """ASCII digits only: str.isdigit() is true for '²' and other digits int() refuses."""
+    return text.isascii() and text.isdigit() and len(text) <= 5
+
+
 def _canon_vip_key(text: str) -> tuple[str, int | None, str | None] | None:
     """'203.0.113.1:80/tcp', '[2001:db8::1]:443/tcp', '203.0.113.1' -> (ip, port, proto)."""
     proto = None
@@ -109,12 +115,12 @@ def _canon_vip_key(text: str) -> tuple[str, int | None, str | None] | None:
         host, _, rest = text[1:].partition("]")
         if rest.startswith(":"):
             port_s = rest[1:]
-            if not port_s.isdigit():
+            if not _is_port(port_s):
                 return None
             port = int(port_s)
     elif text.count(":") == 1:
         host, port_s = text.split(":")
-        if not port_s.isdigit():
+        if not _is_port(port_s):
             return None
         port = int(port_s)
     try:
@@ -172,11 +178,7 @@ def validate(data: Any) -> Config:
     try:
         return Config.from_dict(data)
     except ConfigError as exc:
-        first = exc.problems[0] if exc.problems else ""
-        path = first.split(": ", 1)[0] if ": " in first else ""
-        raise ProtocolError(
-            INVALID_CONFIG, "; ".join(exc.problems) or "invalid configuration", path, details=exc.problems
-        ) from None
+        raise invalid_config(exc.problems) from None
     except RecursionError:
         raise ProtocolError(INVALID_CONFIG, "configuration is nested too deeply") from None
 

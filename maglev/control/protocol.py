@@ -41,6 +41,11 @@ VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20  # ZMQ_MAXMSGSIZE on the server: larger frames drop the peer
 MAX_ID_LEN = 128
 MAX_OP_LEN = 64
+# Error replies are bounded whatever the request held (docs/control-protocol.md, "Limits").
+MAX_ERROR_MESSAGE = 1000  # characters of "message" (and of each "details" entry)
+MAX_ERROR_FIELD = 200
+MAX_ERROR_DETAILS = 50  # entries of "details"; then "... and N more"
+MESSAGE_PROBLEMS = 5  # config problems named in "message" (all of them, bounded, in "details")
 
 # The closed set of error codes (docs/control-protocol.md lists them with their meaning).
 MALFORMED = "malformed"  # not msgpack, not a map, wrong envelope field types
@@ -50,6 +55,7 @@ BAD_ARGS = "bad-args"  # arguments of the wrong type, missing or unknown
 INVALID_CONFIG = "invalid-config"  # the resulting config failed validation
 NOT_FOUND = "not-found"  # no such VIP or backend
 CONFLICT = "conflict"  # already exists
+NEEDS_FORCE = "needs-force"  # would remove every VIP or every backend of a VIP; nothing changed
 PUBLISH_FAILED = "publish-failed"  # tables could not be published; nothing changed
 PERSIST_FAILED = "persist-failed"  # the config could not be written; nothing changed
 INTERNAL = "internal"  # a bug: logged with a traceback, nothing changed
@@ -61,6 +67,7 @@ ERROR_CODES = (
     INVALID_CONFIG,
     NOT_FOUND,
     CONFLICT,
+    NEEDS_FORCE,
     PUBLISH_FAILED,
     PERSIST_FAILED,
     INTERNAL,
@@ -81,10 +88,33 @@ class ProtocolError(ControlError):
         super().__init__(f"{code}: {message}" + (f" (field {field})" if field else ""))
 
     def to_wire(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message, "field": self.field}
+        """The reply's ``error`` map, bounded: messages quote the caller's input (a 1 MiB VIP
+        name, 20,000 config problems), and an error reply must stay small whatever came in."""
+        err: dict[str, Any] = {"code": self.code, "message": _clip(self.message, MAX_ERROR_MESSAGE),
+                               "field": _clip(self.field, MAX_ERROR_FIELD)}
         if self.details is not None:
-            err["details"] = self.details
+            d = self.details
+            if isinstance(d, list | tuple):
+                d = [_clip(str(x), MAX_ERROR_MESSAGE) for x in d[:MAX_ERROR_DETAILS]]
+                if len(self.details) > MAX_ERROR_DETAILS:
+                    d.append(f"... and {len(self.details) - MAX_ERROR_DETAILS} more")
+            err["details"] = d
         return err
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def invalid_config(problems: list[str], fallback: str = "invalid configuration") -> ProtocolError:
+    """``invalid-config`` for a validator's problem list: ``field`` is the first problem's
+    path, the message names the first few problems, ``details`` lists them (bounded)."""
+    first = problems[0] if problems else ""
+    path = first.split(": ", 1)[0] if ": " in first else ""
+    message = "; ".join(problems[:MESSAGE_PROBLEMS]) or fallback
+    if len(problems) > MESSAGE_PROBLEMS:
+        message += f" (and {len(problems) - MESSAGE_PROBLEMS} more problems)"
+    return ProtocolError(INVALID_CONFIG, message, path, details=list(problems))
 
 
 @dataclass(frozen=True)

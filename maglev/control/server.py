@@ -14,6 +14,9 @@ Design
 * **Never block on a peer.**  Replies go out with ``NOBLOCK``; ROUTER silently drops a
   reply to a peer that vanished and PUB drops events for slow subscribers at the high-water
   mark, so a stuck client cannot stall table publication.
+* **Bounded memory.**  Per peer at most ``ROUTER_RCVHWM`` requests wait inbound and
+  ``ROUTER_SNDHWM`` replies outbound; error replies are clipped (protocol.py), so neither a
+  flood nor a huge request nor a client that never reads grows the process.
 * **ipc:// is private, tcp:// is authenticated.**  ipc sockets live in a 0700 directory and
   are chmod 0600 right after bind; a live socket at the path is never stolen (libzmq would
   silently unlink it).  tcp:// binds only with CURVE keys and the ZAP allow list
@@ -57,6 +60,8 @@ log = logging.getLogger("maglev.control")
 
 Handler = Callable[[Request], Reply]
 MAX_BATCH = 64
+ROUTER_RCVHWM = 16
+ROUTER_SNDHWM = 100
 ZAP_DOMAIN = "maglev"
 
 
@@ -162,7 +167,14 @@ class ControlServer:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, maxmsg)
-        sock.setsockopt(zmq.SNDHWM, 10_000)
+        if kind == zmq.ROUTER:
+            # Per peer: at most ROUTER_RCVHWM requests (<= 1 MiB each) wait in this process,
+            # a pipelining client is held back in its own queue instead of ours; replies to a
+            # peer that does not read are dropped past ROUTER_SNDHWM.
+            sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
+            sock.setsockopt(zmq.SNDHWM, ROUTER_SNDHWM)
+        else:
+            sock.setsockopt(zmq.SNDHWM, 10_000)
         if path is None:
             assert keys is not None
             sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
@@ -196,6 +208,12 @@ class ControlServer:
         number of messages read."""
         if not self.poller.poll(timeout_ms):
             return 0
+        return self.serve_ready()
+
+    def serve_ready(self) -> int:
+        """Serve the messages already queued (at most MAX_BATCH) without waiting; return the
+        number read.  For a caller that waits on :attr:`router` itself (the config manager
+        actor polls every server's ROUTER and its mailbox together)."""
         n = 0
         assert self.router is not None
         while n < MAX_BATCH:

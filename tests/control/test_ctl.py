@@ -126,3 +126,22 @@ def test_keygen(shortdir):
     r = CliRunner().invoke(cli, ["ctl", "keygen", str(shortdir / "keys"), "ops"])
     assert r.exit_code == 0 and r.output.startswith("public key ")
     assert (shortdir / "keys" / "ops.key_secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_force_for_emptying_changes(ctl, served, shortdir):
+    """`apply` of a file without VIPs and `remove-backend` of a VIP's last backend are
+    refused (exit 2, one line naming --force); with --force they are applied."""
+    f = shortdir / "empty.toml"
+    f.write_text('[instance]\nname = "t1"\nsource_ipv4 = "198.18.0.1"\n')
+    r = ctl("apply", str(f))
+    assert r.exit_code == 2 and len(served.mgr.config.vips) == 1
+    assert r.stderr.startswith("maglev ctl: replace-config: needs-force: replace-config would remove every VIP (1)")
+    assert "--force" in r.stderr and r.stderr.count("\n") == 1
+    for b in ("198.18.1.1", "198.18.1.2"):
+        assert ctl("remove-backend", VIP, b).exit_code == 0
+    r = ctl("--json", "remove-backend", VIP, "198.18.1.3")
+    assert r.exit_code == 2 and json.loads(r.output)["error"]["code"] == "needs-force"
+    assert ctl("remove-backend", VIP, "198.18.1.3", "--force").exit_code == 0
+    assert served.mgr.config.vips[0].backends == ()
+    r = ctl("apply", "--force", str(f))
+    assert r.exit_code == 0 and served.mgr.config.vips == ()

@@ -336,3 +336,92 @@ def test_unusable_state_file_is_set_aside_not_fatal(mgr, publisher):
     assert not again.resumed and len(again.config.vips[0].backends) == 3
     assert mgr.state_path.with_name("state.json.invalid").exists()
     assert persist.load_state(mgr.state_path)[0] == again.config
+
+
+@pytest.mark.parametrize(
+    "op,args,what",
+    [
+        ("replace-config", {"config": {"instance": {"name": "t1", "source_ipv4": "198.18.0.1"}}}, "every VIP (1)"),
+        ("replace-config", {"config": {"vip": []}}, "every VIP (1)"),
+        ("remove-vip", {"vip": VIP}, "every VIP (1)"),
+        ("remove-backend", {"vip": VIP, "backend": "198.18.1.3"}, f"every backend of VIP {VIP}"),
+    ],
+)
+def test_emptying_changes_need_force(mgr, publisher, op, args, what):
+    """Removing every VIP, or the last backend of a VIP, is refused unless forced: nothing
+    changes, nothing is published or persisted; with force=true it is applied."""
+    if op == "remove-backend":  # leave one backend, then try to remove it
+        for b in ("198.18.1.1", "198.18.1.2"):
+            assert mgr.handle(req("remove-backend", vip=VIP, backend=b)).ok
+    before_cfg, before_state, gen = mgr.config, mgr.state_path.read_bytes(), publisher.generation
+    r = mgr.handle(Request(op=op, args=args, id=1))
+    assert not r.ok and r.error["code"] == "needs-force" and r.error["field"] == "force", r.error
+    assert what in r.error["message"] and "force=true" in r.error["message"]
+    assert mgr.config is before_cfg and mgr.state_path.read_bytes() == before_state
+    assert publisher.generation == gen and mgr.counters.changes_rejected >= 1
+    r = mgr.handle(Request(op=op, args={**args, "force": "yes"}, id=2))
+    assert not r.ok and r.error["code"] == "bad-args" and r.error["field"] == "force"
+    r = mgr.handle(Request(op=op, args={**args, "force": True}, id=3))
+    assert r.ok and r.result["changed"] and publisher.generation == gen + 1, r.error
+    assert persist.load_state(mgr.state_path)[0] == mgr.config
+    assert not mgr.config.vips or not mgr.config.vips[0].backends
+
+
+def test_changes_that_keep_something_need_no_force(mgr):
+    """Not every removal is emptying: a VIP keeping one backend, a config that replaces
+    every VIP by others, a new VIP without backends, and force=false all pass."""
+    assert mgr.handle(req("remove-backend", vip=VIP, backend="198.18.1.1", force=False)).ok
+    other = {"instance": {"name": "t1", "source_ipv4": "198.18.0.1"},
+             "vip": [{"address": "203.0.113.20", "port": 80, "backend": [{"address": "198.18.1.5"}]},
+                     {"address": "203.0.113.21", "port": 80}]}
+    r = mgr.handle(req("replace-config", config=other))
+    assert r.ok and [v.key for v in mgr.config.vips] == ["203.0.113.20:80/tcp", "203.0.113.21:80/tcp"], r.error
+    assert mgr.handle(req("add-vip", vip={"address": "203.0.113.22", "port": 80})).ok
+
+
+def test_reload_of_an_emptied_file_needs_force(mgr):
+    mgr.source_path.write_text('[instance]\nname = "t1"\nsource_ipv4 = "198.18.0.1"\n')
+    r = mgr.handle(req("reload"))
+    assert not r.ok and r.error["code"] == "needs-force" and len(mgr.config.vips) == 1
+    r = mgr.handle(req("reload", force=True))
+    assert r.ok and mgr.config.vips == ()
+
+
+def test_error_replies_are_bounded(mgr):
+    """An error quotes the caller's input: a 600 kB VIP name or 20,000 config problems
+    still give a small reply (the fuzz test found the replies were the memory hog)."""
+    r = mgr.handle(req("remove-vip", vip="x" * 600_000))
+    assert r.error["code"] == "not-found" and len(r.encode()) < 2000
+    r = mgr.handle(req("replace-config", config={f"k{i}": i for i in range(20_000)}))
+    assert r.error["code"] == "invalid-config" and len(r.encode()) < 60_000
+    assert r.error["details"][-1] == "... and 19950 more" and "(and 19995 more problems)" in r.error["message"]
+
+
+@pytest.mark.parametrize("vip", ["203.0.113.10:²", "[2001:db8::10]:٣/tcp", "203.0.113.10:99999999"])
+def test_vip_names_with_odd_digits_are_not_found(mgr, vip):
+    """str.isdigit() accepts '²' and '٣', int() refuses the first: it was an ``internal``."""
+    r = mgr.handle(req("backends", vip=vip))
+    assert not r.ok and r.error["code"] == "not-found", r.error
+
+
+def test_a_config_whose_tables_cannot_be_built_is_invalid(mgr, publisher):
+    """Should validation let an address through that the table builder refuses (a scoped
+    IPv6 address was one: inet_pton raised OSError), the reply is invalid-config and nothing
+    changes -- not internal.  ``apply`` is called directly to get past the validator."""
+    import dataclasses
+
+    from maglev.control.protocol import ProtocolError
+
+    def builder(config, down=frozenset()):
+        if any("%" in b.address for v in config.vips for b in v.backends):
+            raise OSError("illegal IP address string passed to inet_pton")
+        return fallback_build_tables(config, down)
+
+    mgr.build_tables = builder
+    before, gen, state = mgr.config, publisher.generation, mgr.state_path.read_bytes()
+    v = before.vips[0]
+    bad = dataclasses.replace(v, backends=(dataclasses.replace(v.backends[0], address="fe80::1%eth0"),))
+    with pytest.raises(ProtocolError) as ei:
+        mgr.apply(dataclasses.replace(before, vips=(bad,)), "test")
+    assert ei.value.code == "invalid-config" and "cannot be built" in ei.value.message
+    assert mgr.config is before and publisher.generation == gen and mgr.state_path.read_bytes() == state

@@ -1,0 +1,72 @@
+"""The one table of control operations (maglev/control/optable.py) agrees with the code
+that serves each op, the CLI that sends it and the docs that describe it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from maglev.actors import controller
+from maglev.control import ops, optable
+from maglev.control.manager import CHANGE_OPS, OPS
+from maglev.control.protocol import ProtocolError
+from maglev.telemetry import ops as observability
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "control-protocol.md"
+
+
+def test_every_served_op_is_in_the_table_with_its_owner():
+    assert set(OPS) == set(optable.names("config"))
+    assert set(observability.OPS) == set(optable.names("observability"))
+    assert set(controller.OPS) == set(optable.names("scaleout"))
+    assert set(optable.NAMES) == set(OPS) | set(observability.OPS) | set(controller.OPS)
+    assert set(CHANGE_OPS) == {*ops.CHANGES, "reload"} == set(optable.CHANGE_OPS)
+    assert all("force" in optable.BY_NAME[op].optional for op in CHANGE_OPS)
+
+
+def test_docs_carry_the_generated_table_and_a_section_per_op():
+    text = DOC.read_text()
+    assert optable.markdown() in text, "regenerate with: python -m maglev.control.optable"
+    for op in optable.names("config"):  # the others are described in observability.md and scaleout.md
+        assert f"**{op}**" in text, f"docs/control-protocol.md has no section for {op}"
+
+
+def test_every_ctl_command_in_the_table_exists():
+    import click
+
+    from maglev_cli.main import cli
+
+    for op in optable.TABLE:
+        if not op.ctl:
+            continue
+        cmd = cli
+        for w in op.ctl.split()[1:]:
+            if w.isupper() or w.startswith("["):  # arguments and options
+                break
+            assert isinstance(cmd, click.Group), op.ctl
+            cmd = cmd.get_command(click.Context(cmd), w)
+            assert cmd is not None, f"{op.name}: no `{op.ctl}`"
+        if "--force" in op.ctl:
+            assert any(p.name == "force" for p in cmd.params), op.ctl
+
+
+@pytest.mark.parametrize(
+    "op,args,code,field",
+    [
+        ("nope", {}, "unknown-op", "op"),
+        ("set-weight", {"vip": "v", "backend": "b"}, "bad-args", "weight"),
+        ("status", {"x": 1}, "bad-args", "x"),
+        ("trace", {b"vip": 1}, "bad-args", "b'vip'"),
+        ("remove-backend", {"vip": "v", "backend": "b", "force": True, "extra": 0}, "bad-args", "extra"),
+    ],
+)
+def test_check_refuses_unknown_ops_and_argument_names(op, args, code, field):
+    with pytest.raises(ProtocolError) as ei:
+        optable.check(op, args)
+    assert (ei.value.code, ei.value.field) == (code, field)
+
+
+def test_check_accepts_required_and_optional():
+    assert optable.check("trace", {"vip": "x", "count": 1}).owner == "observability"
+    assert optable.check("replace-config", {"config": {}, "force": False}).changes_config
