@@ -11,7 +11,7 @@ from maglev.actors import controller
 from maglev.control import ops, optable
 from maglev.control.manager import CHANGE_OPS, OPS
 from maglev.control.protocol import ProtocolError
-from maglev.telemetry import ops as observability
+from maglev.observability import ops as observability
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "control-protocol.md"
 
@@ -42,8 +42,11 @@ def test_every_ctl_command_in_the_table_exists():
             continue
         cmd = cli
         for w in op.ctl.split()[1:]:
-            if w.isupper() or w.startswith("["):  # arguments and options
+            if w.isupper() or w.startswith("["):  # arguments and optional parts
                 break
+            if w.startswith("--"):  # an option the command must have
+                assert any(w in getattr(p, "opts", ()) for p in cmd.params), f"{op.ctl}: no {w}"
+                continue
             assert isinstance(cmd, click.Group), op.ctl
             cmd = cmd.get_command(click.Context(cmd), w)
             assert cmd is not None, f"{op.name}: no `{op.ctl}`"
