@@ -110,7 +110,7 @@ async def _http(spec: CheckSpec) -> Result:
     finally:
         writer.close()
     parts = line[:MAX_HTTP_HEAD].decode("latin-1").split()
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not (parts[1].isascii() and parts[1].isdigit()):
         return Result(False, f"not an HTTP status line: {line[:60]!r}")
     status = int(parts[1])
     if status != spec.expect_status:

@@ -111,3 +111,29 @@ def test_config_requires_a_probe_port_for_an_all_ports_vip():
     base["vip"][0]["health"]["port"] = 53
     spec = CheckSpec.for_backend(Config.from_dict(base).vips[0], Config.from_dict(base).vips[0].backends[0])
     assert (spec.type, spec.port, spec.address) == ("udp", 53, "198.18.1.1")
+
+
+@pytest.mark.parametrize("status_line", [b"HTTP/1.1 \xb2\xb2\xb2 OK\r\n", b"HTTP/1.1 2O0 OK\r\n", b"HTTP/1.1\r\n"])
+def test_http_odd_status_lines_are_a_failed_check_not_an_exception(status_line):
+    # latin-1 superscript digits pass str.isdigit() but not int(): a clean "down" verdict.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def answer():
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(status_line)
+
+    import threading
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        r = check(type="http", port=port, timeout_s=2.0)
+    finally:
+        t.join(5)
+        srv.close()
+    assert not r.ok and "not an HTTP status line" in r.detail
