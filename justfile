@@ -52,7 +52,7 @@ run-sample:
     maglev run --workers 2 --nic gen:seconds=5 --json
 
 # Fuzz the C parser + burst kernel with libFuzzer under ASan+UBSan for SECONDS (default 60),
-# seeded with every packet of the shared corpus (docs/datapath.md, "Fuzzing").
+# seeded with every packet of the test corpus (tests/data/corpus) (docs/datapath.md, "Fuzzing").
 fuzz SECONDS="60":
     python3 fuzz/make_seeds.py build/fuzz
     clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Imaglev/_cffi_src/include fuzz/fuzz_dp.c maglev/_cffi_src/src/mg_parse.c maglev/_cffi_src/src/mg_dp.c maglev/_cffi_src/src/mg_conntrack.c maglev/_cffi_src/src/mg_tables.c maglev/_cffi_src/src/mg_encap.c maglev/_cffi_src/src/mg_icmp.c maglev/_cffi_src/src/mg_frag.c maglev/_cffi_src/src/mg_hash.c -o build/fuzz/fuzz_dp
@@ -69,7 +69,6 @@ sanitize:
     rm -f build/sanitize/maglev/_native*.so
     (cd build/sanitize && MAGLEV_SANITIZE=1 python3 maglev/_cffi_src/build.py >/dev/null)
     cd build/sanitize
-    MAGLEV_CORPUS="${MAGLEV_CORPUS:-$(cd ../../.. && pwd)/shared/corpus}" \
     LD_PRELOAD="$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=. \
     python3 -m pytest -p no:cacheprovider -q tests/datapath
