@@ -121,6 +121,10 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     except BaseException:
         obs.close()
         raise
+    from maglev.actors.controller import flow_secret_warning
+
+    if warning := flow_secret_warning(p.config):  # once, loudly (also in `maglev ctl status`)
+        click.echo(f"maglev run: WARNING: {warning}", err=True)
     obs.attach(p)  # the endpoint + the supervisor view file (restarts, BGP) for ctl stats
     ctrl.bind(p)
     finite_gen = p.nic_spec.kind == "gen" and any(

@@ -428,8 +428,26 @@ def config_handle_op(actor: Any, req: Any) -> Any:
                                        else "VIPs are announced again while the instance is healthy"})
 
 
+def flow_secret_warning(config: Any) -> str | None:
+    """The warning for a config that keys the flow hash with the built-in (public) secret.
+
+    The namespace labs (``maglev lab up``, ``maglev demo``, the scale-out lab) write a
+    random secret of their own, so this fires only outside them.  ``maglev run`` prints it
+    once at start; ``status`` carries it in ``warnings`` for as long as it holds.
+    """
+    from maglev.config import DEFAULT_FLOW_HASH_SECRET
+
+    if config.instance.flow_hash_secret != DEFAULT_FLOW_HASH_SECRET:
+        return None
+    return ("the flow hash uses the built-in public secret: clients can predict which backend "
+            "a flow goes to; set [instance].flow_hash_secret (32 hex digits, the same on every "
+            "instance, e.g. from `python3 -c 'import secrets; print(secrets.token_hex(16))'`)")
+
+
 def config_status_extra(actor: Any, result: dict[str, Any]) -> None:
     """Add table fingerprints (and the controller's state) to a ``status`` result."""
+    from maglev.control.tables import vip_fingerprint
+
     m = actor.manager
     # A fingerprint hashes the whole table (256 KiB for 65537 slots): keep them per
     # generation so a status poll over many VIPs costs nothing after the first.
@@ -442,10 +460,13 @@ def config_status_extra(actor: Any, result: dict[str, Any]) -> None:
         if row is None:
             try:
                 t = m.table_for(v.key)
-                row = {"vip": v.key, "size": t.size, "backends": len(t.names), "fingerprint": t.fingerprint()}
+                fp = vip_fingerprint(v, t, m.config.instance.flow_hash_secret)
+                row = {"vip": v.key, "size": t.size, "backends": len(t.names), "fingerprint": fp}
             except Exception as exc:  # never fail status for one table
                 row = {"vip": v.key, "error": str(exc)}
             cache[1][v.key] = row
         tables.append(dict(row))
     result["tables"] = tables
+    w = flow_secret_warning(m.config)
+    result["warnings"] = [w] if w else []
     result["controller"] = getattr(actor, "controller_state", None)

@@ -384,6 +384,7 @@ class Lab:
             "# maglev lab configuration (written by `maglev lab up`)",
             "[instance]",
             'name = "lab"',
+            f'flow_hash_secret = "{secrets.token_hex(16)}"  # the lab\'s own, never the built-in one',
             f'source_ipv4 = "{MAGLEV_V4}"',
             f'source_ipv6 = "{MAGLEV_V6}"',
             f"mtu = {SERVER_MTU}",
