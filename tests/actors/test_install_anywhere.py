@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -116,12 +117,16 @@ def test_run_inside_an_unbuilt_source_copy_uses_the_installed_package(tmp_path):
 @pytest.mark.slow
 def test_pip_installed_maglev_runs_inside_an_unbuilt_source_copy(tmp_path):
     """``pip install .`` into a venv (runtime dependencies from this interpreter's
-    site-packages; pip fetches the build requirements as for any install), then ``maglev run`` with an unbuilt checkout as the current folder."""
+    site-packages, by a .pth file; pip fetches the build requirements as for any install), then ``maglev run`` with an unbuilt checkout as the current folder."""
     _built_extension()  # a C toolchain is here: the install compiles the extension again
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=120)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
+    # The runtime dependencies: this interpreter's site-packages, appended to the new venv's
+    # path (--system-site-packages would give the base interpreter's, not this venv's).
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    Path(purelib, "maglev-test-deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     clone = _unbuilt_source_copy(tmp_path / "clone", decoy=False)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_REQUIRE_VIRTUALENV")}
     r = subprocess.run(
