@@ -33,7 +33,8 @@ import time
 
 import psutil
 
-from maglev.actors.pipeline import Pipeline, PipelineOptions, load_config
+from maglev.actors.pipeline import Pipeline, PipelineOptions
+from maglev.config import load_config
 from maglev.datapath.tables import build_tables
 from maglev.native import ffi, lib
 from maglev.nic.gen import GenNic, vip_targets

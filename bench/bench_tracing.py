@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 
-from maglev.actors.pipeline import load_config
+from maglev.config import load_config
 from maglev.datapath.tables import build_tables
 from maglev.native import check, ffi, lib
 from maglev.nic.gen import GenNic, vip_targets
@@ -113,7 +113,8 @@ def run_pipeline(seconds: float, every: int) -> dict:
     import tempfile
     from pathlib import Path
 
-    from maglev.actors.pipeline import SAMPLE_CONFIG, Pipeline, PipelineOptions
+    from maglev.actors.pipeline import Pipeline, PipelineOptions
+    from maglev.config import SAMPLE_CONFIG
 
     out = {}
     with tempfile.TemporaryDirectory(prefix="mgbt-") as d:

@@ -1,6 +1,6 @@
 """`maglev ctl stats` and `maglev ctl trace`: the observability subcommands of `maglev ctl`.
 
-Both are served by the config manager from shared memory (maglev/telemetry/ops.py);
+Both are served by the config manager from shared memory (maglev/observability/ops.py);
 ``--json`` prints the server's result unchanged.
 """
 
@@ -12,25 +12,10 @@ from typing import Any
 
 import click
 
-json_opt = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-
-
-def _call(ctx: click.Context, op: str, args: dict[str, Any], as_json: bool) -> Any:
-    from maglev_cli.ctl import _call as call  # imported late: maglev_cli.ctl imports this module
-
-    return call(ctx, op, args, as_json)
-
-
-def _opts(ctx: click.Context) -> dict[str, Any]:
-    from maglev_cli.ctl import _opts as opts
-
-    return opts(ctx)
-
-
-def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> None:
-    from maglev_cli.ctl import _table as table
-
-    table(rows, cols)
+from maglev_cli.ctl_common import call as _call
+from maglev_cli.ctl_common import json_opt
+from maglev_cli.ctl_common import opts as _opts
+from maglev_cli.ctl_common import table as _table
 
 
 def _n(v: float) -> str:

@@ -9,18 +9,12 @@ from typing import Any
 
 import click
 
-json_opt = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-
-
-def _call(ctx: click.Context, op: str, args: dict[str, Any], as_json: bool) -> Any:
-    from maglev_cli.ctl import _call as call  # late: maglev_cli.ctl imports this module
-
-    return call(ctx, op, args, as_json)
+from maglev_cli.ctl_common import call as _call
+from maglev_cli.ctl_common import json_opt
+from maglev_cli.ctl_common import opts as _opts
 
 
 def _json(ctx: click.Context, as_json: bool) -> bool:
-    from maglev_cli.ctl import _opts
-
     return as_json or bool(_opts(ctx)["json"])
 
 

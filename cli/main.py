@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("maglev_cli.top", "top"),
     ("maglev_cli.whereis", "whereis"),
     ("maglev_cli.bgp", "bgp_speak"),
+    ("maglev_cli.doctor", "doctor"),
 ]
 
 

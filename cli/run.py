@@ -78,6 +78,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     """Run the forwarder until Ctrl-C (or the end of a finite input)."""
     from maglev.actors import pipeline as pl
     from maglev.actors.base import setup_logging
+    from maglev.config import SAMPLE_CONFIG
 
     level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
     setup_logging("supervisor", level)
@@ -86,7 +87,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     if not as_json and not (config_path and nic_given):
         what = []
         if not config_path:
-            what.append(f"the built-in sample config ({pl.SAMPLE_CONFIG.name}: VIPs in 203.0.113.0/24)")
+            what.append(f"the built-in sample config ({SAMPLE_CONFIG.name}: VIPs in 203.0.113.0/24)")
         if not nic_given:
             what.append("the traffic generator NIC (gen: 10000 flows toward its VIPs, null sink)")
         click.echo(f"maglev run: using {' and '.join(what)}; Ctrl-C to stop.")
@@ -113,7 +114,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     from maglev.actors.controller import Controller
 
     ctrl = Controller()  # announces/withdraws the VIPs over BGP (maglev/actors/controller.py)
-    from maglev.telemetry.prometheus import MetricsHost
+    from maglev.observability.prometheus import MetricsHost
 
     obs = MetricsHost(metrics)  # binds --metrics first: a bad address fails before anything starts
     try:
@@ -137,7 +138,11 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
             raise KeyboardInterrupt
         stop_reason.append(signal.Signals(signum).name)
 
+    from maglev.service.runloop import ServiceLoop
+
+    svc = ServiceLoop(p)  # systemd readiness/watchdog/status; SIGHUP -> reload (maglev/service)
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: svc.request_reload())
     try:
         p.start(go=False)
         if not stop_reason:  # Ctrl-C while the actors were starting: stop, do not begin
@@ -148,6 +153,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
             p.poll(0.05)
             obs.tick()
             ctrl.tick()
+            svc.tick()
             if p.eof and (exit_on_eof or finite_gen):
                 break
             now = time.monotonic()
@@ -156,6 +162,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
                 click.echo(_live_line(c, prev, now - prev_t))
                 prev, prev_t = c, now
                 next_print = now + 1.0
+        svc.stopping()
         ctrl.shutdown()  # withdraw every VIP and let the routers move away before stopping
         p.stop()
         s = p.summary()
@@ -163,6 +170,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         for sig, h in old.items():
             signal.signal(sig, h)
         obs.close()
+        svc.close()
         p.close()
     if as_json:
         click.echo(json.dumps(s))

@@ -1,7 +1,7 @@
 """`maglev top`: a live view of a running maglev, refreshed once a second.
 
 Each frame is the difference of two ``stats`` snapshots from the control socket
-(maglev/telemetry/metrics.py): packets and bits per second per VIP and backend, drops by
+(maglev/observability/metrics.py): packets and bits per second per VIP and backend, drops by
 reason, per-worker load (packets per second, share, average burst, rx ring fill), backend
 health, BGP state and actor restarts.  ``--once`` prints a single plain-text frame (two
 snapshots ``--interval`` apart) and exits -- what scripts and tests use.

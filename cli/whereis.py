@@ -2,7 +2,7 @@
 
 With ``--config FILE`` the answer is computed offline from that config (every backend
 healthy); otherwise it comes from the running instance's control socket (the tables now
-published).  Both use the data path's own C code (maglev/telemetry/whereis.py).
+published).  Both use the data path's own C code (maglev/observability/whereis.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import click
 def whereis(src, dst, config_path, control, instance, workers, timeout, as_json) -> None:
     """Which backend the flow SRC:PORT -> DST:PORT/PROTO goes to, and why (Maglev table
     slot, generation, owning worker).  IPv6 as [ADDR]:PORT."""
-    from maglev.telemetry.whereis import parse_flow, whereis_config
+    from maglev.observability.whereis import parse_flow, whereis_config
 
     flow = parse_flow(src, dst)
     if config_path:

@@ -216,6 +216,14 @@ def load(path: str | Path) -> Config:
     return loads(text, source=str(p))
 
 
+SAMPLE_CONFIG = Path(__file__).resolve().parent / "data" / "sample.toml"
+
+
+def load_config(path: str | Path | None) -> Config:
+    """The config at ``path``, or the built-in sample when ``path`` is empty."""
+    return load(path or SAMPLE_CONFIG)
+
+
 def loads(text: str, source: str = "<string>") -> Config:
     try:
         data = tomllib.loads(text)

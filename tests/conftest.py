@@ -74,3 +74,18 @@ def netns():
         pytest.skip(reason)
     with NetnsSet() as ns:
         yield ns
+
+
+# Hypothesis: in CI (env CI set) every property test runs a fixed, reproducible set of
+# examples (derandomize), so a landing never depends on the luck of a random search; local
+# runs keep exploring new examples.  A falsifying example found locally is a real finding:
+# fix the code or the property, then it is part of the CI set through @example if needed.
+def _hypothesis_profiles() -> None:
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, print_blob=True)
+    if os.environ.get("CI"):
+        settings.load_profile("ci")
+
+
+_hypothesis_profiles()

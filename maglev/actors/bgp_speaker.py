@@ -133,7 +133,7 @@ class BgpSpeakerActor(Actor):
 
 
 def actor_def(opts: Any, region_name: str) -> Any:
-    """The ActorDef ``maglev run`` adds for this actor (``pipeline.EXTRA_ACTORS``), or None
+    """The ActorDef ``maglev run`` adds for this actor (``maglev.actors.extra``), or None
     when the config has no BGP peers.
 
     It stops first (stop group -1, before steering's 0): the CEASE reaches the routers
@@ -141,8 +141,8 @@ def actor_def(opts: Any, region_name: str) -> Any:
     stopped forwarding.  What to announce is the controller's decision (mailbox commands);
     the actor starts with nothing announced.
     """
-    from maglev.actors.pipeline import load_config
     from maglev.actors.supervisor import ActorDef
+    from maglev.config import load_config
 
     cfg = load_config(opts.config_path)
     if not cfg.bgp.local_asn or not cfg.bgp.peers:
@@ -153,14 +153,12 @@ def actor_def(opts: Any, region_name: str) -> Any:
 
 def register() -> None:
     """Add this actor to every ``maglev run`` of this process; explicit, not on import."""
-    from maglev.actors import pipeline
+    from maglev.actors import extra
 
-    if actor_def not in pipeline.EXTRA_ACTORS:
-        pipeline.EXTRA_ACTORS.append(actor_def)
+    extra.add(actor_def)
 
 
 def unregister() -> None:
-    from maglev.actors import pipeline
+    from maglev.actors import extra
 
-    while actor_def in pipeline.EXTRA_ACTORS:
-        pipeline.EXTRA_ACTORS.remove(actor_def)
+    extra.remove(actor_def)

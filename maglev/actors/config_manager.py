@@ -103,9 +103,9 @@ class ConfigManagerActor(Actor):
 
     def handle_request(self, req: Request) -> Reply:
         assert self.manager is not None
-        from maglev.telemetry import ops as observability
+        from maglev.observability import ops as observability
 
-        if req.op in observability.OPS:  # stats, trace, whereis (maglev/telemetry/ops.py)
+        if req.op in observability.OPS:  # stats, trace, whereis (maglev/observability/ops.py)
             return observability.handle(self, req)
         if req.op in controller.OPS:  # drain-instance, resume-instance (maglev/actors/controller.py)
             return controller.config_handle_op(self, req)
@@ -124,7 +124,7 @@ class ConfigManagerActor(Actor):
         (the same snapshot ``stats`` serves); left null when no region is attached."""
         if self.region is None:
             return
-        from maglev.telemetry.metrics import collect
+        from maglev.observability.metrics import collect
 
         snap = collect(self.region, self.spec.run_dir, instance=self.spec.instance)
         by_vip = {v["vip"]: v for v in snap["vips"]}
@@ -188,9 +188,9 @@ class ConfigManagerActor(Actor):
 
 
 def actor_def(opts: Any, region_name: str) -> Any:
-    """The ActorDef ``maglev run`` adds for this actor (``pipeline.EXTRA_ACTORS``)."""
-    from maglev.actors.pipeline import SAMPLE_CONFIG
+    """The ActorDef ``maglev run`` adds for this actor (``maglev.actors.extra``)."""
     from maglev.actors.supervisor import ActorDef
+    from maglev.config import SAMPLE_CONFIG
 
     extra = getattr(opts, "extra", {}) or {}
     return ActorDef(
@@ -207,16 +207,14 @@ def actor_def(opts: Any, region_name: str) -> Any:
 
 
 def register() -> None:
-    """Add this actor to every ``maglev run`` of this process (``pipeline.EXTRA_ACTORS``).
+    """Add this actor to every ``maglev run`` of this process (``maglev.actors.extra``).
     Explicit, not on import: importing the module (tests do) must not change other runs."""
-    from maglev.actors import pipeline
+    from maglev.actors import extra
 
-    if actor_def not in pipeline.EXTRA_ACTORS:
-        pipeline.EXTRA_ACTORS.append(actor_def)
+    extra.add(actor_def)
 
 
 def unregister() -> None:
-    from maglev.actors import pipeline
+    from maglev.actors import extra
 
-    while actor_def in pipeline.EXTRA_ACTORS:
-        pipeline.EXTRA_ACTORS.remove(actor_def)
+    extra.remove(actor_def)

@@ -211,23 +211,21 @@ class HealthProberActor(Actor):
 
 
 def actor_def(opts: Any, region_name: str) -> Any:
-    """The ActorDef ``maglev run`` adds for this actor (``pipeline.EXTRA_ACTORS``)."""
+    """The ActorDef ``maglev run`` adds for this actor (``maglev.actors.extra``)."""
     from maglev.actors.supervisor import ActorDef
 
     return ActorDef("health", "maglev.actors.health_prober:HealthProberActor", {}, stop_group=3)
 
 
 def register() -> None:
-    """Add this actor to every ``maglev run`` of this process (``pipeline.EXTRA_ACTORS``).
+    """Add this actor to every ``maglev run`` of this process (``maglev.actors.extra``).
     Explicit, not on import: importing the module (tests do) must not change other runs."""
-    from maglev.actors import pipeline
+    from maglev.actors import extra
 
-    if actor_def not in pipeline.EXTRA_ACTORS:
-        pipeline.EXTRA_ACTORS.append(actor_def)
+    extra.add(actor_def)
 
 
 def unregister() -> None:
-    from maglev.actors import pipeline
+    from maglev.actors import extra
 
-    while actor_def in pipeline.EXTRA_ACTORS:
-        pipeline.EXTRA_ACTORS.remove(actor_def)
+    extra.remove(actor_def)

@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 from maglev.actors.base import Actor
-from maglev.actors.pipeline import open_region
 from maglev.native import check, ffi, lib
 from maglev.nic import open_tx, parse_nic, parse_out
 
@@ -35,10 +34,10 @@ class Muxer(Actor):
     stall_sleep_s = 0.0002
 
     def setup(self) -> None:
-        from maglev.rings import BELL_MUXER, SLOT_MUXER
+        from maglev.rings import BELL_MUXER, SLOT_MUXER, Region
 
         p = self.params
-        self.region = open_region(p["region"])
+        self.region = Region.attach(p["region"])
         self.base = self.region.base
         self.pool = self.region.pool_ptr
         self.slot = SLOT_MUXER

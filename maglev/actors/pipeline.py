@@ -3,7 +3,7 @@
 ``Pipeline`` is what ``maglev run`` drives: it creates the region (frame pool, rings,
 tables), publishes the first tables built from the config, describes every actor as an
 ``ActorDef`` (steering, N workers, muxer, then any control-plane actors registered in
-``EXTRA_ACTORS``), runs the :class:`~maglev.actors.supervisor.Supervisor`, reads the
+``maglev.actors.extra``), runs the :class:`~maglev.actors.supervisor.Supervisor`, reads the
 counters straight from the region's stats blocks (single writer each, so reading them
 from here is safe at any time), and at the end checks the frame accounting and removes
 the region and the run directory.
@@ -14,6 +14,10 @@ the second; with one CPU everything shares it.  Actors never spin while idle, so
 
 Tables: the first generation is published here, before any worker starts; afterwards the
 config manager (a control-plane actor, when registered) is the only writer.
+
+This module is a leaf: ``maglev run``, the benchmarks and the tests use it; no module of
+``maglev/`` imports it (the counters it reports are decoded by ``maglev.rings.stats``, the
+same code ``maglev ctl stats`` and Prometheus use).
 """
 
 from __future__ import annotations
@@ -24,91 +28,18 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from maglev.actors.extra import EXTRA_ACTORS
 from maglev.actors.supervisor import ActorDef, Supervisor
-from maglev.config import Config, load
+from maglev.config import load_config
+from maglev.rings import forwarder_counters, remove_stale_regions
+from maglev.rings.worker_page import read_worker_page
 
 log = logging.getLogger("maglev.pipeline")
 
-SAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "data" / "sample.toml"
-
-# Control-plane actors added to every run: (factory(options, region_name) -> ActorDef | None).
-# The config manager, health prober and BGP speaker register themselves here.
-EXTRA_ACTORS: list[Callable[[PipelineOptions, str], ActorDef | None]] = []
-
-
-def load_config(path: str | os.PathLike | None) -> Config:
-    """The config at ``path``, or the built-in sample when ``path`` is empty."""
-    return load(path or SAMPLE_CONFIG)
-
-
-def open_region(name: str):
-    from maglev.rings import Region
-
-    return Region.attach(name)
-
-
-_DROP_NAMES: list[str] = []
-
-
-def drop_names() -> list[str]:
-    """Drop reason names, read once from C (enum mg_drop order)."""
-    if not _DROP_NAMES:
-        from maglev.native import ffi, lib
-
-        _DROP_NAMES.extend(ffi.string(lib.mg_drop_name(i)).decode() for i in range(lib.MG_DROP_COUNT))
-    return _DROP_NAMES
-
-
-def worker_stats(s: Any) -> dict[str, Any]:
-    """A worker's stats block as a dict (drops by reason name, zeros left out)."""
-    from maglev.native import lib
-
-    drops = {}
-    for i, name in enumerate(drop_names()):
-        v = int(s[lib.MG_WS_DROPS + i])
-        if v and i:
-            drops[name] = v
-    if int(s[lib.MG_WS_RESTART_DROPS]):
-        drops["worker_restart"] = int(s[lib.MG_WS_RESTART_DROPS])
-    return {
-        "packets_in": int(s[lib.MG_WS_PACKETS_IN]),
-        "bytes_in": int(s[lib.MG_WS_BYTES_IN]),
-        "forwarded": int(s[lib.MG_WS_FORWARDED]),
-        "bytes_out": int(s[lib.MG_WS_BYTES_OUT]),
-        "icmp_sent": int(s[lib.MG_WS_ICMP_SENT]),
-        "held": int(s[lib.MG_WS_HELD]),
-        "tables_generation": int(s[lib.MG_WS_GENERATION]),
-        "bursts": int(s[lib.MG_WS_BURSTS]),
-        "dropped": drops,
-    }
-
-
-def remove_stale_regions(instance: str) -> list[str]:
-    """Unlink regions this program made for ``instance`` whose supervisor is gone (killed
-    with -9: nobody else would ever remove them).  Names are ``<instance>-<pid>-<hex6>``."""
-    import re
-
-    import psutil
-
-    removed = []
-    pat = re.compile(rf"^maglev-{re.escape(instance)}-(\d+)-[0-9a-f]{{6}}$")
-    try:
-        names = os.listdir("/dev/shm")
-    except OSError:
-        return removed
-    for name in names:
-        m = pat.match(name)
-        if m and not psutil.pid_exists(int(m.group(1))):
-            try:
-                os.unlink(os.path.join("/dev/shm", name))
-                removed.append(name)
-                log.warning("removed a stale region", extra={"kv": {"name": name}})
-            except OSError:
-                pass
-    return removed
+# Control-plane actors added to every run (the config manager, health prober and BGP
+# speaker register there): maglev.actors.extra.
 
 
 def parse_cpus(text: str | None) -> list[int]:
@@ -288,50 +219,32 @@ class Pipeline:
 
     # ------------------------------------------------------------------ counters
     def counters(self) -> dict[str, Any]:
-        from maglev.native import lib
-        from maglev.rings import SLOT_MUXER, SLOT_STEERING, worker_slot
-
-        r = self.region
-        st = r.stats(SLOT_STEERING)
-        mx = r.stats(SLOT_MUXER)
-        per_worker = []
-        dropped: dict[str, int] = {}
-        forwarded = 0
-        for i in range(r.n_workers):
-            w = worker_stats(r.stats(worker_slot(i)))
-            forwarded += w["forwarded"]
-            for k, v in w["dropped"].items():
-                dropped[k] = dropped.get(k, 0) + v
-            per_worker.append({"worker": i, **w})
-        from maglev.actors.steering import SS_NIC_DROPS
-
-        nic_drops = 0
-        for reason, word in SS_NIC_DROPS.items():
-            if int(st[word]):
-                dropped[reason] = dropped.get(reason, 0) + int(st[word])
-                nic_drops += int(st[word])
-        tx_err = int(mx[lib.MG_MS_TX_ERRORS])
-        if tx_err:
-            dropped["tx_error"] = tx_err
+        c = forwarder_counters(self.region)
+        st, mx = c["steering"], c["muxer"]
+        per_worker = [{"worker": i, **w} for i, w in enumerate(c["workers"])]
+        for row in per_worker:  # what only the worker holds: its metrics page
+            page = read_worker_page(self.supervisor.run_dir, row["worker"])
+            if page is not None:
+                row["conntrack"] = page["conntrack"]
+                row["fragment_table"] = page["fragments"]
         end = self.t_end or time.monotonic()
         elapsed = max(1e-9, end - self.t0) if self.t0 else 0.0
-        packets_in = int(st[lib.MG_SS_RX_PACKETS]) + nic_drops
         # The rate is over steering's receive window (first to last received burst), not
         # the run's wall time, which includes start-up waits and the stop.
-        first, last = int(st[lib.MG_SS_FIRST_RX_NS]), int(st[lib.MG_SS_LAST_RX_NS])
+        first, last = st["first_rx_ns"], st["last_rx_ns"]
         window = (last - first) / 1e9 if last > first else 0.0
         return {
-            "packets_in": packets_in,
-            "forwarded": forwarded,
-            "dropped": dict(sorted(dropped.items())),
-            "tx_packets": int(mx[lib.MG_MS_TX_PACKETS]),
-            "fallback": int(st[lib.MG_SS_FALLBACK]),
-            "backpressure": int(st[lib.MG_SS_BACKPRESSURE]),
+            "packets_in": st["packets_in"],
+            "forwarded": sum(w["forwarded"] for w in c["workers"]),
+            "dropped": c["dropped"],
+            "tx_packets": mx["tx_packets"],
+            "fallback": st["fallback"],
+            "backpressure": st["backpressure"],
             "per_worker": per_worker,
             "restarts": self.supervisor.restarts,
             "elapsed_s": round(elapsed, 3),
             "rx_window_s": round(window, 3),
-            "mpps": round(int(st[lib.MG_SS_RX_PACKETS]) / window / 1e6, 3) if window else 0.0,
+            "mpps": round(st["rx_packets"] / window / 1e6, 3) if window else 0.0,
         }
 
     def summary(self) -> dict[str, Any]:

@@ -45,16 +45,12 @@ import time
 from typing import Any
 
 from maglev.actors.base import Actor
-from maglev.actors.pipeline import load_config, open_region
+from maglev.config import load_config
 from maglev.native import check, ffi, lib
 from maglev.nic import open_rx, parse_nic
+from maglev.rings import SS_NIC_DROPS, Region
 
 log = logging.getLogger("maglev.steering")
-
-# Stats words (after the MG_SS_* ones the C glue writes) for records a capture NIC could
-# not turn into frames: they count as received and dropped with these reasons.
-SS_NIC_DROPS = {"unsupported_linktype": 16, "frame_overflow": 17}
-
 
 class _BellPipe:
     """Steering's futex doorbell as a readable pipe, for a ``poll()`` on the NIC too.
@@ -120,7 +116,7 @@ class Steering(Actor):
         from maglev.rings import BELL_STEERING, SLOT_STEERING
 
         p = self.params
-        self.region = open_region(p["region"])
+        self.region = Region.attach(p["region"])
         self.base = self.region.base
         self.pool = self.region.pool_ptr
         self.slot = SLOT_STEERING
@@ -145,7 +141,7 @@ class Steering(Actor):
         if hasattr(self.nic, "wake_on"):  # an fd-based NIC: poll it and the doorbell
             self.bell_pipe = _BellPipe(self.bell)
             self.nic.wake_on(self.bell_pipe.r)
-        from maglev.telemetry.tracer import SteeringTracer, steering_sample_rate
+        from maglev.telemetry.packets import SteeringTracer, steering_sample_rate
 
         self.tracer = SteeringTracer(self.region, steering_sample_rate(cfg), self.spec.instance, self.spec.run_dir)
         self.n_workers = self.region.n_workers

@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 from maglev.actors.base import Actor
-from maglev.actors.pipeline import load_config, open_region, worker_stats
+from maglev.config import load_config
 from maglev.native import check, ffi, lib
+from maglev.rings import Region, worker_counters
 
 log = logging.getLogger("maglev.worker")
 
@@ -32,7 +33,7 @@ class Worker(Actor):
 
         p = self.params
         self.index = int(p["index"])
-        self.region = open_region(p["region"])
+        self.region = Region.attach(p["region"])
         self.base = self.region.base
         cfg = load_config(p.get("config", ""))
         k0, k1 = cfg.flow_hash_key
@@ -48,8 +49,6 @@ class Worker(Actor):
             log.warning("dropped frames a dead predecessor held", extra={"kv": {"frames": recovered}})
         self.bell = self.region.bell(worker_bell(self.index))
         self.stats_block = self.region.stats(worker_slot(self.index))
-        from maglev.telemetry.metrics import WorkerObserver
-
         self.observe = WorkerObserver(self)  # metrics page + generation-switch spans
 
     def tick(self, now: float) -> None:
@@ -95,4 +94,44 @@ class Worker(Actor):
 
     def stats(self) -> dict[str, Any]:
         s = getattr(self, "stats_block", None)
-        return worker_stats(s) if s is not None else {}
+        return worker_counters(s.snapshot()) if s is not None else {}
+
+
+class WorkerObserver:
+    """What a worker actor runs in its tick: publish its metrics page
+    (:class:`maglev.rings.worker_page.WorkerPage`), report generation switches as spans
+    (:class:`maglev.telemetry.spans.GenerationWatch`).  Never raises into the worker: an
+    observability failure is logged once and the feature switched off."""
+
+    def __init__(self, actor: Any):
+        from maglev.rings.worker_page import WorkerPage
+
+        self._log = logging.getLogger("maglev.telemetry")
+        self.page: WorkerPage | None = None
+        self.watch: Any = None
+        try:
+            self.page = WorkerPage(actor.region, actor.spec.run_dir, actor.index, actor.w)
+        except OSError as exc:
+            self._log.warning("worker metrics page unavailable: %s", exc)
+        try:
+            from maglev.telemetry.spans import GenerationWatch
+
+            self.watch = GenerationWatch(actor.region, actor.index)
+        except Exception as exc:  # tracing is optional for forwarding
+            self._log.warning("generation-switch spans unavailable: %s", exc)
+
+    def tick(self, now: float) -> None:
+        try:
+            if self.page is not None:
+                self.page.publish(now)
+            if self.watch is not None:
+                self.watch.poll()
+        except Exception:
+            self._log.exception("worker observability failed; switched off")
+            self.page = self.watch = None
+
+    def close(self) -> None:
+        if self.page is not None:
+            self.page.publish(force=True)
+            self.page.close()
+            self.page = None

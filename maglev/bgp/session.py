@@ -46,14 +46,23 @@ import logging
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from maglev.bgp import messages as m
 from maglev.bgp.messages import Err, Notify
 
 if TYPE_CHECKING:
-    from maglev.bgp.speaker import Speaker
-    from maglev.config import BgpPeer
+    from maglev.config import Bgp, BgpPeer
+
+
+class Speaker(Protocol):
+    """What a session uses of its :class:`maglev.bgp.speaker.Speaker` (a Protocol: the
+    speaker module imports this one, so this one does not import it)."""
+
+    config: Bgp
+    prefixes: Any
+
+    def _emit(self, event: dict[str, Any]) -> None: ...
 
 log = logging.getLogger("maglev.bgp")
 

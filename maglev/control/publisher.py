@@ -43,7 +43,7 @@ class RegionPublisher:
     def publish(self, blob: bytes) -> int:
         # Workers report their switch as a child of the current span (the config manager's
         # publish span): its context goes next to the generation *before* they can see it.
-        from maglev.telemetry.tracer import store_generation_context
+        from maglev.telemetry.spans import store_generation_context
 
         store_generation_context(self.region, self.region.tables.generation() + 1)
         return int(self.region.tables.publish(blob, list(self.live_workers()), self.publish_timeout))

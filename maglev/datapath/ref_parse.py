@@ -14,14 +14,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from maglev.datapath.engine import DROP_NAMES  # the names are C's (MG_DROP_LIST)
 
-def _drop_names() -> tuple[str, ...]:
-    from maglev.native import ffi, lib
-
-    return tuple(ffi.string(lib.mg_drop_name(i)).decode() for i in range(lib.MG_DROP_COUNT))
-
-
-DROP_NAMES = _drop_names()
 R = {name: i for i, name in enumerate(DROP_NAMES)}
 
 OK = 0

@@ -38,23 +38,20 @@ import ipaddress
 import socket
 import struct
 from array import array
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from maglev.config import Config
 from maglev.errors import ConfigError, PacketError
 from maglev.hashing import build_table
-from maglev.hashing.reference import siphash13 as _py_siphash13
+from maglev.native import ffi as _ffi
+from maglev.native import lib as _lib
 
-try:  # the C SipHash (the same function, pinned by tests/hashing); the reference without it
-    from maglev.native import ffi as _ffi
-    from maglev.native import lib as _lib
 
-    def siphash13(k0: int, k1: int, data: bytes) -> int:
-        return int(_lib.mg_siphash13(k0, k1, data, len(data)))
-except ImportError:  # pragma: no cover - the extension is built at install
-    _ffi = _lib = None
-    siphash13 = _py_siphash13
+def siphash13(k0: int, k1: int, data: bytes) -> int:
+    """The C SipHash-1-3 (the same function as the reference, pinned by tests/hashing)."""
+    return int(_lib.mg_siphash13(k0, k1, data, len(data)))
 
 __all__ = [
     "BackendEntry",
@@ -73,8 +70,12 @@ MAX_BACKENDS = 65536
 VIP_F_ALLOW_FRAGMENTS = 0x01
 BACKEND_F_PRESENT = 0x01
 BACKEND_F_HEALTHY = 0x02
-ENCAP_CODES = {"gre": 0, "ipip": 1, "vxlan": 2, "l2": 3}  # MG_ENCAP_* (mg_encap.h)
+# Encapsulation names and codes: the codes are C's (MG_ENCAP_*, mg_encap.h).
+ENCAP_CODES = {"gre": int(_lib.MG_ENCAP_GRE), "ipip": int(_lib.MG_ENCAP_IPIP),
+               "vxlan": int(_lib.MG_ENCAP_VXLAN), "l2": int(_lib.MG_ENCAP_L2)}
+ENCAP_NAMES = {code: name for name, code in ENCAP_CODES.items()}
 PROTO_CODES = {"tcp": 6, "udp": 17}
+PROTO_NAMES = {code: name for name, code in PROTO_CODES.items()}
 DEFAULT_INNER_MAC = bytes.fromhex("026d67000001")
 BACKEND_ID_KEY = struct.unpack("<QQ", b"maglev/bkid/v1.0")
 
@@ -474,3 +475,50 @@ def read_tables(blob: bytes) -> TablesView:
         if view.find_backend(b.id, b.vip_index) != i:
             raise PacketError(f"tables blob: backend {i} is not found by its id")
     return view
+
+
+# ---------------------------------------------------------------------- summary view
+
+_summary_cache: dict[tuple[str, int], Any] = {}
+
+
+def vip_key(v: Any) -> str:
+    """``ADDR:PORT/PROTO`` (IPv6 in brackets) of a VIP entry."""
+    addr = v.address
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"{host}:{v.port}/{PROTO_NAMES.get(v.proto, str(v.proto))}"
+
+
+def tables_info(region: Any) -> dict[str, Any] | None:
+    """The tables ``region`` publishes now, parsed and summarised (VIPs, their backends,
+    weights, health and Maglev entries per backend), cached per region and generation;
+    None before the first publication."""
+    gen, blob = region.tables.current()
+    if gen == 0:
+        return None
+    ck = (region.name, gen)
+    hit = _summary_cache.get(ck)
+    if hit is not None:
+        return hit
+    view = read_tables(blob)
+    vips = []
+    for i, v in enumerate(view.vips):
+        entries = Counter(view.maglev(i))
+        entries.pop(-1, None)
+        backends = []
+        for b in range(v.backend_first, v.backend_first + v.backend_count):
+            be = view.backends[b]
+            backends.append({"index": b, "address": be.address, "weight": be.weight,
+                             "healthy": be.healthy, "entries": entries.get(b, 0)})
+        live = [b["entries"] for b in backends if b["healthy"] and b["weight"] > 0]
+        vips.append({
+            "index": i, "vip": vip_key(v), "encap": ENCAP_NAMES.get(v.encap, str(v.encap)),
+            "table_size": v.table_size, "backends": backends,
+            "entries_min": min(live) if live else 0, "entries_max": max(live) if live else 0,
+        })
+    info = {"generation": gen, "blob_generation": view.header["generation"], "vips": vips,
+            "n_backends": len(view.backends), "view": view}
+    if len(_summary_cache) > 8:
+        _summary_cache.clear()
+    _summary_cache[ck] = info
+    return info

@@ -222,7 +222,7 @@ def failover(state: dict[str, Any], connections: int = 150, victim: str = "lab2"
         psutil.wait_procs(killed, timeout=10)  # bounded; they were sent SIGKILL
         # A killed supervisor cannot remove its shared-memory region; do it for it (only
         # regions of this instance whose supervisor is gone).
-        from maglev.actors.pipeline import remove_stale_regions
+        from maglev.rings import remove_stale_regions
 
         stale = remove_stale_regions(victim)
         hops_after = lab.vip_nexthops()

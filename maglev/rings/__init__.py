@@ -27,7 +27,6 @@ from maglev.rings.region import (
     SLOT_STEERING,
     SLOT_SUPERVISOR,
     SLOT_WORKER0,
-    STATS_WORDS,
     AccountReport,
     Doorbell,
     Hand,
@@ -36,8 +35,16 @@ from maglev.rings.region import (
     Ring,
     Tables,
     TablesBusyError,
+    remove_stale_regions,
     worker_bell,
     worker_slot,
+)
+from maglev.rings.stats import (
+    SS_NIC_DROPS,
+    STATS_WORDS,
+    StatsBlock,
+    forwarder_counters,
+    worker_counters,
 )
 
 __all__ = [
@@ -66,6 +73,11 @@ __all__ = [
     "Ring",
     "Tables",
     "TablesBusyError",
+    "SS_NIC_DROPS",
+    "StatsBlock",
+    "forwarder_counters",
+    "remove_stale_regions",
     "worker_bell",
+    "worker_counters",
     "worker_slot",
 ]

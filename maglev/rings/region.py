@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 from maglev.errors import MaglevError, NativeError
 from maglev.native import check, ffi, lib
+from maglev.rings.stats import StatsBlock
 
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "maglev-"
@@ -67,7 +68,6 @@ SLOT_CONFIG = int(lib.MG_SLOT_CONFIG)
 SLOT_HEALTH = int(lib.MG_SLOT_HEALTH)
 SLOT_BGP = int(lib.MG_SLOT_BGP)
 SLOT_WORKER0 = int(lib.MG_SLOT_WORKER0)
-STATS_WORDS = int(lib.MG_STATS_WORDS)
 
 HAND_MAX = int(lib.MG_HAND_MAX)
 HAND_KEEP = int(lib.MG_HAND_KEEP)
@@ -98,6 +98,31 @@ class TablesBusyError(MaglevError, TimeoutError):
         self.laggards = dict(laggards)
         lag = ", ".join(f"worker {w} at {g}" for w, g in sorted(self.laggards.items()))
         super().__init__(f"table generation {generation} not yet seen by: {lag}")
+
+
+def remove_stale_regions(instance: str) -> list[str]:
+    """Unlink regions this program made for ``instance`` whose supervisor is gone (killed
+    with -9: nobody else would ever remove them).  Names are ``<instance>-<pid>-<hex6>``."""
+    import logging
+
+    import psutil
+
+    removed = []
+    pat = re.compile(rf"^{re.escape(SHM_PREFIX)}{re.escape(instance)}-(\d+)-[0-9a-f]{{6}}$")
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return removed
+    for name in names:
+        m = pat.match(name)
+        if m and not psutil.pid_exists(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed.append(name)
+                logging.getLogger("maglev.pipeline").warning("removed a stale region", extra={"kv": {"name": name}})
+            except OSError:
+                pass
+    return removed
 
 
 def _shm_path(name: str) -> str:
@@ -730,11 +755,13 @@ class Region:
         if not isinstance(slot, int) or not 0 <= slot < self.n_slots:
             raise RegionError(f"slot {slot!r}: region has {self.n_slots} slots")
 
-    def stats(self, slot: int):
-        """The ``uint64_t[STATS_WORDS]`` counter block of actor ``slot``: one writer (the
-        actor), read by anyone; values may lag a burst behind."""
+    def stats(self, slot: int) -> StatsBlock:
+        """The counter block of actor ``slot`` (:class:`~maglev.rings.stats.StatsBlock`:
+        words read and written through C): one writer (the actor), read by anyone; values
+        may lag a burst behind."""
         self._check_slot(slot)
-        return ffi.cast(f"uint64_t[{STATS_WORDS}]", lib.mg_region_stats(self._b(), slot))
+        self._b()
+        return StatsBlock(self, slot)
 
     def heartbeat(self, slot: int) -> int:
         """Last heartbeat (CLOCK_MONOTONIC ns) of actor ``slot``; 0 if never."""

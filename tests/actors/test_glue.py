@@ -149,7 +149,7 @@ def test_order_within_a_flow_is_kept_without_fallback(region):
 
 
 def test_replacement_worker_finishes_judged_frames_and_drops_the_rest(region):
-    from maglev.actors.pipeline import load_config
+    from maglev.config import load_config
     from maglev.datapath.tables import build_tables
 
     region.tables.publish(build_tables(load_config("")), [], 1.0)

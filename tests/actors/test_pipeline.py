@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from maglev.actors.pipeline import SAMPLE_CONFIG, Pipeline, PipelineOptions
+from maglev.actors.pipeline import Pipeline, PipelineOptions
+from maglev.config import SAMPLE_CONFIG
 from maglev.native import ffi, lib
 from maglev.nic.gen import GenNic
 from maglev.nic.pcapfile import PcapReader, PcapWriter
@@ -232,7 +233,7 @@ def test_bad_arguments_are_one_clear_line_and_leave_nothing(args, message, tmp_p
 
 
 def test_supervisor_killed_with_9_actors_exit_and_the_region_is_reclaimed(tmp_path):
-    from maglev.actors.pipeline import remove_stale_regions
+    from maglev.rings import remove_stale_regions
 
     proc = subprocess.Popen([*CLI, "run", "--workers", "2", "--json"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=cli_env(tmp_path))

@@ -14,12 +14,7 @@ import time
 from maglev.actors.base import ActorSpec
 from maglev.actors.bgp_speaker import BgpSpeakerActor
 from maglev.bgp import messages as m
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from maglev.testing.ports import free_port
 
 
 def params(port: int) -> dict:

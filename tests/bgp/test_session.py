@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 import struct
 import time
 
@@ -18,16 +17,13 @@ from maglev.bgp import Speaker
 from maglev.bgp import messages as m
 from maglev.bgp.__main__ import handle_command
 from maglev.config import Bgp, BgpPeer
+from maglev.testing.ports import free_port
 
 LOCAL_ID = "198.18.0.10"  # the speaker under test
 VIP4 = "203.0.113.10/32"
 VIP6 = "2001:db8:100::10/128"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def run(coro, timeout: float = 30):
@@ -562,7 +558,7 @@ def test_two_active_speakers_and_several_peers():
     """Three speakers on 127.0.0.1-3, all active: collisions happen and resolve; routes flow."""
 
     async def go():
-        ports = {h: free_port(h) for h in ("127.0.0.1", "127.0.0.2", "127.0.0.3")}
+        ports = {h: free_port(host=h) for h in ("127.0.0.1", "127.0.0.2", "127.0.0.3")}
         ids = {"127.0.0.1": "198.18.0.1", "127.0.0.2": "198.18.0.2", "127.0.0.3": "198.18.0.3"}
         asns = {"127.0.0.1": 64601, "127.0.0.2": 64602, "127.0.0.3": 4200000003}
 

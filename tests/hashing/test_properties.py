@@ -3,6 +3,7 @@ reference and both against the paper's promises.  Bounds are stated in each test
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -119,9 +120,11 @@ def _changed(before, after) -> float:
 def test_removing_k_of_n_moves_about_k_over_n(n, extra, seed):
     """With M >= 100 * N and k <= N/10 removed: every slot of a removed backend moves
     (so the fraction is >= their share, which is k/N within a slot each), and the extra
-    that Maglev moves between survivors stays under 5 percentage points (measured worst
-    over 400 random cases: 3.9 points, at M/N = 100).  docs/hashing.md lists measured
-    fractions at the paper's sizes."""
+    that Maglev moves between survivors shrinks as N grows, about sqrt(k)/N: measured
+    worst over 4,500 random cases 0.41/sqrt(N) (N=176, k=17: 3.1 points; N=10, k=1:
+    9.8 points, where one removal is already 10%).  The bound is 0.6/sqrt(N).  An earlier
+    flat 5-point bound was falsified by hypothesis at N=10.  docs/hashing.md lists
+    measured fractions at the paper's sizes."""
     rng = random.Random(seed)
     m = next_prime(100 * n + extra)
     names = [f"s{seed}-{i}" for i in range(n)]
@@ -131,7 +134,7 @@ def test_removing_k_of_n_moves_about_k_over_n(n, extra, seed):
     held = sum(c for x, c in zip(before.names, before.counts, strict=True) if x in gone) / m
     frac = _changed(before, after)
     assert frac >= held
-    assert frac <= len(gone) / n + 0.05
+    assert frac <= len(gone) / n + 0.6 / math.sqrt(n)
 
 
 def test_removal_fraction_at_the_paper_size():

@@ -116,9 +116,3 @@ def servers():
             o.close()
 
 
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,17 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from maglev.actors.pipeline import SAMPLE_CONFIG
+from maglev.config import SAMPLE_CONFIG
 from maglev.testing.otlp import OtlpReceiver
+from maglev.testing.ports import free_port
 
 SAMPLE_EVERY = 500
 MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Running:

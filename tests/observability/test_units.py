@@ -13,25 +13,22 @@ import urllib.request
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from maglev.actors.pipeline import SAMPLE_CONFIG
-from maglev.config import load
+from maglev.config import SAMPLE_CONFIG, load
+from maglev.datapath.engine import DROP_CODES
 from maglev.datapath.tables import build_tables, read_tables
-from maglev.errors import ConfigError
+from maglev.errors import ConfigError, MaglevError
 from maglev.hashing.reference import siphash13
 from maglev.native import ffi, lib
+from maglev.observability.metrics import collect
+from maglev.observability.ops import TraceRequestError, arm_request, set_sampling
+from maglev.observability.prometheus import MetricsServer, parse_listen, render
+from maglev.observability.whereis import WhereisError, parse_flow, whereis_blob, whereis_config
 from maglev.rings import Region
+from maglev.rings.trace_block import status as request_status
+from maglev.rings.worker_page import WorkerPage, read_worker_page
 from maglev.telemetry import get_tracer, setup_tracing, shutdown_tracing
-from maglev.telemetry.metrics import WorkerPage, collect, read_worker_page
-from maglev.telemetry.prometheus import MetricsServer, parse_listen, render
-from maglev.telemetry.tracer import (
-    GenerationWatch,
-    TraceRequestError,
-    arm_request,
-    decode_head,
-    request_status,
-    store_generation_context,
-)
-from maglev.telemetry.whereis import WhereisError, parse_flow, whereis_blob, whereis_config
+from maglev.telemetry.packets import record_to_dict
+from maglev.telemetry.spans import GenerationWatch, store_generation_context
 from maglev.testing import packets as P
 
 from .promparse import parse_prometheus
@@ -110,8 +107,6 @@ def test_trace_request_block_and_c_filter(region):
 
 
 def test_set_sampling_keeps_the_filter_remaining_count(region):
-    from maglev.telemetry.tracer import set_sampling
-
     arm_request(region, vip=WEB_VIP, count=10)
     region.stats(int(lib.MG_SLOT_TRACE))[lib.MG_TW_REQ_MARKED] = 4  # steering marked 4 so far
     set_sampling(region, 250)
@@ -130,8 +125,9 @@ def test_set_sampling_keeps_the_filter_remaining_count(region):
     ({"sample_every": -2}, "sample rate"),
 ])
 def test_trace_request_errors(region, kw, msg):
-    with pytest.raises(TraceRequestError, match=msg):
+    with pytest.raises(TraceRequestError, match=msg) as info:
         arm_request(region, **kw)
+    assert isinstance(info.value, MaglevError)
 
 
 def test_generation_switch_span_is_a_child_of_publish(region):
@@ -206,13 +202,31 @@ def test_whereis_bad_flows(src, dst, msg):
         parse_flow(src, dst)
 
 
-def test_decode_head_reads_the_outer_destination():
-    inner = P.ipv4("198.19.0.9", "203.0.113.10", 6, P.tcp(5555, 80, b"", src="198.19.0.9", dst="203.0.113.10"))
+def _collect_one(region, frame: bytes, verdict: int) -> dict:
+    """Put ``frame`` in pool frame 0 as a traced frame with ``verdict``, let steering's C
+    reclaim collect it, and decode the record."""
+    m = ffi.cast("struct mg_frame_meta *", region.pool_ptr)
+    m.flags, m.verdict, m.len, m.data_off = lib.MG_FRAME_F_TRACE, verdict, len(frame), lib.MG_FRAME_HEADROOM
+    ffi.memmove(region.pool_ptr + lib.MG_FRAME_META_SIZE + lib.MG_FRAME_HEADROOM, frame, len(frame))
+    lib.mg_trace_collect(region.base, region.pool_ptr, ffi.new("uint64_t[]", [0]), 1)
+    out = ffi.new("struct mg_trace_rec[]", 4)
+    assert lib.mg_trace_drain(out, 4) == 1
+    return record_to_dict(out[0])
+
+
+def test_tracer_decodes_with_the_data_path_parser(region):
+    inner = P.ipv4("198.19.0.9", "203.0.113.10", 6, P.tcp(5555, 80, b"x" * 300, src="198.19.0.9", dst="203.0.113.10"))
     gre = struct.pack("!HH", 0, 0x0800) + inner
-    frame = P.eth(P.ipv4("198.18.0.10", "198.18.1.12", 47, gre))
-    got = decode_head(frame[:124], forwarded=True)
-    assert got == {"outer_dst": "198.18.1.12", "flow": "198.19.0.9:5555 -> 203.0.113.10:80/tcp"}
-    assert decode_head(b"\0" * 10, forwarded=True) == {}
+    fwd = int(lib.MG_VERDICT_FORWARD)
+    got = _collect_one(region, P.eth(P.ipv4("198.18.0.10", "198.18.1.12", 47, gre)), fwd)
+    assert got["outer_dst"] == "198.18.1.12" and got["flow"] == "198.19.0.9:5555 -> 203.0.113.10:80/tcp"
+    got = _collect_one(region, P.eth(P.ipv4("198.18.0.10", "198.18.1.13", 4, inner)), fwd)  # IP-in-IP
+    assert got["outer_dst"] == "198.18.1.13" and got["flow"] == "198.19.0.9:5555 -> 203.0.113.10:80/tcp"
+    got = _collect_one(region, P.eth(inner), DROP_CODES["no_backend"])  # dropped: the packet itself
+    assert "outer_dst" not in got and got["flow"] == "198.19.0.9:5555 -> 203.0.113.10:80/tcp"
+    assert got["verdict"] == "drop:no_backend"
+    got = _collect_one(region, b"\0" * 10, fwd)  # nothing a parser can read
+    assert "outer_dst" not in got and "flow" not in got
 
 
 def test_metrics_server_serves_and_refuses():
@@ -260,7 +274,7 @@ def test_run_with_a_bad_metrics_address_is_one_line_and_starts_nothing(tmp_path,
 
 
 def test_metrics_host_answers_503_until_attached():
-    from maglev.telemetry.prometheus import MetricsHost
+    from maglev.observability.prometheus import MetricsHost
 
     host = MetricsHost("127.0.0.1:0")
     try:

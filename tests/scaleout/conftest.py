@@ -13,12 +13,6 @@ from maglev.bgp.speaker import Speaker
 from maglev.config import Config
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RouterThread:
     """A passive BGP peer on 127.0.0.1:``port`` (AS 64512) that accepts maglev (AS 64513)
     and records the prefixes maglev announces.  Runs its own event loop in a thread."""

@@ -18,9 +18,10 @@ from maglev.config import DEFAULT_FLOW_HASH_SECRET
 from maglev.control.protocol import decode_event
 from maglev.hashing import build_table
 from maglev.testing.packets import write_pcap
+from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
 
-from .conftest import Listener, RouterThread, free_port
+from .conftest import Listener, RouterThread
 
 pytestmark = pytest.mark.slow
 

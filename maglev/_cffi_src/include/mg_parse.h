@@ -103,6 +103,9 @@ struct mg_parsed {
 };
 
 int mg_parse(const uint8_t *pkt, uint32_t len, struct mg_parsed *out);
+/* The same for an IP packet starting at pkt[off] (no link layer: the inner packet of an
+ * IP-in-IP or GRE tunnel); the version nibble picks IPv4 or IPv6. */
+int mg_parse_ip(const uint8_t *pkt, uint32_t len, uint32_t off, struct mg_parsed *out);
 
 /* Names of drop reasons: "" for an out-of-range value. */
 const char *mg_drop_name(int reason);

@@ -51,6 +51,10 @@
 #define MG_SS_RECOVERED 10   /* frames found in a dead predecessor's hand */
 #define MG_SS_FIRST_RX_NS 11 /* CLOCK_MONOTONIC of the first received burst */
 #define MG_SS_LAST_RX_NS 12  /* ... and of the latest one (rates over the receive window) */
+/* Records a capture NIC could not turn into frames (counted in Python by the NIC, copied
+ * here by the steering actor's tick): received and dropped with these reasons. */
+#define MG_SS_NIC_UNSUPPORTED_LINKTYPE 16
+#define MG_SS_NIC_FRAME_OVERFLOW 17
 
 /* Muxer counters (muxer slot). */
 #define MG_MS_TX_PACKETS 0

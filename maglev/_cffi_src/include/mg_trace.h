@@ -1,7 +1,7 @@
 /* Packet tracer: mark a few packets in steering, let every stage stamp its time into the
  * frame metadata, collect the marked frames when they come home, turn them into spans.
  *
- * Who does what (the Python side is maglev/telemetry/tracer.py):
+ * Who does what (the Python side is maglev/telemetry/packets.py (spans) and maglev/rings/trace_block.py (request words)):
  *
  *   config manager  writes a trace *request* into the trace block (below): a sampling rate
  *                   (1 in N) and/or a filter (VIP dst/port/proto, client src/prefix/port,
@@ -40,6 +40,7 @@
 #define MG_TRACE_H
 
 #include "mg_common.h"
+#include "mg_flow.h"
 #include "mg_frame.h"
 
 #define MG_SLOT_TRACE 6
@@ -68,17 +69,56 @@
 #define MG_TW_FINISHED 35  /* traced frames collected (or given up on by resync) */
 #define MG_TW_LOST 36      /* records dropped: the local log was full */
 #define MG_TW_RESYNCS 37
+/* Generation-context words (config manager; a seqlock of their own, read by workers). */
+#define MG_TW_GEN_SEQ 16
+#define MG_TW_GEN 17       /* 17..22: struct mg_trace_gen_ctx, word by word */
+
+/* A trace request as the config manager states it (mg_trace_arm packs it into the
+ * request words): addresses in network order, ports in host order (0 = any). */
+struct mg_trace_req {
+    uint64_t sample_every; /* used when sample_set */
+    uint64_t count;        /* filter: packets to mark (0 = no filter) */
+    uint64_t deadline_ns;  /* filter: CLOCK_MONOTONIC ns after which it is off (0 = never) */
+    uint64_t req_id;
+    uint8_t dst_addr[16];
+    uint8_t src_addr[16];
+    uint16_t dst_port;
+    uint16_t src_port;
+    uint8_t sample_set;
+    uint8_t dst_on, dst_family, proto;
+    uint8_t src_on, src_family, src_plen;
+};
+
+/* What `maglev ctl trace` shows (each word read whole; the request words as one copy). */
+struct mg_trace_status {
+    uint64_t seq, applied, marked, request_marked, finished, lost, resyncs, count;
+    uint64_t sample_every;
+    uint64_t sample_set;
+};
+
+/* The W3C context of the span that published a tables generation (issue 8). */
+struct mg_trace_gen_ctx {
+    uint64_t generation;
+    uint64_t trace_id_hi, trace_id_lo, span_id, trace_flags;
+    uint64_t published_ns; /* CLOCK_REALTIME ns */
+};
+
+/* What the data path's parser says about a collected frame (the tracer's only decoder):
+ * `outer` is the packet as it left (for a forwarded, encapsulated one its destination is
+ * the backend), `flow` the client's packet (the inner packet of a tunnel). */
+#define MG_TRACE_D_OUTER 1
+#define MG_TRACE_D_FLOW 2
 
 /* Records the steering process keeps until Python drains them. */
 #define MG_TRACE_LOG 1024
-#define MG_TRACE_HEAD 124
 
-/* One collected packet: its metadata and the first bytes of the frame as it left (the
- * encapsulated packet for a forwarded one: its outer destination is the backend). */
+/* One collected packet: its metadata and what the parser read from the frame. */
 struct mg_trace_rec {
     struct mg_frame_meta meta;
-    uint32_t head_len;
-    uint8_t head[MG_TRACE_HEAD];
+    struct mg_flow_key outer;
+    struct mg_flow_key flow;
+    uint32_t decoded; /* MG_TRACE_D_* */
+    uint32_t reserved;
 };
 
 /* Steering, per packet: decremented for every packet; 0 -> slow path. */
@@ -117,6 +157,16 @@ static inline void mg_trace_worker_hook(struct mg_frame_meta *m)
 int mg_trace_drain(struct mg_trace_rec *out, uint32_t max);
 /* Steering process: give up on traced frames that never came home. */
 void mg_trace_resync(void *base);
+/* Config manager (single writer of words 0..31): publish a request; returns its sequence. */
+uint64_t mg_trace_arm(void *base, const struct mg_trace_req *req);
+/* Config manager: change only the sampling rate; an armed filter keeps its remaining count. */
+uint64_t mg_trace_set_sampling(void *base, uint64_t sample_every);
+/* Anyone. */
+void mg_trace_status(void *base, struct mg_trace_status *out);
+/* Config manager, right after publishing a generation. */
+void mg_trace_gen_store(void *base, const struct mg_trace_gen_ctx *ctx);
+/* Workers: 0 and *out, or -EAGAIN (the config manager kept writing). */
+int mg_trace_gen_load(void *base, struct mg_trace_gen_ctx *out);
 /* Tests: forget this process's steering state (request, countdown, log). */
 void mg_trace_reset(void);
 

@@ -1,7 +1,94 @@
-/* Observability accessors (design in include/mg_obs.h). */
+/* A worker's metrics page (design in include/mg_obs.h). */
 #include "mg_obs.h"
+
+#include <errno.h>
+#include <sched.h>
+
+#include "mg_stats.h"
+#include "mg_tables_pub.h"
+
+#define WORDS(x) ((uint32_t)(sizeof(x) / sizeof(uint64_t)))
+/* The header after its sequence word, as words. */
+#define HDR_REST(h) ((uint64_t *)&(h)->mono_ns)
+#define HDR_REST_WORDS (WORDS(struct mg_obs_page_hdr) - 2)
+
+_Static_assert(sizeof(struct mg_obs_page_hdr) % 8 == 0, "the header is whole words");
+_Static_assert(sizeof(struct mg_dp_counter) == 16, "two words per counter");
 
 struct mg_dp *mg_obs_worker_dp(struct mg_worker *w)
 {
     return w ? w->dp : NULL;
+}
+
+uint64_t mg_obs_page_bytes(void)
+{
+    return MG_OBS_PAGE_BYTES;
+}
+
+int mg_obs_page_publish(void *page, uint64_t size, void *region_base, struct mg_worker *w,
+                        uint64_t mono_ns)
+{
+    if (!page || size < MG_OBS_PAGE_BYTES || !w || !w->dp)
+        return -EINVAL;
+    struct mg_obs_page_hdr h = {.magic = MG_OBS_PAGE_MAGIC, .mono_ns = mono_ns};
+    const struct mg_dp_stats *d = mg_dp_stats(w->dp);
+    h.generation = __atomic_load_n(&w->stats[MG_WS_GENERATION], __ATOMIC_RELAXED); /* own word */
+    uint64_t blob_gen = 0;
+    if (h.generation) {
+        const struct mg_tables_header *t =
+            (const struct mg_tables_header *)mg_tables_copy(region_base, (uint32_t)(h.generation & 1));
+        h.n_vips = t->n_vips < MG_OBS_MAX_VIPS ? t->n_vips : MG_OBS_MAX_VIPS;
+        h.n_backends = t->n_backends < MG_OBS_MAX_BACKENDS ? t->n_backends : MG_OBS_MAX_BACKENDS;
+        blob_gen = t->generation;
+    }
+    h.tables_generation = d->tables_generation;
+    if (blob_gen != h.tables_generation)
+        h.n_vips = h.n_backends = 0; /* the counters describe other tables: do not name them */
+    h.ct = d->ct;
+    h.frag = d->frag;
+
+    struct mg_obs_page_hdr *p = page;
+    uint8_t *base = page;
+    uint64_t odd = mg_seq_write_begin(&p->seq);
+    __atomic_store_n(&p->magic, MG_OBS_PAGE_MAGIC, __ATOMIC_RELAXED);
+    mg_seq_store_words(HDR_REST(p), HDR_REST(&h), HDR_REST_WORDS);
+    mg_seq_store_words((uint64_t *)(base + MG_OBS_VIPS_OFF), (const uint64_t *)mg_dp_vip_counters(w->dp),
+                       (uint32_t)h.n_vips * 2);
+    mg_seq_store_words((uint64_t *)(base + MG_OBS_BACKENDS_OFF),
+                       (const uint64_t *)mg_dp_backend_counters(w->dp), (uint32_t)h.n_backends * 2);
+    mg_seq_write_end(&p->seq, odd);
+    return 0;
+}
+
+int mg_obs_page_read(const void *page, uint64_t size, struct mg_obs_page_hdr *hdr,
+                     struct mg_dp_counter *vips, struct mg_dp_counter *backends, uint32_t tries)
+{
+    if (!page || size < MG_OBS_PAGE_BYTES)
+        return -EINVAL;
+    const struct mg_obs_page_hdr *p = page;
+    const uint8_t *base = page;
+    for (uint32_t t = 0; t < tries; t++) {
+        uint64_t s = mg_seq_read_begin(&p->seq);
+        if (!(s & 1)) {
+            hdr->magic = __atomic_load_n(&p->magic, __ATOMIC_RELAXED);
+            hdr->seq = s;
+            mg_seq_load_words(HDR_REST(hdr), HDR_REST(p), HDR_REST_WORDS);
+            /* Bounded before use: a torn header may hold anything until the check below. */
+            uint32_t nv = hdr->n_vips < MG_OBS_MAX_VIPS ? (uint32_t)hdr->n_vips : MG_OBS_MAX_VIPS;
+            uint32_t nb = hdr->n_backends < MG_OBS_MAX_BACKENDS ? (uint32_t)hdr->n_backends
+                                                                : MG_OBS_MAX_BACKENDS;
+            mg_seq_load_words((uint64_t *)vips, (const uint64_t *)(base + MG_OBS_VIPS_OFF), nv * 2);
+            mg_seq_load_words((uint64_t *)backends, (const uint64_t *)(base + MG_OBS_BACKENDS_OFF), nb * 2);
+            if (mg_seq_read_ok(&p->seq, s)) {
+                if (hdr->magic != MG_OBS_PAGE_MAGIC)
+                    return -ENODATA;
+                hdr->n_vips = nv;
+                hdr->n_backends = nb;
+                return 0;
+            }
+        }
+        if (t & 1)
+            sched_yield(); /* the writer may share our core: let it finish */
+    }
+    return -EAGAIN;
 }

@@ -286,3 +286,20 @@ int mg_parse(const uint8_t *pkt, uint32_t len, struct mg_parsed *out)
         return parse_ipv6(pkt, len, off, out);
     return MG_DROP_UNSUPPORTED_ETHERTYPE;
 }
+
+int mg_parse_ip(const uint8_t *pkt, uint32_t len, uint32_t off, struct mg_parsed *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (off >= len)
+        return MG_DROP_TRUNCATED;
+    out->l3_off = (uint16_t)off;
+    if (pkt[off] >> 4 == 4) {
+        out->ethertype = ETH_P_IP;
+        return parse_ipv4(pkt, len, off, out);
+    }
+    if (pkt[off] >> 4 == 6) {
+        out->ethertype = ETH_P_IPV6;
+        return parse_ipv6(pkt, len, off, out);
+    }
+    return MG_DROP_UNSUPPORTED_ETHERTYPE;
+}

@@ -1,12 +1,15 @@
 /* Packet tracer (design in include/mg_trace.h). */
 #include "mg_trace.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "mg_dp.h"
 #include "mg_parse.h"
 #include "mg_shm.h"
+#include "mg_stats.h"
 
 uint64_t mg_trace_cd = UINT64_MAX;
 
@@ -211,6 +214,38 @@ int mg_trace_inflight(void *base)
            __atomic_load_n(&b[MG_TW_FINISHED], __ATOMIC_RELAXED);
 }
 
+/* The tracer's one decoder is the data path's parser.  A forwarded frame left
+ * encapsulated: its outer destination is the backend and the client's packet is inside
+ * (GRE without options, IP-in-IP, or VXLAN: UDP + 8 bytes + Ethernet); any other frame
+ * is the client's packet itself.  Runs for traced frames only, once each. */
+static void decode(struct mg_trace_rec *r, const uint8_t *pkt, uint32_t len)
+{
+    struct mg_parsed p, in;
+    memset(&r->outer, 0, sizeof r->outer);
+    memset(&r->flow, 0, sizeof r->flow);
+    if (mg_parse(pkt, len, &p) != MG_OK)
+        return;
+    r->outer = p.key;
+    r->decoded = MG_TRACE_D_OUTER;
+    if (r->meta.verdict != MG_VERDICT_FORWARD) {
+        r->flow = p.key;
+        r->decoded |= MG_TRACE_D_FLOW;
+        return;
+    }
+    uint32_t payload = p.l3_off + (p.family == 4 ? (uint32_t)(pkt[p.l3_off] & 15) * 4 : 40);
+    int rc = -1;
+    if (p.proto == 47 && (p.frag & MG_PF_FRAGMENT) == 0)
+        rc = mg_parse_ip(pkt, len, payload + 4, &in);
+    else if (p.proto == 4 || p.proto == 41)
+        rc = mg_parse_ip(pkt, len, payload, &in);
+    else if (p.proto == 17 && p.l4_off && len > p.l4_off + 16u)
+        rc = mg_parse(pkt + p.l4_off + 16, len - p.l4_off - 16, &in);
+    if (rc == MG_OK) {
+        r->flow = in.key;
+        r->decoded |= MG_TRACE_D_FLOW;
+    }
+}
+
 void mg_trace_collect(void *base, uint8_t *pool, const uint64_t *descs, uint32_t n)
 {
     uint64_t *b = block(base);
@@ -224,12 +259,10 @@ void mg_trace_collect(void *base, uint8_t *pool, const uint64_t *descs, uint32_t
         if (log_head - log_tail < MG_TRACE_LOG) {
             struct mg_trace_rec *r = &trace_log[log_head++ % MG_TRACE_LOG];
             r->meta = *m;
-            uint32_t n_head = 0;
+            r->decoded = 0;
             if (m->data_off <= MG_FRAME_SIZE - MG_FRAME_META_SIZE &&
                 m->len <= MG_FRAME_SIZE - MG_FRAME_META_SIZE - m->data_off)
-                n_head = m->len < MG_TRACE_HEAD ? m->len : MG_TRACE_HEAD;
-            memcpy(r->head, mg_frame_data(pool, (uint32_t)descs[j]), n_head);
-            r->head_len = n_head;
+                decode(r, mg_frame_data(pool, (uint32_t)descs[j]), m->len);
         } else
             lost++;
         m->flags &= (uint16_t)~MG_FRAME_F_TRACE;
@@ -283,4 +316,90 @@ void mg_trace_resync(void *base)
     b[MG_TW_RESYNCS]++;
     __atomic_store_n(&b[MG_TW_FINISHED], __atomic_load_n(&b[MG_TW_MARKED], __ATOMIC_RELAXED),
                      __ATOMIC_RELEASE);
+}
+
+/* ---------------------------------------------------------------- request words */
+
+static uint64_t addr_word(const uint8_t *a, int half)
+{
+    uint64_t w;
+    memcpy(&w, a + 8 * half, 8);
+    return w;
+}
+
+uint64_t mg_trace_arm(void *base, const struct mg_trace_req *q)
+{
+    uint64_t *b = block(base);
+    uint64_t w[16] = {0};
+    w[MG_TW_SAMPLE] = q->sample_set ? q->sample_every : 0;
+    w[MG_TW_FLAGS] = q->sample_set ? MG_TW_F_SAMPLE_SET : 0;
+    w[MG_TW_COUNT] = q->count;
+    w[MG_TW_DEADLINE] = q->deadline_ns;
+    w[MG_TW_REQ_ID] = q->req_id;
+    if (q->dst_on) {
+        w[MG_TW_DST] = addr_word(q->dst_addr, 0);
+        w[MG_TW_DST + 1] = addr_word(q->dst_addr, 1);
+        w[MG_TW_DST_META] = (uint64_t)htons(q->dst_port) | (uint64_t)q->proto << 16 |
+                            (uint64_t)q->dst_family << 24 | 1ull << 32;
+    }
+    if (q->src_on) {
+        w[MG_TW_SRC] = addr_word(q->src_addr, 0);
+        w[MG_TW_SRC + 1] = addr_word(q->src_addr, 1);
+        w[MG_TW_SRC_META] = (uint64_t)htons(q->src_port) | (uint64_t)q->src_family << 24 |
+                            1ull << 32 | (uint64_t)q->src_plen << 40;
+    }
+    uint64_t odd = mg_seq_write_begin(&b[MG_TW_SEQ]);
+    mg_seq_store_words(&b[1], &w[1], 15);
+    mg_seq_write_end(&b[MG_TW_SEQ], odd);
+    return odd + 1;
+}
+
+uint64_t mg_trace_set_sampling(void *base, uint64_t sample_every)
+{
+    uint64_t *b = block(base);
+    /* Our own words: only this process writes them, so plain reads see the latest. */
+    uint64_t count = __atomic_load_n(&b[MG_TW_COUNT], __ATOMIC_RELAXED);
+    uint64_t marked = __atomic_load_n(&b[MG_TW_REQ_MARKED], __ATOMIC_ACQUIRE); /* steering's */
+    uint64_t flags = __atomic_load_n(&b[MG_TW_FLAGS], __ATOMIC_RELAXED);
+    uint64_t odd = mg_seq_write_begin(&b[MG_TW_SEQ]);
+    __atomic_store_n(&b[MG_TW_COUNT], count > marked ? count - marked : 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&b[MG_TW_SAMPLE], sample_every, __ATOMIC_RELAXED);
+    __atomic_store_n(&b[MG_TW_FLAGS], flags | MG_TW_F_SAMPLE_SET, __ATOMIC_RELAXED);
+    mg_seq_write_end(&b[MG_TW_SEQ], odd);
+    return odd + 1;
+}
+
+void mg_trace_status(void *base, struct mg_trace_status *out)
+{
+    uint64_t *b = block(base);
+    uint64_t w[16];
+    if (mg_seq_read(&b[MG_TW_SEQ], b, w, 16, 64) < 0) /* a writer died mid-request */
+        mg_seq_load_words(w, b, 16);
+    out->seq = w[MG_TW_SEQ];
+    out->count = w[MG_TW_COUNT];
+    out->sample_every = w[MG_TW_SAMPLE];
+    out->sample_set = w[MG_TW_FLAGS] & MG_TW_F_SAMPLE_SET;
+    /* Steering's words: each a counter on its own (acquire, word by word). */
+    out->applied = __atomic_load_n(&b[MG_TW_APPLIED], __ATOMIC_ACQUIRE);
+    out->marked = __atomic_load_n(&b[MG_TW_MARKED], __ATOMIC_ACQUIRE);
+    out->request_marked = __atomic_load_n(&b[MG_TW_REQ_MARKED], __ATOMIC_ACQUIRE);
+    out->finished = __atomic_load_n(&b[MG_TW_FINISHED], __ATOMIC_ACQUIRE);
+    out->lost = __atomic_load_n(&b[MG_TW_LOST], __ATOMIC_ACQUIRE);
+    out->resyncs = __atomic_load_n(&b[MG_TW_RESYNCS], __ATOMIC_ACQUIRE);
+}
+
+#define GEN_WORDS ((uint32_t)(sizeof(struct mg_trace_gen_ctx) / 8))
+_Static_assert(MG_TW_GEN + sizeof(struct mg_trace_gen_ctx) / 8 <= MG_TW_APPLIED,
+               "the generation context stays in the config manager's words");
+
+void mg_trace_gen_store(void *base, const struct mg_trace_gen_ctx *ctx)
+{
+    uint64_t *b = block(base);
+    mg_seq_write(&b[MG_TW_GEN_SEQ], &b[MG_TW_GEN], (const uint64_t *)ctx, GEN_WORDS);
+}
+
+int mg_trace_gen_load(void *base, struct mg_trace_gen_ctx *out)
+{
+    uint64_t *b = block(base);
+    return mg_seq_read(&b[MG_TW_GEN_SEQ], &b[MG_TW_GEN], (uint64_t *)out, GEN_WORDS, 8);
 }

@@ -103,9 +103,8 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
     ``names`` maps (vip key, backend address) to the configured backend name."""
     from maglev.datapath import DataPath
     from maglev.datapath.engine import Packet, verdict_name
-    from maglev.datapath.tables import read_tables
+    from maglev.datapath.tables import ENCAP_NAMES, read_tables, vip_key
     from maglev.native import ffi, lib
-    from maglev.telemetry.metrics import ENCAP_NAMES, vip_key
 
     view = read_tables(blob)
     k0, k1 = view.header["hash_k0"], view.header["hash_k1"]

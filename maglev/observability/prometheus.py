@@ -6,7 +6,7 @@ Where it runs: in ``maglev run`` itself (the supervisor process), on a small
 ``http.server`` thread.  The supervisor already maps the shared-memory region, knows every
 actor's restarts and heartbeat stats, and outlives every actor it restarts, so the
 endpoint stays up while actors come and go -- which is when an operator looks at it.  A
-scrape runs :func:`maglev.telemetry.metrics.collect` on the HTTP thread: it only *reads*
+scrape runs :func:`maglev.observability.metrics.collect` on the HTTP thread: it only *reads*
 shared memory (stats blocks, ring indices, the published tables, the workers' pages), so
 it neither locks nor slows an actor, and the supervisor's own loop is not involved
 beyond the GIL for the few milliseconds of a scrape.  The supervisor's loop calls
@@ -72,7 +72,7 @@ def _num(v: float) -> str:
 
 
 def render(s: dict[str, Any]) -> str:
-    """A :func:`~maglev.telemetry.metrics.collect` snapshot as Prometheus text format."""
+    """A :func:`~maglev.observability.metrics.collect` snapshot as Prometheus text format."""
     o = _Out()
     t, st, mx = s["totals"], s["steering"], s["muxer"]
     c = "counter"
@@ -105,6 +105,19 @@ def render(s: dict[str, Any]) -> str:
              [({"worker": w["worker"]}, w["tables_generation"]) for w in w_rows])
     o.family("maglev_worker_held_fragments", g, "IP fragments a worker holds waiting for their first fragment.",
              [({"worker": w["worker"]}, w["held"]) for w in w_rows])
+    o.family("maglev_worker_fragments_total", c, "IP fragments a worker forwarded (first and non-first).",
+             [({"worker": w["worker"]}, w["fragments"]) for w in w_rows])
+    o.family("maglev_worker_icmp_sent_total", c, "ICMP errors a worker generated (packet too big).",
+             [({"worker": w["worker"]}, w["icmp_sent"]) for w in w_rows])
+    o.family("maglev_worker_icmp_forwarded_total", c, "Inbound ICMP errors a worker sent to a flow's backend.",
+             [({"worker": w["worker"]}, w["icmp_forwarded"]) for w in w_rows])
+    o.family("maglev_worker_table_swaps_total", c, "Tables generation switches a worker made.",
+             [({"worker": w["worker"]}, w["table_swaps"]) for w in w_rows])
+    ft_rows = [(w["worker"], w["fragment_table"]) for w in w_rows if w.get("fragment_table")]
+    for key in (ft_rows[0][1] if ft_rows else {}):
+        o.family(f"maglev_fragment_table_{key}_total", c,
+                 f"Fragment table: {key.replace('_', ' ')} (struct mg_frag_stats, mg_frag.h).",
+                 [({"worker": i}, ft[key]) for i, ft in ft_rows])
     rings = []
     for w in w_rows:
         for kind in ("rx", "tx", "ret"):
@@ -254,7 +267,7 @@ class MetricsHost:
         self.p = pipeline
 
     def snapshot(self) -> dict[str, Any]:
-        from maglev.telemetry.metrics import collect
+        from maglev.observability.metrics import collect
 
         if self.p is None:
             raise Starting("maglev is starting")
@@ -269,7 +282,7 @@ class MetricsHost:
         if now < self._next or self.p is None:
             return
         self._next = now + 1.0
-        from maglev.telemetry.metrics import write_supervisor_view
+        from maglev.observability.metrics import write_supervisor_view
 
         sup = self.p.supervisor
         bgp = sup.stats().get("bgp") if "bgp" in sup.children else None

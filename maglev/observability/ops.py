@@ -4,7 +4,7 @@ The config manager actor routes these ops here with one line (it owns the attach
 shared-memory region, the run directory and the ConfigManager).  They read shared memory
 and change no configuration; ``trace`` writes only the packet tracer's request words.
 
-* ``stats`` {} -> :func:`maglev.telemetry.metrics.collect` snapshot.
+* ``stats`` {} -> :func:`maglev.observability.metrics.collect` snapshot.
 * ``trace`` {vip?, src?, count?, seconds?, sample_every?} -> arms a request (a filter needs
   ``count``); {} alone returns the tracer's status.  The result carries the packets traced
   so far for the latest request (steering writes them to ``packet-traces.json`` in the run
@@ -15,13 +15,20 @@ and change no configuration; ``trace`` writes only the packet tracer's request w
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import time
-from pathlib import Path
 from typing import Any
 
+from maglev.errors import MaglevError
+from maglev.rings import trace_block
+from maglev.telemetry.packets import read_traces
+
 OPS = ("stats", "trace", "whereis")
-TRACES_FILE = "packet-traces.json"
+PROTO = {"tcp": 6, "udp": 17}
+
+
+class TraceRequestError(MaglevError, ValueError):
+    """A trace request that cannot be armed (bad VIP, address or count)."""
 
 
 def handle(actor: Any, req: Any) -> Any:
@@ -36,7 +43,7 @@ def handle(actor: Any, req: Any) -> Any:
         args = req.args
         if req.op == "stats":
             cops.check_keys(args, ())
-            from maglev.telemetry.metrics import collect
+            from maglev.observability.metrics import collect
 
             result: Any = collect(actor.region, actor.spec.run_dir, instance=actor.spec.instance,
                                   manager=actor.manager)
@@ -62,8 +69,6 @@ def after_request(actor: Any, req: Any, reply: Any) -> None:
         return
     rate = int(getattr(getattr(cfg, "tracing", None), "packet_sample_rate", 0) or 0)
     if getattr(actor, "_obs_sample_rate", None) != rate:
-        from maglev.telemetry.tracer import set_sampling
-
         set_sampling(actor.region, rate)
         actor._obs_sample_rate = rate
 
@@ -71,8 +76,6 @@ def after_request(actor: Any, req: Any, reply: Any) -> None:
 def _trace(actor: Any, args: dict[str, Any]) -> dict[str, Any]:
     from maglev.control import ops as cops
     from maglev.control.protocol import BAD_ARGS, ProtocolError
-    from maglev.telemetry.tracer import arm_request, request_status
-
     cops.check_keys(args, (), ("vip", "src", "count", "seconds", "sample_every"))
     for k in ("vip", "src"):
         if k in args and not isinstance(args[k], str):
@@ -88,29 +91,12 @@ def _trace(actor: Any, args: dict[str, Any]) -> dict[str, Any]:
         armed = arm_request(actor.region, vip=args.get("vip"), src=args.get("src"),
                             count=int(args.get("count", 0)), seconds=float(args.get("seconds", 0.0)),
                             sample_every=args.get("sample_every"), req_id=actor._trace_req_id)
-    return {"armed": armed, "status": request_status(actor.region),
+    return {"armed": armed, "status": trace_block.status(actor.region),
             "packets": read_traces(actor.spec.run_dir)}
 
 
-def read_traces(run_dir: str | Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads((Path(run_dir) / TRACES_FILE).read_text())
-    except (OSError, ValueError):
-        return []
-    return data if isinstance(data, list) else []
-
-
-def write_traces(run_dir: str | Path, records: list[dict[str, Any]]) -> None:
-    path = Path(run_dir) / TRACES_FILE
-    tmp = path.with_suffix(f".{time.monotonic_ns()}.tmp")
-    tmp.write_text(json.dumps(records))
-    tmp.replace(path)
-
-
 def _whereis(actor: Any, src: str, dst: str) -> dict[str, Any]:
-    import ipaddress
-
-    from maglev.telemetry.whereis import parse_flow, whereis_blob
+    from maglev.observability.whereis import parse_flow, whereis_blob
 
     flow = parse_flow(src, dst)
     gen, blob = actor.region.tables.current()
@@ -123,3 +109,101 @@ def _whereis(actor: Any, src: str, dst: str) -> dict[str, Any]:
     r = whereis_blob(blob, flow, workers=actor.region.n_workers, generation=gen, names=names)
     r["source"] = "running instance (tables now published; conntrack not visible from here)"
     return r
+
+
+# ---------------------------------------------------------------------- trace requests
+
+
+def parse_vip(text: str) -> tuple[Any, int, int]:
+    """``ADDR[:PORT][/PROTO]`` (IPv6 in brackets when a port is given) -> (ip, port, proto)."""
+    s = text.strip()
+    proto = 0
+    if "/" in s:
+        s, _, p = s.rpartition("/")
+        if p.lower() not in PROTO:
+            raise TraceRequestError(f"--vip {text!r}: protocol must be tcp or udp")
+        proto = PROTO[p.lower()]
+    port = 0
+    if s.startswith("["):
+        host, _, rest = s[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise TraceRequestError(f"--vip {text!r}: expected [ADDR]:PORT")
+            port = _port(rest[1:], text)
+    elif s.count(":") == 1:
+        host, _, p = s.partition(":")
+        port = _port(p, text)
+    else:
+        host = s
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise TraceRequestError(f"--vip {text!r}: {host!r} is not an IP address") from None
+    return ip, port, proto
+
+
+def _port(p: str, text: str) -> int:
+    if not p.isdigit() or not 0 <= int(p) <= 65535:
+        raise TraceRequestError(f"{text!r}: port {p!r} must be 0..65535")
+    return int(p)
+
+
+def parse_src(text: str) -> tuple[Any, int, int]:
+    """``ADDR[/PLEN][:PORT]`` or ``[V6ADDR]:PORT`` -> (ip, prefix length, port)."""
+    s = text.strip()
+    port = 0
+    if s.startswith("["):
+        host, _, rest = s[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise TraceRequestError(f"--src {text!r}: expected [ADDR]:PORT")
+            port = _port(rest[1:], text)
+        s = host
+    elif s.count(":") == 1:
+        s, _, p = s.partition(":")
+        port = _port(p, text)
+    try:
+        net = ipaddress.ip_network(s, strict=False)
+    except ValueError:
+        raise TraceRequestError(f"--src {text!r}: not an address or prefix") from None
+    return net.network_address, net.prefixlen, port
+
+
+def arm_request(region: Any, *, vip: str | None = None, src: str | None = None, count: int = 0,
+                seconds: float = 0.0, sample_every: int | None = None, req_id: int = 0) -> dict[str, Any]:
+    """Check and publish a trace request (config manager only: the single writer).
+
+    ``count`` packets matching ``vip``/``src`` are marked (within ``seconds`` if > 0);
+    ``sample_every`` (when not None) overrides the configured sampling rate (0 = off).
+    Returns what was armed."""
+    if count < 0 or count > 1_000_000:
+        raise TraceRequestError(f"count {count} must be 0..1000000")
+    if (vip or src) and count == 0:
+        raise TraceRequestError("a filter needs a packet count (--count N)")
+    if count and not (vip or src):
+        raise TraceRequestError("a packet count needs a filter (--vip and/or --src)")
+    if sample_every is not None and not 0 <= sample_every <= 1 << 30:
+        raise TraceRequestError(f"sample rate {sample_every} must be 0..2^30")
+    if seconds < 0 or seconds > 86400:
+        raise TraceRequestError(f"seconds {seconds} must be 0..86400")
+    armed: dict[str, Any] = {"count": count}
+    dst = src_t = None
+    if vip:
+        dst = parse_vip(vip)
+        armed["vip"] = {"address": str(dst[0]), "port": dst[1], "proto": dst[2]}
+    if src:
+        src_t = parse_src(src)
+        armed["src"] = {"address": str(src_t[0]), "prefix": src_t[1], "port": src_t[2]}
+    if sample_every is not None:
+        armed["sample_every"] = sample_every
+    deadline = time.monotonic_ns() + int(seconds * 1e9) if seconds and count else 0
+    armed["seq"] = trace_block.arm(region, dst=dst, src=src_t, count=count, deadline_ns=deadline,
+                                   sample_every=sample_every, req_id=req_id)
+    return armed
+
+
+def set_sampling(region: Any, sample_every: int) -> None:
+    """Change only the sampling rate of the current request (config manager only)."""
+    if not 0 <= sample_every <= 1 << 30:
+        raise TraceRequestError(f"sample rate {sample_every} must be 0..2^30")
+    trace_block.set_sampling(region, sample_every)

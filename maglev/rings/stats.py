@@ -1,0 +1,137 @@
+"""The actors' stats blocks, read and written only through C (``mg_stats.h``).
+
+Every actor slot of the region has one block of ``STATS_WORDS`` u64 words with one writer
+(the actor; the C kernels of steering, the workers and the muxer write most words).  The
+meaning of each word is named once, in C (``MG_SS_*`` steering, ``MG_MS_*`` muxer,
+``MG_WS_*`` workers, ``MG_TW_*`` the packet tracer's block); Python names words by those
+constants and never computes an address: :class:`StatsBlock` hands the slot and the word
+to ``mg_stats_load`` / ``mg_stats_store`` (one atomic access each, acquire/release), and
+``snapshot()`` copies the block word by word (``mg_stats_snapshot``).
+
+The decoders below turn blocks into the dicts ``maglev run --json``, ``maglev ctl stats``
+and Prometheus all show, so the three always agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from maglev.datapath.engine import DROP_NAMES
+from maglev.native import ffi, lib
+
+STATS_WORDS = int(lib.MG_STATS_WORDS)
+
+# Steering words for records a capture NIC could not turn into frames: they count as
+# received and dropped with these reasons (the Python NIC counts them; steering copies
+# the counts here in its tick).
+SS_NIC_DROPS: dict[str, int] = {
+    "unsupported_linktype": int(lib.MG_SS_NIC_UNSUPPORTED_LINKTYPE),
+    "frame_overflow": int(lib.MG_SS_NIC_FRAME_OVERFLOW),
+}
+
+
+class _Region(Protocol):
+    n_workers: int
+
+    @property
+    def base(self) -> Any: ...
+
+    def stats(self, slot: int) -> StatsBlock: ...
+
+
+class StatsBlock:
+    """One actor's stats block.  ``block[word]`` reads a word, ``block[word] = v`` writes it
+    (the slot's one writer only); ``snapshot()`` is a private copy of all words."""
+
+    __slots__ = ("_region", "slot")
+
+    def __init__(self, region: Any, slot: int):
+        self._region = region
+        self.slot = slot
+
+    def _word(self, word: int) -> int:
+        if type(word) is not int or not 0 <= word < STATS_WORDS:
+            raise IndexError(f"stats word {word!r}: a block has {STATS_WORDS} words")
+        return word
+
+    def __getitem__(self, word: int) -> int:
+        return int(lib.mg_stats_load(self._region._b(), self.slot, self._word(word)))
+
+    def __setitem__(self, word: int, value: int) -> None:
+        lib.mg_stats_store(self._region._b(), self.slot, self._word(word), value)
+
+    def __len__(self) -> int:
+        return STATS_WORDS
+
+    def snapshot(self) -> list[int]:
+        out = ffi.new("uint64_t[]", STATS_WORDS)
+        lib.mg_stats_snapshot(self._region._b(), self.slot, out)
+        return list(out)
+
+
+def worker_counters(words: Any) -> dict[str, Any]:
+    """A worker's stats block (a :class:`StatsBlock` or its snapshot) as a dict: drops by
+    reason name, zeros left out."""
+    drops = {}
+    for i, name in enumerate(DROP_NAMES):
+        v = int(words[lib.MG_WS_DROPS + i])
+        if v and i:
+            drops[name] = v
+    if int(words[lib.MG_WS_RESTART_DROPS]):
+        drops["worker_restart"] = int(words[lib.MG_WS_RESTART_DROPS])
+    return {
+        "packets_in": int(words[lib.MG_WS_PACKETS_IN]),
+        "bytes_in": int(words[lib.MG_WS_BYTES_IN]),
+        "forwarded": int(words[lib.MG_WS_FORWARDED]),
+        "bytes_out": int(words[lib.MG_WS_BYTES_OUT]),
+        "icmp_sent": int(words[lib.MG_WS_ICMP_SENT]),
+        "icmp_forwarded": int(words[lib.MG_WS_ICMP_FORWARDED]),
+        "fragments": int(words[lib.MG_WS_FRAGMENTS]),
+        "held": int(words[lib.MG_WS_HELD]),
+        "table_swaps": int(words[lib.MG_WS_TABLE_SWAPS]),
+        "tables_generation": int(words[lib.MG_WS_GENERATION]),
+        "bursts": int(words[lib.MG_WS_BURSTS]),
+        "dropped": drops,
+    }
+
+
+def steering_counters(words: Any) -> dict[str, int]:
+    """Steering's block (a snapshot) by name; ``packets_in`` counts the NIC's drops too."""
+    nic = {reason: int(words[w]) for reason, w in SS_NIC_DROPS.items()}
+    return {
+        "rx_packets": int(words[lib.MG_SS_RX_PACKETS]), "rx_bytes": int(words[lib.MG_SS_RX_BYTES]),
+        "dispatched": int(words[lib.MG_SS_DISPATCHED]), "fallback": int(words[lib.MG_SS_FALLBACK]),
+        "backpressure": int(words[lib.MG_SS_BACKPRESSURE]), "unparsed": int(words[lib.MG_SS_UNPARSED]),
+        "fragments": int(words[lib.MG_SS_FRAGMENTS]), "no_free": int(words[lib.MG_SS_NO_FREE]),
+        "recovered": int(words[lib.MG_SS_RECOVERED]), "bursts": int(words[lib.MG_SS_BURSTS]),
+        "reclaimed": int(words[lib.MG_SS_RECLAIMED]),
+        "first_rx_ns": int(words[lib.MG_SS_FIRST_RX_NS]), "last_rx_ns": int(words[lib.MG_SS_LAST_RX_NS]),
+        "packets_in": int(words[lib.MG_SS_RX_PACKETS]) + sum(nic.values()),
+        **{f"nic_{k}": v for k, v in nic.items()},
+    }
+
+
+def muxer_counters(words: Any) -> dict[str, int]:
+    return {"tx_packets": int(words[lib.MG_MS_TX_PACKETS]), "tx_errors": int(words[lib.MG_MS_TX_ERRORS]),
+            "recovered": int(words[lib.MG_MS_RECOVERED]), "bursts": int(words[lib.MG_MS_BURSTS])}
+
+
+def forwarder_counters(region: _Region) -> dict[str, Any]:
+    """Every data-plane counter of a running (or stopped) forwarder, one snapshot per
+    block: steering, muxer, each worker, and the drops by reason over all of them (the
+    NIC's and the muxer's included).  What ``run --json``, ``ctl stats`` and Prometheus
+    are all built from."""
+    st = steering_counters(region.stats(int(lib.MG_SLOT_STEERING)).snapshot())
+    mx = muxer_counters(region.stats(int(lib.MG_SLOT_MUXER)).snapshot())
+    w0 = int(lib.MG_SLOT_WORKER0)
+    workers = [worker_counters(region.stats(w0 + i).snapshot()) for i in range(region.n_workers)]
+    dropped: dict[str, int] = {}
+    for w in workers:
+        for k, v in w["dropped"].items():
+            dropped[k] = dropped.get(k, 0) + v
+    for reason in SS_NIC_DROPS:
+        if st[f"nic_{reason}"]:
+            dropped[reason] = dropped.get(reason, 0) + st[f"nic_{reason}"]
+    if mx["tx_errors"]:
+        dropped["tx_error"] = dropped.get("tx_error", 0) + mx["tx_errors"]
+    return {"steering": st, "muxer": mx, "workers": workers, "dropped": dict(sorted(dropped.items()))}

@@ -1,0 +1,1 @@
+"""Running maglev as a Linux service: host checks (``doctor``) and systemd's notify protocol."""
