@@ -124,7 +124,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         raise
     from maglev.actors.controller import flow_secret_warning
 
-    if warning := flow_secret_warning(p.config):  # once, loudly (also in `maglev ctl status`)
+    if warning := flow_secret_warning(p.config, config_path or SAMPLE_CONFIG):  # once, loudly; also in ctl status
         click.echo(f"maglev run: WARNING: {warning}", err=True)
     obs.attach(p)  # the endpoint + the supervisor view file (restarts, BGP) for ctl stats
     ctrl.bind(p)

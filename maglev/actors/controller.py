@@ -428,16 +428,22 @@ def config_handle_op(actor: Any, req: Any) -> Any:
                                        else "VIPs are announced again while the instance is healthy"})
 
 
-def flow_secret_warning(config: Any) -> str | None:
+def flow_secret_warning(config: Any, source: Any = None) -> str | None:
     """The warning for a config that keys the flow hash with the built-in (public) secret.
 
-    The namespace labs (``maglev lab up``, ``maglev demo``, the scale-out lab) write a
-    random secret of their own, so this fires only outside them.  ``maglev run`` prints it
-    once at start; ``status`` carries it in ``warnings`` for as long as it holds.
+    Not for the lab: the namespace labs (``maglev lab up``, ``maglev demo``, the scale-out
+    lab) write a random secret of their own, and the built-in sample config (``source``, the
+    file the config came from, is ``maglev/data/sample.toml``) is the lab's too, as for
+    ``maglev doctor``.  ``maglev run`` prints it once at start; ``status`` carries it in
+    ``warnings`` for as long as it holds.
     """
-    from maglev.config import DEFAULT_FLOW_HASH_SECRET
+    from pathlib import Path
 
-    if config.instance.flow_hash_secret != DEFAULT_FLOW_HASH_SECRET:
+    from maglev.config import DEFAULT_FLOW_HASH_SECRET, SAMPLE_CONFIG
+
+    if config.instance.flow_hash_secret.lower() != DEFAULT_FLOW_HASH_SECRET:
+        return None
+    if source and Path(source).resolve() == SAMPLE_CONFIG:
         return None
     return ("the flow hash uses the built-in public secret: clients can predict which backend "
             "a flow goes to; set [instance].flow_hash_secret (32 hex digits, the same on every "
@@ -467,6 +473,6 @@ def config_status_extra(actor: Any, result: dict[str, Any]) -> None:
             cache[1][v.key] = row
         tables.append(dict(row))
     result["tables"] = tables
-    w = flow_secret_warning(m.config)
+    w = flow_secret_warning(m.config, m.source_path)
     result["warnings"] = [w] if w else []
     result["controller"] = getattr(actor, "controller_state", None)

@@ -96,6 +96,11 @@ def test_warning_only_for_the_built_in_secret():
     assert flow_secret_warning(cfg.loads(_toml("mg1", SECRET))) is None
     w = flow_secret_warning(cfg.loads(_toml("mg1", None)))
     assert w and "flow_hash_secret" in w and cfg.DEFAULT_FLOW_HASH_SECRET not in w
+    # the built-in sample config is the lab's (as for `maglev doctor`): no warning
+    sample = cfg.load(cfg.SAMPLE_CONFIG)
+    assert sample.instance.flow_hash_secret == cfg.DEFAULT_FLOW_HASH_SECRET
+    assert flow_secret_warning(sample, cfg.SAMPLE_CONFIG) is None
+    assert flow_secret_warning(sample, "/etc/maglev/maglev.toml") is not None
 
 
 def _ctl(control: str, *args: str) -> subprocess.CompletedProcess:
