@@ -20,7 +20,7 @@ def _json(ctx: click.Context, as_json: bool) -> bool:
 
 def status_lines(r: dict[str, Any]) -> list[str]:
     """Human lines for the ``tables`` and ``controller`` parts of a status result."""
-    out = []
+    out = [f"WARNING       {w}" for w in r.get("warnings") or []]
     for t in r.get("tables") or []:
         if "error" in t:
             out.append(f"table         {t['vip']}: {t['error']}")

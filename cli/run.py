@@ -148,6 +148,10 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     except BaseException:
         obs.close()
         raise
+    from maglev.actors.controller import flow_secret_warning
+
+    if warning := flow_secret_warning(p.config, config_path or SAMPLE_CONFIG):  # once, loudly; also in ctl status
+        click.echo(f"maglev run: WARNING: {warning}", err=True)
     obs.attach(p)  # the endpoint + the supervisor view file (restarts, BGP) for ctl stats
     ctrl.bind(p)
     finite_gen = p.nic_spec.kind == "gen" and any(

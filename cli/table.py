@@ -9,7 +9,7 @@ import click
 from maglev.hashing import DEFAULT_TABLE_SIZE, ENGINES, MaglevTable, build_table
 
 
-def _summary(table: MaglevTable) -> dict:
+def _summary(table: MaglevTable, fingerprint: str | None = None) -> dict:
     counts = table.counts or (0,)
     live = [c for c, w in zip(table.counts, table.weights, strict=True) if w > 0] or [0]
     return {
@@ -19,7 +19,7 @@ def _summary(table: MaglevTable) -> dict:
         "entries_max": max(live),
         "entries_total": sum(counts),
         "build_ms": round(table.build_seconds * 1e3, 3),
-        "fingerprint": table.fingerprint(),
+        "fingerprint": fingerprint or table.fingerprint(),
     }
 
 
@@ -48,9 +48,13 @@ def table(n_backends, size, config_path, engine, evaluate, plot, diff, as_json) 
 
         conf = cfg.load(config_path)
         out = []
+        from maglev.control.tables import vip_fingerprint
+
         for vip in conf.vips:
             t = build_table(((b.key, b.weight) for b in vip.backends), vip.table_size, engine)
-            out.append({"vip": vip.key, **_summary(t)})
+            # what `maglev ctl status` reports for this VIP while all its backends are up
+            fp = vip_fingerprint(vip, t, conf.instance.flow_hash_secret)
+            out.append({"vip": vip.key, **_summary(t, fp)})
         if as_json:
             click.echo(json.dumps(out if len(out) != 1 else out[0]))
         else:

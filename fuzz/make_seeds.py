@@ -1,5 +1,5 @@
 """Write the fuzz harness's inputs: the tables blob (VIPs on the destinations the corpus
-captures use, every encapsulation) and one seed file per packet of ../shared/corpus/pcaps
+captures use, every encapsulation) and one seed file per packet of tests/data/corpus/pcaps
 plus multi-packet seeds (a flow, fragments) in the harness's record format.
 
     python fuzz/make_seeds.py OUTDIR      -> OUTDIR/tables.bin, OUTDIR/corpus/*
@@ -20,7 +20,7 @@ from maglev.nic.pcapfile import PcapReader
 from maglev.testing import packets as P
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = Path(os.environ.get("MAGLEV_CORPUS", REPO.parent / "shared" / "corpus")) / "pcaps"
+CORPUS = Path(os.environ.get("MAGLEV_CORPUS") or REPO / "tests" / "data" / "corpus") / "pcaps"
 ENCAPS = ("gre", "ipip", "vxlan", "gre")
 
 

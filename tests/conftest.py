@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# ../shared/corpus beside the checkout (CI lays shared/ beside the clone as well).
-CORPUS = Path(os.environ.get("MAGLEV_CORPUS", REPO.parent / "shared" / "corpus"))
+# The packet corpus lives in the repository (tests/data/corpus: README, MANIFEST.tsv with
+# each file's origin and licence, pcaps/); MAGLEV_CORPUS points the tests at another copy.
+CORPUS = Path(os.environ.get("MAGLEV_CORPUS") or REPO / "tests" / "data" / "corpus")
+
+
+def missing_test_data(reason: str) -> None:
+    """Test data is absent: skip, or fail when ``CI`` is set (CI must run every test)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: test data must be present)", pytrace=False)
+    pytest.skip(reason)
 
 
 # Keep every run/state/lab directory the tests create out of /run and /var/lib: the suite
@@ -46,8 +54,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def corpus_dir() -> Path:
     pcaps = CORPUS / "pcaps"
     if not pcaps.is_dir():
-        pytest.skip(f"the packet corpus is not at {pcaps} (set MAGLEV_CORPUS to its folder)")
+        missing_test_data(f"the packet corpus is not at {pcaps} (set MAGLEV_CORPUS to its folder)")
     return pcaps
+
+
+@pytest.fixture(scope="session")
+def test_data_missing():
+    """``test_data_missing(reason)``: skip, or fail when the ``CI`` variable is set."""
+    return missing_test_data
 
 
 @pytest.fixture

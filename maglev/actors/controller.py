@@ -428,8 +428,32 @@ def config_handle_op(actor: Any, req: Any) -> Any:
                                        else "VIPs are announced again while the instance is healthy"})
 
 
+def flow_secret_warning(config: Any, source: Any = None) -> str | None:
+    """The warning for a config that keys the flow hash with the built-in (public) secret.
+
+    Not for the lab: the namespace labs (``maglev lab up``, ``maglev demo``, the scale-out
+    lab) write a random secret of their own, and the built-in sample config (``source``, the
+    file the config came from, is ``maglev/data/sample.toml``) is the lab's too, as for
+    ``maglev doctor``.  ``maglev run`` prints it once at start; ``status`` carries it in
+    ``warnings`` for as long as it holds.
+    """
+    from pathlib import Path
+
+    from maglev.config import DEFAULT_FLOW_HASH_SECRET, SAMPLE_CONFIG
+
+    if config.instance.flow_hash_secret.lower() != DEFAULT_FLOW_HASH_SECRET:
+        return None
+    if source and Path(source).resolve() == SAMPLE_CONFIG:
+        return None
+    return ("the flow hash uses the built-in public secret: clients can predict which backend "
+            "a flow goes to; set [instance].flow_hash_secret (32 hex digits, the same on every "
+            "instance, e.g. from `python3 -c 'import secrets; print(secrets.token_hex(16))'`)")
+
+
 def config_status_extra(actor: Any, result: dict[str, Any]) -> None:
     """Add table fingerprints (and the controller's state) to a ``status`` result."""
+    from maglev.control.tables import vip_fingerprint
+
     m = actor.manager
     # A fingerprint hashes the whole table (256 KiB for 65537 slots): keep them per
     # generation so a status poll over many VIPs costs nothing after the first.
@@ -442,10 +466,13 @@ def config_status_extra(actor: Any, result: dict[str, Any]) -> None:
         if row is None:
             try:
                 t = m.table_for(v.key)
-                row = {"vip": v.key, "size": t.size, "backends": len(t.names), "fingerprint": t.fingerprint()}
+                fp = vip_fingerprint(v, t, m.config.instance.flow_hash_secret)
+                row = {"vip": v.key, "size": t.size, "backends": len(t.names), "fingerprint": fp}
             except Exception as exc:  # never fail status for one table
                 row = {"vip": v.key, "error": str(exc)}
             cache[1][v.key] = row
         tables.append(dict(row))
     result["tables"] = tables
+    w = flow_secret_warning(m.config, m.source_path)
+    result["warnings"] = [w] if w else []
     result["controller"] = getattr(actor, "controller_state", None)

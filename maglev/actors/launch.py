@@ -10,7 +10,9 @@ interpreter start and ~1 s of imports on a loaded two-core machine.  End of inpu
 supervisor closed the pipe) makes a standby exit quietly.
 
 A fresh interpreter per actor either way (the supervisor never forks itself): see
-:mod:`maglev.actors.base` for why.
+:mod:`maglev.actors.base` for why.  :func:`actor_argv` is the command line; it runs the
+interpreter with ``-P`` so an actor imports the same ``maglev`` as the supervisor even when
+the current folder holds another (unbuilt) copy of the source.
 """
 
 from __future__ import annotations
@@ -19,6 +21,21 @@ import importlib
 import sys
 
 from maglev.actors.base import ActorSpec, load_target
+
+
+def python_argv() -> list[str]:
+    """This interpreter, with the current folder kept off ``sys.path`` (``-P``).
+
+    ``python -m mod`` puts the current folder first on ``sys.path``; started inside a source
+    checkout it would import that checkout (without its C extension) instead of the installed
+    package.  ``PYTHONPATH`` still applies (tests and developers rely on it).
+    """
+    return [sys.executable, "-P"]
+
+
+def actor_argv(*args: str) -> list[str]:
+    """Command line of an actor process: ``python -P -m maglev.actors.launch ARGS``."""
+    return [*python_argv(), "-m", "maglev.actors.launch", *args]
 
 
 def _standby(modules: str) -> int:

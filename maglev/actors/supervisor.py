@@ -42,7 +42,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,6 +51,7 @@ from typing import Any
 import msgpack
 
 from maglev.actors.base import PROTOCOL_VERSION, ActorSpec
+from maglev.actors.launch import actor_argv
 from maglev.errors import MaglevError
 
 log = logging.getLogger("maglev.supervisor")
@@ -183,7 +183,7 @@ class Supervisor:
             return
         mods = sorted({c.d.target.partition(":")[0] for c in self.children.values()})
         self._standby = subprocess.Popen(
-            [sys.executable, "-m", "maglev.actors.launch", "--standby", ",".join(mods)],
+            actor_argv("--standby", ",".join(mods)),
             start_new_session=True,
             stdin=subprocess.PIPE,
         )
@@ -219,7 +219,7 @@ class Supervisor:
             self._new_standby()
         else:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "maglev.actors.launch", spec.to_json()],
+                actor_argv(spec.to_json()),
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
             )

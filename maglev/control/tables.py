@@ -35,6 +35,26 @@ def vip_table(vip: Vip, down: frozenset[tuple[str, str]]) -> MaglevTable:
     return build_table(live_backends(vip, down), vip.table_size)
 
 
+def destinations(vip: Vip) -> dict[str, str]:
+    """Backend name -> where the VIP sends its packets (encapsulation, address, and the
+    MAC / VXLAN settings where they apply): the part of the fingerprint beyond the table."""
+    out = {}
+    for b in vip.backends:
+        d = f"{vip.encap} {b.ip}"
+        if vip.encap in ("l2", "vxlan"):
+            d += f" mac={b.mac.lower()}"
+        if vip.encap == "vxlan":
+            d += f" vni={vip.vxlan_vni} port={vip.vxlan_port}"
+        out[b.key] = d
+    return out
+
+
+def vip_fingerprint(vip: Vip, table: MaglevTable, flow_hash_secret: str) -> str:
+    """The fingerprint ``maglev ctl status`` and ``maglev table --config`` report for a VIP:
+    its table, where each backend's packets go and a keyed digest of the flow-hash secret."""
+    return table.fingerprint(flow_hash_secret, destinations(vip))
+
+
 def fallback_build_tables(config: Config, down: frozenset[tuple[str, str]] = frozenset()) -> bytes:
     vips = []
     for vip in config.vips:

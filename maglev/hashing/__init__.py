@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from maglev.errors import ConfigError
@@ -32,6 +32,7 @@ __all__ = [
     "NO_BACKEND",
     "MaglevTable",
     "build_table",
+    "flow_hash_digest",
     "is_prime",
     "next_prime",
 ]
@@ -62,18 +63,52 @@ class MaglevTable:
         idx = self.entries[flow_hash % self.size]
         return None if idx < 0 else self.names[idx]
 
-    def fingerprint(self) -> str:
-        """A digest of the backend set and every entry: equal on every instance that built
-        the same table (operators compare it across instances)."""
+    def fingerprint(
+        self, flow_hash_secret: str | bytes | None = None, destinations: Mapping[str, str] | None = None
+    ) -> str:
+        """A digest of what decides a flow's backend: equal on every instance that sends every
+        flow to the same backend (operators compare it across instances; docs/scaleout.md).
+
+        Always the table: size, sorted backend names and weights, every entry.  With
+        ``flow_hash_secret`` (32 hex digits or 16 bytes, the SipHash key of the flow hash)
+        also :func:`flow_hash_digest` of it -- a keyed digest, never the secret itself -- so
+        instances whose flow hashes differ report different fingerprints.  With
+        ``destinations`` (backend name -> where its packets go) also those, in name order.
+        Without arguments the value is the table-only digest pinned by the golden vectors.
+        """
         h = hashlib.sha256()
         h.update(self.size.to_bytes(4, "little"))
         for name, w in zip(self.names, self.weights, strict=True):
             h.update(name.encode() + b"\0" + w.to_bytes(4, "little"))
         h.update(self.entries.tobytes())
+        if destinations is not None:
+            h.update(b"\0destinations\0")
+            for name in self.names:
+                h.update(destinations.get(name, "").encode() + b"\0")
+        if flow_hash_secret is not None:
+            h.update(b"\0flow-hash\0" + flow_hash_digest(flow_hash_secret))
         return h.hexdigest()[:16]
 
     def share(self) -> dict[str, float]:
         return {n: c / self.size for n, c in zip(self.names, self.counts, strict=True)}
+
+
+# What the flow hash is: the keyed digest below covers it with the key, so a change of
+# scheme (the C kernel's hash or the flow key layout, mg_hash.h / mg_flow.h) changes every
+# fingerprint.  Bump it with such a change.
+FLOW_HASH_SCHEME = b"maglev flow hash: SipHash-1-3 over struct mg_flow_key (40 bytes), v1"
+
+
+def flow_hash_digest(secret: str | bytes) -> bytes:
+    """BLAKE2b keyed with the flow-hash secret over :data:`FLOW_HASH_SCHEME` (16 bytes).
+
+    Equal secrets give equal digests; the digest does not reveal the secret (a keyed MAC of
+    a public message; recovering a 128-bit key from it is a brute-force search).
+    """
+    key = bytes.fromhex(secret) if isinstance(secret, str) else bytes(secret)
+    if len(key) != 16:
+        raise ValueError("flow_hash_secret: must be 16 bytes (32 hex digits)")
+    return hashlib.blake2b(FLOW_HASH_SCHEME, key=key, digest_size=16).digest()
 
 
 def _validate(backends: list[tuple[str, int]], size: int, engine: str) -> None:

@@ -44,7 +44,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -52,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maglev.actors.launch import python_argv
 from maglev.errors import MaglevError, NotRootError
 from maglev.testing.netns import why_no_netns
 
@@ -338,9 +338,8 @@ class Lab:
         self.save()
 
         # Processes last: HTTP servers, decapsulation agents, the forwarder.
-        py = sys.executable
         for b in backends:
-            self.spawn(f"httpd-{b['name']}", b["ns"], [py, "-m", "maglev.lab.httpd", "--name", b["name"], "--port", str(HTTP_PORT)])
+            self.spawn(f"httpd-{b['name']}", b["ns"], [*python_argv(), "-m", "maglev.lab.httpd", "--name", b["name"], "--port", str(HTTP_PORT)])
             if spec.encap in ("gre", "ipip"):
                 self.spawn(
                     f"agent-{b['name']}", b["ns"],
@@ -385,6 +384,7 @@ class Lab:
             "# maglev lab configuration (written by `maglev lab up`)",
             "[instance]",
             'name = "lab"',
+            f'flow_hash_secret = "{secrets.token_hex(16)}"  # the lab\'s own, never the built-in one',
             f'source_ipv4 = "{MAGLEV_V4}"',
             f'source_ipv6 = "{MAGLEV_V6}"',
             f"mtu = {SERVER_MTU}",
@@ -541,7 +541,7 @@ def list_netns() -> list[str]:
 def maglev_argv() -> list[str]:
     """How to run the ``maglev`` command from inside a namespace."""
     exe = shutil.which("maglev")
-    return [exe] if exe else [sys.executable, "-c", "from maglev_cli.main import main; main()"]
+    return [exe] if exe else [*python_argv(), "-c", "from maglev_cli.main import main; main()"]
 
 
 def _tcp_ok(ns: str, host: str, port: int) -> bool:

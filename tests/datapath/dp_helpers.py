@@ -115,7 +115,7 @@ def c_parse(pkt: bytes) -> tuple[int, Parsed]:
     return rc, p
 
 
-# The shared corpus' files (../shared/corpus/pcaps; MANIFEST.tsv has their counts).
+# The packet corpus files (tests/data/corpus/pcaps; MANIFEST.tsv has their counts).
 CORPUS_FILES = [
     "6in6in6.pcap",
     "802.1ad_QinQ.pcap",

@@ -1,4 +1,4 @@
-"""Every capture of the shared corpus through both engines.
+"""Every capture of the packet corpus (tests/data/corpus) through both engines.
 
 The config for a file is derived from the file itself: port-0 TCP and UDP VIPs on the
 first few destination addresses it contains, plus the manifest's VIP hints -- so most
@@ -75,10 +75,10 @@ def well_formed(data: bytes) -> None:
 
 
 @pytest.mark.parametrize("name", CORPUS_FILES)
-def test_corpus_file(corpus_dir: Path, name: str, tmp_path: Path):
+def test_corpus_file(corpus_dir: Path, name: str, tmp_path: Path, test_data_missing):
     path = corpus_dir / name
     if not path.exists():
-        pytest.skip(f"{name} is not in this corpus")
+        test_data_missing(f"{name} is not in the corpus at {corpus_dir}")
     row = manifest(corpus_dir)[name]
     conf = derived_config(path, row["what it exercises"])
     results = {}

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from maglev.config import DEFAULT_FLOW_HASH_SECRET
 from maglev.control.protocol import decode_event
 from maglev.hashing import build_table
 from maglev.testing.packets import write_pcap
@@ -129,12 +130,17 @@ def test_controller_follows_health_drain_and_shutdown(tmp_path):
 
         st = wait_until(settled, 10, "status to show both VIPs announced by a healthy controller")
 
-        # Fingerprints: what any instance builds from the same backends.
+        # Fingerprints: what any instance builds from the same backends, destinations and
+        # flow-hash secret (this config keeps the built-in one, so status warns about it).
         fps = {t["vip"]: t["fingerprint"] for t in st["tables"]}
-        assert fps["203.0.113.10:80/tcp"] == build_table([("be1", 1), ("be2", 1)]).fingerprint()
-        assert fps["203.0.113.20:80/tcp"] == build_table([("local", 1)]).fingerprint()
+        secret = DEFAULT_FLOW_HASH_SECRET
+        assert fps["203.0.113.10:80/tcp"] == build_table([("be1", 1), ("be2", 1)]).fingerprint(
+            secret, {"be1": "gre 198.18.2.11", "be2": "gre 198.18.2.12"})
+        assert fps["203.0.113.20:80/tcp"] == build_table([("local", 1)]).fingerprint(secret, {"local": "gre 127.0.0.1"})
+        assert len(st["warnings"]) == 1 and "flow_hash_secret" in st["warnings"][0]
         human = _ctl(control, "status")
         assert f"fingerprint {fps['203.0.113.10:80/tcp']}" in human.stdout and "forwarder     healthy" in human.stdout
+        assert human.stdout.count("WARNING") == 1 and secret not in human.stdout
 
         # The only backend of VIP B fails its check: B is withdrawn, A stays.
         listener.stop()
