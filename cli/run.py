@@ -3,8 +3,11 @@ shared-memory rings, under a supervisor (this process)."""
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 import json
+import os
 import signal
 import sys
 import time
@@ -79,6 +82,10 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     from maglev.actors import pipeline as pl
     from maglev.actors.base import setup_logging
 
+    # At exit, move every object out of the collector's reach first: the final garbage
+    # collections of interpreter shutdown then skip them (0.3-1 s -> ~0.05 s for this
+    # process on a busy two-core machine, most of the time from SIGTERM to exit).
+    atexit.register(gc.freeze)
     level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
     setup_logging("supervisor", level)
     nic_given = nic is not None
@@ -134,6 +141,11 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         stop_reason.append(signal.Signals(signum).name)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # A signal also writes a byte to this pipe, which the supervisor's poll watches: the
+    # stop starts at once, not when the current 50 ms poll times out.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    p.supervisor.wakeup_fds.append(wake_r)
     try:
         p.start(go=False)
         if not stop_reason:  # Ctrl-C while the actors were starting: stop, do not begin
@@ -158,6 +170,10 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+        signal.set_wakeup_fd(old_wakeup)
+        p.supervisor.wakeup_fds.remove(wake_r)
+        os.close(wake_r)
+        os.close(wake_w)
         obs.close()
         p.close()
     if as_json:

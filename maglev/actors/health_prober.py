@@ -185,7 +185,7 @@ class HealthProberActor(Actor):
 
     def wait(self, timeout_s: float) -> None:
         assert self.loop is not None
-        self.loop.run_until_complete(asyncio.sleep(timeout_s))
+        self.run_loop_for(self.loop, timeout_s)  # returns early when mail arrives (stop)
         if self._task is not None and self._task.done():
             self._task.result()  # re-raise a crash so the supervisor restarts us
 
@@ -202,6 +202,8 @@ class HealthProberActor(Actor):
             return
         if self._stop is not None:
             self._stop.set()
+        if self.client is not None:
+            self.client._kick.set()  # out of its idle wait now (it re-checks ``stop``)
         if self._task is not None:
             self.loop.run_until_complete(asyncio.wait_for(self._task, 5))
         if self.client is not None:

@@ -209,6 +209,7 @@ class Pipeline:
                 otlp_endpoint=opts.otlp_endpoint,
                 log_level=opts.log_level,
                 on_message=self._on_message,
+                wake=self._wake,
             )
         except BaseException:
             self.region.close()
@@ -253,6 +254,21 @@ class Pipeline:
             self.eof = True
         if self._user_on_message is not None:
             self._user_on_message(name, msg)
+
+    def _wake(self, name: str) -> None:
+        """A data-path actor sleeps on its doorbell, not its mailbox: raise the stop alert
+        there so it stops now rather than at its next wake-up (up to 0.5 s)."""
+        from maglev.rings import BELL_MUXER, BELL_STEERING, worker_bell
+
+        if name == "steering":
+            bell = BELL_STEERING
+        elif name == "muxer":
+            bell = BELL_MUXER
+        elif name.startswith("worker-") and name[7:].isdigit() and int(name[7:]) < self.region.n_workers:
+            bell = worker_bell(int(name[7:]))
+        else:
+            return
+        self.region.bell(bell).alert()
 
     # ------------------------------------------------------------------ run
     def start(self, go: bool = True) -> None:

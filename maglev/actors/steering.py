@@ -253,9 +253,15 @@ class Steering(Actor):
         deadline = time.monotonic() + float(self.params.get("drain_s", 2.0))
         free = self.region.free
         n_frames = self.region.n_frames
+        r = self.region
+        from maglev.rings import worker_slot
+
+        held = [r.stats(worker_slot(i)) for i in range(self.n_workers)]
         while time.monotonic() < deadline:
             self.step()
-            if free.count() >= n_frames:
+            # Fragments a worker holds come home only when it stops (its drain releases
+            # them): do not wait for those.
+            if free.count() + sum(int(h[lib.MG_WS_HELD]) for h in held) >= n_frames:
                 break
             self.bell.wait(20)
 

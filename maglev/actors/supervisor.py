@@ -114,6 +114,7 @@ class Supervisor:
         max_restarts: int = 5,
         restart_window_s: float = 10.0,
         on_message: Callable[[str, dict[str, Any]], None] | None = None,
+        wake: Callable[[str], None] | None = None,
     ):
         names = [d.name for d in defs]
         if len(set(names)) != len(names):
@@ -130,6 +131,10 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.restart_window_s = restart_window_s
         self.on_message = on_message
+        # Called with an actor's name right after its ``stop`` message: an actor asleep on
+        # something other than its mailbox (a data-path actor's futex doorbell) is woken
+        # through it (the pipeline raises a doorbell alert), instead of at its next tick.
+        self.wake = wake
         self.children = {d.name: _Child(d) for d in defs}
         self.events: list[tuple[float, str, str]] = []  # (time, actor, what)
         self.failed: str = ""
@@ -142,6 +147,9 @@ class Supervisor:
         # pid -> pidfd of each live child: polled with the mailbox, so a death wakes the
         # supervisor at once however long it sleeps (no busy polling of waitpid).
         self._pidfds: dict[int, int] = {}
+        # Extra file descriptors that end a poll() early (``maglev run`` adds the
+        # signal.set_wakeup_fd pipe, so Ctrl-C/SIGTERM is handled at once); drained here.
+        self.wakeup_fds: list[int] = []
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -201,16 +209,28 @@ class Supervisor:
             return None
         return sb
 
-    def _close_standby(self) -> None:
+    def _release_standby(self) -> subprocess.Popen | None:
+        """Close the standby's pipe (end of input: it exits by itself); return it unreaped."""
         sb, self._standby = self._standby, None
         if sb is None:
-            return
+            return None
         try:
-            sb.stdin.close()  # end of input: the standby exits by itself
-            sb.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
+            sb.stdin.close()
+        except OSError:
             self._kill(sb)
-            sb.wait(timeout=5)
+        return sb
+
+    def _reap(self, proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._kill(proc)
+            proc.wait(timeout=5)
+
+    def _close_standby(self) -> None:
+        sb = self._release_standby()
+        if sb is not None:
+            self._reap(sb)
 
     def _spawn(self, c: _Child) -> None:
         spec = self._spec(c)
@@ -275,7 +295,16 @@ class Supervisor:
         poller.register(self._sock, zmq.POLLIN)
         for fd in self._pidfds.values():
             poller.register(fd, zmq.POLLIN)
+        for fd in self.wakeup_fds:
+            poller.register(fd, zmq.POLLIN)
         events = dict(poller.poll(int(timeout_s * 1000)))
+        for fd in self.wakeup_fds:
+            if fd in events:
+                try:
+                    while os.read(fd, 4096):
+                        pass
+                except OSError:  # empty (non-blocking) or closed
+                    pass
         if self._sock in events:
             while True:
                 try:
@@ -396,7 +425,7 @@ class Supervisor:
     def stop(self, reason: str = "stop") -> None:
         """Stop every actor, group by group; always returns with no child left."""
         self.stopping = True
-        self._close_standby()
+        standby = self._release_standby()  # it exits by itself meanwhile; reaped below
         groups = sorted({c.d.stop_group for c in self.children.values()})
         for g in groups:
             members = [c for c in self.children.values() if c.d.stop_group == g]
@@ -404,13 +433,28 @@ class Supervisor:
                 c.stopping = True
                 if c.proc is not None and c.proc.poll() is None:
                     self.send(c.d.name, "stop", reason=reason)
+                    if self.wake is not None:
+                        try:
+                            self.wake(c.d.name)
+                        except Exception as exc:  # the stop message and SIGTERM still work
+                            log.warning("wake failed", extra={"kv": {"actor": c.d.name, "error": exc}})
             self._await_exit(members, self.stop_timeout_s, signal.SIGTERM)
+        # Everyone said bye (or was killed): reap them all at once, with a deadline.
+        self._await_exit([c for c in self.children.values() if c.proc is not None], 2.0, signal.SIGKILL,
+                         wait_for_exit=True)
+        if standby is not None:
+            self._reap(standby)
 
-    def _await_exit(self, members: list[_Child], timeout_s: float, fallback: int) -> None:
+    def _await_exit(self, members: list[_Child], timeout_s: float, fallback: int,
+                    wait_for_exit: bool = False) -> None:
+        """Wait until every member said ``bye`` (it has drained and released its resources;
+        only interpreter shutdown is left, reaped at the end of :meth:`stop` with the others
+        in parallel) or exited; SIGTERM then SIGKILL the late ones."""
         deadline = time.monotonic() + timeout_s
         sent_fallback = False
         while True:
-            alive = [c for c in members if c.proc is not None and c.proc.poll() is None]
+            alive = [c for c in members if c.proc is not None and c.proc.poll() is None
+                     and (wait_for_exit or not c.bye)]
             if not alive:
                 break
             now = time.monotonic()
