@@ -86,29 +86,12 @@ def worker_stats(s: Any) -> dict[str, Any]:
     }
 
 
-def remove_stale_regions(instance: str) -> list[str]:
-    """Unlink regions this program made for ``instance`` whose supervisor is gone (killed
-    with -9: nobody else would ever remove them).  Names are ``<instance>-<pid>-<hex6>``."""
-    import re
+def remove_stale_regions(instance: str = "") -> list[str]:
+    """Remove the run folders and regions of dead runs (any instance; ``instance`` is kept
+    for callers of the old signature): see :mod:`maglev.actors.leftovers`."""
+    from maglev.actors.leftovers import remove_dead_runs
 
-    import psutil
-
-    removed = []
-    pat = re.compile(rf"^maglev-{re.escape(instance)}-(\d+)-[0-9a-f]{{6}}$")
-    try:
-        names = os.listdir("/dev/shm")
-    except OSError:
-        return removed
-    for name in names:
-        m = pat.match(name)
-        if m and not psutil.pid_exists(int(m.group(1))):
-            try:
-                os.unlink(os.path.join("/dev/shm", name))
-                removed.append(name)
-                log.warning("removed a stale region", extra={"kv": {"name": name}})
-            except OSError:
-                pass
-    return removed
+    return remove_dead_runs()
 
 
 def parse_cpus(text: str | None) -> list[int]:
@@ -210,6 +193,7 @@ class Pipeline:
                 log_level=opts.log_level,
                 on_message=self._on_message,
                 wake=self._wake,
+                region=self.region_name,
             )
         except BaseException:
             self.region.close()

@@ -90,9 +90,18 @@ class _Child:
     error: str = ""
 
 
-def make_run_dir(instance: str) -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix=f"maglev-{instance}-", dir=base)  # mode 0700
+def make_run_dir(instance: str, region: str = "") -> str:
+    """A private run folder (mode 0700) with ``owner.json`` (this process's pid and start
+    time, and the region), so the next run can tell it is dead (``leftovers``)."""
+    from maglev.actors.leftovers import run_base, write_owner
+
+    d = tempfile.mkdtemp(prefix=f"maglev-{instance}-", dir=run_base())
+    try:
+        write_owner(d, instance, region)
+    except OSError:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    return d
 
 
 class Supervisor:
@@ -115,13 +124,14 @@ class Supervisor:
         restart_window_s: float = 10.0,
         on_message: Callable[[str, dict[str, Any]], None] | None = None,
         wake: Callable[[str], None] | None = None,
+        region: str = "",
     ):
         names = [d.name for d in defs]
         if len(set(names)) != len(names):
             raise SupervisorError(f"duplicate actor names in {names}")
         self.instance = instance
         self.own_run_dir = run_dir is None
-        self.run_dir = run_dir or make_run_dir(instance)
+        self.run_dir = run_dir or make_run_dir(instance, region)
         self.mailbox_endpoint = f"ipc://{self.run_dir}/supervisor.sock"
         self.otlp_endpoint = otlp_endpoint
         self.log_level = log_level
