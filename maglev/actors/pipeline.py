@@ -310,9 +310,20 @@ class Pipeline:
             if int(st[word]):
                 dropped[reason] = dropped.get(reason, 0) + int(st[word])
                 nic_drops += int(st[word])
-        tx_err = int(mx[lib.MG_MS_TX_ERRORS])
+        # Packets a dead steering held (received, never placed).
+        if int(st[lib.MG_SS_LOST]):
+            dropped["steering_restart"] = int(st[lib.MG_SS_LOST])
+        # Forwarded packets (counted by their worker) that did not leave after all: the NIC
+        # refused them, or a dead muxer held them before counting them as sent.  They move
+        # from forwarded to dropped, so packets_in == forwarded + sum(dropped) stays exact
+        # (a refused ICMP error is not a lost input packet: that one is a too_big drop).
+        tx_err = int(mx[lib.MG_MS_TX_ERRORS_FWD])
+        mux_lost = int(mx[lib.MG_MS_LOST_FWD])
         if tx_err:
             dropped["tx_error"] = tx_err
+        if mux_lost:
+            dropped["muxer_restart"] = mux_lost
+        forwarded -= tx_err + mux_lost
         end = self.t_end or time.monotonic()
         elapsed = max(1e-9, end - self.t0) if self.t0 else 0.0
         packets_in = int(st[lib.MG_SS_RX_PACKETS]) + nic_drops
