@@ -45,6 +45,7 @@ class Muxer(Actor):
         self.mux = ffi.new("struct mg_mux *")
         check(lib.mg_mux_init(self.mux, self.base, self.slot), "muxer init")
         self.stats_block = self.region.stats(self.slot)
+        self.region.set_slot_pid(self.slot)
         self._recover()
         self.burst = int(p.get("burst", 256))
         self.nic = open_tx(parse_out(p.get("out") or None, parse_nic(p["nic"])))

@@ -129,6 +129,7 @@ class Steering(Actor):
         self.st = ffi.new("struct mg_steer *")
         check(lib.mg_steer_init(self.st, self.base, self.slot, k0, k1), "steering init")
         self.stats_block = self.region.stats(self.slot)
+        self.region.set_slot_pid(self.slot)  # who serves the slot now (tools, tests)
         self._nic_drop_base = {w: int(self.stats_block[w]) for w in SS_NIC_DROPS.values()}
         self._recover()
         self.burst = int(p.get("burst", 256))

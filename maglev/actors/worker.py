@@ -43,11 +43,15 @@ class Worker(Actor):
         if w == ffi.NULL:
             raise RuntimeError(f"worker {self.index}: cannot allocate the data path")
         self.w = ffi.gc(w, lib.mg_worker_free)
+        stats = self.region.stats(worker_slot(self.index))
+        lost = int(stats[lib.MG_WS_RESTART_DROPS])
         recovered = check(lib.mg_worker_recover(self.w, self.base), "worker recover")
         if recovered:
-            log.warning("dropped frames a dead predecessor held", extra={"kv": {"frames": recovered}})
+            log.warning("took over the frames a dead predecessor held", extra={"kv": {
+                "frames": recovered, "dropped": int(stats[lib.MG_WS_RESTART_DROPS]) - lost}})
         self.bell = self.region.bell(worker_bell(self.index))
         self.stats_block = self.region.stats(worker_slot(self.index))
+        self.region.set_slot_pid(worker_slot(self.index))
         from maglev.telemetry.metrics import WorkerObserver
 
         self.observe = WorkerObserver(self)  # metrics page + generation-switch spans
