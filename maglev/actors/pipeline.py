@@ -86,6 +86,28 @@ def worker_stats(s: Any) -> dict[str, Any]:
     }
 
 
+def edge_drops(st: Any, mx: Any) -> tuple[dict[str, int], int]:
+    """Drops counted outside the workers' data path, from the steering and muxer stats
+    blocks, and how many of them the workers had counted as forwarded.
+
+    ``steering_restart``: packets a dead steering held (received, never placed).
+    ``tx_error`` / ``muxer_restart``: forwarded packets that did not leave after all (the
+    NIC refused them; a dead muxer held them before counting them as sent).  Those move
+    from forwarded to dropped -- subtract the second value from the workers' forwarded --
+    so ``packets_in == forwarded + sum(dropped)`` stays exact (a refused ICMP error is not
+    a lost input packet: that packet is already a ``too_big`` drop).  The NIC's own drops
+    (``SS_NIC_DROPS``) are not included."""
+    from maglev.native import lib
+
+    out = {}
+    for reason, v in (("steering_restart", int(st[lib.MG_SS_LOST])),
+                      ("tx_error", int(mx[lib.MG_MS_TX_ERRORS_FWD])),
+                      ("muxer_restart", int(mx[lib.MG_MS_LOST_FWD]))):
+        if v:
+            out[reason] = v
+    return out, out.get("tx_error", 0) + out.get("muxer_restart", 0)
+
+
 def remove_stale_regions(instance: str = "") -> list[str]:
     """Remove the run folders and regions of dead runs (any instance; ``instance`` is kept
     for callers of the old signature): see :mod:`maglev.actors.leftovers`."""
@@ -310,20 +332,10 @@ class Pipeline:
             if int(st[word]):
                 dropped[reason] = dropped.get(reason, 0) + int(st[word])
                 nic_drops += int(st[word])
-        # Packets a dead steering held (received, never placed).
-        if int(st[lib.MG_SS_LOST]):
-            dropped["steering_restart"] = int(st[lib.MG_SS_LOST])
-        # Forwarded packets (counted by their worker) that did not leave after all: the NIC
-        # refused them, or a dead muxer held them before counting them as sent.  They move
-        # from forwarded to dropped, so packets_in == forwarded + sum(dropped) stays exact
-        # (a refused ICMP error is not a lost input packet: that one is a too_big drop).
-        tx_err = int(mx[lib.MG_MS_TX_ERRORS_FWD])
-        mux_lost = int(mx[lib.MG_MS_LOST_FWD])
-        if tx_err:
-            dropped["tx_error"] = tx_err
-        if mux_lost:
-            dropped["muxer_restart"] = mux_lost
-        forwarded -= tx_err + mux_lost
+        extra, not_sent = edge_drops(st, mx)
+        for k, v in extra.items():
+            dropped[k] = dropped.get(k, 0) + v
+        forwarded -= not_sent
         end = self.t_end or time.monotonic()
         elapsed = max(1e-9, end - self.t0) if self.t0 else 0.0
         packets_in = int(st[lib.MG_SS_RX_PACKETS]) + nic_drops

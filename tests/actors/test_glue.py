@@ -199,7 +199,7 @@ def _hand(r: Region, slot: int) -> list[int]:
     return r.hand(slot).descs()
 
 
-@pytest.mark.parametrize("when", ["taking", "marked", "counted_backpressure"])
+@pytest.mark.parametrize("when", ["taking", "marked", "counted_backpressure", "reclaiming"])
 def test_replacement_steering_counts_the_packets_a_dead_one_held(region, when):
     """The batch state tells a replacement which frames in a dead steering's hand were
     received packets and whether they were counted; each is counted exactly once."""
@@ -223,13 +223,24 @@ def test_replacement_steering_counts_the_packets_a_dead_one_held(region, when):
             if kept:
                 break
         rx, lost = int(s[lib.MG_SS_RX_PACKETS]), kept
-    before_rx = int(s[lib.MG_SS_RX_PACKETS]) if when == "counted_backpressure" else 0
-    on_rings = sum(region.rx(i).count() for i in range(2))
+    if when == "reclaiming":
+        # A worker returns 20 frames (with their packets' lengths) and steering dies with
+        # them pulled into its hand behind the kept packets, before pushing them to free.
+        w_slot = worker_slot(0)
+        assert lib.mg_hand_pull(region.base, w_slot, region.rx(0).id, 20) == 20
+        dest = ffi.new("uint16_t[]", [region.ret(0).id] * 20)
+        assert lib.mg_hand_push(region.base, w_slot, dest, 20) == 20
+        s[lib.MG_SS_HELD] = kept
+        s[lib.MG_SS_BATCH] = lib.MG_SS_B_RECLAIMING
+        assert lib.mg_hand_pull(region.base, SLOT_STEERING, region.ret(0).id, 20) == 20
+        assert all(meta(region, d).len != lib.MG_FRAME_LEN_EMPTY for d in _hand(region, SLOT_STEERING))
+    before_rx = int(s[lib.MG_SS_RX_PACKETS]) if when in ("counted_backpressure", "reclaiming") else 0
+    on_rings = sum(region.rx(i).count() for i in range(2)) + (20 if when == "reclaiming" else 0)
     for _ in range(2):  # idempotent
         st2 = steer(region)
         region.hand(SLOT_STEERING).recover()
         assert lib.mg_steer_recover(st2, region.base) >= 0
-        assert s[lib.MG_SS_RX_PACKETS] == (before_rx if when == "counted_backpressure" else rx)
+        assert s[lib.MG_SS_RX_PACKETS] == (before_rx if before_rx else rx)
         assert s[lib.MG_SS_LOST] == lost
         assert _hand(region, SLOT_STEERING) == []
     # Every received packet is on an rx ring or counted lost.

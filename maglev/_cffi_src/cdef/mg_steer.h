@@ -16,6 +16,8 @@
 #define MG_SS_B_TAKING 0
 #define MG_SS_B_MARKED 1
 #define MG_SS_B_COUNTED 2
+#define MG_SS_B_RECLAIMING 3
+#define MG_SS_HELD 15
 #define MG_MS_TX_PACKETS 0
 #define MG_MS_TX_BYTES 1
 #define MG_MS_TX_ERRORS 2

@@ -53,6 +53,7 @@
 #define MG_SS_LAST_RX_NS 12  /* ... and of the latest one (rates over the receive window) */
 #define MG_SS_LOST 13        /* received packets a dead steering still held (lost_in_crash) */
 #define MG_SS_BATCH 14       /* what the hand's frames are (MG_SS_B_*), for a replacement */
+#define MG_SS_HELD 15        /* RECLAIMING: counted packets at the front of the hand */
 /* Words 16, 17: the NIC's own drops (maglev/actors/steering.py SS_NIC_DROPS). */
 
 /* The hand holds one batch at a time (take needs an empty hand):
@@ -66,6 +67,11 @@
 #define MG_SS_B_TAKING 0
 #define MG_SS_B_MARKED 1
 #define MG_SS_B_COUNTED 2
+/*   RECLAIMING  frames from ret/sent pass through the hand on their way to the free list
+ *            (they still carry their packets' lengths) behind the MG_SS_HELD counted
+ *            packets back pressure left at its front; pull appends and push keeps the
+ *            front in order, so exactly the first MG_SS_HELD entries are packets. */
+#define MG_SS_B_RECLAIMING 3
 
 /* Muxer counters (muxer slot). */
 #define MG_MS_TX_PACKETS 0

@@ -51,6 +51,12 @@ static int push_all(void *base, uint32_t slot, uint16_t *dest, uint32_t keep_to,
 int mg_steer_reclaim(struct mg_steer *s, void *base)
 {
     int total = 0;
+    int held = mg_hand_count(base, s->slot);
+    if (held < 0)
+        return held;
+    uint64_t batch = __atomic_load_n(&s->stats[MG_SS_BATCH], __ATOMIC_RELAXED);
+    __atomic_store_n(&s->stats[MG_SS_HELD], (uint64_t)held, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_RECLAIMING, __ATOMIC_RELEASE);
     for (uint32_t i = 0; i <= s->n_workers; i++) {
         uint32_t id = i < s->n_workers ? s->ret_id[i] : s->sent_id;
         for (;;) {
@@ -79,6 +85,8 @@ int mg_steer_reclaim(struct mg_steer *s, void *base)
         }
     }
     s->stats[MG_SS_RECLAIMED] += (uint64_t)total;
+    /* The hand holds exactly the `held` packets again. */
+    __atomic_store_n(&s->stats[MG_SS_BATCH], batch, __ATOMIC_RELEASE);
     return total;
 }
 
@@ -285,7 +293,9 @@ int mg_steer_recover(struct mg_steer *s, void *base)
     uint8_t *pool = mg_region_pool(base);
     uint64_t batch = s->stats[MG_SS_BATCH];
     uint64_t packets = 0;
-    if (batch != MG_SS_B_TAKING) /* TAKING: no frame in the hand was given to the NIC */
+    if (batch == MG_SS_B_RECLAIMING) /* the front: counted packets; the rest: returns */
+        packets = s->stats[MG_SS_HELD] < cnt ? s->stats[MG_SS_HELD] : cnt;
+    else if (batch != MG_SS_B_TAKING) /* TAKING: no frame in the hand was given to the NIC */
         for (uint32_t j = 0; j < cnt; j++)
             packets += mg_frame_meta(pool, (uint32_t)descs[j])->len != MG_FRAME_LEN_EMPTY;
     uint64_t *img = mg_stats_stage(base, s->slot);
