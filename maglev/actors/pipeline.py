@@ -77,6 +77,7 @@ def worker_stats(s: Any) -> dict[str, Any]:
         "packets_in": int(s[lib.MG_WS_PACKETS_IN]),
         "bytes_in": int(s[lib.MG_WS_BYTES_IN]),
         "forwarded": int(s[lib.MG_WS_FORWARDED]),
+        "redirected": int(s[lib.MG_WS_REDIRECTED]),
         "bytes_out": int(s[lib.MG_WS_BYTES_OUT]),
         "icmp_sent": int(s[lib.MG_WS_ICMP_SENT]),
         "held": int(s[lib.MG_WS_HELD]),
@@ -321,7 +322,9 @@ class Pipeline:
         forwarded = 0
         for i in range(r.n_workers):
             w = worker_stats(r.stats(worker_slot(i)))
-            forwarded += w["forwarded"]
+            # Fragments sent on to the pool instance that owns them (paper 4.3) left
+            # forwarded too (to a peer instead of a backend; on tx like any forward).
+            forwarded += w["forwarded"] + w["redirected"]
             for k, v in w["dropped"].items():
                 dropped[k] = dropped.get(k, 0) + v
             per_worker.append({"worker": i, **w})

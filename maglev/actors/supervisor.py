@@ -25,7 +25,13 @@ Stopping: actors carry a ``stop_group``; groups stop in ascending order, each ge
 ``stop`` message (and SIGTERM as a fallback) and ``stop_timeout_s`` to drain and exit,
 then SIGKILL.  For the data path that order is steering (stops receiving, waits until
 every frame is back in its free pool), then workers, then the muxer (flushes the output),
-then the control plane.
+then the control plane.  Nothing waits in a fixed sleep: the ``wake`` hook (the pipeline
+raises a doorbell alert) reaches an actor asleep on its futex, the next group starts as
+soon as every member said ``bye``, and all processes are reaped together at the end.
+
+Leftovers: the run folder holds ``owner.json`` (pid + process start time), so the next
+run can remove the folder and region of a supervisor killed with -9 and never a live
+one's (:mod:`maglev.actors.leftovers`).
 
 Every message is a msgpack dict with ``v`` (protocol version), ``type``, ``name``.
 Actor -> supervisor: ``hello``, ``hb`` (with ``stats``), ``bye`` (final ``stats``),
