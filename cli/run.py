@@ -147,8 +147,8 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     p.supervisor.wakeup_fds.append(wake_r)
     try:
-        p.start(go=False)
-        if not stop_reason:  # Ctrl-C while the actors were starting: stop, do not begin
+        # Ctrl-C while the actors are starting: stop at once, do not begin.
+        if p.start(go=False, abort=lambda: bool(stop_reason)) and not stop_reason:
             p.go()
         prev, prev_t = None, time.monotonic()
         next_print = prev_t + 1.0

@@ -202,10 +202,11 @@ class HealthProberActor(Actor):
             return
         if self._stop is not None:
             self._stop.set()
-        if self.client is not None:
-            self.client._kick.set()  # out of its idle wait now (it re-checks ``stop``)
         if self._task is not None:
-            self.loop.run_until_complete(asyncio.wait_for(self._task, 5))
+            # Cancel rather than wait: the task may be in a request (up to 5 s), a retry
+            # back-off or its 1 s idle wait; what it would still send is moot at a stop.
+            self._task.cancel()
+            self.loop.run_until_complete(asyncio.gather(self._task, return_exceptions=True))
         if self.client is not None:
             self.client.close()
         self.loop.close()

@@ -278,13 +278,16 @@ class Pipeline:
         self.region.bell(bell).alert()
 
     # ------------------------------------------------------------------ run
-    def start(self, go: bool = True) -> None:
+    def start(self, go: bool = True, abort: Callable[[], bool] | None = None) -> bool:
         """Start every actor and wait until all are ready; then (``go``) let steering
-        receive.  ``go=False`` leaves that to :meth:`go` (a stop requested meanwhile)."""
+        receive.  ``go=False`` leaves that to :meth:`go`.  Returns False, without waiting
+        for the rest of the start-up, as soon as ``abort()`` is true (a stop request)."""
         self.supervisor.start()
-        self.supervisor.wait_ready()
+        if not self.supervisor.wait_ready(abort=abort):
+            return False
         if go:
             self.go()
+        return True
 
     def go(self) -> None:
         self.t0 = time.monotonic()

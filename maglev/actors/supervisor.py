@@ -271,16 +271,21 @@ class Supervisor:
         self.events.append((time.time(), c.d.name, f"started pid {c.proc.pid}"))
         log.info("actor started", extra={"kv": {"actor": c.d.name, "pid": c.proc.pid}})
 
-    def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Block until every actor said hello; raise if one failed first."""
+    def wait_ready(self, timeout_s: float | None = None,
+                   abort: Callable[[], bool] | None = None) -> bool:
+        """Block until every actor said hello (True); raise if one failed first.  Returns
+        False as soon as ``abort()`` is true (a stop requested during start-up)."""
         deadline = time.monotonic() + (timeout_s or self.startup_timeout_s)
         while not all(c.hello for c in self.children.values()):
+            if abort is not None and abort():
+                return False
             self.poll(0.05)
             if self.failed:
                 raise SupervisorError(self.failed)
             if time.monotonic() > deadline:
                 late = [n for n, c in self.children.items() if not c.hello]
                 raise SupervisorError(f"actors did not start in time: {', '.join(late)}")
+        return True
 
     # ------------------------------------------------------------------ watch
     def send(self, name: str, type_: str, **body: Any) -> None:
@@ -441,14 +446,25 @@ class Supervisor:
     def stop(self, reason: str = "stop") -> None:
         """Stop every actor, group by group; always returns with no child left."""
         self.stopping = True
-        standby = self._release_standby()  # it exits by itself meanwhile; reaped below
+        # The standby holds nothing (no region, no socket), and one started moments ago
+        # reads its pipe only after ~1 s of imports: kill it, reap it at the end.
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            self._kill(standby)
+            try:
+                standby.stdin.close()
+            except OSError:
+                pass
         groups = sorted({c.d.stop_group for c in self.children.values()})
         for g in groups:
             members = [c for c in self.children.values() if c.d.stop_group == g]
             for c in members:
                 c.stopping = True
                 if c.proc is not None and c.proc.poll() is None:
-                    self.send(c.d.name, "stop", reason=reason)
+                    if c.hello:
+                        self.send(c.d.name, "stop", reason=reason)
+                    else:  # still starting: not connected yet, a message would be lost
+                        self._kill(c.proc, signal.SIGTERM)
                     if self.wake is not None:
                         try:
                             self.wake(c.d.name)

@@ -89,3 +89,39 @@ def test_stop_of_idle_actors_does_not_wait_for_their_idle_timeouts():
     assert s["pool"]["ok"], s["pool"]["detail"]
     assert s["packets_in"] == 2000 == s["forwarded"] + sum(s["dropped"].values())
     assert took < 1.5, f"stop took {took:.2f} s"
+
+
+def test_a_signal_during_start_up_stops_at_once_and_leaves_nothing(tmp_path):
+    """SIGTERM while the actors are still importing: the supervisor does not wait for the
+    start-up to finish (SIGTERM to actors not connected yet, the standby is killed), exits
+    0 with a whole pool, and leaves no process, region or run folder."""
+    env = {**os.environ, "MAGLEV_STATE_DIR": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path)}
+    proc = subprocess.Popen([*CLI, "run", "--workers", "8", "--nic", "gen:flows=1000", "--json",
+                             "--control", f"ipc://{tmp_path}/ctl.sock"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        me = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        while len(me.children()) < 12:  # spawned, not ready: imports take ~1 s each
+            assert time.monotonic() < deadline and proc.poll() is None, "actors were not spawned"
+            time.sleep(0.02)
+        children = me.children()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print(f"\nshutdown during start-up (SIGTERM -> exit): {took * 1000:.0f} ms")
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    s = json.loads(out)
+    assert s["pool"]["ok"], s["pool"]["detail"]
+    assert s["packets_in"] == s["forwarded"] + sum(s["dropped"].values())
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive
+    assert not glob.glob(f"/dev/shm/maglev-*-{proc.pid}-*")
+    assert not glob.glob(f"{tmp_path}/maglev-*")
+    assert took < 2.0, f"shutdown took {took:.2f} s"
