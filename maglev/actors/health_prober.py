@@ -185,7 +185,7 @@ class HealthProberActor(Actor):
 
     def wait(self, timeout_s: float) -> None:
         assert self.loop is not None
-        self.loop.run_until_complete(asyncio.sleep(timeout_s))
+        self.run_loop_for(self.loop, timeout_s)  # returns early when mail arrives (stop)
         if self._task is not None and self._task.done():
             self._task.result()  # re-raise a crash so the supervisor restarts us
 
@@ -203,7 +203,10 @@ class HealthProberActor(Actor):
         if self._stop is not None:
             self._stop.set()
         if self._task is not None:
-            self.loop.run_until_complete(asyncio.wait_for(self._task, 5))
+            # Cancel rather than wait: the task may be in a request (up to 5 s), a retry
+            # back-off or its 1 s idle wait; what it would still send is moot at a stop.
+            self._task.cancel()
+            self.loop.run_until_complete(asyncio.gather(self._task, return_exceptions=True))
         if self.client is not None:
             self.client.close()
         self.loop.close()

@@ -44,6 +44,7 @@ class Muxer(Actor):
         self.mux = ffi.new("struct mg_mux *")
         check(lib.mg_mux_init(self.mux, self.base, self.slot), "muxer init")
         self.stats_block = self.region.stats(self.slot)
+        self.region.set_slot_pid(self.slot)
         self._recover()
         self.burst = int(p.get("burst", 256))
         self.nic = open_tx(parse_out(p.get("out") or None, parse_nic(p["nic"])))
@@ -58,10 +59,9 @@ class Muxer(Actor):
             r.tx(i).reset_consumer()
         r.sent.reset_producer()
         if held:
-            left = check(lib.mg_mux_done(self.mux, self.base, 0, 0), "muxer recover")
-            if left:
-                raise RuntimeError(f"muxer recovery left {left} frames in the hand (sent ring full)")
-            self.stats_block[lib.MG_MS_RECOVERED] += len(held)
+            # Counted once (recovered; the forwarded ones it had not counted as sent or
+            # failed also as lost: they may or may not have left), then back to steering.
+            check(lib.mg_mux_recover(self.mux, self.base), "muxer recover")
             log.warning("freed frames a dead muxer held", extra={"kv": {"frames": len(held)}})
 
     def step(self) -> int:
@@ -110,6 +110,8 @@ class Muxer(Actor):
             "tx_packets": int(s[lib.MG_MS_TX_PACKETS]),
             "tx_errors": int(s[lib.MG_MS_TX_ERRORS]),
             "recovered": int(s[lib.MG_MS_RECOVERED]),
+            "tx_errors_forwarded": int(s[lib.MG_MS_TX_ERRORS_FWD]),
+            "lost_forwarded": int(s[lib.MG_MS_LOST_FWD]),
         }
         nic = getattr(self, "nic", None)
         if nic is not None:

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maglev.actors.extra import EXTRA_ACTORS
+from maglev.actors.leftovers import remove_dead_runs
 from maglev.actors.supervisor import ActorDef, Supervisor
 from maglev.config import load_config
-from maglev.rings import forwarder_counters, remove_stale_regions
+from maglev.rings import forwarder_counters
 from maglev.rings.worker_page import read_worker_page
 
 log = logging.getLogger("maglev.pipeline")
@@ -130,7 +131,7 @@ class Pipeline:
             raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: no such file"])
         blob = build_tables(self.config)
         self.cpus = parse_cpus(opts.cpus)
-        remove_stale_regions(self.config.instance.name)
+        remove_dead_runs()  # run folders and regions of runs proven dead (maglev/actors/leftovers.py)
         n_frames = opts.n_frames or max(4096, (opts.workers + 2) * opts.ring_size)
         self.region_name = f"{self.config.instance.name}-{os.getpid()}-{secrets.token_hex(3)}"
         self.region = Region.create(
@@ -144,6 +145,8 @@ class Pipeline:
                 otlp_endpoint=opts.otlp_endpoint,
                 log_level=opts.log_level,
                 on_message=self._on_message,
+                wake=self._wake,
+                region=self.region_name,
             )
         except BaseException:
             self.region.close()
@@ -189,14 +192,32 @@ class Pipeline:
         if self._user_on_message is not None:
             self._user_on_message(name, msg)
 
+    def _wake(self, name: str) -> None:
+        """A data-path actor sleeps on its doorbell, not its mailbox: raise the stop alert
+        there so it stops now rather than at its next wake-up (up to 0.5 s)."""
+        from maglev.rings import BELL_MUXER, BELL_STEERING, worker_bell
+
+        if name == "steering":
+            bell = BELL_STEERING
+        elif name == "muxer":
+            bell = BELL_MUXER
+        elif name.startswith("worker-") and name[7:].isdigit() and int(name[7:]) < self.region.n_workers:
+            bell = worker_bell(int(name[7:]))
+        else:
+            return
+        self.region.bell(bell).alert()
+
     # ------------------------------------------------------------------ run
-    def start(self, go: bool = True) -> None:
+    def start(self, go: bool = True, abort: Callable[[], bool] | None = None) -> bool:
         """Start every actor and wait until all are ready; then (``go``) let steering
-        receive.  ``go=False`` leaves that to :meth:`go` (a stop requested meanwhile)."""
+        receive.  ``go=False`` leaves that to :meth:`go`.  Returns False, without waiting
+        for the rest of the start-up, as soon as ``abort()`` is true (a stop request)."""
         self.supervisor.start()
-        self.supervisor.wait_ready()
+        if not self.supervisor.wait_ready(abort=abort):
+            return False
         if go:
             self.go()
+        return True
 
     def go(self) -> None:
         self.t0 = time.monotonic()
@@ -239,7 +260,7 @@ class Pipeline:
         window = (last - first) / 1e9 if last > first else 0.0
         return {
             "packets_in": st["packets_in"],
-            "forwarded": sum(w["forwarded"] for w in c["workers"]),
+            "forwarded": c["forwarded"],
             "dropped": c["dropped"],
             "tx_packets": mx["tx_packets"],
             "fallback": st["fallback"],

@@ -125,17 +125,18 @@ class Steering(Actor):
         self.st = ffi.new("struct mg_steer *")
         check(lib.mg_steer_init(self.st, self.base, self.slot, k0, k1), "steering init")
         self.stats_block = self.region.stats(self.slot)
+        self.region.set_slot_pid(self.slot)  # who serves the slot now (tools, tests)
         self._nic_drop_base = {w: int(self.stats_block[w]) for w in SS_NIC_DROPS.values()}
-        recovered = self._recover()
+        self._recover()
         self.burst = int(p.get("burst", 256))
         self.nic = open_rx(parse_nic(p["nic"]), vips=vip_targets(cfg), seed=int(p.get("seed", 1)))
         if self.spec.incarnation and hasattr(self.nic, "skip"):
-            # A capture replay continues after what the dead steering read (dispatched,
-            # dropped by the NIC, or recovered from its hand), instead of sending the
-            # start of the file again.
+            # A capture replay continues after what the dead steering read (received --
+            # including what it held when it died, counted as received by the recovery
+            # -- or dropped by the NIC), instead of sending the start of the file again.
             s = self.stats_block
             done = int(s[lib.MG_SS_RX_PACKETS]) + sum(int(s[w]) for w in SS_NIC_DROPS.values())
-            self.nic.skip(done + recovered)
+            self.nic.skip(done)
         self.bell = self.region.bell(BELL_STEERING)
         self.bell_pipe: _BellPipe | None = None
         if hasattr(self.nic, "wake_on"):  # an fd-based NIC: poll it and the doorbell
@@ -159,22 +160,23 @@ class Steering(Actor):
     def _recover(self) -> int:
         """Take over from a dead predecessor (a no-op on a first start): settle its hand,
         own the rings' producer/consumer sides, send what it held back to the free list.
-        Packets it had received but not placed are dropped (at-most-once)."""
+        Packets it had received but not placed are dropped (at-most-once) and counted:
+        as received if they were not yet, and as ``steering_restart`` drops
+        (``mg_steer_recover``: the hand's batch state tells packets from unused frames)."""
         r = self.region
-        held = r.hand(self.slot).recover()
+        r.hand(self.slot).recover()
         for i in range(r.n_workers):
             r.rx(i).reset_producer()
             r.ret(i).reset_consumer()
         r.sent.reset_consumer()
         r.free.reset_producer()
         r.free.reset_consumer()
-        if held:
-            left = check(lib.mg_steer_dispatch(self.st, self.base, 0, 0), "steering recover")
-            if left:
-                raise RuntimeError(f"steering recovery left {left} frames in the hand")
-            self.stats_block[lib.MG_SS_RECOVERED] += len(held)
-            log.warning("recovered frames from a dead steering", extra={"kv": {"frames": len(held)}})
-        return len(held)
+        lost = int(self.stats_block[lib.MG_SS_LOST])
+        n = check(lib.mg_steer_recover(self.st, self.base), "steering recover")
+        if n:
+            log.warning("recovered frames from a dead steering", extra={"kv": {
+                "frames": n, "packets_dropped": int(self.stats_block[lib.MG_SS_LOST]) - lost}})
+        return n
 
     def step(self) -> int:
         base, st = self.base, self.st
@@ -249,9 +251,15 @@ class Steering(Actor):
         deadline = time.monotonic() + float(self.params.get("drain_s", 2.0))
         free = self.region.free
         n_frames = self.region.n_frames
+        r = self.region
+        from maglev.rings import worker_slot
+
+        held = [r.stats(worker_slot(i)) for i in range(self.n_workers)]
         while time.monotonic() < deadline:
             self.step()
-            if free.count() >= n_frames:
+            # Fragments a worker holds come home only when it stops (its drain releases
+            # them): do not wait for those.
+            if free.count() + sum(int(h[lib.MG_WS_HELD]) for h in held) >= n_frames:
                 break
             self.bell.wait(20)
 
@@ -276,6 +284,7 @@ class Steering(Actor):
             "unparsed": int(s[lib.MG_SS_UNPARSED]),
             "fragments": int(s[lib.MG_SS_FRAGMENTS]),
             "recovered": int(s[lib.MG_SS_RECOVERED]),
+            "lost": int(s[lib.MG_SS_LOST]),
             "eof": bool(getattr(self, "nic", None) is not None and self.nic.eof),
         }
         nic = getattr(self, "nic", None)

@@ -25,7 +25,13 @@ Stopping: actors carry a ``stop_group``; groups stop in ascending order, each ge
 ``stop`` message (and SIGTERM as a fallback) and ``stop_timeout_s`` to drain and exit,
 then SIGKILL.  For the data path that order is steering (stops receiving, waits until
 every frame is back in its free pool), then workers, then the muxer (flushes the output),
-then the control plane.
+then the control plane.  Nothing waits in a fixed sleep: the ``wake`` hook (the pipeline
+raises a doorbell alert) reaches an actor asleep on its futex, the next group starts as
+soon as every member said ``bye``, and all processes are reaped together at the end.
+
+Leftovers: the run folder holds ``owner.json`` (pid + process start time), so the next
+run can remove the folder and region of a supervisor killed with -9 and never a live
+one's (:mod:`maglev.actors.leftovers`).
 
 Every message is a msgpack dict with ``v`` (protocol version), ``type``, ``name``.
 Actor -> supervisor: ``hello``, ``hb`` (with ``stats``), ``bye`` (final ``stats``),
@@ -90,9 +96,18 @@ class _Child:
     error: str = ""
 
 
-def make_run_dir(instance: str) -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix=f"maglev-{instance}-", dir=base)  # mode 0700
+def make_run_dir(instance: str, region: str = "") -> str:
+    """A private run folder (mode 0700) with ``owner.json`` (this process's pid and start
+    time, and the region), so the next run can tell it is dead (``leftovers``)."""
+    from maglev.actors.leftovers import run_base, write_owner
+
+    d = tempfile.mkdtemp(prefix=f"maglev-{instance}-", dir=run_base())
+    try:
+        write_owner(d, instance, region)
+    except OSError:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    return d
 
 
 class Supervisor:
@@ -114,13 +129,15 @@ class Supervisor:
         max_restarts: int = 5,
         restart_window_s: float = 10.0,
         on_message: Callable[[str, dict[str, Any]], None] | None = None,
+        wake: Callable[[str], None] | None = None,
+        region: str = "",
     ):
         names = [d.name for d in defs]
         if len(set(names)) != len(names):
             raise SupervisorError(f"duplicate actor names in {names}")
         self.instance = instance
         self.own_run_dir = run_dir is None
-        self.run_dir = run_dir or make_run_dir(instance)
+        self.run_dir = run_dir or make_run_dir(instance, region)
         self.mailbox_endpoint = f"ipc://{self.run_dir}/supervisor.sock"
         self.otlp_endpoint = otlp_endpoint
         self.log_level = log_level
@@ -130,6 +147,10 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.restart_window_s = restart_window_s
         self.on_message = on_message
+        # Called with an actor's name right after its ``stop`` message: an actor asleep on
+        # something other than its mailbox (a data-path actor's futex doorbell) is woken
+        # through it (the pipeline raises a doorbell alert), instead of at its next tick.
+        self.wake = wake
         self.children = {d.name: _Child(d) for d in defs}
         self.events: list[tuple[float, str, str]] = []  # (time, actor, what)
         self.failed: str = ""
@@ -142,6 +163,9 @@ class Supervisor:
         # pid -> pidfd of each live child: polled with the mailbox, so a death wakes the
         # supervisor at once however long it sleeps (no busy polling of waitpid).
         self._pidfds: dict[int, int] = {}
+        # Extra file descriptors that end a poll() early (``maglev run`` adds the
+        # signal.set_wakeup_fd pipe, so Ctrl-C/SIGTERM is handled at once); drained here.
+        self.wakeup_fds: list[int] = []
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -201,16 +225,28 @@ class Supervisor:
             return None
         return sb
 
-    def _close_standby(self) -> None:
+    def _release_standby(self) -> subprocess.Popen | None:
+        """Close the standby's pipe (end of input: it exits by itself); return it unreaped."""
         sb, self._standby = self._standby, None
         if sb is None:
-            return
+            return None
         try:
-            sb.stdin.close()  # end of input: the standby exits by itself
-            sb.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
+            sb.stdin.close()
+        except OSError:
             self._kill(sb)
-            sb.wait(timeout=5)
+        return sb
+
+    def _reap(self, proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._kill(proc)
+            proc.wait(timeout=5)
+
+    def _close_standby(self) -> None:
+        sb = self._release_standby()
+        if sb is not None:
+            self._reap(sb)
 
     def _spawn(self, c: _Child) -> None:
         spec = self._spec(c)
@@ -235,16 +271,21 @@ class Supervisor:
         self.events.append((time.time(), c.d.name, f"started pid {c.proc.pid}"))
         log.info("actor started", extra={"kv": {"child": c.d.name, "child_pid": c.proc.pid}})
 
-    def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Block until every actor said hello; raise if one failed first."""
+    def wait_ready(self, timeout_s: float | None = None,
+                   abort: Callable[[], bool] | None = None) -> bool:
+        """Block until every actor said hello (True); raise if one failed first.  Returns
+        False as soon as ``abort()`` is true (a stop requested during start-up)."""
         deadline = time.monotonic() + (timeout_s or self.startup_timeout_s)
         while not all(c.hello for c in self.children.values()):
+            if abort is not None and abort():
+                return False
             self.poll(0.05)
             if self.failed:
                 raise SupervisorError(self.failed)
             if time.monotonic() > deadline:
                 late = [n for n, c in self.children.items() if not c.hello]
                 raise SupervisorError(f"actors did not start in time: {', '.join(late)}")
+        return True
 
     # ------------------------------------------------------------------ watch
     def send(self, name: str, type_: str, **body: Any) -> None:
@@ -275,7 +316,16 @@ class Supervisor:
         poller.register(self._sock, zmq.POLLIN)
         for fd in self._pidfds.values():
             poller.register(fd, zmq.POLLIN)
+        for fd in self.wakeup_fds:
+            poller.register(fd, zmq.POLLIN)
         events = dict(poller.poll(int(timeout_s * 1000)))
+        for fd in self.wakeup_fds:
+            if fd in events:
+                try:
+                    while os.read(fd, 4096):
+                        pass
+                except OSError:  # empty (non-blocking) or closed
+                    pass
         if self._sock in events:
             while True:
                 try:
@@ -396,21 +446,47 @@ class Supervisor:
     def stop(self, reason: str = "stop") -> None:
         """Stop every actor, group by group; always returns with no child left."""
         self.stopping = True
-        self._close_standby()
+        # The standby holds nothing (no region, no socket), and one started moments ago
+        # reads its pipe only after ~1 s of imports: kill it, reap it at the end.
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            self._kill(standby)
+            try:
+                standby.stdin.close()
+            except OSError:
+                pass
         groups = sorted({c.d.stop_group for c in self.children.values()})
         for g in groups:
             members = [c for c in self.children.values() if c.d.stop_group == g]
             for c in members:
                 c.stopping = True
                 if c.proc is not None and c.proc.poll() is None:
-                    self.send(c.d.name, "stop", reason=reason)
+                    if c.hello:
+                        self.send(c.d.name, "stop", reason=reason)
+                    else:  # still starting: not connected yet, a message would be lost
+                        self._kill(c.proc, signal.SIGTERM)
+                    if self.wake is not None:
+                        try:
+                            self.wake(c.d.name)
+                        except Exception as exc:  # the stop message and SIGTERM still work
+                            log.warning("wake failed", extra={"kv": {"actor": c.d.name, "error": exc}})
             self._await_exit(members, self.stop_timeout_s, signal.SIGTERM)
+        # Everyone said bye (or was killed): reap them all at once, with a deadline.
+        self._await_exit([c for c in self.children.values() if c.proc is not None], 2.0, signal.SIGKILL,
+                         wait_for_exit=True)
+        if standby is not None:
+            self._reap(standby)
 
-    def _await_exit(self, members: list[_Child], timeout_s: float, fallback: int) -> None:
+    def _await_exit(self, members: list[_Child], timeout_s: float, fallback: int,
+                    wait_for_exit: bool = False) -> None:
+        """Wait until every member said ``bye`` (it has drained and released its resources;
+        only interpreter shutdown is left, reaped at the end of :meth:`stop` with the others
+        in parallel) or exited; SIGTERM then SIGKILL the late ones."""
         deadline = time.monotonic() + timeout_s
         sent_fallback = False
         while True:
-            alive = [c for c in members if c.proc is not None and c.proc.poll() is None]
+            alive = [c for c in members if c.proc is not None and c.proc.poll() is None
+                     and (wait_for_exit or not c.bye)]
             if not alive:
                 break
             now = time.monotonic()

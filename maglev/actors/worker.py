@@ -54,11 +54,15 @@ class Worker(Actor):
         log.info("connection table ready", extra={"kv": {
             "entries": int(lib.mg_ct_capacity(ct)), "bytes": int(ct.map_bytes), "pages": page_mode_name(ct),
             "protected_percent": ctc.protected_percent, "new_flows_per_s": ctc.new_flows_per_s}})
+        stats = self.region.stats(worker_slot(self.index))
+        lost = int(stats[lib.MG_WS_RESTART_DROPS])
         recovered = check(lib.mg_worker_recover(self.w, self.base), "worker recover")
         if recovered:
-            log.warning("dropped frames a dead predecessor held", extra={"kv": {"frames": recovered}})
+            log.warning("took over the frames a dead predecessor held", extra={"kv": {
+                "frames": recovered, "dropped": int(stats[lib.MG_WS_RESTART_DROPS]) - lost}})
         self.bell = self.region.bell(worker_bell(self.index))
         self.stats_block = self.region.stats(worker_slot(self.index))
+        self.region.set_slot_pid(worker_slot(self.index))
         self.observe = WorkerObserver(self)  # metrics page + generation-switch spans
 
     def tick(self, now: float) -> None:

@@ -153,7 +153,7 @@ def collect(region: Any, run_dir: str | os.PathLike | None = None, *, instance: 
         "totals": {
             "packets_in": st["packets_in"],
             "bytes_in": st["rx_bytes"],
-            "forwarded": sum(w["forwarded"] for w in workers),
+            "forwarded": counters["forwarded"],
             "bytes_out": sum(w["bytes_out"] for w in workers),
             "dropped": sum(drops.values()),
             "tx_packets": mx["tx_packets"],

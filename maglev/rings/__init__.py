@@ -11,6 +11,7 @@ C burst kernels call the same functions in one C call per burst.
 from __future__ import annotations
 
 from maglev.rings.region import (
+    ALERT_STOP,
     BELL_MUXER,
     BELL_STEERING,
     HAND_KEEP,
@@ -48,6 +49,7 @@ from maglev.rings.stats import (
 )
 
 __all__ = [
+    "ALERT_STOP",
     "BELL_MUXER",
     "BELL_STEERING",
     "HAND_KEEP",

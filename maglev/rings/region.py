@@ -73,6 +73,7 @@ HAND_MAX = int(lib.MG_HAND_MAX)
 HAND_KEEP = int(lib.MG_HAND_KEEP)
 
 DEFAULT_SPIN = int(lib.MG_BELL_SPIN_DEFAULT)
+ALERT_STOP = int(lib.MG_BELL_ALERT_STOP)  # Doorbell.alert: "stop now" (the supervisor)
 
 
 def worker_slot(i: int) -> int:
@@ -313,9 +314,21 @@ class Doorbell:
         """Wake the actor unconditionally (e.g. to look at its mailbox or stop)."""
         check(lib.mg_bell_ring(self._region._b(), self.index), "doorbell ring")
 
+    def alert(self, bits: int = ALERT_STOP) -> None:
+        """Leave ``bits`` for the consumer and wake it; its waits return at once until it
+        calls :meth:`take_alert` (so the request cannot be lost to a race with its sleep)."""
+        if type(bits) is not int or not 0 < bits < 2**32:
+            raise RegionError(f"doorbell alert: bits {bits!r} must be an int 1..2^32-1")
+        check(lib.mg_bell_alert(self._region._b(), self.index, bits), "doorbell alert")
+
+    def take_alert(self) -> int:
+        """The pending alert bits (cleared), 0 when none."""
+        return int(lib.mg_bell_take_alert(self._region._b(), self.index))
+
     def stats(self) -> dict[str, int]:
         b = lib.mg_region_bell(self._region._b(), self.index)
-        return {"sleeps": int(b.sleeps), "wakeups": int(b.wakeups), "word": int(b.word)}
+        return {"sleeps": int(b.sleeps), "wakeups": int(b.wakeups), "word": int(b.word),
+                "alert": int(b.alert)}
 
 
 _BUSY_HINT = (

@@ -83,6 +83,7 @@ def worker_counters(words: Any) -> dict[str, Any]:
         "packets_in": int(words[lib.MG_WS_PACKETS_IN]),
         "bytes_in": int(words[lib.MG_WS_BYTES_IN]),
         "forwarded": int(words[lib.MG_WS_FORWARDED]),
+        "redirected": int(words[lib.MG_WS_REDIRECTED]),
         "bytes_out": int(words[lib.MG_WS_BYTES_OUT]),
         "icmp_sent": int(words[lib.MG_WS_ICMP_SENT]),
         "icmp_forwarded": int(words[lib.MG_WS_ICMP_FORWARDED]),
@@ -104,7 +105,7 @@ def steering_counters(words: Any) -> dict[str, int]:
         "backpressure": int(words[lib.MG_SS_BACKPRESSURE]), "unparsed": int(words[lib.MG_SS_UNPARSED]),
         "fragments": int(words[lib.MG_SS_FRAGMENTS]), "no_free": int(words[lib.MG_SS_NO_FREE]),
         "recovered": int(words[lib.MG_SS_RECOVERED]), "bursts": int(words[lib.MG_SS_BURSTS]),
-        "reclaimed": int(words[lib.MG_SS_RECLAIMED]),
+        "reclaimed": int(words[lib.MG_SS_RECLAIMED]), "lost": int(words[lib.MG_SS_LOST]),
         "first_rx_ns": int(words[lib.MG_SS_FIRST_RX_NS]), "last_rx_ns": int(words[lib.MG_SS_LAST_RX_NS]),
         "packets_in": int(words[lib.MG_SS_RX_PACKETS]) + sum(nic.values()),
         **{f"nic_{k}": v for k, v in nic.items()},
@@ -113,7 +114,27 @@ def steering_counters(words: Any) -> dict[str, int]:
 
 def muxer_counters(words: Any) -> dict[str, int]:
     return {"tx_packets": int(words[lib.MG_MS_TX_PACKETS]), "tx_errors": int(words[lib.MG_MS_TX_ERRORS]),
+            "tx_errors_fwd": int(words[lib.MG_MS_TX_ERRORS_FWD]), "lost_fwd": int(words[lib.MG_MS_LOST_FWD]),
             "recovered": int(words[lib.MG_MS_RECOVERED]), "bursts": int(words[lib.MG_MS_BURSTS])}
+
+
+def edge_drops(st: dict[str, int], mx: dict[str, int]) -> tuple[dict[str, int], int]:
+    """Drops counted outside the workers' data path (decoded steering and muxer blocks),
+    and how many of them the workers had counted as forwarded.
+
+    ``steering_restart``: packets a dead steering held (received, never placed).
+    ``tx_error`` / ``muxer_restart``: forwarded packets that did not leave after all (the
+    NIC refused them; a dead muxer held them before counting them as sent).  Those move
+    from forwarded to dropped -- subtract the second value from the workers' forwarded --
+    so ``packets_in == forwarded + sum(dropped)`` stays exact (a refused ICMP error is not
+    a lost input packet: that packet is already a ``too_big`` drop).  The NIC's own drops
+    (``SS_NIC_DROPS``) are not included."""
+    out = {}
+    for reason, v in (("steering_restart", st["lost"]), ("tx_error", mx["tx_errors_fwd"]),
+                      ("muxer_restart", mx["lost_fwd"])):
+        if v:
+            out[reason] = v
+    return out, out.get("tx_error", 0) + out.get("muxer_restart", 0)
 
 
 def forwarder_counters(region: _Region) -> dict[str, Any]:
@@ -132,6 +153,12 @@ def forwarder_counters(region: _Region) -> dict[str, Any]:
     for reason in SS_NIC_DROPS:
         if st[f"nic_{reason}"]:
             dropped[reason] = dropped.get(reason, 0) + st[f"nic_{reason}"]
-    if mx["tx_errors"]:
-        dropped["tx_error"] = dropped.get("tx_error", 0) + mx["tx_errors"]
-    return {"steering": st, "muxer": mx, "workers": workers, "dropped": dict(sorted(dropped.items()))}
+    extra, not_sent = edge_drops(st, mx)
+    for k, v in extra.items():
+        dropped[k] = dropped.get(k, 0) + v
+    # Fragments sent on to the pool instance that owns them (paper 4.3) left as forwarded
+    # too (to a peer instead of a backend); forwarded packets the NIC refused or a dead
+    # muxer held are drops instead: packets_in == forwarded + sum(dropped), exactly.
+    forwarded = sum(w["forwarded"] + w["redirected"] for w in workers) - not_sent
+    return {"steering": st, "muxer": mx, "workers": workers, "forwarded": forwarded,
+            "dropped": dict(sorted(dropped.items()))}

@@ -148,36 +148,101 @@ def test_order_within_a_flow_is_kept_without_fallback(region):
     assert all(s == sorted(s) for s in seqs.values())
 
 
-def test_replacement_worker_finishes_judged_frames_and_drops_the_rest(region):
+def test_replacement_worker_finishes_counted_frames_and_drops_the_rest(region):
     from maglev.config import load_config
     from maglev.datapath.tables import build_tables
 
     region.tables.publish(build_tables(load_config("")), [], 1.0)
     st = steer(region)
     gen = GenNic(VIPS[:1], flows=1, ipv6=0, seed=5)
-    receive(region, st, gen, 10)
+    receive(region, st, gen, 12)
     w = 0 if region.rx(0).count() else 1
-    # A worker that died holding the 10 frames: 3 forwarded, 2 dropped, 5 not judged.
+    # A worker that died holding 12 frames: 3 forwarded and 2 dropped and counted (its
+    # stats commit marks each frame's acct), 2 judged "forward" but not counted yet (it
+    # died between its data path and its commit), 1 held fragment, 4 never judged.
     slot = worker_slot(w)
     rx_id = region.rx(w).id
-    assert lib.mg_hand_pull(region.base, slot, rx_id, 10) == 10
+    assert lib.mg_hand_pull(region.base, slot, rx_id, 12) == 12
     held = region.hand(slot).descs()
     for d in held[:3]:
         meta(region, d).verdict = lib.MG_VERDICT_FORWARD
+        meta(region, d).acct = lib.MG_ACCT_COUNTED | lib.MG_VERDICT_FORWARD
     for d in held[3:5]:
         meta(region, d).verdict = 8  # a drop reason (no_vip)
-    worker = ffi.gc(lib.mg_worker_new(region.base, w, 1024, K0, K1, 64, time.monotonic_ns()),
-                    lib.mg_worker_free)
-    assert lib.mg_worker_recover(worker, region.base) == 10
-    assert region.tx(w).snapshot() == held[:3]
-    assert region.ret(w).snapshot() == held[3:]
-    assert region.stats(slot)[lib.MG_WS_RESTART_DROPS] == 5
-    assert region.hand(slot).count() == 0
-    # The muxer takes the forwarded ones; everything is accounted for.
+        meta(region, d).acct = lib.MG_ACCT_COUNTED | 8
+    for d in held[5:7]:
+        meta(region, d).verdict = lib.MG_VERDICT_FORWARD  # acct still 0: not counted
+    meta(region, held[7]).verdict = lib.MG_VERDICT_HELD
+    meta(region, held[7]).acct = lib.MG_ACCT_COUNTED | lib.MG_VERDICT_HELD
+    stats = region.stats(slot)
+    stats[lib.MG_WS_PACKETS_IN] = 6  # what the dead worker had counted
+    for _ in range(2):  # recovery is idempotent: a second replacement changes nothing
+        worker = ffi.gc(lib.mg_worker_new(region.base, w, 1024, K0, K1, 64, time.monotonic_ns()),
+                        lib.mg_worker_free)
+        assert lib.mg_worker_recover(worker, region.base) in (12, 0)
+        assert region.tx(w).snapshot() == held[:3]
+        assert region.ret(w).snapshot() == held[3:]
+        assert stats[lib.MG_WS_RESTART_DROPS] == 7
+        assert stats[lib.MG_WS_PACKETS_IN] == 12  # + the 6 it had not counted
+        assert region.hand(slot).count() == 0
+    # The muxer takes the forwarded ones; the NIC refuses one (a forwarded packet).
     mux = ffi.new("struct mg_mux *")
     check(lib.mg_mux_init(mux, region.base, SLOT_MUXER), "mux init")
     assert lib.mg_mux_collect(mux, region.base, 64) == 3
     assert lib.mg_mux_done(mux, region.base, 2, 1) == 0
     s = region.stats(SLOT_MUXER)
-    assert (s[lib.MG_MS_TX_PACKETS], s[lib.MG_MS_TX_ERRORS]) == (2, 1)
+    assert (s[lib.MG_MS_TX_PACKETS], s[lib.MG_MS_TX_ERRORS], s[lib.MG_MS_TX_ERRORS_FWD]) == (2, 1, 1)
+    assert region.account().ok
+
+
+def _hand(r: Region, slot: int) -> list[int]:
+    return r.hand(slot).descs()
+
+
+@pytest.mark.parametrize("when", ["taking", "marked", "counted_backpressure", "reclaiming"])
+def test_replacement_steering_counts_the_packets_a_dead_one_held(region, when):
+    """The batch state tells a replacement which frames in a dead steering's hand were
+    received packets and whether they were counted; each is counted exactly once."""
+    st = steer(region)
+    gen = GenNic(VIPS, flows=50, seed=3)
+    s = region.stats(SLOT_STEERING)
+    cnt = ffi.new("uint32_t *")
+    if when == "taking":  # died inside take (or before the NIC ran): frames, no packets
+        assert lib.mg_steer_take(st, region.base, 16) == 16
+        s[lib.MG_SS_BATCH] = lib.MG_SS_B_TAKING
+        for d in _hand(region, SLOT_STEERING):
+            meta(region, d).len = 60  # stale lengths of earlier packets: not packets now
+        rx, lost = 0, 0
+    elif when == "marked":  # the NIC filled 5 of 16, then the process died
+        assert lib.mg_steer_take(st, region.base, 16) == 16
+        assert gen.rx_burst(region.pool_ptr, lib.mg_hand_descs(region.base, SLOT_STEERING, cnt), 5) == 5
+        rx, lost = 5, 5
+    else:  # received and counted 64, placed what fit (rings of 64), kept the rest
+        while True:
+            kept = receive(region, st, gen, 64)
+            if kept:
+                break
+        rx, lost = int(s[lib.MG_SS_RX_PACKETS]), kept
+    if when == "reclaiming":
+        # A worker returns 20 frames (with their packets' lengths) and steering dies with
+        # them pulled into its hand behind the kept packets, before pushing them to free.
+        w_slot = worker_slot(0)
+        assert lib.mg_hand_pull(region.base, w_slot, region.rx(0).id, 20) == 20
+        dest = ffi.new("uint16_t[]", [region.ret(0).id] * 20)
+        assert lib.mg_hand_push(region.base, w_slot, dest, 20) == 20
+        s[lib.MG_SS_HELD] = kept
+        s[lib.MG_SS_BATCH] = lib.MG_SS_B_RECLAIMING
+        assert lib.mg_hand_pull(region.base, SLOT_STEERING, region.ret(0).id, 20) == 20
+        assert all(meta(region, d).len != lib.MG_FRAME_LEN_EMPTY for d in _hand(region, SLOT_STEERING))
+    before_rx = int(s[lib.MG_SS_RX_PACKETS]) if when in ("counted_backpressure", "reclaiming") else 0
+    on_rings = sum(region.rx(i).count() for i in range(2)) + (20 if when == "reclaiming" else 0)
+    for _ in range(2):  # idempotent
+        st2 = steer(region)
+        region.hand(SLOT_STEERING).recover()
+        assert lib.mg_steer_recover(st2, region.base) >= 0
+        assert s[lib.MG_SS_RX_PACKETS] == (before_rx if before_rx else rx)
+        assert s[lib.MG_SS_LOST] == lost
+        assert _hand(region, SLOT_STEERING) == []
+    # Every received packet is on an rx ring or counted lost.
+    assert s[lib.MG_SS_RX_PACKETS] == on_rings + s[lib.MG_SS_LOST]
     assert region.account().ok

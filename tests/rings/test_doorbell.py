@@ -125,3 +125,52 @@ def test_each_ring_knows_its_consumers_doorbell(make_region):
     assert r.free.bell is None
     r.tx(1).enqueue([1], 1)
     assert r.tx(1).bell.wait(0) is True
+
+
+def test_alert_wakes_a_sleeper_in_another_process_and_is_taken_once(make_region, spawn):
+    region = make_region(2)
+    bell = worker_bell(1)
+    child = spawn("sleeper", region.name, bell, 5000, 8)
+    _wait_until_asleep(region, bell)
+    t_kick = time.monotonic()
+    region.bell(bell).alert()
+    res = child.result()
+    assert res["woke"] is not None and 0 <= res["woke"] - t_kick < 2.0  # not the 5 s timeout
+    b = region.bell(bell)
+    # Pending until taken: every wait returns at once (the alert cannot be slept through) ...
+    t0 = time.monotonic()
+    assert b.wait(2000, spin=0) is True and b.wait(2000, spin=0) is True
+    assert time.monotonic() - t0 < 1.0
+    assert b.take_alert() == 1
+    assert b.take_alert() == 0
+    # ... and once taken, the doorbell sleeps again.
+    assert b.wait(50, spin=0) is False
+    assert region.bell(worker_bell(0)).take_alert() == 0  # other doorbells untouched
+
+
+def test_an_alert_racing_with_the_sleep_is_never_lost(make_region):
+    """The alerter sets the bits before bumping the futex word and the waiter re-checks
+    them after reading it: an alert at any instant ends the wait well before its timeout."""
+    region = make_region(1)
+    b = region.bell(BELL_MUXER)
+    late = []
+    for i in range(300):
+        t = threading.Timer(0.0005 * (i % 7), b.alert)
+        t.start()
+        t0 = time.monotonic()
+        b.wait(2000, spin=0)
+        waited = time.monotonic() - t0
+        t.join()
+        if waited > 1.0:
+            late.append(waited)
+        b.wait(0, spin=0)
+        assert b.take_alert() == 1
+    assert not late, f"{len(late)} alerts slept through: {late[:5]}"
+
+
+def test_bad_alert_bits_are_refused(make_region):
+    region = make_region(1)
+    for bits in (0, -1, 2**32, 1.0, "1"):
+        with pytest.raises(RegionError):
+            region.bell(BELL_STEERING).alert(bits)
+    assert region.bell(BELL_STEERING).take_alert() == 0

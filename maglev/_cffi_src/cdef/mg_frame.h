@@ -8,6 +8,8 @@
 #define MG_FRAME_F_GENERATED 4
 #define MG_FRAME_F_REDIRECTED 8
 #define MG_FRAME_F_REDIRECT_OUT 16
+#define MG_FRAME_LEN_EMPTY ...
+#define MG_ACCT_COUNTED ...
 
 struct mg_frame_meta {
     uint32_t len;
@@ -27,5 +29,6 @@ struct mg_frame_meta {
     uint64_t ts_worker_ns;
     uint64_t ts_tx_ns;
     uint64_t seq;
+    uint32_t acct;
     ...;
 };

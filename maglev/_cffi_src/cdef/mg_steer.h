@@ -11,6 +11,13 @@
 #define MG_SS_RECOVERED 10
 #define MG_SS_FIRST_RX_NS 11
 #define MG_SS_LAST_RX_NS 12
+#define MG_SS_LOST 13
+#define MG_SS_BATCH 14
+#define MG_SS_B_TAKING 0
+#define MG_SS_B_MARKED 1
+#define MG_SS_B_COUNTED 2
+#define MG_SS_B_RECLAIMING 3
+#define MG_SS_HELD 15
 #define MG_SS_NIC_UNSUPPORTED_LINKTYPE 16
 #define MG_SS_NIC_FRAME_OVERFLOW 17
 #define MG_MS_TX_PACKETS 0
@@ -18,6 +25,9 @@
 #define MG_MS_TX_ERRORS 2
 #define MG_MS_BURSTS 3
 #define MG_MS_RECOVERED 4
+#define MG_MS_TX_ERRORS_FWD 5
+#define MG_MS_LOST_FWD 6
+#define MG_MS_BATCH 7
 struct mg_steer { ...; };
 struct mg_mux { ...; };
 int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, uint64_t k1);
@@ -29,3 +39,5 @@ int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
 int mg_mux_init(struct mg_mux *m, void *base, uint32_t slot);
 int mg_mux_collect(struct mg_mux *m, void *base, uint32_t max);
 int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed);
+int mg_mux_recover(struct mg_mux *m, void *base);
+int mg_steer_recover(struct mg_steer *s, void *base);

@@ -53,7 +53,8 @@ struct mg_bell {
     uint32_t n_rings;
     uint64_t sleeps;      /* futex waits entered (consumer) */
     uint64_t wakeups;     /* futex wakes issued (any producer) */
-    uint8_t pad[MG_CACHE_LINE - 32];
+    uint32_t alert;       /* MG_BELL_ALERT_* bits for the consumer (mg_bell_alert) */
+    uint8_t pad[MG_CACHE_LINE - 36];
 };
 
 _Static_assert(sizeof(struct mg_bell) == MG_CACHE_LINE, "a doorbell is one cache line");
@@ -74,5 +75,16 @@ struct mg_bell *mg_region_bell(void *base, uint32_t bell);
 int mg_bell_wait(void *base, uint32_t bell, uint32_t spin, int32_t timeout_ms);
 /* Wake the consumer unconditionally (mailbox, stop). */
 int mg_bell_ring(void *base, uint32_t bell);
+
+/* Alerts: a request for the consumer that is not ring work (the supervisor asking an
+ * actor to stop).  mg_bell_alert ORs `bits` into `alert` and rings; mg_bell_wait treats a
+ * pending alert like ring work (returns 1 at once, before or after sleeping), so an alert
+ * is never lost: it is set before the word is bumped, and a waiter that read the word
+ * after the bump re-checks `alert` before sleeping.  The consumer takes the bits with
+ * mg_bell_take_alert (exchange with 0) after every wait, or its next waits return at once. */
+#define MG_BELL_ALERT_STOP 1u
+int mg_bell_alert(void *base, uint32_t bell, uint32_t bits);
+/* The pending alert bits, cleared; 0 = none.  -EINVAL for a bad bell is returned as 0. */
+uint32_t mg_bell_take_alert(void *base, uint32_t bell);
 
 #endif

@@ -34,13 +34,20 @@ struct mg_frame_meta {
     uint64_t ts_worker_ns;
     uint64_t ts_tx_ns;
     uint64_t seq;          /* pcap NIC: the packet's position in the input */
-    uint8_t pad[MG_FRAME_META_SIZE - 88];
+    uint32_t acct;         /* worker: the verdict its counters include (MG_ACCT_*), 0 = none */
+    uint8_t pad[MG_FRAME_META_SIZE - 92];
 };
 
 #define MG_FRAME_F_TRACE 0x0001     /* packet tracer: record stage timestamps */
 #define MG_FRAME_F_FRAGMENT 0x0002  /* steering saw an IP fragment (3-tuple hash) */
 #define MG_FRAME_F_GENERATED 0x0004 /* built by maglev (ICMP), not received */
 #define MG_FRAME_F_REDIRECTED 0x0008 /* fragment redirected from another instance */
+/* meta->len of a frame steering took from the free list that no NIC has filled yet (a
+ * NIC writes len <= MG_FRAME_DATA_MAX for every frame it fills): lets a replacement tell
+ * received packets from unused frames in a dead steering's hand. */
+#define MG_FRAME_LEN_EMPTY 0xffffffffu
+/* meta->acct: set by a worker when its stats block counts the frame's verdict. */
+#define MG_ACCT_COUNTED 0x10000u
 #define MG_FRAME_F_REDIRECT_OUT 0x0010 /* worker sent this fragment to its owner instance
                                          * (verdict stays MG_VERDICT_FORWARD: it goes on tx) */
 

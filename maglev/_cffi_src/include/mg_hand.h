@@ -32,6 +32,7 @@
 #define MG_HAND_H
 
 #include "mg_common.h"
+#include "mg_shm.h"
 
 /* Frames one actor may hold at once (two bursts of MG_BURST_MAX). */
 #define MG_HAND_MAX 512
@@ -50,6 +51,9 @@ struct mg_hand {
     uint32_t pad;
     uint16_t dest[MG_HAND_MAX];           /* push journal, for the active buffer */
     uint64_t descs[2][MG_HAND_MAX];
+    uint32_t stats_state;                 /* 1 while a stats commit is in flight */
+    uint32_t pad2;
+    uint64_t stats_img[MG_STATS_WORDS];   /* the slot's stats block as the commit leaves it */
     uint32_t commit[];                    /* [n_rings] push journal; then [n_rings] scratch */
 };
 
@@ -72,5 +76,24 @@ int mg_hand_count(void *base, uint32_t slot);
 int mg_hand_recover(void *base, uint32_t slot);
 /* What recover would leave in the hand, copied to out, without writing anything. */
 int mg_hand_settled(void *base, uint32_t slot, uint64_t *out, uint32_t max);
+
+/* The stats journal of a slot: counters that must change together with what the hand
+ * holds (every packet accounted, even when the owner is killed at any instruction).
+ *
+ *   img = mg_stats_stage(base, slot)   copy of the stats block to edit (nothing visible)
+ *   ... edit img; write per-frame state that the commit makes true ...
+ *   mg_stats_begin(base, slot)         stats_state = 1 (release): from here the commit
+ *                                      counts as done -- a replacement redoes it
+ *   mg_stats_apply(base, slot)         copy img into the stats block
+ *   mg_stats_end(base, slot)           stats_state = 0 (release)
+ *
+ * The owner's replacement calls mg_stats_pending() after mg_hand_recover(): 1 = redo the
+ * commit (apply + the owner's own per-frame part, then end).  Readers of the stats block
+ * may see a commit half-copied (as before: values a burst old), never lose one. */
+uint64_t *mg_stats_stage(void *base, uint32_t slot);
+void mg_stats_begin(void *base, uint32_t slot);
+void mg_stats_apply(void *base, uint32_t slot);
+void mg_stats_end(void *base, uint32_t slot);
+int mg_stats_pending(void *base, uint32_t slot);
 
 #endif

@@ -25,7 +25,7 @@
 #include "mg_common.h"
 
 #define MG_REGION_MAGIC 0x314e4f4947454c4dULL /* "MLEGION1" little endian: "MGLEGION" */
-#define MG_REGION_VERSION 1
+#define MG_REGION_VERSION 2
 #define MG_REGION_HDR_SIZE 4096
 #define MG_PAGE 4096
 

@@ -51,6 +51,26 @@
 #define MG_SS_RECOVERED 10   /* frames found in a dead predecessor's hand */
 #define MG_SS_FIRST_RX_NS 11 /* CLOCK_MONOTONIC of the first received burst */
 #define MG_SS_LAST_RX_NS 12  /* ... and of the latest one (rates over the receive window) */
+#define MG_SS_LOST 13        /* received packets a dead steering still held (lost_in_crash) */
+#define MG_SS_BATCH 14       /* what the hand's frames are (MG_SS_B_*), for a replacement */
+#define MG_SS_HELD 15        /* RECLAIMING: counted packets at the front of the hand */
+
+/* The hand holds one batch at a time (take needs an empty hand):
+ *   TAKING   frames are being pulled from the free list: none was given to the NIC;
+ *   MARKED   every frame in the hand has meta->len == MG_FRAME_LEN_EMPTY, so the ones
+ *            the NIC filled are told apart; none is counted yet;
+ *   COUNTED  the packets (len != EMPTY) are in MG_SS_RX_PACKETS (committed through the
+ *            stats journal in the same step as this state, before any is pushed).
+ * So a replacement knows exactly which frames in a dead steering's hand were received
+ * packets and whether they were counted: mg_steer_recover. */
+#define MG_SS_B_TAKING 0
+#define MG_SS_B_MARKED 1
+#define MG_SS_B_COUNTED 2
+/*   RECLAIMING  frames from ret/sent pass through the hand on their way to the free list
+ *            (they still carry their packets' lengths) behind the MG_SS_HELD counted
+ *            packets back pressure left at its front; pull appends and push keeps the
+ *            front in order, so exactly the first MG_SS_HELD entries are packets. */
+#define MG_SS_B_RECLAIMING 3
 /* Records a capture NIC could not turn into frames (counted in Python by the NIC, copied
  * here by the steering actor's tick): received and dropped with these reasons. */
 #define MG_SS_NIC_UNSUPPORTED_LINKTYPE 16
@@ -61,7 +81,10 @@
 #define MG_MS_TX_BYTES 1     /* unused: the muxer does not touch frames (see mg_mux_done) */
 #define MG_MS_TX_ERRORS 2    /* frames the NIC did not take (dropped, counted) */
 #define MG_MS_BURSTS 3
-#define MG_MS_RECOVERED 4
+#define MG_MS_RECOVERED 4    /* frames found in a dead predecessor's hand */
+#define MG_MS_TX_ERRORS_FWD 5 /* of MG_MS_TX_ERRORS: forwarded packets (not ICMP errors) */
+#define MG_MS_LOST_FWD 6     /* forwarded packets a dead muxer held before counting them */
+#define MG_MS_BATCH 7        /* 0: the hand's frames are not counted yet; 1: they are */
 
 struct mg_steer {
     uint64_t k0, k1;     /* flow-hash secret */
@@ -99,6 +122,11 @@ int mg_steer_take(struct mg_steer *s, void *base, uint32_t n);
  * these packets are dispatched (they are counted as received), 0 for a retry of what
  * backpressure left in the hand.  Returns frames still in the hand or -errno. */
 int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh);
+/* Take over from a dead steering, after mg_hand_recover and the ring resets: finish its
+ * stats commit if one was in flight, count the received packets its hand held (in
+ * MG_SS_RX_PACKETS if they were not yet, and in MG_SS_LOST), return every frame to the
+ * free list.  Idempotent.  Returns frames recovered (0 on a first start) or -errno. */
+int mg_steer_recover(struct mg_steer *s, void *base);
 /* Hash one packet as steering does (tests): the 64-bit SipHash and the flags it would set;
  * returns the worker for n_workers, or -1 when the parser rejects the packet. */
 int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
@@ -111,5 +139,11 @@ int mg_mux_collect(struct mg_mux *m, void *base, uint32_t max);
  * tx errors): push every entry to the sent ring.  A retry after a full sent ring passes
  * 0, 0.  Returns entries still in the hand or -errno. */
 int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed);
+/* Take over from a dead muxer (after mg_hand_recover and the ring resets): frames it held
+ * that it had not counted yet are counted as recovered (the forwarded ones also in
+ * MG_MS_LOST_FWD: they may or may not have left), all go to the sent ring (what does not
+ * fit stays in the hand, counted, for mg_mux_done(0, 0)).  Idempotent.  Returns frames
+ * recovered or -errno. */
+int mg_mux_recover(struct mg_mux *m, void *base);
 
 #endif

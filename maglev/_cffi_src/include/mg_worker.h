@@ -9,19 +9,20 @@
  * Everything a worker holds is in its hand (mg_hand.h), including fragments the data path
  * holds across bursts, so a `kill -9` loses no frame.  A replacement worker calls
  * mg_worker_recover(): the dead worker's hand is settled (the journal says exactly which
- * frames it still held) and every frame in it is settled by its verdict -- steering
- * clears the verdict of each packet it dispatches, so a verdict means "judged":
- *   forward / ICMP  -> tx (fully processed, not yet queued: sent once);
- *   a drop reason   -> ret (already counted);
- *   no verdict      -> ret, counted in MG_WS_RESTART_DROPS (never judged, or judged in
- *   or held           the instant of the kill; a held fragment's reassembly state died
- *                     with the process).
+ * frames it still held) and every frame in it is settled by the verdict its counters
+ * include -- meta->acct, written in the same journalled step as the stats block (the
+ * slot's stats journal, mg_hand.h) before any frame is pushed; steering clears it on
+ * dispatch:
+ *   counted forward / ICMP  -> tx (fully processed, not yet queued: sent once);
+ *   counted drop reason     -> ret;
+ *   not counted, or held    -> ret, counted in MG_WS_RESTART_DROPS (never judged, or
+ *                              judged in the burst that was not committed; a held
+ *                              fragment's reassembly state died with the process).
  * So in-flight packets are delivered *at most once*: never duplicated (the journal rules
- * that out), possibly dropped -- and each such drop is counted.  Packets still on the rx
- * ring are not affected (the new worker processes them), and the connection table starts
- * empty: flows keep their backend through the Maglev table (paper 3.3), unless the
- * backend set changed since they began.  The counters can be off by the one burst whose
- * verdicts were set but not yet added to the stats block when the process died.
+ * that out), possibly dropped -- and each such drop is counted exactly once.  Packets
+ * still on the rx ring are not affected (the new worker processes them), and the
+ * connection table starts empty: flows keep their backend through the Maglev table
+ * (paper 3.3), unless the backend set changed since they began.
  *
  * Counters: the worker's stats block in the region (MG_WS_* words) survives a restart: a
  * new worker adds its data-path counters to the values its predecessor left.
@@ -51,6 +52,7 @@
 #define MG_WS_FRAGMENTS 10
 #define MG_WS_ICMP_FORWARDED 11
 #define MG_WS_CT_ENTRIES 12    /* gauge: connection-table entries (if known) */
+#define MG_WS_REDIRECTED 13    /* fragments sent on to the instance that owns them */
 #define MG_WS_DROPS 16         /* MG_WS_DROPS + reason, reason < MG_WS_N_DROPS */
 #define MG_WS_N_DROPS 48
 

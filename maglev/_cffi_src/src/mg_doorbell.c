@@ -39,6 +39,8 @@ void mg_bell_wake_slow(struct mg_bell *b)
 
 static int bell_has_work(void *base, const struct mg_bell *b)
 {
+    if (__atomic_load_n(&b->alert, __ATOMIC_ACQUIRE))
+        return 1;
     for (uint32_t i = 0; i < b->n_rings; i++) {
         const struct mg_ring *r = mg_region_ring_by_id(base, b->first_ring + i);
         if (r && mg_ring_has_work(r))
@@ -91,4 +93,22 @@ int mg_bell_ring(void *base, uint32_t bell)
     __atomic_fetch_add(&b->wakeups, 1, __ATOMIC_RELAXED);
     futex(&b->word, FUTEX_WAKE, INT_MAX, NULL);
     return 0;
+}
+
+int mg_bell_alert(void *base, uint32_t bell, uint32_t bits)
+{
+    struct mg_bell *b = mg_region_bell(base, bell);
+    if (!b || bits == 0)
+        return -EINVAL;
+    /* Before the bump (seq_cst): a waiter that sees the new word also sees the bits. */
+    __atomic_fetch_or(&b->alert, bits, __ATOMIC_SEQ_CST);
+    return mg_bell_ring(base, bell);
+}
+
+uint32_t mg_bell_take_alert(void *base, uint32_t bell)
+{
+    struct mg_bell *b = mg_region_bell(base, bell);
+    if (!b || !__atomic_load_n(&b->alert, __ATOMIC_RELAXED))
+        return 0;
+    return __atomic_exchange_n(&b->alert, 0, __ATOMIC_ACQ_REL);
 }

@@ -226,3 +226,48 @@ int mg_hand_recover(void *base, uint32_t slot)
     store_state(h, ST(other, MG_HAND_OP_NONE));
     return (int)h->n[other];
 }
+
+/* ------------------------------------------------------------------ stats journal */
+
+uint64_t *mg_stats_stage(void *base, uint32_t slot)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    uint64_t *s = mg_region_stats(base, slot);
+    if (!h || !s)
+        return NULL;
+    memcpy(h->stats_img, s, sizeof h->stats_img);
+    return h->stats_img;
+}
+
+void mg_stats_begin(void *base, uint32_t slot)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    if (h)
+        __atomic_store_n(&h->stats_state, 1, __ATOMIC_RELEASE);
+}
+
+void mg_stats_apply(void *base, uint32_t slot)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    uint64_t *s = mg_region_stats(base, slot);
+    if (!h || !s)
+        return;
+    /* Word by word, relaxed: each reader sees whole words (the stats block's contract). */
+    for (uint32_t i = 0; i < MG_STATS_WORDS; i++)
+        __atomic_store_n(&s[i], h->stats_img[i], __ATOMIC_RELAXED);
+}
+
+void mg_stats_end(void *base, uint32_t slot)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    if (h)
+        __atomic_store_n(&h->stats_state, 0, __ATOMIC_RELEASE);
+}
+
+int mg_stats_pending(void *base, uint32_t slot)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    if (!h)
+        return -EINVAL;
+    return __atomic_load_n(&h->stats_state, __ATOMIC_ACQUIRE) != 0;
+}

@@ -3,6 +3,7 @@
 
 #include <time.h>
 
+#include "mg_dp.h"
 #include "mg_encap.h"
 #include "mg_hash.h"
 #include "mg_parse.h"
@@ -50,6 +51,12 @@ static int push_all(void *base, uint32_t slot, uint16_t *dest, uint32_t keep_to,
 int mg_steer_reclaim(struct mg_steer *s, void *base)
 {
     int total = 0;
+    int held = mg_hand_count(base, s->slot);
+    if (held < 0)
+        return held;
+    uint64_t batch = __atomic_load_n(&s->stats[MG_SS_BATCH], __ATOMIC_RELAXED);
+    __atomic_store_n(&s->stats[MG_SS_HELD], (uint64_t)held, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_RECLAIMING, __ATOMIC_RELEASE);
     for (uint32_t i = 0; i <= s->n_workers; i++) {
         uint32_t id = i < s->n_workers ? s->ret_id[i] : s->sent_id;
         for (;;) {
@@ -78,6 +85,8 @@ int mg_steer_reclaim(struct mg_steer *s, void *base)
         }
     }
     s->stats[MG_SS_RECLAIMED] += (uint64_t)total;
+    /* The hand holds exactly the `held` packets again. */
+    __atomic_store_n(&s->stats[MG_SS_BATCH], batch, __ATOMIC_RELEASE);
     return total;
 }
 
@@ -88,9 +97,21 @@ int mg_steer_take(struct mg_steer *s, void *base, uint32_t n)
     int kept = mg_hand_count(base, s->slot);
     if (kept != 0)
         return kept < 0 ? kept : -EBUSY;
+    __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_TAKING, __ATOMIC_RELEASE);
     int got = mg_hand_pull(base, s->slot, s->free_id, n);
-    if (got == 0 && n > 0)
-        s->stats[MG_SS_NO_FREE]++;
+    if (got <= 0) {
+        if (got == 0 && n > 0)
+            s->stats[MG_SS_NO_FREE]++;
+        return got;
+    }
+    /* Mark the frames unfilled before the NIC may fill them (the NIC writes these
+     * metadata lines next anyway).  MARKED says every frame in the hand is marked. */
+    uint32_t cnt;
+    uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
+    uint8_t *pool = mg_region_pool(base);
+    for (uint32_t j = 0; j < cnt; j++)
+        mg_frame_meta(pool, (uint32_t)descs[j])->len = MG_FRAME_LEN_EMPTY;
+    __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_MARKED, __ATOMIC_RELEASE);
     return got;
 }
 
@@ -178,6 +199,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
                         m->len > MG_FRAME_SIZE - MG_FRAME_META_SIZE - m->data_off)) {
             /* Bad metadata from a NIC: let a worker count it (bad_frame). */
             m->verdict = 0;
+            m->acct = 0;
             w = s->rr++ % s->n_workers;
         } else {
             uint64_t h;
@@ -186,6 +208,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
                                   &h, &fl);
             m->flow_hash = (uint32_t)h;
             m->verdict = 0; /* "not judged yet": worker recovery relies on it */
+            m->acct = 0;    /* "not counted by a worker" (mg_worker_recover) */
             m->flags = (uint16_t)((m->flags & ~MG_FRAME_F_FRAGMENT) | fl);
             if (fresh) { /* packet tracer (mg_trace.h): one countdown branch per packet */
                 m->flags &= (uint16_t)~MG_FRAME_F_TRACE;
@@ -218,26 +241,80 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
     }
     for (uint32_t j = filled; j < cnt; j++)
         s->dest[j] = (uint16_t)s->free_id;
+    /* Count first, in one journalled step with the batch state (MG_SS_B_COUNTED), then
+     * push: a packet on an rx ring is always counted as received, and a replacement
+     * knows whether the packets still in the hand are (mg_steer_recover). */
+    uint64_t *img = mg_stats_stage(base, s->slot);
+    if (!img)
+        return -EINVAL;
+    img[MG_SS_DISPATCHED] += placed;
+    img[MG_SS_FALLBACK] += fallback;
+    img[MG_SS_FRAGMENTS] += frags;
+    img[MG_SS_UNPARSED] += unparsed;
+    img[MG_SS_BACKPRESSURE] += (uint64_t)blocked;
+    img[MG_SS_BURSTS]++;
+    if (fresh) {
+        if (filled) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+            if (!img[MG_SS_FIRST_RX_NS])
+                img[MG_SS_FIRST_RX_NS] = now;
+            img[MG_SS_LAST_RX_NS] = now;
+            img[MG_SS_RX_PACKETS] += filled;
+            img[MG_SS_RX_BYTES] += rx_bytes;
+        }
+        img[MG_SS_BATCH] = MG_SS_B_COUNTED;
+    }
+    mg_stats_begin(base, s->slot);
+    mg_stats_apply(base, s->slot);
+    mg_stats_end(base, s->slot);
     int rc = mg_hand_push(base, s->slot, s->dest, cnt);
     if (rc < 0)
         return rc;
-    s->stats[MG_SS_DISPATCHED] += placed;
-    s->stats[MG_SS_FALLBACK] += fallback;
-    s->stats[MG_SS_FRAGMENTS] += frags;
-    s->stats[MG_SS_UNPARSED] += unparsed;
-    s->stats[MG_SS_BACKPRESSURE] += (uint64_t)blocked;
-    s->stats[MG_SS_BURSTS]++;
-    if (fresh && filled) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-        if (!s->stats[MG_SS_FIRST_RX_NS])
-            s->stats[MG_SS_FIRST_RX_NS] = now;
-        s->stats[MG_SS_LAST_RX_NS] = now;
-        s->stats[MG_SS_RX_PACKETS] += filled;
-        s->stats[MG_SS_RX_BYTES] += rx_bytes;
-    }
     return mg_hand_count(base, s->slot);
+}
+
+int mg_steer_recover(struct mg_steer *s, void *base)
+{
+    int pending = mg_stats_pending(base, s->slot);
+    if (pending < 0)
+        return pending;
+    if (pending) { /* the dead steering's commit counts as done: finish it */
+        mg_stats_apply(base, s->slot);
+        mg_stats_end(base, s->slot);
+    }
+    uint32_t cnt;
+    uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
+    if (!descs)
+        return -EINVAL;
+    if (cnt == 0)
+        return 0;
+    uint8_t *pool = mg_region_pool(base);
+    uint64_t batch = s->stats[MG_SS_BATCH];
+    uint64_t packets = 0;
+    if (batch == MG_SS_B_RECLAIMING) /* the front: counted packets; the rest: returns */
+        packets = s->stats[MG_SS_HELD] < cnt ? s->stats[MG_SS_HELD] : cnt;
+    else if (batch != MG_SS_B_TAKING) /* TAKING: no frame in the hand was given to the NIC */
+        for (uint32_t j = 0; j < cnt; j++)
+            packets += mg_frame_meta(pool, (uint32_t)descs[j])->len != MG_FRAME_LEN_EMPTY;
+    uint64_t *img = mg_stats_stage(base, s->slot);
+    if (batch == MG_SS_B_MARKED) /* received, never counted: they were received */
+        img[MG_SS_RX_PACKETS] += packets;
+    img[MG_SS_LOST] += packets;
+    img[MG_SS_RECOVERED] += cnt;
+    /* Whatever is still in the hand after this commit is accounted for: a replacement of
+     * this replacement must treat it as unused frames. */
+    img[MG_SS_BATCH] = MG_SS_B_TAKING;
+    mg_stats_begin(base, s->slot);
+    mg_stats_apply(base, s->slot);
+    mg_stats_end(base, s->slot);
+    for (uint32_t j = 0; j < cnt; j++)
+        s->dest[j] = (uint16_t)s->free_id;
+    int rc = mg_hand_push(base, s->slot, s->dest, cnt);
+    if (rc < 0)
+        return rc;
+    return mg_hand_count(base, s->slot) ? -ENOSPC : (int)cnt;
 }
 
 /* ------------------------------------------------------------------------- muxer */
@@ -269,6 +346,7 @@ int mg_mux_collect(struct mg_mux *m, void *base, uint32_t max)
     int have = mg_hand_count(base, m->slot);
     if (have != 0)
         return have < 0 ? have : -EBUSY;
+    __atomic_store_n(&m->stats[MG_MS_BATCH], 0, __ATOMIC_RELEASE); /* not counted yet */
     uint32_t got = 0;
     uint32_t start = m->next;
     for (uint32_t k = 0; k < m->n_workers && got < max; k++) {
@@ -297,12 +375,61 @@ int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed
         m->dest[j] = (uint16_t)m->sent_id;
     if (MG_UNLIKELY(mg_trace_inflight(base))) /* packet tracer: stamp ts_tx_ns */
         mg_trace_mux_stamp(mg_region_pool(base), descs, n_sent);
-    m->stats[MG_MS_TX_PACKETS] += n_sent;
-    m->stats[MG_MS_TX_ERRORS] += n_failed;
-    if (n_sent + n_failed)
-        m->stats[MG_MS_BURSTS]++;
+    if (n_sent + n_failed) {
+        /* Counted in one journalled step with "the hand's frames are counted", before
+         * the push (a replacement neither loses nor double-counts them). */
+        uint64_t *img = mg_stats_stage(base, m->slot);
+        if (!img)
+            return -EINVAL;
+        img[MG_MS_TX_PACKETS] += n_sent;
+        img[MG_MS_TX_ERRORS] += n_failed;
+        if (MG_UNLIKELY(n_failed)) { /* rare: only failed frames are read */
+            uint8_t *pool = mg_region_pool(base);
+            for (uint32_t j = n_sent; j < n_sent + n_failed; j++)
+                img[MG_MS_TX_ERRORS_FWD] +=
+                    mg_frame_meta(pool, (uint32_t)descs[j])->verdict == MG_VERDICT_FORWARD;
+        }
+        img[MG_MS_BURSTS]++;
+        img[MG_MS_BATCH] = 1;
+        mg_stats_begin(base, m->slot);
+        mg_stats_apply(base, m->slot);
+        mg_stats_end(base, m->slot);
+    }
     int rc = mg_hand_push(base, m->slot, m->dest, cnt);
     if (rc < 0)
         return rc;
     return mg_hand_count(base, m->slot);
+}
+
+int mg_mux_recover(struct mg_mux *m, void *base)
+{
+    int pending = mg_stats_pending(base, m->slot);
+    if (pending < 0)
+        return pending;
+    if (pending) {
+        mg_stats_apply(base, m->slot);
+        mg_stats_end(base, m->slot);
+    }
+    uint32_t cnt;
+    uint64_t *descs = mg_hand_descs(base, m->slot, &cnt);
+    if (!descs)
+        return -EINVAL;
+    if (cnt == 0)
+        return 0;
+    if (!m->stats[MG_MS_BATCH]) {
+        uint8_t *pool = mg_region_pool(base);
+        uint64_t *img = mg_stats_stage(base, m->slot);
+        for (uint32_t j = 0; j < cnt; j++)
+            img[MG_MS_LOST_FWD] += mg_frame_meta(pool, (uint32_t)descs[j])->verdict == MG_VERDICT_FORWARD;
+        img[MG_MS_RECOVERED] += cnt;
+        img[MG_MS_BATCH] = 1;
+        mg_stats_begin(base, m->slot);
+        mg_stats_apply(base, m->slot);
+        mg_stats_end(base, m->slot);
+    }
+    /* What does not fit on sent stays in the hand, counted: the loop pushes it later. */
+    for (uint32_t j = 0; j < cnt; j++)
+        m->dest[j] = (uint16_t)m->sent_id;
+    int rc = mg_hand_push(base, m->slot, m->dest, cnt);
+    return rc < 0 ? rc : (int)cnt;
 }

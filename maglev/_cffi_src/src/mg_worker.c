@@ -59,11 +59,36 @@ int mg_worker_holding(const struct mg_worker *w, void *base)
     return mg_hand_count(base, w->slot);
 }
 
-/* Cumulative counters = predecessors' + this data path's. */
-static void publish_stats(struct mg_worker *w, uint64_t generation)
+/* Every verdict in the hand is counted: a frame's acct says which verdict the stats block
+ * includes for it (the per-frame half of a stats commit; redone by a replacement). */
+static void mark_counted(struct mg_worker *w, void *base)
+{
+    uint32_t cnt;
+    uint64_t *descs = mg_hand_descs(base, w->slot, &cnt);
+    uint8_t *pool = mg_region_pool(base);
+    for (uint32_t j = 0; descs && j < cnt; j++) {
+        struct mg_frame_meta *m = mg_frame_meta(pool, (uint32_t)descs[j]);
+        m->acct = MG_ACCT_COUNTED | m->verdict;
+    }
+}
+
+/* Commit the staged stats image and the hand's verdicts together (mg_hand.h journal). */
+static void commit_stats(struct mg_worker *w, void *base)
+{
+    mg_stats_begin(base, w->slot);
+    mg_stats_apply(base, w->slot);
+    mark_counted(w, base);
+    mg_stats_end(base, w->slot);
+}
+
+/* Cumulative counters = predecessors' + this data path's, committed with the verdicts of
+ * the frames in the hand before any of them is pushed. */
+static void publish_stats(struct mg_worker *w, void *base, uint64_t generation)
 {
     const struct mg_dp_stats *d = mg_dp_stats(w->dp);
-    uint64_t *s = w->stats, *b = w->base;
+    uint64_t *s = mg_stats_stage(base, w->slot), *b = w->base;
+    if (!s)
+        return;
     s[MG_WS_BURSTS] = b[MG_WS_BURSTS] + d->bursts;
     s[MG_WS_PACKETS_IN] = b[MG_WS_PACKETS_IN] + d->packets_in;
     s[MG_WS_BYTES_IN] = b[MG_WS_BYTES_IN] + d->bytes_in;
@@ -75,8 +100,10 @@ static void publish_stats(struct mg_worker *w, uint64_t generation)
     s[MG_WS_TABLE_SWAPS] = b[MG_WS_TABLE_SWAPS] + d->table_swaps;
     s[MG_WS_FRAGMENTS] = b[MG_WS_FRAGMENTS] + d->fragments;
     s[MG_WS_ICMP_FORWARDED] = b[MG_WS_ICMP_FORWARDED] + d->icmp_forwarded;
+    s[MG_WS_REDIRECTED] = b[MG_WS_REDIRECTED] + d->redirected;
     for (uint32_t r = 0; r < MG_DROP_COUNT; r++)
         s[MG_WS_DROPS + r] = b[MG_WS_DROPS + r] + d->drops[r];
+    commit_stats(w, base);
 }
 
 /* Route every hand entry by its verdict and push.  Returns frames left in the hand. */
@@ -113,35 +140,56 @@ int mg_worker_recover(struct mg_worker *w, void *base)
     mg_ring_reset_producer(mg_region_ring_by_id(base, w->tx_id));
     mg_ring_reset_producer(mg_region_ring_by_id(base, w->ret_id));
     mg_tables_quiesce(base, w->worker);
+    int pending = mg_stats_pending(base, w->slot);
+    if (pending < 0)
+        return pending;
+    if (pending) { /* the dead worker's commit counts as done: finish it */
+        mg_stats_apply(base, w->slot);
+        mark_counted(w, base);
+        mg_stats_end(base, w->slot);
+    }
     if (n > 0) {
-        /* Steering clears verdict on every packet it dispatches, so a verdict here says
-         * the dead worker judged the frame (and counted it).  Judged frames finish their
-         * way (forward -> tx, drop -> ret); the others -- never judged, or a fragment the
-         * dead data path held -- are dropped and counted as worker_restart. */
+        /* meta->acct says which verdict the counters include for each frame (steering
+         * clears it on dispatch).  Counted forward/ICMP frames finish their way (tx) and
+         * counted drops go to ret; the others -- never judged, judged but not counted
+         * when the worker died, or a fragment the dead data path held -- are dropped and
+         * counted as worker_restart (and as received, if they were not).  "Counted as a
+         * restart drop" is acct == COUNTED | MG_DROP_NONE, so this is idempotent. */
         uint32_t cnt;
         uint64_t *descs = mg_hand_descs(base, w->slot, &cnt);
         uint8_t *pool = mg_region_pool(base);
-        uint64_t lost = 0;
+        uint64_t lost = 0, unseen = 0;
         for (uint32_t j = 0; j < cnt; j++) {
             struct mg_frame_meta *m = mg_frame_meta(pool, (uint32_t)descs[j]);
-            if (m->verdict == MG_VERDICT_FORWARD || m->verdict == MG_VERDICT_ICMP) {
+            uint32_t a = m->acct;
+            uint32_t v = a & 0xffffu;
+            if ((a & MG_ACCT_COUNTED) && (v == MG_VERDICT_FORWARD || v == MG_VERDICT_ICMP)) {
+                m->verdict = (uint16_t)v;
                 w->dest[j] = (uint16_t)w->tx_id;
-            } else if (m->verdict != MG_DROP_NONE && m->verdict < MG_DROP_COUNT) {
+            } else if ((a & MG_ACCT_COUNTED) && v < MG_DROP_COUNT) {
+                m->verdict = (uint16_t)v; /* a drop, or MG_DROP_NONE: a counted restart drop */
                 w->dest[j] = (uint16_t)w->ret_id;
             } else {
                 m->verdict = MG_DROP_NONE;
                 w->dest[j] = (uint16_t)w->ret_id;
                 lost++;
+                unseen += !(a & MG_ACCT_COUNTED);
             }
+        }
+        if (lost) {
+            uint64_t *img = mg_stats_stage(base, w->slot);
+            img[MG_WS_RESTART_DROPS] += lost;
+            img[MG_WS_PACKETS_IN] += unseen;
+            img[MG_WS_HELD] = 0;
+            commit_stats(w, base);
         }
         /* The rings were the dead worker's and are empty enough or not: keep what does
          * not fit (the first bursts push it). */
         int rc = mg_hand_push(base, w->slot, w->dest, cnt);
         if (rc < 0)
             return rc;
-        w->stats[MG_WS_RESTART_DROPS] += lost;
-        w->base[MG_WS_RESTART_DROPS] = w->stats[MG_WS_RESTART_DROPS];
     }
+    memcpy(w->base, w->stats, sizeof w->base); /* this data path counts on from here */
     return n;
 }
 
@@ -204,7 +252,7 @@ int mg_worker_burst(struct mg_worker *w, void *base, uint64_t now_ns)
         for (uint32_t j = 0; j < (uint32_t)n; j++)
             mg_frame_meta(pool, w->in[j])->verdict = MG_DROP_BAD_FRAME;
     }
-    publish_stats(w, gen);
+    publish_stats(w, base, gen);
     int left = route_and_push(w, base);
     if (left < 0)
         return left;
@@ -224,6 +272,6 @@ int mg_worker_flush(struct mg_worker *w, void *base, uint64_t now_ns)
             break;
     }
     w->last_flush_ns = now_ns;
-    publish_stats(w, gen);
+    publish_stats(w, base, gen);
     return route_and_push(w, base);
 }
