@@ -4,7 +4,7 @@ It attaches the run's shared-memory region, resumes the last accepted config (or
 TOML file), publishes its tables, and serves the control protocol (maglev/control) until
 stopped.  The table publisher waits only for *live* workers: the supervisor's
 ``actor_down``/``actor_up`` messages remove a dead worker from the set until its
-replacement reports in (ARCHITECTURE.md, "Table publication").
+replacement reports in (docs/rings.md, "Table publication").
 
 Endpoints (each a ROUTER + PUB pair):
 

@@ -1,7 +1,7 @@
 """How the config manager hands tables to the workers: the ``TablePublisher`` protocol.
 
 The real publisher is the shared-memory table area of ``maglev.rings`` (double-buffered,
-quiescent-state reclamation: ARCHITECTURE.md, "Table publication").  The config manager
+quiescent-state reclamation: docs/rings.md, "Table publication").  The config manager
 needs two verbs from it -- publish a blob and learn its generation, then wait until every
 live worker has reported that generation -- and nothing else, so tests and benchmarks can
 substitute :class:`ThreadedPublisher`, an in-process model with one thread per simulated

@@ -1,6 +1,6 @@
 """The tables blob: the data path's view of the config (VIP map, backends, Maglev tables).
 
-Config is data and tables are derived (ARCHITECTURE.md): :func:`build_tables` turns a
+Config is data and tables are derived (docs/architecture.md): :func:`build_tables` turns a
 validated :class:`~maglev.config.Config` plus the set of unhealthy (VIP, backend) pairs into
 one position-independent ``bytes`` object -- offsets, never pointers -- that the config
 manager copies into shared memory and every worker's burst kernel reads.  The byte layout

@@ -6,7 +6,7 @@ touch a namespace they did not create, and a leftover is easy to recognise.  Use
 (by PID) and deletes its namespaces, also when the test failed.
 
 Addresses: tests use 198.18.0.0/15 for links, 203.0.113.0/24 for VIPs and 2001:db8::/32
-for IPv6 (ARCHITECTURE.md, "Addresses").  No namespace gets a route out of the lab.
+for IPv6 (docs/config.md, "Address rules"; docs/lab.md).  No namespace gets a route out of the lab.
 """
 
 from __future__ import annotations
