@@ -40,7 +40,6 @@ from maglev.hashing import DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, is_pr
 PROTOCOLS = ("tcp", "udp")
 ENCAPS = ("gre", "ipip", "vxlan", "l2")
 HASH_MODES = ("5tuple", "src_ip", "dst_port")  # [[vip]] hash (docs/datapath.md)
-MAX_PRIORITY = 7  # [[vip]] priority 0..7 (MG_VIP_MAX_PRIORITY)
 HEALTH_TYPES = ("none", "tcp", "http", "udp")
 HUGE_PAGE_MODES = ("auto", "hugetlb", "thp", "off")  # [conntrack] huge_pages
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -129,11 +128,10 @@ class Vip:
     vxlan_port: int = 4789
     health: HealthCheck = field(default_factory=HealthCheck)
     backends: tuple[Backend, ...] = ()
-    # Per-VIP hashing options (docs/datapath.md "Per-VIP hashing") and overload priority.
+    # Per-VIP hashing options (docs/datapath.md "Per-VIP hashing").
     hash: str = "5tuple"  # one of HASH_MODES
     udp_ignore_src_port: bool = False
     conntrack: bool = True
-    priority: int = 0  # 0..7, higher is shed last under overload
 
     @property
     def key(self) -> str:
@@ -596,7 +594,7 @@ class _Parser:
             data,
             p,
             {"address", "port", "protocol", "encap", "table_size", "allow_fragments", "vxlan_vni", "vxlan_port", "health", "backend",
-             "hash", "udp_ignore_src_port", "conntrack", "priority"},
+             "hash", "udp_ignore_src_port", "conntrack"},
         )
         address = self.ip(d, "address", p, True, 0, "vip")
         size = self.integer(d, "table_size", p, DEFAULT_TABLE_SIZE, 2, MAX_TABLE_SIZE)
@@ -644,7 +642,6 @@ class _Parser:
             hash=self.choice(d, "hash", p, "5tuple", HASH_MODES),
             udp_ignore_src_port=self.boolean(d, "udp_ignore_src_port", p, False),
             conntrack=self.boolean(d, "conntrack", p, True),
-            priority=self.integer(d, "priority", p, 0, 0, MAX_PRIORITY),
         )
         self.hashing(d, vip, p)
         # A probe needs a port: a VIP that serves every port (port 0) must name one.

@@ -100,10 +100,10 @@ def test_preview_config_op_commits_nothing(served):
         assert c.call("status")["generation"] == before
         assert len(c.call("get-config")["config"]["vip"][0]["backend"]) == 3
         bad = config_dict(3)
-        bad["vip"][0]["priority"] = 9
+        bad["vip"][0]["hash"] = "sticky"
         with pytest.raises(ProtocolError) as ei:
             c.call("preview-config", {"config": bad})
-        assert ei.value.code == "invalid-config" and "vip[0].priority" in ei.value.message
+        assert ei.value.code == "invalid-config" and "vip[0].hash" in ei.value.message
         with pytest.raises(ProtocolError) as ei:
             c.call("preview-config", {"config": new, "extra": 1})
         assert ei.value.code == "bad-args"
@@ -136,8 +136,8 @@ def test_table_diff_cli(tmp_path):
                           timeout=60)
     assert text.returncode == 0 and VIP in text.stdout and "entries moved" in text.stdout
     bad = tmp_path / "bad.toml"
-    bad.write_text(old.read_text().replace("priority = 0", "priority = 8"))
+    bad.write_text(old.read_text().replace('hash = "5tuple"', 'hash = "sticky"'))
     r = subprocess.run([*MAGLEV, "table", "--diff", str(old), str(bad)], capture_output=True, text=True,
                        timeout=60)
-    assert r.returncode != 0 and "vip[0].priority: 8 is out of range 0..7" in r.stderr
+    assert r.returncode != 0 and "vip[0].hash: 'sticky' is not one of" in r.stderr
     assert "Traceback" not in r.stderr
