@@ -9,6 +9,11 @@ and must show up here.
 Re-pinned for tables format version 3 (the maglev pool fields in the header, docs/datapath.md):
 the version, the pool offset and the content-derived generation changed in every blob; the
 VIP, backend, index, id-map and Maglev bytes did not.
+
+Re-pinned for tables format version 4 (per-VIP hashing flags and a priority byte taken
+from the VIP record's reserved bytes, zero for these configs): compared byte by byte with
+the version-3 blobs of the same configs, only the version (byte 4) and the content-derived
+generation (bytes 16-23) differ.
 """
 
 from __future__ import annotations
@@ -45,13 +50,13 @@ CASES = {
 
 GOLDEN = {
     "sample config with a VIP down":
-        "13b504b0ac10bf4047ef73ceb11f2677c3c948bfc7692e1fc1f9495b0bd78ea1",
+        "a335c96bb028efbdc63d2a817a45231a30d6d71cae9f8b742e5c9b5d8ec1bd15",
     "sample config, explicit generation and MACs":
-        "50761c7f94f1c8b1ab7598d9e46797558f223a074ecdbf64bc22cf490ce745b7",
+        "c483d71d375b5ae220f6f9be445beedbf49e0226925632e53535322595372a34",
     "1000 backends, mixed weights, some down":
-        "4d3294f8a1fcadf9a649de8511f53af1a1bf9ff701413a10a87806bdb2692f94",
+        "85d59af5e7f5d1feb9ca3b5f4e316430af8675ec76f112b725f56ac14a594497",
     "300 backends v4/v6, python Maglev engine":
-        "3cc4145ed8afb033cfd933a8e7aa349baefbb81a9758af5290e2c34f83157cf0",
+        "10b762826fdda58504e4cc8ab9cc610fe63e76f73cf164d6165056fbcdcc8331",
 }
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from maglev import config as cfg
+from maglev.config_rules import address_problem
 from maglev.datapath.engine import FRAME_DATA_MAX
 from maglev.datapath.ref_parse import parse
 from maglev.datapath.replay import replay
@@ -41,8 +42,11 @@ def derived_config(path: Path, hint: str) -> cfg.Config:
             rc, p = parse(rec.data)
             if rc or p.proto not in (6, 17):
                 continue
-            a = str(ipaddress.ip_address(p.dst[:4] if p.family == 4 else p.dst))
-            if a not in dsts:
+            ip = ipaddress.ip_address(p.dst[:4] if p.family == 4 else p.dst)
+            a = str(ip)
+            # Only addresses a config may name as a VIP (docs/config.md, "Address rules"):
+            # a capture's multicast or loopback destinations stay no_vip drops.
+            if address_problem(ip, "vip") is None and a not in dsts:
                 dsts.append(a)
             if len(dsts) == 4:
                 break
@@ -51,7 +55,8 @@ def derived_config(path: Path, hint: str) -> cfg.Config:
         for proto in ("tcp", "udp"):
             vips.append((a, 0, proto))
     for m in re.finditer(r"VIP hint (\S+):(\d+)/(tcp|udp)", hint):
-        vips.append((m.group(1), int(m.group(2)), m.group(3)))
+        if address_problem(ipaddress.ip_address(m.group(1)), "vip") is None:
+            vips.append((m.group(1), int(m.group(2)), m.group(3)))
     lines = ['[instance]', 'source_ipv4 = "198.18.0.1"', 'source_ipv6 = "2001:db8:1::1"']
     seen = set()
     for a, port, proto in vips:
