@@ -82,6 +82,7 @@ def worker_stats(s: Any) -> dict[str, Any]:
         "held": int(s[lib.MG_WS_HELD]),
         "tables_generation": int(s[lib.MG_WS_GENERATION]),
         "bursts": int(s[lib.MG_WS_BURSTS]),
+        "spares_used": int(s[lib.MG_WS_SPARES_USED]),
         "dropped": drops,
     }
 

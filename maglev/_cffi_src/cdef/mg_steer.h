@@ -11,6 +11,10 @@
 #define MG_SS_RECOVERED 10
 #define MG_SS_FIRST_RX_NS 11
 #define MG_SS_LAST_RX_NS 12
+#define MG_SS_SPARE_RESERVE 13
+#define MG_SS_SPARES_SENT 14
+#define MG_SS_SPARE_SHORT 15
+#define MG_SPARE_RESERVE ...
 #define MG_MS_TX_PACKETS 0
 #define MG_MS_TX_BYTES 1
 #define MG_MS_TX_ERRORS 2
@@ -20,6 +24,7 @@ struct mg_steer { ...; };
 struct mg_mux { ...; };
 int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, uint64_t k1);
 int mg_steer_reclaim(struct mg_steer *s, void *base);
+int mg_steer_spares(struct mg_steer *s, void *base, uint32_t reserve);
 int mg_steer_take(struct mg_steer *s, void *base, uint32_t n);
 int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh);
 int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,

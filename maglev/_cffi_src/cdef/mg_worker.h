@@ -11,6 +11,9 @@
 #define MG_WS_FRAGMENTS 10
 #define MG_WS_ICMP_FORWARDED 11
 #define MG_WS_CT_ENTRIES 12
+#define MG_WS_SPARES 13
+#define MG_WS_SPARES_USED 14
+#define MG_WS_SPARE_WAITS 15
 #define MG_WS_DROPS 16
 #define MG_WS_N_DROPS 48
 struct mg_worker;

@@ -29,7 +29,8 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
     for (uint32_t i = 0; i < s->n_workers; i++) {
         s->rx_id[i] = mg_region_ring_id(base, MG_RING_RX, i);
         s->ret_id[i] = mg_region_ring_id(base, MG_RING_RET, i);
-        if (!ids_ok(s->rx_id[i]) || !ids_ok(s->ret_id[i]))
+        s->spare_id[i] = mg_region_ring_id(base, MG_RING_SPARE, i);
+        if (!ids_ok(s->rx_id[i]) || !ids_ok(s->ret_id[i]) || !ids_ok(s->spare_id[i]))
             return -EINVAL;
     }
     s->fallback_min = h->ring_size / 2 ? h->ring_size / 2 : 1;
@@ -81,6 +82,58 @@ int mg_steer_reclaim(struct mg_steer *s, void *base)
     return total;
 }
 
+int mg_steer_spares(struct mg_steer *s, void *base, uint32_t reserve)
+{
+    if (reserve > MG_SPARE_RING_SIZE)
+        return -EINVAL;
+    s->reserve = reserve;
+    s->stats[MG_SS_SPARE_RESERVE] = reserve;
+    struct mg_ring *fr = mg_region_ring_by_id(base, s->free_id);
+    uint32_t owed = 0, moved = 0;
+    for (uint32_t i = 0; i < s->n_workers; i++) {
+        struct mg_ring *r = mg_region_ring_by_id(base, s->spare_id[i]);
+        /* Producer side: prod is ours, cons only grows, so this never over-counts. */
+        uint32_t have = mg_ring_count(r);
+        if (have >= reserve)
+            continue;
+        uint32_t want = reserve - have;
+        if (have < reserve / 2 + (reserve & 1)) {
+            int kept = mg_hand_count(base, s->slot);
+            if (kept < 0)
+                return kept;
+            uint32_t room = MG_HAND_MAX - (uint32_t)kept;
+            uint32_t free_n = mg_ring_count(fr);
+            uint32_t k = want < room ? want : room;
+            k = k < free_n ? k : free_n;
+            if (k) {
+                int n = mg_hand_pull(base, s->slot, s->free_id, k);
+                if (n < 0)
+                    return n;
+                uint32_t cnt;
+                uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
+                uint8_t *pool = mg_region_pool(base);
+                for (uint32_t j = (uint32_t)kept; j < cnt; j++) {
+                    /* An empty frame: the data path writes every piece from scratch. */
+                    struct mg_frame_meta *m = mg_frame_meta(pool, (uint32_t)descs[j]);
+                    m->verdict = 0;
+                    m->flags = 0;
+                }
+                int rc = push_all(base, s->slot, s->dest, (uint32_t)kept, s->spare_id[i]);
+                if (rc < 0)
+                    return rc;
+                want -= (uint32_t)n;
+                moved += (uint32_t)n;
+            }
+            if (want)
+                s->stats[MG_SS_SPARE_SHORT]++;
+        }
+        owed += want;
+    }
+    s->owed = owed;
+    s->stats[MG_SS_SPARES_SENT] += moved;
+    return (int)moved;
+}
+
 int mg_steer_take(struct mg_steer *s, void *base, uint32_t n)
 {
     if (n > MG_BURST_MAX)
@@ -88,6 +141,16 @@ int mg_steer_take(struct mg_steer *s, void *base, uint32_t n)
     int kept = mg_hand_count(base, s->slot);
     if (kept != 0)
         return kept < 0 ? kept : -EBUSY;
+    if (s->owed) {
+        uint32_t free_n = mg_ring_count(mg_region_ring_by_id(base, s->free_id));
+        uint32_t spare_ok = free_n > s->owed ? free_n - s->owed : 0;
+        if (n > spare_ok)
+            n = spare_ok;
+        if (n == 0) {
+            s->stats[MG_SS_NO_FREE]++;
+            return 0;
+        }
+    }
     int got = mg_hand_pull(base, s->slot, s->free_id, n);
     if (got == 0 && n > 0)
         s->stats[MG_SS_NO_FREE]++;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "mg_ring.h"
+#include "mg_steer.h"
 #include "mg_tables_pub.h"
 #include "mg_trace.h"
 
@@ -26,9 +27,11 @@ struct mg_worker *mg_worker_new(void *base, uint32_t worker, uint32_t ct_capacit
     w->rx_id = mg_region_ring_id(base, MG_RING_RX, worker);
     w->tx_id = mg_region_ring_id(base, MG_RING_TX, worker);
     w->ret_id = mg_region_ring_id(base, MG_RING_RET, worker);
+    w->spare_id = mg_region_ring_id(base, MG_RING_SPARE, worker);
     w->stats = mg_region_stats(base, w->slot);
     w->burst = burst;
     if (w->rx_id == UINT32_MAX || w->tx_id == UINT32_MAX || w->ret_id == UINT32_MAX ||
+        w->spare_id == UINT32_MAX ||
         !w->stats) {
         free(w);
         errno = EINVAL;
@@ -110,6 +113,7 @@ int mg_worker_recover(struct mg_worker *w, void *base)
     mg_ring_reset_consumer(mg_region_ring_by_id(base, w->rx_id));
     mg_ring_reset_producer(mg_region_ring_by_id(base, w->tx_id));
     mg_ring_reset_producer(mg_region_ring_by_id(base, w->ret_id));
+    mg_ring_reset_consumer(mg_region_ring_by_id(base, w->spare_id));
     mg_tables_quiesce(base, w->worker);
     if (n > 0) {
         /* Steering clears verdict on every packet it dispatches, so a verdict here says
@@ -143,6 +147,38 @@ int mg_worker_recover(struct mg_worker *w, void *base)
     return n;
 }
 
+/* Look at up to max spare frames (the front of the spare ring) without consuming them. */
+static uint32_t spare_look(struct mg_worker *w, void *base, uint32_t max)
+{
+    struct mg_ring *r = mg_region_ring_by_id(base, w->spare_id);
+    uint64_t d[MG_HAND_MAX];
+    if (max > MG_HAND_MAX)
+        max = MG_HAND_MAX;
+    uint32_t n = mg_ring_snapshot(r, d, max);
+    for (uint32_t i = 0; i < n; i++)
+        w->spare[i] = (uint32_t)d[i];
+    return n;
+}
+
+/* Spares the steering actor keeps for this worker (0: none, no pull limit). */
+static uint64_t spare_reserve(void *base)
+{
+    const uint64_t *ss = mg_region_stats(base, MG_SLOT_STEERING);
+    return ss ? __atomic_load_n(&ss[MG_SS_SPARE_RESERVE], __ATOMIC_RELAXED) : 0;
+}
+
+/* Move the spares the data path used (the front of the spare ring) into the hand. */
+static int spare_take(struct mg_worker *w, void *base, uint32_t used)
+{
+    if (!used)
+        return 0;
+    int got = mg_hand_pull(base, w->slot, w->spare_id, used);
+    if (got < 0)
+        return got;
+    w->stats[MG_WS_SPARES_USED] += (uint64_t)got; /* publish_stats leaves this word */
+    return (uint32_t)got == used ? 0 : -EIO; /* room was checked: cannot happen */
+}
+
 static void setup_io(struct mg_worker *w, struct mg_dp_io *io, uint8_t *pool, uint32_t n)
 {
     memset(io, 0, sizeof *io);
@@ -150,11 +186,11 @@ static void setup_io(struct mg_worker *w, struct mg_dp_io *io, uint8_t *pool, ui
     io->frames = w->in;
     io->n = n;
     io->tx = w->tx;
-    io->tx_cap = MG_BURST_MAX + MG_DP_DRAIN_MAX;
+    io->tx_cap = MG_WORKER_OUT_MAX;
     io->drop = w->drop;
-    io->drop_cap = MG_BURST_MAX + MG_DP_DRAIN_MAX;
-    io->spare = NULL;
-    io->n_spare = 0;
+    io->drop_cap = MG_WORKER_OUT_MAX;
+    io->spare = w->spare;
+    io->n_spare = w->n_spare;
 }
 
 int mg_worker_burst(struct mg_worker *w, void *base, uint64_t now_ns)
@@ -163,7 +199,18 @@ int mg_worker_burst(struct mg_worker *w, void *base, uint64_t now_ns)
     if (kept < 0)
         return kept;
     uint32_t room = MG_HAND_MAX - (uint32_t)kept;
-    uint32_t want = room < w->burst ? room : w->burst;
+    /* Half the room for packets, half for the spares their pieces may take. */
+    uint32_t want = room / 2 < w->burst ? room / 2 : w->burst;
+    uint32_t spares = mg_ring_count(mg_region_ring_by_id(base, w->spare_id));
+    w->stats[MG_WS_SPARES] = spares;
+    if (spare_reserve(base) && spares < want) {
+        want = spares; /* at most one spare per packet: none is split without a frame */
+        if (!want && mg_ring_count(mg_region_ring_by_id(base, w->rx_id))) {
+            w->stats[MG_WS_SPARE_WAITS]++;
+            if (!kept)
+                return -EAGAIN; /* steering refills the spare ring: call again soon */
+        }
+    }
     int n = want ? mg_hand_pull(base, w->slot, w->rx_id, want) : 0;
     if (n < 0)
         return n;
@@ -195,13 +242,20 @@ int mg_worker_burst(struct mg_worker *w, void *base, uint64_t now_ns)
     uint64_t gen = 0;
     const void *tables = mg_tables_acquire(base, w->worker, &gen);
     struct mg_dp_io io;
+    /* Spares: at most what the hand can take after this burst's packets. */
+    uint32_t hand_left = MG_HAND_MAX - cnt;
+    w->n_spare = spare_look(w, base, hand_left < MG_BURST_MAX ? hand_left : MG_BURST_MAX);
     setup_io(w, &io, pool, (uint32_t)n);
     int rc = mg_dp_burst(w->dp, tables, now_ns, &io);
     if (rc < 0) {
         /* Cannot happen with the capacities above; never leave frames unjudged. */
         for (uint32_t j = 0; j < (uint32_t)n; j++)
             mg_frame_meta(pool, w->in[j])->verdict = MG_DROP_BAD_FRAME;
+        io.n_spare_used = 0;
     }
+    rc = spare_take(w, base, io.n_spare_used);
+    if (rc < 0)
+        return rc;
     publish_stats(w, gen);
     int left = route_and_push(w, base);
     if (left < 0)
@@ -216,8 +270,16 @@ int mg_worker_flush(struct mg_worker *w, void *base, uint64_t now_ns)
     uint8_t *pool = mg_region_pool(base);
     struct mg_dp_io io;
     for (int rounds = 0; rounds < 1024; rounds++) {
+        int kept = mg_hand_count(base, w->slot);
+        if (kept < 0)
+            return kept;
+        uint32_t hand_left = MG_HAND_MAX - (uint32_t)kept;
+        w->n_spare = spare_look(w, base, hand_left < MG_BURST_MAX ? hand_left : MG_BURST_MAX);
         setup_io(w, &io, pool, 0);
         int out = mg_dp_flush(w->dp, tables, now_ns, &io);
+        int rc = spare_take(w, base, out < 0 ? 0 : io.n_spare_used);
+        if (rc < 0)
+            return rc;
         if (out <= 0)
             break;
     }
