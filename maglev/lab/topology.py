@@ -134,6 +134,7 @@ class LabSpec:
     forwarder_argv: tuple[str, ...] = ()  # override the forwarder command (tests, debugging)
     ring: str = ""  # AF_PACKET ring of the forwarder: "v3", "v2" or "" (the driver's default)
     mtu: int = SERVER_MTU  # server bridge links and the forwarder's [instance] mtu
+    nic: str = ""  # the forwarder's --nic ("" = afpacket:eth0; e.g. "afxdp:eth0")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -145,6 +146,15 @@ class LabSpec:
             raise LabError(f"{len(self.weights)} weights given for {self.backends} backends")
         if any(w < 0 for w in self.weights) or (self.weights and not any(self.weights)):
             raise LabError("weights must be >= 0 and not all 0")
+        if self.nic:
+            from maglev.nic import NicSpecError, parse_nic
+
+            try:
+                kind = parse_nic(self.nic).kind
+            except NicSpecError as e:
+                raise LabError(str(e)) from None
+            if kind not in ("afpacket", "afxdp"):
+                raise LabError(f"--nic {self.nic}: the lab forwarder needs an interface NIC (afpacket or afxdp)")
         if not 1280 <= self.mtu <= 9000:
             raise LabError(f"--mtu must be 1280..9000, not {self.mtu}")
         if self.ring not in ("", "v2", "v3"):
@@ -535,7 +545,7 @@ def forwarder_argv(spec: LabSpec, config: str) -> list[str]:
     if env := os.environ.get("MAGLEV_LAB_FORWARDER"):
         subst = {"config": config, "iface": "eth0", "workers": str(spec.workers)}
         return [part.format(**subst) for part in shlex.split(env)]
-    return [*maglev_argv(), "run", "--config", config, "--nic", "afpacket:eth0", "--workers", str(spec.workers)]
+    return [*maglev_argv(), "run", "--config", config, "--nic", spec.nic or "afpacket:eth0", "--workers", str(spec.workers)]
 
 
 def list_netns() -> list[str]:
