@@ -87,6 +87,24 @@ def worker_stats(s: Any) -> dict[str, Any]:
     }
 
 
+def check_interface_nic(spec: Any) -> None:
+    """Before any process starts: the interface exists, and for afxdp, AF_XDP can be
+    set up here (else one sentence saying why and which --nic to use instead)."""
+    import socket
+
+    from maglev.nic import NicSpecError
+
+    try:
+        socket.if_nametoindex(spec.arg)
+    except OSError:
+        raise NicSpecError(f"--nic {spec}: no network interface named {spec.arg!r} here") from None
+    if spec.kind == "afxdp":
+        from maglev.nic.afxdp import why_no_afxdp
+
+        if reason := why_no_afxdp():
+            raise NicSpecError(f"--nic {spec}: {reason}".replace("IFACE", spec.arg))
+
+
 def remove_stale_regions(instance: str) -> list[str]:
     """Unlink regions this program made for ``instance`` whose supervisor is gone (killed
     with -9: nobody else would ever remove them).  Names are ``<instance>-<pid>-<hex6>``."""
@@ -194,6 +212,8 @@ class Pipeline:
                 GenNic(vip_targets(self.config), ipv6=o["ipv6"], flows=1)
         if self.nic_spec.kind == "pcap" and not os.path.isfile(self.nic_spec.arg):
             raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: no such file"])
+        if self.nic_spec.kind in ("afpacket", "afxdp"):
+            check_interface_nic(self.nic_spec)
         blob = build_tables(self.config)
         self.cpus = parse_cpus(opts.cpus)
         remove_stale_regions(self.config.instance.name)

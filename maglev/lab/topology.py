@@ -331,6 +331,11 @@ class Lab:
 
         # Client: lab routes only.  One segment per skb (no TSO): wire-sized packets.
         ns_exec(client, "ip", "link", "set", "eth0", "address", MAC_CLIENT, "gso_max_segs", "1", "up")
+        if spec.nic.startswith("afxdp"):
+            # AF_XDP hands over the bytes as they are, and a veth peer's local stack
+            # leaves TCP/UDP checksums to an offload that never happens (the AF_PACKET
+            # driver completes them; AF_XDP cannot tell): checksum in software instead.
+            tx_checksum_offload(client, "eth0", False)
         ns_exec(client, "ip", "addr", "add", f"{CLIENT_V4}/24", "dev", "eth0")
         ns_exec(client, "ip", "-6", "addr", "add", f"{CLIENT_V6}/64", "dev", "eth0", "nodad")
         for net in ("198.18.0.0/15", VIP_NET_V4):
@@ -529,6 +534,27 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def tx_checksum_offload(ns: str, dev: str, on: bool) -> None:
+    """``ethtool -K DEV tx on|off`` in namespace ``ns`` (SIOCETHTOOL ETHTOOL_STXCSUM;
+    the ethtool program is not needed)."""
+    import ctypes
+    import fcntl
+    import struct
+
+    from maglev.lab.nsenter import netns
+
+    val = ctypes.create_string_buffer(struct.pack("<II", 0x17, int(on)), 8)  # ETHTOOL_STXCSUM
+    ifreq = struct.pack("16sQ", dev.encode(), ctypes.addressof(val)).ljust(40, b"\0")
+    with netns(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(s.fileno(), 0x8946, ifreq)  # SIOCETHTOOL
+    except OSError as e:
+        raise LabError(f"cannot turn {dev}'s TX checksum offload {'on' if on else 'off'} in {ns}: {e.strerror}") from None
+    finally:
+        s.close()
 
 
 def forwarder_env(spec: LabSpec) -> dict[str, str]:

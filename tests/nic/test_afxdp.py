@@ -224,3 +224,13 @@ def test_afxdp_spec_options_are_checked():
     for bad in ("afxdp:eth0,mode=fast", "afxdp:eth0,queues=0", "afxdp:", "afxdp:eth0,ring=v2"):
         with pytest.raises(NicSpecError):
             parse_nic(bad)
+
+
+def test_maglev_run_on_a_missing_interface_says_so_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-c", "from maglev_cli.main import main; main()", "run",
+                        "--nic", "afxdp:nope0", "--workers", "1"],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "MAGLEV_STATE_DIR": str(tmp_path)})
+    assert r.returncode != 0
+    err = [line for line in r.stderr.splitlines() if "error" in line]
+    assert err == ["maglev: error: --nic afxdp:nope0: no network interface named 'nope0' here"], r.stderr
