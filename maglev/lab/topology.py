@@ -370,7 +370,7 @@ class Lab:
         if spec.forwarder:
             self.spawn("maglev", mg, forwarder_argv(spec, self.state["config"]), env=forwarder_env(spec))
 
-    def _server_port(self, router: str, port: str, ns: str, mac: str, mtu: int) -> None:
+    def _server_port(self, router: str, port: str, ns: str, mac: str, mtu: int = SERVER_MTU) -> None:
         self._veth(router, port, ns, "eth0", mtu=mtu)
         ns_exec(router, "ip", "link", "set", port, "master", "br0", "up")
         ns_exec(ns, "ip", "link", "set", "eth0", "address", mac, "up")

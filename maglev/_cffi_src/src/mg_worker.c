@@ -202,13 +202,15 @@ int mg_worker_burst(struct mg_worker *w, void *base, uint64_t now_ns)
     /* Half the room for packets, half for the spares their pieces may take. */
     uint32_t want = room / 2 < w->burst ? room / 2 : w->burst;
     uint32_t spares = mg_ring_count(mg_region_ring_by_id(base, w->spare_id));
+    int starved = 0; /* packets wait for spares: steering refills them, nobody rings */
     w->stats[MG_WS_SPARES] = spares;
     if (spare_reserve(base) && spares < want) {
         want = spares; /* at most one spare per packet: none is split without a frame */
         if (!want && mg_ring_count(mg_region_ring_by_id(base, w->rx_id))) {
             w->stats[MG_WS_SPARE_WAITS]++;
+            starved = 1;
             if (!kept)
-                return -EAGAIN; /* steering refills the spare ring: call again soon */
+                return -EAGAIN; /* call again soon (a back-off, not a doorbell sleep) */
         }
     }
     int n = want ? mg_hand_pull(base, w->slot, w->rx_id, want) : 0;
@@ -220,12 +222,13 @@ int mg_worker_burst(struct mg_worker *w, void *base, uint64_t now_ns)
         if (kept == 0)
             return 0;
         if (d->held && now_ns - w->last_flush_ns >= MG_WORKER_FLUSH_NS)
-            return mg_worker_flush(w, base, now_ns) < 0 ? -EIO : 0;
+            return mg_worker_flush(w, base, now_ns) < 0 ? -EIO : (starved ? -EAGAIN : 0);
         int left = route_and_push(w, base);
         if (left < 0)
             return left;
-        /* Frames waiting for room on tx/ret (not held fragments): ask to be called soon. */
-        return (uint64_t)left > d->held ? -EAGAIN : 0;
+        /* Frames waiting for room on tx/ret (not held fragments), or packets waiting for
+         * spares: ask to be called soon. */
+        return ((uint64_t)left > d->held || starved) ? -EAGAIN : 0;
     }
     uint32_t cnt;
     uint64_t *descs = mg_hand_descs(base, w->slot, &cnt);
