@@ -83,8 +83,11 @@ def build_bpf(out: Path = BPF_OBJ) -> str:
         return "clang is not installed (apt-get install clang)"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    r = subprocess.run([clang, "-O2", "-g0", "-target", "bpf", "-Wall", "-Wextra", "-Werror",
-                        "-c", str(BPF_SRC), "-o", str(tmp)], capture_output=True, text=True)
+    try:
+        r = subprocess.run([clang, "-O2", "-g0", "-target", "bpf", "-Wall", "-Wextra", "-Werror",
+                            "-c", str(BPF_SRC), "-o", str(tmp)], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{clang} could not run: {e}"
     if r.returncode != 0:
         tmp.unlink(missing_ok=True)
         return f"clang -target bpf failed: {r.stderr.strip()[-300:]}"
