@@ -29,6 +29,7 @@ import errno
 import os
 import select
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from maglev.nic.afpacket import NicError
 __all__ = ["AfXdpNic", "rx_queues", "why_no_afxdp"]
 
 MODES = ("auto", "copy", "zerocopy")
+# How long a busy queue is retried (a dead predecessor's socket being freed) before EBUSY.
+BUSY_WAIT_S = 1.0
 SO_BUSY_POLL, SO_PREFER_BUSY_POLL, SO_BUSY_POLL_BUDGET = 46, 69, 70
 _STATS = ("rx_packets", "rx_bytes", "rx_oversize", "fill_wakeups", "rx_bursts")
 
@@ -121,12 +124,20 @@ class AfXdpNic:
         tries = {"auto": [lib.MG_XSK_MODE_ZEROCOPY, lib.MG_XSK_MODE_COPY], "copy": [lib.MG_XSK_MODE_COPY],
                  "zerocopy": [lib.MG_XSK_MODE_ZEROCOPY]}[self.mode]
         rc = 0
-        for m in tries:
-            rc = lib.mg_xsk_open(x, self.ifindex, q, m)
-            if rc == 0:
-                return x
-            if rc == -errno.EBUSY:
+        # The kernel frees a closed socket's hold on its queue in deferred work, so a
+        # replacement started right after a kill -9 may find the queue busy for a moment:
+        # EBUSY is retried for up to BUSY_WAIT_S before it is an error.
+        deadline = time.monotonic() + BUSY_WAIT_S
+        while True:
+            for m in tries:
+                rc = lib.mg_xsk_open(x, self.ifindex, q, m)
+                if rc == 0:
+                    return x
+                if rc == -errno.EBUSY:
+                    break
+            if rc != -errno.EBUSY or time.monotonic() >= deadline:
                 break
+            time.sleep(0.01)
         i = self.iface
         if rc == -errno.EBUSY:
             raise NicError(errno.EBUSY, f"afxdp: queue {q} of {i} already has an AF_XDP socket (a second maglev "
