@@ -6,12 +6,20 @@
    * baseline: the maglev namespace's *kernel* forwards (ip_forward=1, VIPs routed to
      backend 1), no maglev process;
    * maglev:   `maglev run --nic afpacket:eth0` forwards (GRE to the backends), once
-               with each AF_PACKET ring (TPACKET_V3, the default, and TPACKET_V2);
+               with each AF_PACKET receive ring (TPACKET_V3 and TPACKET_V2, the default),
+               and `--nic afxdp:eth0` where AF_XDP can be set up;
+   The sender is the AF_PACKET NIC's TX ring (PACKET_TX_RING, qdisc bypass) in the client
+   namespace; ``sender_pps`` is what it offered during the kernel baseline, and a ratio
+   whose baseline forwarded (nearly) everything offered is listed in
+   ``sender_bound_ratios``: the kernel might have done more.
    * relay:    the lab's pure-Python stand-in (with --relay), for scale only.
 2. HTTP through the VIP vs straight to one backend: requests/s and latency p50/p99 of
    fresh-connection GETs from the client namespace.
 3. The driver's wake-up latency alone (one frame over a bare veth pair, send -> wait()
    returns -> rx_burst has it), TPACKET_V3 vs TPACKET_V2.
+4. One request at a time (maglev.lab.latency): UDP echo and TCP connect through the VIP
+   and directly, alternating; ``added_latency_us[driver]`` = VIP minus direct {p50, p99}
+   of the UDP echo (TCP connect in ``round_trips_us``).
 
 Prints numbers and ratios against the baseline from the same run; never asserts on
 speed.  Needs root.  Usage:  python bench/bench_lab.py [--seconds 3] [--requests 500]
@@ -132,7 +140,17 @@ def nic_wakeup(ring: str, rounds: int = 40) -> dict:
             tx.close()
             nic.close()
     lat.sort()
-    return {"p50_ms": round(lat[len(lat) // 2] * 1e3, 3), "max_ms": round(lat[-1] * 1e3, 3)}
+    return {"p50_ms": round(lat[len(lat) // 2] * 1e3, 3), "max_ms": round(lat[-1] * 1e3, 3),
+            "p50_us": round(lat[len(lat) // 2] * 1e6, 1)}
+
+
+def afxdp_unavailable() -> str:
+    """Why ``--nic afxdp`` cannot run here ("" when it can)."""
+    try:
+        from maglev.nic.afxdp import why_no_afxdp
+    except ImportError:
+        return "this build has no AF_XDP driver"
+    return why_no_afxdp()
 
 
 def kernel_forwarding(state: dict, on: bool) -> None:
@@ -149,6 +167,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--relay", action="store_true", help="also measure the Python stand-in relay")
+    ap.add_argument("--probes", type=int, default=200, help="one-at-a-time round trips per path")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if reason := topo.why_no_lab():
@@ -168,9 +187,13 @@ def main() -> None:
     try:
         state = lab.up(spec)
         be1 = state["backends"][0]["ipv4"]
+        # Complete checksums from the client's stack for every driver alike: AF_XDP hands
+        # over the bytes as they are and cannot complete a veth peer's partial checksums.
+        topo.tx_checksum_offload(state["client"]["ns"], "eth0", False)
 
         kernel_forwarding(state, True)
         out["pps_kernel"] = measure_pps(state, args.seconds)
+        out["sender_pps"] = out["pps_kernel"]["sent_pps"]
         out["http_direct"] = http_load(state["client"]["ns"], be1, args.requests, concurrency=8).to_dict()
         kernel_forwarding(state, False)
 
@@ -185,25 +208,47 @@ def main() -> None:
                 relay.stop()
 
         if have_run:
-            for ring in ("v3", "v2"):
-                fwd = topo.forwarder_argv(topo.LabSpec(workers=args.workers), state["config"])
-                lab.spawn("maglev", state["maglev"]["ns"], fwd, env={"MAGLEV_AFPACKET_RING": ring})
-                lab._wait_ready(topo.LabSpec(forwarder=True), 60)
-                out[f"pps_maglev_{ring}"] = measure_pps(state, args.seconds)
-                out[f"http_vip_{ring}"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests,
-                                                    concurrency=8).to_dict()
-                lab.stop_process("maglev")
+            from maglev.lab.latency import round_trips
+
+            out["added_latency_us"] = {}
+            out["round_trips_us"] = {}
+            drivers = [("v3", "afpacket:eth0", {"MAGLEV_AFPACKET_RING": "v3"}),
+                       ("v2", "afpacket:eth0", {"MAGLEV_AFPACKET_RING": "v2"})]
+            why_no_xdp = afxdp_unavailable()
+            if why_no_xdp:
+                out["afxdp"] = f"not measured: {why_no_xdp}"
+            else:
+                drivers.append(("afxdp", "afxdp:eth0", {}))
+            for name, nic, env in drivers:
+                fwd = topo.forwarder_argv(topo.LabSpec(workers=args.workers, nic=nic), state["config"])
+                lab.spawn("maglev", state["maglev"]["ns"], fwd, env=env)
+                try:
+                    lab._wait_ready(topo.LabSpec(forwarder=True), 60)
+                    out[f"pps_maglev_{name}"] = measure_pps(state, args.seconds)
+                    out[f"http_vip_{name}"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests,
+                                                        concurrency=8).to_dict()
+                    rt = round_trips(state, args.probes)
+                finally:
+                    lab.stop_process("maglev")
+                driver = name if name == "afxdp" else f"afpacket_{name}"
+                out["round_trips_us"][driver] = rt
+                out["added_latency_us"][driver] = rt["udp"]["added"]
         else:
             out["maglev"] = "not measured: `maglev run` is not registered yet"
     finally:
         lab.down()
 
     k = out["pps_kernel"]["forwarded_pps"] or 1
-    for name in ("maglev_v3", "maglev_v2", "relay"):
+    # The kernel baseline is sender-bound when it forwarded (nearly) all that was offered.
+    kernel_sender_bound = out["pps_kernel"]["forwarded_pps"] >= 0.9 * out["pps_kernel"]["sent_pps"]
+    out["sender_bound_ratios"] = []
+    for name in ("maglev_v3", "maglev_v2", "maglev_afxdp", "relay"):
         if f"pps_{name}" in out:
             out[f"ratio_pps_{name}_vs_kernel"] = round(out[f"pps_{name}"]["forwarded_pps"] / k, 3)
+            if kernel_sender_bound:
+                out["sender_bound_ratios"].append(f"ratio_pps_{name}_vs_kernel")
     d = out["http_direct"]["requests_per_s"] or 1
-    for key in ("http_vip_v3", "http_vip_v2", "http_relay"):
+    for key in ("http_vip_v3", "http_vip_v2", "http_vip_afxdp", "http_relay"):
         if key in out:
             out[f"ratio_{key}_rps_vs_direct"] = round(out[key]["requests_per_s"] / d, 3)
     if args.json:
@@ -217,6 +262,11 @@ def main() -> None:
                   f"p50 {v['latency_ms']['p50']} ms  p99 {v['latency_ms']['p99']} ms")
         elif isinstance(v, dict) and "p50_ms" in v:
             print(f"{key:<14} one frame, send -> received: p50 {v['p50_ms']} ms, max {v['max_ms']} ms")
+        elif key == "added_latency_us":
+            for drv, a in v.items():
+                print(f"added latency {drv:<12} p50 {a['p50']} us  p99 {a['p99']} us (UDP echo, VIP - direct)")
+        elif key == "round_trips_us":
+            continue
         else:
             print(f"{key:<14} {v}")
 

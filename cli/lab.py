@@ -60,6 +60,8 @@ def lab() -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="maglev run --workers.")
 @click.option("--ring", type=click.Choice(["v3", "v2"]), default=None,
               help="AF_PACKET ring of the forwarder (default: the driver's, TPACKET_V3).")
+@click.option("--mtu", type=click.IntRange(1280, 9000), default=1500, show_default=True,
+              help="MTU of the server links (and the forwarder's); 9000 = a jumbo fabric.")
 @click.option("--no-forwarder", is_flag=True, help="Build the topology without starting `maglev run`.")
 @click.option("--wait", "wait_s", type=float, default=30.0, show_default=True, help="Seconds to wait for the lab to answer.")
 @click.option("--state-dir", default=None, help="Where the lab state lives (default /run/maglev-lab).")
@@ -68,14 +70,14 @@ def lab() -> None:
 @click.option("--instances", type=click.IntRange(1, 8), default=1, show_default=True,
               help="maglev instances (with --bgp: behind a BIRD router doing ECMP; docs/scaleout.md).")
 @click.option("--bgp", is_flag=True, help="Routers learn the VIPs over BGP from every instance (BIRD 2).")
-def up(backends, encap, weights, workers, ring, no_forwarder, wait_s, state_dir, prefix, as_json,
+def up(backends, encap, weights, workers, ring, mtu, no_forwarder, wait_s, state_dir, prefix, as_json,
        instances, bgp) -> None:
     """Create the lab: client, router, maglev and N backend namespaces, HTTP servers,
     decapsulation, and `maglev run --nic afpacket:eth0`.  Harmless when already up."""
     from maglev.lab.topology import LabSpec
 
     spec = LabSpec(backends=backends, encap=encap, weights=_weights(weights, backends),
-                   forwarder=not no_forwarder, workers=workers, ring=ring or "", prefix=prefix)
+                   forwarder=not no_forwarder, workers=workers, ring=ring or "", prefix=prefix, mtu=mtu)
     lab_ = _lab(state_dir)
     if instances > 1 and not bgp:
         raise click.BadParameter("several instances need --bgp (the router learns them over BGP)",

@@ -105,7 +105,7 @@ class Pipeline:
     def __init__(self, opts: PipelineOptions, on_message: Callable[[str, dict], None] | None = None):
         from maglev.datapath.tables import build_tables
         from maglev.errors import ConfigError
-        from maglev.nic import parse_nic, parse_out
+        from maglev.nic import check_interface, parse_nic, parse_out
         from maglev.rings import Region
 
         if not 1 <= opts.workers <= 64:
@@ -129,6 +129,8 @@ class Pipeline:
                 GenNic(vip_targets(self.config), ipv6=o["ipv6"], flows=1)
         if self.nic_spec.kind == "pcap" and not os.path.isfile(self.nic_spec.arg):
             raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: no such file"])
+        if self.nic_spec.kind in ("afpacket", "afxdp"):
+            check_interface(self.nic_spec)  # exists; AF_XDP possible here
         blob = build_tables(self.config)
         self.cpus = parse_cpus(opts.cpus)
         remove_dead_runs()  # run folders and regions of runs proven dead (maglev/actors/leftovers.py)

@@ -31,6 +31,13 @@ alternatives: a short poll timeout (bounded latency but hundreds of wake-ups a s
 when idle) or rings deep enough that no producer ever waits for steering (a region
 layout change, and the ``ret`` rings would have to hold the whole pool each).
 
+Spare frames: every loop turn first keeps each worker's spare ring stocked
+(``mg_steer_spares``, see ``mg_steer.h``): the frames a DF-clear IPv4 packet's split
+pieces need at the default MTU of 1500 come from there, and the free frames the spare
+rings are owed are never handed to the NIC, so a refill never waits for traffic.
+``params["spares"]`` sets the reserve per worker (default ``MG_SPARE_RESERVE``, one
+burst; 0 turns it off).
+
 Back pressure needs no doorbell: while steering holds packets it cannot place, it backs
 off for a fraction of a millisecond (a worker drains a burst in ~0.1 ms) instead of
 sleeping until its own rings or the NIC have news, which could be 0.5 s.
@@ -129,6 +136,10 @@ class Steering(Actor):
         self._nic_drop_base = {w: int(self.stats_block[w]) for w in SS_NIC_DROPS.values()}
         self._recover()
         self.burst = int(p.get("burst", 256))
+        self.spares = int(p.get("spares", lib.MG_SPARE_RESERVE))
+        if not 0 <= self.spares <= lib.MG_SPARE_RING_SIZE:
+            raise ValueError(f"spares: {self.spares} is not within 0..{lib.MG_SPARE_RING_SIZE}")
+        check(lib.mg_steer_spares(self.st, self.base, self.spares), "steering spares")
         self.nic = open_rx(parse_nic(p["nic"]), vips=vip_targets(cfg), seed=int(p.get("seed", 1)))
         if self.spec.incarnation and hasattr(self.nic, "skip"):
             # A capture replay continues after what the dead steering read (received --
@@ -168,6 +179,7 @@ class Steering(Actor):
         for i in range(r.n_workers):
             r.rx(i).reset_producer()
             r.ret(i).reset_consumer()
+            r.spare(i).reset_producer()
         r.sent.reset_consumer()
         r.free.reset_producer()
         r.free.reset_consumer()
@@ -181,6 +193,8 @@ class Steering(Actor):
     def step(self) -> int:
         base, st = self.base, self.st
         check(lib.mg_steer_reclaim(st, base), "steering reclaim")
+        if not self.draining:
+            check(lib.mg_steer_spares(st, base, self.spares), "steering spares")
         holding = check(lib.mg_hand_count(base, self.slot), "hand count")
         if holding:
             left = check(lib.mg_steer_dispatch(st, base, holding, 0), "steering dispatch")
@@ -250,6 +264,7 @@ class Steering(Actor):
             self.bell_pipe.close()
         deadline = time.monotonic() + float(self.params.get("drain_s", 2.0))
         free = self.region.free
+        spares = [self.region.spare(i) for i in range(self.n_workers)]
         n_frames = self.region.n_frames
         r = self.region
         from maglev.rings import worker_slot
@@ -257,9 +272,12 @@ class Steering(Actor):
         held = [r.stats(worker_slot(i)) for i in range(self.n_workers)]
         while time.monotonic() < deadline:
             self.step()
-            # Fragments a worker holds come home only when it stops (its drain releases
-            # them): do not wait for those.
-            if free.count() + sum(int(h[lib.MG_WS_HELD]) for h in held) >= n_frames:
+            # Home: the free list and the spare rings (nobody refills those any more; a
+            # spare a worker takes now comes back through ret or sent).  Fragments a
+            # worker holds come home only when it stops (its drain releases them): do
+            # not wait for those.
+            home = free.count() + sum(sp.count() for sp in spares)
+            if home + sum(int(h[lib.MG_WS_HELD]) for h in held) >= n_frames:
                 break
             self.bell.wait(20)
 
@@ -285,6 +303,9 @@ class Steering(Actor):
             "fragments": int(s[lib.MG_SS_FRAGMENTS]),
             "recovered": int(s[lib.MG_SS_RECOVERED]),
             "lost": int(s[lib.MG_SS_LOST]),
+            "spare_reserve": int(s[lib.MG_SS_SPARE_RESERVE]),
+            "spares_sent": int(s[lib.MG_SS_SPARES_SENT]),
+            "spare_short": int(s[lib.MG_SS_SPARE_SHORT]),
             "eof": bool(getattr(self, "nic", None) is not None and self.nic.eof),
         }
         nic = getattr(self, "nic", None)

@@ -29,7 +29,7 @@ from maglev.native import check, ffi, lib
 FRAME = lib.MG_FRAME_SIZE
 META = lib.MG_FRAME_META_SIZE
 HEADROOM = lib.MG_FRAME_HEADROOM
-SPARE = 64  # free frames offered per burst for splitting DF-clear packets
+SPARE = BURST_MAX  # spare frames per burst: one per packet, as a worker has (mg_worker.h)
 
 
 class CDataPath:

@@ -53,7 +53,7 @@ from maglev.native import lib
 
 HEADROOM = 192
 EXPIRE_BUCKETS = lib.MG_DP_EXPIRE_BUCKETS
-SPARE = 64
+SPARE = 256  # spare frames per burst (= BURST_MAX): one per packet, as a worker has (mg_worker.h)
 ZERO_MAC = bytes(6)
 BCAST_MAC = b"\xff" * 6
 D = DROP_CODES

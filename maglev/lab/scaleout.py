@@ -94,7 +94,8 @@ class ScaleoutLab(Lab):
         n = int(spec.extra.get("instances", 3))
         # The base lab without its forwarder and without the router's static VIP routes.
         base = LabSpec(backends=spec.backends, encap=spec.encap, weights=spec.weights, prefix=spec.prefix,
-                       state_dir=spec.state_dir, forwarder=False, workers=spec.workers, ring=spec.ring)
+                       state_dir=spec.state_dir, forwarder=False, workers=spec.workers, ring=spec.ring,
+                       mtu=spec.mtu)
         super()._build(base)
         st = self.state
         st["complete"] = False
@@ -129,7 +130,7 @@ class ScaleoutLab(Lab):
         self.save()
         for i, inst in enumerate(instances, start=1):
             self._add_ns(inst["ns"])
-            self._server_port(router, f"pm{i}", inst["ns"], inst["mac"])
+            self._server_port(router, f"pm{i}", inst["ns"], inst["mac"], spec.mtu)
             ns = inst["ns"]
             ns_exec(ns, "ip", "addr", "add", f"{inst['ipv4']}/24", "dev", "eth0")
             ns_exec(ns, "ip", "-6", "addr", "add", f"{inst['ipv6']}/64", "dev", "eth0", "nodad")

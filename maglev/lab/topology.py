@@ -15,9 +15,11 @@ Topology (``P`` is the lab prefix, ``mglab`` for ``maglev lab``)::
 * Backends answer the client straight through the router (direct server return): the
   reply never enters the maglev namespace.  Their default route does not exist either;
   they have routes to the lab's client network only.
-* The server bridge has MTU 9000 and the client link 1500, so an encapsulated full-size
-  packet fits (the paper's deployment does the same: encapsulation overhead must fit the
-  fabric MTU).  The client's TCP segmentation offload is capped at one segment
+* Every link has MTU 1500 (``LabSpec.mtu`` sets the server side; 9000 gives the jumbo
+  fabric of the paper's deployment, where an encapsulated full-size packet fits).  At 1500
+  an encapsulated full-size packet does not fit: maglev splits a DF-clear IPv4 packet in
+  two and answers a DF one (and every IPv6 one) with ICMP "fragmentation needed"/"packet
+  too big", so the client's path MTU discovery shrinks its packets.  The client's TCP segmentation offload is capped at one segment
   (``gso_max_segs 1``): the forwarder must see wire-sized packets, as from a real NIC.
 * The maglev namespace keeps IP forwarding off and does not own the VIPs: its kernel
   drops the VIP packets silently, and only maglev's packet socket forwards them.
@@ -67,7 +69,7 @@ MAGLEV_V4, MAGLEV_V6 = "198.18.2.2", "2001:db8:2::2"
 VIP_V4, VIP_V6 = "203.0.113.10", "2001:db8:f::10"
 VIP_NET_V4, VIP_NET_V6 = "203.0.113.0/24", "2001:db8:f::/64"
 HTTP_PORT = 80
-SERVER_MTU = 9000
+SERVER_MTU = 1500  # the default server-side MTU (LabSpec.mtu)
 
 MAC_CLIENT = "02:00:00:01:00:02"
 MAC_ROUTER_C = "02:00:00:01:00:01"
@@ -131,6 +133,8 @@ class LabSpec:
     workers: int = 1
     forwarder_argv: tuple[str, ...] = ()  # override the forwarder command (tests, debugging)
     ring: str = ""  # AF_PACKET ring of the forwarder: "v3", "v2" or "" (the driver's default)
+    mtu: int = SERVER_MTU  # server bridge links and the forwarder's [instance] mtu
+    nic: str = ""  # the forwarder's --nic ("" = afpacket:eth0; e.g. "afxdp:eth0")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -142,6 +146,17 @@ class LabSpec:
             raise LabError(f"{len(self.weights)} weights given for {self.backends} backends")
         if any(w < 0 for w in self.weights) or (self.weights and not any(self.weights)):
             raise LabError("weights must be >= 0 and not all 0")
+        if self.nic:
+            from maglev.nic import NicSpecError, parse_nic
+
+            try:
+                kind = parse_nic(self.nic).kind
+            except NicSpecError as e:
+                raise LabError(str(e)) from None
+            if kind not in ("afpacket", "afxdp"):
+                raise LabError(f"--nic {self.nic}: the lab forwarder needs an interface NIC (afpacket or afxdp)")
+        if not 1280 <= self.mtu <= 9000:
+            raise LabError(f"--mtu must be 1280..9000, not {self.mtu}")
         if self.ring not in ("", "v2", "v3"):
             raise LabError(f"--ring must be v2 or v3, not {self.ring!r}")
         if not self.prefix.replace("-", "").isalnum() or len(self.prefix) > 20:
@@ -298,7 +313,7 @@ class Lab:
 
         # Router: client link, server bridge, forwarding, VIP routes toward maglev.
         self._veth(client, "eth0", router, "rc")
-        ns_exec(router, "ip", "link", "add", "br0", "mtu", str(SERVER_MTU), "type", "bridge", "stp_state", "0")
+        ns_exec(router, "ip", "link", "add", "br0", "mtu", str(spec.mtu), "type", "bridge", "stp_state", "0")
         ns_exec(router, "ip", "link", "set", "br0", "address", MAC_ROUTER_S, "up")
         ns_exec(router, "ip", "link", "set", "rc", "address", MAC_ROUTER_C, "up")
         ns_exec(router, "ip", "addr", "add", f"{ROUTER_C_V4}/24", "dev", "rc")
@@ -316,6 +331,11 @@ class Lab:
 
         # Client: lab routes only.  One segment per skb (no TSO): wire-sized packets.
         ns_exec(client, "ip", "link", "set", "eth0", "address", MAC_CLIENT, "gso_max_segs", "1", "up")
+        if spec.nic.startswith("afxdp"):
+            # AF_XDP hands over the bytes as they are, and a veth peer's local stack
+            # leaves TCP/UDP checksums to an offload that never happens (the AF_PACKET
+            # driver completes them; AF_XDP cannot tell): checksum in software instead.
+            tx_checksum_offload(client, "eth0", False)
         ns_exec(client, "ip", "addr", "add", f"{CLIENT_V4}/24", "dev", "eth0")
         ns_exec(client, "ip", "-6", "addr", "add", f"{CLIENT_V6}/64", "dev", "eth0", "nodad")
         for net in ("198.18.0.0/15", VIP_NET_V4):
@@ -324,7 +344,7 @@ class Lab:
             ns_exec(client, "ip", "-6", "route", "add", net, "via", ROUTER_C_V6)
 
         # Maglev: on the server bridge; the kernel neither forwards nor owns the VIPs.
-        self._server_port(router, "pm", mg, MAC_MAGLEV)
+        self._server_port(router, "pm", mg, MAC_MAGLEV, spec.mtu)
         ns_exec(mg, "ip", "addr", "add", f"{MAGLEV_V4}/24", "dev", "eth0")
         ns_exec(mg, "ip", "-6", "addr", "add", f"{MAGLEV_V6}/64", "dev", "eth0", "nodad")
         ns_exec(mg, "ip", "route", "add", "198.18.0.0/15", "via", ROUTER_S_V4)
@@ -349,14 +369,14 @@ class Lab:
         if spec.forwarder:
             self.spawn("maglev", mg, forwarder_argv(spec, self.state["config"]), env=forwarder_env(spec))
 
-    def _server_port(self, router: str, port: str, ns: str, mac: str) -> None:
-        self._veth(router, port, ns, "eth0", mtu=SERVER_MTU)
+    def _server_port(self, router: str, port: str, ns: str, mac: str, mtu: int = SERVER_MTU) -> None:
+        self._veth(router, port, ns, "eth0", mtu=mtu)
         ns_exec(router, "ip", "link", "set", port, "master", "br0", "up")
         ns_exec(ns, "ip", "link", "set", "eth0", "address", mac, "up")
 
     def _backend(self, spec: LabSpec, router: str, i: int, b: dict[str, Any]) -> None:
         ns = b["ns"]
-        self._server_port(router, f"pb{i}", ns, b["mac"])
+        self._server_port(router, f"pb{i}", ns, b["mac"], spec.mtu)
         ns_exec(ns, "ip", "addr", "add", f"{b['ipv4']}/24", "dev", "eth0")
         ns_exec(ns, "ip", "-6", "addr", "add", f"{b['ipv6']}/64", "dev", "eth0", "nodad")
         ns_exec(ns, "ip", "route", "add", "198.18.0.0/15", "via", ROUTER_S_V4)
@@ -387,7 +407,7 @@ class Lab:
             f'flow_hash_secret = "{secrets.token_hex(16)}"  # the lab\'s own, never the built-in one',
             f'source_ipv4 = "{MAGLEV_V4}"',
             f'source_ipv6 = "{MAGLEV_V6}"',
-            f"mtu = {SERVER_MTU}",
+            f"mtu = {spec.mtu}",
         ]
         for vip, fam in ((VIP_V4, "ipv4"), (VIP_V6, "ipv6")):
             for proto in ("tcp", "udp"):
@@ -516,6 +536,27 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
+def tx_checksum_offload(ns: str, dev: str, on: bool) -> None:
+    """``ethtool -K DEV tx on|off`` in namespace ``ns`` (SIOCETHTOOL ETHTOOL_STXCSUM;
+    the ethtool program is not needed)."""
+    import ctypes
+    import fcntl
+    import struct
+
+    from maglev.lab.nsenter import netns
+
+    val = ctypes.create_string_buffer(struct.pack("<II", 0x17, int(on)), 8)  # ETHTOOL_STXCSUM
+    ifreq = struct.pack("16sQ", dev.encode(), ctypes.addressof(val)).ljust(40, b"\0")
+    with netns(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(s.fileno(), 0x8946, ifreq)  # SIOCETHTOOL
+    except OSError as e:
+        raise LabError(f"cannot turn {dev}'s TX checksum offload {'on' if on else 'off'} in {ns}: {e.strerror}") from None
+    finally:
+        s.close()
+
+
 def forwarder_env(spec: LabSpec) -> dict[str, str]:
     """Environment for the forwarder: the AF_PACKET ring flavour when the spec names one."""
     return {"MAGLEV_AFPACKET_RING": spec.ring} if spec.ring else {}
@@ -530,7 +571,7 @@ def forwarder_argv(spec: LabSpec, config: str) -> list[str]:
     if env := os.environ.get("MAGLEV_LAB_FORWARDER"):
         subst = {"config": config, "iface": "eth0", "workers": str(spec.workers)}
         return [part.format(**subst) for part in shlex.split(env)]
-    return [*maglev_argv(), "run", "--config", config, "--nic", "afpacket:eth0", "--workers", str(spec.workers)]
+    return [*maglev_argv(), "run", "--config", config, "--nic", spec.nic or "afpacket:eth0", "--workers", str(spec.workers)]
 
 
 def list_netns() -> list[str]:

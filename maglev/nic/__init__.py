@@ -7,10 +7,17 @@ One small interface, several drivers, chosen on the command line (``--nic``, ``-
 ==========================  ==========================  ================================
 ``gen:flows=N,...``         in-memory generator (C)     ``null`` (count and discard)
 ``pcap:IN.pcap``            capture replay              ``null`` unless ``--out FILE``
-``afpacket:IFACE``          TPACKET_V3 ring             the same interface
+``afpacket:IFACE[,...]``    TPACKET_V2 ring             the same interface (TX ring)
+``afxdp:IFACE[,...]``       AF_XDP sockets + XDP prog   AF_PACKET TX ring, same iface
 ==========================  ==========================  ================================
 
 ``--out null`` or ``--out FILE.pcap`` overrides the transmit side.
+
+``afpacket`` options: ``ring=v2|v3`` (receive ring flavour, default v2), ``queues=N``
+(N receive sockets in one PACKET_FANOUT group, default 1), ``fanout=ID`` (the group id,
+default derived from the process id; give the same id to share an interface with another
+program's sockets).  ``afxdp`` options: ``queues=N`` (sockets on queues 0..N-1, default all),
+``mode=auto|copy|zerocopy``, ``busy_poll=US`` (see maglev/nic/afxdp.py).
 
 The pipeline opens the receive side in the steering process and the transmit side in the
 muxer process (two different objects, two processes).  A driver object offers the verbs
@@ -34,7 +41,10 @@ from typing import Any, Protocol
 
 from maglev.errors import MaglevError
 
-__all__ = ["NicSpec", "NicSpecError", "RxNic", "TxNic", "open_rx", "open_tx", "parse_nic", "parse_out"]
+__all__ = [
+    "NicSpec", "NicSpecError", "RxNic", "TxNic", "check_interface", "open_rx", "open_tx", "parse_nic",
+    "parse_out",
+]
 
 
 class NicSpecError(MaglevError, ValueError):
@@ -69,13 +79,56 @@ class NicSpec:
         return dict(self.options)
 
     def __str__(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in self.options)
         if self.kind == "gen":
-            return "gen:" + ",".join(f"{k}={v}" for k, v in self.options)
-        return f"{self.kind}:{self.arg}" if self.arg else self.kind
+            return "gen:" + opts
+        text = f"{self.kind}:{self.arg}" if self.arg else self.kind
+        return f"{text},{opts}" if opts else text
+
+
+# Options each interface driver takes, with a checker that returns an error or "".
+def _int_in(lo: int, hi: int):
+    def chk(v: str) -> str:
+        return "" if v.isdigit() and lo <= int(v) <= hi else f"must be an integer {lo}..{hi}"
+
+    return chk
+
+
+def _one_of(*names: str):
+    def chk(v: str) -> str:
+        return "" if v in names else f"must be one of {', '.join(names)}"
+
+    return chk
+
+
+IFACE_OPTIONS: dict[str, dict[str, Any]] = {
+    "afpacket": {"ring": _one_of("v2", "v3"), "queues": _int_in(1, 64), "fanout": _int_in(0, 65535)},
+    "afxdp": {"queues": _int_in(1, 64), "mode": _one_of("auto", "copy", "zerocopy"),
+              "busy_poll": _int_in(0, 1000000)},
+}
+
+
+def _iface_spec(text: str, kind: str, rest: str) -> NicSpec:
+    iface, *items = rest.split(",")
+    if not iface or len(iface) > 15 or "/" in iface or any(c.isspace() for c in iface):
+        raise NicSpecError(f"--nic {text}: {iface!r} is not an interface name")
+    allowed = IFACE_OPTIONS[kind]
+    opts = []
+    for item in items:
+        k, eq, v = item.partition("=")
+        k, v = k.strip(), v.strip()
+        if not eq or not k:
+            raise NicSpecError(f"--nic {text}: {item!r} is not key=value")
+        if k not in allowed:
+            raise NicSpecError(f"--nic {text}: unknown option {k!r} for {kind} (known: {', '.join(allowed)})")
+        if err := allowed[k](v):
+            raise NicSpecError(f"--nic {text}: {k} {err}")
+        opts.append((k, v))
+    return NicSpec(kind, iface, tuple(opts))
 
 
 def parse_nic(text: str) -> NicSpec:
-    """``gen[:k=v,...]``, ``pcap:PATH``, ``afpacket:IFACE``."""
+    """``gen[:k=v,...]``, ``pcap:PATH``, ``afpacket:IFACE[,k=v,...]``."""
     kind, sep, rest = text.partition(":")
     if kind == "gen":
         opts = []
@@ -88,23 +141,43 @@ def parse_nic(text: str) -> NicSpec:
 
         validate_options(dict(opts), where=f"--nic {text}")
         return NicSpec("gen", "", tuple(opts))
-    if kind in ("pcap", "afpacket"):
+    if kind in ("pcap", "afpacket", "afxdp"):
         if not sep or not rest:
             what = "a capture file" if kind == "pcap" else "an interface name"
             raise NicSpecError(f"--nic {text}: {kind} needs {what}, as {kind}:NAME")
+        if kind in ("afpacket", "afxdp"):
+            return _iface_spec(text, kind, rest)
         return NicSpec(kind, rest)
-    raise NicSpecError(f"--nic {text}: unknown NIC {kind!r} (use gen:..., pcap:FILE or afpacket:IFACE)")
+    raise NicSpecError(f"--nic {text}: unknown NIC {kind!r} (use gen:..., pcap:FILE, afpacket:IFACE or afxdp:IFACE)")
 
 
 def parse_out(text: str | None, nic: NicSpec) -> NicSpec:
     """The transmit side: ``null``, a pcap file path, or (default) what ``nic`` implies."""
     if text is None or text == "":
-        return NicSpec("afpacket", nic.arg) if nic.kind == "afpacket" else NicSpec("null")
+        # afxdp receives through AF_XDP and transmits through the AF_PACKET TX ring.
+        return NicSpec("afpacket", nic.arg) if nic.kind in ("afpacket", "afxdp") else NicSpec("null")
     if text == "null":
         return NicSpec("null")
     if text.startswith("afpacket:"):
-        return parse_nic(text)
+        return NicSpec("afpacket", parse_nic(text).arg)
     return NicSpec("pcap", text.removeprefix("pcap:"))
+
+
+def check_interface(spec: NicSpec) -> None:
+    """Before any process starts (``maglev run``): the interface of an ``afpacket`` or
+    ``afxdp`` NIC exists, and for afxdp, AF_XDP can be set up here (else one sentence
+    saying why and which --nic to use instead)."""
+    import socket
+
+    try:
+        socket.if_nametoindex(spec.arg)
+    except OSError:
+        raise NicSpecError(f"--nic {spec}: no network interface named {spec.arg!r} here") from None
+    if spec.kind == "afxdp":
+        from maglev.nic.afxdp import why_no_afxdp
+
+        if reason := why_no_afxdp():
+            raise NicSpecError(f"--nic {spec}: {reason}".replace("IFACE", spec.arg))
 
 
 def open_rx(spec: NicSpec, *, vips: Any = None, seed: int = 1) -> RxNic:
@@ -118,11 +191,15 @@ def open_rx(spec: NicSpec, *, vips: Any = None, seed: int = 1) -> RxNic:
 
         return PcapRx(spec.arg)
     if spec.kind == "afpacket":
-        from maglev.nic.afpacket import AfPacketNic
+        from maglev.nic.afpacket import open_afpacket_rx
 
-        nic = AfPacketNic(spec.arg)
-        nic.eof = False  # type: ignore[attr-defined]
-        return nic  # type: ignore[return-value]
+        return open_afpacket_rx(spec.arg, spec.option_dict())  # type: ignore[return-value]
+    if spec.kind == "afxdp":
+        from maglev.nic.afxdp import AfXdpNic
+
+        o = spec.option_dict()
+        return AfXdpNic(spec.arg, vips=vips or (), queues=int(o.get("queues", 0)),  # type: ignore[return-value]
+                        mode=o.get("mode", "auto"), busy_poll=int(o.get("busy_poll", 0)))
     raise NicSpecError(f"{spec}: cannot receive from this NIC")
 
 

@@ -1,4 +1,5 @@
-"""AF_PACKET NIC (``--nic afpacket:IFACE``): a TPACKET_V3 receive ring and sendmmsg transmit.
+"""AF_PACKET NIC (``--nic afpacket:IFACE[,ring=v2|v3,queues=N,fanout=ID]``): a TPACKET_V2
+receive ring and a TPACKET_V2 transmit ring with PACKET_QDISC_BYPASS.
 
 The per-packet work is C (``mg_afpacket.c``; its header has the design notes): one call
 receives a burst from the mmap'd ring straight into frames of the shared frame pool, one
@@ -11,11 +12,16 @@ socket), and survives the interface going away:
 * the interface deleted and created again (new ifindex): :meth:`AfPacketNic.maintain`
   notices the name now points at another ifindex and reopens the socket.
 
-Two ring flavours (``ring="v3"``, the default, or ``"v2"``; or ``MAGLEV_AFPACKET_RING``
-in the environment, which reaches the steering process that ``maglev run`` starts): V3
-hands over whole blocks and retires a partly filled block only after a timer that counts
-in jiffies (4-8 ms at HZ=250), which is a latency floor at low packet rates; V2 hands over
-every packet at once.  See the header ``mg_afpacket.h`` for the trade-off.
+Two receive ring flavours (``ring="v2"``, the default, or ``"v3"``; or
+``MAGLEV_AFPACKET_RING`` in the environment, which reaches the steering process that
+``maglev run`` starts): V3 hands over whole blocks and wakes the reader only when a block
+is retired, after a timer that counts in jiffies, a latency floor of about a millisecond
+at low packet rates that no V3 setting removes; V2 hands over every packet at once (wake-up
+p50 ~0.05 ms).  See ``mg_afpacket.h`` and docs/nic.md for the numbers.
+
+Several receive sockets on one interface (``queues=N`` on the command line: steering
+opens N) share its packets through PACKET_FANOUT (hash, defragmenting), group ``fanout``
+(default: derived from the process id).
 
 The receive ring is created on first use (``rx_burst``, ``wait`` or ``fileno``): the
 pipeline opens one object for receiving (steering) and another for transmitting (muxer),
@@ -38,10 +44,10 @@ from typing import Any
 from maglev.errors import MaglevError, NotRootError
 from maglev.native import check, ffi, lib
 
-__all__ = ["RINGS", "AfPacketNic", "NicError"]
+__all__ = ["RINGS", "AfPacketMulti", "AfPacketNic", "NicError", "open_afpacket_rx"]
 
-# TPACKET_V3 (blocks, the default: fewest wake-ups at high rates) or TPACKET_V2 (one frame
-# per packet: no block-retire latency floor).  ``MAGLEV_AFPACKET_RING`` picks the default.
+# TPACKET_V2 (one frame per packet: no block-retire latency floor; the default) or
+# TPACKET_V3 (blocks: fewest wake-ups at high rates).  ``MAGLEV_AFPACKET_RING`` overrides.
 RINGS = {"v3": lib.MG_AFP_RING_V3, "v2": lib.MG_AFP_RING_V2}
 
 _STAT_FIELDS = (
@@ -57,6 +63,7 @@ _STAT_FIELDS = (
     "tx_bytes",
     "tx_errors",
     "tx_calls",
+    "tx_ring_full",
 )
 
 
@@ -85,12 +92,16 @@ class AfPacketNic:
         qdisc_bypass: bool = True,
         fix_checksums: bool = True,
         ring: str | None = None,
+        fanout: int | None = None,
     ) -> None:
         self.iface = iface
-        ring = ring or os.environ.get("MAGLEV_AFPACKET_RING", "") or "v3"
+        ring = ring or os.environ.get("MAGLEV_AFPACKET_RING", "") or "v2"
         if ring not in RINGS:
             raise NicError(errno.EINVAL, f"afpacket: ring {ring!r} is not one of {', '.join(RINGS)}")
         self.ring = ring
+        if fanout is not None and not 0 <= fanout <= 0xFFFF:
+            raise NicError(errno.EINVAL, f"afpacket: fanout group {fanout} is not within 0..65535")
+        self.fanout = fanout
         self._geometry = (block_size, block_nr, tov_ms)
         self._flags = (0 if qdisc_bypass else lib.MG_AFP_F_NO_QDISC_BYPASS) | (
             0 if fix_checksums else lib.MG_AFP_F_NO_CSUM_FIX
@@ -148,6 +159,10 @@ class AfPacketNic:
         bs, bn, tov = self._geometry
         check(lib.mg_afp_rx_enable(self._afp, RINGS[self.ring], bs, bn, tov),
               f"afpacket: {self.ring} RX ring on {self.iface}")
+        if self.fanout is not None:
+            check(lib.mg_afp_fanout(self._afp, self.fanout),
+                  f"afpacket: fan-out group {self.fanout} on {self.iface} (another program's group, "
+                  "or one with other settings?)")
         self._poll = select.poll()
         self._poll.register(self._afp.fd, select.POLLIN | select.POLLERR)
         for fd in self._also:
@@ -271,6 +286,86 @@ class AfPacketNic:
         out["ring"] = self.ring  # type: ignore[assignment]
         out["last_tx_errno"] = int(self._afp.last_tx_errno)
         return out
+
+
+class AfPacketMulti:
+    """N receive sockets on one interface in one PACKET_FANOUT group (hash of the flow,
+    fragments reassembled for the hash), read round-robin: what ``queues=N`` opens."""
+
+    kind = "afpacket"
+
+    def __init__(self, iface: str, queues: int, *, ring: str | None = None, fanout: int | None = None):
+        if fanout is None:
+            fanout = os.getpid() & 0xFFFF
+        self.iface = iface
+        self.eof = False
+        self.nics: list[AfPacketNic] = []
+        try:
+            for _ in range(queues):
+                nic = AfPacketNic(iface, ring=ring, fanout=fanout)
+                nic.start_rx()
+                self.nics.append(nic)
+        except BaseException:
+            self.close()
+            raise
+        self.ring = self.nics[0].ring
+        self._next = 0
+        self._poll = select.poll()
+        for nic in self.nics:
+            self._poll.register(nic.fileno(), select.POLLIN | select.POLLERR)
+
+    def rx_burst(self, pool: Any, descs: Any, n: int) -> int:
+        k = len(self.nics)
+        for i in range(k):
+            nic = self.nics[(self._next + i) % k]
+            got = nic.rx_burst(pool, descs, n)
+            if got:
+                self._next = (self._next + i + 1) % k
+                return got
+        return 0
+
+    def wake_on(self, fd: int) -> None:
+        self._poll.register(fd, select.POLLIN)
+
+    def wait(self, timeout_s: float) -> bool:
+        try:
+            events = self._poll.poll(max(0, int(timeout_s * 1000)))
+        except InterruptedError:
+            return True
+        for fd, ev in events:
+            if ev & select.POLLERR:
+                for nic in self.nics:
+                    if nic.fileno() == fd:
+                        nic._clear_error()
+        return bool(events)
+
+    def maintain(self) -> None:
+        for nic in self.nics:
+            nic.maintain()
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for nic in self.nics:
+            for k, v in nic.stats().items():
+                out[k] = out.get(k, 0) + v if isinstance(v, int) else v
+        out["queues"] = len(self.nics)
+        return out
+
+    def close(self) -> None:
+        for nic in self.nics:
+            nic.close()
+
+
+def open_afpacket_rx(iface: str, options: dict[str, str]) -> AfPacketNic | AfPacketMulti:
+    """The receive side ``--nic afpacket:IFACE,...`` asks for (options already checked)."""
+    queues = int(options.get("queues", 1))
+    ring = options.get("ring") or None
+    fanout = int(options["fanout"]) if "fanout" in options else None
+    if queues == 1:
+        nic = AfPacketNic(iface, ring=ring, fanout=fanout)
+        nic.eof = False  # type: ignore[attr-defined]
+        return nic
+    return AfPacketMulti(iface, queues, ring=ring, fanout=fanout)
 
 
 def csum_complete(frame: bytearray) -> bool:

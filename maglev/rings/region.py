@@ -17,6 +17,7 @@ Design (the long version is docs/rings.md and the comments in the C headers):
     ``ret(i)``   worker i    steering    dropped frames (back to the pool)
     ``sent``     muxer       steering    transmitted frames (back to the pool)
     ``free``     steering    steering    the free list (steering's alone)
+    ``spare(i)`` steering    worker i    empty frames for split pieces
     ===========  ==========  ==========  ===================================
 
   The free list is a ring in shared memory that only steering touches, so a frame is
@@ -56,7 +57,9 @@ RING_TX = int(lib.MG_RING_TX)
 RING_RET = int(lib.MG_RING_RET)
 RING_SENT = int(lib.MG_RING_SENT)
 RING_FREE = int(lib.MG_RING_FREE)
-_KIND_NAMES = {RING_RX: "rx", RING_TX: "tx", RING_RET: "ret", RING_SENT: "sent", RING_FREE: "free"}
+RING_SPARE = int(lib.MG_RING_SPARE)
+_KIND_NAMES = {RING_RX: "rx", RING_TX: "tx", RING_RET: "ret", RING_SENT: "sent", RING_FREE: "free",
+               RING_SPARE: "spare"}
 
 BELL_STEERING = int(lib.MG_BELL_STEERING)
 BELL_MUXER = int(lib.MG_BELL_MUXER)
@@ -734,6 +737,9 @@ class Region:
     def ret(self, i: int) -> Ring:
         return self._worker_ring(RING_RET, i)
 
+    def spare(self, i: int) -> Ring:
+        return self._worker_ring(RING_SPARE, i)
+
     @property
     def sent(self) -> Ring:
         return self.ring(RING_SENT, 0)
@@ -745,7 +751,7 @@ class Region:
     def all_rings(self) -> list[Ring]:
         out = [self.free, self.sent]
         for i in range(self.n_workers):
-            out += [self.rx(i), self.tx(i), self.ret(i)]
+            out += [self.rx(i), self.tx(i), self.ret(i), self.spare(i)]
         return out
 
     def ring_by_id(self, ring_id: int) -> Ring:

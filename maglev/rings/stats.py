@@ -92,6 +92,9 @@ def worker_counters(words: Any) -> dict[str, Any]:
         "table_swaps": int(words[lib.MG_WS_TABLE_SWAPS]),
         "tables_generation": int(words[lib.MG_WS_GENERATION]),
         "bursts": int(words[lib.MG_WS_BURSTS]),
+        "spares": int(words[lib.MG_WS_SPARES]),
+        "spares_used": int(words[lib.MG_WS_SPARES_USED]),
+        "spare_waits": int(words[lib.MG_WS_SPARE_WAITS]),
         "dropped": drops,
     }
 
@@ -107,6 +110,8 @@ def steering_counters(words: Any) -> dict[str, int]:
         "recovered": int(words[lib.MG_SS_RECOVERED]), "bursts": int(words[lib.MG_SS_BURSTS]),
         "reclaimed": int(words[lib.MG_SS_RECLAIMED]), "lost": int(words[lib.MG_SS_LOST]),
         "first_rx_ns": int(words[lib.MG_SS_FIRST_RX_NS]), "last_rx_ns": int(words[lib.MG_SS_LAST_RX_NS]),
+        "spare_reserve": int(words[lib.MG_SS_SPARE_RESERVE]), "spares_sent": int(words[lib.MG_SS_SPARES_SENT]),
+        "spare_short": int(words[lib.MG_SS_SPARE_SHORT]),
         "packets_in": int(words[lib.MG_SS_RX_PACKETS]) + sum(nic.values()),
         **{f"nic_{k}": v for k, v in nic.items()},
     }

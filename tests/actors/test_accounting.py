@@ -134,3 +134,68 @@ def test_maglev_run_with_generator_survives_kill_9_of_every_actor_and_balances(t
     print(f"\nmaglev run, 4 actors killed: in={s['packets_in']} fwd={s['forwarded']} dropped={s['dropped']}")
     assert s["restarts"] == {**s["restarts"], "steering": 1, "worker-0": 1, "worker-1": 1, "muxer": 1}
     exact(s)
+
+
+def _split_capture(path: Path, n: int) -> None:
+    """n full-size DF-clear UDP packets to the sample config's IPIP VIP: each one is split
+    in two by the encapsulation at MTU 1500, so every packet takes a spare frame."""
+    from maglev.nic.pcapfile import PcapWriter
+    from maglev.testing import packets as P
+
+    client, vip = "198.51.100.9", "203.0.113.20"
+    body = bytes(1500 - 20 - 8)
+    flows = [P.eth(P.ipv4(client, vip, P.UDP, P.udp(1000 + i, 53, body, src=client, dst=vip), df=False))
+             for i in range(256)]
+    with PcapWriter(path) as w:
+        for i in range(n):
+            w.write(flows[i % len(flows)], 10**9 + i * 1000)
+
+
+@pytest.mark.parametrize("victim", ["steering", "worker-0", "muxer"])
+def test_kill_9_while_packets_are_split_into_spare_frames_stays_exact(tmp_path, victim):
+    """Spare frames (steering -> worker spare rings) under kill -9: a worker that dies with
+    used spares in its hand, a muxer holding both pieces of packets, a steering killed
+    while topping the spare rings up -- packets_in == forwarded + sum(dropped) exactly,
+    pieces are never counted as packets, and the pool (spare rings included) is whole."""
+    rnd = random.Random(f"split-{victim}-{os.getpid()}")
+    cap = tmp_path / "big.pcap"
+    n = 40000
+    _split_capture(cap, n)
+    p = Pipeline(PipelineOptions(workers=2, nic=f"pcap:{cap}", ring_size=256))
+    kills = 5
+    try:
+        p.start()
+        sup = p.supervisor
+        deadline = time.monotonic() + 60
+        while p.counters()["packets_in"] < 1000:
+            assert time.monotonic() < deadline, "no traffic"
+            p.poll(0.02)
+        under_load = 0
+        for _ in range(kills):
+            t = time.monotonic() + rnd.uniform(0.02, 0.15)
+            while time.monotonic() < t:
+                p.poll(0.01)
+            old = sup.pid(victim)
+            under_load += p.counters()["packets_in"] < n
+            os.kill(old, signal.SIGKILL)
+            t0 = time.monotonic()
+            while not (sup.alive(victim) and sup.pid(victim) != old):
+                assert time.monotonic() - t0 < 10, "no replacement"
+                p.poll(0.01)
+        deadline = time.monotonic() + 120
+        while not p.eof:
+            assert time.monotonic() < deadline, "the replay never ended"
+            p.poll(0.05)
+        p.stop()
+        s = p.summary()
+    finally:
+        p.close()
+    print(f"\n{victim} killed {kills}x ({under_load} during the replay) while splitting: in={s['packets_in']} "
+          f"fwd={s['forwarded']} dropped={s['dropped']} spares_used={sum(w['spares_used'] for w in s['per_worker'])}")
+    assert under_load >= 1, "every kill landed after the replay: nothing was tested under load"
+    assert s["restarts"][victim] == kills
+    exact(s)
+    assert s["packets_in"] == n  # a restarted steering continues the replay where it was
+    unexpected = set(s["dropped"]) - {"steering_restart", "worker_restart", "muxer_restart"}
+    assert not unexpected, s["dropped"]  # in particular no no_spare_frame, no too_big
+    assert sum(w["spares_used"] for w in s["per_worker"]) >= s["forwarded"] > 0

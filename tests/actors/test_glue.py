@@ -246,3 +246,169 @@ def test_replacement_steering_counts_the_packets_a_dead_one_held(region, when):
     # Every received packet is on an rx ring or counted lost.
     assert s[lib.MG_SS_RX_PACKETS] == on_rings + s[lib.MG_SS_LOST]
     assert region.account().ok
+
+
+# --------------------------------------------------------------- spare frames (h-nic)
+# A DF-clear packet too big for the MTU once encapsulated is split; its second piece is
+# written into a spare frame (steering -> worker spare ring).  Spares are marked
+# MG_ACCT_PIECE, so with exact accounting a piece is never counted as a packet: not by a
+# replacement worker, not by the muxer (tx_error, muxer_restart), not by a replacement
+# steering killed while topping the spare rings up.
+
+def _big(n: int) -> list[bytes]:
+    from maglev.testing import packets as P
+
+    client, vip = "198.51.100.9", "203.0.113.20"  # sample config: UDP VIP, IPIP (+20 B)
+    body = bytes(1500 - 20 - 8)
+    return [P.eth(P.ipv4(client, vip, P.UDP, P.udp(1000 + i, 53, body, src=client, dst=vip), df=False))
+            for i in range(n)]
+
+
+def _receive_packets(r: Region, st, pkts: list[bytes]) -> None:
+    """One steering turn with a NIC that fills the taken frames with ``pkts``."""
+    assert check(lib.mg_steer_take(st, r.base, len(pkts)), "take") == len(pkts)
+    for d, pkt in zip(_hand(r, SLOT_STEERING), pkts, strict=True):
+        m = meta(r, d)
+        m.data_off = lib.MG_FRAME_HEADROOM
+        m.len = m.wire_len = len(pkt)
+        ffi.memmove(r.pool_ptr + d * lib.MG_FRAME_SIZE + lib.MG_FRAME_META_SIZE + lib.MG_FRAME_HEADROOM,
+                    pkt, len(pkt))
+    assert check(lib.mg_steer_dispatch(st, r.base, len(pkts), 1), "dispatch") == 0
+
+
+def _publish(r: Region) -> None:
+    from maglev.config import load_config
+    from maglev.datapath.tables import build_tables
+
+    r.tables.publish(build_tables(load_config("")), [], 1.0)
+
+
+def test_spares_are_marked_pieces_and_the_muxer_counts_packets_not_pieces(region):
+    _publish(region)
+    st = steer(region)
+    assert check(lib.mg_steer_spares(st, region.base, 16), "spares") == 32
+    for i in range(2):
+        assert region.spare(i).count() == 16
+        assert all(meta(region, d).acct == lib.MG_ACCT_PIECE for d in region.spare(i).snapshot())
+    _receive_packets(region, st, _big(8))
+    mux = ffi.new("struct mg_mux *")
+    check(lib.mg_mux_init(mux, region.base, SLOT_MUXER), "mux init")
+    fwd = 0
+    for w in range(2):
+        k = region.rx(w).count()
+        if not k:
+            continue
+        worker = ffi.gc(lib.mg_worker_new(region.base, w, 1024, K0, K1, 64, time.monotonic_ns()),
+                        lib.mg_worker_free)
+        assert lib.mg_worker_burst(worker, region.base, time.monotonic_ns()) == k
+        s = region.stats(worker_slot(w))
+        assert (s[lib.MG_WS_FORWARDED], s[lib.MG_WS_SPARES_USED]) == (k, k)  # one spare per packet
+        out = region.tx(w).snapshot()
+        assert len(out) == 2 * k  # every packet in two pieces
+        pieces = [d for d in out if meta(region, d).acct & lib.MG_ACCT_PIECE]
+        assert len(pieces) == k
+        assert all(meta(region, d).acct == lib.MG_ACCT_COUNTED | lib.MG_ACCT_PIECE | lib.MG_VERDICT_FORWARD
+                   for d in pieces)
+        fwd += k
+    assert fwd == 8
+    # The NIC refuses every frame: 16 tx errors, but 8 forwarded packets lost, not 16.
+    assert lib.mg_mux_collect(mux, region.base, 64) == 16
+    assert lib.mg_mux_done(mux, region.base, 0, 16) == 0
+    m = region.stats(SLOT_MUXER)
+    assert (m[lib.MG_MS_TX_ERRORS], m[lib.MG_MS_TX_ERRORS_FWD]) == (16, 8)
+    assert region.account().ok
+
+
+def test_replacement_worker_never_counts_a_used_spare_as_a_packet(region):
+    _publish(region)
+    st = steer(region)
+    check(lib.mg_steer_spares(st, region.base, 16), "spares")
+    _receive_packets(region, st, _big(4))
+    w = 0 if region.rx(0).count() else 1
+    n = region.rx(w).count()
+    slot = worker_slot(w)
+    # A worker that died after its data path split n packets and it pulled the n used
+    # spares into its hand, before its stats commit: nothing of the burst is counted.
+    assert lib.mg_hand_pull(region.base, slot, region.rx(w).id, n) == n
+    assert lib.mg_hand_pull(region.base, slot, region.spare(w).id, n) == n
+    held = region.hand(slot).descs()
+    for d in held:
+        meta(region, d).verdict = lib.MG_VERDICT_FORWARD
+    stats = region.stats(slot)
+    for _ in range(2):  # idempotent
+        worker = ffi.gc(lib.mg_worker_new(region.base, w, 1024, K0, K1, 64, time.monotonic_ns()),
+                        lib.mg_worker_free)
+        assert lib.mg_worker_recover(worker, region.base) in (2 * n, 0)
+        assert stats[lib.MG_WS_RESTART_DROPS] == n  # the packets, not their pieces
+        assert stats[lib.MG_WS_PACKETS_IN] == n
+        assert region.tx(w).count() == 0  # an uncounted piece is never sent
+        assert region.ret(w).snapshot() == held
+    # The same after the commit: a counted piece finishes its way (tx) like its packet,
+    # and a muxer that dies holding both counts one forwarded packet lost.
+    _receive_packets(region, st, _big(4))
+    w2 = 0 if region.rx(0).count() else 1
+    n2 = region.rx(w2).count()
+    slot2 = worker_slot(w2)
+    assert lib.mg_hand_pull(region.base, slot2, region.rx(w2).id, n2) == n2
+    assert lib.mg_hand_pull(region.base, slot2, region.spare(w2).id, n2) == n2
+    held2 = region.hand(slot2).descs()
+    for d in held2:
+        m = meta(region, d)
+        m.verdict = lib.MG_VERDICT_FORWARD
+        m.acct = lib.MG_ACCT_COUNTED | (m.acct & lib.MG_ACCT_PIECE) | lib.MG_VERDICT_FORWARD
+    before = int(region.stats(slot2)[lib.MG_WS_RESTART_DROPS])
+    worker = ffi.gc(lib.mg_worker_new(region.base, w2, 1024, K0, K1, 64, time.monotonic_ns()),
+                    lib.mg_worker_free)
+    assert lib.mg_worker_recover(worker, region.base) == 2 * n2
+    assert region.stats(slot2)[lib.MG_WS_RESTART_DROPS] == before
+    assert region.tx(w2).snapshot() == held2
+    mux = ffi.new("struct mg_mux *")
+    check(lib.mg_mux_init(mux, region.base, SLOT_MUXER), "mux init")
+    assert lib.mg_mux_collect(mux, region.base, 64) == 2 * n2  # ... and the muxer dies here
+    for _ in range(2):  # idempotent
+        mux2 = ffi.new("struct mg_mux *")
+        check(lib.mg_mux_init(mux2, region.base, SLOT_MUXER), "mux init")
+        region.hand(SLOT_MUXER).recover()
+        assert lib.mg_mux_recover(mux2, region.base) in (2 * n2, 0)
+        assert region.stats(SLOT_MUXER)[lib.MG_MS_LOST_FWD] == n2
+    assert region.account().ok
+
+
+def test_spare_topup_behind_held_packets_and_a_steering_killed_inside_it(region):
+    """mg_steer_spares moves free frames (with stale lengths) through the hand behind the
+    packets back pressure left there: the RECLAIMING state makes a replacement count only
+    those packets."""
+    st = steer(region)
+    gen = GenNic(VIPS, flows=50, seed=3)
+    s = region.stats(SLOT_STEERING)
+    while True:  # rings of 64: received and counted, what does not fit stays in the hand
+        kept = receive(region, st, gen, 64)
+        if kept:
+            break
+    assert s[lib.MG_SS_BATCH] == lib.MG_SS_B_COUNTED
+    held = _hand(region, SLOT_STEERING)
+    assert check(lib.mg_steer_spares(st, region.base, 8), "spares") == 16
+    assert _hand(region, SLOT_STEERING) == held  # the packets stay, in order
+    assert s[lib.MG_SS_BATCH] == lib.MG_SS_B_COUNTED  # restored
+    assert region.spare(0).count() == region.spare(1).count() == 8
+    assert region.account().ok
+    # Killed inside the next top-up, after pulling free frames behind the packets (the
+    # state mg_steer_spares writes before it pulls).
+    out = ffi.new("uint64_t[]", 8)
+    assert region.spare(0).dequeue(out, 8) == 8  # a worker used them; they came home
+    region.free.enqueue(out, 8)
+    s[lib.MG_SS_HELD] = kept
+    s[lib.MG_SS_BATCH] = lib.MG_SS_B_RECLAIMING
+    assert lib.mg_hand_pull(region.base, SLOT_STEERING, region.free.id, 8) == 8
+    for d in _hand(region, SLOT_STEERING)[kept:]:
+        meta(region, d).len = 60  # stale lengths of earlier packets: not packets now
+    rx = int(s[lib.MG_SS_RX_PACKETS])
+    on_rings = sum(region.rx(i).count() for i in range(2))
+    for _ in range(2):  # idempotent
+        st2 = steer(region)
+        region.hand(SLOT_STEERING).recover()
+        assert lib.mg_steer_recover(st2, region.base) >= 0
+        assert s[lib.MG_SS_RX_PACKETS] == rx
+        assert s[lib.MG_SS_LOST] == kept
+    assert s[lib.MG_SS_RX_PACKETS] == on_rings + s[lib.MG_SS_LOST]
+    assert region.account().ok

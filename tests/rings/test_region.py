@@ -42,14 +42,16 @@ def test_frames_start_with_headroom_and_pool_is_addressable(make_region):
 def test_layout_is_page_aligned_and_lines_do_not_overlap(make_region):
     r = make_region(4, n_frames=100, ring_size=16)
     h = r._hdr
-    offs = [h.pool_off, h.rings_off, h.free_ring_off, h.bells_off, h.hands_off, h.slots_off,
+    offs = [h.pool_off, h.rings_off, h.free_ring_off, h.spare_rings_off, h.bells_off, h.hands_off, h.slots_off,
             h.stats_off, h.tables_off, h.tables_copy_off[0], h.tables_copy_off[1], h.total_size]
     assert offs == sorted(offs) and all(o % 4096 == 0 for o in offs)
     assert h.ring_stride % 64 == 0 and h.hand_stride % 64 == 0
-    # ring ids: rx 0..N-1, tx N..2N-1, ret 2N..3N-1, sent 3N, free 3N+1; all distinct
+    # ring ids: rx 0..N-1, tx N..2N-1, ret 2N..3N-1, sent 3N, free 3N+1, spare 3N+2..4N+1
     ids = [x.id for x in r.all_rings()]
-    assert sorted(ids) == list(range(3 * 4 + 2))
+    assert sorted(ids) == list(range(4 * 4 + 2))
     assert r.ring_by_id(r.tx(2).id) is r.tx(2)
+    assert r.ring_by_id(r.spare(3).id) is r.spare(3) and r.spare(3).id == 4 * 4 + 1
+    assert r.spare(0).size == lib.MG_SPARE_RING_SIZE and r.spare(0).bell is None
 
 
 def test_attach_sees_the_same_memory(make_region):

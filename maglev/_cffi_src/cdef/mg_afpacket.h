@@ -20,6 +20,7 @@ struct mg_afp_stats {
     uint64_t tx_bytes;
     uint64_t tx_errors;
     uint64_t tx_calls;
+    uint64_t tx_ring_full;
 };
 
 struct mg_afp {
@@ -30,6 +31,7 @@ struct mg_afp {
     uint32_t block_nr;
     uint32_t version;
     int last_tx_errno;
+    int tx_fd;
     struct mg_afp_stats stats;
     ...;
 };
@@ -37,6 +39,7 @@ struct mg_afp {
 int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t flags);
 int mg_afp_rx_enable(struct mg_afp *afp, uint32_t version, uint32_t block_size, uint32_t block_nr,
                      uint32_t tov_ms);
+int mg_afp_fanout(struct mg_afp *afp, uint16_t group);
 void mg_afp_close(struct mg_afp *afp);
 int mg_afp_rx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);
 int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);

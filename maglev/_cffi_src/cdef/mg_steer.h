@@ -20,6 +20,10 @@
 #define MG_SS_HELD 15
 #define MG_SS_NIC_UNSUPPORTED_LINKTYPE 16
 #define MG_SS_NIC_FRAME_OVERFLOW 17
+#define MG_SS_SPARE_RESERVE 18
+#define MG_SS_SPARES_SENT 19
+#define MG_SS_SPARE_SHORT 20
+#define MG_SPARE_RESERVE ...
 #define MG_MS_TX_PACKETS 0
 #define MG_MS_TX_BYTES 1
 #define MG_MS_TX_ERRORS 2
@@ -32,6 +36,7 @@ struct mg_steer { ...; };
 struct mg_mux { ...; };
 int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, uint64_t k1);
 int mg_steer_reclaim(struct mg_steer *s, void *base);
+int mg_steer_spares(struct mg_steer *s, void *base, uint32_t reserve);
 int mg_steer_take(struct mg_steer *s, void *base, uint32_t n);
 int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh);
 int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,

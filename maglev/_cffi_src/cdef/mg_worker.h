@@ -12,8 +12,11 @@
 #define MG_WS_ICMP_FORWARDED 11
 #define MG_WS_CT_ENTRIES 12
 #define MG_WS_REDIRECTED 13
+#define MG_WS_SPARES_USED 14
+#define MG_WS_SPARE_WAITS 15
 #define MG_WS_DROPS 16
-#define MG_WS_N_DROPS 48
+#define MG_WS_N_DROPS 44
+#define MG_WS_SPARES 60
 struct mg_worker;
 struct mg_worker *mg_worker_new(void *base, uint32_t worker, uint32_t ct_capacity,
                                 uint64_t k0, uint64_t k1, uint32_t burst, uint64_t now_ns);

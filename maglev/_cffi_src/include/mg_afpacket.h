@@ -1,5 +1,5 @@
-/* AF_PACKET NIC: a TPACKET_V3 receive ring read in bursts straight into pool frames, and
- * burst transmit of pool frames with sendmmsg(2) on a socket with PACKET_QDISC_BYPASS.
+/* AF_PACKET NIC: a TPACKET_V2 (or V3) receive ring read in bursts straight into pool
+ * frames, and burst transmit of pool frames through a TX ring with PACKET_QDISC_BYPASS.
  *
  * Receive.  TPACKET_V3 hands the ring to user space one *block* at a time: the kernel
  * fills a block with variable-length packets and "retires" it (block_status |=
@@ -12,11 +12,15 @@
  * frame pool that outlives the ring (frames travel through worker rings while the kernel
  * reuses the block); it is one memcpy per packet of at most MG_FRAME_DATA_MAX bytes.
  *
- * Trade-off: the block timeout bounds latency at low rates -- a lone SYN waits for its
- * block to retire, and the retire timer counts in jiffies, so tov = 1 ms is really 1-2
- * ticks (4-8 ms at HZ=250).  Big blocks amortise at high rates.  So TPACKET_V2 is offered
- * too (MG_AFP_RING_V2): one status word per fixed 2 KiB frame, handed over per packet, no
- * latency floor, one extra status write per packet.  Same copy, same metadata.
+ * Trade-off, and why V2 is the default: a V3 socket is woken (sk_data_ready) only when a
+ * block is retired -- full, or after tp_retire_blk_tov -- and the packets of the block
+ * being filled are not visible to user space before that, so a lone SYN waits for the
+ * retire timer, which counts in jiffies: tov = 1 ms is really 1-2 ticks (measured: wake-up
+ * p50 0.8-4 ms here, docs/nic.md).  No V3 setting gets under that floor.  TPACKET_V2
+ * (MG_AFP_RING_V2) hands over every packet at once (one status word per fixed 2 KiB
+ * frame, one wake-up per packet when idle; ~0.05 ms); under load both are read in bursts
+ * without wake-ups.  So MG_AFP_RING_V2 is the default and V3 is kept for measurements.
+ * Same copy, same metadata.
  *
  * What the kernel gives a packet socket is not always what was on the wire, so the
  * driver repairs it:
@@ -28,12 +32,25 @@
  *     set too where the kernel has it), so the forwarder never re-reads its own output;
  *   - packets longer than a frame or truncated by the ring are dropped and counted.
  *
- * Transmit.  sendmmsg() with one iovec per frame, MSG_DONTWAIT; the socket has
- * PACKET_QDISC_BYPASS (frames go straight to the driver's xmit, like a kernel-bypass
- * NIC: no qdisc, no taps).  A TX ring (PACKET_TX_RING) would save the iovec setup but
- * needs a second copy into the ring and a second mapping; one syscall per burst is
- * already the dominant cost either way.  Frames that fail to send are counted, never
- * retried: the caller owns them again as soon as the call returns.
+ * Transmit: a TPACKET_V2 TX ring (PACKET_TX_RING) on a socket of its own, with
+ * PACKET_QDISC_BYPASS (frames go straight to the driver's xmit, like a kernel-bypass NIC:
+ * no qdisc, no taps).  mg_afp_tx_burst copies each pool frame into the next ring slot
+ * (status TP_STATUS_AVAILABLE), marks it TP_STATUS_SEND_REQUEST (release store), and one
+ * send(fd, NULL, 0, MSG_DONTWAIT) per burst hands every marked slot to the kernel, which
+ * gives a slot back (TP_STATUS_AVAILABLE) when the driver is done with its skb.  Against
+ * the former sendmmsg(): no iovec/msghdr per frame, no per-message socket lookup and
+ * address checks, one syscall per burst whatever its size.  The copy into the ring is
+ * the price of a pool that outlives the ring (the caller owns every frame again as soon
+ * as the call returns, sent or not), the same copy sendmmsg made into the skb.  A slot
+ * still busy when its turn comes (the kernel has not freed it yet) is kicked once; if it
+ * stays busy the frame is dropped and counted (tx_ring_full), never waited for.  Where
+ * the TX ring cannot be set up (mmap refused) the driver falls back to sendmmsg().  The
+ * TX socket is separate from the RX one so that each has its own ring version (V2 here,
+ * V3 or V2 for receive) and a transmit-only object maps no receive ring.
+ *
+ * Fan-out (mg_afp_fanout): several receive sockets on one interface share its packets
+ * through PACKET_FANOUT (hash mode, with PACKET_FANOUT_FLAG_DEFRAG so that every fragment
+ * of a datagram lands on one socket), as several steering sockets (``queues=N``) do.
  *
  * Interface down/up: the kernel unhooks a packet socket on NETDEV_DOWN and re-hooks it
  * on NETDEV_UP (same ifindex), so the ring simply sees no packets while the link is
@@ -52,7 +69,10 @@
 #define MG_AFP_RING_V3 3
 /* TPACKET_V2 frame size: header + sockaddr_ll + a full MG_FRAME_DATA_MAX packet. */
 #define MG_AFP_V2_FRAME_SIZE 2048u
-/* Default ring geometry: 16 blocks of 256 KiB (4 MiB), retire timeout 1 ms. */
+/* TX ring: 2048 slots of MG_AFP_V2_FRAME_SIZE (4 MiB) in blocks of 64 KiB. */
+#define MG_AFP_TX_BLOCK_SIZE (64u * 1024u)
+#define MG_AFP_TX_BLOCK_NR 64u
+/* Default RX ring geometry: 16 blocks of 256 KiB (4 MiB), retire timeout 1 ms. */
 #define MG_AFP_BLOCK_SIZE (256u * 1024u)
 #define MG_AFP_BLOCK_NR 16u
 #define MG_AFP_RETIRE_TOV_MS 1u
@@ -73,7 +93,8 @@ struct mg_afp_stats {
     uint64_t tx_packets;
     uint64_t tx_bytes;
     uint64_t tx_errors;     /* frames not sent (send error or invalid frame) */
-    uint64_t tx_calls;      /* sendmmsg calls */
+    uint64_t tx_calls;      /* send/sendmmsg calls */
+    uint64_t tx_ring_full;  /* frames dropped: their TX ring slot was still busy */
 };
 
 struct mg_afp {
@@ -92,8 +113,12 @@ struct mg_afp {
     uint8_t *map;           /* the mmap'd RX ring */
     size_t map_len;
     int last_tx_errno;      /* errno of the latest failed send (0 = none) */
-    int reserved;
+    int tx_fd;              /* the TX ring's socket (-1: none yet; -2: sendmmsg on fd) */
     struct mg_afp_stats stats;
+    uint8_t *tx_map;        /* the mmap'd TX ring */
+    size_t tx_map_len;
+    uint32_t tx_frame_nr;
+    uint32_t tx_cur;        /* next TX slot to fill */
 };
 
 /* Opens a packet socket for ifindex that can transmit but receives nothing yet.
@@ -107,7 +132,11 @@ int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t flags);
 int mg_afp_rx_enable(struct mg_afp *afp, uint32_t version, uint32_t block_size, uint32_t block_nr,
                      uint32_t tov_ms);
 
-/* Unmaps the ring and closes the socket; safe to call twice. */
+/* Joins receive fan-out group `group` (hash mode + defrag) on this interface, so that
+ * several sockets share its packets.  Call after mg_afp_rx_enable.  0 or -errno. */
+int mg_afp_fanout(struct mg_afp *afp, uint16_t group);
+
+/* Unmaps the rings and closes the sockets; safe to call twice. */
 void mg_afp_close(struct mg_afp *afp);
 
 /* Receives up to n packets into the frames named by descs[0..n) (low 32 bits = frame
@@ -116,8 +145,9 @@ void mg_afp_close(struct mg_afp *afp);
  * other meta fields zeroed, backend_index = -1).  0 when the ring has nothing ready. */
 int mg_afp_rx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);
 
-/* Sends the n frames named by descs (each frame's meta len/data_off say what to send).
- * Returns how many were sent; the rest are counted in tx_errors and last_tx_errno. */
+/* Sends the n frames named by descs (each frame's meta len/data_off say what to send)
+ * through the TX ring (set up on first use).  Returns how many were handed to the
+ * kernel; the rest are counted in tx_errors (and tx_ring_full / last_tx_errno). */
 int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n);
 
 /* The kernel's counters for this socket since the last call (PACKET_STATISTICS reads

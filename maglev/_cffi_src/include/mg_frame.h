@@ -48,6 +48,12 @@ struct mg_frame_meta {
 #define MG_FRAME_LEN_EMPTY 0xffffffffu
 /* meta->acct: set by a worker when its stats block counts the frame's verdict. */
 #define MG_ACCT_COUNTED 0x10000u
+/* meta->acct: a spare frame (steering marks the frames it puts on a spare ring,
+ * mg_steer_spares; the data path copies the packet's metadata into a split piece, so the
+ * worker marks the spares it used again before it pulls them into its hand).  A piece is
+ * not a packet: the packet is accounted by its first frame.  Worker commits keep the bit
+ * (mg_worker.h); a packet from the NIC has acct = 0 (mg_steer_dispatch). */
+#define MG_ACCT_PIECE 0x20000u
 #define MG_FRAME_F_REDIRECT_OUT 0x0010 /* worker sent this fragment to its owner instance
                                          * (verdict stays MG_VERDICT_FORWARD: it goes on tx) */
 

@@ -7,6 +7,7 @@
  *   header     struct mg_region_hdr (sizes, offsets, magic, version)     1 page
  *   pool       n_frames * MG_FRAME_SIZE (layout in mg_frame.h)
  *   rings      n_rings rings (mg_ring.h): ring id = kind-major, see mg_region_ring_id
+ *              (rx/tx/ret/sent, then the free ring, then the small spare rings)
  *   bells      n_bells doorbells (mg_doorbell.h), one cache line each
  *   hands      n_slots hand journals (mg_hand.h)
  *   slots      n_slots actor lines (heartbeat, pid), one cache line each
@@ -25,7 +26,7 @@
 #include "mg_common.h"
 
 #define MG_REGION_MAGIC 0x314e4f4947454c4dULL /* "MLEGION1" little endian: "MGLEGION" */
-#define MG_REGION_VERSION 2
+#define MG_REGION_VERSION 3 /* 3: hand stats journal and spare rings */
 #define MG_REGION_HDR_SIZE 4096
 #define MG_PAGE 4096
 
@@ -42,6 +43,10 @@
 #define MG_RING_RET 2  /* worker i -> steering (dropped frames) */
 #define MG_RING_SENT 3 /* muxer -> steering (transmitted frames) */
 #define MG_RING_FREE 4 /* steering -> steering (free list) */
+#define MG_RING_SPARE 5 /* steering -> worker i (empty frames for split pieces) */
+
+/* Capacity of each spare ring (a worker's reserve of empty frames, mg_steer.h). */
+#define MG_SPARE_RING_SIZE 512
 
 /* Actor slots: stats block, heartbeat line and hand journal each. */
 #define MG_SLOT_SUPERVISOR 0
@@ -71,6 +76,8 @@ struct mg_region_hdr {
     uint64_t rings_off;
     uint64_t ring_stride;    /* bytes per rx/tx/ret/sent ring */
     uint64_t free_ring_off;  /* the free ring is bigger, so it sits apart */
+    uint64_t spare_rings_off; /* n_workers spare rings of MG_SPARE_RING_SIZE, after it */
+    uint64_t spare_ring_stride;
     uint64_t bells_off;
     uint64_t hands_off;
     uint64_t hand_stride;
@@ -102,7 +109,8 @@ int mg_region_check(const void *base, uint64_t size);
 uint8_t *mg_region_pool(void *base);
 /* Ring of this kind for worker i (i ignored for SENT/FREE); NULL when out of range. */
 struct mg_ring *mg_region_ring(void *base, uint32_t kind, uint32_t i);
-/* Ring ids are 0..n_rings-1: rx 0..N-1, tx N..2N-1, ret 2N..3N-1, sent 3N, free 3N+1.
+/* Ring ids are 0..n_rings-1: rx 0..N-1, tx N..2N-1, ret 2N..3N-1, sent 3N, free 3N+1,
+ * spare 3N+2..4N+1.
  * Returns UINT32_MAX when out of range. */
 uint32_t mg_region_ring_id(const void *base, uint32_t kind, uint32_t i);
 struct mg_ring *mg_region_ring_by_id(void *base, uint32_t id);

@@ -24,6 +24,27 @@
  * uniformly saturated pipeline from spraying every flow over every worker.  Packets the parser rejects are spread
  * round-robin: the worker counts the drop with its reason.
  *
+ * Spare frames (a worker's reserve).  A DF-clear IPv4 packet that does not fit the path MTU
+ * once encapsulated is split (mg_dp.h), and every piece after the first needs an empty
+ * frame the worker does not have.  Each worker has a spare ring (MG_RING_SPARE, steering
+ * -> worker i) that steering keeps stocked with `reserve` empty frames: mg_steer_spares
+ * tops a ring up to `reserve` once it fell below half of it (refills come in bursts,
+ * through the journalled hand like every other move), and the frames the rings still
+ * lack are *owed*: mg_steer_take never hands the last `owed` free frames to the NIC, so
+ * a refill never waits for traffic to come home.  The worker looks at its ring without
+ * consuming it, lets the data path take spares from the front, and then pulls exactly
+ * the ones used into its hand (mg_worker.h); it never pulls more packets in one burst
+ * than it has spares, so at an MTU where a packet splits into at most two pieces (every
+ * MTU >= 1500 with MG_FRAME_DATA_MAX) no packet is dropped for lack of a frame, under
+ * any load.  reserve = 0 turns the mechanism off (workers then get no spares and pull
+ * without that limit).  Exact accounting: a top-up runs in the RECLAIMING batch state
+ * (the hand's front still holds back-pressured packets, MG_SS_HELD of them), so a
+ * replacement of a steering killed mid-top-up returns the pulled free frames to the free
+ * list and counts only those packets; every spare is marked MG_ACCT_PIECE (mg_frame.h),
+ * so the pieces written into it are never counted as packets (mg_worker.h, mg_mux_done).
+ * Frames on the spare rings are home: the pool is whole when the free list and the
+ * spare rings hold every frame.
+ *
  * Muxer: mg_mux_collect pulls up to `max` frames from the tx rings (round-robin start, so
  * no worker starves), the NIC transmits the hand's entries, mg_mux_done counts them and
  * pushes every entry to the sent ring (what the NIC refused is counted as tx_error: a
@@ -66,15 +87,23 @@
 #define MG_SS_B_TAKING 0
 #define MG_SS_B_MARKED 1
 #define MG_SS_B_COUNTED 2
-/*   RECLAIMING  frames from ret/sent pass through the hand on their way to the free list
- *            (they still carry their packets' lengths) behind the MG_SS_HELD counted
- *            packets back pressure left at its front; pull appends and push keeps the
- *            front in order, so exactly the first MG_SS_HELD entries are packets. */
+/*   RECLAIMING  frames from ret/sent pass through the hand on their way to the free list,
+ *            or free frames on their way to a spare ring (mg_steer_spares) -- they still
+ *            carry old packets' lengths -- behind the MG_SS_HELD counted packets back
+ *            pressure left at its front; pull appends and push keeps the front in order,
+ *            so exactly the first MG_SS_HELD entries are packets. */
 #define MG_SS_B_RECLAIMING 3
 /* Records a capture NIC could not turn into frames (counted in Python by the NIC, copied
  * here by the steering actor's tick): received and dropped with these reasons. */
 #define MG_SS_NIC_UNSUPPORTED_LINKTYPE 16
 #define MG_SS_NIC_FRAME_OVERFLOW 17
+/* Spare frames (mg_steer_spares): free word numbers after the NIC's. */
+#define MG_SS_SPARE_RESERVE 18 /* gauge: spare frames steering keeps per worker (0 = off) */
+#define MG_SS_SPARES_SENT 19   /* frames put on the workers' spare rings */
+#define MG_SS_SPARE_SHORT 20   /* top-ups cut short for lack of free frames */
+
+/* Spare frames per worker by default: one burst's worth (one spare per packet). */
+#define MG_SPARE_RESERVE MG_BURST_MAX
 
 /* Muxer counters (muxer slot). */
 #define MG_MS_TX_PACKETS 0
@@ -93,9 +122,12 @@ struct mg_steer {
     uint32_t free_id, sent_id;
     uint32_t rr;         /* round-robin cursor for unparsable packets */
     uint32_t fallback_min; /* room a fallback ring needs: half the ring */
+    uint32_t reserve;    /* spare frames per worker (mg_steer_spares) */
+    uint32_t owed;       /* frames the spare rings lack: not for the NIC */
     uint64_t *stats;     /* this process's mapping of the slot's stats block */
     uint32_t rx_id[MG_MAX_WORKERS];
     uint32_t ret_id[MG_MAX_WORKERS];
+    uint32_t spare_id[MG_MAX_WORKERS];
     uint32_t room[MG_MAX_WORKERS];
     uint16_t dest[MG_HAND_MAX];
 };
@@ -115,7 +147,13 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
 /* Move every frame waiting on ret(i) and sent to the free list (entries already in the
  * hand stay there, first).  Returns frames reclaimed or -errno. */
 int mg_steer_reclaim(struct mg_steer *s, void *base);
-/* Pull up to n (<= MG_BURST_MAX) free frames into an *empty* hand.  Frames or -errno. */
+/* Keep `reserve` (<= MG_SPARE_RING_SIZE) spare frames per worker: every spare ring below
+ * half of it is topped up from the free list (hand entries already there stay, first),
+ * and what the rings still lack is remembered as owed (mg_steer_take leaves it on the
+ * free list).  Publishes reserve in MG_SS_SPARE_RESERVE.  Returns frames moved or -errno. */
+int mg_steer_spares(struct mg_steer *s, void *base, uint32_t reserve);
+/* Pull up to n (<= MG_BURST_MAX) free frames into an *empty* hand, leaving the frames the
+ * spare rings are owed on the free list.  Frames or -errno. */
 int mg_steer_take(struct mg_steer *s, void *base, uint32_t n);
 /* Hand entries [0, filled) hold received packets, [filled, count) unused frames: hash and
  * place the packets, return the unused frames to the free list.  fresh = 1 the first time

@@ -27,8 +27,24 @@
  * Counters: the worker's stats block in the region (MG_WS_* words) survives a restart: a
  * new worker adds its data-path counters to the values its predecessor left.
  *
- * Spare frames: the worker owns no free frames, so DF-clear packets that would need
- * splitting are handled by the data path without spares (mg_dp.h decides: too_big).
+ * Spare frames: a DF-clear IPv4 packet too big for the path MTU once encapsulated is split,
+ * and every piece after the first needs an empty frame.  Steering keeps the worker's spare
+ * ring (MG_RING_SPARE) stocked (mg_steer.h).  Each burst the worker looks at the ring
+ * without consuming it (its own cons does not move), gives those frames to the data path
+ * as io->spare, then pulls exactly the n_spare_used it took (the front of the ring, in
+ * order) into its hand, where they are pushed by their verdict like every other frame.
+ * Killed in between, the frames are still on the spare ring: empty frames again.  A spare
+ * carries MG_ACCT_PIECE in meta->acct (set again by the worker before it pulls a used
+ * spare into its hand, since the data path copies the packet's metadata into a piece;
+ * kept by every commit): it is a
+ * piece of a packet that its first frame accounts for, so a replacement settles a used
+ * spare by its verdict like the rest, but never counts it as a packet (an uncounted one
+ * goes to ret silently), and the muxer counts only first frames in tx_error and
+ * muxer_restart.  While
+ * steering keeps a reserve (MG_SS_SPARE_RESERVE > 0) the worker pulls at most as many
+ * packets per burst as it has spares, so a packet that splits in two always has its
+ * frame; with no spares at all it leaves the packets on the rx ring (-EAGAIN: call again
+ * soon) until steering has refilled the ring.
  */
 #ifndef MG_WORKER_H
 #define MG_WORKER_H
@@ -53,24 +69,32 @@
 #define MG_WS_ICMP_FORWARDED 11
 #define MG_WS_CT_ENTRIES 12    /* gauge: connection-table entries (if known) */
 #define MG_WS_REDIRECTED 13    /* fragments sent on to the instance that owns them */
+#define MG_WS_SPARES_USED 14   /* spare frames taken for split pieces */
+#define MG_WS_SPARE_WAITS 15   /* bursts deferred: packets waiting, no spare frame */
 #define MG_WS_DROPS 16         /* MG_WS_DROPS + reason, reason < MG_WS_N_DROPS */
-#define MG_WS_N_DROPS 48
+#define MG_WS_N_DROPS 44       /* room for 44 drop reasons (MG_DROP_COUNT is checked) */
+#define MG_WS_SPARES 60        /* gauge: spare frames on the worker's spare ring */
 
 /* How often an idle worker with held fragments lets the data path expire them. */
 #define MG_WORKER_FLUSH_NS 10000000ULL
+
+/* Output capacity of one data-path call: a burst, as many spares, the drained fragments. */
+#define MG_WORKER_OUT_MAX (2 * MG_BURST_MAX + MG_DP_DRAIN_MAX)
 
 struct mg_worker {
     struct mg_dp *dp;
     uint32_t worker;
     uint32_t slot;
-    uint32_t rx_id, tx_id, ret_id;
+    uint32_t rx_id, tx_id, ret_id, spare_id;
+    uint32_t n_spare;              /* spares looked at for the current data-path call */
+    uint32_t spare[MG_HAND_MAX];
     uint32_t burst;
     uint64_t last_flush_ns;
     uint64_t *stats;
     uint64_t base[MG_STATS_WORDS]; /* counters left by predecessors */
     uint32_t in[MG_BURST_MAX];
-    uint32_t tx[MG_BURST_MAX + MG_DP_DRAIN_MAX];
-    uint32_t drop[MG_BURST_MAX + MG_DP_DRAIN_MAX];
+    uint32_t tx[MG_WORKER_OUT_MAX];
+    uint32_t drop[MG_WORKER_OUT_MAX];
     uint16_t dest[MG_HAND_MAX];
 };
 

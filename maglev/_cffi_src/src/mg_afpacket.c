@@ -1,4 +1,4 @@
-/* AF_PACKET NIC: TPACKET_V3 RX ring + sendmmsg TX.  Design notes in mg_afpacket.h. */
+/* AF_PACKET NIC: TPACKET_V2/V3 RX ring + TPACKET_V2 TX ring.  Design notes in mg_afpacket.h. */
 #define _GNU_SOURCE
 #include "mg_afpacket.h"
 
@@ -27,6 +27,13 @@ void mg_afp_close(struct mg_afp *afp)
         munmap(afp->map, afp->map_len);
     afp->map = NULL;
     afp->map_len = 0;
+    if (afp->tx_map && afp->tx_map != MAP_FAILED)
+        munmap(afp->tx_map, afp->tx_map_len);
+    afp->tx_map = NULL;
+    afp->tx_map_len = 0;
+    if (afp->tx_fd >= 0)
+        close(afp->tx_fd);
+    afp->tx_fd = -1;
     if (afp->fd >= 0)
         close(afp->fd);
     afp->fd = -1;
@@ -48,6 +55,7 @@ int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t flags)
 
     memset(afp, 0, sizeof(*afp));
     afp->fd = -1;
+    afp->tx_fd = -1;
     if (ifindex <= 0)
         return -EINVAL;
     /* Protocol 0: nothing is received until mg_afp_rx_enable() binds to ETH_P_ALL, so a
@@ -92,7 +100,7 @@ int mg_afp_rx_enable(struct mg_afp *afp, uint32_t version, uint32_t block_size, 
     if (afp->map)
         return 0; /* already receiving */
     if (!version)
-        version = MG_AFP_RING_V3;
+        version = MG_AFP_RING_V2;
     if (!block_size)
         block_size = MG_AFP_BLOCK_SIZE;
     if (!block_nr)
@@ -144,6 +152,14 @@ int mg_afp_rx_enable(struct mg_afp *afp, uint32_t version, uint32_t block_size, 
     afp->pkt_off = 0;
     afp->cur_frame = 0;
     return bind_to(afp, ETH_P_ALL);
+}
+
+int mg_afp_fanout(struct mg_afp *afp, uint16_t group)
+{
+    if (afp->fd < 0 || !afp->map)
+        return -EBADF;
+    int v = (int)((uint32_t)group | (uint32_t)(PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16);
+    return setsockopt(afp->fd, SOL_PACKET, PACKET_FANOUT, &v, sizeof v) < 0 ? -errno : 0;
 }
 
 /* ------------------------------------------------------------------ checksums */
@@ -395,12 +411,11 @@ int mg_afp_rx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, ui
 
 /* ------------------------------------------------------------------ transmit */
 
-int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n)
+/* The sendmmsg() path: used where the TX ring cannot be set up. */
+static int tx_burst_sendmmsg(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n)
 {
     struct mmsghdr msgs[MG_BURST_MAX];
     struct iovec iov[MG_BURST_MAX];
-    if (afp->fd < 0)
-        return -EBADF;
     uint32_t sent_total = 0;
     while (n) {
         uint32_t chunk = n > MG_BURST_MAX ? MG_BURST_MAX : n, k = 0;
@@ -448,6 +463,150 @@ int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, ui
         n -= chunk;
     }
     return (int)sent_total;
+}
+
+/* Where a V2 TX slot's packet starts (no PACKET_TX_HAS_OFF): after the aligned header. */
+#define TX_DATA_OFF (TPACKET_ALIGN(sizeof(struct tpacket2_hdr)))
+
+/* Creates the TX socket and ring.  0, or -errno (the caller falls back to sendmmsg). */
+static int tx_ring_setup(struct mg_afp *afp)
+{
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int v = TPACKET_V2, rc;
+    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0)
+        goto fail;
+    if (!(afp->flags & MG_AFP_F_NO_QDISC_BYPASS)) {
+        v = 1;
+        if (setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &v, sizeof v) < 0)
+            goto fail;
+    }
+    v = 1; /* a malformed slot is skipped, not a stuck ring */
+    (void)setsockopt(fd, SOL_PACKET, PACKET_LOSS, &v, sizeof v);
+    struct tpacket_req req;
+    memset(&req, 0, sizeof req);
+    req.tp_block_size = MG_AFP_TX_BLOCK_SIZE;
+    req.tp_block_nr = MG_AFP_TX_BLOCK_NR;
+    req.tp_frame_size = MG_AFP_V2_FRAME_SIZE;
+    req.tp_frame_nr = (MG_AFP_TX_BLOCK_SIZE / MG_AFP_V2_FRAME_SIZE) * MG_AFP_TX_BLOCK_NR;
+    if (setsockopt(fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof req) < 0)
+        goto fail;
+    size_t len = (size_t)req.tp_block_size * req.tp_block_nr;
+    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, 0);
+    if (map == MAP_FAILED)
+        map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED)
+        goto fail;
+    struct sockaddr_ll sll;
+    memset(&sll, 0, sizeof sll);
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = 0; /* transmit only: receives nothing */
+    sll.sll_ifindex = afp->ifindex;
+    if (bind(fd, (struct sockaddr *)&sll, sizeof sll) < 0) {
+        rc = -errno;
+        munmap(map, len);
+        close(fd);
+        return rc;
+    }
+    afp->tx_fd = fd;
+    afp->tx_map = map;
+    afp->tx_map_len = len;
+    afp->tx_frame_nr = req.tp_frame_nr;
+    afp->tx_cur = 0;
+    return 0;
+fail:
+    rc = -errno;
+    close(fd);
+    return rc;
+}
+
+static inline struct tpacket2_hdr *tx_slot(struct mg_afp *afp, uint32_t i)
+{
+    return (struct tpacket2_hdr *)(afp->tx_map + (size_t)i * MG_AFP_V2_FRAME_SIZE);
+}
+
+/* Hands every SEND_REQUEST slot to the kernel.  Returns 0 or -errno; on a dead link the
+ * slots we queued (from `first`, `n` of them) are taken back and counted as errors. */
+static int tx_kick(struct mg_afp *afp, uint32_t first, uint32_t n)
+{
+    for (;;) {
+        afp->stats.tx_calls++;
+        if (send(afp->tx_fd, NULL, 0, MSG_DONTWAIT) >= 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        int e = errno;
+        afp->last_tx_errno = e;
+        if (e == EAGAIN || e == ENOBUFS)
+            return 0; /* queued slots go with the next kick */
+        /* ENETDOWN, ENXIO, ...: the kernel stopped before our slots; drop them. */
+        for (uint32_t i = 0; i < n; i++) {
+            struct tpacket2_hdr *h = tx_slot(afp, (first + i) % afp->tx_frame_nr);
+            if (__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) == TP_STATUS_SEND_REQUEST) {
+                __atomic_store_n(&h->tp_status, TP_STATUS_AVAILABLE, __ATOMIC_RELEASE);
+                afp->stats.tx_errors++;
+                afp->stats.tx_packets--;
+                afp->stats.tx_bytes -= h->tp_len;
+            }
+        }
+        return -e;
+    }
+}
+
+int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, uint32_t n)
+{
+    if (afp->fd < 0)
+        return -EBADF;
+    if (afp->tx_fd == -1 && tx_ring_setup(afp) < 0)
+        afp->tx_fd = -2; /* no ring here: sendmmsg from now on */
+    if (afp->tx_fd == -2)
+        return tx_burst_sendmmsg(afp, pool, descs, n);
+    uint32_t first = afp->tx_cur, queued = 0, kicked = 0;
+    uint64_t before = afp->stats.tx_packets;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t idx = (uint32_t)descs[i];
+        struct mg_frame_meta *m = mg_frame_meta(pool, idx);
+        if (m->len < 14 || (uint64_t)m->data_off + m->len > MG_FRAME_SIZE - MG_FRAME_META_SIZE ||
+            m->len > MG_AFP_V2_FRAME_SIZE - TX_DATA_OFF) {
+            afp->stats.tx_errors++;
+            continue;
+        }
+        struct tpacket2_hdr *h = tx_slot(afp, afp->tx_cur);
+        /* Acquire: we write the slot only after the kernel is done with it (pairs with its
+         * status store in tpacket_destruct_skb). */
+        uint32_t st = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+        if (st != TP_STATUS_AVAILABLE && !kicked) {
+            /* The ring is full of our earlier frames: let the kernel catch up once. */
+            if (tx_kick(afp, first, queued) < 0)
+                return (int)(afp->stats.tx_packets - before);
+            kicked = 1;
+            first = afp->tx_cur;
+            queued = 0;
+            st = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+        }
+        if (st == TP_STATUS_WRONG_FORMAT) {
+            afp->stats.tx_errors++; /* an earlier frame the kernel refused; slot is ours */
+            st = TP_STATUS_AVAILABLE;
+        }
+        if (st != TP_STATUS_AVAILABLE) {
+            afp->stats.tx_ring_full++;
+            afp->stats.tx_errors++;
+            continue;
+        }
+        memcpy((uint8_t *)h + TX_DATA_OFF, mg_frame_data(pool, idx), m->len);
+        h->tp_len = m->len;
+        h->tp_snaplen = m->len;
+        /* Release: the packet bytes are in the slot before the kernel may read it. */
+        __atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
+        afp->tx_cur = (afp->tx_cur + 1) % afp->tx_frame_nr;
+        afp->stats.tx_packets++;
+        afp->stats.tx_bytes += m->len;
+        queued++;
+    }
+    if (queued)
+        (void)tx_kick(afp, first, queued);
+    return (int)(afp->stats.tx_packets - before);
 }
 
 int mg_afp_kernel_stats(struct mg_afp *afp, uint64_t *packets, uint64_t *drops,

@@ -36,7 +36,7 @@ int mg_region_layout(uint32_t n_workers, uint32_t n_frames, uint32_t ring_size,
     out->frame_size = MG_FRAME_SIZE;
     out->ring_size = ring_size;
     out->free_ring_size = pow2_up(n_frames);
-    out->n_rings = 3 * n_workers + 2;
+    out->n_rings = 4 * n_workers + 2;
     out->n_bells = MG_BELL_WORKER0 + n_workers;
     out->n_slots = MG_SLOT_WORKER0 + n_workers;
 
@@ -48,6 +48,9 @@ int mg_region_layout(uint32_t n_workers, uint32_t n_frames, uint32_t ring_size,
     off = page_up(off + (uint64_t)(3 * n_workers + 1) * out->ring_stride);
     out->free_ring_off = off;
     off = page_up(off + mg_ring_bytes(out->free_ring_size));
+    out->spare_rings_off = off;
+    out->spare_ring_stride = mg_ring_bytes(MG_SPARE_RING_SIZE);
+    off = page_up(off + (uint64_t)n_workers * out->spare_ring_stride);
     out->bells_off = off;
     off = page_up(off + (uint64_t)out->n_bells * sizeof(struct mg_bell));
     out->hands_off = off;
@@ -96,6 +99,8 @@ uint32_t mg_region_ring_id(const void *base, uint32_t kind, uint32_t i)
         return 3 * n;
     case MG_RING_FREE:
         return 3 * n + 1;
+    case MG_RING_SPARE:
+        return i < n ? 3 * n + 2 + i : UINT32_MAX;
     default:
         return UINT32_MAX;
     }
@@ -113,6 +118,9 @@ int mg_region_ring_kind(const void *base, uint32_t id, uint32_t *kind, uint32_t 
     } else if (id == 3 * n + 1) {
         *kind = MG_RING_FREE;
         *i = 0;
+    } else if (id < 4 * n + 2) {
+        *kind = MG_RING_SPARE;
+        *i = id - (3 * n + 2);
     } else {
         return -EINVAL;
     }
@@ -126,6 +134,9 @@ struct mg_ring *mg_region_ring_by_id(void *base, uint32_t id)
         return (struct mg_ring *)((uint8_t *)base + h->rings_off + id * h->ring_stride);
     if (id == 3 * h->n_workers + 1)
         return (struct mg_ring *)((uint8_t *)base + h->free_ring_off);
+    if (id < 4 * h->n_workers + 2)
+        return (struct mg_ring *)((uint8_t *)base + h->spare_rings_off +
+                                  (id - 3 * h->n_workers - 2) * h->spare_ring_stride);
     return NULL;
 }
 
@@ -180,7 +191,8 @@ uint64_t mg_heartbeat_get(const void *base, uint32_t slot)
     return s ? __atomic_load_n(&s->heartbeat_ns, __ATOMIC_ACQUIRE) : 0;
 }
 
-/* Doorbell of the consumer of ring `id`, or -1 for the free ring (steering's alone). */
+/* Doorbell of the consumer of ring `id`, or -1 for the free ring (steering's alone) and
+ * the spare rings (a worker looks at its spare ring at every burst; nobody waits on it). */
 static int ring_bell(uint32_t n_workers, uint32_t id)
 {
     if (id < n_workers)
@@ -210,7 +222,8 @@ int mg_region_init(void *base, const struct mg_region_hdr *layout)
         int64_t bell_off = 0;
         if (bell >= 0)
             bell_off = (int64_t)((uint8_t *)mg_region_bell(base, (uint32_t)bell) - (uint8_t *)r);
-        uint32_t size = id == 3 * n + 1 ? h->free_ring_size : h->ring_size;
+        uint32_t size = id == 3 * n + 1 ? h->free_ring_size
+                        : id >= 3 * n + 2 ? MG_SPARE_RING_SIZE : h->ring_size;
         int rc = mg_ring_init(r, size, id, bell_off);
         if (rc < 0)
             return rc;

@@ -30,7 +30,8 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
     for (uint32_t i = 0; i < s->n_workers; i++) {
         s->rx_id[i] = mg_region_ring_id(base, MG_RING_RX, i);
         s->ret_id[i] = mg_region_ring_id(base, MG_RING_RET, i);
-        if (!ids_ok(s->rx_id[i]) || !ids_ok(s->ret_id[i]))
+        s->spare_id[i] = mg_region_ring_id(base, MG_RING_SPARE, i);
+        if (!ids_ok(s->rx_id[i]) || !ids_ok(s->ret_id[i]) || !ids_ok(s->spare_id[i]))
             return -EINVAL;
     }
     s->fallback_min = h->ring_size / 2 ? h->ring_size / 2 : 1;
@@ -90,6 +91,74 @@ int mg_steer_reclaim(struct mg_steer *s, void *base)
     return total;
 }
 
+int mg_steer_spares(struct mg_steer *s, void *base, uint32_t reserve)
+{
+    if (reserve > MG_SPARE_RING_SIZE)
+        return -EINVAL;
+    s->reserve = reserve;
+    s->stats[MG_SS_SPARE_RESERVE] = reserve;
+    struct mg_ring *fr = mg_region_ring_by_id(base, s->free_id);
+    uint32_t owed = 0, moved = 0;
+    /* Free frames pass through the hand behind whatever back pressure left at its front
+     * (counted packets): the RECLAIMING batch state tells a replacement that exactly the
+     * first MG_SS_HELD entries are packets (as in mg_steer_reclaim). */
+    int held = mg_hand_count(base, s->slot);
+    if (held < 0)
+        return held;
+    uint64_t batch = __atomic_load_n(&s->stats[MG_SS_BATCH], __ATOMIC_RELAXED);
+    int reclaiming = 0;
+    for (uint32_t i = 0; i < s->n_workers; i++) {
+        struct mg_ring *r = mg_region_ring_by_id(base, s->spare_id[i]);
+        /* Producer side: prod is ours, cons only grows, so this never over-counts. */
+        uint32_t have = mg_ring_count(r);
+        if (have >= reserve)
+            continue;
+        uint32_t want = reserve - have;
+        if (have < reserve / 2 + (reserve & 1)) {
+            int kept = mg_hand_count(base, s->slot);
+            if (kept < 0)
+                return kept;
+            uint32_t room = MG_HAND_MAX - (uint32_t)kept;
+            uint32_t free_n = mg_ring_count(fr);
+            uint32_t k = want < room ? want : room;
+            k = k < free_n ? k : free_n;
+            if (k) {
+                if (!reclaiming) {
+                    __atomic_store_n(&s->stats[MG_SS_HELD], (uint64_t)held, __ATOMIC_RELAXED);
+                    __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_RECLAIMING, __ATOMIC_RELEASE);
+                    reclaiming = 1;
+                }
+                int n = mg_hand_pull(base, s->slot, s->free_id, k);
+                if (n < 0)
+                    return n;
+                uint32_t cnt;
+                uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
+                uint8_t *pool = mg_region_pool(base);
+                for (uint32_t j = (uint32_t)kept; j < cnt; j++) {
+                    /* An empty frame: the data path writes every piece from scratch. */
+                    struct mg_frame_meta *m = mg_frame_meta(pool, (uint32_t)descs[j]);
+                    m->verdict = 0;
+                    m->flags = 0;
+                    m->acct = MG_ACCT_PIECE; /* never a packet of its own (mg_frame.h) */
+                }
+                int rc = push_all(base, s->slot, s->dest, (uint32_t)kept, s->spare_id[i]);
+                if (rc < 0)
+                    return rc;
+                want -= (uint32_t)n;
+                moved += (uint32_t)n;
+            }
+            if (want)
+                s->stats[MG_SS_SPARE_SHORT]++;
+        }
+        owed += want;
+    }
+    if (reclaiming) /* the hand holds exactly the `held` packets again */
+        __atomic_store_n(&s->stats[MG_SS_BATCH], batch, __ATOMIC_RELEASE);
+    s->owed = owed;
+    s->stats[MG_SS_SPARES_SENT] += moved;
+    return (int)moved;
+}
+
 int mg_steer_take(struct mg_steer *s, void *base, uint32_t n)
 {
     if (n > MG_BURST_MAX)
@@ -97,6 +166,16 @@ int mg_steer_take(struct mg_steer *s, void *base, uint32_t n)
     int kept = mg_hand_count(base, s->slot);
     if (kept != 0)
         return kept < 0 ? kept : -EBUSY;
+    if (s->owed) {
+        uint32_t free_n = mg_ring_count(mg_region_ring_by_id(base, s->free_id));
+        uint32_t spare_ok = free_n > s->owed ? free_n - s->owed : 0;
+        if (n > spare_ok)
+            n = spare_ok;
+        if (n == 0) {
+            s->stats[MG_SS_NO_FREE]++;
+            return 0;
+        }
+    }
     __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_TAKING, __ATOMIC_RELEASE);
     int got = mg_hand_pull(base, s->slot, s->free_id, n);
     if (got <= 0) {
@@ -319,6 +398,14 @@ int mg_steer_recover(struct mg_steer *s, void *base)
 
 /* ------------------------------------------------------------------------- muxer */
 
+/* A forwarded packet, as the workers counted it: a frame with the forward verdict that is
+ * not the second or later piece of a split packet (those are spares, MG_ACCT_PIECE: the
+ * packet is accounted by its first frame). */
+static int is_fwd_packet(const struct mg_frame_meta *m)
+{
+    return m->verdict == MG_VERDICT_FORWARD && !(m->acct & MG_ACCT_PIECE);
+}
+
 int mg_mux_init(struct mg_mux *m, void *base, uint32_t slot)
 {
     const struct mg_region_hdr *h = base;
@@ -386,8 +473,7 @@ int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed
         if (MG_UNLIKELY(n_failed)) { /* rare: only failed frames are read */
             uint8_t *pool = mg_region_pool(base);
             for (uint32_t j = n_sent; j < n_sent + n_failed; j++)
-                img[MG_MS_TX_ERRORS_FWD] +=
-                    mg_frame_meta(pool, (uint32_t)descs[j])->verdict == MG_VERDICT_FORWARD;
+                img[MG_MS_TX_ERRORS_FWD] += is_fwd_packet(mg_frame_meta(pool, (uint32_t)descs[j]));
         }
         img[MG_MS_BURSTS]++;
         img[MG_MS_BATCH] = 1;
@@ -420,7 +506,7 @@ int mg_mux_recover(struct mg_mux *m, void *base)
         uint8_t *pool = mg_region_pool(base);
         uint64_t *img = mg_stats_stage(base, m->slot);
         for (uint32_t j = 0; j < cnt; j++)
-            img[MG_MS_LOST_FWD] += mg_frame_meta(pool, (uint32_t)descs[j])->verdict == MG_VERDICT_FORWARD;
+            img[MG_MS_LOST_FWD] += is_fwd_packet(mg_frame_meta(pool, (uint32_t)descs[j]));
         img[MG_MS_RECOVERED] += cnt;
         img[MG_MS_BATCH] = 1;
         mg_stats_begin(base, m->slot);

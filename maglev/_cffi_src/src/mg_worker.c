@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "mg_ring.h"
+#include "mg_steer.h"
 #include "mg_tables_pub.h"
 #include "mg_trace.h"
 
@@ -26,9 +27,11 @@ struct mg_worker *mg_worker_new(void *base, uint32_t worker, uint32_t ct_capacit
     w->rx_id = mg_region_ring_id(base, MG_RING_RX, worker);
     w->tx_id = mg_region_ring_id(base, MG_RING_TX, worker);
     w->ret_id = mg_region_ring_id(base, MG_RING_RET, worker);
+    w->spare_id = mg_region_ring_id(base, MG_RING_SPARE, worker);
     w->stats = mg_region_stats(base, w->slot);
     w->burst = burst;
     if (w->rx_id == UINT32_MAX || w->tx_id == UINT32_MAX || w->ret_id == UINT32_MAX ||
+        w->spare_id == UINT32_MAX ||
         !w->stats) {
         free(w);
         errno = EINVAL;
@@ -68,7 +71,7 @@ static void mark_counted(struct mg_worker *w, void *base)
     uint8_t *pool = mg_region_pool(base);
     for (uint32_t j = 0; descs && j < cnt; j++) {
         struct mg_frame_meta *m = mg_frame_meta(pool, (uint32_t)descs[j]);
-        m->acct = MG_ACCT_COUNTED | m->verdict;
+        m->acct = MG_ACCT_COUNTED | (m->acct & MG_ACCT_PIECE) | m->verdict;
     }
 }
 
@@ -139,6 +142,7 @@ int mg_worker_recover(struct mg_worker *w, void *base)
     mg_ring_reset_consumer(mg_region_ring_by_id(base, w->rx_id));
     mg_ring_reset_producer(mg_region_ring_by_id(base, w->tx_id));
     mg_ring_reset_producer(mg_region_ring_by_id(base, w->ret_id));
+    mg_ring_reset_consumer(mg_region_ring_by_id(base, w->spare_id));
     mg_tables_quiesce(base, w->worker);
     int pending = mg_stats_pending(base, w->slot);
     if (pending < 0)
@@ -163,7 +167,13 @@ int mg_worker_recover(struct mg_worker *w, void *base)
             struct mg_frame_meta *m = mg_frame_meta(pool, (uint32_t)descs[j]);
             uint32_t a = m->acct;
             uint32_t v = a & 0xffffu;
-            if ((a & MG_ACCT_COUNTED) && (v == MG_VERDICT_FORWARD || v == MG_VERDICT_ICMP)) {
+            if ((a & (MG_ACCT_COUNTED | MG_ACCT_PIECE)) == MG_ACCT_PIECE) {
+                /* A spare the dead data path wrote a piece into, for a packet whose
+                 * verdict was not committed: that packet (its first frame) is counted
+                 * below; the piece is just a frame going home, never sent. */
+                m->verdict = MG_DROP_NONE;
+                w->dest[j] = (uint16_t)w->ret_id;
+            } else if ((a & MG_ACCT_COUNTED) && (v == MG_VERDICT_FORWARD || v == MG_VERDICT_ICMP)) {
                 m->verdict = (uint16_t)v;
                 w->dest[j] = (uint16_t)w->tx_id;
             } else if ((a & MG_ACCT_COUNTED) && v < MG_DROP_COUNT) {
@@ -193,6 +203,44 @@ int mg_worker_recover(struct mg_worker *w, void *base)
     return n;
 }
 
+/* Look at up to max spare frames (the front of the spare ring) without consuming them. */
+static uint32_t spare_look(struct mg_worker *w, void *base, uint32_t max)
+{
+    struct mg_ring *r = mg_region_ring_by_id(base, w->spare_id);
+    uint64_t d[MG_HAND_MAX];
+    if (max > MG_HAND_MAX)
+        max = MG_HAND_MAX;
+    uint32_t n = mg_ring_snapshot(r, d, max);
+    for (uint32_t i = 0; i < n; i++)
+        w->spare[i] = (uint32_t)d[i];
+    return n;
+}
+
+/* Spares the steering actor keeps for this worker (0: none, no pull limit). */
+static uint64_t spare_reserve(void *base)
+{
+    const uint64_t *ss = mg_region_stats(base, MG_SLOT_STEERING);
+    return ss ? __atomic_load_n(&ss[MG_SS_SPARE_RESERVE], __ATOMIC_RELAXED) : 0;
+}
+
+/* Move the spares the data path used (the front of the spare ring) into the hand. */
+static int spare_take(struct mg_worker *w, void *base, uint32_t used)
+{
+    if (!used)
+        return 0;
+    /* The data path copied the packet's metadata (acct included) into each piece: mark
+     * the pieces again before they enter the hand, so every spare a replacement finds
+     * there is known as a piece, not a packet (mg_worker_recover, mg_mux_done). */
+    uint8_t *pool = mg_region_pool(base);
+    for (uint32_t i = 0; i < used; i++)
+        mg_frame_meta(pool, w->spare[i])->acct = MG_ACCT_PIECE;
+    int got = mg_hand_pull(base, w->slot, w->spare_id, used);
+    if (got < 0)
+        return got;
+    w->stats[MG_WS_SPARES_USED] += (uint64_t)got; /* publish_stats leaves this word */
+    return (uint32_t)got == used ? 0 : -EIO; /* room was checked: cannot happen */
+}
+
 static void setup_io(struct mg_worker *w, struct mg_dp_io *io, uint8_t *pool, uint32_t n)
 {
     memset(io, 0, sizeof *io);
@@ -200,11 +248,11 @@ static void setup_io(struct mg_worker *w, struct mg_dp_io *io, uint8_t *pool, ui
     io->frames = w->in;
     io->n = n;
     io->tx = w->tx;
-    io->tx_cap = MG_BURST_MAX + MG_DP_DRAIN_MAX;
+    io->tx_cap = MG_WORKER_OUT_MAX;
     io->drop = w->drop;
-    io->drop_cap = MG_BURST_MAX + MG_DP_DRAIN_MAX;
-    io->spare = NULL;
-    io->n_spare = 0;
+    io->drop_cap = MG_WORKER_OUT_MAX;
+    io->spare = w->spare;
+    io->n_spare = w->n_spare;
 }
 
 int mg_worker_burst(struct mg_worker *w, void *base, uint64_t now_ns)
@@ -213,7 +261,20 @@ int mg_worker_burst(struct mg_worker *w, void *base, uint64_t now_ns)
     if (kept < 0)
         return kept;
     uint32_t room = MG_HAND_MAX - (uint32_t)kept;
-    uint32_t want = room < w->burst ? room : w->burst;
+    /* Half the room for packets, half for the spares their pieces may take. */
+    uint32_t want = room / 2 < w->burst ? room / 2 : w->burst;
+    uint32_t spares = mg_ring_count(mg_region_ring_by_id(base, w->spare_id));
+    int starved = 0; /* packets wait for spares: steering refills them, nobody rings */
+    w->stats[MG_WS_SPARES] = spares;
+    if (spare_reserve(base) && spares < want) {
+        want = spares; /* at most one spare per packet: none is split without a frame */
+        if (!want && mg_ring_count(mg_region_ring_by_id(base, w->rx_id))) {
+            w->stats[MG_WS_SPARE_WAITS]++;
+            starved = 1;
+            if (!kept)
+                return -EAGAIN; /* call again soon (a back-off, not a doorbell sleep) */
+        }
+    }
     int n = want ? mg_hand_pull(base, w->slot, w->rx_id, want) : 0;
     if (n < 0)
         return n;
@@ -223,12 +284,13 @@ int mg_worker_burst(struct mg_worker *w, void *base, uint64_t now_ns)
         if (kept == 0)
             return 0;
         if (d->held && now_ns - w->last_flush_ns >= MG_WORKER_FLUSH_NS)
-            return mg_worker_flush(w, base, now_ns) < 0 ? -EIO : 0;
+            return mg_worker_flush(w, base, now_ns) < 0 ? -EIO : (starved ? -EAGAIN : 0);
         int left = route_and_push(w, base);
         if (left < 0)
             return left;
-        /* Frames waiting for room on tx/ret (not held fragments): ask to be called soon. */
-        return (uint64_t)left > d->held ? -EAGAIN : 0;
+        /* Frames waiting for room on tx/ret (not held fragments), or packets waiting for
+         * spares: ask to be called soon. */
+        return ((uint64_t)left > d->held || starved) ? -EAGAIN : 0;
     }
     uint32_t cnt;
     uint64_t *descs = mg_hand_descs(base, w->slot, &cnt);
@@ -245,13 +307,20 @@ int mg_worker_burst(struct mg_worker *w, void *base, uint64_t now_ns)
     uint64_t gen = 0;
     const void *tables = mg_tables_acquire(base, w->worker, &gen);
     struct mg_dp_io io;
+    /* Spares: at most what the hand can take after this burst's packets. */
+    uint32_t hand_left = MG_HAND_MAX - cnt;
+    w->n_spare = spare_look(w, base, hand_left < MG_BURST_MAX ? hand_left : MG_BURST_MAX);
     setup_io(w, &io, pool, (uint32_t)n);
     int rc = mg_dp_burst(w->dp, tables, now_ns, &io);
     if (rc < 0) {
         /* Cannot happen with the capacities above; never leave frames unjudged. */
         for (uint32_t j = 0; j < (uint32_t)n; j++)
             mg_frame_meta(pool, w->in[j])->verdict = MG_DROP_BAD_FRAME;
+        io.n_spare_used = 0;
     }
+    rc = spare_take(w, base, io.n_spare_used);
+    if (rc < 0)
+        return rc;
     publish_stats(w, base, gen);
     int left = route_and_push(w, base);
     if (left < 0)
@@ -266,8 +335,16 @@ int mg_worker_flush(struct mg_worker *w, void *base, uint64_t now_ns)
     uint8_t *pool = mg_region_pool(base);
     struct mg_dp_io io;
     for (int rounds = 0; rounds < 1024; rounds++) {
+        int kept = mg_hand_count(base, w->slot);
+        if (kept < 0)
+            return kept;
+        uint32_t hand_left = MG_HAND_MAX - (uint32_t)kept;
+        w->n_spare = spare_look(w, base, hand_left < MG_BURST_MAX ? hand_left : MG_BURST_MAX);
         setup_io(w, &io, pool, 0);
         int out = mg_dp_flush(w->dp, tables, now_ns, &io);
+        int rc = spare_take(w, base, out < 0 ? 0 : io.n_spare_used);
+        if (rc < 0)
+            return rc;
         if (out <= 0)
             break;
     }
