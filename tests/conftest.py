@@ -38,6 +38,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    # connection tables kept in /dev/shm for adoption (maglev/rings/conntrack_shm.py) by
+    # the runs of this session: the state directories list them
+    from maglev.rings.conntrack_shm import remove_recorded
+
+    roots = [str(b) for b in _private_base]
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is not None and getattr(factory, "_basetemp", None) is not None:
+        roots.append(str(factory._basetemp))
+    for root in roots:
+        remove_recorded(root)
     for base in _private_base:
         shutil.rmtree(base, ignore_errors=True)
 
