@@ -243,6 +243,55 @@ def check_header(hdr: bytes, file_size: int, want: Wanted) -> str:
     return ""
 
 
+def preview(name: str, want: Wanted) -> tuple[bool, str]:
+    """(adoptable, why not) for /dev/shm/<name>, read-only, without the lock: what the
+    worker will find unless the file changes meanwhile.  (False, "") when there is none."""
+    path = os.path.join(SHM_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False, ""
+    except OSError as exc:
+        return False, f"cannot open it: {exc.strerror or exc}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False, "not a regular file"
+        if st.st_uid != os.geteuid():
+            return False, f"owned by uid {st.st_uid}, not {os.geteuid()} (foreign)"
+        reason = check_header(os.pread(fd, HDR_SIZE, 0), st.st_size, want)
+        return not reason, reason
+    finally:
+        os.close(fd)
+
+
+def plan_run(instance: str, state_dir: str, config_path: str, capacity: int, key: tuple[int, int],
+             n_workers: int) -> tuple[int, str]:
+    """Before a run starts: (how many workers will adopt their table, one log line saying
+    what the run will do with the previous run's tables and why)."""
+    tag = identity_tag(state_dir, config_path)
+    fp = key_fingerprint(*key)
+    adopt, why = 0, {}
+    for i in range(n_workers):
+        ok, reason = preview(segment_name(instance, tag, i), Wanted(capacity, fp, n_workers, i))
+        adopt += ok
+        if reason:
+            why.setdefault(reason, []).append(i)
+    others = [n for n in list_segments(instance, tag) if int(n.rsplit("-", 1)[1]) >= n_workers]
+    if adopt == n_workers:
+        line = f"connection tables: adopting the previous run's tables of all {n_workers} workers"
+    elif adopt == 0 and not why:
+        line = f"connection tables: none from a previous run of this instance; {n_workers} fresh tables"
+    else:
+        parts = [f"{reason} (worker{'s' if len(ws) > 1 else ''} {', '.join(map(str, ws))})"
+                 for reason, ws in why.items()]
+        line = (f"connection tables: adopting {adopt} of {n_workers}; the others start fresh: "
+                + "; ".join(parts or ["none from a previous run"]))
+    if others:
+        line += f"; {len(others)} table(s) of workers beyond {n_workers - 1} stay unused"
+    return adopt, line
+
+
 @dataclass
 class Opened:
     """A worker's shared table: ``ct`` (struct mg_ct *, owned by whoever frees it: pass it
