@@ -87,14 +87,38 @@ def segment_name(instance: str, tag: str, index: int) -> str:
 
 
 RECORD_FILE = "conntrack-segments"
+RECORD_ENV = "MAGLEV_CT_RECORD"  # a file that also lists every table made (test harnesses)
 
 
 def record(state_dir: str, name: str) -> None:
     """Note ``name`` in ``<state_dir>/conntrack-segments`` (one name a line): the state
     directory lists the connection tables of its instance, so they can be found and removed
-    with it (:func:`remove_recorded`).  Best effort: a read-only state dir loses nothing
-    but the list."""
-    path = os.path.join(state_dir, RECORD_FILE)
+    with it (:func:`remove_recorded`).  With ``$MAGLEV_CT_RECORD`` set, also in that file
+    (a test session lists what its runs made, whatever state directories they used).  Best
+    effort: a read-only state dir loses nothing but the list."""
+    if extra := os.environ.get(RECORD_ENV):
+        _append_once(extra, name)
+    _append_once(os.path.join(state_dir, RECORD_FILE), name)
+
+
+def remove_listed(path: str) -> list[str]:
+    """Unlink the tables named in the list file ``path`` (see :func:`record`)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            names = f.read().split()
+    except (OSError, UnicodeDecodeError):
+        return []
+    removed = []
+    for n in names:
+        if _CT_RE.match(n):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(SHM_DIR, n))
+                removed.append(n)
+    return removed
+
+
+def _append_once(path: str, name: str) -> None:
+    state_dir = os.path.dirname(path)
     try:
         with open(path, encoding="ascii") as f:
             if name in f.read().split():
@@ -117,18 +141,8 @@ def remove_recorded(root: str) -> list[str]:
     instance's state directory, or a test session's)."""
     removed = []
     for d, _dirs, files in os.walk(root):
-        if RECORD_FILE not in files:
-            continue
-        try:
-            with open(os.path.join(d, RECORD_FILE), encoding="ascii") as f:
-                names = f.read().split()
-        except (OSError, UnicodeDecodeError):
-            continue
-        for n in names:
-            if _CT_RE.match(n):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(SHM_DIR, n))
-                    removed.append(n)
+        if RECORD_FILE in files:
+            removed += remove_listed(os.path.join(d, RECORD_FILE))
     return removed
 
 

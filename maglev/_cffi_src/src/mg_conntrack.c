@@ -164,7 +164,8 @@ int mg_ct_check(const void *hdr, uint64_t have, uint64_t file_bytes)
     if (h.ways != MG_CT_WAYS || h.n_buckets == 0 || (h.n_buckets & (h.n_buckets - 1)) != 0 ||
         cap > MG_CT_MAX_CAPACITY || h.mask != h.n_buckets - 1 || h.meta_off != MG_CT_HDR_SIZE ||
         h.entries_off != MG_CT_HDR_SIZE + (uint64_t)h.n_buckets * sizeof(struct mg_ct_meta) ||
-        h.map_bytes < mg_ct_bytes((uint32_t)cap) || h.page_mode != MG_CT_PAGES_SHM)
+        h.map_bytes != round_up(mg_ct_bytes((uint32_t)cap), SMALL_PAGE) ||
+        h.page_mode != MG_CT_PAGES_SHM)
         return MG_CT_E_GEOMETRY;
     if (h.map_bytes != file_bytes)
         return MG_CT_E_SIZE;
