@@ -10,6 +10,7 @@ C burst kernels call the same functions in one C call per burst.
 
 from __future__ import annotations
 
+from maglev.rings.conntrack_shm import keep_for_adoption
 from maglev.rings.region import (
     BELL_MUXER,
     BELL_STEERING,
@@ -76,6 +77,7 @@ __all__ = [
     "SS_NIC_DROPS",
     "StatsBlock",
     "forwarder_counters",
+    "keep_for_adoption",
     "remove_stale_regions",
     "worker_bell",
     "worker_counters",
