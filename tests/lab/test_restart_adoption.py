@@ -133,3 +133,96 @@ def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backe
         remove_recorded(str(short))
         shutil.rmtree(short, ignore_errors=True)
 
+
+
+def _lock_holder(path: str) -> int:
+    """The pid holding a flock on ``path`` (from /proc/locks), or 0."""
+    import os
+
+    ino = os.stat(path).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        f = line.split()
+        if len(f) >= 6 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == str(ino):
+            return int(f[4])
+    return 0
+
+
+@pytest.mark.slow
+def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(make_lab):
+    """Both packet workers killed with -9; while they are dead a backend is added (the
+    config manager publishes new tables); the replacements adopt their tables from
+    /dev/shm: every long-lived connection keeps its backend."""
+    import glob
+    import os
+    import signal
+
+    from maglev.control.client import ControlClient
+    from tests.lab.test_long_lived import VIP_KEY
+
+    lab = make_lab(encap="gre", backends=4, forwarder=False)
+    st = lab.state
+    be = {b["name"]: b for b in st["backends"]}
+    data = tomllib.loads(Path(st["config"]).read_text())
+    data["instance"]["name"] = "labk9"
+    short = Path(tempfile.mkdtemp(prefix="mgk9", dir="/tmp"))
+    cfg = short / "maglev.toml"
+    env = {"MAGLEV_RUN_DIR": str(short / "run"), "MAGLEV_STATE_DIR": str(short / "state")}
+    argv = [sys.executable, "-c", REGISTER, "run", "--config", str(cfg), "--nic", "afpacket:eth0", "--workers", "2"]
+    conns: list[KeepAlive] = []
+    talk: Talkers | None = None
+    try:
+        before = _write(cfg, data, {"be1", "be2", "be3"})
+        lab.spawn("maglev", st["maglev"]["ns"], argv, env=env)
+        lab._wait_ready(topo.LabSpec(forwarder=True), 40)
+        conns = [KeepAlive(st["client"]["ns"]) for _ in range(N_CONNS)]
+        for c in conns:
+            c.s.settimeout(20)
+        first = [c.get() for c in conns]
+        talk = Talkers(conns, first)
+        talk.thread.start()
+        time.sleep(1.0)
+        # each worker holds the flock of its table file: /proc/locks names the pid
+        segs = sorted(glob.glob("/dev/shm/maglev-labk9-ct-*"))
+        assert len(segs) == 2, segs
+        old = [_lock_holder(s) for s in segs]
+        assert all(old), old
+        for p in old:
+            os.kill(p, signal.SIGKILL)
+        with ControlClient(f"ipc://{short}/run/labk9/control.sock", timeout=10) as ctl:
+            ctl.call("add-backend", {"vip": VIP_KEY, "backend": {
+                "address": be["be4"]["ipv4"], "name": "be4", "mac": be["be4"]["mac"], "weight": 1}})
+        deadline = time.monotonic() + 20
+        while any(_lock_holder(s) in (0, o) for s, o in zip(segs, old, strict=True)):
+            assert time.monotonic() < deadline, "no replacement workers holding the tables"
+            time.sleep(0.05)
+        assert sorted(glob.glob("/dev/shm/maglev-labk9-ct-*")) == segs
+        rounds = talk.rounds
+        deadline = time.monotonic() + 30
+        while talk.rounds < rounds + 20:
+            assert time.monotonic() < deadline, "the connections made no progress after the kill"
+            time.sleep(0.1)
+        talk.stop.set()
+        talk.thread.join(30)
+        after = data_after = _write(short / "after.toml", data, {"be1", "be2", "be3", "be4"})
+        blob = build_tables(after)
+        would_move = 0
+        for c, was in zip(conns, first, strict=True):
+            ip, port = c.s.getsockname()[:2]
+            pkt = P.eth(P.ipv4(ip, topo.VIP_V4, P.TCP, P.tcp(port, topo.HTTP_PORT, b"", src=ip, dst=topo.VIP_V4)))
+            addr = maglev_backend(blob, pkt)[1]
+            would_move += next(b["name"] for b in st["backends"] if b["ipv4"] == addr) != was
+        kept = N_CONNS - len(talk.lost)
+        print(f"kill -9 of both workers + a backend added: {kept}/{N_CONNS} connections kept their backend = "
+              f"{kept / N_CONNS:.4f} (Maglev alone would have moved {would_move})")
+        assert before.vips and data_after.vips
+        assert would_move > 0, "the backend change must move some connections without conntrack"
+        assert talk.lost == {}, talk.lost
+    finally:
+        if talk is not None:
+            talk.stop.set()
+            talk.thread.join(30)
+        for c in conns:
+            c.close()
+        lab.stop_process("maglev")
+        remove_recorded(str(short))
+        shutil.rmtree(short, ignore_errors=True)
