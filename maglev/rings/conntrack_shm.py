@@ -274,6 +274,11 @@ def preview(name: str, want: Wanted) -> tuple[bool, str]:
         if st.st_uid != os.geteuid():
             return False, f"owned by uid {st.st_uid}, not {os.geteuid()} (foreign)"
         reason = check_header(os.pread(fd, HDR_SIZE, 0), st.st_size, want)
+        if not reason:
+            try:  # probe only: a live owner holds LOCK_EX (released at once when we get it)
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False, "in use by another live process (a second run of this instance?)"
         return not reason, reason
     finally:
         os.close(fd)

@@ -84,6 +84,8 @@ def test_a_table_outlives_its_mapping_and_is_adopted_with_its_entries(seg):
     expect = backends(first.ct, 300)
     lib.mg_ct_free(first.ct)
     first.close()
+    assert cs.preview(seg, want()) == (True, "")
+    assert cs.preview(seg, want(workers=3))[0] is False
     again = cs.open_table(seg, want())
     assert again.adopted and again.entries == 300 and again.adoptions == 1
     assert backends(again.ct, 300) == expect
@@ -181,6 +183,7 @@ def test_a_symlink_or_directory_under_the_name_is_refused(seg, tmp_path):
 def test_a_table_held_by_a_live_process_is_not_taken(seg):
     t = cs.open_table(seg, want())
     try:
+        assert cs.preview(seg, want()) == (False, "in use by another live process (a second run of this instance?)")
         t0 = time.monotonic()
         assert cs.open_table(seg, want(), lock_timeout_s=0.2) is None
         assert time.monotonic() - t0 < 2
@@ -311,3 +314,19 @@ def test_an_adopted_table_with_garbage_entries_never_crashes_the_data_path(seg):
         out = dp.process([Packet(i, flow(20000 + i, flags=0x10)) for i in range(2000)], NOW + rnd * 10**9)
         assert len(out) == 2000 and all(o.reason == "forward" for o in out)
     t.close()
+
+
+def test_the_shared_key_is_validated_and_round_trips():
+    from maglev import config as cfgmod
+    from maglev.errors import ConfigError
+
+    assert cfgmod.loads("").conntrack.shared is True
+    c = cfgmod.loads('[conntrack]\nshared = false\nhuge_pages = "hugetlb"\n')
+    assert (c.conntrack.shared, c.conntrack.huge_pages) == (False, "hugetlb")
+    assert cfgmod.Config.from_dict(c.to_dict()).conntrack.shared is False
+    with pytest.raises(ConfigError) as ei:
+        cfgmod.loads('[conntrack]\nshared = "yes"\n')
+    assert "conntrack.shared: 'yes' is not true or false" in str(ei.value)
+    with pytest.raises(ConfigError) as ei:
+        cfgmod.loads('[conntrack]\nhuge_pages = "hugetlb"\n')
+    assert 'conntrack.huge_pages: "hugetlb" needs conntrack.shared = false' in str(ei.value)
