@@ -59,3 +59,47 @@ def test_a_worker_killed_with_9_resumes_with_its_table():
         p.close()
     assert s["restarts"]["worker-0"] == 1
     assert s["pool"]["ok"], s["pool"]["detail"]
+
+
+def _run_once(conf, workers: int, caplog) -> list[str]:
+    caplog.clear()
+    p = Pipeline(PipelineOptions(workers=workers, config_path=str(conf), nic="gen:packets=20000,flows=500,ipv6=0"))
+    try:
+        p.start()
+        deadline = time.monotonic() + 30
+        while not p.eof:
+            assert time.monotonic() < deadline, "no eof in time"
+            p.poll(0.05)
+        p.stop()
+    finally:
+        p.close()
+    return [r.getMessage() for r in caplog.records if r.name == "maglev.conntrack"]
+
+
+def test_a_new_run_adopts_the_tables_when_it_can_and_says_why_not_when_it_cannot(tmp_path, caplog):
+    import secrets
+
+    inst = f"adopt{secrets.token_hex(3)}"
+    conf = tmp_path / "m.toml"
+    conf.write_text(f'[instance]\nname = "{inst}"\nsource_ipv4 = "198.18.0.1"\n[[vip]]\naddress = "203.0.113.5"\n'
+                    'port = 80\nprotocol = "tcp"\n[[vip.backend]]\naddress = "198.18.5.1"\n'
+                    '[[vip.backend]]\naddress = "198.18.5.2"\n')
+    caplog.set_level("INFO", "maglev.conntrack")
+    try:
+        assert _run_once(conf, 2, caplog) == [
+            "connection tables: none from a previous run of this instance; 2 fresh tables"]
+        assert _run_once(conf, 2, caplog) == ["connection tables: adopting the previous run's tables of all 2 workers"]
+        segs = cs.list_segments(inst)
+        assert len(segs) == 2 and all(int(_header(os.path.join(cs.SHM_DIR, s)).adoptions) == 1 for s in segs)
+        # a build with another layout version left worker 1's table: refused, fresh
+        with open(os.path.join(cs.SHM_DIR, segs[1]), "r+b") as f:
+            f.seek(8)
+            f.write((3).to_bytes(4, "little"))
+        assert _run_once(conf, 2, caplog) == [
+            "connection tables: adopting 1 of 2; the others start fresh: layout version 3, this build uses 2 "
+            "(worker 1)"]
+        assert int(_header(os.path.join(cs.SHM_DIR, segs[1])).adoptions) == 0  # the fresh one
+        (line,) = _run_once(conf, 3, caplog)
+        assert "adopting 0 of 3" in line and "made by a run of 2 workers, this run has 3" in line
+    finally:
+        cs.remove_segments(inst)
