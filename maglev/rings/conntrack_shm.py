@@ -389,8 +389,12 @@ def _fresh(path: str, want: Wanted) -> Opened:
     tmp = f"{path}.new-{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise ConntrackShmError(f"conntrack: cannot create {tmp}: {exc.strerror or exc}") from None
     ok = False
+    ct = ffi.NULL
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
@@ -407,11 +411,17 @@ def _fresh(path: str, want: Wanted) -> Opened:
         ct.key_fp = want.key_fp
         ct.n_workers = want.n_workers
         ct.worker = want.worker
-        os.rename(tmp, path)  # atomic: the old table or this one, whole
+        try:
+            os.rename(tmp, path)  # atomic: the old table or this one, whole
+        except OSError as exc:
+            raise ConntrackShmError(f"conntrack: cannot put a fresh table at {path}: {exc.strerror or exc} "
+                                    "(remove what is there, or set conntrack.shared = false)") from None
         ok = True
         return Opened(ct, fd, path, False, "", 0, 0)
     finally:
         if not ok:
+            if ct != ffi.NULL:
+                lib.mg_ct_free(ct)
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

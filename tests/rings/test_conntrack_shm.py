@@ -180,6 +180,18 @@ def test_a_symlink_or_directory_under_the_name_is_refused(seg, tmp_path):
     t.close()
 
 
+def test_a_directory_under_the_name_is_a_clear_error_and_leaves_nothing(seg):
+    path = os.path.join(cs.SHM_DIR, seg)
+    os.mkdir(path)
+    try:
+        assert cs.preview(seg, want()) == (False, "not a regular file")
+        with pytest.raises(cs.ConntrackShmError, match="cannot put a fresh table at .*remove what is there"):
+            cs.open_table(seg, want())
+        assert not [n for n in os.listdir(cs.SHM_DIR) if n.startswith(seg + ".new-")]
+    finally:
+        os.rmdir(path)
+
+
 def test_a_table_held_by_a_live_process_is_not_taken(seg):
     t = cs.open_table(seg, want())
     try:
