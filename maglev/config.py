@@ -173,6 +173,9 @@ class Conntrack:
     protected_percent: int = 90  # quota of the protected (established) segment, % of capacity
     new_flows_per_s: int = 0  # per-worker rate guard on inserts of new flows; 0 = no limit
     huge_pages: str = "auto"  # auto | hugetlb | thp | off (maglev/datapath/ctmem.py)
+    # Tables in /dev/shm, kept across a worker's restart and adopted by the next run of the
+    # same instance (maglev/rings/conntrack_shm.py); false: private memory of the worker.
+    shared: bool = True
 
 
 @dataclass(frozen=True)
@@ -554,15 +557,22 @@ class _Parser:
         p = "conntrack"
         d = self.table(
             data, p,
-            {"capacity", "tcp_timeout_s", "udp_timeout_s", "protected_percent", "new_flows_per_s", "huge_pages"},
+            {"capacity", "tcp_timeout_s", "udp_timeout_s", "protected_percent", "new_flows_per_s", "huge_pages",
+             "shared"},
         )
+        shared = self.boolean(d, "shared", p, True)
+        huge = self.choice(d, "huge_pages", p, "auto", HUGE_PAGE_MODES)
+        if shared and huge == "hugetlb":
+            self.err(f"{p}.huge_pages", "\"hugetlb\" needs conntrack.shared = false (shared tables live in "
+                     "/dev/shm, on tmpfs pages)")
         return Conntrack(
             capacity=self.integer(d, "capacity", p, 65536, 64, 1 << 26),
             tcp_timeout_s=self.integer(d, "tcp_timeout_s", p, 300, 1, 86400),
             udp_timeout_s=self.integer(d, "udp_timeout_s", p, 30, 1, 86400),
             protected_percent=self.integer(d, "protected_percent", p, 90, 1, 100),
             new_flows_per_s=self.integer(d, "new_flows_per_s", p, 0, 0, 1_000_000_000),
-            huge_pages=self.choice(d, "huge_pages", p, "auto", HUGE_PAGE_MODES),
+            huge_pages=huge,
+            shared=shared,
         )
 
     def health(self, data: Any, p: str) -> HealthCheck:

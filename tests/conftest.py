@@ -38,6 +38,11 @@ def pytest_configure(config: pytest.Config) -> None:
         _saved_env[key] = os.environ.get(key)
         if not os.environ.get(key):
             os.environ[key] = str(base / sub)
+    # every connection table a run of this session keeps in /dev/shm is listed here
+    # (maglev/rings/conntrack_shm.py), whatever state directory the test gave it
+    _saved_env["MAGLEV_CT_RECORD"] = os.environ.get("MAGLEV_CT_RECORD")
+    if not os.environ.get("MAGLEV_CT_RECORD"):
+        os.environ["MAGLEV_CT_RECORD"] = str(base / "ct-segments")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -46,6 +51,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    # connection tables kept in /dev/shm for adoption (maglev/rings/conntrack_shm.py) by
+    # the runs of this session: the state directories list them
+    from maglev.rings.conntrack_shm import remove_listed, remove_recorded
+
+    for base in _private_base:
+        remove_listed(str(base / "ct-segments"))
+    roots = [str(b) for b in _private_base]
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is not None and getattr(factory, "_basetemp", None) is not None:
+        roots.append(str(factory._basetemp))
+    for root in roots:
+        remove_recorded(root)
     for base in _private_base:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -36,6 +36,14 @@ while this one still forwards, then let the supervisor stop the actors (the BGP 
 stops first and sends CEASE).  A SIGKILL of ``maglev run`` needs no controller: the kernel
 closes the BGP TCP connections and the routers withdraw on their own.
 
+The drained state is persisted (issue 16.5): ``drain-instance`` / ``resume-instance`` write
+``<state dir>/drained.json`` atomically (:func:`save_drained`, before the reply), and a
+new ``maglev run`` of the instance starts drained when the file says so
+(:func:`load_drained` in :meth:`Controller.bind`, before anything is announced), so a
+restart in the middle of a rolling upgrade never announces a drained instance.  A file that
+cannot be read or parsed counts as drained (the safe side for an instance that is one of
+several behind ECMP), with an error naming the file; ``resume-instance`` rewrites it.
+
 Events: the speaker's ``bgp.event`` messages (session states, route announce/withdraw) and
 the controller's own decisions (``controller`` events: healthy/unhealthy with reasons,
 drained/resumed) are sent to the config manager, which publishes them on the control
@@ -51,10 +59,12 @@ control ops ``drain-instance`` / ``resume-instance`` and the table fingerprints 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("maglev.controller")
@@ -63,6 +73,43 @@ BGP_ACTOR = "bgp"
 CONFIG_ACTOR = "config"
 EVENT_TOPIC = "bgp"
 OPS = ("drain-instance", "resume-instance")
+
+
+DRAIN_FILE = "drained.json"
+DRAIN_FORMAT = "maglev-drain-1"
+
+
+def drain_path(instance: str) -> Path:
+    from maglev.control.endpoints import state_dir
+
+    return state_dir(instance) / DRAIN_FILE
+
+
+def save_drained(instance: str, drained: bool) -> None:
+    """Persist the drained state of ``instance`` (atomic; raises OSError)."""
+    from maglev.control.persist import atomic_write
+
+    doc = {"format": DRAIN_FORMAT, "drained": bool(drained), "at": time.time()}
+    atomic_write(drain_path(instance), json.dumps(doc).encode() + b"\n")
+
+
+def load_drained(instance: str) -> tuple[bool, str]:
+    """(drained, problem): the persisted state; no file = not drained; a damaged file =
+    drained, with the problem in words."""
+    p = drain_path(instance)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return False, ""
+    except OSError as exc:
+        return True, f"{p}: cannot read ({exc.strerror or exc}); staying drained until resume-instance"
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or doc.get("format") != DRAIN_FORMAT or not isinstance(doc.get("drained"), bool):
+            raise ValueError(f"not a {DRAIN_FORMAT} file")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return True, f"{p}: damaged ({exc}); staying drained until resume-instance"
+    return doc["drained"], ""
 
 
 # --------------------------------------------------------------------------- pure rules
@@ -211,6 +258,16 @@ class Controller:
         self.pipeline = pipeline
         self.supervisor = pipeline.supervisor
         self.region = pipeline.region
+        config = getattr(pipeline, "config", None)
+        if config is not None:  # a drained instance starts drained: nothing is ever announced
+            drained, problem = load_drained(config.instance.name)
+            if problem:
+                log.error(problem)
+            if drained:
+                self.drained = True
+                self.withdraw_reason = "instance drained"
+                log.warning("instance drained (persisted in %s): VIPs stay withdrawn until "
+                            "`maglev ctl resume-instance`", drain_path(config.instance.name))
         return self
 
     @property
@@ -407,7 +464,7 @@ def config_handle_mailbox(actor: Any, msg: dict[str, Any]) -> bool:
 def config_handle_op(actor: Any, req: Any) -> Any:
     """``drain-instance`` / ``resume-instance``: tell the supervisor's controller."""
     from maglev.control.ops import check_keys
-    from maglev.control.protocol import NOT_FOUND, ProtocolError, Reply
+    from maglev.control.protocol import NOT_FOUND, PERSIST_FAILED, ProtocolError, Reply
 
     try:
         check_keys(req.args, ())
@@ -418,6 +475,12 @@ def config_handle_op(actor: Any, req: Any) -> Any:
     if state is None:
         return Reply.failure(req.id, ProtocolError(
             NOT_FOUND, "no controller in this process tree (not started by `maglev run`?)"))
+    try:  # persisted first: the reply promises that a restart keeps it
+        save_drained(actor.spec.instance, drained)
+    except OSError as exc:
+        return Reply.failure(req.id, ProtocolError(
+            PERSIST_FAILED, f"cannot persist the drained state in {drain_path(actor.spec.instance)}: "
+                      f"{exc.strerror or exc}; nothing changed"))
     actor.drain_seq = getattr(actor, "drain_seq", 0) + 1
     actor.drain_intent = drained
     actor.send("controller.drain", drained=drained, seq=actor.drain_seq)

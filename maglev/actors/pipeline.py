@@ -117,7 +117,20 @@ class Pipeline:
         from maglev.datapath.ctmem import check_memory
 
         ctc = self.config.conntrack  # every worker's table must fit: a clear error, nothing started
-        check_memory(ctc.capacity, ctc.huge_pages, copies=opts.workers)
+        if ctc.shared:  # tables in /dev/shm: the ones adopted from the previous run are paid for
+            from maglev.control.endpoints import state_dir
+            from maglev.rings.conntrack_shm import plan_run
+
+            inst = self.config.instance.name
+            adopt, line = plan_run(inst, str(state_dir(inst)), opts.config_path, ctc.capacity,
+                                   self.config.flow_hash_key, opts.workers)
+            if adopt < opts.workers:
+                check_memory(ctc.capacity, "off", copies=opts.workers - adopt)
+            # shown without -v when a previous run's tables exist (adopted or refused)
+            level = logging.INFO if line.startswith("connection tables: none") else logging.WARNING
+            logging.getLogger("maglev.conntrack").log(level, line)
+        else:
+            check_memory(ctc.capacity, ctc.huge_pages, copies=opts.workers)
         self.nic_spec = parse_nic(opts.nic)
         self.out_spec = parse_out(opts.out or None, self.nic_spec)
         if self.nic_spec.kind == "gen":

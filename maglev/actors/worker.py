@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 from typing import Any
 
@@ -41,11 +42,17 @@ class Worker(Actor):
         ctc = cfg.conntrack
         from maglev.datapath.ctmem import PAGE_MODES, check_memory, page_mode_name
 
-        check_memory(ctc.capacity, ctc.huge_pages)  # a clear error before anything is allocated
-        check(lib.mg_ct_set_default_pages(PAGE_MODES[ctc.huge_pages]), "conntrack page mode")
-        w = lib.mg_worker_new(
-            self.base, self.index, cfg.conntrack.capacity, k0, k1, self.burst, time.monotonic_ns()
-        )
+        self.ct_file = open_shared_table(cfg, p.get("config", ""), self.index, self.region.n_workers) \
+            if ctc.shared else None
+        if self.ct_file is not None:  # in /dev/shm: survives this process (conntrack_shm.py)
+            w = lib.mg_worker_new_ct(self.base, self.index, self.ct_file.ct, k0, k1, self.burst,
+                                     time.monotonic_ns())
+        else:
+            check_memory(ctc.capacity, ctc.huge_pages)  # a clear error before anything is allocated
+            check(lib.mg_ct_set_default_pages(PAGE_MODES[ctc.huge_pages]), "conntrack page mode")
+            w = lib.mg_worker_new(
+                self.base, self.index, cfg.conntrack.capacity, k0, k1, self.burst, time.monotonic_ns()
+            )
         if w == ffi.NULL:
             raise RuntimeError(f"worker {self.index}: cannot allocate the data path")
         self.w = ffi.gc(w, lib.mg_worker_free)
@@ -53,7 +60,8 @@ class Worker(Actor):
         check(lib.mg_ct_set_policy(ct, ctc.protected_percent, ctc.new_flows_per_s), "conntrack policy")
         log.info("connection table ready", extra={"kv": {
             "entries": int(lib.mg_ct_capacity(ct)), "bytes": int(ct.map_bytes), "pages": page_mode_name(ct),
-            "protected_percent": ctc.protected_percent, "new_flows_per_s": ctc.new_flows_per_s}})
+            "protected_percent": ctc.protected_percent, "new_flows_per_s": ctc.new_flows_per_s,
+            "segment": self.ct_file.path if self.ct_file else "", "adopted_entries": int(ct.n_used)}})
         stats = self.region.stats(worker_slot(self.index))
         lost = int(stats[lib.MG_WS_RESTART_DROPS])
         recovered = check(lib.mg_worker_recover(self.w, self.base), "worker recover")
@@ -109,6 +117,30 @@ class Worker(Actor):
     def stats(self) -> dict[str, Any]:
         s = getattr(self, "stats_block", None)
         return worker_counters(s.snapshot()) if s is not None else {}
+
+
+def open_shared_table(cfg: Any, config_path: str, index: int, n_workers: int) -> Any:
+    """This worker's connection table in /dev/shm (adopted or fresh; one log line says
+    which and why), or None when another live process holds it (then a private table)."""
+    from maglev.control.endpoints import state_dir
+    from maglev.datapath.ctmem import check_memory
+    from maglev.rings.conntrack_shm import (
+        Wanted,
+        identity_tag,
+        key_fingerprint,
+        open_table,
+        record,
+        segment_name,
+    )
+
+    name = cfg.instance.name
+    sd = str(state_dir(name))
+    seg = segment_name(name, identity_tag(sd, config_path), index)
+    record(sd, seg)
+    want = Wanted(cfg.conntrack.capacity, key_fingerprint(*cfg.flow_hash_key), n_workers, index)
+    if not os.path.exists(f"/dev/shm/{seg}"):
+        check_memory(cfg.conntrack.capacity, "off")  # a clear error before anything is allocated
+    return open_table(seg, want)
 
 
 class WorkerObserver:

@@ -16,7 +16,8 @@ from maglev.native import ffi, lib
 
 # [conntrack] huge_pages -> MG_CT_PAGES_*
 PAGE_MODES: dict[str, int] = {"auto": 0, "hugetlb": 1, "thp": 2, "off": 3}
-PAGE_MODE_NAMES: dict[int, str] = {1: "hugetlb (MAP_HUGETLB)", 2: "thp (madvise MADV_HUGEPAGE)", 3: "4 KiB pages"}
+PAGE_MODE_NAMES: dict[int, str] = {1: "hugetlb (MAP_HUGETLB)", 2: "thp (madvise MADV_HUGEPAGE)", 3: "4 KiB pages",
+                                   4: "shared (/dev/shm, tmpfs pages)"}
 GIB = 1 << 30
 
 

@@ -10,6 +10,7 @@ once; the tables blob is copied into 8-byte-aligned memory (offsets in it assume
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from maglev.datapath.ctmem import check_memory
 from maglev.datapath.engine import (
@@ -35,16 +36,22 @@ SPARE = BURST_MAX  # spare frames per burst: one per packet, as a worker has (mg
 class CDataPath:
     engine = "c"
 
-    def __init__(self, tables: bytes, *, ct_capacity: int = 65536, worker: int = 0, now_ns: int = 0):
+    def __init__(self, tables: bytes, *, ct_capacity: int = 65536, worker: int = 0, now_ns: int = 0,
+                 shared_ct: Any = None):
+        """``shared_ct``: a table opened with ``maglev.rings.conntrack_shm.open_table`` (its
+        ``.ct``, owned by this data path from here) instead of a private one."""
         self._tables_buf = None
         self.set_tables(tables)
         # the blob the kernel last ran with: its counters are indexed by that blob's VIPs
         # and backends until the next burst switches to a newer set_tables() blob
         self._kernel_buf = self._tables_buf
         hdr = ffi.cast("struct mg_tables_header *", self._tables_buf)
-        if 0 < ct_capacity <= lib.MG_CT_MAX_CAPACITY:
-            check_memory(ct_capacity)  # a clear error with the numbers, nothing allocated
-        dp = lib.mg_dp_new(ct_capacity, worker, hdr.hash_k0, hdr.hash_k1, now_ns)
+        if shared_ct is not None:
+            dp = lib.mg_dp_new_ct(shared_ct, worker, hdr.hash_k0, hdr.hash_k1, now_ns)
+        else:
+            if 0 < ct_capacity <= lib.MG_CT_MAX_CAPACITY:
+                check_memory(ct_capacity)  # a clear error with the numbers, nothing allocated
+            dp = lib.mg_dp_new(ct_capacity, worker, hdr.hash_k0, hdr.hash_k1, now_ns)
         if dp == ffi.NULL:
             raise NativeError(22, f"data path: cannot create (capacity {ct_capacity} out of range or no memory)")
         self._dp = ffi.gc(dp, lib.mg_dp_free)

@@ -517,6 +517,11 @@ class Lab:
                 removed.append(ns)
         for leftover in ("state.json", "maglev.toml"):
             (self.state_dir / leftover).unlink(missing_ok=True)
+        # connection tables the lab's forwarders kept in /dev/shm for adoption (their state
+        # directories under this one list them: maglev/rings/conntrack_shm.py)
+        from maglev.rings.conntrack_shm import remove_recorded
+
+        remove_recorded(str(self.state_dir))
         for f in self.state_dir.glob("agent-*.json"):
             f.unlink(missing_ok=True)
         self.state = {}

@@ -10,6 +10,7 @@ C burst kernels call the same functions in one C call per burst.
 
 from __future__ import annotations
 
+from maglev.rings.conntrack_shm import keep_for_adoption
 from maglev.rings.region import (
     ALERT_STOP,
     BELL_MUXER,
@@ -80,6 +81,7 @@ __all__ = [
     "SS_NIC_DROPS",
     "StatsBlock",
     "forwarder_counters",
+    "keep_for_adoption",
     "remove_stale_regions",
     "worker_bell",
     "worker_counters",

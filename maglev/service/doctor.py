@@ -380,10 +380,21 @@ def check_shm(ctx: Context) -> list[Finding]:
     # The run sizes its frame pool from workers and ring size: ~(3 rings x 2048 + spares)
     # frames of 2 KiB per worker; round up generously.
     need = ctx.workers * 4 * 2048 * 2048 + (64 << 20)
+    ctc = ctx.config.conntrack
+    if ctc.shared:  # one connection table per worker in /dev/shm (maglev/rings/conntrack_shm.py)
+        from maglev.rings.conntrack_shm import SHM_DIR, list_segments, table_bytes
+
+        need += ctx.workers * table_bytes(ctc.capacity)
+        for name in list_segments(ctx.config.instance.name):  # a restart reuses these
+            try:
+                free += os.stat(os.path.join(SHM_DIR, name)).st_size
+            except OSError:
+                pass
     mib = 1 << 20
     if free < need:
         return [Finding("shm", FAIL, f"/dev/shm has {free // mib} MiB free, the run needs about {need // mib} MiB",
-                        "mount -o remount,size=1G /dev/shm (or fewer --workers / a smaller --ring-size)")]
+                        "mount -o remount,size=1G /dev/shm (or fewer --workers / a smaller --ring-size / "
+                        "conntrack.capacity)")]
     return [Finding("shm", OK, f"/dev/shm has {free // mib} MiB free (about {need // mib} MiB needed)")]
 
 

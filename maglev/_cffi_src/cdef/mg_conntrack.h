@@ -11,6 +11,12 @@
 #define MG_CT_PAGES_HUGETLB 1
 #define MG_CT_PAGES_THP 2
 #define MG_CT_PAGES_SMALL 3
+#define MG_CT_PAGES_SHM 4
+#define MG_CT_E_TRUNCATED 1
+#define MG_CT_E_MAGIC 2
+#define MG_CT_E_VERSION 3
+#define MG_CT_E_GEOMETRY 4
+#define MG_CT_E_SIZE 5
 
 struct mg_ct_stats {
     uint64_t lookups;
@@ -51,7 +57,11 @@ struct mg_ct {
     uint32_t rate_last;
     uint64_t tokens;
     uint64_t burst;
+    uint64_t key_fp;
     struct mg_ct_stats stats;
+    uint32_t n_workers;
+    uint32_t worker;
+    uint64_t adoptions;
     ...;
 };
 
@@ -72,6 +82,10 @@ struct mg_ct *mg_ct_new(uint32_t capacity);
 struct mg_ct *mg_ct_new_mode(uint32_t capacity, uint32_t mode);
 int mg_ct_set_default_pages(uint32_t mode);
 void mg_ct_free(struct mg_ct *ct);
+int mg_ct_check(const void *hdr, uint64_t have, uint64_t file_bytes);
+struct mg_ct *mg_ct_format(void *mem, uint64_t bytes, uint32_t capacity, uint32_t page_mode);
+struct mg_ct *mg_ct_map_shared(int fd, uint64_t bytes, uint32_t capacity, int adopt);
+void mg_ct_recount(struct mg_ct *ct);
 void mg_ct_clear(struct mg_ct *ct);
 uint32_t mg_ct_capacity(const struct mg_ct *ct);
 uint32_t mg_ct_page_mode(const struct mg_ct *ct);

@@ -50,6 +50,8 @@ struct mg_dp;
 
 struct mg_dp *mg_dp_new(uint32_t ct_capacity, uint16_t worker, uint64_t k0, uint64_t k1,
                         uint64_t now_ns);
+struct mg_dp *mg_dp_new_ct(struct mg_ct *ct, uint16_t worker, uint64_t k0, uint64_t k1,
+                           uint64_t now_ns);
 void mg_dp_free(struct mg_dp *dp);
 int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg_dp_io *io);
 int mg_dp_flush(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg_dp_io *io);

@@ -20,6 +20,8 @@
 struct mg_worker;
 struct mg_worker *mg_worker_new(void *base, uint32_t worker, uint32_t ct_capacity,
                                 uint64_t k0, uint64_t k1, uint32_t burst, uint64_t now_ns);
+struct mg_worker *mg_worker_new_ct(void *base, uint32_t worker, struct mg_ct *ct,
+                                   uint64_t k0, uint64_t k1, uint32_t burst, uint64_t now_ns);
 void mg_worker_free(struct mg_worker *w);
 struct mg_dp *mg_worker_dp(struct mg_worker *w);
 int mg_worker_recover(struct mg_worker *w, void *base);

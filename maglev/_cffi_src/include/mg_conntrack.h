@@ -8,7 +8,8 @@
  *
  * The header starts with a magic and a layout version and locates the arrays by offsets,
  * never by pointers, so the same bytes can later live in shared memory and be adopted by
- * another process (issue 16.5: not done here).  struct mg_ct *is* the mapping.  Pages:
+ * another process (issue 16.5: mg_ct_check / mg_ct_format / mg_ct_map_shared below, the
+ * POSIX shm segments in maglev/rings/conntrack_shm.py).  struct mg_ct *is* the mapping.  Pages:
  * MAP_HUGETLB when reserved huge pages suffice (or are required), else transparent huge
  * pages by madvise(MADV_HUGEPAGE), else 4 KiB pages; mg_ct_page_mode() says which.  Before
  * mapping, the size is checked against MemAvailable (or HugePages_Free) -- mg_ct_plan() --
@@ -88,6 +89,14 @@
 #define MG_CT_PAGES_HUGETLB 1 /* MAP_HUGETLB, required */
 #define MG_CT_PAGES_THP 2     /* 4 KiB mapping + madvise(MADV_HUGEPAGE) */
 #define MG_CT_PAGES_SMALL 3   /* 4 KiB pages, no advice */
+#define MG_CT_PAGES_SHM 4     /* MAP_SHARED of a POSIX shm file (tmpfs pages), survives the process */
+
+/* Why a header cannot be adopted (mg_ct_check); maglev/rings/conntrack_shm.py words them. */
+#define MG_CT_E_TRUNCATED 1    /* file shorter than the header */
+#define MG_CT_E_MAGIC 2        /* not a maglev connection table */
+#define MG_CT_E_VERSION 3      /* another layout version */
+#define MG_CT_E_GEOMETRY 4     /* ways / buckets / offsets inconsistent */
+#define MG_CT_E_SIZE 5         /* file size is not what the geometry needs */
 
 struct mg_ct_meta {
     uint32_t tag[MG_CT_WAYS];
@@ -135,9 +144,12 @@ struct mg_ct {
     uint32_t rate_last;      /* tick of the last refill */
     uint64_t tokens;         /* thousandths of a new flow */
     uint64_t burst;          /* most tokens held (thousandths) */
-    uint8_t pad0[8];
+    uint64_t key_fp;         /* shared tables: fingerprint of the flow-hash secret (0 = none) */
     struct mg_ct_stats stats; /* from byte 96 */
-    uint8_t pad1[MG_CT_HDR_SIZE - 96 - sizeof(struct mg_ct_stats)];
+    uint32_t n_workers;      /* shared tables: worker count of the run that made it */
+    uint32_t worker;         /* shared tables: worker index */
+    uint64_t adoptions;      /* shared tables: times adopted by a new process */
+    uint8_t pad1[MG_CT_HDR_SIZE - 96 - sizeof(struct mg_ct_stats) - 16];
 };
 
 _Static_assert(sizeof(struct mg_ct_meta) == 64, "one line of metadata per bucket");
@@ -346,6 +358,26 @@ int mg_ct_lookup_slot(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t 
 int mg_ct_insert(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h, uint64_t now_ns,
                  uint32_t tcp_ms, uint32_t udp_ms, int32_t backend, uint64_t backend_id);
 int mg_ct_admit_at(struct mg_ct *ct, uint64_t now_ns);
+/* Shared tables (issue 16.5).  The geometry fields (magic, version, ways, n_buckets, mask,
+ * meta_off, entries_off, map_bytes) are written once by mg_ct_format and never again, so a
+ * process killed at any point of an adoption leaves a table the next start can adopt.
+ *
+ * mg_ct_check: 0 if `hdr` (a copy of a file's first bytes, `have` of them) describes a
+ * table of exactly `file_bytes`, else MG_CT_E_*.  Reads only. */
+int mg_ct_check(const void *hdr, uint64_t have, uint64_t file_bytes);
+/* Format `mem` (bytes long, all zero) as an empty table of `capacity` entries: NULL
+ * (EINVAL) if bytes < mg_ct_bytes(capacity). */
+struct mg_ct *mg_ct_format(void *mem, uint64_t bytes, uint32_t capacity, uint32_t page_mode);
+/* mmap(MAP_SHARED) the whole of fd (`bytes` long).  adopt = 1: the mapped header must pass
+ * mg_ct_check (else NULL, errno EPROTO, nothing left mapped), then n_used / n_protected are
+ * recounted from the tags and the counters zeroed (a process killed mid-insert may leave
+ * them off by one; its counts were already published).  adopt = 0: the file must be zero
+ * (fresh, fallocated) and is formatted for `capacity`.  The table is freed by mg_ct_free
+ * (munmap) like any other; the file stays. */
+struct mg_ct *mg_ct_map_shared(int fd, uint64_t bytes, uint32_t capacity, int adopt);
+/* n_used / n_protected from the tags: O(capacity / 8) metadata lines. */
+void mg_ct_recount(struct mg_ct *ct);
+
 /* Non-empty ways counted by scanning (tests check it equals n_used): O(capacity). */
 uint32_t mg_ct_count(const struct mg_ct *ct);
 /* Tag of a slot (tests, the reference comparison). */

@@ -124,8 +124,13 @@ struct mg_dp;
 /* A worker's data path state: connection table of `ct_capacity` entries (rounded up to a
  * power of two), fragment table (defaults of mg_frag.h, keyed by k0/k1 = the flow-hash
  * secret), ICMP rate limiter.  NULL on bad arguments or no memory. */
+/* The same around a connection table made by the caller (a shared one: mg_ct_map_shared);
+ * the data path owns it from here (mg_dp_free unmaps it; a shared file stays), also when
+ * this fails (NULL). */
 struct mg_dp *mg_dp_new(uint32_t ct_capacity, uint16_t worker, uint64_t k0, uint64_t k1,
                         uint64_t now_ns);
+struct mg_dp *mg_dp_new_ct(struct mg_ct *ct, uint16_t worker, uint64_t k0, uint64_t k1,
+                           uint64_t now_ns);
 void mg_dp_free(struct mg_dp *dp);
 
 /* Process io->frames; returns the number of input frames (>= 0) or -EINVAL. */

@@ -102,6 +102,9 @@ struct mg_worker {
  * connection table of ct_capacity entries, keyed by the flow secret.  NULL on error. */
 struct mg_worker *mg_worker_new(void *base, uint32_t worker, uint32_t ct_capacity,
                                 uint64_t k0, uint64_t k1, uint32_t burst, uint64_t now_ns);
+/* The same with a connection table made by the caller (owned from here, also on error). */
+struct mg_worker *mg_worker_new_ct(void *base, uint32_t worker, struct mg_ct *ct,
+                                   uint64_t k0, uint64_t k1, uint32_t burst, uint64_t now_ns);
 void mg_worker_free(struct mg_worker *w);
 /* The worker's data path (for its connection table: mg_dp_conntrack). */
 struct mg_dp *mg_worker_dp(struct mg_worker *w);

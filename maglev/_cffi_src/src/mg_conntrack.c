@@ -1,6 +1,8 @@
 /* Connection table: allocation, memory check, insert rule, out-of-line wrappers; design in
  * include/mg_conntrack.h. */
 #include <errno.h>
+#include <stdint.h>
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -122,17 +124,100 @@ struct mg_ct *mg_ct_new_mode(uint32_t capacity, uint32_t mode)
 #endif
     }
     /* Anonymous pages are zero: empty tags, zero stats, no memset of the table. */
-    struct mg_ct *ct = p;
-    ct->magic = MG_CT_MAGIC;
+    return mg_ct_format(p, plan.table_bytes, capacity, plan.mode);
+}
+
+struct mg_ct *mg_ct_format(void *mem, uint64_t bytes, uint32_t capacity, uint32_t page_mode)
+{
+    size_t need = mg_ct_bytes(capacity);
+    if (!mem || !need || bytes < need) {
+        errno = EINVAL;
+        return NULL;
+    }
+    uint32_t cap = round_cap(capacity);
+    struct mg_ct *ct = mem;
     ct->version = MG_CT_LAYOUT_VERSION;
     ct->ways = MG_CT_WAYS;
-    ct->n_buckets = plan.capacity / MG_CT_WAYS;
+    ct->n_buckets = cap / MG_CT_WAYS;
     ct->mask = ct->n_buckets - 1;
     ct->meta_off = MG_CT_HDR_SIZE;
     ct->entries_off = MG_CT_HDR_SIZE + (uint64_t)ct->n_buckets * sizeof(struct mg_ct_meta);
-    ct->map_bytes = plan.table_bytes;
-    ct->page_mode = plan.mode;
+    ct->map_bytes = bytes;
+    ct->page_mode = page_mode;
     mg_ct_set_policy(ct, MG_CT_DEFAULT_PROTECTED_PCT, 0);
+    /* the magic last: a reader of a shared file never sees a magic over a half header */
+    __atomic_store_n(&ct->magic, MG_CT_MAGIC, __ATOMIC_RELEASE);
+    return ct;
+}
+
+int mg_ct_check(const void *hdr, uint64_t have, uint64_t file_bytes)
+{
+    if (!hdr || have < MG_CT_HDR_SIZE || file_bytes < MG_CT_HDR_SIZE)
+        return MG_CT_E_TRUNCATED;
+    struct mg_ct h;
+    memcpy(&h, hdr, sizeof h);
+    if (h.magic != MG_CT_MAGIC)
+        return MG_CT_E_MAGIC;
+    if (h.version != MG_CT_LAYOUT_VERSION)
+        return MG_CT_E_VERSION;
+    uint64_t cap = (uint64_t)h.n_buckets * MG_CT_WAYS;
+    if (h.ways != MG_CT_WAYS || h.n_buckets == 0 || (h.n_buckets & (h.n_buckets - 1)) != 0 ||
+        cap > MG_CT_MAX_CAPACITY || h.mask != h.n_buckets - 1 || h.meta_off != MG_CT_HDR_SIZE ||
+        h.entries_off != MG_CT_HDR_SIZE + (uint64_t)h.n_buckets * sizeof(struct mg_ct_meta) ||
+        h.map_bytes != round_up(mg_ct_bytes((uint32_t)cap), SMALL_PAGE) ||
+        h.page_mode != MG_CT_PAGES_SHM)
+        return MG_CT_E_GEOMETRY;
+    if (h.map_bytes != file_bytes)
+        return MG_CT_E_SIZE;
+    return 0;
+}
+
+void mg_ct_recount(struct mg_ct *ct)
+{
+    uint32_t used = 0, prot = 0;
+    for (uint32_t b = 0; b < ct->n_buckets; b++) {
+        const struct mg_ct_meta *m = mg_ct_meta_of(ct, b);
+        for (int w = 0; w < MG_CT_WAYS; w++) {
+            used += m->tag[w] != 0;
+            prot += (m->tag[w] & MG_CT_TAG_PROTECTED) != 0;
+        }
+    }
+    ct->n_used = used;
+    ct->n_protected = prot;
+}
+
+struct mg_ct *mg_ct_map_shared(int fd, uint64_t bytes, uint32_t capacity, int adopt)
+{
+    if (fd < 0 || bytes < MG_CT_HDR_SIZE || bytes > SIZE_MAX) {
+        errno = EINVAL;
+        return NULL;
+    }
+    void *p = mmap(NULL, (size_t)bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, (size_t)bytes, MADV_HUGEPAGE); /* advice: tmpfs with huge=advise */
+#endif
+    struct mg_ct *ct = p;
+    if (!adopt) {
+        if (!mg_ct_format(p, bytes, capacity, MG_CT_PAGES_SHM)) {
+            munmap(p, (size_t)bytes);
+            errno = EINVAL;
+            return NULL;
+        }
+        return ct;
+    }
+    /* checked again in the mapping (the file may have changed since the caller's read) */
+    if (mg_ct_check(p, bytes, bytes) != 0) {
+        munmap(p, (size_t)bytes);
+        errno = EPROTO;
+        return NULL;
+    }
+    /* Only state words change from here on, never the geometry: a kill at any point
+     * leaves a table the next start can adopt. */
+    mg_ct_recount(ct);
+    memset(&ct->stats, 0, sizeof ct->stats);
+    ct->adoptions++;
     return ct;
 }
 

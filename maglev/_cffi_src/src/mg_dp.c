@@ -119,12 +119,23 @@ static const uint8_t bcast_mac[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
 struct mg_dp *mg_dp_new(uint32_t ct_capacity, uint16_t worker, uint64_t k0, uint64_t k1,
                         uint64_t now_ns)
 {
-    struct mg_dp *dp = calloc(1, sizeof(*dp));
-    if (!dp)
+    struct mg_ct *ct = mg_ct_new(ct_capacity);
+    return ct ? mg_dp_new_ct(ct, worker, k0, k1, now_ns) : NULL;
+}
+
+struct mg_dp *mg_dp_new_ct(struct mg_ct *ct, uint16_t worker, uint64_t k0, uint64_t k1,
+                           uint64_t now_ns)
+{
+    if (!ct)
         return NULL;
+    struct mg_dp *dp = calloc(1, sizeof(*dp));
+    if (!dp) {
+        mg_ct_free(ct);
+        return NULL;
+    }
     dp->worker = worker;
-    dp->ct = mg_ct_new(ct_capacity);
-    if (!dp->ct || mg_ratelimit_init(&dp->rl, MG_ICMP_RATE_PER_S, MG_ICMP_BURST, now_ns) < 0)
+    dp->ct = ct;
+    if (mg_ratelimit_init(&dp->rl, MG_ICMP_RATE_PER_S, MG_ICMP_BURST, now_ns) < 0)
         goto fail;
     size_t fsz = mg_frag_table_size(MG_FRAG_DEFAULT_ENTRIES, MG_FRAG_DEFAULT_HOLD_FRAMES);
     if (fsz) {

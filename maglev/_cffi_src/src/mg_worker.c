@@ -14,14 +14,26 @@ _Static_assert(MG_DROP_COUNT <= MG_WS_N_DROPS, "every drop reason has a counter"
 struct mg_worker *mg_worker_new(void *base, uint32_t worker, uint32_t ct_capacity,
                                 uint64_t k0, uint64_t k1, uint32_t burst, uint64_t now_ns)
 {
+    struct mg_ct *ct = mg_ct_new(ct_capacity);
+    return ct ? mg_worker_new_ct(base, worker, ct, k0, k1, burst, now_ns) : NULL;
+}
+
+struct mg_worker *mg_worker_new_ct(void *base, uint32_t worker, struct mg_ct *ct,
+                                   uint64_t k0, uint64_t k1, uint32_t burst, uint64_t now_ns)
+{
+    if (!ct)
+        return NULL;
     const struct mg_region_hdr *h = base;
     if (!base || worker >= h->n_workers || burst == 0 || burst > MG_BURST_MAX) {
+        mg_ct_free(ct);
         errno = EINVAL;
         return NULL;
     }
     struct mg_worker *w = calloc(1, sizeof *w);
-    if (!w)
+    if (!w) {
+        mg_ct_free(ct);
         return NULL;
+    }
     w->worker = worker;
     w->slot = MG_SLOT_WORKER0 + worker;
     w->rx_id = mg_region_ring_id(base, MG_RING_RX, worker);
@@ -34,10 +46,11 @@ struct mg_worker *mg_worker_new(void *base, uint32_t worker, uint32_t ct_capacit
         w->spare_id == UINT32_MAX ||
         !w->stats) {
         free(w);
+        mg_ct_free(ct);
         errno = EINVAL;
         return NULL;
     }
-    w->dp = mg_dp_new(ct_capacity, (uint16_t)worker, k0, k1, now_ns);
+    w->dp = mg_dp_new_ct(ct, (uint16_t)worker, k0, k1, now_ns);
     if (!w->dp) {
         free(w);
         return NULL;

@@ -1,0 +1,450 @@
+"""Connection tables in POSIX shared memory: kept across a worker's restart and adopted by
+the next ``maglev run`` of the same instance (issue 16.5; docs/rings.md, "Connection
+tables").
+
+One file per worker slot, ``/dev/shm/maglev-<instance>-ct-<tag>-<i>``:
+
+* ``<instance>`` is ``[instance] name``; ``<i>`` the worker index;
+* ``<tag>`` (8 hex digits) is the *identity* of the instance on this host: SHA-256 of its
+  state directory (``maglev.control.endpoints.state_dir``, where the accepted config is
+  persisted) and of its config file's path.  Two runs with the same identity are "the same
+  instance" (a restart, an upgrade); two test sessions, or two labs, that reuse the name
+  ``mg1`` with another state directory never adopt each other's tables.
+
+The file holds exactly the table's one mapping (``mg_conntrack.h``: 256-byte header with
+magic, layout version and offsets, then metadata and entries).  Adoption:
+
+1. open the file (never create it), take ``flock(LOCK_EX)`` (one live owner at a time; the
+   kernel drops the lock of a killed process), check it is a regular file of ours;
+2. read the header with ``pread`` and check it read-only (``mg_ct_check``: magic, layout
+   version, geometry, file size) and against this run (capacity, flow-hash secret, number
+   of workers, worker index);
+3. only then map it (``mg_ct_map_shared``, which checks the mapped header again) and
+   recount its occupancy.  The geometry words are never written after the table was
+   formatted, so a process killed at any point of an adoption leaves a table the next
+   start adopts.
+
+A refused file is replaced, never patched: a fresh table is made under a temporary name
+(``...-<i>.new-<pid>``), its memory reserved with ``posix_fallocate`` (a full /dev/shm is a
+clear error now, never a SIGBUS later), formatted, then ``rename``-d over the old name
+(atomic): a kill during a fresh start leaves the old file or the new one, whole.
+
+Stale clean-up of dead instances (``maglev.rings.region.remove_stale_regions`` and the
+supervisor's run-folder clean-up) must keep these files: :func:`keep_for_adoption` says
+which names are meant for adoption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from maglev.errors import MaglevError
+from maglev.native import ffi, lib
+
+log = logging.getLogger("maglev.conntrack")
+
+SHM_DIR = "/dev/shm"
+HDR_SIZE = 256
+PAGE = 4096
+_CT_RE = re.compile(r"^maglev-(?P<instance>[A-Za-z0-9_.-]{1,64})-ct-(?P<tag>[0-9a-f]{8})-(?P<index>[0-9]{1,4})$")
+_TMP_RE = re.compile(r"^(?P<final>maglev-.+-ct-[0-9a-f]{8}-[0-9]{1,4})\.new-(?P<pid>[0-9]+)$")
+
+_CHECK_REASONS = {
+    lib.MG_CT_E_TRUNCATED: "truncated (shorter than the {hdr}-byte header)",
+    lib.MG_CT_E_MAGIC: "not a maglev connection table (wrong magic)",
+    lib.MG_CT_E_VERSION: "layout version {version}, this build uses {ours}",
+    lib.MG_CT_E_GEOMETRY: "corrupt header (ways, buckets, offsets or page mode inconsistent)",
+    lib.MG_CT_E_SIZE: "file is {size} bytes, its header says {expected} (truncated or grown)",
+}
+
+
+class ConntrackShmError(MaglevError):
+    """A shared connection table could not be made (e.g. /dev/shm too small)."""
+
+
+def identity_tag(state_dir: str, config_path: str) -> str:
+    """8 hex digits naming an instance's identity on this host (module docstring)."""
+    sd = os.path.realpath(state_dir) if state_dir else ""
+    cp = os.path.realpath(config_path) if config_path else ""
+    return hashlib.sha256(f"{sd}\0{cp}".encode()).hexdigest()[:8]
+
+
+def segment_name(instance: str, tag: str, index: int) -> str:
+    name = f"maglev-{instance}-ct-{tag}-{index}"
+    if not _CT_RE.match(name):
+        raise ConntrackShmError(f"conntrack segment name {name!r}: instance or tag not usable in a shm name")
+    return name
+
+
+RECORD_FILE = "conntrack-segments"
+RECORD_ENV = "MAGLEV_CT_RECORD"  # a file that also lists every table made (test harnesses)
+
+
+def record(state_dir: str, name: str) -> None:
+    """Note ``name`` in ``<state_dir>/conntrack-segments`` (one name a line): the state
+    directory lists the connection tables of its instance, so they can be found and removed
+    with it (:func:`remove_recorded`).  With ``$MAGLEV_CT_RECORD`` set, also in that file
+    (a test session lists what its runs made, whatever state directories they used).  Best
+    effort: a read-only state dir loses nothing but the list."""
+    if extra := os.environ.get(RECORD_ENV):
+        _append_once(extra, name)
+    _append_once(os.path.join(state_dir, RECORD_FILE), name)
+
+
+def remove_listed(path: str) -> list[str]:
+    """Unlink the tables named in the list file ``path`` (see :func:`record`)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            names = f.read().split()
+    except (OSError, UnicodeDecodeError):
+        return []
+    removed = []
+    for n in names:
+        if _CT_RE.match(n):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(SHM_DIR, n))
+                removed.append(n)
+    return removed
+
+
+def _append_once(path: str, name: str) -> None:
+    state_dir = os.path.dirname(path)
+    try:
+        with open(path, encoding="ascii") as f:
+            if name in f.read().split():
+                return
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError):
+        return
+    with contextlib.suppress(OSError):
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, (name + "\n").encode())  # one small O_APPEND write: atomic
+        finally:
+            os.close(fd)
+
+
+def remove_recorded(root: str) -> list[str]:
+    """Unlink the tables listed in every ``conntrack-segments`` file under ``root`` (an
+    instance's state directory, or a test session's)."""
+    removed = []
+    for d, _dirs, files in os.walk(root):
+        if RECORD_FILE in files:
+            removed += remove_listed(os.path.join(d, RECORD_FILE))
+    return removed
+
+
+def keep_for_adoption(name: str) -> bool:
+    """True for a /dev/shm name that is a connection table kept for the next run of its
+    instance: a stale-clean-up must not remove it (only an operator does, with
+    :func:`remove_segments`, or the next run replaces it).  Temporary files of a fresh start
+    (``.new-<pid>``) are not kept: remove them when their pid is dead."""
+    return bool(_CT_RE.match(name))
+
+
+def list_segments(instance: str | None = None, tag: str | None = None) -> list[str]:
+    """Connection-table names in /dev/shm (optionally of one instance and identity)."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    out = []
+    for n in sorted(names):
+        m = _CT_RE.match(n)
+        if m and (instance is None or m["instance"] == instance) and (tag is None or m["tag"] == tag):
+            out.append(n)
+    return out
+
+
+def remove_segments(instance: str | None = None, tag: str | None = None) -> list[str]:
+    """Unlink the connection tables of an instance (and identity), and dead temporaries."""
+    removed = []
+    for n in list_segments(instance, tag):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(SHM_DIR, n))
+            removed.append(n)
+    removed += remove_dead_temporaries()
+    return removed
+
+
+def remove_dead_temporaries() -> list[str]:
+    """Unlink ``...ct-<tag>-<i>.new-<pid>`` files whose pid is gone (a killed fresh start)."""
+    removed = []
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    for n in names:
+        m = _TMP_RE.match(n)
+        if m and not _pid_alive(int(m["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(SHM_DIR, n))
+                removed.append(n)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def key_fingerprint(k0: int, k1: int) -> int:
+    """64-bit fingerprint of the flow-hash secret (a table is only findable with its key)."""
+    d = hashlib.sha256(b"maglev-conntrack-key\0" + k0.to_bytes(8, "little") + k1.to_bytes(8, "little")).digest()
+    return int.from_bytes(d[:8], "little") or 1
+
+
+def table_bytes(capacity: int) -> int:
+    n = int(lib.mg_ct_bytes(capacity))
+    if n == 0:
+        raise ConntrackShmError(f"conntrack.capacity {capacity} is not in 1..{lib.MG_CT_MAX_CAPACITY}")
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+def round_capacity(capacity: int) -> int:
+    c = int(lib.MG_CT_WAYS)
+    while c < capacity:
+        c <<= 1
+    return c
+
+
+@dataclass
+class Wanted:
+    """What this run needs of a table to adopt it."""
+
+    capacity: int   # configured (rounded up like the table)
+    key_fp: int
+    n_workers: int
+    worker: int
+
+
+def check_header(hdr: bytes, file_size: int, want: Wanted) -> str:
+    """'' if a table with this header (the file's first bytes) and size can be adopted by
+    this run, else why not (one phrase).  Reads only."""
+    rc = int(lib.mg_ct_check(hdr, len(hdr), file_size))
+    if rc:
+        version = int.from_bytes(hdr[8:12], "little") if len(hdr) >= 12 else 0
+        expected = int.from_bytes(hdr[40:48], "little") if len(hdr) >= 48 else 0
+        return _CHECK_REASONS.get(rc, f"refused (code {rc})").format(
+            hdr=HDR_SIZE, version=version, ours=lib.MG_CT_LAYOUT_VERSION, size=file_size, expected=expected)
+    h = ffi.cast("struct mg_ct *", ffi.from_buffer(hdr))
+    cap = int(h.n_buckets) * int(lib.MG_CT_WAYS)
+    if cap != round_capacity(want.capacity):
+        return f"capacity {cap} entries, this run is configured for {round_capacity(want.capacity)}"
+    if int(h.key_fp) != want.key_fp:
+        return "made with another flow-hash secret (its entries could not be found)"
+    if int(h.n_workers) != want.n_workers:
+        return f"made by a run of {int(h.n_workers)} workers, this run has {want.n_workers} (flows land on other workers)"
+    if int(h.worker) != want.worker:
+        return f"belongs to worker {int(h.worker)}"
+    return ""
+
+
+def preview(name: str, want: Wanted) -> tuple[bool, str]:
+    """(adoptable, why not) for /dev/shm/<name>, read-only, without the lock: what the
+    worker will find unless the file changes meanwhile.  (False, "") when there is none."""
+    path = os.path.join(SHM_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False, ""
+    except OSError as exc:
+        return False, f"cannot open it: {exc.strerror or exc}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False, "not a regular file"
+        if st.st_uid != os.geteuid():
+            return False, f"owned by uid {st.st_uid}, not {os.geteuid()} (foreign)"
+        reason = check_header(os.pread(fd, HDR_SIZE, 0), st.st_size, want)
+        if not reason:
+            try:  # probe only: a live owner holds LOCK_EX (released at once when we get it)
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False, "in use by another live process (a second run of this instance?)"
+        return not reason, reason
+    finally:
+        os.close(fd)
+
+
+def plan_run(instance: str, state_dir: str, config_path: str, capacity: int, key: tuple[int, int],
+             n_workers: int) -> tuple[int, str]:
+    """Before a run starts: (how many workers will adopt their table, one log line saying
+    what the run will do with the previous run's tables and why)."""
+    tag = identity_tag(state_dir, config_path)
+    fp = key_fingerprint(*key)
+    adopt, why = 0, {}
+    for i in range(n_workers):
+        ok, reason = preview(segment_name(instance, tag, i), Wanted(capacity, fp, n_workers, i))
+        adopt += ok
+        if reason:
+            why.setdefault(reason, []).append(i)
+    others = [n for n in list_segments(instance, tag) if int(n.rsplit("-", 1)[1]) >= n_workers]
+    if adopt == n_workers:
+        line = f"connection tables: adopting the previous run's tables of all {n_workers} workers"
+    elif adopt == 0 and not why:
+        line = f"connection tables: none from a previous run of this instance; {n_workers} fresh tables"
+    else:
+        parts = [f"{reason} (worker{'s' if len(ws) > 1 else ''} {', '.join(map(str, ws))})"
+                 for reason, ws in why.items()]
+        line = (f"connection tables: adopting {adopt} of {n_workers}; the others start fresh: "
+                + "; ".join(parts or ["none from a previous run"]))
+    if others:
+        line += f"; {len(others)} table(s) of workers beyond {n_workers - 1} stay unused"
+    return adopt, line
+
+
+@dataclass
+class Opened:
+    """A worker's shared table: ``ct`` (struct mg_ct *, owned by whoever frees it: pass it
+    to mg_worker_new_ct), ``fd`` (holds the flock; keep it open for the worker's life)."""
+
+    ct: Any
+    fd: int
+    path: str
+    adopted: bool
+    reason: str      # why the previous table was not adopted ("" when adopted or none)
+    entries: int     # live entries adopted (0 when fresh)
+    adoptions: int   # times this table has been adopted
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+def _lock(fd: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+def _try_adopt(path: str, want: Wanted, lock_timeout_s: float) -> tuple[Opened | None, str, bool]:
+    """(opened, reason, busy): the adopted table, or why not; busy = another live process
+    holds it."""
+    for _ in range(3):  # the name may be replaced (rename) while we wait for its lock
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None, "", False
+        except OSError as exc:
+            return None, f"cannot open it: {exc.strerror or exc}", False
+        keep = False
+        try:
+            if not _lock(fd, lock_timeout_s):
+                return None, f"in use by another live process for more than {lock_timeout_s:g} s", True
+            st = os.fstat(fd)
+            try:
+                now = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                continue  # replaced while we waited: look at the new one
+            if not stat.S_ISREG(st.st_mode):
+                return None, "not a regular file", False
+            if st.st_uid != os.geteuid():
+                return None, f"owned by uid {st.st_uid}, not {os.geteuid()} (foreign)", False
+            hdr = os.pread(fd, HDR_SIZE, 0)
+            reason = check_header(hdr, st.st_size, want)
+            if reason:
+                return None, reason, False
+            ct = lib.mg_ct_map_shared(fd, st.st_size, 0, 1)
+            if ct == ffi.NULL:
+                e = ffi.errno
+                return None, ("changed while being adopted" if e == errno.EPROTO else f"cannot map it: {os.strerror(e)}"), False
+            keep = True
+            return Opened(ct, fd, path, True, "", int(ct.n_used), int(ct.adoptions)), "", False
+        finally:
+            if not keep:
+                os.close(fd)
+    return None, "replaced by another process repeatedly while adopting", True
+
+
+def _fresh(path: str, want: Wanted) -> Opened:
+    size = table_bytes(want.capacity)
+    tmp = f"{path}.new-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise ConntrackShmError(f"conntrack: cannot create {tmp}: {exc.strerror or exc}") from None
+    ok = False
+    ct = ffi.NULL
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            vfs = os.statvfs(SHM_DIR)
+            raise ConntrackShmError(
+                f"conntrack: cannot reserve {size / (1 << 20):.1f} MiB for {path} "
+                f"({exc.strerror or exc}; {SHM_DIR} has {vfs.f_bavail * vfs.f_frsize / (1 << 20):.1f} MiB free): "
+                "lower conntrack.capacity, enlarge /dev/shm, or set conntrack.shared = false") from None
+        ct = lib.mg_ct_map_shared(fd, size, want.capacity, 0)
+        if ct == ffi.NULL:
+            raise ConntrackShmError(f"conntrack: cannot map {tmp}: {os.strerror(ffi.errno)}")
+        ct.key_fp = want.key_fp
+        ct.n_workers = want.n_workers
+        ct.worker = want.worker
+        try:
+            os.rename(tmp, path)  # atomic: the old table or this one, whole
+        except OSError as exc:
+            raise ConntrackShmError(f"conntrack: cannot put a fresh table at {path}: {exc.strerror or exc} "
+                                    "(remove what is there, or set conntrack.shared = false)") from None
+        ok = True
+        return Opened(ct, fd, path, False, "", 0, 0)
+    finally:
+        if not ok:
+            if ct != ffi.NULL:
+                lib.mg_ct_free(ct)
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def open_table(name: str, want: Wanted, *, lock_timeout_s: float = 5.0) -> Opened | None:
+    """Adopt /dev/shm/<name> if this run can (module docstring), else replace it with a
+    fresh table.  None when another live process holds it (the caller falls back to a
+    private table and says so).  Logs one line saying what happened and why."""
+    path = os.path.join(SHM_DIR, name)
+    opened, reason, busy = _try_adopt(path, want, lock_timeout_s)
+    if opened is not None:
+        log.info("connection table adopted", extra={"kv": {
+            "segment": name, "entries": opened.entries, "adoptions": opened.adoptions}})
+        return opened
+    if busy:
+        log.warning("connection table not adopted: %s; this worker uses a private table", reason,
+                    extra={"kv": {"segment": name}})
+        return None
+    opened = _fresh(path, want)
+    opened.reason = reason
+    if reason:
+        log.warning("connection table not adopted: %s; starting fresh", reason, extra={"kv": {"segment": name}})
+    else:
+        log.info("connection table created (no previous table to adopt)", extra={"kv": {"segment": name}})
+    return opened

@@ -1,0 +1,228 @@
+"""A restart of `maglev run` in place (no ECMP, one instance) keeps every long-lived TCP
+connection on its backend (issue 16.6, second test): the new run adopts the connection
+tables the old one left in /dev/shm, while the backend set changes across the restart --
+so that Maglev hashing alone would move some of the connections, and only the adopted
+tables keep them.  Through the real forwarder (`--nic afpacket:eth0`) in the namespace lab.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from maglev.config import Config, dump_toml
+from maglev.datapath import build_tables
+from maglev.lab import topology as topo
+from maglev.rings.conntrack_shm import remove_recorded
+from maglev.testing import packets as P
+from tests.datapath.test_dp import maglev_backend
+from tests.lab.test_long_lived import REGISTER, KeepAlive
+
+pytestmark = pytest.mark.root
+
+N_CONNS = 120
+PERIOD_S = 0.1  # each connection sends a request every 100 ms
+
+
+class Talkers:
+    """Every connection sends a request every PERIOD_S and checks the backend that answers
+    is the one it had; a failed or moved connection is counted and not used again."""
+
+    def __init__(self, conns: list[KeepAlive], first: list[str]):
+        self.conns, self.first = conns, first
+        self.lost: dict[int, str] = {}  # connection index -> what happened
+        self.rounds = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            for i, c in enumerate(self.conns):
+                if i in self.lost or self.stop.is_set():
+                    continue
+                try:
+                    got = c.get()
+                except (OSError, ConnectionError) as exc:
+                    self.lost[i] = f"failed: {exc}"
+                    continue
+                if got != self.first[i]:
+                    self.lost[i] = f"moved {self.first[i]} -> {got}"
+            self.rounds += 1
+            self.stop.wait(max(0.0, PERIOD_S - (time.monotonic() - t0)))
+
+
+def _write(cfg: Path, data: dict, names: set[str]) -> Config:
+    d = {**data, "vip": [{**v, "backend": [b for b in v["backend"] if b["name"] in names]} for v in data["vip"]]}
+    c = Config.from_dict(d)
+    cfg.write_text(dump_toml(c))
+    return c
+
+
+@pytest.mark.slow
+def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backend(make_lab):
+    lab = make_lab(encap="gre", backends=4, forwarder=False)
+    st = lab.state
+    data = tomllib.loads(Path(st["config"]).read_text())
+    data["instance"]["name"] = "labrs"
+    short = Path(tempfile.mkdtemp(prefix="mgrs", dir="/tmp"))  # ipc:// paths must be short
+    cfg = short / "maglev.toml"
+    env = {"MAGLEV_RUN_DIR": str(short / "run"), "MAGLEV_STATE_DIR": str(short / "state")}
+    argv = [sys.executable, "-c", REGISTER, "run", "--config", str(cfg), "--nic", "afpacket:eth0", "--workers", "2"]
+    conns: list[KeepAlive] = []
+    talk: Talkers | None = None
+    try:
+        _write(cfg, data, {"be1", "be2", "be3"})  # be4 exists but is not in the config yet
+        lab.spawn("maglev", st["maglev"]["ns"], argv, env=env)
+        lab._wait_ready(topo.LabSpec(forwarder=True), 40)
+        conns = [KeepAlive(st["client"]["ns"]) for _ in range(N_CONNS)]
+        for c in conns:
+            c.s.settimeout(20)  # a request sent while no forwarder runs waits for TCP's retransmission
+        first = [c.get() for c in conns]
+        assert set(first) == {"be1", "be2", "be3"}, first
+        talk = Talkers(conns, first)
+        talk.thread.start()
+        time.sleep(1.0)
+
+        # The upgrade: stop (SIGTERM, clean), change the backend set, start the new run.
+        lab.stop_process("maglev")
+        after = _write(cfg, data, {"be1", "be2", "be3", "be4"})
+        t_down = time.monotonic()
+        lab.spawn("maglev", st["maglev"]["ns"], argv, env=env)
+        lab._wait_ready(topo.LabSpec(forwarder=True), 40)
+        gap = time.monotonic() - t_down
+        rounds_at_restart = talk.rounds
+        deadline = time.monotonic() + 30
+        while talk.rounds < rounds_at_restart + 20:  # 2 s of requests through the new run
+            assert time.monotonic() < deadline, "the connections made no progress after the restart"
+            time.sleep(0.1)
+        talk.stop.set()
+        talk.thread.join(30)
+
+        # Without the adopted tables, Maglev over the new set would move these:
+        blob = build_tables(after)
+        would_move = 0
+        for c, was in zip(conns, first, strict=True):
+            ip, port = c.s.getsockname()[:2]
+            pkt = P.eth(P.ipv4(ip, topo.VIP_V4, P.TCP, P.tcp(port, topo.HTTP_PORT, b"", src=ip, dst=topo.VIP_V4)))
+            be_addr = maglev_backend(blob, pkt)[1]
+            name = next(b["name"] for b in st["backends"] if b["ipv4"] == be_addr)
+            would_move += name != was
+        kept = N_CONNS - len(talk.lost)
+        print(f"restart in place: {kept}/{N_CONNS} connections kept their backend = {kept / N_CONNS:.4f} "
+              f"({talk.rounds} rounds of requests every {PERIOD_S * 1000:.0f} ms; restart gap {gap:.2f} s; "
+              f"Maglev alone would have moved {would_move})")
+        log = (lab.state_dir / "logs" / "maglev.log").read_text()
+        assert "adopting the previous run's tables of all 2 workers" in log, log[-2000:]
+        assert would_move > 0, "the backend change must move some connections without conntrack"
+        assert talk.lost == {}, talk.lost
+    finally:
+        if talk is not None:
+            talk.stop.set()
+            talk.thread.join(30)
+        for c in conns:
+            c.close()
+        lab.stop_process("maglev")
+        remove_recorded(str(short))
+        shutil.rmtree(short, ignore_errors=True)
+
+
+
+def _lock_holder(path: str) -> int:
+    """The pid holding a flock on ``path`` (from /proc/locks), or 0."""
+    import os
+
+    ino = os.stat(path).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        f = line.split()
+        if len(f) >= 6 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == str(ino):
+            return int(f[4])
+    return 0
+
+
+@pytest.mark.slow
+def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(make_lab):
+    """Both packet workers killed with -9; while they are dead a backend is added (the
+    config manager publishes new tables); the replacements adopt their tables from
+    /dev/shm: every long-lived connection keeps its backend."""
+    import glob
+    import os
+    import signal
+
+    from maglev.control.client import ControlClient
+    from tests.lab.test_long_lived import VIP_KEY
+
+    lab = make_lab(encap="gre", backends=4, forwarder=False)
+    st = lab.state
+    be = {b["name"]: b for b in st["backends"]}
+    data = tomllib.loads(Path(st["config"]).read_text())
+    data["instance"]["name"] = "labk9"
+    short = Path(tempfile.mkdtemp(prefix="mgk9", dir="/tmp"))
+    cfg = short / "maglev.toml"
+    env = {"MAGLEV_RUN_DIR": str(short / "run"), "MAGLEV_STATE_DIR": str(short / "state")}
+    argv = [sys.executable, "-c", REGISTER, "run", "--config", str(cfg), "--nic", "afpacket:eth0", "--workers", "2"]
+    conns: list[KeepAlive] = []
+    talk: Talkers | None = None
+    try:
+        before = _write(cfg, data, {"be1", "be2", "be3"})
+        lab.spawn("maglev", st["maglev"]["ns"], argv, env=env)
+        lab._wait_ready(topo.LabSpec(forwarder=True), 40)
+        conns = [KeepAlive(st["client"]["ns"]) for _ in range(N_CONNS)]
+        for c in conns:
+            c.s.settimeout(20)
+        first = [c.get() for c in conns]
+        talk = Talkers(conns, first)
+        talk.thread.start()
+        time.sleep(1.0)
+        # each worker holds the flock of its table file: /proc/locks names the pid
+        segs = sorted(glob.glob("/dev/shm/maglev-labk9-ct-*"))
+        assert len(segs) == 2, segs
+        old = [_lock_holder(s) for s in segs]
+        assert all(old), old
+        for p in old:
+            os.kill(p, signal.SIGKILL)
+        with ControlClient(f"ipc://{short}/run/labk9/control.sock", timeout=10) as ctl:
+            ctl.call("add-backend", {"vip": VIP_KEY, "backend": {
+                "address": be["be4"]["ipv4"], "name": "be4", "mac": be["be4"]["mac"], "weight": 1}})
+        deadline = time.monotonic() + 20
+        while any(_lock_holder(s) in (0, o) for s, o in zip(segs, old, strict=True)):
+            assert time.monotonic() < deadline, "no replacement workers holding the tables"
+            time.sleep(0.05)
+        assert sorted(glob.glob("/dev/shm/maglev-labk9-ct-*")) == segs
+        rounds = talk.rounds
+        deadline = time.monotonic() + 30
+        while talk.rounds < rounds + 20:
+            assert time.monotonic() < deadline, "the connections made no progress after the kill"
+            time.sleep(0.1)
+        talk.stop.set()
+        talk.thread.join(30)
+        after = data_after = _write(short / "after.toml", data, {"be1", "be2", "be3", "be4"})
+        blob = build_tables(after)
+        would_move = 0
+        for c, was in zip(conns, first, strict=True):
+            ip, port = c.s.getsockname()[:2]
+            pkt = P.eth(P.ipv4(ip, topo.VIP_V4, P.TCP, P.tcp(port, topo.HTTP_PORT, b"", src=ip, dst=topo.VIP_V4)))
+            addr = maglev_backend(blob, pkt)[1]
+            would_move += next(b["name"] for b in st["backends"] if b["ipv4"] == addr) != was
+        kept = N_CONNS - len(talk.lost)
+        print(f"kill -9 of both workers + a backend added: {kept}/{N_CONNS} connections kept their backend = "
+              f"{kept / N_CONNS:.4f} (Maglev alone would have moved {would_move})")
+        assert before.vips and data_after.vips
+        assert would_move > 0, "the backend change must move some connections without conntrack"
+        assert talk.lost == {}, talk.lost
+    finally:
+        if talk is not None:
+            talk.stop.set()
+            talk.thread.join(30)
+        for c in conns:
+            c.close()
+        lab.stop_process("maglev")
+        remove_recorded(str(short))
+        shutil.rmtree(short, ignore_errors=True)

@@ -1,0 +1,32 @@
+"""Rolling upgrade of three instances behind BIRD with ECMP (issue 16.6, docs/operations.md):
+200 long-lived TCP connections, each sending a request every 100 ms and checking it reaches
+the same backend, while every instance in turn is drained (BGP withdraw), stopped,
+restarted (adopting its connection tables, starting drained) and resumed (announce).
+Root and BIRD needed; skipped otherwise."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maglev.lab.upgrade import rolling_upgrade
+
+from .test_lab_scaleout import scaleout_lab  # noqa: F401  (the fixture)
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def test_rolling_upgrade_of_three_instances_keeps_the_connections(scaleout_lab):  # noqa: F811
+    lab = scaleout_lab
+    assert len(lab.vip_nexthops()) == 3
+    res = rolling_upgrade(lab.state, connections=200)
+    print(f"\nrolling upgrade: {res['survived']}/{res['connections']} connections kept their backend = "
+          f"{res['survived_share']:.4f}\n{json.dumps(res)}")
+    assert len(res["instances"]) == 3
+    for step in res["instances"]:
+        assert step["adopted_tables"] and step["started_drained"], step
+        assert not step["announced_while_drained"], step
+    assert len(lab.vip_nexthops()) == 3
+    assert res["requests"] >= 200 * 10, res  # the connections really talked through the upgrade
+    assert res["survived_share"] >= 0.99, res
