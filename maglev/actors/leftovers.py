@@ -32,6 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from maglev.rings.conntrack_shm import keep_for_adoption
+
 log = logging.getLogger("maglev.supervisor")
 
 OWNER_FILE = "owner.json"
@@ -157,7 +159,7 @@ def remove_dead_runs(base: str | None = None, shm_dir: str | None = None) -> lis
         names = []
     for fname in names:
         m = _REGION_RE.match(fname)
-        if not m:
+        if not m or keep_for_adoption(fname):  # connection tables wait for the next run
             continue
         name = fname.removeprefix("maglev-")
         if name in owned_regions:
