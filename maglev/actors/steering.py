@@ -51,6 +51,8 @@ from maglev.nic import open_rx, parse_nic
 from maglev.rings import SS_NIC_DROPS, Region
 
 log = logging.getLogger("maglev.steering")
+# Longest stretch the actors' C loops (mg_loop.h) run before Python's housekeeping.
+LOOP_BUDGET_NS = 1_000_000
 
 class _BellPipe:
     """Steering's futex doorbell as a readable pipe, for a ``poll()`` on the NIC too.
@@ -151,6 +153,11 @@ class Steering(Actor):
         # A first start waits for the supervisor's "go" (every worker attached), so the
         # rx rings do not fill while workers are still starting; a restart goes at once.
         self.going = self.spec.incarnation > 0 or not p.get("wait_go", True)
+        # The generator NIC runs in C: the whole receive loop is one mg_steer_loop call
+        # per ~1 ms (mg_loop.h); other NICs keep the per-burst step below.
+        self._loop_src = ffi.new("struct mg_loop_gen *") if getattr(self.nic, "kind", "") == "gen" else None
+        self._loop_ctl = ffi.new("struct mg_loop_ctl *", {"budget_ns": LOOP_BUDGET_NS, "burst": self.burst})
+        self._loop_out = ffi.new("struct mg_loop_out *")
 
     def handle(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "go":
@@ -177,6 +184,8 @@ class Steering(Actor):
         return len(held)
 
     def step(self) -> int:
+        if self._loop_src is not None and self.going and not self.draining and not self.nic.eof:
+            return self._step_loop()
         base, st = self.base, self.st
         check(lib.mg_steer_reclaim(st, base), "steering reclaim")
         holding = check(lib.mg_hand_count(base, self.slot), "hand count")
@@ -200,6 +209,16 @@ class Steering(Actor):
             raise
         check(lib.mg_steer_dispatch(st, base, k, 1), "steering dispatch")
         return k
+
+    def _step_loop(self) -> int:
+        """Many bursts in one C call (generator NIC): returns after ~1 ms, when out of free
+        frames, on back pressure (wait() then backs off: frames are in the hand) or eof."""
+        src, out = self._loop_src, self._loop_out
+        self.nic.loop_source(src)
+        check(lib.mg_steer_loop(self.st, self.base, src, self._loop_ctl, out), "steering loop")
+        if out.reason == lib.MG_LOOP_EOF:
+            self.nic.eof = True
+        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
 
     def _poll_mailbox_now(self) -> None:
         if self.mailbox is not None:

@@ -12,7 +12,6 @@ dead worker held are returned to steering and counted as ``worker_restart`` drop
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from typing import Any
@@ -23,6 +22,7 @@ from maglev.native import check, ffi, lib
 from maglev.rings import Region, worker_counters
 
 log = logging.getLogger("maglev.worker")
+LOOP_BUDGET_NS = 1_000_000  # longest C loop (mg_loop.h) between Python's housekeeping
 
 
 class Worker(Actor):
@@ -71,12 +71,19 @@ class Worker(Actor):
     stall_sleep_s = 0.0002
     _stalled = False
 
+    _loop_ctl: Any = None
+
     def step(self) -> int:
-        rc = lib.mg_worker_burst(self.w, self.base, time.monotonic_ns())
-        if rc == -errno.EAGAIN:
+        """Bursts until the rx ring is empty, an output ring is full or ~1 ms passed, in
+        one C call (``mg_worker_loop``, mg_loop.h)."""
+        if self._loop_ctl is None:
+            self._loop_ctl = ffi.new("struct mg_loop_ctl *", {"budget_ns": LOOP_BUDGET_NS})
+            self._loop_out = ffi.new("struct mg_loop_out *")
+        out = self._loop_out
+        check(lib.mg_worker_loop(self.w, self.base, self._loop_ctl, out), "worker loop")
+        if out.reason == lib.MG_LOOP_STALL:
             self._stalled = True  # output ring full: wait() backs off briefly
-            return 0
-        return check(rc, "worker burst")
+        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
 
     def wait(self, timeout_s: float) -> None:
         if self._stalled:

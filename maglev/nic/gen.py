@@ -150,6 +150,18 @@ class GenNic:
             n = min(n, left)
         return check(lib.mg_gen_fill(self._g, pool, descs, n, time.monotonic_ns()), "gen fill")
 
+    def loop_source(self, src: Any) -> None:
+        """Fill a ``struct mg_loop_gen`` for steering's C loop (``mg_steer_loop``): the
+        generator, packets left before eof and the deadline, as :meth:`rx_burst` keeps
+        them (the clock starts at the first call of either)."""
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+            self._deadline = now + self.seconds if self.seconds else 0.0
+        src.gen = self._g
+        src.left = max(0, self.limit - self.produced) if self.limit else 2**64 - 1
+        src.deadline_ns = int(self._deadline * 1e9) if self._deadline else 0
+
     def wait(self, timeout_s: float) -> bool:
         # A generator always has packets until eof; nothing to wait for.
         return not self.eof
