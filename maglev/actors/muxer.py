@@ -47,6 +47,8 @@ class Muxer(Actor):
         self.stats_block = self.region.stats(self.slot)
         self._recover()
         self.burst = int(p.get("burst", 256))
+        # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).
+        self.spin = int(p.get("spin", lib.MG_BELL_SPIN_DEFAULT))
         self.nic = open_tx(parse_out(p.get("out") or None, parse_nic(p["nic"])))
         self.bell = self.region.bell(BELL_MUXER)
         self._cnt = ffi.new("uint32_t *")
@@ -107,7 +109,7 @@ class Muxer(Actor):
             self._stalled = False
             time.sleep(self.stall_sleep_s)
             return
-        self.bell.wait(int(timeout_s * 1000))
+        self.bell.wait(int(timeout_s * 1000), spin=self.spin)
 
     def drain(self) -> None:
         deadline = time.monotonic() + float(self.params.get("drain_s", 2.0))

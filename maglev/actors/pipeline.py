@@ -80,6 +80,15 @@ def plan_cpus(n_workers: int, cpus: list[int]) -> dict[str, list[int]]:
     return plan
 
 
+def doorbell_spin(plan: dict[str, list[int]], name: str, default: int = 256) -> int:
+    """Busy-poll rounds before an idle data-path actor sleeps on its doorbell: the default
+    when the actor has its CPU to itself, 0 when it shares it with another data-path actor
+    (oversubscribed: its producer needs that very CPU to make the work it would spin for,
+    so it sleeps at once and the kernel runs the sibling)."""
+    mine = set(plan[name])
+    return 0 if any(set(c) & mine for n, c in plan.items() if n != name) else default
+
+
 @dataclass
 class PipelineOptions:
     workers: int = 2
@@ -159,22 +168,26 @@ class Pipeline:
         o = self.opts
         plan = plan_cpus(o.workers, self.cpus)
         common = {"region": self.region_name, "config": o.config_path, "burst": o.burst}
+
+        def spin(name: str) -> dict[str, int]:
+            return {"spin": doorbell_spin(plan, name)}
         defs = [
             ActorDef(
                 "steering",
                 "maglev.actors.steering:Steering",
-                {**common, "nic": str(self.nic_spec) if self.nic_spec.kind == "gen" else o.nic, "seed": o.seed},
+                {**common, "nic": str(self.nic_spec) if self.nic_spec.kind == "gen" else o.nic, "seed": o.seed,
+                 **spin("steering")},
                 cpus=plan["steering"],
                 stop_group=0,
             )
         ]
         for i in range(o.workers):
             defs.append(
-                ActorDef(f"worker-{i}", "maglev.actors.worker:Worker", {**common, "index": i},
+                ActorDef(f"worker-{i}", "maglev.actors.worker:Worker", {**common, "index": i, **spin(f"worker-{i}")},
                          cpus=plan[f"worker-{i}"], stop_group=1)
             )
         defs.append(
-            ActorDef("muxer", "maglev.actors.muxer:Muxer", {**common, "nic": o.nic, "out": o.out},
+            ActorDef("muxer", "maglev.actors.muxer:Muxer", {**common, "nic": o.nic, "out": o.out, **spin("muxer")},
                      cpus=plan["muxer"], stop_group=2)
         )
         for factory in EXTRA_ACTORS:

@@ -130,6 +130,8 @@ class Steering(Actor):
         self._nic_drop_base = {w: int(self.stats_block[w]) for w in SS_NIC_DROPS.values()}
         recovered = self._recover()
         self.burst = int(p.get("burst", 256))
+        # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).
+        self.spin = int(p.get("spin", lib.MG_BELL_SPIN_DEFAULT))
         self.nic = open_rx(parse_nic(p["nic"]), vips=vip_targets(cfg), seed=int(p.get("seed", 1)))
         if self.spec.incarnation and hasattr(self.nic, "skip"):
             # A capture replay continues after what the dead steering read (dispatched,
@@ -257,7 +259,7 @@ class Steering(Actor):
             self.bell_pipe.arm()
             self.nic.wait(timeout_s)
         else:
-            self.bell.wait(int(timeout_s * 1000))
+            self.bell.wait(int(timeout_s * 1000), spin=self.spin)
 
     def drain(self) -> None:
         """Stop receiving; place what is in the hand; wait (bounded) until every frame the

@@ -38,6 +38,8 @@ class Worker(Actor):
         cfg = load_config(p.get("config", ""))
         k0, k1 = cfg.flow_hash_key
         self.burst = int(p.get("burst", 256))
+        # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).
+        self.spin = int(p.get("spin", lib.MG_BELL_SPIN_DEFAULT))
         ctc = cfg.conntrack
         from maglev.datapath.ctmem import PAGE_MODES, check_memory, page_mode_name
 
@@ -91,7 +93,7 @@ class Worker(Actor):
             time.sleep(self.stall_sleep_s)
             return
         lib.mg_tables_quiesce(self.base, self.index)
-        self.bell.wait(int(timeout_s * 1000))
+        self.bell.wait(int(timeout_s * 1000), spin=self.spin)
 
     def drain(self) -> None:
         """Process what is on the rx ring, then release every held fragment (expired as of
