@@ -136,11 +136,13 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
         procs = {n: psutil.Process(p.supervisor.pid(n)) for n in p.supervisor.children
                  if n in ("steering", "muxer") or n.startswith("worker-")}
         cpu0 = {n: sum(pr.cpu_times()[:2]) for n, pr in procs.items()}
+        ctx0 = {n: pr.num_ctx_switches() for n, pr in procs.items()}
         c0, t0 = p.counters(), time.monotonic()
         while time.monotonic() < t0 + seconds:
             p.poll(0.05)
         c1, t1 = p.counters(), time.monotonic()
         cpu = {n: sum(pr.cpu_times()[:2]) - cpu0[n] for n, pr in procs.items()}
+        ctx = {n: [a - b for a, b in zip(pr.num_ctx_switches(), ctx0[n], strict=True)] for n, pr in procs.items()}
         p.stop()
         s = p.summary()
     finally:
@@ -150,6 +152,8 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
     return {
         "workers": workers,
         "cpu_ns_per_packet": {n: round(v * 1e9 / sent) for n, v in sorted(cpu.items())},
+        # context switches per 1000 packets: [voluntary (doorbell sleeps, back-off), involuntary]
+        "ctx_per_kpkt": {n: [round(v * 1000 / sent, 2) for v in c] for n, c in sorted(ctx.items())},
         "mpps": (c1["tx_packets"] - c0["tx_packets"]) / dt / 1e6,
         "fallback_share": (c1["fallback"] - c0["fallback"]) / max(1, c1["packets_in"] - c0["packets_in"]),
         "pool_ok": s["pool"]["ok"],
@@ -201,6 +205,7 @@ def main() -> int:
             row[f"pipeline{w}_fallback_share"] = round(res["fallback_share"], 4)
             row[f"pipeline{w}_pool_ok"] = res["pool_ok"]
             row[f"pipeline{w}_cpu_ns_per_packet"] = res["cpu_ns_per_packet"]
+            row[f"pipeline{w}_ctx_per_kpkt"] = res["ctx_per_kpkt"]
         rows.append(row)
         if not a.json:
             parts = [f"single {row['single_mpps']:.2f} Mpps"]

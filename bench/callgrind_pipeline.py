@@ -4,7 +4,7 @@ over a real region, one burst each in turn (steering + generator, worker 0, muxe
 null sink), the same packets as bench_pipeline.py; callgrind collects only inside the loop
 functions and the generator, after a warm-up lap of the pool.
 
-    python bench/callgrind_pipeline.py [--bursts 600] [--top 12]
+    python bench/callgrind_pipeline.py [--bursts 600] [--workers 1] [--top 12]
 
 (Without ``--inner`` the script re-runs itself under ``valgrind --tool=callgrind``.)
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 LOOPS = ("mg_steer_loop", "mg_gen_fill", "mg_worker_loop", "mg_mux_loop", "mg_dp_burst")
 
 
-def inner(bursts: int) -> None:
+def inner(bursts: int, workers: int) -> None:
     from maglev.config import load_config
     from maglev.datapath.tables import build_tables
     from maglev.native import check, ffi, lib
@@ -32,7 +32,7 @@ def inner(bursts: int) -> None:
     cfg = load_config("")
     blob = build_tables(cfg)
     k0, k1 = cfg.flow_hash_key
-    region = Region.create(f"cgpipe-{time.monotonic_ns() % 10**9}", 1, 6144, 2048, max(len(blob) * 2, 1 << 20))
+    region = Region.create(f"cgpipe-{time.monotonic_ns() % 10**9}", workers, 6144 * workers, 2048, max(len(blob) * 2, 1 << 20))
     try:
         region.tables.publish(blob, [], 1.0)
         base = region.base
@@ -40,8 +40,8 @@ def inner(bursts: int) -> None:
         mux = ffi.new("struct mg_mux *")
         check(lib.mg_steer_init(st, base, SLOT_STEERING, k0, k1), "steer init")
         check(lib.mg_mux_init(mux, base, SLOT_MUXER), "mux init")
-        w = ffi.gc(lib.mg_worker_new(base, 0, cfg.conntrack.capacity, k0, k1, 256, time.monotonic_ns()),
-                   lib.mg_worker_free)
+        ws = [ffi.gc(lib.mg_worker_new(base, i, cfg.conntrack.capacity, k0, k1, 256, time.monotonic_ns()),
+                     lib.mg_worker_free) for i in range(workers)]
         gen = GenNic(vip_targets(cfg), flows=10000, size=64, syn=0.1, ipv6=0.2, seed=1)
         src = ffi.new("struct mg_loop_gen *")
         one = ffi.new("struct mg_loop_ctl *", {"budget_ns": 10**12, "max_bursts": 1, "burst": 256})
@@ -51,7 +51,8 @@ def inner(bursts: int) -> None:
                 print("MEASURE", flush=True)
             gen.loop_source(src)
             check(lib.mg_steer_loop(st, base, src, one, out), "steer loop")
-            check(lib.mg_worker_loop(w, base, one, out), "worker loop")
+            for w in ws:
+                check(lib.mg_worker_loop(w, base, one, out), "worker loop")
             check(lib.mg_mux_loop(mux, base, one, out), "mux loop")
         print("PACKETS", 256 * (bursts - bursts // 4), flush=True)
     finally:
@@ -63,10 +64,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bursts", type=int, default=600)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--inner", action="store_true")
     a = ap.parse_args()
     if a.inner:
-        inner(a.bursts)
+        inner(a.bursts, a.workers)
         return
     with tempfile.TemporaryDirectory(prefix="mg-cgp-") as d:
         out = Path(d) / "cg.out"
@@ -76,7 +78,8 @@ def main() -> None:
         for label, n in (("full", a.bursts), ("warm", a.bursts // 4 * 1)):
             args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.{label}"]
             args += [f"--toggle-collect={f}" for f in ("mg_steer_loop", "mg_worker_loop", "mg_mux_loop")]
-            args += ["--collect-atstart=no", sys.executable, __file__, "--inner", "--bursts", str(n)]
+            args += ["--collect-atstart=no", sys.executable, __file__, "--inner", "--bursts", str(n),
+                     "--workers", str(a.workers)]
             subprocess.run(args, check=True, capture_output=True)
             ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", f"{out}.{label}"], check=True,
                                  capture_output=True, text=True).stdout

@@ -32,6 +32,7 @@ struct mg_dp {
     uint8_t own_mac_set;  /* header's own_mac / gateway_mac non-zero (derived per tables) */
     uint8_t gw_mac_set;
     uint16_t worker;
+    uint64_t k0, k1; /* the flow-hash secret steering hashes with (MG_FRAME_F_HASHED) */
     struct mg_dp_counter vip_c[MG_TABLES_MAX_VIPS];
     struct mg_dp_counter be_c[MG_TABLES_MAX_BACKENDS];
     /* Identities of the entries the counters are indexed by (the last valid tables), so a
@@ -123,6 +124,8 @@ struct mg_dp *mg_dp_new(uint32_t ct_capacity, uint16_t worker, uint64_t k0, uint
     if (!dp)
         return NULL;
     dp->worker = worker;
+    dp->k0 = k0;
+    dp->k1 = k1;
     dp->ct = mg_ct_new(ct_capacity);
     if (!dp->ct || mg_ratelimit_init(&dp->rl, MG_ICMP_RATE_PER_S, MG_ICMP_BURST, now_ns) < 0)
         goto fail;
@@ -641,6 +644,8 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     const uint32_t now_t = mg_ct_ticks(now_ns);
 
     struct vip_memo memo = {.valid = 0};
+    /* Steering's hash (MG_FRAME_F_HASHED) is reused when it was keyed like the tables. */
+    const int reuse_hash = h && h->hash_k0 == dp->k0 && h->hash_k1 == dp->k1;
 
     /* Pass 1: stateless classification, hashing, prefetch. */
     for (uint32_t i = 0; i < n; i++) {
@@ -729,7 +734,11 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             }
             wk->p.key.sport = wk->p.key.dport = 0; /* 3-tuple: other fragments have no ports */
         }
-        wk->hash = flow_hash(h, &wk->p.key);
+        if (kind == K_FLOW && !redirected && (meta->flags & MG_FRAME_F_HASHED) && reuse_hash)
+            /* steering hashed this very key with this very secret: reuse, not redo */
+            wk->hash = (uint64_t)meta->flow_hash_hi << 32 | meta->flow_hash;
+        else
+            wk->hash = flow_hash(h, &wk->p.key);
         wk->kind = kind;
         if (kind == K_FRAG_FIRST && !redirected) {
             int o = frag_owner(h, wk->hash);
