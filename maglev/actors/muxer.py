@@ -75,6 +75,8 @@ class Muxer(Actor):
         if self._loop_ctl is None:
             self._loop_ctl = ffi.new("struct mg_loop_ctl *", {"budget_ns": LOOP_BUDGET_NS, "burst": self.burst})
             self._loop_out = ffi.new("struct mg_loop_out *")
+            if self.params.get("latency"):  # rx -> tx histogram in the stats block (benchmarks)
+                self._loop_ctl.lat_hist = lib.mg_region_stats(self.base, self.slot) + lib.MG_MS_LAT0
         out = self._loop_out
         check(lib.mg_mux_loop(self.mux, self.base, self._loop_ctl, out), "muxer loop")
         self.nic.packets += int(out.packets)

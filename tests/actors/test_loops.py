@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from maglev.actors.pipeline import latency_us
 from maglev.config import load_config
 from maglev.datapath.tables import build_tables
 from maglev.native import check, ffi, lib
@@ -171,3 +172,76 @@ def test_the_worker_reuses_steerings_hash_with_the_same_result(region):
     # ... and the reuse is real: a wrong hash from "steering" moves flows
     tampered = _judge(dp(), copy(True, tamper=True), frames)
     assert [b for _, b, *_ in tampered] != [b for _, b, *_ in reused]
+
+
+def test_latency_buckets_are_half_octaves():
+    assert [lib.mg_lat_bucket(ns) for ns in (0, 255, 256, 383, 384, 511, 512)] == [0, 0, 1, 1, 2, 2, 3]
+    for b in range(1, int(lib.MG_MS_LAT_N)):
+        lo = lib.mg_lat_floor_ns(b)
+        assert lib.mg_lat_bucket(lo) == b and lib.mg_lat_bucket(lo - 1) == b - 1
+    assert lib.mg_lat_bucket(2**63) == lib.MG_MS_LAT_N - 1
+    h = [0] * int(lib.MG_MS_LAT_N)
+    h[lib.mg_lat_bucket(40_000)] = 999  # 40 us -> bucket [32.8, 49.2) us
+    h[lib.mg_lat_bucket(3_000_000)] = 1
+    assert latency_us(h) == {"packets": 1000, "p50": 49.15, "p99": 49.15, "p999": 49.15}
+    assert latency_us([0] * 48)["p99"] == 0.0
+
+
+def test_the_muxer_loop_records_each_packets_latency(region):
+    st, mux, ws = glue(region)
+    gen = GenNic(vip_targets(CFG), flows=20, seed=6)
+    src = ffi.new("struct mg_loop_gen *", {"gen": gen._g, "left": 40, "deadline_ns": 0})
+    out = ffi.new("struct mg_loop_out *")
+    t0 = time.monotonic_ns()  # before the generator stamps rx_ts_ns
+    check(lib.mg_steer_loop(st, region.base, src, ctl(), out), "steer loop")
+    for w in ws:
+        check(lib.mg_worker_loop(w, region.base, ctl(), out), "worker loop")
+    hist = ffi.new("uint64_t[]", int(lib.MG_MS_LAT_N))
+    c = ctl()
+    c.lat_hist = hist
+    check(lib.mg_mux_loop(mux, region.base, c, out), "mux loop")
+    assert out.packets == 40 == sum(hist)
+    top = max(b for b in range(int(lib.MG_MS_LAT_N)) if hist[b])
+    assert lib.mg_lat_floor_ns(top) <= time.monotonic_ns() - t0  # no packet older than the test
+    assert hist[0] == 0  # ... and every one stamped (0 would mean no rx_ts_ns)
+
+
+def test_a_paced_generator_gives_only_what_is_due():
+    gen = GenNic(vip_targets(CFG), flows=20, seed=7, rate=1000)
+    pool = ffi.new("uint8_t[]", 256 * FRAME)
+    descs = ffi.new("uint64_t[]", list(range(256)))
+    t0 = time.monotonic()
+    got = gen.rx_burst(pool, descs, 256)  # the clock starts here: nothing is due yet
+    time.sleep(0.05)
+    got += gen.rx_burst(pool, descs, 256)
+    elapsed = time.monotonic() - t0
+    assert got <= elapsed * 1000 + 1
+    assert got >= 25  # ~50 due after 50 ms
+    from maglev.nic import NicSpecError
+    from maglev.nic.gen import validate_options
+
+    with pytest.raises(NicSpecError, match="rate"):
+        validate_options({"rate": "-1"})
+
+
+def test_a_paced_pipeline_measures_every_packets_latency():
+    from maglev.actors.pipeline import Pipeline, PipelineOptions
+    from maglev.rings import SLOT_MUXER
+
+    p = Pipeline(PipelineOptions(workers=1, nic="gen:rate=5000,packets=500,flows=50", latency=True))
+    try:
+        p.start()
+        deadline = time.monotonic() + 30
+        while not p.eof:
+            assert time.monotonic() < deadline, "no eof in time"
+            p.poll(0.05)
+        p.stop()
+        s = p.summary()
+        lat0 = int(lib.MG_MS_LAT0)
+        hist = [int(x) for x in p.region.stats(SLOT_MUXER).snapshot()[lat0:lat0 + int(lib.MG_MS_LAT_N)]]
+    finally:
+        p.close()
+    assert s["pool"]["ok"], s["pool"]
+    assert s["tx_packets"] == 500 == sum(hist)
+    lat = latency_us(hist)
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["p999"]

@@ -8,6 +8,7 @@ struct mg_loop_ctl {
     uint32_t max_bursts;
     uint32_t burst;
     const uint32_t *stop;
+    uint64_t *lat_hist;
 };
 struct mg_loop_out {
     uint64_t packets;
@@ -21,6 +22,8 @@ struct mg_loop_gen {
     uint64_t deadline_ns;
 };
 uint64_t mg_loop_now_ns(void);
+uint32_t mg_lat_bucket(uint64_t ns);
+uint64_t mg_lat_floor_ns(uint32_t b);
 int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
                   const struct mg_loop_ctl *ctl, struct mg_loop_out *out);
 int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ctl,

@@ -18,6 +18,8 @@
 #define MG_MS_TX_ERRORS 2
 #define MG_MS_BURSTS 3
 #define MG_MS_RECOVERED 4
+#define MG_MS_LAT0 16
+#define MG_MS_LAT_N 48
 struct mg_steer { ...; };
 struct mg_mux { ...; };
 int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, uint64_t k1);

@@ -38,6 +38,10 @@ struct mg_loop_ctl {
     uint32_t max_bursts;  /* ... or after this many bursts (0 = no burst limit) */
     uint32_t burst;       /* frames per burst (steering, muxer; <= MG_BURST_MAX) */
     const uint32_t *stop; /* optional: return MG_LOOP_STOP when *stop != 0 */
+    /* optional, muxer: MG_MS_LAT_N buckets (the muxer's stats words from MG_MS_LAT0);
+     * every sent packet adds one to bucket mg_lat_bucket(now - meta->rx_ts_ns).  Reads
+     * each frame's first metadata line (a cache miss per frame): for measurements only. */
+    uint64_t *lat_hist;
 };
 
 struct mg_loop_out {
@@ -56,6 +60,10 @@ struct mg_loop_gen {
 };
 
 uint64_t mg_loop_now_ns(void);
+/* Latency bucket of ns: 0 below 256 ns, then two per octave (bucket b >= 1 starts at
+ * mg_lat_floor_ns(b)), the last one open-ended (>= ~2.1 s). */
+uint32_t mg_lat_bucket(uint64_t ns);
+uint64_t mg_lat_floor_ns(uint32_t b);
 
 /* Steering: reclaim -> (retry what back pressure left | take -> generator -> dispatch). */
 int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,

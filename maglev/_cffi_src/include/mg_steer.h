@@ -62,6 +62,10 @@
 #define MG_MS_TX_ERRORS 2    /* frames the NIC did not take (dropped, counted) */
 #define MG_MS_BURSTS 3
 #define MG_MS_RECOVERED 4
+/* Latency histogram (only while the muxer runs with latency on, mg_loop.h): packets by
+ * muxer-tx minus meta->rx_ts_ns, MG_MS_LAT_N log buckets (mg_lat_bucket). */
+#define MG_MS_LAT0 16
+#define MG_MS_LAT_N 48
 
 struct mg_steer {
     uint64_t k0, k1;     /* flow-hash secret */

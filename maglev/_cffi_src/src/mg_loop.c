@@ -13,6 +13,36 @@ uint64_t mg_loop_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+uint32_t mg_lat_bucket(uint64_t ns)
+{
+    if (ns < 256)
+        return 0;
+    uint32_t e = 63u - (uint32_t)__builtin_clzll(ns); /* >= 8 */
+    uint32_t b = 1 + (e - 8) * 2 + (uint32_t)((ns >> (e - 1)) & 1);
+    return b < MG_MS_LAT_N ? b : MG_MS_LAT_N - 1;
+}
+
+uint64_t mg_lat_floor_ns(uint32_t b)
+{
+    if (b == 0)
+        return 0;
+    if (b >= MG_MS_LAT_N)
+        b = MG_MS_LAT_N - 1;
+    uint32_t e = 8 + (b - 1) / 2;
+    return ((b - 1) & 1) ? (3ull << (e - 1)) : (1ull << e);
+}
+
+static void record_latency(void *base, uint32_t slot, uint64_t *hist, uint64_t now)
+{
+    uint32_t cnt;
+    const uint64_t *descs = mg_hand_descs(base, slot, &cnt);
+    uint8_t *pool = mg_region_pool(base);
+    for (uint32_t j = 0; j < cnt; j++) {
+        uint64_t rx = mg_frame_meta(pool, (uint32_t)descs[j])->rx_ts_ns;
+        hist[mg_lat_bucket(rx && now > rx ? now - rx : 0)]++;
+    }
+}
+
 /* Bookkeeping shared by the three loops: count a burst, say whether a budget is used up. */
 struct budget {
     uint64_t deadline;
@@ -156,6 +186,8 @@ int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
             return n;
         if (n == 0)
             return finish(out, MG_LOOP_IDLE);
+        if (MG_UNLIKELY(ctl->lat_hist != NULL))
+            record_latency(base, m->slot, ctl->lat_hist, mg_loop_now_ns());
         int left = mg_mux_done(m, base, (uint32_t)n, 0); /* the sink takes everything */
         if (left < 0)
             return left;
