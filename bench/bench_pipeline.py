@@ -33,7 +33,7 @@ import time
 
 import psutil
 
-from maglev.actors.pipeline import Pipeline, PipelineOptions
+from maglev.actors.pipeline import Pipeline, PipelineOptions, latency_us
 from maglev.config import load_config
 from maglev.datapath.tables import build_tables
 from maglev.native import ffi, lib
@@ -136,11 +136,13 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
         procs = {n: psutil.Process(p.supervisor.pid(n)) for n in p.supervisor.children
                  if n in ("steering", "muxer") or n.startswith("worker-")}
         cpu0 = {n: sum(pr.cpu_times()[:2]) for n, pr in procs.items()}
+        ctx0 = {n: pr.num_ctx_switches() for n, pr in procs.items()}
         c0, t0 = p.counters(), time.monotonic()
         while time.monotonic() < t0 + seconds:
             p.poll(0.05)
         c1, t1 = p.counters(), time.monotonic()
         cpu = {n: sum(pr.cpu_times()[:2]) - cpu0[n] for n, pr in procs.items()}
+        ctx = {n: [a - b for a, b in zip(pr.num_ctx_switches(), ctx0[n], strict=True)] for n, pr in procs.items()}
         p.stop()
         s = p.summary()
     finally:
@@ -150,11 +152,37 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
     return {
         "workers": workers,
         "cpu_ns_per_packet": {n: round(v * 1e9 / sent) for n, v in sorted(cpu.items())},
+        # context switches per 1000 packets: [voluntary (doorbell sleeps, back-off), involuntary]
+        "ctx_per_kpkt": {n: [round(v * 1000 / sent, 2) for v in c] for n, c in sorted(ctx.items())},
         "mpps": (c1["tx_packets"] - c0["tx_packets"]) / dt / 1e6,
         "fallback_share": (c1["fallback"] - c0["fallback"]) / max(1, c1["packets_in"] - c0["packets_in"]),
         "pool_ok": s["pool"]["ok"],
         "dropped": s["dropped"],
     }
+
+
+def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5) -> dict:
+    """Steering-rx -> muxer-tx latency at a paced, low rate (the generator stamps each
+    frame's rx_ts_ns as it fills it; the muxer buckets now - rx_ts_ns as it transmits)."""
+    from maglev.native import lib
+    from maglev.rings import SLOT_MUXER
+
+    p = Pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN},rate={rate:g}", latency=True))
+    lat0, n = int(lib.MG_MS_LAT0), int(lib.MG_MS_LAT_N)
+    try:
+        p.start()
+        t_end = time.monotonic() + warmup
+        while time.monotonic() < t_end:
+            p.poll(0.05)
+        h0 = p.region.stats(SLOT_MUXER).snapshot()[lat0:lat0 + n]
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            p.poll(0.05)
+        h1 = p.region.stats(SLOT_MUXER).snapshot()[lat0:lat0 + n]
+        p.stop()
+    finally:
+        p.close()
+    return latency_us([int(b) - int(a) for a, b in zip(h0, h1, strict=True)])
 
 
 def idle_cpu(workers: int = 8, seconds: float = 3.0) -> float:
@@ -184,6 +212,9 @@ def main() -> int:
     ap.add_argument("--ring-size", type=int, default=2048, help="slots per rx/tx/ret ring")
     ap.add_argument("--stages", action="store_true", help="also time each stage's C glue in one process")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--latency-rate", type=float, default=10000.0,
+                    help="packets/s of the paced latency run per round (0 = skip it)")
+    ap.add_argument("--latency-seconds", type=float, default=2.0)
     a = ap.parse_args()
     ws = [int(x) for x in a.workers.split(",")]
     rows = []
@@ -201,6 +232,9 @@ def main() -> int:
             row[f"pipeline{w}_fallback_share"] = round(res["fallback_share"], 4)
             row[f"pipeline{w}_pool_ok"] = res["pool_ok"]
             row[f"pipeline{w}_cpu_ns_per_packet"] = res["cpu_ns_per_packet"]
+            row[f"pipeline{w}_ctx_per_kpkt"] = res["ctx_per_kpkt"]
+            if a.latency_rate:
+                row[f"pipeline{w}_latency_us"] = latency(w, a.latency_rate, a.latency_seconds)
         rows.append(row)
         if not a.json:
             parts = [f"single {row['single_mpps']:.2f} Mpps"]
@@ -214,6 +248,10 @@ def main() -> int:
                 cpu = row[f"pipeline{w}_cpu_ns_per_packet"]
                 print(f"         W={w} CPU ns/packet: "
                       + ", ".join(f"{n} {v}" for n, v in cpu.items()) + f"; total {sum(cpu.values())}")
+                if a.latency_rate:
+                    lat = row[f"pipeline{w}_latency_us"]
+                    print(f"         W={w} latency at {a.latency_rate:g} pps (us): p50 {lat['p50']} "
+                          f"p99 {lat['p99']} p99.9 {lat['p999']} over {lat['packets']} packets")
     idle = idle_cpu()
     try:
         load = tuple(round(x, 2) for x in psutil.getloadavg())

@@ -58,6 +58,8 @@ from maglev.nic import open_rx, parse_nic
 from maglev.rings import SS_NIC_DROPS, Region
 
 log = logging.getLogger("maglev.steering")
+# Longest stretch the actors' C loops (mg_loop.h) run before Python's housekeeping.
+LOOP_BUDGET_NS = 1_000_000
 
 class _BellPipe:
     """Steering's futex doorbell as a readable pipe, for a ``poll()`` on the NIC too.
@@ -140,6 +142,8 @@ class Steering(Actor):
         if not 0 <= self.spares <= lib.MG_SPARE_RING_SIZE:
             raise ValueError(f"spares: {self.spares} is not within 0..{lib.MG_SPARE_RING_SIZE}")
         check(lib.mg_steer_spares(self.st, self.base, self.spares), "steering spares")
+        # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).
+        self.spin = int(p.get("spin", lib.MG_BELL_SPIN_DEFAULT))
         self.nic = open_rx(parse_nic(p["nic"]), vips=vip_targets(cfg), seed=int(p.get("seed", 1)))
         if self.spec.incarnation and hasattr(self.nic, "skip"):
             # A capture replay continues after what the dead steering read (received --
@@ -163,6 +167,13 @@ class Steering(Actor):
         # A first start waits for the supervisor's "go" (every worker attached), so the
         # rx rings do not fill while workers are still starting; a restart goes at once.
         self.going = self.spec.incarnation > 0 or not p.get("wait_go", True)
+        # The generator NIC runs in C: the whole receive loop is one mg_steer_loop call
+        # per ~1 ms (mg_loop.h); other NICs keep the per-burst step below.
+        unpaced_gen = getattr(self.nic, "kind", "") == "gen" and not self.nic.rate
+        self._loop_src = ffi.new("struct mg_loop_gen *") if unpaced_gen else None
+        self._loop_ctl = ffi.new("struct mg_loop_ctl *", {
+            "budget_ns": LOOP_BUDGET_NS, "burst": self.burst, "spares": self.spares})
+        self._loop_out = ffi.new("struct mg_loop_out *")
 
     def handle(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "go":
@@ -191,6 +202,8 @@ class Steering(Actor):
         return n
 
     def step(self) -> int:
+        if self._loop_src is not None and self.going and not self.draining and not self.nic.eof:
+            return self._step_loop()
         base, st = self.base, self.st
         check(lib.mg_steer_reclaim(st, base), "steering reclaim")
         if not self.draining:
@@ -216,6 +229,16 @@ class Steering(Actor):
             raise
         check(lib.mg_steer_dispatch(st, base, k, 1), "steering dispatch")
         return k
+
+    def _step_loop(self) -> int:
+        """Many bursts in one C call (generator NIC): returns after ~1 ms, when out of free
+        frames, on back pressure (wait() then backs off: frames are in the hand) or eof."""
+        src, out = self._loop_src, self._loop_out
+        self.nic.loop_source(src)
+        check(lib.mg_steer_loop(self.st, self.base, src, self._loop_ctl, out), "steering loop")
+        if out.reason == lib.MG_LOOP_EOF:
+            self.nic.eof = True
+        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
 
     def _poll_mailbox_now(self) -> None:
         if self.mailbox is not None:
@@ -250,11 +273,13 @@ class Steering(Actor):
             # Back pressure: room appears on an rx ring when a worker pulls, and nobody
             # rings steering for that; back off briefly instead of sleeping.
             time.sleep(self.backpressure_sleep_s)
+        elif getattr(self.nic, "rate", 0) and not self.nic.eof and not self.draining:
+            time.sleep(min(timeout_s, 0.0001))  # a paced generator: the next packets are due soon
         elif self.bell_pipe is not None and not self.nic.eof and not self.draining:
             self.bell_pipe.arm()
             self.nic.wait(timeout_s)
         else:
-            self.bell.wait(int(timeout_s * 1000))
+            self.bell.wait(int(timeout_s * 1000), spin=self.spin)
 
     def drain(self) -> None:
         """Stop receiving; place what is in the hand; wait (bounded) until every frame the

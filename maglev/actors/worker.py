@@ -12,7 +12,6 @@ dead worker held are returned to steering and counted as ``worker_restart`` drop
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from maglev.native import check, ffi, lib
 from maglev.rings import Region, worker_counters
 
 log = logging.getLogger("maglev.worker")
+LOOP_BUDGET_NS = 1_000_000  # longest C loop (mg_loop.h) between Python's housekeeping
 
 
 class Worker(Actor):
@@ -39,6 +39,8 @@ class Worker(Actor):
         cfg = load_config(p.get("config", ""))
         k0, k1 = cfg.flow_hash_key
         self.burst = int(p.get("burst", 256))
+        # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).
+        self.spin = int(p.get("spin", lib.MG_BELL_SPIN_DEFAULT))
         ctc = cfg.conntrack
         from maglev.datapath.ctmem import PAGE_MODES, check_memory, page_mode_name
 
@@ -83,12 +85,19 @@ class Worker(Actor):
     stall_sleep_s = 0.0002
     _stalled = False
 
+    _loop_ctl: Any = None
+
     def step(self) -> int:
-        rc = lib.mg_worker_burst(self.w, self.base, time.monotonic_ns())
-        if rc == -errno.EAGAIN:
+        """Bursts until the rx ring is empty, an output ring is full or ~1 ms passed, in
+        one C call (``mg_worker_loop``, mg_loop.h)."""
+        if self._loop_ctl is None:
+            self._loop_ctl = ffi.new("struct mg_loop_ctl *", {"budget_ns": LOOP_BUDGET_NS})
+            self._loop_out = ffi.new("struct mg_loop_out *")
+        out = self._loop_out
+        check(lib.mg_worker_loop(self.w, self.base, self._loop_ctl, out), "worker loop")
+        if out.reason == lib.MG_LOOP_STALL:
             self._stalled = True  # output ring full: wait() backs off briefly
-            return 0
-        return check(rc, "worker burst")
+        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
 
     def wait(self, timeout_s: float) -> None:
         if self._stalled:
@@ -96,7 +105,7 @@ class Worker(Actor):
             time.sleep(self.stall_sleep_s)
             return
         lib.mg_tables_quiesce(self.base, self.index)
-        self.bell.wait(int(timeout_s * 1000))
+        self.bell.wait(int(timeout_s * 1000), spin=self.spin)
 
     def drain(self) -> None:
         """Process what is on the rx ring, then release every held fragment (expired as of

@@ -14,6 +14,7 @@ ipv6       0.2       fraction of flows toward IPv6 VIPs (needs one in the config
 seconds    0         stop receiving after this many seconds (0 = no limit)
 packets    0         stop after this many packets (0 = no limit)
 seed       1         random seed: the same seed gives the same packet sequence
+rate       0         packets per second, paced (0 = as fast as the pipeline takes them)
 ========== ========= ==========================================================
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 from maglev.native import check, ffi, lib
 
 DEFAULTS = {"flows": "10000", "syn": "0.1", "size": "64", "ipv6": "0.2", "seconds": "0",
-            "packets": "0", "seed": "1"}
+            "packets": "0", "seed": "1", "rate": "0"}
 
 
 def _num(opts: dict[str, str], key: str, where: str, lo: float, hi: float, integer: bool) -> float:
@@ -58,6 +59,7 @@ def validate_options(opts: dict[str, str], where: str = "gen") -> dict[str, floa
         "ipv6": _num(opts, "ipv6", where, 0, 1, False),
         "seconds": _num(opts, "seconds", where, 0, 10**7, False),
         "packets": _num(opts, "packets", where, 0, 2**63 - 1, True),
+        "rate": _num(opts, "rate", where, 0, 10**9, False),
         "seed": _num(opts, "seed", where, 0, 2**64 - 1, True),
     }
 
@@ -83,6 +85,7 @@ class GenNic:
         seconds: float = 0.0,
         packets: int = 0,
         seed: int = 1,
+        rate: float = 0.0,
     ):
         from maglev.nic import NicSpecError
 
@@ -110,6 +113,8 @@ class GenNic:
         self.flows, self.size, self.syn, self.ipv6 = flows, size, syn, ipv6
         self.seconds = seconds
         self.limit = packets
+        self.rate = rate  # packets per second, 0 = unpaced
+        self._paced_from = 0  # packets produced when the pacing clock started
         self.eof = False
         self._t0: float | None = None
         self._deadline = 0.0
@@ -126,6 +131,7 @@ class GenNic:
             seconds=o["seconds"],
             packets=int(o["packets"]),
             seed=int(o["seed"]) if "seed" in opts else seed,
+            rate=o["rate"],
         )
 
     @property
@@ -139,6 +145,7 @@ class GenNic:
         if self._t0 is None:
             self._t0 = now
             self._deadline = now + self.seconds if self.seconds else 0.0
+            self._paced_from = self.produced
         if self._deadline and now >= self._deadline:
             self.eof = True
             return 0
@@ -148,7 +155,23 @@ class GenNic:
                 self.eof = True
                 return 0
             n = min(n, left)
+        if self.rate:  # paced: only what is due by now
+            n = min(n, int((now - self._t0) * self.rate) - (self.produced - self._paced_from))
+            if n <= 0:
+                return 0
         return check(lib.mg_gen_fill(self._g, pool, descs, n, time.monotonic_ns()), "gen fill")
+
+    def loop_source(self, src: Any) -> None:
+        """Fill a ``struct mg_loop_gen`` for steering's C loop (``mg_steer_loop``): the
+        generator, packets left before eof and the deadline, as :meth:`rx_burst` keeps
+        them (the clock starts at the first call of either)."""
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+            self._deadline = now + self.seconds if self.seconds else 0.0
+        src.gen = self._g
+        src.left = max(0, self.limit - self.produced) if self.limit else 2**64 - 1
+        src.deadline_ns = int(self._deadline * 1e9) if self._deadline else 0
 
     def wait(self, timeout_s: float) -> bool:
         # A generator always has packets until eof; nothing to wait for.

@@ -114,7 +114,7 @@ def record_to_dict(rec: Any) -> dict[str, Any]:
         "rx_ts_ns": int(m.rx_ts_ns),
         "ts_steer_ns": int(m.ts_steer_ns),
         "ts_worker_ns": int(m.ts_worker_ns),
-        "worker_ns": int(m.reserved0),
+        "worker_ns": int(m.worker_ns),
         "ts_tx_ns": int(m.ts_tx_ns),
         "conntrack": ("reselected" if fl & lib.MG_TRACE_F_CT_RESELECT
                       else "hit" if fl & lib.MG_TRACE_F_CT_HIT else "miss"),

@@ -87,6 +87,15 @@ class HandMachine(RuleBasedStateMachine):
         lib.mg_hand_fault_at = fault
         self._both(lambda: self.hand.push(dest), lambda: self.model.push(dest, fault))
 
+    @rule(data=st.data(), fault=st.sampled_from([0, 0, 0, 11, 12, 13]))
+    def push_to_one_ring(self, data, fault):
+        """Every entry to one ring: mg_hand_push's fast path (block copies), which must
+        write the same journal and leave the same state as the general path."""
+        n = len(self.model.descs())
+        dest = [data.draw(st.sampled_from(self.ids))] * n
+        lib.mg_hand_fault_at = fault
+        self._both(lambda: self.hand.push(dest), lambda: self.model.push(dest, fault))
+
     @rule()
     def owner_replaced(self):
         """The owner died: its replacement recovers the hand and takes over every ring."""

@@ -8,6 +8,7 @@
 #define MG_FRAME_F_GENERATED 4
 #define MG_FRAME_F_REDIRECTED 8
 #define MG_FRAME_F_REDIRECT_OUT 16
+#define MG_FRAME_F_HASHED 32
 #define MG_FRAME_LEN_EMPTY ...
 #define MG_ACCT_COUNTED ...
 #define MG_ACCT_PIECE ...
@@ -22,7 +23,7 @@ struct mg_frame_meta {
     uint16_t vip_index;
     uint16_t worker;
     int32_t backend_index;
-    uint32_t reserved0;
+    uint32_t flow_hash_hi;
     uint64_t rx_ts_ns;
     uint64_t trace_id_hi;
     uint64_t trace_id_lo;
@@ -31,5 +32,6 @@ struct mg_frame_meta {
     uint64_t ts_tx_ns;
     uint64_t seq;
     uint32_t acct;
+    uint32_t worker_ns;
     ...;
 };

@@ -26,7 +26,7 @@ struct mg_frame_meta {
     uint16_t vip_index;    /* filled by the worker when a VIP matched */
     uint16_t worker;       /* the worker that handled it */
     int32_t backend_index; /* filled by the worker; -1 none */
-    uint32_t reserved0;
+    uint32_t flow_hash_hi; /* high 32 bits of steering's hash when MG_FRAME_F_HASHED */
     uint64_t rx_ts_ns;     /* receive time (CLOCK_MONOTONIC ns), steering */
     uint64_t trace_id_hi;  /* packet tracer: 128-bit trace id when MG_FRAME_F_TRACE */
     uint64_t trace_id_lo;
@@ -35,7 +35,8 @@ struct mg_frame_meta {
     uint64_t ts_tx_ns;
     uint64_t seq;          /* pcap NIC: the packet's position in the input */
     uint32_t acct;         /* worker: the verdict its counters include (MG_ACCT_*), 0 = none */
-    uint8_t pad[MG_FRAME_META_SIZE - 92];
+    uint32_t worker_ns;    /* packet tracer: ns in the worker (0 = not released yet) */
+    uint8_t pad[MG_FRAME_META_SIZE - 96];
 };
 
 #define MG_FRAME_F_TRACE 0x0001     /* packet tracer: record stage timestamps */
@@ -56,6 +57,9 @@ struct mg_frame_meta {
 #define MG_ACCT_PIECE 0x20000u
 #define MG_FRAME_F_REDIRECT_OUT 0x0010 /* worker sent this fragment to its owner instance
                                          * (verdict stays MG_VERDICT_FORWARD: it goes on tx) */
+#define MG_FRAME_F_HASHED 0x0020    /* steering: flow_hash_hi:flow_hash is the SipHash of the
+                                     * packet's own 5-tuple key (not a fragment, not a
+                                     * redirect), which the worker reuses (mg_dp.c) */
 
 static inline struct mg_frame_meta *mg_frame_meta(uint8_t *pool, uint32_t idx)
 {

@@ -114,6 +114,10 @@
 #define MG_MS_TX_ERRORS_FWD 5 /* of MG_MS_TX_ERRORS: forwarded packets (not ICMP errors) */
 #define MG_MS_LOST_FWD 6     /* forwarded packets a dead muxer held before counting them */
 #define MG_MS_BATCH 7        /* 0: the hand's frames are not counted yet; 1: they are */
+/* Latency histogram (only while the muxer runs with latency on, mg_loop.h): packets by
+ * muxer-tx minus meta->rx_ts_ns, MG_MS_LAT_N log buckets (mg_lat_bucket). */
+#define MG_MS_LAT0 16
+#define MG_MS_LAT_N 48
 
 struct mg_steer {
     uint64_t k0, k1;     /* flow-hash secret */

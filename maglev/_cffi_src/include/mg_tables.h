@@ -167,6 +167,15 @@ static inline void mg_vip_select_key(uint8_t flags, struct mg_flow_key *k)
     }
 }
 
+/* 1 when mg_vip_select_key(flags, k) leaves a key of protocol proto as it is (the
+ * packet's own 5-tuple: steering's hash of it, MG_FRAME_F_HASHED, may be reused). */
+static inline int mg_vip_key_is_plain(uint8_t flags, uint8_t proto)
+{
+    if (flags & (MG_VIP_F_HASH_SRC_IP | MG_VIP_F_HASH_DST_PORT))
+        return 0;
+    return !((flags & MG_VIP_F_UDP_NO_SPORT) && proto == 17);
+}
+
 static inline const struct mg_tables_header *mg_tables_header_of(const void *t)
 {
     return (const struct mg_tables_header *)t;

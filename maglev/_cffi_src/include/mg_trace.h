@@ -18,7 +18,7 @@
  *                   MG_TRACE_F_CT_HIT / _CT_RESELECT for traced packets; when the frame
  *                   leaves the worker (route_and_push reads the verdict on the same cache
  *                   line) mg_trace_worker_hook() writes the worker's end time into
- *                   meta->reserved0 (ns after ts_worker_ns, saturating).
+ *                   meta->worker_ns (ns after ts_worker_ns, saturating).
  *   muxer           stamps ts_tx_ns after the NIC took the burst -- but only while a traced
  *                   packet is in flight (marked != finished, one shared line read per
  *                   burst), because reading each frame's flags costs a cache miss per

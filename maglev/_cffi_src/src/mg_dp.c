@@ -32,6 +32,7 @@ struct mg_dp {
     uint8_t own_mac_set;  /* header's own_mac / gateway_mac non-zero (derived per tables) */
     uint8_t gw_mac_set;
     uint16_t worker;
+    uint64_t k0, k1; /* the flow-hash secret steering hashes with (MG_FRAME_F_HASHED) */
     struct mg_dp_counter vip_c[MG_TABLES_MAX_VIPS];
     struct mg_dp_counter be_c[MG_TABLES_MAX_BACKENDS];
     /* Identities of the entries the counters are indexed by (the last valid tables), so a
@@ -134,6 +135,8 @@ struct mg_dp *mg_dp_new_ct(struct mg_ct *ct, uint16_t worker, uint64_t k0, uint6
         return NULL;
     }
     dp->worker = worker;
+    dp->k0 = k0;
+    dp->k1 = k1;
     dp->ct = ct;
     if (mg_ratelimit_init(&dp->rl, MG_ICMP_RATE_PER_S, MG_ICMP_BURST, now_ns) < 0)
         goto fail;
@@ -652,6 +655,8 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     const uint32_t now_t = mg_ct_ticks(now_ns);
 
     struct vip_memo memo = {.valid = 0};
+    /* Steering's hash (MG_FRAME_F_HASHED) is reused when it was keyed like the tables. */
+    const int reuse_hash = h && h->hash_k0 == dp->k0 && h->hash_k1 == dp->k1;
 
     /* Pass 1: stateless classification, hashing, prefetch. */
     for (uint32_t i = 0; i < n; i++) {
@@ -746,7 +751,13 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             if (vflags & MG_VIP_F_NO_CONNTRACK)
                 kind = K_HASH_ONLY;
         }
-        wk->hash = flow_hash(h, &wk->p.key);
+        if (kind == K_FLOW && !redirected && (meta->flags & MG_FRAME_F_HASHED) && reuse_hash &&
+            mg_vip_key_is_plain(vflags, wk->p.key.proto))
+            /* steering hashed this very key (the VIP does not mask it) with this very
+             * secret: reuse, not redo */
+            wk->hash = (uint64_t)meta->flow_hash_hi << 32 | meta->flow_hash;
+        else
+            wk->hash = flow_hash(h, &wk->p.key);
         wk->kind = kind;
         if (kind == K_FRAG_FIRST && !redirected) {
             int o = frag_owner(h, wk->hash);

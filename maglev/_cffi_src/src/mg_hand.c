@@ -15,6 +15,8 @@ int mg_hand_fault_at = 0;
 #define ST_BUF(s) ((s) & 1u)
 #define ST_OP(s) (((s) >> 1) & 3u)
 #define ST(buf, op) ((buf) | ((op) << 1))
+/* Rings a region can have: rx, tx, ret per worker, sent, free (mg_shm.c). */
+#define MG_HAND_RINGS_MAX (3 * MG_MAX_WORKERS + 2)
 
 size_t mg_hand_bytes(uint32_t n_rings)
 {
@@ -68,6 +70,44 @@ int mg_hand_pull(void *base, uint32_t slot, uint32_t ring_id, uint32_t max)
     return (int)k;
 }
 
+/* mg_hand_push when every entry goes to ring d (steering's reclaim -> free, the muxer ->
+ * sent, a worker's all-forwarded burst -> tx, steering's dispatch with one worker): one
+ * reserve, block copies instead of per-entry work.  The same journal, the same fault
+ * points and the same result as the general path below. */
+static int push_one(void *base, struct mg_hand *h, uint32_t a, uint16_t d, uint32_t n)
+{
+    uint32_t b = a ^ 1u;
+    if (d >= h->n_rings)
+        return -EINVAL;
+    struct mg_ring *r = mg_region_ring_by_id(base, d);
+    if (!r)
+        return -EINVAL;
+    uint32_t prod = __atomic_load_n(&r->prod, __ATOMIC_RELAXED);
+    if (r->p_head != prod)
+        return -EBUSY;
+    uint32_t idx, got = mg_ring_reserve(r, n, &idx);
+    h->commit[d] = prod + got;
+    const uint64_t *src = h->descs[a];
+    uint32_t first = idx & r->mask, to_end = r->size - first;
+    uint32_t k1 = got < to_end ? got : to_end;
+    memcpy(&r->desc[first], src, (size_t)k1 * sizeof(uint64_t));
+    memcpy(&r->desc[0], src + k1, (size_t)(got - k1) * sizeof(uint64_t));
+    for (uint32_t j = 0; j < got; j++)
+        h->dest[j] = d;
+    for (uint32_t j = got; j < n; j++)
+        h->dest[j] = MG_HAND_KEEP;
+    memcpy(h->descs[b], src + got, (size_t)(n - got) * sizeof(uint64_t));
+    h->n[b] = n - got;
+    store_state(h, ST(a, MG_HAND_OP_PUSH));
+    FAULT(11);
+    if (got)
+        mg_ring_submit(r, got);
+    FAULT(12);
+    FAULT(13);
+    store_state(h, ST(b, MG_HAND_OP_NONE));
+    return (int)got;
+}
+
 int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
 {
     struct mg_hand *h = mg_region_hand(base, slot);
@@ -79,6 +119,13 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
     uint32_t a = ST_BUF(s), b = a ^ 1u, n_rings = h->n_rings;
     if (n != h->n[a] || n > MG_HAND_MAX)
         return -EINVAL;
+    if (n && dest[0] != MG_HAND_KEEP) {
+        uint32_t j = 1;
+        while (j < n && dest[j] == dest[0])
+            j++;
+        if (j == n)
+            return push_one(base, h, a, dest[0], n);
+    }
     /* Validate everything before touching any ring: a bad call changes nothing. */
     for (uint32_t j = 0; j < n; j++)
         if (dest[j] != MG_HAND_KEEP && dest[j] >= n_rings)
@@ -87,6 +134,9 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
      * want[d]:   scratch; entries for d, then slots granted and not yet filled; bit 31
      *            = "reserved, not yet submitted". */
     uint32_t *commit = h->commit, *want = h->commit + n_rings;
+    struct mg_ring *rp[MG_HAND_RINGS_MAX]; /* ring of each reserved destination */
+    if (n_rings > MG_HAND_RINGS_MAX)
+        return -EINVAL;
     const uint32_t RESERVED = 0x80000000u;
     for (uint32_t j = 0; j < n; j++)
         if (dest[j] != MG_HAND_KEEP)
@@ -112,6 +162,7 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
             }
             return -EBUSY;
         }
+        rp[d] = r;
         uint32_t idx, got = mg_ring_reserve(r, want[d], &idx);
         commit[d] = prod + got;
         want[d] = got | RESERVED;
@@ -123,9 +174,8 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
         uint16_t d = dest[j];
         uint64_t desc = h->descs[a][j];
         if (d != MG_HAND_KEEP && (want[d] & ~RESERVED)) {
-            struct mg_ring *r = mg_region_ring_by_id(base, d);
             uint32_t remaining = want[d] & ~RESERVED;
-            *mg_ring_slot(r, commit[d] - remaining) = desc;
+            *mg_ring_slot(rp[d], commit[d] - remaining) = desc;
             want[d]--;
             h->dest[j] = d;
             pushed++;
@@ -142,7 +192,7 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
         if (d == MG_HAND_KEEP || !(want[d] & RESERVED))
             continue;
         want[d] = 0;
-        struct mg_ring *r = mg_region_ring_by_id(base, d);
+        struct mg_ring *r = rp[d];
         uint32_t granted = commit[d] - __atomic_load_n(&r->prod, __ATOMIC_RELAXED);
         if (granted)
             mg_ring_submit(r, granted);

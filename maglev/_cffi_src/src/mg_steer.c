@@ -229,16 +229,23 @@ static int redirected_inner(const uint8_t *pkt, const struct mg_parsed *p, struc
     return mg_parse(buf, 14 + n, inner) == MG_OK && (inner->frag & MG_PF_FRAGMENT);
 }
 
-int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
-                  uint32_t n_workers, uint64_t *hash, uint16_t *flags)
+/* mg_steer_hash, and *plain = 1 when the hash is of the packet's own 5-tuple key (what
+ * the worker's data path hashes for an ordinary flow: MG_FRAME_F_HASHED). */
+static int steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
+                      uint32_t n_workers, uint64_t *hash, uint16_t *flags, int *plain)
 {
     struct mg_parsed p, inner;
     *hash = 0;
     *flags = 0;
+    *plain = 0;
     if (mg_parse(pkt, len, &p) != MG_OK)
         return -1;
-    if (MG_UNLIKELY(redirected_inner(pkt, &p, &inner)))
+    int redirected = 0;
+    if (MG_UNLIKELY(redirected_inner(pkt, &p, &inner))) {
         p = inner;
+        redirected = 1;
+    }
+    *plain = !redirected && !(p.frag & MG_PF_FRAGMENT);
     if (p.frag & MG_PF_FRAGMENT) {
         /* 3-tuple: every fragment of the datagram, first or not, hashes alike. */
         p.key.sport = 0;
@@ -247,6 +254,13 @@ int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
     }
     *hash = mg_siphash13(k0, k1, (const uint8_t *)&p.key, sizeof p.key);
     return n_workers ? (int)((uint32_t)(*hash >> 32) % n_workers) : 0;
+}
+
+int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
+                  uint32_t n_workers, uint64_t *hash, uint16_t *flags)
+{
+    int plain;
+    return steer_hash(pkt, len, k0, k1, n_workers, hash, flags, &plain);
 }
 
 static uint32_t most_room(const struct mg_steer *s)
@@ -279,16 +293,21 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
             /* Bad metadata from a NIC: let a worker count it (bad_frame). */
             m->verdict = 0;
             m->acct = 0;
+            m->flags &= (uint16_t)~MG_FRAME_F_HASHED;
             w = s->rr++ % s->n_workers;
         } else {
             uint64_t h;
             uint16_t fl;
-            int r = mg_steer_hash(mg_frame_data(pool, idx), m->len, s->k0, s->k1, s->n_workers,
-                                  &h, &fl);
+            int plain;
+            int r = steer_hash(mg_frame_data(pool, idx), m->len, s->k0, s->k1, s->n_workers,
+                               &h, &fl, &plain);
             m->flow_hash = (uint32_t)h;
+            m->flow_hash_hi = (uint32_t)(h >> 32);
             m->verdict = 0; /* "not judged yet": worker recovery relies on it */
             m->acct = 0;    /* "not counted by a worker" (mg_worker_recover) */
-            m->flags = (uint16_t)((m->flags & ~MG_FRAME_F_FRAGMENT) | fl);
+            if (plain)
+                fl |= MG_FRAME_F_HASHED;
+            m->flags = (uint16_t)((m->flags & ~(MG_FRAME_F_FRAGMENT | MG_FRAME_F_HASHED)) | fl);
             if (fresh) { /* packet tracer (mg_trace.h): one countdown branch per packet */
                 m->flags &= (uint16_t)~MG_FRAME_F_TRACE;
                 mg_trace_steer_hook(base, m, mg_frame_data(pool, idx));

@@ -202,7 +202,7 @@ void mg_trace_steer_packet(void *base, struct mg_frame_meta *m, const uint8_t *p
     m->ts_steer_ns = now_ns();
     m->ts_worker_ns = 0;
     m->ts_tx_ns = 0;
-    m->reserved0 = 0;
+    m->worker_ns = 0;
     /* Release: a muxer or reclaim that sees the count may look for this frame. */
     __atomic_store_n(&b[MG_TW_MARKED], b[MG_TW_MARKED] + 1, __ATOMIC_RELEASE);
 }
@@ -297,9 +297,9 @@ void mg_trace_worker_done(struct mg_frame_meta *m)
         return; /* a held fragment leaves later */
     uint64_t t = now_ns();
     uint64_t d = m->ts_worker_ns && t > m->ts_worker_ns ? t - m->ts_worker_ns : 0;
-    m->reserved0 = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
-    if (!m->reserved0)
-        m->reserved0 = 1; /* 0 means "the worker never released it" */
+    m->worker_ns = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+    if (!m->worker_ns)
+        m->worker_ns = 1; /* 0 means "the worker never released it" */
 }
 
 int mg_trace_drain(struct mg_trace_rec *out, uint32_t max)

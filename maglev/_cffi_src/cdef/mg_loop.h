@@ -1,0 +1,34 @@
+#define MG_LOOP_IDLE 0
+#define MG_LOOP_BUDGET 1
+#define MG_LOOP_STALL 2
+#define MG_LOOP_EOF 3
+#define MG_LOOP_STOP 4
+struct mg_loop_ctl {
+    uint64_t budget_ns;
+    uint32_t max_bursts;
+    uint32_t burst;
+    const uint32_t *stop;
+    uint64_t *lat_hist;
+    uint32_t spares;
+    uint32_t reserved;
+};
+struct mg_loop_out {
+    uint64_t packets;
+    uint64_t last_ns;
+    uint32_t bursts;
+    uint32_t reason;
+};
+struct mg_loop_gen {
+    struct mg_gen *gen;
+    uint64_t left;
+    uint64_t deadline_ns;
+};
+uint64_t mg_loop_now_ns(void);
+uint32_t mg_lat_bucket(uint64_t ns);
+uint64_t mg_lat_floor_ns(uint32_t b);
+int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
+                  const struct mg_loop_ctl *ctl, struct mg_loop_out *out);
+int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ctl,
+                   struct mg_loop_out *out);
+int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
+                struct mg_loop_out *out);

@@ -1,0 +1,83 @@
+/* Actor hot loops: each data-path actor's inner loop as one C call (issue 13).
+ *
+ * Python stays the actor (lifecycle, mailbox, heartbeats, restart, telemetry); the loop
+ * body that moves packets runs here, many bursts per call, and returns to Python only when
+ *
+ *   MG_LOOP_IDLE    there is nothing to do: the caller sleeps on its doorbell as before;
+ *   MG_LOOP_BUDGET  the time budget (ctl->budget_ns, ~1 ms) or burst budget is used up:
+ *                   the caller runs its housekeeping tick (mailbox, heartbeat) and calls
+ *                   again -- the actors tick every 100 ms, so a 1 ms budget never delays
+ *                   control work, and the Python cost is amortised over ~1 ms of bursts;
+ *   MG_LOOP_STALL   an output ring is full (back pressure): the caller backs off briefly;
+ *   MG_LOOP_EOF     (steering) the generator's packet or time limit is reached;
+ *   MG_LOOP_STOP    *ctl->stop became non-zero (a flag word another thread may set).
+ *
+ * Each burst is exactly what the per-burst C calls the actors made before do (the loops
+ * call those same functions: mg_steer_reclaim/spares/take/dispatch, mg_gen_fill,
+ * mg_worker_burst, mg_mux_collect/done), so every invariant they keep -- the hand
+ * journal (a kill -9 at any instruction loses no frame), order within a flow, C-owned
+ * stats words, the packet tracer's hooks, one tables acquire per worker burst -- holds
+ * unchanged.  Returns 0 (reason and counts in *out) or -errno from a glue call.
+ */
+#ifndef MG_LOOP_H
+#define MG_LOOP_H
+
+#include "mg_common.h"
+#include "mg_gen.h"
+#include "mg_steer.h"
+#include "mg_worker.h"
+
+#define MG_LOOP_IDLE 0
+#define MG_LOOP_BUDGET 1
+#define MG_LOOP_STALL 2
+#define MG_LOOP_EOF 3
+#define MG_LOOP_STOP 4
+
+struct mg_loop_ctl {
+    uint64_t budget_ns;   /* return MG_LOOP_BUDGET after this long (0 = one burst) */
+    uint32_t max_bursts;  /* ... or after this many bursts (0 = no burst limit) */
+    uint32_t burst;       /* frames per burst (steering, muxer; <= MG_BURST_MAX) */
+    const uint32_t *stop; /* optional: return MG_LOOP_STOP when *stop != 0 */
+    /* optional, muxer: MG_MS_LAT_N buckets (the muxer's stats words from MG_MS_LAT0);
+     * every sent packet adds one to bucket mg_lat_bucket(now - meta->rx_ts_ns).  Reads
+     * each frame's first metadata line (a cache miss per frame): for measurements only. */
+    uint64_t *lat_hist;
+    /* steering: spare frames to keep per worker (mg_steer_spares, each round after the
+     * reclaim, exactly as the Python step does) */
+    uint32_t spares;
+    uint32_t reserved;
+};
+
+struct mg_loop_out {
+    uint64_t packets;     /* packets moved (steering: received; worker: in; muxer: sent) */
+    uint64_t last_ns;     /* CLOCK_MONOTONIC when the loop returned */
+    uint32_t bursts;      /* bursts that moved something */
+    uint32_t reason;      /* MG_LOOP_* */
+};
+
+/* The generator source of the steering loop: packets left before eof (UINT64_MAX = no
+ * limit) and the CLOCK_MONOTONIC deadline (0 = none); `left` is decremented. */
+struct mg_loop_gen {
+    struct mg_gen *gen;
+    uint64_t left;
+    uint64_t deadline_ns;
+};
+
+uint64_t mg_loop_now_ns(void);
+/* Latency bucket of ns: 0 below 256 ns, then two per octave (bucket b >= 1 starts at
+ * mg_lat_floor_ns(b)), the last one open-ended (>= ~2.1 s). */
+uint32_t mg_lat_bucket(uint64_t ns);
+uint64_t mg_lat_floor_ns(uint32_t b);
+
+/* Steering: reclaim -> spares -> (retry what back pressure left | take -> generator ->
+ * dispatch). */
+int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
+                  const struct mg_loop_ctl *ctl, struct mg_loop_out *out);
+/* Worker: mg_worker_burst until the rx ring is empty (IDLE) or an output is full (STALL). */
+int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ctl,
+                   struct mg_loop_out *out);
+/* Muxer with a sink that takes everything (the null NIC): collect -> count -> sent ring. */
+int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
+                struct mg_loop_out *out);
+
+#endif

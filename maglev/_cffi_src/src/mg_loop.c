@@ -1,0 +1,200 @@
+/* Actor hot loops (design in include/mg_loop.h). */
+#include "mg_loop.h"
+
+#include <time.h>
+
+#include "mg_hand.h"
+#include "mg_shm.h"
+
+uint64_t mg_loop_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint32_t mg_lat_bucket(uint64_t ns)
+{
+    if (ns < 256)
+        return 0;
+    uint32_t e = 63u - (uint32_t)__builtin_clzll(ns); /* >= 8 */
+    uint32_t b = 1 + (e - 8) * 2 + (uint32_t)((ns >> (e - 1)) & 1);
+    return b < MG_MS_LAT_N ? b : MG_MS_LAT_N - 1;
+}
+
+uint64_t mg_lat_floor_ns(uint32_t b)
+{
+    if (b == 0)
+        return 0;
+    if (b >= MG_MS_LAT_N)
+        b = MG_MS_LAT_N - 1;
+    uint32_t e = 8 + (b - 1) / 2;
+    return ((b - 1) & 1) ? (3ull << (e - 1)) : (1ull << e);
+}
+
+static void record_latency(void *base, uint32_t slot, uint64_t *hist, uint64_t now)
+{
+    uint32_t cnt;
+    const uint64_t *descs = mg_hand_descs(base, slot, &cnt);
+    uint8_t *pool = mg_region_pool(base);
+    for (uint32_t j = 0; j < cnt; j++) {
+        uint64_t rx = mg_frame_meta(pool, (uint32_t)descs[j])->rx_ts_ns;
+        hist[mg_lat_bucket(rx && now > rx ? now - rx : 0)]++;
+    }
+}
+
+/* Bookkeeping shared by the three loops: count a burst, say whether a budget is used up. */
+struct budget {
+    uint64_t deadline;
+    uint32_t max_bursts;
+};
+
+static void budget_start(struct budget *b, const struct mg_loop_ctl *c, uint64_t now,
+                         struct mg_loop_out *o)
+{
+    b->deadline = now + c->budget_ns;
+    b->max_bursts = c->max_bursts;
+    memset(o, 0, sizeof *o);
+    o->last_ns = now;
+}
+
+/* After a burst that moved n packets: 1 when the loop must return (reason set). */
+static int budget_done(const struct budget *b, const struct mg_loop_ctl *c, struct mg_loop_out *o,
+                       uint32_t n)
+{
+    if (n) {
+        o->packets += n;
+        o->bursts++;
+    }
+    o->last_ns = mg_loop_now_ns();
+    if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
+        o->reason = MG_LOOP_STOP;
+        return 1;
+    }
+    if (o->last_ns >= b->deadline || (b->max_bursts && o->bursts >= b->max_bursts)) {
+        o->reason = MG_LOOP_BUDGET;
+        return 1;
+    }
+    return 0;
+}
+
+static int finish(struct mg_loop_out *o, uint32_t reason)
+{
+    o->reason = reason;
+    o->last_ns = mg_loop_now_ns();
+    return 0;
+}
+
+int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
+                  const struct mg_loop_ctl *ctl, struct mg_loop_out *out)
+{
+    if (!s || !base || !src || !src->gen || !ctl || !out || ctl->burst == 0 ||
+        ctl->burst > MG_BURST_MAX || ctl->spares > MG_SPARE_RING_SIZE)
+        return -EINVAL;
+    struct budget b;
+    budget_start(&b, ctl, mg_loop_now_ns(), out);
+    uint8_t *pool = mg_region_pool(base);
+    for (;;) {
+        int rc = mg_steer_reclaim(s, base);
+        if (rc < 0)
+            return rc;
+        rc = mg_steer_spares(s, base, ctl->spares); /* the loop runs only while not draining */
+        if (rc < 0)
+            return rc;
+        int holding = mg_hand_count(base, s->slot);
+        if (holding < 0)
+            return holding;
+        if (holding) {
+            /* What back pressure left in the hand goes first (order within a flow). */
+            int left = mg_steer_dispatch(s, base, (uint32_t)holding, 0);
+            if (left < 0)
+                return left;
+            if (left) /* rings still full: let the workers run */
+                return finish(out, MG_LOOP_STALL);
+            if (budget_done(&b, ctl, out, 0))
+                return 0;
+            continue;
+        }
+        uint64_t now = out->last_ns;
+        if (src->left == 0 || (src->deadline_ns && now >= src->deadline_ns))
+            return finish(out, MG_LOOP_EOF);
+        uint32_t want = ctl->burst;
+        if (src->left < want)
+            want = (uint32_t)src->left;
+        int n = mg_steer_take(s, base, want);
+        if (n < 0)
+            return n;
+        if (n == 0) /* no free frame: they come home on ret/sent, which ring the bell */
+            return finish(out, MG_LOOP_IDLE);
+        uint32_t cnt;
+        uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
+        int k = mg_gen_fill(src->gen, pool, descs, (uint32_t)n, now);
+        if (k < 0) {
+            mg_steer_dispatch(s, base, 0, 0); /* the frames go back: the pool stays whole */
+            return k;
+        }
+        rc = mg_steer_dispatch(s, base, (uint32_t)k, 1);
+        if (rc < 0)
+            return rc;
+        if (src->left != UINT64_MAX)
+            src->left -= (uint64_t)k;
+        if (budget_done(&b, ctl, out, (uint32_t)k))
+            return 0;
+    }
+}
+
+int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ctl,
+                   struct mg_loop_out *out)
+{
+    if (!w || !base || !ctl || !out)
+        return -EINVAL;
+    struct budget b;
+    budget_start(&b, ctl, mg_loop_now_ns(), out);
+    for (;;) {
+        int rc = mg_worker_burst(w, base, out->last_ns);
+        if (rc == -EAGAIN)
+            return finish(out, MG_LOOP_STALL);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            return finish(out, MG_LOOP_IDLE);
+        if (budget_done(&b, ctl, out, (uint32_t)rc))
+            return 0;
+    }
+}
+
+int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
+                struct mg_loop_out *out)
+{
+    if (!m || !base || !ctl || !out || ctl->burst == 0 || ctl->burst > MG_HAND_MAX)
+        return -EINVAL;
+    struct budget b;
+    budget_start(&b, ctl, mg_loop_now_ns(), out);
+    for (;;) {
+        int holding = mg_hand_count(base, m->slot);
+        if (holding < 0)
+            return holding;
+        if (holding) { /* the sent ring was full last time */
+            int left = mg_mux_done(m, base, 0, 0);
+            if (left < 0)
+                return left;
+            if (left == holding)
+                return finish(out, MG_LOOP_STALL);
+            if (budget_done(&b, ctl, out, 0))
+                return 0;
+            continue;
+        }
+        int n = mg_mux_collect(m, base, ctl->burst);
+        if (n < 0)
+            return n;
+        if (n == 0)
+            return finish(out, MG_LOOP_IDLE);
+        if (MG_UNLIKELY(ctl->lat_hist != NULL))
+            record_latency(base, m->slot, ctl->lat_hist, mg_loop_now_ns());
+        int left = mg_mux_done(m, base, (uint32_t)n, 0); /* the sink takes everything */
+        if (left < 0)
+            return left;
+        if (budget_done(&b, ctl, out, (uint32_t)n))
+            return 0;
+    }
+}

@@ -1,0 +1,62 @@
+"""CPU placement that holds (issue 13): every data-path actor process runs pinned where
+``plan_cpus`` says, ``--cpus`` restricts the plan, and an actor that shares its CPU with
+another data-path actor does not busy-poll its doorbell (it would spin on the very CPU its
+producer needs)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+from maglev.actors.pipeline import Pipeline, PipelineOptions, doorbell_spin, plan_cpus
+from maglev.native import lib
+
+SPIN = int(lib.MG_BELL_SPIN_DEFAULT)
+
+
+def test_plan_on_two_cpus_and_who_spins():
+    plan = plan_cpus(8, [0, 1])
+    assert plan["steering"] == plan["muxer"] == [0]
+    assert [plan[f"worker-{i}"] for i in range(8)] == [[1], [0]] * 4
+    # steering and muxer share cpu 0, and every worker shares with a sibling: nobody spins
+    assert {n: doorbell_spin(plan, n) for n in plan} == dict.fromkeys(plan, 0)
+    one = plan_cpus(1, [0, 1])
+    assert doorbell_spin(one, "worker-0") == SPIN  # worker 0 has cpu 1 to itself
+    assert doorbell_spin(one, "steering") == doorbell_spin(one, "muxer") == 0
+    assert doorbell_spin(plan_cpus(2, [0, 1, 2, 3]), "worker-1") == SPIN
+
+
+def _affinities(p: Pipeline) -> dict[str, list[int]]:
+    out = {}
+    for name in p.supervisor.children:
+        if name in ("steering", "muxer") or name.startswith("worker-"):
+            out[name] = sorted(psutil.Process(p.supervisor.pid(name)).cpu_affinity())
+    return out
+
+
+@pytest.mark.parametrize("workers,cpus", [(3, ""), (2, "0")])
+def test_every_actor_runs_where_the_plan_says(workers, cpus):
+    avail = sorted(os.sched_getaffinity(0))
+    p = Pipeline(PipelineOptions(workers=workers, nic="gen:packets=20000,flows=100", cpus=cpus))
+    try:
+        want = plan_cpus(workers, [0] if cpus == "0" else avail)
+        p.start()
+        got = _affinities(p)
+        assert set(got) == {"steering", "muxer", *(f"worker-{i}" for i in range(workers))}
+        assert got == {n: sorted(want[n]) for n in got}
+        spins = {d.name: d.params.get("spin") for d in p.actor_defs() if d.name in got}
+        assert spins == {n: doorbell_spin(want, n) for n in got}
+        deadline = time.monotonic() + 30
+        while not p.eof:
+            assert time.monotonic() < deadline, "no eof in time"
+            p.poll(0.05)
+        assert _affinities(p) == got  # still there after the traffic
+        p.stop()
+        s = p.summary()
+        assert s["pool"]["ok"], s["pool"]
+        assert s["forwarded"] + sum(s["dropped"].values()) == s["packets_in"] == 20000
+    finally:
+        p.close()
