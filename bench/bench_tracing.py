@@ -170,4 +170,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from maglev.testing.state import private_run_state
+
+    with private_run_state():  # the runs' state and kept connection tables go afterwards
+        rc = main()
+    sys.exit(rc)
