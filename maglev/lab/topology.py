@@ -367,7 +367,10 @@ class Lab:
                      "--stats", str(self.state_dir / f"agent-{b['name']}.json")],
                 )  # fmt: skip
         if spec.forwarder:
-            self.spawn("maglev", mg, forwarder_argv(spec, self.state["config"]), env=forwarder_env(spec))
+            # The forwarder's persisted config and the connection tables it keeps for
+            # adoption belong to this lab: `lab down` removes them (remove_recorded below).
+            env = {"MAGLEV_STATE_DIR": str(self.state_dir / "forwarder-state"), **forwarder_env(spec)}
+            self.spawn("maglev", mg, forwarder_argv(spec, self.state["config"]), env=env)
 
     def _server_port(self, router: str, port: str, ns: str, mac: str, mtu: int = SERVER_MTU) -> None:
         self._veth(router, port, ns, "eth0", mtu=mtu)
@@ -522,6 +525,7 @@ class Lab:
         from maglev.rings.conntrack_shm import remove_recorded
 
         remove_recorded(str(self.state_dir))
+        shutil.rmtree(self.state_dir / "forwarder-state", ignore_errors=True)
         for f in self.state_dir.glob("agent-*.json"):
             f.unlink(missing_ok=True)
         self.state = {}
