@@ -12,7 +12,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent.parent / "maglev" / "_cffi_src"
-UNITS = ["mg_shm.c", "mg_ring.c", "mg_doorbell.c", "mg_hand.c", "mg_tables_pub.c"]
+UNITS = ["mg_shm.c", "mg_ring.c", "mg_bell.c", "mg_doorbell.c", "mg_hand.c", "mg_tables_pub.c"]
 
 
 def test_no_data_race_under_thread_sanitizer(tmp_path):

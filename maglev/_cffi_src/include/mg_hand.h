@@ -32,37 +32,18 @@
 #define MG_HAND_H
 
 #include "mg_common.h"
+#include "mg_layout.h"
 #include "mg_shm.h"
 
-/* Frames one actor may hold at once (two bursts of MG_BURST_MAX). */
-#define MG_HAND_MAX 512
 /* push destination: keep this entry in the hand. */
 #define MG_HAND_KEEP 0xffff
-
-#define MG_HAND_OP_NONE 0
-#define MG_HAND_OP_PULL 1
-#define MG_HAND_OP_PUSH 2
-
-struct mg_hand {
-    uint32_t state; /* bit 0: active buffer; bits 1-2: MG_HAND_OP_* in flight */
-    uint32_t n[2];  /* entries in each buffer */
-    uint32_t pull_ring, pull_commit, pull_from;
-    uint32_t n_rings;
-    uint32_t pad;
-    uint16_t dest[MG_HAND_MAX];           /* push journal, for the active buffer */
-    uint64_t descs[2][MG_HAND_MAX];
-    uint32_t stats_state;                 /* 1 while a stats commit is in flight */
-    uint32_t pad2;
-    uint64_t stats_img[MG_STATS_WORDS];   /* the slot's stats block as the commit leaves it */
-    uint32_t commit[];                    /* [n_rings] push journal; then [n_rings] scratch */
-};
 
 /* Tests only: when set to a step number (1, 2: pull; 11, 12, 13: push) the move stops
  * there and returns -EINTR, leaving shared memory as a process killed there would. */
 extern int mg_hand_fault_at;
 
+/* Bytes of one hand for a region of n_rings rings (= mg_layout_hand_bytes, mg_layout.h). */
 size_t mg_hand_bytes(uint32_t n_rings);
-struct mg_hand *mg_region_hand(void *base, uint32_t slot);
 
 /* Frames pulled (0 when the ring is empty or the hand full), or -EINVAL / -EBUSY (a
  * move of a dead owner is unsettled: call mg_hand_recover first). */

@@ -28,14 +28,14 @@
  *   Each side reads its *own* index with a relaxed load: only it writes that word.
  *
  * submit() also rings the consumer's doorbell when the consumer asked for it
- * (mg_doorbell.h, fence (F)).  Exactly one process may be the producer and one the
+ * (mg_bell.h, fence (F)).  Exactly one process may be the producer and one the
  * consumer of a ring at any time; who they are is written in docs/rings.md.
  */
 #ifndef MG_RING_H
 #define MG_RING_H
 
 #include "mg_common.h"
-#include "mg_doorbell.h"
+#include "mg_bell.h"
 
 #define MG_RING_MAGIC 0x474e4952u /* "RING" */
 

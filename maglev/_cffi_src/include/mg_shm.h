@@ -8,7 +8,7 @@
  *   pool       n_frames * MG_FRAME_SIZE (layout in mg_frame.h)
  *   rings      n_rings rings (mg_ring.h): ring id = kind-major, see mg_region_ring_id
  *              (rx/tx/ret/sent, then the free ring, then the small spare rings)
- *   bells      n_bells doorbells (mg_doorbell.h), one cache line each
+ *   bells      n_bells doorbells (mg_bell.h), one cache line each
  *   hands      n_slots hand journals (mg_hand.h)
  *   slots      n_slots actor lines (heartbeat, pid), one cache line each
  *   stats      n_slots blocks of MG_STATS_WORDS u64 (512 B = 8 lines), one writer each
@@ -23,7 +23,9 @@
 #ifndef MG_SHM_H
 #define MG_SHM_H
 
+#include "mg_bell.h"
 #include "mg_common.h"
+#include "mg_layout.h"
 
 #define MG_REGION_MAGIC 0x314e4f4947454c4dULL /* "MLEGION1" little endian: "MGLEGION" */
 #define MG_REGION_VERSION 3 /* 3: hand stats journal and spare rings */
@@ -48,6 +50,11 @@
 /* Capacity of each spare ring (a worker's reserve of empty frames, mg_steer.h). */
 #define MG_SPARE_RING_SIZE 512
 
+/* Doorbell indices in a region (one per consuming actor, mg_bell.h). */
+#define MG_BELL_STEERING 0
+#define MG_BELL_MUXER 1
+#define MG_BELL_WORKER0 2
+
 /* Actor slots: stats block, heartbeat line and hand journal each. */
 #define MG_SLOT_SUPERVISOR 0
 #define MG_SLOT_STEERING 1
@@ -56,8 +63,6 @@
 #define MG_SLOT_HEALTH 4
 #define MG_SLOT_BGP 5
 #define MG_SLOT_WORKER0 8 /* slots 6, 7 reserved */
-/* u64 counters per actor (the meaning of each word is the actor's business). */
-#define MG_STATS_WORDS 64
 
 struct mg_region_hdr {
     uint64_t magic;
@@ -117,6 +122,9 @@ struct mg_ring *mg_region_ring_by_id(void *base, uint32_t id);
 int mg_region_ring_kind(const void *base, uint32_t id, uint32_t *kind, uint32_t *i);
 
 uint64_t *mg_region_stats(void *base, uint32_t slot);
+/* Doorbell `bell` / hand of `slot`; NULL when out of range. */
+struct mg_bell *mg_region_bell(void *base, uint32_t bell);
+struct mg_hand *mg_region_hand(void *base, uint32_t slot);
 void mg_heartbeat_set(void *base, uint32_t slot, uint64_t ns);
 uint64_t mg_heartbeat_get(const void *base, uint32_t slot);
 struct mg_slot_line *mg_region_slot(void *base, uint32_t slot);

@@ -1,4 +1,5 @@
-/* Doorbell wait and wake (protocol and the lost-wake-up argument: mg_doorbell.h). */
+/* Doorbell wait and wake by bell index in a region (protocol and the lost-wake-up argument:
+ * mg_bell.h; this unit sits above mg_shm, see the layering there). */
 #define _GNU_SOURCE
 #include "mg_doorbell.h"
 
@@ -8,15 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mg_bell.h"
 #include "mg_ring.h"
 #include "mg_shm.h"
-
-static long futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *ts)
-{
-    /* Shared futex (no FUTEX_PRIVATE_FLAG): waiters and wakers are different processes
-     * mapping the same shm page at different addresses; the kernel keys on the page. */
-    return syscall(SYS_futex, uaddr, op, val, ts, NULL, 0);
-}
 
 static inline void cpu_relax(void)
 {
@@ -25,16 +20,6 @@ static inline void cpu_relax(void)
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
-}
-
-void mg_bell_wake_slow(struct mg_bell *b)
-{
-    /* Only the producer that clears the flag pays for the syscall. */
-    if (!__atomic_exchange_n(&b->need_wakeup, 0, __ATOMIC_SEQ_CST))
-        return;
-    __atomic_fetch_add(&b->word, 1, __ATOMIC_SEQ_CST);
-    __atomic_fetch_add(&b->wakeups, 1, __ATOMIC_RELAXED);
-    futex(&b->word, FUTEX_WAKE, INT_MAX, NULL);
 }
 
 static int bell_has_work(void *base, const struct mg_bell *b)
@@ -73,7 +58,7 @@ int mg_bell_wait(void *base, uint32_t bell, uint32_t spin, int32_t timeout_ms)
     }
     __atomic_fetch_add(&b->sleeps, 1, __ATOMIC_RELAXED);
     struct timespec ts = {.tv_sec = timeout_ms / 1000, .tv_nsec = (timeout_ms % 1000) * 1000000L};
-    long rc = futex(&b->word, FUTEX_WAIT, seq, &ts);
+    long rc = mg_bell_futex(&b->word, FUTEX_WAIT, seq, &ts);
     int err = rc < 0 ? errno : 0;
     __atomic_store_n(&b->need_wakeup, 0, __ATOMIC_RELAXED);
     if (bell_has_work(base, b))
@@ -91,7 +76,7 @@ int mg_bell_ring(void *base, uint32_t bell)
     __atomic_store_n(&b->need_wakeup, 0, __ATOMIC_RELAXED);
     __atomic_fetch_add(&b->word, 1, __ATOMIC_SEQ_CST);
     __atomic_fetch_add(&b->wakeups, 1, __ATOMIC_RELAXED);
-    futex(&b->word, FUTEX_WAKE, INT_MAX, NULL);
+    mg_bell_futex(&b->word, FUTEX_WAKE, INT_MAX, NULL);
     return 0;
 }
 

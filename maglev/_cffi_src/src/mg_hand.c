@@ -1,6 +1,7 @@
 /* Hand journal: pull / push / recover (design and recovery rules: mg_hand.h). */
 #include "mg_hand.h"
 
+#include "mg_layout.h"
 #include "mg_ring.h"
 #include "mg_shm.h"
 
@@ -20,8 +21,7 @@ int mg_hand_fault_at = 0;
 
 size_t mg_hand_bytes(uint32_t n_rings)
 {
-    size_t b = sizeof(struct mg_hand) + 2 * (size_t)n_rings * sizeof(uint32_t);
-    return (b + MG_CACHE_LINE - 1) & ~(size_t)(MG_CACHE_LINE - 1);
+    return mg_layout_hand_bytes(n_rings);
 }
 
 static uint32_t load_state(const struct mg_hand *h)

@@ -1,9 +1,9 @@
 /* Region layout, initialisation, validation and the small per-actor areas. */
 #include "mg_shm.h"
 
-#include "mg_doorbell.h"
+#include "mg_bell.h"
 #include "mg_frame.h"
-#include "mg_hand.h"
+#include "mg_layout.h"
 #include "mg_ring.h"
 #include "mg_tables_pub.h"
 
@@ -54,7 +54,7 @@ int mg_region_layout(uint32_t n_workers, uint32_t n_frames, uint32_t ring_size,
     out->bells_off = off;
     off = page_up(off + (uint64_t)out->n_bells * sizeof(struct mg_bell));
     out->hands_off = off;
-    out->hand_stride = mg_hand_bytes(out->n_rings);
+    out->hand_stride = mg_layout_hand_bytes(out->n_rings);
     off = page_up(off + (uint64_t)out->n_slots * out->hand_stride);
     out->slots_off = off;
     off = page_up(off + (uint64_t)out->n_slots * sizeof(struct mg_slot_line));
@@ -244,7 +244,7 @@ int mg_region_init(void *base, const struct mg_region_hdr *layout)
     }
     for (uint32_t s = 0; s < h->n_slots; s++) {
         struct mg_hand *hd = mg_region_hand(base, s);
-        memset(hd, 0, mg_hand_bytes(h->n_rings));
+        memset(hd, 0, mg_layout_hand_bytes(h->n_rings));
         hd->n_rings = h->n_rings;
     }
     struct mg_tables_hdr *t = (struct mg_tables_hdr *)((uint8_t *)base + h->tables_off);
