@@ -247,8 +247,10 @@ class RefDataPath:
         return -1 if o == self.t.header["pool_self"] else o
 
     def _redirect_out(self, out: list[Output], fr: Frame, p: Parsed, vip: int, owner: int,
-                      hsh: int) -> None:
-        """redirect_out() in mg_dp.c: the fragment to pool member ``owner`` in marked GRE."""
+                      hsh: int, spare: list[int]) -> None:
+        """redirect_out() in mg_dp.c: the fragment to pool member ``owner`` in marked GRE;
+        an IPv4 fragment with DF clear that does not fit the MTU with the GRE is split
+        first (as :meth:`_forward` splits) and every piece goes in its own GRE packet."""
         h = self.t.header
         fam = h["pool_family"]
         alen = 4 if fam == 4 else 16
@@ -262,20 +264,43 @@ class RefDataPath:
             eth_dst=h["gateway_mac"] if h["gateway_mac"] != ZERO_MAC else pkt[6:12],
         )
         fr.vip_index = vip
-        if p.l3_len + ref_encap.overhead(ref_encap.GRE_REDIRECT, fam) > h["mtu"]:
-            self._drop(out, fr, D["too_big"])
-            return
-        try:
-            new = ref_encap.encap(pkt, p.l3_off, p.family, hsh & 0xFFFFFFFF, params,
-                                  headroom=fr.headroom)
-        except NativeError as exc:
-            self._drop(out, fr, D["no_headroom"] if exc.errno == errno.ENOSPC else D["bad_frame"])
-            return
-        fr.data = new
-        fr.verdict = VERDICT_REDIRECT
+        ovh = ref_encap.overhead(ref_encap.GRE_REDIRECT, fam)
+        pieces = [fr]
+        if p.l3_len + ovh > h["mtu"]:
+            if p.family != 4:
+                self._drop(out, fr, D["too_big"])  # IPv6: routers never fragment
+                return
+            try:
+                parts = ref_frag.split_ipv4(pkt, p.l3_off, h["mtu"] - ovh, min(len(spare), BURST_MAX))
+            except NativeError as exc:  # EINVAL: DF set (or a header that cannot be split)
+                self._drop(out, fr, D["no_spare_frame"] if exc.errno == errno.ENOSPC else D["too_big"])
+                return
+            fr.data = parts[0]
+            for extra in parts[1:]:
+                spare.pop()
+                pieces.append(Frame(fr.seq, extra, HEADROOM, 0, vip, fr.backend_index))
+            self.s["split_pieces"] += len(parts) - 1
+        for i, f in enumerate(pieces):
+            try:
+                new = ref_encap.encap(f.data, p.l3_off, p.family, hsh & 0xFFFFFFFF, params,
+                                      headroom=f.headroom)
+            except NativeError as exc:
+                reason = D["no_headroom"] if exc.errno == errno.ENOSPC else D["bad_frame"]
+                if i == 0:
+                    self._drop(out, f, reason)
+                    for other in pieces[1:]:
+                        other.verdict = reason
+                        out.append(Output(other.seq, "drop", reason, b"", vip, other.backend_index))
+                    return
+                f.verdict = reason  # a later piece: freed, the fragment still counts once
+                out.append(Output(f.seq, "drop", reason, b"", vip, f.backend_index))
+                continue
+            f.data = new
+            f.verdict = VERDICT_REDIRECT
+            f.vip_index = vip
+            self.s["bytes_out"] += len(new)
+            out.append(Output(f.seq, "tx", VERDICT_REDIRECT, new, vip, f.backend_index))
         self.s["redirected"] += 1
-        self.s["bytes_out"] += len(new)
-        out.append(Output(fr.seq, "tx", VERDICT_REDIRECT, new, vip, fr.backend_index))
 
     # ------------------------------------------------------------------ forwarding
 
@@ -441,7 +466,7 @@ class RefDataPath:
                         hsh = self._hash(p.key(ports=False))
                         owner = self._owner(hsh)
                         if owner >= 0:
-                            self._redirect_out(out, fr, p, 0, owner, hsh)
+                            self._redirect_out(out, fr, p, 0, owner, hsh, spare)
                             continue
                     self._frag_next(out, fr, p, now_ns, spare)
                     continue
@@ -473,7 +498,7 @@ class RefDataPath:
             if kind == FRAG_FIRST and not redirected:
                 owner = self._owner(hsh)
                 if owner >= 0:
-                    self._redirect_out(out, fr, p, vip, owner, hsh)
+                    self._redirect_out(out, fr, p, vip, owner, hsh, spare)
                     continue
             b = -1
             if kind in (FLOW, ICMP_FLOW):

@@ -49,6 +49,9 @@ def _pool_seeds() -> list[bytes]:
     for i in range(1, 7):
         s += udp_fragments(f"198.51.100.{i}", VIP4_ANY, 5000 + i, i, size=1200, piece=400)
         s += tcp6_fragments(f"2001:db8:c::{i:x}", VIP6, 6000 + i, i, size=900, piece=400)
+    for i in range(20, 24):  # full-size fragments: a redirect of these is split (IPv4) or too_big
+        s += udp_fragments(f"198.51.100.{i}", VIP4_ANY, 7000 + i, i, size=4000, piece=1480)
+        s += tcp6_fragments(f"2001:db8:c::{i:x}", VIP6, 7000 + i, i, size=3000, piece=1448)
     frag = udp_fragments(CLIENT4, VIP4_ANY, 5000, 3, size=1200, piece=400)
     frag6 = tcp6_fragments(CLIENT6, VIP6, 6000, 3, size=900, piece=400)
     for f in (frag[0], frag[1], frag[-1], frag6[0], frag6[1]):

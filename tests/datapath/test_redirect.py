@@ -191,14 +191,127 @@ def test_pool_of_one_never_redirects(engine):
     assert o.reason == "redirect_foreign"
 
 
+def _big_foreign(own: str, family: int, k: int, *, df: bool = False) -> tuple[list[bytes], str]:
+    """The fragments of a datagram cut into full-size (1500-byte L3) fragments, owned by
+    another instance than ``own``; IPv4 fragment ``k`` with DF set when ``df``."""
+    for i in range(1, 200):
+        if family == 4:
+            frags = udp_fragments(f"198.51.100.{i}", VIP4_ANY, 5000, i, size=4432, piece=1480)  # 3 x 1480
+        else:
+            frags = tcp6_fragments(f"2001:db8:c::{i:x}", VIP6, 6000, i, size=4000, piece=1448)
+        o = owner(POOL, BLOBS[own], frags[0])
+        if o != own:
+            if df:
+                l3 = frags[k][14:]
+                frags[k] = P.eth(P.ipv4(f"198.51.100.{i}", VIP4_ANY, P.UDP, l3[20:], df=True,
+                                        mf=bool(l3[6] & 0x20), ident=i,
+                                        frag_offset=(int.from_bytes(l3[6:8], "big") & 0x1FFF) * 8))
+            return frags, o
+    raise AssertionError("no datagram owned by another instance in 200 tries")
+
+
+def _pieces(frame: bytes, chunk: int) -> list[bytes]:
+    """The IPv4 fragment ``frame`` (20-byte header) cut again by hand: ``chunk`` payload
+    bytes per piece, offsets from the original datagram, MF on all but the last piece,
+    which keeps the fragment's MF."""
+    l3 = frame[14:]
+    flags = int.from_bytes(l3[6:8], "big")
+    base, more = (flags & 0x1FFF) * 8, bool(flags & 0x2000)
+    src, dst = ".".join(map(str, l3[12:16])), ".".join(map(str, l3[16:20]))
+    ident = int.from_bytes(l3[4:6], "big")
+    payload = l3[20:]
+    out = []
+    for off in range(0, len(payload), chunk):
+        last = off + chunk >= len(payload)
+        out.append(P.eth(P.ipv4(src, dst, l3[9], payload[off : off + chunk], df=False,
+                                mf=more or not last, frag_offset=base + off, ident=ident),
+                         dst=frame[0:6], src=frame[6:12]))
+    return out
+
+
+# A fragment whose L3 length is 1500 (the lab's MTU) does not fit the 28 bytes of redirect
+# GRE: IPv4 without DF is split into pieces of (1500 - 28 - 20) & ~7 = 1448 payload bytes.
+BIG = {  # what -> (family, which fragment, DF, expected reason of every output)
+    "IPv4 first fragment, 1500 bytes": (4, 0, False, "redirected"),
+    "IPv4 middle fragment, 1500 bytes": (4, 1, False, "redirected"),
+    "IPv4 last fragment (MF clear)": (4, -1, False, "redirected"),
+    "IPv4 fragment with DF set": (4, 1, True, "too_big"),
+    "IPv6 fragment, 1496 bytes": (6, 0, False, "too_big"),
+}
+
+
 @pytest.mark.parametrize("engine", ENGINES)
-def test_redirect_that_would_exceed_the_mtu_is_too_big(engine):
+@pytest.mark.parametrize("what", list(BIG))
+def test_redirect_that_would_exceed_the_mtu_is_split_or_too_big(what, engine):
     own = "198.18.0.1"
-    frags, _ = foreign_datagram(own, 4)
-    client = ".".join(str(b) for b in frags[0][26:30])
-    frame = udp_fragments(client, VIP4_ANY, 5000, 1, size=4000, piece=1480)[1]
-    (o,) = run(BLOBS[own], [frame], engine)
-    assert (o.action, o.reason) == ("drop", "too_big")
+    family, k, df, reason = BIG[what]
+    frags, to = _big_foreign(own, family, k, df=df)
+    frame = frags[k]
+    dp = DataPath(BLOBS[own], engine=engine)
+    outs = dp.process([Packet(0, frame)], NOW)
+    s = dp.stats()
+    if reason == "too_big":
+        assert [(o.action, o.reason) for o in outs] == [("drop", "too_big")]
+        assert s["redirected"] == 0 and s["split_pieces"] == 0
+        return
+    want = [marked_gre(own, to, piece) for piece in _pieces(frame, 1448)]
+    assert len(frame) - 14 + 28 > 1500 and len(want) > 1
+    assert [(o.action, o.reason, o.seq, o.backend_index) for o in outs] == [("tx", "redirected", 0, -1)] * len(want)
+    assert [o.data for o in outs] == want
+    assert all(len(o.data) - 14 <= 1500 for o in outs)
+    if k == 0:  # the first piece keeps the whole L4 header (UDP: 8 bytes) and the ports
+        assert outs[0].data[14 + 28 + 20 : 14 + 28 + 28] == frame[34:42]
+    assert (s["redirected"], s["split_pieces"], s["packets_in"]) == (1, len(want) - 1, 1)
+
+
+def test_split_redirects_agree_between_engines():
+    own = "198.18.0.1"
+    frames = []
+    for family, k, df, _ in BIG.values():
+        frames += _big_foreign(own, family, k, df=df)[0]
+    got = {e: run(BLOBS[own], frames, e) for e in ENGINES}
+    assert got["c"] == got["python"]
+    assert any(o.reason == "redirected" for o in got["c"])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_full_size_fragments_via_a_non_owner_reassemble_to_the_datagram_at_the_owner(engine):
+    """Two instances of one pool at MTU 1500: every 1500-byte fragment of a datagram
+    reaches the instance that does not own it; it redirects the pieces, and what the owner
+    forwards (to one backend) reassembles to the original datagram."""
+    pool = ("198.18.0.1", "198.18.0.2")
+    blobs = {own: build_tables(pool_config(own, pool)) for own in pool}
+    for i in range(1, 200):
+        client = f"198.51.100.{i}"
+        frags = udp_fragments(client, VIP4_ANY, 5000, i, size=4000, piece=1480)
+        to = owner(pool, blobs[pool[0]], frags[0])
+        if to != pool[0]:
+            break
+    sender = DataPath(blobs[pool[0]], engine=engine)
+    owner_dp = DataPath(blobs[to], engine=engine)
+    redirects = sender.process([Packet(j, f) for j, f in enumerate(frags)], NOW)
+    assert all(o.reason == "redirected" and len(o.data) - 14 <= 1500 for o in redirects)
+    assert len(redirects) > len(frags)  # split
+    outs = owner_dp.process([Packet(j, o.data) for j, o in enumerate(redirects)], NOW)
+    outs += owner_dp.flush(NOW + 10**12)
+    assert [o.reason for o in outs] == ["forward"] * len(redirects)
+    assert len({o.backend_index for o in outs}) == 1
+    payload = bytearray(4000 + 8)
+    seen = 0
+    for o in outs:
+        d = o.data
+        inner = next(x for x in range(34, len(d) - 20)
+                     if d[x] == 0x45 and int.from_bytes(d[x + 2 : x + 4], "big") == len(d) - x
+                     and d[x + 12 : x + 16] == bytes(map(int, client.split("."))))
+        off = (int.from_bytes(d[inner + 6 : inner + 8], "big") & 0x1FFF) * 8
+        chunk = d[inner + 20 :]
+        payload[off : off + len(chunk)] = chunk
+        seen += len(chunk)
+    assert seen == len(payload)
+    want = P.udp(5000, 53, bytes((i + j) & 0xFF for j in range(4000)), src=client, dst=VIP4_ANY)
+    assert bytes(payload) == want
+    assert sender.stats()["split_pieces"] == len(redirects) - len(frags)
+    assert owner_dp.stats()["redirect_in"] == len(redirects)
 
 
 def test_split_datagrams_reach_one_backend_exactly_once_across_two_instances():

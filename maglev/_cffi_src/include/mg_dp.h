@@ -12,8 +12,9 @@
  *      MG_REDIRECT_GRE_KEY) and from a pool member, MG_FRAME_F_REDIRECTED set, else a
  *      redirect_* / bad_redirect drop; a fragment of a fragment-enabled VIP that was not
  *      redirected and whose owner pool[3-tuple hash % n_pool] is another instance is sent
- *      there (marked GRE, verdict FORWARD + MG_FRAME_F_REDIRECT_OUT, counted `redirected`), see
- *      "fragments across instances" in mg_dp.c;
+ *      there (marked GRE, verdict FORWARD + MG_FRAME_F_REDIRECT_OUT, counted `redirected`;
+ *      an IPv4 DF-clear fragment too big for the GRE is split first as in step 6, one GRE
+ *      per piece; IPv6 -> too_big), see "fragments across instances" in mg_dp.c;
  *   4. VIP match: exact (dst, dport, proto), then (dst, 0, proto); none -> no_vip (never
  *      an open relay).  Non-first fragments carry no port: they match a VIP through the
  *      fragment table (the first fragment's decision) and are held until it comes;

@@ -558,8 +558,16 @@ static inline int frag_owner(const struct mg_tables_header *h, uint64_t hash)
 }
 
 /* Send fragment idx (parsed as *p) to pool member `owner` in marked GRE.  The link MTU of
- * the tables applies: a fragment that no longer fits with the 28/48 bytes of GRE is
- * dropped (too_big), not split or answered with ICMP (see docs/datapath.md). */
+ * the tables applies to the outer packet (28/48 bytes of GRE on top).  An IPv4 fragment
+ * that no longer fits and has DF clear is split again first, exactly as forward() splits a
+ * DF-clear packet (mg_frag_split_ipv4 into spare frames: offsets stay relative to the
+ * original datagram, MF on every piece but the last, which keeps the fragment's own MF),
+ * and every piece goes to the owner in its own GRE packet; the owner handles the pieces
+ * like any fragments.  The first piece keeps the whole L4 header: the tables' MTU is at
+ * least 576, so a piece carries at least (576 - 48 - 60) & ~7 = 464 payload bytes, more
+ * than the longest L4 header (TCP, 60).  IPv6 fragments that do not fit are dropped
+ * (too_big): routers never fragment IPv6, and no ICMP is sent about a fragment we were
+ * only relaying (see docs/datapath.md). */
 static void redirect_out(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
                          const struct mg_parsed *p, int vip, int owner, uint64_t hash)
 {
@@ -575,20 +583,57 @@ static void redirect_out(struct mg_dp *dp, struct mg_dp_io *io, const void *t, u
     memcpy(ep.src, pool_addr(t, h->pool_self), 16);
     memcpy(ep.dst, pool_addr(t, (uint32_t)owner), 16);
     meta->vip_index = (uint16_t)vip;
-    if ((uint32_t)p->l3_len + (uint32_t)mg_encap_overhead(ep.type, ep.outer_family) > h->mtu) {
-        out_drop(dp, io, idx, MG_DROP_TOO_BIG);
-        return;
+    uint32_t ovh = (uint32_t)mg_encap_overhead(ep.type, ep.outer_family);
+    uint32_t pieces[1 + MG_BURST_MAX];
+    uint32_t n_pieces = 1;
+    pieces[0] = idx;
+    if ((uint32_t)p->l3_len + ovh > h->mtu) {
+        if (p->family != 4) {
+            out_drop(dp, io, idx, MG_DROP_TOO_BIG);
+            return;
+        }
+        uint32_t avail = io->n_spare - io->n_spare_used;
+        if (avail > MG_BURST_MAX)
+            avail = MG_BURST_MAX;
+        /* -EINVAL for DF set (or a header that cannot be split): too_big */
+        int rc = mg_frag_split_ipv4(io->pool, idx, p->l3_off, h->mtu - ovh,
+                                    io->spare + io->n_spare_used, avail);
+        if (rc < 0) {
+            out_drop(dp, io, idx, rc == -ENOSPC ? MG_DROP_NO_SPARE_FRAME : MG_DROP_TOO_BIG);
+            return;
+        }
+        for (int i = 0; i < rc; i++)
+            pieces[n_pieces++] = io->spare[io->n_spare_used + i];
+        io->n_spare_used += (uint32_t)rc;
+        dp->stats.split_pieces += (uint32_t)rc;
     }
-    int rc = mg_encap(io->pool, idx, p->l3_off, p->family, (uint32_t)hash, &ep);
-    if (rc < 0) {
-        out_drop(dp, io, idx, rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME);
-        return;
+    for (uint32_t i = 0; i < n_pieces; i++) {
+        uint32_t f = pieces[i];
+        struct mg_frame_meta *m = mg_frame_meta(io->pool, f);
+        int rc = mg_encap(io->pool, f, p->l3_off, p->family, (uint32_t)hash, &ep);
+        if (rc < 0) {
+            int reason = rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME;
+            if (i == 0) { /* the fragment is dropped, its other pieces (not sent) with it */
+                out_drop(dp, io, f, reason);
+                for (uint32_t j = 1; j < n_pieces; j++) {
+                    mg_frame_meta(io->pool, pieces[j])->verdict = (uint16_t)reason;
+                    io->drop[io->n_drop++] = pieces[j];
+                }
+                return;
+            }
+            /* a later piece (as in forward(): should not happen) is freed; the fragment
+             * still counts as redirected once */
+            m->verdict = (uint16_t)reason;
+            io->drop[io->n_drop++] = f;
+            continue;
+        }
+        m->verdict = MG_VERDICT_FORWARD; /* on the wire like any forward (mg_worker.c) */
+        m->flags |= MG_FRAME_F_REDIRECT_OUT;
+        m->vip_index = (uint16_t)vip;
+        dp->stats.bytes_out += m->len;
+        io->tx[io->n_tx++] = f;
     }
-    meta->verdict = MG_VERDICT_FORWARD; /* on the wire like any forward (mg_worker.c) */
-    meta->flags |= MG_FRAME_F_REDIRECT_OUT;
     dp->stats.redirected++;
-    dp->stats.bytes_out += meta->len;
-    io->tx[io->n_tx++] = idx;
 }
 
 static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint64_t now_ns,
