@@ -150,7 +150,10 @@ def test_the_next_maglev_run_removes_what_a_killed_one_left(tmp_path):
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         psutil.wait_procs(children, timeout=10)
-        assert os.path.isdir(run_dir) and os.path.exists(region)  # left behind
+        # Left behind.  (Only the run folder is certain to be still there: it is in this
+        # test's private XDG_RUNTIME_DIR, while any other maglev run on this machine --
+        # another test suite, say -- may already have removed the dead run's region.)
+        assert os.path.isdir(run_dir)
         second = subprocess.run(
             [*CLI, "run", "--workers", "1", "--nic", "gen:packets=1000", "--json", "--config", str(cfg),
              "--control", f"ipc://{tmp_path}/c2.sock"],
@@ -158,11 +161,6 @@ def test_the_next_maglev_run_removes_what_a_killed_one_left(tmp_path):
         assert second.returncode == 0, second.stderr
         assert not os.path.exists(run_dir) and not os.path.exists(region)
         assert f'removed the run folder of a dead run" path={run_dir}' in second.stderr
-        # The region is gone (checked above); the line naming it is there unless another
-        # maglev run on this machine (any instance cleans up after any dead run) got to it
-        # first -- seen when other test suites ran beside this one.
-        assert "removed the shared memory of a dead run" in second.stderr or not any(
-            "maglev-" in line for line in second.stderr.splitlines() if "shared memory" in line)
         assert not glob.glob(f"{tmp_path}/maglev-{inst}-*")  # the second run's own folder too
     finally:
         if first.poll() is None:
