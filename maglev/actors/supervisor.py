@@ -327,15 +327,32 @@ class Supervisor:
                 except OSError:  # empty (non-blocking) or closed
                     pass
         if self._sock in events:
-            while True:
-                try:
-                    ident, raw = self._sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                except ValueError:
-                    continue  # wrong frame count: not one of ours
-                self._dispatch(ident.decode(errors="replace"), raw)
+            self._recv_all()
         self._check_children()
+
+    def _recv_all(self) -> None:
+        """Handle every mailbox message waiting now."""
+        import zmq
+
+        while True:
+            try:
+                ident, raw = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue  # wrong frame count: not one of ours
+            self._dispatch(ident.decode(errors="replace"), raw)
+
+    def _read_mailbox(self, timeout_s: float, until: Callable[[], bool]) -> None:
+        """Handle mailbox messages only (no child checks) until ``until()`` or the timeout."""
+        import zmq
+
+        deadline = time.monotonic() + timeout_s
+        while not until():
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                return
+            self._recv_all()
 
     def _dispatch(self, name: str, raw: bytes) -> None:
         try:
@@ -393,6 +410,8 @@ class Supervisor:
         log.warning("actor died", extra={"kv": {"actor": c.d.name, "how": how}})
         self.broadcast("actor_down", actor=c.d.name)
         if rc == SETUP_FAILED_RC:
+            if not c.error:  # its "fatal" message (sent before it exited) may still be in flight
+                self._read_mailbox(1.0, until=lambda: bool(c.error))
             self.failed = f"{c.d.name} failed to start: {c.error or how}"
             c.proc = None
             return
@@ -503,8 +522,14 @@ class Supervisor:
                 sent_fallback = True
                 deadline = now + 2.0
             self.poll(0.02)
-        # Collect final stats that are still in flight.
+        # Collect final stats that are still in flight: an actor that exited cleanly sent
+        # its ``bye`` (with its last stats) before exiting, but the message may still be on
+        # its way through the mailbox socket on a busy machine; wait for those briefly.
         self.poll(0.0)
+        late = time.monotonic() + 1.0
+        while time.monotonic() < late and any(
+                c.proc is not None and c.proc.poll() == 0 and not c.bye for c in members):
+            self.poll(0.02)
         for c in members:
             if c.proc is not None:
                 c.exit_code = c.proc.poll()

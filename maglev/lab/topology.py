@@ -37,6 +37,7 @@ never killed.  A lock file serialises concurrent ``up``/``down``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -247,6 +248,12 @@ class Lab:
         except ValueError:
             raise LabError(f"could not start {role}: {r.stderr.strip()}") from None
         start = _proc_start_time(pid)
+        if start is None:  # gone already (a command that fails at once): say so now, not
+            # after the readiness wait (a dead pid has no start time to compare later)
+            tail = ""
+            with contextlib.suppress(OSError):
+                tail = log_path.read_text()[-600:].strip()
+            raise LabError(f"lab process {role} (pid {pid}) exited: {tail or 'no output'}")
         self.state["processes"].append({"role": role, "ns": ns, "pid": pid, "start": start, "log": str(log_path)})
         self.save()
         return pid
