@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import errno
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from maglev.datapath import ref_encap, ref_frag, ref_icmp
@@ -270,16 +270,45 @@ class RefDataPath:
             if p.family != 4:
                 self._drop(out, fr, D["too_big"])  # IPv6: routers never fragment
                 return
-            try:
-                parts = ref_frag.split_ipv4(pkt, p.l3_off, h["mtu"] - ovh, min(len(spare), BURST_MAX))
-            except NativeError as exc:  # EINVAL: DF set (or a header that cannot be split)
-                self._drop(out, fr, D["no_spare_frame"] if exc.errno == errno.ENOSPC else D["too_big"])
+            split = self._split_ipv4(out, fr, p, h["mtu"] - ovh, spare, vip, fr.backend_index)
+            if split is None:  # EINVAL: DF set (or a header that cannot be split)
                 return
-            fr.data = parts[0]
-            for extra in parts[1:]:
-                spare.pop()
-                pieces.append(Frame(fr.seq, extra, HEADROOM, 0, vip, fr.backend_index))
-            self.s["split_pieces"] += len(parts) - 1
+            pieces = split
+
+        def sent(f: Frame, new: bytes) -> None:
+            f.data = new
+            f.verdict = VERDICT_REDIRECT
+            f.vip_index = vip
+            self.s["bytes_out"] += len(new)
+            out.append(Output(f.seq, "tx", VERDICT_REDIRECT, new, vip, f.backend_index))
+
+        if self._encap_pieces(out, pieces, p, hsh, params, vip, sent):
+            self.s["redirected"] += 1
+
+    def _split_ipv4(self, out: list[Output], fr: Frame, p: Parsed, payload_mtu: int,
+                    spare: list[int], vip: int, b: int) -> list[Frame] | None:
+        """mg_frag_split_ipv4 on a DF-clear IPv4 packet: ``fr`` becomes the first piece and
+        every other piece takes a spare frame; None after counting the drop (no spare frame,
+        DF set, a header that cannot be split)."""
+        try:
+            parts = ref_frag.split_ipv4(fr.data, p.l3_off, payload_mtu, min(len(spare), BURST_MAX))
+        except NativeError as exc:
+            self._drop(out, fr, D["no_spare_frame"] if exc.errno == errno.ENOSPC else D["too_big"])
+            return None
+        fr.data = parts[0]
+        pieces = [fr]
+        for extra in parts[1:]:
+            spare.pop()
+            pieces.append(Frame(fr.seq, extra, HEADROOM, 0, vip, b))
+        self.s["split_pieces"] += len(parts) - 1
+        return pieces
+
+    def _encap_pieces(self, out: list[Output], pieces: list[Frame], p: Parsed, hsh: int,
+                      params: ref_encap.EncapParams, vip: int,
+                      sent: Callable[[Frame, bytes], None]) -> bool:
+        """Encapsulate each piece in order, ``sent(piece, bytes)`` for each that made it.
+        The first piece failing drops the packet (every piece, counted once): False; a later
+        piece failing is freed alone and the packet still counts once."""
         for i, f in enumerate(pieces):
             try:
                 new = ref_encap.encap(f.data, p.l3_off, p.family, hsh & 0xFFFFFFFF, params,
@@ -291,16 +320,12 @@ class RefDataPath:
                     for other in pieces[1:]:
                         other.verdict = reason
                         out.append(Output(other.seq, "drop", reason, b"", vip, other.backend_index))
-                    return
-                f.verdict = reason  # a later piece: freed, the fragment still counts once
+                    return False
+                f.verdict = reason
                 out.append(Output(f.seq, "drop", reason, b"", vip, f.backend_index))
                 continue
-            f.data = new
-            f.verdict = VERDICT_REDIRECT
-            f.vip_index = vip
-            self.s["bytes_out"] += len(new)
-            out.append(Output(f.seq, "tx", VERDICT_REDIRECT, new, vip, f.backend_index))
-        self.s["redirected"] += 1
+            sent(f, new)
+        return True
 
     # ------------------------------------------------------------------ forwarding
 
@@ -367,35 +392,15 @@ class RefDataPath:
             out.append(Output(fr.seq, "tx", VERDICT_ICMP, new, fr.vip_index, fr.backend_index))
             return False
         if pm == ref_icmp.PMTU_FRAGMENT:
-            try:
-                parts = ref_frag.split_ipv4(pkt, p.l3_off, mtu - ovh, min(len(spare), BURST_MAX))
-            except NativeError as exc:
-                self._drop(out, fr, D["no_spare_frame"] if exc.errno == errno.ENOSPC else D["too_big"])
+            split = self._split_ipv4(out, fr, p, mtu - ovh, spare, vip, b)
+            if split is None:
                 return False
-            fr.data = parts[0]
-            for extra in parts[1:]:
-                spare.pop()
-                pieces.append(Frame(fr.seq, extra, HEADROOM, 0, vip, b))
-            self.s["split_pieces"] += len(parts) - 1
+            pieces = split
         elif pm != ref_icmp.PMTU_FITS:
             self._drop(out, fr, D["too_big"])
             return False
-        for i, f in enumerate(pieces):
-            try:
-                new = ref_encap.encap(f.data, p.l3_off, p.family, hsh & 0xFFFFFFFF, params,
-                                      headroom=f.headroom)
-            except NativeError as exc:
-                reason = D["no_headroom"] if exc.errno == errno.ENOSPC else D["bad_frame"]
-                if i == 0:
-                    self._drop(out, f, reason)
-                    for other in pieces[1:]:
-                        other.verdict = reason
-                        out.append(Output(other.seq, "drop", reason, b"", vip, b))
-                    return False
-                # a later piece: freed, the packet still counts as forwarded once
-                f.verdict = reason
-                out.append(Output(f.seq, "drop", reason, b"", vip, b))
-                continue
+
+        def sent(f: Frame, new: bytes) -> None:
             f.data = new
             f.verdict = VERDICT_FORWARD
             f.vip_index, f.backend_index = vip, b
@@ -404,6 +409,10 @@ class RefDataPath:
             c[0] += 1
             c[1] += len(new)
             out.append(Output(f.seq, "tx", VERDICT_FORWARD, new, vip, b))
+
+        # (split pieces carry backend b, so a failed piece's drop names b)
+        if not self._encap_pieces(out, pieces, p, hsh, params, vip, sent):
+            return False
         self.s["forwarded"] += 1
         if p.frag & PF_FRAGMENT:
             self.s["fragments"] += 1
