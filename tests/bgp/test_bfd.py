@@ -183,17 +183,24 @@ def test_bfd_down_ends_the_bgp_session():
         router = bfd.Session(router_ep, "127.0.0.1", local_address="127.0.0.2", interval_ms=100)
         router_ep.add(router)
         router_ep.start()
+        peer = None
         try:
             peer = await Scripted.connect(bgp_port, local="127.0.0.2")
             await peer.handshake(64512)
-            await wait_for(lambda: sp.peers_state()[0]["bfd"]["state"] == "UP", 5, "speaker's BFD Up")
+            # Up first runs at the slow rate (RFC 5880 6.8.3: 1 s while not Up); the 100 ms
+            # timers take over after the poll sequence.  Silence the router only then, or the
+            # detection time is still 3 s (the race this test had under load).
+            await wait_for(lambda: sp.peers_state()[0]["bfd"]["state"] == "UP"
+                           and sp.peers_state()[0]["bfd"]["detection_time_ms"] <= 300, 5,
+                           "speaker's BFD Up with the 100 ms timers")
             assert sp.peers_state()[0]["state"] == "Established"
             await router_ep.stop(silent=True)
             took = await wait_for(lambda: sp.peers_state()[0]["state"] != "Established", 2, "BGP session ended")
             assert "BFD session down" in sp.peers_state()[0]["last_error"]
             print(f"\nBFD down -> BGP session ended in {took * 1000:.0f} ms (BFD detection time 300 ms, hold time 90 s)")
-            await peer.close()
         finally:
+            if peer is not None:
+                await peer.close()
             await sp.stop()
             await router_ep.stop()
 
