@@ -123,9 +123,38 @@ def backends(ctx, vip, as_json) -> None:
         click.echo(json.dumps(r))
         return
     click.echo(f"{r['vip']}  M={r['table_size']}  generation {r['generation']}")
+    if r.get("tree"):
+        _pool_tree(r["tree"])
+        return
     rows = [{**b, "share": f"{b['share'] * 100:.2f}%"} for b in r["backends"]]
     _table(rows, [("backend", "BACKEND"), ("address", "ADDRESS"), ("weight", "WEIGHT"), ("health", "HEALTH"),
                   ("entries", "ENTRIES"), ("share", "SHARE"), ("packets", "PACKETS"), ("health_detail", "DETAIL")])
+
+
+def _pool_tree(tree: list[dict]) -> None:
+    """A pooled VIP's backends as the tree of its pools (``ctl backends``)."""
+    lines: list[tuple[str, str, str, str, str, str]] = []
+
+    def walk(node: dict, indent: str) -> None:
+        if "pool" in node and "members" in node:
+            role = "backup " if node["backup"] else ""
+            extra = ""
+            if node["backup_below_percent"] is not None:
+                extra = f" backup below {node['backup_below_percent']}%" + (" (ACTIVE)" if node["backup_active"] else "")
+            lines.append((f"{indent}{role}pool {node['pool']}", "" if node["backup"] else str(node["weight"]),
+                          "", node["check"], f"healthy {node['healthy_share'] * 100:.0f}%{extra}", ""))
+            for m in node["members"]:
+                walk(m, indent + "  ")
+            return
+        lines.append((f"{indent}{node['backend']}", str(node["weight"]), str(node["effective_weight"]),
+                      node["health"], f"{node['entries']} ({node['share'] * 100:.2f}%)", node["health_detail"]))
+
+    for top in tree:
+        walk(top, "")
+    head = ("TREE", "WEIGHT", "EFFECTIVE", "HEALTH", "ENTRIES / STATE", "DETAIL")
+    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(5)]
+    for row in [head, *lines]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[5])
 
 
 @ctl.command()

@@ -40,7 +40,7 @@ from maglev.hashing import DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, is_pr
 PROTOCOLS = ("tcp", "udp")
 ENCAPS = ("gre", "ipip", "vxlan", "l2")
 HASH_MODES = ("5tuple", "src_ip", "dst_port")  # [[vip]] hash (docs/datapath.md)
-HEALTH_TYPES = ("none", "tcp", "http", "udp")
+HEALTH_TYPES = ("none", "tcp", "http", "udp", "dns")
 HUGE_PAGE_MODES = ("auto", "hugetlb", "thp", "off")  # [conntrack] huge_pages
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -55,6 +55,9 @@ _MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 # An HTTP health-check path goes into the request line as is: no spaces, no control
 # characters, nothing outside printable ASCII (percent-encode the rest).
 _HTTP_PATH_RE = re.compile(r"/[\x21-\x7e]*")
+# A DNS health check's query name: "." (the root) or dotted labels, at most 253 characters.
+_DNS_NAME_RE = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                          r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")
 # AS_TRANS (RFC 6793): stands in for a 4-octet AS toward old speakers, never a real AS.
 AS_TRANS = 23456
 # A Unix socket path (sun_path) holds 107 bytes and a NUL.
@@ -98,6 +101,7 @@ class HealthCheck:
     timeout_ms: int = 500
     rise: int = 2
     fall: int = 3
+    query: str = "."  # dns only: the name asked for (type A); any NOERROR answer is up
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,37 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class PoolRef:
+    """A pool as a member of a VIP or of another pool, with its weight there."""
+
+    name: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Pool:
+    """``[[pool]]``: backends and other pools under one health check (maglev/pools.py)."""
+
+    name: str
+    health: HealthCheck = field(default_factory=HealthCheck)
+    backends: tuple[Backend, ...] = ()
+    pools: tuple[PoolRef, ...] = ()
+    backup: str = ""  # a pool that takes over while this one's healthy share is low
+    backup_below_percent: int = 50  # the backup serves while healthy weight < this % of the pool's
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """Where a pooled VIP's backend sits: derived, never written to a file."""
+
+    backend: str  # the Backend's key (name or address), as in ``Vip.backends``
+    path: tuple[str, ...]  # pool names from the VIP down to the backend's own pool
+    weight: int  # its weight in that pool
+    health: HealthCheck  # that pool's check
+    backup: bool = False  # reached through a backup edge: idle while the primary is healthy
+
+
+@dataclass(frozen=True)
 class Vip:
     address: str
     port: int = 0  # 0 = every port
@@ -132,6 +167,11 @@ class Vip:
     hash: str = "5tuple"  # one of HASH_MODES
     udp_ignore_src_port: bool = False
     conntrack: bool = True
+    # Nested pools (docs/config.md "Pools"): the VIP's pools with their weights.  When set,
+    # ``backends`` is *derived*: the tree's leaf backends with effective weights (every
+    # backend up, backup pools idle), and ``leaves`` says where each one sits.
+    pools: tuple[PoolRef, ...] = ()
+    leaves: tuple[Leaf, ...] = ()
 
     @property
     def key(self) -> str:
@@ -227,6 +267,7 @@ class Config:
     bgp: Bgp = field(default_factory=Bgp)
     control: Control = field(default_factory=Control)
     tracing: Tracing = field(default_factory=Tracing)
+    pools: tuple[Pool, ...] = ()  # [[pool]] (docs/config.md "Pools")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in the TOML file's shape (``vip`` arrays, ``backend`` arrays)."""
@@ -236,7 +277,7 @@ class Config:
         for v in d["vip"]:
             v["backend"] = list(v.pop("backends"))
         d["bgp"]["peer"] = list(d["bgp"].pop("peers"))
-        return d
+        return pools_to_plain(d)
 
     @classmethod
     def from_dict(cls, data: Any) -> Config:
@@ -335,6 +376,27 @@ def load(path: str | Path) -> Config:
 def loads(text: str | bytes, source: str = "<string>") -> Config:
     """Validate a TOML document given as text (or UTF-8 bytes)."""
     return Config.from_dict(parse_document(text, source))
+
+
+def pools_to_plain(d: dict[str, Any]) -> dict[str, Any]:
+    """The pool parts of plain data in the file's shape: ``[[pool]]`` (only when there are
+    pools, so a flat config's data is as before), a pooled VIP's ``pool`` refs instead of
+    its derived ``backend`` list, and never the derived ``leaves``."""
+    pools = d.pop("pools", [])
+    for v in d["vip"]:
+        refs = v.pop("pools", [])
+        v.pop("leaves", None)
+        if refs:
+            v["pool"] = [dict(r) for r in refs]
+            v.pop("backend", None)
+    if pools:
+        d["pool"] = []
+        for p in pools:
+            q = dict(p)
+            q["backend"] = [dict(b) for b in q.pop("backends")]
+            q["pool"] = [dict(r) for r in q.pop("pools")]
+            d["pool"].append(q)
+    return d
 
 
 # --------------------------------------------------------------------------- parsing
@@ -448,7 +510,7 @@ class _Parser:
 
     def config(self, data: Any) -> Config:
         top = self.table(
-            data, "", {"instance", "conntrack", "vip", "bgp", "control", "tracing"}
+            data, "", {"instance", "conntrack", "vip", "bgp", "control", "tracing", "pool"}
         )
         instance = self.instance(top.get("instance", {}))
         conntrack = self.conntrack(top.get("conntrack", {}))
@@ -457,6 +519,11 @@ class _Parser:
             self.err("vip", f"{len(raw_vips)} VIPs; the data path holds at most {MAX_VIPS}")
             raw_vips = []
         vips = tuple(self.vip(v, f"vip[{i}]", instance) for i, v in enumerate(raw_vips))
+        pools: tuple[Pool, ...] = ()
+        if "pool" in top or any(v.pools for v in vips):
+            from maglev import config_pools
+
+            pools, vips = config_pools.resolve(self, top.get("pool", []), vips, raw_vips, instance)
         seen: dict[str, int] = {}
         for i, v in enumerate(vips):
             if not v.address:
@@ -469,7 +536,7 @@ class _Parser:
         control = self.control(top.get("control", {}))
         tracing = self.tracing(top.get("tracing", {}))
         self.fail()
-        return Config(instance, conntrack, vips, bgp, control, tracing)
+        return Config(instance, conntrack, vips, bgp, control, tracing, pools)
 
     def combinations(self, instance: Instance, vips: tuple[Vip, ...]) -> None:
         """Checks across VIPs: what the data path can hold, and backends that would send
@@ -488,6 +555,8 @@ class _Parser:
             if addr := getattr(instance, key):
                 own[addr] = f"this instance's own source address (instance.{key})"
         for i, v in enumerate(vips):
+            if v.pools:
+                continue  # checked where each pool backend is (maglev/config_pools.py)
             for j, b in enumerate(v.backends):
                 if b.address in own:
                     self.err(f"vip[{i}].backend[{j}].address",
@@ -579,7 +648,8 @@ class _Parser:
         d = self.table(
             data,
             p,
-            {"type", "port", "path", "expect_status", "send", "expect", "interval_ms", "timeout_ms", "rise", "fall"},
+            {"type", "port", "path", "expect_status", "send", "expect", "interval_ms", "timeout_ms", "rise", "fall",
+             "query"},
         )
         h = HealthCheck(
             type=self.choice(d, "type", p, "none", HEALTH_TYPES),
@@ -592,7 +662,10 @@ class _Parser:
             timeout_ms=self.integer(d, "timeout_ms", p, 500, 10, 600_000),
             rise=self.integer(d, "rise", p, 2, 1, 100),
             fall=self.integer(d, "fall", p, 3, 1, 100),
+            query=self.string(d, "query", p, "."),
         )
+        if h.query != "." and not _DNS_NAME_RE.fullmatch(h.query):
+            self.err(f"{p}.query", f"{show(h.query)} is not a DNS name (labels of 1-63 letters, digits, '-', '_')")
         if not h.path.startswith("/"):
             self.err(f"{p}.path", f"{show(h.path)} must start with '/'")
         elif not _HTTP_PATH_RE.fullmatch(h.path):
@@ -604,7 +677,7 @@ class _Parser:
             data,
             p,
             {"address", "port", "protocol", "encap", "table_size", "allow_fragments", "vxlan_vni", "vxlan_port", "health", "backend",
-             "hash", "udp_ignore_src_port", "conntrack"},
+             "hash", "udp_ignore_src_port", "conntrack", "pool"},
         )
         address = self.ip(d, "address", p, True, 0, "vip")
         size = self.integer(d, "table_size", p, DEFAULT_TABLE_SIZE, 2, MAX_TABLE_SIZE)
@@ -652,12 +725,34 @@ class _Parser:
             hash=self.choice(d, "hash", p, "5tuple", HASH_MODES),
             udp_ignore_src_port=self.boolean(d, "udp_ignore_src_port", p, False),
             conntrack=self.boolean(d, "conntrack", p, True),
+            pools=self.pool_refs(d, p) if "pool" in d else (),
         )
         self.hashing(d, vip, p)
+        if "pool" in d and "backend" in d:
+            self.err(f"{p}.pool", "a VIP has either backends or pools, not both (put the backends in a pool)")
+        if "pool" in d and vip.health.type != "none":
+            self.err(f"{p}.health", "a VIP with pools takes its health checks from the pools ([pool.health])")
         # A probe needs a port: a VIP that serves every port (port 0) must name one.
         if vip.health.type != "none" and not vip.health.port and not vip.port:
             self.err(f"{p}.health.port", "is required when the VIP serves every port (port = 0)")
         return vip
+
+    def pool_refs(self, d: dict[str, Any], p: str) -> tuple[PoolRef, ...]:
+        """``pool = [{name, weight}]`` of a VIP or a pool (checked against [[pool]] later)."""
+        out = []
+        seen: dict[str, int] = {}
+        for j, raw in enumerate(self.array(d.get("pool", []), f"{p}.pool")):
+            rp = f"{p}.pool[{j}]"
+            rd = self.table(raw, rp, {"name", "weight"})
+            if "name" not in rd:
+                self.err(f"{rp}.name", "is required")
+            ref = PoolRef(self.string(rd, "name", rp, ""), self.integer(rd, "weight", rp, 1, 0, MAX_WEIGHT))
+            if ref.name in seen:
+                self.err(f"{rp}.name", f"pool {show(ref.name)} is listed twice (also pool[{seen[ref.name]}])")
+                continue
+            seen[ref.name] = j
+            out.append(ref)
+        return tuple(out)
 
     def hashing(self, d: dict[str, Any], vip: Vip, p: str) -> None:
         """Combinations of the per-VIP hashing options that cannot work."""

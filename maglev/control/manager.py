@@ -34,6 +34,7 @@ config commits are atomic).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -65,6 +66,7 @@ from maglev.control.tables import build_tables as default_build_tables
 from maglev.control.tables import resolve as resolve_builder
 from maglev.control.tables import vip_table
 from maglev.errors import ConfigError
+from maglev.pools import backend_checks, effective_config
 
 log = logging.getLogger("maglev.control")
 
@@ -116,7 +118,9 @@ class ConfigManager:
         self.state_path = Path(state_path) if state_path else None
         self.source_sha256 = source_sha256
         self.emit: Emit = emit or (lambda topic, body: None)
-        self.build_tables = build_tables or default_build_tables
+        builder = build_tables or default_build_tables
+        # Pooled VIPs' weights follow health (maglev/pools.py): every build sees them.
+        self.build_tables = lambda config, down=frozenset(): builder(effective_config(config, down), down=down)
         self.builder_name = "custom" if build_tables else resolve_builder()[1]
         self.confirm_timeout = confirm_timeout
         self.health: dict[tuple[str, str], HealthEntry] = {}
@@ -351,12 +355,13 @@ class ConfigManager:
         down = frozenset(k for k in self.down_set() if k in keys)
         t0 = time.perf_counter()
         try:  # the data path's format whatever this manager publishes (tests use a stand-in)
-            blob = data_path_tables(new, down=down)
+            blob = data_path_tables(effective_config(new, down), down=down)
         except ConfigError as exc:
             raise ProtocolError(INVALID_CONFIG, "; ".join(exc.problems), details=exc.problems) from None
         t1 = time.perf_counter()
         published = self._blob if self.builder_name == "datapath" else None
-        old = published if published is not None else data_path_tables(self.config, down=self.down_set())
+        old = published if published is not None else data_path_tables(
+            effective_config(self.config, self.down_set()), down=self.down_set())
         packets = self.backend_packets() if self.backend_packets is not None else None
         return {"generation": self.generation, "changed": new != self.config, "committed": False,
                 "build_ms": round((t1 - t0) * 1e3, 3), "vips": diff_tables(old, blob, packets)}
@@ -407,7 +412,7 @@ class ConfigManager:
 
     # ------------------------------------------------------------------ queries
 
-    def _health_label(self, vip_key: str, backend_key: str, check_type: str) -> str:
+    def _health_label(self, vip_key: str, backend_key: str, check_type: str = "none") -> str:
         if check_type == "none":
             return "none"
         e = self.health.get((vip_key, backend_key))
@@ -423,7 +428,8 @@ class ConfigManager:
         if t is None:
             if len(self._table_cache) > 64:
                 self._table_cache.clear()
-            t = self._table_cache[ck] = vip_table(vip, down)
+            eff = effective_config(dataclasses.replace(self.config, vips=(vip,)), down).vips[0]
+            t = self._table_cache[ck] = vip_table(eff, down)
         return t
 
     def status(self) -> dict[str, Any]:
@@ -459,7 +465,8 @@ class ConfigManager:
                     "protocol": v.protocol,
                     "encap": v.encap,
                     "table_size": v.table_size,
-                    "health_check": v.health.type,
+                    "health_check": "pools" if v.pools else v.health.type,
+                    "pools": [r.name for r in v.pools],
                     "backends": len(v.backends),
                     "backends_down": down,
                     "backends_drained": sum(1 for b in v.backends if b.weight == 0),
@@ -473,23 +480,58 @@ class ConfigManager:
         vip = self.config.vips[i]
         table = self.table_for(vip.key)
         counts = dict(zip(table.names, table.counts, strict=True))
+        weights = dict(zip(table.names, table.weights, strict=True))
+        leaves = {leaf.backend: leaf for leaf in vip.leaves}
         rows = []
-        for b in vip.backends:
+        for j, check in backend_checks(vip):
+            b = vip.backends[j]
             e = self.health.get((vip.key, b.key))
             n = counts.get(b.key, 0)
+            leaf = leaves.get(b.key)
             rows.append(
                 {
                     "backend": b.key,
                     "address": b.address,
-                    "weight": b.weight,
-                    "health": self._health_label(vip.key, b.key, vip.health.type),
+                    "weight": leaf.weight if leaf else b.weight,  # a pooled one's: in its pool
+                    "health": self._health_label(vip.key, b.key, check.type),
                     "health_detail": e.detail if e else "",
                     "entries": n,
                     "share": round(n / table.size, 6),
                     "packets": None,  # per-backend packet counters come from the data path's stats
                 }
             )
-        return {"vip": vip.key, "table_size": table.size, "generation": self.generation, "backends": rows}
+            if leaf is not None:  # a pooled VIP's backend: where it sits, what it gets now
+                rows[-1].update({"pool": "/".join(leaf.path), "backup": leaf.backup,
+                                 "effective_weight": weights.get(b.key, 0)})
+        out = {"vip": vip.key, "table_size": table.size, "generation": self.generation, "backends": rows}
+        if vip.pools:
+            out["tree"] = self._pool_tree(vip, rows)
+        return out
+
+    def _pool_tree(self, vip: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The VIP's pools as nested nodes (``ctl backends`` prints them as a tree): each pool
+        with its weight, check, healthy share and whether its backup serves now."""
+        from maglev.pools import _Tree
+
+        by_name = {p.name: p for p in self.config.pools}
+        down = self.down_set()
+        key = vip.key
+        tree = _Tree(by_name, lambda b: (key, b) not in down)
+        by_backend = {r["backend"]: r for r in rows}
+
+        def node(name: str, weight: int, backup: bool, depth: int) -> dict[str, Any]:
+            p = by_name[name]
+            kids: list[dict[str, Any]] = [{"backend": b.key, **by_backend[b.key]} for b in p.backends
+                                          if b.key in by_backend]
+            kids += [node(r.name, r.weight, False, depth + 1) for r in p.pools]
+            if p.backup:
+                kids.append(node(p.backup, 0, True, depth + 1))
+            return {"pool": name, "weight": weight, "backup": backup, "check": p.health.type,
+                    "healthy_share": round(float(tree.health(name)), 6),
+                    "backup_below_percent": p.backup_below_percent if p.backup else None,
+                    "backup_active": tree.backup_active(name), "members": kids}
+
+        return [node(r.name, r.weight, False, 0) for r in vip.pools]
 
     # ------------------------------------------------------------------ dispatch
 
@@ -628,12 +670,12 @@ def emptying(old: Config, new: Config) -> str:
 
 
 def _checked_pairs(config: Config) -> set[tuple[str, str]]:
-    """(vip key, backend key) of every backend that has a health check."""
+    """(vip key, backend key) of every backend that has a health check (the VIP's, or for
+    a pooled VIP its pool's)."""
     out = set()
     for v in config.vips:
-        if v.health.type != "none":
-            key = v.key
-            out.update((key, b.key) for b in v.backends)
+        key = v.key
+        out.update((key, v.backends[j].key) for j, h in backend_checks(v) if h.type != "none")
     return out
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from maglev.config import Config, Vip
+from maglev.config import Config, Vip, pools_to_plain
 from maglev.control.protocol import (
     BAD_ARGS,
     CONFLICT,
@@ -93,7 +93,7 @@ def plain(config: Config) -> dict[str, Any]:
     for v in d["vip"]:
         v["backend"] = v.pop("backends")
     d["bgp"]["peer"] = d["bgp"].pop("peers")
-    return d
+    return pools_to_plain(d)
 
 
 # -------------------------------------------------------------------- lookups

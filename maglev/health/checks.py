@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import random
 from dataclasses import dataclass
 
-from maglev.config import Backend, Vip
+from maglev.config import Backend, HealthCheck, Vip
 
 # errno values that describe this machine, not the backend.
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -39,10 +40,11 @@ class CheckSpec:
     fall: int = 3
 
     @classmethod
-    def for_backend(cls, vip: Vip, backend: Backend) -> CheckSpec | None:
-        """The probe of ``backend`` under ``vip``'s ``[vip.health]``; None when the VIP has no
-        check or no port to probe (VIP port 0 and health.port 0)."""
-        h = vip.health
+    def for_backend(cls, vip: Vip, backend: Backend, health: HealthCheck | None = None) -> CheckSpec | None:
+        """The probe of ``backend`` under ``health`` (default: ``vip``'s ``[vip.health]``; a
+        pooled VIP's backend has its pool's); None when there is no check or no port to
+        probe (VIP port 0 and health.port 0)."""
+        h = vip.health if health is None else health
         port = h.port or vip.port
         if h.type == "none" or not port:
             return None
@@ -53,7 +55,7 @@ class CheckSpec:
             # Only the parameters the type uses take part in equality (dedup).
             path=h.path if h.type == "http" else "/",
             expect_status=h.expect_status if h.type == "http" else 200,
-            send=h.send if h.type == "udp" else "",
+            send=h.send if h.type == "udp" else (h.query if h.type == "dns" else ""),
             expect=h.expect if h.type == "udp" else "",
             interval_s=h.interval_ms / 1000,
             timeout_s=h.timeout_ms / 1000,
@@ -63,7 +65,7 @@ class CheckSpec:
 
     def describe(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
-        extra = f" GET {self.path}" if self.type == "http" else ""
+        extra = f" GET {self.path}" if self.type == "http" else (f" A {self.send}" if self.type == "dns" else "")
         return f"{self.type}://{host}:{self.port}{extra}"
 
 
@@ -146,7 +148,33 @@ async def _udp(spec: CheckSpec) -> Result:
     return Result(True, f"reply of {len(data)} bytes")
 
 
-_PROBES = {"tcp": _tcp, "http": _http, "udp": _udp}
+def dns_query(name: str, qid: int) -> bytes:
+    """A standard query (RD set) for ``name``'s A record (RFC 1035 4.1)."""
+    labels = [x for x in name.rstrip(".").split(".") if x]
+    qname = b"".join(bytes([len(x)]) + x.encode("ascii") for x in labels) + b"\0"
+    return qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + qname + b"\x00\x01\x00\x01"
+
+
+async def _dns(spec: CheckSpec) -> Result:
+    """Up when the server answers our query (same ID, QR set) with RCODE 0 (NOERROR)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+    qid = random.getrandbits(16)
+    transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProbe(done), remote_addr=(spec.address, spec.port))
+    try:
+        transport.sendto(dns_query(spec.send or ".", qid))
+        data = await done
+    finally:
+        transport.close()
+    if len(data) < 12 or int.from_bytes(data[:2], "big") != qid or not data[2] & 0x80:
+        return Result(False, f"not a DNS reply to our query ({len(data)} bytes)")
+    rcode = data[3] & 0x0F
+    if rcode:
+        return Result(False, f"DNS RCODE {rcode}")
+    return Result(True, f"DNS NOERROR, {int.from_bytes(data[6:8], 'big')} answers")
+
+
+_PROBES = {"tcp": _tcp, "http": _http, "udp": _udp, "dns": _dns}
 
 
 async def run_check(spec: CheckSpec) -> Result:

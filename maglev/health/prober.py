@@ -36,6 +36,7 @@ from typing import Any
 from maglev.config import Config
 from maglev.health.checks import CheckSpec, Result, run_check
 from maglev.health.state import RiseFall
+from maglev.pools import backend_checks
 
 log = logging.getLogger("maglev.health")
 
@@ -102,10 +103,13 @@ class Prober:
         wanted: dict[CheckSpec, set[tuple[str, str]]] = {}
         unprobeable = 0
         for vip in config.vips:
-            for b in vip.backends:
-                spec = CheckSpec.for_backend(vip, b)
+            # A flat VIP's check is its own; a pooled VIP's backend has its pool's check, and
+            # equal (address, check) pairs of different pools and VIPs are one probe.
+            for j, health in backend_checks(vip):
+                b = vip.backends[j]
+                spec = CheckSpec.for_backend(vip, b, health)
                 if spec is None:
-                    if vip.health.type != "none":
+                    if health.type != "none":
                         unprobeable += 1
                     continue
                 wanted.setdefault(spec, set()).add((vip.key, b.key))

@@ -127,6 +127,13 @@ def collect(region: Any, run_dir: str | os.PathLike | None = None, *, instance: 
     if manager is not None:
         for (vk, bk), e in getattr(manager, "health", {}).items():
             health_detail[(vk, bk)] = e.detail
+    pool_of: dict[tuple[str, str], str] = {}  # (VIP key, backend address) -> pool path
+    mgr_config = getattr(manager, "config", None)
+    for v in getattr(mgr_config, "vips", ()):
+        if v.pools:
+            paths = {leaf.backend: "/".join(leaf.path) for leaf in v.leaves}
+            for b in v.backends:
+                pool_of[(v.key, b.address)] = paths.get(b.key, "")
     vips = []
     if info is not None:
         for v in info["vips"]:
@@ -138,6 +145,8 @@ def collect(region: Any, run_dir: str | os.PathLike | None = None, *, instance: 
                              "health": "up" if be["healthy"] else "down", "entries": be["entries"],
                              "packets": bp, "bytes": bb,
                              "detail": health_detail.get((v["vip"], be["address"]), "")})
+                if (pool := pool_of.get((v["vip"], be["address"]))) is not None:
+                    rows[-1]["pool"] = pool
             vips.append({"vip": v["vip"], "encap": v["encap"], "table_size": v["table_size"],
                          "packets": p, "bytes": b, "entries_min": v["entries_min"],
                          "entries_max": v["entries_max"], "backends": rows})

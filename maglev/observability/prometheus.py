@@ -160,8 +160,10 @@ def render(s: dict[str, Any]) -> str:
              [({"vip": v["vip"], "backend": b["backend"]}, b["bytes"]) for v, b in be])
     o.family("maglev_backend_up", g, "1 when the backend is healthy in the published tables.",
              [({"vip": v["vip"], "backend": b["backend"]}, b["health"] == "up") for v, b in be])
-    o.family("maglev_backend_weight", g, "Configured weight of the backend.",
+    o.family("maglev_backend_weight", g, "Configured weight of the backend (for a pooled VIP: its effective weight).",
              [({"vip": v["vip"], "backend": b["backend"]}, b["weight"]) for v, b in be])
+    o.family("maglev_backend_pool_info", g, "1 for a pooled VIP's backend; label pool = its pool path (a/b).",
+             [({"vip": v["vip"], "backend": b["backend"], "pool": b["pool"]}, 1) for v, b in be if "pool" in b])
     o.family("maglev_table_entries", g, "Maglev lookup-table entries of a backend.",
              [({"vip": v["vip"], "backend": b["backend"]}, b["entries"]) for v, b in be])
     o.family("maglev_table_entries_min", g, "Fewest table entries of a live backend of the VIP.",
