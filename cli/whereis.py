@@ -57,6 +57,8 @@ def whereis(src, dst, config_path, control, instance, workers, timeout, as_json)
         be += f" ({ans['backend_name']})"
     click.echo(f"vip        {ans['vip']} ({ans['encap']}, M={ans['table_size']})")
     click.echo(f"backend    {be}   verdict {ans['verdict']}")
+    if "pool" in ans:
+        click.echo(f"pool       {ans['pool']}")
     sel = ans.get("selection_hash", ans["flow_hash"])
     click.echo(f"slot       {ans['slot']} = selection hash {sel} mod {ans['table_size']}")
     if "hash_inputs" in ans:

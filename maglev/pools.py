@@ -151,6 +151,18 @@ def pool_path(vip: Vip, backend_key: str) -> str:
     return ""
 
 
+def pool_paths(config: Config) -> dict[tuple[str, str], str]:
+    """(VIP key, canonical backend address) -> pool path, for every pooled VIP's backend
+    (``whereis`` and the metrics name it)."""
+    out = {}
+    for v in config.vips:
+        if v.pools:
+            paths = {leaf.backend: "/".join(leaf.path) for leaf in v.leaves}
+            for b in v.backends:
+                out[(v.key, str(b.ip))] = paths.get(b.key, "")
+    return out
+
+
 def backend_checks(vip: Vip) -> list[tuple[int, HealthCheck]]:
     """(index in ``vip.backends``, its HealthCheck) for every backend of the VIP: the VIP's
     own check for a flat VIP, the backend's pool's check for a pooled one."""

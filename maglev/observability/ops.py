@@ -103,10 +103,13 @@ def _whereis(actor: Any, src: str, dst: str) -> dict[str, Any]:
     if gen == 0:
         raise ValueError("no tables are published yet")
     cfg = actor.manager.config if actor.manager is not None else None
-    names = {}
+    names, pools = {}, {}
     if cfg is not None:
+        from maglev.pools import pool_paths
+
         names = {(v.key, str(ipaddress.ip_address(b.address))): b.key for v in cfg.vips for b in v.backends}
-    r = whereis_blob(blob, flow, workers=actor.region.n_workers, generation=gen, names=names)
+        pools = pool_paths(cfg)
+    r = whereis_blob(blob, flow, workers=actor.region.n_workers, generation=gen, names=names, pools=pools)
     r["source"] = "running instance (tables now published; conntrack not visible from here)"
     return r
 

@@ -98,9 +98,11 @@ def _packet(f: FlowSpec) -> bytes:
 
 
 def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: int | None = None,
-                 names: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
+                 names: dict[tuple[str, str], str] | None = None,
+                 pools: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
     """Answer for ``flow`` over a tables blob.  ``workers`` > 0 adds the owning worker;
-    ``names`` maps (vip key, backend address) to the configured backend name."""
+    ``names`` maps (vip key, backend address) to the configured backend name, ``pools`` to
+    the pool path of a pooled VIP's backend (maglev/pools.py)."""
     from maglev.datapath import DataPath
     from maglev.datapath.engine import Packet, verdict_name
     from maglev.datapath.tables import (
@@ -151,6 +153,8 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
         name = (names or {}).get((key, be.address))
         if name and name != be.address:
             result["backend_name"] = name
+        if (pool := (pools or {}).get((key, be.address))) is not None:
+            result["pool"] = pool
         result["backend_index"] = out.backend_index
     if entry < 0:
         result["why"] = f"slot {slot} of {key}'s table is empty: every backend is down or drained"
@@ -188,6 +192,8 @@ def whereis_config(config: Any, flow: FlowSpec, workers: int = 0) -> dict[str, A
 
     blob = build_tables(config)
     names = {(v.key, str(ipaddress.ip_address(b.address))): b.key for v in config.vips for b in v.backends}
-    r = whereis_blob(blob, flow, workers=workers, names=names)
+    from maglev.pools import pool_paths
+
+    r = whereis_blob(blob, flow, workers=workers, names=names, pools=pool_paths(config))
     r["source"] = "config (every backend assumed healthy)"
     return r
