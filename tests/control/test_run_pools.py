@@ -1,0 +1,146 @@
+"""Nested pools through ``maglev run`` (generator NIC, workers, config manager and health
+prober as processes): a dead backend of a pool is found by its pool's own check, the
+pool's healthy share falls below the threshold and its backup pool takes traffic; ``ctl
+backends`` shows the tree, ``whereis`` and the metrics name the pool path."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from maglev.control.client import ControlClient
+
+from .test_run import outer_dsts, run_env  # noqa: F401  (run_env is a fixture)
+
+CONF = """
+[instance]
+name = "{name}"
+source_ipv4 = "198.18.0.1"
+allow_loopback_backends = true
+
+[[vip]]
+address = "203.0.113.10"
+port = 80
+table_size = 1009
+pool = [{{ name = "web" }}]
+
+[[pool]]
+name = "web"
+backup = "dr"
+backup_below_percent = 60
+pool = [{{ name = "a", weight = 1 }}]
+backend = [{{ address = "127.0.0.5", weight = 1 }}]
+health = {{ type = "tcp", port = {port}, interval_ms = 100, timeout_ms = 80, rise = 1, fall = 1 }}
+
+[[pool]]
+name = "a"
+backend = [{{ address = "127.0.0.1" }}, {{ address = "127.0.0.2" }}]
+health = {{ type = "tcp", port = {port}, interval_ms = 100, timeout_ms = 80, rise = 1, fall = 1 }}
+
+[[pool]]
+name = "dr"
+backend = [{{ address = "127.0.0.3" }}]
+health = {{ type = "tcp", port = {port}, interval_ms = 100, timeout_ms = 80, rise = 1, fall = 1 }}
+"""
+VIP = "203.0.113.10:80/tcp"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Acceptor:
+    """A TCP listener that accepts and closes every connection, on a thread."""
+
+    def __init__(self, address: str, port: int):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.05)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.slow
+def test_pool_backup_takes_over_in_a_real_run(run_env):  # noqa: F811
+    from maglev.actors.pipeline import Pipeline, PipelineOptions
+    from maglev.observability import prometheus
+
+    # 127.0.0.1 and 127.0.0.3 answer on one port; 127.0.0.2 and 127.0.0.5 do not.  The
+    # listeners accept and close (a full accept queue would look like a dead backend).
+    port = free_port()
+    listeners = [Acceptor("127.0.0.1", port), Acceptor("127.0.0.3", port)]
+
+    name = f"pool{os.getpid() % 10000}"
+    cfg = run_env / "maglev.toml"
+    cfg.write_text(CONF.format(name=name, port=port))
+    out = run_env / "out.pcap"
+    p = Pipeline(PipelineOptions(workers=1, config_path=str(cfg), nic="gen:rate=3000,seconds=6,flows=300,ipv6=0",
+                                 out=str(out)))
+    try:
+        p.start()
+        tree = rows = answer = None
+        with ControlClient(f"ipc://{run_env}/run/{name}/control.sock", timeout=5) as c:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                p.poll(0.05)
+                try:
+                    r = c.call("backends", {"vip": VIP}, timeout=1)
+                except Exception:
+                    continue
+                rows = {x["backend"]: x for x in r["backends"]}
+                tree = r["tree"]
+                if tree[0]["backup_active"] and rows["127.0.0.2"]["health"] == "down" \
+                        and rows["127.0.0.5"]["health"] == "down" and rows["127.0.0.3"]["health"] == "up":
+                    break
+            assert tree is not None and tree[0]["backup_active"], (tree, rows)
+            answer = c.call("whereis", {"src": "198.51.100.9:4000", "dst": "203.0.113.10:80/tcp"}, timeout=5)
+            stats = c.call("stats", {}, timeout=5)  # what the Prometheus endpoint renders
+        # web = 1/2 (127.0.0.5, down) + 1/2 pool a (half up): 25% healthy < 60%: dr gets 75%.
+        assert tree[0]["healthy_share"] == 0.25
+        assert rows["127.0.0.3"]["effective_weight"] == 3 and rows["127.0.0.1"]["effective_weight"] == 1
+        assert rows["127.0.0.3"]["pool"] == "web/dr" and rows["127.0.0.1"]["pool"] == "web/a"
+        assert rows["127.0.0.2"]["entries"] == 0 and rows["127.0.0.5"]["entries"] == 0
+        assert answer["backend"] in ("127.0.0.1", "127.0.0.3")
+        assert answer["pool"] == {"127.0.0.1": "web/a", "127.0.0.3": "web/dr"}[answer["backend"]]
+        text = prometheus.render(stats)
+        assert f'maglev_backend_pool_info{{vip="{VIP}",backend="127.0.0.3",pool="web/dr"}} 1' in text, text
+        deadline = time.monotonic() + 60
+        while not p.eof:
+            assert time.monotonic() < deadline, "no eof in time"
+            p.poll(0.05)
+        p.stop()
+        s = p.summary()
+    finally:
+        p.close()
+        for ls in listeners:
+            ls.close()
+    seen = outer_dsts(out)
+    assert s["forwarded"] == s["packets_in"] > 0, s
+    # The backup served (it gets no slot unless web's healthy share is below 60%), and no
+    # packet ever went to a backend outside the tree.
+    assert seen.get("127.0.0.3", 0) > 0, seen
+    assert set(seen) <= {"127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.5"}, seen
