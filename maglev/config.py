@@ -102,6 +102,9 @@ class HealthCheck:
     rise: int = 2
     fall: int = 3
     query: str = "."  # dns only: the name asked for (type A); any NOERROR answer is up
+    # tcp only: probe the way clients reach the backend -- a TCP handshake with the VIP,
+    # encapsulated like the data path's packets (maglev/health/tunnel.py).
+    through_tunnel: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,13 @@ class Control:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """``[health]``: how the config manager treats backends the prober has not judged yet."""
+
+    initial: str = "up"  # "up": serve at once; "unknown": no traffic before a first good probe
+
+
+@dataclass(frozen=True)
 class Tracing:
     otlp_endpoint: str = ""
     packet_sample_rate: int = 0  # 1 in N packets traced; 0 = off
@@ -268,6 +278,7 @@ class Config:
     control: Control = field(default_factory=Control)
     tracing: Tracing = field(default_factory=Tracing)
     pools: tuple[Pool, ...] = ()  # [[pool]] (docs/config.md "Pools")
+    health: HealthSettings = field(default_factory=HealthSettings)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in the TOML file's shape (``vip`` arrays, ``backend`` arrays)."""
@@ -381,7 +392,10 @@ def loads(text: str | bytes, source: str = "<string>") -> Config:
 def pools_to_plain(d: dict[str, Any]) -> dict[str, Any]:
     """The pool parts of plain data in the file's shape: ``[[pool]]`` (only when there are
     pools, so a flat config's data is as before), a pooled VIP's ``pool`` refs instead of
-    its derived ``backend`` list, and never the derived ``leaves``."""
+    its derived ``backend`` list, and never the derived ``leaves``; ``[health]`` only when
+    it is not the default."""
+    if d.get("health") == {"initial": "up"}:
+        del d["health"]
     pools = d.pop("pools", [])
     for v in d["vip"]:
         refs = v.pop("pools", [])
@@ -510,7 +524,7 @@ class _Parser:
 
     def config(self, data: Any) -> Config:
         top = self.table(
-            data, "", {"instance", "conntrack", "vip", "bgp", "control", "tracing", "pool"}
+            data, "", {"instance", "conntrack", "vip", "bgp", "control", "tracing", "pool", "health"}
         )
         instance = self.instance(top.get("instance", {}))
         conntrack = self.conntrack(top.get("conntrack", {}))
@@ -535,8 +549,9 @@ class _Parser:
         bgp = self.bgp(top.get("bgp", {}))
         control = self.control(top.get("control", {}))
         tracing = self.tracing(top.get("tracing", {}))
+        health = self.health_settings(top)
         self.fail()
-        return Config(instance, conntrack, vips, bgp, control, tracing, pools)
+        return Config(instance, conntrack, vips, bgp, control, tracing, pools, health)
 
     def combinations(self, instance: Instance, vips: tuple[Vip, ...]) -> None:
         """Checks across VIPs: what the data path can hold, and backends that would send
@@ -649,7 +664,7 @@ class _Parser:
             data,
             p,
             {"type", "port", "path", "expect_status", "send", "expect", "interval_ms", "timeout_ms", "rise", "fall",
-             "query"},
+             "query", "through_tunnel"},
         )
         h = HealthCheck(
             type=self.choice(d, "type", p, "none", HEALTH_TYPES),
@@ -663,6 +678,7 @@ class _Parser:
             rise=self.integer(d, "rise", p, 2, 1, 100),
             fall=self.integer(d, "fall", p, 3, 1, 100),
             query=self.string(d, "query", p, "."),
+            through_tunnel=self.boolean(d, "through_tunnel", p, False),
         )
         if h.query != "." and not _DNS_NAME_RE.fullmatch(h.query):
             self.err(f"{p}.query", f"{show(h.query)} is not a DNS name (labels of 1-63 letters, digits, '-', '_')")
@@ -728,6 +744,7 @@ class _Parser:
             pools=self.pool_refs(d, p) if "pool" in d else (),
         )
         self.hashing(d, vip, p)
+        self.tunnel_check(vip.health, f"{p}.health", vip, vip.backends, p)
         if "pool" in d and "backend" in d:
             self.err(f"{p}.pool", "a VIP has either backends or pools, not both (put the backends in a pool)")
         if "pool" in d and vip.health.type != "none":
@@ -736,6 +753,28 @@ class _Parser:
         if vip.health.type != "none" and not vip.health.port and not vip.port:
             self.err(f"{p}.health.port", "is required when the VIP serves every port (port = 0)")
         return vip
+
+    def health_settings(self, top: dict[str, Any]) -> HealthSettings:
+        d = self.table(top.get("health", {}), "health", {"initial"})
+        return HealthSettings(initial=self.choice(d, "initial", "health", "up", ("up", "unknown")))
+
+    def tunnel_check(self, h: HealthCheck, p: str, vip: Vip, backends: tuple[Backend, ...], where: str) -> None:
+        """``through_tunnel``: what the tunnel probe can do (maglev/health/tunnel.py)."""
+        if not h.through_tunnel:
+            return
+        if h.type != "tcp":
+            self.err(f"{p}.through_tunnel", f"needs type = 'tcp' (a TCP handshake with the VIP through the "
+                                            f"tunnel), not {h.type!r}")
+        if vip.protocol != "tcp":
+            self.err(f"{p}.through_tunnel", f"needs a TCP VIP ({where} is {vip.protocol})")
+        if vip.encap not in ("gre", "ipip", "vxlan"):
+            self.err(f"{p}.through_tunnel", f"needs encap gre, ipip or vxlan ({where} uses {vip.encap!r})")
+        if vip.address and _ip_address(vip.address).version != 4:
+            self.err(f"{p}.through_tunnel", f"supports IPv4 VIPs only ({where} is {vip.address})")
+        for b in backends:
+            if b.address and b.ip.version != 4:
+                self.err(f"{p}.through_tunnel", f"supports IPv4 backends only ({b.address} of {where})")
+                break
 
     def pool_refs(self, d: dict[str, Any], p: str) -> tuple[PoolRef, ...]:
         """``pool = [{name, weight}]`` of a VIP or a pool (checked against [[pool]] later)."""

@@ -124,6 +124,7 @@ def _flatten(parser: Any, vip: Vip, i: int, by_name: dict[str, tuple[int, Pool]]
             backends.append(b)
             leaves.append(Leaf(b.key, path, b.weight, pool.health, backup))
             _backend_rules(parser, vip, b, f"{where}.address", p, instance)
+        parser.tunnel_check(pool.health, f"pool[{k}].health", vip, pool.backends, p)
         if pool.health.type != "none" and not pool.health.port and not vip.port:
             parser.err(f"pool[{k}].health.port", f"is required: {p} serves every port (port = 0)")
         nxt = [(r.name, (*path, r.name), backup) for r in pool.pools]

@@ -23,7 +23,8 @@ restart pick them up); the reply says ``confirmed: false`` and a counter records
 
 Health is not config: the prober's verdicts live in ``self.health`` and only shape the
 tables (``down`` set), they are never persisted.  A new backend starts as up ("unknown"
-counts as up), so a fresh start serves at once; the prober's first verdict on a check
+counts as up), so a fresh start serves at once -- unless ``[health] initial = "unknown"``,
+which keeps a checked backend out of the tables until its first good probe; the prober's first verdict on a check
 takes effect immediately, later ones need rise/fall consecutive results
 (maglev/health/state.py).
 
@@ -131,6 +132,7 @@ class ConfigManager:
         self.counters = Counters()
         self._all_down: set[str] = set()
         self._table_cache: dict[tuple[Any, ...], Any] = {}
+        self._checked_cache: tuple[Config, set[tuple[str, str]]] | None = None
         self._blob: bytes | None = None  # the tables now published (for a rollback)
         self._plain_cache: list[tuple[Config, dict[str, Any]]] = []
         # (vip key, backend address) -> packets forwarded, for preview's flows estimate
@@ -196,8 +198,19 @@ class ConfigManager:
 
     # ------------------------------------------------------------------ health view
 
-    def down_set(self) -> DownSet:
-        return frozenset(k for k, e in self.health.items() if not e.up)
+    def down_set(self, config: Config | None = None) -> DownSet:
+        """Backends left out of the tables: found dead and, with ``[health] initial =
+        "unknown"``, checked ones without a verdict yet (of ``config``, default the current)."""
+        config = config or self.config
+        down = frozenset(k for k, e in self.health.items() if not e.up)
+        if config.health.initial == "unknown":
+            down |= frozenset(k for k in self._checked(config) if k not in self.health)
+        return down
+
+    def _checked(self, config: Config) -> set[tuple[str, str]]:
+        if self._checked_cache is None or self._checked_cache[0] is not config:
+            self._checked_cache = (config, _checked_pairs(config))
+        return self._checked_cache[1]
 
     def _prune_health(self, config: Config) -> None:
         """Forget verdicts on backends that left the config or lost their health check."""
@@ -333,7 +346,7 @@ class ConfigManager:
         old_health = dict(self.health)
         self._prune_health(new)
         try:
-            result = self._timed_publish(new, self.down_set(), op, persist_state=True)
+            result = self._timed_publish(new, self.down_set(new), op, persist_state=True)
         except BaseException:
             self.health = old_health
             raise
@@ -352,7 +365,7 @@ class ConfigManager:
         from maglev.datapath.tables import build_tables as data_path_tables
 
         keys = {(v.key, b.key) for v in new.vips for b in v.backends}
-        down = frozenset(k for k in self.down_set() if k in keys)
+        down = frozenset(k for k in self.down_set(new) if k in keys)
         t0 = time.perf_counter()
         try:  # the data path's format whatever this manager publishes (tests use a stand-in)
             blob = data_path_tables(effective_config(new, down), down=down)
@@ -386,11 +399,11 @@ class ConfigManager:
                 new[key] = old
                 continue
             new[key] = HealthEntry(r["up"], now, r.get("detail", ""))
-            if (old.up if old else True) != r["up"]:
+            if (old.up if old else self.config.health.initial == "up") != r["up"]:
                 transitions.append((key, r["up"], r.get("detail", "")))
         if full:
             for key, old in self.health.items():
-                if key not in new and not old.up:
+                if key not in new and not old.up and self.config.health.initial == "up":
                     transitions.append((key, True, "no longer reported"))
         old_health, old_down = self.health, self.down_set()
         self.health = new

@@ -16,7 +16,7 @@ import ipaddress
 import random
 from dataclasses import dataclass
 
-from maglev.config import Backend, HealthCheck, Vip
+from maglev.config import Backend, HealthCheck, Instance, Vip
 
 # errno values that describe this machine, not the backend.
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -38,17 +38,32 @@ class CheckSpec:
     timeout_s: float = 0.5
     rise: int = 2
     fall: int = 3
+    # through_tunnel (maglev/health/tunnel.py): the encapsulation ("" = a direct probe),
+    # the VIP probed through it, our (outer and inner) source address, VXLAN settings.
+    tunnel: str = ""
+    vip: str = ""
+    source: str = ""
+    vni: int = 0
+    vxlan_port: int = 0
 
     @classmethod
-    def for_backend(cls, vip: Vip, backend: Backend, health: HealthCheck | None = None) -> CheckSpec | None:
+    def for_backend(cls, vip: Vip, backend: Backend, health: HealthCheck | None = None,
+                    instance: Instance | None = None) -> CheckSpec | None:
         """The probe of ``backend`` under ``health`` (default: ``vip``'s ``[vip.health]``; a
         pooled VIP's backend has its pool's); None when there is no check or no port to
-        probe (VIP port 0 and health.port 0)."""
+        probe (VIP port 0 and health.port 0).  A ``through_tunnel`` check needs
+        ``instance`` (its source address)."""
         h = vip.health if health is None else health
         port = h.port or vip.port
         if h.type == "none" or not port:
             return None
+        tunnel = {}
+        if h.through_tunnel and h.type == "tcp":
+            tunnel = {"tunnel": vip.encap, "vip": vip.address, "source": instance.source_ipv4 if instance else "",
+                      "vni": vip.vxlan_vni if vip.encap == "vxlan" else 0,
+                      "vxlan_port": vip.vxlan_port if vip.encap == "vxlan" else 0}
         return cls(
+            **tunnel,
             type=h.type,
             address=backend.address,
             port=port,
@@ -65,6 +80,8 @@ class CheckSpec:
 
     def describe(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
+        if self.tunnel:
+            return f"tcp://{self.vip}:{self.port} via {self.tunnel} to {host}"
         extra = f" GET {self.path}" if self.type == "http" else (f" A {self.send}" if self.type == "dns" else "")
         return f"{self.type}://{host}:{self.port}{extra}"
 
@@ -84,6 +101,8 @@ def _os_error(exc: OSError) -> Result:
 
 
 async def _tcp(spec: CheckSpec) -> Result:
+    if spec.tunnel:
+        return await _through_tunnel(spec)
     _, writer = await asyncio.open_connection(spec.address, spec.port)
     writer.close()
     try:
@@ -172,6 +191,18 @@ async def _dns(spec: CheckSpec) -> Result:
     if rcode:
         return Result(False, f"DNS RCODE {rcode}")
     return Result(True, f"DNS NOERROR, {int.from_bytes(data[6:8], 'big')} answers")
+
+
+async def _through_tunnel(spec: CheckSpec) -> Result:
+    from maglev.health import tunnel
+
+    if not spec.source:
+        return Result(False, "through_tunnel needs instance.source_ipv4", local=True)
+    try:
+        ok, detail = await tunnel.probe(spec)
+    except PermissionError as exc:
+        return Result(False, f"local error: raw sockets need CAP_NET_RAW ({exc.strerror})", local=True)
+    return Result(ok, detail)
 
 
 _PROBES = {"tcp": _tcp, "http": _http, "udp": _udp, "dns": _dns}

@@ -107,7 +107,7 @@ class Prober:
             # equal (address, check) pairs of different pools and VIPs are one probe.
             for j, health in backend_checks(vip):
                 b = vip.backends[j]
-                spec = CheckSpec.for_backend(vip, b, health)
+                spec = CheckSpec.for_backend(vip, b, health, config.instance)
                 if spec is None:
                     if health.type != "none":
                         unprobeable += 1
