@@ -1,0 +1,121 @@
+"""Health checks through the tunnel in the namespace lab, through the real forwarder
+(AF_PACKET) and the health prober: ``through_tunnel = true`` and ``[health] initial =
+"unknown"``.  Every backend serves only after its first handshake with the VIP through
+GRE; then one backend's decapsulation agent is stopped -- its HTTP server still answers a
+direct check, yet clients would be black-holed -- and it leaves the table within
+fall x interval (plus the time to publish), while requests through the VIP keep
+succeeding; started again, it comes back."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from maglev.config import Config, dump_toml
+
+pytestmark = pytest.mark.root
+
+INTERVAL_MS, FALL, RISE = 200, 2, 2
+REGISTER = ("from maglev.actors import config_manager, health_prober; config_manager.register(); "
+            "health_prober.register(); from maglev_cli.main import main; main()")
+
+
+@pytest.fixture
+def shortdir():
+    """A short private directory (the control socket's path must fit a unix address)."""
+    d = Path(tempfile.mkdtemp(prefix="mgt-", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_broken_decapsulation_leaves_the_table(shortdir, make_lab):  # shortdir outlives the lab
+    from maglev.control.client import ControlClient
+    from maglev.lab import topology as topo
+    from maglev.lab.client import http_load
+
+    lab = make_lab(backends=3, encap="gre", forwarder=False)
+    st = lab.state
+    data = tomllib.loads(Path(st["config"]).read_text())
+    for v in data["vip"]:
+        if v["protocol"] == "tcp" and ":" not in v["address"]:
+            v["health"] = {"type": "tcp", "port": topo.HTTP_PORT, "through_tunnel": True,
+                           "interval_ms": INTERVAL_MS, "timeout_ms": 150, "rise": RISE, "fall": FALL}
+    data["health"] = {"initial": "unknown"}
+    data["instance"]["name"] = "labtun"
+    cfg = shortdir / "maglev.toml"
+    cfg.write_text(dump_toml(Config.from_dict(data)))
+    env = {"MAGLEV_RUN_DIR": str(shortdir / "run"), "MAGLEV_STATE_DIR": str(shortdir / "state")}
+    lab.spawn("maglev", st["maglev"]["ns"],
+              [sys.executable, "-c", REGISTER, "run", "--config", str(cfg), "--nic", "afpacket:eth0",
+               "--workers", "1"], env=env)
+    vip = f"{topo.VIP_V4}:0/tcp"
+    ep = f"ipc://{shortdir}/run/labtun/control.sock"
+
+    def rows(c):
+        return {r["backend"]: r for r in c.call("backends", {"vip": vip})["backends"]}
+
+    deadline = time.monotonic() + 40
+    r = None
+    while True:
+        lab._check_processes()
+        try:
+            with ControlClient(ep, timeout=1) as c:
+                r = rows(c)
+            # before its first probe a backend has no slot (initial = "unknown")
+            for x in r.values():
+                if x["health"] == "unknown":
+                    assert x["entries"] == 0, r
+            if all(x["health"] == "up" for x in r.values()):
+                break
+        except (TimeoutError, OSError):
+            pass
+        assert time.monotonic() < deadline, f"backends never all up through the tunnel: {r}"
+        time.sleep(0.05)
+    assert all("SYN-ACK from 203.0.113.10:80 through gre" in x["health_detail"] for x in r.values()), r
+    client_ns = st["client"]["ns"]
+    before = http_load(client_ns, topo.VIP_V4, 60, concurrency=4, deadline_s=60)
+    assert before.ok == 60 and len(before.backends) == 3, before
+
+    victim = st["backends"][0]
+    name = victim["name"]
+    t0, w0 = time.monotonic(), time.time()
+    assert lab.stop_process(f"agent-{name}")  # decapsulation gone; its HTTP server still runs
+    # A direct check would still pass: the backend's own address answers.
+    direct = topo.http_get(st["maglev"]["ns"], victim["ipv4"], topo.HTTP_PORT, timeout=2)
+    assert direct[0] == 200, direct
+    with ControlClient(ep, timeout=5) as c:
+        while rows(c)[name]["health"] != "down":
+            assert time.monotonic() - t0 < 10, rows(c)
+            time.sleep(0.05)
+        r = rows(c)
+        last = c.call("status")["last_change"]
+    took = last["time"] - w0
+    print(f"{name}: decapsulation stopped, table without it confirmed +{took:.2f} s "
+          f"({r[name]['health_detail']})")
+    assert last["op"] == "health" and last["confirmed"]
+    # rise/fall x interval: FALL failed probes (each up to its timeout) + publishing
+    assert took <= INTERVAL_MS / 1000 * FALL + 1.0, f"left the table after {took:.2f} s"
+    assert r[name]["entries"] == 0 and "timeout" in r[name]["health_detail"]
+    during = http_load(client_ns, topo.VIP_V4, 100, concurrency=4, deadline_s=60)
+    assert during.ok == 100, during.failures
+    assert name not in during.backends
+
+    lab.spawn(f"agent-{name}", victim["ns"],
+              [*topo.maglev_argv(), "backend-agent", "--vip", topo.VIP_V4, "--vip", topo.VIP_V6,
+               "--encap", "gre"])
+    t0 = time.monotonic()
+    with ControlClient(ep, timeout=5) as c:
+        while rows(c)[name]["health"] != "up":
+            assert time.monotonic() - t0 < 15, "the backend did not come back"
+            time.sleep(0.05)
+    after = http_load(client_ns, topo.VIP_V4, 90, concurrency=4, deadline_s=60)
+    assert after.ok == 90 and after.backends[name] > 0, after
