@@ -75,7 +75,7 @@ def render_frame(prev: dict[str, Any], cur: dict[str, Any], dt: float, width: in
             q = pb.get(b["backend"], b)
             lines.append(f"  {b['backend']:<32}{_rate(_d(b['packets'], q['packets'], dt)):>10}"
                          f"{_rate(8 * _d(b['bytes'], q['bytes'], dt)):>10}{b['health']:>8}{b['weight']:>8}"
-                         f"{b['entries']:>9}")
+                         f"{b['entries']:>9}" + (f"  pool {b['pool']}" if b.get("pool") else ""))
     lines.append("")
     bgp = cur.get("bgp")
     lines.append(f"bgp: {bgp if bgp else 'not running'}")

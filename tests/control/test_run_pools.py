@@ -88,6 +88,7 @@ class Acceptor:
 def test_pool_backup_takes_over_in_a_real_run(run_env):  # noqa: F811
     from maglev.actors.pipeline import Pipeline, PipelineOptions
     from maglev.observability import prometheus
+    from maglev_cli.top import render_frame
 
     # 127.0.0.1 and 127.0.0.3 answer on one port; 127.0.0.2 and 127.0.0.5 do not.  The
     # listeners accept and close (a full accept queue would look like a dead backend).
@@ -127,6 +128,8 @@ def test_pool_backup_takes_over_in_a_real_run(run_env):  # noqa: F811
         assert answer["backend"] in ("127.0.0.1", "127.0.0.3")
         assert answer["pool"] == {"127.0.0.1": "web/a", "127.0.0.3": "web/dr"}[answer["backend"]]
         text = prometheus.render(stats)
+        frame = render_frame(stats, stats, 1.0, width=200)  # `maglev top`
+        assert any("127.0.0.3" in ln and ln.endswith("pool web/dr") for ln in frame), frame
         assert f'maglev_backend_pool_info{{vip="{VIP}",backend="127.0.0.3",pool="web/dr"}} 1' in text, text
         deadline = time.monotonic() + 60
         while not p.eof:
