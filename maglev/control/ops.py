@@ -205,6 +205,23 @@ def _with_backends(base: dict[str, Any], i: int, backends: list[Any]) -> dict[st
     return _with_vip(base, i, {**base["vip"][i], "backend": backends})
 
 
+def _pooled_backend(config: Config, base: dict[str, Any], i: int, j: int) -> tuple[int, int]:
+    """A pooled VIP's backend ``j``: (index in ``base["pool"]``, index in that pool's
+    ``backend`` list).  Its pool may serve other VIPs too: a change there is a change for all."""
+    vip = config.vips[i]
+    key = vip.backends[j].key
+    leaf = next(leaf for leaf in vip.leaves if leaf.backend == key)
+    k = next(k for k, p in enumerate(base["pool"]) if p["name"] == leaf.path[-1])
+    m = next(m for m, b in enumerate(config.pools[k].backends) if b.key == key)
+    return k, m
+
+
+def _with_pool_backends(base: dict[str, Any], k: int, backends: list[Any]) -> dict[str, Any]:
+    pools = list(base["pool"])
+    pools[k] = {**pools[k], "backend": backends}
+    return {**base, "pool": pools}
+
+
 def replace_config(config: Config, args: dict[str, Any], base: Base = None) -> Config:
     check_keys(args, ("config",))
     return validate(arg_map(args, "config"))
@@ -251,6 +268,10 @@ def add_backend(config: Config, args: dict[str, Any], base: Base = None) -> Conf
     check_keys(args, ("vip", "backend"))
     i = find_vip(config, arg_str(args, "vip"))
     new = arg_map(args, "backend")
+    if config.vips[i].pools:
+        raise ProtocolError(BAD_ARGS, f"VIP {config.vips[i].key} takes its backends from pools "
+                            f"({', '.join(r.name for r in config.vips[i].pools)}): add the backend to a pool's "
+                            "[[pool]] table with maglev ctl apply FILE", "vip")
     base = base if base is not None else plain(config)
     out = validate(_with_backends(base, i, [*base["vip"][i]["backend"], copy.deepcopy(new)]))
     added = out.vips[i].backends[-1]
@@ -264,6 +285,11 @@ def remove_backend(config: Config, args: dict[str, Any], base: Base = None) -> C
     i = find_vip(config, arg_str(args, "vip"))
     j = find_backend(config.vips[i], arg_str(args, "backend"))
     base = base if base is not None else plain(config)
+    if config.vips[i].pools:  # out of its pool (for every VIP the pool serves)
+        k, m = _pooled_backend(config, base, i, j)
+        backends = list(base["pool"][k]["backend"])
+        del backends[m]
+        return validate(_with_pool_backends(base, k, backends))
     backends = list(base["vip"][i]["backend"])
     del backends[j]
     return validate(_with_backends(base, i, backends))
@@ -275,6 +301,11 @@ def set_weight(config: Config, args: dict[str, Any], base: Base = None) -> Confi
     j = find_backend(config.vips[i], arg_str(args, "backend"))
     weight = arg_int(args, "weight", 0, MAX_WEIGHT)
     base = base if base is not None else plain(config)
+    if config.vips[i].pools:  # its weight in its pool (for every VIP the pool serves)
+        k, m = _pooled_backend(config, base, i, j)
+        backends = list(base["pool"][k]["backend"])
+        backends[m] = {**backends[m], "weight": weight}
+        return validate(_with_pool_backends(base, k, backends))
     backends = list(base["vip"][i]["backend"])
     backends[j] = {**backends[j], "weight": weight}
     return validate(_with_backends(base, i, backends))

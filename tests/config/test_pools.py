@@ -203,3 +203,35 @@ def test_a_pool_shared_by_two_vips_is_checked_per_vip():
     c = Config.from_dict(d)
     assert [b.key for b in c.vips[1].backends] == ["198.18.3.1"] and c.vips[1].backends[0].weight == 1
     assert not c.vips[1].leaves[0].backup  # a backup of web under vip[0], a primary here
+
+
+def test_backend_ops_on_a_pooled_vip_change_its_pool():
+    from maglev.control.manager import ConfigManager
+    from maglev.control.protocol import Request
+    from maglev.control.publisher import ThreadedPublisher
+    from maglev.control.tables import fallback_build_tables
+
+    with ThreadedPublisher(workers=1) as pub:
+        m = ConfigManager(Config.from_dict(doc()), pub, build_tables=fallback_build_tables)
+        m._publish_initial()
+
+        def call(op, **args):
+            return m.handle(Request(op, args, id=1))
+
+        r = call("drain", vip=VIP, backend="198.18.1.1")
+        assert r.ok, r.error
+        assert m.config.pools[1].backends[0].weight == 0  # eu's 198.18.1.1, in its pool
+        # eu's quarter now all goes to 198.18.1.2
+        assert {b.key: b.weight for b in m.config.vips[0].backends}["198.18.1.2"] == 1
+        assert {b.key: b.weight for b in m.config.vips[0].backends}["198.18.1.1"] == 0
+        r = call("set-weight", vip=VIP, backend="198.18.2.1", weight=7)
+        assert r.ok and m.config.pools[2].backends[0].weight == 7
+        r = call("remove-backend", vip=VIP, backend="198.18.1.2")
+        assert r.ok and [b.key for b in m.config.pools[1].backends] == ["198.18.1.1"]
+        assert loads(dump_toml(m.config)) == m.config
+        r = call("remove-backend", vip=VIP, backend="198.18.2.1")  # us would be empty
+        assert not r.ok and r.error["code"] == "invalid-config"
+        assert "pool[2]: pool 'us' has no backend and no pool" in r.error["details"]
+        r = call("add-backend", vip=VIP, backend={"address": "198.18.9.9"})
+        assert not r.ok and r.error["code"] == "bad-args"
+        assert r.error["message"].startswith(f"VIP {VIP} takes its backends from pools (web)")
