@@ -175,6 +175,8 @@ class Pipeline:
             if o["ipv6"] > 0 and not any(v.ip.version == 6 for v in self.config.vips):
                 # Same check the generator makes, but here, before any process starts.
                 GenNic(vip_targets(self.config), ipv6=o["ipv6"], flows=1)
+            if o["flood"] > 0:  # flood mode needs an IPv4 TCP VIP: say so before any process starts
+                GenNic(vip_targets(self.config), flood=o["flood"], flows=1)
         if self.nic_spec.kind == "pcap" and not os.path.isfile(self.nic_spec.arg):
             raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: no such file"])
         if self.nic_spec.kind in ("afpacket", "afxdp"):

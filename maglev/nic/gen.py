@@ -82,6 +82,7 @@ def validate_options(opts: dict[str, str], where: str = "gen") -> dict[str, floa
     if o["flood"] > 0:
         if "ipv6" in opts and o["ipv6"] > 0:
             raise NicSpecError(f"{where}: flood mode sends IPv4 only: set ipv6=0")
+        o["ipv6"] = 0.0
         if o["flows"] > FLOOD_MAX_FLOWS:
             raise NicSpecError(f"{where}: flood mode keeps at most {FLOOD_MAX_FLOWS} established flows, "
                                f"not flows={int(o['flows'])}")
