@@ -16,9 +16,10 @@ sends one ACK of every established flow through its worker's table and the new t
 after the change (a flow that lost its entry was re-inserted with its new Maglev backend
 by the run).  Before = the old tables' Maglev answer (what each flow got before the flood).
 
-``moved_established_share`` = flows whose backend differs / K; ``established_lost_entry``
-= conntrack inserts after the flood (each one an established flow that had lost its
-entry); ``insert_failures`` and ``rate_guard_hits`` over the run; ``rss_per_worker_bytes``
+``moved_established_share`` = flows whose backend differs / K (``maglev_would_move``: how
+many the change would move without connection tables); ``established_misses_after_flood``
+= conntrack inserts from 0.5 s after the flood to the end (>= 2 keep-alive rounds; each
+one an established flow that had lost its entry); ``insert_failures`` and ``rate_guard_hits`` over the run; ``rss_per_worker_bytes``
 = max RSS of each worker process (from /proc, with the table's shared pages);
 ``forwarded_mpps`` = forwarded packets per second during the flood (control-socket stats
 every 0.25 s).  Runs: ``baseline`` (protected_percent = 1, no rate guard: roughly the
@@ -324,8 +325,10 @@ def _analyse(args, inst, conf_path, old, new, samples, t_go, t_change, flood_aft
     if len(during) >= 2:
         (ta, sa), (tb, sb) = during[0], during[-1]
         fwd_rate = (sb["totals"]["forwarded"] - sa["totals"]["forwarded"]) / (tb - ta)
-    before_change = [s for t, s in samples if t <= t_change]
-    first, at_change = samples[0][1], before_change[-1]
+    # the workers publish their counters every ~0.3 s: the first sample >= 0.5 s after the
+    # flood has all of its inserts; every insert after it is an established flow's miss
+    settled = next((s for t, s in samples if t >= t_go + flood_after + args.seconds + 0.5), samples[-1][1])
+    first = samples[0][1]
     final = summary.get("per_worker") or []
     ins_end = sum(int(wk["conntrack"]["inserts"]) for wk in final) if final else _ct_sum(samples[-1][1], "inserts")
     end_ct = {key: sum(int(wk["conntrack"][key]) for wk in final) for key in
@@ -360,11 +363,15 @@ def _analyse(args, inst, conf_path, old, new, samples, t_go, t_change, flood_aft
     plain = CDataPath(new_blob, ct_capacity=65536)  # the new tables alone: what Maglev would move
     maglev_moves = sum(1 for o in plain.process([Packet(i, p) for i, p in enumerate(pkts)], time.monotonic_ns())
                        if nv.backends[o.backend_index].address != before[o.seq])
+    timeline = [[round(t - t_go, 2), s["totals"]["packets_in"], _ct_sum(s, "inserts"), _ct_sum(s, "hits")]
+                 for t, s in samples]
     return {
+        "timeline": {"columns": ["t_s", "packets_in", "inserts", "hits"], "flood_s": [flood_after, flood_after + args.seconds],
+                     "change_s": round(t_change - t_go, 2), "rows": timeline},
         "moved_established_share": moved / k,
         "moved_established": moved,
         "maglev_would_move": maglev_moves,
-        "established_lost_entry": ins_end - _ct_sum(at_change, "inserts"),
+        "established_misses_after_flood": ins_end - _ct_sum(settled, "inserts"),
         "insert_failures": end_ct.get("insert_failed", _ct_sum(samples[-1][1], "insert_failed"))
         - _ct_sum(first, "insert_failed"),
         "rate_guard_hits": end_ct.get("rate_guard_hits", 0) - _ct_sum(first, "rate_guard_hits"),
@@ -436,7 +443,7 @@ def main() -> None:
         print(f"maglev run, {a.workers} workers, table {a.capacity}/worker: SYN flood at the generator's full rate for "
               f"{a.seconds} s, {a.established} established flows with one ACK every {a.keepalive_s} s, then a backend "
               f"added live ({g['command']})")
-        cols = ("moved_established_share", "moved_established", "maglev_would_move", "established_lost_entry",
+        cols = ("moved_established_share", "moved_established", "maglev_would_move", "established_misses_after_flood",
                 "insert_failures", "rate_guard_hits", "evictions", "forwarded_mpps")
     print(f"{'run':<28}" + "".join(f"{c[:20]:>22}" for c in cols))
     for name, r in res["runs"].items():
