@@ -161,6 +161,9 @@ class Pipeline:
                                    self.config.flow_hash_key, opts.workers)
             if adopt < opts.workers:
                 check_memory(ctc.capacity, "off", copies=opts.workers - adopt)
+                from maglev.rings.conntrack_shm import check_shm_space
+
+                check_shm_space(ctc.capacity, opts.workers - adopt)  # the tmpfs has a limit of its own
             # shown without -v when a previous run's tables exist (adopted or refused)
             level = logging.INFO if line.startswith("connection tables: none") else logging.WARNING
             logging.getLogger("maglev.conntrack").log(level, line)

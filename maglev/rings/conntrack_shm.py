@@ -218,6 +218,28 @@ def table_bytes(capacity: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
 
+def check_shm_space(capacity: int, copies: int, shm_dir: str = SHM_DIR) -> int:
+    """Before a run makes ``copies`` fresh tables of ``capacity`` entries in /dev/shm: the
+    bytes they need, or :class:`~maglev.datapath.ctmem.ConntrackMemoryError` when the
+    tmpfs has less room than that (its size limit is separate from MemAvailable; without
+    this check the worker would fail at its posix_fallocate after the run started)."""
+    from maglev.datapath.ctmem import ConntrackMemoryError
+
+    need = table_bytes(capacity) * max(0, copies)
+    try:
+        vfs = os.statvfs(shm_dir)
+    except OSError as exc:
+        raise ConntrackShmError(f"conntrack: cannot look at {shm_dir}: {exc.strerror or exc}") from None
+    free = vfs.f_bavail * vfs.f_frsize
+    if need > free:
+        raise ConntrackMemoryError(
+            f"conntrack.capacity = {capacity}: {copies} fresh table(s) of {table_bytes(capacity) / (1 << 30):.2f} GiB "
+            f"= {need / (1 << 30):.2f} GiB do not fit in {shm_dir} ({free / (1 << 30):.2f} GiB free): lower "
+            "conntrack.capacity or the number of workers, enlarge the tmpfs, remove old tables "
+            "(maglev conntrack drop), or set conntrack.shared = false")
+    return need
+
+
 def round_capacity(capacity: int) -> int:
     c = int(lib.MG_CT_WAYS)
     while c < capacity:
