@@ -2,12 +2,12 @@
 backend change: do established flows keep their backend? (issue 16, bench_flood)
 
 Default (``--mode run``): ``maglev run --workers W --nic gen:flows=K,flood=N,...`` (the
-generator NIC's flood mode, docs/nic.md) in a private state/run folder.  The K
+generator NIC's flood mode, docs/actors.md) in a private state/run folder.  The K
 established flows each send one ACK every ``--keepalive-s`` seconds for the whole run
 (promoted to the protected segment by their second packet); after ``flood_after`` seconds
 (2 keep-alive periods) every other packet the pipeline takes, for ``--seconds`` seconds, is
-a SYN from a client never seen before, at the generator's full rate.  0.5 s after the
-flood a backend is added to the VIP over the control socket (``add-backend``, a live
+a SYN from a client never seen before, at the generator's full rate (as fast as the
+pipeline takes them).  0.1 s after the flood a backend is added to the VIP over the control socket (``add-backend``, a live
 reconfiguration: a Maglev table change that moves ~1/9 of the hash choices) while the
 keep-alives go on for 2.5 more periods, then the run is stopped (SIGINT).  Its connection
 tables stay in /dev/shm (``[conntrack] shared``): the bench adopts them afterwards and
@@ -19,10 +19,11 @@ by the run).  Before = the old tables' Maglev answer (what each flow got before 
 ``moved_established_share`` = flows whose backend differs / K (``maglev_would_move``: how
 many the change would move without connection tables); ``established_misses_after_flood``
 = conntrack inserts from 0.5 s after the flood to the end (>= 2 keep-alive rounds; each
-one an established flow that had lost its entry); ``insert_failures`` and ``rate_guard_hits`` over the run; ``rss_per_worker_bytes``
-= max RSS of each worker process (from /proc, with the table's shared pages);
+one an established flow that had lost its entry; a lower bound: one that re-sent before
+that is not counted); ``insert_failures`` and ``rate_guard_hits`` over the run;
+``rss_per_worker_bytes`` = max RSS of each worker process (from /proc, with the table's shared pages);
 ``forwarded_mpps`` = forwarded packets per second during the flood (control-socket stats
-every 0.25 s).  Runs: ``baseline`` (protected_percent = 1, no rate guard: roughly the
+polled every 0.1 s; the workers publish them every ~0.3 s).  Runs: ``baseline`` (protected_percent = 1, no rate guard: roughly the
 table before issue 16), ``protected`` (protected_percent, no guard) and ``guarded``
 (protected_percent and new_flows_per_s); the top-level keys are the guarded run's.
 Every process and table the bench made is removed at the end, also on failure.
@@ -93,6 +94,14 @@ class Io:
 
 
 def run_model(args: argparse.Namespace, protected_percent: int, new_flows_per_s: int) -> dict:
+    """ONE worker's ``mg_dp`` (a --capacity table) receiving its share of the generator's
+    full rate of SYNs (--flood-mpps, default 4.2 Mpps / 2 workers), each from a new flow,
+    for --seconds of *model* time: the clock given to the kernel advances 256 / rate per
+    burst, so ageing, timeouts and the rate guard see the flood's real rate even though
+    this VM computes it slower.  Every 10 ms of model time the established flows (SYN +
+    ACK first: promoted) send their ACKs, each one every --keepalive-s; after the flood a
+    backend is added and every established flow sends one more ACK.  Forwarded rate =
+    packets per second of thread CPU time inside mg_dp_burst."""
     blob = build_tables(conf(8))
     dp = CDataPath(blob, ct_capacity=args.capacity)
     dp.set_conntrack_policy(protected_percent, new_flows_per_s)
