@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("maglev_cli.whereis", "whereis"),
     ("maglev_cli.bgp", "bgp_speak"),
     ("maglev_cli.doctor", "doctor"),
+    ("maglev_cli.conntrack", "conntrack"),
 ]
 
 

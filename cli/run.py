@@ -77,7 +77,7 @@ def _check_config(config_path: str | None, nic: str) -> None:
 @click.option("--config", "config_path", type=click.Path(),
               help="TOML config (default: the built-in sample config).")
 @click.option("--nic", default=None,
-              help="gen:flows=N,syn=F,size=B,ipv6=F,seconds=S,packets=N | pcap:FILE | afpacket:IFACE "
+              help="gen:flows=N,syn=F,size=B,ipv6=F,seconds=S,packets=N,rate=PPS,flood=S (docs/actors.md) | pcap:FILE | afpacket:IFACE "
                    "(default: gen).")
 @click.option("--out", default=None, help="Transmit side: null, FILE.pcap or afpacket:IFACE.")
 @click.option("--exit-on-eof", is_flag=True,

@@ -161,6 +161,9 @@ class Pipeline:
                                    self.config.flow_hash_key, opts.workers)
             if adopt < opts.workers:
                 check_memory(ctc.capacity, "off", copies=opts.workers - adopt)
+                from maglev.rings.conntrack_shm import check_shm_space
+
+                check_shm_space(ctc.capacity, opts.workers - adopt)  # the tmpfs has a limit of its own
             # shown without -v when a previous run's tables exist (adopted or refused)
             level = logging.INFO if line.startswith("connection tables: none") else logging.WARNING
             logging.getLogger("maglev.conntrack").log(level, line)
@@ -175,6 +178,8 @@ class Pipeline:
             if o["ipv6"] > 0 and not any(v.ip.version == 6 for v in self.config.vips):
                 # Same check the generator makes, but here, before any process starts.
                 GenNic(vip_targets(self.config), ipv6=o["ipv6"], flows=1)
+            if o["flood"] > 0:  # flood mode needs an IPv4 TCP VIP: say so before any process starts
+                GenNic(vip_targets(self.config), flood=o["flood"], flows=1)
         if self.nic_spec.kind == "pcap" and not os.path.isfile(self.nic_spec.arg):
             raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: no such file"])
         if self.nic_spec.kind in ("afpacket", "afxdp"):

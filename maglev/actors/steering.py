@@ -169,7 +169,7 @@ class Steering(Actor):
         self.going = self.spec.incarnation > 0 or not p.get("wait_go", True)
         # The generator NIC runs in C: the whole receive loop is one mg_steer_loop call
         # per ~1 ms (mg_loop.h); other NICs keep the per-burst step below.
-        unpaced_gen = getattr(self.nic, "kind", "") == "gen" and not self.nic.rate
+        unpaced_gen = getattr(self.nic, "kind", "") == "gen" and not self.nic.paced
         self._loop_src = ffi.new("struct mg_loop_gen *") if unpaced_gen else None
         self._loop_ctl = ffi.new("struct mg_loop_ctl *", {
             "budget_ns": LOOP_BUDGET_NS, "burst": self.burst, "spares": self.spares})
@@ -273,8 +273,8 @@ class Steering(Actor):
             # Back pressure: room appears on an rx ring when a worker pulls, and nobody
             # rings steering for that; back off briefly instead of sleeping.
             time.sleep(self.backpressure_sleep_s)
-        elif getattr(self.nic, "rate", 0) and not self.nic.eof and not self.draining:
-            time.sleep(min(timeout_s, 0.0001))  # a paced generator: the next packets are due soon
+        elif getattr(self.nic, "paced", False) and not self.nic.eof and not self.draining:
+            self.nic.wait(timeout_s)  # a paced generator sleeps until its next packets are due
         elif self.bell_pipe is not None and not self.nic.eof and not self.draining:
             self.bell_pipe.arm()
             self.nic.wait(timeout_s)

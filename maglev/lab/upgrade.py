@@ -2,8 +2,9 @@
 
 ``python -m maglev.lab.upgrade [--state-dir DIR] [--connections 200] [--json]`` on a lab
 that ``maglev lab up --instances 3 --bgp`` built (root): ``--connections`` long-lived
-HTTP/1.1 connections through the VIP each send a request every 100 ms (a few client
-threads) and check that the same backend answers.  Meanwhile every instance in turn is
+HTTP/1.1 connections through the VIP each send a request every 100 ms (one selector loop
+drives them all: maglev/lab/talkers.py; the backends are asyncio servers) and check that
+the same backend answers.  Meanwhile every instance in turn is
 
 1. drained: ``maglev ctl drain-instance`` -- its controller withdraws every VIP over BGP,
    the session stays up; we wait until the router's multipath route has lost it;
@@ -25,7 +26,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,51 +33,7 @@ from typing import Any
 
 from maglev.lab import topology as t
 from maglev.lab.failover import MAX_CONNECTIONS, KeepAlive
-
-
-class Talkers:
-    """``conns`` used by ``threads`` threads: each connection sends a request every
-    ``period_s`` (as far as the client keeps up; ``rounds`` tells) and checks the backend.
-    A connection that fails or moves is recorded once and not used again."""
-
-    def __init__(self, conns: list[KeepAlive], first: list[str], period_s: float = 0.1, threads: int = 4):
-        self.conns, self.first, self.period_s = conns, first, period_s
-        self.lost: dict[int, str] = {}
-        self.requests = 0
-        self.rounds = [0] * threads
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(k, threads), daemon=True) for k in range(threads)]
-
-    def start(self) -> Talkers:
-        for th in self.threads:
-            th.start()
-        return self
-
-    def _run(self, k: int, n: int) -> None:
-        mine = range(k, len(self.conns), n)
-        while not self.stop.is_set():
-            t0 = time.monotonic()
-            for i in mine:
-                if i in self.lost or self.stop.is_set():
-                    continue
-                try:
-                    got = self.conns[i].get()
-                except OSError as exc:
-                    with self._lock:
-                        self.lost[i] = f"failed: {type(exc).__name__}: {exc}"
-                    continue
-                with self._lock:
-                    self.requests += 1
-                    if got != self.first[i]:
-                        self.lost[i] = f"moved {self.first[i]} -> {got}"
-            self.rounds[k] += 1
-            self.stop.wait(max(0.0, self.period_s - (time.monotonic() - t0)))
-
-    def finish(self) -> None:
-        self.stop.set()
-        for th in self.threads:
-            th.join(30)
+from maglev.lab.talkers import Talkers
 
 
 def ctl(control: str, *args: str) -> subprocess.CompletedProcess:
@@ -153,7 +109,7 @@ def upgrade_instance(lab: Any, idx: int, settle_s: float = 0.5, route_timeout_s:
 
 
 def rolling_upgrade(state: dict[str, Any], connections: int = 200, period_s: float = 0.1,
-                    settle_s: float = 0.5, threads: int = 4) -> dict[str, Any]:
+                    settle_s: float = 0.5) -> dict[str, Any]:
     """Upgrade every instance in turn under ``connections`` long-lived connections."""
     from maglev.lab.scaleout import ScaleoutLab
 
@@ -169,10 +125,12 @@ def rolling_upgrade(state: dict[str, Any], connections: int = 200, period_s: flo
         for _ in range(connections):
             conns.append(KeepAlive(state["client"]["ns"], timeout=10.0))
         first = [c.get() for c in conns]
-        talk = Talkers(conns, first, period_s, threads).start()
+        talk = Talkers([c.s for c in conns], first, period_s).start()
         for idx in range(1, len(state["instances"]) + 1):
             steps.append(upgrade_instance(lab, idx, settle_s))
         talk.finish()
+        if talk.error is not None:
+            raise talk.error
         # one more request on every surviving connection, after the last instance is back
         for i, c in enumerate(conns):
             if i not in talk.lost:
@@ -191,6 +149,9 @@ def rolling_upgrade(state: dict[str, Any], connections: int = 200, period_s: flo
     kept = connections - len(talk.lost)
     elapsed = time.monotonic() - t0
     return {
+        "requests_per_connection_per_s_while_talking": round(talk.rate(), 2),
+        "late_turns": talk.late,
+        "max_rtt_ms": round(talk.max_rtt_s * 1e3, 1),
         "connections": connections,
         "survived": kept,
         "survived_share": round(kept / connections, 4),

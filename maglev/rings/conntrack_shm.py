@@ -218,6 +218,28 @@ def table_bytes(capacity: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
 
+def check_shm_space(capacity: int, copies: int, shm_dir: str = SHM_DIR) -> int:
+    """Before a run makes ``copies`` fresh tables of ``capacity`` entries in /dev/shm: the
+    bytes they need, or :class:`~maglev.datapath.ctmem.ConntrackMemoryError` when the
+    tmpfs has less room than that (its size limit is separate from MemAvailable; without
+    this check the worker would fail at its posix_fallocate after the run started)."""
+    from maglev.datapath.ctmem import ConntrackMemoryError
+
+    need = table_bytes(capacity) * max(0, copies)
+    try:
+        vfs = os.statvfs(shm_dir)
+    except OSError as exc:
+        raise ConntrackShmError(f"conntrack: cannot look at {shm_dir}: {exc.strerror or exc}") from None
+    free = vfs.f_bavail * vfs.f_frsize
+    if need > free:
+        raise ConntrackMemoryError(
+            f"conntrack.capacity = {capacity}: {copies} fresh table(s) of {table_bytes(capacity) / (1 << 30):.2f} GiB "
+            f"= {need / (1 << 30):.2f} GiB do not fit in {shm_dir} ({free / (1 << 30):.2f} GiB free): lower "
+            "conntrack.capacity or the number of workers, enlarge the tmpfs, remove old tables "
+            "(maglev conntrack drop), or set conntrack.shared = false")
+    return need
+
+
 def round_capacity(capacity: int) -> int:
     c = int(lib.MG_CT_WAYS)
     while c < capacity:
@@ -448,3 +470,86 @@ def open_table(name: str, want: Wanted, *, lock_timeout_s: float = 5.0) -> Opene
     else:
         log.info("connection table created (no previous table to adopt)", extra={"kv": {"segment": name}})
     return opened
+
+
+class ConntrackInUseError(MaglevError):
+    """The connection tables of an instance cannot be dropped: a run of it is up."""
+
+
+def _held(path: str) -> bool:
+    """True while a live process holds the table's lock (a worker of a running instance)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def live_runs(instance: str) -> list[int]:
+    """Supervisor pids of runs of ``instance`` that are up (their shared region
+    ``/dev/shm/maglev-<instance>-<pid>-<hex6>`` exists and the pid lives)."""
+    pat = re.compile(rf"^maglev-{re.escape(instance)}-(\d+)-[0-9a-f]{{6}}$")
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    return sorted({int(m[1]) for n in names if (m := pat.match(n)) and _pid_alive(int(m[1]))})
+
+
+@dataclass
+class Dropped:
+    """What :func:`drop_instance` removed: table names and the bytes they held."""
+
+    names: list[str]
+    bytes: int
+    temporaries: list[str]
+
+
+def drop_instance(instance: str, tag: str | None = None, *, dry_run: bool = False) -> Dropped:
+    """Remove the connection tables a ``maglev run`` of ``instance`` left in /dev/shm for
+    the next run to adopt (``maglev conntrack drop``), and dead temporaries of fresh starts.
+    Refuses, removing nothing, while a run of that instance is up or a live process holds
+    one of the tables (:class:`ConntrackInUseError`)."""
+    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", instance):
+        raise ConntrackShmError(f"instance name {instance!r}: use 1-64 characters from A-Z a-z 0-9 _ . -")
+    if tag is not None and not re.match(r"^[0-9a-f]{8}$", tag):
+        raise ConntrackShmError(f"tag {tag!r}: 8 lower-case hex digits (as in the table's name)")
+    names = list_segments(instance, tag)
+    runs = live_runs(instance)
+    held = [n for n in names if _held(os.path.join(SHM_DIR, n))]
+    if runs or held:
+        why = []
+        if runs:
+            why.append(f"a run of instance {instance!r} is up (supervisor pid {', '.join(map(str, runs))})")
+        if held:
+            why.append(f"{len(held)} table(s) held by a live process ({', '.join(held)})")
+        raise ConntrackInUseError("conntrack drop: refused, nothing removed: " + "; ".join(why)
+                                  + "; stop the run first")
+    size = 0
+    removed = []
+    for n in names:
+        path = os.path.join(SHM_DIR, n)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if dry_run:
+            removed.append(n)
+            size += st.st_blocks * 512
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConntrackShmError(f"conntrack drop: cannot remove {path}: {exc.strerror or exc}") from None
+        removed.append(n)
+        size += st.st_blocks * 512
+    temps = [] if dry_run else remove_dead_temporaries()
+    return Dropped(removed, size, temps)

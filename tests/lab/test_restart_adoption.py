@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import tomllib
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from maglev.config import Config, dump_toml
 from maglev.datapath import build_tables
 from maglev.lab import topology as topo
+from maglev.lab.talkers import Talkers
 from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing import packets as P
 from tests.datapath.test_dp import maglev_backend
@@ -27,36 +27,8 @@ from tests.lab.test_long_lived import REGISTER, KeepAlive
 
 pytestmark = pytest.mark.root
 
-N_CONNS = 120
-PERIOD_S = 0.1  # each connection sends a request every 100 ms
-
-
-class Talkers:
-    """Every connection sends a request every PERIOD_S and checks the backend that answers
-    is the one it had; a failed or moved connection is counted and not used again."""
-
-    def __init__(self, conns: list[KeepAlive], first: list[str]):
-        self.conns, self.first = conns, first
-        self.lost: dict[int, str] = {}  # connection index -> what happened
-        self.rounds = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            t0 = time.monotonic()
-            for i, c in enumerate(self.conns):
-                if i in self.lost or self.stop.is_set():
-                    continue
-                try:
-                    got = c.get()
-                except (OSError, ConnectionError) as exc:
-                    self.lost[i] = f"failed: {exc}"
-                    continue
-                if got != self.first[i]:
-                    self.lost[i] = f"moved {self.first[i]} -> {got}"
-            self.rounds += 1
-            self.stop.wait(max(0.0, PERIOD_S - (time.monotonic() - t0)))
+N_CONNS = 200
+PERIOD_S = 0.1  # each connection sends a request every 100 ms (one selector loop: maglev/lab/talkers.py)
 
 
 def _write(cfg: Path, data: dict, names: set[str]) -> Config:
@@ -87,8 +59,7 @@ def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backe
             c.s.settimeout(20)  # a request sent while no forwarder runs waits for TCP's retransmission
         first = [c.get() for c in conns]
         assert set(first) == {"be1", "be2", "be3"}, first
-        talk = Talkers(conns, first)
-        talk.thread.start()
+        talk = Talkers([c.s for c in conns], first, PERIOD_S).start()
         time.sleep(1.0)
 
         # The upgrade: stop (SIGTERM, clean), change the backend set, start the new run.
@@ -103,8 +74,8 @@ def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backe
         while talk.rounds < rounds_at_restart + 20:  # 2 s of requests through the new run
             assert time.monotonic() < deadline, "the connections made no progress after the restart"
             time.sleep(0.1)
-        talk.stop.set()
-        talk.thread.join(30)
+        talk.finish()
+        assert talk.error is None, talk.error
 
         # Without the adopted tables, Maglev over the new set would move these:
         blob = build_tables(after)
@@ -117,16 +88,15 @@ def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backe
             would_move += name != was
         kept = N_CONNS - len(talk.lost)
         print(f"restart in place: {kept}/{N_CONNS} connections kept their backend = {kept / N_CONNS:.4f} "
-              f"({talk.rounds} rounds of requests every {PERIOD_S * 1000:.0f} ms; restart gap {gap:.2f} s; "
-              f"Maglev alone would have moved {would_move})")
+              f"({talk.rate():.2f} requests/s per connection, target {1 / PERIOD_S:g}; {talk.requests} requests; "
+              f"restart gap {gap:.2f} s; Maglev alone would have moved {would_move})")
         log = (lab.state_dir / "logs" / "maglev.log").read_text()
         assert "adopting the previous run's tables of all 2 workers" in log, log[-2000:]
         assert would_move > 0, "the backend change must move some connections without conntrack"
         assert talk.lost == {}, talk.lost
     finally:
         if talk is not None:
-            talk.stop.set()
-            talk.thread.join(30)
+            talk.finish()
         for c in conns:
             c.close()
         lab.stop_process("maglev")
@@ -178,8 +148,7 @@ def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(
         for c in conns:
             c.s.settimeout(20)
         first = [c.get() for c in conns]
-        talk = Talkers(conns, first)
-        talk.thread.start()
+        talk = Talkers([c.s for c in conns], first, PERIOD_S).start()
         time.sleep(1.0)
         # each worker holds the flock of its table file: /proc/locks names the pid
         segs = sorted(glob.glob("/dev/shm/maglev-labk9-ct-*"))
@@ -201,8 +170,8 @@ def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(
         while talk.rounds < rounds + 20:
             assert time.monotonic() < deadline, "the connections made no progress after the kill"
             time.sleep(0.1)
-        talk.stop.set()
-        talk.thread.join(30)
+        talk.finish()
+        assert talk.error is None, talk.error
         after = data_after = _write(short / "after.toml", data, {"be1", "be2", "be3", "be4"})
         blob = build_tables(after)
         would_move = 0
@@ -213,14 +182,14 @@ def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(
             would_move += next(b["name"] for b in st["backends"] if b["ipv4"] == addr) != was
         kept = N_CONNS - len(talk.lost)
         print(f"kill -9 of both workers + a backend added: {kept}/{N_CONNS} connections kept their backend = "
-              f"{kept / N_CONNS:.4f} (Maglev alone would have moved {would_move})")
+              f"{kept / N_CONNS:.4f} ({talk.rate():.2f} requests/s per connection; Maglev alone would have "
+              f"moved {would_move})")
         assert before.vips and data_after.vips
         assert would_move > 0, "the backend change must move some connections without conntrack"
         assert talk.lost == {}, talk.lost
     finally:
         if talk is not None:
-            talk.stop.set()
-            talk.thread.join(30)
+            talk.finish()
         for c in conns:
             c.close()
         lab.stop_process("maglev")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import time
 
 import pytest
 
@@ -136,3 +137,108 @@ def test_out_defaults():
     assert parse_out(None, parse_nic("gen")).kind == "null"
     assert parse_out("x.pcap", parse_nic("gen")).arg == "x.pcap"
     assert parse_out(None, parse_nic("afpacket:veth0")).arg == "veth0"
+
+
+# ------------------------------------------------------------------ flood mode (issue 16)
+
+
+def flood_reference(flow0: bytes, c: int) -> bytes:
+    """Flood SYN number ``c`` built in Python from flow 0's packet: the client
+    198.19.(128 | c >> 8 & 127).(c & 255), port 1024 + (c >> 15) % 64000, SYN, checksums
+    recomputed (the C generator's documented rule)."""
+    p = bytearray(flow0)
+    p[26:30] = bytes([198, 19, 0x80 | (c >> 8) & 0x7F, c & 0xFF])
+    p[24:26] = b"\0\0"
+    p[24:26] = struct.pack("!H", checksum(bytes(p[14:34])))
+    p[34:36] = struct.pack("!H", 1024 + (c >> 15) % 64000)
+    p[47] = 0x02
+    p[50:52] = b"\0\0"
+    l4 = bytes(p[34:])
+    p[50:52] = struct.pack("!H", checksum(bytes(p[26:34]) + struct.pack("!HH", 6, len(l4)) + l4))
+    return bytes(p)
+
+
+def test_flood_syns_are_new_clients_equal_to_the_reference_and_keepalives_are_the_flows():
+    v4tcp = [VIPS[0]]
+    gen = GenNic(VIPS, flows=50, flood=1.0, keepalive=1.0, seed=5)  # keeps only IPv4 TCP VIPs
+    plain = GenNic(v4tcp, flows=50, syn=0.0, ipv6=0, seed=5)  # the same flow templates, all ACKs
+    pool, ref = Pool(256), Pool(256)
+    seen = set()
+    for _ in range(4):  # each flow's template, as mg_gen_fill's ACK variant
+        plain.rx_burst(ref.buf, ref.descs, 256)
+        for j in range(256):
+            seen.add(ref.packet(j))
+    k = lib.mg_gen_fill_flood(gen._g, pool.buf, pool.descs, 50, 0, 1)
+    keep = [pool.packet(i) for i in range(k)]
+    assert k == 50 and len(set(keep)) == 50 and set(keep) <= seen
+    flow0 = keep[0]
+    parsed = ffi.new("struct mg_parsed *")
+    for rnd in range(3):
+        k = lib.mg_gen_fill_flood(gen._g, pool.buf, pool.descs, 6, 250, 1)
+        assert k == 256
+        assert [pool.packet(i) for i in range(6)] == keep[(6 * rnd) % 50:(6 * rnd) % 50 + 6]  # in turn
+        for j in range(250):
+            c = rnd * 250 + j
+            pkt = pool.packet(6 + j)
+            assert pkt == flood_reference(flow0, c)
+            assert lib.mg_parse(pkt, len(pkt), parsed) == 0 and parsed.tcp_flags == 0x02
+            assert l4_ok(pkt) and lib.mg_ip_checksum(pkt[14:34], 20) == 0
+            src = ipaddress.ip_address(bytes(parsed.key.src)[:4])
+            assert src in ipaddress.ip_network("198.19.128.0/17")
+    # far counters: the port carries the high bits (2^31 distinct clients)
+    assert flood_reference(flow0, 5 << 15)[34:36] == struct.pack("!H", 1029)
+    assert int(lib.mg_gen_flood_count(gen._g)) == 750
+    assert lib.mg_gen_fill_flood(gen._g, pool.buf, pool.descs, 200, 200, 1) < 0  # > MG_BURST_MAX
+
+
+def test_flood_mode_follows_the_clock():
+    """Keep-alives alone, then keep-alives + a flood filling every burst, then keep-alives
+    alone; each flow's ACKs paced at one per ``keepalive`` seconds."""
+    gen = GenNic([VIPS[0]], flows=200, flood=0.3, flood_after=0.3, keepalive=0.2, seconds=0.9)
+    pool = Pool(64)
+    parsed = ffi.new("struct mg_parsed *")
+    phases: dict[str, list[int]] = {"before": [0, 0], "flood": [0, 0], "after": [0, 0]}
+    t0 = None
+    deadline = time.monotonic() + 10
+    last = (0.0, 0.0, 0)  # the last call: clock before and after, keep-alives sent
+    while not gen.eof and time.monotonic() < deadline:
+        a = time.monotonic()
+        k = gen.rx_burst(pool.buf, pool.descs, 64)
+        t0 = t0 if t0 is not None else gen._t0
+        t = time.monotonic() - t0
+        if not gen.eof:
+            last = (a - t0, t, gen.keep_sent)
+        if not gen.wait(0.01) or k == 0:
+            continue
+        phase = "before" if t < 0.28 else "flood" if 0.32 < t < 0.58 else "after" if t > 0.62 else None
+        for i in range(k):
+            pkt = pool.packet(i)
+            lib.mg_parse(pkt, len(pkt), parsed)
+            if phase:
+                phases[phase][parsed.tcp_flags == 0x02] += 1
+    assert gen.eof
+    assert phases["before"][1] == 0 and phases["after"][1] == 0  # no SYN outside the flood
+    assert phases["flood"][1] > 10 * phases["flood"][0]  # the flood fills what the keep-alives leave
+    s = gen.stats()
+    a, b, sent = last  # 1000 ACKs/s, paced by the clock: all that were due at that call
+    assert int(a * 1000) - 64 <= sent <= int(b * 1000) + 1, (last, s)
+    assert s["keepalives"] == sent
+    assert s["flood_syns"] == int(lib.mg_gen_flood_count(gen._g)) > 0
+
+
+@pytest.mark.parametrize("opts, message", [
+    ({"flood": "1", "flows": "40000"}, "at most 32768 established flows"),
+    ({"flood": "1", "ipv6": "0.2"}, "set ipv6=0"),
+    ({"keepalive": "0"}, "keepalive=0 is out of range"),
+    ({"flood": "-1"}, "flood=-1 is out of range"),
+])
+def test_bad_flood_options_are_refused(opts, message):
+    from maglev.nic.gen import validate_options
+
+    with pytest.raises(NicSpecError, match=message):
+        validate_options(opts)
+
+
+def test_flood_needs_an_ipv4_tcp_vip():
+    with pytest.raises(NicSpecError, match="needs an IPv4 TCP VIP"):
+        GenNic(VIPS[1:], flood=1.0)

@@ -342,3 +342,32 @@ def test_the_shared_key_is_validated_and_round_trips():
     with pytest.raises(ConfigError) as ei:
         cfgmod.loads('[conntrack]\nhuge_pages = "hugetlb"\n')
     assert 'conntrack.huge_pages: "hugetlb" needs conntrack.shared = false' in str(ei.value)
+
+
+def test_a_table_owned_by_another_user_is_refused_as_foreign(seg):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file to another user")
+    t = cs.open_table(seg, want())
+    fill(t.ct, 50)
+    lib.mg_ct_free(t.ct)
+    t.close()
+    path = os.path.join(cs.SHM_DIR, seg)
+    os.chown(path, 65534, 65534)
+    assert cs.preview(seg, want()) == (False, "owned by uid 65534, not 0 (foreign)")
+    t = cs.open_table(seg, want())  # refused, replaced by a fresh table of ours: never patched
+    assert not t.adopted and t.reason == "owned by uid 65534, not 0 (foreign)"
+    assert lib.mg_ct_count(t.ct) == 0 and os.stat(path).st_uid == 0
+    lib.mg_ct_free(t.ct)
+    t.close()
+
+
+def test_dev_shm_too_small_for_the_fresh_tables_is_a_clear_error_before_anything_is_made():
+    from maglev.datapath.ctmem import ConntrackMemoryError
+
+    vfs = os.statvfs(cs.SHM_DIR)
+    free = vfs.f_bavail * vfs.f_frsize
+    one = cs.table_bytes(1 << 26)
+    copies = free // one + 1
+    with pytest.raises(ConntrackMemoryError, match=rf"{copies} fresh table\(s\) of .* do not fit in /dev/shm"):
+        cs.check_shm_space(1 << 26, copies)
+    assert cs.check_shm_space(4096, 2) == 2 * cs.table_bytes(4096)

@@ -22,11 +22,14 @@ def test_rolling_upgrade_of_three_instances_keeps_the_connections(scaleout_lab):
     assert len(lab.vip_nexthops()) == 3
     res = rolling_upgrade(lab.state, connections=200)
     print(f"\nrolling upgrade: {res['survived']}/{res['connections']} connections kept their backend = "
-          f"{res['survived_share']:.4f}\n{json.dumps(res)}")
+          f"{res['survived_share']:.4f}; {res['requests_per_connection_per_s_while_talking']:.2f} requests/s per "
+          f"connection (target 10), {res['requests']} requests, {res['late_turns']} late turns\n{json.dumps(res)}")
     assert len(res["instances"]) == 3
     for step in res["instances"]:
         assert step["adopted_tables"] and step["started_drained"], step
         assert not step["announced_while_drained"], step
     assert len(lab.vip_nexthops()) == 3
-    assert res["requests"] >= 200 * 10, res  # the connections really talked through the upgrade
+    # the connections really talked through the upgrade, at ~10 requests/s each (a turn is
+    # skipped, not doubled, while a reply is late: never above 10)
+    assert res["requests_per_connection_per_s_while_talking"] >= 8.0, res
     assert res["survived_share"] >= 0.99, res

@@ -13,3 +13,6 @@ void mg_gen_free(struct mg_gen *g);
 int mg_gen_fill(struct mg_gen *g, uint8_t *pool, const uint64_t *descs, uint32_t n,
                 uint64_t now_ns);
 uint64_t mg_gen_count(const struct mg_gen *g);
+int mg_gen_fill_flood(struct mg_gen *g, uint8_t *pool, const uint64_t *descs, uint32_t n_keep,
+                      uint32_t n_flood, uint64_t now_ns);
+uint64_t mg_gen_flood_count(const struct mg_gen *g);

@@ -49,4 +49,19 @@ int mg_gen_fill(struct mg_gen *g, uint8_t *pool, const uint64_t *descs, uint32_t
 /* Packets produced so far. */
 uint64_t mg_gen_count(const struct mg_gen *g);
 
+/* Flood mode (``gen:flood=S``): fill n_keep + n_flood frames (descs[0..n_keep) first).
+ * The n_keep frames are keep-alive ACKs of the flows in turn (flow 0, 1, ..., n_flows-1,
+ * 0, ...): each flow's own template, so a flow keeps its 5-tuple.  The n_flood frames are
+ * TCP SYNs from clients never seen before: flow 0's packet (it must be IPv4 TCP) with the
+ * source 198.19.128.0/17 (low 15 bits of the flood counter) and source port
+ * 1024 + (counter >> 15) % 64000, checksums recomputed: 2^31 distinct clients.  The
+ * flows' own clients are 198.19.0.0/17 while there are at most 32768 of them.  Returns
+ * n_keep + n_flood, or -EINVAL (more than MG_BURST_MAX, or a flood without an IPv4 TCP
+ * flow 0). */
+int mg_gen_fill_flood(struct mg_gen *g, uint8_t *pool, const uint64_t *descs, uint32_t n_keep,
+                      uint32_t n_flood, uint64_t now_ns);
+
+/* Flood SYNs produced so far. */
+uint64_t mg_gen_flood_count(const struct mg_gen *g);
+
 #endif

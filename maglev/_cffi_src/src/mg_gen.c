@@ -18,6 +18,8 @@ struct mg_gen {
     uint32_t syn_threshold; /* a 32-bit draw below this makes a SYN */
     uint64_t rng;
     uint64_t seq;
+    uint64_t flood_seq; /* flood SYNs made so far: the next one's client */
+    uint32_t keep_next; /* the flow whose keep-alive ACK comes next */
 };
 
 static inline uint64_t xorshift64s(uint64_t *s)
@@ -259,3 +261,70 @@ int mg_gen_fill(struct mg_gen *g, uint8_t *pool, const uint64_t *descs, uint32_t
     }
     return (int)n;
 }
+
+static void fill_meta(struct mg_frame_meta *m, uint16_t len, uint64_t now_ns, uint64_t seq)
+{
+    m->len = len;
+    m->data_off = MG_FRAME_HEADROOM;
+    m->flow_hash = 0;
+    m->flags = 0;
+    m->verdict = 0;
+    m->wire_len = len;
+    m->vip_index = 0;
+    m->worker = 0;
+    m->backend_index = -1;
+    m->rx_ts_ns = now_ns;
+    m->seq = seq;
+}
+
+static uint8_t *copy_flow(const struct mg_gen_flow *f, uint8_t *pool, uint32_t idx)
+{
+    uint8_t *d = mg_frame_data(pool, idx);
+    memcpy(d, f->hdr, MG_GEN_HDR_MAX);
+    if (f->pkt_len > MG_GEN_HDR_MAX)
+        memset(d + MG_GEN_HDR_MAX, 0, f->pkt_len - MG_GEN_HDR_MAX);
+    return d;
+}
+
+int mg_gen_fill_flood(struct mg_gen *g, uint8_t *pool, const uint64_t *descs, uint32_t n_keep,
+                      uint32_t n_flood, uint64_t now_ns)
+{
+    if (n_keep > MG_BURST_MAX || n_flood > MG_BURST_MAX || n_keep + n_flood > MG_BURST_MAX)
+        return -EINVAL;
+    const struct mg_gen_flow *f0 = &g->flows[0];
+    if (n_flood && f0->tcp_off != 14 + 20) /* the flood copies flow 0: IPv4 TCP */
+        return -EINVAL;
+    uint32_t k = 0;
+    for (; k < n_keep; k++) {
+        uint32_t idx = (uint32_t)descs[k];
+        const struct mg_gen_flow *f = &g->flows[g->keep_next];
+        g->keep_next = g->keep_next + 1 == g->n_flows ? 0 : g->keep_next + 1;
+        fill_meta(mg_frame_meta(pool, idx), f->pkt_len, now_ns, g->seq++);
+        uint8_t *d = copy_flow(f, pool, idx);
+        if (f->tcp_off) { /* the template is the ACK variant; set it anyway */
+            d[f->tcp_off + 13] = 0x10;
+            put16(d + f->tcp_off + 16, f->csum_ack);
+        }
+    }
+    for (uint32_t j = 0; j < n_flood; j++, k++) {
+        uint32_t idx = (uint32_t)descs[k];
+        uint64_t c = g->flood_seq++;
+        fill_meta(mg_frame_meta(pool, idx), f0->pkt_len, now_ns, g->seq++);
+        uint8_t *d = copy_flow(f0, pool, idx);
+        uint8_t *ip = d + 14, *t = d + 14 + 20;
+        /* a client never seen before: 198.19.128.0/17 x 64000 ports */
+        ip[12] = 198;
+        ip[13] = 19;
+        ip[14] = (uint8_t)(0x80 | ((c >> 8) & 0x7f));
+        ip[15] = (uint8_t)c;
+        put16(ip + 10, 0);
+        put16(ip + 10, csum_fold(csum_add(0, ip, 20)));
+        put16(t, (uint16_t)(1024 + (c >> 15) % 64000u));
+        t[13] = 0x02;
+        put16(t + 16, 0);
+        put16(t + 16, l4_csum(ip + 12, ip + 16, 4, 6, (uint32_t)f0->pkt_len - 34u, t, 20));
+    }
+    return (int)k;
+}
+
+uint64_t mg_gen_flood_count(const struct mg_gen *g) { return g->flood_seq; }
