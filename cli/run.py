@@ -184,6 +184,12 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     p.supervisor.wakeup_fds.append(wake_r)
     try:
+        # Set-up is done (config read, region and run folder made, --metrics bound): keep
+        # only the capabilities the NIC and BGP need, for this process and every actor it
+        # starts (they open the NIC sockets and the BGP port, also again after a restart).
+        from maglev.service.privileges import drop_after_setup
+
+        drop_after_setup(p.nic_spec.kind, p.out_spec.kind, p.config)
         # Ctrl-C while the actors are starting: stop at once, do not begin.
         if p.start(go=False, abort=lambda: bool(stop_reason)) and not stop_reason:
             p.go()
