@@ -205,6 +205,7 @@ class ConfigManagerActor(Actor):
             "vip_all_down": c.vip_all_down,
             "unconfirmed": c.unconfirmed,
             "malformed": sum(s.stats.malformed + s.stats.dropped_frames for s in self.servers),
+            "apply_latency": self.manager.apply_latency.to_dict(),
         }
 
     def teardown(self) -> None:

@@ -32,7 +32,7 @@ RUN_MODULES = (
     "maglev.actors.muxer", "maglev.actors.config_manager", "maglev.actors.health_prober",
     "maglev.actors.bgp_speaker", "maglev.telemetry", "maglev.native", "maglev.nic.afpacket",
     "maglev.observability.prometheus", "maglev.control.client", "zmq", "msgpack", "psutil", "click",
-    "sortedcontainers", "cffi", "opentelemetry.sdk.trace",
+    "sortedcontainers", "cffi", "opentelemetry.sdk.trace", "prometheus_client", "tomli_w",
 )
 SKIP_TOP = ("__editable__", "_distutils_hack", "__pycache__", "distutils-precedence.pth")
 
