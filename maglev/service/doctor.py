@@ -133,9 +133,9 @@ def check_capabilities(ctx: Context) -> list[Finding]:
     need = needed_caps(ctx.nic_kind, ctx.config)
     out = []
     missing = [n for n in need if not eff >> CAPS[n] & 1]
-    # CAP_BPF arrived in Linux 5.8; CAP_SYS_ADMIN covers it on older kernels.
-    if "CAP_BPF" in missing and eff >> CAPS["CAP_SYS_ADMIN"] & 1:
-        missing.remove("CAP_BPF")
+    # CAP_BPF and CAP_PERFMON arrived in Linux 5.8; CAP_SYS_ADMIN covers both.
+    if eff >> CAPS["CAP_SYS_ADMIN"] & 1:
+        missing = [m for m in missing if m not in ("CAP_BPF", "CAP_PERFMON")]
     if missing:
         alt = "--nic pcap:FILE or --nic gen" if ctx.nic_kind in ("afpacket", "afxdp") else ""
         out.append(Finding(
@@ -210,7 +210,7 @@ def check_af_xdp(ctx: Context) -> list[Finding]:
         if exc.errno == errno.EPERM:
             st = FAIL if ctx.nic_kind == "afxdp" else SKIP
             return [Finding("af_xdp", st, "AF_XDP sockets need CAP_NET_RAW (not held)",
-                            "run with CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF")]
+                            "run with CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF and CAP_PERFMON")]
         return [Finding("af_xdp", WARN, f"AF_XDP socket: {exc}")]
     s.close()
     return [Finding("af_xdp", OK, "the kernel has AF_XDP sockets")]

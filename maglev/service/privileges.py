@@ -59,7 +59,9 @@ NIC_CAPS: dict[str, tuple[str, ...]] = {
     "pcap": (),
     "null": (),
     "afpacket": ("CAP_NET_RAW",),
-    "afxdp": ("CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_BPF"),
+    # CAP_PERFMON: the verifier refuses our XDP program (EACCES) without it -- pointer
+    # arithmetic it allows only to perfmon-capable loaders (measured: Linux 6.18)
+    "afxdp": ("CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_BPF", "CAP_PERFMON"),
 }
 # Kept when held, not required: the AF_PACKET rings are mapped MAP_LOCKED and the AF_XDP
 # memory is charged to RLIMIT_MEMLOCK; CAP_IPC_LOCK lifts that limit.
@@ -112,7 +114,7 @@ def needed_caps(nic_kind: str, config: Any, out_kind: str = "") -> list[str]:
     if out_kind:
         need |= set(NIC_CAPS.get(out_kind, ()))
     if "CAP_BPF" in need and last_cap() < CAPS["CAP_BPF"]:  # before Linux 5.8
-        need.discard("CAP_BPF")
+        need -= {"CAP_BPF", "CAP_PERFMON"}
         need.add("CAP_SYS_ADMIN")
     bgp = getattr(config, "bgp", None)
     if bgp is not None and bgp.local_asn and bgp.peers and 0 < bgp.listen_port < 1024:

@@ -127,24 +127,38 @@ address = "198.18.4.11"
 """
 
 
+def _why_no_afxdp() -> str:
+    try:
+        from maglev.nic.afxdp import why_no_afxdp
+    except ImportError:
+        return "this build has no AF_XDP driver"
+    return why_no_afxdp()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(bool(why_no_netns()), reason=why_no_netns() or "")
-def test_root_run_keeps_only_the_nic_set_in_every_actor_also_after_a_restart(tmp_path):
-    """`maglev run --nic afpacket:eth0` as root: one log line names what it kept; the
-    supervisor and every actor hold CAP_NET_RAW + CAP_IPC_LOCK and nothing else (bounding
-    set included); steering killed with SIGKILL comes back and reopens its packet socket."""
+@pytest.mark.parametrize("nic", ["afpacket", "afxdp"])
+def test_root_run_keeps_only_the_nic_set_in_every_actor_also_after_a_restart(tmp_path, nic):
+    """`maglev run --nic afpacket:eth0` (and afxdp) as root: one log line names what it
+    kept; the supervisor and every actor hold the table's set (afpacket: CAP_NET_RAW +
+    CAP_IPC_LOCK) and nothing else, bounding set included; steering killed with SIGKILL
+    comes back and reopens its packet socket (afxdp: loads and attaches its XDP program
+    again) with that set."""
+    if nic == "afxdp" and (why := _why_no_afxdp()):
+        pytest.skip(f"AF_XDP: {why}")
     conf = tmp_path / "maglev.toml"
     conf.write_text(CONFIG)
     ns_path = tmp_path / "notify"
     notify = NotifySocket(ns_path)
     log_path = tmp_path / "run.log"
-    kept = NET_RAW | IPC_LOCK
+    names = [*pv.needed_caps(nic, None), *pv.recommended_caps(nic)]
+    kept = pv.mask(names)
     with NetnsSet("priv") as nets, open(log_path, "w") as log:
         mg, peer = nets.add("mg"), nets.add("peer")
         nets.veth(mg, "eth0", peer, "eth0")
         env = {**os.environ, "NOTIFY_SOCKET": str(ns_path), "MAGLEV_RUN_DIR": str(tmp_path / "run"),
                "MAGLEV_STATE_DIR": str(tmp_path / "state")}
-        proc = mg.popen([*CLI, "run", "--config", str(conf), "--nic", "afpacket:eth0", "--workers", "2",
+        proc = mg.popen([*CLI, "run", "--config", str(conf), "--nic", f"{nic}:eth0", "--workers", "2",
                          "--json", "-v"], stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             notify.wait_for("READY", "1", 60)
@@ -153,8 +167,8 @@ def test_root_run_keeps_only_the_nic_set_in_every_actor_also_after_a_restart(tmp
             caps = _caps_of(pids)
             assert caps and all(v == (kept, kept, kept) for v in caps.values()), {k: tuple(map(hex, v)) for k, v in caps.items()}
             lines = [ln for ln in log_path.read_text().splitlines() if "capabilities dropped" in ln]
-            assert len(lines) == 1 and "kept=CAP_NET_RAW,CAP_IPC_LOCK" in lines[0], lines
-            assert "instance=privtest" in lines[0] and "(--nic afpacket)" in lines[0]
+            assert len(lines) == 1 and f"kept={','.join(pv.names(kept))}" in lines[0], lines
+            assert "instance=privtest" in lines[0] and f"(--nic {nic})" in lines[0]
 
             # A crashed steering actor is restarted and reopens its AF_PACKET socket.
             steering = next(p for p, n in pids.items() if n == "steering")
