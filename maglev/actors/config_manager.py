@@ -38,6 +38,7 @@ log = logging.getLogger("maglev.config")
 
 
 class ConfigManagerActor(Actor):
+    caps_after_setup = ()  # its control sockets are bound in setup
     kind = "config"
     # wait() wakes on every socket and the mailbox; this only bounds how late a signal
     # (SIGTERM) or a vanished parent is noticed.

@@ -96,10 +96,17 @@ def test_forwarder_as_nobody_with_the_units_capabilities(make_lab):
         kept = pv.mask({"CAP_NET_RAW", "CAP_IPC_LOCK"})
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         assert len(tree) >= 6  # supervisor, steering, worker, muxer, config, health (+ standby)
+        bare = 0
         for p in tree:
             assert p.uids().real == uid and p.uids().effective == uid, p
             s = pv.cap_sets(p.pid)
-            assert s["CapEff"] == kept and s["CapPrm"] == kept, (p.cmdline()[:4], hex(s["CapEff"]))
+            name = " ".join(p.cmdline())
+            if re.search(r'"name": "(worker-\d+|config|health)"', name):  # dropped all after setup
+                assert s["CapEff"] == 0 and s["CapPrm"] == 0, (name[:120], hex(s["CapEff"]))
+                bare += 1
+            else:  # supervisor, steering, muxer, standby
+                assert s["CapEff"] == kept and s["CapPrm"] == kept, (name[:120], hex(s["CapEff"]))
+        assert bare == 3
         dropped = [ln for ln in log_path.read_text().splitlines() if "capabilities dropped" in ln]
         assert len(dropped) == 1 and "kept=CAP_NET_RAW,CAP_IPC_LOCK" in dropped[0] and f"uid={uid}" in dropped[0]
         # Its run folder, control socket and state are the service user's, private.
