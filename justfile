@@ -50,7 +50,7 @@ system-deps:
     #!/usr/bin/env bash
     set -euo pipefail
     if ! command -v apt-get >/dev/null; then
-        echo "just system-deps: no apt-get here; install by hand: a C compiler, Python headers, python3-venv, tshark, tcpdump, bird2, gobgpd, iperf3, iproute2, clang" >&2
+        echo "just system-deps: no apt-get here; install by hand: a C compiler, Python headers, python3-venv, tshark, tcpdump, bird2, gobgpd, iperf3, wrk, iproute2, clang" >&2
         exit 0
     fi
     if [ "$(id -u)" != 0 ]; then
@@ -67,7 +67,7 @@ system-deps:
     rt=libclang-rt-dev
     have "$rt" || rt="libclang-rt-${clang_v:-none}-dev"
     want=(gcc libc6-dev python3-dev python3-venv pkg-config
-          tshark tcpdump bird2 gobgpd iperf3 iproute2 procps
+          tshark tcpdump bird2 gobgpd iperf3 wrk iproute2 procps util-linux
           clang llvm "$rt")
     pkgs=()
     for p in "${want[@]}"; do

@@ -14,7 +14,9 @@
    ``sender_bound_ratios``: the kernel might have done more.
    * relay:    the lab's pure-Python stand-in (with --relay), for scale only.
 2. HTTP through the VIP vs straight to one backend: requests/s and latency p50/p99 of
-   fresh-connection GETs from the client namespace.
+   fresh-connection GETs from the client namespace (our client, ``http_*``), and the same
+   two paths with ``wrk`` (``wrk_*``: keep-alive connections, the numbers anyone else's
+   wrk gives; skipped with a note when wrk is not installed).
 3. The driver's wake-up latency alone (one frame over a bare veth pair, send -> wait()
    returns -> rx_burst has it), TPACKET_V3 vs TPACKET_V2.
 4. One request at a time (maglev.lab.latency): UDP echo and TCP connect through the VIP
@@ -40,6 +42,7 @@ from pathlib import Path
 from maglev.lab import topology as topo
 from maglev.lab.client import http_load
 from maglev.lab.nsenter import netns
+from maglev.lab.wrk import why_no_wrk, wrk_load
 from maglev.native import ffi, lib
 from maglev.nic.afpacket import AfPacketNic
 from maglev.testing.packets import checksum
@@ -195,6 +198,11 @@ def main() -> None:
         out["pps_kernel"] = measure_pps(state, args.seconds)
         out["sender_pps"] = out["pps_kernel"]["sent_pps"]
         out["http_direct"] = http_load(state["client"]["ns"], be1, args.requests, concurrency=8).to_dict()
+        no_wrk = why_no_wrk()
+        if no_wrk:
+            out["wrk"] = f"not measured: {no_wrk}"
+        else:
+            out["wrk_direct"] = wrk_load(state["client"]["ns"], be1, seconds=args.seconds, connections=8)
         kernel_forwarding(state, False)
 
         if args.relay:
@@ -227,6 +235,9 @@ def main() -> None:
                     out[f"pps_maglev_{name}"] = measure_pps(state, args.seconds)
                     out[f"http_vip_{name}"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests,
                                                         concurrency=8).to_dict()
+                    if not no_wrk:
+                        out[f"wrk_vip_{name}"] = wrk_load(state["client"]["ns"], topo.VIP_V4,
+                                                          seconds=args.seconds, connections=8)
                     rt = round_trips(state, args.probes)
                 finally:
                     lab.stop_process("maglev")
@@ -251,14 +262,24 @@ def main() -> None:
     for key in ("http_vip_v3", "http_vip_v2", "http_vip_afxdp", "http_relay"):
         if key in out:
             out[f"ratio_{key}_rps_vs_direct"] = round(out[key]["requests_per_s"] / d, 3)
+    if "wrk_direct" in out:
+        wd = out["wrk_direct"]["requests_per_s"] or 1
+        for key in ("wrk_vip_v3", "wrk_vip_v2", "wrk_vip_afxdp"):
+            if key in out:
+                out[f"ratio_{key}_rps_vs_direct"] = round(out[key]["requests_per_s"] / wd, 3)
     if args.json:
         print(json.dumps(out, indent=2))
         return
     for key, v in out.items():
-        if isinstance(v, dict) and "forwarded_pps" in v:
+        if isinstance(v, dict) and v.get("tool") == "wrk":
+            errs = sum(v["errors"].values())
+            print(f"{key:<14} wrk {v['connections']} keep-alive conns  {v['requests']} req  "
+                  f"{v['requests_per_s']:>8} req/s  p50 {v['latency_ms'].get('p50')} ms  "
+                  f"p99 {v['latency_ms'].get('p99')} ms  errors {errs}  non-2xx {v['non_2xx']}")
+        elif isinstance(v, dict) and "forwarded_pps" in v:
             print(f"{key:<14} sent {v['sent_pps']:>9} pps  forwarded {v['forwarded_pps']:>9} pps")
         elif isinstance(v, dict) and "requests_per_s" in v:
-            print(f"{key:<14} {v['ok']}/{v['requests']} ok  {v['requests_per_s']:>8} req/s  "
+            print(f"{key:<14} ours {v['ok']}/{v['requests']} ok (fresh conns)  {v['requests_per_s']:>8} req/s  "
                   f"p50 {v['latency_ms']['p50']} ms  p99 {v['latency_ms']['p99']} ms")
         elif isinstance(v, dict) and "p50_ms" in v:
             print(f"{key:<14} one frame, send -> received: p50 {v['p50_ms']} ms, max {v['max_ms']} ms")

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -52,7 +53,7 @@ def _summary_text(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_config(config_path: str | None, nic: str) -> None:
+def _check_config(config_path: str | None, nic: str) -> Any:
     """Validate the config before anything starts (ConfigError: exit 2, one line per
     problem) and refuse what cannot work: the generator NIC sends only to the config's
     VIPs, chosen when it starts, so a config without VIPs gives it nothing to send.  Any
@@ -62,13 +63,14 @@ def _check_config(config_path: str | None, nic: str) -> None:
 
     conf = load_config(config_path)
     if conf.vips:
-        return
+        return conf
     src = config_path or "the config"
     if nic.split(":", 1)[0] == "gen":
         raise ConfigError([f"vip: {src} has no VIP, and the traffic generator (--nic gen) sends only to "
                            "the config's VIPs as they are when it starts; add a [[vip]] or use another --nic"])
     click.echo(f"maglev run: warning: {src} has no VIP: every packet is dropped (no_vip) until VIPs "
                "are added over the control socket (maglev ctl apply FILE, or add-vip)", err=True)
+    return conf
 
 
 @click.command("run")
@@ -104,7 +106,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
 
     from maglev.actors import pipeline as pl
     from maglev.config import SAMPLE_CONFIG
-    from maglev.telemetry.logs import setup_logging
+    from maglev.telemetry.logs import set_instance, setup_logging
 
     # At exit, move every object out of the collector's reach first: the final garbage
     # collections of interpreter shutdown then skip them (0.3-1 s -> ~0.05 s for this
@@ -115,7 +117,8 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     setup_logging("supervisor", level, fmt=log_format)
     nic_given = nic is not None
     nic = nic or "gen"
-    _check_config(config_path, nic)
+    conf = _check_config(config_path, nic)
+    set_instance(conf.instance.name)  # every supervisor line from here on names it
     if not as_json and not (config_path and nic_given):
         what = []
         if not config_path:
@@ -181,6 +184,12 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     p.supervisor.wakeup_fds.append(wake_r)
     try:
+        # Set-up is done (config read, region and run folder made, --metrics bound): keep
+        # only the capabilities the NIC and BGP need, for this process and every actor it
+        # starts (they open the NIC sockets and the BGP port, also again after a restart).
+        from maglev.service.privileges import drop_after_setup
+
+        drop_after_setup(p.nic_spec.kind, p.out_spec.kind, p.config)
         # Ctrl-C while the actors are starting: stop at once, do not begin.
         if p.start(go=False, abort=lambda: bool(stop_reason)) and not stop_reason:
             p.go()

@@ -4,7 +4,7 @@ Config is data and tables are derived from it: the config manager is the only wr
 Validation collects *every* problem, each as ``path: message`` with the exact path
 (``vip[1].backend[0].address: '10.0.0.x' is not an IP address``), and raises one
 :class:`ConfigError`; nothing is ever half-applied.  ``Config.to_dict()`` and
-``Config.from_dict()`` round-trip, and ``dump_toml`` writes a file ``load`` reads back, so
+``Config.from_dict()`` round-trip, and ``dump_toml`` (``tomli-w``) writes a file ``load`` reads back, so
 the accepted config can be persisted and reloaded.
 
 Unknown keys are errors: a typo in a load balancer's config must not be silently ignored.
@@ -948,54 +948,22 @@ class _Parser:
 # --------------------------------------------------------------------------- writing
 
 
-def _toml_escape(c: str) -> str:
-    n = ord(c)
-    return f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, str):
-        out = v.replace("\\", "\\\\").replace('"', '\\"')
-        out = "".join(c if c.isprintable() else _toml_escape(c) for c in out)
-        return f'"{out}"'
+def _plain_for_toml(v: Any) -> Any:
+    """Lists for tuples, and no empty arrays: an absent key reads back as the same default
+    (``pool``, a VIP without backends), and the file stays free of ``x = []`` noise."""
+    if isinstance(v, dict):
+        return {k: _plain_for_toml(x) for k, x in v.items() if not (isinstance(x, list | tuple) and not x)}
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def _scalar_list(v: Any) -> bool:
-    """A non-empty array of plain values (``instance.pool``), written inline; arrays of
-    tables (and empty arrays, which need no line) are not."""
-    return isinstance(v, list | tuple) and bool(v) and not any(isinstance(x, dict) for x in v)
-
-
-def _emit(lines: list[str], header: str, d: dict[str, Any], is_array: bool) -> None:
-    scalars = {k: v for k, v in d.items() if not isinstance(v, dict | list | tuple) or _scalar_list(v)}
-    lines.append("")
-    lines.append(f"[[{header}]]" if is_array else f"[{header}]")
-    lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
-    for k, v in d.items():
-        if isinstance(v, dict):
-            _emit(lines, f"{header}.{k}", v, False)
-        elif isinstance(v, list | tuple) and not _scalar_list(v):
-            for item in v:
-                _emit(lines, f"{header}.{k}", item, True)
+        return [_plain_for_toml(x) for x in v]
+    return v
 
 
 def dump_toml(config: Config) -> str:
-    """TOML text that ``loads`` turns back into an equal ``Config``."""
-    lines = ["# written by maglev; the last accepted configuration"]
-    for key, value in config.to_dict().items():
-        if isinstance(value, list):
-            for item in value:
-                _emit(lines, key, item, True)
-        else:
-            _emit(lines, key, value, False)
-    return "\n".join(lines) + "\n"
+    """TOML text that ``loads`` turns back into an equal ``Config`` (written by ``tomli-w``:
+    strings escaped, arrays of tables, all as the TOML 1.0 specification says)."""
+    import tomli_w
+
+    return "# written by maglev; the last accepted configuration\n" + tomli_w.dumps(_plain_for_toml(config.to_dict()))
 
 
 Validator = Callable[[Config], list[str]]

@@ -116,6 +116,11 @@ class Actor:
     # rings; on a shared two-core machine yielding handed the CPU to other jobs for a whole
     # time slice (measured: W=1 pipeline 0.35 -> 0.50 Mpps with 0 instead of 16).
     yield_rounds = 0
+    # Capabilities this actor still needs once setup() is done: None keeps what it was
+    # started with (the run's kept set: steering and the muxer detach/close NIC sockets at
+    # teardown, the BGP speaker holds its port); () drops them all.  A restart is a new
+    # process from the supervisor, which keeps the run's set, so nothing is lost by it.
+    caps_after_setup: tuple[str, ...] | None = None
 
     def __init__(self, spec: ActorSpec):
         self.spec = spec
@@ -275,6 +280,18 @@ class Actor:
             self._last_hb = now
             self.send("hb", stats=self.stats())
 
+    def _drop_caps(self) -> None:
+        if self.caps_after_setup is None:
+            return
+        from maglev.service.privileges import PrivilegeError, cap_sets, drop_to
+
+        try:
+            if cap_sets().get("CapPrm", 0) or cap_sets().get("CapAmb", 0):
+                r = drop_to(set(self.caps_after_setup))
+                log.debug("capabilities dropped after setup", extra={"kv": {"kept": ",".join(r["kept"]) or "none"}})
+        except (PrivilegeError, OSError) as exc:  # never fatal: the run's set is already small
+            log.warning("could not drop capabilities: %s", exc)
+
     # ------------------------------------------------------------------ main
     def main(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -291,6 +308,7 @@ class Actor:
             self.send("fatal", error=f"{type(exc).__name__}: {exc}")
             self._close()
             return 3
+        self._drop_caps()
         self.send("hello", incarnation=self.spec.incarnation, cpus=affinity)
         log.info("started", extra={"kv": {"cpus": affinity, "incarnation": self.spec.incarnation}})
         rc = 0

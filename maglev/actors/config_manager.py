@@ -38,6 +38,7 @@ log = logging.getLogger("maglev.config")
 
 
 class ConfigManagerActor(Actor):
+    caps_after_setup = ()  # its control sockets are bound in setup
     kind = "config"
     # wait() wakes on every socket and the mailbox; this only bounds how late a signal
     # (SIGTERM) or a vanished parent is noticed.
@@ -205,6 +206,7 @@ class ConfigManagerActor(Actor):
             "vip_all_down": c.vip_all_down,
             "unconfirmed": c.unconfirmed,
             "malformed": sum(s.stats.malformed + s.stats.dropped_frames for s in self.servers),
+            "apply_latency": self.manager.apply_latency.to_dict(),
         }
 
     def teardown(self) -> None:

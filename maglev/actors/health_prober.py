@@ -159,6 +159,7 @@ class ProberClient:
 
 
 class HealthProberActor(Actor):
+    caps_after_setup = ()  # TCP/HTTP/UDP checks from ordinary sockets
     kind = "health"
     idle_wait_s = 0.1
 

@@ -27,6 +27,7 @@ LOOP_BUDGET_NS = 1_000_000  # longest C loop (mg_loop.h) between Python's housek
 
 
 class Worker(Actor):
+    caps_after_setup = ()  # rings and tables only: no socket of its own
     kind = "worker"
 
     def setup(self) -> None:

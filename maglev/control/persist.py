@@ -49,7 +49,9 @@ def source_id(path: str | Path) -> str:
 def atomic_write(path: str | Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new content."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    # private like the file: the state folder is the service user's (0700), whichever of
+    # the config manager and the connection tables' records creates it first
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:

@@ -408,28 +408,31 @@ class Lab:
             ns_exec(ns, "sysctl", "-qw", "net.ipv4.conf.vx0.rp_filter=0")
 
     def _write_config(self, spec: LabSpec) -> None:
+        import tomli_w
+
         from maglev import config as cfg
 
-        lines = [
-            "# maglev lab configuration (written by `maglev lab up`)",
-            "[instance]",
-            'name = "lab"',
-            f'flow_hash_secret = "{secrets.token_hex(16)}"  # the lab\'s own, never the built-in one',
-            f'source_ipv4 = "{MAGLEV_V4}"',
-            f'source_ipv6 = "{MAGLEV_V6}"',
-            f"mtu = {spec.mtu}",
-        ]
+        data: dict[str, Any] = {
+            "instance": {
+                "name": "lab",
+                "flow_hash_secret": secrets.token_hex(16),
+                "source_ipv4": MAGLEV_V4,
+                "source_ipv6": MAGLEV_V6,
+                "mtu": spec.mtu,
+            },
+            "vip": [],
+        }
         for vip, fam in ((VIP_V4, "ipv4"), (VIP_V6, "ipv6")):
             for proto in ("tcp", "udp"):
-                lines += ["", "[[vip]]", f'address = "{vip}"', "port = 0", f'protocol = "{proto}"', f'encap = "{spec.encap}"']
+                backends = []
                 for b in self.state["backends"]:
                     # l2 needs the VIP's family; the tunnels use it too (IPv6 outer for IPv6).
                     mac = b["vxlan_mac"] if spec.encap == "vxlan" else b["mac"]
-                    lines += [
-                        "", "[[vip.backend]]", f'address = "{b[fam]}"', f'name = "{b["name"]}"',
-                        f"weight = {b['weight']}", f'mac = "{mac}"',
-                    ]  # fmt: skip
-        text = "\n".join(lines) + "\n"
+                    backends.append({"address": b[fam], "name": b["name"], "weight": b["weight"], "mac": mac})
+                data["vip"].append({"address": vip, "port": 0, "protocol": proto, "encap": spec.encap,
+                                    "backend": backends})
+        text = ("# maglev lab configuration (written by `maglev lab up`); the flow hash secret is\n"
+                "# the lab's own, never the built-in one\n" + tomli_w.dumps(data))
         cfg.loads(text, source="lab config")  # never start a forwarder on a bad config
         Path(self.state["config"]).write_text(text)
 

@@ -51,7 +51,7 @@ def why_no_afxdp() -> str:
     from maglev.nic import xdp_loader
 
     if os.geteuid() != 0:
-        return "AF_XDP needs root (CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW); use --nic afpacket:IFACE"
+        return "AF_XDP needs root (CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_RAW); use --nic afpacket:IFACE"
     if not xdp_loader.OBJ.exists():
         return (f"the XDP program {xdp_loader.OBJ.name} was not built (the build needs clang with the BPF "
                 "target: apt-get install clang, then rebuild); use --nic afpacket:IFACE")
@@ -91,7 +91,7 @@ class AfXdpNic:
         except OSError:
             raise NicError(errno.ENODEV, f"afxdp: no network interface named {iface!r} here") from None
         if os.geteuid() != 0:
-            raise NotRootError(f"the afxdp NIC needs root (CAP_NET_ADMIN, CAP_BPF) on {iface}; "
+            raise NotRootError(f"the afxdp NIC needs root (CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON) on {iface}; "
                                f"use --nic afpacket:{iface} with CAP_NET_RAW only")
         have = rx_queues(iface)
         self.n_queues = queues or have

@@ -231,6 +231,6 @@ def load(obj: Path = OBJ) -> XdpProgram:
         if isinstance(e, XdpError):
             raise
         if e.errno in (errno.EPERM, errno.EACCES):
-            raise XdpError(e.errno, "afxdp: loading an XDP program needs root (CAP_BPF and CAP_NET_ADMIN); "
+            raise XdpError(e.errno, "afxdp: loading an XDP program needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN); "
                            "use --nic afpacket:IFACE with CAP_NET_RAW only") from None
         raise XdpError(e.errno, f"afxdp: bpf(2) failed: {e.strerror}") from None

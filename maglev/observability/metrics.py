@@ -183,4 +183,5 @@ def collect(region: Any, run_dir: str | os.PathLike | None = None, *, instance: 
         snap["restarts"] = sv.get("restarts", {})
         snap["bgp"] = sv.get("bgp")
         snap["uptime_s"] = sv.get("uptime_s")
+        snap["config_apply"] = sv.get("config_apply")  # the apply-latency histogram
     return snap

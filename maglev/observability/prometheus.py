@@ -19,6 +19,14 @@ family with ``# HELP`` and ``# TYPE``.  Per-VIP and per-backend counters carry a
 ``worker`` label because each worker's series restarts from zero when it switches tables
 generation (``rate()`` handles a reset per series; a sum over workers would not).
 
+The exposition itself is ``prometheus_client``'s: each scrape builds its metric families
+(``CounterMetricFamily``, ``GaugeMetricFamily``, ``HistogramMetricFamily``) from one
+snapshot in a custom collector (:class:`SnapshotCollector`), and the client library's
+encoder writes them -- the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the
+scraper's ``Accept`` header asks for ``application/openmetrics-text`` (its
+``choose_encoder``).  The HTTP server stays ours (a small ``http.server`` thread), for
+the 503 while starting and a scrape that must never take the supervisor down.
+
 Only ``GET /metrics`` (and ``/``) is served; anything else is 404.  Bind it to 127.0.0.1
 or a management address: the endpoint has no authentication.
 """
@@ -28,51 +36,103 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from maglev.errors import ConfigError
 
 log = logging.getLogger("maglev.telemetry")
 
-__all__ = ["MetricsHost", "MetricsServer", "parse_listen", "render"]
+__all__ = ["MetricsHost", "MetricsServer", "SnapshotCollector", "families", "parse_listen", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _esc(v: Any) -> str:
-    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 class _Out:
+    """Collects the families of one snapshot as prometheus_client metric families."""
+
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self.metrics: list[Metric] = []
         self._seen: set[str] = set()
+
+    def _name(self, name: str) -> None:
+        if name in self._seen:
+            raise ValueError(f"metric family {name} rendered twice")
+        self._seen.add(name)
 
     def family(self, name: str, kind: str, help_: str,
                samples: Iterable[tuple[dict[str, Any], float]]) -> None:
         rows = list(samples)
-        if name in self._seen:
-            raise ValueError(f"metric family {name} rendered twice")
-        self._seen.add(name)
-        self.lines.append(f"# HELP {name} {help_}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for labels, value in rows:
-            lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
-            self.lines.append(f"{name}{{{lab}}} {_num(value)}" if lab else f"{name} {_num(value)}")
+        self._name(name)
+        labels = list(rows[0][0]) if rows else []
+        cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        m = cls(name, help_, labels=labels)  # a counter's "_total" is the library's suffix
+        for lab, value in rows:
+            if list(lab) != labels:
+                raise ValueError(f"{name}: labels {list(lab)} differ from {labels}")
+            m.add_metric([str(lab[k]) for k in labels], float(value))
+        self.metrics.append(m)
+
+    def histogram(self, name: str, help_: str, h: dict[str, Any]) -> None:
+        """``h``: {"buckets": [[le, cumulative], ..., ["+Inf", count]], "sum", "count"}."""
+        self._name(name)
+        buckets = [(b if b == "+Inf" else repr(float(b)), float(n)) for b, n in h["buckets"]]
+        self.metrics.append(HistogramMetricFamily(name, help_, buckets=buckets, sum_value=float(h["sum"])))
 
 
-def _num(v: float) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, int):
-        return str(v)
-    return repr(float(v))
+class _Fixed(Collector):
+    def __init__(self, metrics: list[Metric]):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.metrics)
 
 
-def render(s: dict[str, Any]) -> str:
-    """A :func:`~maglev.observability.metrics.collect` snapshot as Prometheus text format."""
+class SnapshotCollector(Collector):
+    """A prometheus_client collector over the shared-memory counters: every ``collect``
+    takes a fresh snapshot (``snapshot()``, e.g. :meth:`MetricsHost.snapshot`)."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]):
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(families(self.snapshot()))
+
+
+def registry_of(collector: Collector) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)  # never collect at registration
+    reg.register(collector)
+    return reg
+
+
+def encode(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
+    """(body, content type) for a scraper's ``Accept`` header (OpenMetrics when asked)."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
+
+
+def render(s: dict[str, Any], openmetrics: bool = False) -> str:
+    """A :func:`~maglev.observability.metrics.collect` snapshot as Prometheus text format
+    (or OpenMetrics)."""
+    from prometheus_client.exposition import generate_latest
+
+    reg = registry_of(_Fixed(families(s)))
+    return (generate_openmetrics if openmetrics else generate_latest)(reg).decode()
+
+
+def families(s: dict[str, Any]) -> list[Metric]:
+    """The metric families of one snapshot."""
     o = _Out()
     t, st, mx = s["totals"], s["steering"], s["muxer"]
     c = "counter"
@@ -187,7 +247,11 @@ def render(s: dict[str, Any]) -> str:
                  [({"key": k}, v) for k, v in nums])
     if s.get("uptime_s") is not None:
         o.family("maglev_uptime_seconds", g, "Seconds since maglev run started.", [({}, float(s["uptime_s"]))])
-    return "\n".join(o.lines) + "\n"
+    if isinstance(s.get("config_apply"), dict):
+        o.histogram("maglev_config_apply_seconds",
+                    "Config change request (ctl apply/reload, SIGHUP) to every worker running the new tables.",
+                    s["config_apply"])
+    return o.metrics
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -208,18 +272,26 @@ class Starting(Exception):
 
 
 class MetricsServer:
-    """``GET /metrics`` on a daemon thread; ``text()`` is called per scrape."""
+    """``GET /metrics`` on a daemon thread; ``produce(accept)`` -> (body, content type) is
+    called per scrape (a plain ``text()`` callable is served as the 0.0.4 text format)."""
 
-    def __init__(self, host: str, port: int, text: Callable[[], str]):
-        produce = text
+    def __init__(self, host: str, port: int, produce: Callable[..., Any]):
+        import inspect
+
+        if not inspect.signature(produce).parameters:
+            text = produce
+
+            def produce(accept: str) -> tuple[bytes, str]:
+                return text().encode(), CONTENT_TYPE
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404, "only /metrics is served")
                     return
+                ctype = CONTENT_TYPE
                 try:
-                    body = produce().encode()
+                    body, ctype = produce(self.headers.get("Accept", ""))
                     code = 200
                 except Starting as exc:
                     body, code = f"# {exc}\n".encode(), 503
@@ -228,7 +300,7 @@ class MetricsServer:
                     body = f"# scrape failed: {type(exc).__name__}: {exc}\n".encode()
                     code = 500
                 self.send_response(code)
-                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -264,9 +336,10 @@ class MetricsHost:
         self.started = time.monotonic()
         self._next = 0.0
         self.server: MetricsServer | None = None
+        self.registry = registry_of(SnapshotCollector(self.snapshot))
         if listen:
             host, port = parse_listen(listen)
-            self.server = MetricsServer(host, port, self.text)
+            self.server = MetricsServer(host, port, self.scrape)
 
     def attach(self, pipeline: Any) -> None:
         """The pipeline whose region and supervisor the endpoint reports (until then a
@@ -283,6 +356,9 @@ class MetricsHost:
     def text(self) -> str:
         return render(self.snapshot())
 
+    def scrape(self, accept: str = "") -> tuple[bytes, str]:
+        return encode(self.registry, accept)
+
     def tick(self, now: float | None = None) -> None:
         """Once a second: restarts and the BGP speaker's stats -> ``supervisor.json``."""
         now = time.monotonic() if now is None else now
@@ -294,7 +370,8 @@ class MetricsHost:
         sup = self.p.supervisor
         bgp = sup.stats().get("bgp") if "bgp" in sup.children else None
         try:
-            write_supervisor_view(sup.run_dir, {"restarts": sup.restarts, "bgp": bgp,
+            apply = (sup.stats().get("config") or {}).get("apply_latency") if "config" in sup.children else None
+            write_supervisor_view(sup.run_dir, {"restarts": sup.restarts, "bgp": bgp, "config_apply": apply,
                                                 "uptime_s": round(now - self.started, 3)})
         except OSError as exc:
             log.debug("supervisor view not written: %s", exc)

@@ -23,27 +23,13 @@ from typing import Any
 
 from maglev.config import DEFAULT_FLOW_HASH_SECRET, Config
 
+# Capability numbers and what each NIC needs live with the code that drops the rest
+# (maglev/service/privileges.py; docs/service.md has the table and the reasons).
+from maglev.service.privileges import CAPS, NIC_CAPS, needed_caps, recommended_caps
+
+__all__ = ["CAPS", "NIC_CAPS"]
+
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
-
-# Linux capability numbers (include/uapi/linux/capability.h).
-CAPS = {
-    "CAP_NET_BIND_SERVICE": 10,
-    "CAP_NET_ADMIN": 12,
-    "CAP_NET_RAW": 13,
-    "CAP_IPC_LOCK": 14,
-    "CAP_SYS_ADMIN": 21,
-    "CAP_SYS_NICE": 23,
-    "CAP_BPF": 39,
-}
-
-# What each NIC kind needs (docs/service.md has the table and the reasons).
-NIC_CAPS: dict[str, tuple[str, ...]] = {
-    "gen": (),
-    "pcap": (),
-    "null": (),
-    "afpacket": ("CAP_NET_RAW",),
-    "afxdp": ("CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_BPF"),
-}
 
 # Bytes an encapsulation adds to an IPv4 packet sent to an IPv4 backend
 # (maglev.datapath.encap.overhead gives the exact figure per family; these are for
@@ -144,15 +130,12 @@ def check_capabilities(ctx: Context) -> list[Finding]:
     eff = ctx.host.cap_eff()
     if eff is None:
         return [Finding("capabilities", SKIP, "cannot read CapEff from /proc/self/status")]
-    need = list(NIC_CAPS.get(ctx.nic_kind, ()))
-    c = ctx.config
-    if c.bgp.local_asn and c.bgp.listen_port and c.bgp.listen_port < 1024:
-        need.append("CAP_NET_BIND_SERVICE")
+    need = needed_caps(ctx.nic_kind, ctx.config)
     out = []
     missing = [n for n in need if not eff >> CAPS[n] & 1]
-    # CAP_BPF arrived in Linux 5.8; CAP_SYS_ADMIN covers it on older kernels.
-    if "CAP_BPF" in missing and eff >> CAPS["CAP_SYS_ADMIN"] & 1:
-        missing.remove("CAP_BPF")
+    # CAP_BPF and CAP_PERFMON arrived in Linux 5.8; CAP_SYS_ADMIN covers both.
+    if eff >> CAPS["CAP_SYS_ADMIN"] & 1:
+        missing = [m for m in missing if m not in ("CAP_BPF", "CAP_PERFMON")]
     if missing:
         alt = "--nic pcap:FILE or --nic gen" if ctx.nic_kind in ("afpacket", "afxdp") else ""
         out.append(Finding(
@@ -163,10 +146,10 @@ def check_capabilities(ctx: Context) -> list[Finding]:
     else:
         held = ", ".join(need) if need else "none needed"
         out.append(Finding("capabilities", OK, f"--nic {ctx.nic_kind}: {held}"))
-    if not eff >> CAPS["CAP_IPC_LOCK"] & 1:
+    if "CAP_IPC_LOCK" in recommended_caps(ctx.nic_kind) and not eff >> CAPS["CAP_IPC_LOCK"] & 1:
         out.append(Finding("capabilities", WARN,
-                           "no CAP_IPC_LOCK: the frame pool and tables cannot be locked in RAM "
-                           "(they may be swapped out under memory pressure)",
+                           f"no CAP_IPC_LOCK: the {ctx.nic_kind} rings are mapped locked in RAM, which "
+                           "RLIMIT_MEMLOCK may refuse (they may then be swapped out under memory pressure)",
                            "AmbientCapabilities=CAP_IPC_LOCK, or raise `ulimit -l`"))
     return out
 
@@ -227,7 +210,7 @@ def check_af_xdp(ctx: Context) -> list[Finding]:
         if exc.errno == errno.EPERM:
             st = FAIL if ctx.nic_kind == "afxdp" else SKIP
             return [Finding("af_xdp", st, "AF_XDP sockets need CAP_NET_RAW (not held)",
-                            "run with CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF")]
+                            "run with CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF and CAP_PERFMON")]
         return [Finding("af_xdp", WARN, f"AF_XDP socket: {exc}")]
     s.close()
     return [Finding("af_xdp", OK, "the kernel has AF_XDP sockets")]

@@ -149,6 +149,14 @@ def make_formatter(actor: str, instance: str = "", fmt: str = "auto") -> logging
     return {"logfmt": LogfmtFormatter, "journal": JournalFormatter, "json": JsonFormatter}[fmt](actor, instance)
 
 
+def set_instance(instance: str) -> None:
+    """Name the instance in every line from now on (the supervisor learns it only once it
+    has read the config, after its logging is set up)."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h.formatter, LogfmtFormatter):
+            h.formatter.instance = instance
+
+
 def setup_logging(actor: str, level: str = "WARNING", instance: str = "", fmt: str | None = None) -> None:
     """Route the root logger to stderr in the chosen format (``fmt`` None:
     ``$MAGLEV_LOG_FORMAT`` or ``auto``), with the rate limit on warnings."""

@@ -427,3 +427,9 @@ def test_a_config_whose_tables_cannot_be_built_is_invalid(mgr, publisher):
         mgr.apply(dataclasses.replace(before, vips=(bad,)), "test")
     assert ei.value.code == "invalid-config" and "cannot be built" in ei.value.message
     assert mgr.config is before and publisher.generation == gen and mgr.state_path.read_bytes() == state
+
+
+def test_atomic_write_makes_a_private_folder(tmp_path):
+    p = tmp_path / "state" / "inst" / "config.json"
+    persist.atomic_write(p, b"{}")
+    assert os.stat(p.parent).st_mode & 0o777 == 0o700 and os.stat(p).st_mode & 0o777 == 0o600

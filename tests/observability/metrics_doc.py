@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
-_ROW = re.compile(r"^\| `(maglev_[a-z0-9_]+)` \| (counter|gauge) \| ([^|]*) \| (.*) \|$")
+_ROW = re.compile(r"^\| `(maglev_[a-z0-9_]+)` \| (counter|gauge|histogram) \| ([^|]*) \| (.*) \|$")
 
 
 def documented() -> dict[str, dict]:

@@ -21,16 +21,30 @@ def parse_prometheus(text: str) -> dict[str, dict]:
             current = name
         elif line.startswith("# TYPE "):
             name, _, kind = line[7:].partition(" ")
-            assert name == current and kind in ("counter", "gauge"), line
+            assert name == current and kind in ("counter", "gauge", "histogram"), line
             fams[name]["type"] = kind
         else:
             m = _SAMPLE.match(line)
             assert m, f"bad sample line {line!r}"
-            assert m.group(1) == current and fams[current]["type"], f"sample outside its family: {line!r}"
+            sample = m.group(1)
+            if current and fams[current]["type"] == "histogram":  # NAME_bucket{le=...}, NAME_sum, NAME_count
+                assert sample in (f"{current}_bucket", f"{current}_sum", f"{current}_count"), line
+            else:
+                assert sample == current and fams[current]["type"], f"sample outside its family: {line!r}"
             labels = dict(_LABEL.findall(m.group(3) or ""))
+            if sample.endswith("_bucket"):
+                assert "le" in labels, line
             fams[current]["samples"].append((labels, float(m.group(4))))
+            if sample != current:
+                fams[current].setdefault("parts", []).append((sample[len(current) + 1:], labels, float(m.group(4))))
     for name, f in fams.items():
         assert name.startswith("maglev_")
         if f["type"] == "counter":
             assert name.endswith("_total"), name
+        if f["type"] == "histogram":  # cumulative buckets ending at +Inf == count
+            parts = f.get("parts", [])
+            buckets = [v for kind, _, v in parts if kind == "bucket"]
+            count = [v for kind, _, v in parts if kind == "count"]
+            assert buckets == sorted(buckets) and count and buckets[-1] == count[0], name
+            assert [lab["le"] for kind, lab, _ in parts if kind == "bucket"][-1] == "+Inf", name
     return fams

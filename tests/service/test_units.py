@@ -78,8 +78,8 @@ def _setpriv_prefix(caps: set[str]) -> list[str]:
                     reason="needs root and setpriv (util-linux) to run with the unit's capability set")
 def test_unit_command_line_under_its_capability_set(tmp_path):
     """The ExecStart of maglev.service, with the unit's environment, run with exactly the
-    unit's capabilities (uid 0 kept, since this machine's Python lives under /root; the
-    capability set is what matters): ready, reload on SIGHUP, stop on SIGTERM."""
+    unit's capabilities (uid 0 kept here; tests/lab/test_unprivileged.py runs it as user
+    nobody with the same set): ready, reload on SIGHUP, stop on SIGTERM."""
     u = parse_unit(UNITS / "maglev.service")
     caps = set(u["AmbientCapabilities"][0].split())
     words = shlex.split(u["ExecStart"][0])

@@ -94,9 +94,9 @@ def test_maglev_run_logs_one_event_per_line(tmp_path, fmt):
             obj = json.loads(line)
             assert {"level", "actor", "pid", "msg"} <= set(obj), line
             actors.add(obj["actor"])
-            if obj["actor"] != "supervisor":
-                assert obj["instance"] == "mg1", line
+            assert obj["instance"] == "mg1", line  # the supervisor's lines too
         else:
             assert line[0] == "<" and line[2] == ">" and not line[3:].startswith("ts="), line
+            assert " instance=mg1 " in line, line
             actors.add(line.split("actor=")[1].split()[0])
     assert "supervisor" in actors and "steering" in actors and "worker-0" in actors, actors
