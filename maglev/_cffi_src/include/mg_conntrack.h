@@ -187,19 +187,19 @@ static inline uint32_t mg_ct_tag_timeout(uint32_t tag, uint32_t tcp_ms, uint32_t
 
 /* First prefetch stage: the primary bucket's metadata line; near full (where a new flow's
  * insert reads both buckets) the alternate's too. */
-static inline void mg_ct_prefetch(const struct mg_ct *ct, uint64_t h)
+static inline __attribute__((always_inline)) void mg_ct_prefetch(const struct mg_ct *ct, uint64_t h)
 {
     uint32_t b = (uint32_t)h & ct->mask;
-    __builtin_prefetch(mg_ct_meta_of(ct, b), 1, 3);
+    MG_PREFETCH_W(mg_ct_meta_of(ct, b));
     if (ct->n_used >= ct->n_buckets * (MG_CT_WAYS - MG_CT_WAYS / 4)) /* >= 75% used */
-        __builtin_prefetch(mg_ct_meta_of(ct, mg_ct_alt(ct, b, mg_ct_sig(h))), 1, 3);
+        MG_PREFETCH_W(mg_ct_meta_of(ct, mg_ct_alt(ct, b, mg_ct_sig(h))));
 }
 
 /* Second prefetch stage: with the primary bucket's metadata line (prefetched earlier) in
  * cache, prefetch the entry line a lookup will compare (the first way whose signature
  * matches); if none matches, the alternate bucket's metadata line (a lookup that misses
  * reads both) and the entry an insert would write (the first empty way), if any. */
-static inline void mg_ct_prefetch_entry(const struct mg_ct *ct, uint64_t h)
+static inline __attribute__((always_inline)) void mg_ct_prefetch_entry(const struct mg_ct *ct, uint64_t h)
 {
     uint32_t b = (uint32_t)h & ct->mask;
     const struct mg_ct_meta *m = mg_ct_meta_of(ct, b);
@@ -207,16 +207,16 @@ static inline void mg_ct_prefetch_entry(const struct mg_ct *ct, uint64_t h)
     int empty = -1;
     for (int w = 0; w < MG_CT_WAYS; w++) {
         if ((m->tag[w] & MG_CT_SIG_MASK) == sig) {
-            __builtin_prefetch(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)w), 1, 3);
+            MG_PREFETCH(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)w));
             return;
         }
         if (empty < 0 && m->tag[w] == 0)
             empty = w;
     }
     /* a miss in the primary: the lookup will read the alternate's line too */
-    __builtin_prefetch(mg_ct_meta_of(ct, mg_ct_alt(ct, b, sig)), 1, 3);
+    MG_PREFETCH_W(mg_ct_meta_of(ct, mg_ct_alt(ct, b, sig)));
     if (empty >= 0)
-        __builtin_prefetch(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)empty), 1, 3);
+        MG_PREFETCH_W(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)empty));
 }
 
 static inline void mg_ct_free_way(struct mg_ct *ct, struct mg_ct_meta *m, int w)
