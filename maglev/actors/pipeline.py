@@ -154,7 +154,7 @@ class Pipeline:
         ctc = self.config.conntrack  # every worker's table must fit: a clear error, nothing started
         if ctc.shared:  # tables in /dev/shm: the ones adopted from the previous run are paid for
             from maglev.control.endpoints import state_dir
-            from maglev.rings.conntrack_shm import plan_run
+            from maglev.rings.conntrack_shm import SHM_DIR, plan_run, shm_pages
 
             inst = self.config.instance.name
             adopt, line = plan_run(inst, str(state_dir(inst)), opts.config_path, ctc.capacity,
@@ -166,7 +166,9 @@ class Pipeline:
                 check_shm_space(ctc.capacity, opts.workers - adopt)  # the tmpfs has a limit of its own
             # shown without -v when a previous run's tables exist (adopted or refused)
             level = logging.INFO if line.startswith("connection tables: none") else logging.WARNING
-            logging.getLogger("maglev.conntrack").log(level, line)
+            pages, pages_why = shm_pages(SHM_DIR)  # huge pages or not: ~2x at 1M flows
+            logging.getLogger("maglev.conntrack").log(level, line, extra={"kv": {
+                "pages": pages, "pages_why": pages_why}})
         else:
             check_memory(ctc.capacity, ctc.huge_pages, copies=opts.workers)
         self.nic_spec = parse_nic(opts.nic)

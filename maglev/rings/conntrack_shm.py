@@ -333,6 +333,66 @@ def plan_run(instance: str, state_dir: str, config_path: str, capacity: int, key
     return adopt, line
 
 
+SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def _selected(text: str) -> str:
+    """The bracketed word of a sysfs choice list ("always [never] deny" -> "never")."""
+    m = re.search(r"\[(\w[\w-]*)\]", text)
+    return m.group(1) if m else text.strip()
+
+
+def shm_pages(directory: str = SHM_DIR, *, mountinfo: str | None = None,
+              shmem_enabled: str | None = None) -> tuple[str, str]:
+    """("thp" | "4k", why): the pages a table file in ``directory`` gets.
+
+    A tmpfs file gets transparent huge pages per its mount's ``huge=`` option
+    (always / within_size; advise: on madvise, which mg_ct_map_shared does), unless the
+    machine-wide ``shmem_enabled`` says deny (never) or force (always).  /dev/shm is usually
+    mounted without ``huge=``, i.e. 4 KiB pages: a 1M-flow table then costs ~2x per packet
+    in TLB misses (docs/datapath.md).  hugetlbfs is not used (it needs pages reserved by
+    the administrator).  ``mountinfo`` / ``shmem_enabled`` (file contents) are for tests."""
+    try:
+        if mountinfo is None:
+            with open(MOUNTINFO) as f:
+                mountinfo = f.read()
+    except OSError:
+        mountinfo = ""
+    try:
+        if shmem_enabled is None:
+            with open(SHMEM_ENABLED) as f:
+                shmem_enabled = f.read()
+    except OSError:
+        shmem_enabled = ""
+    glob = _selected(shmem_enabled) if shmem_enabled else ""
+    if glob == "force":
+        return "thp", f"{SHMEM_ENABLED} = force"
+    if glob == "deny":
+        return "4k", f"{SHMEM_ENABLED} = deny"
+    real = os.path.realpath(directory)
+    best: tuple[str, str, str] | None = None  # (mount point, fs type, super options)
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        f = left.split()
+        r = right.split()
+        if not sep or len(f) < 5 or len(r) < 3:
+            continue
+        mp = f[4].replace("\\040", " ")
+        if (real == mp or real.startswith(mp.rstrip("/") + "/")) and (best is None or len(mp) >= len(best[0])):
+            best = (mp, r[0], r[2])
+    if best is None:
+        return "4k", f"no mount found for {directory}"
+    mp, fstype, opts = best
+    if fstype != "tmpfs":
+        return "4k", f"{mp} is {fstype}, not tmpfs"
+    huge = next((o.split("=", 1)[1] for o in opts.split(",") if o.startswith("huge=")), "never")
+    if huge in ("always", "within_size", "advise"):
+        return "thp", f"{mp} is a tmpfs mounted with huge={huge}"
+    return "4k", (f"{mp} is a tmpfs mounted with huge={huge} (remount it with huge=within_size "
+                  "for huge pages: docs/datapath.md)")
+
+
 @dataclass
 class Opened:
     """A worker's shared table: ``ct`` (struct mg_ct *, owned by whoever frees it: pass it
@@ -454,10 +514,12 @@ def open_table(name: str, want: Wanted, *, lock_timeout_s: float = 5.0) -> Opene
     fresh table.  None when another live process holds it (the caller falls back to a
     private table and says so).  Logs one line saying what happened and why."""
     path = os.path.join(SHM_DIR, name)
+    pages, pages_why = shm_pages(SHM_DIR)
     opened, reason, busy = _try_adopt(path, want, lock_timeout_s)
     if opened is not None:
         log.info("connection table adopted", extra={"kv": {
-            "segment": name, "entries": opened.entries, "adoptions": opened.adoptions}})
+            "segment": name, "entries": opened.entries, "adoptions": opened.adoptions,
+            "pages": pages, "pages_why": pages_why}})
         return opened
     if busy:
         log.warning("connection table not adopted: %s; this worker uses a private table", reason,
@@ -465,10 +527,11 @@ def open_table(name: str, want: Wanted, *, lock_timeout_s: float = 5.0) -> Opene
         return None
     opened = _fresh(path, want)
     opened.reason = reason
+    kv = {"segment": name, "pages": pages, "pages_why": pages_why}
     if reason:
-        log.warning("connection table not adopted: %s; starting fresh", reason, extra={"kv": {"segment": name}})
+        log.warning("connection table not adopted: %s; starting fresh", reason, extra={"kv": kv})
     else:
-        log.info("connection table created (no previous table to adopt)", extra={"kv": {"segment": name}})
+        log.info("connection table created (no previous table to adopt)", extra={"kv": kv})
     return opened
 
 

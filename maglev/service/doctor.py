@@ -381,9 +381,29 @@ def check_shm(ctx: Context) -> list[Finding]:
     return [Finding("shm", OK, f"/dev/shm has {free // mib} MiB free (about {need // mib} MiB needed)")]
 
 
+def check_shm_pages(ctx: Context) -> list[Finding]:
+    """Shared connection tables live in /dev/shm: huge pages there or not (2x per packet at
+    1M flows, docs/datapath.md)."""
+    if not ctx.config.conntrack.shared:
+        return [Finding("shm_pages", SKIP, "conntrack.shared = false: private tables (see hugepages)")]
+    from maglev.rings.conntrack_shm import SHM_DIR, shm_pages
+
+    mountinfo = ctx.host.read(ctx.host.proc / "self" / "mountinfo")
+    enabled = ctx.host.read(ctx.host.sys / "kernel" / "mm" / "transparent_hugepage" / "shmem_enabled")
+    pages, why = shm_pages(SHM_DIR, mountinfo=mountinfo or "", shmem_enabled=enabled or "")
+    if pages == "thp":
+        return [Finding("shm_pages", OK, f"connection tables in {SHM_DIR} get transparent huge pages: {why}")]
+    return [Finding("shm_pages", WARN,
+                    f"connection tables in {SHM_DIR} get 4 KiB pages ({why}): at 1M flows a lookup "
+                    "costs about twice what it does on huge pages",
+                    f"mount -o remount,huge=within_size {SHM_DIR} before maglev run (or "
+                    "conntrack.shared = false, which loses the tables across restarts)")]
+
+
 CHECKS: tuple[Check, ...] = (
     check_extension, check_capabilities, check_interface, check_af_xdp, check_hugepages,
     check_memory, check_rp_filter, check_bgp_peers, check_backends, check_secret, check_shm,
+    check_shm_pages,
 )
 
 

@@ -371,3 +371,81 @@ def test_dev_shm_too_small_for_the_fresh_tables_is_a_clear_error_before_anything
     with pytest.raises(ConntrackMemoryError, match=rf"{copies} fresh table\(s\) of .* do not fit in /dev/shm"):
         cs.check_shm_space(1 << 26, copies)
     assert cs.check_shm_space(4096, 2) == 2 * cs.table_bytes(4096)
+
+
+MI_SHM = "30 25 0:27 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=1024k{opt}\n"
+MI_ROOT = "22 1 8:1 / / rw,relatime - ext4 /dev/vda1 rw\n"
+
+
+@pytest.mark.parametrize("opt,enabled,want_pages,why", [
+    ("", "always within_size advise [never] deny force", "4k", "huge=never"),
+    (",huge=within_size", "always within_size advise [never] deny force", "thp", "huge=within_size"),
+    (",huge=advise", "[advise]", "thp", "huge=advise"),
+    (",huge=always", "always within_size advise never [deny] force", "4k", "= deny"),
+    ("", "always within_size advise never deny [force]", "thp", "= force"),
+])
+def test_shm_pages_reads_the_mount_option_and_the_machine_override(opt, enabled, want_pages, why):
+    pages, text = cs.shm_pages("/dev/shm", mountinfo=MI_ROOT + MI_SHM.format(opt=opt), shmem_enabled=enabled)
+    assert pages == want_pages and why in text
+
+
+def test_shm_pages_of_a_directory_not_on_tmpfs_or_unknown():
+    assert cs.shm_pages("/dev/shm", mountinfo=MI_ROOT, shmem_enabled="[never]") == ("4k", "/ is ext4, not tmpfs")
+    assert cs.shm_pages("/dev/shm", mountinfo="", shmem_enabled="") == ("4k", "no mount found for /dev/shm")
+
+
+_CHILD = r"""
+import os, re, sys
+from maglev.native import ffi, lib
+from maglev.rings import conntrack_shm as cs
+d = sys.argv[1]
+path = os.path.join(d, f"maglev-pagetest-{os.getpid()}")
+cap = 1 << 17  # 8.4 MiB: several 2 MiB pages
+size = cs.table_bytes(cap)
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+try:
+    os.unlink(path)  # the open fd keeps the memory; nothing is left behind
+    os.posix_fallocate(fd, 0, size)
+    ct = lib.mg_ct_map_shared(fd, size, cap, 0)
+    assert ct != ffi.NULL
+    k = ffi.new("struct mg_flow_key *")
+    for i in range(cap // 2):
+        k.sport = i & 0xFFFF
+        k.dport = i >> 16
+        lib.mg_ct_insert(ct, k, (i * 0x9E3779B97F4A7C15) % (1 << 64), 10**9, 300000, 30000, 0, 1)
+    roll = open("/proc/self/smaps_rollup").read()
+    pmd = int(re.search(r"ShmemPmdMapped:\s+(\d+)", roll).group(1))
+    print(cs.shm_pages(d)[0], pmd)
+finally:
+    os.close(fd)
+"""
+
+
+def _pages_and_pmd(directory: str, mount_opts: str | None) -> tuple[str, int]:
+    script = "" if mount_opts is None else f"mount -t tmpfs -o {mount_opts} hct {directory} && "
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+           f'{script}exec "$0" -c "$1" "$2"', sys.executable, _CHILD, directory]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    pages, pmd = out.stdout.split()
+    return pages, int(pmd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+                    or not Path("/usr/bin/unshare").exists(),
+                    reason="needs root, unshare(1) and a kernel with shmem transparent huge pages")
+def test_shm_pages_says_what_the_kernel_really_maps(tmp_path):
+    """The prediction agrees with /proc/self/smaps_rollup: a tmpfs mounted (in a private
+    mount namespace) with huge=within_size maps the table with 2 MiB pages; /dev/shm as the
+    machine has it is reported as it is."""
+    enabled = cs._selected(Path(cs.SHMEM_ENABLED).read_text())
+    d = tmp_path / "hugetmp"
+    d.mkdir()
+    pages, pmd = _pages_and_pmd(str(d), "huge=within_size,size=64m")
+    if enabled == "deny":
+        assert pages == "4k" and pmd == 0
+    else:
+        assert pages == "thp" and pmd > 0
+    pages, pmd = _pages_and_pmd(cs.SHM_DIR, None)
+    assert (pages == "thp") == (pmd > 0)

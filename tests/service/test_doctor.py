@@ -111,6 +111,21 @@ def test_rp_filter_strict_is_reported_with_the_loose_fix(tmp_path):
     assert d.check_rp_filter(d.Context(cfg(), nic="afpacket:eth0", host=h3))[0].status == d.OK
 
 
+def test_shm_pages_of_the_shared_connection_tables(tmp_path):
+    h = fake_host(tmp_path)
+    mm = h.sys / "kernel" / "mm" / "transparent_hugepage" / "shmem_enabled"
+    mi = h.proc / "self" / "mountinfo"
+    mm.write_text("always within_size advise [never] deny force\n")
+    mi.write_text("30 25 0:27 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=1024k\n")
+    f = d.check_shm_pages(d.Context(cfg(), host=h))[0]
+    assert f.status == d.WARN and "huge=never" in f.message and "remount,huge=within_size" in f.fix
+    mi.write_text("30 25 0:27 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=1024k,huge=within_size\n")
+    assert d.check_shm_pages(d.Context(cfg(), host=h))[0].status == d.OK
+    mm.write_text("always within_size advise never [deny] force\n")  # the machine-wide override
+    assert d.check_shm_pages(d.Context(cfg(), host=h))[0].status == d.WARN
+    assert d.check_shm_pages(d.Context(cfg(conntrack={"shared": False}), host=h))[0].status == d.SKIP
+
+
 def test_hugepages_and_memory(tmp_path):
     never = fake_host(tmp_path, thp="always madvise [never]\n")
     assert d.check_hugepages(d.Context(cfg(), host=never))[0].status == d.WARN

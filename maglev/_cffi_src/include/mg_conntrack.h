@@ -185,21 +185,34 @@ static inline uint32_t mg_ct_tag_timeout(uint32_t tag, uint32_t tcp_ms, uint32_t
     return (tag & MG_CT_TAG_TCP) ? tcp_ms : udp_ms;
 }
 
+static inline int mg_ct_near_full(const struct mg_ct *ct)
+{
+    return ct->n_used >= ct->n_buckets * (MG_CT_WAYS - MG_CT_WAYS / 4); /* >= 75% used */
+}
+
 /* First prefetch stage: the primary bucket's metadata line; near full (where a new flow's
  * insert reads both buckets) the alternate's too. */
-static inline void mg_ct_prefetch(const struct mg_ct *ct, uint64_t h)
+static inline __attribute__((always_inline)) void mg_ct_prefetch(const struct mg_ct *ct, uint64_t h)
 {
     uint32_t b = (uint32_t)h & ct->mask;
-    __builtin_prefetch(mg_ct_meta_of(ct, b), 1, 3);
-    if (ct->n_used >= ct->n_buckets * (MG_CT_WAYS - MG_CT_WAYS / 4)) /* >= 75% used */
-        __builtin_prefetch(mg_ct_meta_of(ct, mg_ct_alt(ct, b, mg_ct_sig(h))), 1, 3);
+    MG_PREFETCH_W(mg_ct_meta_of(ct, b));
+    if (mg_ct_near_full(ct))
+        MG_PREFETCH_W(mg_ct_meta_of(ct, mg_ct_alt(ct, b, mg_ct_sig(h))));
 }
 
 /* Second prefetch stage: with the primary bucket's metadata line (prefetched earlier) in
  * cache, prefetch the entry line a lookup will compare (the first way whose signature
- * matches); if none matches, the alternate bucket's metadata line (a lookup that misses
- * reads both) and the entry an insert would write (the first empty way), if any. */
-static inline void mg_ct_prefetch_entry(const struct mg_ct *ct, uint64_t h)
+ * matches).  If none matches (a new flow, most likely), the alternate bucket's metadata
+ * line (a lookup that misses reads both) and the entry line the insert will write: the
+ * first empty way of the primary; near full, where the first stage fetched the alternate's
+ * line too, the first empty way of the alternate, else the least recently used probation
+ * way of the two (mg_ct_add steps 1 and 4; an expired way or a cuckoo move, steps 2-3, is
+ * not foreseen: that line is then fetched by the insert itself).  Without the victim's line
+ * in cache, the insert's stores to it wait for DRAM and stall everything behind them in the
+ * store buffer (new flows into a full table: ~300 -> ~200 ns, docs/datapath.md).  Returns 1
+ * when no signature of the primary matched (a new flow, most likely), else 0. */
+static inline __attribute__((always_inline)) int
+mg_ct_prefetch_entry(const struct mg_ct *ct, uint64_t h, uint32_t now)
 {
     uint32_t b = (uint32_t)h & ct->mask;
     const struct mg_ct_meta *m = mg_ct_meta_of(ct, b);
@@ -207,16 +220,44 @@ static inline void mg_ct_prefetch_entry(const struct mg_ct *ct, uint64_t h)
     int empty = -1;
     for (int w = 0; w < MG_CT_WAYS; w++) {
         if ((m->tag[w] & MG_CT_SIG_MASK) == sig) {
-            __builtin_prefetch(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)w), 1, 3);
-            return;
+            MG_PREFETCH(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)w));
+            return 0;
         }
         if (empty < 0 && m->tag[w] == 0)
             empty = w;
     }
-    /* a miss in the primary: the lookup will read the alternate's line too */
-    __builtin_prefetch(mg_ct_meta_of(ct, mg_ct_alt(ct, b, sig)), 1, 3);
-    if (empty >= 0)
-        __builtin_prefetch(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)empty), 1, 3);
+    uint32_t b2 = mg_ct_alt(ct, b, sig);
+    const struct mg_ct_meta *m2 = mg_ct_meta_of(ct, b2);
+    if (empty >= 0) {
+        MG_PREFETCH_W(m2); /* a miss in the primary: the lookup reads the alternate too */
+        MG_PREFETCH_W(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)empty));
+        return 1;
+    }
+    if (!mg_ct_near_full(ct)) {
+        MG_PREFETCH_W(m2);
+        return 1;
+    }
+    uint32_t vb = b, oldest = 0;
+    int vw = -1;
+    for (int i = 0; i < 2; i++) {
+        const struct mg_ct_meta *mm = i ? m2 : m;
+        for (int w = 0; w < MG_CT_WAYS; w++) {
+            uint32_t tag = mm->tag[w];
+            if (i && tag == 0) {
+                MG_PREFETCH_W(mg_ct_entry_at(ct, b2 * MG_CT_WAYS + (uint32_t)w));
+                return 1;
+            }
+            uint32_t age = now - mm->last[w];
+            if (!(tag & MG_CT_TAG_PROTECTED) && (vw < 0 || age > oldest)) {
+                oldest = age;
+                vb = i ? b2 : b;
+                vw = w;
+            }
+        }
+    }
+    if (vw >= 0)
+        MG_PREFETCH_W(mg_ct_entry_at(ct, vb * MG_CT_WAYS + (uint32_t)vw));
+    return 1;
 }
 
 static inline void mg_ct_free_way(struct mg_ct *ct, struct mg_ct_meta *m, int w)

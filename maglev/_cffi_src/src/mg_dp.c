@@ -306,6 +306,13 @@ static inline int32_t maglev_pick(const void *t, int vip, uint64_t hash)
     return mg_tables_maglev(t, v)[hash % v->table_size];
 }
 
+/* The Maglev slot a new flow will read (a random line of a table of 65537+ entries). */
+static inline __attribute__((always_inline)) void maglev_prefetch(const void *t, int vip, uint64_t hash)
+{
+    const struct mg_vip *v = &mg_tables_vips(t)[vip];
+    MG_PREFETCH(&mg_tables_maglev(t, v)[hash % v->table_size]);
+}
+
 /* The backend a connection-table entry names in the current tables, or -1 when the flow
  * must be re-selected.  The stored index is a hint: a rebuild that removed or added
  * another backend shifts indices, so when the entry there no longer carries the stored
@@ -822,14 +829,15 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         if (uses_ct(&w[i]))
             mg_ct_prefetch(dp->ct, w[i].hash);
     for (uint32_t i = 0; i < n && i < PF_ENTRY; i++)
-        if (uses_ct(&w[i]))
-            mg_ct_prefetch_entry(dp->ct, w[i].hash);
+        if (uses_ct(&w[i]) && mg_ct_prefetch_entry(dp->ct, w[i].hash, now_t))
+            maglev_prefetch(tables, w[i].vip, w[i].hash);
     for (uint32_t i = 0; i < n; i++) {
         struct work *wk = &w[i];
         if (i + PF_META < n && uses_ct(&w[i + PF_META]))
             mg_ct_prefetch(dp->ct, w[i + PF_META].hash);
-        if (i + PF_ENTRY < n && uses_ct(&w[i + PF_ENTRY]))
-            mg_ct_prefetch_entry(dp->ct, w[i + PF_ENTRY].hash);
+        if (i + PF_ENTRY < n && uses_ct(&w[i + PF_ENTRY]) &&
+            mg_ct_prefetch_entry(dp->ct, w[i + PF_ENTRY].hash, now_t))
+            maglev_prefetch(tables, w[i + PF_ENTRY].vip, w[i + PF_ENTRY].hash); /* new flow */
         uint32_t idx = io->frames[i];
         if (wk->kind == K_DROP) {
             out_drop(dp, io, idx, wk->reason);

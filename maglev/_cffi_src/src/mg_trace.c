@@ -251,7 +251,7 @@ void mg_trace_collect(void *base, uint8_t *pool, const uint64_t *descs, uint32_t
     uint64_t *b = block(base);
     uint64_t got = 0, lost = 0;
     for (uint32_t j = 0; j < n; j++) /* the frames were written on other cores */
-        __builtin_prefetch(mg_frame_meta(pool, (uint32_t)descs[j]), 1, 3);
+        MG_PREFETCH_W(mg_frame_meta(pool, (uint32_t)descs[j]));
     for (uint32_t j = 0; j < n; j++) {
         struct mg_frame_meta *m = mg_frame_meta(pool, (uint32_t)descs[j]);
         if (!(m->flags & MG_FRAME_F_TRACE))
@@ -280,7 +280,7 @@ void mg_trace_mux_stamp(uint8_t *pool, const uint64_t *descs, uint32_t n)
 {
     uint64_t t = 0;
     for (uint32_t j = 0; j < n; j++)
-        __builtin_prefetch(mg_frame_meta(pool, (uint32_t)descs[j]), 1, 3);
+        MG_PREFETCH_W(mg_frame_meta(pool, (uint32_t)descs[j]));
     for (uint32_t j = 0; j < n; j++) {
         struct mg_frame_meta *m = mg_frame_meta(pool, (uint32_t)descs[j]);
         if (!(m->flags & MG_FRAME_F_TRACE))

@@ -314,8 +314,8 @@ int mg_worker_burst(struct mg_worker *w, void *base, uint64_t now_ns)
         /* The frames were last written on steering's core: start every burst's misses
          * (metadata, first packet line) at once instead of one by one in the kernel. */
         uint8_t *f = pool + (size_t)idx * MG_FRAME_SIZE;
-        __builtin_prefetch(f, 1, 3);
-        __builtin_prefetch(f + MG_FRAME_META_SIZE + MG_FRAME_HEADROOM, 1, 3);
+        MG_PREFETCH_W(f);
+        MG_PREFETCH_W(f + MG_FRAME_META_SIZE + MG_FRAME_HEADROOM);
     }
     uint64_t gen = 0;
     const void *tables = mg_tables_acquire(base, w->worker, &gen);
