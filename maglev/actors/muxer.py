@@ -50,7 +50,7 @@ class Muxer(Actor):
         self.burst = int(p.get("burst", 256))
         # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).
         self.spin = int(p.get("spin", lib.MG_BELL_SPIN_DEFAULT))
-        self.nic = open_tx(parse_out(p.get("out") or None, parse_nic(p["nic"])))
+        self.nic = open_tx(parse_out(p.get("out") or None, parse_nic(p["nic"])), run_dir=self.spec.run_dir)
         self.bell = self.region.bell(BELL_MUXER)
         self._cnt = ffi.new("uint32_t *")
         self._stalled = False
@@ -105,6 +105,12 @@ class Muxer(Actor):
         sent = max(0, min(sent, n))
         check(lib.mg_mux_done(mux, base, sent, n - sent), "muxer done")
         return n
+
+    def tick(self, now: float) -> None:
+        maintain = getattr(self.nic, "maintain", None)
+        if maintain is not None:  # AF_XDP: let go of a dead steering's sockets (afxdp.py)
+            maintain()
+        super().tick(now)
 
     def wait(self, timeout_s: float) -> None:
         if self._stalled:  # no room on sent: let steering run (module doc)

@@ -145,6 +145,8 @@ class Steering(Actor):
         # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).
         self.spin = int(p.get("spin", lib.MG_BELL_SPIN_DEFAULT))
         self.nic = open_rx(parse_nic(p["nic"]), vips=vip_targets(cfg), seed=int(p.get("seed", 1)))
+        if hasattr(self.nic, "publish"):  # AF_XDP: the muxer transmits through these sockets
+            self.nic.publish(self.spec.run_dir)
         if self.spec.incarnation and hasattr(self.nic, "skip"):
             # A capture replay continues after what the dead steering read (received --
             # including what it held when it died, counted as received by the recovery

@@ -234,3 +234,138 @@ def test_maglev_run_on_a_missing_interface_says_so_in_one_line(tmp_path):
     assert r.returncode != 0
     err = [line for line in r.stderr.splitlines() if "error" in line]
     assert err == ["maglev: error: --nic afxdp:nope0: no network interface named 'nope0' here"], r.stderr
+
+
+# -- transmit (the muxer's side: AfXdpTx on the same sockets) -----------------------------
+
+def open_tx(ns, locate, dev: str = "b0"):
+    from maglev.nic.afxdp import AfXdpTx
+
+    with in_netns(ns.name):  # the AF_PACKET fallback socket lives in the namespace
+        return AfXdpTx(dev, locate)
+
+
+def sniffer(ns, dev: str = "a0") -> socket.socket:
+    with in_netns(ns.name):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+    s.bind((dev, 0))
+    s.settimeout(0.2)
+    return s
+
+
+def marked_frames(a, b, n: int, tag: bytes) -> list[bytes]:
+    """Frames b0 sends to a0 (udp to a's address), each with its number in the payload."""
+    dst, src = mac(a, "a0"), mac(b, "b0")
+    return [P.eth(P.ipv4(B_IP, A_IP, P.UDP, P.udp(4000, 9, tag + b"%06d" % i, src=B_IP, dst=A_IP)),
+                  dst=dst, src=src) for i in range(n)]
+
+
+def load(pool: Pool, frames: list[bytes]) -> None:
+    for i, f in enumerate(frames):
+        m = ffi.cast("struct mg_frame_meta *", pool.ptr + i * lib.MG_FRAME_SIZE)
+        m.data_off = lib.MG_FRAME_HEADROOM
+        m.len = len(f)
+        start = i * lib.MG_FRAME_SIZE + lib.MG_FRAME_META_SIZE + lib.MG_FRAME_HEADROOM
+        pool.mm[start : start + len(f)] = f
+
+
+def sniff(s: socket.socket, tag: bytes, want: int, timeout: float = 3.0) -> list[bytes]:
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        try:
+            f = s.recv(4096)
+        except TimeoutError:
+            continue
+        if tag in f:
+            got.append(f)
+    return got
+
+
+def test_transmit_through_the_tx_ring_recycles_chunks(pair):
+    _, a, b = pair
+    nic = open_nic(b)
+    tx = open_tx(b, nic.handoff)
+    s = sniffer(a)
+    try:
+        pool = Pool(256)
+        total = 0
+        # More frames than the UMEM has TX chunks (2048): completions must recycle them.
+        for r in range(12):
+            frames = marked_frames(a, b, 256, b"R%02d" % r)
+            load(pool, frames)
+            assert tx.tx_burst(pool.ptr, pool.descs, 256) == 256
+            assert tx.attached  # not the AF_PACKET fallback
+            got = sniff(s, b"R%02d" % r, 256)
+            assert got == frames  # whole frames, in order, each once
+            total += 256
+        st = tx.stats()
+        assert st["tx_packets"] == total and st["fallback_packets"] == 0
+        assert st["tx_completed"] == total and st["tx_inflight"] == 0
+        assert st["tx_kicks"] >= 12  # copy mode: the kernel asks for every burst (need_wakeup)
+        assert st["attached_queues"] == 1
+    finally:
+        s.close()
+        tx.close()
+        nic.close()
+    assert not xdp_attached(b, "b0")
+
+
+def test_transmit_lets_go_of_a_dead_steering_and_takes_the_next(pair, tmp_path):
+    """The muxer holds duplicates of steering's sockets; when steering dies they must be
+    dropped (else its replacement's bind finds the queue busy), frames meanwhile go out
+    through AF_PACKET, and the replacement's sockets are taken."""
+    from maglev.nic.afxdp import read_handoff
+
+    _, a, b = pair
+    code = ("import sys, time\n"
+            "from maglev.nic.afxdp import AfXdpNic\n"
+            "n = AfXdpNic('b0', vips=[('203.0.113.10', 0, 'udp')])\n"
+            f"n.publish({str(tmp_path)!r})\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    p = b.popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "PYTHONPATH": os.getcwd()})
+    tx = nic = None
+    s = sniffer(a)
+    try:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        tx = open_tx(b, lambda: read_handoff(tmp_path, "b0"))
+        pool = Pool(64)
+        frames = marked_frames(a, b, 64, b"K1")
+        load(pool, frames)
+        assert tx.tx_burst(pool.ptr, pool.descs, 64) == 64 and tx.attached
+        assert sniff(s, b"K1", 64) == frames
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        deadline = time.monotonic() + 2
+        while tx.attached and time.monotonic() < deadline:
+            tx.maintain()
+            time.sleep(0.005)
+        assert not tx.attached and "exited" in tx.stats()["why_fallback"]
+        frames = marked_frames(a, b, 32, b"K2")
+        load(pool, frames)
+        assert tx.tx_burst(pool.ptr, pool.descs, 32) == 32  # through the AF_PACKET fallback
+        assert sniff(s, b"K2", 32) == frames and tx.stats()["fallback_packets"] == 32
+        nic = open_nic(b)  # the queue is free again (the BUSY retry covers the kernel's deferred free)
+        nic.publish(tmp_path)
+        deadline = time.monotonic() + 2
+        while not tx.attached and time.monotonic() < deadline:
+            tx.maintain()
+            time.sleep(0.01)
+        assert tx.attached and tx.stats()["attaches"] == 2
+        frames = marked_frames(a, b, 64, b"K3")
+        load(pool, frames)
+        assert tx.tx_burst(pool.ptr, pool.descs, 64) == 64
+        assert sniff(s, b"K3", 64) == frames
+    finally:
+        s.close()
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+        if tx is not None:
+            tx.close()
+        if nic is not None:
+            nic.close()
+    assert not xdp_attached(b, "b0")
