@@ -147,6 +147,8 @@ class Steering(Actor):
         self.nic = open_rx(parse_nic(p["nic"]), vips=vip_targets(cfg), seed=int(p.get("seed", 1)))
         if hasattr(self.nic, "publish"):  # AF_XDP: the muxer transmits through these sockets
             self.nic.publish(self.spec.run_dir)
+        self._vip_gen = 0
+        self._sync_nic_vips()
         if self.spec.incarnation and hasattr(self.nic, "skip"):
             # A capture replay continues after what the dead steering read (received --
             # including what it held when it died, counted as received by the recovery
@@ -246,7 +248,34 @@ class Steering(Actor):
         if self.mailbox is not None:
             self._poll_mailbox()
 
+    def _sync_nic_vips(self) -> None:
+        """AF_XDP: the XDP program redirects the VIPs of the tables in force, so a VIP
+        added or removed at run time (control socket, SIGHUP reload) changes what reaches
+        the sockets at the next housekeeping tick."""
+        set_vips = getattr(self.nic, "set_vips", None)
+        if set_vips is None:
+            return
+        tables = self.region.tables
+        if tables.generation() == self._vip_gen:
+            return
+        from maglev.datapath.tables import read_tables
+        from maglev.errors import MaglevError
+
+        gen, blob = tables.current()
+        if not gen:
+            return
+        self._vip_gen = gen
+        try:
+            added, removed = set_vips(v.address for v in read_tables(blob).vips)
+        except MaglevError as e:  # e.g. the map is full: logged, the data path goes on
+            log.error("XDP program not updated", extra={"kv": {"generation": gen, "error": str(e)}})
+            return
+        if added or removed:
+            log.info("XDP program follows the VIPs", extra={"kv": {
+                "generation": gen, "added": ",".join(added), "removed": ",".join(removed)}})
+
     def tick(self, now: float) -> None:
+        self._sync_nic_vips()
         self._sync_nic_drops()
         self.tracer.tick(now)  # packet tracer: collected records -> spans
         super().tick(now)

@@ -125,8 +125,8 @@ class AfXdpNic:
         self._next = 0
         self.prog = xdp_loader.load()
         try:
-            for addr, _port, _proto in vips:
-                self.prog.add_vip(str(addr))
+            self._vips: set[str] = set()
+            self.set_vips(str(addr) for addr, _port, _proto in vips)
             for q in range(self.n_queues):
                 x = self._open_queue(q)
                 self._socks.append(x)
@@ -207,6 +207,29 @@ class AfXdpNic:
             return bool(self._poll.poll(max(0, int(timeout_s * 1000))))
         except InterruptedError:
             return True
+
+    # -- what is redirected ------------------------------------------------------------
+    def set_vips(self, addresses: Any) -> tuple[list[str], list[str]]:
+        """Redirect exactly ``addresses`` (the configuration's VIP addresses) from now on;
+        returns (added, removed).  Additions go first, so a VIP that stays is never
+        missing for a moment."""
+        import ipaddress
+
+        want = {str(ipaddress.ip_address(a)) for a in addresses}
+        have = getattr(self, "_vips", set())
+        added, removed = sorted(want - have), sorted(have - want)
+        for a in added:
+            try:
+                self.prog.add_vip(a)
+            except OSError as e:
+                raise NicError(e.errno, f"afxdp: cannot redirect VIP {a} on {self.iface}: {e.strerror} "
+                               "(at most 1024 VIP addresses)") from None
+            have.add(a)
+        for a in removed:
+            self.prog.remove_vip(a)
+            have.discard(a)
+        self._vips = have
+        return added, removed
 
     # -- transmit hand-off -----------------------------------------------------------
     def handoff(self) -> dict[str, Any]:

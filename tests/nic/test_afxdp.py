@@ -369,3 +369,94 @@ def test_transmit_lets_go_of_a_dead_steering_and_takes_the_next(pair, tmp_path):
         if nic is not None:
             nic.close()
     assert not xdp_attached(b, "b0")
+
+
+# -- the XDP program follows the configuration ------------------------------------------
+
+VIP2 = "203.0.113.20"
+
+
+def prog_id(ns, dev: str) -> int:
+    info = json.loads(ns.exec("ip", "-j", "-d", "link", "show", "dev", dev).stdout)[0]
+    x = info.get("xdp") or {}
+    return int((x.get("prog") or {}).get("id") or x.get("attached", [{}])[0].get("prog", {}).get("id", 0))
+
+
+def test_set_vips_changes_what_is_redirected(pair):
+    from maglev.nic import xdp_loader
+
+    _, a, b = pair
+    nic = open_nic(b)
+    try:
+        assert xdp_loader.attached_vips(prog_id(b, "b0")) == {VIP}
+        assert nic.set_vips([VIP, VIP2, "2001:db8::10"]) == (["2001:db8::10", VIP2], [])
+        assert nic.prog.vips() == {VIP, VIP2, "2001:db8::10"}
+        assert nic.set_vips([VIP2]) == ([], ["2001:db8::10", VIP])
+        assert xdp_loader.attached_vips(prog_id(b, "b0")) == {VIP2}
+        # What is redirected follows: VIP's packets now reach the kernel, not the socket.
+        before = nic.stats()["xdp_passed"]
+        send_raw(a, vip_frames(a, b, 5))
+        pool = Pool()
+        assert receive(nic, pool, 5, timeout=0.5) == []
+        assert nic.stats()["xdp_passed"] >= before + 5
+    finally:
+        nic.close()
+
+
+CONF = """[instance]
+name = "{name}"
+source_ipv4 = "198.18.9.2"
+{vips}
+"""
+
+
+def vips_toml(addrs) -> str:
+    return "".join(f'[[vip]]\naddress = "{v}"\nport = 53\nprotocol = "udp"\n[[vip.backend]]\naddress = "198.18.9.77"\n'
+                   for v in addrs)
+
+
+def test_maglev_run_follows_a_reload(pair, tmp_path):
+    """`maglev run --nic afxdp`: a VIP added or removed by a SIGHUP reload changes the XDP
+    program's map (steering syncs it from the tables in force)."""
+    from maglev.nic import xdp_loader
+
+    _, _, b = pair
+    name = f"xr{os.getpid() % 10000}"
+    cfg = tmp_path / "maglev.toml"
+    cfg.write_text(CONF.format(name=name, vips=vips_toml([VIP])))
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MAGLEV_RUN_DIR": str(tmp_path / "run"),
+           "MAGLEV_STATE_DIR": str(tmp_path / "state")}
+    p = b.popen([sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--config", str(cfg),
+                 "--nic", "afxdp:b0", "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, env=env)
+
+    def wait_vips(want: set[str], timeout: float = 30.0) -> set[str]:
+        deadline = time.monotonic() + timeout
+        got: set[str] = set()
+        while time.monotonic() < deadline and p.poll() is None:
+            pid = prog_id(b, "b0")
+            try:
+                got = xdp_loader.attached_vips(pid) if pid else set()
+            except OSError:  # detached between the two looks
+                got = set()
+            if got == want:
+                return got
+            time.sleep(0.05)
+        return got
+
+    try:
+        assert wait_vips({VIP}) == {VIP}
+        cfg.write_text(CONF.format(name=name, vips=vips_toml([VIP, VIP2])))
+        p.send_signal(signal.SIGHUP)
+        assert wait_vips({VIP, VIP2}) == {VIP, VIP2}
+        cfg.write_text(CONF.format(name=name, vips=vips_toml([VIP2])))
+        p.send_signal(signal.SIGHUP)
+        assert wait_vips({VIP2}) == {VIP2}
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        out, err = p.communicate()
+    assert p.returncode == 0, err[-2000:]
+    assert not xdp_attached(b, "b0")
