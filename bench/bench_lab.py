@@ -178,10 +178,15 @@ def main() -> None:
     from maglev_cli.main import COMMANDS
 
     have_run = any(a == "run" for _, a in COMMANDS) or bool(os.environ.get("MAGLEV_LAB_FORWARDER"))
-    state_dir = Path("/run/maglev-lab-bench")
+    # Own names per run: other benchmark runs on the machine must not meet this one's lab.
+    tag = f"{os.getpid() % 0x10000:04x}"
+    state_dir = Path(f"/run/maglev-lab-bench-{tag}")
     lab = topo.Lab(state_dir)
-    spec = topo.LabSpec(prefix="mgbench", state_dir=state_dir, backends=3, encap="gre", forwarder=False)
-    out: dict = {"machine_note": "2 shared vCPUs; repeat runs, compare ratios"}
+    spec = topo.LabSpec(prefix=f"mgb{tag}", state_dir=state_dir, backends=3, encap="gre", forwarder=False)
+    out: dict = {"machine_note": "2 shared vCPUs; repeat runs, compare ratios",
+                 "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+                 # MAGLEV_NIC_LOOP=0: AF_PACKET/AF_XDP in the per-burst Python step (before the C loops)
+                 "nic_loop": os.environ.get("MAGLEV_NIC_LOOP", "1") != "0"}
     out["nic_wakeup_v3"] = nic_wakeup("v3")
     out["nic_wakeup_v2"] = nic_wakeup("v2")
     try:
@@ -238,6 +243,7 @@ def main() -> None:
     finally:
         lab.down()
 
+    out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     k = out["pps_kernel"]["forwarded_pps"] or 1
     # The kernel baseline is sender-bound when it forwarded (nearly) all that was offered.
     kernel_sender_bound = out["pps_kernel"]["forwarded_pps"] >= 0.9 * out["pps_kernel"]["sent_pps"]

@@ -177,6 +177,10 @@ class Steering(Actor):
         self._loop_src = ffi.new("struct mg_loop_gen *") if unpaced_gen else None
         self._loop_ctl = ffi.new("struct mg_loop_ctl *", {
             "budget_ns": LOOP_BUDGET_NS, "burst": self.burst, "spares": self.spares})
+        # AF_PACKET and AF_XDP run in C too: rx -> dispatch for many bursts per call
+        # (mg_steer_loop_nic).  MAGLEV_NIC_LOOP=0 keeps the per-burst step (measurements).
+        src = getattr(self.nic, "nic_loop_rx", None)
+        self._loop_nic = src() if src is not None and os.environ.get("MAGLEV_NIC_LOOP", "1") != "0" else None
         self._loop_out = ffi.new("struct mg_loop_out *")
 
     def handle(self, msg: dict[str, Any]) -> None:
@@ -208,6 +212,8 @@ class Steering(Actor):
     def step(self) -> int:
         if self._loop_src is not None and self.going and not self.draining and not self.nic.eof:
             return self._step_loop()
+        if self._loop_nic is not None and self.going and not self.draining:
+            return self._step_nic_loop()
         base, st = self.base, self.st
         check(lib.mg_steer_reclaim(st, base), "steering reclaim")
         if not self.draining:
@@ -242,6 +248,15 @@ class Steering(Actor):
         check(lib.mg_steer_loop(self.st, self.base, src, self._loop_ctl, out), "steering loop")
         if out.reason == lib.MG_LOOP_EOF:
             self.nic.eof = True
+        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
+
+    def _step_nic_loop(self) -> int:
+        """AF_PACKET/AF_XDP: reclaim -> take -> the NIC's rx -> dispatch, many bursts in one
+        C call; back to Python when the NIC is empty (wait() polls it), on back pressure
+        or after ~1 ms (housekeeping)."""
+        out = self._loop_out
+        rc = lib.mg_steer_loop_nic(self.st, self.base, self._loop_nic.ptr, self._loop_ctl, out)
+        check(rc, f"steering loop on {getattr(self.nic, 'iface', 'the NIC')}")
         return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
 
     def _poll_mailbox_now(self) -> None:

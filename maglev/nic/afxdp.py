@@ -202,6 +202,12 @@ class AfXdpNic:
     def wake_on(self, fd: int) -> None:
         self._poll.register(fd, select.POLLIN)
 
+    def nic_loop_rx(self) -> Any:
+        """Every queue's socket, round-robin, as the source of steering's C loop."""
+        from maglev.nic.afpacket import loop_nic
+
+        return loop_nic(list(self._socks), lib.MG_LOOP_NIC_XSK)
+
     def wait(self, timeout_s: float) -> bool:
         try:
             return bool(self._poll.poll(max(0, int(timeout_s * 1000))))
@@ -329,6 +335,7 @@ class AfXdpTx:
         self._locate = locate
         self._fallback = AfPacketNic(iface)
         self._tx: list[Any] = []
+        self._sink: Any = None
         self._pidfd = -1
         self._pid = 0
         self._dead_pid = 0
@@ -376,6 +383,7 @@ class AfXdpTx:
             self.why_fallback = f"cannot take steering's AF_XDP sockets: {e.strerror or e}"
             return False
         self._tx, self._pidfd, self._pid = txs, pidfd, pid
+        self._sink = None
         self.attaches += 1
         self.why_fallback = ""
         log.info("transmitting through steering's AF_XDP sockets",
@@ -388,6 +396,7 @@ class AfXdpTx:
                 self._gone[k] += int(getattr(t.stats, k))
             lib.mg_xsk_tx_close(t)
         self._tx = []
+        self._sink = None
         if self._pidfd >= 0:
             os.close(self._pidfd)
         self._pidfd = -1
@@ -416,6 +425,21 @@ class AfXdpTx:
     @property
     def attached(self) -> bool:
         return bool(self._tx)
+
+    def nic_loop_tx(self) -> Any:
+        """The TX rings as the sink of the muxer's C loop, or None while not attached (the
+        per-burst :meth:`tx_burst` then sends through the AF_PACKET fallback)."""
+        if not self._tx:
+            return None
+        if self._sink is None:
+            from maglev.nic.afpacket import loop_nic
+
+            self._sink = loop_nic(list(self._tx), lib.MG_LOOP_NIC_XSK)
+        return self._sink
+
+    def loop_error(self, rc: int) -> None:
+        """The C loop's transmit failed with -errno ``rc``: detach (fallback from now on)."""
+        self._detach(f"AF_XDP transmit on {self.iface} failed: {os.strerror(-rc)}")
 
     # -- data path ----------------------------------------------------------------------
     def tx_burst(self, pool: Any, descs: Any, n: int) -> int:
