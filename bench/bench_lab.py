@@ -187,6 +187,9 @@ def main() -> None:
                  "loadavg_start": [round(x, 2) for x in os.getloadavg()],
                  # MAGLEV_NIC_LOOP=0: AF_PACKET/AF_XDP in the per-burst Python step (before the C loops)
                  "nic_loop": os.environ.get("MAGLEV_NIC_LOOP", "1") != "0"}
+    from maglev.actors.sched import slice_us_wanted
+
+    out["sched_slice_us"] = slice_us_wanted()  # MAGLEV_SCHED_SLICE_US=0: the kernel's default slice
     out["nic_wakeup_v3"] = nic_wakeup("v3")
     out["nic_wakeup_v2"] = nic_wakeup("v2")
     try:

@@ -36,6 +36,9 @@ class Muxer(Actor):
     stall_sleep_s = 0.0002
 
     def setup(self) -> None:
+        from maglev.actors.sched import set_wakeup_slice
+
+        set_wakeup_slice()  # wake-up preemption on a busy CPU (maglev/actors/sched.py)
         from maglev.rings import BELL_MUXER, SLOT_MUXER, Region
 
         p = self.params

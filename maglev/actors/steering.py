@@ -121,6 +121,9 @@ class Steering(Actor):
     backpressure_sleep_s = 0.0002
 
     def setup(self) -> None:
+        from maglev.actors.sched import set_wakeup_slice
+
+        set_wakeup_slice()  # wake-up preemption on a busy CPU (maglev/actors/sched.py)
         from maglev.nic.gen import vip_targets
         from maglev.rings import BELL_STEERING, SLOT_STEERING
 

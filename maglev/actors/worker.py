@@ -30,6 +30,9 @@ class Worker(Actor):
     kind = "worker"
 
     def setup(self) -> None:
+        from maglev.actors.sched import set_wakeup_slice
+
+        set_wakeup_slice()  # wake-up preemption on a busy CPU (maglev/actors/sched.py)
         from maglev.rings import worker_bell, worker_slot
 
         p = self.params
