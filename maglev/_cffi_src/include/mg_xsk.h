@@ -9,12 +9,13 @@
  * fill ring (it ran out of chunks and stopped polling) the driver kicks it with a
  * recvfrom(MSG_DONTWAIT).  poll(POLLIN) on the fd waits for packets.
  *
- * Why a UMEM beside the pool and not the pool itself (zero copy end to end): the pool's
- * frames are owned by steering's journalled hand and the rings between actors; frames
- * sitting in the kernel's fill and RX rings would be invisible to that accounting and to
- * the recovery of a killed steering process.  Making the pool the UMEM needs the fill ring
- * to be a journalled place of its own (docs/nic.md, "What is not done").  The copy costs
- * one memcpy per packet, the same as AF_PACKET's.
+ * Why a UMEM beside the pool and not the pool itself (zero copy end to end): not the
+ * layout -- 2048-byte pool frames are valid chunks, and an XSK headroom of 64 would put the
+ * packet exactly at MG_FRAME_HEADROOM -- but the accounting: frames lent to the kernel
+ * (fill, RX, TX and completion rings) are in no place the pool journal knows, a killed
+ * steering's fill ring dies with its socket, and the muxer would have to hold sent frames
+ * until their completion (docs/nic.md, "The UMEM is not the shared frame pool").  The copy
+ * costs one memcpy per packet each way, the same as AF_PACKET's.
  *
  * Transmit (struct mg_xsk_tx): the socket also has a TX and a completion ring, and its
  * UMEM is a memfd mapped MAP_SHARED.  Chunks [0, MG_XSK_RX_FRAMES) belong to the fill and
