@@ -83,16 +83,43 @@ def generate(ns: str, dst: str, seconds: float, flows: int = 256, max_packets: i
         nic.close()
 
 
-def measure_pps(state: dict, seconds: float) -> dict:
+def forwarder_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by a forwarder and every process under it."""
+    import psutil
+
+    if not pid:
+        return 0.0
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure_pps(state: dict, seconds: float, forwarder_pid: int | None = None) -> dict:
     bes = [b["ns"] for b in state["backends"]]
     before = sum(rx_packets(ns) for ns in bes)
+    cpu0 = forwarder_cpu_s(forwarder_pid)
     t0 = time.monotonic()
     sent = generate(state["client"]["ns"], topo.VIP_V4, seconds)
     elapsed = time.monotonic() - t0
     time.sleep(0.3)  # let queues drain
     got = sum(rx_packets(ns) for ns in bes) - before
-    return {"sent": sent, "received": got, "seconds": round(elapsed, 3),
-            "sent_pps": round(sent / elapsed), "forwarded_pps": round(got / elapsed)}
+    out = {"sent": sent, "received": got, "seconds": round(elapsed, 3),
+           "sent_pps": round(sent / elapsed), "forwarded_pps": round(got / elapsed)}
+    if forwarder_pid:
+        # Every actor's CPU per forwarded packet (steering, workers, muxer, control plane):
+        # what the C loops save, less sensitive to the neighbours than the rate.
+        out["cpu_ns_per_packet"] = round((forwarder_cpu_s(forwarder_pid) - cpu0) * 1e9 / max(got, 1))
+    return out
 
 
 def nic_wakeup(ring: str, rounds: int = 40) -> dict:
@@ -229,10 +256,10 @@ def main() -> None:
                 drivers.append(("afxdp", "afxdp:eth0", {}))
             for name, nic, env in drivers:
                 fwd = topo.forwarder_argv(topo.LabSpec(workers=args.workers, nic=nic), state["config"])
-                lab.spawn("maglev", state["maglev"]["ns"], fwd, env=env)
+                fpid = lab.spawn("maglev", state["maglev"]["ns"], fwd, env=env)
                 try:
                     lab._wait_ready(topo.LabSpec(forwarder=True), 60)
-                    out[f"pps_maglev_{name}"] = measure_pps(state, args.seconds)
+                    out[f"pps_maglev_{name}"] = measure_pps(state, args.seconds, fpid)
                     out[f"http_vip_{name}"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests,
                                                         concurrency=8).to_dict()
                     rt = round_trips(state, args.probes)
