@@ -38,7 +38,7 @@ class Muxer(Actor):
     def setup(self) -> None:
         from maglev.actors.sched import set_wakeup_slice
 
-        set_wakeup_slice()  # wake-up preemption on a busy CPU (maglev/actors/sched.py)
+        set_wakeup_slice()  # MAGLEV_SCHED_SLICE_US, off by default (maglev/actors/sched.py)
         from maglev.rings import BELL_MUXER, SLOT_MUXER, Region
 
         p = self.params

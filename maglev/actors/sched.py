@@ -1,4 +1,4 @@
-"""Wake-up latency of the data-path actors: a short EEVDF slice (Linux >= 6.12).
+"""Wake-up latency of the data-path actors: an optional short EEVDF slice (Linux >= 6.12).
 
 A packet through maglev wakes three processes in turn (steering on the NIC, a worker on
 its doorbell, the muxer on its doorbell).  On a busy machine each woken actor used to
@@ -7,12 +7,15 @@ is 0.7 ms x (1 + log2 CPUs), 1.4 ms on this 2-vCPU VM -- so one request paid up 
 slices: the 1.6-2.4 ms "added latency" p50 the lab measured (docs/nic.md).
 
 EEVDF lets a task ask for a shorter slice (``sched_setattr`` with ``sched_runtime`` for a
-SCHED_OTHER task): its virtual deadline is then earlier, and a woken task whose deadline
-is earlier than the running one's preempts it at once.  The actors ask for
-``MG_SLICE_US`` (100 us, the kernel's minimum) -- no real-time policy, so an actor that is
-busy still shares the CPU fairly (its weight is unchanged; it is only scheduled in
-shorter pieces), and nothing can starve.  ``MAGLEV_SCHED_SLICE_US=0`` keeps the kernel
-default (measurements); older kernels ignore the request (EINVAL), and we say so once.
+SCHED_OTHER task): its virtual deadline is then earlier, so a woken task should preempt
+the running one sooner.  No real-time policy: a busy actor keeps its fair share (same
+weight, shorter pieces), and nothing can starve.
+
+**Off by default, because it did not help here** (2026-12-07, docs/benchmarks.md): in
+alternated lab runs at load 12-18 the added latency moved either way, and
+``bench/bench_wakeup_slice.py`` (a sleeper on a busy CPU) woke no sooner with 100 us than
+with the default.  ``MAGLEV_SCHED_SLICE_US=100`` turns it on for the data-path actors, to
+measure on a quieter or a real machine; older kernels refuse it (EINVAL, logged).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import struct
 
 log = logging.getLogger("maglev.sched")
 
-SLICE_US_DEFAULT = 100
+SLICE_US_DEFAULT = 0  # off: see the module doc
 _SYS_SCHED_SETATTR, _SYS_SCHED_GETATTR = 314, 315  # x86_64
 _ATTR = "<IIQiIQQQII"  # struct sched_attr, SCHED_ATTR_SIZE_VER1 (56 bytes)
 _SIZE = struct.calcsize(_ATTR)
@@ -34,8 +37,8 @@ _libc.syscall.restype = ctypes.c_long
 
 
 def slice_us_wanted() -> int:
-    """The slice the data-path actors ask for (``MAGLEV_SCHED_SLICE_US``, default 100 us;
-    0 = the kernel's default)."""
+    """The slice the data-path actors ask for (``MAGLEV_SCHED_SLICE_US``; 0, the default,
+    leaves the kernel's)."""
     v = os.environ.get("MAGLEV_SCHED_SLICE_US", "")
     return int(v) if v.isdigit() else SLICE_US_DEFAULT
 

@@ -123,7 +123,7 @@ class Steering(Actor):
     def setup(self) -> None:
         from maglev.actors.sched import set_wakeup_slice
 
-        set_wakeup_slice()  # wake-up preemption on a busy CPU (maglev/actors/sched.py)
+        set_wakeup_slice()  # MAGLEV_SCHED_SLICE_US, off by default (maglev/actors/sched.py)
         from maglev.nic.gen import vip_targets
         from maglev.rings import BELL_STEERING, SLOT_STEERING
 

@@ -32,7 +32,7 @@ class Worker(Actor):
     def setup(self) -> None:
         from maglev.actors.sched import set_wakeup_slice
 
-        set_wakeup_slice()  # wake-up preemption on a busy CPU (maglev/actors/sched.py)
+        set_wakeup_slice()  # MAGLEV_SCHED_SLICE_US, off by default (maglev/actors/sched.py)
         from maglev.rings import worker_bell, worker_slot
 
         p = self.params

@@ -1,5 +1,5 @@
-"""The data-path actors ask for a short EEVDF slice (maglev/actors/sched.py), so that a
-woken actor preempts a busy neighbour instead of waiting up to a default slice."""
+"""The data-path actors' optional short EEVDF slice (maglev/actors/sched.py,
+MAGLEV_SCHED_SLICE_US): off by default, every data-path actor has it when asked."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def _in_child(body: str) -> str:
 @needs_slices
 def test_set_and_read_back_in_a_fresh_process():
     assert _in_child("from maglev.actors.sched import set_wakeup_slice as s; print(s(250))") == "250000"
-    # 0 and the environment switch leave the kernel's default alone
-    out = _in_child("import os; os.environ['MAGLEV_SCHED_SLICE_US'] = '0'\n"
+    # the default (off) and 0 leave the kernel's default alone
+    out = _in_child("import os; os.environ.pop('MAGLEV_SCHED_SLICE_US', None)\n"
                     "from maglev.actors.sched import set_wakeup_slice as s, current_slice_ns as c\n"
                     "d = c(); print(s(), c() == d)")
     assert out == "0 True"
@@ -47,7 +47,8 @@ def test_nothing_asked_changes_nothing():
 
 
 @needs_slices
-def test_every_data_path_actor_runs_with_the_short_slice():
+def test_every_data_path_actor_runs_with_the_short_slice_when_asked(monkeypatch):
+    monkeypatch.setenv("MAGLEV_SCHED_SLICE_US", "100")
     p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=2000,flows=10"))
     try:
         p.start()
