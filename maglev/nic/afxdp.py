@@ -62,7 +62,7 @@ _TX_STATS = ("tx_packets", "tx_bytes", "tx_completed", "tx_ring_full", "tx_overs
 
 MODES = ("auto", "copy", "zerocopy")
 # How long a busy queue is retried (a dead predecessor's socket being freed) before EBUSY.
-BUSY_WAIT_S = 1.0
+BUSY_WAIT_S = 2.0
 SO_BUSY_POLL, SO_PREFER_BUSY_POLL, SO_BUSY_POLL_BUDGET = 46, 69, 70
 _STATS = ("rx_packets", "rx_bytes", "rx_oversize", "fill_wakeups", "rx_bursts")
 

@@ -134,3 +134,75 @@ def test_the_c_loop_forwards_what_the_python_step_forwards(pair, tmp_path, nic):
     # and every flow's packet went to one backend of the VIP, encapsulated in GRE
     dsts = {socket.inet_ntoa(f[30:34]) for f in loop}
     assert dsts <= set(BACKENDS) and len(dsts) >= 2
+
+
+def _actor_pid(root_pid: int, name: str) -> int:
+    import psutil
+
+    for c in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if f'"name": "{name}"' in " ".join(c.cmdline()):
+                return c.pid
+        except psutil.Error:
+            pass
+    return 0
+
+
+@pytest.mark.skipif(bool(_why_afxdp()), reason=_why_afxdp() or "available")
+def test_afxdp_forwards_again_after_steering_is_killed(pair, tmp_path):
+    """kill -9 of steering under `maglev run --nic afxdp`: the muxer lets go of the dead
+    steering's sockets (else the replacement could not bind the queue), the replacement
+    takes the queue and publishes new sockets, and forwarding resumes."""
+    _, a, b = pair
+    name = f"nk{os.getpid() % 10000}"
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(CONF.format(name=name))
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MAGLEV_RUN_DIR": str(tmp_path / "run"),
+           "MAGLEV_STATE_DIR": str(tmp_path / "state")}
+    with in_netns(a.name):
+        sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    sniff.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sniff.bind(("a0", 0))
+    sniff.settimeout(0.1)
+    tx.bind(("a0", 0))
+    p = b.popen([sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--config", str(cfg),
+                 "--nic", "afxdp:b0", "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, env=env)
+
+    def forwarded(tag: bytes, timeout: float) -> bool:
+        probe = P.eth(P.ipv4(A_IP, VIP, P.UDP, P.udp(7, 53, tag, src=A_IP, dst=VIP)), dst=MAC_B, src=MAC_A)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and p.poll() is None:
+            tx.send(probe)
+            t = time.monotonic() + 0.2
+            while time.monotonic() < t:
+                try:
+                    f = sniff.recv(4096)
+                except TimeoutError:
+                    continue
+                if f[23] == 47 and tag in f:
+                    return True
+        return False
+
+    try:
+        assert forwarded(b"before", 60), "maglev did not forward within 60 s"
+        old = _actor_pid(p.pid, "steering")
+        assert old
+        os.kill(old, signal.SIGKILL)
+        assert forwarded(b"after", 30), "no forwarding after the steering restart"
+        assert old not in {c.pid for c in __import__("psutil").Process(p.pid).children(recursive=True)}
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        sniff.close()
+        tx.close()
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err[-2000:]
+    line = next(x for x in (out + err).splitlines() if "AF_XDP transmit:" in x)
+    assert " 0 through the TX rings" not in line, line  # the rings carried traffic
+    # the first steering's sockets, then the replacement's
+    assert int(line.split("took steering's sockets ")[1].split()[0]) >= 2, line
+    assert "already has an AF_XDP socket" not in err
