@@ -499,3 +499,52 @@ def test_transmit_survives_link_down_and_up(pair):
         s.close()
         tx.close()
         nic.close()
+
+
+def test_a_new_muxer_rebuilds_the_free_chunks_from_the_rings(pair):
+    """TX descriptors a previous muxer left in flight (link down: the kernel cannot send
+    them) are not handed out again by its replacement; once they complete, they are."""
+    from maglev.native import lib as L
+
+    _, a, b = pair
+    nic = open_nic(b)
+    tx1 = open_tx(b, nic.handoff)
+    tx2 = None
+    try:
+        pool = Pool(64)
+        load(pool, marked_frames(a, b, 16, b"M0"))
+        assert tx1.tx_burst(pool.ptr, pool.descs, 16) == 16 and tx1.attached
+        b.exec("ip", "link", "set", "b0", "down")
+        load(pool, marked_frames(a, b, 16, b"M1"))
+        tx1.tx_burst(pool.ptr, pool.descs, 16)
+        left = int(L.mg_xsk_tx_inflight(tx1._tx[0])) if tx1.attached else None
+        tx1.close()  # the first muxer is gone; its descriptors stay in the socket's rings
+        tx2 = open_tx(b, nic.handoff)
+        tx2.maintain()
+        assert tx2.attached
+        inflight = int(L.mg_xsk_tx_inflight(tx2._tx[0]))
+        if left is not None:
+            assert inflight == left
+        assert 0 < inflight <= 16  # the link-down burst is still in the rings (16 here)
+        b.exec("ip", "link", "set", "b0", "up")
+        s = sniffer(a)
+        try:
+            deadline = time.monotonic() + 5
+            got: list[bytes] = []
+            while not got and time.monotonic() < deadline:
+                frames = marked_frames(a, b, 16, b"M2")
+                load(pool, frames)
+                if not tx2.attached:
+                    tx2.maintain()
+                tx2.tx_burst(pool.ptr, pool.descs, 16)
+                got = sniff(s, b"M2", 16, timeout=0.3)
+            assert got
+        finally:
+            s.close()
+        st = tx2.stats()
+        assert st["tx_inflight"] == 0 or not tx2.attached, st  # everything completed came back
+    finally:
+        tx1.close()
+        if tx2 is not None:
+            tx2.close()
+        nic.close()
