@@ -272,6 +272,9 @@ def main() -> None:
             out["maglev"] = "not measured: `maglev run` is not registered yet"
     finally:
         lab.down()
+        import shutil
+
+        shutil.rmtree(state_dir, ignore_errors=True)  # this run's own folder
 
     out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     k = out["pps_kernel"]["forwarded_pps"] or 1
