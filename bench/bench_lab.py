@@ -86,16 +86,43 @@ def generate(ns: str, dst: str, seconds: float, flows: int = 256, max_packets: i
         nic.close()
 
 
-def measure_pps(state: dict, seconds: float) -> dict:
+def forwarder_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by a forwarder and every process under it."""
+    import psutil
+
+    if not pid:
+        return 0.0
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure_pps(state: dict, seconds: float, forwarder_pid: int | None = None) -> dict:
     bes = [b["ns"] for b in state["backends"]]
     before = sum(rx_packets(ns) for ns in bes)
+    cpu0 = forwarder_cpu_s(forwarder_pid)
     t0 = time.monotonic()
     sent = generate(state["client"]["ns"], topo.VIP_V4, seconds)
     elapsed = time.monotonic() - t0
     time.sleep(0.3)  # let queues drain
     got = sum(rx_packets(ns) for ns in bes) - before
-    return {"sent": sent, "received": got, "seconds": round(elapsed, 3),
-            "sent_pps": round(sent / elapsed), "forwarded_pps": round(got / elapsed)}
+    out = {"sent": sent, "received": got, "seconds": round(elapsed, 3),
+           "sent_pps": round(sent / elapsed), "forwarded_pps": round(got / elapsed)}
+    if forwarder_pid:
+        # Every actor's CPU per forwarded packet (steering, workers, muxer, control plane):
+        # what the C loops save, less sensitive to the neighbours than the rate.
+        out["cpu_ns_per_packet"] = round((forwarder_cpu_s(forwarder_pid) - cpu0) * 1e9 / max(got, 1))
+    return out
 
 
 def nic_wakeup(ring: str, rounds: int = 40) -> dict:
@@ -181,10 +208,18 @@ def main() -> None:
     from maglev_cli.main import COMMANDS
 
     have_run = any(a == "run" for _, a in COMMANDS) or bool(os.environ.get("MAGLEV_LAB_FORWARDER"))
-    state_dir = Path("/run/maglev-lab-bench")
+    # Own names per run: other benchmark runs on the machine must not meet this one's lab.
+    tag = f"{os.getpid() % 0x10000:04x}"
+    state_dir = Path(f"/run/maglev-lab-bench-{tag}")
     lab = topo.Lab(state_dir)
-    spec = topo.LabSpec(prefix="mgbench", state_dir=state_dir, backends=3, encap="gre", forwarder=False)
-    out: dict = {"machine_note": "2 shared vCPUs; repeat runs, compare ratios"}
+    spec = topo.LabSpec(prefix=f"mgb{tag}", state_dir=state_dir, backends=3, encap="gre", forwarder=False)
+    out: dict = {"machine_note": "2 shared vCPUs; repeat runs, compare ratios",
+                 "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+                 # MAGLEV_NIC_LOOP=0: AF_PACKET/AF_XDP in the per-burst Python step (before the C loops)
+                 "nic_loop": os.environ.get("MAGLEV_NIC_LOOP", "1") != "0"}
+    from maglev.actors.sched import slice_us_wanted
+
+    out["sched_slice_us"] = slice_us_wanted()  # MAGLEV_SCHED_SLICE_US=0: the kernel's default slice
     out["nic_wakeup_v3"] = nic_wakeup("v3")
     out["nic_wakeup_v2"] = nic_wakeup("v2")
     try:
@@ -229,10 +264,10 @@ def main() -> None:
                 drivers.append(("afxdp", "afxdp:eth0", {}))
             for name, nic, env in drivers:
                 fwd = topo.forwarder_argv(topo.LabSpec(workers=args.workers, nic=nic), state["config"])
-                lab.spawn("maglev", state["maglev"]["ns"], fwd, env=env)
+                fpid = lab.spawn("maglev", state["maglev"]["ns"], fwd, env=env)
                 try:
                     lab._wait_ready(topo.LabSpec(forwarder=True), 60)
-                    out[f"pps_maglev_{name}"] = measure_pps(state, args.seconds)
+                    out[f"pps_maglev_{name}"] = measure_pps(state, args.seconds, fpid)
                     out[f"http_vip_{name}"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests,
                                                         concurrency=8).to_dict()
                     if not no_wrk:
@@ -248,7 +283,11 @@ def main() -> None:
             out["maglev"] = "not measured: `maglev run` is not registered yet"
     finally:
         lab.down()
+        import shutil
 
+        shutil.rmtree(state_dir, ignore_errors=True)  # this run's own folder
+
+    out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     k = out["pps_kernel"]["forwarded_pps"] or 1
     # The kernel baseline is sender-bound when it forwarded (nearly) all that was offered.
     kernel_sender_bound = out["pps_kernel"]["forwarded_pps"] >= 0.9 * out["pps_kernel"]["sent_pps"]

@@ -50,6 +50,10 @@ def _summary_text(s: dict) -> str:
     lines.append(f"  restarts: {r if r else 'none'}")
     if "pool" in s:
         lines.append(f"  frames: {s['pool']['detail']}")
+    if x := s.get("afxdp_tx"):
+        why = f" (last: {x['why_fallback']})" if x.get("fallback_packets") and x.get("why_fallback") else ""
+        lines.append(f"  AF_XDP transmit: {x['tx_packets']} through the TX rings, {x['fallback_packets']} "
+                     f"through the AF_PACKET fallback{why}; took steering's sockets {x['attaches']} time(s)")
     return "\n".join(lines)
 
 

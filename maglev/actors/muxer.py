@@ -18,6 +18,7 @@ steering runs) instead of waiting on the doorbell.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -35,6 +36,9 @@ class Muxer(Actor):
     stall_sleep_s = 0.0002
 
     def setup(self) -> None:
+        from maglev.actors.sched import set_wakeup_slice
+
+        set_wakeup_slice()  # MAGLEV_SCHED_SLICE_US, off by default (maglev/actors/sched.py)
         from maglev.rings import BELL_MUXER, SLOT_MUXER, Region
 
         p = self.params
@@ -50,10 +54,12 @@ class Muxer(Actor):
         self.burst = int(p.get("burst", 256))
         # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).
         self.spin = int(p.get("spin", lib.MG_BELL_SPIN_DEFAULT))
-        self.nic = open_tx(parse_out(p.get("out") or None, parse_nic(p["nic"])))
+        self.nic = open_tx(parse_out(p.get("out") or None, parse_nic(p["nic"])), run_dir=self.spec.run_dir)
         self.bell = self.region.bell(BELL_MUXER)
         self._cnt = ffi.new("uint32_t *")
         self._stalled = False
+        # MAGLEV_NIC_LOOP=0 keeps the per-burst Python step for AF_PACKET/AF_XDP (measurements).
+        self._nic_loop = os.environ.get("MAGLEV_NIC_LOOP", "1") != "0"
 
     def _recover(self) -> None:
         r = self.region
@@ -84,9 +90,33 @@ class Muxer(Actor):
         self._stalled = out.reason == lib.MG_LOOP_STALL
         return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
 
+    def _step_nic_loop(self, sink: Any) -> int:
+        """AF_PACKET/AF_XDP: collect -> the NIC's tx -> done, many bursts in one C call
+        (``mg_mux_loop_nic``)."""
+        if self._loop_ctl is None:
+            self._loop_ctl = ffi.new("struct mg_loop_ctl *", {"budget_ns": LOOP_BUDGET_NS, "burst": self.burst})
+            self._loop_out = ffi.new("struct mg_loop_out *")
+            if self.params.get("latency"):
+                self._loop_ctl.lat_hist = lib.mg_region_stats(self.base, self.slot) + lib.MG_MS_LAT0
+        out = self._loop_out
+        rc = lib.mg_mux_loop_nic(self.mux, self.base, sink.ptr, self._loop_ctl, out)
+        if rc < 0 and hasattr(self.nic, "loop_error"):
+            self.nic.loop_error(rc)  # AF_XDP: the frames were failed; fallback from now on
+            return 1
+        check(rc, "muxer loop")
+        if hasattr(self.nic, "packets"):
+            self.nic.packets += int(out.packets)
+        self._stalled = out.reason == lib.MG_LOOP_STALL
+        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
+
     def step(self) -> int:
         if getattr(self.nic, "kind", "") == "null":
             return self._step_loop()
+        get_sink = getattr(self.nic, "nic_loop_tx", None)
+        if get_sink is not None and self._nic_loop:
+            sink = get_sink()
+            if sink is not None:
+                return self._step_nic_loop(sink)
         base, mux = self.base, self.mux
         holding = check(lib.mg_hand_count(base, self.slot), "hand count")
         if holding:
@@ -105,6 +135,12 @@ class Muxer(Actor):
         sent = max(0, min(sent, n))
         check(lib.mg_mux_done(mux, base, sent, n - sent), "muxer done")
         return n
+
+    def tick(self, now: float) -> None:
+        maintain = getattr(self.nic, "maintain", None)
+        if maintain is not None:  # AF_XDP: let go of a dead steering's sockets (afxdp.py)
+            maintain()
+        super().tick(now)
 
     def wait(self, timeout_s: float) -> None:
         if self._stalled:  # no room on sent: let steering run (module doc)

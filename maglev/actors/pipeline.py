@@ -338,7 +338,12 @@ class Pipeline:
         if self.account_report is not None:
             out["pool"] = {"ok": self.account_report.ok, "frames": self.region.n_frames,
                            "detail": str(self.account_report)}
-        nic = self.supervisor.stats().get("steering", {}).get("nic", {})
+        stats = self.supervisor.stats()
+        tx = stats.get("muxer", {}).get("nic", {})
+        if "fallback_packets" in tx:  # AF_XDP transmit: TX rings vs the AF_PACKET fallback
+            out["afxdp_tx"] = {k: tx.get(k) for k in ("tx_packets", "tx_completed", "tx_ring_full", "tx_kicks",
+                                                      "fallback_packets", "attaches", "detaches", "why_fallback")}
+        nic = stats.get("steering", {}).get("nic", {})
         if nic.get("error"):
             out["input_error"] = nic["error"]  # a damaged capture: replayed up to the damage
         return out

@@ -121,6 +121,9 @@ class Steering(Actor):
     backpressure_sleep_s = 0.0002
 
     def setup(self) -> None:
+        from maglev.actors.sched import set_wakeup_slice
+
+        set_wakeup_slice()  # MAGLEV_SCHED_SLICE_US, off by default (maglev/actors/sched.py)
         from maglev.nic.gen import vip_targets
         from maglev.rings import BELL_STEERING, SLOT_STEERING
 
@@ -145,6 +148,10 @@ class Steering(Actor):
         # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).
         self.spin = int(p.get("spin", lib.MG_BELL_SPIN_DEFAULT))
         self.nic = open_rx(parse_nic(p["nic"]), vips=vip_targets(cfg), seed=int(p.get("seed", 1)))
+        if hasattr(self.nic, "publish"):  # AF_XDP: the muxer transmits through these sockets
+            self.nic.publish(self.spec.run_dir)
+        self._vip_gen = 0
+        self._sync_nic_vips()
         if self.spec.incarnation and hasattr(self.nic, "skip"):
             # A capture replay continues after what the dead steering read (received --
             # including what it held when it died, counted as received by the recovery
@@ -173,6 +180,10 @@ class Steering(Actor):
         self._loop_src = ffi.new("struct mg_loop_gen *") if unpaced_gen else None
         self._loop_ctl = ffi.new("struct mg_loop_ctl *", {
             "budget_ns": LOOP_BUDGET_NS, "burst": self.burst, "spares": self.spares})
+        # AF_PACKET and AF_XDP run in C too: rx -> dispatch for many bursts per call
+        # (mg_steer_loop_nic).  MAGLEV_NIC_LOOP=0 keeps the per-burst step (measurements).
+        src = getattr(self.nic, "nic_loop_rx", None)
+        self._loop_nic = src() if src is not None and os.environ.get("MAGLEV_NIC_LOOP", "1") != "0" else None
         self._loop_out = ffi.new("struct mg_loop_out *")
 
     def handle(self, msg: dict[str, Any]) -> None:
@@ -204,6 +215,8 @@ class Steering(Actor):
     def step(self) -> int:
         if self._loop_src is not None and self.going and not self.draining and not self.nic.eof:
             return self._step_loop()
+        if self._loop_nic is not None and self.going and not self.draining:
+            return self._step_nic_loop()
         base, st = self.base, self.st
         check(lib.mg_steer_reclaim(st, base), "steering reclaim")
         if not self.draining:
@@ -240,11 +253,47 @@ class Steering(Actor):
             self.nic.eof = True
         return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
 
+    def _step_nic_loop(self) -> int:
+        """AF_PACKET/AF_XDP: reclaim -> take -> the NIC's rx -> dispatch, many bursts in one
+        C call; back to Python when the NIC is empty (wait() polls it), on back pressure
+        or after ~1 ms (housekeeping)."""
+        out = self._loop_out
+        rc = lib.mg_steer_loop_nic(self.st, self.base, self._loop_nic.ptr, self._loop_ctl, out)
+        check(rc, f"steering loop on {getattr(self.nic, 'iface', 'the NIC')}")
+        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
+
     def _poll_mailbox_now(self) -> None:
         if self.mailbox is not None:
             self._poll_mailbox()
 
+    def _sync_nic_vips(self) -> None:
+        """AF_XDP: the XDP program redirects the VIPs of the tables in force, so a VIP
+        added or removed at run time (control socket, SIGHUP reload) changes what reaches
+        the sockets at the next housekeeping tick."""
+        set_vips = getattr(self.nic, "set_vips", None)
+        if set_vips is None:
+            return
+        tables = self.region.tables
+        if tables.generation() == self._vip_gen:
+            return
+        from maglev.datapath.tables import read_tables
+        from maglev.errors import MaglevError
+
+        gen, blob = tables.current()
+        if not gen:
+            return
+        self._vip_gen = gen
+        try:
+            added, removed = set_vips(v.address for v in read_tables(blob).vips)
+        except MaglevError as e:  # e.g. the map is full: logged, the data path goes on
+            log.error("XDP program not updated", extra={"kv": {"generation": gen, "error": str(e)}})
+            return
+        if added or removed:
+            log.info("XDP program follows the VIPs", extra={"kv": {
+                "generation": gen, "added": ",".join(added), "removed": ",".join(removed)}})
+
     def tick(self, now: float) -> None:
+        self._sync_nic_vips()
         self._sync_nic_drops()
         self.tracer.tick(now)  # packet tracer: collected records -> spans
         super().tick(now)

@@ -31,6 +31,9 @@ class Worker(Actor):
     kind = "worker"
 
     def setup(self) -> None:
+        from maglev.actors.sched import set_wakeup_slice
+
+        set_wakeup_slice()  # MAGLEV_SCHED_SLICE_US, off by default (maglev/actors/sched.py)
         from maglev.rings import worker_bell, worker_slot
 
         p = self.params

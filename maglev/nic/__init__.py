@@ -8,7 +8,7 @@ One small interface, several drivers, chosen on the command line (``--nic``, ``-
 ``gen:flows=N,...``         in-memory generator (C)     ``null`` (count and discard)
 ``pcap:IN.pcap``            capture replay              ``null`` unless ``--out FILE``
 ``afpacket:IFACE[,...]``    TPACKET_V2 ring             the same interface (TX ring)
-``afxdp:IFACE[,...]``       AF_XDP sockets + XDP prog   AF_PACKET TX ring, same iface
+``afxdp:IFACE[,...]``       AF_XDP sockets + XDP prog   the same sockets' TX rings
 ==========================  ==========================  ================================
 
 ``--out null`` or ``--out FILE.pcap`` overrides the transmit side.
@@ -154,8 +154,8 @@ def parse_nic(text: str) -> NicSpec:
 def parse_out(text: str | None, nic: NicSpec) -> NicSpec:
     """The transmit side: ``null``, a pcap file path, or (default) what ``nic`` implies."""
     if text is None or text == "":
-        # afxdp receives through AF_XDP and transmits through the AF_PACKET TX ring.
-        return NicSpec("afpacket", nic.arg) if nic.kind in ("afpacket", "afxdp") else NicSpec("null")
+        # afxdp transmits through its sockets' TX rings (AfXdpTx, in the muxer).
+        return NicSpec(nic.kind, nic.arg) if nic.kind in ("afpacket", "afxdp") else NicSpec("null")
     if text == "null":
         return NicSpec("null")
     if text.startswith("afpacket:"):
@@ -203,8 +203,9 @@ def open_rx(spec: NicSpec, *, vips: Any = None, seed: int = 1) -> RxNic:
     raise NicSpecError(f"{spec}: cannot receive from this NIC")
 
 
-def open_tx(spec: NicSpec) -> TxNic:
-    """Open the transmit side in the calling (muxer) process."""
+def open_tx(spec: NicSpec, *, run_dir: str = "") -> TxNic:
+    """Open the transmit side in the calling (muxer) process (``run_dir``: where steering
+    publishes its AF_XDP sockets for an ``afxdp`` transmit side)."""
     if spec.kind == "null":
         from maglev.nic.null import NullSink
 
@@ -217,4 +218,9 @@ def open_tx(spec: NicSpec) -> TxNic:
         from maglev.nic.afpacket import AfPacketNic
 
         return AfPacketNic(spec.arg)  # type: ignore[return-value]
+    if spec.kind == "afxdp":
+        from maglev.nic.afxdp import AfXdpTx, read_handoff
+
+        iface = spec.arg
+        return AfXdpTx(iface, lambda: read_handoff(run_dir, iface) if run_dir else None)  # type: ignore[return-value]
     raise NicSpecError(f"{spec}: cannot transmit to this NIC")

@@ -207,6 +207,15 @@ class AfPacketNic:
             return 0
         return check(lib.mg_afp_tx_burst(self._afp, pool, descs, n), f"afpacket tx on {self.iface}")
 
+    def nic_loop_rx(self) -> Any:
+        """This socket as the source of steering's C loop (``mg_steer_loop_nic``)."""
+        self._ensure_rx()
+        return loop_nic([self._afp])
+
+    def nic_loop_tx(self) -> Any:
+        """This socket as the sink of the muxer's C loop (``mg_mux_loop_nic``)."""
+        return loop_nic([self._afp])
+
     def wake_on(self, fd: int) -> None:
         """Make :meth:`wait` also return when ``fd`` becomes readable (kept across a
         reopen).  Reading it is the caller's business: a readable fd makes every wait
@@ -327,6 +336,10 @@ class AfPacketMulti:
     def wake_on(self, fd: int) -> None:
         self._poll.register(fd, select.POLLIN)
 
+    def nic_loop_rx(self) -> Any:
+        """Every fan-out socket, round-robin, as the source of steering's C loop."""
+        return loop_nic([nic._afp for nic in self.nics])
+
     def wait(self, timeout_s: float) -> bool:
         try:
             events = self._poll.poll(max(0, int(timeout_s * 1000)))
@@ -354,6 +367,27 @@ class AfPacketMulti:
     def close(self) -> None:
         for nic in self.nics:
             nic.close()
+
+
+def loop_nic(devs: list[Any], kind: int | None = None) -> Any:
+    """A ``struct mg_loop_nic`` over device handles (cffi pointers, kept alive by the
+    returned object's ``_keep``): the source or sink of the actors' C loops (mg_loop.h)."""
+    ln = ffi.new("struct mg_loop_nic *")
+    arr = ffi.new("void *[]", [ffi.cast("void *", d) for d in devs])
+    ln.kind = lib.MG_LOOP_NIC_AFP if kind is None else kind
+    ln.n = len(devs)
+    ln.devs = arr
+    return _LoopNic(ln, (arr, list(devs)))
+
+
+class _LoopNic:
+    """A ``struct mg_loop_nic *`` and what it points to (kept alive together)."""
+
+    __slots__ = ("ptr", "_keep")
+
+    def __init__(self, ptr: Any, keep: Any):
+        self.ptr = ptr
+        self._keep = keep
 
 
 def open_afpacket_rx(iface: str, options: dict[str, str]) -> AfPacketNic | AfPacketMulti:

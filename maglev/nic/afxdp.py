@@ -11,8 +11,14 @@ interface keep working.  The per-packet work is C (``mg_xsk.c``): packets are co
 the socket's UMEM into frames of the shared pool (the UMEM is beside the pool, one copy,
 as with AF_PACKET; ``mg_xsk.h`` says why the pool is not the UMEM yet).
 
-Transmit: the muxer sends through the AF_PACKET TX ring of the same interface
-(:class:`maglev.nic.afpacket.AfPacketNic`, PACKET_QDISC_BYPASS).
+Transmit (:class:`AfXdpTx`, in the muxer): through the TX rings of the same sockets.  Each
+socket's UMEM is a memfd; steering publishes its pid and the socket and memfd numbers in
+the run folder (``afxdp-IFACE.json``), the muxer takes duplicates of them with
+``pidfd_getfd(2)`` and maps the TX and completion rings, which steering never touches
+(``mg_xsk.h``).  While no steering socket is there to take (steering starting or being
+restarted; a duplicate is dropped as soon as the steering that made it exits, so its
+replacement can bind the queue), the muxer sends through the AF_PACKET TX ring of the
+interface, and counts it (``fallback_packets``).
 
 ``busy_poll=US`` sets SO_BUSY_POLL (and SO_PREFER_BUSY_POLL) on the sockets: on a real
 NIC the driver's NAPI poll then runs in steering's receive call instead of after an
@@ -25,11 +31,15 @@ which ``--nic`` to use instead.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import json
+import logging
 import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +47,22 @@ from maglev.errors import NotRootError
 from maglev.native import check, ffi, lib
 from maglev.nic.afpacket import NicError
 
-__all__ = ["AfXdpNic", "rx_queues", "why_no_afxdp"]
+__all__ = ["AfXdpNic", "AfXdpTx", "handoff_path", "read_handoff", "rx_queues", "why_no_afxdp"]
+
+log = logging.getLogger("maglev.nic.afxdp")
+_SYS_PIDFD_GETFD = 438  # x86_64 and the generic table
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+# How often the muxer checks that the steering whose sockets it holds is alive, and how
+# often it retries taking them while it has none.
+TX_CHECK_S = 0.01
+TX_RETRY_S = 0.05
+_TX_STATS = ("tx_packets", "tx_bytes", "tx_completed", "tx_ring_full", "tx_oversize", "tx_kicks",
+             "tx_kick_errors", "tx_bursts")
 
 MODES = ("auto", "copy", "zerocopy")
 # How long a busy queue is retried (a dead predecessor's socket being freed) before EBUSY.
-BUSY_WAIT_S = 1.0
+BUSY_WAIT_S = 2.0
 SO_BUSY_POLL, SO_PREFER_BUSY_POLL, SO_BUSY_POLL_BUDGET = 46, 69, 70
 _STATS = ("rx_packets", "rx_bytes", "rx_oversize", "fill_wakeups", "rx_bursts")
 
@@ -104,8 +125,8 @@ class AfXdpNic:
         self._next = 0
         self.prog = xdp_loader.load()
         try:
-            for addr, _port, _proto in vips:
-                self.prog.add_vip(str(addr))
+            self._vips: set[str] = set()
+            self.set_vips(str(addr) for addr, _port, _proto in vips)
             for q in range(self.n_queues):
                 x = self._open_queue(q)
                 self._socks.append(x)
@@ -181,11 +202,57 @@ class AfXdpNic:
     def wake_on(self, fd: int) -> None:
         self._poll.register(fd, select.POLLIN)
 
+    def nic_loop_rx(self) -> Any:
+        """Every queue's socket, round-robin, as the source of steering's C loop."""
+        from maglev.nic.afpacket import loop_nic
+
+        return loop_nic(list(self._socks), lib.MG_LOOP_NIC_XSK)
+
     def wait(self, timeout_s: float) -> bool:
         try:
             return bool(self._poll.poll(max(0, int(timeout_s * 1000))))
         except InterruptedError:
             return True
+
+    # -- what is redirected ------------------------------------------------------------
+    def set_vips(self, addresses: Any) -> tuple[list[str], list[str]]:
+        """Redirect exactly ``addresses`` (the configuration's VIP addresses) from now on;
+        returns (added, removed).  Additions go first, so a VIP that stays is never
+        missing for a moment."""
+        import ipaddress
+
+        want = {str(ipaddress.ip_address(a)) for a in addresses}
+        have = getattr(self, "_vips", set())
+        added, removed = sorted(want - have), sorted(have - want)
+        for a in added:
+            try:
+                self.prog.add_vip(a)
+            except OSError as e:
+                raise NicError(e.errno, f"afxdp: cannot redirect VIP {a} on {self.iface}: {e.strerror} "
+                               "(at most 1024 VIP addresses)") from None
+            have.add(a)
+        for a in removed:
+            self.prog.remove_vip(a)
+            have.discard(a)
+        self._vips = have
+        return added, removed
+
+    # -- transmit hand-off -----------------------------------------------------------
+    def handoff(self) -> dict[str, Any]:
+        """What the muxer needs to transmit through these sockets: this process's pid and,
+        per queue, the socket's and its UMEM memfd's descriptor numbers."""
+        return {"pid": os.getpid(), "iface": self.iface, "ifindex": self.ifindex,
+                "sockets": [{"queue": int(x.queue), "fd": int(x.fd), "umem_fd": int(lib.mg_xsk_umem_fd(x))}
+                            for x in self._socks]}
+
+    def publish(self, run_dir: str | os.PathLike) -> Path:
+        """Write :meth:`handoff` to the run folder, atomically (the muxer reads it)."""
+        path = handoff_path(run_dir, self.iface)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.handoff()))
+        os.replace(tmp, path)
+        self._published = path
+        return path
 
     # -- counters and lifecycle ---------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -209,12 +276,210 @@ class AfXdpNic:
         return out
 
     def close(self) -> None:
+        pub = getattr(self, "_published", None)
+        if pub is not None:
+            self._published = None
+            try:
+                if json.loads(pub.read_text()).get("pid") == os.getpid():
+                    pub.unlink()
+            except (OSError, ValueError):
+                pass
         prog = getattr(self, "prog", None)
         if prog is not None:
             prog.close()  # detaches the program first: nothing is redirected to a closed socket
         for x in getattr(self, "_socks", []):
             lib.mg_xsk_close(x)
         self._socks = []
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def handoff_path(run_dir: str | os.PathLike, iface: str) -> Path:
+    return Path(run_dir) / f"afxdp-{iface}.json"
+
+
+def read_handoff(run_dir: str | os.PathLike, iface: str) -> dict[str, Any] | None:
+    """The hand-off steering published, or None (not yet, or unreadable)."""
+    try:
+        return json.loads(handoff_path(run_dir, iface).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pidfd_getfd(pidfd: int, fd: int) -> int:
+    r = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return int(r)
+
+
+class AfXdpTx:
+    """Transmit side of ``--nic afxdp`` (the muxer): the TX rings of steering's sockets.
+
+    ``locate()`` returns steering's hand-off (:meth:`AfXdpNic.handoff`) or None.  Until
+    one can be taken, and whenever the steering that made it has exited, frames go out
+    through the AF_PACKET TX ring of the interface (counted as ``fallback_packets``).
+    """
+
+    kind = "afxdp"
+
+    def __init__(self, iface: str, locate: Callable[[], dict[str, Any] | None]):
+        from maglev.nic.afpacket import AfPacketNic
+
+        self.iface = iface
+        self._locate = locate
+        self._fallback = AfPacketNic(iface)
+        self._tx: list[Any] = []
+        self._sink: Any = None
+        self._pidfd = -1
+        self._pid = 0
+        self._dead_pid = 0
+        self._next = 0
+        self._next_check = 0.0
+        self._next_try = 0.0
+        self._gone: dict[str, int] = {k: 0 for k in _TX_STATS}  # counters of detached sockets
+        self.attaches = 0
+        self.detaches = 0
+        self.fallback_packets = 0
+        self.why_fallback = "steering's AF_XDP sockets not taken yet"
+        self.packets = 0
+        self.calls = 0
+
+    # -- attach / detach ----------------------------------------------------------------
+    def _attach(self) -> bool:
+        h = self._locate()
+        if not h or not h.get("sockets"):
+            self.why_fallback = "steering has published no AF_XDP sockets (yet)"
+            return False
+        pid = int(h["pid"])
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as e:
+            self.why_fallback = f"steering pid {pid}: {e.strerror}"
+            return False
+        txs: list[Any] = []
+        try:
+            for s in h["sockets"]:
+                fd = _pidfd_getfd(pidfd, int(s["fd"]))
+                try:
+                    ufd = _pidfd_getfd(pidfd, int(s["umem_fd"]))
+                except OSError:
+                    os.close(fd)
+                    raise
+                t = ffi.new("struct mg_xsk_tx *")
+                rc = lib.mg_xsk_tx_attach(t, fd, ufd)  # owns both descriptors, also on failure
+                if rc < 0:
+                    raise OSError(-rc, f"queue {s['queue']}: {os.strerror(-rc)}")
+                txs.append(t)
+        except OSError as e:
+            for t in txs:
+                lib.mg_xsk_tx_close(t)
+            os.close(pidfd)
+            self.why_fallback = f"cannot take steering's AF_XDP sockets: {e.strerror or e}"
+            return False
+        self._tx, self._pidfd, self._pid = txs, pidfd, pid
+        self._sink = None
+        self.attaches += 1
+        self.why_fallback = ""
+        log.info("transmitting through steering's AF_XDP sockets",
+                 extra={"kv": {"iface": self.iface, "queues": len(txs), "steering_pid": pid}})
+        return True
+
+    def _detach(self, why: str) -> None:
+        for t in self._tx:
+            for k in _TX_STATS:
+                self._gone[k] += int(getattr(t.stats, k))
+            lib.mg_xsk_tx_close(t)
+        self._tx = []
+        self._sink = None
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+        self._pidfd = -1
+        self.detaches += 1
+        self.why_fallback = why
+        log.info("AF_XDP transmit detached", extra={"kv": {"iface": self.iface, "why": why}})
+
+    def maintain(self, now: float | None = None) -> None:
+        """Drop the sockets of a steering that exited (its replacement must be able to
+        bind the queues); take new ones when there are none.  Called per burst and from
+        the muxer's housekeeping."""
+        now = time.monotonic() if now is None else now
+        if self._tx:
+            if now >= self._next_check:
+                self._next_check = now + TX_CHECK_S
+                if select.select([self._pidfd], [], [], 0)[0]:
+                    self._dead_pid = self._pid
+                    self._detach(f"steering pid {self._pid} exited")
+                    self._next_try = now  # the replacement's hand-off may be there already
+        if not self._tx and now >= self._next_try:
+            self._next_try = now + TX_RETRY_S
+            h = self._locate()
+            if h and int(h.get("pid", 0)) != self._dead_pid:
+                self._attach()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._tx)
+
+    def nic_loop_tx(self) -> Any:
+        """The TX rings as the sink of the muxer's C loop, or None while not attached (the
+        per-burst :meth:`tx_burst` then sends through the AF_PACKET fallback)."""
+        if not self._tx:
+            return None
+        if self._sink is None:
+            from maglev.nic.afpacket import loop_nic
+
+            self._sink = loop_nic(list(self._tx), lib.MG_LOOP_NIC_XSK)
+        return self._sink
+
+    def loop_error(self, rc: int) -> None:
+        """The C loop's transmit failed with -errno ``rc``: detach (fallback from now on)."""
+        self._detach(f"AF_XDP transmit on {self.iface} failed: {os.strerror(-rc)}")
+
+    # -- data path ----------------------------------------------------------------------
+    def tx_burst(self, pool: Any, descs: Any, n: int) -> int:
+        self.maintain()
+        self.calls += 1
+        if self._tx:
+            t = self._tx[self._next]
+            self._next = (self._next + 1) % len(self._tx)
+            k = int(lib.mg_xsk_tx_burst(t, pool, descs, n))
+            if k >= 0:
+                self.packets += k
+                return k
+            self._detach(f"AF_XDP transmit on {self.iface} failed: {os.strerror(-k)}")
+            return 0  # those frames are counted as tx errors; the next burst uses the fallback
+        sent = int(self._fallback.tx_burst(pool, descs, n))
+        self.fallback_packets += sent
+        self.packets += sent
+        return sent
+
+    # -- counters and lifecycle ---------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self._gone)
+        for t in self._tx:
+            for k in _TX_STATS:
+                out[k] += int(getattr(t.stats, k))
+        out["tx_inflight"] = sum(int(lib.mg_xsk_tx_inflight(t)) for t in self._tx)
+        out["attached_queues"] = len(self._tx)
+        out["attaches"] = self.attaches
+        out["detaches"] = self.detaches
+        out["fallback_packets"] = self.fallback_packets
+        out["why_fallback"] = self.why_fallback
+        out["fallback"] = self._fallback.stats()
+        return out
+
+    def close(self) -> None:
+        if self._tx:
+            self._detach("closed")
+        fb = getattr(self, "_fallback", None)
+        if fb is not None:
+            fb.close()
 
     def __del__(self) -> None:
         try:

@@ -34,7 +34,8 @@ OBJ = Path(__file__).resolve().parent.parent / "data" / "mg_xdp.bpf.o"
 
 _SYS_BPF = 321  # x86_64
 BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 0, 1, 2, 3
-BPF_PROG_LOAD, BPF_LINK_CREATE = 5, 28
+BPF_MAP_GET_NEXT_KEY, BPF_PROG_LOAD = 4, 5
+BPF_PROG_GET_FD_BY_ID, BPF_MAP_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_LINK_CREATE = 13, 14, 15, 28
 BPF_PROG_TYPE_XDP, BPF_XDP = 6, 37
 XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE = 1 << 1, 1 << 2
 BPF_PSEUDO_MAP_FD = 1
@@ -126,11 +127,20 @@ class XdpProgram:
 
     def add_vip(self, address: str) -> None:
         """Redirect packets whose destination is ``address`` (IPv4 or IPv6)."""
-        if ":" in address:
-            key = socket.inet_pton(socket.AF_INET6, address)
-        else:
-            key = b"\0" * 10 + b"\xff\xff" + socket.inet_aton(address)
-        self._update("vip_addrs", key, struct.pack("<I", 1))
+        self._update("vip_addrs", vip_key(address), struct.pack("<I", 1))
+
+    def remove_vip(self, address: str) -> None:
+        """Stop redirecting ``address`` (absent already: nothing to do)."""
+        k = ctypes.create_string_buffer(vip_key(address), 16)
+        try:
+            _bpf(BPF_MAP_DELETE_ELEM, struct.pack("<IIQ", self.maps["vip_addrs"], 0, ctypes.addressof(k)))
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+
+    def vips(self) -> set[str]:
+        """The addresses redirected now (read back from the map)."""
+        return _map_addresses(self.maps["vip_addrs"])
 
     def counters(self) -> dict[str, int]:
         out = {}
@@ -166,6 +176,58 @@ class XdpProgram:
                            "latter); or use --nic afpacket:" + iface)
         raise XdpError(last.errno, f"afxdp: cannot attach the XDP program to {iface} ({last.strerror}); "
                        f"use --nic afpacket:{iface}")
+
+
+def vip_key(address: str) -> bytes:
+    """The map key of an address: 16 bytes, IPv4 as ::ffff:a.b.c.d."""
+    if ":" in address:
+        return socket.inet_pton(socket.AF_INET6, address)
+    return b"\0" * 10 + b"\xff\xff" + socket.inet_aton(address)
+
+
+def _map_addresses(map_fd: int) -> set[str]:
+    out: set[str] = set()
+    key = ctypes.create_string_buffer(16)
+    nxt = ctypes.create_string_buffer(16)
+    first = True
+    for _ in range(1 << 16):  # bounded: the map holds at most 1024
+        try:
+            _bpf(BPF_MAP_GET_NEXT_KEY, struct.pack("<IIQQ", map_fd, 0, 0 if first else ctypes.addressof(key),
+                                                   ctypes.addressof(nxt)))
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                break
+            raise
+        first = False
+        raw = nxt.raw
+        out.add(socket.inet_ntop(socket.AF_INET, raw[12:]) if raw[:12] == b"\0" * 10 + b"\xff\xff"
+                else socket.inet_ntop(socket.AF_INET6, raw))
+        ctypes.memmove(key, nxt, 16)
+    return out
+
+
+def attached_vips(prog_id: int) -> set[str]:
+    """The VIP addresses the loaded program ``prog_id`` redirects (``ip -d link`` shows the
+    id of an interface's XDP program): for tests and tools, from any process."""
+    pfd = _bpf(BPF_PROG_GET_FD_BY_ID, struct.pack("<III", prog_id, 0, 0))
+    try:
+        ids = (ctypes.c_uint32 * 16)()
+        info = ctypes.create_string_buffer(256)
+        struct.pack_into("<IQ", info, 52, 16, ctypes.addressof(ids))
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", pfd, 256, ctypes.addressof(info)))
+        n = struct.unpack_from("<I", info, 52)[0]
+        for map_id in list(ids)[: min(n, 16)]:
+            mfd = _bpf(BPF_MAP_GET_FD_BY_ID, struct.pack("<III", map_id, 0, 0))
+            try:
+                minfo = ctypes.create_string_buffer(128)
+                _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", mfd, 128, ctypes.addressof(minfo)))
+                if minfo.raw[24:40].rstrip(b"\0") == b"vip_addrs":
+                    return _map_addresses(mfd)
+            finally:
+                os.close(mfd)
+    finally:
+        os.close(pfd)
+    raise XdpError(errno.ENOENT, f"XDP program {prog_id} has no vip_addrs map (not maglev's)")
 
 
 def load(obj: Path = OBJ) -> XdpProgram:

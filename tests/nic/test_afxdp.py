@@ -234,3 +234,317 @@ def test_maglev_run_on_a_missing_interface_says_so_in_one_line(tmp_path):
     assert r.returncode != 0
     err = [line for line in r.stderr.splitlines() if "error" in line]
     assert err == ["maglev: error: --nic afxdp:nope0: no network interface named 'nope0' here"], r.stderr
+
+
+# -- transmit (the muxer's side: AfXdpTx on the same sockets) -----------------------------
+
+def open_tx(ns, locate, dev: str = "b0"):
+    from maglev.nic.afxdp import AfXdpTx
+
+    with in_netns(ns.name):  # the AF_PACKET fallback socket lives in the namespace
+        return AfXdpTx(dev, locate)
+
+
+def sniffer(ns, dev: str = "a0") -> socket.socket:
+    with in_netns(ns.name):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+    s.bind((dev, 0))
+    s.settimeout(0.2)
+    return s
+
+
+def marked_frames(a, b, n: int, tag: bytes) -> list[bytes]:
+    """Frames b0 sends to a0 (udp to a's address), each with its number in the payload."""
+    dst, src = mac(a, "a0"), mac(b, "b0")
+    return [P.eth(P.ipv4(B_IP, A_IP, P.UDP, P.udp(4000, 9, tag + b"%06d" % i, src=B_IP, dst=A_IP)),
+                  dst=dst, src=src) for i in range(n)]
+
+
+def load(pool: Pool, frames: list[bytes]) -> None:
+    for i, f in enumerate(frames):
+        m = ffi.cast("struct mg_frame_meta *", pool.ptr + i * lib.MG_FRAME_SIZE)
+        m.data_off = lib.MG_FRAME_HEADROOM
+        m.len = len(f)
+        start = i * lib.MG_FRAME_SIZE + lib.MG_FRAME_META_SIZE + lib.MG_FRAME_HEADROOM
+        pool.mm[start : start + len(f)] = f
+
+
+def sniff(s: socket.socket, tag: bytes, want: int, timeout: float = 3.0) -> list[bytes]:
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        try:
+            f = s.recv(4096)
+        except TimeoutError:
+            continue
+        if tag in f:
+            got.append(f)
+    return got
+
+
+def test_transmit_through_the_tx_ring_recycles_chunks(pair):
+    _, a, b = pair
+    nic = open_nic(b)
+    tx = open_tx(b, nic.handoff)
+    s = sniffer(a)
+    try:
+        pool = Pool(256)
+        total = 0
+        # More frames than the UMEM has TX chunks (2048): completions must recycle them.
+        for r in range(12):
+            frames = marked_frames(a, b, 256, b"R%02d" % r)
+            load(pool, frames)
+            assert tx.tx_burst(pool.ptr, pool.descs, 256) == 256
+            assert tx.attached  # not the AF_PACKET fallback
+            got = sniff(s, b"R%02d" % r, 256)
+            assert got == frames  # whole frames, in order, each once
+            total += 256
+        st = tx.stats()
+        assert st["tx_packets"] == total and st["fallback_packets"] == 0
+        assert st["tx_completed"] == total and st["tx_inflight"] == 0
+        assert st["tx_kicks"] >= 12  # copy mode: the kernel asks for every burst (need_wakeup)
+        assert st["attached_queues"] == 1
+    finally:
+        s.close()
+        tx.close()
+        nic.close()
+    assert not xdp_attached(b, "b0")
+
+
+def test_transmit_lets_go_of_a_dead_steering_and_takes_the_next(pair, tmp_path):
+    """The muxer holds duplicates of steering's sockets; when steering dies they must be
+    dropped (else its replacement's bind finds the queue busy), frames meanwhile go out
+    through AF_PACKET, and the replacement's sockets are taken."""
+    from maglev.nic.afxdp import read_handoff
+
+    _, a, b = pair
+    code = ("import sys, time\n"
+            "from maglev.nic.afxdp import AfXdpNic\n"
+            "n = AfXdpNic('b0', vips=[('203.0.113.10', 0, 'udp')])\n"
+            f"n.publish({str(tmp_path)!r})\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    p = b.popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "PYTHONPATH": os.getcwd()})
+    tx = nic = None
+    s = sniffer(a)
+    try:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        tx = open_tx(b, lambda: read_handoff(tmp_path, "b0"))
+        pool = Pool(64)
+        frames = marked_frames(a, b, 64, b"K1")
+        load(pool, frames)
+        assert tx.tx_burst(pool.ptr, pool.descs, 64) == 64 and tx.attached
+        assert sniff(s, b"K1", 64) == frames
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        deadline = time.monotonic() + 2
+        while tx.attached and time.monotonic() < deadline:
+            tx.maintain()
+            time.sleep(0.005)
+        assert not tx.attached and "exited" in tx.stats()["why_fallback"]
+        frames = marked_frames(a, b, 32, b"K2")
+        load(pool, frames)
+        assert tx.tx_burst(pool.ptr, pool.descs, 32) == 32  # through the AF_PACKET fallback
+        assert sniff(s, b"K2", 32) == frames and tx.stats()["fallback_packets"] == 32
+        nic = open_nic(b)  # the queue is free again (the BUSY retry covers the kernel's deferred free)
+        nic.publish(tmp_path)
+        deadline = time.monotonic() + 2
+        while not tx.attached and time.monotonic() < deadline:
+            tx.maintain()
+            time.sleep(0.01)
+        assert tx.attached and tx.stats()["attaches"] == 2
+        frames = marked_frames(a, b, 64, b"K3")
+        load(pool, frames)
+        assert tx.tx_burst(pool.ptr, pool.descs, 64) == 64
+        assert sniff(s, b"K3", 64) == frames
+    finally:
+        s.close()
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+        if tx is not None:
+            tx.close()
+        if nic is not None:
+            nic.close()
+    assert not xdp_attached(b, "b0")
+
+
+# -- the XDP program follows the configuration ------------------------------------------
+
+VIP2 = "203.0.113.20"
+
+
+def prog_id(ns, dev: str) -> int:
+    info = json.loads(ns.exec("ip", "-j", "-d", "link", "show", "dev", dev).stdout)[0]
+    x = info.get("xdp") or {}
+    return int((x.get("prog") or {}).get("id") or x.get("attached", [{}])[0].get("prog", {}).get("id", 0))
+
+
+def test_set_vips_changes_what_is_redirected(pair):
+    from maglev.nic import xdp_loader
+
+    _, a, b = pair
+    nic = open_nic(b)
+    try:
+        assert xdp_loader.attached_vips(prog_id(b, "b0")) == {VIP}
+        assert nic.set_vips([VIP, VIP2, "2001:db8::10"]) == (["2001:db8::10", VIP2], [])
+        assert nic.prog.vips() == {VIP, VIP2, "2001:db8::10"}
+        assert nic.set_vips([VIP2]) == ([], ["2001:db8::10", VIP])
+        assert xdp_loader.attached_vips(prog_id(b, "b0")) == {VIP2}
+        # What is redirected follows: VIP's packets now reach the kernel, not the socket.
+        before = nic.stats()["xdp_passed"]
+        send_raw(a, vip_frames(a, b, 5))
+        pool = Pool()
+        assert receive(nic, pool, 5, timeout=0.5) == []
+        assert nic.stats()["xdp_passed"] >= before + 5
+    finally:
+        nic.close()
+
+
+CONF = """[instance]
+name = "{name}"
+source_ipv4 = "198.18.9.2"
+{vips}
+"""
+
+
+def vips_toml(addrs) -> str:
+    return "".join(f'[[vip]]\naddress = "{v}"\nport = 53\nprotocol = "udp"\n[[vip.backend]]\naddress = "198.18.9.77"\n'
+                   for v in addrs)
+
+
+def test_maglev_run_follows_a_reload(pair, tmp_path):
+    """`maglev run --nic afxdp`: a VIP added or removed by a SIGHUP reload changes the XDP
+    program's map (steering syncs it from the tables in force)."""
+    from maglev.nic import xdp_loader
+
+    _, _, b = pair
+    name = f"xr{os.getpid() % 10000}"
+    cfg = tmp_path / "maglev.toml"
+    cfg.write_text(CONF.format(name=name, vips=vips_toml([VIP])))
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MAGLEV_RUN_DIR": str(tmp_path / "run"),
+           "MAGLEV_STATE_DIR": str(tmp_path / "state")}
+    p = b.popen([sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--config", str(cfg),
+                 "--nic", "afxdp:b0", "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, env=env)
+
+    def wait_vips(want: set[str], timeout: float = 30.0) -> set[str]:
+        deadline = time.monotonic() + timeout
+        got: set[str] = set()
+        while time.monotonic() < deadline and p.poll() is None:
+            pid = prog_id(b, "b0")
+            try:
+                got = xdp_loader.attached_vips(pid) if pid else set()
+            except OSError:  # detached between the two looks
+                got = set()
+            if got == want:
+                return got
+            time.sleep(0.05)
+        return got
+
+    try:
+        assert wait_vips({VIP}) == {VIP}
+        cfg.write_text(CONF.format(name=name, vips=vips_toml([VIP, VIP2])))
+        p.send_signal(signal.SIGHUP)
+        assert wait_vips({VIP, VIP2}) == {VIP, VIP2}
+        cfg.write_text(CONF.format(name=name, vips=vips_toml([VIP2])))
+        p.send_signal(signal.SIGHUP)
+        assert wait_vips({VIP2}) == {VIP2}
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        out, err = p.communicate()
+    assert p.returncode == 0, err[-2000:]
+    assert not xdp_attached(b, "b0")
+
+
+def test_transmit_survives_link_down_and_up(pair):
+    """Link down: a burst fails (counted: returned short) or falls back, never raises; once
+    the link is up again frames leave through the TX rings again."""
+    _, a, b = pair
+    nic = open_nic(b)
+    tx = open_tx(b, nic.handoff)
+    s = sniffer(a)
+    try:
+        pool = Pool(64)
+        load(pool, marked_frames(a, b, 16, b"D0"))
+        assert tx.tx_burst(pool.ptr, pool.descs, 16) == 16 and tx.attached
+        b.exec("ip", "link", "set", "b0", "down")
+        load(pool, marked_frames(a, b, 16, b"D1"))
+        sent = tx.tx_burst(pool.ptr, pool.descs, 16)
+        assert 0 <= sent <= 16
+        b.exec("ip", "link", "set", "b0", "up")
+        deadline = time.monotonic() + 5
+        got: list[bytes] = []
+        while not got and time.monotonic() < deadline:  # the peer needs a moment to carrier up
+            frames = marked_frames(a, b, 16, b"D2")
+            load(pool, frames)
+            tx.tx_burst(pool.ptr, pool.descs, 16)
+            got = sniff(s, b"D2", 16, timeout=0.3)
+        assert got
+        deadline = time.monotonic() + 2
+        while not tx.attached and time.monotonic() < deadline:
+            tx.maintain()
+            time.sleep(0.01)
+        assert tx.attached  # back on the TX rings (after a fallback, if the kick failed)
+        frames = marked_frames(a, b, 16, b"D3")
+        load(pool, frames)
+        assert tx.tx_burst(pool.ptr, pool.descs, 16) == 16
+        assert sniff(s, b"D3", 16) == frames
+    finally:
+        s.close()
+        tx.close()
+        nic.close()
+
+
+def test_a_new_muxer_rebuilds_the_free_chunks_from_the_rings(pair):
+    """TX descriptors a previous muxer left in flight (link down: the kernel cannot send
+    them) are not handed out again by its replacement; once they complete, they are."""
+    from maglev.native import lib as L
+
+    _, a, b = pair
+    nic = open_nic(b)
+    tx1 = open_tx(b, nic.handoff)
+    tx2 = None
+    try:
+        pool = Pool(64)
+        load(pool, marked_frames(a, b, 16, b"M0"))
+        assert tx1.tx_burst(pool.ptr, pool.descs, 16) == 16 and tx1.attached
+        b.exec("ip", "link", "set", "b0", "down")
+        load(pool, marked_frames(a, b, 16, b"M1"))
+        tx1.tx_burst(pool.ptr, pool.descs, 16)
+        left = int(L.mg_xsk_tx_inflight(tx1._tx[0])) if tx1.attached else None
+        tx1.close()  # the first muxer is gone; its descriptors stay in the socket's rings
+        tx2 = open_tx(b, nic.handoff)
+        tx2.maintain()
+        assert tx2.attached
+        inflight = int(L.mg_xsk_tx_inflight(tx2._tx[0]))
+        if left is not None:
+            assert inflight == left
+        assert 0 < inflight <= 16  # the link-down burst is still in the rings (16 here)
+        b.exec("ip", "link", "set", "b0", "up")
+        s = sniffer(a)
+        try:
+            deadline = time.monotonic() + 5
+            got: list[bytes] = []
+            while not got and time.monotonic() < deadline:
+                frames = marked_frames(a, b, 16, b"M2")
+                load(pool, frames)
+                if not tx2.attached:
+                    tx2.maintain()
+                tx2.tx_burst(pool.ptr, pool.descs, 16)
+                got = sniff(s, b"M2", 16, timeout=0.3)
+            assert got
+        finally:
+            s.close()
+        st = tx2.stats()
+        assert st["tx_inflight"] == 0 or not tx2.attached, st  # everything completed came back
+    finally:
+        tx1.close()
+        if tx2 is not None:
+            tx2.close()
+        nic.close()

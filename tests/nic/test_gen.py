@@ -137,6 +137,8 @@ def test_out_defaults():
     assert parse_out(None, parse_nic("gen")).kind == "null"
     assert parse_out("x.pcap", parse_nic("gen")).arg == "x.pcap"
     assert parse_out(None, parse_nic("afpacket:veth0")).arg == "veth0"
+    out = parse_out(None, parse_nic("afxdp:veth0"))  # transmits through its own sockets
+    assert (out.kind, out.arg) == ("afxdp", "veth0")
 
 
 # ------------------------------------------------------------------ flood mode (issue 16)

@@ -32,3 +32,17 @@ int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ct
                    struct mg_loop_out *out);
 int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
                 struct mg_loop_out *out);
+#define MG_LOOP_NIC_AFP 1
+#define MG_LOOP_NIC_XSK 2
+#define MG_LOOP_NIC_MAX 64
+struct mg_loop_nic {
+    uint32_t kind;
+    uint32_t n;
+    uint32_t next;
+    uint32_t reserved;
+    void **devs;
+};
+int mg_steer_loop_nic(struct mg_steer *s, void *base, struct mg_loop_nic *src,
+                      const struct mg_loop_ctl *ctl, struct mg_loop_out *out);
+int mg_mux_loop_nic(struct mg_mux *m, void *base, struct mg_loop_nic *sink,
+                    const struct mg_loop_ctl *ctl, struct mg_loop_out *out);

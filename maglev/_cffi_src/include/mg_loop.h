@@ -80,4 +80,30 @@ int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ct
 int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
                 struct mg_loop_out *out);
 
+/* ---- NIC sources and sinks (AF_PACKET, AF_XDP): the same loops, the NIC's burst calls
+ * inside them instead of one Python step per burst.  A source or sink is one or more
+ * device handles of one kind, visited round-robin (fan-out sockets, XSK queues); the
+ * device calls are the drivers' own burst functions (mg_afp_rx_burst/tx_burst,
+ * mg_xsk_rx_burst/tx_burst), so the drivers' accounting is unchanged.  A device error
+ * (-errno) gives the frames back exactly as the Python step does and is returned. */
+#define MG_LOOP_NIC_AFP 1   /* devs are struct mg_afp * */
+#define MG_LOOP_NIC_XSK 2   /* rx: struct mg_xsk *; tx: struct mg_xsk_tx * */
+#define MG_LOOP_NIC_MAX 64
+
+struct mg_loop_nic {
+    uint32_t kind;        /* MG_LOOP_NIC_* */
+    uint32_t n;           /* devices in devs (1..MG_LOOP_NIC_MAX) */
+    uint32_t next;        /* round-robin position (kept across calls) */
+    uint32_t reserved;
+    void **devs;
+};
+
+/* Steering with a NIC source: reclaim -> spares -> (retry | take -> rx -> dispatch); IDLE
+ * when the NIC has nothing (the caller then polls the NIC's descriptor). */
+int mg_steer_loop_nic(struct mg_steer *s, void *base, struct mg_loop_nic *src,
+                      const struct mg_loop_ctl *ctl, struct mg_loop_out *out);
+/* Muxer with a NIC sink: collect -> tx -> done (the frames the NIC refused are failed). */
+int mg_mux_loop_nic(struct mg_mux *m, void *base, struct mg_loop_nic *sink,
+                    const struct mg_loop_ctl *ctl, struct mg_loop_out *out);
+
 #endif

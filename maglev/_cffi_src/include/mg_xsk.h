@@ -9,16 +9,31 @@
  * fill ring (it ran out of chunks and stopped polling) the driver kicks it with a
  * recvfrom(MSG_DONTWAIT).  poll(POLLIN) on the fd waits for packets.
  *
- * Why a UMEM beside the pool and not the pool itself (zero copy end to end): the pool's
- * frames are owned by steering's journalled hand and the rings between actors; frames
- * sitting in the kernel's fill and RX rings would be invisible to that accounting and to
- * the recovery of a killed steering process.  Making the pool the UMEM needs the fill ring
- * to be a journalled place of its own (docs/nic.md, "What is not done").  The copy costs
- * one memcpy per packet, the same as AF_PACKET's.
+ * Why a UMEM beside the pool and not the pool itself (zero copy end to end): not the
+ * layout -- 2048-byte pool frames are valid chunks, and an XSK headroom of 64 would put the
+ * packet exactly at MG_FRAME_HEADROOM -- but the accounting: frames lent to the kernel
+ * (fill, RX, TX and completion rings) are in no place the pool journal knows, a killed
+ * steering's fill ring dies with its socket, and the muxer would have to hold sent frames
+ * until their completion (docs/nic.md, "The UMEM is not the shared frame pool").  The copy
+ * costs one memcpy per packet each way, the same as AF_PACKET's.
  *
- * Transmit is not done here: the muxer sends through the AF_PACKET TX ring of the same
- * interface (mg_afpacket.h); an XSK TX ring in the muxer would need the socket's UMEM
- * shared across processes.
+ * Transmit (struct mg_xsk_tx): the socket also has a TX and a completion ring, and its
+ * UMEM is a memfd mapped MAP_SHARED.  Chunks [0, MG_XSK_RX_FRAMES) belong to the fill and
+ * RX rings (steering), chunks [MG_XSK_RX_FRAMES, MG_XSK_NUM_FRAMES) to the TX and
+ * completion rings (the muxer).  The muxer, another process, takes a duplicate of the
+ * socket and of the memfd (pidfd_getfd) and maps the two rings steering never touches:
+ * every ring keeps one user-space side, in one process.  mg_xsk_tx_burst copies each pool
+ * frame into a free TX chunk (one copy, as the AF_PACKET TX ring), publishes the burst
+ * with one producer update and kicks the kernel with sendto(MSG_DONTWAIT) only when it
+ * set XDP_RING_NEED_WAKEUP on the TX ring (copy mode always does: the kernel sends from
+ * the sendto call, at most 32 frames per call, so the kick is repeated while it answers
+ * EAGAIN and the ring is not empty, bounded).  Completed chunks go back to the free
+ * stack at the start of the next burst.
+ *
+ * A muxer that attaches after a dead one rebuilds the free stack from the rings: the
+ * chunks in flight are the TX descriptors between the completion ring's consumer and
+ * the TX ring's producer (the kernel completes in order, and there are no more TX chunks
+ * than TX ring slots, so those descriptors are still intact).
  */
 #ifndef MG_XSK_H
 #define MG_XSK_H
@@ -28,7 +43,10 @@
 
 #define MG_XSK_FRAME_SIZE 2048u
 #define MG_XSK_NUM_FRAMES 4096u /* 8 MiB UMEM per socket */
-#define MG_XSK_RING_SIZE 2048u  /* fill, RX (power of two) */
+#define MG_XSK_RING_SIZE 2048u  /* fill, RX, TX, completion (power of two) */
+#define MG_XSK_RX_FRAMES 2048u  /* chunks 0..2047: fill/RX; the rest: TX */
+#define MG_XSK_TX_FRAMES (MG_XSK_NUM_FRAMES - MG_XSK_RX_FRAMES)
+#define MG_XSK_KICK_MAX 64u     /* sendto() kicks per burst at most (copy mode: 32 frames each) */
 
 /* mg_xsk_open() modes */
 #define MG_XSK_MODE_COPY 1
@@ -58,10 +76,34 @@ struct mg_xsk {
     int ifindex;
     uint32_t queue;
     uint32_t mode;          /* MG_XSK_MODE_* actually bound */
+    int umem_fd;            /* memfd of the UMEM (shared with the muxer) */
     uint8_t *umem;
     size_t umem_len;
     struct mg_xsk_ring fill, rx;
     struct mg_xsk_stats stats;
+};
+
+struct mg_xsk_tx_stats {
+    uint64_t tx_packets;    /* handed to the TX ring */
+    uint64_t tx_bytes;
+    uint64_t tx_completed;  /* chunks back from the completion ring */
+    uint64_t tx_ring_full;  /* frames refused: no free chunk or TX slot (counted, not waited for) */
+    uint64_t tx_oversize;   /* frames longer than a chunk */
+    uint64_t tx_kicks;      /* sendto() because the kernel asked (need_wakeup) */
+    uint64_t tx_kick_errors;/* kicks that failed with something else than EAGAIN/EBUSY/ENOBUFS */
+    uint64_t tx_bursts;
+};
+
+/* The muxer's side of one socket: TX and completion rings, TX chunks. */
+struct mg_xsk_tx {
+    int fd;                 /* the muxer's duplicate of the socket */
+    int last_errno;         /* of the last failed kick */
+    uint8_t *umem;
+    size_t umem_len;
+    struct mg_xsk_ring tx, comp;
+    uint32_t n_free;
+    uint64_t free_chunks[MG_XSK_TX_FRAMES];
+    struct mg_xsk_tx_stats stats;
 };
 
 /* Opens an AF_XDP socket with its UMEM, fills the fill ring and binds it to (ifindex,
@@ -75,5 +117,20 @@ int mg_xsk_rx_burst(struct mg_xsk *x, uint8_t *pool, const uint64_t *descs, uint
 /* The kernel's counters (XDP_STATISTICS): rx_dropped, rx_invalid_descs,
  * rx_ring_full, rx_fill_ring_empty_descs.  0 or -errno. */
 int mg_xsk_kernel_stats(struct mg_xsk *x, uint64_t *out4);
+/* The UMEM's memfd (for the muxer's pidfd_getfd), -1 when closed. */
+int mg_xsk_umem_fd(const struct mg_xsk *x);
+
+/* Maps the TX and completion rings of socket `fd` (a duplicate of a socket mg_xsk_open
+ * made, possibly in another process) and its UMEM from `umem_fd`; takes ownership of both
+ * descriptors (closed by mg_xsk_tx_close, also on failure).  0 or -errno. */
+int mg_xsk_tx_attach(struct mg_xsk_tx *t, int fd, int umem_fd);
+void mg_xsk_tx_close(struct mg_xsk_tx *t);
+/* Copies frames descs[0..k) into TX chunks and sends them; returns k (<= n: the rest had
+ * no chunk or slot and are counted in tx_ring_full), or -errno (-EBADF when detached,
+ * -ENETDOWN/-ENXIO from a kick: the socket is gone or unbound).  The caller owns every
+ * pool frame again on return. */
+int mg_xsk_tx_burst(struct mg_xsk_tx *t, const uint8_t *pool, const uint64_t *descs, uint32_t n);
+/* Chunks in flight (handed to the kernel, not completed yet). */
+uint32_t mg_xsk_tx_inflight(const struct mg_xsk_tx *t);
 
 #endif

@@ -198,3 +198,129 @@ int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
             return 0;
     }
 }
+
+/* ---- NIC sources and sinks (mg_loop.h) --------------------------------------------- */
+#include "mg_afpacket.h"
+#include "mg_xsk.h"
+
+static int nic_ok(const struct mg_loop_nic *d)
+{
+    return d && d->devs && d->n >= 1 && d->n <= MG_LOOP_NIC_MAX &&
+           (d->kind == MG_LOOP_NIC_AFP || d->kind == MG_LOOP_NIC_XSK);
+}
+
+/* One receive burst from the first device (round-robin) that has packets. */
+static int nic_rx(struct mg_loop_nic *d, uint8_t *pool, const uint64_t *descs, uint32_t n)
+{
+    for (uint32_t i = 0; i < d->n; i++) {
+        uint32_t j = (d->next + i) % d->n;
+        int k = d->kind == MG_LOOP_NIC_AFP ? mg_afp_rx_burst((struct mg_afp *)d->devs[j], pool, descs, n)
+                                           : mg_xsk_rx_burst((struct mg_xsk *)d->devs[j], pool, descs, n);
+        if (k != 0) {
+            d->next = (j + 1) % d->n;
+            return k;
+        }
+    }
+    return 0;
+}
+
+int mg_steer_loop_nic(struct mg_steer *s, void *base, struct mg_loop_nic *src,
+                      const struct mg_loop_ctl *ctl, struct mg_loop_out *out)
+{
+    if (!s || !base || !nic_ok(src) || !ctl || !out || ctl->burst == 0 ||
+        ctl->burst > MG_BURST_MAX || ctl->spares > MG_SPARE_RING_SIZE)
+        return -EINVAL;
+    struct budget b;
+    budget_start(&b, ctl, mg_loop_now_ns(), out);
+    uint8_t *pool = mg_region_pool(base);
+    for (;;) {
+        int rc = mg_steer_reclaim(s, base);
+        if (rc < 0)
+            return rc;
+        rc = mg_steer_spares(s, base, ctl->spares);
+        if (rc < 0)
+            return rc;
+        int holding = mg_hand_count(base, s->slot);
+        if (holding < 0)
+            return holding;
+        if (holding) {
+            int left = mg_steer_dispatch(s, base, (uint32_t)holding, 0);
+            if (left < 0)
+                return left;
+            if (left)
+                return finish(out, MG_LOOP_STALL);
+            if (budget_done(&b, ctl, out, 0))
+                return 0;
+            continue;
+        }
+        int n = mg_steer_take(s, base, ctl->burst);
+        if (n < 0)
+            return n;
+        if (n == 0)
+            return finish(out, MG_LOOP_IDLE);
+        uint32_t cnt;
+        uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
+        int k = nic_rx(src, pool, descs, (uint32_t)n);
+        if (k < 0) {
+            mg_steer_dispatch(s, base, 0, 0); /* the frames go back: the pool stays whole */
+            return k;
+        }
+        rc = mg_steer_dispatch(s, base, (uint32_t)k, 1);
+        if (rc < 0)
+            return rc;
+        if (k == 0)
+            return finish(out, MG_LOOP_IDLE);
+        if (budget_done(&b, ctl, out, (uint32_t)k))
+            return 0;
+    }
+}
+
+int mg_mux_loop_nic(struct mg_mux *m, void *base, struct mg_loop_nic *sink,
+                    const struct mg_loop_ctl *ctl, struct mg_loop_out *out)
+{
+    if (!m || !base || !nic_ok(sink) || !ctl || !out || ctl->burst == 0 || ctl->burst > MG_HAND_MAX)
+        return -EINVAL;
+    struct budget b;
+    budget_start(&b, ctl, mg_loop_now_ns(), out);
+    uint8_t *pool = mg_region_pool(base);
+    for (;;) {
+        int holding = mg_hand_count(base, m->slot);
+        if (holding < 0)
+            return holding;
+        if (holding) { /* the sent ring was full last time */
+            int left = mg_mux_done(m, base, 0, 0);
+            if (left < 0)
+                return left;
+            if (left == holding)
+                return finish(out, MG_LOOP_STALL);
+            if (budget_done(&b, ctl, out, 0))
+                return 0;
+            continue;
+        }
+        int n = mg_mux_collect(m, base, ctl->burst);
+        if (n < 0)
+            return n;
+        if (n == 0)
+            return finish(out, MG_LOOP_IDLE);
+        if (MG_UNLIKELY(ctl->lat_hist != NULL))
+            record_latency(base, m->slot, ctl->lat_hist, mg_loop_now_ns());
+        uint32_t cnt;
+        uint64_t *descs = mg_hand_descs(base, m->slot, &cnt);
+        uint32_t j = sink->next;
+        sink->next = (j + 1) % sink->n;
+        int sent = sink->kind == MG_LOOP_NIC_AFP
+                       ? mg_afp_tx_burst((struct mg_afp *)sink->devs[j], pool, descs, (uint32_t)n)
+                       : mg_xsk_tx_burst((struct mg_xsk_tx *)sink->devs[j], pool, descs, (uint32_t)n);
+        if (sent < 0) {
+            mg_mux_done(m, base, 0, (uint32_t)n); /* free the frames before failing */
+            return sent;
+        }
+        if (sent > n)
+            sent = n;
+        int left = mg_mux_done(m, base, (uint32_t)sent, (uint32_t)(n - sent));
+        if (left < 0)
+            return left;
+        if (budget_done(&b, ctl, out, (uint32_t)sent))
+            return 0;
+    }
+}

@@ -1,10 +1,11 @@
-/* AF_XDP receive socket (design in include/mg_xsk.h). */
+/* AF_XDP socket: receive (steering) and transmit (muxer); design in include/mg_xsk.h. */
 #define _GNU_SOURCE
 #include "mg_xsk.h"
 
 #include <linux/if_xdp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +36,14 @@ void mg_xsk_close(struct mg_xsk *x)
     if (x->umem)
         munmap(x->umem, x->umem_len);
     x->umem = NULL;
+    if (x->umem_fd >= 0)
+        close(x->umem_fd);
+    x->umem_fd = -1;
+}
+
+int mg_xsk_umem_fd(const struct mg_xsk *x)
+{
+    return x->umem ? x->umem_fd : -1;
 }
 
 static int map_ring(struct mg_xsk *x, struct mg_xsk_ring *r, const struct xdp_ring_offset *off,
@@ -60,6 +69,7 @@ int mg_xsk_open(struct mg_xsk *x, int ifindex, uint32_t queue, uint32_t mode)
     int rc;
     memset(x, 0, sizeof *x);
     x->fd = -1;
+    x->umem_fd = -1;
     if (ifindex <= 0 || (mode != MG_XSK_MODE_COPY && mode != MG_XSK_MODE_ZEROCOPY))
         return -EINVAL;
     x->ifindex = ifindex;
@@ -68,7 +78,13 @@ int mg_xsk_open(struct mg_xsk *x, int ifindex, uint32_t queue, uint32_t mode)
     if (x->fd < 0)
         return -errno;
     x->umem_len = (size_t)MG_XSK_NUM_FRAMES * MG_XSK_FRAME_SIZE;
-    void *u = mmap(NULL, x->umem_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* A memfd, mapped shared: the muxer maps the same UMEM for the TX chunks. */
+    x->umem_fd = memfd_create("mg-xsk-umem", MFD_CLOEXEC);
+    if (x->umem_fd < 0)
+        goto fail_errno;
+    if (ftruncate(x->umem_fd, (off_t)x->umem_len) < 0)
+        goto fail_errno;
+    void *u = mmap(NULL, x->umem_len, PROT_READ | PROT_WRITE, MAP_SHARED, x->umem_fd, 0);
     if (u == MAP_FAILED) {
         rc = -errno;
         goto fail;
@@ -85,7 +101,8 @@ int mg_xsk_open(struct mg_xsk *x, int ifindex, uint32_t queue, uint32_t mode)
     uint32_t sz = MG_XSK_RING_SIZE;
     if (setsockopt(x->fd, SOL_XDP, XDP_UMEM_FILL_RING, &sz, sizeof sz) < 0 ||
         setsockopt(x->fd, SOL_XDP, XDP_UMEM_COMPLETION_RING, &sz, sizeof sz) < 0 ||
-        setsockopt(x->fd, SOL_XDP, XDP_RX_RING, &sz, sizeof sz) < 0)
+        setsockopt(x->fd, SOL_XDP, XDP_RX_RING, &sz, sizeof sz) < 0 ||
+        setsockopt(x->fd, SOL_XDP, XDP_TX_RING, &sz, sizeof sz) < 0)
         goto fail_errno;
     struct xdp_mmap_offsets off;
     socklen_t ol = sizeof off;
@@ -94,11 +111,11 @@ int mg_xsk_open(struct mg_xsk *x, int ifindex, uint32_t queue, uint32_t mode)
     if ((rc = map_ring(x, &x->fill, &off.fr, sz, sizeof(uint64_t), XDP_UMEM_PGOFF_FILL_RING)) < 0 ||
         (rc = map_ring(x, &x->rx, &off.rx, sz, sizeof(struct xdp_desc), XDP_PGOFF_RX_RING)) < 0)
         goto fail;
-    /* Every chunk the fill ring can hold goes to the kernel now (the rest stay spare). */
+    /* Every receive chunk goes to the kernel now (the TX chunks are the muxer's). */
     uint64_t *fd = x->fill.desc;
-    for (uint32_t i = 0; i < sz; i++)
+    for (uint32_t i = 0; i < MG_XSK_RX_FRAMES; i++)
         fd[i] = (uint64_t)i * MG_XSK_FRAME_SIZE;
-    __atomic_store_n(x->fill.producer, sz, __ATOMIC_RELEASE);
+    __atomic_store_n(x->fill.producer, MG_XSK_RX_FRAMES, __ATOMIC_RELEASE);
 
     struct sockaddr_xdp sxdp;
     memset(&sxdp, 0, sizeof sxdp);
@@ -180,4 +197,176 @@ int mg_xsk_kernel_stats(struct mg_xsk *x, uint64_t *out4)
     out4[2] = st.rx_ring_full;
     out4[3] = st.rx_fill_ring_empty_descs;
     return 0;
+}
+
+/* ---- transmit (the muxer's side) -------------------------------------------------- */
+
+void mg_xsk_tx_close(struct mg_xsk_tx *t)
+{
+    if (t->tx.map)
+        munmap(t->tx.map, t->tx.map_len);
+    if (t->comp.map)
+        munmap(t->comp.map, t->comp.map_len);
+    t->tx.map = t->comp.map = NULL;
+    if (t->umem)
+        munmap(t->umem, t->umem_len);
+    t->umem = NULL;
+    if (t->fd >= 0)
+        close(t->fd);
+    t->fd = -1;
+    t->n_free = 0;
+}
+
+static int map_ring_fd(int fd, struct mg_xsk_ring *r, const struct xdp_ring_offset *off, uint32_t size,
+                       size_t desc_size, uint64_t pgoff)
+{
+    struct mg_xsk tmp;
+    tmp.fd = fd;
+    return map_ring(&tmp, r, off, size, desc_size, pgoff);
+}
+
+int mg_xsk_tx_attach(struct mg_xsk_tx *t, int fd, int umem_fd)
+{
+    int rc;
+    struct stat st;
+    memset(t, 0, sizeof *t);
+    t->fd = fd;
+    if (fd < 0 || umem_fd < 0) {
+        rc = -EBADF;
+        goto fail;
+    }
+    if (fstat(umem_fd, &st) < 0)
+        goto fail_errno;
+    if ((size_t)st.st_size != (size_t)MG_XSK_NUM_FRAMES * MG_XSK_FRAME_SIZE) {
+        rc = -EINVAL;  /* not a UMEM of mg_xsk_open */
+        goto fail;
+    }
+    t->umem_len = (size_t)st.st_size;
+    void *u = mmap(NULL, t->umem_len, PROT_READ | PROT_WRITE, MAP_SHARED, umem_fd, 0);
+    if (u == MAP_FAILED)
+        goto fail_errno;
+    t->umem = u;
+    close(umem_fd);
+    umem_fd = -1;
+    struct xdp_mmap_offsets off;
+    socklen_t ol = sizeof off;
+    if (getsockopt(fd, SOL_XDP, XDP_MMAP_OFFSETS, &off, &ol) < 0)
+        goto fail_errno;
+    if ((rc = map_ring_fd(fd, &t->tx, &off.tx, MG_XSK_RING_SIZE, sizeof(struct xdp_desc), XDP_PGOFF_TX_RING)) < 0 ||
+        (rc = map_ring_fd(fd, &t->comp, &off.cr, MG_XSK_RING_SIZE, sizeof(uint64_t),
+                          XDP_UMEM_PGOFF_COMPLETION_RING)) < 0)
+        goto fail;
+    /* Free = every TX chunk not in flight; in flight = the TX descriptors between the
+     * completion consumer and the TX producer (a predecessor's, after a restart). */
+    uint8_t busy[MG_XSK_TX_FRAMES];
+    memset(busy, 0, sizeof busy);
+    uint32_t ccons = __atomic_load_n(t->comp.consumer, __ATOMIC_ACQUIRE);
+    uint32_t tprod = __atomic_load_n(t->tx.producer, __ATOMIC_ACQUIRE);
+    uint32_t inflight = tprod - ccons;
+    if (inflight > MG_XSK_TX_FRAMES)
+        inflight = MG_XSK_TX_FRAMES;  /* cannot happen with our own rings; be safe */
+    const struct xdp_desc *td = t->tx.desc;
+    for (uint32_t i = 0; i < inflight; i++) {
+        uint64_t a = td[(ccons + i) & t->tx.mask].addr / MG_XSK_FRAME_SIZE;
+        if (a >= MG_XSK_RX_FRAMES && a < MG_XSK_NUM_FRAMES)
+            busy[a - MG_XSK_RX_FRAMES] = 1;
+    }
+    for (uint32_t i = MG_XSK_TX_FRAMES; i-- > 0;)
+        if (!busy[i])
+            t->free_chunks[t->n_free++] = (uint64_t)(MG_XSK_RX_FRAMES + i) * MG_XSK_FRAME_SIZE;
+    return 0;
+fail_errno:
+    rc = -errno;
+fail:
+    if (umem_fd >= 0)
+        close(umem_fd);
+    mg_xsk_tx_close(t);
+    return rc;
+}
+
+uint32_t mg_xsk_tx_inflight(const struct mg_xsk_tx *t)
+{
+    return t->umem ? MG_XSK_TX_FRAMES - t->n_free : 0;
+}
+
+static void tx_reclaim(struct mg_xsk_tx *t)
+{
+    uint32_t cons = __atomic_load_n(t->comp.consumer, __ATOMIC_RELAXED);
+    uint32_t prod = __atomic_load_n(t->comp.producer, __ATOMIC_ACQUIRE);
+    const uint64_t *cd = t->comp.desc;
+    uint32_t k = prod - cons;
+    for (uint32_t i = 0; i < k && t->n_free < MG_XSK_TX_FRAMES; i++)
+        t->free_chunks[t->n_free++] = cd[(cons + i) & t->comp.mask] & ~(uint64_t)(MG_XSK_FRAME_SIZE - 1);
+    if (k) {
+        __atomic_store_n(t->comp.consumer, cons + k, __ATOMIC_RELEASE);
+        t->stats.tx_completed += k;
+    }
+}
+
+int mg_xsk_tx_burst(struct mg_xsk_tx *t, const uint8_t *pool, const uint64_t *descs, uint32_t n)
+{
+    if (t->fd < 0 || !t->umem)
+        return -EBADF;
+    if (n > MG_BURST_MAX)
+        n = MG_BURST_MAX;
+    tx_reclaim(t);
+    uint32_t prod = __atomic_load_n(t->tx.producer, __ATOMIC_RELAXED);
+    uint32_t cons = __atomic_load_n(t->tx.consumer, __ATOMIC_ACQUIRE);
+    uint32_t room = t->tx.size - (prod - cons);
+    struct xdp_desc *td = t->tx.desc;
+    uint32_t sent = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct mg_frame_meta *m = mg_frame_meta((uint8_t *)pool, (uint32_t)descs[i]);
+        uint32_t len = m->len;
+        if (len > MG_XSK_FRAME_SIZE || (size_t)m->data_off + len > MG_FRAME_SIZE - MG_FRAME_META_SIZE) {
+            t->stats.tx_oversize++;
+            continue;
+        }
+        if (!room || !t->n_free) {
+            t->stats.tx_ring_full += n - i;
+            break;
+        }
+        uint64_t addr = t->free_chunks[--t->n_free];
+        memcpy(t->umem + addr, (const uint8_t *)m + MG_FRAME_META_SIZE + m->data_off, len);
+        struct xdp_desc *d = &td[(prod + sent) & t->tx.mask];
+        d->addr = addr;
+        d->len = len;
+        d->options = 0;
+        room--;
+        sent++;
+        t->stats.tx_bytes += len;
+    }
+    if (!sent)
+        return 0;
+    /* Release: descriptors and chunk bytes before the producer the kernel reads. */
+    __atomic_store_n(t->tx.producer, prod + sent, __ATOMIC_RELEASE);
+    t->stats.tx_packets += sent;
+    t->stats.tx_bursts++;
+    int rc = (int)sent;
+    for (uint32_t k = 0; k < MG_XSK_KICK_MAX; k++) {
+        if (!(__atomic_load_n(t->tx.flags, __ATOMIC_ACQUIRE) & XDP_RING_NEED_WAKEUP))
+            break;
+        t->stats.tx_kicks++;
+        if (sendto(t->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0) {
+            if (__atomic_load_n(t->tx.consumer, __ATOMIC_ACQUIRE) == prod + sent)
+                break;
+            continue;
+        }
+        int e = errno;
+        if (e == EAGAIN || e == EBUSY || e == ENOBUFS) {
+            /* copy mode: the kernel sends a batch per call and says EAGAIN for the rest */
+            if (__atomic_load_n(t->tx.consumer, __ATOMIC_ACQUIRE) == prod + sent)
+                break;
+            continue;
+        }
+        if (e == EINTR)
+            continue;
+        t->stats.tx_kick_errors++;
+        t->last_errno = e;
+        if (e == ENETDOWN || e == ENXIO || e == EBADF || e == ENOTCONN)
+            rc = -e;  /* the frames stay in the ring: the caller counts them as errors */
+        break;
+    }
+    tx_reclaim(t);
+    return rc;
 }
