@@ -62,10 +62,26 @@ def _forced(args: dict[str, Any], force: bool) -> dict[str, Any]:
 @click.option("--client-key", envvar="MAGLEV_CLIENT_KEY", default="", help="tcp://: your CURVE .key_secret file.")
 @click.option("--server-key", envvar="MAGLEV_SERVER_KEY", default="",
               help="tcp://: the server's CURVE public key (Z85) or .key file.")
+@click.option("--shard", envvar="MAGLEV_CTL_SHARD", default="", metavar="NAME",
+              help="Address this [[shard]]: its [shard.control] endpoint with --config, else the default "
+                   "socket of instance INSTANCE-NAME.")
+@click.option("--config", "config_path", envvar="MAGLEV_CONFIG", default="", type=click.Path(),
+              help="With --shard: the sharded config file, to find the shard's endpoint and instance name.")
 @json_opt
 @click.pass_context
-def ctl(ctx, control, events, instance, timeout, client_key, server_key, as_json) -> None:
+def ctl(ctx, control, events, instance, timeout, client_key, server_key, shard, config_path, as_json) -> None:
     """Inspect and change a running maglev through its control socket."""
+    if shard and not control:
+        from maglev.config import SHARD_NAME_RE, load_shard, shard_instance_name
+
+        if config_path:
+            conf, _ = load_shard(config_path, shard)
+            control = conf.control.endpoint or endpoints.default_control(conf.instance.name)
+            events = events or conf.control.events_endpoint
+        elif SHARD_NAME_RE.fullmatch(shard):
+            control = endpoints.default_control(shard_instance_name(instance, shard))
+        else:
+            raise click.BadParameter(f"{shard!r} is not a shard name", param_hint="--shard")
     control = control or endpoints.default_control(instance)
     ctx.obj = {"control": control, "events": events, "timeout": timeout, "client_key": client_key,
                "server_key": server_key, "json": as_json}

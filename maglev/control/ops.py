@@ -89,6 +89,8 @@ def plain(config: Config) -> dict[str, Any]:
     """``Config.to_dict()`` without ``dataclasses.asdict``'s deep copies (5x faster for a
     1000-backend config; the values are immutable scalars).  A test pins the equality."""
     d = _plain(config)
+    if not d.get("shards"):  # a running instance's config never has shards (validate)
+        d.pop("shards", None)
     d["vip"] = d.pop("vips")
     for v in d["vip"]:
         v["backend"] = v.pop("backends")
@@ -176,11 +178,15 @@ def find_backend(vip: Vip, key: str, field: str = "backend") -> int:
 def validate(data: Any) -> Config:
     """``Config.from_dict`` with its problems turned into an ``invalid-config`` reply."""
     try:
-        return Config.from_dict(data)
+        out = Config.from_dict(data)
     except ConfigError as exc:
         raise invalid_config(exc.problems) from None
     except RecursionError:
         raise ProtocolError(INVALID_CONFIG, "configuration is nested too deeply") from None
+    if out.shards:  # a shard's own manager gets its section ($MAGLEV_SHARD): this one is no shard
+        raise invalid_config(["shard: this instance is not a shard of a sharded config; start it with "
+                              "`maglev run --shard NAME` (or send a config without [[shard]] sections)"])
+    return out
 
 
 # -------------------------------------------------------------------- the operations
