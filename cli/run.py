@@ -139,7 +139,9 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         cpus = cpus or own.cpus
         metrics = metrics or own.metrics
         if cpus:  # the supervisor, its standby processes and the control-plane actors too:
-            from maglev.actors.pipeline import parse_cpus  # a restart in a shard costs only its own cores
+            from maglev.actors.pipeline import (
+                parse_cpus,  # a restart in a shard costs only its own cores
+            )
 
             os.sched_setaffinity(0, parse_cpus(cpus))
     elif config_path:
