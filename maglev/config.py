@@ -107,6 +107,9 @@ class Backend:
     weight: int = 1
     name: str = ""  # hashed for the Maglev table; defaults to the canonical address
     mac: str = ""  # next-hop MAC for encap = "l2" and inner destination MAC for "vxlan"
+    # QUIC VIPs: the server ID (hex, quic.server_id_length bytes) this backend puts in the
+    # connection IDs it issues; "" = none (reached by hashing only).  docs/datapath.md.
+    quic_server_id: str = ""
 
     @property
     def key(self) -> str:
@@ -115,6 +118,20 @@ class Backend:
     @property
     def ip(self) -> IPAddress:
         return _ip_address(self.address)
+
+
+@dataclass(frozen=True)
+class Quic:
+    """``[vip.quic]``: route QUIC short-header packets by the server ID in their destination
+    connection ID (the QUIC-LB draft's plaintext scheme).  server_id_length 0 = off."""
+
+    server_id_offset: int = 1  # byte offset of the server ID in the connection ID
+    server_id_length: int = 0  # bytes, 1..8
+    cid_length: int = 8  # length of the connection IDs the servers issue, 1..20
+
+    @property
+    def enabled(self) -> bool:
+        return self.server_id_length > 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +150,7 @@ class Vip:
     hash: str = "5tuple"  # one of HASH_MODES
     udp_ignore_src_port: bool = False
     conntrack: bool = True
+    quic: Quic = field(default_factory=Quic)
 
     @property
     def key(self) -> str:
@@ -316,7 +334,17 @@ class Config:
 def _vip_dict(v: dict[str, Any]) -> dict[str, Any]:
     out = dict(v)
     out["backend"] = list(out.pop("backends"))
+    trim_plain_vip(out)
     return out
+
+
+def trim_plain_vip(v: dict[str, Any]) -> None:
+    """Leave the QUIC keys out of a plain VIP that does not use them (the file's shape)."""
+    if not v["quic"]["server_id_length"]:
+        del v["quic"]
+    for b in v["backend"]:
+        if not b["quic_server_id"]:
+            del b["quic_server_id"]
 
 
 def cpu_list(text: str) -> list[int] | None:
@@ -815,7 +843,7 @@ class _Parser:
             data,
             p,
             {"address", "port", "protocol", "encap", "table_size", "allow_fragments", "vxlan_vni", "vxlan_port", "health", "backend",
-             "hash", "udp_ignore_src_port", "conntrack"},
+             "hash", "udp_ignore_src_port", "conntrack", "quic"},
         )
         address = self.ip(d, "address", p, True, 0, "vip")
         size = self.integer(d, "table_size", p, DEFAULT_TABLE_SIZE, 2, MAX_TABLE_SIZE)
@@ -849,6 +877,9 @@ class _Parser:
         if serving > size and is_prime(size):
             self.err(f"{p}.table_size", f"{size} slots cannot hold {serving} backends with weight > 0 "
                                         f"(use a prime at least 100 times the number of backends)")
+        n0 = self.n_problems
+        quic = self.quic(d["quic"], f"{p}.quic") if "quic" in d else Quic()
+        quic_ok = self.n_problems == n0
         vip = Vip(
             address=address,
             port=self.integer(d, "port", p, 0, 0, 65535),
@@ -863,8 +894,11 @@ class _Parser:
             hash=self.choice(d, "hash", p, "5tuple", HASH_MODES),
             udp_ignore_src_port=self.boolean(d, "udp_ignore_src_port", p, False),
             conntrack=self.boolean(d, "conntrack", p, True),
+            quic=quic,
         )
         self.hashing(d, vip, p)
+        if quic_ok:
+            self.quic_ids(vip, p)
         # A probe needs a port: a VIP that serves every port (port 0) must name one.
         if vip.health.type != "none" and not vip.health.port and not vip.port:
             self.err(f"{p}.health.port", "is required when the VIP serves every port (port = 0)")
@@ -883,6 +917,42 @@ class _Parser:
             self.err(f"{p}.hash", "'dst_port' needs allow_fragments = false (fragments are hashed on "
                      "source, destination and protocol, so they would reach another backend)")
 
+    def quic(self, data: Any, p: str) -> Quic:
+        d = self.table(data, p, {"server_id_offset", "server_id_length", "cid_length"})
+        if "server_id_length" not in d:
+            self.err(f"{p}.server_id_length", "is required")
+        q = Quic(
+            server_id_offset=self.integer(d, "server_id_offset", p, 1, 0, 19),
+            server_id_length=self.integer(d, "server_id_length", p, 1, 1, 8),
+            cid_length=self.integer(d, "cid_length", p, 8, 1, 20),
+        )
+        if q.server_id_offset + q.server_id_length > q.cid_length:
+            self.err(f"{p}.server_id_length", f"a {q.server_id_length}-byte server ID at offset "
+                     f"{q.server_id_offset} does not fit a {q.cid_length}-byte connection ID (cid_length)")
+        return q
+
+    def quic_ids(self, vip: Vip, p: str) -> None:
+        """QUIC server IDs: on a UDP VIP with ``quic`` only, the configured length, distinct."""
+        if vip.quic.enabled and vip.protocol != "udp":
+            self.err(f"{p}.quic", f"applies to UDP VIPs only (protocol is {vip.protocol!r})")
+        seen: dict[int, int] = {}
+        n = vip.quic.server_id_length
+        for j, b in enumerate(vip.backends):
+            sid = b.quic_server_id
+            if not sid:
+                continue
+            bp = f"{p}.backend[{j}].quic_server_id"
+            if not vip.quic.enabled:
+                self.err(bp, "the VIP has no quic table (set quic.server_id_length)")
+                continue
+            if len(sid) != 2 * n:
+                self.err(bp, f"{show(sid)} must be {2 * n} hex digits (quic.server_id_length = {n})")
+                continue
+            value = int(sid, 16)
+            if value in seen:
+                self.err(bp, f"{show(sid)} is also backend[{seen[value]}].quic_server_id: server IDs are unique per VIP")
+            seen.setdefault(value, j)
+
     def backend(self, data: Any, p: str, encap: str) -> Backend:
         # A control-plane change revalidates the whole config (one validator for file and
         # socket); a backend table equal to one accepted before -- same keys, values *and
@@ -900,7 +970,7 @@ class _Parser:
         return b
 
     def _backend(self, data: Any, p: str, encap: str) -> Backend:
-        d = self.table(data, p, {"address", "weight", "name", "mac"})
+        d = self.table(data, p, {"address", "weight", "name", "mac", "quic_server_id"})
         mac = self.string(d, "mac", p, "")
         if mac and not _MAC_RE.fullmatch(mac):
             self.err(f"{p}.mac", f"{show(mac)} is not a MAC address (aa:bb:cc:dd:ee:ff)")
@@ -914,11 +984,16 @@ class _Parser:
         name = self.string(d, "name", p, "")
         if len(name.encode()) > 255:
             self.err(f"{p}.name", "is longer than 255 bytes")
+        sid = self.string(d, "quic_server_id", p, "")
+        if sid and not re.fullmatch(r"[0-9a-fA-F]{2,16}", sid):
+            self.err(f"{p}.quic_server_id", f"{show(sid)} is not a server ID of 1-8 bytes in hex (e.g. '0a01')")
+            sid = ""
         return Backend(
             address=self.ip(d, "address", p, True, 0, "backend"),
             weight=self.integer(d, "weight", p, 1, 0, MAX_WEIGHT),
             name=name,
             mac=mac.lower(),
+            quic_server_id=sid.lower(),
         )
 
     def asn(self, d: dict[str, Any], key: str, path: str, default: int, lo: int) -> int:

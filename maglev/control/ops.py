@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from maglev.config import Config, Vip
+from maglev.config import Config, Vip, trim_plain_vip
 from maglev.control.protocol import (
     BAD_ARGS,
     CONFLICT,
@@ -94,6 +94,7 @@ def plain(config: Config) -> dict[str, Any]:
     d["vip"] = d.pop("vips")
     for v in d["vip"]:
         v["backend"] = v.pop("backends")
+        trim_plain_vip(v)
     d["bgp"]["peer"] = d["bgp"].pop("peers")
     return d
 
