@@ -242,3 +242,31 @@ def test_engines_agree_on_quic_streams(bursts, gaps):
     sc, sp = engines["c"].stats(), engines["python"].stats()
     for k in ("packets_in", "forwarded", "drops", "conntrack", "vips", "backends", "quic_cid_routed", "quic_hashed"):
         assert sc[k] == sp[k], k
+
+
+def test_whereis_shows_the_quic_rule_and_the_decision(tmp_path):
+    from click.testing import CliRunner
+
+    from maglev.observability.whereis import WhereisError, parse_cid, parse_flow, whereis_config
+    from maglev_cli.main import cli
+
+    flow = parse_flow("198.51.100.1:5555", f"{VIPQ}:443/udp")
+    plain = whereis_config(CONF, flow)
+    assert plain["quic"]["server_ids"] == {"0a01": "198.18.7.1", "0a02": "198.18.7.2", "0a03": "198.18.7.3"}
+    assert not plain["quic"]["routed"] and "hashed" in plain["quic"]["packet"]
+    routed = whereis_config(CONF, flow, quic_cid=parse_cid("07:0a:03:aa:bb:cc:dd:ee"))
+    assert routed["quic"]["routed"] and routed["backend"] == "198.18.7.3"  # offline: every backend healthy
+    assert routed["why"].startswith("QUIC short header: server ID 0a03 (connection ID bytes 1..2)")
+    unknown = whereis_config(CONF, flow, quic_cid=parse_cid("070b03aabbccddee"))
+    assert not unknown["quic"]["routed"] and unknown["backend"] == plain["backend"]
+    assert "not one of this VIP's" in unknown["quic"]["packet"]
+    with pytest.raises(WhereisError, match="QUIC allows 1-20"):
+        parse_cid("00" * 21)
+    with pytest.raises(WhereisError, match="needs a UDP flow"):
+        whereis_config(CONF, parse_flow("198.51.100.1:5555", f"{VIPQ}:443/tcp"), quic_cid=b"\x07\x0a\x01")
+    f = tmp_path / "q.toml"
+    f.write_text(QUIC_TOML)
+    r = CliRunner().invoke(cli, ["whereis", "--config", str(f), "198.51.100.1:5555", f"{VIPQ}:443/udp",
+                                 "--quic-cid", "070a02aabbccddee"])
+    assert r.exit_code == 0, r.output
+    assert "this packet: server ID 0a02 -> 198.18.7.2" in r.output and "backend    198.18.7.2" in r.output
