@@ -70,7 +70,7 @@ def make_cert(cert: Path, key: Path) -> None:
 
     k = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "maglev-quic-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     c = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
          .not_valid_after(now + datetime.timedelta(days=7)).sign(k, hashes.SHA256()))
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         r = asyncio.run(_client(a))
-    except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
+    except (TimeoutError, ConnectionError, OSError) as exc:
         r = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(r))
     return 0 if r.get("ok") else 1

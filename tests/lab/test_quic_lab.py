@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,12 +16,12 @@ import pytest
 
 pytest.importorskip("aioquic", reason="aioquic is a test dependency (docs/development.md); pip install aioquic")
 
-from maglev import config as cfg  # noqa: E402
-from maglev.actors.launch import python_argv  # noqa: E402
-from maglev.control.client import ControlClient  # noqa: E402
-from maglev.lab.quicpeer import make_cert  # noqa: E402
-from maglev.lab.topology import CLIENT_V4, MAGLEV_V4, MAGLEV_V6, VIP_V4  # noqa: E402
-from maglev.observability.whereis import parse_flow, whereis_config  # noqa: E402
+from maglev import config as cfg
+from maglev.actors.launch import python_argv
+from maglev.control.client import ControlClient
+from maglev.lab.quicpeer import make_cert
+from maglev.lab.topology import CLIENT_V4, MAGLEV_V4, MAGLEV_V6, VIP_V4
+from maglev.observability.whereis import parse_flow, whereis_config
 
 PORT = 4433
 CID_LENGTH, SID_OFFSET = 9, 1
