@@ -185,12 +185,14 @@ def drain(ctx, vip, backend, as_json) -> None:
 @click.option("--weight", type=int, default=None, help="Default 1.")
 @click.option("--name", default=None, help="Name hashed for the table (default: the address).")
 @click.option("--mac", default=None, help="Next-hop MAC (encap l2 / vxlan).")
+@click.option("--quic-server-id", default=None, metavar="HEX",
+              help="QUIC VIPs: the server ID in the connection IDs this backend issues.")
 @json_opt
 @click.pass_context
-def add_backend(ctx, vip, address, weight, name, mac, as_json) -> None:
+def add_backend(ctx, vip, address, weight, name, mac, quic_server_id, as_json) -> None:
     """Add a backend to VIP."""
     b: dict[str, Any] = {"address": address}
-    for k, v in (("weight", weight), ("name", name), ("mac", mac)):
+    for k, v in (("weight", weight), ("name", name), ("mac", mac), ("quic_server_id", quic_server_id)):
         if v is not None:
             b[k] = v
     _change(ctx, "add-backend", {"vip": vip, "backend": b}, as_json)

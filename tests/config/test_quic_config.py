@@ -78,3 +78,16 @@ def test_a_server_id_needs_a_quic_vip():
         "vip[0].backend[0].quic_server_id: the VIP has no quic table (set quic.server_id_length)",
         "vip[0].backend[1].quic_server_id: the VIP has no quic table (set quic.server_id_length)",
     ]
+
+
+def test_add_backend_over_the_control_ops_checks_the_server_id():
+    from maglev.control import ops
+    from maglev.control.protocol import ProtocolError
+
+    c = loads(GOOD)
+    vip = c.vips[0].key
+    out = ops.add_backend(c, {"vip": vip, "backend": {"address": "198.18.7.4", "quic_server_id": "0a04"}})
+    assert out.vips[0].backends[-1].quic_server_id == "0a04"
+    with pytest.raises(ProtocolError) as ei:
+        ops.add_backend(c, {"vip": vip, "backend": {"address": "198.18.7.4", "quic_server_id": "0a01"}})
+    assert "vip[0].backend[3].quic_server_id: '0a01' is also backend[0].quic_server_id" in str(ei.value.details)
