@@ -117,10 +117,12 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
 @click.option("--log-format", type=click.Choice(["auto", "logfmt", "journal", "json"]), default="auto",
               show_default=True,
               help="Log lines: logfmt, journal (<N> priority prefix; auto when stderr is the journal) or json.")
+@click.option("--latency", is_flag=True, hidden=True,
+              help="Record each packet's receive-to-transmit latency in the muxer's stats (null sink; tests).")
 @click.option("--shard", default="", metavar="NAME",
               help="Run only this [[shard]] of the config (default: every shard, one process each).")
 def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoint, metrics, control,
-        burst, ring_size, frames, verbose, log_format, shard) -> None:
+        burst, ring_size, frames, verbose, log_format, latency, shard) -> None:
     """Run the forwarder until Ctrl-C (or the end of a finite input).
 
     A config with [[shard]] sections runs each shard as its own isolated forwarder
@@ -138,6 +140,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         workers = workers or own.workers or None
         cpus = cpus or own.cpus
         metrics = metrics or own.metrics
+        nic = nic or own.nic or None
         if cpus:  # the supervisor, its standby processes and the control-plane actors too:
             from maglev.actors.pipeline import (
                 parse_cpus,  # a restart in a shard costs only its own cores
@@ -151,6 +154,8 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
             sh.check_options(whole, given)
             base = _passthrough(workers, config_path, nic, exit_on_eof, as_json, otlp_endpoint, burst, ring_size,
                                 frames, verbose, log_format, control, metrics, cpus)
+            if latency:
+                base.append("--latency")
             sys.exit(sh.launch_all(whole, base, out or "", as_json))
 
     from maglev.actors import pipeline as pl
@@ -193,7 +198,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     opts = pl.PipelineOptions(
         workers=workers, config_path=config_path or "", nic=nic, out=out or "", cpus=cpus,
         burst=burst, ring_size=ring_size, n_frames=frames, otlp_endpoint=otlp_endpoint,
-        control=control, log_level=level,
+        control=control, log_level=level, latency=latency,
     )
     from maglev.actors.controller import Controller
 

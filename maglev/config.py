@@ -246,6 +246,7 @@ class Shard:
     cpus: str = ""  # CPU list like "0-1" or "2,3"; required when the file has 2+ shards
     workers: int = 0  # 0 = `maglev run --workers`
     metrics: str = ""  # ADDR:PORT of this shard's Prometheus endpoint; "" = none
+    nic: str = ""  # this shard's --nic (e.g. afpacket:eth1); "" = `maglev run --nic` (default gen)
     vips: tuple[Vip, ...] = ()
     bgp: Bgp = field(default_factory=Bgp)
     control: Control = field(default_factory=Control)
@@ -634,7 +635,7 @@ class _Parser:
         return Config(instance, conntrack, (), Bgp(), Control(), tracing, shards)
 
     def shard(self, data: Any, p: str, instance: Instance) -> Shard:
-        d = self.table(data, p, {"name", "cpus", "workers", "metrics", "vip", "bgp", "control"})
+        d = self.table(data, p, {"name", "cpus", "workers", "metrics", "nic", "vip", "bgp", "control"})
         name = self.string(d, "name", p, "")
         if "name" not in d:
             self.err(f"{p}.name", "is required")
@@ -649,11 +650,21 @@ class _Parser:
         if metrics and not re.fullmatch(r"[^\s:]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}", metrics):
             self.err(f"{p}.metrics", f"{show(metrics)} must be ADDR:PORT")
             metrics = ""
+        nic = self.string(d, "nic", p, "")
+        if nic:
+            from maglev.nic import NicSpecError, parse_nic
+
+            try:
+                parse_nic(nic)
+            except NicSpecError as exc:
+                self.err(f"{p}.nic", str(exc).removeprefix(f"--nic {nic}: "))
+                nic = ""
         return Shard(
             name=name,
             cpus=cpus,
             workers=self.integer(d, "workers", p, 0, 0, 64),
             metrics=metrics,
+            nic=nic,
             vips=self.vip_list(d.get("vip", []), f"{p}.vip", instance),
             bgp=self.bgp(d.get("bgp", {}), f"{p}.bgp"),
             control=self.control(d.get("control", {}), f"{p}.control"),
@@ -706,6 +717,8 @@ class _Parser:
                     unique(ep, f"shard[{i}].control.{key}", "endpoint")
             if s.metrics:
                 unique(s.metrics, f"shard[{i}].metrics", "metrics address")
+            if s.nic and not s.nic.startswith(("gen", "pcap:")):  # an interface belongs to one shard
+                unique(s.nic.split(",")[0], f"shard[{i}].nic", "NIC")
             if s.bgp.peers and s.bgp.listen_port:
                 unique(f"[{s.bgp.listen_address or '*'}]:{s.bgp.listen_port}", f"shard[{i}].bgp.listen_port",
                        "BGP listener")

@@ -189,3 +189,15 @@ def test_run_options_that_name_one_thing_are_refused_for_several_shards(tmp_path
     bad.write_text(BASE.replace('cpus = "1"', 'cpus = "0"'))
     r = CliRunner().invoke(cli, ["run", "--config", str(bad)])
     assert r.exit_code == 2 and "shard[1].cpus: CPU 0 is also shard[0].cpus" in r.output
+
+
+def test_a_shard_nic_is_checked_and_an_interface_belongs_to_one_shard():
+    text = BASE.replace("workers = 1\n", 'workers = 1\nnic = "afpacket:eth1"\n').replace(
+        'metrics = "127.0.0.1:9109"\n', 'metrics = "127.0.0.1:9109"\nnic = "afpacket:eth1,queues=2"\n')
+    assert problems(text) == ["shard[1].nic: NIC 'afpacket:eth1' is also shard[0].nic"]
+    ok = loads(text.replace("afpacket:eth1,queues=2", "afpacket:eth2"))
+    assert [s.nic for s in ok.shards] == ["afpacket:eth1", "afpacket:eth2"]
+    gens = loads(text.replace("afpacket:eth1,queues=2", "gen:rate=1000").replace('"afpacket:eth1"', '"gen:seconds=1"'))
+    assert [s.nic for s in gens.shards] == ["gen:seconds=1", "gen:rate=1000"]  # generators are each shard's own
+    bad = problems(BASE.replace("workers = 1\n", 'workers = 1\nnic = "carrier-pigeon:1"\n'))
+    assert len(bad) == 1 and bad[0].startswith("shard[0].nic: ")
