@@ -4,7 +4,8 @@ it takes packets) and its worker is killed with -9 three times; shard b's genera
 paced 20 kpps.  b's forwarded rate and its receive-to-transmit latency (the muxer's
 histogram, `maglev run --latency`) during the kills are compared with before, b's worker is
 never restarted and b drops nothing.  A reload with a broken section of shard a is refused
-by a (path-precise) and does not stop b's own reload."""
+by a (path-precise) and does not stop b's own reload.  Each shard's BGP speaker announces
+only that shard's VIPs, to a scripted peer on its own listener."""
 
 from __future__ import annotations
 
@@ -176,3 +177,89 @@ def test_killing_and_flooding_one_shard_leaves_the_other_alone():
         assert x["packets_in"] == x["forwarded"] + sum(x["dropped"].values()), x
         assert x["pool"]["ok"], x["pool"]["detail"]
     assert sum(b["dropped"].values()) == 0, b["dropped"]
+
+
+BGP_CONF = """
+[instance]
+name = "{name}"
+source_ipv4 = "198.18.0.1"
+{shards}
+"""
+BGP_SHARD = """
+[[shard]]
+name = "{shard}"
+cpus = "{cpu}"
+workers = 1
+nic = "gen:seconds=30,flows=100,ipv6=0,rate=2000"
+[shard.bgp]
+local_asn = 64513
+router_id = "198.18.0.{rid}"
+listen_address = "127.0.0.1"
+listen_port = {port}
+connect_retry_time = 1
+[[shard.bgp.peer]]
+address = "127.0.0.1"
+asn = 64512
+passive = true
+[[shard.vip]]
+address = "{vip}"
+port = 80
+[[shard.vip.backend]]
+address = "198.18.1.{rid}"
+"""
+
+
+@pytest.mark.slow
+def test_each_shard_announces_only_its_own_vips_over_its_own_bgp_session():
+    from maglev.bgp import messages as m
+    from maglev.testing.ports import free_port
+    from tests.bgp.test_actor import BlockingPeer
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("two shards on their own cores need two CPUs; this process may use one")
+    base = Path(tempfile.mkdtemp(prefix="mgs-", dir="/tmp"))
+    name = f"shg{os.getpid() % 100000}"
+    ports = {"a": free_port(), "b": free_port()}
+    vips = {"a": "203.0.113.10", "b": "203.0.113.20"}
+    shards = "".join(BGP_SHARD.format(shard=s, cpu=cpus[i], rid=i + 1, port=ports[s], vip=vips[s])
+                     for i, s in enumerate(("a", "b")))
+    cfg = base / "maglev.toml"
+    cfg.write_text(BGP_CONF.format(name=name, shards=shards))
+    env = {**os.environ, "MAGLEV_RUN_DIR": str(base / "run"), "MAGLEV_STATE_DIR": str(base / "state")}
+    proc = subprocess.Popen([*CLI, "run", "--config", str(cfg), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peers = []
+    try:
+        announced: dict[str, set[str]] = {}
+        for s in ("a", "b"):
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    peer = BlockingPeer(ports[s])
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline and proc.poll() is None, f"shard {s}: no BGP listener"
+                    time.sleep(0.1)
+            peers.append(peer)
+            peer.handshake()
+            got: set[str] = set()
+            while not got:
+                msg = peer.recv()
+                if isinstance(msg, m.Update):
+                    got |= {str(n) for n in msg.nlri}
+                assert time.monotonic() < deadline + 30, f"shard {s} announced nothing"
+            announced[s] = got
+        print(f"\nannounced: {announced}")
+        assert announced == {"a": {"203.0.113.10/32"}, "b": {"203.0.113.20/32"}}
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        for p in peers:
+            p.sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["exit_codes"] == {"a": 0, "b": 0}
