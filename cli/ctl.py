@@ -62,10 +62,26 @@ def _forced(args: dict[str, Any], force: bool) -> dict[str, Any]:
 @click.option("--client-key", envvar="MAGLEV_CLIENT_KEY", default="", help="tcp://: your CURVE .key_secret file.")
 @click.option("--server-key", envvar="MAGLEV_SERVER_KEY", default="",
               help="tcp://: the server's CURVE public key (Z85) or .key file.")
+@click.option("--shard", envvar="MAGLEV_CTL_SHARD", default="", metavar="NAME",
+              help="Address this [[shard]]: its [shard.control] endpoint with --config, else the default "
+                   "socket of instance INSTANCE-NAME.")
+@click.option("--config", "config_path", envvar="MAGLEV_CONFIG", default="", type=click.Path(),
+              help="With --shard: the sharded config file, to find the shard's endpoint and instance name.")
 @json_opt
 @click.pass_context
-def ctl(ctx, control, events, instance, timeout, client_key, server_key, as_json) -> None:
+def ctl(ctx, control, events, instance, timeout, client_key, server_key, shard, config_path, as_json) -> None:
     """Inspect and change a running maglev through its control socket."""
+    if shard and not control:
+        from maglev.config import SHARD_NAME_RE, load_shard, shard_instance_name
+
+        if config_path:
+            conf, _ = load_shard(config_path, shard)
+            control = conf.control.endpoint or endpoints.default_control(conf.instance.name)
+            events = events or conf.control.events_endpoint
+        elif SHARD_NAME_RE.fullmatch(shard):
+            control = endpoints.default_control(shard_instance_name(instance, shard))
+        else:
+            raise click.BadParameter(f"{shard!r} is not a shard name", param_hint="--shard")
     control = control or endpoints.default_control(instance)
     ctx.obj = {"control": control, "events": events, "timeout": timeout, "client_key": client_key,
                "server_key": server_key, "json": as_json}
@@ -198,12 +214,14 @@ def drain(ctx, vip, backend, as_json) -> None:
 @click.option("--weight", type=int, default=None, help="Default 1.")
 @click.option("--name", default=None, help="Name hashed for the table (default: the address).")
 @click.option("--mac", default=None, help="Next-hop MAC (encap l2 / vxlan).")
+@click.option("--quic-server-id", default=None, metavar="HEX",
+              help="QUIC VIPs: the server ID in the connection IDs this backend issues.")
 @json_opt
 @click.pass_context
-def add_backend(ctx, vip, address, weight, name, mac, as_json) -> None:
+def add_backend(ctx, vip, address, weight, name, mac, quic_server_id, as_json) -> None:
     """Add a backend to VIP."""
     b: dict[str, Any] = {"address": address}
-    for k, v in (("weight", weight), ("name", name), ("mac", mac)):
+    for k, v in (("weight", weight), ("name", name), ("mac", mac), ("quic_server_id", quic_server_id)):
         if v is not None:
             b[k] = v
     _change(ctx, "add-backend", {"vip": vip, "backend": b}, as_json)

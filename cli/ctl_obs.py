@@ -49,6 +49,9 @@ def stats_text(s: dict[str, Any]) -> list[str]:
             + (f" | ct entries~{ct['entries']} hits {ct['hits']} inserts {ct['inserts']} "
                f"evictions {ct['evictions']} full {ct['insert_failed']}" if ct else "")
         )
+    quic = [(w.get("quic_cid_routed", 0), w.get("quic_hashed", 0)) for w in s["workers"]]
+    if any(a or b for a, b in quic):
+        lines.append(f"quic     routed by connection ID {sum(a for a, _ in quic)}  hashed {sum(b for _, b in quic)}")
     for v in s["vips"]:
         lines.append(f"vip {v['vip']}  {v['encap']}  M={v['table_size']}  packets {_n(v['packets'])}  "
                      f"entries/backend {v['entries_min']}..{v['entries_max']}")

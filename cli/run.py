@@ -77,9 +77,28 @@ def _check_config(config_path: str | None, nic: str) -> Any:
     return conf
 
 
+def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on_eof: bool, as_json: bool,
+                 otlp_endpoint: str, burst: int, ring_size: int, frames: int, verbose: int, log_format: str,
+                 control: str, metrics: str, cpus: str) -> list[str]:
+    """The options of this `maglev run` that each shard's `maglev run --shard` gets too."""
+    argv = ["--config", config_path, "--burst", str(burst), "--ring-size", str(ring_size),
+            "--log-format", log_format]
+    for opt, v in (("--workers", workers), ("--nic", nic), ("--otlp-endpoint", otlp_endpoint),
+                   ("--frames", frames), ("--control", control), ("--metrics", metrics), ("--cpus", cpus)):
+        if v:
+            argv += [opt, str(v)]
+    if exit_on_eof:
+        argv.append("--exit-on-eof")
+    if as_json:
+        argv.append("--json")
+    if verbose:
+        argv.append("-" + "v" * verbose)
+    return argv
+
+
 @click.command("run")
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Packet worker processes.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Packet worker processes (default: the shard's workers, else 2).")
 @click.option("--config", "config_path", type=click.Path(),
               help="TOML config (default: the built-in sample config).")
 @click.option("--nic", default=None,
@@ -89,7 +108,7 @@ def _check_config(config_path: str | None, nic: str) -> Any:
 @click.option("--exit-on-eof", is_flag=True,
               help="Stop once a finite input (capture, generator limit) is drained and flushed.")
 @click.option("--json", "as_json", is_flag=True, help="Print only a final JSON stats object.")
-@click.option("--cpus", default="", help="CPUs to use, e.g. 0-1 or 0,2 (default: all available).")
+@click.option("--cpus", default="", help="CPUs to use, e.g. 0-1 or 0,2 (default: the shard's cpus, else all available).")
 @click.option("--otlp-endpoint", default="", help="OTLP/HTTP collector, e.g. http://127.0.0.1:4318.")
 @click.option("--metrics", default="", metavar="ADDR:PORT",
               help="Serve Prometheus metrics on http://ADDR:PORT/metrics (default: off).")
@@ -104,9 +123,46 @@ def _check_config(config_path: str | None, nic: str) -> Any:
 @click.option("--log-format", type=click.Choice(["auto", "logfmt", "journal", "json"]), default="auto",
               show_default=True,
               help="Log lines: logfmt, journal (<N> priority prefix; auto when stderr is the journal) or json.")
+@click.option("--latency", is_flag=True, hidden=True,
+              help="Record each packet's receive-to-transmit latency in the muxer's stats (null sink; tests).")
+@click.option("--shard", default="", metavar="NAME",
+              help="Run only this [[shard]] of the config (default: every shard, one process each).")
 def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoint, metrics, control,
-        burst, ring_size, frames, verbose, log_format) -> None:
-    """Run the forwarder until Ctrl-C (or the end of a finite input)."""
+        burst, ring_size, frames, verbose, log_format, latency, shard) -> None:
+    """Run the forwarder until Ctrl-C (or the end of a finite input).
+
+    A config with [[shard]] sections runs each shard as its own isolated forwarder
+    (docs/operations.md, "Running shards")."""
+    from maglev import shards as sh
+    from maglev.config import Config, read_document
+
+    if shard:
+        if not config_path:
+            raise click.UsageError("--shard needs --config (the file with the [[shard]] sections)")
+        from maglev.config import load_shard
+
+        sh.select(shard)  # before any load: this process and its actors see the shard's config
+        _, own = load_shard(config_path, shard)  # shared sections + this shard's section only
+        workers = workers or own.workers or None
+        cpus = cpus or own.cpus
+        metrics = metrics or own.metrics
+        nic = nic or own.nic or None
+        if cpus:  # the supervisor, its standby processes and the control-plane actors too:
+            from maglev.actors.pipeline import (
+                parse_cpus,  # a restart in a shard costs only its own cores
+            )
+
+            os.sched_setaffinity(0, parse_cpus(cpus))
+    elif config_path:
+        whole = Config.from_dict(read_document(config_path))  # every section, checked together
+        if whole.shards:
+            given = {"control": control, "metrics": metrics, "cpus": cpus}
+            sh.check_options(whole, given)
+            base = _passthrough(workers, config_path, nic, exit_on_eof, as_json, otlp_endpoint, burst, ring_size,
+                                frames, verbose, log_format, control, metrics, cpus)
+            if latency:
+                base.append("--latency")
+            sys.exit(sh.launch_all(whole, base, out or "", as_json))
 
     from maglev.actors import pipeline as pl
     from maglev.config import SAMPLE_CONFIG
@@ -116,6 +172,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     # collections of interpreter shutdown then skip them (0.3-1 s -> ~0.05 s for this
     # process on a busy two-core machine, most of the time from SIGTERM to exit).
     atexit.register(gc.freeze)
+    workers = workers or 2
     level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
     os.environ["MAGLEV_LOG_FORMAT"] = log_format  # the actors inherit it
     setup_logging("supervisor", level, fmt=log_format)
@@ -148,7 +205,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     opts = pl.PipelineOptions(
         workers=workers, config_path=config_path or "", nic=nic, out=out or "", cpus=cpus,
         burst=burst, ring_size=ring_size, n_frames=frames, otlp_endpoint=otlp_endpoint,
-        control=control, log_level=level,
+        control=control, log_level=level, latency=latency,
     )
     from maglev.actors.controller import Controller
 

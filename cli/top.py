@@ -76,6 +76,12 @@ def render_frame(prev: dict[str, Any], cur: dict[str, Any], dt: float, width: in
             lines.append(f"  {b['backend']:<32}{_rate(_d(b['packets'], q['packets'], dt)):>10}"
                          f"{_rate(8 * _d(b['bytes'], q['bytes'], dt)):>10}{b['health']:>8}{b['weight']:>8}"
                          f"{b['entries']:>9}" + (f"  pool {b['pool']}" if b.get("pool") else ""))
+    qc = sum(w.get("quic_cid_routed", 0) for w in cur["workers"])
+    qh = sum(w.get("quic_hashed", 0) for w in cur["workers"])
+    if qc or qh:
+        pqc = sum(w.get("quic_cid_routed", 0) for w in prev["workers"])
+        pqh = sum(w.get("quic_hashed", 0) for w in prev["workers"])
+        lines.append(f"quic: by connection ID {_rate(_d(qc, pqc, dt))}/s ({qc})   hashed {_rate(_d(qh, pqh, dt))}/s ({qh})")
     lines.append("")
     bgp = cur.get("bgp")
     lines.append(f"bgp: {bgp if bgp else 'not running'}")

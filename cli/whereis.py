@@ -23,17 +23,20 @@ import click
 @click.option("--workers", type=click.IntRange(0, 64), default=0,
               help="With --config: also say which of N workers owns the flow.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True)
+@click.option("--quic-cid", default=None, metavar="HEX",
+              help="Ask about a QUIC short-header packet with this destination connection ID (UDP).")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
-def whereis(src, dst, config_path, control, instance, workers, timeout, as_json) -> None:
+def whereis(src, dst, config_path, control, instance, workers, timeout, quic_cid, as_json) -> None:
     """Which backend the flow SRC:PORT -> DST:PORT/PROTO goes to, and why (Maglev table
     slot, generation, owning worker).  IPv6 as [ADDR]:PORT."""
-    from maglev.observability.whereis import parse_flow, whereis_config
+    from maglev.observability.whereis import parse_cid, parse_flow, whereis_config
 
     flow = parse_flow(src, dst)
+    cid = parse_cid(quic_cid) if quic_cid is not None else None
     if config_path:
         from maglev.config import load
 
-        ans = whereis_config(load(config_path), flow, workers=workers)
+        ans = whereis_config(load(config_path), flow, workers=workers, quic_cid=cid)
     else:
         from maglev.control import endpoints
         from maglev.control.client import ControlClient
@@ -42,7 +45,8 @@ def whereis(src, dst, config_path, control, instance, workers, timeout, as_json)
         ep = control or endpoints.default_control(instance)
         try:
             with ControlClient(ep, timeout=timeout) as c:
-                ans = c.call("whereis", {"src": src, "dst": dst})
+                args = {"src": src, "dst": dst} | ({"quic_cid": quic_cid} if quic_cid is not None else {})
+                ans = c.call("whereis", args)
         except ProtocolError as exc:
             raise click.ClickException(f"whereis: {exc.code}: {exc.message}") from None
     if as_json:
@@ -63,6 +67,11 @@ def whereis(src, dst, config_path, control, instance, workers, timeout, as_json)
     click.echo(f"slot       {ans['slot']} = selection hash {sel} mod {ans['table_size']}")
     if "hash_inputs" in ans:
         click.echo(f"hashed on  {ans['hash_inputs']}")
+    if "quic" in ans:
+        q = ans["quic"]
+        click.echo(f"quic       {q['rule']}")
+        click.echo(f"           server IDs {', '.join(f'{k}={v}' for k, v in q['server_ids'].items()) or 'none'}")
+        click.echo(f"           this packet: {q['packet']}")
     if "worker" in ans:
         click.echo(f"worker     {ans['worker']} of {ans['workers']} (high 32 bits of the flow hash)")
     click.echo(f"generation {ans['generation']}   source: {ans['source']}")

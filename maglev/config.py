@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,9 @@ class Backend:
     weight: int = 1
     name: str = ""  # hashed for the Maglev table; defaults to the canonical address
     mac: str = ""  # next-hop MAC for encap = "l2" and inner destination MAC for "vxlan"
+    # QUIC VIPs: the server ID (hex, quic.server_id_length bytes) this backend puts in the
+    # connection IDs it issues; "" = none (reached by hashing only).  docs/datapath.md.
+    quic_server_id: str = ""
 
     @property
     def key(self) -> str:
@@ -155,6 +159,20 @@ class Leaf:
 
 
 @dataclass(frozen=True)
+class Quic:
+    """``[vip.quic]``: route QUIC short-header packets by the server ID in their destination
+    connection ID (the QUIC-LB draft's plaintext scheme).  server_id_length 0 = off."""
+
+    server_id_offset: int = 1  # byte offset of the server ID in the connection ID
+    server_id_length: int = 0  # bytes, 1..8
+    cid_length: int = 8  # length of the connection IDs the servers issue, 1..20
+
+    @property
+    def enabled(self) -> bool:
+        return self.server_id_length > 0
+
+
+@dataclass(frozen=True)
 class Vip:
     address: str
     port: int = 0  # 0 = every port
@@ -175,6 +193,7 @@ class Vip:
     # backend up, backup pools idle), and ``leaves`` says where each one sits.
     pools: tuple[PoolRef, ...] = ()
     leaves: tuple[Leaf, ...] = ()
+    quic: Quic = field(default_factory=Quic)
 
     @property
     def key(self) -> str:
@@ -270,6 +289,27 @@ class Tracing:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """One ``[[shard]]`` section: an isolated forwarder of its own (docs/config.md, "Shards")."""
+
+    name: str
+    cpus: str = ""  # CPU list like "0-1" or "2,3"; required when the file has 2+ shards
+    workers: int = 0  # 0 = `maglev run --workers`
+    metrics: str = ""  # ADDR:PORT of this shard's Prometheus endpoint; "" = none
+    nic: str = ""  # this shard's --nic (e.g. afpacket:eth1); "" = `maglev run --nic` (default gen)
+    vips: tuple[Vip, ...] = ()
+    bgp: Bgp = field(default_factory=Bgp)
+    control: Control = field(default_factory=Control)
+
+
+# Set by `maglev run --shard NAME` for itself and every actor it starts: loading a file with
+# [[shard]] sections then yields that shard's own config (validating only the shared
+# sections and that shard's section).  maglev/shards.py.
+SHARD_ENV = "MAGLEV_SHARD"
+SHARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+
+
+@dataclass(frozen=True)
 class Config:
     instance: Instance = field(default_factory=Instance)
     conntrack: Conntrack = field(default_factory=Conntrack)
@@ -279,27 +319,59 @@ class Config:
     tracing: Tracing = field(default_factory=Tracing)
     pools: tuple[Pool, ...] = ()  # [[pool]] (docs/config.md "Pools")
     health: HealthSettings = field(default_factory=HealthSettings)
+    # [[shard]] sections (a whole sharded file, loaded without MAGLEV_SHARD); a shard's own
+    # config (Config.shard_config) has none.
+    shards: tuple[Shard, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in the TOML file's shape (``vip`` arrays, ``backend`` arrays)."""
         d = asdict(self)
         d["instance"]["pool"] = list(d["instance"]["pool"])
-        d["vip"] = [dict(v) for v in d.pop("vips")]
-        for v in d["vip"]:
-            v["backend"] = list(v.pop("backends"))
+        d["vip"] = [_vip_dict(v) for v in d.pop("vips")]
         d["bgp"]["peer"] = list(d["bgp"].pop("peers"))
+        shards = d.pop("shards")
+        if shards:  # a sharded file keeps VIPs, BGP and control in its shards
+            del d["vip"], d["bgp"], d["control"]
+            d["shard"] = []
+            for s in shards:
+                s["vip"] = [_vip_dict(v) for v in s.pop("vips")]
+                s["bgp"]["peer"] = list(s["bgp"].pop("peers"))
+                d["shard"].append(s)
         return pools_to_plain(d)
 
     @classmethod
-    def from_dict(cls, data: Any) -> Config:
+    def from_dict(cls, data: Any, shard: str | None = None) -> Config:
         """Validate plain data (a parsed TOML file, a control request); ConfigError lists
-        every problem.  Never another exception, whatever ``data`` holds."""
+        every problem.  Never another exception, whatever ``data`` holds.
+
+        ``shard`` (default: $MAGLEV_SHARD) picks one shard of a document with ``[[shard]]``
+        sections: only the shared sections and that shard's section are validated and its
+        own config is returned.  A document without shards ignores it."""
+        if shard is None:
+            shard = os.environ.get(SHARD_ENV) or None
         # The parser reads only the keys it knows and never walks or prints a value it
         # did not ask for, so hostile nesting costs nothing; this is a last guard.
         try:
-            return _Parser().config(data)
+            return _Parser(shard or None).config(data)
         except RecursionError:
             raise ConfigError(["<document>: nested too deeply"]) from None
+
+    def shard(self, name: str) -> Shard:
+        for s in self.shards:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def shard_config(self, name: str) -> Config:
+        """The config shard ``name`` runs: the shared sections, its VIPs, BGP and control,
+        and the instance name ``<instance.name>-<shard>`` (its own run folder, shared-memory
+        region, connection tables and state)."""
+        s = self.shard(name)
+        return Config(
+            instance=replace(self.instance, name=shard_instance_name(self.instance.name, name)),
+            conntrack=self.conntrack, vips=s.vips, bgp=s.bgp, control=s.control, tracing=self.tracing,
+            health=self.health,
+        )
 
     def vip(self, key: str) -> Vip:
         for v in self.vips:
@@ -311,6 +383,41 @@ class Config:
     def flow_hash_key(self) -> tuple[int, int]:
         raw = bytes.fromhex(self.instance.flow_hash_secret)
         return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+
+
+def _vip_dict(v: dict[str, Any]) -> dict[str, Any]:
+    out = dict(v)
+    out["backend"] = list(out.pop("backends"))
+    trim_plain_vip(out)
+    return out
+
+
+def trim_plain_vip(v: dict[str, Any]) -> None:
+    """Leave the QUIC keys out of a plain VIP that does not use them (the file's shape)."""
+    if not v["quic"]["server_id_length"]:
+        del v["quic"]
+    for b in v["backend"]:
+        if not b["quic_server_id"]:
+            del b["quic_server_id"]
+
+
+def cpu_list(text: str) -> list[int] | None:
+    """``"0,2-3"`` -> [0, 2, 3]; None when it is not a CPU list (no check of what exists)."""
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([0-9]{1,4})(?:-([0-9]{1,4}))?\s*", part)
+        if not m:
+            return None
+        lo, hi = int(m[1]), int(m[2] or m[1])
+        if lo > hi:
+            return None
+        out.extend(range(lo, hi + 1))
+    return sorted(set(out))
+
+
+def shard_instance_name(instance: str, shard: str) -> str:
+    """The instance name a shard runs as (run folder, region, control socket, state)."""
+    return f"{instance}-{shard}"
 
 
 def _source(path: str | Path) -> str:
@@ -379,6 +486,19 @@ def read_document(path: str | Path) -> dict[str, Any]:
     return parse_document(read_bytes(path), _source(path))
 
 
+def load_shard(path: str | Path, name: str) -> tuple[Config, Shard]:
+    """Shard ``name`` of a sharded file: its own config and its ``[[shard]]`` settings.
+    Only the shared sections and that shard's section are validated."""
+    data = read_document(path)
+    try:
+        whole = _Parser(name, whole=True).config(data)
+    except RecursionError:
+        raise ConfigError(["<document>: nested too deeply"]) from None
+    if not whole.shards:
+        raise ConfigError([f"{_source(path)}: has no [[shard]] sections (--shard {name})"])
+    return whole.shard_config(name), whole.shards[0]
+
+
 def load(path: str | Path) -> Config:
     """Read and validate a TOML config file."""
     return Config.from_dict(read_document(path))
@@ -397,17 +517,21 @@ def pools_to_plain(d: dict[str, Any]) -> dict[str, Any]:
     if d.get("health") == {"initial": "up"}:
         del d["health"]
     pools = d.pop("pools", [])
-    for v in d["vip"]:
+    for v in d.get("vip", []):
         refs = v.pop("pools", [])
         v.pop("leaves", None)
         if refs:
             v["pool"] = [dict(r) for r in refs]
             v.pop("backend", None)
+    for sh in d.get("shard", []):
+        for v in sh["vip"]:  # a shard's VIPs have no pools (refused by the parser)
+            v.pop("pools", None)
+            v.pop("leaves", None)
     if pools:
         d["pool"] = []
         for p in pools:
             q = dict(p)
-            q["backend"] = [dict(b) for b in q.pop("backends")]
+            q["backend"] = [{k: x for k, x in b.items() if k != "quic_server_id" or x} for b in q.pop("backends")]
             q["pool"] = [dict(r) for r in q.pop("pools")]
             d["pool"].append(q)
     return d
@@ -419,7 +543,9 @@ def pools_to_plain(d: dict[str, Any]) -> dict[str, Any]:
 class _Parser:
     """Collects problems while walking the data; raises once at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, shard: str | None = None, whole: bool = False) -> None:
+        self.selected = shard  # the one [[shard]] section to validate (None: all of them)
+        self.whole = whole  # with a selected shard: return the file's Config holding just it
         self.problems: list[str] = []
         self.n_problems = 0
         self.allow_loopback = False
@@ -524,28 +650,13 @@ class _Parser:
 
     def config(self, data: Any) -> Config:
         top = self.table(
-            data, "", {"instance", "conntrack", "vip", "bgp", "control", "tracing", "pool", "health"}
+            data, "", {"instance", "conntrack", "vip", "bgp", "control", "tracing", "shard", "pool", "health"}
         )
+        if "shard" in top:
+            return self.sharded(top)
         instance = self.instance(top.get("instance", {}))
         conntrack = self.conntrack(top.get("conntrack", {}))
-        raw_vips = self.array(top.get("vip", []), "vip")
-        if len(raw_vips) > MAX_VIPS:
-            self.err("vip", f"{len(raw_vips)} VIPs; the data path holds at most {MAX_VIPS}")
-            raw_vips = []
-        vips = tuple(self.vip(v, f"vip[{i}]", instance) for i, v in enumerate(raw_vips))
-        pools: tuple[Pool, ...] = ()
-        if "pool" in top or any(v.pools for v in vips):
-            from maglev import config_pools
-
-            pools, vips = config_pools.resolve(self, top.get("pool", []), vips, raw_vips, instance)
-        seen: dict[str, int] = {}
-        for i, v in enumerate(vips):
-            if not v.address:
-                continue
-            if v.key in seen:
-                self.err(f"vip[{i}]", f"duplicate VIP {v.key} (also vip[{seen[v.key]}])")
-            seen.setdefault(v.key, i)
-        self.combinations(instance, vips)
+        pools, vips = self.vip_list(top.get("vip", []), "vip", instance, top.get("pool"))
         bgp = self.bgp(top.get("bgp", {}))
         control = self.control(top.get("control", {}))
         tracing = self.tracing(top.get("tracing", {}))
@@ -553,19 +664,173 @@ class _Parser:
         self.fail()
         return Config(instance, conntrack, vips, bgp, control, tracing, pools, health)
 
-    def combinations(self, instance: Instance, vips: tuple[Vip, ...]) -> None:
+    def vip_list(self, raw: Any, p: str, instance: Instance,
+                 raw_pools: Any = None) -> tuple[tuple[Pool, ...], tuple[Vip, ...]]:
+        """The ``[[vip]]`` array at path ``p`` (``vip`` or ``shard[i].vip``), and the
+        ``[[pool]]`` array its VIPs point at (top-level files only, config_pools.py)."""
+        raw_vips = self.array(raw, p)
+        if len(raw_vips) > MAX_VIPS:
+            self.err(p, f"{len(raw_vips)} VIPs; the data path holds at most {MAX_VIPS}")
+            raw_vips = []
+        vips = tuple(self.vip(v, f"{p}[{i}]", instance) for i, v in enumerate(raw_vips))
+        pools: tuple[Pool, ...] = ()
+        if raw_pools is not None or any(v.pools for v in vips):
+            if p != "vip":  # not yet: a shard's VIPs would need the pools' paths per shard
+                self.err(p, "pools ([[pool]], vip.pool) are not supported in a file with [[shard]] sections yet")
+            else:
+                from maglev import config_pools
+
+                pools, vips = config_pools.resolve(self, raw_pools or [], vips, raw_vips, instance)
+        seen: dict[str, int] = {}
+        for i, v in enumerate(vips):
+            if not v.address:
+                continue
+            if v.key in seen:
+                self.err(f"{p}[{i}]", f"duplicate VIP {v.key} (also {p}[{seen[v.key]}])")
+            seen.setdefault(v.key, i)
+        self.combinations(instance, vips, p)
+        return pools, vips
+
+    def sharded(self, top: dict[str, Any]) -> Config:
+        """A document with ``[[shard]]`` sections (docs/config.md, "Shards").  Without a
+        selected shard every section is validated, and checked against the others
+        (overlapping VIPs, CPUs, control sockets, metrics and BGP listeners are errors);
+        with one (``maglev run --shard``, a shard's reload) only the shared sections and
+        that shard's section are, so a bad section of another shard cannot stop it."""
+        for key, what in (("vip", "[[shard.vip]]"), ("bgp", "[shard.bgp]"), ("control", "[shard.control]")):
+            if key in top:
+                self.err(key, f"a file with [[shard]] sections keeps this in each shard ({what})")
+        if "pool" in top:
+            self.err("pool", "pools are not supported in a file with [[shard]] sections yet")
+        instance = self.instance(top.get("instance", {}))
+        conntrack = self.conntrack(top.get("conntrack", {}))
+        tracing = self.tracing(top.get("tracing", {}))
+        health = self.health_settings(top)
+        raw = self.array(top["shard"], "shard")
+        if not raw:
+            self.err("shard", "is empty: give at least one [[shard]] section or none at all")
+        names: dict[str, int] = {}
+        for i, r in enumerate(raw):
+            n = r.get("name") if isinstance(r, dict) else None
+            if isinstance(n, str) and n not in names:
+                names[n] = i
+        if self.selected is not None:
+            if self.selected not in names:
+                self.err("shard", f"no shard named {show(self.selected)} (the file has: "
+                         f"{', '.join(sorted(map(show, names))) or 'none'})")
+                self.fail()
+            i = names[self.selected]
+            s = self.shard(raw[i], f"shard[{i}]", instance)
+            self.fail()
+            whole = Config(instance, conntrack, (), Bgp(), Control(), tracing, health=health, shards=(s,))
+            return whole if self.whole else whole.shard_config(s.name)
+        shards = tuple(self.shard(r, f"shard[{i}]", instance) for i, r in enumerate(raw))
+        self.across_shards(shards)
+        self.fail()
+        return Config(instance, conntrack, (), Bgp(), Control(), tracing, health=health, shards=shards)
+
+    def shard(self, data: Any, p: str, instance: Instance) -> Shard:
+        d = self.table(data, p, {"name", "cpus", "workers", "metrics", "nic", "vip", "bgp", "control"})
+        name = self.string(d, "name", p, "")
+        if "name" not in d:
+            self.err(f"{p}.name", "is required")
+        elif not SHARD_NAME_RE.fullmatch(name):
+            self.err(f"{p}.name", f"{show(name)} must be 1-32 characters of letters, digits, '_', '-'")
+        elif len(shard_instance_name(instance.name, name)) > 63:
+            self.err(f"{p}.name", f"instance.name + '-' + {show(name)} is longer than 63 characters")
+        cpus = self.string(d, "cpus", p, "")
+        if cpus and cpu_list(cpus) is None:
+            self.err(f"{p}.cpus", f"{show(cpus)} is not a CPU list like '0-1' or '2,3'")
+        metrics = self.string(d, "metrics", p, "")
+        if metrics and not re.fullmatch(r"[^\s:]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}", metrics):
+            self.err(f"{p}.metrics", f"{show(metrics)} must be ADDR:PORT")
+            metrics = ""
+        nic = self.string(d, "nic", p, "")
+        if nic:
+            from maglev.nic import NicSpecError, parse_nic
+
+            try:
+                parse_nic(nic)
+            except NicSpecError as exc:
+                self.err(f"{p}.nic", str(exc).removeprefix(f"--nic {nic}: "))
+                nic = ""
+        return Shard(
+            name=name,
+            cpus=cpus,
+            workers=self.integer(d, "workers", p, 0, 0, 64),
+            metrics=metrics,
+            nic=nic,
+            vips=self.vip_list(d.get("vip", []), f"{p}.vip", instance)[1],
+            bgp=self.bgp(d.get("bgp", {}), f"{p}.bgp"),
+            control=self.control(d.get("control", {}), f"{p}.control"),
+        )
+
+    def across_shards(self, shards: tuple[Shard, ...]) -> None:
+        """What two shards may not share: a name, a VIP (same address and protocol, ports
+        equal or either 0 = every port), a CPU, a control or events socket, a metrics
+        address, a BGP listener."""
+        first: dict[str, int] = {}
+        for i, s in enumerate(shards):
+            if s.name and s.name in first:
+                self.err(f"shard[{i}].name", f"duplicate shard {show(s.name)} (also shard[{first[s.name]}])")
+            first.setdefault(s.name, i)
+        owner: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+        for i, s in enumerate(shards):
+            for j, v in enumerate(s.vips):
+                if not v.address:
+                    continue
+                for (oi, oj, port) in owner.get((v.address, v.protocol), []):
+                    if oi != i and (port == v.port or 0 in (port, v.port)):
+                        self.err(f"shard[{i}].vip[{j}]", f"VIP {v.key} overlaps shard[{oi}].vip[{oj}] "
+                                 f"({shards[oi].vips[oj].key}, shard {show(shards[oi].name)}): "
+                                 "each VIP belongs to one shard")
+                        break
+                owner.setdefault((v.address, v.protocol), []).append((i, j, v.port))
+        cpu_owner: dict[int, int] = {}
+        for i, s in enumerate(shards):
+            if not s.cpus:
+                if len(shards) > 1:
+                    self.err(f"shard[{i}].cpus", "is required with more than one shard (each shard gets its own cores)")
+                continue
+            for c in cpu_list(s.cpus) or []:
+                if c in cpu_owner and cpu_owner[c] != i:
+                    self.err(f"shard[{i}].cpus", f"CPU {c} is also shard[{cpu_owner[c]}].cpus "
+                             f"(shard {show(shards[cpu_owner[c]].name)}): shards do not share cores")
+                    break
+                cpu_owner[c] = i
+        seen: dict[str, str] = {}
+
+        def unique(value: str, path: str, what: str) -> None:
+            if value in seen:
+                self.err(path, f"{what} {show(value)} is also {seen[value]}")
+            else:
+                seen[value] = path
+
+        for i, s in enumerate(shards):
+            for key in ("endpoint", "events_endpoint"):
+                if ep := getattr(s.control, key):
+                    unique(ep, f"shard[{i}].control.{key}", "endpoint")
+            if s.metrics:
+                unique(s.metrics, f"shard[{i}].metrics", "metrics address")
+            if s.nic and not s.nic.startswith(("gen", "pcap:")):  # an interface belongs to one shard
+                unique(s.nic.split(",")[0], f"shard[{i}].nic", "NIC")
+            if s.bgp.peers and s.bgp.listen_port:
+                unique(f"[{s.bgp.listen_address or '*'}]:{s.bgp.listen_port}", f"shard[{i}].bgp.listen_port",
+                       "BGP listener")
+
+    def combinations(self, instance: Instance, vips: tuple[Vip, ...], vp: str = "vip") -> None:
         """Checks across VIPs: what the data path can hold, and backends that would send
         packets straight back to this maglev."""
         pairs = sum(len(v.backends) for v in vips)
         if pairs > MAX_BACKEND_PAIRS:
-            self.err("vip", f"{pairs} (VIP, backend) pairs; the data path holds at most {MAX_BACKEND_PAIRS}")
+            self.err(vp, f"{pairs} (VIP, backend) pairs; the data path holds at most {MAX_BACKEND_PAIRS}")
         slots = sum(v.table_size for v in vips)
         if slots > MAX_TABLE_SLOTS:
-            self.err("vip", f"the VIPs' table_size values add up to {slots} slots; at most {MAX_TABLE_SLOTS}")
+            self.err(vp, f"the VIPs' table_size values add up to {slots} slots; at most {MAX_TABLE_SLOTS}")
         own: dict[str, str] = {}  # address -> what it is here
         for i, v in reversed(list(enumerate(vips))):  # the first VIP with an address wins
             if v.address:
-                own[v.address] = f"a VIP of this config (vip[{i}])"
+                own[v.address] = f"a VIP of this config ({vp}[{i}])"
         for key in ("source_ipv4", "source_ipv6"):
             if addr := getattr(instance, key):
                 own[addr] = f"this instance's own source address (instance.{key})"
@@ -574,7 +839,7 @@ class _Parser:
                 continue  # checked where each pool backend is (maglev/config_pools.py)
             for j, b in enumerate(v.backends):
                 if b.address in own:
-                    self.err(f"vip[{i}].backend[{j}].address",
+                    self.err(f"{vp}[{i}].backend[{j}].address",
                              f"{b.address} is {own[b.address]}: packets would come back to maglev")
 
     def instance(self, data: Any) -> Instance:
@@ -693,7 +958,7 @@ class _Parser:
             data,
             p,
             {"address", "port", "protocol", "encap", "table_size", "allow_fragments", "vxlan_vni", "vxlan_port", "health", "backend",
-             "hash", "udp_ignore_src_port", "conntrack", "pool"},
+             "hash", "udp_ignore_src_port", "conntrack", "quic", "pool"},
         )
         address = self.ip(d, "address", p, True, 0, "vip")
         size = self.integer(d, "table_size", p, DEFAULT_TABLE_SIZE, 2, MAX_TABLE_SIZE)
@@ -727,6 +992,9 @@ class _Parser:
         if serving > size and is_prime(size):
             self.err(f"{p}.table_size", f"{size} slots cannot hold {serving} backends with weight > 0 "
                                         f"(use a prime at least 100 times the number of backends)")
+        n0 = self.n_problems
+        quic = self.quic(d["quic"], f"{p}.quic") if "quic" in d else Quic()
+        quic_ok = self.n_problems == n0
         vip = Vip(
             address=address,
             port=self.integer(d, "port", p, 0, 0, 65535),
@@ -741,9 +1009,12 @@ class _Parser:
             hash=self.choice(d, "hash", p, "5tuple", HASH_MODES),
             udp_ignore_src_port=self.boolean(d, "udp_ignore_src_port", p, False),
             conntrack=self.boolean(d, "conntrack", p, True),
+            quic=quic,
             pools=self.pool_refs(d, p) if "pool" in d else (),
         )
         self.hashing(d, vip, p)
+        if quic_ok:
+            self.quic_ids(vip, p)
         self.tunnel_check(vip.health, f"{p}.health", vip, vip.backends, p)
         if "pool" in d and "backend" in d:
             self.err(f"{p}.pool", "a VIP has either backends or pools, not both (put the backends in a pool)")
@@ -806,6 +1077,42 @@ class _Parser:
             self.err(f"{p}.hash", "'dst_port' needs allow_fragments = false (fragments are hashed on "
                      "source, destination and protocol, so they would reach another backend)")
 
+    def quic(self, data: Any, p: str) -> Quic:
+        d = self.table(data, p, {"server_id_offset", "server_id_length", "cid_length"})
+        if "server_id_length" not in d:
+            self.err(f"{p}.server_id_length", "is required")
+        q = Quic(
+            server_id_offset=self.integer(d, "server_id_offset", p, 1, 0, 19),
+            server_id_length=self.integer(d, "server_id_length", p, 1, 1, 8),
+            cid_length=self.integer(d, "cid_length", p, 8, 1, 20),
+        )
+        if q.server_id_offset + q.server_id_length > q.cid_length:
+            self.err(f"{p}.server_id_length", f"a {q.server_id_length}-byte server ID at offset "
+                     f"{q.server_id_offset} does not fit a {q.cid_length}-byte connection ID (cid_length)")
+        return q
+
+    def quic_ids(self, vip: Vip, p: str) -> None:
+        """QUIC server IDs: on a UDP VIP with ``quic`` only, the configured length, distinct."""
+        if vip.quic.enabled and vip.protocol != "udp":
+            self.err(f"{p}.quic", f"applies to UDP VIPs only (protocol is {vip.protocol!r})")
+        seen: dict[int, int] = {}
+        n = vip.quic.server_id_length
+        for j, b in enumerate(vip.backends):
+            sid = b.quic_server_id
+            if not sid:
+                continue
+            bp = f"{p}.backend[{j}].quic_server_id"
+            if not vip.quic.enabled:
+                self.err(bp, "the VIP has no quic table (set quic.server_id_length)")
+                continue
+            if len(sid) != 2 * n:
+                self.err(bp, f"{show(sid)} must be {2 * n} hex digits (quic.server_id_length = {n})")
+                continue
+            value = int(sid, 16)
+            if value in seen:
+                self.err(bp, f"{show(sid)} is also backend[{seen[value]}].quic_server_id: server IDs are unique per VIP")
+            seen.setdefault(value, j)
+
     def backend(self, data: Any, p: str, encap: str) -> Backend:
         # A control-plane change revalidates the whole config (one validator for file and
         # socket); a backend table equal to one accepted before -- same keys, values *and
@@ -823,7 +1130,7 @@ class _Parser:
         return b
 
     def _backend(self, data: Any, p: str, encap: str) -> Backend:
-        d = self.table(data, p, {"address", "weight", "name", "mac"})
+        d = self.table(data, p, {"address", "weight", "name", "mac", "quic_server_id"})
         mac = self.string(d, "mac", p, "")
         if mac and not _MAC_RE.fullmatch(mac):
             self.err(f"{p}.mac", f"{show(mac)} is not a MAC address (aa:bb:cc:dd:ee:ff)")
@@ -837,11 +1144,16 @@ class _Parser:
         name = self.string(d, "name", p, "")
         if len(name.encode()) > 255:
             self.err(f"{p}.name", "is longer than 255 bytes")
+        sid = self.string(d, "quic_server_id", p, "")
+        if sid and not re.fullmatch(r"[0-9a-fA-F]{2,16}", sid):
+            self.err(f"{p}.quic_server_id", f"{show(sid)} is not a server ID of 1-8 bytes in hex (e.g. '0a01')")
+            sid = ""
         return Backend(
             address=self.ip(d, "address", p, True, 0, "backend"),
             weight=self.integer(d, "weight", p, 1, 0, MAX_WEIGHT),
             name=name,
             mac=mac.lower(),
+            quic_server_id=sid.lower(),
         )
 
     def asn(self, d: dict[str, Any], key: str, path: str, default: int, lo: int) -> int:
@@ -851,8 +1163,7 @@ class _Parser:
             return default
         return asn
 
-    def bgp(self, data: Any) -> Bgp:
-        p = "bgp"
+    def bgp(self, data: Any, p: str = "bgp") -> Bgp:
         d = self.table(
             data,
             p,
@@ -909,8 +1220,7 @@ class _Parser:
             self.err(f"{p}.router_id", "is required when peers are configured")
         return bgp
 
-    def control(self, data: Any) -> Control:
-        p = "control"
+    def control(self, data: Any, p: str = "control") -> Control:
         d = self.table(data, p, {"endpoint", "events_endpoint", "server_secret_key_file", "authorized_keys_file"})
         c = Control(
             endpoint=self.string(d, "endpoint", p, ""),

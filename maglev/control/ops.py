@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from maglev.config import Config, Vip, pools_to_plain
+from maglev.config import Config, Vip, pools_to_plain, trim_plain_vip
 from maglev.control.protocol import (
     BAD_ARGS,
     CONFLICT,
@@ -89,9 +89,12 @@ def plain(config: Config) -> dict[str, Any]:
     """``Config.to_dict()`` without ``dataclasses.asdict``'s deep copies (5x faster for a
     1000-backend config; the values are immutable scalars).  A test pins the equality."""
     d = _plain(config)
+    if not d.get("shards"):  # a running instance's config never has shards (validate)
+        d.pop("shards", None)
     d["vip"] = d.pop("vips")
     for v in d["vip"]:
         v["backend"] = v.pop("backends")
+        trim_plain_vip(v)
     d["bgp"]["peer"] = d["bgp"].pop("peers")
     return pools_to_plain(d)
 
@@ -176,11 +179,15 @@ def find_backend(vip: Vip, key: str, field: str = "backend") -> int:
 def validate(data: Any) -> Config:
     """``Config.from_dict`` with its problems turned into an ``invalid-config`` reply."""
     try:
-        return Config.from_dict(data)
+        out = Config.from_dict(data)
     except ConfigError as exc:
         raise invalid_config(exc.problems) from None
     except RecursionError:
         raise ProtocolError(INVALID_CONFIG, "configuration is nested too deeply") from None
+    if out.shards:  # a shard's own manager gets its section ($MAGLEV_SHARD): this one is no shard
+        raise invalid_config(["shard: this instance is not a shard of a sharded config; start it with "
+                              "`maglev run --shard NAME` (or send a config without [[shard]] sections)"])
+    return out
 
 
 # -------------------------------------------------------------------- the operations

@@ -66,7 +66,7 @@ TABLE: tuple[Op, ...] = (
     Op("stats", "observability", (), (), False, "maglev ctl stats", "every counter (as Prometheus)"),
     Op("trace", "observability", (), ("vip", "src", "count", "seconds", "sample_every"), False,
        "maglev ctl trace", "arm or read the packet tracer"),
-    Op("whereis", "observability", ("src", "dst"), (), False, "maglev whereis SRC DST",
+    Op("whereis", "observability", ("src", "dst"), ("quic_cid",), False, "maglev whereis SRC DST",
        "which backend a flow goes to"),
     Op("drain-instance", "scaleout", (), (), False, "maglev ctl drain-instance",
        "withdraw this instance's VIPs from the routers"),

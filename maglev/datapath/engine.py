@@ -77,6 +77,8 @@ def empty_stats() -> dict:
         "split_pieces": 0,
         "redirected": 0,
         "redirect_in": 0,
+        "quic_cid_routed": 0,
+        "quic_hashed": 0,
         "drops": {},
         "conntrack": {},
         "vips": {},

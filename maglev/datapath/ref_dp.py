@@ -58,7 +58,7 @@ ZERO_MAC = bytes(6)
 BCAST_MAC = b"\xff" * 6
 D = DROP_CODES
 
-FLOW, ICMP_FLOW, HASH_ONLY, FRAG_FIRST, FRAG_NEXT = range(5)
+FLOW, ICMP_FLOW, HASH_ONLY, FRAG_FIRST, FRAG_NEXT, QUIC = range(6)
 HOLD_FRAMES = 256  # MG_FRAG_DEFAULT_HOLD_FRAMES: part of the C engine's pool size
 
 
@@ -465,6 +465,7 @@ class RefDataPath:
                     self.s["redirect_in"] += 1
             key = p.key()
             kind = FLOW
+            quic_b = -1
             if p.frag & PF_FRAGMENT:
                 if not p.frag & PF_FIRST:
                     r = self._frag_vip_check(p)
@@ -503,6 +504,8 @@ class RefDataPath:
                 key = select_key(vflags, key)
                 if vflags & VIP_F_NO_CONNTRACK:
                     kind = HASH_ONLY
+                if self.t.vips[vip].quic_sid_len and p.proto == 17:
+                    kind, quic_b = self._quic_kind(vip, fr.data, p, kind)
             hsh = self._hash(key)
             if kind == FRAG_FIRST and not redirected:
                 owner = self._owner(hsh)
@@ -510,7 +513,9 @@ class RefDataPath:
                     self._redirect_out(out, fr, p, vip, owner, hsh, spare)
                     continue
             b = -1
-            if kind in (FLOW, ICMP_FLOW):
+            if kind == QUIC:
+                b = quic_b
+            elif kind in (FLOW, ICMP_FLOW):
                 slot = self.ct.find_slot(key, hsh, now_t, tcp_ms, udp_ms)
                 if slot >= 0:
                     e = self.ct.entry(slot)
@@ -541,6 +546,18 @@ class RefDataPath:
                 self.s["icmp_forwarded"] += 1
         self._drain(out, now_ns, EXPIRE_BUCKETS, spare)
         return _tx_then_drop(out)
+
+    def _quic_kind(self, vip: int, data: bytes, p: Parsed, kind: int) -> tuple[int, int]:
+        """quic_kind() in mg_dp.c: (QUIC, backend) when the packet's server ID names a
+        healthy backend of the VIP, else (kind, -1); counted either way."""
+        if kind not in (FLOW, HASH_ONLY):
+            return kind, -1
+        b = self.t.quic_route(vip, data, p)
+        if b < 0:
+            self.s["quic_hashed"] += 1
+            return kind, -1
+        self.s["quic_cid_routed"] += 1
+        return QUIC, b
 
     def _free_frames(self, n: int) -> int:
         # Same pool size as the C engine: BURST_MAX + SPARE + hold frames + DRAIN_MAX.

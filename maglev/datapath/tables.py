@@ -91,7 +91,10 @@ BACKEND_ID_KEY = struct.unpack("<QQ", b"maglev/bkid/v1.0")
 
 # struct layouts (mg_tables.h); sizes are checked against the compiled module in tests.
 HDR = struct.Struct("=IHHQQQQIIIIIIII4s16sBBH6s6s6sHIIIHHB27s")
-VIP = struct.Struct("=16sHBBBBHIIQIIIB11s")
+VIP = struct.Struct("=16sHBBBBHIIQIIIB3sIHBB")
+QUIC_SID = struct.Struct("=QII")  # struct mg_quic_sid
+QUIC_MAX_SID_LEN = 8
+QUIC_MAX_CID_LEN = 20
 BACKEND = struct.Struct("=16s6sBBQHH4x")
 assert HDR.size == 160 and VIP.size == 64 and BACKEND.size == 40
 
@@ -277,7 +280,8 @@ def build_tables(
     pool, pool_self, pool_family = _pool(config)
     table_off = _align8(pool_off + 16 * len(pool))
 
-    vip_recs: list[bytes] = []
+    vip_args: list[list[Any]] = []
+    quic: list[list[tuple[int, int]]] = []
     backend_recs: list[bytes] = []
     tables: list[bytes] = []
     index = [0] * (1 << index_bits)
@@ -307,11 +311,12 @@ def build_tables(
                 healthy.append((bkey, b.weight))
         t = build_table(healthy, v.table_size, engine)
         entries = _remap(t.entries, [global_of[name] for name in t.names])
-        vip_recs.append(
-            VIP.pack(addr, pbe, proto, fam, ENCAP_CODES[v.encap], vip_flags(v), v.vxlan_port,
-                     v.vxlan_vni, v.table_size, table_off, first, len(v.backends),
-                     len(healthy), 0, bytes(11))  # priority byte: reserved until steering sheds by VIP priority
+        vip_args.append(
+            [addr, pbe, proto, fam, ENCAP_CODES[v.encap], vip_flags(v), v.vxlan_port,
+             v.vxlan_vni, v.table_size, table_off, first, len(v.backends),
+             len(healthy), 0, bytes(3)]  # priority byte: reserved until steering sheds by VIP priority
         )
+        quic.append(quic_sids(v, first))
         tables.append(entries + bytes(_align8(len(entries)) - len(entries)))
         table_off += _align8(len(entries))
         first += len(v.backends)
@@ -319,6 +324,21 @@ def build_tables(
         while index[i]:
             i = (i + 1) & mask
         index[i] = vi + 1
+
+    # QUIC server-ID arrays (mg_quic.h) after the Maglev tables, one per QUIC VIP.
+    quic_off = table_off
+    quic_recs: list[bytes] = []
+    vip_recs: list[bytes] = []
+    for v, args, sids in zip(vips, vip_args, quic, strict=True):
+        if v.quic.enabled:
+            args += [quic_off, len(sids), v.quic.server_id_offset, v.quic.server_id_length]
+            rec = b"".join(QUIC_SID.pack(sid, b, 0) for sid, b in sids)
+            quic_recs.append(rec)
+            quic_off += len(rec)
+        else:
+            args += [0, 0, 0, 0]
+        vip_recs.append(VIP.pack(*args))
+    tables_end, table_off = table_off, quic_off
 
     body = bytearray(table_off - vip_off)
     def put(off: int, data: bytes) -> None:
@@ -329,6 +349,7 @@ def build_tables(
     put(idmap_off, struct.pack(f"={len(idmap)}I", *idmap))
     put(pool_off, b"".join(pool))
     put(_align8(pool_off + 16 * len(pool)), b"".join(tables))
+    put(tables_end, b"".join(quic_recs))
 
     inst = config.instance
     k0, k1 = config.flow_hash_key
@@ -352,6 +373,25 @@ def build_tables(
     return header(generation) + bytes(body)
 
 
+def quic_sids(v: Any, first: int) -> list[tuple[int, int]]:
+    """A QUIC VIP's (server ID as an integer, global backend index) pairs, sorted by ID."""
+    if not v.quic.enabled:
+        return []
+    return sorted((int(b.quic_server_id, 16), first + j) for j, b in enumerate(v.backends) if b.quic_server_id)
+
+
+def quic_server_id(data: bytes, p: Any, sid_off: int, sid_len: int) -> int | None:
+    """mg_quic_route()'s reading of a UDP packet: the server ID (an integer) of a QUIC
+    short-header packet's destination connection ID, or None (long header, too short)."""
+    payload = p.l4_off + 8
+    end = p.l3_off + p.l3_len
+    if end < payload or end - payload < 1 + sid_off + sid_len:
+        return None
+    if data[payload] & 0x80:
+        return None
+    return int.from_bytes(data[payload + 1 + sid_off : payload + 1 + sid_off + sid_len], "big")
+
+
 @dataclass(frozen=True)
 class VipEntry:
     addr: bytes  # 16 bytes
@@ -368,6 +408,10 @@ class VipEntry:
     backend_count: int
     n_healthy: int
     priority: int = 0
+    quic_off: int = 0
+    quic_n: int = 0
+    quic_sid_off: int = 0
+    quic_sid_len: int = 0  # 0 = not a QUIC VIP
 
     @property
     def address(self) -> str:
@@ -408,6 +452,24 @@ class TablesView:
     def maglev(self, vip: int) -> tuple[int, ...]:
         v = self.vips[vip]
         return struct.unpack_from(f"={v.table_size}i", self.blob, v.table_off)
+
+    def quic_sids(self, vip: int) -> list[tuple[int, int]]:
+        """The (server ID, backend index) pairs of a QUIC VIP, sorted by server ID."""
+        v = self.vips[vip]
+        return [QUIC_SID.unpack_from(self.blob, v.quic_off + QUIC_SID.size * i)[:2] for i in range(v.quic_n)]
+
+    def quic_route(self, vip: int, data: bytes, p: Any) -> int:
+        """mg_quic_route(): the healthy backend the packet's QUIC server ID names, or -1."""
+        v = self.vips[vip]
+        if not v.quic_sid_len or p.proto != 17 or not p.l4_off:
+            return -1
+        sid = quic_server_id(data, p, v.quic_sid_off, v.quic_sid_len)
+        if sid is None:
+            return -1
+        for s, b in self.quic_sids(vip):
+            if s == sid:
+                return b if self.backends[b].healthy else -1
+        return -1
 
     def find_backend(self, bid: int, vip: int) -> int:
         """mg_tables_find_backend(): the index of backend ``bid`` of VIP ``vip`` (< 0: any
@@ -465,6 +527,24 @@ def _read_pool(h: dict[str, Any], blob: bytes) -> tuple[bytes, ...]:
     return pool
 
 
+def _check_quic(i: int, v: VipEntry, blob: bytes) -> None:
+    """mg_quic_validate()."""
+    bad = PacketError(f"tables blob: VIP {i} QUIC fields invalid")
+    if not v.quic_sid_len:
+        if v.quic_off or v.quic_n or v.quic_sid_off:
+            raise bad
+        return
+    if (v.proto != 17 or v.quic_sid_len > QUIC_MAX_SID_LEN or v.quic_sid_off + v.quic_sid_len > QUIC_MAX_CID_LEN
+            or v.quic_n > v.backend_count or v.quic_off % 8 or v.quic_off + QUIC_SID.size * v.quic_n > len(blob)):
+        raise bad
+    prev = -1
+    for k in range(v.quic_n):
+        sid, b, _ = QUIC_SID.unpack_from(blob, v.quic_off + QUIC_SID.size * k)
+        if sid >> (8 * v.quic_sid_len) or sid <= prev or not v.backend_first <= b < v.backend_first + v.backend_count:
+            raise bad
+        prev = sid
+
+
 def read_tables(blob: bytes) -> TablesView:
     """Parse and validate a blob (the same checks as ``mg_tables_validate``, in Python).
     Raises :class:`PacketError` with the first problem found."""
@@ -488,13 +568,14 @@ def read_tables(blob: bytes) -> TablesView:
     for i in range(h["n_vips"]):
         f = VIP.unpack_from(blob, h["vip_off"] + i * VIP.size)
         port = int.from_bytes(struct.pack("=H", f[1]), "big")
-        v = VipEntry(f[0], port, *f[2:14])
+        v = VipEntry(f[0], port, *f[2:14], *f[15:19])
         if v.flags & ~VIP_F_KNOWN or v.priority > MAX_PRIORITY or (
             v.flags & VIP_F_HASH_SRC_IP and v.flags & VIP_F_HASH_DST_PORT
         ):
             raise PacketError(f"tables blob: VIP {i} flags or priority invalid")
         if v.table_off + 4 * v.table_size > len(blob) or v.backend_first + v.backend_count > h["n_backends"]:
             raise PacketError(f"tables blob: VIP {i} table or backend range beyond the end")
+        _check_quic(i, v, blob)
         vips.append(v)
     backends = tuple(
         BackendEntry(*BACKEND.unpack_from(blob, h["backend_off"] + i * BACKEND.size))

@@ -9,7 +9,8 @@ and change no configuration; ``trace`` writes only the packet tracer's request w
   ``count``); {} alone returns the tracer's status.  The result carries the packets traced
   so far for the latest request (steering writes them to ``packet-traces.json`` in the run
   directory as they come home).
-* ``whereis`` {src, dst} (``dst`` = ``ADDR:PORT/PROTO``) -> :func:`whereis_blob` over the
+* ``whereis`` {src, dst, quic_cid?} (``dst`` = ``ADDR:PORT/PROTO``; ``quic_cid`` hex: ask about a
+  QUIC short-header packet with that destination connection ID) -> :func:`whereis_blob` over the
   tables now published.
 """
 
@@ -50,8 +51,9 @@ def handle(actor: Any, req: Any) -> Any:
         elif req.op == "trace":
             result = _trace(actor, args)
         else:
-            cops.check_keys(args, ("src", "dst"))
-            result = _whereis(actor, cops.arg_str(args, "src"), cops.arg_str(args, "dst"))
+            cops.check_keys(args, ("src", "dst"), ("quic_cid",))
+            cid = cops.arg_str(args, "quic_cid") if "quic_cid" in args else None
+            result = _whereis(actor, cops.arg_str(args, "src"), cops.arg_str(args, "dst"), cid)
     except ProtocolError as exc:
         return Reply.failure(req.id, exc)
     except ValueError as exc:  # TraceRequestError, WhereisError: the caller's input
@@ -95,10 +97,11 @@ def _trace(actor: Any, args: dict[str, Any]) -> dict[str, Any]:
             "packets": read_traces(actor.spec.run_dir)}
 
 
-def _whereis(actor: Any, src: str, dst: str) -> dict[str, Any]:
-    from maglev.observability.whereis import parse_flow, whereis_blob
+def _whereis(actor: Any, src: str, dst: str, quic_cid: str | None = None) -> dict[str, Any]:
+    from maglev.observability.whereis import parse_cid, parse_flow, whereis_blob
 
     flow = parse_flow(src, dst)
+    cid = parse_cid(quic_cid) if quic_cid is not None else None
     gen, blob = actor.region.tables.current()
     if gen == 0:
         raise ValueError("no tables are published yet")
@@ -109,7 +112,8 @@ def _whereis(actor: Any, src: str, dst: str) -> dict[str, Any]:
 
         names = {(v.key, str(ipaddress.ip_address(b.address))): b.key for v in cfg.vips for b in v.backends}
         pools = pool_paths(cfg)
-    r = whereis_blob(blob, flow, workers=actor.region.n_workers, generation=gen, names=names, pools=pools)
+    r = whereis_blob(blob, flow, workers=actor.region.n_workers, generation=gen, names=names, pools=pools,
+                     quic_cid=cid)
     r["source"] = "running instance (tables now published; conntrack not visible from here)"
     return r
 

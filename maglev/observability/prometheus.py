@@ -171,6 +171,10 @@ def families(s: dict[str, Any]) -> list[Metric]:
              [({"worker": w["worker"]}, w["icmp_sent"]) for w in w_rows])
     o.family("maglev_worker_icmp_forwarded_total", c, "Inbound ICMP errors a worker sent to a flow's backend.",
              [({"worker": w["worker"]}, w["icmp_forwarded"]) for w in w_rows])
+    o.family("maglev_worker_quic_packets_total", c,
+             "Packets of QUIC VIPs by how the backend was chosen: cid (the connection ID's server ID) or hashed.",
+             [({"worker": w["worker"], "routing": r}, w.get(f"quic_{k}", 0))
+              for w in w_rows for r, k in (("cid", "cid_routed"), ("hashed", "hashed"))])
     o.family("maglev_worker_table_swaps_total", c, "Tables generation switches a worker made.",
              [({"worker": w["worker"]}, w["table_swaps"]) for w in w_rows])
     ft_rows = [(w["worker"], w["fragment_table"]) for w in w_rows if w.get("fragment_table")]

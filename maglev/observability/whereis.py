@@ -29,7 +29,7 @@ from typing import Any
 
 from maglev.errors import MaglevError
 
-__all__ = ["FlowSpec", "WhereisError", "parse_flow", "whereis_blob", "whereis_config"]
+__all__ = ["FlowSpec", "WhereisError", "parse_cid", "parse_flow", "whereis_blob", "whereis_config"]
 
 PROTOS = {"tcp": 6, "udp": 17}
 
@@ -84,12 +84,26 @@ def parse_flow(src: str, dst: str) -> FlowSpec:
     return FlowSpec(s_ip, s_port, d_ip, d_port, proto)
 
 
-def _packet(f: FlowSpec) -> bytes:
+def parse_cid(text: str) -> bytes:
+    """A QUIC destination connection ID in hex (``0a01b2...``, 1-20 bytes; ':' allowed)."""
+    raw = text.replace(":", "").strip()
+    try:
+        cid = bytes.fromhex(raw)
+    except ValueError:
+        raise WhereisError(f"connection ID {text!r}: not hex bytes") from None
+    if not 1 <= len(cid) <= 20:
+        raise WhereisError(f"connection ID {text!r}: {len(cid)} bytes; QUIC allows 1-20")
+    return cid
+
+
+def _packet(f: FlowSpec, quic_cid: bytes | None = None) -> bytes:
     from maglev.testing import packets as P
 
     src, dst = str(f.src), str(f.dst)
     if f.proto == "tcp":
         l4 = P.tcp(f.sport, f.dport, b"", src=src, dst=dst, flags=0x02)  # SYN: a new flow
+    elif quic_cid is not None:  # a QUIC 1-RTT (short-header) packet with this DCID
+        l4 = P.udp(f.sport, f.dport, b"\x40" + quic_cid + b"\0" * 20, src=src, dst=dst)
     else:
         l4 = P.udp(f.sport, f.dport, b"\0" * 8, src=src, dst=dst)
     proto = PROTOS[f.proto]
@@ -99,10 +113,14 @@ def _packet(f: FlowSpec) -> bytes:
 
 def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: int | None = None,
                  names: dict[tuple[str, str], str] | None = None,
-                 pools: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
+                 pools: dict[tuple[str, str], str] | None = None,
+                 quic_cid: bytes | None = None) -> dict[str, Any]:
     """Answer for ``flow`` over a tables blob.  ``workers`` > 0 adds the owning worker;
     ``names`` maps (vip key, backend address) to the configured backend name, ``pools`` to
-    the pool path of a pooled VIP's backend (maglev/pools.py)."""
+    the pool path of a pooled VIP's backend (maglev/pools.py); ``quic_cid`` makes the
+    packet a QUIC short-header packet with that destination connection ID."""
+    if quic_cid is not None and flow.proto != "udp":
+        raise WhereisError("a QUIC connection ID needs a UDP flow (DST:PORT/udp)")
     from maglev.datapath import DataPath
     from maglev.datapath.engine import Packet, verdict_name
     from maglev.datapath.tables import (
@@ -116,7 +134,7 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
 
     view = read_tables(blob)
     k0, k1 = view.header["hash_k0"], view.header["hash_k1"]
-    pkt = _packet(flow)
+    pkt = _packet(flow, quic_cid)
     h = ffi.new("uint64_t *")
     fl = ffi.new("uint16_t *")
     w = int(lib.mg_steer_hash(pkt, len(pkt), k0, k1, max(workers, 1), h, fl))
@@ -156,7 +174,15 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
         if (pool := (pools or {}).get((key, be.address))) is not None:
             result["pool"] = pool
         result["backend_index"] = out.backend_index
-    if entry < 0:
+    if v.quic_sid_len:
+        _quic_rule(view, vi, v, pkt, quic_cid, result, names or {}, key)
+    if result.get("quic", {}).get("routed"):
+        q = result["quic"]
+        result["why"] = (f"QUIC short header: server ID {q['server_id']} (connection ID bytes "
+                         f"{v.quic_sid_off}..{v.quic_sid_off + v.quic_sid_len - 1}) names backend "
+                         f"{result.get('backend')}: routed by connection ID whatever the addresses and ports "
+                         "(connection migration); no connection table")
+    elif entry < 0:
         result["why"] = f"slot {slot} of {key}'s table is empty: every backend is down or drained"
     elif entry == out.backend_index:
         ct = ("an established flow keeps the backend in its worker's connection table"
@@ -167,6 +193,39 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
         result["why"] = (f"the data path chose backend index {out.backend_index}, slot {slot} holds "
                          f"{entry} (fragment or ICMP handling)")
     return result
+
+
+def _quic_rule(view: Any, vi: int, v: Any, pkt: bytes, quic_cid: bytes | None, result: dict[str, Any],
+               names: dict[tuple[str, str], str], key: str) -> None:
+    """``result["quic"]``: the VIP's QUIC rule, and for a given connection ID what it decided."""
+    from maglev.datapath.ref_parse import parse
+
+    ids = {f"{sid:0{2 * v.quic_sid_len}x}": view.backends[b].address for sid, b in view.quic_sids(vi)}
+    q: dict[str, Any] = {
+        "rule": (f"short-header packets whose destination connection ID holds a known server ID in bytes "
+                 f"{v.quic_sid_off}..{v.quic_sid_off + v.quic_sid_len - 1} go to that server; Initial "
+                 "(long-header) packets, unknown IDs and unhealthy servers go by hashing"),
+        "server_ids": ids,
+        "routed": False,
+    }
+    if quic_cid is None:
+        q["packet"] = "not a QUIC short header (give --quic-cid to ask about one): hashed"
+    else:
+        sid = quic_cid[v.quic_sid_off:v.quic_sid_off + v.quic_sid_len]
+        if len(sid) < v.quic_sid_len:
+            q["packet"] = "the connection ID is shorter than the server ID's bytes: hashed"
+        else:
+            q["server_id"] = sid.hex()
+            _, p = parse(pkt)
+            b = view.quic_route(vi, pkt, p)
+            if b >= 0:
+                q["routed"] = True
+                q["packet"] = f"server ID {sid.hex()} -> {view.backends[b].address}"
+            elif sid.hex() in ids:
+                q["packet"] = f"server ID {sid.hex()} is {ids[sid.hex()]}, which is unhealthy: hashed"
+            else:
+                q["packet"] = f"server ID {sid.hex()} is not one of this VIP's: hashed"
+    result["quic"] = q
 
 
 def _selection_hash(blob: bytes, vip: int, pkt: bytes, k0: int, k1: int) -> int:
@@ -186,7 +245,7 @@ def _selection_hash(blob: bytes, vip: int, pkt: bytes, k0: int, k1: int) -> int:
     return int(lib.mg_siphash13(k0, k1, raw, len(raw)))
 
 
-def whereis_config(config: Any, flow: FlowSpec, workers: int = 0) -> dict[str, Any]:
+def whereis_config(config: Any, flow: FlowSpec, workers: int = 0, quic_cid: bytes | None = None) -> dict[str, Any]:
     """Offline: tables built from ``config`` with every backend up."""
     from maglev.datapath.tables import build_tables
 
@@ -194,6 +253,6 @@ def whereis_config(config: Any, flow: FlowSpec, workers: int = 0) -> dict[str, A
     names = {(v.key, str(ipaddress.ip_address(b.address))): b.key for v in config.vips for b in v.backends}
     from maglev.pools import pool_paths
 
-    r = whereis_blob(blob, flow, workers=workers, names=names, pools=pool_paths(config))
+    r = whereis_blob(blob, flow, workers=workers, names=names, pools=pool_paths(config), quic_cid=quic_cid)
     r["source"] = "config (every backend assumed healthy)"
     return r

@@ -95,6 +95,8 @@ def worker_counters(words: Any) -> dict[str, Any]:
         "spares": int(words[lib.MG_WS_SPARES]),
         "spares_used": int(words[lib.MG_WS_SPARES_USED]),
         "spare_waits": int(words[lib.MG_WS_SPARE_WAITS]),
+        "quic_cid_routed": int(words[lib.MG_WS_QUIC_CID_ROUTED]),
+        "quic_hashed": int(words[lib.MG_WS_QUIC_HASHED]),
         "dropped": drops,
     }
 

@@ -57,7 +57,8 @@ def test_unit_is_consistent(name):
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("name,as_name", [("maglev.service", "maglev.service"),
-                                          ("maglev@.service", "maglev@edge1.service")])
+                                          ("maglev@.service", "maglev@edge1.service"),
+                                          ("maglev-shard@.service", "maglev-shard@a.service")])
 def test_systemd_accepts_the_unit(tmp_path, name, as_name):
     # verify checks that ExecStart is executable: point it at one that exists here.
     text = (UNITS / name).read_text().replace("/usr/local/bin/maglev", "/bin/echo")
@@ -104,3 +105,18 @@ def test_unit_command_line_under_its_capability_set(tmp_path):
     from maglev.service.doctor import CAPS
 
     assert eff == sum(1 << CAPS[c] for c in caps), hex(eff)
+
+
+def test_shard_unit_runs_one_shard_with_the_unit_settings_of_an_instance():
+    """maglev-shard@.service: the instance unit's service settings, `--shard %i` of one
+    sharded file, a run and state folder per shard, the NIC from the shard's section."""
+    u = parse_unit(UNITS / "maglev-shard@.service")
+    inst = parse_unit(UNITS / "maglev@.service")
+    for key in ("Type", "NotifyAccess", "WatchdogSec", "ExecReload", "KillMode", "User", "AmbientCapabilities",
+                "CapabilityBoundingSet", "RestrictAddressFamilies", "ProtectSystem"):
+        assert u[key] == inst[key], key
+    exec_start = shlex.split(u["ExecStart"][0])
+    assert exec_start[1:] == ["run", "--config", "${MAGLEV_CONFIG}", "--shard", "%i", "$MAGLEV_RUN_ARGS"]
+    env = env_of(u)
+    assert env["MAGLEV_CONFIG"] == "/etc/maglev/shards.toml"
+    assert env["MAGLEV_RUN_DIR"].endswith("shard-%i") and env["MAGLEV_STATE_DIR"].endswith("shard-%i")

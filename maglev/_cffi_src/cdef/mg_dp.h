@@ -29,6 +29,8 @@ struct mg_dp_stats {
     struct mg_frag_stats frag;
     uint64_t redirected;
     uint64_t redirect_in;
+    uint64_t quic_cid_routed;
+    uint64_t quic_hashed;
 };
 
 struct mg_dp_io {

@@ -60,8 +60,20 @@ struct mg_vip {
     uint32_t backend_count;
     uint32_t n_healthy;
     uint8_t priority;
-    uint8_t reserved[11];
+    uint8_t reserved[3];
+    uint32_t quic_off;
+    uint16_t quic_n;
+    uint8_t quic_sid_off;
+    uint8_t quic_sid_len;
 };
+
+struct mg_quic_sid {
+    uint64_t sid;
+    uint32_t backend;
+    uint32_t reserved;
+};
+#define MG_QUIC_MAX_SID_LEN 8
+#define MG_QUIC_MAX_CID_LEN 20
 
 struct mg_backend {
     uint8_t addr[16];

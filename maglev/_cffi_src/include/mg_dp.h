@@ -103,6 +103,8 @@ struct mg_dp_stats {
     struct mg_frag_stats frag;  /* fragment table (copied at the end of each burst) */
     uint64_t redirected;        /* fragments sent to their owner instance (on tx) */
     uint64_t redirect_in;       /* redirected fragments received and decapsulated */
+    uint64_t quic_cid_routed;   /* QUIC VIP packets sent to the backend their server ID names (mg_quic.h) */
+    uint64_t quic_hashed;       /* QUIC VIP packets that went by hashing (long header, unknown ID, ...) */
 };
 
 struct mg_dp_io {

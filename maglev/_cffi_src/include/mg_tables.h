@@ -125,8 +125,22 @@ struct mg_vip {
     uint32_t backend_count;
     uint32_t n_healthy;
     uint8_t priority;       /* 0..MG_VIP_MAX_PRIORITY, higher survives overload longer */
-    uint8_t reserved[11];
+    uint8_t reserved[3];
+    /* QUIC connection-ID routing (mg_quic.h); all zero for a VIP without `quic`. */
+    uint32_t quic_off;      /* struct mg_quic_sid x quic_n, sorted by sid */
+    uint16_t quic_n;
+    uint8_t quic_sid_off;   /* server ID: bytes [off, off + len) of the destination CID */
+    uint8_t quic_sid_len;   /* 1..MG_QUIC_MAX_SID_LEN; 0 = not a QUIC VIP */
 };
+
+/* One backend's QUIC server ID (its bytes as a big-endian integer) -> backend index. */
+struct mg_quic_sid {
+    uint64_t sid;
+    uint32_t backend;
+    uint32_t reserved;
+};
+#define MG_QUIC_MAX_SID_LEN 8
+#define MG_QUIC_MAX_CID_LEN 20
 
 struct mg_backend {
     uint8_t addr[16];

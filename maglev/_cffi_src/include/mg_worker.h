@@ -74,6 +74,8 @@
 #define MG_WS_DROPS 16         /* MG_WS_DROPS + reason, reason < MG_WS_N_DROPS */
 #define MG_WS_N_DROPS 44       /* room for 44 drop reasons (MG_DROP_COUNT is checked) */
 #define MG_WS_SPARES 60        /* gauge: spare frames on the worker's spare ring */
+#define MG_WS_QUIC_CID_ROUTED 61 /* QUIC packets routed by their connection ID's server ID */
+#define MG_WS_QUIC_HASHED 62   /* packets of QUIC VIPs that went by hashing */
 
 /* How often an idle worker with held fragments lets the data path expire them. */
 #define MG_WORKER_FLUSH_NS 10000000ULL

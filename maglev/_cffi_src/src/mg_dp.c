@@ -17,6 +17,7 @@
 #include "mg_dp.h"
 #include "mg_encap.h"
 #include "mg_hash.h"
+#include "mg_quic.h"
 #include "mg_trace.h"
 
 _Static_assert(MG_DROP_COUNT <= MG_DP_MAX_DROPS, "room for every drop reason");
@@ -43,7 +44,7 @@ struct mg_dp {
     struct mg_dp_counter scratch[MG_TABLES_MAX_BACKENDS];
 };
 
-enum kind { K_DROP, K_FLOW, K_ICMP_FLOW, K_HASH_ONLY, K_FRAG_FIRST, K_FRAG_NEXT, K_REDIRECT };
+enum kind { K_DROP, K_FLOW, K_ICMP_FLOW, K_HASH_ONLY, K_FRAG_FIRST, K_FRAG_NEXT, K_REDIRECT, K_QUIC };
 
 /* Per-packet state between the passes (~80 bytes: the burst's array stays in L1/L2).
  * p.key is rewritten to the key selection uses (3-tuple for fragments, the quoted flow for
@@ -55,7 +56,25 @@ struct work {
     uint16_t reason;
     uint8_t kind;
     uint8_t owner; /* K_REDIRECT: the pool member the fragment goes to */
+    int32_t quic_backend; /* K_QUIC: the backend the packet's QUIC server ID names */
 };
+
+/* QUIC connection-ID routing (mg_quic.h) of an unfragmented UDP packet to a QUIC VIP:
+ * K_QUIC with the server's backend, or the kind it had (hashing), counted either way. */
+static inline uint8_t quic_kind(struct mg_dp *dp, const void *tables, struct work *wk,
+                                const uint8_t *pkt, uint8_t kind)
+{
+    if (kind != K_FLOW && kind != K_HASH_ONLY)
+        return kind;
+    int32_t b = mg_quic_route(tables, wk->vip, pkt, &wk->p);
+    if (b < 0) {
+        dp->stats.quic_hashed++;
+        return kind;
+    }
+    dp->stats.quic_cid_routed++;
+    wk->quic_backend = b;
+    return K_QUIC;
+}
 
 /* SipHash-1-3 of the 40-byte flow key, unrolled: the same function as mg_siphash13()
  * (mg_hash.c) for len = 40, inlined here because it is the largest fixed cost per packet.
@@ -802,6 +821,8 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             mg_vip_select_key(vflags, &wk->p.key);
             if (vflags & MG_VIP_F_NO_CONNTRACK)
                 kind = K_HASH_ONLY;
+            if (MG_UNLIKELY(mg_tables_vips(tables)[vip].quic_sid_len) && wk->p.proto == 17)
+                kind = quic_kind(dp, tables, wk, pkt, kind);
         }
         if (kind == K_FLOW && !redirected && (meta->flags & MG_FRAME_F_HASHED) && reuse_hash &&
             mg_vip_key_is_plain(vflags, wk->p.key.proto))
@@ -903,6 +924,8 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                     mg_ct_add(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
                               h->udp_timeout_ms, b, mg_tables_backends(tables)[b].id);
             }
+        } else if (wk->kind == K_QUIC) {
+            b = wk->quic_backend;
         } else { /* K_HASH_ONLY, K_FRAG_FIRST */
             b = maglev_pick(tables, vip, wk->hash);
         }

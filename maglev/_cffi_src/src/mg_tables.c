@@ -1,5 +1,6 @@
 /* Tables blob validation and lookup helpers; the layout is in include/mg_tables.h. */
 #include "mg_hash.h"
+#include "mg_quic.h"
 #include "mg_tables.h"
 
 static int range_ok(uint64_t off, uint64_t len, uint64_t size)
@@ -79,6 +80,8 @@ int mg_tables_validate(const void *tables, uint64_t size)
                 return -EINVAL;
         }
         if (mg_tables_find_vip(tables, vp->addr, vp->port, vp->proto) != (int)v)
+            return -EINVAL;
+        if (mg_quic_validate(tables, vp, size) != 0)
             return -EINVAL;
     }
     const uint32_t *map = (const uint32_t *)((const uint8_t *)tables + h->idmap_off);

@@ -117,6 +117,8 @@ static void publish_stats(struct mg_worker *w, void *base, uint64_t generation)
     s[MG_WS_FRAGMENTS] = b[MG_WS_FRAGMENTS] + d->fragments;
     s[MG_WS_ICMP_FORWARDED] = b[MG_WS_ICMP_FORWARDED] + d->icmp_forwarded;
     s[MG_WS_REDIRECTED] = b[MG_WS_REDIRECTED] + d->redirected;
+    s[MG_WS_QUIC_CID_ROUTED] = b[MG_WS_QUIC_CID_ROUTED] + d->quic_cid_routed;
+    s[MG_WS_QUIC_HASHED] = b[MG_WS_QUIC_HASHED] + d->quic_hashed;
     for (uint32_t r = 0; r < MG_DROP_COUNT; r++)
         s[MG_WS_DROPS + r] = b[MG_WS_DROPS + r] + d->drops[r];
     commit_stats(w, base);
