@@ -64,8 +64,14 @@ NIC_CAPS: dict[str, tuple[str, ...]] = {
     "afxdp": ("CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_BPF", "CAP_PERFMON"),
 }
 # Kept when held, not required: the AF_PACKET rings are mapped MAP_LOCKED and the AF_XDP
-# memory is charged to RLIMIT_MEMLOCK; CAP_IPC_LOCK lifts that limit.
-NIC_RECOMMENDED: dict[str, tuple[str, ...]] = {"afpacket": ("CAP_IPC_LOCK",), "afxdp": ("CAP_IPC_LOCK",)}
+# memory is charged to RLIMIT_MEMLOCK; CAP_IPC_LOCK lifts that limit.  CAP_SYS_PTRACE: the
+# AF_XDP muxer takes steering's sockets with pidfd_getfd (a sibling, not a descendant: Yama
+# refuses it without the capability) to transmit through their TX rings; without it the
+# muxer sends through the AF_PACKET TX ring and says why (docs/nic.md).
+NIC_RECOMMENDED: dict[str, tuple[str, ...]] = {
+    "afpacket": ("CAP_IPC_LOCK",),
+    "afxdp": ("CAP_IPC_LOCK", "CAP_SYS_PTRACE"),
+}
 
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
