@@ -130,8 +130,8 @@ def test_pool_backup_takes_over_in_a_real_run(run_env):  # noqa: F811
         text = prometheus.render(stats)
         frame = render_frame(stats, stats, 1.0, width=200)  # `maglev top`
         assert any("127.0.0.3" in ln and ln.endswith("pool web/dr") for ln in frame), frame
-        # prometheus_client writes sample values as floats ("1.0")
-        assert f'maglev_backend_pool_info{{vip="{VIP}",backend="127.0.0.3",pool="web/dr"}} 1.0' in text, text
+        # prometheus_client sorts the labels and writes sample values as floats ("1.0")
+        assert f'maglev_backend_pool_info{{backend="127.0.0.3",pool="web/dr",vip="{VIP}"}} 1.0' in text, text
         deadline = time.monotonic() + 60
         while not p.eof:
             assert time.monotonic() < deadline, "no eof in time"
