@@ -221,34 +221,3 @@ int mg_encap(uint8_t *pool, uint32_t idx, uint32_t l3_off, uint8_t inner_family,
     m->len = hdr + (uint32_t)l3len;
     return (int)m->len;
 }
-
-int mg_encap_bench(uint8_t *pool, uint32_t n, uint32_t l3_off, uint8_t inner_family,
-                   const struct mg_encap_params *params, uint32_t rounds)
-{
-    if (!pool || n == 0 || n > MG_BURST_MAX)
-        return -EINVAL;
-    if ((uint64_t)n * rounds > 0x7fffffff)
-        return -E2BIG;
-    uint32_t off[MG_BURST_MAX], len[MG_BURST_MAX];
-    for (uint32_t i = 0; i < n; i++) {
-        off[i] = mg_frame_meta(pool, i)->data_off;
-        len[i] = mg_frame_meta(pool, i)->len;
-    }
-    int done = 0;
-    for (uint32_t r = 0; r < rounds; r++) {
-        for (uint32_t i = 0; i < n; i++) {
-            struct mg_frame_meta *m = mg_frame_meta(pool, i);
-            m->data_off = off[i];
-            m->len = len[i];
-            int rc = mg_encap(pool, i, l3_off, inner_family, 0x9e3779b9u * i, params);
-            if (rc < 0)
-                return rc;
-            done++;
-        }
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        mg_frame_meta(pool, i)->data_off = off[i];
-        mg_frame_meta(pool, i)->len = len[i];
-    }
-    return done;
-}
