@@ -43,6 +43,7 @@
 #define MG_ENCAP_H
 
 #include "mg_common.h"
+#include "mg_csum.h"
 #include "mg_frame.h"
 
 #define MG_ENCAP_GRE 0
@@ -95,9 +96,5 @@ int mg_encap(uint8_t *pool, uint32_t idx, uint32_t l3_off, uint8_t inner_family,
  * length, IPv6 40 + payload length.  -EINVAL when the header is not of `family`, is cut,
  * or claims more than `avail` (or is an IPv6 jumbogram).  Shared with mg_icmp.c. */
 int mg_l3_len(const uint8_t *l3, uint32_t avail, uint8_t family);
-
-/* Internet checksum helpers shared with mg_icmp.c (RFC 1071). */
-uint32_t mg_csum_add(uint32_t sum, const uint8_t *data, size_t len);
-uint16_t mg_csum_fold(uint32_t sum);
 
 #endif
