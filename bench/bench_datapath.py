@@ -4,7 +4,7 @@ Python reference measured in the same run as the baseline.
 Scenarios (the issue's targets in brackets; a target is a goal, never an assertion):
   established, 1 flow                 every packet a connection-table hit
   established, 10k flows   [<= 60 ns] flows cycle through 10k connection-table entries
-  established, 1M flows    [<= 100 ns] 1M entries (151 MB table): bucket lines miss cache,
+  established, 1M flows    [<= 100 ns] 1M entries (75.5 MB table): bucket lines miss cache,
                                        the burst's prefetch pass hides part of that
   new flows (SYN, insert)  [<= 150 ns] every packet a new flow: miss, Maglev lookup,
                                        insert; the table fills and then evicts (time

@@ -351,6 +351,68 @@ static inline void frag_key_of(const struct mg_parsed *p, struct mg_frag_key *fk
     fk->family = p->family;
 }
 
+/* Split an IPv4 packet whose L3 bytes exceed `mtu` into spare frames (a forwarded packet
+ * too big for the encapsulation, or a redirected fragment too big for the redirect GRE):
+ * pieces[0] is the frame itself, the new pieces are appended to pieces/n_pieces.  MG_OK,
+ * or the drop reason (the caller drops the frame). */
+static int split_to_spare(struct mg_dp *dp, struct mg_dp_io *io, uint32_t idx, uint32_t l3_off,
+                          uint32_t mtu, uint32_t *pieces, uint32_t *n_pieces)
+{
+    uint32_t avail = io->n_spare - io->n_spare_used;
+    if (avail > MG_BURST_MAX)
+        avail = MG_BURST_MAX;
+    int rc = mg_frag_split_ipv4(io->pool, idx, l3_off, mtu, io->spare + io->n_spare_used, avail);
+    if (rc < 0) /* -EINVAL: DF set or a header that cannot be split */
+        return rc == -ENOSPC ? MG_DROP_NO_SPARE_FRAME : MG_DROP_TOO_BIG;
+    for (int i = 0; i < rc; i++)
+        pieces[(*n_pieces)++] = io->spare[io->n_spare_used + i];
+    io->n_spare_used += (uint32_t)rc;
+    dp->stats.split_pieces += (uint32_t)rc;
+    return MG_OK;
+}
+
+/* Encapsulate every piece of one packet with `ep` and queue it on tx (verdict forward,
+ * `flags` added; backend `b` set and counted when b >= 0).  If the first piece fails the
+ * packet is dropped with all its pieces (none is sent): returns 0.  A later piece (same
+ * headers and headroom as the first, so this should not happen) is freed and the packet
+ * still counts once: returns 1.  Inlined like forward(): b and flags are constants there. */
+static inline __attribute__((always_inline)) int
+encap_pieces(struct mg_dp *dp, struct mg_dp_io *io, const uint32_t *pieces, uint32_t n_pieces,
+             const struct mg_parsed *p, uint64_t hash, const struct mg_encap_params *ep, int vip,
+             int32_t b, uint16_t flags)
+{
+    for (uint32_t i = 0; i < n_pieces; i++) {
+        uint32_t f = pieces[i];
+        struct mg_frame_meta *m = mg_frame_meta(io->pool, f);
+        int rc = mg_encap(io->pool, f, p->l3_off, p->family, (uint32_t)hash, ep);
+        if (rc < 0) {
+            int reason = rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME;
+            if (i == 0) {
+                out_drop(dp, io, f, reason);
+                for (uint32_t j = 1; j < n_pieces; j++) {
+                    mg_frame_meta(io->pool, pieces[j])->verdict = (uint16_t)reason;
+                    io->drop[io->n_drop++] = pieces[j];
+                }
+                return 0;
+            }
+            m->verdict = (uint16_t)reason;
+            io->drop[io->n_drop++] = f;
+            continue;
+        }
+        m->verdict = MG_VERDICT_FORWARD;
+        m->flags |= flags;
+        m->vip_index = (uint16_t)vip;
+        dp->stats.bytes_out += m->len;
+        if (b >= 0) {
+            m->backend_index = b;
+            dp->be_c[b].packets++;
+            dp->be_c[b].bytes += m->len;
+        }
+        io->tx[io->n_tx++] = f;
+    }
+    return 1;
+}
+
 /* Encapsulate frame idx (parsed as *p) toward backend b of vip, with PMTU handling, and
  * emit it.  Returns 1 if forwarded (or split and forwarded), 0 if dropped/ICMP.  Inlined
  * into its two callers: the call with nine arguments and the prologue were ~25
@@ -424,49 +486,14 @@ forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
         io->tx[io->n_tx++] = idx;
         return 0;
     } else if (pm == MG_PMTU_FRAGMENT) {
-        uint32_t avail = io->n_spare - io->n_spare_used;
-        if (avail > MG_BURST_MAX)
-            avail = MG_BURST_MAX;
-        int rc = mg_frag_split_ipv4(io->pool, idx, p->l3_off, h->mtu - (uint32_t)ovh,
-                                    io->spare + io->n_spare_used, avail);
-        if (rc < 0)
-            return out_drop(dp, io, idx, rc == -ENOSPC ? MG_DROP_NO_SPARE_FRAME : MG_DROP_TOO_BIG), 0;
-        for (int i = 0; i < rc; i++)
-            pieces[n_pieces++] = io->spare[io->n_spare_used + i];
-        io->n_spare_used += (uint32_t)rc;
-        dp->stats.split_pieces += (uint32_t)rc;
+        int reason = split_to_spare(dp, io, idx, p->l3_off, h->mtu - (uint32_t)ovh, pieces, &n_pieces);
+        if (reason != MG_OK)
+            return out_drop(dp, io, idx, reason), 0;
     } else if (pm != MG_PMTU_FITS) {
         return out_drop(dp, io, idx, MG_DROP_TOO_BIG), 0;
     }
-    for (uint32_t i = 0; i < n_pieces; i++) {
-        uint32_t f = pieces[i];
-        struct mg_frame_meta *m = mg_frame_meta(io->pool, f);
-        int rc = mg_encap(io->pool, f, p->l3_off, p->family, (uint32_t)hash, &ep);
-        if (rc < 0) {
-            int reason = rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME;
-            if (i == 0) {
-                /* the packet is dropped (its other pieces, if any, with it: not sent) */
-                out_drop(dp, io, f, reason);
-                for (uint32_t j = 1; j < n_pieces; j++) {
-                    mg_frame_meta(io->pool, pieces[j])->verdict = (uint16_t)reason;
-                    io->drop[io->n_drop++] = pieces[j];
-                }
-                return 0;
-            }
-            /* A later piece (same headers and headroom as the first, so this should not
-             * happen): the packet still counts as forwarded once; the piece is freed. */
-            m->verdict = (uint16_t)reason;
-            io->drop[io->n_drop++] = f;
-            continue;
-        }
-        m->verdict = MG_VERDICT_FORWARD;
-        m->vip_index = (uint16_t)vip;
-        m->backend_index = b;
-        dp->stats.bytes_out += m->len;
-        dp->be_c[b].packets++;
-        dp->be_c[b].bytes += m->len;
-        io->tx[io->n_tx++] = f;
-    }
+    if (!encap_pieces(dp, io, pieces, n_pieces, p, hash, &ep, vip, b, 0))
+        return 0;
     dp->stats.forwarded++;
     if (p->frag & MG_PF_FRAGMENT)
         dp->stats.fragments++;
@@ -591,48 +618,16 @@ static void redirect_out(struct mg_dp *dp, struct mg_dp_io *io, const void *t, u
             out_drop(dp, io, idx, MG_DROP_TOO_BIG);
             return;
         }
-        uint32_t avail = io->n_spare - io->n_spare_used;
-        if (avail > MG_BURST_MAX)
-            avail = MG_BURST_MAX;
-        /* -EINVAL for DF set (or a header that cannot be split): too_big */
-        int rc = mg_frag_split_ipv4(io->pool, idx, p->l3_off, h->mtu - ovh,
-                                    io->spare + io->n_spare_used, avail);
-        if (rc < 0) {
-            out_drop(dp, io, idx, rc == -ENOSPC ? MG_DROP_NO_SPARE_FRAME : MG_DROP_TOO_BIG);
+        /* DF set (or a header that cannot be split): too_big */
+        int reason = split_to_spare(dp, io, idx, p->l3_off, h->mtu - ovh, pieces, &n_pieces);
+        if (reason != MG_OK) {
+            out_drop(dp, io, idx, reason);
             return;
         }
-        for (int i = 0; i < rc; i++)
-            pieces[n_pieces++] = io->spare[io->n_spare_used + i];
-        io->n_spare_used += (uint32_t)rc;
-        dp->stats.split_pieces += (uint32_t)rc;
     }
-    for (uint32_t i = 0; i < n_pieces; i++) {
-        uint32_t f = pieces[i];
-        struct mg_frame_meta *m = mg_frame_meta(io->pool, f);
-        int rc = mg_encap(io->pool, f, p->l3_off, p->family, (uint32_t)hash, &ep);
-        if (rc < 0) {
-            int reason = rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME;
-            if (i == 0) { /* the fragment is dropped, its other pieces (not sent) with it */
-                out_drop(dp, io, f, reason);
-                for (uint32_t j = 1; j < n_pieces; j++) {
-                    mg_frame_meta(io->pool, pieces[j])->verdict = (uint16_t)reason;
-                    io->drop[io->n_drop++] = pieces[j];
-                }
-                return;
-            }
-            /* a later piece (as in forward(): should not happen) is freed; the fragment
-             * still counts as redirected once */
-            m->verdict = (uint16_t)reason;
-            io->drop[io->n_drop++] = f;
-            continue;
-        }
-        m->verdict = MG_VERDICT_FORWARD; /* on the wire like any forward (mg_worker.c) */
-        m->flags |= MG_FRAME_F_REDIRECT_OUT;
-        m->vip_index = (uint16_t)vip;
-        dp->stats.bytes_out += m->len;
-        io->tx[io->n_tx++] = f;
-    }
-    dp->stats.redirected++;
+    /* on the wire like any forward (mg_worker.c), marked as a redirect */
+    if (encap_pieces(dp, io, pieces, n_pieces, p, hash, &ep, vip, -1, MG_FRAME_F_REDIRECT_OUT))
+        dp->stats.redirected++;
 }
 
 static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint64_t now_ns,
