@@ -74,7 +74,7 @@ def server_proc(region_name: str, n_workers: int, n_backends: int, builder: str,
     from maglev.control.manager import ConfigManager
     from maglev.control.publisher import RegionPublisher
     from maglev.control.server import ControlServer
-    from maglev.control.tables import fallback_build_tables
+    from maglev.testing.tables import fallback_build_tables
     from maglev.rings import Region
 
     region = Region.attach(region_name)

@@ -62,7 +62,6 @@ from maglev.control.protocol import (
 )
 from maglev.control.publisher import TablePublisher
 from maglev.control.tables import build_tables as default_build_tables
-from maglev.control.tables import resolve as resolve_builder
 from maglev.control.tables import vip_table
 from maglev.errors import ConfigError
 
@@ -117,7 +116,7 @@ class ConfigManager:
         self.source_sha256 = source_sha256
         self.emit: Emit = emit or (lambda topic, body: None)
         self.build_tables = build_tables or default_build_tables
-        self.builder_name = "custom" if build_tables else resolve_builder()[1]
+        self.builder_name = "custom" if build_tables else "datapath"
         self.confirm_timeout = confirm_timeout
         self.health: dict[tuple[str, str], HealthEntry] = {}
         self.generation = 0

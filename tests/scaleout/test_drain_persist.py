@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from maglev.actors import controller as ctl
+from maglev.control import instance as ctl
 from maglev.testing.packets import write_pcap
 from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
