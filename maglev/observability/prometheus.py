@@ -71,48 +71,93 @@ def _num(v: float) -> str:
     return repr(float(v))
 
 
+# Families with one sample per worker, from a key of the worker's row: (name, type, help, key).
+# ``dropped`` (a reason label too) is rendered in its place in the list.
+_WORKER_FAMILIES = (
+    ("maglev_worker_packets_total", "counter", "Packets a worker processed.", "packets_in"),
+    ("maglev_worker_forwarded_packets_total", "counter", "Packets a worker sent to a backend.", "forwarded"),
+    ("maglev_worker_received_bytes_total", "counter", "Bytes a worker processed.", "bytes_in"),
+    ("maglev_worker_transmitted_bytes_total", "counter", "Bytes a worker put on its tx ring (encapsulated).",
+     "bytes_out"),
+    ("maglev_worker_drops_total", "counter", "Packets a worker dropped, by reason.", "dropped"),
+    ("maglev_worker_tables_generation", "gauge", "Tables generation a worker uses.", "tables_generation"),
+    ("maglev_worker_held_fragments", "gauge", "IP fragments a worker holds waiting for their first fragment.",
+     "held"),
+    ("maglev_worker_fragments_total", "counter", "IP fragments a worker forwarded (first and non-first).",
+     "fragments"),
+    ("maglev_worker_icmp_sent_total", "counter", "ICMP errors a worker generated (packet too big).", "icmp_sent"),
+    ("maglev_worker_icmp_forwarded_total", "counter", "Inbound ICMP errors a worker sent to a flow's backend.",
+     "icmp_forwarded"),
+    ("maglev_worker_table_swaps_total", "counter", "Tables generation switches a worker made.", "table_swaps"),
+)
+
+# Connection-table families, one sample per worker: (key of struct mg_ct_stats, name, help).
+_CONNTRACK_FAMILIES = (
+    ("lookups", "maglev_conntrack_lookups_total", "Connection-table lookups."),
+    ("hits", "maglev_conntrack_hits_total", "Connection-table hits."),
+    ("inserts", "maglev_conntrack_inserts_total", "Connection-table inserts."),
+    ("evictions", "maglev_conntrack_evictions_total", "Live probation entries replaced (LRU) by an insert."),
+    ("insert_failed", "maglev_conntrack_table_full_total",
+     "Inserts that found no way (table full): the packet was forwarded statelessly."),
+    ("expired", "maglev_conntrack_expirations_total", "Entries found idle past their timeout."),
+    ("reselected", "maglev_conntrack_reselections_total", "Hits whose backend was gone or down: re-selected."),
+    ("promoted", "maglev_conntrack_promotions_total", "Probation entries promoted to the protected segment."),
+    ("demoted", "maglev_conntrack_demotions_total", "Protected entries demoted (protected quota reached)."),
+    ("moved", "maglev_conntrack_moves_total", "Entries moved to their alternate bucket (cuckoo)."),
+    ("rate_guard_hits", "maglev_conntrack_rate_guard_total",
+     "New flows above conntrack.new_flows_per_s: forwarded by Maglev hash, not inserted."),
+)
+
+# Per (VIP, backend) families: (name, type, help, value of a backend row).
+_BACKEND_FAMILIES: tuple[tuple[str, str, str, Callable[[dict[str, Any]], Any]], ...] = (
+    ("maglev_packets_total", "counter", "Packets sent to a backend (all workers, since their last tables switch).",
+     lambda b: b["packets"]),
+    ("maglev_bytes_total", "counter", "Bytes sent to a backend (all workers, since their last tables switch).",
+     lambda b: b["bytes"]),
+    ("maglev_backend_up", "gauge", "1 when the backend is healthy in the published tables.",
+     lambda b: b["health"] == "up"),
+    ("maglev_backend_weight", "gauge", "Configured weight of the backend.", lambda b: b["weight"]),
+    ("maglev_table_entries", "gauge", "Maglev lookup-table entries of a backend.", lambda b: b["entries"]),
+)
+
+# Per-VIP table families: (name, help, key of the VIP row); all gauges.
+_VIP_TABLE_FAMILIES = (
+    ("maglev_table_entries_min", "Fewest table entries of a live backend of the VIP.", "entries_min"),
+    ("maglev_table_entries_max", "Most table entries of a live backend of the VIP.", "entries_max"),
+    ("maglev_table_size_entries", "Maglev lookup-table size M of the VIP.", "table_size"),
+)
+
+
 def render(s: dict[str, Any]) -> str:
     """A :func:`~maglev.observability.metrics.collect` snapshot as Prometheus text format."""
     o = _Out()
     t, st, mx = s["totals"], s["steering"], s["muxer"]
     c = "counter"
     g = "gauge"
-    o.family("maglev_received_packets_total", c, "Packets received from the NIC by steering.",
-             [({}, t["packets_in"])])
-    o.family("maglev_received_bytes_total", c, "Bytes received from the NIC by steering.", [({}, t["bytes_in"])])
-    o.family("maglev_transmitted_packets_total", c, "Packets the muxer handed to the NIC.", [({}, mx["tx_packets"])])
+    for name, help_, value in (
+        ("maglev_received_packets_total", "Packets received from the NIC by steering.", t["packets_in"]),
+        ("maglev_received_bytes_total", "Bytes received from the NIC by steering.", t["bytes_in"]),
+        ("maglev_transmitted_packets_total", "Packets the muxer handed to the NIC.", mx["tx_packets"]),
+    ):
+        o.family(name, c, help_, [({}, value)])
     o.family("maglev_drops_total", c, "Packets dropped, by reason (data path reasons, worker restarts, NIC errors).",
              [({"reason": k}, v) for k, v in s["drops"].items()])
-    o.family("maglev_fallback_packets_total", c,
-             "Packets steered to another worker than their hash because its ring was full (may reorder).",
-             [({}, st["fallback"])])
-    o.family("maglev_backpressure_events_total", c, "Steering turns in which every candidate rx ring was full.",
-             [({}, st["backpressure"])])
-    o.family("maglev_unparsed_packets_total", c, "Packets steering could not parse (spread round-robin).",
-             [({}, st["unparsed"])])
+    for name, help_, value in (
+        ("maglev_fallback_packets_total",
+         "Packets steered to another worker than their hash because its ring was full (may reorder).",
+         st["fallback"]),
+        ("maglev_backpressure_events_total", "Steering turns in which every candidate rx ring was full.",
+         st["backpressure"]),
+        ("maglev_unparsed_packets_total", "Packets steering could not parse (spread round-robin).", st["unparsed"]),
+    ):
+        o.family(name, c, help_, [({}, value)])
     w_rows = s["workers"]
-    o.family("maglev_worker_packets_total", c, "Packets a worker processed.",
-             [({"worker": w["worker"]}, w["packets_in"]) for w in w_rows])
-    o.family("maglev_worker_forwarded_packets_total", c, "Packets a worker sent to a backend.",
-             [({"worker": w["worker"]}, w["forwarded"]) for w in w_rows])
-    o.family("maglev_worker_received_bytes_total", c, "Bytes a worker processed.",
-             [({"worker": w["worker"]}, w["bytes_in"]) for w in w_rows])
-    o.family("maglev_worker_transmitted_bytes_total", c, "Bytes a worker put on its tx ring (encapsulated).",
-             [({"worker": w["worker"]}, w["bytes_out"]) for w in w_rows])
-    o.family("maglev_worker_drops_total", c, "Packets a worker dropped, by reason.",
-             [({"worker": w["worker"], "reason": k}, v) for w in w_rows for k, v in w["dropped"].items()])
-    o.family("maglev_worker_tables_generation", g, "Tables generation a worker uses.",
-             [({"worker": w["worker"]}, w["tables_generation"]) for w in w_rows])
-    o.family("maglev_worker_held_fragments", g, "IP fragments a worker holds waiting for their first fragment.",
-             [({"worker": w["worker"]}, w["held"]) for w in w_rows])
-    o.family("maglev_worker_fragments_total", c, "IP fragments a worker forwarded (first and non-first).",
-             [({"worker": w["worker"]}, w["fragments"]) for w in w_rows])
-    o.family("maglev_worker_icmp_sent_total", c, "ICMP errors a worker generated (packet too big).",
-             [({"worker": w["worker"]}, w["icmp_sent"]) for w in w_rows])
-    o.family("maglev_worker_icmp_forwarded_total", c, "Inbound ICMP errors a worker sent to a flow's backend.",
-             [({"worker": w["worker"]}, w["icmp_forwarded"]) for w in w_rows])
-    o.family("maglev_worker_table_swaps_total", c, "Tables generation switches a worker made.",
-             [({"worker": w["worker"]}, w["table_swaps"]) for w in w_rows])
+    for name, kind, help_, key in _WORKER_FAMILIES:
+        if key == "dropped":
+            o.family(name, kind, help_,
+                     [({"worker": w["worker"], "reason": k}, v) for w in w_rows for k, v in w["dropped"].items()])
+        else:
+            o.family(name, kind, help_, [({"worker": w["worker"]}, w[key]) for w in w_rows])
     ft_rows = [(w["worker"], w["fragment_table"]) for w in w_rows if w.get("fragment_table")]
     for key in (ft_rows[0][1] if ft_rows else {}):
         o.family(f"maglev_fragment_table_{key}_total", c,
@@ -124,52 +169,28 @@ def render(s: dict[str, Any]) -> str:
             r = w[f"{kind}_ring"]
             rings.append((r["ring"], r))
     rings += [("free", s["rings"]["free"]), ("sent", s["rings"]["sent"])]
-    o.family("maglev_ring_used_slots", g, "Descriptors waiting on a ring.", [({"ring": n}, r["count"]) for n, r in rings])
-    o.family("maglev_ring_capacity_slots", g, "Slots of a ring.", [({"ring": n}, r["size"]) for n, r in rings])
-    o.family("maglev_ring_occupancy_ratio", g, "Used / capacity of a ring.",
-             [({"ring": n}, r["occupancy"]) for n, r in rings])
+    for name, help_, key in (
+        ("maglev_ring_used_slots", "Descriptors waiting on a ring.", "count"),
+        ("maglev_ring_capacity_slots", "Slots of a ring.", "size"),
+        ("maglev_ring_occupancy_ratio", "Used / capacity of a ring.", "occupancy"),
+    ):
+        o.family(name, g, help_, [({"ring": n}, r[key]) for n, r in rings])
     ct_rows = [(w["worker"], w["conntrack"]) for w in w_rows if w.get("conntrack")]
     o.family("maglev_conntrack_entries", g,
              "Connection-table entries (inserts - evictions - expirations: an upper bound).",
              [({"worker": i}, ct["entries"]) for i, ct in ct_rows])
-    for key, name, help_ in (
-        ("lookups", "maglev_conntrack_lookups_total", "Connection-table lookups."),
-        ("hits", "maglev_conntrack_hits_total", "Connection-table hits."),
-        ("inserts", "maglev_conntrack_inserts_total", "Connection-table inserts."),
-        ("evictions", "maglev_conntrack_evictions_total", "Live probation entries replaced (LRU) by an insert."),
-        ("insert_failed", "maglev_conntrack_table_full_total",
-         "Inserts that found no way (table full): the packet was forwarded statelessly."),
-        ("expired", "maglev_conntrack_expirations_total", "Entries found idle past their timeout."),
-        ("reselected", "maglev_conntrack_reselections_total", "Hits whose backend was gone or down: re-selected."),
-        ("promoted", "maglev_conntrack_promotions_total", "Probation entries promoted to the protected segment."),
-        ("demoted", "maglev_conntrack_demotions_total", "Protected entries demoted (protected quota reached)."),
-        ("moved", "maglev_conntrack_moves_total", "Entries moved to their alternate bucket (cuckoo)."),
-        ("rate_guard_hits", "maglev_conntrack_rate_guard_total",
-         "New flows above conntrack.new_flows_per_s: forwarded by Maglev hash, not inserted."),
-    ):
+    for key, name, help_ in _CONNTRACK_FAMILIES:
         o.family(name, c, help_, [({"worker": i}, ct[key]) for i, ct in ct_rows])
     vw = s.get("vip_workers", [])
-    o.family("maglev_vip_packets_total", c, "Packets forwarded for a VIP (per worker; resets on a tables switch).",
-             [({"vip": r["vip"], "worker": r["worker"]}, r["packets"]) for r in vw])
-    o.family("maglev_vip_bytes_total", c, "Bytes forwarded for a VIP (per worker; resets on a tables switch).",
-             [({"vip": r["vip"], "worker": r["worker"]}, r["bytes"]) for r in vw])
+    for key in ("packets", "bytes"):
+        o.family(f"maglev_vip_{key}_total", c,
+                 f"{key.capitalize()} forwarded for a VIP (per worker; resets on a tables switch).",
+                 [({"vip": r["vip"], "worker": r["worker"]}, r[key]) for r in vw])
     be = [(v, b) for v in s["vips"] for b in v["backends"]]
-    o.family("maglev_packets_total", c, "Packets sent to a backend (all workers, since their last tables switch).",
-             [({"vip": v["vip"], "backend": b["backend"]}, b["packets"]) for v, b in be])
-    o.family("maglev_bytes_total", c, "Bytes sent to a backend (all workers, since their last tables switch).",
-             [({"vip": v["vip"], "backend": b["backend"]}, b["bytes"]) for v, b in be])
-    o.family("maglev_backend_up", g, "1 when the backend is healthy in the published tables.",
-             [({"vip": v["vip"], "backend": b["backend"]}, b["health"] == "up") for v, b in be])
-    o.family("maglev_backend_weight", g, "Configured weight of the backend.",
-             [({"vip": v["vip"], "backend": b["backend"]}, b["weight"]) for v, b in be])
-    o.family("maglev_table_entries", g, "Maglev lookup-table entries of a backend.",
-             [({"vip": v["vip"], "backend": b["backend"]}, b["entries"]) for v, b in be])
-    o.family("maglev_table_entries_min", g, "Fewest table entries of a live backend of the VIP.",
-             [({"vip": v["vip"]}, v["entries_min"]) for v in s["vips"]])
-    o.family("maglev_table_entries_max", g, "Most table entries of a live backend of the VIP.",
-             [({"vip": v["vip"]}, v["entries_max"]) for v in s["vips"]])
-    o.family("maglev_table_size_entries", g, "Maglev lookup-table size M of the VIP.",
-             [({"vip": v["vip"]}, v["table_size"]) for v in s["vips"]])
+    for name, kind, help_, value in _BACKEND_FAMILIES:
+        o.family(name, kind, help_, [({"vip": v["vip"], "backend": b["backend"]}, value(b)) for v, b in be])
+    for name, help_, key in _VIP_TABLE_FAMILIES:
+        o.family(name, g, help_, [({"vip": v["vip"]}, v[key]) for v in s["vips"]])
     o.family("maglev_tables_generation", g, "Tables generation now published.", [({}, s["generation"])])
     tr = s.get("tracer") or {}
     o.family("maglev_traced_packets_total", c, "Packets marked by the packet tracer.", [({}, tr.get("marked", 0))])
