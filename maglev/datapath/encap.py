@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 from maglev.datapath import ref_encap
 from maglev.datapath.ref_encap import EncapParams
 from maglev.errors import ConfigError, NativeError
-from maglev.native import check, ffi, lib
+from maglev.native import ENGINES, check, ffi, lib
 
 if TYPE_CHECKING:
     from maglev.config import Backend, Instance, Vip
 
 __all__ = ["ENGINES", "EncapParams", "ScratchPool", "encap", "overhead", "params_for", "TYPES"]
 
-ENGINES = ("c", "python")
 TYPES = dict(ref_encap.TYPES)
 
 

@@ -27,7 +27,6 @@ FRAME_HEADROOM = lib.MG_FRAME_HEADROOM  # mg_consts.h: the one definition
 FRAME_DATA_MAX = lib.MG_FRAME_SIZE - lib.MG_FRAME_META_SIZE - FRAME_HEADROOM
 BURST_MAX = lib.MG_BURST_MAX
 DRAIN_MAX = lib.MG_DP_DRAIN_MAX
-ENGINES = ("c", "python")
 
 
 def verdict_name(verdict: int) -> str:

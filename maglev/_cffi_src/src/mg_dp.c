@@ -355,7 +355,8 @@ static inline void frag_key_of(const struct mg_parsed *p, struct mg_frag_key *fk
  * too big for the encapsulation, or a redirected fragment too big for the redirect GRE):
  * pieces[0] is the frame itself, the new pieces are appended to pieces/n_pieces.  MG_OK,
  * or the drop reason (the caller drops the frame). */
-static int split_to_spare(struct mg_dp *dp, struct mg_dp_io *io, uint32_t idx, uint32_t l3_off,
+static __attribute__((noinline, cold)) int
+split_to_spare(struct mg_dp *dp, struct mg_dp_io *io, uint32_t idx, uint32_t l3_off,
                           uint32_t mtu, uint32_t *pieces, uint32_t *n_pieces)
 {
     uint32_t avail = io->n_spare - io->n_spare_used;
@@ -372,14 +373,15 @@ static int split_to_spare(struct mg_dp *dp, struct mg_dp_io *io, uint32_t idx, u
 }
 
 /* Encapsulate every piece of one packet with `ep` and queue it on tx (verdict forward,
- * `flags` added; backend `b` set and counted when b >= 0).  If the first piece fails the
+ * `flags` added; backend `b` set and counted when `to_backend`).  If the first piece fails the
  * packet is dropped with all its pieces (none is sent): returns 0.  A later piece (same
  * headers and headroom as the first, so this should not happen) is freed and the packet
- * still counts once: returns 1.  Inlined like forward(): b and flags are constants there. */
+ * still counts once: returns 1.  Inlined like forward(): `to_backend` and `flags` are
+ * constants at both call sites, so neither costs a test per packet. */
 static inline __attribute__((always_inline)) int
 encap_pieces(struct mg_dp *dp, struct mg_dp_io *io, const uint32_t *pieces, uint32_t n_pieces,
              const struct mg_parsed *p, uint64_t hash, const struct mg_encap_params *ep, int vip,
-             int32_t b, uint16_t flags)
+             int32_t b, int to_backend, uint16_t flags)
 {
     for (uint32_t i = 0; i < n_pieces; i++) {
         uint32_t f = pieces[i];
@@ -403,7 +405,7 @@ encap_pieces(struct mg_dp *dp, struct mg_dp_io *io, const uint32_t *pieces, uint
         m->flags |= flags;
         m->vip_index = (uint16_t)vip;
         dp->stats.bytes_out += m->len;
-        if (b >= 0) {
+        if (to_backend) {
             m->backend_index = b;
             dp->be_c[b].packets++;
             dp->be_c[b].bytes += m->len;
@@ -492,7 +494,7 @@ forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
     } else if (pm != MG_PMTU_FITS) {
         return out_drop(dp, io, idx, MG_DROP_TOO_BIG), 0;
     }
-    if (!encap_pieces(dp, io, pieces, n_pieces, p, hash, &ep, vip, b, 0))
+    if (!encap_pieces(dp, io, pieces, n_pieces, p, hash, &ep, vip, b, 1, 0))
         return 0;
     dp->stats.forwarded++;
     if (p->frag & MG_PF_FRAGMENT)
@@ -626,7 +628,7 @@ static void redirect_out(struct mg_dp *dp, struct mg_dp_io *io, const void *t, u
         }
     }
     /* on the wire like any forward (mg_worker.c), marked as a redirect */
-    if (encap_pieces(dp, io, pieces, n_pieces, p, hash, &ep, vip, -1, MG_FRAME_F_REDIRECT_OUT))
+    if (encap_pieces(dp, io, pieces, n_pieces, p, hash, &ep, vip, -1, 0, MG_FRAME_F_REDIRECT_OUT))
         dp->stats.redirected++;
 }
 
