@@ -1,4 +1,4 @@
-"""The Internet checksum (RFC 1071) in Python: the reference of ``src/mg_csum.c`` and the
+"""The Internet checksum (RFC 1071) in Python: the reference of ``include/mg_csum.h`` and the
 one Python implementation (the pure-Python references, the AF_PACKET repair reference, the
 lab's GRE decapsulation and the test-packet builders all use it)."""
 

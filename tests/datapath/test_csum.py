@@ -1,4 +1,4 @@
-"""The one Internet checksum of each language agree: ``mg_csum.c`` and ``ref_csum.py``."""
+"""The one Internet checksum of each language agree: ``mg_csum.h`` and ``ref_csum.py``."""
 
 from __future__ import annotations
 
