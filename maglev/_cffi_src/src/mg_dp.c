@@ -60,15 +60,6 @@ struct work {
  * (mg_hash.c) for len = 40, inlined here because it is the largest fixed cost per packet.
  * The differential tests compare every decision with the Python reference, which uses the
  * generic SipHash, and tests/hashing/test_vectors.py pins mg_siphash13 itself. */
-#define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                          \
-    do {                                                                                  \
-        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                          \
-        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                             \
-        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                             \
-        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                          \
-    } while (0)
-
 static inline uint64_t flow_hash(const struct mg_tables_header *h, const struct mg_flow_key *k)
 {
     uint64_t m[5];
@@ -84,17 +75,17 @@ static inline uint64_t flow_hash(const struct mg_tables_header *h, const struct 
 #pragma GCC unroll 5
     for (int i = 0; i < 5; i++) {
         v3 ^= m[i];
-        SIPROUND;
+        MG_SIPROUND(v0, v1, v2, v3);
         v0 ^= m[i];
     }
     uint64_t b = (uint64_t)40 << 56;
     v3 ^= b;
-    SIPROUND;
+    MG_SIPROUND(v0, v1, v2, v3);
     v0 ^= b;
     v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
+    MG_SIPROUND(v0, v1, v2, v3);
+    MG_SIPROUND(v0, v1, v2, v3);
+    MG_SIPROUND(v0, v1, v2, v3);
     return v0 ^ v1 ^ v2 ^ v3;
 }
 _Static_assert(sizeof(struct mg_flow_key) == 40, "flow_hash is unrolled for 40 bytes");
