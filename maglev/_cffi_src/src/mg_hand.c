@@ -290,7 +290,7 @@ uint64_t *mg_stats_stage(void *base, uint32_t slot)
 }
 
 /* The journal's state word: 1 from begin (the image is complete) to end (applied). */
-static void stats_state(void *base, uint32_t slot, uint32_t state)
+static inline __attribute__((always_inline)) void stats_state(void *base, uint32_t slot, uint32_t state)
 {
     struct mg_hand *h = mg_region_hand(base, slot);
     if (h)
