@@ -38,6 +38,7 @@ test *ARGS:
 lint:
     ruff check .
     MAGLEV_CFLAGS=-Werror python3 maglev/_cffi_src/build.py
+    MAGLEV_CFLAGS=-Werror python3 bench/native/build.py
 
 # The benchmark-only C (bench/native: ring loops, mg_dp_bench, mg_encap_bench) in its own
 # module, bench/native/_mgbench*.so; never part of maglev._native.  The benchmark scripts
