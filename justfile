@@ -38,9 +38,16 @@ test *ARGS:
 lint:
     ruff check .
     MAGLEV_CFLAGS=-Werror python3 maglev/_cffi_src/build.py
+    MAGLEV_CFLAGS=-Werror python3 bench/native/build.py
+
+# The benchmark-only C (bench/native: ring loops, mg_dp_bench, mg_encap_bench) in its own
+# module, bench/native/_mgbench*.so; never part of maglev._native.  The benchmark scripts
+# also build it on demand when a source is newer.
+bench-ext:
+    python3 bench/native/build.py
 
 # Benchmarks: print measurements and ratios; never fail on a slow machine.
-bench:
+bench: bench-ext
     for b in bench/bench_*.py; do echo "== $b"; python3 "$b"; done
 
 # A package this distribution does not have is skipped with a message (the tests that need

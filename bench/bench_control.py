@@ -74,8 +74,8 @@ def server_proc(region_name: str, n_workers: int, n_backends: int, builder: str,
     from maglev.control.manager import ConfigManager
     from maglev.control.publisher import RegionPublisher
     from maglev.control.server import ControlServer
-    from maglev.control.tables import fallback_build_tables
     from maglev.rings import Region
+    from maglev.testing.tables import fallback_build_tables
 
     region = Region.attach(region_name)
     mgr = ConfigManager(Config.from_dict(config_dict(n_backends)), RegionPublisher(region, lambda: range(n_workers)),

@@ -47,6 +47,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from native.build import load as load_bench_module  # bench/native: benchmark-only C
+
 from maglev import config as cfg
 from maglev.datapath.ctmem import page_mode_name
 from maglev.datapath.engine import Packet
@@ -55,6 +57,8 @@ from maglev.datapath.tables import build_tables
 from maglev.native import check, ffi, lib
 from maglev.testing import packets as P
 from maglev.testing.flood import FloodRun, run_real
+
+blib = load_bench_module().lib
 
 VIP = "203.0.113.10"
 EST_CLIENT = "198.51.100.7"
@@ -123,7 +127,7 @@ def run_model(args: argparse.Namespace, protected_percent: int, new_flows_per_s:
     end = now + round(args.seconds * 1e9)
     wall0 = time.perf_counter()
     while now < end:
-        check(lib.mg_dp_bench(dp._dp, dp._tables_buf, flood.io, flood_per_chunk, 1 << 32, first_flood, now,
+        check(blib.mg_dp_bench(dp._dp, dp._tables_buf, flood.io, flood_per_chunk, 1 << 32, first_flood, now,
                               step, flood.ns), "mg_dp_bench flood")
         first_flood += flood_per_chunk * BURST
         cpu_ns += flood.ns[0]
@@ -133,7 +137,7 @@ def run_model(args: argparse.Namespace, protected_percent: int, new_flows_per_s:
         rounds = int(keep_due // BURST)
         if rounds:
             keep_due -= rounds * BURST
-            check(lib.mg_dp_bench(dp._dp, dp._tables_buf, keep.io, rounds, k, keep_cursor, now, 0, keep.ns),
+            check(blib.mg_dp_bench(dp._dp, dp._tables_buf, keep.io, rounds, k, keep_cursor, now, 0, keep.ns),
                   "mg_dp_bench keepalive")
             keep_cursor = (keep_cursor + rounds * BURST) % k
             cpu_ns += keep.ns[0]

@@ -29,8 +29,12 @@ import subprocess
 import sys
 import time
 
-from maglev.native import ffi, lib
+from native.build import load as load_bench_module  # bench/native: benchmark-only C
+
+from maglev.native import ffi
 from maglev.rings import Region, worker_bell
+
+blib = load_bench_module().lib
 
 BURSTS = (8, 16, 32, 64, 128, 256)
 RING_SIZE = 1024
@@ -52,18 +56,18 @@ def producer(name: str, total: int, burst: int, python: bool, cpu: int | None) -
     flags[READY_WORD] = 1
     while flags[GO_WORD] == 0:
         pass
-    deadline = lib.mg_now_ns() + 30_000_000_000
+    deadline = blib.mg_now_ns() + 30_000_000_000
     if python:
         buf = ffi.new("uint64_t[]", list(range(burst)))
         enq = ring.enqueue
         sent = 0
-        while sent < total and lib.mg_now_ns() < deadline:
+        while sent < total and blib.mg_now_ns() < deadline:
             k = enq(buf, min(burst, total - sent))
             sent += k
             if not k:  # full: let the consumer run if it shares this core
                 os.sched_yield()
     else:
-        lib.mg_ring_bench_produce(ring.ptr, total, burst, deadline)
+        blib.mg_ring_bench_produce(ring.ptr, total, burst, deadline)
     region.close()
 
 
@@ -83,7 +87,7 @@ def waker(name: str, count: int, sleep: bool) -> None:
             if not bell.wait(1000, spin=0):
                 continue
         if rx.dequeue(buf, 1):
-            lat.append(lib.mg_now_ns() - buf[0])
+            lat.append(blib.mg_now_ns() - buf[0])
         elif not sleep:
             os.sched_yield()  # the prototype's backoff: poll, yield the core, poll
     region.stats(0)[2] = len(lat)
@@ -110,7 +114,7 @@ def _wake_latency(count: int, sleep: bool) -> tuple[float, float]:
             rx = region.rx(0)
             for _ in range(count):
                 time.sleep(0.002)  # long enough for the consumer to be asleep again
-                rx.enqueue([lib.mg_now_ns()], 1)
+                rx.enqueue([blib.mg_now_ns()], 1)
             child.wait(60)
             if flags[2] != count:
                 raise RuntimeError(f"waker saw {flags[2]}/{count} descriptors")
@@ -158,8 +162,8 @@ def _two_process(total: int, burst: int, python: bool, pin: bool) -> float:
                         if not k:
                             os.sched_yield()
                 else:
-                    got = lib.mg_ring_bench_consume(
-                        ring.ptr, total, burst, lib.mg_now_ns() + 30_000_000_000, errors
+                    got = blib.mg_ring_bench_consume(
+                        ring.ptr, total, burst, blib.mg_now_ns() + 30_000_000_000, errors
                     )
                 t1 = time.perf_counter_ns()
             finally:
@@ -182,7 +186,7 @@ def _local(total: int, burst: int) -> float:
         try:
             errors = ffi.new("uint64_t *")
             t0 = time.perf_counter_ns()
-            got = lib.mg_ring_bench_local(region.rx(0).ptr, total, burst, errors)
+            got = blib.mg_ring_bench_local(region.rx(0).ptr, total, burst, errors)
             t1 = time.perf_counter_ns()
             if got != total or errors[0]:
                 raise RuntimeError(f"local run broken: {got}/{total}, {errors[0]} errors")

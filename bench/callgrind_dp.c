@@ -13,7 +13,7 @@
 #include <string.h>
 #include <valgrind/callgrind.h>
 
-#include "mg_dp.h"
+#include "mg_dp_bench.h"
 
 static uint8_t *slurp(const char *path, size_t *len)
 {

@@ -24,6 +24,7 @@ from maglev.datapath.tables import build_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "maglev" / "_cffi_src"
+BENCH_C = ROOT / "bench" / "native"  # mg_dp_bench: benchmark-only C, not in the extension
 BURST = 256
 
 
@@ -38,8 +39,9 @@ def main() -> None:
         (tmp / "tables.bin").write_bytes(build_tables(cfg.loads(CONF)))
         (tmp / "pkt.bin").write_bytes(packet())
         exe = tmp / "cg"
-        srcs = [str(p) for p in sorted((SRC / "src").glob("*.c"))]
+        srcs = [str(p) for p in sorted((SRC / "src").glob("*.c")) + sorted((BENCH_C / "src").glob("*.c"))]
         subprocess.run(["gcc", "-O2", "-g", "-std=gnu11", "-fno-strict-aliasing", f"-I{SRC / 'include'}",
+                        f"-I{BENCH_C / 'include'}",
                         str(ROOT / "bench" / "callgrind_dp.c"), *srcs, "-o", str(exe), "-lm"], check=True)
         for sc in a.scenarios.split(","):
             out = tmp / f"cg.{sc}"

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from maglev.datapath.engine import ENGINES
+from maglev.native import ENGINES
 
 # Progress bars only for files big enough to take a while.
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import importlib
 import json
 import os
 import signal
@@ -188,12 +187,13 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
             what.append("the traffic generator NIC (gen: 10000 flows toward its VIPs, null sink)")
         click.echo(f"maglev run: using {' and '.join(what)}; Ctrl-C to stop.")
     # The control plane: config manager (control socket, table publication), health
-    # prober, BGP speaker (only when the config has peers).  Each registers explicitly.
-    for mod in ("config_manager", "health_prober", "bgp_speaker"):
-        try:
-            importlib.import_module(f"maglev.actors.{mod}").register()
-        except ImportError as exc:  # a partial install still forwards packets
-            click.echo(f"maglev run: warning: {mod} unavailable ({exc})", err=True)
+    # prober, BGP speaker (only when the config has peers): maglev/actors/extra.py.
+    from maglev.actors import extra
+
+    try:
+        extra.register()
+    except ImportError as exc:  # a partial install still forwards packets
+        click.echo(f"maglev run: warning: the control plane is unavailable ({exc})", err=True)
     if control and not pl.EXTRA_ACTORS:
         click.echo("maglev run: warning: no control-plane actor is available; --control ignored", err=True)
     try:
@@ -218,7 +218,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     except BaseException:
         obs.close()
         raise
-    from maglev.actors.controller import flow_secret_warning
+    from maglev.control.instance import flow_secret_warning
 
     if warning := flow_secret_warning(p.config, config_path or SAMPLE_CONFIG):  # once, loudly; also in ctl status
         click.echo(f"maglev run: WARNING: {warning}", err=True)

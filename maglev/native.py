@@ -20,7 +20,11 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "(or `python maglev/_cffi_src/build.py`) in the source tree"
     ) from exc
 
-__all__ = ["ffi", "lib", "check"]
+__all__ = ["ENGINES", "ffi", "lib", "check"]
+
+# The engines every kernel comes in: the C extension, or its pure-Python reference
+# (maglev/datapath/ref_*.py, maglev/hashing/reference.py).  The one list of their names.
+ENGINES = ("c", "python")
 
 _MESSAGES = {
     errno.EINVAL: "invalid argument",

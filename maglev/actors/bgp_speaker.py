@@ -217,16 +217,3 @@ def actor_def(opts: Any, region_name: str) -> Any:
         return None
     params: dict[str, Any] = {"config_file": opts.config_path} if opts.config_path else {"bgp": cfg.to_dict()["bgp"]}
     return ActorDef("bgp", "maglev.actors.bgp_speaker:BgpSpeakerActor", params, stop_group=-1)
-
-
-def register() -> None:
-    """Add this actor to every ``maglev run`` of this process; explicit, not on import."""
-    from maglev.actors import extra
-
-    extra.add(actor_def)
-
-
-def unregister() -> None:
-    from maglev.actors import extra
-
-    extra.remove(actor_def)

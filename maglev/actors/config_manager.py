@@ -26,15 +26,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from maglev.actors import controller
 from maglev.actors.base import Actor, ActorSpec
+from maglev.actors.controller import serving_addresses
 from maglev.control import endpoints, optable
+from maglev.control.instance import drain_path, flow_secret_warning, save_drained
 from maglev.control.manager import ConfigManager
-from maglev.control.protocol import ProtocolError, Reply, Request
+from maglev.control.protocol import NOT_FOUND, PERSIST_FAILED, ProtocolError, Reply, Request
 from maglev.control.publisher import RegionPublisher, TablePublisher
+from maglev.control.tables import vip_fingerprint
 from maglev.errors import ControlError
 
 log = logging.getLogger("maglev.config")
+
+# The ops this actor serves for the supervisor's controller (owner "scaleout" in the table).
+SCALEOUT_OPS = ("drain-instance", "resume-instance")
 
 
 class ConfigManagerActor(Actor):
@@ -51,6 +56,13 @@ class ConfigManagerActor(Actor):
         self.servers: list[Any] = []
         self.live: set[int] = set()
         self._poller: Any = None
+        # The supervisor's controller (maglev/actors/controller.py): its last pushed state,
+        # and the drain commands sent to it (sequence, intent) so a stale push cannot undo
+        # what a drain reply promised.
+        self.controller_state: dict[str, Any] | None = None
+        self.drain_seq = 0
+        self.drain_intent: bool | None = None
+        self._fingerprints: tuple[int, dict[str, dict[str, Any]]] | None = None
 
     # -- overridable for tests -------------------------------------------------
     def make_publisher(self) -> TablePublisher:
@@ -117,8 +129,8 @@ class ConfigManagerActor(Actor):
             return Reply.failure(req.id, exc)
         if owner == "observability":  # stats, trace, whereis (maglev/observability/ops.py)
             return observability.handle(self, req)
-        if owner == "scaleout":  # drain-instance, resume-instance (maglev/actors/controller.py)
-            return controller.config_handle_op(self, req)
+        if owner == "scaleout":  # drain-instance, resume-instance
+            return self._drain_op(req)
         reply = self.manager.handle(req)
         observability.after_request(self, req, reply)  # [tracing].packet_sample_rate -> steering
         if req.op == "backends" and reply.ok:
@@ -126,8 +138,80 @@ class ConfigManagerActor(Actor):
         if req.op == "status" and reply.ok:
             reply.result["endpoints"] = [s.bound_endpoint for s in self.servers]
             reply.result["live_workers"] = sorted(self.live)
-            controller.config_status_extra(self, reply.result)  # table fingerprints, controller state
+            self._status_extra(reply.result)  # table fingerprints, controller state
         return reply
+
+    # -- the supervisor's controller (maglev/actors/controller.py) ---------------------
+    def _controller_message(self, msg: dict[str, Any]) -> bool:
+        """A ``controller.*`` mailbox message from the supervisor; True when it was one."""
+        t = msg.get("type")
+        if not isinstance(t, str) or not t.startswith("controller."):
+            return False
+        if t == "controller.publish":
+            topic, body = msg.get("topic"), msg.get("body")
+            if isinstance(topic, str) and isinstance(body, dict):
+                self._emit(topic, body)
+        elif t == "controller.query":
+            state = msg.get("state")
+            if isinstance(state, dict):
+                # The supervisor pushes its state periodically; a push sent before it applied
+                # our last drain command must not undo what that command's reply promised.
+                seen = state.get("drain_seq")
+                if not isinstance(seen, int) or seen < self.drain_seq:
+                    state = {**state, "drained": self.drain_intent if self.drain_seq else state.get("drained")}
+                self.controller_state = state
+            m = self.manager
+            if m is not None:
+                self.send("controller.vips", serving=serving_addresses(m.config, m.down_set()),
+                          generation=m.generation)
+        return True
+
+    def _drain_op(self, req: Request) -> Reply:
+        """``drain-instance`` / ``resume-instance``: persist, then tell the controller."""
+        drained = req.op == "drain-instance"
+        state = self.controller_state
+        if state is None:
+            return Reply.failure(req.id, ProtocolError(
+                NOT_FOUND, "no controller in this process tree (not started by `maglev run`?)"))
+        try:  # persisted first: the reply promises that a restart keeps it
+            save_drained(self.spec.instance, drained)
+        except OSError as exc:
+            return Reply.failure(req.id, ProtocolError(
+                PERSIST_FAILED, f"cannot persist the drained state in {drain_path(self.spec.instance)}: "
+                                f"{exc.strerror or exc}; nothing changed"))
+        self.drain_seq += 1
+        self.drain_intent = drained
+        self.send("controller.drain", drained=drained, seq=self.drain_seq)
+        state = self.controller_state = {**state, "drained": drained}
+        return Reply(req.id, True, result={"drained": drained, "announced": state.get("announced", []),
+                                           "note": "VIPs are withdrawn within a second" if drained
+                                           else "VIPs are announced again while the instance is healthy"})
+
+    def _status_extra(self, result: dict[str, Any]) -> None:
+        """Add table fingerprints, warnings and the controller's state to a ``status`` result."""
+        m = self.manager
+        assert m is not None
+        # A fingerprint hashes the whole table (256 KiB for 65537 slots): keep them per
+        # generation so a status poll over many VIPs costs nothing after the first.
+        if self._fingerprints is None or self._fingerprints[0] != m.generation:
+            self._fingerprints = (m.generation, {})
+        cache = self._fingerprints[1]
+        tables = []
+        for v in m.config.vips:
+            row = cache.get(v.key)
+            if row is None:
+                try:
+                    t = m.table_for(v.key)
+                    fp = vip_fingerprint(v, t, m.config.instance.flow_hash_secret)
+                    row = {"vip": v.key, "size": t.size, "backends": len(t.names), "fingerprint": fp}
+                except Exception as exc:  # never fail status for one table
+                    row = {"vip": v.key, "error": str(exc)}
+                cache[v.key] = row
+            tables.append(dict(row))
+        result["tables"] = tables
+        w = flow_secret_warning(m.config, m.source_path)
+        result["warnings"] = [w] if w else []
+        result["controller"] = self.controller_state
 
     def _backend_packets(self) -> dict[tuple[str, str], int]:
         """(vip key, backend address) -> packets the workers forwarded to it (the
@@ -183,7 +267,7 @@ class ConfigManagerActor(Actor):
 
     def handle(self, msg: dict[str, Any]) -> None:
         """Supervisor events: keep the set of workers the publisher waits for."""
-        if controller.config_handle_mailbox(self, msg):  # the supervisor's controller (events, VIP health)
+        if self._controller_message(msg):  # the supervisor's controller (events, VIP health)
             return
         actor = str(msg.get("actor", ""))
         if not actor.startswith("worker-") or not (actor[7:].isascii() and actor[7:].isdigit()):
@@ -236,17 +320,3 @@ def actor_def(opts: Any, region_name: str) -> Any:
         },
         stop_group=4,
     )
-
-
-def register() -> None:
-    """Add this actor to every ``maglev run`` of this process (``maglev.actors.extra``).
-    Explicit, not on import: importing the module (tests do) must not change other runs."""
-    from maglev.actors import extra
-
-    extra.add(actor_def)
-
-
-def unregister() -> None:
-    from maglev.actors import extra
-
-    extra.remove(actor_def)

@@ -36,13 +36,10 @@ while this one still forwards, then let the supervisor stop the actors (the BGP 
 stops first and sends CEASE).  A SIGKILL of ``maglev run`` needs no controller: the kernel
 closes the BGP TCP connections and the routers withdraw on their own.
 
-The drained state is persisted (issue 16.5): ``drain-instance`` / ``resume-instance`` write
-``<state dir>/drained.json`` atomically (:func:`save_drained`, before the reply), and a
-new ``maglev run`` of the instance starts drained when the file says so
-(:func:`load_drained` in :meth:`Controller.bind`, before anything is announced), so a
-restart in the middle of a rolling upgrade never announces a drained instance.  A file that
-cannot be read or parsed counts as drained (the safe side for an instance that is one of
-several behind ECMP), with an error naming the file; ``resume-instance`` rewrites it.
+The drained state is persisted (issue 16.5, ``maglev/control/instance.py``): a new
+``maglev run`` of the instance starts drained when ``<state dir>/drained.json`` says so
+(:meth:`Controller.bind`, before anything is announced); a file that cannot be read counts
+as drained, with an error naming the file.
 
 Events: the speaker's ``bgp.event`` messages (session states, route announce/withdraw) and
 the controller's own decisions (``controller`` events: healthy/unhealthy with reasons,
@@ -50,66 +47,28 @@ drained/resumed) are sent to the config manager, which publishes them on the con
 socket's event stream, topic ``bgp``.  The controller also pushes its state there every
 ``query_s`` so ``maglev ctl status`` shows it.
 
-The config-manager side of that mailbox exchange is the ``config_*`` functions at the end of
-this module (the config manager actor calls them through one line each), together with the
-control ops ``drain-instance`` / ``resume-instance`` and the table fingerprints that
-``status`` shows so an operator can check that every instance built the same tables.
+The config-manager side of that mailbox exchange (``controller.query``/``controller.vips``,
+``controller.drain``, ``controller.publish``), the ops ``drain-instance``/``resume-instance``
+and the table fingerprints of ``status`` are the config manager's:
+``maglev/actors/config_manager.py``.  This module only judges and announces.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from maglev.control.instance import drain_path, load_drained
 
 log = logging.getLogger("maglev.controller")
 
 BGP_ACTOR = "bgp"
 CONFIG_ACTOR = "config"
 EVENT_TOPIC = "bgp"
-OPS = ("drain-instance", "resume-instance")
-
-
-DRAIN_FILE = "drained.json"
-DRAIN_FORMAT = "maglev-drain-1"
-
-
-def drain_path(instance: str) -> Path:
-    from maglev.control.endpoints import state_dir
-
-    return state_dir(instance) / DRAIN_FILE
-
-
-def save_drained(instance: str, drained: bool) -> None:
-    """Persist the drained state of ``instance`` (atomic; raises OSError)."""
-    from maglev.control.persist import atomic_write
-
-    doc = {"format": DRAIN_FORMAT, "drained": bool(drained), "at": time.time()}
-    atomic_write(drain_path(instance), json.dumps(doc).encode() + b"\n")
-
-
-def load_drained(instance: str) -> tuple[bool, str]:
-    """(drained, problem): the persisted state; no file = not drained; a damaged file =
-    drained, with the problem in words."""
-    p = drain_path(instance)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        return False, ""
-    except OSError as exc:
-        return True, f"{p}: cannot read ({exc.strerror or exc}); staying drained until resume-instance"
-    try:
-        doc = json.loads(raw)
-        if not isinstance(doc, dict) or doc.get("format") != DRAIN_FORMAT or not isinstance(doc.get("drained"), bool):
-            raise ValueError(f"not a {DRAIN_FORMAT} file")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return True, f"{p}: damaged ({exc}); staying drained until resume-instance"
-    return doc["drained"], ""
 
 
 # --------------------------------------------------------------------------- pure rules
@@ -429,113 +388,3 @@ class Controller:
             "peers": [{k: p.get(k) for k in ("peer", "asn", "state") if k in p} for p in self.bgp_peers],
             "transitions": self.transitions,
         }
-
-
-# --------------------------------------------------------------------------- config side
-# Called from the config manager actor (maglev/actors/config_manager.py), one line each.
-
-
-def config_handle_mailbox(actor: Any, msg: dict[str, Any]) -> bool:
-    """A ``controller.*`` mailbox message from the supervisor; True when it was one."""
-    t = msg.get("type")
-    if not isinstance(t, str) or not t.startswith("controller."):
-        return False
-    if t == "controller.publish":
-        topic, body = msg.get("topic"), msg.get("body")
-        if isinstance(topic, str) and isinstance(body, dict):
-            actor._emit(topic, body)
-    elif t == "controller.query":
-        state = msg.get("state")
-        if isinstance(state, dict):
-            # The supervisor pushes its state periodically; a push sent before it applied
-            # our last drain command must not undo what that command's reply promised.
-            sent = getattr(actor, "drain_seq", 0)
-            seen = state.get("drain_seq")
-            if not isinstance(seen, int) or seen < sent:
-                state = {**state, "drained": getattr(actor, "drain_intent", state.get("drained"))}
-            actor.controller_state = state
-        m = actor.manager
-        if m is not None:
-            actor.send("controller.vips", serving=serving_addresses(m.config, m.down_set()),
-                       generation=m.generation)
-    return True
-
-
-def config_handle_op(actor: Any, req: Any) -> Any:
-    """``drain-instance`` / ``resume-instance``: tell the supervisor's controller."""
-    from maglev.control.ops import check_keys
-    from maglev.control.protocol import NOT_FOUND, PERSIST_FAILED, ProtocolError, Reply
-
-    try:
-        check_keys(req.args, ())
-    except ProtocolError as exc:
-        return Reply.failure(req.id, exc)
-    drained = req.op == "drain-instance"
-    state = getattr(actor, "controller_state", None)
-    if state is None:
-        return Reply.failure(req.id, ProtocolError(
-            NOT_FOUND, "no controller in this process tree (not started by `maglev run`?)"))
-    try:  # persisted first: the reply promises that a restart keeps it
-        save_drained(actor.spec.instance, drained)
-    except OSError as exc:
-        return Reply.failure(req.id, ProtocolError(
-            PERSIST_FAILED, f"cannot persist the drained state in {drain_path(actor.spec.instance)}: "
-                      f"{exc.strerror or exc}; nothing changed"))
-    actor.drain_seq = getattr(actor, "drain_seq", 0) + 1
-    actor.drain_intent = drained
-    actor.send("controller.drain", drained=drained, seq=actor.drain_seq)
-    state = {**state, "drained": drained}
-    actor.controller_state = state
-    return Reply(req.id, True, result={"drained": drained, "announced": state.get("announced", []),
-                                       "note": "VIPs are withdrawn within a second" if drained
-                                       else "VIPs are announced again while the instance is healthy"})
-
-
-def flow_secret_warning(config: Any, source: Any = None) -> str | None:
-    """The warning for a config that keys the flow hash with the built-in (public) secret.
-
-    Not for the lab: the namespace labs (``maglev lab up``, ``maglev demo``, the scale-out
-    lab) write a random secret of their own, and the built-in sample config (``source``, the
-    file the config came from, is ``maglev/data/sample.toml``) is the lab's too, as for
-    ``maglev doctor``.  ``maglev run`` prints it once at start; ``status`` carries it in
-    ``warnings`` for as long as it holds.
-    """
-    from pathlib import Path
-
-    from maglev.config import DEFAULT_FLOW_HASH_SECRET, SAMPLE_CONFIG
-
-    if config.instance.flow_hash_secret.lower() != DEFAULT_FLOW_HASH_SECRET:
-        return None
-    if source and Path(source).resolve() == SAMPLE_CONFIG:
-        return None
-    return ("the flow hash uses the built-in public secret: clients can predict which backend "
-            "a flow goes to; set [instance].flow_hash_secret (32 hex digits, the same on every "
-            "instance, e.g. from `python3 -c 'import secrets; print(secrets.token_hex(16))'`)")
-
-
-def config_status_extra(actor: Any, result: dict[str, Any]) -> None:
-    """Add table fingerprints (and the controller's state) to a ``status`` result."""
-    from maglev.control.tables import vip_fingerprint
-
-    m = actor.manager
-    # A fingerprint hashes the whole table (256 KiB for 65537 slots): keep them per
-    # generation so a status poll over many VIPs costs nothing after the first.
-    cache = getattr(actor, "_fingerprints", None)
-    if cache is None or cache[0] != m.generation:
-        cache = actor._fingerprints = (m.generation, {})
-    tables = []
-    for v in m.config.vips:
-        row = cache[1].get(v.key)
-        if row is None:
-            try:
-                t = m.table_for(v.key)
-                fp = vip_fingerprint(v, t, m.config.instance.flow_hash_secret)
-                row = {"vip": v.key, "size": t.size, "backends": len(t.names), "fingerprint": fp}
-            except Exception as exc:  # never fail status for one table
-                row = {"vip": v.key, "error": str(exc)}
-            cache[1][v.key] = row
-        tables.append(dict(row))
-    result["tables"] = tables
-    w = flow_secret_warning(m.config, m.source_path)
-    result["warnings"] = [w] if w else []
-    result["controller"] = getattr(actor, "controller_state", None)

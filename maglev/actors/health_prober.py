@@ -219,17 +219,3 @@ def actor_def(opts: Any, region_name: str) -> Any:
     from maglev.actors.supervisor import ActorDef
 
     return ActorDef("health", "maglev.actors.health_prober:HealthProberActor", {}, stop_group=3)
-
-
-def register() -> None:
-    """Add this actor to every ``maglev run`` of this process (``maglev.actors.extra``).
-    Explicit, not on import: importing the module (tests do) must not change other runs."""
-    from maglev.actors import extra
-
-    extra.add(actor_def)
-
-
-def unregister() -> None:
-    from maglev.actors import extra
-
-    extra.remove(actor_def)

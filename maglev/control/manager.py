@@ -64,7 +64,6 @@ from maglev.control.protocol import (
 )
 from maglev.control.publisher import TablePublisher
 from maglev.control.tables import build_tables as default_build_tables
-from maglev.control.tables import resolve as resolve_builder
 from maglev.control.tables import vip_table
 from maglev.errors import ConfigError
 from maglev.pools import backend_checks, effective_config
@@ -155,7 +154,7 @@ class ConfigManager:
         builder = build_tables or default_build_tables
         # Pooled VIPs' weights follow health (maglev/pools.py): every build sees them.
         self.build_tables = lambda config, down=frozenset(): builder(effective_config(config, down), down=down)
-        self.builder_name = "custom" if build_tables else resolve_builder()[1]
+        self.builder_name = "custom" if build_tables else "datapath"
         self.confirm_timeout = confirm_timeout
         self.health: dict[tuple[str, str], HealthEntry] = {}
         self.generation = 0

@@ -8,7 +8,8 @@ the single source for
   handler runs; the handlers then check types and values;
 * **routing**: ``owner`` says which code serves it -- ``config`` the
   :class:`~maglev.control.manager.ConfigManager`, ``observability``
-  ``maglev/observability/ops.py``, ``scaleout`` ``maglev/actors/controller.py``;
+  ``maglev/observability/ops.py``, ``scaleout`` the config-manager actor
+  (``maglev/actors/config_manager.py``, for the supervisor's controller);
 * **persistence**: ``changes_config`` ops go through ``ConfigManager.apply`` (validated,
   persisted to the state file, ``force`` allowed); the others change nothing on disk;
 * **the CLI and the docs**: ``ctl`` names the ``maglev`` command that sends it;

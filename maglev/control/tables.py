@@ -1,10 +1,8 @@
 """The one seam between the config manager and the table format.
 
-The data path owns the shared-memory table format (``maglev.datapath.tables.build_tables``).
-The control plane depends on it only through :func:`build_tables` below, so it can run --
-and be tested -- before or without the data path: when that module is not importable the
-fallback encodes one Maglev table per VIP (``maglev.hashing.build_table``) as msgpack.
-The fallback is a stand-in for tests and benchmarks, not a format any worker reads.
+The data path owns the shared-memory table format (``maglev.datapath.tables.build_tables``);
+the control plane reaches it only through :func:`build_tables` below.  (Tests of the
+config manager alone may pass a stand-in builder: ``maglev.testing.tables``.)
 
 ``down`` is a frozenset of ``(vip key, backend key)``: backends the health prober found
 dead.  They are left out of the table exactly like a removed backend; a VIP whose every
@@ -14,16 +12,9 @@ packets instead of sending them to a dead backend (GLB Director issue #77).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import msgpack
-
 from maglev.config import Config, Vip
+from maglev.datapath.tables import build_tables as datapath_build_tables
 from maglev.hashing import MaglevTable, build_table
-
-BuildTables = Callable[..., bytes]
-_resolved: BuildTables | None = None
-FALLBACK_FORMAT = "maglev-control-fallback-1"
 
 
 def live_backends(vip: Vip, down: frozenset[tuple[str, str]]) -> list[tuple[str, int]]:
@@ -55,28 +46,6 @@ def vip_fingerprint(vip: Vip, table: MaglevTable, flow_hash_secret: str) -> str:
     return table.fingerprint(flow_hash_secret, destinations(vip))
 
 
-def fallback_build_tables(config: Config, down: frozenset[tuple[str, str]] = frozenset()) -> bytes:
-    vips = []
-    for vip in config.vips:
-        t = vip_table(vip, down)
-        vips.append({"vip": vip.key, "size": t.size, "backends": list(t.names), "entries": t.entries.tobytes()})
-    return msgpack.packb({"format": FALLBACK_FORMAT, "vips": vips}, use_bin_type=True)
-
-
-def resolve() -> tuple[BuildTables, str]:
-    """The data path's builder when installed, else the fallback, and which one it is."""
-    global _resolved
-    if _resolved is None:
-        try:
-            from maglev.datapath.tables import build_tables as real  # type: ignore[import-not-found]
-        except ImportError:
-            _resolved = fallback_build_tables
-        else:
-            _resolved = real
-    name = "fallback" if _resolved is fallback_build_tables else "datapath"
-    return _resolved, name
-
-
 def build_tables(config: Config, down: frozenset[tuple[str, str]] = frozenset()) -> bytes:
-    fn, _ = resolve()
-    return fn(config, down=down)
+    """The shared-memory tables blob of ``config`` (the data path's format)."""
+    return datapath_build_tables(config, down=down)

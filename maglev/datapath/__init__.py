@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from maglev.native import ENGINES
+
 if TYPE_CHECKING:  # pragma: no cover
     from maglev.datapath.native import CDataPath
     from maglev.datapath.ref_dp import RefDataPath
-
-ENGINES = ("c", "python")
 
 __all__ = ["DROP_NAMES", "ENGINES", "DataPath", "build_tables"]
 

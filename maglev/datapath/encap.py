@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 from maglev.datapath import ref_encap
 from maglev.datapath.ref_encap import EncapParams
 from maglev.errors import ConfigError, NativeError
-from maglev.native import check, ffi, lib
+from maglev.native import ENGINES, check, ffi, lib
 
 if TYPE_CHECKING:
     from maglev.config import Backend, Instance, Vip
 
 __all__ = ["ENGINES", "EncapParams", "ScratchPool", "encap", "overhead", "params_for", "TYPES"]
 
-ENGINES = ("c", "python")
 TYPES = dict(ref_encap.TYPES)
 
 
@@ -66,7 +65,9 @@ class ScratchPool:
 _scratch: ScratchPool | None = None
 
 
-def _pool() -> ScratchPool:
+def scratch_pool() -> ScratchPool:
+    """One frame for the Python front-ends of the frame kernels (encap, icmp): each call
+    puts its packet, runs the kernel and reads the frame back before returning."""
     global _scratch
     if _scratch is None:
         _scratch = ScratchPool(1)
@@ -101,7 +102,7 @@ def encap(packet: bytes, l3_off: int, inner_family: int, flow_hash: int, params:
         raise ValueError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
     if not (0 <= l3_off <= 0xFFFFFFFF and 0 <= inner_family <= 255):
         raise NativeError(errno.EINVAL, "encap: l3_off or family out of range")
-    pool = _pool()
+    pool = scratch_pool()
     pool.put(0, packet, headroom)
     check(lib.mg_encap(pool.buf, 0, l3_off, inner_family, flow_hash & 0xFFFFFFFF, c_params(params)),
           "encap")

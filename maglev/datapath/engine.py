@@ -10,6 +10,7 @@ a ``frame_overflow`` drop itself, the same way for both engines.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from maglev.native import ffi, lib
@@ -22,10 +23,10 @@ VERDICT_FORWARD = lib.MG_VERDICT_FORWARD
 VERDICT_ICMP = lib.MG_VERDICT_ICMP
 VERDICT_HELD = lib.MG_VERDICT_HELD
 VERDICT_REDIRECT = lib.MG_VERDICT_REDIRECT  # a fragment sent to its owner instance (mg_dp.h)
-FRAME_DATA_MAX = lib.MG_FRAME_SIZE - lib.MG_FRAME_META_SIZE - lib.MG_FRAME_HEADROOM
+FRAME_HEADROOM = lib.MG_FRAME_HEADROOM  # mg_consts.h: the one definition
+FRAME_DATA_MAX = lib.MG_FRAME_SIZE - lib.MG_FRAME_META_SIZE - FRAME_HEADROOM
 BURST_MAX = lib.MG_BURST_MAX
 DRAIN_MAX = lib.MG_DP_DRAIN_MAX
-ENGINES = ("c", "python")
 
 
 def verdict_name(verdict: int) -> str:
@@ -62,6 +63,27 @@ class Output:
     @property
     def reason(self) -> str:
         return verdict_name(self.verdict)
+
+
+def in_bursts(packets: Iterable[Packet], burst: Callable[[list[Packet]], list[Output]],
+              overflow: Callable[[Packet], None]) -> list[Output]:
+    """What both engines' ``process`` do around their kernel: a packet larger than a frame
+    never reaches it -- it is answered with a ``frame_overflow`` drop (``overflow(p)`` counts
+    it) -- and the others go to ``burst`` in input order, at most BURST_MAX at a time."""
+    out: list[Output] = []
+    batch: list[Packet] = []
+    for p in packets:
+        if len(p.data) > FRAME_DATA_MAX:
+            overflow(p)
+            out.append(Output(p.seq, "drop", DROP_CODES["frame_overflow"], b"", 0, -1))
+            continue
+        batch.append(p)
+        if len(batch) == BURST_MAX:
+            out += burst(batch)
+            batch = []
+    if batch:
+        out += burst(batch)
+    return out
 
 
 def empty_stats() -> dict:

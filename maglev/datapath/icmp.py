@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 
 from maglev.datapath import ref_icmp
-from maglev.datapath.encap import ENGINES, ScratchPool
+from maglev.datapath.encap import ENGINES, scratch_pool
 from maglev.errors import NativeError
 from maglev.native import check, ffi, lib
 
@@ -35,16 +35,6 @@ PMTU_FRAGMENT = lib.MG_PMTU_FRAGMENT
 PMTU_DROP = lib.MG_PMTU_DROP
 QUOTE_5TUPLE = lib.MG_QUOTE_5TUPLE
 QUOTE_3TUPLE = lib.MG_QUOTE_3TUPLE
-
-_scratch: ScratchPool | None = None
-
-
-def _pool() -> ScratchPool:
-    global _scratch
-    if _scratch is None:
-        _scratch = ScratchPool(1)
-    return _scratch
-
 
 def _engine(engine: str) -> None:
     if engine not in ENGINES:
@@ -88,7 +78,7 @@ def too_big(packet: bytes, l3_off: int, family: int, mtu: int,
     if engine == "python":
         return ref_icmp.too_big(packet, l3_off, family, mtu, headroom)
     _u32(l3_off, mtu)
-    pool = _pool()
+    pool = scratch_pool()
     pool.put(0, packet, headroom)
     check(lib.mg_icmp_too_big(pool.buf, 0, l3_off, family, mtu), "icmp too big")
     return pool.get(0)

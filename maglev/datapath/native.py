@@ -16,12 +16,11 @@ from maglev.datapath.ctmem import check_memory
 from maglev.datapath.engine import (
     BURST_MAX,
     DRAIN_MAX,
-    DROP_CODES,
     DROP_NAMES,
-    FRAME_DATA_MAX,
     Output,
     Packet,
     empty_stats,
+    in_bursts,
 )
 from maglev.datapath.ref_conntrack import CT_STAT_NAMES
 from maglev.errors import NativeError
@@ -112,20 +111,10 @@ class CDataPath:
         return out
 
     def process(self, packets: Iterable[Packet], now_ns: int) -> list[Output]:
-        out: list[Output] = []
-        batch: list[Packet] = []
-        for p in packets:
-            if len(p.data) > FRAME_DATA_MAX:
-                self._extra_drops["frame_overflow"] = self._extra_drops.get("frame_overflow", 0) + 1
-                out.append(Output(p.seq, "drop", DROP_CODES["frame_overflow"], b"", 0, -1))
-                continue
-            batch.append(p)
-            if len(batch) == BURST_MAX:
-                out += self._burst(batch, now_ns)
-                batch = []
-        if batch:
-            out += self._burst(batch, now_ns)
-        return out
+        return in_bursts(packets, lambda batch: self._burst(batch, now_ns), self._overflow)
+
+    def _overflow(self, p: Packet) -> None:
+        self._extra_drops["frame_overflow"] = self._extra_drops.get("frame_overflow", 0) + 1
 
     def _burst(self, batch: list[Packet], now_ns: int) -> list[Output]:
         if len(self._free) < len(batch):

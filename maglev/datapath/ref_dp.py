@@ -27,7 +27,7 @@ from maglev.datapath.engine import (
     DRAIN_MAX,
     DROP_CODES,
     DROP_NAMES,
-    FRAME_DATA_MAX,
+    FRAME_HEADROOM,
     VERDICT_FORWARD,
     VERDICT_HELD,
     VERDICT_ICMP,
@@ -35,6 +35,7 @@ from maglev.datapath.engine import (
     Output,
     Packet,
     empty_stats,
+    in_bursts,
 )
 from maglev.datapath.ref_conntrack import ConnTable, Entry, ticks
 from maglev.datapath.ref_parse import PF_FIRST, PF_FRAGMENT, Parsed, parse
@@ -51,7 +52,7 @@ from maglev.errors import NativeError
 from maglev.hashing.reference import siphash13
 from maglev.native import lib
 
-HEADROOM = 192
+HEADROOM = FRAME_HEADROOM
 EXPIRE_BUCKETS = lib.MG_DP_EXPIRE_BUCKETS
 SPARE = 256  # spare frames per burst (= BURST_MAX): one per packet, as a worker has (mg_worker.h)
 ZERO_MAC = bytes(6)
@@ -421,21 +422,11 @@ class RefDataPath:
     # ------------------------------------------------------------------ bursts
 
     def process(self, packets: Iterable[Packet], now_ns: int) -> list[Output]:
-        out: list[Output] = []
-        batch: list[Packet] = []
-        for p in packets:
-            if len(p.data) > FRAME_DATA_MAX:
-                self.drops[D["frame_overflow"]] += 1
-                self.s["packets_in"] += 1
-                out.append(Output(p.seq, "drop", D["frame_overflow"], b"", 0, -1))
-                continue
-            batch.append(p)
-            if len(batch) == BURST_MAX:
-                out += self._burst(batch, now_ns)
-                batch = []
-        if batch:
-            out += self._burst(batch, now_ns)
-        return out
+        return in_bursts(packets, lambda batch: self._burst(batch, now_ns), self._overflow)
+
+    def _overflow(self, p: Packet) -> None:
+        self.drops[D["frame_overflow"]] += 1
+        self.s["packets_in"] += 1
 
     def _burst(self, batch: list[Packet], now_ns: int) -> list[Output]:
         self._switch()

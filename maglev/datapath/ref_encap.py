@@ -14,6 +14,8 @@ import errno
 import struct
 from dataclasses import dataclass
 
+from maglev.datapath.engine import FRAME_HEADROOM
+from maglev.datapath.ref_csum import csum_add, csum_fold
 from maglev.errors import NativeError
 
 GRE, IPIP, VXLAN, L2 = 0, 1, 2, 3
@@ -26,7 +28,6 @@ VXLAN_DEFAULT_PORT = 4789
 VXLAN_FLAG_I = 0x08
 VXLAN_SPORT_BASE = 49152
 VXLAN_SPORT_MASK = 0x3FFF
-FRAME_HEADROOM = 192
 
 
 @dataclass(frozen=True)
@@ -47,23 +48,6 @@ class EncapParams:
 
 def _fail(code: int, what: str) -> NativeError:
     return NativeError(code, f"encap: {what}")
-
-
-def csum_add(s: int, data: bytes) -> int:
-    """One's-complement running sum of big-endian 16-bit words (odd tail zero-padded)."""
-    if len(data) % 2:
-        data = data + b"\0"
-    for (w,) in struct.iter_unpack("!H", data):
-        s += w
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def csum_fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def overhead(type_: int, outer_family: int) -> int:

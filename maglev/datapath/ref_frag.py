@@ -14,7 +14,9 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
-from maglev.datapath.ref_encap import csum_add, csum_fold, inner_l3_len
+from maglev.datapath.engine import FRAME_DATA_MAX
+from maglev.datapath.ref_csum import csum_add, csum_fold
+from maglev.datapath.ref_encap import inner_l3_len
 from maglev.errors import NativeError
 from maglev.hashing.reference import siphash13
 
@@ -28,7 +30,6 @@ MAX_ENTRIES = 1 << 24
 MAX_HOLD = 1 << 20
 NIL = 0xFFFFFFFF
 R_RELEASED, R_EXPIRED, R_EVICTED = 0, 1, 2
-FRAME_SIZE, FRAME_META_SIZE, FRAME_HEADROOM = 2048, 128, 192
 STATS = ("first", "forwarded", "held", "released", "expired", "evicted", "evictions",
          "drop_table_full", "drop_hold_limit")
 
@@ -261,7 +262,7 @@ def split_ipv4(packet: bytes, l3_off: int, max_l3_len: int, nspare: int) -> list
     base_off = (frag & 0x1FFF) * 8
     if base_off + tot > 65535:
         raise NativeError(errno.EINVAL, "split: fragment offset overflow")
-    if l3_off + ihl2 + min(rest, chunk2) > FRAME_SIZE - FRAME_META_SIZE - FRAME_HEADROOM:
+    if l3_off + ihl2 + min(rest, chunk2) > FRAME_DATA_MAX:
         raise NativeError(errno.ENOSPC, "split: a piece does not fit a frame")
     more = bool(frag & 0x2000)
     l2 = packet[:l3_off]

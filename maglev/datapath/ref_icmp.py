@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import struct
 
-from maglev.datapath.ref_encap import TTL, csum_add, csum_fold
+from maglev.datapath.engine import FRAME_HEADROOM
+from maglev.datapath.ref_csum import csum_add, csum_fold
+from maglev.datapath.ref_encap import TTL
 from maglev.errors import NativeError
 
 PMTU_FITS, PMTU_ICMP, PMTU_FRAGMENT, PMTU_DROP = 0, 1, 2, 3
@@ -19,7 +21,6 @@ ICMP6_ERROR_MAX = 1280
 RATE_PER_S = 1000
 BURST = 50
 QUOTE_5TUPLE, QUOTE_3TUPLE = 0, 1
-FRAME_HEADROOM = 192
 _EXT6 = (0, 43, 60, 51)
 _PORTS = (6, 17, 132, 136)
 

@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass, field
 
 from maglev.datapath.engine import DROP_NAMES  # the names are C's (MG_DROP_LIST)
+from maglev.datapath.ref_csum import checksum
 
 R = {name: i for i, name in enumerate(DROP_NAMES)}
 
@@ -53,15 +54,6 @@ class Parsed:
         """The 40-byte ``struct mg_flow_key`` (ports in network order, zero padding)."""
         sp, dp = (self.sport, self.dport) if ports else (0, 0)
         return self.src + self.dst + struct.pack("!HHBBxx", sp, dp, self.proto, self.family)
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(w for (w,) in struct.iter_unpack("!H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _options_ok(o: bytes) -> bool:

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 from maglev.errors import ConfigError
 from maglev.hashing import reference
+from maglev.native import ENGINES
 
 DEFAULT_TABLE_SIZE = 65537
 MAX_TABLE_SIZE = 16777213
 MAX_BACKENDS = 65536
 MAX_WEIGHT = 65535
 NO_BACKEND = reference.NO_BACKEND
-ENGINES = ("c", "python")
 
 __all__ = [
     "DEFAULT_TABLE_SIZE",

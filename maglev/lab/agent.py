@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maglev.datapath.ref_parse import checksum as inet_checksum
+from maglev.datapath.ref_csum import checksum as inet_checksum
 from maglev.errors import MaglevError, NotRootError
 
 IPPROTO_GRE = 47

@@ -82,6 +82,12 @@ class LabError(MaglevError, RuntimeError):
     """The lab could not be built or taken down."""
 
 
+def _add_addrs(ns: str, dev: str, v4: str, v6: str) -> None:
+    """One IPv4 and one IPv6 address (no duplicate address detection) on ``dev`` in ``ns``."""
+    ns_exec(ns, "ip", "addr", "add", v4, "dev", dev)
+    ns_exec(ns, "ip", "-6", "addr", "add", v6, "dev", dev, "nodad")
+
+
 def backend_v4(i: int) -> str:
     return f"198.18.2.{10 + i}"
 
@@ -323,10 +329,8 @@ class Lab:
         ns_exec(router, "ip", "link", "add", "br0", "mtu", str(spec.mtu), "type", "bridge", "stp_state", "0")
         ns_exec(router, "ip", "link", "set", "br0", "address", MAC_ROUTER_S, "up")
         ns_exec(router, "ip", "link", "set", "rc", "address", MAC_ROUTER_C, "up")
-        ns_exec(router, "ip", "addr", "add", f"{ROUTER_C_V4}/24", "dev", "rc")
-        ns_exec(router, "ip", "-6", "addr", "add", f"{ROUTER_C_V6}/64", "dev", "rc", "nodad")
-        ns_exec(router, "ip", "addr", "add", f"{ROUTER_S_V4}/24", "dev", "br0")
-        ns_exec(router, "ip", "-6", "addr", "add", f"{ROUTER_S_V6}/64", "dev", "br0", "nodad")
+        _add_addrs(router, "rc", f"{ROUTER_C_V4}/24", f"{ROUTER_C_V6}/64")
+        _add_addrs(router, "br0", f"{ROUTER_S_V4}/24", f"{ROUTER_S_V6}/64")
         ns_exec(
             router, "sysctl", "-qw",
             "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
@@ -343,8 +347,7 @@ class Lab:
             # leaves TCP/UDP checksums to an offload that never happens (the AF_PACKET
             # driver completes them; AF_XDP cannot tell): checksum in software instead.
             tx_checksum_offload(client, "eth0", False)
-        ns_exec(client, "ip", "addr", "add", f"{CLIENT_V4}/24", "dev", "eth0")
-        ns_exec(client, "ip", "-6", "addr", "add", f"{CLIENT_V6}/64", "dev", "eth0", "nodad")
+        _add_addrs(client, "eth0", f"{CLIENT_V4}/24", f"{CLIENT_V6}/64")
         for net in ("198.18.0.0/15", VIP_NET_V4):
             ns_exec(client, "ip", "route", "add", net, "via", ROUTER_C_V4)
         for net in ("2001:db8::/32",):
@@ -352,8 +355,7 @@ class Lab:
 
         # Maglev: on the server bridge; the kernel neither forwards nor owns the VIPs.
         self._server_port(router, "pm", mg, MAC_MAGLEV, spec.mtu)
-        ns_exec(mg, "ip", "addr", "add", f"{MAGLEV_V4}/24", "dev", "eth0")
-        ns_exec(mg, "ip", "-6", "addr", "add", f"{MAGLEV_V6}/64", "dev", "eth0", "nodad")
+        _add_addrs(mg, "eth0", f"{MAGLEV_V4}/24", f"{MAGLEV_V6}/64")
         ns_exec(mg, "ip", "route", "add", "198.18.0.0/15", "via", ROUTER_S_V4)
         ns_exec(mg, "ip", "-6", "route", "add", "2001:db8::/32", "via", ROUTER_S_V6)
         ns_exec(mg, "sysctl", "-qw", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0")
@@ -387,12 +389,10 @@ class Lab:
     def _backend(self, spec: LabSpec, router: str, i: int, b: dict[str, Any]) -> None:
         ns = b["ns"]
         self._server_port(router, f"pb{i}", ns, b["mac"], spec.mtu)
-        ns_exec(ns, "ip", "addr", "add", f"{b['ipv4']}/24", "dev", "eth0")
-        ns_exec(ns, "ip", "-6", "addr", "add", f"{b['ipv6']}/64", "dev", "eth0", "nodad")
+        _add_addrs(ns, "eth0", f"{b['ipv4']}/24", f"{b['ipv6']}/64")
         ns_exec(ns, "ip", "route", "add", "198.18.0.0/15", "via", ROUTER_S_V4)
         ns_exec(ns, "ip", "-6", "route", "add", "2001:db8::/32", "via", ROUTER_S_V6)
-        ns_exec(ns, "ip", "addr", "add", f"{VIP_V4}/32", "dev", "lo")
-        ns_exec(ns, "ip", "-6", "addr", "add", f"{VIP_V6}/128", "dev", "lo", "nodad")
+        _add_addrs(ns, "lo", f"{VIP_V4}/32", f"{VIP_V6}/128")
         # DSR: never answer ARP for the VIP (it is on lo), never use it as ARP source;
         # decapsulated packets arrive on a device the client is not routed through.
         ns_exec(

@@ -43,6 +43,7 @@ from typing import Any
 
 from maglev.errors import MaglevError, NotRootError
 from maglev.native import check, ffi, lib
+from maglev.nic.multiqueue import rx_round_robin
 
 __all__ = ["RINGS", "AfPacketMulti", "AfPacketNic", "NicError", "open_afpacket_rx"]
 
@@ -324,14 +325,8 @@ class AfPacketMulti:
             self._poll.register(nic.fileno(), select.POLLIN | select.POLLERR)
 
     def rx_burst(self, pool: Any, descs: Any, n: int) -> int:
-        k = len(self.nics)
-        for i in range(k):
-            nic = self.nics[(self._next + i) % k]
-            got = nic.rx_burst(pool, descs, n)
-            if got:
-                self._next = (self._next + i + 1) % k
-                return got
-        return 0
+        got, self._next = rx_round_robin(self.nics, self._next, lambda nic: nic.rx_burst(pool, descs, n))
+        return got
 
     def wake_on(self, fd: int) -> None:
         self._poll.register(fd, select.POLLIN)

@@ -6,19 +6,7 @@ from __future__ import annotations
 
 import struct
 
-
-def _sum16(data: bytes | bytearray, acc: int = 0) -> int:
-    if len(data) % 2:
-        data = bytes(data) + b"\0"
-    for (w,) in struct.iter_unpack("!H", data):
-        acc += w
-    return acc
-
-
-def _fold(acc: int) -> int:
-    while acc >> 16:
-        acc = (acc & 0xFFFF) + (acc >> 16)
-    return ~acc & 0xFFFF
+from maglev.datapath.ref_csum import csum_add, csum_fold
 
 
 def csum_complete_ref(frame: bytearray) -> bool:
@@ -45,7 +33,7 @@ def csum_complete_ref(frame: bytearray) -> bool:
         if frame[off + 6] & 0x3F or frame[off + 7]:
             return False
         proto, l4, l4len = frame[off + 9], off + ihl, tot - ihl
-        acc = _sum16(frame[off + 12 : off + 20])
+        acc = csum_add(0, frame[off + 12 : off + 20])
     elif et == 0x86DD:
         if n < off + 40:
             return False
@@ -60,7 +48,7 @@ def csum_complete_ref(frame: bytearray) -> bool:
         if l4 > end:
             return False
         l4len = end - l4
-        acc = _sum16(frame[off + 8 : off + 40])
+        acc = csum_add(0, frame[off + 8 : off + 40])
     else:
         return False
     if proto == 6 and l4len >= 20:
@@ -70,7 +58,7 @@ def csum_complete_ref(frame: bytearray) -> bool:
     else:
         return False
     frame[l4 + cso : l4 + cso + 2] = b"\0\0"
-    c = _fold(_sum16(frame[l4 : l4 + l4len], acc + proto + l4len))
+    c = csum_fold(csum_add(acc + proto + l4len, frame[l4 : l4 + l4len]))
     if proto == 17 and c == 0:
         c = 0xFFFF
     frame[l4 + cso : l4 + cso + 2] = struct.pack("!H", c)

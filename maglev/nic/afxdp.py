@@ -46,6 +46,7 @@ from typing import Any
 from maglev.errors import NotRootError
 from maglev.native import check, ffi, lib
 from maglev.nic.afpacket import NicError
+from maglev.nic.multiqueue import rx_round_robin
 
 __all__ = ["AfXdpNic", "AfXdpTx", "handoff_path", "read_handoff", "rx_queues", "why_no_afxdp"]
 
@@ -190,14 +191,10 @@ class AfXdpNic:
 
     # -- data path ---------------------------------------------------------------------
     def rx_burst(self, pool: Any, descs: Any, n: int) -> int:
-        k = len(self._socks)
-        for i in range(k):
-            x = self._socks[(self._next + i) % k]
-            got = check(lib.mg_xsk_rx_burst(x, pool, descs, n), f"afxdp rx on {self.iface}")
-            if got:
-                self._next = (self._next + i + 1) % k
-                return got
-        return 0
+        got, self._next = rx_round_robin(
+            self._socks, self._next,
+            lambda x: check(lib.mg_xsk_rx_burst(x, pool, descs, n), f"afxdp rx on {self.iface}"))
+        return got
 
     def wake_on(self, fd: int) -> None:
         self._poll.register(fd, select.POLLIN)

@@ -130,23 +130,28 @@ def parse_vip(text: str) -> tuple[Any, int, int]:
         if p.lower() not in PROTO:
             raise TraceRequestError(f"--vip {text!r}: protocol must be tcp or udp")
         proto = PROTO[p.lower()]
-    port = 0
-    if s.startswith("["):
-        host, _, rest = s[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise TraceRequestError(f"--vip {text!r}: expected [ADDR]:PORT")
-            port = _port(rest[1:], text)
-    elif s.count(":") == 1:
-        host, _, p = s.partition(":")
-        port = _port(p, text)
-    else:
-        host = s
+    host, port = _split_port(s, text, "--vip")
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise TraceRequestError(f"--vip {text!r}: {host!r} is not an IP address") from None
     return ip, port, proto
+
+
+def _split_port(s: str, text: str, option: str) -> tuple[str, int]:
+    """``[HOST]:PORT``, ``[HOST]``, ``HOST:PORT`` (one colon: not IPv6) or ``HOST`` ->
+    (host, port; 0 when none)."""
+    if s.startswith("["):
+        host, _, rest = s[1:].partition("]")
+        if not rest:
+            return host, 0
+        if not rest.startswith(":"):
+            raise TraceRequestError(f"{option} {text!r}: expected [ADDR]:PORT")
+        return host, _port(rest[1:], text)
+    if s.count(":") == 1:
+        host, _, p = s.partition(":")
+        return host, _port(p, text)
+    return s, 0
 
 
 def _port(p: str, text: str) -> int:
@@ -158,17 +163,7 @@ def _port(p: str, text: str) -> int:
 def parse_src(text: str) -> tuple[Any, int, int]:
     """``ADDR[/PLEN][:PORT]`` or ``[V6ADDR]:PORT`` -> (ip, prefix length, port)."""
     s = text.strip()
-    port = 0
-    if s.startswith("["):
-        host, _, rest = s[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise TraceRequestError(f"--src {text!r}: expected [ADDR]:PORT")
-            port = _port(rest[1:], text)
-        s = host
-    elif s.count(":") == 1:
-        s, _, p = s.partition(":")
-        port = _port(p, text)
+    s, port = _split_port(s, text, "--src")
     try:
         net = ipaddress.ip_network(s, strict=False)
     except ValueError:

@@ -51,18 +51,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = [
-    "SERVICE_NAME",
-    "current_provider",
-    "extract_context",
-    "get_tracer",
-    "inject_context",
-    "otlp_traces_url",
-    "setup_tracing",
-    "shutdown_tracing",
-    "start_span_from",
-]
-
 SERVICE_NAME = "maglev"
 log = logging.getLogger("maglev.telemetry")
 

@@ -21,6 +21,8 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from maglev.datapath.ref_csum import checksum
+
 TCP = 6
 UDP = 17
 ICMP = 1
@@ -55,16 +57,6 @@ def mac(s: str | bytes) -> bytes:
 
 def addr(a: str | bytes) -> bytes:
     return a if isinstance(a, bytes) else ipaddress.ip_address(a).packed
-
-
-def checksum(data: bytes) -> int:
-    """RFC 1071 Internet checksum."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:

@@ -293,7 +293,7 @@ def test_manager_replies_to_hostile_replace_config_without_internal_errors():
     from maglev.control.manager import ConfigManager
     from maglev.control.protocol import Request
     from maglev.control.publisher import ThreadedPublisher
-    from maglev.control.tables import fallback_build_tables
+    from maglev.testing.tables import fallback_build_tables
 
     start = config.loads(SAMPLE_TEXTS[0])
     rnd = random.Random(15)

@@ -89,7 +89,7 @@ class Served:
 def served(publisher, shortdir):
     from maglev.control.manager import ConfigManager
     from maglev.control.server import ControlServer
-    from maglev.control.tables import fallback_build_tables
+    from maglev.testing.tables import fallback_build_tables
 
     holder = {}
     mgr = ConfigManager(make_config(3), publisher, state_path=shortdir / "state.json",
@@ -110,7 +110,7 @@ def served_module():
     from maglev.control.client import ControlClient
     from maglev.control.manager import ConfigManager
     from maglev.control.server import ControlServer
-    from maglev.control.tables import fallback_build_tables
+    from maglev.testing.tables import fallback_build_tables
 
     d = Path(tempfile.mkdtemp(prefix="mgc-", dir="/tmp"))
     pub = ThreadedPublisher(workers=1)

@@ -11,7 +11,7 @@ from maglev.config import Config, dump_toml
 from maglev.control import persist
 from maglev.control.manager import ConfigManager
 from maglev.control.protocol import Request
-from maglev.control.tables import FALLBACK_FORMAT, fallback_build_tables
+from maglev.testing.tables import FALLBACK_FORMAT, fallback_build_tables
 
 VIP = "203.0.113.10:80/tcp"
 

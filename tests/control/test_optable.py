@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from maglev.actors import controller
+from maglev.actors.config_manager import SCALEOUT_OPS
 from maglev.control import ops, optable
 from maglev.control.manager import CHANGE_OPS, OPS
 from maglev.control.protocol import ProtocolError
@@ -19,8 +19,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "control-protocol.md"
 def test_every_served_op_is_in_the_table_with_its_owner():
     assert set(OPS) == set(optable.names("config"))
     assert set(observability.OPS) == set(optable.names("observability"))
-    assert set(controller.OPS) == set(optable.names("scaleout"))
-    assert set(optable.NAMES) == set(OPS) | set(observability.OPS) | set(controller.OPS)
+    assert set(SCALEOUT_OPS) == set(optable.names("scaleout"))
+    assert set(optable.NAMES) == set(OPS) | set(observability.OPS) | set(SCALEOUT_OPS)
     assert set(CHANGE_OPS) == {*ops.CHANGES, "reload"} == set(optable.CHANGE_OPS)
     assert all("force" in optable.BY_NAME[op].optional for op in CHANGE_OPS)
 

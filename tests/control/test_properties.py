@@ -39,7 +39,7 @@ class InstantPublisher:
 
 
 def manager() -> ConfigManager:
-    from maglev.control.tables import fallback_build_tables
+    from maglev.testing.tables import fallback_build_tables
 
     m = ConfigManager(Config.from_dict(BASE), InstantPublisher(), build_tables=fallback_build_tables)
     m._publish_initial()
@@ -134,7 +134,7 @@ def test_random_change_sequences_keep_every_invariant(seq):
 
     from maglev.control import persist
     from maglev.control.publisher import ThreadedPublisher
-    from maglev.control.tables import fallback_build_tables
+    from maglev.testing.tables import fallback_build_tables
 
     with tempfile.TemporaryDirectory(prefix="mgc-prop-") as d, ThreadedPublisher(workers=2) as pub:
         state = Path(d) / "state.json"

@@ -34,17 +34,15 @@ def backends_toml(addrs):
 
 @pytest.fixture
 def run_env(shortdir, monkeypatch):
-    from maglev.actors import config_manager, health_prober
+    from maglev.actors import extra
 
     monkeypatch.setenv("MAGLEV_RUN_DIR", str(shortdir / "run"))
     monkeypatch.setenv("MAGLEV_STATE_DIR", str(shortdir / "state"))
-    config_manager.register()
-    health_prober.register()
+    extra.register("config", "health")
     try:
         yield shortdir
     finally:
-        config_manager.unregister()
-        health_prober.unregister()
+        extra.unregister("config", "health")
 
 
 def outer_dsts(path):

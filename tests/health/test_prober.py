@@ -141,7 +141,7 @@ def test_prober_drives_the_config_manager(servers):
     from maglev.control.manager import ConfigManager
     from maglev.control.protocol import Request
     from maglev.control.publisher import ThreadedPublisher
-    from maglev.control.tables import fallback_build_tables
+    from maglev.testing.tables import fallback_build_tables
 
     a = servers.tcp()  # backend a listens on 127.0.0.1:port; b (127.0.0.2) does not yet
     config = Config.from_dict({

@@ -24,7 +24,7 @@ from maglev.lab.nsenter import netns as in_netns
 
 pytestmark = pytest.mark.root
 
-REGISTER = ("from maglev.actors import config_manager; config_manager.register(); "
+REGISTER = ("from maglev.actors import extra; extra.register('config'); "
             "from maglev_cli.main import main; main()")
 VIP_KEY = f"{topo.VIP_V4}:0/tcp"
 

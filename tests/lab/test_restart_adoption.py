@@ -95,14 +95,20 @@ def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backe
         assert would_move > 0, "the backend change must move some connections without conntrack"
         assert talk.lost == {}, talk.lost
     finally:
-        if talk is not None:
-            talk.finish()
-        for c in conns:
-            c.close()
-        lab.stop_process("maglev")
-        remove_recorded(str(short))
-        shutil.rmtree(short, ignore_errors=True)
+        _clean_up(talk, conns, lab, short)
 
+
+
+def _clean_up(talk, conns, lab, short: Path) -> None:
+    """What both tests leave behind, also when they fail: the talker, the connections, the
+    forwarder and its run folder."""
+    if talk is not None:
+        talk.finish()
+    for c in conns:
+        c.close()
+    lab.stop_process("maglev")
+    remove_recorded(str(short))
+    shutil.rmtree(short, ignore_errors=True)
 
 
 def _lock_holder(path: str) -> int:
@@ -188,10 +194,4 @@ def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(
         assert would_move > 0, "the backend change must move some connections without conntrack"
         assert talk.lost == {}, talk.lost
     finally:
-        if talk is not None:
-            talk.finish()
-        for c in conns:
-            c.close()
-        lab.stop_process("maglev")
-        remove_recorded(str(short))
-        shutil.rmtree(short, ignore_errors=True)
+        _clean_up(talk, conns, lab, short)

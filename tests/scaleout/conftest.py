@@ -13,6 +13,28 @@ from maglev.bgp.speaker import Speaker
 from maglev.config import Config
 
 
+def bgp_instance_toml(name: str, router_port: int, instance_extra: str = "") -> str:
+    """``[instance]`` and ``[bgp]`` of a maglev (AS 64513) that dials a :class:`RouterThread`
+    on 127.0.0.1:``router_port``; the VIPs are the test's."""
+    return f"""
+[instance]
+name = "{name}"
+source_ipv4 = "198.18.2.2"
+{instance_extra}
+[bgp]
+local_asn = 64513
+router_id = "198.18.2.2"
+listen_port = 0
+connect_retry_time = 1
+
+[[bgp.peer]]
+address = "127.0.0.1"
+port = {router_port}
+asn = 64512
+hold_time = 9
+"""
+
+
 class RouterThread:
     """A passive BGP peer on 127.0.0.1:``port`` (AS 64512) that accepts maglev (AS 64513)
     and records the prefixes maglev announces.  Runs its own event loop in a thread."""

@@ -14,32 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from maglev.actors import controller as ctl
+from maglev.control import instance as ctl
 from maglev.testing.packets import write_pcap
 from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
 
-from .conftest import RouterThread
+from .conftest import RouterThread, bgp_instance_toml
 
 VIP = "203.0.113.10/32"
 
 
 def _config(tmp: Path, router_port: int) -> Path:
     p = tmp / "maglev.toml"
-    p.write_text(f"""
-[instance]
-name = "drainp"
-source_ipv4 = "198.18.2.2"
-[bgp]
-local_asn = 64513
-router_id = "198.18.2.2"
-listen_port = 0
-connect_retry_time = 1
-[[bgp.peer]]
-address = "127.0.0.1"
-port = {router_port}
-asn = 64512
-hold_time = 9
+    p.write_text(bgp_instance_toml("drainp", router_port) + """
 [[vip]]
 address = "203.0.113.10"
 port = 80

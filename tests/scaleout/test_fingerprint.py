@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from maglev import config as cfg
-from maglev.actors.controller import flow_secret_warning
+from maglev.control.instance import flow_secret_warning
 from maglev.control.tables import destinations, vip_fingerprint
 from maglev.hashing import build_table, flow_hash_digest
 from maglev.testing.packets import write_pcap

@@ -21,7 +21,7 @@ from maglev.testing.packets import write_pcap
 from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
 
-from .conftest import Listener, RouterThread
+from .conftest import Listener, RouterThread, bgp_instance_toml
 
 pytestmark = pytest.mark.slow
 
@@ -30,24 +30,8 @@ VIP_B = "203.0.113.20/32"  # one backend, TCP-checked against a listener the tes
 
 
 def _config(tmp: Path, router_port: int, check_port: int) -> Path:
-    text = f"""
-[instance]
-name = "ctltest"
-source_ipv4 = "198.18.2.2"
-allow_loopback_backends = true  # vip 203.0.113.20's backend is a health-check target on this host
-
-[bgp]
-local_asn = 64513
-router_id = "198.18.2.2"
-listen_port = 0
-connect_retry_time = 1
-
-[[bgp.peer]]
-address = "127.0.0.1"
-port = {router_port}
-asn = 64512
-hold_time = 9
-
+    # vip 203.0.113.20's backend is a health-check target on this host
+    text = bgp_instance_toml("ctltest", router_port, "allow_loopback_backends = true") + f"""
 [[vip]]
 address = "203.0.113.10"
 port = 80

@@ -61,7 +61,3 @@ const struct mg_dp_stats *mg_dp_stats(const struct mg_dp *dp);
 const struct mg_dp_counter *mg_dp_vip_counters(const struct mg_dp *dp);
 const struct mg_dp_counter *mg_dp_backend_counters(const struct mg_dp *dp);
 struct mg_ct *mg_dp_conntrack(struct mg_dp *dp);
-int mg_dp_bench(struct mg_dp *dp, const void *tables, struct mg_dp_io *io, uint32_t rounds,
-                uint64_t n_flows, uint64_t first_flow, uint64_t now_ns, uint64_t step_ns,
-                uint64_t *ns);
-uint64_t mg_dp_calibrate(uint32_t iters);

@@ -27,8 +27,4 @@ struct mg_encap_params {
 int mg_encap_overhead(uint8_t type, uint8_t outer_family);
 int mg_encap(uint8_t *pool, uint32_t idx, uint32_t l3_off, uint8_t inner_family,
              uint32_t flow_hash, const struct mg_encap_params *params);
-int mg_encap_bench(uint8_t *pool, uint32_t n, uint32_t l3_off, uint8_t inner_family,
-                   const struct mg_encap_params *params, uint32_t rounds);
 int mg_l3_len(const uint8_t *l3, uint32_t avail, uint8_t family);
-uint32_t mg_csum_add(uint32_t sum, const uint8_t *data, size_t len);
-uint16_t mg_csum_fold(uint32_t sum);

@@ -153,17 +153,5 @@ const struct mg_dp_counter *mg_dp_vip_counters(const struct mg_dp *dp);
 const struct mg_dp_counter *mg_dp_backend_counters(const struct mg_dp *dp);
 struct mg_ct *mg_dp_conntrack(struct mg_dp *dp);
 
-/* Benchmark helper (bench/bench_datapath.py): run `rounds` bursts over io->frames.  Before
- * each burst every frame's metadata, headroom and first 128 packet bytes are restored (the
- * previous burst encapsulated them) and, when n_flows > 0, its TCP/UDP ports are rewritten
- * to flow id (first_flow + k) % n_flows for the k-th packet (sport = low 16 bits, dport =
- * next 16), so 256 frames can stand for any number of flows.  now_ns advances by step_ns
- * per burst.  *ns = thread CPU nanoseconds spent inside mg_dp_burst only.  Returns rounds or -errno. */
-int mg_dp_bench(struct mg_dp *dp, const void *tables, struct mg_dp_io *io, uint32_t rounds,
-                uint64_t n_flows, uint64_t first_flow, uint64_t now_ns, uint64_t step_ns,
-                uint64_t *ns);
-/* Benchmark baseline: thread CPU nanoseconds for `iters` mg_siphash13() of a 40-byte key
- * (a fixed amount of pure ALU work, to compare machines and moments). */
-uint64_t mg_dp_calibrate(uint32_t iters);
 
 #endif

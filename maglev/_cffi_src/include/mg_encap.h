@@ -43,6 +43,7 @@
 #define MG_ENCAP_H
 
 #include "mg_common.h"
+#include "mg_csum.h"
 #include "mg_frame.h"
 
 #define MG_ENCAP_GRE 0
@@ -90,20 +91,10 @@ int mg_encap_overhead(uint8_t type, uint8_t outer_family);
 int mg_encap(uint8_t *pool, uint32_t idx, uint32_t l3_off, uint8_t inner_family,
              uint32_t flow_hash, const struct mg_encap_params *params);
 
-/* Benchmark helper (bench/bench_encap.py): encapsulate frames 0..n-1 of `pool` `rounds`
- * times, restoring each frame's data_off/len before every call so the same packets are
- * reused (the L3 packet is never modified by mg_encap, so restoring the metadata is
- * enough).  Returns the number of encapsulations done or the first -errno. */
-int mg_encap_bench(uint8_t *pool, uint32_t n, uint32_t l3_off, uint8_t inner_family,
-                   const struct mg_encap_params *params, uint32_t rounds);
 
 /* Length of the L3 packet at l3 (`avail` captured bytes) from its own header: IPv4 total
  * length, IPv6 40 + payload length.  -EINVAL when the header is not of `family`, is cut,
  * or claims more than `avail` (or is an IPv6 jumbogram).  Shared with mg_icmp.c. */
 int mg_l3_len(const uint8_t *l3, uint32_t avail, uint8_t family);
-
-/* Internet checksum helpers shared with mg_icmp.c (RFC 1071). */
-uint32_t mg_csum_add(uint32_t sum, const uint8_t *data, size_t len);
-uint16_t mg_csum_fold(uint32_t sum);
 
 #endif

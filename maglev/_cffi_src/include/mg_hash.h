@@ -24,4 +24,15 @@
 
 uint64_t mg_siphash13(uint64_t k0, uint64_t k1, const uint8_t *data, size_t len);
 
+/* One SipRound on the state words v0..v3 (the SipHash paper, section 2): shared by
+ * mg_siphash13 and the data path's inlined 40-byte flow hash (mg_dp.c: flow_hash). */
+static inline uint64_t mg_rotl64(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
+#define MG_SIPROUND(v0, v1, v2, v3)                                                      \
+    do {                                                                                 \
+        v0 += v1; v1 = mg_rotl64(v1, 13); v1 ^= v0; v0 = mg_rotl64(v0, 32);              \
+        v2 += v3; v3 = mg_rotl64(v3, 16); v3 ^= v2;                                      \
+        v0 += v3; v3 = mg_rotl64(v3, 21); v3 ^= v0;                                      \
+        v2 += v1; v1 = mg_rotl64(v1, 17); v1 ^= v2; v2 = mg_rotl64(v2, 32);              \
+    } while (0)
+
 #endif

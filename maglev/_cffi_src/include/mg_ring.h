@@ -108,7 +108,9 @@ static inline void mg_ring_submit(struct mg_ring *r, uint32_t n)
         mg_bell_notify((struct mg_bell *)((uint8_t *)r + r->bell_off));
 }
 
-/* Peek at up to n published slots not yet peeked; *idx = the first.  Returns how many. */
+/* Peek at up to n published slots not yet peeked; *idx = the first.  Returns how many.
+ * The consumer's mirror of mg_ring_reserve (same shape on purpose: each side is written
+ * out so that its own acquire/release pair is labelled where it happens). */
 static inline uint32_t mg_ring_peek(struct mg_ring *r, uint32_t n, uint32_t *idx)
 {
     uint32_t avail = r->c_cached_prod - r->c_head;

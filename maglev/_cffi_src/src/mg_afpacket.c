@@ -1,6 +1,7 @@
 /* AF_PACKET NIC: TPACKET_V2/V3 RX ring + TPACKET_V2 TX ring.  Design notes in mg_afpacket.h. */
 #define _GNU_SOURCE
 #include "mg_afpacket.h"
+#include "mg_csum.h"
 
 #include <arpa/inet.h>
 #include <linux/if_ether.h>
@@ -164,25 +165,6 @@ int mg_afp_fanout(struct mg_afp *afp, uint16_t group)
 
 /* ------------------------------------------------------------------ checksums */
 
-static uint32_t sum16(const uint8_t *p, size_t len, uint32_t acc)
-{
-    while (len > 1) {
-        acc += (uint32_t)p[0] << 8 | p[1];
-        p += 2;
-        len -= 2;
-    }
-    if (len)
-        acc += (uint32_t)p[0] << 8;
-    return acc;
-}
-
-static uint16_t fold(uint32_t acc)
-{
-    while (acc >> 16)
-        acc = (acc & 0xffff) + (acc >> 16);
-    return (uint16_t)~acc;
-}
-
 int mg_afp_csum_complete(uint8_t *frame, uint32_t len)
 {
     uint32_t off = 14;
@@ -209,7 +191,7 @@ int mg_afp_csum_complete(uint8_t *frame, uint32_t len)
         proto = ip[9];
         l4 = off + ihl;
         l4len = tot - ihl;
-        acc = sum16(ip + 12, 8, acc);
+        acc = mg_csum_add(acc, ip + 12, 8);
     } else if (et == 0x86dd) {
         if (len < off + 40)
             return 0;
@@ -230,7 +212,7 @@ int mg_afp_csum_complete(uint8_t *frame, uint32_t len)
         if (l4 > off + 40 + plen)
             return 0;
         l4len = off + 40 + plen - l4;
-        acc = sum16(ip + 8, 32, acc);
+        acc = mg_csum_add(acc, ip + 8, 32);
     } else {
         return 0;
     }
@@ -250,8 +232,8 @@ int mg_afp_csum_complete(uint8_t *frame, uint32_t len)
     acc += l4len;
     frame[l4 + cso] = 0;
     frame[l4 + cso + 1] = 0;
-    acc = sum16(frame + l4, l4len, acc);
-    uint16_t c = fold(acc);
+    acc = mg_csum_add(acc, frame + l4, l4len);
+    uint16_t c = mg_csum_fold(acc);
     if (proto == IPPROTO_UDP && c == 0)
         c = 0xffff; /* RFC 768: 0 means "no checksum" */
     frame[l4 + cso] = (uint8_t)(c >> 8);

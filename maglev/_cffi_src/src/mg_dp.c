@@ -12,7 +12,6 @@
  *     one packet at a time, produces identical tx/drop sequences.
  */
 #include <stdlib.h>
-#include <time.h>
 
 #include "mg_dp.h"
 #include "mg_encap.h"
@@ -80,15 +79,6 @@ static inline uint8_t quic_kind(struct mg_dp *dp, const void *tables, struct wor
  * (mg_hash.c) for len = 40, inlined here because it is the largest fixed cost per packet.
  * The differential tests compare every decision with the Python reference, which uses the
  * generic SipHash, and tests/hashing/test_vectors.py pins mg_siphash13 itself. */
-#define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                          \
-    do {                                                                                  \
-        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                          \
-        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                             \
-        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                             \
-        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                          \
-    } while (0)
-
 static inline uint64_t flow_hash(const struct mg_tables_header *h, const struct mg_flow_key *k)
 {
     uint64_t m[5];
@@ -104,17 +94,17 @@ static inline uint64_t flow_hash(const struct mg_tables_header *h, const struct 
 #pragma GCC unroll 5
     for (int i = 0; i < 5; i++) {
         v3 ^= m[i];
-        SIPROUND;
+        MG_SIPROUND(v0, v1, v2, v3);
         v0 ^= m[i];
     }
     uint64_t b = (uint64_t)40 << 56;
     v3 ^= b;
-    SIPROUND;
+    MG_SIPROUND(v0, v1, v2, v3);
     v0 ^= b;
     v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
+    MG_SIPROUND(v0, v1, v2, v3);
+    MG_SIPROUND(v0, v1, v2, v3);
+    MG_SIPROUND(v0, v1, v2, v3);
     return v0 ^ v1 ^ v2 ^ v3;
 }
 _Static_assert(sizeof(struct mg_flow_key) == 40, "flow_hash is unrolled for 40 bytes");
@@ -378,6 +368,70 @@ static inline void frag_key_of(const struct mg_parsed *p, struct mg_frag_key *fk
     fk->family = p->family;
 }
 
+/* Split an IPv4 packet whose L3 bytes exceed `mtu` into spare frames (a forwarded packet
+ * too big for the encapsulation, or a redirected fragment too big for the redirect GRE):
+ * pieces[0] is the frame itself, the new pieces are appended to pieces/n_pieces.  MG_OK,
+ * or the drop reason (the caller drops the frame). */
+static __attribute__((noinline, cold)) int
+split_to_spare(struct mg_dp *dp, struct mg_dp_io *io, uint32_t idx, uint32_t l3_off,
+                          uint32_t mtu, uint32_t *pieces, uint32_t *n_pieces)
+{
+    uint32_t avail = io->n_spare - io->n_spare_used;
+    if (avail > MG_BURST_MAX)
+        avail = MG_BURST_MAX;
+    int rc = mg_frag_split_ipv4(io->pool, idx, l3_off, mtu, io->spare + io->n_spare_used, avail);
+    if (rc < 0) /* -EINVAL: DF set or a header that cannot be split */
+        return rc == -ENOSPC ? MG_DROP_NO_SPARE_FRAME : MG_DROP_TOO_BIG;
+    for (int i = 0; i < rc; i++)
+        pieces[(*n_pieces)++] = io->spare[io->n_spare_used + i];
+    io->n_spare_used += (uint32_t)rc;
+    dp->stats.split_pieces += (uint32_t)rc;
+    return MG_OK;
+}
+
+/* Encapsulate every piece of one packet with `ep` and queue it on tx (verdict forward,
+ * `flags` added; backend `b` set and counted when `to_backend`).  If the first piece fails the
+ * packet is dropped with all its pieces (none is sent): returns 0.  A later piece (same
+ * headers and headroom as the first, so this should not happen) is freed and the packet
+ * still counts once: returns 1.  Inlined like forward(): `to_backend` and `flags` are
+ * constants at both call sites, so neither costs a test per packet. */
+static inline __attribute__((always_inline)) int
+encap_pieces(struct mg_dp *dp, struct mg_dp_io *io, const uint32_t *pieces, uint32_t n_pieces,
+             const struct mg_parsed *p, uint64_t hash, const struct mg_encap_params *ep, int vip,
+             int32_t b, int to_backend, uint16_t flags)
+{
+    for (uint32_t i = 0; i < n_pieces; i++) {
+        uint32_t f = pieces[i];
+        struct mg_frame_meta *m = mg_frame_meta(io->pool, f);
+        int rc = mg_encap(io->pool, f, p->l3_off, p->family, (uint32_t)hash, ep);
+        if (rc < 0) {
+            int reason = rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME;
+            if (i == 0) {
+                out_drop(dp, io, f, reason);
+                for (uint32_t j = 1; j < n_pieces; j++) {
+                    mg_frame_meta(io->pool, pieces[j])->verdict = (uint16_t)reason;
+                    io->drop[io->n_drop++] = pieces[j];
+                }
+                return 0;
+            }
+            m->verdict = (uint16_t)reason;
+            io->drop[io->n_drop++] = f;
+            continue;
+        }
+        m->verdict = MG_VERDICT_FORWARD;
+        m->flags |= flags;
+        m->vip_index = (uint16_t)vip;
+        dp->stats.bytes_out += m->len;
+        if (to_backend) {
+            m->backend_index = b;
+            dp->be_c[b].packets++;
+            dp->be_c[b].bytes += m->len;
+        }
+        io->tx[io->n_tx++] = f;
+    }
+    return 1;
+}
+
 /* Encapsulate frame idx (parsed as *p) toward backend b of vip, with PMTU handling, and
  * emit it.  Returns 1 if forwarded (or split and forwarded), 0 if dropped/ICMP.  Inlined
  * into its two callers: the call with nine arguments and the prologue were ~25
@@ -451,49 +505,14 @@ forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
         io->tx[io->n_tx++] = idx;
         return 0;
     } else if (pm == MG_PMTU_FRAGMENT) {
-        uint32_t avail = io->n_spare - io->n_spare_used;
-        if (avail > MG_BURST_MAX)
-            avail = MG_BURST_MAX;
-        int rc = mg_frag_split_ipv4(io->pool, idx, p->l3_off, h->mtu - (uint32_t)ovh,
-                                    io->spare + io->n_spare_used, avail);
-        if (rc < 0)
-            return out_drop(dp, io, idx, rc == -ENOSPC ? MG_DROP_NO_SPARE_FRAME : MG_DROP_TOO_BIG), 0;
-        for (int i = 0; i < rc; i++)
-            pieces[n_pieces++] = io->spare[io->n_spare_used + i];
-        io->n_spare_used += (uint32_t)rc;
-        dp->stats.split_pieces += (uint32_t)rc;
+        int reason = split_to_spare(dp, io, idx, p->l3_off, h->mtu - (uint32_t)ovh, pieces, &n_pieces);
+        if (reason != MG_OK)
+            return out_drop(dp, io, idx, reason), 0;
     } else if (pm != MG_PMTU_FITS) {
         return out_drop(dp, io, idx, MG_DROP_TOO_BIG), 0;
     }
-    for (uint32_t i = 0; i < n_pieces; i++) {
-        uint32_t f = pieces[i];
-        struct mg_frame_meta *m = mg_frame_meta(io->pool, f);
-        int rc = mg_encap(io->pool, f, p->l3_off, p->family, (uint32_t)hash, &ep);
-        if (rc < 0) {
-            int reason = rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME;
-            if (i == 0) {
-                /* the packet is dropped (its other pieces, if any, with it: not sent) */
-                out_drop(dp, io, f, reason);
-                for (uint32_t j = 1; j < n_pieces; j++) {
-                    mg_frame_meta(io->pool, pieces[j])->verdict = (uint16_t)reason;
-                    io->drop[io->n_drop++] = pieces[j];
-                }
-                return 0;
-            }
-            /* A later piece (same headers and headroom as the first, so this should not
-             * happen): the packet still counts as forwarded once; the piece is freed. */
-            m->verdict = (uint16_t)reason;
-            io->drop[io->n_drop++] = f;
-            continue;
-        }
-        m->verdict = MG_VERDICT_FORWARD;
-        m->vip_index = (uint16_t)vip;
-        m->backend_index = b;
-        dp->stats.bytes_out += m->len;
-        dp->be_c[b].packets++;
-        dp->be_c[b].bytes += m->len;
-        io->tx[io->n_tx++] = f;
-    }
+    if (!encap_pieces(dp, io, pieces, n_pieces, p, hash, &ep, vip, b, 1, 0))
+        return 0;
     dp->stats.forwarded++;
     if (p->frag & MG_PF_FRAGMENT)
         dp->stats.fragments++;
@@ -618,48 +637,16 @@ static void redirect_out(struct mg_dp *dp, struct mg_dp_io *io, const void *t, u
             out_drop(dp, io, idx, MG_DROP_TOO_BIG);
             return;
         }
-        uint32_t avail = io->n_spare - io->n_spare_used;
-        if (avail > MG_BURST_MAX)
-            avail = MG_BURST_MAX;
-        /* -EINVAL for DF set (or a header that cannot be split): too_big */
-        int rc = mg_frag_split_ipv4(io->pool, idx, p->l3_off, h->mtu - ovh,
-                                    io->spare + io->n_spare_used, avail);
-        if (rc < 0) {
-            out_drop(dp, io, idx, rc == -ENOSPC ? MG_DROP_NO_SPARE_FRAME : MG_DROP_TOO_BIG);
+        /* DF set (or a header that cannot be split): too_big */
+        int reason = split_to_spare(dp, io, idx, p->l3_off, h->mtu - ovh, pieces, &n_pieces);
+        if (reason != MG_OK) {
+            out_drop(dp, io, idx, reason);
             return;
         }
-        for (int i = 0; i < rc; i++)
-            pieces[n_pieces++] = io->spare[io->n_spare_used + i];
-        io->n_spare_used += (uint32_t)rc;
-        dp->stats.split_pieces += (uint32_t)rc;
     }
-    for (uint32_t i = 0; i < n_pieces; i++) {
-        uint32_t f = pieces[i];
-        struct mg_frame_meta *m = mg_frame_meta(io->pool, f);
-        int rc = mg_encap(io->pool, f, p->l3_off, p->family, (uint32_t)hash, &ep);
-        if (rc < 0) {
-            int reason = rc == -ENOSPC ? MG_DROP_NO_HEADROOM : MG_DROP_BAD_FRAME;
-            if (i == 0) { /* the fragment is dropped, its other pieces (not sent) with it */
-                out_drop(dp, io, f, reason);
-                for (uint32_t j = 1; j < n_pieces; j++) {
-                    mg_frame_meta(io->pool, pieces[j])->verdict = (uint16_t)reason;
-                    io->drop[io->n_drop++] = pieces[j];
-                }
-                return;
-            }
-            /* a later piece (as in forward(): should not happen) is freed; the fragment
-             * still counts as redirected once */
-            m->verdict = (uint16_t)reason;
-            io->drop[io->n_drop++] = f;
-            continue;
-        }
-        m->verdict = MG_VERDICT_FORWARD; /* on the wire like any forward (mg_worker.c) */
-        m->flags |= MG_FRAME_F_REDIRECT_OUT;
-        m->vip_index = (uint16_t)vip;
-        dp->stats.bytes_out += m->len;
-        io->tx[io->n_tx++] = f;
-    }
-    dp->stats.redirected++;
+    /* on the wire like any forward (mg_worker.c), marked as a redirect */
+    if (encap_pieces(dp, io, pieces, n_pieces, p, hash, &ep, vip, -1, 0, MG_FRAME_F_REDIRECT_OUT))
+        dp->stats.redirected++;
 }
 
 static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint64_t now_ns,
@@ -964,84 +951,4 @@ int mg_dp_flush(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     dp->stats.ct = dp->ct->stats;
     dp->stats.frag = dp->frag->stats;
     return (int)(io->n_tx + io->n_drop);
-}
-
-/* ------------------------------------------------------------------ benchmark helper */
-
-/* Thread CPU time, not wall time: on a shared machine the wall clock also counts the time
- * other processes held the core. */
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* Bytes of each frame saved and restored between rounds: metadata, headroom and the first
- * 128 bytes of the packet (encapsulation and ICMP rewrite only in front of the L3 header
- * and the L2 header itself). */
-#define BENCH_SAVE (MG_FRAME_META_SIZE + MG_FRAME_HEADROOM + 128)
-
-int mg_dp_bench(struct mg_dp *dp, const void *tables, struct mg_dp_io *io, uint32_t rounds,
-                uint64_t n_flows, uint64_t first_flow, uint64_t now_ns, uint64_t step_ns,
-                uint64_t *ns)
-{
-    if (!dp || !io_ok(io) || io->n == 0 || !ns)
-        return -EINVAL;
-    uint32_t n = io->n;
-    uint8_t *save = malloc((size_t)n * BENCH_SAVE);
-    uint16_t l4[MG_BURST_MAX];
-    if (!save)
-        return -ENOMEM;
-    for (uint32_t i = 0; i < n; i++) {
-        uint8_t *f = io->pool + (size_t)io->frames[i] * MG_FRAME_SIZE;
-        struct mg_parsed p;
-        mg_parse(mg_frame_data(io->pool, io->frames[i]), mg_frame_meta(io->pool, io->frames[i])->len, &p);
-        l4[i] = p.l4_off;
-        memcpy(save + (size_t)i * BENCH_SAVE, f, BENCH_SAVE);
-    }
-    uint64_t total = 0, flow = first_flow;
-    for (uint32_t r = 0; r < rounds; r++) {
-        for (uint32_t i = 0; i < n; i++) {
-            uint8_t *f = io->pool + (size_t)io->frames[i] * MG_FRAME_SIZE;
-            memcpy(f, save + (size_t)i * BENCH_SAVE, BENCH_SAVE);
-            if (n_flows && l4[i]) {
-                /* flow id -> (sport, dport), big-endian into the L4 header */
-                uint64_t id = flow++ % n_flows;
-                uint8_t *l4h = f + MG_FRAME_META_SIZE + MG_FRAME_HEADROOM + l4[i];
-                l4h[0] = (uint8_t)(id >> 8);
-                l4h[1] = (uint8_t)id;
-                l4h[2] = (uint8_t)(id >> 24);
-                l4h[3] = (uint8_t)(id >> 16);
-            }
-        }
-        uint64_t t0 = mono_ns();
-        int rc = mg_dp_burst(dp, tables, now_ns, io);
-        total += mono_ns() - t0;
-        if (rc < 0) {
-            free(save);
-            return rc;
-        }
-        now_ns += step_ns;
-    }
-    for (uint32_t i = 0; i < n; i++)
-        memcpy(io->pool + (size_t)io->frames[i] * MG_FRAME_SIZE, save + (size_t)i * BENCH_SAVE,
-               BENCH_SAVE);
-    free(save);
-    *ns = total;
-    return (int)rounds;
-}
-
-uint64_t mg_dp_calibrate(uint32_t iters)
-{
-    struct mg_flow_key k;
-    memset(&k, 0, sizeof(k));
-    uint64_t acc = 0, t0 = mono_ns();
-    for (uint32_t i = 0; i < iters; i++) {
-        k.sport = (uint16_t)i;
-        acc += mg_siphash13(1, 2, (const uint8_t *)&k, sizeof(k));
-    }
-    uint64_t t = mono_ns() - t0;
-    __asm__ volatile("" : : "r"(acc)); /* keep the loop */
-    return t;
 }

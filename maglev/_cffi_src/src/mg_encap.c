@@ -25,53 +25,6 @@ static inline void put32(uint8_t *p, uint32_t v)
 
 static inline uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 
-uint32_t mg_csum_add(uint32_t sum, const uint8_t *data, size_t len)
-{
-    /* RFC 1071 one's-complement sum of big-endian 16-bit words; a trailing odd byte is
-     * padded with a zero byte.  Callers chain calls only on even-length pieces.
-     * Speed (VXLAN over IPv6 sums the whole packet): add native-order 32-bit words into a
-     * 64-bit accumulator, fold, then swap bytes on a little-endian host -- the sum is
-     * byte-order independent (RFC 1071 section 2(B)), so this equals the big-endian sum. */
-    uint64_t acc = 0;
-    while (len >= 8) {
-        uint64_t w;
-        memcpy(&w, data, 8);
-        acc += (w & 0xffffffffu) + (w >> 32);
-        data += 8;
-        len -= 8;
-    }
-    while (len >= 2) {
-        uint16_t w;
-        memcpy(&w, data, 2);
-        acc += w;
-        data += 2;
-        len -= 2;
-    }
-    if (len) {
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        acc += (uint32_t)data[0] << 8;
-#else
-        acc += data[0];
-#endif
-    }
-    while (acc >> 16)
-        acc = (acc & 0xffff) + (acc >> 16);
-#if __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__
-    acc = (uint16_t)((acc >> 8) | (acc << 8));
-#endif
-    acc += sum;
-    while (acc >> 16)
-        acc = (acc & 0xffff) + (acc >> 16);
-    return (uint32_t)acc;
-}
-
-uint16_t mg_csum_fold(uint32_t sum)
-{
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)~sum;
-}
-
 int mg_encap_overhead(uint8_t type, uint8_t outer_family)
 {
     if (type == MG_ENCAP_L2)
@@ -220,35 +173,4 @@ int mg_encap(uint8_t *pool, uint32_t idx, uint32_t l3_off, uint8_t inner_family,
     m->data_off = off + l3_off - hdr;
     m->len = hdr + (uint32_t)l3len;
     return (int)m->len;
-}
-
-int mg_encap_bench(uint8_t *pool, uint32_t n, uint32_t l3_off, uint8_t inner_family,
-                   const struct mg_encap_params *params, uint32_t rounds)
-{
-    if (!pool || n == 0 || n > MG_BURST_MAX)
-        return -EINVAL;
-    if ((uint64_t)n * rounds > 0x7fffffff)
-        return -E2BIG;
-    uint32_t off[MG_BURST_MAX], len[MG_BURST_MAX];
-    for (uint32_t i = 0; i < n; i++) {
-        off[i] = mg_frame_meta(pool, i)->data_off;
-        len[i] = mg_frame_meta(pool, i)->len;
-    }
-    int done = 0;
-    for (uint32_t r = 0; r < rounds; r++) {
-        for (uint32_t i = 0; i < n; i++) {
-            struct mg_frame_meta *m = mg_frame_meta(pool, i);
-            m->data_off = off[i];
-            m->len = len[i];
-            int rc = mg_encap(pool, i, l3_off, inner_family, 0x9e3779b9u * i, params);
-            if (rc < 0)
-                return rc;
-            done++;
-        }
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        mg_frame_meta(pool, i)->data_off = off[i];
-        mg_frame_meta(pool, i)->len = len[i];
-    }
-    return done;
 }

@@ -1,6 +1,8 @@
 /* Traffic generator (see mg_gen.h for the design). */
 #include "mg_gen.h"
 
+#include "mg_csum.h"
+
 #include <stdlib.h>
 
 struct mg_gen_flow {
@@ -47,35 +49,18 @@ static inline void put16(uint8_t *p, uint16_t v)
     p[1] = (uint8_t)v;
 }
 
-/* RFC 1071 one's-complement sum of big-endian 16-bit words. */
-static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t len)
-{
-    for (size_t i = 0; i + 1 < len; i += 2)
-        sum += (uint32_t)p[i] << 8 | p[i + 1];
-    if (len & 1)
-        sum += (uint32_t)p[len - 1] << 8;
-    return sum;
-}
-
-static uint16_t csum_fold(uint32_t sum)
-{
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)~sum;
-}
-
 /* L4 checksum over pseudo header + L4 header (the payload is zeros and adds nothing). */
 static uint16_t l4_csum(const uint8_t *src, const uint8_t *dst, size_t alen, uint8_t proto,
                         uint32_t l4_len, const uint8_t *l4, size_t l4_hdr)
 {
     uint32_t sum = 0;
-    sum = csum_add(sum, src, alen);
-    sum = csum_add(sum, dst, alen);
+    sum = mg_csum_add(sum, src, alen);
+    sum = mg_csum_add(sum, dst, alen);
     sum += proto;
     sum += l4_len >> 16;
     sum += l4_len & 0xffff;
-    sum = csum_add(sum, l4, l4_hdr);
-    uint16_t c = csum_fold(sum);
+    sum = mg_csum_add(sum, l4, l4_hdr);
+    uint16_t c = mg_csum_fold(sum);
     if (proto == 17 && c == 0)
         c = 0xffff; /* UDP: 0 means "no checksum" */
     return c;
@@ -127,7 +112,7 @@ static void build_flow(struct mg_gen_flow *f, uint32_t i, const struct mg_gen_vi
         ip[9] = v->proto;
         memcpy(ip + 12, src, 4);
         memcpy(ip + 16, v->addr, 4);
-        put16(ip + 10, csum_fold(csum_add(0, ip, 20)));
+        put16(ip + 10, mg_csum_fold(mg_csum_add(0, ip, 20)));
     } else {
         put16(p + 12, 0x86dd);
         uint8_t *ip = p + l3;

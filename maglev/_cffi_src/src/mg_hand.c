@@ -289,11 +289,17 @@ uint64_t *mg_stats_stage(void *base, uint32_t slot)
     return h->stats_img;
 }
 
-void mg_stats_begin(void *base, uint32_t slot)
+/* The journal's state word: 1 from begin (the image is complete) to end (applied). */
+static inline __attribute__((always_inline)) void stats_state(void *base, uint32_t slot, uint32_t state)
 {
     struct mg_hand *h = mg_region_hand(base, slot);
     if (h)
-        __atomic_store_n(&h->stats_state, 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&h->stats_state, state, __ATOMIC_RELEASE);
+}
+
+void mg_stats_begin(void *base, uint32_t slot)
+{
+    stats_state(base, slot, 1);
 }
 
 void mg_stats_apply(void *base, uint32_t slot)
@@ -309,9 +315,7 @@ void mg_stats_apply(void *base, uint32_t slot)
 
 void mg_stats_end(void *base, uint32_t slot)
 {
-    struct mg_hand *h = mg_region_hand(base, slot);
-    if (h)
-        __atomic_store_n(&h->stats_state, 0, __ATOMIC_RELEASE);
+    stats_state(base, slot, 0);
 }
 
 int mg_stats_pending(void *base, uint32_t slot)

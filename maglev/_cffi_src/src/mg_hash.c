@@ -1,16 +1,6 @@
 /* SipHash-1-3, written from the SipHash paper's description (section 2). */
 #include "mg_hash.h"
 
-static inline uint64_t rotl64(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
-
-#define SIPROUND(v0, v1, v2, v3)                                                         \
-    do {                                                                                 \
-        v0 += v1; v1 = rotl64(v1, 13); v1 ^= v0; v0 = rotl64(v0, 32);                    \
-        v2 += v3; v3 = rotl64(v3, 16); v3 ^= v2;                                         \
-        v0 += v3; v3 = rotl64(v3, 21); v3 ^= v0;                                         \
-        v2 += v1; v1 = rotl64(v1, 17); v1 ^= v2; v2 = rotl64(v2, 32);                    \
-    } while (0)
-
 static inline uint64_t load_le64(const uint8_t *p)
 {
     uint64_t v;
@@ -31,7 +21,7 @@ uint64_t mg_siphash13(uint64_t k0, uint64_t k1, const uint8_t *data, size_t len)
     for (const uint8_t *p = data; p != end; p += 8) {
         uint64_t m = load_le64(p);
         v3 ^= m;
-        SIPROUND(v0, v1, v2, v3);
+        MG_SIPROUND(v0, v1, v2, v3);
         v0 ^= m;
     }
     uint64_t b = ((uint64_t)len) << 56;
@@ -46,11 +36,11 @@ uint64_t mg_siphash13(uint64_t k0, uint64_t k1, const uint8_t *data, size_t len)
     case 0: break;
     }
     v3 ^= b;
-    SIPROUND(v0, v1, v2, v3);
+    MG_SIPROUND(v0, v1, v2, v3);
     v0 ^= b;
     v2 ^= 0xff;
-    SIPROUND(v0, v1, v2, v3);
-    SIPROUND(v0, v1, v2, v3);
-    SIPROUND(v0, v1, v2, v3);
+    MG_SIPROUND(v0, v1, v2, v3);
+    MG_SIPROUND(v0, v1, v2, v3);
+    MG_SIPROUND(v0, v1, v2, v3);
     return v0 ^ v1 ^ v2 ^ v3;
 }

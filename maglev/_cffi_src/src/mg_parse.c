@@ -5,6 +5,8 @@
  * `parse`) states the same rules line by line and the differential tests compare them. */
 #include "mg_parse.h"
 
+#include "mg_csum.h"
+
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86dd
@@ -42,15 +44,7 @@ static inline uint32_t rd32(const uint8_t *p)
 
 uint16_t mg_ip_checksum(const uint8_t *p, uint32_t len)
 {
-    uint32_t sum = 0;
-    uint32_t i = 0;
-    for (; i + 1 < len; i += 2)
-        sum += rd16(p + i);
-    if (len & 1)
-        sum += (uint32_t)p[len - 1] << 8;
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)~sum;
+    return mg_csum_fold(mg_csum_add(0, p, len));
 }
 
 /* IPv4 header checksum check, 32 bits at a time (ihl is a multiple of 4).  The one's-

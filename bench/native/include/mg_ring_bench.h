@@ -1,4 +1,5 @@
-/* Ring benchmark loops (bench/bench_rings.py): whole runs in C so the numbers are the
+/* Ring benchmark loops (bench/bench_rings.py; built only into the benchmark module,
+ * bench/native/build.py): whole runs in C so the numbers are the
  * ring's, not the interpreter's.  Descriptors carry a sequence number; the consumer
  * counts every out-of-order one.  Full/empty: PAUSE, and sched_yield after a while so
  * two processes sharing one core still make progress.  Bounded by count and deadline
