@@ -303,7 +303,7 @@ int mg_gen_fill_flood(struct mg_gen *g, uint8_t *pool, const uint64_t *descs, ui
         ip[14] = (uint8_t)(0x80 | ((c >> 8) & 0x7f));
         ip[15] = (uint8_t)c;
         put16(ip + 10, 0);
-        put16(ip + 10, csum_fold(csum_add(0, ip, 20)));
+        put16(ip + 10, mg_csum_fold(mg_csum_add(0, ip, 20)));
         put16(t, (uint16_t)(1024 + (c >> 15) % 64000u));
         t[13] = 0x02;
         put16(t + 16, 0);
