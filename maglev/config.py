@@ -41,7 +41,8 @@ PROTOCOLS = ("tcp", "udp")
 ENCAPS = ("gre", "ipip", "vxlan", "l2")
 HASH_MODES = ("5tuple", "src_ip", "dst_port")  # [[vip]] hash (docs/datapath.md)
 HEALTH_TYPES = ("none", "tcp", "http", "udp")
-HUGE_PAGE_MODES = ("auto", "hugetlb", "thp", "off")  # [conntrack] huge_pages
+HUGE_PAGE_MODES = ("auto", "hugetlb", "thp", "off")
+MAX_VIP_PRIORITY = 7  # [[vip]] priority: 0 (default, shed first) .. 7 (MG_VIP_MAX_PRIORITY)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Most maglev instances in instance.pool (the tables blob has room for this many).
@@ -132,6 +133,8 @@ class Vip:
     hash: str = "5tuple"  # one of HASH_MODES
     udp_ignore_src_port: bool = False
     conntrack: bool = True
+    # Overload shedding (docs/config.md "priority"): 0..MAX_VIP_PRIORITY, higher kept longer.
+    priority: int = 0
 
     @property
     def key(self) -> str:
@@ -604,7 +607,7 @@ class _Parser:
             data,
             p,
             {"address", "port", "protocol", "encap", "table_size", "allow_fragments", "vxlan_vni", "vxlan_port", "health", "backend",
-             "hash", "udp_ignore_src_port", "conntrack"},
+             "hash", "udp_ignore_src_port", "conntrack", "priority"},
         )
         address = self.ip(d, "address", p, True, 0, "vip")
         size = self.integer(d, "table_size", p, DEFAULT_TABLE_SIZE, 2, MAX_TABLE_SIZE)
@@ -652,6 +655,7 @@ class _Parser:
             hash=self.choice(d, "hash", p, "5tuple", HASH_MODES),
             udp_ignore_src_port=self.boolean(d, "udp_ignore_src_port", p, False),
             conntrack=self.boolean(d, "conntrack", p, True),
+            priority=self.integer(d, "priority", p, 0, 0, MAX_VIP_PRIORITY),
         )
         self.hashing(d, vip, p)
         # A probe needs a port: a VIP that serves every port (port 0) must name one.

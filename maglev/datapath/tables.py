@@ -310,7 +310,7 @@ def build_tables(
         vip_recs.append(
             VIP.pack(addr, pbe, proto, fam, ENCAP_CODES[v.encap], vip_flags(v), v.vxlan_port,
                      v.vxlan_vni, v.table_size, table_off, first, len(v.backends),
-                     len(healthy), 0, bytes(11))  # priority byte: reserved until steering sheds by VIP priority
+                     len(healthy), v.priority, bytes(11))
         )
         tables.append(entries + bytes(_align8(len(entries)) - len(entries)))
         table_off += _align8(len(entries))

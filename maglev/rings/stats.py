@@ -111,7 +111,7 @@ def steering_counters(words: Any) -> dict[str, int]:
         "reclaimed": int(words[lib.MG_SS_RECLAIMED]), "lost": int(words[lib.MG_SS_LOST]),
         "first_rx_ns": int(words[lib.MG_SS_FIRST_RX_NS]), "last_rx_ns": int(words[lib.MG_SS_LAST_RX_NS]),
         "spare_reserve": int(words[lib.MG_SS_SPARE_RESERVE]), "spares_sent": int(words[lib.MG_SS_SPARES_SENT]),
-        "spare_short": int(words[lib.MG_SS_SPARE_SHORT]),
+        "spare_short": int(words[lib.MG_SS_SPARE_SHORT]), "shed": int(words[lib.MG_SS_SHED]),
         "packets_in": int(words[lib.MG_SS_RX_PACKETS]) + sum(nic.values()),
         **{f"nic_{k}": v for k, v in nic.items()},
     }
@@ -128,6 +128,8 @@ def edge_drops(st: dict[str, int], mx: dict[str, int]) -> tuple[dict[str, int], 
     and how many of them the workers had counted as forwarded.
 
     ``steering_restart``: packets a dead steering held (received, never placed).
+    ``priority_shed``: packets steering dropped before enqueue under overload because their
+    VIP's priority was too low for their worker's rx ring fill (``mg_shed.h``).
     ``tx_error`` / ``muxer_restart``: forwarded packets that did not leave after all (the
     NIC refused them; a dead muxer held them before counting them as sent).  Those move
     from forwarded to dropped -- subtract the second value from the workers' forwarded --
@@ -135,7 +137,8 @@ def edge_drops(st: dict[str, int], mx: dict[str, int]) -> tuple[dict[str, int], 
     a lost input packet: that packet is already a ``too_big`` drop).  The NIC's own drops
     (``SS_NIC_DROPS``) are not included."""
     out = {}
-    for reason, v in (("steering_restart", st["lost"]), ("tx_error", mx["tx_errors_fwd"]),
+    for reason, v in (("steering_restart", st["lost"]), ("priority_shed", st["shed"]),
+                      ("tx_error", mx["tx_errors_fwd"]),
                       ("muxer_restart", mx["lost_fwd"])):
         if v:
             out[reason] = v
