@@ -61,6 +61,8 @@ def whereis(src, dst, config_path, control, instance, workers, timeout, as_json)
     click.echo(f"slot       {ans['slot']} = selection hash {sel} mod {ans['table_size']}")
     if "hash_inputs" in ans:
         click.echo(f"hashed on  {ans['hash_inputs']}")
+    if "priority" in ans:
+        click.echo(f"priority   {ans['priority']}: {ans['overload']}")
     if "worker" in ans:
         click.echo(f"worker     {ans['worker']} of {ans['workers']} (high 32 bits of the flow hash)")
     click.echo(f"generation {ans['generation']}   source: {ans['source']}")

@@ -45,7 +45,6 @@ sleeping until its own rings or the NIC have news, which could be 0.5 s.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -57,39 +56,11 @@ from maglev.config import load_config
 from maglev.native import check, ffi, lib
 from maglev.nic import open_rx, parse_nic
 from maglev.rings import SS_NIC_DROPS, Region
+from maglev.rings.shed_file import NO_VIP, read_shed, shed_path, write_shed
 
 log = logging.getLogger("maglev.steering")
 # Longest stretch the actors' C loops (mg_loop.h) run before Python's housekeeping.
 LOOP_BUDGET_NS = 1_000_000
-
-SHED_FILE = "shed-steering.json"
-NO_VIP = "(no VIP)"  # shed packets that matched no VIP (priority 0)
-
-
-def shed_path(run_dir: str | os.PathLike) -> str:
-    return os.path.join(run_dir, SHED_FILE)
-
-
-def read_shed(run_dir: str | os.PathLike | None) -> dict[str, int]:
-    """Per-VIP overload drops steering published (VIP key -> packets); {} when none."""
-    if not run_dir:
-        return {}
-    try:
-        with open(shed_path(run_dir)) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k): int(v) for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
-
-
-def write_shed(path: str, counts: dict[str, int]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(counts, f, sort_keys=True)
-    os.replace(tmp, path)
-
 
 class _BellPipe:
     """Steering's futex doorbell as a readable pipe, for a ``poll()`` on the NIC too.

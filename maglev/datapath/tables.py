@@ -563,6 +563,7 @@ def tables_info(region: Any) -> dict[str, Any] | None:
         live = [b["entries"] for b in backends if b["healthy"] and b["weight"] > 0]
         vips.append({
             "index": i, "vip": vip_key(v), "encap": ENCAP_NAMES.get(v.encap, str(v.encap)),
+            "priority": v.priority,
             "table_size": v.table_size, "backends": backends,
             "entries_min": min(live) if live else 0, "entries_max": max(live) if live else 0,
         })

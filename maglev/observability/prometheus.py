@@ -88,6 +88,9 @@ def render(s: dict[str, Any]) -> str:
              [({}, st["fallback"])])
     o.family("maglev_backpressure_events_total", c, "Steering turns in which every candidate rx ring was full.",
              [({}, st["backpressure"])])
+    o.family("maglev_shed_packets_total", c,
+             "Packets steering dropped before enqueue under overload (VIP priority below the rx ring's fill).",
+             [({}, st["shed"])])
     o.family("maglev_unparsed_packets_total", c, "Packets steering could not parse (spread round-robin).",
              [({}, st["unparsed"])])
     w_rows = s["workers"]
@@ -170,6 +173,11 @@ def render(s: dict[str, Any]) -> str:
              [({"vip": v["vip"]}, v["entries_max"]) for v in s["vips"]])
     o.family("maglev_table_size_entries", g, "Maglev lookup-table size M of the VIP.",
              [({"vip": v["vip"]}, v["table_size"]) for v in s["vips"]])
+    o.family("maglev_vip_priority", g, "A VIP's priority under overload (0..7, higher is shed later).",
+             [({"vip": v["vip"]}, v["priority"]) for v in s["vips"]])
+    o.family("maglev_vip_shed_packets_total", c,
+             "Packets of a VIP steering dropped under overload (VIP priority; by VIP key, kept across tables switches).",
+             [({"vip": v["vip"]}, v["shed"]) for v in s["vips"]])
     o.family("maglev_tables_generation", g, "Tables generation now published.", [({}, s["generation"])])
     tr = s.get("tracer") or {}
     o.family("maglev_traced_packets_total", c, "Packets marked by the packet tracer.", [({}, tr.get("marked", 0))])

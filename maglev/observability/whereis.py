@@ -142,7 +142,8 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
     entry = view.maglev(vi)[slot]
     result.update({"vip": key, "encap": ENCAP_NAMES.get(v.encap, str(v.encap)), "table_size": v.table_size,
                    "slot": slot, "slot_backend_index": entry, "hash_inputs": hash_inputs(v.flags, v.proto),
-                   "conntrack": not v.flags & VIP_F_NO_CONNTRACK})
+                   "conntrack": not v.flags & VIP_F_NO_CONNTRACK, "priority": v.priority,
+                   "overload": _overload_words(v.priority, [x.priority for x in view.vips])})
     if sel != int(h[0]):
         result["selection_hash"] = f"{sel:016x}"
     if out.backend_index >= 0:
@@ -163,6 +164,19 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
         result["why"] = (f"the data path chose backend index {out.backend_index}, slot {slot} holds "
                          f"{entry} (fragment or ICMP handling)")
     return result
+
+
+def _overload_words(prio: int, priorities: list[int]) -> str:
+    """What steering does with the VIP's packets when its worker's rx ring fills (mg_shed.h)."""
+    from maglev.datapath.ref_shed import HIGH_WATER_PCT
+
+    hi = max(priorities)
+    if min(priorities) == hi:
+        return "every VIP has this priority: nothing is shed, a full rx ring holds packets back"
+    if prio >= hi:
+        return "highest priority: never shed, a full rx ring holds packets back"
+    at = HIGH_WATER_PCT + (100 - HIGH_WATER_PCT) * prio / hi
+    return f"shed once its worker's rx ring is {at:.0f}% full (priority {prio} of {hi})"
 
 
 def _selection_hash(blob: bytes, vip: int, pkt: bytes, k0: int, k1: int) -> int:
