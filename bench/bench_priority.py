@@ -37,7 +37,8 @@ GEN = "flows=10000,size=64,syn=0.1,ipv6=0,seed=1"
 
 
 def config(prios: tuple[int, int] | None) -> str:
-    out = '[instance]\nname = "bprio"\nsource_ipv4 = "198.18.0.1"\n'
+    # private connection tables: nothing is left in /dev/shm for a next run to adopt
+    out = '[instance]\nname = "bprio"\nsource_ipv4 = "198.18.0.1"\n[conntrack]\nshared = false\n'
     vips = [(HIGH, prios[0] if prios else 0)] + ([(LOW, prios[1])] if prios else [])
     for addr, pr in vips:
         out += f'[[vip]]\naddress = "{addr}"\nport = 80\npriority = {pr}\n'

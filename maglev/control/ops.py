@@ -93,6 +93,7 @@ def plain(config: Config) -> dict[str, Any]:
     for v in d["vip"]:
         v["backend"] = v.pop("backends")
     d["bgp"]["peer"] = d["bgp"].pop("peers")
+    d["cluster"]["peer"] = d["cluster"].pop("peers")
     return d
 
 
