@@ -96,7 +96,7 @@ def _trace(actor: Any, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _whereis(actor: Any, src: str, dst: str) -> dict[str, Any]:
-    from maglev.observability.whereis import parse_flow, whereis_blob
+    from maglev.observability.whereis import cluster_names, parse_flow, whereis_blob
 
     flow = parse_flow(src, dst)
     gen, blob = actor.region.tables.current()
@@ -106,7 +106,8 @@ def _whereis(actor: Any, src: str, dst: str) -> dict[str, Any]:
     names = {}
     if cfg is not None:
         names = {(v.key, str(ipaddress.ip_address(b.address))): b.key for v in cfg.vips for b in v.backends}
-    r = whereis_blob(blob, flow, workers=actor.region.n_workers, generation=gen, names=names)
+    r = whereis_blob(blob, flow, workers=actor.region.n_workers, generation=gen, names=names,
+                     cluster_names=cluster_names(cfg) if cfg is not None else None)
     r["source"] = "running instance (tables now published; conntrack not visible from here)"
     return r
 

@@ -98,9 +98,11 @@ def _packet(f: FlowSpec) -> bytes:
 
 
 def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: int | None = None,
-                 names: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
+                 names: dict[tuple[str, str], str] | None = None,
+                 cluster_names: list[str] | None = None) -> dict[str, Any]:
     """Answer for ``flow`` over a tables blob.  ``workers`` > 0 adds the owning worker;
-    ``names`` maps (vip key, backend address) to the configured backend name."""
+    ``names`` maps (vip key, backend address) to the configured backend name;
+    ``cluster_names`` names the blob's clusters (this one first) for VIP matching."""
     from maglev.datapath import DataPath
     from maglev.datapath.engine import Packet, verdict_name
     from maglev.datapath.tables import (
@@ -132,9 +134,26 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
         result["workers"] = workers
     addr16 = flow.dst.packed.ljust(16, b"\0")
     vi = view.find_vip(addr16, flow.dport, PROTOS[flow.proto])
+    cname = _cluster_namer(view, cluster_names)
+    rule = "VIP (exact address, port and protocol)"
+    if vi >= 0 and view.vips[vi].port == 0 and flow.dport:
+        rule = "VIP serving every port (port 0)"
+    if vi < 0:
+        peer, local = view.cluster_map(addr16, flow.dst.version)
+        if peer:
+            vi = view.find_vip(local, flow.dport, PROTOS[flow.proto])
+            own = ipaddress.ip_address(local[: 4 if flow.dst.version == 4 else 16])
+            if vi < 0:
+                result["rule"] = f"VIP matching: {flow.dst} is cluster {cname(peer)}'s address; {own} has no VIP"
+                result["why"] = (f"{flow.dst} lies in cluster {cname(peer)}'s prefix, but this cluster's address "
+                                 f"with the same suffix ({own}) serves no VIP on this port and protocol (no_vip)")
+                return result
+            rule = (f"VIP matching (paper 4.2): {flow.dst} is cluster {cname(peer)}'s address with the "
+                    f"suffix of this cluster's {own}")
     if vi < 0:
         result["why"] = "no VIP matches this destination, port and protocol: the packet is dropped (no_vip)"
         return result
+    result["rule"] = rule
     v = view.vips[vi]
     key = vip_key(v)
     sel = _selection_hash(blob, vi, pkt, k0, k1)
@@ -153,7 +172,18 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
         if name and name != be.address:
             result["backend_name"] = name
         result["backend_index"] = out.backend_index
-    if entry < 0:
+    backup = view.header["backup_cluster"]
+    if entry < 0 and out.backend_index < 0 and backup and verdict_name(out.verdict) == "forward":
+        c = view.clusters[backup]
+        fwd = view.forwarders[c.fwd_first + int(_selection_hash(blob, vi, pkt, k0, k1)) % c.n_fwd]
+        fa = ipaddress.ip_address(fwd[0][: 4 if fwd[1] == 4 else 16])
+        result["backup_cluster"] = cname(backup)
+        result["backup_forwarder"] = str(fa)
+        result["rule"] = rule + f"; no healthy backend: backup cluster {cname(backup)}"
+        result["why"] = (f"slot {slot} of {key}'s table is empty (every backend is down or drained): the packet "
+                         f"goes in GRE to backup cluster {cname(backup)}'s forwarder {fa}, which serves the "
+                         f"same suffix")
+    elif entry < 0:
         result["why"] = f"slot {slot} of {key}'s table is empty: every backend is down or drained"
     elif entry == out.backend_index:
         ct = ("an established flow keeps the backend in its worker's connection table"
@@ -164,6 +194,21 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
         result["why"] = (f"the data path chose backend index {out.backend_index}, slot {slot} holds "
                          f"{entry} (fragment or ICMP handling)")
     return result
+
+
+def _cluster_namer(view: Any, names: list[str] | None) -> Any:
+    """Index -> the cluster's name (or its prefixes when names are unknown)."""
+    def name(i: int) -> str:
+        if names and i < len(names):
+            return names[i]
+        c = view.clusters[i]
+        parts = []
+        if c.len4:
+            parts.append(f"{ipaddress.ip_address(c.prefix4)}/{c.len4}")
+        if c.len6:
+            parts.append(f"{ipaddress.ip_address(c.prefix6)}/{c.len6}")
+        return "#" + str(i) + " (" + ", ".join(parts) + ")"
+    return name
 
 
 def _overload_words(prio: int, priorities: list[int]) -> str:
@@ -202,6 +247,12 @@ def whereis_config(config: Any, flow: FlowSpec, workers: int = 0) -> dict[str, A
 
     blob = build_tables(config)
     names = {(v.key, str(ipaddress.ip_address(b.address))): b.key for v in config.vips for b in v.backends}
-    r = whereis_blob(blob, flow, workers=workers, names=names)
+    r = whereis_blob(blob, flow, workers=workers, names=names, cluster_names=cluster_names(config))
     r["source"] = "config (every backend assumed healthy)"
     return r
+
+
+def cluster_names(config: Any) -> list[str]:
+    """The names of a config's clusters in the tables' order (this one, then its peers)."""
+    c = config.cluster
+    return [c.name, *(p.name for p in c.peers)] if c.enabled else []

@@ -171,3 +171,25 @@ def test_engines_agree_with_clusters(bursts, gaps):
     for k in ("packets_in", "forwarded", "icmp_sent", "drops", "conntrack", "vips", "backends", "bytes_out"):
         assert sc[k] == sp[k], k
     assert sc["forwarded"] + sum(sc["drops"].values()) == sc["packets_in"]
+
+
+def test_whereis_says_which_rule_matched_and_where_backup_traffic_goes():
+    from maglev.observability.whereis import cluster_names, parse_flow, whereis_blob, whereis_config
+
+    c = a_config()
+    r = whereis_config(c, parse_flow("198.51.100.1:1234", f"{B_WEB}:80/tcp"))
+    assert r["rule"].startswith(f"VIP matching (paper 4.2): {B_WEB} is cluster b's address")
+    assert r["vip"] == f"{A_WEB}:80/tcp" and r["backend"] in ("198.18.1.1", "198.18.1.2")
+    r6 = whereis_config(c, parse_flow("[2001:db8:c::1]:1234", f"[{B_WEB6}]:443/tcp"))
+    assert r6["vip"] == f"[{A_WEB6}]:443/tcp" and "cluster b's address" in r6["rule"]
+    assert whereis_config(c, parse_flow("198.51.100.1:1", f"{A_WEB}:80/tcp"))["rule"].startswith("VIP (exact")
+    none = whereis_config(c, parse_flow("198.51.100.1:1", f"{B_NONE}:80/tcp"))
+    assert "vip" not in none and "203.0.113.11 has no VIP" in none["rule"]
+    # backup: the forwarder whereis names is the one the kernel sends to
+    blob = build_tables(c, A_DOWN_SET)
+    for sport in range(1000, 1010):
+        r = whereis_blob(blob, parse_flow(f"198.51.100.1:{sport}", f"{A_DOWN}:80/tcp"), cluster_names=cluster_names(c))
+        assert r["backup_cluster"] == "b" and r["verdict"] == "forward"
+        out = DataPath(blob, engine="c").process([Packet(0, tcp4(A_DOWN, sport=sport, src="198.51.100.1",
+                                                                   payload=b""))], 10**9)
+        assert outer_gre(out[0].data)[1] == r["backup_forwarder"]
