@@ -18,7 +18,21 @@ import pytest
 
 from maglev.nic.pcapfile import PcapReader, PcapWriter
 
-from .cluster_helpers import A_DOWN, A_SRC4, A_WEB6, B_FWD, B_FWD6, B_WEB, B_WEB6, C_WEB, a_toml, gre_from, outer_gre, tcp4, tcp6
+from .cluster_helpers import (
+    A_DOWN,
+    A_SRC4,
+    A_WEB6,
+    B_FWD,
+    B_FWD6,
+    B_WEB,
+    B_WEB6,
+    C_WEB,
+    a_toml,
+    gre_from,
+    outer_gre,
+    tcp4,
+    tcp6,
+)
 
 MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
