@@ -58,6 +58,10 @@ class Shed:
         if self.view is None or rc != 0 or p.frag & PF_FRAGMENT or p.proto not in (6, 17):
             return EXEMPT, MAX_PRIORITY
         v = self.view.find_vip(p.dst, p.dport, p.proto)
+        if v < 0:  # a peer cluster's address: the local VIP with the same suffix
+            peer, local = self.view.cluster_map(p.dst, p.family)
+            if peer:
+                v = self.view.find_vip(local, p.dport, p.proto)
         return v, (self.view.vips[v].priority if v >= 0 else 0)
 
     def decide(self, prio: int, used: int) -> bool:

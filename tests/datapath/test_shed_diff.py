@@ -171,3 +171,21 @@ def test_dispatch_sheds_low_priority_packets_above_the_mark_like_the_reference(r
     assert int(stats[lib.MG_SS_DISPATCHED]) == 53
     assert {i: int(sh.drops[i]) for i in range(4) if sh.drops[i]} == ref.drops
     assert ref.drops.get(0, 0) == 0  # the top priority is never shed
+
+
+def test_a_peer_clusters_address_has_the_local_services_priority():
+    """VIP matching (paper 4.2): steering classifies a packet to cluster b's address like
+    the data path serves it, as the local VIP with the same suffix."""
+    from .cluster_helpers import A_DOWN, A_WEB, B_DOWN, B_NONE, B_WEB, a_toml, tcp4
+
+    text = a_toml().replace(f'address = "{A_WEB}"\nport = 80\n', f'address = "{A_WEB}"\nport = 80\npriority = 6\n')
+    text = text.replace(f'address = "{A_DOWN}"\nport = 80\n', f'address = "{A_DOWN}"\nport = 80\npriority = 2\n')
+    blob = build_tables(loads(text))
+    sh, _buf = c_shed(blob, 1024, 50)
+    ref = Shed.load(blob, 1024)
+    view = ref.view
+    idx = {v.address: i for i, v in enumerate(view.vips)}
+    for pkt, want in ((tcp4(B_WEB), idx[A_WEB]), (tcp4(B_DOWN), idx[A_DOWN]), (tcp4(B_NONE), -1)):
+        assert ref.classify(pkt)[0] == want == c_packet(sh, pkt, 0)[1]
+        for used in (0, 600, 900, 1024):
+            assert c_packet(sh, pkt, used) == ref.packet(pkt, used)

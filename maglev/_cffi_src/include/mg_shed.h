@@ -19,8 +19,9 @@
  * default: 0) nothing is ever shed, which is exactly the behaviour without priorities.
  *
  * What a packet's priority is (mg_shed_classify):
- *   - a TCP/UDP packet that is not a fragment: its VIP's (exact port, then port 0, as the
- *     data path looks it up), or 0 when it matches no VIP (it would be dropped anyway);
+ *   - a TCP/UDP packet that is not a fragment: its VIP's (exact port, then port 0, then a
+ *     peer cluster's address as the local one with the same suffix -- as the data path
+ *     looks it up), or 0 when it matches no VIP (it would be dropped anyway);
  *   - exempt (never shed): packets the parser rejects (a worker counts them), IP fragments
  *     (their ports are unknown: the datagram's VIP cannot be told reliably), ICMP and
  *     anything else that is not TCP/UDP (path MTU errors), fragments redirected from

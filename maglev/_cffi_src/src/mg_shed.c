@@ -43,6 +43,13 @@ int mg_shed_classify(const struct mg_shed *sh, int parse_rc, const struct mg_par
     int v = mg_tables_find_vip(sh->tables, p->key.dst, p->key.dport, p->key.proto);
     if (v < 0 && p->key.dport != 0)
         v = mg_tables_find_vip(sh->tables, p->key.dst, 0, p->key.proto);
+    uint8_t local[16];
+    if (v < 0 && mg_cluster_map(sh->tables, p->key.dst, p->key.family, local) > 0) {
+        /* a peer cluster's address: the local VIP with the same suffix (mg_dp.c) */
+        v = mg_tables_find_vip(sh->tables, local, p->key.dport, p->key.proto);
+        if (v < 0 && p->key.dport != 0)
+            v = mg_tables_find_vip(sh->tables, local, 0, p->key.proto);
+    }
     *prio = v < 0 ? 0 : mg_tables_vips(sh->tables)[v].priority;
     return v;
 }
