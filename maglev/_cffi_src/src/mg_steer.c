@@ -290,9 +290,11 @@ static uint32_t most_room(const struct mg_steer *s)
  * a VIP priority that ring is too full for; counted per VIP. */
 static int shed_one(struct mg_steer *s, uint32_t w, int parse_rc, const struct mg_parsed *p)
 {
-    uint32_t prio;
+    uint32_t prio, used = s->ring_size - s->room[w];
+    if (used < s->shed->mark[0]) /* below the lowest mark: nothing is shed, skip the lookup */
+        return 0;
     int v = mg_shed_classify(s->shed, parse_rc, p, &prio);
-    if (v == MG_SHED_EXEMPT || !mg_shed_decide(s->shed, prio, s->ring_size - s->room[w]))
+    if (v == MG_SHED_EXEMPT || !mg_shed_decide(s->shed, prio, used))
         return 0;
     s->shed->drops[v < 0 ? MG_SHED_NO_VIP : (uint32_t)v]++;
     return 1;
