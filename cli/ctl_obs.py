@@ -39,6 +39,10 @@ def stats_text(s: dict[str, Any]) -> list[str]:
     ]
     if s["drops"]:
         lines.append("drops    " + "  ".join(f"{k}={v}" for k, v in s["drops"].items()))
+    cl = {k: sum(w.get(k, 0) for w in s["workers"]) for k in ("cluster_matched", "cluster_in", "backup_out")}
+    if any(cl.values()):
+        lines.append(f"clusters matched {cl['cluster_matched']}  gre-in {cl['cluster_in']}  "
+                     f"backup-out {cl['backup_out']}")
     r = s["rings"]
     lines.append(f"rings    free {r['free']['count']}/{r['frames']}  sent {r['sent']['count']}/{r['sent']['size']}")
     for w in s["workers"]:

@@ -82,6 +82,10 @@ def render_frame(prev: dict[str, Any], cur: dict[str, Any], dt: float, width: in
     bgp = cur.get("bgp")
     lines.append(f"bgp: {bgp if bgp else 'not running'}")
     r = {k: v for k, v in (cur.get("restarts") or {}).items() if v}
+    cl = {k: sum(w.get(k, 0) for w in cur["workers"]) for k in ("cluster_matched", "cluster_in", "backup_out")}
+    if any(cl.values()):
+        lines.append(f"clusters: matched {cl['cluster_matched']}   gre-in {cl['cluster_in']}   "
+                     f"backup-out {cl['backup_out']}")
     lines.append(f"restarts: {r if r else 'none'}   fallback {cur['steering']['fallback']}"
                  f"   backpressure {cur['steering']['backpressure']}   shed {cur['steering'].get('shed', 0)}")
     return [ln[:width] for ln in lines]

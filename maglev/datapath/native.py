@@ -178,7 +178,8 @@ class CDataPath:
         s = lib.mg_dp_stats(self._dp)
         d = empty_stats()
         for k in ("packets_in", "bytes_in", "forwarded", "bytes_out", "icmp_sent",
-                  "icmp_forwarded", "fragments", "held", "split_pieces", "redirected", "redirect_in"):
+                  "icmp_forwarded", "fragments", "held", "split_pieces", "redirected", "redirect_in",
+                  "cluster_in", "cluster_matched", "backup_out"):
             d[k] = int(getattr(s, k))
         d["drops"] = {DROP_NAMES[i]: int(s.drops[i]) for i in range(len(DROP_NAMES)) if s.drops[i]}
         for k, v in self._extra_drops.items():

@@ -544,6 +544,7 @@ class RefDataPath:
                     self._drop(out, fr, r)
                     continue
                 from_cluster = r == 1
+                self.s["cluster_in"] += from_cluster
             if h["n_pool"] and p.proto == 47 and not from_cluster:
                 r, p = self._redirect_in(fr, p)
                 if r > 1:
@@ -581,6 +582,7 @@ class RefDataPath:
             vip = self._find_vip(key)
             if vip < 0 and h["n_clusters"] > 1 and kind != FRAG_FIRST:
                 vip = self._cluster_vip(key)  # a peer cluster's address (4.2)
+                self.s["cluster_matched"] += vip >= 0
             if vip < 0:
                 self._drop(out, fr, D["no_vip"])
                 continue
@@ -624,7 +626,7 @@ class RefDataPath:
                     c = self.vip_c.setdefault(vip, [0, 0])
                     c[0] += 1
                     c[1] += len(fr.data)
-                    self._cluster_out(out, fr, p, vip, hsh, now_ns, spare)
+                    self.s["backup_out"] += self._cluster_out(out, fr, p, vip, hsh, now_ns, spare)
                     continue
                 self._drop(out, fr, D["no_backend"])
                 continue

@@ -114,6 +114,15 @@ def render(s: dict[str, Any]) -> str:
              [({"worker": w["worker"]}, w["icmp_sent"]) for w in w_rows])
     o.family("maglev_worker_icmp_forwarded_total", c, "Inbound ICMP errors a worker sent to a flow's backend.",
              [({"worker": w["worker"]}, w["icmp_forwarded"]) for w in w_rows])
+    o.family("maglev_worker_cluster_gre_in_packets_total", c,
+             "VIP matching: GRE from a peer cluster's forwarders a worker decapsulated.",
+             [({"worker": w["worker"]}, w["cluster_in"]) for w in w_rows])
+    o.family("maglev_worker_cluster_matched_packets_total", c,
+             "VIP matching: packets to a peer cluster's address a worker served as the local VIP.",
+             [({"worker": w["worker"]}, w["cluster_matched"]) for w in w_rows])
+    o.family("maglev_worker_backup_packets_total", c,
+             "VIP matching: packets of a VIP without a healthy backend a worker sent to the backup cluster.",
+             [({"worker": w["worker"]}, w["backup_out"]) for w in w_rows])
     o.family("maglev_worker_table_swaps_total", c, "Tables generation switches a worker made.",
              [({"worker": w["worker"]}, w["table_swaps"]) for w in w_rows])
     ft_rows = [(w["worker"], w["fragment_table"]) for w in w_rows if w.get("fragment_table")]

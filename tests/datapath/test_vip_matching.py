@@ -168,7 +168,8 @@ cluster_mutation = st.tuples(st.sampled_from(SEEDS), st.lists(st.tuples(st.integ
        st.lists(st.integers(0, 3_000_000_000), min_size=4, max_size=4))
 def test_engines_agree_with_clusters(bursts, gaps):
     sc, sp = td._run_stream_on_both(BLOB, bursts, gaps)
-    for k in ("packets_in", "forwarded", "icmp_sent", "drops", "conntrack", "vips", "backends", "bytes_out"):
+    for k in ("packets_in", "forwarded", "icmp_sent", "drops", "conntrack", "vips", "backends", "bytes_out",
+              "cluster_in", "cluster_matched", "backup_out"):
         assert sc[k] == sp[k], k
     assert sc["forwarded"] + sum(sc["drops"].values()) == sc["packets_in"]
 
@@ -193,3 +194,13 @@ def test_whereis_says_which_rule_matched_and_where_backup_traffic_goes():
         out = DataPath(blob, engine="c").process([Packet(0, tcp4(A_DOWN, sport=sport, src="198.51.100.1",
                                                                    payload=b""))], 10**9)
         assert outer_gre(out[0].data)[1] == r["backup_forwarder"]
+
+
+def test_cluster_counters_in_both_engines():
+    frames = [tcp4(B_WEB), tcp4(C_WEB), gre_from(B_FWD[0], A_SRC4, tcp4(B_WEB)), gre_from(B_FWD[0], A_SRC4, tcp4(A_WEB)),
+              tcp4(A_DOWN), tcp4(A_DOWN, sport=1), tcp4(B_NONE), gre_from(B_FWD[1], A_SRC4, tcp4(B_DOWN))]
+    for e in ("c", "python"):
+        dp = DataPath(BLOB, engine=e)
+        dp.process([Packet(i, f) for i, f in enumerate(frames)], 10**9)
+        s = dp.stats()
+        assert (s["cluster_matched"], s["cluster_in"], s["backup_out"]) == (4, 3, 2), (e, s)

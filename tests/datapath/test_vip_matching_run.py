@@ -79,6 +79,8 @@ def test_peer_addresses_gre_and_backup_through_maglev_run(shortdir):
             shm.unlink(missing_ok=True)
         shutil.rmtree(shortdir / "run", ignore_errors=True)
     assert stats["packets_in"] == len(frames) == stats["forwarded"], stats
+    tot = {k: sum(w[k] for w in stats["per_worker"]) for k in ("cluster_matched", "cluster_in", "backup_out")}
+    assert tot == {"cluster_matched": 80, "cluster_in": 20, "backup_out": 20}, tot
     by_inner = {}
     for o in out:
         src, dst, inner = outer_gre(o)

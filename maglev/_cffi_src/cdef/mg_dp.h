@@ -29,6 +29,9 @@ struct mg_dp_stats {
     struct mg_frag_stats frag;
     uint64_t redirected;
     uint64_t redirect_in;
+    uint64_t cluster_in;
+    uint64_t cluster_matched;
+    uint64_t backup_out;
 };
 
 struct mg_dp_io {

@@ -103,6 +103,9 @@ struct mg_dp_stats {
     struct mg_frag_stats frag;  /* fragment table (copied at the end of each burst) */
     uint64_t redirected;        /* fragments sent to their owner instance (on tx) */
     uint64_t redirect_in;       /* redirected fragments received and decapsulated */
+    uint64_t cluster_in;        /* VIP matching: GRE from a peer cluster's forwarder, decapsulated */
+    uint64_t cluster_matched;   /* VIP matching: packets to a peer cluster's address served here */
+    uint64_t backup_out;        /* VIP matching: packets sent to the backup cluster (no backend) */
 };
 
 struct mg_dp_io {

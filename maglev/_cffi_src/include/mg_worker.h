@@ -74,6 +74,11 @@
 #define MG_WS_DROPS 16         /* MG_WS_DROPS + reason, reason < MG_WS_N_DROPS */
 #define MG_WS_N_DROPS 44       /* room for 44 drop reasons (MG_DROP_COUNT is checked) */
 #define MG_WS_SPARES 60        /* gauge: spare frames on the worker's spare ring */
+/* VIP matching across clusters (mg_dp.c): GRE from peer forwarders decapsulated, packets
+ * to peer addresses served, packets sent to the backup cluster. */
+#define MG_WS_CLUSTER_IN 61
+#define MG_WS_CLUSTER_MATCHED 62
+#define MG_WS_BACKUP_OUT 63
 
 /* How often an idle worker with held fragments lets the data path expire them. */
 #define MG_WORKER_FLUSH_NS 10000000ULL

@@ -859,6 +859,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             }
             if (r == 1) {
                 wk->from_cluster = 1;
+                dp->stats.cluster_in++;
                 pkt = mg_frame_data(io->pool, idx);
             }
         }
@@ -908,8 +909,10 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             }
         }
         int vip = match_vip_memo(tables, &wk->p.key, &memo);
-        if (MG_UNLIKELY(vip < 0 && h->n_clusters > 1 && kind != K_FRAG_FIRST))
+        if (MG_UNLIKELY(vip < 0 && h->n_clusters > 1 && kind != K_FRAG_FIRST)) {
             vip = cluster_vip(tables, &wk->p.key); /* a peer cluster's address (4.2) */
+            dp->stats.cluster_matched += vip >= 0;
+        }
         if (vip < 0) {
             wk->reason = MG_DROP_NO_VIP;
             continue;
@@ -1037,7 +1040,8 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                 const struct mg_frame_meta *bm = mg_frame_meta(io->pool, idx);
                 dp->vip_c[vip].packets++;
                 dp->vip_c[vip].bytes += bm->len;
-                cluster_out(dp, io, tables, idx, &wk->p, vip, wk->hash, now_ns);
+                dp->stats.backup_out += (uint64_t)cluster_out(dp, io, tables, idx, &wk->p, vip,
+                                                              wk->hash, now_ns);
                 continue;
             }
             out_drop(dp, io, idx, MG_DROP_NO_BACKEND);

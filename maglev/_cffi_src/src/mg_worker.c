@@ -117,6 +117,9 @@ static void publish_stats(struct mg_worker *w, void *base, uint64_t generation)
     s[MG_WS_FRAGMENTS] = b[MG_WS_FRAGMENTS] + d->fragments;
     s[MG_WS_ICMP_FORWARDED] = b[MG_WS_ICMP_FORWARDED] + d->icmp_forwarded;
     s[MG_WS_REDIRECTED] = b[MG_WS_REDIRECTED] + d->redirected;
+    s[MG_WS_CLUSTER_IN] = b[MG_WS_CLUSTER_IN] + d->cluster_in;
+    s[MG_WS_CLUSTER_MATCHED] = b[MG_WS_CLUSTER_MATCHED] + d->cluster_matched;
+    s[MG_WS_BACKUP_OUT] = b[MG_WS_BACKUP_OUT] + d->backup_out;
     for (uint32_t r = 0; r < MG_DROP_COUNT; r++)
         s[MG_WS_DROPS + r] = b[MG_WS_DROPS + r] + d->drops[r];
     commit_stats(w, base);
