@@ -45,7 +45,15 @@
  * connection-table key are computed from the masked key: every flow with the same masked
  * key is one connection-table entry and goes to one backend.  MG_VIP_F_NO_CONNTRACK: the
  * VIP's packets never look up or create a connection-table entry (pure Maglev hashing).
- * `priority` (0..7, 7 highest) is read by steering's overload shedding (mg_steer.h).
+ * `priority` (0..7, 7 highest) is read by steering's overload shedding (mg_shed.h).
+ *
+ * VIP matching across clusters (format version 5, paper 4.2, docs/datapath.md): the
+ * clusters (struct mg_cluster: this one at index 0, then its peers) with their prefixes
+ * (one per family; a peer's has the local prefix's length) and forwarders (struct
+ * mg_cluster_fwd), and the first backup cluster's index.  mg_cluster_map() turns a peer's
+ * address into this cluster's address with the same suffix; mg_dp.c serves it as that VIP,
+ * decapsulates GRE from the peers' forwarders and sends a VIP's packets to the backup
+ * cluster when it has no healthy backend.
  *
  * Validation: mg_tables_validate() checks everything once (sizes, offsets, every Maglev
  * entry in range); the burst kernel calls it only when the blob pointer or its generation
