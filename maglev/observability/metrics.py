@@ -6,7 +6,7 @@ Everything an operator counts already lives in memory that any process of the ru
 map, so the collector is a *reader*, never a participant: it does not ask an actor for
 anything and cannot slow the data path down.
 
-* **Stats blocks** (``maglev.rings.stats``: one 64-word block per actor slot, single
+* **Stats blocks** (``maglev.rings.stats``: one 128-word block per actor slot, single
   writer, each word read whole through C; decoded by ``forwarder_counters``, the same
   code ``maglev run --json`` uses):
   steering (received, dispatched, fallback, back pressure, unparsed, overload shed), the muxer
