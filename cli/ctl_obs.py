@@ -34,10 +34,15 @@ def stats_text(s: dict[str, Any]) -> list[str]:
         f"packets  in {_n(t['packets_in'])}  forwarded {_n(t['forwarded'])}  dropped {_n(t['dropped'])}  "
         f"tx {_n(t['tx_packets'])}  bytes in {_n(t['bytes_in'])} out {_n(t['bytes_out'])}",
         f"steering fallback {s['steering']['fallback']}  backpressure {s['steering']['backpressure']}  "
-        f"unparsed {s['steering']['unparsed']}  no-free {s['steering']['no_free']}",
+        f"unparsed {s['steering']['unparsed']}  no-free {s['steering']['no_free']}  "
+        f"shed {s['steering'].get('shed', 0)}",
     ]
     if s["drops"]:
         lines.append("drops    " + "  ".join(f"{k}={v}" for k, v in s["drops"].items()))
+    cl = {k: sum(w.get(k, 0) for w in s["workers"]) for k in ("cluster_matched", "cluster_in", "backup_out")}
+    if any(cl.values()):
+        lines.append(f"clusters matched {cl['cluster_matched']}  gre-in {cl['cluster_in']}  "
+                     f"backup-out {cl['backup_out']}")
     r = s["rings"]
     lines.append(f"rings    free {r['free']['count']}/{r['frames']}  sent {r['sent']['count']}/{r['sent']['size']}")
     for w in s["workers"]:
@@ -54,7 +59,8 @@ def stats_text(s: dict[str, Any]) -> list[str]:
         lines.append(f"quic     routed by connection ID {sum(a for a, _ in quic)}  hashed {sum(b for _, b in quic)}")
     for v in s["vips"]:
         lines.append(f"vip {v['vip']}  {v['encap']}  M={v['table_size']}  packets {_n(v['packets'])}  "
-                     f"entries/backend {v['entries_min']}..{v['entries_max']}")
+                     f"entries/backend {v['entries_min']}..{v['entries_max']}  priority {v.get('priority', 0)}"
+                     + (f"  shed {_n(v['shed'])}" if v.get("shed") else ""))
         for b in v["backends"]:
             lines.append(f"    {b['backend']:<24} {b['health']:<5} w={b['weight']:<3} entries {b['entries']:<7} "
                          f"packets {_n(b['packets'])}")

@@ -64,12 +64,14 @@ def render_frame(prev: dict[str, Any], cur: dict[str, Any], dt: float, width: in
         ct = (w.get("conntrack") or {}).get("entries", "-")
         lines.append(f"  {w['worker']:<6}{_rate(r):>10}{100 * r / tot:>7.1f}%{(n / b if b else 0):>11.1f}"
                      f"{100 * w['rx_ring']['occupancy']:>9.1f}%{w['tables_generation']:>12}{ct!s:>12}")
-    lines += ["", f"{'VIP / BACKEND':<34}{'pps':>10}{'bps':>10}{'health':>8}{'weight':>8}{'entries':>9}"]
+    lines += ["", f"{'VIP / BACKEND':<34}{'pps':>10}{'bps':>10}{'health':>8}{'weight':>8}{'entries':>9}"
+                  f"{'prio':>6}{'shed/s':>10}"]
     pv = {v["vip"]: v for v in prev["vips"]}
     for v in cur["vips"]:
         p = pv.get(v["vip"], v)
         lines.append(f"{v['vip']:<34}{_rate(_d(v['packets'], p['packets'], dt)):>10}"
-                     f"{_rate(8 * _d(v['bytes'], p['bytes'], dt)):>10}{'':>8}{'':>8}{v['table_size']:>9}")
+                     f"{_rate(8 * _d(v['bytes'], p['bytes'], dt)):>10}{'':>8}{'':>8}{v['table_size']:>9}"
+                     f"{v.get('priority', 0):>6}{_rate(_d(v.get('shed', 0), p.get('shed', 0), dt)):>10}")
         pb = {b["backend"]: b for b in p["backends"]}
         for b in v["backends"]:
             q = pb.get(b["backend"], b)
@@ -86,8 +88,12 @@ def render_frame(prev: dict[str, Any], cur: dict[str, Any], dt: float, width: in
     bgp = cur.get("bgp")
     lines.append(f"bgp: {bgp if bgp else 'not running'}")
     r = {k: v for k, v in (cur.get("restarts") or {}).items() if v}
+    cl = {k: sum(w.get(k, 0) for w in cur["workers"]) for k in ("cluster_matched", "cluster_in", "backup_out")}
+    if any(cl.values()):
+        lines.append(f"clusters: matched {cl['cluster_matched']}   gre-in {cl['cluster_in']}   "
+                     f"backup-out {cl['backup_out']}")
     lines.append(f"restarts: {r if r else 'none'}   fallback {cur['steering']['fallback']}"
-                 f"   backpressure {cur['steering']['backpressure']}")
+                 f"   backpressure {cur['steering']['backpressure']}   shed {cur['steering'].get('shed', 0)}")
     return [ln[:width] for ln in lines]
 
 

@@ -54,6 +54,8 @@ def whereis(src, dst, config_path, control, instance, workers, timeout, quic_cid
         return
     click.echo(f"flow       {ans['flow']}")
     if "vip" not in ans:
+        if "rule" in ans:
+            click.echo(f"rule       {ans['rule']}")
         click.echo(f"verdict    {ans['verdict']}: {ans['why']}")
         return
     be = ans.get("backend", "-")
@@ -67,6 +69,10 @@ def whereis(src, dst, config_path, control, instance, workers, timeout, quic_cid
     click.echo(f"slot       {ans['slot']} = selection hash {sel} mod {ans['table_size']}")
     if "hash_inputs" in ans:
         click.echo(f"hashed on  {ans['hash_inputs']}")
+    if "rule" in ans:
+        click.echo(f"rule       {ans['rule']}")
+    if "priority" in ans:
+        click.echo(f"priority   {ans['priority']}: {ans['overload']}")
     if "quic" in ans:
         q = ans["quic"]
         click.echo(f"quic       {q['rule']}")

@@ -43,6 +43,7 @@ ENCAPS = ("gre", "ipip", "vxlan", "l2")
 HASH_MODES = ("5tuple", "src_ip", "dst_port")  # [[vip]] hash (docs/datapath.md)
 HEALTH_TYPES = ("none", "tcp", "http", "udp", "dns")
 HUGE_PAGE_MODES = ("auto", "hugetlb", "thp", "off")  # [conntrack] huge_pages
+MAX_VIP_PRIORITY = 7  # [[vip]] priority: 0 (default, shed first) .. 7 (MG_VIP_MAX_PRIORITY)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Most maglev instances in instance.pool (the tables blob has room for this many).
@@ -194,6 +195,8 @@ class Vip:
     pools: tuple[PoolRef, ...] = ()
     leaves: tuple[Leaf, ...] = ()
     quic: Quic = field(default_factory=Quic)
+    # Overload shedding (docs/config.md "priority"): 0..MAX_VIP_PRIORITY, higher kept longer.
+    priority: int = 0
 
     @property
     def key(self) -> str:
@@ -288,6 +291,37 @@ class Tracing:
     packet_sample_rate: int = 0  # 1 in N packets traced; 0 = off
 
 
+# VIP matching across clusters (paper 4.2; docs/config.md "VIP matching across clusters").
+MAX_CLUSTER_PEERS = 16  # MG_TABLES_MAX_CLUSTERS - 1
+MAX_CLUSTER_FORWARDERS = 16  # per peer cluster
+_CLUSTER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+@dataclass(frozen=True)
+class ClusterPeer:
+    """Another cluster: its VIP prefixes (one per family) and its maglev forwarders (where
+    backup traffic is sent in GRE, and the only sources whose GRE is accepted from it)."""
+
+    name: str
+    prefixes: tuple[str, ...] = ()
+    forwarders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """This cluster's VIP prefixes (one per family), the other clusters, and the order in
+    which they take a local VIP's packets when it has no healthy backend."""
+
+    name: str = ""
+    prefixes: tuple[str, ...] = ()
+    backup: tuple[str, ...] = ()
+    peers: tuple[ClusterPeer, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.prefixes)
+
+
 @dataclass(frozen=True)
 class Shard:
     """One ``[[shard]]`` section: an isolated forwarder of its own (docs/config.md, "Shards")."""
@@ -322,6 +356,8 @@ class Config:
     # [[shard]] sections (a whole sharded file, loaded without MAGLEV_SHARD); a shard's own
     # config (Config.shard_config) has none.
     shards: tuple[Shard, ...] = ()
+    # [cluster] (docs/config.md "VIP matching across clusters"); not in sharded files yet.
+    cluster: Cluster = field(default_factory=Cluster)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in the TOML file's shape (``vip`` arrays, ``backend`` arrays)."""
@@ -329,9 +365,13 @@ class Config:
         d["instance"]["pool"] = list(d["instance"]["pool"])
         d["vip"] = [_vip_dict(v) for v in d.pop("vips")]
         d["bgp"]["peer"] = list(d["bgp"].pop("peers"))
+        c = d["cluster"]
+        c["prefixes"], c["backup"] = list(c["prefixes"]), list(c["backup"])
+        c["peer"] = [{**pp, "prefixes": list(pp["prefixes"]), "forwarders": list(pp["forwarders"])}
+                     for pp in c.pop("peers")]
         shards = d.pop("shards")
         if shards:  # a sharded file keeps VIPs, BGP and control in its shards
-            del d["vip"], d["bgp"], d["control"]
+            del d["vip"], d["bgp"], d["control"], d["cluster"]
             d["shard"] = []
             for s in shards:
                 s["vip"] = [_vip_dict(v) for v in s.pop("vips")]
@@ -650,7 +690,8 @@ class _Parser:
 
     def config(self, data: Any) -> Config:
         top = self.table(
-            data, "", {"instance", "conntrack", "vip", "bgp", "control", "tracing", "shard", "pool", "health"}
+            data, "", {"instance", "conntrack", "vip", "bgp", "control", "tracing", "shard", "pool", "health",
+                       "cluster"}
         )
         if "shard" in top:
             return self.sharded(top)
@@ -661,8 +702,9 @@ class _Parser:
         control = self.control(top.get("control", {}))
         tracing = self.tracing(top.get("tracing", {}))
         health = self.health_settings(top)
+        cluster = self.cluster(top.get("cluster", {}), instance, vips)
         self.fail()
-        return Config(instance, conntrack, vips, bgp, control, tracing, pools, health)
+        return Config(instance, conntrack, vips, bgp, control, tracing, pools=pools, health=health, cluster=cluster)
 
     def vip_list(self, raw: Any, p: str, instance: Instance,
                  raw_pools: Any = None) -> tuple[tuple[Pool, ...], tuple[Vip, ...]]:
@@ -691,6 +733,136 @@ class _Parser:
         self.combinations(instance, vips, p)
         return pools, vips
 
+    # -- VIP matching across clusters (paper 4.2) -----------------------------------
+
+    def prefixes(self, d: dict[str, Any], path: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """``prefixes``: at most one network per family, no host bits, room for a suffix."""
+        raw = d.get("prefixes", [])
+        if not isinstance(raw, list | tuple):
+            self.err(f"{path}.prefixes", f"must be an array of prefixes, not {type(raw).__name__}")
+            return []
+        if len(raw) > 2:
+            self.err(f"{path}.prefixes", f"{len(raw)} prefixes; at most one IPv4 and one IPv6")
+            return []
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for i, v in enumerate(raw):
+            pp = f"{path}.prefixes[{i}]"
+            if not isinstance(v, str) or "/" not in v or len(v) > 64:
+                self.err(pp, f"{show(v)} is not a prefix (ADDRESS/LENGTH)")
+                continue
+            try:
+                net = ipaddress.ip_network(v, strict=False)
+            except ValueError:
+                self.err(pp, f"{show(v)} is not a prefix (ADDRESS/LENGTH)")
+                continue
+            if net.network_address != ipaddress.ip_interface(v).ip:
+                self.err(pp, f"{show(v)} has host bits set (the prefix is {net})")
+                continue
+            if not 8 <= net.prefixlen <= net.max_prefixlen - 1:
+                self.err(pp, f"{show(v)}: a cluster prefix is /8../{net.max_prefixlen - 1} "
+                             f"(it must leave room for the services' suffixes)")
+                continue
+            if any(n.version == net.version for n in nets):
+                self.err(pp, f"a second IPv{net.version} prefix; one per family")
+                continue
+            nets.append(net)
+        return nets
+
+    def cluster(self, data: Any, instance: Instance, vips: tuple[Vip, ...]) -> Cluster:
+        """``[cluster]``: VIP matching across clusters.  Every rule that makes a mapping
+        ambiguous or impossible is an error with its path (docs/config.md)."""
+        p = "cluster"
+        d = self.table(data, p, {"name", "prefixes", "backup", "peer"})
+        if not any(d.get(k) for k in ("name", "prefixes", "backup", "peer")):
+            return Cluster()  # absent, or the empty table to_dict() writes for "off"
+        name = self.string(d, "name", p, "")
+        if not _CLUSTER_NAME_RE.fullmatch(name):
+            self.err(f"{p}.name", f"{show(name)} must be 1-32 of a-z 0-9 _ - (starting with a letter or digit)")
+        local = self.prefixes(d, p)
+        if not local:
+            self.err(f"{p}.prefixes", "is required: this cluster's VIP prefix (one per family)")
+        local_by_fam = {n.version: n for n in local}
+        owner: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = [
+            (n, f"{p}.prefixes[{i}]") for i, n in enumerate(local)]
+        raw_peers = self.array(d.get("peer", []), f"{p}.peer")
+        if len(raw_peers) > MAX_CLUSTER_PEERS:
+            self.err(f"{p}.peer", f"{len(raw_peers)} peer clusters; at most {MAX_CLUSTER_PEERS}")
+            raw_peers = []
+        peers: list[ClusterPeer] = []
+        names = {name: p}
+        for i, raw in enumerate(raw_peers):
+            pp = f"{p}.peer[{i}]"
+            pd = self.table(raw, pp, {"name", "prefixes", "forwarders"})
+            pname = self.string(pd, "name", pp, "")
+            if not _CLUSTER_NAME_RE.fullmatch(pname):
+                self.err(f"{pp}.name", f"{show(pname)} must be 1-32 of a-z 0-9 _ - (starting with a letter or digit)")
+            elif pname in names:
+                self.err(f"{pp}.name", f"{show(pname)} is also the name of {names[pname]}")
+            names.setdefault(pname, pp)
+            nets = self.prefixes(pd, pp)
+            if not nets:
+                self.err(f"{pp}.prefixes", "is required: the cluster's VIP prefix (one per family)")
+            for j, n in enumerate(nets):
+                path = f"{pp}.prefixes[{j}]"
+                mine = local_by_fam.get(n.version)
+                if mine is None:
+                    self.err(path, f"{n} has no IPv{n.version} prefix of this cluster to map to "
+                                   f"(add one to {p}.prefixes)")
+                elif mine.prefixlen != n.prefixlen:
+                    self.err(path, f"{n} is a /{n.prefixlen} but {p}.prefixes has {mine}: a service's "
+                                   f"suffix must have the same length in every cluster")
+                for other, where in owner:
+                    if other.version == n.version and other.overlaps(n):
+                        self.err(path, f"{n} overlaps {where} ({other})")
+                owner.append((n, path))
+            fwd_raw = pd.get("forwarders", [])
+            if not isinstance(fwd_raw, list | tuple):
+                self.err(f"{pp}.forwarders", f"must be an array of IP addresses, not {type(fwd_raw).__name__}")
+                fwd_raw = []
+            if len(fwd_raw) > MAX_CLUSTER_FORWARDERS:
+                self.err(f"{pp}.forwarders", f"{len(fwd_raw)} forwarders; at most {MAX_CLUSTER_FORWARDERS}")
+                fwd_raw = []
+            fwds: list[str] = []
+            for j, v in enumerate(fwd_raw):
+                a = self.address(v, f"{pp}.forwarders[{j}]", True, 0, "backend")
+                if not a:
+                    continue
+                if a in fwds:
+                    self.err(f"{pp}.forwarders[{j}]", f"{show(v)} is listed twice")
+                    continue
+                fam = _ip_address(a).version
+                if not (instance.source_ipv4 if fam == 4 else instance.source_ipv6):
+                    self.err(f"{pp}.forwarders[{j}]", f"an IPv{fam} forwarder needs instance.source_ipv{fam} "
+                                                      f"(the outer source of GRE to and from it)")
+                fwds.append(a)
+            peers.append(ClusterPeer(name=pname, prefixes=tuple(str(n) for n in nets), forwarders=tuple(fwds)))
+        backup_raw = d.get("backup", [])
+        if not isinstance(backup_raw, list | tuple):
+            self.err(f"{p}.backup", f"must be an array of peer cluster names, not {type(backup_raw).__name__}")
+            backup_raw = []
+        by_name = {pc.name: pc for pc in peers}
+        backup: list[str] = []
+        for j, v in enumerate(backup_raw):
+            bp = f"{p}.backup[{j}]"
+            if not isinstance(v, str) or v not in by_name:
+                self.err(bp, f"{show(v)} is not the name of a {p}.peer")
+            elif v in backup:
+                self.err(bp, f"{show(v)} is listed twice")
+            elif not by_name[v].forwarders:
+                self.err(bp, f"{show(v)} has no forwarders to send backup traffic to")
+            else:
+                backup.append(v)
+        # A local VIP inside another cluster's prefix would be both "ours" and "theirs".
+        for i, v in enumerate(vips):
+            if not v.address:
+                continue
+            ip = _ip_address(v.address)
+            for n, where in owner:
+                if n.version == ip.version and ip in n and not where.startswith(f"{p}.prefixes"):
+                    self.err(f"vip[{i}].address", f"{v.address} is inside {where} ({n}), another "
+                                                  f"cluster's prefix")
+        return Cluster(name=name, prefixes=tuple(str(n) for n in local), backup=tuple(backup), peers=tuple(peers))
+
     def sharded(self, top: dict[str, Any]) -> Config:
         """A document with ``[[shard]]`` sections (docs/config.md, "Shards").  Without a
         selected shard every section is validated, and checked against the others
@@ -702,6 +874,8 @@ class _Parser:
                 self.err(key, f"a file with [[shard]] sections keeps this in each shard ({what})")
         if "pool" in top:
             self.err("pool", "pools are not supported in a file with [[shard]] sections yet")
+        if "cluster" in top:  # not yet: the peers' prefixes would be checked against every shard's VIPs
+            self.err("cluster", "VIP matching ([cluster]) is not supported in a file with [[shard]] sections yet")
         instance = self.instance(top.get("instance", {}))
         conntrack = self.conntrack(top.get("conntrack", {}))
         tracing = self.tracing(top.get("tracing", {}))
@@ -958,7 +1132,7 @@ class _Parser:
             data,
             p,
             {"address", "port", "protocol", "encap", "table_size", "allow_fragments", "vxlan_vni", "vxlan_port", "health", "backend",
-             "hash", "udp_ignore_src_port", "conntrack", "quic", "pool"},
+             "hash", "udp_ignore_src_port", "conntrack", "quic", "pool", "priority"},
         )
         address = self.ip(d, "address", p, True, 0, "vip")
         size = self.integer(d, "table_size", p, DEFAULT_TABLE_SIZE, 2, MAX_TABLE_SIZE)
@@ -1011,6 +1185,7 @@ class _Parser:
             conntrack=self.boolean(d, "conntrack", p, True),
             quic=quic,
             pools=self.pool_refs(d, p) if "pool" in d else (),
+            priority=self.integer(d, "priority", p, 0, 0, MAX_VIP_PRIORITY),
         )
         self.hashing(d, vip, p)
         if quic_ok:

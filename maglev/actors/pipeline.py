@@ -331,7 +331,15 @@ class Pipeline:
             "elapsed_s": round(elapsed, 3),
             "rx_window_s": round(window, 3),
             "mpps": round(st["rx_packets"] / window / 1e6, 3) if window else 0.0,
+            **self._shed_by_vip(),
         }
+
+    def _shed_by_vip(self) -> dict[str, Any]:
+        """Overload drops by VIP key (VIP priority, steering's shed file), when any."""
+        from maglev.rings.shed_file import read_shed
+
+        shed = read_shed(self.supervisor.run_dir)
+        return {"shed_by_vip": dict(sorted(shed.items()))} if shed else {}
 
     def summary(self) -> dict[str, Any]:
         out = self.counters()

@@ -56,6 +56,7 @@ from maglev.config import load_config
 from maglev.native import check, ffi, lib
 from maglev.nic import open_rx, parse_nic
 from maglev.rings import SS_NIC_DROPS, Region
+from maglev.rings.shed_file import NO_VIP, read_shed, shed_path, write_shed
 
 log = logging.getLogger("maglev.steering")
 # Longest stretch the actors' C loops (mg_loop.h) run before Python's housekeeping.
@@ -185,6 +186,7 @@ class Steering(Actor):
         src = getattr(self.nic, "nic_loop_rx", None)
         self._loop_nic = src() if src is not None and os.environ.get("MAGLEV_NIC_LOOP", "1") != "0" else None
         self._loop_out = ffi.new("struct mg_loop_out *")
+        self._shed_setup(p)
 
     def handle(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "go":
@@ -292,8 +294,80 @@ class Steering(Actor):
             log.info("XDP program follows the VIPs", extra={"kv": {
                 "generation": gen, "added": ",".join(added), "removed": ",".join(removed)}})
 
+    # ------------------------------------------------------------ overload shedding
+
+    def _shed_setup(self, p: dict[str, Any]) -> None:
+        """VIP priority under overload (mg_shed.h): a private, validated copy of the
+        published tables for steering's per-packet VIP lookup, reloaded by :meth:`tick`
+        when the generation changes; per-VIP drops go to ``shed-steering.json`` in the
+        run directory (VIP key -> packets, continued by a replacement steering)."""
+        self.shed_high_water_pct = int(p.get("shed_high_water_pct", lib.MG_SHED_HIGH_WATER_PCT))
+        if not 1 <= self.shed_high_water_pct <= 100:
+            raise ValueError(f"shed_high_water_pct: {self.shed_high_water_pct} is not within 1..100")
+        self.shed = ffi.new("struct mg_shed *")
+        check(lib.mg_shed_load(self.shed, ffi.NULL, 0, 0, 0), "shed init")
+        check(lib.mg_steer_set_shed(self.st, self.shed), "steering shed")
+        self._shed_blob: Any = None
+        self._shed_gen = 0
+        self._shed_keys: list[str] = []
+        self._shed_file = shed_path(self.spec.run_dir) if self.spec.run_dir else None
+        self.shed_by_vip: dict[str, int] = read_shed(self.spec.run_dir) if self.spec.run_dir else {}
+        self._shed_dirty = False
+        self._shed_next_write = 0.0
+        self._shed_reload()
+
+    def _shed_collect(self) -> None:
+        """Move the C per-VIP drop counts (indexed like the loaded blob) to VIP keys."""
+        if self._shed_blob is None:
+            return
+        drops = self.shed.drops
+        for i, key in enumerate(self._shed_keys):
+            n = int(drops[i])
+            if n:
+                self.shed_by_vip[key] = self.shed_by_vip.get(key, 0) + n
+                drops[i] = 0
+                self._shed_dirty = True
+        n = int(drops[lib.MG_SHED_NO_VIP])
+        if n:
+            self.shed_by_vip[NO_VIP] = self.shed_by_vip.get(NO_VIP, 0) + n
+            drops[lib.MG_SHED_NO_VIP] = 0
+            self._shed_dirty = True
+
+    def _shed_reload(self) -> None:
+        gen = int(lib.mg_tables_generation(self.base))
+        if gen == self._shed_gen:
+            return
+        from maglev.datapath.tables import read_tables, vip_key
+
+        self._shed_collect()
+        gen, blob = self.region.tables.current()
+        if gen == 0:
+            return
+        try:
+            keys = [vip_key(v) for v in read_tables(blob).vips]
+        except Exception as e:  # a blob the workers refuse too: shed nothing
+            log.warning("overload shedding off: tables unreadable", extra={"kv": {"error": str(e)}})
+            keys = []
+        buf = ffi.new("uint8_t[]", blob)
+        rc = lib.mg_shed_load(self.shed, buf, len(blob), self.region.ring_size,
+                              self.shed_high_water_pct) if keys else -1
+        if rc != 0:
+            lib.mg_shed_load(self.shed, ffi.NULL, 0, 0, 0)
+            buf, keys = None, []
+        self._shed_blob, self._shed_keys, self._shed_gen = buf, keys, gen
+
+    def _shed_publish(self, now: float, force: bool = False) -> None:
+        self._shed_collect()
+        if self._shed_file is None or not self._shed_dirty or (now < self._shed_next_write and not force):
+            return
+        write_shed(self._shed_file, self.shed_by_vip)
+        self._shed_dirty = False
+        self._shed_next_write = now + 0.25
+
     def tick(self, now: float) -> None:
         self._sync_nic_vips()
+        self._shed_reload()
+        self._shed_publish(now)
         self._sync_nic_drops()
         self.tracer.tick(now)  # packet tracer: collected records -> spans
         super().tick(now)
@@ -358,6 +432,8 @@ class Steering(Actor):
     def teardown(self) -> None:
         if getattr(self, "bell_pipe", None) is not None:
             self.bell_pipe.close()
+        if getattr(self, "shed", None) is not None:
+            self._shed_publish(time.monotonic(), force=True)
         nic = getattr(self, "nic", None)
         if nic is not None:
             self._sync_nic_drops()
@@ -380,6 +456,7 @@ class Steering(Actor):
             "spare_reserve": int(s[lib.MG_SS_SPARE_RESERVE]),
             "spares_sent": int(s[lib.MG_SS_SPARES_SENT]),
             "spare_short": int(s[lib.MG_SS_SPARE_SHORT]),
+            "shed": int(s[lib.MG_SS_SHED]),
             "eof": bool(getattr(self, "nic", None) is not None and self.nic.eof),
         }
         nic = getattr(self, "nic", None)

@@ -96,6 +96,7 @@ def plain(config: Config) -> dict[str, Any]:
         v["backend"] = v.pop("backends")
         trim_plain_vip(v)
     d["bgp"]["peer"] = d["bgp"].pop("peers")
+    d["cluster"]["peer"] = d["cluster"].pop("peers")
     return pools_to_plain(d)
 
 

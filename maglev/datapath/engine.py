@@ -101,6 +101,9 @@ def empty_stats() -> dict:
         "redirect_in": 0,
         "quic_cid_routed": 0,
         "quic_hashed": 0,
+        "cluster_in": 0,  # VIP matching: GRE from peer forwarders, packets to peer addresses,
+        "cluster_matched": 0,  # and packets sent to the backup cluster (mg_dp.c)
+        "backup_out": 0,
         "drops": {},
         "conntrack": {},
         "vips": {},

@@ -168,7 +168,7 @@ class CDataPath:
         d = empty_stats()
         for k in ("packets_in", "bytes_in", "forwarded", "bytes_out", "icmp_sent",
                   "icmp_forwarded", "fragments", "held", "split_pieces", "redirected", "redirect_in",
-                  "quic_cid_routed", "quic_hashed"):
+                  "quic_cid_routed", "quic_hashed", "cluster_in", "cluster_matched", "backup_out"):
             d[k] = int(getattr(s, k))
         d["drops"] = {DROP_NAMES[i]: int(s.drops[i]) for i in range(len(DROP_NAMES)) if s.drops[i]}
         for k, v in self._extra_drops.items():

@@ -328,6 +328,79 @@ class RefDataPath:
             sent(f, new)
         return True
 
+    # ------------------------------------------------------------------ VIP matching (4.2)
+
+    def _cluster_vip(self, key: bytes) -> int:
+        """cluster_vip() in mg_dp.c: this cluster's VIP for a peer cluster's address, or -1."""
+        family = key[37]
+        peer, local = self.t.cluster_map(key[16:32], family)
+        if peer <= 0:
+            return -1
+        return self._find_vip(key[:16] + local + key[32:])
+
+    def _cluster_in(self, fr: Frame, p: Parsed) -> tuple[int, Parsed]:
+        """cluster_in() in mg_dp.c: (0, p) when the packet is not plain GRE from a peer
+        cluster's forwarder to our source address, (1, inner) when ``fr`` now holds the
+        inner packet as an Ethernet frame, else (drop reason, p)."""
+        h = self.t.header
+        alen = 4 if p.family == 4 else 16
+        if not h["has_src4" if p.family == 4 else "has_src6"] or p.dst[:alen] != (h["src4"] if p.family == 4 else h["src6"]):
+            return 0, p
+        known = any(
+            self.t.forwarders[j][1] == p.family and self.t.forwarders[j][0] == p.src
+            for c in self.t.clusters[1:] for j in range(c.fwd_first, c.fwd_first + c.n_fwd)
+        )
+        if not known:
+            return 0, p
+        bad = D["bad_cluster_gre"]
+        if p.frag & PF_FRAGMENT:
+            return bad, p
+        pkt = fr.data
+        if p.family == 4:
+            gre = p.l3_off + (pkt[p.l3_off] & 0x0F) * 4
+        else:
+            if pkt[p.l3_off + 6] != 47:
+                return bad, p
+            gre = p.l3_off + 40
+        end = p.l3_off + p.l3_len
+        if end < gre + 4 + 20:
+            return bad, p
+        flags, ptype = struct.unpack_from("!HH", pkt, gre)
+        if flags != 0 or ptype not in (0x0800, 0x86DD):
+            return bad, p
+        cut = gre + 4 - 14
+        fr.data = pkt[:12] + struct.pack("!H", ptype) + pkt[gre + 4 : end]
+        fr.headroom += cut
+        rc, inner = parse(fr.data)
+        if rc:
+            return rc, inner
+        if inner.frag & PF_FRAGMENT or inner.proto == 47:
+            return bad, inner
+        return 1, inner
+
+    def _cluster_out(self, out: list[Output], fr: Frame, p: Parsed, vip: int, hsh: int,
+                     now_ns: int, spare: list[int]) -> bool:
+        """cluster_out() in mg_dp.c: GRE to a forwarder of the first backup cluster."""
+        h = self.t.header
+        c = self.t.clusters[h["backup_cluster"]]
+        addr, fam = self.t.forwarders[c.fwd_first + hsh % c.n_fwd]
+        fr.vip_index, fr.backend_index = vip, -1
+        alen = 4 if fam == 4 else 16
+        pkt = fr.data
+        params = ref_encap.EncapParams(
+            type=ref_encap.GRE,
+            outer_family=fam,
+            src=(h["src4"] if fam == 4 else h["src6"])[:alen],
+            dst=addr[:alen],
+            eth_src=h["own_mac"] if h["own_mac"] != ZERO_MAC else pkt[0:6],
+            eth_dst=h["gateway_mac"] if h["gateway_mac"] != ZERO_MAC else pkt[6:12],
+            inner_eth_src=bytes(6),
+            inner_eth_dst=bytes(6),
+            vni=0,
+            vxlan_port=0,
+        )
+        return self._send(out, fr, p, vip, -1, hsh, now_ns, spare, params)
+
     # ------------------------------------------------------------------ forwarding
 
     def _forward(self, out: list[Output], fr: Frame, p: Parsed, vip: int, b: int, hsh: int,
@@ -364,8 +437,16 @@ class RefDataPath:
             vni=v.vxlan_vni,
             vxlan_port=v.vxlan_port,
         )
+        return self._send(out, fr, p, vip, b, hsh, now_ns, spare, params)
+
+    def _send(self, out: list[Output], fr: Frame, p: Parsed, vip: int, b: int, hsh: int,
+              now_ns: int, spare: list[int], params: ref_encap.EncapParams) -> bool:
+        """send_encap() in mg_dp.c: path MTU, encapsulation with ``params``, transmission;
+        ``b`` < 0 for a backup cluster's forwarder (no per-backend counters)."""
+        h = self.t.header
+        pkt = fr.data
         try:
-            ovh = ref_encap.overhead(v.encap, outer_family)
+            ovh = ref_encap.overhead(params.type, params.outer_family)
         except NativeError:
             self._drop(out, fr, D["bad_tables"])
             return False
@@ -406,9 +487,10 @@ class RefDataPath:
             f.verdict = VERDICT_FORWARD
             f.vip_index, f.backend_index = vip, b
             self.s["bytes_out"] += len(new)
-            c = self.be_c.setdefault(b, [0, 0])
-            c[0] += 1
-            c[1] += len(new)
+            if b >= 0:
+                c = self.be_c.setdefault(b, [0, 0])
+                c[0] += 1
+                c[1] += len(new)
             out.append(Output(f.seq, "tx", VERDICT_FORWARD, new, vip, b))
 
         # (split pieces carry backend b, so a failed piece's drop names b)
@@ -446,7 +528,15 @@ class RefDataPath:
                 self._drop(out, fr, rc)
                 continue
             redirected = False
-            if h["n_pool"] and p.proto == 47:
+            from_cluster = False
+            if h["n_clusters"] > 1 and p.proto == 47:
+                r, p = self._cluster_in(fr, p)
+                if r > 1:
+                    self._drop(out, fr, r)
+                    continue
+                from_cluster = r == 1
+                self.s["cluster_in"] += from_cluster
+            if h["n_pool"] and p.proto == 47 and not from_cluster:
                 r, p = self._redirect_in(fr, p)
                 if r > 1:
                     self._drop(out, fr, r)
@@ -482,6 +572,9 @@ class RefDataPath:
                         continue
                     key = p.key()
             vip = self._find_vip(key)
+            if vip < 0 and h["n_clusters"] > 1 and kind != FRAG_FIRST:
+                vip = self._cluster_vip(key)  # a peer cluster's address (4.2)
+                self.s["cluster_matched"] += vip >= 0
             if vip < 0:
                 self._drop(out, fr, D["no_vip"])
                 continue
@@ -525,6 +618,12 @@ class RefDataPath:
             else:
                 b = self._maglev(vip, hsh)
             if b < 0:
+                if h["backup_cluster"] and not from_cluster and kind != FRAG_FIRST:
+                    c = self.vip_c.setdefault(vip, [0, 0])
+                    c[0] += 1
+                    c[1] += len(fr.data)
+                    self.s["backup_out"] += self._cluster_out(out, fr, p, vip, hsh, now_ns, spare)
+                    continue
                 self._drop(out, fr, D["no_backend"])
                 continue
             if kind == FRAG_FIRST:

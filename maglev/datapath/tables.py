@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 MAGIC = 0x4254474D
-VERSION = 4
+VERSION = 5
 MAX_POOL = 64  # MG_TABLES_MAX_POOL
 MAX_VIPS = 4096
 MAX_BACKENDS = 65536
@@ -90,13 +90,17 @@ DEFAULT_INNER_MAC = bytes.fromhex("026d67000001")
 BACKEND_ID_KEY = struct.unpack("<QQ", b"maglev/bkid/v1.0")
 
 # struct layouts (mg_tables.h); sizes are checked against the compiled module in tests.
-HDR = struct.Struct("=IHHQQQQIIIIIIII4s16sBBH6s6s6sHIIIHHB27s")
+HDR = struct.Struct("=IHHQQQQIIIIIIII4s16sBBH6s6s6sHIIIHHBBBBIIH14s")
 VIP = struct.Struct("=16sHBBBBHIIQIIIB3sIHBB")
 QUIC_SID = struct.Struct("=QII")  # struct mg_quic_sid
 QUIC_MAX_SID_LEN = 8
 QUIC_MAX_CID_LEN = 20
 BACKEND = struct.Struct("=16s6sBBQHH4x")
-assert HDR.size == 160 and VIP.size == 64 and BACKEND.size == 40
+CLUSTER = struct.Struct("=16s4sBBBxHH4x")  # struct mg_cluster
+FWD = struct.Struct("=16sB7x")  # struct mg_cluster_fwd
+MAX_CLUSTERS = 17  # MG_TABLES_MAX_CLUSTERS: this cluster + 16 peers
+MAX_FWD = 256
+assert HDR.size == 160 and VIP.size == 64 and BACKEND.size == 40 and CLUSTER.size == 32 and FWD.size == 24
 
 
 def _addr16(addr: str) -> tuple[bytes, int]:
@@ -228,6 +232,52 @@ def _pool(config: Config) -> tuple[list[bytes], int, int]:
     return addrs, addrs.index(own16), family
 
 
+@dataclass(frozen=True)
+class ClusterEntry:
+    """struct mg_cluster: prefixes (network bytes), backup rank, forwarder range."""
+
+    prefix6: bytes
+    prefix4: bytes
+    len4: int
+    len6: int
+    backup_rank: int
+    fwd_first: int
+    n_fwd: int
+
+
+def _clusters(config: Config) -> tuple[list[bytes], list[bytes], int]:
+    """The VIP-matching section: cluster records (this one first), forwarder records and
+    the first backup cluster's index (0 = none); empty when matching is off."""
+    c = config.cluster
+    if not c.enabled:
+        return [], [], 0
+    order = {name: i + 1 for i, name in enumerate(c.backup)}
+    recs, fwds = [], []
+
+    def rec(prefixes: tuple[str, ...], rank: int, fwd: tuple[str, ...]) -> bytes:
+        p4, p6, l4, l6 = bytes(4), bytes(16), 0, 0
+        for text in prefixes:
+            net = ipaddress.ip_network(text)
+            if net.version == 4:
+                p4, l4 = net.network_address.packed, net.prefixlen
+            else:
+                p6, l6 = net.network_address.packed, net.prefixlen
+        first = len(fwds)
+        for a in fwd:
+            a16, fam = _addr16(a)
+            fwds.append(FWD.pack(a16, fam))
+        return CLUSTER.pack(p6, p4, l4, l6, rank, first, len(fwd))
+
+    recs.append(rec(c.prefixes, 0, ()))
+    backup_index = 0
+    for i, peer in enumerate(c.peers):
+        rank = order.get(peer.name, 0)
+        recs.append(rec(peer.prefixes, rank, peer.forwarders))
+        if rank == 1:
+            backup_index = i + 1
+    return recs, fwds, backup_index
+
+
 def build_tables(
     config: Config,
     down: frozenset[tuple[str, str]] = frozenset(),
@@ -278,7 +328,10 @@ def build_tables(
     idmap_off = _align8(index_off + 4 * (1 << index_bits))
     pool_off = _align8(idmap_off + 4 * (1 << idmap_bits))
     pool, pool_self, pool_family = _pool(config)
-    table_off = _align8(pool_off + 16 * len(pool))
+    cluster_recs, fwd_recs, backup_cluster = _clusters(config)
+    cluster_off = _align8(pool_off + 16 * len(pool))
+    fwd_off = _align8(cluster_off + CLUSTER.size * len(cluster_recs))
+    table_off = _align8(fwd_off + FWD.size * len(fwd_recs))
 
     vip_args: list[list[Any]] = []
     quic: list[list[tuple[int, int]]] = []
@@ -314,7 +367,7 @@ def build_tables(
         vip_args.append(
             [addr, pbe, proto, fam, ENCAP_CODES[v.encap], vip_flags(v), v.vxlan_port,
              v.vxlan_vni, v.table_size, table_off, first, len(v.backends),
-             len(healthy), 0, bytes(3)]  # priority byte: reserved until steering sheds by VIP priority
+             len(healthy), v.priority, bytes(3)]
         )
         quic.append(quic_sids(v, first))
         tables.append(entries + bytes(_align8(len(entries)) - len(entries)))
@@ -348,7 +401,9 @@ def build_tables(
     put(index_off, struct.pack(f"={len(index)}I", *index))
     put(idmap_off, struct.pack(f"={len(idmap)}I", *idmap))
     put(pool_off, b"".join(pool))
-    put(_align8(pool_off + 16 * len(pool)), b"".join(tables))
+    put(cluster_off, b"".join(cluster_recs))
+    put(fwd_off, b"".join(fwd_recs))
+    put(_align8(fwd_off + FWD.size * len(fwd_recs)), b"".join(tables))
     put(tables_end, b"".join(quic_recs))
 
     inst = config.instance
@@ -364,7 +419,8 @@ def build_tables(
             config.conntrack.udp_timeout_s * 1000, src4, src6, int(bool(inst.source_ipv4)),
             int(bool(inst.source_ipv6)), inst.mtu, macs["own_mac"], macs["gateway_mac"],
             macs["inner_mac"], 0, idmap_off, idmap_bits, pool_off, len(pool), pool_self,
-            pool_family, bytes(27),
+            pool_family, len(cluster_recs), backup_cluster, 0,
+            cluster_off if cluster_recs else 0, fwd_off if fwd_recs else 0, len(fwd_recs), bytes(14),
         )
 
     if not generation:
@@ -448,6 +504,31 @@ class TablesView:
     backends: tuple[BackendEntry, ...]
     blob: bytes
     pool: tuple[bytes, ...] = ()  # maglev pool, 16-byte addresses in canonical order
+    clusters: tuple[ClusterEntry, ...] = ()  # VIP matching: [0] is this cluster
+    forwarders: tuple[tuple[bytes, int], ...] = ()  # (16-byte address, family)
+
+    def cluster_map(self, dst16: bytes, family: int) -> tuple[int, bytes]:
+        """mg_cluster_map(): (peer index >= 1, this cluster's address with the same
+        suffix) when ``dst16`` lies in a peer cluster's prefix, else (0, b"")."""
+        if len(self.clusters) < 2:
+            return 0, b""
+        own = self.clusters[0]
+        n = own.len4 if family == 4 else own.len6
+        if not n:
+            return 0, b""
+        bits = 32 if family == 4 else 128
+        alen = bits // 8
+        d = int.from_bytes(dst16[:alen], "big")
+        mask = ((1 << n) - 1) << (bits - n)
+        for i, c in enumerate(self.clusters[1:], 1):
+            if not (c.len4 if family == 4 else c.len6):
+                continue
+            pfx = int.from_bytes(c.prefix4 if family == 4 else c.prefix6, "big")
+            if d & mask == pfx:
+                mine = int.from_bytes(own.prefix4 if family == 4 else own.prefix6, "big")
+                local = ((mine & mask) | (d & ~mask & ((1 << bits) - 1))).to_bytes(alen, "big")
+                return i, local + dst16[alen:]
+        return 0, b""
 
     def maglev(self, vip: int) -> tuple[int, ...]:
         v = self.vips[vip]
@@ -501,7 +582,7 @@ _HDR_FIELDS = (
     "magic version hdr_size total_size generation hash_k0 hash_k1 n_vips n_backends vip_off "
     "backend_off index_off index_bits tcp_timeout_ms udp_timeout_ms src4 src6 has_src4 "
     "has_src6 mtu own_mac gateway_mac inner_mac reserved0 idmap_off idmap_bits pool_off n_pool "
-    "pool_self pool_family reserved"
+    "pool_self pool_family n_clusters backup_cluster reserved1 cluster_off fwd_off n_fwd reserved"
 ).split()
 
 
@@ -543,6 +624,44 @@ def _check_quic(i: int, v: VipEntry, blob: bytes) -> None:
         if sid >> (8 * v.quic_sid_len) or sid <= prev or not v.backend_first <= b < v.backend_first + v.backend_count:
             raise bad
         prev = sid
+
+
+def _clean(pfx: bytes, n: int) -> bool:
+    v = int.from_bytes(pfx, "big")
+    return v & ((1 << (8 * len(pfx) - n)) - 1) == 0
+
+
+def _read_clusters(h: dict[str, Any], blob: bytes) -> tuple[tuple[ClusterEntry, ...], tuple[tuple[bytes, int], ...]]:
+    """The VIP-matching section, with clusters_ok()'s checks (mg_tables.c)."""
+    n, nf = h["n_clusters"], h["n_fwd"]
+    bad = PacketError("tables blob: VIP-matching clusters invalid")
+    if n == 0:
+        if h["backup_cluster"] or nf:
+            raise bad
+        return (), ()
+    co, fo = h["cluster_off"], h["fwd_off"]
+    if (n > MAX_CLUSTERS or nf > MAX_FWD or co % 8 or fo % 8 or co + CLUSTER.size * n > len(blob)
+            or fo + FWD.size * nf > len(blob) or h["backup_cluster"] >= n):
+        raise bad
+    cl = tuple(ClusterEntry(*CLUSTER.unpack_from(blob, co + i * CLUSTER.size)) for i in range(n))
+    fw = tuple(FWD.unpack_from(blob, fo + i * FWD.size) for i in range(nf))
+    own = cl[0]
+    if (not own.len4 and not own.len6) or own.n_fwd or own.backup_rank:
+        raise bad
+    for i, c in enumerate(cl):
+        if c.len4 > 31 or c.len6 > 127 or not _clean(c.prefix4, c.len4) or not _clean(c.prefix6, c.len6):
+            raise bad
+        if i and ((c.len4 and c.len4 != own.len4) or (c.len6 and c.len6 != own.len6) or not (c.len4 or c.len6)):
+            raise bad
+        if c.fwd_first > nf or c.n_fwd > nf - c.fwd_first:
+            raise bad
+    b = h["backup_cluster"]
+    if b and (cl[b].n_fwd == 0 or cl[b].backup_rank != 1):
+        raise bad
+    for _, fam in fw:
+        if fam not in (4, 6) or not h["has_src4" if fam == 4 else "has_src6"]:
+            raise bad
+    return cl, fw
 
 
 def read_tables(blob: bytes) -> TablesView:
@@ -593,7 +712,8 @@ def read_tables(blob: bytes) -> TablesView:
     if any(e > h["n_backends"] for e in struct.unpack_from(f"={1 << ibits}I", blob, h["idmap_off"])):
         raise PacketError("tables blob: backend id map entries invalid")
     pool = _read_pool(h, blob)
-    view = TablesView(h, tuple(vips), backends, blob, pool)
+    clusters, fwds = _read_clusters(h, blob)
+    view = TablesView(h, tuple(vips), backends, blob, pool, clusters, fwds)
     for i, v in enumerate(vips):
         lo, hi = v.backend_first, v.backend_first + v.backend_count
         used = set(view.maglev(i))
@@ -644,6 +764,7 @@ def tables_info(region: Any) -> dict[str, Any] | None:
         live = [b["entries"] for b in backends if b["healthy"] and b["weight"] > 0]
         vips.append({
             "index": i, "vip": vip_key(v), "encap": ENCAP_NAMES.get(v.encap, str(v.encap)),
+            "priority": v.priority,
             "table_size": v.table_size, "backends": backends,
             "entries_min": min(live) if live else 0, "entries_max": max(live) if live else 0,
         })

@@ -6,10 +6,10 @@ Everything an operator counts already lives in memory that any process of the ru
 map, so the collector is a *reader*, never a participant: it does not ask an actor for
 anything and cannot slow the data path down.
 
-* **Stats blocks** (``maglev.rings.stats``: one 64-word block per actor slot, single
+* **Stats blocks** (``maglev.rings.stats``: one 128-word block per actor slot, single
   writer, each word read whole through C; decoded by ``forwarder_counters``, the same
   code ``maglev run --json`` uses):
-  steering (received, dispatched, fallback, back pressure, unparsed), the muxer
+  steering (received, dispatched, fallback, back pressure, unparsed, overload shed), the muxer
   (transmitted, NIC errors), each worker (packets, bytes, forwarded, drops by reason,
   tables generation in use, held fragments).
 * **Rings**: occupancy of every rx/tx/ret ring and of the free list, read from the ring
@@ -29,6 +29,8 @@ anything and cannot slow the data path down.
   exported per worker so that Prometheus' ``rate()`` treats each switch as an ordinary
   counter reset.  A page whose tables generation differs from the published one is not
   mapped to names (its indices could mean other backends).
+* **Steering's shed file** (``maglev.rings.shed_file``): packets steering dropped under
+  overload by VIP priority, split by VIP key (the exact total is in its stats block).
 * **Supervisor view** (optional): restarts per actor and the BGP speaker's heartbeat
   stats, written by ``maglev run`` to ``supervisor.json`` in the run directory once a
   second (:func:`write_supervisor_view`).
@@ -53,6 +55,7 @@ from typing import Any
 from maglev.datapath.engine import DROP_NAMES
 from maglev.datapath.tables import tables_info
 from maglev.rings import forwarder_counters, trace_block
+from maglev.rings.shed_file import NO_VIP, read_shed
 from maglev.rings.worker_page import read_worker_page
 
 __all__ = ["collect", "read_supervisor_view", "write_supervisor_view"]
@@ -135,6 +138,7 @@ def collect(region: Any, run_dir: str | os.PathLike | None = None, *, instance: 
             for b in v.backends:
                 pool_of[(v.key, b.address)] = paths.get(b.key, "")
     vips = []
+    shed = read_shed(run_dir)  # per-VIP overload drops (VIP priority), by VIP key
     if info is not None:
         for v in info["vips"]:
             p, b = vip_tot.get(v["index"], (0, 0))
@@ -148,6 +152,7 @@ def collect(region: Any, run_dir: str | os.PathLike | None = None, *, instance: 
                 if (pool := pool_of.get((v["vip"], be["address"]))) is not None:
                     rows[-1]["pool"] = pool
             vips.append({"vip": v["vip"], "encap": v["encap"], "table_size": v["table_size"],
+                         "priority": v["priority"], "shed": shed.get(v["vip"], 0),
                          "packets": p, "bytes": b, "entries_min": v["entries_min"],
                          "entries_max": v["entries_max"], "backends": rows})
     names = {v["index"]: v["vip"] for v in info["vips"]} if info else {}
@@ -170,7 +175,8 @@ def collect(region: Any, run_dir: str | os.PathLike | None = None, *, instance: 
         "drops": dict(sorted(drops.items())),
         "drop_reasons": [n for n in DROP_NAMES if n and n != "none"],
         "steering": {k: st[k] for k in ("rx_packets", "rx_bytes", "dispatched", "fallback", "backpressure",
-                                        "unparsed", "fragments", "no_free", "recovered", "bursts")},
+                                        "unparsed", "fragments", "no_free", "recovered", "bursts", "shed")},
+        "shed_no_vip": shed.get(NO_VIP, 0),
         "muxer": mx,
         "rings": {"free": _ring(region.free), "sent": _ring(region.sent), "frames": region.n_frames},
         "workers": workers,

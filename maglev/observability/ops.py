@@ -98,7 +98,7 @@ def _trace(actor: Any, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _whereis(actor: Any, src: str, dst: str, quic_cid: str | None = None) -> dict[str, Any]:
-    from maglev.observability.whereis import parse_cid, parse_flow, whereis_blob
+    from maglev.observability.whereis import cluster_names, parse_cid, parse_flow, whereis_blob
 
     flow = parse_flow(src, dst)
     cid = parse_cid(quic_cid) if quic_cid is not None else None
@@ -113,7 +113,7 @@ def _whereis(actor: Any, src: str, dst: str, quic_cid: str | None = None) -> dic
         names = {(v.key, str(ipaddress.ip_address(b.address))): b.key for v in cfg.vips for b in v.backends}
         pools = pool_paths(cfg)
     r = whereis_blob(blob, flow, workers=actor.region.n_workers, generation=gen, names=names, pools=pools,
-                     quic_cid=cid)
+                     quic_cid=cid, cluster_names=cluster_names(cfg) if cfg is not None else None)
     r["source"] = "running instance (tables now published; conntrack not visible from here)"
     return r
 

@@ -148,6 +148,9 @@ def families(s: dict[str, Any]) -> list[Metric]:
              [({}, st["fallback"])])
     o.family("maglev_backpressure_events_total", c, "Steering turns in which every candidate rx ring was full.",
              [({}, st["backpressure"])])
+    o.family("maglev_shed_packets_total", c,
+             "Packets steering dropped before enqueue under overload (VIP priority below the rx ring's fill).",
+             [({}, st["shed"])])
     o.family("maglev_unparsed_packets_total", c, "Packets steering could not parse (spread round-robin).",
              [({}, st["unparsed"])])
     w_rows = s["workers"]
@@ -175,6 +178,15 @@ def families(s: dict[str, Any]) -> list[Metric]:
              "Packets of QUIC VIPs by how the backend was chosen: cid (the connection ID's server ID) or hashed.",
              [({"worker": w["worker"], "routing": r}, w.get(f"quic_{k}", 0))
               for w in w_rows for r, k in (("cid", "cid_routed"), ("hashed", "hashed"))])
+    o.family("maglev_worker_cluster_gre_in_packets_total", c,
+             "VIP matching: GRE from a peer cluster's forwarders a worker decapsulated.",
+             [({"worker": w["worker"]}, w["cluster_in"]) for w in w_rows])
+    o.family("maglev_worker_cluster_matched_packets_total", c,
+             "VIP matching: packets to a peer cluster's address a worker served as the local VIP.",
+             [({"worker": w["worker"]}, w["cluster_matched"]) for w in w_rows])
+    o.family("maglev_worker_backup_packets_total", c,
+             "VIP matching: packets of a VIP without a healthy backend a worker sent to the backup cluster.",
+             [({"worker": w["worker"]}, w["backup_out"]) for w in w_rows])
     o.family("maglev_worker_table_swaps_total", c, "Tables generation switches a worker made.",
              [({"worker": w["worker"]}, w["table_swaps"]) for w in w_rows])
     ft_rows = [(w["worker"], w["fragment_table"]) for w in w_rows if w.get("fragment_table")]
@@ -236,6 +248,11 @@ def families(s: dict[str, Any]) -> list[Metric]:
              [({"vip": v["vip"]}, v["entries_max"]) for v in s["vips"]])
     o.family("maglev_table_size_entries", g, "Maglev lookup-table size M of the VIP.",
              [({"vip": v["vip"]}, v["table_size"]) for v in s["vips"]])
+    o.family("maglev_vip_priority", g, "A VIP's priority under overload (0..7, higher is shed later).",
+             [({"vip": v["vip"]}, v["priority"]) for v in s["vips"]])
+    o.family("maglev_vip_shed_packets_total", c,
+             "Packets of a VIP steering dropped under overload (VIP priority; by VIP key, kept across tables switches).",
+             [({"vip": v["vip"]}, v["shed"]) for v in s["vips"]])
     o.family("maglev_tables_generation", g, "Tables generation now published.", [({}, s["generation"])])
     tr = s.get("tracer") or {}
     o.family("maglev_traced_packets_total", c, "Packets marked by the packet tracer.", [({}, tr.get("marked", 0))])

@@ -114,11 +114,13 @@ def _packet(f: FlowSpec, quic_cid: bytes | None = None) -> bytes:
 def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: int | None = None,
                  names: dict[tuple[str, str], str] | None = None,
                  pools: dict[tuple[str, str], str] | None = None,
-                 quic_cid: bytes | None = None) -> dict[str, Any]:
+                 quic_cid: bytes | None = None,
+                 cluster_names: list[str] | None = None) -> dict[str, Any]:
     """Answer for ``flow`` over a tables blob.  ``workers`` > 0 adds the owning worker;
     ``names`` maps (vip key, backend address) to the configured backend name, ``pools`` to
     the pool path of a pooled VIP's backend (maglev/pools.py); ``quic_cid`` makes the
-    packet a QUIC short-header packet with that destination connection ID."""
+    packet a QUIC short-header packet with that destination connection ID;
+    ``cluster_names`` names the blob's clusters (this one first) for VIP matching."""
     if quic_cid is not None and flow.proto != "udp":
         raise WhereisError("a QUIC connection ID needs a UDP flow (DST:PORT/udp)")
     from maglev.datapath import DataPath
@@ -152,9 +154,26 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
         result["workers"] = workers
     addr16 = flow.dst.packed.ljust(16, b"\0")
     vi = view.find_vip(addr16, flow.dport, PROTOS[flow.proto])
+    cname = _cluster_namer(view, cluster_names)
+    rule = "VIP (exact address, port and protocol)"
+    if vi >= 0 and view.vips[vi].port == 0 and flow.dport:
+        rule = "VIP serving every port (port 0)"
+    if vi < 0:
+        peer, local = view.cluster_map(addr16, flow.dst.version)
+        if peer:
+            vi = view.find_vip(local, flow.dport, PROTOS[flow.proto])
+            own = ipaddress.ip_address(local[: 4 if flow.dst.version == 4 else 16])
+            if vi < 0:
+                result["rule"] = f"VIP matching: {flow.dst} is cluster {cname(peer)}'s address; {own} has no VIP"
+                result["why"] = (f"{flow.dst} lies in cluster {cname(peer)}'s prefix, but this cluster's address "
+                                 f"with the same suffix ({own}) serves no VIP on this port and protocol (no_vip)")
+                return result
+            rule = (f"VIP matching (paper 4.2): {flow.dst} is cluster {cname(peer)}'s address with the "
+                    f"suffix of this cluster's {own}")
     if vi < 0:
         result["why"] = "no VIP matches this destination, port and protocol: the packet is dropped (no_vip)"
         return result
+    result["rule"] = rule
     v = view.vips[vi]
     key = vip_key(v)
     sel = _selection_hash(blob, vi, pkt, k0, k1)
@@ -162,7 +181,8 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
     entry = view.maglev(vi)[slot]
     result.update({"vip": key, "encap": ENCAP_NAMES.get(v.encap, str(v.encap)), "table_size": v.table_size,
                    "slot": slot, "slot_backend_index": entry, "hash_inputs": hash_inputs(v.flags, v.proto),
-                   "conntrack": not v.flags & VIP_F_NO_CONNTRACK})
+                   "conntrack": not v.flags & VIP_F_NO_CONNTRACK, "priority": v.priority,
+                   "overload": _overload_words(v.priority, [x.priority for x in view.vips])})
     if sel != int(h[0]):
         result["selection_hash"] = f"{sel:016x}"
     if out.backend_index >= 0:
@@ -176,12 +196,23 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
         result["backend_index"] = out.backend_index
     if v.quic_sid_len:
         _quic_rule(view, vi, v, pkt, quic_cid, result, names or {}, key)
+    backup = view.header["backup_cluster"]
     if result.get("quic", {}).get("routed"):
         q = result["quic"]
         result["why"] = (f"QUIC short header: server ID {q['server_id']} (connection ID bytes "
                          f"{v.quic_sid_off}..{v.quic_sid_off + v.quic_sid_len - 1}) names backend "
                          f"{result.get('backend')}: routed by connection ID whatever the addresses and ports "
                          "(connection migration); no connection table")
+    elif entry < 0 and out.backend_index < 0 and backup and verdict_name(out.verdict) == "forward":
+        c = view.clusters[backup]
+        fwd = view.forwarders[c.fwd_first + int(_selection_hash(blob, vi, pkt, k0, k1)) % c.n_fwd]
+        fa = ipaddress.ip_address(fwd[0][: 4 if fwd[1] == 4 else 16])
+        result["backup_cluster"] = cname(backup)
+        result["backup_forwarder"] = str(fa)
+        result["rule"] = rule + f"; no healthy backend: backup cluster {cname(backup)}"
+        result["why"] = (f"slot {slot} of {key}'s table is empty (every backend is down or drained): the packet "
+                         f"goes in GRE to backup cluster {cname(backup)}'s forwarder {fa}, which serves the "
+                         f"same suffix")
     elif entry < 0:
         result["why"] = f"slot {slot} of {key}'s table is empty: every backend is down or drained"
     elif entry == out.backend_index:
@@ -228,6 +259,34 @@ def _quic_rule(view: Any, vi: int, v: Any, pkt: bytes, quic_cid: bytes | None, r
     result["quic"] = q
 
 
+def _cluster_namer(view: Any, names: list[str] | None) -> Any:
+    """Index -> the cluster's name (or its prefixes when names are unknown)."""
+    def name(i: int) -> str:
+        if names and i < len(names):
+            return names[i]
+        c = view.clusters[i]
+        parts = []
+        if c.len4:
+            parts.append(f"{ipaddress.ip_address(c.prefix4)}/{c.len4}")
+        if c.len6:
+            parts.append(f"{ipaddress.ip_address(c.prefix6)}/{c.len6}")
+        return "#" + str(i) + " (" + ", ".join(parts) + ")"
+    return name
+
+
+def _overload_words(prio: int, priorities: list[int]) -> str:
+    """What steering does with the VIP's packets when its worker's rx ring fills (mg_shed.h)."""
+    from maglev.datapath.ref_shed import HIGH_WATER_PCT
+
+    hi = max(priorities)
+    if min(priorities) == hi:
+        return "every VIP has this priority: nothing is shed, a full rx ring holds packets back"
+    if prio >= hi:
+        return "highest priority: never shed, a full rx ring holds packets back"
+    at = HIGH_WATER_PCT + (100 - HIGH_WATER_PCT) * prio / hi
+    return f"shed once its worker's rx ring is {at:.0f}% full (priority {prio} of {hi})"
+
+
 def _selection_hash(blob: bytes, vip: int, pkt: bytes, k0: int, k1: int) -> int:
     """The hash the burst kernel selects with: the C parser's flow key of ``pkt``, masked
     by the VIP's hashing options (mg_tables_select_key), SipHash-1-3 under the secret."""
@@ -253,6 +312,13 @@ def whereis_config(config: Any, flow: FlowSpec, workers: int = 0, quic_cid: byte
     names = {(v.key, str(ipaddress.ip_address(b.address))): b.key for v in config.vips for b in v.backends}
     from maglev.pools import pool_paths
 
-    r = whereis_blob(blob, flow, workers=workers, names=names, pools=pool_paths(config), quic_cid=quic_cid)
+    r = whereis_blob(blob, flow, workers=workers, names=names, pools=pool_paths(config), quic_cid=quic_cid,
+                     cluster_names=cluster_names(config))
     r["source"] = "config (every backend assumed healthy)"
     return r
+
+
+def cluster_names(config: Any) -> list[str]:
+    """The names of a config's clusters in the tables' order (this one, then its peers)."""
+    c = config.cluster
+    return [c.name, *(p.name for p in c.peers)] if c.enabled else []

@@ -93,6 +93,9 @@ def worker_counters(words: Any) -> dict[str, Any]:
         "tables_generation": int(words[lib.MG_WS_GENERATION]),
         "bursts": int(words[lib.MG_WS_BURSTS]),
         "spares": int(words[lib.MG_WS_SPARES]),
+        "cluster_in": int(words[lib.MG_WS_CLUSTER_IN]),
+        "cluster_matched": int(words[lib.MG_WS_CLUSTER_MATCHED]),
+        "backup_out": int(words[lib.MG_WS_BACKUP_OUT]),
         "spares_used": int(words[lib.MG_WS_SPARES_USED]),
         "spare_waits": int(words[lib.MG_WS_SPARE_WAITS]),
         "quic_cid_routed": int(words[lib.MG_WS_QUIC_CID_ROUTED]),
@@ -113,7 +116,7 @@ def steering_counters(words: Any) -> dict[str, int]:
         "reclaimed": int(words[lib.MG_SS_RECLAIMED]), "lost": int(words[lib.MG_SS_LOST]),
         "first_rx_ns": int(words[lib.MG_SS_FIRST_RX_NS]), "last_rx_ns": int(words[lib.MG_SS_LAST_RX_NS]),
         "spare_reserve": int(words[lib.MG_SS_SPARE_RESERVE]), "spares_sent": int(words[lib.MG_SS_SPARES_SENT]),
-        "spare_short": int(words[lib.MG_SS_SPARE_SHORT]),
+        "spare_short": int(words[lib.MG_SS_SPARE_SHORT]), "shed": int(words[lib.MG_SS_SHED]),
         "packets_in": int(words[lib.MG_SS_RX_PACKETS]) + sum(nic.values()),
         **{f"nic_{k}": v for k, v in nic.items()},
     }
@@ -130,6 +133,8 @@ def edge_drops(st: dict[str, int], mx: dict[str, int]) -> tuple[dict[str, int], 
     and how many of them the workers had counted as forwarded.
 
     ``steering_restart``: packets a dead steering held (received, never placed).
+    ``priority_shed``: packets steering dropped before enqueue under overload because their
+    VIP's priority was too low for their worker's rx ring fill (``mg_shed.h``).
     ``tx_error`` / ``muxer_restart``: forwarded packets that did not leave after all (the
     NIC refused them; a dead muxer held them before counting them as sent).  Those move
     from forwarded to dropped -- subtract the second value from the workers' forwarded --
@@ -137,7 +142,8 @@ def edge_drops(st: dict[str, int], mx: dict[str, int]) -> tuple[dict[str, int], 
     a lost input packet: that packet is already a ``too_big`` drop).  The NIC's own drops
     (``SS_NIC_DROPS``) are not included."""
     out = {}
-    for reason, v in (("steering_restart", st["lost"]), ("tx_error", mx["tx_errors_fwd"]),
+    for reason, v in (("steering_restart", st["lost"]), ("priority_shed", st["shed"]),
+                      ("tx_error", mx["tx_errors_fwd"]),
                       ("muxer_restart", mx["lost_fwd"])):
         if v:
             out[reason] = v

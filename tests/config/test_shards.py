@@ -119,6 +119,18 @@ def test_top_level_vip_bgp_control_belong_in_shards():
     assert problems("[[shard]]\ncolor = 1") == ["shard[0].color: unknown key", "shard[0].name: is required"]
 
 
+def test_vip_matching_is_refused_in_a_sharded_file_for_now():
+    """[cluster] is not shared between shards yet (docs/config.md, "Shards"): refused with
+    its path, for the whole file and for one shard's view of it alike; the sharded file's
+    own round trip writes no [cluster] table."""
+    text = BASE.replace("[[shard]]", '[cluster]\nname = "a"\nprefixes = ["203.0.113.0/26"]\n\n[[shard]]', 1)
+    msg = "cluster: VIP matching ([cluster]) is not supported in a file with [[shard]] sections yet"
+    assert problems(text) == [msg]
+    assert problems(text, shard="a") == [msg]
+    c = loads(BASE)
+    assert "cluster" not in c.to_dict() and loads(dump_toml(c)) == c
+
+
 def test_a_bad_section_stops_the_whole_file_but_not_another_shard():
     bad = BASE.replace('address = "198.18.1.1"', 'address = "198.18.1.x"')
     # The whole file (maglev run, all shards): refused, with the path of the problem.

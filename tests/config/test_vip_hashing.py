@@ -49,8 +49,10 @@ def test_every_option_is_accepted_and_round_trips_through_toml():
     ("conntrack = false", "tcp", "vip[0].conntrack: false is for stateless UDP services"),
     ("conntrack = 0", "udp", "vip[0].conntrack: 0 is not true or false"),
     ('hash = "dst_port"', "udp", "vip[0].hash: 'dst_port' needs allow_fragments = false"),
-    # VIP priority under overload (issue 17 item 4) is not built: the key is refused, not ignored.
-    ("priority = 7", "udp", "vip[0].priority: unknown key"),
+    # VIP priority under overload (issue 17 item 4, tests/config/test_priority.py).
+    ("priority = 8", "udp", "vip[0].priority: 8 is out of range 0..7"),
+    ("priority = -1", "tcp", "vip[0].priority: -1 is out of range 0..7"),
+    ('priority = "high"', "tcp", "vip[0].priority: 'high' is not an integer"),
 ])
 def test_bad_values_name_their_path(extra, protocol, want):
     probs = errors(vip(extra, protocol))

@@ -14,6 +14,11 @@ Re-pinned for tables format version 4 (per-VIP hashing flags and a priority byte
 from the VIP record's reserved bytes, zero for these configs): compared byte by byte with
 the version-3 blobs of the same configs, only the version (byte 4) and the content-derived
 generation (bytes 16-23) differ.
+
+Re-pinned for tables format version 5 (VIP matching across clusters: cluster and forwarder
+counts and offsets in the header's reserved bytes, zero without a [cluster]): compared byte
+by byte with the version-4 blobs of the same configs, again only the version (byte 4) and
+the content-derived generation (bytes 16-23) differ.
 """
 
 from __future__ import annotations
@@ -50,13 +55,13 @@ CASES = {
 
 GOLDEN = {
     "sample config with a VIP down":
-        "a335c96bb028efbdc63d2a817a45231a30d6d71cae9f8b742e5c9b5d8ec1bd15",
+        "22a5f6fdd291074793037ef1902ffb6928d30601f9e193d2f7d82ddc9c0b3f5b",
     "sample config, explicit generation and MACs":
-        "c483d71d375b5ae220f6f9be445beedbf49e0226925632e53535322595372a34",
+        "4c0d23277b9cdcc4b6d4ad3707f32d1e4b677962067e8321a0dec248c1410e0a",
     "1000 backends, mixed weights, some down":
-        "85d59af5e7f5d1feb9ca3b5f4e316430af8675ec76f112b725f56ac14a594497",
+        "2ea661a9b4f41daa662c11d82470c2738cc0df029af4a47a0d9e84fa42258efc",
     "300 backends v4/v6, python Maglev engine":
-        "10b762826fdda58504e4cc8ab9cc610fe63e76f73cf164d6165056fbcdcc8331",
+        "5d4b348ae38e8ce9cc0cfe625979edbe301372cbab4fede2176c3810fc61d4cf",
 }
 
 

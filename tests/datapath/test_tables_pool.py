@@ -26,7 +26,7 @@ def c_validate(blob: bytes) -> int:
 
 def test_header_layout_matches_c():
     assert HDR.size == ffi.sizeof("struct mg_tables_header") == 160
-    assert lib.MG_TABLES_VERSION == 4  # 4: per-VIP hashing flags and priority (mg_tables.h)
+    assert lib.MG_TABLES_VERSION == 5  # 5: VIP matching across clusters (mg_tables.h)
 
 
 @pytest.mark.parametrize("own", POOL)

@@ -31,6 +31,9 @@ struct mg_dp_stats {
     uint64_t redirect_in;
     uint64_t quic_cid_routed;
     uint64_t quic_hashed;
+    uint64_t cluster_in;
+    uint64_t cluster_matched;
+    uint64_t backup_out;
 };
 
 struct mg_dp_io {

@@ -23,6 +23,7 @@
 #define MG_SS_SPARE_RESERVE 18
 #define MG_SS_SPARES_SENT 19
 #define MG_SS_SPARE_SHORT 20
+#define MG_SS_SHED 21
 #define MG_SPARE_RESERVE ...
 #define MG_MS_TX_PACKETS 0
 #define MG_MS_TX_BYTES 1
@@ -48,3 +49,4 @@ int mg_mux_collect(struct mg_mux *m, void *base, uint32_t max);
 int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed);
 int mg_mux_recover(struct mg_mux *m, void *base);
 int mg_steer_recover(struct mg_steer *s, void *base);
+int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh);

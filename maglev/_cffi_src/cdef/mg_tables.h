@@ -1,5 +1,5 @@
 #define MG_TABLES_MAGIC 1112819533
-#define MG_TABLES_VERSION 4
+#define MG_TABLES_VERSION 5
 #define MG_TABLES_MAX_VIPS 4096
 #define MG_TABLES_MAX_BACKENDS 65536
 #define MG_VIP_F_ALLOW_FRAGMENTS 1
@@ -42,7 +42,13 @@ struct mg_tables_header {
     uint16_t n_pool;
     uint16_t pool_self;
     uint8_t pool_family;
-    uint8_t reserved[27];
+    uint8_t n_clusters;
+    uint8_t backup_cluster;
+    uint8_t reserved1;
+    uint32_t cluster_off;
+    uint32_t fwd_off;
+    uint16_t n_fwd;
+    uint8_t reserved[14];
 };
 
 struct mg_vip {
@@ -95,3 +101,24 @@ int32_t mg_tables_backend_by_id(const void *tables, uint64_t id, int vip);
 int mg_tables_select_key(const void *tables, int vip, struct mg_flow_key *k);
 int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,
                          uint8_t proto);
+
+struct mg_cluster {
+    uint8_t prefix6[16];
+    uint8_t prefix4[4];
+    uint8_t len4;
+    uint8_t len6;
+    uint8_t backup_rank;
+    uint8_t reserved0;
+    uint16_t fwd_first;
+    uint16_t n_fwd;
+    uint8_t reserved[4];
+};
+struct mg_cluster_fwd {
+    uint8_t addr[16];
+    uint8_t family;
+    uint8_t reserved[7];
+};
+#define MG_TABLES_MAX_CLUSTERS 17
+#define MG_TABLES_MAX_FWD 256
+int mg_tables_cluster_match(const void *tables, const uint8_t *dst16, uint8_t family,
+                            uint8_t *local16);

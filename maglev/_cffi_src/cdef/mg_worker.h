@@ -19,6 +19,9 @@
 #define MG_WS_SPARES 60
 #define MG_WS_QUIC_CID_ROUTED 61
 #define MG_WS_QUIC_HASHED 62
+#define MG_WS_CLUSTER_IN 63
+#define MG_WS_CLUSTER_MATCHED 64
+#define MG_WS_BACKUP_OUT 65
 struct mg_worker;
 struct mg_worker *mg_worker_new(void *base, uint32_t worker, uint32_t ct_capacity,
                                 uint64_t k0, uint64_t k1, uint32_t burst, uint64_t now_ns);

@@ -105,6 +105,9 @@ struct mg_dp_stats {
     uint64_t redirect_in;       /* redirected fragments received and decapsulated */
     uint64_t quic_cid_routed;   /* QUIC VIP packets sent to the backend their server ID names (mg_quic.h) */
     uint64_t quic_hashed;       /* QUIC VIP packets that went by hashing (long header, unknown ID, ...) */
+    uint64_t cluster_in;        /* VIP matching: GRE from a peer cluster's forwarder, decapsulated */
+    uint64_t cluster_matched;   /* VIP matching: packets to a peer cluster's address served here */
+    uint64_t backup_out;        /* VIP matching: packets sent to the backup cluster (no backend) */
 };
 
 struct mg_dp_io {

@@ -10,7 +10,7 @@
 #include "mg_common.h"
 
 /* u64 counters per actor (the meaning of each word is the actor's business). */
-#define MG_STATS_WORDS 64
+#define MG_STATS_WORDS 128
 
 /* Frames one actor may hold at once (two bursts of MG_BURST_MAX). */
 #define MG_HAND_MAX 512

@@ -61,7 +61,8 @@
     X(NO_SPARE_FRAME, "no_spare_frame", "DF-clear packet needs splitting; no spare frames") \
     X(REDIRECT_FOREIGN, "redirect_foreign", "GRE to this instance from an address not in instance.pool") \
     X(REDIRECT_UNMARKED, "redirect_unmarked", "GRE to this instance without maglev's redirect key") \
-    X(BAD_REDIRECT, "bad_redirect", "redirected packet malformed (outer fragment, GRE, inner type) or not a fragment")
+    X(BAD_REDIRECT, "bad_redirect", "redirected packet malformed (outer fragment, GRE, inner type) or not a fragment") \
+    X(BAD_CLUSTER_GRE, "bad_cluster_gre", "GRE from a peer cluster's forwarder malformed (outer or inner fragment, GRE flags, inner type)")
 
 enum mg_drop {
 #define MG_X_ENUM(sym, name, doc) MG_DROP_##sym,

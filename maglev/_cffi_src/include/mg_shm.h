@@ -11,7 +11,7 @@
  *   bells      n_bells doorbells (mg_bell.h), one cache line each
  *   hands      n_slots hand journals (mg_hand.h)
  *   slots      n_slots actor lines (heartbeat, pid), one cache line each
- *   stats      n_slots blocks of MG_STATS_WORDS u64 (512 B = 8 lines), one writer each
+ *   stats      n_slots blocks of MG_STATS_WORDS u64 (1 KiB = 16 lines), one writer each
  *   tables     tables header + per-worker seen lines + 2 copies (mg_tables_pub.h)
  *
  * Slots (stats, heartbeat, hand) are per actor: fixed slots for the singletons, then one

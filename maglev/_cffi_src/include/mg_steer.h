@@ -101,6 +101,9 @@
 #define MG_SS_SPARE_RESERVE 18 /* gauge: spare frames steering keeps per worker (0 = off) */
 #define MG_SS_SPARES_SENT 19   /* frames put on the workers' spare rings */
 #define MG_SS_SPARE_SHORT 20   /* top-ups cut short for lack of free frames */
+/* VIP priority under overload (mg_shed.h): packets dropped before enqueue because their
+ * worker's rx ring was above their VIP priority's mark (received, not dispatched). */
+#define MG_SS_SHED 21
 
 /* Spare frames per worker by default: one burst's worth (one spare per packet). */
 #define MG_SPARE_RESERVE MG_BURST_MAX
@@ -128,6 +131,8 @@ struct mg_steer {
     uint32_t fallback_min; /* room a fallback ring needs: half the ring */
     uint32_t reserve;    /* spare frames per worker (mg_steer_spares) */
     uint32_t owed;       /* frames the spare rings lack: not for the NIC */
+    uint32_t ring_size;  /* rx ring entries (overload shedding: used = size - room) */
+    struct mg_shed *shed; /* overload shedding (mg_shed.h), NULL = off; mg_steer_set_shed */
     uint64_t *stats;     /* this process's mapping of the slot's stats block */
     uint32_t rx_id[MG_MAX_WORKERS];
     uint32_t ret_id[MG_MAX_WORKERS];
@@ -173,6 +178,10 @@ int mg_steer_recover(struct mg_steer *s, void *base);
  * returns the worker for n_workers, or -1 when the parser rejects the packet. */
 int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
                   uint32_t n_workers, uint64_t *hash, uint16_t *flags);
+/* Shed lower-priority VIPs' packets under overload with this map (NULL: never); the caller
+ * keeps *sh (and the blob it was loaded from) alive and reloads it when the tables change. */
+struct mg_shed;
+int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh);
 
 int mg_mux_init(struct mg_mux *m, void *base, uint32_t slot);
 /* Pull up to max frames from the tx rings into an *empty* hand; returns the count. */

@@ -45,7 +45,15 @@
  * connection-table key are computed from the masked key: every flow with the same masked
  * key is one connection-table entry and goes to one backend.  MG_VIP_F_NO_CONNTRACK: the
  * VIP's packets never look up or create a connection-table entry (pure Maglev hashing).
- * `priority` (0..7, 7 highest) is read by steering's overload shedding (mg_steer.h).
+ * `priority` (0..7, 7 highest) is read by steering's overload shedding (mg_shed.h).
+ *
+ * VIP matching across clusters (format version 5, paper 4.2, docs/datapath.md): the
+ * clusters (struct mg_cluster: this one at index 0, then its peers) with their prefixes
+ * (one per family; a peer's has the local prefix's length) and forwarders (struct
+ * mg_cluster_fwd), and the first backup cluster's index.  mg_cluster_map() turns a peer's
+ * address into this cluster's address with the same suffix; mg_dp.c serves it as that VIP,
+ * decapsulates GRE from the peers' forwarders and sends a VIP's packets to the backup
+ * cluster when it has no healthy backend.
  *
  * Validation: mg_tables_validate() checks everything once (sizes, offsets, every Maglev
  * entry in range); the burst kernel calls it only when the blob pointer or its generation
@@ -58,7 +66,7 @@
 #include "mg_flow.h"
 
 #define MG_TABLES_MAGIC 0x4254474dU /* "MGTB" little-endian */
-#define MG_TABLES_VERSION 4
+#define MG_TABLES_VERSION 5
 /* Limits the builder enforces (and the per-worker counters are sized for). */
 #define MG_TABLES_MAX_VIPS 4096
 #define MG_TABLES_MAX_BACKENDS 65536
@@ -107,7 +115,14 @@ struct mg_tables_header {
     uint16_t n_pool;         /* 0 = no fragment redirection */
     uint16_t pool_self;      /* this instance's index in the pool */
     uint8_t pool_family;     /* 4 or 6 (0 when n_pool == 0) */
-    uint8_t reserved[27];
+    /* VIP matching across clusters (format version 5, see above); 0 clusters = off. */
+    uint8_t n_clusters;      /* clusters[0] is this one, the others its peers */
+    uint8_t backup_cluster;  /* the first backup cluster's index; 0 = none */
+    uint8_t reserved1;
+    uint32_t cluster_off;    /* n_clusters x struct mg_cluster */
+    uint32_t fwd_off;        /* n_fwd x struct mg_cluster_fwd */
+    uint16_t n_fwd;
+    uint8_t reserved[14];
 };
 
 struct mg_vip {
@@ -153,6 +168,32 @@ struct mg_backend {
     uint32_t reserved;
 };
 
+/* A cluster of VIP matching: its prefixes (network bytes; host bits zero) and its
+ * forwarders.  clusters[0] is this cluster (no forwarders); every peer prefix of a family
+ * has the local prefix's length of that family. */
+struct mg_cluster {
+    uint8_t prefix6[16];
+    uint8_t prefix4[4];
+    uint8_t len4;           /* 0 = no IPv4 prefix */
+    uint8_t len6;           /* 0 = no IPv6 prefix */
+    uint8_t backup_rank;    /* 0 = not a backup cluster; 1 = tried first, ... */
+    uint8_t reserved0;
+    uint16_t fwd_first;     /* its forwarders: fwd[fwd_first .. fwd_first + n_fwd) */
+    uint16_t n_fwd;
+    uint8_t reserved[4];
+};
+
+struct mg_cluster_fwd {
+    uint8_t addr[16];       /* IPv4 in the first 4 bytes */
+    uint8_t family;
+    uint8_t reserved[7];
+};
+
+#define MG_TABLES_MAX_CLUSTERS 17 /* this one + 16 peers */
+#define MG_TABLES_MAX_FWD 256
+
+_Static_assert(sizeof(struct mg_cluster) == 32, "cluster entry size");
+_Static_assert(sizeof(struct mg_cluster_fwd) == 24, "forwarder entry size");
 _Static_assert(sizeof(struct mg_tables_header) == 160, "tables header size");
 _Static_assert(sizeof(struct mg_vip) == 64, "vip entry size");
 _Static_assert(sizeof(struct mg_backend) == 40, "backend entry size");
@@ -230,6 +271,57 @@ static inline int mg_tables_find_vip(const void *t, const uint8_t *addr16, uint1
     return -1;
 }
 
+/* ---------------------------------------------------------------- VIP matching (v5) */
+
+static inline const struct mg_cluster *mg_tables_clusters(const void *t)
+{
+    return (const struct mg_cluster *)((const uint8_t *)t + mg_tables_header_of(t)->cluster_off);
+}
+
+static inline const struct mg_cluster_fwd *mg_tables_fwd(const void *t)
+{
+    return (const struct mg_cluster_fwd *)((const uint8_t *)t + mg_tables_header_of(t)->fwd_off);
+}
+
+/* 1 when the first `bits` bits of a and b are equal. */
+static inline int mg_prefix_eq(const uint8_t *a, const uint8_t *b, uint32_t bits)
+{
+    uint32_t n = bits / 8, r = bits % 8;
+    if (memcmp(a, b, n) != 0)
+        return 0;
+    return r == 0 || ((a[n] ^ b[n]) & (uint8_t)(0xff << (8 - r))) == 0;
+}
+
+/* VIP matching (paper 4.2): when dst16 (of `family`) lies in a peer cluster's prefix,
+ * write this cluster's address with the same suffix into local16 and return the peer's
+ * index (>= 1); 0 when it lies in no peer prefix or matching is off. */
+static inline int mg_cluster_map(const void *t, const uint8_t *dst16, uint8_t family,
+                                 uint8_t *local16)
+{
+    const struct mg_tables_header *h = mg_tables_header_of(t);
+    if (h->n_clusters < 2)
+        return 0;
+    const struct mg_cluster *c = mg_tables_clusters(t);
+    uint32_t len = family == 4 ? c[0].len4 : c[0].len6;
+    if (len == 0)
+        return 0;
+    for (uint32_t i = 1; i < h->n_clusters; i++) {
+        const uint8_t *pfx = family == 4 ? c[i].prefix4 : c[i].prefix6;
+        if ((family == 4 ? c[i].len4 : c[i].len6) == 0 || !mg_prefix_eq(dst16, pfx, len))
+            continue;
+        const uint8_t *mine = family == 4 ? c[0].prefix4 : c[0].prefix6;
+        memcpy(local16, dst16, 16);
+        uint32_t n = len / 8, r = len % 8;
+        memcpy(local16, mine, n);
+        if (r) {
+            uint8_t m = (uint8_t)(0xff << (8 - r));
+            local16[n] = (uint8_t)((mine[n] & m) | (dst16[n] & (uint8_t)~m));
+        }
+        return (int)i;
+    }
+    return 0;
+}
+
 /* The index of the backend with identity `id` in VIP `vip` (vip < 0: in any VIP), or -1
  * when the tables no longer hold it.  A few probes of a small array. */
 static inline int32_t mg_tables_find_backend(const void *t, uint64_t id, int vip)
@@ -271,6 +363,10 @@ int32_t mg_tables_backend_by_id(const void *tables, uint64_t id, int vip);
 
 /* mg_vip_select_key() with VIP `vip`'s flags, out of line (whereis, tests).  0 or -EINVAL. */
 int mg_tables_select_key(const void *tables, int vip, struct mg_flow_key *k);
+
+/* mg_cluster_map() out of line (tests, whereis): the peer cluster index or 0. */
+int mg_tables_cluster_match(const void *tables, const uint8_t *dst16, uint8_t family,
+                            uint8_t *local16);
 
 /* VIP lookup with the port-0 fallback, for tests: vip index or -1. */
 int mg_tables_lookup_vip(const void *tables, const uint8_t *addr16, uint16_t port_be,

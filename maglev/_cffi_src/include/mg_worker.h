@@ -76,6 +76,11 @@
 #define MG_WS_SPARES 60        /* gauge: spare frames on the worker's spare ring */
 #define MG_WS_QUIC_CID_ROUTED 61 /* QUIC packets routed by their connection ID's server ID */
 #define MG_WS_QUIC_HASHED 62   /* packets of QUIC VIPs that went by hashing */
+/* VIP matching across clusters (mg_dp.c): GRE from peer forwarders decapsulated, packets
+ * to peer addresses served, packets sent to the backup cluster. */
+#define MG_WS_CLUSTER_IN 63
+#define MG_WS_CLUSTER_MATCHED 64
+#define MG_WS_BACKUP_OUT 65
 
 /* How often an idle worker with held fragments lets the data path expire them. */
 #define MG_WORKER_FLUSH_NS 10000000ULL

@@ -56,6 +56,7 @@ struct work {
     uint8_t kind;
     uint8_t owner; /* K_REDIRECT: the pool member the fragment goes to */
     int32_t quic_backend; /* K_QUIC: the backend the packet's QUIC server ID names */
+    uint8_t from_cluster; /* decapsulated from a peer cluster's forwarder: never backed up */
 };
 
 /* QUIC connection-ID routing (mg_quic.h) of an unfragmented UDP packet to a QUIC VIP:
@@ -432,6 +433,11 @@ encap_pieces(struct mg_dp *dp, struct mg_dp_io *io, const uint32_t *pieces, uint
     return 1;
 }
 
+static inline __attribute__((always_inline)) int
+send_encap(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
+           const struct mg_parsed *p, int vip, int32_t b, uint64_t hash, uint64_t now_ns,
+           const struct mg_encap_params *epp);
+
 /* Encapsulate frame idx (parsed as *p) toward backend b of vip, with PMTU handling, and
  * emit it.  Returns 1 if forwarded (or split and forwarded), 0 if dropped/ICMP.  Inlined
  * into its two callers: the call with nine arguments and the prologue were ~25
@@ -445,7 +451,6 @@ forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
     const struct mg_backend *be = &mg_tables_backends(t)[b];
     struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
     uint8_t *pkt = mg_frame_data(io->pool, idx);
-    uint32_t len = meta->len;
     meta->vip_index = (uint16_t)vip;
     meta->backend_index = b;
 
@@ -479,6 +484,22 @@ forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
         }
     }
     memcpy(ep.dst, be->addr, 16);
+    return send_encap(dp, io, t, idx, p, vip, b, hash, now_ns, &ep);
+}
+
+/* The rest of forward(): path MTU (ICMP too big, or splitting a DF-clear IPv4 packet into
+ * spare frames), encapsulation with *ep, transmission.  b < 0: not a backend (a backup
+ * cluster's forwarder, cluster_out): no per-backend counters. */
+static inline __attribute__((always_inline)) int
+send_encap(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
+           const struct mg_parsed *p, int vip, int32_t b, uint64_t hash, uint64_t now_ns,
+           const struct mg_encap_params *epp)
+{
+    const struct mg_tables_header *h = mg_tables_header_of(t);
+    struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
+    uint8_t *pkt = mg_frame_data(io->pool, idx);
+    uint32_t len = meta->len;
+    const struct mg_encap_params ep = *epp;
 
     int ovh = mg_encap_overhead(ep.type, ep.outer_family);
     if (ovh < 0)
@@ -511,7 +532,8 @@ forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
     } else if (pm != MG_PMTU_FITS) {
         return out_drop(dp, io, idx, MG_DROP_TOO_BIG), 0;
     }
-    if (!encap_pieces(dp, io, pieces, n_pieces, p, hash, &ep, vip, b, 1, 0))
+    /* b = -1: to a backup cluster's forwarder (cluster_out), no backend to count */
+    if (!encap_pieces(dp, io, pieces, n_pieces, p, hash, &ep, vip, b, b >= 0, 0))
         return 0;
     dp->stats.forwarded++;
     if (p->frag & MG_PF_FRAGMENT)
@@ -649,6 +671,101 @@ static void redirect_out(struct mg_dp *dp, struct mg_dp_io *io, const void *t, u
         dp->stats.redirected++;
 }
 
+/* ------------------------------------------------------------------ VIP matching across
+ * clusters (paper 4.2, tables format 5, mg_tables.h).  A packet to a peer cluster's
+ * address (its prefix + suffix s) is served as this cluster's VIP with suffix s
+ * (cluster_vip); GRE from a peer cluster's forwarder to this instance's source address is
+ * decapsulated and handled like a packet that arrived directly (cluster_in); a local VIP
+ * with no healthy backend sends its packets in GRE to the first backup cluster's
+ * forwarders (cluster_out), unless they came from a peer cluster already -- so backup
+ * traffic crosses at most one cluster and never loops. */
+
+/* The VIP of this cluster a packet to a peer cluster's address maps to, or -1. */
+static int cluster_vip(const void *t, const struct mg_flow_key *k)
+{
+    struct mg_flow_key local = *k;
+    if (mg_cluster_map(t, k->dst, k->family, local.dst) <= 0)
+        return -1;
+    return match_vip(t, &local);
+}
+
+/* GRE (RFC 2784, no checksum, key or sequence: what cluster_out sends) to this instance's
+ * source address from a peer cluster's forwarder.  0: not such a packet (it goes on as an
+ * ordinary packet); 1: frame idx now holds the inner packet as an Ethernet frame (*p
+ * re-parsed); else a drop reason. */
+static int cluster_in(const void *t, uint8_t *pool, uint32_t idx, struct mg_parsed *p)
+{
+    const struct mg_tables_header *h = mg_tables_header_of(t);
+    const uint8_t *own = p->family == 4 ? h->src4 : h->src6;
+    uint32_t alen = p->family == 4 ? 4 : 16;
+    if (!(p->family == 4 ? h->has_src4 : h->has_src6) || memcmp(p->key.dst, own, alen) != 0)
+        return 0;
+    const struct mg_cluster *c = mg_tables_clusters(t);
+    const struct mg_cluster_fwd *f = mg_tables_fwd(t);
+    int known = 0;
+    for (uint32_t i = 1; i < h->n_clusters && !known; i++)
+        for (uint32_t j = c[i].fwd_first; j < (uint32_t)c[i].fwd_first + c[i].n_fwd; j++)
+            if (f[j].family == p->family && memcmp(f[j].addr, p->key.src, 16) == 0)
+                known = 1;
+    if (!known)
+        return 0;
+    if (p->frag & MG_PF_FRAGMENT)
+        return MG_DROP_BAD_CLUSTER_GRE;
+    struct mg_frame_meta *meta = mg_frame_meta(pool, idx);
+    uint8_t *pkt = mg_frame_data(pool, idx);
+    uint32_t gre;
+    if (p->family == 4) {
+        gre = p->l3_off + (uint32_t)(pkt[p->l3_off] & 0x0f) * 4;
+    } else {
+        if (pkt[p->l3_off + 6] != 47)
+            return MG_DROP_BAD_CLUSTER_GRE; /* cluster_out sends no extension headers */
+        gre = p->l3_off + 40u;
+    }
+    uint32_t end = p->l3_off + (uint32_t)p->l3_len;
+    if (end < gre + 4 + 20)
+        return MG_DROP_BAD_CLUSTER_GRE;
+    uint32_t ptype = rd16be(pkt + gre + 2);
+    if (rd16be(pkt + gre) != 0 || (ptype != 0x0800 && ptype != 0x86dd))
+        return MG_DROP_BAD_CLUSTER_GRE;
+    /* As redirect_in: an Ethernet header in front of the inner packet, over the end of
+     * the outer headers (>= 24 bytes, so the 12 MAC bytes never overlap). */
+    uint32_t cut = gre + 4 - 14;
+    memmove(pkt + cut, pkt, 12);
+    pkt[cut + 12] = (uint8_t)(ptype >> 8);
+    pkt[cut + 13] = (uint8_t)ptype;
+    meta->data_off += cut;
+    meta->len = end - cut;
+    int rc = mg_parse(pkt + cut, meta->len, p);
+    if (rc != MG_OK)
+        return rc;
+    if ((p->frag & MG_PF_FRAGMENT) || p->proto == 47)
+        return MG_DROP_BAD_CLUSTER_GRE; /* cluster_out never sends fragments or GRE */
+    return 1;
+}
+
+/* Frame idx of VIP vip has no healthy backend: GRE to one of the first backup cluster's
+ * forwarders (chosen by the flow hash), with the path-MTU handling of forward(). */
+static inline int cluster_out(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
+                              const struct mg_parsed *p, int vip, uint64_t hash, uint64_t now_ns)
+{
+    const struct mg_tables_header *h = mg_tables_header_of(t);
+    const struct mg_cluster *c = &mg_tables_clusters(t)[h->backup_cluster];
+    const struct mg_cluster_fwd *f = &mg_tables_fwd(t)[c->fwd_first + (uint32_t)(hash % c->n_fwd)];
+    struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
+    const uint8_t *pkt = mg_frame_data(io->pool, idx);
+    meta->vip_index = (uint16_t)vip;
+    meta->backend_index = -1;
+    struct mg_encap_params ep;
+    memset(&ep, 0, sizeof(ep));
+    ep.type = MG_ENCAP_GRE;
+    ep.outer_family = f->family;
+    memcpy(ep.eth_src, dp->own_mac_set ? h->own_mac : pkt, 6);
+    memcpy(ep.eth_dst, dp->gw_mac_set ? h->gateway_mac : pkt + 6, 6);
+    memcpy(ep.src, f->family == 4 ? h->src4 : h->src6, f->family == 4 ? 4 : 16);
+    memcpy(ep.dst, f->addr, 16);
+    return send_encap(dp, io, t, idx, p, vip, -1, hash, now_ns, &ep);
+}
+
 static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint64_t now_ns,
                        uint32_t max_buckets)
 {
@@ -745,7 +862,20 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             continue;
         }
         int redirected = 0;
-        if (MG_UNLIKELY(h->n_pool && wk->p.proto == 47)) {
+        wk->from_cluster = 0;
+        if (MG_UNLIKELY(h->n_clusters > 1 && wk->p.proto == 47)) {
+            int r = cluster_in(tables, io->pool, idx, &wk->p);
+            if (r > 1) {
+                wk->reason = (uint16_t)r;
+                continue;
+            }
+            if (r == 1) {
+                wk->from_cluster = 1;
+                dp->stats.cluster_in++;
+                pkt = mg_frame_data(io->pool, idx);
+            }
+        }
+        if (MG_UNLIKELY(h->n_pool && wk->p.proto == 47 && !wk->from_cluster)) {
             int r = redirect_in(tables, io->pool, idx, &wk->p);
             if (r > 1) {
                 wk->reason = (uint16_t)r;
@@ -791,6 +921,10 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             }
         }
         int vip = match_vip_memo(tables, &wk->p.key, &memo);
+        if (MG_UNLIKELY(vip < 0 && h->n_clusters > 1 && kind != K_FRAG_FIRST)) {
+            vip = cluster_vip(tables, &wk->p.key); /* a peer cluster's address (4.2) */
+            dp->stats.cluster_matched += vip >= 0;
+        }
         if (vip < 0) {
             wk->reason = MG_DROP_NO_VIP;
             continue;
@@ -811,7 +945,8 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             if (MG_UNLIKELY(mg_tables_vips(tables)[vip].quic_sid_len) && wk->p.proto == 17)
                 kind = quic_kind(dp, tables, wk, pkt, kind);
         }
-        if (kind == K_FLOW && !redirected && (meta->flags & MG_FRAME_F_HASHED) && reuse_hash &&
+        if (kind == K_FLOW && !redirected && !wk->from_cluster && (meta->flags & MG_FRAME_F_HASHED) &&
+            reuse_hash &&
             mg_vip_key_is_plain(vflags, wk->p.key.proto))
             /* steering hashed this very key (the VIP does not mask it) with this very
              * secret: reuse, not redo */
@@ -917,6 +1052,15 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             b = maglev_pick(tables, vip, wk->hash);
         }
         if (b < 0) {
+            if (MG_UNLIKELY(h->backup_cluster && !wk->from_cluster && wk->kind != K_FRAG_FIRST &&
+                            wk->kind != K_FRAG_NEXT)) {
+                const struct mg_frame_meta *bm = mg_frame_meta(io->pool, idx);
+                dp->vip_c[vip].packets++;
+                dp->vip_c[vip].bytes += bm->len;
+                dp->stats.backup_out += (uint64_t)cluster_out(dp, io, tables, idx, &wk->p, vip,
+                                                              wk->hash, now_ns);
+                continue;
+            }
             out_drop(dp, io, idx, MG_DROP_NO_BACKEND);
             continue;
         }

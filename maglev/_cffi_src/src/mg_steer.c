@@ -8,6 +8,7 @@
 #include "mg_hash.h"
 #include "mg_parse.h"
 #include "mg_ring.h"
+#include "mg_shed.h"
 #include "mg_trace.h"
 
 static int ids_ok(uint32_t id) { return id != UINT32_MAX; }
@@ -35,6 +36,7 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
             return -EINVAL;
     }
     s->fallback_min = h->ring_size / 2 ? h->ring_size / 2 : 1;
+    s->ring_size = h->ring_size;
     s->stats = mg_region_stats(base, slot);
     return s->stats ? 0 : -EINVAL;
 }
@@ -230,37 +232,49 @@ static int redirected_inner(const uint8_t *pkt, const struct mg_parsed *p, struc
 }
 
 /* mg_steer_hash, and *plain = 1 when the hash is of the packet's own 5-tuple key (what
- * the worker's data path hashes for an ordinary flow: MG_FRAME_F_HASHED). */
+ * the worker's data path hashes for an ordinary flow: MG_FRAME_F_HASHED); *pp and
+ * *parse_rc: what the parser made of it (overload shedding classifies by them). */
 static int steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
-                      uint32_t n_workers, uint64_t *hash, uint16_t *flags, int *plain)
+                      uint32_t n_workers, uint64_t *hash, uint16_t *flags, int *plain,
+                      struct mg_parsed *pp, int *parse_rc)
 {
-    struct mg_parsed p, inner;
+    struct mg_parsed inner;
     *hash = 0;
     *flags = 0;
     *plain = 0;
-    if (mg_parse(pkt, len, &p) != MG_OK)
+    *parse_rc = mg_parse(pkt, len, pp);
+    if (*parse_rc != MG_OK)
         return -1;
     int redirected = 0;
-    if (MG_UNLIKELY(redirected_inner(pkt, &p, &inner))) {
-        p = inner;
+    if (MG_UNLIKELY(redirected_inner(pkt, pp, &inner))) {
+        *pp = inner;
         redirected = 1;
     }
-    *plain = !redirected && !(p.frag & MG_PF_FRAGMENT);
-    if (p.frag & MG_PF_FRAGMENT) {
+    *plain = !redirected && !(pp->frag & MG_PF_FRAGMENT);
+    if (pp->frag & MG_PF_FRAGMENT) {
         /* 3-tuple: every fragment of the datagram, first or not, hashes alike. */
-        p.key.sport = 0;
-        p.key.dport = 0;
+        pp->key.sport = 0;
+        pp->key.dport = 0;
         *flags |= MG_FRAME_F_FRAGMENT;
     }
-    *hash = mg_siphash13(k0, k1, (const uint8_t *)&p.key, sizeof p.key);
+    *hash = mg_siphash13(k0, k1, (const uint8_t *)&pp->key, sizeof pp->key);
     return n_workers ? (int)((uint32_t)(*hash >> 32) % n_workers) : 0;
 }
 
 int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
                   uint32_t n_workers, uint64_t *hash, uint16_t *flags)
 {
-    int plain;
-    return steer_hash(pkt, len, k0, k1, n_workers, hash, flags, &plain);
+    int plain, prc;
+    struct mg_parsed p;
+    return steer_hash(pkt, len, k0, k1, n_workers, hash, flags, &plain, &p, &prc);
+}
+
+int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh)
+{
+    if (!s)
+        return -EINVAL;
+    s->shed = sh;
+    return 0;
 }
 
 static uint32_t most_room(const struct mg_steer *s)
@@ -270,6 +284,20 @@ static uint32_t most_room(const struct mg_steer *s)
         if (s->room[i] > s->room[best])
             best = i;
     return best;
+}
+
+/* Overload shedding (mg_shed.h): 1 when this packet, bound for worker w's rx ring, is of
+ * a VIP priority that ring is too full for; counted per VIP. */
+static int shed_one(struct mg_steer *s, uint32_t w, int parse_rc, const struct mg_parsed *p)
+{
+    uint32_t prio, used = s->ring_size - s->room[w];
+    if (used < s->shed->mark[0]) /* below the lowest mark: nothing is shed, skip the lookup */
+        return 0;
+    int v = mg_shed_classify(s->shed, parse_rc, p, &prio);
+    if (v == MG_SHED_EXEMPT || !mg_shed_decide(s->shed, prio, used))
+        return 0;
+    s->shed->drops[v < 0 ? MG_SHED_NO_VIP : (uint32_t)v]++;
+    return 1;
 }
 
 int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh)
@@ -282,7 +310,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
     for (uint32_t i = 0; i < s->n_workers; i++)
         s->room[i] = mg_ring_free_count(mg_region_ring_by_id(base, s->rx_id[i]));
     mg_trace_steer_burst(base); /* packet tracer: a new request? (mg_trace.h) */
-    uint64_t rx_bytes = 0, placed = 0, fallback = 0, frags = 0, unparsed = 0;
+    uint64_t rx_bytes = 0, placed = 0, fallback = 0, frags = 0, unparsed = 0, shed = 0;
     int blocked = 0;
     for (uint32_t j = 0; j < filled; j++) {
         uint32_t idx = (uint32_t)descs[j];
@@ -298,9 +326,10 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         } else {
             uint64_t h;
             uint16_t fl;
-            int plain;
+            int plain, prc;
+            struct mg_parsed parsed;
             int r = steer_hash(mg_frame_data(pool, idx), m->len, s->k0, s->k1, s->n_workers,
-                               &h, &fl, &plain);
+                               &h, &fl, &plain, &parsed, &prc);
             m->flow_hash = (uint32_t)h;
             m->flow_hash_hi = (uint32_t)(h >> 32);
             m->verdict = 0; /* "not judged yet": worker recovery relies on it */
@@ -318,6 +347,12 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
             } else {
                 w = (uint32_t)r;
                 frags += (fl & MG_FRAME_F_FRAGMENT) != 0;
+            }
+            if (MG_UNLIKELY(s->shed && s->shed->on) && shed_one(s, w, prc, &parsed)) {
+                rx_bytes += m->len;
+                s->dest[j] = (uint16_t)s->free_id; /* dropped before enqueue: home */
+                shed++;
+                continue;
             }
         }
         rx_bytes += m->len;
@@ -350,6 +385,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
     img[MG_SS_FRAGMENTS] += frags;
     img[MG_SS_UNPARSED] += unparsed;
     img[MG_SS_BACKPRESSURE] += (uint64_t)blocked;
+    img[MG_SS_SHED] += shed;
     img[MG_SS_BURSTS]++;
     if (fresh) {
         if (filled) {

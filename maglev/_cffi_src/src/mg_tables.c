@@ -8,6 +8,60 @@ static int range_ok(uint64_t off, uint64_t len, uint64_t size)
     return off <= size && len <= size - off && (off & 7) == 0;
 }
 
+/* Host bits of a prefix are zero; the rest of an IPv4 prefix6 / the address tail is
+ * checked by the caller. */
+static int prefix_clean(const uint8_t *pfx, uint32_t len, uint32_t bytes)
+{
+    for (uint32_t bit = len; bit < bytes * 8; bit++)
+        if (pfx[bit / 8] & (0x80u >> (bit % 8)))
+            return 0;
+    return 1;
+}
+
+/* The VIP-matching section (format version 5): sizes, prefixes, forwarders, backup. */
+static int clusters_ok(const void *tables, uint64_t size)
+{
+    const struct mg_tables_header *h = mg_tables_header_of(tables);
+    if (h->n_clusters == 0)
+        return h->backup_cluster == 0 && h->n_fwd == 0;
+    if (h->n_clusters > MG_TABLES_MAX_CLUSTERS || h->n_fwd > MG_TABLES_MAX_FWD ||
+        !range_ok(h->cluster_off, (uint64_t)h->n_clusters * sizeof(struct mg_cluster), size) ||
+        !range_ok(h->fwd_off, (uint64_t)h->n_fwd * sizeof(struct mg_cluster_fwd), size) ||
+        h->backup_cluster >= h->n_clusters)
+        return 0;
+    const struct mg_cluster *c = mg_tables_clusters(tables);
+    const struct mg_cluster_fwd *f = mg_tables_fwd(tables);
+    if ((c[0].len4 == 0 && c[0].len6 == 0) || c[0].n_fwd || c[0].backup_rank)
+        return 0;
+    for (uint32_t i = 0; i < h->n_clusters; i++) {
+        if (c[i].len4 > 31 || c[i].len6 > 127 || !prefix_clean(c[i].prefix4, c[i].len4, 4) ||
+            !prefix_clean(c[i].prefix6, c[i].len6, 16))
+            return 0;
+        if (i && ((c[i].len4 && c[i].len4 != c[0].len4) || (c[i].len6 && c[i].len6 != c[0].len6) ||
+                  (c[i].len4 == 0 && c[i].len6 == 0)))
+            return 0;
+        if (c[i].fwd_first > h->n_fwd || c[i].n_fwd > h->n_fwd - c[i].fwd_first)
+            return 0;
+    }
+    if (h->backup_cluster && (c[h->backup_cluster].n_fwd == 0 || c[h->backup_cluster].backup_rank != 1))
+        return 0;
+    for (uint32_t j = 0; j < h->n_fwd; j++) {
+        if (f[j].family != 4 && f[j].family != 6)
+            return 0;
+        if (!(f[j].family == 4 ? h->has_src4 : h->has_src6))
+            return 0;
+    }
+    return 1;
+}
+
+int mg_tables_cluster_match(const void *tables, const uint8_t *dst16, uint8_t family,
+                            uint8_t *local16)
+{
+    if (!tables || !dst16 || !local16 || (family != 4 && family != 6))
+        return -EINVAL;
+    return mg_cluster_map(tables, dst16, family, local16);
+}
+
 int mg_tables_validate(const void *tables, uint64_t size)
 {
     if (!tables || size < sizeof(struct mg_tables_header))
@@ -49,6 +103,8 @@ int mg_tables_validate(const void *tables, uint64_t size)
                 return -EINVAL; /* sorted, distinct */
         }
     }
+    if (!clusters_ok(tables, size))
+        return -EINVAL;
     const struct mg_vip *vips = mg_tables_vips(tables);
     const struct mg_backend *be = mg_tables_backends(tables);
     const uint32_t *idx = (const uint32_t *)((const uint8_t *)tables + h->index_off);

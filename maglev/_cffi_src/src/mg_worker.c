@@ -9,6 +9,7 @@
 #include "mg_trace.h"
 
 _Static_assert(MG_WS_DROPS + MG_WS_N_DROPS <= MG_STATS_WORDS, "worker stats fit the block");
+_Static_assert(MG_WS_BACKUP_OUT < MG_STATS_WORDS, "worker stats fit the block");
 _Static_assert(MG_DROP_COUNT <= MG_WS_N_DROPS, "every drop reason has a counter");
 
 struct mg_worker *mg_worker_new(void *base, uint32_t worker, uint32_t ct_capacity,
@@ -119,6 +120,9 @@ static void publish_stats(struct mg_worker *w, void *base, uint64_t generation)
     s[MG_WS_REDIRECTED] = b[MG_WS_REDIRECTED] + d->redirected;
     s[MG_WS_QUIC_CID_ROUTED] = b[MG_WS_QUIC_CID_ROUTED] + d->quic_cid_routed;
     s[MG_WS_QUIC_HASHED] = b[MG_WS_QUIC_HASHED] + d->quic_hashed;
+    s[MG_WS_CLUSTER_IN] = b[MG_WS_CLUSTER_IN] + d->cluster_in;
+    s[MG_WS_CLUSTER_MATCHED] = b[MG_WS_CLUSTER_MATCHED] + d->cluster_matched;
+    s[MG_WS_BACKUP_OUT] = b[MG_WS_BACKUP_OUT] + d->backup_out;
     for (uint32_t r = 0; r < MG_DROP_COUNT; r++)
         s[MG_WS_DROPS + r] = b[MG_WS_DROPS + r] + d->drops[r];
     commit_stats(w, base);
