@@ -15,7 +15,7 @@ import dataclasses
 import re
 from typing import Any
 
-from maglev.config import Backend, Instance, Leaf, Pool, Vip, _ip_address
+from maglev.config_model import Backend, Instance, Leaf, Pool, Vip, _ip_address
 from maglev.config_rules import show
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")

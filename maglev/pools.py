@@ -28,11 +28,26 @@ import dataclasses
 import math
 from collections.abc import Callable
 from fractions import Fraction
+from typing import Protocol, TypeVar
 
-from maglev.config import Config, HealthCheck, Pool, PoolRef, Vip
+from maglev.config_model import HealthCheck, Pool, PoolRef, Vip
 from maglev.hashing import MAX_WEIGHT
 
 Up = Callable[[str], bool]  # backend key -> healthy?
+
+
+class PooledConfig(Protocol):
+    """What this module reads of a ``maglev.config.Config`` (a Protocol, so the parser's
+    module, which calls this one through maglev/config_pools.py, is not imported back)."""
+
+    @property
+    def vips(self) -> tuple[Vip, ...]: ...
+
+    @property
+    def pools(self) -> tuple[Pool, ...]: ...
+
+
+C = TypeVar("C", bound=PooledConfig)
 
 
 class _Tree:
@@ -121,7 +136,7 @@ def vip_weights(vip: Vip, pools: dict[str, Pool], up: Up) -> dict[str, int]:
     return integer_weights({leaf.backend: share.get(leaf.backend, Fraction(0)) for leaf in vip.leaves})
 
 
-def effective_config(config: Config, down: frozenset[tuple[str, str]]) -> Config:
+def effective_config(config: C, down: frozenset[tuple[str, str]]) -> C:
     """``config`` with every pooled VIP's backend weights recomputed for the health view
     ``down`` (the set of dead (VIP key, backend key) pairs, which stays as it is)."""
     if not config.pools:
@@ -151,7 +166,7 @@ def pool_path(vip: Vip, backend_key: str) -> str:
     return ""
 
 
-def pool_paths(config: Config) -> dict[tuple[str, str], str]:
+def pool_paths(config: PooledConfig) -> dict[tuple[str, str], str]:
     """(VIP key, canonical backend address) -> pool path, for every pooled VIP's backend
     (``whereis`` and the metrics name it)."""
     out = {}

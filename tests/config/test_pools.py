@@ -209,7 +209,7 @@ def test_backend_ops_on_a_pooled_vip_change_its_pool():
     from maglev.control.manager import ConfigManager
     from maglev.control.protocol import Request
     from maglev.control.publisher import ThreadedPublisher
-    from maglev.control.tables import fallback_build_tables
+    from maglev.testing.tables import fallback_build_tables
 
     with ThreadedPublisher(workers=1) as pub:
         m = ConfigManager(Config.from_dict(doc()), pub, build_tables=fallback_build_tables)

@@ -137,7 +137,7 @@ def test_prober_drives_pool_weights_and_the_backup(servers, dns):
     from maglev.control.manager import ConfigManager
     from maglev.control.protocol import Request
     from maglev.control.publisher import ThreadedPublisher
-    from maglev.control.tables import fallback_build_tables
+    from maglev.testing.tables import fallback_build_tables
 
     tcp = servers.tcp()  # 127.0.0.1 listens; 127.0.0.2 not yet
     http = servers.http()  # on 127.0.0.1 only: 127.0.0.3 is down at first

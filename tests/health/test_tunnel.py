@@ -130,7 +130,7 @@ def test_initial_unknown_keeps_backends_out_until_a_first_good_probe():
     from maglev.control.manager import ConfigManager
     from maglev.control.protocol import Request
     from maglev.control.publisher import ThreadedPublisher
-    from maglev.control.tables import fallback_build_tables
+    from maglev.testing.tables import fallback_build_tables
 
     c = cfg({"type": "tcp"}, initial="unknown")
     vip = c.vips[0].key
