@@ -229,11 +229,127 @@ static int redirected_inner(const uint8_t *pkt, const struct mg_parsed *p, struc
     return mg_parse(buf, 14 + n, inner) == MG_OK && (inner->frag & MG_PF_FRAGMENT);
 }
 
+/* SipHash-1-3 of a 40-byte flow key: mg_siphash13(k0, k1, key, 40) unrolled (the same
+ * function; tests/actors/test_steer_fast.py compares it with the Python reference). */
+#define SROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SSIPROUND                                                                         \
+    do {                                                                                  \
+        v0 += v1; v1 = SROTL(v1, 13); v1 ^= v0; v0 = SROTL(v0, 32);                        \
+        v2 += v3; v3 = SROTL(v3, 16); v3 ^= v2;                                            \
+        v0 += v3; v3 = SROTL(v3, 21); v3 ^= v0;                                            \
+        v2 += v1; v1 = SROTL(v1, 17); v1 ^= v2; v2 = SROTL(v2, 32);                        \
+    } while (0)
+
+static inline uint64_t key_hash40(uint64_t k0, uint64_t k1, const struct mg_flow_key *k)
+{
+    uint64_t m[5];
+    memcpy(m, k, sizeof m);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    for (int i = 0; i < 5; i++)
+        m[i] = __builtin_bswap64(m[i]);
+#endif
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
+    uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
+    uint64_t v3 = 0x7465646279746573ULL ^ k1;
+#pragma GCC unroll 5
+    for (int i = 0; i < 5; i++) {
+        v3 ^= m[i];
+        SSIPROUND;
+        v0 ^= m[i];
+    }
+    uint64_t b = (uint64_t)40 << 56;
+    v3 ^= b;
+    SSIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SSIPROUND;
+    SSIPROUND;
+    SSIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+_Static_assert(sizeof(struct mg_flow_key) == 40, "key_hash40 is unrolled for 40 bytes");
+
+static inline uint32_t be16_at(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
+
+/* TCP / UDP header at l4 with `room` bytes to the end of the IP packet: 1 when mg_parse's
+ * parse_l4 accepts it (the same checks), and the ports go into the key. */
+static inline int fast_l4(const uint8_t *l4, uint32_t room, uint8_t proto, struct mg_flow_key *k)
+{
+    if (proto == 6) {
+        uint32_t doff = (uint32_t)(l4[12] >> 4) * 4;
+        if (room < 20 || doff < 20 || doff > room)
+            return 0;
+    } else if (proto == 17) {
+        if (room < 8 || be16_at(l4 + 4) < 8)
+            return 0;
+    } else {
+        return 0;
+    }
+    memcpy(&k->sport, l4, 2);
+    memcpy(&k->dport, l4 + 2, 2);
+    return 1;
+}
+
+/* The common packet without the general parser: untagged Ethernet, IPv4 without options
+ * or IPv6 without extension headers, not a fragment, TCP or UDP, valid as mg_parse sees
+ * it (same length, checksum, TTL and L4 checks).  1 and the packet's key (exactly what
+ * mg_parse puts in p.key) for such a packet; 0 for any other packet, which then takes the
+ * general path -- so the result never differs from mg_parse's (differential test:
+ * tests/actors/test_steer_fast.py). */
+static inline int fast_key(const uint8_t *pkt, uint32_t len, struct mg_flow_key *k)
+{
+    if (len < 14 + 40)
+        return 0; /* shorter than any packet this path takes: the general path decides */
+    uint32_t et = be16_at(pkt + 12);
+    const uint8_t *ip = pkt + 14;
+    memset(k, 0, sizeof *k);
+    if (et == 0x0800) {
+        if (ip[0] != 0x45)
+            return 0;
+        uint32_t tot = be16_at(ip + 2);
+        if (tot < 20 || tot > len - 14 || ip[8] == 0 || (be16_at(ip + 6) & 0x3fff))
+            return 0;
+        uint32_t w[5];
+        memcpy(w, ip, 20);
+        uint64_t sum = (uint64_t)w[0] + w[1] + w[2] + w[3] + w[4];
+        sum = (sum & 0xffffffffu) + (sum >> 32);
+        sum = (sum & 0xffffffffu) + (sum >> 32);
+        sum = (sum & 0xffffu) + (sum >> 16);
+        sum = (sum & 0xffffu) + (sum >> 16);
+        if (sum != 0xffff)
+            return 0;
+        k->proto = ip[9];
+        k->family = 4;
+        memcpy(k->src, ip + 12, 4);
+        memcpy(k->dst, ip + 16, 4);
+        return fast_l4(ip + 20, tot - 20, ip[9], k);
+    }
+    if (et == 0x86dd) {
+        uint32_t plen = be16_at(ip + 4);
+        if ((ip[0] >> 4) != 6 || plen == 0 || plen > len - 14 - 40 || ip[7] == 0)
+            return 0;
+        k->proto = ip[6];
+        k->family = 6;
+        memcpy(k->src, ip + 8, 16);
+        memcpy(k->dst, ip + 24, 16);
+        return fast_l4(ip + 40, plen, ip[6], k);
+    }
+    return 0;
+}
+
 /* mg_steer_hash, and *plain = 1 when the hash is of the packet's own 5-tuple key (what
  * the worker's data path hashes for an ordinary flow: MG_FRAME_F_HASHED). */
 static int steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
                       uint32_t n_workers, uint64_t *hash, uint16_t *flags, int *plain)
 {
+    struct mg_flow_key fk;
+    if (MG_LIKELY(fast_key(pkt, len, &fk))) {
+        *hash = key_hash40(k0, k1, &fk);
+        *flags = 0;
+        *plain = 1;
+        return n_workers ? (int)((uint32_t)(*hash >> 32) % n_workers) : 0;
+    }
     struct mg_parsed p, inner;
     *hash = 0;
     *flags = 0;
@@ -252,7 +368,7 @@ static int steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1
         p.key.dport = 0;
         *flags |= MG_FRAME_F_FRAGMENT;
     }
-    *hash = mg_siphash13(k0, k1, (const uint8_t *)&p.key, sizeof p.key);
+    *hash = key_hash40(k0, k1, &p.key);
     return n_workers ? (int)((uint32_t)(*hash >> 32) % n_workers) : 0;
 }
 
