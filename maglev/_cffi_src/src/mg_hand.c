@@ -203,6 +203,20 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
     return (int)pushed;
 }
 
+int mg_hand_push_all(void *base, uint32_t slot, uint16_t d)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    if (!h)
+        return -EINVAL;
+    uint32_t s = load_state(h);
+    if (ST_OP(s) != MG_HAND_OP_NONE)
+        return -EBUSY;
+    uint32_t a = ST_BUF(s), n = h->n[a];
+    if (n > MG_HAND_MAX || d == MG_HAND_KEEP)
+        return -EINVAL;
+    return n ? push_one(base, h, a, d, n) : 0;
+}
+
 uint64_t *mg_hand_descs(void *base, uint32_t slot, uint32_t *n)
 {
     struct mg_hand *h = mg_region_hand(base, slot);

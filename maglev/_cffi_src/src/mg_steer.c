@@ -42,6 +42,8 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
 /* Push: every entry before `keep_to` is kept, the others go to `to`. */
 static int push_all(void *base, uint32_t slot, uint16_t *dest, uint32_t keep_to, uint32_t to)
 {
+    if (keep_to == 0)
+        return mg_hand_push_all(base, slot, (uint16_t)to);
     uint32_t cnt;
     mg_hand_descs(base, slot, &cnt);
     for (uint32_t j = 0; j < cnt; j++)
@@ -593,8 +595,6 @@ int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed
     /* The muxer never touches a frame itself (the NIC does, if it must): reading even
      * the length would cost a cache miss per frame on the line the worker just wrote.
      * Bytes are counted by the workers (bytes_out) and by NICs that copy. */
-    for (uint32_t j = 0; j < cnt; j++)
-        m->dest[j] = (uint16_t)m->sent_id;
     if (MG_UNLIKELY(mg_trace_inflight(base))) /* packet tracer: stamp ts_tx_ns */
         mg_trace_mux_stamp(mg_region_pool(base), descs, n_sent);
     if (n_sent + n_failed) {
@@ -616,7 +616,7 @@ int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed
         mg_stats_apply(base, m->slot);
         mg_stats_end(base, m->slot);
     }
-    int rc = mg_hand_push(base, m->slot, m->dest, cnt);
+    int rc = mg_hand_push_all(base, m->slot, (uint16_t)m->sent_id); /* every frame to sent */
     if (rc < 0)
         return rc;
     return mg_hand_count(base, m->slot);
