@@ -51,7 +51,13 @@ static int push_all(void *base, uint32_t slot, uint16_t *dest, uint32_t keep_to,
     return mg_hand_push(base, slot, dest, cnt);
 }
 
-int mg_steer_reclaim(struct mg_steer *s, void *base)
+static int reclaim(struct mg_steer *s, void *base, int with_sent);
+
+int mg_steer_reclaim(struct mg_steer *s, void *base) { return reclaim(s, base, 1); }
+
+int mg_steer_reclaim_ret(struct mg_steer *s, void *base) { return reclaim(s, base, 0); }
+
+static int reclaim(struct mg_steer *s, void *base, int with_sent)
 {
     int total = 0;
     int held = mg_hand_count(base, s->slot);
@@ -60,7 +66,7 @@ int mg_steer_reclaim(struct mg_steer *s, void *base)
     uint64_t batch = __atomic_load_n(&s->stats[MG_SS_BATCH], __ATOMIC_RELAXED);
     __atomic_store_n(&s->stats[MG_SS_HELD], (uint64_t)held, __ATOMIC_RELAXED);
     __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_RECLAIMING, __ATOMIC_RELEASE);
-    for (uint32_t i = 0; i <= s->n_workers; i++) {
+    for (uint32_t i = 0; i < s->n_workers + (with_sent ? 1u : 0u); i++) {
         uint32_t id = i < s->n_workers ? s->ret_id[i] : s->sent_id;
         for (;;) {
             int kept = mg_hand_count(base, s->slot);
@@ -161,30 +167,56 @@ int mg_steer_spares(struct mg_steer *s, void *base, uint32_t reserve)
     return (int)moved;
 }
 
-int mg_steer_take(struct mg_steer *s, void *base, uint32_t n)
+static int take(struct mg_steer *s, void *base, uint32_t n, int hot);
+
+int mg_steer_take(struct mg_steer *s, void *base, uint32_t n) { return take(s, base, n, 0); }
+
+int mg_steer_take_hot(struct mg_steer *s, void *base, uint32_t n) { return take(s, base, n, 1); }
+
+static int take(struct mg_steer *s, void *base, uint32_t n, int hot)
 {
     if (n > MG_BURST_MAX)
         return -EINVAL;
     int kept = mg_hand_count(base, s->slot);
     if (kept != 0)
         return kept < 0 ? kept : -EBUSY;
-    if (s->owed) {
+    int hot_got = 0;
+    if (hot) {
+        /* Frames the muxer just sent first, straight from the sent ring (last in, first
+         * out for the pool, like a DPDK mempool cache): their lines are still in some
+         * core's cache, where the free list's oldest frames went cold long ago.  TAKING
+         * covers them like any free frame (a replacement returns them to free). */
+        __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_TAKING, __ATOMIC_RELEASE);
+        hot_got = mg_hand_pull(base, s->slot, s->sent_id, n);
+        if (hot_got < 0)
+            return hot_got;
+        if (hot_got && MG_UNLIKELY(mg_trace_inflight(base))) { /* as mg_steer_reclaim */
+            uint32_t hn;
+            uint64_t *hd = mg_hand_descs(base, s->slot, &hn);
+            mg_trace_collect(base, mg_region_pool(base), hd, (uint32_t)hot_got);
+        }
+        s->stats[MG_SS_RECLAIMED] += (uint64_t)hot_got;
+        n -= (uint32_t)hot_got;
+    }
+    if (n && s->owed) {
         uint32_t free_n = mg_ring_count(mg_region_ring_by_id(base, s->free_id));
         uint32_t spare_ok = free_n > s->owed ? free_n - s->owed : 0;
         if (n > spare_ok)
             n = spare_ok;
-        if (n == 0) {
+        if (n == 0 && !hot_got) {
             s->stats[MG_SS_NO_FREE]++;
             return 0;
         }
     }
     __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_TAKING, __ATOMIC_RELEASE);
-    int got = mg_hand_pull(base, s->slot, s->free_id, n);
-    if (got <= 0) {
-        if (got == 0 && n > 0)
-            s->stats[MG_SS_NO_FREE]++;
+    int got = n ? mg_hand_pull(base, s->slot, s->free_id, n) : 0;
+    if (got < 0)
         return got;
-    }
+    if (got == 0 && n > 0 && !hot_got)
+        s->stats[MG_SS_NO_FREE]++;
+    got += hot_got;
+    if (got == 0)
+        return 0;
     /* Mark the frames unfilled before the NIC may fill them (the NIC writes these
      * metadata lines next anyway).  MARKED says every frame in the hand is marked. */
     uint32_t cnt;
