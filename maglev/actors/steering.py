@@ -178,6 +178,7 @@ class Steering(Actor):
         # The generator NIC runs in C: the whole receive loop is one mg_steer_loop call
         # per ~1 ms (mg_loop.h); other NICs keep the per-burst step below.
         unpaced_gen = getattr(self.nic, "kind", "") == "gen" and not self.nic.paced
+        self._paced = getattr(self.nic, "kind", "") == "gen" and self.nic.paced
         self._loop_src = ffi.new("struct mg_loop_gen *") if unpaced_gen else None
         self._loop_ctl = ffi.new("struct mg_loop_ctl *", {
             "budget_ns": LOOP_BUDGET_NS, "burst": self.burst, "spares": self.spares})
@@ -232,7 +233,10 @@ class Steering(Actor):
             return 0
         if not self.going:
             return 0
-        n = check(lib.mg_steer_take(st, base, self.burst), "steering take")
+        want = self.nic.due(self.burst) if self._paced else self.burst
+        if want == 0:  # a paced generator with nothing due yet: wait() sleeps briefly
+            return 0
+        n = check(lib.mg_steer_take(st, base, want), "steering take")
         if n == 0:
             return 0
         descs = lib.mg_hand_descs(base, self.slot, self._cnt)

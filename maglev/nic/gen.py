@@ -232,6 +232,16 @@ class GenNic:
         self.flood_sent += n_flood
         return k
 
+    def due(self, n: int) -> int:
+        """How many of ``n`` frames a paced generator would fill now (``n`` when unpaced,
+        before the first burst, or when a limit may end the input): steering takes only
+        that many free frames, instead of marking a whole burst of frames to fill one or
+        two and hand the rest back (what a paced run did before, every ~0.1 ms)."""
+        if not self.rate or self._t0 is None or self.eof:
+            return n
+        due = int((time.monotonic() - self._t0) * self.rate) - (self.produced - self._paced_from)
+        return max(0, min(n, due))
+
     def loop_source(self, src: Any) -> None:
         """Fill a ``struct mg_loop_gen`` for steering's C loop (``mg_steer_loop``): the
         generator, packets left before eof and the deadline, as :meth:`rx_burst` keeps

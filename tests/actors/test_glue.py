@@ -412,3 +412,40 @@ def test_spare_topup_behind_held_packets_and_a_steering_killed_inside_it(region)
         assert s[lib.MG_SS_LOST] == kept
     assert s[lib.MG_SS_RX_PACKETS] == on_rings + s[lib.MG_SS_LOST]
     assert region.account().ok
+
+
+def test_steering_loop_takes_just_sent_frames_first_and_a_kill_inside_loses_none(region):
+    """mg_steer_take_hot: the frames on the sent ring (just transmitted) go to the NIC
+    before any free-list frame; mg_steer_reclaim_ret leaves sent alone; a steering
+    killed after pulling them (TAKING) gives every one back to the free list."""
+    st = steer(region)
+    gen = GenNic(VIPS, flows=50, seed=4)
+    assert receive(region, st, gen, 32) == 0
+    workers = [ffi.gc(lib.mg_worker_new(region.base, w, 1024, K0, K1, 64, time.monotonic_ns()),
+                      lib.mg_worker_free) for w in range(2)]
+    _publish(region)
+    for w in workers:
+        check(lib.mg_worker_burst(w, region.base, time.monotonic_ns()), "worker burst")
+    mux = ffi.new("struct mg_mux *")
+    check(lib.mg_mux_init(mux, region.base, SLOT_MUXER), "mux init")
+    n = check(lib.mg_mux_collect(mux, region.base, 256), "collect")
+    assert check(lib.mg_mux_done(mux, region.base, n, 0), "done") == 0
+    sent = region.sent.snapshot()
+    assert len(sent) == n > 0
+    assert check(lib.mg_steer_reclaim_ret(st, region.base), "reclaim ret") >= 0
+    assert region.sent.snapshot() == sent  # left for the take
+    s = region.stats(SLOT_STEERING)
+    reclaimed = int(s[lib.MG_SS_RECLAIMED])
+    assert check(lib.mg_steer_take_hot(st, region.base, n + 8), "take hot") == n + 8
+    hand = _hand(region, SLOT_STEERING)
+    assert hand[:n] == sent and not set(hand[n:]) & set(sent)  # sent first, then free
+    assert region.sent.count() == 0 and int(s[lib.MG_SS_RECLAIMED]) == reclaimed + n
+    assert all(meta(region, d).len == lib.MG_FRAME_LEN_EMPTY for d in hand)
+    # Killed here (MARKED, nothing filled) or right after the pull (TAKING): no packet
+    # is counted, every frame goes home.
+    s[lib.MG_SS_BATCH] = lib.MG_SS_B_TAKING
+    st2 = steer(region)
+    region.hand(SLOT_STEERING).recover()
+    assert lib.mg_steer_recover(st2, region.base) == n + 8
+    assert _hand(region, SLOT_STEERING) == [] and int(s[lib.MG_SS_LOST]) == 0
+    assert region.account().ok

@@ -173,3 +173,25 @@ def test_worker_killed_at_random_moments_never_loses_a_frame(make_region, spawn)
             free.enqueue(buf, n)
     assert free.count() == 512 and sorted(free.snapshot()) == list(range(512))
     assert total_moved > 0
+
+
+def test_push_all_is_push_with_one_destination(make_region, fault):
+    """mg_hand_push_all (the muxer's and reclaim's push): what push with every entry to one
+    ring does -- what fits goes in order, the rest stays; the same journal on a crash."""
+    from maglev.native import check
+
+    r = make_region(1, n_frames=32, ring_size=4)
+    h = r.hand(SLOT_STEERING)
+    h.pull(r.free, 6)
+    assert check(lib.mg_hand_push_all(r.base, SLOT_STEERING, r.rx(0).id), "push_all") == 4
+    assert r.rx(0).snapshot() == [0, 1, 2, 3] and h.descs() == [4, 5]
+    assert lib.mg_hand_push_all(r.base, SLOT_STEERING, HAND_KEEP) < 0  # keep is no ring
+    assert lib.mg_hand_push_all(r.base, SLOT_STEERING, 999) < 0
+    assert h.descs() == [4, 5] and r.account().ok
+    fault(12)  # dies after the submit: the frames are on free, the hand is empty
+    assert lib.mg_hand_push_all(r.base, SLOT_STEERING, r.free.id) < 0
+    fault(0)
+    assert r.account().ok
+    assert h.recover() == [] and r.account().ok
+    r.free.reset_producer()
+    assert check(lib.mg_hand_push_all(r.base, SLOT_STEERING, r.free.id), "empty hand") == 0

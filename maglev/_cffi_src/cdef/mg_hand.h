@@ -3,6 +3,7 @@
 
 int mg_hand_pull(void *base, uint32_t slot, uint32_t ring_id, uint32_t max);
 int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n);
+int mg_hand_push_all(void *base, uint32_t slot, uint16_t d);
 uint64_t *mg_hand_descs(void *base, uint32_t slot, uint32_t *n);
 int mg_hand_count(void *base, uint32_t slot);
 int mg_hand_recover(void *base, uint32_t slot);

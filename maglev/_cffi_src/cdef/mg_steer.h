@@ -41,6 +41,8 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
 int mg_steer_reclaim(struct mg_steer *s, void *base);
 int mg_steer_spares(struct mg_steer *s, void *base, uint32_t reserve);
 int mg_steer_take(struct mg_steer *s, void *base, uint32_t n);
+int mg_steer_reclaim_ret(struct mg_steer *s, void *base);
+int mg_steer_take_hot(struct mg_steer *s, void *base, uint32_t n);
 int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh);
 int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
                   uint32_t n_workers, uint64_t *hash, uint16_t *flags);

@@ -50,6 +50,9 @@ size_t mg_hand_bytes(uint32_t n_rings);
 int mg_hand_pull(void *base, uint32_t slot, uint32_t ring_id, uint32_t max);
 /* dest has one entry per hand entry (n == mg_hand_count).  Returns frames pushed. */
 int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n);
+/* mg_hand_push with every entry going to ring d (no dest array to write and scan: the
+ * muxer's and steering's reclaim bursts).  Returns frames pushed. */
+int mg_hand_push_all(void *base, uint32_t slot, uint16_t d);
 /* The hand's entries (valid until the next move); *n = count. */
 uint64_t *mg_hand_descs(void *base, uint32_t slot, uint32_t *n);
 int mg_hand_count(void *base, uint32_t slot);

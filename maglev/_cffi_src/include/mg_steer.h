@@ -164,6 +164,11 @@ int mg_steer_spares(struct mg_steer *s, void *base, uint32_t reserve);
 /* Pull up to n (<= MG_BURST_MAX) free frames into an *empty* hand, leaving the frames the
  * spare rings are owed on the free list.  Frames or -errno. */
 int mg_steer_take(struct mg_steer *s, void *base, uint32_t n);
+/* The steering loop's pair (mg_loop.c): reclaim only the ret rings, and take the frames
+ * on the sent ring first (recently used, still cached), then free ones -- the pool is
+ * recycled last in, first out instead of cycling through every frame. */
+int mg_steer_reclaim_ret(struct mg_steer *s, void *base);
+int mg_steer_take_hot(struct mg_steer *s, void *base, uint32_t n);
 /* Hand entries [0, filled) hold received packets, [filled, count) unused frames: hash and
  * place the packets, return the unused frames to the free list.  fresh = 1 the first time
  * these packets are dispatched (they are counted as received), 0 for a retry of what

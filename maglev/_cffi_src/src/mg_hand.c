@@ -126,39 +126,39 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
         if (j == n)
             return push_one(base, h, a, dest[0], n);
     }
-    /* Validate everything before touching any ring: a bad call changes nothing. */
-    for (uint32_t j = 0; j < n; j++)
-        if (dest[j] != MG_HAND_KEEP && dest[j] >= n_rings)
-            return -EINVAL;
+    /* Validate everything before touching any ring: a bad call changes nothing.  One pass
+     * also lists the distinct destinations in order of first appearance (the order the
+     * rings are reserved and submitted in) and counts the entries for each. */
     /* commit[d]: prod of ring d once this push is submitted (journal).
      * want[d]:   scratch; entries for d, then slots granted and not yet filled; bit 31
      *            = "reserved, not yet submitted". */
     uint32_t *commit = h->commit, *want = h->commit + n_rings;
     struct mg_ring *rp[MG_HAND_RINGS_MAX]; /* ring of each reserved destination */
+    uint16_t dl[MG_HAND_RINGS_MAX];        /* the distinct destinations */
     if (n_rings > MG_HAND_RINGS_MAX)
         return -EINVAL;
     const uint32_t RESERVED = 0x80000000u;
-    for (uint32_t j = 0; j < n; j++)
-        if (dest[j] != MG_HAND_KEEP)
-            want[dest[j]] = 0;
-    for (uint32_t j = 0; j < n; j++)
-        if (dest[j] != MG_HAND_KEEP)
-            want[dest[j]]++;
+    memset(want, 0, (size_t)n_rings * sizeof *want);
+    uint32_t nd = 0;
     for (uint32_t j = 0; j < n; j++) {
         uint16_t d = dest[j];
-        if (d == MG_HAND_KEEP || (want[d] & RESERVED))
+        if (d == MG_HAND_KEEP)
             continue;
+        if (d >= n_rings)
+            return -EINVAL;
+        if (want[d]++ == 0)
+            dl[nd++] = d;
+    }
+    for (uint32_t q = 0; q < nd; q++) {
+        uint16_t d = dl[q];
         struct mg_ring *r = mg_region_ring_by_id(base, d);
         uint32_t prod = __atomic_load_n(&r->prod, __ATOMIC_RELAXED);
         if (r->p_head != prod) {
             /* Someone holds unsubmitted reservations on this ring: undo ours, refuse. */
-            for (uint32_t q = 0; q < j; q++) {
-                uint16_t e = dest[q];
-                if (e != MG_HAND_KEEP && (want[e] & RESERVED)) {
-                    struct mg_ring *rq = mg_region_ring_by_id(base, e);
-                    rq->p_head = __atomic_load_n(&rq->prod, __ATOMIC_RELAXED);
-                    want[e] = 0;
-                }
+            for (uint32_t u = 0; u < q; u++) {
+                struct mg_ring *ru = rp[dl[u]];
+                ru->p_head = __atomic_load_n(&ru->prod, __ATOMIC_RELAXED);
+                want[dl[u]] = 0;
             }
             return -EBUSY;
         }
@@ -187,10 +187,8 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
     h->n[b] = left;
     store_state(h, ST(a, MG_HAND_OP_PUSH));
     FAULT(11);
-    for (uint32_t j = 0; j < n; j++) {
-        uint16_t d = dest[j];
-        if (d == MG_HAND_KEEP || !(want[d] & RESERVED))
-            continue;
+    for (uint32_t q = 0; q < nd; q++) {
+        uint16_t d = dl[q];
         want[d] = 0;
         struct mg_ring *r = rp[d];
         uint32_t granted = commit[d] - __atomic_load_n(&r->prod, __ATOMIC_RELAXED);
@@ -201,6 +199,20 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
     FAULT(13);
     store_state(h, ST(b, MG_HAND_OP_NONE));
     return (int)pushed;
+}
+
+int mg_hand_push_all(void *base, uint32_t slot, uint16_t d)
+{
+    struct mg_hand *h = mg_region_hand(base, slot);
+    if (!h)
+        return -EINVAL;
+    uint32_t s = load_state(h);
+    if (ST_OP(s) != MG_HAND_OP_NONE)
+        return -EBUSY;
+    uint32_t a = ST_BUF(s), n = h->n[a];
+    if (n > MG_HAND_MAX || d == MG_HAND_KEEP)
+        return -EINVAL;
+    return n ? push_one(base, h, a, d, n) : 0;
 }
 
 uint64_t *mg_hand_descs(void *base, uint32_t slot, uint32_t *n)

@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include "mg_hand.h"
+#include "mg_ring.h"
 #include "mg_shm.h"
 
 uint64_t mg_loop_now_ns(void)
@@ -85,6 +86,19 @@ static int finish(struct mg_loop_out *o, uint32_t reason)
     return 0;
 }
 
+/* Steering's reclaim in the loop: the sent ring is left to mg_steer_take_hot (frames
+ * reused while their lines are cached) unless it is half full or back pressure holds
+ * packets in the hand -- then nothing would take from it soon: drain it to free, so the
+ * muxer never waits for room on it. */
+static int loop_reclaim(struct mg_steer *s, void *base)
+{
+    const struct mg_ring *sent = mg_region_ring_by_id(base, s->sent_id);
+    int holding = mg_hand_count(base, s->slot);
+    if (holding != 0 || !sent || mg_ring_count(sent) * 2 >= sent->size)
+        return mg_steer_reclaim(s, base);
+    return mg_steer_reclaim_ret(s, base);
+}
+
 int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
                   const struct mg_loop_ctl *ctl, struct mg_loop_out *out)
 {
@@ -95,7 +109,7 @@ int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
     budget_start(&b, ctl, mg_loop_now_ns(), out);
     uint8_t *pool = mg_region_pool(base);
     for (;;) {
-        int rc = mg_steer_reclaim(s, base);
+        int rc = loop_reclaim(s, base);
         if (rc < 0)
             return rc;
         rc = mg_steer_spares(s, base, ctl->spares); /* the loop runs only while not draining */
@@ -121,7 +135,7 @@ int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
         uint32_t want = ctl->burst;
         if (src->left < want)
             want = (uint32_t)src->left;
-        int n = mg_steer_take(s, base, want);
+        int n = mg_steer_take_hot(s, base, want);
         if (n < 0)
             return n;
         if (n == 0) /* no free frame: they come home on ret/sent, which ring the bell */

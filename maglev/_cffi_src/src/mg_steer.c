@@ -44,6 +44,8 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
 /* Push: every entry before `keep_to` is kept, the others go to `to`. */
 static int push_all(void *base, uint32_t slot, uint16_t *dest, uint32_t keep_to, uint32_t to)
 {
+    if (keep_to == 0)
+        return mg_hand_push_all(base, slot, (uint16_t)to);
     uint32_t cnt;
     mg_hand_descs(base, slot, &cnt);
     for (uint32_t j = 0; j < cnt; j++)
@@ -51,7 +53,13 @@ static int push_all(void *base, uint32_t slot, uint16_t *dest, uint32_t keep_to,
     return mg_hand_push(base, slot, dest, cnt);
 }
 
-int mg_steer_reclaim(struct mg_steer *s, void *base)
+static int reclaim(struct mg_steer *s, void *base, int with_sent);
+
+int mg_steer_reclaim(struct mg_steer *s, void *base) { return reclaim(s, base, 1); }
+
+int mg_steer_reclaim_ret(struct mg_steer *s, void *base) { return reclaim(s, base, 0); }
+
+static int reclaim(struct mg_steer *s, void *base, int with_sent)
 {
     int total = 0;
     int held = mg_hand_count(base, s->slot);
@@ -60,7 +68,7 @@ int mg_steer_reclaim(struct mg_steer *s, void *base)
     uint64_t batch = __atomic_load_n(&s->stats[MG_SS_BATCH], __ATOMIC_RELAXED);
     __atomic_store_n(&s->stats[MG_SS_HELD], (uint64_t)held, __ATOMIC_RELAXED);
     __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_RECLAIMING, __ATOMIC_RELEASE);
-    for (uint32_t i = 0; i <= s->n_workers; i++) {
+    for (uint32_t i = 0; i < s->n_workers + (with_sent ? 1u : 0u); i++) {
         uint32_t id = i < s->n_workers ? s->ret_id[i] : s->sent_id;
         for (;;) {
             int kept = mg_hand_count(base, s->slot);
@@ -161,37 +169,70 @@ int mg_steer_spares(struct mg_steer *s, void *base, uint32_t reserve)
     return (int)moved;
 }
 
-int mg_steer_take(struct mg_steer *s, void *base, uint32_t n)
+static int take(struct mg_steer *s, void *base, uint32_t n, int hot);
+
+int mg_steer_take(struct mg_steer *s, void *base, uint32_t n) { return take(s, base, n, 0); }
+
+int mg_steer_take_hot(struct mg_steer *s, void *base, uint32_t n) { return take(s, base, n, 1); }
+
+static int take(struct mg_steer *s, void *base, uint32_t n, int hot)
 {
     if (n > MG_BURST_MAX)
         return -EINVAL;
     int kept = mg_hand_count(base, s->slot);
     if (kept != 0)
         return kept < 0 ? kept : -EBUSY;
-    if (s->owed) {
+    int hot_got = 0;
+    if (hot) {
+        /* Frames the muxer just sent first, straight from the sent ring (last in, first
+         * out for the pool, like a DPDK mempool cache): their lines are still in some
+         * core's cache, where the free list's oldest frames went cold long ago.  TAKING
+         * covers them like any free frame (a replacement returns them to free). */
+        __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_TAKING, __ATOMIC_RELEASE);
+        hot_got = mg_hand_pull(base, s->slot, s->sent_id, n);
+        if (hot_got < 0)
+            return hot_got;
+        if (hot_got && MG_UNLIKELY(mg_trace_inflight(base))) { /* as mg_steer_reclaim */
+            uint32_t hn;
+            uint64_t *hd = mg_hand_descs(base, s->slot, &hn);
+            mg_trace_collect(base, mg_region_pool(base), hd, (uint32_t)hot_got);
+        }
+        s->stats[MG_SS_RECLAIMED] += (uint64_t)hot_got;
+        n -= (uint32_t)hot_got;
+    }
+    if (n && s->owed) {
         uint32_t free_n = mg_ring_count(mg_region_ring_by_id(base, s->free_id));
         uint32_t spare_ok = free_n > s->owed ? free_n - s->owed : 0;
         if (n > spare_ok)
             n = spare_ok;
-        if (n == 0) {
+        if (n == 0 && !hot_got) {
             s->stats[MG_SS_NO_FREE]++;
             return 0;
         }
     }
     __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_TAKING, __ATOMIC_RELEASE);
-    int got = mg_hand_pull(base, s->slot, s->free_id, n);
-    if (got <= 0) {
-        if (got == 0 && n > 0)
-            s->stats[MG_SS_NO_FREE]++;
+    int got = n ? mg_hand_pull(base, s->slot, s->free_id, n) : 0;
+    if (got < 0)
         return got;
-    }
+    if (got == 0 && n > 0 && !hot_got)
+        s->stats[MG_SS_NO_FREE]++;
+    got += hot_got;
+    if (got == 0)
+        return 0;
     /* Mark the frames unfilled before the NIC may fill them (the NIC writes these
      * metadata lines next anyway).  MARKED says every frame in the hand is marked. */
     uint32_t cnt;
     uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
     uint8_t *pool = mg_region_pool(base);
-    for (uint32_t j = 0; j < cnt; j++)
+    /* The metadata lines were last written on a worker's core: ask for them (for writing)
+     * a few frames ahead, so the misses overlap instead of coming one by one. */
+    for (uint32_t j = 0; j < cnt && j < 8; j++)
+        __builtin_prefetch(mg_frame_meta(pool, (uint32_t)descs[j]), 1, 3);
+    for (uint32_t j = 0; j < cnt; j++) {
+        if (j + 8 < cnt)
+            __builtin_prefetch(mg_frame_meta(pool, (uint32_t)descs[j + 8]), 1, 3);
         mg_frame_meta(pool, (uint32_t)descs[j])->len = MG_FRAME_LEN_EMPTY;
+    }
     __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_MARKED, __ATOMIC_RELEASE);
     return got;
 }
@@ -231,6 +272,115 @@ static int redirected_inner(const uint8_t *pkt, const struct mg_parsed *p, struc
     return mg_parse(buf, 14 + n, inner) == MG_OK && (inner->frag & MG_PF_FRAGMENT);
 }
 
+/* SipHash-1-3 of a 40-byte flow key: mg_siphash13(k0, k1, key, 40) unrolled (the same
+ * function; tests/actors/test_steer_fast.py compares it with the Python reference). */
+#define SROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SSIPROUND                                                                         \
+    do {                                                                                  \
+        v0 += v1; v1 = SROTL(v1, 13); v1 ^= v0; v0 = SROTL(v0, 32);                        \
+        v2 += v3; v3 = SROTL(v3, 16); v3 ^= v2;                                            \
+        v0 += v3; v3 = SROTL(v3, 21); v3 ^= v0;                                            \
+        v2 += v1; v1 = SROTL(v1, 17); v1 ^= v2; v2 = SROTL(v2, 32);                        \
+    } while (0)
+
+static inline uint64_t key_hash40(uint64_t k0, uint64_t k1, const struct mg_flow_key *k)
+{
+    uint64_t m[5];
+    memcpy(m, k, sizeof m);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    for (int i = 0; i < 5; i++)
+        m[i] = __builtin_bswap64(m[i]);
+#endif
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
+    uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
+    uint64_t v3 = 0x7465646279746573ULL ^ k1;
+#pragma GCC unroll 5
+    for (int i = 0; i < 5; i++) {
+        v3 ^= m[i];
+        SSIPROUND;
+        v0 ^= m[i];
+    }
+    uint64_t b = (uint64_t)40 << 56;
+    v3 ^= b;
+    SSIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SSIPROUND;
+    SSIPROUND;
+    SSIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+_Static_assert(sizeof(struct mg_flow_key) == 40, "key_hash40 is unrolled for 40 bytes");
+
+static inline uint32_t be16_at(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
+
+/* TCP / UDP header at l4 with `room` bytes to the end of the IP packet: 1 when mg_parse's
+ * parse_l4 accepts it (the same checks), and the ports go into the key. */
+static inline int fast_l4(const uint8_t *l4, uint32_t room, uint8_t proto, struct mg_flow_key *k)
+{
+    if (proto == 6) {
+        uint32_t doff = (uint32_t)(l4[12] >> 4) * 4;
+        if (room < 20 || doff < 20 || doff > room)
+            return 0;
+    } else if (proto == 17) {
+        if (room < 8 || be16_at(l4 + 4) < 8)
+            return 0;
+    } else {
+        return 0;
+    }
+    memcpy(&k->sport, l4, 2);
+    memcpy(&k->dport, l4 + 2, 2);
+    return 1;
+}
+
+/* The common packet without the general parser: untagged Ethernet, IPv4 without options
+ * or IPv6 without extension headers, not a fragment, TCP or UDP, valid as mg_parse sees
+ * it (same length, checksum, TTL and L4 checks).  1 and the packet's key (exactly what
+ * mg_parse puts in p.key) for such a packet; 0 for any other packet, which then takes the
+ * general path -- so the result never differs from mg_parse's (differential test:
+ * tests/actors/test_steer_fast.py). */
+static inline int fast_key(const uint8_t *pkt, uint32_t len, struct mg_flow_key *k)
+{
+    if (len < 14 + 40)
+        return 0; /* shorter than any packet this path takes: the general path decides */
+    uint32_t et = be16_at(pkt + 12);
+    const uint8_t *ip = pkt + 14;
+    memset(k, 0, sizeof *k);
+    if (et == 0x0800) {
+        if (ip[0] != 0x45)
+            return 0;
+        uint32_t tot = be16_at(ip + 2);
+        if (tot < 20 || tot > len - 14 || ip[8] == 0 || (be16_at(ip + 6) & 0x3fff))
+            return 0;
+        uint32_t w[5];
+        memcpy(w, ip, 20);
+        uint64_t sum = (uint64_t)w[0] + w[1] + w[2] + w[3] + w[4];
+        sum = (sum & 0xffffffffu) + (sum >> 32);
+        sum = (sum & 0xffffffffu) + (sum >> 32);
+        sum = (sum & 0xffffu) + (sum >> 16);
+        sum = (sum & 0xffffu) + (sum >> 16);
+        if (sum != 0xffff)
+            return 0;
+        k->proto = ip[9];
+        k->family = 4;
+        memcpy(k->src, ip + 12, 4);
+        memcpy(k->dst, ip + 16, 4);
+        return fast_l4(ip + 20, tot - 20, ip[9], k);
+    }
+    if (et == 0x86dd) {
+        uint32_t plen = be16_at(ip + 4);
+        if ((ip[0] >> 4) != 6 || plen == 0 || plen > len - 14 - 40 || ip[7] == 0)
+            return 0;
+        k->proto = ip[6];
+        k->family = 6;
+        memcpy(k->src, ip + 8, 16);
+        memcpy(k->dst, ip + 24, 16);
+        return fast_l4(ip + 40, plen, ip[6], k);
+    }
+    return 0;
+}
+
 /* mg_steer_hash, and *plain = 1 when the hash is of the packet's own 5-tuple key (what
  * the worker's data path hashes for an ordinary flow: MG_FRAME_F_HASHED); *pp and
  * *parse_rc: what the parser made of it (overload shedding classifies by them). */
@@ -238,6 +388,15 @@ static int steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1
                       uint32_t n_workers, uint64_t *hash, uint16_t *flags, int *plain,
                       struct mg_parsed *pp, int *parse_rc)
 {
+    if (MG_LIKELY(fast_key(pkt, len, &pp->key))) {
+        /* what shedding reads of the parse (mg_shed_classify): the key, not a fragment */
+        pp->frag = 0;
+        *parse_rc = MG_OK;
+        *hash = key_hash40(k0, k1, &pp->key);
+        *flags = 0;
+        *plain = 1;
+        return n_workers ? (int)((uint32_t)(*hash >> 32) % n_workers) : 0;
+    }
     struct mg_parsed inner;
     *hash = 0;
     *flags = 0;
@@ -257,7 +416,7 @@ static int steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1
         pp->key.dport = 0;
         *flags |= MG_FRAME_F_FRAGMENT;
     }
-    *hash = mg_siphash13(k0, k1, (const uint8_t *)&pp->key, sizeof pp->key);
+    *hash = key_hash40(k0, k1, &pp->key);
     return n_workers ? (int)((uint32_t)(*hash >> 32) % n_workers) : 0;
 }
 
@@ -513,8 +672,6 @@ int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed
     /* The muxer never touches a frame itself (the NIC does, if it must): reading even
      * the length would cost a cache miss per frame on the line the worker just wrote.
      * Bytes are counted by the workers (bytes_out) and by NICs that copy. */
-    for (uint32_t j = 0; j < cnt; j++)
-        m->dest[j] = (uint16_t)m->sent_id;
     if (MG_UNLIKELY(mg_trace_inflight(base))) /* packet tracer: stamp ts_tx_ns */
         mg_trace_mux_stamp(mg_region_pool(base), descs, n_sent);
     if (n_sent + n_failed) {
@@ -536,7 +693,7 @@ int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed
         mg_stats_apply(base, m->slot);
         mg_stats_end(base, m->slot);
     }
-    int rc = mg_hand_push(base, m->slot, m->dest, cnt);
+    int rc = mg_hand_push_all(base, m->slot, (uint16_t)m->sent_id); /* every frame to sent */
     if (rc < 0)
         return rc;
     return mg_hand_count(base, m->slot);
