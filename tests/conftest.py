@@ -43,6 +43,57 @@ def pytest_configure(config: pytest.Config) -> None:
     _saved_env["MAGLEV_CT_RECORD"] = os.environ.get("MAGLEV_CT_RECORD")
     if not os.environ.get("MAGLEV_CT_RECORD"):
         os.environ["MAGLEV_CT_RECORD"] = str(base / "ct-segments")
+    # The leak guard (maglev/testing/leaks.py): each test gets its own $MAGLEV_RECORD file
+    from maglev.record import ENV
+    from maglev.testing.leaks import Guard
+
+    _saved_env[ENV] = os.environ.get(ENV)
+    _guard.append(Guard(base / "leaks"))
+    _between_tests()
+
+
+_guard: list = []  # [maglev.testing.leaks.Guard] once configured
+_RECORD_KEY = pytest.StashKey[str]()
+
+
+def _between_tests() -> None:
+    from maglev.record import ENV
+
+    path = str(_guard[0].base / "rec" / "0")
+    _guard[0].owners[path] = "the session (between tests)"
+    os.environ[ENV] = path
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item):
+    # before any fixture of the test is set up: what it makes is listed in its own file
+    if _guard:
+        item.stash[_RECORD_KEY] = _guard[0].start(item.nodeid)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    # after the test's fixtures (and, at a module's last test, the module's) are torn down
+    from maglev.testing.leaks import describe
+
+    try:
+        result = yield
+    finally:
+        leaks = []
+        if _guard:
+            module_end = nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None)
+            leaks = _guard[0].check(item.stash.get(_RECORD_KEY, None), module_end)
+            _between_tests()
+    if leaks:
+        pytest.fail(describe(leaks), pytrace=False)
+    return result
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _guard and _guard[0].dropped_tables:
+        terminalreporter.write_line(
+            f"leak guard: dropped {_guard[0].dropped_tables} connection table(s) that stopped runs kept for adoption")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

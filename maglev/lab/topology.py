@@ -56,6 +56,7 @@ from typing import Any
 
 from maglev.actors.launch import python_argv
 from maglev.errors import MaglevError, NotRootError
+from maglev.record import note
 from maglev.testing.netns import why_no_netns
 
 STATE_DIR = Path(os.environ.get("MAGLEV_LAB_DIR", "/run/maglev-lab"))
@@ -214,6 +215,7 @@ class Lab:
             )
         self.state["namespaces"].append(name)
         self.save()
+        note("netns", name)  # $MAGLEV_RECORD (test harness)
         sh(["ip", "netns", "add", name])
         ns_exec(name, "ip", "link", "set", "lo", "up")
         return name
@@ -221,12 +223,15 @@ class Lab:
     def _veth(self, a: str, a_dev: str, b: str, b_dev: str, mtu: int = 1500) -> None:
         tag = secrets.token_hex(4)
         tmp_a, tmp_b = f"mgl{tag}a", f"mgl{tag}b"
+        note("link", tmp_a)
+        note("link", tmp_b)
         sh(["ip", "link", "add", tmp_a, "mtu", str(mtu), "type", "veth", "peer", "name", tmp_b, "mtu", str(mtu)])
         try:
             sh(["ip", "link", "set", tmp_a, "netns", a, "name", a_dev])
             sh(["ip", "link", "set", tmp_b, "netns", b, "name", b_dev])
-        except LabError:
+        except BaseException:  # an end still here (tmp_b after tmp_a moved): delete the pair
             sh(["ip", "link", "del", tmp_a], check=False)
+            sh(["ip", "link", "del", tmp_b], check=False)
             raise
 
     def spawn(self, role: str, ns: str, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
