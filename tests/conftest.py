@@ -82,12 +82,22 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     finally:
         leaks = []
         if _guard:
-            module_end = nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None)
-            leaks = _guard[0].check(item.stash.get(_RECORD_KEY, None), module_end)
+            leaks = _guard[0].check(item.stash.get(_RECORD_KEY, None), _fixture_scopes(item), nextitem is None)
             _between_tests()
     if leaks:
         pytest.fail(describe(leaks), pytrace=False)
     return result
+
+
+def _fixture_scopes(item: pytest.Item) -> frozenset:
+    """The pytest nodes (module, package, class...) with fixtures still set up after this
+    item's teardown: what a test made may belong to one of them until it is torn down.
+    The session's own scope is left out (its fixtures make nothing outside the process)."""
+    try:
+        stack = item.session._setupstate.stack
+        return frozenset(n for n, (fins, _) in stack.items() if n is not item.session and len(fins) > 1)
+    except (AttributeError, TypeError, ValueError):  # another pytest: judge at the session's end
+        return frozenset({"?"})
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -235,7 +235,13 @@ class Lab:
             raise
 
     def spawn(self, role: str, ns: str, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-        """Start ``argv`` inside ``ns`` in its own session, detached from us; record it."""
+        """Start ``argv`` inside ``ns`` in its own session, detached from us; record it.
+        A forwarder (role ``maglev...``) keeps its state (persisted config, connection
+        tables kept for adoption) in this lab's folder unless ``env`` says otherwise, so
+        ``down`` removes it: a forwarder started later (a benchmark's drivers, a restart)
+        never leaves tables in /dev/shm under /var/lib/maglev's identity."""
+        if role.startswith("maglev"):
+            env = {"MAGLEV_STATE_DIR": str(self.state_dir / "forwarder-state"), **(env or {})}
         logs = self.state_dir / "logs"
         logs.mkdir(exist_ok=True)
         log_path = logs / f"{role}.log"

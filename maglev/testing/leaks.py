@@ -12,15 +12,16 @@ After the test's teardown the guard looks at what the file lists:
 * a connection table (``maglev-<inst>-ct-<tag>-<i>``) that no live process maps or holds
   open is dropped: a run that stopped cleanly keeps its tables on purpose for the next run
   of its instance to adopt (docs/rings.md), and a test's instance never has a next run;
-* anything else still there once the module's fixtures are torn down is a leak: a shm
+* anything else still there once the fixtures that may own it are torn down is a leak: a shm
   region, a connection table still mapped (by a process that outlived the test), a run
   folder, a namespace, a link, or a live process with the test's record path in its
   environment.  The guard reports it as an error of the test, then removes it (processes
   killed by pid) so the next test starts clean.
 
-Within a module, something still in use after a test's teardown may belong to a
-module-scoped fixture: it is judged again at each later teardown and finally at the
-module's end.  A shm file or run folder nobody uses any more is a leak at once.
+Something still in use after a test's teardown may belong to a fixture of a wider scope
+(module, package, class): it is judged again at each later teardown until the scopes that
+held fixtures at the test's end are torn down.  A shm file or run folder nobody uses any
+more is a leak at once.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ class Guard:
     base: Path
     count: int = 0
     owners: dict[str, str] = field(default_factory=dict)          # record path -> test id
-    pending: list[tuple[str, str, str]] = field(default_factory=list)  # kind, name, record path
+    # kind, name, record path, the fixture scopes (pytest nodes) alive when it was judged
+    pending: list[tuple[str, str, str, frozenset]] = field(default_factory=list)
+    proc_holders: dict[str, frozenset] = field(default_factory=dict)  # record path -> scopes
     dropped_tables: int = 0
 
     def __post_init__(self) -> None:
@@ -162,16 +165,18 @@ class Guard:
         os.environ[ENV] = path
         return path
 
-    def check(self, record: str | None, module_end: bool) -> list[Leak]:
-        """After a test's teardown: the leaks of this test (and of pending earlier tests of
-        the module); removes them.  ``module_end``: the module's fixtures are gone too."""
-        items = [(k, n, record) for k, n in read(record)] if record else []
+    def check(self, record: str | None, holders: frozenset, last: bool = False) -> list[Leak]:
+        """After a test's teardown: the leaks of this test (and of earlier tests whose
+        fixtures are now gone); removes them.  ``holders``: the scopes (pytest nodes) whose
+        fixtures are still set up (anything of the test may belong to one of them);
+        ``last``: the session's end, nothing is set up any more."""
+        items = [(k, n, record, holders) for k, n in read(record)] if record else []
         items += self.pending
         self.pending = []
-        items = [(k, n, r) for k, n, r in items if _exists(k, n)]
+        items = [(k, n, r, h) for k, n, r, h in items if _exists(k, n)]
         leaks: list[Leak] = []
-        users = shm_users({n for k, n, _ in items if k == "shm"})
-        for kind, name, rec in items:
+        users = shm_users({n for k, n, _, _ in items if k == "shm"})
+        for kind, name, rec, held in items:
             origin = self.owners.get(rec, rec)
             if kind == "shm" and not users.get(name):
                 if _is_ct_table(name):  # kept for adoption by a run that stopped: drop it
@@ -183,16 +188,20 @@ class Guard:
             if kind == "dir" and not _run_dir_owner_alive(name):
                 leaks.append(Leak(kind, name, origin, "its run is gone"))
                 continue
-            if not module_end:
-                self.pending.append((kind, name, rec))
+            if not last and held & holders:  # may belong to a fixture still set up
+                self.pending.append((kind, name, rec, held & holders))
                 continue
-            detail = f"used by pids {users[name]}" if kind == "shm" else "still there after the module"
+            detail = f"used by pids {users[name]}" if kind == "shm" else "still there after its fixtures"
             leaks.append(Leak(kind, name, origin, detail))
-        if module_end:  # a process a test started may serve a module fixture until here
-            procs = processes_with_env(str(self.base / "rec") + "/")
-            for pid, rec in procs.items():
-                leaks.append(Leak("process", _cmdline(pid), self.owners.get(rec, rec), f"pid {pid} still running"))
-            _kill(list(procs))
+        # a process a test started may serve a fixture of a wider scope: judged when the
+        # scopes alive at the test's end are gone
+        self.proc_holders.setdefault(record or "", holders)
+        procs = processes_with_env(str(self.base / "rec") + "/")
+        gone = {pid: rec for pid, rec in procs.items()
+                if last or not (self.proc_holders.get(rec, frozenset({"?"})) & holders)}
+        for pid, rec in gone.items():
+            leaks.append(Leak("process", _cmdline(pid), self.owners.get(rec, rec), f"pid {pid} still running"))
+        _kill(list(gone))
         for leak in leaks:
             if leak.kind != "process":
                 _remove(leak.kind, leak.name)

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 LEAKY = '''
 import os, subprocess, sys, tempfile
+import pytest
 from maglev.rings.region import Region
 from maglev.rings import conntrack_shm as cs
 from maglev.native import lib
@@ -41,6 +42,16 @@ def test_leaks_run_folder_of_a_dead_run():
 
 def test_leaks_process():
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+
+@pytest.fixture(scope="module")
+def held():
+    r = Region.create(f"{TAG}-mod", 1, 64, 64, 0)
+    yield r
+    r.close()  # not unlinked: a leak, but only once the module's fixtures are torn down
+
+
+def test_uses_the_module_fixture(held):
+    pass
 
 def test_clean():
     r = Region.create(f"{TAG}-ok", 1, 64, 64, 0)
@@ -78,22 +89,26 @@ def test_the_guard_reports_and_removes_each_kind_of_leak(tmp_path):
     assert f"shm maglev-{tag}-leak (no process uses it), made during test_leaky.py::test_leaks_region" in out
     assert "ERROR at teardown of test_leaks_run_folder_of_a_dead_run" in out
     assert "its run is gone), made during test_leaky.py::test_leaks_run_folder_of_a_dead_run" in out
-    # a detached process may serve a module fixture: judged at the module's end
-    assert "ERROR at teardown of test_clean" in out
+    assert "ERROR at teardown of test_leaks_process" in out
+    assert "still running), made during test_leaks_process" not in out.split("test_leaks_process ___")[0]
     assert "still running), made during test_leaky.py::test_leaks_process" in out
+    # something still in use when a module fixture is alive: judged when the module ends
+    assert "ERROR at teardown of test_clean" in out
+    assert "ERROR at teardown of test_uses_the_module_fixture" not in out
+    assert f"shm maglev-{tag}-mod (no process uses it), made during test_leaky.py::test_uses_the_module_fixture" in out
     assert "teardown of test_keeps_a_table" not in out
     assert "dropped 1 connection table(s)" in out
-    assert "5 passed, 3 errors" in out, out
+    assert "6 passed, 4 errors" in out, out
     assert not [n for n in os.listdir("/dev/shm") if tag in n]
 
 
-def test_the_guard_reports_a_namespace_left_at_the_modules_end(tmp_path):
+def test_the_guard_reports_a_namespace_left(tmp_path):
     if reason := why_no_netns():
         pytest.skip(reason)
     r, _ = _session(tmp_path, NETNS)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "ERROR at teardown of test_next" in r.stdout
-    m = re.search(r"netns (mgt-lkg-\S+) \(still there after the module\), made during test_leaky.py::test_leaks_netns",
+    assert "ERROR at teardown of test_leaks_netns" in r.stdout
+    m = re.search(r"netns (mgt-lkg-\S+) \(still there after its fixtures\), made during test_leaky.py::test_leaks_netns",
                   r.stdout)
     assert m, r.stdout
     assert m[1] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
