@@ -493,6 +493,7 @@ class Lab:
                         time.sleep(0.05)
                     if _proc_start_time(p["pid"]) == p["start"]:
                         _signal_group(p["pid"], signal.SIGKILL)
+                        _remove_killed_runs([p])
             self.state["processes"] = keep
             self.save()
         return found
@@ -530,6 +531,8 @@ class Lab:
                 time.sleep(0.05)
             if _proc_start_time(p["pid"]) == p["start"]:
                 _signal_group(p["pid"], signal.SIGKILL)
+        if procs:
+            _remove_killed_runs(procs)
         existing = set(list_netns())
         removed = []
         for ns in reversed(self.state.get("namespaces", [])):
@@ -549,6 +552,19 @@ class Lab:
         self.state = {}
         return {"removed_namespaces": removed, "stopped_processes": len(procs), "was_up": True}
 
+
+
+def _remove_killed_runs(killed: list[dict[str, Any]]) -> None:
+    """A forwarder killed with SIGKILL (it did not stop in time) leaves its run folder and
+    shared-memory region: remove those of runs proven dead, as the next ``maglev run``
+    would (maglev/actors/leftovers.py; a live run's are never touched)."""
+    from maglev.actors.leftovers import remove_dead_runs
+
+    deadline = time.monotonic() + 5  # SIGKILL is sent: gone (reaped by init) within moments
+    for p in killed:
+        while _proc_start_time(p["pid"]) == p["start"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+    remove_dead_runs()
 
 
 def _signal_group(pid: int, sig: int) -> None:
