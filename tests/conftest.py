@@ -89,15 +89,36 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     return result
 
 
-def _fixture_scopes(item: pytest.Item) -> frozenset:
-    """The pytest nodes (module, package, class...) with fixtures still set up after this
-    item's teardown: what a test made may belong to one of them until it is torn down.
-    The session's own scope is left out (its fixtures make nothing outside the process)."""
+class _Held:
+    """A fixture of a wider scope than the test (module, package, session) that the test
+    used, in the instance set up then: alive until pytest tears it down."""
+
+    def __init__(self, fixturedef, cached) -> None:
+        self.fixturedef, self.cached = fixturedef, cached
+
+    def alive(self) -> bool:
+        return self.fixturedef.cached_result is self.cached
+
+
+class _Unknown:
+    def alive(self) -> bool:
+        return True
+
+
+def _fixture_scopes(item: pytest.Item) -> tuple:
+    """The fixtures of a wider scope than the test that it used and that are still set up
+    after its teardown: what the test made may belong to one of them until it is torn down
+    (an autouse fixture counts: it is in ``item.fixturenames`` too)."""
     try:
-        stack = item.session._setupstate.stack
-        return frozenset(n for n, (fins, _) in stack.items() if n is not item.session and len(fins) > 1)
-    except (AttributeError, TypeError, ValueError):  # another pytest: judge at the session's end
-        return frozenset({"?"})
+        defs = item._fixtureinfo.name2fixturedefs
+        out = []
+        for name in item.fixturenames:
+            for fd in defs.get(name, ()):
+                if fd.scope != "function" and fd.cached_result is not None:
+                    out.append(_Held(fd, fd.cached_result))
+        return tuple(out)
+    except (AttributeError, TypeError):  # another pytest: judge at the session's end
+        return (_Unknown(),)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -88,6 +88,7 @@ def processes_with_env(prefix: str) -> dict[int, str]:
     key = f"{ENV}={prefix}".encode()
     out: dict[int, str] = {}
     me = os.getpid()
+    _wait_for_exec()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
@@ -101,6 +102,27 @@ def processes_with_env(prefix: str) -> dict[int, str]:
             value = env[i:].split(b"\0", 1)[0].decode(errors="replace").split("=", 1)[1]
             out[int(entry.name)] = value
     return out
+
+
+def _wait_for_exec(timeout_s: float = 2.0) -> None:
+    """A child forked by this process shows this process's environment until it execs
+    (subprocess sets the new one at exec): wait, bounded, until none is in between."""
+    import psutil
+
+    me = psutil.Process()
+    try:
+        mine = me.cmdline()
+    except psutil.Error:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            between = [c for c in me.children(recursive=True) if c.cmdline() == mine]
+        except psutil.Error:
+            between = [None]  # one went away while we looked: look again
+        if not between:
+            return
+        time.sleep(0.01)
 
 
 def _run_dir_owner_alive(path: str) -> bool:
@@ -149,10 +171,13 @@ class Guard:
     base: Path
     count: int = 0
     owners: dict[str, str] = field(default_factory=dict)          # record path -> test id
-    # kind, name, record path, the fixture scopes (pytest nodes) alive when it was judged
-    pending: list[tuple[str, str, str, frozenset]] = field(default_factory=list)
-    proc_holders: dict[str, frozenset] = field(default_factory=dict)  # record path -> scopes
+    # kind, name, record path, the fixtures that may hold it (objects with .alive())
+    pending: list[tuple[str, str, str, tuple]] = field(default_factory=list)
+    proc_holders: dict[str, tuple] = field(default_factory=dict)  # record path -> holders
     dropped_tables: int = 0
+    # strict: a kept connection table is an error too (MAGLEV_LEAK_GUARD=strict: find the
+    # tests whose runs keep tables, e.g. to check a teardown path that should drop them)
+    strict: bool = field(default_factory=lambda: os.environ.get("MAGLEV_LEAK_GUARD") == "strict")
 
     def __post_init__(self) -> None:
         (self.base / "rec").mkdir(parents=True, exist_ok=True)
@@ -165,21 +190,30 @@ class Guard:
         os.environ[ENV] = path
         return path
 
-    def check(self, record: str | None, holders: frozenset, last: bool = False) -> list[Leak]:
+    def check(self, record: str | None, holders: tuple = (), last: bool = False) -> list[Leak]:
         """After a test's teardown: the leaks of this test (and of earlier tests whose
-        fixtures are now gone); removes them.  ``holders``: the scopes (pytest nodes) whose
-        fixtures are still set up (anything of the test may belong to one of them);
+        fixtures are now gone); removes them.  ``holders``: the fixtures of a wider scope
+        than the test that it used and that are still set up (objects whose ``alive()``
+        says so): anything the test made may belong to one of them until it is torn down;
         ``last``: the session's end, nothing is set up any more."""
         items = [(k, n, record, holders) for k, n in read(record)] if record else []
         items += self.pending
         self.pending = []
         items = [(k, n, r, h) for k, n, r, h in items if _exists(k, n)]
-        leaks: list[Leak] = []
         users = shm_users({n for k, n, _, _ in items if k == "shm"})
+        if record and any(k == "shm" and not users.get(n) for k, n, _, _ in items):
+            # A process of this test may be between unmapping and unlinking its file (a stop
+            # the test did not wait for): give it a moment before calling it a leak.
+            deadline = time.monotonic() + 3
+            while record in processes_with_env(record).values() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            items = [(k, n, r, h) for k, n, r, h in items if _exists(k, n)]
+            users = shm_users({n for k, n, _, _ in items if k == "shm"})
+        leaks: list[Leak] = []
         for kind, name, rec, held in items:
             origin = self.owners.get(rec, rec)
             if kind == "shm" and not users.get(name):
-                if _is_ct_table(name):  # kept for adoption by a run that stopped: drop it
+                if _is_ct_table(name) and not self.strict:  # kept for adoption by a stopped run
                     _remove(kind, name)
                     self.dropped_tables += 1
                 else:
@@ -188,8 +222,8 @@ class Guard:
             if kind == "dir" and not _run_dir_owner_alive(name):
                 leaks.append(Leak(kind, name, origin, "its run is gone"))
                 continue
-            if not last and held & holders:  # may belong to a fixture still set up
-                self.pending.append((kind, name, rec, held & holders))
+            if not last and any(h.alive() for h in held):  # may belong to a fixture still set up
+                self.pending.append((kind, name, rec, held))
                 continue
             detail = f"used by pids {users[name]}" if kind == "shm" else "still there after its fixtures"
             leaks.append(Leak(kind, name, origin, detail))
@@ -198,7 +232,7 @@ class Guard:
         self.proc_holders.setdefault(record or "", holders)
         procs = processes_with_env(str(self.base / "rec") + "/")
         gone = {pid: rec for pid, rec in procs.items()
-                if last or not (self.proc_holders.get(rec, frozenset({"?"})) & holders)}
+                if last or not any(h.alive() for h in self.proc_holders.get(rec, ()))}
         for pid, rec in gone.items():
             leaks.append(Leak("process", _cmdline(pid), self.owners.get(rec, rec), f"pid {pid} still running"))
         _kill(list(gone))
