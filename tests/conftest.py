@@ -122,9 +122,13 @@ def _fixture_scopes(item: pytest.Item) -> tuple:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    if _guard and _guard[0].dropped_tables:
-        terminalreporter.write_line(
-            f"leak guard: dropped {_guard[0].dropped_tables} connection table(s) that stopped runs kept for adoption")
+    if not _guard:
+        return
+    made, left = _guard[0].summary()
+    terminalreporter.write_line(
+        f"leak guard: the tests made {made} shm files, run folders, namespaces and links; "
+        f"{len(left)} still there{': ' + ', '.join(left) if left else ''}; dropped "
+        f"{_guard[0].dropped_tables} connection table(s) that stopped runs kept for adoption")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

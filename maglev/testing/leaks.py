@@ -242,6 +242,14 @@ class Guard:
         return leaks
 
 
+    def summary(self) -> tuple[int, list[str]]:
+        """(how many things this session's tests recorded, those of them still there)."""
+        seen: set[tuple[str, str]] = set()
+        for rec in self.owners:
+            seen.update(read(rec))
+        return len(seen), sorted(f"{k} {n}" for k, n in seen if _exists(k, n))
+
+
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
