@@ -43,6 +43,92 @@ def pytest_configure(config: pytest.Config) -> None:
     _saved_env["MAGLEV_CT_RECORD"] = os.environ.get("MAGLEV_CT_RECORD")
     if not os.environ.get("MAGLEV_CT_RECORD"):
         os.environ["MAGLEV_CT_RECORD"] = str(base / "ct-segments")
+    # The leak guard (maglev/testing/leaks.py): each test gets its own $MAGLEV_RECORD file
+    from maglev.record import ENV
+    from maglev.testing.leaks import Guard
+
+    _saved_env[ENV] = os.environ.get(ENV)
+    _guard.append(Guard(base / "leaks"))
+    _between_tests()
+
+
+_guard: list = []  # [maglev.testing.leaks.Guard] once configured
+_RECORD_KEY = pytest.StashKey[str]()
+
+
+def _between_tests() -> None:
+    from maglev.record import ENV
+
+    path = str(_guard[0].base / "rec" / "0")
+    _guard[0].owners[path] = "the session (between tests)"
+    os.environ[ENV] = path
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item):
+    # before any fixture of the test is set up: what it makes is listed in its own file
+    if _guard:
+        item.stash[_RECORD_KEY] = _guard[0].start(item.nodeid)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    # after the test's fixtures (and, at a module's last test, the module's) are torn down
+    from maglev.testing.leaks import describe
+
+    try:
+        result = yield
+    finally:
+        leaks = []
+        if _guard:
+            leaks = _guard[0].check(item.stash.get(_RECORD_KEY, None), _fixture_scopes(item), nextitem is None)
+            _between_tests()
+    if leaks:
+        pytest.fail(describe(leaks), pytrace=False)
+    return result
+
+
+class _Held:
+    """A fixture of a wider scope than the test (module, package, session) that the test
+    used, in the instance set up then: alive until pytest tears it down."""
+
+    def __init__(self, fixturedef, cached) -> None:
+        self.fixturedef, self.cached = fixturedef, cached
+
+    def alive(self) -> bool:
+        return self.fixturedef.cached_result is self.cached
+
+
+class _Unknown:
+    def alive(self) -> bool:
+        return True
+
+
+def _fixture_scopes(item: pytest.Item) -> tuple:
+    """The fixtures of a wider scope than the test that it used and that are still set up
+    after its teardown: what the test made may belong to one of them until it is torn down
+    (an autouse fixture counts: it is in ``item.fixturenames`` too)."""
+    try:
+        defs = item._fixtureinfo.name2fixturedefs
+        out = []
+        for name in item.fixturenames:
+            for fd in defs.get(name, ()):
+                if fd.scope != "function" and fd.cached_result is not None:
+                    out.append(_Held(fd, fd.cached_result))
+        return tuple(out)
+    except (AttributeError, TypeError):  # another pytest: judge at the session's end
+        return (_Unknown(),)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not _guard:
+        return
+    made, left = _guard[0].summary()
+    terminalreporter.write_line(
+        f"leak guard: the tests made {made} shm files, run folders, namespaces and links; "
+        f"{len(left)} still there{': ' + ', '.join(left) if left else ''}; dropped "
+        f"{_guard[0].dropped_tables} connection table(s) that stopped runs kept for adoption")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

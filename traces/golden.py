@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -70,12 +71,20 @@ def replay(pcap: Path) -> dict:
 
 
 def run_pipeline(pcap: Path, workers: int = 2) -> dict:
-    """``maglev run`` on the capture: its output packets and forwarded count."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """``maglev run`` on the capture: its output packets and forwarded count.  The run
+    keeps its state (persisted config, connection tables in /dev/shm kept for adoption) in
+    a private folder, dropped afterwards: nothing of it outlives the call."""
+    from maglev.rings.conntrack_shm import remove_recorded
+
+    with tempfile.TemporaryDirectory(prefix="mgg", dir="/tmp") as tmp:
         out = Path(tmp) / "out.pcap"
-        r = subprocess.run([*MAGLEV, "run", "--config", str(CONFIG), "--nic", f"pcap:{pcap}", "--out", str(out),
-                            "--workers", str(workers), "--exit-on-eof", "--json"],
-                           capture_output=True, text=True, timeout=120)
+        env = {**os.environ, "MAGLEV_STATE_DIR": f"{tmp}/state", "MAGLEV_RUN_DIR": f"{tmp}/run"}
+        try:
+            r = subprocess.run([*MAGLEV, "run", "--config", str(CONFIG), "--nic", f"pcap:{pcap}", "--out", str(out),
+                                "--workers", str(workers), "--exit-on-eof", "--json"],
+                               capture_output=True, text=True, timeout=120, env=env)
+        finally:
+            remove_recorded(tmp)
         if r.returncode != 0:
             raise RuntimeError(f"maglev run {pcap.name} failed ({r.returncode}): {r.stderr.strip()[-800:]}")
         return {"stats": json.loads(r.stdout.strip().splitlines()[-1]), "out_packets": digests(pcap_packets(out))}

@@ -100,8 +100,10 @@ def make_run_dir(instance: str, region: str = "") -> str:
     """A private run folder (mode 0700) with ``owner.json`` (this process's pid and start
     time, and the region), so the next run can tell it is dead (``leftovers``)."""
     from maglev.actors.leftovers import run_base, write_owner
+    from maglev.record import note
 
     d = tempfile.mkdtemp(prefix=f"maglev-{instance}-", dir=run_base())
+    note("dir", d)  # $MAGLEV_RECORD (test harness)
     try:
         write_owner(d, instance, region)
     except OSError:

@@ -220,11 +220,13 @@ def failover(state: dict[str, Any], connections: int = 150, victim: str = "lab2"
         import psutil
 
         psutil.wait_procs(killed, timeout=10)  # bounded; they were sent SIGKILL
-        # A killed supervisor cannot remove its shared-memory region; do it for it (only
-        # regions of this instance whose supervisor is gone).
+        # A killed supervisor cannot remove its shared-memory region and run folder; do it
+        # for it (only those of runs proven dead: maglev/actors/leftovers.py).
+        from maglev.actors.leftovers import remove_dead_runs
         from maglev.rings import remove_stale_regions
 
-        stale = remove_stale_regions(victim)
+        stale = [r for r in remove_dead_runs() if r.startswith(f"{victim}-")]
+        stale += remove_stale_regions(victim)
         hops_after = lab.vip_nexthops()
         outcome: Counter = Counter()
         moved_same = moved_total = 0

@@ -56,6 +56,7 @@ from typing import Any
 
 from maglev.actors.launch import python_argv
 from maglev.errors import MaglevError, NotRootError
+from maglev.record import note
 from maglev.testing.netns import why_no_netns
 
 STATE_DIR = Path(os.environ.get("MAGLEV_LAB_DIR", "/run/maglev-lab"))
@@ -220,6 +221,7 @@ class Lab:
             )
         self.state["namespaces"].append(name)
         self.save()
+        note("netns", name)  # $MAGLEV_RECORD (test harness)
         sh(["ip", "netns", "add", name])
         ns_exec(name, "ip", "link", "set", "lo", "up")
         return name
@@ -227,16 +229,25 @@ class Lab:
     def _veth(self, a: str, a_dev: str, b: str, b_dev: str, mtu: int = 1500) -> None:
         tag = secrets.token_hex(4)
         tmp_a, tmp_b = f"mgl{tag}a", f"mgl{tag}b"
+        note("link", tmp_a)
+        note("link", tmp_b)
         sh(["ip", "link", "add", tmp_a, "mtu", str(mtu), "type", "veth", "peer", "name", tmp_b, "mtu", str(mtu)])
         try:
             sh(["ip", "link", "set", tmp_a, "netns", a, "name", a_dev])
             sh(["ip", "link", "set", tmp_b, "netns", b, "name", b_dev])
-        except LabError:
+        except BaseException:  # an end still here (tmp_b after tmp_a moved): delete the pair
             sh(["ip", "link", "del", tmp_a], check=False)
+            sh(["ip", "link", "del", tmp_b], check=False)
             raise
 
     def spawn(self, role: str, ns: str, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-        """Start ``argv`` inside ``ns`` in its own session, detached from us; record it."""
+        """Start ``argv`` inside ``ns`` in its own session, detached from us; record it.
+        A forwarder (role ``maglev...``) keeps its state (persisted config, connection
+        tables kept for adoption) in this lab's folder unless ``env`` says otherwise, so
+        ``down`` removes it: a forwarder started later (a benchmark's drivers, a restart)
+        never leaves tables in /dev/shm under /var/lib/maglev's identity."""
+        if role.startswith("maglev"):
+            env = {"MAGLEV_STATE_DIR": str(self.state_dir / "forwarder-state"), **(env or {})}
         logs = self.state_dir / "logs"
         logs.mkdir(exist_ok=True)
         log_path = logs / f"{role}.log"
@@ -485,6 +496,7 @@ class Lab:
                         time.sleep(0.05)
                     if _proc_start_time(p["pid"]) == p["start"]:
                         _signal_group(p["pid"], signal.SIGKILL)
+                        _remove_killed_runs([p])
             self.state["processes"] = keep
             self.save()
         return found
@@ -522,6 +534,8 @@ class Lab:
                 time.sleep(0.05)
             if _proc_start_time(p["pid"]) == p["start"]:
                 _signal_group(p["pid"], signal.SIGKILL)
+        if procs:
+            _remove_killed_runs(procs)
         existing = set(list_netns())
         removed = []
         for ns in reversed(self.state.get("namespaces", [])):
@@ -541,6 +555,19 @@ class Lab:
         self.state = {}
         return {"removed_namespaces": removed, "stopped_processes": len(procs), "was_up": True}
 
+
+
+def _remove_killed_runs(killed: list[dict[str, Any]]) -> None:
+    """A forwarder killed with SIGKILL (it did not stop in time) leaves its run folder and
+    shared-memory region: remove those of runs proven dead, as the next ``maglev run``
+    would (maglev/actors/leftovers.py; a live run's are never touched)."""
+    from maglev.actors.leftovers import remove_dead_runs
+
+    deadline = time.monotonic() + 5  # SIGKILL is sent: gone (reaped by init) within moments
+    for p in killed:
+        while _proc_start_time(p["pid"]) == p["start"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+    remove_dead_runs()
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -50,6 +50,7 @@ from typing import Any
 
 from maglev.errors import MaglevError
 from maglev.native import ffi, lib
+from maglev.record import note
 
 log = logging.getLogger("maglev.conntrack")
 
@@ -469,6 +470,8 @@ def _try_adopt(path: str, want: Wanted, lock_timeout_s: float) -> tuple[Opened |
 def _fresh(path: str, want: Wanted) -> Opened:
     size = table_bytes(want.capacity)
     tmp = f"{path}.new-{os.getpid()}"
+    note("shm", os.path.basename(tmp))  # $MAGLEV_RECORD (test harness): before they exist
+    note("shm", os.path.basename(path))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     try:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 
 from maglev.errors import NotRootError
+from maglev.record import note
 
 
 def why_no_netns(who: str = "this test", why: str = "to create network namespaces") -> str | None:
@@ -88,6 +89,7 @@ class NetnsSet:
 
     def add(self, short: str) -> Netns:
         ns = Netns(self, f"{self.tag}-{short}")
+        note("netns", ns.name)  # $MAGLEV_RECORD: the test harness checks it is gone
         run(["ip", "netns", "add", ns.name])
         self.namespaces.append(ns)
         ns.exec("ip", "link", "set", "lo", "up")
@@ -96,9 +98,16 @@ class NetnsSet:
     def veth(self, a: Netns, a_dev: str, b: Netns, b_dev: str) -> None:
         """A veth pair with one end in each namespace, both up."""
         tmp_a, tmp_b = f"mgv{secrets.token_hex(4)}", f"mgv{secrets.token_hex(4)}"
+        note("link", tmp_a)
+        note("link", tmp_b)
         run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
-        run(["ip", "link", "set", tmp_a, "netns", a.name, "name", a_dev])
-        run(["ip", "link", "set", tmp_b, "netns", b.name, "name", b_dev])
+        try:
+            run(["ip", "link", "set", tmp_a, "netns", a.name, "name", a_dev])
+            run(["ip", "link", "set", tmp_b, "netns", b.name, "name", b_dev])
+        except BaseException:  # an end still in this namespace: the pair goes with it
+            run(["ip", "link", "del", tmp_a], check=False)
+            run(["ip", "link", "del", tmp_b], check=False)
+            raise
         a.up(a_dev)
         b.up(b_dev)
 

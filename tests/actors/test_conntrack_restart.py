@@ -25,7 +25,8 @@ def _header(path: str):
 def test_a_worker_killed_with_9_resumes_with_its_table():
     p = Pipeline(PipelineOptions(workers=2, nic="gen:seconds=20,flows=3000,ipv6=0", ring_size=256))
     inst = p.config.instance.name
-    seg = os.path.join(cs.SHM_DIR, cs.segment_name(inst, cs.identity_tag(str(state_dir(inst)), ""), 0))
+    tag = cs.identity_tag(str(state_dir(inst)), "")
+    seg = os.path.join(cs.SHM_DIR, cs.segment_name(inst, tag, 0))
     try:
         p.start()
         sup = p.supervisor
@@ -57,6 +58,7 @@ def test_a_worker_killed_with_9_resumes_with_its_table():
         s = p.summary()
     finally:
         p.close()
+        cs.remove_segments(inst, tag)  # the tables this run kept for adoption (this identity only)
     assert s["restarts"]["worker-0"] == 1
     assert s["pool"]["ok"], s["pool"]["detail"]
 

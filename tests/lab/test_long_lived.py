@@ -21,6 +21,7 @@ from maglev.config import Config, dump_toml
 from maglev.lab import topology as topo
 from maglev.lab.client import http_load
 from maglev.lab.nsenter import netns as in_netns
+from maglev.rings.conntrack_shm import remove_recorded
 
 pytestmark = pytest.mark.root
 
@@ -118,6 +119,7 @@ def _run(make_lab, remove: bool) -> None:
         for c in conns:
             c.close()
         lab.stop_process("maglev")
+        remove_recorded(str(short))  # the connection tables the forwarder kept for adoption
         shutil.rmtree(short, ignore_errors=True)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from maglev.control import instance as ctl
+from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing.packets import write_pcap
 from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
@@ -110,3 +111,4 @@ def test_a_drained_instance_stays_drained_across_a_restart(tmp_path):
         for log in logs:
             log.close()
         router.close()
+        remove_recorded(str(tmp_path))  # the connection tables the runs kept for adoption

@@ -19,6 +19,7 @@ from maglev import config as cfg
 from maglev.control.instance import flow_secret_warning
 from maglev.control.tables import destinations, vip_fingerprint
 from maglev.hashing import build_table, flow_hash_digest
+from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing.packets import write_pcap
 from maglev.testing.wait import wait_until
 
@@ -147,6 +148,7 @@ def _running(tmp: Path, name: str, text: str):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
         err.close()
+        remove_recorded(str(d))  # the connection tables the runs kept for adoption
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ import zmq
 from maglev.config import DEFAULT_FLOW_HASH_SECRET
 from maglev.control.protocol import decode_event
 from maglev.hashing import build_table
+from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing.packets import write_pcap
 from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
@@ -165,3 +166,4 @@ def test_controller_follows_health_drain_and_shutdown(tmp_path):
         sub.close()
         ctx.term()
         router.close()
+        remove_recorded(str(tmp_path))  # the connection tables the run kept for adoption
