@@ -159,7 +159,10 @@ class ProberClient:
 
 
 class HealthProberActor(Actor):
-    caps_after_setup = ()  # TCP/HTTP/UDP checks from ordinary sockets
+    # TCP/HTTP/UDP/DNS checks use ordinary sockets; checks through the tunnel
+    # (maglev/health/tunnel.py) send and read raw IP: CAP_NET_RAW is kept when the run holds
+    # it (maglev run keeps it when the config has such a check: privileges.needed_caps).
+    caps_after_setup = ("CAP_NET_RAW",)
     kind = "health"
     idle_wait_s = 0.1
 

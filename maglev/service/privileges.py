@@ -122,10 +122,19 @@ def needed_caps(nic_kind: str, config: Any, out_kind: str = "") -> list[str]:
     if "CAP_BPF" in need and last_cap() < CAPS["CAP_BPF"]:  # before Linux 5.8
         need -= {"CAP_BPF", "CAP_PERFMON"}
         need.add("CAP_SYS_ADMIN")
+    if _tunnel_checks(config):  # the prober's raw sockets (maglev/health/tunnel.py)
+        need.add("CAP_NET_RAW")
     bgp = getattr(config, "bgp", None)
     if bgp is not None and bgp.local_asn and bgp.peers and 0 < bgp.listen_port < 1024:
         need.add("CAP_NET_BIND_SERVICE")
     return sorted(need, key=CAPS.__getitem__)
+
+
+def _tunnel_checks(config: Any) -> bool:
+    """Any health check of the config probes through the tunnel (``through_tunnel``)."""
+    checks = [v.health for v in getattr(config, "vips", ())]
+    checks += [p.health for p in getattr(config, "pools", ())]
+    return any(getattr(h, "through_tunnel", False) for h in checks)
 
 
 def recommended_caps(nic_kind: str, out_kind: str = "") -> list[str]:

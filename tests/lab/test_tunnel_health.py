@@ -22,8 +22,8 @@ from maglev.config import Config, dump_toml
 pytestmark = pytest.mark.root
 
 INTERVAL_MS, FALL, RISE = 200, 2, 2
-REGISTER = ("from maglev.actors import config_manager, health_prober; config_manager.register(); "
-            "health_prober.register(); from maglev_cli.main import main; main()")
+REGISTER = ("from maglev.actors import extra; extra.register('config', 'health'); "
+            "from maglev_cli.main import main; main()")
 
 
 @pytest.fixture

@@ -223,6 +223,9 @@ def test_sampling_rate_changes_at_run_time(running):
         m3, p3 = marked_and_in()
         time.sleep(1.0)
         m4, p4 = marked_and_in()
-        assert m4 - m3 >= (p4 - p3) // 100 - 60 > 0
+        # marked (steering's counter) and packets_in (the workers' totals) are published at
+        # different moments: allow 10% skew of the window, never zero
+        expect = (p4 - p3) // 100
+        assert m4 - m3 >= expect * 9 // 10 - 60 and m4 - m3 > 0, (m4 - m3, expect)
     finally:
         running.ctl("trace", "--sample-every", str(running.sample_every))
