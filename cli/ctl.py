@@ -276,6 +276,12 @@ def apply(ctx, file, force, dry_run, as_json) -> None:
         click.echo(f"dry run against generation {r['generation']}: nothing committed "
                    f"({'differs from' if r['changed'] else 'same as'} the running config; "
                    f"tables built in {r['build_ms']:.2f} ms)")
+        ct = r.get("conntrack") or {}
+        if ct.get("used"):
+            click.echo(f"connection tables: {ct['live']} live entries counted in {ct['tables']} worker tables "
+                       f"in {ct['scan_ms']:.1f} ms ({ct['torn']} changing while read, skipped)")
+        else:
+            click.echo(f"connection tables not counted: {ct.get('why', 'unknown')}; flows are estimated")
         print_preview(r["vips"])
         return
     _change(ctx, "replace-config", _forced({"config": data}, force), as_json)
