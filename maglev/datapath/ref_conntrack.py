@@ -294,7 +294,10 @@ def census(table: bytes, k0: int, k1: int, now_ns: int, tcp_ms: int, udp_ms: int
             tag = tags[w]
             if tag == 0:
                 continue
-            if ((now - lasts[w]) & M32) >= (tcp_ms if tag & TAG_TCP else udp_ms):
+            age = (now - lasts[w]) & M32
+            if age >= 1 << 31:  # refreshed after `now` was read (a live table): age 0
+                age = 0
+            if age >= (tcp_ms if tag & TAG_TCP else udp_ms):
                 out.expired += 1
                 continue
             off = entries_off + 64 * (b * WAYS + w)

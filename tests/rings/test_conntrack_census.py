@@ -35,6 +35,8 @@ def _fill(ct, n: int, seed: int) -> list:
         k = _key(rng, 6 if i % 3 else 17)
         h = int(lib.mg_siphash13(K0, K1, ffi.buffer(k)[:], 40))
         t = T0 - (200_000_000_000 if i % 7 == 0 else 0)  # 200 s ago: UDP expired, TCP alive
+        if i % 13 == 1:
+            t = T0 + 5 * 10**9  # refreshed by a worker after the census read its clock: live
         bid = 0x9999 if i % 11 == 0 else IDS[i % len(IDS)]
         s = lib.mg_ct_insert(ct, k, h, t, TCP_MS, UDP_MS, i % 4, bid)
         if s >= 0:
@@ -61,6 +63,8 @@ def test_census_equals_the_reference_on_a_filled_table():
                 (r.counts, r.live, r.expired, r.torn, r.unknown)
         c = _c(ct)
         assert c.torn == 1 and c.expired > 100 and c.unknown > 100
+        udp_fresh = sum(1 for i in range(3000) if i % 3 == 0 and i % 13 == 1 and i % 7 != 0)
+        assert c.live > udp_fresh > 0
         assert c.live + c.expired + c.torn == int(lib.mg_ct_count(ct))
         assert sum(c.counts.values()) + c.unknown == c.live
         # the census reads only: counters and tags unchanged

@@ -428,7 +428,8 @@ uint32_t mg_ct_tag(const struct mg_ct *ct, uint32_t slot);
  * live entries (tag set, idle below its timeout at now_ns) name each backend id.  `ids`:
  * n_ids backend ids in ascending order; counts[i] += entries naming ids[i] (the caller
  * zeroes counts; several tables can be summed).  Safe on a table another process writes
- * (a worker's /dev/shm table mapped PROT_READ): a slot is read as tag, last, backend id,
+ * (a worker's /dev/shm table mapped PROT_READ): an entry refreshed after now_ns (age below
+ * zero as a signed 32-bit number) is live; a slot is read as tag, last, backend id,
  * key, tag again, and kept only when both tag reads agree and the signature of
  * SipHash-1-3(k0, k1, key) -- the flow-hash secret of the run -- equals the tag's: an
  * entry being rewritten (mg_ct_add writes the tag before the key) is counted as torn, not

@@ -413,7 +413,9 @@ int mg_ct_census(const struct mg_ct *ct, uint64_t k0, uint64_t k1, uint64_t now_
             if (tag == 0)
                 continue;
             uint32_t last = __atomic_load_n(&m->last[w], __ATOMIC_RELAXED);
-            if ((uint32_t)(now - last) >= mg_ct_tag_timeout(tag, tcp_ms, udp_ms)) {
+            /* a worker may refresh an entry after `now` was read: a negative age is 0 */
+            uint32_t age = (int32_t)(now - last) < 0 ? 0 : now - last;
+            if (age >= mg_ct_tag_timeout(tag, tcp_ms, udp_ms)) {
                 out->expired++;
                 continue;
             }
