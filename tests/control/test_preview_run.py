@@ -52,7 +52,7 @@ def test_dry_run_counts_the_flows_on_a_removed_backend_exactly():
     new.write_text(conf(name, BACKENDS[:2] + BACKENDS[3:]))  # 198.18.3.3 removed
     env = {**os.environ, "MAGLEV_RUN_DIR": str(base / "run"), "MAGLEV_STATE_DIR": str(base / "state")}
     proc = subprocess.Popen([*CLI, "run", "--config", str(cfg), "--workers", "2", "--ring-size", "256",
-                             "--nic", f"gen:seconds=60,flows={FLOWS},ipv6=0,rate=20000", "--json"],
+                             "--nic", f"gen:seconds=60,flows={FLOWS},ipv6=0,rate=5000", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     ctl = f"ipc://{base}/run/{name}/control.sock"
     blob = build_tables(mcfg.load(str(cfg)))  # the run's tables: same secret and timeouts
@@ -71,15 +71,21 @@ def test_dry_run_counts_the_flows_on_a_removed_backend_exactly():
         while not (base / "run" / name / "control.sock").exists():
             assert time.monotonic() < deadline and proc.poll() is None, "the run did not come up"
             time.sleep(0.1)
-        while True:  # every generator flow has its entry (the generator cycles over them)
+        # Every generator flow has its entry (the generator cycles over them), and the
+        # tables have settled: a flow steered to another worker while the workers came up
+        # left an entry there too (live, unused, until its idle timeout), so there may be
+        # more entries than flows, but no more are added once every worker runs.
+        last: dict[str, int] = {}
+        while True:
             try:
                 counts = scan()
-                if sum(counts.values()) >= FLOWS:
+                if sum(counts.values()) >= FLOWS and counts == last:
                     break
+                last = counts
             except AssertionError:
                 pass
             assert time.monotonic() < deadline and proc.poll() is None, "the tables did not fill"
-            time.sleep(0.2)
+            time.sleep(0.5)
         with ControlClient(ctl, timeout=20) as c:
             gen0 = c.call("status", {})["generation"]
         before = scan()
@@ -92,12 +98,18 @@ def test_dry_run_counts_the_flows_on_a_removed_backend_exactly():
         assert reply["conntrack"]["used"] is True and reply["conntrack"]["tables"] == 2, reply["conntrack"]
         (row,) = reply["vips"]
         assert row["flows_basis"] == "conntrack" and row["flows_estimated"] is False, row
-        # the generator's flows are all established: the tables do not change meanwhile
-        assert before == after, (before, after)
-        live = sum(before.values())
-        assert live == FLOWS == row["flows_live_entries"]
-        assert row["flows_moved_entries"] == before["198.18.3.3"] > 0
-        assert row["flows_moved_share"] == round(before["198.18.3.3"] / live, 6)
+        # The tables may still change while the dry run reads them: on this shared 2-core
+        # machine a worker can fall behind (its ring full), and steering then sends some of
+        # its flows to the other worker, which makes entries for them.  So the counts are
+        # those of a moment between the two direct scans; equal to them when nothing changed.
+        live = (sum(before.values()), sum(after.values()))
+        gone = (before["198.18.3.3"], after["198.18.3.3"])
+        assert live[0] <= row["flows_live_entries"] <= live[1] and live[0] >= FLOWS, (before, after, row)
+        assert gone[0] <= row["flows_moved_entries"] <= gone[1] and gone[0] > 0, (before, after, row)
+        assert row["flows_moved_share"] == round(row["flows_moved_entries"] / row["flows_live_entries"], 6)
+        if before == after:
+            assert row["flows_live_entries"] == live[0] and row["flows_moved_entries"] == gone[0]
+            assert row["flows_moved_share"] == round(gone[0] / live[0], 6)
         print(f"\nflows per backend {before}; dry run: {row['flows_moved_share']:.4f} of flows, "
               f"{row['entries_moved_share']:.4f} of entries move; scan {reply['conntrack']['scan_ms']} ms")
         # the plain output says it was counted
