@@ -243,7 +243,8 @@ def remove_backend(ctx, vip, backend, force, as_json) -> None:
 @force_opt
 @click.option("--dry-run", is_flag=True,
               help="Validate and build FILE's tables without committing; print per VIP the share of "
-                   "table entries and (estimated) established flows that would move.")
+                   "table entries and established flows (counted in the shared connection tables, else "
+                   "estimated) that would move.")
 @json_opt
 @click.pass_context
 def apply(ctx, file, force, dry_run, as_json) -> None:

@@ -12,14 +12,21 @@ has the same id in every build, mg_tables.h):
   go elsewhere.
 * ``flows_moved_share``: the share of *established* flows that would change backend.  An
   established flow keeps its backend through the connection table (paper section 3.3)
-  unless that backend is gone from the VIP or unhealthy, so it is the share of the flows
-  on such backends.  The connection tables are worker-private memory, so the share of
-  flows per backend is **estimated**: by the workers' per-backend packet counters when the
-  caller has them (``flows_basis = "backend_packets"``: traffic-weighted, since the start
-  of the run), else by the backends' shares of the old table (``"table_entries"``: how new
-  flows have been spread).  Two cases are not conntrack-protected: a VIP with
-  ``conntrack = false`` (every packet is hashed: flows move like entries) and a VIP whose
-  hashing options change (old entries no longer match the new key: a flow keeps its
+  unless that backend is gone from the VIP or not present-and-healthy (``ct_backend`` in
+  mg_dp.c, counted as ``reselected``), so it is the share of the flows on such backends.
+  **Counted** when the caller passes ``flows`` (backend id -> live entries over every
+  worker's connection table: the config manager reads the /dev/shm tables read-only with
+  ``mg_ct_census``, maglev/rings/conntrack_shm.py ``census_instance``):
+  ``flows_basis = "conntrack"``, ``flows_estimated = false``, with
+  ``flows_live_entries`` / ``flows_moved_entries``.  The tables change while they are
+  read: a moment during the scan, not a snapshot.  Otherwise (tables worker-private,
+  ``[conntrack] shared = false``, or unreadable; ``maglev table --diff`` offline)
+  **estimated**: by the workers' per-backend packet counts when the caller has them
+  (``flows_basis = "backend_packets"``: traffic-weighted, since the start of the run), else
+  by the backends' shares of the old table (``"table_entries"``: how new flows have been
+  spread).  Two cases are not conntrack-protected and stay estimates on any basis: a VIP
+  with ``conntrack = false`` (every packet is hashed: flows move like entries) and a VIP
+  whose hashing options change (old entries no longer match the new key: a flow keeps its
   backend only by chance, probability sum over backends of old share x new share).
 """
 
