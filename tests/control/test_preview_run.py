@@ -133,3 +133,40 @@ def test_dry_run_counts_the_flows_on_a_removed_backend_exactly():
             shm.unlink(missing_ok=True)
         shutil.rmtree(base, ignore_errors=True)
     assert proc.returncode == 0
+
+
+def test_dry_run_with_private_tables_says_it_estimates():
+    base = Path(tempfile.mkdtemp(prefix="mgv-", dir="/tmp"))
+    name = f"pw{os.getpid() % 100000}"
+    cfg = base / "maglev.toml"
+    cfg.write_text(conf(name, BACKENDS) + "\n[conntrack]\nshared = false\n")
+    new = base / "new.toml"
+    new.write_text(conf(name, BACKENDS[:3]) + "\n[conntrack]\nshared = false\n")
+    env = {**os.environ, "MAGLEV_RUN_DIR": str(base / "run"), "MAGLEV_STATE_DIR": str(base / "state")}
+    proc = subprocess.Popen([*CLI, "run", "--config", str(cfg), "--workers", "1", "--ring-size", "256",
+                             "--nic", "gen:seconds=30,flows=500,ipv6=0,rate=5000", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    ctl = f"ipc://{base}/run/{name}/control.sock"
+    try:
+        deadline = time.monotonic() + 60
+        while not (base / "run" / name / "control.sock").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not come up"
+            time.sleep(0.1)
+        r = subprocess.run([*CLI, "ctl", "--control", ctl, "--json", "apply", "--dry-run", str(new)],
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        reply = json.loads(r.stdout)
+        assert reply["conntrack"]["used"] is False and "worker-private" in reply["conntrack"]["why"]
+        (row,) = reply["vips"]
+        assert row["flows_estimated"] is True and row["flows_basis"] in ("backend_packets", "table_entries")
+        assert not cs.list_segments(name)  # private tables: nothing in /dev/shm
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for shm in Path("/dev/shm").glob(f"maglev-{name}-*"):
+            shm.unlink(missing_ok=True)
+        shutil.rmtree(base, ignore_errors=True)
+    assert proc.returncode == 0
