@@ -243,7 +243,8 @@ def remove_backend(ctx, vip, backend, force, as_json) -> None:
 @force_opt
 @click.option("--dry-run", is_flag=True,
               help="Validate and build FILE's tables without committing; print per VIP the share of "
-                   "table entries and (estimated) established flows that would move.")
+                   "table entries and established flows (counted in the shared connection tables, else "
+                   "estimated) that would move.")
 @json_opt
 @click.pass_context
 def apply(ctx, file, force, dry_run, as_json) -> None:
@@ -276,6 +277,12 @@ def apply(ctx, file, force, dry_run, as_json) -> None:
         click.echo(f"dry run against generation {r['generation']}: nothing committed "
                    f"({'differs from' if r['changed'] else 'same as'} the running config; "
                    f"tables built in {r['build_ms']:.2f} ms)")
+        ct = r.get("conntrack") or {}
+        if ct.get("used"):
+            click.echo(f"connection tables: {ct['live']} live entries counted in {ct['tables']} worker tables "
+                       f"in {ct['scan_ms']:.1f} ms ({ct['torn']} changing while read, skipped)")
+        else:
+            click.echo(f"connection tables not counted: {ct.get('why', 'unknown')}; flows are estimated")
         print_preview(r["vips"])
         return
     _change(ctx, "replace-config", _forced({"config": data}, force), as_json)

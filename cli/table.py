@@ -82,7 +82,8 @@ def _print_row(row: dict) -> None:
 
 def _diff(old_path: str, new_path: str, as_json: bool) -> None:
     """``--diff OLD NEW``: both configs validated and built with every backend healthy
-    (maglev/control/preview.py); established flows are estimated from the old table."""
+    (maglev/control/preview.py); established flows are estimated from the old table (no
+    running instance here: ``maglev ctl apply --dry-run`` counts them)."""
     from maglev import config as cfg
     from maglev.control.preview import diff_tables
     from maglev.datapath.tables import build_tables
@@ -99,10 +100,16 @@ def _pct(x: float | None) -> str:
 
 
 def print_preview(rows: list[dict]) -> None:
-    """One line per VIP: status, entries moved, flows moved (estimate) and its basis."""
+    """One line per VIP: status, entries moved, flows moved (counted or estimated) and its
+    basis."""
     click.echo(f"{'VIP':<32} {'status':<9} {'entries moved':>13} {'flows moved*':>12}  basis")
     for r in rows:
+        basis = r["flows_basis"]
+        if "flows_live_entries" in r:
+            basis += f" ({r['flows_moved_entries']} of {r['flows_live_entries']} live entries)"
+        elif r.get("flows_estimated"):
+            basis += " (estimate)"
         click.echo(f"{r['vip']:<32} {r['status']:<9} {_pct(r['entries_moved_share']):>13} "
-                   f"{_pct(r['flows_moved_share']):>12}  {r['flows_basis']}")
-    click.echo("* established flows keep their backend unless it is removed or down; the share of flows "
-               "per backend is estimated (connection tables are worker-private)")
+                   f"{_pct(r['flows_moved_share']):>12}  {basis}")
+    click.echo("* established flows keep their backend unless it is removed or down: basis conntrack = "
+               "counted in the workers' shared connection tables; otherwise estimated")

@@ -88,6 +88,7 @@ class ConfigManagerActor(Actor):
             confirm_timeout=float(p.get("confirm_timeout", 2.0)),
         )
         self.manager.backend_packets = self._backend_packets  # `ctl apply --dry-run` weights
+        self.manager.flow_census = self._flow_census  # `ctl apply --dry-run`: exact flows
         ctl = self.manager.config.control
         # 1. The private socket in the supervisor's run directory (unique per run): the
         #    health prober and other local actors use it.
@@ -223,6 +224,34 @@ class ConfigManagerActor(Actor):
         snap = collect(self.region, self.spec.run_dir, instance=self.spec.instance)
         return {(v["vip"], b["backend"]): b["packets"] for v in snap["vips"] for b in v["backends"]}
 
+    def _flow_census(self, ids: list[int], published: bytes) -> tuple[dict[int, int] | None, dict[str, Any]]:
+        """Live connection-table entries per backend id over every worker's shared table
+        (``preview-config``'s exact flow count; maglev/control/preview.py), read-only.
+        (None, why) when the tables are worker-private or any of them cannot be read: the
+        preview then estimates."""
+        cfg = self.manager.config
+        if not cfg.conntrack.shared:
+            return None, {"used": False, "why": "conntrack.shared = false: the tables are worker-private"}
+        if self.region is None:
+            return None, {"used": False, "why": "no shared region attached"}
+        from maglev.datapath.tables import read_tables
+        from maglev.rings.conntrack_shm import census_instance, identity_tag
+
+        h = read_tables(published).header
+        inst = cfg.instance.name
+        tag = identity_tag(str(endpoints.state_dir(inst)), self.params.get("ct_config", ""))
+        n = int(self.region.n_workers)
+        live = census_instance(inst, tag, n, (int(h["hash_k0"]), int(h["hash_k1"])),
+                               int(h["tcp_timeout_ms"]), int(h["udp_timeout_ms"]), ids)
+        c = live.census
+        info: dict[str, Any] = {"used": live.tables == n, "tables": live.tables, "workers": n,
+                                "live": c.live, "expired": c.expired, "torn": c.torn,
+                                "unknown": c.unknown, "scan_ms": live.scan_ms, "problems": live.problems}
+        if live.tables < n:
+            info["why"] = f"{n - live.tables} of {n} worker tables unreadable: " + "; ".join(live.problems)
+            return None, info
+        return c.counts, info
+
     def _add_backend_packets(self, result: dict[str, Any]) -> None:
         """Fill ``packets``/``bytes`` of a ``backends`` reply from the workers' counters
         (the same snapshot ``stats`` serves); left null when no region is attached."""
@@ -315,6 +344,7 @@ def actor_def(opts: Any, region_name: str) -> Any:
         {
             "region": region_name,
             "config": str(Path(opts.config_path or SAMPLE_CONFIG).resolve()),
+            "ct_config": opts.config_path or "",  # as the workers name their tables (conntrack_shm)
             "control": opts.control,
             "state": extra.get("state", ""),
         },

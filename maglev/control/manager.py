@@ -173,6 +173,10 @@ class ConfigManager:
         self._plain_cache: list[tuple[Config, dict[str, Any]]] = []
         # (vip key, backend address) -> packets forwarded, for preview's flows estimate
         self.backend_packets: Callable[[], dict[tuple[str, str], int]] | None = None
+        # (backend ids, tables published now) -> (backend id -> live connection-table
+        # entries over every worker's table, or None when they cannot all be read; what was
+        # read): preview's exact flow count (set by the actor when the tables are shared)
+        self.flow_census: Callable[[list[int], bytes], tuple[dict[int, int] | None, dict[str, Any]]] | None = None
 
     # ------------------------------------------------------------------ start-up
 
@@ -399,7 +403,7 @@ class ConfigManager:
         built with the current health verdicts and compared with the tables published now;
         nothing is persisted or published.  ``self.backend_packets`` (set by the actor)
         gives the traffic weights of the flows estimate."""
-        from maglev.control.preview import diff_tables
+        from maglev.control.preview import backend_ids, diff_tables
         from maglev.datapath.tables import build_tables as data_path_tables
 
         keys = {(v.key, b.key) for v in new.vips for b in v.backends}
@@ -413,9 +417,15 @@ class ConfigManager:
         published = self._blob if self.builder_name == "datapath" else None
         old = published if published is not None else data_path_tables(
             effective_config(self.config, self.down_set()), down=self.down_set())
-        packets = self.backend_packets() if self.backend_packets is not None else None
+        flows, census = None, {"used": False, "why": "no connection-table reader (not in a run)"}
+        if self.flow_census is not None:
+            flows, census = self.flow_census(backend_ids(old, blob), old)
+        packets = None
+        if flows is None and self.backend_packets is not None:
+            packets = self.backend_packets()
         return {"generation": self.generation, "changed": new != self.config, "committed": False,
-                "build_ms": round((t1 - t0) * 1e3, 3), "vips": diff_tables(old, blob, packets)}
+                "build_ms": round((t1 - t0) * 1e3, 3), "conntrack": census,
+                "vips": diff_tables(old, blob, packets, flows)}
 
     def report_health(self, reports: list[dict[str, Any]], full: bool = False) -> dict[str, Any]:
         """Verdicts from the prober: ``[{vip, backend, up, detail}]``.  Verdicts on backends

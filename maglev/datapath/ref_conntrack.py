@@ -250,3 +250,65 @@ class ConnTable:
 
     def count(self) -> int:
         return sum(1 for bk in self.buckets.values() for s in bk.tag if s)
+
+
+@dataclass
+class Census:
+    """What :func:`census` (and the C ``mg_ct_census``) count in one or more tables."""
+
+    counts: dict[int, int] = field(default_factory=dict)  # backend id -> live entries
+    live: int = 0
+    expired: int = 0
+    torn: int = 0
+    unknown: int = 0
+
+    def add(self, other: Census) -> None:
+        for k, n in other.counts.items():
+            self.counts[k] = self.counts.get(k, 0) + n
+        self.live += other.live
+        self.expired += other.expired
+        self.torn += other.torn
+        self.unknown += other.unknown
+
+
+def census(table: bytes, k0: int, k1: int, now_ns: int, tcp_ms: int, udp_ms: int,
+           ids: list[int]) -> Census:
+    """Reference of ``mg_ct_census`` on a copy of a table's bytes (the mapping: header,
+    metadata, entries): per backend id of ``ids``, the live entries naming it.  A slot
+    counts when its tag is set, it is idle below its timeout, and the signature of its key's
+    flow hash equals its tag's (else ``torn``: on a copy, a key that does not belong to its
+    tag).  Live entries naming an id outside ``ids`` are ``unknown``."""
+    import struct
+
+    from maglev.hashing.reference import siphash13
+
+    n_buckets, = struct.unpack_from("<I", table, 16)
+    meta_off, entries_off = struct.unpack_from("<QQ", table, 24)
+    want = set(ids)
+    out = Census(counts={i: 0 for i in ids})
+    now = ticks(now_ns)
+    for b in range(n_buckets):
+        tags = struct.unpack_from("<8I", table, meta_off + 64 * b)
+        lasts = struct.unpack_from("<8I", table, meta_off + 64 * b + 32)
+        for w in range(WAYS):
+            tag = tags[w]
+            if tag == 0:
+                continue
+            age = (now - lasts[w]) & M32
+            if age >= 1 << 31:  # refreshed after `now` was read (a live table): age 0
+                age = 0
+            if age >= (tcp_ms if tag & TAG_TCP else udp_ms):
+                out.expired += 1
+                continue
+            off = entries_off + 64 * (b * WAYS + w)
+            key = bytes(table[off:off + 40])
+            bid, = struct.unpack_from("<Q", table, off + 48)
+            if sig_of(siphash13(k0, k1, key)) != tag & SIG_MASK:
+                out.torn += 1
+                continue
+            out.live += 1
+            if bid in want:
+                out.counts[bid] += 1
+            else:
+                out.unknown += 1
+    return out

@@ -619,3 +619,91 @@ def drop_instance(instance: str, tag: str | None = None, *, dry_run: bool = Fals
         size += st.st_blocks * 512
     temps = [] if dry_run else remove_dead_temporaries()
     return Dropped(removed, size, temps)
+
+
+def census_table(ct: Any, key: tuple[int, int], now_ns: int, tcp_ms: int, udp_ms: int,
+                 ids: list[int]) -> Any:
+    """``mg_ct_census`` on one mapped table (``struct mg_ct *``): a
+    :class:`maglev.datapath.ref_conntrack.Census` of its live entries per backend id."""
+    from maglev.datapath.ref_conntrack import Census
+
+    sids = sorted(set(ids))
+    c_ids = ffi.new("uint64_t[]", sids or [0])
+    counts = ffi.new("uint64_t[]", max(1, len(sids)))
+    out = ffi.new("struct mg_ct_census *")
+    rc = lib.mg_ct_census(ct, key[0], key[1], now_ns, tcp_ms, udp_ms, c_ids, len(sids), counts, out)
+    if rc < 0:
+        raise ConntrackShmError(f"conntrack census: {os.strerror(-rc)}")
+    return Census(counts={i: int(counts[j]) for j, i in enumerate(sids)}, live=int(out.live),
+                  expired=int(out.expired), torn=int(out.torn), unknown=int(out.unknown))
+
+
+@dataclass
+class LiveCensus:
+    """The live entries of a running instance's shared tables (:func:`census_instance`)."""
+
+    census: Any        # ref_conntrack.Census summed over the tables read
+    tables: int        # tables read
+    scan_ms: float
+    problems: list[str]  # tables that could not be read, and why
+
+
+def census_instance(instance: str, tag: str, n_workers: int, key: tuple[int, int], tcp_ms: int,
+                    udp_ms: int, ids: list[int], *, now_ns: int | None = None) -> LiveCensus:
+    """Count, per backend id, the live entries of workers 0..n_workers-1's tables of
+    ``instance`` (identity ``tag``) while the workers run: each file is opened O_RDONLY and
+    mapped PROT_READ (no lock taken, nothing written: the workers are not disturbed), its
+    header checked (``mg_ct_check``) and its flow-hash fingerprint compared with ``key``'s,
+    then scanned by ``mg_ct_census``.  Entries change while the scan runs (a few
+    milliseconds per million entries): the result is a preview, not a snapshot.  ``now_ns``
+    is CLOCK_MONOTONIC (the workers' clock) unless given."""
+    import mmap
+
+    from maglev.datapath.ref_conntrack import Census
+
+    total = Census()
+    problems: list[str] = []
+    read = 0
+    t0 = time.perf_counter()
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    fp = key_fingerprint(*key)
+    for i in range(n_workers):
+        name = segment_name(instance, tag, i)
+        path = os.path.join(SHM_DIR, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            problems.append(f"{name}: {exc.strerror or exc}")
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size < HDR_SIZE:
+                problems.append(f"{name}: not a table file")
+                continue
+            with mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as mm:
+                buf = ffi.from_buffer(mm)
+                try:
+                    why = _census_one(buf, st.st_size, fp)
+                    if why:
+                        problems.append(f"{name}: {why}")
+                        continue
+                    total.add(census_table(ffi.cast("struct mg_ct *", buf), key, now, tcp_ms, udp_ms, ids))
+                    read += 1
+                finally:
+                    ffi.release(buf)  # before the mapping is closed
+        except (OSError, ValueError) as exc:
+            problems.append(f"{name}: {exc}")
+        finally:
+            os.close(fd)
+    return LiveCensus(total, read, round((time.perf_counter() - t0) * 1e3, 3), problems)
+
+
+def _census_one(buf: Any, size: int, fp: int) -> str:
+    """'' when the mapped file ``buf`` is a table this run's workers use, else why not."""
+    rc = int(lib.mg_ct_check(buf, size, size))
+    if rc:
+        return _CHECK_REASONS.get(rc, f"refused (code {rc})").format(
+            hdr=HDR_SIZE, version="another", ours=lib.MG_CT_LAYOUT_VERSION, size=size, expected="another size")
+    if int(ffi.cast("struct mg_ct *", buf).key_fp) != fp:
+        return "made with another flow-hash secret"
+    return ""

@@ -141,3 +141,67 @@ def test_table_diff_cli(tmp_path):
                        timeout=60)
     assert r.returncode != 0 and "vip[0].hash: 'sticky' is not one of" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _bid(addr: str) -> int:
+    from maglev.datapath.tables import backend_id
+
+    return backend_id(VIP, addr)
+
+
+def test_counted_flows_move_exactly_when_their_backend_is_removed_or_down():
+    old, new = config_dict(4), config_dict(4)
+    new["vip"][0]["backend"][0]["weight"] = 0  # drained: healthy, keeps its flows
+    new["vip"][0]["backend"].pop(1)  # removed
+    down = frozenset({(VIP, "198.18.1.3")})  # down in the new tables
+    new_blob = build_tables(cfg.Config.from_dict(new), down=down)
+    flows = {_bid("198.18.1.1"): 10, _bid("198.18.1.2"): 20, _bid("198.18.1.3"): 30,
+             _bid("198.18.1.4"): 40, 12345: 99}  # 12345: no backend of this VIP
+    (r,) = diff_tables(blob(old), new_blob, flows=flows)
+    assert r["flows_basis"] == "conntrack" and r["flows_estimated"] is False
+    assert (r["flows_live_entries"], r["flows_moved_entries"]) == (100, 50)
+    assert r["flows_moved_share"] == 0.5
+    # the packet weights are not used when the flows are counted
+    packets = {(VIP, "198.18.1.2"): 1000}
+    assert diff_tables(blob(old), new_blob, packets, flows)[0]["flows_moved_share"] == 0.5
+    # no live entry on the VIP: exact zero
+    (z,) = diff_tables(blob(old), new_blob, flows={})
+    assert z["flows_moved_share"] == 0.0 and z["flows_estimated"] is False and z["flows_live_entries"] == 0
+
+
+def test_counted_flows_under_a_hashing_change_or_without_conntrack_stay_estimates():
+    flows = {_bid(f"198.18.1.{i}"): 25 for i in range(1, 5)}
+    sticky = config_dict(4)
+    sticky["vip"][0]["hash"] = "src_ip"
+    (r,) = diff_tables(blob(config_dict(4)), blob(sticky), flows=flows)
+    assert r["flows_basis"].startswith("conntrack; hashing options changed") and r["flows_estimated"] is True
+    assert 0.7 < r["flows_moved_share"] < 0.8 and "flows_live_entries" not in r
+    d = config_dict(4)
+    d["vip"][0].update(protocol="udp", conntrack=False, health={"type": "none"})
+    n = json.loads(json.dumps(d))
+    n["vip"][0]["backend"].pop()
+    (s,) = diff_tables(blob(d), blob(n), flows={})
+    assert s["flows_moved_share"] == s["entries_moved_share"] and s["flows_estimated"] is True
+
+
+def test_preview_counts_from_the_actor_census_hook_and_falls_back_without_it(served):
+    seen = []
+
+    def census(ids, published):
+        seen.append((ids, read_tables(published).header["generation"]))
+        return {_bid("198.18.1.3"): 3, _bid("198.18.1.1"): 1}, {"used": True, "tables": 1}
+
+    served.mgr.flow_census = census
+    served.mgr.backend_packets = lambda: {(VIP, "198.18.1.3"): 10, (VIP, "198.18.1.1"): 30}
+    new = config_dict(3)
+    new["vip"][0]["backend"].pop()
+    with ControlClient(served.server.bound_endpoint) as c:
+        r = c.call("preview-config", {"config": new})
+        assert r["conntrack"] == {"used": True, "tables": 1}
+        (row,) = r["vips"]
+        assert row["flows_basis"] == "conntrack" and row["flows_moved_share"] == 0.75
+        assert seen and seen[0][0] == sorted({_bid(f"198.18.1.{i}") for i in (1, 2, 3)})
+        served.mgr.flow_census = lambda ids, published: (None, {"used": False, "why": "private"})
+        r = c.call("preview-config", {"config": new})
+        assert r["conntrack"]["why"] == "private"
+        assert r["vips"][0]["flows_basis"] == "backend_packets" and r["vips"][0]["flows_moved_share"] == 0.25

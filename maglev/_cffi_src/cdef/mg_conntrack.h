@@ -99,3 +99,12 @@ int mg_ct_insert(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h, ui
 int mg_ct_admit_at(struct mg_ct *ct, uint64_t now_ns);
 uint32_t mg_ct_count(const struct mg_ct *ct);
 uint32_t mg_ct_tag(const struct mg_ct *ct, uint32_t slot);
+struct mg_ct_census {
+    uint64_t live;
+    uint64_t expired;
+    uint64_t torn;
+    uint64_t unknown;
+};
+int mg_ct_census(const struct mg_ct *ct, uint64_t k0, uint64_t k1, uint64_t now_ns,
+                 uint32_t tcp_ms, uint32_t udp_ms, const uint64_t *ids, uint32_t n_ids,
+                 uint64_t *counts, struct mg_ct_census *out);

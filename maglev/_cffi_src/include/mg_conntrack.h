@@ -424,4 +424,25 @@ uint32_t mg_ct_count(const struct mg_ct *ct);
 /* Tag of a slot (tests, the reference comparison). */
 uint32_t mg_ct_tag(const struct mg_ct *ct, uint32_t slot);
 
+/* Census of a live table, read-only (change preview, maglev/control/preview.py): how many
+ * live entries (tag set, idle below its timeout at now_ns) name each backend id.  `ids`:
+ * n_ids backend ids in ascending order; counts[i] += entries naming ids[i] (the caller
+ * zeroes counts; several tables can be summed).  Safe on a table another process writes
+ * (a worker's /dev/shm table mapped PROT_READ): an entry refreshed after now_ns (age below
+ * zero as a signed 32-bit number) is live; a slot is read as tag, last, backend id,
+ * key, tag again, and kept only when both tag reads agree and the signature of
+ * SipHash-1-3(k0, k1, key) -- the flow-hash secret of the run -- equals the tag's: an
+ * entry being rewritten (mg_ct_add writes the tag before the key) is counted as torn, not
+ * attributed.  Entries changing during the scan are seen either way: a snapshot it is not.
+ * 0, or -EINVAL on a NULL pointer or unsorted ids. */
+struct mg_ct_census {
+    uint64_t live;     /* counted entries (named an id of the list or not) */
+    uint64_t expired;  /* tag set, idle past its timeout: the data path would not use it */
+    uint64_t torn;     /* changed while read, or key inconsistent with its tag */
+    uint64_t unknown;  /* live entries naming an id not in the list */
+};
+int mg_ct_census(const struct mg_ct *ct, uint64_t k0, uint64_t k1, uint64_t now_ns,
+                 uint32_t tcp_ms, uint32_t udp_ms, const uint64_t *ids, uint32_t n_ids,
+                 uint64_t *counts, struct mg_ct_census *out);
+
 #endif

@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 
 #include "mg_conntrack.h"
+#include "mg_hash.h"
 
 #define SMALL_PAGE 4096u
 
@@ -380,4 +381,64 @@ uint32_t mg_ct_count(const struct mg_ct *ct)
 uint32_t mg_ct_tag(const struct mg_ct *ct, uint32_t slot)
 {
     return slot < mg_ct_capacity(ct) ? mg_ct_meta_of(ct, slot / MG_CT_WAYS)->tag[slot % MG_CT_WAYS] : 0;
+}
+
+static int find_id(const uint64_t *ids, uint32_t n, uint64_t id)
+{
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (ids[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && ids[lo] == id ? (int)lo : -1;
+}
+
+int mg_ct_census(const struct mg_ct *ct, uint64_t k0, uint64_t k1, uint64_t now_ns,
+                 uint32_t tcp_ms, uint32_t udp_ms, const uint64_t *ids, uint32_t n_ids,
+                 uint64_t *counts, struct mg_ct_census *out)
+{
+    if (!ct || !out || (n_ids && (!ids || !counts)))
+        return -EINVAL;
+    for (uint32_t i = 1; i < n_ids; i++)
+        if (ids[i - 1] >= ids[i])
+            return -EINVAL;
+    const uint32_t now = mg_ct_ticks(now_ns);
+    for (uint32_t b = 0; b < ct->n_buckets; b++) {
+        const struct mg_ct_meta *m = mg_ct_meta_of(ct, b);
+        for (int w = 0; w < MG_CT_WAYS; w++) {
+            uint32_t tag = __atomic_load_n(&m->tag[w], __ATOMIC_ACQUIRE);
+            if (tag == 0)
+                continue;
+            uint32_t last = __atomic_load_n(&m->last[w], __ATOMIC_RELAXED);
+            /* a worker may refresh an entry after `now` was read: a negative age is 0 */
+            uint32_t age = (int32_t)(now - last) < 0 ? 0 : now - last;
+            if (age >= mg_ct_tag_timeout(tag, tcp_ms, udp_ms)) {
+                out->expired++;
+                continue;
+            }
+            const struct mg_ct_entry *e = mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)w);
+            uint64_t id = __atomic_load_n(&e->backend_id, __ATOMIC_RELAXED);
+            uint64_t kw[5];
+            const uint64_t *src = (const uint64_t *)(const void *)&e->key;
+            for (int i = 0; i < 5; i++)
+                kw[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (__atomic_load_n(&m->tag[w], __ATOMIC_RELAXED) != tag ||
+                mg_ct_sig(mg_siphash13(k0, k1, (const uint8_t *)kw, sizeof kw)) !=
+                    (tag & MG_CT_SIG_MASK)) {
+                out->torn++;
+                continue;
+            }
+            out->live++;
+            int j = find_id(ids, n_ids, id);
+            if (j < 0)
+                out->unknown++;
+            else
+                counts[j]++;
+        }
+    }
+    return 0;
 }
