@@ -76,39 +76,12 @@ static inline uint8_t quic_kind(struct mg_dp *dp, const void *tables, struct wor
     return K_QUIC;
 }
 
-/* SipHash-1-3 of the 40-byte flow key, unrolled: the same function as mg_siphash13()
- * (mg_hash.c) for len = 40, inlined here because it is the largest fixed cost per packet.
- * The differential tests compare every decision with the Python reference, which uses the
- * generic SipHash, and tests/hashing/test_vectors.py pins mg_siphash13 itself. */
+/* SipHash-1-3 of the 40-byte flow key with the deployment's secret (mg_hash.h). */
 static inline uint64_t flow_hash(const struct mg_tables_header *h, const struct mg_flow_key *k)
 {
-    uint64_t m[5];
-    memcpy(m, k, sizeof(m));
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    for (int i = 0; i < 5; i++)
-        m[i] = __builtin_bswap64(m[i]);
-#endif
-    uint64_t v0 = 0x736f6d6570736575ULL ^ h->hash_k0;
-    uint64_t v1 = 0x646f72616e646f6dULL ^ h->hash_k1;
-    uint64_t v2 = 0x6c7967656e657261ULL ^ h->hash_k0;
-    uint64_t v3 = 0x7465646279746573ULL ^ h->hash_k1;
-#pragma GCC unroll 5
-    for (int i = 0; i < 5; i++) {
-        v3 ^= m[i];
-        MG_SIPROUND(v0, v1, v2, v3);
-        v0 ^= m[i];
-    }
-    uint64_t b = (uint64_t)40 << 56;
-    v3 ^= b;
-    MG_SIPROUND(v0, v1, v2, v3);
-    v0 ^= b;
-    v2 ^= 0xff;
-    MG_SIPROUND(v0, v1, v2, v3);
-    MG_SIPROUND(v0, v1, v2, v3);
-    MG_SIPROUND(v0, v1, v2, v3);
-    return v0 ^ v1 ^ v2 ^ v3;
+    return mg_siphash13_40(h->hash_k0, h->hash_k1, k);
 }
-_Static_assert(sizeof(struct mg_flow_key) == 40, "flow_hash is unrolled for 40 bytes");
+_Static_assert(sizeof(struct mg_flow_key) == 40, "mg_siphash13_40 hashes 40 bytes");
 
 /* Prefetch distances (packets ahead) of pass 2's pipeline; -DPF_META=/-DPF_ENTRY= to
  * experiment (on the shared VM 12/6 vs 24/12 vs 40/20 were within the noise). */
