@@ -202,6 +202,28 @@ class RefDataPath:
 
     # ------------------------------------------------------------------ fragments across instances
 
+    @staticmethod
+    def _gre_off(pkt: bytes, p: Parsed, need: int) -> int:
+        """gre_off() in mg_dp.c: the GRE header's offset when ``need`` bytes of the IP
+        packet follow it, else 0 (also for a fragment or IPv6 extension headers)."""
+        if p.frag & PF_FRAGMENT:
+            return 0
+        if p.family == 4:
+            gre = p.l3_off + (pkt[p.l3_off] & 0x0F) * 4
+        elif pkt[p.l3_off + 6] == 47:
+            gre = p.l3_off + 40
+        else:
+            return 0
+        return gre if p.l3_off + p.l3_len >= gre + need else 0
+
+    @staticmethod
+    def _decap_eth(fr: Frame, pkt: bytes, inner_off: int, ptype: int, end: int) -> tuple[int, Parsed]:
+        """decap_eth() in mg_dp.c: ``fr`` becomes its inner packet at ``inner_off`` as an
+        Ethernet frame (outer MACs, ethertype ``ptype``), re-parsed."""
+        fr.data = pkt[:12] + struct.pack("!H", ptype) + pkt[inner_off:end]
+        fr.headroom += inner_off - 14
+        return parse(fr.data)
+
     def _redirect_in(self, fr: Frame, p: Parsed) -> tuple[int, Parsed]:
         """redirect_in() in mg_dp.c: (0, p) when the GRE packet is not addressed to our pool
         address, (1, inner) when it was a marked redirect from another pool member and
@@ -212,27 +234,16 @@ class RefDataPath:
             return 0, p
         if not any(i != h["pool_self"] and a == p.src for i, a in enumerate(pool)):
             return D["redirect_foreign"], p
-        if p.frag & PF_FRAGMENT:
-            return D["bad_redirect"], p
         pkt = fr.data
-        if p.family == 4:
-            gre = p.l3_off + (pkt[p.l3_off] & 0x0F) * 4
-        else:
-            if pkt[p.l3_off + 6] != 47:
-                return D["bad_redirect"], p
-            gre = p.l3_off + 40
-        end = p.l3_off + p.l3_len
-        if end < gre + 8:
+        gre, end = self._gre_off(pkt, p, 8), p.l3_off + p.l3_len
+        if not gre:
             return D["bad_redirect"], p
         flags, ptype, key = struct.unpack_from("!HHI", pkt, gre)
         if flags != ref_encap.GRE_F_KEY or key != ref_encap.REDIRECT_GRE_KEY:
             return D["redirect_unmarked"], p
         if ptype not in (0x0800, 0x86DD):
             return D["bad_redirect"], p
-        cut = gre + 8 - 14
-        fr.data = pkt[:12] + struct.pack("!H", ptype) + pkt[gre + 8 : end]
-        fr.headroom += cut
-        rc, inner = parse(fr.data)
+        rc, inner = self._decap_eth(fr, pkt, gre + 8, ptype, end)
         if rc:
             return rc, inner
         if not inner.frag & PF_FRAGMENT:
@@ -353,25 +364,14 @@ class RefDataPath:
         if not known:
             return 0, p
         bad = D["bad_cluster_gre"]
-        if p.frag & PF_FRAGMENT:
-            return bad, p
         pkt = fr.data
-        if p.family == 4:
-            gre = p.l3_off + (pkt[p.l3_off] & 0x0F) * 4
-        else:
-            if pkt[p.l3_off + 6] != 47:
-                return bad, p
-            gre = p.l3_off + 40
-        end = p.l3_off + p.l3_len
-        if end < gre + 4 + 20:
+        gre, end = self._gre_off(pkt, p, 4 + 20), p.l3_off + p.l3_len
+        if not gre:
             return bad, p
         flags, ptype = struct.unpack_from("!HH", pkt, gre)
         if flags != 0 or ptype not in (0x0800, 0x86DD):
             return bad, p
-        cut = gre + 4 - 14
-        fr.data = pkt[:12] + struct.pack("!H", ptype) + pkt[gre + 4 : end]
-        fr.headroom += cut
-        rc, inner = parse(fr.data)
+        rc, inner = self._decap_eth(fr, pkt, gre + 4, ptype, end)
         if rc:
             return rc, inner
         if inner.frag & PF_FRAGMENT or inner.proto == 47:

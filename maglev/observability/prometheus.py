@@ -131,143 +131,157 @@ def render(s: dict[str, Any], openmetrics: bool = False) -> str:
     return (generate_openmetrics if openmetrics else generate_latest)(reg).decode()
 
 
+C, G = "counter", "gauge"
+
+# The families that are one value per row, in output order: (name, type, help, key), key
+# the row's field or a function of the row.  families() gives each table its rows.
+_TOP = (  # one row: the totals, steering and the muxer
+    ("maglev_received_packets_total", C, "Packets received from the NIC by steering.", "packets_in"),
+    ("maglev_received_bytes_total", C, "Bytes received from the NIC by steering.", "bytes_in"),
+    ("maglev_transmitted_packets_total", C, "Packets the muxer handed to the NIC.", "tx_packets"),
+)
+_STEERING = (
+    ("maglev_fallback_packets_total", C,
+     "Packets steered to another worker than their hash because its ring was full (may reorder).", "fallback"),
+    ("maglev_backpressure_events_total", C, "Steering turns in which every candidate rx ring was full.",
+     "backpressure"),
+    ("maglev_shed_packets_total", C,
+     "Packets steering dropped before enqueue under overload (VIP priority below the rx ring's fill).", "shed"),
+    ("maglev_unparsed_packets_total", C, "Packets steering could not parse (spread round-robin).", "unparsed"),
+)
+_WORKER_TRAFFIC = (  # label worker; then maglev_worker_drops_total
+    ("maglev_worker_packets_total", C, "Packets a worker processed.", "packets_in"),
+    ("maglev_worker_forwarded_packets_total", C, "Packets a worker sent to a backend.", "forwarded"),
+    ("maglev_worker_received_bytes_total", C, "Bytes a worker processed.", "bytes_in"),
+    ("maglev_worker_transmitted_bytes_total", C, "Bytes a worker put on its tx ring (encapsulated).", "bytes_out"),
+)
+_WORKER_STATE = (  # then maglev_worker_quic_packets_total
+    ("maglev_worker_tables_generation", G, "Tables generation a worker uses.", "tables_generation"),
+    ("maglev_worker_held_fragments", G, "IP fragments a worker holds waiting for their first fragment.", "held"),
+    ("maglev_worker_fragments_total", C, "IP fragments a worker forwarded (first and non-first).", "fragments"),
+    ("maglev_worker_icmp_sent_total", C, "ICMP errors a worker generated (packet too big).", "icmp_sent"),
+    ("maglev_worker_icmp_forwarded_total", C, "Inbound ICMP errors a worker sent to a flow's backend.",
+     "icmp_forwarded"),
+)
+_WORKER_CLUSTER = (
+    ("maglev_worker_cluster_gre_in_packets_total", C,
+     "VIP matching: GRE from a peer cluster's forwarders a worker decapsulated.", "cluster_in"),
+    ("maglev_worker_cluster_matched_packets_total", C,
+     "VIP matching: packets to a peer cluster's address a worker served as the local VIP.", "cluster_matched"),
+    ("maglev_worker_backup_packets_total", C,
+     "VIP matching: packets of a VIP without a healthy backend a worker sent to the backup cluster.", "backup_out"),
+    ("maglev_worker_table_swaps_total", C, "Tables generation switches a worker made.", "table_swaps"),
+)
+_RING = (  # label ring
+    ("maglev_ring_used_slots", G, "Descriptors waiting on a ring.", "count"),
+    ("maglev_ring_capacity_slots", G, "Slots of a ring.", "size"),
+    ("maglev_ring_occupancy_ratio", G, "Used / capacity of a ring.", "occupancy"),
+)
+_CONNTRACK = (  # label worker, a worker's conntrack stats
+    ("maglev_conntrack_entries", G,
+     "Connection-table entries (inserts - evictions - expirations: an upper bound).", "entries"),
+    ("maglev_conntrack_lookups_total", C, "Connection-table lookups.", "lookups"),
+    ("maglev_conntrack_hits_total", C, "Connection-table hits.", "hits"),
+    ("maglev_conntrack_inserts_total", C, "Connection-table inserts.", "inserts"),
+    ("maglev_conntrack_evictions_total", C, "Live probation entries replaced (LRU) by an insert.", "evictions"),
+    ("maglev_conntrack_table_full_total", C,
+     "Inserts that found no way (table full): the packet was forwarded statelessly.", "insert_failed"),
+    ("maglev_conntrack_expirations_total", C, "Entries found idle past their timeout.", "expired"),
+    ("maglev_conntrack_reselections_total", C, "Hits whose backend was gone or down: re-selected.", "reselected"),
+    ("maglev_conntrack_promotions_total", C, "Probation entries promoted to the protected segment.", "promoted"),
+    ("maglev_conntrack_demotions_total", C, "Protected entries demoted (protected quota reached).", "demoted"),
+    ("maglev_conntrack_moves_total", C, "Entries moved to their alternate bucket (cuckoo).", "moved"),
+    ("maglev_conntrack_rate_guard_total", C,
+     "New flows above conntrack.new_flows_per_s: forwarded by Maglev hash, not inserted.", "rate_guard_hits"),
+)
+_VIP_WORKER = (  # labels vip, worker
+    ("maglev_vip_packets_total", C, "Packets forwarded for a VIP (per worker; resets on a tables switch).", "packets"),
+    ("maglev_vip_bytes_total", C, "Bytes forwarded for a VIP (per worker; resets on a tables switch).", "bytes"),
+)
+_BACKEND = (  # labels vip, backend; then maglev_backend_pool_info
+    ("maglev_packets_total", C, "Packets sent to a backend (all workers, since their last tables switch).",
+     "packets"),
+    ("maglev_bytes_total", C, "Bytes sent to a backend (all workers, since their last tables switch).", "bytes"),
+    ("maglev_backend_up", G, "1 when the backend is healthy in the published tables.",
+     lambda b: b["health"] == "up"),
+    ("maglev_backend_weight", G, "Configured weight of the backend (for a pooled VIP: its effective weight).",
+     "weight"),
+)
+_BACKEND_TABLE = (
+    ("maglev_table_entries", G, "Maglev lookup-table entries of a backend.", "entries"),
+)
+_VIP = (  # label vip
+    ("maglev_table_entries_min", G, "Fewest table entries of a live backend of the VIP.", "entries_min"),
+    ("maglev_table_entries_max", G, "Most table entries of a live backend of the VIP.", "entries_max"),
+    ("maglev_table_size_entries", G, "Maglev lookup-table size M of the VIP.", "table_size"),
+    ("maglev_vip_priority", G, "A VIP's priority under overload (0..7, higher is shed later).", "priority"),
+    ("maglev_vip_shed_packets_total", C,
+     "Packets of a VIP steering dropped under overload (VIP priority; by VIP key, kept across tables switches).",
+     "shed"),
+)
+_TRACER = (  # one row, 0 when the tracer has not reported
+    ("maglev_traced_packets_total", C, "Packets marked by the packet tracer.", "marked"),
+    ("maglev_trace_records_lost_total", C, "Traced packets whose record was dropped (log full).", "lost"),
+)
+
+_Table = tuple[tuple[str, str, str, "str | Callable[[dict[str, Any]], Any]"], ...]
+
+
+def _per_row(o: _Out, table: _Table, rows: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """One family per table entry, one sample per (labels, row)."""
+    for name, kind, help_, key in table:
+        o.family(name, kind, help_, [(lab, key(r) if callable(key) else r[key]) for lab, r in rows])
+
+
 def families(s: dict[str, Any]) -> list[Metric]:
     """The metric families of one snapshot."""
     o = _Out()
-    t, st, mx = s["totals"], s["steering"], s["muxer"]
-    c = "counter"
-    g = "gauge"
-    o.family("maglev_received_packets_total", c, "Packets received from the NIC by steering.",
-             [({}, t["packets_in"])])
-    o.family("maglev_received_bytes_total", c, "Bytes received from the NIC by steering.", [({}, t["bytes_in"])])
-    o.family("maglev_transmitted_packets_total", c, "Packets the muxer handed to the NIC.", [({}, mx["tx_packets"])])
-    o.family("maglev_drops_total", c, "Packets dropped, by reason (data path reasons, worker restarts, NIC errors).",
+    t, mx = s["totals"], s["muxer"]
+    _per_row(o, _TOP, [({}, {"packets_in": t["packets_in"], "bytes_in": t["bytes_in"],
+                             "tx_packets": mx["tx_packets"]})])
+    o.family("maglev_drops_total", C, "Packets dropped, by reason (data path reasons, worker restarts, NIC errors).",
              [({"reason": k}, v) for k, v in s["drops"].items()])
-    o.family("maglev_fallback_packets_total", c,
-             "Packets steered to another worker than their hash because its ring was full (may reorder).",
-             [({}, st["fallback"])])
-    o.family("maglev_backpressure_events_total", c, "Steering turns in which every candidate rx ring was full.",
-             [({}, st["backpressure"])])
-    o.family("maglev_shed_packets_total", c,
-             "Packets steering dropped before enqueue under overload (VIP priority below the rx ring's fill).",
-             [({}, st["shed"])])
-    o.family("maglev_unparsed_packets_total", c, "Packets steering could not parse (spread round-robin).",
-             [({}, st["unparsed"])])
+    _per_row(o, _STEERING, [({}, s["steering"])])
     w_rows = s["workers"]
-    o.family("maglev_worker_packets_total", c, "Packets a worker processed.",
-             [({"worker": w["worker"]}, w["packets_in"]) for w in w_rows])
-    o.family("maglev_worker_forwarded_packets_total", c, "Packets a worker sent to a backend.",
-             [({"worker": w["worker"]}, w["forwarded"]) for w in w_rows])
-    o.family("maglev_worker_received_bytes_total", c, "Bytes a worker processed.",
-             [({"worker": w["worker"]}, w["bytes_in"]) for w in w_rows])
-    o.family("maglev_worker_transmitted_bytes_total", c, "Bytes a worker put on its tx ring (encapsulated).",
-             [({"worker": w["worker"]}, w["bytes_out"]) for w in w_rows])
-    o.family("maglev_worker_drops_total", c, "Packets a worker dropped, by reason.",
+    per_w = [({"worker": w["worker"]}, w) for w in w_rows]
+    _per_row(o, _WORKER_TRAFFIC, per_w)
+    o.family("maglev_worker_drops_total", C, "Packets a worker dropped, by reason.",
              [({"worker": w["worker"], "reason": k}, v) for w in w_rows for k, v in w["dropped"].items()])
-    o.family("maglev_worker_tables_generation", g, "Tables generation a worker uses.",
-             [({"worker": w["worker"]}, w["tables_generation"]) for w in w_rows])
-    o.family("maglev_worker_held_fragments", g, "IP fragments a worker holds waiting for their first fragment.",
-             [({"worker": w["worker"]}, w["held"]) for w in w_rows])
-    o.family("maglev_worker_fragments_total", c, "IP fragments a worker forwarded (first and non-first).",
-             [({"worker": w["worker"]}, w["fragments"]) for w in w_rows])
-    o.family("maglev_worker_icmp_sent_total", c, "ICMP errors a worker generated (packet too big).",
-             [({"worker": w["worker"]}, w["icmp_sent"]) for w in w_rows])
-    o.family("maglev_worker_icmp_forwarded_total", c, "Inbound ICMP errors a worker sent to a flow's backend.",
-             [({"worker": w["worker"]}, w["icmp_forwarded"]) for w in w_rows])
-    o.family("maglev_worker_quic_packets_total", c,
+    _per_row(o, _WORKER_STATE, per_w)
+    o.family("maglev_worker_quic_packets_total", C,
              "Packets of QUIC VIPs by how the backend was chosen: cid (the connection ID's server ID) or hashed.",
              [({"worker": w["worker"], "routing": r}, w.get(f"quic_{k}", 0))
               for w in w_rows for r, k in (("cid", "cid_routed"), ("hashed", "hashed"))])
-    o.family("maglev_worker_cluster_gre_in_packets_total", c,
-             "VIP matching: GRE from a peer cluster's forwarders a worker decapsulated.",
-             [({"worker": w["worker"]}, w["cluster_in"]) for w in w_rows])
-    o.family("maglev_worker_cluster_matched_packets_total", c,
-             "VIP matching: packets to a peer cluster's address a worker served as the local VIP.",
-             [({"worker": w["worker"]}, w["cluster_matched"]) for w in w_rows])
-    o.family("maglev_worker_backup_packets_total", c,
-             "VIP matching: packets of a VIP without a healthy backend a worker sent to the backup cluster.",
-             [({"worker": w["worker"]}, w["backup_out"]) for w in w_rows])
-    o.family("maglev_worker_table_swaps_total", c, "Tables generation switches a worker made.",
-             [({"worker": w["worker"]}, w["table_swaps"]) for w in w_rows])
+    _per_row(o, _WORKER_CLUSTER, per_w)
     ft_rows = [(w["worker"], w["fragment_table"]) for w in w_rows if w.get("fragment_table")]
     for key in (ft_rows[0][1] if ft_rows else {}):
-        o.family(f"maglev_fragment_table_{key}_total", c,
+        o.family(f"maglev_fragment_table_{key}_total", C,
                  f"Fragment table: {key.replace('_', ' ')} (struct mg_frag_stats, mg_frag.h).",
                  [({"worker": i}, ft[key]) for i, ft in ft_rows])
-    rings = []
-    for w in w_rows:
-        for kind in ("rx", "tx", "ret"):
-            r = w[f"{kind}_ring"]
-            rings.append((r["ring"], r))
-    rings += [("free", s["rings"]["free"]), ("sent", s["rings"]["sent"])]
-    o.family("maglev_ring_used_slots", g, "Descriptors waiting on a ring.", [({"ring": n}, r["count"]) for n, r in rings])
-    o.family("maglev_ring_capacity_slots", g, "Slots of a ring.", [({"ring": n}, r["size"]) for n, r in rings])
-    o.family("maglev_ring_occupancy_ratio", g, "Used / capacity of a ring.",
-             [({"ring": n}, r["occupancy"]) for n, r in rings])
-    ct_rows = [(w["worker"], w["conntrack"]) for w in w_rows if w.get("conntrack")]
-    o.family("maglev_conntrack_entries", g,
-             "Connection-table entries (inserts - evictions - expirations: an upper bound).",
-             [({"worker": i}, ct["entries"]) for i, ct in ct_rows])
-    for key, name, help_ in (
-        ("lookups", "maglev_conntrack_lookups_total", "Connection-table lookups."),
-        ("hits", "maglev_conntrack_hits_total", "Connection-table hits."),
-        ("inserts", "maglev_conntrack_inserts_total", "Connection-table inserts."),
-        ("evictions", "maglev_conntrack_evictions_total", "Live probation entries replaced (LRU) by an insert."),
-        ("insert_failed", "maglev_conntrack_table_full_total",
-         "Inserts that found no way (table full): the packet was forwarded statelessly."),
-        ("expired", "maglev_conntrack_expirations_total", "Entries found idle past their timeout."),
-        ("reselected", "maglev_conntrack_reselections_total", "Hits whose backend was gone or down: re-selected."),
-        ("promoted", "maglev_conntrack_promotions_total", "Probation entries promoted to the protected segment."),
-        ("demoted", "maglev_conntrack_demotions_total", "Protected entries demoted (protected quota reached)."),
-        ("moved", "maglev_conntrack_moves_total", "Entries moved to their alternate bucket (cuckoo)."),
-        ("rate_guard_hits", "maglev_conntrack_rate_guard_total",
-         "New flows above conntrack.new_flows_per_s: forwarded by Maglev hash, not inserted."),
-    ):
-        o.family(name, c, help_, [({"worker": i}, ct[key]) for i, ct in ct_rows])
-    vw = s.get("vip_workers", [])
-    o.family("maglev_vip_packets_total", c, "Packets forwarded for a VIP (per worker; resets on a tables switch).",
-             [({"vip": r["vip"], "worker": r["worker"]}, r["packets"]) for r in vw])
-    o.family("maglev_vip_bytes_total", c, "Bytes forwarded for a VIP (per worker; resets on a tables switch).",
-             [({"vip": r["vip"], "worker": r["worker"]}, r["bytes"]) for r in vw])
+    rings = [w[f"{kind}_ring"] for w in w_rows for kind in ("rx", "tx", "ret")]
+    _per_row(o, _RING, [({"ring": r["ring"]}, r) for r in rings]
+             + [({"ring": n}, s["rings"][n]) for n in ("free", "sent")])
+    _per_row(o, _CONNTRACK, [({"worker": w["worker"]}, w["conntrack"]) for w in w_rows if w.get("conntrack")])
+    _per_row(o, _VIP_WORKER, [({"vip": r["vip"], "worker": r["worker"]}, r) for r in s.get("vip_workers", [])])
     be = [(v, b) for v in s["vips"] for b in v["backends"]]
-    o.family("maglev_packets_total", c, "Packets sent to a backend (all workers, since their last tables switch).",
-             [({"vip": v["vip"], "backend": b["backend"]}, b["packets"]) for v, b in be])
-    o.family("maglev_bytes_total", c, "Bytes sent to a backend (all workers, since their last tables switch).",
-             [({"vip": v["vip"], "backend": b["backend"]}, b["bytes"]) for v, b in be])
-    o.family("maglev_backend_up", g, "1 when the backend is healthy in the published tables.",
-             [({"vip": v["vip"], "backend": b["backend"]}, b["health"] == "up") for v, b in be])
-    o.family("maglev_backend_weight", g, "Configured weight of the backend (for a pooled VIP: its effective weight).",
-             [({"vip": v["vip"], "backend": b["backend"]}, b["weight"]) for v, b in be])
-    o.family("maglev_backend_pool_info", g, "1 for a pooled VIP's backend; label pool = its pool path (a/b).",
+    per_be = [({"vip": v["vip"], "backend": b["backend"]}, b) for v, b in be]
+    _per_row(o, _BACKEND, per_be)
+    o.family("maglev_backend_pool_info", G, "1 for a pooled VIP's backend; label pool = its pool path (a/b).",
              [({"vip": v["vip"], "backend": b["backend"], "pool": b["pool"]}, 1) for v, b in be if "pool" in b])
-    o.family("maglev_table_entries", g, "Maglev lookup-table entries of a backend.",
-             [({"vip": v["vip"], "backend": b["backend"]}, b["entries"]) for v, b in be])
-    o.family("maglev_table_entries_min", g, "Fewest table entries of a live backend of the VIP.",
-             [({"vip": v["vip"]}, v["entries_min"]) for v in s["vips"]])
-    o.family("maglev_table_entries_max", g, "Most table entries of a live backend of the VIP.",
-             [({"vip": v["vip"]}, v["entries_max"]) for v in s["vips"]])
-    o.family("maglev_table_size_entries", g, "Maglev lookup-table size M of the VIP.",
-             [({"vip": v["vip"]}, v["table_size"]) for v in s["vips"]])
-    o.family("maglev_vip_priority", g, "A VIP's priority under overload (0..7, higher is shed later).",
-             [({"vip": v["vip"]}, v["priority"]) for v in s["vips"]])
-    o.family("maglev_vip_shed_packets_total", c,
-             "Packets of a VIP steering dropped under overload (VIP priority; by VIP key, kept across tables switches).",
-             [({"vip": v["vip"]}, v["shed"]) for v in s["vips"]])
-    o.family("maglev_tables_generation", g, "Tables generation now published.", [({}, s["generation"])])
-    tr = s.get("tracer") or {}
-    o.family("maglev_traced_packets_total", c, "Packets marked by the packet tracer.", [({}, tr.get("marked", 0))])
-    o.family("maglev_trace_records_lost_total", c, "Traced packets whose record was dropped (log full).",
-             [({}, tr.get("lost", 0))])
+    _per_row(o, _BACKEND_TABLE, per_be)
+    _per_row(o, _VIP, [({"vip": v["vip"]}, v) for v in s["vips"]])
+    o.family("maglev_tables_generation", G, "Tables generation now published.", [({}, s["generation"])])
+    _per_row(o, _TRACER, [({}, {"marked": 0, "lost": 0, **(s.get("tracer") or {})})])
     if s.get("restarts") is not None:
-        o.family("maglev_actor_restarts_total", c, "Restarts of an actor by the supervisor.",
+        o.family("maglev_actor_restarts_total", C, "Restarts of an actor by the supervisor.",
                  [({"actor": k}, v) for k, v in sorted(s["restarts"].items())])
     bgp = s.get("bgp")
     if isinstance(bgp, dict):
         nums = [(k, v) for k, v in sorted(bgp.items()) if isinstance(v, int | float) and not isinstance(v, bool)]
-        o.family("maglev_bgp_state", g, "BGP speaker state from its heartbeat (key = field).",
+        o.family("maglev_bgp_state", G, "BGP speaker state from its heartbeat (key = field).",
                  [({"key": k}, v) for k, v in nums])
     if s.get("uptime_s") is not None:
-        o.family("maglev_uptime_seconds", g, "Seconds since maglev run started.", [({}, float(s["uptime_s"]))])
+        o.family("maglev_uptime_seconds", G, "Seconds since maglev run started.", [({}, float(s["uptime_s"]))])
     if isinstance(s.get("config_apply"), dict):
         o.histogram("maglev_config_apply_seconds",
                     "Config change request (ctl apply/reload, SIGHUP) to every worker running the new tables.",

@@ -344,6 +344,15 @@ def _selected(text: str) -> str:
     return m.group(1) if m else text.strip()
 
 
+def _read_text(path: str) -> str:
+    """The text of a /proc or /sys file, "" when it cannot be read."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def shm_pages(directory: str = SHM_DIR, *, mountinfo: str | None = None,
               shmem_enabled: str | None = None) -> tuple[str, str]:
     """("thp" | "4k", why): the pages a table file in ``directory`` gets.
@@ -354,18 +363,10 @@ def shm_pages(directory: str = SHM_DIR, *, mountinfo: str | None = None,
     mounted without ``huge=``, i.e. 4 KiB pages: a 1M-flow table then costs ~2x per packet
     in TLB misses (docs/datapath.md).  hugetlbfs is not used (it needs pages reserved by
     the administrator).  ``mountinfo`` / ``shmem_enabled`` (file contents) are for tests."""
-    try:
-        if mountinfo is None:
-            with open(MOUNTINFO) as f:
-                mountinfo = f.read()
-    except OSError:
-        mountinfo = ""
-    try:
-        if shmem_enabled is None:
-            with open(SHMEM_ENABLED) as f:
-                shmem_enabled = f.read()
-    except OSError:
-        shmem_enabled = ""
+    if mountinfo is None:
+        mountinfo = _read_text(MOUNTINFO)
+    if shmem_enabled is None:
+        shmem_enabled = _read_text(SHMEM_ENABLED)
     glob = _selected(shmem_enabled) if shmem_enabled else ""
     if glob == "force":
         return "thp", f"{SHMEM_ENABLED} = force"

@@ -76,39 +76,12 @@ static inline uint8_t quic_kind(struct mg_dp *dp, const void *tables, struct wor
     return K_QUIC;
 }
 
-/* SipHash-1-3 of the 40-byte flow key, unrolled: the same function as mg_siphash13()
- * (mg_hash.c) for len = 40, inlined here because it is the largest fixed cost per packet.
- * The differential tests compare every decision with the Python reference, which uses the
- * generic SipHash, and tests/hashing/test_vectors.py pins mg_siphash13 itself. */
+/* SipHash-1-3 of the 40-byte flow key with the deployment's secret (mg_hash.h). */
 static inline uint64_t flow_hash(const struct mg_tables_header *h, const struct mg_flow_key *k)
 {
-    uint64_t m[5];
-    memcpy(m, k, sizeof(m));
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    for (int i = 0; i < 5; i++)
-        m[i] = __builtin_bswap64(m[i]);
-#endif
-    uint64_t v0 = 0x736f6d6570736575ULL ^ h->hash_k0;
-    uint64_t v1 = 0x646f72616e646f6dULL ^ h->hash_k1;
-    uint64_t v2 = 0x6c7967656e657261ULL ^ h->hash_k0;
-    uint64_t v3 = 0x7465646279746573ULL ^ h->hash_k1;
-#pragma GCC unroll 5
-    for (int i = 0; i < 5; i++) {
-        v3 ^= m[i];
-        MG_SIPROUND(v0, v1, v2, v3);
-        v0 ^= m[i];
-    }
-    uint64_t b = (uint64_t)40 << 56;
-    v3 ^= b;
-    MG_SIPROUND(v0, v1, v2, v3);
-    v0 ^= b;
-    v2 ^= 0xff;
-    MG_SIPROUND(v0, v1, v2, v3);
-    MG_SIPROUND(v0, v1, v2, v3);
-    MG_SIPROUND(v0, v1, v2, v3);
-    return v0 ^ v1 ^ v2 ^ v3;
+    return mg_siphash13_40(h->hash_k0, h->hash_k1, k);
 }
-_Static_assert(sizeof(struct mg_flow_key) == 40, "flow_hash is unrolled for 40 bytes");
+_Static_assert(sizeof(struct mg_flow_key) == 40, "mg_siphash13_40 hashes 40 bytes");
 
 /* Prefetch distances (packets ahead) of pass 2's pipeline; -DPF_META=/-DPF_ENTRY= to
  * experiment (on the shared VM 12/6 vs 24/12 vs 40/20 were within the noise). */
@@ -560,6 +533,41 @@ static inline const uint8_t *pool_addr(const void *t, uint32_t i)
 
 static inline uint32_t rd16be(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
 
+/* Offset of the GRE header in pkt (parsed as *p, IP protocol 47) when at least `need`
+ * bytes of the IP packet follow it, else 0: also for a fragment or IPv6 extension headers
+ * (redirect_in and cluster_in: their senders never fragment the outer packet nor add
+ * extension headers). */
+static inline uint32_t gre_off(const struct mg_parsed *p, const uint8_t *pkt, uint32_t need)
+{
+    if (p->frag & MG_PF_FRAGMENT)
+        return 0;
+    uint32_t gre;
+    if (p->family == 4)
+        gre = p->l3_off + (uint32_t)(pkt[p->l3_off] & 0x0f) * 4;
+    else if (pkt[p->l3_off + 6] == 47)
+        gre = p->l3_off + 40u;
+    else
+        return 0;
+    return p->l3_off + (uint32_t)p->l3_len >= gre + need ? gre : 0;
+}
+
+/* Frame idx (pkt, meta) becomes its inner L3 packet at inner_off (ethertype ptype, up to
+ * end) as an Ethernet frame, *p re-parsed (mg_parse's result).  The inner packet stays
+ * where it is; an Ethernet header is written in front of it over the end of the outer
+ * headers (>= 24 bytes, so the 12 MAC bytes never overlap); Ethernet padding after the
+ * outer packet goes too. */
+static inline int decap_eth(uint8_t *pkt, struct mg_frame_meta *meta, uint32_t inner_off,
+                            uint32_t ptype, uint32_t end, struct mg_parsed *p)
+{
+    uint32_t cut = inner_off - 14;
+    memmove(pkt + cut, pkt, 12);
+    pkt[cut + 12] = (uint8_t)(ptype >> 8);
+    pkt[cut + 13] = (uint8_t)ptype;
+    meta->data_off += cut;
+    meta->len = end - cut;
+    return mg_parse(pkt + cut, meta->len, p);
+}
+
 /* A packet addressed to this instance's pool address with IP protocol 47.  Returns 0 when
  * it is not for us (other family or destination: it goes on as an ordinary packet), 1
  * when it was a marked redirect from another pool member and frame idx now holds the inner
@@ -576,20 +584,10 @@ static int redirect_in(const void *t, uint8_t *pool, uint32_t idx, struct mg_par
             member = 1;
     if (!member)
         return MG_DROP_REDIRECT_FOREIGN;
-    if (p->frag & MG_PF_FRAGMENT)
-        return MG_DROP_BAD_REDIRECT; /* we never fragment the outer packet */
     struct mg_frame_meta *meta = mg_frame_meta(pool, idx);
     uint8_t *pkt = mg_frame_data(pool, idx);
-    uint32_t gre;
-    if (p->family == 4) {
-        gre = p->l3_off + (uint32_t)(pkt[p->l3_off] & 0x0f) * 4;
-    } else {
-        if (pkt[p->l3_off + 6] != 47)
-            return MG_DROP_BAD_REDIRECT; /* we send no extension headers */
-        gre = p->l3_off + 40u;
-    }
-    uint32_t end = p->l3_off + (uint32_t)p->l3_len;
-    if (end < gre + 8)
+    uint32_t gre = gre_off(p, pkt, 8), end = p->l3_off + (uint32_t)p->l3_len;
+    if (!gre)
         return MG_DROP_BAD_REDIRECT;
     uint32_t key = rd16be(pkt + gre + 4) << 16 | rd16be(pkt + gre + 6);
     if (rd16be(pkt + gre) != MG_GRE_F_KEY || key != MG_REDIRECT_GRE_KEY)
@@ -597,21 +595,27 @@ static int redirect_in(const void *t, uint8_t *pool, uint32_t idx, struct mg_par
     uint32_t ptype = rd16be(pkt + gre + 2);
     if (ptype != 0x0800 && ptype != 0x86dd)
         return MG_DROP_BAD_REDIRECT;
-    /* The inner L3 packet stays where it is; an Ethernet header is written in front of it
-     * over the end of the outer headers (>= 28 bytes, so the 12 MAC bytes never overlap). */
-    uint32_t cut = gre + 8 - 14;
-    memmove(pkt + cut, pkt, 12);
-    pkt[cut + 12] = (uint8_t)(ptype >> 8);
-    pkt[cut + 13] = (uint8_t)ptype;
-    meta->data_off += cut;
-    meta->len = end - cut; /* Ethernet padding after the outer packet goes too */
     meta->flags |= MG_FRAME_F_REDIRECTED;
-    int rc = mg_parse(pkt + cut, meta->len, p);
+    int rc = decap_eth(pkt, meta, gre + 8, ptype, end, p);
     if (rc != MG_OK)
         return rc;
     if (!(p->frag & MG_PF_FRAGMENT))
         return MG_DROP_BAD_REDIRECT; /* only fragments are ever redirected */
     return 1;
+}
+
+/* GRE encapsulation parameters (type, outer family) for frame pkt, sent to the next hop
+ * like forward() does: configured MACs, else back to the router that delivered it.  Shared
+ * by redirect_out and cluster_out, which fill in the addresses. */
+static inline void gre_params(struct mg_encap_params *ep, const struct mg_dp *dp,
+                              const struct mg_tables_header *h, const uint8_t *pkt, uint8_t type,
+                              uint8_t family)
+{
+    memset(ep, 0, sizeof *ep);
+    ep->type = type;
+    ep->outer_family = family;
+    memcpy(ep->eth_src, dp->own_mac_set ? h->own_mac : pkt, 6);
+    memcpy(ep->eth_dst, dp->gw_mac_set ? h->gateway_mac : pkt + 6, 6);
 }
 
 /* The owner of a fragment whose 3-tuple hash is `hash`, or -1 when it is this instance
@@ -642,11 +646,7 @@ static void redirect_out(struct mg_dp *dp, struct mg_dp_io *io, const void *t, u
     struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
     const uint8_t *pkt = mg_frame_data(io->pool, idx);
     struct mg_encap_params ep;
-    memset(&ep, 0, sizeof(ep));
-    ep.type = MG_ENCAP_GRE_REDIRECT;
-    ep.outer_family = h->pool_family;
-    memcpy(ep.eth_src, dp->own_mac_set ? h->own_mac : pkt, 6);
-    memcpy(ep.eth_dst, dp->gw_mac_set ? h->gateway_mac : pkt + 6, 6);
+    gre_params(&ep, dp, h, pkt, MG_ENCAP_GRE_REDIRECT, h->pool_family);
     memcpy(ep.src, pool_addr(t, h->pool_self), 16);
     memcpy(ep.dst, pool_addr(t, (uint32_t)owner), 16);
     meta->vip_index = (uint16_t)vip;
@@ -709,33 +709,15 @@ static int cluster_in(const void *t, uint8_t *pool, uint32_t idx, struct mg_pars
                 known = 1;
     if (!known)
         return 0;
-    if (p->frag & MG_PF_FRAGMENT)
-        return MG_DROP_BAD_CLUSTER_GRE;
     struct mg_frame_meta *meta = mg_frame_meta(pool, idx);
     uint8_t *pkt = mg_frame_data(pool, idx);
-    uint32_t gre;
-    if (p->family == 4) {
-        gre = p->l3_off + (uint32_t)(pkt[p->l3_off] & 0x0f) * 4;
-    } else {
-        if (pkt[p->l3_off + 6] != 47)
-            return MG_DROP_BAD_CLUSTER_GRE; /* cluster_out sends no extension headers */
-        gre = p->l3_off + 40u;
-    }
-    uint32_t end = p->l3_off + (uint32_t)p->l3_len;
-    if (end < gre + 4 + 20)
+    uint32_t gre = gre_off(p, pkt, 4 + 20), end = p->l3_off + (uint32_t)p->l3_len;
+    if (!gre)
         return MG_DROP_BAD_CLUSTER_GRE;
     uint32_t ptype = rd16be(pkt + gre + 2);
     if (rd16be(pkt + gre) != 0 || (ptype != 0x0800 && ptype != 0x86dd))
         return MG_DROP_BAD_CLUSTER_GRE;
-    /* As redirect_in: an Ethernet header in front of the inner packet, over the end of
-     * the outer headers (>= 24 bytes, so the 12 MAC bytes never overlap). */
-    uint32_t cut = gre + 4 - 14;
-    memmove(pkt + cut, pkt, 12);
-    pkt[cut + 12] = (uint8_t)(ptype >> 8);
-    pkt[cut + 13] = (uint8_t)ptype;
-    meta->data_off += cut;
-    meta->len = end - cut;
-    int rc = mg_parse(pkt + cut, meta->len, p);
+    int rc = decap_eth(pkt, meta, gre + 4, ptype, end, p);
     if (rc != MG_OK)
         return rc;
     if ((p->frag & MG_PF_FRAGMENT) || p->proto == 47)
@@ -756,11 +738,7 @@ static inline int cluster_out(struct mg_dp *dp, struct mg_dp_io *io, const void 
     meta->vip_index = (uint16_t)vip;
     meta->backend_index = -1;
     struct mg_encap_params ep;
-    memset(&ep, 0, sizeof(ep));
-    ep.type = MG_ENCAP_GRE;
-    ep.outer_family = f->family;
-    memcpy(ep.eth_src, dp->own_mac_set ? h->own_mac : pkt, 6);
-    memcpy(ep.eth_dst, dp->gw_mac_set ? h->gateway_mac : pkt + 6, 6);
+    gre_params(&ep, dp, h, pkt, MG_ENCAP_GRE, f->family);
     memcpy(ep.src, f->family == 4 ? h->src4 : h->src6, f->family == 4 ? 4 : 16);
     memcpy(ep.dst, f->addr, 16);
     return send_encap(dp, io, t, idx, p, vip, -1, hash, now_ns, &ep);

@@ -108,7 +108,9 @@ static int push_one(void *base, struct mg_hand *h, uint32_t a, uint16_t d, uint3
     return (int)got;
 }
 
-int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
+/* The state word of the hand at slot (*hp) when no operation is under way on it, else
+ * -EINVAL (no such hand) or -EBUSY: the start shared by mg_hand_push and mg_hand_push_all. */
+static inline int64_t idle_state(void *base, uint32_t slot, struct mg_hand **hp)
 {
     struct mg_hand *h = mg_region_hand(base, slot);
     if (!h)
@@ -116,6 +118,16 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
     uint32_t s = load_state(h);
     if (ST_OP(s) != MG_HAND_OP_NONE)
         return -EBUSY;
+    *hp = h;
+    return s;
+}
+
+int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
+{
+    struct mg_hand *h;
+    int64_t s = idle_state(base, slot, &h);
+    if (s < 0)
+        return (int)s;
     uint32_t a = ST_BUF(s), b = a ^ 1u, n_rings = h->n_rings;
     if (n != h->n[a] || n > MG_HAND_MAX)
         return -EINVAL;
@@ -203,12 +215,10 @@ int mg_hand_push(void *base, uint32_t slot, const uint16_t *dest, uint32_t n)
 
 int mg_hand_push_all(void *base, uint32_t slot, uint16_t d)
 {
-    struct mg_hand *h = mg_region_hand(base, slot);
-    if (!h)
-        return -EINVAL;
-    uint32_t s = load_state(h);
-    if (ST_OP(s) != MG_HAND_OP_NONE)
-        return -EBUSY;
+    struct mg_hand *h;
+    int64_t s = idle_state(base, slot, &h);
+    if (s < 0)
+        return (int)s;
     uint32_t a = ST_BUF(s), n = h->n[a];
     if (n > MG_HAND_MAX || d == MG_HAND_KEEP)
         return -EINVAL;

@@ -13,17 +13,10 @@ static inline uint64_t load_le64(const uint8_t *p)
 
 uint64_t mg_siphash13(uint64_t k0, uint64_t k1, const uint8_t *data, size_t len)
 {
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
-    uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
-    uint64_t v3 = 0x7465646279746573ULL ^ k1;
+    MG_SIP_INIT(v0, v1, v2, v3, k0, k1);
     const uint8_t *end = data + (len & ~(size_t)7);
-    for (const uint8_t *p = data; p != end; p += 8) {
-        uint64_t m = load_le64(p);
-        v3 ^= m;
-        MG_SIPROUND(v0, v1, v2, v3);
-        v0 ^= m;
-    }
+    for (const uint8_t *p = data; p != end; p += 8)
+        MG_SIP_WORD(v0, v1, v2, v3, load_le64(p));
     uint64_t b = ((uint64_t)len) << 56;
     switch (len & 7) {
     case 7: b |= ((uint64_t)end[6]) << 48; /* fall through */
@@ -35,12 +28,6 @@ uint64_t mg_siphash13(uint64_t k0, uint64_t k1, const uint8_t *data, size_t len)
     case 1: b |= ((uint64_t)end[0]); break;
     case 0: break;
     }
-    v3 ^= b;
-    MG_SIPROUND(v0, v1, v2, v3);
-    v0 ^= b;
-    v2 ^= 0xff;
-    MG_SIPROUND(v0, v1, v2, v3);
-    MG_SIPROUND(v0, v1, v2, v3);
-    MG_SIPROUND(v0, v1, v2, v3);
-    return v0 ^ v1 ^ v2 ^ v3;
+    MG_SIP_FINISH(v0, v1, v2, v3, b);
+    return v0;
 }

@@ -99,36 +99,109 @@ static int loop_reclaim(struct mg_steer *s, void *base)
     return mg_steer_reclaim_ret(s, base);
 }
 
+
+/* The checks and set-up shared by the steering loops: the frame pool, or NULL when an
+ * argument is out of range. */
+static inline uint8_t *steer_start(struct mg_steer *s, void *base, const struct mg_loop_ctl *ctl,
+                                   struct mg_loop_out *out, struct budget *b)
+{
+    if (!s || !base || !ctl || !out || ctl->burst == 0 || ctl->burst > MG_BURST_MAX ||
+        ctl->spares > MG_SPARE_RING_SIZE)
+        return NULL;
+    budget_start(b, ctl, mg_loop_now_ns(), out);
+    return mg_region_pool(base);
+}
+
+/* Start of a steering round, shared by the generator and NIC loops: free what came home
+ * (hot: the generator loop's loop_reclaim), top up the spares (the loop runs only while
+ * not draining), then send first what back pressure left in the hand (order within a
+ * flow), and again while that empties the hand within the budget.  0: take a new burst;
+ * 1: the loop returns *ret. */
+static inline int steer_round(struct mg_steer *s, void *base, int hot, const struct budget *b,
+                              const struct mg_loop_ctl *ctl, struct mg_loop_out *out, int *ret)
+{
+again:;
+    int rc = hot ? loop_reclaim(s, base) : mg_steer_reclaim(s, base);
+    if (rc >= 0)
+        rc = mg_steer_spares(s, base, ctl->spares);
+    int holding = rc < 0 ? rc : mg_hand_count(base, s->slot);
+    if (holding <= 0) {
+        *ret = holding;
+        return holding < 0;
+    }
+    int left = mg_steer_dispatch(s, base, (uint32_t)holding, 0);
+    if (left < 0) {
+        *ret = left;
+        return 1;
+    }
+    if (left) { /* rings still full: let the workers run */
+        *ret = finish(out, MG_LOOP_STALL);
+        return 1;
+    }
+    if (budget_done(b, ctl, out, 0)) {
+        *ret = 0;
+        return 1;
+    }
+    goto again;
+}
+
+/* After a source filled k of the frames taken into the hand: hand them to the workers
+ * (k, or a negative errno).  On a source error every frame goes back: the pool stays whole. */
+static inline int steer_filled(struct mg_steer *s, void *base, int k)
+{
+    if (k < 0) {
+        mg_steer_dispatch(s, base, 0, 0);
+        return k;
+    }
+    int rc = mg_steer_dispatch(s, base, (uint32_t)k, 1);
+    return rc < 0 ? rc : k;
+}
+
+/* A muxer round up to the burst in the hand, shared by mg_mux_loop and mg_mux_loop_nic:
+ * first what the sent ring had no room for last time, then a new burst collected from the
+ * workers (latency recorded on request).  0: *ret packets are in the hand; 1: the loop
+ * returns *ret. */
+static inline int mux_round(struct mg_mux *m, void *base, const struct budget *b,
+                            const struct mg_loop_ctl *ctl, struct mg_loop_out *out, int *ret)
+{
+again:;
+    int holding = mg_hand_count(base, m->slot);
+    if (holding > 0) { /* the sent ring was full last time */
+        int left = mg_mux_done(m, base, 0, 0);
+        if (left < 0) {
+            *ret = left;
+            return 1;
+        }
+        if (left == holding) {
+            *ret = finish(out, MG_LOOP_STALL);
+            return 1;
+        }
+        if (budget_done(b, ctl, out, 0)) {
+            *ret = 0;
+            return 1;
+        }
+        goto again;
+    }
+    int n = holding < 0 ? holding : mg_mux_collect(m, base, ctl->burst);
+    if (n <= 0) {
+        *ret = n < 0 ? n : finish(out, MG_LOOP_IDLE);
+        return 1;
+    }
+    if (MG_UNLIKELY(ctl->lat_hist != NULL))
+        record_latency(base, m->slot, ctl->lat_hist, mg_loop_now_ns());
+    *ret = n;
+    return 0;
+}
+
 int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
                   const struct mg_loop_ctl *ctl, struct mg_loop_out *out)
 {
-    if (!s || !base || !src || !src->gen || !ctl || !out || ctl->burst == 0 ||
-        ctl->burst > MG_BURST_MAX || ctl->spares > MG_SPARE_RING_SIZE)
-        return -EINVAL;
     struct budget b;
-    budget_start(&b, ctl, mg_loop_now_ns(), out);
-    uint8_t *pool = mg_region_pool(base);
-    for (;;) {
-        int rc = loop_reclaim(s, base);
-        if (rc < 0)
-            return rc;
-        rc = mg_steer_spares(s, base, ctl->spares); /* the loop runs only while not draining */
-        if (rc < 0)
-            return rc;
-        int holding = mg_hand_count(base, s->slot);
-        if (holding < 0)
-            return holding;
-        if (holding) {
-            /* What back pressure left in the hand goes first (order within a flow). */
-            int left = mg_steer_dispatch(s, base, (uint32_t)holding, 0);
-            if (left < 0)
-                return left;
-            if (left) /* rings still full: let the workers run */
-                return finish(out, MG_LOOP_STALL);
-            if (budget_done(&b, ctl, out, 0))
-                return 0;
-            continue;
-        }
+    uint8_t *pool = src && src->gen ? steer_start(s, base, ctl, out, &b) : NULL;
+    if (!pool)
+        return -EINVAL;
+    int ret;
+    while (!steer_round(s, base, 1, &b, ctl, out, &ret)) {
         uint64_t now = out->last_ns;
         if (src->left == 0 || (src->deadline_ns && now >= src->deadline_ns))
             return finish(out, MG_LOOP_EOF);
@@ -142,19 +215,15 @@ int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
             return finish(out, MG_LOOP_IDLE);
         uint32_t cnt;
         uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
-        int k = mg_gen_fill(src->gen, pool, descs, (uint32_t)n, now);
-        if (k < 0) {
-            mg_steer_dispatch(s, base, 0, 0); /* the frames go back: the pool stays whole */
+        int k = steer_filled(s, base, mg_gen_fill(src->gen, pool, descs, (uint32_t)n, now));
+        if (k < 0)
             return k;
-        }
-        rc = mg_steer_dispatch(s, base, (uint32_t)k, 1);
-        if (rc < 0)
-            return rc;
         if (src->left != UINT64_MAX)
             src->left -= (uint64_t)k;
         if (budget_done(&b, ctl, out, (uint32_t)k))
             return 0;
     }
+    return ret;
 }
 
 int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ctl,
@@ -184,33 +253,15 @@ int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
         return -EINVAL;
     struct budget b;
     budget_start(&b, ctl, mg_loop_now_ns(), out);
-    for (;;) {
-        int holding = mg_hand_count(base, m->slot);
-        if (holding < 0)
-            return holding;
-        if (holding) { /* the sent ring was full last time */
-            int left = mg_mux_done(m, base, 0, 0);
-            if (left < 0)
-                return left;
-            if (left == holding)
-                return finish(out, MG_LOOP_STALL);
-            if (budget_done(&b, ctl, out, 0))
-                return 0;
-            continue;
-        }
-        int n = mg_mux_collect(m, base, ctl->burst);
-        if (n < 0)
-            return n;
-        if (n == 0)
-            return finish(out, MG_LOOP_IDLE);
-        if (MG_UNLIKELY(ctl->lat_hist != NULL))
-            record_latency(base, m->slot, ctl->lat_hist, mg_loop_now_ns());
+    int n;
+    while (!mux_round(m, base, &b, ctl, out, &n)) {
         int left = mg_mux_done(m, base, (uint32_t)n, 0); /* the sink takes everything */
         if (left < 0)
             return left;
         if (budget_done(&b, ctl, out, (uint32_t)n))
             return 0;
     }
+    return n;
 }
 
 /* ---- NIC sources and sinks (mg_loop.h) --------------------------------------------- */
@@ -241,32 +292,12 @@ static int nic_rx(struct mg_loop_nic *d, uint8_t *pool, const uint64_t *descs, u
 int mg_steer_loop_nic(struct mg_steer *s, void *base, struct mg_loop_nic *src,
                       const struct mg_loop_ctl *ctl, struct mg_loop_out *out)
 {
-    if (!s || !base || !nic_ok(src) || !ctl || !out || ctl->burst == 0 ||
-        ctl->burst > MG_BURST_MAX || ctl->spares > MG_SPARE_RING_SIZE)
-        return -EINVAL;
     struct budget b;
-    budget_start(&b, ctl, mg_loop_now_ns(), out);
-    uint8_t *pool = mg_region_pool(base);
-    for (;;) {
-        int rc = mg_steer_reclaim(s, base);
-        if (rc < 0)
-            return rc;
-        rc = mg_steer_spares(s, base, ctl->spares);
-        if (rc < 0)
-            return rc;
-        int holding = mg_hand_count(base, s->slot);
-        if (holding < 0)
-            return holding;
-        if (holding) {
-            int left = mg_steer_dispatch(s, base, (uint32_t)holding, 0);
-            if (left < 0)
-                return left;
-            if (left)
-                return finish(out, MG_LOOP_STALL);
-            if (budget_done(&b, ctl, out, 0))
-                return 0;
-            continue;
-        }
+    uint8_t *pool = nic_ok(src) ? steer_start(s, base, ctl, out, &b) : NULL;
+    if (!pool)
+        return -EINVAL;
+    int ret;
+    while (!steer_round(s, base, 0, &b, ctl, out, &ret)) {
         int n = mg_steer_take(s, base, ctl->burst);
         if (n < 0)
             return n;
@@ -274,19 +305,15 @@ int mg_steer_loop_nic(struct mg_steer *s, void *base, struct mg_loop_nic *src,
             return finish(out, MG_LOOP_IDLE);
         uint32_t cnt;
         uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
-        int k = nic_rx(src, pool, descs, (uint32_t)n);
-        if (k < 0) {
-            mg_steer_dispatch(s, base, 0, 0); /* the frames go back: the pool stays whole */
+        int k = steer_filled(s, base, nic_rx(src, pool, descs, (uint32_t)n));
+        if (k < 0)
             return k;
-        }
-        rc = mg_steer_dispatch(s, base, (uint32_t)k, 1);
-        if (rc < 0)
-            return rc;
         if (k == 0)
             return finish(out, MG_LOOP_IDLE);
         if (budget_done(&b, ctl, out, (uint32_t)k))
             return 0;
     }
+    return ret;
 }
 
 int mg_mux_loop_nic(struct mg_mux *m, void *base, struct mg_loop_nic *sink,
@@ -297,27 +324,8 @@ int mg_mux_loop_nic(struct mg_mux *m, void *base, struct mg_loop_nic *sink,
     struct budget b;
     budget_start(&b, ctl, mg_loop_now_ns(), out);
     uint8_t *pool = mg_region_pool(base);
-    for (;;) {
-        int holding = mg_hand_count(base, m->slot);
-        if (holding < 0)
-            return holding;
-        if (holding) { /* the sent ring was full last time */
-            int left = mg_mux_done(m, base, 0, 0);
-            if (left < 0)
-                return left;
-            if (left == holding)
-                return finish(out, MG_LOOP_STALL);
-            if (budget_done(&b, ctl, out, 0))
-                return 0;
-            continue;
-        }
-        int n = mg_mux_collect(m, base, ctl->burst);
-        if (n < 0)
-            return n;
-        if (n == 0)
-            return finish(out, MG_LOOP_IDLE);
-        if (MG_UNLIKELY(ctl->lat_hist != NULL))
-            record_latency(base, m->slot, ctl->lat_hist, mg_loop_now_ns());
+    int n;
+    while (!mux_round(m, base, &b, ctl, out, &n)) {
         uint32_t cnt;
         uint64_t *descs = mg_hand_descs(base, m->slot, &cnt);
         uint32_t j = sink->next;
@@ -337,4 +345,5 @@ int mg_mux_loop_nic(struct mg_mux *m, void *base, struct mg_loop_nic *sink,
         if (budget_done(&b, ctl, out, (uint32_t)sent))
             return 0;
     }
+    return n;
 }

@@ -272,46 +272,13 @@ static int redirected_inner(const uint8_t *pkt, const struct mg_parsed *p, struc
     return mg_parse(buf, 14 + n, inner) == MG_OK && (inner->frag & MG_PF_FRAGMENT);
 }
 
-/* SipHash-1-3 of a 40-byte flow key: mg_siphash13(k0, k1, key, 40) unrolled (the same
- * function; tests/actors/test_steer_fast.py compares it with the Python reference). */
-#define SROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
-#define SSIPROUND                                                                         \
-    do {                                                                                  \
-        v0 += v1; v1 = SROTL(v1, 13); v1 ^= v0; v0 = SROTL(v0, 32);                        \
-        v2 += v3; v3 = SROTL(v3, 16); v3 ^= v2;                                            \
-        v0 += v3; v3 = SROTL(v3, 21); v3 ^= v0;                                            \
-        v2 += v1; v1 = SROTL(v1, 17); v1 ^= v2; v2 = SROTL(v2, 32);                        \
-    } while (0)
-
+/* SipHash-1-3 of a 40-byte flow key (mg_hash.h; tests/actors/test_steer_fast.py compares
+ * it with the Python reference). */
 static inline uint64_t key_hash40(uint64_t k0, uint64_t k1, const struct mg_flow_key *k)
 {
-    uint64_t m[5];
-    memcpy(m, k, sizeof m);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    for (int i = 0; i < 5; i++)
-        m[i] = __builtin_bswap64(m[i]);
-#endif
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
-    uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
-    uint64_t v3 = 0x7465646279746573ULL ^ k1;
-#pragma GCC unroll 5
-    for (int i = 0; i < 5; i++) {
-        v3 ^= m[i];
-        SSIPROUND;
-        v0 ^= m[i];
-    }
-    uint64_t b = (uint64_t)40 << 56;
-    v3 ^= b;
-    SSIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SSIPROUND;
-    SSIPROUND;
-    SSIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
+    return mg_siphash13_40(k0, k1, k);
 }
-_Static_assert(sizeof(struct mg_flow_key) == 40, "key_hash40 is unrolled for 40 bytes");
+_Static_assert(sizeof(struct mg_flow_key) == 40, "mg_siphash13_40 hashes 40 bytes");
 
 static inline uint32_t be16_at(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
 

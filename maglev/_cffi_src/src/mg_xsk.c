@@ -23,22 +23,37 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Release helpers shared by mg_xsk_close and mg_xsk_tx_close: each leaves the
+ * resource marked gone, so closing twice is harmless. */
+static void unmap_rings(struct mg_xsk_ring *a, struct mg_xsk_ring *b)
+{
+    if (a->map)
+        munmap(a->map, a->map_len);
+    if (b->map)
+        munmap(b->map, b->map_len);
+    a->map = b->map = NULL;
+}
+
+static void unmap_umem(uint8_t **umem, size_t len)
+{
+    if (*umem)
+        munmap(*umem, len);
+    *umem = NULL;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
 void mg_xsk_close(struct mg_xsk *x)
 {
-    if (x->rx.map)
-        munmap(x->rx.map, x->rx.map_len);
-    if (x->fill.map)
-        munmap(x->fill.map, x->fill.map_len);
-    x->rx.map = x->fill.map = NULL;
-    if (x->fd >= 0)
-        close(x->fd);
-    x->fd = -1;
-    if (x->umem)
-        munmap(x->umem, x->umem_len);
-    x->umem = NULL;
-    if (x->umem_fd >= 0)
-        close(x->umem_fd);
-    x->umem_fd = -1;
+    unmap_rings(&x->rx, &x->fill);
+    close_fd(&x->fd);
+    unmap_umem(&x->umem, x->umem_len);
+    close_fd(&x->umem_fd);
 }
 
 int mg_xsk_umem_fd(const struct mg_xsk *x)
@@ -203,17 +218,9 @@ int mg_xsk_kernel_stats(struct mg_xsk *x, uint64_t *out4)
 
 void mg_xsk_tx_close(struct mg_xsk_tx *t)
 {
-    if (t->tx.map)
-        munmap(t->tx.map, t->tx.map_len);
-    if (t->comp.map)
-        munmap(t->comp.map, t->comp.map_len);
-    t->tx.map = t->comp.map = NULL;
-    if (t->umem)
-        munmap(t->umem, t->umem_len);
-    t->umem = NULL;
-    if (t->fd >= 0)
-        close(t->fd);
-    t->fd = -1;
+    unmap_rings(&t->tx, &t->comp);
+    unmap_umem(&t->umem, t->umem_len);
+    close_fd(&t->fd);
     t->n_free = 0;
 }
 
