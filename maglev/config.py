@@ -689,6 +689,9 @@ class _Parser:
             if len(fwd_raw) > MAX_CLUSTER_FORWARDERS:
                 self.err(f"{pp}.forwarders", f"{len(fwd_raw)} forwarders; at most {MAX_CLUSTER_FORWARDERS}")
                 fwd_raw = []
+            # Same shape as instance.pool's loop (_Parser.pool): a list of unique addresses,
+            # but each element has its own rule (a forwarder needs our source of its family);
+            # kept apart on purpose.
             fwds: list[str] = []
             for j, v in enumerate(fwd_raw):
                 a = self.address(v, f"{pp}.forwarders[{j}]", True, 0, "backend")
@@ -920,6 +923,8 @@ class _Parser:
         if len(raw) > MAX_POOL:
             self.err(f"{p}.pool", f"{len(raw)} addresses; at most {MAX_POOL}")
             return ()
+        # Same shape as [[cluster.peer]] forwarders' loop; the rules differ (one family, our
+        # own address included): kept apart on purpose.
         out: list[str] = []
         families: set[int] = set()
         for i, v in enumerate(raw):

@@ -38,6 +38,8 @@ def save_drained(instance: str, drained: bool) -> None:
 def load_drained(instance: str) -> tuple[bool, str]:
     """(drained, problem): the persisted state; no file = not drained; a damaged file =
     drained, with the problem in words."""
+    # The open / not-found / error ladder has the shape of conntrack_shm.preview's; the two
+    # return different things (a verdict with words vs a table's plan): kept apart.
     p = drain_path(instance)
     try:
         raw = p.read_bytes()
