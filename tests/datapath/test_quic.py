@@ -226,20 +226,7 @@ mutation = st.tuples(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 9
 def test_engines_agree_on_quic_streams(bursts, gaps):
     """Mutated QUIC packets (flags byte, connection ID, lengths, ports) and the general
     differential seeds, in bursts over time: same outputs and counters."""
-    engines = {e: DataPath(BLOB, engine=e, ct_capacity=16) for e in ENGINES}
-    now, seq = 1_000_000_000, 0
-    results = {e: [] for e in engines}
-    for burst, gap in zip(bursts, gaps, strict=False):
-        now += gap
-        pkts = []
-        for m in burst:
-            pkts.append(Packet(seq, td._make(m)))
-            seq += 1
-        for e, dp in engines.items():
-            results[e] += [(o.seq, o.action, o.verdict, o.data, o.vip_index, o.backend_index)
-                           for o in dp.process(pkts, now)]
-    assert results["c"] == results["python"]
-    sc, sp = engines["c"].stats(), engines["python"].stats()
+    sc, sp = td._run_stream_on_both(BLOB, bursts, gaps)  # asserts the outputs are equal
     for k in ("packets_in", "forwarded", "drops", "conntrack", "vips", "backends", "quic_cid_routed", "quic_hashed"):
         assert sc[k] == sp[k], k
 
