@@ -153,6 +153,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def shortdir():
+    """A short private directory under /tmp: unix socket paths (control sockets in a run
+    folder) are limited to 107 bytes, which pytest's tmp_path can exceed."""
+    d = Path(tempfile.mkdtemp(prefix="mgs-", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
     pcaps = CORPUS / "pcaps"

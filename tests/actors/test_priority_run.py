@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -38,15 +37,6 @@ priority = {pl}
 [[vip.backend]]
 address = "198.18.1.2"
 """
-
-
-@pytest.fixture
-def shortdir():
-    d = Path(tempfile.mkdtemp(prefix="mgp-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def run(shortdir: Path, ph: int, pl: int, packets: int) -> dict:

@@ -56,16 +56,6 @@ import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
-@pytest.fixture
-def shortdir():
-    """A short private directory (unix socket paths are limited to 107 bytes)."""
-    d = Path(tempfile.mkdtemp(prefix="mgc-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 class Served:
     """A ConfigManager behind a ControlServer polled by a background thread."""
 

@@ -11,7 +11,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -66,16 +65,6 @@ def gre_flows(path: Path) -> list[tuple[str, str, str]]:
             out.append((".".join(map(str, d[30:34])), ".".join(map(str, d[inner + 12:inner + 16])),
                         ".".join(map(str, d[inner + 16:inner + 20]))))
     return out
-
-
-@pytest.fixture
-def shortdir():
-    """A short private directory (the control socket path must fit a unix address)."""
-    d = Path(tempfile.mkdtemp(prefix="mgh-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,15 +34,6 @@ from .cluster_helpers import (
 )
 
 MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
-
-
-@pytest.fixture
-def shortdir():
-    d = Path(tempfile.mkdtemp(prefix="mgv-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -8,9 +8,7 @@ succeeding; started again, it comes back."""
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -24,16 +22,6 @@ pytestmark = pytest.mark.root
 INTERVAL_MS, FALL, RISE = 200, 2, 2
 REGISTER = ("from maglev.actors import extra; extra.register('config', 'health'); "
             "from maglev_cli.main import main; main()")
-
-
-@pytest.fixture
-def shortdir():
-    """A short private directory (the control socket's path must fit a unix address)."""
-    d = Path(tempfile.mkdtemp(prefix="mgt-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow
