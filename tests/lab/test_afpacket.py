@@ -165,6 +165,35 @@ def test_tx_burst_frames_arrive_on_the_peer_unchanged(pair):
         rx.close()
 
 
+def test_tx_ring_socket_lives_in_the_namespace_the_nic_was_opened_in(pair):
+    """The NIC is opened inside a namespace and used from outside it (what the lab's
+    sender and these tests do): the TX ring's socket must still be that namespace's, so
+    the ring is used -- not the sendmmsg fallback a socket made later, in the home
+    namespace, fell back to after failing to bind to the foreign ifindex."""
+    _, a, b = pair
+    pool = Pool()
+    rx = raw_socket(b.name, "b0")
+    rx.settimeout(2)
+    try:
+        with open_nic(a.name, "a0") as nic:
+            for i in range(64):
+                pool.put(i, frame(i, 80))
+            assert nic.tx_burst(pool.ptr, pool.descs, 64) == 64
+            assert nic._afp.tx_fd >= 0  # the ring (-2 would be the sendmmsg fallback)
+            got = 0
+            while got < 64:
+                if rx.recv(4096)[12:14] == b"\x88\xb5":
+                    got += 1
+            # Its send buffer covers the ring, not the default ~250 small skbs.
+            s = socket.socket(fileno=os.dup(nic._afp.tx_fd))
+            try:
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 2 * 1024 * 1024
+            finally:
+                s.close()
+    finally:
+        rx.close()
+
+
 def test_own_transmissions_are_not_received(pair):
     """Frames this host sends on the interface (its own TX, or the kernel's) are skipped."""
     _, a, b = pair

@@ -46,7 +46,16 @@
  * stays busy the frame is dropped and counted (tx_ring_full), never waited for.  Where
  * the TX ring cannot be set up (mmap refused) the driver falls back to sendmmsg().  The
  * TX socket is separate from the RX one so that each has its own ring version (V2 here,
- * V3 or V2 for receive) and a transmit-only object maps no receive ring.
+ * V3 or V2 for receive) and a transmit-only object maps no receive ring.  The TX socket
+ * is *created* by mg_afp_open() (the ring is added on the first burst): a packet socket
+ * belongs to the network namespace it was created in, and a caller that opens the NIC
+ * inside a namespace (the lab's sender enters it only around the open) must transmit
+ * there too -- created later, it would live in the caller's home namespace, fail to bind
+ * to the ifindex and silently fall back to sendmmsg (as the lab's sender did until
+ * 2026-12-07).  Its send buffer covers the whole ring (SO_SNDBUFFORCE, else SO_SNDBUF
+ * up to wmem_max): a slot is busy until its skb is freed, which on veth is at the far
+ * end of the forwarding chain, and the default 208 KiB buffer (~250 small skbs) would
+ * cap the frames in flight at a tenth of the ring (sends fail with EAGAIN beyond it).
  *
  * Fan-out (mg_afp_fanout): several receive sockets on one interface share its packets
  * through PACKET_FANOUT (hash mode, with PACKET_FANOUT_FLAG_DEFRAG so that every fragment
@@ -119,6 +128,7 @@ struct mg_afp {
     size_t tx_map_len;
     uint32_t tx_frame_nr;
     uint32_t tx_cur;        /* next TX slot to fill */
+    int tx_sock;            /* the TX socket made at open time, until the ring takes it */
 };
 
 /* Opens a packet socket for ifindex that can transmit but receives nothing yet.

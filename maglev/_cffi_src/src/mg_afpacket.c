@@ -35,6 +35,9 @@ void mg_afp_close(struct mg_afp *afp)
     if (afp->tx_fd >= 0)
         close(afp->tx_fd);
     afp->tx_fd = -1;
+    if (afp->tx_sock >= 0)
+        close(afp->tx_sock);
+    afp->tx_sock = -1;
     if (afp->fd >= 0)
         close(afp->fd);
     afp->fd = -1;
@@ -57,6 +60,7 @@ int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t flags)
     memset(afp, 0, sizeof(*afp));
     afp->fd = -1;
     afp->tx_fd = -1;
+    afp->tx_sock = -1;
     if (ifindex <= 0)
         return -EINVAL;
     /* Protocol 0: nothing is received until mg_afp_rx_enable() binds to ETH_P_ALL, so a
@@ -81,6 +85,8 @@ int mg_afp_open(struct mg_afp *afp, int ifindex, uint32_t flags)
 #endif
     if ((rc = bind_to(afp, 0)) < 0)
         goto fail_rc;
+    /* The TX ring's socket, now: in the namespace the caller is in (see the header). */
+    afp->tx_sock = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
     return fd;
 
 fail:
@@ -453,9 +459,10 @@ static int tx_burst_sendmmsg(struct mg_afp *afp, uint8_t *pool, const uint64_t *
 /* Creates the TX socket and ring.  0, or -errno (the caller falls back to sendmmsg). */
 static int tx_ring_setup(struct mg_afp *afp)
 {
-    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    int fd = afp->tx_sock;
     if (fd < 0)
-        return -errno;
+        return -EBADF;
+    afp->tx_sock = -1; /* this function owns it now: closed on failure, kept as tx_fd */
     int v = TPACKET_V2, rc;
     if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0)
         goto fail;
@@ -466,6 +473,10 @@ static int tx_ring_setup(struct mg_afp *afp)
     }
     v = 1; /* a malformed slot is skipped, not a stuck ring */
     (void)setsockopt(fd, SOL_PACKET, PACKET_LOSS, &v, sizeof v);
+    /* Room for a whole ring of skbs in flight (header): the kernel doubles the value. */
+    v = (int)(MG_AFP_TX_BLOCK_SIZE / MG_AFP_V2_FRAME_SIZE * MG_AFP_TX_BLOCK_NR) * 2048;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof v) < 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
     struct tpacket_req req;
     memset(&req, 0, sizeof req);
     req.tp_block_size = MG_AFP_TX_BLOCK_SIZE;
