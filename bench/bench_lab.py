@@ -8,8 +8,11 @@
    * maglev:   `maglev run --nic afpacket:eth0` forwards (GRE to the backends), once
                with each AF_PACKET receive ring (TPACKET_V3 and TPACKET_V2, the default),
                and `--nic afxdp:eth0` where AF_XDP can be set up;
-   The sender is the AF_PACKET NIC's TX ring (PACKET_TX_RING, qdisc bypass) in the client
-   namespace; ``sender_pps`` is what it offered during the kernel baseline, and a ratio
+   The sender (maglev.lab.sender) is the AF_PACKET NIC's TX ring (PACKET_TX_RING, qdisc
+   bypass) in the client namespace, pinned to one CPU, with RPS on the router's
+   client-facing veth sending the receive work to the other CPUs (on veth the sender
+   would otherwise run the whole forwarding chain in its own softirq and could never
+   outrun it); ``sender_pps`` is what it offered during the kernel baseline, and a ratio
    whose baseline forwarded (nearly) everything offered is listed in
    ``sender_bound_ratios``: the kernel might have done more.
    * relay:    the lab's pure-Python stand-in (with --relay), for scale only.
@@ -34,28 +37,18 @@ import argparse
 import json
 import mmap
 import socket
-import struct
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from maglev.lab import topology as topo
 from maglev.lab.client import http_load
 from maglev.lab.nsenter import netns
+from maglev.lab.sender import cpu_plan, offer, steer_rx, udp_frame
 from maglev.lab.wrk import why_no_wrk, wrk_load
 from maglev.native import ffi, lib
 from maglev.nic.afpacket import AfPacketNic
-from maglev.testing.packets import checksum
-
-
-def udp_frame(sport: int, dst: str) -> bytes:
-    payload = b"\0" * 18  # 14 + 20 + 8 + 18 = 60 bytes, 64 with the FCS
-    udp = struct.pack("!HHHH", sport, 9, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
-                     socket.inet_aton(topo.CLIENT_V4), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-    mac = lambda m: bytes.fromhex(m.replace(":", ""))  # noqa: E731
-    return mac(topo.MAC_ROUTER_C) + mac(topo.MAC_CLIENT) + b"\x08\x00" + ip + udp
 
 
 def rx_packets(ns: str, dev: str = "eth0") -> int:
@@ -63,27 +56,9 @@ def rx_packets(ns: str, dev: str = "eth0") -> int:
     return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
 
 
-def generate(ns: str, dst: str, seconds: float, flows: int = 256, max_packets: int = 50_000_000) -> int:
-    """Send 64-byte UDP frames toward ``dst`` for ``seconds``; returns frames sent."""
-    with netns(ns):
-        nic = AfPacketNic("eth0")
-    try:
-        mm = mmap.mmap(-1, flows * lib.MG_FRAME_SIZE)
-        pool = ffi.from_buffer("uint8_t[]", mm)
-        for i in range(flows):
-            f = udp_frame(10000 + i, dst)
-            m = ffi.cast("struct mg_frame_meta *", pool + i * lib.MG_FRAME_SIZE)
-            m.data_off, m.len = lib.MG_FRAME_HEADROOM, len(f)
-            start = i * lib.MG_FRAME_SIZE + lib.MG_FRAME_META_SIZE + lib.MG_FRAME_HEADROOM
-            mm[start : start + len(f)] = f
-        descs = ffi.new("uint64_t[]", list(range(flows)))
-        sent = 0
-        end = time.monotonic() + seconds
-        while time.monotonic() < end and sent < max_packets:
-            sent += nic.tx_burst(pool, descs, flows)
-        return sent
-    finally:
-        nic.close()
+def lab_frames(dst: str, flows: int = 256) -> list[bytes]:
+    """64-byte UDP frames from the client toward ``dst``, one per flow (source port)."""
+    return [udp_frame(topo.MAC_CLIENT, topo.MAC_ROUTER_C, topo.CLIENT_V4, dst, 10000 + i) for i in range(flows)]
 
 
 def forwarder_cpu_s(pid: int | None) -> float:
@@ -108,16 +83,22 @@ def forwarder_cpu_s(pid: int | None) -> float:
 
 
 def measure_pps(state: dict, seconds: float, forwarder_pid: int | None = None) -> dict:
+    """Offer 64-byte frames for ``seconds`` (maglev.lab.sender: the sender pinned to one
+    CPU, the router's client-facing veth steered (RPS) to the others, so the sender does
+    not pay for the forwarding it offers) and count what reaches the backends."""
     bes = [b["ns"] for b in state["backends"]]
+    sender_cpu, rx_cpus = cpu_plan()
     before = sum(rx_packets(ns) for ns in bes)
     cpu0 = forwarder_cpu_s(forwarder_pid)
-    t0 = time.monotonic()
-    sent = generate(state["client"]["ns"], topo.VIP_V4, seconds)
-    elapsed = time.monotonic() - t0
-    time.sleep(0.3)  # let queues drain
+    with steer_rx(state["router"]["ns"], "rc", rx_cpus) if rx_cpus else nullcontext("0") as mask:
+        o = offer(state["client"]["ns"], "eth0", lab_frames(topo.VIP_V4), seconds, cpu=sender_cpu)
+        time.sleep(0.3)  # let queues drain
     got = sum(rx_packets(ns) for ns in bes) - before
-    out = {"sent": sent, "received": got, "seconds": round(elapsed, 3),
-           "sent_pps": round(sent / elapsed), "forwarded_pps": round(got / elapsed)}
+    elapsed = o["seconds"]
+    out = {"sent": o["sent"], "received": got, "seconds": elapsed,
+           "sent_pps": o["sent_pps"], "forwarded_pps": round(got / elapsed),
+           "sender_cpu": sender_cpu, "rps_cpus": mask, "sender_ns_per_packet": o["sender_ns_per_packet"],
+           "tx_ring": o["tx_ring"]}
     if forwarder_pid:
         # Every actor's CPU per forwarded packet (steering, workers, muxer, control plane):
         # what the C loops save, less sensitive to the neighbours than the rate.
