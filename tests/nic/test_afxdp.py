@@ -135,6 +135,49 @@ def test_vip_packets_reach_the_socket_and_the_rest_reaches_the_kernel(pair):
     assert not xdp_attached(b, "b0")
 
 
+def test_a_lone_frame_wakes_the_waiter_at_once(pair):
+    """No coarse step on the receive path: a lone VIP frame makes ``wait()`` return and
+    ``rx_burst`` deliver it well within a 250 Hz jiffy (the AF_PACKET V3 ring's retire
+    timer is such a step, 1-4 ms; AF_XDP must not have one).  The send comes from another
+    thread while this one sleeps in wait(), as steering does."""
+    import threading
+
+    _, a, b = pair
+    nic = open_nic(b)
+    pool = Pool()
+    frames = vip_frames(a, b, 21)
+    with in_netns(a.name):
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        tx.bind(("a0", 0))
+        tx.send(frames[0])  # warm-up
+        assert receive(nic, pool, 1)
+        delays = []
+        for f in frames[1:]:
+            sent_at = [0.0]
+
+            def send(f=f, at=sent_at) -> None:
+                time.sleep(0.005)
+                at[0] = time.perf_counter()
+                tx.send(f)
+
+            th = threading.Thread(target=send)
+            th.start()
+            got = 0
+            deadline = time.monotonic() + 2
+            while not got and time.monotonic() < deadline:
+                nic.wait(1.0)
+                got = nic.rx_burst(pool.ptr, pool.descs, pool.n)
+            th.join()
+            assert got == 1 and pool.packet(0) == f
+            delays.append(time.perf_counter() - sent_at[0])
+    finally:
+        tx.close()
+        nic.close()
+    delays.sort()
+    assert delays[len(delays) // 2] < 0.004, delays
+
+
 def test_sigkill_leaves_no_xdp_program(pair):
     _, _, b = pair
     code = ("import sys, time\n"
