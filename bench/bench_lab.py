@@ -82,12 +82,12 @@ def forwarder_cpu_s(pid: int | None) -> float:
     return total
 
 
-def measure_pps(state: dict, seconds: float, forwarder_pid: int | None = None) -> dict:
+def measure_pps(state: dict, seconds: float, forwarder_pid: int | None = None, sender_cpu: int | None = None) -> dict:
     """Offer 64-byte frames for ``seconds`` (maglev.lab.sender: the sender pinned to one
     CPU, the router's client-facing veth steered (RPS) to the others, so the sender does
     not pay for the forwarding it offers) and count what reaches the backends."""
     bes = [b["ns"] for b in state["backends"]]
-    sender_cpu, rx_cpus = cpu_plan()
+    sender_cpu, rx_cpus = cpu_plan(sender_cpu)
     before = sum(rx_packets(ns) for ns in bes)
     cpu0 = forwarder_cpu_s(forwarder_pid)
     with steer_rx(state["router"]["ns"], "rc", rx_cpus) if rx_cpus else nullcontext("0") as mask:
@@ -179,6 +179,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--relay", action="store_true", help="also measure the Python stand-in relay")
     ap.add_argument("--probes", type=int, default=200, help="one-at-a-time round trips per path")
+    ap.add_argument("--sender-cpu", type=int, default=None,
+                    help="the CPU the traffic sender runs on (default: the first); the rest take the receive work")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if reason := topo.why_no_lab():
@@ -211,7 +213,7 @@ def main() -> None:
         topo.tx_checksum_offload(state["client"]["ns"], "eth0", False)
 
         kernel_forwarding(state, True)
-        out["pps_kernel"] = measure_pps(state, args.seconds)
+        out["pps_kernel"] = measure_pps(state, args.seconds, sender_cpu=args.sender_cpu)
         out["sender_pps"] = out["pps_kernel"]["sent_pps"]
         out["http_direct"] = http_load(state["client"]["ns"], be1, args.requests, concurrency=8).to_dict()
         no_wrk = why_no_wrk()
@@ -226,7 +228,7 @@ def main() -> None:
 
             relay = Relay(state["maglev"]["ns"], "eth0", [topo.VIP_V4], state["backends"], "gre", state["maglev"]["mac"])
             try:
-                out["pps_relay"] = measure_pps(state, args.seconds)
+                out["pps_relay"] = measure_pps(state, args.seconds, sender_cpu=args.sender_cpu)
                 out["http_relay"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests, concurrency=8).to_dict()
             finally:
                 relay.stop()
@@ -248,7 +250,7 @@ def main() -> None:
                 fpid = lab.spawn("maglev", state["maglev"]["ns"], fwd, env=env)
                 try:
                     lab._wait_ready(topo.LabSpec(forwarder=True), 60)
-                    out[f"pps_maglev_{name}"] = measure_pps(state, args.seconds, fpid)
+                    out[f"pps_maglev_{name}"] = measure_pps(state, args.seconds, fpid, args.sender_cpu)
                     out[f"http_vip_{name}"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests,
                                                         concurrency=8).to_dict()
                     if not no_wrk:
@@ -297,7 +299,8 @@ def main() -> None:
                   f"{v['requests_per_s']:>8} req/s  p50 {v['latency_ms'].get('p50')} ms  "
                   f"p99 {v['latency_ms'].get('p99')} ms  errors {errs}  non-2xx {v['non_2xx']}")
         elif isinstance(v, dict) and "forwarded_pps" in v:
-            print(f"{key:<14} sent {v['sent_pps']:>9} pps  forwarded {v['forwarded_pps']:>9} pps")
+            print(f"{key:<14} sent {v['sent_pps']:>9} pps  forwarded {v['forwarded_pps']:>9} pps  "
+                  f"(sender on cpu {v.get('sender_cpu')}, receive work rps mask {v.get('rps_cpus')})")
         elif isinstance(v, dict) and "requests_per_s" in v:
             print(f"{key:<14} ours {v['ok']}/{v['requests']} ok (fresh conns)  {v['requests_per_s']:>8} req/s  "
                   f"p50 {v['latency_ms']['p50']} ms  p99 {v['latency_ms']['p99']} ms")

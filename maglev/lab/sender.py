@@ -45,13 +45,18 @@ def udp_frame(src_mac: str, dst_mac: str, src: str, dst: str, sport: int, dport:
     return bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + b"\x08\x00" + ip + udp
 
 
-def cpu_plan() -> tuple[int | None, list[int]]:
-    """(the sender's CPU, the CPUs for the receive side).  With one usable CPU there is
-    nothing to move: (None, [])."""
+def cpu_plan(sender_cpu: int | None = None) -> tuple[int | None, list[int]]:
+    """(the sender's CPU, the CPUs for the receive side): ``sender_cpu`` (default: the
+    first usable CPU) and every other usable one.  With one usable CPU there is nothing
+    to move: (None, [])."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None, []
-    return cpus[0], cpus[1:]
+    if sender_cpu is None:
+        sender_cpu = cpus[0]
+    if sender_cpu not in cpus:
+        raise ValueError(f"sender CPU {sender_cpu} is not one of the usable CPUs {cpus}")
+    return sender_cpu, [c for c in cpus if c != sender_cpu]
 
 
 def _rps_path(dev: str) -> str:
