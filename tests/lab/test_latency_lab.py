@@ -6,8 +6,8 @@ both paths see the same machine load; the added latency is the difference of the
 
 What the added latency is made of (2026-12-07, docs/nic.md "Where the added latency
 went"): no driver in this test sleeps in steps -- AF_PACKET V2 and AF_XDP wake steering
-through poll() on the socket the moment a frame lands, and the actors wake each other through futex
-doorbells (the V3 ring's block-retire timer *is* such a step, 1-4 ms, and is why V2 is
+through poll() on the socket the moment a frame lands, and the actors wake each other
+through futex doorbells (the V3 ring's block-retire timer *is* such a step, 1-4 ms, and is why V2 is
 the default and V3 is not tested here).  What is left is three process wake-ups in turn
 (steering, a worker, the muxer); on an idle machine each is tens of microseconds, but
 with more runnable tasks than cores each waits for a CPU (`perf sched latency` at load 23
