@@ -94,6 +94,7 @@ class AfPacketNic:
         fix_checksums: bool = True,
         ring: str | None = None,
         fanout: int | None = None,
+        tx_frags: bool = False,
     ) -> None:
         self.iface = iface
         ring = ring or os.environ.get("MAGLEV_AFPACKET_RING", "") or "v2"
@@ -104,8 +105,12 @@ class AfPacketNic:
             raise NicError(errno.EINVAL, f"afpacket: fanout group {fanout} is not within 0..65535")
         self.fanout = fanout
         self._geometry = (block_size, block_nr, tov_ms)
-        self._flags = (0 if qdisc_bypass else lib.MG_AFP_F_NO_QDISC_BYPASS) | (
-            0 if fix_checksums else lib.MG_AFP_F_NO_CSUM_FIX
+        # tx_frags: TX-ring skbs point at the ring's pages instead of holding a linear
+        # copy (mg_afpacket.h, "Linear TX skbs"); veth and bridges copy them again.
+        self._flags = (
+            (0 if qdisc_bypass else lib.MG_AFP_F_NO_QDISC_BYPASS)
+            | (0 if fix_checksums else lib.MG_AFP_F_NO_CSUM_FIX)
+            | (lib.MG_AFP_F_TX_FRAGS if tx_frags else 0)
         )
         self._afp = ffi.new("struct mg_afp *")
         self._afp.fd = -1

@@ -6,6 +6,7 @@
 #define MG_AFP_V2_FRAME_SIZE ...
 #define MG_AFP_F_NO_QDISC_BYPASS 1
 #define MG_AFP_F_NO_CSUM_FIX 2
+#define MG_AFP_F_TX_FRAGS 4
 
 struct mg_afp_stats {
     uint64_t rx_packets;
@@ -32,6 +33,7 @@ struct mg_afp {
     uint32_t version;
     int last_tx_errno;
     int tx_fd;
+    uint32_t tx_vnet;
     struct mg_afp_stats stats;
     ...;
 };

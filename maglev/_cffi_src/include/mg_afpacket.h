@@ -57,6 +57,17 @@
  * end of the forwarding chain, and the default 208 KiB buffer (~250 small skbs) would
  * cap the frames in flight at a tenth of the ring (sends fail with EAGAIN beyond it).
  *
+ * Linear TX skbs.  The kernel builds a TX-ring skb with only the link-layer header in its
+ * linear part and the rest as page fragments pointing into the ring (zero-copy); veth --
+ * and anything else that must own the bytes (a bridge, a tap, forwarding into another
+ * namespace) -- then copies those fragments into freshly allocated pages
+ * (skb_copy_ubufs): a page allocation and a second copy per packet, measured at ~20 % of
+ * the lab sender's CPU.  With PACKET_VNET_HDR set before the ring, each slot starts with
+ * a struct virtio_net_hdr whose hdr_len says how many bytes to copy into the linear
+ * part: the driver sets it to the whole frame, so the skb is linear, one copy, no page.
+ * MG_AFP_F_TX_FRAGS keeps the zero-copy layout (for a NIC whose driver maps the ring
+ * pages directly, or to measure); where PACKET_VNET_HDR is refused, so is linear.
+ *
  * Fan-out (mg_afp_fanout): several receive sockets on one interface share its packets
  * through PACKET_FANOUT (hash mode, with PACKET_FANOUT_FLAG_DEFRAG so that every fragment
  * of a datagram lands on one socket), as several steering sockets (``queues=N``) do.
@@ -89,6 +100,7 @@
 /* mg_afp_open() flags */
 #define MG_AFP_F_NO_QDISC_BYPASS 0x1 /* keep the qdisc (and taps) on transmit */
 #define MG_AFP_F_NO_CSUM_FIX 0x2     /* deliver CHECKSUM_PARTIAL packets unrepaired */
+#define MG_AFP_F_TX_FRAGS 0x4        /* TX ring: let the skb point at the ring's pages (see above) */
 
 struct mg_afp_stats {
     uint64_t rx_packets;    /* delivered into frames */
@@ -129,6 +141,7 @@ struct mg_afp {
     uint32_t tx_frame_nr;
     uint32_t tx_cur;        /* next TX slot to fill */
     int tx_sock;            /* the TX socket made at open time, until the ring takes it */
+    uint32_t tx_vnet;       /* bytes of virtio_net_hdr before each TX frame (0 or 10) */
 };
 
 /* Opens a packet socket for ifindex that can transmit but receives nothing yet.

@@ -4,8 +4,10 @@
 #include "mg_csum.h"
 
 #include <arpa/inet.h>
+#include <endian.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
+#include <linux/virtio_net.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sys/mman.h>
@@ -473,6 +475,12 @@ static int tx_ring_setup(struct mg_afp *afp)
     }
     v = 1; /* a malformed slot is skipped, not a stuck ring */
     (void)setsockopt(fd, SOL_PACKET, PACKET_LOSS, &v, sizeof v);
+    /* Linear skbs (header): a virtio_net_hdr before each frame, set before the ring. */
+    afp->tx_vnet = 0;
+    v = 1;
+    if (!(afp->flags & MG_AFP_F_TX_FRAGS) &&
+        setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &v, sizeof v) == 0)
+        afp->tx_vnet = (uint32_t)sizeof(struct virtio_net_hdr);
     /* Room for a whole ring of skbs in flight (header): the kernel doubles the value. */
     v = (int)(MG_AFP_TX_BLOCK_SIZE / MG_AFP_V2_FRAME_SIZE * MG_AFP_TX_BLOCK_NR) * 2048;
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof v) < 0)
@@ -540,7 +548,7 @@ static int tx_kick(struct mg_afp *afp, uint32_t first, uint32_t n)
                 __atomic_store_n(&h->tp_status, TP_STATUS_AVAILABLE, __ATOMIC_RELEASE);
                 afp->stats.tx_errors++;
                 afp->stats.tx_packets--;
-                afp->stats.tx_bytes -= h->tp_len;
+                afp->stats.tx_bytes -= h->tp_len - afp->tx_vnet;
             }
         }
         return -e;
@@ -561,7 +569,7 @@ int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, ui
         uint32_t idx = (uint32_t)descs[i];
         struct mg_frame_meta *m = mg_frame_meta(pool, idx);
         if (m->len < 14 || (uint64_t)m->data_off + m->len > MG_FRAME_SIZE - MG_FRAME_META_SIZE ||
-            m->len > MG_AFP_V2_FRAME_SIZE - TX_DATA_OFF) {
+            m->len > MG_AFP_V2_FRAME_SIZE - TX_DATA_OFF - afp->tx_vnet) {
             afp->stats.tx_errors++;
             continue;
         }
@@ -587,9 +595,18 @@ int mg_afp_tx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, ui
             afp->stats.tx_errors++;
             continue;
         }
-        memcpy((uint8_t *)h + TX_DATA_OFF, mg_frame_data(pool, idx), m->len);
-        h->tp_len = m->len;
-        h->tp_snaplen = m->len;
+        uint8_t *slot = (uint8_t *)h + TX_DATA_OFF;
+        if (afp->tx_vnet) {
+            /* hdr_len = the whole frame: the kernel copies it all into the linear part. */
+            struct virtio_net_hdr *vh = (struct virtio_net_hdr *)slot;
+            memset(vh, 0, sizeof *vh);
+            vh->gso_type = VIRTIO_NET_HDR_GSO_NONE;
+            vh->hdr_len = htole16((uint16_t)m->len); /* packet sockets: little-endian virtio */
+            slot += afp->tx_vnet;
+        }
+        memcpy(slot, mg_frame_data(pool, idx), m->len);
+        h->tp_len = m->len + afp->tx_vnet;
+        h->tp_snaplen = m->len + afp->tx_vnet;
         /* Release: the packet bytes are in the slot before the kernel may read it. */
         __atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
         afp->tx_cur = (afp->tx_cur + 1) % afp->tx_frame_nr;
