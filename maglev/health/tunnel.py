@@ -121,9 +121,14 @@ class RawSockets:
         except OSError:
             self.tx.close()
             raise
-        self.rx.setblocking(False)
-        self.tx.setblocking(False)
-        _attach_answer_filter(self.rx)
+        try:
+            self.rx.setblocking(False)
+            self.tx.setblocking(False)
+            _attach_answer_filter(self.rx)
+        except OSError:
+            self.rx.close()
+            self.tx.close()
+            raise
         self.waiting: dict[int, tuple[Any, int, asyncio.Future[str]]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.dropped = 0  # segments read that no probe waited for
@@ -183,7 +188,11 @@ def open_shared() -> RawSockets | None:
     if _shared is None:
         try:
             _shared = RawSockets()
-        except PermissionError:
+        except OSError as exc:  # EPERM without CAP_NET_RAW; never fatal to the prober
+            import logging
+
+            logging.getLogger("maglev.health").info(
+                "no raw sockets for checks through the tunnel: %s", exc.strerror or exc)
             return None
     return _shared
 
