@@ -280,7 +280,9 @@ def apply(ctx, file, force, dry_run, as_json) -> None:
         ct = r.get("conntrack") or {}
         if ct.get("used"):
             click.echo(f"connection tables: {ct['live']} live entries counted in {ct['tables']} worker tables "
-                       f"in {ct['scan_ms']:.1f} ms ({ct['torn']} changing while read, skipped)")
+                       f"in {ct['scan_ms']:.1f} ms ({ct['torn']} changing while read, skipped); a live scan, "
+                       f"not a snapshot: exact up to {ct.get('changed_during_scan', 0)} entries the workers "
+                       f"inserted or moved meanwhile")
         else:
             click.echo(f"connection tables not counted: {ct.get('why', 'unknown')}; flows are estimated")
         print_preview(r["vips"])

@@ -7,6 +7,8 @@ actors, shared-memory region, rings, CPUs, connection tables, control socket and
 speaker, so a crash, an overload or a refused reload in one never reaches another.  This
 process only relays their output (each line prefixed with ``[NAME]``), forwards SIGINT,
 SIGTERM and SIGHUP, and exits when every shard has exited (with the worst exit code).
+Under systemd it speaks the notify protocol for all of them: READY=1 once every shard is
+ready (maglev/service/shard_notify.py).
 A shard that exits does not stop the others.
 
 A shard process sets ``MAGLEV_SHARD`` (maglev.config.SHARD_ENV) for itself and every actor
@@ -92,16 +94,23 @@ def launch_all(config: Config, base_argv: list[str], out: str, as_json: bool, ec
     """Run every shard of ``config`` as its own ``maglev run --shard`` process until all have
     exited; returns the worst exit code.  ``base_argv`` are the options passed on to each
     (without --out, which is made per shard)."""
+    from maglev.service.shard_notify import ShardNotify
+
     echo = echo or sys.stdout
     children: list[_Child] = []
     lock = threading.Lock()
+    # Under systemd: READY=1 once every shard is ready (maglev/service/shard_notify.py).
+    notify = ShardNotify([s.name for s in config.shards])
     for s in config.shards:
         argv = shard_argv(base_argv, s.name)
         if out:
             argv += ["--out", shard_out(out, s.name)]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=_die_with_parent,
+                                env=notify.child_env(s.name))
+        notify.started(s.name, proc)
         children.append(_Child(s.name, proc))
+    notify.start()
 
     def relay(c: _Child) -> None:
         assert c.proc.stdout is not None
@@ -119,6 +128,10 @@ def launch_all(config: Config, base_argv: list[str], out: str, as_json: bool, ec
 
     def forward(signum: int, _frame: Any) -> None:
         sig = signal.SIGTERM if signum == signal.SIGINT else signum
+        if sig == signal.SIGHUP:
+            notify.reload_requested()
+        else:
+            notify.stopping()
         for c in children:
             if c.proc.poll() is None:
                 try:
@@ -136,6 +149,7 @@ def launch_all(config: Config, base_argv: list[str], out: str, as_json: bool, ec
             if c.proc.stdout is not None:
                 c.proc.stdout.close()
     finally:
+        notify.close()
         for sig, h in old.items():
             signal.signal(sig, h)
         for c in children:  # only when this process is interrupted hard: stop what is left

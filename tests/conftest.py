@@ -132,6 +132,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if _guard:
+        _guard[0].close()
     for key, value in _saved_env.items():
         if value is None:
             os.environ.pop(key, None)
@@ -151,6 +153,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         remove_recorded(root)
     for base in _private_base:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def leak_record():
+    """``leak_record(uid, gid)``: a ``$MAGLEV_RECORD`` file for a process this test runs as
+    another user (setpriv), who cannot write the test's own; the leak guard reads it with
+    the test's record and finds the processes that carry it (maglev/testing/leaks.py).
+    None outside the guard."""
+    def make(uid: int, gid: int) -> str | None:
+        return _guard[0].record_for(uid, gid) if _guard else None
+    return make
 
 
 @pytest.fixture

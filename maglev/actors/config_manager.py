@@ -246,7 +246,8 @@ class ConfigManagerActor(Actor):
         c = live.census
         info: dict[str, Any] = {"used": live.tables == n, "tables": live.tables, "workers": n,
                                 "live": c.live, "expired": c.expired, "torn": c.torn,
-                                "unknown": c.unknown, "scan_ms": live.scan_ms, "problems": live.problems}
+                                "unknown": c.unknown, "changed_during_scan": c.changed,
+                                "scan_ms": live.scan_ms, "problems": live.problems}
         if live.tables < n:
             info["why"] = f"{n - live.tables} of {n} worker tables unreadable: " + "; ".join(live.problems)
             return None, info

@@ -160,9 +160,11 @@ class ProberClient:
 
 class HealthProberActor(Actor):
     # TCP/HTTP/UDP/DNS checks use ordinary sockets; checks through the tunnel
-    # (maglev/health/tunnel.py) send and read raw IP: CAP_NET_RAW is kept when the run holds
-    # it (maglev run keeps it when the config has such a check: privileges.needed_caps).
-    caps_after_setup = ("CAP_NET_RAW",)
+    # (maglev/health/tunnel.py) send and read raw IP through two raw sockets opened here at
+    # set-up while the run holds CAP_NET_RAW (maglev run keeps it when the config has such a
+    # check, privileges.needed_caps, or its NIC needs it) and shared by every probe: after
+    # set-up the prober keeps no capability at all (docs/service.md).
+    caps_after_setup = ()
     kind = "health"
     idle_wait_s = 0.1
 
@@ -172,8 +174,12 @@ class HealthProberActor(Actor):
         self.client: ProberClient | None = None
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self.raw: Any = None  # maglev.health.tunnel.RawSockets, when opened at set-up
 
     def setup(self) -> None:
+        from maglev.health import tunnel
+
+        self.raw = tunnel.open_shared()  # None without CAP_NET_RAW: tunnel checks fail locally
         # The config manager's private socket in the run directory: always this run's.
         private = f"ipc://{Path(self.spec.run_dir) / endpoints.CONTROL_SOCKET}"
         control = self.params.get("control") or private
@@ -213,6 +219,9 @@ class HealthProberActor(Actor):
             self.loop.run_until_complete(asyncio.gather(self._task, return_exceptions=True))
         if self.client is not None:
             self.client.close()
+        from maglev.health import tunnel
+
+        tunnel.close_shared()
         self.loop.close()
         self.loop = None
 

@@ -261,6 +261,11 @@ class Census:
     expired: int = 0
     torn: int = 0
     unknown: int = 0
+    # A live table (the C census of a worker's table): entries its writer inserted or moved
+    # while the scan ran (its header's inserts + moved, read before and after).  Each may
+    # be counted in its old or new state, or -- a cuckoo move between a bucket already read
+    # and one not yet read -- twice or not at all: the counts are exact up to this many.
+    changed: int = 0
 
     def add(self, other: Census) -> None:
         for k, n in other.counts.items():
@@ -269,6 +274,7 @@ class Census:
         self.expired += other.expired
         self.torn += other.torn
         self.unknown += other.unknown
+        self.changed += other.changed
 
 
 def census(table: bytes, k0: int, k1: int, now_ns: int, tcp_ms: int, udp_ms: int,

@@ -201,7 +201,8 @@ async def _through_tunnel(spec: CheckSpec) -> Result:
     try:
         ok, detail = await tunnel.probe(spec)
     except PermissionError as exc:
-        return Result(False, f"local error: raw sockets need CAP_NET_RAW ({exc.strerror})", local=True)
+        return Result(False, f"local error: raw sockets need CAP_NET_RAW ({exc.strerror}); the prober opens "
+                             "them at its start, so start the run holding it", local=True)
     return Result(ok, detail)
 
 

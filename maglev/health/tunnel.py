@@ -19,8 +19,12 @@ same with its GUE tunnel):
    **down** (nothing listens on the VIP's port); nothing within the timeout is down.
 
 Our kernel knows nothing of the half-open connection and answers the SYN-ACK with a RST,
-which is also what closes it on the backend.  Needs CAP_NET_RAW (the prober runs as
-root); without it the probe is a *local* failure, never counted against the backend.
+which is also what closes it on the backend.  Needs two raw sockets, so CAP_NET_RAW: the
+health prober opens them once, at its set-up (:func:`open_shared`), and then gives up every
+capability (docs/service.md); every probe shares them (:class:`RawSockets`: one reader
+hands each answer to the probe waiting for its port).  Without them (the run did not hold
+CAP_NET_RAW when the prober started) a probe opens its own, which fails with EPERM: a
+*local* failure, never counted against the backend.
 ``source_ipv4`` must be an address of this host (it is: maglev sends from it), or the
 answer is not delivered here.  IPv4 VIPs and backends only.
 """
@@ -28,6 +32,7 @@ answer is not delivered here.  IPv4 VIPs and backends only.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import ipaddress
 import random
 import socket
@@ -83,9 +88,127 @@ def answer(pkt: bytes, spec: Any, sport: int, isn: int) -> str | None:
     return None
 
 
+def _verdict(got: str, spec: Any) -> tuple[bool, str]:
+    if got == "synack":
+        return True, f"SYN-ACK from {spec.vip}:{spec.port} through {spec.tunnel}"
+    return False, f"RST from {spec.vip}:{spec.port} through {spec.tunnel} (nothing listens)"
+
+
+SO_ATTACH_FILTER = 26
+# Classic BPF on the raw TCP socket: keep only segments with SYN or RST set (an answer is a
+# SYN-ACK or a RST), so the always-open socket does not copy the host's other TCP traffic:
+#   ldxb 4*([0]&0xf); ldb [x+13]; jset #0x14, keep, drop; keep: ret #65535; drop: ret #0
+_FILTER = ((0xB1, 0, 0, 0), (0x50, 0, 0, 13), (0x45, 0, 1, SYN | RST), (0x06, 0, 0, 0xFFFF), (0x06, 0, 0, 0))
+
+
+def _attach_answer_filter(sock: socket.socket) -> None:
+    prog = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in _FILTER))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    struct.pack("HxxxxxxP", len(_FILTER), ctypes.addressof(prog)))
+
+
+class RawSockets:
+    """The tunnel probes' two raw sockets, opened while CAP_NET_RAW is held and kept for
+    the process's life: ``tx`` (IPPROTO_RAW, sends our outer packets) and ``rx`` (raw TCP,
+    filtered to SYN/RST segments).  Concurrent probes share them: each waits on its own
+    random source port; one reader (on the event loop of the first probe) drains ``rx`` and
+    hands a matching answer to its probe, and drops everything else."""
+
+    def __init__(self) -> None:
+        self.tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        try:
+            self.rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        except OSError:
+            self.tx.close()
+            raise
+        try:
+            self.rx.setblocking(False)
+            self.tx.setblocking(False)
+            _attach_answer_filter(self.rx)
+        except OSError:
+            self.rx.close()
+            self.tx.close()
+            raise
+        self.waiting: dict[int, tuple[Any, int, asyncio.Future[str]]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.dropped = 0  # segments read that no probe waited for
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                pkt = self.rx.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(pkt) < 24:
+                continue
+            ihl = (pkt[0] & 0x0F) * 4
+            dport = int.from_bytes(pkt[ihl + 2:ihl + 4], "big") if len(pkt) >= ihl + 4 else -1
+            w = self.waiting.get(dport)
+            got = answer(pkt, w[0], dport, w[1]) if w is not None else None
+            if got is None or w is None:
+                self.dropped += 1
+            elif not w[2].done():
+                w[2].set_result(got)
+
+    async def probe(self, spec: Any) -> tuple[bool, str]:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.remove_reader(self.rx.fileno())
+            loop.add_reader(self.rx.fileno(), self._readable)
+            self.loop = loop
+        sport = random.randint(49152, 65535)
+        while sport in self.waiting:
+            sport = random.randint(49152, 65535)
+        isn = random.getrandbits(32)
+        fut: asyncio.Future[str] = loop.create_future()
+        self.waiting[sport] = (spec, isn, fut)
+        try:
+            self.tx.sendto(encapsulated(spec, sport, isn), (spec.address, 0))
+            return _verdict(await fut, spec)
+        finally:
+            del self.waiting[sport]
+
+    def close(self) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.rx.fileno())
+        self.rx.close()
+        self.tx.close()
+
+
+_shared: RawSockets | None = None
+
+
+def open_shared() -> RawSockets | None:
+    """Open the process's shared raw sockets (the health prober's set-up, before it drops
+    its capabilities); None when this process may not (no CAP_NET_RAW)."""
+    global _shared
+    if _shared is None:
+        try:
+            _shared = RawSockets()
+        except OSError as exc:  # EPERM without CAP_NET_RAW; never fatal to the prober
+            import logging
+
+            logging.getLogger("maglev.health").info(
+                "no raw sockets for checks through the tunnel: %s", exc.strerror or exc)
+            return None
+    return _shared
+
+
+def close_shared() -> None:
+    global _shared
+    if _shared is not None:
+        _shared.close()
+        _shared = None
+
+
 async def probe(spec: Any) -> tuple[bool, str]:
     """One handshake through the tunnel: (up, detail).  OSError (EPERM without
     CAP_NET_RAW, ENETUNREACH, ...) propagates to run_check, which sorts it."""
+    if _shared is not None:
+        return await _shared.probe(spec)
     loop = asyncio.get_running_loop()
     sport, isn = random.randint(49152, 65535), random.getrandbits(32)
     pkt = encapsulated(spec, sport, isn)
@@ -97,10 +220,8 @@ async def probe(spec: Any) -> tuple[bool, str]:
         while True:
             data = await loop.sock_recv(rx, 65535)
             got = answer(data, spec, sport, isn)
-            if got == "synack":
-                return True, f"SYN-ACK from {spec.vip}:{spec.port} through {spec.tunnel}"
-            if got == "rst":
-                return False, f"RST from {spec.vip}:{spec.port} through {spec.tunnel} (nothing listens)"
+            if got is not None:
+                return _verdict(got, spec)
     finally:
         rx.close()
 

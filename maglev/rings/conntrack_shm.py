@@ -632,11 +632,13 @@ def census_table(ct: Any, key: tuple[int, int], now_ns: int, tcp_ms: int, udp_ms
     c_ids = ffi.new("uint64_t[]", sids or [0])
     counts = ffi.new("uint64_t[]", max(1, len(sids)))
     out = ffi.new("struct mg_ct_census *")
+    before = int(ct.stats.inserts) + int(ct.stats.moved)  # the writer's counters (header)
     rc = lib.mg_ct_census(ct, key[0], key[1], now_ns, tcp_ms, udp_ms, c_ids, len(sids), counts, out)
     if rc < 0:
         raise ConntrackShmError(f"conntrack census: {os.strerror(-rc)}")
+    changed = max(0, int(ct.stats.inserts) + int(ct.stats.moved) - before)  # < 0: re-adopted, zeroed
     return Census(counts={i: int(counts[j]) for j, i in enumerate(sids)}, live=int(out.live),
-                  expired=int(out.expired), torn=int(out.torn), unknown=int(out.unknown))
+                  expired=int(out.expired), torn=int(out.torn), unknown=int(out.unknown), changed=changed)
 
 
 @dataclass
@@ -656,7 +658,9 @@ def census_instance(instance: str, tag: str, n_workers: int, key: tuple[int, int
     mapped PROT_READ (no lock taken, nothing written: the workers are not disturbed), its
     header checked (``mg_ct_check``) and its flow-hash fingerprint compared with ``key``'s,
     then scanned by ``mg_ct_census``.  Entries change while the scan runs (a few
-    milliseconds per million entries): the result is a preview, not a snapshot.  ``now_ns``
+    milliseconds per million entries): the result is a preview, not a snapshot -- exact up
+    to ``census.changed`` entries (inserted or moved by the workers during the scan; each
+    slot read is a consistent pair of key and backend, include/mg_ct_census.h).  ``now_ns``
     is CLOCK_MONOTONIC (the workers' clock) unless given."""
     import mmap
 

@@ -22,6 +22,17 @@ Something still in use after a test's teardown may belong to a fixture of a wide
 (module, package, class): it is judged again at each later teardown until the scopes that
 held fixtures at the test's end are torn down.  A shm file or run folder nobody uses any
 more is a leak at once.
+
+**Processes run as another user** (``setpriv --reuid``, tests/lab/test_unprivileged.py)
+cannot write the test's record file (the session's folder is private) and often get a
+scrubbed environment.  Such a test asks :meth:`Guard.record_for` (the ``leak_record``
+fixture of tests/conftest.py) for a record file of its own that the user may write, in a
+folder other users can reach, and passes it as ``$MAGLEV_RECORD`` in that process's
+environment: the guard reads it with the test's own record and finds the processes that
+carry it, as for any other test.  The gap that stays: a process started with an
+environment that does not carry ``$MAGLEV_RECORD`` at all (an ``env=`` without it, a
+``sudo``/``setpriv`` wrapper that clears it) is invisible to the guard, and so is what it
+makes -- such a test must clean up by itself.
 """
 
 from __future__ import annotations
@@ -179,6 +190,12 @@ class Guard:
     # tests whose runs keep tables, e.g. to check a teardown path that should drop them)
     strict: bool = field(default_factory=lambda: os.environ.get("MAGLEV_LEAK_GUARD") == "strict")
 
+    # record files for processes run as another user (record_for): the test's own record
+    # -> those files, and the folder they live in (reachable by other users)
+    extra: dict[str, list[str]] = field(default_factory=dict)
+    shared: Path | None = None
+    current: str = ""
+
     def __post_init__(self) -> None:
         (self.base / "rec").mkdir(parents=True, exist_ok=True)
 
@@ -187,8 +204,41 @@ class Guard:
         self.count += 1
         path = str(self.base / "rec" / f"{self.count}")
         self.owners[path] = test_id
+        self.current = path
         os.environ[ENV] = path
         return path
+
+    def record_for(self, uid: int, gid: int) -> str:
+        """A record file of the current test that user ``uid`` may write (mode 0600, theirs),
+        in a folder every user can reach: pass it as ``$MAGLEV_RECORD`` to a process run as
+        that user; the guard reads it with the test's record and finds the processes that
+        carry it."""
+        if self.shared is None:
+            from maglev.testing.unprivileged import shared_tmpdir
+
+            self.shared = shared_tmpdir("maglev-leakrec-")
+        main = self.current or os.environ.get(ENV, "")
+        path = str(self.shared / f"{self.count}-{uid}-{len(self.extra.get(main, ()))}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchown(fd, uid, gid)
+        finally:
+            os.close(fd)
+        self.extra.setdefault(main, []).append(path)
+        self.owners[path] = self.owners.get(main, main)
+        return path
+
+    def close(self) -> None:
+        """The session's end: remove the folder of :meth:`record_for` files."""
+        if self.shared is not None:
+            shutil.rmtree(self.shared, ignore_errors=True)
+            self.shared = None
+
+    def _main_record(self, rec: str) -> str:
+        for main, files in self.extra.items():
+            if rec in files:
+                return main
+        return rec
 
     def check(self, record: str | None, holders: tuple = (), last: bool = False) -> list[Leak]:
         """After a test's teardown: the leaks of this test (and of earlier tests whose
@@ -197,6 +247,8 @@ class Guard:
         says so): anything the test made may belong to one of them until it is torn down;
         ``last``: the session's end, nothing is set up any more."""
         items = [(k, n, record, holders) for k, n in read(record)] if record else []
+        for other in self.extra.get(record or "", ()):  # written by processes of another user
+            items += [(k, n, record, holders) for k, n in read(other)]
         items += self.pending
         self.pending = []
         items = [(k, n, r, h) for k, n, r, h in items if _exists(k, n)]
@@ -205,7 +257,8 @@ class Guard:
             # A process of this test may be between unmapping and unlinking its file (a stop
             # the test did not wait for): give it a moment before calling it a leak.
             deadline = time.monotonic() + 3
-            while record in processes_with_env(record).values() and time.monotonic() < deadline:
+            mine = {record, *self.extra.get(record, ())}
+            while mine & set(self._procs().values()) and time.monotonic() < deadline:
                 time.sleep(0.05)
             items = [(k, n, r, h) for k, n, r, h in items if _exists(k, n)]
             users = shm_users({n for k, n, _, _ in items if k == "shm"})
@@ -230,9 +283,9 @@ class Guard:
         # a process a test started may serve a fixture of a wider scope: judged when the
         # scopes alive at the test's end are gone
         self.proc_holders.setdefault(record or "", holders)
-        procs = processes_with_env(str(self.base / "rec") + "/")
+        procs = self._procs()
         gone = {pid: rec for pid, rec in procs.items()
-                if last or not any(h.alive() for h in self.proc_holders.get(rec, ()))}
+                if last or not any(h.alive() for h in self.proc_holders.get(self._main_record(rec), ()))}
         for pid, rec in gone.items():
             leaks.append(Leak("process", _cmdline(pid), self.owners.get(rec, rec), f"pid {pid} still running"))
         _kill(list(gone))
@@ -241,6 +294,13 @@ class Guard:
                 _remove(leak.kind, leak.name)
         return leaks
 
+
+    def _procs(self) -> dict[int, str]:
+        """pid -> record path of live processes carrying one of this session's records."""
+        procs = processes_with_env(str(self.base / "rec") + "/")
+        if self.shared is not None:
+            procs.update(processes_with_env(str(self.shared) + "/"))
+        return procs
 
     def summary(self) -> tuple[int, list[str]]:
         """(how many things this session's tests recorded, those of them still there)."""

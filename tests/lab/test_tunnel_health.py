@@ -42,7 +42,7 @@ def test_broken_decapsulation_leaves_the_table(shortdir, make_lab):  # shortdir 
     cfg = shortdir / "maglev.toml"
     cfg.write_text(dump_toml(Config.from_dict(data)))
     env = {"MAGLEV_RUN_DIR": str(shortdir / "run"), "MAGLEV_STATE_DIR": str(shortdir / "state")}
-    lab.spawn("maglev", st["maglev"]["ns"],
+    sup = lab.spawn("maglev", st["maglev"]["ns"],
               [sys.executable, "-c", REGISTER, "run", "--config", str(cfg), "--nic", "afpacket:eth0",
                "--workers", "1"], env=env)
     vip = f"{topo.VIP_V4}:0/tcp"
@@ -69,6 +69,15 @@ def test_broken_decapsulation_leaves_the_table(shortdir, make_lab):  # shortdir 
         assert time.monotonic() < deadline, f"backends never all up through the tunnel: {r}"
         time.sleep(0.05)
     assert all("SYN-ACK from 203.0.113.10:80 through gre" in x["health_detail"] for x in r.values()), r
+    # The prober probes through raw sockets it opened at set-up, holding no capability now.
+    import psutil
+
+    from maglev.service.privileges import cap_sets
+
+    probers = [p for p in psutil.Process(sup).children(recursive=True) if '"name": "health"' in " ".join(p.cmdline())]
+    assert len(probers) == 1, probers
+    caps = cap_sets(probers[0].pid)
+    assert caps["CapEff"] == 0 and caps["CapPrm"] == 0, {k: hex(v) for k, v in caps.items()}
     client_ns = st["client"]["ns"]
     before = http_load(client_ns, topo.VIP_V4, 60, concurrency=4, deadline_s=60)
     assert before.ok == 60 and len(before.backends) == 3, before

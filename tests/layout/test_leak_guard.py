@@ -70,6 +70,29 @@ def test_next():
 '''
 
 
+AS_NOBODY = '''
+import os, subprocess
+from maglev.testing import unprivileged as up
+
+TAG = os.environ["LEAK_TAG"]
+
+def test_leaks_as_nobody(leak_record):
+    uid, gid = up.user_ids()
+    rec = leak_record(uid, gid)
+    # what a maglev process run as nobody does: note, then make; and it stays running.
+    # Its environment is scrubbed but for the record file it was given.
+    script = 'printf "shm\\tmaglev-%s-nobody\\n" >> "$MAGLEV_RECORD"; : > /dev/shm/maglev-%s-nobody; exec sleep 60' % (TAG, TAG)
+    p = subprocess.Popen([*up.setpriv_argv([]), "sh", "-c", script], env={"MAGLEV_RECORD": rec, "PATH": "/usr/bin:/bin"},
+                         start_new_session=True)
+    while not os.path.exists(f"/dev/shm/maglev-{TAG}-nobody"):
+        assert p.poll() is None
+    assert os.stat(f"/dev/shm/maglev-{TAG}-nobody").st_uid == uid
+
+def test_after():
+    pass
+'''
+
+
 def _session(tmp_path: Path, body: str) -> tuple[subprocess.CompletedProcess, str]:
     (tmp_path / "test_leaky.py").write_text(body)
     tag = f"lkg{os.getpid()}"
@@ -112,3 +135,26 @@ def test_the_guard_reports_a_namespace_left(tmp_path):
                   r.stdout)
     assert m, r.stdout
     assert m[1] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+
+
+def test_the_guard_sees_what_a_process_run_as_another_user_leaves(tmp_path):
+    from maglev.testing.unprivileged import why_no_unprivileged
+
+    if reason := why_no_unprivileged():
+        pytest.skip(reason)
+    import glob
+
+    def folders() -> set[str]:
+        return {d for base in ("/var/tmp", "/dev/shm", os.environ.get("TMPDIR", "/tmp"))
+                for d in glob.glob(os.path.join(base, "maglev-leakrec-*"))}
+
+    before = folders()
+    r, tag = _session(tmp_path, AS_NOBODY)
+    out = r.stdout
+    assert r.returncode == 1, out + r.stderr
+    assert "ERROR at teardown of test_leaks_as_nobody" in out
+    assert f"shm maglev-{tag}-nobody (no process uses it), made during test_leaky.py::test_leaks_as_nobody" in out
+    assert "sleep 60 (pid" in out and "still running), made during test_leaky.py::test_leaks_as_nobody" in out
+    assert "ERROR at teardown of test_after" not in out
+    assert not [n for n in os.listdir("/dev/shm") if tag in n]  # removed, and the process killed
+    assert not folders() - before  # the session removed its folder of record files

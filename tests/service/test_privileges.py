@@ -166,12 +166,10 @@ def test_root_run_keeps_only_the_nic_set_in_every_actor_also_after_a_restart(tmp
             assert {"supervisor", "steering", "worker-0", "worker-1", "muxer"} <= set(pids.values()), pids
             caps = _caps_of(pids)
             # steering and the muxer keep the run's set (they close the NIC at teardown);
-            # workers and the config manager drop it all after setup; the health prober keeps
-            # CAP_NET_RAW (checks through the tunnel use raw sockets) when the run holds it
-            bare = ("worker-", "config")
-            raw = kept & pv.mask({"CAP_NET_RAW"})
-            want = {k: (0, 0, kept) if k.startswith(bare) else (raw, raw, kept) if k.startswith("health")
-                    else (kept, kept, kept) for k in caps}
+            # workers, the config manager and the health prober (its tunnel checks' raw
+            # sockets are opened in its setup) drop it all after setup
+            bare = ("worker-", "config", "health")
+            want = {k: (0, 0, kept) if k.startswith(bare) else (kept, kept, kept) for k in caps}
             assert caps == want, {k: tuple(map(hex, v)) for k, v in caps.items()}
             lines = [ln for ln in log_path.read_text().splitlines() if "capabilities dropped" in ln]
             assert len(lines) == 1 and f"kept={','.join(pv.names(kept))}" in lines[0], lines

@@ -58,7 +58,8 @@ def test_unit_is_consistent(name):
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("name,as_name", [("maglev.service", "maglev.service"),
                                           ("maglev@.service", "maglev@edge1.service"),
-                                          ("maglev-shard@.service", "maglev-shard@a.service")])
+                                          ("maglev-shard@.service", "maglev-shard@a.service"),
+                                          ("maglev-shards.service", "maglev-shards.service")])
 def test_systemd_accepts_the_unit(tmp_path, name, as_name):
     # verify checks that ExecStart is executable: point it at one that exists here.
     text = (UNITS / name).read_text().replace("/usr/local/bin/maglev", "/bin/echo")
@@ -120,3 +121,18 @@ def test_shard_unit_runs_one_shard_with_the_unit_settings_of_an_instance():
     env = env_of(u)
     assert env["MAGLEV_CONFIG"] == "/etc/maglev/shards.toml"
     assert env["MAGLEV_RUN_DIR"].endswith("shard-%i") and env["MAGLEV_STATE_DIR"].endswith("shard-%i")
+
+
+def test_all_shards_unit_is_a_notify_service_of_the_launcher():
+    """maglev-shards.service: every shard under one launcher, which speaks the notify
+    protocol for all (tests/service/test_shard_notify.py runs it under a fake socket)."""
+    u = parse_unit(UNITS / "maglev-shards.service")
+    one = parse_unit(UNITS / "maglev-shard@.service")
+    for key in ("Type", "NotifyAccess", "WatchdogSec", "ExecReload", "KillMode", "User", "AmbientCapabilities",
+                "CapabilityBoundingSet", "RestrictAddressFamilies", "ProtectSystem"):
+        assert u[key] == one[key], key
+    assert u["Type"] == ["notify"] and u["NotifyAccess"] == ["main"]
+    exec_start = shlex.split(u["ExecStart"][0])
+    assert exec_start[1:] == ["run", "--config", "${MAGLEV_CONFIG}", "$MAGLEV_RUN_ARGS"]  # no --shard: all
+    assert env_of(u)["MAGLEV_CONFIG"] == "/etc/maglev/shards.toml"
+    assert "%i" not in (UNITS / "maglev-shards.service").read_text()

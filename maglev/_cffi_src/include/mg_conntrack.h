@@ -429,11 +429,12 @@ uint32_t mg_ct_tag(const struct mg_ct *ct, uint32_t slot);
  * n_ids backend ids in ascending order; counts[i] += entries naming ids[i] (the caller
  * zeroes counts; several tables can be summed).  Safe on a table another process writes
  * (a worker's /dev/shm table mapped PROT_READ): an entry refreshed after now_ns (age below
- * zero as a signed 32-bit number) is live; a slot is read as tag, last, backend id,
- * key, tag again, and kept only when both tag reads agree and the signature of
- * SipHash-1-3(k0, k1, key) -- the flow-hash secret of the run -- equals the tag's: an
- * entry being rewritten (mg_ct_add writes the tag before the key) is counted as torn, not
- * attributed.  Entries changing during the scan are seen either way: a snapshot it is not.
+ * zero as a signed 32-bit number) is live; a slot is read as tag, last, key, backend id,
+ * tag again, and kept only when both tag reads agree (PROTECTED bit aside) and the
+ * signature of SipHash-1-3(k0, k1, key) -- the flow-hash secret of the run -- equals the
+ * tag's, else counted as torn: a kept slot's key and backend id are one entry's (the
+ * store/read orders and what a live census may still miscount: mg_ct_census.h; code in
+ * src/mg_ct_census.c).  Entries changing during the scan are seen either way.
  * 0, or -EINVAL on a NULL pointer or unsorted ids. */
 struct mg_ct_census {
     uint64_t live;     /* counted entries (named an id of the list or not) */

@@ -260,9 +260,13 @@ static inline void put(struct mg_ct *ct, uint32_t b, int w, const struct mg_flow
     m->tag[w] = sig | (key->proto == 6 ? MG_CT_TAG_TCP : 0);
     m->last[w] = now;
     struct mg_ct_entry *e = mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)w);
-    e->key = *key;
+    /* tag | backend | key, for a live census (include/mg_ct_census.h); on x86 these
+     * fences only keep the compiler from reordering the stores: no instruction */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     e->backend = backend;
     e->backend_id = backend_id;
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    e->key = *key;
     ct->stats.inserts++;
 }
 
@@ -326,8 +330,13 @@ int mg_ct_add(struct mg_ct *ct, const struct mg_flow_key *key, uint64_t h, uint3
                     continue;
                 ma->tag[e] = tag;
                 ma->last[e] = m[i]->last[w];
-                *mg_ct_entry_at(ct, a * MG_CT_WAYS + (uint32_t)e) =
-                    *mg_ct_entry_at(ct, bk[i] * MG_CT_WAYS + (uint32_t)w);
+                struct mg_ct_entry *to = mg_ct_entry_at(ct, a * MG_CT_WAYS + (uint32_t)e);
+                const struct mg_ct_entry *from = mg_ct_entry_at(ct, bk[i] * MG_CT_WAYS + (uint32_t)w);
+                __atomic_thread_fence(__ATOMIC_RELEASE); /* as put(): backend, then key */
+                memcpy((char *)to + sizeof to->key, (const char *)from + sizeof from->key,
+                       sizeof *to - sizeof to->key);
+                __atomic_thread_fence(__ATOMIC_RELEASE);
+                to->key = from->key;
                 ct->stats.moved++;
                 ct->n_used++; /* the moved entry keeps its tag (and segment) */
                 put(ct, bk[i], w, key, sig, now, backend, backend_id);
@@ -381,64 +390,4 @@ uint32_t mg_ct_count(const struct mg_ct *ct)
 uint32_t mg_ct_tag(const struct mg_ct *ct, uint32_t slot)
 {
     return slot < mg_ct_capacity(ct) ? mg_ct_meta_of(ct, slot / MG_CT_WAYS)->tag[slot % MG_CT_WAYS] : 0;
-}
-
-static int find_id(const uint64_t *ids, uint32_t n, uint64_t id)
-{
-    uint32_t lo = 0, hi = n;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (ids[mid] < id)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < n && ids[lo] == id ? (int)lo : -1;
-}
-
-int mg_ct_census(const struct mg_ct *ct, uint64_t k0, uint64_t k1, uint64_t now_ns,
-                 uint32_t tcp_ms, uint32_t udp_ms, const uint64_t *ids, uint32_t n_ids,
-                 uint64_t *counts, struct mg_ct_census *out)
-{
-    if (!ct || !out || (n_ids && (!ids || !counts)))
-        return -EINVAL;
-    for (uint32_t i = 1; i < n_ids; i++)
-        if (ids[i - 1] >= ids[i])
-            return -EINVAL;
-    const uint32_t now = mg_ct_ticks(now_ns);
-    for (uint32_t b = 0; b < ct->n_buckets; b++) {
-        const struct mg_ct_meta *m = mg_ct_meta_of(ct, b);
-        for (int w = 0; w < MG_CT_WAYS; w++) {
-            uint32_t tag = __atomic_load_n(&m->tag[w], __ATOMIC_ACQUIRE);
-            if (tag == 0)
-                continue;
-            uint32_t last = __atomic_load_n(&m->last[w], __ATOMIC_RELAXED);
-            /* a worker may refresh an entry after `now` was read: a negative age is 0 */
-            uint32_t age = (int32_t)(now - last) < 0 ? 0 : now - last;
-            if (age >= mg_ct_tag_timeout(tag, tcp_ms, udp_ms)) {
-                out->expired++;
-                continue;
-            }
-            const struct mg_ct_entry *e = mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)w);
-            uint64_t id = __atomic_load_n(&e->backend_id, __ATOMIC_RELAXED);
-            uint64_t kw[5];
-            const uint64_t *src = (const uint64_t *)(const void *)&e->key;
-            for (int i = 0; i < 5; i++)
-                kw[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-            if (__atomic_load_n(&m->tag[w], __ATOMIC_RELAXED) != tag ||
-                mg_ct_sig(mg_siphash13(k0, k1, (const uint8_t *)kw, sizeof kw)) !=
-                    (tag & MG_CT_SIG_MASK)) {
-                out->torn++;
-                continue;
-            }
-            out->live++;
-            int j = find_id(ids, n_ids, id);
-            if (j < 0)
-                out->unknown++;
-            else
-                counts[j]++;
-        }
-    }
-    return 0;
 }
