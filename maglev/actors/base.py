@@ -140,6 +140,18 @@ class Actor:
         self.bell: Any = None
 
     # ------------------------------------------------------------------ hooks
+
+    def accepted_config(self) -> Any:
+        """The config this run has accepted (``<run dir>/config.json``, written by the
+        supervisor before any actor starts and by the config manager at every accepted
+        change), never the operator's file as it is on disk now: that may be broken, or
+        edited and not yet reloaded, when this actor is restarted.  Outside a ``maglev
+        run`` (no such file) the file named by the ``config`` param."""
+        from maglev.config import load_config
+        from maglev.control.persist import load_run_config
+
+        run = load_run_config(self.spec.run_dir)
+        return run[0] if run is not None else load_config(self.params.get("config", ""))
     def setup(self) -> None:
         """Attach shared memory, open the NIC, ... (runs before the loop)."""
 

@@ -205,7 +205,16 @@ class Pipeline:
                 wake=self._wake,
                 region=self.region_name,
             )
+            # The run's accepted config, what every actor (re)start reads (never the file
+            # on disk, which may be broken or not yet reloaded by then); the config manager
+            # replaces it with what it resumes and with every change it accepts.
+            from maglev.control.persist import encode_state, source_id, write_run_config
+
+            write_run_config(self.supervisor.run_dir, encode_state(
+                self.config.to_dict(), source_id(opts.config_path) if opts.config_path else ""))
         except BaseException:
+            if getattr(self, "supervisor", None) is not None:
+                self.supervisor.close()
             self.region.close()
             self.region.unlink()
             raise
