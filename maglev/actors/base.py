@@ -316,7 +316,12 @@ class Actor:
         try:
             self.setup()
         except Exception as exc:
-            log.exception("setup failed")
+            from maglev.errors import MaglevError
+
+            if isinstance(exc, MaglevError):  # bad input, said in one line: no traceback
+                log.error("setup failed: %s", exc)
+            else:
+                log.exception("setup failed")
             self.send("fatal", error=f"{type(exc).__name__}: {exc}")
             self._close()
             return 3

@@ -182,8 +182,12 @@ class Pipeline:
                 GenNic(vip_targets(self.config), ipv6=o["ipv6"], flows=1)
             if o["flood"] > 0:  # flood mode needs an IPv4 TCP VIP: say so before any process starts
                 GenNic(vip_targets(self.config), flood=o["flood"], flows=1)
-        if self.nic_spec.kind == "pcap" and not os.path.isfile(self.nic_spec.arg):
-            raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: no such file"])
+        if self.nic_spec.kind == "pcap":
+            if not os.path.isfile(self.nic_spec.arg):
+                raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: no such file"])
+            from maglev.nic.pcapfile import PcapReader
+
+            PcapReader(self.nic_spec.arg).close()  # not a capture (empty, bad magic): PacketError, nothing started
         if self.nic_spec.kind in ("afpacket", "afxdp"):
             check_interface(self.nic_spec)  # exists; AF_XDP possible here
         blob = build_tables(self.config)
