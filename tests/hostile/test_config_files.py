@@ -166,3 +166,20 @@ def test_live_reload_of_a_hostile_file_is_refused_whole_or_applied(actor, raw):
         back = _reload(actor, force=True)
         assert back["ok"], back
     assert "Traceback" not in actor.log_text(100_000)
+
+
+def test_check_a_sharded_file_whole_or_one_shard(tmp_path, monkeypatch):
+    from tests.config.test_shards import BASE
+
+    monkeypatch.delenv(config.SHARD_ENV, raising=False)
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(BASE)
+    bad.write_text(BASE.replace('address = "198.18.1.2"', 'address = "nope"'))
+    r = CliRunner().invoke(cli, ["check", str(good)])
+    assert r.exit_code == 0 and r.output == f"{good}: ok: instance edge, 2 VIP(s), 2 backend(s), shards a, b\n"
+    r = CliRunner().invoke(cli, ["check", str(bad)])
+    assert r.exit_code == 2 and r.stderr == "maglev: error: shard[1].vip[0].backend[0].address: 'nope' is not an IP address\n"
+    r = CliRunner().invoke(cli, ["check", str(bad), "--shard", "a", "--json"])  # only a's section, as `run --shard a`
+    assert r.exit_code == 0 and json.loads(r.output)["instance"] == "edge-a"
+    r = CliRunner().invoke(cli, ["check", str(good), "--shard", "zz"])
+    assert r.exit_code == 2 and r.stderr == "maglev: error: shard: no shard named 'zz' (the file has: 'a', 'b')\n"
