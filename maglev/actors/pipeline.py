@@ -113,6 +113,32 @@ def latency_us(hist: list[int], quantiles: tuple[float, ...] = (0.5, 0.99, 0.999
     return out
 
 
+def _check_endpoints(opts: PipelineOptions, config: Any) -> None:
+    """``--control`` and ``--out FILE`` checked before anything starts (ConfigError, exit 2):
+    found by the config manager or the muxer at their setup, they stopped the run only
+    after every process had started, with a traceback in the log for the first."""
+    from maglev.control.endpoints import events_for
+    from maglev.errors import ConfigError
+
+    ctl = opts.control
+    if ctl:
+        if not ctl.startswith(("ipc://", "tcp://")) or ctl in ("ipc://", "tcp://"):
+            raise ConfigError([f"--control {ctl!r}: expected ipc://PATH or tcp://HOST:PORT"])
+        if ctl.startswith("tcp://") and not config.control.events_endpoint:
+            try:
+                events_for(ctl)
+            except ValueError:
+                raise ConfigError([f"--control {ctl!r}: expected tcp://HOST:PORT (the events socket "
+                                   "takes PORT+1), or set [control] events_endpoint"]) from None
+    if opts.out and opts.out not in ("null",) and not opts.out.startswith("afpacket:"):
+        path = opts.out.removeprefix("pcap:")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ConfigError([f"--out {opts.out}: no such folder {folder}"])
+        if os.path.isdir(path):
+            raise ConfigError([f"--out {opts.out}: is a folder, not a capture file"])
+
+
 @dataclass
 class PipelineOptions:
     workers: int = 2
@@ -173,6 +199,7 @@ class Pipeline:
             check_memory(ctc.capacity, ctc.huge_pages, copies=opts.workers)
         self.nic_spec = parse_nic(opts.nic)
         self.out_spec = parse_out(opts.out or None, self.nic_spec)
+        _check_endpoints(opts, self.config)  # before any process starts: one line, not an actor's failure
         if self.nic_spec.kind == "gen":
             from maglev.nic.gen import GenNic, validate_options, vip_targets
 
