@@ -239,10 +239,17 @@ class Pipeline:
             # The run's accepted config, what every actor (re)start reads (never the file
             # on disk, which may be broken or not yet reloaded by then); the config manager
             # replaces it with what it resumes and with every change it accepts.
-            from maglev.control.persist import encode_state, source_id, write_run_config
+            from maglev.control.persist import (
+                RUN_START_CONFIG,
+                atomic_write,
+                encode_state,
+                source_id,
+                write_run_config,
+            )
 
-            write_run_config(self.supervisor.run_dir, encode_state(
-                self.config.to_dict(), source_id(opts.config_path) if opts.config_path else ""))
+            data = encode_state(self.config.to_dict(), source_id(opts.config_path) if opts.config_path else "")
+            atomic_write(os.path.join(self.supervisor.run_dir, RUN_START_CONFIG), data)
+            write_run_config(self.supervisor.run_dir, data)
         except BaseException:
             if getattr(self, "supervisor", None) is not None:
                 self.supervisor.close()

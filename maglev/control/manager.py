@@ -419,6 +419,10 @@ class ConfigManager:
         except BaseException:
             self.health = old_health
             raise
+        if new.conntrack != self.config.conntrack or \
+                new.instance.flow_hash_secret != self.config.instance.flow_hash_secret:
+            log.warning("%s changes [conntrack] or [instance] flow_hash_secret: the running data path keeps "
+                        "the values it started with until maglev run starts again", op)
         self.config = new
         self.counters.changes_applied += 1
         self.emit("config", {"generation": self.generation, "op": op})

@@ -123,6 +123,11 @@ def load_state(path: str | Path) -> tuple[Config, str] | None:
 # with the run; the state file is what outlives it.
 
 RUN_CONFIG = "config.json"
+# The config the run started with (the supervisor's, never rewritten): the settings the
+# data path fixes at start -- the flow hash secret, [conntrack] -- come from it, so a
+# restarted worker or steering matches the ones still running and the tables they hold
+# (see ``start_only``).
+RUN_START_CONFIG = "config-start.json"
 
 
 def run_config_path(run_dir: str | Path) -> Path:
@@ -134,9 +139,22 @@ def write_run_config(run_dir: str | Path, data: bytes) -> None:
     atomic_write(run_config_path(run_dir), data)
 
 
-def load_run_config(run_dir: str | Path | None) -> tuple[Config, str] | None:
-    """(config, source sha256) the run has accepted, or None when the run keeps none (an
-    actor started outside a ``maglev run``).  A file that does not load raises ConfigError."""
+def load_run_config(run_dir: str | Path | None, start: bool = False) -> tuple[Config, str] | None:
+    """(config, source sha256) the run has accepted (``start``: the one it started with), or
+    None when the run keeps none (an actor started outside a ``maglev run``).  A file that
+    does not load raises ConfigError."""
     if not run_dir:
         return None
-    return load_state(run_config_path(run_dir))
+    return load_state(Path(run_dir) / (RUN_START_CONFIG if start else RUN_CONFIG))
+
+
+def start_only(accepted: Config, started: Config) -> Config:
+    """``accepted`` with the settings the data path fixes when the run starts taken from
+    ``started``: ``[instance] flow_hash_secret`` (steering's worker choice and every
+    connection table's hash must agree) and ``[conntrack]`` (the tables are sized and
+    adopted with it).  A change of them is accepted by the config manager but takes effect
+    only when ``maglev run`` starts again (it logs so)."""
+    import dataclasses
+
+    inst = dataclasses.replace(accepted.instance, flow_hash_secret=started.instance.flow_hash_secret)
+    return dataclasses.replace(accepted, instance=inst, conntrack=started.conntrack)

@@ -130,12 +130,27 @@ def test_every_actor_restarts_on_the_accepted_config_while_the_file_is_broken(sh
         rows = c.call("backends", {"vip": VIP})["backends"]
         assert sorted(b["backend"] for b in rows) == ["198.18.1.11", "198.18.1.12", "198.18.1.13"]
 
+        # A reload that changes what the data path fixes at start (flow hash secret,
+        # [conntrack]): accepted, but a restarted worker keeps the run's first values, so
+        # it still adopts its connection table and agrees with steering.
+        fixed = head.replace('flow_hash_secret = "', 'flow_hash_secret = "f' + "0" * 31 + '"\n#')
+        conf.write_text(fixed + "\n[conntrack]\ncapacity = 4096\n" + _vips(["198.18.1.11", "198.18.1.12"]))
+        assert c.call("reload", timeout=30)["changed"] is True
+        n = len(_started(log)["worker-1"])
+        os.kill(_started(log)["worker-1"][-1], signal.SIGKILL)
+        wait_until(lambda: len(_started(log).get("worker-1", [])) > n, 30, "worker-1 restarted")
+        new_pid = _started(log)["worker-1"][-1]
+        wait_until(lambda: f'actor=worker-1 pid={new_pid} msg="connection table adopted"' in log.read_text(), 30,
+                   "the restarted worker adopting its table (the run's own secret and capacity)")
+        wait_until(healthy, 30, "a healthy run after the last kill")
+
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         summary = json.loads(out_f.read_text())
         assert summary["pool"]["ok"], summary["pool"]
         assert summary["restarts"]["worker-0"] == 2 and summary["restarts"]["config"] == 2, summary["restarts"]
-        assert all(summary["restarts"][a] == 1 for a in ("worker-1", "health", "bgp", "steering", "muxer"))
+        assert summary["restarts"]["worker-1"] == 2, summary["restarts"]
+        assert all(summary["restarts"][a] == 1 for a in ("health", "bgp", "steering", "muxer"))
         assert summary["forwarded"] > 0
         text = log.read_text(errors="replace")
         assert "Traceback" not in text, text[-3000:]
