@@ -211,7 +211,8 @@ class Pipeline:
                 GenNic(vip_targets(self.config), flood=o["flood"], flows=1)
         if self.nic_spec.kind == "pcap":
             if not os.path.isfile(self.nic_spec.arg):
-                raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: no such file"])
+                why = "not a regular file" if os.path.exists(self.nic_spec.arg) else "no such file"
+                raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: {why}"])
             from maglev.nic.pcapfile import PcapReader
 
             PcapReader(self.nic_spec.arg).close()  # not a capture (empty, bad magic): PacketError, nothing started
