@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("maglev_cli.bgp", "bgp_speak"),
     ("maglev_cli.doctor", "doctor"),
     ("maglev_cli.conntrack", "conntrack"),
+    ("maglev_cli.check", "check"),
 ]
 
 

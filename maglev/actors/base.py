@@ -140,6 +140,23 @@ class Actor:
         self.bell: Any = None
 
     # ------------------------------------------------------------------ hooks
+
+    def accepted_config(self) -> Any:
+        """The config this run has accepted (``<run dir>/config.json``, written by the
+        supervisor before any actor starts and by the config manager at every accepted
+        change), never the operator's file as it is on disk now: that may be broken, or
+        edited and not yet reloaded, when this actor is restarted.  The settings the data
+        path fixes at start (flow hash secret, ``[conntrack]``) stay the run's first ones
+        (``persist.start_only``).  Outside a ``maglev run`` (no such file) the file named
+        by the ``config`` param."""
+        from maglev.config import load_config
+        from maglev.control.persist import load_run_config, start_only
+
+        run = load_run_config(self.spec.run_dir)
+        if run is None:
+            return load_config(self.params.get("config", ""))
+        started = load_run_config(self.spec.run_dir, start=True)
+        return start_only(run[0], started[0]) if started is not None else run[0]
     def setup(self) -> None:
         """Attach shared memory, open the NIC, ... (runs before the loop)."""
 
@@ -304,7 +321,12 @@ class Actor:
         try:
             self.setup()
         except Exception as exc:
-            log.exception("setup failed")
+            from maglev.errors import MaglevError
+
+            if isinstance(exc, MaglevError):  # bad input, said in one line: no traceback
+                log.error("setup failed: %s", exc)
+            else:
+                log.exception("setup failed")
             self.send("fatal", error=f"{type(exc).__name__}: {exc}")
             self._close()
             return 3

@@ -54,10 +54,15 @@ from maglev.config import Bgp, Config, load
 log = logging.getLogger("maglev.bgp")
 
 
-def bgp_config(params: dict[str, Any]) -> Bgp:
-    """The ``[bgp]`` section named by the actor params (raises ConfigError when invalid)."""
+def bgp_config(params: dict[str, Any], run_dir: str = "") -> Bgp:
+    """The ``[bgp]`` section named by the actor params (raises ConfigError when invalid).
+    Inside a ``maglev run`` a ``config_file`` is read as the run accepted it (``run_dir``'s
+    config.json), never as it is on disk now (broken, or edited and not yet reloaded)."""
     if params.get("config_file"):
-        return load(params["config_file"]).bgp
+        from maglev.control.persist import load_run_config
+
+        run = load_run_config(run_dir)
+        return run[0].bgp if run is not None else load(params["config_file"]).bgp
     return Config.from_dict({"bgp": params.get("bgp", {})}).bgp
 
 
@@ -75,7 +80,7 @@ class BgpSpeakerActor(Actor):
         self._old_signals: dict[int, Any] = {}
 
     def setup(self) -> None:
-        cfg = bgp_config(self.params)
+        cfg = bgp_config(self.params, self.spec.run_dir)
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self._wake = asyncio.Event()

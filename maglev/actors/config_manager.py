@@ -86,6 +86,8 @@ class ConfigManagerActor(Actor):
             state_path=state,
             emit=self._emit,
             confirm_timeout=float(p.get("confirm_timeout", 2.0)),
+            run_dir=self.spec.run_dir,
+            restart=self.spec.incarnation > 0,
         )
         self.manager.backend_packets = self._backend_packets  # `ctl apply --dry-run` weights
         self.manager.flow_census = self._flow_census  # `ctl apply --dry-run`: exact flows

@@ -113,6 +113,32 @@ def latency_us(hist: list[int], quantiles: tuple[float, ...] = (0.5, 0.99, 0.999
     return out
 
 
+def _check_endpoints(opts: PipelineOptions, config: Any) -> None:
+    """``--control`` and ``--out FILE`` checked before anything starts (ConfigError, exit 2):
+    found by the config manager or the muxer at their setup, they stopped the run only
+    after every process had started, with a traceback in the log for the first."""
+    from maglev.control.endpoints import events_for
+    from maglev.errors import ConfigError
+
+    ctl = opts.control
+    if ctl:
+        if not ctl.startswith(("ipc://", "tcp://")) or ctl in ("ipc://", "tcp://"):
+            raise ConfigError([f"--control {ctl!r}: expected ipc://PATH or tcp://HOST:PORT"])
+        if ctl.startswith("tcp://") and not config.control.events_endpoint:
+            try:
+                events_for(ctl)
+            except ValueError:
+                raise ConfigError([f"--control {ctl!r}: expected tcp://HOST:PORT (the events socket "
+                                   "takes PORT+1), or set [control] events_endpoint"]) from None
+    if opts.out and opts.out not in ("null",) and not opts.out.startswith("afpacket:"):
+        path = opts.out.removeprefix("pcap:")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ConfigError([f"--out {opts.out}: no such folder {folder}"])
+        if os.path.isdir(path):
+            raise ConfigError([f"--out {opts.out}: is a folder, not a capture file"])
+
+
 @dataclass
 class PipelineOptions:
     workers: int = 2
@@ -173,6 +199,7 @@ class Pipeline:
             check_memory(ctc.capacity, ctc.huge_pages, copies=opts.workers)
         self.nic_spec = parse_nic(opts.nic)
         self.out_spec = parse_out(opts.out or None, self.nic_spec)
+        _check_endpoints(opts, self.config)  # before any process starts: one line, not an actor's failure
         if self.nic_spec.kind == "gen":
             from maglev.nic.gen import GenNic, validate_options, vip_targets
 
@@ -182,8 +209,13 @@ class Pipeline:
                 GenNic(vip_targets(self.config), ipv6=o["ipv6"], flows=1)
             if o["flood"] > 0:  # flood mode needs an IPv4 TCP VIP: say so before any process starts
                 GenNic(vip_targets(self.config), flood=o["flood"], flows=1)
-        if self.nic_spec.kind == "pcap" and not os.path.isfile(self.nic_spec.arg):
-            raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: no such file"])
+        if self.nic_spec.kind == "pcap":
+            if not os.path.isfile(self.nic_spec.arg):
+                why = "not a regular file" if os.path.exists(self.nic_spec.arg) else "no such file"
+                raise ConfigError([f"--nic pcap:{self.nic_spec.arg}: {why}"])
+            from maglev.nic.pcapfile import PcapReader
+
+            PcapReader(self.nic_spec.arg).close()  # not a capture (empty, bad magic): PacketError, nothing started
         if self.nic_spec.kind in ("afpacket", "afxdp"):
             check_interface(self.nic_spec)  # exists; AF_XDP possible here
         blob = build_tables(self.config)
@@ -205,7 +237,23 @@ class Pipeline:
                 wake=self._wake,
                 region=self.region_name,
             )
+            # The run's accepted config, what every actor (re)start reads (never the file
+            # on disk, which may be broken or not yet reloaded by then); the config manager
+            # replaces it with what it resumes and with every change it accepts.
+            from maglev.control.persist import (
+                RUN_START_CONFIG,
+                atomic_write,
+                encode_state,
+                source_id,
+                write_run_config,
+            )
+
+            data = encode_state(self.config.to_dict(), source_id(opts.config_path) if opts.config_path else "")
+            atomic_write(os.path.join(self.supervisor.run_dir, RUN_START_CONFIG), data)
+            write_run_config(self.supervisor.run_dir, data)
         except BaseException:
+            if getattr(self, "supervisor", None) is not None:
+                self.supervisor.close()
             self.region.close()
             self.region.unlink()
             raise

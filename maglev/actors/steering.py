@@ -52,7 +52,6 @@ import time
 from typing import Any
 
 from maglev.actors.base import Actor
-from maglev.config import load_config
 from maglev.native import check, ffi, lib
 from maglev.nic import open_rx, parse_nic
 from maglev.rings import SS_NIC_DROPS, Region
@@ -133,7 +132,7 @@ class Steering(Actor):
         self.base = self.region.base
         self.pool = self.region.pool_ptr
         self.slot = SLOT_STEERING
-        cfg = load_config(p.get("config", ""))
+        cfg = self.accepted_config()
         k0, k1 = cfg.flow_hash_key
         self.st = ffi.new("struct mg_steer *")
         check(lib.mg_steer_init(self.st, self.base, self.slot, k0, k1), "steering init")

@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 from maglev.actors.base import Actor
-from maglev.config import load_config
 from maglev.native import check, ffi, lib
 from maglev.rings import Region, worker_counters
 
@@ -40,7 +39,7 @@ class Worker(Actor):
         self.index = int(p["index"])
         self.region = Region.attach(p["region"])
         self.base = self.region.base
-        cfg = load_config(p.get("config", ""))
+        cfg = self.accepted_config()
         k0, k1 = cfg.flow_hash_key
         self.burst = int(p.get("burst", 256))
         # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).

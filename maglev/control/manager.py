@@ -144,8 +144,12 @@ class ConfigManager:
         emit: Emit | None = None,
         build_tables: Callable[..., bytes] | None = None,
         confirm_timeout: float = 2.0,
+        run_dir: str | Path | None = None,
     ):
         self.config = config
+        # The run folder whose config.json every actor (re)start reads (persist.py, "the
+        # run's config"): rewritten with every accepted config.  None outside a run.
+        self.run_dir = Path(run_dir) if run_dir else None
         self.publisher = publisher
         self.source_path = Path(source_path) if source_path else None
         self.state_path = Path(state_path) if state_path else None
@@ -187,16 +191,30 @@ class ConfigManager:
         *,
         source_path: str | Path | None,
         state_path: str | Path | None,
+        restart: bool = False,
         **kw: Any,
     ) -> ConfigManager:
         """Load the config to start from and publish its tables.
 
         The state file (the last accepted config) wins while the source file is the one it
-        descends from; an edited source file wins over the state file."""
+        descends from; an edited source file wins over the state file.  A ``restart``
+        inside a run (the config manager was killed, ``run_dir`` given) resumes the run's
+        accepted config whatever the files say: the operator's file may be broken or
+        edited and not yet reloaded, and neither may take effect without a reload."""
         src_sha = persist.source_id(source_path) if source_path else ""
         config: Config | None = None
         resumed = False
-        if state_path:
+        run = None
+        if restart:
+            try:
+                run = persist.load_run_config(kw.get("run_dir"))
+            except ConfigError as exc:  # never written torn (atomic); say so and go on as at start
+                log.error("the run's accepted config is not usable (%s); starting as a new run would",
+                          "; ".join(exc.problems))
+        if run is not None:
+            config, src_sha = run  # the hash of the file the run accepted: a reload compares with it
+            resumed = True
+        elif state_path:
             try:
                 state = persist.load_state(state_path)
             except ConfigError as exc:
@@ -221,8 +239,9 @@ class ConfigManager:
             config = cfg.load(source_path) if source_path else Config()
         mgr = cls(config, publisher, source_path=source_path, state_path=state_path, source_sha256=src_sha, **kw)
         mgr.resumed = resumed
-        if state_path and not resumed:
+        if state_path and (not resumed or run is not None):
             persist.save_state(state_path, config, src_sha)
+        mgr._save_run_config(persist.encode_state(mgr.plain(config), src_sha))
         mgr._publish_initial()
         return mgr
 
@@ -299,8 +318,9 @@ class ConfigManager:
         # The state file's write + fsync (milliseconds on a disk) overlaps publication; the
         # reply waits for both.  fsync releases the GIL, so this is real overlap.
         writer = None
-        if persist_state and self.state_path:
-            writer = _Writer(self.state_path, persist.encode_state(self.plain(new), self.source_sha256))
+        if persist_state and (self.state_path or self.run_dir):
+            targets = [t for t in (self.state_path, self.run_dir and persist.run_config_path(self.run_dir)) if t]
+            writer = _Writer(targets, persist.encode_state(self.plain(new), self.source_sha256))
         with _span("config.publish", op=op) as pub_span:  # workers' switch spans are its children
             try:
                 gen = self.publisher.publish(blob)
@@ -355,11 +375,18 @@ class ConfigManager:
         return d
 
     def _restore_state(self) -> None:
-        assert self.state_path is not None
-        try:
-            persist.atomic_write(self.state_path, persist.encode_state(ops.plain(self.config), self.source_sha256))
-        except OSError:
-            log.exception("could not restore %s", self.state_path)
+        data = persist.encode_state(ops.plain(self.config), self.source_sha256)
+        for path in (self.state_path, self.run_dir and persist.run_config_path(self.run_dir)):
+            if not path:
+                continue
+            try:
+                persist.atomic_write(path, data)
+            except OSError:
+                log.exception("could not restore %s", path)
+
+    def _save_run_config(self, data: bytes) -> None:
+        if self.run_dir is not None:
+            persist.write_run_config(self.run_dir, data)
 
     def _republish_previous(self) -> None:
         try:
@@ -392,6 +419,10 @@ class ConfigManager:
         except BaseException:
             self.health = old_health
             raise
+        if new.conntrack != self.config.conntrack or \
+                new.instance.flow_hash_secret != self.config.instance.flow_hash_secret:
+            log.warning("%s changes [conntrack] or [instance] flow_hash_secret: the running data path keeps "
+                        "the values it started with until maglev run starts again", op)
         self.config = new
         self.counters.changes_applied += 1
         self.emit("config", {"generation": self.generation, "op": op})
@@ -679,7 +710,9 @@ class ConfigManager:
             # Same config, edited file (comments...): record the new source hash.
             try:
                 persist.save_state(self.state_path, self.config, self.source_sha256)
+                self._save_run_config(persist.encode_state(self.plain(self.config), self.source_sha256))
             except OSError as exc:
+                self.source_sha256 = old_sha
                 raise ProtocolError(PERSIST_FAILED, f"cannot write {self.state_path}: {exc}") from None
         return result
 
@@ -699,16 +732,18 @@ def _span_event(name: str, attrs: dict[str, Any]) -> None:
 
 
 class _Writer:
-    """Writes the state file on a thread; ``join()`` returns the OSError, if any."""
+    """Writes the state file (and the run's config) on a thread; ``join()`` returns the
+    OSError, if any."""
 
-    def __init__(self, path: Path, data: bytes):
+    def __init__(self, paths: list[Path], data: bytes):
         self.error: OSError | None = None
-        self._t = threading.Thread(target=self._run, args=(path, data), name="maglev-persist", daemon=True)
+        self._t = threading.Thread(target=self._run, args=(paths, data), name="maglev-persist", daemon=True)
         self._t.start()
 
-    def _run(self, path: Path, data: bytes) -> None:
+    def _run(self, paths: list[Path], data: bytes) -> None:
         try:
-            persist.atomic_write(path, data)
+            for path in paths:
+                persist.atomic_write(path, data)
         except OSError as exc:
             self.error = exc
 

@@ -109,3 +109,52 @@ def load_state(path: str | Path) -> tuple[Config, str] | None:
         raise ConfigError([f"{p}: not a maglev state file (format {STATE_FORMAT!r} expected)"])
     src = doc.get("source_sha256", "")
     return Config.from_dict(doc.get("config")), src if isinstance(src, str) else ""
+
+
+# ---------------------------------------------------------------------- the run's config
+#
+# The configuration a *run* has accepted, as a file in its private run folder: what every
+# actor (re)start reads instead of the operator's config file.  The supervisor writes it
+# before any actor starts (the file it validated), the config manager rewrites it with the
+# config it resumed or loaded at start and after every accepted change (the same bytes as
+# the state file, in the same format).  So an actor killed while the file on disk is broken,
+# or edited and not yet reloaded, comes back on the config the run serves, never on one it
+# refused or has not seen (tests/hostile/test_accepted_config.py).  The run folder dies
+# with the run; the state file is what outlives it.
+
+RUN_CONFIG = "config.json"
+# The config the run started with (the supervisor's, never rewritten): the settings the
+# data path fixes at start -- the flow hash secret, [conntrack] -- come from it, so a
+# restarted worker or steering matches the ones still running and the tables they hold
+# (see ``start_only``).
+RUN_START_CONFIG = "config-start.json"
+
+
+def run_config_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / RUN_CONFIG
+
+
+def write_run_config(run_dir: str | Path, data: bytes) -> None:
+    """Replace the run's accepted config with ``data`` (``encode_state`` bytes)."""
+    atomic_write(run_config_path(run_dir), data)
+
+
+def load_run_config(run_dir: str | Path | None, start: bool = False) -> tuple[Config, str] | None:
+    """(config, source sha256) the run has accepted (``start``: the one it started with), or
+    None when the run keeps none (an actor started outside a ``maglev run``).  A file that
+    does not load raises ConfigError."""
+    if not run_dir:
+        return None
+    return load_state(Path(run_dir) / (RUN_START_CONFIG if start else RUN_CONFIG))
+
+
+def start_only(accepted: Config, started: Config) -> Config:
+    """``accepted`` with the settings the data path fixes when the run starts taken from
+    ``started``: ``[instance] flow_hash_secret`` (steering's worker choice and every
+    connection table's hash must agree) and ``[conntrack]`` (the tables are sized and
+    adopted with it).  A change of them is accepted by the config manager but takes effect
+    only when ``maglev run`` starts again (it logs so)."""
+    import dataclasses
+
+    inst = dataclasses.replace(accepted.instance, flow_hash_secret=started.instance.flow_hash_secret)
+    return dataclasses.replace(accepted, instance=inst, conntrack=started.conntrack)

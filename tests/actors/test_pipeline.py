@@ -220,6 +220,10 @@ def test_eight_idle_workers_use_almost_no_cpu():
         (["--nic", "gen:flows=-1"], "flows=-1 is out of range"),
         (["--cpus", "4096"], "not available here"),
         (["--config", "/nonexistent.toml"], "cannot read"),
+        # found by the config manager / the muxer after every process had started (2026-12-07)
+        (["--control", "tcp://"], "--control 'tcp://': expected ipc://PATH or tcp://HOST:PORT"),
+        (["--control", "tcp://127.0.0.1"], "expected tcp://HOST:PORT (the events socket takes PORT+1)"),
+        (["--out", "/nonexistent-maglev-dir/x.pcap"], "--out /nonexistent-maglev-dir/x.pcap: no such folder"),
     ],
 )
 def test_bad_arguments_are_one_clear_line_and_leave_nothing(args, message, tmp_path):

@@ -1,0 +1,128 @@
+"""kill -9 of every actor under load: established flows keep their backend.
+
+A real ``maglev run`` with the generator NIC (a fixed set of 300 TCP flows, two packet
+workers, the control plane).  Once every flow has its connection-table entry, a third
+backend is added: Maglev's table now gives it about a third of all slots, so any flow that
+lost its entry would move there.  Then steering, the muxer, each packet worker, the config
+manager and the health prober are killed with -9 in turn, under load.  The new backend must
+get no packet at all (every established flow kept its backend: the workers' replacements
+adopt their tables, the other actors hold no flow state), the old ones keep forwarding,
+every actor is replaced once and the frame pool is whole at the end.
+
+Known hole (2026-12-07, ``test_..._while_its_ring_overflows``, xfail): while a worker is
+dead its rx ring fills (at 20 kpps a 2048-slot ring in ~0.1 s, before the replacement is
+up), and steering's fallback then places that worker's packets on another worker, which
+has no entry for those flows and picks by the *new* Maglev table: about a third of the dead
+worker's flows go to the new backend until the replacement is back.  The first test uses
+rings deep enough (16384 slots at 5 kpps: ~3 s) that the replacement is back first."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from maglev.control.client import ControlClient
+from maglev.rings.conntrack_shm import remove_recorded
+from maglev.testing.wait import wait_until
+from tests.hostile.test_accepted_config import _started
+
+pytestmark = pytest.mark.slow
+
+VIP = "203.0.113.10:80/tcp"
+CONF = """
+[instance]
+name = "{name}"
+source_ipv4 = "198.18.0.1"
+flow_hash_secret = "{secret}"
+
+[[vip]]
+address = "203.0.113.10"
+port = 80
+[[vip.backend]]
+address = "198.18.1.11"
+[[vip.backend]]
+address = "198.18.1.12"
+"""
+VICTIMS = ("steering", "muxer", "worker-0", "worker-1", "config", "health")
+
+
+def test_kill_9_of_every_actor_under_load_keeps_every_flow_on_its_backend(shortdir):
+    assert kill_in_turn(shortdir, VICTIMS, rate=5000, ring_size=16384) == {}
+
+
+@pytest.mark.xfail(strict=False, reason="steering's fallback sends a dead worker's flows to a worker without "
+                   "their entries (mg_steer.c) when the ring overflows before the replacement is up: a race, "
+                   "hence not strict; see the module docstring")
+def test_a_worker_killed_keeps_its_flows_on_their_backend_while_its_ring_overflows(shortdir):
+    assert kill_in_turn(shortdir, ("worker-0",), rate=20000, ring_size=2048) == {}
+
+
+def kill_in_turn(shortdir, victims, rate: int, ring_size: int) -> dict[str, int]:
+    """Kill ``victims`` in turn after a backend was added; the packets the new backend
+    got after each kill, by actor (empty: none ever)."""
+    name = f"kf{secrets.token_hex(3)}"
+    conf = shortdir / "maglev.toml"
+    conf.write_text(CONF.format(name=name, secret=secrets.token_hex(16)))
+    control = f"ipc://{shortdir}/ctl.sock"
+    env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run")}
+    out_f, log = shortdir / "out.json", shortdir / "run.log"
+    with open(out_f, "w") as out, open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--config", str(conf),
+             "--workers", "2", "--control", control, "--json", "-v", "--ring-size", str(ring_size),
+             "--nic", f"gen:seconds=120,flows=300,rate={rate},ipv6=0"],
+            stdout=out, stderr=err, env=env, start_new_session=True)  # fmt: skip
+    try:
+        wait_until(lambda: (shortdir / "ctl.sock").exists() or proc.poll() is not None, 60, "the control socket")
+        with ControlClient(control, timeout=10) as c:
+            def packets() -> dict[str, int]:
+                return {b["backend"]: b["packets"] for b in c.call("backends", {"vip": VIP})["backends"]}
+
+            def forwarded() -> int:
+                return c.call("stats")["totals"]["forwarded"]
+
+            wait_until(lambda: forwarded() > 30_000, 60, "every flow seen many times")  # 300 flows, ~100 packets each
+            r = c.call("add-backend", {"vip": VIP, "backend": {"address": "198.18.1.13"}})
+            assert r["changed"] and r["confirmed"], r
+            rows = {b["backend"]: b for b in c.call("backends", {"vip": VIP})["backends"]}
+            assert rows["198.18.1.13"]["entries"] > 20_000  # ~1/3 of 65537 slots: new flows would go there
+            descendants = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+            moved: dict[str, int] = {}
+            for actor in victims:
+                before = _started(log)[actor]
+                n, pid = len(before), before[-1]
+                assert pid in descendants or pid in {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+                os.kill(pid, signal.SIGKILL)
+                wait_until(lambda a=actor, n=n: len(_started(log).get(a, [])) > n, 30, f"{actor} restarted")
+
+                def moving(a: str = actor) -> int:
+                    try:
+                        return forwarded()
+                    except Exception:  # the config manager itself is starting again
+                        return 0
+
+                n0 = wait_until(moving, 30, f"stats after {actor} was killed")
+                wait_until(lambda n0=n0: moving() > n0 + rate, 30, f"traffic flowing after {actor} was killed")
+                if packets()["198.18.1.13"]:
+                    moved[actor] = packets()["198.18.1.13"]
+                assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        s = json.loads(out_f.read_text())
+        assert s["pool"]["ok"], s["pool"]
+        assert all(s["restarts"][a] == 1 for a in victims), s["restarts"]
+        assert s["packets_in"] == s["forwarded"] + sum(s["dropped"].values()), s
+        assert "Traceback" not in log.read_text(errors="replace")
+        return moved
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        remove_recorded(str(shortdir / "state"))
