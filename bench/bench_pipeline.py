@@ -67,6 +67,8 @@ def bench_config(folder: str) -> str:
 
 def new_pipeline(opts: PipelineOptions) -> Pipeline:
     opts.config_path = BENCH["config"]
+    if BENCH.get("steer_cost") is not None:
+        opts.steer_cost = float(BENCH["steer_cost"])
     return Pipeline(opts)
 
 
@@ -254,7 +256,10 @@ def main() -> int:
     ap.add_argument("--latency-rate", type=float, default=10000.0,
                     help="packets/s of the paced latency run per round (0 = skip it)")
     ap.add_argument("--latency-seconds", type=float, default=2.0)
+    ap.add_argument("--steer-cost", type=float, default=None,
+                    help="weights of the flow -> worker map (PipelineOptions.steer_cost; 0 = equal shares)")
     a = ap.parse_args()
+    BENCH["steer_cost"] = a.steer_cost
     ws = [int(x) for x in a.workers.split(",")]
     rows = []
     stage_ns = stages() if a.stages else None

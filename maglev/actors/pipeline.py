@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from maglev.actors.dispatch import STEER_COST, dispatch_map
 from maglev.actors.extra import EXTRA_ACTORS
 from maglev.actors.leftovers import remove_dead_runs
 from maglev.actors.supervisor import ActorDef, Supervisor
@@ -133,6 +134,9 @@ class PipelineOptions:
     # The muxer records each packet's receive-to-transmit latency (null sink only; a cache
     # miss per frame, for benchmarks): muxer stats words MG_MS_LAT0.., see latency_us().
     latency: bool = False
+    # Steering + muxer CPU per packet relative to a worker's (maglev/actors/dispatch.py):
+    # weights the flow -> worker map so every core carries the same load; 0 = equal shares.
+    steer_cost: float = STEER_COST
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -151,6 +155,11 @@ class Pipeline:
         self.config = load_config(opts.config_path)
         from maglev.datapath.ctmem import check_memory
 
+        self.cpus = parse_cpus(opts.cpus)
+        if opts.steer_cost < 0:
+            raise ConfigError([f"steer_cost: {opts.steer_cost} must be >= 0"])
+        # steering's flow -> worker map: fixed for the run, recorded in every table it makes
+        self.dispatch = dispatch_map(opts.workers, plan_cpus(opts.workers, self.cpus), opts.steer_cost)
         ctc = self.config.conntrack  # every worker's table must fit: a clear error, nothing started
         if ctc.shared:  # tables in /dev/shm: the ones adopted from the previous run are paid for
             from maglev.control.endpoints import state_dir
@@ -158,7 +167,7 @@ class Pipeline:
 
             inst = self.config.instance.name
             adopt, line = plan_run(inst, str(state_dir(inst)), opts.config_path, ctc.capacity,
-                                   self.config.flow_hash_key, opts.workers)
+                                   self.config.flow_hash_key, opts.workers, self.dispatch.fp)
             if adopt < opts.workers:
                 check_memory(ctc.capacity, "off", copies=opts.workers - adopt)
                 from maglev.rings.conntrack_shm import check_shm_space
@@ -187,7 +196,6 @@ class Pipeline:
         if self.nic_spec.kind in ("afpacket", "afxdp"):
             check_interface(self.nic_spec)  # exists; AF_XDP possible here
         blob = build_tables(self.config)
-        self.cpus = parse_cpus(opts.cpus)
         remove_dead_runs()  # run folders and regions of runs proven dead (maglev/actors/leftovers.py)
         n_frames = opts.n_frames or max(4096, (opts.workers + 2) * opts.ring_size)
         self.region_name = f"{self.config.instance.name}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -227,14 +235,15 @@ class Pipeline:
                 "steering",
                 "maglev.actors.steering:Steering",
                 {**common, "nic": str(self.nic_spec) if self.nic_spec.kind == "gen" else o.nic, "seed": o.seed,
-                 **spin("steering")},
+                 "reta": list(self.dispatch.reta or b""), **spin("steering")},
                 cpus=plan["steering"],
                 stop_group=0,
             )
         ]
         for i in range(o.workers):
             defs.append(
-                ActorDef(f"worker-{i}", "maglev.actors.worker:Worker", {**common, "index": i, **spin(f"worker-{i}")},
+                ActorDef(f"worker-{i}", "maglev.actors.worker:Worker", {**common, "index": i, "map_fp": self.dispatch.fp,
+                                                                        **spin(f"worker-{i}")},
                          cpus=plan[f"worker-{i}"], stop_group=1)
             )
         defs.append(

@@ -395,6 +395,19 @@ int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
     return steer_hash(pkt, len, k0, k1, n_workers, hash, flags, &plain, &p, &prc);
 }
 
+int mg_steer_set_reta(struct mg_steer *s, const uint8_t *reta, uint32_t n)
+{
+    if (!s || (n && (n != MG_STEER_RETA || !reta)))
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++)
+        if (reta[i] >= s->n_workers)
+            return -EINVAL;
+    if (n)
+        memcpy(s->reta, reta, MG_STEER_RETA);
+    s->reta_on = n != 0;
+    return 0;
+}
+
 int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh)
 {
     if (!s)
@@ -471,7 +484,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
                 w = s->rr++ % s->n_workers;
                 unparsed++;
             } else {
-                w = (uint32_t)r;
+                w = s->reta_on ? s->reta[h >> 56] : (uint32_t)r;
                 frags += (fl & MG_FRAME_F_FRAGMENT) != 0;
             }
             if (MG_UNLIKELY(s->shed && s->shed->on) && shed_one(s, w, prc, &parsed)) {
