@@ -30,6 +30,14 @@ RETA_SIZE = 256  # MG_STEER_RETA: the top 8 bits of the flow hash pick a slot
 # steering ~105 ns incl. the generator + muxer ~25 vs. a worker's ~185 ns per packet it
 # handles -> 0.7.  0 = equal shares.
 STEER_COST = 0.7
+# What `maglev run` uses: weights OFF (the plain map) for now.  With a weighted map the big
+# worker's ring is the one that fills whenever its CPU is taken (by the run's own
+# saturation or by other jobs), and the fallback rule (a full ring -> the worker with the
+# most room, if half free) then sprays its flows onto the small worker: 25-29% fallback
+# against 10-12% with equal shares on the loaded 2-vCPU machine (2026-12-07), and
+# tests/actors/test_flood_run.py saw established flows move.  Weighting needs a fallback
+# that tells "slower by design" from "stuck" first (docs/actors.md).
+DEFAULT_STEER_COST = 0.0
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,8 @@ def dispatch_map(n_workers: int, plan: dict[str, list[int]], steer_cost: float =
     return DispatchMap(n_workers, reta, tuple(w))
 
 
-def default_map(n_workers: int, cpus_text: str = "") -> DispatchMap:
+def default_map(n_workers: int, cpus_text: str = "", steer_cost: float = DEFAULT_STEER_COST) -> DispatchMap:
     """The map ``maglev run --workers n_workers [--cpus cpus_text]`` uses on this machine."""
     from maglev.actors.pipeline import parse_cpus, plan_cpus
 
-    return dispatch_map(n_workers, plan_cpus(n_workers, parse_cpus(cpus_text)))
+    return dispatch_map(n_workers, plan_cpus(n_workers, parse_cpus(cpus_text)), steer_cost)

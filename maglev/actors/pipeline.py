@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from maglev.actors.dispatch import STEER_COST, dispatch_map
+from maglev.actors.dispatch import DEFAULT_STEER_COST, dispatch_map
 from maglev.actors.extra import EXTRA_ACTORS
 from maglev.actors.leftovers import remove_dead_runs
 from maglev.actors.supervisor import ActorDef, Supervisor
@@ -135,8 +135,9 @@ class PipelineOptions:
     # miss per frame, for benchmarks): muxer stats words MG_MS_LAT0.., see latency_us().
     latency: bool = False
     # Steering + muxer CPU per packet relative to a worker's (maglev/actors/dispatch.py):
-    # weights the flow -> worker map so every core carries the same load; 0 = equal shares.
-    steer_cost: float = STEER_COST
+    # weights the flow -> worker map so every core carries the same load (dispatch.STEER_COST
+    # = 0.7 measured); 0 = equal shares, the default until fallback tells slow from stuck.
+    steer_cost: float = DEFAULT_STEER_COST
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -224,13 +224,20 @@ static int take(struct mg_steer *s, void *base, uint32_t n, int hot)
     uint32_t cnt;
     uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
     uint8_t *pool = mg_region_pool(base);
-    /* The metadata lines were last written on a worker's core: ask for them (for writing)
-     * a few frames ahead, so the misses overlap instead of coming one by one. */
-    for (uint32_t j = 0; j < cnt && j < 8; j++)
-        __builtin_prefetch(mg_frame_meta(pool, (uint32_t)descs[j]), 1, 3);
+    /* The metadata and first packet lines were last written on a worker's core (the
+     * worker judges and encapsulates in place): ask for them (for writing) a few frames
+     * ahead, so the misses overlap instead of coming one by one when the NIC fills them. */
+    for (uint32_t j = 0; j < cnt && j < 8; j++) {
+        uint8_t *f = pool + (size_t)(uint32_t)descs[j] * MG_FRAME_SIZE;
+        MG_PREFETCH_W(f);
+        MG_PREFETCH_W(f + MG_FRAME_META_SIZE + MG_FRAME_HEADROOM);
+    }
     for (uint32_t j = 0; j < cnt; j++) {
-        if (j + 8 < cnt)
-            __builtin_prefetch(mg_frame_meta(pool, (uint32_t)descs[j + 8]), 1, 3);
+        if (j + 8 < cnt) {
+            uint8_t *f = pool + (size_t)(uint32_t)descs[j + 8] * MG_FRAME_SIZE;
+            MG_PREFETCH_W(f);
+            MG_PREFETCH_W(f + MG_FRAME_META_SIZE + MG_FRAME_HEADROOM);
+        }
         mg_frame_meta(pool, (uint32_t)descs[j])->len = MG_FRAME_LEN_EMPTY;
     }
     __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_MARKED, __ATOMIC_RELEASE);
