@@ -144,3 +144,67 @@ def test_a_run_with_another_map_does_not_adopt_the_tables_and_says_why():
                 assert adopted or "another flow -> worker map" in why
     finally:
         cs.remove_segments(inst)
+
+
+@pytest.fixture
+def small_region():
+    name = f"test-dispatch-{secrets.token_hex(4)}"
+    r = Region.create(name, 2, 1024, 64, 1 << 20)
+    try:
+        yield r
+    finally:
+        r.close()
+        r.unlink()
+
+
+def test_with_a_weighted_map_a_full_ring_that_is_consumed_holds_its_flows_back(small_region):
+    """The big worker's full ring is normal with a weighted map: its packets wait in the
+    hand while the worker keeps consuming, and fall back only once it stopped consuming
+    for the stuck time (set here: 10 s, then 0 = any look without progress is stuck)."""
+    region = small_region
+    st = ffi.new("struct mg_steer *")
+    check(lib.mg_steer_init(st, region.base, SLOT_STEERING, K0, K1), "init")
+    assert lib.MG_STEER_STUCK_NS == 1_000_000  # 1 ms: a healthy worker's burst is ~50 us
+    gen = GenNic(VIPS[:1], flows=1, ipv6=0, seed=3)  # one flow
+    cnt = ffi.new("uint32_t *")
+
+    def receive(n: int, fresh: int = 1) -> int:
+        check(lib.mg_steer_reclaim(st, region.base), "reclaim")
+        got = check(lib.mg_steer_take(st, region.base, n), "take")
+        descs = lib.mg_hand_descs(region.base, SLOT_STEERING, cnt)
+        return check(lib.mg_steer_dispatch(st, region.base, gen.rx_burst(region.pool_ptr, descs, got), fresh),
+                     "dispatch")
+
+    # the flow's slot -> worker 0, one other slot -> worker 1 (a weighted map)
+    h, fl = ffi.new("uint64_t *"), ffi.new("uint16_t *")
+    probe = gen.rx_burst(region.pool_ptr, ffi.new("uint64_t[]", [0]), 1)
+    assert probe == 1
+    m = ffi.cast("struct mg_frame_meta *", region.pool_ptr)
+    pkt = bytes(ffi.buffer(region.pool_ptr + lib.MG_FRAME_META_SIZE + m.data_off, m.len))
+    assert lib.mg_steer_hash(pkt, len(pkt), K0, K1, 2, h, fl) >= 0
+    slot = int(h[0]) >> 56
+    reta = bytearray(RETA_SIZE)
+    reta[(slot + 1) % RETA_SIZE] = 1
+    check(lib.mg_steer_set_reta(st, bytes(reta), RETA_SIZE), "reta")
+    assert receive(64) == 0 and region.rx(0).count() == 64
+    stats = region.stats(SLOT_STEERING)
+    out = ffi.new("uint64_t[]", 64)
+    assert region.rx(0).dequeue(out, 4) == 4  # the worker takes 4: progress
+    # 4 fit; the ring is full again, its worker alive (it consumed since the last look):
+    # the other 4 wait in the hand, no fallback although worker 1's ring is empty
+    kept = receive(8)
+    assert kept == 4 and region.rx(0).count() == 64
+    assert stats[lib.MG_SS_FALLBACK] == 0 and region.rx(1).count() == 0
+    assert stats[lib.MG_SS_BACKPRESSURE] == 1
+    # it moved since the last look: 1 fits, the rest waits (a stuck time no preemption of
+    # this test reaches)
+    check(lib.mg_steer_set_stuck_ns(st, 10**10), "stuck")
+    assert region.rx(0).dequeue(out + 4, 1) == 1
+    kept = check(lib.mg_steer_dispatch(st, region.base, kept, 0), "retry")
+    assert kept == 3 and stats[lib.MG_SS_FALLBACK] == 0
+    # no progress since that look and a stuck time of 0: stuck, the rest falls back
+    check(lib.mg_steer_set_stuck_ns(st, 0), "stuck")
+    kept = check(lib.mg_steer_dispatch(st, region.base, kept, 0), "retry")
+    assert kept == 0 and region.rx(1).count() == 3 and stats[lib.MG_SS_FALLBACK] == 3
+    report = region.account(held={"test": [int(d) for d in ffi.unpack(out, 5)]})
+    assert report.ok, str(report)

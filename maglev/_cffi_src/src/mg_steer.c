@@ -36,6 +36,7 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
             return -EINVAL;
     }
     s->fallback_min = h->ring_size / 2 ? h->ring_size / 2 : 1;
+    s->stuck_ns = MG_STEER_STUCK_NS;
     s->ring_size = h->ring_size;
     s->stats = mg_region_stats(base, slot);
     return s->stats ? 0 : -EINVAL;
@@ -415,6 +416,38 @@ int mg_steer_set_reta(struct mg_steer *s, const uint8_t *reta, uint32_t n)
     return 0;
 }
 
+int mg_steer_set_stuck_ns(struct mg_steer *s, uint64_t ns)
+{
+    if (!s)
+        return -EINVAL;
+    s->stuck_ns = ns;
+    return 0;
+}
+
+static uint64_t now_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Weighted map: may worker w's packets fall back (its rx ring is full)?  Only when the
+ * worker has not consumed from it for stuck_ns: a worker that keeps consuming is slower
+ * by design (its share), and spraying its flows would reorder them for nothing. */
+static int ring_stuck(struct mg_steer *s, void *base, uint32_t w, uint64_t *now)
+{
+    const struct mg_ring *r = mg_region_ring_by_id(base, s->rx_id[w]);
+    uint32_t cons = __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE);
+    if (!*now)
+        *now = now_mono_ns();
+    if (cons != s->cons_seen[w]) {
+        s->cons_seen[w] = cons;
+        s->full_since[w] = *now;
+        return 0;
+    }
+    return *now - s->full_since[w] >= s->stuck_ns;
+}
+
 int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh)
 {
     if (!s)
@@ -457,6 +490,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         s->room[i] = mg_ring_free_count(mg_region_ring_by_id(base, s->rx_id[i]));
     mg_trace_steer_burst(base); /* packet tracer: a new request? (mg_trace.h) */
     uint64_t rx_bytes = 0, placed = 0, fallback = 0, frags = 0, unparsed = 0, shed = 0;
+    uint64_t now = 0; /* read once, when a weighted map first meets a full ring */
     int blocked = 0;
     for (uint32_t j = 0; j < filled; j++) {
         uint32_t idx = (uint32_t)descs[j];
@@ -506,7 +540,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
             /* Fall back only to a worker with at least half its ring free: when every
              * worker is saturated, spraying a flow over them reorders it for nothing. */
             uint32_t alt = most_room(s);
-            if (s->room[alt] < s->fallback_min) {
+            if (s->room[alt] < s->fallback_min || (s->reta_on && !ring_stuck(s, base, w, &now))) {
                 s->dest[j] = MG_HAND_KEEP;
                 blocked = 1;
                 continue;
