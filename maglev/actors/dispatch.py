@@ -30,13 +30,12 @@ RETA_SIZE = 256  # MG_STEER_RETA: the top 8 bits of the flow hash pick a slot
 # steering ~105 ns incl. the generator + muxer ~25 vs. a worker's ~185 ns per packet it
 # handles -> 0.7.  0 = equal shares.
 STEER_COST = 0.7
-# What `maglev run` uses: weights OFF (the plain map) for now.  With a weighted map the big
-# worker's ring is the one that fills whenever its CPU is taken (by the run's own
-# saturation or by other jobs), and the fallback rule (a full ring -> the worker with the
-# most room, if half free) then sprays its flows onto the small worker: 25-29% fallback
-# against 10-12% with equal shares on the loaded 2-vCPU machine (2026-12-07), and
-# tests/actors/test_flood_run.py saw established flows move.  Weighting needs a fallback
-# that tells "slower by design" from "stuck" first (docs/actors.md).
+# What `maglev run` uses: weights OFF (the plain map) for now (docs/actors.md, measured
+# 2026-12-07 on the loaded 2-vCPU machine): the big worker's ring fills whenever its CPU is
+# taken, so fallback stays at 13-24% even with the 1 ms stuck rule (MG_STEER_STUCK_NS)
+# against 7-12% with equal shares; and the per-worker limits (conntrack capacity, the
+# protected segment, the new-flow rate guard) are sized for equal shares, so the big worker
+# meets them first (tests/actors/test_flood_run.py failed with weights on).
 DEFAULT_STEER_COST = 0.0
 
 
