@@ -10,13 +10,15 @@ the region and the run directory.
 
 CPU placement (``plan_cpus``): steering and the muxer share the first CPU (both are light
 per packet and talk to every worker), workers go round-robin over all CPUs starting with
-the second; with one CPU everything shares it.  Actors never spin while idle, so more actors than cores is fine.
+the second; with one CPU everything shares it.  Which worker gets a flow: ``maglev.actors.dispatch`` (plain
+by default; weighted by the placement with ``PipelineOptions.steer_cost``).  Actors never spin while idle, so more actors than cores is fine.
 
 Tables: the first generation is published here, before any worker starts; afterwards the
 config manager (a control-plane actor, when registered) is the only writer.
 
 This module is a leaf: ``maglev run``, the benchmarks and the tests use it; no module of
-``maglev/`` imports it (the counters it reports are decoded by ``maglev.rings.stats``, the
+``maglev/`` imports it, except ``maglev.actors.dispatch.default_map`` for the placement a
+run would use (the counters it reports are decoded by ``maglev.rings.stats``, the
 same code ``maglev ctl stats`` and Prometheus use).
 """
 
