@@ -5,6 +5,7 @@ and the map's part in adopting connection tables."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections import defaultdict
 
 import pytest
@@ -208,3 +209,48 @@ def test_with_a_weighted_map_a_full_ring_that_is_consumed_holds_its_flows_back(s
     assert kept == 0 and region.rx(1).count() == 3 and stats[lib.MG_SS_FALLBACK] == 3
     report = region.account(held={"test": [int(d) for d in ffi.unpack(out, 5)]})
     assert report.ok, str(report)
+
+
+def test_a_run_with_a_weighted_map_gives_the_lone_worker_the_bulk_and_records_the_map():
+    """End to end: Pipeline(steer_cost=0.7) on two CPUs hands steering the table and the
+    workers its fingerprint; worker 0 (alone on CPU 1) gets most packets; the tables the
+    run keeps carry the map, so a run with the plain map refuses them and says why."""
+    import os
+
+    from maglev.actors.pipeline import Pipeline, PipelineOptions, parse_cpus
+    from maglev.control.endpoints import state_dir
+    from maglev.testing.state import private_run_state
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs: with one, every actor shares it and the map is plain")
+    with private_run_state("mgt-dispatch-"):
+        p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=20000,flows=1000", cpus="0,1",
+                                     steer_cost=0.7))
+        try:
+            m = dispatch_map(2, plan_cpus(2, parse_cpus("0,1")), 0.7)
+            assert p.dispatch == m and m.fp
+            defs = {d.name: d.params for d in p.actor_defs()}
+            assert bytes(defs["steering"]["reta"]) == m.reta
+            assert defs["worker-0"]["map_fp"] == defs["worker-1"]["map_fp"] == m.fp
+            p.start()
+            deadline = time.monotonic() + 30
+            while not p.eof:
+                assert time.monotonic() < deadline, "no eof in time"
+                p.poll(0.05)
+            p.stop()
+            s = p.summary()
+        finally:
+            p.close()
+        assert s["pool"]["ok"], s["pool"]
+        assert s["forwarded"] + sum(s["dropped"].values()) == s["packets_in"] == 20000
+        got = [int(w["packets_in"]) for w in s["per_worker"]]
+        assert sum(got) == 20000 and got[0] > got[1], got
+        cfg = p.config
+        inst = cfg.instance.name
+        tag = cs.identity_tag(str(state_dir(inst)), "")
+        fp = cs.key_fingerprint(*cfg.flow_hash_key)
+        for i in range(2):
+            name = cs.segment_name(inst, tag, i)
+            assert cs.preview(name, cs.Wanted(cfg.conntrack.capacity, fp, 2, i, m.fp)) == (True, "")
+            ok, why = cs.preview(name, cs.Wanted(cfg.conntrack.capacity, fp, 2, i, 0))
+            assert not ok and "another flow -> worker map" in why
