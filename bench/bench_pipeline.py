@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 
@@ -40,6 +41,43 @@ from maglev.native import ffi, lib
 from maglev.nic.gen import GenNic, vip_targets
 
 GEN = "flows=10000,size=64,syn=0.1,ipv6=0.2,seed=1"
+# The pipeline runs' config: the sample config under an instance name of this bench's own
+# (bench_config), so no run adopts connection tables another run left in /dev/shm (the
+# sample's `mg1` would adopt a previous round's or a user's tables); each run's tables are
+# dropped when it ends (run_pipeline), so rounds are independent and nothing is left.
+BENCH = {"config": "", "instance": ""}
+
+
+def bench_config(folder: str) -> str:
+    """Write the sample config with the instance name ``mgbench-<pid>`` into ``folder``."""
+    import os
+
+    from maglev.config import SAMPLE_CONFIG
+
+    inst = f"mgbench-{os.getpid()}"
+    text, n = re.subn(r'(?m)^name = "mg1"$', f'name = "{inst}"', SAMPLE_CONFIG.read_text(), count=1)
+    if n != 1:
+        raise RuntimeError(f"bench: no instance name line in {SAMPLE_CONFIG}")
+    path = os.path.join(folder, "bench.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    BENCH.update(config=path, instance=inst)
+    return path
+
+
+def new_pipeline(opts: PipelineOptions) -> Pipeline:
+    opts.config_path = BENCH["config"]
+    if BENCH.get("steer_cost") is not None:
+        opts.steer_cost = float(BENCH["steer_cost"])
+    return Pipeline(opts)
+
+
+def drop_tables() -> None:
+    """Remove the connection tables the run that just closed kept for adoption."""
+    if BENCH["instance"]:
+        from maglev.rings.conntrack_shm import drop_instance
+
+        drop_instance(BENCH["instance"])
 
 
 def single_process(seconds: float, pool_frames: int = 4096) -> float:
@@ -127,7 +165,7 @@ def stages(bursts: int = 4000) -> dict[str, float]:
 
 
 def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float = 1.0) -> dict:
-    p = Pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN}", ring_size=ring_size))
+    p = new_pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN}", ring_size=ring_size))
     try:
         p.start()
         t_end = time.monotonic() + warmup
@@ -147,6 +185,7 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
         s = p.summary()
     finally:
         p.close()
+        drop_tables()
     dt = t1 - t0
     sent = max(1, c1["tx_packets"] - c0["tx_packets"])
     return {
@@ -167,7 +206,7 @@ def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5) -> d
     from maglev.native import lib
     from maglev.rings import SLOT_MUXER
 
-    p = Pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN},rate={rate:g}", latency=True))
+    p = new_pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN},rate={rate:g}", latency=True))
     lat0, n = int(lib.MG_MS_LAT0), int(lib.MG_MS_LAT_N)
     try:
         p.start()
@@ -182,11 +221,12 @@ def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5) -> d
         p.stop()
     finally:
         p.close()
+        drop_tables()
     return latency_us([int(b) - int(a) for a, b in zip(h0, h1, strict=True)])
 
 
 def idle_cpu(workers: int = 8, seconds: float = 3.0) -> float:
-    p = Pipeline(PipelineOptions(workers=workers, nic="gen:packets=1000"))
+    p = new_pipeline(PipelineOptions(workers=workers, nic="gen:packets=1000"))
     try:
         p.start()
         while not p.eof:
@@ -201,6 +241,7 @@ def idle_cpu(workers: int = 8, seconds: float = 3.0) -> float:
         p.stop()
     finally:
         p.close()
+        drop_tables()
     return used
 
 
@@ -215,7 +256,10 @@ def main() -> int:
     ap.add_argument("--latency-rate", type=float, default=10000.0,
                     help="packets/s of the paced latency run per round (0 = skip it)")
     ap.add_argument("--latency-seconds", type=float, default=2.0)
+    ap.add_argument("--steer-cost", type=float, default=None,
+                    help="weights of the flow -> worker map (PipelineOptions.steer_cost; 0 = equal shares)")
     a = ap.parse_args()
+    BENCH["steer_cost"] = a.steer_cost
     ws = [int(x) for x in a.workers.split(",")]
     rows = []
     stage_ns = stages() if a.stages else None
@@ -269,6 +313,7 @@ def main() -> int:
 if __name__ == "__main__":
     from maglev.testing.state import private_run_state
 
-    with private_run_state():  # the runs' state and kept connection tables go afterwards
+    with private_run_state() as folder:  # the runs' state and kept connection tables go afterwards
+        bench_config(folder)
         rc = main()
     sys.exit(rc)

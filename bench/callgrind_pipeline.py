@@ -40,6 +40,11 @@ def inner(bursts: int, workers: int) -> None:
         mux = ffi.new("struct mg_mux *")
         check(lib.mg_steer_init(st, base, SLOT_STEERING, k0, k1), "steer init")
         check(lib.mg_mux_init(mux, base, SLOT_MUXER), "mux init")
+        from maglev.actors.dispatch import default_map
+
+        reta = default_map(workers).reta  # the flow -> worker map `maglev run` uses here (plain by default)
+        if reta:
+            check(lib.mg_steer_set_reta(st, reta, len(reta)), "steer map")
         ws = [ffi.gc(lib.mg_worker_new(base, i, cfg.conntrack.capacity, k0, k1, 256, time.monotonic_ns()),
                      lib.mg_worker_free) for i in range(workers)]
         gen = GenNic(vip_targets(cfg), flows=10000, size=64, syn=0.1, ipv6=0.2, seed=1)

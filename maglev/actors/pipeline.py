@@ -10,13 +10,15 @@ the region and the run directory.
 
 CPU placement (``plan_cpus``): steering and the muxer share the first CPU (both are light
 per packet and talk to every worker), workers go round-robin over all CPUs starting with
-the second; with one CPU everything shares it.  Actors never spin while idle, so more actors than cores is fine.
+the second; with one CPU everything shares it.  Which worker gets a flow: ``maglev.actors.dispatch`` (plain
+by default; weighted by the placement with ``PipelineOptions.steer_cost``).  Actors never spin while idle, so more actors than cores is fine.
 
 Tables: the first generation is published here, before any worker starts; afterwards the
 config manager (a control-plane actor, when registered) is the only writer.
 
 This module is a leaf: ``maglev run``, the benchmarks and the tests use it; no module of
-``maglev/`` imports it (the counters it reports are decoded by ``maglev.rings.stats``, the
+``maglev/`` imports it, except ``maglev.actors.dispatch.default_map`` for the placement a
+run would use (the counters it reports are decoded by ``maglev.rings.stats``, the
 same code ``maglev ctl stats`` and Prometheus use).
 """
 
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from maglev.actors.dispatch import DEFAULT_STEER_COST, dispatch_map
 from maglev.actors.extra import EXTRA_ACTORS
 from maglev.actors.leftovers import remove_dead_runs
 from maglev.actors.supervisor import ActorDef, Supervisor
@@ -159,6 +162,10 @@ class PipelineOptions:
     # The muxer records each packet's receive-to-transmit latency (null sink only; a cache
     # miss per frame, for benchmarks): muxer stats words MG_MS_LAT0.., see latency_us().
     latency: bool = False
+    # Steering + muxer CPU per packet relative to a worker's (maglev/actors/dispatch.py):
+    # weights the flow -> worker map so every core carries the same load (dispatch.STEER_COST
+    # = 0.7 measured); 0 = equal shares, the default until fallback tells slow from stuck.
+    steer_cost: float = DEFAULT_STEER_COST
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -177,6 +184,11 @@ class Pipeline:
         self.config = load_config(opts.config_path)
         from maglev.datapath.ctmem import check_memory
 
+        self.cpus = parse_cpus(opts.cpus)
+        if opts.steer_cost < 0:
+            raise ConfigError([f"steer_cost: {opts.steer_cost} must be >= 0"])
+        # steering's flow -> worker map: fixed for the run, recorded in every table it makes
+        self.dispatch = dispatch_map(opts.workers, plan_cpus(opts.workers, self.cpus), opts.steer_cost)
         ctc = self.config.conntrack  # every worker's table must fit: a clear error, nothing started
         if ctc.shared:  # tables in /dev/shm: the ones adopted from the previous run are paid for
             from maglev.control.endpoints import state_dir
@@ -184,7 +196,7 @@ class Pipeline:
 
             inst = self.config.instance.name
             adopt, line = plan_run(inst, str(state_dir(inst)), opts.config_path, ctc.capacity,
-                                   self.config.flow_hash_key, opts.workers)
+                                   self.config.flow_hash_key, opts.workers, self.dispatch.fp)
             if adopt < opts.workers:
                 check_memory(ctc.capacity, "off", copies=opts.workers - adopt)
                 from maglev.rings.conntrack_shm import check_shm_space
@@ -219,7 +231,6 @@ class Pipeline:
         if self.nic_spec.kind in ("afpacket", "afxdp"):
             check_interface(self.nic_spec)  # exists; AF_XDP possible here
         blob = build_tables(self.config)
-        self.cpus = parse_cpus(opts.cpus)
         remove_dead_runs()  # run folders and regions of runs proven dead (maglev/actors/leftovers.py)
         n_frames = opts.n_frames or max(4096, (opts.workers + 2) * opts.ring_size)
         self.region_name = f"{self.config.instance.name}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -275,14 +286,15 @@ class Pipeline:
                 "steering",
                 "maglev.actors.steering:Steering",
                 {**common, "nic": str(self.nic_spec) if self.nic_spec.kind == "gen" else o.nic, "seed": o.seed,
-                 **spin("steering")},
+                 "reta": list(self.dispatch.reta or b""), **spin("steering")},
                 cpus=plan["steering"],
                 stop_group=0,
             )
         ]
         for i in range(o.workers):
             defs.append(
-                ActorDef(f"worker-{i}", "maglev.actors.worker:Worker", {**common, "index": i, **spin(f"worker-{i}")},
+                ActorDef(f"worker-{i}", "maglev.actors.worker:Worker", {**common, "index": i, "map_fp": self.dispatch.fp,
+                                                                        **spin(f"worker-{i}")},
                          cpus=plan[f"worker-{i}"], stop_group=1)
             )
         defs.append(

@@ -136,6 +136,9 @@ class Steering(Actor):
         k0, k1 = cfg.flow_hash_key
         self.st = ffi.new("struct mg_steer *")
         check(lib.mg_steer_init(self.st, self.base, self.slot, k0, k1), "steering init")
+        reta = bytes(p.get("reta") or b"")  # weighted flow -> worker map (maglev/actors/dispatch.py)
+        if reta:
+            check(lib.mg_steer_set_reta(self.st, reta, len(reta)), "steering flow -> worker map")
         self.stats_block = self.region.stats(self.slot)
         self.region.set_slot_pid(self.slot)  # who serves the slot now (tools, tests)
         self._nic_drop_base = {w: int(self.stats_block[w]) for w in SS_NIC_DROPS.values()}

@@ -47,7 +47,8 @@ class Worker(Actor):
         ctc = cfg.conntrack
         from maglev.datapath.ctmem import PAGE_MODES, check_memory, page_mode_name
 
-        self.ct_file = open_shared_table(cfg, p.get("config", ""), self.index, self.region.n_workers) \
+        self.ct_file = open_shared_table(cfg, p.get("config", ""), self.index, self.region.n_workers,
+                                         int(p.get("map_fp", 0))) \
             if ctc.shared else None
         if self.ct_file is not None:  # in /dev/shm: survives this process (conntrack_shm.py)
             w = lib.mg_worker_new_ct(self.base, self.index, self.ct_file.ct, k0, k1, self.burst,
@@ -131,7 +132,7 @@ class Worker(Actor):
         return worker_counters(s.snapshot()) if s is not None else {}
 
 
-def open_shared_table(cfg: Any, config_path: str, index: int, n_workers: int) -> Any:
+def open_shared_table(cfg: Any, config_path: str, index: int, n_workers: int, map_fp: int = 0) -> Any:
     """This worker's connection table in /dev/shm (adopted or fresh; one log line says
     which and why), or None when another live process holds it (then a private table)."""
     from maglev.control.endpoints import state_dir
@@ -149,7 +150,7 @@ def open_shared_table(cfg: Any, config_path: str, index: int, n_workers: int) ->
     sd = str(state_dir(name))
     seg = segment_name(name, identity_tag(sd, config_path), index)
     record(sd, seg)
-    want = Wanted(cfg.conntrack.capacity, key_fingerprint(*cfg.flow_hash_key), n_workers, index)
+    want = Wanted(cfg.conntrack.capacity, key_fingerprint(*cfg.flow_hash_key), n_workers, index, map_fp)
     if not os.path.exists(f"/dev/shm/{seg}"):
         check_memory(cfg.conntrack.capacity, "off")  # a clear error before anything is allocated
     return open_table(seg, want)

@@ -2,8 +2,9 @@
 
 The answer is computed by the data path's own C code, never by a re-implementation that
 could drift from it: a synthetic first packet of the flow (TCP SYN, or a UDP datagram) is
-built, hashed by steering's ``mg_steer_hash`` (which worker owns the flow: high 32 bits of
-the SipHash-1-3 flow hash, keyed by the deployment's secret, modulo the worker count) and
+built, hashed by steering's ``mg_steer_hash`` (which worker owns the flow: the SipHash-1-3
+flow hash, keyed by the deployment's secret, through the flow -> worker map a run with
+that many workers and the default CPU placement uses here, maglev/actors/dispatch.py) and
 run through a private instance of the burst kernel ``mg_dp_burst`` over the same tables
 blob (VIP match, Maglev lookup ``table[hash % M]``, encapsulation).  The slot index is
 ``hash % M``; the result cross-checks that the kernel's backend is the one in that slot.
@@ -142,6 +143,10 @@ def whereis_blob(blob: bytes, flow: FlowSpec, *, workers: int = 0, generation: i
     w = int(lib.mg_steer_hash(pkt, len(pkt), k0, k1, max(workers, 1), h, fl))
     if w < 0:
         raise WhereisError(f"{flow}: the parser rejects the synthetic packet")
+    if workers > 1:
+        from maglev.actors.dispatch import default_map
+
+        w = default_map(workers).worker_of(int(h[0]))
     out = DataPath(blob, engine="c").process([Packet(0, pkt)], 1)[0]
     result: dict[str, Any] = {
         "flow": str(flow),

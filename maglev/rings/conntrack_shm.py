@@ -256,6 +256,7 @@ class Wanted:
     key_fp: int
     n_workers: int
     worker: int
+    map_fp: int = 0  # steering's flow -> worker map (maglev/actors/dispatch.py), 0 = plain
 
 
 def check_header(hdr: bytes, file_size: int, want: Wanted) -> str:
@@ -275,6 +276,9 @@ def check_header(hdr: bytes, file_size: int, want: Wanted) -> str:
         return "made with another flow-hash secret (its entries could not be found)"
     if int(h.n_workers) != want.n_workers:
         return f"made by a run of {int(h.n_workers)} workers, this run has {want.n_workers} (flows land on other workers)"
+    if int(h.map_fp) != want.map_fp:
+        return ("made by a run with another flow -> worker map (CPU placement or weights), "
+                "this run's flows would land on other workers")
     if int(h.worker) != want.worker:
         return f"belongs to worker {int(h.worker)}"
     return ""
@@ -308,14 +312,14 @@ def preview(name: str, want: Wanted) -> tuple[bool, str]:
 
 
 def plan_run(instance: str, state_dir: str, config_path: str, capacity: int, key: tuple[int, int],
-             n_workers: int) -> tuple[int, str]:
+             n_workers: int, map_fp: int = 0) -> tuple[int, str]:
     """Before a run starts: (how many workers will adopt their table, one log line saying
     what the run will do with the previous run's tables and why)."""
     tag = identity_tag(state_dir, config_path)
     fp = key_fingerprint(*key)
     adopt, why = 0, {}
     for i in range(n_workers):
-        ok, reason = preview(segment_name(instance, tag, i), Wanted(capacity, fp, n_workers, i))
+        ok, reason = preview(segment_name(instance, tag, i), Wanted(capacity, fp, n_workers, i, map_fp))
         adopt += ok
         if reason:
             why.setdefault(reason, []).append(i)
@@ -496,6 +500,7 @@ def _fresh(path: str, want: Wanted) -> Opened:
             raise ConntrackShmError(f"conntrack: cannot map {tmp}: {os.strerror(ffi.errno)}")
         ct.key_fp = want.key_fp
         ct.n_workers = want.n_workers
+        ct.map_fp = want.map_fp
         ct.worker = want.worker
         try:
             os.rename(tmp, path)  # atomic: the old table or this one, whole

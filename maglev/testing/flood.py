@@ -210,7 +210,13 @@ def _analyse(args: FloodRun, inst, conf_path, old, new, samples, t_go, t_change,
     k0, k1 = ov.header["hash_k0"], ov.header["hash_k1"]
     pkts = established_packets(old, k)
     h, fl = ffi.new("uint64_t *"), ffi.new("uint16_t *")
-    owner = [int(lib.mg_steer_hash(p, len(p), k0, k1, w, h, fl)) for p in pkts]
+    from maglev.actors.dispatch import default_map
+
+    dmap = default_map(w)  # the flow -> worker map `maglev run --workers w` used here
+    owner = []
+    for p in pkts:
+        lib.mg_steer_hash(p, len(p), k0, k1, w, h, fl)
+        owner.append(dmap.worker_of(int(h[0])))
     fresh = CDataPath(old_blob, ct_capacity=65536)
     before = [ov.backends[o.backend_index].address for o in fresh.process(
         [Packet(i, p) for i, p in enumerate(pkts)], time.monotonic_ns())]
@@ -219,7 +225,7 @@ def _analyse(args: FloodRun, inst, conf_path, old, new, samples, t_go, t_change,
     fp = cs.key_fingerprint(k0, k1)
     adopted_entries = 0
     for wi in range(w):
-        opened = cs.open_table(cs.segment_name(inst, tag, wi), cs.Wanted(args.capacity, fp, w, wi))
+        opened = cs.open_table(cs.segment_name(inst, tag, wi), cs.Wanted(args.capacity, fp, w, wi, dmap.fp))
         if opened is None or not opened.adopted:
             raise RuntimeError(f"worker {wi}'s table was not adoptable after the run: "
                                f"{opened.reason if opened else 'in use'}")

@@ -41,8 +41,8 @@ def seg():
     assert not cs.list_segments(inst)
 
 
-def want(capacity: int = 4096, key: int = KEY, workers: int = 2, worker: int = 0) -> cs.Wanted:
-    return cs.Wanted(capacity, key, workers, worker)
+def want(capacity: int = 4096, key: int = KEY, workers: int = 2, worker: int = 0, map_fp: int = 0) -> cs.Wanted:
+    return cs.Wanted(capacity, key, workers, worker, map_fp)
 
 
 def fkey(i: int):
@@ -99,6 +99,8 @@ def test_a_table_outlives_its_mapping_and_is_adopted_with_its_entries(seg):
     ({"capacity": 8192}, "capacity 4096 entries, this run is configured for 8192"),
     ({"key": cs.key_fingerprint(3, 4)}, "another flow-hash secret"),
     ({"workers": 4}, "made by a run of 2 workers, this run has 4"),
+    # same worker count, another weighted flow -> worker map (maglev/actors/dispatch.py)
+    ({"map_fp": 0x1234abcd}, "another flow -> worker map"),
 ])
 def test_a_table_this_run_cannot_use_is_not_adopted_and_says_why(seg, change, reason, caplog):
     t = cs.open_table(seg, want())

@@ -62,6 +62,7 @@ struct mg_ct {
     uint32_t n_workers;
     uint32_t worker;
     uint64_t adoptions;
+    uint32_t map_fp;
     ...;
 };
 

@@ -1,4 +1,6 @@
 #define MG_SS_RX_PACKETS 0
+#define MG_STEER_RETA 256
+#define MG_STEER_STUCK_NS ...
 #define MG_SS_RX_BYTES 1
 #define MG_SS_DISPATCHED 2
 #define MG_SS_FALLBACK 3
@@ -52,3 +54,5 @@ int mg_mux_done(struct mg_mux *m, void *base, uint32_t n_sent, uint32_t n_failed
 int mg_mux_recover(struct mg_mux *m, void *base);
 int mg_steer_recover(struct mg_steer *s, void *base);
 int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh);
+int mg_steer_set_reta(struct mg_steer *s, const uint8_t *reta, uint32_t n);
+int mg_steer_set_stuck_ns(struct mg_steer *s, uint64_t ns);

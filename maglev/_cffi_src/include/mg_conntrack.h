@@ -149,7 +149,9 @@ struct mg_ct {
     uint32_t n_workers;      /* shared tables: worker count of the run that made it */
     uint32_t worker;         /* shared tables: worker index */
     uint64_t adoptions;      /* shared tables: times adopted by a new process */
-    uint8_t pad1[MG_CT_HDR_SIZE - 96 - sizeof(struct mg_ct_stats) - 16];
+    uint32_t map_fp;         /* shared tables: steering's flow -> worker map (0 = hash mod n_workers) */
+    uint32_t pad0;
+    uint8_t pad1[MG_CT_HDR_SIZE - 96 - sizeof(struct mg_ct_stats) - 24];
 };
 
 _Static_assert(sizeof(struct mg_ct_meta) == 64, "one line of metadata per bucket");

@@ -122,6 +122,13 @@
 #define MG_MS_LAT0 16
 #define MG_MS_LAT_N 48
 
+/* Slots of steering's indirection table: the top 8 bits of the 64-bit flow hash pick one. */
+#define MG_STEER_RETA 256
+/* With a weighted map a full ring is normal for the big worker: its packets fall back to
+ * another worker only when its ring was not consumed for this long (a stuck or restarting
+ * worker), else they wait in steering's hand (back pressure) and keep their order. */
+#define MG_STEER_STUCK_NS 1000000ull
+
 struct mg_steer {
     uint64_t k0, k1;     /* flow-hash secret */
     uint32_t n_workers;
@@ -134,10 +141,15 @@ struct mg_steer {
     uint32_t ring_size;  /* rx ring entries (overload shedding: used = size - room) */
     struct mg_shed *shed; /* overload shedding (mg_shed.h), NULL = off; mg_steer_set_shed */
     uint64_t *stats;     /* this process's mapping of the slot's stats block */
+    uint32_t reta_on;    /* 1: worker = reta[hash >> 56] (mg_steer_set_reta); 0: (hash >> 32) % n */
+    uint8_t reta[MG_STEER_RETA]; /* flow -> worker indirection table (like a NIC's RSS RETA) */
+    uint64_t stuck_ns;   /* weighted map: fall back only from a ring not consumed for this long */
     uint32_t rx_id[MG_MAX_WORKERS];
     uint32_t ret_id[MG_MAX_WORKERS];
     uint32_t spare_id[MG_MAX_WORKERS];
     uint32_t room[MG_MAX_WORKERS];
+    uint32_t cons_seen[MG_MAX_WORKERS]; /* weighted map: rx ring consumer index last seen full */
+    uint64_t full_since[MG_MAX_WORKERS]; /* ... and since when it has not moved */
     uint16_t dest[MG_HAND_MAX];
 };
 
@@ -186,6 +198,13 @@ int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
 /* Shed lower-priority VIPs' packets under overload with this map (NULL: never); the caller
  * keeps *sh (and the blob it was loaded from) alive and reloads it when the tables change. */
 struct mg_shed;
+/* Weighted dispatch: worker = reta[hash >> 56] for the packets steering hashes (n =
+ * MG_STEER_RETA entries, each < n_workers), instead of (hash >> 32) % n_workers; n = 0
+ * turns it off.  0 or -EINVAL (nothing changed).  Python builds the table
+ * (maglev/actors/pipeline.py dispatch_map) and its reference worker_of. */
+int mg_steer_set_reta(struct mg_steer *s, const uint8_t *reta, uint32_t n);
+/* The weighted map's stuck time (default MG_STEER_STUCK_NS; tests). 0 or -EINVAL. */
+int mg_steer_set_stuck_ns(struct mg_steer *s, uint64_t ns);
 int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh);
 
 int mg_mux_init(struct mg_mux *m, void *base, uint32_t slot);

@@ -36,6 +36,7 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
             return -EINVAL;
     }
     s->fallback_min = h->ring_size / 2 ? h->ring_size / 2 : 1;
+    s->stuck_ns = MG_STEER_STUCK_NS;
     s->ring_size = h->ring_size;
     s->stats = mg_region_stats(base, slot);
     return s->stats ? 0 : -EINVAL;
@@ -224,13 +225,20 @@ static int take(struct mg_steer *s, void *base, uint32_t n, int hot)
     uint32_t cnt;
     uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
     uint8_t *pool = mg_region_pool(base);
-    /* The metadata lines were last written on a worker's core: ask for them (for writing)
-     * a few frames ahead, so the misses overlap instead of coming one by one. */
-    for (uint32_t j = 0; j < cnt && j < 8; j++)
-        __builtin_prefetch(mg_frame_meta(pool, (uint32_t)descs[j]), 1, 3);
+    /* The metadata and first packet lines were last written on a worker's core (the
+     * worker judges and encapsulates in place): ask for them (for writing) a few frames
+     * ahead, so the misses overlap instead of coming one by one when the NIC fills them. */
+    for (uint32_t j = 0; j < cnt && j < 8; j++) {
+        uint8_t *f = pool + (size_t)(uint32_t)descs[j] * MG_FRAME_SIZE;
+        MG_PREFETCH_W(f);
+        MG_PREFETCH_W(f + MG_FRAME_META_SIZE + MG_FRAME_HEADROOM);
+    }
     for (uint32_t j = 0; j < cnt; j++) {
-        if (j + 8 < cnt)
-            __builtin_prefetch(mg_frame_meta(pool, (uint32_t)descs[j + 8]), 1, 3);
+        if (j + 8 < cnt) {
+            uint8_t *f = pool + (size_t)(uint32_t)descs[j + 8] * MG_FRAME_SIZE;
+            MG_PREFETCH_W(f);
+            MG_PREFETCH_W(f + MG_FRAME_META_SIZE + MG_FRAME_HEADROOM);
+        }
         mg_frame_meta(pool, (uint32_t)descs[j])->len = MG_FRAME_LEN_EMPTY;
     }
     __atomic_store_n(&s->stats[MG_SS_BATCH], MG_SS_B_MARKED, __ATOMIC_RELEASE);
@@ -395,6 +403,51 @@ int mg_steer_hash(const uint8_t *pkt, uint32_t len, uint64_t k0, uint64_t k1,
     return steer_hash(pkt, len, k0, k1, n_workers, hash, flags, &plain, &p, &prc);
 }
 
+int mg_steer_set_reta(struct mg_steer *s, const uint8_t *reta, uint32_t n)
+{
+    if (!s || (n && (n != MG_STEER_RETA || !reta)))
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++)
+        if (reta[i] >= s->n_workers)
+            return -EINVAL;
+    if (n)
+        memcpy(s->reta, reta, MG_STEER_RETA);
+    s->reta_on = n != 0;
+    return 0;
+}
+
+int mg_steer_set_stuck_ns(struct mg_steer *s, uint64_t ns)
+{
+    if (!s)
+        return -EINVAL;
+    s->stuck_ns = ns;
+    return 0;
+}
+
+static uint64_t now_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Weighted map: may worker w's packets fall back (its rx ring is full)?  Only when the
+ * worker has not consumed from it for stuck_ns: a worker that keeps consuming is slower
+ * by design (its share), and spraying its flows would reorder them for nothing. */
+static int ring_stuck(struct mg_steer *s, void *base, uint32_t w, uint64_t *now)
+{
+    const struct mg_ring *r = mg_region_ring_by_id(base, s->rx_id[w]);
+    uint32_t cons = __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE);
+    if (!*now)
+        *now = now_mono_ns();
+    if (cons != s->cons_seen[w]) {
+        s->cons_seen[w] = cons;
+        s->full_since[w] = *now;
+        return 0;
+    }
+    return *now - s->full_since[w] >= s->stuck_ns;
+}
+
 int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh)
 {
     if (!s)
@@ -437,6 +490,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         s->room[i] = mg_ring_free_count(mg_region_ring_by_id(base, s->rx_id[i]));
     mg_trace_steer_burst(base); /* packet tracer: a new request? (mg_trace.h) */
     uint64_t rx_bytes = 0, placed = 0, fallback = 0, frags = 0, unparsed = 0, shed = 0;
+    uint64_t now = 0; /* read once, when a weighted map first meets a full ring */
     int blocked = 0;
     for (uint32_t j = 0; j < filled; j++) {
         uint32_t idx = (uint32_t)descs[j];
@@ -471,7 +525,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
                 w = s->rr++ % s->n_workers;
                 unparsed++;
             } else {
-                w = (uint32_t)r;
+                w = s->reta_on ? s->reta[h >> 56] : (uint32_t)r;
                 frags += (fl & MG_FRAME_F_FRAGMENT) != 0;
             }
             if (MG_UNLIKELY(s->shed && s->shed->on) && shed_one(s, w, prc, &parsed)) {
@@ -486,7 +540,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
             /* Fall back only to a worker with at least half its ring free: when every
              * worker is saturated, spraying a flow over them reorders it for nothing. */
             uint32_t alt = most_room(s);
-            if (s->room[alt] < s->fallback_min) {
+            if (s->room[alt] < s->fallback_min || (s->reta_on && !ring_stuck(s, base, w, &now))) {
                 s->dest[j] = MG_HAND_KEEP;
                 blocked = 1;
                 continue;

@@ -1,0 +1,256 @@
+"""Steering's flow -> worker map (maglev/actors/dispatch.py): the weights from the CPU
+placement, the indirection table, the C dispatch against its Python reference, fragments,
+and the map's part in adopting connection tables."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import defaultdict
+
+import pytest
+
+from maglev.actors.dispatch import RETA_SIZE, DispatchMap, build_reta, dispatch_map, worker_weights
+from maglev.actors.pipeline import plan_cpus
+from maglev.native import check, ffi, lib
+from maglev.nic.gen import GenNic
+from maglev.nic.pcapfile import PcapReader
+from maglev.rings import SLOT_STEERING, Region
+from maglev.rings import conntrack_shm as cs
+
+K0, K1 = 0x0123456789ABCDEF, 0xFEDCBA9876543210
+VIPS = [("203.0.113.10", 80, "tcp"), ("2001:db8:100::10", 443, "tcp")]
+
+
+def test_the_c_table_size_is_the_python_one():
+    assert int(lib.MG_STEER_RETA) == RETA_SIZE
+
+
+def test_two_cpus_give_the_worker_sharing_steerings_cpu_the_smaller_share():
+    plan = plan_cpus(2, [0, 1])  # steering, muxer, worker-1 on 0; worker-0 on 1
+    w = worker_weights(plan, 2, 0.7)
+    assert w == pytest.approx([0.85, 0.15])
+    m = dispatch_map(2, plan, 0.7)
+    assert m.reta is not None and len(m.reta) == RETA_SIZE
+    assert m.shares() == pytest.approx([0.85, 0.15], abs=1 / RETA_SIZE)
+    # 8 workers: the four on CPU 1 share its 0.85, the four on CPU 0 the 0.15
+    w8 = worker_weights(plan_cpus(8, [0, 1]), 8, 0.7)
+    assert w8[0::2] == pytest.approx([0.85 / 4] * 4) and w8[1::2] == pytest.approx([0.15 / 4] * 4)
+    assert sum(w8) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("n", "cpus", "cost"), [
+    (1, [0, 1], 0.7),        # one worker
+    (2, [0, 1], 0.0),        # weights off
+    (2, [0, 1, 2], 0.7),     # steering's CPU runs no worker
+    (4, [0], 0.7),           # everything on one CPU
+    (3, [0, 1, 2, 3], 0.7),  # every worker alone on its core
+])
+def test_equal_weights_keep_the_plain_map(n, cpus, cost):
+    m = dispatch_map(n, plan_cpus(n, cpus), cost)
+    assert m.reta is None and m.fp == 0
+    assert [m.worker_of(h) for h in (0, 1 << 32, 5 << 32, (1 << 64) - 1)] == \
+        [((h >> 32) & 0xFFFFFFFF) % n for h in (0, 1 << 32, 5 << 32, (1 << 64) - 1)]
+
+
+def test_a_cpu_too_busy_for_a_worker_still_gives_it_one_slot():
+    m = dispatch_map(2, plan_cpus(2, [0, 1]), 5.0)
+    assert m.reta is not None and m.reta.count(1) == 1 and m.reta.count(0) == RETA_SIZE - 1
+
+
+def test_the_table_apportions_every_slot_and_the_fingerprint_names_the_map():
+    for weights in ([0.5, 0.25, 0.25], [0.9, 0.1], [1e-6, 1.0, 1.0], [1.0] * 64):
+        reta = build_reta(weights)
+        assert len(reta) == RETA_SIZE and set(reta) == set(range(len(weights)))
+        for i, w in enumerate(weights):
+            assert abs(reta.count(i) - w / sum(weights) * RETA_SIZE) <= 2
+    a = dispatch_map(2, plan_cpus(2, [0, 1]), 0.7)
+    b = dispatch_map(2, plan_cpus(2, [0, 1]), 0.5)
+    assert a.fp == dispatch_map(2, plan_cpus(2, [0, 1]), 0.7).fp != 0  # stable for the same map
+    assert b.fp not in (0, a.fp)
+    assert DispatchMap(3, a.reta, a.weights).fp != a.fp  # the worker count is part of it
+
+
+@pytest.fixture
+def region():
+    name = f"test-dispatch-{secrets.token_hex(4)}"
+    r = Region.create(name, 3, 2048, 512, 1 << 20)
+    try:
+        yield r
+    finally:
+        r.close()
+        r.unlink()
+
+
+def test_steering_dispatches_by_the_table_like_its_python_reference(region):
+    m = dispatch_map(3, plan_cpus(3, [0, 1]), 0.7)  # worker-1 shares CPU 0: 0.425 / 0.15 / 0.425
+    assert m.reta is not None
+    st = ffi.new("struct mg_steer *")
+    check(lib.mg_steer_init(st, region.base, SLOT_STEERING, K0, K1), "init")
+    bad = ffi.new("uint8_t[]", bytes([3]) * RETA_SIZE)  # worker 3 of 3: refused
+    assert lib.mg_steer_set_reta(st, bad, RETA_SIZE) == -22
+    assert lib.mg_steer_set_reta(st, bad, 7) == -22
+    check(lib.mg_steer_set_reta(st, m.reta, RETA_SIZE), "reta")
+    gen = GenNic(VIPS, flows=2000, seed=3)
+    check(lib.mg_steer_take(st, region.base, 256), "take")
+    cnt = ffi.new("uint32_t *")
+    descs = lib.mg_hand_descs(region.base, SLOT_STEERING, cnt)
+    k = gen.rx_burst(region.pool_ptr, descs, 256)
+    assert lib.mg_steer_dispatch(st, region.base, k, 1) == 0
+    seen = [0, 0, 0]
+    for i in range(3):
+        for d in region.rx(i).snapshot():
+            meta = ffi.cast("struct mg_frame_meta *", region.pool_ptr + d * lib.MG_FRAME_SIZE)
+            h = int(meta.flow_hash_hi) << 32 | int(meta.flow_hash)
+            assert m.worker_of(h) == i
+            seen[i] += 1
+    assert sum(seen) == k == 256
+    assert seen[1] < seen[0] and seen[1] < seen[2]  # the smaller share
+    stats = region.stats(SLOT_STEERING).snapshot()
+    assert int(stats[lib.MG_SS_FALLBACK]) == 0
+
+
+def test_every_fragment_of_a_datagram_reaches_one_worker_with_a_weighted_map(corpus_dir):
+    m = dispatch_map(4, plan_cpus(4, [0, 1]), 0.7)
+    assert m.reta is not None
+    h = ffi.new("uint64_t *")
+    fl = ffi.new("uint16_t *")
+    by_datagram = defaultdict(set)
+    with PcapReader(corpus_dir / "IPv4Frag.pcap") as reader:
+        for rec in reader:
+            pkt = rec.data
+            if pkt[12:14] != b"\x08\x00":
+                continue
+            assert lib.mg_steer_hash(pkt, len(pkt), K0, K1, 4, h, fl) >= 0
+            assert fl[0] & lib.MG_FRAME_F_FRAGMENT
+            by_datagram[(pkt[26:34], pkt[18:20])].add(m.worker_of(int(h[0])))
+    assert by_datagram and all(len(ws) == 1 for ws in by_datagram.values())
+
+
+def test_a_run_with_another_map_does_not_adopt_the_tables_and_says_why():
+    inst = f"t{secrets.token_hex(4)}"
+    tag = cs.identity_tag("/nonexistent/state", "/nonexistent/cfg")
+    fp = cs.key_fingerprint(K0, K1)
+    weighted = dispatch_map(2, plan_cpus(2, [0, 1]), 0.7)
+    try:
+        for i in range(2):
+            t = cs.open_table(cs.segment_name(inst, tag, i), cs.Wanted(4096, fp, 2, i, weighted.fp))
+            assert t is not None and not t.adopted
+            lib.mg_ct_free(t.ct)
+            t.close()
+        for wanted_fp, adopted in ((weighted.fp, True), (0, False)):
+            for i in range(2):
+                ok, why = cs.preview(cs.segment_name(inst, tag, i), cs.Wanted(4096, fp, 2, i, wanted_fp))
+                assert ok is adopted
+                assert adopted or "another flow -> worker map" in why
+    finally:
+        cs.remove_segments(inst)
+
+
+@pytest.fixture
+def small_region():
+    name = f"test-dispatch-{secrets.token_hex(4)}"
+    r = Region.create(name, 2, 1024, 64, 1 << 20)
+    try:
+        yield r
+    finally:
+        r.close()
+        r.unlink()
+
+
+def test_with_a_weighted_map_a_full_ring_that_is_consumed_holds_its_flows_back(small_region):
+    """The big worker's full ring is normal with a weighted map: its packets wait in the
+    hand while the worker keeps consuming, and fall back only once it stopped consuming
+    for the stuck time (set here: 10 s, then 0 = any look without progress is stuck)."""
+    region = small_region
+    st = ffi.new("struct mg_steer *")
+    check(lib.mg_steer_init(st, region.base, SLOT_STEERING, K0, K1), "init")
+    assert lib.MG_STEER_STUCK_NS == 1_000_000  # 1 ms: a healthy worker's burst is ~50 us
+    gen = GenNic(VIPS[:1], flows=1, ipv6=0, seed=3)  # one flow
+    cnt = ffi.new("uint32_t *")
+
+    def receive(n: int, fresh: int = 1) -> int:
+        check(lib.mg_steer_reclaim(st, region.base), "reclaim")
+        got = check(lib.mg_steer_take(st, region.base, n), "take")
+        descs = lib.mg_hand_descs(region.base, SLOT_STEERING, cnt)
+        return check(lib.mg_steer_dispatch(st, region.base, gen.rx_burst(region.pool_ptr, descs, got), fresh),
+                     "dispatch")
+
+    # the flow's slot -> worker 0, one other slot -> worker 1 (a weighted map)
+    h, fl = ffi.new("uint64_t *"), ffi.new("uint16_t *")
+    probe = gen.rx_burst(region.pool_ptr, ffi.new("uint64_t[]", [0]), 1)
+    assert probe == 1
+    m = ffi.cast("struct mg_frame_meta *", region.pool_ptr)
+    pkt = bytes(ffi.buffer(region.pool_ptr + lib.MG_FRAME_META_SIZE + m.data_off, m.len))
+    assert lib.mg_steer_hash(pkt, len(pkt), K0, K1, 2, h, fl) >= 0
+    slot = int(h[0]) >> 56
+    reta = bytearray(RETA_SIZE)
+    reta[(slot + 1) % RETA_SIZE] = 1
+    check(lib.mg_steer_set_reta(st, bytes(reta), RETA_SIZE), "reta")
+    assert receive(64) == 0 and region.rx(0).count() == 64
+    stats = region.stats(SLOT_STEERING)
+    out = ffi.new("uint64_t[]", 64)
+    assert region.rx(0).dequeue(out, 4) == 4  # the worker takes 4: progress
+    # 4 fit; the ring is full again, its worker alive (it consumed since the last look):
+    # the other 4 wait in the hand, no fallback although worker 1's ring is empty
+    kept = receive(8)
+    assert kept == 4 and region.rx(0).count() == 64
+    assert stats[lib.MG_SS_FALLBACK] == 0 and region.rx(1).count() == 0
+    assert stats[lib.MG_SS_BACKPRESSURE] == 1
+    # it moved since the last look: 1 fits, the rest waits (a stuck time no preemption of
+    # this test reaches)
+    check(lib.mg_steer_set_stuck_ns(st, 10**10), "stuck")
+    assert region.rx(0).dequeue(out + 4, 1) == 1
+    kept = check(lib.mg_steer_dispatch(st, region.base, kept, 0), "retry")
+    assert kept == 3 and stats[lib.MG_SS_FALLBACK] == 0
+    # no progress since that look and a stuck time of 0: stuck, the rest falls back
+    check(lib.mg_steer_set_stuck_ns(st, 0), "stuck")
+    kept = check(lib.mg_steer_dispatch(st, region.base, kept, 0), "retry")
+    assert kept == 0 and region.rx(1).count() == 3 and stats[lib.MG_SS_FALLBACK] == 3
+    report = region.account(held={"test": [int(d) for d in ffi.unpack(out, 5)]})
+    assert report.ok, str(report)
+
+
+def test_a_run_with_a_weighted_map_gives_the_lone_worker_the_bulk_and_records_the_map():
+    """End to end: Pipeline(steer_cost=0.7) on two CPUs hands steering the table and the
+    workers its fingerprint; worker 0 (alone on CPU 1) gets most packets; the tables the
+    run keeps carry the map, so a run with the plain map refuses them and says why."""
+    import os
+
+    from maglev.actors.pipeline import Pipeline, PipelineOptions, parse_cpus
+    from maglev.control.endpoints import state_dir
+    from maglev.testing.state import private_run_state
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs: with one, every actor shares it and the map is plain")
+    with private_run_state("mgt-dispatch-"):
+        p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=20000,flows=1000", cpus="0,1",
+                                     steer_cost=0.7))
+        try:
+            m = dispatch_map(2, plan_cpus(2, parse_cpus("0,1")), 0.7)
+            assert p.dispatch == m and m.fp
+            defs = {d.name: d.params for d in p.actor_defs()}
+            assert bytes(defs["steering"]["reta"]) == m.reta
+            assert defs["worker-0"]["map_fp"] == defs["worker-1"]["map_fp"] == m.fp
+            p.start()
+            deadline = time.monotonic() + 30
+            while not p.eof:
+                assert time.monotonic() < deadline, "no eof in time"
+                p.poll(0.05)
+            p.stop()
+            s = p.summary()
+        finally:
+            p.close()
+        assert s["pool"]["ok"], s["pool"]
+        assert s["forwarded"] + sum(s["dropped"].values()) == s["packets_in"] == 20000
+        got = [int(w["packets_in"]) for w in s["per_worker"]]
+        assert sum(got) == 20000 and got[0] > got[1], got
+        cfg = p.config
+        inst = cfg.instance.name
+        tag = cs.identity_tag(str(state_dir(inst)), "")
+        fp = cs.key_fingerprint(*cfg.flow_hash_key)
+        for i in range(2):
+            name = cs.segment_name(inst, tag, i)
+            assert cs.preview(name, cs.Wanted(cfg.conntrack.capacity, fp, 2, i, m.fp)) == (True, "")
+            ok, why = cs.preview(name, cs.Wanted(cfg.conntrack.capacity, fp, 2, i, 0))
+            assert not ok and "another flow -> worker map" in why
