@@ -138,9 +138,7 @@ mg_encap_gre4_write(uint8_t *l3, uint32_t l3len, const uint8_t *eth_dst, const u
     f[5] = 0;
     memcpy(&f[6], src4, 4);
     memcpy(&f[8], dst4, 4);
-    uint64_t s = 0;
-    for (int i = 0; i < 10; i++)
-        s += f[i];
+    uint32_t s = (uint32_t)f[0] + f[1] + f[2] + f[3] + f[4] + f[6] + f[7] + f[8] + f[9];
     s = (s & 0xffffu) + (s >> 16);
     s = (s & 0xffffu) + (s >> 16);
     f[5] = (uint16_t)~s;
