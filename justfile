@@ -105,7 +105,7 @@ run-sample:
 # seeded with every packet of the test corpus (tests/data/corpus) (docs/datapath.md, "Fuzzing").
 fuzz SECONDS="60":
     python3 fuzz/make_seeds.py build/fuzz
-    clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Imaglev/_cffi_src/include fuzz/fuzz_dp.c maglev/_cffi_src/src/mg_parse.c maglev/_cffi_src/src/mg_dp.c maglev/_cffi_src/src/mg_conntrack.c maglev/_cffi_src/src/mg_tables.c maglev/_cffi_src/src/mg_encap.c maglev/_cffi_src/src/mg_icmp.c maglev/_cffi_src/src/mg_frag.c maglev/_cffi_src/src/mg_hash.c -o build/fuzz/fuzz_dp
+    clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Imaglev/_cffi_src/include fuzz/fuzz_dp.c maglev/_cffi_src/src/mg_parse.c maglev/_cffi_src/src/mg_dp.c maglev/_cffi_src/src/mg_conntrack.c maglev/_cffi_src/src/mg_tables.c maglev/_cffi_src/src/mg_encap.c maglev/_cffi_src/src/mg_icmp.c maglev/_cffi_src/src/mg_frag.c maglev/_cffi_src/src/mg_hash.c maglev/_cffi_src/src/mg_quic.c -o build/fuzz/fuzz_dp
     MG_FUZZ_TABLES=build/fuzz/tables.bin build/fuzz/fuzz_dp -max_total_time={{SECONDS}} -max_len=4096 -print_final_stats=1 build/fuzz/corpus
 
 # tests/datapath against an ASan+UBSan build of the extension, in a private copy of the

@@ -2,7 +2,7 @@
  * runs this).  Unlike ns, instruction counts do not depend on the load of the shared
  * machine, so they compare two versions of the kernel exactly.
  *
- *   callgrind_dp TABLES PACKET SCENARIO ROUNDS
+ *   callgrind_dp TABLES PACKET SCENARIO ROUNDS [BURST]
  *
  * SCENARIO: "est1" (one flow), "est10k" (10k established flows), "new" (every packet a new
  * flow).  Warm-up bursts run with collection off; only mg_dp_burst inside the measured
@@ -35,8 +35,8 @@ static uint8_t *slurp(const char *path, size_t *len)
 
 int main(int argc, char **argv)
 {
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s TABLES PACKET est1|est10k|new ROUNDS\n", argv[0]);
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: %s TABLES PACKET est1|est10k|new ROUNDS [BURST]\n", argv[0]);
         return 2;
     }
     size_t tlen, plen;
@@ -46,9 +46,13 @@ int main(int argc, char **argv)
         return 2;
     const struct mg_tables_header *h = (const void *)tables;
     struct mg_dp *dp = mg_dp_new(65536, 0, h->hash_k0, h->hash_k1, 0);
-    enum { N = MG_BURST_MAX };
+    /* BURST (default MG_BURST_MAX): small bursts show the kernel's per-burst fixed costs */
+    const uint32_t N = argc == 6 ? (uint32_t)atoi(argv[5]) : MG_BURST_MAX;
+    if (N == 0 || N > MG_BURST_MAX)
+        return 2;
     uint8_t *pool = aligned_alloc(64, (size_t)N * MG_FRAME_SIZE);
-    static uint32_t frames[N], tx[N + MG_DP_DRAIN_MAX], drop[N + MG_DP_DRAIN_MAX];
+    static uint32_t frames[MG_BURST_MAX], tx[MG_BURST_MAX + MG_DP_DRAIN_MAX],
+        drop[MG_BURST_MAX + MG_DP_DRAIN_MAX];
     if (!dp || !pool)
         return 2;
     memset(pool, 0, (size_t)N * MG_FRAME_SIZE);

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from maglev import config as cfg
+from maglev.config_rules import address_problem
 from maglev.datapath.ref_parse import parse
 from maglev.datapath.tables import build_tables
 from maglev.nic.pcapfile import PcapReader
@@ -41,7 +42,9 @@ def main(out: Path) -> None:
                 n += 1
                 rc, p = parse(rec.data)
                 if rc == 0 and p.proto in (6, 17) and len(dsts) < 40:
-                    dsts[str(ipaddress.ip_address(p.dst[:4] if p.family == 4 else p.dst))] = None
+                    ip = ipaddress.ip_address(p.dst[:4] if p.family == 4 else p.dst)
+                    if address_problem(ip, "vip") is None:  # the config refuses multicast, loopback, ...
+                        dsts[str(ip)] = None
     dsts["203.0.113.10"] = None
     lines = ['[instance]', 'source_ipv4 = "198.18.0.1"', 'source_ipv6 = "2001:db8:1::1"', "mtu = 1400"]
     for i, a in enumerate(dsts):

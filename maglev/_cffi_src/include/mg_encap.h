@@ -92,6 +92,63 @@ int mg_encap(uint8_t *pool, uint32_t idx, uint32_t l3_off, uint8_t inner_family,
              uint32_t flow_hash, const struct mg_encap_params *params);
 
 
+/* GRE (no key) in IPv4 around an IPv4 packet -- the data path's common case -- as one
+ * inline block: the 38 bytes (outer Ethernet, outer IPv4, GRE) are written in front of
+ * `l3` (an IPv4 header whose total length is `l3len`); the caller has checked the headroom
+ * (14 + MG_ENCAP_GRE4_OVH bytes before l3 inside the frame's data area).  eth_dst/eth_src
+ * may point into the frame's old Ethernet header, which the new block overwrites: they
+ * are read first.  Fields as mg_encap describes (TOS, ID and DF from the inner header,
+ * TTL 64, checksum); mg_encap uses this for the same case, so both paths write the same
+ * bytes.  Stores are whole 16/32-bit words in network order, and the checksum is summed
+ * over native 32-bit words (RFC 1071's sum is byte-order independent). */
+#define MG_ENCAP_GRE4_OVH 24
+
+static inline uint16_t mg_be16(uint16_t v)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return v;
+#else
+    return __builtin_bswap16(v);
+#endif
+}
+
+static inline __attribute__((always_inline)) void
+mg_encap_gre4_write(uint8_t *l3, uint32_t l3len, const uint8_t *eth_dst, const uint8_t *eth_src,
+                    const uint8_t *src4, const uint8_t *dst4)
+{
+    uint8_t macs[12];
+    memcpy(macs, eth_dst, 6);
+    memcpy(macs + 6, eth_src, 6);
+    uint8_t tos = l3[1];
+    uint16_t id, fo; /* network order, copied as they are */
+    memcpy(&id, l3 + 4, 2);
+    memcpy(&fo, l3 + 6, 2);
+    fo &= mg_be16(0x4000); /* DF kept, everything else (MF, offset) clear */
+    uint8_t *h = l3 - 14 - MG_ENCAP_GRE4_OVH;
+    uint8_t *ip = h + 14;
+    memcpy(h, macs, 12);
+    uint16_t w16 = mg_be16(0x0800);
+    memcpy(h + 12, &w16, 2);
+    uint16_t f[10];
+    f[0] = mg_be16((uint16_t)(0x4500 | tos));
+    f[1] = mg_be16((uint16_t)(20 + 4 + l3len));
+    f[2] = id;
+    f[3] = fo;
+    f[4] = mg_be16((uint16_t)(MG_ENCAP_TTL << 8 | 47));
+    f[5] = 0;
+    memcpy(&f[6], src4, 4);
+    memcpy(&f[8], dst4, 4);
+    uint32_t s = (uint32_t)f[0] + f[1] + f[2] + f[3] + f[4] + f[6] + f[7] + f[8] + f[9];
+    s = (s & 0xffffu) + (s >> 16);
+    s = (s & 0xffffu) + (s >> 16);
+    f[5] = (uint16_t)~s;
+    memcpy(ip, f, 20);
+    uint32_t gre = 0;
+    uint16_t et = mg_be16(0x0800);
+    memcpy((uint8_t *)&gre + 2, &et, 2);
+    memcpy(ip + 20, &gre, 4);
+}
+
 /* Length of the L3 packet at l3 (`avail` captured bytes) from its own header: IPv4 total
  * length, IPv6 40 + payload length.  -EINVAL when the header is not of `family`, is cut,
  * or claims more than `avail` (or is an IPv6 jumbogram).  Shared with mg_icmp.c. */

@@ -133,6 +133,21 @@ struct mg_frag_table {
      *              struct mg_frag_slot slots[hold_max]; */
 };
 
+/* Nothing held and nothing queued for output: mg_frag_expire then only advances its
+ * cursor and mg_frag_drain returns 0 (the burst kernel's per-burst check). */
+static inline int mg_frag_idle(const struct mg_frag_table *t)
+{
+    return t->hold_count == 0 && t->out_head == MG_FRAG_NIL;
+}
+
+/* What mg_frag_expire(t, now, max_buckets) does to an idle table: advance the cursor. */
+static inline void mg_frag_skip(struct mg_frag_table *t, uint32_t max_buckets)
+{
+    if (max_buckets > t->nbuckets)
+        max_buckets = t->nbuckets;
+    t->cursor = (t->cursor + max_buckets) & (t->nbuckets - 1);
+}
+
 /* Bytes to allocate for a table of `entries` entries (rounded up to a power of two, at
  * least MG_FRAG_WAYS) and `hold_max` hold slots; 0 when out of range. */
 size_t mg_frag_table_size(uint32_t entries, uint32_t hold_max);

@@ -21,8 +21,23 @@
 
 _Static_assert(MG_DROP_COUNT <= MG_DP_MAX_DROPS, "room for every drop reason");
 
+/* The last (dst, dport, proto) -> VIP answer: consecutive packets mostly go to the same
+ * VIP and port, and one 16-byte compare is cheaper than the two probes of the port-0
+ * fallback.  Kept across bursts (a worker handed bursts of a few packets paid the two
+ * probes once per burst) and forgotten whenever tables_ok sees another blob or
+ * generation, so it always describes the tables in use. */
+struct vip_memo {
+    uint8_t dst[16];
+    uint16_t dport;
+    uint8_t proto;
+    uint8_t valid;
+    int vip;
+};
+
 struct mg_dp {
     struct mg_dp_stats stats;
+    struct vip_memo memo;
+    int reuse_hash; /* the tables' secret is k0/k1: steering's hash may be reused */
     struct mg_ct *ct;
     struct mg_frag_table *frag;
     struct mg_ratelimit rl;
@@ -206,6 +221,8 @@ static int tables_ok(struct mg_dp *dp, const void *tables)
         return dp->tables_valid;
     dp->tables_seen = tables;
     dp->gen_seen = h->generation;
+    dp->memo.valid = 0;
+    dp->reuse_hash = h->hash_k0 == dp->k0 && h->hash_k1 == dp->k1;
     dp->tables_valid = h->magic == MG_TABLES_MAGIC && mg_tables_validate(tables, h->total_size) == 0;
     if (dp->tables_valid) {
         dp->own_mac_set = memcmp(h->own_mac, zero_mac, 6) != 0;
@@ -243,16 +260,6 @@ static inline int match_vip(const void *t, const struct mg_flow_key *k)
     return v;
 }
 
-/* The last (dst, dport, proto) -> VIP answer of this burst: consecutive packets of a burst
- * mostly go to the same VIP and port, and one 16-byte compare is cheaper than the two
- * probes of the port-0 fallback.  Local to one burst, so the tables cannot change under it. */
-struct vip_memo {
-    uint8_t dst[16];
-    uint16_t dport;
-    uint8_t proto;
-    uint8_t valid;
-    int vip;
-};
 
 static inline int match_vip_memo(const void *t, const struct mg_flow_key *k, struct vip_memo *c)
 {
@@ -426,6 +433,30 @@ forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
     uint8_t *pkt = mg_frame_data(io->pool, idx);
     meta->vip_index = (uint16_t)vip;
     meta->backend_index = b;
+
+    /* Fast path, the common case: GRE in IPv4 around IPv4 that fits the MTU, with the
+     * headroom for it -- the same bytes and the same accounting as the general path below
+     * (mg_encap uses the same mg_encap_gre4_write), without building the parameter block,
+     * the PMTU dispatch and the call. */
+    const uint32_t gre4_hdr = 14 + MG_ENCAP_GRE4_OVH;
+    if (MG_LIKELY(v->encap == MG_ENCAP_GRE && be->family == 4 && p->family == 4 && h->has_src4 &&
+                  (uint32_t)p->l3_len + MG_ENCAP_GRE4_OVH <= h->mtu &&
+                  meta->data_off + p->l3_off >= gre4_hdr)) {
+        uint8_t *l3 = pkt + p->l3_off;
+        mg_encap_gre4_write(l3, p->l3_len, dp->gw_mac_set ? h->gateway_mac : pkt + 6,
+                            dp->own_mac_set ? h->own_mac : pkt, h->src4, be->addr);
+        meta->data_off = meta->data_off + p->l3_off - gre4_hdr;
+        meta->len = gre4_hdr + p->l3_len;
+        meta->verdict = MG_VERDICT_FORWARD;
+        dp->stats.bytes_out += meta->len;
+        dp->be_c[b].packets++;
+        dp->be_c[b].bytes += meta->len;
+        io->tx[io->n_tx++] = idx;
+        dp->stats.forwarded++;
+        if (p->frag & MG_PF_FRAGMENT)
+            dp->stats.fragments++;
+        return 1;
+    }
 
     struct mg_encap_params ep;
     ep.type = v->encap;
@@ -747,6 +778,10 @@ static inline int cluster_out(struct mg_dp *dp, struct mg_dp_io *io, const void 
 static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint64_t now_ns,
                        uint32_t max_buckets)
 {
+    if (MG_LIKELY(mg_frag_idle(dp->frag))) { /* nothing held, nothing queued: the usual case */
+        mg_frag_skip(dp->frag, max_buckets); /* = mg_frag_expire of an idle table */
+        return;
+    }
     mg_frag_expire(dp->frag, now_ns, max_buckets);
     struct mg_frag_out outs[MG_DP_DRAIN_MAX];
     int n = mg_frag_drain(dp->frag, outs, MG_DP_DRAIN_MAX);
@@ -807,9 +842,9 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     const struct mg_tables_header *h = ok ? mg_tables_header_of(tables) : NULL;
     const uint32_t now_t = mg_ct_ticks(now_ns);
 
-    struct vip_memo memo = {.valid = 0};
+    struct vip_memo memo = dp->memo; /* a local copy during the burst (kept in registers) */
     /* Steering's hash (MG_FRAME_F_HASHED) is reused when it was keyed like the tables. */
-    const int reuse_hash = h && h->hash_k0 == dp->k0 && h->hash_k1 == dp->k1;
+    const int reuse_hash = ok && dp->reuse_hash;
 
     /* Pass 1: stateless classification, hashing, prefetch. */
     for (uint32_t i = 0; i < n; i++) {
@@ -940,6 +975,8 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             }
         }
     }
+
+    dp->memo = memo;
 
     /* Pass 2: state and outputs, in input order, software-pipelined: while packet i is
      * handled, the bucket metadata line of packet i + PF_META and the entry line of packet

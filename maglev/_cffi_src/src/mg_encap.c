@@ -92,6 +92,12 @@ int mg_encap(uint8_t *pool, uint32_t idx, uint32_t l3_off, uint8_t inner_family,
     uint32_t hdr = 14 + (uint32_t)ov;
     if (off + l3_off < hdr)
         return -ENOSPC;
+    if (p->type == MG_ENCAP_GRE && p->outer_family == 4 && inner_family == 4) {
+        mg_encap_gre4_write(l3, (uint32_t)l3len, p->eth_dst, p->eth_src, p->src, p->dst);
+        m->data_off = off + l3_off - hdr;
+        m->len = hdr + (uint32_t)l3len;
+        return (int)m->len;
+    }
 
     uint8_t tos;
     uint16_t ip_id = 0;

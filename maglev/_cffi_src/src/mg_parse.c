@@ -95,7 +95,7 @@ static int ipv4_options_ok(const uint8_t *o, uint32_t n)
 }
 
 /* L4 ports / flags from offset off (the IP payload start) up to end (exclusive). */
-static int parse_l4(const uint8_t *pkt, uint32_t off, uint32_t end, struct mg_parsed *out)
+static inline __attribute__((always_inline)) int parse_l4(const uint8_t *pkt, uint32_t off, uint32_t end, struct mg_parsed *out)
 {
     uint8_t proto = out->proto;
     if (proto == 6) { /* TCP */
@@ -128,7 +128,7 @@ static int parse_l4(const uint8_t *pkt, uint32_t off, uint32_t end, struct mg_pa
     return MG_OK;
 }
 
-static int parse_ipv4(const uint8_t *pkt, uint32_t len, uint32_t off, struct mg_parsed *out)
+static inline __attribute__((always_inline)) int parse_ipv4(const uint8_t *pkt, uint32_t len, uint32_t off, struct mg_parsed *out)
 {
     if (len - off < 20)
         return MG_DROP_TRUNCATED;
