@@ -10,7 +10,7 @@ struct mg_loop_ctl {
     const uint32_t *stop;
     uint64_t *lat_hist;
     uint32_t spares;
-    uint32_t reserved;
+    uint32_t idle_gap_us;
     uint64_t idle_ns;
     struct mg_idle_state *idle;
     uint32_t idle_mode;

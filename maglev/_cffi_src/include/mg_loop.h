@@ -45,7 +45,7 @@ struct mg_loop_ctl {
     /* steering: spare frames to keep per worker (mg_steer_spares, each round after the
      * reclaim, exactly as the Python step does) */
     uint32_t spares;
-    uint32_t reserved;
+    uint32_t idle_gap_us; /* contention threshold (below); 0 = MG_IDLE_GAP_NS (tests raise it) */
     /* Adaptive idle (DPDK-like).  With idle_ns > 0, a loop that finds nothing to do does
      * not return MG_LOOP_IDLE at once: it polls its doorbell's rings (mg_bell_poll) until
      * work arrives (and goes on), until idle_ns have passed since this actor last moved

@@ -128,10 +128,11 @@ static int idle_poll(void *base, const struct budget *b, const struct mg_loop_ct
         return 0;
     }
     uint64_t until = st->last_work_ns + c->idle_ns;
+    uint64_t gap = c->idle_gap_us ? (uint64_t)c->idle_gap_us * 1000u : MG_IDLE_GAP_NS;
     for (uint64_t prev = now;; prev = now) {
         now = mg_loop_now_ns();
         o->last_ns = now;
-        if (now - prev > MG_IDLE_GAP_NS) { /* something else ran here: stop polling */
+        if (now - prev > gap) { /* something else ran here: stop polling */
             st->backoff_until_ns = now + MG_IDLE_BACKOFF_NS;
             st->contended++;
             o->reason = MG_LOOP_IDLE;
