@@ -133,7 +133,7 @@ def test_an_alert_ends_the_poll_and_is_left_for_python(region):
 def test_contention_stops_polling_and_backs_off(region):
     """A busy process on the same CPU: the first sched_yield hands it the CPU for a slice,
     the gap between two looks exceeds MG_IDLE_GAP_NS, the poll ends at once and the next
-    calls do not poll for MG_IDLE_BACKOFF_NS."""
+    calls do not poll for MG_IDLE_BACKOFF_NS; meeting contention again doubles that."""
     _, mux, _ = glue(region)
     cpu = min(os.sched_getaffinity(0))
     old = os.sched_getaffinity(0)
@@ -152,6 +152,10 @@ def test_contention_stops_polling_and_backs_off(region):
         assert state.backoff_until_ns >= out.last_ns + lib.MG_IDLE_BACKOFF_NS - 1
         check(lib.mg_mux_loop(mux, region.base, c, out), "mux loop")  # backing off: no poll
         assert out.reason == lib.MG_LOOP_IDLE and state.contended == 1
+        state.backoff_until_ns = 0  # as if the back-off had passed: contention again doubles it
+        state.last_work_ns = time.monotonic_ns()
+        check(lib.mg_mux_loop(mux, region.base, c, out), "mux loop")
+        assert state.contended == 2 and state.backoff_ns == 2 * lib.MG_IDLE_BACKOFF_NS
     finally:
         os.sched_setaffinity(0, old)
         hog.kill()

@@ -19,12 +19,14 @@ struct mg_loop_ctl {
 struct mg_idle_state {
     uint64_t last_work_ns;
     uint64_t backoff_until_ns;
+    uint64_t backoff_ns;
     uint64_t contended;
 };
 #define MG_IDLE_PAUSE 1
 #define MG_IDLE_YIELD 2
 #define MG_IDLE_GAP_NS ...
 #define MG_IDLE_BACKOFF_NS ...
+#define MG_IDLE_BACKOFF_MAX_NS ...
 #define MG_PACE_SPIN_NS ...
 struct mg_loop_out {
     uint64_t packets;

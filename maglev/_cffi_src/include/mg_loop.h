@@ -57,8 +57,11 @@ struct mg_loop_ctl {
      * Contention: when two looks are more than MG_IDLE_GAP_NS apart, something else ran on
      * the CPU meanwhile (the machine is busier than the plan assumed); polling then only
      * burns the actor's fair share and a runnable poller is not woken early when work
-     * comes, so it returns MG_LOOP_IDLE at once and does not poll again for
-     * MG_IDLE_BACKOFF_NS (idle->backoff_until_ns): it sleeps on the doorbell as before.
+     * comes, so it returns MG_LOOP_IDLE at once and does not poll again for a back-off
+     * (idle->backoff_until_ns): it sleeps on the doorbell as before.  The back-off starts
+     * at MG_IDLE_BACKOFF_NS, doubles with each poll that meets contention again (up to
+     * MG_IDLE_BACKOFF_MAX_NS: on a machine that stays busy, one attempt a second) and
+     * halves with each poll that does not.
      * A paced generator (mg_loop_gen.rate) sleeps on the clock until its next packet is
      * due (clock_nanosleep), polling only its last MG_PACE_SPIN_NS. */
     uint64_t idle_ns;
@@ -68,15 +71,17 @@ struct mg_loop_ctl {
 };
 
 struct mg_idle_state {
-    uint64_t last_work_ns;    /* when the loop last moved a packet */
+    uint64_t last_work_ns;     /* when the loop last moved a packet */
     uint64_t backoff_until_ns; /* no polling before this (contention seen) */
-    uint64_t contended;       /* times polling stopped for contention */
+    uint64_t backoff_ns;       /* the current back-off (0 = none) */
+    uint64_t contended;        /* times polling stopped for contention */
 };
 
 #define MG_IDLE_PAUSE 1
 #define MG_IDLE_YIELD 2
 #define MG_IDLE_GAP_NS 50000ull
 #define MG_IDLE_BACKOFF_NS 20000000ull
+#define MG_IDLE_BACKOFF_MAX_NS 1000000000ull
 #define MG_PACE_SPIN_NS 10000ull
 
 struct mg_loop_out {

@@ -129,11 +129,16 @@ static int idle_poll(void *base, const struct budget *b, const struct mg_loop_ct
     }
     uint64_t until = st->last_work_ns + c->idle_ns;
     uint64_t gap = c->idle_gap_us ? (uint64_t)c->idle_gap_us * 1000u : MG_IDLE_GAP_NS;
+    uint64_t start = now;
+    int rc = 0;
     for (uint64_t prev = now;; prev = now) {
         now = mg_loop_now_ns();
         o->last_ns = now;
-        if (now - prev > gap) { /* something else ran here: stop polling */
-            st->backoff_until_ns = now + MG_IDLE_BACKOFF_NS;
+        if (now - prev > gap) { /* something else ran here: stop polling, back off */
+            uint64_t bo = st->backoff_ns * 2;
+            st->backoff_ns = bo < MG_IDLE_BACKOFF_NS ? MG_IDLE_BACKOFF_NS
+                             : bo > MG_IDLE_BACKOFF_MAX_NS ? MG_IDLE_BACKOFF_MAX_NS : bo;
+            st->backoff_until_ns = now + st->backoff_ns;
             st->contended++;
             o->reason = MG_LOOP_IDLE;
             return 0;
@@ -144,23 +149,34 @@ static int idle_poll(void *base, const struct budget *b, const struct mg_loop_ct
         }
         if (now >= until) {
             o->reason = MG_LOOP_IDLE;
-            return 0;
+            break;
         }
         if (now >= b->deadline) {
             o->reason = MG_LOOP_BUDGET;
+            break;
+        }
+        int w = 0;
+        for (int i = 0; i < 8 && !w; i++) {
+            w = mg_bell_poll(base, c->bell);
+            if (!w)
+                idle_relax(c);
+        }
+        if (w == 1) {
+            rc = 1;
+            break;
+        }
+        if (w != 0) { /* an alert (stop) or a bad bell: Python looks */
+            o->reason = MG_LOOP_BUDGET;
             return 0;
         }
-        for (int i = 0; i < 8; i++) {
-            int w = mg_bell_poll(base, c->bell);
-            if (w == 1)
-                return 1;
-            if (w != 0) { /* an alert (stop) or a bad bell: Python looks */
-                o->reason = MG_LOOP_BUDGET;
-                return 0;
-            }
-            idle_relax(c);
-        }
     }
+    /* a poll of 4 gaps or more without contention: the back-off decays */
+    if (now - start >= 4 * gap) {
+        st->backoff_ns /= 2;
+        if (st->backoff_ns < MG_IDLE_BACKOFF_NS)
+            st->backoff_ns = 0;
+    }
+    return rc;
 }
 
 /* Pacing: packets of a paced source due by `now` and not produced yet. */
