@@ -165,9 +165,12 @@ def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5, idle
     """Steering-rx -> muxer-tx latency at a paced rate (the generator stamps each frame's
     rx_ts_ns as it fills it; the muxer buckets now - rx_ts_ns, quarter-octave buckets, as
     it transmits): {p50, p99, p999} in us (bucket upper edges), ``packets``, ``rate`` (the
-    paced rate asked) and ``mpps`` (what the muxer sent over the window)."""
+    paced rate asked), ``mpps`` (what the muxer sent over the window), ``sleeps_per_kpkt``
+    (doorbell futex sleeps of steering, workers and muxer per 1000 packets: with the
+    adaptive idle window each hop of a trickle is polled, not slept through) and ``cpu``
+    (cores the actors used)."""
     from maglev.native import lib
-    from maglev.rings import SLOT_MUXER
+    from maglev.rings import BELL_MUXER, BELL_STEERING, SLOT_MUXER, worker_bell
 
     rate = max(1, round(rate))
     extra = {} if idle_poll_us is None else {"idle_poll_us": idle_poll_us}
@@ -178,6 +181,11 @@ def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5, idle
         t_end = time.monotonic() + warmup
         while time.monotonic() < t_end:
             p.poll(0.05)
+        bells = [p.region.bell(b) for b in (BELL_STEERING, BELL_MUXER, *map(worker_bell, range(workers)))]
+        procs = [psutil.Process(p.supervisor.pid(n)) for n in p.supervisor.children
+                 if n in ("steering", "muxer") or n.startswith("worker-")]
+        cpu0 = sum(sum(pr.cpu_times()[:2]) for pr in procs)
+        s0 = sum(b.stats()["sleeps"] for b in bells)
         h0 = p.region.stats(SLOT_MUXER).snapshot()[lat0:lat0 + n]
         t0 = time.monotonic()
         t_end = t0 + seconds
@@ -185,11 +193,14 @@ def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5, idle
             p.poll(0.05)
         h1 = p.region.stats(SLOT_MUXER).snapshot()[lat0:lat0 + n]
         dt = time.monotonic() - t0
+        sleeps = sum(b.stats()["sleeps"] for b in bells) - s0
+        cpu = sum(sum(pr.cpu_times()[:2]) for pr in procs) - cpu0
         p.stop()
     finally:
         p.close()
     out = latency_us([int(b) - int(a) for a, b in zip(h0, h1, strict=True)])
-    out.update(rate=rate, mpps=round(out["packets"] / dt / 1e6, 4))
+    out.update(rate=rate, mpps=round(out["packets"] / dt / 1e6, 4),
+               sleeps_per_kpkt=round(sleeps * 1000 / max(1, out["packets"]), 2), cpu=round(cpu / dt, 2))
     return out
 
 
@@ -223,6 +234,8 @@ def main() -> int:
     ap.add_argument("--latency-rate", type=float, default=10000.0,
                     help="packets/s of the paced latency run per round (0 = skip it)")
     ap.add_argument("--latency-seconds", type=float, default=2.0)
+    ap.add_argument("--idle-poll-us", type=int, default=None,
+                    help="adaptive idle window of the latency runs (default: the pipeline's, 200)")
     a = ap.parse_args()
     ws = [int(x) for x in a.workers.split(",")]
     rows = []
@@ -242,9 +255,11 @@ def main() -> int:
             row[f"pipeline{w}_cpu_ns_per_packet"] = res["cpu_ns_per_packet"]
             row[f"pipeline{w}_ctx_per_kpkt"] = res["ctx_per_kpkt"]
             if a.latency_rate:
-                row[f"pipeline{w}_latency_us"] = latency(w, a.latency_rate, a.latency_seconds)
+                row[f"pipeline{w}_latency_us"] = latency(w, a.latency_rate, a.latency_seconds,
+                                                         idle_poll_us=a.idle_poll_us)
                 # ... and at 80% of the rate this round's pipeline run reached (issue 13)
-                row[f"pipeline{w}_latency_80_us"] = latency(w, 0.8 * res["mpps"] * 1e6, a.latency_seconds)
+                row[f"pipeline{w}_latency_80_us"] = latency(w, 0.8 * res["mpps"] * 1e6, a.latency_seconds,
+                                                            idle_poll_us=a.idle_poll_us)
         rows.append(row)
         if not a.json:
             parts = [f"single {row['single_mpps']:.2f} Mpps"]
@@ -261,7 +276,8 @@ def main() -> int:
                 if a.latency_rate:
                     lat = row[f"pipeline{w}_latency_us"]
                     print(f"         W={w} latency at {a.latency_rate:g} pps (us): p50 {lat['p50']} "
-                          f"p99 {lat['p99']} p99.9 {lat['p999']} over {lat['packets']} packets")
+                          f"p99 {lat['p99']} p99.9 {lat['p999']} over {lat['packets']} packets; doorbell sleeps "
+                          f"{lat['sleeps_per_kpkt']}/1000 packets, actors' CPU {lat['cpu']} cores")
                     lat = row[f"pipeline{w}_latency_80_us"]
                     print(f"         W={w} latency at 80% of max, {lat['rate']} pps asked, {lat['mpps']} Mpps "
                           f"sent (us): p50 {lat['p50']} p99 {lat['p99']} p99.9 {lat['p999']}")
