@@ -185,7 +185,8 @@ class Steering(Actor):
         self._loop_src = ffi.new("struct mg_loop_gen *") if unpaced_gen else None
         self._loop_ctl = ffi.new("struct mg_loop_ctl *", {
             "budget_ns": LOOP_BUDGET_NS, "burst": self.burst, "spares": self.spares})
-        self.init_idle(self._loop_ctl, int(lib.MG_BELL_STEERING))  # adaptive idle (mg_loop.h)
+        if self._loop_src is not None:  # the generator's C loop polls (adaptive idle, mg_loop.h)
+            self.init_idle(self._loop_ctl, int(lib.MG_BELL_STEERING))
         if self._paced:  # sleeps as fine as the pace: 1 us timer slack, not the default 50
             from maglev.actors.sched import set_timer_slack_ns
 
