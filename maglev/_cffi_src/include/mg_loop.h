@@ -61,7 +61,7 @@ struct mg_loop_ctl {
      * (idle->backoff_until_ns): it sleeps on the doorbell as before.  The back-off starts
      * at MG_IDLE_BACKOFF_NS, doubles with each poll that meets contention again (up to
      * MG_IDLE_BACKOFF_MAX_NS: on a machine that stays busy, one attempt a second) and
-     * halves with each poll that does not.
+     * halves with each window that runs out without contention.
      * A paced generator (mg_loop_gen.rate) sleeps on the clock until its next packet is
      * due (clock_nanosleep), polling only its last MG_PACE_SPIN_NS. */
     uint64_t idle_ns;

@@ -170,8 +170,10 @@ static int idle_poll(void *base, const struct budget *b, const struct mg_loop_ct
             return 0;
         }
     }
-    /* a poll of 4 gaps or more without contention: the back-off decays */
-    if (now - start >= 4 * gap) {
+    /* a whole window polled (4 gaps or more) without contention: the back-off decays;
+     * a poll that work ended proves less (at a steady trickle the window never runs out,
+     * and on a busy machine the back-off then keeps growing to its maximum) */
+    if (!rc && o->reason == MG_LOOP_IDLE && now - start >= 4 * gap) {
         st->backoff_ns /= 2;
         if (st->backoff_ns < MG_IDLE_BACKOFF_NS)
             st->backoff_ns = 0;
