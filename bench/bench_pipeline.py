@@ -200,29 +200,48 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
     }
 
 
-def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5) -> dict:
-    """Steering-rx -> muxer-tx latency at a paced, low rate (the generator stamps each
-    frame's rx_ts_ns as it fills it; the muxer buckets now - rx_ts_ns as it transmits)."""
+def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5, idle_poll_us: int | None = None) -> dict:
+    """Steering-rx -> muxer-tx latency at a paced rate (the generator stamps each frame's
+    rx_ts_ns as it fills it; the muxer buckets now - rx_ts_ns, quarter-octave buckets, as
+    it transmits): {p50, p99, p999} in us (bucket upper edges), ``packets``, ``rate`` (the
+    paced rate asked), ``mpps`` (what the muxer sent over the window), ``sleeps_per_kpkt``
+    (doorbell futex sleeps of steering, workers and muxer per 1000 packets: with the
+    adaptive idle window each hop of a trickle is polled, not slept through) and ``cpu``
+    (cores the actors used)."""
     from maglev.native import lib
-    from maglev.rings import SLOT_MUXER
+    from maglev.rings import BELL_MUXER, BELL_STEERING, SLOT_MUXER, worker_bell
 
-    p = new_pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN},rate={rate:g}", latency=True))
+    rate = max(1, round(rate))
+    extra = {} if idle_poll_us is None else {"idle_poll_us": idle_poll_us}
+    p = new_pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN},rate={rate}", latency=True, **extra))
     lat0, n = int(lib.MG_MS_LAT0), int(lib.MG_MS_LAT_N)
     try:
         p.start()
         t_end = time.monotonic() + warmup
         while time.monotonic() < t_end:
             p.poll(0.05)
+        bells = [p.region.bell(b) for b in (BELL_STEERING, BELL_MUXER, *map(worker_bell, range(workers)))]
+        procs = [psutil.Process(p.supervisor.pid(n)) for n in p.supervisor.children
+                 if n in ("steering", "muxer") or n.startswith("worker-")]
+        cpu0 = sum(sum(pr.cpu_times()[:2]) for pr in procs)
+        s0 = sum(b.stats()["sleeps"] for b in bells)
         h0 = p.region.stats(SLOT_MUXER).snapshot()[lat0:lat0 + n]
-        t_end = time.monotonic() + seconds
+        t0 = time.monotonic()
+        t_end = t0 + seconds
         while time.monotonic() < t_end:
             p.poll(0.05)
         h1 = p.region.stats(SLOT_MUXER).snapshot()[lat0:lat0 + n]
+        dt = time.monotonic() - t0
+        sleeps = sum(b.stats()["sleeps"] for b in bells) - s0
+        cpu = sum(sum(pr.cpu_times()[:2]) for pr in procs) - cpu0
         p.stop()
     finally:
         p.close()
         drop_tables()
-    return latency_us([int(b) - int(a) for a, b in zip(h0, h1, strict=True)])
+    out = latency_us([int(b) - int(a) for a, b in zip(h0, h1, strict=True)])
+    out.update(rate=rate, mpps=round(out["packets"] / dt / 1e6, 4),
+               sleeps_per_kpkt=round(sleeps * 1000 / max(1, out["packets"]), 2), cpu=round(cpu / dt, 2))
+    return out
 
 
 def idle_cpu(workers: int = 8, seconds: float = 3.0) -> float:
@@ -258,6 +277,8 @@ def main() -> int:
     ap.add_argument("--latency-seconds", type=float, default=2.0)
     ap.add_argument("--steer-cost", type=float, default=None,
                     help="weights of the flow -> worker map (PipelineOptions.steer_cost; 0 = equal shares)")
+    ap.add_argument("--idle-poll-us", type=int, default=None,
+                    help="adaptive idle window of the latency runs (default: the pipeline's, 200)")
     a = ap.parse_args()
     BENCH["steer_cost"] = a.steer_cost
     ws = [int(x) for x in a.workers.split(",")]
@@ -278,7 +299,11 @@ def main() -> int:
             row[f"pipeline{w}_cpu_ns_per_packet"] = res["cpu_ns_per_packet"]
             row[f"pipeline{w}_ctx_per_kpkt"] = res["ctx_per_kpkt"]
             if a.latency_rate:
-                row[f"pipeline{w}_latency_us"] = latency(w, a.latency_rate, a.latency_seconds)
+                row[f"pipeline{w}_latency_us"] = latency(w, a.latency_rate, a.latency_seconds,
+                                                         idle_poll_us=a.idle_poll_us)
+                # ... and at 80% of the rate this round's pipeline run reached (issue 13)
+                row[f"pipeline{w}_latency_80_us"] = latency(w, 0.8 * res["mpps"] * 1e6, a.latency_seconds,
+                                                            idle_poll_us=a.idle_poll_us)
         rows.append(row)
         if not a.json:
             parts = [f"single {row['single_mpps']:.2f} Mpps"]
@@ -295,7 +320,11 @@ def main() -> int:
                 if a.latency_rate:
                     lat = row[f"pipeline{w}_latency_us"]
                     print(f"         W={w} latency at {a.latency_rate:g} pps (us): p50 {lat['p50']} "
-                          f"p99 {lat['p99']} p99.9 {lat['p999']} over {lat['packets']} packets")
+                          f"p99 {lat['p99']} p99.9 {lat['p999']} over {lat['packets']} packets; doorbell sleeps "
+                          f"{lat['sleeps_per_kpkt']}/1000 packets, actors' CPU {lat['cpu']} cores")
+                    lat = row[f"pipeline{w}_latency_80_us"]
+                    print(f"         W={w} latency at 80% of max, {lat['rate']} pps asked, {lat['mpps']} Mpps "
+                          f"sent (us): p50 {lat['p50']} p99 {lat['p99']} p99.9 {lat['p999']}")
     idle = idle_cpu()
     try:
         load = tuple(round(x, 2) for x in psutil.getloadavg())

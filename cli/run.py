@@ -78,7 +78,7 @@ def _check_config(config_path: str | None, nic: str) -> Any:
 
 def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on_eof: bool, as_json: bool,
                  otlp_endpoint: str, burst: int, ring_size: int, frames: int, verbose: int, log_format: str,
-                 control: str, metrics: str, cpus: str) -> list[str]:
+                 control: str, metrics: str, cpus: str, idle_poll_us: int | None = None) -> list[str]:
     """The options of this `maglev run` that each shard's `maglev run --shard` gets too."""
     argv = ["--config", config_path, "--burst", str(burst), "--ring-size", str(ring_size),
             "--log-format", log_format]
@@ -86,6 +86,8 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
                    ("--frames", frames), ("--control", control), ("--metrics", metrics), ("--cpus", cpus)):
         if v:
             argv += [opt, str(v)]
+    if idle_poll_us is not None:
+        argv += ["--idle-poll-us", str(idle_poll_us)]
     if exit_on_eof:
         argv.append("--exit-on-eof")
     if as_json:
@@ -116,6 +118,10 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
               help="Packets per burst.")
 @click.option("--ring-size", type=int, default=2048, show_default=True,
               help="Slots per rx/tx/ret ring (power of two).")
+@click.option("--idle-poll-us", type=click.IntRange(0, 100_000), default=None,
+              help="After its last packet a data-path actor polls its rings this long before it sleeps "
+                   "(PAUSE alone on a CPU, sched_yield when sharing one; default 200, 0 = sleep at once; "
+                   "docs/actors.md).")
 @click.option("--frames", type=click.IntRange(0, 1 << 22), default=0,
               help="Frames in the pool (default: sized from workers and ring size).")
 @click.option("-v", "--verbose", count=True, help="Actor logs on stderr (-v info, -vv debug).")
@@ -127,7 +133,7 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
 @click.option("--shard", default="", metavar="NAME",
               help="Run only this [[shard]] of the config (default: every shard, one process each).")
 def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoint, metrics, control,
-        burst, ring_size, frames, verbose, log_format, latency, shard) -> None:
+        burst, ring_size, frames, verbose, log_format, latency, shard, idle_poll_us) -> None:
     """Run the forwarder until Ctrl-C (or the end of a finite input).
 
     A config with [[shard]] sections runs each shard as its own isolated forwarder
@@ -158,7 +164,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
             given = {"control": control, "metrics": metrics, "cpus": cpus}
             sh.check_options(whole, given)
             base = _passthrough(workers, config_path, nic, exit_on_eof, as_json, otlp_endpoint, burst, ring_size,
-                                frames, verbose, log_format, control, metrics, cpus)
+                                frames, verbose, log_format, control, metrics, cpus, idle_poll_us)
             if latency:
                 base.append("--latency")
             sys.exit(sh.launch_all(whole, base, out or "", as_json))
@@ -207,6 +213,8 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         burst=burst, ring_size=ring_size, n_frames=frames, otlp_endpoint=otlp_endpoint,
         control=control, log_level=level, latency=latency,
     )
+    if idle_poll_us is not None:
+        opts.idle_poll_us = idle_poll_us
     from maglev.actors.controller import Controller
 
     ctrl = Controller()  # announces/withdraws the VIPs over BGP (maglev/actors/controller.py)

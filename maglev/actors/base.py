@@ -172,6 +172,24 @@ class Actor:
         else:
             time.sleep(timeout_s)
 
+    def init_idle(self, ctl: Any, bell: int) -> None:
+        """Give a C loop's ``struct mg_loop_ctl`` this actor's adaptive idle policy (the
+        pipeline's ``idle_us`` / ``idle_mode`` params, mg_loop.h): the loop then polls its
+        doorbell's rings for that window after the last packet it moved, and returns
+        ``MG_LOOP_IDLE`` only when the window passed -- so :meth:`wait` sleeps at once
+        (no second spin in Python)."""
+        us = int(self.params.get("idle_us", 0))
+        if us <= 0:
+            return
+        from maglev.native import ffi, lib
+
+        self.idle_state = ffi.new("struct mg_idle_state *")
+        ctl.idle_ns = us * 1000
+        ctl.idle = self.idle_state
+        ctl.idle_mode = int(self.params.get("idle_mode", lib.MG_IDLE_YIELD))
+        ctl.bell = bell
+        self.spin = 0
+
     def drain(self) -> None:
         """Finish the work already queued for this actor before it exits."""
 

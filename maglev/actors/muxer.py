@@ -81,6 +81,7 @@ class Muxer(Actor):
         if self._loop_ctl is None:
             self._loop_ctl = ffi.new("struct mg_loop_ctl *", {"budget_ns": LOOP_BUDGET_NS, "burst": self.burst})
             self._loop_out = ffi.new("struct mg_loop_out *")
+            self.init_idle(self._loop_ctl, int(lib.MG_BELL_MUXER))  # adaptive idle (mg_loop.h)
             if self.params.get("latency"):  # rx -> tx histogram in the stats block (benchmarks)
                 self._loop_ctl.lat_hist = lib.mg_region_stats(self.base, self.slot) + lib.MG_MS_LAT0
         out = self._loop_out
@@ -96,6 +97,7 @@ class Muxer(Actor):
         if self._loop_ctl is None:
             self._loop_ctl = ffi.new("struct mg_loop_ctl *", {"budget_ns": LOOP_BUDGET_NS, "burst": self.burst})
             self._loop_out = ffi.new("struct mg_loop_out *")
+            self.init_idle(self._loop_ctl, int(lib.MG_BELL_MUXER))  # adaptive idle (mg_loop.h)
             if self.params.get("latency"):
                 self._loop_ctl.lat_hist = lib.mg_region_stats(self.base, self.slot) + lib.MG_MS_LAT0
         out = self._loop_out

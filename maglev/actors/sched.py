@@ -43,6 +43,13 @@ def slice_us_wanted() -> int:
     return int(v) if v.isdigit() else SLICE_US_DEFAULT
 
 
+def set_timer_slack_ns(ns: int) -> bool:
+    """This thread's timer slack (``prctl(PR_SET_TIMERSLACK)``): how much later than asked
+    the kernel may end a sleep (default 50 us).  A paced generator sleeps between packets a
+    few tens of microseconds apart, so steering asks for 1 us.  False when refused."""
+    return _libc.prctl(29, ctypes.c_ulong(max(1, int(ns))), 0, 0, 0) == 0  # PR_SET_TIMERSLACK
+
+
 def current_slice_ns(pid: int = 0) -> int:
     """The slice (ns) the scheduler uses for ``pid`` (0 = this thread); 0 if unknown."""
     buf = ctypes.create_string_buffer(_SIZE)

@@ -179,11 +179,20 @@ class Steering(Actor):
         self.going = self.spec.incarnation > 0 or not p.get("wait_go", True)
         # The generator NIC runs in C: the whole receive loop is one mg_steer_loop call
         # per ~1 ms (mg_loop.h); other NICs keep the per-burst step below.
-        unpaced_gen = getattr(self.nic, "kind", "") == "gen" and not self.nic.paced
+        # A generator paced by `rate` alone runs in the C loop too (it fills what is due and
+        # waits for the next packet's time inside the call); flood mode keeps the step.
+        unpaced_gen = getattr(self.nic, "kind", "") == "gen" and not self.nic.flood and \
+            float(self.nic.rate).is_integer()
         self._paced = getattr(self.nic, "kind", "") == "gen" and self.nic.paced
         self._loop_src = ffi.new("struct mg_loop_gen *") if unpaced_gen else None
         self._loop_ctl = ffi.new("struct mg_loop_ctl *", {
             "budget_ns": LOOP_BUDGET_NS, "burst": self.burst, "spares": self.spares})
+        if self._loop_src is not None:  # the generator's C loop polls (adaptive idle, mg_loop.h)
+            self.init_idle(self._loop_ctl, int(lib.MG_BELL_STEERING))
+        if self._paced:  # sleeps as fine as the pace: 1 us timer slack, not the default 50
+            from maglev.actors.sched import set_timer_slack_ns
+
+            set_timer_slack_ns(1000)
         # AF_PACKET and AF_XDP run in C too: rx -> dispatch for many bursts per call
         # (mg_steer_loop_nic).  MAGLEV_NIC_LOOP=0 keeps the per-burst step (measurements).
         src = getattr(self.nic, "nic_loop_rx", None)

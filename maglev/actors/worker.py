@@ -97,6 +97,9 @@ class Worker(Actor):
         if self._loop_ctl is None:
             self._loop_ctl = ffi.new("struct mg_loop_ctl *", {"budget_ns": LOOP_BUDGET_NS})
             self._loop_out = ffi.new("struct mg_loop_out *")
+            from maglev.rings import worker_bell
+
+            self.init_idle(self._loop_ctl, worker_bell(self.index))  # adaptive idle (mg_loop.h)
         out = self._loop_out
         check(lib.mg_worker_loop(self.w, self.base, self._loop_ctl, out), "worker loop")
         if out.reason == lib.MG_LOOP_STALL:

@@ -250,6 +250,10 @@ class GenNic:
         if self._t0 is None:
             self._t0 = now
             self._deadline = now + self.seconds if self.seconds else 0.0
+            self._paced_from = self.produced
+        src.rate = int(self.rate) if self.rate and not self.flood else 0  # paced in C
+        src.t0_ns = int(self._t0 * 1e9)
+        src.paced_from = self._paced_from
         src.gen = self._g
         src.left = max(0, self.limit - self.produced) if self.limit else 2**64 - 1
         src.deadline_ns = int(self._deadline * 1e9) if self._deadline else 0
@@ -261,6 +265,10 @@ class GenNic:
             return not self.eof
         now = time.monotonic()
         t = now - self._t0
+        if self.rate and not self.flood:  # until the next packet is due: as fine as the pace
+            due = self._t0 + (self.produced - self._paced_from + 1) / self.rate
+            time.sleep(max(0.0, min(timeout_s, due - now)))
+            return True
         if self.rate or (self.flood and self.flood_after <= t < self.flood_after + self.flood):
             time.sleep(min(timeout_s, 0.0001))
             return True

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from maglev.actors.pipeline import Pipeline, PipelineOptions, doorbell_spin, plan_cpus
+from maglev.actors.pipeline import Pipeline, PipelineOptions, doorbell_spin, idle_params, plan_cpus
 from maglev.native import lib
 
 SPIN = int(lib.MG_BELL_SPIN_DEFAULT)
@@ -27,6 +27,33 @@ def test_plan_on_two_cpus_and_who_spins():
     assert doorbell_spin(one, "worker-0") == SPIN  # worker 0 has cpu 1 to itself
     assert doorbell_spin(one, "steering") == doorbell_spin(one, "muxer") == 0
     assert doorbell_spin(plan_cpus(2, [0, 1, 2, 3]), "worker-1") == SPIN
+
+
+def test_idle_policy_follows_the_plan():
+    """Adaptive idle (mg_loop.h): PAUSE alone on a CPU, sched_yield when sharing it, and no
+    polling for a worker that shares its CPU with another worker."""
+    pause, yld = int(lib.MG_IDLE_PAUSE), int(lib.MG_IDLE_YIELD)
+    two = plan_cpus(2, [0, 1])
+    got = {n: idle_params(two, n, 200) for n in two}
+    assert got == {"steering": {"idle_us": 200, "idle_mode": yld}, "muxer": {"idle_us": 200, "idle_mode": yld},
+                   "worker-0": {"idle_us": 200, "idle_mode": pause},  # cpu 1 to itself
+                   "worker-1": {"idle_us": 200, "idle_mode": yld}}  # with steering and the muxer
+    eight = plan_cpus(8, [0, 1])
+    assert all(idle_params(eight, f"worker-{i}", 200)["idle_us"] == 0 for i in range(8))  # crowded
+    assert idle_params(eight, "muxer", 200) == {"idle_us": 200, "idle_mode": yld}
+    assert idle_params(two, "worker-0", 0)["idle_us"] == 0  # --idle-poll-us 0: nobody polls
+    p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=100,flows=10", idle_poll_us=50))
+    try:
+        p.start()
+        params = {d.name: d.params for d in p.actor_defs()}
+        assert params["worker-0"]["idle_us"] == 50 and params["muxer"]["idle_mode"] == yld
+        p.stop()
+    finally:
+        p.close()
+    from maglev.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="idle-poll-us"):
+        Pipeline(PipelineOptions(workers=2, idle_poll_us=-1))
 
 
 def _affinities(p: Pipeline) -> dict[str, list[int]]:

@@ -276,17 +276,21 @@ def test_the_worker_rehashes_when_the_vip_masks_the_key(region):
     assert [tampered[i][1] for i in plain] != [reused[i][1] for i in plain]  # reused
 
 
-def test_latency_buckets_are_half_octaves():
-    assert [lib.mg_lat_bucket(ns) for ns in (0, 255, 256, 383, 384, 511, 512)] == [0, 0, 1, 1, 2, 2, 3]
+def test_latency_buckets_are_quarter_octaves():
+    assert [lib.mg_lat_bucket(ns) for ns in (0, 255, 256, 319, 320, 383, 384, 447, 448, 511, 512)] == \
+        [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5]
     for b in range(1, int(lib.MG_MS_LAT_N)):
         lo = lib.mg_lat_floor_ns(b)
         assert lib.mg_lat_bucket(lo) == b and lib.mg_lat_bucket(lo - 1) == b - 1
+        if b + 1 < int(lib.MG_MS_LAT_N):  # an upper edge at most 25% above the floor
+            assert lo < lib.mg_lat_floor_ns(b + 1) <= lo * 5 // 4
     assert lib.mg_lat_bucket(2**63) == lib.MG_MS_LAT_N - 1
+    assert lib.MG_MS_LAT0 + lib.MG_MS_LAT_N <= lib.MG_STATS_WORDS  # inside the muxer's stats block
     h = [0] * int(lib.MG_MS_LAT_N)
-    h[lib.mg_lat_bucket(40_000)] = 999  # 40 us -> bucket [32.8, 49.2) us
+    h[lib.mg_lat_bucket(40_000)] = 999  # 40 us -> bucket [32.8, 41.0) us
     h[lib.mg_lat_bucket(3_000_000)] = 1
-    assert latency_us(h) == {"packets": 1000, "p50": 49.15, "p99": 49.15, "p999": 49.15}
-    assert latency_us([0] * 48)["p99"] == 0.0
+    assert latency_us(h) == {"packets": 1000, "p50": 40.96, "p99": 40.96, "p999": 40.96}
+    assert latency_us([0] * int(lib.MG_MS_LAT_N))["p99"] == 0.0
 
 
 def test_the_muxer_loop_records_each_packets_latency(region):

@@ -10,8 +10,24 @@ struct mg_loop_ctl {
     const uint32_t *stop;
     uint64_t *lat_hist;
     uint32_t spares;
-    uint32_t reserved;
+    uint32_t idle_gap_us;
+    uint64_t idle_ns;
+    struct mg_idle_state *idle;
+    uint32_t idle_mode;
+    uint32_t bell;
 };
+struct mg_idle_state {
+    uint64_t last_work_ns;
+    uint64_t backoff_until_ns;
+    uint64_t backoff_ns;
+    uint64_t contended;
+};
+#define MG_IDLE_PAUSE 1
+#define MG_IDLE_YIELD 2
+#define MG_IDLE_GAP_NS ...
+#define MG_IDLE_BACKOFF_NS ...
+#define MG_IDLE_BACKOFF_MAX_NS ...
+#define MG_PACE_SPIN_NS ...
 struct mg_loop_out {
     uint64_t packets;
     uint64_t last_ns;
@@ -22,6 +38,9 @@ struct mg_loop_gen {
     struct mg_gen *gen;
     uint64_t left;
     uint64_t deadline_ns;
+    uint64_t rate;
+    uint64_t t0_ns;
+    uint64_t paced_from;
 };
 uint64_t mg_loop_now_ns(void);
 uint32_t mg_lat_bucket(uint64_t ns);

@@ -36,7 +36,7 @@
 #define MG_MS_LOST_FWD 6
 #define MG_MS_BATCH 7
 #define MG_MS_LAT0 16
-#define MG_MS_LAT_N 48
+#define MG_MS_LAT_N 96
 struct mg_steer { ...; };
 struct mg_mux { ...; };
 int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, uint64_t k1);

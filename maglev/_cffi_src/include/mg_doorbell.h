@@ -15,6 +15,9 @@
 /* 1 = an input ring has work, 0 = timed out / interrupted / rung without ring work,
  * -EINVAL bad bell, other -errno from futex.  timeout_ms 0 = only spin. */
 int mg_bell_wait(void *base, uint32_t bell, uint32_t spin, int32_t timeout_ms);
+/* One look at the bell without waiting (the adaptive idle poll of mg_loop.h): 1 = an
+ * input ring has work, 2 = an alert is pending (not taken), 0 = nothing, -EINVAL bad bell. */
+int mg_bell_poll(void *base, uint32_t bell);
 /* Wake the consumer unconditionally (mailbox, stop). */
 int mg_bell_ring(void *base, uint32_t bell);
 

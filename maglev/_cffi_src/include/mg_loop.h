@@ -45,8 +45,44 @@ struct mg_loop_ctl {
     /* steering: spare frames to keep per worker (mg_steer_spares, each round after the
      * reclaim, exactly as the Python step does) */
     uint32_t spares;
-    uint32_t reserved;
+    uint32_t idle_gap_us; /* contention threshold (below); 0 = MG_IDLE_GAP_NS (tests raise it) */
+    /* Adaptive idle (DPDK-like).  With idle_ns > 0, a loop that finds nothing to do does
+     * not return MG_LOOP_IDLE at once: it polls its doorbell's rings (mg_bell_poll) until
+     * work arrives (and goes on), until idle_ns have passed since this actor last moved
+     * a packet (idle->last_work_ns, kept across calls; then MG_LOOP_IDLE: the caller sets
+     * need_wakeup and sleeps on the doorbell), until the budget's deadline (MG_LOOP_BUDGET)
+     * or a doorbell alert (MG_LOOP_BUDGET: the caller takes it).  Between looks it
+     * executes PAUSE (idle_mode MG_IDLE_PAUSE: the actor is alone on its CPU) or calls
+     * sched_yield() (MG_IDLE_YIELD: it shares the CPU, the sibling runs first).
+     * Contention: when two looks are more than MG_IDLE_GAP_NS apart, something else ran on
+     * the CPU meanwhile (the machine is busier than the plan assumed); polling then only
+     * burns the actor's fair share and a runnable poller is not woken early when work
+     * comes, so it returns MG_LOOP_IDLE at once and does not poll again for a back-off
+     * (idle->backoff_until_ns): it sleeps on the doorbell as before.  The back-off starts
+     * at MG_IDLE_BACKOFF_NS, doubles with each poll that meets contention again (up to
+     * MG_IDLE_BACKOFF_MAX_NS: on a machine that stays busy, one attempt a second) and
+     * halves with each window that runs out without contention.
+     * A paced generator (mg_loop_gen.rate) sleeps on the clock until its next packet is
+     * due (clock_nanosleep), polling only its last MG_PACE_SPIN_NS. */
+    uint64_t idle_ns;
+    struct mg_idle_state *idle; /* required when idle_ns > 0 */
+    uint32_t idle_mode;         /* MG_IDLE_PAUSE | MG_IDLE_YIELD */
+    uint32_t bell;              /* the actor's doorbell (MG_BELL_*) */
 };
+
+struct mg_idle_state {
+    uint64_t last_work_ns;     /* when the loop last moved a packet */
+    uint64_t backoff_until_ns; /* no polling before this (contention seen) */
+    uint64_t backoff_ns;       /* the current back-off (0 = none) */
+    uint64_t contended;        /* times polling stopped for contention */
+};
+
+#define MG_IDLE_PAUSE 1
+#define MG_IDLE_YIELD 2
+#define MG_IDLE_GAP_NS 50000ull
+#define MG_IDLE_BACKOFF_NS 20000000ull
+#define MG_IDLE_BACKOFF_MAX_NS 1000000000ull
+#define MG_PACE_SPIN_NS 10000ull
 
 struct mg_loop_out {
     uint64_t packets;     /* packets moved (steering: received; worker: in; muxer: sent) */
@@ -61,11 +97,18 @@ struct mg_loop_gen {
     struct mg_gen *gen;
     uint64_t left;
     uint64_t deadline_ns;
+    /* Pacing (0 = as fast as frames come home): packets per second, counted from t0_ns,
+     * when the generator had produced `paced_from` packets (mg_gen_count): the loop fills
+     * only what is due, and in between waits for the next packet's time (ctl->idle_*). */
+    uint64_t rate;
+    uint64_t t0_ns;
+    uint64_t paced_from;
 };
 
 uint64_t mg_loop_now_ns(void);
-/* Latency bucket of ns: 0 below 256 ns, then two per octave (bucket b >= 1 starts at
- * mg_lat_floor_ns(b)), the last one open-ended (>= ~2.1 s). */
+/* Latency bucket of ns: 0 below 256 ns, then four per octave (a quarter octave: bucket
+ * b >= 1 starts at mg_lat_floor_ns(b), its upper edge is at most 25% above its floor,
+ * 19% above any value in it), the last one open-ended (>= ~3.2 s). */
 uint32_t mg_lat_bucket(uint64_t ns);
 uint64_t mg_lat_floor_ns(uint32_t b);
 

@@ -120,7 +120,7 @@
 /* Latency histogram (only while the muxer runs with latency on, mg_loop.h): packets by
  * muxer-tx minus meta->rx_ts_ns, MG_MS_LAT_N log buckets (mg_lat_bucket). */
 #define MG_MS_LAT0 16
-#define MG_MS_LAT_N 48
+#define MG_MS_LAT_N 96
 
 /* Slots of steering's indirection table: the top 8 bits of the 64-bit flow hash pick one. */
 #define MG_STEER_RETA 256

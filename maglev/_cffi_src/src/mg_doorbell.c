@@ -68,6 +68,16 @@ int mg_bell_wait(void *base, uint32_t bell, uint32_t spin, int32_t timeout_ms)
     return -err;
 }
 
+int mg_bell_poll(void *base, uint32_t bell)
+{
+    struct mg_bell *b = mg_region_bell(base, bell);
+    if (!b)
+        return -EINVAL;
+    if (__atomic_load_n(&b->alert, __ATOMIC_ACQUIRE))
+        return 2;
+    return bell_has_work(base, b);
+}
+
 int mg_bell_ring(void *base, uint32_t bell)
 {
     struct mg_bell *b = mg_region_bell(base, bell);

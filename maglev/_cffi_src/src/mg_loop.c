@@ -1,11 +1,15 @@
 /* Actor hot loops (design in include/mg_loop.h). */
+#define _GNU_SOURCE
 #include "mg_loop.h"
 
+#include <sched.h>
 #include <time.h>
 
+#include "mg_doorbell.h"
 #include "mg_hand.h"
 #include "mg_ring.h"
 #include "mg_shm.h"
+#include "mg_tables_pub.h"
 
 uint64_t mg_loop_now_ns(void)
 {
@@ -19,7 +23,7 @@ uint32_t mg_lat_bucket(uint64_t ns)
     if (ns < 256)
         return 0;
     uint32_t e = 63u - (uint32_t)__builtin_clzll(ns); /* >= 8 */
-    uint32_t b = 1 + (e - 8) * 2 + (uint32_t)((ns >> (e - 1)) & 1);
+    uint32_t b = 1 + (e - 8) * 4 + (uint32_t)((ns >> (e - 2)) & 3);
     return b < MG_MS_LAT_N ? b : MG_MS_LAT_N - 1;
 }
 
@@ -29,8 +33,8 @@ uint64_t mg_lat_floor_ns(uint32_t b)
         return 0;
     if (b >= MG_MS_LAT_N)
         b = MG_MS_LAT_N - 1;
-    uint32_t e = 8 + (b - 1) / 2;
-    return ((b - 1) & 1) ? (3ull << (e - 1)) : (1ull << e);
+    uint32_t e = 8 + (b - 1) / 4;
+    return (4ull + ((b - 1) & 3)) << (e - 2);
 }
 
 static void record_latency(void *base, uint32_t slot, uint64_t *hist, uint64_t now)
@@ -50,6 +54,15 @@ struct budget {
     uint32_t max_bursts;
 };
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 static void budget_start(struct budget *b, const struct mg_loop_ctl *c, uint64_t now,
                          struct mg_loop_out *o)
 {
@@ -63,11 +76,13 @@ static void budget_start(struct budget *b, const struct mg_loop_ctl *c, uint64_t
 static int budget_done(const struct budget *b, const struct mg_loop_ctl *c, struct mg_loop_out *o,
                        uint32_t n)
 {
+    o->last_ns = mg_loop_now_ns();
     if (n) {
         o->packets += n;
         o->bursts++;
+        if (c->idle)
+            c->idle->last_work_ns = o->last_ns;
     }
-    o->last_ns = mg_loop_now_ns();
     if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
         o->reason = MG_LOOP_STOP;
         return 1;
@@ -84,6 +99,132 @@ static int finish(struct mg_loop_out *o, uint32_t reason)
     o->reason = reason;
     o->last_ns = mg_loop_now_ns();
     return 0;
+}
+
+/* One pause between two looks at the rings: PAUSEs when the actor is alone on its CPU,
+ * sched_yield() when it shares it (the sibling -- often the producer -- runs first). */
+static inline void idle_relax(const struct mg_loop_ctl *c)
+{
+    if (c->idle_mode == MG_IDLE_YIELD) {
+        sched_yield();
+        return;
+    }
+    for (int i = 0; i < 16; i++)
+        cpu_relax();
+}
+
+/* The adaptive idle poll (mg_loop.h): the loop found nothing to do.  1: the doorbell's
+ * rings have work, go on; 0: return, out->reason set -- MG_LOOP_IDLE once idle_ns passed
+ * since the last packet moved (or idle polling is off), MG_LOOP_BUDGET at the deadline or
+ * on a pending alert (Python takes it), MG_LOOP_STOP. */
+static int idle_poll(void *base, const struct budget *b, const struct mg_loop_ctl *c,
+                     struct mg_loop_out *o)
+{
+    struct mg_idle_state *st = c->idle;
+    uint64_t now = mg_loop_now_ns();
+    o->last_ns = now;
+    if (!c->idle_ns || !st || now < st->backoff_until_ns) {
+        o->reason = MG_LOOP_IDLE;
+        return 0;
+    }
+    uint64_t until = st->last_work_ns + c->idle_ns;
+    uint64_t gap = c->idle_gap_us ? (uint64_t)c->idle_gap_us * 1000u : MG_IDLE_GAP_NS;
+    uint64_t start = now;
+    int rc = 0;
+    for (uint64_t prev = now;; prev = now) {
+        now = mg_loop_now_ns();
+        o->last_ns = now;
+        if (now - prev > gap) { /* something else ran here: stop polling, back off */
+            uint64_t bo = st->backoff_ns * 2;
+            st->backoff_ns = bo < MG_IDLE_BACKOFF_NS ? MG_IDLE_BACKOFF_NS
+                             : bo > MG_IDLE_BACKOFF_MAX_NS ? MG_IDLE_BACKOFF_MAX_NS : bo;
+            st->backoff_until_ns = now + st->backoff_ns;
+            st->contended++;
+            o->reason = MG_LOOP_IDLE;
+            return 0;
+        }
+        if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
+            o->reason = MG_LOOP_STOP;
+            return 0;
+        }
+        if (now >= until) {
+            o->reason = MG_LOOP_IDLE;
+            break;
+        }
+        if (now >= b->deadline) {
+            o->reason = MG_LOOP_BUDGET;
+            break;
+        }
+        int w = 0;
+        for (int i = 0; i < 8 && !w; i++) {
+            w = mg_bell_poll(base, c->bell);
+            if (!w)
+                idle_relax(c);
+        }
+        if (w == 1) {
+            rc = 1;
+            break;
+        }
+        if (w != 0) { /* an alert (stop) or a bad bell: Python looks */
+            o->reason = MG_LOOP_BUDGET;
+            return 0;
+        }
+    }
+    /* a whole window polled (4 gaps or more) without contention: the back-off decays;
+     * a poll that work ended proves less (at a steady trickle the window never runs out,
+     * and on a busy machine the back-off then keeps growing to its maximum) */
+    if (!rc && o->reason == MG_LOOP_IDLE && now - start >= 4 * gap) {
+        st->backoff_ns /= 2;
+        if (st->backoff_ns < MG_IDLE_BACKOFF_NS)
+            st->backoff_ns = 0;
+    }
+    return rc;
+}
+
+/* Pacing: packets of a paced source due by `now` and not produced yet. */
+static uint64_t paced_due(const struct mg_loop_gen *src, uint64_t now)
+{
+    uint64_t made = mg_gen_count(src->gen) - src->paced_from;
+    if (now <= src->t0_ns)
+        return 0;
+    uint64_t want = (uint64_t)((unsigned __int128)(now - src->t0_ns) * src->rate / 1000000000u);
+    return want > made ? want - made : 0;
+}
+
+/* A paced source has nothing due: wait for its next packet's time (1: go on) or return
+ * (0, out->reason set) at the budget's deadline, on an alert or a stop.  It sleeps on the
+ * clock to the due time (clock_nanosleep; with steering's timer slack at 1 us the sleep is
+ * as fine as the pace, so a paced steering never sleeps in steps coarser than the pace)
+ * and polls (idle_relax) only the last MG_PACE_SPIN_NS.  The packet is stamped when it is
+ * filled, after this wait, so steering's own wake-up does not count in the latency. */
+static int pace_wait(void *base, const struct mg_loop_gen *src, const struct budget *b,
+                     const struct mg_loop_ctl *c, struct mg_loop_out *o)
+{
+    uint64_t made = mg_gen_count(src->gen) - src->paced_from;
+    uint64_t next = src->t0_ns + (uint64_t)(((unsigned __int128)(made + 1) * 1000000000u +
+                                              src->rate - 1) / src->rate);
+    for (;;) {
+        uint64_t now = mg_loop_now_ns();
+        o->last_ns = now;
+        if (now >= next)
+            return 1;
+        if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
+            o->reason = MG_LOOP_STOP;
+            return 0;
+        }
+        if (now >= b->deadline || mg_bell_poll(base, c->bell) == 2) {
+            o->reason = MG_LOOP_BUDGET;
+            return 0;
+        }
+        if (next - now <= MG_PACE_SPIN_NS) {
+            idle_relax(c);
+            continue;
+        }
+        uint64_t until = next < b->deadline ? next : b->deadline;
+        struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
+                              .tv_nsec = (long)(until % 1000000000u)};
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+    }
 }
 
 /* Steering's reclaim in the loop: the sent ring is left to mg_steer_take_hot (frames
@@ -183,8 +324,14 @@ again:;
         goto again;
     }
     int n = holding < 0 ? holding : mg_mux_collect(m, base, ctl->burst);
-    if (n <= 0) {
-        *ret = n < 0 ? n : finish(out, MG_LOOP_IDLE);
+    if (n < 0) {
+        *ret = n;
+        return 1;
+    }
+    if (n == 0) {
+        if (idle_poll(base, b, ctl, out))
+            goto again;
+        *ret = 0;
         return 1;
     }
     if (MG_UNLIKELY(ctl->lat_hist != NULL))
@@ -208,11 +355,25 @@ int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
         uint32_t want = ctl->burst;
         if (src->left < want)
             want = (uint32_t)src->left;
+        if (src->rate) { /* paced: only what is due; else wait for the next packet's time */
+            now = mg_loop_now_ns();
+            uint64_t due = paced_due(src, now);
+            if (due == 0) {
+                if (!pace_wait(base, src, &b, ctl, out))
+                    return 0;
+                continue;
+            }
+            if (due < want)
+                want = (uint32_t)due;
+        }
         int n = mg_steer_take_hot(s, base, want);
         if (n < 0)
             return n;
-        if (n == 0) /* no free frame: they come home on ret/sent, which ring the bell */
-            return finish(out, MG_LOOP_IDLE);
+        if (n == 0) { /* no free frame: they come home on ret/sent, which ring the bell */
+            if (idle_poll(base, &b, ctl, out))
+                continue;
+            return 0;
+        }
         uint32_t cnt;
         uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
         int k = steer_filled(s, base, mg_gen_fill(src->gen, pool, descs, (uint32_t)n, now));
@@ -239,8 +400,15 @@ int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ct
             return finish(out, MG_LOOP_STALL);
         if (rc < 0)
             return rc;
-        if (rc == 0)
-            return finish(out, MG_LOOP_IDLE);
+        if (rc == 0) {
+            if (!ctl->idle_ns)
+                return finish(out, MG_LOOP_IDLE);
+            /* polling holds no table generation: a table update need not wait for it */
+            mg_tables_quiesce(base, w->worker);
+            if (idle_poll(base, &b, ctl, out))
+                continue;
+            return 0;
+        }
         if (budget_done(&b, ctl, out, (uint32_t)rc))
             return 0;
     }
