@@ -8,22 +8,21 @@ tables keep them.  Through the real forwarder (`--nic afpacket:eth0`) in the nam
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from maglev.config import Config, dump_toml
+from maglev.config import Config
 from maglev.datapath import build_tables
 from maglev.lab import topology as topo
 from maglev.lab.talkers import Talkers
 from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing import packets as P
 from tests.datapath.test_dp import maglev_backend
-from tests.lab.test_long_lived import REGISTER, KeepAlive
+from tests.lab.lab_helpers import lab_config, spawn_run, write_config
+from tests.lab.test_long_lived import KeepAlive
 
 pytestmark = pytest.mark.root
 
@@ -32,27 +31,25 @@ PERIOD_S = 0.1  # each connection sends a request every 100 ms (one selector loo
 
 
 def _write(cfg: Path, data: dict, names: set[str]) -> Config:
-    d = {**data, "vip": [{**v, "backend": [b for b in v["backend"] if b["name"] in names]} for v in data["vip"]]}
-    c = Config.from_dict(d)
-    cfg.write_text(dump_toml(c))
-    return c
+    """Write ``data`` with only the backends ``names`` to ``cfg``."""
+    return write_config(cfg, {**data, "vip": [{**v, "backend": [b for b in v["backend"] if b["name"] in names]}
+                                              for v in data["vip"]]})
+
 
 
 @pytest.mark.slow
 def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backend(make_lab):
     lab = make_lab(encap="gre", backends=4, forwarder=False)
     st = lab.state
-    data = tomllib.loads(Path(st["config"]).read_text())
+    data = lab_config(lab)
     data["instance"]["name"] = "labrs"
     short = Path(tempfile.mkdtemp(prefix="mgrs", dir="/tmp"))  # ipc:// paths must be short
     cfg = short / "maglev.toml"
-    env = {"MAGLEV_RUN_DIR": str(short / "run"), "MAGLEV_STATE_DIR": str(short / "state")}
-    argv = [sys.executable, "-c", REGISTER, "run", "--config", str(cfg), "--nic", "afpacket:eth0", "--workers", "2"]
     conns: list[KeepAlive] = []
     talk: Talkers | None = None
     try:
         _write(cfg, data, {"be1", "be2", "be3"})  # be4 exists but is not in the config yet
-        lab.spawn("maglev", st["maglev"]["ns"], argv, env=env)
+        spawn_run(lab, short, 2)
         lab._wait_ready(topo.LabSpec(forwarder=True), 40)
         conns = [KeepAlive(st["client"]["ns"]) for _ in range(N_CONNS)]
         for c in conns:
@@ -66,7 +63,7 @@ def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backe
         lab.stop_process("maglev")
         after = _write(cfg, data, {"be1", "be2", "be3", "be4"})
         t_down = time.monotonic()
-        lab.spawn("maglev", st["maglev"]["ns"], argv, env=env)
+        spawn_run(lab, short, 2)
         lab._wait_ready(topo.LabSpec(forwarder=True), 40)
         gap = time.monotonic() - t_down
         rounds_at_restart = talk.rounds
@@ -138,17 +135,15 @@ def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(
     lab = make_lab(encap="gre", backends=4, forwarder=False)
     st = lab.state
     be = {b["name"]: b for b in st["backends"]}
-    data = tomllib.loads(Path(st["config"]).read_text())
+    data = lab_config(lab)
     data["instance"]["name"] = "labk9"
     short = Path(tempfile.mkdtemp(prefix="mgk9", dir="/tmp"))
     cfg = short / "maglev.toml"
-    env = {"MAGLEV_RUN_DIR": str(short / "run"), "MAGLEV_STATE_DIR": str(short / "state")}
-    argv = [sys.executable, "-c", REGISTER, "run", "--config", str(cfg), "--nic", "afpacket:eth0", "--workers", "2"]
     conns: list[KeepAlive] = []
     talk: Talkers | None = None
     try:
         before = _write(cfg, data, {"be1", "be2", "be3"})
-        lab.spawn("maglev", st["maglev"]["ns"], argv, env=env)
+        spawn_run(lab, short, 2)
         lab._wait_ready(topo.LabSpec(forwarder=True), 40)
         conns = [KeepAlive(st["client"]["ns"]) for _ in range(N_CONNS)]
         for c in conns:
