@@ -37,6 +37,28 @@ def _write(cfg: Path, data: dict, names: set[str]) -> Config:
 
 
 
+def _would_move(conf: Config, conns: list[KeepAlive], first: list[str], backends: list[dict]) -> int:
+    """How many of the connections Maglev hashing over ``conf`` alone (no connection
+    table) would send to another backend than ``first``, the one each started on."""
+    blob = build_tables(conf)
+    n = 0
+    for c, was in zip(conns, first, strict=True):
+        ip, port = c.s.getsockname()[:2]
+        pkt = P.eth(P.ipv4(ip, topo.VIP_V4, P.TCP, P.tcp(port, topo.HTTP_PORT, b"", src=ip, dst=topo.VIP_V4)))
+        addr = maglev_backend(blob, pkt)[1]
+        n += next(b["name"] for b in backends if b["ipv4"] == addr) != was
+    return n
+
+
+def _progress(talk: Talkers, when: str) -> None:
+    """Wait (30 s at most) for 20 more rounds of requests on every connection."""
+    rounds = talk.rounds
+    deadline = time.monotonic() + 30
+    while talk.rounds < rounds + 20:
+        assert time.monotonic() < deadline, f"the connections made no progress {when}"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backend(make_lab):
     lab = make_lab(encap="gre", backends=4, forwarder=False)
@@ -66,23 +88,12 @@ def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backe
         spawn_run(lab, short, 2)
         lab._wait_ready(topo.LabSpec(forwarder=True), 40)
         gap = time.monotonic() - t_down
-        rounds_at_restart = talk.rounds
-        deadline = time.monotonic() + 30
-        while talk.rounds < rounds_at_restart + 20:  # 2 s of requests through the new run
-            assert time.monotonic() < deadline, "the connections made no progress after the restart"
-            time.sleep(0.1)
+        _progress(talk, "after the restart")  # 2 s of requests through the new run
         talk.finish()
         assert talk.error is None, talk.error
 
         # Without the adopted tables, Maglev over the new set would move these:
-        blob = build_tables(after)
-        would_move = 0
-        for c, was in zip(conns, first, strict=True):
-            ip, port = c.s.getsockname()[:2]
-            pkt = P.eth(P.ipv4(ip, topo.VIP_V4, P.TCP, P.tcp(port, topo.HTTP_PORT, b"", src=ip, dst=topo.VIP_V4)))
-            be_addr = maglev_backend(blob, pkt)[1]
-            name = next(b["name"] for b in st["backends"] if b["ipv4"] == be_addr)
-            would_move += name != was
+        would_move = _would_move(after, conns, first, st["backends"])
         kept = N_CONNS - len(talk.lost)
         print(f"restart in place: {kept}/{N_CONNS} connections kept their backend = {kept / N_CONNS:.4f} "
               f"({talk.rate():.2f} requests/s per connection, target {1 / PERIOD_S:g}; {talk.requests} requests; "
@@ -166,21 +177,11 @@ def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(
             assert time.monotonic() < deadline, "no replacement workers holding the tables"
             time.sleep(0.05)
         assert sorted(glob.glob("/dev/shm/maglev-labk9-ct-*")) == segs
-        rounds = talk.rounds
-        deadline = time.monotonic() + 30
-        while talk.rounds < rounds + 20:
-            assert time.monotonic() < deadline, "the connections made no progress after the kill"
-            time.sleep(0.1)
+        _progress(talk, "after the kill")
         talk.finish()
         assert talk.error is None, talk.error
         after = data_after = _write(short / "after.toml", data, {"be1", "be2", "be3", "be4"})
-        blob = build_tables(after)
-        would_move = 0
-        for c, was in zip(conns, first, strict=True):
-            ip, port = c.s.getsockname()[:2]
-            pkt = P.eth(P.ipv4(ip, topo.VIP_V4, P.TCP, P.tcp(port, topo.HTTP_PORT, b"", src=ip, dst=topo.VIP_V4)))
-            addr = maglev_backend(blob, pkt)[1]
-            would_move += next(b["name"] for b in st["backends"] if b["ipv4"] == addr) != was
+        would_move = _would_move(after, conns, first, st["backends"])
         kept = N_CONNS - len(talk.lost)
         print(f"kill -9 of both workers + a backend added: {kept}/{N_CONNS} connections kept their backend = "
               f"{kept / N_CONNS:.4f} ({talk.rate():.2f} requests/s per connection; Maglev alone would have "
