@@ -1,4 +1,5 @@
-"""Helpers shared by test folders that start a whole ``maglev run``."""
+"""Helpers shared by test folders that start a whole ``maglev run`` (the command, or its
+processes as a Pipeline)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from maglev.actors.pipeline import Pipeline, PipelineOptions
 
 MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
@@ -27,3 +31,25 @@ def run_to_eof(workdir: Path, name: str, args: list[str], timeout: float = 120.0
         for shm in Path("/dev/shm").glob(f"maglev-{name}-*"):
             shm.unlink(missing_ok=True)
         shutil.rmtree(workdir / "run", ignore_errors=True)
+
+
+def poll_until_eof(p: Pipeline, timeout: float = 30.0, what: str = "no eof in time") -> None:
+    """Poll the started Pipeline ``p`` until its input ended; fail with ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not p.eof:
+        assert time.monotonic() < deadline, what
+        p.poll(0.05)
+
+
+def pipeline_summary(opts: PipelineOptions, timeout: float = 30.0) -> tuple[Pipeline, dict]:
+    """Start a Pipeline of ``opts``, run it until its input ended, stop it; return it
+    (closed, also when it failed) and its summary."""
+    p = Pipeline(opts)
+    try:
+        p.start()
+        poll_until_eof(p, timeout)
+        p.stop()
+        return p, p.summary()
+    finally:
+        p.close()

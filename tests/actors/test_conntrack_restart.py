@@ -14,6 +14,7 @@ from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.control.endpoints import state_dir
 from maglev.native import ffi
 from maglev.rings import conntrack_shm as cs
+from tests.run_helpers import pipeline_summary
 
 
 def _header(path: str):
@@ -65,16 +66,7 @@ def test_a_worker_killed_with_9_resumes_with_its_table():
 
 def _run_once(conf, workers: int, caplog) -> list[str]:
     caplog.clear()
-    p = Pipeline(PipelineOptions(workers=workers, config_path=str(conf), nic="gen:packets=20000,flows=500,ipv6=0"))
-    try:
-        p.start()
-        deadline = time.monotonic() + 30
-        while not p.eof:
-            assert time.monotonic() < deadline, "no eof in time"
-            p.poll(0.05)
-        p.stop()
-    finally:
-        p.close()
+    pipeline_summary(PipelineOptions(workers=workers, config_path=str(conf), nic="gen:packets=20000,flows=500,ipv6=0"))
     return [r.getMessage() for r in caplog.records if r.name == "maglev.conntrack"]
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.native import lib
+from tests.run_helpers import poll_until_eof
 
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
@@ -74,10 +75,7 @@ def test_stop_of_idle_actors_does_not_wait_for_their_idle_timeouts():
     p = Pipeline(PipelineOptions(workers=8, nic="gen:packets=2000"))
     try:
         p.start()
-        deadline = time.monotonic() + 30
-        while not p.eof:
-            assert time.monotonic() < deadline, "no eof"
-            p.poll(0.05)
+        poll_until_eof(p, what="no eof")
         p.poll(1.0)  # every actor is asleep on its doorbell now
         t0 = time.monotonic()
         p.stop()
