@@ -53,3 +53,15 @@ def pipeline_summary(opts: PipelineOptions, timeout: float = 30.0) -> tuple[Pipe
         return p, p.summary()
     finally:
         p.close()
+
+
+def maglev_ctl(control: str, *args: str) -> subprocess.CompletedProcess:
+    """``maglev ctl --control CONTROL ARGS`` (30 s at most), its output captured."""
+    return subprocess.run([*MAGLEV, "ctl", "--control", control, *args], capture_output=True, text=True, timeout=30)
+
+
+def ctl_status(control: str) -> dict:
+    """``maglev ctl status --json`` of the run at ``control``; asserts that it answered."""
+    r = maglev_ctl(control, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
