@@ -65,3 +65,13 @@ def ctl_status(control: str) -> dict:
     r = maglev_ctl(control, "status", "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def wait_worker_packets(p: Pipeline, more: int, what: str, worker: int = 0, timeout: float = 10.0) -> None:
+    """Poll the Pipeline ``p`` until worker ``worker`` took ``more`` packets beyond its count
+    now; fail with ``what`` after ``timeout`` seconds."""
+    n = p.counters()["per_worker"][worker]["packets_in"]
+    deadline = time.monotonic() + timeout
+    while p.counters()["per_worker"][worker]["packets_in"] < n + more:
+        assert time.monotonic() < deadline, what
+        p.poll(0.02)
