@@ -22,12 +22,14 @@ its two vCPUs are sometimes "far" apart: compare ratios from one run, and repeat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 from native.build import load as load_bench_module  # bench/native: benchmark-only C
 
@@ -97,87 +99,79 @@ def waker(name: str, count: int, sleep: bool) -> None:
     region.close()
 
 
-def _wake_latency(count: int, sleep: bool) -> tuple[float, float]:
-    """(median, p99) µs from enqueue to the consumer process having the descriptor."""
+@contextlib.contextmanager
+def _child_on_region(args: list[str], what: str) -> Iterator[tuple[Region, subprocess.Popen, object]]:
+    """A one-worker region and this script started on it as a child process (``args``: its
+    role flag, then its parameters after the region's name), once the child said it is
+    ready (READY_WORD); yields (region, child, the stats words of slot 0).  At the end the
+    child is killed if it still runs and the region is unlinked."""
     name = f"bench-{os.getpid()}-{secrets.token_hex(3)}"
     with Region.create(name, 1, n_frames=64, ring_size=RING_SIZE, tables_bytes=0) as region:
         child = None
         try:
-            child = subprocess.Popen([sys.executable, __file__, "--waker", name, str(count),
-                                      "1" if sleep else "0"])
+            child = subprocess.Popen([sys.executable, __file__, args[0], name, *args[1:]])
             flags = region.stats(0)
             t_wait = time.monotonic() + 20
             while flags[READY_WORD] == 0:
                 if child.poll() is not None or time.monotonic() > t_wait:
-                    raise RuntimeError("waker did not start")
+                    raise RuntimeError(f"{what} did not start")
                 time.sleep(0.001)
-            rx = region.rx(0)
-            for _ in range(count):
-                time.sleep(0.002)  # long enough for the consumer to be asleep again
-                rx.enqueue([blib.mg_now_ns()], 1)
-            child.wait(60)
-            if flags[2] != count:
-                raise RuntimeError(f"waker saw {flags[2]}/{count} descriptors")
-            return flags[3] / 1000, flags[4] / 1000
+            yield region, child, flags
         finally:
             if child is not None and child.poll() is None:
                 child.kill()
                 child.wait()
             region.unlink()
+
+
+def _wake_latency(count: int, sleep: bool) -> tuple[float, float]:
+    """(median, p99) µs from enqueue to the consumer process having the descriptor."""
+    with _child_on_region(["--waker", str(count), "1" if sleep else "0"], "waker") as (region, child, flags):
+        rx = region.rx(0)
+        for _ in range(count):
+            time.sleep(0.002)  # long enough for the consumer to be asleep again
+            rx.enqueue([blib.mg_now_ns()], 1)
+        child.wait(60)
+        if flags[2] != count:
+            raise RuntimeError(f"waker saw {flags[2]}/{count} descriptors")
+        return flags[3] / 1000, flags[4] / 1000
 
 
 def _two_process(total: int, burst: int, python: bool, pin: bool) -> float:
-    name = f"bench-{os.getpid()}-{secrets.token_hex(3)}"
     cpus = sorted(os.sched_getaffinity(0))
     pin_ok = pin and len(cpus) >= 2
-    with Region.create(name, 1, n_frames=64, ring_size=RING_SIZE, tables_bytes=0) as region:
-        child = None
+    args = ["--producer", str(total), str(burst), "1" if python else "0", str(cpus[1]) if pin_ok else "-"]
+    with _child_on_region(args, "producer") as (region, child, flags):
+        ring = region.rx(0)
+        errors = ffi.new("uint64_t *")
+        if pin_ok:
+            old = os.sched_getaffinity(0)
+            _pin(cpus[0])
         try:
-            child = subprocess.Popen(
-                [sys.executable, __file__, "--producer", name, str(total), str(burst),
-                 "1" if python else "0", str(cpus[1]) if pin_ok else "-"]
-            )
-            flags = region.stats(0)
-            t_wait = time.monotonic() + 20
-            while flags[READY_WORD] == 0:
-                if child.poll() is not None or time.monotonic() > t_wait:
-                    raise RuntimeError("producer did not start")
-                time.sleep(0.001)
-            ring = region.rx(0)
-            errors = ffi.new("uint64_t *")
-            if pin_ok:
-                old = os.sched_getaffinity(0)
-                _pin(cpus[0])
-            try:
-                flags[GO_WORD] = 1
-                t0 = time.perf_counter_ns()
-                if python:
-                    buf = ffi.new("uint64_t[]", burst)
-                    deq = ring.dequeue
-                    got = 0
-                    deadline = time.monotonic() + 30
-                    while got < total and time.monotonic() < deadline:
-                        k = deq(buf, burst)
-                        got += k
-                        if not k:
-                            os.sched_yield()
-                else:
-                    got = blib.mg_ring_bench_consume(
-                        ring.ptr, total, burst, blib.mg_now_ns() + 30_000_000_000, errors
-                    )
-                t1 = time.perf_counter_ns()
-            finally:
-                if pin_ok:
-                    os.sched_setaffinity(0, old)
-            child.wait(30)
-            if got != total or errors[0]:
-                raise RuntimeError(f"2proc run broken: {got}/{total} descriptors, {errors[0]} errors")
-            return (t1 - t0) / total
+            flags[GO_WORD] = 1
+            t0 = time.perf_counter_ns()
+            if python:
+                buf = ffi.new("uint64_t[]", burst)
+                deq = ring.dequeue
+                got = 0
+                deadline = time.monotonic() + 30
+                while got < total and time.monotonic() < deadline:
+                    k = deq(buf, burst)
+                    got += k
+                    if not k:
+                        os.sched_yield()
+            else:
+                got = blib.mg_ring_bench_consume(
+                    ring.ptr, total, burst, blib.mg_now_ns() + 30_000_000_000, errors
+                )
+            t1 = time.perf_counter_ns()
         finally:
-            if child is not None and child.poll() is None:
-                child.kill()
-                child.wait()
-            region.unlink()
+            if pin_ok:
+                os.sched_setaffinity(0, old)
+        child.wait(30)
+        if got != total or errors[0]:
+            raise RuntimeError(f"2proc run broken: {got}/{total} descriptors, {errors[0]} errors")
+        return (t1 - t0) / total
 
 
 def _local(total: int, burst: int) -> float:

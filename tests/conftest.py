@@ -203,6 +203,35 @@ def netns():
         yield ns
 
 
+@pytest.fixture
+def make_lab(tmp_path: Path):
+    """``make_lab(encap="gre", backends=3, forwarder=False, weights=())`` -> an up namespace
+    lab (maglev.lab.topology) with its own prefix and state directory, always taken down
+    (processes by PID, namespaces) when the test ends, also on failure; skips with the
+    reason when there can be no lab here."""
+    import secrets
+
+    from maglev.lab.topology import Lab, LabSpec, why_no_lab
+
+    if reason := why_no_lab():
+        pytest.skip(reason)
+    labs: list[Lab] = []
+
+    def make(wait_s: float = 30.0, **kw) -> Lab:
+        state_dir = tmp_path / f"lab{len(labs)}"
+        spec = LabSpec(prefix=f"mgt-lab{secrets.token_hex(2)}", state_dir=state_dir, **kw)
+        lab = Lab(state_dir)
+        labs.append(lab)
+        lab.up(spec, wait_s=wait_s)
+        return lab
+
+    try:
+        yield make
+    finally:
+        for lab in labs:
+            lab.down()
+
+
 # Hypothesis: in CI (env CI set) every property test runs a fixed, reproducible set of
 # examples (derandomize), so a landing never depends on the luck of a random search; local
 # runs keep exploring new examples.  A falsifying example found locally is a real finding:

@@ -21,6 +21,7 @@ import pytest
 from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.native import lib
 from maglev.rings import SLOT_MUXER, SLOT_STEERING, Region, RegionError, worker_slot
+from tests.run_helpers import pipeline_summary, poll_until_eof
 
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 KILLS = 5
@@ -71,17 +72,7 @@ def test_kill_9_under_load_keeps_every_packet_accounted(victim):
 
 
 def test_a_clean_run_is_exact_and_has_no_restart_drops():
-    p = Pipeline(PipelineOptions(workers=3, nic="gen:packets=30000,flows=500,ipv6=0.2"))
-    try:
-        p.start()
-        deadline = time.monotonic() + 30
-        while not p.eof:
-            assert time.monotonic() < deadline
-            p.poll(0.05)
-        p.stop()
-        s = p.summary()
-    finally:
-        p.close()
+    _, s = pipeline_summary(PipelineOptions(workers=3, nic="gen:packets=30000,flows=500,ipv6=0.2"))
     exact(s)
     assert s["packets_in"] == s["forwarded"] == 30000 and s["dropped"] == {}
 
@@ -182,10 +173,7 @@ def test_kill_9_while_packets_are_split_into_spare_frames_stays_exact(tmp_path, 
             while not (sup.alive(victim) and sup.pid(victim) != old):
                 assert time.monotonic() - t0 < 10, "no replacement"
                 p.poll(0.01)
-        deadline = time.monotonic() + 120
-        while not p.eof:
-            assert time.monotonic() < deadline, "the replay never ended"
-            p.poll(0.05)
+        poll_until_eof(p, 120, "the replay never ended")
         p.stop()
         s = p.summary()
     finally:

@@ -6,13 +6,13 @@ producer needs)."""
 from __future__ import annotations
 
 import os
-import time
 
 import psutil
 import pytest
 
 from maglev.actors.pipeline import Pipeline, PipelineOptions, doorbell_spin, idle_params, plan_cpus
 from maglev.native import lib
+from tests.run_helpers import poll_until_eof
 
 SPIN = int(lib.MG_BELL_SPIN_DEFAULT)
 
@@ -76,10 +76,7 @@ def test_every_actor_runs_where_the_plan_says(workers, cpus):
         assert got == {n: sorted(want[n]) for n in got}
         spins = {d.name: d.params.get("spin") for d in p.actor_defs() if d.name in got}
         assert spins == {n: doorbell_spin(want, n) for n in got}
-        deadline = time.monotonic() + 30
-        while not p.eof:
-            assert time.monotonic() < deadline, "no eof in time"
-            p.poll(0.05)
+        poll_until_eof(p)
         assert _affinities(p) == got  # still there after the traffic
         p.stop()
         s = p.summary()

@@ -14,6 +14,7 @@ from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.control.endpoints import state_dir
 from maglev.native import ffi
 from maglev.rings import conntrack_shm as cs
+from tests.run_helpers import pipeline_summary, wait_worker_packets
 
 
 def _header(path: str):
@@ -49,11 +50,7 @@ def test_a_worker_killed_with_9_resumes_with_its_table():
         assert os.stat(seg).st_ino == inode, "the replacement made a fresh table instead of adopting"
         assert int(after.adoptions) == adoptions + 1
         assert int(after.n_used) >= used  # nothing lost (the generator's flows keep coming)
-        n = p.counters()["per_worker"][0]["packets_in"]
-        deadline = time.monotonic() + 10
-        while p.counters()["per_worker"][0]["packets_in"] < n + 2000:
-            assert time.monotonic() < deadline, "the replacement does not process packets"
-            p.poll(0.02)
+        wait_worker_packets(p, 2000, "the replacement does not process packets")
         p.stop()
         s = p.summary()
     finally:
@@ -65,16 +62,7 @@ def test_a_worker_killed_with_9_resumes_with_its_table():
 
 def _run_once(conf, workers: int, caplog) -> list[str]:
     caplog.clear()
-    p = Pipeline(PipelineOptions(workers=workers, config_path=str(conf), nic="gen:packets=20000,flows=500,ipv6=0"))
-    try:
-        p.start()
-        deadline = time.monotonic() + 30
-        while not p.eof:
-            assert time.monotonic() < deadline, "no eof in time"
-            p.poll(0.05)
-        p.stop()
-    finally:
-        p.close()
+    pipeline_summary(PipelineOptions(workers=workers, config_path=str(conf), nic="gen:packets=20000,flows=500,ipv6=0"))
     return [r.getMessage() for r in caplog.records if r.name == "maglev.conntrack"]
 
 

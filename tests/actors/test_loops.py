@@ -16,6 +16,7 @@ from maglev.datapath.tables import build_tables
 from maglev.native import check, ffi, lib
 from maglev.nic.gen import GenNic, vip_targets
 from maglev.rings import SLOT_MUXER, SLOT_STEERING, Region
+from tests.run_helpers import poll_until_eof
 
 FRAME = int(lib.MG_FRAME_SIZE)
 CFG = load_config("")
@@ -166,16 +167,42 @@ def _judge(dp, pool, frames: list[int], blob: bytes = BLOB) -> list[tuple]:
     return out
 
 
-@pytest.mark.parametrize("region", [256], indirect=True)
-def test_the_worker_reuses_steerings_hash_with_the_same_result(region):
+def _steered(region: Region, cfg, seed: int, ipv6: float) -> list[int]:
+    """Steering takes and dispatches one burst of 256 generated frames (flows to the VIPs
+    of ``cfg``); the frames it put on the two workers' rx rings."""
     st, _mux, _ws = glue(region)
-    gen = GenNic(vip_targets(CFG), flows=2000, syn=0.3, ipv6=0.2, seed=5)
+    gen = GenNic(vip_targets(cfg), flows=2000, syn=0.3, ipv6=ipv6, seed=seed)
     check(lib.mg_steer_take(st, region.base, 256), "take")
     cnt = ffi.new("uint32_t *")
     descs = lib.mg_hand_descs(region.base, SLOT_STEERING, cnt)
     k = gen.rx_burst(region.pool_ptr, descs, 256)
     assert check(lib.mg_steer_dispatch(st, region.base, k, 1), "dispatch") == 0
-    frames = [d for i in range(2) for d in region.rx(i).snapshot()]
+    return [d for i in range(2) for d in region.rx(i).snapshot()]
+
+
+def _pool_copy(region: Region, frames: list[int], hashed: bool, tamper: bool = False):
+    """A copy of the frame pool where steering hashed every frame; without the hashed flag
+    (the worker must hash), or with a corrupted hash (``tamper``)."""
+    size = region.n_frames * FRAME
+    p = ffi.new("uint8_t[]", size)
+    ffi.memmove(p, region.pool_ptr, size)
+    for d in frames:
+        m = ffi.cast("struct mg_frame_meta *", p + d * FRAME)
+        assert m.flags & lib.MG_FRAME_F_HASHED
+        if not hashed:
+            m.flags &= ~lib.MG_FRAME_F_HASHED
+        if tamper:
+            m.flow_hash_hi ^= 0x5A5A5A5A
+    return p
+
+
+def _dp(k0: int = K0, k1: int = K1):
+    return ffi.gc(lib.mg_dp_new(4096, 0, k0, k1, time.monotonic_ns()), lib.mg_dp_free)
+
+
+@pytest.mark.parametrize("region", [256], indirect=True)
+def test_the_worker_reuses_steerings_hash_with_the_same_result(region):
+    frames = _steered(region, CFG, seed=5, ipv6=0.2)
     assert len(frames) == 256
     h, fl = ffi.new("uint64_t *"), ffi.new("uint16_t *")
     pool = region.pool_ptr
@@ -185,29 +212,13 @@ def test_the_worker_reuses_steerings_hash_with_the_same_result(region):
         pkt = bytes(ffi.buffer(pool + d * FRAME + lib.MG_FRAME_META_SIZE + m.data_off, m.len))
         lib.mg_steer_hash(pkt, len(pkt), K0, K1, 2, h, fl)
         assert (m.flow_hash_hi << 32 | m.flow_hash) == h[0]
-    size = region.n_frames * FRAME
-
-    def copy(hashed: bool, tamper: bool = False):
-        p = ffi.new("uint8_t[]", size)
-        ffi.memmove(p, pool, size)
-        for d in frames:
-            m = ffi.cast("struct mg_frame_meta *", p + d * FRAME)
-            if not hashed:
-                m.flags &= ~lib.MG_FRAME_F_HASHED
-            if tamper:
-                m.flow_hash_hi ^= 0x5A5A5A5A
-        return p
-
-    def dp(k0=K0, k1=K1):
-        return ffi.gc(lib.mg_dp_new(4096, 0, k0, k1, time.monotonic_ns()), lib.mg_dp_free)
-
-    reused = _judge(dp(), copy(True), frames)
-    hashed_here = _judge(dp(), copy(False), frames)
-    other_secret = _judge(dp(K0 ^ 1), copy(True, tamper=True), frames)  # keys differ: rehash
+    reused = _judge(_dp(), _pool_copy(region, frames, True), frames)
+    hashed_here = _judge(_dp(), _pool_copy(region, frames, False), frames)
+    other_secret = _judge(_dp(K0 ^ 1), _pool_copy(region, frames, True, tamper=True), frames)  # keys differ: rehash
     assert reused == hashed_here == other_secret
     assert sum(v == lib.MG_VERDICT_FORWARD for v, *_ in reused) == 256
     # ... and the reuse is real: a wrong hash from "steering" moves flows
-    tampered = _judge(dp(), copy(True, tamper=True), frames)
+    tampered = _judge(_dp(), _pool_copy(region, frames, True, tamper=True), frames)
     assert [b for _, b, *_ in tampered] != [b for _, b, *_ in reused]
 
 
@@ -237,37 +248,12 @@ def test_the_worker_rehashes_when_the_vip_masks_the_key(region):
         for a, p, pr, extra in MASKED_VIPS)
     cfg = loads(MASKED_CONF.format(vips=vips))
     blob = build_tables(cfg)
-    st, _mux, _ws = glue(region)
-    gen = GenNic(vip_targets(cfg), flows=2000, syn=0.3, ipv6=0, seed=9)
-    check(lib.mg_steer_take(st, region.base, 256), "take")
-    cnt = ffi.new("uint32_t *")
-    descs = lib.mg_hand_descs(region.base, SLOT_STEERING, cnt)
-    k = gen.rx_burst(region.pool_ptr, descs, 256)
-    assert check(lib.mg_steer_dispatch(st, region.base, k, 1), "dispatch") == 0
-    frames = [d for i in range(2) for d in region.rx(i).snapshot()]
-    pool = region.pool_ptr
-    size = region.n_frames * FRAME
-
-    def copy(hashed: bool, tamper: bool = False):
-        p = ffi.new("uint8_t[]", size)
-        ffi.memmove(p, pool, size)
-        for d in frames:
-            m = ffi.cast("struct mg_frame_meta *", p + d * FRAME)
-            assert m.flags & lib.MG_FRAME_F_HASHED
-            if not hashed:
-                m.flags &= ~lib.MG_FRAME_F_HASHED
-            if tamper:
-                m.flow_hash_hi ^= 0x5A5A5A5A
-        return p
-
-    def dp():
-        return ffi.gc(lib.mg_dp_new(4096, 0, K0, K1, time.monotonic_ns()), lib.mg_dp_free)
-
-    reused = _judge(dp(), copy(True), frames, blob)
-    hashed_here = _judge(dp(), copy(False), frames, blob)
+    frames = _steered(region, cfg, seed=9, ipv6=0)
+    reused = _judge(_dp(), _pool_copy(region, frames, True), frames, blob)
+    hashed_here = _judge(_dp(), _pool_copy(region, frames, False), frames, blob)
     assert reused == hashed_here
     assert sum(v == lib.MG_VERDICT_FORWARD for v, *_ in reused) == len(frames)
-    tampered = _judge(dp(), copy(True, tamper=True), frames, blob)
+    tampered = _judge(_dp(), _pool_copy(region, frames, True, tamper=True), frames, blob)
     plain_vip = len(MASKED_VIPS) - 1
     masked = [i for i, (_, _, vip, _) in enumerate(reused) if vip != plain_vip]
     assert len(masked) > 100 and len(masked) < len(frames)
@@ -352,10 +338,7 @@ def test_a_paced_pipeline_measures_every_packets_latency():
     p = Pipeline(PipelineOptions(workers=1, nic="gen:rate=5000,packets=500,flows=50", latency=True))
     try:
         p.start()
-        deadline = time.monotonic() + 30
-        while not p.eof:
-            assert time.monotonic() < deadline, "no eof in time"
-            p.poll(0.05)
+        poll_until_eof(p)
         p.stop()
         s = p.summary()
         lat0 = int(lib.MG_MS_LAT0)

@@ -22,6 +22,7 @@ from maglev.config import SAMPLE_CONFIG
 from maglev.native import ffi, lib
 from maglev.nic.gen import GenNic
 from maglev.nic.pcapfile import PcapReader, PcapWriter
+from tests.run_helpers import pipeline_summary, poll_until_eof, wait_worker_packets
 
 FRAME = int(lib.MG_FRAME_SIZE)
 META = int(lib.MG_FRAME_META_SIZE)
@@ -32,13 +33,6 @@ def cli_env(tmp: Path) -> dict[str, str]:
     """The config manager resumes the last accepted config of an instance from its state
     directory; a test run must not pick up another run's changes."""
     return {**os.environ, "MAGLEV_STATE_DIR": str(tmp)}
-
-
-def run_until_eof(p: Pipeline, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not p.eof:
-        assert time.monotonic() < deadline, "no eof in time"
-        p.poll(0.05)
 
 
 def gone(p: Pipeline) -> None:
@@ -52,14 +46,7 @@ def balanced(s: dict, slack: int = 0) -> None:
 
 
 def test_generator_run_accounts_for_every_packet():
-    p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=20000,flows=500,ipv6=0.2"))
-    try:
-        p.start()
-        run_until_eof(p)
-        p.stop()
-        s = p.summary()
-    finally:
-        p.close()
+    p, s = pipeline_summary(PipelineOptions(workers=2, nic="gen:packets=20000,flows=500,ipv6=0.2"))
     gone(p)
     assert s["packets_in"] == 20000
     balanced(s)
@@ -139,11 +126,7 @@ def test_kill_9_worker_is_replaced_within_a_second_and_the_pool_stays_whole():
             assert time.monotonic() - t0 < 5, "no replacement"
             p.poll(0.01)
         took = time.monotonic() - t0
-        before = p.counters()["per_worker"][0]["packets_in"]
-        deadline = time.monotonic() + 10
-        while p.counters()["per_worker"][0]["packets_in"] < before + 2000:
-            assert time.monotonic() < deadline, "the replacement does not process packets"
-            p.poll(0.02)
+        wait_worker_packets(p, 2000, "the replacement does not process packets")
         p.stop()
         s = p.summary()
     finally:
@@ -196,7 +179,7 @@ def test_eight_idle_workers_use_almost_no_cpu():
     p = Pipeline(PipelineOptions(workers=8, nic="gen:packets=1000"))
     try:
         p.start()
-        run_until_eof(p)
+        poll_until_eof(p)
         procs = [psutil.Process(p.supervisor.pid(n)) for n in p.supervisor.children]
         time.sleep(0.5)
         c0 = sum(sum(pr.cpu_times()[:2]) for pr in procs)
@@ -286,14 +269,7 @@ def test_full_size_df_clear_packets_are_split_not_dropped_under_load(tmp_path, r
             pkt = P.eth(P.ipv4(client, vip, P.UDP, P.udp(1000 + i % 500, 53, body, src=client, dst=vip), df=False))
             w.write(pkt, 10**9 + i * 1000)
     out = tmp_path / "out.pcap"
-    p = Pipeline(PipelineOptions(workers=2, nic=f"pcap:{cap}", out=str(out), ring_size=ring_size))
-    try:
-        p.start()
-        run_until_eof(p, timeout=60)
-        p.stop()
-        s = p.summary()
-    finally:
-        p.close()
+    p, s = pipeline_summary(PipelineOptions(workers=2, nic=f"pcap:{cap}", out=str(out), ring_size=ring_size), 60)
     gone(p)
     assert s["packets_in"] == n
     assert s["dropped"] == {}, s["dropped"]

@@ -6,16 +6,13 @@ equal priorities sheds nothing (back pressure only, as before)."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
+from tests.run_helpers import run_to_eof
+
 HIGH, LOW = "203.0.113.81", "203.0.113.82"
 
 CONF = """
@@ -43,17 +40,8 @@ def run(shortdir: Path, ph: int, pl: int, packets: int) -> dict:
     name = f"pri{os.getpid() % 10000}{ph}{pl}"
     cfg = shortdir / f"maglev-{ph}{pl}.toml"
     cfg.write_text(CONF.format(name=name, high=HIGH, low=LOW, ph=ph, pl=pl))
-    env = {**os.environ, "MAGLEV_RUN_DIR": str(shortdir / "run"), "MAGLEV_STATE_DIR": str(shortdir / "state")}
-    try:
-        r = subprocess.run([*MAGLEV, "run", "--workers", "1", "--ring-size", "512", "--config", str(cfg),
-                            "--nic", f"gen:packets={packets},ipv6=0,flows=2000", "--exit-on-eof", "--json"],
-                           env=env, capture_output=True, text=True, timeout=180)
-        assert r.returncode == 0, r.stderr[-2000:]
-        return json.loads(r.stdout.strip().splitlines()[-1])
-    finally:
-        for shm in Path("/dev/shm").glob(f"maglev-{name}-*"):
-            shm.unlink(missing_ok=True)
-        shutil.rmtree(shortdir / "run", ignore_errors=True)
+    return run_to_eof(shortdir, name, ["--workers", "1", "--ring-size", "512", "--config", str(cfg),
+                                       "--nic", f"gen:packets={packets},ipv6=0,flows=2000"], timeout=180)
 
 
 @pytest.mark.slow

@@ -59,6 +59,23 @@ address = "{b_backend}"
 """
 
 
+def _two_cpus() -> list[int]:
+    """Two CPUs this process may use (one per shard), or skip."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("two shards on their own cores need two CPUs; this process may use one")
+    return cpus
+
+
+def _start(cfg: Path, text: str, *args: str) -> subprocess.Popen:
+    """Write ``text`` to ``cfg`` and start ``maglev run --config CFG ARGS --json`` on it,
+    its run and state directories beside ``cfg``."""
+    cfg.write_text(text)
+    env = {**os.environ, "MAGLEV_RUN_DIR": str(cfg.parent / "run"), "MAGLEV_STATE_DIR": str(cfg.parent / "state")}
+    return subprocess.Popen([*CLI, "run", "--config", str(cfg), *args, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
 def _attach(pattern: str, proc: subprocess.Popen, deadline: float) -> Region:
     while True:
         found = glob.glob(pattern)
@@ -85,16 +102,12 @@ def _window(a: tuple[float, int, list[int]], b: tuple[float, int, list[int]]) ->
 
 @pytest.mark.slow
 def test_killing_and_flooding_one_shard_leaves_the_other_alone():
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        pytest.skip("two shards on their own cores need two CPUs; this process may use one")
+    cpus = _two_cpus()
     base = Path(tempfile.mkdtemp(prefix="mgs-", dir="/tmp"))
     name = f"shr{os.getpid() % 100000}"
     cfg = base / "maglev.toml"
-    cfg.write_text(CONF.format(name=name, cpu_a=cpus[0], cpu_b=cpus[1], b_backend="198.18.1.2"))
-    env = {**os.environ, "MAGLEV_RUN_DIR": str(base / "run"), "MAGLEV_STATE_DIR": str(base / "state")}
-    proc = subprocess.Popen([*CLI, "run", "--config", str(cfg), "--latency", "--ring-size", "256", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = _start(cfg, CONF.format(name=name, cpu_a=cpus[0], cpu_b=cpus[1], b_backend="198.18.1.2"),
+                  "--latency", "--ring-size", "256")
     regions: list[Region] = []
     try:
         deadline = time.monotonic() + 60
@@ -215,20 +228,14 @@ def test_each_shard_announces_only_its_own_vips_over_its_own_bgp_session():
     from maglev.testing.ports import free_port
     from tests.bgp.test_actor import BlockingPeer
 
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        pytest.skip("two shards on their own cores need two CPUs; this process may use one")
+    cpus = _two_cpus()
     base = Path(tempfile.mkdtemp(prefix="mgs-", dir="/tmp"))
     name = f"shg{os.getpid() % 100000}"
     ports = {"a": free_port(), "b": free_port()}
     vips = {"a": "203.0.113.10", "b": "203.0.113.20"}
     shards = "".join(BGP_SHARD.format(shard=s, cpu=cpus[i], rid=i + 1, port=ports[s], vip=vips[s])
                      for i, s in enumerate(("a", "b")))
-    cfg = base / "maglev.toml"
-    cfg.write_text(BGP_CONF.format(name=name, shards=shards))
-    env = {**os.environ, "MAGLEV_RUN_DIR": str(base / "run"), "MAGLEV_STATE_DIR": str(base / "state")}
-    proc = subprocess.Popen([*CLI, "run", "--config", str(cfg), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = _start(base / "maglev.toml", BGP_CONF.format(name=name, shards=shards))
     peers = []
     try:
         announced: dict[str, set[str]] = {}

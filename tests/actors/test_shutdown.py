@@ -21,6 +21,7 @@ import pytest
 
 from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.native import lib
+from tests.run_helpers import poll_until_eof
 
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
@@ -42,6 +43,15 @@ def _wait_for_traffic(proc: subprocess.Popen, n_children: int, timeout: float = 
     return me.children()
 
 
+def _stop_timed(proc: subprocess.Popen, sig: int) -> tuple[str, str, float]:
+    """Send ``sig`` to ``proc`` and wait for its exit (30 s at most); returns its stdout,
+    its stderr and the seconds from the signal to the exit."""
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    return out, err, time.monotonic() - t0
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_maglev_run_with_8_workers_exits_quickly_after_a_signal(tmp_path, sig):
     env = {**os.environ, "MAGLEV_STATE_DIR": str(tmp_path)}
@@ -50,10 +60,7 @@ def test_maglev_run_with_8_workers_exits_quickly_after_a_signal(tmp_path, sig):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         children = _wait_for_traffic(proc, 12)  # steering, 8 workers, muxer, config, health
-        t0 = time.monotonic()
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
-        took = time.monotonic() - t0
+        out, err, took = _stop_timed(proc, sig)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -74,10 +81,7 @@ def test_stop_of_idle_actors_does_not_wait_for_their_idle_timeouts():
     p = Pipeline(PipelineOptions(workers=8, nic="gen:packets=2000"))
     try:
         p.start()
-        deadline = time.monotonic() + 30
-        while not p.eof:
-            assert time.monotonic() < deadline, "no eof"
-            p.poll(0.05)
+        poll_until_eof(p, what="no eof")
         p.poll(1.0)  # every actor is asleep on its doorbell now
         t0 = time.monotonic()
         p.stop()
@@ -106,10 +110,7 @@ def test_a_signal_during_start_up_stops_at_once_and_leaves_nothing(tmp_path):
             assert time.monotonic() < deadline and proc.poll() is None, "actors were not spawned"
             time.sleep(0.02)
         children = me.children()
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-        took = time.monotonic() - t0
+        out, err, took = _stop_timed(proc, signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from maglev.actors.base import ActorSpec
 from maglev.actors.bgp_speaker import BgpSpeakerActor
@@ -66,30 +67,47 @@ def pump_until(actor: BgpSpeakerActor, done: threading.Event, timeout: float = 1
         actor.wait(0.02)
 
 
-def test_actor_commands_and_events(tmp_path):
-    port = free_port()
-    spec = ActorSpec(name="bgp", target="maglev.actors.bgp_speaker:BgpSpeakerActor", run_dir=str(tmp_path), params=params(port))
-    actor = BgpSpeakerActor(spec)
-    sent: list[tuple[str, dict]] = []
-    actor.send = lambda type_, **body: sent.append((type_, body))  # no supervisor here
-    actor.setup()
+def actor_spec(tmp_path, params_: dict, **kw) -> ActorSpec:
+    """The BGP speaker actor's spec with ``params_`` (kw: more ActorSpec fields)."""
+    return ActorSpec(name="bgp", target="maglev.actors.bgp_speaker:BgpSpeakerActor", run_dir=str(tmp_path),
+                     params=params_, **kw)
+
+
+def peer_thread(port: int, script: Callable[[BlockingPeer, dict], None]) -> tuple[dict, threading.Event,
+                                                                                threading.Thread]:
+    """Start ``script(peer, got)`` on a BlockingPeer connected to ``port`` in a daemon
+    thread; returns (got, done, the thread): an exception lands in ``got["error"]`` (for
+    the test's assertions), ``done`` is set when the script ended either way."""
     got: dict = {}
     done = threading.Event()
 
-    def peer_side() -> None:
+    def run() -> None:
         try:
-            p = BlockingPeer(port)
-            p.handshake()
-            got["update"] = p.expect(m.Update)
-            got["withdraw"] = p.expect(m.Update)
-            p.sock.close()
-        except Exception as exc:  # reported by the assertions below
+            script(BlockingPeer(port), got)
+        except Exception as exc:  # reported by the assertions of the test
             got["error"] = exc
         finally:
             done.set()
 
-    t = threading.Thread(target=peer_side, daemon=True)
+    t = threading.Thread(target=run, daemon=True)
     t.start()
+    return got, done, t
+
+
+def test_actor_commands_and_events(tmp_path):
+    port = free_port()
+    actor = BgpSpeakerActor(actor_spec(tmp_path, params(port)))
+    sent: list[tuple[str, dict]] = []
+    actor.send = lambda type_, **body: sent.append((type_, body))  # no supervisor here
+    actor.setup()
+
+    def peer_side(p: BlockingPeer, got: dict) -> None:
+        p.handshake()
+        got["update"] = p.expect(m.Update)
+        got["withdraw"] = p.expect(m.Update)
+        p.sock.close()
+
+    got, done, t = peer_thread(port, peer_side)
     try:
         deadline = time.monotonic() + 10
         while not any(b.get("new") == "Established" for ty, b in sent if ty == "bgp.event"):
@@ -124,7 +142,7 @@ def test_actor_process_sends_cease_on_sigterm(tmp_path):
     port = free_port()
     params_ = params(port)
     params_["announce"] = ["203.0.113.10/32"]
-    spec = ActorSpec(name="bgp", target="maglev.actors.bgp_speaker:BgpSpeakerActor", run_dir=str(tmp_path), params=params_)
+    spec = actor_spec(tmp_path, params_)
     proc = subprocess.Popen([sys.executable, "-m", "maglev.actors.launch", spec.to_json()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 15
@@ -286,29 +304,19 @@ def test_restarted_actor_says_restarting_and_a_crash_sends_no_cease(tmp_path):
     params_ = params(port)
     params_["bgp"]["graceful_restart_time"] = 30
     params_["announce"] = ["203.0.113.10/32"]
-    spec = ActorSpec(name="bgp", target="maglev.actors.bgp_speaker:BgpSpeakerActor", run_dir=str(tmp_path), params=params_, incarnation=1)
-    actor = BgpSpeakerActor(spec)
+    actor = BgpSpeakerActor(actor_spec(tmp_path, params_, incarnation=1))
     actor.setup()
-    got: dict = {}
-    done = threading.Event()
 
-    def peer_side() -> None:
-        try:
-            p = BlockingPeer(port)
-            got["open"] = p.expect(m.Open)
-            caps = (m.Capability.route_refresh(), m.Capability.graceful_restart(120, (m.IPV4_UNICAST,)), m.Capability.four_octet_as(64512))
-            p.sock.sendall(bytes(m.Open(64512, 90, "198.18.0.1", caps)) + bytes(m.Keepalive()))
-            p.expect(m.Keepalive)
-            got["update"] = p.expect(m.Update)
-            got["eor"] = p.expect(m.Update)
-            got["sock"] = p
-        except Exception as exc:  # reported by the assertions below
-            got["error"] = exc
-        finally:
-            done.set()
+    def peer_side(p: BlockingPeer, got: dict) -> None:
+        got["open"] = p.expect(m.Open)
+        caps = (m.Capability.route_refresh(), m.Capability.graceful_restart(120, (m.IPV4_UNICAST,)), m.Capability.four_octet_as(64512))
+        p.sock.sendall(bytes(m.Open(64512, 90, "198.18.0.1", caps)) + bytes(m.Keepalive()))
+        p.expect(m.Keepalive)
+        got["update"] = p.expect(m.Update)
+        got["eor"] = p.expect(m.Update)
+        got["sock"] = p
 
-    t = threading.Thread(target=peer_side, daemon=True)
-    t.start()
+    got, done, t = peer_thread(port, peer_side)
     crashed = False
     try:
         pump_until(actor, done)

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from maglev.bgp import messages as m
-from tests.bgp.test_session import established_with, run, speaker_config
+from tests.bgp.test_session import established, run, speaker_config
 
 H = b"\xff" * 16
 ORIGIN = bytes.fromhex("40010100")
@@ -148,8 +148,7 @@ def test_a_peer_sending_every_malformed_update_keeps_the_session(caplog):
     cases = [c for c in CASES if c[3] and c[4]]  # the live session is 4-octet eBGP
 
     async def go():
-        sp, peer, _ = await established_with(speaker_config())
-        try:
+        async with established(speaker_config()) as (sp, peer, _):
             for i, (_, attrs, with_nlri, *_rest) in enumerate(cases, start=1):
                 # First announce the prefix the bad UPDATE is about, so a withdraw shows.
                 for u in m.build_announce([ipaddress.ip_network(f"198.51.100.{i}/32")], local_asn=64512, ebgp=True, asn4=True, next_hop="127.0.0.1"):
@@ -180,8 +179,6 @@ def test_a_peer_sending_every_malformed_update_keeps_the_session(caplog):
             u = await peer.expect(m.Update)
             assert u.announced() == (ipaddress.ip_network("203.0.113.10/32"),)
             await peer.close()
-        finally:
-            await sp.stop()
 
     with caplog.at_level(logging.WARNING, logger="maglev.bgp"):
         run(go())
@@ -192,8 +189,7 @@ def test_a_peer_sending_every_malformed_update_keeps_the_session(caplog):
 
 def test_repeated_errors_are_logged_once_per_interval(caplog):
     async def go():
-        sp, peer, _ = await established_with(speaker_config())
-        try:
+        async with established(speaker_config()) as (sp, peer, _):
             bad = build(bytes.fromhex("4001020000") + ASPATH + NEXTHOP, True)
             for _ in range(50):
                 await peer.send(bad)
@@ -203,8 +199,6 @@ def test_repeated_errors_are_logged_once_per_interval(caplog):
                 await asyncio.sleep(0.02)
             assert sp.peers_state()[0]["update_errors"] == {"ORIGIN/length/" + W: 50}
             await peer.close()
-        finally:
-            await sp.stop()
 
     with caplog.at_level(logging.WARNING, logger="maglev.bgp"):
         run(go())

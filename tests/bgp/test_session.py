@@ -7,9 +7,11 @@ so each test states exactly what goes over the wire and what must come back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import struct
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -112,12 +114,28 @@ def speaker_config(peer_port: int = 179, *, asn: int = 64513, peer_asn: int = 64
     )
 
 
-async def established_with(cfg: Bgp, events=None, **hs) -> tuple[Speaker, Scripted, m.Open]:
-    sp = Speaker(cfg, on_event=(events.append if events is not None else None))
+@contextlib.asynccontextmanager
+async def started(cfg: Bgp, *vips: str, on_event=None) -> AsyncIterator[Speaker]:
+    """A Speaker on ``cfg`` announcing ``vips`` from the start, stopped when the block
+    ends, also on failure."""
+    sp = Speaker(cfg, on_event=on_event)
+    for vip in vips:
+        sp.announce(vip)
     await sp.start()
-    peer = await Scripted.connect(cfg.listen_port)
-    their_open = await peer.handshake(cfg.peers[0].asn, **hs)
-    return sp, peer, their_open
+    try:
+        yield sp
+    finally:
+        await sp.stop()
+
+
+@contextlib.asynccontextmanager
+async def established(cfg: Bgp, events=None, **hs) -> AsyncIterator[tuple[Speaker, Scripted, m.Open]]:
+    """(speaker, scripted peer, the speaker's OPEN) once the peer's handshake (``hs``) is
+    done; the speaker stops when the block ends, also on failure."""
+    async with started(cfg, on_event=(events.append if events is not None else None)) as sp:
+        peer = await Scripted.connect(cfg.listen_port)
+        their_open = await peer.handshake(cfg.peers[0].asn, **hs)
+        yield sp, peer, their_open
 
 
 async def wait_state(sp: Speaker, state: str, timeout: float = 5, index: int = 0) -> None:
@@ -135,10 +153,7 @@ def test_passive_session_establishes_and_announces_with_next_hop_self():
     events: list[dict] = []
 
     async def go():
-        sp = Speaker(speaker_config(), on_event=events.append)
-        sp.announce(VIP4)
-        await sp.start()
-        try:
+        async with started(speaker_config(), VIP4, on_event=events.append) as sp:
             await wait_state(sp, "Active")  # passive: waits for the peer
             peer = await Scripted.connect(sp.config.listen_port)
             theirs = await peer.handshake(64512)
@@ -154,8 +169,6 @@ def test_passive_session_establishes_and_announces_with_next_hop_self():
             st = sp.peers_state()[0]
             assert st["announced"] == [VIP4] and st["hold_time"] == 90 and st["router_id"] == "198.18.0.1"
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
     states = [e["new"] for e in events if e["event"] == "bgp.state"]
@@ -165,8 +178,7 @@ def test_passive_session_establishes_and_announces_with_next_hop_self():
 
 def test_announce_and_withdraw_while_established_and_route_refresh():
     async def go():
-        sp, peer, _ = await established_with(speaker_config())
-        try:
+        async with established(speaker_config()) as (sp, peer, _):
             assert sp.announce(VIP4) is True
             assert sp.announce(VIP4) is False  # idempotent
             u = await peer.expect(m.Update)
@@ -180,16 +192,13 @@ def test_announce_and_withdraw_while_established_and_route_refresh():
             assert w.withdrawn_all() == (ipaddress.ip_network(VIP4),) and not w.attributes
             assert sp.peers_state()[0]["announced"] == []
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
 
 def test_ipv6_vip_needs_an_ipv6_next_hop_on_an_ipv4_session():
     async def go():
-        sp, peer, _ = await established_with(speaker_config())
-        try:
+        async with established(speaker_config()) as (sp, peer, _):
             sp.announce(VIP6)
             sp.announce(VIP4)
             u = await peer.expect(m.Update)  # only the IPv4 one: no IPv6 address to offer
@@ -198,11 +207,8 @@ def test_ipv6_vip_needs_an_ipv6_next_hop_on_an_ipv4_session():
             st = sp.peers_state()[0]
             assert st["skipped_no_next_hop"] == 1 and st["announced"] == [VIP4]
             await peer.close()
-        finally:
-            await sp.stop()
 
-        sp, peer, _ = await established_with(speaker_config(next_hop_ipv6="2001:db8:18::2"))
-        try:
+        async with established(speaker_config(next_hop_ipv6="2001:db8:18::2")) as (sp, peer, _):
             sp.announce(VIP6)
             u = await peer.expect(m.Update)
             mp = u.get(m.A_MP_REACH)
@@ -212,25 +218,20 @@ def test_ipv6_vip_needs_an_ipv6_next_hop_on_an_ipv4_session():
             w = await peer.expect(m.Update)
             assert w.get(m.A_MP_UNREACH).withdrawn == (ipaddress.ip_network(VIP6),)
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
 
 def test_ibgp_announcement_has_empty_as_path_and_local_pref():
     async def go():
-        sp, peer, _ = await established_with(speaker_config(peer_asn=64513))
-        peer.ebgp = False
-        try:
+        async with established(speaker_config(peer_asn=64513)) as (sp, peer, _):
+            peer.ebgp = False
             sp.announce(VIP4)
             u = await peer.expect(m.Update)
             assert not u.errors
             assert u.get(m.A_AS_PATH) == m.AsPath(())
             assert u.get(m.A_LOCAL_PREF) == m.LocalPref(100)
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go(), timeout=20)
 
@@ -238,10 +239,7 @@ def test_ibgp_announcement_has_empty_as_path_and_local_pref():
 def test_two_octet_peer_gets_as_trans_and_as4_path():
     async def go():
         cfg = speaker_config(asn=4200000001)
-        sp = Speaker(cfg)
-        sp.announce(VIP4)
-        await sp.start()
-        try:
+        async with started(cfg, VIP4) as sp:
             peer = await Scripted.connect(cfg.listen_port)
             # An "old" speaker: no capabilities at all (so IPv4 unicast, 2-octet ASNs).
             theirs = await peer.handshake(64512, caps=())
@@ -252,16 +250,13 @@ def test_two_octet_peer_gets_as_trans_and_as4_path():
             await wait_state(sp, "Established")
             assert sp.peers_state()[0]["families"] == ["ipv4-unicast"]
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
 
 def test_received_routes_are_counted_not_installed():
     async def go():
-        sp, peer, _ = await established_with(speaker_config())
-        try:
+        async with established(speaker_config()) as (sp, peer, _):
             (u,) = m.build_announce([ipaddress.ip_network("198.51.100.0/24")], local_asn=64512, ebgp=True, asn4=True, next_hop="127.0.0.1")
             await peer.send(u)
             deadline = time.monotonic() + 5
@@ -270,8 +265,6 @@ def test_received_routes_are_counted_not_installed():
             assert sp.peers_state()[0]["received"] == 1
             assert sp.announced() == []  # never re-advertised
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
@@ -290,9 +283,7 @@ def test_received_routes_are_counted_not_installed():
 def test_bad_open_gets_open_message_error(open_kw, expected):
     async def go():
         cfg = speaker_config()
-        sp = Speaker(cfg)
-        await sp.start()
-        try:
+        async with started(cfg) as sp:
             peer = await Scripted.connect(cfg.listen_port)
             await peer.expect(m.Open)
             o = m.Open.build(open_kw["asn"], 90, "198.18.0.1")
@@ -306,8 +297,6 @@ def test_bad_open_gets_open_message_error(open_kw, expected):
             assert "sent NOTIFICATION OPEN Message Error" in sp.peers_state()[0]["last_error"]
             assert sp.peers_state()[0]["notifications_out"] == 1
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
@@ -315,17 +304,13 @@ def test_bad_open_gets_open_message_error(open_kw, expected):
 def test_ibgp_peer_with_our_router_id_is_refused():
     async def go():
         cfg = speaker_config(peer_asn=64513)
-        sp = Speaker(cfg)
-        await sp.start()
-        try:
+        async with started(cfg):
             peer = await Scripted.connect(cfg.listen_port)
             await peer.expect(m.Open)
             await peer.send(m.Open.build(64513, 90, LOCAL_ID))
             n = await peer.expect(m.Notification)
             assert (n.code, n.subcode) == (2, 3)
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
@@ -333,9 +318,7 @@ def test_ibgp_peer_with_our_router_id_is_refused():
 def test_unsupported_version_gets_version_error_with_our_version():
     async def go():
         cfg = speaker_config()
-        sp = Speaker(cfg)
-        await sp.start()
-        try:
+        async with started(cfg):
             peer = await Scripted.connect(cfg.listen_port)
             await peer.expect(m.Open)
             raw = bytearray(bytes(m.Open.build(64512, 90, "198.18.0.1")))
@@ -344,8 +327,6 @@ def test_unsupported_version_gets_version_error_with_our_version():
             n = await peer.expect(m.Notification)
             assert (n.code, n.subcode, n.data) == (2, 1, b"\x00\x04")
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
@@ -364,8 +345,7 @@ def test_bad_message_in_established_resets_the_session(raw, expected):
     async def go():
         cfg = speaker_config()
         events: list[dict] = []
-        sp, peer, _ = await established_with(cfg, events)
-        try:
+        async with established(cfg, events) as (sp, peer, _):
             sp.announce(VIP4)
             await peer.expect(m.Update)
             await peer.send(raw)
@@ -383,8 +363,6 @@ def test_bad_message_in_established_resets_the_session(raw, expected):
             u = await peer2.expect(m.Update)
             assert u.announced() == (ipaddress.ip_network(VIP4),)
             await peer2.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
@@ -392,32 +370,25 @@ def test_bad_message_in_established_resets_the_session(raw, expected):
 def test_update_in_opensent_is_an_fsm_error():
     async def go():
         cfg = speaker_config()
-        sp = Speaker(cfg)
-        await sp.start()
-        try:
+        async with started(cfg):
             peer = await Scripted.connect(cfg.listen_port)
             await peer.expect(m.Open)
             await peer.send(m.Update())
             n = await peer.expect(m.Notification)
             assert (n.code, n.subcode) == (5, 1)
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
 
 def test_peer_notification_ends_the_session():
     async def go():
-        sp, peer, _ = await established_with(speaker_config())
-        try:
+        async with established(speaker_config()) as (sp, peer, _):
             await peer.send(m.Notification(6, 2, b"\x03bye"))
             assert await peer.closed()
             await wait_state(sp, "Active")
             assert sp.peers_state()[0]["last_error"] == 'peer sent NOTIFICATION Cease (6/2): "bye"'
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
@@ -427,8 +398,7 @@ def test_peer_notification_ends_the_session():
 
 def test_hold_timer_expiry_sends_notification():
     async def go():
-        sp, peer, theirs = await established_with(speaker_config(hold=3), hold=3)
-        try:
+        async with established(speaker_config(hold=3), hold=3) as (sp, peer, theirs):
             t0 = time.monotonic()
             keepalives = 0
             while True:  # we stay silent; the speaker keeps sending KEEPALIVEs, then gives up
@@ -442,23 +412,18 @@ def test_hold_timer_expiry_sends_notification():
             assert 2.5 <= elapsed <= 5.0, elapsed
             assert keepalives >= 2  # every hold/3 = 1 s
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
 
 def test_hold_time_is_the_smaller_of_the_two_and_zero_disables_keepalives():
     async def go():
-        sp, peer, _ = await established_with(speaker_config(hold=90), hold=0)
-        try:
+        async with established(speaker_config(hold=90), hold=0) as (sp, peer, _):
             await wait_state(sp, "Established")
             assert sp.peers_state()[0]["hold_time"] == 0
             with pytest.raises(TimeoutError):
                 await peer.recv(timeout=1.5)  # no KEEPALIVE when the hold time is 0
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
@@ -494,13 +459,13 @@ def test_active_peer_retries_after_connect_retry_time():
 
 def test_stop_sends_cease_administrative_shutdown():
     async def go():
-        sp, peer, _ = await established_with(speaker_config())
-        await sp.stop("maintenance")
-        n = await peer.expect(m.Notification)
-        assert (n.code, n.subcode) == (6, 2) and n.data == b"\x0bmaintenance"
-        assert await peer.closed()
-        assert sp.peers_state()[0]["state"] == "Idle"
-        await peer.close()
+        async with established(speaker_config()) as (sp, peer, _):
+            await sp.stop("maintenance")
+            n = await peer.expect(m.Notification)
+            assert (n.code, n.subcode) == (6, 2) and n.data == b"\x0bmaintenance"
+            assert await peer.closed()
+            assert sp.peers_state()[0]["state"] == "Idle"
+            await peer.close()
 
     run(go())
 
@@ -508,15 +473,11 @@ def test_stop_sends_cease_administrative_shutdown():
 def test_connection_from_an_unknown_address_is_refused():
     async def go():
         cfg = speaker_config()
-        sp = Speaker(cfg)
-        await sp.start()
-        try:
+        async with started(cfg) as sp:
             stranger = await Scripted.connect(cfg.listen_port, local="127.0.0.3")
             assert await stranger.closed()
             assert sp.rejected == 1
             await stranger.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
@@ -634,11 +595,8 @@ def test_garbage_from_an_established_peer_never_kills_the_speaker():
 
     async def go():
         cfg = speaker_config()
-        sp = Speaker(cfg)
-        sp.announce(VIP4)
-        await sp.start()
         outcomes = {"notification": 0, "accepted": 0}
-        try:
+        async with started(cfg, VIP4) as sp:
             for _ in range(20):
                 peer = await Scripted.connect(cfg.listen_port)
                 await peer.handshake(64512)
@@ -665,8 +623,6 @@ def test_garbage_from_an_established_peer_never_kills_the_speaker():
             await peer.handshake(64512)
             assert (await peer.expect(m.Update)).nlri == (ipaddress.ip_network(VIP4),)
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go(), timeout=60)
 
@@ -674,9 +630,7 @@ def test_garbage_from_an_established_peer_never_kills_the_speaker():
 def test_keepalives_flow_in_openconfirm():
     async def go():
         cfg = speaker_config(hold=3)
-        sp = Speaker(cfg)
-        await sp.start()
-        try:
+        async with started(cfg) as sp:
             peer = await Scripted.connect(cfg.listen_port)
             await peer.expect(m.Open)
             await peer.send(m.Open.build(64512, 3, "198.18.0.1"))
@@ -688,8 +642,6 @@ def test_keepalives_flow_in_openconfirm():
             await peer.send(m.Keepalive())
             await wait_state(sp, "Established")
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())
 
@@ -700,8 +652,7 @@ def test_received_prefixes_tracked_up_to_a_bound(monkeypatch):
     monkeypatch.setattr(session, "MAX_TRACKED_RECEIVED", 2)
 
     async def go():
-        sp, peer, _ = await established_with(speaker_config())
-        try:
+        async with established(speaker_config()) as (sp, peer, _):
             nets = [ipaddress.ip_network(f"198.51.100.{i}/32") for i in range(3)]
             for u in m.build_announce(nets, local_asn=64512, ebgp=True, asn4=True, next_hop="127.0.0.1"):
                 await peer.send(u)
@@ -711,7 +662,5 @@ def test_received_prefixes_tracked_up_to_a_bound(monkeypatch):
                 await asyncio.sleep(0.02)
             assert sp.peers_state()[0]["received"] == 2
             await peer.close()
-        finally:
-            await sp.stop()
 
     run(go())

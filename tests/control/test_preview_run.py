@@ -6,6 +6,7 @@ share of live entries on it -- checked against a direct read-only scan of the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from maglev import config as mcfg
@@ -43,34 +45,58 @@ def conf(name: str, backends: list[str]) -> str:
         f'[[vip.backend]]\naddress = "{b}"\n' for b in backends))
 
 
-def test_dry_run_counts_the_flows_on_a_removed_backend_exactly():
+@contextlib.contextmanager
+def _running(name: str, text: str, new_text: str, workers: str,
+             nic: str) -> Iterator[tuple[Path, dict, subprocess.Popen, float]]:
+    """``maglev run`` (instance ``name``) on ``text`` in a fresh folder that also holds
+    ``new_text`` as new.toml, up to its control socket; yields (folder, env, the run's
+    process, the deadline for the test's waits: 60 s from the start).  At the end it is
+    stopped with SIGINT and must exit 0; the tables it kept in /dev/shm and the folder are
+    removed."""
     base = Path(tempfile.mkdtemp(prefix="mgv-", dir="/tmp"))
-    name = f"pv{os.getpid() % 100000}"
     cfg = base / "maglev.toml"
-    cfg.write_text(conf(name, BACKENDS))
-    new = base / "new.toml"
-    new.write_text(conf(name, BACKENDS[:2] + BACKENDS[3:]))  # 198.18.3.3 removed
+    cfg.write_text(text)
+    (base / "new.toml").write_text(new_text)
     env = {**os.environ, "MAGLEV_RUN_DIR": str(base / "run"), "MAGLEV_STATE_DIR": str(base / "state")}
-    proc = subprocess.Popen([*CLI, "run", "--config", str(cfg), "--workers", "2", "--ring-size", "256",
-                             "--nic", f"gen:seconds=60,flows={FLOWS},ipv6=0,rate=5000", "--json"],
+    proc = subprocess.Popen([*CLI, "run", "--config", str(cfg), "--workers", workers, "--ring-size", "256",
+                             "--nic", nic, "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    ctl = f"ipc://{base}/run/{name}/control.sock"
-    blob = build_tables(mcfg.load(str(cfg)))  # the run's tables: same secret and timeouts
-    h = read_tables(blob).header
-    ids = {backend_id(f"{VIP}:80/tcp", b): b for b in BACKENDS}
-    tag = cs.identity_tag(str(base / "state" / name), str(cfg))  # as the workers name theirs
-
-    def scan() -> dict[str, int]:
-        live = cs.census_instance(name, tag, 2, (int(h["hash_k0"]), int(h["hash_k1"])),
-                                  int(h["tcp_timeout_ms"]), int(h["udp_timeout_ms"]), sorted(ids))
-        assert live.tables == 2, live.problems
-        return {ids[i]: n for i, n in live.census.counts.items()}
-
     try:
         deadline = time.monotonic() + 60
         while not (base / "run" / name / "control.sock").exists():
             assert time.monotonic() < deadline and proc.poll() is None, "the run did not come up"
             time.sleep(0.1)
+        yield base, env, proc, deadline
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        cs.remove_segments(name)
+        for shm in Path("/dev/shm").glob(f"maglev-{name}-*"):
+            shm.unlink(missing_ok=True)
+        shutil.rmtree(base, ignore_errors=True)
+    assert proc.returncode == 0
+
+
+def test_dry_run_counts_the_flows_on_a_removed_backend_exactly():
+    name = f"pv{os.getpid() % 100000}"
+    with _running(name, conf(name, BACKENDS), conf(name, BACKENDS[:2] + BACKENDS[3:]),  # 198.18.3.3 removed
+                  "2", f"gen:seconds=60,flows={FLOWS},ipv6=0,rate=5000") as (base, env, proc, deadline):
+        cfg, new = base / "maglev.toml", base / "new.toml"
+        ctl = f"ipc://{base}/run/{name}/control.sock"
+        blob = build_tables(mcfg.load(str(cfg)))  # the run's tables: same secret and timeouts
+        h = read_tables(blob).header
+        ids = {backend_id(f"{VIP}:80/tcp", b): b for b in BACKENDS}
+        tag = cs.identity_tag(str(base / "state" / name), str(cfg))  # as the workers name theirs
+
+        def scan() -> dict[str, int]:
+            live = cs.census_instance(name, tag, 2, (int(h["hash_k0"]), int(h["hash_k1"])),
+                                      int(h["tcp_timeout_ms"]), int(h["udp_timeout_ms"]), sorted(ids))
+            assert live.tables == 2, live.problems
+            return {ids[i]: n for i, n in live.census.counts.items()}
+
         # Every generator flow has its entry (the generator cycles over them), and the
         # tables have settled: a flow steered to another worker while the workers came up
         # left an entry there too (live, unused, until its idle timeout), so there may be
@@ -122,36 +148,15 @@ def test_dry_run_counts_the_flows_on_a_removed_backend_exactly():
             assert st["generation"] == gen0  # nothing applied
             backends = c.call("get-config", {})["config"]["vip"][0]["backend"]
             assert [b["address"] for b in backends] == BACKENDS
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        cs.remove_segments(name)
-        for shm in Path("/dev/shm").glob(f"maglev-{name}-*"):
-            shm.unlink(missing_ok=True)
-        shutil.rmtree(base, ignore_errors=True)
-    assert proc.returncode == 0
 
 
 def test_dry_run_with_private_tables_says_it_estimates():
-    base = Path(tempfile.mkdtemp(prefix="mgv-", dir="/tmp"))
     name = f"pw{os.getpid() % 100000}"
-    cfg = base / "maglev.toml"
-    cfg.write_text(conf(name, BACKENDS) + "\n[conntrack]\nshared = false\n")
-    new = base / "new.toml"
-    new.write_text(conf(name, BACKENDS[:3]) + "\n[conntrack]\nshared = false\n")
-    env = {**os.environ, "MAGLEV_RUN_DIR": str(base / "run"), "MAGLEV_STATE_DIR": str(base / "state")}
-    proc = subprocess.Popen([*CLI, "run", "--config", str(cfg), "--workers", "1", "--ring-size", "256",
-                             "--nic", "gen:seconds=30,flows=500,ipv6=0,rate=5000", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    ctl = f"ipc://{base}/run/{name}/control.sock"
-    try:
-        deadline = time.monotonic() + 60
-        while not (base / "run" / name / "control.sock").exists():
-            assert time.monotonic() < deadline and proc.poll() is None, "the run did not come up"
-            time.sleep(0.1)
+    private = "\n[conntrack]\nshared = false\n"
+    with _running(name, conf(name, BACKENDS) + private, conf(name, BACKENDS[:3]) + private,
+                  "1", "gen:seconds=30,flows=500,ipv6=0,rate=5000") as (base, env, _, _):
+        ctl = f"ipc://{base}/run/{name}/control.sock"
+        new = base / "new.toml"
         r = subprocess.run([*CLI, "ctl", "--control", ctl, "--json", "apply", "--dry-run", str(new)],
                            env=env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
@@ -160,13 +165,3 @@ def test_dry_run_with_private_tables_says_it_estimates():
         (row,) = reply["vips"]
         assert row["flows_estimated"] is True and row["flows_basis"] in ("backend_packets", "table_entries")
         assert not cs.list_segments(name)  # private tables: nothing in /dev/shm
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for shm in Path("/dev/shm").glob(f"maglev-{name}-*"):
-            shm.unlink(missing_ok=True)
-        shutil.rmtree(base, ignore_errors=True)
-    assert proc.returncode == 0

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from maglev.control.client import ControlClient
+from tests.run_helpers import poll_until_eof
 
 VIP = "203.0.113.10:80/tcp"
 CONF = """
@@ -107,10 +108,7 @@ def test_changes_under_traffic_lose_nothing(run_env):
     try:
         p.start()
         t.start()
-        deadline = time.monotonic() + 90
-        while not p.eof:
-            assert time.monotonic() < deadline, "no eof in time"
-            p.poll(0.05)
+        poll_until_eof(p, 90)
         t.join(30)
         p.stop()
         s = p.summary()

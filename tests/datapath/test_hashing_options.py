@@ -28,7 +28,17 @@ from maglev.native import ffi, lib
 from maglev.testing import packets as P
 
 from . import test_differential as td
-from .dp_helpers import CLIENT4, CLIENT6, CONFIG_TOML, DOWN, VIP4, VIP4_ANY, VIP4_NOFRAG, VIP6
+from .dp_helpers import (
+    CLIENT4,
+    CLIENT6,
+    CONFIG_TOML,
+    DOWN,
+    VIP4,
+    VIP4_ANY,
+    VIP4_NOFRAG,
+    VIP6,
+    c_validate,
+)
 
 # VIP4 tcp:80 sticky (src_ip); VIP4_ANY udp (every port) without source port and without
 # conntrack; VIP4_NOFRAG udp:53 on the destination port; VIP6 tcp:443 sticky.
@@ -189,9 +199,7 @@ def test_bad_vip_flags_or_priority_are_rejected_by_both_validators(flags, priori
     rec = list(VIP.unpack_from(BLOB, off))
     rec[5], rec[13] = flags, priority
     bad = BLOB[:off] + VIP.pack(*rec) + BLOB[off + VIP.size:]
-    buf = ffi.new("uint64_t[]", (len(bad) + 7) // 8)
-    ffi.memmove(buf, bad, len(bad))
-    assert lib.mg_tables_validate(buf, len(bad)) != 0
+    assert c_validate(bad) != 0
     with pytest.raises(PacketError):
         read_tables(bad)
 

@@ -5,20 +5,16 @@ them, and a ``conntrack = false`` UDP VIP forwards every datagram."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from maglev.nic.pcapfile import PcapReader, PcapWriter
 from maglev.testing import packets as P
+from tests.run_helpers import run_to_eof
 
-MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 STICKY, SPREAD, DNS = "203.0.113.61", "203.0.113.62", "203.0.113.63"
 
 CONF = """
@@ -85,18 +81,9 @@ def test_sticky_and_stateless_vips_through_maglev_run(shortdir):
                 w.write(P.eth(P.ipv4(client, DNS, P.UDP, P.udp(30000 + s, 53, b"q" * 12, src=client, dst=DNS))),
                         n * 1000)
                 n += 1
-    env = {**os.environ, "MAGLEV_RUN_DIR": str(shortdir / "run"), "MAGLEV_STATE_DIR": str(shortdir / "state")}
-    try:
-        r = subprocess.run([*MAGLEV, "run", "--workers", "2", "--config", str(cfg), "--nic", f"pcap:{inp}",
-                            "--out", str(outp), "--exit-on-eof", "--json"],
-                           env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-2000:]
-        stats = json.loads(r.stdout.strip().splitlines()[-1])
-        flows = gre_flows(outp)
-    finally:
-        for shm in Path("/dev/shm").glob(f"maglev-{name}-*"):
-            shm.unlink(missing_ok=True)
-        shutil.rmtree(shortdir / "run", ignore_errors=True)
+    stats = run_to_eof(shortdir, name, ["--workers", "2", "--config", str(cfg), "--nic", f"pcap:{inp}",
+                                        "--out", str(outp)])
+    flows = gre_flows(outp)
     assert stats["packets_in"] == n and stats["forwarded"] == n, stats
     assert len(flows) == n
     per = {}

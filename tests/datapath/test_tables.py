@@ -20,13 +20,7 @@ from maglev.datapath.tables import (
 from maglev.errors import ConfigError, PacketError
 from maglev.native import ffi, lib
 
-from .dp_helpers import DOWN, VIP4, VIP4_ANY, VIP4_DOWN, config
-
-
-def c_validate(blob: bytes) -> int:
-    buf = ffi.new("uint64_t[]", (len(blob) + 7) // 8)
-    ffi.memmove(buf, blob, len(blob))
-    return lib.mg_tables_validate(buf, len(blob))
+from .dp_helpers import DOWN, VIP4, VIP4_ANY, VIP4_DOWN, c_validate, config
 
 
 def c_lookup(blob: bytes, addr: str, port: int, proto: int) -> int:

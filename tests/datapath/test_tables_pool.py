@@ -11,17 +11,11 @@ import pytest
 from maglev.datapath.tables import HDR, build_tables, read_tables
 from maglev.native import ffi, lib
 
-from .dp_helpers import config
+from .dp_helpers import c_validate, config
 from .redirect_helpers import POOL, pool_config
 
 OFF = {name: ffi.offsetof("struct mg_tables_header", name)
        for name in ("pool_off", "n_pool", "pool_self", "pool_family")}
-
-
-def c_validate(blob: bytes) -> int:
-    buf = ffi.new("uint64_t[]", (len(blob) + 7) // 8)
-    ffi.memmove(buf, blob, len(blob))
-    return lib.mg_tables_validate(buf, len(blob))
 
 
 def test_header_layout_matches_c():

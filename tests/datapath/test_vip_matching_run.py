@@ -6,16 +6,12 @@ backup cluster's forwarders."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from maglev.nic.pcapfile import PcapReader, PcapWriter
+from tests.run_helpers import run_to_eof
 
 from .cluster_helpers import (
     A_DOWN,
@@ -32,8 +28,6 @@ from .cluster_helpers import (
     tcp4,
     tcp6,
 )
-
-MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
 
 @pytest.mark.slow
@@ -55,19 +49,10 @@ def test_peer_addresses_gre_and_backup_through_maglev_run(shortdir):
     with PcapWriter(inp) as w:
         for n, (_, f) in enumerate(frames):
             w.write(f, n * 1000)
-    env = {**os.environ, "MAGLEV_RUN_DIR": str(shortdir / "run"), "MAGLEV_STATE_DIR": str(shortdir / "state")}
-    try:
-        r = subprocess.run([*MAGLEV, "run", "--workers", "2", "--config", str(cfg), "--nic", f"pcap:{inp}",
-                            "--out", str(outp), "--exit-on-eof", "--json"],
-                           env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-2000:]
-        stats = json.loads(r.stdout.strip().splitlines()[-1])
-        with PcapReader(outp) as rd:
-            out = [rec.data for rec in rd]
-    finally:
-        for shm in Path("/dev/shm").glob(f"maglev-{name}-*"):
-            shm.unlink(missing_ok=True)
-        shutil.rmtree(shortdir / "run", ignore_errors=True)
+    stats = run_to_eof(shortdir, name, ["--workers", "2", "--config", str(cfg), "--nic", f"pcap:{inp}",
+                                        "--out", str(outp)])
+    with PcapReader(outp) as rd:
+        out = [rec.data for rec in rd]
     assert stats["packets_in"] == len(frames) == stats["forwarded"], stats
     tot = {k: sum(w[k] for w in stats["per_worker"]) for k in ("cluster_matched", "cluster_in", "backup_out")}
     assert tot == {"cluster_matched": 80, "cluster_in": 20, "backup_out": 20}, tot

@@ -15,7 +15,7 @@ from maglev.config import Config
 from maglev.health.checks import CheckSpec, dns_query, run_check
 from maglev.health.prober import Prober
 
-from .test_prober import run_for
+from .test_prober import prober_and_manager, run_for
 
 
 class Dns:
@@ -134,32 +134,16 @@ def test_probes_are_deduplicated_by_address_and_check_across_pools_and_vips():
 
 
 def test_prober_drives_pool_weights_and_the_backup(servers, dns):
-    from maglev.control.manager import ConfigManager
-    from maglev.control.protocol import Request
-    from maglev.control.publisher import ThreadedPublisher
-    from maglev.testing.tables import fallback_build_tables
-
     tcp = servers.tcp()  # 127.0.0.1 listens; 127.0.0.2 not yet
     http = servers.http()  # on 127.0.0.1 only: 127.0.0.3 is down at first
     d = dns(address="127.0.0.4")
     config = pooled(tcp.port, http.port, d.port)
     vip = config.vips[0].key
-    with ThreadedPublisher(workers=2) as pub:
-        mgr = ConfigManager(config, pub, build_tables=fallback_build_tables)
-        mgr._publish_initial()
-
-        def report(rs):
-            reply = mgr.handle(Request("health-report", {"reports": rs}))
-            assert reply.ok, reply.error
-
-        def rows():
-            return {r["backend"]: r for r in mgr.backends(vip)["backends"]}
+    with prober_and_manager(config) as (p, mgr, _pub, rows):
 
         def health():
             return {k: r["health"] for k, r in rows().items()}
 
-        p = Prober(report, spread=False)
-        p.set_config(config)
         want = {"127.0.0.1": "up", "127.0.0.2": "down", "127.0.0.3": "down", "127.0.0.4": "up"}
         asyncio.run(run_for(p, 3, until=lambda: health() == want))
         assert health() == want

@@ -4,7 +4,10 @@ and the loop into the config manager (a dead backend leaves the table, then retu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from maglev.config import Config
 from maglev.health.checks import Result
@@ -134,22 +137,17 @@ def test_config_change_keeps_state_and_reports_new_pairs():
     assert len(p.snapshot()) == 2
 
 
-def test_prober_drives_the_config_manager(servers):
-    """A dead TCP backend leaves the published table; on recovery it is added back."""
-    import socket
-
+@contextlib.contextmanager
+def prober_and_manager(config: Config) -> Iterator[tuple[Prober, Any, Any, Callable[[], dict]]]:
+    """A ConfigManager on ``config`` (its initial tables published to two threaded
+    workers) and a Prober on ``config`` reporting to it (a refused report fails the test);
+    yields (prober, manager, publisher, rows), ``rows()`` being the manager's backends of
+    the first VIP by name."""
     from maglev.control.manager import ConfigManager
     from maglev.control.protocol import Request
     from maglev.control.publisher import ThreadedPublisher
     from maglev.testing.tables import fallback_build_tables
 
-    a = servers.tcp()  # backend a listens on 127.0.0.1:port; b (127.0.0.2) does not yet
-    config = Config.from_dict({
-        "instance": {"source_ipv4": "198.18.0.1", "allow_loopback_backends": True},
-        "vip": [{"address": "203.0.113.10", "port": a.port, "table_size": 13,
-                 "health": {"type": "tcp", "interval_ms": 50, "timeout_ms": 50, "rise": 2, "fall": 1},
-                 "backend": [{"address": "127.0.0.1", "name": "a"}, {"address": "127.0.0.2", "name": "b"}]}],
-    })
     vip = config.vips[0].key
     with ThreadedPublisher(workers=2) as pub:
         mgr = ConfigManager(config, pub, build_tables=fallback_build_tables)
@@ -159,11 +157,27 @@ def test_prober_drives_the_config_manager(servers):
             reply = mgr.handle(Request("health-report", {"reports": rs}))
             assert reply.ok, reply.error
 
-        def rows():
+        def rows() -> dict:
             return {r["backend"]: r for r in mgr.backends(vip)["backends"]}
 
         p = Prober(report, spread=False)
         p.set_config(config)
+        yield p, mgr, pub, rows
+
+
+def test_prober_drives_the_config_manager(servers):
+    """A dead TCP backend leaves the published table; on recovery it is added back."""
+    import socket
+
+    a = servers.tcp()  # backend a listens on 127.0.0.1:port; b (127.0.0.2) does not yet
+    config = Config.from_dict({
+        "instance": {"source_ipv4": "198.18.0.1", "allow_loopback_backends": True},
+        "vip": [{"address": "203.0.113.10", "port": a.port, "table_size": 13,
+                 "health": {"type": "tcp", "interval_ms": 50, "timeout_ms": 50, "rise": 2, "fall": 1},
+                 "backend": [{"address": "127.0.0.1", "name": "a"}, {"address": "127.0.0.2", "name": "b"}]}],
+    })
+    vip = config.vips[0].key
+    with prober_and_manager(config) as (p, mgr, pub, rows):
         asyncio.run(run_for(p, 2, until=lambda: rows()["a"]["health"] == "up" and rows()["b"]["health"] == "down"))
         assert mgr.down_set() == frozenset({(vip, "b")})
         assert rows()["b"]["entries"] == 0 and rows()["a"]["entries"] == 13

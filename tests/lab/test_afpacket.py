@@ -23,6 +23,7 @@ from maglev.lab.nsenter import netns as in_netns
 from maglev.native import ffi, lib
 from maglev.nic.afpacket import AfPacketNic, csum_complete
 from maglev.nic.afpacket_ref import csum_complete_ref
+from tests.nic_helpers import veth_pair
 
 pytestmark = pytest.mark.root
 
@@ -59,14 +60,7 @@ class Pool:
 
 @pytest.fixture
 def pair(netns):
-    a, b = netns.add("a"), netns.add("b")
-    netns.veth(a, "a0", b, "b0")
-    a.exec("ip", "link", "set", "a0", "address", MAC_A.hex(":"))
-    b.exec("ip", "link", "set", "b0", "address", MAC_B.hex(":"))
-    # No IPv6 chatter (router solicitations, MLD) to disturb exact counts.
-    for ns, dev in ((a, "a0"), (b, "b0")):
-        ns.sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "1")
-    return netns, a, b
+    return veth_pair(netns, (MAC_A, MAC_B))
 
 
 def raw_socket(ns_name: str, dev: str) -> socket.socket:

@@ -11,19 +11,12 @@ import pytest
 
 from maglev.lab import topology as topo
 from maglev.lab.client import http_load
+from tests.nic_helpers import why_no_afxdp
 
 pytestmark = pytest.mark.root
 
 
-def _why() -> str:
-    try:
-        from maglev.nic.afxdp import why_no_afxdp
-    except ImportError as e:
-        return f"no AF_XDP driver: {e}"
-    return why_no_afxdp()
-
-
-@pytest.mark.skipif(bool(_why()), reason=_why() or "available")
+@pytest.mark.skipif(bool(why_no_afxdp()), reason=why_no_afxdp() or "available")
 def test_http_through_the_vip_with_afxdp_transmit(make_lab):
     lab = make_lab(encap="gre", backends=2, nic="afxdp:eth0", forwarder=True)
     st = lab.state

@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import shutil
 import socket
-import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from maglev.config import Config, dump_toml
 from maglev.lab import topology as topo
 from maglev.lab.client import http_load
 from maglev.lab.nsenter import netns as in_netns
 from maglev.rings.conntrack_shm import remove_recorded
+from tests.lab.lab_helpers import backend_rows, lab_config, spawn_run, write_config
 
 pytestmark = pytest.mark.root
 
-REGISTER = ("from maglev.actors import extra; extra.register('config'); "
-            "from maglev_cli.main import main; main()")
 VIP_KEY = f"{topo.VIP_V4}:0/tcp"
 
 
@@ -71,21 +67,16 @@ def _run(make_lab, remove: bool) -> None:
     be = {b["name"]: b for b in st["backends"]}
     # The forwarder starts with be1..be3; be4 exists (namespace, HTTP, agent) but is not
     # in the config yet.
-    data = tomllib.loads(Path(st["config"]).read_text())
+    data = lab_config(lab)
     for v in data["vip"]:
         v["backend"] = [b for b in v["backend"] if b["name"] != "be4"]
     data["instance"]["name"] = "labll"
     short = Path(tempfile.mkdtemp(prefix="mgll", dir="/tmp"))  # ipc:// paths must be short
     conns: list[KeepAlive] = []
     try:
-        cfg = short / "maglev.toml"
-        cfg.write_text(dump_toml(Config.from_dict(data)))
-        env = {"MAGLEV_RUN_DIR": str(short / "run"), "MAGLEV_STATE_DIR": str(short / "state")}
-        lab.spawn("maglev", st["maglev"]["ns"],
-                  [sys.executable, "-c", REGISTER, "run", "--config", str(cfg), "--nic", "afpacket:eth0",
-                   "--workers", "2"], env=env)
+        write_config(short / "maglev.toml", data)
+        ep = spawn_run(lab, short, 2)
         lab._wait_ready(topo.LabSpec(forwarder=True), 40)
-        ep = f"ipc://{short}/run/labll/control.sock"
 
         conns = [KeepAlive(st["client"]["ns"]) for _ in range(48)]
         first = [c.get() for c in conns]
@@ -96,7 +87,7 @@ def _run(make_lab, remove: bool) -> None:
                 "address": be["be4"]["ipv4"], "name": "be4", "mac": be["be4"]["mac"], "weight": 1}})
             deadline = time.monotonic() + 10
             while True:
-                rows = {r["backend"]: r for r in ctl.call("backends", {"vip": VIP_KEY})["backends"]}
+                rows = backend_rows(ctl, VIP_KEY)
                 if rows.get("be4", {}).get("entries", 0) > 0:
                     break
                 assert time.monotonic() < deadline, rows

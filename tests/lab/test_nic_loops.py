@@ -16,6 +16,7 @@ import pytest
 
 from maglev.lab.nsenter import netns as in_netns
 from maglev.testing import packets as P
+from tests.nic_helpers import veth_pair, why_no_afxdp
 
 pytestmark = pytest.mark.root
 
@@ -34,24 +35,9 @@ protocol = "udp"
 """ + "".join(f'[[vip.backend]]\naddress = "{b}"\n' for b in BACKENDS)
 
 
-def _why_afxdp() -> str:
-    try:
-        from maglev.nic.afxdp import why_no_afxdp
-    except ImportError as e:
-        return f"no AF_XDP driver: {e}"
-    return why_no_afxdp()
-
-
 @pytest.fixture
 def pair(netns):
-    a, b = netns.add("a"), netns.add("b")
-    netns.veth(a, "a0", b, "b0")
-    a.exec("ip", "link", "set", "a0", "address", MAC_A.hex(":"))
-    b.exec("ip", "link", "set", "b0", "address", MAC_B.hex(":"))
-    for ns, dev, ip in ((a, "a0", A_IP), (b, "b0", B_IP)):
-        ns.sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "1")
-        ns.addr(dev, f"{ip}/24")
-    return netns, a, b
+    return veth_pair(netns, (MAC_A, MAC_B), (A_IP, B_IP))
 
 
 def frames() -> list[bytes]:
@@ -123,7 +109,7 @@ def _ipid_zeroed(f: bytes) -> bytes:
 
 @pytest.mark.parametrize("nic", [
     "afpacket",
-    pytest.param("afxdp", marks=pytest.mark.skipif(bool(_why_afxdp()), reason=_why_afxdp() or "available")),
+    pytest.param("afxdp", marks=pytest.mark.skipif(bool(why_no_afxdp()), reason=why_no_afxdp() or "available")),
 ])
 def test_the_c_loop_forwards_what_the_python_step_forwards(pair, tmp_path, nic):
     _, a, b = pair
@@ -148,7 +134,7 @@ def _actor_pid(root_pid: int, name: str) -> int:
     return 0
 
 
-@pytest.mark.skipif(bool(_why_afxdp()), reason=_why_afxdp() or "available")
+@pytest.mark.skipif(bool(why_no_afxdp()), reason=why_no_afxdp() or "available")
 def test_afxdp_forwards_again_after_steering_is_killed(pair, tmp_path):
     """kill -9 of steering under `maglev run --nic afxdp`: the muxer lets go of the dead
     steering's sockets (else the replacement could not bind the queue), the replacement

@@ -8,22 +8,21 @@ tables keep them.  Through the real forwarder (`--nic afpacket:eth0`) in the nam
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from maglev.config import Config, dump_toml
+from maglev.config import Config
 from maglev.datapath import build_tables
 from maglev.lab import topology as topo
 from maglev.lab.talkers import Talkers
 from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing import packets as P
 from tests.datapath.test_dp import maglev_backend
-from tests.lab.test_long_lived import REGISTER, KeepAlive
+from tests.lab.lab_helpers import lab_config, spawn_run, write_config
+from tests.lab.test_long_lived import KeepAlive
 
 pytestmark = pytest.mark.root
 
@@ -32,27 +31,47 @@ PERIOD_S = 0.1  # each connection sends a request every 100 ms (one selector loo
 
 
 def _write(cfg: Path, data: dict, names: set[str]) -> Config:
-    d = {**data, "vip": [{**v, "backend": [b for b in v["backend"] if b["name"] in names]} for v in data["vip"]]}
-    c = Config.from_dict(d)
-    cfg.write_text(dump_toml(c))
-    return c
+    """Write ``data`` with only the backends ``names`` to ``cfg``."""
+    return write_config(cfg, {**data, "vip": [{**v, "backend": [b for b in v["backend"] if b["name"] in names]}
+                                              for v in data["vip"]]})
+
+
+
+def _would_move(conf: Config, conns: list[KeepAlive], first: list[str], backends: list[dict]) -> int:
+    """How many of the connections Maglev hashing over ``conf`` alone (no connection
+    table) would send to another backend than ``first``, the one each started on."""
+    blob = build_tables(conf)
+    n = 0
+    for c, was in zip(conns, first, strict=True):
+        ip, port = c.s.getsockname()[:2]
+        pkt = P.eth(P.ipv4(ip, topo.VIP_V4, P.TCP, P.tcp(port, topo.HTTP_PORT, b"", src=ip, dst=topo.VIP_V4)))
+        addr = maglev_backend(blob, pkt)[1]
+        n += next(b["name"] for b in backends if b["ipv4"] == addr) != was
+    return n
+
+
+def _progress(talk: Talkers, when: str) -> None:
+    """Wait (30 s at most) for 20 more rounds of requests on every connection."""
+    rounds = talk.rounds
+    deadline = time.monotonic() + 30
+    while talk.rounds < rounds + 20:
+        assert time.monotonic() < deadline, f"the connections made no progress {when}"
+        time.sleep(0.1)
 
 
 @pytest.mark.slow
 def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backend(make_lab):
     lab = make_lab(encap="gre", backends=4, forwarder=False)
     st = lab.state
-    data = tomllib.loads(Path(st["config"]).read_text())
+    data = lab_config(lab)
     data["instance"]["name"] = "labrs"
     short = Path(tempfile.mkdtemp(prefix="mgrs", dir="/tmp"))  # ipc:// paths must be short
     cfg = short / "maglev.toml"
-    env = {"MAGLEV_RUN_DIR": str(short / "run"), "MAGLEV_STATE_DIR": str(short / "state")}
-    argv = [sys.executable, "-c", REGISTER, "run", "--config", str(cfg), "--nic", "afpacket:eth0", "--workers", "2"]
     conns: list[KeepAlive] = []
     talk: Talkers | None = None
     try:
         _write(cfg, data, {"be1", "be2", "be3"})  # be4 exists but is not in the config yet
-        lab.spawn("maglev", st["maglev"]["ns"], argv, env=env)
+        spawn_run(lab, short, 2)
         lab._wait_ready(topo.LabSpec(forwarder=True), 40)
         conns = [KeepAlive(st["client"]["ns"]) for _ in range(N_CONNS)]
         for c in conns:
@@ -66,26 +85,15 @@ def test_restart_in_place_adopts_the_tables_and_every_connection_keeps_its_backe
         lab.stop_process("maglev")
         after = _write(cfg, data, {"be1", "be2", "be3", "be4"})
         t_down = time.monotonic()
-        lab.spawn("maglev", st["maglev"]["ns"], argv, env=env)
+        spawn_run(lab, short, 2)
         lab._wait_ready(topo.LabSpec(forwarder=True), 40)
         gap = time.monotonic() - t_down
-        rounds_at_restart = talk.rounds
-        deadline = time.monotonic() + 30
-        while talk.rounds < rounds_at_restart + 20:  # 2 s of requests through the new run
-            assert time.monotonic() < deadline, "the connections made no progress after the restart"
-            time.sleep(0.1)
+        _progress(talk, "after the restart")  # 2 s of requests through the new run
         talk.finish()
         assert talk.error is None, talk.error
 
         # Without the adopted tables, Maglev over the new set would move these:
-        blob = build_tables(after)
-        would_move = 0
-        for c, was in zip(conns, first, strict=True):
-            ip, port = c.s.getsockname()[:2]
-            pkt = P.eth(P.ipv4(ip, topo.VIP_V4, P.TCP, P.tcp(port, topo.HTTP_PORT, b"", src=ip, dst=topo.VIP_V4)))
-            be_addr = maglev_backend(blob, pkt)[1]
-            name = next(b["name"] for b in st["backends"] if b["ipv4"] == be_addr)
-            would_move += name != was
+        would_move = _would_move(after, conns, first, st["backends"])
         kept = N_CONNS - len(talk.lost)
         print(f"restart in place: {kept}/{N_CONNS} connections kept their backend = {kept / N_CONNS:.4f} "
               f"({talk.rate():.2f} requests/s per connection, target {1 / PERIOD_S:g}; {talk.requests} requests; "
@@ -138,17 +146,15 @@ def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(
     lab = make_lab(encap="gre", backends=4, forwarder=False)
     st = lab.state
     be = {b["name"]: b for b in st["backends"]}
-    data = tomllib.loads(Path(st["config"]).read_text())
+    data = lab_config(lab)
     data["instance"]["name"] = "labk9"
     short = Path(tempfile.mkdtemp(prefix="mgk9", dir="/tmp"))
     cfg = short / "maglev.toml"
-    env = {"MAGLEV_RUN_DIR": str(short / "run"), "MAGLEV_STATE_DIR": str(short / "state")}
-    argv = [sys.executable, "-c", REGISTER, "run", "--config", str(cfg), "--nic", "afpacket:eth0", "--workers", "2"]
     conns: list[KeepAlive] = []
     talk: Talkers | None = None
     try:
         before = _write(cfg, data, {"be1", "be2", "be3"})
-        lab.spawn("maglev", st["maglev"]["ns"], argv, env=env)
+        spawn_run(lab, short, 2)
         lab._wait_ready(topo.LabSpec(forwarder=True), 40)
         conns = [KeepAlive(st["client"]["ns"]) for _ in range(N_CONNS)]
         for c in conns:
@@ -171,21 +177,11 @@ def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(
             assert time.monotonic() < deadline, "no replacement workers holding the tables"
             time.sleep(0.05)
         assert sorted(glob.glob("/dev/shm/maglev-labk9-ct-*")) == segs
-        rounds = talk.rounds
-        deadline = time.monotonic() + 30
-        while talk.rounds < rounds + 20:
-            assert time.monotonic() < deadline, "the connections made no progress after the kill"
-            time.sleep(0.1)
+        _progress(talk, "after the kill")
         talk.finish()
         assert talk.error is None, talk.error
         after = data_after = _write(short / "after.toml", data, {"be1", "be2", "be3", "be4"})
-        blob = build_tables(after)
-        would_move = 0
-        for c, was in zip(conns, first, strict=True):
-            ip, port = c.s.getsockname()[:2]
-            pkt = P.eth(P.ipv4(ip, topo.VIP_V4, P.TCP, P.tcp(port, topo.HTTP_PORT, b"", src=ip, dst=topo.VIP_V4)))
-            addr = maglev_backend(blob, pkt)[1]
-            would_move += next(b["name"] for b in st["backends"] if b["ipv4"] == addr) != was
+        would_move = _would_move(after, conns, first, st["backends"])
         kept = N_CONNS - len(talk.lost)
         print(f"kill -9 of both workers + a backend added: {kept}/{N_CONNS} connections kept their backend = "
               f"{kept / N_CONNS:.4f} ({talk.rate():.2f} requests/s per connection; Maglev alone would have "

@@ -8,20 +8,15 @@ succeeding; started again, it comes back."""
 
 from __future__ import annotations
 
-import sys
 import time
-import tomllib
-from pathlib import Path
 
 import pytest
 
-from maglev.config import Config, dump_toml
+from tests.lab.lab_helpers import backend_rows, lab_config, spawn_run, wait_all_up, write_config
 
 pytestmark = pytest.mark.root
 
 INTERVAL_MS, FALL, RISE = 200, 2, 2
-REGISTER = ("from maglev.actors import extra; extra.register('config', 'health'); "
-            "from maglev_cli.main import main; main()")
 
 
 @pytest.mark.slow
@@ -32,42 +27,24 @@ def test_broken_decapsulation_leaves_the_table(shortdir, make_lab):  # shortdir 
 
     lab = make_lab(backends=3, encap="gre", forwarder=False)
     st = lab.state
-    data = tomllib.loads(Path(st["config"]).read_text())
+    data = lab_config(lab)
     for v in data["vip"]:
         if v["protocol"] == "tcp" and ":" not in v["address"]:
             v["health"] = {"type": "tcp", "port": topo.HTTP_PORT, "through_tunnel": True,
                            "interval_ms": INTERVAL_MS, "timeout_ms": 150, "rise": RISE, "fall": FALL}
     data["health"] = {"initial": "unknown"}
     data["instance"]["name"] = "labtun"
-    cfg = shortdir / "maglev.toml"
-    cfg.write_text(dump_toml(Config.from_dict(data)))
-    env = {"MAGLEV_RUN_DIR": str(shortdir / "run"), "MAGLEV_STATE_DIR": str(shortdir / "state")}
-    sup = lab.spawn("maglev", st["maglev"]["ns"],
-              [sys.executable, "-c", REGISTER, "run", "--config", str(cfg), "--nic", "afpacket:eth0",
-               "--workers", "1"], env=env)
+    write_config(shortdir / "maglev.toml", data)
+    ep = spawn_run(lab, shortdir, 1, ("config", "health"))
+    sup = next(p["pid"] for p in lab.state["processes"] if p["role"] == "maglev")  # the supervisor
     vip = f"{topo.VIP_V4}:0/tcp"
-    ep = f"ipc://{shortdir}/run/labtun/control.sock"
 
-    def rows(c):
-        return {r["backend"]: r for r in c.call("backends", {"vip": vip})["backends"]}
+    def no_slot_before_a_probe(r):  # before its first probe a backend has no slot (initial = "unknown")
+        for x in r.values():
+            if x["health"] == "unknown":
+                assert x["entries"] == 0, r
 
-    deadline = time.monotonic() + 40
-    r = None
-    while True:
-        lab._check_processes()
-        try:
-            with ControlClient(ep, timeout=1) as c:
-                r = rows(c)
-            # before its first probe a backend has no slot (initial = "unknown")
-            for x in r.values():
-                if x["health"] == "unknown":
-                    assert x["entries"] == 0, r
-            if all(x["health"] == "up" for x in r.values()):
-                break
-        except (TimeoutError, OSError):
-            pass
-        assert time.monotonic() < deadline, f"backends never all up through the tunnel: {r}"
-        time.sleep(0.05)
+    r = wait_all_up(lab, ep, vip, "backends never all up through the tunnel", check=no_slot_before_a_probe)
     assert all("SYN-ACK from 203.0.113.10:80 through gre" in x["health_detail"] for x in r.values()), r
     # The prober probes through raw sockets it opened at set-up, holding no capability now.
     import psutil
@@ -90,10 +67,10 @@ def test_broken_decapsulation_leaves_the_table(shortdir, make_lab):  # shortdir 
     direct = topo.http_get(st["maglev"]["ns"], victim["ipv4"], topo.HTTP_PORT, timeout=2)
     assert direct[0] == 200, direct
     with ControlClient(ep, timeout=5) as c:
-        while rows(c)[name]["health"] != "down":
-            assert time.monotonic() - t0 < 10, rows(c)
+        while backend_rows(c, vip)[name]["health"] != "down":
+            assert time.monotonic() - t0 < 10, backend_rows(c, vip)
             time.sleep(0.05)
-        r = rows(c)
+        r = backend_rows(c, vip)
         last = c.call("status")["last_change"]
     took = last["time"] - w0
     print(f"{name}: decapsulation stopped, table without it confirmed +{took:.2f} s "
@@ -111,7 +88,7 @@ def test_broken_decapsulation_leaves_the_table(shortdir, make_lab):  # shortdir 
                "--encap", "gre"])
     t0 = time.monotonic()
     with ControlClient(ep, timeout=5) as c:
-        while rows(c)[name]["health"] != "up":
+        while backend_rows(c, vip)[name]["health"] != "up":
             assert time.monotonic() - t0 < 15, "the backend did not come back"
             time.sleep(0.05)
     after = http_load(client_ns, topo.VIP_V4, 90, concurrency=4, deadline_s=60)

@@ -19,6 +19,7 @@ from maglev.lab.nsenter import netns as in_netns
 from maglev.native import ffi, lib
 from maglev.nic import NicSpecError, parse_nic
 from maglev.testing import packets as P
+from tests.nic_helpers import veth_pair, why_no_afxdp
 
 pytestmark = pytest.mark.root
 
@@ -26,24 +27,11 @@ VIP = "203.0.113.10"
 A_IP, B_IP = "198.18.9.1", "198.18.9.2"
 
 
-def _why() -> str:
-    try:
-        from maglev.nic.afxdp import why_no_afxdp
-    except ImportError as e:
-        return f"no AF_XDP driver: {e}"
-    return why_no_afxdp()
-
-
 @pytest.fixture
 def pair(netns):
-    if reason := _why():
+    if reason := why_no_afxdp():
         pytest.skip(reason)
-    a, b = netns.add("a"), netns.add("b")
-    netns.veth(a, "a0", b, "b0")
-    for ns, dev, ip in ((a, "a0", A_IP), (b, "b0", B_IP)):
-        ns.sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "1")
-        ns.addr(dev, f"{ip}/24")
-    return netns, a, b
+    return veth_pair(netns, addrs=(A_IP, B_IP))
 
 
 def xdp_attached(ns, dev: str) -> bool:

@@ -19,6 +19,7 @@ from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing.packets import write_pcap
 from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
+from tests.run_helpers import maglev_ctl
 
 from .conftest import RouterThread, bgp_instance_toml
 
@@ -37,11 +38,6 @@ address = "198.18.2.11"
 name = "be1"
 """)
     return p
-
-
-def _ctl(control: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from maglev_cli.main import main; main()", "ctl", "--control",
-                           control, *args], capture_output=True, text=True, timeout=30)
 
 
 def test_load_drained_reads_what_save_wrote_and_a_damaged_file_counts_as_drained(tmp_path, monkeypatch):
@@ -83,7 +79,7 @@ def test_a_drained_instance_stays_drained_across_a_restart(tmp_path):
     try:
         p = start()
         wait_until(lambda: router.received() == {VIP}, 30, "the VIP announced")
-        r = _ctl(control, "drain-instance")
+        r = maglev_ctl(control, "drain-instance")
         assert r.returncode == 0, r.stderr
         wait_until(lambda: router.received() == set(), 10, "the VIP withdrawn on drain-instance")
         stop(p)
@@ -92,12 +88,12 @@ def test_a_drained_instance_stays_drained_across_a_restart(tmp_path):
 
         p = start()  # the restart: a drained instance comes up drained
         wait_until(lambda: router.state() == "ESTABLISHED", 30, "the BGP session of the new run")
-        wait_until(lambda: "DRAINED" in _ctl(control, "status").stdout, 20, "status: drained")
+        wait_until(lambda: "DRAINED" in maglev_ctl(control, "status").stdout, 20, "status: drained")
         t_end = time.monotonic() + 3.0  # 3x announce_after_s: a healthy undrained run would announce
         while time.monotonic() < t_end:
             assert router.received() == set(), "a drained instance announced after its restart"
             time.sleep(0.1)
-        r = _ctl(control, "resume-instance")
+        r = maglev_ctl(control, "resume-instance")
         assert r.returncode == 0, r.stderr
         wait_until(lambda: router.received() == {VIP}, 10, "the VIP announced after resume-instance")
         stop(p)

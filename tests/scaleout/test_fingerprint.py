@@ -22,6 +22,7 @@ from maglev.hashing import build_table, flow_hash_digest
 from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing.packets import write_pcap
 from maglev.testing.wait import wait_until
+from tests.run_helpers import maglev_ctl
 
 SECRET = "0123456789abcdef0f1e2d3c4b5a6978"
 OTHER = "fedcba98765432100f1e2d3c4b5a6978"
@@ -104,13 +105,6 @@ def test_warning_only_for_the_built_in_secret():
     assert flow_secret_warning(sample, "/etc/maglev/maglev.toml") is not None
 
 
-def _ctl(control: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from maglev_cli.main import main; main()", "ctl", "--control", control, *args],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-
-
 @contextlib.contextmanager
 def _running(tmp: Path, name: str, text: str):
     d = tmp / name
@@ -132,11 +126,11 @@ def _running(tmp: Path, name: str, text: str):
                 raise AssertionError(f"maglev run {name} exited: {(d / 'stderr.log').read_text()[-2000:]}")
             if not Path(f"{d}/ctl.sock").exists():
                 return None
-            r = _ctl(control, "status", "--json")
+            r = maglev_ctl(control, "status", "--json")
             return json.loads(r.stdout) if r.returncode == 0 else None
 
         status = wait_until(ready, 60, f"status of {name}")
-        human = _ctl(control, "status")
+        human = maglev_ctl(control, "status")
         assert human.returncode == 0, human.stderr
         yield status, human.stdout, d / "stderr.log"
     finally:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from maglev.lab import failover as fo
 from maglev.lab.topology import LabSpec, list_netns, why_no_lab
 from maglev.testing.wait import wait_until
+from tests.run_helpers import ctl_status, maglev_ctl
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -39,19 +38,6 @@ def scaleout_lab(tmp_path: Path):
         yield lab
     finally:
         lab.down()
-
-
-def _ctl(control: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from maglev_cli.main import main; main()", "ctl", "--control", control, *args],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-
-
-def _status(control: str) -> dict:
-    r = _ctl(control, "status", "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def _fragment_owner(st: dict) -> str:
@@ -80,7 +66,7 @@ def test_three_instances_spread_agree_drain_and_fail_over(scaleout_lab):
     # Every instance: healthy, announcing both VIPs, and the same table fingerprints.
     prints = {}
     for inst in insts:
-        s = wait_until(lambda c=inst["control"]: (x := _status(c))["controller"]["announced"] and x, 20,
+        s = wait_until(lambda c=inst["control"]: (x := ctl_status(c))["controller"]["announced"] and x, 20,
                        f"{inst['name']} announcing")  # fmt: skip
         assert s["controller"]["healthy"] and s["controller"]["peers"][0]["state"] == "Established"
         prints[inst["name"]] = {t["vip"]: t["fingerprint"] for t in s["tables"]}
@@ -104,12 +90,12 @@ def test_three_instances_spread_agree_drain_and_fail_over(scaleout_lab):
     assert fr["per_instance_packets"][owner] >= 3 * 24, (owner, fr)
 
     # drain-instance: lab3 leaves the router's route while its session stays up; resume: back.
-    r = _ctl(insts[2]["control"], "drain-instance")
+    r = maglev_ctl(insts[2]["control"], "drain-instance")
     assert r.returncode == 0, r.stderr
     wait_until(lambda: lab.vip_nexthops() == ["198.18.2.2", "198.18.2.3"], 15, "lab3 out of the ECMP route")
     assert "mg3" in lab.birdc("show", "protocols").stdout and "Established" in lab.birdc(
         "show", "protocols", "mg3").stdout  # fmt: skip
-    assert _ctl(insts[2]["control"], "resume-instance").returncode == 0
+    assert maglev_ctl(insts[2]["control"], "resume-instance").returncode == 0
     wait_until(lambda: len(lab.vip_nexthops()) == 3, 15, "lab3 back in the ECMP route")
 
     # Failover: kill lab2 with SIGKILL while 200 long-lived connections are open.

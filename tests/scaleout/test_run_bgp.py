@@ -3,7 +3,6 @@ real BGP speaker actor, toward a BGP peer on 127.0.0.1 (no root needed)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing.packets import write_pcap
 from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
+from tests.run_helpers import ctl_status, maglev_ctl
 
 from .conftest import Listener, RouterThread, bgp_instance_toml
 
@@ -64,19 +64,6 @@ name = "local"
     return p
 
 
-def _ctl(control: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from maglev_cli.main import main; main()", "ctl", "--control", control, *args],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-
-
-def _status(control: str) -> dict:
-    r = _ctl(control, "status", "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
 def test_controller_follows_health_drain_and_shutdown(tmp_path):
     router = RouterThread(free_port()).start()
     listener = Listener().start()
@@ -110,7 +97,7 @@ def test_controller_follows_health_drain_and_shutdown(tmp_path):
         # The controller pushes its state to the config manager periodically, so `status`
         # may trail the router by one push.
         def settled() -> dict | None:
-            c = (s := _status(control))["controller"]
+            c = (s := ctl_status(control))["controller"]
             return s if c["healthy"] and c["bgp"] and sorted(c["announced"]) == [VIP_A, VIP_B] else None
 
         st = wait_until(settled, 10, "status to show both VIPs announced by a healthy controller")
@@ -123,7 +110,7 @@ def test_controller_follows_health_drain_and_shutdown(tmp_path):
             secret, {"be1": "gre 198.18.2.11", "be2": "gre 198.18.2.12"})
         assert fps["203.0.113.20:80/tcp"] == build_table([("local", 1)]).fingerprint(secret, {"local": "gre 127.0.0.1"})
         assert len(st["warnings"]) == 1 and "flow_hash_secret" in st["warnings"][0]
-        human = _ctl(control, "status")
+        human = maglev_ctl(control, "status")
         assert f"fingerprint {fps['203.0.113.10:80/tcp']}" in human.stdout and "forwarder     healthy" in human.stdout
         assert human.stdout.count("WARNING") == 1 and secret not in human.stdout
 
@@ -134,12 +121,12 @@ def test_controller_follows_health_drain_and_shutdown(tmp_path):
         wait_until(lambda: router.received() == {VIP_A, VIP_B}, 15, "VIP B back")
 
         # Drain: everything withdrawn, the session stays up; resume brings them back.
-        r = _ctl(control, "drain-instance")
+        r = maglev_ctl(control, "drain-instance")
         assert r.returncode == 0 and "drained" in r.stdout, r.stderr
         wait_until(lambda: router.received() == set(), 10, "every VIP withdrawn on drain-instance")
         assert router.state() == "ESTABLISHED"
-        assert "DRAINED" in _ctl(control, "status").stdout
-        r = _ctl(control, "resume-instance")
+        assert "DRAINED" in maglev_ctl(control, "status").stdout
+        r = maglev_ctl(control, "resume-instance")
         assert r.returncode == 0, r.stderr
         wait_until(lambda: router.received() == {VIP_A, VIP_B}, 10, "VIPs back after resume-instance")
 

@@ -3,7 +3,6 @@ the notify test and the unit-file test both drive."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from maglev.testing.notify import NotifySocket
 from maglev.testing.packets import write_pcap
+from tests.run_helpers import ctl_status
 
 __all__ = ["NotifySocket"]
 
@@ -32,13 +32,6 @@ protocol = "tcp"
 address = "198.18.3.11"
 name = "be1"
 """
-
-
-def _status(control: str) -> dict:
-    r = subprocess.run([*CLI, "ctl", "--control", control, "status", "--json"],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def run_notify_scenario(tmp_path: Path, argv: list[str], env_extra: dict[str, str] | None = None,
@@ -63,7 +56,7 @@ def run_notify_scenario(tmp_path: Path, argv: list[str], env_extra: dict[str, st
     try:
         i = ns.wait_for("READY", "1", 60)
         # Ready means served: the tables are published and confirmed by every worker.
-        st = _status(control)
+        st = ctl_status(control)
         assert st["generation"] >= 1 and st["vips"] == 1, st
         assert ns.messages[i]["MAINPID"] == str(proc.pid)
         ns.wait_for("WATCHDOG", "1", 5, after=i + 1)
@@ -74,16 +67,16 @@ def run_notify_scenario(tmp_path: Path, argv: list[str], env_extra: dict[str, st
         j = ns.wait_for("RELOADING", "1", 10, after=i + 1)
         k = ns.wait_for("READY", "1", 30, after=j)
         assert ns.messages[k].get("STATUS") == "reloaded", ns.messages[k]
-        assert _status(control)["backends"] == 2
+        assert ctl_status(control)["backends"] == 2
 
         # SIGHUP with a broken file: refused, nothing changed, still running.
-        gen = _status(control)["generation"]
+        gen = ctl_status(control)["generation"]
         conf.write_text(CONFIG + "[[vip.backend]]\naddress = \"not-an-ip\"\n")
         proc.send_signal(signal.SIGHUP)
         j = ns.wait_for("RELOADING", "1", 10, after=k + 1)
         k = ns.wait_for("READY", "1", 30, after=j)
         assert ns.messages[k]["STATUS"].startswith("reload refused"), ns.messages[k]
-        st = _status(control)
+        st = ctl_status(control)
         assert st["generation"] == gen and st["backends"] == 2 and proc.poll() is None
 
         # The stop itself is measured elsewhere (tests/actors); here only that it is clean.

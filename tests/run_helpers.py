@@ -1,0 +1,77 @@
+"""Helpers shared by test folders that start a whole ``maglev run`` (the command, or its
+processes as a Pipeline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from maglev.actors.pipeline import Pipeline, PipelineOptions
+
+MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
+
+
+def run_to_eof(workdir: Path, name: str, args: list[str], timeout: float = 120.0) -> dict:
+    """``maglev run ARGS --exit-on-eof --json`` for instance ``name``, its run and state
+    directories in ``workdir``: assert it exits 0 and return its JSON summary (the last
+    line of its output).  The instance's shared memory (the connection tables a run keeps
+    for adoption) and the run directory are removed, also when the run fails."""
+    env = {**os.environ, "MAGLEV_RUN_DIR": str(workdir / "run"), "MAGLEV_STATE_DIR": str(workdir / "state")}
+    try:
+        r = subprocess.run([*MAGLEV, "run", *args, "--exit-on-eof", "--json"],
+                           env=env, capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    finally:
+        for shm in Path("/dev/shm").glob(f"maglev-{name}-*"):
+            shm.unlink(missing_ok=True)
+        shutil.rmtree(workdir / "run", ignore_errors=True)
+
+
+def poll_until_eof(p: Pipeline, timeout: float = 30.0, what: str = "no eof in time") -> None:
+    """Poll the started Pipeline ``p`` until its input ended; fail with ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not p.eof:
+        assert time.monotonic() < deadline, what
+        p.poll(0.05)
+
+
+def pipeline_summary(opts: PipelineOptions, timeout: float = 30.0) -> tuple[Pipeline, dict]:
+    """Start a Pipeline of ``opts``, run it until its input ended, stop it; return it
+    (closed, also when it failed) and its summary."""
+    p = Pipeline(opts)
+    try:
+        p.start()
+        poll_until_eof(p, timeout)
+        p.stop()
+        return p, p.summary()
+    finally:
+        p.close()
+
+
+def maglev_ctl(control: str, *args: str) -> subprocess.CompletedProcess:
+    """``maglev ctl --control CONTROL ARGS`` (30 s at most), its output captured."""
+    return subprocess.run([*MAGLEV, "ctl", "--control", control, *args], capture_output=True, text=True, timeout=30)
+
+
+def ctl_status(control: str) -> dict:
+    """``maglev ctl status --json`` of the run at ``control``; asserts that it answered."""
+    r = maglev_ctl(control, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def wait_worker_packets(p: Pipeline, more: int, what: str, worker: int = 0, timeout: float = 10.0) -> None:
+    """Poll the Pipeline ``p`` until worker ``worker`` took ``more`` packets beyond its count
+    now; fail with ``what`` after ``timeout`` seconds."""
+    n = p.counters()["per_worker"][worker]["packets_in"]
+    deadline = time.monotonic() + timeout
+    while p.counters()["per_worker"][worker]["packets_in"] < n + more:
+        assert time.monotonic() < deadline, what
+        p.poll(0.02)
