@@ -30,22 +30,46 @@ class Notifier:
         self._last_wd = 0.0
         self._sock: socket.socket | None = None
         self.sent: list[str] = []  # what went out (for logs and tests)
+        self.dropped = 0  # messages not sent because the receiver's queue stayed full
 
     @property
     def enabled(self) -> bool:
         return bool(self.address)
 
+    # State changes systemd must see are retried this long when its queue is full; a
+    # watchdog ping or a status line is dropped instead (the next one follows soon).
+    STATE_KEYS = ("READY", "RELOADING", "STOPPING")
+    STATE_RETRY_S = 2.0
+
     def notify(self, **fields: str | int) -> bool:
-        """One datagram of ``KEY=VALUE`` lines; False when not under systemd or on error."""
+        """One datagram of ``KEY=VALUE`` lines; False when not under systemd or on error.
+
+        Never blocks the caller (the supervisor's loop: a blocked send would also hold
+        back SIGTERM's stop): the socket is non-blocking, and when the receiver's queue is
+        full (``net.unix.max_dgram_qlen``, 10 by default, and a receiver that does not
+        read) a ``READY``/``RELOADING``/``STOPPING`` message is retried for up to
+        ``STATE_RETRY_S`` seconds, anything else is dropped and counted in ``dropped``."""
         if not self.address:
             return False
         msg = "\n".join(f"{k.upper()}={v}" for k, v in fields.items())
-        try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(msg.encode(), self.address)
-        except OSError:
-            return False
+        deadline = None
+        while True:
+            try:
+                if self._sock is None:
+                    self._sock = socket.socket(socket.AF_UNIX,
+                                               socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+                self._sock.sendto(msg.encode(), self.address)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.STATE_RETRY_S
+                if not any(k.upper() in self.STATE_KEYS for k in fields) or now >= deadline:
+                    self.dropped += 1
+                    return False
+                time.sleep(0.01)
+            except OSError:
+                return False
         self.sent.append(msg)
         return True
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 
@@ -51,6 +52,30 @@ def test_abstract_socket_name(tmp_path):
     finally:
         n.close()
         s.close()
+
+
+def test_a_receiver_that_does_not_read_never_blocks_the_notifier(tmp_path):
+    """A datagram socket queues max_dgram_qlen (10) messages; a receiver that stops reading
+    (systemd busy, a test waiting for the exit) must not block the supervisor's loop,
+    which also runs SIGTERM's stop: found as `maglev run` hanging in WATCHDOG=1 for 120 s."""
+    path = str(tmp_path / "deaf")
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(path)
+    n = Notifier(env={"NOTIFY_SOCKET": path})
+    n.STATE_RETRY_S = 0.3
+    try:
+        t0 = time.monotonic()
+        sent = [n.notify(WATCHDOG=1) for _ in range(100)]
+        assert time.monotonic() - t0 < 1.0  # none waited
+        assert any(sent) and not all(sent) and n.dropped == sent.count(False)
+        t0 = time.monotonic()
+        assert n.stopping() is False  # a state change is retried, then given up
+        assert 0.25 <= time.monotonic() - t0 < 2.0 and n.dropped == sent.count(False) + 1
+        deaf.recv(100)  # room for one: the next state change goes out
+        assert n.ready() is True
+    finally:
+        n.close()
+        deaf.close()
 
 
 @pytest.mark.slow
