@@ -37,6 +37,7 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
     }
     s->fallback_min = h->ring_size / 2 ? h->ring_size / 2 : 1;
     s->stuck_ns = MG_STEER_STUCK_NS;
+    s->stall_ns = MG_STEER_STALL_NS;
     s->ring_size = h->ring_size;
     s->stats = mg_region_stats(base, slot);
     return s->stats ? 0 : -EINVAL;
@@ -424,6 +425,14 @@ int mg_steer_set_stuck_ns(struct mg_steer *s, uint64_t ns)
     return 0;
 }
 
+int mg_steer_set_stall_ns(struct mg_steer *s, uint64_t ns)
+{
+    if (!s)
+        return -EINVAL;
+    s->stall_ns = ns;
+    return 0;
+}
+
 static uint64_t now_mono_ns(void)
 {
     struct timespec ts;
@@ -431,21 +440,29 @@ static uint64_t now_mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Weighted map: may worker w's packets fall back (its rx ring is full)?  Only when the
- * worker has not consumed from it for stuck_ns: a worker that keeps consuming is slower
- * by design (its share), and spraying its flows would reorder them for nothing. */
-static int ring_stuck(struct mg_steer *s, void *base, uint32_t w, uint64_t *now)
+/* Worker w's rx ring is full: for how long (ns) has its worker not consumed from it?
+ * Steering notes the consumer index when it finds the ring full and the time it first saw
+ * that index; 0 when the index moved since the last look (or on the first look), else at
+ * least 1 (a look without progress, even within the same burst).  The
+ * clock is read at most once per burst (*now, 0 = not read yet), and only when some
+ * ring is full.  Two rules read it (mg_steer_dispatch):
+ *   weighted map: fall back only past stuck_ns -- a worker that keeps consuming is slower
+ *     by design (its share), and spraying its flows would reorder them for nothing;
+ *   any map: past stall_ns the worker is dead or frozen, and its packets are dropped
+ *     (counted) rather than moved to a worker that has no entries for their flows. */
+static uint64_t ring_idle_ns(struct mg_steer *s, void *base, uint32_t w, uint64_t *now)
 {
     const struct mg_ring *r = mg_region_ring_by_id(base, s->rx_id[w]);
     uint32_t cons = __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE);
     if (!*now)
         *now = now_mono_ns();
-    if (cons != s->cons_seen[w]) {
+    if (cons != s->cons_seen[w] || !s->full_since[w]) {
         s->cons_seen[w] = cons;
         s->full_since[w] = *now;
         return 0;
     }
-    return *now - s->full_since[w] >= s->stuck_ns;
+    uint64_t idle = *now - s->full_since[w];
+    return idle ? idle : 1;
 }
 
 int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh)
@@ -490,7 +507,8 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         s->room[i] = mg_ring_free_count(mg_region_ring_by_id(base, s->rx_id[i]));
     mg_trace_steer_burst(base); /* packet tracer: a new request? (mg_trace.h) */
     uint64_t rx_bytes = 0, placed = 0, fallback = 0, frags = 0, unparsed = 0, shed = 0;
-    uint64_t now = 0; /* read once, when a weighted map first meets a full ring */
+    uint64_t stalled = 0;
+    uint64_t now = 0; /* read once, when a packet first meets a full ring */
     int blocked = 0;
     for (uint32_t j = 0; j < filled; j++) {
         uint32_t idx = (uint32_t)descs[j];
@@ -537,10 +555,18 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         }
         rx_bytes += m->len;
         if (MG_UNLIKELY(s->room[w] == 0)) {
+            uint64_t idle = s->stall_ns || s->reta_on ? ring_idle_ns(s, base, w, &now) : 0;
+            if (s->stall_ns && idle >= s->stall_ns) {
+                /* Its owner is dead or frozen: another worker has no entries for its flows
+                 * and would pick by the current Maglev table.  Dropped before enqueue. */
+                s->dest[j] = (uint16_t)s->free_id;
+                stalled++;
+                continue;
+            }
             /* Fall back only to a worker with at least half its ring free: when every
              * worker is saturated, spraying a flow over them reorders it for nothing. */
             uint32_t alt = most_room(s);
-            if (s->room[alt] < s->fallback_min || (s->reta_on && !ring_stuck(s, base, w, &now))) {
+            if (s->room[alt] < s->fallback_min || (s->reta_on && (!idle || idle < s->stuck_ns))) {
                 s->dest[j] = MG_HAND_KEEP;
                 blocked = 1;
                 continue;
@@ -566,6 +592,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
     img[MG_SS_UNPARSED] += unparsed;
     img[MG_SS_BACKPRESSURE] += (uint64_t)blocked;
     img[MG_SS_SHED] += shed;
+    img[MG_SS_OWNER_STALLED] += stalled;
     img[MG_SS_BURSTS]++;
     if (fresh) {
         if (filled) {
