@@ -158,8 +158,8 @@ struct mg_steer {
     uint32_t ret_id[MG_MAX_WORKERS];
     uint32_t spare_id[MG_MAX_WORKERS];
     uint32_t room[MG_MAX_WORKERS];
-    uint32_t cons_seen[MG_MAX_WORKERS]; /* rx ring consumer index last seen full */
-    uint64_t full_since[MG_MAX_WORKERS]; /* ... and since when it has not moved (0: never seen) */
+    uint32_t cons_seen[MG_MAX_WORKERS]; /* rx ring consumer index last seen */
+    uint64_t progress_ns[MG_MAX_WORKERS]; /* when it was last seen moving or the ring empty */
     uint16_t dest[MG_HAND_MAX];
 };
 

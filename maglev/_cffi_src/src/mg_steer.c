@@ -440,29 +440,27 @@ static uint64_t now_mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Worker w's rx ring is full: for how long (ns) has its worker not consumed from it?
- * Steering notes the consumer index when it finds the ring full and the time it first saw
- * that index; 0 when the index moved since the last look (or on the first look), else at
- * least 1 (a look without progress, even within the same burst).  The
- * clock is read at most once per burst (*now, 0 = not read yet), and only when some
- * ring is full.  Two rules read it (mg_steer_dispatch):
+/* How long (ns, at `now`) has worker w had packets waiting on its rx ring without
+ * consuming any?  Each dispatch with packets reads the clock once (the same read stamps
+ * MG_SS_LAST_RX_NS) and notes, per worker, the time its ring was last seen empty or its
+ * consumer index last seen moving (progress_ns); 0 = seen this burst.  Two rules read it
+ * when a ring is full (mg_steer_dispatch):
  *   weighted map: fall back only past stuck_ns -- a worker that keeps consuming is slower
  *     by design (its share), and spraying its flows would reorder them for nothing;
  *   any map: past stall_ns the worker is dead or frozen, and its packets are dropped
- *     (counted) rather than moved to a worker that has no entries for their flows. */
-static uint64_t ring_idle_ns(struct mg_steer *s, void *base, uint32_t w, uint64_t *now)
+ *     (counted) rather than moved to a worker that has no entries for their flows.
+ * A dead worker's ring takes a while to fill (2048 slots at 10 kpps: 0.2 s), so by the
+ * time it is full it is already past stall_ns: none of its packets is moved. */
+static void note_progress(struct mg_steer *s, void *base, uint64_t now)
 {
-    const struct mg_ring *r = mg_region_ring_by_id(base, s->rx_id[w]);
-    uint32_t cons = __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE);
-    if (!*now)
-        *now = now_mono_ns();
-    if (cons != s->cons_seen[w] || !s->full_since[w]) {
-        s->cons_seen[w] = cons;
-        s->full_since[w] = *now;
-        return 0;
+    for (uint32_t i = 0; i < s->n_workers; i++) {
+        const struct mg_ring *r = mg_region_ring_by_id(base, s->rx_id[i]);
+        uint32_t cons = __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE);
+        if (cons != s->cons_seen[i] || s->room[i] == s->ring_size || !s->progress_ns[i]) {
+            s->cons_seen[i] = cons;
+            s->progress_ns[i] = now;
+        }
     }
-    uint64_t idle = *now - s->full_since[w];
-    return idle ? idle : 1;
 }
 
 int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh)
@@ -505,10 +503,13 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         return -EINVAL;
     for (uint32_t i = 0; i < s->n_workers; i++)
         s->room[i] = mg_ring_free_count(mg_region_ring_by_id(base, s->rx_id[i]));
+    /* One clock read per burst with packets (also MG_SS_LAST_RX_NS), none per packet. */
+    uint64_t now = filled ? now_mono_ns() : 0;
+    if (now)
+        note_progress(s, base, now);
     mg_trace_steer_burst(base); /* packet tracer: a new request? (mg_trace.h) */
     uint64_t rx_bytes = 0, placed = 0, fallback = 0, frags = 0, unparsed = 0, shed = 0;
     uint64_t stalled = 0;
-    uint64_t now = 0; /* read once, when a packet first meets a full ring */
     int blocked = 0;
     for (uint32_t j = 0; j < filled; j++) {
         uint32_t idx = (uint32_t)descs[j];
@@ -555,7 +556,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         }
         rx_bytes += m->len;
         if (MG_UNLIKELY(s->room[w] == 0)) {
-            uint64_t idle = s->stall_ns || s->reta_on ? ring_idle_ns(s, base, w, &now) : 0;
+            uint64_t idle = now - s->progress_ns[w]; /* no consumption while it had work */
             if (s->stall_ns && idle >= s->stall_ns) {
                 /* Its owner is dead or frozen: another worker has no entries for its flows
                  * and would pick by the current Maglev table.  Dropped before enqueue. */
@@ -596,9 +597,6 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
     img[MG_SS_BURSTS]++;
     if (fresh) {
         if (filled) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
             if (!img[MG_SS_FIRST_RX_NS])
                 img[MG_SS_FIRST_RX_NS] = now;
             img[MG_SS_LAST_RX_NS] = now;
