@@ -60,19 +60,24 @@ def test_kill_9_of_every_actor_under_load_keeps_every_flow_on_its_backend(shortd
 
 
 def test_a_worker_killed_keeps_its_flows_on_their_backend_while_its_ring_overflows(shortdir):
-    """The dead worker's ring overflows long before its replacement is up: steering drops
-    its packets once the ring has not moved for the stall time (counted as
-    ``owner_stalled``) instead of moving them to the other worker."""
-    stalled: dict[str, int] = {}
-    assert kill_in_turn(shortdir, ("worker-0",), rate=20000, ring_size=2048, dropped=stalled) == {}
-    assert stalled.get("owner_stalled", 0) > 0, stalled  # the ring did overflow: the rule was met
+    """Worker 0 is frozen (SIGSTOP) until its ring has overflowed and steering has dropped
+    some of its packets as ``owner_stalled`` -- on a quiet machine a replacement is often
+    up before a killed worker's ring is full, so the freeze makes the overflow certain --
+    then killed with -9.  Not one of its packets went to the other worker (which would
+    pick by the new table): the new backend gets none, before and after the kill."""
+    dropped: dict[str, int] = {}
+    assert kill_in_turn(shortdir, ("worker-0",), rate=20000, ring_size=2048, dropped=dropped,
+                        freeze_first=True) == {}
+    assert dropped.get("owner_stalled", 0) > 0, dropped  # the ring did overflow: the rule was met
 
 
 def kill_in_turn(shortdir, victims, rate: int, ring_size: int,
-                 dropped: dict[str, int] | None = None) -> dict[str, int]:
+                 dropped: dict[str, int] | None = None, freeze_first: bool = False,
+                 extra_args: tuple[str, ...] = ()) -> dict[str, int]:
     """Kill ``victims`` in turn after a backend was added; the packets the new backend
     got after each kill, by actor (empty: none ever).  ``dropped`` gets the run's drops
-    by reason."""
+    by reason.  ``freeze_first``: stop the victim (SIGSTOP) until steering counts packets
+    dropped for it (``owner_stalled``: its ring is full and not consumed), then kill it."""
     name = f"kf{secrets.token_hex(3)}"
     conf = shortdir / "maglev.toml"
     conf.write_text(CONF.format(name=name, secret=secrets.token_hex(16)))
@@ -83,7 +88,7 @@ def kill_in_turn(shortdir, victims, rate: int, ring_size: int,
         proc = subprocess.Popen(
             [sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--config", str(conf),
              "--workers", "2", "--control", control, "--json", "-v", "--ring-size", str(ring_size),
-             "--nic", f"gen:seconds=120,flows=300,rate={rate},ipv6=0"],
+             "--nic", f"gen:seconds=120,flows=300,rate={rate},ipv6=0", *extra_args],
             stdout=out, stderr=err, env=env, start_new_session=True)  # fmt: skip
     try:
         wait_until(lambda: (shortdir / "ctl.sock").exists() or proc.poll() is not None, 60, "the control socket")
@@ -105,6 +110,12 @@ def kill_in_turn(shortdir, victims, rate: int, ring_size: int,
                 before = _started(log)[actor]
                 n, pid = len(before), before[-1]
                 assert pid in descendants or pid in {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+                if freeze_first:
+                    os.kill(pid, signal.SIGSTOP)
+                    wait_until(lambda: c.call("stats")["steering"]["owner_stalled"] > 0, 30,
+                               f"steering dropping {actor}'s packets while it is frozen")
+                    if packets()["198.18.1.13"]:
+                        moved[f"{actor} (frozen)"] = packets()["198.18.1.13"]
                 os.kill(pid, signal.SIGKILL)
                 wait_until(lambda a=actor, n=n: len(_started(log).get(a, [])) > n, 30, f"{actor} restarted")
 
