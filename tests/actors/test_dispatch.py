@@ -274,8 +274,8 @@ def test_a_full_ring_nobody_consumes_drops_its_packets_after_the_stall_time(smal
     (dead or frozen: here a ring nobody reads) for less than the stall time falls back as
     before; past it (MG_STEER_STALL_NS, 20 ms) its packets are dropped before enqueue and
     counted (MG_SS_OWNER_STALLED), never moved: another worker has no entries for those
-    flows.  A worker that consumed since steering's last burst, or a stall time of 0 (off),
-    keeps the fallback rule.  Every frame stays accounted for."""
+    flows.  A worker that consumed since steering's last burst, one whose tx ring is full
+    (held back by the muxer), or a stall time of 0 (off), keeps the fallback rule.  Every frame stays accounted for."""
     from maglev.rings.stats import edge_drops, muxer_counters, steering_counters
 
     region = small_region
@@ -324,8 +324,14 @@ def test_a_full_ring_nobody_consumes_drops_its_packets_after_the_stall_time(smal
     time.sleep(stall_s * 1.5)  # and stops again
     receive(8)
     assert counts() == (64, 20, 20, 16)
-    assert stats[lib.MG_SS_RX_PACKETS] == 64 + 5 * 8
-    assert stats[lib.MG_SS_DISPATCHED] == 64 + 20 + 4
+    # a worker whose tx ring is full is held back by the muxer, not stalled: fallback
+    tx = ffi.new("uint64_t[]", region.tx(0).free_count())
+    n_tx = region.free.dequeue(tx, len(tx))
+    assert n_tx == len(tx) and region.tx(0).enqueue(tx, n_tx) == n_tx and region.tx(0).free_count() == 0
+    receive(8)
+    assert counts() == (64, 28, 28, 16)
+    assert stats[lib.MG_SS_RX_PACKETS] == 64 + 6 * 8
+    assert stats[lib.MG_SS_DISPATCHED] == 64 + 28 + 4
     st_c = steering_counters(stats.snapshot())
     mx_c = muxer_counters(region.stats(int(lib.MG_SLOT_MUXER)).snapshot())
     assert st_c["owner_stalled"] == 16 and edge_drops(st_c, mx_c) == ({"owner_stalled": 16}, 0)

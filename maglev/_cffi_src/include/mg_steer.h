@@ -157,6 +157,7 @@ struct mg_steer {
     uint32_t rx_id[MG_MAX_WORKERS];
     uint32_t ret_id[MG_MAX_WORKERS];
     uint32_t spare_id[MG_MAX_WORKERS];
+    uint32_t tx_id[MG_MAX_WORKERS]; /* a worker whose tx ring is full is held back, not stalled */
     uint32_t room[MG_MAX_WORKERS];
     uint32_t cons_seen[MG_MAX_WORKERS]; /* rx ring consumer index last seen */
     uint64_t progress_ns[MG_MAX_WORKERS]; /* when it was last seen moving or the ring empty */

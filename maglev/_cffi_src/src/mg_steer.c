@@ -32,7 +32,9 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
         s->rx_id[i] = mg_region_ring_id(base, MG_RING_RX, i);
         s->ret_id[i] = mg_region_ring_id(base, MG_RING_RET, i);
         s->spare_id[i] = mg_region_ring_id(base, MG_RING_SPARE, i);
-        if (!ids_ok(s->rx_id[i]) || !ids_ok(s->ret_id[i]) || !ids_ok(s->spare_id[i]))
+        s->tx_id[i] = mg_region_ring_id(base, MG_RING_TX, i);
+        if (!ids_ok(s->rx_id[i]) || !ids_ok(s->ret_id[i]) || !ids_ok(s->spare_id[i]) ||
+            !ids_ok(s->tx_id[i]))
             return -EINVAL;
     }
     s->fallback_min = h->ring_size / 2 ? h->ring_size / 2 : 1;
@@ -557,16 +559,20 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         rx_bytes += m->len;
         if (MG_UNLIKELY(s->room[w] == 0)) {
             uint64_t idle = now - s->progress_ns[w]; /* no consumption while it had work */
-            if (s->stall_ns && idle >= s->stall_ns) {
-                /* Its owner is dead or frozen: another worker has no entries for its flows
-                 * and would pick by the current Maglev table.  Dropped before enqueue. */
+            /* Fall back only to a worker with at least half its ring free: when every
+             * worker is saturated, spraying a flow over them reorders it for nothing. */
+            uint32_t alt = most_room(s);
+            if (s->room[alt] >= s->fallback_min && s->stall_ns && idle >= s->stall_ns &&
+                mg_ring_free_count(mg_region_ring_by_id(base, s->tx_id[w])) != 0) {
+                /* Instead of a fallback: its owner is dead or frozen, and another worker
+                 * has no entries for its flows (it would pick by the current Maglev
+                 * table).  Dropped before enqueue.  A worker whose tx ring is full is held
+                 * back by the muxer (alive, or being replaced), not stalled: fallback as
+                 * before; with no room anywhere the packet waits in the hand as before. */
                 s->dest[j] = (uint16_t)s->free_id;
                 stalled++;
                 continue;
             }
-            /* Fall back only to a worker with at least half its ring free: when every
-             * worker is saturated, spraying a flow over them reorders it for nothing. */
-            uint32_t alt = most_room(s);
             if (s->room[alt] < s->fallback_min || (s->reta_on && (!idle || idle < s->stuck_ns))) {
                 s->dest[j] = MG_HAND_KEEP;
                 blocked = 1;
