@@ -39,6 +39,8 @@ def inner(bursts: int, workers: int) -> None:
         st = ffi.new("struct mg_steer *")
         mux = ffi.new("struct mg_mux *")
         check(lib.mg_steer_init(st, base, SLOT_STEERING, k0, k1), "steer init")
+        # the workers here run only between steering's calls (frozen by design): stall rule off
+        check(lib.mg_steer_set_stall_ns(st, 0), "stall off")
         check(lib.mg_mux_init(mux, base, SLOT_MUXER), "mux init")
         from maglev.actors.dispatch import default_map
 

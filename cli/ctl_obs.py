@@ -35,7 +35,7 @@ def stats_text(s: dict[str, Any]) -> list[str]:
         f"tx {_n(t['tx_packets'])}  bytes in {_n(t['bytes_in'])} out {_n(t['bytes_out'])}",
         f"steering fallback {s['steering']['fallback']}  backpressure {s['steering']['backpressure']}  "
         f"unparsed {s['steering']['unparsed']}  no-free {s['steering']['no_free']}  "
-        f"shed {s['steering'].get('shed', 0)}",
+        f"shed {s['steering'].get('shed', 0)}  owner-stalled {s['steering'].get('owner_stalled', 0)}",
     ]
     if s["drops"]:
         lines.append("drops    " + "  ".join(f"{k}={v}" for k, v in s["drops"].items()))

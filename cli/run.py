@@ -78,10 +78,11 @@ def _check_config(config_path: str | None, nic: str) -> Any:
 
 def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on_eof: bool, as_json: bool,
                  otlp_endpoint: str, burst: int, ring_size: int, frames: int, verbose: int, log_format: str,
-                 control: str, metrics: str, cpus: str, idle_poll_us: int | None = None) -> list[str]:
+                 control: str, metrics: str, cpus: str, stall_ms: float = 20.0,
+                 idle_poll_us: int | None = None) -> list[str]:
     """The options of this `maglev run` that each shard's `maglev run --shard` gets too."""
     argv = ["--config", config_path, "--burst", str(burst), "--ring-size", str(ring_size),
-            "--log-format", log_format]
+            "--log-format", log_format, "--stall-ms", str(stall_ms)]
     for opt, v in (("--workers", workers), ("--nic", nic), ("--otlp-endpoint", otlp_endpoint),
                    ("--frames", frames), ("--control", control), ("--metrics", metrics), ("--cpus", cpus)):
         if v:
@@ -122,6 +123,10 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
               help="After its last packet a data-path actor polls its rings this long before it sleeps "
                    "(PAUSE alone on a CPU, sched_yield when sharing one; default 200, 0 = sleep at once; "
                    "docs/actors.md).")
+@click.option("--stall-ms", type=click.FloatRange(0, 60_000), default=20.0, show_default=True,
+              help="A worker whose full rx ring it has not consumed from for this long is dead or frozen: "
+                   "steering drops its packets (counted, owner_stalled) instead of moving its flows to "
+                   "another worker (0 = off: always fall back).")
 @click.option("--frames", type=click.IntRange(0, 1 << 22), default=0,
               help="Frames in the pool (default: sized from workers and ring size).")
 @click.option("-v", "--verbose", count=True, help="Actor logs on stderr (-v info, -vv debug).")
@@ -133,7 +138,7 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
 @click.option("--shard", default="", metavar="NAME",
               help="Run only this [[shard]] of the config (default: every shard, one process each).")
 def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoint, metrics, control,
-        burst, ring_size, frames, verbose, log_format, latency, shard, idle_poll_us) -> None:
+        burst, ring_size, stall_ms, frames, verbose, log_format, latency, shard, idle_poll_us) -> None:
     """Run the forwarder until Ctrl-C (or the end of a finite input).
 
     A config with [[shard]] sections runs each shard as its own isolated forwarder
@@ -164,7 +169,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
             given = {"control": control, "metrics": metrics, "cpus": cpus}
             sh.check_options(whole, given)
             base = _passthrough(workers, config_path, nic, exit_on_eof, as_json, otlp_endpoint, burst, ring_size,
-                                frames, verbose, log_format, control, metrics, cpus, idle_poll_us)
+                                frames, verbose, log_format, control, metrics, cpus, stall_ms, idle_poll_us)
             if latency:
                 base.append("--latency")
             sys.exit(sh.launch_all(whole, base, out or "", as_json))
@@ -211,7 +216,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     opts = pl.PipelineOptions(
         workers=workers, config_path=config_path or "", nic=nic, out=out or "", cpus=cpus,
         burst=burst, ring_size=ring_size, n_frames=frames, otlp_endpoint=otlp_endpoint,
-        control=control, log_level=level, latency=latency,
+        control=control, log_level=level, latency=latency, stall_ms=stall_ms,
     )
     if idle_poll_us is not None:
         opts.idle_poll_us = idle_poll_us

@@ -93,7 +93,8 @@ def render_frame(prev: dict[str, Any], cur: dict[str, Any], dt: float, width: in
         lines.append(f"clusters: matched {cl['cluster_matched']}   gre-in {cl['cluster_in']}   "
                      f"backup-out {cl['backup_out']}")
     lines.append(f"restarts: {r if r else 'none'}   fallback {cur['steering']['fallback']}"
-                 f"   backpressure {cur['steering']['backpressure']}   shed {cur['steering'].get('shed', 0)}")
+                 f"   backpressure {cur['steering']['backpressure']}   shed {cur['steering'].get('shed', 0)}"
+                 f"   owner-stalled {cur['steering'].get('owner_stalled', 0)}")
     return [ln[:width] for ln in lines]
 
 

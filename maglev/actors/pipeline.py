@@ -192,6 +192,10 @@ class PipelineOptions:
     steer_cost: float = DEFAULT_STEER_COST
     # Adaptive idle window in microseconds (IDLE_POLL_US_DEFAULT; 0 = sleep at once).
     idle_poll_us: int = IDLE_POLL_US_DEFAULT
+    # A worker that has not consumed from its full rx ring for this long is dead or frozen:
+    # steering drops its packets (counted: owner_stalled) instead of moving them to a worker
+    # without their flows' entries (mg_steer.h MG_STEER_STALL_NS; 0 = off, always fall back).
+    stall_ms: float = 20.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -215,6 +219,8 @@ class Pipeline:
         self.cpus = parse_cpus(opts.cpus)
         if opts.steer_cost < 0:
             raise ConfigError([f"steer_cost: {opts.steer_cost} must be >= 0"])
+        if not 0 <= opts.stall_ms <= 60_000:
+            raise ConfigError([f"stall_ms: {opts.stall_ms} must be 0..60000"])
         # steering's flow -> worker map: fixed for the run, recorded in every table it makes
         self.dispatch = dispatch_map(opts.workers, plan_cpus(opts.workers, self.cpus), opts.steer_cost)
         ctc = self.config.conntrack  # every worker's table must fit: a clear error, nothing started
@@ -314,7 +320,8 @@ class Pipeline:
                 "steering",
                 "maglev.actors.steering:Steering",
                 {**common, "nic": str(self.nic_spec) if self.nic_spec.kind == "gen" else o.nic, "seed": o.seed,
-                 "reta": list(self.dispatch.reta or b""), **spin("steering")},
+                 "reta": list(self.dispatch.reta or b""), "stall_ns": round(o.stall_ms * 1e6),
+                 **spin("steering")},
                 cpus=plan["steering"],
                 stop_group=0,
             )

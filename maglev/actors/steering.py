@@ -139,6 +139,11 @@ class Steering(Actor):
         reta = bytes(p.get("reta") or b"")  # weighted flow -> worker map (maglev/actors/dispatch.py)
         if reta:
             check(lib.mg_steer_set_reta(self.st, reta, len(reta)), "steering flow -> worker map")
+        # a dead or frozen worker's packets: dropped and counted, never moved (mg_steer.h)
+        stall_ns = int(p.get("stall_ns", lib.MG_STEER_STALL_NS))
+        if not 0 <= stall_ns <= 60 * 10**9:
+            raise ValueError(f"stall_ns: {stall_ns} is not within 0..60 s")
+        check(lib.mg_steer_set_stall_ns(self.st, stall_ns), "steering stall time")
         self.stats_block = self.region.stats(self.slot)
         self.region.set_slot_pid(self.slot)  # who serves the slot now (tools, tests)
         self._nic_drop_base = {w: int(self.stats_block[w]) for w in SS_NIC_DROPS.values()}

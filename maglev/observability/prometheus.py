@@ -147,6 +147,9 @@ _STEERING = (
      "backpressure"),
     ("maglev_shed_packets_total", C,
      "Packets steering dropped before enqueue under overload (VIP priority below the rx ring's fill).", "shed"),
+    ("maglev_owner_stalled_packets_total", C,
+     "Packets steering dropped before enqueue: their worker's rx ring was full and not consumed for the "
+     "stall time (dead or frozen worker; not moved to another worker).", "owner_stalled"),
     ("maglev_unparsed_packets_total", C, "Packets steering could not parse (spread round-robin).", "unparsed"),
 )
 _WORKER_TRAFFIC = (  # label worker; then maglev_worker_drops_total

@@ -117,6 +117,7 @@ def steering_counters(words: Any) -> dict[str, int]:
         "first_rx_ns": int(words[lib.MG_SS_FIRST_RX_NS]), "last_rx_ns": int(words[lib.MG_SS_LAST_RX_NS]),
         "spare_reserve": int(words[lib.MG_SS_SPARE_RESERVE]), "spares_sent": int(words[lib.MG_SS_SPARES_SENT]),
         "spare_short": int(words[lib.MG_SS_SPARE_SHORT]), "shed": int(words[lib.MG_SS_SHED]),
+        "owner_stalled": int(words[lib.MG_SS_OWNER_STALLED]),
         "packets_in": int(words[lib.MG_SS_RX_PACKETS]) + sum(nic.values()),
         **{f"nic_{k}": v for k, v in nic.items()},
     }
@@ -135,6 +136,9 @@ def edge_drops(st: dict[str, int], mx: dict[str, int]) -> tuple[dict[str, int], 
     ``steering_restart``: packets a dead steering held (received, never placed).
     ``priority_shed``: packets steering dropped before enqueue under overload because their
     VIP's priority was too low for their worker's rx ring fill (``mg_shed.h``).
+    ``owner_stalled``: packets steering dropped before enqueue because their worker's rx
+    ring was full and that worker had not consumed from it for the stall time (dead or
+    frozen; moving them would hand their flows to a worker without their entries).
     ``tx_error`` / ``muxer_restart``: forwarded packets that did not leave after all (the
     NIC refused them; a dead muxer held them before counting them as sent).  Those move
     from forwarded to dropped -- subtract the second value from the workers' forwarded --
@@ -143,6 +147,7 @@ def edge_drops(st: dict[str, int], mx: dict[str, int]) -> tuple[dict[str, int], 
     (``SS_NIC_DROPS``) are not included."""
     out = {}
     for reason, v in (("steering_restart", st["lost"]), ("priority_shed", st["shed"]),
+                      ("owner_stalled", st["owner_stalled"]),
                       ("tx_error", mx["tx_errors_fwd"]),
                       ("muxer_restart", mx["lost_fwd"])):
         if v:

@@ -254,3 +254,118 @@ def test_a_run_with_a_weighted_map_gives_the_lone_worker_the_bulk_and_records_th
             assert cs.preview(name, cs.Wanted(cfg.conntrack.capacity, fp, 2, i, m.fp)) == (True, "")
             ok, why = cs.preview(name, cs.Wanted(cfg.conntrack.capacity, fp, 2, i, 0))
             assert not ok and "another flow -> worker map" in why
+
+
+def _one_flow_of_worker_0(region: Region) -> GenNic:
+    """A generator of one flow whose owner (plain map, 2 workers) is worker 0."""
+    h, fl = ffi.new("uint64_t *"), ffi.new("uint16_t *")
+    m = ffi.cast("struct mg_frame_meta *", region.pool_ptr)
+    for seed in range(1, 64):
+        gen = GenNic(VIPS[:1], flows=1, ipv6=0, seed=seed)
+        assert gen.rx_burst(region.pool_ptr, ffi.new("uint64_t[]", [0]), 1) == 1
+        pkt = bytes(ffi.buffer(region.pool_ptr + lib.MG_FRAME_META_SIZE + m.data_off, m.len))
+        if lib.mg_steer_hash(pkt, len(pkt), K0, K1, 2, h, fl) == 0:
+            return GenNic(VIPS[:1], flows=1, ipv6=0, seed=seed)
+    pytest.fail("no seed gave a flow of worker 0")
+
+
+def test_a_full_ring_nobody_consumes_drops_its_packets_after_the_stall_time(small_region):
+    """Any map: a full rx ring whose worker has had packets waiting without consuming any
+    (dead or frozen: here a ring nobody reads) for less than the stall time falls back as
+    before; past it (MG_STEER_STALL_NS, 20 ms) its packets are dropped before enqueue and
+    counted (MG_SS_OWNER_STALLED), never moved: another worker has no entries for those
+    flows.  A worker that consumed since steering's last burst, one whose tx ring is full
+    (held back by the muxer), or a stall time of 0 (off), keeps the fallback rule.  Every frame stays accounted for."""
+    from maglev.rings.stats import edge_drops, muxer_counters, steering_counters
+
+    region = small_region
+    st = ffi.new("struct mg_steer *")
+    check(lib.mg_steer_init(st, region.base, SLOT_STEERING, K0, K1), "init")
+    assert lib.MG_STEER_STALL_NS == 20_000_000
+    stall_s = lib.MG_STEER_STALL_NS / 1e9
+    gen = _one_flow_of_worker_0(region)
+    cnt = ffi.new("uint32_t *")
+    stats = region.stats(SLOT_STEERING)
+
+    def receive(n: int) -> None:
+        check(lib.mg_steer_reclaim(st, region.base), "reclaim")
+        got = check(lib.mg_steer_take(st, region.base, n), "take")
+        assert got == n
+        descs = lib.mg_hand_descs(region.base, SLOT_STEERING, cnt)
+        filled = gen.rx_burst(region.pool_ptr, descs, got)
+        assert filled == n
+        # nothing waits in the hand: every packet is placed or dropped
+        assert check(lib.mg_steer_dispatch(st, region.base, filled, 1), "dispatch") == 0
+
+    def counts() -> tuple[int, int, int, int]:
+        return (region.rx(0).count(), region.rx(1).count(), int(stats[lib.MG_SS_FALLBACK]),
+                int(stats[lib.MG_SS_OWNER_STALLED]))
+
+    receive(64)
+    assert counts() == (64, 0, 0, 0)  # worker 0's ring is full, nobody consumes it
+    # below the stall time (set to 60 s here: no preemption of this test reaches it) the
+    # owner may just be slow: fall back
+    check(lib.mg_steer_set_stall_ns(st, 60 * 10**9), "stall 60 s")
+    receive(8)
+    assert counts() == (64, 8, 8, 0)
+    check(lib.mg_steer_set_stall_ns(st, lib.MG_STEER_STALL_NS), "stall default")
+    time.sleep(stall_s * 1.5)  # packets waiting, none consumed for longer than the stall time
+    receive(8)
+    assert counts() == (64, 8, 8, 8)  # dropped, counted, not moved
+    check(lib.mg_steer_set_stall_ns(st, 0), "stall off")  # off: the fallback rule alone
+    receive(8)
+    assert counts() == (64, 16, 16, 8)
+    check(lib.mg_steer_set_stall_ns(st, lib.MG_STEER_STALL_NS), "stall on")
+    out = ffi.new("uint64_t[]", 4)
+    assert region.rx(0).dequeue(out, 4) == 4  # the owner consumes: alive, however late
+    time.sleep(stall_s * 1.5)
+    receive(8)  # 4 fit; the ring moved since the last burst, so the other 4 fall back
+    assert counts() == (64, 20, 20, 8)
+    time.sleep(stall_s * 1.5)  # and stops again
+    receive(8)
+    assert counts() == (64, 20, 20, 16)
+    # a worker whose tx ring is full is held back by the muxer, not stalled: fallback
+    tx = ffi.new("uint64_t[]", region.tx(0).free_count())
+    n_tx = region.free.dequeue(tx, len(tx))
+    assert n_tx == len(tx) and region.tx(0).enqueue(tx, n_tx) == n_tx and region.tx(0).free_count() == 0
+    receive(8)
+    assert counts() == (64, 28, 28, 16)
+    assert stats[lib.MG_SS_RX_PACKETS] == 64 + 6 * 8
+    assert stats[lib.MG_SS_DISPATCHED] == 64 + 28 + 4
+    st_c = steering_counters(stats.snapshot())
+    mx_c = muxer_counters(region.stats(int(lib.MG_SLOT_MUXER)).snapshot())
+    assert st_c["owner_stalled"] == 16 and edge_drops(st_c, mx_c) == ({"owner_stalled": 16}, 0)
+    report = region.account(held={"test": [int(d) for d in ffi.unpack(out, 4)]})
+    assert report.ok, str(report)
+
+
+def test_an_idle_worker_whose_ring_one_burst_fills_is_not_stalled(small_region):
+    """The stall time counts only while packets wait: a worker that had nothing to do for
+    longer than it, then gets more than its ring holds in one burst, is not dropped from --
+    the overflow falls back (its ring was empty when the burst began)."""
+    region = small_region
+    st = ffi.new("struct mg_steer *")
+    check(lib.mg_steer_init(st, region.base, SLOT_STEERING, K0, K1), "init")
+    gen = _one_flow_of_worker_0(region)
+    cnt = ffi.new("uint32_t *")
+    stats = region.stats(SLOT_STEERING)
+
+    def receive(n: int) -> int:
+        check(lib.mg_steer_reclaim(st, region.base), "reclaim")
+        got = check(lib.mg_steer_take(st, region.base, n), "take")
+        descs = lib.mg_hand_descs(region.base, SLOT_STEERING, cnt)
+        return check(lib.mg_steer_dispatch(st, region.base, gen.rx_burst(region.pool_ptr, descs, got), 1),
+                     "dispatch")
+
+    assert receive(1) == 0 and region.rx(0).count() == 1
+    out = ffi.new("uint64_t[]", 1)
+    assert region.rx(0).dequeue(out, 1) == 1  # consumed: the ring is empty, nothing waits
+    time.sleep(lib.MG_STEER_STALL_NS / 1e9 * 1.5)
+    assert receive(64 + 8) == 0  # 64 fill the ring, 8 fall back: none dropped
+    assert region.rx(0).count() == 64 and region.rx(1).count() == 8
+    assert stats[lib.MG_SS_FALLBACK] == 8 and stats[lib.MG_SS_OWNER_STALLED] == 0
+    time.sleep(lib.MG_STEER_STALL_NS / 1e9 * 1.5)  # now 64 wait, none consumed: stalled
+    assert receive(8) == 0
+    assert stats[lib.MG_SS_OWNER_STALLED] == 8 and region.rx(1).count() == 8
+    report = region.account(held={"test": [int(out[0])]})
+    assert report.ok, str(report)

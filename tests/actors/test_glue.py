@@ -32,6 +32,8 @@ def region():
 def steer(r: Region):
     st = ffi.new("struct mg_steer *")
     check(lib.mg_steer_init(st, r.base, SLOT_STEERING, K0, K1), "init")
+    # the workers here run only between steering's calls (frozen by design): stall rule off
+    check(lib.mg_steer_set_stall_ns(st, 0), "stall off")
     return st
 
 

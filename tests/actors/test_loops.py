@@ -40,6 +40,8 @@ def glue(r: Region):
     st = ffi.new("struct mg_steer *")
     mux = ffi.new("struct mg_mux *")
     check(lib.mg_steer_init(st, r.base, SLOT_STEERING, K0, K1), "steer init")
+    # the workers here run only between steering's calls (frozen by design): stall rule off
+    check(lib.mg_steer_set_stall_ns(st, 0), "stall off")
     check(lib.mg_mux_init(mux, r.base, SLOT_MUXER), "mux init")
     now = time.monotonic_ns()
     ws = [ffi.gc(lib.mg_worker_new(r.base, i, 4096, K0, K1, 64, now), lib.mg_worker_free)

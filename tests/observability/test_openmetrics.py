@@ -41,7 +41,8 @@ def _snapshot_with_histogram() -> dict:
     h = LatencyHistogram()
     h.observe(0.02)
     return {
-        "totals": {"packets_in": 7, "bytes_in": 700}, "steering": {"fallback": 0, "backpressure": 0, "shed": 0, "unparsed": 0},
+        "totals": {"packets_in": 7, "bytes_in": 700}, "steering": {"fallback": 0, "backpressure": 0, "shed": 0,
+                                                                 "owner_stalled": 0, "unparsed": 0},
         "muxer": {"tx_packets": 5}, "drops": {"no_vip": 2}, "workers": [], "rings": {
             "free": {"count": 1, "size": 8, "occupancy": 0.125}, "sent": {"count": 0, "size": 8, "occupancy": 0.0}},
         "vips": [], "vip_workers": [], "generation": 3, "tracer": {}, "config_apply": h.to_dict(),

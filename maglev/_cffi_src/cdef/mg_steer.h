@@ -1,6 +1,7 @@
 #define MG_SS_RX_PACKETS 0
 #define MG_STEER_RETA 256
 #define MG_STEER_STUCK_NS ...
+#define MG_STEER_STALL_NS ...
 #define MG_SS_RX_BYTES 1
 #define MG_SS_DISPATCHED 2
 #define MG_SS_FALLBACK 3
@@ -26,6 +27,7 @@
 #define MG_SS_SPARES_SENT 19
 #define MG_SS_SPARE_SHORT 20
 #define MG_SS_SHED 21
+#define MG_SS_OWNER_STALLED 22
 #define MG_SPARE_RESERVE ...
 #define MG_MS_TX_PACKETS 0
 #define MG_MS_TX_BYTES 1
@@ -56,3 +58,4 @@ int mg_steer_recover(struct mg_steer *s, void *base);
 int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh);
 int mg_steer_set_reta(struct mg_steer *s, const uint8_t *reta, uint32_t n);
 int mg_steer_set_stuck_ns(struct mg_steer *s, uint64_t ns);
+int mg_steer_set_stall_ns(struct mg_steer *s, uint64_t ns);

@@ -104,6 +104,11 @@
 /* VIP priority under overload (mg_shed.h): packets dropped before enqueue because their
  * worker's rx ring was above their VIP priority's mark (received, not dispatched). */
 #define MG_SS_SHED 21
+/* Packets dropped before enqueue because their worker's rx ring was full and that worker
+ * had not consumed from it for stall_ns (a dead or frozen worker, mg_steer_set_stall_ns):
+ * falling back would hand its flows to a worker without their connection entries, which
+ * picks by the *current* Maglev table.  Received, not dispatched. */
+#define MG_SS_OWNER_STALLED 22
 
 /* Spare frames per worker by default: one burst's worth (one spare per packet). */
 #define MG_SPARE_RESERVE MG_BURST_MAX
@@ -128,6 +133,10 @@
  * another worker only when its ring was not consumed for this long (a stuck or restarting
  * worker), else they wait in steering's hand (back pressure) and keep their order. */
 #define MG_STEER_STUCK_NS 1000000ull
+/* Any map: a full ring whose worker has not consumed from it for this long is a dead or
+ * frozen worker; its packets are dropped (MG_SS_OWNER_STALLED), never moved to another
+ * worker.  0 = off (the fallback rule alone, as before 2026-12-07). */
+#define MG_STEER_STALL_NS 20000000ull
 
 struct mg_steer {
     uint64_t k0, k1;     /* flow-hash secret */
@@ -144,12 +153,14 @@ struct mg_steer {
     uint32_t reta_on;    /* 1: worker = reta[hash >> 56] (mg_steer_set_reta); 0: (hash >> 32) % n */
     uint8_t reta[MG_STEER_RETA]; /* flow -> worker indirection table (like a NIC's RSS RETA) */
     uint64_t stuck_ns;   /* weighted map: fall back only from a ring not consumed for this long */
+    uint64_t stall_ns;   /* drop (never move) a full ring's packets once not consumed this long */
     uint32_t rx_id[MG_MAX_WORKERS];
     uint32_t ret_id[MG_MAX_WORKERS];
     uint32_t spare_id[MG_MAX_WORKERS];
+    uint32_t tx_id[MG_MAX_WORKERS]; /* a worker whose tx ring is full is held back, not stalled */
     uint32_t room[MG_MAX_WORKERS];
-    uint32_t cons_seen[MG_MAX_WORKERS]; /* weighted map: rx ring consumer index last seen full */
-    uint64_t full_since[MG_MAX_WORKERS]; /* ... and since when it has not moved */
+    uint32_t cons_seen[MG_MAX_WORKERS]; /* rx ring consumer index last seen */
+    uint64_t progress_ns[MG_MAX_WORKERS]; /* when it was last seen moving or the ring empty */
     uint16_t dest[MG_HAND_MAX];
 };
 
@@ -205,6 +216,8 @@ struct mg_shed;
 int mg_steer_set_reta(struct mg_steer *s, const uint8_t *reta, uint32_t n);
 /* The weighted map's stuck time (default MG_STEER_STUCK_NS; tests). 0 or -EINVAL. */
 int mg_steer_set_stuck_ns(struct mg_steer *s, uint64_t ns);
+/* The stall time (default MG_STEER_STALL_NS, 0 = off; PipelineOptions.stall_ms). 0 or -EINVAL. */
+int mg_steer_set_stall_ns(struct mg_steer *s, uint64_t ns);
 int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh);
 
 int mg_mux_init(struct mg_mux *m, void *base, uint32_t slot);

@@ -32,11 +32,14 @@ int mg_steer_init(struct mg_steer *s, void *base, uint32_t slot, uint64_t k0, ui
         s->rx_id[i] = mg_region_ring_id(base, MG_RING_RX, i);
         s->ret_id[i] = mg_region_ring_id(base, MG_RING_RET, i);
         s->spare_id[i] = mg_region_ring_id(base, MG_RING_SPARE, i);
-        if (!ids_ok(s->rx_id[i]) || !ids_ok(s->ret_id[i]) || !ids_ok(s->spare_id[i]))
+        s->tx_id[i] = mg_region_ring_id(base, MG_RING_TX, i);
+        if (!ids_ok(s->rx_id[i]) || !ids_ok(s->ret_id[i]) || !ids_ok(s->spare_id[i]) ||
+            !ids_ok(s->tx_id[i]))
             return -EINVAL;
     }
     s->fallback_min = h->ring_size / 2 ? h->ring_size / 2 : 1;
     s->stuck_ns = MG_STEER_STUCK_NS;
+    s->stall_ns = MG_STEER_STALL_NS;
     s->ring_size = h->ring_size;
     s->stats = mg_region_stats(base, slot);
     return s->stats ? 0 : -EINVAL;
@@ -424,6 +427,14 @@ int mg_steer_set_stuck_ns(struct mg_steer *s, uint64_t ns)
     return 0;
 }
 
+int mg_steer_set_stall_ns(struct mg_steer *s, uint64_t ns)
+{
+    if (!s)
+        return -EINVAL;
+    s->stall_ns = ns;
+    return 0;
+}
+
 static uint64_t now_mono_ns(void)
 {
     struct timespec ts;
@@ -431,21 +442,27 @@ static uint64_t now_mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Weighted map: may worker w's packets fall back (its rx ring is full)?  Only when the
- * worker has not consumed from it for stuck_ns: a worker that keeps consuming is slower
- * by design (its share), and spraying its flows would reorder them for nothing. */
-static int ring_stuck(struct mg_steer *s, void *base, uint32_t w, uint64_t *now)
+/* How long (ns, at `now`) has worker w had packets waiting on its rx ring without
+ * consuming any?  Each dispatch with packets reads the clock once (the same read stamps
+ * MG_SS_LAST_RX_NS) and notes, per worker, the time its ring was last seen empty or its
+ * consumer index last seen moving (progress_ns); 0 = seen this burst.  Two rules read it
+ * when a ring is full (mg_steer_dispatch):
+ *   weighted map: fall back only past stuck_ns -- a worker that keeps consuming is slower
+ *     by design (its share), and spraying its flows would reorder them for nothing;
+ *   any map: past stall_ns the worker is dead or frozen, and its packets are dropped
+ *     (counted) rather than moved to a worker that has no entries for their flows.
+ * A dead worker's ring takes a while to fill (2048 slots at 10 kpps: 0.2 s), so by the
+ * time it is full it is already past stall_ns: none of its packets is moved. */
+static void note_progress(struct mg_steer *s, void *base, uint64_t now)
 {
-    const struct mg_ring *r = mg_region_ring_by_id(base, s->rx_id[w]);
-    uint32_t cons = __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE);
-    if (!*now)
-        *now = now_mono_ns();
-    if (cons != s->cons_seen[w]) {
-        s->cons_seen[w] = cons;
-        s->full_since[w] = *now;
-        return 0;
+    for (uint32_t i = 0; i < s->n_workers; i++) {
+        const struct mg_ring *r = mg_region_ring_by_id(base, s->rx_id[i]);
+        uint32_t cons = __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE);
+        if (cons != s->cons_seen[i] || s->room[i] == s->ring_size || !s->progress_ns[i]) {
+            s->cons_seen[i] = cons;
+            s->progress_ns[i] = now;
+        }
     }
-    return *now - s->full_since[w] >= s->stuck_ns;
 }
 
 int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh)
@@ -488,9 +505,13 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         return -EINVAL;
     for (uint32_t i = 0; i < s->n_workers; i++)
         s->room[i] = mg_ring_free_count(mg_region_ring_by_id(base, s->rx_id[i]));
+    /* One clock read per burst with packets (also MG_SS_LAST_RX_NS), none per packet. */
+    uint64_t now = filled ? now_mono_ns() : 0;
+    if (now)
+        note_progress(s, base, now);
     mg_trace_steer_burst(base); /* packet tracer: a new request? (mg_trace.h) */
     uint64_t rx_bytes = 0, placed = 0, fallback = 0, frags = 0, unparsed = 0, shed = 0;
-    uint64_t now = 0; /* read once, when a weighted map first meets a full ring */
+    uint64_t stalled = 0;
     int blocked = 0;
     for (uint32_t j = 0; j < filled; j++) {
         uint32_t idx = (uint32_t)descs[j];
@@ -537,10 +558,22 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         }
         rx_bytes += m->len;
         if (MG_UNLIKELY(s->room[w] == 0)) {
+            uint64_t idle = now - s->progress_ns[w]; /* no consumption while it had work */
             /* Fall back only to a worker with at least half its ring free: when every
              * worker is saturated, spraying a flow over them reorders it for nothing. */
             uint32_t alt = most_room(s);
-            if (s->room[alt] < s->fallback_min || (s->reta_on && !ring_stuck(s, base, w, &now))) {
+            if (s->room[alt] >= s->fallback_min && s->stall_ns && idle >= s->stall_ns &&
+                mg_ring_free_count(mg_region_ring_by_id(base, s->tx_id[w])) != 0) {
+                /* Instead of a fallback: its owner is dead or frozen, and another worker
+                 * has no entries for its flows (it would pick by the current Maglev
+                 * table).  Dropped before enqueue.  A worker whose tx ring is full is held
+                 * back by the muxer (alive, or being replaced), not stalled: fallback as
+                 * before; with no room anywhere the packet waits in the hand as before. */
+                s->dest[j] = (uint16_t)s->free_id;
+                stalled++;
+                continue;
+            }
+            if (s->room[alt] < s->fallback_min || (s->reta_on && (!idle || idle < s->stuck_ns))) {
                 s->dest[j] = MG_HAND_KEEP;
                 blocked = 1;
                 continue;
@@ -566,12 +599,10 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
     img[MG_SS_UNPARSED] += unparsed;
     img[MG_SS_BACKPRESSURE] += (uint64_t)blocked;
     img[MG_SS_SHED] += shed;
+    img[MG_SS_OWNER_STALLED] += stalled;
     img[MG_SS_BURSTS]++;
     if (fresh) {
         if (filled) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
             if (!img[MG_SS_FIRST_RX_NS])
                 img[MG_SS_FIRST_RX_NS] = now;
             img[MG_SS_LAST_RX_NS] = now;
