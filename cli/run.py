@@ -78,7 +78,7 @@ def _check_config(config_path: str | None, nic: str) -> Any:
 
 def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on_eof: bool, as_json: bool,
                  otlp_endpoint: str, burst: int, ring_size: int, frames: int, verbose: int, log_format: str,
-                 control: str, metrics: str, cpus: str, stall_ms: float = 20.0,
+                 control: str, metrics: str, cpus: str, stall_ms: float = 50.0,
                  idle_poll_us: int | None = None) -> list[str]:
     """The options of this `maglev run` that each shard's `maglev run --shard` gets too."""
     argv = ["--config", config_path, "--burst", str(burst), "--ring-size", str(ring_size),
@@ -123,7 +123,7 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
               help="After its last packet a data-path actor polls its rings this long before it sleeps "
                    "(PAUSE alone on a CPU, sched_yield when sharing one; default 200, 0 = sleep at once; "
                    "docs/actors.md).")
-@click.option("--stall-ms", type=click.FloatRange(0, 60_000), default=20.0, show_default=True,
+@click.option("--stall-ms", type=click.FloatRange(0, 60_000), default=50.0, show_default=True,
               help="A worker whose full rx ring it has not consumed from for this long is dead or frozen: "
                    "steering drops its packets (counted, owner_stalled) instead of moving its flows to "
                    "another worker (0 = off: always fall back).")

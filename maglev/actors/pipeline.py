@@ -195,7 +195,7 @@ class PipelineOptions:
     # A worker that has not consumed from its full rx ring for this long is dead or frozen:
     # steering drops its packets (counted: owner_stalled) instead of moving them to a worker
     # without their flows' entries (mg_steer.h MG_STEER_STALL_NS; 0 = off, always fall back).
-    stall_ms: float = 20.0
+    stall_ms: float = 50.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

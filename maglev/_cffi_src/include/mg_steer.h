@@ -136,7 +136,7 @@
 /* Any map: a full ring whose worker has not consumed from it for this long is a dead or
  * frozen worker; its packets are dropped (MG_SS_OWNER_STALLED), never moved to another
  * worker.  0 = off (the fallback rule alone, as before 2026-12-07). */
-#define MG_STEER_STALL_NS 20000000ull
+#define MG_STEER_STALL_NS 50000000ull
 
 struct mg_steer {
     uint64_t k0, k1;     /* flow-hash secret */
