@@ -127,6 +127,6 @@ def dispatch_map(n_workers: int, plan: dict[str, list[int]], steer_cost: float =
 
 def default_map(n_workers: int, cpus_text: str = "", steer_cost: float = DEFAULT_STEER_COST) -> DispatchMap:
     """The map ``maglev run --workers n_workers [--cpus cpus_text]`` uses on this machine."""
-    from maglev.actors.pipeline import parse_cpus, plan_cpus
+    from maglev.actors.placement import parse_cpus, plan_cpus
 
     return dispatch_map(n_workers, plan_cpus(n_workers, parse_cpus(cpus_text)), steer_cost)

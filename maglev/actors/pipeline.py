@@ -8,17 +8,14 @@ counters straight from the region's stats blocks (single writer each, so reading
 from here is safe at any time), and at the end checks the frame accounting and removes
 the region and the run directory.
 
-CPU placement (``plan_cpus``): steering and the muxer share the first CPU (both are light
-per packet and talk to every worker), workers go round-robin over all CPUs starting with
-the second; with one CPU everything shares it.  Which worker gets a flow: ``maglev.actors.dispatch`` (plain
+CPU placement and the idle policy per CPU: ``maglev.actors.placement`` (re-exported here).  Which worker gets a flow: ``maglev.actors.dispatch`` (plain
 by default; weighted by the placement with ``PipelineOptions.steer_cost``).  Actors never spin while idle, so more actors than cores is fine.
 
 Tables: the first generation is published here, before any worker starts; afterwards the
 config manager (a control-plane actor, when registered) is the only writer.
 
 This module is a leaf: ``maglev run``, the benchmarks and the tests use it; no module of
-``maglev/`` imports it, except ``maglev.actors.dispatch.default_map`` for the placement a
-run would use (the counters it reports are decoded by ``maglev.rings.stats``, the
+``maglev/`` imports it (the counters it reports are decoded by ``maglev.rings.stats``, the
 same code ``maglev ctl stats`` and Prometheus use).
 """
 
@@ -35,6 +32,13 @@ from typing import Any
 from maglev.actors.dispatch import DEFAULT_STEER_COST, dispatch_map
 from maglev.actors.extra import EXTRA_ACTORS
 from maglev.actors.leftovers import remove_dead_runs
+from maglev.actors.placement import (  # also imported from here by tests and benches
+    IDLE_POLL_US_DEFAULT,
+    doorbell_spin,
+    idle_params,
+    parse_cpus,
+    plan_cpus,
+)
 from maglev.actors.supervisor import ActorDef, Supervisor
 from maglev.config import load_config
 from maglev.rings import forwarder_counters
@@ -44,77 +48,6 @@ log = logging.getLogger("maglev.pipeline")
 
 # Control-plane actors added to every run (the config manager, health prober and BGP
 # speaker register there): maglev.actors.extra.
-
-
-def parse_cpus(text: str | None) -> list[int]:
-    """``"0,2-3"`` -> [0, 2, 3]; empty -> the CPUs this process may use."""
-    from maglev.errors import ConfigError
-
-    if not text:
-        return sorted(os.sched_getaffinity(0))
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if lo > hi:
-                    raise ValueError
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise ConfigError([f"--cpus: {part!r} is not a CPU number or range like 0-3"]) from None
-    allowed = os.sched_getaffinity(0)
-    bad = [c for c in out if c not in allowed]
-    if bad:
-        raise ConfigError([f"--cpus: CPU(s) {bad} not available here (available: {sorted(allowed)})"])
-    return sorted(set(out))
-
-
-def plan_cpus(n_workers: int, cpus: list[int]) -> dict[str, list[int]]:
-    """Steering and muxer on cpus[0]; workers round-robin over all CPUs starting at
-    cpus[1], so worker 0 has a core to itself and, with more workers than spare cores,
-    the next ones also use what steering and the muxer leave (measured on 2 vCPUs: two
-    workers both on cpu 1 ran at half the rate of one on each)."""
-    plan = {"steering": [cpus[0]], "muxer": [cpus[0]]}
-    for i in range(n_workers):
-        plan[f"worker-{i}"] = [cpus[(1 + i) % len(cpus)]]
-    return plan
-
-
-def doorbell_spin(plan: dict[str, list[int]], name: str, default: int = 256) -> int:
-    """Busy-poll rounds before an idle data-path actor sleeps on its doorbell: the default
-    when the actor has its CPU to itself, 0 when it shares it with another data-path actor
-    (oversubscribed: its producer needs that very CPU to make the work it would spin for,
-    so it sleeps at once and the kernel runs the sibling)."""
-    mine = set(plan[name])
-    return 0 if any(set(c) & mine for n, c in plan.items() if n != name) else default
-
-
-# Adaptive idle window (mg_loop.h): after it last moved a packet, a data-path actor keeps
-# polling its rings this long before it sleeps on its doorbell -- with PAUSE when it has
-# its CPU to itself, with sched_yield() when it shares it.  Longer than the gap between
-# packets at 10 kpps (100 us), so a trickle never pays a futex wake-up per hop; an idle
-# pipeline sleeps 0.2 ms after its last packet.  0 = sleep at once (the old behaviour).
-IDLE_POLL_US_DEFAULT = 200
-
-
-def idle_params(plan: dict[str, list[int]], name: str, idle_poll_us: int) -> dict[str, int]:
-    """An actor's idle policy: ``idle_us`` (the poll window) and ``idle_mode`` (``MG_IDLE_PAUSE``
-    alone on its CPU, ``MG_IDLE_YIELD`` when it shares the CPU with another data-path actor).
-    A worker that shares its CPU with another *worker* (more workers than CPUs) does not poll
-    (``idle_us`` 0): several pollers on one CPU only yield to each other -- measured with 8
-    workers on 2 CPUs, 2026-12-07: +25% CPU per packet and a lower rate with polling."""
-    from maglev.native import lib
-
-    shared = doorbell_spin(plan, name) == 0
-    mine = set(plan[name])
-    crowded = name.startswith("worker-") and any(
-        set(c) & mine for n, c in plan.items() if n != name and n.startswith("worker-"))
-    return {"idle_us": 0 if crowded else int(idle_poll_us),
-            "idle_mode": int(lib.MG_IDLE_YIELD if shared else lib.MG_IDLE_PAUSE)}
 
 
 def latency_us(hist: list[int], quantiles: tuple[float, ...] = (0.5, 0.99, 0.999)) -> dict[str, float]:
