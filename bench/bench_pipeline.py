@@ -278,7 +278,7 @@ def main() -> int:
     ap.add_argument("--steer-cost", type=float, default=None,
                     help="weights of the flow -> worker map (PipelineOptions.steer_cost; 0 = equal shares)")
     ap.add_argument("--idle-poll-us", type=int, default=None,
-                    help="adaptive idle window of the latency runs (default: the pipeline's, 200)")
+                    help="adaptive idle window of the latency runs (default: the pipeline's, 0 = off)")
     a = ap.parse_args()
     BENCH["steer_cost"] = a.steer_cost
     ws = [int(x) for x in a.workers.split(",")]

@@ -121,7 +121,7 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
               help="Slots per rx/tx/ret ring (power of two).")
 @click.option("--idle-poll-us", type=click.IntRange(0, 100_000), default=None,
               help="After its last packet a data-path actor polls its rings this long before it sleeps "
-                   "(PAUSE alone on a CPU, sched_yield when sharing one; default 200, 0 = sleep at once; "
+                   "(PAUSE alone on a CPU, sched_yield when sharing one; default 0 = sleep at once, e.g. 200; "
                    "docs/actors.md).")
 @click.option("--stall-ms", type=click.FloatRange(0, 60_000), default=50.0, show_default=True,
               help="A worker whose full rx ring it has not consumed from for this long is dead or frozen: "

@@ -64,8 +64,11 @@ def doorbell_spin(plan: dict[str, list[int]], name: str, default: int = 256) -> 
 # polling its rings this long before it sleeps on its doorbell -- with PAUSE when it has
 # its CPU to itself, with sched_yield() when it shares it.  Longer than the gap between
 # packets at 10 kpps (100 us), so a trickle never pays a futex wake-up per hop; an idle
-# pipeline sleeps 0.2 ms after its last packet.  0 = sleep at once (the old behaviour).
-IDLE_POLL_US_DEFAULT = 200
+# pipeline sleeps 0.2 ms after its last packet.  0 = sleep at once (the old behaviour), the
+# default: on the quiet machine (2026-12-07 05:13, docs/benchmarks.md) a 200 us window
+# halved the W=2 p50 at 10 kpps (82 -> 41-57 us) but not the p99 (W=1 262-393 us without,
+# 524-786 with) and took ~0.3 core more at that rate.  `maglev run --idle-poll-us 200`.
+IDLE_POLL_US_DEFAULT = 0
 
 
 def idle_params(plan: dict[str, list[int]], name: str, idle_poll_us: int) -> dict[str, int]:
