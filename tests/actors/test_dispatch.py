@@ -17,6 +17,7 @@ from maglev.nic.gen import GenNic
 from maglev.nic.pcapfile import PcapReader
 from maglev.rings import SLOT_STEERING, Region
 from maglev.rings import conntrack_shm as cs
+from tests.region_helpers import scratch_region
 
 K0, K1 = 0x0123456789ABCDEF, 0xFEDCBA9876543210
 VIPS = [("203.0.113.10", 80, "tcp"), ("2001:db8:100::10", 443, "tcp")]
@@ -73,13 +74,8 @@ def test_the_table_apportions_every_slot_and_the_fingerprint_names_the_map():
 
 @pytest.fixture
 def region():
-    name = f"test-dispatch-{secrets.token_hex(4)}"
-    r = Region.create(name, 3, 2048, 512, 1 << 20)
-    try:
+    with scratch_region("test-dispatch", 3, 2048, 512) as r:
         yield r
-    finally:
-        r.close()
-        r.unlink()
 
 
 def test_steering_dispatches_by_the_table_like_its_python_reference(region):
@@ -149,13 +145,8 @@ def test_a_run_with_another_map_does_not_adopt_the_tables_and_says_why():
 
 @pytest.fixture
 def small_region():
-    name = f"test-dispatch-{secrets.token_hex(4)}"
-    r = Region.create(name, 2, 1024, 64, 1 << 20)
-    try:
+    with scratch_region("test-dispatch", 2, 1024, 64) as r:
         yield r
-    finally:
-        r.close()
-        r.unlink()
 
 
 def test_with_a_weighted_map_a_full_ring_that_is_consumed_holds_its_flows_back(small_region):

@@ -3,7 +3,6 @@ hashing, placement, fallback, back pressure, order within a flow, crash recovery
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import defaultdict
 
@@ -13,6 +12,7 @@ from maglev.native import check, ffi, lib
 from maglev.nic.gen import GenNic
 from maglev.nic.pcapfile import PcapReader
 from maglev.rings import SLOT_MUXER, SLOT_STEERING, Region, worker_slot
+from tests.region_helpers import scratch_region
 
 K0, K1 = 0x0123456789ABCDEF, 0xFEDCBA9876543210
 VIPS = [("203.0.113.10", 80, "tcp"), ("2001:db8:100::10", 443, "tcp")]
@@ -20,13 +20,8 @@ VIPS = [("203.0.113.10", 80, "tcp"), ("2001:db8:100::10", 443, "tcp")]
 
 @pytest.fixture
 def region():
-    name = f"test-glue-{secrets.token_hex(4)}"
-    r = Region.create(name, 2, 1024, 64, 1 << 20)
-    try:
+    with scratch_region("test-glue", 2, 1024, 64) as r:
         yield r
-    finally:
-        r.close()
-        r.unlink()
 
 
 def steer(r: Region):

@@ -8,7 +8,6 @@ generator sleeps on the clock between its packets instead of polling."""
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from maglev.datapath.tables import build_tables
 from maglev.native import check, ffi, lib
 from maglev.nic.gen import GenNic, vip_targets
 from maglev.rings import SLOT_MUXER, SLOT_STEERING, Region, worker_bell
+from tests.region_helpers import scratch_region
 
 CFG = load_config("")
 K0, K1 = CFG.flow_hash_key
@@ -30,13 +30,8 @@ BUDGET = 10**10  # 10 s: no call in these tests should reach it
 
 @pytest.fixture
 def region():
-    r = Region.create(f"test-idle-{secrets.token_hex(4)}", 1, 1024, 256, max(2 * len(BLOB), 1 << 20))
-    try:
-        r.tables.publish(BLOB, [], 1.0)
+    with scratch_region("test-idle", 1, 1024, 256, blob=BLOB) as r:
         yield r
-    finally:
-        r.close()
-        r.unlink()
 
 
 def glue(r: Region):

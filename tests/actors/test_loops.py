@@ -5,7 +5,6 @@ the worker makes when it hashes itself."""
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import pytest
@@ -16,6 +15,7 @@ from maglev.datapath.tables import build_tables
 from maglev.native import check, ffi, lib
 from maglev.nic.gen import GenNic, vip_targets
 from maglev.rings import SLOT_MUXER, SLOT_STEERING, Region
+from tests.region_helpers import scratch_region
 from tests.run_helpers import poll_until_eof
 
 FRAME = int(lib.MG_FRAME_SIZE)
@@ -26,14 +26,8 @@ BLOB = build_tables(CFG)
 
 @pytest.fixture
 def region(request):
-    ring = getattr(request, "param", 64)
-    r = Region.create(f"test-loops-{secrets.token_hex(4)}", 2, 1024, ring, max(2 * len(BLOB), 1 << 20))
-    try:
-        r.tables.publish(BLOB, [], 1.0)
+    with scratch_region("test-loops", 2, 1024, getattr(request, "param", 64), blob=BLOB) as r:
         yield r
-    finally:
-        r.close()
-        r.unlink()
 
 
 def glue(r: Region):
