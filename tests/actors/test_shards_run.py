@@ -180,6 +180,8 @@ def test_killing_and_flooding_one_shard_leaves_the_other_alone():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for pipe in (proc.stdout, proc.stderr):  # a failed test must not leave them to the GC
+            pipe.close()  # (a ResourceWarning there failed the next test under filterwarnings=error)
         shutil.rmtree(base, ignore_errors=True)
     assert proc.returncode == 0, err
     s = json.loads(out)
@@ -267,6 +269,8 @@ def test_each_shard_announces_only_its_own_vips_over_its_own_bgp_session():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for pipe in (proc.stdout, proc.stderr):  # a failed test must not leave them to the GC
+            pipe.close()  # (a ResourceWarning there failed the next test under filterwarnings=error)
         shutil.rmtree(base, ignore_errors=True)
     assert proc.returncode == 0, err
     assert json.loads(out)["exit_codes"] == {"a": 0, "b": 0}
