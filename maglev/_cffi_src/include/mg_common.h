@@ -28,4 +28,14 @@
 #define MG_PREFETCH(p) __builtin_prefetch((p), 0, 3)
 #define MG_PREFETCH_W(p) __builtin_prefetch((p), 1, 3)
 
+/* One spin-wait hint (PAUSE on x86, YIELD on arm64) between two looks at shared memory. */
+static inline void mg_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 #endif

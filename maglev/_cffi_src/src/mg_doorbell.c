@@ -13,15 +13,6 @@
 #include "mg_ring.h"
 #include "mg_shm.h"
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 static int bell_has_work(void *base, const struct mg_bell *b)
 {
     if (__atomic_load_n(&b->alert, __ATOMIC_ACQUIRE))
@@ -42,7 +33,7 @@ int mg_bell_wait(void *base, uint32_t bell, uint32_t spin, int32_t timeout_ms)
     if (bell_has_work(base, b))
         return 1;
     for (uint32_t i = 0; i < spin; i++) {
-        cpu_relax();
+        mg_cpu_relax();
         if (bell_has_work(base, b))
             return 1;
     }

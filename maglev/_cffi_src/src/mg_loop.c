@@ -54,15 +54,6 @@ struct budget {
     uint32_t max_bursts;
 };
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 static void budget_start(struct budget *b, const struct mg_loop_ctl *c, uint64_t now,
                          struct mg_loop_out *o)
 {
@@ -110,7 +101,7 @@ static inline void idle_relax(const struct mg_loop_ctl *c)
         return;
     }
     for (int i = 0; i < 16; i++)
-        cpu_relax();
+        mg_cpu_relax();
 }
 
 /* The adaptive idle poll (mg_loop.h): the loop found nothing to do.  1: the doorbell's
