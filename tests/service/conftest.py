@@ -3,11 +3,13 @@ the notify test and the unit-file test both drive."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from maglev.testing.notify import NotifySocket
@@ -34,6 +36,36 @@ name = "be1"
 """
 
 
+@contextlib.contextmanager
+def under_notify(folder: Path, argv: list[str], env_extra: dict[str, str] | None = None,
+                 unset: tuple[str, ...] = ("WATCHDOG_PID",)) -> Iterator[tuple[subprocess.Popen, NotifySocket]]:
+    """Start ``argv`` in its own session under a fake NOTIFY_SOCKET (``folder/notify``), its
+    state and run folders in ``folder`` and its output in ``folder/run.log``; yield the
+    process and the socket.  On failure print the log's tail and the notify messages; at
+    the end kill the process group if it is still running and close both."""
+    ns = NotifySocket(folder / "notify")
+    env = {**os.environ, "NOTIFY_SOCKET": str(ns.path),
+           "MAGLEV_STATE_DIR": str(folder / "state"), "MAGLEV_RUN_DIR": str(folder / "run")}
+    for key in unset:
+        env.pop(key, None)
+    env.update(env_extra or {})
+    log = open(folder / "run.log", "w")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        yield proc, ns
+    except BaseException:
+        log.flush()
+        print("--- maglev run log (tail) ---\n" + (folder / "run.log").read_text()[-4000:])
+        print("--- notify messages ---\n" + "\n".join(map(str, ns.messages)))
+        raise
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+        ns.close()
+
+
 def run_notify_scenario(tmp_path: Path, argv: list[str], env_extra: dict[str, str] | None = None,
                         prefix: list[str] | None = None) -> None:
     """Start ``argv`` (a `maglev run` command line without --config/--nic/--control) under a
@@ -44,16 +76,9 @@ def run_notify_scenario(tmp_path: Path, argv: list[str], env_extra: dict[str, st
     conf.write_text(CONFIG)
     empty = write_pcap(tmp_path / "empty.pcap", [])
     control = f"ipc://{tmp_path}/ctl.sock"
-    ns = NotifySocket(tmp_path / "notify")
-    env = {**os.environ, "NOTIFY_SOCKET": str(ns.path), "WATCHDOG_USEC": "400000",
-           "MAGLEV_STATE_DIR": str(tmp_path / "state"), "MAGLEV_RUN_DIR": str(tmp_path / "run")}
-    env.pop("WATCHDOG_PID", None)
-    env.update(env_extra or {})
-    log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen([*(prefix or []), *argv, "--config", str(conf), "--nic", f"pcap:{empty}",
-                             "--control", control, "--json", "-v"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
+    with under_notify(tmp_path, [*(prefix or []), *argv, "--config", str(conf), "--nic", f"pcap:{empty}",
+                                 "--control", control, "--json", "-v"],
+                      {"WATCHDOG_USEC": "400000", **(env_extra or {})}) as (proc, ns):
         i = ns.wait_for("READY", "1", 60)
         # Ready means served: the tables are published and confirmed by every worker.
         st = ctl_status(control)
@@ -87,14 +112,3 @@ def run_notify_scenario(tmp_path: Path, argv: list[str], env_extra: dict[str, st
         assert proc.wait(timeout=120) == 0
         print(f"stopped in {time.monotonic() - t0:.2f} s")
         ns.wait_for("STOPPING", "1", 5, after=k)
-    except BaseException:
-        log.flush()
-        print("--- maglev run log (tail) ---\n" + (tmp_path / "run.log").read_text()[-4000:])
-        print("--- notify messages ---\n" + "\n".join(map(str, ns.messages)))
-        raise
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
-        ns.close()

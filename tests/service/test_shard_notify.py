@@ -22,7 +22,7 @@ from maglev.service.systemd import Notifier
 from maglev.testing.notify import NotifySocket
 from maglev.testing.packets import write_pcap
 
-from .conftest import CLI
+from .conftest import CLI, under_notify
 
 # A stand-in shard: sends, through its own $NOTIFY_SOCKET, each line it reads ("K=V;K=V"),
 # exits with the code of a line "exit N".
@@ -222,15 +222,9 @@ def test_all_shards_run_is_ready_when_both_shards_are(shortdir):
         pytest.skip("two shards need two CPUs of their own")
     conf.write_text(SHARDS.format(name=name, cpu_a=cpus[0], cpu_b=cpus[1]))
     empty = write_pcap(shortdir / "empty.pcap", [])
-    ns = NotifySocket(shortdir / "notify")
-    env = {**os.environ, "NOTIFY_SOCKET": str(ns.path), "MAGLEV_STATE_DIR": str(shortdir / "state"),
-           "MAGLEV_RUN_DIR": str(shortdir / "run")}
-    env.pop("WATCHDOG_PID", None)
-    env.pop("WATCHDOG_USEC", None)
-    log = open(shortdir / "run.log", "w")
-    proc = subprocess.Popen([*CLI, "run", "--config", str(conf), "--nic", f"pcap:{empty}"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
+    env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run")}
+    with under_notify(shortdir, [*CLI, "run", "--config", str(conf), "--nic", f"pcap:{empty}"],
+                      unset=("WATCHDOG_PID", "WATCHDOG_USEC")) as (proc, ns):
         deadline = time.monotonic() + 90
         while not any(m.get("READY") == "1" for m in ns.messages):
             assert proc.poll() is None and time.monotonic() < deadline, "launcher exited or no READY=1"
@@ -251,14 +245,3 @@ def test_all_shards_run_is_ready_when_both_shards_are(shortdir):
         assert proc.wait(timeout=120) == 0
         ns.wait_for("STOPPING", "1", 5, after=k)
         print(f"two shards stopped in {time.monotonic() - t0:.2f} s")
-    except BaseException:
-        log.flush()
-        print("--- log ---\n" + (shortdir / "run.log").read_text()[-4000:])
-        print("--- notify ---\n" + "\n".join(map(str, ns.messages)))
-        raise
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
-        ns.close()
