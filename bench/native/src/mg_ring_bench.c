@@ -10,9 +10,7 @@
 
 uint64_t mg_now_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return mg_mono_ns();
 }
 
 static void backoff(uint32_t *spins)

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #define MG_LIKELY(x) __builtin_expect(!!(x), 1)
 #define MG_UNLIKELY(x) __builtin_expect(!!(x), 0)
@@ -27,6 +28,14 @@
  * the 1M-flow case paid two DRAM misses per packet in line (docs/datapath.md). */
 #define MG_PREFETCH(p) __builtin_prefetch((p), 0, 3)
 #define MG_PREFETCH_W(p) __builtin_prefetch((p), 1, 3)
+
+/* CLOCK_MONOTONIC in nanoseconds (stamps, budgets, stall times: one definition for all). */
+static inline uint64_t mg_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 /* One spin-wait hint (PAUSE on x86, YIELD on arm64) between two looks at shared memory. */
 static inline void mg_cpu_relax(void)

@@ -15,13 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static int is_pow2(uint32_t x) { return x && !(x & (x - 1)); }
 
 void mg_afp_close(struct mg_afp *afp)
@@ -343,7 +336,7 @@ static int rx_burst_v2(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs,
         if (!(st & TP_STATUS_USER))
             break;
         if (!ts)
-            ts = now_ns();
+            ts = mg_mono_ns();
         struct ring_pkt rp = {(const uint8_t *)h, TPACKET_ALIGN(sizeof(struct tpacket2_hdr)), st,
                               h->tp_snaplen, h->tp_len, h->tp_mac, h->tp_vlan_tci, h->tp_vlan_tpid};
         got += (uint32_t)deliver(afp, pool, (uint32_t)descs[got], &rp, ts);
@@ -383,7 +376,7 @@ int mg_afp_rx_burst(struct mg_afp *afp, uint8_t *pool, const uint64_t *descs, ui
             }
         }
         if (!ts)
-            ts = now_ns(); /* one clock read per burst */
+            ts = mg_mono_ns(); /* one clock read per burst */
         while (afp->pkts_left && got < n) {
             struct tpacket3_hdr *h = (struct tpacket3_hdr *)((uint8_t *)bd + afp->pkt_off);
             struct ring_pkt rp = {(const uint8_t *)h, TPACKET_ALIGN(sizeof(struct tpacket3_hdr)),

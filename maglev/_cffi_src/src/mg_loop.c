@@ -13,9 +13,7 @@
 
 uint64_t mg_loop_now_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return mg_mono_ns();
 }
 
 uint32_t mg_lat_bucket(uint64_t ns)

@@ -435,13 +435,6 @@ int mg_steer_set_stall_ns(struct mg_steer *s, uint64_t ns)
     return 0;
 }
 
-static uint64_t now_mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* How long (ns, at `now`) has worker w had packets waiting on its rx ring without
  * consuming any?  Each dispatch with packets reads the clock once (the same read stamps
  * MG_SS_LAST_RX_NS) and notes, per worker, the time its ring was last seen empty or its
@@ -506,7 +499,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
     for (uint32_t i = 0; i < s->n_workers; i++)
         s->room[i] = mg_ring_free_count(mg_region_ring_by_id(base, s->rx_id[i]));
     /* One clock read per burst with packets (also MG_SS_LAST_RX_NS), none per packet. */
-    uint64_t now = filled ? now_mono_ns() : 0;
+    uint64_t now = filled ? mg_mono_ns() : 0;
     if (now)
         note_progress(s, base, now);
     mg_trace_steer_burst(base); /* packet tracer: a new request? (mg_trace.h) */

@@ -34,13 +34,6 @@ static struct {
 static struct mg_trace_rec trace_log[MG_TRACE_LOG];
 static uint32_t log_head, log_tail;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static uint64_t *block(void *base)
 {
     return mg_region_stats(base, MG_SLOT_TRACE);
@@ -169,7 +162,7 @@ void mg_trace_steer_packet(void *base, struct mg_frame_meta *m, const uint8_t *p
     int mark = 0, by_filter = 0;
     uint64_t *b = block(base);
     if (st.left) {
-        if (st.deadline && now_ns() > st.deadline) {
+        if (st.deadline && mg_mono_ns() > st.deadline) {
             st.left = 0;
         } else if (filter_match(pkt, m->len)) {
             mark = by_filter = 1;
@@ -199,7 +192,7 @@ void mg_trace_steer_packet(void *base, struct mg_frame_meta *m, const uint8_t *p
         m->flags |= MG_TRACE_F_FILTER;
     m->trace_id_hi = hi;
     m->trace_id_lo = lo;
-    m->ts_steer_ns = now_ns();
+    m->ts_steer_ns = mg_mono_ns();
     m->ts_worker_ns = 0;
     m->ts_tx_ns = 0;
     m->worker_ns = 0;
@@ -286,7 +279,7 @@ void mg_trace_mux_stamp(uint8_t *pool, const uint64_t *descs, uint32_t n)
         if (!(m->flags & MG_FRAME_F_TRACE))
             continue;
         if (!t)
-            t = now_ns();
+            t = mg_mono_ns();
         m->ts_tx_ns = t;
     }
 }
@@ -295,7 +288,7 @@ void mg_trace_worker_done(struct mg_frame_meta *m)
 {
     if (m->verdict == MG_VERDICT_HELD)
         return; /* a held fragment leaves later */
-    uint64_t t = now_ns();
+    uint64_t t = mg_mono_ns();
     uint64_t d = m->ts_worker_ns && t > m->ts_worker_ns ? t - m->ts_worker_ns : 0;
     m->worker_ns = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
     if (!m->worker_ns)

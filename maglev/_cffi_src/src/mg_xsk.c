@@ -16,13 +16,6 @@
 #define SOL_XDP 283
 #endif
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Release helpers shared by mg_xsk_close and mg_xsk_tx_close: each leaves the
  * resource marked gone, so closing twice is harmless. */
 static void unmap_rings(struct mg_xsk_ring *a, struct mg_xsk_ring *b)
@@ -165,7 +158,7 @@ int mg_xsk_rx_burst(struct mg_xsk *x, uint8_t *pool, const uint64_t *descs, uint
     uint32_t fprod = __atomic_load_n(x->fill.producer, __ATOMIC_RELAXED);
     const struct xdp_desc *rd = x->rx.desc;
     uint64_t *fdesc = x->fill.desc;
-    uint64_t ts = now_ns();
+    uint64_t ts = mg_mono_ns();
     for (uint32_t i = 0; i < k; i++) {
         const struct xdp_desc *d = &rd[(cons + i) & x->rx.mask];
         uint32_t len = d->len;
