@@ -157,6 +157,7 @@ class Actor:
             return load_config(self.params.get("config", ""))
         started = load_run_config(self.spec.run_dir, start=True)
         return start_only(run[0], started[0]) if started is not None else run[0]
+
     def setup(self) -> None:
         """Attach shared memory, open the NIC, ... (runs before the loop)."""
 

@@ -155,7 +155,8 @@ class Pipeline:
         if not 0 <= opts.stall_ms <= 60_000:
             raise ConfigError([f"stall_ms: {opts.stall_ms} must be 0..60000"])
         # steering's flow -> worker map: fixed for the run, recorded in every table it makes
-        self.dispatch = dispatch_map(opts.workers, plan_cpus(opts.workers, self.cpus), opts.steer_cost)
+        self.plan = plan_cpus(opts.workers, self.cpus)  # where each actor runs (actor_defs)
+        self.dispatch = dispatch_map(opts.workers, self.plan, opts.steer_cost)
         ctc = self.config.conntrack  # every worker's table must fit: a clear error, nothing started
         if ctc.shared:  # tables in /dev/shm: the ones adopted from the previous run are paid for
             from maglev.control.endpoints import state_dir
@@ -243,7 +244,7 @@ class Pipeline:
 
     def actor_defs(self) -> list[ActorDef]:
         o = self.opts
-        plan = plan_cpus(o.workers, self.cpus)
+        plan = self.plan
         common = {"region": self.region_name, "config": o.config_path, "burst": o.burst}
 
         def spin(name: str) -> dict[str, int]:
