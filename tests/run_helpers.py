@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from maglev.actors.pipeline import Pipeline, PipelineOptions
+from maglev.actors.supervisor import Supervisor
 
 MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
@@ -75,3 +76,28 @@ def wait_worker_packets(p: Pipeline, more: int, what: str, worker: int = 0, time
     while p.counters()["per_worker"][worker]["packets_in"] < n + more:
         assert time.monotonic() < deadline, what
         p.poll(0.02)
+
+
+def _blocked_reading_stdin(pid: int) -> bool:
+    """Whether process ``pid`` sits in ``read(0, ...)`` (``/proc/PID/syscall``: number 0,
+    first argument 0 on x86-64; ``read`` is 63 on arm64)."""
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return False
+    return len(fields) > 1 and fields[0] in ("0", "63") and int(fields[1], 16) == 0
+
+
+def wait_standby_ready(sup: Supervisor, timeout: float = 60.0) -> int:
+    """Poll the started Supervisor ``sup`` until its standby process (``launch --standby``,
+    the one a restart takes) finished its imports and waits for a spec on stdin; return its
+    pid.  A test timing a restart waits for this first: a standby started with the run
+    competes with the actors' own start-up, and on a loaded machine may still be importing
+    when the test kills an actor (then the restart includes the rest of its imports)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sb = sup._standby
+        if sb is not None and sb.poll() is None and _blocked_reading_stdin(sb.pid):
+            return sb.pid
+        assert time.monotonic() < deadline, f"the standby did not finish its imports in {timeout:.0f} s"
+        sup.poll(0.02)

