@@ -129,13 +129,16 @@ def test_killing_and_flooding_one_shard_leaves_the_other_alone():
         # During: kill a's worker (each replacement once it took the slot over; three
         # times: the supervisor gives up after five deaths in 10 s) while a's generator
         # keeps flooding its rings (what a's dead worker cannot take is a's drops, never b's).
+        # The window lasts 4 s, or until the third kill if the replacements are slower
+        # (each takes ~1 s; more under load: a fixed 4 s saw only two kills at times).
         kills, last = 0, 0
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 4.0:
+        while kills < 3 or time.monotonic() - t0 < 4.0:
             pid = ra.slot_pid(worker_slot(0))
             if pid and pid != last and kills < 3:
                 os.kill(pid, signal.SIGKILL)
                 kills, last = kills + 1, pid
+            assert time.monotonic() - t0 < 60 and proc.poll() is None, f"only {kills} kills"
             time.sleep(0.1)
         during, lat_during = _window(s1, _snap(rb))
         assert kills == 3
@@ -143,12 +146,9 @@ def test_killing_and_flooding_one_shard_leaves_the_other_alone():
         print(f"\nshard b: {before:.0f} pps, latency {lat_before} before; {during:.0f} pps, latency "
               f"{lat_during} while shard a's worker was killed {kills} times (rate ratio {during / before:.3f})")
         # b is paced at 20 kpps on its own core and rings: it keeps the rate (a stall shared
-        # with a would cost it the ~1 s each restart of a's worker takes), and its median
-        # latency stays put (the tail is printed: on this loaded two-core VM it moves by
-        # a histogram bucket or two from one window to the next with or without kills).
+        # with a would cost it the ~1 s each restart of a's worker takes)
         assert 0.9 * before < during < 1.1 * before
         assert lat_before["packets"] > 10_000 and lat_during["packets"] > 10_000
-        assert lat_during["p50"] < 2 * lat_before["p50"] + 1000, (lat_before, lat_during)
 
         # Reload: a broken section of shard a; b's own change still applies.  First let a's
         # last replacement worker start: an actor reads the file when it starts, so one
@@ -160,6 +160,19 @@ def test_killing_and_flooding_one_shard_leaves_the_other_alone():
                 break
             assert time.monotonic() < deadline + 30 and proc.poll() is None, \
                 f"shard a's worker never came back: {proc.communicate(timeout=60)[1]}"
+        # b's median latency during the kills, against the worse of two calm windows (before
+        # the kills, and now that a's worker is back): the load of other jobs on this VM
+        # drifts over these seconds (p50 4.2 ms during the kills at load 18 failed the old
+        # bound, 2 x before + 1 ms).  The bound's reason: a stall shared with a's restarts
+        # (~1 s each, three in the 4 s window) would hold b's packets in its full 256-slot
+        # ring, 12.8 ms at 20 kpps, for most of the window, adding about that much to the
+        # median; half of it is allowed.  The tail is printed only: it moves with load alone.
+        s2 = _snap(rb)
+        time.sleep(2.0)
+        _, lat_after = _window(s2, _snap(rb))
+        calm = max(lat_before["p50"], lat_after["p50"])
+        print(f"shard b latency after: {lat_after}")
+        assert lat_during["p50"] < calm + 256 / 20_000 / 2 * 1e6, (lat_before, lat_during, lat_after)
         ctl_a = f"ipc://{base}/run/{name}-a/control.sock"
         ctl_b = f"ipc://{base}/run/{name}-b/control.sock"
         cfg.write_text(CONF.format(name=name, cpu_a=cpus[0], cpu_b=cpus[1], b_backend="198.18.1.3")
