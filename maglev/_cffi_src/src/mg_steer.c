@@ -445,13 +445,19 @@ int mg_steer_set_stall_ns(struct mg_steer *s, uint64_t ns)
  *   any map: past stall_ns the worker is dead or frozen, and its packets are dropped
  *     (counted) rather than moved to a worker that has no entries for their flows.
  * A dead worker's ring takes a while to fill (2048 slots at 10 kpps: 0.2 s), so by the
- * time it is full it is already past stall_ns: none of its packets is moved. */
+ * time it is full it is already past stall_ns: none of its packets is moved.
+ * A worker whose tx ring is full is held back by the muxer (dead, or being replaced), not
+ * stalled: that time does not count either.  Without this, the clock ran on through a
+ * muxer's replacement, and once the new muxer had drained the tx ring the worker had
+ * until steering's next burst (not stall_ns) to run again: on a loaded machine it often
+ * had not, and its packets were dropped as owner_stalled after a muxer kill. */
 static void note_progress(struct mg_steer *s, void *base, uint64_t now)
 {
     for (uint32_t i = 0; i < s->n_workers; i++) {
         const struct mg_ring *r = mg_region_ring_by_id(base, s->rx_id[i]);
         uint32_t cons = __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE);
-        if (cons != s->cons_seen[i] || s->room[i] == s->ring_size || !s->progress_ns[i]) {
+        if (cons != s->cons_seen[i] || s->room[i] == s->ring_size || !s->progress_ns[i] ||
+            mg_ring_free_count(mg_region_ring_by_id(base, s->tx_id[i])) == 0) {
             s->cons_seen[i] = cons;
             s->progress_ns[i] = now;
         }
