@@ -66,6 +66,9 @@
 
 #include "mg_common.h"
 #include "mg_flow.h"
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define MG_CT_WAYS 8
 /* Largest capacity accepted (entries). */
@@ -187,6 +190,43 @@ static inline uint32_t mg_ct_tag_timeout(uint32_t tag, uint32_t tcp_ms, uint32_t
     return (tag & MG_CT_TAG_TCP) ? tcp_ms : udp_ms;
 }
 
+/* The ways of a bucket whose signature is sig (bit w set for way w), and the empty ways
+ * (tag 0), as bit masks: all 8 tags compared at once (SSE2: two 4-lane compares), so a
+ * lookup takes no branch that depends on which way holds the flow.  The way-by-way loops
+ * these replace mispredicted about 1.2 times per packet at 10k flows (callgrind
+ * --branch-sim, the flows' ways differ from packet to packet): ~6 ns each on this VM. */
+static inline uint32_t mg_ct_match(const struct mg_ct_meta *m, uint32_t sig)
+{
+#ifdef __SSE2__
+    const __m128i k = _mm_set1_epi32((int)MG_CT_SIG_MASK), s = _mm_set1_epi32((int)sig);
+    __m128i a = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)&m->tag[0]), k);
+    __m128i b = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)&m->tag[4]), k);
+    __m128i e = _mm_packs_epi32(_mm_cmpeq_epi32(a, s), _mm_cmpeq_epi32(b, s));
+    return (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(e, _mm_setzero_si128()));
+#else
+    uint32_t mask = 0;
+    for (int w = 0; w < MG_CT_WAYS; w++)
+        mask |= (uint32_t)((m->tag[w] & MG_CT_SIG_MASK) == sig) << w;
+    return mask;
+#endif
+}
+
+static inline uint32_t mg_ct_empty_ways(const struct mg_ct_meta *m)
+{
+#ifdef __SSE2__
+    const __m128i z = _mm_setzero_si128();
+    __m128i a = _mm_loadu_si128((const __m128i *)(const void *)&m->tag[0]);
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)&m->tag[4]);
+    __m128i e = _mm_packs_epi32(_mm_cmpeq_epi32(a, z), _mm_cmpeq_epi32(b, z));
+    return (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(e, z));
+#else
+    uint32_t mask = 0;
+    for (int w = 0; w < MG_CT_WAYS; w++)
+        mask |= (uint32_t)(m->tag[w] == 0) << w;
+    return mask;
+#endif
+}
+
 static inline int mg_ct_near_full(const struct mg_ct *ct)
 {
     return ct->n_used >= ct->n_buckets * (MG_CT_WAYS - MG_CT_WAYS / 4); /* >= 75% used */
@@ -219,20 +259,17 @@ mg_ct_prefetch_entry(const struct mg_ct *ct, uint64_t h, uint32_t now)
     uint32_t b = (uint32_t)h & ct->mask;
     const struct mg_ct_meta *m = mg_ct_meta_of(ct, b);
     uint32_t sig = mg_ct_sig(h);
-    int empty = -1;
-    for (int w = 0; w < MG_CT_WAYS; w++) {
-        if ((m->tag[w] & MG_CT_SIG_MASK) == sig) {
-            MG_PREFETCH(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)w));
-            return 0;
-        }
-        if (empty < 0 && m->tag[w] == 0)
-            empty = w;
+    uint32_t hit = mg_ct_match(m, sig);
+    if (MG_LIKELY(hit)) { /* the first way whose signature matches */
+        MG_PREFETCH(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)__builtin_ctz(hit)));
+        return 0;
     }
+    uint32_t empty = mg_ct_empty_ways(m);
     uint32_t b2 = mg_ct_alt(ct, b, sig);
     const struct mg_ct_meta *m2 = mg_ct_meta_of(ct, b2);
-    if (empty >= 0) {
+    if (empty) {
         MG_PREFETCH_W(m2); /* a miss in the primary: the lookup reads the alternate too */
-        MG_PREFETCH_W(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)empty));
+        MG_PREFETCH_W(mg_ct_entry_at(ct, b * MG_CT_WAYS + (uint32_t)__builtin_ctz(empty)));
         return 1;
     }
     if (!mg_ct_near_full(ct)) {
@@ -274,9 +311,8 @@ static inline int mg_ct_scan(struct mg_ct *ct, uint32_t b, const struct mg_flow_
                              uint32_t sig, uint32_t now, uint32_t tcp_ms, uint32_t udp_ms)
 {
     struct mg_ct_meta *m = mg_ct_meta_of(ct, b);
-    for (int w = 0; w < MG_CT_WAYS; w++) {
-        if ((m->tag[w] & MG_CT_SIG_MASK) != sig)
-            continue;
+    for (uint32_t hit = mg_ct_match(m, sig); hit; hit &= hit - 1) {
+        int w = __builtin_ctz(hit);
         uint32_t slot = b * MG_CT_WAYS + (uint32_t)w;
         if (memcmp(&mg_ct_entry_at(ct, slot)->key, key, sizeof(*key)) != 0)
             continue;
