@@ -4,6 +4,8 @@ Python reference measured in the same run as the baseline.
 Scenarios (the issue's targets in brackets; a target is a goal, never an assertion):
   established, 1 flow                 every packet a connection-table hit
   established, 10k flows   [<= 40 ns] flows cycle through 10k connection-table entries
+  the same, given hash                the frames arrive hashed by steering (MG_FRAME_F_HASHED),
+                                       as the pipeline's workers get them: no SipHash here
   established, 1M flows    [<= 100 ns] 1M entries (75.5 MB table): bucket lines miss cache,
                                        the burst's prefetch pipeline hides most of that
   the same, /dev/shm table            the table in a shared file as `maglev run` makes it by
@@ -104,9 +106,11 @@ class CBench:
         self.now = 1_000_000_000
         self.ns = ffi.new("uint64_t *")
 
-    def run(self, rounds: int, n_flows: int, first_flow: int = 0, step_ns: int = 0) -> float:
-        check(blib.mg_dp_bench(self.dp, self.tables, self.io, rounds, n_flows, first_flow, self.now,
-                              step_ns, self.ns), "mg_dp_bench")
+    def run(self, rounds: int, n_flows: int, first_flow: int = 0, step_ns: int = 0,
+            hashed: bool = False) -> float:
+        opts = blib.MG_DP_BENCH_HASHED if hashed else 0
+        check(blib.mg_dp_bench_opts(self.dp, self.tables, self.io, rounds, n_flows, first_flow, self.now,
+                                   step_ns, opts, self.ns), "mg_dp_bench")
         self.now += rounds * step_ns
         if self.io.n_tx != lib.MG_BURST_MAX:
             raise RuntimeError(f"only {self.io.n_tx} of {lib.MG_BURST_MAX} packets forwarded")
@@ -117,11 +121,13 @@ class CBench:
 
 
 def c_established(blob: bytes, flows: int, capacity: int, rounds: int, repeat: int,
-                  shared: bool = False) -> tuple[list[float], str]:
+                  shared: bool = False, hashed: bool = False) -> tuple[list[float], str]:
+    """hashed: the frames carry steering's hash (the pipeline's worker), else mg_dp_burst
+    computes the SipHash itself (the single-process data path)."""
     b = CBench(blob, capacity, shared)
     warm = max(1, -(-flows // lib.MG_BURST_MAX)) + 1
     b.run(warm, flows)  # insert every flow once
-    out = [b.run(rounds, flows, first_flow=i * 7919) for i in range(repeat)]
+    out = [b.run(rounds, flows, first_flow=i * 7919, hashed=hashed) for i in range(repeat)]
     s = b.stats()
     note = ""
     if s.ct.insert_failed or s.ct.evictions:
@@ -161,7 +167,8 @@ def main() -> None:
     ap.add_argument("--python-packets", type=int, default=2000)
     ap.add_argument("--json", action="store_true",
                     help="print established_1_ns, established_10k_ns, established_1m_ns, new_ns "
-                         "(medians of the repeats; *_best_ns beside) as JSON")
+                         "(medians of the repeats; *_best_ns beside; established_1_hashed_ns and "
+                         "established_10k_hashed_ns: frames hashed by steering) as JSON")
     a = ap.parse_args()
     cpu = a.cpu if a.cpu is not None else min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
@@ -188,6 +195,9 @@ def main() -> None:
         _row(name, ns, py, target, cal)
         if note:
             print(note)
+        if flows == 10_000:
+            ns, _ = c_established(blob, flows, cap, a.rounds, a.repeat, hashed=True)
+            _row("  the same, given steering's hash", ns, None, target, cal)
     ns, note = c_established(blob, 1_000_000, 1 << 21, a.rounds, a.repeat, shared=True)
     _row("established, 1M flows, /dev/shm table", ns, None, 100, cal)
     print(f"   shared table pages: {' - '.join(cs.shm_pages(cs.SHM_DIR))}")
@@ -206,6 +216,9 @@ def measure_json(blob: bytes, rounds: int, repeat: int) -> dict:
                             ("established_1m", 1_000_000, 1 << 21)):
         ns, _ = c_established(blob, flows, cap, rounds, repeat)
         out[f"{key}_ns"], out[f"{key}_best_ns"], out[f"{key}_runs_ns"] = statistics.median(ns), min(ns), ns
+        if flows <= 10_000:  # the pipeline's worker: frames hashed by steering
+            ns, _ = c_established(blob, flows, cap, rounds, repeat, hashed=True)
+            out[f"{key}_hashed_ns"], out[f"{key}_hashed_best_ns"] = statistics.median(ns), min(ns)
     ns, st = c_new_flows(blob, 1 << 20, rounds, repeat)
     out["new_ns"], out["new_best_ns"], out["new_runs_ns"] = statistics.median(ns), min(ns), ns
     out["new_inserts"], out["new_evictions"], out["new_insert_failures"] = st

@@ -5,7 +5,8 @@
  *   callgrind_dp TABLES PACKET SCENARIO ROUNDS [BURST]
  *
  * SCENARIO: "est1" (one flow), "est10k" (10k established flows), "new" (every packet a new
- * flow).  Warm-up bursts run with collection off; only mg_dp_burst inside the measured
+ * flow), "est10kh" (est10k with the frames hashed by steering, MG_FRAME_F_HASHED: the
+ * pipeline's worker).  Warm-up bursts run with collection off; only mg_dp_burst inside the measured
  * mg_dp_bench() call is collected (callgrind --instr-atstart=no --collect-atstart=no
  * --toggle-collect=mg_dp_burst). */
 #include <stdio.h>
@@ -36,7 +37,7 @@ static uint8_t *slurp(const char *path, size_t *len)
 int main(int argc, char **argv)
 {
     if (argc != 5 && argc != 6) {
-        fprintf(stderr, "usage: %s TABLES PACKET est1|est10k|new ROUNDS [BURST]\n", argv[0]);
+        fprintf(stderr, "usage: %s TABLES PACKET est1|est10k|est10kh|new ROUNDS [BURST]\n", argv[0]);
         return 2;
     }
     size_t tlen, plen;
@@ -68,10 +69,13 @@ int main(int argc, char **argv)
                           .tx_cap = N + MG_DP_DRAIN_MAX, .drop = drop,
                           .drop_cap = N + MG_DP_DRAIN_MAX};
     uint64_t ns, now = 1000000000ull, flows, first = 0, step = 0;
+    uint32_t opts = 0;
     if (strcmp(argv[3], "est1") == 0)
         flows = 1;
     else if (strcmp(argv[3], "est10k") == 0)
         flows = 10000;
+    else if (strcmp(argv[3], "est10kh") == 0)
+        flows = 10000, opts = MG_DP_BENCH_HASHED;
     else if (strcmp(argv[3], "new") == 0)
         flows = 1ull << 32, first = 1u << 20, step = 1000000;
     else
@@ -82,7 +86,7 @@ int main(int argc, char **argv)
         mg_dp_bench(dp, tables, &io, 8, flows, 1, now, step, &ns);
     now += 10 * step;
     CALLGRIND_START_INSTRUMENTATION;
-    int rc = mg_dp_bench(dp, tables, &io, rounds, flows, first + 7919, now, step, &ns);
+    int rc = mg_dp_bench_opts(dp, tables, &io, rounds, flows, first + 7919, now, step, opts, &ns);
     CALLGRIND_STOP_INSTRUMENTATION;
     if (rc < 0 || io.n_tx != N)
         return 1;

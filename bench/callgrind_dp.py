@@ -4,10 +4,12 @@ extension's flags, writes the benchmark's tables and packet, runs each scenario 
 ``valgrind --tool=callgrind`` collecting only ``mg_dp_burst`` (the frame restore of
 mg_dp_bench is excluded), and prints Ir per packet, inclusive, plus the top functions.
 
-    python bench/callgrind_dp.py [--rounds 40] [--scenarios est1,est10k,new] [--top 8] [--burst 256]
+    python bench/callgrind_dp.py [--rounds 40] [--scenarios est1,est10k,est10kh,new] [--top 8] [--burst 256]
 
 --burst 8 shows the per-burst fixed costs (tables check, fragment-table expiry, stats)
 spread over few packets, as a worker sees them when steering hands it small bursts.
+est10kh is est10k with the frames hashed by steering (MG_FRAME_F_HASHED), as the
+pipeline's worker gets them: the kernel reuses the hash instead of computing SipHash.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ BURST = 256
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--scenarios", default="est1,est10k,new")
+    ap.add_argument("--scenarios", default="est1,est10k,est10kh,new")
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--burst", type=int, default=BURST, help=f"packets per burst (1..{BURST})")
     a = ap.parse_args()

@@ -92,6 +92,31 @@ def test_full_key_compare_never_hash_only():
     assert c.lookup(key(2), h, 11 * MS) == -1  # same hash, same signature, other key
 
 
+def test_signature_match_at_every_way_and_in_both_buckets():
+    """The 8 tags of a bucket are compared at once (mg_ct_match, SSE2): whichever way holds
+    the flow, whatever its segment and timeout bits, and however many ways share its
+    signature, the lookup finds exactly its entry -- in the primary bucket or the
+    alternate -- like the reference."""
+    c, ref = CTable(64), ConnTable(64)
+    h = hash_in(3, 0x2ABCDEF1)  # one signature and one primary bucket for every key
+    keys = [key(i, 6 if i % 2 else 17) for i in range(1, 17)]  # 8 fill b1, 8 go to b2
+    for i, k in enumerate(keys):
+        s = c.insert(k, h, 10 * MS, i)
+        assert s >= 0 and s == ref.add(k, h, ref_now(10 * MS), TCP_MS, UDP_MS, i, i + 100)
+    for i in range(0, 16, 3):  # promote some (PROTECTED bit set in their tags)
+        s = c.slot(keys[i], h, 11 * MS, promote=True)
+        assert s >= 0 and s == ref.find_slot(keys[i], h, ref_now(11 * MS), TCP_MS, UDP_MS)
+        ref.promote(s)
+    slots = set()
+    for i, k in enumerate(keys):
+        s = c.slot(k, h, 12 * MS)
+        assert s >= 0 and c.lookup(k, h, 12 * MS) == i
+        slots.add(s)
+    assert len(slots) == 16 and {s // WAYS for s in slots} == {3, ref.alt(3, 0x2ABCDEF1)}
+    assert c.lookup(key(99), h, 12 * MS) == -1  # same signature, no such key in either bucket
+    assert [lib.mg_ct_tag(c.ct, s) for s in range(64)] == [ref.tag(s) for s in range(64)]
+
+
 def test_idle_timeout_tcp_and_udp():
     c = CTable(64)
     c.insert(key(1, 6), 1 << 32, 0, 1)

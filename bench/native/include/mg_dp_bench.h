@@ -17,6 +17,14 @@
 int mg_dp_bench(struct mg_dp *dp, const void *tables, struct mg_dp_io *io, uint32_t rounds,
                 uint64_t n_flows, uint64_t first_flow, uint64_t now_ns, uint64_t step_ns,
                 uint64_t *ns);
+/* mg_dp_bench with options: MG_DP_BENCH_HASHED = every frame arrives as the pipeline's
+ * worker gets it from steering, MG_FRAME_F_HASHED with flow_hash_hi:flow_hash the
+ * SipHash-1-3 of its parsed flow key under the tables' secret (computed after the ports
+ * are rewritten, outside the timed region), so mg_dp_burst reuses it instead of hashing. */
+#define MG_DP_BENCH_HASHED 1u
+int mg_dp_bench_opts(struct mg_dp *dp, const void *tables, struct mg_dp_io *io, uint32_t rounds,
+                     uint64_t n_flows, uint64_t first_flow, uint64_t now_ns, uint64_t step_ns,
+                     uint32_t opts, uint64_t *ns);
 /* Benchmark baseline: thread CPU nanoseconds for `iters` mg_siphash13() of a 40-byte key
  * (a fixed amount of pure ALU work, to compare machines and moments). */
 uint64_t mg_dp_calibrate(uint32_t iters);

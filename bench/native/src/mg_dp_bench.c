@@ -25,7 +25,15 @@ int mg_dp_bench(struct mg_dp *dp, const void *tables, struct mg_dp_io *io, uint3
                 uint64_t n_flows, uint64_t first_flow, uint64_t now_ns, uint64_t step_ns,
                 uint64_t *ns)
 {
-    if (!dp || !io || !io->pool || !io->frames || io->n == 0 || io->n > MG_BURST_MAX || !ns)
+    return mg_dp_bench_opts(dp, tables, io, rounds, n_flows, first_flow, now_ns, step_ns, 0, ns);
+}
+
+int mg_dp_bench_opts(struct mg_dp *dp, const void *tables, struct mg_dp_io *io, uint32_t rounds,
+                     uint64_t n_flows, uint64_t first_flow, uint64_t now_ns, uint64_t step_ns,
+                     uint32_t opts, uint64_t *ns)
+{
+    if (!dp || !io || !io->pool || !io->frames || io->n == 0 || io->n > MG_BURST_MAX || !ns ||
+        (opts & ~MG_DP_BENCH_HASHED) || ((opts & MG_DP_BENCH_HASHED) && !tables))
         return -EINVAL;
     uint32_t n = io->n;
     uint8_t *save = malloc((size_t)n * BENCH_SAVE);
@@ -52,6 +60,17 @@ int mg_dp_bench(struct mg_dp *dp, const void *tables, struct mg_dp_io *io, uint3
                 l4h[1] = (uint8_t)id;
                 l4h[2] = (uint8_t)(id >> 24);
                 l4h[3] = (uint8_t)(id >> 16);
+            }
+            if (opts & MG_DP_BENCH_HASHED) { /* what steering does (mg_steer.c), untimed */
+                struct mg_frame_meta *m = mg_frame_meta(io->pool, io->frames[i]);
+                struct mg_parsed p;
+                if (mg_parse(mg_frame_data(io->pool, io->frames[i]), m->len, &p) == MG_OK) {
+                    const struct mg_tables_header *h = mg_tables_header_of(tables);
+                    uint64_t fh = mg_siphash13_40(h->hash_k0, h->hash_k1, &p.key);
+                    m->flow_hash = (uint32_t)fh;
+                    m->flow_hash_hi = (uint32_t)(fh >> 32);
+                    m->flags |= MG_FRAME_F_HASHED;
+                }
             }
         }
         uint64_t t0 = mono_ns();

@@ -977,6 +977,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     }
 
     dp->memo = memo;
+    const struct mg_ct_view cv = mg_ct_view_of(dp->ct); /* in registers (mg_conntrack.h) */
 
     /* Pass 2: state and outputs, in input order, software-pipelined: while packet i is
      * handled, the bucket metadata line of packet i + PF_META and the entry line of packet
@@ -985,16 +986,16 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
      * a whole burst at once only queues them. */
     for (uint32_t i = 0; i < n && i < PF_META; i++)
         if (uses_ct(&w[i]))
-            mg_ct_prefetch(dp->ct, w[i].hash);
+            mg_ct_prefetch_v(cv, w[i].hash);
     for (uint32_t i = 0; i < n && i < PF_ENTRY; i++)
-        if (uses_ct(&w[i]) && mg_ct_prefetch_entry(dp->ct, w[i].hash, now_t))
+        if (uses_ct(&w[i]) && mg_ct_prefetch_entry_v(cv, w[i].hash, now_t))
             maglev_prefetch(tables, w[i].vip, w[i].hash);
     for (uint32_t i = 0; i < n; i++) {
         struct work *wk = &w[i];
         if (i + PF_META < n && uses_ct(&w[i + PF_META]))
-            mg_ct_prefetch(dp->ct, w[i + PF_META].hash);
+            mg_ct_prefetch_v(cv, w[i + PF_META].hash);
         if (i + PF_ENTRY < n && uses_ct(&w[i + PF_ENTRY]) &&
-            mg_ct_prefetch_entry(dp->ct, w[i + PF_ENTRY].hash, now_t))
+            mg_ct_prefetch_entry_v(cv, w[i + PF_ENTRY].hash, now_t))
             maglev_prefetch(tables, w[i + PF_ENTRY].vip, w[i + PF_ENTRY].hash); /* new flow */
         uint32_t idx = io->frames[i];
         if (wk->kind == K_DROP) {
@@ -1034,13 +1035,13 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             wk->hash = flow_hash(h, &k);
             b = maglev_pick(tables, vip, wk->hash);
         } else if (wk->kind == K_FLOW || wk->kind == K_ICMP_FLOW) {
-            int slot = mg_ct_find(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
-                                  h->udp_timeout_ms);
+            int slot = mg_ct_find_v(cv, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
+                                    h->udp_timeout_ms);
             if (slot >= 0) {
-                struct mg_ct_entry *e = mg_ct_entry_at(dp->ct, (uint32_t)slot);
+                struct mg_ct_entry *e = &cv.ent[slot];
                 /* a later packet of the flow that is not a SYN: promote (mg_conntrack.h) */
                 if (wk->kind == K_FLOW && !(wk->p.proto == 6 && (wk->p.tcp_flags & 0x02)))
-                    mg_ct_promote(dp->ct, (uint32_t)slot);
+                    mg_ct_promote_v(cv, (uint32_t)slot);
                 struct mg_frame_meta *tm = mg_frame_meta(io->pool, idx);
                 if (MG_UNLIKELY(tm->flags & MG_FRAME_F_TRACE)) /* packet tracer (mg_trace.h) */
                     tm->flags |= MG_TRACE_F_CT_HIT;
