@@ -109,6 +109,7 @@ def run(mode: str, bursts: int) -> dict[str, float]:
         check(lib.mg_steer_init(st, base, SLOT_STEERING, k0, k1), "steer init")
         check(lib.mg_steer_set_stall_ns(st, 0), "stall off")  # the worker is frozen by design
         check(lib.mg_mux_init(mux, base, SLOT_MUXER), "mux init")
+        check(lib.mg_steer_spares(st, base, lib.MG_SPARE_RESERVE), "spares")  # as steering.py
         reta = default_map(1).reta
         if reta:
             check(lib.mg_steer_set_reta(st, reta, len(reta)), "steer map")
