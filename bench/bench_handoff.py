@@ -14,9 +14,11 @@ call is timed in its own thread's CPU time.  Modes:
   dirty:SET    like one-core, but before each worker burst a thread on CPU 0 writes the
                lines SET of every frame waiting on the worker's rx ring (meta0 / meta1 =
                the metadata's two lines, pkt = the packet's lines and the line before it,
-               where encapsulation writes, ring = the rx ring's descriptor lines): the
-               worker's extra ns per packet is what those lines cost it when they come
-               from the other core
+               where encapsulation writes, ring = the rx ring's descriptor lines; idle =
+               the same Python turn writing no frame line: the baseline of the others,
+               since CPU 1 sleeps longer meanwhile): the worker's extra ns per packet
+               over dirty:idle is what those lines cost it when they come from the
+               other core
 
     python bench/bench_handoff.py [--bursts 1500] [--rounds 3] [--modes one-core,cross,...] [--json]
 
@@ -45,7 +47,7 @@ FRAME = int(lib.MG_FRAME_SIZE)
 PKT = META + int(lib.MG_FRAME_HEADROOM)
 # Byte offsets in a frame of one line each: the sets a dirty:SET mode writes from CPU 0.
 LINES = {"meta0": (0,), "meta1": (64,), "pkt": (PKT - 64, PKT, PKT + 64)}
-MODES = ("one-core", "cross", "dirty:meta0", "dirty:meta1", "dirty:pkt", "dirty:ring",
+MODES = ("one-core", "cross", "dirty:idle", "dirty:meta0", "dirty:meta1", "dirty:pkt", "dirty:ring",
          "dirty:meta0+meta1+pkt+ring")
 
 
@@ -124,7 +126,8 @@ def run(mode: str, bursts: int) -> dict[str, float]:
         ring_bytes = ffi.buffer(ffi.cast("uint8_t *", rx.ptr), 5 * 64 + 2048 * 8)
         steer_cpu = c0 if mode == "cross" else c1
         dirty = set(mode.split(":", 1)[1].split("+")) if mode.startswith("dirty:") else set()
-        offs = [o for s in sorted(dirty - {"ring"}) for o in LINES[s]]
+        offs = [o for s in sorted(dirty - {"ring", "idle"}) for o in LINES[s]]
+        scratch = bytearray(64)  # dirty:idle writes here: the same Python turn, no frame line
 
         def steer():
             gen.loop_source(src)
@@ -142,6 +145,8 @@ def run(mode: str, bursts: int) -> dict[str, float]:
                 f = (d & 0xFFFFFFFF) * FRAME
                 for o in offs:
                     pool[f + o] = pool[f + o]
+                if "idle" in dirty:
+                    scratch[f & 63] = pool[f]
             if "ring" in dirty:  # the waiting descriptors' slots and the producer's index line
                 r = rx.ptr
                 for i in range(int(r.cons), int(r.prod), 8):
