@@ -4,7 +4,10 @@ over a real region, one burst each in turn (steering + generator, worker 0, muxe
 null sink), the same packets as bench_pipeline.py; callgrind collects only inside the loop
 functions and the generator, after a warm-up lap of the pool.
 
-    python bench/callgrind_pipeline.py [--bursts 600] [--workers 1] [--top 12]
+    python bench/callgrind_pipeline.py [--bursts 600] [--workers 1] [--top 12] [--spares N]
+
+Each worker has MG_SPARE_RESERVE spare frames on its spare ring, as in `maglev run` (until
+2026-12-07 session 5 the script kept none, which hid the per-burst spare copy).
 
 (Without ``--inner`` the script re-runs itself under ``valgrind --tool=callgrind``.)
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 LOOPS = ("mg_steer_loop", "mg_gen_fill", "mg_worker_loop", "mg_mux_loop", "mg_dp_burst")
 
 
-def inner(bursts: int, workers: int) -> None:
+def inner(bursts: int, workers: int, spares: int | None = None) -> None:
     from maglev.config import load_config
     from maglev.datapath.tables import build_tables
     from maglev.native import check, ffi, lib
@@ -42,6 +45,8 @@ def inner(bursts: int, workers: int) -> None:
         # the workers here run only between steering's calls (frozen by design): stall rule off
         check(lib.mg_steer_set_stall_ns(st, 0), "stall off")
         check(lib.mg_mux_init(mux, base, SLOT_MUXER), "mux init")
+        # each worker's spare frames, as steering.py keeps them (default MG_SPARE_RESERVE)
+        check(lib.mg_steer_spares(st, base, lib.MG_SPARE_RESERVE if spares is None else spares), "spares")
         from maglev.actors.dispatch import default_map
 
         reta = default_map(workers).reta  # the flow -> worker map `maglev run` uses here (plain by default)
@@ -72,10 +77,12 @@ def main() -> None:
     ap.add_argument("--bursts", type=int, default=600)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--spares", type=int, default=None,
+                    help="spare frames per worker (default: MG_SPARE_RESERVE, as `maglev run`)")
     ap.add_argument("--inner", action="store_true")
     a = ap.parse_args()
     if a.inner:
-        inner(a.bursts, a.workers)
+        inner(a.bursts, a.workers, a.spares)
         return
     with tempfile.TemporaryDirectory(prefix="mg-cgp-") as d:
         out = Path(d) / "cg.out"
@@ -87,6 +94,8 @@ def main() -> None:
             args += [f"--toggle-collect={f}" for f in ("mg_steer_loop", "mg_worker_loop", "mg_mux_loop")]
             args += ["--collect-atstart=no", sys.executable, __file__, "--inner", "--bursts", str(n),
                      "--workers", str(a.workers)]
+            if a.spares is not None:
+                args += ["--spares", str(a.spares)]
             subprocess.run(args, check=True, capture_output=True)
             ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", f"{out}.{label}"], check=True,
                                  capture_output=True, text=True).stdout

@@ -25,13 +25,13 @@ struct mg_frame_meta {
     int32_t backend_index;
     uint32_t flow_hash_hi;
     uint64_t rx_ts_ns;
+    uint64_t seq;
+    uint32_t acct;
+    uint32_t worker_ns;
     uint64_t trace_id_hi;
     uint64_t trace_id_lo;
     uint64_t ts_steer_ns;
     uint64_t ts_worker_ns;
     uint64_t ts_tx_ns;
-    uint64_t seq;
-    uint32_t acct;
-    uint32_t worker_ns;
     ...;
 };

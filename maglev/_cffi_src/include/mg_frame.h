@@ -17,6 +17,10 @@
 #include "mg_consts.h"
 
 struct mg_frame_meta {
+    /* line 0: every field a packet's trip reads or writes (NIC, steering, worker, NIC
+     * again).  The frame crosses cores twice per trip (steering's -> a worker's -> back),
+     * so each line written here on every trip is one cache-line transfer per hop: keep
+     * the per-packet fields in this line (docs/rings.md, "Frame metadata"). */
     uint32_t len;          /* packet bytes starting at data_off */
     uint32_t data_off;     /* offset of the packet from the end of the metadata */
     uint32_t flow_hash;    /* steering's hash (5-tuple, or 3-tuple for fragments) */
@@ -28,14 +32,15 @@ struct mg_frame_meta {
     int32_t backend_index; /* filled by the worker; -1 none */
     uint32_t flow_hash_hi; /* high 32 bits of steering's hash when MG_FRAME_F_HASHED */
     uint64_t rx_ts_ns;     /* receive time (CLOCK_MONOTONIC ns), steering */
+    uint64_t seq;          /* NIC: the packet's position in the input (pcap, generator) */
+    uint32_t acct;         /* worker: the verdict its counters include (MG_ACCT_*), 0 = none */
+    uint32_t worker_ns;    /* packet tracer: ns in the worker (0 = not released yet) */
     uint64_t trace_id_hi;  /* packet tracer: 128-bit trace id when MG_FRAME_F_TRACE */
+    /* line 1: the packet tracer's, written only for traced packets */
     uint64_t trace_id_lo;
     uint64_t ts_steer_ns;  /* stage timestamps for traced packets */
     uint64_t ts_worker_ns;
     uint64_t ts_tx_ns;
-    uint64_t seq;          /* pcap NIC: the packet's position in the input */
-    uint32_t acct;         /* worker: the verdict its counters include (MG_ACCT_*), 0 = none */
-    uint32_t worker_ns;    /* packet tracer: ns in the worker (0 = not released yet) */
     uint8_t pad[MG_FRAME_META_SIZE - 96];
 };
 
@@ -73,5 +78,8 @@ static inline uint8_t *mg_frame_data(uint8_t *pool, uint32_t idx)
 }
 
 _Static_assert(sizeof(struct mg_frame_meta) == MG_FRAME_META_SIZE, "frame meta size");
+_Static_assert(offsetof(struct mg_frame_meta, acct) + sizeof(uint32_t) <= MG_CACHE_LINE &&
+                   offsetof(struct mg_frame_meta, seq) + sizeof(uint64_t) <= MG_CACHE_LINE,
+               "the per-packet metadata fits the frame's first line");
 
 #endif

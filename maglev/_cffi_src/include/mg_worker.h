@@ -95,6 +95,11 @@ struct mg_worker {
     uint32_t rx_id, tx_id, ret_id, spare_id;
     uint32_t n_spare;              /* spares looked at for the current data-path call */
     uint32_t spare[MG_HAND_MAX];
+    /* spare[0..spare_n) is a copy of the spare ring's slots [spare_cons, spare_cons +
+     * spare_n) taken when its prod was spare_prod: still exact while neither index moved
+     * (the slots between cons and prod do not change), so a burst that finds both where
+     * they were copies nothing (spare_look).  spare_valid = 0: no copy yet. */
+    uint32_t spare_cons, spare_prod, spare_n, spare_valid;
     uint32_t burst;
     uint64_t last_flush_ns;
     uint64_t *stats;
