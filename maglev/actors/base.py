@@ -138,6 +138,11 @@ class Actor:
         # The doorbell a data-path actor sleeps on (set in setup): the supervisor's stop
         # request arrives as an alert on it (a futex wait cannot also watch the mailbox).
         self.bell: Any = None
+        # SCHED_FIFO of a data-path actor (sched_setup / _rt_govern): 0 = not asked/refused
+        self._rt_prio = 0
+        self._rt_on = False
+        self._rt_mark = (0.0, 0.0)
+        self.rt_demotions = 0
 
     # ------------------------------------------------------------------ hooks
 
@@ -190,6 +195,43 @@ class Actor:
         ctl.idle_mode = int(self.params.get("idle_mode", lib.MG_IDLE_YIELD))
         ctl.bell = bell
         self.spin = 0
+
+    def sched_setup(self) -> None:
+        """A data-path actor's scheduling at setup (maglev/actors/sched.py): the optional
+        short EEVDF slice, and SCHED_FIFO at the run's ``rt_prio`` param for this kind
+        (0 = stay SCHED_OTHER) while the actor is lightly loaded (:meth:`_rt_govern`)."""
+        from maglev.actors.sched import rt_prio_for, set_rt, set_wakeup_slice
+
+        set_wakeup_slice()
+        self._rt_prio = rt_prio_for(self.kind, int(self.params.get("rt_prio", 0)))
+        self._rt_on = set_rt(self._rt_prio)
+        if not self._rt_on:
+            self._rt_prio = 0
+        self._rt_mark = (0.0, 0.0)  # the first tick starts the first span (not setup's work)
+
+    def _rt_govern(self, now: float) -> None:
+        """SCHED_FIFO only while light: over each span of at least ``RT_PERIOD_S`` (judged
+        at the housekeeping tick), an actor that used ``RT_BUSY_SHARE`` of its CPU or more
+        drops to SCHED_OTHER (a flood must not starve the control plane or the host), and
+        one that used less than ``RT_CALM_SHARE`` goes back to SCHED_FIFO."""
+        from maglev.actors.sched import RT_BUSY_SHARE, RT_CALM_SHARE, RT_PERIOD_S, set_other, set_rt
+
+        t0, c0 = self._rt_mark
+        if now - t0 < RT_PERIOD_S:
+            return
+        cpu = time.thread_time()
+        if not t0:
+            self._rt_mark = (now, cpu)
+            return
+        share = (cpu - c0) / (now - t0)
+        self._rt_mark = (now, cpu)
+        if self._rt_on and share >= RT_BUSY_SHARE:
+            set_other()
+            self._rt_on = False
+            self.rt_demotions += 1
+            log.debug("busy: SCHED_OTHER", extra={"kv": {"cpu_share": round(share, 2)}})
+        elif not self._rt_on and share < RT_CALM_SHARE:
+            self._rt_on = set_rt(self._rt_prio)
 
     def drain(self) -> None:
         """Finish the work already queued for this actor before it exits."""
@@ -308,6 +350,8 @@ class Actor:
     def tick(self, now: float) -> None:
         """Housekeeping; called from the loop at most every ``tick_s``."""
         self._last_tick = now
+        if self._rt_prio:
+            self._rt_govern(now)
         if self.mailbox is not None:
             self._poll_mailbox()
         if os.getppid() != self._ppid:

@@ -24,6 +24,7 @@ import ctypes
 import errno
 import logging
 import os
+import resource
 import struct
 
 log = logging.getLogger("maglev.sched")
@@ -78,3 +79,58 @@ def set_wakeup_slice(us: int | None = None) -> int:
                  extra={"kv": {"errno": errno.errorcode.get(e, e)}})
         return 0
     return current_slice_ns()
+
+
+
+# --------------------------------------------------------------------------- real-time class
+# The data-path actors (steering, workers, muxer) run SCHED_FIFO while they are lightly
+# loaded, when the process may (root or CAP_SYS_NICE): a woken actor then runs at once
+# instead of waiting for the SCHED_OTHER task on its CPU to use up its slice -- the wait
+# that made the tail of a trickle milliseconds on a busy machine (docs/benchmarks.md,
+# 2026-12-07 session 5).  Downstream actors get the higher priority (the muxer preempts
+# steering on CPU 0: a packet already in the pipeline finishes before the next starts).
+# A data-path actor that is busy (RT_BUSY_SHARE of a CPU or more over a governor period,
+# ``Actor._rt_govern``) goes back to SCHED_OTHER, so a flood never starves the control
+# plane, the supervisor or the rest of the host; it returns to SCHED_FIFO once it uses
+# less than RT_CALM_SHARE.  The kernel's RT throttling (95% per second) stays the backstop.
+RT_PRIO_DEFAULT = 1  # `maglev run --rt-prio 0` keeps SCHED_OTHER
+RT_BUSY_SHARE = 0.8  # a trickle of single-packet wake-ups costs up to ~0.5 of a CPU here
+RT_CALM_SHARE = 0.5
+RT_PERIOD_S = 0.05  # shortest span the governor judges
+_RT_OFFSET = {"steering": 0, "worker": 1, "muxer": 2}
+
+
+def rt_prio_for(kind: str, base: int) -> int:
+    """The SCHED_FIFO priority of a data-path actor of ``kind`` for the run's ``base``
+    (0 = none)."""
+    return 0 if base <= 0 else min(99, base + _RT_OFFSET.get(kind, 0))
+
+
+def set_rt(prio: int) -> bool:
+    """Put this thread in SCHED_FIFO at ``prio`` (with SCHED_RESET_ON_FORK: a child starts
+    SCHED_OTHER).  False when ``prio`` is 0 or the kernel refuses (no CAP_SYS_NICE, an RT
+    budget-less cgroup): not an error, the actor stays SCHED_OTHER."""
+    if prio <= 0:
+        return False
+    try:
+        # The limit lets this process come back to SCHED_FIFO after it dropped its
+        # capabilities (workers keep none after setup) and fell back to SCHED_OTHER.
+        soft, hard = resource.getrlimit(resource.RLIMIT_RTPRIO)
+        if soft < prio:
+            resource.setrlimit(resource.RLIMIT_RTPRIO, (prio, max(hard, prio)))
+    except (OSError, ValueError):
+        pass  # no CAP_SYS_RESOURCE: then sched_setscheduler below needs CAP_SYS_NICE
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(prio))
+    except OSError as exc:
+        log.info("data path stays SCHED_OTHER", extra={"kv": {"asked": prio, "error": exc}})
+        return False
+    return True
+
+
+def set_other() -> None:
+    """Back to SCHED_OTHER (nice value unchanged)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+    except OSError as exc:  # an unprivileged task may always lower its policy: not expected
+        log.warning("cannot leave SCHED_FIFO", extra={"kv": {"error": exc}})
