@@ -141,7 +141,8 @@ class Actor:
         # SCHED_FIFO of a data-path actor (sched_setup / _rt_govern): 0 = not asked/refused
         self._rt_prio = 0
         self._rt_on = False
-        self._rt_mark = (0.0, 0.0)
+        self._rt_mark = (0.0, 0)
+        self._rt_fd = -1
         self.rt_demotions = 0
 
     # ------------------------------------------------------------------ hooks
@@ -200,37 +201,54 @@ class Actor:
         """A data-path actor's scheduling at setup (maglev/actors/sched.py): the optional
         short EEVDF slice, and SCHED_FIFO at the run's ``rt_prio`` param for this kind
         (0 = stay SCHED_OTHER) while the actor is lightly loaded (:meth:`_rt_govern`)."""
-        from maglev.actors.sched import rt_prio_for, set_rt, set_wakeup_slice
+        from maglev.actors.sched import open_schedstat, rt_prio_for, set_rt, set_wakeup_slice
 
         set_wakeup_slice()
         self._rt_prio = rt_prio_for(self.kind, int(self.params.get("rt_prio", 0)))
         self._rt_on = set_rt(self._rt_prio)
         if not self._rt_on:
             self._rt_prio = 0
-        self._rt_mark = (0.0, 0.0)  # the first tick starts the first span (not setup's work)
+        elif self.caps_after_setup is not None and "CAP_SYS_NICE" not in self.caps_after_setup:
+            import resource
+
+            if resource.getrlimit(resource.RLIMIT_RTPRIO)[0] < self._rt_prio:
+                # The governor must be able to come back to SCHED_FIFO after a busy spell:
+                # keep CAP_SYS_NICE (set_rt could not raise RLIMIT_RTPRIO: no CAP_SYS_RESOURCE).
+                self.caps_after_setup = (*self.caps_after_setup, "CAP_SYS_NICE")
+        self._rt_mark = (0.0, 0)  # the first tick starts the first span (not setup's work)
+        self._rt_fd = open_schedstat()
 
     def _rt_govern(self, now: float) -> None:
         """SCHED_FIFO only while light: over each span of at least ``RT_PERIOD_S`` (judged
-        at the housekeeping tick), an actor that used ``RT_BUSY_SHARE`` of its CPU or more
-        drops to SCHED_OTHER (a flood must not starve the control plane or the host), and
-        one that used less than ``RT_CALM_SHARE`` goes back to SCHED_FIFO."""
-        from maglev.actors.sched import RT_BUSY_SHARE, RT_CALM_SHARE, RT_PERIOD_S, set_other, set_rt
+        at the housekeeping tick) the actor's *asleep* share -- wall time neither on a CPU
+        nor waiting for one (``/proc/thread-self/schedstat``) -- says whether its work
+        leaves it idle.  Asleep less than ``RT_BUSY_SLEEP`` of the span: it is saturated (a
+        flood; or it shares a CPU with a higher-priority actor that keeps it waiting), so it
+        drops to SCHED_OTHER -- a flood must not starve the control plane or the host.
+        Asleep more than ``RT_CALM_SLEEP``: back to SCHED_FIFO."""
+        from maglev.actors.sched import (
+            RT_BUSY_SLEEP,
+            RT_CALM_SLEEP,
+            RT_PERIOD_S,
+            busy_ns,
+            set_other,
+            set_rt,
+        )
 
-        t0, c0 = self._rt_mark
+        t0, b0 = self._rt_mark
         if now - t0 < RT_PERIOD_S:
             return
-        cpu = time.thread_time()
+        busy = busy_ns(self._rt_fd)
+        self._rt_mark = (now, busy)
         if not t0:
-            self._rt_mark = (now, cpu)
-            return
-        share = (cpu - c0) / (now - t0)
-        self._rt_mark = (now, cpu)
-        if self._rt_on and share >= RT_BUSY_SHARE:
+            return  # the first tick starts the first span
+        asleep = 1.0 - (busy - b0) / 1e9 / (now - t0)
+        if self._rt_on and asleep < RT_BUSY_SLEEP:
             set_other()
             self._rt_on = False
             self.rt_demotions += 1
-            log.debug("busy: SCHED_OTHER", extra={"kv": {"cpu_share": round(share, 2)}})
-        elif not self._rt_on and share < RT_CALM_SHARE:
+            log.debug("busy: SCHED_OTHER", extra={"kv": {"asleep": round(asleep, 2)}})
+        elif not self._rt_on and asleep > RT_CALM_SLEEP:
             self._rt_on = set_rt(self._rt_prio)
 
     def drain(self) -> None:

@@ -26,6 +26,7 @@ import logging
 import os
 import resource
 import struct
+import time
 
 log = logging.getLogger("maglev.sched")
 
@@ -89,13 +90,13 @@ def set_wakeup_slice(us: int | None = None) -> int:
 # that made the tail of a trickle milliseconds on a busy machine (docs/benchmarks.md,
 # 2026-12-07 session 5).  Downstream actors get the higher priority (the muxer preempts
 # steering on CPU 0: a packet already in the pipeline finishes before the next starts).
-# A data-path actor that is busy (RT_BUSY_SHARE of a CPU or more over a governor period,
-# ``Actor._rt_govern``) goes back to SCHED_OTHER, so a flood never starves the control
-# plane, the supervisor or the rest of the host; it returns to SCHED_FIFO once it uses
-# less than RT_CALM_SHARE.  The kernel's RT throttling (95% per second) stays the backstop.
+# A data-path actor that is saturated (asleep less than RT_BUSY_SLEEP of a governor span:
+# running or waiting for a CPU the rest, ``Actor._rt_govern``) goes back to SCHED_OTHER, so
+# a flood never starves the control plane, the supervisor or the rest of the host; it
+# returns to SCHED_FIFO once it sleeps more than RT_CALM_SLEEP of a span.  The kernel's RT throttling (95% per second) stays the backstop.
 RT_PRIO_DEFAULT = 1  # `maglev run --rt-prio 0` keeps SCHED_OTHER
-RT_BUSY_SHARE = 0.8  # a trickle of single-packet wake-ups costs up to ~0.5 of a CPU here
-RT_CALM_SHARE = 0.5
+RT_BUSY_SLEEP = 0.2  # asleep less than this share of a span: saturated, SCHED_OTHER
+RT_CALM_SLEEP = 0.5  # asleep more: SCHED_FIFO again
 RT_PERIOD_S = 0.05  # shortest span the governor judges
 _RT_OFFSET = {"steering": 0, "worker": 1, "muxer": 2}
 
@@ -134,3 +135,23 @@ def set_other() -> None:
         os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
     except OSError as exc:  # an unprivileged task may always lower its policy: not expected
         log.warning("cannot leave SCHED_FIFO", extra={"kv": {"error": exc}})
+
+
+def open_schedstat() -> int:
+    """A descriptor on this thread's ``/proc/thread-self/schedstat`` (-1 if there is none)."""
+    try:
+        return os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def busy_ns(fd: int) -> int:
+    """Nanoseconds this thread has spent on a CPU or runnable waiting for one (schedstat's
+    first two fields); its CPU time alone when ``fd`` is -1."""
+    if fd >= 0:
+        try:
+            run, wait = os.pread(fd, 96, 0).split()[:2]
+            return int(run) + int(wait)
+        except (OSError, ValueError):
+            pass
+    return time.thread_time_ns()
