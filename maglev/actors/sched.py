@@ -130,11 +130,14 @@ def set_rt(prio: int) -> bool:
 
 
 def set_other() -> None:
-    """Back to SCHED_OTHER (nice value unchanged)."""
+    """Back to SCHED_OTHER (nice value unchanged), with the short slice if one is asked
+    (:func:`set_wakeup_slice`: it applies to SCHED_OTHER only)."""
     try:
         os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
     except OSError as exc:  # an unprivileged task may always lower its policy: not expected
         log.warning("cannot leave SCHED_FIFO", extra={"kv": {"error": exc}})
+        return
+    set_wakeup_slice()
 
 
 def open_schedstat() -> int:
