@@ -254,8 +254,7 @@ class Pipeline:
         common = {"region": self.region_name, "config": o.config_path, "burst": o.burst}
 
         def spin(name: str) -> dict[str, int]:
-            return {"spin": doorbell_spin(plan, name), **idle_params(plan, name, o.idle_poll_us),
-                    "rt_prio": o.rt_prio}
+            return {"spin": doorbell_spin(plan, name), **idle_params(plan, name, o.idle_poll_us, o.rt_prio)}
         defs = [
             ActorDef(
                 "steering",

@@ -89,6 +89,24 @@ def test_data_path_runs_fifo_by_default_and_other_with_rt_prio_0():
 
 
 @needs_root
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs for the placement")
+def test_crowded_workers_stay_sched_other():
+    """More workers than CPUs: workers sharing a CPU with another worker do not run
+    SCHED_FIFO (placement.idle_params); steering and the muxer do."""
+    fifo, other = os.SCHED_FIFO, os.SCHED_OTHER
+    p = Pipeline(PipelineOptions(workers=3, nic="gen:rate=1000,flows=10", cpus="0-1"))
+    try:
+        p.start()
+        got = _policies(p)
+        p.stop()
+    finally:
+        p.close()
+    # plan on 2 CPUs: worker 0 and worker 2 share CPU 1; worker 1 shares CPU 0 with steering and the muxer
+    assert got == {"steering": (fifo, 1), "muxer": (fifo, 3), "worker-0": (other, 0), "worker-1": (fifo, 2),
+                   "worker-2": (other, 0)}
+
+
+@needs_root
 def test_a_flood_drops_the_saturated_actor_to_sched_other():
     """In a flood one actor is the bottleneck (on this machine worker 0, alone on its CPU;
     steering and the muxer then sleep part of the time and stay SCHED_FIFO): it never
