@@ -1,4 +1,6 @@
-"""Wake-up latency of the data-path actors: an optional short EEVDF slice (Linux >= 6.12).
+"""Wake-up latency of the data-path actors: SCHED_FIFO while they are lightly loaded (on by
+default, ``--rt-prio``; the second half of this module) and an optional short EEVDF slice
+(Linux >= 6.12).
 
 A packet through maglev wakes three processes in turn (steering on the NIC, a worker on
 its doorbell, the muxer on its doorbell).  On a busy machine each woken actor used to
