@@ -200,7 +200,8 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
     }
 
 
-def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5, idle_poll_us: int | None = None) -> dict:
+def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5, idle_poll_us: int | None = None,
+            rt_prio: int | None = None) -> dict:
     """Steering-rx -> muxer-tx latency at a paced rate (the generator stamps each frame's
     rx_ts_ns as it fills it; the muxer buckets now - rx_ts_ns, quarter-octave buckets, as
     it transmits): {p50, p99, p999} in us (bucket upper edges), ``packets``, ``rate`` (the
@@ -212,7 +213,9 @@ def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5, idle
     from maglev.rings import BELL_MUXER, BELL_STEERING, SLOT_MUXER, worker_bell
 
     rate = max(1, round(rate))
-    extra = {} if idle_poll_us is None else {"idle_poll_us": idle_poll_us}
+    extra: dict = {} if idle_poll_us is None else {"idle_poll_us": idle_poll_us}
+    if rt_prio is not None:
+        extra["rt_prio"] = rt_prio
     p = new_pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN},rate={rate}", latency=True, **extra))
     lat0, n = int(lib.MG_MS_LAT0), int(lib.MG_MS_LAT_N)
     try:
@@ -279,6 +282,8 @@ def main() -> int:
                     help="weights of the flow -> worker map (PipelineOptions.steer_cost; 0 = equal shares)")
     ap.add_argument("--idle-poll-us", type=int, default=None,
                     help="adaptive idle window of the latency runs (default: the pipeline's, 0 = off)")
+    ap.add_argument("--rt-prio", type=int, default=None,
+                    help="SCHED_FIFO base priority of the latency runs' data path (default: the pipeline's, 0 = off)")
     a = ap.parse_args()
     BENCH["steer_cost"] = a.steer_cost
     ws = [int(x) for x in a.workers.split(",")]
@@ -300,10 +305,10 @@ def main() -> int:
             row[f"pipeline{w}_ctx_per_kpkt"] = res["ctx_per_kpkt"]
             if a.latency_rate:
                 row[f"pipeline{w}_latency_us"] = latency(w, a.latency_rate, a.latency_seconds,
-                                                         idle_poll_us=a.idle_poll_us)
+                                                         idle_poll_us=a.idle_poll_us, rt_prio=a.rt_prio)
                 # ... and at 80% of the rate this round's pipeline run reached (issue 13)
                 row[f"pipeline{w}_latency_80_us"] = latency(w, 0.8 * res["mpps"] * 1e6, a.latency_seconds,
-                                                            idle_poll_us=a.idle_poll_us)
+                                                            idle_poll_us=a.idle_poll_us, rt_prio=a.rt_prio)
         rows.append(row)
         if not a.json:
             parts = [f"single {row['single_mpps']:.2f} Mpps"]

@@ -138,6 +138,12 @@ class Actor:
         # The doorbell a data-path actor sleeps on (set in setup): the supervisor's stop
         # request arrives as an alert on it (a futex wait cannot also watch the mailbox).
         self.bell: Any = None
+        # SCHED_FIFO of a data-path actor (sched_setup / _rt_govern): 0 = not asked/refused
+        self._rt_prio = 0
+        self._rt_on = False
+        self._rt_mark = (0.0, 0)
+        self._rt_fd = -1
+        self.rt_demotions = 0
 
     # ------------------------------------------------------------------ hooks
 
@@ -190,6 +196,60 @@ class Actor:
         ctl.idle_mode = int(self.params.get("idle_mode", lib.MG_IDLE_YIELD))
         ctl.bell = bell
         self.spin = 0
+
+    def sched_setup(self) -> None:
+        """A data-path actor's scheduling at setup (maglev/actors/sched.py): the optional
+        short EEVDF slice, and SCHED_FIFO at the run's ``rt_prio`` param for this kind
+        (0 = stay SCHED_OTHER) while the actor is lightly loaded (:meth:`_rt_govern`)."""
+        from maglev.actors.sched import open_schedstat, rt_prio_for, set_rt, set_wakeup_slice
+
+        set_wakeup_slice()
+        self._rt_prio = rt_prio_for(self.kind, int(self.params.get("rt_prio", 0)))
+        self._rt_on = set_rt(self._rt_prio)
+        if not self._rt_on:
+            self._rt_prio = 0
+        elif self.caps_after_setup is not None and "CAP_SYS_NICE" not in self.caps_after_setup:
+            import resource
+
+            if resource.getrlimit(resource.RLIMIT_RTPRIO)[0] < self._rt_prio:
+                # The governor must be able to come back to SCHED_FIFO after a busy spell:
+                # keep CAP_SYS_NICE (set_rt could not raise RLIMIT_RTPRIO: no CAP_SYS_RESOURCE).
+                self.caps_after_setup = (*self.caps_after_setup, "CAP_SYS_NICE")
+        self._rt_mark = (0.0, 0)  # the first tick starts the first span (not setup's work)
+        self._rt_fd = open_schedstat()
+
+    def _rt_govern(self, now: float) -> None:
+        """SCHED_FIFO only while light: over each span of at least ``RT_PERIOD_S`` (judged
+        at the housekeeping tick) the actor's *asleep* share -- wall time neither on a CPU
+        nor waiting for one (``/proc/thread-self/schedstat``) -- says whether its work
+        leaves it idle.  Asleep less than ``RT_BUSY_SLEEP`` of the span: it is saturated (a
+        flood; or it shares a CPU with a higher-priority actor that keeps it waiting), so it
+        drops to SCHED_OTHER -- a flood must not starve the control plane or the host.
+        Asleep more than ``RT_CALM_SLEEP``: back to SCHED_FIFO."""
+        from maglev.actors.sched import (
+            RT_BUSY_SLEEP,
+            RT_CALM_SLEEP,
+            RT_PERIOD_S,
+            busy_ns,
+            set_other,
+            set_rt,
+        )
+
+        t0, b0 = self._rt_mark
+        if now - t0 < RT_PERIOD_S:
+            return
+        busy = busy_ns(self._rt_fd)
+        self._rt_mark = (now, busy)
+        if not t0:
+            return  # the first tick starts the first span
+        asleep = 1.0 - (busy - b0) / 1e9 / (now - t0)
+        if self._rt_on and asleep < RT_BUSY_SLEEP:
+            set_other()
+            self._rt_on = False
+            self.rt_demotions += 1
+            log.debug("busy: SCHED_OTHER", extra={"kv": {"asleep": round(asleep, 2)}})
+        elif not self._rt_on and asleep > RT_CALM_SLEEP:
+            self._rt_on = set_rt(self._rt_prio)
 
     def drain(self) -> None:
         """Finish the work already queued for this actor before it exits."""
@@ -308,6 +368,8 @@ class Actor:
     def tick(self, now: float) -> None:
         """Housekeeping; called from the loop at most every ``tick_s``."""
         self._last_tick = now
+        if self._rt_prio:
+            self._rt_govern(now)
         if self.mailbox is not None:
             self._poll_mailbox()
         if os.getppid() != self._ppid:

@@ -39,6 +39,7 @@ from maglev.actors.placement import (  # also imported from here by tests and be
     parse_cpus,
     plan_cpus,
 )
+from maglev.actors.sched import RT_PRIO_DEFAULT
 from maglev.actors.supervisor import ActorDef, Supervisor
 from maglev.config import load_config
 from maglev.rings import forwarder_counters
@@ -125,6 +126,9 @@ class PipelineOptions:
     steer_cost: float = DEFAULT_STEER_COST
     # Adaptive idle window in microseconds (IDLE_POLL_US_DEFAULT; 0 = sleep at once).
     idle_poll_us: int = IDLE_POLL_US_DEFAULT
+    # SCHED_FIFO base priority of steering (workers +1, muxer +2) while lightly loaded, when
+    # the process may (maglev/actors/sched.py); 0 = SCHED_OTHER throughout.
+    rt_prio: int = RT_PRIO_DEFAULT
     # A worker that has not consumed from its full rx ring for this long is dead or frozen:
     # steering drops its packets (counted: owner_stalled) instead of moving them to a worker
     # without their flows' entries (mg_steer.h MG_STEER_STALL_NS; 0 = off, always fall back).
@@ -145,6 +149,8 @@ class Pipeline:
             raise ConfigError([f"burst: {opts.burst} must be 1..256"])
         if not 0 <= opts.idle_poll_us <= 100_000:
             raise ConfigError([f"--idle-poll-us: {opts.idle_poll_us} must be 0..100000"])
+        if not 0 <= opts.rt_prio <= 97:
+            raise ConfigError([f"--rt-prio: {opts.rt_prio} must be 0..97 (0 = SCHED_OTHER)"])
         self.opts = opts
         self.config = load_config(opts.config_path)
         from maglev.datapath.ctmem import check_memory
@@ -248,7 +254,7 @@ class Pipeline:
         common = {"region": self.region_name, "config": o.config_path, "burst": o.burst}
 
         def spin(name: str) -> dict[str, int]:
-            return {"spin": doorbell_spin(plan, name), **idle_params(plan, name, o.idle_poll_us)}
+            return {"spin": doorbell_spin(plan, name), **idle_params(plan, name, o.idle_poll_us, o.rt_prio)}
         defs = [
             ActorDef(
                 "steering",

@@ -71,12 +71,16 @@ def doorbell_spin(plan: dict[str, list[int]], name: str, default: int = 256) -> 
 IDLE_POLL_US_DEFAULT = 0
 
 
-def idle_params(plan: dict[str, list[int]], name: str, idle_poll_us: int) -> dict[str, int]:
-    """An actor's idle policy: ``idle_us`` (the poll window) and ``idle_mode`` (``MG_IDLE_PAUSE``
-    alone on its CPU, ``MG_IDLE_YIELD`` when it shares the CPU with another data-path actor).
+def idle_params(plan: dict[str, list[int]], name: str, idle_poll_us: int, rt_prio: int = 0) -> dict[str, int]:
+    """An actor's idle policy: ``idle_us`` (the poll window), ``idle_mode`` (``MG_IDLE_PAUSE``
+    alone on its CPU, ``MG_IDLE_YIELD`` when it shares the CPU with another data-path actor)
+    and ``rt_prio`` (the run's SCHED_FIFO base, maglev/actors/sched.py).
     A worker that shares its CPU with another *worker* (more workers than CPUs) does not poll
     (``idle_us`` 0): several pollers on one CPU only yield to each other -- measured with 8
-    workers on 2 CPUs, 2026-12-07: +25% CPU per packet and a lower rate with polling."""
+    workers on 2 CPUs, 2026-12-07: +25% CPU per packet and a lower rate with polling.  Nor
+    does it run SCHED_FIFO (``rt_prio`` 0): crowded workers above steering's priority kept
+    steering off CPU 0 in a flood (2026-12-07 session 5, W=8 on 2 CPUs: 0.27 Mpps against
+    0.65 SCHED_OTHER), and they wake each other's CPU for small batches."""
     from maglev.native import lib
 
     shared = doorbell_spin(plan, name) == 0
@@ -84,4 +88,5 @@ def idle_params(plan: dict[str, list[int]], name: str, idle_poll_us: int) -> dic
     crowded = name.startswith("worker-") and any(
         set(c) & mine for n, c in plan.items() if n != name and n.startswith("worker-"))
     return {"idle_us": 0 if crowded else int(idle_poll_us),
-            "idle_mode": int(lib.MG_IDLE_YIELD if shared else lib.MG_IDLE_PAUSE)}
+            "idle_mode": int(lib.MG_IDLE_YIELD if shared else lib.MG_IDLE_PAUSE),
+            "rt_prio": 0 if crowded else int(rt_prio)}

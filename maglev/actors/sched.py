@@ -1,4 +1,6 @@
-"""Wake-up latency of the data-path actors: an optional short EEVDF slice (Linux >= 6.12).
+"""Wake-up latency of the data-path actors: SCHED_FIFO while they are lightly loaded (on by
+default, ``--rt-prio``; the second half of this module) and an optional short EEVDF slice
+(Linux >= 6.12).
 
 A packet through maglev wakes three processes in turn (steering on the NIC, a worker on
 its doorbell, the muxer on its doorbell).  On a busy machine each woken actor used to
@@ -24,7 +26,9 @@ import ctypes
 import errno
 import logging
 import os
+import resource
 import struct
+import time
 
 log = logging.getLogger("maglev.sched")
 
@@ -78,3 +82,81 @@ def set_wakeup_slice(us: int | None = None) -> int:
                  extra={"kv": {"errno": errno.errorcode.get(e, e)}})
         return 0
     return current_slice_ns()
+
+
+
+# --------------------------------------------------------------------------- real-time class
+# The data-path actors (steering, workers, muxer) run SCHED_FIFO while they are lightly
+# loaded, when the process may (root or CAP_SYS_NICE): a woken actor then runs at once
+# instead of waiting for the SCHED_OTHER task on its CPU to use up its slice -- the wait
+# that made the tail of a trickle milliseconds on a busy machine (docs/benchmarks.md,
+# 2026-12-07 session 5).  Downstream actors get the higher priority (the muxer preempts
+# steering on CPU 0: a packet already in the pipeline finishes before the next starts).
+# A data-path actor that is saturated (asleep less than RT_BUSY_SLEEP of a governor span:
+# running or waiting for a CPU the rest, ``Actor._rt_govern``) goes back to SCHED_OTHER, so
+# a flood never starves the control plane, the supervisor or the rest of the host; it
+# returns to SCHED_FIFO once it sleeps more than RT_CALM_SLEEP of a span.  The kernel's RT throttling (95% per second) stays the backstop.
+RT_PRIO_DEFAULT = 1  # `maglev run --rt-prio 0` keeps SCHED_OTHER
+RT_BUSY_SLEEP = 0.2  # asleep less than this share of a span: saturated, SCHED_OTHER
+RT_CALM_SLEEP = 0.5  # asleep more: SCHED_FIFO again
+RT_PERIOD_S = 0.05  # shortest span the governor judges
+_RT_OFFSET = {"steering": 0, "worker": 1, "muxer": 2}
+
+
+def rt_prio_for(kind: str, base: int) -> int:
+    """The SCHED_FIFO priority of a data-path actor of ``kind`` for the run's ``base``
+    (0 = none)."""
+    return 0 if base <= 0 else min(99, base + _RT_OFFSET.get(kind, 0))
+
+
+def set_rt(prio: int) -> bool:
+    """Put this thread in SCHED_FIFO at ``prio`` (with SCHED_RESET_ON_FORK: a child starts
+    SCHED_OTHER).  False when ``prio`` is 0 or the kernel refuses (no CAP_SYS_NICE, an RT
+    budget-less cgroup): not an error, the actor stays SCHED_OTHER."""
+    if prio <= 0:
+        return False
+    try:
+        # The limit lets this process come back to SCHED_FIFO after it dropped its
+        # capabilities (workers keep none after setup) and fell back to SCHED_OTHER.
+        soft, hard = resource.getrlimit(resource.RLIMIT_RTPRIO)
+        if soft < prio:
+            resource.setrlimit(resource.RLIMIT_RTPRIO, (prio, max(hard, prio)))
+    except (OSError, ValueError):
+        pass  # no CAP_SYS_RESOURCE: then sched_setscheduler below needs CAP_SYS_NICE
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(prio))
+    except OSError as exc:
+        log.info("data path stays SCHED_OTHER", extra={"kv": {"asked": prio, "error": exc}})
+        return False
+    return True
+
+
+def set_other() -> None:
+    """Back to SCHED_OTHER (nice value unchanged), with the short slice if one is asked
+    (:func:`set_wakeup_slice`: it applies to SCHED_OTHER only)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+    except OSError as exc:  # an unprivileged task may always lower its policy: not expected
+        log.warning("cannot leave SCHED_FIFO", extra={"kv": {"error": exc}})
+        return
+    set_wakeup_slice()
+
+
+def open_schedstat() -> int:
+    """A descriptor on this thread's ``/proc/thread-self/schedstat`` (-1 if there is none)."""
+    try:
+        return os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def busy_ns(fd: int) -> int:
+    """Nanoseconds this thread has spent on a CPU or runnable waiting for one (schedstat's
+    first two fields); its CPU time alone when ``fd`` is -1."""
+    if fd >= 0:
+        try:
+            run, wait = os.pread(fd, 96, 0).split()[:2]
+            return int(run) + int(wait)
+        except (OSError, ValueError):
+            pass
+    return time.thread_time_ns()

@@ -121,9 +121,7 @@ class Steering(Actor):
     backpressure_sleep_s = 0.0002
 
     def setup(self) -> None:
-        from maglev.actors.sched import set_wakeup_slice
-
-        set_wakeup_slice()  # MAGLEV_SCHED_SLICE_US, off by default (maglev/actors/sched.py)
+        self.sched_setup()  # slice and real-time class (Actor.sched_setup, maglev/actors/sched.py)
         from maglev.nic.gen import vip_targets
         from maglev.rings import BELL_STEERING, SLOT_STEERING
 

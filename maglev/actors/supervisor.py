@@ -168,6 +168,8 @@ class Supervisor:
         # Extra file descriptors that end a poll() early (``maglev run`` adds the
         # signal.set_wakeup_fd pipe, so Ctrl-C/SIGTERM is handled at once); drained here.
         self.wakeup_fds: list[int] = []
+        self._poller: Any = None
+        self._poller_key: tuple = ()
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -314,13 +316,18 @@ class Supervisor:
         messages, then check every child (deaths, heartbeats)."""
         import zmq
 
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        for fd in self._pidfds.values():
-            poller.register(fd, zmq.POLLIN)
-        for fd in self.wakeup_fds:
-            poller.register(fd, zmq.POLLIN)
-        events = dict(poller.poll(int(timeout_s * 1000)))
+        # One poller while the set of descriptors stays the same (rebuilt after a death,
+        # a restart or a new wake-up fd): ``maglev run`` polls 20 times a second.
+        key = (self._sock, *self._pidfds.values(), None, *self.wakeup_fds)
+        if self._poller_key != key:
+            poller = zmq.Poller()
+            poller.register(self._sock, zmq.POLLIN)
+            for fd in self._pidfds.values():
+                poller.register(fd, zmq.POLLIN)
+            for fd in self.wakeup_fds:
+                poller.register(fd, zmq.POLLIN)
+            self._poller, self._poller_key = poller, key
+        events = dict(self._poller.poll(int(timeout_s * 1000)))
         for fd in self.wakeup_fds:
             if fd in events:
                 try:
@@ -330,7 +337,7 @@ class Supervisor:
                     pass
         if self._sock in events:
             self._recv_all()
-        self._check_children()
+        self._check_children({pid for pid, fd in self._pidfds.items() if fd in events})
 
     def _recv_all(self) -> None:
         """Handle every mailbox message waiting now."""
@@ -387,12 +394,20 @@ class Supervisor:
         if t not in ("hello", "hb", "bye") and self.on_message is not None:
             self.on_message(name, msg)
 
-    def _check_children(self) -> None:
+    def _check_children(self, exited: set[int] | None = None) -> None:
+        """Deaths and missed heartbeats.  ``exited``: the children whose pidfd the poll saw
+        readable; a child with a pidfd that is not among them is alive, so it costs no
+        waitpid() (a pidfd stays readable once its process exited: a death between the
+        poll and here is seen at the next poll)."""
         now = time.monotonic()
         for c in self.children.values():
             if c.proc is None:
                 continue
-            rc = c.proc.poll()
+            pid = c.proc.pid
+            if exited is not None and pid in self._pidfds and pid not in exited:
+                rc = c.proc.returncode  # set if something else reaped it meanwhile
+            else:
+                rc = c.proc.poll()
             if rc is not None:
                 self._forget_pidfd(c.proc.pid)
             if rc is None:

@@ -30,9 +30,7 @@ class Worker(Actor):
     kind = "worker"
 
     def setup(self) -> None:
-        from maglev.actors.sched import set_wakeup_slice
-
-        set_wakeup_slice()  # MAGLEV_SCHED_SLICE_US, off by default (maglev/actors/sched.py)
+        self.sched_setup()  # slice and real-time class (Actor.sched_setup, maglev/actors/sched.py)
         from maglev.rings import worker_bell, worker_slot
 
         p = self.params

@@ -34,13 +34,16 @@ def test_idle_policy_follows_the_plan():
     polling for a worker that shares its CPU with another worker."""
     pause, yld = int(lib.MG_IDLE_PAUSE), int(lib.MG_IDLE_YIELD)
     two = plan_cpus(2, [0, 1])
-    got = {n: idle_params(two, n, 200) for n in two}
-    assert got == {"steering": {"idle_us": 200, "idle_mode": yld}, "muxer": {"idle_us": 200, "idle_mode": yld},
-                   "worker-0": {"idle_us": 200, "idle_mode": pause},  # cpu 1 to itself
-                   "worker-1": {"idle_us": 200, "idle_mode": yld}}  # with steering and the muxer
+    got = {n: idle_params(two, n, 200, 1) for n in two}
+    assert got == {"steering": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1},
+                   "muxer": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1},
+                   "worker-0": {"idle_us": 200, "idle_mode": pause, "rt_prio": 1},  # cpu 1 to itself
+                   "worker-1": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1}}  # with steering and the muxer
     eight = plan_cpus(8, [0, 1])
-    assert all(idle_params(eight, f"worker-{i}", 200)["idle_us"] == 0 for i in range(8))  # crowded
-    assert idle_params(eight, "muxer", 200) == {"idle_us": 200, "idle_mode": yld}
+    # crowded: no polling, no SCHED_FIFO (sched.py)
+    assert all(idle_params(eight, f"worker-{i}", 200, 1)["idle_us"] == 0 for i in range(8))
+    assert all(idle_params(eight, f"worker-{i}", 200, 1)["rt_prio"] == 0 for i in range(8))
+    assert idle_params(eight, "muxer", 200, 1) == {"idle_us": 200, "idle_mode": yld, "rt_prio": 1}
     assert idle_params(two, "worker-0", 0)["idle_us"] == 0  # --idle-poll-us 0: nobody polls
     p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=100,flows=10", idle_poll_us=50))
     try:

@@ -49,7 +49,9 @@ def test_nothing_asked_changes_nothing():
 @needs_slices
 def test_every_data_path_actor_runs_with_the_short_slice_when_asked(monkeypatch):
     monkeypatch.setenv("MAGLEV_SCHED_SLICE_US", "100")
-    p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=2000,flows=10"))
+    # SCHED_OTHER throughout: a slice is a SCHED_OTHER setting (SCHED_FIFO, the default
+    # while light, has none; tests/actors/test_rt.py)
+    p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=2000,flows=10", rt_prio=0))
     try:
         p.start()
         names = [n for n in p.supervisor.children if n in ("steering", "muxer") or n.startswith("worker-")]
