@@ -290,10 +290,7 @@ def main() -> None:
                 drivers.append(("afxdp", "afxdp:eth0", {}))
             for name, nic, env in drivers:
                 fwd = topo.forwarder_argv(topo.LabSpec(workers=args.workers, nic=nic), state["config"])
-                # This run's own control socket (the lab's instance name is shared by every
-                # lab on the machine): the hop split arms the packet tracer through it.
-                control = f"ipc://{state_dir}/control-{name}.sock"
-                fwd += ["--control", control]
+                control = topo.control_endpoint(state["config"])  # the hop split arms the tracer there
                 fpid = lab.spawn("maglev", state["maglev"]["ns"], fwd, env=env)
                 try:
                     lab._wait_ready(topo.LabSpec(forwarder=True, encap=args.encap), 60)

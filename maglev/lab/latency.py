@@ -169,8 +169,10 @@ def hop_split(state: dict[str, Any], control: str, count: int = 40, port: int = 
     backend's receive taken on the same clock (CLOCK_MONOTONIC; the echo servers are
     threads of this process).  Each is alternated with a direct echo to backend 1, whose
     client -> backend and backend -> client one-way times are the same hops without
-    maglev.  Returns per hop {p50, p99} in microseconds, ``n`` matched probes, and
-    ``direct_one_way_us`` {there, back} p50.  Hops:
+    maglev.  Returns per hop {p50, p99} in microseconds, ``n`` matched probes (of
+    ``probes`` answered), ``negative_hops`` (hops that ended before they started: 0
+    unless the clocks or the matching are wrong) and ``direct_one_way_us`` {there, back}
+    p50.  Hops:
 
     * ``client_to_steering``: client stack, router, veth, NIC receive and steering's
       wake-up (the NIC part; compare with the direct ``there``, which has the first three)
@@ -225,6 +227,7 @@ def hop_split(state: dict[str, Any], control: str, count: int = 40, port: int = 
             for s in socks.values():
                 s.close()
     hops: dict[str, list[float]] = {h: [] for h in HOPS}
+    negative = 0  # a hop that ends before it starts: clocks or matching are wrong
     for tag, t0, t1 in probes["vip"]:
         be = arrivals.get(tag)
         r = next((r for r in recs if t0 <= r["rx_ts_ns"] <= t1 and r["ts_tx_ns"]), None)
@@ -236,10 +239,12 @@ def hop_split(state: dict[str, Any], control: str, count: int = 40, port: int = 
                         ("worker_to_tx", done, r["ts_tx_ns"]), ("tx_to_backend", r["ts_tx_ns"], be),
                         ("backend_to_client", be, t1)):
             hops[h].append((b - a) / 1e3)
+            negative += b < a
     there = [(arrivals[tag] - t0) / 1e3 for tag, t0, _ in probes["direct"] if tag in arrivals]
     back = [(t1 - arrivals[tag]) / 1e3 for tag, _, t1 in probes["direct"] if tag in arrivals]
     out: dict[str, Any] = {h: {"p50": round(_pct(x, 50), 1), "p99": round(_pct(x, 99), 1)} for h, x in hops.items()}
     out["n"] = len(hops["worker"])
     out["probes"] = len(probes["vip"])
+    out["negative_hops"] = negative
     out["direct_one_way_us"] = {"there": round(_pct(there, 50), 1), "back": round(_pct(back, 50), 1)}
     return out
