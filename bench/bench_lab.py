@@ -27,6 +27,10 @@
 4. One request at a time (maglev.lab.latency): UDP echo and TCP connect through the VIP
    and directly, alternating; ``added_latency_us[driver]`` = VIP minus direct {p50, p99}
    of the UDP echo (TCP connect in ``round_trips_us``).
+5. Where one packet's time goes (maglev.lab.latency.hop_split, ``--hops N``): N UDP
+   echoes through the VIP, each marked by the packet tracer, split at steering's NIC read
+   (rx_ts), its dispatch, the worker, the muxer's transmit and the backend's receive;
+   ``hops_us[driver]`` = per hop {p50, p99} and the direct path's one-way times.
 
 Prints numbers and ratios against the baseline from the same run; never asserts on
 speed.  Needs root.  Usage:  python bench/bench_lab.py [--seconds 3] [--requests 500]
@@ -63,25 +67,38 @@ def lab_frames(dst: str, flows: int = 256) -> list[bytes]:
     return [udp_frame(topo.MAC_CLIENT, topo.MAC_ROUTER_C, topo.CLIENT_V4, dst, 10000 + i) for i in range(flows)]
 
 
-def forwarder_cpu_s(pid: int | None) -> float:
-    """CPU seconds (user + system) used so far by a forwarder and every process under it."""
+def forwarder_cpu(pid: int | None) -> tuple[float, float]:
+    """CPU seconds (user, system) used so far by a forwarder and every process under it."""
     import psutil
 
     if not pid:
-        return 0.0
-    total = 0.0
+        return 0.0, 0.0
+    user = system = 0.0
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0.0
+        return 0.0, 0.0
     for p in procs:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            user += t.user
+            system += t.system
         except psutil.Error:
             pass
-    return total
+    return user, system
+
+
+def forwarder_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by a forwarder and every process under it."""
+    return sum(forwarder_cpu(pid))
+
+
+def link_counts(ns: str, dev: str) -> tuple[int, int]:
+    """(rx packets, rx dropped) of ``dev`` in ``ns``."""
+    out = topo.ns_exec(ns, "ip", "-s", "-j", "link", "show", dev).stdout
+    rx = json.loads(out)[0]["stats64"]["rx"]
+    return int(rx["packets"]), int(rx["dropped"])
 
 
 def measure_pps(state: dict, seconds: float, forwarder_pid: int | None = None, sender_cpu: int | None = None) -> dict:
@@ -91,7 +108,8 @@ def measure_pps(state: dict, seconds: float, forwarder_pid: int | None = None, s
     bes = [b["ns"] for b in state["backends"]]
     sender_cpu, rx_cpus = cpu_plan(sender_cpu)
     before = sum(rx_packets(ns) for ns in bes)
-    cpu0 = forwarder_cpu_s(forwarder_pid)
+    at_nic0 = link_counts(state["maglev"]["ns"], "eth0")
+    cpu0 = forwarder_cpu(forwarder_pid)
     with steer_rx(state["router"]["ns"], "rc", rx_cpus) if rx_cpus else nullcontext("0") as mask:
         o = offer(state["client"]["ns"], "eth0", lab_frames(topo.VIP_V4), seconds, cpu=sender_cpu)
         time.sleep(0.3)  # let queues drain
@@ -101,10 +119,23 @@ def measure_pps(state: dict, seconds: float, forwarder_pid: int | None = None, s
            "sent_pps": o["sent_pps"], "forwarded_pps": round(got / elapsed),
            "sender_cpu": sender_cpu, "rps_cpus": mask, "sender_ns_per_packet": o["sender_ns_per_packet"],
            "tx_ring": o["tx_ring"]}
+    # Where the rest went: what reached the forwarder's interface (after the router and
+    # the veth backlog) and what that interface dropped (AF_XDP: the XDP redirect found
+    # no room in the socket's rings; veth's own backlog for the others).
+    at_nic1 = link_counts(state["maglev"]["ns"], "eth0")
+    out["at_nic_pps"] = round((at_nic1[0] - at_nic0[0]) / elapsed)
+    out["nic_dropped_pps"] = round((at_nic1[1] - at_nic0[1]) / elapsed)
     if forwarder_pid:
         # Every actor's CPU per forwarded packet (steering, workers, muxer, control plane):
-        # what the C loops save, less sensitive to the neighbours than the rate.
-        out["cpu_ns_per_packet"] = round((forwarder_cpu_s(forwarder_pid) - cpu0) * 1e9 / max(got, 1))
+        # what the C loops save, less sensitive to the neighbours than the rate.  Split in
+        # user and system time: the system part is mostly the kernel's forwarding chain
+        # (veth, router, bridge, backend) that the muxer's send() runs in its softirq,
+        # and softirq work for other packets charged to whichever actor it interrupted.
+        u1, s1 = forwarder_cpu(forwarder_pid)
+        du, ds = u1 - cpu0[0], s1 - cpu0[1]
+        out["cpu_ns_per_packet"] = round((du + ds) * 1e9 / max(got, 1))
+        out["cpu_user_ns_per_packet"] = round(du * 1e9 / max(got, 1))
+        out["cpu_sys_ns_per_packet"] = round(ds * 1e9 / max(got, 1))
     return out
 
 
@@ -166,6 +197,10 @@ def afxdp_unavailable() -> str:
     return why_no_afxdp()
 
 
+def driver_key(name: str) -> str:
+    return name if name == "afxdp" else f"afpacket_{name}"
+
+
 def kernel_forwarding(state: dict, on: bool) -> None:
     ns = state["maglev"]["ns"]
     topo.ns_exec(ns, "sysctl", "-qw", f"net.ipv4.ip_forward={int(on)}")
@@ -183,6 +218,11 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=200, help="one-at-a-time round trips per path")
     ap.add_argument("--sender-cpu", type=int, default=None,
                     help="the CPU the traffic sender runs on (default: the first); the rest take the receive work")
+    ap.add_argument("--encap", default="gre", choices=("gre", "ipip", "vxlan", "l2"),
+                    help="the lab's encapsulation: gre/ipip backends decapsulate in the lab's "
+                         "Python agent (one recv + one write per packet), vxlan in the kernel, l2 not at all")
+    ap.add_argument("--hops", type=int, default=40,
+                    help="traced one-at-a-time UDP echoes per driver for the hop split (0 = off)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if reason := topo.why_no_lab():
@@ -197,8 +237,8 @@ def main() -> None:
     tag = f"{os.getpid() % 0x10000:04x}"
     state_dir = Path(f"/run/maglev-lab-bench-{tag}")
     lab = topo.Lab(state_dir)
-    spec = topo.LabSpec(prefix=f"mgb{tag}", state_dir=state_dir, backends=3, encap="gre", forwarder=False)
-    out: dict = {"machine_note": "2 shared vCPUs; repeat runs, compare ratios",
+    spec = topo.LabSpec(prefix=f"mgb{tag}", state_dir=state_dir, backends=3, encap=args.encap, forwarder=False)
+    out: dict = {"machine_note": "2 shared vCPUs; repeat runs, compare ratios", "encap": args.encap,
                  "loadavg_start": [round(x, 2) for x in os.getloadavg()],
                  # MAGLEV_NIC_LOOP=0: AF_PACKET/AF_XDP in the per-burst Python step (before the C loops)
                  "nic_loop": os.environ.get("MAGLEV_NIC_LOOP", "1") != "0"}
@@ -236,9 +276,10 @@ def main() -> None:
                 relay.stop()
 
         if have_run:
-            from maglev.lab.latency import round_trips
+            from maglev.lab.latency import hop_split, round_trips
 
             out["added_latency_us"] = {}
+            out["hops_us"] = {}
             out["round_trips_us"] = {}
             drivers = [("v3", "afpacket:eth0", {"MAGLEV_AFPACKET_RING": "v3"}),
                        ("v2", "afpacket:eth0", {"MAGLEV_AFPACKET_RING": "v2"})]
@@ -249,9 +290,10 @@ def main() -> None:
                 drivers.append(("afxdp", "afxdp:eth0", {}))
             for name, nic, env in drivers:
                 fwd = topo.forwarder_argv(topo.LabSpec(workers=args.workers, nic=nic), state["config"])
+                control = topo.control_endpoint(state["config"])  # the hop split arms the tracer there
                 fpid = lab.spawn("maglev", state["maglev"]["ns"], fwd, env=env)
                 try:
-                    lab._wait_ready(topo.LabSpec(forwarder=True), 60)
+                    lab._wait_ready(topo.LabSpec(forwarder=True, encap=args.encap), 60)
                     out[f"pps_maglev_{name}"] = measure_pps(state, args.seconds, fpid, args.sender_cpu)
                     out[f"http_vip_{name}"] = http_load(state["client"]["ns"], topo.VIP_V4, args.requests,
                                                         concurrency=8).to_dict()
@@ -259,9 +301,14 @@ def main() -> None:
                         out[f"wrk_vip_{name}"] = wrk_load(state["client"]["ns"], topo.VIP_V4,
                                                           seconds=args.seconds, connections=8)
                     rt = round_trips(state, args.probes)
+                    if args.hops:
+                        try:
+                            out["hops_us"][driver_key(name)] = hop_split(state, control, args.hops)
+                        except Exception as exc:  # a bench prints, never fails
+                            out["hops_us"][driver_key(name)] = f"not measured: {exc}"
                 finally:
                     lab.stop_process("maglev")
-                driver = name if name == "afxdp" else f"afpacket_{name}"
+                driver = driver_key(name)
                 out["round_trips_us"][driver] = rt
                 out["added_latency_us"][driver] = rt["udp"]["added"]
         else:
@@ -310,12 +357,23 @@ def main() -> None:
                   f"p99 {v['latency_ms'].get('p99')} ms  errors {errs}  non-2xx {v['non_2xx']}")
         elif isinstance(v, dict) and "forwarded_pps" in v:
             print(f"{key:<14} sent {v['sent_pps']:>9} pps  forwarded {v['forwarded_pps']:>9} pps  "
-                  f"(sender on cpu {v.get('sender_cpu')}, receive work rps mask {v.get('rps_cpus')})")
+                  f"at the NIC {v.get('at_nic_pps')} pps (dropped there {v.get('nic_dropped_pps')})  "
+                  f"(sender on cpu {v.get('sender_cpu')}, receive work rps mask {v.get('rps_cpus')})"
+                  + (f"  CPU/pkt user {v['cpu_user_ns_per_packet']} + sys {v['cpu_sys_ns_per_packet']} ns"
+                     if "cpu_user_ns_per_packet" in v else ""))
         elif isinstance(v, dict) and "requests_per_s" in v:
             print(f"{key:<14} ours {v['ok']}/{v['requests']} ok (fresh conns)  {v['requests_per_s']:>8} req/s  "
                   f"p50 {v['latency_ms']['p50']} ms  p99 {v['latency_ms']['p99']} ms")
         elif isinstance(v, dict) and "p50_ms" in v:
             print(f"{key:<14} one frame, send -> received: p50 {v['p50_ms']} ms, max {v['max_ms']} ms")
+        elif key == "hops_us":
+            for drv, h in v.items():
+                if isinstance(h, str):
+                    print(f"hops {drv:<12} {h}")
+                    continue
+                parts = "  ".join(f"{k} {h[k]['p50']}" for k in h if isinstance(h[k], dict) and "p50" in h[k])
+                print(f"hops {drv:<12} p50 us: {parts}  (n={h['n']}; direct one-way there/back "
+                      f"{h['direct_one_way_us']['there']}/{h['direct_one_way_us']['back']})")
         elif key == "added_latency_us":
             for drv, a in v.items():
                 print(f"added latency {drv:<12} p50 {a['p50']} us  p99 {a['p99']} us (UDP echo, VIP - direct)")

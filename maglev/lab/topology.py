@@ -617,7 +617,15 @@ def forwarder_argv(spec: LabSpec, config: str) -> list[str]:
     if env := os.environ.get("MAGLEV_LAB_FORWARDER"):
         subst = {"config": config, "iface": "eth0", "workers": str(spec.workers)}
         return [part.format(**subst) for part in shlex.split(env)]
-    return [*maglev_argv(), "run", "--config", config, "--nic", spec.nic or "afpacket:eth0", "--workers", str(spec.workers)]
+    return [*maglev_argv(), "run", "--config", config, "--nic", spec.nic or "afpacket:eth0", "--workers", str(spec.workers),
+            "--control", control_endpoint(config)]
+
+
+def control_endpoint(config: str) -> str:
+    """The lab forwarder's control socket: in the lab's own folder, beside its config.
+    Every lab's config names the instance ``lab``, so the default socket
+    (/run/maglev/lab/control.sock) would be shared by every lab on the machine."""
+    return f"ipc://{Path(config).parent / 'control.sock'}"
 
 
 def list_netns() -> list[str]:

@@ -135,7 +135,7 @@ class AfXdpNic:
                 if busy_poll:
                     self._busy_poll(x.fd, busy_poll)
                 self._poll.register(x.fd, select.POLLIN | select.POLLERR)
-            self.prog.attach(self.ifindex, iface, "auto")
+            self.prog.attach(self.ifindex, iface, os.environ.get("MAGLEV_XDP_ATTACH", "auto"))
         except BaseException:
             self.close()
             raise

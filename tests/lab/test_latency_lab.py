@@ -25,7 +25,8 @@ import os
 
 import pytest
 
-from maglev.lab.latency import round_trips
+from maglev.lab.latency import HOPS, hop_split, round_trips
+from maglev.lab.topology import control_endpoint
 
 pytestmark = pytest.mark.root
 
@@ -65,3 +66,21 @@ def test_added_latency_p50_under_a_millisecond(make_lab, nic):
         best = min(r[proto]["added"]["p50"] for r in rounds)
         seen = [r[proto]["added"]["p50"] for r in rounds]
         assert best < 1000.0, f"{nic}: {proto} through the VIP adds {seen} us (p50 per round): {rounds[-1]}"
+
+
+def test_hop_split_places_every_traced_probe_on_one_clock(make_lab):
+    """The hop split (bench_lab.py ``hops_us``): each traced echo through the VIP is matched
+    with its tracer record, and its seven hops follow one another on one clock -- the
+    client's send, steering's NIC read and dispatch, the worker, the muxer's transmit,
+    the backend's receive, the client's receive -- with no hop ending before it starts
+    (but the backend's receive, which can come before the muxer's send() returns)."""
+    lab = make_lab(encap="gre", backends=2, nic="afpacket:eth0")
+    h = hop_split(lab.state, control_endpoint(lab.state["config"]), count=20)
+    assert h["probes"] >= 18, h
+    assert h["n"] >= h["probes"] - 2, f"traced probes not matched with their records: {h}"
+    assert h["negative_hops"] == 0, h
+    for hop in HOPS:  # tx_to_backend may be negative: the muxer's send() runs veth's receive
+        assert h[hop]["p50"] <= h[hop]["p99"] and (hop == "tx_to_backend" or h[hop]["p50"] >= 0), (hop, h)
+    # The data path's own work on one packet is microseconds; the wake-ups around it are not.
+    assert h["worker"]["p50"] < 1000, h
+    assert h["direct_one_way_us"]["there"] > 0 and h["direct_one_way_us"]["back"] > 0, h

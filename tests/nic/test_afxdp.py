@@ -314,6 +314,20 @@ def sniff(s: socket.socket, tag: bytes, want: int, timeout: float = 3.0) -> list
     return got
 
 
+def veth_drops(ns, dev: str = "a0") -> int:
+    """Frames the veth pair dropped on the way into ``dev`` (its rx_dropped: the peer's
+    transmit found this CPU's backlog full -- a per-CPU queue every namespace on the
+    machine shares, so a neighbour's flood can fill it)."""
+    out = subprocess.run(["ip", "-n", ns.name, "-s", "-j", "link", "show", dev], capture_output=True, text=True,
+                         check=True).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["dropped"])
+
+
+def in_order_subsequence(got: list[bytes], frames: list[bytes]) -> bool:
+    it = iter(frames)
+    return all(any(g == f for f in it) for g in got)
+
+
 def test_transmit_through_the_tx_ring_recycles_chunks(pair):
     _, a, b = pair
     nic = open_nic(b)
@@ -326,10 +340,15 @@ def test_transmit_through_the_tx_ring_recycles_chunks(pair):
         for r in range(12):
             frames = marked_frames(a, b, 256, b"R%02d" % r)
             load(pool, frames)
+            dropped = veth_drops(a)
             assert tx.tx_burst(pool.ptr, pool.descs, 256) == 256
             assert tx.attached  # not the AF_PACKET fallback
-            got = sniff(s, b"R%02d" % r, 256)
-            assert got == frames  # whole frames, in order, each once
+            got = sniff(s, b"R%02d" % r, 256, timeout=1.0 if r else 3.0)
+            dropped = veth_drops(a) - dropped
+            # Whole frames, in order, each once; a frame may be missing only when the
+            # kernel counted it dropped at the veth (the shared per-CPU backlog: other
+            # jobs' floods on this machine fill it), never silently.
+            assert in_order_subsequence(got, frames) and len(got) == 256 - dropped, (len(got), dropped)
             total += 256
         st = tx.stats()
         assert st["tx_packets"] == total and st["fallback_packets"] == 0

@@ -15,8 +15,13 @@
  * Trade-off, and why V2 is the default: a V3 socket is woken (sk_data_ready) only when a
  * block is retired -- full, or after tp_retire_blk_tov -- and the packets of the block
  * being filled are not visible to user space before that, so a lone SYN waits for the
- * retire timer, which counts in jiffies: tov = 1 ms is really 1-2 ticks (measured: wake-up
- * p50 0.8-4 ms here, docs/nic.md).  No V3 setting gets under that floor.  TPACKET_V2
+ * retire timer.  Its period, tp_retire_blk_tov, is in whole milliseconds (0 = a kernel
+ * default from the link speed, 8 ms without one), so 1 ms is the floor: wake-up p50
+ * 0.75-0.84 ms, max 0.975 ms on a quiet machine with this kernel (6.18, HZ=250: the
+ * timer is not rounded to 4 ms ticks here); under load the wake-up adds scheduling delay
+ * (p50 0.8-4 ms measured before).  Reading the open block early would race
+ * the kernel's copy (its packet count is raised before the bytes are written).  No V3
+ * setting gets under that floor (docs/nic.md, session 5).  TPACKET_V2
  * (MG_AFP_RING_V2) hands over every packet at once (one status word per fixed 2 KiB
  * frame, one wake-up per packet when idle; ~0.05 ms); under load both are read in bursts
  * without wake-ups.  So MG_AFP_RING_V2 is the default and V3 is kept for measurements.
