@@ -75,6 +75,14 @@ class Worker(Actor):
         self.bell = self.region.bell(worker_bell(self.index))
         self.stats_block = self.region.stats(worker_slot(self.index))
         self.region.set_slot_pid(worker_slot(self.index))
+        # The ring is adopted: take the slot's life lock (mg_shm.h) for the rest of this
+        # process's life.  Until now steering knew the slot vacant (the predecessor died:
+        # the kernel marked its lock) and dropped, never moved, what the full ring could
+        # not hold; from now on the stall time is the only rule.
+        rc = int(lib.mg_slot_claim(self.base, worker_slot(self.index)))
+        if rc:
+            log.error("worker slot held by another live process", extra={"kv": {
+                "slot": worker_slot(self.index), "error": os.strerror(-rc)}})
         self.observe = WorkerObserver(self)  # metrics page + generation-switch spans
 
     def tick(self, now: float) -> None:

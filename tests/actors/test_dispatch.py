@@ -15,8 +15,9 @@ from maglev.actors.pipeline import plan_cpus
 from maglev.native import check, ffi, lib
 from maglev.nic.gen import GenNic
 from maglev.nic.pcapfile import PcapReader
-from maglev.rings import SLOT_STEERING, Region
+from maglev.rings import SLOT_STEERING, Region, worker_slot
 from maglev.rings import conntrack_shm as cs
+from maglev.testing.slots import SlotHolder, serving
 from tests.region_helpers import scratch_region
 
 K0, K1 = 0x0123456789ABCDEF, 0xFEDCBA9876543210
@@ -328,6 +329,55 @@ def test_a_full_ring_nobody_consumes_drops_its_packets_after_the_stall_time(smal
     assert st_c["owner_stalled"] == 16 and edge_drops(st_c, mx_c) == ({"owner_stalled": 16}, 0)
     report = region.account(held={"test": [int(d) for d in ffi.unpack(out, 4)]})
     assert report.ok, str(report)
+
+
+def test_a_dead_workers_full_ring_drops_at_once_whatever_the_stall_time():
+    """A worker slot whose holder died holding its life lock (the kernel marked the robust
+    mutex owner-dead at the exit, mg_shm.h) is dead, and steering drops what its full
+    ring cannot hold at once -- below the stall time, and with the stall rule off --
+    instead of moving it to the other worker; once a replacement has claimed the slot the
+    paper's fallback applies again.  Here the "worker" is a thread that holds slot 0 and
+    exits without giving it back, as a killed process does."""
+    from maglev.rings.stats import steering_counters
+
+    with scratch_region("test-dispatch", 2, 1024, 64) as region:
+        w0 = worker_slot(0)
+        assert lib.mg_slot_dead(region.base, w0) == 0  # never taken (in-process tests): alive
+        holder = SlotHolder(region.base, [w0])
+        assert lib.mg_slot_dead(region.base, w0) == 0
+        st = ffi.new("struct mg_steer *")
+        check(lib.mg_steer_init(st, region.base, SLOT_STEERING, K0, K1), "init")
+        check(lib.mg_steer_set_stall_ns(st, 0), "stall rule off: only the slot says dead")
+        gen = _one_flow_of_worker_0(region)
+        cnt = ffi.new("uint32_t *")
+        stats = region.stats(SLOT_STEERING)
+
+        def receive(n: int) -> tuple[int, int, int, int]:
+            check(lib.mg_steer_reclaim(st, region.base), "reclaim")
+            assert check(lib.mg_steer_take(st, region.base, n), "take") == n
+            descs = lib.mg_hand_descs(region.base, SLOT_STEERING, cnt)
+            assert gen.rx_burst(region.pool_ptr, descs, n) == n
+            assert check(lib.mg_steer_dispatch(st, region.base, n, 1), "dispatch") == 0
+            return (region.rx(0).count(), region.rx(1).count(), int(stats[lib.MG_SS_FALLBACK]),
+                    int(stats[lib.MG_SS_OWNER_STALLED]))
+
+        assert receive(64) == (64, 0, 0, 0)  # full, its worker alive (holds the lock)
+        assert receive(8) == (64, 8, 8, 0)   # alive and full: the fallback, as before
+        holder.die()                         # the thread ends holding the lock: "killed"
+        assert lib.mg_slot_dead(region.base, w0) == 1
+        assert receive(8) == (64, 8, 8, 8)   # dropped at once, counted, not moved
+        assert receive(8) == (64, 8, 8, 16)
+        out = ffi.new("uint64_t[]", 64)
+        with serving(region, [w0]):          # the replacement claims the dead one's lock
+            assert lib.mg_slot_dead(region.base, w0) == 0
+            assert receive(8) == (64, 16, 16, 16)  # alive again: fallback
+            assert region.rx(0).dequeue(out, 64) == 64  # and it drains its ring
+            assert receive(8)[0] == 8
+        st_c = steering_counters(stats.snapshot())
+        assert st_c["owner_stalled"] == 16
+        assert stats[lib.MG_SS_RX_PACKETS] == 64 + 5 * 8
+        report = region.account(held={"test": [int(d) for d in ffi.unpack(out, 64)]})
+        assert report.ok, str(report)
 
 
 def test_an_idle_worker_whose_ring_one_burst_fills_is_not_stalled(small_region):

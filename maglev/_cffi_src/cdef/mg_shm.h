@@ -77,3 +77,6 @@ struct mg_bell *mg_region_bell(void *base, uint32_t bell);
 void mg_heartbeat_set(void *base, uint32_t slot, uint64_t ns);
 uint64_t mg_heartbeat_get(const void *base, uint32_t slot);
 struct mg_slot_line *mg_region_slot(void *base, uint32_t slot);
+int mg_slot_claim(void *base, uint32_t slot);
+int mg_slot_dead(const void *base, uint32_t slot);
+int mg_slot_release(void *base, uint32_t slot);

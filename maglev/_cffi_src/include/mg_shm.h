@@ -94,11 +94,23 @@ struct mg_region_hdr {
     uint64_t ready;          /* MG_REGION_MAGIC once initialised (release) */
 };
 
-/* Per-actor line: heartbeat and the pid of the current incarnation. */
+/* Per-actor line: heartbeat, the pid of the current incarnation, and its life lock.
+ *
+ * The life lock is a process-shared *robust* mutex (pthread) that the process serving the
+ * slot takes once it has adopted the slot's rings and holds until it exits
+ * (mg_slot_claim).  When it dies -- kill -9 included -- the kernel marks the lock
+ * owner-dead while the process exits, before its parent can even see the exit, so
+ * whoever reads the slot knows at once that nobody serves it (mg_slot_dead), without
+ * waiting for the supervisor to be scheduled.  Steering reads it for a worker whose rx
+ * ring is full: a dead worker's packets are dropped (owner_stalled), never moved to a
+ * worker without their flows' entries (mg_steer.c).  A frozen worker still holds its
+ * lock: the stall time (MG_STEER_STALL_NS) covers that case. */
+#define MG_SLOT_LIFE_WORDS 5
 struct mg_slot_line {
     uint64_t heartbeat_ns; /* CLOCK_MONOTONIC ns, written by the actor (release) */
     uint64_t pid;
-    uint64_t pad[6];
+    uint64_t life[MG_SLOT_LIFE_WORDS]; /* pthread_mutex_t, robust, process-shared */
+    uint64_t pad[1];
 };
 
 /* Compute the layout for these sizes into *out (no memory touched).  0 or -EINVAL. */
@@ -128,5 +140,17 @@ struct mg_hand *mg_region_hand(void *base, uint32_t slot);
 void mg_heartbeat_set(void *base, uint32_t slot, uint64_t ns);
 uint64_t mg_heartbeat_get(const void *base, uint32_t slot);
 struct mg_slot_line *mg_region_slot(void *base, uint32_t slot);
+/* Take slot's life lock for the rest of this thread's life (call once, after adopting the
+ * slot's rings; a dead predecessor's lock is taken over).  0, -EBUSY (a live process
+ * holds it), or -errno. */
+int mg_slot_claim(void *base, uint32_t slot);
+/* 1 when the process that held slot's life lock died holding it and no replacement has
+ * claimed it yet (the kernel's FUTEX_OWNER_DIED mark), else 0 (held, given back, or never
+ * taken: in-process tests and benches that play a worker without claiming are alive);
+ * -EINVAL for a bad slot.  One load: cheap enough for steering. */
+int mg_slot_dead(const void *base, uint32_t slot);
+/* Give slot's life lock back (a clean stop, before unmapping the region: glibc keeps a
+ * thread's robust mutexes on a list threaded through them).  0 or -errno. */
+int mg_slot_release(void *base, uint32_t slot);
 
 #endif

@@ -7,6 +7,11 @@
 #include "mg_ring.h"
 #include "mg_tables_pub.h"
 
+#include <pthread.h>
+
+_Static_assert(sizeof(pthread_mutex_t) <= MG_SLOT_LIFE_WORDS * sizeof(uint64_t),
+               "a pthread mutex fits the slot line's life words");
+
 static uint64_t page_up(uint64_t x)
 {
     return (x + MG_PAGE - 1) & ~(uint64_t)(MG_PAGE - 1);
@@ -170,6 +175,38 @@ struct mg_slot_line *mg_region_slot(void *base, uint32_t slot)
     return (struct mg_slot_line *)((uint8_t *)base + h->slots_off) + slot;
 }
 
+int mg_slot_claim(void *base, uint32_t slot)
+{
+    struct mg_slot_line *s = mg_region_slot(base, slot);
+    if (!s)
+        return -EINVAL;
+    pthread_mutex_t *m = (pthread_mutex_t *)(void *)s->life;
+    int rc = pthread_mutex_trylock(m);
+    if (rc == EOWNERDEAD) /* a dead predecessor's: ours now */
+        rc = pthread_mutex_consistent(m);
+    return rc == EDEADLK ? 0 : -rc; /* EDEADLK: this thread holds it already */
+}
+
+int mg_slot_release(void *base, uint32_t slot)
+{
+    struct mg_slot_line *s = mg_region_slot(base, slot);
+    if (!s)
+        return -EINVAL;
+    return -pthread_mutex_unlock((pthread_mutex_t *)(void *)s->life);
+}
+
+int mg_slot_dead(const void *base, uint32_t slot)
+{
+    struct mg_slot_line *s = mg_region_slot((void *)base, slot);
+    if (!s)
+        return -EINVAL;
+    /* glibc's mutex word (the first int): the owner's thread id; when the owner exits
+     * holding it the kernel (robust list) leaves FUTEX_OWNER_DIED and no thread id, until
+     * the next claim (pthread_mutex_trylock: EOWNERDEAD) writes the new owner's id. */
+    uint32_t word = __atomic_load_n((const uint32_t *)(const void *)s->life, __ATOMIC_ACQUIRE);
+    return (word & 0x40000000u) && !(word & 0x3fffffffu); /* FUTEX_OWNER_DIED, FUTEX_TID_MASK */
+}
+
 uint64_t *mg_region_stats(void *base, uint32_t slot)
 {
     const struct mg_region_hdr *h = hdr_c(base);
@@ -247,6 +284,20 @@ int mg_region_init(void *base, const struct mg_region_hdr *layout)
         memset(hd, 0, mg_layout_hand_bytes(h->n_rings));
         hd->n_rings = h->n_rings;
     }
+    pthread_mutexattr_t ma;
+    if (pthread_mutexattr_init(&ma) != 0)
+        return -ENOMEM;
+    int mrc = pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+    if (!mrc)
+        mrc = pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
+    for (uint32_t s = 0; s < h->n_slots && !mrc; s++) {
+        struct mg_slot_line *sl = mg_region_slot(base, s);
+        memset(sl, 0, sizeof *sl);
+        mrc = pthread_mutex_init((pthread_mutex_t *)(void *)sl->life, &ma);
+    }
+    pthread_mutexattr_destroy(&ma);
+    if (mrc)
+        return -mrc;
     struct mg_tables_hdr *t = (struct mg_tables_hdr *)((uint8_t *)base + h->tables_off);
     memset(t, 0, sizeof *t);
     t->capacity = h->tables_bytes;

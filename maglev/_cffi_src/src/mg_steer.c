@@ -561,8 +561,12 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
             /* Fall back only to a worker with at least half its ring free: when every
              * worker is saturated, spraying a flow over them reorders it for nothing. */
             uint32_t alt = most_room(s);
-            if (s->room[alt] >= s->fallback_min && s->stall_ns && idle >= s->stall_ns &&
-                mg_ring_free_count(mg_region_ring_by_id(base, s->tx_id[w])) != 0) {
+            /* Nobody serves it (its process died holding its life lock, mg_shm.h, and no
+             * replacement has adopted the ring yet): drop at once, whatever the rate, the
+             * stall time or the room elsewhere. */
+            if (mg_slot_dead(base, MG_SLOT_WORKER0 + w) == 1 ||
+                (s->room[alt] >= s->fallback_min && s->stall_ns && idle >= s->stall_ns &&
+                 mg_ring_free_count(mg_region_ring_by_id(base, s->tx_id[w])) != 0)) {
                 /* Instead of a fallback: its owner is dead or frozen, and another worker
                  * has no entries for its flows (it would pick by the current Maglev
                  * table).  Dropped before enqueue.  A worker whose tx ring is full is held
