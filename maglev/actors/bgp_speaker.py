@@ -88,9 +88,14 @@ class BgpSpeakerActor(Actor):
         self.speaker = Speaker(cfg, on_event=self._on_event, restarting=restarting)
         for p in self.params.get("announce", []):
             self.speaker.announce(p)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self._old_signals[sig] = signal.getsignal(sig)
+        for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        # SIGHUP to every process of the service (`systemctl kill -s HUP`) must not kill
+        # the speaker (its default action): that would reset every session.  A reload
+        # goes to `maglev run`, which does not restart this actor for it.
+        self.loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP ignored: reloads go to maglev run")
         if self.mailbox is not None:
             import zmq
 
