@@ -292,6 +292,7 @@ class Session:
             self._spawn(conn.close())
         elif self.state == State.ESTABLISHED:
             if conn.outgoing or self._newcomer is not None:
+                self.counters["collisions_refused"] += 1
                 self._spawn(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))
             else:
                 self._newcomer = self._spawn(self._newcomer_handshake(conn))

@@ -225,6 +225,13 @@ protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
         except OSError:
             return 0
 
+    def bird_notifications_in(self) -> int:
+        """NOTIFICATIONs BIRD received from us (its log's "Received: ..." lines)."""
+        try:
+            return (self.tmp / "bird.log").read_text().count("maglev: Received: ")
+        except OSError:
+            return 0
+
     def birdc(self, *cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(["birdc", "-s", str(self.bird_sock), *cmd], capture_output=True, text=True, timeout=10)
 

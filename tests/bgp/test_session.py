@@ -664,3 +664,96 @@ def test_received_prefixes_tracked_up_to_a_bound(monkeypatch):
             await peer.close()
 
     run(go())
+
+
+# ----------------------------------------------------------------------------- a new connection while Established
+
+
+async def _up_with(sp: Speaker, port: int, gr: bool) -> Scripted:
+    """A scripted peer's session (graceful restart capability when ``gr``), Established."""
+    peer = await Scripted.connect(port)
+    await peer.expect(m.Open)
+    await peer.send(m.Open.build(64512, 90, "198.18.0.1", (m.IPV4_UNICAST,), restart_time=120 if gr else None))
+    await peer.send(m.Keepalive())
+    await peer.expect(m.Keepalive)
+    await wait_state(sp, "Established")
+    return peer
+
+
+def test_new_connection_from_a_restarted_gr_peer_replaces_the_old_session():
+    """RFC 4724 4.2: the peer advertised graceful restart and opens a new connection (with
+    the capability again) while our old session is Established: it restarted.  The old
+    connection is closed, the new one continues from the OPEN we already read: one new
+    session, no CEASE to the peer."""
+
+    async def go():
+        cfg = speaker_config()
+        async with started(cfg, VIP4) as sp:
+            old = await _up_with(sp, cfg.listen_port, gr=True)
+            new = await Scripted.connect(cfg.listen_port)
+            await new.send(m.Open.build(64512, 90, "198.18.0.1", (m.IPV4_UNICAST,), restart_time=120, restarting=True))
+            assert await old.closed()
+            await new.expect(m.Open)  # ours, sent only once the old session was gone
+            await new.send(m.Keepalive())
+            await new.expect(m.Keepalive)
+            u = await new.expect(m.Update)
+            assert [str(p) for p in u.announced()] == [VIP4]
+            await wait_state(sp, "Established")
+            st = sp.peers_state()[0]
+            assert (st["established"], st["stale_replaced"], st["collisions_refused"]) == (2, 1, 0)
+            assert st["notifications_out"] == 0
+            assert "RFC 4724" in st["last_error"]
+            await old.close()
+            await new.close()
+
+    run(go())
+
+
+def test_new_connection_while_a_live_session_is_established_is_refused():
+    """No graceful restart, and the old connection answers our probe KEEPALIVE: RFC 4271
+    6.8 holds, the new connection gets CEASE "connection collision resolution" and the
+    old session goes on untouched."""
+
+    async def go():
+        cfg = speaker_config()
+        async with started(cfg, VIP4) as sp:
+            old = await _up_with(sp, cfg.listen_port, gr=False)
+            await old.expect(m.Update)
+            new = await Scripted.connect(cfg.listen_port)
+            await new.send(m.Open.build(64512, 90, "198.18.0.1"))
+            n = await new.expect(m.Notification)
+            assert (n.code, n.subcode) == (6, 7)
+            assert isinstance(await old.recv(), m.Keepalive)  # the probe
+            sp.withdraw(VIP4)  # the old session still carries UPDATEs
+            assert [str(p) for p in (await old.expect(m.Update)).withdrawn_all()] == [VIP4]
+            st = sp.peers_state()[0]
+            assert (st["state"], st["established"], st["collisions_refused"], st["stale_replaced"]) == ("Established", 1, 1, 0)
+            await old.close()
+            await new.close()
+
+    run(go())
+
+
+def test_silent_new_connection_while_established_is_refused(monkeypatch):
+    """A second connection that never sends its OPEN is refused after NEWCOMER_OPEN_S, as
+    before; a second one meanwhile is refused at once (one at a time)."""
+    from maglev.bgp import session as session_mod
+
+    monkeypatch.setattr(session_mod, "NEWCOMER_OPEN_S", 0.3)
+
+    async def go():
+        cfg = speaker_config()
+        async with started(cfg) as sp:
+            old = await _up_with(sp, cfg.listen_port, gr=False)
+            silent = await Scripted.connect(cfg.listen_port)
+            third = await Scripted.connect(cfg.listen_port)
+            n3 = await third.expect(m.Notification, timeout=2)
+            assert (n3.code, n3.subcode) == (6, 7)
+            n = await silent.expect(m.Notification, timeout=2)
+            assert (n.code, n.subcode) == (6, 7)
+            st = sp.peers_state()[0]
+            assert (st["state"], st["established"], st["collisions_refused"]) == ("Established", 1, 2)
+            for c in (old, silent, third):
+                await c.close()
+
+    run(go())
