@@ -155,6 +155,9 @@ def test_actor_process_sends_cease_on_sigterm(tmp_path):
                 time.sleep(0.1)
         p.handshake()
         assert p.expect(m.Update).nlri == (ipaddress.ip_network("203.0.113.10/32"),)
+        # SIGHUP (`systemctl kill -s HUP` reaches every process of the service) is ignored:
+        # its default action would end the process and reset the session without a CEASE.
+        os.kill(proc.pid, signal.SIGHUP)
         os.kill(proc.pid, signal.SIGTERM)
         n = p.expect(m.Notification)
         assert (n.code, n.subcode) == (6, 2)
