@@ -53,6 +53,10 @@ drained/resumed) are sent to the config manager, which publishes them on the con
 socket's event stream, topic ``bgp``.  The controller also pushes its state there every
 ``query_s`` so ``maglev ctl status`` shows it.
 
+Config changes: when the generation in ``controller.vips`` changes, the controller sends
+the speaker ``bgp.reload``; the speaker re-reads ``[bgp]`` and resets only the sessions
+whose settings changed (none when ``[bgp]`` is the same).
+
 The config-manager side of that mailbox exchange (``controller.query``/``controller.vips``,
 ``controller.drain``, ``controller.publish``), the ops ``drain-instance``/``resume-instance``
 and the table fingerprints of ``status`` are the config manager's:
@@ -298,7 +302,12 @@ class Controller:
             if isinstance(vips, dict):
                 self.serving = {str(k): bool(v) for k, v in vips.items()}
                 self.vips_at = self.clock()
-                self.vips_generation = int(msg.get("generation") or 0)
+                gen = int(msg.get("generation") or 0)
+                if self.vips_generation and gen != self.vips_generation and self.has_bgp:
+                    # A new config (apply, reload, SIGHUP): the speaker applies what changed
+                    # in [bgp], and nothing at all when [bgp] did not change.
+                    self.supervisor.send(BGP_ACTOR, "bgp.reload")
+                self.vips_generation = gen
         elif t == "controller.drain" and name == CONFIG_ACTOR:
             seq = msg.get("seq")
             if isinstance(seq, int) and not isinstance(seq, bool):

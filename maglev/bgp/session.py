@@ -232,6 +232,7 @@ class Session:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._stop_text = ""
+        self._stop_subcode = Err.ADMIN_SHUTDOWN
         self._silent = False  # abort(): close without a NOTIFICATION
         self.bfd: bfd_mod.Session | None = None  # set by the speaker when the peer has bfd = true
         # RFC 4724: the Restarting bit goes in the OPENs until the first session after
@@ -251,10 +252,12 @@ class Session:
         self._silent = True
         await self.stop()
 
-    async def stop(self, text: str = "") -> None:
-        """ManualStop: CEASE/administrative shutdown to the peer, then Idle for good."""
+    async def stop(self, text: str = "", subcode: int = Err.ADMIN_SHUTDOWN) -> None:
+        """ManualStop: CEASE (administrative shutdown, or ``subcode``: peer de-configured,
+        other configuration change) to the peer, then Idle for good."""
         self._stopping = True
         self._stop_text = text
+        self._stop_subcode = subcode
         for t in (self._shadow, self._newcomer):
             if t is not None:
                 t.cancel()
@@ -415,7 +418,9 @@ class Session:
                         c.abort()
                     await self._end(None, None)
                 else:
-                    await self._end(self.conn or conn, m.Notification(Err.CEASE, Err.ADMIN_SHUTDOWN, _shutdown_data(self._stop_text)))
+                    # RFC 9003: the text goes with administrative shutdown and reset only.
+                    data = _shutdown_data(self._stop_text) if self._stop_subcode in (Err.ADMIN_SHUTDOWN, Err.ADMIN_RESET) else b""
+                    await self._end(self.conn or conn, m.Notification(Err.CEASE, self._stop_subcode, data))
                 self._set_state(State.IDLE, "stopped")
                 raise
             except Notify as exc:

@@ -757,3 +757,65 @@ def test_silent_new_connection_while_established_is_refused(monkeypatch):
                 await c.close()
 
     run(go())
+
+
+# ----------------------------------------------------------------------------- reconfigure: the least change
+
+
+def test_reconfigure_resets_only_what_changed():
+    """A reload of [bgp]: unchanged = nothing; a new next hop = UPDATEs, no reset; one
+    peer's hold time = that session alone restarts (CEASE 6/6); a peer removed = CEASE 6/3
+    to it, the other session untouched throughout; the router id = every session."""
+    import dataclasses
+
+    async def go():
+        base = Bgp(
+            local_asn=64513, router_id=LOCAL_ID, listen_port=free_port(), listen_address="127.0.0.1", connect_retry_time=1,
+            peers=(BgpPeer("127.0.0.1", 64512, passive=True), BgpPeer("127.0.0.2", 64512, passive=True)),
+        )
+        async with started(base, VIP4) as sp:
+            a = await Scripted.connect(base.listen_port, "127.0.0.1")
+            await a.handshake(64512)
+            b = await Scripted.connect(base.listen_port, "127.0.0.2")
+            await b.handshake(64512)
+            for c in (a, b):
+                await c.expect(m.Update)
+            await wait_state(sp, "Established", index=1)
+
+            assert await sp.reconfigure(base) == {"changed": False, "restarted": [], "added": [], "removed": [], "resent": False}
+
+            nh = dataclasses.replace(base, next_hop_ipv4="198.18.0.99")
+            r = await sp.reconfigure(nh)
+            assert r["resent"] and r["restarted"] == r["removed"] == r["added"] == []
+            for c in (a, b):
+                u = await c.expect(m.Update)
+                assert u.nlri == (ipaddress.ip_network(VIP4),) and u.get(m.A_NEXT_HOP) == m.NextHop("198.18.0.99")
+
+            hold = dataclasses.replace(nh, peers=(nh.peers[0], dataclasses.replace(nh.peers[1], hold_time=30)))
+            assert (await sp.reconfigure(hold))["restarted"] == ["127.0.0.2"]
+            n = await b.expect(m.Notification)
+            assert (n.code, n.subcode) == (6, 6)  # CEASE, other configuration change
+            b2 = await Scripted.connect(base.listen_port, "127.0.0.2")
+            assert (await b2.handshake(64512)).hold_time == 30
+            assert (await b2.expect(m.Update)).get(m.A_NEXT_HOP) == m.NextHop("198.18.0.99")
+            await wait_state(sp, "Established", index=1)
+
+            assert [p["established"] for p in sp.peers_state()] == [1, 1]  # 127.0.0.1 untouched
+            gone = dataclasses.replace(hold, peers=(hold.peers[1],))
+            assert (await sp.reconfigure(gone))["removed"] == ["127.0.0.1"]
+            n = await a.expect(m.Notification)
+            assert (n.code, n.subcode) == (6, 3)  # CEASE, peer de-configured
+            st = sp.peers_state()
+            assert [p["peer"] for p in st] == ["127.0.0.2"] and st[0]["state"] == "Established"
+
+            rid = dataclasses.replace(gone, router_id="198.18.0.11")
+            assert (await sp.reconfigure(rid))["restarted"] == ["127.0.0.2"]
+            n = await b2.expect(m.Notification)
+            assert (n.code, n.subcode) == (6, 6)
+            b3 = await Scripted.connect(base.listen_port, "127.0.0.2")
+            assert (await b3.handshake(64512)).router_id == "198.18.0.11"
+            await wait_state(sp, "Established")
+            for c in (a, b, b2, b3):
+                await c.close()
+
+    run(go())

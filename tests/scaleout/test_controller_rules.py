@@ -293,3 +293,13 @@ def test_flapping_backend_is_damped_and_a_one_off_outage_is_not():
     c.on_message("config", {"type": "controller.vips", "serving": {vip: True}})
     c.tick()
     assert sup.bgp_cmds() == [("bgp.announce", vip)]
+
+
+def test_new_config_generation_asks_the_speaker_to_reload_bgp():
+    c, sup, _clock, step = _controller()
+    serving = {"203.0.113.10/32": True}
+    c.on_message("config", {"type": "controller.vips", "serving": serving, "generation": 3})
+    c.on_message("config", {"type": "controller.vips", "serving": serving, "generation": 3})
+    assert [t for n, t, _b in sup.sent if n == "bgp"] == []  # the speaker read generation 3 at start
+    c.on_message("config", {"type": "controller.vips", "serving": serving, "generation": 4})
+    assert [t for n, t, _b in sup.sent if n == "bgp"] == ["bgp.reload"]
