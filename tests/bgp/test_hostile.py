@@ -176,6 +176,23 @@ def test_route_refresh_storm_is_no_reset(bird_lab):
 # ---------------------------------------------------------------------------- the speaker
 
 
+def test_speaker_killed_and_started_again_is_exactly_one_reset(bird_lab):
+    """SIGKILL of the speaker while it announces 50 VIPs, then a new speaker process: BIRD
+    sees one session end and one new session, which carries all 50 VIPs again."""
+    lab = bird_lab
+    lab.start_bird()
+    vips = tuple(f"203.0.113.{100 + i}/32" for i in range(50))
+    sp = lab.start_speaker(announce=(f"{VIP4}/32", *vips))
+    _up(lab, sp)
+    sp.kill()
+    lab.wait_until(lambda: "Established" not in lab.bird_state(), 10, "BIRD noticed")
+    sp2 = lab.start_speaker(announce=(f"{VIP4}/32", *vips))
+    _up(lab, sp2)
+    lab.wait_until(lambda: all(v in lab.bird_routes() for v in vips), 10, "all 50 VIPs back in BIRD")
+    _steady(lab, sp2, 2.0)
+    assert lab.bird_sessions() == 2 and _peer(sp2)["established"] == 1 and lab.bird_notifications_in() == 0
+
+
 def test_vip_churn_is_no_reset(bird_lab):
     """500 announce/withdraw commands for 20 VIPs in a burst: UPDATEs only, and the
     router ends with exactly the VIPs that were last announced."""
