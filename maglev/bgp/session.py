@@ -493,6 +493,25 @@ class Session:
 
     async def _acquire(self, delay: float) -> Connection:
         """Idle -> Connect/Active -> a TCP connection (ours or the peer's)."""
+        if (newcomer := self._newcomer) is not None:
+            # The old session just ended while the peer's new connection waits to take
+            # its place (its OPEN read or coming): take that one rather than dial a
+            # collision; unless the newcomer gives up first.
+            get_in = asyncio.ensure_future(self._incoming.get())
+            try:
+                await asyncio.wait({get_in, newcomer}, timeout=NEWCOMER_OPEN_S + PROBE_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not get_in.done():
+                    get_in.cancel()
+            if get_in.done() and not get_in.cancelled():
+                conn = get_in.result()
+            elif not self._incoming.empty():
+                conn = self._incoming.get_nowait()
+            else:
+                conn = None
+            if conn is not None:
+                self._set_state(State.ACTIVE, "the peer's new connection")
+                return conn
         if delay > 0 and (conn := await self._wait_incoming(delay)) is not None:
             self._set_state(State.ACTIVE, "incoming connection")
             return conn

@@ -819,3 +819,50 @@ def test_reconfigure_resets_only_what_changed():
                 await c.close()
 
     run(go())
+
+
+def test_peer_restart_after_a_long_session_continues_on_its_new_connection(monkeypatch):
+    """The real-world case: a long-lived session (no damping delay after it ends), the
+    router opens a new connection and its old one dies (a RST).  The speaker takes the
+    new connection, whose OPEN it already read, instead of dialling a collision of its
+    own (which the higher router id would win: one more CEASE to the router)."""
+    import socket
+
+    from maglev.bgp import session as session_mod
+
+    monkeypatch.setattr(session_mod, "STABLE_S", 0.0)  # every session counts as long-lived
+
+    async def go():
+        port = free_port()
+        cfg = speaker_config(port, passive=False)
+        accepted: asyncio.Queue = asyncio.Queue()
+        server = await asyncio.start_server(lambda r, w: accepted.put_nowait(Scripted(r, w)), "127.0.0.1", port)
+        sp = Speaker(cfg)
+        await sp.start()
+        try:
+            async with asyncio.timeout(5):
+                old = await accepted.get()  # the speaker dialled the "router"
+            await old.handshake(64512, router_id="198.18.0.1")
+            await wait_state(sp, "Established")
+            new = await Scripted.connect(cfg.listen_port)
+            await new.send(m.Open.build(64512, 90, "198.18.0.1"))
+            async with asyncio.timeout(5):  # the speaker holds the new connection beside the old
+                while sp.sessions[0]._newcomer is None:
+                    await asyncio.sleep(0.01)
+            sock = old.writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            old.writer.transport.abort()  # RST: the router lost the old connection
+            await new.expect(m.Open)
+            await new.send(m.Keepalive())
+            await new.expect(m.Keepalive)
+            await wait_state(sp, "Established")
+            st = sp.peers_state()[0]
+            assert (st["established"], st["stale_replaced"]) == (2, 1)
+            assert accepted.empty()  # no dial of ours raced the router's connection
+            await new.close()
+        finally:
+            await sp.stop()
+            server.close()
+            await server.wait_closed()
+
+    run(go())
