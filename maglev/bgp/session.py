@@ -800,7 +800,9 @@ class Session:
                     self._on_update(msg)
                 elif isinstance(msg, m.RouteRefresh):
                     fam = (msg.afi, msg.safi)
-                    if fam in self.families:
+                    # Subtype 0 is a request; BoRR/EoRR (RFC 7313: 1, 2) only mark the
+                    # peer's own re-advertisement, and other values are to be ignored.
+                    if fam in self.families and msg.subtype == 0:
                         version = 4 if msg.afi == m.AFI_IPV4 else 6
                         self.adj_out = {p for p in self.adj_out if p.version != version}
                         self._dirty.set()

@@ -187,6 +187,10 @@ def test_announce_and_withdraw_while_established_and_route_refresh():
             await peer.send(m.RouteRefresh(m.AFI_IPV4, m.SAFI_UNICAST))
             again = await peer.expect(m.Update)
             assert again == u
+            # RFC 7313 BoRR/EoRR markers and unknown subtypes are no request: nothing is
+            # sent, the session stays (the withdraw below is the next UPDATE).
+            for subtype in (1, 2, 7):
+                await peer.send(m.RouteRefresh(m.AFI_IPV4, m.SAFI_UNICAST, subtype))
             assert sp.withdraw(VIP4) is True and sp.withdraw(VIP4) is False
             w = await peer.expect(m.Update)
             assert w.withdrawn_all() == (ipaddress.ip_network(VIP4),) and not w.attributes
