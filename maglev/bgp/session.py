@@ -74,6 +74,9 @@ SEND_TIMEOUT_S = 15.0  # a peer that does not read for this long is gone
 # connection to be answered with a RST when the peer no longer has that connection.
 NEWCOMER_OPEN_S = 5.0
 PROBE_WAIT_S = 1.0
+# A collision our second connection wins while the first is in OpenConfirm: how long the
+# first may still bring the peer's KEEPALIVE (the peer is Established on it) first.
+COLLISION_GRACE_S = 1.0
 STABLE_S = 60.0  # a session up this long resets the damping back-off
 # Received prefixes are only counted; past this many we stop remembering them, so a
 # router that sends us a full table by mistake costs no more than a few MB.
@@ -229,6 +232,8 @@ class Session:
         self._late_dial: asyncio.Future | None = None
         self._newcomer: asyncio.Task | None = None  # a connection from the peer while Established
         self._left_established = asyncio.Event()  # set when the state leaves Established
+        self._established_evt = asyncio.Event()  # set while Established
+        self._primary_failed = asyncio.Event()  # the peer dropped the primary during a collision
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._stop_text = ""
@@ -366,8 +371,12 @@ class Session:
         self.state = new
         if old == State.ESTABLISHED:
             self._left_established.set()
+            self._established_evt.clear()
         elif new == State.ESTABLISHED:
             self._left_established = asyncio.Event()
+            self._established_evt.set()
+        if new in (State.IDLE, State.CONNECT, State.ACTIVE, State.OPENSENT):
+            self._primary_failed.clear()
         log.info("bgp peer %s: %s -> %s %s", self.address, old.value, new.value, reason)
         self.speaker._emit(
             {"event": "bgp.state", "peer": self.address, "asn": self.peer.asn, "old": old.value, "new": new.value, "reason": reason}
@@ -590,10 +599,25 @@ class Session:
                 read.cancel()
                 raise
             if not self._switch.done():
-                return read.result()
-            read.cancel()
+                failed = read.exception() is not None or isinstance(read.result(), m.Notification)
+                if not (failed and self._shadow is not None):
+                    return read.result()
+                # The peer gave up this connection while a second one is in its handshake:
+                # it chose the other one (a collision it resolved first).  Wait for ours
+                # to be resolved instead of ending the session on both connections.
+                self._primary_failed.set()
+                try:
+                    async with asyncio.timeout(NEWCOMER_OPEN_S):
+                        await asyncio.wait({self._switch, self._shadow}, return_when=asyncio.FIRST_COMPLETED)
+                except TimeoutError:
+                    pass
+                if not self._switch.done():
+                    return read.result()  # raises the read's error, or the NOTIFICATION
+            else:
+                read.cancel()
         new_conn, open_msg = self._switch.result()
         self._switch = loop.create_future()
+        self._primary_failed.clear()
         await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
         raise _Switched(new_conn, open_msg)
 
@@ -675,7 +699,21 @@ class Session:
                 keep_shadow = conn.outgoing == (local > remote)
             else:
                 keep_shadow = True
-            log.info("bgp peer %s: connection collision, keeping the %s one", self.address, "peer's" if keep_shadow else "existing")
+            if keep_shadow and self.state == State.OPENCONFIRM and not self._primary_failed.is_set():
+                # Our KEEPALIVE is out on the primary, so the peer may be Established on it
+                # already and will refuse this connection (RFC 4271 6.8): switching now
+                # would close both.  Give the primary COLLISION_GRACE_S to bring the
+                # peer's KEEPALIVE (then it stays) or to be closed by the peer.
+                waits = {asyncio.ensure_future(e.wait()) for e in (self._established_evt, self._primary_failed)}
+                try:
+                    await asyncio.wait(waits, timeout=COLLISION_GRACE_S, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                if self.state == State.ESTABLISHED:
+                    keep_shadow = False
+            log.info("bgp peer %s: connection collision, keeping the %s one", self.address,
+                     "second" if keep_shadow else "first")
             if keep_shadow and self._switch is not None and not self._switch.done():
                 self._switch.set_result((conn, msg))
             else:

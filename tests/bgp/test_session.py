@@ -870,3 +870,56 @@ def test_peer_restart_after_a_long_session_continues_on_its_new_connection(monke
             await server.wait_closed()
 
     run(go())
+
+
+@pytest.mark.parametrize("peer_choice", ["first", "second"])
+def test_collision_in_openconfirm_follows_the_peer(peer_choice):
+    """Both sides dial; our first connection is in OpenConfirm (our KEEPALIVE is out) when
+    the second one's OPEN makes the identifiers pick the second.  A router that is already
+    Established on the first (BIRD after `birdc restart`, seen 2026-12-07) refuses the
+    second: switching at once closed both and cost a second reset.  Now the first gets
+    COLLISION_GRACE_S: the peer's KEEPALIVE on it keeps it ("first"); the peer closing it
+    moves the session to the second at once ("second")."""
+
+    async def go():
+        port = free_port()
+        cfg = speaker_config(port, passive=False)
+        accepted: asyncio.Queue = asyncio.Queue()
+        server = await asyncio.start_server(lambda r, w: accepted.put_nowait(Scripted(r, w)), "127.0.0.1", port)
+        sp = Speaker(cfg)
+        await sp.start()
+        remote_id = "198.18.0.200"  # higher than ours: its own connection wins by the rule
+        try:
+            async with asyncio.timeout(5):
+                first = await accepted.get()  # the speaker dialled us
+            await first.expect(m.Open)
+            await first.send(m.Open.build(64512, 90, remote_id))
+            await first.expect(m.Keepalive)  # the speaker is in OpenConfirm on it
+            second = await Scripted.connect(cfg.listen_port)
+            await second.expect(m.Open)
+            await second.send(m.Open.build(64512, 90, remote_id))
+            t0 = time.monotonic()
+            if peer_choice == "first":
+                await first.send(m.Keepalive())  # we are Established on the first
+                n = await second.expect(m.Notification)
+                assert (n.code, n.subcode) == (6, 7)
+                keep = first
+            else:
+                await first.send(m.Notification(6, 7))  # we chose the second
+                await second.expect(m.Keepalive)
+                assert time.monotonic() - t0 < 0.9  # at once, not after the grace
+                await second.send(m.Keepalive())
+                keep = second
+            await wait_state(sp, "Established")
+            sp.announce(VIP4)
+            assert (await keep.expect(m.Update)).announced() == (ipaddress.ip_network(VIP4),)
+            st = sp.peers_state()[0]
+            assert st["established"] == 1 and st["state"] == "Established"
+            for c in (first, second):
+                await c.close()
+        finally:
+            await sp.stop()
+            server.close()
+            await server.wait_closed()
+
+    run(go())
