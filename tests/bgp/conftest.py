@@ -176,6 +176,7 @@ bfd = {"true" if bfd else "false"}
         gr = "    graceful restart on;\n" if graceful_restart else ""
         gr += "    bfd on;\n" if bfd else ""
         bfd_proto = 'protocol bfd {\n    interface "r0" { interval 100 ms; multiplier 3; };\n}\n' if bfd else ""
+        keepalive = f"    keepalive time {hold_time // 3};\n" if hold_time else ""  # hold 0: none
         conf = self.tmp / "bird.conf"
         conf.write_text(
             f"""log "{self.tmp}/bird.log" all;
@@ -187,8 +188,7 @@ protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
     local as {ROUTER_ASN};
     neighbor {peer} as {peer_asn};
     hold time {hold_time};
-    keepalive time {max(1, hold_time // 3)};
-    connect delay time 1;
+{keepalive}    connect delay time 1;
     connect retry time 1;
     error wait time 1, 3;
     debug {{ states, events }};

@@ -243,6 +243,20 @@ def test_short_hold_time_under_cpu_load_is_no_reset(bird_lab):
     assert _peer(sp)["established"] == 1
 
 
+def test_hold_time_zero_is_no_reset(bird_lab):
+    """Hold time 0 on both sides (RFC 4271: no KEEPALIVEs, no hold timer): the session
+    stays, and a VIP change still flows."""
+    lab = bird_lab
+    lab.start_bird(hold_time=0)
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",), hold_time=0)
+    _up(lab, sp)
+    assert _peer(sp)["hold_time"] == 0
+    _steady(lab, sp, 3.0)
+    sp.command("withdraw 203.0.113.10/32")
+    lab.wait_until(lambda: VIP4 not in lab.kernel_routes(), 10, "VIP withdrawn")
+    assert lab.bird_sessions() == 1
+
+
 # ---------------------------------------------------------------------------- GoBGP
 
 
