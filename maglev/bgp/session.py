@@ -530,6 +530,9 @@ class Session:
             conn = await self._incoming.get()
             return conn
         while True:
+            if not self._incoming.empty():  # the peer's connection is already here: no dial
+                self._set_state(State.ACTIVE, "incoming connection")
+                return self._incoming.get_nowait()
             self._set_state(State.CONNECT)
             started = time.monotonic()
             get_in = asyncio.ensure_future(self._incoming.get())
