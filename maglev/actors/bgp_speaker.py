@@ -26,6 +26,13 @@ Mailbox commands (msgpack dicts with ``type``; an optional ``id`` is echoed back
     {"type": "bgp.withdraw", "prefix": "203.0.113.10/32"}
     {"type": "bgp.withdraw_all"}
     {"type": "bgp.state"}
+    {"type": "bgp.reload"}
+
+``bgp.reload`` (sent by the controller when the config generation changes: ``ctl apply``,
+``ctl reload``, SIGHUP) re-reads ``[bgp]`` from the run's accepted config and applies the
+difference with :meth:`Speaker.reconfigure`: nothing when ``[bgp]`` did not change, else
+only the sessions whose settings changed restart.  It replies at once (``scheduled``);
+the outcome follows as a ``bgp.event`` ``{"event": "bgp.reconfigured", ...}``.
 
 Each gets one ``bgp.reply`` (``ok``, ``error`` when not ok, ``changed`` for announce and
 withdraw, ``announced`` and ``peers`` for state).  Speaker events go out as
@@ -50,6 +57,7 @@ from typing import Any
 from maglev.actors.base import Actor, ActorSpec
 from maglev.bgp.speaker import Speaker
 from maglev.config import Bgp, Config, load
+from maglev.errors import MaglevError
 
 log = logging.getLogger("maglev.bgp")
 
@@ -78,6 +86,8 @@ class BgpSpeakerActor(Actor):
         self._wake: asyncio.Event | None = None
         self._mailbox_fd: int | None = None
         self._old_signals: dict[int, Any] = {}
+        self._reconfiguring: asyncio.Task | None = None
+        self._reload_again = False
 
     def setup(self) -> None:
         cfg = bgp_config(self.params, self.spec.run_dir)
@@ -88,9 +98,14 @@ class BgpSpeakerActor(Actor):
         self.speaker = Speaker(cfg, on_event=self._on_event, restarting=restarting)
         for p in self.params.get("announce", []):
             self.speaker.announce(p)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self._old_signals[sig] = signal.getsignal(sig)
+        for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        # SIGHUP to every process of the service (`systemctl kill -s HUP`) must not kill
+        # the speaker (its default action): that would reset every session.  A reload
+        # goes to `maglev run`, which does not restart this actor for it.
+        self.loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP ignored: reloads go to maglev run")
         if self.mailbox is not None:
             import zmq
 
@@ -164,12 +179,37 @@ class BgpSpeakerActor(Actor):
                 return {"op": t, "ok": True}
             if t == "bgp.state":
                 return {"op": t, "ok": True, "announced": self.speaker.announced(), "peers": self.speaker.peers_state()}
+            if t == "bgp.reload":
+                if self._reconfiguring is not None and not self._reconfiguring.done():
+                    self._reload_again = True  # one more pass after the running one
+                else:
+                    assert self.loop is not None
+                    self._reconfiguring = self.loop.create_task(self._reload())
+                return {"op": t, "ok": True, "scheduled": True}
             raise ValueError(f"unknown message type {t!r}")
         except ValueError as exc:
             self.bad_commands += 1
             return {"op": t, "ok": False, "error": str(exc)}
 
+    async def _reload(self) -> None:
+        """``bgp.reload``: the run's accepted ``[bgp]`` to the speaker (the least change)."""
+        assert self.speaker is not None
+        while True:
+            self._reload_again = False
+            try:
+                cfg = bgp_config(self.params, self.spec.run_dir)
+                result = await self.speaker.reconfigure(cfg)
+            except MaglevError as exc:  # a [bgp] the speaker cannot run: keep the current one
+                log.error("bgp.reload: %s; keeping the running [bgp]", exc)
+                result = {"changed": False, "error": str(exc)}
+            if result.get("changed") or "error" in result:
+                self._on_event({"event": "bgp.reconfigured", **result})
+            if not self._reload_again or self.stopping:
+                return
+
     def drain(self) -> None:
+        if self._reconfiguring is not None and not self._reconfiguring.done() and self.loop is not None:
+            self.loop.run_until_complete(asyncio.wait({self._reconfiguring}))
         if self.loop is not None and self.speaker is not None:
             reason = f"maglev stopping ({self.stop_reason})" if self.stop_reason else "maglev stopping"
             self.loop.run_until_complete(self.speaker.stop(reason))
@@ -180,6 +220,9 @@ class BgpSpeakerActor(Actor):
         if self._mailbox_fd is not None:
             self.loop.remove_reader(self._mailbox_fd)
             self._mailbox_fd = None
+        if self._reconfiguring is not None and not self._reconfiguring.done():
+            self._reconfiguring.cancel()
+            self.loop.run_until_complete(asyncio.wait({self._reconfiguring}))
         if self.speaker is not None and self.speaker.started:  # drain() did not run (a crash)
             if self.speaker.config.graceful_restart_time:
                 # RFC 4724: no NOTIFICATION, so routers keep our routes until we are back.

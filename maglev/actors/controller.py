@@ -27,7 +27,13 @@ already knows what the rule needs:
 Decisions are debounced: the forwarder counts as unhealthy only after a problem lasted
 ``withdraw_after_s`` (a worker killed with -9 is replaced in ~0.3 s and should not make the
 routers move every flow twice), and healthy again only after ``announce_after_s`` of no
-problem.  VIP-health changes act at once (the prober already applies rise/fall).
+problem.  VIP-health changes withdraw at once (the prober already applies rise/fall, and a
+VIP with no backend must not attract traffic), but a VIP that keeps losing its last backend
+is re-announced later each time (:class:`FlapDamping`): its withdraws count as a penalty
+that halves every ``flap_half_life_s``, and the re-announce waits ``reannounce_hold_s`` x
+2^(penalty-1), at most ``reannounce_hold_max_s``, after the withdraw.  A backend flapping
+every second then moves the routers' ECMP ever more rarely instead of every second; a
+one-off outage is re-announced as soon as the backend is back.
 
 Withdraw everything: while unhealthy; while drained (``maglev ctl drain-instance``, undone by
 ``resume-instance``); and in :meth:`Controller.shutdown`, called before a clean stop --
@@ -46,6 +52,10 @@ the controller's own decisions (``controller`` events: healthy/unhealthy with re
 drained/resumed) are sent to the config manager, which publishes them on the control
 socket's event stream, topic ``bgp``.  The controller also pushes its state there every
 ``query_s`` so ``maglev ctl status`` shows it.
+
+Config changes: when the generation in ``controller.vips`` changes, the controller sends
+the speaker ``bgp.reload``; the speaker re-reads ``[bgp]`` and resets only the sessions
+whose settings changed (none when ``[bgp]`` is the same).
 
 The config-manager side of that mailbox exchange (``controller.query``/``controller.vips``,
 ``controller.drain``, ``controller.publish``), the ops ``drain-instance``/``resume-instance``
@@ -162,6 +172,43 @@ class Debounce:
         return self.healthy
 
 
+class FlapDamping:
+    """Route-flap damping for the controller's re-announces (pure, clock passed in).
+
+    Only re-announces are delayed; a withdraw is never held back."""
+
+    def __init__(self, hold_s: float = 1.0, hold_max_s: float = 30.0, half_life_s: float = 30.0):
+        self.hold_s = hold_s
+        self.hold_max_s = hold_max_s
+        self.half_life_s = half_life_s
+        self._penalty: dict[str, tuple[float, float]] = {}  # prefix -> (penalty, at)
+        self._withdrawn: dict[str, float] = {}  # prefix -> when its last health withdraw was
+
+    def penalty(self, prefix: str, now: float) -> float:
+        pen, at = self._penalty.get(prefix, (0.0, now))
+        return pen * 0.5 ** ((now - at) / self.half_life_s) if self.half_life_s > 0 else pen
+
+    def withdrawn(self, prefix: str, now: float) -> None:
+        """``prefix`` was withdrawn because no backend could serve it."""
+        self._penalty[prefix] = (self.penalty(prefix, now) + 1.0, now)
+        self._withdrawn[prefix] = now
+
+    def hold(self, prefix: str, now: float) -> float:
+        """Seconds ``prefix`` must still wait before it may be announced again (0 = may)."""
+        at = self._withdrawn.get(prefix)
+        if at is None:
+            return 0.0
+        pen = self.penalty(prefix, now)
+        wait = min(self.hold_max_s, self.hold_s * 2.0 ** max(0.0, pen - 1.0))
+        left = at + wait - now
+        if left <= 0:
+            if pen < 0.05:  # forgotten: keeps the tables small
+                self._penalty.pop(prefix, None)
+                self._withdrawn.pop(prefix, None)
+            return 0.0
+        return left
+
+
 def desired(healthy: bool, drained: bool, serving: dict[str, bool]) -> set[str]:
     """The prefixes to announce."""
     if not healthy or drained:
@@ -181,6 +228,9 @@ class ControllerOptions:
     query_s: float = 0.5
     vips_stale_s: float = 5.0  # VIP health older than this is not trusted for an announce
     shutdown_wait_s: float = 1.0
+    reannounce_hold_s: float = 1.0  # flap damping: the first re-announce after a VIP-health withdraw
+    reannounce_hold_max_s: float = 30.0
+    flap_half_life_s: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -197,6 +247,8 @@ class Controller:
         self.region: Any = None
         self.stalls = StallDetector(self.o.stall_s)
         self.health = Debounce(self.o.withdraw_after_s, self.o.announce_after_s)
+        self.damping = FlapDamping(self.o.reannounce_hold_s, self.o.reannounce_hold_max_s, self.o.flap_half_life_s)
+        self.held: dict[str, float] = {}  # prefixes wanted but held back by the damping -> seconds left
         self.drained = False
         self.drain_seq = 0  # the config manager's sequence of the last drain command applied
         self.problems: list[str] = []
@@ -250,7 +302,12 @@ class Controller:
             if isinstance(vips, dict):
                 self.serving = {str(k): bool(v) for k, v in vips.items()}
                 self.vips_at = self.clock()
-                self.vips_generation = int(msg.get("generation") or 0)
+                gen = int(msg.get("generation") or 0)
+                if self.vips_generation and gen != self.vips_generation and self.has_bgp:
+                    # A new config (apply, reload, SIGHUP): the speaker applies what changed
+                    # in [bgp], and nothing at all when [bgp] did not change.
+                    self.supervisor.send(BGP_ACTOR, "bgp.reload")
+                self.vips_generation = gen
         elif t == "controller.drain" and name == CONFIG_ACTOR:
             seq = msg.get("seq")
             if isinstance(seq, int) and not isinstance(seq, bool):
@@ -346,9 +403,19 @@ class Controller:
             self.bgp_incarnation = c.incarnation
             self.announced = set()
         want = set() if self.stopping else self.wanted()
+        now = self.clock()
         for p in sorted(self.announced - want):
+            reason = self._why_not(p)
+            if reason == "no healthy backend":
+                self.damping.withdrawn(p, now)
             self.supervisor.send(BGP_ACTOR, "bgp.withdraw", prefix=p)
-            self.publish({"event": "controller.withdraw", "prefix": p, "reason": self._why_not(p)})
+            self.publish({"event": "controller.withdraw", "prefix": p, "reason": reason})
+        held = {p: left for p in sorted(want - self.announced) if (left := self.damping.hold(p, now)) > 0}
+        for p in sorted(held.keys() - self.held.keys()):
+            self.publish({"event": "controller.hold", "prefix": p, "seconds": round(held[p], 1),
+                          "penalty": round(self.damping.penalty(p, now), 2)})
+        self.held = held
+        want -= held.keys()
         for p in sorted(want - self.announced):
             self.supervisor.send(BGP_ACTOR, "bgp.announce", prefix=p)
             self.publish({"event": "controller.announce", "prefix": p})
@@ -387,4 +454,5 @@ class Controller:
             "serving": dict(sorted(self.serving.items())),
             "peers": [{k: p.get(k) for k in ("peer", "asn", "state") if k in p} for p in self.bgp_peers],
             "transitions": self.transitions,
+            "held": {p: round(left, 1) for p, left in sorted(self.held.items())},
         }

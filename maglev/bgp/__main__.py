@@ -12,7 +12,7 @@ and everything goes out as JSON lines on stdout: ``{"event": "ready", ...}`` onc
 listening, every speaker event (``bgp.state``, ``bgp.route``), a reply per command
 (``{"reply": ...}`` or ``{"error": ...}``), and ``{"event": "stopped"}`` at the end.
 SIGTERM/SIGINT/``quit`` stop gracefully (CEASE to every peer); stdin reaching EOF does
-not stop the speaker.  Logs go to stderr.
+not stop the speaker, nor does SIGHUP (ignored, logged).  Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ async def _amain(args: argparse.Namespace) -> int:
     done = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
+    # SIGHUP (`systemctl kill -s HUP`, a closed terminal) would kill the process by
+    # default and every router would drop the session: there is nothing to reload here.
+    loop.add_signal_handler(signal.SIGHUP, logging.getLogger("maglev.bgp").warning, "SIGHUP ignored: the speaker has nothing to reload")
 
     def on_line(line: str | None) -> None:
         if line is None:  # EOF: keep running until a signal

@@ -69,6 +69,14 @@ log = logging.getLogger("maglev.bgp")
 
 OPEN_HOLD_S = 240.0  # RFC 4271 8.2.2: HoldTimer "large value" while waiting for OPEN
 SEND_TIMEOUT_S = 15.0  # a peer that does not read for this long is gone
+# A connection from the peer while Established: how long we wait for its OPEN (a peer
+# sends its OPEN as soon as TCP is up), and then for the KEEPALIVE we sent on the old
+# connection to be answered with a RST when the peer no longer has that connection.
+NEWCOMER_OPEN_S = 5.0
+PROBE_WAIT_S = 1.0
+# A collision our second connection wins while the first is in OpenConfirm: how long the
+# first may still bring the peer's KEEPALIVE (the peer is Established on it) first.
+COLLISION_GRACE_S = 1.0
 STABLE_S = 60.0  # a session up this long resets the damping back-off
 # Received prefixes are only counted; past this many we stop remembering them, so a
 # router that sends us a full table by mistake costs no more than a few MB.
@@ -110,9 +118,13 @@ class Connection:
         self.opened_at = time.monotonic()
         self.closed = False
         self.on_message: Callable[[str, Any], None] | None = None
+        self.pending: m.Message | None = None  # already read (the OPEN of a connection that waited)
 
     async def read(self, timeout: float | None) -> m.Message:
         """The next message; ``timeout`` is the hold timer (None = no hold timer)."""
+        if self.pending is not None:
+            msg, self.pending = self.pending, None
+            return msg
         try:
             async with asyncio.timeout(timeout):
                 header = await self.reader.readexactly(m.HEADER_LEN)
@@ -207,6 +219,7 @@ class Session:
             "notifications_in": 0, "notifications_out": 0, "established": 0,
             "skipped_no_next_hop": 0, "received_untracked": 0,
             "updates_treat_as_withdraw": 0, "attributes_discarded": 0,
+            "stale_replaced": 0, "collisions_refused": 0,
         }  # fmt: skip
         # RFC 7606 errors by "ATTRIBUTE/kind/action" (kept across sessions, like counters).
         self.update_errors: dict[str, int] = {}
@@ -217,9 +230,14 @@ class Session:
         self._shadow: asyncio.Task | None = None
         self._pending_second: Connection | None = None  # see _offer
         self._late_dial: asyncio.Future | None = None
+        self._newcomer: asyncio.Task | None = None  # a connection from the peer while Established
+        self._left_established = asyncio.Event()  # set when the state leaves Established
+        self._established_evt = asyncio.Event()  # set while Established
+        self._primary_failed = asyncio.Event()  # the peer dropped the primary during a collision
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._stop_text = ""
+        self._stop_subcode = Err.ADMIN_SHUTDOWN
         self._silent = False  # abort(): close without a NOTIFICATION
         self.bfd: bfd_mod.Session | None = None  # set by the speaker when the peer has bfd = true
         # RFC 4724: the Restarting bit goes in the OPENs until the first session after
@@ -239,12 +257,15 @@ class Session:
         self._silent = True
         await self.stop()
 
-    async def stop(self, text: str = "") -> None:
-        """ManualStop: CEASE/administrative shutdown to the peer, then Idle for good."""
+    async def stop(self, text: str = "", subcode: int = Err.ADMIN_SHUTDOWN) -> None:
+        """ManualStop: CEASE (administrative shutdown, or ``subcode``: peer de-configured,
+        other configuration change) to the peer, then Idle for good."""
         self._stopping = True
         self._stop_text = text
-        if self._shadow is not None:
-            self._shadow.cancel()
+        self._stop_subcode = subcode
+        for t in (self._shadow, self._newcomer):
+            if t is not None:
+                t.cancel()
         if self._task is not None:
             self._task.cancel()
             # asyncio.wait, not ``await task``: a CancelledError here must be our own, never
@@ -278,7 +299,11 @@ class Session:
         if self._stopping:
             self._spawn(conn.close())
         elif self.state == State.ESTABLISHED:
-            self._spawn(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))
+            if conn.outgoing or self._newcomer is not None:
+                self.counters["collisions_refused"] += 1
+                self._spawn(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))
+            else:
+                self._newcomer = self._spawn(self._newcomer_handshake(conn))
         elif self.state in (State.OPENSENT, State.OPENCONFIRM):
             if self._shadow is not None:
                 self._spawn(conn.close(m.Notification(Err.CEASE, Err.CONNECTION_REJECTED)))
@@ -344,6 +369,14 @@ class Session:
         if old == new:
             return
         self.state = new
+        if old == State.ESTABLISHED:
+            self._left_established.set()
+            self._established_evt.clear()
+        elif new == State.ESTABLISHED:
+            self._left_established = asyncio.Event()
+            self._established_evt.set()
+        if new in (State.IDLE, State.CONNECT, State.ACTIVE, State.OPENSENT):
+            self._primary_failed.clear()
         log.info("bgp peer %s: %s -> %s %s", self.address, old.value, new.value, reason)
         self.speaker._emit(
             {"event": "bgp.state", "peer": self.address, "asn": self.peer.asn, "old": old.value, "new": new.value, "reason": reason}
@@ -394,7 +427,9 @@ class Session:
                         c.abort()
                     await self._end(None, None)
                 else:
-                    await self._end(self.conn or conn, m.Notification(Err.CEASE, Err.ADMIN_SHUTDOWN, _shutdown_data(self._stop_text)))
+                    # RFC 9003: the text goes with administrative shutdown and reset only.
+                    data = _shutdown_data(self._stop_text) if self._stop_subcode in (Err.ADMIN_SHUTDOWN, Err.ADMIN_RESET) else b""
+                    await self._end(self.conn or conn, m.Notification(Err.CEASE, self._stop_subcode, data))
                 self._set_state(State.IDLE, "stopped")
                 raise
             except Notify as exc:
@@ -438,6 +473,7 @@ class Session:
         if self._shadow is not None:
             self._shadow.cancel()
             self._shadow = None
+        # Not the newcomer: it is waiting for exactly this end of the old session.
         if self._switch is not None and self._switch.done():
             await self._switch.result()[0].close()  # a collision winner nobody picked up
         self._switch = None
@@ -466,6 +502,25 @@ class Session:
 
     async def _acquire(self, delay: float) -> Connection:
         """Idle -> Connect/Active -> a TCP connection (ours or the peer's)."""
+        if (newcomer := self._newcomer) is not None:
+            # The old session just ended while the peer's new connection waits to take
+            # its place (its OPEN read or coming): take that one rather than dial a
+            # collision; unless the newcomer gives up first.
+            get_in = asyncio.ensure_future(self._incoming.get())
+            try:
+                await asyncio.wait({get_in, newcomer}, timeout=NEWCOMER_OPEN_S + PROBE_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not get_in.done():
+                    get_in.cancel()
+            if get_in.done() and not get_in.cancelled():
+                conn = get_in.result()
+            elif not self._incoming.empty():
+                conn = self._incoming.get_nowait()
+            else:
+                conn = None
+            if conn is not None:
+                self._set_state(State.ACTIVE, "the peer's new connection")
+                return conn
         if delay > 0 and (conn := await self._wait_incoming(delay)) is not None:
             self._set_state(State.ACTIVE, "incoming connection")
             return conn
@@ -475,6 +530,9 @@ class Session:
             conn = await self._incoming.get()
             return conn
         while True:
+            if not self._incoming.empty():  # the peer's connection is already here: no dial
+                self._set_state(State.ACTIVE, "incoming connection")
+                return self._incoming.get_nowait()
             self._set_state(State.CONNECT)
             started = time.monotonic()
             get_in = asyncio.ensure_future(self._incoming.get())
@@ -544,10 +602,25 @@ class Session:
                 read.cancel()
                 raise
             if not self._switch.done():
-                return read.result()
-            read.cancel()
+                failed = read.exception() is not None or isinstance(read.result(), m.Notification)
+                if not (failed and self._shadow is not None):
+                    return read.result()
+                # The peer gave up this connection while a second one is in its handshake:
+                # it chose the other one (a collision it resolved first).  Wait for ours
+                # to be resolved instead of ending the session on both connections.
+                self._primary_failed.set()
+                try:
+                    async with asyncio.timeout(NEWCOMER_OPEN_S):
+                        await asyncio.wait({self._switch, self._shadow}, return_when=asyncio.FIRST_COMPLETED)
+                except TimeoutError:
+                    pass
+                if not self._switch.done():
+                    return read.result()  # raises the read's error, or the NOTIFICATION
+            else:
+                read.cancel()
         new_conn, open_msg = self._switch.result()
         self._switch = loop.create_future()
+        self._primary_failed.clear()
         await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
         raise _Switched(new_conn, open_msg)
 
@@ -629,7 +702,21 @@ class Session:
                 keep_shadow = conn.outgoing == (local > remote)
             else:
                 keep_shadow = True
-            log.info("bgp peer %s: connection collision, keeping the %s one", self.address, "peer's" if keep_shadow else "existing")
+            if keep_shadow and self.state == State.OPENCONFIRM and not self._primary_failed.is_set():
+                # Our KEEPALIVE is out on the primary, so the peer may be Established on it
+                # already and will refuse this connection (RFC 4271 6.8): switching now
+                # would close both.  Give the primary COLLISION_GRACE_S to bring the
+                # peer's KEEPALIVE (then it stays) or to be closed by the peer.
+                waits = {asyncio.ensure_future(e.wait()) for e in (self._established_evt, self._primary_failed)}
+                try:
+                    await asyncio.wait(waits, timeout=COLLISION_GRACE_S, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                if self.state == State.ESTABLISHED:
+                    keep_shadow = False
+            log.info("bgp peer %s: connection collision, keeping the %s one", self.address,
+                     "second" if keep_shadow else "first")
             if keep_shadow and self._switch is not None and not self._switch.done():
                 self._switch.set_result((conn, msg))
             else:
@@ -649,6 +736,93 @@ class Session:
             if self._shadow is asyncio.current_task():
                 self._shadow = None
 
+    async def _newcomer_handshake(self, conn: Connection) -> None:
+        """A connection from the peer while our session with it is Established.
+
+        RFC 4271 6.8 refuses it (CEASE, connection collision resolution) and so do we while
+        the old session is alive.  But the usual reason for it is a peer that restarted and
+        lost the old connection without us hearing (a reboot, a power cut, a FIN lost on a
+        dead link); refusing it until our hold timer expires makes the router count one
+        failed session per connect retry: a flapping session from its side.  So:
+
+        - the old connection is probed at once with a KEEPALIVE; a peer that no longer has
+          that connection answers with a RST, the old session ends, and the new connection
+          (its OPEN already read) takes its place;
+        - a peer that advertised graceful restart on the old session and does again in
+          the new OPEN has restarted (RFC 4724 4.2): the old connection is closed and the
+          new one accepted without waiting for the probe.
+
+        We read the peer's OPEN before sending ours (the peer sends its OPEN when TCP is
+        up); a peer that sends nothing within ``NEWCOMER_OPEN_S`` is refused as before.
+        """
+        old = self.conn
+        handed = False
+        try:
+            if old is not None:
+                self._spawn(self._probe(old))
+            try:
+                msg = await conn.read(NEWCOMER_OPEN_S)
+            except Notify as exc:
+                if exc.code != Err.HOLD_TIMER:
+                    raise
+                msg = None
+            if isinstance(msg, m.Notification):
+                await conn.close()
+                return
+            if msg is not None and not isinstance(msg, m.Open):
+                raise Notify(Err.FSM, Err.FSM_IN_OPENSENT, bytes([msg.TYPE]), f"{type(msg).__name__} before OPEN")
+            if msg is not None:
+                self._check_open(msg)
+            if msg is not None and self.state == State.ESTABLISHED and self.conn is old and old is not None:
+                left = self._left_established
+                if self.peer_open is not None and self.peer_open.graceful_restart is not None and msg.graceful_restart is not None:
+                    log.warning("bgp peer %s: new connection from the peer while Established: it restarted "
+                                "(graceful restart, RFC 4724 4.2); closing the old session", self.address)
+                    self._writer_error = ConnectionError("the peer restarted: its new connection replaces this one (RFC 4724 4.2)")
+                    old.abort()
+                    timeout = 2.0
+                else:
+                    timeout = PROBE_WAIT_S
+                try:
+                    async with asyncio.timeout(timeout):
+                        await left.wait()
+                except TimeoutError:
+                    pass
+            if msg is None or self.state == State.ESTABLISHED or self._stopping:
+                self.counters["collisions_refused"] += 1
+                log.info("bgp peer %s: connection collision with an established session, keeping the existing one", self.address)
+                await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
+                return
+            self.counters["stale_replaced"] += 1
+            log.warning("bgp peer %s: the old session is gone; continuing on the peer's new connection", self.address)
+            conn.pending = msg
+            handed = True
+            self._newcomer = None  # _offer must not see this task as still running
+            self._offer(conn)
+        except Notify as exc:
+            await conn.close(exc.notification())
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.info("bgp peer %s: second connection failed: %s", self.address, exc)
+            await conn.close()
+        except Exception:
+            log.exception("bgp peer %s: internal error on a second connection", self.address)
+            await conn.close(m.Notification(Err.CEASE, 0))
+        except asyncio.CancelledError:
+            if not handed:
+                await conn.close()
+            raise
+        finally:
+            if self._newcomer is asyncio.current_task():
+                self._newcomer = None
+
+    async def _probe(self, conn: Connection) -> None:
+        """A KEEPALIVE on ``conn`` now: a live peer ignores an extra one (RFC 4271 4.4
+        sets only a maximum rate in practice), a peer without the connection sends a RST."""
+        try:
+            await conn.send(m.Keepalive())
+        except (OSError, TimeoutError):
+            pass  # the session's reader sees the broken connection
+
     # ------------------------------------------------------------------ Established
     async def _established(self, conn: Connection) -> None:
         self.adj_out.clear()
@@ -667,7 +841,9 @@ class Session:
                     self._on_update(msg)
                 elif isinstance(msg, m.RouteRefresh):
                     fam = (msg.afi, msg.safi)
-                    if fam in self.families:
+                    # Subtype 0 is a request; BoRR/EoRR (RFC 7313: 1, 2) only mark the
+                    # peer's own re-advertisement, and other values are to be ignored.
+                    if fam in self.families and msg.subtype == 0:
                         version = 4 if msg.afi == m.AFI_IPV4 else 6
                         self.adj_out = {p for p in self.adj_out if p.version != version}
                         self._dirty.set()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from maglev.bgp import bfd
-from maglev.bgp.messages import Prefix
+from maglev.bgp.messages import Err, Prefix
 from maglev.bgp.session import Connection, Session
 from maglev.config import Bgp
 from maglev.errors import ConfigError
@@ -52,23 +52,33 @@ def parse_prefix(prefix: str | Prefix | ipaddress.IPv4Address | ipaddress.IPv6Ad
         raise ValueError(f"{prefix!r} is not a prefix: {exc}") from None
 
 
+def _check(config: Bgp) -> None:
+    problems = []
+    if not config.local_asn:
+        problems.append("bgp.local_asn: is required to run a BGP speaker")
+    if not config.router_id:
+        problems.append("bgp.router_id: is required to run a BGP speaker")
+    if problems:
+        raise ConfigError(problems)
+
+
 class Speaker:
     """``Speaker(config.bgp)``; ``await start()``; ``announce``/``withdraw``; ``await stop()``."""
 
     def __init__(self, config: Bgp, on_event: EventCallback | None = None, restarting: bool = False):
-        problems = []
-        if not config.local_asn:
-            problems.append("bgp.local_asn: is required to run a BGP speaker")
-        if not config.router_id:
-            problems.append("bgp.router_id: is required to run a BGP speaker")
-        if problems:
-            raise ConfigError(problems)
+        _check(config)
         self.config = config
         self.on_event = on_event
         # RFC 4724: this speaker has just restarted (its previous incarnation died without
         # a CEASE) and peers may hold its routes; the first OPENs say so.
         self.restarting = restarting and config.graceful_restart_time > 0
         self.prefixes: set[Prefix] = set()
+        self.rejected = 0  # incoming connections from addresses that are not peers
+        self._build(config)
+
+    def _build(self, config: Bgp) -> None:
+        """Sessions, BFD endpoint and listener state for ``config`` (nothing started)."""
+        self.config = config
         self.sessions = [Session(self, p) for p in config.peers]
         self.bfd: bfd.Endpoint | None = None
         if any(p.bfd for p in config.peers):
@@ -82,7 +92,6 @@ class Speaker:
                     self.bfd.add(s.bfd)
         self._by_address = {s.address: s for s in self.sessions}
         self._server: asyncio.base_events.Server | None = None
-        self.rejected = 0  # incoming connections from addresses that are not peers
         self.started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -109,11 +118,11 @@ class Speaker:
         for s in self.sessions:
             s.start()
 
-    async def stop(self, reason: str = "maglev BGP speaker stopping") -> None:
+    async def stop(self, reason: str = "maglev BGP speaker stopping", subcode: int = Err.ADMIN_SHUTDOWN) -> None:
         """CEASE (administrative shutdown, with ``reason`` as RFC 9003 text) to every peer."""
         if self._server is not None:
             self._server.close()
-        await asyncio.gather(*(s.stop(reason) for s in self.sessions), return_exceptions=True)
+        await asyncio.gather(*(s.stop(reason, subcode) for s in self.sessions), return_exceptions=True)
         if self.bfd is not None and self.started:
             await self.bfd.stop()  # AdminDown after the CEASEs
         if self._server is not None:
@@ -135,6 +144,72 @@ class Speaker:
             await self.bfd.stop(silent=True)
         self._server = None
         self.started = False
+
+    async def reconfigure(self, new: Bgp) -> dict[str, Any]:
+        """Apply a changed ``[bgp]`` section, resetting as few sessions as possible.
+
+        Unchanged: nothing happens.  Next hops: every session re-sends its routes with the
+        new next hop (an UPDATE replaces a route; no reset).  ``connect_retry_time``: used
+        from the next retry on.  A peer added: its session starts; removed: CEASE "peer
+        de-configured"; a peer whose own settings changed (ASN, port, hold time, passive,
+        local address): that session alone restarts with CEASE "other configuration
+        change".  What goes in every OPEN or the listener (local ASN, router id, graceful
+        restart time, listen address/port) or BFD: every session restarts.  Returns what
+        was done (``changed``, ``restarted``, ``added``, ``removed``, ``resent``)."""
+        _check(new)
+        old = self.config
+        out: dict[str, Any] = {"changed": new != old, "restarted": [], "added": [], "removed": [], "resent": False}
+        if new == old:
+            return out
+        every = ("local_asn", "router_id", "graceful_restart_time", "listen_port", "listen_address",
+                 "bfd_interval_ms", "bfd_multiplier", "bfd_port")
+        bfd_touched = any(p.bfd for p in old.peers + new.peers if p not in old.peers or p not in new.peers)
+        if any(getattr(old, k) != getattr(new, k) for k in every) or bfd_touched:
+            out["restarted"] = [s.address for s in self.sessions]
+            out["added"] = [str(ipaddress.ip_address(p.address)) for p in new.peers if p.address not in {q.address for q in old.peers}]
+            log.warning("bgp: [bgp] changed (%s): restarting every session",
+                        ", ".join(k for k in every if getattr(old, k) != getattr(new, k)) or "bfd")
+            was_started = self.started
+            await self.stop("maglev: BGP configuration changed", subcode=Err.OTHER_CONFIG_CHANGE)
+            self.restarting = False  # the routers got our routes again before this change
+            self._build(new)
+            if was_started:
+                await self.start()
+            return out
+        old_by = {str(ipaddress.ip_address(p.address)): p for p in old.peers}
+        new_by = {str(ipaddress.ip_address(p.address)): p for p in new.peers}
+        keep: list[Session] = []
+        stops = []
+        for s in self.sessions:
+            p = new_by.get(s.address)
+            if p is None:
+                out["removed"].append(s.address)
+                stops.append(s.stop("maglev: peer removed from the configuration", subcode=Err.PEER_DECONFIGURED))
+            elif p != s.peer:
+                out["restarted"].append(s.address)
+                stops.append(s.stop("maglev: peer configuration changed", subcode=Err.OTHER_CONFIG_CHANGE))
+            else:
+                keep.append(s)
+        await asyncio.gather(*stops, return_exceptions=True)
+        self.config = new
+        resend = (old.next_hop_ipv4, old.next_hop_ipv6) != (new.next_hop_ipv4, new.next_hop_ipv6)
+        for s in keep:
+            if resend:
+                s.adj_out.clear()  # the writer re-announces everything with the new next hop
+                s.no_next_hop.clear()
+                s.changed()
+        out["resent"] = resend and bool(keep)
+        fresh = [Session(self, new_by[a]) for a in out["restarted"]]
+        fresh += [Session(self, p) for a, p in new_by.items() if a not in old_by]
+        out["added"] = [a for a in new_by if a not in old_by]
+        order = {a: i for i, a in enumerate(new_by)}
+        self.sessions = sorted(keep + fresh, key=lambda s: order[s.address])
+        self._by_address = {s.address: s for s in self.sessions}
+        if self.started:
+            for s in fresh:
+                s.start()
+        log.warning("bgp: [bgp] changed: %s", ", ".join(f"{k} {v}" for k, v in out.items() if k != "changed" and v) or "settings only")
+        return out
 
     @property
     def listen_addresses(self) -> list[tuple[str, int]]:

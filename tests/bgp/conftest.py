@@ -134,7 +134,7 @@ class BgpLab:
     def start_speaker(
         self, *, asn: int = 64513, peer: str = ROUTER_V4, peer_asn: int = ROUTER_ASN, announce: tuple[str, ...] = (),
         next_hop_ipv6: str = "", passive: bool = False, graceful_restart_time: int = 0, restarting: bool = False,
-        bfd: bool = False,
+        bfd: bool = False, hold_time: int = 9,
     ) -> SpeakerProc:
         nh6 = f'next_hop_ipv6 = "{next_hop_ipv6}"\n' if next_hop_ipv6 else ""
         nh6 += f"graceful_restart_time = {graceful_restart_time}\nbfd_interval_ms = 100\n"
@@ -149,7 +149,7 @@ connect_retry_time = 1
 [[bgp.peer]]
 address = "{peer}"
 asn = {peer_asn}
-hold_time = 9
+hold_time = {hold_time}
 passive = {"true" if passive else "false"}
 bfd = {"true" if bfd else "false"}
 """
@@ -170,11 +170,13 @@ bfd = {"true" if bfd else "false"}
 
     # ------------------------------------------------------------------ BIRD
     def start_bird(
-        self, *, peer: str = SPEAKER_V4, peer_asn: int = 64513, graceful_restart: bool = False, bfd: bool = False
+        self, *, peer: str = SPEAKER_V4, peer_asn: int = 64513, graceful_restart: bool = False, bfd: bool = False,
+        hold_time: int = 9,
     ) -> None:
         gr = "    graceful restart on;\n" if graceful_restart else ""
         gr += "    bfd on;\n" if bfd else ""
         bfd_proto = 'protocol bfd {\n    interface "r0" { interval 100 ms; multiplier 3; };\n}\n' if bfd else ""
+        keepalive = f"    keepalive time {hold_time // 3};\n" if hold_time else ""  # hold 0: none
         conf = self.tmp / "bird.conf"
         conf.write_text(
             f"""log "{self.tmp}/bird.log" all;
@@ -185,11 +187,11 @@ protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
 {bfd_proto}protocol bgp maglev {{
     local as {ROUTER_ASN};
     neighbor {peer} as {peer_asn};
-    hold time 9;
-    keepalive time 3;
-    connect delay time 1;
+    hold time {hold_time};
+{keepalive}    connect delay time 1;
     connect retry time 1;
     error wait time 1, 3;
+    debug {{ states, events }};
 {gr}    ipv4 {{ import all; export none; }};
     ipv6 {{ import all; export none; }};
 }}
@@ -207,6 +209,28 @@ protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
         self.bird_proc.wait(timeout=10)
         self.bird_proc = None
         wait_until(lambda: not self.bird_sock.exists() or self.birdc("show status").returncode != 0, 5, "BIRD gone")
+
+    def kill_bird(self) -> None:
+        """SIGKILL BIRD (no CEASE; its kernel still closes the TCP connection)."""
+        assert self.bird_proc is not None
+        self.bird_proc.kill()
+        self.bird_proc.wait(timeout=10)
+        self.bird_proc = None
+
+    def bird_sessions(self) -> int:
+        """How many BGP sessions BIRD has established so far, from its log (`debug { states
+        }`; the log is appended to across BIRD restarts in one test)."""
+        try:
+            return (self.tmp / "bird.log").read_text().count("maglev: BGP session established")
+        except OSError:
+            return 0
+
+    def bird_notifications_in(self) -> int:
+        """NOTIFICATIONs BIRD received from us (its log's "Received: ..." lines)."""
+        try:
+            return (self.tmp / "bird.log").read_text().count("maglev: Received: ")
+        except OSError:
+            return 0
 
     def birdc(self, *cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(["birdc", "-s", str(self.bird_sock), *cmd], capture_output=True, text=True, timeout=10)
@@ -241,6 +265,7 @@ protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
     peer-as = {peer_asn}
   [neighbors.timers.config]
     connect-retry = 1
+    idle-hold-time-after-reset = 1
     hold-time = 9
     keepalive-interval = 3
 {gr}  [[neighbors.afi-safis]]
@@ -263,6 +288,13 @@ protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
         self.gobgp_proc.terminate()
         self.gobgp_proc.wait(timeout=10)
         self.gobgp_proc = None
+
+    def gobgp_sessions(self) -> int:
+        """How many times GoBGP brought the session up, from its log ("Peer Up")."""
+        try:
+            return (self.tmp / "gobgpd.log").read_text().count('msg="Peer Up"')
+        except OSError:
+            return 0
 
     def gobgp(self, *cmd: str) -> subprocess.CompletedProcess:
         return self.router.exec("gobgp", "-u", "127.0.0.1", "-p", "50051", *cmd, check=False, timeout=10)

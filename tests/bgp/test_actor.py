@@ -155,6 +155,9 @@ def test_actor_process_sends_cease_on_sigterm(tmp_path):
                 time.sleep(0.1)
         p.handshake()
         assert p.expect(m.Update).nlri == (ipaddress.ip_network("203.0.113.10/32"),)
+        # SIGHUP (`systemctl kill -s HUP` reaches every process of the service) is ignored:
+        # its default action would end the process and reset the session without a CEASE.
+        os.kill(proc.pid, signal.SIGHUP)
         os.kill(proc.pid, signal.SIGTERM)
         n = p.expect(m.Notification)
         assert (n.code, n.subcode) == (6, 2)
@@ -349,3 +352,56 @@ def test_restarted_actor_says_restarting_and_a_crash_sends_no_cease(tmp_path):
         if not crashed:
             actor.drain()
             actor.teardown()
+
+
+def test_reload_applies_only_what_changed_in_bgp(tmp_path):
+    """``bgp.reload`` (the controller sends it on every new config generation): the same
+    [bgp] changes nothing; a new next hop is re-announced on the same session (no
+    NOTIFICATION, no new OPEN); a bad [bgp] keeps the running one."""
+    port = free_port()
+    conf = tmp_path / "maglev.toml"
+    text = (f'[bgp]\nlocal_asn = 64513\nrouter_id = "198.18.0.10"\nlisten_port = {port}\nlisten_address = "127.0.0.1"\n'
+            'connect_retry_time = 1\n[[bgp.peer]]\naddress = "127.0.0.1"\nasn = 64512\npassive = true\n')
+    conf.write_text(text)
+    mb = Mailbox(tmp_path)
+    proc = start_actor(tmp_path, mb, {"config_file": str(conf), "announce": ["203.0.113.10/32"]})
+
+    def reconfigured() -> dict:
+        for _ in range(20):  # route events come the same way
+            if (ev := mb.recv("bgp.event"))["event"] == "bgp.reconfigured":
+                return ev
+        raise AssertionError("no bgp.reconfigured event")
+    try:
+        mb.recv("hello")
+        p = connect_peer(port, proc)
+        p.handshake()
+        p.sock.settimeout(5)
+        assert p.expect(m.Update).get(m.A_NEXT_HOP) == m.NextHop("127.0.0.1")
+        mb.send(type="bgp.reload", id=1)
+        assert mb.recv("bgp.reply")["scheduled"] is True
+        mb.send(type="bgp.state", id=2)
+        assert mb.recv("bgp.reply")["peers"][0]["established"] == 1  # unchanged: nothing happened
+
+        conf.write_text(text.replace("connect_retry_time = 1\n", 'connect_retry_time = 1\nnext_hop_ipv4 = "198.18.0.99"\n'))
+        mb.send(type="bgp.reload", id=3)
+        ev = reconfigured()
+        assert ev["event"] == "bgp.reconfigured" and ev["resent"] is True and ev["restarted"] == []
+        u = p.expect(m.Update)  # a NOTIFICATION or OPEN here would fail expect()
+        assert u.get(m.A_NEXT_HOP) == m.NextHop("198.18.0.99")
+
+        conf.write_text(text.replace("local_asn = 64513", "local_asn = 0"))  # BGP off: not applied live
+        mb.send(type="bgp.reload", id=4)
+        ev = reconfigured()
+        assert ev["event"] == "bgp.reconfigured" and "local_asn" in ev["error"]
+        mb.send(type="bgp.state", id=5)
+        st = mb.recv("bgp.reply")["peers"][0]
+        assert st["state"] == "Established" and st["established"] == 1 and st["notifications_out"] == 0
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        p.sock.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        proc.stderr.close()
+        mb.close()

@@ -187,6 +187,10 @@ def test_announce_and_withdraw_while_established_and_route_refresh():
             await peer.send(m.RouteRefresh(m.AFI_IPV4, m.SAFI_UNICAST))
             again = await peer.expect(m.Update)
             assert again == u
+            # RFC 7313 BoRR/EoRR markers and unknown subtypes are no request: nothing is
+            # sent, the session stays (the withdraw below is the next UPDATE).
+            for subtype in (1, 2, 7):
+                await peer.send(m.RouteRefresh(m.AFI_IPV4, m.SAFI_UNICAST, subtype))
             assert sp.withdraw(VIP4) is True and sp.withdraw(VIP4) is False
             w = await peer.expect(m.Update)
             assert w.withdrawn_all() == (ipaddress.ip_network(VIP4),) and not w.attributes
@@ -662,5 +666,260 @@ def test_received_prefixes_tracked_up_to_a_bound(monkeypatch):
                 await asyncio.sleep(0.02)
             assert sp.peers_state()[0]["received"] == 2
             await peer.close()
+
+    run(go())
+
+
+# ----------------------------------------------------------------------------- a new connection while Established
+
+
+async def _up_with(sp: Speaker, port: int, gr: bool) -> Scripted:
+    """A scripted peer's session (graceful restart capability when ``gr``), Established."""
+    peer = await Scripted.connect(port)
+    await peer.expect(m.Open)
+    await peer.send(m.Open.build(64512, 90, "198.18.0.1", (m.IPV4_UNICAST,), restart_time=120 if gr else None))
+    await peer.send(m.Keepalive())
+    await peer.expect(m.Keepalive)
+    await wait_state(sp, "Established")
+    return peer
+
+
+def test_new_connection_from_a_restarted_gr_peer_replaces_the_old_session():
+    """RFC 4724 4.2: the peer advertised graceful restart and opens a new connection (with
+    the capability again) while our old session is Established: it restarted.  The old
+    connection is closed, the new one continues from the OPEN we already read: one new
+    session, no CEASE to the peer."""
+
+    async def go():
+        cfg = speaker_config()
+        async with started(cfg, VIP4) as sp:
+            old = await _up_with(sp, cfg.listen_port, gr=True)
+            new = await Scripted.connect(cfg.listen_port)
+            await new.send(m.Open.build(64512, 90, "198.18.0.1", (m.IPV4_UNICAST,), restart_time=120, restarting=True))
+            assert await old.closed()
+            await new.expect(m.Open)  # ours, sent only once the old session was gone
+            await new.send(m.Keepalive())
+            await new.expect(m.Keepalive)
+            u = await new.expect(m.Update)
+            assert [str(p) for p in u.announced()] == [VIP4]
+            await wait_state(sp, "Established")
+            st = sp.peers_state()[0]
+            assert (st["established"], st["stale_replaced"], st["collisions_refused"]) == (2, 1, 0)
+            assert st["notifications_out"] == 0
+            assert "RFC 4724" in st["last_error"]
+            await old.close()
+            await new.close()
+
+    run(go())
+
+
+def test_new_connection_while_a_live_session_is_established_is_refused():
+    """No graceful restart, and the old connection answers our probe KEEPALIVE: RFC 4271
+    6.8 holds, the new connection gets CEASE "connection collision resolution" and the
+    old session goes on untouched."""
+
+    async def go():
+        cfg = speaker_config()
+        async with started(cfg, VIP4) as sp:
+            old = await _up_with(sp, cfg.listen_port, gr=False)
+            await old.expect(m.Update)
+            new = await Scripted.connect(cfg.listen_port)
+            await new.send(m.Open.build(64512, 90, "198.18.0.1"))
+            n = await new.expect(m.Notification)
+            assert (n.code, n.subcode) == (6, 7)
+            assert isinstance(await old.recv(), m.Keepalive)  # the probe
+            sp.withdraw(VIP4)  # the old session still carries UPDATEs
+            assert [str(p) for p in (await old.expect(m.Update)).withdrawn_all()] == [VIP4]
+            st = sp.peers_state()[0]
+            assert (st["state"], st["established"], st["collisions_refused"], st["stale_replaced"]) == ("Established", 1, 1, 0)
+            await old.close()
+            await new.close()
+
+    run(go())
+
+
+def test_silent_new_connection_while_established_is_refused(monkeypatch):
+    """A second connection that never sends its OPEN is refused after NEWCOMER_OPEN_S, as
+    before; a second one meanwhile is refused at once (one at a time)."""
+    from maglev.bgp import session as session_mod
+
+    monkeypatch.setattr(session_mod, "NEWCOMER_OPEN_S", 0.3)
+
+    async def go():
+        cfg = speaker_config()
+        async with started(cfg) as sp:
+            old = await _up_with(sp, cfg.listen_port, gr=False)
+            silent = await Scripted.connect(cfg.listen_port)
+            third = await Scripted.connect(cfg.listen_port)
+            n3 = await third.expect(m.Notification, timeout=2)
+            assert (n3.code, n3.subcode) == (6, 7)
+            n = await silent.expect(m.Notification, timeout=2)
+            assert (n.code, n.subcode) == (6, 7)
+            st = sp.peers_state()[0]
+            assert (st["state"], st["established"], st["collisions_refused"]) == ("Established", 1, 2)
+            for c in (old, silent, third):
+                await c.close()
+
+    run(go())
+
+
+# ----------------------------------------------------------------------------- reconfigure: the least change
+
+
+def test_reconfigure_resets_only_what_changed():
+    """A reload of [bgp]: unchanged = nothing; a new next hop = UPDATEs, no reset; one
+    peer's hold time = that session alone restarts (CEASE 6/6); a peer removed = CEASE 6/3
+    to it, the other session untouched throughout; the router id = every session."""
+    import dataclasses
+
+    async def go():
+        base = Bgp(
+            local_asn=64513, router_id=LOCAL_ID, listen_port=free_port(), listen_address="127.0.0.1", connect_retry_time=1,
+            peers=(BgpPeer("127.0.0.1", 64512, passive=True), BgpPeer("127.0.0.2", 64512, passive=True)),
+        )
+        async with started(base, VIP4) as sp:
+            a = await Scripted.connect(base.listen_port, "127.0.0.1")
+            await a.handshake(64512)
+            b = await Scripted.connect(base.listen_port, "127.0.0.2")
+            await b.handshake(64512)
+            for c in (a, b):
+                await c.expect(m.Update)
+            await wait_state(sp, "Established", index=1)
+
+            assert await sp.reconfigure(base) == {"changed": False, "restarted": [], "added": [], "removed": [], "resent": False}
+
+            nh = dataclasses.replace(base, next_hop_ipv4="198.18.0.99")
+            r = await sp.reconfigure(nh)
+            assert r["resent"] and r["restarted"] == r["removed"] == r["added"] == []
+            for c in (a, b):
+                u = await c.expect(m.Update)
+                assert u.nlri == (ipaddress.ip_network(VIP4),) and u.get(m.A_NEXT_HOP) == m.NextHop("198.18.0.99")
+
+            hold = dataclasses.replace(nh, peers=(nh.peers[0], dataclasses.replace(nh.peers[1], hold_time=30)))
+            assert (await sp.reconfigure(hold))["restarted"] == ["127.0.0.2"]
+            n = await b.expect(m.Notification)
+            assert (n.code, n.subcode) == (6, 6)  # CEASE, other configuration change
+            b2 = await Scripted.connect(base.listen_port, "127.0.0.2")
+            assert (await b2.handshake(64512)).hold_time == 30
+            assert (await b2.expect(m.Update)).get(m.A_NEXT_HOP) == m.NextHop("198.18.0.99")
+            await wait_state(sp, "Established", index=1)
+
+            assert [p["established"] for p in sp.peers_state()] == [1, 1]  # 127.0.0.1 untouched
+            gone = dataclasses.replace(hold, peers=(hold.peers[1],))
+            assert (await sp.reconfigure(gone))["removed"] == ["127.0.0.1"]
+            n = await a.expect(m.Notification)
+            assert (n.code, n.subcode) == (6, 3)  # CEASE, peer de-configured
+            st = sp.peers_state()
+            assert [p["peer"] for p in st] == ["127.0.0.2"] and st[0]["state"] == "Established"
+
+            rid = dataclasses.replace(gone, router_id="198.18.0.11")
+            assert (await sp.reconfigure(rid))["restarted"] == ["127.0.0.2"]
+            n = await b2.expect(m.Notification)
+            assert (n.code, n.subcode) == (6, 6)
+            b3 = await Scripted.connect(base.listen_port, "127.0.0.2")
+            assert (await b3.handshake(64512)).router_id == "198.18.0.11"
+            await wait_state(sp, "Established")
+            for c in (a, b, b2, b3):
+                await c.close()
+
+    run(go())
+
+
+def test_peer_restart_after_a_long_session_continues_on_its_new_connection(monkeypatch):
+    """The real-world case: a long-lived session (no damping delay after it ends), the
+    router opens a new connection and its old one dies (a RST).  The speaker takes the
+    new connection, whose OPEN it already read, instead of dialling a collision of its
+    own (which the higher router id would win: one more CEASE to the router)."""
+    import socket
+
+    from maglev.bgp import session as session_mod
+
+    monkeypatch.setattr(session_mod, "STABLE_S", 0.0)  # every session counts as long-lived
+
+    async def go():
+        port = free_port()
+        cfg = speaker_config(port, passive=False)
+        accepted: asyncio.Queue = asyncio.Queue()
+        server = await asyncio.start_server(lambda r, w: accepted.put_nowait(Scripted(r, w)), "127.0.0.1", port)
+        sp = Speaker(cfg)
+        await sp.start()
+        try:
+            async with asyncio.timeout(5):
+                old = await accepted.get()  # the speaker dialled the "router"
+            await old.handshake(64512, router_id="198.18.0.1")
+            await wait_state(sp, "Established")
+            new = await Scripted.connect(cfg.listen_port)
+            await new.send(m.Open.build(64512, 90, "198.18.0.1"))
+            async with asyncio.timeout(5):  # the speaker holds the new connection beside the old
+                while sp.sessions[0]._newcomer is None:
+                    await asyncio.sleep(0.01)
+            sock = old.writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            old.writer.transport.abort()  # RST: the router lost the old connection
+            await new.expect(m.Open)
+            await new.send(m.Keepalive())
+            await new.expect(m.Keepalive)
+            await wait_state(sp, "Established")
+            st = sp.peers_state()[0]
+            assert (st["established"], st["stale_replaced"]) == (2, 1)
+            assert accepted.empty()  # no dial of ours raced the router's connection
+            await new.close()
+        finally:
+            await sp.stop()
+            server.close()
+            await server.wait_closed()
+
+    run(go())
+
+
+@pytest.mark.parametrize("peer_choice", ["first", "second"])
+def test_collision_in_openconfirm_follows_the_peer(peer_choice):
+    """Both sides dial; our first connection is in OpenConfirm (our KEEPALIVE is out) when
+    the second one's OPEN makes the identifiers pick the second.  A router that is already
+    Established on the first (BIRD after `birdc restart`, seen 2026-12-07) refuses the
+    second: switching at once closed both and cost a second reset.  Now the first gets
+    COLLISION_GRACE_S: the peer's KEEPALIVE on it keeps it ("first"); the peer closing it
+    moves the session to the second at once ("second")."""
+
+    async def go():
+        port = free_port()
+        cfg = speaker_config(port, passive=False)
+        accepted: asyncio.Queue = asyncio.Queue()
+        server = await asyncio.start_server(lambda r, w: accepted.put_nowait(Scripted(r, w)), "127.0.0.1", port)
+        sp = Speaker(cfg)
+        await sp.start()
+        remote_id = "198.18.0.200"  # higher than ours: its own connection wins by the rule
+        try:
+            async with asyncio.timeout(5):
+                first = await accepted.get()  # the speaker dialled us
+            await first.expect(m.Open)
+            await first.send(m.Open.build(64512, 90, remote_id))
+            await first.expect(m.Keepalive)  # the speaker is in OpenConfirm on it
+            second = await Scripted.connect(cfg.listen_port)
+            await second.expect(m.Open)
+            await second.send(m.Open.build(64512, 90, remote_id))
+            t0 = time.monotonic()
+            if peer_choice == "first":
+                await first.send(m.Keepalive())  # we are Established on the first
+                n = await second.expect(m.Notification)
+                assert (n.code, n.subcode) == (6, 7)
+                keep = first
+            else:
+                await first.send(m.Notification(6, 7))  # we chose the second
+                await second.expect(m.Keepalive)
+                assert time.monotonic() - t0 < 0.9  # at once, not after the grace
+                await second.send(m.Keepalive())
+                keep = second
+            await wait_state(sp, "Established")
+            sp.announce(VIP4)
+            assert (await keep.expect(m.Update)).announced() == (ipaddress.ip_network(VIP4),)
+            st = sp.peers_state()[0]
+            assert st["established"] == 1 and st["state"] == "Established"
+            for c in (first, second):
+                await c.close()
+        finally:
+            await sp.stop()
+            server.close()
+            await server.wait_closed()
 
     run(go())

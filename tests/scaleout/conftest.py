@@ -66,6 +66,10 @@ class RouterThread:
     def state(self) -> str:
         return self._call(lambda: self.speaker.sessions[0].state.name)
 
+    def sessions(self) -> int:
+        """How many times the session with maglev reached Established."""
+        return self._call(lambda: self.speaker.sessions[0].counters["established"])
+
     def close(self) -> None:
         try:
             asyncio.run_coroutine_threadsafe(self.speaker.stop("test over"), self.loop).result(10)

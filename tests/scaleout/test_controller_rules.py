@@ -236,3 +236,70 @@ def test_stale_vip_health_never_adds_a_prefix():
     assert sup.bgp_cmds() == [("bgp.announce", "203.0.113.10/32")]
     step(10)  # the config manager stopped answering (it is alive here)
     assert sup.bgp_cmds() == []  # keeps what it announced, adds nothing new
+
+
+def test_flapping_backend_is_damped_and_a_one_off_outage_is_not():
+    """A VIP whose only backend flaps every 0.5 s for 60 s: without damping the routers see
+    a withdraw and an announce every second (60 + 60 UPDATEs); with it each re-announce
+    waits twice as long as the last (1, 2, 4 ... s, at most 30 s), so a handful.  Withdraws
+    are never delayed.  A single outage later, once the penalty has decayed, is
+    re-announced as soon as the backend is back."""
+    vip = "203.0.113.10/32"
+
+    def flap(opts: ControllerOptions) -> tuple[int, int, Controller, _Clock]:
+        clock = _Clock()
+        c = Controller(opts, clock=clock)
+        sup = _FakeSupervisor()
+        c.supervisor = sup
+        withdraws = announces = 0
+        up = True
+        for i in range(240):  # 60 s in 0.25 s ticks; the backend changes state every 0.5 s
+            if i % 2 == 0:
+                up = not up if i >= 8 else True
+            c.on_message("config", {"type": "controller.vips", "serving": {vip: up}})
+            clock.t += 0.25
+            for ch in sup.children.values():
+                ch.last_hb = clock.t
+            c.tick()
+            for t, _p in sup.bgp_cmds():
+                withdraws += t == "bgp.withdraw"
+                announces += t == "bgp.announce"
+                if t == "bgp.withdraw":
+                    assert not up  # a withdraw is never late: it follows the backend at once
+        return withdraws, announces, c, clock
+
+    plain = flap(ControllerOptions(reannounce_hold_s=0.0))
+    damped = flap(ControllerOptions())
+    print(f"\nbackend flapping every 0.5 s for 60 s: {plain[0]} withdraws / {plain[1]} announces without damping, "
+          f"{damped[0]} / {damped[1]} with it")
+    assert plain[0] >= 50 and plain[1] >= 50
+    assert damped[0] <= 12 and damped[1] <= 12  # hold 1, 2, 4, 8, 16 s, then 30 s, minus the decay
+    c, clock = damped[2], damped[3]
+    assert c.state()["held"] or vip in c.announced
+
+    # 5 minutes later the penalty has decayed: one outage costs no extra wait.
+    clock.t += 300
+    sup = c.supervisor
+    c.on_message("config", {"type": "controller.vips", "serving": {vip: True}})
+    for ch in sup.children.values():
+        ch.last_hb = clock.t
+    c.tick()
+    sup.bgp_cmds()
+    assert vip in c.announced
+    c.on_message("config", {"type": "controller.vips", "serving": {vip: False}})
+    c.tick()
+    assert sup.bgp_cmds() == [("bgp.withdraw", vip)]
+    clock.t += 1.0  # the backend is back after 1 s: announced on the next tick
+    c.on_message("config", {"type": "controller.vips", "serving": {vip: True}})
+    c.tick()
+    assert sup.bgp_cmds() == [("bgp.announce", vip)]
+
+
+def test_new_config_generation_asks_the_speaker_to_reload_bgp():
+    c, sup, _clock, step = _controller()
+    serving = {"203.0.113.10/32": True}
+    c.on_message("config", {"type": "controller.vips", "serving": serving, "generation": 3})
+    c.on_message("config", {"type": "controller.vips", "serving": serving, "generation": 3})
+    assert [t for n, t, _b in sup.sent if n == "bgp"] == []  # the speaker read generation 3 at start
+    c.on_message("config", {"type": "controller.vips", "serving": serving, "generation": 4})
+    assert [t for n, t, _b in sup.sent if n == "bgp"] == ["bgp.reload"]

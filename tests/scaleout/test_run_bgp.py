@@ -114,6 +114,18 @@ def test_controller_follows_health_drain_and_shutdown(tmp_path):
         assert f"fingerprint {fps['203.0.113.10:80/tcp']}" in human.stdout and "forwarder     healthy" in human.stdout
         assert human.stdout.count("WARNING") == 1 and secret not in human.stdout
 
+        # Reloads never touch the BGP session: `ctl reload` of an unchanged file, one with
+        # only a comment added, and SIGHUP to `maglev run` (the systemd reload).
+        sessions = router.sessions()
+        assert sessions == 1
+        assert maglev_ctl(control, "reload").returncode == 0
+        conf.write_text(conf.read_text() + "\n# edited: a comment only\n")
+        assert maglev_ctl(control, "reload").returncode == 0
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: "SIGHUP: config reloaded" in (tmp_path / "run.log").read_text(), 15, "the SIGHUP reload")
+        assert router.sessions() == sessions and router.state() == "ESTABLISHED"
+        assert router.received() == {VIP_A, VIP_B}
+
         # The only backend of VIP B fails its check: B is withdrawn, A stays.
         listener.stop()
         wait_until(lambda: router.received() == {VIP_A}, 15, "VIP B withdrawn after its backend went down")
