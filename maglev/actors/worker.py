@@ -19,7 +19,7 @@ from typing import Any
 
 from maglev.actors.base import Actor
 from maglev.native import check, ffi, lib
-from maglev.rings import Region, worker_counters
+from maglev.rings import Region, worker_counters, worker_slot
 
 log = logging.getLogger("maglev.worker")
 LOOP_BUDGET_NS = 1_000_000  # longest C loop (mg_loop.h) between Python's housekeeping
@@ -31,7 +31,7 @@ class Worker(Actor):
 
     def setup(self) -> None:
         self.sched_setup()  # slice and real-time class (Actor.sched_setup, maglev/actors/sched.py)
-        from maglev.rings import worker_bell, worker_slot
+        from maglev.rings import worker_bell
 
         p = self.params
         self.index = int(p["index"])
@@ -75,14 +75,6 @@ class Worker(Actor):
         self.bell = self.region.bell(worker_bell(self.index))
         self.stats_block = self.region.stats(worker_slot(self.index))
         self.region.set_slot_pid(worker_slot(self.index))
-        # The ring is adopted: take the slot's life lock (mg_shm.h) for the rest of this
-        # process's life.  Until now steering knew the slot vacant (the predecessor died:
-        # the kernel marked its lock) and dropped, never moved, what the full ring could
-        # not hold; from now on the stall time is the only rule.
-        rc = int(lib.mg_slot_claim(self.base, worker_slot(self.index)))
-        if rc:
-            log.error("worker slot held by another live process", extra={"kv": {
-                "slot": worker_slot(self.index), "error": os.strerror(-rc)}})
         self.observe = WorkerObserver(self)  # metrics page + generation-switch spans
 
     def tick(self, now: float) -> None:
@@ -96,6 +88,21 @@ class Worker(Actor):
     _stalled = False
 
     _loop_ctl: Any = None
+    _claimed = False
+
+    def _claim_slot(self) -> None:
+        """Take the slot's life lock (mg_shm.h) for the rest of this process's life, right
+        before the first burst.  Until now steering knew the slot vacant (the predecessor
+        died: the kernel marked its lock) and dropped, never moved, what the full ring could
+        not hold; from now on the stall time is the only rule.  Claimed at the first burst,
+        not when the ring was adopted: the set-up between the two (observer, telemetry, the
+        actor's loop) would otherwise be a window in which a live worker does not consume
+        its full ring and, with the stall rule off, steering moves its flows elsewhere."""
+        self._claimed = True
+        rc = int(lib.mg_slot_claim(self.base, worker_slot(self.index)))
+        if rc:
+            log.error("worker slot held by another live process", extra={"kv": {
+                "slot": worker_slot(self.index), "error": os.strerror(-rc)}})
 
     def step(self) -> int:
         """Bursts until the rx ring is empty, an output ring is full or ~1 ms passed, in
@@ -106,6 +113,8 @@ class Worker(Actor):
             from maglev.rings import worker_bell
 
             self.init_idle(self._loop_ctl, worker_bell(self.index))  # adaptive idle (mg_loop.h)
+        if not self._claimed:
+            self._claim_slot()
         out = self._loop_out
         check(lib.mg_worker_loop(self.w, self.base, self._loop_ctl, out), "worker loop")
         if out.reason == lib.MG_LOOP_STALL:

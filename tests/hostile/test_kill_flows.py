@@ -72,27 +72,39 @@ def test_a_worker_killed_keeps_its_flows_on_their_backend_while_its_ring_overflo
 
 
 def test_a_worker_killed_at_a_high_rate_loses_no_flow_even_with_the_stall_rule_off(shortdir):
-    """Worker 0 killed with -9 while the generator sends as fast as this VM takes (asked
-    for 400 kpps, ~half of it worker 0's: its 2048-slot ring fills in a few ms, far below
-    the stall time), with ``--stall-ms 0`` so that the stall rule cannot help: only the
-    slot's life lock (mg_shm.h: a robust mutex the kernel marks owner-dead as the worker
-    exits) tells steering the worker is dead.  Not one packet of its flows goes to the
-    other worker, which would pick by the new table: the new backend gets none, and the
-    drops are counted (``owner_stalled``).  Before the lock, a ring filling faster than the
-    stall time fell back for up to 50 ms, and with the rule off for the whole restart."""
+    """Worker 0 killed with -9 at 100 kpps (~half of it worker 0's: its 1024-slot ring
+    fills in ~20 ms once it is dead, before its replacement is up), with ``--stall-ms 0``
+    so that the stall rule cannot help: only the slot's life lock (mg_shm.h: a robust mutex
+    the kernel marks owner-dead as the worker exits) tells steering the worker is dead.  Not
+    one packet of its flows goes to the other worker, which would pick by the new table: the
+    new backend gets none, and the drops are counted (``owner_stalled``).  Before the lock,
+    a ring filling faster than the stall time fell back for up to 50 ms, and with the rule
+    off for the whole restart.  The rate is one the workers keep up with: a *live* worker
+    whose ring is full falls back by design (the stall rule is off here), so a rate that
+    saturates them (this test asked 400 kpps at first) moves flows whether or not anything
+    is killed (1 run in 6 at load 9).  The replacement claims the lock at its first burst,
+    not before its set-up is done, for the same reason."""
     dropped: dict[str, int] = {}
-    assert kill_in_turn(shortdir, ("worker-0",), rate=400000, ring_size=2048, dropped=dropped,
-                        extra_args=("--stall-ms", "0")) == {}
+    steering: dict[str, int] = {}
+    moved = kill_in_turn(shortdir, ("worker-0",), rate=100000, ring_size=1024, dropped=dropped,
+                         extra_args=("--stall-ms", "0"), steering=steering)
+    if steering["fallback"] == 0:
+        assert moved == {}, moved
+    else:  # a live worker fell behind long enough to fill its ring (a loaded machine): those
+        # fallbacks are the rule with the stall time off, and the only way a flow could move
+        print(f"\n{steering['fallback']} fallbacks of a live worker under load; moved {moved}")
+        assert sum(moved.values()) <= steering["fallback"], (moved, steering)
     assert dropped.get("owner_stalled", 0) > 0, dropped  # its ring did overflow while it was dead
 
 
 def kill_in_turn(shortdir, victims, rate: int, ring_size: int,
                  dropped: dict[str, int] | None = None, freeze_first: bool = False,
-                 extra_args: tuple[str, ...] = ()) -> dict[str, int]:
+                 extra_args: tuple[str, ...] = (), steering: dict[str, int] | None = None) -> dict[str, int]:
     """Kill ``victims`` in turn after a backend was added; the packets the new backend
     got after each kill, by actor (empty: none ever).  ``dropped`` gets the run's drops
     by reason.  ``freeze_first``: stop the victim (SIGSTOP) until steering counts packets
-    dropped for it (``owner_stalled``: its ring is full and not consumed), then kill it."""
+    dropped for it (``owner_stalled``: its ring is full and not consumed), then kill it.
+    ``steering`` gets steering's counters at the end of the run."""
     name = f"kf{secrets.token_hex(3)}"
     conf = shortdir / "maglev.toml"
     conf.write_text(CONF.format(name=name, secret=secrets.token_hex(16)))
@@ -145,6 +157,8 @@ def kill_in_turn(shortdir, victims, rate: int, ring_size: int,
                 if packets()["198.18.1.13"]:
                     moved[actor] = packets()["198.18.1.13"]
                 assert proc.poll() is None
+            if steering is not None:
+                steering.update(c.call("stats")["steering"])
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         s = json.loads(out_f.read_text())
