@@ -127,3 +127,61 @@ def test_a_flood_drops_the_saturated_actor_to_sched_other():
 def test_rt_prio_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError, match="rt-prio"):
         Pipeline(PipelineOptions(workers=1, rt_prio=98))
+
+
+RUN_CONF = """
+[instance]
+name = "{name}"
+source_ipv4 = "198.18.0.1"
+
+[[vip]]
+address = "203.0.113.10"
+port = 80
+[[vip.backend]]
+address = "198.18.1.11"
+"""
+
+
+@needs_root
+def test_maglev_run_keeps_cap_sys_nice_so_its_actors_run_fifo(shortdir):
+    """``maglev run`` drops the capabilities it does not need after set-up; with the default
+    ``--rt-prio`` it must keep CAP_SYS_NICE, or every actor it starts logs "data path stays
+    SCHED_OTHER" (EPERM) and the real-time class is never used outside in-process tests
+    (found 2026-12-07 session 6: the in-process tests above passed, the CLI did not)."""
+    import secrets
+    import signal
+
+    from maglev.rings.conntrack_shm import remove_recorded
+    from maglev.testing.wait import wait_until
+    from tests.hostile.test_accepted_config import _started
+
+    conf = shortdir / "maglev.toml"
+    conf.write_text(RUN_CONF.format(name=f"rt{secrets.token_hex(3)}"))
+    env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run")}
+    log = shortdir / "run.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--config", str(conf),
+             "--workers", "1", "--nic", "gen:seconds=60,flows=10,rate=1000,ipv6=0", "--out", "null", "-v",
+             "--control", f"ipc://{shortdir}/ctl.sock"],
+            stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)  # fmt: skip
+    try:
+        wait_until(lambda: {"steering", "worker-0", "muxer"} <= set(_started(log)) or proc.poll() is not None,
+                   60, "the data-path actors")
+        wait_until(lambda: all(f"actor={a} pid={p} msg=started " in log.read_text() for a, p in
+                       ((a, _started(log)[a][-1]) for a in ("steering", "worker-0", "muxer"))), 30, "set-up done")
+        time.sleep(0.5)
+        pids = {a: _started(log)[a][-1] for a in ("steering", "worker-0", "muxer")}
+        got = {a: (os.sched_getscheduler(pid) & ~os.SCHED_RESET_ON_FORK, os.sched_getparam(pid).sched_priority)
+               for a, pid in pids.items()}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        remove_recorded(str(shortdir / "state"))
+    text = log.read_text(errors="replace")
+    assert "stays SCHED_OTHER" not in text, text[-3000:]
+    assert got == {"steering": (os.SCHED_FIFO, 1), "worker-0": (os.SCHED_FIFO, 2), "muxer": (os.SCHED_FIFO, 3)}, got
