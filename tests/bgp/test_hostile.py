@@ -116,7 +116,11 @@ def test_router_that_lost_its_tcp_state_is_accepted_at_once(bird_lab, graceful_r
     # Before 2026-12-07 BIRD got one CEASE "connection collision" per connect retry here
     # (9 in 8 s): a flapping session from the router's side.
     assert lab.bird_notifications_in() == 0
-    assert _peer(sp)["stale_replaced"] == 1
+    # Replaced (the probe or GR) -- or, when our own KEEPALIVE (every 10 s) met the RST
+    # before BIRD's new connection came (BIRD's start is slow under load: seen in CI), the
+    # old session had already ended and the new connection was simply accepted.  Both are
+    # right; what matters is asserted above: at once, and no NOTIFICATION to the router.
+    assert _peer(sp)["stale_replaced"] <= 1 and _peer(sp)["collisions_refused"] == 0, _peer(sp)
 
 
 def test_path_blackholed_shorter_than_the_hold_time_is_no_reset(bird_lab):

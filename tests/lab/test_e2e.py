@@ -182,5 +182,24 @@ def test_forwarder_survives_its_link_going_down_and_up(make_lab):
         if after.ok == 50 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert after.ok == 50, after.to_dict()
+    assert after.ok == 50, (after.to_dict(), _forwarder_state(lab))
     lab._check_processes()
+
+
+def _forwarder_state(lab) -> dict:
+    """What the lab's forwarder says about itself (drops by reason, NIC counters, backends'
+    health): printed when a test fails, so a failure seen once in CI can be explained."""
+    from maglev.control.client import ControlClient
+    from maglev.lab.topology import control_endpoint
+
+    out: dict = {}
+    try:
+        with ControlClient(control_endpoint(lab.state["config"]), timeout=5) as c:
+            for what, args in (("stats", None), ("status", None), ("backends", {"vip": f"{topo.VIP_V4}:80/tcp"})):
+                try:
+                    out[what] = c.call(what, args, timeout=5)
+                except Exception as exc:  # the diagnosis must not hide the failure
+                    out[what] = repr(exc)
+    except Exception as exc:
+        out["error"] = repr(exc)
+    return out

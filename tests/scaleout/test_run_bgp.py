@@ -124,7 +124,10 @@ def test_controller_follows_health_drain_and_shutdown(tmp_path):
         os.kill(proc.pid, signal.SIGHUP)
         wait_until(lambda: "SIGHUP: config reloaded" in (tmp_path / "run.log").read_text(), 15, "the SIGHUP reload")
         assert router.sessions() == sessions and router.state() == "ESTABLISHED"
-        assert router.received() == {VIP_A, VIP_B}
+        # (the routes themselves follow health: under load a slow check may withdraw VIP B
+        # for a moment and flap damping holds its return for a second; that is not a reset)
+        wait_until(lambda: router.received() == {VIP_A, VIP_B}, 15, "both VIPs announced after the reloads")
+        assert router.sessions() == sessions
 
         # The only backend of VIP B fails its check: B is withdrawn, A stays.
         listener.stop()
