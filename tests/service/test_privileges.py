@@ -151,10 +151,8 @@ def test_root_run_keeps_only_the_nic_set_in_every_actor_also_after_a_restart(tmp
     ns_path = tmp_path / "notify"
     notify = NotifySocket(ns_path)
     log_path = tmp_path / "run.log"
-    # + CAP_SYS_NICE: the default --rt-prio runs the data path SCHED_FIFO (docs/service.md)
-    names = [*pv.needed_caps(nic, None), *pv.recommended_caps(nic), "CAP_SYS_NICE"]
+    names = [*pv.needed_caps(nic, None), *pv.recommended_caps(nic)]
     kept = pv.mask(names)
-    nice = pv.mask(["CAP_SYS_NICE"])
     with NetnsSet("priv") as nets, open(log_path, "w") as log:
         mg, peer = nets.add("mg"), nets.add("peer")
         nets.veth(mg, "eth0", peer, "eth0")
@@ -169,12 +167,9 @@ def test_root_run_keeps_only_the_nic_set_in_every_actor_also_after_a_restart(tmp
             caps = _caps_of(pids)
             # steering and the muxer keep the run's set (they close the NIC at teardown);
             # workers, the config manager and the health prober (its tunnel checks' raw
-            # sockets are opened in its setup) drop it all after setup, except that a
-            # SCHED_FIFO worker keeps CAP_SYS_NICE to come back to SCHED_FIFO after a busy
-            # spell (it cannot raise RLIMIT_RTPRIO without CAP_SYS_RESOURCE)
-            bare = ("config", "health")
-            want = {k: (0, 0, kept) if k.startswith(bare) else (nice, nice, kept) if k.startswith("worker-")
-                    else (kept, kept, kept) for k in caps}
+            # sockets are opened in its setup) drop it all after setup
+            bare = ("worker-", "config", "health")
+            want = {k: (0, 0, kept) if k.startswith(bare) else (kept, kept, kept) for k in caps}
             assert caps == want, {k: tuple(map(hex, v)) for k, v in caps.items()}
             lines = [ln for ln in log_path.read_text().splitlines() if "capabilities dropped" in ln]
             assert len(lines) == 1 and f"kept={','.join(pv.names(kept))}" in lines[0], lines
@@ -205,14 +200,8 @@ def test_root_run_keeps_only_the_nic_set_in_every_actor_also_after_a_restart(tmp
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to see the drop")
 def test_root_run_with_the_generator_keeps_nothing(tmp_path):
     env = {**os.environ, "MAGLEV_RUN_DIR": str(tmp_path / "run"), "MAGLEV_STATE_DIR": str(tmp_path / "state")}
-    r = subprocess.run([*CLI, "run", "--nic", "gen:seconds=1", "--json", "-v", "--rt-prio", "0"],
-                       capture_output=True, text=True, timeout=150, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    lines = [ln for ln in r.stderr.splitlines() if "capabilities dropped" in ln]
-    assert len(lines) == 1 and "kept=none" in lines[0] and "(--nic gen)" in lines[0], lines
-    # with the default --rt-prio: CAP_SYS_NICE only (the data path's SCHED_FIFO)
     r = subprocess.run([*CLI, "run", "--nic", "gen:seconds=1", "--json", "-v"],
                        capture_output=True, text=True, timeout=150, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if "capabilities dropped" in ln]
-    assert len(lines) == 1 and "kept=CAP_SYS_NICE" in lines[0], lines
+    assert len(lines) == 1 and "kept=none" in lines[0] and "(--nic gen)" in lines[0], lines
