@@ -271,7 +271,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         # starts (they open the NIC sockets and the BGP port, also again after a restart).
         from maglev.service.privileges import drop_after_setup
 
-        drop_after_setup(p.nic_spec.kind, p.out_spec.kind, p.config, opts.rt_prio)
+        drop_after_setup(p.nic_spec.kind, p.out_spec.kind, p.config)
         # Ctrl-C while the actors are starting: stop at once, do not begin.
         if p.start(go=False, abort=lambda: bool(stop_reason)) and not stop_reason:
             p.go()

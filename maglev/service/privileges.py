@@ -212,15 +212,11 @@ def drop_to(keep: list[str] | set[str]) -> dict[str, Any]:
     return result
 
 
-def drop_after_setup(nic_kind: str, out_kind: str, config: Any, rt_prio: int = 0) -> dict[str, Any] | None:
+def drop_after_setup(nic_kind: str, out_kind: str, config: Any) -> dict[str, Any] | None:
     """``maglev run``'s drop: keep what the NIC and BGP need (and CAP_IPC_LOCK for an
-    interface NIC, when held), and CAP_SYS_NICE when the data path is asked to run
-    SCHED_FIFO (``rt_prio`` > 0: the actors it starts, also after a restart, call
-    sched_setscheduler); drop every other capability; one log line says what was kept.
-    None when the process held nothing beyond that (nothing logged)."""
+    interface NIC, when held), drop every other capability; one log line says what was
+    kept.  None when the process held nothing beyond that (nothing logged)."""
     keep = set(needed_caps(nic_kind, config, out_kind)) | set(recommended_caps(nic_kind, out_kind))
-    if rt_prio > 0:
-        keep.add("CAP_SYS_NICE")
     r = drop_to(keep)
     if not r["dropped"] and not r["bounding_dropped"]:
         return None
