@@ -166,6 +166,17 @@ def stages(bursts: int = 4000) -> dict[str, float]:
     return {key: round(v / max(1, packets), 1) for key, v in ns.items()}
 
 
+def schedstat(pid: int) -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) of a process's main thread
+    (/proc/PID/schedstat); (0, 0) when the kernel does not keep it."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            run, wait = f.read().split()[:2]
+        return int(run), int(wait)
+    except (OSError, ValueError):
+        return 0, 0
+
+
 def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float = 1.0) -> dict:
     from maglev.rings import BELL_MUXER, BELL_STEERING, worker_bell
 
@@ -182,6 +193,7 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
         bells = {"steering": p.region.bell(BELL_STEERING), "muxer": p.region.bell(BELL_MUXER),
                  **{f"worker-{i}": p.region.bell(worker_bell(i)) for i in range(workers)}}
         sl0 = {n: b.stats()["sleeps"] for n, b in bells.items()}
+        ss0 = {n: schedstat(pr.pid) for n, pr in procs.items()}
         c0, t0 = p.counters(), time.monotonic()
         while time.monotonic() < t0 + seconds:
             p.poll(0.05)
@@ -189,6 +201,7 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
         cpu = {n: sum(pr.cpu_times()[:2]) - cpu0[n] for n, pr in procs.items()}
         ctx = {n: [a - b for a, b in zip(pr.num_ctx_switches(), ctx0[n], strict=True)] for n, pr in procs.items()}
         sleeps = {n: b.stats()["sleeps"] - sl0[n] for n, b in bells.items()}
+        ss = {n: [a - b for a, b in zip(schedstat(pr.pid), ss0[n], strict=True)] for n, pr in procs.items()}
         p.stop()
         s = p.summary()
     finally:
@@ -204,6 +217,9 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
         # doorbell futex sleeps per 1000 packets (each one a wake-up its producer paid for;
         # the rest of the voluntary switches are naps, back-off sleeps and Python's waits)
         "bell_sleeps_per_kpkt": {n: round(v * 1000 / sent, 2) for n, v in sorted(sleeps.items())},
+        # share of the window each actor spent [on a CPU, runnable but waiting for one]; the
+        # rest it slept (doorbell, nap, back-off)
+        "sched_share": {n: [round(v / 1e9 / dt, 3) for v in x] for n, x in sorted(ss.items())},
         "mpps": (c1["tx_packets"] - c0["tx_packets"]) / dt / 1e6,
         "fallback_share": (c1["fallback"] - c0["fallback"]) / max(1, c1["packets_in"] - c0["packets_in"]),
         "pool_ok": s["pool"]["ok"],
@@ -318,6 +334,7 @@ def main() -> int:
             row[f"pipeline{w}_cpu_ns_per_packet"] = res["cpu_ns_per_packet"]
             row[f"pipeline{w}_ctx_per_kpkt"] = res["ctx_per_kpkt"]
             row[f"pipeline{w}_bell_sleeps_per_kpkt"] = res["bell_sleeps_per_kpkt"]
+            row[f"pipeline{w}_sched_share"] = res["sched_share"]
             if a.latency_rate:
                 row[f"pipeline{w}_latency_us"] = latency(w, a.latency_rate, a.latency_seconds,
                                                          idle_poll_us=a.idle_poll_us, rt_prio=a.rt_prio)
