@@ -27,6 +27,7 @@ struct mg_idle_state {
     uint64_t contended;
     uint64_t stretch;
     uint64_t naps;
+    uint64_t napping;
 };
 #define MG_IDLE_PAUSE 1
 #define MG_IDLE_YIELD 2

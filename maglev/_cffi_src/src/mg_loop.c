@@ -173,12 +173,17 @@ static int idle_poll(void *base, const struct budget *b, const struct mg_loop_ct
 }
 
 /* Nap under load (mg_loop.h, ctl->nap_ns): the stretch since the loop last found nothing
- * moved at least nap_min packets -- a stream heavy enough that sleeping on the clock costs
- * less than being woken through the doorbell. */
+ * moved at least nap_min packets (a quarter of that when the last empty look napped too)
+ * -- a stream heavy enough that sleeping on the clock costs less than being woken through
+ * the doorbell. */
 static inline int nap_due(const struct mg_loop_ctl *c)
 {
-    return c->nap_ns && c->idle &&
-           c->idle->stretch >= (c->nap_min ? c->nap_min : MG_NAP_MIN);
+    if (!c->nap_ns || !c->idle)
+        return 0;
+    uint64_t min = c->nap_min ? c->nap_min : MG_NAP_MIN;
+    if (c->idle->napping)
+        min /= 4;
+    return c->idle->stretch >= (min ? min : 1);
 }
 
 /* Sleep ctl->nap_ns on the clock (never past the budget's deadline), need_wakeup left
@@ -190,6 +195,7 @@ static int nap(void *base, const struct budget *b, const struct mg_loop_ctl *c,
 {
     struct mg_idle_state *st = c->idle;
     st->stretch = 0;
+    st->napping = 1;
     uint64_t now = mg_loop_now_ns();
     uint64_t until = now + c->nap_ns;
     if (until > b->deadline)
@@ -221,7 +227,7 @@ static int idle_wait(void *base, const struct budget *b, const struct mg_loop_ct
     if (nap_due(c))
         return nap(base, b, c, o);
     if (c->idle)
-        c->idle->stretch = 0;
+        c->idle->stretch = c->idle->napping = 0;
     return idle_poll(base, b, c, o);
 }
 
@@ -447,7 +453,7 @@ int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ct
         if (rc == 0) {
             if (!ctl->idle_ns && !nap_due(ctl)) {
                 if (ctl->idle)
-                    ctl->idle->stretch = 0;
+                    ctl->idle->stretch = ctl->idle->napping = 0;
                 return finish(out, MG_LOOP_IDLE);
             }
             /* polling or napping holds no table generation: a table update need not
