@@ -185,6 +185,19 @@ def nap_ctl(nap_ms: float, bell: int, budget_ns: int = BUDGET, stop=ffi.NULL):
     return c, state
 
 
+def when_napping(state, then) -> threading.Thread:
+    """A thread that waits until the loop has started its first nap (``napping`` is set just
+    before the sleep), then calls ``then``: no guess of how long the loop takes to get there."""
+    def run() -> None:
+        deadline = time.monotonic() + 30
+        while not state.napping and time.monotonic() < deadline:
+            time.sleep(0.001)
+        then()
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
 def test_a_heavy_stretch_naps_on_the_clock_and_its_producer_wakes_no_one(region):
     """Nap under load (mg_loop.h): after >= MG_NAP_MIN packets the worker finds its ring
     empty, sleeps on the clock with need_wakeup clear, takes what came meanwhile in the same
@@ -194,12 +207,11 @@ def test_a_heavy_stretch_naps_on_the_clock_and_its_producer_wakes_no_one(region)
     assert send(st, region, 100) == 100  # a stretch above MG_NAP_MIN (64)
     bell = region.bell(worker_bell(0))
     wakes0 = bell.stats()["wakeups"]
-    c, state = nap_ctl(200, worker_bell(0))
+    c, state = nap_ctl(500, worker_bell(0))
     out = ffi.new("struct mg_loop_out *")
     sent = []
-    t = threading.Thread(target=lambda: (time.sleep(0.05), sent.append(send(st, region, 50))))
     t0 = time.monotonic()
-    t.start()
+    t = when_napping(state, lambda: sent.append(send(st, region, 50)))
     try:
         check(lib.mg_worker_loop(w, region.base, c, out), "worker loop")  # cffi drops the GIL
     finally:
@@ -208,7 +220,7 @@ def test_a_heavy_stretch_naps_on_the_clock_and_its_producer_wakes_no_one(region)
     assert sent == [50]
     # 100, nap (the 50 come meanwhile), 50 >= MG_NAP_MIN / 4: nap again, nothing: idle
     assert (out.packets, out.reason, state.naps, state.stretch, state.napping) == (150, lib.MG_LOOP_IDLE, 2, 0, 0)
-    assert 0.35 <= took < 5.0  # the two naps of 200 ms, not more
+    assert 0.9 <= took < 10.0  # the two naps of 0.5 s, not more
     assert bell.stats()["wakeups"] == wakes0 and bell.stats()["sleeps"] == 0  # no futex either way
     rep = region.account()
     assert rep.ok, str(rep)
@@ -240,33 +252,25 @@ def test_a_nap_ends_at_the_deadline_and_on_stop_and_leaves_an_alert_for_python(r
     check(lib.mg_worker_loop(w, region.base, c, out), "worker loop")
     assert (out.packets, out.reason, state.naps) == (100, lib.MG_LOOP_BUDGET, 1)
     assert time.monotonic() - t0 < 5.0
-    # an alert rung during the nap: seen after it, left for Python (MG_LOOP_BUDGET)
-    check(lib.mg_mux_loop(mux, region.base, ffi.new("struct mg_loop_ctl *", {"budget_ns": BUDGET, "burst": 64}),
-                          out), "mux loop")  # 100 packets on the tx ring -> sent
-    for _ in range(2):
-        check(lib.mg_steer_reclaim(st, region.base), "reclaim")
-    assert send(st, region, 100) == 100
-    check(lib.mg_worker_loop(w, region.base, ffi.new("struct mg_loop_ctl *", {"budget_ns": BUDGET}), out), "w")
-    c, state = nap_ctl(100, int(lib.MG_BELL_MUXER))
+    # a pending alert is not work: the muxer moves its 100 packets, naps, then sees the
+    # alert and leaves it for Python (MG_LOOP_BUDGET)
     bell = region.bell(int(lib.MG_BELL_MUXER))
-    t = threading.Thread(target=lambda: (time.sleep(0.03), bell.alert()))
-    t.start()
-    try:
-        check(lib.mg_mux_loop(mux, region.base, c, out), "mux loop")
-    finally:
-        t.join()
+    bell.alert()
+    c, state = nap_ctl(20, int(lib.MG_BELL_MUXER))
+    check(lib.mg_mux_loop(mux, region.base, c, out), "mux loop")
     assert (out.packets, out.reason, state.naps) == (100, lib.MG_LOOP_BUDGET, 1)
     assert bell.take_alert() == lib.MG_BELL_ALERT_STOP
-    # the stop flag, set during a nap: MG_LOOP_STOP after it
+    # the stop flag, set while the loop naps: MG_LOOP_STOP when the nap ends
     for _ in range(2):
         check(lib.mg_steer_reclaim(st, region.base), "reclaim")
     assert send(st, region, 100) == 100
     stop = ffi.new("uint32_t *", 0)
-    c, state = nap_ctl(100, worker_bell(0), stop=stop)
-    t = threading.Thread(target=lambda: (time.sleep(0.03), ffi.cast("volatile uint32_t *", stop).__setitem__(0, 1)))
-    t.start()
+    c, state = nap_ctl(500, worker_bell(0), stop=stop)
+    t = when_napping(state, lambda: stop.__setitem__(0, 1))
     try:
         check(lib.mg_worker_loop(w, region.base, c, out), "worker loop")
     finally:
         t.join()
     assert (out.packets, out.reason, state.naps) == (100, lib.MG_LOOP_STOP, 1)
+    rep = region.account()
+    assert rep.ok, str(rep)
