@@ -69,6 +69,8 @@ def new_pipeline(opts: PipelineOptions) -> Pipeline:
     opts.config_path = BENCH["config"]
     if BENCH.get("steer_cost") is not None:
         opts.steer_cost = float(BENCH["steer_cost"])
+    if BENCH.get("nap_us") is not None and hasattr(opts, "nap_us"):
+        opts.nap_us = int(BENCH["nap_us"])
     return Pipeline(opts)
 
 
@@ -164,7 +166,20 @@ def stages(bursts: int = 4000) -> dict[str, float]:
     return {key: round(v / max(1, packets), 1) for key, v in ns.items()}
 
 
+def schedstat(pid: int) -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) of a process's main thread
+    (/proc/PID/schedstat); (0, 0) when the kernel does not keep it."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            run, wait = f.read().split()[:2]
+        return int(run), int(wait)
+    except (OSError, ValueError):
+        return 0, 0
+
+
 def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float = 1.0) -> dict:
+    from maglev.rings import BELL_MUXER, BELL_STEERING, worker_bell
+
     p = new_pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN}", ring_size=ring_size))
     try:
         p.start()
@@ -175,12 +190,18 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
                  if n in ("steering", "muxer") or n.startswith("worker-")}
         cpu0 = {n: sum(pr.cpu_times()[:2]) for n, pr in procs.items()}
         ctx0 = {n: pr.num_ctx_switches() for n, pr in procs.items()}
+        bells = {"steering": p.region.bell(BELL_STEERING), "muxer": p.region.bell(BELL_MUXER),
+                 **{f"worker-{i}": p.region.bell(worker_bell(i)) for i in range(workers)}}
+        sl0 = {n: b.stats()["sleeps"] for n, b in bells.items()}
+        ss0 = {n: schedstat(pr.pid) for n, pr in procs.items()}
         c0, t0 = p.counters(), time.monotonic()
         while time.monotonic() < t0 + seconds:
             p.poll(0.05)
         c1, t1 = p.counters(), time.monotonic()
         cpu = {n: sum(pr.cpu_times()[:2]) - cpu0[n] for n, pr in procs.items()}
         ctx = {n: [a - b for a, b in zip(pr.num_ctx_switches(), ctx0[n], strict=True)] for n, pr in procs.items()}
+        sleeps = {n: b.stats()["sleeps"] - sl0[n] for n, b in bells.items()}
+        ss = {n: [a - b for a, b in zip(schedstat(pr.pid), ss0[n], strict=True)] for n, pr in procs.items()}
         p.stop()
         s = p.summary()
     finally:
@@ -193,6 +214,12 @@ def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float 
         "cpu_ns_per_packet": {n: round(v * 1e9 / sent) for n, v in sorted(cpu.items())},
         # context switches per 1000 packets: [voluntary (doorbell sleeps, back-off), involuntary]
         "ctx_per_kpkt": {n: [round(v * 1000 / sent, 2) for v in c] for n, c in sorted(ctx.items())},
+        # doorbell futex sleeps per 1000 packets (each one a wake-up its producer paid for;
+        # the rest of the voluntary switches are naps, back-off sleeps and Python's waits)
+        "bell_sleeps_per_kpkt": {n: round(v * 1000 / sent, 2) for n, v in sorted(sleeps.items())},
+        # share of the window each actor spent [on a CPU, runnable but waiting for one]; the
+        # rest it slept (doorbell, nap, back-off)
+        "sched_share": {n: [round(v / 1e9 / dt, 3) for v in x] for n, x in sorted(ss.items())},
         "mpps": (c1["tx_packets"] - c0["tx_packets"]) / dt / 1e6,
         "fallback_share": (c1["fallback"] - c0["fallback"]) / max(1, c1["packets_in"] - c0["packets_in"]),
         "pool_ok": s["pool"]["ok"],
@@ -284,8 +311,11 @@ def main() -> int:
                     help="adaptive idle window of the latency runs (default: the pipeline's, 0 = off)")
     ap.add_argument("--rt-prio", type=int, default=None,
                     help="SCHED_FIFO base priority of the latency runs' data path (default: the pipeline's, 0 = off)")
+    ap.add_argument("--nap-us", type=int, default=None,
+                    help="nap under load of the data-path actors (PipelineOptions.nap_us; 0 = off)")
     a = ap.parse_args()
     BENCH["steer_cost"] = a.steer_cost
+    BENCH["nap_us"] = a.nap_us
     ws = [int(x) for x in a.workers.split(",")]
     rows = []
     stage_ns = stages() if a.stages else None
@@ -303,6 +333,8 @@ def main() -> int:
             row[f"pipeline{w}_pool_ok"] = res["pool_ok"]
             row[f"pipeline{w}_cpu_ns_per_packet"] = res["cpu_ns_per_packet"]
             row[f"pipeline{w}_ctx_per_kpkt"] = res["ctx_per_kpkt"]
+            row[f"pipeline{w}_bell_sleeps_per_kpkt"] = res["bell_sleeps_per_kpkt"]
+            row[f"pipeline{w}_sched_share"] = res["sched_share"]
             if a.latency_rate:
                 row[f"pipeline{w}_latency_us"] = latency(w, a.latency_rate, a.latency_seconds,
                                                          idle_poll_us=a.idle_poll_us, rt_prio=a.rt_prio)

@@ -25,7 +25,21 @@ from pathlib import Path
 LOOPS = ("mg_steer_loop", "mg_gen_fill", "mg_worker_loop", "mg_mux_loop", "mg_dp_burst")
 
 
-def inner(bursts: int, workers: int, spares: int | None = None) -> None:
+GEN = {"flows": 10000, "syn": 0.1, "ipv6": 0.2, "seed": 1}  # bench_pipeline's packets
+
+
+def gen_options(text: str) -> dict:
+    """``"syn=0,ipv6=0"`` -> GEN with those generator options replaced (flows, syn, ipv6, size, seed)."""
+    out = dict(GEN)
+    for part in filter(None, text.split(",")):
+        k, _, v = part.partition("=")
+        if k not in ("flows", "syn", "ipv6", "size", "seed"):
+            raise SystemExit(f"--gen: unknown option {k!r}")
+        out[k] = float(v) if k in ("syn", "ipv6") else int(v)
+    return out
+
+
+def inner(bursts: int, workers: int, spares: int | None = None, gen_opts: str = "") -> None:
     from maglev.config import load_config
     from maglev.datapath.tables import build_tables
     from maglev.native import check, ffi, lib
@@ -54,7 +68,7 @@ def inner(bursts: int, workers: int, spares: int | None = None) -> None:
             check(lib.mg_steer_set_reta(st, reta, len(reta)), "steer map")
         ws = [ffi.gc(lib.mg_worker_new(base, i, cfg.conntrack.capacity, k0, k1, 256, time.monotonic_ns()),
                      lib.mg_worker_free) for i in range(workers)]
-        gen = GenNic(vip_targets(cfg), flows=10000, size=64, syn=0.1, ipv6=0.2, seed=1)
+        gen = GenNic(vip_targets(cfg), **{"size": 64, **gen_options(gen_opts)})
         src = ffi.new("struct mg_loop_gen *")
         one = ffi.new("struct mg_loop_ctl *", {"budget_ns": 10**12, "max_bursts": 1, "burst": 256})
         out = ffi.new("struct mg_loop_out *")
@@ -79,10 +93,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--spares", type=int, default=None,
                     help="spare frames per worker (default: MG_SPARE_RESERVE, as `maglev run`)")
+    ap.add_argument("--gen", default="", help="generator options replacing bench_pipeline's, e.g. syn=0,ipv6=0")
     ap.add_argument("--inner", action="store_true")
     a = ap.parse_args()
     if a.inner:
-        inner(a.bursts, a.workers, a.spares)
+        inner(a.bursts, a.workers, a.spares, a.gen)
         return
     with tempfile.TemporaryDirectory(prefix="mg-cgp-") as d:
         out = Path(d) / "cg.out"
@@ -96,6 +111,8 @@ def main() -> None:
                      "--workers", str(a.workers)]
             if a.spares is not None:
                 args += ["--spares", str(a.spares)]
+            if a.gen:
+                args += ["--gen", a.gen]
             subprocess.run(args, check=True, capture_output=True)
             ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", f"{out}.{label}"], check=True,
                                  capture_output=True, text=True).stdout

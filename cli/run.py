@@ -79,7 +79,8 @@ def _check_config(config_path: str | None, nic: str) -> Any:
 def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on_eof: bool, as_json: bool,
                  otlp_endpoint: str, burst: int, ring_size: int, frames: int, verbose: int, log_format: str,
                  control: str, metrics: str, cpus: str, stall_ms: float = 50.0,
-                 idle_poll_us: int | None = None, rt_prio: int | None = None) -> list[str]:
+                 idle_poll_us: int | None = None, rt_prio: int | None = None,
+                 nap_us: int | None = None) -> list[str]:
     """The options of this `maglev run` that each shard's `maglev run --shard` gets too."""
     argv = ["--config", config_path, "--burst", str(burst), "--ring-size", str(ring_size),
             "--log-format", log_format, "--stall-ms", str(stall_ms)]
@@ -91,6 +92,8 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
         argv += ["--idle-poll-us", str(idle_poll_us)]
     if rt_prio is not None:
         argv += ["--rt-prio", str(rt_prio)]
+    if nap_us is not None:
+        argv += ["--nap-us", str(nap_us)]
     if exit_on_eof:
         argv.append("--exit-on-eof")
     if as_json:
@@ -129,6 +132,10 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
               help="SCHED_FIFO priority of steering (workers +1, muxer +2) while they are lightly loaded, "
                    "when the process may (root or CAP_SYS_NICE); a busy actor drops to SCHED_OTHER "
                    "(default 1; 0 = SCHED_OTHER throughout; docs/actors.md).")
+@click.option("--nap-us", type=click.IntRange(0, 10_000), default=None,
+              help="Under a heavy stream (>= 64 packets since its rings were last empty) a data-path actor "
+                   "sleeps this long on the clock when they run dry, instead of on its doorbell: its "
+                   "producers then pay no wake-ups (default 100; 0 = off; docs/actors.md).")
 @click.option("--stall-ms", type=click.FloatRange(0, 60_000), default=50.0, show_default=True,
               help="A worker whose full rx ring it has not consumed from for this long is dead or frozen: "
                    "steering drops its packets (counted, owner_stalled) instead of moving its flows to "
@@ -144,7 +151,8 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
 @click.option("--shard", default="", metavar="NAME",
               help="Run only this [[shard]] of the config (default: every shard, one process each).")
 def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoint, metrics, control,
-        burst, ring_size, stall_ms, frames, verbose, log_format, latency, shard, idle_poll_us, rt_prio) -> None:
+        burst, ring_size, stall_ms, frames, verbose, log_format, latency, shard, idle_poll_us, rt_prio,
+        nap_us) -> None:
     """Run the forwarder until Ctrl-C (or the end of a finite input).
 
     A config with [[shard]] sections runs each shard as its own isolated forwarder
@@ -175,7 +183,8 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
             given = {"control": control, "metrics": metrics, "cpus": cpus}
             sh.check_options(whole, given)
             base = _passthrough(workers, config_path, nic, exit_on_eof, as_json, otlp_endpoint, burst, ring_size,
-                                frames, verbose, log_format, control, metrics, cpus, stall_ms, idle_poll_us, rt_prio)
+                                frames, verbose, log_format, control, metrics, cpus, stall_ms, idle_poll_us, rt_prio,
+                                nap_us)
             if latency:
                 base.append("--latency")
             sys.exit(sh.launch_all(whole, base, out or "", as_json))
@@ -228,6 +237,8 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         opts.idle_poll_us = idle_poll_us
     if rt_prio is not None:
         opts.rt_prio = rt_prio
+    if nap_us is not None:
+        opts.nap_us = nap_us
     from maglev.actors.controller import Controller
 
     ctrl = Controller()  # announces/withdraws the VIPs over BGP (maglev/actors/controller.py)

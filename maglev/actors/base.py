@@ -184,18 +184,24 @@ class Actor:
         pipeline's ``idle_us`` / ``idle_mode`` params, mg_loop.h): the loop then polls its
         doorbell's rings for that window after the last packet it moved, and returns
         ``MG_LOOP_IDLE`` only when the window passed -- so :meth:`wait` sleeps at once
-        (no second spin in Python)."""
+        (no second spin in Python).  The ``nap_us`` param turns on the nap under load
+        (``ctl->nap_ns``)."""
         us = int(self.params.get("idle_us", 0))
-        if us <= 0:
+        nap_us = int(self.params.get("nap_us", 0))
+        if us <= 0 and nap_us <= 0:
             return
         from maglev.native import ffi, lib
 
         self.idle_state = ffi.new("struct mg_idle_state *")
-        ctl.idle_ns = us * 1000
         ctl.idle = self.idle_state
         ctl.idle_mode = int(self.params.get("idle_mode", lib.MG_IDLE_YIELD))
         ctl.bell = bell
-        self.spin = 0
+        # Nap under load (mg_loop.h): a heavy stream sleeps on the clock between looks
+        # instead of on the doorbell, so its producers pay no wake-ups.
+        ctl.nap_ns = max(0, nap_us) * 1000
+        if us > 0:
+            ctl.idle_ns = us * 1000
+            self.spin = 0
 
     def sched_setup(self) -> None:
         """A data-path actor's scheduling at setup (maglev/actors/sched.py): the optional

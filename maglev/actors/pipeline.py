@@ -34,6 +34,7 @@ from maglev.actors.extra import EXTRA_ACTORS
 from maglev.actors.leftovers import remove_dead_runs
 from maglev.actors.placement import (  # also imported from here by tests and benches
     IDLE_POLL_US_DEFAULT,
+    NAP_US_DEFAULT,
     doorbell_spin,
     idle_params,
     parse_cpus,
@@ -126,6 +127,8 @@ class PipelineOptions:
     steer_cost: float = DEFAULT_STEER_COST
     # Adaptive idle window in microseconds (IDLE_POLL_US_DEFAULT; 0 = sleep at once).
     idle_poll_us: int = IDLE_POLL_US_DEFAULT
+    # Nap under load in microseconds (placement.NAP_US_DEFAULT, mg_loop.h; 0 = off).
+    nap_us: int = NAP_US_DEFAULT
     # SCHED_FIFO base priority of steering (workers +1, muxer +2) while lightly loaded, when
     # the process may (maglev/actors/sched.py); 0 = SCHED_OTHER throughout.
     rt_prio: int = RT_PRIO_DEFAULT
@@ -149,6 +152,8 @@ class Pipeline:
             raise ConfigError([f"burst: {opts.burst} must be 1..256"])
         if not 0 <= opts.idle_poll_us <= 100_000:
             raise ConfigError([f"--idle-poll-us: {opts.idle_poll_us} must be 0..100000"])
+        if not 0 <= opts.nap_us <= 10_000:
+            raise ConfigError([f"--nap-us: {opts.nap_us} must be 0..10000"])
         if not 0 <= opts.rt_prio <= 97:
             raise ConfigError([f"--rt-prio: {opts.rt_prio} must be 0..97 (0 = SCHED_OTHER)"])
         self.opts = opts
@@ -254,7 +259,7 @@ class Pipeline:
         common = {"region": self.region_name, "config": o.config_path, "burst": o.burst}
 
         def spin(name: str) -> dict[str, int]:
-            return {"spin": doorbell_spin(plan, name), **idle_params(plan, name, o.idle_poll_us, o.rt_prio)}
+            return {"spin": doorbell_spin(plan, name), **idle_params(plan, name, o.idle_poll_us, o.rt_prio, o.nap_us)}
         defs = [
             ActorDef(
                 "steering",

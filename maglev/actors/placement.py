@@ -70,11 +70,19 @@ def doorbell_spin(plan: dict[str, list[int]], name: str, default: int = 256) -> 
 # 524-786 with) and took ~0.3 core more at that rate.  `maglev run --idle-poll-us 200`.
 IDLE_POLL_US_DEFAULT = 0
 
+# Nap under load (mg_loop.h, ctl->nap_ns): a data-path actor whose last stretch of work
+# moved >= MG_NAP_MIN packets sleeps this long on the clock when its rings run dry, instead
+# of on its doorbell, so its producers pay no futex wake-ups while the stream is heavy (a
+# trickle still sleeps on the doorbell).  0 = off.  `maglev run --nap-us N`.
+NAP_US_DEFAULT = 100
 
-def idle_params(plan: dict[str, list[int]], name: str, idle_poll_us: int, rt_prio: int = 0) -> dict[str, int]:
+
+def idle_params(plan: dict[str, list[int]], name: str, idle_poll_us: int, rt_prio: int = 0,
+                nap_us: int = 0) -> dict[str, int]:
     """An actor's idle policy: ``idle_us`` (the poll window), ``idle_mode`` (``MG_IDLE_PAUSE``
     alone on its CPU, ``MG_IDLE_YIELD`` when it shares the CPU with another data-path actor)
-    and ``rt_prio`` (the run's SCHED_FIFO base, maglev/actors/sched.py).
+    , ``rt_prio`` (the run's SCHED_FIFO base, maglev/actors/sched.py) and ``nap_us`` (the
+    nap under load, ``NAP_US_DEFAULT``).
     A worker that shares its CPU with another *worker* (more workers than CPUs) does not poll
     (``idle_us`` 0): several pollers on one CPU only yield to each other -- measured with 8
     workers on 2 CPUs, 2026-12-07: +25% CPU per packet and a lower rate with polling.  Nor
@@ -89,4 +97,4 @@ def idle_params(plan: dict[str, list[int]], name: str, idle_poll_us: int, rt_pri
         set(c) & mine for n, c in plan.items() if n != name and n.startswith("worker-"))
     return {"idle_us": 0 if crowded else int(idle_poll_us),
             "idle_mode": int(lib.MG_IDLE_YIELD if shared else lib.MG_IDLE_PAUSE),
-            "rt_prio": 0 if crowded else int(rt_prio)}
+            "rt_prio": 0 if crowded else int(rt_prio), "nap_us": int(nap_us)}

@@ -34,22 +34,25 @@ def test_idle_policy_follows_the_plan():
     polling for a worker that shares its CPU with another worker."""
     pause, yld = int(lib.MG_IDLE_PAUSE), int(lib.MG_IDLE_YIELD)
     two = plan_cpus(2, [0, 1])
-    got = {n: idle_params(two, n, 200, 1) for n in two}
-    assert got == {"steering": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1},
-                   "muxer": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1},
-                   "worker-0": {"idle_us": 200, "idle_mode": pause, "rt_prio": 1},  # cpu 1 to itself
-                   "worker-1": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1}}  # with steering and the muxer
+    got = {n: idle_params(two, n, 200, 1, 100) for n in two}
+    assert got == {"steering": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1, "nap_us": 100},
+                   "muxer": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1, "nap_us": 100},
+                   "worker-0": {"idle_us": 200, "idle_mode": pause, "rt_prio": 1, "nap_us": 100},  # cpu 1 alone
+                   "worker-1": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1, "nap_us": 100}}  # with the others
     eight = plan_cpus(8, [0, 1])
     # crowded: no polling, no SCHED_FIFO (sched.py)
     assert all(idle_params(eight, f"worker-{i}", 200, 1)["idle_us"] == 0 for i in range(8))
     assert all(idle_params(eight, f"worker-{i}", 200, 1)["rt_prio"] == 0 for i in range(8))
-    assert idle_params(eight, "muxer", 200, 1) == {"idle_us": 200, "idle_mode": yld, "rt_prio": 1}
+    assert idle_params(eight, "muxer", 200, 1) == {"idle_us": 200, "idle_mode": yld, "rt_prio": 1, "nap_us": 0}
+    # the nap under load is a sleep, not a poll: crowded workers nap too
+    assert all(idle_params(eight, f"worker-{i}", 200, 1, 100)["nap_us"] == 100 for i in range(8))
     assert idle_params(two, "worker-0", 0)["idle_us"] == 0  # --idle-poll-us 0: nobody polls
-    p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=100,flows=10", idle_poll_us=50))
+    p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=100,flows=10", idle_poll_us=50, nap_us=70))
     try:
         p.start()
         params = {d.name: d.params for d in p.actor_defs()}
         assert params["worker-0"]["idle_us"] == 50 and params["muxer"]["idle_mode"] == yld
+        assert {params[n]["nap_us"] for n in ("steering", "worker-0", "worker-1", "muxer")} == {70}
         p.stop()
     finally:
         p.close()
@@ -57,6 +60,8 @@ def test_idle_policy_follows_the_plan():
 
     with pytest.raises(ConfigError, match="idle-poll-us"):
         Pipeline(PipelineOptions(workers=2, idle_poll_us=-1))
+    with pytest.raises(ConfigError, match="nap-us"):
+        Pipeline(PipelineOptions(workers=2, nap_us=20_000))
 
 
 def _affinities(p: Pipeline) -> dict[str, list[int]]:

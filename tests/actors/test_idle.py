@@ -175,3 +175,102 @@ def test_a_paced_generator_sleeps_between_packets_in_the_loop(region):
     assert 0 < out.packets <= wall * 500 + 1  # never ahead of the pace
     assert out.packets >= 40  # about 150 due; a loaded machine may lag
     assert cpu < 0.5 * wall
+
+
+def nap_ctl(nap_ms: float, bell: int, budget_ns: int = BUDGET, stop=ffi.NULL):
+    state = ffi.new("struct mg_idle_state *")
+    c = ffi.new("struct mg_loop_ctl *", {
+        "budget_ns": budget_ns, "burst": 64, "idle": state, "bell": bell, "stop": stop,
+        "nap_ns": int(nap_ms * 1e6)})
+    return c, state
+
+
+def when_napping(state, then) -> threading.Thread:
+    """A thread that waits until the loop has started its first nap (``napping`` is set just
+    before the sleep), then calls ``then``: no guess of how long the loop takes to get there."""
+    def run() -> None:
+        deadline = time.monotonic() + 30
+        while not state.napping and time.monotonic() < deadline:
+            time.sleep(0.001)
+        then()
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_a_heavy_stretch_naps_on_the_clock_and_its_producer_wakes_no_one(region):
+    """Nap under load (mg_loop.h): after >= MG_NAP_MIN packets the worker finds its ring
+    empty, sleeps on the clock with need_wakeup clear, takes what came meanwhile in the same
+    call (a quarter of MG_NAP_MIN keeps it napping), and returns to sleep on the doorbell
+    only after a stretch below that (a trickle, here none)."""
+    st, _, w = glue(region)
+    assert send(st, region, 100) == 100  # a stretch above MG_NAP_MIN (64)
+    bell = region.bell(worker_bell(0))
+    wakes0 = bell.stats()["wakeups"]
+    c, state = nap_ctl(500, worker_bell(0))
+    out = ffi.new("struct mg_loop_out *")
+    sent = []
+    t0 = time.monotonic()
+    t = when_napping(state, lambda: sent.append(send(st, region, 50)))
+    try:
+        check(lib.mg_worker_loop(w, region.base, c, out), "worker loop")  # cffi drops the GIL
+    finally:
+        t.join()
+    took = time.monotonic() - t0
+    assert sent == [50]
+    # 100, nap (the 50 come meanwhile), 50 >= MG_NAP_MIN / 4: nap again, nothing: idle
+    assert (out.packets, out.reason, state.naps, state.stretch, state.napping) == (150, lib.MG_LOOP_IDLE, 2, 0, 0)
+    assert 0.9 <= took < 10.0  # the two naps of 0.5 s, not more
+    assert bell.stats()["wakeups"] == wakes0 and bell.stats()["sleeps"] == 0  # no futex either way
+    rep = region.account()
+    assert rep.ok, str(rep)
+
+
+def test_a_trickle_does_not_nap(region):
+    st, _, w = glue(region)
+    assert send(st, region, 10) == 10  # below MG_NAP_MIN
+    c, state = nap_ctl(5000, worker_bell(0))  # a nap would take 5 s
+    out = ffi.new("struct mg_loop_out *")
+    t0 = time.monotonic()
+    check(lib.mg_worker_loop(w, region.base, c, out), "worker loop")
+    assert (out.packets, out.reason, state.naps) == (10, lib.MG_LOOP_IDLE, 0)
+    assert time.monotonic() - t0 < 2.0
+    c.nap_min = 5  # a lower threshold (ctl->nap_min): the same 10 packets are a heavy stretch
+    c.budget_ns = 50_000_000
+    assert send(st, region, 10) == 10
+    check(lib.mg_worker_loop(w, region.base, c, out), "worker loop")
+    assert (out.packets, state.naps) == (10, 1)
+
+
+def test_a_nap_ends_at_the_deadline_and_on_stop_and_leaves_an_alert_for_python(region):
+    st, mux, w = glue(region)
+    out = ffi.new("struct mg_loop_out *")
+    # the deadline: a 10 s nap cut to the 100 ms budget
+    assert send(st, region, 100) == 100
+    c, state = nap_ctl(10_000, worker_bell(0), budget_ns=100_000_000)
+    t0 = time.monotonic()
+    check(lib.mg_worker_loop(w, region.base, c, out), "worker loop")
+    assert (out.packets, out.reason, state.naps) == (100, lib.MG_LOOP_BUDGET, 1)
+    assert time.monotonic() - t0 < 5.0
+    # a pending alert is not work: the muxer moves its 100 packets, naps, then sees the
+    # alert and leaves it for Python (MG_LOOP_BUDGET)
+    bell = region.bell(int(lib.MG_BELL_MUXER))
+    bell.alert()
+    c, state = nap_ctl(20, int(lib.MG_BELL_MUXER))
+    check(lib.mg_mux_loop(mux, region.base, c, out), "mux loop")
+    assert (out.packets, out.reason, state.naps) == (100, lib.MG_LOOP_BUDGET, 1)
+    assert bell.take_alert() == lib.MG_BELL_ALERT_STOP
+    # the stop flag, set while the loop naps: MG_LOOP_STOP when the nap ends
+    for _ in range(2):
+        check(lib.mg_steer_reclaim(st, region.base), "reclaim")
+    assert send(st, region, 100) == 100
+    stop = ffi.new("uint32_t *", 0)
+    c, state = nap_ctl(500, worker_bell(0), stop=stop)
+    t = when_napping(state, lambda: stop.__setitem__(0, 1))
+    try:
+        check(lib.mg_worker_loop(w, region.base, c, out), "worker loop")
+    finally:
+        t.join()
+    assert (out.packets, out.reason, state.naps) == (100, lib.MG_LOOP_STOP, 1)
+    rep = region.account()
+    assert rep.ok, str(rep)

@@ -15,12 +15,19 @@ struct mg_loop_ctl {
     struct mg_idle_state *idle;
     uint32_t idle_mode;
     uint32_t bell;
+    uint64_t nap_ns;
+    uint32_t nap_min;
+    uint32_t reserved;
 };
+#define MG_NAP_MIN ...
 struct mg_idle_state {
     uint64_t last_work_ns;
     uint64_t backoff_until_ns;
     uint64_t backoff_ns;
     uint64_t contended;
+    uint64_t stretch;
+    uint64_t naps;
+    uint64_t napping;
 };
 #define MG_IDLE_PAUSE 1
 #define MG_IDLE_YIELD 2

@@ -69,8 +69,10 @@ static int budget_done(const struct budget *b, const struct mg_loop_ctl *c, stru
     if (n) {
         o->packets += n;
         o->bursts++;
-        if (c->idle)
+        if (c->idle) {
             c->idle->last_work_ns = o->last_ns;
+            c->idle->stretch += n;
+        }
     }
     if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
         o->reason = MG_LOOP_STOP;
@@ -168,6 +170,65 @@ static int idle_poll(void *base, const struct budget *b, const struct mg_loop_ct
             st->backoff_ns = 0;
     }
     return rc;
+}
+
+/* Nap under load (mg_loop.h, ctl->nap_ns): the stretch since the loop last found nothing
+ * moved at least nap_min packets (a quarter of that when the last empty look napped too)
+ * -- a stream heavy enough that sleeping on the clock costs less than being woken through
+ * the doorbell. */
+static inline int nap_due(const struct mg_loop_ctl *c)
+{
+    if (!c->nap_ns || !c->idle)
+        return 0;
+    uint64_t min = c->nap_min ? c->nap_min : MG_NAP_MIN;
+    if (c->idle->napping)
+        min /= 4;
+    return c->idle->stretch >= (min ? min : 1);
+}
+
+/* Sleep ctl->nap_ns on the clock (never past the budget's deadline), need_wakeup left
+ * clear: the producers do not wake us, our CPU's timer does.  1: look at the rings again;
+ * 0: return, out->reason set (MG_LOOP_STOP; MG_LOOP_BUDGET at the deadline or on an
+ * alert, which Python takes). */
+static int nap(void *base, const struct budget *b, const struct mg_loop_ctl *c,
+               struct mg_loop_out *o)
+{
+    struct mg_idle_state *st = c->idle;
+    st->stretch = 0;
+    st->napping = 1;
+    uint64_t now = mg_loop_now_ns();
+    uint64_t until = now + c->nap_ns;
+    if (until > b->deadline)
+        until = b->deadline;
+    if (until > now) {
+        struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
+                              .tv_nsec = (long)(until % 1000000000u)};
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+        st->naps++;
+    }
+    now = mg_loop_now_ns();
+    o->last_ns = now;
+    if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
+        o->reason = MG_LOOP_STOP;
+        return 0;
+    }
+    if (now >= b->deadline || mg_bell_poll(base, c->bell) == 2) {
+        o->reason = MG_LOOP_BUDGET;
+        return 0;
+    }
+    return 1;
+}
+
+/* The loop found nothing to do: nap (a heavy stream), else the adaptive idle poll.  1: go
+ * on; 0: return, out->reason set (MG_LOOP_IDLE: the caller sleeps on its doorbell). */
+static int idle_wait(void *base, const struct budget *b, const struct mg_loop_ctl *c,
+                     struct mg_loop_out *o)
+{
+    if (nap_due(c))
+        return nap(base, b, c, o);
+    if (c->idle)
+        c->idle->stretch = c->idle->napping = 0;
+    return idle_poll(base, b, c, o);
 }
 
 /* Pacing: packets of a paced source due by `now` and not produced yet. */
@@ -318,7 +379,7 @@ again:;
         return 1;
     }
     if (n == 0) {
-        if (idle_poll(base, b, ctl, out))
+        if (idle_wait(base, b, ctl, out))
             goto again;
         *ret = 0;
         return 1;
@@ -359,7 +420,7 @@ int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
         if (n < 0)
             return n;
         if (n == 0) { /* no free frame: they come home on ret/sent, which ring the bell */
-            if (idle_poll(base, &b, ctl, out))
+            if (idle_wait(base, &b, ctl, out))
                 continue;
             return 0;
         }
@@ -390,11 +451,15 @@ int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ct
         if (rc < 0)
             return rc;
         if (rc == 0) {
-            if (!ctl->idle_ns)
+            if (!ctl->idle_ns && !nap_due(ctl)) {
+                if (ctl->idle)
+                    ctl->idle->stretch = ctl->idle->napping = 0;
                 return finish(out, MG_LOOP_IDLE);
-            /* polling holds no table generation: a table update need not wait for it */
+            }
+            /* polling or napping holds no table generation: a table update need not
+             * wait for it */
             mg_tables_quiesce(base, w->worker);
-            if (idle_poll(base, &b, ctl, out))
+            if (idle_wait(base, &b, ctl, out))
                 continue;
             return 0;
         }
