@@ -59,7 +59,7 @@ _libc.syscall.restype = ctypes.c_long
 TX_CHECK_S = 0.01
 TX_RETRY_S = 0.05
 _TX_STATS = ("tx_packets", "tx_bytes", "tx_completed", "tx_ring_full", "tx_oversize", "tx_kicks",
-             "tx_kick_errors", "tx_bursts")
+             "tx_kick_errors", "tx_bursts", "tx_kick_again", "tx_left")
 
 MODES = ("auto", "copy", "zerocopy")
 # How long a busy queue is retried (a dead predecessor's socket being freed) before EBUSY.
@@ -253,6 +253,8 @@ class AfXdpNic:
 
     # -- counters and lifecycle ---------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        if not getattr(self, "_socks", None) and getattr(self, "_final", None):
+            return dict(self._final)  # closed: the counters as they were at the close
         out: dict[str, Any] = {k: 0 for k in _STATS}
         kern = ffi.new("uint64_t[4]")
         extra = {"kernel_drops": 0, "kernel_invalid": 0, "kernel_rx_ring_full": 0, "kernel_fill_empty": 0}
@@ -280,6 +282,11 @@ class AfXdpNic:
                 if json.loads(pub.read_text()).get("pid") == os.getpid():
                     pub.unlink()
             except (OSError, ValueError):
+                pass
+        if getattr(self, "_socks", None):
+            try:
+                self._final = self.stats()  # the actor's final report comes after the close
+            except Exception:
                 pass
         prog = getattr(self, "prog", None)
         if prog is not None:

@@ -354,6 +354,7 @@ int mg_xsk_tx_burst(struct mg_xsk_tx *t, const uint8_t *pool, const uint64_t *de
         }
         int e = errno;
         if (e == EAGAIN || e == EBUSY || e == ENOBUFS) {
+            t->stats.tx_kick_again++;
             /* copy mode: the kernel sends a batch per call and says EAGAIN for the rest */
             if (__atomic_load_n(t->tx.consumer, __ATOMIC_ACQUIRE) == prod + sent)
                 break;
@@ -367,6 +368,8 @@ int mg_xsk_tx_burst(struct mg_xsk_tx *t, const uint8_t *pool, const uint64_t *de
             rc = -e;  /* the frames stay in the ring: the caller counts them as errors */
         break;
     }
+    if (rc > 0 && __atomic_load_n(t->tx.consumer, __ATOMIC_ACQUIRE) != prod + sent)
+        t->stats.tx_left++;
     tx_reclaim(t);
     return rc;
 }
