@@ -381,7 +381,8 @@ def main() -> None:
                       f"{h['direct_one_way_us']['there']}/{h['direct_one_way_us']['back']})")
         elif key == "added_latency_us":
             for drv, a in v.items():
-                print(f"added latency {drv:<12} p50 {a['p50']} us  p99 {a['p99']} us (UDP echo, VIP - direct)")
+                print(f"added latency {drv:<12} p50 {a['p50']} us  p90 {a.get('p90')} us  p99 {a['p99']} us "
+                      "(UDP echo, VIP - direct)")
         elif key == "round_trips_us":
             continue
         else:
