@@ -46,6 +46,7 @@
 #define MG_XSK_RING_SIZE 2048u  /* fill, RX, TX, completion (power of two) */
 #define MG_XSK_RX_FRAMES 2048u  /* chunks 0..2047: fill/RX; the rest: TX */
 #define MG_XSK_TX_FRAMES (MG_XSK_NUM_FRAMES - MG_XSK_RX_FRAMES)
+#define MG_XSK_PREFETCH 4u      /* packets ahead whose bytes the burst loops prefetch */
 #define MG_XSK_KICK_MAX 64u     /* sendto() kicks per burst at most (copy mode: 32 frames each) */
 
 /* mg_xsk_open() modes */
