@@ -94,7 +94,9 @@ struct mg_xsk_tx_stats {
     uint64_t tx_kick_errors;/* kicks that failed with something else than EAGAIN/EBUSY/ENOBUFS */
     uint64_t tx_bursts;
     uint64_t tx_kick_again; /* kicks answered EAGAIN/EBUSY/ENOBUFS (the kernel sent a batch, or none) */
-    uint64_t tx_left;       /* bursts whose kicks ended with frames still in the TX ring */
+    uint64_t tx_left;       /* bursts whose kicks ended with frames still in the TX ring: in
+                             * copy mode those wait for a later kick or a poll(); a zero-copy
+                             * driver consumes the ring on its own, so there it means little */
 };
 
 /* The muxer's side of one socket: TX and completion rings, TX chunks. */
