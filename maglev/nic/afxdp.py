@@ -179,15 +179,15 @@ class AfXdpNic:
 
     @staticmethod
     def _busy_poll(fd: int, us: int) -> None:
-        s = socket.socket(fileno=os.dup(fd))
-        try:
-            s.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, us)
-            s.setsockopt(socket.SOL_SOCKET, SO_PREFER_BUSY_POLL, 1)
-            s.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL_BUDGET, 64)
-        except OSError as e:
-            raise NicError(e.errno, f"afxdp: busy_poll={us}: {e.strerror}") from None
-        finally:
-            s.close()  # the duplicate only
+        # setsockopt(2) on the descriptor itself: Python's socket(fileno=...) asks the
+        # kernel for the socket's address, which an AF_XDP socket does not have
+        # (EOPNOTSUPP), so wrapping the descriptor failed (session 6).
+        for opt, val in ((SO_BUSY_POLL, us), (SO_PREFER_BUSY_POLL, 1), (SO_BUSY_POLL_BUDGET, 64)):
+            v = ctypes.c_int(val)
+            if _libc.setsockopt(fd, socket.SOL_SOCKET, opt, ctypes.byref(v), ctypes.sizeof(v)) < 0:
+                e = ctypes.get_errno()
+                hint = " (needs CAP_NET_ADMIN)" if e == errno.EPERM else ""
+                raise NicError(e, f"afxdp: busy_poll={us}: {os.strerror(e)}{hint}")
 
     # -- data path ---------------------------------------------------------------------
     def rx_burst(self, pool: Any, descs: Any, n: int) -> int:

@@ -655,3 +655,28 @@ def test_a_lone_frame_goes_through_receive_and_transmit_without_waiting(pair):
     assert rx["rx_packets"] == n and rx["fill_wakeups"] == 0 and rx["kernel_drops"] == 0, rx
     rtts.sort()
     assert rtts[len(rtts) // 2] < 0.004, rtts
+
+
+def test_busy_poll_sets_the_socket_options_and_receives(pair):
+    """``busy_poll=US`` used to fail with a traceback (Python cannot wrap an AF_XDP
+    descriptor in a socket object: getsockname is EOPNOTSUPP); the options are now set
+    on the descriptor itself, and the socket still receives."""
+    import ctypes
+
+    from maglev.nic.afxdp import SO_BUSY_POLL, SO_PREFER_BUSY_POLL
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    _, a, b = pair
+    nic = open_nic(b, busy_poll=50)
+    try:
+        for x in nic._socks:
+            for opt, want in ((SO_BUSY_POLL, 50), (SO_PREFER_BUSY_POLL, 1)):
+                v, n = ctypes.c_int(0), ctypes.c_uint32(4)
+                assert libc.getsockopt(int(x.fd), socket.SOL_SOCKET, opt, ctypes.byref(v), ctypes.byref(n)) == 0
+                assert v.value == want, (opt, v.value)
+        frames = vip_frames(a, b, 5)
+        send_raw(a, frames)
+        assert receive(nic, Pool(), 5) == frames
+    finally:
+        nic.close()
+    assert not xdp_attached(b, "b0")
