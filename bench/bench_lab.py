@@ -223,8 +223,13 @@ def main() -> None:
                          "Python agent (one recv + one write per packet), vxlan in the kernel, l2 not at all")
     ap.add_argument("--hops", type=int, default=40,
                     help="traced one-at-a-time UDP echoes per driver for the hop split (0 = off)")
+    ap.add_argument("--drivers", default="v3,v2,afxdp",
+                    help="comma-separated maglev NIC drivers to measure (v3, v2, afxdp; default all three)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    wanted = [d.strip() for d in args.drivers.split(",") if d.strip()]
+    if bad := sorted(set(wanted) - {"v3", "v2", "afxdp"}):
+        ap.error(f"--drivers: unknown driver(s) {', '.join(bad)} (known: v3, v2, afxdp)")
     if reason := topo.why_no_lab():
         print(f"bench_lab: skipped: {reason}")
         return
@@ -281,9 +286,9 @@ def main() -> None:
             out["added_latency_us"] = {}
             out["hops_us"] = {}
             out["round_trips_us"] = {}
-            drivers = [("v3", "afpacket:eth0", {"MAGLEV_AFPACKET_RING": "v3"}),
-                       ("v2", "afpacket:eth0", {"MAGLEV_AFPACKET_RING": "v2"})]
-            why_no_xdp = afxdp_unavailable()
+            drivers = [d for d in (("v3", "afpacket:eth0", {"MAGLEV_AFPACKET_RING": "v3"}),
+                                   ("v2", "afpacket:eth0", {"MAGLEV_AFPACKET_RING": "v2"})) if d[0] in wanted]
+            why_no_xdp = afxdp_unavailable() if "afxdp" in wanted else "not asked for (--drivers)"
             if why_no_xdp:
                 out["afxdp"] = f"not measured: {why_no_xdp}"
             else:
@@ -376,7 +381,8 @@ def main() -> None:
                       f"{h['direct_one_way_us']['there']}/{h['direct_one_way_us']['back']})")
         elif key == "added_latency_us":
             for drv, a in v.items():
-                print(f"added latency {drv:<12} p50 {a['p50']} us  p99 {a['p99']} us (UDP echo, VIP - direct)")
+                print(f"added latency {drv:<12} p50 {a['p50']} us  p90 {a.get('p90')} us  p99 {a['p99']} us "
+                      "(UDP echo, VIP - direct)")
         elif key == "round_trips_us":
             continue
         else:

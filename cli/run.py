@@ -52,7 +52,13 @@ def _summary_text(s: dict) -> str:
     if x := s.get("afxdp_tx"):
         why = f" (last: {x['why_fallback']})" if x.get("fallback_packets") and x.get("why_fallback") else ""
         lines.append(f"  AF_XDP transmit: {x['tx_packets']} through the TX rings, {x['fallback_packets']} "
-                     f"through the AF_PACKET fallback{why}; took steering's sockets {x['attaches']} time(s)")
+                     f"through the AF_PACKET fallback{why}; took steering's sockets {x['attaches']} time(s); "
+                     f"kicks {x.get('tx_kicks')} ({x.get('tx_kick_again')} EAGAIN), bursts leaving frames in the "
+                     f"ring {x.get('tx_left')}")
+    if x := s.get("afxdp_rx"):
+        lines.append(f"  AF_XDP receive: {x['rx_packets']} packets in {x['rx_bursts']} bursts ({x['xdp_mode']} XDP); "
+                     f"kernel drops: RX ring full {x['kernel_rx_ring_full']}, fill ring empty "
+                     f"{x['kernel_fill_empty']}, other {x['kernel_drops']}; fill kicks {x['fill_wakeups']}")
     return "\n".join(lines)
 
 

@@ -390,8 +390,12 @@ class Pipeline:
         tx = stats.get("muxer", {}).get("nic", {})
         if "fallback_packets" in tx:  # AF_XDP transmit: TX rings vs the AF_PACKET fallback
             out["afxdp_tx"] = {k: tx.get(k) for k in ("tx_packets", "tx_completed", "tx_ring_full", "tx_kicks",
-                                                      "fallback_packets", "attaches", "detaches", "why_fallback")}
+                                                      "tx_kick_again", "tx_left", "fallback_packets", "attaches",
+                                                      "detaches", "why_fallback")}
         nic = stats.get("steering", {}).get("nic", {})
+        if "kernel_fill_empty" in nic:  # AF_XDP receive: where the kernel dropped (XDP_STATISTICS)
+            out["afxdp_rx"] = {k: nic.get(k) for k in ("rx_packets", "rx_bursts", "fill_wakeups", "kernel_drops",
+                                                       "kernel_rx_ring_full", "kernel_fill_empty", "xdp_mode")}
         if nic.get("error"):
             out["input_error"] = nic["error"]  # a damaged capture: replayed up to the damage
         return out

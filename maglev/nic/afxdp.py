@@ -59,7 +59,7 @@ _libc.syscall.restype = ctypes.c_long
 TX_CHECK_S = 0.01
 TX_RETRY_S = 0.05
 _TX_STATS = ("tx_packets", "tx_bytes", "tx_completed", "tx_ring_full", "tx_oversize", "tx_kicks",
-             "tx_kick_errors", "tx_bursts")
+             "tx_kick_errors", "tx_bursts", "tx_kick_again", "tx_left")
 
 MODES = ("auto", "copy", "zerocopy")
 # How long a busy queue is retried (a dead predecessor's socket being freed) before EBUSY.
@@ -179,15 +179,15 @@ class AfXdpNic:
 
     @staticmethod
     def _busy_poll(fd: int, us: int) -> None:
-        s = socket.socket(fileno=os.dup(fd))
-        try:
-            s.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, us)
-            s.setsockopt(socket.SOL_SOCKET, SO_PREFER_BUSY_POLL, 1)
-            s.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL_BUDGET, 64)
-        except OSError as e:
-            raise NicError(e.errno, f"afxdp: busy_poll={us}: {e.strerror}") from None
-        finally:
-            s.close()  # the duplicate only
+        # setsockopt(2) on the descriptor itself: Python's socket(fileno=...) asks the
+        # kernel for the socket's address, which an AF_XDP socket does not have
+        # (EOPNOTSUPP), so wrapping the descriptor failed (session 6).
+        for opt, val in ((SO_BUSY_POLL, us), (SO_PREFER_BUSY_POLL, 1), (SO_BUSY_POLL_BUDGET, 64)):
+            v = ctypes.c_int(val)
+            if _libc.setsockopt(fd, socket.SOL_SOCKET, opt, ctypes.byref(v), ctypes.sizeof(v)) < 0:
+                e = ctypes.get_errno()
+                hint = " (needs CAP_NET_ADMIN)" if e == errno.EPERM else ""
+                raise NicError(e, f"afxdp: busy_poll={us}: {os.strerror(e)}{hint}")
 
     # -- data path ---------------------------------------------------------------------
     def rx_burst(self, pool: Any, descs: Any, n: int) -> int:
@@ -253,6 +253,8 @@ class AfXdpNic:
 
     # -- counters and lifecycle ---------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        if not getattr(self, "_socks", None) and getattr(self, "_final", None):
+            return dict(self._final)  # closed: the counters as they were at the close
         out: dict[str, Any] = {k: 0 for k in _STATS}
         kern = ffi.new("uint64_t[4]")
         extra = {"kernel_drops": 0, "kernel_invalid": 0, "kernel_rx_ring_full": 0, "kernel_fill_empty": 0}
@@ -280,6 +282,11 @@ class AfXdpNic:
                 if json.loads(pub.read_text()).get("pid") == os.getpid():
                     pub.unlink()
             except (OSError, ValueError):
+                pass
+        if getattr(self, "_socks", None):
+            try:
+                self._final = self.stats()  # the actor's final report comes after the close
+            except Exception:
                 pass
         prog = getattr(self, "prog", None)
         if prog is not None:

@@ -38,6 +38,8 @@ struct mg_xsk_tx_stats {
     uint64_t tx_kicks;
     uint64_t tx_kick_errors;
     uint64_t tx_bursts;
+    uint64_t tx_kick_again;
+    uint64_t tx_left;
 };
 
 struct mg_xsk_tx {

@@ -46,6 +46,7 @@
 #define MG_XSK_RING_SIZE 2048u  /* fill, RX, TX, completion (power of two) */
 #define MG_XSK_RX_FRAMES 2048u  /* chunks 0..2047: fill/RX; the rest: TX */
 #define MG_XSK_TX_FRAMES (MG_XSK_NUM_FRAMES - MG_XSK_RX_FRAMES)
+#define MG_XSK_PREFETCH 4u      /* packets ahead whose bytes the burst loops prefetch */
 #define MG_XSK_KICK_MAX 64u     /* sendto() kicks per burst at most (copy mode: 32 frames each) */
 
 /* mg_xsk_open() modes */
@@ -92,6 +93,10 @@ struct mg_xsk_tx_stats {
     uint64_t tx_kicks;      /* sendto() because the kernel asked (need_wakeup) */
     uint64_t tx_kick_errors;/* kicks that failed with something else than EAGAIN/EBUSY/ENOBUFS */
     uint64_t tx_bursts;
+    uint64_t tx_kick_again; /* kicks answered EAGAIN/EBUSY/ENOBUFS (the kernel sent a batch, or none) */
+    uint64_t tx_left;       /* bursts whose kicks ended with frames still in the TX ring: in
+                             * copy mode those wait for a later kick or a poll(); a zero-copy
+                             * driver consumes the ring on its own, so there it means little */
 };
 
 /* The muxer's side of one socket: TX and completion rings, TX chunks. */

@@ -159,8 +159,14 @@ int mg_xsk_rx_burst(struct mg_xsk *x, uint8_t *pool, const uint64_t *descs, uint
     const struct xdp_desc *rd = x->rx.desc;
     uint64_t *fdesc = x->fill.desc;
     uint64_t ts = mg_mono_ns();
+    /* The kernel wrote the chunks on another CPU: ask for the next packets' bytes (and
+     * the descriptors after them) a few packets ahead, so the misses overlap. */
+    for (uint32_t i = 0; i < k && i < MG_XSK_PREFETCH; i++)
+        MG_PREFETCH(x->umem + (rd[(cons + i) & x->rx.mask].addr & (x->umem_len - 1)));
     for (uint32_t i = 0; i < k; i++) {
         const struct xdp_desc *d = &rd[(cons + i) & x->rx.mask];
+        if (i + MG_XSK_PREFETCH < k)
+            MG_PREFETCH(x->umem + (rd[(cons + i + MG_XSK_PREFETCH) & x->rx.mask].addr & (x->umem_len - 1)));
         uint32_t len = d->len;
         if (len > MG_FRAME_DATA_MAX || d->addr + len > x->umem_len) {
             x->stats.rx_oversize++;
@@ -303,6 +309,14 @@ static void tx_reclaim(struct mg_xsk_tx *t)
     }
 }
 
+static inline void tx_prefetch(const uint8_t *pool, uint64_t desc)
+{
+    const uint8_t *f = (const uint8_t *)mg_frame_meta((uint8_t *)pool, (uint32_t)desc);
+    MG_PREFETCH(f);
+    MG_PREFETCH(f + MG_FRAME_META_SIZE + MG_FRAME_HEADROOM - 64);
+    MG_PREFETCH(f + MG_FRAME_META_SIZE + MG_FRAME_HEADROOM);
+}
+
 int mg_xsk_tx_burst(struct mg_xsk_tx *t, const uint8_t *pool, const uint64_t *descs, uint32_t n)
 {
     if (t->fd < 0 || !t->umem)
@@ -315,7 +329,13 @@ int mg_xsk_tx_burst(struct mg_xsk_tx *t, const uint8_t *pool, const uint64_t *de
     uint32_t room = t->tx.size - (prod - cons);
     struct xdp_desc *td = t->tx.desc;
     uint32_t sent = 0;
+    /* The worker wrote these frames on another CPU: fetch a few ahead (the metadata line
+     * and the two lines where an encapsulated packet starts). */
+    for (uint32_t i = 0; i < n && i < MG_XSK_PREFETCH; i++)
+        tx_prefetch(pool, descs[i]);
     for (uint32_t i = 0; i < n; i++) {
+        if (i + MG_XSK_PREFETCH < n)
+            tx_prefetch(pool, descs[i + MG_XSK_PREFETCH]);
         const struct mg_frame_meta *m = mg_frame_meta((uint8_t *)pool, (uint32_t)descs[i]);
         uint32_t len = m->len;
         if (len > MG_XSK_FRAME_SIZE || (size_t)m->data_off + len > MG_FRAME_SIZE - MG_FRAME_META_SIZE) {
@@ -354,6 +374,7 @@ int mg_xsk_tx_burst(struct mg_xsk_tx *t, const uint8_t *pool, const uint64_t *de
         }
         int e = errno;
         if (e == EAGAIN || e == EBUSY || e == ENOBUFS) {
+            t->stats.tx_kick_again++;
             /* copy mode: the kernel sends a batch per call and says EAGAIN for the rest */
             if (__atomic_load_n(t->tx.consumer, __ATOMIC_ACQUIRE) == prod + sent)
                 break;
@@ -367,6 +388,8 @@ int mg_xsk_tx_burst(struct mg_xsk_tx *t, const uint8_t *pool, const uint64_t *de
             rc = -e;  /* the frames stay in the ring: the caller counts them as errors */
         break;
     }
+    if (rc > 0 && __atomic_load_n(t->tx.consumer, __ATOMIC_ACQUIRE) != prod + sent)
+        t->stats.tx_left++;
     tx_reclaim(t);
     return rc;
 }
