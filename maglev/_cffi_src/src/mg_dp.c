@@ -869,7 +869,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             continue;
         }
         const uint8_t *pkt = mg_frame_data(io->pool, idx);
-        int rc = mg_parse(pkt, meta->len, &wk->p);
+        int rc = mg_parse_inl(pkt, meta->len, &wk->p);
         if (rc != MG_OK) {
             wk->reason = (uint16_t)rc;
             continue;
