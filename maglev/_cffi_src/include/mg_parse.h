@@ -184,12 +184,6 @@ _Static_assert(sizeof(struct mg_parsed) == 64 && offsetof(struct mg_parsed, l3_o
                offsetof(struct mg_parsed, key.family) == 37,
                "mg_parse_fast4 writes struct mg_parsed as eight 64-bit words");
 
-/* mg_parse with the common frame's fast path first (same result, fewer instructions). */
-static inline __attribute__((always_inline)) int
-mg_parse_inl(const uint8_t *pkt, uint32_t len, struct mg_parsed *out)
-{
-    return MG_LIKELY(mg_parse_fast4(pkt, len, out)) ? MG_OK : mg_parse(pkt, len, out);
-}
 /* The fast path alone, out of line (for the differential tests): 1 = handled. */
 int mg_parse_fast(const uint8_t *pkt, uint32_t len, struct mg_parsed *out);
 /* The same for an IP packet starting at pkt[off] (no link layer: the inner packet of an

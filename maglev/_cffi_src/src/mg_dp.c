@@ -107,6 +107,9 @@ _Static_assert(sizeof(struct mg_flow_key) == 40, "mg_siphash13_40 hashes 40 byte
 #define PF_ENTRY 6
 #endif
 
+/* VIP flags that change the flow key or the kind (mg_vip_select_key, no conntrack). */
+#define VF_KEYED (MG_VIP_F_HASH_SRC_IP | MG_VIP_F_HASH_DST_PORT | MG_VIP_F_UDP_NO_SPORT | MG_VIP_F_NO_CONNTRACK)
+
 static inline int uses_ct(const struct work *wk)
 {
     return wk->kind == K_FLOW || wk->kind == K_ICMP_FLOW;
@@ -843,6 +846,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     const uint32_t now_t = mg_ct_ticks(now_ns);
 
     struct vip_memo memo = dp->memo; /* a local copy during the burst (kept in registers) */
+    const struct mg_vip *const vips = ok ? mg_tables_vips(tables) : NULL;
     /* Steering's hash (MG_FRAME_F_HASHED) is reused when it was keyed like the tables. */
     const int reuse_hash = ok && dp->reuse_hash;
 
@@ -869,68 +873,73 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             continue;
         }
         const uint8_t *pkt = mg_frame_data(io->pool, idx);
-        int rc = mg_parse_inl(pkt, meta->len, &wk->p);
-        if (rc != MG_OK) {
-            wk->reason = (uint16_t)rc;
-            continue;
-        }
         int redirected = 0;
         wk->from_cluster = 0;
-        if (MG_UNLIKELY(h->n_clusters > 1 && wk->p.proto == 47)) {
-            int r = cluster_in(tables, io->pool, idx, &wk->p);
-            if (r > 1) {
-                wk->reason = (uint16_t)r;
-                continue;
-            }
-            if (r == 1) {
-                wk->from_cluster = 1;
-                dp->stats.cluster_in++;
-                pkt = mg_frame_data(io->pool, idx);
-            }
-        }
-        if (MG_UNLIKELY(h->n_pool && wk->p.proto == 47 && !wk->from_cluster)) {
-            int r = redirect_in(tables, io->pool, idx, &wk->p);
-            if (r > 1) {
-                wk->reason = (uint16_t)r;
-                continue;
-            }
-            if (r == 1) {
-                redirected = 1;
-                dp->stats.redirect_in++;
-                pkt = mg_frame_data(io->pool, idx);
-            }
-        }
         uint8_t kind = K_FLOW;
-        if (wk->p.frag & MG_PF_FRAGMENT) {
-            if (!(wk->p.frag & MG_PF_FIRST)) {
-                int r = frag_vip_check(tables, &wk->p.key);
-                if (r) {
+        /* The common frame (mg_parse_fast4: IPv4 TCP/UDP, no options, not a fragment) is
+         * neither GRE nor ICMP nor a fragment: none of the checks below applies to it. */
+        const int common = mg_parse_fast4(pkt, meta->len, &wk->p);
+        if (MG_UNLIKELY(!common)) {
+            int rc = mg_parse(pkt, meta->len, &wk->p);
+            if (rc != MG_OK) {
+                wk->reason = (uint16_t)rc;
+                continue;
+            }
+            if (MG_UNLIKELY(h->n_clusters > 1 && wk->p.proto == 47)) {
+                int r = cluster_in(tables, io->pool, idx, &wk->p);
+                if (r > 1) {
                     wk->reason = (uint16_t)r;
                     continue;
                 }
-                wk->kind = K_FRAG_NEXT;
-                if (!redirected && h->n_pool > 1) { /* ports are 0 already: the 3-tuple */
-                    wk->hash = flow_hash(h, &wk->p.key);
-                    int o = frag_owner(h, wk->hash);
-                    if (o >= 0) {
-                        wk->kind = K_REDIRECT;
-                        wk->owner = (uint8_t)o;
-                        wk->vip = 0;
-                    }
+                if (r == 1) {
+                    wk->from_cluster = 1;
+                    dp->stats.cluster_in++;
+                    pkt = mg_frame_data(io->pool, idx);
                 }
-                continue;
             }
-            kind = K_FRAG_FIRST;
-        } else if (wk->p.l4_off && is_icmp_error(&wk->p)) {
-            struct mg_flow_key qk;
-            int q = mg_icmp_quoted_flow(pkt, meta->len, wk->p.l3_off, wk->p.family,
-                                        wk->p.l4_off, &qk);
-            if (q == MG_QUOTE_5TUPLE || q == MG_QUOTE_3TUPLE) {
-                kind = q == MG_QUOTE_5TUPLE ? K_ICMP_FLOW : K_HASH_ONLY;
-                wk->p.key = qk;
-            } else if (q != -ENOMSG) { /* -ENOMSG: not an error after all, an ordinary packet */
-                wk->reason = MG_DROP_BAD_ICMP;
-                continue;
+            if (MG_UNLIKELY(h->n_pool && wk->p.proto == 47 && !wk->from_cluster)) {
+                int r = redirect_in(tables, io->pool, idx, &wk->p);
+                if (r > 1) {
+                    wk->reason = (uint16_t)r;
+                    continue;
+                }
+                if (r == 1) {
+                    redirected = 1;
+                    dp->stats.redirect_in++;
+                    pkt = mg_frame_data(io->pool, idx);
+                }
+            }
+            if (wk->p.frag & MG_PF_FRAGMENT) {
+                if (!(wk->p.frag & MG_PF_FIRST)) {
+                    int r = frag_vip_check(tables, &wk->p.key);
+                    if (r) {
+                        wk->reason = (uint16_t)r;
+                        continue;
+                    }
+                    wk->kind = K_FRAG_NEXT;
+                    if (!redirected && h->n_pool > 1) { /* ports are 0 already: the 3-tuple */
+                        wk->hash = flow_hash(h, &wk->p.key);
+                        int o = frag_owner(h, wk->hash);
+                        if (o >= 0) {
+                            wk->kind = K_REDIRECT;
+                            wk->owner = (uint8_t)o;
+                            wk->vip = 0;
+                        }
+                    }
+                    continue;
+                }
+                kind = K_FRAG_FIRST;
+            } else if (wk->p.l4_off && is_icmp_error(&wk->p)) {
+                struct mg_flow_key qk;
+                int q = mg_icmp_quoted_flow(pkt, meta->len, wk->p.l3_off, wk->p.family,
+                                            wk->p.l4_off, &qk);
+                if (q == MG_QUOTE_5TUPLE || q == MG_QUOTE_3TUPLE) {
+                    kind = q == MG_QUOTE_5TUPLE ? K_ICMP_FLOW : K_HASH_ONLY;
+                    wk->p.key = qk;
+                } else if (q != -ENOMSG) { /* -ENOMSG: not an error after all, an ordinary packet */
+                    wk->reason = MG_DROP_BAD_ICMP;
+                    continue;
+                }
             }
         }
         int vip = match_vip_memo(tables, &wk->p.key, &memo);
@@ -943,7 +952,18 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             continue;
         }
         wk->vip = vip;
-        const uint8_t vflags = mg_tables_vips(tables)[vip].flags;
+        const struct mg_vip *vp = &vips[vip];
+        const uint8_t vflags = vp->flags;
+        if (MG_LIKELY(common && !(vflags & VF_KEYED) && !vp->quic_sid_len)) {
+            /* The common frame to a VIP with the plain 5-tuple, connection tracking and no
+             * QUIC routing: K_FLOW, the key as parsed -- what the general lane below
+             * decides for it, with its tests answered. */
+            wk->hash = reuse_hash && (meta->flags & MG_FRAME_F_HASHED)
+                           ? (uint64_t)meta->flow_hash_hi << 32 | meta->flow_hash
+                           : flow_hash(h, &wk->p.key);
+            wk->kind = K_FLOW;
+            continue;
+        }
         if (kind == K_FRAG_FIRST) {
             if (!(vflags & MG_VIP_F_ALLOW_FRAGMENTS)) {
                 wk->reason = MG_DROP_FRAGMENT_NOT_ALLOWED;
