@@ -58,7 +58,8 @@ struct mg_dp {
     struct mg_dp_counter scratch[MG_TABLES_MAX_BACKENDS];
 };
 
-enum kind { K_DROP, K_FLOW, K_ICMP_FLOW, K_HASH_ONLY, K_FRAG_FIRST, K_FRAG_NEXT, K_REDIRECT, K_QUIC };
+/* K_FLOW and K_ICMP_FLOW first: uses_ct() is one compare. */
+enum kind { K_FLOW, K_ICMP_FLOW, K_DROP, K_HASH_ONLY, K_FRAG_FIRST, K_FRAG_NEXT, K_REDIRECT, K_QUIC };
 
 /* Per-packet state between the passes (~80 bytes: the burst's array stays in L1/L2).
  * p.key is rewritten to the key selection uses (3-tuple for fragments, the quoted flow for
@@ -112,7 +113,7 @@ _Static_assert(sizeof(struct mg_flow_key) == 40, "mg_siphash13_40 hashes 40 byte
 
 static inline int uses_ct(const struct work *wk)
 {
-    return wk->kind == K_FLOW || wk->kind == K_ICMP_FLOW;
+    return wk->kind <= K_ICMP_FLOW; /* K_FLOW or K_ICMP_FLOW */
 }
 
 static const uint8_t zero_mac[6];
@@ -841,10 +842,11 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     dp->stats.bursts++;
     dp->stats.packets_in += n;
     int ok = tables_ok(dp, tables);
-    struct work w[MG_BURST_MAX];
+    struct work w[MG_BURST_MAX + PF_META]; /* + PF_META: K_DROP padding for the prefetches */
     const struct mg_tables_header *h = ok ? mg_tables_header_of(tables) : NULL;
     const uint32_t now_t = mg_ct_ticks(now_ns);
 
+    const uint16_t worker = dp->worker;
     struct vip_memo memo = dp->memo; /* a local copy during the burst (kept in registers) */
     const struct mg_vip *const vips = ok ? mg_tables_vips(tables) : NULL;
     /* Steering's hash (MG_FRAME_F_HASHED) is reused when it was keyed like the tables. */
@@ -855,7 +857,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         struct work *wk = &w[i];
         uint32_t idx = io->frames[i];
         struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
-        meta->worker = dp->worker;
+        meta->worker = worker;
         meta->backend_index = -1;
         /* set below, by this burst only (steering keeps other flags of a reused frame) */
         meta->flags &= (uint16_t)~(MG_FRAME_F_REDIRECTED | MG_FRAME_F_REDIRECT_OUT);
@@ -1010,25 +1012,28 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     for (uint32_t i = 0; i < n && i < PF_ENTRY; i++)
         if (uses_ct(&w[i]) && mg_ct_prefetch_entry_v(cv, w[i].hash, now_t))
             maglev_prefetch(tables, w[i].vip, w[i].hash);
+    for (uint32_t i = n; i < n + PF_META; i++) /* past the burst: nothing to prefetch */
+        w[i].kind = K_DROP;
     for (uint32_t i = 0; i < n; i++) {
         struct work *wk = &w[i];
-        if (i + PF_META < n && uses_ct(&w[i + PF_META]))
+        const uint8_t kind = wk->kind; /* a local: stores to frames may alias *wk for GCC */
+        if (uses_ct(&w[i + PF_META]))
             mg_ct_prefetch_v(cv, w[i + PF_META].hash);
-        if (i + PF_ENTRY < n && uses_ct(&w[i + PF_ENTRY]) &&
+        if (uses_ct(&w[i + PF_ENTRY]) &&
             mg_ct_prefetch_entry_v(cv, w[i + PF_ENTRY].hash, now_t))
             maglev_prefetch(tables, w[i + PF_ENTRY].vip, w[i + PF_ENTRY].hash); /* new flow */
         uint32_t idx = io->frames[i];
-        if (wk->kind == K_DROP) {
+        if (kind == K_DROP) {
             out_drop(dp, io, idx, wk->reason);
             continue;
         }
         int vip = wk->vip;
         int32_t b = -1;
-        if (MG_UNLIKELY(wk->kind == K_REDIRECT)) {
+        if (MG_UNLIKELY(kind == K_REDIRECT)) {
             redirect_out(dp, io, tables, idx, &wk->p, vip, wk->owner, wk->hash);
             continue;
         }
-        if (wk->kind == K_FRAG_NEXT) {
+        if (kind == K_FRAG_NEXT) {
             struct mg_frag_key fk;
             frag_key_of(&wk->p, &fk);
             int32_t fb = -1;
@@ -1054,13 +1059,13 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             k.sport = k.dport = 0;
             wk->hash = flow_hash(h, &k);
             b = maglev_pick(tables, vip, wk->hash);
-        } else if (wk->kind == K_FLOW || wk->kind == K_ICMP_FLOW) {
+        } else if (kind == K_FLOW || kind == K_ICMP_FLOW) {
             int slot = mg_ct_find_v(cv, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
                                     h->udp_timeout_ms);
             if (slot >= 0) {
                 struct mg_ct_entry *e = &cv.ent[slot];
                 /* a later packet of the flow that is not a SYN: promote (mg_conntrack.h) */
-                if (wk->kind == K_FLOW && !(wk->p.proto == 6 && (wk->p.tcp_flags & 0x02)))
+                if (kind == K_FLOW && !(wk->p.proto == 6 && (wk->p.tcp_flags & 0x02)))
                     mg_ct_promote_v(cv, (uint32_t)slot);
                 struct mg_frame_meta *tm = mg_frame_meta(io->pool, idx);
                 if (MG_UNLIKELY(tm->flags & MG_FRAME_F_TRACE)) /* packet tracer (mg_trace.h) */
@@ -1078,18 +1083,18 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                 }
             } else {
                 b = maglev_pick(tables, vip, wk->hash);
-                if (b >= 0 && wk->kind == K_FLOW && mg_ct_admit(dp->ct, now_t))
+                if (b >= 0 && kind == K_FLOW && mg_ct_admit(dp->ct, now_t))
                     mg_ct_add(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
                               h->udp_timeout_ms, b, mg_tables_backends(tables)[b].id);
             }
-        } else if (wk->kind == K_QUIC) {
+        } else if (kind == K_QUIC) {
             b = wk->quic_backend;
         } else { /* K_HASH_ONLY, K_FRAG_FIRST */
             b = maglev_pick(tables, vip, wk->hash);
         }
         if (b < 0) {
-            if (MG_UNLIKELY(h->backup_cluster && !wk->from_cluster && wk->kind != K_FRAG_FIRST &&
-                            wk->kind != K_FRAG_NEXT)) {
+            if (MG_UNLIKELY(h->backup_cluster && !wk->from_cluster && kind != K_FRAG_FIRST &&
+                            kind != K_FRAG_NEXT)) {
                 const struct mg_frame_meta *bm = mg_frame_meta(io->pool, idx);
                 dp->vip_c[vip].packets++;
                 dp->vip_c[vip].bytes += bm->len;
@@ -1100,7 +1105,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             out_drop(dp, io, idx, MG_DROP_NO_BACKEND);
             continue;
         }
-        if (wk->kind == K_FRAG_FIRST) {
+        if (kind == K_FRAG_FIRST) {
             struct mg_frag_key fk;
             frag_key_of(&wk->p, &fk);
             mg_frag_first(dp->frag, &fk, b, (uint16_t)vip, now_ns);
@@ -1109,7 +1114,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         dp->vip_c[vip].packets++;
         dp->vip_c[vip].bytes += meta->len;
         int fw = forward(dp, io, tables, idx, &wk->p, vip, b, wk->hash, now_ns);
-        if (fw && (wk->kind == K_ICMP_FLOW || (wk->kind == K_HASH_ONLY && wk->p.l4_off &&
+        if (fw && (kind == K_ICMP_FLOW || (kind == K_HASH_ONLY && wk->p.l4_off &&
                                                is_icmp_error(&wk->p))))
             dp->stats.icmp_forwarded++;
     }
