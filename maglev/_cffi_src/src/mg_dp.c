@@ -425,16 +425,15 @@ send_encap(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
 /* Encapsulate frame idx (parsed as *p) toward backend b of vip, with PMTU handling, and
  * emit it.  Returns 1 if forwarded (or split and forwarded), 0 if dropped/ICMP.  Inlined
  * into its two callers: the call with nine arguments and the prologue were ~25
- * instructions per packet (bench/callgrind_dp.py). */
+ * instructions per packet (bench/callgrind_dp.py).  meta: frame idx's metadata. */
 static inline __attribute__((always_inline)) int
-forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
+forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx, struct mg_frame_meta *meta,
         const struct mg_parsed *p, int vip, int32_t b, uint64_t hash, uint64_t now_ns)
 {
     const struct mg_tables_header *h = mg_tables_header_of(t);
     const struct mg_vip *v = &mg_tables_vips(t)[vip];
     const struct mg_backend *be = &mg_tables_backends(t)[b];
-    struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
-    uint8_t *pkt = mg_frame_data(io->pool, idx);
+    uint8_t *pkt = (uint8_t *)meta + MG_FRAME_META_SIZE + meta->data_off; /* mg_frame_data */
     meta->vip_index = (uint16_t)vip;
     meta->backend_index = b;
 
@@ -821,7 +820,7 @@ static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uin
             out_drop(dp, io, idx, MG_DROP_NO_BACKEND);
             continue;
         }
-        forward(dp, io, t, idx, &p, vip, b, hash, now_ns);
+        forward(dp, io, t, idx, mg_frame_meta(io->pool, idx), &p, vip, b, hash, now_ns);
     }
 }
 
@@ -847,6 +846,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     const uint32_t now_t = mg_ct_ticks(now_ns);
 
     const uint16_t worker = dp->worker;
+    uint8_t *const pool = io->pool; /* a local: GCC reloads io->pool after every frame store */
     struct vip_memo memo = dp->memo; /* a local copy during the burst (kept in registers) */
     const struct mg_vip *const vips = ok ? mg_tables_vips(tables) : NULL;
     /* Steering's hash (MG_FRAME_F_HASHED) is reused when it was keyed like the tables. */
@@ -856,7 +856,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     for (uint32_t i = 0; i < n; i++) {
         struct work *wk = &w[i];
         uint32_t idx = io->frames[i];
-        struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
+        struct mg_frame_meta *meta = mg_frame_meta(pool, idx);
         meta->worker = worker;
         meta->backend_index = -1;
         /* set below, by this burst only (steering keeps other flags of a reused frame) */
@@ -874,7 +874,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             wk->reason = MG_DROP_BAD_TABLES;
             continue;
         }
-        const uint8_t *pkt = mg_frame_data(io->pool, idx);
+        const uint8_t *pkt = mg_frame_data(pool, idx);
         int redirected = 0;
         wk->from_cluster = 0;
         uint8_t kind = K_FLOW;
@@ -896,7 +896,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                 if (r == 1) {
                     wk->from_cluster = 1;
                     dp->stats.cluster_in++;
-                    pkt = mg_frame_data(io->pool, idx);
+                    pkt = mg_frame_data(pool, idx);
                 }
             }
             if (MG_UNLIKELY(h->n_pool && wk->p.proto == 47 && !wk->from_cluster)) {
@@ -908,7 +908,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                 if (r == 1) {
                     redirected = 1;
                     dp->stats.redirect_in++;
-                    pkt = mg_frame_data(io->pool, idx);
+                    pkt = mg_frame_data(pool, idx);
                 }
             }
             if (wk->p.frag & MG_PF_FRAGMENT) {
@@ -1027,6 +1027,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             out_drop(dp, io, idx, wk->reason);
             continue;
         }
+        struct mg_frame_meta *const fm = mg_frame_meta(pool, idx);
         int vip = wk->vip;
         int32_t b = -1;
         if (MG_UNLIKELY(kind == K_REDIRECT)) {
@@ -1038,10 +1039,9 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             frag_key_of(&wk->p, &fk);
             int32_t fb = -1;
             uint16_t fv = 0;
-            struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
-            int rc = mg_frag_next(dp->frag, &fk, idx, meta->len, now_ns, &fb, &fv);
+            int rc = mg_frag_next(dp->frag, &fk, idx, fm->len, now_ns, &fb, &fv);
             if (rc == 1) {
-                meta->verdict = MG_VERDICT_HELD;
+                fm->verdict = MG_VERDICT_HELD;
                 dp->stats.held++;
                 continue;
             }
@@ -1067,13 +1067,12 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                 /* a later packet of the flow that is not a SYN: promote (mg_conntrack.h) */
                 if (kind == K_FLOW && !(wk->p.proto == 6 && (wk->p.tcp_flags & 0x02)))
                     mg_ct_promote_v(cv, (uint32_t)slot);
-                struct mg_frame_meta *tm = mg_frame_meta(io->pool, idx);
-                if (MG_UNLIKELY(tm->flags & MG_FRAME_F_TRACE)) /* packet tracer (mg_trace.h) */
-                    tm->flags |= MG_TRACE_F_CT_HIT;
+                if (MG_UNLIKELY(fm->flags & MG_FRAME_F_TRACE)) /* packet tracer (mg_trace.h) */
+                    fm->flags |= MG_TRACE_F_CT_HIT;
                 b = ct_backend(tables, vip, e);
                 if (b < 0) {
-                    if (MG_UNLIKELY(tm->flags & MG_FRAME_F_TRACE))
-                        tm->flags |= MG_TRACE_F_CT_RESELECT;
+                    if (MG_UNLIKELY(fm->flags & MG_FRAME_F_TRACE))
+                        fm->flags |= MG_TRACE_F_CT_RESELECT;
                     dp->ct->stats.reselected++;
                     b = maglev_pick(tables, vip, wk->hash);
                     if (b >= 0) {
@@ -1095,9 +1094,8 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         if (b < 0) {
             if (MG_UNLIKELY(h->backup_cluster && !wk->from_cluster && kind != K_FRAG_FIRST &&
                             kind != K_FRAG_NEXT)) {
-                const struct mg_frame_meta *bm = mg_frame_meta(io->pool, idx);
                 dp->vip_c[vip].packets++;
-                dp->vip_c[vip].bytes += bm->len;
+                dp->vip_c[vip].bytes += fm->len;
                 dp->stats.backup_out += (uint64_t)cluster_out(dp, io, tables, idx, &wk->p, vip,
                                                               wk->hash, now_ns);
                 continue;
@@ -1110,11 +1108,10 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             frag_key_of(&wk->p, &fk);
             mg_frag_first(dp->frag, &fk, b, (uint16_t)vip, now_ns);
         }
-        const struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
         dp->vip_c[vip].packets++;
-        dp->vip_c[vip].bytes += meta->len;
-        int fw = forward(dp, io, tables, idx, &wk->p, vip, b, wk->hash, now_ns);
-        if (fw && (kind == K_ICMP_FLOW || (kind == K_HASH_ONLY && wk->p.l4_off &&
+        dp->vip_c[vip].bytes += fm->len;
+        int fw = forward(dp, io, tables, idx, fm, &wk->p, vip, b, wk->hash, now_ns);
+        if (kind != K_FLOW && fw && (kind == K_ICMP_FLOW || (kind == K_HASH_ONLY && wk->p.l4_off &&
                                                is_icmp_error(&wk->p))))
             dp->stats.icmp_forwarded++;
     }
