@@ -313,12 +313,11 @@ static inline __attribute__((always_inline)) void maglev_prefetch(const void *t,
  * identity (or belongs to another VIP) the backend is found again by id and the entry is
  * updated to follow it.  Re-selection only when the backend is gone from this VIP or
  * unhealthy; a drained backend (weight 0: healthy, no Maglev slots) keeps its flows. */
-static inline int32_t ct_backend(const void *t, int vip, struct mg_ct_entry *e)
+static inline int32_t ct_backend(const void *t, const struct mg_backend *bes, uint32_t n_backends,
+                                 int vip, struct mg_ct_entry *e)
 {
-    const struct mg_tables_header *h = mg_tables_header_of(t);
-    const struct mg_backend *bes = mg_tables_backends(t);
     int32_t b = e->backend;
-    if (MG_UNLIKELY(b < 0 || (uint32_t)b >= h->n_backends || bes[b].id != e->backend_id ||
+    if (MG_UNLIKELY(b < 0 || (uint32_t)b >= n_backends || bes[b].id != e->backend_id ||
                     bes[b].vip_index != (uint32_t)vip)) {
         b = mg_tables_find_backend(t, e->backend_id, vip);
         if (b < 0)
@@ -425,14 +424,16 @@ send_encap(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
 /* Encapsulate frame idx (parsed as *p) toward backend b of vip, with PMTU handling, and
  * emit it.  Returns 1 if forwarded (or split and forwarded), 0 if dropped/ICMP.  Inlined
  * into its two callers: the call with nine arguments and the prologue were ~25
- * instructions per packet (bench/callgrind_dp.py).  meta: frame idx's metadata. */
+ * instructions per packet (bench/callgrind_dp.py).  meta: frame idx's metadata; vips, bes:
+ * the tables' arrays (the burst reads their addresses once). */
 static inline __attribute__((always_inline)) int
-forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx, struct mg_frame_meta *meta,
+forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, const struct mg_vip *vips,
+        const struct mg_backend *bes, uint32_t idx, struct mg_frame_meta *meta,
         const struct mg_parsed *p, int vip, int32_t b, uint64_t hash, uint64_t now_ns)
 {
     const struct mg_tables_header *h = mg_tables_header_of(t);
-    const struct mg_vip *v = &mg_tables_vips(t)[vip];
-    const struct mg_backend *be = &mg_tables_backends(t)[b];
+    const struct mg_vip *v = &vips[vip];
+    const struct mg_backend *be = &bes[b];
     uint8_t *pkt = (uint8_t *)meta + MG_FRAME_META_SIZE + meta->data_off; /* mg_frame_data */
     meta->vip_index = (uint16_t)vip;
     meta->backend_index = b;
@@ -820,7 +821,8 @@ static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uin
             out_drop(dp, io, idx, MG_DROP_NO_BACKEND);
             continue;
         }
-        forward(dp, io, t, idx, mg_frame_meta(io->pool, idx), &p, vip, b, hash, now_ns);
+        forward(dp, io, t, mg_tables_vips(t), mg_tables_backends(t), idx, mg_frame_meta(io->pool, idx), &p, vip,
+                b, hash, now_ns);
     }
 }
 
@@ -849,6 +851,9 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     uint8_t *const pool = io->pool; /* a local: GCC reloads io->pool after every frame store */
     struct vip_memo memo = dp->memo; /* a local copy during the burst (kept in registers) */
     const struct mg_vip *const vips = ok ? mg_tables_vips(tables) : NULL;
+    const struct mg_backend *const bes = ok ? mg_tables_backends(tables) : NULL;
+    const uint32_t n_backends = ok ? h->n_backends : 0;
+    const uint32_t tcp_ms = ok ? h->tcp_timeout_ms : 0, udp_ms = ok ? h->udp_timeout_ms : 0;
     /* Steering's hash (MG_FRAME_F_HASHED) is reused when it was keyed like the tables. */
     const int reuse_hash = ok && dp->reuse_hash;
 
@@ -1060,8 +1065,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             wk->hash = flow_hash(h, &k);
             b = maglev_pick(tables, vip, wk->hash);
         } else if (kind == K_FLOW || kind == K_ICMP_FLOW) {
-            int slot = mg_ct_find_v(cv, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
-                                    h->udp_timeout_ms);
+            int slot = mg_ct_find_v(cv, &wk->p.key, wk->hash, now_t, tcp_ms, udp_ms);
             if (slot >= 0) {
                 struct mg_ct_entry *e = &cv.ent[slot];
                 /* a later packet of the flow that is not a SYN: promote (mg_conntrack.h) */
@@ -1069,7 +1073,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                     mg_ct_promote_v(cv, (uint32_t)slot);
                 if (MG_UNLIKELY(fm->flags & MG_FRAME_F_TRACE)) /* packet tracer (mg_trace.h) */
                     fm->flags |= MG_TRACE_F_CT_HIT;
-                b = ct_backend(tables, vip, e);
+                b = ct_backend(tables, bes, n_backends, vip, e);
                 if (b < 0) {
                     if (MG_UNLIKELY(fm->flags & MG_FRAME_F_TRACE))
                         fm->flags |= MG_TRACE_F_CT_RESELECT;
@@ -1110,7 +1114,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         }
         dp->vip_c[vip].packets++;
         dp->vip_c[vip].bytes += fm->len;
-        int fw = forward(dp, io, tables, idx, fm, &wk->p, vip, b, wk->hash, now_ns);
+        int fw = forward(dp, io, tables, vips, bes, idx, fm, &wk->p, vip, b, wk->hash, now_ns);
         if (kind != K_FLOW && fw && (kind == K_ICMP_FLOW || (kind == K_HASH_ONLY && wk->p.l4_off &&
                                                is_icmp_error(&wk->p))))
             dp->stats.icmp_forwarded++;
