@@ -1028,7 +1028,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             mg_ct_prefetch_entry_v(cv, w[i + PF_ENTRY].hash, now_t))
             maglev_prefetch(tables, w[i + PF_ENTRY].vip, w[i + PF_ENTRY].hash); /* new flow */
         uint32_t idx = io->frames[i];
-        if (kind == K_DROP) {
+        if (MG_UNLIKELY(kind == K_DROP)) {
             out_drop(dp, io, idx, wk->reason);
             continue;
         }
@@ -1039,32 +1039,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             redirect_out(dp, io, tables, idx, &wk->p, vip, wk->owner, wk->hash);
             continue;
         }
-        if (kind == K_FRAG_NEXT) {
-            struct mg_frag_key fk;
-            frag_key_of(&wk->p, &fk);
-            int32_t fb = -1;
-            uint16_t fv = 0;
-            int rc = mg_frag_next(dp->frag, &fk, idx, fm->len, now_ns, &fb, &fv);
-            if (rc == 1) {
-                fm->verdict = MG_VERDICT_HELD;
-                dp->stats.held++;
-                continue;
-            }
-            if (rc < 0) {
-                out_drop(dp, io, idx, rc == -ENOBUFS ? MG_DROP_FRAG_HOLD_LIMIT : MG_DROP_FRAG_TABLE_FULL);
-                continue;
-            }
-            (void)fb; /* recomputed below: see frag_vip_ok */
-            vip = fv;
-            if (!frag_vip_ok(tables, vip, &wk->p)) {
-                out_drop(dp, io, idx, MG_DROP_NO_VIP);
-                continue;
-            }
-            struct mg_flow_key k = wk->p.key;
-            k.sport = k.dport = 0;
-            wk->hash = flow_hash(h, &k);
-            b = maglev_pick(tables, vip, wk->hash);
-        } else if (kind == K_FLOW || kind == K_ICMP_FLOW) {
+        if (MG_LIKELY(kind <= K_ICMP_FLOW)) { /* K_FLOW, K_ICMP_FLOW: the common case first */
             int slot = mg_ct_find_v(cv, &wk->p.key, wk->hash, now_t, tcp_ms, udp_ms);
             if (slot >= 0) {
                 struct mg_ct_entry *e = &cv.ent[slot];
@@ -1090,6 +1065,31 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                     mg_ct_add(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
                               h->udp_timeout_ms, b, mg_tables_backends(tables)[b].id);
             }
+        } else if (kind == K_FRAG_NEXT) {
+            struct mg_frag_key fk;
+            frag_key_of(&wk->p, &fk);
+            int32_t fb = -1;
+            uint16_t fv = 0;
+            int rc = mg_frag_next(dp->frag, &fk, idx, fm->len, now_ns, &fb, &fv);
+            if (rc == 1) {
+                fm->verdict = MG_VERDICT_HELD;
+                dp->stats.held++;
+                continue;
+            }
+            if (rc < 0) {
+                out_drop(dp, io, idx, rc == -ENOBUFS ? MG_DROP_FRAG_HOLD_LIMIT : MG_DROP_FRAG_TABLE_FULL);
+                continue;
+            }
+            (void)fb; /* recomputed below: see frag_vip_ok */
+            vip = fv;
+            if (!frag_vip_ok(tables, vip, &wk->p)) {
+                out_drop(dp, io, idx, MG_DROP_NO_VIP);
+                continue;
+            }
+            struct mg_flow_key k = wk->p.key;
+            k.sport = k.dport = 0;
+            wk->hash = flow_hash(h, &k);
+            b = maglev_pick(tables, vip, wk->hash);
         } else if (kind == K_QUIC) {
             b = wk->quic_backend;
         } else { /* K_HASH_ONLY, K_FRAG_FIRST */
