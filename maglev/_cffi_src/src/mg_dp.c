@@ -865,27 +865,31 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         meta->worker = worker;
         meta->backend_index = -1;
         /* set below, by this burst only (steering keeps other flags of a reused frame) */
-        meta->flags &= (uint16_t)~(MG_FRAME_F_REDIRECTED | MG_FRAME_F_REDIRECT_OUT);
+        /* flags, data_off, len in locals: with -fno-strict-aliasing GCC reloads them after
+         * every store otherwise (the fast lane reads them; nothing there changes them) */
+        const uint16_t fl = meta->flags & (uint16_t)~(MG_FRAME_F_REDIRECTED | MG_FRAME_F_REDIRECT_OUT);
+        meta->flags = fl;
         wk->kind = K_DROP;
-        if (meta->flags & MG_FRAME_F_TRACE)
+        if (fl & MG_FRAME_F_TRACE)
             meta->ts_worker_ns = now_ns;
-        if (meta->data_off > MG_FRAME_SIZE - MG_FRAME_META_SIZE ||
-            meta->len > MG_FRAME_SIZE - MG_FRAME_META_SIZE - meta->data_off) {
+        const uint32_t data_off = meta->data_off, len = meta->len;
+        if (data_off > MG_FRAME_SIZE - MG_FRAME_META_SIZE ||
+            len > MG_FRAME_SIZE - MG_FRAME_META_SIZE - data_off) {
             wk->reason = MG_DROP_BAD_FRAME;
             continue;
         }
-        dp->stats.bytes_in += meta->len;
+        dp->stats.bytes_in += len;
         if (!ok) {
             wk->reason = MG_DROP_BAD_TABLES;
             continue;
         }
-        const uint8_t *pkt = mg_frame_data(pool, idx);
+        const uint8_t *pkt = (const uint8_t *)meta + MG_FRAME_META_SIZE + data_off; /* mg_frame_data */
         int redirected = 0;
         wk->from_cluster = 0;
         uint8_t kind = K_FLOW;
         /* The common frame (mg_parse_fast4: IPv4 TCP/UDP, no options, not a fragment) is
          * neither GRE nor ICMP nor a fragment: none of the checks below applies to it. */
-        const int common = mg_parse_fast4(pkt, meta->len, &wk->p);
+        const int common = mg_parse_fast4(pkt, len, &wk->p);
         if (MG_UNLIKELY(!common)) {
             int rc = mg_parse(pkt, meta->len, &wk->p);
             if (rc != MG_OK) {
@@ -965,7 +969,7 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             /* The common frame to a VIP with the plain 5-tuple, connection tracking and no
              * QUIC routing: K_FLOW, the key as parsed -- what the general lane below
              * decides for it, with its tests answered. */
-            wk->hash = reuse_hash && (meta->flags & MG_FRAME_F_HASHED)
+            wk->hash = reuse_hash && (fl & MG_FRAME_F_HASHED)
                            ? (uint64_t)meta->flow_hash_hi << 32 | meta->flow_hash
                            : flow_hash(h, &wk->p.key);
             wk->kind = K_FLOW;
