@@ -118,7 +118,7 @@ mg_encap_gre4_write(uint8_t *l3, uint32_t l3len, const uint8_t *eth_dst, const u
 {
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     /* Little-endian hosts: the header is built in five 32-bit words in registers and
-     * stored in six stores.  Checksum: the five words' sum (non-zero: the first byte is
+     * stored with the MACs in nine stores.  Checksum: the five words' sum (non-zero: the first byte is
      * 0x45) folds in one's complement to r = sum mod 0xffff, or 0xffff when that is 0
      * (2^16 = 1 mod 0xffff), and the field is ~r -- the same 16 bits as the fold below. */
     uint32_t d4, s4, w0, w1, a, b;
