@@ -27,6 +27,7 @@ struct mg_parsed {
 };
 
 int mg_parse(const uint8_t *pkt, uint32_t len, struct mg_parsed *out);
+int mg_parse_fast(const uint8_t *pkt, uint32_t len, struct mg_parsed *out);
 int mg_parse_ip(const uint8_t *pkt, uint32_t len, uint32_t off, struct mg_parsed *out);
 const char *mg_drop_name(int reason);
 const char *mg_drop_doc(int reason);

@@ -58,7 +58,8 @@ struct mg_dp {
     struct mg_dp_counter scratch[MG_TABLES_MAX_BACKENDS];
 };
 
-enum kind { K_DROP, K_FLOW, K_ICMP_FLOW, K_HASH_ONLY, K_FRAG_FIRST, K_FRAG_NEXT, K_REDIRECT, K_QUIC };
+/* K_FLOW and K_ICMP_FLOW first: uses_ct() is one compare. */
+enum kind { K_FLOW, K_ICMP_FLOW, K_DROP, K_HASH_ONLY, K_FRAG_FIRST, K_FRAG_NEXT, K_REDIRECT, K_QUIC };
 
 /* Per-packet state between the passes (~80 bytes: the burst's array stays in L1/L2).
  * p.key is rewritten to the key selection uses (3-tuple for fragments, the quoted flow for
@@ -107,9 +108,12 @@ _Static_assert(sizeof(struct mg_flow_key) == 40, "mg_siphash13_40 hashes 40 byte
 #define PF_ENTRY 6
 #endif
 
+/* VIP flags that change the flow key or the kind (mg_vip_select_key, no conntrack). */
+#define VF_KEYED (MG_VIP_F_HASH_SRC_IP | MG_VIP_F_HASH_DST_PORT | MG_VIP_F_UDP_NO_SPORT | MG_VIP_F_NO_CONNTRACK)
+
 static inline int uses_ct(const struct work *wk)
 {
-    return wk->kind == K_FLOW || wk->kind == K_ICMP_FLOW;
+    return wk->kind <= K_ICMP_FLOW; /* K_FLOW or K_ICMP_FLOW */
 }
 
 static const uint8_t zero_mac[6];
@@ -309,12 +313,11 @@ static inline __attribute__((always_inline)) void maglev_prefetch(const void *t,
  * identity (or belongs to another VIP) the backend is found again by id and the entry is
  * updated to follow it.  Re-selection only when the backend is gone from this VIP or
  * unhealthy; a drained backend (weight 0: healthy, no Maglev slots) keeps its flows. */
-static inline int32_t ct_backend(const void *t, int vip, struct mg_ct_entry *e)
+static inline int32_t ct_backend(const void *t, const struct mg_backend *bes, uint32_t n_backends,
+                                 int vip, struct mg_ct_entry *e)
 {
-    const struct mg_tables_header *h = mg_tables_header_of(t);
-    const struct mg_backend *bes = mg_tables_backends(t);
     int32_t b = e->backend;
-    if (MG_UNLIKELY(b < 0 || (uint32_t)b >= h->n_backends || bes[b].id != e->backend_id ||
+    if (MG_UNLIKELY(b < 0 || (uint32_t)b >= n_backends || bes[b].id != e->backend_id ||
                     bes[b].vip_index != (uint32_t)vip)) {
         b = mg_tables_find_backend(t, e->backend_id, vip);
         if (b < 0)
@@ -421,16 +424,17 @@ send_encap(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
 /* Encapsulate frame idx (parsed as *p) toward backend b of vip, with PMTU handling, and
  * emit it.  Returns 1 if forwarded (or split and forwarded), 0 if dropped/ICMP.  Inlined
  * into its two callers: the call with nine arguments and the prologue were ~25
- * instructions per packet (bench/callgrind_dp.py). */
+ * instructions per packet (bench/callgrind_dp.py).  meta: frame idx's metadata; vips, bes:
+ * the tables' arrays (the burst reads their addresses once). */
 static inline __attribute__((always_inline)) int
-forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uint32_t idx,
+forward(struct mg_dp *dp, struct mg_dp_io *io, const void *t, const struct mg_vip *vips,
+        const struct mg_backend *bes, uint32_t idx, struct mg_frame_meta *meta,
         const struct mg_parsed *p, int vip, int32_t b, uint64_t hash, uint64_t now_ns)
 {
     const struct mg_tables_header *h = mg_tables_header_of(t);
-    const struct mg_vip *v = &mg_tables_vips(t)[vip];
-    const struct mg_backend *be = &mg_tables_backends(t)[b];
-    struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
-    uint8_t *pkt = mg_frame_data(io->pool, idx);
+    const struct mg_vip *v = &vips[vip];
+    const struct mg_backend *be = &bes[b];
+    uint8_t *pkt = (uint8_t *)meta + MG_FRAME_META_SIZE + meta->data_off; /* mg_frame_data */
     meta->vip_index = (uint16_t)vip;
     meta->backend_index = b;
 
@@ -817,7 +821,8 @@ static void drain_frag(struct mg_dp *dp, struct mg_dp_io *io, const void *t, uin
             out_drop(dp, io, idx, MG_DROP_NO_BACKEND);
             continue;
         }
-        forward(dp, io, t, idx, &p, vip, b, hash, now_ns);
+        forward(dp, io, t, mg_tables_vips(t), mg_tables_backends(t), idx, mg_frame_meta(io->pool, idx), &p, vip,
+                b, hash, now_ns);
     }
 }
 
@@ -838,11 +843,17 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     dp->stats.bursts++;
     dp->stats.packets_in += n;
     int ok = tables_ok(dp, tables);
-    struct work w[MG_BURST_MAX];
+    struct work w[MG_BURST_MAX + PF_META]; /* + PF_META: K_DROP padding for the prefetches */
     const struct mg_tables_header *h = ok ? mg_tables_header_of(tables) : NULL;
     const uint32_t now_t = mg_ct_ticks(now_ns);
 
+    const uint16_t worker = dp->worker;
+    uint8_t *const pool = io->pool; /* a local: GCC reloads io->pool after every frame store */
     struct vip_memo memo = dp->memo; /* a local copy during the burst (kept in registers) */
+    const struct mg_vip *const vips = ok ? mg_tables_vips(tables) : NULL;
+    const struct mg_backend *const bes = ok ? mg_tables_backends(tables) : NULL;
+    const uint32_t n_backends = ok ? h->n_backends : 0;
+    const uint32_t tcp_ms = ok ? h->tcp_timeout_ms : 0, udp_ms = ok ? h->udp_timeout_ms : 0;
     /* Steering's hash (MG_FRAME_F_HASHED) is reused when it was keyed like the tables. */
     const int reuse_hash = ok && dp->reuse_hash;
 
@@ -850,87 +861,96 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     for (uint32_t i = 0; i < n; i++) {
         struct work *wk = &w[i];
         uint32_t idx = io->frames[i];
-        struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
-        meta->worker = dp->worker;
+        struct mg_frame_meta *meta = mg_frame_meta(pool, idx);
+        meta->worker = worker;
         meta->backend_index = -1;
         /* set below, by this burst only (steering keeps other flags of a reused frame) */
-        meta->flags &= (uint16_t)~(MG_FRAME_F_REDIRECTED | MG_FRAME_F_REDIRECT_OUT);
+        /* flags, data_off, len in locals: with -fno-strict-aliasing GCC reloads them after
+         * every store otherwise (the fast lane reads them; nothing there changes them) */
+        const uint16_t fl = meta->flags & (uint16_t)~(MG_FRAME_F_REDIRECTED | MG_FRAME_F_REDIRECT_OUT);
+        meta->flags = fl;
         wk->kind = K_DROP;
-        if (meta->flags & MG_FRAME_F_TRACE)
+        if (fl & MG_FRAME_F_TRACE)
             meta->ts_worker_ns = now_ns;
-        if (meta->data_off > MG_FRAME_SIZE - MG_FRAME_META_SIZE ||
-            meta->len > MG_FRAME_SIZE - MG_FRAME_META_SIZE - meta->data_off) {
+        const uint32_t data_off = meta->data_off, len = meta->len;
+        if (data_off > MG_FRAME_SIZE - MG_FRAME_META_SIZE ||
+            len > MG_FRAME_SIZE - MG_FRAME_META_SIZE - data_off) {
             wk->reason = MG_DROP_BAD_FRAME;
             continue;
         }
-        dp->stats.bytes_in += meta->len;
+        dp->stats.bytes_in += len;
         if (!ok) {
             wk->reason = MG_DROP_BAD_TABLES;
             continue;
         }
-        const uint8_t *pkt = mg_frame_data(io->pool, idx);
-        int rc = mg_parse(pkt, meta->len, &wk->p);
-        if (rc != MG_OK) {
-            wk->reason = (uint16_t)rc;
-            continue;
-        }
+        const uint8_t *pkt = (const uint8_t *)meta + MG_FRAME_META_SIZE + data_off; /* mg_frame_data */
         int redirected = 0;
         wk->from_cluster = 0;
-        if (MG_UNLIKELY(h->n_clusters > 1 && wk->p.proto == 47)) {
-            int r = cluster_in(tables, io->pool, idx, &wk->p);
-            if (r > 1) {
-                wk->reason = (uint16_t)r;
-                continue;
-            }
-            if (r == 1) {
-                wk->from_cluster = 1;
-                dp->stats.cluster_in++;
-                pkt = mg_frame_data(io->pool, idx);
-            }
-        }
-        if (MG_UNLIKELY(h->n_pool && wk->p.proto == 47 && !wk->from_cluster)) {
-            int r = redirect_in(tables, io->pool, idx, &wk->p);
-            if (r > 1) {
-                wk->reason = (uint16_t)r;
-                continue;
-            }
-            if (r == 1) {
-                redirected = 1;
-                dp->stats.redirect_in++;
-                pkt = mg_frame_data(io->pool, idx);
-            }
-        }
         uint8_t kind = K_FLOW;
-        if (wk->p.frag & MG_PF_FRAGMENT) {
-            if (!(wk->p.frag & MG_PF_FIRST)) {
-                int r = frag_vip_check(tables, &wk->p.key);
-                if (r) {
+        /* The common frame (mg_parse_fast4: IPv4 TCP/UDP, no options, not a fragment) is
+         * neither GRE nor ICMP nor a fragment: none of the checks below applies to it. */
+        const int common = mg_parse_fast4(pkt, len, &wk->p);
+        if (MG_UNLIKELY(!common)) {
+            int rc = mg_parse(pkt, meta->len, &wk->p);
+            if (rc != MG_OK) {
+                wk->reason = (uint16_t)rc;
+                continue;
+            }
+            if (MG_UNLIKELY(h->n_clusters > 1 && wk->p.proto == 47)) {
+                int r = cluster_in(tables, io->pool, idx, &wk->p);
+                if (r > 1) {
                     wk->reason = (uint16_t)r;
                     continue;
                 }
-                wk->kind = K_FRAG_NEXT;
-                if (!redirected && h->n_pool > 1) { /* ports are 0 already: the 3-tuple */
-                    wk->hash = flow_hash(h, &wk->p.key);
-                    int o = frag_owner(h, wk->hash);
-                    if (o >= 0) {
-                        wk->kind = K_REDIRECT;
-                        wk->owner = (uint8_t)o;
-                        wk->vip = 0;
-                    }
+                if (r == 1) {
+                    wk->from_cluster = 1;
+                    dp->stats.cluster_in++;
+                    pkt = mg_frame_data(pool, idx);
                 }
-                continue;
             }
-            kind = K_FRAG_FIRST;
-        } else if (wk->p.l4_off && is_icmp_error(&wk->p)) {
-            struct mg_flow_key qk;
-            int q = mg_icmp_quoted_flow(pkt, meta->len, wk->p.l3_off, wk->p.family,
-                                        wk->p.l4_off, &qk);
-            if (q == MG_QUOTE_5TUPLE || q == MG_QUOTE_3TUPLE) {
-                kind = q == MG_QUOTE_5TUPLE ? K_ICMP_FLOW : K_HASH_ONLY;
-                wk->p.key = qk;
-            } else if (q != -ENOMSG) { /* -ENOMSG: not an error after all, an ordinary packet */
-                wk->reason = MG_DROP_BAD_ICMP;
-                continue;
+            if (MG_UNLIKELY(h->n_pool && wk->p.proto == 47 && !wk->from_cluster)) {
+                int r = redirect_in(tables, io->pool, idx, &wk->p);
+                if (r > 1) {
+                    wk->reason = (uint16_t)r;
+                    continue;
+                }
+                if (r == 1) {
+                    redirected = 1;
+                    dp->stats.redirect_in++;
+                    pkt = mg_frame_data(pool, idx);
+                }
+            }
+            if (wk->p.frag & MG_PF_FRAGMENT) {
+                if (!(wk->p.frag & MG_PF_FIRST)) {
+                    int r = frag_vip_check(tables, &wk->p.key);
+                    if (r) {
+                        wk->reason = (uint16_t)r;
+                        continue;
+                    }
+                    wk->kind = K_FRAG_NEXT;
+                    if (!redirected && h->n_pool > 1) { /* ports are 0 already: the 3-tuple */
+                        wk->hash = flow_hash(h, &wk->p.key);
+                        int o = frag_owner(h, wk->hash);
+                        if (o >= 0) {
+                            wk->kind = K_REDIRECT;
+                            wk->owner = (uint8_t)o;
+                            wk->vip = 0;
+                        }
+                    }
+                    continue;
+                }
+                kind = K_FRAG_FIRST;
+            } else if (wk->p.l4_off && is_icmp_error(&wk->p)) {
+                struct mg_flow_key qk;
+                int q = mg_icmp_quoted_flow(pkt, meta->len, wk->p.l3_off, wk->p.family,
+                                            wk->p.l4_off, &qk);
+                if (q == MG_QUOTE_5TUPLE || q == MG_QUOTE_3TUPLE) {
+                    kind = q == MG_QUOTE_5TUPLE ? K_ICMP_FLOW : K_HASH_ONLY;
+                    wk->p.key = qk;
+                } else if (q != -ENOMSG) { /* -ENOMSG: not an error after all, an ordinary packet */
+                    wk->reason = MG_DROP_BAD_ICMP;
+                    continue;
+                }
             }
         }
         int vip = match_vip_memo(tables, &wk->p.key, &memo);
@@ -943,7 +963,18 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             continue;
         }
         wk->vip = vip;
-        const uint8_t vflags = mg_tables_vips(tables)[vip].flags;
+        const struct mg_vip *vp = &vips[vip];
+        const uint8_t vflags = vp->flags;
+        if (MG_LIKELY(common && !(vflags & VF_KEYED) && !vp->quic_sid_len)) {
+            /* The common frame to a VIP with the plain 5-tuple, connection tracking and no
+             * QUIC routing: K_FLOW, the key as parsed -- what the general lane below
+             * decides for it, with its tests answered. */
+            wk->hash = reuse_hash && (fl & MG_FRAME_F_HASHED)
+                           ? (uint64_t)meta->flow_hash_hi << 32 | meta->flow_hash
+                           : flow_hash(h, &wk->p.key);
+            wk->kind = K_FLOW;
+            continue;
+        }
         if (kind == K_FRAG_FIRST) {
             if (!(vflags & MG_VIP_F_ALLOW_FRAGMENTS)) {
                 wk->reason = MG_DROP_FRAGMENT_NOT_ALLOWED;
@@ -990,33 +1021,62 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
     for (uint32_t i = 0; i < n && i < PF_ENTRY; i++)
         if (uses_ct(&w[i]) && mg_ct_prefetch_entry_v(cv, w[i].hash, now_t))
             maglev_prefetch(tables, w[i].vip, w[i].hash);
+    for (uint32_t i = n; i < n + PF_META; i++) /* past the burst: nothing to prefetch */
+        w[i].kind = K_DROP;
     for (uint32_t i = 0; i < n; i++) {
         struct work *wk = &w[i];
-        if (i + PF_META < n && uses_ct(&w[i + PF_META]))
+        const uint8_t kind = wk->kind; /* a local: stores to frames may alias *wk for GCC */
+        if (uses_ct(&w[i + PF_META]))
             mg_ct_prefetch_v(cv, w[i + PF_META].hash);
-        if (i + PF_ENTRY < n && uses_ct(&w[i + PF_ENTRY]) &&
+        if (uses_ct(&w[i + PF_ENTRY]) &&
             mg_ct_prefetch_entry_v(cv, w[i + PF_ENTRY].hash, now_t))
             maglev_prefetch(tables, w[i + PF_ENTRY].vip, w[i + PF_ENTRY].hash); /* new flow */
         uint32_t idx = io->frames[i];
-        if (wk->kind == K_DROP) {
+        if (MG_UNLIKELY(kind == K_DROP)) {
             out_drop(dp, io, idx, wk->reason);
             continue;
         }
+        struct mg_frame_meta *const fm = mg_frame_meta(pool, idx);
         int vip = wk->vip;
         int32_t b = -1;
-        if (MG_UNLIKELY(wk->kind == K_REDIRECT)) {
+        if (MG_UNLIKELY(kind == K_REDIRECT)) {
             redirect_out(dp, io, tables, idx, &wk->p, vip, wk->owner, wk->hash);
             continue;
         }
-        if (wk->kind == K_FRAG_NEXT) {
+        if (MG_LIKELY(kind <= K_ICMP_FLOW)) { /* K_FLOW, K_ICMP_FLOW: the common case first */
+            int slot = mg_ct_find_v(cv, &wk->p.key, wk->hash, now_t, tcp_ms, udp_ms);
+            if (slot >= 0) {
+                struct mg_ct_entry *e = &cv.ent[slot];
+                /* a later packet of the flow that is not a SYN: promote (mg_conntrack.h) */
+                if (kind == K_FLOW && !(wk->p.proto == 6 && (wk->p.tcp_flags & 0x02)))
+                    mg_ct_promote_v(cv, (uint32_t)slot);
+                if (MG_UNLIKELY(fm->flags & MG_FRAME_F_TRACE)) /* packet tracer (mg_trace.h) */
+                    fm->flags |= MG_TRACE_F_CT_HIT;
+                b = ct_backend(tables, bes, n_backends, vip, e);
+                if (b < 0) {
+                    if (MG_UNLIKELY(fm->flags & MG_FRAME_F_TRACE))
+                        fm->flags |= MG_TRACE_F_CT_RESELECT;
+                    dp->ct->stats.reselected++;
+                    b = maglev_pick(tables, vip, wk->hash);
+                    if (b >= 0) {
+                        e->backend = b;
+                        e->backend_id = mg_tables_backends(tables)[b].id;
+                    }
+                }
+            } else {
+                b = maglev_pick(tables, vip, wk->hash);
+                if (b >= 0 && kind == K_FLOW && mg_ct_admit(dp->ct, now_t))
+                    mg_ct_add(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
+                              h->udp_timeout_ms, b, mg_tables_backends(tables)[b].id);
+            }
+        } else if (kind == K_FRAG_NEXT) {
             struct mg_frag_key fk;
             frag_key_of(&wk->p, &fk);
             int32_t fb = -1;
             uint16_t fv = 0;
-            struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
-            int rc = mg_frag_next(dp->frag, &fk, idx, meta->len, now_ns, &fb, &fv);
+            int rc = mg_frag_next(dp->frag, &fk, idx, fm->len, now_ns, &fb, &fv);
             if (rc == 1) {
-                meta->verdict = MG_VERDICT_HELD;
+                fm->verdict = MG_VERDICT_HELD;
                 dp->stats.held++;
                 continue;
             }
@@ -1034,45 +1094,16 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             k.sport = k.dport = 0;
             wk->hash = flow_hash(h, &k);
             b = maglev_pick(tables, vip, wk->hash);
-        } else if (wk->kind == K_FLOW || wk->kind == K_ICMP_FLOW) {
-            int slot = mg_ct_find_v(cv, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
-                                    h->udp_timeout_ms);
-            if (slot >= 0) {
-                struct mg_ct_entry *e = &cv.ent[slot];
-                /* a later packet of the flow that is not a SYN: promote (mg_conntrack.h) */
-                if (wk->kind == K_FLOW && !(wk->p.proto == 6 && (wk->p.tcp_flags & 0x02)))
-                    mg_ct_promote_v(cv, (uint32_t)slot);
-                struct mg_frame_meta *tm = mg_frame_meta(io->pool, idx);
-                if (MG_UNLIKELY(tm->flags & MG_FRAME_F_TRACE)) /* packet tracer (mg_trace.h) */
-                    tm->flags |= MG_TRACE_F_CT_HIT;
-                b = ct_backend(tables, vip, e);
-                if (b < 0) {
-                    if (MG_UNLIKELY(tm->flags & MG_FRAME_F_TRACE))
-                        tm->flags |= MG_TRACE_F_CT_RESELECT;
-                    dp->ct->stats.reselected++;
-                    b = maglev_pick(tables, vip, wk->hash);
-                    if (b >= 0) {
-                        e->backend = b;
-                        e->backend_id = mg_tables_backends(tables)[b].id;
-                    }
-                }
-            } else {
-                b = maglev_pick(tables, vip, wk->hash);
-                if (b >= 0 && wk->kind == K_FLOW && mg_ct_admit(dp->ct, now_t))
-                    mg_ct_add(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
-                              h->udp_timeout_ms, b, mg_tables_backends(tables)[b].id);
-            }
-        } else if (wk->kind == K_QUIC) {
+        } else if (kind == K_QUIC) {
             b = wk->quic_backend;
         } else { /* K_HASH_ONLY, K_FRAG_FIRST */
             b = maglev_pick(tables, vip, wk->hash);
         }
         if (b < 0) {
-            if (MG_UNLIKELY(h->backup_cluster && !wk->from_cluster && wk->kind != K_FRAG_FIRST &&
-                            wk->kind != K_FRAG_NEXT)) {
-                const struct mg_frame_meta *bm = mg_frame_meta(io->pool, idx);
+            if (MG_UNLIKELY(h->backup_cluster && !wk->from_cluster && kind != K_FRAG_FIRST &&
+                            kind != K_FRAG_NEXT)) {
                 dp->vip_c[vip].packets++;
-                dp->vip_c[vip].bytes += bm->len;
+                dp->vip_c[vip].bytes += fm->len;
                 dp->stats.backup_out += (uint64_t)cluster_out(dp, io, tables, idx, &wk->p, vip,
                                                               wk->hash, now_ns);
                 continue;
@@ -1080,16 +1111,15 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             out_drop(dp, io, idx, MG_DROP_NO_BACKEND);
             continue;
         }
-        if (wk->kind == K_FRAG_FIRST) {
+        if (kind == K_FRAG_FIRST) {
             struct mg_frag_key fk;
             frag_key_of(&wk->p, &fk);
             mg_frag_first(dp->frag, &fk, b, (uint16_t)vip, now_ns);
         }
-        const struct mg_frame_meta *meta = mg_frame_meta(io->pool, idx);
         dp->vip_c[vip].packets++;
-        dp->vip_c[vip].bytes += meta->len;
-        int fw = forward(dp, io, tables, idx, &wk->p, vip, b, wk->hash, now_ns);
-        if (fw && (wk->kind == K_ICMP_FLOW || (wk->kind == K_HASH_ONLY && wk->p.l4_off &&
+        dp->vip_c[vip].bytes += fm->len;
+        int fw = forward(dp, io, tables, vips, bes, idx, fm, &wk->p, vip, b, wk->hash, now_ns);
+        if (kind != K_FLOW && fw && (kind == K_ICMP_FLOW || (kind == K_HASH_ONLY && wk->p.l4_off &&
                                                is_icmp_error(&wk->p))))
             dp->stats.icmp_forwarded++;
     }

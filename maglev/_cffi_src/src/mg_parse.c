@@ -297,3 +297,8 @@ int mg_parse_ip(const uint8_t *pkt, uint32_t len, uint32_t off, struct mg_parsed
     }
     return MG_DROP_UNSUPPORTED_ETHERTYPE;
 }
+
+int mg_parse_fast(const uint8_t *pkt, uint32_t len, struct mg_parsed *out)
+{
+    return mg_parse_fast4(pkt, len, out);
+}
