@@ -429,6 +429,7 @@ class Agent:
                 gov.tick(now)
                 if now >= next_stats:
                     self._set_counters(stats_counters(st))
+                    self.counters["rt_fifo"] = int(gov.on)
                     self.write_stats()
                     next_stats = now + 1.0
                 budget = RUN_BUDGET_MS if end is None else max(0, min(RUN_BUDGET_MS, int((end - now) * 1000)))
@@ -454,6 +455,7 @@ class Agent:
                 break
             gov.tick(now)
             if now >= next_stats:
+                self.counters["rt_fifo"] = int(gov.on)
                 self.write_stats()
                 next_stats = now + 1.0
             for fd, _ in poller.poll(RUN_BUDGET_MS):
