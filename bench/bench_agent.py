@@ -11,9 +11,10 @@ namespace).  Each probe is one UDP datagram to the VIP, sent either
 
 one at a time, alternating, with the send -> receive time taken on one clock
 (``one_way_us``); ``added_us`` = agent minus direct {p50, p99}.  Then a burst of
-``--burst`` GRE datagrams as fast as this process can send them: what reached the UDP
-socket, and the agent's CPU time per packet (user + system of the agent process), its
-wake-ups and recvmmsg batches (C engine).
+``--burst`` GRE datagrams as fast as this process can send them: what reached the
+backend's UDP layer (``delivered``, from /proc/net/snmp: read by this process, or dropped on
+its full receive buffer -- it reads only after the burst), and the agent's CPU time per
+packet (schedstat of the agent process), its wake-ups and recvmmsg batches (C engine).
 
 Configurations (``--configs``, default all three, each started afresh in every round and
 the rounds alternated): ``python_rt0`` (the reference loop, SCHED_OTHER: the agent as it
@@ -77,6 +78,18 @@ def agent_cpu_s(pid: int) -> float:
             except (OSError, ValueError, IndexError):
                 pass
     return t / 1e9
+
+
+def udp_counts(ns: str) -> tuple[int, int]:
+    """(InDatagrams, RcvbufErrors) of UDP in ``ns``: what the backend's stack delivered to
+    a socket, and what it had to drop because the socket was full (this process reads the
+    burst only after sending it, so a fast agent overruns the receiver's buffer)."""
+    lines = [ln.split() for ln in topo.ns_exec(ns, "cat", "/proc/net/snmp").stdout.splitlines()
+             if ln.startswith("Udp:")]
+    if len(lines) < 2:
+        return 0, 0
+    row = dict(zip(lines[0][1:], lines[1][1:], strict=False))
+    return int(row.get("InDatagrams", 0)), int(row.get("RcvbufErrors", 0))
 
 
 def read_stats(path: Path) -> dict:
@@ -146,7 +159,7 @@ def one_config(nss: NetnsSet, snd: str, be: str, name: str, args: argparse.Names
 
         # A burst: the agent's CPU per packet and its batching.
         time.sleep(1.1)  # the stats file is written every second
-        s0, c0 = read_stats(stats), agent_cpu_s(proc.pid)
+        s0, c0, u0 = read_stats(stats), agent_cpu_s(proc.pid), udp_counts(be)
         rx.setblocking(False)
         pkts = [gre + inner_udp(5 << 40 | i) for i in range(256)]
         t0 = time.perf_counter()
@@ -171,10 +184,12 @@ def one_config(nss: NetnsSet, snd: str, be: str, name: str, args: argparse.Names
             except BlockingIOError:
                 time.sleep(0.005)
         time.sleep(1.1)
-        s1, c1 = read_stats(stats), agent_cpu_s(proc.pid)
+        s1, c1, u1 = read_stats(stats), agent_cpu_s(proc.pid), udp_counts(be)
         handled = s1.get("received", 0) - s0.get("received", 0)
         out["burst"] = {
-            "sent": sent, "offered_pps": round(sent / send_s) if send_s else 0, "delivered": got,
+            "sent": sent, "offered_pps": round(sent / send_s) if send_s else 0, "read": got,
+            # reached the backend's UDP layer: read, or dropped there on a full socket buffer
+            "delivered": (u1[0] - u0[0]) + (u1[1] - u0[1]), "rcvbuf_errors": u1[1] - u0[1],
             "agent_received": handled,
             "agent_cpu_ns_per_packet": round((c1 - c0) * 1e9 / handled) if handled else None,
             "wakeups": s1.get("wakeups", 0) - s0.get("wakeups", 0),
