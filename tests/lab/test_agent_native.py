@@ -288,6 +288,12 @@ def test_loop_refuses_bad_arguments():
     try:
         assert loop.run(-1) == -22
         assert lib.mg_decap_run(loop.socks, 0, -1, CVIPS, loop.st, loop.bufs, 10) == -22
+        r, w = os.pipe()
+        os.close(r)
+        os.close(w)
+        loop.socks[0].fd = r  # closed: EBADF at once, not a spin until the budget ends
+        t0 = time.monotonic()
+        assert loop.run(2000) == -9 and time.monotonic() - t0 < 1.0
     finally:
         loop.close()
 

@@ -184,9 +184,12 @@ int64_t mg_decap_run(const struct mg_decap_sock *socks, int nsocks, int tun_fd,
         }
         if (rc > 0) {
             st->wakeups++;
-            for (int i = 0; i < nsocks; i++)
+            for (int i = 0; i < nsocks; i++) {
+                if (MG_UNLIKELY(pfd[i].revents & POLLNVAL))
+                    return -EBADF; /* a socket closed under us: never spin on it */
                 if (pfd[i].revents & (POLLIN | POLLERR))
                     done += drain(&socks[i], tun_fd, vips, st, bufs);
+            }
         }
         if (mg_mono_ns() >= end)
             return done;
