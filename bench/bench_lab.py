@@ -219,8 +219,8 @@ def main() -> None:
     ap.add_argument("--sender-cpu", type=int, default=None,
                     help="the CPU the traffic sender runs on (default: the first); the rest take the receive work")
     ap.add_argument("--encap", default="gre", choices=("gre", "ipip", "vxlan", "l2"),
-                    help="the lab's encapsulation: gre/ipip backends decapsulate in the lab's "
-                         "Python agent (one recv + one write per packet), vxlan in the kernel, l2 not at all")
+                    help="the lab's encapsulation: gre/ipip backends decapsulate in `maglev backend-agent` "
+                         "(user space: raw socket -> TUN, its loop in C), vxlan in the kernel, l2 not at all")
     ap.add_argument("--hops", type=int, default=40,
                     help="traced one-at-a-time UDP echoes per driver for the hop split (0 = off)")
     ap.add_argument("--drivers", default="v3,v2,afxdp",

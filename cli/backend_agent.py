@@ -15,11 +15,16 @@ import click
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default="",
               help="Write the counters as JSON to this file every second and at exit.")
 @click.option("--duration", type=float, default=0.0, help="Stop after this many seconds (0 = until SIGTERM).")
-def backend_agent(vips, encap, tun, stats_path, duration) -> None:
+@click.option("--engine", type=click.Choice(["c", "python"]), default=None,
+              help="The packet loop: c (default; recvmmsg batches, no Python per packet) or the "
+                   "pure-Python reference (env MAGLEV_AGENT_ENGINE).")
+@click.option("--rt-prio", type=click.IntRange(0, 96), default=1, show_default=True,
+              help="SCHED_FIFO base priority while lightly loaded (the agent takes this + 3); 0 = SCHED_OTHER.")
+def backend_agent(vips, encap, tun, stats_path, duration, engine, rt_prio) -> None:
     """Read GRE (or IPIP) packets from a raw socket, check the inner packet is for a VIP,
     and hand it to this host's stack through a TUN device, so the kernel answers the
     client directly (direct server return).  Needs root."""
     from maglev.lab.agent import serve
 
-    agent = serve(list(vips), encap, tun, stats_path, duration)
+    agent = serve(list(vips), encap, tun, stats_path, duration, engine or "", rt_prio)
     click.echo(json.dumps(dict(agent.counters), sort_keys=True), err=True)

@@ -257,6 +257,19 @@ class Actor:
         elif not self._rt_on and asleep > RT_CALM_SLEEP:
             self._rt_on = set_rt(self._rt_prio)
 
+    def _leave_rt(self) -> None:
+        """Back to SCHED_OTHER before :meth:`drain`: a draining actor waits for its
+        neighbours' frames in a loop the governor does not watch, and as SCHED_FIFO it kept
+        the SCHED_OTHER workers of its CPU (crowded workers are never SCHED_FIFO) from
+        running until the kernel's RT throttling let them: `maglev run --workers 8` took
+        1-2.4 s instead of ~0.2 s to stop once SCHED_FIFO really applied under `maglev run`
+        (2026-12-07 session 6)."""
+        if self._rt_on:
+            from maglev.actors.sched import set_other
+
+            set_other()
+            self._rt_on = False
+
     def drain(self) -> None:
         """Finish the work already queued for this actor before it exits."""
 
@@ -423,6 +436,7 @@ class Actor:
         rc = 0
         try:
             self._loop()
+            self._leave_rt()
             self.drain()
         except Exception as exc:
             log.exception("actor failed")

@@ -22,8 +22,18 @@ the physical interface, so strict reverse-path filtering would drop every packet
 The kernel reassembles outer fragments before a raw socket sees them, so encapsulated
 packets that were fragmented on the way arrive whole.  The kernel does not send
 "protocol unreachable" for a protocol a raw socket is bound to, so the agent is silent
-on the wire.  Cost: one recv and one write per packet in Python, about 10 us; enough for
-a lab backend, not for line rate (a kernel tunnel device is the production answer).
+on the wire.
+
+The loop runs in C (``mg_decap_run``, maglev/_cffi_src/src/mg_decap.c): poll, recvmmsg
+batches of up to 32 datagrams, the same checks as :func:`decapsulate` (its pure-Python
+reference, kept and run against it by tests/lab/test_agent_native.py) and one write() per
+packet to the TUN device; Python only wakes every ``RUN_BUDGET_MS`` for the counters, a
+stop request and the scheduling governor.  ``--engine python`` (or
+``MAGLEV_AGENT_ENGINE=python``) runs the reference loop instead, one recv + one write per
+packet in Python.  Like the forwarder's data-path actors the agent runs SCHED_FIFO while
+it is lightly loaded (``--rt-prio``, maglev/actors/sched.py), so a packet does not wait
+for a CPU's current task to end its slice, and goes back to SCHED_OTHER when saturated.
+A kernel tunnel device remains the production answer where the modules exist.
 """
 
 from __future__ import annotations
@@ -52,10 +62,19 @@ IPPROTO_IPV6 = 41
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+MAX_VIPS = 64  # per family (MG_DECAP_MAX_VIPS)
 GRE_PROTO_IPV4 = 0x0800
 GRE_PROTO_IPV6 = 0x86DD
 
 ENCAPS = ("gre", "ipip")
+AGENT_ENGINES = ("c", "python")
+# The refusal reasons in the order of C's enum mg_decap_reason (index 1..): the counter of
+# reason R is ``drop_R``.  "truncated" comes only from the C loop (a datagram larger than
+# its 64 KiB buffer; the Python loop reads 65535 bytes and would cut it silently).
+REASONS = ("outer_short", "gre_short", "gre_version", "gre_flags", "gre_checksum", "gre_ethertype",
+           "inner_short", "inner_version", "not_a_vip", "protocol", "truncated")
+RUN_BUDGET_MS = 50  # the C loop's time per call: how often Python looks at stop/stats/governor
+RT_OFFSET = 3  # SCHED_FIFO priority above --rt-prio: above the lab forwarder's muxer (base + 2)
 
 
 class DecapError(ValueError):
@@ -164,6 +183,97 @@ def _sysctl(key: str, value: str) -> None:
         pass  # e.g. IPv6 disabled: that family then simply is not served
 
 
+def native_vips(vips: Iterable[bytes]):  # -> cdata "struct mg_decap_vips *"
+    """The VIP set (packed addresses) as C's ``struct mg_decap_vips``."""
+    from maglev.native import ffi
+
+    out = ffi.new("struct mg_decap_vips *")
+    for v in sorted(vips):
+        if len(v) == 4:
+            if out.n4 >= MAX_VIPS:
+                raise MaglevError(f"at most {MAX_VIPS} IPv4 VIPs per agent")
+            ffi.memmove(out.v4[out.n4], v, 4)
+            out.n4 += 1
+        else:
+            if out.n6 >= MAX_VIPS:
+                raise MaglevError(f"at most {MAX_VIPS} IPv6 VIPs per agent")
+            ffi.memmove(out.v6[out.n6], v, 16)
+            out.n6 += 1
+    return out
+
+
+def decapsulate_c(packet: bytes, family: int, proto: int, vips) -> bytes:
+    """:func:`decapsulate` in C (``mg_decap_parse``): the same inner packet or DecapError.
+    ``vips`` is from :func:`native_vips`."""
+    from maglev.native import ffi, lib
+
+    off = ffi.new("uint32_t *")
+    n = ffi.new("uint32_t *")
+    r = lib.mg_decap_parse(packet, len(packet), 4 if family == socket.AF_INET else 6, proto, vips, off, n)
+    if r:
+        raise DecapError(REASONS[r - 1])
+    return packet[off[0]:off[0] + n[0]]
+
+
+def stats_counters(st) -> dict[str, int]:  # st: cdata "struct mg_decap_stats *"
+    """The C loop's counters under the Python loop's names (zero ones left out)."""
+    out = {"received": st.received, "decapsulated": st.decapsulated, "wakeups": st.wakeups,
+           "batches": st.batches, "max_batch": st.max_batch}
+    for i, reason in enumerate(REASONS, start=1):
+        out[f"drop_{reason}"] = st.drop[i]
+    for e in range(1, len(st.tun_errno)):
+        out[f"drop_tun_{e}"] = st.tun_errno[e]
+        out[f"drop_recv_{e}"] = st.recv_errno[e]
+    return {k: int(v) for k, v in out.items() if v}
+
+
+class RtGovernor:
+    """SCHED_FIFO at ``prio`` while the agent is lightly loaded, SCHED_OTHER while it is
+    saturated: the data-path actors' rule (``Actor._rt_govern``, maglev/actors/sched.py)
+    judged at every return of the loop (every ``RUN_BUDGET_MS`` at least)."""
+
+    def __init__(self, prio: int):
+        from maglev.actors.sched import open_schedstat, set_rt
+
+        self.prio = prio
+        self.on = set_rt(prio) if prio > 0 else False
+        self.demotions = 0
+        self._fd = open_schedstat() if self.on else -1
+        self._mark = (0.0, 0)
+
+    def tick(self, now: float) -> None:
+        from maglev.actors.sched import (
+            RT_BUSY_SLEEP,
+            RT_CALM_SLEEP,
+            RT_PERIOD_S,
+            busy_ns,
+            set_other,
+            set_rt,
+        )
+
+        if self._fd < 0:
+            return
+        t0, b0 = self._mark
+        if now - t0 < RT_PERIOD_S:
+            return
+        busy = busy_ns(self._fd)
+        self._mark = (now, busy)
+        if not t0:
+            return
+        asleep = 1.0 - (busy - b0) / 1e9 / (now - t0)
+        if self.on and asleep < RT_BUSY_SLEEP:
+            set_other()
+            self.on = False
+            self.demotions += 1
+        elif not self.on and asleep > RT_CALM_SLEEP:
+            self.on = set_rt(self.prio)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 @dataclass
 class Agent:
     """The agent's state: sockets, the TUN fd, the VIPs it serves and its counters."""
@@ -172,6 +282,8 @@ class Agent:
     encap: str = "gre"
     tun: str = "mgdecap0"
     stats_path: str = ""
+    engine: str = ""
+    rt_prio: int = 1
     counters: Counter = field(default_factory=Counter)
     _added_vips: list[str] = field(default_factory=list)
     _socks: list[tuple[socket.socket, int, int]] = field(default_factory=list)
@@ -189,6 +301,15 @@ class Agent:
             raise MaglevError(f"--vip: {exc}") from None
         self.vips = [str(v) for v in parsed]
         self._vip_bytes = frozenset(v.packed for v in parsed)
+        if not self.engine:
+            self.engine = os.environ.get("MAGLEV_AGENT_ENGINE", "c") or "c"
+        if self.engine not in AGENT_ENGINES:
+            raise MaglevError(f"--engine must be one of {', '.join(AGENT_ENGINES)}, not {self.engine!r}")
+        if self.rt_prio < 0 or self.rt_prio > 99 - RT_OFFSET:
+            raise MaglevError(f"--rt-prio must be 0..{99 - RT_OFFSET}, not {self.rt_prio}")
+        for version in (4, 6):
+            if sum(1 for v in parsed if v.version == version) > MAX_VIPS:
+                raise MaglevError(f"at most {MAX_VIPS} IPv{version} VIPs per agent")
 
     # -- setup -----------------------------------------------------------------
 
@@ -276,7 +397,52 @@ class Agent:
         self._stop = True
 
     def run(self, duration_s: float = 0.0) -> None:
-        """Serve until SIGTERM/SIGINT (or ``duration_s`` seconds when > 0)."""
+        """Serve until SIGTERM/SIGINT (or ``duration_s`` seconds when > 0), in the
+        engine chosen (C loop, or the pure-Python reference loop), SCHED_FIFO while light."""
+        gov = RtGovernor(self.rt_prio + RT_OFFSET if self.rt_prio > 0 else 0)
+        try:
+            if self.engine == "c":
+                self._run_c(duration_s, gov)
+            else:
+                self._run_python(duration_s, gov)
+        finally:
+            gov.close()
+            self.counters["rt_demotions"] = gov.demotions
+            self.counters["rt_fifo"] = int(gov.on)
+
+    def _run_c(self, duration_s: float, gov: RtGovernor) -> None:
+        from maglev.native import check, ffi, lib
+
+        socks = ffi.new("struct mg_decap_sock[]", len(self._socks))
+        for i, (s, fam, proto) in enumerate(self._socks):
+            socks[i].fd, socks[i].family, socks[i].proto = s.fileno(), 4 if fam == socket.AF_INET else 6, proto
+        vips = native_vips(self._vip_bytes)
+        st = ffi.new("struct mg_decap_stats *")
+        bufs = ffi.new("uint8_t[]", lib.MG_DECAP_BATCH * lib.MG_DECAP_BUF)
+        end = time.monotonic() + duration_s if duration_s > 0 else None
+        next_stats = 0.0
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                if end is not None and now >= end:
+                    break
+                gov.tick(now)
+                if now >= next_stats:
+                    self._set_counters(stats_counters(st))
+                    self.counters["rt_fifo"] = int(gov.on)
+                    self.write_stats()
+                    next_stats = now + 1.0
+                budget = RUN_BUDGET_MS if end is None else max(0, min(RUN_BUDGET_MS, int((end - now) * 1000)))
+                check(lib.mg_decap_run(socks, len(self._socks), self._tun_fd, vips, st, bufs, budget),
+                      "backend agent loop")
+        finally:
+            self._set_counters(stats_counters(st))
+
+    def _set_counters(self, values: dict[str, int]) -> None:
+        for k, v in values.items():  # the C loop's totals (Counter.update would add)
+            self.counters[k] = v
+
+    def _run_python(self, duration_s: float, gov: RtGovernor) -> None:
         poller = select.poll()
         by_fd = {s.fileno(): (s, fam, proto) for s, fam, proto in self._socks}
         for fd in by_fd:
@@ -287,10 +453,12 @@ class Agent:
             now = time.monotonic()
             if end is not None and now >= end:
                 break
+            gov.tick(now)
             if now >= next_stats:
+                self.counters["rt_fifo"] = int(gov.on)
                 self.write_stats()
                 next_stats = now + 1.0
-            for fd, _ in poller.poll(200):
+            for fd, _ in poller.poll(RUN_BUDGET_MS):
                 s, fam, proto = by_fd[fd]
                 for _ in range(64):  # drain a burst, then look at the others
                     try:
@@ -300,8 +468,9 @@ class Agent:
                     self.handle(pkt, fam, proto)
 
 
-def serve(vips: list[str], encap: str, tun: str, stats_path: str = "", duration_s: float = 0.0) -> Agent:
-    agent = Agent(vips=vips, encap=encap, tun=tun, stats_path=stats_path)
+def serve(vips: list[str], encap: str, tun: str, stats_path: str = "", duration_s: float = 0.0,
+          engine: str = "", rt_prio: int = 1) -> Agent:
+    agent = Agent(vips=vips, encap=encap, tun=tun, stats_path=stats_path, engine=engine, rt_prio=rt_prio)
     signal.signal(signal.SIGTERM, agent.stop)
     signal.signal(signal.SIGINT, agent.stop)
     try:

@@ -212,16 +212,55 @@ def drop_to(keep: list[str] | set[str]) -> dict[str, Any]:
     return result
 
 
-def drop_after_setup(nic_kind: str, out_kind: str, config: Any) -> dict[str, Any] | None:
+def allow_rt_priority(prio: int) -> list[str]:
+    """What keeps SCHED_FIFO up to ``prio`` possible after :func:`drop_after_setup`, for
+    this process and every process it starts afterwards.  ``maglev run`` calls it before
+    the drop: the data-path actors ask for SCHED_FIFO in their set-up
+    (maglev/actors/sched.py), after the supervisor's drop, and until 2026-12-07 (session 6)
+    every one of them got EPERM there and stayed SCHED_OTHER under ``maglev run`` (the
+    Pipeline tests and benches keep their capabilities, so they did not see it).
+
+    First choice: raise ``RLIMIT_RTPRIO`` (soft and hard) to ``prio`` -- a resource limit
+    grants no capability, it only lets a process pick a real-time priority up to ``prio``
+    for itself; returns [].  When the hard limit cannot be raised (no CAP_SYS_RESOURCE, as
+    in some containers) and CAP_SYS_NICE is held: returns ["CAP_SYS_NICE"], the capability
+    the drop must keep for the actors (each actor then keeps it after its own set-up only
+    if it needs it: ``Actor.sched_setup``).  [] with a log line when neither is possible
+    (the data path stays SCHED_OTHER), or when ``prio`` is 0 (``--rt-prio 0``)."""
+    import resource
+
+    if prio <= 0:
+        return []
+    soft, hard = resource.getrlimit(resource.RLIMIT_RTPRIO)
+    if hard >= prio or hard == resource.RLIM_INFINITY:
+        if soft != resource.RLIM_INFINITY and soft < prio:
+            resource.setrlimit(resource.RLIMIT_RTPRIO, (prio, hard))
+        return []
+    try:
+        resource.setrlimit(resource.RLIMIT_RTPRIO, (prio, prio))
+        return []
+    except (OSError, ValueError) as exc:
+        refused = exc
+    if cap_sets().get("CapEff", 0) >> CAPS["CAP_SYS_NICE"] & 1:
+        return ["CAP_SYS_NICE"]
+    log.info("data path stays SCHED_OTHER: neither RLIMIT_RTPRIO nor CAP_SYS_NICE",
+             extra={"kv": {"asked": prio, "error": refused}})
+    return []
+
+
+def drop_after_setup(nic_kind: str, out_kind: str, config: Any, also: tuple[str, ...] | list[str] = ()
+                     ) -> dict[str, Any] | None:
     """``maglev run``'s drop: keep what the NIC and BGP need (and CAP_IPC_LOCK for an
-    interface NIC, when held), drop every other capability; one log line says what was
-    kept.  None when the process held nothing beyond that (nothing logged)."""
-    keep = set(needed_caps(nic_kind, config, out_kind)) | set(recommended_caps(nic_kind, out_kind))
+    interface NIC, when held), plus ``also`` (CAP_SYS_NICE from :func:`allow_rt_priority`
+    when only it keeps the data path's SCHED_FIFO), drop every other capability; one log
+    line says what was kept.  None when the process held nothing beyond that (nothing logged)."""
+    keep = set(needed_caps(nic_kind, config, out_kind)) | set(recommended_caps(nic_kind, out_kind)) | set(also)
     r = drop_to(keep)
     if not r["dropped"] and not r["bounding_dropped"]:
         return None
     out_adds = set(NIC_CAPS.get(out_kind, ())) - set(NIC_CAPS.get(nic_kind, ()))
-    why = f"--nic {nic_kind}" + (f", --out {out_kind}" if out_adds else "")
+    why = f"--nic {nic_kind}" + (f", --out {out_kind}" if out_adds else "") + (
+        f", {'+'.join(also)} for SCHED_FIFO" if also else "")
     log.warning("capabilities dropped after set-up: kept %s (%s); dropped %d others",
                 ",".join(r["kept"]) or "none", why, len(r["dropped"]),
                 extra={"kv": {"kept": ",".join(r["kept"]) or "none", "uid": os.geteuid()}})

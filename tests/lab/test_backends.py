@@ -5,6 +5,7 @@ client directly when fed by the stand-in relay (maglev.lab.relay), independently
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import time
@@ -16,6 +17,7 @@ from maglev.lab.agent import (
     IPPROTO_GRE,
     IPPROTO_IPIP,
     IPPROTO_IPV6,
+    RT_OFFSET,
     DecapError,
     decapsulate,
 )
@@ -156,3 +158,11 @@ def test_agent_drops_packets_not_for_its_vips(make_lab):
         if stats.get("drop_not_a_vip", 0) >= 5:
             break
     assert stats.get("drop_not_a_vip") == 5 and stats.get("decapsulated", 0) == 0
+    assert stats.get("received") == 5
+    if os.environ.get("MAGLEV_AGENT_ENGINE", "c") == "c":
+        assert stats.get("wakeups", 0) >= 1  # a counter only the C loop keeps: it ran
+    # lightly loaded: SCHED_FIFO (the data-path actors' rule), priority --rt-prio 1 + 3
+    agent = next(p for p in st["processes"] if p["role"] == f"agent-{be['name']}")
+    assert stats.get("rt_fifo") == 1
+    assert os.sched_getscheduler(agent["pid"]) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO
+    assert os.sched_getparam(agent["pid"]).sched_priority == 1 + RT_OFFSET

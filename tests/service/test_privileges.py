@@ -1,6 +1,8 @@
 """Least privilege: the capability table in docs/service.md is the one the code keeps, and
 `maglev run` started as root keeps only that set -- in the supervisor and every actor,
-also an actor restarted after a crash (it reopens its AF_PACKET socket with it)."""
+also an actor restarted after a crash (it reopens its AF_PACKET socket with it) -- plus
+CAP_SYS_NICE where only it keeps the data path's SCHED_FIFO (no CAP_SYS_RESOURCE to raise
+RLIMIT_RTPRIO), and the data path is SCHED_FIFO after the drop."""
 
 from __future__ import annotations
 
@@ -127,6 +129,20 @@ address = "198.18.4.11"
 """
 
 
+def rt_kept() -> set[str]:
+    """What `maglev run` (default --rt-prio 1: the muxer at 3) also keeps so that the data
+    path's SCHED_FIFO survives the drop (privileges.allow_rt_priority): nothing when
+    RLIMIT_RTPRIO can be raised to 3, else CAP_SYS_NICE when held (a container without
+    CAP_SYS_RESOURCE, as this project's CI)."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_RTPRIO)[1]
+    eff = pv.cap_sets()["CapEff"]
+    if hard == resource.RLIM_INFINITY or hard >= 3 or eff >> pv.CAPS["CAP_SYS_RESOURCE"] & 1:
+        return set()
+    return {"CAP_SYS_NICE"} if eff >> pv.CAPS["CAP_SYS_NICE"] & 1 else set()
+
+
 def _why_no_afxdp() -> str:
     try:
         from maglev.nic.afxdp import why_no_afxdp
@@ -152,7 +168,9 @@ def test_root_run_keeps_only_the_nic_set_in_every_actor_also_after_a_restart(tmp
     notify = NotifySocket(ns_path)
     log_path = tmp_path / "run.log"
     names = [*pv.needed_caps(nic, None), *pv.recommended_caps(nic)]
-    kept = pv.mask(names)
+    rt = rt_kept()
+    kept = pv.mask([*names, *rt])
+    nice = pv.mask(rt)  # a worker keeps only CAP_SYS_NICE, to return to SCHED_FIFO (Actor.sched_setup)
     with NetnsSet("priv") as nets, open(log_path, "w") as log:
         mg, peer = nets.add("mg"), nets.add("peer")
         nets.veth(mg, "eth0", peer, "eth0")
@@ -168,12 +186,18 @@ def test_root_run_keeps_only_the_nic_set_in_every_actor_also_after_a_restart(tmp
             # steering and the muxer keep the run's set (they close the NIC at teardown);
             # workers, the config manager and the health prober (its tunnel checks' raw
             # sockets are opened in its setup) drop it all after setup
-            bare = ("worker-", "config", "health")
-            want = {k: (0, 0, kept) if k.startswith(bare) else (kept, kept, kept) for k in caps}
+            bare = ("config", "health")
+            want = {k: (0, 0, kept) if k.startswith(bare) else (nice, nice, kept) if k.startswith("worker-")
+                    else (kept, kept, kept) for k in caps}
             assert caps == want, {k: tuple(map(hex, v)) for k, v in caps.items()}
             lines = [ln for ln in log_path.read_text().splitlines() if "capabilities dropped" in ln]
             assert len(lines) == 1 and f"kept={','.join(pv.names(kept))}" in lines[0], lines
-            assert "instance=privtest" in lines[0] and f"(--nic {nic})" in lines[0]
+            assert "instance=privtest" in lines[0] and f"(--nic {nic}" in lines[0]
+            # the data path runs SCHED_FIFO (steering 1, workers 2, muxer 3) after the drop
+            fifo = {n: (os.sched_getscheduler(p) & ~os.SCHED_RESET_ON_FORK, os.sched_getparam(p).sched_priority)
+                    for p, n in pids.items() if n in ("steering", "worker-0", "worker-1", "muxer")}
+            f = os.SCHED_FIFO
+            assert fifo == {"steering": (f, 1), "worker-0": (f, 2), "worker-1": (f, 2), "muxer": (f, 3)}, fifo
 
             # A crashed steering actor is restarted and reopens its AF_PACKET socket.
             steering = next(p for p, n in pids.items() if n == "steering")
@@ -204,4 +228,6 @@ def test_root_run_with_the_generator_keeps_nothing(tmp_path):
                        capture_output=True, text=True, timeout=150, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if "capabilities dropped" in ln]
-    assert len(lines) == 1 and "kept=none" in lines[0] and "(--nic gen)" in lines[0], lines
+    rt = rt_kept()
+    want = f"kept={','.join(sorted(rt))}" if rt else "kept=none"
+    assert len(lines) == 1 and want in lines[0] and "(--nic gen" in lines[0], lines
