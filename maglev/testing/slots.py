@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,8 +53,16 @@ class SlotHolder:
         self._t.join(10)
 
     def die(self) -> None:
+        """End the thread holding the locks; return once every lock reads owner-dead.
+        ``join`` returns when the Python thread is done, a moment before the OS thread
+        exits and its robust list is walked (1 run in 12 read the lock still held)."""
         self._release = False
         self.release()
+        deadline = time.monotonic() + 10
+        while not all(lib.mg_slot_dead(self.base, s) == 1 for s in self.slots):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"slots {self.slots}: not owner-dead 10 s after their holder ended")
+            time.sleep(0.001)
 
 
 @contextmanager
