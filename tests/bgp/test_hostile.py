@@ -275,7 +275,10 @@ def test_gobgp_soft_reset_storm_is_no_reset(gobgp_lab):
     lab.wait_until(lambda: lab.gobgp_neighbor_state(SPEAKER_V4) == "established", 15, "GoBGP established")
     lab.wait_until(lambda: f"{VIP4}/32" in lab.gobgp_rib(), 10, "VIP in GoBGP")
     for _ in range(30):
-        assert lab.gobgp("neighbor", SPEAKER_V4, "softresetin").returncode == 0
+        r = lab.gobgp("neighbor", SPEAKER_V4, "softresetin")
+        if r.returncode and "deadline exceeded" in r.stdout:  # the gobgp CLI's own gRPC timeout,
+            r = lab.gobgp("neighbor", SPEAKER_V4, "softresetin")  # its daemon slow under load (CI)
+        assert r.returncode == 0, r
     time.sleep(1.0)  # let a reset the storm caused show up before counting
     p = _peer(sp)
     assert p["established"] == 1 and p["notifications_in"] == 0 and p["state"] == "Established"
