@@ -137,7 +137,7 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
 @click.option("--rt-prio", type=click.IntRange(0, 97), default=None,
               help="SCHED_FIFO priority of steering (workers +1, muxer +2) while they are lightly loaded, "
                    "when the process may (root or CAP_SYS_NICE); a busy actor drops to SCHED_OTHER "
-                   "(default 1; 0 = SCHED_OTHER throughout; docs/actors.md).")
+                   "(default 0 = SCHED_OTHER throughout; 1 on a host whose data-path CPUs run nothing else; docs/actors.md).")
 @click.option("--nap-us", type=click.IntRange(0, 10_000), default=None,
               help="Under a heavy stream (>= 64 packets since its rings were last empty) a data-path actor "
                    "sleeps this long on the clock when they run dry, instead of on its doorbell: its "

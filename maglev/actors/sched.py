@@ -96,7 +96,12 @@ def set_wakeup_slice(us: int | None = None) -> int:
 # running or waiting for a CPU the rest, ``Actor._rt_govern``) goes back to SCHED_OTHER, so
 # a flood never starves the control plane, the supervisor or the rest of the host; it
 # returns to SCHED_FIFO once it sleeps more than RT_CALM_SLEEP of a span.  The kernel's RT throttling (95% per second) stays the backstop.
-RT_PRIO_DEFAULT = 1  # `maglev run --rt-prio 0` keeps SCHED_OTHER
+# Off by default (2026-12-07 session 6): measured on the quiet 2-vCPU machine, SCHED_FIFO
+# doubled W=1 but cost W=2 a quarter (4.35-4.41 -> 3.21-3.29 Mpps: worker 1 and the muxer
+# above steering on its CPU) and halved HTTP through the lab's VIP (wrk 0.22-0.35 -> 0.14-0.16
+# of direct: every wake-up preempts the client or a server sharing the CPU), for 2-3x lower
+# single-request latency.  A host whose data-path CPUs run nothing else: `--rt-prio 1`.
+RT_PRIO_DEFAULT = 0
 RT_BUSY_SLEEP = 0.2  # asleep less than this share of a span: saturated, SCHED_OTHER
 RT_CALM_SLEEP = 0.5  # asleep more: SCHED_FIFO again
 RT_PERIOD_S = 0.05  # shortest span the governor judges

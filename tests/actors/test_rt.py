@@ -66,9 +66,9 @@ def _policies(p: Pipeline) -> dict[str, tuple[int, int]]:
 
 
 @needs_root
-def test_data_path_runs_fifo_by_default_and_other_with_rt_prio_0():
+def test_data_path_runs_fifo_when_asked_and_other_by_default():
     fifo, other = os.SCHED_FIFO, os.SCHED_OTHER
-    p = Pipeline(PipelineOptions(workers=2, nic="gen:rate=1000,flows=10"))
+    p = Pipeline(PipelineOptions(workers=2, nic="gen:rate=1000,flows=10", rt_prio=1))
     try:
         p.start()
         got = _policies(p)
@@ -78,7 +78,7 @@ def test_data_path_runs_fifo_by_default_and_other_with_rt_prio_0():
     assert got.pop("steering") == (fifo, 1) and got.pop("worker-0") == (fifo, 2)
     assert got.pop("worker-1") == (fifo, 2) and got.pop("muxer") == (fifo, 3)
     assert not got, got
-    p = Pipeline(PipelineOptions(workers=1, nic="gen:rate=1000,flows=10", rt_prio=0))
+    p = Pipeline(PipelineOptions(workers=1, nic="gen:rate=1000,flows=10"))  # the default: off
     try:
         p.start()
         got = _policies(p)
@@ -94,7 +94,7 @@ def test_crowded_workers_stay_sched_other():
     """More workers than CPUs: workers sharing a CPU with another worker do not run
     SCHED_FIFO (placement.idle_params); steering and the muxer do."""
     fifo, other = os.SCHED_FIFO, os.SCHED_OTHER
-    p = Pipeline(PipelineOptions(workers=3, nic="gen:rate=1000,flows=10", cpus="0-1"))
+    p = Pipeline(PipelineOptions(workers=3, nic="gen:rate=1000,flows=10", cpus="0-1", rt_prio=1))
     try:
         p.start()
         got = _policies(p)
@@ -111,7 +111,7 @@ def test_a_flood_drops_the_saturated_actor_to_sched_other():
     """In a flood one actor is the bottleneck (on this machine worker 0, alone on its CPU;
     steering and the muxer then sleep part of the time and stay SCHED_FIFO): it never
     sleeps, so it must not keep its CPU from everything else."""
-    p = Pipeline(PipelineOptions(workers=1, nic="gen:flows=100"))  # no rate: as fast as it goes
+    p = Pipeline(PipelineOptions(workers=1, nic="gen:flows=100", rt_prio=1))  # no rate: as fast as it goes
     try:
         p.start()
         pids = [p.supervisor.pid(n) for n in ("steering", "worker-0")]
