@@ -65,6 +65,7 @@ _STAT_FIELDS = (
     "tx_errors",
     "tx_calls",
     "tx_ring_full",
+    "tx_link_down",
 )
 
 

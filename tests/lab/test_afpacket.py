@@ -7,6 +7,7 @@ kernel, not against itself.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import socket
@@ -234,6 +235,81 @@ def test_link_down_and_up_is_survived(pair, ring):
         finally:
             tx.close()
         assert got and got[0] == frame(7)
+
+
+def recv_experimental(s: socket.socket) -> list[bytes]:
+    """The test's frames (ETH_P_EXPERIMENTAL) that ``s`` receives until it times out."""
+    got = []
+    try:
+        while True:
+            p = s.recv(4096)
+            if p[12:14] == b"\x88\xb5":
+                got.append(p)
+    except TimeoutError:
+        return got
+
+
+def queue_without_kick(nic: AfPacketNic, pkt: bytes) -> None:
+    """Put ``pkt`` in the driver's next TX ring slot as TP_STATUS_SEND_REQUEST and advance
+    its position, without the send() that hands it over: the state a kick refused with
+    ENOBUFS/EAGAIN leaves (struct tpacket2_hdr: status, len, snaplen; data after the
+    32-byte aligned header, behind the virtio_net_hdr when the driver uses one)."""
+    afp = nic._afp
+    slot = afp.tx_map + afp.tx_cur * lib.MG_AFP_V2_FRAME_SIZE
+    vnet = int(afp.tx_vnet)
+    data = bytes(vnet) + pkt
+    if vnet:  # hdr_len (little-endian) = the whole frame, as the driver writes it
+        data = bytes(2) + struct.pack("<H", len(pkt)) + data[4:]
+    ffi.memmove(slot + 32, data, len(data))
+    hdr = ffi.cast("uint32_t *", slot)
+    hdr[1] = hdr[2] = len(data)
+    hdr[0] = 1  # TP_STATUS_SEND_REQUEST, last
+    afp.tx_cur = (afp.tx_cur + 1) % afp.tx_frame_nr
+    afp.stats.tx_packets += 1
+    afp.stats.tx_bytes += len(pkt)
+
+
+@pytest.mark.parametrize("pending", [0, 1])
+def test_transmit_resumes_after_a_burst_refused_while_the_link_was_down(pair, pending):
+    """A burst sent while the link is down is taken back (the kernel refuses it with
+    ENETDOWN before touching the ring): the driver's ring position must go back with it,
+    or once the link is up the kernel waits at an empty slot for good and nothing leaves
+    (the lab's forwarder then passed 0 of 50 requests after a link flap, seen in CI).
+    ``pending``: a frame the kernel had not taken yet when the link went down (a kick
+    that got ENOBUFS leaves one) is taken back too."""
+    _, a, b = pair
+    pool = Pool()
+    with open_nic(b.name, "b0") as nic:
+        rx = raw_socket(a.name, "a0")
+        rx.settimeout(0.2)
+        try:
+            pool.put(0, frame(0, dst=MAC_A, src=MAC_B))
+            assert nic.tx_burst(pool.ptr, pool.descs, 1) == 1  # the ring is set up and works
+            assert recv_experimental(rx) == [frame(0, dst=MAC_A, src=MAC_B)]
+            b.exec("ip", "link", "set", "b0", "down")
+            if pending:
+                queue_without_kick(nic, frame(99, dst=MAC_A, src=MAC_B))
+            for i in range(8):
+                pool.put(i, frame(100 + i, dst=MAC_A, src=MAC_B))
+            assert nic.tx_burst(pool.ptr, pool.descs, 8) == 0
+            st = nic.stats()
+            assert st["tx_errors"] == 8 + pending and st["tx_packets"] == 1
+            assert st["tx_link_down"] == 1 and st["last_tx_errno"] == errno.ENETDOWN
+            b.exec("ip", "link", "set", "b0", "up")
+            sent = []
+            deadline = time.monotonic() + 3
+            got: list[bytes] = []
+            seq = 200
+            while time.monotonic() < deadline and not got:
+                pool.put(0, frame(seq, dst=MAC_A, src=MAC_B))
+                sent.append(frame(seq, dst=MAC_A, src=MAC_B))
+                nic.tx_burst(pool.ptr, pool.descs, 1)
+                seq += 1
+                got += recv_experimental(rx)
+            assert got and got[0] in sent, nic.stats()
+            assert not [p for p in got if p not in sent]  # nothing from the refused burst
+        finally:
+            rx.close()
 
 
 def test_interface_deleted_and_recreated_is_reopened(pair):

@@ -22,6 +22,7 @@ struct mg_afp_stats {
     uint64_t tx_errors;
     uint64_t tx_calls;
     uint64_t tx_ring_full;
+    uint64_t tx_link_down;
 };
 
 struct mg_afp {
@@ -34,6 +35,9 @@ struct mg_afp {
     int last_tx_errno;
     int tx_fd;
     uint32_t tx_vnet;
+    uint32_t tx_cur;
+    uint32_t tx_frame_nr;
+    uint8_t *tx_map;
     struct mg_afp_stats stats;
     ...;
 };

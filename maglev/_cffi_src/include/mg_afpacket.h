@@ -79,7 +79,10 @@
  *
  * Interface down/up: the kernel unhooks a packet socket on NETDEV_DOWN and re-hooks it
  * on NETDEV_UP (same ifindex), so the ring simply sees no packets while the link is
- * down; send errors (ENETDOWN, ENXIO) are counted per burst.
+ * down; send errors (ENETDOWN, ENXIO) are counted per frame (tx_errors) and per outage
+ * (tx_link_down).  A refused send leaves the kernel's TX ring head where it was, so the
+ * driver takes its pending slots back and rewinds its own position to that head: the
+ * first burst after the link comes back goes out (tx_take_back in the .c file).
  *
  * References: packet(7); Documentation/networking/packet_mmap.rst (TPACKET_V3 section).
  */
@@ -121,6 +124,9 @@ struct mg_afp_stats {
     uint64_t tx_errors;     /* frames not sent (send error or invalid frame) */
     uint64_t tx_calls;      /* send/sendmmsg calls */
     uint64_t tx_ring_full;  /* frames dropped: their TX ring slot was still busy */
+    uint64_t tx_link_down;  /* outages seen by transmit: a send refused with ENETDOWN/ENXIO/
+                             * ENODEV after one that went through (the pending slots are
+                             * taken back, see tx_kick) */
 };
 
 struct mg_afp {
@@ -147,6 +153,7 @@ struct mg_afp {
     uint32_t tx_cur;        /* next TX slot to fill */
     int tx_sock;            /* the TX socket made at open time, until the ring takes it */
     uint32_t tx_vnet;       /* bytes of virtio_net_hdr before each TX frame (0 or 10) */
+    uint32_t tx_down;       /* the latest kick was refused by a dead link */
 };
 
 /* Opens a packet socket for ifindex that can transmit but receives nothing yet.
