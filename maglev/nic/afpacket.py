@@ -8,7 +8,12 @@ turns errors into clear sentences, waits for packets without spinning (``poll`` 
 socket), and survives the interface going away:
 
 * link down/up with the same ifindex: the kernel re-hooks the socket by itself; the ring
-  is just quiet meanwhile and transmit errors are counted;
+  is just quiet meanwhile.  A transmit the kernel refuses (ENETDOWN) takes its frames back
+  out of the TX ring and rewinds the ring position with them (``mg_afpacket.c``,
+  ``tx_kick``), so the first burst after the link returns goes out; the frames are counted
+  (``tx_errors``), the outage too (``tx_link_down``; ``rx_link_down`` for the ENETDOWN the
+  receive socket reports), and :meth:`AfPacketNic.maintain` logs the outage and the
+  recovery;
 * the interface deleted and created again (new ifindex): :meth:`AfPacketNic.maintain`
   notices the name now points at another ifindex and reopens the socket.
 
@@ -34,6 +39,7 @@ Needs CAP_NET_RAW (root): without it the constructor raises :class:`NotRootError
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import select
@@ -44,6 +50,8 @@ from typing import Any
 from maglev.errors import MaglevError, NotRootError
 from maglev.native import check, ffi, lib
 from maglev.nic.multiqueue import rx_round_robin
+
+log = logging.getLogger("maglev.nic.afpacket")
 
 __all__ = ["RINGS", "AfPacketMulti", "AfPacketNic", "NicError", "open_afpacket_rx"]
 
@@ -118,6 +126,8 @@ class AfPacketNic:
         self._poll: select.poll | None = None
         self._next_check = 0.0
         self.reopens = 0
+        self.rx_link_down = 0  # ENETDOWN reports read from the receive socket
+        self._tx_down_since: float | None = None  # the outage maintain() logged
         self._kernel = {"kernel_packets": 0, "kernel_drops": 0, "kernel_freezes": 0}
         self._rx_on = False
         # Other descriptors wait() also returns for (steering's doorbell pipe): a
@@ -255,15 +265,39 @@ class AfPacketNic:
         try:
             s = socket.socket(fileno=os.dup(self._afp.fd))
             try:
-                s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             finally:
                 s.close()
         except OSError:
-            pass
+            return
+        if err == errno.ENETDOWN:
+            self.rx_link_down += 1
+            log.warning("afpacket: link down; receiving again once it is up",
+                        extra={"kv": {"iface": self.iface, "rx_link_down": self.rx_link_down}})
+
+    def _watch_link(self) -> None:
+        """Log a transmit outage (a send refused by a down link) once, and its end."""
+        down = bool(self._afp.tx_down)
+        if down and self._tx_down_since is None:
+            self._tx_down_since = time.monotonic()
+            err = int(self._afp.last_tx_errno)
+            log.warning("afpacket: transmit refused, link down; pending frames dropped and counted",
+                        extra={"kv": {"iface": self.iface, "errno": errno.errorcode.get(err, str(err)),
+                                      "tx_link_down": int(self._afp.stats.tx_link_down),
+                                      "tx_errors": int(self._afp.stats.tx_errors)}})
+        elif not down and self._tx_down_since is not None:
+            log.warning("afpacket: transmit works again after a link outage",
+                        extra={"kv": {"iface": self.iface,
+                                      "outage_s": round(time.monotonic() - self._tx_down_since, 3),
+                                      "tx_errors": int(self._afp.stats.tx_errors)}})
+            self._tx_down_since = None
 
     def maintain(self) -> None:
-        """Call now and then (e.g. when idle): reopens the socket when the interface was
-        deleted and created again under the same name.  At most one check a second."""
+        """Call now and then (e.g. when idle): logs a transmit outage and its end, and
+        reopens the socket when the interface was deleted and created again under the
+        same name (that check at most once a second)."""
+        if self._afp.fd >= 0:
+            self._watch_link()
         now = time.monotonic()
         if now < self._next_check:
             return
@@ -299,6 +333,7 @@ class AfPacketNic:
         out = {k: self._prev[k] + int(getattr(self._afp.stats, k)) for k in _STAT_FIELDS}
         out.update(self._kernel)
         out["reopens"] = self.reopens
+        out["rx_link_down"] = self.rx_link_down
         out["ring"] = self.ring  # type: ignore[assignment]
         out["last_tx_errno"] = int(self._afp.last_tx_errno)
         return out

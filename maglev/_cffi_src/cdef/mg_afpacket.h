@@ -37,6 +37,7 @@ struct mg_afp {
     uint32_t tx_vnet;
     uint32_t tx_cur;
     uint32_t tx_frame_nr;
+    uint32_t tx_down;
     uint8_t *tx_map;
     struct mg_afp_stats stats;
     ...;
