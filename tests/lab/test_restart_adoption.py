@@ -7,6 +7,7 @@ tables keep them.  Through the real forwarder (`--nic afpacket:eth0`) in the nam
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 import time
@@ -147,7 +148,10 @@ def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(
     st = lab.state
     be = {b["name"]: b for b in st["backends"]}
     data = lab_config(lab)
-    data["instance"]["name"] = "labk9"
+    # An instance name of this run's own: the table files are found by name in /dev/shm,
+    # and another session (CI, a colleague) may run this test at the same time.
+    inst = f"labk{secrets.token_hex(3)}"
+    data["instance"]["name"] = inst
     short = Path(tempfile.mkdtemp(prefix="mgk9", dir="/tmp"))
     cfg = short / "maglev.toml"
     conns: list[KeepAlive] = []
@@ -163,20 +167,20 @@ def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(
         talk = Talkers([c.s for c in conns], first, PERIOD_S).start()
         time.sleep(1.0)
         # each worker holds the flock of its table file: /proc/locks names the pid
-        segs = sorted(glob.glob("/dev/shm/maglev-labk9-ct-*"))
+        segs = sorted(glob.glob(f"/dev/shm/maglev-{inst}-ct-*"))
         assert len(segs) == 2, segs
         old = [_lock_holder(s) for s in segs]
         assert all(old), old
         for p in old:
             os.kill(p, signal.SIGKILL)
-        with ControlClient(f"ipc://{short}/run/labk9/control.sock", timeout=10) as ctl:
+        with ControlClient(f"ipc://{short}/run/{inst}/control.sock", timeout=10) as ctl:
             ctl.call("add-backend", {"vip": VIP_KEY, "backend": {
                 "address": be["be4"]["ipv4"], "name": "be4", "mac": be["be4"]["mac"], "weight": 1}})
         deadline = time.monotonic() + 20
         while any(_lock_holder(s) in (0, o) for s, o in zip(segs, old, strict=True)):
             assert time.monotonic() < deadline, "no replacement workers holding the tables"
             time.sleep(0.05)
-        assert sorted(glob.glob("/dev/shm/maglev-labk9-ct-*")) == segs
+        assert sorted(glob.glob(f"/dev/shm/maglev-{inst}-ct-*")) == segs
         _progress(talk, "after the kill")
         talk.finish()
         assert talk.error is None, talk.error
