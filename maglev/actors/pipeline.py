@@ -75,6 +75,30 @@ def latency_us(hist: list[int], quantiles: tuple[float, ...] = (0.5, 0.99, 0.999
     return out
 
 
+def min_frames(workers: int, burst: int) -> int:
+    """The smallest pool a run moves packets with: steering keeps a reserve of
+    MG_SPARE_RESERVE frames on each worker's spare ring before it gives the NIC any, so with
+    fewer frames than the reserves plus a burst it received nothing, ever (a run that hung)."""
+    from maglev.native import lib
+
+    return workers * int(lib.MG_SPARE_RESERVE) + burst
+
+
+def _check_sizes(opts: PipelineOptions) -> None:
+    """``--ring-size`` and ``--frames`` checked before anything starts (ConfigError, exit 2)."""
+    from maglev.errors import ConfigError
+    from maglev.native import lib
+
+    rs, low, top = opts.ring_size, int(lib.MG_RING_MIN), int(lib.MG_RING_MAX)
+    if not (low <= rs <= top and rs & (rs - 1) == 0):
+        raise ConfigError([f"--ring-size {rs}: must be a power of two from {low} to {top}"])
+    need = min_frames(opts.workers, opts.burst)
+    if opts.n_frames and opts.n_frames < need:
+        raise ConfigError([f"--frames {opts.n_frames}: too few for {opts.workers} worker(s) and --burst "
+                           f"{opts.burst}: at least {need} (each worker's spare reserve of "
+                           f"{int(lib.MG_SPARE_RESERVE)} frames, plus a burst)"])
+
+
 def _check_endpoints(opts: PipelineOptions, config: Any) -> None:
     """``--control`` and ``--out FILE`` checked before anything starts (ConfigError, exit 2):
     found by the config manager or the muxer at their setup, they stopped the run only
@@ -191,6 +215,7 @@ class Pipeline:
         self.nic_spec = parse_nic(opts.nic)
         self.out_spec = parse_out(opts.out or None, self.nic_spec)
         _check_endpoints(opts, self.config)  # before any process starts: one line, not an actor's failure
+        _check_sizes(opts)
         if self.nic_spec.kind == "gen":
             from maglev.nic.gen import GenNic, validate_options, vip_targets
 

@@ -46,6 +46,16 @@ def _curve_client(sock: zmq.Socket, endpoint: str, client_key_file: str, server_
     sock.curve_serverkey = curve.load_public_key(server_key)
 
 
+def _connect(sock: zmq.Socket, endpoint: str, what: str = "control") -> None:
+    """``sock.connect`` with a malformed endpoint (``garbage``, ``tcp://host`` without a port,
+    a port out of range, an unknown transport) as one MaglevError line, not a ZMQError."""
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        raise MaglevError(f"{what} endpoint {endpoint!r}: {zmq.strerror(exc.errno)} (expected ipc://PATH or "
+                          "tcp://HOST:PORT)") from None
+
+
 def _trace_fields() -> dict[str, str]:
     """W3C trace context of the caller's current span, if the process uses tracing (we do not
     import OpenTelemetry into a plain `maglev ctl` just to find there is no span)."""
@@ -77,7 +87,7 @@ class ControlClient:
             _curve_client(self.sock, endpoint, client_key_file, server_key)
             if endpoint.startswith("ipc://") and not os.path.exists(endpoint[6:]):
                 raise ControlTimeout(f"no control socket at {endpoint[6:]} (is maglev running?)")
-            self.sock.connect(endpoint)
+            _connect(self.sock, endpoint)
         except BaseException:
             self.close()
             raise
@@ -146,7 +156,7 @@ class EventSubscriber:
             _curve_client(self.sock, endpoint, client_key_file, server_key)
             for t in topics:
                 self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
-            self.sock.connect(endpoint)
+            _connect(self.sock, endpoint, "events")
         except BaseException:
             self.close()
             raise

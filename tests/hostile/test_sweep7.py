@@ -1,0 +1,196 @@
+"""Session-7 red-team sweep: what an operator or a hostile peer could still hit after
+tests/hostile/'s other files (captures, config files, control messages, floods, kill -9).
+
+Each test is one finding, first seen as a traceback, a hang or a stray file:
+
+* a config path that is a FIFO made ``maglev check`` (and ``run --config``, ``ctl apply``,
+  a live ``reload``) wait forever for a writer; a device was read as a config;
+* a malformed ``--control``/``--events`` endpoint (``garbage``, ``tcp://host`` without a port,
+  ``udp://``) made ``ctl``, ``top`` and ``whereis`` die with a ZMQError traceback;
+* ``ctl keygen DIR NAME`` wrote outside DIR for a NAME with ``../``, a hidden ``.key`` for an
+  empty NAME, replaced an existing key pair (locking its users out) and created the secret
+  world-readable before its chmod;
+* ``run --frames`` below the spare reserves hung for ever with nothing received;
+  ``--ring-size`` not a power of two failed with the region's internal message.
+
+Every refusal is exit 2 with one ``maglev: error:`` line, nothing started, nothing left.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from maglev_cli.main import cli
+
+CONF = """
+[instance]
+name = "{name}"
+source_ipv4 = "198.18.0.1"
+
+[[vip]]
+address = "203.0.113.10"
+port = 80
+[[vip.backend]]
+address = "198.18.1.1"
+"""
+
+
+def one_error(r, *needles: str) -> str:
+    """The exit-2, single ``maglev: error:`` line answer of a CliRunner result."""
+    assert r.exception is None or isinstance(r.exception, SystemExit), (r.output, r.exc_info)
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("maglev: error: "), r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def maglev(*args: str, timeout: float = 30, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from maglev_cli.main import main; main()", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# -- config paths that are not files -------------------------------------------------------
+
+def test_a_fifo_or_a_device_as_the_config_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "maglev.toml"
+    os.mkfifo(fifo)
+    # a subprocess: before the fix this waited for a writer for ever
+    for args in (["check", str(fifo)], ["table", "--config", str(fifo)],
+                 ["whereis", "1.2.3.4:5", "203.0.113.10:80/tcp", "--config", str(fifo)],
+                 ["run", "--config", str(fifo), "--nic", "gen:packets=1,ipv6=0", "--exit-on-eof"]):
+        r = maglev(*args, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert f"maglev: error: {fifo}: cannot read: a FIFO (named pipe), not a config file" in r.stderr, r.stderr
+    for dev in ("/dev/null", "/dev/zero"):
+        one_error(CliRunner().invoke(cli, ["check", dev]), f"{dev}: cannot read: a character device")
+    one_error(CliRunner().invoke(cli, ["check", str(tmp_path)]), f"{tmp_path}: cannot read: Is a directory")
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(loop)
+    one_error(CliRunner().invoke(cli, ["check", str(loop)]), "Too many levels of symbolic links")
+
+
+def test_ctl_apply_and_a_live_reload_of_a_fifo_are_refused(tmp_path):
+    pytest.importorskip("maglev.rings")
+    from maglev.control.protocol import pack
+    from tests.control.test_fuzz_wire import LiveActor
+
+    fifo = tmp_path / "new.toml"
+    os.mkfifo(fifo)
+    r = maglev("ctl", "--control", f"ipc://{tmp_path}/none.sock", "apply", str(fifo), timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith(f"maglev: error: {fifo}: cannot read: a FIFO"), r.stderr
+    a = LiveActor()
+    try:
+        before = a.snapshot()
+        src = a.dir / "maglev.toml"
+        saved = src.read_bytes()
+        src.unlink()
+        os.mkfifo(src)  # the operator's editor or a script left a pipe where the file was
+        try:
+            rep = a.exchange([pack({"v": 1, "id": "r1", "op": "reload", "args": {}})], 30)
+        finally:
+            src.unlink()
+            src.write_bytes(saved)
+        assert rep is not None and not rep["ok"] and rep["error"]["code"] == "invalid-config", rep
+        assert "a FIFO" in rep["error"]["message"] + str(rep["error"].get("details")), rep
+        assert a.proc.poll() is None and a.snapshot() == before
+        assert a.call("status")["generation"] == before[0]
+    finally:
+        a.close()
+
+
+# -- control endpoints -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("endpoint", ["garbage", "tcp://127.0.0.1", "udp://127.0.0.1:5", "127.0.0.1:5555",
+                                      "ipc:/x"])
+def test_a_malformed_control_endpoint_is_one_line_not_a_traceback(endpoint, tmp_path):
+    keys = ["--client-key", str(tmp_path / "k.key_secret"), "--server-key", str(tmp_path / "k.key")]
+    CliRunner().invoke(cli, ["ctl", "keygen", str(tmp_path), "k"])
+    for args in (["ctl", "--control", endpoint, "--timeout", "0.2", *keys, "status"],
+                 ["top", "--once", "--control", endpoint, "--timeout", "0.2"],
+                 ["whereis", "1.2.3.4:5", "203.0.113.10:80/tcp", "--control", endpoint, "--timeout", "0.2"]):
+        if args[0] != "ctl" and endpoint.startswith("tcp://"):
+            continue  # top and whereis take no CURVE keys: they refuse tcp:// for that first
+        r = CliRunner().invoke(cli, args)
+        line = one_error(r)
+        assert endpoint in line, line
+
+
+def test_a_malformed_events_endpoint_is_one_line(tmp_path):
+    sock = tmp_path / "c.sock"
+    sock.touch()  # the control socket "exists"; the events endpoint is the bad one
+    r = CliRunner().invoke(cli, ["ctl", "--control", f"ipc://{sock}", "--events", "nonsense", "watch"])
+    one_error(r, "events endpoint 'nonsense'")
+
+
+# -- ctl keygen ----------------------------------------------------------------------------
+
+def test_keygen_writes_only_plain_names_inside_the_directory_and_never_replaces_a_key(tmp_path):
+    keys = tmp_path / "keys"
+    for bad in ("", "../escaped", "a/b", ".hidden", "x\ny"):
+        one_error(CliRunner().invoke(cli, ["ctl", "keygen", str(keys), bad]), "key name")
+    assert not (tmp_path / "escaped.key").exists() and not any(tmp_path.rglob("*.key*"))
+    r = CliRunner().invoke(cli, ["ctl", "keygen", str(keys), "ops"])
+    assert r.exit_code == 0, r.output
+    secret = keys / "ops.key_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE((keys / "ops.key").stat().st_mode) == 0o644
+    before = secret.read_bytes()
+    one_error(CliRunner().invoke(cli, ["ctl", "keygen", str(keys), "ops"]), "already there")
+    assert secret.read_bytes() == before  # the pair a server uses is not replaced
+    (keys / "half.key_secret").write_text("x")
+    one_error(CliRunner().invoke(cli, ["ctl", "keygen", str(keys), "half"]), "half.key_secret: already there")
+    assert not (keys / "half.key").exists()
+    f = tmp_path / "file"
+    f.write_text("")
+    one_error(CliRunner().invoke(cli, ["ctl", "keygen", str(f / "sub"), "k"]), "cannot write the key pair")
+
+
+# -- run sizes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, needle", [
+    (["--frames", "1"], "--frames 1: too few for 2 worker(s) and --burst 256: at least 768"),
+    (["--frames", "511", "--workers", "1"], "--frames 511: too few for 1 worker(s) and --burst 256: at least 512"),
+    (["--frames", "100", "--workers", "1", "--burst", "8"], "at least 264"),
+    (["--ring-size", "3"], "--ring-size 3: must be a power of two from 2 to"),
+    (["--ring-size", "0"], "--ring-size 0: must be a power of two"),
+    (["--ring-size", "-8"], "--ring-size -8: must be a power of two"),
+    (["--ring-size", str(1 << 30)], f"--ring-size {1 << 30}: must be a power of two"),
+])  # fmt: skip
+def test_run_refuses_a_pool_or_ring_it_cannot_run_with_before_starting(args, needle, shortdir, monkeypatch):
+    monkeypatch.setenv("MAGLEV_STATE_DIR", str(shortdir / "state"))
+    monkeypatch.setenv("MAGLEV_RUN_DIR", str(shortdir / "run"))
+    conf = shortdir / "c.toml"
+    conf.write_text(CONF.format(name=f"s7rd{os.getpid() % 10000}"))
+    shm_before = set(os.listdir("/dev/shm"))
+    r = CliRunner().invoke(cli, ["run", "--config", str(conf), "--nic", "gen:packets=100,ipv6=0",
+                                 "--exit-on-eof", "--json", *args])
+    one_error(r, needle)
+    assert set(os.listdir("/dev/shm")) - shm_before == set()
+
+
+@pytest.mark.slow
+def test_run_with_the_smallest_pool_it_accepts_forwards_everything(shortdir):
+    conf = shortdir / "c.toml"
+    conf.write_text(CONF.format(name=f"s7rd{os.getpid() % 10000}m"))
+    env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run")}
+    try:
+        r = maglev("run", "--config", str(conf), "--nic", "gen:packets=5000,ipv6=0", "--exit-on-eof", "--json",
+                   "--workers", "1", "--frames", "512", timeout=120, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        import json
+
+        s = json.loads(r.stdout)
+        assert s["packets_in"] == 5000 == s["forwarded"] + sum(s["dropped"].values()), s
+        assert s["pool"]["ok"], s["pool"]
+    finally:
+        from maglev.rings.conntrack_shm import remove_recorded
+
+        remove_recorded(str(shortdir / "state"))
