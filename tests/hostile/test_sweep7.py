@@ -232,30 +232,53 @@ def pcapng_far_future(o: str) -> tuple[bytes, int]:
     return out, n
 
 
-@pytest.mark.parametrize("order", ["<", ">"])
-def test_pcapng_timestamps_past_2_64_ns_replay_in_both_engines(order, tmp_path):
+def raw_ip_huge_orig_len(linktype: int) -> tuple[bytes, int]:
+    """A raw-IP pcap whose records claim an original length of 0xFFFFFFFF (the synthetic
+    Ethernet header the reader puts in front made it 2^32 + 13)."""
+    from maglev.testing.packets import ipv4, tcp
+
+    v, c = "203.0.113.10", "198.51.100.7"
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
+    for i in range(4):
+        p = ipv4(c, v, 6, tcp(41000 + i, 80, src=c, dst=v, flags=2))
+        out += struct.pack("<IIII", 1, 0, len(p), 0xFFFFFFFF) + p
+    return out, 4
+
+
+EXTREMES = {
+    "pcapng-le-ts-past-2^64ns.pcapng": lambda: pcapng_far_future("<"),
+    "pcapng-be-ts-past-2^64ns.pcapng": lambda: pcapng_far_future(">"),
+    "raw101-orig-len-max.pcap": lambda: raw_ip_huge_orig_len(101),
+    "raw228-orig-len-max.pcap": lambda: raw_ip_huge_orig_len(228),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTREMES))
+def test_record_fields_at_their_extremes_replay_in_both_engines(name, tmp_path):
     conf = tmp_path / "c.toml"
     conf.write_text(CONF6.format(name="s7rd-ts"))
-    raw, n = pcapng_far_future(order)
-    cap = tmp_path / "future.pcapng"
+    raw, n = EXTREMES[name]()
+    cap = tmp_path / name
     cap.write_bytes(raw)
     got = {}
     for engine in ("c", "python"):
-        r = CliRunner().invoke(cli, ["replay", str(cap), "--config", str(conf), "--engine", engine, "--json"])
+        r = CliRunner().invoke(cli, ["replay", str(cap), "--config", str(conf), "--engine", engine, "--json",
+                                     "--out", str(tmp_path / "out.pcap")])
         assert r.exception is None or isinstance(r.exception, SystemExit), (engine, r.output, r.exc_info)
         assert r.exit_code == 0, (engine, r.output)
         s = json.loads(r.output)
         assert s["packets_in"] == n == s["forwarded"], s
-        got[engine] = (s["forwarded"], s["dropped"])
+        got[engine] = (s["forwarded"], s["dropped"], (tmp_path / "out.pcap").read_bytes())
     assert got["c"] == got["python"]
 
 
 @pytest.mark.slow
-def test_pcapng_timestamps_past_2_64_ns_through_run(shortdir):
+@pytest.mark.parametrize("name", ["pcapng-le-ts-past-2^64ns.pcapng", "raw101-orig-len-max.pcap"])
+def test_record_fields_at_their_extremes_through_run(name, shortdir):
     conf = shortdir / "c.toml"
     conf.write_text(CONF6.format(name=f"s7rd{os.getpid() % 10000}t"))
-    raw, n = pcapng_far_future("<")
-    cap = shortdir / "future.pcapng"
+    raw, n = EXTREMES[name]()
+    cap = shortdir / name
     cap.write_bytes(raw)
     env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run")}
     try:
