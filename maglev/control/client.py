@@ -25,7 +25,7 @@ from maglev.control.protocol import (
     decode_event,
     decode_reply,
 )
-from maglev.errors import MaglevError
+from maglev.errors import ControlError, MaglevError
 
 
 class ControlTimeout(MaglevError, TimeoutError):
@@ -99,7 +99,11 @@ class ControlClient:
         tf = _trace_fields()
         req = Request(op=op, args=args or {}, id=req_id, traceparent=tf.get("traceparent", ""),
                       tracestate=tf.get("tracestate", ""))
-        self.sock.send(req.encode())
+        try:
+            data = req.encode()
+        except (OverflowError, ValueError, TypeError) as exc:  # e.g. an integer past 64 bits
+            raise ControlError(f"{op}: an argument cannot be sent: {exc}") from None
+        self.sock.send(data)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             left = deadline - time.monotonic()

@@ -132,6 +132,15 @@ def test_a_malformed_events_endpoint_is_one_line(tmp_path):
     one_error(r, "events endpoint 'nonsense'")
 
 
+
+@pytest.mark.parametrize("args", [["set-weight", "203.0.113.10:80/tcp", "198.18.1.1", str(2**70)],
+                                  ["add-backend", "203.0.113.10:80/tcp", "198.18.1.9", "--weight", str(-(2**64))]])
+def test_an_argument_msgpack_cannot_carry_is_one_line_not_a_traceback(args, tmp_path):
+    sock = tmp_path / "c.sock"
+    sock.touch()  # refused before anything is sent: no server needed
+    r = CliRunner().invoke(cli, ["ctl", "--control", f"ipc://{sock}", "--timeout", "0.5", *args])
+    one_error(r, f"{args[0]}: an argument cannot be sent")
+
 # -- ctl keygen ----------------------------------------------------------------------------
 
 def test_keygen_writes_only_plain_names_inside_the_directory_and_never_replaces_a_key(tmp_path):
@@ -292,3 +301,49 @@ def test_record_fields_at_their_extremes_through_run(name, shortdir):
     s = json.loads(r.stdout)
     assert s["packets_in"] == n == s["forwarded"], s  # before: steering died 6 times (OverflowError)
     assert all(v == 0 for v in s["restarts"].values()) and s["pool"]["ok"], (s["restarts"], s["pool"])
+
+
+# -- kill -9 of the standby ------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_killed_standby_is_replaced_and_the_next_restart_is_warm_again(shortdir):
+    """The standby (a process with the runtime imported, waiting to become the next
+    replacement) is a process of the run too: kill -9 of it left a zombie and made every
+    later restart a cold start.  Now it is reaped and replaced; the next killed actor gets
+    the new standby; the run balances."""
+    import psutil
+
+    from maglev.testing.wait import wait_until
+    from tests.hostile.test_accepted_config import _started
+    from tests.hostile.test_kill_every_process import Run, balanced, lab
+
+    def standby(r: Run) -> psutil.Process | None:
+        actors = {p for pids in _started(r.log).values() for p in pids}
+        for p in psutil.Process(r.proc.pid).children():
+            try:
+                if p.pid not in actors and "--standby" in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE:
+                    return p
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
+    with lab(shortdir) as (conf, env):
+        r = Run(shortdir, conf, env, "sb")
+        try:
+            wait_until(r.healthy, 60, "the run to be healthy")
+            first = wait_until(lambda: standby(r), 30, "a standby")
+            first.kill()
+            wait_until(lambda: "standby process died; starting another" in r.log.read_text(errors="replace"),
+                       30, "the supervisor to see its standby die")
+            second = wait_until(lambda: standby(r), 30, "a new standby")
+            assert second.pid != first.pid
+            assert first.pid not in {p.pid for p in psutil.Process(r.proc.pid).children()}  # reaped, no zombie
+            r.kill("worker-0")
+            assert r.pid("worker-0") == second.pid  # the replacement was the warm standby
+            wait_until(lambda: (s := standby(r)) is not None and s.pid != second.pid, 30, "yet another standby")
+            wait_until(r.healthy, 60, "a healthy run after the kills")
+            r.flowing("after the kills")
+            s = r.stop()
+        finally:
+            r.close()
+        balanced(s, r.log)
