@@ -27,6 +27,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from maglev.actors.dispatch import DEFAULT_STEER_COST, dispatch_map
@@ -97,6 +98,45 @@ def _check_sizes(opts: PipelineOptions) -> None:
         raise ConfigError([f"--frames {opts.n_frames}: too few for {opts.workers} worker(s) and --burst "
                            f"{opts.burst}: at least {need} (each worker's spare reserve of "
                            f"{int(lib.MG_SPARE_RESERVE)} frames, plus a burst)"])
+
+
+def _folder_problem(path: Path) -> str:
+    """Why folders cannot be made at ``path`` ('' when they can): its nearest existing
+    ancestor is a file, or the process may not write there."""
+    for q in (path, *path.parents):
+        if not os.path.lexists(q):
+            continue
+        if not q.is_dir():
+            return f"{q} is not a folder" if q.exists() else f"{q} is a dangling symbolic link"
+        if not os.access(q, os.W_OK | os.X_OK):
+            return f"{q}: permission denied"
+        return ""
+    return ""
+
+
+def _check_folders(instance: str) -> None:
+    """The run, control-socket and state folders checked before anything starts
+    (ConfigError, exit 2): ``MAGLEV_STATE_DIR``, ``MAGLEV_RUN_DIR`` or ``XDG_RUNTIME_DIR``
+    naming a file stopped the run only after every process had started (the config
+    manager's fatal ``NotADirectoryError``), or with a traceback (``mkdtemp``)."""
+    from maglev.actors.leftovers import run_base
+    from maglev.control.endpoints import run_dir, state_dir
+    from maglev.errors import ConfigError
+
+    base = Path(run_base())  # mkdtemp makes the run folder here: it must exist
+    if not base.is_dir():
+        why = "no such folder" if not os.path.lexists(base) else _folder_problem(base)
+        raise ConfigError([f"run folders go to {base}{_env_hint('XDG_RUNTIME_DIR')}: {why}"])
+    for what, env, path in (("control socket folder", "MAGLEV_RUN_DIR", run_dir(instance)),
+                            ("state folder", "MAGLEV_STATE_DIR", state_dir(instance)), ("", "", base)):
+        why = _folder_problem(path)
+        if why:
+            where = f"{what} {path}" if what else f"run folders go to {path}"
+            raise ConfigError([f"{where}{_env_hint(env or 'XDG_RUNTIME_DIR')}: {why}"])
+
+
+def _env_hint(env: str) -> str:
+    return f" (from ${env})" if os.environ.get(env) else ""
 
 
 def _check_endpoints(opts: PipelineOptions, config: Any) -> None:
@@ -189,6 +229,7 @@ class Pipeline:
             raise ConfigError([f"steer_cost: {opts.steer_cost} must be >= 0"])
         if not 0 <= opts.stall_ms <= 60_000:
             raise ConfigError([f"stall_ms: {opts.stall_ms} must be 0..60000"])
+        _check_folders(self.config.instance.name)
         # steering's flow -> worker map: fixed for the run, recorded in every table it makes
         self.plan = plan_cpus(opts.workers, self.cpus)  # where each actor runs (actor_defs)
         self.dispatch = dispatch_map(opts.workers, self.plan, opts.steer_cost)

@@ -179,13 +179,43 @@ def test_run_refuses_a_pool_or_ring_it_cannot_run_with_before_starting(args, nee
     monkeypatch.setenv("MAGLEV_STATE_DIR", str(shortdir / "state"))
     monkeypatch.setenv("MAGLEV_RUN_DIR", str(shortdir / "run"))
     conf = shortdir / "c.toml"
-    conf.write_text(CONF.format(name=f"s7rd{os.getpid() % 10000}"))
+    inst = f"s7rd{os.getpid() % 10000}"
+    conf.write_text(CONF.format(name=inst))
     shm_before = set(os.listdir("/dev/shm"))
     r = CliRunner().invoke(cli, ["run", "--config", str(conf), "--nic", "gen:packets=100,ipv6=0",
                                  "--exit-on-eof", "--json", *args])
     one_error(r, needle)
-    assert set(os.listdir("/dev/shm")) - shm_before == set()
+    assert {n for n in set(os.listdir("/dev/shm")) - shm_before if inst in n} == set()  # others run tests too
 
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"MAGLEV_STATE_DIR": "{f}"}, "state folder {f}/{i} (from $MAGLEV_STATE_DIR): {f} is not a folder"),
+    ({"MAGLEV_STATE_DIR": "{f}/below"}, "state folder {f}/below/{i} (from $MAGLEV_STATE_DIR): {f} is not a folder"),
+    ({"MAGLEV_STATE_DIR": "{d}/dangling"}, "{d}/dangling is a dangling symbolic link"),
+    ({"MAGLEV_RUN_DIR": "{f}"}, "control socket folder {f}/{i} (from $MAGLEV_RUN_DIR): {f} is not a folder"),
+    ({"XDG_RUNTIME_DIR": "{f}"}, "run folders go to {f} (from $XDG_RUNTIME_DIR): {f} is not a folder"),
+    ({"XDG_RUNTIME_DIR": "{d}/none"}, "run folders go to {d}/none (from $XDG_RUNTIME_DIR): no such folder"),
+])  # fmt: skip
+def test_run_refuses_folders_it_cannot_make_before_starting(env, needle, shortdir, monkeypatch):
+    """A file (or a dangling link) where the state, socket or run folders go: the config
+    manager died with NotADirectoryError after every process had started, and a bad
+    XDG_RUNTIME_DIR was a mkdtemp traceback."""
+    inst = f"s7rd{os.getpid() % 10000}f"
+    f = shortdir / "a-file"
+    f.write_text("")
+    (shortdir / "dangling").symlink_to(shortdir / "nowhere")
+    monkeypatch.setenv("MAGLEV_STATE_DIR", str(shortdir / "state"))
+    monkeypatch.setenv("MAGLEV_RUN_DIR", str(shortdir / "run"))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v.format(f=f, d=shortdir))
+    conf = shortdir / "c.toml"
+    conf.write_text(CONF.format(name=inst))
+    shm_before = set(os.listdir("/dev/shm"))
+    r = CliRunner().invoke(cli, ["run", "--config", str(conf), "--nic", "gen:packets=100,ipv6=0", "--exit-on-eof",
+                                 "--workers", "1"])
+    one_error(r, needle.format(f=f, d=shortdir, i=inst))
+    assert {n for n in set(os.listdir("/dev/shm")) - shm_before if inst in n} == set()  # others run tests too
 
 @pytest.mark.slow
 def test_run_with_the_smallest_pool_it_accepts_forwards_everything(shortdir):
