@@ -27,6 +27,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from maglev.actors.dispatch import DEFAULT_STEER_COST, dispatch_map
@@ -73,6 +74,69 @@ def latency_us(hist: list[int], quantiles: tuple[float, ...] = (0.5, 0.99, 0.999
                 break
         out[key] = round(int(lib.mg_lat_floor_ns(b + 1)) / 1000, 2) if b + 1 < len(hist) else float("inf")
     return out
+
+
+def min_frames(workers: int, burst: int) -> int:
+    """The smallest pool a run moves packets with: steering keeps a reserve of
+    MG_SPARE_RESERVE frames on each worker's spare ring before it gives the NIC any, so with
+    fewer frames than the reserves plus a burst it received nothing, ever (a run that hung)."""
+    from maglev.native import lib
+
+    return workers * int(lib.MG_SPARE_RESERVE) + burst
+
+
+def _check_sizes(opts: PipelineOptions) -> None:
+    """``--ring-size`` and ``--frames`` checked before anything starts (ConfigError, exit 2)."""
+    from maglev.errors import ConfigError
+    from maglev.native import lib
+
+    rs, low, top = opts.ring_size, int(lib.MG_RING_MIN), int(lib.MG_RING_MAX)
+    if not (low <= rs <= top and rs & (rs - 1) == 0):
+        raise ConfigError([f"--ring-size {rs}: must be a power of two from {low} to {top}"])
+    need = min_frames(opts.workers, opts.burst)
+    if opts.n_frames and opts.n_frames < need:
+        raise ConfigError([f"--frames {opts.n_frames}: too few for {opts.workers} worker(s) and --burst "
+                           f"{opts.burst}: at least {need} (each worker's spare reserve of "
+                           f"{int(lib.MG_SPARE_RESERVE)} frames, plus a burst)"])
+
+
+def _folder_problem(path: Path) -> str:
+    """Why folders cannot be made at ``path`` ('' when they can): its nearest existing
+    ancestor is a file, or the process may not write there."""
+    for q in (path, *path.parents):
+        if not os.path.lexists(q):
+            continue
+        if not q.is_dir():
+            return f"{q} is not a folder" if q.exists() else f"{q} is a dangling symbolic link"
+        if not os.access(q, os.W_OK | os.X_OK):
+            return f"{q}: permission denied"
+        return ""
+    return ""
+
+
+def _check_folders(instance: str) -> None:
+    """The run, control-socket and state folders checked before anything starts
+    (ConfigError, exit 2): ``MAGLEV_STATE_DIR``, ``MAGLEV_RUN_DIR`` or ``XDG_RUNTIME_DIR``
+    naming a file stopped the run only after every process had started (the config
+    manager's fatal ``NotADirectoryError``), or with a traceback (``mkdtemp``)."""
+    from maglev.actors.leftovers import run_base
+    from maglev.control.endpoints import run_dir, state_dir
+    from maglev.errors import ConfigError
+
+    base = Path(run_base())  # mkdtemp makes the run folder here: it must exist
+    if not base.is_dir():
+        why = "no such folder" if not os.path.lexists(base) else _folder_problem(base)
+        raise ConfigError([f"run folders go to {base}{_env_hint('XDG_RUNTIME_DIR')}: {why}"])
+    for what, env, path in (("control socket folder", "MAGLEV_RUN_DIR", run_dir(instance)),
+                            ("state folder", "MAGLEV_STATE_DIR", state_dir(instance)), ("", "", base)):
+        why = _folder_problem(path)
+        if why:
+            where = f"{what} {path}" if what else f"run folders go to {path}"
+            raise ConfigError([f"{where}{_env_hint(env or 'XDG_RUNTIME_DIR')}: {why}"])
+
+
+def _env_hint(env: str) -> str:
+    return f" (from ${env})" if os.environ.get(env) else ""
 
 
 def _check_endpoints(opts: PipelineOptions, config: Any) -> None:
@@ -165,6 +229,7 @@ class Pipeline:
             raise ConfigError([f"steer_cost: {opts.steer_cost} must be >= 0"])
         if not 0 <= opts.stall_ms <= 60_000:
             raise ConfigError([f"stall_ms: {opts.stall_ms} must be 0..60000"])
+        _check_folders(self.config.instance.name)
         # steering's flow -> worker map: fixed for the run, recorded in every table it makes
         self.plan = plan_cpus(opts.workers, self.cpus)  # where each actor runs (actor_defs)
         self.dispatch = dispatch_map(opts.workers, self.plan, opts.steer_cost)
@@ -191,6 +256,7 @@ class Pipeline:
         self.nic_spec = parse_nic(opts.nic)
         self.out_spec = parse_out(opts.out or None, self.nic_spec)
         _check_endpoints(opts, self.config)  # before any process starts: one line, not an actor's failure
+        _check_sizes(opts)
         if self.nic_spec.kind == "gen":
             from maglev.nic.gen import GenNic, validate_options, vip_targets
 

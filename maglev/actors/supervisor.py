@@ -162,6 +162,8 @@ class Supervisor:
         self._tracer: Any = None
         self.use_standby = True
         self._standby: subprocess.Popen | None = None
+        self._standby_started = 0.0  # monotonic time of the last standby start
+        self.standby_deaths = 0  # standby processes found dead (kill -9) and replaced
         # pid -> pidfd of each live child: polled with the mailbox, so a death wakes the
         # supervisor at once however long it sleeps (no busy polling of waitpid).
         self._pidfds: dict[int, int] = {}
@@ -210,6 +212,7 @@ class Supervisor:
         if not self.use_standby or self.stopping:
             return
         mods = sorted({c.d.target.partition(":")[0] for c in self.children.values()})
+        self._standby_started = time.monotonic()
         self._standby = subprocess.Popen(
             actor_argv("--standby", ",".join(mods)),
             start_new_session=True,
@@ -254,15 +257,16 @@ class Supervisor:
 
     def _spawn(self, c: _Child) -> None:
         spec = self._spec(c)
+        took = self._standby is not None
         proc = self._take_standby(spec) if c.incarnation else None
-        if proc is not None:
-            self._new_standby()
-        else:
+        if proc is None:
             proc = subprocess.Popen(
                 actor_argv(spec.to_json()),
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
             )
+        if c.incarnation and took:  # used, or found dead: the next restart needs one too
+            self._new_standby()
         c.proc = proc
         try:
             self._pidfds[proc.pid] = os.pidfd_open(proc.pid)
@@ -394,12 +398,27 @@ class Supervisor:
         if t not in ("hello", "hb", "bye") and self.on_message is not None:
             self.on_message(name, msg)
 
+    def _check_standby(self, now: float) -> None:
+        """A standby killed while it waits (kill -9 of every process of a run) is reaped and
+        replaced: before, it stayed a zombie and every later restart was a cold start (the
+        imports, ~1 s more of a dead worker's flows counted ``owner_stalled``).  At most one
+        replacement a second, so a standby that cannot start does not spin."""
+        sb = self._standby
+        if sb is None or self.stopping or now - self._standby_started < 1.0 or sb.poll() is None:
+            return
+        self._standby = None
+        self.standby_deaths += 1
+        self.events.append((time.time(), "standby", f"died ({sb.returncode}); started another"))
+        log.warning("standby process died; starting another", extra={"kv": {"exit": sb.returncode}})
+        self._new_standby()
+
     def _check_children(self, exited: set[int] | None = None) -> None:
         """Deaths and missed heartbeats.  ``exited``: the children whose pidfd the poll saw
         readable; a child with a pidfd that is not among them is alive, so it costs no
         waitpid() (a pidfd stays readable once its process exited: a death between the
         poll and here is seen at the next poll)."""
         now = time.monotonic()
+        self._check_standby(now)
         for c in self.children.values():
             if c.proc is None:
                 continue

@@ -25,7 +25,7 @@ from maglev.control.protocol import (
     decode_event,
     decode_reply,
 )
-from maglev.errors import MaglevError
+from maglev.errors import ControlError, MaglevError
 
 
 class ControlTimeout(MaglevError, TimeoutError):
@@ -44,6 +44,16 @@ def _curve_client(sock: zmq.Socket, endpoint: str, client_key_file: str, server_
     sock.curve_secretkey = kp.secret
     sock.curve_publickey = kp.public
     sock.curve_serverkey = curve.load_public_key(server_key)
+
+
+def _connect(sock: zmq.Socket, endpoint: str, what: str = "control") -> None:
+    """``sock.connect`` with a malformed endpoint (``garbage``, ``tcp://host`` without a port,
+    a port out of range, an unknown transport) as one MaglevError line, not a ZMQError."""
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        raise MaglevError(f"{what} endpoint {endpoint!r}: {zmq.strerror(exc.errno)} (expected ipc://PATH or "
+                          "tcp://HOST:PORT)") from None
 
 
 def _trace_fields() -> dict[str, str]:
@@ -77,7 +87,7 @@ class ControlClient:
             _curve_client(self.sock, endpoint, client_key_file, server_key)
             if endpoint.startswith("ipc://") and not os.path.exists(endpoint[6:]):
                 raise ControlTimeout(f"no control socket at {endpoint[6:]} (is maglev running?)")
-            self.sock.connect(endpoint)
+            _connect(self.sock, endpoint)
         except BaseException:
             self.close()
             raise
@@ -89,7 +99,11 @@ class ControlClient:
         tf = _trace_fields()
         req = Request(op=op, args=args or {}, id=req_id, traceparent=tf.get("traceparent", ""),
                       tracestate=tf.get("tracestate", ""))
-        self.sock.send(req.encode())
+        try:
+            data = req.encode()
+        except (OverflowError, ValueError, TypeError) as exc:  # e.g. an integer past 64 bits
+            raise ControlError(f"{op}: an argument cannot be sent: {exc}") from None
+        self.sock.send(data)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             left = deadline - time.monotonic()
@@ -146,7 +160,7 @@ class EventSubscriber:
             _curve_client(self.sock, endpoint, client_key_file, server_key)
             for t in topics:
                 self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
-            self.sock.connect(endpoint)
+            _connect(self.sock, endpoint, "events")
         except BaseException:
             self.close()
             raise

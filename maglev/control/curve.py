@@ -17,6 +17,7 @@ Files:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,14 +79,30 @@ def load_authorized_keys(path: str | Path) -> frozenset[bytes]:
 
 
 def generate(directory: str | Path, name: str) -> tuple[Path, Path]:
-    """Write ``NAME.key`` and ``NAME.key_secret`` (0600) into ``directory``."""
+    """Write ``NAME.key`` and ``NAME.key_secret`` (0600 from its creation) into
+    ``directory``.  ControlError, and nothing written, when NAME is not a plain file name
+    (empty, a path, a dot file) or a key pair of that name is there already (it may be the
+    one a server or client uses: replacing it would lock them out)."""
     import zmq.auth
 
+    if not name or not name.isprintable() or "/" in name or name.startswith(".") or len(name) > 200:
+        raise ControlError(f"key name {name!r}: give a plain file name (no '/', not empty, no leading '.')")
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(d), name)
-    Path(secret).chmod(0o600)
-    return Path(public), Path(secret)
+    public, secret = d / f"{name}.key", d / f"{name}.key_secret"
+    there = [str(p) for p in (public, secret) if os.path.lexists(p)]
+    if there:
+        raise ControlError(f"{' and '.join(there)}: already there; remove it first or choose another NAME")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        old = os.umask(0o077)  # the secret is never readable by others, not even for a moment
+        try:
+            pub, sec = zmq.auth.create_certificates(str(d), name)
+        finally:
+            os.umask(old)
+    except OSError as exc:
+        raise ControlError(f"{directory}: cannot write the key pair: {exc.strerror or exc}") from None
+    Path(pub).chmod(0o644)
+    return Path(pub), Path(sec)
 
 
 class AllowList:

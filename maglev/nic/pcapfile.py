@@ -44,6 +44,14 @@ LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 SUPPORTED_LINKTYPES = (1, 12, 14, 101, 113, 228, 229, 276)
 MAX_RECORD = 256 * 1024  # largest record accepted (jumbo/GSO captures are ~64 KiB)
+# Latest record time: a pcapng timestamp is 64 bits in units of if_tsresol (1 s at 10^0),
+# so in ns it can pass 2^64 and the frame metadata's uint64 rx_ts_ns (the C engine's
+# clock too) -- an OverflowError that crash-looped steering.  Saturated at the int64
+# maximum, which leaves room for the clock arithmetic after it (flush, expiry).
+MAX_TS_NS = (1 << 63) - 1
+# Largest original length: the frame metadata's wire_len is a uint32; a raw-IP record of
+# len 0xFFFFFFFF plus the synthetic Ethernet header passed it (the same OverflowError).
+MAX_ORIG_LEN = 0xFFFFFFFF
 SYN_DST = bytes.fromhex("020000000001")
 SYN_SRC = bytes.fromhex("020000000002")
 
@@ -162,7 +170,7 @@ class PcapReader:
 
     def _record(self, lt: int, ts_ns: int, raw: bytes, orig_len: int) -> Record:
         data, olen, ok = _ethernet(lt, raw, orig_len)
-        rec = Record(self.records, ts_ns, data, olen, lt, ok)
+        rec = Record(self.records, min(ts_ns, MAX_TS_NS), data, min(olen, MAX_ORIG_LEN), lt, ok)
         self.records += 1
         if not ok:
             self.unsupported += 1
