@@ -44,6 +44,7 @@ import enum
 import fcntl
 import ipaddress
 import logging
+import random
 import struct
 import termios
 import time
@@ -76,9 +77,11 @@ SEND_TIMEOUT_S = 15.0  # a peer that does not read for this long is gone
 # connection to be answered with a RST when the peer no longer has that connection.
 NEWCOMER_OPEN_S = 5.0
 PROBE_WAIT_S = 1.0
-# A collision our second connection wins while the first is in OpenConfirm: how long the
-# first may still bring the peer's KEEPALIVE (the peer is Established on it) first.
-COLLISION_GRACE_S = 1.0
+# A collision the second connection wins by the identifiers while the first is in
+# OpenConfirm: how long we wait for the peer's own verdict (it closes one of the two, or
+# its KEEPALIVE arrives on one) before following the identifiers alone.  Under load a
+# router takes seconds, not milliseconds (see _shadow_handshake).
+COLLISION_WAIT_S = 5.0
 # The hold timer passed while the peer's bytes sat unread (this process was late): how
 # much longer the read may take before the hold timer is judged again (Connection.read).
 HOLD_GRACE_S = 1.0
@@ -100,6 +103,14 @@ class State(enum.Enum):
     OPENSENT = "OpenSent"
     OPENCONFIRM = "OpenConfirm"
     ESTABLISHED = "Established"
+
+
+def _jitter(seconds: float) -> float:
+    """RFC 4271 10: timers get jitter, a factor drawn from 0.75..1.0 each time they start,
+    so two speakers that lost a session together do not dial each other in the same
+    millisecond again and again (each such collision closes one connection with a CEASE)
+    and KEEPALIVEs of many sessions do not come in step."""
+    return seconds * random.uniform(0.75, 1.0)
 
 
 def _plain(addr: str) -> str:
@@ -278,12 +289,14 @@ class Session:
         self._dirty = asyncio.Event()
         self._switch: asyncio.Future[tuple[Connection, m.Open]] | None = None
         self._shadow: asyncio.Task | None = None
+        self._shadow_conn: Connection | None = None  # the connection _shadow works on
         self._pending_second: Connection | None = None  # see _offer
         self._late_dial: asyncio.Future | None = None
         self._newcomer: asyncio.Task | None = None  # a connection from the peer while Established
         self._left_established = asyncio.Event()  # set when the state leaves Established
         self._established_evt = asyncio.Event()  # set while Established
         self._primary_failed = asyncio.Event()  # the peer dropped the primary during a collision
+        self._primary_confirmed = asyncio.Event()  # the peer's KEEPALIVE came on the primary during one
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._stop_text = ""
@@ -349,7 +362,12 @@ class Session:
         if self._stopping:
             self._spawn(conn.close())
         elif self.state == State.ESTABLISHED:
-            if conn.outgoing or self._newcomer is not None:
+            if conn.outgoing:
+                # Our own dial that completed after the session came up on the peer's
+                # connection: no OPEN went out on it, so it just closes (a CEASE would
+                # be one NOTIFICATION more in the router's log, for nothing).
+                self._spawn(conn.close())
+            elif self._newcomer is not None:
                 self.counters["collisions_refused"] += 1
                 self._spawn(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))
             else:
@@ -358,6 +376,7 @@ class Session:
             if self._shadow is not None:
                 self._spawn(conn.close(m.Notification(Err.CEASE, Err.CONNECTION_REJECTED)))
             else:
+                self._shadow_conn = conn
                 self._shadow = self._spawn(self._shadow_handshake(conn))
         elif conn.outgoing:
             if self.state == State.CONNECT and self.conn is not None:
@@ -427,6 +446,7 @@ class Session:
             self._established_evt.set()
         if new in (State.IDLE, State.CONNECT, State.ACTIVE, State.OPENSENT):
             self._primary_failed.clear()
+            self._primary_confirmed.clear()
         log.info("bgp peer %s: %s -> %s %s", self.address, old.value, new.value, reason)
         self.speaker._emit(
             {"event": "bgp.state", "peer": self.address, "asn": self.peer.asn, "old": old.value, "new": new.value, "reason": reason}
@@ -508,7 +528,7 @@ class Session:
             self.failures = 0 if stable else self.failures + 1
             self.established_at = None
             self._set_state(State.IDLE, reason)
-            delay = min(float(self.speaker.config.connect_retry_time), 2.0 ** (self.failures - 1)) if self.failures else 0.0
+            delay = _jitter(min(float(self.speaker.config.connect_retry_time), 2.0 ** (self.failures - 1))) if self.failures else 0.0
 
     def _describe(self, exc: BaseException) -> str:
         if self._writer_error is not None:
@@ -580,7 +600,7 @@ class Session:
         if delay > 0 and (conn := await self._wait_incoming(delay)) is not None:
             self._set_state(State.ACTIVE, "incoming connection")
             return conn
-        retry = float(self.speaker.config.connect_retry_time)
+        retry = _jitter(float(self.speaker.config.connect_retry_time))
         if self.peer.passive:
             self._set_state(State.ACTIVE, "passive: waiting for the peer")
             conn = await self._incoming.get()
@@ -677,6 +697,7 @@ class Session:
         new_conn, open_msg = self._switch.result()
         self._switch = loop.create_future()
         self._primary_failed.clear()
+        self._primary_confirmed.clear()
         await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
         raise _Switched(new_conn, open_msg)
 
@@ -723,6 +744,11 @@ class Session:
                 raise PeerNotification(msg)
             if not isinstance(msg, m.Keepalive):
                 raise Notify(Err.FSM, Err.FSM_IN_OPENCONFIRM, bytes([msg.TYPE]), f"{type(msg).__name__} in OpenConfirm")
+            try:
+                await self._settle(self.conn)
+            except _Switched as sw:
+                self.conn, open_msg = sw.conn, sw.open
+                continue
             self.established_at = time.monotonic()
             self.counters["established"] += 1
             self._restarting = False
@@ -752,11 +778,9 @@ class Session:
             return
         try:
             while True:
-                due = conn.sent_at + interval
-                now = time.monotonic()
-                if now < due:
-                    await asyncio.sleep(due - now)
-                    continue
+                this = max(KEEPALIVE_MIN_S, _jitter(interval))
+                while (now := time.monotonic()) < (due := conn.sent_at + this):
+                    await asyncio.sleep(due - now)  # again when an UPDATE went out meanwhile
                 if now - due >= interval / 2:
                     self.counters["keepalives_late"] += 1
                     log.warning("bgp peer %s: KEEPALIVE %.1f s late (this process was not scheduled)", self.address, now - due)
@@ -766,6 +790,14 @@ class Session:
             conn.abort()
         except OSError:
             pass  # the reader sees the broken connection and ends the session
+
+    def _local_key(self) -> tuple[int, int]:
+        """Our side in collision resolution: BGP identifier, then ASN (RFC 6286)."""
+        return int(ipaddress.IPv4Address(self.speaker.config.router_id)), self.speaker.config.local_asn
+
+    @staticmethod
+    def _remote_key(o: m.Open) -> tuple[int, int]:
+        return int(ipaddress.IPv4Address(o.router_id)), o.asn
 
     async def _shadow_handshake(self, conn: Connection) -> None:
         """Second connection during OpenSent/OpenConfirm: OPEN both ways, then resolve."""
@@ -780,8 +812,7 @@ class Session:
             if self.state not in (State.OPENSENT, State.OPENCONFIRM) or primary is None:
                 await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
                 return
-            local = (int(ipaddress.IPv4Address(self.speaker.config.router_id)), self.speaker.config.local_asn)
-            remote = (int(ipaddress.IPv4Address(msg.router_id)), msg.asn)
+            local, remote = self._local_key(), self._remote_key(msg)
             # Keep the connection opened by the side with the higher identifier; of two
             # opened by the same side, the newer (the older one is likely stale).
             if primary.outgoing != conn.outgoing:
@@ -789,18 +820,16 @@ class Session:
             else:
                 keep_shadow = True
             if keep_shadow and self.state == State.OPENCONFIRM and not self._primary_failed.is_set():
-                # Our KEEPALIVE is out on the primary, so the peer may be Established on it
-                # already and will refuse this connection (RFC 4271 6.8): switching now
-                # would close both.  Give the primary COLLISION_GRACE_S to bring the
-                # peer's KEEPALIVE (then it stays) or to be closed by the peer.
-                waits = {asyncio.ensure_future(e.wait()) for e in (self._established_evt, self._primary_failed)}
-                try:
-                    await asyncio.wait(waits, timeout=COLLISION_GRACE_S, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waits:
-                        w.cancel()
-                if self.state == State.ESTABLISHED:
-                    keep_shadow = False
+                # Our KEEPALIVE is out on the primary, so the peer may be Established on
+                # it already and will refuse this connection (RFC 4271 6.8): switching now
+                # would close both.  The peer decides, and says so: it closes one of the
+                # two (a NOTIFICATION or EOF), or sends its KEEPALIVE on one (on this
+                # one: it chose it; on the primary: _settle).  Only a peer that says
+                # nothing for COLLISION_WAIT_S leaves it to the identifiers.
+                keep_shadow = await self._await_verdict(conn)
+            if keep_shadow is None:  # the peer refused this connection
+                await conn.close()
+                return
             log.info("bgp peer %s: connection collision, keeping the %s one", self.address,
                      "second" if keep_shadow else "first")
             if keep_shadow and self._switch is not None and not self._switch.done():
@@ -821,6 +850,97 @@ class Session:
         finally:
             if self._shadow is asyncio.current_task():
                 self._shadow = None
+
+    async def _await_verdict(self, conn: Connection) -> bool | None:
+        """The peer's verdict on a collision our second connection ``conn`` wins by the
+        identifiers while the primary is in OpenConfirm: True = continue on ``conn`` (the
+        peer closed the primary, or sent its KEEPALIVE on ``conn``: it is in OpenConfirm
+        there, which it only is when it chose it), False = keep the primary (we went
+        Established on it: :meth:`_settle` saw the peer Established there), None = the
+        peer refused ``conn``.  Without a word from the peer for COLLISION_WAIT_S: True
+        (the identifiers' rule; the primary's KEEPALIVE alone does not decide, see
+        :meth:`_settle`)."""
+        loop = asyncio.get_running_loop()
+        verdict = loop.create_task(conn.read(None))
+        events = {loop.create_task(e.wait()) for e in (self._established_evt, self._primary_failed)}
+        try:
+            deadline = loop.time() + COLLISION_WAIT_S
+            while True:
+                left = None if self._primary_confirmed.is_set() else max(0.0, deadline - loop.time())
+                done, _ = await asyncio.wait({verdict, *events}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if verdict.done():
+                    if verdict.cancelled() or verdict.exception() is not None or isinstance(verdict.result(), m.Notification):
+                        return None
+                    if isinstance(verdict.result(), m.Keepalive):
+                        conn.pending = verdict.result()  # the OpenConfirm read gets it
+                        return True
+                    raise Notify(Err.FSM, Err.FSM_IN_OPENCONFIRM, bytes([verdict.result().TYPE]), "before our KEEPALIVE")
+                if self.state == State.ESTABLISHED:
+                    return False
+                if self._primary_failed.is_set():
+                    return True
+                if done:
+                    return None  # woken by the session leaving OpenConfirm: nothing to keep
+                if not self._primary_confirmed.is_set():
+                    return True  # no verdict: the identifiers decide
+        finally:
+            for t in (verdict, *events):
+                t.cancel()
+            await asyncio.wait({verdict, *events})
+
+    async def _settle(self, conn: Connection) -> None:
+        """The peer's KEEPALIVE came on the primary ``conn`` while a second connection
+        that wins by the identifiers is in its handshake.  The peer is in OpenConfirm or
+        Established on ``conn`` -- and if only in OpenConfirm, our OPEN on the second
+        connection makes it close ``conn`` (RFC 4271 6.8; BIRD does).  Going Established
+        now and refusing the second connection then lost both: under load (our OPEN on
+        the second connection crossing the peer's KEEPALIVE) one reset more after a
+        router restart, seen in CI.  So wait for the peer's verdict: any further message
+        on ``conn`` (it is Established there: the message is kept for the session) or
+        the second connection refused -> stay on ``conn``; ``conn`` closed by the peer
+        -> the second connection (raises :class:`_Switched`).  Bounded by
+        COLLISION_WAIT_S, then ``conn`` stays (we hold the peer's KEEPALIVE on it)."""
+        loop = asyncio.get_running_loop()
+        shadow, second = self._shadow, self._shadow_conn
+        if shadow is None or shadow.done() or second is None or self.peer_open is None:
+            return
+        if second.outgoing != conn.outgoing and second.outgoing != (self._local_key() > self._remote_key(self.peer_open)):
+            return  # the second connection loses by the identifiers: the peer refuses it too
+        self._primary_confirmed.set()
+        assert self._switch is not None
+        read = loop.create_task(conn.read(self.hold_time or None))
+        try:
+            await asyncio.wait({read, self._switch, shadow}, timeout=COLLISION_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            read.cancel()
+            raise
+        if self._switch.done() or (read.done() and (read.exception() is not None or isinstance(read.result(), m.Notification))):
+            # The peer chose the second connection (it closed this one): wait for the
+            # second's handshake, or end the session with this one's error.
+            if not self._switch.done():
+                self._primary_failed.set()
+                try:
+                    async with asyncio.timeout(NEWCOMER_OPEN_S):
+                        await asyncio.wait({self._switch, shadow}, return_when=asyncio.FIRST_COMPLETED)
+                except TimeoutError:
+                    pass
+            if not self._switch.done():
+                raise PeerNotification(read.result())  # read.result() raises the read's error
+            if read.done() and not read.cancelled():
+                read.exception()  # retrieved: the error is the closed connection we leave
+            read.cancel()
+            await asyncio.wait({read})
+            new_conn, open_msg = self._switch.result()
+            self._switch = loop.create_future()
+            self._primary_failed.clear()
+            self._primary_confirmed.clear()
+            await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
+            raise _Switched(new_conn, open_msg)
+        if read.done():
+            conn.pending = read.result()  # the peer is Established here: the session reads it first
+        else:
+            read.cancel()  # a cancelled read loses nothing (Connection.read)
+            await asyncio.wait({read})
 
     async def _newcomer_handshake(self, conn: Connection) -> None:
         """A connection from the peer while our session with it is Established.
