@@ -65,6 +65,16 @@ def _watch(lab, sp, seconds: float, check) -> None:
 # ---------------------------------------------------------------------------- BIRD
 
 
+def test_speaker_runs_above_packet_work(bird_lab):
+    """nice -10 (maglev.actors.sched.BGP_NICE): its KEEPALIVEs do not queue behind busy
+    nice-0 processes (the data path, the load below)."""
+    lab = bird_lab
+    lab.start_bird()
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",))
+    assert os.getpriority(os.PRIO_PROCESS, sp.proc.pid) == -10
+    _bird_up(lab, sp)
+
+
 def test_bird_hold_time_3s_survives_cpu_load_and_sigstops_of_the_speaker(bird_lab):
     """Hold time 3 s on both sides; 12 s of two busy processes per CPU, during which the
     speaker is stopped three times for 1 s.  BIRD's hold timer needs a KEEPALIVE from us
@@ -95,16 +105,15 @@ def test_bird_speaker_stopped_past_its_hold_deadline_keeps_the_session(bird_lab)
     lab.start_bird(hold_time=9)
     sp = lab.start_speaker(announce=(f"{VIP4}/32",), hold_time=9)
     _bird_up(lab, sp)
-    assert os.getpriority(os.PRIO_PROCESS, sp.proc.pid) == -10  # maglev.actors.sched.BGP_NICE
     since, sessions = lab.bird_since(), lab.bird_sessions()
     with CpuLoad(20):
         first = _peer(sp)["msgs_in"]
         lab.wait_until(lambda: _peer(sp)["msgs_in"] > first, 10, "a KEEPALIVE from BIRD")  # BIRD sends every 2.25-3 s
         time.sleep(2.2)
         _stopped(sp, 7.0)
-        lab.wait_until(lambda: _peer(sp)["hold_timer_late"] >= 1, 10, "the late hold timer seen and forgiven")
         _watch(lab, sp, 4.0, lambda: _bird_unchanged(lab, sp, since, sessions, 1))
     p = _peer(sp)
+    assert p["hold_timer_late"] >= 1  # the scenario happened: the deadline had passed
     print(f"\nspeaker stopped 7 s (hold 9 s): hold_timer_late {p['hold_timer_late']}, keepalives_late {p['keepalives_late']}")
     assert p["notifications_out"] == 0 and lab.bird_notifications_in() == 0
 
@@ -144,8 +153,14 @@ def _gobgp_up(lab, sp, timeout: float = 30) -> None:
     lab.wait_until(lambda: f"{VIP4}/32" in lab.gobgp_rib(), timeout, "VIP in GoBGP")
 
 
+def _gobgp_state(lab) -> str:
+    """GoBGP's neighbor state; its CLI answering nothing (its own gRPC deadline, with
+    gobgpd starved under the load: seen) is asked again, not read as a state."""
+    return lab.wait_until(lambda: lab.gobgp_neighbor_state(SPEAKER_V4), 15, "an answer from the gobgp CLI")
+
+
 def _gobgp_unchanged(lab, sp, sessions: int, established: int) -> None:
-    assert lab.gobgp_neighbor_state(SPEAKER_V4) == "established"
+    assert _gobgp_state(lab) == "established"
     assert lab.gobgp_sessions() == sessions
     p = _peer(sp)
     assert p["state"] == "Established" and p["established"] == established, p
