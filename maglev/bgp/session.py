@@ -140,7 +140,6 @@ class Connection:
         self._length = 0
         self.late_reads = 0  # hold timer deadlines passed with the peer's bytes waiting (see read)
         self.on_late: Callable[[], None] | None = None
-        self.received_at = self.opened_at  # the last whole message read
         self.sent_at = self.opened_at  # the last message written (the KeepaliveTimer's start)
 
     async def read(self, timeout: float | None) -> m.Message:
@@ -156,7 +155,7 @@ class Connection:
         if self.pending is not None:
             msg, self.pending = self.pending, None
             return msg
-        seen = self.buffered()
+        seen, hold = self.buffered(), timeout
         while True:
             try:
                 async with asyncio.timeout(timeout):
@@ -169,7 +168,7 @@ class Connection:
             except TimeoutError:
                 buffered = self.buffered()
                 if self.in_kernel() == 0 and buffered <= seen:
-                    raise Notify(Err.HOLD_TIMER, 0, b"", f"no message for {timeout:g} s") from None
+                    raise Notify(Err.HOLD_TIMER, 0, b"", f"no message for {hold:g} s") from None
                 seen = buffered
                 timeout = min(timeout or HOLD_GRACE_S, HOLD_GRACE_S)
                 self.late_reads += 1
@@ -177,7 +176,6 @@ class Connection:
                     self.on_late()
         header, self._header = self._header, None
         msg = m.parse_message(header + body, self.asn4, self.ebgp)
-        self.received_at = time.monotonic()
         if self.on_message:
             self.on_message("in", msg)
         return msg
@@ -733,6 +731,11 @@ class Session:
             ka = asyncio.get_running_loop().create_task(self._keepalives(self.conn)) if self.hold_time else None
             try:
                 msg = await self._recv_or_switch(self.conn, self.hold_time or None)
+                if isinstance(msg, m.Notification):
+                    raise PeerNotification(msg)
+                if not isinstance(msg, m.Keepalive):
+                    raise Notify(Err.FSM, Err.FSM_IN_OPENCONFIRM, bytes([msg.TYPE]), f"{type(msg).__name__} in OpenConfirm")
+                await self._settle(self.conn)  # KEEPALIVEs go on meanwhile
             except _Switched as sw:
                 self.conn, open_msg = sw.conn, sw.open
                 continue  # check the new OPEN, answer it with a KEEPALIVE, stay in OpenConfirm
@@ -740,15 +743,6 @@ class Session:
                 if ka is not None:
                     ka.cancel()
                     await asyncio.wait({ka})
-            if isinstance(msg, m.Notification):
-                raise PeerNotification(msg)
-            if not isinstance(msg, m.Keepalive):
-                raise Notify(Err.FSM, Err.FSM_IN_OPENCONFIRM, bytes([msg.TYPE]), f"{type(msg).__name__} in OpenConfirm")
-            try:
-                await self._settle(self.conn)
-            except _Switched as sw:
-                self.conn, open_msg = sw.conn, sw.open
-                continue
             self.established_at = time.monotonic()
             self.counters["established"] += 1
             self._restarting = False
