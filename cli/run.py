@@ -286,12 +286,15 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         # Set-up is done (config read, region and run folder made, --metrics bound): keep
         # only the capabilities the NIC and BGP need, for this process and every actor it
         # starts (they open the NIC sockets and the BGP port, also again after a restart).
-        from maglev.actors.sched import rt_prio_for
-        from maglev.service.privileges import allow_rt_priority, drop_after_setup
+        from maglev.actors.sched import BGP_NICE, rt_prio_for
+        from maglev.service.privileges import allow_nice, allow_rt_priority, drop_after_setup
 
         # SCHED_FIFO for the data-path actors must survive the drop: RLIMIT_RTPRIO up to
         # the highest of them (the muxer's), or else CAP_SYS_NICE kept (allow_rt_priority)
         rt_keep = allow_rt_priority(rt_prio_for("muxer", opts.rt_prio))
+        # The BGP speaker lowers its nice value after the drop (docs/bgp.md): RLIMIT_NICE.
+        if p.config.bgp.local_asn and p.config.bgp.peers:
+            allow_nice(BGP_NICE)
         drop_after_setup(p.nic_spec.kind, p.out_spec.kind, p.config, rt_keep)
         # Ctrl-C while the actors are starting: stop at once, do not begin.
         if p.start(go=False, abort=lambda: bool(stop_reason)) and not stop_reason:

@@ -55,6 +55,7 @@ import signal
 from typing import Any
 
 from maglev.actors.base import Actor, ActorSpec
+from maglev.actors.sched import BGP_NICE, set_nice
 from maglev.bgp.speaker import Speaker
 from maglev.config import Bgp, Config, load
 from maglev.errors import MaglevError
@@ -88,9 +89,12 @@ class BgpSpeakerActor(Actor):
         self._old_signals: dict[int, Any] = {}
         self._reconfiguring: asyncio.Task | None = None
         self._reload_again = False
+        self.nice = 0
 
     def setup(self) -> None:
         cfg = bgp_config(self.params, self.spec.run_dir)
+        # Above packet work, so KEEPALIVEs are never late behind it (maglev.actors.sched).
+        self.nice = set_nice(int(self.params.get("nice", BGP_NICE)))
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self._wake = asyncio.Event()
@@ -245,6 +249,7 @@ class BgpSpeakerActor(Actor):
             "rejected_connections": self.speaker.rejected,
             "commands": self.commands,
             "bad_commands": self.bad_commands,
+            "nice": self.nice,
         }
 
 

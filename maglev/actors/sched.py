@@ -165,3 +165,30 @@ def busy_ns(fd: int) -> int:
         except (OSError, ValueError):
             pass
     return time.thread_time_ns()
+
+
+# --------------------------------------------------------------------------- nice (control plane)
+# The BGP speaker runs at a higher priority than packet work (2026-12-07 session 7,
+# docs/bgp.md): a router drops every VIP of this instance when our KEEPALIVEs are late by
+# its hold time, so a CPU-hungry data path (or anything else on the host) must not delay
+# them.  Nice -10 weighs about 9x a nice-0 task in the fair scheduler: the speaker, which
+# sleeps nearly always, runs within a fraction of a slice of waking, and it cannot starve
+# anything (it uses a few milliseconds a second).  Not SCHED_FIFO: a bug (a busy loop) in
+# the speaker must not take a CPU away from the data path for good.
+BGP_NICE = -10
+
+
+def set_nice(nice: int) -> int:
+    """Lower this thread's nice value to ``nice`` (Linux: per thread; threads started
+    afterwards inherit it).  Never raises: a process without CAP_SYS_NICE and without room
+    in ``RLIMIT_NICE`` (:func:`maglev.service.privileges.allow_nice`) keeps its value, with
+    one log line.  Returns the nice value in effect."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice >= current:
+        return current
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:
+        log.info("nice value unchanged", extra={"kv": {"asked": nice, "now": current, "error": exc}})
+        return current
+    return os.getpriority(os.PRIO_PROCESS, 0)

@@ -26,6 +26,7 @@ import sys
 import threading
 from typing import Any
 
+from maglev.actors.sched import BGP_NICE, set_nice
 from maglev.bgp.speaker import Speaker
 from maglev.config import load
 from maglev.errors import MaglevError
@@ -113,9 +114,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m maglev.bgp") -> i
         "--restarting", action="store_true",
         help="a restart of a speaker that died: say so in the OPEN (RFC 4724; needs bgp.graceful_restart_time)",
     )
+    ap.add_argument(
+        "--nice", type=int, default=BGP_NICE,
+        help=f"lower the nice value to this (default {BGP_NICE}: KEEPALIVEs before packet work; docs/bgp.md)",
+    )
     ap.add_argument("--shutdown-message", default="maglev BGP speaker stopping", help="CEASE text on stop (RFC 9003)")
     args = ap.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_nice(args.nice)
     try:
         return asyncio.run(_amain(args))
     except (MaglevError, ValueError, OSError) as exc:

@@ -41,9 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import fcntl
 import ipaddress
 import logging
+import random
 import struct
+import termios
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -74,9 +77,15 @@ SEND_TIMEOUT_S = 15.0  # a peer that does not read for this long is gone
 # connection to be answered with a RST when the peer no longer has that connection.
 NEWCOMER_OPEN_S = 5.0
 PROBE_WAIT_S = 1.0
-# A collision our second connection wins while the first is in OpenConfirm: how long the
-# first may still bring the peer's KEEPALIVE (the peer is Established on it) first.
-COLLISION_GRACE_S = 1.0
+# A collision the second connection wins by the identifiers while the first is in
+# OpenConfirm: how long we wait for the peer's own verdict (it closes one of the two, or
+# its KEEPALIVE arrives on one) before following the identifiers alone.  Under load a
+# router takes seconds, not milliseconds (see _shadow_handshake).
+COLLISION_WAIT_S = 5.0
+# The hold timer passed while the peer's bytes sat unread (this process was late): how
+# much longer the read may take before the hold timer is judged again (Connection.read).
+HOLD_GRACE_S = 1.0
+KEEPALIVE_MIN_S = 1.0  # RFC 4271 4.4: KEEPALIVEs no more often than once a second
 STABLE_S = 60.0  # a session up this long resets the damping back-off
 # Received prefixes are only counted; past this many we stop remembering them, so a
 # router that sends us a full table by mistake costs no more than a few MB.
@@ -94,6 +103,14 @@ class State(enum.Enum):
     OPENSENT = "OpenSent"
     OPENCONFIRM = "OpenConfirm"
     ESTABLISHED = "Established"
+
+
+def _jitter(seconds: float) -> float:
+    """RFC 4271 10: timers get jitter, a factor drawn from 0.75..1.0 each time they start,
+    so two speakers that lost a session together do not dial each other in the same
+    millisecond again and again (each such collision closes one connection with a CEASE)
+    and KEEPALIVEs of many sessions do not come in step."""
+    return seconds * random.uniform(0.75, 1.0)
 
 
 def _plain(addr: str) -> str:
@@ -119,26 +136,68 @@ class Connection:
         self.closed = False
         self.on_message: Callable[[str, Any], None] | None = None
         self.pending: m.Message | None = None  # already read (the OPEN of a connection that waited)
+        self._header: bytes | None = None  # a header read whose body is still to come
+        self._length = 0
+        self.late_reads = 0  # hold timer deadlines passed with the peer's bytes waiting (see read)
+        self.on_late: Callable[[], None] | None = None
+        self.sent_at = self.opened_at  # the last message written (the KeepaliveTimer's start)
 
     async def read(self, timeout: float | None) -> m.Message:
-        """The next message; ``timeout`` is the hold timer (None = no hold timer)."""
+        """The next message; ``timeout`` is the hold timer (None = no hold timer).
+
+        The hold timer is judged on what the peer sent, not on when we got round to
+        reading it: when the deadline passes and bytes from the peer are waiting (in the
+        kernel's socket or in the stream's buffer, arrived since the read began), it is
+        this process that was late -- descheduled under CPU load, stopped, a long pause
+        -- not the peer, and the read goes on for ``HOLD_GRACE_S`` more, counted in
+        ``late_reads``.  A partial message that does not grow is no proof of life.  A
+        timed-out ``readexactly`` consumes nothing, so the retry loses no bytes."""
         if self.pending is not None:
             msg, self.pending = self.pending, None
             return msg
-        try:
-            async with asyncio.timeout(timeout):
-                header = await self.reader.readexactly(m.HEADER_LEN)
-                length, _ = m.check_header(header)
-                body = await self.reader.readexactly(length - m.HEADER_LEN)
-        except TimeoutError:
-            raise Notify(Err.HOLD_TIMER, 0, b"", f"no message for {timeout:g} s") from None
+        seen, hold = self.buffered(), timeout
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    if self._header is None:
+                        header = await self.reader.readexactly(m.HEADER_LEN)
+                        self._length = m.check_header(header)[0]
+                        self._header = header
+                    body = await self.reader.readexactly(self._length - m.HEADER_LEN)
+                break
+            except TimeoutError:
+                buffered = self.buffered()
+                if self.in_kernel() == 0 and buffered <= seen:
+                    raise Notify(Err.HOLD_TIMER, 0, b"", f"no message for {hold:g} s") from None
+                seen = buffered
+                timeout = min(timeout or HOLD_GRACE_S, HOLD_GRACE_S)
+                self.late_reads += 1
+                if self.on_late is not None:
+                    self.on_late()
+        header, self._header = self._header, None
         msg = m.parse_message(header + body, self.asn4, self.ebgp)
         if self.on_message:
             self.on_message("in", msg)
         return msg
 
+    def buffered(self) -> int:
+        """Bytes from the peer in the stream's buffer, not yet read as a message."""
+        return len(getattr(self.reader, "_buffer", b""))
+
+    def in_kernel(self) -> int:
+        """Bytes from the peer still in the kernel's socket buffer (FIONREAD); 0 when
+        the socket is gone."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is None:
+            return 0
+        try:
+            return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            return 0
+
     async def send(self, msg: m.Message) -> None:
         self.writer.write(bytes(msg))
+        self.sent_at = time.monotonic()
         async with asyncio.timeout(SEND_TIMEOUT_S):
             await self.writer.drain()
         if self.on_message:
@@ -219,7 +278,7 @@ class Session:
             "notifications_in": 0, "notifications_out": 0, "established": 0,
             "skipped_no_next_hop": 0, "received_untracked": 0,
             "updates_treat_as_withdraw": 0, "attributes_discarded": 0,
-            "stale_replaced": 0, "collisions_refused": 0,
+            "stale_replaced": 0, "collisions_refused": 0, "hold_timer_late": 0, "keepalives_late": 0,
         }  # fmt: skip
         # RFC 7606 errors by "ATTRIBUTE/kind/action" (kept across sessions, like counters).
         self.update_errors: dict[str, int] = {}
@@ -228,12 +287,14 @@ class Session:
         self._dirty = asyncio.Event()
         self._switch: asyncio.Future[tuple[Connection, m.Open]] | None = None
         self._shadow: asyncio.Task | None = None
+        self._shadow_conn: Connection | None = None  # the connection _shadow works on
         self._pending_second: Connection | None = None  # see _offer
         self._late_dial: asyncio.Future | None = None
         self._newcomer: asyncio.Task | None = None  # a connection from the peer while Established
         self._left_established = asyncio.Event()  # set when the state leaves Established
         self._established_evt = asyncio.Event()  # set while Established
         self._primary_failed = asyncio.Event()  # the peer dropped the primary during a collision
+        self._primary_confirmed = asyncio.Event()  # the peer's KEEPALIVE came on the primary during one
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._stop_text = ""
@@ -299,7 +360,12 @@ class Session:
         if self._stopping:
             self._spawn(conn.close())
         elif self.state == State.ESTABLISHED:
-            if conn.outgoing or self._newcomer is not None:
+            if conn.outgoing:
+                # Our own dial that completed after the session came up on the peer's
+                # connection: no OPEN went out on it, so it just closes (a CEASE would
+                # be one NOTIFICATION more in the router's log, for nothing).
+                self._spawn(conn.close())
+            elif self._newcomer is not None:
                 self.counters["collisions_refused"] += 1
                 self._spawn(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))
             else:
@@ -308,6 +374,7 @@ class Session:
             if self._shadow is not None:
                 self._spawn(conn.close(m.Notification(Err.CEASE, Err.CONNECTION_REJECTED)))
             else:
+                self._shadow_conn = conn
                 self._shadow = self._spawn(self._shadow_handshake(conn))
         elif conn.outgoing:
             if self.state == State.CONNECT and self.conn is not None:
@@ -377,6 +444,7 @@ class Session:
             self._established_evt.set()
         if new in (State.IDLE, State.CONNECT, State.ACTIVE, State.OPENSENT):
             self._primary_failed.clear()
+            self._primary_confirmed.clear()
         log.info("bgp peer %s: %s -> %s %s", self.address, old.value, new.value, reason)
         self.speaker._emit(
             {"event": "bgp.state", "peer": self.address, "asn": self.peer.asn, "old": old.value, "new": new.value, "reason": reason}
@@ -390,7 +458,13 @@ class Session:
             elif isinstance(msg, m.Notification):
                 self.counters["notifications_" + direction] += 1
 
+        def late() -> None:
+            self.counters["hold_timer_late"] += 1
+            log.warning("bgp peer %s: hold timer passed with the peer's messages unread: this process was late, "
+                        "not the peer; reading them (%s)", self.address, f"hold time {self.hold_time:g} s")
+
         conn.on_message = count
+        conn.on_late = late
 
     def _open(self) -> m.Open:
         cfg = self.speaker.config
@@ -452,7 +526,7 @@ class Session:
             self.failures = 0 if stable else self.failures + 1
             self.established_at = None
             self._set_state(State.IDLE, reason)
-            delay = min(float(self.speaker.config.connect_retry_time), 2.0 ** (self.failures - 1)) if self.failures else 0.0
+            delay = _jitter(min(float(self.speaker.config.connect_retry_time), 2.0 ** (self.failures - 1))) if self.failures else 0.0
 
     def _describe(self, exc: BaseException) -> str:
         if self._writer_error is not None:
@@ -524,7 +598,7 @@ class Session:
         if delay > 0 and (conn := await self._wait_incoming(delay)) is not None:
             self._set_state(State.ACTIVE, "incoming connection")
             return conn
-        retry = float(self.speaker.config.connect_retry_time)
+        retry = _jitter(float(self.speaker.config.connect_retry_time))
         if self.peer.passive:
             self._set_state(State.ACTIVE, "passive: waiting for the peer")
             conn = await self._incoming.get()
@@ -621,6 +695,7 @@ class Session:
         new_conn, open_msg = self._switch.result()
         self._switch = loop.create_future()
         self._primary_failed.clear()
+        self._primary_confirmed.clear()
         await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
         raise _Switched(new_conn, open_msg)
 
@@ -656,6 +731,11 @@ class Session:
             ka = asyncio.get_running_loop().create_task(self._keepalives(self.conn)) if self.hold_time else None
             try:
                 msg = await self._recv_or_switch(self.conn, self.hold_time or None)
+                if isinstance(msg, m.Notification):
+                    raise PeerNotification(msg)
+                if not isinstance(msg, m.Keepalive):
+                    raise Notify(Err.FSM, Err.FSM_IN_OPENCONFIRM, bytes([msg.TYPE]), f"{type(msg).__name__} in OpenConfirm")
+                await self._settle(self.conn)  # KEEPALIVEs go on meanwhile
             except _Switched as sw:
                 self.conn, open_msg = sw.conn, sw.open
                 continue  # check the new OPEN, answer it with a KEEPALIVE, stay in OpenConfirm
@@ -663,23 +743,55 @@ class Session:
                 if ka is not None:
                     ka.cancel()
                     await asyncio.wait({ka})
-            if isinstance(msg, m.Notification):
-                raise PeerNotification(msg)
-            if not isinstance(msg, m.Keepalive):
-                raise Notify(Err.FSM, Err.FSM_IN_OPENCONFIRM, bytes([msg.TYPE]), f"{type(msg).__name__} in OpenConfirm")
             self.established_at = time.monotonic()
             self.counters["established"] += 1
             self._restarting = False
             self._set_state(State.ESTABLISHED, f"hold time {self.hold_time:g} s")
         await self._established(self.conn)
 
+    def keepalive_interval(self) -> float:
+        """Seconds between KEEPALIVEs (0 = none: hold time 0).
+
+        RFC 4271 suggests a third of the hold time as the most; we send at a ninth, but
+        never more often than once a second (RFC 4271 4.4).  The peer's hold timer then
+        forgives this process a stall (CPU starvation, a pause, a SIGSTOP) of up to the
+        hold time minus that interval -- 8 s of a 9 s hold time instead of 6 s -- for one
+        19-octet message a second at most."""
+        if not self.hold_time:
+            return 0.0
+        return min(self.hold_time / 3, max(KEEPALIVE_MIN_S, self.hold_time / 9))
+
     async def _keepalives(self, conn: Connection) -> None:
+        """The KeepaliveTimer (OpenConfirm and Established), a task of its own: nothing
+        else the session does (UPDATE building, a burst of prefix changes, a slow peer
+        reading UPDATEs) delays it.  It restarts on every message sent (RFC 4271 8.2.2:
+        an UPDATE counts).  Woken late (this process was not scheduled), it sends at once
+        and counts ``keepalives_late``."""
+        interval = self.keepalive_interval()
+        if not interval:
+            return
         try:
             while True:
-                await asyncio.sleep(self.hold_time / 3)
+                this = max(KEEPALIVE_MIN_S, _jitter(interval))
+                while (now := time.monotonic()) < (due := conn.sent_at + this):
+                    await asyncio.sleep(due - now)  # again when an UPDATE went out meanwhile
+                if now - due >= interval / 2:
+                    self.counters["keepalives_late"] += 1
+                    log.warning("bgp peer %s: KEEPALIVE %.1f s late (this process was not scheduled)", self.address, now - due)
                 await conn.send(m.Keepalive())
-        except (OSError, TimeoutError):
+        except TimeoutError as exc:  # the peer has not read for SEND_TIMEOUT_S: end it
+            self._writer_error = exc
+            conn.abort()
+        except OSError:
             pass  # the reader sees the broken connection and ends the session
+
+    def _local_key(self) -> tuple[int, int]:
+        """Our side in collision resolution: BGP identifier, then ASN (RFC 6286)."""
+        return int(ipaddress.IPv4Address(self.speaker.config.router_id)), self.speaker.config.local_asn
+
+    @staticmethod
+    def _remote_key(o: m.Open) -> tuple[int, int]:
+        return int(ipaddress.IPv4Address(o.router_id)), o.asn
 
     async def _shadow_handshake(self, conn: Connection) -> None:
         """Second connection during OpenSent/OpenConfirm: OPEN both ways, then resolve."""
@@ -694,8 +806,7 @@ class Session:
             if self.state not in (State.OPENSENT, State.OPENCONFIRM) or primary is None:
                 await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
                 return
-            local = (int(ipaddress.IPv4Address(self.speaker.config.router_id)), self.speaker.config.local_asn)
-            remote = (int(ipaddress.IPv4Address(msg.router_id)), msg.asn)
+            local, remote = self._local_key(), self._remote_key(msg)
             # Keep the connection opened by the side with the higher identifier; of two
             # opened by the same side, the newer (the older one is likely stale).
             if primary.outgoing != conn.outgoing:
@@ -703,18 +814,16 @@ class Session:
             else:
                 keep_shadow = True
             if keep_shadow and self.state == State.OPENCONFIRM and not self._primary_failed.is_set():
-                # Our KEEPALIVE is out on the primary, so the peer may be Established on it
-                # already and will refuse this connection (RFC 4271 6.8): switching now
-                # would close both.  Give the primary COLLISION_GRACE_S to bring the
-                # peer's KEEPALIVE (then it stays) or to be closed by the peer.
-                waits = {asyncio.ensure_future(e.wait()) for e in (self._established_evt, self._primary_failed)}
-                try:
-                    await asyncio.wait(waits, timeout=COLLISION_GRACE_S, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waits:
-                        w.cancel()
-                if self.state == State.ESTABLISHED:
-                    keep_shadow = False
+                # Our KEEPALIVE is out on the primary, so the peer may be Established on
+                # it already and will refuse this connection (RFC 4271 6.8): switching now
+                # would close both.  The peer decides, and says so: it closes one of the
+                # two (a NOTIFICATION or EOF), or sends its KEEPALIVE on one (on this
+                # one: it chose it; on the primary: _settle).  Only a peer that says
+                # nothing for COLLISION_WAIT_S leaves it to the identifiers.
+                keep_shadow = await self._await_verdict(conn)
+            if keep_shadow is None:  # the peer refused this connection
+                await conn.close()
+                return
             log.info("bgp peer %s: connection collision, keeping the %s one", self.address,
                      "second" if keep_shadow else "first")
             if keep_shadow and self._switch is not None and not self._switch.done():
@@ -735,6 +844,97 @@ class Session:
         finally:
             if self._shadow is asyncio.current_task():
                 self._shadow = None
+
+    async def _await_verdict(self, conn: Connection) -> bool | None:
+        """The peer's verdict on a collision our second connection ``conn`` wins by the
+        identifiers while the primary is in OpenConfirm: True = continue on ``conn`` (the
+        peer closed the primary, or sent its KEEPALIVE on ``conn``: it is in OpenConfirm
+        there, which it only is when it chose it), False = keep the primary (we went
+        Established on it: :meth:`_settle` saw the peer Established there), None = the
+        peer refused ``conn``.  Without a word from the peer for COLLISION_WAIT_S: True
+        (the identifiers' rule; the primary's KEEPALIVE alone does not decide, see
+        :meth:`_settle`)."""
+        loop = asyncio.get_running_loop()
+        verdict = loop.create_task(conn.read(None))
+        events = {loop.create_task(e.wait()) for e in (self._established_evt, self._primary_failed)}
+        try:
+            deadline = loop.time() + COLLISION_WAIT_S
+            while True:
+                left = None if self._primary_confirmed.is_set() else max(0.0, deadline - loop.time())
+                done, _ = await asyncio.wait({verdict, *events}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if verdict.done():
+                    if verdict.cancelled() or verdict.exception() is not None or isinstance(verdict.result(), m.Notification):
+                        return None
+                    if isinstance(verdict.result(), m.Keepalive):
+                        conn.pending = verdict.result()  # the OpenConfirm read gets it
+                        return True
+                    raise Notify(Err.FSM, Err.FSM_IN_OPENCONFIRM, bytes([verdict.result().TYPE]), "before our KEEPALIVE")
+                if self.state == State.ESTABLISHED:
+                    return False
+                if self._primary_failed.is_set():
+                    return True
+                if done:
+                    return None  # woken by the session leaving OpenConfirm: nothing to keep
+                if not self._primary_confirmed.is_set():
+                    return True  # no verdict: the identifiers decide
+        finally:
+            for t in (verdict, *events):
+                t.cancel()
+            await asyncio.wait({verdict, *events})
+
+    async def _settle(self, conn: Connection) -> None:
+        """The peer's KEEPALIVE came on the primary ``conn`` while a second connection
+        that wins by the identifiers is in its handshake.  The peer is in OpenConfirm or
+        Established on ``conn`` -- and if only in OpenConfirm, our OPEN on the second
+        connection makes it close ``conn`` (RFC 4271 6.8; BIRD does).  Going Established
+        now and refusing the second connection then lost both: under load (our OPEN on
+        the second connection crossing the peer's KEEPALIVE) one reset more after a
+        router restart, seen in CI.  So wait for the peer's verdict: any further message
+        on ``conn`` (it is Established there: the message is kept for the session) or
+        the second connection refused -> stay on ``conn``; ``conn`` closed by the peer
+        -> the second connection (raises :class:`_Switched`).  Bounded by
+        COLLISION_WAIT_S, then ``conn`` stays (we hold the peer's KEEPALIVE on it)."""
+        loop = asyncio.get_running_loop()
+        shadow, second = self._shadow, self._shadow_conn
+        if shadow is None or shadow.done() or second is None or self.peer_open is None:
+            return
+        if second.outgoing != conn.outgoing and second.outgoing != (self._local_key() > self._remote_key(self.peer_open)):
+            return  # the second connection loses by the identifiers: the peer refuses it too
+        self._primary_confirmed.set()
+        assert self._switch is not None
+        read = loop.create_task(conn.read(self.hold_time or None))
+        try:
+            await asyncio.wait({read, self._switch, shadow}, timeout=COLLISION_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            read.cancel()
+            raise
+        if self._switch.done() or (read.done() and (read.exception() is not None or isinstance(read.result(), m.Notification))):
+            # The peer chose the second connection (it closed this one): wait for the
+            # second's handshake, or end the session with this one's error.
+            if not self._switch.done():
+                self._primary_failed.set()
+                try:
+                    async with asyncio.timeout(NEWCOMER_OPEN_S):
+                        await asyncio.wait({self._switch, shadow}, return_when=asyncio.FIRST_COMPLETED)
+                except TimeoutError:
+                    pass
+            if not self._switch.done():
+                raise PeerNotification(read.result())  # read.result() raises the read's error
+            if read.done() and not read.cancelled():
+                read.exception()  # retrieved: the error is the closed connection we leave
+            read.cancel()
+            await asyncio.wait({read})
+            new_conn, open_msg = self._switch.result()
+            self._switch = loop.create_future()
+            self._primary_failed.clear()
+            self._primary_confirmed.clear()
+            await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
+            raise _Switched(new_conn, open_msg)
+        if read.done():
+            conn.pending = read.result()  # the peer is Established here: the session reads it first
+        else:
+            read.cancel()  # a cancelled read loses nothing (Connection.read)
+            await asyncio.wait({read})
 
     async def _newcomer_handshake(self, conn: Connection) -> None:
         """A connection from the peer while our session with it is Established.
@@ -832,6 +1032,7 @@ class Session:
         self._eor_pending = self.peer_open is not None and self.peer_open.graceful_restart is not None
         self._writer_error = None
         writer = asyncio.get_running_loop().create_task(self._writer(conn))
+        keepalives = asyncio.get_running_loop().create_task(self._keepalives(conn))
         try:
             while True:
                 msg = await conn.read(self.hold_time or None)
@@ -853,9 +1054,10 @@ class Session:
                     raise Notify(Err.FSM, Err.FSM_IN_ESTABLISHED, bytes([m.OPEN]), "OPEN in Established")
         finally:
             writer.cancel()
+            keepalives.cancel()
             # Not ``await writer`` inside try/except: that would also swallow a cancellation
             # of *this* task arriving meanwhile (Session.stop), and the session would go on.
-            await asyncio.wait({writer})
+            await asyncio.wait({writer, keepalives})
 
     def _on_update(self, u: m.Update) -> None:
         if u.errors:
@@ -890,16 +1092,10 @@ class Session:
             )
 
     async def _writer(self, conn: Connection) -> None:
-        """KEEPALIVE every hold/3 s and Adj-RIB-Out synchronisation (RFC 4271 4.4, 9.2)."""
-        keepalive = self.hold_time / 3 if self.hold_time else None
+        """Adj-RIB-Out synchronisation (RFC 4271 9.2); KEEPALIVEs are :meth:`_keepalives`."""
         try:
             while True:
-                try:
-                    async with asyncio.timeout(keepalive):
-                        await self._dirty.wait()
-                except TimeoutError:
-                    await conn.send(m.Keepalive())
-                    continue
+                await self._dirty.wait()
                 self._dirty.clear()
                 await self._sync(conn)
                 if self._eor_pending:

@@ -248,6 +248,27 @@ def allow_rt_priority(prio: int) -> list[str]:
     return []
 
 
+def allow_nice(nice: int) -> bool:
+    """Let a process lower its nice value down to ``nice`` after :func:`drop_after_setup`
+    without CAP_SYS_NICE: ``RLIMIT_NICE`` (soft and hard) raised to ``20 - nice`` (the
+    limit's encoding), inherited by every actor ``maglev run`` starts.  The BGP speaker
+    uses it (``maglev.actors.sched.BGP_NICE``).  False when the limit cannot be raised (no
+    CAP_SYS_RESOURCE); the speaker then keeps nice 0."""
+    import resource
+
+    want = 20 - nice
+    soft, hard = resource.getrlimit(resource.RLIMIT_NICE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return True
+    try:
+        new_hard = hard if hard == resource.RLIM_INFINITY or hard >= want else want
+        resource.setrlimit(resource.RLIMIT_NICE, (want, new_hard))
+    except (OSError, ValueError) as exc:
+        log.info("RLIMIT_NICE not raised: the BGP speaker keeps nice 0", extra={"kv": {"asked": nice, "error": exc}})
+        return False
+    return True
+
+
 def drop_after_setup(nic_kind: str, out_kind: str, config: Any, also: tuple[str, ...] | list[str] = ()
                      ) -> dict[str, Any] | None:
     """``maglev run``'s drop: keep what the NIC and BGP need (and CAP_IPC_LOCK for an

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from maglev.actors.base import ActorSpec
 from maglev.actors.bgp_speaker import BgpSpeakerActor
+from maglev.actors.sched import BGP_NICE
 from maglev.bgp import messages as m
 from maglev.testing.ports import free_port
 
@@ -23,7 +24,10 @@ def params(port: int) -> dict:
         "bgp": {
             "local_asn": 64513, "router_id": "198.18.0.10", "listen_port": port, "listen_address": "127.0.0.1",
             "connect_retry_time": 1, "peer": [{"address": "127.0.0.1", "asn": 64512, "passive": True}],
-        }
+        },
+        # An actor set up inside this test process must not renice it (and every process it
+        # starts after); the actor processes below run at the default, BGP_NICE.
+        "nice": 0,
     }  # fmt: skip
 
 
@@ -142,6 +146,7 @@ def test_actor_process_sends_cease_on_sigterm(tmp_path):
     port = free_port()
     params_ = params(port)
     params_["announce"] = ["203.0.113.10/32"]
+    del params_["nice"]  # its own process: the default
     spec = actor_spec(tmp_path, params_)
     proc = subprocess.Popen([sys.executable, "-m", "maglev.actors.launch", spec.to_json()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -155,6 +160,8 @@ def test_actor_process_sends_cease_on_sigterm(tmp_path):
                 time.sleep(0.1)
         p.handshake()
         assert p.expect(m.Update).nlri == (ipaddress.ip_network("203.0.113.10/32"),)
+        if os.geteuid() == 0:  # above packet work (maglev.actors.sched.BGP_NICE); root may lower it
+            assert os.getpriority(os.PRIO_PROCESS, proc.pid) == BGP_NICE
         # SIGHUP (`systemctl kill -s HUP` reaches every process of the service) is ignored:
         # its default action would end the process and reset the session without a CEASE.
         os.kill(proc.pid, signal.SIGHUP)

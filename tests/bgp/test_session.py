@@ -420,6 +420,139 @@ def test_hold_timer_expiry_sends_notification():
     run(go())
 
 
+class ThreadPeer:
+    """A BGP neighbour on blocking sockets in its own thread: it keeps sending KEEPALIVEs
+    every ``interval`` s while the speaker's event loop (the test's) is blocked, the way a
+    router keeps talking to a speaker that is not scheduled.  Everything it reads is kept."""
+
+    def __init__(self, port: int, hold: int, interval: float):
+        import socket
+        import threading
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.hold, self.interval = hold, interval
+        self.got: list[tuple[float, m.Message]] = []
+        self.stop_evt = threading.Event()
+        self.error: BaseException | None = None
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.sender = threading.Thread(target=self._send, daemon=True)
+
+    def start(self, asn: int) -> None:
+        self.sock.sendall(bytes(m.Open.build(asn, self.hold, "198.18.0.1", (m.IPV4_UNICAST,))) + bytes(m.Keepalive()))
+        self.reader.start()
+        self.sender.start()
+
+    def _read(self) -> None:
+        buf = b""
+        try:
+            while not self.stop_evt.is_set():
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    return
+                buf += chunk
+                while len(buf) >= 19 and len(buf) >= (n := m.check_header(buf[:19])[0]):
+                    self.got.append((time.monotonic(), m.parse_message(buf[:n], True, True)))
+                    buf = buf[n:]
+        except OSError as exc:
+            if not self.stop_evt.is_set():
+                self.error = exc
+
+    def _send(self) -> None:
+        try:
+            while not self.stop_evt.wait(self.interval):
+                self.sock.sendall(bytes(m.Keepalive()))
+        except OSError as exc:
+            if not self.stop_evt.is_set():
+                self.error = exc
+
+    def close(self) -> None:
+        self.stop_evt.set()
+        self.sock.close()
+        self.sender.join(timeout=5)
+        self.reader.join(timeout=5)
+
+    def notifications(self) -> list[m.Message]:
+        return [msg for _, msg in self.got if isinstance(msg, m.Notification)]
+
+
+def test_a_stalled_speaker_does_not_drop_a_peer_whose_keepalives_wait_in_its_socket():
+    """The speaker's event loop does not run for 4.5 s (CPU starvation, a GC pause, a
+    SIGSTOP: here a blocking call) with a 3 s hold time, while the peer keeps sending a
+    KEEPALIVE every second.  Those KEEPALIVEs sit in our socket: the peer is alive, we were
+    late.  Before 2026-12-07 the expired deadline was judged first and the session reset
+    with "hold timer expired"; now the socket is read first (``hold_timer_late`` counts it)
+    and a KEEPALIVE goes out at once (``keepalives_late``)."""
+
+    async def go():
+        cfg = speaker_config(hold=3)
+        async with started(cfg) as sp:
+            loop = asyncio.get_running_loop()
+            peer = await loop.run_in_executor(None, lambda: ThreadPeer(cfg.listen_port, hold=3, interval=1.0))
+            try:
+                peer.start(64512)
+                await wait_state(sp, "Established")
+                await asyncio.sleep(0.3)
+                stalled = time.monotonic()
+                time.sleep(4.5)  # the stall itself: nothing in this loop runs
+                await asyncio.sleep(0.5)  # the loop runs again: expired timers and waiting bytes together
+                deadline = time.monotonic() + 5
+                while not any(t > stalled + 4.5 and isinstance(x, m.Keepalive) for t, x in peer.got):
+                    assert time.monotonic() < deadline, "no KEEPALIVE from the speaker after the stall"
+                    await asyncio.sleep(0.05)
+                st = sp.peers_state()[0]
+                assert st["state"] == "Established" and st["established"] == 1, st
+                assert st["hold_timer_late"] >= 1 and st["keepalives_late"] >= 1, st
+                assert peer.notifications() == [] and peer.error is None
+            finally:
+                peer.close()
+
+    run(go())
+
+
+def test_keepalives_do_not_starve_behind_prefix_changes_that_send_nothing():
+    """An IPv6 VIP flapping (health) on a session that cannot carry it (the peer has no
+    IPv6 unicast): every change wakes the writer, none makes an UPDATE.  The KEEPALIVE
+    used to be the writer's timeout, restarted by each wake-up: none went out for as long
+    as the flapping lasted and the peer's hold timer ended the session.  Now it has a task
+    of its own."""
+
+    async def go():
+        async with established(speaker_config(hold=3), hold=3, caps=(m.Capability.four_octet_as(64512),)) as (sp, peer, _):
+            await wait_state(sp, "Established")
+            t0 = last = time.monotonic()
+            gaps = []
+
+            async def flap():
+                for n in range(40):  # 4 s of changes every 0.1 s
+                    (sp.announce if n % 2 == 0 else sp.withdraw)(VIP6)
+                    await asyncio.sleep(0.1)
+
+            async def keepalives():  # the peer's own, so our hold timer has no reason to fire
+                while True:
+                    await peer.send(m.Keepalive())
+                    await asyncio.sleep(1.0)
+
+            flapper = asyncio.ensure_future(flap())
+            theirs = asyncio.ensure_future(keepalives())
+            try:
+                while time.monotonic() - t0 < 4.0:
+                    msg = await peer.recv(timeout=3.5)
+                    assert isinstance(msg, m.Keepalive), msg
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+            finally:
+                flapper.cancel()
+                theirs.cancel()
+                await asyncio.wait({flapper, theirs})
+            print(f"\nKEEPALIVE gaps during 4 s of IPv6 churn (hold 3 s): max {max(gaps):.2f} s")
+            assert max(gaps) < 2.0, gaps  # every second, never near the 3 s hold time
+            assert sp.peers_state()[0]["established"] == 1
+            await peer.close()
+
+    run(go())
+
+
 def test_hold_time_is_the_smaller_of_the_two_and_zero_disables_keepalives():
     async def go():
         async with established(speaker_config(hold=90), hold=0) as (sp, peer, _):
@@ -872,14 +1005,27 @@ def test_peer_restart_after_a_long_session_continues_on_its_new_connection(monke
     run(go())
 
 
-@pytest.mark.parametrize("peer_choice", ["first", "second"])
+@pytest.mark.parametrize("peer_choice", ["first", "first-established", "second", "crossed"])
 def test_collision_in_openconfirm_follows_the_peer(peer_choice):
     """Both sides dial; our first connection is in OpenConfirm (our KEEPALIVE is out) when
-    the second one's OPEN makes the identifiers pick the second.  A router that is already
-    Established on the first (BIRD after `birdc restart`, seen 2026-12-07) refuses the
-    second: switching at once closed both and cost a second reset.  Now the first gets
-    COLLISION_GRACE_S: the peer's KEEPALIVE on it keeps it ("first"); the peer closing it
-    moves the session to the second at once ("second")."""
+    the second one's OPEN makes the identifiers pick the second.  The peer's verdict
+    decides, as the peer says it, at once:
+
+    - "first": its KEEPALIVE on the first, then a CEASE on the second (BIRD Established
+      on the first refusing the second): we stay on the first and send nothing more;
+    - "first-established": its KEEPALIVE on the first, then another message there (it is
+      Established on the first) but no word on the second: we stay on the first and
+      refuse the second (CEASE 6/7);
+    - "second": a CEASE on the first: the session moves to the second at once;
+    - "crossed": its KEEPALIVE on the first (it was in OpenConfirm there), then -- our
+      OPEN on the second having reached it first -- a CEASE on the first and its KEEPALIVE
+      on the second.  Until 2026-12-07 (session 7) we went Established on the first at its
+      KEEPALIVE and refused the second: both connections gone and one reset more after a
+      router restart under load (3 establishments for 2, seen in CI).  Now one session,
+      on the second, counted once.
+
+    Before session 5 the switch was immediate (BIRD after `birdc restart`: both closed);
+    in session 5 the first got a fixed 1 s grace, too short for a router under load."""
 
     async def go():
         port = free_port()
@@ -898,23 +1044,39 @@ def test_collision_in_openconfirm_follows_the_peer(peer_choice):
             second = await Scripted.connect(cfg.listen_port)
             await second.expect(m.Open)
             await second.send(m.Open.build(64512, 90, remote_id))
+            await asyncio.sleep(0.1)  # the speaker has read the second OPEN: a collision it waits on
             t0 = time.monotonic()
             if peer_choice == "first":
-                await first.send(m.Keepalive())  # we are Established on the first
+                await first.send(m.Keepalive())
+                await second.send(m.Notification(6, 7))
+                assert await second.closed()
+                keep = first
+            elif peer_choice == "first-established":
+                await first.send(m.Keepalive())
+                await first.send(m.Keepalive())  # its KeepaliveTimer: it is Established here
                 n = await second.expect(m.Notification)
                 assert (n.code, n.subcode) == (6, 7)
                 keep = first
-            else:
+            elif peer_choice == "second":
                 await first.send(m.Notification(6, 7))  # we chose the second
                 await second.expect(m.Keepalive)
-                assert time.monotonic() - t0 < 0.9  # at once, not after the grace
                 await second.send(m.Keepalive())
                 keep = second
+            else:
+                await first.send(m.Keepalive())
+                await asyncio.sleep(0.2)  # the speaker has read it
+                assert sp.peers_state()[0]["state"] == "OpenConfirm"  # not Established on the first yet
+                await first.send(m.Notification(6, 7))
+                await second.send(m.Keepalive())
+                await second.expect(m.Keepalive)
+                keep = second
             await wait_state(sp, "Established")
+            assert time.monotonic() - t0 < 2.0  # the peer's word, not a timeout (COLLISION_WAIT_S)
             sp.announce(VIP4)
             assert (await keep.expect(m.Update)).announced() == (ipaddress.ip_network(VIP4),)
             st = sp.peers_state()[0]
             assert st["established"] == 1 and st["state"] == "Established"
+            assert st["notifications_out"] == (1 if peer_choice in ("first-established", "second", "crossed") else 0), st
             for c in (first, second):
                 await c.close()
         finally:
