@@ -3,6 +3,7 @@
 #define MG_LOOP_STALL 2
 #define MG_LOOP_EOF 3
 #define MG_LOOP_STOP 4
+#define MG_LOOP_DEADLINE 5
 struct mg_loop_ctl {
     uint64_t budget_ns;
     uint32_t max_bursts;
@@ -18,6 +19,10 @@ struct mg_loop_ctl {
     uint64_t nap_ns;
     uint32_t nap_min;
     uint32_t reserved;
+    uint64_t sleep_until_ns;
+    uint64_t tick_ns;
+    uint32_t spin;
+    uint32_t reserved2;
 };
 #define MG_NAP_MIN ...
 struct mg_idle_state {
@@ -40,6 +45,8 @@ struct mg_loop_out {
     uint64_t last_ns;
     uint32_t bursts;
     uint32_t reason;
+    uint32_t sleeps;
+    uint32_t wakes;
 };
 struct mg_loop_gen {
     struct mg_gen *gen;

@@ -10,7 +10,11 @@
  *                   control work, and the Python cost is amortised over ~1 ms of bursts;
  *   MG_LOOP_STALL   an output ring is full (back pressure): the caller backs off briefly;
  *   MG_LOOP_EOF     (steering) the generator's packet or time limit is reached;
- *   MG_LOOP_STOP    *ctl->stop became non-zero (a flag word another thread may set).
+ *   MG_LOOP_STOP    *ctl->stop became non-zero (a flag word another thread may set);
+ *   MG_LOOP_DEADLINE (ctl->sleep_until_ns set) the deadline Python gave passed: the loop
+ *                   slept on its doorbell in the call and was not needed since, or moved
+ *                   packets and the next housekeeping tick is due (ctl->tick_ns): the
+ *                   caller runs its housekeeping and calls again -- it does not wait.
  *
  * Each burst is exactly what the per-burst C calls the actors made before do (the loops
  * call those same functions: mg_steer_reclaim/spares/take/dispatch, mg_gen_fill,
@@ -32,6 +36,7 @@
 #define MG_LOOP_STALL 2
 #define MG_LOOP_EOF 3
 #define MG_LOOP_STOP 4
+#define MG_LOOP_DEADLINE 5
 
 struct mg_loop_ctl {
     uint64_t budget_ns;   /* return MG_LOOP_BUDGET after this long (0 = one burst) */
@@ -85,6 +90,24 @@ struct mg_loop_ctl {
     uint64_t nap_ns;
     uint32_t nap_min;
     uint32_t reserved;
+    /* Sleeping in the loop (issues 13.6, 14.5; 2026-12-07 session 7).  With sleep_until_ns
+     * set (a CLOCK_MONOTONIC time), a loop that would return MG_LOOP_IDLE -- nothing to do,
+     * the adaptive idle window (if any) over -- sleeps on its doorbell (ctl->bell) itself,
+     * as mg_bell_wait does: `spin` busy looks at the rings, need_wakeup armed, a re-check,
+     * the futex; the worker first reports itself quiescent to the table publisher
+     * (mg_tables_quiesce).  Woken by ring work it goes on in the same call, with a fresh
+     * busy budget (budget_ns from the wake-up: a trickle is not sent back to Python every
+     * budget_ns).  It returns MG_LOOP_DEADLINE at sleep_until_ns, or -- once the call moved
+     * a packet -- at tick_ns (the caller's next housekeeping, 0 = none), checked after every
+     * burst and bounding every sleep; MG_LOOP_BUDGET on a doorbell alert (not taken: Python
+     * takes it) or a signal (-EINTR from the futex: Python runs its handler); MG_LOOP_STOP;
+     * MG_LOOP_STALL and MG_LOOP_EOF as before.  0 = return MG_LOOP_IDLE (the caller sleeps
+     * on the doorbell, as before).  A paced generator's clock sleep (mg_loop_gen.rate) is
+     * bounded by the same deadlines instead of the busy budget. */
+    uint64_t sleep_until_ns;
+    uint64_t tick_ns;
+    uint32_t spin;        /* busy looks at the rings before the futex (MG_BELL_SPIN_DEFAULT, 0) */
+    uint32_t reserved2;
 };
 
 #define MG_NAP_MIN 64u
@@ -111,6 +134,8 @@ struct mg_loop_out {
     uint64_t last_ns;     /* CLOCK_MONOTONIC when the loop returned */
     uint32_t bursts;      /* bursts that moved something */
     uint32_t reason;      /* MG_LOOP_* */
+    uint32_t sleeps;      /* doorbell sleeps in the call (ctl->sleep_until_ns) */
+    uint32_t wakes;       /* ... that ended with ring work (the loop went on) */
 };
 
 /* The generator source of the steering loop: packets left before eof (UINT64_MAX = no

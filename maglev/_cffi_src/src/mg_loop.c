@@ -82,7 +82,21 @@ static int budget_done(const struct budget *b, const struct mg_loop_ctl *c, stru
         o->reason = MG_LOOP_BUDGET;
         return 1;
     }
+    if (c->sleep_until_ns && c->tick_ns && o->packets && o->last_ns >= c->tick_ns) {
+        o->reason = MG_LOOP_DEADLINE; /* housekeeping due (a trickle stays in the call) */
+        return 1;
+    }
     return 0;
+}
+
+/* How long a loop that sleeps in the call (ctl->sleep_until_ns) may sleep: to Python's
+ * deadline, or to its next housekeeping tick once the call moved a packet. */
+static inline uint64_t sleep_bound(const struct mg_loop_ctl *c, const struct mg_loop_out *o)
+{
+    uint64_t until = c->sleep_until_ns;
+    if (o->packets && c->tick_ns && c->tick_ns < until)
+        until = c->tick_ns;
+    return until;
 }
 
 static int finish(struct mg_loop_out *o, uint32_t reason)
@@ -231,6 +245,56 @@ static int idle_wait(void *base, const struct budget *b, const struct mg_loop_ct
     return idle_poll(base, b, c, o);
 }
 
+/* Sleep on the doorbell in the call (ctl->sleep_until_ns, mg_loop.h): the loop found
+ * nothing to do and its idle window (if any) is over.  1: woken by ring work, go on (the
+ * busy budget starts again); 0: return, out->reason set (MG_LOOP_DEADLINE, MG_LOOP_STOP,
+ * MG_LOOP_BUDGET on an alert or a signal); < 0: -errno from the futex. */
+static int bell_sleep(void *base, struct budget *b, const struct mg_loop_ctl *c,
+                      struct mg_loop_out *o)
+{
+    for (;;) {
+        uint64_t until = sleep_bound(c, o);
+        uint64_t now = mg_loop_now_ns();
+        o->last_ns = now;
+        if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
+            o->reason = MG_LOOP_STOP;
+            return 0;
+        }
+        if (now >= until) {
+            o->reason = MG_LOOP_DEADLINE;
+            return 0;
+        }
+        o->sleeps++;
+        int w = mg_bell_wait_until(base, c->bell, c->spin, until);
+        if (w == 1) {
+            o->wakes++;
+            now = mg_loop_now_ns();
+            o->last_ns = now;
+            b->deadline = now + c->budget_ns;
+            return 1;
+        }
+        if (w == 2 || w == -EINTR) { /* an alert or a signal: Python takes it */
+            o->last_ns = mg_loop_now_ns();
+            o->reason = MG_LOOP_BUDGET;
+            return 0;
+        }
+        if (w < 0)
+            return w;
+        /* 0: the deadline (the next turn returns) or a stale wake-up (sleep again) */
+    }
+}
+
+/* The loop found nothing to do: idle_wait, then -- when it says MG_LOOP_IDLE and Python
+ * gave a deadline -- sleep on the doorbell in the call.  1: go on; 0: return, out->reason
+ * set; < 0: -errno. */
+static int rest(void *base, struct budget *b, const struct mg_loop_ctl *c, struct mg_loop_out *o)
+{
+    int r = idle_wait(base, b, c, o);
+    if (r || o->reason != MG_LOOP_IDLE || !c->sleep_until_ns)
+        return r;
+    return bell_sleep(base, b, c, o);
+}
+
 /* Pacing: packets of a paced source due by `now` and not produced yet. */
 static uint64_t paced_due(const struct mg_loop_gen *src, uint64_t now)
 {
@@ -247,22 +311,31 @@ static uint64_t paced_due(const struct mg_loop_gen *src, uint64_t now)
  * as fine as the pace, so a paced steering never sleeps in steps coarser than the pace)
  * and polls (idle_relax) only the last MG_PACE_SPIN_NS.  The packet is stamped when it is
  * filled, after this wait, so steering's own wake-up does not count in the latency. */
-static int pace_wait(void *base, const struct mg_loop_gen *src, const struct budget *b,
+static int pace_wait(void *base, const struct mg_loop_gen *src, struct budget *b,
                      const struct mg_loop_ctl *c, struct mg_loop_out *o)
 {
     uint64_t made = mg_gen_count(src->gen) - src->paced_from;
     uint64_t next = src->t0_ns + (uint64_t)(((unsigned __int128)(made + 1) * 1000000000u +
                                               src->rate - 1) / src->rate);
+    /* sleeping in the call: Python's deadlines bound the wait, not the busy budget */
+    uint64_t bound = c->sleep_until_ns ? sleep_bound(c, o) : b->deadline;
     for (;;) {
         uint64_t now = mg_loop_now_ns();
         o->last_ns = now;
-        if (now >= next)
+        if (now >= next) {
+            if (c->sleep_until_ns)
+                b->deadline = now + c->budget_ns;
             return 1;
+        }
         if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
             o->reason = MG_LOOP_STOP;
             return 0;
         }
-        if (now >= b->deadline || mg_bell_poll(base, c->bell) == 2) {
+        if (now >= bound) {
+            o->reason = c->sleep_until_ns ? MG_LOOP_DEADLINE : MG_LOOP_BUDGET;
+            return 0;
+        }
+        if (mg_bell_poll(base, c->bell) == 2) {
             o->reason = MG_LOOP_BUDGET;
             return 0;
         }
@@ -270,7 +343,7 @@ static int pace_wait(void *base, const struct mg_loop_gen *src, const struct bud
             idle_relax(c);
             continue;
         }
-        uint64_t until = next < b->deadline ? next : b->deadline;
+        uint64_t until = next < bound ? next : bound;
         struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
                               .tv_nsec = (long)(until % 1000000000u)};
         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
@@ -352,7 +425,7 @@ static inline int steer_filled(struct mg_steer *s, void *base, int k)
  * first what the sent ring had no room for last time, then a new burst collected from the
  * workers (latency recorded on request).  0: *ret packets are in the hand; 1: the loop
  * returns *ret. */
-static inline int mux_round(struct mg_mux *m, void *base, const struct budget *b,
+static inline int mux_round(struct mg_mux *m, void *base, struct budget *b,
                             const struct mg_loop_ctl *ctl, struct mg_loop_out *out, int *ret)
 {
 again:;
@@ -379,9 +452,10 @@ again:;
         return 1;
     }
     if (n == 0) {
-        if (idle_wait(base, b, ctl, out))
+        int r = rest(base, b, ctl, out);
+        if (r > 0)
             goto again;
-        *ret = 0;
+        *ret = r;
         return 1;
     }
     if (MG_UNLIKELY(ctl->lat_hist != NULL))
@@ -420,9 +494,10 @@ int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
         if (n < 0)
             return n;
         if (n == 0) { /* no free frame: they come home on ret/sent, which ring the bell */
-            if (idle_wait(base, &b, ctl, out))
+            int r = rest(base, &b, ctl, out);
+            if (r > 0)
                 continue;
-            return 0;
+            return r;
         }
         uint32_t cnt;
         uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
@@ -451,17 +526,18 @@ int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ct
         if (rc < 0)
             return rc;
         if (rc == 0) {
-            if (!ctl->idle_ns && !nap_due(ctl)) {
+            if (!ctl->idle_ns && !nap_due(ctl) && !ctl->sleep_until_ns) {
                 if (ctl->idle)
                     ctl->idle->stretch = ctl->idle->napping = 0;
                 return finish(out, MG_LOOP_IDLE);
             }
-            /* polling or napping holds no table generation: a table update need not
-             * wait for it */
+            /* polling, napping or sleeping holds no table generation: a table update
+             * need not wait for it */
             mg_tables_quiesce(base, w->worker);
-            if (idle_wait(base, &b, ctl, out))
+            int r = rest(base, &b, ctl, out);
+            if (r > 0)
                 continue;
-            return 0;
+            return r;
         }
         if (budget_done(&b, ctl, out, (uint32_t)rc))
             return 0;
