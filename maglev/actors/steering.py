@@ -60,6 +60,8 @@ from maglev.rings.shed_file import NO_VIP, read_shed, shed_path, write_shed
 log = logging.getLogger("maglev.steering")
 # Longest stretch the actors' C loops (mg_loop.h) run before Python's housekeeping.
 LOOP_BUDGET_NS = 1_000_000
+# C loop returns after which the actor calls again without waiting (base.Actor.loop_deadlines)
+BACK_AT_ONCE = (int(lib.MG_LOOP_BUDGET), int(lib.MG_LOOP_DEADLINE))
 
 class _BellPipe:
     """Steering's futex doorbell as a readable pipe, for a ``poll()`` on the NIC too.
@@ -192,6 +194,7 @@ class Steering(Actor):
             "budget_ns": LOOP_BUDGET_NS, "burst": self.burst, "spares": self.spares})
         if self._loop_src is not None:  # the generator's C loop polls (adaptive idle, mg_loop.h)
             self.init_idle(self._loop_ctl, int(lib.MG_BELL_STEERING))
+            self.init_sleep(self._loop_ctl, int(lib.MG_BELL_STEERING))  # and sleeps in the call
         if self._paced:  # sleeps as fine as the pace: 1 us timer slack, not the default 50
             from maglev.actors.sched import set_timer_slack_ns
 
@@ -268,19 +271,21 @@ class Steering(Actor):
         frames, on back pressure (wait() then backs off: frames are in the hand) or eof."""
         src, out = self._loop_src, self._loop_out
         self.nic.loop_source(src)
+        self.loop_deadlines(self._loop_ctl)
         check(lib.mg_steer_loop(self.st, self.base, src, self._loop_ctl, out), "steering loop")
         if out.reason == lib.MG_LOOP_EOF:
             self.nic.eof = True
-        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
+        return int(out.packets) or int(out.reason in BACK_AT_ONCE)
 
     def _step_nic_loop(self) -> int:
         """AF_PACKET/AF_XDP: reclaim -> take -> the NIC's rx -> dispatch, many bursts in one
         C call; back to Python when the NIC is empty (wait() polls it), on back pressure
         or after ~1 ms (housekeeping)."""
         out = self._loop_out
+        self._loop_ctl.sleep_until_ns = 0
         rc = lib.mg_steer_loop_nic(self.st, self.base, self._loop_nic.ptr, self._loop_ctl, out)
         check(rc, f"steering loop on {getattr(self.nic, 'iface', 'the NIC')}")
-        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
+        return int(out.packets) or int(out.reason in BACK_AT_ONCE)
 
     def _poll_mailbox_now(self) -> None:
         if self.mailbox is not None:

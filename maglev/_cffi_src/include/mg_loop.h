@@ -128,6 +128,7 @@ struct mg_idle_state {
 #define MG_IDLE_BACKOFF_NS 20000000ull
 #define MG_IDLE_BACKOFF_MAX_NS 1000000000ull
 #define MG_PACE_SPIN_NS 10000ull
+#define MG_PACE_LOOK_NS 1000000ull /* longest clock sleep of a paced wait (alert checks) */
 
 struct mg_loop_out {
     uint64_t packets;     /* packets moved (steering: received; worker: in; muxer: sent) */

@@ -344,6 +344,8 @@ static int pace_wait(void *base, const struct mg_loop_gen *src, struct budget *b
             continue;
         }
         uint64_t until = next < bound ? next : bound;
+        if (until - now > MG_PACE_LOOK_NS) /* a slow pace: look at the alert every ms */
+            until = now + MG_PACE_LOOK_NS;
         struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
                               .tv_nsec = (long)(until % 1000000000u)};
         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
