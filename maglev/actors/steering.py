@@ -66,55 +66,47 @@ BACK_AT_ONCE = (int(lib.MG_LOOP_BUDGET), int(lib.MG_LOOP_DEADLINE))
 class _BellPipe:
     """Steering's futex doorbell as a readable pipe, for a ``poll()`` on the NIC too.
 
-    The thread waits on the doorbell only after :meth:`arm` (the main thread is about to
-    sleep in ``poll()``); a doorbell wake with ring work writes one byte and the thread
-    waits to be armed again.  The main thread calls :meth:`arm` before every sleep, which
-    first drains the pipe: every ring work signalled before that is reclaimed by the step
-    that preceded the sleep (a step always reclaims first), and anything later makes the
-    re-armed thread find the work at once (the doorbell re-checks the rings before it
-    sleeps) and write a new byte.  cffi releases the GIL in the doorbell wait.
+    The helper thread runs ``mg_bellpipe_run`` (mg_loop.h; cffi releases the GIL for the
+    whole call): it waits on the doorbell only after :meth:`arm` (steering is about to
+    sleep in ``poll()`` -- this Python wait, or the C loop's own ``ppoll``, which arms it
+    from C); a doorbell wake with ring work writes one byte and the thread waits to be
+    armed again.  Arming first drains the pipe: every ring work signalled before that is
+    reclaimed by the round that preceded the sleep (a round always reclaims first), and
+    anything later makes the re-armed thread find the work at once (the doorbell re-checks
+    the rings before it sleeps) and write a new byte.
     """
 
-    def __init__(self, bell: Any, name: str = "steering-bell"):
+    def __init__(self, region: Any, bell: Any, name: str = "steering-bell"):
         self.bell = bell
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._armed = threading.Event()
-        self._stop = False
-        self.signals = 0
+        self.ptr = ffi.new("struct mg_bellpipe *", {
+            "rfd": self.r, "wfd": self.w, "base": region.base, "bell": bell.index})
+        self._region = region  # the mapping the helper thread uses outlives it
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop:
-            if not self._armed.wait(1.0):
-                continue
-            self._armed.clear()
-            while not self._stop:
-                if self.bell.wait(500, spin=0):
-                    self.signals += 1
-                    try:
-                        os.write(self.w, b"\0")
-                    except BlockingIOError:  # a full pipe is signal enough
-                        pass
-                    break
+        rc = int(lib.mg_bellpipe_run(self.ptr))
+        if rc < 0:
+            log.error("doorbell pipe thread failed", extra={"kv": {"error": os.strerror(-rc)}})
+
+    @property
+    def signals(self) -> int:
+        return int(self.ptr.signals)
 
     def arm(self) -> None:
-        try:
-            while os.read(self.r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        self._armed.set()
+        lib.mg_bellpipe_arm(self.ptr)
 
     def close(self) -> None:
-        if self._stop:
+        if self._closed:
             return
-        self._stop = True
-        self._armed.set()
-        self.bell.ring()  # out of a doorbell wait now, not at its timeout
+        self._closed = True
+        lib.mg_bellpipe_stop(self.ptr)  # out of a doorbell wait now, not at its timeout
         self._thread.join(2.0)
-        os.close(self.r)
-        os.close(self.w)
+        if not self._thread.is_alive():
+            os.close(self.r)
+            os.close(self.w)
 
 
 class Steering(Actor):
@@ -170,7 +162,7 @@ class Steering(Actor):
         self.bell = self.region.bell(BELL_STEERING)
         self.bell_pipe: _BellPipe | None = None
         if hasattr(self.nic, "wake_on"):  # an fd-based NIC: poll it and the doorbell
-            self.bell_pipe = _BellPipe(self.bell)
+            self.bell_pipe = _BellPipe(self.region, self.bell)
             self.nic.wake_on(self.bell_pipe.r)
         from maglev.telemetry.packets import SteeringTracer, steering_sample_rate
 
@@ -203,6 +195,10 @@ class Steering(Actor):
         # (mg_steer_loop_nic).  MAGLEV_NIC_LOOP=0 keeps the per-burst step (measurements).
         src = getattr(self.nic, "nic_loop_rx", None)
         self._loop_nic = src() if src is not None and os.environ.get("MAGLEV_NIC_LOOP", "1") != "0" else None
+        if self._loop_nic is not None and self.bell_pipe is not None:
+            # the NIC loop sleeps in the call: ppoll() on the NIC and the doorbell's pipe
+            self._loop_nic.ptr.pipe = self.bell_pipe.ptr
+            self.init_sleep(self._loop_ctl, int(lib.MG_BELL_STEERING))
         self._loop_out = ffi.new("struct mg_loop_out *")
         self._shed_setup(p)
 
@@ -282,7 +278,7 @@ class Steering(Actor):
         C call; back to Python when the NIC is empty (wait() polls it), on back pressure
         or after ~1 ms (housekeeping)."""
         out = self._loop_out
-        self._loop_ctl.sleep_until_ns = 0
+        self.loop_deadlines(self._loop_ctl)
         rc = lib.mg_steer_loop_nic(self.st, self.base, self._loop_nic.ptr, self._loop_ctl, out)
         check(rc, f"steering loop on {getattr(self.nic, 'iface', 'the NIC')}")
         return int(out.packets) or int(out.reason in BACK_AT_ONCE)
@@ -432,6 +428,8 @@ class Steering(Actor):
         workers and muxer will hand back is home."""
         self.draining = True
         if self.bell_pipe is not None:  # drain waits on the doorbell itself
+            if self._loop_nic is not None:
+                self._loop_nic.ptr.pipe = ffi.NULL
             self.bell_pipe.close()
         deadline = time.monotonic() + float(self.params.get("drain_s", 2.0))
         free = self.region.free

@@ -69,13 +69,27 @@ int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
 #define MG_LOOP_NIC_AFP 1
 #define MG_LOOP_NIC_XSK 2
 #define MG_LOOP_NIC_MAX 64
+struct mg_bellpipe {
+    uint32_t armed;
+    uint32_t stop;
+    int32_t rfd;
+    int32_t wfd;
+    void *base;
+    uint32_t bell;
+    uint32_t reserved;
+    uint64_t signals;
+};
 struct mg_loop_nic {
     uint32_t kind;
     uint32_t n;
     uint32_t next;
     uint32_t reserved;
     void **devs;
+    struct mg_bellpipe *pipe;
 };
+int mg_bellpipe_run(struct mg_bellpipe *p);
+void mg_bellpipe_arm(struct mg_bellpipe *p);
+void mg_bellpipe_stop(struct mg_bellpipe *p);
 int mg_steer_loop_nic(struct mg_steer *s, void *base, struct mg_loop_nic *src,
                       const struct mg_loop_ctl *ctl, struct mg_loop_out *out);
 int mg_mux_loop_nic(struct mg_mux *m, void *base, struct mg_loop_nic *sink,

@@ -181,16 +181,51 @@ int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
 #define MG_LOOP_NIC_XSK 2   /* rx: struct mg_xsk *; tx: struct mg_xsk_tx * */
 #define MG_LOOP_NIC_MAX 64
 
+struct mg_bellpipe;
+
 struct mg_loop_nic {
     uint32_t kind;        /* MG_LOOP_NIC_* */
     uint32_t n;           /* devices in devs (1..MG_LOOP_NIC_MAX) */
     uint32_t next;        /* round-robin position (kept across calls) */
     uint32_t reserved;
     void **devs;
+    /* steering's doorbell as a readable pipe (below; NULL = none): with ctl->sleep_until_ns
+     * set, steering's NIC loop sleeps in the call in ppoll() on the devices' descriptors
+     * and this pipe, so frames coming home on ret/sent wake it as the NIC does */
+    struct mg_bellpipe *pipe;
 };
 
+/* A doorbell as a readable pipe, for a consumer that must also poll() descriptors (steering
+ * on an fd-based NIC: a futex cannot be polled together with a socket).  A helper thread
+ * runs mg_bellpipe_run: it sleeps until the consumer arms it (mg_bellpipe_arm, right
+ * before the consumer's poll: drains the pipe, sets `armed`, wakes the thread), then on
+ * the doorbell; ring work or an alert writes one byte to wfd and the thread waits to be
+ * armed again -- it never spins and costs nothing while the consumer is busy.  No wake-up
+ * is lost: the doorbell's own protocol covers submits racing with the thread's sleep, and
+ * the byte stays in the pipe until the consumer's next arm drains it (every ring work
+ * signalled before that is reclaimed by the round that preceded the sleep).  The thread
+ * leaves mg_bellpipe_run after mg_bellpipe_stop.  rfd/wfd: a non-blocking pipe the caller
+ * made (and closes after the thread ended). */
+struct mg_bellpipe {
+    uint32_t armed;       /* futex word: 1 = the consumer sleeps (or is about to) */
+    uint32_t stop;
+    int32_t rfd;
+    int32_t wfd;
+    void *base;           /* the region */
+    uint32_t bell;        /* MG_BELL_* */
+    uint32_t reserved;
+    uint64_t signals;     /* bytes written: doorbell wakes passed on */
+};
+
+int mg_bellpipe_run(struct mg_bellpipe *p);   /* the helper thread's body: 0 or -errno */
+void mg_bellpipe_arm(struct mg_bellpipe *p);
+void mg_bellpipe_stop(struct mg_bellpipe *p); /* and rings the bell: the thread leaves at once */
+
 /* Steering with a NIC source: reclaim -> spares -> (retry | take -> rx -> dispatch); IDLE
- * when the NIC has nothing (the caller then polls the NIC's descriptor). */
+ * when the NIC has nothing (the caller then polls the NIC's descriptor) -- or, with
+ * ctl->sleep_until_ns set, it sleeps in the call in ppoll() on the devices' descriptors
+ * and src->pipe and goes on when one is readable (a POLLERR's SO_ERROR is read, as the
+ * Python wait does), with the deadlines, alert, signal and stop of the other loops. */
 int mg_steer_loop_nic(struct mg_steer *s, void *base, struct mg_loop_nic *src,
                       const struct mg_loop_ctl *ctl, struct mg_loop_out *out);
 /* Muxer with a NIC sink: collect -> tx -> done (the frames the NIC refused are failed). */

@@ -565,8 +565,128 @@ int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
 }
 
 /* ---- NIC sources and sinks (mg_loop.h) --------------------------------------------- */
+#include <limits.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "mg_afpacket.h"
 #include "mg_xsk.h"
+
+/* ---- the doorbell as a pipe (mg_loop.h) ---- */
+#define BELLPIPE_LOOK_NS 500000000ull /* the helper's longest doorbell sleep: it looks at stop */
+
+int mg_bellpipe_run(struct mg_bellpipe *p)
+{
+    if (!p || p->rfd < 0 || p->wfd < 0 || !mg_region_bell(p->base, p->bell))
+        return -EINVAL;
+    while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+        if (!__atomic_exchange_n(&p->armed, 0, __ATOMIC_ACQ_REL)) {
+            struct timespec ts = {.tv_sec = 1, .tv_nsec = 0};
+            mg_bell_futex(&p->armed, FUTEX_WAIT, 0, &ts); /* until armed (or stop) */
+            continue;
+        }
+        while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+            int w = mg_bell_wait_until(p->base, p->bell, 0, mg_mono_ns() + BELLPIPE_LOOK_NS);
+            if (w == 1 || w == 2) {
+                __atomic_fetch_add(&p->signals, 1, __ATOMIC_RELAXED);
+                char byte = 0;
+                ssize_t n = write(p->wfd, &byte, 1); /* EAGAIN: a full pipe is signal enough */
+                (void)n;
+                break;
+            }
+            if (w < 0 && w != -EINTR)
+                return w;
+        }
+    }
+    return 0;
+}
+
+void mg_bellpipe_arm(struct mg_bellpipe *p)
+{
+    char buf[256];
+    while (read(p->rfd, buf, sizeof buf) > 0)
+        ;
+    __atomic_store_n(&p->armed, 1, __ATOMIC_RELEASE);
+    mg_bell_futex(&p->armed, FUTEX_WAKE, 1, NULL);
+}
+
+void mg_bellpipe_stop(struct mg_bellpipe *p)
+{
+    __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->armed, 1, __ATOMIC_RELEASE);
+    mg_bell_futex(&p->armed, FUTEX_WAKE, 1, NULL);
+    mg_bell_ring(p->base, p->bell); /* out of a doorbell sleep now */
+}
+
+static inline int nic_fd(const struct mg_loop_nic *d, uint32_t j)
+{
+    return d->kind == MG_LOOP_NIC_AFP ? ((struct mg_afp *)d->devs[j])->fd
+                                      : ((struct mg_xsk *)d->devs[j])->fd;
+}
+
+/* Steering's NIC loop found the NIC empty (with_nic 1): sleep in ppoll() on the devices
+ * and the bell pipe (mg_loop.h); or it has no free frame (with_nic 0: the NIC may well be
+ * readable, only frames coming home help): on the pipe alone -- never on the doorbell
+ * itself, whose need_wakeup flag the pipe's helper thread may be clearing meanwhile.
+ * 1: something is readable, go on (the busy budget starts again); 0: return, out->reason
+ * set; < 0: -errno. */
+static int nic_sleep(struct mg_loop_nic *d, void *base, struct budget *b,
+                     const struct mg_loop_ctl *c, struct mg_loop_out *o, int with_nic)
+{
+    struct pollfd pfd[MG_LOOP_NIC_MAX + 1];
+    for (;;) {
+        uint64_t until = sleep_bound(c, o);
+        uint64_t now = mg_loop_now_ns();
+        o->last_ns = now;
+        if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
+            o->reason = MG_LOOP_STOP;
+            return 0;
+        }
+        if (now >= until) {
+            o->reason = MG_LOOP_DEADLINE;
+            return 0;
+        }
+        if (mg_bell_poll(base, c->bell) == 2) { /* an alert: Python takes it */
+            o->reason = MG_LOOP_BUDGET;
+            return 0;
+        }
+        nfds_t n = 0;
+        for (uint32_t j = 0; with_nic && j < d->n; j++)
+            pfd[n++] = (struct pollfd){.fd = nic_fd(d, j), .events = POLLIN | POLLERR};
+        if (d->pipe) {
+            mg_bellpipe_arm(d->pipe);
+            pfd[n++] = (struct pollfd){.fd = d->pipe->rfd, .events = POLLIN};
+        }
+        uint64_t left = until - now;
+        struct timespec ts = {.tv_sec = (time_t)(left / 1000000000u), .tv_nsec = (long)(left % 1000000000u)};
+        o->sleeps++;
+        int rc = ppoll(pfd, n, &ts, NULL);
+        if (rc < 0) {
+            if (errno == EINTR) { /* a signal: Python runs its handler */
+                o->last_ns = mg_loop_now_ns();
+                o->reason = MG_LOOP_BUDGET;
+                return 0;
+            }
+            return -errno;
+        }
+        if (rc == 0)
+            continue;
+        for (uint32_t j = 0; with_nic && j < d->n; j++) {
+            if (pfd[j].revents & POLLERR) { /* e.g. ENETDOWN once: read it, or poll keeps waking */
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(pfd[j].fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            }
+        }
+        o->wakes++;
+        now = mg_loop_now_ns();
+        o->last_ns = now;
+        b->deadline = now + c->budget_ns;
+        return 1;
+    }
+}
 
 static int nic_ok(const struct mg_loop_nic *d)
 {
@@ -601,15 +721,27 @@ int mg_steer_loop_nic(struct mg_steer *s, void *base, struct mg_loop_nic *src,
         int n = mg_steer_take(s, base, ctl->burst);
         if (n < 0)
             return n;
-        if (n == 0)
-            return finish(out, MG_LOOP_IDLE);
+        if (n == 0) { /* no free frame: they come home on ret/sent (the doorbell) */
+            if (!ctl->sleep_until_ns)
+                return finish(out, MG_LOOP_IDLE);
+            int r = src->pipe ? nic_sleep(src, base, &b, ctl, out, 0) : bell_sleep(base, &b, ctl, out);
+            if (r > 0)
+                continue;
+            return r;
+        }
         uint32_t cnt;
         uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
         int k = steer_filled(s, base, nic_rx(src, pool, descs, (uint32_t)n));
         if (k < 0)
             return k;
-        if (k == 0)
-            return finish(out, MG_LOOP_IDLE);
+        if (k == 0) {
+            if (!ctl->sleep_until_ns)
+                return finish(out, MG_LOOP_IDLE);
+            int r = nic_sleep(src, base, &b, ctl, out, 1);
+            if (r > 0)
+                continue;
+            return r;
+        }
         if (budget_done(&b, ctl, out, (uint32_t)k))
             return 0;
     }
