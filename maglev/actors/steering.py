@@ -20,10 +20,11 @@ muxer could not give its frames back, stopped collecting from the tx rings, and 
 packet behind them (the next request after the burst) waited for the timeout -- an HTTP
 p99 of ~0.5 s in the lab, multiples of 0.5 s per probe in ``tests/actors/test_latency.py``.
 A futex cannot be polled together with a socket, so a small thread
-(:class:`_BellPipe`) turns the futex doorbell into a readable pipe: it sleeps on the
-doorbell only while the main thread sleeps in ``poll()`` (armed), writes one byte when a
-ring has work, and waits to be armed again, so it never spins and costs nothing while
-steering is busy.  No wake-up is lost: the doorbell's own protocol (need_wakeup, fence,
+(:class:`_BellPipe`, its body in C: ``mg_bellpipe_run``) turns the futex doorbell into a
+readable pipe: it sleeps on the doorbell only while the main thread sleeps in ``poll()``
+(armed -- by this Python wait, or by the C loop, which since session 7 sleeps in its own
+``ppoll()`` on the NIC and the pipe, mg_loop.h), writes one byte when a ring has work,
+and waits to be armed again, so it never spins and costs nothing while steering is busy.  No wake-up is lost: the doorbell's own protocol (need_wakeup, fence,
 re-check) covers submits that race with the thread going to sleep, and the byte stays
 in the pipe until the main thread's next idle turn drains it, so a signal that races with
 the main thread going back to ``poll()`` makes that poll return at once.  The rejected
