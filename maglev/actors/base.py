@@ -203,6 +203,35 @@ class Actor:
             ctl.idle_ns = us * 1000
             self.spin = 0
 
+    # Sleeping in the C loop (mg_loop.h, ctl->sleep_until_ns; 2026-12-07 session 7): a
+    # data-path actor's C loop sleeps on its doorbell itself when its rings run dry and goes
+    # on in the same call when woken, so a packet at a trickle never waits for this Python
+    # loop (mailbox look, clock, alert, the call rebuilt) on any hop.  MAGLEV_LOOP_SLEEP=0
+    # keeps the old way -- the loop returns MG_LOOP_IDLE and wait() sleeps (measurements).
+    _sleep_in_c = False
+
+    def init_sleep(self, ctl: Any, bell: int) -> None:
+        """Let the C loop of ``ctl`` sleep on doorbell ``bell`` itself (with this actor's
+        busy-poll rounds ``self.spin``); :meth:`loop_deadlines` then gives it its deadlines
+        before every call."""
+        if os.environ.get("MAGLEV_LOOP_SLEEP", "1") == "0":
+            return
+        ctl.bell = bell
+        ctl.spin = int(getattr(self, "spin", 0))
+        self._sleep_in_c = True
+
+    def loop_deadlines(self, ctl: Any) -> None:
+        """Before a C loop call: how long it may sleep in the call -- ``idle_wait_s`` from
+        now (as long as :meth:`wait` would), or to the next housekeeping tick once it moved
+        a packet (``ctl->tick_ns``), so ticks, heartbeats and the mailbox run as often as
+        before.  Never while stopping: :meth:`drain` needs the loop back when the rings
+        are empty."""
+        if not self._sleep_in_c or self.stopping:
+            ctl.sleep_until_ns = 0
+            return
+        ctl.sleep_until_ns = time.monotonic_ns() + int(self.idle_wait_s * 1e9)
+        ctl.tick_ns = int((self._last_tick + self.tick_s) * 1e9)
+
     def sched_setup(self) -> None:
         """A data-path actor's scheduling at setup (maglev/actors/sched.py): the optional
         short EEVDF slice, and SCHED_FIFO at the run's ``rt_prio`` param for this kind

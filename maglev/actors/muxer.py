@@ -28,6 +28,8 @@ from maglev.nic import open_tx, parse_nic, parse_out
 
 log = logging.getLogger("maglev.muxer")
 LOOP_BUDGET_NS = 1_000_000  # longest C loop (mg_loop.h) between Python's housekeeping
+# C loop returns after which the actor calls again without waiting (base.Actor.loop_deadlines)
+BACK_AT_ONCE = (int(lib.MG_LOOP_BUDGET), int(lib.MG_LOOP_DEADLINE))
 
 
 class Muxer(Actor):
@@ -80,14 +82,16 @@ class Muxer(Actor):
             self._loop_ctl = ffi.new("struct mg_loop_ctl *", {"budget_ns": LOOP_BUDGET_NS, "burst": self.burst})
             self._loop_out = ffi.new("struct mg_loop_out *")
             self.init_idle(self._loop_ctl, int(lib.MG_BELL_MUXER))  # adaptive idle (mg_loop.h)
+            self.init_sleep(self._loop_ctl, int(lib.MG_BELL_MUXER))  # sleeps in the loop
             if self.params.get("latency"):  # rx -> tx histogram in the stats block (benchmarks)
                 self._loop_ctl.lat_hist = lib.mg_region_stats(self.base, self.slot) + lib.MG_MS_LAT0
         out = self._loop_out
+        self.loop_deadlines(self._loop_ctl)
         check(lib.mg_mux_loop(self.mux, self.base, self._loop_ctl, out), "muxer loop")
         self.nic.packets += int(out.packets)
         self.nic.calls += int(out.bursts)
         self._stalled = out.reason == lib.MG_LOOP_STALL
-        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
+        return int(out.packets) or int(out.reason in BACK_AT_ONCE)
 
     def _step_nic_loop(self, sink: Any) -> int:
         """AF_PACKET/AF_XDP: collect -> the NIC's tx -> done, many bursts in one C call
@@ -96,9 +100,11 @@ class Muxer(Actor):
             self._loop_ctl = ffi.new("struct mg_loop_ctl *", {"budget_ns": LOOP_BUDGET_NS, "burst": self.burst})
             self._loop_out = ffi.new("struct mg_loop_out *")
             self.init_idle(self._loop_ctl, int(lib.MG_BELL_MUXER))  # adaptive idle (mg_loop.h)
+            self.init_sleep(self._loop_ctl, int(lib.MG_BELL_MUXER))  # sleeps in the loop
             if self.params.get("latency"):
                 self._loop_ctl.lat_hist = lib.mg_region_stats(self.base, self.slot) + lib.MG_MS_LAT0
         out = self._loop_out
+        self.loop_deadlines(self._loop_ctl)
         rc = lib.mg_mux_loop_nic(self.mux, self.base, sink.ptr, self._loop_ctl, out)
         if rc < 0 and hasattr(self.nic, "loop_error"):
             self.nic.loop_error(rc)  # AF_XDP: the frames were failed; fallback from now on
@@ -107,7 +113,7 @@ class Muxer(Actor):
         if hasattr(self.nic, "packets"):
             self.nic.packets += int(out.packets)
         self._stalled = out.reason == lib.MG_LOOP_STALL
-        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
+        return int(out.packets) or int(out.reason in BACK_AT_ONCE)
 
     def step(self) -> int:
         if getattr(self.nic, "kind", "") == "null":

@@ -20,10 +20,11 @@ muxer could not give its frames back, stopped collecting from the tx rings, and 
 packet behind them (the next request after the burst) waited for the timeout -- an HTTP
 p99 of ~0.5 s in the lab, multiples of 0.5 s per probe in ``tests/actors/test_latency.py``.
 A futex cannot be polled together with a socket, so a small thread
-(:class:`_BellPipe`) turns the futex doorbell into a readable pipe: it sleeps on the
-doorbell only while the main thread sleeps in ``poll()`` (armed), writes one byte when a
-ring has work, and waits to be armed again, so it never spins and costs nothing while
-steering is busy.  No wake-up is lost: the doorbell's own protocol (need_wakeup, fence,
+(:class:`_BellPipe`, its body in C: ``mg_bellpipe_run``) turns the futex doorbell into a
+readable pipe: it sleeps on the doorbell only while the main thread sleeps in ``poll()``
+(armed -- by this Python wait, or by the C loop, which since session 7 sleeps in its own
+``ppoll()`` on the NIC and the pipe, mg_loop.h), writes one byte when a ring has work,
+and waits to be armed again, so it never spins and costs nothing while steering is busy.  No wake-up is lost: the doorbell's own protocol (need_wakeup, fence,
 re-check) covers submits that race with the thread going to sleep, and the byte stays
 in the pipe until the main thread's next idle turn drains it, so a signal that races with
 the main thread going back to ``poll()`` makes that poll return at once.  The rejected
@@ -60,59 +61,53 @@ from maglev.rings.shed_file import NO_VIP, read_shed, shed_path, write_shed
 log = logging.getLogger("maglev.steering")
 # Longest stretch the actors' C loops (mg_loop.h) run before Python's housekeeping.
 LOOP_BUDGET_NS = 1_000_000
+# C loop returns after which the actor calls again without waiting (base.Actor.loop_deadlines)
+BACK_AT_ONCE = (int(lib.MG_LOOP_BUDGET), int(lib.MG_LOOP_DEADLINE))
 
 class _BellPipe:
     """Steering's futex doorbell as a readable pipe, for a ``poll()`` on the NIC too.
 
-    The thread waits on the doorbell only after :meth:`arm` (the main thread is about to
-    sleep in ``poll()``); a doorbell wake with ring work writes one byte and the thread
-    waits to be armed again.  The main thread calls :meth:`arm` before every sleep, which
-    first drains the pipe: every ring work signalled before that is reclaimed by the step
-    that preceded the sleep (a step always reclaims first), and anything later makes the
-    re-armed thread find the work at once (the doorbell re-checks the rings before it
-    sleeps) and write a new byte.  cffi releases the GIL in the doorbell wait.
+    The helper thread runs ``mg_bellpipe_run`` (mg_loop.h; cffi releases the GIL for the
+    whole call): it waits on the doorbell only after :meth:`arm` (steering is about to
+    sleep in ``poll()`` -- this Python wait, or the C loop's own ``ppoll``, which arms it
+    from C); a doorbell wake with ring work writes one byte and the thread waits to be
+    armed again.  Arming first drains the pipe: every ring work signalled before that is
+    reclaimed by the round that preceded the sleep (a round always reclaims first), and
+    anything later makes the re-armed thread find the work at once (the doorbell re-checks
+    the rings before it sleeps) and write a new byte.
     """
 
-    def __init__(self, bell: Any, name: str = "steering-bell"):
+    def __init__(self, region: Any, bell: Any, name: str = "steering-bell"):
         self.bell = bell
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._armed = threading.Event()
-        self._stop = False
-        self.signals = 0
+        self.ptr = ffi.new("struct mg_bellpipe *", {
+            "rfd": self.r, "wfd": self.w, "base": region.base, "bell": bell.index})
+        self._region = region  # the mapping the helper thread uses outlives it
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop:
-            if not self._armed.wait(1.0):
-                continue
-            self._armed.clear()
-            while not self._stop:
-                if self.bell.wait(500, spin=0):
-                    self.signals += 1
-                    try:
-                        os.write(self.w, b"\0")
-                    except BlockingIOError:  # a full pipe is signal enough
-                        pass
-                    break
+        rc = int(lib.mg_bellpipe_run(self.ptr))
+        if rc < 0:
+            log.error("doorbell pipe thread failed", extra={"kv": {"error": os.strerror(-rc)}})
+
+    @property
+    def signals(self) -> int:
+        return int(self.ptr.signals)
 
     def arm(self) -> None:
-        try:
-            while os.read(self.r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        self._armed.set()
+        lib.mg_bellpipe_arm(self.ptr)
 
     def close(self) -> None:
-        if self._stop:
+        if self._closed:
             return
-        self._stop = True
-        self._armed.set()
-        self.bell.ring()  # out of a doorbell wait now, not at its timeout
+        self._closed = True
+        lib.mg_bellpipe_stop(self.ptr)  # out of a doorbell wait now, not at its timeout
         self._thread.join(2.0)
-        os.close(self.r)
-        os.close(self.w)
+        if not self._thread.is_alive():
+            os.close(self.r)
+            os.close(self.w)
 
 
 class Steering(Actor):
@@ -168,7 +163,7 @@ class Steering(Actor):
         self.bell = self.region.bell(BELL_STEERING)
         self.bell_pipe: _BellPipe | None = None
         if hasattr(self.nic, "wake_on"):  # an fd-based NIC: poll it and the doorbell
-            self.bell_pipe = _BellPipe(self.bell)
+            self.bell_pipe = _BellPipe(self.region, self.bell)
             self.nic.wake_on(self.bell_pipe.r)
         from maglev.telemetry.packets import SteeringTracer, steering_sample_rate
 
@@ -192,6 +187,7 @@ class Steering(Actor):
             "budget_ns": LOOP_BUDGET_NS, "burst": self.burst, "spares": self.spares})
         if self._loop_src is not None:  # the generator's C loop polls (adaptive idle, mg_loop.h)
             self.init_idle(self._loop_ctl, int(lib.MG_BELL_STEERING))
+            self.init_sleep(self._loop_ctl, int(lib.MG_BELL_STEERING))  # and sleeps in the call
         if self._paced:  # sleeps as fine as the pace: 1 us timer slack, not the default 50
             from maglev.actors.sched import set_timer_slack_ns
 
@@ -200,6 +196,10 @@ class Steering(Actor):
         # (mg_steer_loop_nic).  MAGLEV_NIC_LOOP=0 keeps the per-burst step (measurements).
         src = getattr(self.nic, "nic_loop_rx", None)
         self._loop_nic = src() if src is not None and os.environ.get("MAGLEV_NIC_LOOP", "1") != "0" else None
+        if self._loop_nic is not None and self.bell_pipe is not None:
+            # the NIC loop sleeps in the call: ppoll() on the NIC and the doorbell's pipe
+            self._loop_nic.ptr.pipe = self.bell_pipe.ptr
+            self.init_sleep(self._loop_ctl, int(lib.MG_BELL_STEERING))
         self._loop_out = ffi.new("struct mg_loop_out *")
         self._shed_setup(p)
 
@@ -268,19 +268,21 @@ class Steering(Actor):
         frames, on back pressure (wait() then backs off: frames are in the hand) or eof."""
         src, out = self._loop_src, self._loop_out
         self.nic.loop_source(src)
+        self.loop_deadlines(self._loop_ctl)
         check(lib.mg_steer_loop(self.st, self.base, src, self._loop_ctl, out), "steering loop")
         if out.reason == lib.MG_LOOP_EOF:
             self.nic.eof = True
-        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
+        return int(out.packets) or int(out.reason in BACK_AT_ONCE)
 
     def _step_nic_loop(self) -> int:
         """AF_PACKET/AF_XDP: reclaim -> take -> the NIC's rx -> dispatch, many bursts in one
         C call; back to Python when the NIC is empty (wait() polls it), on back pressure
         or after ~1 ms (housekeeping)."""
         out = self._loop_out
+        self.loop_deadlines(self._loop_ctl)
         rc = lib.mg_steer_loop_nic(self.st, self.base, self._loop_nic.ptr, self._loop_ctl, out)
         check(rc, f"steering loop on {getattr(self.nic, 'iface', 'the NIC')}")
-        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
+        return int(out.packets) or int(out.reason in BACK_AT_ONCE)
 
     def _poll_mailbox_now(self) -> None:
         if self.mailbox is not None:
@@ -427,6 +429,8 @@ class Steering(Actor):
         workers and muxer will hand back is home."""
         self.draining = True
         if self.bell_pipe is not None:  # drain waits on the doorbell itself
+            if self._loop_nic is not None:
+                self._loop_nic.ptr.pipe = ffi.NULL
             self.bell_pipe.close()
         deadline = time.monotonic() + float(self.params.get("drain_s", 2.0))
         free = self.region.free

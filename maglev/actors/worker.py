@@ -23,6 +23,8 @@ from maglev.rings import Region, worker_counters, worker_slot
 
 log = logging.getLogger("maglev.worker")
 LOOP_BUDGET_NS = 1_000_000  # longest C loop (mg_loop.h) between Python's housekeeping
+# C loop returns after which the actor calls again without waiting (base.Actor.loop_deadlines)
+BACK_AT_ONCE = (int(lib.MG_LOOP_BUDGET), int(lib.MG_LOOP_DEADLINE))
 
 
 class Worker(Actor):
@@ -113,13 +115,16 @@ class Worker(Actor):
             from maglev.rings import worker_bell
 
             self.init_idle(self._loop_ctl, worker_bell(self.index))  # adaptive idle (mg_loop.h)
+            self.init_sleep(self._loop_ctl, worker_bell(self.index))  # sleeps in the loop
         if not self._claimed:
             self._claim_slot()
-        out = self._loop_out
-        check(lib.mg_worker_loop(self.w, self.base, self._loop_ctl, out), "worker loop")
+        out, ctl = self._loop_out, self._loop_ctl
+        self.loop_deadlines(ctl)
+        check(lib.mg_worker_loop(self.w, self.base, ctl, out), "worker loop")
         if out.reason == lib.MG_LOOP_STALL:
             self._stalled = True  # output ring full: wait() backs off briefly
-        return int(out.packets) or int(out.reason == lib.MG_LOOP_BUDGET)
+        # BUDGET, DEADLINE (slept in the call): housekeeping, then call again -- no wait()
+        return int(out.packets) or int(out.reason in BACK_AT_ONCE)
 
     def wait(self, timeout_s: float) -> None:
         if self._stalled:

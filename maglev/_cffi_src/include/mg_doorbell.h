@@ -15,6 +15,12 @@
 /* 1 = an input ring has work, 0 = timed out / interrupted / rung without ring work,
  * -EINVAL bad bell, other -errno from futex.  timeout_ms 0 = only spin. */
 int mg_bell_wait(void *base, uint32_t bell, uint32_t spin, int32_t timeout_ms);
+/* The C loops' sleep (mg_loop.h, ctl->sleep_until_ns): as mg_bell_wait, but the deadline is
+ * a CLOCK_MONOTONIC time, and the answer tells an alert from ring work: 1 = an input ring
+ * has work, 2 = an alert is pending (not taken), 0 = the deadline passed or a stale wake-up
+ * (the caller looks at the clock and waits again), -EINTR = a signal (the caller returns
+ * to let its handler run), -EINVAL bad bell, other -errno from futex. */
+int mg_bell_wait_until(void *base, uint32_t bell, uint32_t spin, uint64_t until_ns);
 /* One look at the bell without waiting (the adaptive idle poll of mg_loop.h): 1 = an
  * input ring has work, 2 = an alert is pending (not taken), 0 = nothing, -EINVAL bad bell. */
 int mg_bell_poll(void *base, uint32_t bell);

@@ -10,7 +10,11 @@
  *                   control work, and the Python cost is amortised over ~1 ms of bursts;
  *   MG_LOOP_STALL   an output ring is full (back pressure): the caller backs off briefly;
  *   MG_LOOP_EOF     (steering) the generator's packet or time limit is reached;
- *   MG_LOOP_STOP    *ctl->stop became non-zero (a flag word another thread may set).
+ *   MG_LOOP_STOP    *ctl->stop became non-zero (a flag word another thread may set);
+ *   MG_LOOP_DEADLINE (ctl->sleep_until_ns set) the deadline Python gave passed: the loop
+ *                   slept on its doorbell in the call and was not needed since, or moved
+ *                   packets and the next housekeeping tick is due (ctl->tick_ns): the
+ *                   caller runs its housekeeping and calls again -- it does not wait.
  *
  * Each burst is exactly what the per-burst C calls the actors made before do (the loops
  * call those same functions: mg_steer_reclaim/spares/take/dispatch, mg_gen_fill,
@@ -32,6 +36,7 @@
 #define MG_LOOP_STALL 2
 #define MG_LOOP_EOF 3
 #define MG_LOOP_STOP 4
+#define MG_LOOP_DEADLINE 5
 
 struct mg_loop_ctl {
     uint64_t budget_ns;   /* return MG_LOOP_BUDGET after this long (0 = one burst) */
@@ -85,6 +90,24 @@ struct mg_loop_ctl {
     uint64_t nap_ns;
     uint32_t nap_min;
     uint32_t reserved;
+    /* Sleeping in the loop (issues 13.6, 14.5; 2026-12-07 session 7).  With sleep_until_ns
+     * set (a CLOCK_MONOTONIC time), a loop that would return MG_LOOP_IDLE -- nothing to do,
+     * the adaptive idle window (if any) over -- sleeps on its doorbell (ctl->bell) itself,
+     * as mg_bell_wait does: `spin` busy looks at the rings, need_wakeup armed, a re-check,
+     * the futex; the worker first reports itself quiescent to the table publisher
+     * (mg_tables_quiesce).  Woken by ring work it goes on in the same call, with a fresh
+     * busy budget (budget_ns from the wake-up: a trickle is not sent back to Python every
+     * budget_ns).  It returns MG_LOOP_DEADLINE at sleep_until_ns, or -- once the call moved
+     * a packet -- at tick_ns (the caller's next housekeeping, 0 = none), checked after every
+     * burst and bounding every sleep; MG_LOOP_BUDGET on a doorbell alert (not taken: Python
+     * takes it) or a signal (-EINTR from the futex: Python runs its handler); MG_LOOP_STOP;
+     * MG_LOOP_STALL and MG_LOOP_EOF as before.  0 = return MG_LOOP_IDLE (the caller sleeps
+     * on the doorbell, as before).  A paced generator's clock sleep (mg_loop_gen.rate) is
+     * bounded by the same deadlines instead of the busy budget. */
+    uint64_t sleep_until_ns;
+    uint64_t tick_ns;
+    uint32_t spin;        /* busy looks at the rings before the futex (MG_BELL_SPIN_DEFAULT, 0) */
+    uint32_t reserved2;
 };
 
 #define MG_NAP_MIN 64u
@@ -105,12 +128,15 @@ struct mg_idle_state {
 #define MG_IDLE_BACKOFF_NS 20000000ull
 #define MG_IDLE_BACKOFF_MAX_NS 1000000000ull
 #define MG_PACE_SPIN_NS 10000ull
+#define MG_PACE_LOOK_NS 1000000ull /* longest clock sleep of a paced wait (alert checks) */
 
 struct mg_loop_out {
     uint64_t packets;     /* packets moved (steering: received; worker: in; muxer: sent) */
     uint64_t last_ns;     /* CLOCK_MONOTONIC when the loop returned */
     uint32_t bursts;      /* bursts that moved something */
     uint32_t reason;      /* MG_LOOP_* */
+    uint32_t sleeps;      /* doorbell sleeps in the call (ctl->sleep_until_ns) */
+    uint32_t wakes;       /* ... that ended with ring work (the loop went on) */
 };
 
 /* The generator source of the steering loop: packets left before eof (UINT64_MAX = no
@@ -155,16 +181,51 @@ int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
 #define MG_LOOP_NIC_XSK 2   /* rx: struct mg_xsk *; tx: struct mg_xsk_tx * */
 #define MG_LOOP_NIC_MAX 64
 
+struct mg_bellpipe;
+
 struct mg_loop_nic {
     uint32_t kind;        /* MG_LOOP_NIC_* */
     uint32_t n;           /* devices in devs (1..MG_LOOP_NIC_MAX) */
     uint32_t next;        /* round-robin position (kept across calls) */
     uint32_t reserved;
     void **devs;
+    /* steering's doorbell as a readable pipe (below; NULL = none): with ctl->sleep_until_ns
+     * set, steering's NIC loop sleeps in the call in ppoll() on the devices' descriptors
+     * and this pipe, so frames coming home on ret/sent wake it as the NIC does */
+    struct mg_bellpipe *pipe;
 };
 
+/* A doorbell as a readable pipe, for a consumer that must also poll() descriptors (steering
+ * on an fd-based NIC: a futex cannot be polled together with a socket).  A helper thread
+ * runs mg_bellpipe_run: it sleeps until the consumer arms it (mg_bellpipe_arm, right
+ * before the consumer's poll: drains the pipe, sets `armed`, wakes the thread), then on
+ * the doorbell; ring work or an alert writes one byte to wfd and the thread waits to be
+ * armed again -- it never spins and costs nothing while the consumer is busy.  No wake-up
+ * is lost: the doorbell's own protocol covers submits racing with the thread's sleep, and
+ * the byte stays in the pipe until the consumer's next arm drains it (every ring work
+ * signalled before that is reclaimed by the round that preceded the sleep).  The thread
+ * leaves mg_bellpipe_run after mg_bellpipe_stop.  rfd/wfd: a non-blocking pipe the caller
+ * made (and closes after the thread ended). */
+struct mg_bellpipe {
+    uint32_t armed;       /* futex word: 1 = the consumer sleeps (or is about to) */
+    uint32_t stop;
+    int32_t rfd;
+    int32_t wfd;
+    void *base;           /* the region */
+    uint32_t bell;        /* MG_BELL_* */
+    uint32_t reserved;
+    uint64_t signals;     /* bytes written: doorbell wakes passed on */
+};
+
+int mg_bellpipe_run(struct mg_bellpipe *p);   /* the helper thread's body: 0 or -errno */
+void mg_bellpipe_arm(struct mg_bellpipe *p);
+void mg_bellpipe_stop(struct mg_bellpipe *p); /* and rings the bell: the thread leaves at once */
+
 /* Steering with a NIC source: reclaim -> spares -> (retry | take -> rx -> dispatch); IDLE
- * when the NIC has nothing (the caller then polls the NIC's descriptor). */
+ * when the NIC has nothing (the caller then polls the NIC's descriptor) -- or, with
+ * ctl->sleep_until_ns set, it sleeps in the call in ppoll() on the devices' descriptors
+ * and src->pipe and goes on when one is readable (a POLLERR's SO_ERROR is read, as the
+ * Python wait does), with the deadlines, alert, signal and stop of the other loops. */
 int mg_steer_loop_nic(struct mg_steer *s, void *base, struct mg_loop_nic *src,
                       const struct mg_loop_ctl *ctl, struct mg_loop_out *out);
 /* Muxer with a NIC sink: collect -> tx -> done (the frames the NIC refused are failed). */

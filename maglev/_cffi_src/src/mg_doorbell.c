@@ -25,6 +25,14 @@ static int bell_has_work(void *base, const struct mg_bell *b)
     return 0;
 }
 
+/* 2 = an alert is pending, 1 = an input ring has work, 0 = nothing. */
+static inline int bell_look(void *base, const struct mg_bell *b)
+{
+    if (__atomic_load_n(&b->alert, __ATOMIC_ACQUIRE))
+        return 2;
+    return bell_has_work(base, b);
+}
+
 int mg_bell_wait(void *base, uint32_t bell, uint32_t spin, int32_t timeout_ms)
 {
     struct mg_bell *b = mg_region_bell(base, bell);
@@ -59,14 +67,52 @@ int mg_bell_wait(void *base, uint32_t bell, uint32_t spin, int32_t timeout_ms)
     return -err;
 }
 
+int mg_bell_wait_until(void *base, uint32_t bell, uint32_t spin, uint64_t until_ns)
+{
+    struct mg_bell *b = mg_region_bell(base, bell);
+    if (!b)
+        return -EINVAL;
+    int w = bell_look(base, b);
+    for (uint32_t i = 0; i < spin && !w; i++) {
+        mg_cpu_relax();
+        w = bell_look(base, b);
+    }
+    if (w)
+        return w;
+    uint64_t now = mg_mono_ns();
+    if (now >= until_ns)
+        return 0;
+    uint32_t seq = __atomic_load_n(&b->word, __ATOMIC_ACQUIRE);
+    __atomic_store_n(&b->need_wakeup, 1, __ATOMIC_RELAXED);
+    /* (E) full fence, pairs with (F) in mg_bell_notify (protocol: mg_bell.h) */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    w = bell_look(base, b);
+    if (w) {
+        __atomic_store_n(&b->need_wakeup, 0, __ATOMIC_RELAXED);
+        return w;
+    }
+    __atomic_fetch_add(&b->sleeps, 1, __ATOMIC_RELAXED);
+    uint64_t left = until_ns - now;
+    struct timespec ts = {.tv_sec = (time_t)(left / 1000000000u), .tv_nsec = (long)(left % 1000000000u)};
+    long rc = mg_bell_futex(&b->word, FUTEX_WAIT, seq, &ts);
+    int err = rc < 0 ? errno : 0;
+    __atomic_store_n(&b->need_wakeup, 0, __ATOMIC_RELAXED);
+    w = bell_look(base, b);
+    if (w)
+        return w;
+    if (err == EINTR)
+        return -EINTR;
+    if (rc == 0 || err == ETIMEDOUT || err == EAGAIN)
+        return 0;
+    return -err;
+}
+
 int mg_bell_poll(void *base, uint32_t bell)
 {
     struct mg_bell *b = mg_region_bell(base, bell);
     if (!b)
         return -EINVAL;
-    if (__atomic_load_n(&b->alert, __ATOMIC_ACQUIRE))
-        return 2;
-    return bell_has_work(base, b);
+    return bell_look(base, b);
 }
 
 int mg_bell_ring(void *base, uint32_t bell)

@@ -82,7 +82,21 @@ static int budget_done(const struct budget *b, const struct mg_loop_ctl *c, stru
         o->reason = MG_LOOP_BUDGET;
         return 1;
     }
+    if (c->sleep_until_ns && c->tick_ns && o->packets && o->last_ns >= c->tick_ns) {
+        o->reason = MG_LOOP_DEADLINE; /* housekeeping due (a trickle stays in the call) */
+        return 1;
+    }
     return 0;
+}
+
+/* How long a loop that sleeps in the call (ctl->sleep_until_ns) may sleep: to Python's
+ * deadline, or to its next housekeeping tick once the call moved a packet. */
+static inline uint64_t sleep_bound(const struct mg_loop_ctl *c, const struct mg_loop_out *o)
+{
+    uint64_t until = c->sleep_until_ns;
+    if (o->packets && c->tick_ns && c->tick_ns < until)
+        until = c->tick_ns;
+    return until;
 }
 
 static int finish(struct mg_loop_out *o, uint32_t reason)
@@ -231,6 +245,56 @@ static int idle_wait(void *base, const struct budget *b, const struct mg_loop_ct
     return idle_poll(base, b, c, o);
 }
 
+/* Sleep on the doorbell in the call (ctl->sleep_until_ns, mg_loop.h): the loop found
+ * nothing to do and its idle window (if any) is over.  1: woken by ring work, go on (the
+ * busy budget starts again); 0: return, out->reason set (MG_LOOP_DEADLINE, MG_LOOP_STOP,
+ * MG_LOOP_BUDGET on an alert or a signal); < 0: -errno from the futex. */
+static int bell_sleep(void *base, struct budget *b, const struct mg_loop_ctl *c,
+                      struct mg_loop_out *o)
+{
+    for (;;) {
+        uint64_t until = sleep_bound(c, o);
+        uint64_t now = mg_loop_now_ns();
+        o->last_ns = now;
+        if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
+            o->reason = MG_LOOP_STOP;
+            return 0;
+        }
+        if (now >= until) {
+            o->reason = MG_LOOP_DEADLINE;
+            return 0;
+        }
+        o->sleeps++;
+        int w = mg_bell_wait_until(base, c->bell, c->spin, until);
+        if (w == 1) {
+            o->wakes++;
+            now = mg_loop_now_ns();
+            o->last_ns = now;
+            b->deadline = now + c->budget_ns;
+            return 1;
+        }
+        if (w == 2 || w == -EINTR) { /* an alert or a signal: Python takes it */
+            o->last_ns = mg_loop_now_ns();
+            o->reason = MG_LOOP_BUDGET;
+            return 0;
+        }
+        if (w < 0)
+            return w;
+        /* 0: the deadline (the next turn returns) or a stale wake-up (sleep again) */
+    }
+}
+
+/* The loop found nothing to do: idle_wait, then -- when it says MG_LOOP_IDLE and Python
+ * gave a deadline -- sleep on the doorbell in the call.  1: go on; 0: return, out->reason
+ * set; < 0: -errno. */
+static int rest(void *base, struct budget *b, const struct mg_loop_ctl *c, struct mg_loop_out *o)
+{
+    int r = idle_wait(base, b, c, o);
+    if (r || o->reason != MG_LOOP_IDLE || !c->sleep_until_ns)
+        return r;
+    return bell_sleep(base, b, c, o);
+}
+
 /* Pacing: packets of a paced source due by `now` and not produced yet. */
 static uint64_t paced_due(const struct mg_loop_gen *src, uint64_t now)
 {
@@ -247,22 +311,31 @@ static uint64_t paced_due(const struct mg_loop_gen *src, uint64_t now)
  * as fine as the pace, so a paced steering never sleeps in steps coarser than the pace)
  * and polls (idle_relax) only the last MG_PACE_SPIN_NS.  The packet is stamped when it is
  * filled, after this wait, so steering's own wake-up does not count in the latency. */
-static int pace_wait(void *base, const struct mg_loop_gen *src, const struct budget *b,
+static int pace_wait(void *base, const struct mg_loop_gen *src, struct budget *b,
                      const struct mg_loop_ctl *c, struct mg_loop_out *o)
 {
     uint64_t made = mg_gen_count(src->gen) - src->paced_from;
     uint64_t next = src->t0_ns + (uint64_t)(((unsigned __int128)(made + 1) * 1000000000u +
                                               src->rate - 1) / src->rate);
+    /* sleeping in the call: Python's deadlines bound the wait, not the busy budget */
+    uint64_t bound = c->sleep_until_ns ? sleep_bound(c, o) : b->deadline;
     for (;;) {
         uint64_t now = mg_loop_now_ns();
         o->last_ns = now;
-        if (now >= next)
+        if (now >= next) {
+            if (c->sleep_until_ns)
+                b->deadline = now + c->budget_ns;
             return 1;
+        }
         if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
             o->reason = MG_LOOP_STOP;
             return 0;
         }
-        if (now >= b->deadline || mg_bell_poll(base, c->bell) == 2) {
+        if (now >= bound) {
+            o->reason = c->sleep_until_ns ? MG_LOOP_DEADLINE : MG_LOOP_BUDGET;
+            return 0;
+        }
+        if (mg_bell_poll(base, c->bell) == 2) {
             o->reason = MG_LOOP_BUDGET;
             return 0;
         }
@@ -270,7 +343,9 @@ static int pace_wait(void *base, const struct mg_loop_gen *src, const struct bud
             idle_relax(c);
             continue;
         }
-        uint64_t until = next < b->deadline ? next : b->deadline;
+        uint64_t until = next < bound ? next : bound;
+        if (until - now > MG_PACE_LOOK_NS) /* a slow pace: look at the alert every ms */
+            until = now + MG_PACE_LOOK_NS;
         struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
                               .tv_nsec = (long)(until % 1000000000u)};
         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
@@ -352,7 +427,7 @@ static inline int steer_filled(struct mg_steer *s, void *base, int k)
  * first what the sent ring had no room for last time, then a new burst collected from the
  * workers (latency recorded on request).  0: *ret packets are in the hand; 1: the loop
  * returns *ret. */
-static inline int mux_round(struct mg_mux *m, void *base, const struct budget *b,
+static inline int mux_round(struct mg_mux *m, void *base, struct budget *b,
                             const struct mg_loop_ctl *ctl, struct mg_loop_out *out, int *ret)
 {
 again:;
@@ -379,9 +454,10 @@ again:;
         return 1;
     }
     if (n == 0) {
-        if (idle_wait(base, b, ctl, out))
+        int r = rest(base, b, ctl, out);
+        if (r > 0)
             goto again;
-        *ret = 0;
+        *ret = r;
         return 1;
     }
     if (MG_UNLIKELY(ctl->lat_hist != NULL))
@@ -420,9 +496,10 @@ int mg_steer_loop(struct mg_steer *s, void *base, struct mg_loop_gen *src,
         if (n < 0)
             return n;
         if (n == 0) { /* no free frame: they come home on ret/sent, which ring the bell */
-            if (idle_wait(base, &b, ctl, out))
+            int r = rest(base, &b, ctl, out);
+            if (r > 0)
                 continue;
-            return 0;
+            return r;
         }
         uint32_t cnt;
         uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
@@ -451,17 +528,18 @@ int mg_worker_loop(struct mg_worker *w, void *base, const struct mg_loop_ctl *ct
         if (rc < 0)
             return rc;
         if (rc == 0) {
-            if (!ctl->idle_ns && !nap_due(ctl)) {
+            if (!ctl->idle_ns && !nap_due(ctl) && !ctl->sleep_until_ns) {
                 if (ctl->idle)
                     ctl->idle->stretch = ctl->idle->napping = 0;
                 return finish(out, MG_LOOP_IDLE);
             }
-            /* polling or napping holds no table generation: a table update need not
-             * wait for it */
+            /* polling, napping or sleeping holds no table generation: a table update
+             * need not wait for it */
             mg_tables_quiesce(base, w->worker);
-            if (idle_wait(base, &b, ctl, out))
+            int r = rest(base, &b, ctl, out);
+            if (r > 0)
                 continue;
-            return 0;
+            return r;
         }
         if (budget_done(&b, ctl, out, (uint32_t)rc))
             return 0;
@@ -487,8 +565,128 @@ int mg_mux_loop(struct mg_mux *m, void *base, const struct mg_loop_ctl *ctl,
 }
 
 /* ---- NIC sources and sinks (mg_loop.h) --------------------------------------------- */
+#include <limits.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "mg_afpacket.h"
 #include "mg_xsk.h"
+
+/* ---- the doorbell as a pipe (mg_loop.h) ---- */
+#define BELLPIPE_LOOK_NS 500000000ull /* the helper's longest doorbell sleep: it looks at stop */
+
+int mg_bellpipe_run(struct mg_bellpipe *p)
+{
+    if (!p || p->rfd < 0 || p->wfd < 0 || !mg_region_bell(p->base, p->bell))
+        return -EINVAL;
+    while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+        if (!__atomic_exchange_n(&p->armed, 0, __ATOMIC_ACQ_REL)) {
+            struct timespec ts = {.tv_sec = 1, .tv_nsec = 0};
+            mg_bell_futex(&p->armed, FUTEX_WAIT, 0, &ts); /* until armed (or stop) */
+            continue;
+        }
+        while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+            int w = mg_bell_wait_until(p->base, p->bell, 0, mg_mono_ns() + BELLPIPE_LOOK_NS);
+            if (w == 1 || w == 2) {
+                __atomic_fetch_add(&p->signals, 1, __ATOMIC_RELAXED);
+                char byte = 0;
+                ssize_t n = write(p->wfd, &byte, 1); /* EAGAIN: a full pipe is signal enough */
+                (void)n;
+                break;
+            }
+            if (w < 0 && w != -EINTR)
+                return w;
+        }
+    }
+    return 0;
+}
+
+void mg_bellpipe_arm(struct mg_bellpipe *p)
+{
+    char buf[256];
+    while (read(p->rfd, buf, sizeof buf) > 0)
+        ;
+    __atomic_store_n(&p->armed, 1, __ATOMIC_RELEASE);
+    mg_bell_futex(&p->armed, FUTEX_WAKE, 1, NULL);
+}
+
+void mg_bellpipe_stop(struct mg_bellpipe *p)
+{
+    __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->armed, 1, __ATOMIC_RELEASE);
+    mg_bell_futex(&p->armed, FUTEX_WAKE, 1, NULL);
+    mg_bell_ring(p->base, p->bell); /* out of a doorbell sleep now */
+}
+
+static inline int nic_fd(const struct mg_loop_nic *d, uint32_t j)
+{
+    return d->kind == MG_LOOP_NIC_AFP ? ((struct mg_afp *)d->devs[j])->fd
+                                      : ((struct mg_xsk *)d->devs[j])->fd;
+}
+
+/* Steering's NIC loop found the NIC empty (with_nic 1): sleep in ppoll() on the devices
+ * and the bell pipe (mg_loop.h); or it has no free frame (with_nic 0: the NIC may well be
+ * readable, only frames coming home help): on the pipe alone -- never on the doorbell
+ * itself, whose need_wakeup flag the pipe's helper thread may be clearing meanwhile.
+ * 1: something is readable, go on (the busy budget starts again); 0: return, out->reason
+ * set; < 0: -errno. */
+static int nic_sleep(struct mg_loop_nic *d, void *base, struct budget *b,
+                     const struct mg_loop_ctl *c, struct mg_loop_out *o, int with_nic)
+{
+    struct pollfd pfd[MG_LOOP_NIC_MAX + 1];
+    for (;;) {
+        uint64_t until = sleep_bound(c, o);
+        uint64_t now = mg_loop_now_ns();
+        o->last_ns = now;
+        if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
+            o->reason = MG_LOOP_STOP;
+            return 0;
+        }
+        if (now >= until) {
+            o->reason = MG_LOOP_DEADLINE;
+            return 0;
+        }
+        if (mg_bell_poll(base, c->bell) == 2) { /* an alert: Python takes it */
+            o->reason = MG_LOOP_BUDGET;
+            return 0;
+        }
+        nfds_t n = 0;
+        for (uint32_t j = 0; with_nic && j < d->n; j++)
+            pfd[n++] = (struct pollfd){.fd = nic_fd(d, j), .events = POLLIN | POLLERR};
+        if (d->pipe) {
+            mg_bellpipe_arm(d->pipe);
+            pfd[n++] = (struct pollfd){.fd = d->pipe->rfd, .events = POLLIN};
+        }
+        uint64_t left = until - now;
+        struct timespec ts = {.tv_sec = (time_t)(left / 1000000000u), .tv_nsec = (long)(left % 1000000000u)};
+        o->sleeps++;
+        int rc = ppoll(pfd, n, &ts, NULL);
+        if (rc < 0) {
+            if (errno == EINTR) { /* a signal: Python runs its handler */
+                o->last_ns = mg_loop_now_ns();
+                o->reason = MG_LOOP_BUDGET;
+                return 0;
+            }
+            return -errno;
+        }
+        if (rc == 0)
+            continue;
+        for (uint32_t j = 0; with_nic && j < d->n; j++) {
+            if (pfd[j].revents & POLLERR) { /* e.g. ENETDOWN once: read it, or poll keeps waking */
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(pfd[j].fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            }
+        }
+        o->wakes++;
+        now = mg_loop_now_ns();
+        o->last_ns = now;
+        b->deadline = now + c->budget_ns;
+        return 1;
+    }
+}
 
 static int nic_ok(const struct mg_loop_nic *d)
 {
@@ -523,15 +721,27 @@ int mg_steer_loop_nic(struct mg_steer *s, void *base, struct mg_loop_nic *src,
         int n = mg_steer_take(s, base, ctl->burst);
         if (n < 0)
             return n;
-        if (n == 0)
-            return finish(out, MG_LOOP_IDLE);
+        if (n == 0) { /* no free frame: they come home on ret/sent (the doorbell) */
+            if (!ctl->sleep_until_ns)
+                return finish(out, MG_LOOP_IDLE);
+            int r = src->pipe ? nic_sleep(src, base, &b, ctl, out, 0) : bell_sleep(base, &b, ctl, out);
+            if (r > 0)
+                continue;
+            return r;
+        }
         uint32_t cnt;
         uint64_t *descs = mg_hand_descs(base, s->slot, &cnt);
         int k = steer_filled(s, base, nic_rx(src, pool, descs, (uint32_t)n));
         if (k < 0)
             return k;
-        if (k == 0)
-            return finish(out, MG_LOOP_IDLE);
+        if (k == 0) {
+            if (!ctl->sleep_until_ns)
+                return finish(out, MG_LOOP_IDLE);
+            int r = nic_sleep(src, base, &b, ctl, out, 1);
+            if (r > 0)
+                continue;
+            return r;
+        }
         if (budget_done(&b, ctl, out, (uint32_t)k))
             return 0;
     }
