@@ -108,6 +108,39 @@ def test_ctl_apply_and_a_live_reload_of_a_fifo_are_refused(tmp_path):
         a.close()
 
 
+
+def test_a_reload_or_replace_that_renames_the_instance_is_refused_whole(tmp_path):
+    """instance.name is the run's identity (sockets, state folder, shared memory): a reload
+    that renamed it was applied -- status said the new name, the state file held it -- while
+    everything else kept the old one, and ``ctl --instance NEW`` found nothing."""
+    pytest.importorskip("maglev.rings")
+    from maglev.config import Config, dump_toml
+    from maglev.control.client import ControlClient
+    from maglev.control.protocol import ProtocolError
+    from tests.control.test_fuzz_wire import CONFIG, LiveActor
+
+    a = LiveActor()
+    try:
+        before = a.snapshot()
+        src = a.dir / "maglev.toml"
+        saved = src.read_bytes()
+        renamed = {**CONFIG, "instance": {**CONFIG["instance"], "name": "renamed"}}
+        src.write_text(dump_toml(Config.from_dict(renamed)))
+        try:
+            with ControlClient(a.endpoint, timeout=30) as c:
+                for op, args in (("reload", {}), ("reload", {"force": True}),
+                                 ("replace-config", {"config": renamed, "force": True})):
+                    with pytest.raises(ProtocolError) as e:
+                        c.call(op, args)
+                    assert e.value.code == "invalid-config" and e.value.field == "instance.name", e.value
+                    assert "'renamed' is not this run's name 'fz'" in str(e.value)
+                assert c.call("status")["instance"] == "fz"
+        finally:
+            src.write_bytes(saved)
+        assert a.proc.poll() is None and a.snapshot() == before  # nothing changed
+    finally:
+        a.close()
+
 # -- control endpoints -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("endpoint", ["garbage", "tcp://127.0.0.1", "udp://127.0.0.1:5", "127.0.0.1:5555",
