@@ -410,3 +410,37 @@ def test_a_killed_standby_is_replaced_and_the_next_restart_is_warm_again(shortdi
         finally:
             r.close()
         balanced(s, r.log)
+
+
+
+# -- a long table build ----------------------------------------------------------------------
+
+def test_the_config_manager_keeps_beating_while_it_builds_tables(tmp_path):
+    """Building the tables of two VIPs at the largest table_size took 8.3 s in a live run
+    (2026-12-07, load 14), longer than the supervisor waits for a heartbeat (3 s): the
+    config manager was killed mid-``set-weight``.  Its builds now run on a helper thread
+    while the actor thread keeps sending heartbeats; the result or the error comes back
+    as if called directly."""
+    import time
+
+    from maglev.actors.base import ActorSpec
+    from maglev.actors.config_manager import ConfigManagerActor
+
+    a = ConfigManagerActor(ActorSpec("config", "maglev.actors.config_manager:ConfigManagerActor", str(tmp_path)))
+    a.heartbeat_s = 0.1
+    beats: list[float] = []
+    a.send = lambda type_, **body: beats.append(time.monotonic()) if type_ == "hb" else None
+
+    def slow_build(config: str, down: frozenset = frozenset()) -> bytes:
+        time.sleep(1.2)
+        return f"{config}:{sorted(down)}".encode()
+
+    t0 = time.monotonic()
+    assert a._beating(slow_build, "cfg", down=frozenset({("v", "b")})) == b"cfg:[('v', 'b')]"
+    assert len(beats) >= 5 and max(b - a_ for a_, b in zip([t0, *beats[:-1]], beats, strict=True)) < 1.0, beats
+
+    def broken(config: str) -> bytes:
+        raise ValueError(f"cannot build {config}")
+
+    with pytest.raises(ValueError, match="cannot build x"):
+        a._beating(broken, "x")
