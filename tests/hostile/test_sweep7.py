@@ -153,6 +153,35 @@ def test_a_reload_or_replace_that_renames_the_instance_is_refused_whole(tmp_path
     finally:
         a.close()
 
+
+@pytest.mark.parametrize("args", [
+    ["whereis", "1.2.3.4:5", "203.0.113.10:80/tcp", "--json", "--config"],
+    ["replay", "{cap}", "--json", "--config"],
+    ["table", "--json", "--config"],
+])  # fmt: skip
+def test_offline_commands_refuse_a_sharded_config_without_shard(args, tmp_path, corpus_dir, monkeypatch):
+    """A sharded file's top level has no VIP: ``whereis`` answered no_vip and ``replay``
+    dropped every packet as no_vip for a VIP the file has (in shard a).  Now they refuse it
+    without ``--shard``, and with it answer from that shard."""
+    from maglev import config
+    from tests.config.test_shards import BASE
+
+    monkeypatch.delenv(config.SHARD_ENV, raising=False)
+    f = tmp_path / "sharded.toml"
+    f.write_text(BASE)
+    argv = [a.format(cap=corpus_dir / "IPv4Frag.pcap") for a in args] + [str(f)]
+    one_error(CliRunner().invoke(cli, argv), f"{f}: has [[shard]] sections ('a', 'b')", "give --shard NAME")
+    one_error(CliRunner().invoke(cli, [*argv, "--shard", "zz"]), "no shard named 'zz'")
+    r = CliRunner().invoke(cli, [*argv, "--shard", "a"])
+    assert r.exit_code == 0, r.output
+    out = [json.loads(line) for line in r.output.splitlines()]
+    if args[0] == "whereis":
+        assert out[0]["verdict"] == "forward" and out[0]["backend"] == "198.18.1.1", out
+    elif args[0] == "table":
+        assert [t["vip"] for t in out] == ["203.0.113.10:80/tcp"], out
+    else:
+        assert out[0]["packets_in"] == 3, out
+
 # -- control endpoints -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("endpoint", ["garbage", "tcp://127.0.0.1", "udp://127.0.0.1:5", "127.0.0.1:5555",
