@@ -215,6 +215,18 @@ def test_an_argument_msgpack_cannot_carry_is_one_line_not_a_traceback(args, tmp_
     r = CliRunner().invoke(cli, ["ctl", "--control", f"ipc://{sock}", "--timeout", "0.5", *args])
     one_error(r, f"{args[0]}: an argument cannot be sent")
 
+
+@pytest.mark.parametrize("args, needle", [
+    (["--stats", "/nonexistent-s7rd/x.json"], "--stats /nonexistent-s7rd/x.json: no such folder /nonexistent-s7rd"),
+    (["--duration", "nan"], "--duration: nan is not a number of seconds"),
+])  # fmt: skip
+def test_backend_agent_refuses_bad_options_before_touching_the_host(args, needle):
+    """--stats in a missing folder was a FileNotFoundError traceback at the first write,
+    after the TUN device and the VIPs on lo were set up; --duration nan/-1 ran anyway."""
+    one_error(CliRunner().invoke(cli, ["backend-agent", "--vip", "203.0.113.10", *args]), needle)
+    r = CliRunner().invoke(cli, ["backend-agent", "--vip", "203.0.113.10", "--duration", "-1"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "-1.0 is not in the range" in r.output
+
 # -- ctl keygen ----------------------------------------------------------------------------
 
 def test_keygen_writes_only_plain_names_inside_the_directory_and_never_replaces_a_key(tmp_path):
