@@ -44,17 +44,6 @@ address = "198.18.1.1"
 
 
 
-@pytest.fixture(autouse=True)
-def _no_control_plane_left_registered():
-    """``maglev run`` invoked in this process (CliRunner) registers the control-plane actors
-    for every later run of the process (maglev/actors/extra.py): put the list back, or the
-    next test's pipeline would start a config manager and a prober it did not ask for."""
-    from maglev.actors.extra import EXTRA_ACTORS
-
-    saved = list(EXTRA_ACTORS)
-    yield
-    EXTRA_ACTORS[:] = saved
-
 def one_error(r, *needles: str) -> str:
     """The exit-2, single ``maglev: error:`` line answer of a CliRunner result."""
     assert r.exception is None or isinstance(r.exception, SystemExit), (r.output, r.exc_info)
