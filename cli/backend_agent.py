@@ -14,7 +14,8 @@ import click
 @click.option("--tun", default="mgdecap0", show_default=True, help="Name of the TUN device to create.")
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default="",
               help="Write the counters as JSON to this file every second and at exit.")
-@click.option("--duration", type=float, default=0.0, help="Stop after this many seconds (0 = until SIGTERM).")
+@click.option("--duration", type=click.FloatRange(0, 10**9), default=0.0,
+              help="Stop after this many seconds (0 = until SIGTERM).")
 @click.option("--engine", type=click.Choice(["c", "python"]), default=None,
               help="The packet loop: c (default; recvmmsg batches, no Python per packet) or the "
                    "pure-Python reference (env MAGLEV_AGENT_ENGINE).")
@@ -24,7 +25,17 @@ def backend_agent(vips, encap, tun, stats_path, duration, engine, rt_prio) -> No
     """Read GRE (or IPIP) packets from a raw socket, check the inner packet is for a VIP,
     and hand it to this host's stack through a TUN device, so the kernel answers the
     client directly (direct server return).  Needs root."""
+    import math
+    import os
+
+    from maglev.errors import ConfigError
     from maglev.lab.agent import serve
 
+    if math.isnan(duration):  # FloatRange lets NaN through (every comparison is false)
+        raise ConfigError([f"--duration: {duration} is not a number of seconds"])
+    if stats_path:  # before the TUN device and the VIPs on lo are set up, not at the first write
+        folder = os.path.dirname(os.path.abspath(stats_path))
+        if not os.path.isdir(folder):
+            raise ConfigError([f"--stats {stats_path}: no such folder {folder}"])
     agent = serve(list(vips), encap, tun, stats_path, duration, engine or "", rt_prio)
     click.echo(json.dumps(dict(agent.counters), sort_keys=True), err=True)

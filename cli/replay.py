@@ -25,8 +25,9 @@ PROGRESS_MIN_BYTES = 4 * 1024 * 1024
               help="C burst kernel or the pure-Python reference.")
 @click.option("--ct-capacity", type=click.IntRange(1, 1 << 26),
               help="Connection-table entries (default: the config's conntrack.capacity).")
+@click.option("--shard", default=None, metavar="NAME", help="With a sharded config: this [[shard]]'s VIPs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def replay(capture, config_path, out, engine, ct_capacity, as_json) -> None:
+def replay(capture, config_path, out, engine, ct_capacity, shard, as_json) -> None:
     """Replay CAPTURE (pcap or pcapng) through the data path.
 
     Every packet is accounted for: packets_in == forwarded + sum(dropped).  Exit status 0,
@@ -37,7 +38,7 @@ def replay(capture, config_path, out, engine, ct_capacity, as_json) -> None:
     from maglev.datapath.replay import format_summary
     from maglev.datapath.replay import replay as run
 
-    conf = cfg.load(config_path)
+    conf = cfg.load_forwarder(config_path, shard)
     try:
         size = os.path.getsize(capture)
     except OSError:

@@ -32,11 +32,12 @@ def _summary(table: MaglevTable, fingerprint: str | None = None) -> dict:
 @click.option("--plot", type=click.Path(dir_okay=False), help="With --evaluate: also write a PNG (needs matplotlib).")
 @click.option("--diff", "diff", nargs=2, type=click.Path(dir_okay=False), default=None, metavar="OLD NEW",
               help="Per VIP, the share of table entries (and estimated flows) that would move from OLD to NEW.")
+@click.option("--shard", default=None, metavar="NAME", help="With a sharded config: this [[shard]]'s VIPs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def table(n_backends, size, config_path, engine, evaluate, plot, diff, as_json) -> None:
+def table(n_backends, size, config_path, engine, evaluate, plot, diff, shard, as_json) -> None:
     """Build Maglev lookup tables (paper section 3.4) and show their balance."""
     if diff:
-        _diff(diff[0], diff[1], as_json)
+        _diff(diff[0], diff[1], as_json, shard)
         return
     if evaluate:
         from maglev.hashing.evaluate import run_evaluation
@@ -46,7 +47,7 @@ def table(n_backends, size, config_path, engine, evaluate, plot, diff, as_json) 
     if config_path:
         from maglev import config as cfg
 
-        conf = cfg.load(config_path)
+        conf = cfg.load_forwarder(config_path, shard)
         out = []
         from maglev.control.tables import vip_fingerprint
 
@@ -80,7 +81,7 @@ def _print_row(row: dict) -> None:
     )
 
 
-def _diff(old_path: str, new_path: str, as_json: bool) -> None:
+def _diff(old_path: str, new_path: str, as_json: bool, shard: str | None = None) -> None:
     """``--diff OLD NEW``: both configs validated and built with every backend healthy
     (maglev/control/preview.py); established flows are estimated from the old table (no
     running instance here: ``maglev ctl apply --dry-run`` counts them)."""
@@ -88,7 +89,8 @@ def _diff(old_path: str, new_path: str, as_json: bool) -> None:
     from maglev.control.preview import diff_tables
     from maglev.datapath.tables import build_tables
 
-    rows = diff_tables(build_tables(cfg.load(old_path)), build_tables(cfg.load(new_path)))
+    rows = diff_tables(build_tables(cfg.load_forwarder(old_path, shard)),
+                       build_tables(cfg.load_forwarder(new_path, shard)))
     if as_json:
         click.echo(json.dumps({"old": old_path, "new": new_path, "vips": rows}))
         return

@@ -25,8 +25,9 @@ import click
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True)
 @click.option("--quic-cid", default=None, metavar="HEX",
               help="Ask about a QUIC short-header packet with this destination connection ID (UDP).")
+@click.option("--shard", default=None, metavar="NAME", help="With a sharded config: this [[shard]]'s VIPs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
-def whereis(src, dst, config_path, control, instance, workers, timeout, quic_cid, as_json) -> None:
+def whereis(src, dst, config_path, control, instance, workers, timeout, quic_cid, shard, as_json) -> None:
     """Which backend the flow SRC:PORT -> DST:PORT/PROTO goes to, and why (Maglev table
     slot, generation, owning worker).  IPv6 as [ADDR]:PORT."""
     from maglev.observability.whereis import parse_cid, parse_flow, whereis_config
@@ -34,9 +35,9 @@ def whereis(src, dst, config_path, control, instance, workers, timeout, quic_cid
     flow = parse_flow(src, dst)
     cid = parse_cid(quic_cid) if quic_cid is not None else None
     if config_path:
-        from maglev.config import load
+        from maglev.config import load_forwarder
 
-        ans = whereis_config(load(config_path), flow, workers=workers, quic_cid=cid)
+        ans = whereis_config(load_forwarder(config_path, shard), flow, workers=workers, quic_cid=cid)
     else:
         from maglev.control import endpoints
         from maglev.control.client import ControlClient

@@ -429,6 +429,21 @@ def load(path: str | Path) -> Config:
     return Config.from_dict(read_document(path))
 
 
+def load_forwarder(path: str | Path, shard: str | None = None) -> Config:
+    """One forwarder's config, for the offline commands (replay, whereis, table): the
+    file's, or shard ``shard``'s of a sharded file.  A sharded file without ``shard`` is
+    refused: its top level has no VIP, so `whereis` answered ``no_vip`` and `replay`
+    dropped every packet for VIPs the file does have, in its shards."""
+    if shard:
+        return load_shard(path, shard)[0]
+    c = load(path)
+    if c.shards:
+        names = ", ".join(repr(s.name) for s in c.shards)
+        raise ConfigError([f"{_source(path)}: has [[shard]] sections ({names}), each its own forwarder "
+                           "with its own VIPs: give --shard NAME"])
+    return c
+
+
 def loads(text: str | bytes, source: str = "<string>") -> Config:
     """Validate a TOML document given as text (or UTF-8 bytes)."""
     return Config.from_dict(parse_document(text, source))

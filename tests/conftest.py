@@ -155,6 +155,20 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+
+@pytest.fixture(autouse=True)
+def _control_plane_registration_restored():
+    """``maglev run`` invoked in the test process (CliRunner) registers the control-plane
+    actors for every later run of the process (maglev/actors/extra.py): put the list back
+    after each test, or a later test's pipeline starts a config manager and a prober it
+    did not ask for (tests/actors/test_pipeline.py failed after tests/config's in-process
+    runs)."""
+    from maglev.actors.extra import EXTRA_ACTORS
+
+    saved = list(EXTRA_ACTORS)
+    yield
+    EXTRA_ACTORS[:] = saved
+
 @pytest.fixture
 def leak_record():
     """``leak_record(uid, gid)``: a ``$MAGLEV_RECORD`` file for a process this test runs as

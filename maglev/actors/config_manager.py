@@ -22,6 +22,7 @@ Endpoints (each a ROUTER + PUB pair):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,8 @@ class ConfigManagerActor(Actor):
             run_dir=self.spec.run_dir,
             restart=self.spec.incarnation > 0,
         )
+        build = self.manager.build_tables
+        self.manager.build_tables = lambda config, down=frozenset(): self._beating(build, config, down=down)
         self.manager.backend_packets = self._backend_packets  # `ctl apply --dry-run` weights
         self.manager.flow_census = self._flow_census  # `ctl apply --dry-run`: exact flows
         ctl = self.manager.config.control
@@ -309,6 +312,35 @@ class ConfigManagerActor(Actor):
             self.live.discard(i)
         elif msg.get("type") == "actor_up" and (self.region is None or i < self.region.n_workers):
             self.live.add(i)
+
+    def _beating(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        """``fn(*args, **kw)`` (a table build) on a helper thread while this thread keeps
+        the heartbeats going: building the tables of a VIP with the largest table_size takes
+        seconds (4 s measured for 16777213 slots), longer than the supervisor waits for a
+        heartbeat (3 s), so a valid reload got the config manager killed mid-request.  The
+        build is C (the GIL released); only heartbeats are sent meanwhile, nothing else of
+        the mailbox is handled, so no other change can interleave with this one."""
+        out: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                out["value"] = fn(*args, **kw)
+            except BaseException as exc:  # handed to the caller below, as if called here
+                out["error"] = exc
+
+        t = threading.Thread(target=run, name="build-tables", daemon=True)
+        t.start()
+        while True:
+            t.join(0.2)
+            if not t.is_alive():
+                break
+            now = time.monotonic()
+            if now - self._last_hb >= self.heartbeat_s:
+                self._last_hb = now
+                self.send("hb", stats=self.stats())
+        if "error" in out:
+            raise out["error"]
+        return out["value"]
 
     def stats(self) -> dict[str, Any]:
         if self.manager is None:

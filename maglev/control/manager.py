@@ -406,6 +406,14 @@ class ConfigManager:
         if new == self.config:
             self.counters.changes_unchanged += 1
             return {"generation": self.generation, "confirmed": self.confirmed, "changed": False, "apply_ms": 0.0}
+        if new.instance.name != self.config.instance.name:
+            # The name is the run's identity: its sockets, state folder, shared memory and
+            # connection tables are named after it.  Accepted, it only relabelled status and
+            # the state file (a half-applied change: `ctl --instance NEW` found nothing).
+            raise invalid_config([f"instance.name: {new.instance.name!r} is not this run's name "
+                                  f"{self.config.instance.name!r}: the name cannot change while maglev runs "
+                                  "(its sockets, state and tables are named after it); restart maglev run "
+                                  "to rename it"])
         emptied = emptying(self.config, new)
         if emptied:
             if not force:

@@ -465,7 +465,9 @@ class Tables:
         data = bytes(blob)
         if len(data) > self.capacity:
             raise RegionError(
-                f"table blob of {len(data)} bytes exceeds the region's {self.capacity}"
+                f"table blob of {len(data)} bytes exceeds the region's {self.capacity} (the tables "
+                "area is sized when maglev run starts, twice the tables it started with: restart "
+                "maglev run with this config to grow it)"
             )
         live = self._live(live_workers)
         base = self._region._b()

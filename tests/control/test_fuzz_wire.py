@@ -456,8 +456,9 @@ def serve_batch(actor: LiveActor, batch: list[list[bytes]], counts: dict[str, in
         gen1, state1 = actor.snapshot()
         assert gen1 == gen0, f"a rejected request changed the generation ({gen0} -> {gen1})"
         assert state1 == state0, "a rejected request changed the state file"
-    else:
-        actor.call("replace-config", {"config": CONFIG, "force": True})
+    else:  # the run's own [instance]: a change may not rename it (refused whole)
+        instance = actor.call("get-config")["config"]["instance"]
+        actor.call("replace-config", {"config": {**CONFIG, "instance": instance}, "force": True})
 
 
 def test_public_socket_answers_without_a_sleep_slice(actor):

@@ -342,7 +342,8 @@ def test_unusable_state_file_is_set_aside_not_fatal(mgr, publisher):
     "op,args,what",
     [
         ("replace-config", {"config": {"instance": {"name": "t1", "source_ipv4": "198.18.0.1"}}}, "every VIP (1)"),
-        ("replace-config", {"config": {"vip": []}}, "every VIP (1)"),
+        # (the run's name kept: a config that renames the instance is refused first)
+        ("replace-config", {"config": {"instance": {"name": "t1"}, "vip": []}}, "every VIP (1)"),
         ("remove-vip", {"vip": VIP}, "every VIP (1)"),
         ("remove-backend", {"vip": VIP, "backend": "198.18.1.3"}, f"every backend of VIP {VIP}"),
     ],

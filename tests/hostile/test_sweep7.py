@@ -43,6 +43,7 @@ address = "198.18.1.1"
 """
 
 
+
 def one_error(r, *needles: str) -> str:
     """The exit-2, single ``maglev: error:`` line answer of a CliRunner result."""
     assert r.exception is None or isinstance(r.exception, SystemExit), (r.output, r.exc_info)
@@ -108,6 +109,68 @@ def test_ctl_apply_and_a_live_reload_of_a_fifo_are_refused(tmp_path):
         a.close()
 
 
+
+def test_a_reload_or_replace_that_renames_the_instance_is_refused_whole(tmp_path):
+    """instance.name is the run's identity (sockets, state folder, shared memory): a reload
+    that renamed it was applied -- status said the new name, the state file held it -- while
+    everything else kept the old one, and ``ctl --instance NEW`` found nothing."""
+    pytest.importorskip("maglev.rings")
+    from maglev.config import Config, dump_toml
+    from maglev.control.client import ControlClient
+    from maglev.control.protocol import ProtocolError
+    from tests.control.test_fuzz_wire import CONFIG, LiveActor
+
+    a = LiveActor()
+    try:
+        before = a.snapshot()
+        src = a.dir / "maglev.toml"
+        saved = src.read_bytes()
+        renamed = {**CONFIG, "instance": {**CONFIG["instance"], "name": "renamed"}}
+        src.write_text(dump_toml(Config.from_dict(renamed)))
+        try:
+            with ControlClient(a.endpoint, timeout=30) as c:
+                for op, args in (("reload", {}), ("reload", {"force": True}),
+                                 ("replace-config", {"config": renamed, "force": True})):
+                    with pytest.raises(ProtocolError) as e:
+                        c.call(op, args)
+                    assert e.value.code == "invalid-config" and e.value.field == "instance.name", e.value
+                    assert "'renamed' is not this run's name 'fz'" in str(e.value)
+                assert c.call("status")["instance"] == "fz"
+        finally:
+            src.write_bytes(saved)
+        assert a.proc.poll() is None and a.snapshot() == before  # nothing changed
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("args", [
+    ["whereis", "1.2.3.4:5", "203.0.113.10:80/tcp", "--json", "--config"],
+    ["replay", "{cap}", "--json", "--config"],
+    ["table", "--json", "--config"],
+])  # fmt: skip
+def test_offline_commands_refuse_a_sharded_config_without_shard(args, tmp_path, corpus_dir, monkeypatch):
+    """A sharded file's top level has no VIP: ``whereis`` answered no_vip and ``replay``
+    dropped every packet as no_vip for a VIP the file has (in shard a).  Now they refuse it
+    without ``--shard``, and with it answer from that shard."""
+    from maglev import config
+    from tests.config.test_shards import BASE
+
+    monkeypatch.delenv(config.SHARD_ENV, raising=False)
+    f = tmp_path / "sharded.toml"
+    f.write_text(BASE)
+    argv = [a.format(cap=corpus_dir / "IPv4Frag.pcap") for a in args] + [str(f)]
+    one_error(CliRunner().invoke(cli, argv), f"{f}: has [[shard]] sections ('a', 'b')", "give --shard NAME")
+    one_error(CliRunner().invoke(cli, [*argv, "--shard", "zz"]), "no shard named 'zz'")
+    r = CliRunner().invoke(cli, [*argv, "--shard", "a"])
+    assert r.exit_code == 0, r.output
+    out = [json.loads(line) for line in r.output.splitlines()]
+    if args[0] == "whereis":
+        assert out[0]["verdict"] == "forward" and out[0]["backend"] == "198.18.1.1", out
+    elif args[0] == "table":
+        assert [t["vip"] for t in out] == ["203.0.113.10:80/tcp"], out
+    else:
+        assert out[0]["packets_in"] == 3, out
+
 # -- control endpoints -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("endpoint", ["garbage", "tcp://127.0.0.1", "udp://127.0.0.1:5", "127.0.0.1:5555",
@@ -140,6 +203,18 @@ def test_an_argument_msgpack_cannot_carry_is_one_line_not_a_traceback(args, tmp_
     sock.touch()  # refused before anything is sent: no server needed
     r = CliRunner().invoke(cli, ["ctl", "--control", f"ipc://{sock}", "--timeout", "0.5", *args])
     one_error(r, f"{args[0]}: an argument cannot be sent")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--stats", "/nonexistent-s7rd/x.json"], "--stats /nonexistent-s7rd/x.json: no such folder /nonexistent-s7rd"),
+    (["--duration", "nan"], "--duration: nan is not a number of seconds"),
+])  # fmt: skip
+def test_backend_agent_refuses_bad_options_before_touching_the_host(args, needle):
+    """--stats in a missing folder was a FileNotFoundError traceback at the first write,
+    after the TUN device and the VIPs on lo were set up; --duration nan/-1 ran anyway."""
+    one_error(CliRunner().invoke(cli, ["backend-agent", "--vip", "203.0.113.10", *args]), needle)
+    r = CliRunner().invoke(cli, ["backend-agent", "--vip", "203.0.113.10", "--duration", "-1"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "-1.0 is not in the range" in r.output
 
 # -- ctl keygen ----------------------------------------------------------------------------
 
@@ -377,3 +452,37 @@ def test_a_killed_standby_is_replaced_and_the_next_restart_is_warm_again(shortdi
         finally:
             r.close()
         balanced(s, r.log)
+
+
+
+# -- a long table build ----------------------------------------------------------------------
+
+def test_the_config_manager_keeps_beating_while_it_builds_tables(tmp_path):
+    """Building the tables of two VIPs at the largest table_size took 8.3 s in a live run
+    (2026-12-07, load 14), longer than the supervisor waits for a heartbeat (3 s): the
+    config manager was killed mid-``set-weight``.  Its builds now run on a helper thread
+    while the actor thread keeps sending heartbeats; the result or the error comes back
+    as if called directly."""
+    import time
+
+    from maglev.actors.base import ActorSpec
+    from maglev.actors.config_manager import ConfigManagerActor
+
+    a = ConfigManagerActor(ActorSpec("config", "maglev.actors.config_manager:ConfigManagerActor", str(tmp_path)))
+    a.heartbeat_s = 0.1
+    beats: list[float] = []
+    a.send = lambda type_, **body: beats.append(time.monotonic()) if type_ == "hb" else None
+
+    def slow_build(config: str, down: frozenset = frozenset()) -> bytes:
+        time.sleep(1.2)
+        return f"{config}:{sorted(down)}".encode()
+
+    t0 = time.monotonic()
+    assert a._beating(slow_build, "cfg", down=frozenset({("v", "b")})) == b"cfg:[('v', 'b')]"
+    assert len(beats) >= 5 and max(b - a_ for a_, b in zip([t0, *beats[:-1]], beats, strict=True)) < 1.0, beats
+
+    def broken(config: str) -> bytes:
+        raise ValueError(f"cannot build {config}")
+
+    with pytest.raises(ValueError, match="cannot build x"):
+        a._beating(broken, "x")
