@@ -292,9 +292,10 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         # SCHED_FIFO for the data-path actors must survive the drop: RLIMIT_RTPRIO up to
         # the highest of them (the muxer's), or else CAP_SYS_NICE kept (allow_rt_priority)
         rt_keep = allow_rt_priority(rt_prio_for("muxer", opts.rt_prio))
-        # The BGP speaker lowers its nice value after the drop (docs/bgp.md): RLIMIT_NICE.
+        # The BGP speaker lowers its nice value after the drop (docs/bgp.md): RLIMIT_NICE,
+        # or CAP_SYS_NICE kept when the limit cannot be raised.
         if p.config.bgp.local_asn and p.config.bgp.peers:
-            allow_nice(BGP_NICE)
+            rt_keep = sorted({*rt_keep, *allow_nice(BGP_NICE)})
         drop_after_setup(p.nic_spec.kind, p.out_spec.kind, p.config, rt_keep)
         # Ctrl-C while the actors are starting: stop at once, do not begin.
         if p.start(go=False, abort=lambda: bool(stop_reason)) and not stop_reason:

@@ -248,25 +248,31 @@ def allow_rt_priority(prio: int) -> list[str]:
     return []
 
 
-def allow_nice(nice: int) -> bool:
-    """Let a process lower its nice value down to ``nice`` after :func:`drop_after_setup`
-    without CAP_SYS_NICE: ``RLIMIT_NICE`` (soft and hard) raised to ``20 - nice`` (the
-    limit's encoding), inherited by every actor ``maglev run`` starts.  The BGP speaker
-    uses it (``maglev.actors.sched.BGP_NICE``).  False when the limit cannot be raised (no
-    CAP_SYS_RESOURCE); the speaker then keeps nice 0."""
+def allow_nice(nice: int) -> list[str]:
+    """What lets a process lower its nice value down to ``nice`` after
+    :func:`drop_after_setup`: the BGP speaker actor does (``maglev.actors.sched.BGP_NICE``).
+    First choice: ``RLIMIT_NICE`` (soft and hard) raised to ``20 - nice`` (the limit's
+    encoding), inherited by every actor ``maglev run`` starts; returns [].  When the hard
+    limit cannot be raised (no CAP_SYS_RESOURCE, as in some containers: seen here) and
+    CAP_SYS_NICE is held: returns ["CAP_SYS_NICE"], for the drop to keep (as
+    :func:`allow_rt_priority` does).  [] with a log line when neither is possible: the
+    speaker keeps nice 0."""
     import resource
 
     want = 20 - nice
     soft, hard = resource.getrlimit(resource.RLIMIT_NICE)
     if soft == resource.RLIM_INFINITY or soft >= want:
-        return True
+        return []
     try:
         new_hard = hard if hard == resource.RLIM_INFINITY or hard >= want else want
         resource.setrlimit(resource.RLIMIT_NICE, (want, new_hard))
+        return []
     except (OSError, ValueError) as exc:
-        log.info("RLIMIT_NICE not raised: the BGP speaker keeps nice 0", extra={"kv": {"asked": nice, "error": exc}})
-        return False
-    return True
+        refused = exc
+    if cap_sets().get("CapEff", 0) >> CAPS["CAP_SYS_NICE"] & 1:
+        return ["CAP_SYS_NICE"]
+    log.info("the BGP speaker keeps nice 0: neither RLIMIT_NICE nor CAP_SYS_NICE", extra={"kv": {"asked": nice, "error": refused}})
+    return []
 
 
 def drop_after_setup(nic_kind: str, out_kind: str, config: Any, also: tuple[str, ...] | list[str] = ()
@@ -281,7 +287,7 @@ def drop_after_setup(nic_kind: str, out_kind: str, config: Any, also: tuple[str,
         return None
     out_adds = set(NIC_CAPS.get(out_kind, ())) - set(NIC_CAPS.get(nic_kind, ()))
     why = f"--nic {nic_kind}" + (f", --out {out_kind}" if out_adds else "") + (
-        f", {'+'.join(also)} for SCHED_FIFO" if also else "")
+        f", {'+'.join(also)} for SCHED_FIFO or the BGP speaker's nice" if also else "")
     log.warning("capabilities dropped after set-up: kept %s (%s); dropped %d others",
                 ",".join(r["kept"]) or "none", why, len(r["dropped"]),
                 extra={"kv": {"kept": ",".join(r["kept"]) or "none", "uid": os.geteuid()}})

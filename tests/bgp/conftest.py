@@ -178,12 +178,14 @@ bfd = {"true" if bfd else "false"}
     # ------------------------------------------------------------------ BIRD
     def start_bird(
         self, *, peer: str = SPEAKER_V4, peer_asn: int = 64513, graceful_restart: bool = False, bfd: bool = False,
-        hold_time: int = 9,
+        hold_time: int = 9, keepalive_time: int = 0,
     ) -> None:
         gr = "    graceful restart on;\n" if graceful_restart else ""
         gr += "    bfd on;\n" if bfd else ""
         bfd_proto = 'protocol bfd {\n    interface "r0" { interval 100 ms; multiplier 3; };\n}\n' if bfd else ""
-        keepalive = f"    keepalive time {hold_time // 3};\n" if hold_time else ""  # hold 0: none
+        # (0: a third of the hold time; hold 0: none.)  BIRD puts RFC 4271 jitter on all its
+        # timers, the hold timer too: a 9 s hold time expires after 6.75-9 s.
+        keepalive = f"    keepalive time {keepalive_time or hold_time // 3};\n" if hold_time else ""
         conf = self.tmp / "bird.conf"
         conf.write_text(
             f"""log "{self.tmp}/bird.log" all;

@@ -54,6 +54,19 @@ def _stopped(sp, seconds: float) -> None:
         os.kill(sp.proc.pid, signal.SIGCONT)
 
 
+def _stopped_after_a_keepalive(sp, seconds: float) -> None:
+    """Stop the speaker for ``seconds`` right after it sent something (a KEEPALIVE, once a
+    second with hold 3 s): the router then waits ``seconds`` + our reaction for the next.
+    BIRD jitters its hold timer too (2.25-3 s for 3 s), so a stop at a random moment
+    could leave it as little as 0.25 s of margin; this way it has over 1 s."""
+    before = _peer(sp)["msgs_out"]
+    deadline = time.monotonic() + 5
+    while _peer(sp)["msgs_out"] == before:
+        assert time.monotonic() < deadline, "no KEEPALIVE from the speaker in 5 s"
+        time.sleep(0.02)
+    _stopped(sp, seconds)
+
+
 def _watch(lab, sp, seconds: float, check) -> None:
     """Run ``check`` every 0.3 s for ``seconds``."""
     deadline = time.monotonic() + seconds
@@ -78,8 +91,9 @@ def test_speaker_runs_above_packet_work(bird_lab):
 def test_bird_hold_time_3s_survives_cpu_load_and_sigstops_of_the_speaker(bird_lab):
     """Hold time 3 s on both sides; 12 s of two busy processes per CPU, during which the
     speaker is stopped three times for 1 s.  BIRD's hold timer needs a KEEPALIVE from us
-    every 3 s: we send one a second and at once when we run again, so no stop of 1 s
-    (+ the load's delay) reaches it; ours reads the socket before judging BIRD late."""
+    every 3 s (2.25 s: BIRD jitters it): we send one a second and at once when we run
+    again, so a stop of 1 s (+ the load's delay) does not reach it; ours reads the socket
+    before judging BIRD late."""
     lab = bird_lab
     lab.start_bird(hold_time=3)
     sp = lab.start_speaker(announce=(f"{VIP4}/32",), hold_time=3)
@@ -88,33 +102,34 @@ def test_bird_hold_time_3s_survives_cpu_load_and_sigstops_of_the_speaker(bird_la
     since, sessions = lab.bird_since(), lab.bird_sessions()
     with CpuLoad(14):
         for _ in range(3):
-            _stopped(sp, 1.0)
+            _stopped_after_a_keepalive(sp, 1.0)
             _watch(lab, sp, 2.5, lambda: _bird_unchanged(lab, sp, since, sessions, 1))
     _bird_unchanged(lab, sp, since, sessions, 1)
     assert lab.bird_notifications_in() == 0 and _peer(sp)["notifications_in"] == 0
 
 
 def test_bird_speaker_stopped_past_its_hold_deadline_keeps_the_session(bird_lab):
-    """The speaker stops for 7 s (under its 9 s hold time), starting 2.2 s after BIRD's
-    last KEEPALIVE reached it, so when it runs again its hold timer's deadline (9 s after
-    that KEEPALIVE) has passed -- while BIRD's next KEEPALIVEs wait in its socket.  The
-    session is alive on both sides: BIRD got a KEEPALIVE from us every second until the
-    stop (8 s before the stop ended, under BIRD's 9 s).  Before 2026-12-07 (session 7)
-    the expired deadline was judged first and the session reset ("Hold Timer Expired")."""
+    """The speaker stops for 11 s, starting 10 s after BIRD's last KEEPALIVE reached it,
+    so when it runs again its 20 s hold timer's deadline has passed -- while BIRD's next
+    KEEPALIVE (13.5-18 s after the last: BIRD jitters its timers) waits in its socket.
+    The session is alive on both sides: BIRD got our KEEPALIVEs (every 2.2 s) until the
+    stop, 13.2 s at most before we run again, under BIRD's hold timer (20 s, which BIRD
+    also jitters: 15-20 s).  Before 2026-12-07 (session 7) the expired deadline was judged
+    first and the session reset ("Hold Timer Expired")."""
     lab = bird_lab
-    lab.start_bird(hold_time=9)
-    sp = lab.start_speaker(announce=(f"{VIP4}/32",), hold_time=9)
+    lab.start_bird(hold_time=20, keepalive_time=18)
+    sp = lab.start_speaker(announce=(f"{VIP4}/32",), hold_time=20)
     _bird_up(lab, sp)
     since, sessions = lab.bird_since(), lab.bird_sessions()
-    with CpuLoad(20):
+    with CpuLoad(40):
         first = _peer(sp)["msgs_in"]
-        lab.wait_until(lambda: _peer(sp)["msgs_in"] > first, 10, "a KEEPALIVE from BIRD")  # BIRD sends every 2.25-3 s
-        time.sleep(2.2)
-        _stopped(sp, 7.0)
+        lab.wait_until(lambda: _peer(sp)["msgs_in"] > first, 25, "a message from BIRD")
+        time.sleep(10.0)  # the scenario: the stop starts before BIRD's next KEEPALIVE (>= 13.5 s)
+        _stopped(sp, 11.0)
         _watch(lab, sp, 4.0, lambda: _bird_unchanged(lab, sp, since, sessions, 1))
     p = _peer(sp)
     assert p["hold_timer_late"] >= 1  # the scenario happened: the deadline had passed
-    print(f"\nspeaker stopped 7 s (hold 9 s): hold_timer_late {p['hold_timer_late']}, keepalives_late {p['keepalives_late']}")
+    print(f"\nspeaker stopped 11 s (hold 20 s): hold_timer_late {p['hold_timer_late']}, keepalives_late {p['keepalives_late']}")
     assert p["notifications_out"] == 0 and lab.bird_notifications_in() == 0
 
 
@@ -174,7 +189,7 @@ def test_gobgp_hold_time_3s_survives_cpu_load_and_sigstops_of_the_speaker(gobgp_
     assert _peer(sp)["hold_time"] == 3
     with CpuLoad(14):
         for _ in range(3):
-            _stopped(sp, 1.0)
+            _stopped_after_a_keepalive(sp, 1.0)
             _watch(lab, sp, 2.5, lambda: _gobgp_unchanged(lab, sp, 1, 1))
     _gobgp_unchanged(lab, sp, 1, 1)
     assert f"{VIP4}/32" in lab.gobgp_rib() and _peer(sp)["notifications_in"] == 0

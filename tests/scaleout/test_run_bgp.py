@@ -102,6 +102,14 @@ def test_controller_follows_health_drain_and_shutdown(tmp_path):
 
         st = wait_until(settled, 10, "status to show both VIPs announced by a healthy controller")
 
+        # The speaker actor runs above packet work (nice -10, docs/bgp.md), also after
+        # `maglev run` dropped its capabilities: RLIMIT_NICE lets it (privileges.allow_nice).
+        import psutil
+
+        speakers = [k for k in psutil.Process(proc.pid).children(recursive=True)
+                    if '"name": "bgp"' in " ".join(k.cmdline())]  # fmt: skip
+        assert len(speakers) == 1 and speakers[0].nice() == -10, [(k.pid, k.nice(), k.cmdline()[-1][:80]) for k in speakers]
+
         # Fingerprints: what any instance builds from the same backends, destinations and
         # flow-hash secret (this config keeps the built-in one, so status warns about it).
         fps = {t["vip"]: t["fingerprint"] for t in st["tables"]}
