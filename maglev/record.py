@@ -11,8 +11,9 @@ it makes something that can outlive it:
 * ``link``  a network device in the namespace of the process that made it (a veth pair's
   end before it is moved into a namespace).
 
-The variable is inherited by every child, so the file names exactly what a test (and the
-processes it started) made: tests/conftest.py checks after each test that none of it is
+A make that fails because the name is taken (someone else's: another test session on the
+machine) is taken back with :func:`forget`.  The variable is inherited by every child, so
+the file names exactly what a test (and the processes it started) made: tests/conftest.py checks after each test that none of it is
 left (docs/development.md, "The leak guard").  Unset (production): nothing is written.
 Best effort: a failing write never fails the caller.
 """
@@ -39,18 +40,41 @@ def note(kind: str, name: str) -> None:
             os.close(fd)
 
 
+def forget(kind: str, name: str) -> None:
+    """Take back a :func:`note` whose making failed because ``name`` already existed (a
+    line ``forget <kind> <name>``).  The note comes first so that nothing made is ever
+    missing from the list, but a name that was taken is *someone else's* -- another test
+    session's on the same machine, typically -- and the harness must neither report it as
+    this test's leak nor remove it (2026-12-07: a session's guard deleted the live region
+    of a concurrent session that way)."""
+    path = os.environ.get(ENV)
+    if not path or kind not in KINDS or "\n" in name or "\t" in name:
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, f"{FORGET}\t{kind}\t{name}\n".encode())
+        finally:
+            os.close(fd)
+
+
+FORGET = "forget"
+
+
 def read(path: str) -> list[tuple[str, str]]:
-    """The (kind, name) lines of a record file, in order, without repeats."""
+    """The (kind, name) lines of a record file, in order, without repeats, without the
+    ones taken back by a later ``forget`` line (a later note of the name counts again)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
     except OSError:
         return []
-    out: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
+    out: dict[tuple[str, str], None] = {}
     for line in lines:
         kind, _, name = line.partition("\t")
-        if kind in KINDS and name and (kind, name) not in seen:
-            seen.add((kind, name))
-            out.append((kind, name))
-    return out
+        if kind == FORGET:
+            kind, _, name = name.partition("\t")
+            out.pop((kind, name), None)
+        elif kind in KINDS and name:
+            out.setdefault((kind, name), None)
+    return list(out)

@@ -92,6 +92,8 @@ class _Child:
     stats: dict[str, Any] = field(default_factory=dict)
     bye: bool = False
     stopping: bool = False
+    stop_sent_at: float = 0.0  # monotonic: when stop() asked it to stop (diagnostics)
+    bye_at: float = 0.0  # monotonic: when its bye arrived
     exit_code: int | None = None
     error: str = ""
 
@@ -392,6 +394,7 @@ class Supervisor:
             self.broadcast("actor_up", actor=name, incarnation=c.incarnation)
         elif t == "bye":
             c.bye = True
+            c.bye_at = time.monotonic()
         elif t == "fatal":
             c.error = str(msg.get("error", "unknown error"))
             log.error("actor reported a fatal error", extra={"kv": {"actor": name, "error": c.error}})
@@ -515,6 +518,7 @@ class Supervisor:
             members = [c for c in self.children.values() if c.d.stop_group == g]
             for c in members:
                 c.stopping = True
+                c.stop_sent_at = time.monotonic()
                 if c.proc is not None and c.proc.poll() is None:
                     if c.hello:
                         self.send(c.d.name, "stop", reason=reason)

@@ -56,7 +56,7 @@ from typing import Any
 
 from maglev.actors.launch import python_argv
 from maglev.errors import MaglevError, NotRootError
-from maglev.record import note
+from maglev.record import forget, note
 from maglev.testing.netns import why_no_netns
 
 STATE_DIR = Path(os.environ.get("MAGLEV_LAB_DIR", "/run/maglev-lab"))
@@ -222,7 +222,13 @@ class Lab:
         self.state["namespaces"].append(name)
         self.save()
         note("netns", name)  # $MAGLEV_RECORD (test harness)
-        sh(["ip", "netns", "add", name])
+        r = sh(["ip", "netns", "add", name], check=False)
+        if r.returncode != 0:
+            if os.path.lexists(f"/run/netns/{name}"):  # made by someone else meanwhile
+                forget("netns", name)
+                self.state["namespaces"].remove(name)  # `down` must not delete it
+                self.save()
+            sh(["ip", "netns", "add", name])  # raises, with the reason
         ns_exec(name, "ip", "link", "set", "lo", "up")
         return name
 
@@ -231,7 +237,13 @@ class Lab:
         tmp_a, tmp_b = f"mgl{tag}a", f"mgl{tag}b"
         note("link", tmp_a)
         note("link", tmp_b)
-        sh(["ip", "link", "add", tmp_a, "mtu", str(mtu), "type", "veth", "peer", "name", tmp_b, "mtu", str(mtu)])
+        r = sh(["ip", "link", "add", tmp_a, "mtu", str(mtu), "type", "veth", "peer", "name", tmp_b, "mtu", str(mtu)],
+               check=False)
+        if r.returncode != 0:
+            for t in (tmp_a, tmp_b):  # a name taken by someone else is not ours to judge
+                if os.path.lexists(f"/sys/class/net/{t}"):
+                    forget("link", t)
+            raise LabError(f"`ip link add {tmp_a} type veth peer name {tmp_b}` failed: {r.stderr.strip()}")
         try:
             sh(["ip", "link", "set", tmp_a, "netns", a, "name", a_dev])
             sh(["ip", "link", "set", tmp_b, "netns", b, "name", b_dev])

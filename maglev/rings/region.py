@@ -606,12 +606,13 @@ class Region:
                 f"region {name}: invalid sizes ({limits}): got n_workers={n_workers!r}, "
                 f"n_frames={n_frames!r}, ring_size={ring_size!r}, tables_bytes={tables_bytes!r}"
             )
-        from maglev.record import note
+        from maglev.record import forget, note
 
         note("shm", os.path.basename(path))  # $MAGLEV_RECORD (test harness): before it exists
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError as exc:
+            forget("shm", os.path.basename(path))  # not ours: the harness must not touch it
             raise RegionError(f"region {name}: {path} already exists") from exc
         try:
             os.ftruncate(fd, int(layout.total_size))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 
 from maglev.errors import NotRootError
-from maglev.record import note
+from maglev.record import forget, note
 
 
 def why_no_netns(who: str = "this test", why: str = "to create network namespaces") -> str | None:
@@ -90,7 +90,10 @@ class NetnsSet:
     def add(self, short: str) -> Netns:
         ns = Netns(self, f"{self.tag}-{short}")
         note("netns", ns.name)  # $MAGLEV_RECORD: the test harness checks it is gone
-        run(["ip", "netns", "add", ns.name])
+        if run(["ip", "netns", "add", ns.name], check=False).returncode != 0:
+            if os.path.lexists(f"/run/netns/{ns.name}"):  # taken (another session's): not ours
+                forget("netns", ns.name)
+            run(["ip", "netns", "add", ns.name])  # raises, with the reason
         self.namespaces.append(ns)
         ns.exec("ip", "link", "set", "lo", "up")
         return ns
@@ -100,7 +103,12 @@ class NetnsSet:
         tmp_a, tmp_b = f"mgv{secrets.token_hex(4)}", f"mgv{secrets.token_hex(4)}"
         note("link", tmp_a)
         note("link", tmp_b)
-        run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
+        r = run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b], check=False)
+        if r.returncode != 0:
+            for t in (tmp_a, tmp_b):  # a name taken by someone else is not ours to judge
+                if os.path.lexists(f"/sys/class/net/{t}"):
+                    forget("link", t)
+            raise RuntimeError(f"ip link add {tmp_a} type veth peer name {tmp_b} failed: {r.stderr.strip()}")
         try:
             run(["ip", "link", "set", tmp_a, "netns", a.name, "name", a_dev])
             run(["ip", "link", "set", tmp_b, "netns", b.name, "name", b_dev])

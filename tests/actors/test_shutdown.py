@@ -87,12 +87,26 @@ def test_stop_of_idle_actors_does_not_wait_for_their_idle_timeouts():
         p.stop()
         took = time.monotonic() - t0
         s = p.summary()
+        # how long each actor took from its stop request to its bye (the supervisor's clock)
+        kids = p.supervisor.children.values()
+        byes = {c.d.name: round(c.bye_at - c.stop_sent_at, 3) for c in kids if c.bye_at}
+        groups: dict[int, float] = {}
+        for c in kids:  # a group lasts from its stop request to its last bye
+            groups[c.d.stop_group] = max(groups.get(c.d.stop_group, 0.0), c.bye_at - c.stop_sent_at)
     finally:
         p.close()
-    print(f"\nstop of 8 idle workers + steering + muxer: {took * 1000:.0f} ms")
+    # What the test is about is the groups: an actor that slept through its alert would
+    # hold its group for up to an idle slice.  The reap after the last bye (every process
+    # exiting at once) is CPU work that a loaded machine stretches: printed, not judged
+    # here (test_maglev_run_with_8_workers_exits_quickly_after_a_signal times the whole).
+    in_groups = sum(groups.values())
+    print(f"\nstop of 8 idle workers + steering + muxer: {took * 1000:.0f} ms, of which the stop groups "
+          f"{in_groups * 1000:.0f} ms; request -> bye: {byes}")
     assert s["pool"]["ok"], s["pool"]["detail"]
     assert s["packets_in"] == 2000 == s["forwarded"] + sum(s["dropped"].values())
-    assert took < 1.5, f"stop took {took:.2f} s"
+    assert len(byes) == 10, byes  # every actor said bye (none was killed)
+    assert in_groups < 1.5, (f"the stop groups took {in_groups:.2f} s (all of stop {took:.2f} s); request -> bye "
+                             f"by actor (s): {byes}; load {os.getloadavg()}")
 
 
 def test_a_signal_during_start_up_stops_at_once_and_leaves_nothing(tmp_path):

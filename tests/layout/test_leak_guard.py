@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,14 +94,65 @@ def test_after():
 '''
 
 
-def _session(tmp_path: Path, body: str) -> tuple[subprocess.CompletedProcess, str]:
-    (tmp_path / "test_leaky.py").write_text(body)
+HOLDER = '''
+import os, subprocess, sys, time
+from maglev.actors.supervisor import make_run_dir
+from maglev.rings.region import Region
+from maglev.testing.netns import NetnsSet, why_no_netns
+
+TAG = os.environ["LEAK_TAG"]
+GO = os.environ["LEAK_GO"]
+
+def test_holds_things_while_another_session_runs():
+    r = Region.create(f"{TAG}-held", 1, 64, 64, 0)
+    make_run_dir(TAG)  # this process owns it: alive until the session ends
+    if not why_no_netns():
+        NetnsSet("lkh").add("a")
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    open(GO + ".ready", "w").close()
+    end = time.monotonic() + 100
+    while not os.path.exists(GO) and time.monotonic() < end:
+        time.sleep(0.05)
+    r.close()  # not unlinked: this session's guard reports it, and the rest
+'''
+
+SAME_NAMES = '''
+import os
+import pytest
+from maglev.errors import MaglevError
+from maglev.rings.region import Region
+
+TAG = os.environ["LEAK_TAG"]
+HELD = f"/dev/shm/maglev-{TAG}-held"
+
+def test_a_name_the_other_session_holds():
+    with pytest.raises(MaglevError, match="already exists"):
+        Region.create(f"{TAG}-held", 1, 64, 64, 0)  # noted, then found taken: not ours
+
+def test_same_instance_name_clean():
+    assert os.path.exists(HELD)  # the guard neither reported nor removed it
+    r = Region.create(f"{TAG}-mine", 1, 64, 64, 0)
+    r.close()
+    r.unlink()
+
+def test_after():
+    assert os.path.exists(HELD)
+'''
+
+
+def _session_argv(tmp_path: Path, body: str, name: str = "test_leaky.py") -> tuple[list[str], dict[str, str], str]:
+    (tmp_path / name).write_text(body)
     tag = f"lkg{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAGLEV_")}
     env.update(PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}", LEAK_TAG=tag)
-    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-q",
-                        "-W", "ignore::pytest.PytestAssertRewriteWarning", str(tmp_path / "test_leaky.py")],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    argv = [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-q",
+            "-W", "ignore::pytest.PytestAssertRewriteWarning", str(tmp_path / name)]
+    return argv, env, tag
+
+
+def _session(tmp_path: Path, body: str) -> tuple[subprocess.CompletedProcess, str]:
+    argv, env, tag = _session_argv(tmp_path, body)
+    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     return r, tag
 
 
@@ -158,3 +210,54 @@ def test_the_guard_sees_what_a_process_run_as_another_user_leaves(tmp_path):
     assert "ERROR at teardown of test_after" not in out
     assert not [n for n in os.listdir("/dev/shm") if tag in n]  # removed, and the process killed
     assert not folders() - before  # the session removed its folder of record files
+
+
+def test_a_concurrent_session_is_never_judged_by_this_one(tmp_path):
+    """Two test sessions on one machine (CI and a developer): session A holds a region, a
+    live run folder, a namespace and a process, all named with the instance name session B
+    uses too, while B runs; B's guard judges only what B's tests recorded (passes, nothing
+    reported), and A's guard reports A's own leaks with A's tests, after B is done."""
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    go = tmp_path / "go"
+    argv, env, tag = _session_argv(a_dir, HOLDER, "test_holder.py")
+    a = subprocess.Popen(argv, cwd=a_dir, env={**env, "LEAK_GO": str(go)}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 60
+        while not Path(f"{go}.ready").exists():
+            assert a.poll() is None and time.monotonic() < end, "session A did not get ready"
+            time.sleep(0.05)
+        argv_b, env_b, _ = _session_argv(b_dir, SAME_NAMES, "test_same.py")
+        b = subprocess.run(argv_b, cwd=b_dir, env=env_b, capture_output=True, text=True, timeout=120)
+        go.touch()
+        out_a = a.communicate(timeout=120)[0]
+    finally:
+        go.touch()
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert b.returncode == 0, b.stdout + b.stderr
+    assert "3 passed" in b.stdout and "left behind" not in b.stdout
+    assert "the tests made 1 shm files, run folders, namespaces and links; 0 still there" in b.stdout, b.stdout
+    assert a.returncode == 1, out_a
+    assert f"shm maglev-{tag}-held" in out_a and "made during test_holder.py::test_holds_things" in out_a
+    assert "still running), made during test_holder.py::test_holds_things" in out_a
+    assert not [n for n in os.listdir("/dev/shm") if tag in n]
+
+
+def test_a_forgotten_note_is_not_read_back(tmp_path, monkeypatch):
+    """``forget`` takes a note back (the name was found taken); a later note counts again."""
+    from maglev.record import ENV, forget, note, read
+
+    rec = tmp_path / "rec"
+    monkeypatch.setenv(ENV, str(rec))
+    note("shm", "maglev-x-1")
+    note("netns", "ns-a")
+    forget("shm", "maglev-x-1")
+    forget("link", "never-noted")
+    assert read(str(rec)) == [("netns", "ns-a")]
+    note("shm", "maglev-x-1")
+    note("netns", "ns-a")  # a repeat is listed once
+    assert read(str(rec)) == [("netns", "ns-a"), ("shm", "maglev-x-1")]

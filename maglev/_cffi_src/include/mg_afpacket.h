@@ -124,9 +124,9 @@ struct mg_afp_stats {
     uint64_t tx_errors;     /* frames not sent (send error or invalid frame) */
     uint64_t tx_calls;      /* send/sendmmsg calls */
     uint64_t tx_ring_full;  /* frames dropped: their TX ring slot was still busy */
-    uint64_t tx_link_down;  /* outages seen by transmit: a send refused with ENETDOWN/ENXIO/
-                             * ENODEV after one that went through (the pending slots are
-                             * taken back, see tx_kick) */
+    uint64_t tx_link_down;  /* outages seen by transmit: sends refused with ENETDOWN/ENXIO/
+                             * ENODEV, counted once until a send goes through again (the
+                             * pending slots are taken back, see tx_kick) */
 };
 
 struct mg_afp {
