@@ -234,8 +234,9 @@ def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5, idle
     it transmits): {p50, p99, p999} in us (bucket upper edges), ``packets``, ``rate`` (the
     paced rate asked), ``mpps`` (what the muxer sent over the window), ``sleeps_per_kpkt``
     (doorbell futex sleeps of steering, workers and muxer per 1000 packets: with the
-    adaptive idle window each hop of a trickle is polled, not slept through) and ``cpu``
-    (cores the actors used)."""
+    adaptive idle window each hop of a trickle is polled, not slept through), ``cpu``
+    (cores the actors used) and ``cpu_us_per_packet`` (per actor: CPU time over packets
+    sent -- at a trickle, what each wake-up costs the actor)."""
     from maglev.native import lib
     from maglev.rings import BELL_MUXER, BELL_STEERING, SLOT_MUXER, worker_bell
 
@@ -253,7 +254,8 @@ def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5, idle
         bells = [p.region.bell(b) for b in (BELL_STEERING, BELL_MUXER, *map(worker_bell, range(workers)))]
         procs = [psutil.Process(p.supervisor.pid(n)) for n in p.supervisor.children
                  if n in ("steering", "muxer") or n.startswith("worker-")]
-        cpu0 = sum(sum(pr.cpu_times()[:2]) for pr in procs)
+        each0 = [sum(pr.cpu_times()[:2]) for pr in procs]
+        cpu0 = sum(each0)
         s0 = sum(b.stats()["sleeps"] for b in bells)
         h0 = p.region.stats(SLOT_MUXER).snapshot()[lat0:lat0 + n]
         t0 = time.monotonic()
@@ -263,14 +265,18 @@ def latency(workers: int, rate: float, seconds: float, warmup: float = 0.5, idle
         h1 = p.region.stats(SLOT_MUXER).snapshot()[lat0:lat0 + n]
         dt = time.monotonic() - t0
         sleeps = sum(b.stats()["sleeps"] for b in bells) - s0
+        each = [sum(pr.cpu_times()[:2]) - c for pr, c in zip(procs, each0, strict=True)]
         cpu = sum(sum(pr.cpu_times()[:2]) for pr in procs) - cpu0
+        names = [n for n in p.supervisor.children if n in ("steering", "muxer") or n.startswith("worker-")]
         p.stop()
     finally:
         p.close()
         drop_tables()
     out = latency_us([int(b) - int(a) for a, b in zip(h0, h1, strict=True)])
     out.update(rate=rate, mpps=round(out["packets"] / dt / 1e6, 4),
-               sleeps_per_kpkt=round(sleeps * 1000 / max(1, out["packets"]), 2), cpu=round(cpu / dt, 2))
+               sleeps_per_kpkt=round(sleeps * 1000 / max(1, out["packets"]), 2), cpu=round(cpu / dt, 2),
+               cpu_us_per_packet={nm: round(c * 1e6 / max(1, out["packets"]), 1)
+                                  for nm, c in zip(names, each, strict=True)})
     return out
 
 

@@ -225,7 +225,9 @@ void mg_bellpipe_stop(struct mg_bellpipe *p); /* and rings the bell: the thread 
  * when the NIC has nothing (the caller then polls the NIC's descriptor) -- or, with
  * ctl->sleep_until_ns set, it sleeps in the call in ppoll() on the devices' descriptors
  * and src->pipe and goes on when one is readable (a POLLERR's SO_ERROR is read, as the
- * Python wait does), with the deadlines, alert, signal and stop of the other loops. */
+ * Python wait does; a wake with error bits only returns MG_LOOP_IDLE: the caller's wait
+ * and tick look after the device), with the deadlines, alert, signal and stop of the
+ * other loops. */
 int mg_steer_loop_nic(struct mg_steer *s, void *base, struct mg_loop_nic *src,
                       const struct mg_loop_ctl *ctl, struct mg_loop_out *out);
 /* Muxer with a NIC sink: collect -> tx -> done (the frames the NIC refused are failed). */

@@ -673,12 +673,20 @@ static int nic_sleep(struct mg_loop_nic *d, void *base, struct budget *b,
         }
         if (rc == 0)
             continue;
-        for (uint32_t j = 0; with_nic && j < d->n; j++) {
-            if (pfd[j].revents & POLLERR) { /* e.g. ENETDOWN once: read it, or poll keeps waking */
-                int err = 0;
+        int readable = 0;
+        for (nfds_t j = 0; j < n; j++) {
+            readable |= (pfd[j].revents & POLLIN) != 0;
+            if (j < (nfds_t)d->n && with_nic && (pfd[j].revents & POLLERR)) {
+                int err = 0; /* e.g. ENETDOWN once: read it, or poll keeps waking */
                 socklen_t len = sizeof err;
                 getsockopt(pfd[j].fd, SOL_SOCKET, SO_ERROR, &err, &len);
             }
+        }
+        if (!readable) { /* only error bits (a device gone, a socket being reopened): Python
+                          * waits and looks after it (maintain), as before -- never spin here */
+            o->last_ns = mg_loop_now_ns();
+            o->reason = MG_LOOP_IDLE;
+            return 0;
         }
         o->wakes++;
         now = mg_loop_now_ns();
