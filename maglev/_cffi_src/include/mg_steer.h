@@ -161,6 +161,7 @@ struct mg_steer {
     uint32_t room[MG_MAX_WORKERS];
     uint32_t cons_seen[MG_MAX_WORKERS]; /* rx ring consumer index last seen */
     uint64_t progress_ns[MG_MAX_WORKERS]; /* when it was last seen moving or the ring empty */
+    uint8_t tx_held[MG_MAX_WORKERS]; /* its tx ring was full at the last look (note_progress) */
     uint16_t dest[MG_HAND_MAX];
 };
 

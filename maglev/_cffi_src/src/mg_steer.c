@@ -450,17 +450,23 @@ int mg_steer_set_stall_ns(struct mg_steer *s, uint64_t ns)
  * stalled: that time does not count either.  Without this, the clock ran on through a
  * muxer's replacement, and once the new muxer had drained the tx ring the worker had
  * until steering's next burst (not stall_ns) to run again: on a loaded machine it often
- * had not, and its packets were dropped as owner_stalled after a muxer kill. */
+ * had not, and its packets were dropped as owner_stalled after a muxer kill.  The same
+ * holds at the first look *after* a full tx ring (tx_held): the muxer drained it at some
+ * moment since the previous look, which may be long ago when steering itself did not run
+ * meanwhile (two cores, load 12: 1154 packets dropped as owner_stalled after muxer kills,
+ * 2026-12-07), so the worker's time starts at this look, not at the one before. */
 static void note_progress(struct mg_steer *s, void *base, uint64_t now)
 {
     for (uint32_t i = 0; i < s->n_workers; i++) {
         const struct mg_ring *r = mg_region_ring_by_id(base, s->rx_id[i]);
         uint32_t cons = __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE);
+        uint8_t held = mg_ring_free_count(mg_region_ring_by_id(base, s->tx_id[i])) == 0;
         if (cons != s->cons_seen[i] || s->room[i] == s->ring_size || !s->progress_ns[i] ||
-            mg_ring_free_count(mg_region_ring_by_id(base, s->tx_id[i])) == 0) {
+            held || s->tx_held[i]) {
             s->cons_seen[i] = cons;
             s->progress_ns[i] = now;
         }
+        s->tx_held[i] = held;
     }
 }
 
