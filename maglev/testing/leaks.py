@@ -44,6 +44,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from maglev.record import ENV, read
@@ -127,13 +128,23 @@ def _wait_for_exec(timeout_s: float = 2.0) -> None:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            between = [c for c in me.children(recursive=True) if c.cmdline() == mine]
-        except psutil.Error:
-            between = [None]  # one went away while we looked: look again
-        if not between:
+        if not any(_between_fork_and_exec(c, mine) for c in me.children(recursive=True)):
             return
         time.sleep(0.01)
+
+
+def _between_fork_and_exec(child: Any, mine: list[str]) -> bool:
+    """True while ``child`` still runs this process's image (forked, not yet exec'd).  A
+    zombie or a process gone meanwhile never execs: not waited for (a defunct child that
+    nobody reaps made every call wait its whole timeout, i.e. 2 s per test)."""
+    import psutil
+
+    try:
+        return bool(child.cmdline() == mine)
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return False
+    except psutil.Error:
+        return True  # could not read it this time: look again
 
 
 def _run_dir_owner_alive(path: str) -> bool:

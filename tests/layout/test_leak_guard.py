@@ -261,3 +261,26 @@ def test_a_forgotten_note_is_not_read_back(tmp_path, monkeypatch):
     note("shm", "maglev-x-1")
     note("netns", "ns-a")  # a repeat is listed once
     assert read(str(rec)) == [("netns", "ns-a"), ("shm", "maglev-x-1")]
+
+
+def test_a_zombie_child_does_not_stall_the_guard() -> None:
+    """A child that exited and was never reaped (a zombie) will never exec: the guard's wait
+    for forked-not-yet-exec'd children must not spend its whole timeout on it (it did, 2 s
+    per test, once a test left a defunct child of the pytest process: a suite run stalled)."""
+    from maglev.testing import leaks
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # until the child is a zombie
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        leaks._wait_for_exec(timeout_s=2.0)
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        os.waitpid(pid, 0)
