@@ -44,8 +44,8 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from maglev.record import ENV, read
 
