@@ -385,12 +385,32 @@ class Steering(Actor):
         self._shed_next_write = now + 0.25
 
     def tick(self, now: float) -> None:
+        self._maintain_nic()
         self._sync_nic_vips()
         self._shed_reload()
         self._shed_publish(now)
         self._sync_nic_drops()
         self.tracer.tick(now)  # packet tracer: collected records -> spans
         super().tick(now)
+
+    _nic_reopens = 0
+
+    def _maintain_nic(self) -> None:
+        """AF_PACKET: reopen the receive socket(s) when the interface was deleted and
+        created again under the same name (a driver reload, a NIC reset): a socket bound to
+        the old interface index would receive nothing for ever.  The C loop's device
+        structs stay the same objects (their descriptors change), so the loop goes on; the
+        check itself runs at most once a second (``AfPacketNic.maintain``).  Not for
+        AF_XDP, whose ``maintain`` is the muxer's (it takes the transmit rings)."""
+        nic = getattr(self, "nic", None)
+        if getattr(nic, "kind", "") != "afpacket" or not hasattr(nic, "maintain"):
+            return
+        nic.maintain()
+        reopens = int(getattr(nic, "reopens", 0))
+        if reopens != self._nic_reopens:
+            self._nic_reopens = reopens
+            log.warning("afpacket: interface created again; receive socket reopened",
+                        extra={"kv": {"iface": getattr(nic, "iface", ""), "reopens": reopens}})
 
     def _sync_nic_drops(self) -> None:
         drops = getattr(getattr(self, "nic", None), "drops", None)

@@ -361,16 +361,25 @@ class AfPacketMulti:
             raise
         self.ring = self.nics[0].ring
         self._next = 0
-        self._poll = select.poll()
+        self._also: list[int] = []
+        self._poll = self._make_poll()
+
+    def _make_poll(self) -> select.poll:
+        poll = select.poll()
         for nic in self.nics:
-            self._poll.register(nic.fileno(), select.POLLIN | select.POLLERR)
+            poll.register(nic.fileno(), select.POLLIN | select.POLLERR)
+        for fd in self._also:
+            poll.register(fd, select.POLLIN)
+        return poll
 
     def rx_burst(self, pool: Any, descs: Any, n: int) -> int:
         got, self._next = rx_round_robin(self.nics, self._next, lambda nic: nic.rx_burst(pool, descs, n))
         return got
 
     def wake_on(self, fd: int) -> None:
-        self._poll.register(fd, select.POLLIN)
+        if fd not in self._also:
+            self._also.append(fd)
+            self._poll.register(fd, select.POLLIN)
 
     def nic_loop_rx(self) -> Any:
         """Every fan-out socket, round-robin, as the source of steering's C loop."""
@@ -388,9 +397,37 @@ class AfPacketMulti:
                         nic._clear_error()
         return bool(events)
 
+    _next_check = 0.0
+
     def maintain(self) -> None:
+        """As :meth:`AfPacketNic.maintain` for the whole group: when the interface was
+        created again, every socket is closed before any is reopened (a new socket cannot
+        join a fan-out group whose old members are bound to the deleted interface: EINVAL),
+        and :meth:`wait` polls the new descriptors."""
         for nic in self.nics:
-            nic.maintain()
+            if nic._afp.fd >= 0:
+                nic._watch_link()
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + 1.0
+        try:
+            idx = socket.if_nametoindex(self.iface)
+        except OSError:
+            return  # gone for now; keep the old sockets until it comes back
+        if all(nic.ifindex == idx for nic in self.nics):
+            return
+        for nic in self.nics:
+            nic._save_counters()
+            nic.close()
+        for nic in self.nics:
+            nic._open()
+            nic.reopens += 1
+        self._poll = self._make_poll()
+
+    @property
+    def reopens(self) -> int:
+        return sum(nic.reopens for nic in self.nics)
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
