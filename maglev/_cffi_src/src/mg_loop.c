@@ -676,8 +676,12 @@ static int nic_sleep(struct mg_loop_nic *d, void *base, struct budget *b,
         int readable = 0;
         for (nfds_t j = 0; j < n; j++) {
             readable |= (pfd[j].revents & POLLIN) != 0;
-            if (j < (nfds_t)d->n && with_nic && (pfd[j].revents & POLLERR)) {
-                int err = 0; /* e.g. ENETDOWN once: read it, or poll keeps waking */
+            /* An AF_PACKET socket's error (ENETDOWN once after the link went down) is left
+             * for Python's wait, which reads, counts and logs it (AfPacketNic._clear_error:
+             * rx_link_down); anything else's is read here, or poll keeps waking. */
+            if (j < (nfds_t)d->n && with_nic && (pfd[j].revents & POLLERR) &&
+                d->kind != MG_LOOP_NIC_AFP) {
+                int err = 0;
                 socklen_t len = sizeof err;
                 getsockopt(pfd[j].fd, SOL_SOCKET, SO_ERROR, &err, &len);
             }
