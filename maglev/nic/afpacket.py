@@ -296,21 +296,7 @@ class AfPacketNic:
         """Call now and then (e.g. when idle): logs a transmit outage and its end, and
         reopens the socket when the interface was deleted and created again under the
         same name (that check at most once a second)."""
-        if self._afp.fd >= 0:
-            self._watch_link()
-        now = time.monotonic()
-        if now < self._next_check:
-            return
-        self._next_check = now + 1.0
-        try:
-            idx = socket.if_nametoindex(self.iface)
-        except OSError:
-            return  # gone for now; keep the old socket until it comes back
-        if idx != self._afp.ifindex:
-            self._save_counters()
-            self.close()
-            self._open()
-            self.reopens += 1
+        _maintain_sockets(self, [self])
 
     # -- counters --------------------------------------------------------------
 
@@ -404,26 +390,8 @@ class AfPacketMulti:
         created again, every socket is closed before any is reopened (a new socket cannot
         join a fan-out group whose old members are bound to the deleted interface: EINVAL),
         and :meth:`wait` polls the new descriptors."""
-        for nic in self.nics:
-            if nic._afp.fd >= 0:
-                nic._watch_link()
-        now = time.monotonic()
-        if now < self._next_check:
-            return
-        self._next_check = now + 1.0
-        try:
-            idx = socket.if_nametoindex(self.iface)
-        except OSError:
-            return  # gone for now; keep the old sockets until it comes back
-        if all(nic.ifindex == idx for nic in self.nics):
-            return
-        for nic in self.nics:
-            nic._save_counters()
-            nic.close()
-        for nic in self.nics:
-            nic._open()
-            nic.reopens += 1
-        self._poll = self._make_poll()
+        if _maintain_sockets(self, self.nics):
+            self._poll = self._make_poll()
 
     @property
     def reopens(self) -> int:
@@ -440,6 +408,34 @@ class AfPacketMulti:
     def close(self) -> None:
         for nic in self.nics:
             nic.close()
+
+
+def _maintain_sockets(owner: Any, nics: list[AfPacketNic]) -> bool:
+    """The sockets' housekeeping (``maintain``): log transmit outages; at most once a
+    second (``owner._next_check``) look up the interface's index, and when the interface
+    was created again under the same name, close every socket before reopening any (a new
+    socket cannot join a fan-out group whose old members are bound to the deleted
+    interface: EINVAL).  True when they were reopened (new descriptors)."""
+    for nic in nics:
+        if nic._afp.fd >= 0:
+            nic._watch_link()
+    now = time.monotonic()
+    if now < owner._next_check:
+        return False
+    owner._next_check = now + 1.0
+    try:
+        idx = socket.if_nametoindex(owner.iface)
+    except OSError:
+        return False  # gone for now; keep the old sockets until it comes back
+    if all(nic.ifindex == idx for nic in nics):
+        return False
+    for nic in nics:
+        nic._save_counters()
+        nic.close()
+    for nic in nics:
+        nic._open()
+        nic.reopens += 1
+    return True
 
 
 def loop_nic(devs: list[Any], kind: int | None = None) -> Any:
