@@ -245,6 +245,35 @@ static int idle_wait(void *base, const struct budget *b, const struct mg_loop_ct
     return idle_poll(base, b, c, o);
 }
 
+/* The top of one turn of a sleep in the call (bell_sleep, nic_sleep): the time to sleep
+ * to in *until, or 0 with out->reason set (MG_LOOP_STOP; MG_LOOP_DEADLINE when it is
+ * already there). */
+static int sleep_turn(const struct mg_loop_ctl *c, struct mg_loop_out *o, uint64_t *until)
+{
+    *until = sleep_bound(c, o);
+    uint64_t now = mg_loop_now_ns();
+    o->last_ns = now;
+    if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
+        o->reason = MG_LOOP_STOP;
+        return 0;
+    }
+    if (now >= *until) {
+        o->reason = MG_LOOP_DEADLINE;
+        return 0;
+    }
+    return 1;
+}
+
+/* Woken by work during a sleep in the call: count it; the busy budget starts again. */
+static int sleep_woken(struct budget *b, const struct mg_loop_ctl *c, struct mg_loop_out *o)
+{
+    o->wakes++;
+    uint64_t now = mg_loop_now_ns();
+    o->last_ns = now;
+    b->deadline = now + c->budget_ns;
+    return 1;
+}
+
 /* Sleep on the doorbell in the call (ctl->sleep_until_ns, mg_loop.h): the loop found
  * nothing to do and its idle window (if any) is over.  1: woken by ring work, go on (the
  * busy budget starts again); 0: return, out->reason set (MG_LOOP_DEADLINE, MG_LOOP_STOP,
@@ -253,26 +282,13 @@ static int bell_sleep(void *base, struct budget *b, const struct mg_loop_ctl *c,
                       struct mg_loop_out *o)
 {
     for (;;) {
-        uint64_t until = sleep_bound(c, o);
-        uint64_t now = mg_loop_now_ns();
-        o->last_ns = now;
-        if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
-            o->reason = MG_LOOP_STOP;
+        uint64_t until;
+        if (!sleep_turn(c, o, &until))
             return 0;
-        }
-        if (now >= until) {
-            o->reason = MG_LOOP_DEADLINE;
-            return 0;
-        }
         o->sleeps++;
         int w = mg_bell_wait_until(base, c->bell, c->spin, until);
-        if (w == 1) {
-            o->wakes++;
-            now = mg_loop_now_ns();
-            o->last_ns = now;
-            b->deadline = now + c->budget_ns;
-            return 1;
-        }
+        if (w == 1)
+            return sleep_woken(b, c, o);
         if (w == 2 || w == -EINTR) { /* an alert or a signal: Python takes it */
             o->last_ns = mg_loop_now_ns();
             o->reason = MG_LOOP_BUDGET;
@@ -637,17 +653,9 @@ static int nic_sleep(struct mg_loop_nic *d, void *base, struct budget *b,
 {
     struct pollfd pfd[MG_LOOP_NIC_MAX + 1];
     for (;;) {
-        uint64_t until = sleep_bound(c, o);
-        uint64_t now = mg_loop_now_ns();
-        o->last_ns = now;
-        if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED)) {
-            o->reason = MG_LOOP_STOP;
+        uint64_t until;
+        if (!sleep_turn(c, o, &until))
             return 0;
-        }
-        if (now >= until) {
-            o->reason = MG_LOOP_DEADLINE;
-            return 0;
-        }
         if (mg_bell_poll(base, c->bell) == 2) { /* an alert: Python takes it */
             o->reason = MG_LOOP_BUDGET;
             return 0;
@@ -659,7 +667,7 @@ static int nic_sleep(struct mg_loop_nic *d, void *base, struct budget *b,
             mg_bellpipe_arm(d->pipe);
             pfd[n++] = (struct pollfd){.fd = d->pipe->rfd, .events = POLLIN};
         }
-        uint64_t left = until - now;
+        uint64_t left = until - o->last_ns;
         struct timespec ts = {.tv_sec = (time_t)(left / 1000000000u), .tv_nsec = (long)(left % 1000000000u)};
         o->sleeps++;
         int rc = ppoll(pfd, n, &ts, NULL);
@@ -692,11 +700,7 @@ static int nic_sleep(struct mg_loop_nic *d, void *base, struct budget *b,
             o->reason = MG_LOOP_IDLE;
             return 0;
         }
-        o->wakes++;
-        now = mg_loop_now_ns();
-        o->last_ns = now;
-        b->deadline = now + c->budget_ns;
-        return 1;
+        return sleep_woken(b, c, o);
     }
 }
 
