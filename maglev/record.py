@@ -29,15 +29,7 @@ KINDS = ("shm", "dir", "netns", "link")
 
 def note(kind: str, name: str) -> None:
     """Append ``kind name`` to ``$MAGLEV_RECORD`` (when set)."""
-    path = os.environ.get(ENV)
-    if not path or kind not in KINDS or "\n" in name or "\t" in name:
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, f"{kind}\t{name}\n".encode())  # one small O_APPEND write: atomic
-        finally:
-            os.close(fd)
+    _append(kind, name, f"{kind}\t{name}\n")
 
 
 def forget(kind: str, name: str) -> None:
@@ -47,13 +39,18 @@ def forget(kind: str, name: str) -> None:
     session's on the same machine, typically -- and the harness must neither report it as
     this test's leak nor remove it (2026-12-07: a session's guard deleted the live region
     of a concurrent session that way)."""
+    _append(kind, name, f"{FORGET}\t{kind}\t{name}\n")
+
+
+def _append(kind: str, name: str, line: str) -> None:
+    """Append ``line`` to ``$MAGLEV_RECORD`` (when set and ``kind name`` is recordable)."""
     path = os.environ.get(ENV)
     if not path or kind not in KINDS or "\n" in name or "\t" in name:
         return
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, f"{FORGET}\t{kind}\t{name}\n".encode())
+            os.write(fd, line.encode())  # one small O_APPEND write: atomic
         finally:
             os.close(fd)
 
