@@ -486,8 +486,14 @@ def test_hostile_requests_get_clean_answers_and_change_nothing(actor, batch):
 def test_memory_stays_bounded_over_10000_bad_requests(actor):
     counts: dict[str, int] = {"sent": 0, "accepted": 0}
     p = RandPick(15)
-    for _ in range(20):  # warm-up: every code path once, the allocator's high-water mark
-        serve_batch(actor, [bad_message(p) for _ in range(50)], counts)
+    # Warm-up: every code path, both ways of sending, until the allocator's arenas reach
+    # their high-water mark.  Measured over 50,000 requests, RSS rises ~7 MiB in the first
+    # 5,000 (the pipelined batches' 50 answers in flight, the table-build thread's arena),
+    # then creeps in steps of <1 MiB and stays flat after ~25,000: no leak.  Twenty plain
+    # batches used to be the warm-up, so that rise was judged as growth (10.1-10.2 MiB in
+    # two CI runs against a 10 MiB bound).
+    for i in range(100):
+        serve_batch(actor, [bad_message(p) for _ in range(50)], counts, pipelined=i % 2 == 1)
     rss0 = actor.rss()
     t0 = time.monotonic()
     samples = []
@@ -499,7 +505,7 @@ def test_memory_stays_bounded_over_10000_bad_requests(actor):
     rss1 = actor.rss()
     print(f"\n10,000 hostile requests in {elapsed:.1f} s; actor RSS {rss0 / 2**20:.1f} -> {samples} MiB; "
           f"answers {counts}")
-    assert counts["sent"] >= 10_900  # (oversized messages are left out of pipelined batches)
+    assert counts["sent"] >= 14_500  # (oversized messages are left out of pipelined batches)
     log = actor.log_text(tail=1 << 30)
     assert "internal error" not in log and "handler raised" not in log, log[-4000:]
     print(f"tables refused after validation (validator gaps, answered invalid-config): "
