@@ -6,6 +6,8 @@ import json
 
 import click
 
+from maglev_cli.params import FiniteFloatRange
+
 
 @click.command("backend-agent")
 @click.option("--vip", "vips", multiple=True, required=True, metavar="ADDR",
@@ -14,7 +16,7 @@ import click
 @click.option("--tun", default="mgdecap0", show_default=True, help="Name of the TUN device to create.")
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default="",
               help="Write the counters as JSON to this file every second and at exit.")
-@click.option("--duration", type=click.FloatRange(0, 10**9), default=0.0,
+@click.option("--duration", type=FiniteFloatRange(0, 10**9), default=0.0,
               help="Stop after this many seconds (0 = until SIGTERM).")
 @click.option("--engine", type=click.Choice(["c", "python"]), default=None,
               help="The packet loop: c (default; recvmmsg batches, no Python per packet) or the "
@@ -25,14 +27,11 @@ def backend_agent(vips, encap, tun, stats_path, duration, engine, rt_prio) -> No
     """Read GRE (or IPIP) packets from a raw socket, check the inner packet is for a VIP,
     and hand it to this host's stack through a TUN device, so the kernel answers the
     client directly (direct server return).  Needs root."""
-    import math
     import os
 
     from maglev.errors import ConfigError
     from maglev.lab.agent import serve
 
-    if math.isnan(duration):  # FloatRange lets NaN through (every comparison is false)
-        raise ConfigError([f"--duration: {duration} is not a number of seconds"])
     if stats_path:  # before the TUN device and the VIPs on lo are set up, not at the first write
         folder = os.path.dirname(os.path.abspath(stats_path))
         if not os.path.isdir(folder):

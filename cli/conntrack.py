@@ -22,6 +22,8 @@ def list_tables(instance, as_json) -> None:
     """Tables kept in /dev/shm: name, instance, size in memory, in use or not."""
     from maglev.rings import conntrack_shm as cs
 
+    if instance is not None:
+        cs.check_instance_name(instance)
     rows = []
     for n in cs.list_segments(instance):
         path = os.path.join(cs.SHM_DIR, n)

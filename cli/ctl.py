@@ -22,6 +22,7 @@ from maglev_cli.ctl_common import fmt as _fmt
 from maglev_cli.ctl_common import json_opt
 from maglev_cli.ctl_common import opts as _opts
 from maglev_cli.ctl_common import table as _table
+from maglev_cli.params import FiniteFloatRange
 
 
 def _change(ctx: click.Context, op: str, args: dict[str, Any], as_json: bool) -> None:
@@ -57,7 +58,7 @@ def _forced(args: dict[str, Any], force: bool) -> dict[str, Any]:
 @click.option("--events", envvar="MAGLEV_EVENTS", default="", help="Events endpoint (default: beside --control).")
 @click.option("--instance", envvar="MAGLEV_INSTANCE", default="mg1", show_default=True,
               help="Instance name, to find its default sockets.")
-@click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
+@click.option("--timeout", type=FiniteFloatRange(0.1, 600), default=10.0, show_default=True,
               help="Seconds to wait for a reply.")
 @click.option("--client-key", envvar="MAGLEV_CLIENT_KEY", default="", help="tcp://: your CURVE .key_secret file.")
 @click.option("--server-key", envvar="MAGLEV_SERVER_KEY", default="",
@@ -318,7 +319,7 @@ def show_config(ctx, as_json) -> None:
 @click.option("--topic", "topics", multiple=True,
               help="Only these topics (health, generation, config, alert, bgp); repeatable.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Stop after N events.")
-@click.option("--seconds", type=click.FloatRange(0.1), default=None, help="Stop after S seconds.")
+@click.option("--seconds", type=FiniteFloatRange(0.1), default=None, help="Stop after S seconds.")
 @json_opt
 @click.pass_context
 def watch(ctx, topics, count, seconds, as_json) -> None:

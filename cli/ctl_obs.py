@@ -16,6 +16,7 @@ from maglev_cli.ctl_common import call as _call
 from maglev_cli.ctl_common import json_opt
 from maglev_cli.ctl_common import opts as _opts
 from maglev_cli.ctl_common import table as _table
+from maglev_cli.params import FiniteFloatRange
 
 
 def _n(v: float) -> str:
@@ -97,7 +98,7 @@ def _ms(a: int, b: int) -> str:
 @click.option("--src", default=None, help="...from this client: ADDR[/PLEN][:PORT].")
 @click.option("--count", type=click.IntRange(0, 1_000_000), default=None,
               help="Packets to trace (default 10 with --vip/--src).")
-@click.option("--seconds", type=click.FloatRange(0, 86400), default=10.0, show_default=True,
+@click.option("--seconds", type=FiniteFloatRange(0, 86400), default=10.0, show_default=True,
               help="Give up after this long.")
 @click.option("--sample-every", type=click.IntRange(0, 1 << 30), default=None,
               help="Change the sampling rate: 1 in N packets (0 = off).")

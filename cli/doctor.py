@@ -6,6 +6,8 @@ import json
 
 import click
 
+from maglev_cli.params import FiniteFloatRange
+
 
 @click.command("doctor")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -13,7 +15,7 @@ import click
 @click.option("--nic", default="gen", show_default=True,
               help="The --nic maglev will run with, e.g. afpacket:eth0.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--timeout", type=click.FloatRange(0.05, 30), default=1.0, show_default=True,
+@click.option("--timeout", type=FiniteFloatRange(0.05, 30), default=1.0, show_default=True,
               help="Seconds to wait for each TCP probe (BGP peers, backends).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, counts, findings.")
 def doctor(config_path, nic, workers, timeout, as_json) -> None:

@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from maglev_cli.params import FiniteFloatRange
+
 
 def _lab(state_dir: str | None):
     from pathlib import Path
@@ -63,7 +65,8 @@ def lab() -> None:
 @click.option("--mtu", type=click.IntRange(1280, 9000), default=1500, show_default=True,
               help="MTU of the server links (and the forwarder's); 9000 = a jumbo fabric.")
 @click.option("--no-forwarder", is_flag=True, help="Build the topology without starting `maglev run`.")
-@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True, help="Seconds to wait for the lab to answer.")
+@click.option("--wait", "wait_s", type=FiniteFloatRange(0.1, 3600), default=30.0, show_default=True,
+              help="Seconds to wait for the lab to answer.")
 @click.option("--state-dir", default=None, help="Where the lab state lives (default /run/maglev-lab).")
 @click.option("--prefix", default="mglab", show_default=True, help="Namespace name prefix (for several labs).")
 @click.option("--json", "as_json", is_flag=True, help="Print namespaces, addresses and VIPs as JSON.")

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from maglev_cli.params import FiniteFloatRange
+
 
 def _fmt(n: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -142,7 +144,7 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
               help="Under a heavy stream (>= 64 packets since its rings were last empty) a data-path actor "
                    "sleeps this long on the clock when they run dry, instead of on its doorbell: its "
                    "producers then pay no wake-ups (default 100; 0 = off; docs/actors.md).")
-@click.option("--stall-ms", type=click.FloatRange(0, 60_000), default=50.0, show_default=True,
+@click.option("--stall-ms", type=FiniteFloatRange(0, 60_000), default=50.0, show_default=True,
               help="A worker whose full rx ring it has not consumed from for this long is dead or frozen: "
                    "steering drops its packets (counted, owner_stalled) instead of moving its flows to "
                    "another worker (0 = off: always fall back).")

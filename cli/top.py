@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from maglev_cli.params import FiniteFloatRange
+
 
 def _rate(v: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -102,11 +104,11 @@ def render_frame(prev: dict[str, Any], cur: dict[str, Any], dt: float, width: in
 @click.option("--control", envvar="MAGLEV_CONTROL", default="",
               help="Control endpoint (default: the --instance's socket).")
 @click.option("--instance", envvar="MAGLEV_INSTANCE", default="mg1", show_default=True)
-@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
+@click.option("--interval", type=FiniteFloatRange(0.1, 60), default=1.0, show_default=True,
               help="Seconds between frames.")
 @click.option("--once", is_flag=True, help="Print one plain-text frame and exit.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Stop after N frames.")
-@click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True)
+@click.option("--timeout", type=FiniteFloatRange(0.1, 600), default=5.0, show_default=True)
 def top(control, instance, interval, once, count, timeout) -> None:
     """Live view: pps/bps per VIP and backend, drops, workers, health, BGP (Ctrl-C quits)."""
     import shutil

@@ -11,6 +11,8 @@ import json
 
 import click
 
+from maglev_cli.params import FiniteFloatRange
+
 
 @click.command("whereis")
 @click.argument("src")
@@ -22,7 +24,7 @@ import click
 @click.option("--instance", envvar="MAGLEV_INSTANCE", default="mg1", show_default=True)
 @click.option("--workers", type=click.IntRange(0, 64), default=0,
               help="With --config: also say which of N workers owns the flow.")
-@click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True)
+@click.option("--timeout", type=FiniteFloatRange(0.1, 600), default=5.0, show_default=True)
 @click.option("--quic-cid", default=None, metavar="HEX",
               help="Ask about a QUIC short-header packet with this destination connection ID (UDP).")
 @click.option("--shard", default=None, metavar="NAME", help="With a sharded config: this [[shard]]'s VIPs.")

@@ -155,6 +155,13 @@ def keep_for_adoption(name: str) -> bool:
     return bool(_CT_RE.match(name))
 
 
+def check_instance_name(instance: str) -> None:
+    """Refuse (:class:`ConntrackShmError`) a name no instance can have: it would never match
+    a table, and ``/`` or ``..`` in it must not reach a path."""
+    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", instance):
+        raise ConntrackShmError(f"instance name {instance!r}: use 1-64 characters from A-Z a-z 0-9 _ . -")
+
+
 def list_segments(instance: str | None = None, tag: str | None = None) -> list[str]:
     """Connection-table names in /dev/shm (optionally of one instance and identity)."""
     try:
@@ -588,8 +595,7 @@ def drop_instance(instance: str, tag: str | None = None, *, dry_run: bool = Fals
     the next run to adopt (``maglev conntrack drop``), and dead temporaries of fresh starts.
     Refuses, removing nothing, while a run of that instance is up or a live process holds
     one of the tables (:class:`ConntrackInUseError`)."""
-    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", instance):
-        raise ConntrackShmError(f"instance name {instance!r}: use 1-64 characters from A-Z a-z 0-9 _ . -")
+    check_instance_name(instance)
     if tag is not None and not re.match(r"^[0-9a-f]{8}$", tag):
         raise ConntrackShmError(f"tag {tag!r}: 8 lower-case hex digits (as in the table's name)")
     names = list_segments(instance, tag)
