@@ -54,7 +54,8 @@ class Muxer(Actor):
         self.burst = int(p.get("burst", 256))
         # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).
         self.spin = int(p.get("spin", lib.MG_BELL_SPIN_DEFAULT))
-        self.nic = open_tx(parse_out(p.get("out") or None, parse_nic(p["nic"])), run_dir=self.spec.run_dir)
+        self.nic = open_tx(parse_out(p.get("out") or None, parse_nic(p["nic"])), run_dir=self.spec.run_dir,
+                           resume=self.spec.incarnation > 0)
         self.bell = self.region.bell(BELL_MUXER)
         self._cnt = ffi.new("uint32_t *")
         self._stalled = False

@@ -203,9 +203,10 @@ def open_rx(spec: NicSpec, *, vips: Any = None, seed: int = 1) -> RxNic:
     raise NicSpecError(f"{spec}: cannot receive from this NIC")
 
 
-def open_tx(spec: NicSpec, *, run_dir: str = "") -> TxNic:
+def open_tx(spec: NicSpec, *, run_dir: str = "", resume: bool = False) -> TxNic:
     """Open the transmit side in the calling (muxer) process (``run_dir``: where steering
-    publishes its AF_XDP sockets for an ``afxdp`` transmit side)."""
+    publishes its AF_XDP sockets for an ``afxdp`` transmit side; ``resume``: a restarted
+    muxer, which continues a ``pcap`` output file instead of starting it anew)."""
     if spec.kind == "null":
         from maglev.nic.null import NullSink
 
@@ -213,7 +214,7 @@ def open_tx(spec: NicSpec, *, run_dir: str = "") -> TxNic:
     if spec.kind == "pcap":
         from maglev.nic.pcapnic import PcapTx
 
-        return PcapTx(spec.arg)
+        return PcapTx(spec.arg, resume=resume)
     if spec.kind == "afpacket":
         from maglev.nic.afpacket import AfPacketNic
 

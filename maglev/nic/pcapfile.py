@@ -26,6 +26,8 @@ a :class:`PacketError` describing the damage (offset included) for the caller to
 
 from __future__ import annotations
 
+import bisect
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -297,31 +299,127 @@ def open_capture(path: str | Path) -> PcapReader:
 
 
 class PcapWriter:
-    """Write a classic little-endian pcap file (link type Ethernet by default)."""
+    """Write a classic little-endian pcap file (link type Ethernet by default).
+
+    Records are buffered and written by :meth:`flush` (when 64 KiB are pending, and at
+    :meth:`close`).  A write that fails (a full disk, EIO, EFBIG, ``/dev/full``) raises
+    :class:`PacketError` after cutting the file back to its last whole record, and
+    :attr:`count` then says how many records the file holds: the file never ends in a torn
+    record, and a caller that flushes per burst knows exactly which of its records were
+    written.  ``resume=True`` continues a file an earlier writer of the same run left (a
+    restarted muxer): its whole records are kept, a torn last one is cut, and a missing,
+    empty or foreign file is started anew."""
+
+    FLUSH_AT = 1 << 16
 
     def __init__(self, path: str | Path, *, linktype: int = LINKTYPE_ETHERNET, snaplen: int = 262144,
-                 nanosecond: bool = True):
+                 nanosecond: bool = True, resume: bool = False):
         self.path = str(path)
-        try:
-            self._f = open(path, "wb")  # closed in close()
-        except OSError as exc:
-            raise PacketError(f"{path}: cannot write: {exc.strerror or exc}") from None
         magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
         self._div = 1 if nanosecond else 1000
         self.snaplen = snaplen
-        self._f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
         self.count = 0
+        self._buf = bytearray()
+        self._ends: list[int] = []  # end offset in _buf of each pending record
+        header = struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)
+        self._f: BinaryIO | None = None
+        try:
+            self._pos = self._resume(header) if resume else -1
+            if self._pos < 0:
+                self._f = open(path, "wb", buffering=0)  # closed in close()
+                self._write_all(header)
+                self._pos = len(header)
+        except OSError as exc:
+            if self._f is not None:
+                self._f.close()
+            raise PacketError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+    def _resume(self, header: bytes) -> int:
+        """Open an earlier writer's file for appending; its end offset after cutting a torn
+        last record, or -1 when it is not ours to continue (start anew)."""
+        try:
+            f = open(self.path, "r+b", buffering=0)  # closed in close()
+        except FileNotFoundError:
+            return -1
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        if size < len(header) or os.pread(fd, len(header), 0) != header:
+            f.close()
+            return -1
+        pos = len(header)
+        while pos + 16 <= size:
+            caplen = struct.unpack("<8xI4x", os.pread(fd, 16, pos))[0]
+            if pos + 16 + caplen > size:
+                break
+            pos += 16 + caplen
+            self.count += 1
+        os.ftruncate(fd, pos)
+        f.seek(pos)
+        self._f = f
+        return pos
+
+    def _write_all(self, b: bytes | memoryview) -> int:
+        """Write ``b``; returns the bytes written, or raises OSError with ``done`` set."""
+        assert self._f is not None
+        done = 0
+        while done < len(b):
+            try:
+                n = self._f.write(b[done:])
+            except OSError as exc:
+                exc.done = done  # type: ignore[attr-defined]
+                raise
+            done += n or 0
+        return done
 
     def write(self, data: bytes, ts_ns: int = 0, orig_len: int | None = None) -> None:
+        """Append one record (buffered; a failing flush raises :class:`PacketError`)."""
         cap = data[: self.snaplen]
         sec, frac = divmod(ts_ns, 1_000_000_000)
-        self._f.write(struct.pack("<IIII", sec & 0xFFFFFFFF, frac // self._div, len(cap),
-                                  len(data) if orig_len is None else orig_len))
-        self._f.write(cap)
+        self._buf += struct.pack("<IIII", sec & 0xFFFFFFFF, frac // self._div, len(cap),
+                                 len(data) if orig_len is None else orig_len)
+        self._buf += cap
+        self._ends.append(len(self._buf))
         self.count += 1
+        if len(self._buf) >= self.FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending records.  On failure, the file is cut back to its last whole
+        record, the unwritten records are forgotten (:attr:`count` drops by their number)
+        and :class:`PacketError` says why."""
+        if not self._buf:
+            return
+        try:
+            self._write_all(bytes(self._buf))  # a copy: a view would pin the buffer's size
+        except OSError as exc:
+            done = getattr(exc, "done", 0)
+            kept = bisect.bisect_right(self._ends, done)
+            cut = self._ends[kept - 1] if kept else 0
+            try:
+                assert self._f is not None
+                os.ftruncate(self._f.fileno(), self._pos + cut)
+                self._f.seek(self._pos + cut)
+            except OSError:
+                pass
+            self._pos += cut
+            self.count -= len(self._ends) - kept
+            self._buf.clear()
+            self._ends.clear()
+            raise PacketError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        self._pos += len(self._buf)
+        self._buf.clear()
+        self._ends.clear()
 
     def close(self) -> None:
-        self._f.close()
+        """Flush and close; the file is closed also when the flush fails (then
+        :class:`PacketError` says why)."""
+        if self._f is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._f.close()
+            self._f = None
 
     def __enter__(self) -> PcapWriter:
         return self

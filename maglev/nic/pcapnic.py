@@ -16,9 +16,11 @@ in Python: a capture NIC is for tests and replays, not for speed.
 
 from __future__ import annotations
 
+import logging
 from itertools import islice
 from typing import Any
 
+from maglev.errors import PacketError
 from maglev.native import ffi, lib
 from maglev.nic.pcapfile import PcapReader, PcapWriter
 
@@ -26,6 +28,8 @@ FRAME = int(lib.MG_FRAME_SIZE)
 META = int(lib.MG_FRAME_META_SIZE)
 HEADROOM = int(lib.MG_FRAME_HEADROOM)
 DATA_MAX = FRAME - META - HEADROOM
+
+log = logging.getLogger(__name__)
 
 
 class PcapRx:
@@ -102,31 +106,57 @@ class PcapRx:
 
 
 class PcapTx:
+    """``--out OUT.pcap``.  Each burst is flushed before ``tx_burst`` returns, so the file
+    holds exactly the records the muxer counts as sent: a write that fails (a full disk)
+    keeps the burst's written prefix, the rest is refused (the muxer counts it as
+    ``tx_errors``), the error is logged once per outage and shown in ``stats()``.  A
+    restarted muxer (``resume``) continues the file of the one that was killed instead of
+    starting it anew."""
+
     kind = "pcap"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, resume: bool = False):
         self.path = path
-        self.writer = PcapWriter(path)
+        self.writer = PcapWriter(path, resume=resume)
         self.packets = 0
+        self.write_errors = 0
+        self.error = ""
 
     def tx_burst(self, pool: Any, descs: Any, n: int) -> int:
         w = self.writer
-        sent = 0
-        for j in range(n):
-            idx = int(descs[j]) & 0xFFFFFFFF
-            m = ffi.cast("struct mg_frame_meta *", pool + idx * FRAME)
-            if m.data_off + m.len > FRAME - META:
-                # Never read past the frame; the muxer counts what we refuse as tx errors.
-                # Refusing must keep hand order: what was written is a prefix.
-                break
-            start = idx * FRAME + META + m.data_off
-            w.write(ffi.buffer(pool + start, m.len)[:], m.rx_ts_ns)
-            sent += 1
+        before = w.count
+        try:
+            for j in range(n):
+                idx = int(descs[j]) & 0xFFFFFFFF
+                m = ffi.cast("struct mg_frame_meta *", pool + idx * FRAME)
+                if m.data_off + m.len > FRAME - META:
+                    # Never read past the frame; the muxer counts what we refuse as tx
+                    # errors.  Refusing must keep hand order: what was written is a prefix.
+                    break
+                start = idx * FRAME + META + m.data_off
+                w.write(ffi.buffer(pool + start, m.len)[:], m.rx_ts_ns)  # may flush (and fail)
+            w.flush()
+        except PacketError as exc:  # the written prefix is in w.count; the rest is refused
+            self.write_errors += 1
+            if str(exc) != self.error:
+                log.error("cannot write the output capture; refusing packets", extra={"kv": {"error": str(exc)}})
+            self.error = str(exc)
+        else:
+            if self.error:
+                log.warning("writing the output capture again", extra={"kv": {"path": self.path}})
+                self.error = ""
+        sent = max(0, w.count - before)
         self.packets += sent
         return sent
 
     def stats(self) -> dict[str, Any]:
-        return {"tx_packets": self.packets}
+        out: dict[str, Any] = {"tx_packets": self.packets, "write_errors": self.write_errors}
+        if self.error:
+            out["error"] = self.error
+        return out
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+        except PacketError as exc:  # everything counted as sent was flushed per burst
+            log.error("cannot close the output capture", extra={"kv": {"error": str(exc)}})
