@@ -54,6 +54,7 @@ from maglev.control.protocol import (
     INTERNAL,
     INVALID_CONFIG,
     NEEDS_FORCE,
+    NEEDS_RESTART,
     PERSIST_FAILED,
     PUBLISH_FAILED,
     UNKNOWN_OP,
@@ -63,8 +64,8 @@ from maglev.control.protocol import (
     invalid_config,
 )
 from maglev.control.publisher import TablePublisher
+from maglev.control.tables import blob_size, vip_table
 from maglev.control.tables import build_tables as default_build_tables
-from maglev.control.tables import vip_table
 from maglev.errors import ConfigError
 from maglev.pools import backend_checks, effective_config
 
@@ -315,6 +316,16 @@ class ConfigManager:
             raise ProtocolError(INVALID_CONFIG, f"the tables cannot be built for this config: "
                                 f"{type(exc).__name__}: {exc}") from None
         t1 = time.perf_counter()
+        # What can make the publication fail (a worker still on the idle copy, no room in
+        # /dev/shm) is checked now, before the state file moves on: after it, a failure was
+        # a state written and written back (or, after a crash, kept).
+        prepare = getattr(self.publisher, "prepare", None)
+        if prepare is not None:
+            try:
+                prepare(len(blob))
+            except Exception as exc:
+                self.counters.publish_failures += 1
+                raise ProtocolError(PUBLISH_FAILED, f"tables not published: {exc}; nothing changed") from None
         # The state file's write + fsync (milliseconds on a disk) overlaps publication; the
         # reply waits for both.  fsync releases the GIL, so this is real overlap.
         writer = None
@@ -420,6 +431,7 @@ class ConfigManager:
                 raise ProtocolError(NEEDS_FORCE, f"{op} would remove {emptied}; nothing changed. Send it with "
                                     "force=true (maglev ctl ... --force) if that is what you want", "force")
             log.warning("forced change removes %s", emptied, extra={"kv": {"op": op}})
+        self.check_room(new, op)
         old_health = dict(self.health)
         self._prune_health(new)
         try:
@@ -437,6 +449,23 @@ class ConfigManager:
         self._check_all_down()
         return result
 
+    def check_room(self, new: Config, op: str) -> None:
+        """Refuse (``needs-restart``), before any work, a config whose tables do not fit the
+        publisher's area (a run's is sized when it starts): the size comes from the config
+        alone.  Before, the change built its tables, wrote the state file, failed to
+        publish and wrote the old state back (``publish-failed``)."""
+        cap = getattr(self.publisher, "capacity", None)
+        if cap is None or self.builder_name != "datapath":
+            return
+        need = blob_size(new)
+        if need > cap:
+            raise ProtocolError(
+                NEEDS_RESTART,
+                f"{op}: the tables of this config need {need} bytes ({_mib(need)}); this run's tables "
+                f"area holds {cap} ({_mib(cap)}), sized when maglev run "
+                "started (twice its tables then, at least 256 MiB); nothing changed. Restart maglev run "
+                "to apply it (the area is sized for the accepted config and the file it starts from)")
+
     def preview(self, new: Config) -> dict[str, Any]:
         """What applying ``new`` would move (maglev/control/preview.py): its tables are
         built with the current health verdicts and compared with the tables published now;
@@ -445,6 +474,7 @@ class ConfigManager:
         from maglev.control.preview import backend_ids, diff_tables
         from maglev.datapath.tables import build_tables as data_path_tables
 
+        self.check_room(new, "apply")  # what applying it would answer, before any work
         keys = {(v.key, b.key) for v in new.vips for b in v.backends}
         down = frozenset(k for k in self.down_set(new) if k in keys)
         t0 = time.perf_counter()
@@ -784,6 +814,10 @@ def _checked_pairs(config: Config) -> set[tuple[str, str]]:
         key = v.key
         out.update((key, v.backends[j].key) for j, h in backend_checks(v) if h.type != "none")
     return out
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.1f} KiB"
 
 
 def _bool(args: dict[str, Any], key: str) -> bool:

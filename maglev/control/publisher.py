@@ -32,6 +32,12 @@ class TablePublisher(Protocol):
         ...
 
 
+# Optional, besides the protocol (looked up with getattr): ``capacity`` -- the largest blob
+# it can publish (None: no limit), and ``prepare(size)`` -- everything of a publication of
+# ``size`` bytes that can fail, done before the config manager persists the change
+# (raises like publish; changes nothing the workers see).
+
+
 class RegionPublisher:
     """The shared-memory publisher of a running forwarder (maglev.rings)."""
 
@@ -39,6 +45,13 @@ class RegionPublisher:
         self.region = region
         self.live_workers = live_workers
         self.publish_timeout = publish_timeout
+
+    @property
+    def capacity(self) -> int:
+        return int(self.region.tables.capacity)
+
+    def prepare(self, size: int) -> None:
+        self.region.tables.prepare(size, list(self.live_workers()), self.publish_timeout)
 
     def publish(self, blob: bytes) -> int:
         # Workers report their switch as a child of the current span (the config manager's
@@ -59,7 +72,8 @@ class ThreadedPublisher:
     publish, wait ``lag_s`` (the rest of a burst) and report the generation they saw.
     ``stall(i)`` freezes worker i to test timeouts.  Close it when done."""
 
-    def __init__(self, workers: int = 2, lag_s: float = 0.0):
+    def __init__(self, workers: int = 2, lag_s: float = 0.0, capacity: int | None = None):
+        self.capacity = capacity  # the largest blob it takes (None: any), like a region's area
         self.blob = b""
         self.generation = 0
         self.seen = [0] * workers
@@ -92,6 +106,8 @@ class ThreadedPublisher:
             if self.fail_next is not None:
                 exc, self.fail_next = self.fail_next, None
                 raise exc
+            if self.capacity is not None and len(blob) > self.capacity:
+                raise ValueError(f"table blob of {len(blob)} bytes exceeds the capacity {self.capacity}")
             self.generation += 1
             self.blob = bytes(blob)
             self.history.append((self.generation, self.blob))

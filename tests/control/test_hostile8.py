@@ -132,3 +132,90 @@ def test_a_long_change_under_cpu_load_never_gets_the_config_manager_killed(confi
     assert sup.pid("config") == pid and sup.children["config"].incarnation == 0, sup.events
     assert not [e for e in sup.events if "died" in e[2]], sup.events
     assert worst < sup.heartbeat_timeout_s, f"{worst:.2f} s without a heartbeat"
+
+
+# -- tables that outgrow the run's tables area ----------------------------------------------
+
+def _config(name: str, vips: int, size: int, backends: int = 3) -> Any:
+    from maglev import config as cfg
+
+    return cfg.loads(toml_config(name, vips=vips, size=size, backends=backends))
+
+
+def test_tables_size_is_the_blob_size_for_every_kind_of_config():
+    """``tables_size(config)`` (what a change needs, known before any work) is exactly the
+    size of the blob ``build_tables`` makes: plain, QUIC, VIP matching, pools, many VIPs."""
+    from maglev import config as cfg
+    from maglev.config import SAMPLE_CONFIG
+    from maglev.datapath.tables import build_tables, tables_size
+    from tests.control.test_run_pools import CONF as POOLS_TOML
+    from tests.datapath.cluster_helpers import a_config
+    from tests.datapath.test_quic import CONF as QUIC_CONF
+
+    configs = [cfg.load(SAMPLE_CONFIG), QUIC_CONF, a_config(), _config("s8g-sz", 300, 251, 7),
+               _config("s8g-sz", 1, 65537, 0)]
+    configs.append(cfg.loads(POOLS_TOML.format(name="s8g-pools", port=9)))
+    for c in configs:
+        down = frozenset((v.key, b.key) for v in c.vips for b in v.backends[:1])
+        for d in (frozenset(), down):
+            assert tables_size(c) == len(build_tables(c, down=d)), c.instance.name
+
+
+def test_a_change_beyond_the_tables_area_is_refused_before_any_work(tmp_path):
+    """A reload that grew the tables past the run's tables area built them, wrote the state
+    file, failed to publish (``publish-failed``) and wrote the old state back: a crash
+    in between kept a config the run cannot publish.  Now it is ``needs-restart`` with
+    both sizes in the message before anything is built, written or published, and the
+    same for ``apply --dry-run``, adding VIPs or backends."""
+    from maglev.control.manager import ConfigManager
+    from maglev.control.protocol import Request
+    from maglev.control.publisher import RegionPublisher
+    from maglev.control.tables import blob_size, build_tables
+    from tests.region_helpers import scratch_region
+
+    small = _config("s8g-room", 1, 251, backends=4)
+    room = 2 * len(build_tables(small))
+    src = tmp_path / "maglev.toml"
+    src.write_text(toml_config("s8g-room", vips=1, size=251))
+    state = tmp_path / "state.json"
+    with scratch_region("s8g-room", 1, 64, 64, tables_bytes=room) as region:
+        mgr = ConfigManager.open(RegionPublisher(region, lambda: []), source_path=src, state_path=state)
+        gen, before = mgr.generation, state.read_bytes()
+        builds: list[int] = []
+        inner = mgr.build_tables
+        mgr.build_tables = lambda config, down=frozenset(): builds.append(1) or inner(config, down=down)
+
+        src.write_text(toml_config("s8g-room", vips=3, size=4099))  # a reload 3 VIPs, 16x the slots
+        big = _config("s8g-room", 3, 4099, backends=4)
+        asks = [Request("reload", {}, 1), Request("preview-config", {"config": big.to_dict()}, 2),
+                Request("add-vip", {"vip": {"address": "203.0.113.99", "port": 80, "protocol": "tcp",
+                                            "table_size": 65537, "backend": [{"address": "198.18.0.9"}]}}, 3)]
+        for req in asks:
+            r = mgr.handle(req)
+            assert not r.ok and r.error["code"] == "needs-restart", (req.op, r.error)
+            msg = r.error["message"]
+            assert str(room) in msg and "nothing changed" in msg and "Restart maglev run" in msg, msg
+        assert str(blob_size(big)) in mgr.handle(asks[0]).error["message"]
+        assert not builds and mgr.generation == gen == region.tables.generation()
+        assert state.read_bytes() == before and mgr.config == small
+        assert mgr.counters.publish_failures == 0
+        # within the area: applied as before
+        src.write_text(toml_config("s8g-room", vips=1, size=251, backends=5))
+        r = mgr.handle(Request("reload", {}, 4))
+        assert r.ok and r.result["changed"], r.error
+        assert region.tables.generation() == gen + 1
+
+
+def test_the_run_sizes_its_tables_area_for_the_accepted_config_too(tmp_path):
+    """"Restart maglev run to apply it" must work when the big config came by ``ctl``: the
+    state file (resumed while the source file is unchanged) counts when the area is sized."""
+    from maglev.control import persist
+    from maglev.control.tables import TABLES_AREA_MIN, blob_size, tables_area
+
+    big = _config("s8g-area", 40, 1_000_003)
+    state = tmp_path / "state.json"
+    assert tables_area(1000, str(state)) == TABLES_AREA_MIN  # no state file yet
+    persist.save_state(state, big, "")
+    assert tables_area(1000, str(state)) == 2 * blob_size(big) > TABLES_AREA_MIN
+    state.write_text("{not json")
+    assert tables_area(1000, str(state)) == TABLES_AREA_MIN
