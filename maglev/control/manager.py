@@ -66,7 +66,7 @@ from maglev.control.protocol import (
 from maglev.control.publisher import TablePublisher
 from maglev.control.tables import blob_size, vip_table
 from maglev.control.tables import build_tables as default_build_tables
-from maglev.errors import ConfigError
+from maglev.errors import ConfigError, ControlError
 from maglev.pools import backend_checks, effective_config
 
 log = logging.getLogger("maglev.control")
@@ -225,7 +225,11 @@ class ConfigManager:
                 # (e.g. written before a config key was renamed): keep it aside, say so
                 # loudly, and start from the operator's file.
                 aside = Path(f"{state_path}.invalid")
-                os.replace(state_path, aside)
+                try:
+                    os.replace(state_path, aside)
+                except OSError as oe:
+                    raise ControlError(f"state file {state_path} is not usable ({'; '.join(exc.problems)}) "
+                                       f"and cannot be moved aside: {oe.strerror or oe}") from None
                 log.error("state file %s is not usable (%s); moved to %s, starting from %s",
                           state_path, "; ".join(exc.problems), aside, source_path)
                 state = None
@@ -240,9 +244,20 @@ class ConfigManager:
             config = cfg.load(source_path) if source_path else Config()
         mgr = cls(config, publisher, source_path=source_path, state_path=state_path, source_sha256=src_sha, **kw)
         mgr.resumed = resumed
-        if state_path and (not resumed or run is not None):
-            persist.save_state(state_path, config, src_sha)
-        mgr._save_run_config(persist.encode_state(mgr.plain(config), src_sha))
+        targets = [Path(state_path)] if state_path and (not resumed or run is not None) else []
+        if mgr.run_dir is not None:
+            targets.append(persist.run_config_path(mgr.run_dir))
+        try:
+            persist.atomic_write_all(targets, persist.encode_state(mgr.plain(config), src_sha))
+        except OSError as exc:
+            where = exc.filename or ", ".join(map(str, targets))
+            if run is None:  # a start: say so in one line (no traceback), nothing runs yet
+                raise ControlError(f"cannot write the state file {where}: {exc.strerror or exc}") from None
+            # A restart inside a run (after a kill -9) resumes the config the run accepted
+            # either way: a full or read-only disk must not take the run down (the supervisor
+            # gives up on an actor whose start fails); the next accepted change writes it.
+            log.error("cannot write %s (%s); going on with the run's accepted config", where,
+                      exc.strerror or exc)
         mgr._publish_initial()
         return mgr
 
@@ -387,13 +402,11 @@ class ConfigManager:
 
     def _restore_state(self) -> None:
         data = persist.encode_state(ops.plain(self.config), self.source_sha256)
-        for path in (self.state_path, self.run_dir and persist.run_config_path(self.run_dir)):
-            if not path:
-                continue
-            try:
-                persist.atomic_write(path, data)
-            except OSError:
-                log.exception("could not restore %s", path)
+        targets = [p for p in (self.state_path, self.run_dir and persist.run_config_path(self.run_dir)) if p]
+        try:
+            persist.atomic_write_all(targets, data)
+        except OSError as exc:
+            log.error("could not restore %s: %s", ", ".join(map(str, targets)), exc.strerror or exc)
 
     def _save_run_config(self, data: bytes) -> None:
         if self.run_dir is not None:
@@ -746,9 +759,11 @@ class ConfigManager:
             raise
         if not result["changed"] and self.state_path and self.source_sha256 != old_sha:
             # Same config, edited file (comments...): record the new source hash.
+            targets = [self.state_path]
+            if self.run_dir is not None:
+                targets.append(persist.run_config_path(self.run_dir))
             try:
-                persist.save_state(self.state_path, self.config, self.source_sha256)
-                self._save_run_config(persist.encode_state(self.plain(self.config), self.source_sha256))
+                persist.atomic_write_all(targets, persist.encode_state(self.plain(self.config), self.source_sha256))
             except OSError as exc:
                 self.source_sha256 = old_sha
                 raise ProtocolError(PERSIST_FAILED, f"cannot write {self.state_path}: {exc}") from None
@@ -779,9 +794,8 @@ class _Writer:
         self._t.start()
 
     def _run(self, paths: list[Path], data: bytes) -> None:
-        try:
-            for path in paths:
-                persist.atomic_write(path, data)
+        try:  # both files or neither (a full disk under the second one)
+            persist.atomic_write_all(paths, data)
         except OSError as exc:
             self.error = exc
 

@@ -219,3 +219,138 @@ def test_the_run_sizes_its_tables_area_for_the_accepted_config_too(tmp_path):
     assert tables_area(1000, str(state)) == 2 * blob_size(big) > TABLES_AREA_MIN
     state.write_text("{not json")
     assert tables_area(1000, str(state)) == TABLES_AREA_MIN
+
+
+# -- a full or read-only disk under the state ------------------------------------------------
+
+DISK_SCRIPT = r'''
+import json, os, subprocess, sys
+from pathlib import Path
+from maglev import config as cfg
+from maglev.control.manager import ConfigManager
+from maglev.control.protocol import Request
+from maglev.control.publisher import ThreadedPublisher
+from maglev.errors import MaglevError
+
+base = Path(sys.argv[1])
+small, full = base / "small", base / "plenty"
+small.mkdir(); full.mkdir()
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(small)], check=True)
+src = full / "maglev.toml"
+src.write_text(sys.argv[2])
+out = {}
+
+def fill(d):
+    fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"x" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+def case(name, state, run_dir):
+    pub = ThreadedPublisher(2)
+    try:
+        mgr = ConfigManager.open(pub, source_path=src, state_path=state, run_dir=run_dir)
+        files = [p for p in (state, run_dir and run_dir / "config.json") if p]
+        before = [p.read_bytes() for p in files]
+        blob0 = pub.blob
+        fill(small)
+        r = mgr.handle(Request("add-backend", {"vip": "203.0.113.1:1000/tcp", "backend": {"address": "198.18.5.5"}}, 1))
+        out[name] = {"ok": r.ok, "error": r.error, "same_files": [p.read_bytes() == b for p, b in zip(files, before)],
+                     "tables_back": pub.blob == blob0, "backends": len(mgr.config.vips[0].backends),
+                     "leftovers": sorted(n for d in {p.parent for p in files} for n in os.listdir(d) if ".tmp-" in n)}
+    finally:
+        pub.close()
+        (small / "filler").unlink(missing_ok=True)
+
+# 1. the state folder is full
+case("state_full", small / "state.json", None)
+(small / "state.json").unlink()
+# 2. the state folder has room, the run folder (second file) is full
+case("run_full", full / "state.json", small)
+for n in os.listdir(small):
+    os.unlink(small / n)
+# 3. a read-only state folder: a fresh start is one clear error; a restart in a run goes on
+subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+try:
+    ConfigManager.open(ThreadedPublisher(1), source_path=src, state_path=small / "state.json")
+    out["ro_start"] = "started"
+except MaglevError as exc:
+    out["ro_start"] = f"{type(exc).__name__}: {exc}"
+run = full / "run"
+run.mkdir()
+(run / "config.json").write_bytes((full / "state.json").read_bytes())
+pub = ThreadedPublisher(1)
+try:
+    m = ConfigManager.open(pub, source_path=src, state_path=small / "state.json", run_dir=run, restart=True)
+    out["ro_restart"] = {"generation": m.generation, "backends": len(m.config.vips[0].backends)}
+finally:
+    pub.close()
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts a 64 KiB tmpfs in a private mount namespace")
+def test_a_full_or_read_only_disk_under_the_state_changes_nothing(shortdir):
+    """A full disk under the *second* file persisted (the run's config) left the state file
+    renamed to the new config while the reply said ``persist-failed`` and the tables went
+    back: a restart of ``maglev run`` then resumed a change the operator was told did not
+    happen.  Both files are now written all-or-nothing.  A read-only state folder at a
+    restart inside a run (after a kill -9) made the config manager's start fail, and the
+    supervisor gave the whole run up; now it goes on with the run's accepted config (a
+    fresh start is refused in one line).  The disk is a 64 KiB tmpfs in a private mount
+    namespace, gone with the child process."""
+    import json
+
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", DISK_SCRIPT,
+                        str(shortdir), toml_config("s8g-disk", backends=2)],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for case in ("state_full", "run_full"):
+        c = out[case]
+        assert not c["ok"] and c["error"]["code"] == "persist-failed", (case, c)
+        assert all(c["same_files"]) and c["tables_back"] and c["backends"] == 2, (case, c)
+        assert c["leftovers"] == [], (case, c)
+    assert out["ro_start"].startswith("ControlError: cannot write the state file") and "Read-only" in out["ro_start"], out
+    assert out["ro_restart"]["backends"] == 2 and out["ro_restart"]["generation"] > 0, out
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def test_a_writer_killed_mid_write_leaves_the_old_or_the_new_state_and_no_leftover(tmp_path):
+    """kill -9 of a process in the middle of persisting a (2 MB) state: the file is always
+    the old or the new one, whole; the temporary file the dead writer left behind (named
+    after its pid, so never overwritten by the next writer) is removed by the next write."""
+    from maglev.control import persist
+
+    state = tmp_path / "state.json"
+    old = persist.encode_state({"n": 0, "pad": "o" * 2_000_000})
+    persist.atomic_write(state, old)
+    writer = ("import sys\nfrom maglev.control import persist\ni = 1\n"
+              "while True:\n    persist.atomic_write(sys.argv[1], persist.encode_state({'n': i, 'pad': 'n' * 2_000_000}))\n"
+              "    i += 1\n")
+    seen = set()
+    for delay in (0.3, 0.45, 0.6, 0.8):
+        p = subprocess.Popen([sys.executable, "-c", writer, str(state)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+        try:
+            time.sleep(delay)
+        finally:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(10)
+        import json
+
+        doc = json.loads(state.read_bytes())  # whole, never torn
+        assert doc["config"]["pad"] in ("o" * 2_000_000, "n" * 2_000_000)
+        seen.add(doc["config"]["n"])
+        persist.atomic_write(state, old)
+        assert [n for n in os.listdir(tmp_path) if ".tmp-" in n] == []
+    # a leftover of a dead pid is removed; one of a live process (this one's parent) is not
+    dead = tmp_path / ".state.json.tmp-999999999"
+    live = tmp_path / f".state.json.tmp-{os.getppid()}"
+    dead.write_bytes(b"x")
+    live.write_bytes(b"x")
+    persist.atomic_write(state, old)
+    assert not dead.exists() and live.exists()
