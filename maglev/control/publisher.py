@@ -50,21 +50,47 @@ class RegionPublisher:
     def capacity(self) -> int:
         return int(self.region.tables.capacity)
 
+    # The waits below look at the set of live workers again every SLICE_S: a worker the
+    # supervisor declares dead meanwhile (``actor_down``, handled by the config-manager
+    # actor while the request runs) stops holding the change up at once.  Before, the set
+    # was read once: a change arriving while a hung worker was being killed and restarted
+    # waited out the whole timeout and failed (``publish-failed``) though the dead worker
+    # no longer mattered.
+    SLICE_S = 0.05
+
     def prepare(self, size: int) -> None:
-        self.region.tables.prepare(size, list(self.live_workers()), self.publish_timeout)
+        from maglev.rings import TablesBusyError
+
+        deadline = time.monotonic() + self.publish_timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self.region.tables.prepare(size, list(self.live_workers()), max(0.0, min(self.SLICE_S, left)))
+                return
+            except TablesBusyError:
+                if left <= self.SLICE_S:
+                    raise
 
     def publish(self, blob: bytes) -> int:
         # Workers report their switch as a child of the current span (the config manager's
         # publish span): its context goes next to the generation *before* they can see it.
         from maglev.telemetry.spans import store_generation_context
 
+        self.prepare(len(blob))  # at once after the config manager's own prepare()
         store_generation_context(self.region, self.region.tables.generation() + 1)
         return int(self.region.tables.publish(blob, list(self.live_workers()), self.publish_timeout))
 
     def wait_all_seen(self, generation: int, timeout: float) -> bool:
-        r = self.region.tables.wait_all_seen(generation, list(self.live_workers()), timeout)
-        # The region returns a bool or None; a timeout there may also raise TimeoutError.
-        return r is None or bool(r)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            r = self.region.tables.wait_all_seen(generation, list(self.live_workers()),
+                                                 max(0.0, min(self.SLICE_S, left)))
+            # The region returns a bool or None; a timeout there may also raise TimeoutError.
+            if r is None or bool(r):
+                return True
+            if left <= self.SLICE_S:
+                return False
 
 
 class ThreadedPublisher:

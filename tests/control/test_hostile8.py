@@ -354,3 +354,190 @@ def test_a_writer_killed_mid_write_leaves_the_old_or_the_new_state_and_no_leftov
     live.write_bytes(b"x")
     persist.atomic_write(state, old)
     assert not dead.exists() and live.exists()
+
+
+# -- a change while a worker is being restarted -----------------------------------------------
+
+def test_a_change_while_a_hung_worker_is_being_replaced_waits_only_for_live_workers(tmp_path):
+    """Worker 1 hangs on an old generation (the idle copy): the change must wait for it --
+    until the supervisor declares it dead (``actor_down``, 0.3 s in).  The publisher read
+    the set of live workers once per wait, so the change waited out the whole 2 s and
+    failed ``publish-failed``; now it goes on as soon as the worker is out of the set."""
+    from maglev.control.manager import ConfigManager
+    from maglev.control.protocol import Request
+    from maglev.control.publisher import RegionPublisher
+    from maglev.control.tables import build_tables
+    from tests.region_helpers import scratch_region
+
+    src = tmp_path / "maglev.toml"
+    src.write_text(toml_config("s8g-live", size=251))
+    live = [0, 1]
+    with scratch_region("s8g-live", 2, 64, 64, tables_bytes=1 << 20) as region:
+        mgr = ConfigManager.open(RegionPublisher(region, lambda: list(live)), source_path=src,
+                                 state_path=tmp_path / "state.json")
+        region.tables.acquire(0)
+        region.tables.acquire(1)  # worker 1 now holds the first generation ...
+        mgr.handle(Request("set-weight", {"vip": "203.0.113.1:1000/tcp", "backend": "198.18.0.1", "weight": 2}, 1))
+        stop = threading.Event()
+
+        def worker0() -> None:  # ... while worker 0 keeps taking the new ones
+            while not stop.is_set():
+                region.tables.acquire(0)
+                time.sleep(0.005)
+
+        w = threading.Thread(target=worker0, daemon=True)
+        w.start()
+        t = threading.Timer(0.3, lambda: live.remove(1))  # the supervisor: worker-1 is down
+        t.start()
+        try:
+            t0 = time.monotonic()
+            r = mgr.handle(Request("set-weight", {"vip": "203.0.113.1:1000/tcp", "backend": "198.18.0.1",
+                                                  "weight": 3}, 2))
+            took = time.monotonic() - t0
+        finally:
+            t.cancel()
+            stop.set()
+            w.join(5)
+        assert r.ok and r.result["changed"] and r.result["confirmed"], r.error
+        assert took < 1.9, f"{took:.2f} s: waited for a worker declared dead"
+        assert region.tables.current()[1] == mgr._blob == build_tables(mgr.config)
+
+
+def test_the_actor_keeps_the_live_set_and_defers_the_rest_while_a_request_runs(tmp_path):
+    """While a request runs on the helper thread, the actor thread handles ``actor_down`` /
+    ``actor_up`` (the set is replaced, never changed in place) and keeps every other
+    mailbox message, and the helper thread's own sends, for after the request."""
+    from maglev.actors.base import ActorSpec
+    from maglev.actors.config_manager import ConfigManagerActor
+
+    a = ConfigManagerActor(ActorSpec("config", "maglev.actors.config_manager:ConfigManagerActor", str(tmp_path)))
+    a.live = {0, 1, 2}
+    sent: list[tuple[str, threading.Thread]] = []
+    handled: list[str] = []
+    a.mailbox = None
+    from maglev.actors.base import Actor
+
+    def base_send(self: Any, type_: str, **body: Any) -> None:
+        sent.append((type_, threading.current_thread()))
+
+    def controller(msg: dict[str, Any]) -> bool:
+        if not msg["type"].startswith("controller."):
+            return False
+        handled.append(msg["type"])
+        return True
+
+    a._controller_message = controller  # type: ignore[method-assign]
+    seen: list[frozenset[int]] = []
+
+    def request() -> str:
+        before = a.live
+        a.handle({"type": "actor_down", "actor": "worker-1"})  # as the actor thread would, meanwhile
+        a.handle({"type": "controller.query", "state": {}})
+        seen.append(frozenset(before))
+        a.send("controller.drain", drained=True)
+        assert not sent and handled == []  # kept for after the request
+        return "done"
+
+    orig = Actor.send
+    Actor.send = base_send  # type: ignore[method-assign]
+    try:
+        assert a._beating(request) == "done"
+    finally:
+        Actor.send = orig  # type: ignore[method-assign]
+    assert a.live == {0, 2} and seen == [frozenset({0, 1, 2})]
+    assert handled == ["controller.query"]
+    assert [s for s, th in sent if s != "hb"] == ["controller.drain"] and all(th is threading.main_thread() for _, th in sent)
+
+
+# -- many clients at once, an oversized request, a SIGHUP storm --------------------------------
+
+def test_concurrent_clients_lose_no_update_and_see_generations_in_order(config_run):
+    """12 clients each add their own backend at once (and read status meanwhile) through the
+    actor: every change is applied (none lost to another's read-modify-write), each reply
+    has its own generation, and the generations the clients saw are exactly the next 12."""
+    sup, ctl = config_run(toml_config("s8g-many", backends=2), workers=2)
+    out: dict[int, Any] = {}
+    gen0 = _call(sup, ctl, "status", {})["generation"]
+
+    def client(i: int) -> None:
+        try:
+            with ControlClient(ctl, 60) as c:
+                r = c.call("add-backend", {"vip": "203.0.113.1:1000/tcp", "backend": {"address": f"198.18.9.{i + 1}"}})
+                c.call("status", {})
+                out[i] = r
+        except Exception as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(12)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        sup.poll(0.02)
+    assert all(isinstance(r, dict) and r["changed"] for r in out.values()) and len(out) == 12, out
+    gens = sorted(r["generation"] for r in out.values())
+    assert gens == list(range(gen0 + 1, gen0 + 13)), gens
+    backends = _call(sup, ctl, "backends", {"vip": "203.0.113.1:1000/tcp"})["backends"]
+    assert {f"198.18.9.{i + 1}" for i in range(12)} <= {b["address"] for b in backends}
+    assert sup.children["config"].incarnation == 0
+
+
+def _call(sup: Supervisor, ctl: str, op: str, args: dict[str, Any]) -> Any:
+    r, _ = call_polling(sup, ctl, op, args, timeout=30)
+    if "error" in r:
+        raise r["error"]
+    return r["result"]
+
+
+def test_a_request_over_the_message_limit_is_a_clear_error_not_a_timeout(config_run):
+    """A valid config of 65536 backends is 1.5 MB as a ``ctl apply`` request; the server
+    drops a peer whose message passes 1 MiB, so the client waited out its timeout for "no
+    reply".  It now refuses at once and says what to do; the server keeps serving."""
+    from maglev.errors import ControlError
+
+    sup, ctl = config_run(toml_config("s8g-big", backends=2))
+    big = {"instance": {"name": "s8g-big", "source_ipv4": "198.19.0.1"},
+           "vip": [{"address": "203.0.113.1", "port": 1000, "protocol": "tcp", "table_size": 65537,
+                    "backend": [{"address": f"198.18.{j // 250}.{1 + j % 250}"} for j in range(60000)]}]}
+    with ControlClient(ctl, 30) as c:
+        t0 = time.monotonic()
+        with pytest.raises(ControlError, match=r"replace-config: the request is \d+ bytes, over .*ctl reload") as exc:
+            c.call("replace-config", {"config": big})
+        assert time.monotonic() - t0 < 1.0 and "ControlTimeout" not in type(exc.value).__name__
+    assert _call(sup, ctl, "status", {})["backends"] == 2
+
+
+def test_a_sighup_storm_reloads_without_piling_up_or_restarting(config_run, shortdir):
+    """300 SIGHUPs in a burst while the file changes under them: reloads never overlap
+    (one at a time, the rest folded into the next), each is answered, the last one runs
+    the file as it is at the end, the generation only grows and the actor is never
+    restarted."""
+    from types import SimpleNamespace
+
+    from maglev.service.runloop import ServiceLoop
+
+    sup, ctl = config_run(toml_config("s8g-hup", backends=2))
+    loop = ServiceLoop(SimpleNamespace(supervisor=sup, region=None))
+    old = signal.signal(signal.SIGHUP, lambda *_: loop.request_reload())
+    path = shortdir / "maglev.toml"
+    try:
+        for i in range(300):
+            if i % 50 == 0:
+                path.write_text(toml_config("s8g-hup", backends=2 + i // 50))
+            os.kill(os.getpid(), signal.SIGHUP)
+            loop.tick()
+            sup.poll(0)
+        deadline = time.monotonic() + 60
+        while (loop._reload_wanted or (loop._reload is not None and loop._reload.is_alive())) \
+                and time.monotonic() < deadline:
+            loop.tick()
+            sup.poll(0.02)
+    finally:
+        signal.signal(signal.SIGHUP, old)
+        loop.close()
+    assert loop.reloads and all(r["ok"] for r in loop.reloads), loop.reloads
+    assert len(loop.reloads) < 300
+    gens = [r["result"]["generation"] for r in loop.reloads]
+    assert gens == sorted(gens), gens
+    assert _call(sup, ctl, "status", {})["backends"] == 7
+    assert sup.children["config"].incarnation == 0
