@@ -541,3 +541,111 @@ def test_a_sighup_storm_reloads_without_piling_up_or_restarting(config_run, shor
     assert gens == sorted(gens), gens
     assert _call(sup, ctl, "status", {})["backends"] == 7
     assert sup.children["config"].incarnation == 0
+
+
+# -- kill -9 in the middle of a publication --------------------------------------------------
+
+def _forked(fn: Any, *args: Any) -> int:
+    """Run ``fn(*args)`` in a forked child (no thread runs in this test: fork is safe); the
+    child leaves with os._exit, whatever happens."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child
+        code = 0
+        try:
+            fn(*args)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    return pid
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
+
+
+def test_kill_9_of_the_publisher_mid_publication_leaves_whole_tables():
+    """The config manager's publisher killed at random points of publishing 4 MiB tables,
+    while a worker process keeps taking them: the tables the workers see are always
+    exactly one of the two published blobs (old or new, never a mix) and valid for the
+    data path, and the next publisher (the restarted config manager) publishes over them."""
+    from maglev import config as cfg
+    from maglev.control.publisher import RegionPublisher
+    from maglev.control.tables import build_tables
+    from maglev.datapath.tables import read_tables
+    from maglev.telemetry.spans import store_generation_context  # noqa: F401 (imported before the forks)
+    from tests.region_helpers import scratch_region
+
+    texts = [toml_config("s8g-kill", backends=b, size=next_prime(500_000)) for b in (3, 4)]
+    blobs = [build_tables(cfg.loads(t)) for t in texts]
+    with scratch_region("s8g-kill", 1, 64, 64, tables_bytes=2 * len(blobs[1])) as region:
+        region.tables.publish(blobs[0], [], 1.0)
+
+        def worker() -> None:
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                region.tables.acquire(0)
+                time.sleep(0.001)
+
+        def publisher() -> None:
+            pub = RegionPublisher(region, lambda: [0])
+            end = time.monotonic() + 60
+            i = 1
+            while time.monotonic() < end:
+                pub.publish(blobs[i % 2])
+                i += 1
+
+        w = _forked(worker)
+        try:
+            gens = [region.tables.generation()]
+            for delay in (0.01, 0.05, 0.11, 0.2, 0.33):
+                p = _forked(publisher)
+                try:
+                    time.sleep(delay)
+                finally:
+                    _kill(p)
+                gen, blob = region.tables.current()
+                assert blob in blobs, f"generation {gen}: {len(blob)} bytes, neither blob"
+                read_tables(blob)
+                gens.append(gen)
+            assert gens[-1] > gens[0] + 3, gens  # the children did publish
+            # the restarted config manager publishes over whatever the killed one left
+            pub = RegionPublisher(region, lambda: [0])
+            g = pub.publish(blobs[0])
+            assert pub.wait_all_seen(g, 5.0) and region.tables.current() == (g, blobs[0])
+        finally:
+            _kill(w)
+
+
+# -- huge configs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("vips, backends, needle", [
+    (10_000, 1, "vip: 10000 VIPs; the data path holds at most 4096"),
+    (1, 100_000, "vip[0].backend: 100000 backends; the data path holds at most 65536"),
+    (400, 250, "vip: 100000 (VIP, backend) pairs; the data path holds at most 65536"),
+])
+def test_a_huge_config_is_refused_quickly_in_one_line(vips, backends, needle, publisher):
+    """10k VIPs, 100k backends: ``invalid-config`` in bounded time with one problem line
+    (not one per backend), nothing built or published."""
+    from maglev.config import Config
+    from maglev.control.manager import ConfigManager
+    from maglev.control.protocol import Request
+
+    def vip(i: int, n: int) -> dict[str, Any]:
+        return {"address": f"203.0.{113 if i < 250 else 112}.{1 + i % 250}", "port": 1000 + i // 250,
+                "protocol": "tcp", "table_size": 251,
+                "backend": [{"address": f"198.18.{(j // 250) % 250}.{1 + j % 250}"} for j in range(n)]}
+
+    inst = {"name": "s8g-huge", "source_ipv4": "198.19.0.1"}
+    mgr = ConfigManager(Config.from_dict({"instance": inst, "vip": [vip(0, 2)]}), publisher)
+    mgr._publish_initial()
+    gen = mgr.generation
+    t0 = time.monotonic()
+    r = mgr.handle(Request("replace-config", {"config": {"instance": inst, "vip": [vip(i, backends) for i in range(vips)]}}, 1))
+    took = time.monotonic() - t0
+    assert not r.ok and r.error["code"] == "invalid-config" and r.error["message"] == needle, r.error
+    assert took < 30, f"{took:.1f} s to refuse"
+    assert mgr.generation == gen and len(publisher.history) == 1
