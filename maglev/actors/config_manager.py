@@ -21,6 +21,7 @@ Endpoints (each a ROUTER + PUB pair):
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -64,6 +65,12 @@ class ConfigManagerActor(Actor):
         self.drain_seq = 0
         self.drain_intent: bool | None = None
         self._fingerprints: tuple[int, dict[str, dict[str, Any]]] | None = None
+        # A request (or the start-up) runs on a helper thread (_beating); mailbox messages
+        # that must not interleave with it wait here.
+        self._busy = False
+        self._deferred: list[dict[str, Any]] = []
+        self._outbox: list[tuple[str, dict[str, Any]]] = []  # mailbox sends of the helper thread
+        self.max_busy_s = float(spec.params.get("max_busy_s", 900.0))
 
     # -- overridable for tests -------------------------------------------------
     def make_publisher(self) -> TablePublisher:
@@ -81,7 +88,10 @@ class ConfigManagerActor(Actor):
         instance = self.spec.instance
         state = p.get("state") or str(endpoints.state_dir(instance) / "state.json")
         publisher = self.make_publisher()
-        self.manager = ConfigManager.open(
+        # Opening builds and publishes the tables (seconds for the largest ones, more under
+        # load): heartbeats go on meanwhile, so a restart with big tables is not "hung".
+        self.manager = self._beating(
+            ConfigManager.open,
             publisher,
             source_path=source,
             state_path=state,
@@ -90,8 +100,6 @@ class ConfigManagerActor(Actor):
             run_dir=self.spec.run_dir,
             restart=self.spec.incarnation > 0,
         )
-        build = self.manager.build_tables
-        self.manager.build_tables = lambda config, down=frozenset(): self._beating(build, config, down=down)
         self.manager.backend_packets = self._backend_packets  # `ctl apply --dry-run` weights
         self.manager.flow_census = self._flow_census  # `ctl apply --dry-run`: exact flows
         ctl = self.manager.config.control
@@ -126,6 +134,11 @@ class ConfigManagerActor(Actor):
                                                       "resumed": self.manager.resumed}})
 
     def handle_request(self, req: Request) -> Reply:
+        """Serve one request on a helper thread while this thread keeps beating (see
+        :meth:`_beating`): any request may take seconds with big tables under load."""
+        return self._beating(self._handle_request, req)
+
+    def _handle_request(self, req: Request) -> Reply:
         assert self.manager is not None
         from maglev.observability import ops as observability
 
@@ -302,45 +315,94 @@ class ConfigManagerActor(Actor):
 
     def handle(self, msg: dict[str, Any]) -> None:
         """Supervisor events: keep the set of workers the publisher waits for."""
+        if self._busy and msg.get("type") not in ("actor_down", "actor_up"):
+            self._deferred.append(msg)  # after the request (see _beating)
+            return
         if self._controller_message(msg):  # the supervisor's controller (events, VIP health)
             return
         actor = str(msg.get("actor", ""))
         if not actor.startswith("worker-") or not (actor[7:].isascii() and actor[7:].isdigit()):
             return
         i = int(actor[7:])
+        # A new set each time (never changed in place): a request on the helper thread may
+        # be reading it (``sorted(self.live)``) while this thread handles the mailbox.
         if msg.get("type") == "actor_down":
-            self.live.discard(i)
+            self.live = self.live - {i}
         elif msg.get("type") == "actor_up" and (self.region is None or i < self.region.n_workers):
-            self.live.add(i)
+            self.live = self.live | {i}
 
     def _beating(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        """``fn(*args, **kw)`` (a table build) on a helper thread while this thread keeps
-        the heartbeats going: building the tables of a VIP with the largest table_size takes
-        seconds (4 s measured for 16777213 slots), longer than the supervisor waits for a
-        heartbeat (3 s), so a valid reload got the config manager killed mid-request.  The
-        build is C (the GIL released); only heartbeats are sent meanwhile, nothing else of
-        the mailbox is handled, so no other change can interleave with this one."""
+        """``fn(*args, **kw)`` on a helper thread while this thread keeps the heartbeats
+        going; the result or the exception comes back as if called here.
+
+        Every request and the start-up run this way (session 8).  Before, only the table
+        build did: a change of big tables still went 4 s and more without a heartbeat in
+        what followed the build on the actor thread -- the publication waits up to 2 s for
+        the workers to leave the idle copy, copies the blob, then waits up to
+        ``confirm_timeout`` (2 s) for every worker to switch -- and the supervisor kills
+        after 3 s.  Under load the gaps grew (measured: 0.29 s quiet, in single C copies of
+        the 128 MiB blob that hold the GIL; docs/operations.md).
+
+        Meanwhile this thread handles the mailbox only for what cannot wait or cannot
+        interleave with the change: ``stop`` (acted on after it), ``actor_down`` /
+        ``actor_up`` (the set of workers the publication waits for is replaced, never
+        changed in place).  Anything else is kept for after the request, so nothing else
+        touches the sockets or the manager while it runs.  A request that runs longer than
+        ``max_busy_s`` (a bug: a valid change of the largest tables takes well under it)
+        stops the heartbeats, and the supervisor restarts the actor.  Called from the
+        helper thread itself (nested), ``fn`` simply runs."""
+        if threading.current_thread() is not threading.main_thread() or self._busy:
+            return fn(*args, **kw)
         out: dict[str, Any] = {}
+        ctx = contextvars.copy_context()  # the request's span is the parent of its children
 
         def run() -> None:
             try:
-                out["value"] = fn(*args, **kw)
+                out["value"] = ctx.run(fn, *args, **kw)
             except BaseException as exc:  # handed to the caller below, as if called here
                 out["error"] = exc
 
-        t = threading.Thread(target=run, name="build-tables", daemon=True)
-        t.start()
-        while True:
-            t.join(0.2)
-            if not t.is_alive():
-                break
-            now = time.monotonic()
-            if now - self._last_hb >= self.heartbeat_s:
-                self._last_hb = now
-                self.send("hb", stats=self.stats())
+        t = threading.Thread(target=run, name="config-request", daemon=True)
+        self._busy = True
+        t0 = time.monotonic()
+        try:
+            t.start()
+            t.join(0.05)  # most requests are done by then: no beat, no mailbox look
+            warned = False
+            while t.is_alive():
+                now = time.monotonic()
+                if now - t0 < self.max_busy_s:
+                    # Half the period: a beat delayed by a GIL-holding copy on the helper
+                    # thread still reaches the supervisor long before its limit.
+                    if now - self._last_hb >= self.heartbeat_s / 2:
+                        self._last_hb = now
+                        self.send("hb", stats=self.stats())
+                    if self.mailbox is not None:
+                        self._poll_mailbox()
+                elif not warned:
+                    warned = True
+                    log.error("a request has run for %.0f s: heart-beats stopped, the supervisor "
+                              "restarts this actor", now - t0)
+                t.join(0.1)
+        finally:
+            self._busy = False
+        outbox, self._outbox = self._outbox, []
+        for type_, body in outbox:
+            self.send(type_, **body)
+        deferred, self._deferred = self._deferred, []
+        for msg in deferred:
+            self.handle(msg)
         if "error" in out:
             raise out["error"]
         return out["value"]
+
+    def send(self, type_: str, **body: Any) -> None:
+        """A mailbox message; from the request's helper thread it is sent by the actor
+        thread once the request is done (a ZeroMQ socket belongs to one thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            self._outbox.append((type_, body))
+            return
+        super().send(type_, **body)
 
     def stats(self) -> dict[str, Any]:
         if self.manager is None:

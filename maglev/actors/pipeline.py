@@ -279,8 +279,12 @@ class Pipeline:
         remove_dead_runs()  # run folders and regions of runs proven dead (maglev/actors/leftovers.py)
         n_frames = opts.n_frames or max(4096, (opts.workers + 2) * opts.ring_size)
         self.region_name = f"{self.config.instance.name}-{os.getpid()}-{secrets.token_hex(3)}"
+        from maglev.control.endpoints import state_dir
+        from maglev.control.tables import tables_area
+
+        state = opts.extra.get("state") or str(state_dir(self.config.instance.name) / "state.json")
         self.region = Region.create(
-            self.region_name, opts.workers, n_frames, opts.ring_size, max(len(blob) * 2, 1 << 20)
+            self.region_name, opts.workers, n_frames, opts.ring_size, tables_area(len(blob), state)
         )
         try:
             self.region.tables.publish(blob, [], 1.0)

@@ -18,6 +18,7 @@ from typing import Any
 import zmq
 
 from maglev.control import curve
+from maglev.control.optable import CHANGE_OPS
 from maglev.control.protocol import (
     MAX_MESSAGE_BYTES,
     ProtocolError,
@@ -103,12 +104,26 @@ class ControlClient:
             data = req.encode()
         except (OverflowError, ValueError, TypeError) as exc:  # e.g. an integer past 64 bits
             raise ControlError(f"{op}: an argument cannot be sent: {exc}") from None
+        if len(data) > MAX_MESSAGE_BYTES:
+            # The server drops a peer that sends more (ZMQ_MAXMSGSIZE): the request never
+            # arrives and the caller waited out its timeout for a "no reply" (session 8: a
+            # valid config of 65536 backends is 1.5 MB as a `ctl apply` request).
+            raise ControlError(
+                f"{op}: the request is {len(data)} bytes, over the control protocol's limit of "
+                f"{MAX_MESSAGE_BYTES} ({MAX_MESSAGE_BYTES >> 20} MiB); nothing was sent. For a config that big, put it "
+                "in the file maglev run was started with and use `maglev ctl reload` (the server reads the "
+                "file itself)")
         self.sock.send(data)
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
-                raise ControlTimeout(f"no reply to {op!r} from {self.endpoint} within {self.timeout:g}s")
+                hint = ""
+                if op in CHANGE_OPS or op == "reload":  # it was sent: it may be at work (big tables, load)
+                    hint = ("; the change may still be applied: see `maglev ctl status` (generation, "
+                            "last_change) before sending it again, or give --timeout more")
+                raise ControlTimeout(f"no reply to {op!r} from {self.endpoint} within {wait:g}s{hint}")
             reply = decode_reply(self.sock.recv())
             if reply.id != req_id:
                 continue  # the late answer to an earlier, timed-out request

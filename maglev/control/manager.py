@@ -54,6 +54,7 @@ from maglev.control.protocol import (
     INTERNAL,
     INVALID_CONFIG,
     NEEDS_FORCE,
+    NEEDS_RESTART,
     PERSIST_FAILED,
     PUBLISH_FAILED,
     UNKNOWN_OP,
@@ -63,9 +64,9 @@ from maglev.control.protocol import (
     invalid_config,
 )
 from maglev.control.publisher import TablePublisher
+from maglev.control.tables import blob_size, vip_table
 from maglev.control.tables import build_tables as default_build_tables
-from maglev.control.tables import vip_table
-from maglev.errors import ConfigError
+from maglev.errors import ConfigError, ControlError
 from maglev.pools import backend_checks, effective_config
 
 log = logging.getLogger("maglev.control")
@@ -224,7 +225,11 @@ class ConfigManager:
                 # (e.g. written before a config key was renamed): keep it aside, say so
                 # loudly, and start from the operator's file.
                 aside = Path(f"{state_path}.invalid")
-                os.replace(state_path, aside)
+                try:
+                    os.replace(state_path, aside)
+                except OSError as oe:
+                    raise ControlError(f"state file {state_path} is not usable ({'; '.join(exc.problems)}) "
+                                       f"and cannot be moved aside: {oe.strerror or oe}") from None
                 log.error("state file %s is not usable (%s); moved to %s, starting from %s",
                           state_path, "; ".join(exc.problems), aside, source_path)
                 state = None
@@ -239,9 +244,20 @@ class ConfigManager:
             config = cfg.load(source_path) if source_path else Config()
         mgr = cls(config, publisher, source_path=source_path, state_path=state_path, source_sha256=src_sha, **kw)
         mgr.resumed = resumed
-        if state_path and (not resumed or run is not None):
-            persist.save_state(state_path, config, src_sha)
-        mgr._save_run_config(persist.encode_state(mgr.plain(config), src_sha))
+        targets = [Path(state_path)] if state_path and (not resumed or run is not None) else []
+        if mgr.run_dir is not None:
+            targets.append(persist.run_config_path(mgr.run_dir))
+        try:
+            persist.atomic_write_all(targets, persist.encode_state(mgr.plain(config), src_sha))
+        except OSError as exc:
+            where = exc.filename or ", ".join(map(str, targets))
+            if run is None:  # a start: say so in one line (no traceback), nothing runs yet
+                raise ControlError(f"cannot write the state file {where}: {exc.strerror or exc}") from None
+            # A restart inside a run (after a kill -9) resumes the config the run accepted
+            # either way: a full or read-only disk must not take the run down (the supervisor
+            # gives up on an actor whose start fails); the next accepted change writes it.
+            log.error("cannot write %s (%s); going on with the run's accepted config", where,
+                      exc.strerror or exc)
         mgr._publish_initial()
         return mgr
 
@@ -315,6 +331,16 @@ class ConfigManager:
             raise ProtocolError(INVALID_CONFIG, f"the tables cannot be built for this config: "
                                 f"{type(exc).__name__}: {exc}") from None
         t1 = time.perf_counter()
+        # What can make the publication fail (a worker still on the idle copy, no room in
+        # /dev/shm) is checked now, before the state file moves on: after it, a failure was
+        # a state written and written back (or, after a crash, kept).
+        prepare = getattr(self.publisher, "prepare", None)
+        if prepare is not None:
+            try:
+                prepare(len(blob))
+            except Exception as exc:
+                self.counters.publish_failures += 1
+                raise ProtocolError(PUBLISH_FAILED, f"tables not published: {exc}; nothing changed") from None
         # The state file's write + fsync (milliseconds on a disk) overlaps publication; the
         # reply waits for both.  fsync releases the GIL, so this is real overlap.
         writer = None
@@ -376,13 +402,11 @@ class ConfigManager:
 
     def _restore_state(self) -> None:
         data = persist.encode_state(ops.plain(self.config), self.source_sha256)
-        for path in (self.state_path, self.run_dir and persist.run_config_path(self.run_dir)):
-            if not path:
-                continue
-            try:
-                persist.atomic_write(path, data)
-            except OSError:
-                log.exception("could not restore %s", path)
+        targets = [p for p in (self.state_path, self.run_dir and persist.run_config_path(self.run_dir)) if p]
+        try:
+            persist.atomic_write_all(targets, data)
+        except OSError as exc:
+            log.error("could not restore %s: %s", ", ".join(map(str, targets)), exc.strerror or exc)
 
     def _save_run_config(self, data: bytes) -> None:
         if self.run_dir is not None:
@@ -420,6 +444,7 @@ class ConfigManager:
                 raise ProtocolError(NEEDS_FORCE, f"{op} would remove {emptied}; nothing changed. Send it with "
                                     "force=true (maglev ctl ... --force) if that is what you want", "force")
             log.warning("forced change removes %s", emptied, extra={"kv": {"op": op}})
+        self.check_room(new, op)
         old_health = dict(self.health)
         self._prune_health(new)
         try:
@@ -437,6 +462,23 @@ class ConfigManager:
         self._check_all_down()
         return result
 
+    def check_room(self, new: Config, op: str) -> None:
+        """Refuse (``needs-restart``), before any work, a config whose tables do not fit the
+        publisher's area (a run's is sized when it starts): the size comes from the config
+        alone.  Before, the change built its tables, wrote the state file, failed to
+        publish and wrote the old state back (``publish-failed``)."""
+        cap = getattr(self.publisher, "capacity", None)
+        if cap is None or self.builder_name != "datapath":
+            return
+        need = blob_size(new)
+        if need > cap:
+            raise ProtocolError(
+                NEEDS_RESTART,
+                f"{op}: the tables of this config need {need} bytes ({_mib(need)}); this run's tables "
+                f"area holds {cap} ({_mib(cap)}), sized when maglev run "
+                "started (twice its tables then, at least 256 MiB); nothing changed. Restart maglev run "
+                "to apply it (the area is sized for the accepted config and the file it starts from)")
+
     def preview(self, new: Config) -> dict[str, Any]:
         """What applying ``new`` would move (maglev/control/preview.py): its tables are
         built with the current health verdicts and compared with the tables published now;
@@ -445,6 +487,7 @@ class ConfigManager:
         from maglev.control.preview import backend_ids, diff_tables
         from maglev.datapath.tables import build_tables as data_path_tables
 
+        self.check_room(new, "apply")  # what applying it would answer, before any work
         keys = {(v.key, b.key) for v in new.vips for b in v.backends}
         down = frozenset(k for k in self.down_set(new) if k in keys)
         t0 = time.perf_counter()
@@ -716,9 +759,11 @@ class ConfigManager:
             raise
         if not result["changed"] and self.state_path and self.source_sha256 != old_sha:
             # Same config, edited file (comments...): record the new source hash.
+            targets = [self.state_path]
+            if self.run_dir is not None:
+                targets.append(persist.run_config_path(self.run_dir))
             try:
-                persist.save_state(self.state_path, self.config, self.source_sha256)
-                self._save_run_config(persist.encode_state(self.plain(self.config), self.source_sha256))
+                persist.atomic_write_all(targets, persist.encode_state(self.plain(self.config), self.source_sha256))
             except OSError as exc:
                 self.source_sha256 = old_sha
                 raise ProtocolError(PERSIST_FAILED, f"cannot write {self.state_path}: {exc}") from None
@@ -749,9 +794,8 @@ class _Writer:
         self._t.start()
 
     def _run(self, paths: list[Path], data: bytes) -> None:
-        try:
-            for path in paths:
-                persist.atomic_write(path, data)
+        try:  # both files or neither (a full disk under the second one)
+            persist.atomic_write_all(paths, data)
         except OSError as exc:
             self.error = exc
 
@@ -784,6 +828,10 @@ def _checked_pairs(config: Config) -> set[tuple[str, str]]:
         key = v.key
         out.update((key, v.backends[j].key) for j, h in backend_checks(v) if h.type != "none")
     return out
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.1f} KiB"
 
 
 def _bool(args: dict[str, Any], key: str) -> bool:

@@ -5,7 +5,8 @@ atomic commit): write a temporary file *in the same directory* (rename is atomic
 within one file system), ``fsync`` it so its data is on disk before the name points at it,
 ``rename`` over the old name, then ``fsync`` the directory so the rename itself survives a
 power cut.  A crash at any point leaves either the old file or the new one, never a torn
-mix; a leftover temporary file is harmless and removed on the next write.
+mix; a leftover temporary file (named after its writer's pid) is removed by the next
+write once that process is gone.
 
 The state file is JSON: ``{"format": "maglev-state-1", "source_sha256": ..., "config":
 {...}}`` where ``config`` is ``Config.to_dict()`` (the TOML file's shape).  JSON rather
@@ -48,10 +49,47 @@ def source_id(path: str | Path) -> str:
 
 def atomic_write(path: str | Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new content."""
-    p = Path(path)
+    atomic_write_all([Path(path)], data, mode)
+
+
+def atomic_write_all(paths: list[Path], data: bytes, mode: int = 0o600) -> None:
+    """Replace every file of ``paths`` with ``data``, all or none as far as an error goes:
+    every temporary file is written and fsynced first, and only when all of them are
+    does any rename happen (a rename needs no space).  So a full or read-only disk under
+    the second file never leaves the first one renamed to the new content while the
+    caller reports that nothing changed (session 8: the state file moved on, the run's
+    config did not, the reply said ``persist-failed``).  A crash still leaves each file
+    old or new."""
+    tmps: list[tuple[Path, Path]] = []
+    try:
+        for p in paths:
+            tmps.append((_write_tmp(p, data, mode), p))
+    except BaseException:
+        for tmp, _ in tmps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for i, (tmp, p) in enumerate(tmps):
+        try:
+            os.replace(tmp, p)
+        except BaseException:
+            for t, _ in tmps[i:]:
+                with contextlib.suppress(OSError):
+                    os.unlink(t)
+            raise
+    for d in dict.fromkeys(p.parent for p in paths):
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _write_tmp(p: Path, data: bytes, mode: int) -> Path:
     # private like the file: the state folder is the service user's (0700), whichever of
     # the config manager and the connection tables' records creates it first
     p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _remove_stale_tmps(p)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
@@ -66,17 +104,34 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o600) -> None:
             os.unlink(tmp)
         raise
     os.close(fd)
+    return tmp
+
+
+def _remove_stale_tmps(p: Path) -> None:
+    """Temporary files of ``p`` left by a writer killed mid-write (kill -9 of the config
+    manager while it persists): named after the dead process, so the next writer (a new
+    pid) never overwrote them and they piled up, each as big as the state."""
+    prefix = f".{p.name}.tmp-"
     try:
-        os.replace(tmp, p)
-    except BaseException:
+        names = [n for n in os.listdir(p.parent) if n.startswith(prefix)]
+    except OSError:
+        return
+    for n in names:
+        pid = n[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.unlink(p.parent / n)
+
+
+def _alive(pid: int) -> bool:
     try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
 
 
 def encode_state(config_dict: dict, source_sha256: str = "") -> bytes:

@@ -57,6 +57,7 @@ NOT_FOUND = "not-found"  # no such VIP or backend
 CONFLICT = "conflict"  # already exists
 NEEDS_FORCE = "needs-force"  # would remove every VIP or every backend of a VIP; nothing changed
 PUBLISH_FAILED = "publish-failed"  # tables could not be published; nothing changed
+NEEDS_RESTART = "needs-restart"  # valid, but beyond what this run was sized for; nothing changed
 PERSIST_FAILED = "persist-failed"  # the config could not be written; nothing changed
 INTERNAL = "internal"  # a bug: logged with a traceback, nothing changed
 ERROR_CODES = (
@@ -69,6 +70,7 @@ ERROR_CODES = (
     CONFLICT,
     NEEDS_FORCE,
     PUBLISH_FAILED,
+    NEEDS_RESTART,
     PERSIST_FAILED,
     INTERNAL,
 )

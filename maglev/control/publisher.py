@@ -32,6 +32,12 @@ class TablePublisher(Protocol):
         ...
 
 
+# Optional, besides the protocol (looked up with getattr): ``capacity`` -- the largest blob
+# it can publish (None: no limit), and ``prepare(size)`` -- everything of a publication of
+# ``size`` bytes that can fail, done before the config manager persists the change
+# (raises like publish; changes nothing the workers see).
+
+
 class RegionPublisher:
     """The shared-memory publisher of a running forwarder (maglev.rings)."""
 
@@ -40,18 +46,51 @@ class RegionPublisher:
         self.live_workers = live_workers
         self.publish_timeout = publish_timeout
 
+    @property
+    def capacity(self) -> int:
+        return int(self.region.tables.capacity)
+
+    # The waits below look at the set of live workers again every SLICE_S: a worker the
+    # supervisor declares dead meanwhile (``actor_down``, handled by the config-manager
+    # actor while the request runs) stops holding the change up at once.  Before, the set
+    # was read once: a change arriving while a hung worker was being killed and restarted
+    # waited out the whole timeout and failed (``publish-failed``) though the dead worker
+    # no longer mattered.
+    SLICE_S = 0.05
+
+    def prepare(self, size: int) -> None:
+        from maglev.rings import TablesBusyError
+
+        deadline = time.monotonic() + self.publish_timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self.region.tables.prepare(size, list(self.live_workers()), max(0.0, min(self.SLICE_S, left)))
+                return
+            except TablesBusyError:
+                if left <= self.SLICE_S:
+                    raise
+
     def publish(self, blob: bytes) -> int:
         # Workers report their switch as a child of the current span (the config manager's
         # publish span): its context goes next to the generation *before* they can see it.
         from maglev.telemetry.spans import store_generation_context
 
+        self.prepare(len(blob))  # at once after the config manager's own prepare()
         store_generation_context(self.region, self.region.tables.generation() + 1)
         return int(self.region.tables.publish(blob, list(self.live_workers()), self.publish_timeout))
 
     def wait_all_seen(self, generation: int, timeout: float) -> bool:
-        r = self.region.tables.wait_all_seen(generation, list(self.live_workers()), timeout)
-        # The region returns a bool or None; a timeout there may also raise TimeoutError.
-        return r is None or bool(r)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            r = self.region.tables.wait_all_seen(generation, list(self.live_workers()),
+                                                 max(0.0, min(self.SLICE_S, left)))
+            # The region returns a bool or None; a timeout there may also raise TimeoutError.
+            if r is None or bool(r):
+                return True
+            if left <= self.SLICE_S:
+                return False
 
 
 class ThreadedPublisher:
@@ -59,7 +98,8 @@ class ThreadedPublisher:
     publish, wait ``lag_s`` (the rest of a burst) and report the generation they saw.
     ``stall(i)`` freezes worker i to test timeouts.  Close it when done."""
 
-    def __init__(self, workers: int = 2, lag_s: float = 0.0):
+    def __init__(self, workers: int = 2, lag_s: float = 0.0, capacity: int | None = None):
+        self.capacity = capacity  # the largest blob it takes (None: any), like a region's area
         self.blob = b""
         self.generation = 0
         self.seen = [0] * workers
@@ -92,6 +132,8 @@ class ThreadedPublisher:
             if self.fail_next is not None:
                 exc, self.fail_next = self.fail_next, None
                 raise exc
+            if self.capacity is not None and len(blob) > self.capacity:
+                raise ValueError(f"table blob of {len(blob)} bytes exceeds the capacity {self.capacity}")
             self.generation += 1
             self.blob = bytes(blob)
             self.history.append((self.generation, self.blob))

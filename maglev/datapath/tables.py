@@ -111,20 +111,22 @@ def _addr16(addr: str) -> tuple[bytes, int]:
     return socket.inet_pton(socket.AF_INET, addr) + bytes(12), 4
 
 
-def _remap(entries: array, remap: list[int]) -> bytes:
+def _remap_into(out: bytearray, off: int, entries: array, remap: list[int]) -> None:
     """Maglev entries (indices into the VIP's healthy backends, -1 empty) as global backend
-    indices, packed int32: one C pass over the array's buffer (mg_tables_remap)."""
+    indices, packed int32 into ``out`` at ``off``: one C pass over the array's buffer
+    (mg_tables_remap) straight into the blob, no intermediate copy (each copy of a big
+    table holds the GIL: session 8, docs/operations.md)."""
     n = len(entries)
+    if off % 4 or off + 4 * n > len(out):
+        raise ValueError("Maglev table outside the blob")
     if _lib is None:  # pragma: no cover
-        return struct.pack(f"={n}i", *(remap[e] if e >= 0 else -1 for e in entries))
-    out = bytearray(4 * n)
-    rc = _lib.mg_tables_remap(
-        _ffi.from_buffer("int32_t[]", out), _ffi.from_buffer("int32_t[]", entries), n,
-        _ffi.new("int32_t[]", remap or [0]), len(remap),
-    )
+        out[off : off + 4 * n] = struct.pack(f"={n}i", *(remap[e] if e >= 0 else -1 for e in entries))
+        return
+    dst = _ffi.cast("int32_t *", _ffi.from_buffer(out)) + off // 4
+    rc = _lib.mg_tables_remap(dst, _ffi.from_buffer("int32_t[]", entries), n,
+                              _ffi.new("int32_t[]", remap or [0]), len(remap))
     if rc != 0:
         raise ValueError("Maglev table entry outside its backends")
-    return bytes(out)
 
 
 def _mac(text: str) -> bytes:
@@ -333,10 +335,14 @@ def build_tables(
     fwd_off = _align8(cluster_off + CLUSTER.size * len(cluster_recs))
     table_off = _align8(fwd_off + FWD.size * len(fwd_recs))
 
+    # The whole blob is allocated once and each Maglev table written into it in place: its
+    # size is known from the config (tables_size()).  Before, a big table was copied five
+    # times (join, put, hash input, bytes(), header + body), each copy holding the GIL.
+    total = table_off + _tables_bytes(vips) + _quic_bytes(vips)
+    out = bytearray(total)
     vip_args: list[list[Any]] = []
     quic: list[list[tuple[int, int]]] = []
     backend_recs: list[bytes] = []
-    tables: list[bytes] = []
     index = [0] * (1 << index_bits)
     mask = (1 << index_bits) - 1
     idmap = [0] * (1 << idmap_bits)
@@ -363,15 +369,16 @@ def build_tables(
             if ok:
                 healthy.append((bkey, b.weight))
         t = build_table(healthy, v.table_size, engine)
-        entries = _remap(t.entries, [global_of[name] for name in t.names])
+        _remap_into(out, table_off, t.entries, [global_of[name] for name in t.names])
+        n_entries = len(t.entries)
+        del t  # its entries (4 bytes a slot) are in the blob now
         vip_args.append(
             [addr, pbe, proto, fam, ENCAP_CODES[v.encap], vip_flags(v), v.vxlan_port,
              v.vxlan_vni, v.table_size, table_off, first, len(v.backends),
              len(healthy), v.priority, bytes(3)]
         )
         quic.append(quic_sids(v, first))
-        tables.append(entries + bytes(_align8(len(entries)) - len(entries)))
-        table_off += _align8(len(entries))
+        table_off += _align8(4 * n_entries)
         first += len(v.backends)
         i = vip_hash(addr, pbe, proto) >> (32 - index_bits)
         while index[i]:
@@ -392,10 +399,11 @@ def build_tables(
             args += [0, 0, 0, 0]
         vip_recs.append(VIP.pack(*args))
     tables_end, table_off = table_off, quic_off
+    if table_off != total:  # pragma: no cover -- tables_size() and this layout disagree
+        raise AssertionError(f"tables blob layout: {table_off} bytes written, {total} allocated")
 
-    body = bytearray(table_off - vip_off)
     def put(off: int, data: bytes) -> None:
-        body[off - vip_off : off - vip_off + len(data)] = data
+        out[off : off + len(data)] = data
     put(vip_off, b"".join(vip_recs))
     put(backend_off, b"".join(backend_recs))
     put(index_off, struct.pack(f"={len(index)}I", *index))
@@ -403,7 +411,6 @@ def build_tables(
     put(pool_off, b"".join(pool))
     put(cluster_off, b"".join(cluster_recs))
     put(fwd_off, b"".join(fwd_recs))
-    put(_align8(fwd_off + FWD.size * len(fwd_recs)), b"".join(tables))
     put(tables_end, b"".join(quic_recs))
 
     inst = config.instance
@@ -424,9 +431,37 @@ def build_tables(
         )
 
     if not generation:
-        digest = hashlib.sha256(header(0) + body).digest()
-        generation = int.from_bytes(digest[:8], "little") | 1
-    return header(generation) + bytes(body)
+        h = hashlib.sha256(header(0))
+        h.update(memoryview(out)[HDR.size :])  # (hashlib releases the GIL on big data)
+        generation = int.from_bytes(h.digest()[:8], "little") | 1
+    out[: HDR.size] = header(generation)
+    return bytes(out)
+
+
+def _tables_bytes(vips: Any) -> int:
+    return sum(_align8(4 * v.table_size) for v in vips)
+
+
+def _quic_bytes(vips: Any) -> int:
+    return sum(QUIC_SID.size * sum(1 for b in v.backends if b.quic_server_id) for v in vips if v.quic.enabled)
+
+
+def tables_size(config: Config) -> int:
+    """The size in bytes of ``build_tables(config)``'s blob, from the config alone (no table
+    is built): what a change needs of the run's tables area, known before any work."""
+    vips = config.vips
+    n_backends = sum(len(v.backends) for v in vips)
+    vip_off = _align8(HDR.size)
+    backend_off = _align8(vip_off + VIP.size * len(vips))
+    index_off = _align8(backend_off + BACKEND.size * n_backends)
+    idmap_off = _align8(index_off + 4 * (1 << _bits_for(len(vips))))
+    pool_off = _align8(idmap_off + 4 * (1 << _bits_for(n_backends)))
+    pool, _, _ = _pool(config)
+    cluster_recs, fwd_recs, _ = _clusters(config)
+    cluster_off = _align8(pool_off + 16 * len(pool))
+    fwd_off = _align8(cluster_off + CLUSTER.size * len(cluster_recs))
+    table_off = _align8(fwd_off + FWD.size * len(fwd_recs))
+    return table_off + _tables_bytes(vips) + _quic_bytes(vips)
 
 
 def quic_sids(v: Any, first: int) -> list[tuple[int, int]]:

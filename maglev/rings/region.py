@@ -457,20 +457,20 @@ class Tables:
             time.sleep(pause)
             pause = min(pause * 2, 0.01)
 
-    def publish(self, blob: bytes, live_workers: Iterable[int], timeout: float) -> int:
-        """Write ``blob`` into the idle copy and make it active; return the new generation.
-
-        Waits up to ``timeout`` s for every live worker to have seen the current
-        generation (else raises :class:`TablesBusyError` and changes nothing)."""
-        data = bytes(blob)
-        if len(data) > self.capacity:
+    def prepare(self, size: int, live_workers: Iterable[int], timeout: float) -> int:
+        """Everything of a publication of ``size`` bytes that can fail, done first and
+        changing nothing the workers see: the size fits the area, every live worker left
+        the idle copy (waits up to ``timeout`` s, else :class:`TablesBusyError`), its pages
+        are reserved (a full /dev/shm is an error here, not a SIGBUS later).  Returns the
+        generation the publication will get.  The config manager calls it before it
+        persists a change, so a publication cannot fail after the state file moved on."""
+        if size > self.capacity:
             raise RegionError(
-                f"table blob of {len(data)} bytes exceeds the region's {self.capacity} (the tables "
-                "area is sized when maglev run starts, twice the tables it started with: restart "
-                "maglev run with this config to grow it)"
+                f"table blob of {size} bytes exceeds the region's {self.capacity} (the tables "
+                "area is sized when maglev run starts, twice the tables it started with and at "
+                "least 256 MiB: restart maglev run with this config to grow it)"
             )
         live = self._live(live_workers)
-        base = self._region._b()
         cur = self.generation()
         if not self.wait_all_seen(cur, live, timeout):
             lib.mg_tables_fence()
@@ -478,13 +478,22 @@ class Tables:
             if laggards:  # (else they all reported just after the deadline: go on)
                 raise TablesBusyError(cur, laggards)
         new = cur + 1
-        if data:
-            try:  # SIGBUS-proof: reserve the pages of the idle copy first
-                os.posix_fallocate(
-                    self._region._fd, int(self._region._hdr.tables_copy_off[new & 1]), len(data)
-                )
+        if size:
+            try:  # SIGBUS-proof: reserve the pages of the idle copy first (data already there is kept)
+                os.posix_fallocate(self._region._fd, int(self._region._hdr.tables_copy_off[new & 1]), size)
             except OSError as exc:
-                raise RegionError(f"cannot allocate {len(data)} bytes of table copy: {exc}") from None
+                raise RegionError(f"cannot allocate {size} bytes of table copy in /dev/shm: "
+                                  f"{exc.strerror or exc}") from None
+        return new
+
+    def publish(self, blob: bytes, live_workers: Iterable[int], timeout: float) -> int:
+        """Write ``blob`` into the idle copy and make it active; return the new generation.
+
+        Waits up to ``timeout`` s for every live worker to have seen the current
+        generation (else raises :class:`TablesBusyError` and changes nothing)."""
+        data = bytes(blob)
+        new = self.prepare(len(data), live_workers, timeout)  # at once after a prepare()
+        base = self._region._b()
         dst = lib.mg_tables_copy(base, new & 1)
         ffi.memmove(dst, data, len(data))
         lib.mg_tables_commit(base, new, len(data))
