@@ -231,6 +231,10 @@ class ControllerOptions:
     reannounce_hold_s: float = 1.0  # flap damping: the first re-announce after a VIP-health withdraw
     reannounce_hold_max_s: float = 30.0
     flap_half_life_s: float = 30.0
+    # A (re)started speaker holds End-of-RIB until `bgp.ready` (graceful restart: an early
+    # one makes the routers flush the routes they kept).  Sent once the first decision
+    # is made (healthy with fresh VIP health, drained, or stopping), or after this long.
+    bgp_ready_after_s: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -257,6 +261,8 @@ class Controller:
         self.vips_generation = 0
         self.announced: set[str] = set()  # what we told the speaker to announce
         self.bgp_incarnation = -1
+        self.bgp_ready = False  # bgp.ready sent to the current speaker incarnation
+        self.bgp_since = 0.0  # when the controller first saw that incarnation
         self.bgp_peers: list[dict[str, Any]] = []
         self.last_query = 0.0
         self.transitions = 0
@@ -291,7 +297,7 @@ class Controller:
         if t == "bgp.event" and name == BGP_ACTOR:
             body = {k: v for k, v in msg.items() if k not in ("v", "type", "name", "pid")}
             self.publish(body)
-        elif t == "bgp.reply" and name == BGP_ACTOR and msg.get("op") in ("bgp.announce", "bgp.withdraw", "bgp.state"):
+        elif t == "bgp.reply" and name == BGP_ACTOR and msg.get("op") in ("bgp.announce", "bgp.withdraw", "bgp.state", "bgp.ready"):
             if not msg.get("ok", False):
                 self.commands_failed += 1
                 log.error("BGP speaker refused a command", extra={"kv": {"error": msg.get("error")}})
@@ -399,11 +405,12 @@ class Controller:
         c = self.supervisor.children[BGP_ACTOR]
         if not (c.proc is not None and c.proc.poll() is None and c.hello):
             return
+        now = self.clock()
         if c.incarnation != self.bgp_incarnation:  # a (re)started speaker knows nothing
             self.bgp_incarnation = c.incarnation
             self.announced = set()
+            self.bgp_ready, self.bgp_since = False, now
         want = set() if self.stopping else self.wanted()
-        now = self.clock()
         for p in sorted(self.announced - want):
             reason = self._why_not(p)
             if reason == "no healthy backend":
@@ -420,6 +427,15 @@ class Controller:
             self.supervisor.send(BGP_ACTOR, "bgp.announce", prefix=p)
             self.publish({"event": "controller.announce", "prefix": p})
         self.announced = want
+        if not self.bgp_ready and (self._decided(now) or now - self.bgp_since >= self.o.bgp_ready_after_s):
+            # After the announces above (one mailbox, in order): End-of-RIB follows them.
+            self.bgp_ready = True
+            self.supervisor.send(BGP_ACTOR, "bgp.ready")
+
+    def _decided(self, now: float) -> bool:
+        """The announce set is this run's judgement, not its "starting" default."""
+        fresh = bool(self.vips_at) and now - self.vips_at <= self.o.vips_stale_s
+        return self.stopping or self.drained or (self.health.healthy and fresh)
 
     def _why_not(self, prefix: str) -> str:
         if self.stopping:
