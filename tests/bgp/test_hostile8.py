@@ -25,8 +25,10 @@ import asyncio
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -545,3 +547,239 @@ def test_silent_connection_does_not_keep_the_router_out(monkeypatch, bgp_errors)
 
     run(go())
     assert not bgp_errors
+
+
+# ----------------------------------------------------------------------------- graceful restart, late announcements
+
+GR_CAPS = (m.Capability.route_refresh(), m.Capability.graceful_restart(120, (m.IPV4_UNICAST,)),
+           m.Capability.four_octet_as(64512))
+
+
+def test_end_of_rib_waits_for_the_initial_announcement(bgp_errors):
+    """A restarted speaker whose owner announces after the session is up (the controller
+    judges health first): End-of-RIB -- which makes the router drop every route of ours
+    it kept and we did not re-announce -- goes only after ``initial_complete()``, after
+    the UPDATEs; without it, at most ``graceful_restart_time`` after start.  Before:
+    End-of-RIB went with an empty table as the session came up, and the router flushed
+    the VIPs it had kept across the restart."""
+    async def go():
+        cfg = speaker_config(graceful_restart_time=2)
+        sp = Speaker(cfg, restarting=True, defer_eor=True)
+        await sp.start()
+        try:
+            peer = await Scripted.connect(cfg.listen_port)
+            theirs = await peer.handshake(64512, caps=GR_CAPS)
+            assert theirs.graceful_restart[0] & m.GR_RESTARTING
+            assert await outcome(peer, 0.5) == "alive"  # nothing but KEEPALIVEs: no End-of-RIB yet
+            sp.announce(VIP4)
+            u = await peer.expect(m.Update)
+            assert u.nlri == (ipaddress.ip_network(VIP4),) and not u.is_end_of_rib
+            assert sp.initial_complete() is True
+            assert (await peer.expect(m.Update)).is_end_of_rib
+            assert sp.initial_complete() is False
+            await peer.close()
+            # Nobody says it: End-of-RIB after graceful_restart_time (2 s) all the same.
+            late = Speaker(speaker_config(graceful_restart_time=2), restarting=True, defer_eor=True)
+            await late.start()
+            try:
+                t0 = time.monotonic()
+                p2 = await Scripted.connect(late.config.listen_port)
+                await p2.handshake(64512, caps=GR_CAPS)
+                assert (await p2.expect(m.Update, timeout=5)).is_end_of_rib
+                assert 1.0 <= time.monotonic() - t0 < 4.5
+                await p2.close()
+            finally:
+                await late.stop()
+        finally:
+            await sp.stop()
+
+    run(go())
+    assert not bgp_errors
+
+
+def test_controller_says_ready_after_its_first_decision():
+    """The controller sends ``bgp.ready`` to each speaker incarnation once, after the
+    announces of its first real decision (healthy with fresh VIP health), in the same
+    mailbox order; a speaker restarted while the forwarder is healthy gets its announces
+    and ``bgp.ready`` in the first tick; without a decision, after bgp_ready_after_s."""
+    from tests.scaleout.test_controller_rules import _controller
+
+    c, sup, _clock, step = _controller()
+    c.on_message("config", {"type": "controller.vips", "serving": {"203.0.113.10/32": True}})
+    step()
+    assert [t for n, t, _b in sup.sent if n == "bgp" and t == "bgp.ready"] == []  # "starting": no decision yet
+    step(1.0)
+    cmds = [t for n, t, _b in sup.sent if n == "bgp" and t in ("bgp.announce", "bgp.ready")]
+    assert cmds == ["bgp.announce", "bgp.ready"]
+    sup.sent.clear()
+    step(0.1)
+    assert not [t for n, t, _b in sup.sent if t == "bgp.ready"]  # once per incarnation
+    sup.children["bgp"].incarnation = 1  # kill -9 of the speaker: the supervisor restarted it
+    step(0.1)
+    assert [t for n, t, _b in sup.sent if n == "bgp" and t in ("bgp.announce", "bgp.ready")] == ["bgp.announce", "bgp.ready"]
+    # No verdict ever (VIP health never arrives): ready after bgp_ready_after_s all the same.
+    c2, sup2, _clock2, step2 = _controller()
+    step2()
+    step2(c2.o.bgp_ready_after_s - 0.5)
+    assert not [t for n, t, _b in sup2.sent if t == "bgp.ready"]
+    step2(1.0)
+    assert [t for n, t, _b in sup2.sent if t == "bgp.ready"] == ["bgp.ready"]
+
+
+_ORPHAN_LAUNCHER = """
+import json, os, subprocess, sys, time
+spec = json.loads(sys.argv[1]); spec["parent_pid"] = os.getpid()
+p = subprocess.Popen([sys.executable, "-m", "maglev.actors.launch", json.dumps(spec)],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+print(p.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_maglev_run_killed_keeps_routes_and_the_next_run_says_restarting(tmp_path, monkeypatch):
+    """``maglev run`` killed -9 (its speaker actor sees its parent gone) with graceful
+    restart on: the actor closes the session without a CEASE (before: CEASE, and every
+    router dropped our routes at once although GR was configured), leaves its marker, and
+    the next run's speaker sets the Restarting bit and holds End-of-RIB until the
+    controller's ``bgp.ready``.  An orderly stop (SIGTERM) sends CEASE and removes the
+    marker."""
+    from maglev.actors.base import ActorSpec
+    from maglev.actors.bgp_speaker import RUNNING_MARKER
+    from tests.bgp.test_actor import Mailbox, connect_peer, params
+
+    monkeypatch.setenv("MAGLEV_STATE_DIR", str(tmp_path / "state"))
+    marker = tmp_path / "state" / "s8b-gr" / RUNNING_MARKER
+    port = free_port()
+    prm = params(port)
+    prm["bgp"]["graceful_restart_time"] = 30
+    prm["wait_ready"] = True
+    mb = Mailbox(tmp_path)
+    spec = ActorSpec(name="bgp", target="maglev.actors.bgp_speaker:BgpSpeakerActor", run_dir=str(tmp_path),
+                     mailbox=mb.endpoint, params=prm, instance="s8b-gr")
+    launcher = subprocess.Popen([sys.executable, "-c", _ORPHAN_LAUNCHER, spec.to_json()], stdout=subprocess.PIPE, text=True)
+    actor_pid = 0
+    proc = None
+    try:
+        actor_pid = int(launcher.stdout.readline())
+        mb.recv("hello")
+        p = connect_peer(port, launcher)
+        p.expect(m.Open)
+        p.sock.sendall(bytes(m.Open(64512, 90, "198.18.0.1", GR_CAPS)) + bytes(m.Keepalive()))
+        p.expect(m.Keepalive)
+        mb.send(type="bgp.announce", prefix=VIP4)
+        assert p.expect(m.Update).nlri == (ipaddress.ip_network(VIP4),)
+        mb.send(type="bgp.ready")
+        assert p.expect(m.Update).is_end_of_rib
+        assert marker.exists()
+        launcher.kill()  # maglev run, kill -9
+        launcher.wait(timeout=10)
+        p.sock.settimeout(10)
+        rest = b""
+        try:
+            while chunk := p.sock.recv(4096):
+                rest += chunk
+        except ConnectionResetError:
+            pass  # closed without a word: the abort resets the connection
+        p.sock.close()
+        while rest:
+            length, msg_type = m.check_header(rest[:19])
+            assert msg_type != m.NOTIFICATION, m.parse_message(rest[:length])
+            rest = rest[length:]
+        assert _gone(actor_pid, 10)
+        assert marker.exists()  # the next run will know
+        # The next `maglev run`: a fresh speaker, incarnation 0.
+        spec.parent_pid = os.getpid()
+        proc = subprocess.Popen([sys.executable, "-m", "maglev.actors.launch", spec.to_json()],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        mb.recv("hello")
+        p = connect_peer(port, proc)
+        opened = p.expect(m.Open)
+        assert opened.graceful_restart[0] & m.GR_RESTARTING
+        p.sock.sendall(bytes(m.Open(64512, 90, "198.18.0.1", GR_CAPS)) + bytes(m.Keepalive()))
+        p.expect(m.Keepalive)
+        p.sock.settimeout(0.5)
+        try:
+            early = p.recv()
+        except TimeoutError:
+            early = None
+        assert early is None or isinstance(early, m.Keepalive), early  # no End-of-RIB before ready
+        p.sock.settimeout(10)
+        mb.send(type="bgp.announce", prefix=VIP4)
+        assert p.expect(m.Update).nlri == (ipaddress.ip_network(VIP4),)
+        mb.send(type="bgp.ready")
+        assert p.expect(m.Update).is_end_of_rib
+        os.kill(proc.pid, signal.SIGTERM)
+        n = p.expect(m.Notification)
+        assert (n.code, n.subcode) == (6, 2)
+        assert proc.wait(timeout=10) == 0
+        p.sock.close()
+        assert not marker.exists()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=10)
+        launcher.stdout.close()
+        if actor_pid and not _gone(actor_pid, 0.1):
+            os.kill(actor_pid, signal.SIGKILL)
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+            proc.stderr.close()
+        mb.close()
+
+
+# ----------------------------------------------------------------------------- with BIRD
+
+
+def _watch_kernel(lab, vip: str, seconds: float) -> list[float]:
+    """Times (s from now) at which ``vip`` was missing from the router's kernel table."""
+    missing = []
+    t0 = time.monotonic()
+    while (t := time.monotonic() - t0) < seconds:
+        if vip not in lab.kernel_routes():
+            missing.append(round(t, 2))
+        time.sleep(0.1)
+    return missing
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_bird_keeps_the_vip_across_a_sigkill_and_a_late_reannouncement(bird_lab):
+    """BIRD with graceful restart; the speaker is killed -9 and its successor comes up
+    with nothing announced yet (in `maglev run` the controller decides after health is
+    known: a second or more).  The VIP must never leave the router's kernel: End-of-RIB
+    waits for `ready`.  Before (End-of-RIB as the session came up): BIRD flushed the VIP
+    at once and took it back a moment later, a withdraw and announce at every router for
+    every VIP.  A VIP not announced again goes once `ready` sends End-of-RIB."""
+    vip_gone = "203.0.113.99"
+    lab = bird_lab
+    lab.start_bird(graceful_restart=True)
+    sp = lab.start_speaker(announce=(VIP4, f"{vip_gone}/32"), graceful_restart_time=30)
+    lab.wait_until(lambda: "203.0.113.10" in lab.kernel_routes() and vip_gone in lab.kernel_routes(), 20, "VIPs in the kernel")
+    sp.kill()
+    lab.wait_until(lambda: "Established" not in lab.bird_state(), 10, "BIRD noticed the dead session")
+    sp2 = lab.start_speaker(graceful_restart_time=30, restarting=True, wait_ready=True)
+    sp2.wait_established()
+    lab.wait_until(lambda: "Established" in lab.bird_state(), 20, "session back")
+    assert _watch_kernel(lab, "203.0.113.10", 1.5) == []  # kept while our owner decides
+    sp2.command(f"announce {VIP4}")
+    sp2.wait_for(lambda e: e.get("event") == "bgp.route" and e.get("action") == "announce", 10, "re-announced")
+    sp2.command("ready")
+    sp2.wait_for(lambda e: e.get("reply") == "ready", 10, "ready reply")
+    lab.wait_until(lambda: vip_gone not in lab.kernel_routes(), 10, "the VIP not re-announced flushed by End-of-RIB")
+    assert _watch_kernel(lab, "203.0.113.10", 1.0) == []
+    p = sp2.state()["peers"][0]
+    assert p["established"] == 1 and p["notifications_in"] == 0 and p["notifications_out"] == 0
+    assert lab.bird_notifications_in() == 0
