@@ -120,6 +120,12 @@ def _key(p: m.Prefix) -> int:
     return (int(p.network_address) << 9) | (p.prefixlen << 1) | (p.version == 6)
 
 
+def _unkey(k: int) -> m.Prefix:
+    """The prefix a :func:`_key` stands for."""
+    length, addr = (k >> 1) & 0xFF, k >> 9
+    return ipaddress.IPv6Network((addr, length)) if k & 1 else ipaddress.IPv4Network((addr, length))
+
+
 def _plain(addr: str) -> str:
     """An IPv4-mapped IPv6 address (dual-stack listener) back to plain IPv4."""
     ip = ipaddress.ip_address(addr.split("%")[0])
@@ -372,6 +378,10 @@ class Session:
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
         return task
+
+    def received_prefixes(self) -> list[m.Prefix]:
+        """What the peer announced to us and did not withdraw (up to MAX_TRACKED_RECEIVED)."""
+        return sorted(map(_unkey, self.received), key=lambda p: (p.version, p))
 
     def changed(self) -> None:
         """The speaker's prefix set changed: wake the writer."""

@@ -365,6 +365,16 @@ def test_update_flood_is_bounded_in_memory_and_loop_lag(bgp_errors):
     assert not bgp_errors
 
 
+@given(st.one_of(st.builds(lambda a, n: ipaddress.IPv4Network((a, n), strict=False), st.integers(0, 2**32 - 1), st.integers(0, 32)),
+                 st.builds(lambda a, n: ipaddress.IPv6Network((a, n), strict=False), st.integers(0, 2**128 - 1), st.integers(0, 128))))
+def test_received_prefix_keys_round_trip(p):
+    """Received prefixes are kept as ints (memory): distinct prefixes, distinct keys."""
+    k = session_mod._key(p)
+    assert session_mod._unkey(k) == p
+    if p.version == 4:
+        assert session_mod._key(ipaddress.IPv6Network((int(p.network_address), p.prefixlen))) != k
+
+
 def test_rst_in_the_middle_of_a_message(bgp_errors):
     """A header and half a body, then a RST: the session ends as "connection reset", the
     next peer gets a session."""
