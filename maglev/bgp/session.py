@@ -151,6 +151,7 @@ class Connection:
         self.pending: m.Message | None = None  # already read (the OPEN of a connection that waited)
         self._header: bytes | None = None  # a header read whose body is still to come
         self._length = 0
+        self._consumed = 0  # octets taken off the stream (see read)
         self.late_reads = 0  # hold timer deadlines passed with the peer's bytes waiting (see read)
         self.on_late: Callable[[], None] | None = None
         self.sent_at = self.opened_at  # the last message written (the KeepaliveTimer's start)
@@ -170,19 +171,31 @@ class Connection:
         if self.pending is not None:
             msg, self.pending = self.pending, None
             return msg
-        seen, hold = self.buffered(), timeout
+        # Progress is every octet that arrived: read (a header taken off the buffer) or
+        # still buffered.  The buffer alone shrinks when a header is taken, and a late
+        # reader whose backlog ended in a partial message was judged dead.
+        seen, hold = self._consumed + self.buffered(), timeout
+        late_since: float | None = None
         while True:
             try:
                 async with asyncio.timeout(timeout):
                     if self._header is None:
                         header = await self.reader.readexactly(m.HEADER_LEN)
+                        self._consumed += m.HEADER_LEN
                         self._length = m.check_header(header)[0]
                         self._header = header
                     body = await self.reader.readexactly(self._length - m.HEADER_LEN)
+                    self._consumed += len(body)
                 break
             except TimeoutError:
-                buffered = self.buffered()
-                if self.in_kernel() == 0 and buffered <= seen:
+                buffered = self._consumed + self.buffered()
+                now = time.monotonic()
+                late_since = now if late_since is None else late_since
+                # A late reader catches up in milliseconds; a peer dribbling a message
+                # an octet at a time (never a whole one) is not alive for ever: the grace
+                # ends one more hold time after the deadline passed.
+                dribble = hold is not None and now - late_since >= hold
+                if (self.in_kernel() == 0 and buffered <= seen) or dribble:
                     raise Notify(Err.HOLD_TIMER, 0, b"", f"no message for {hold:g} s") from None
                 seen = buffered
                 timeout = min(timeout or HOLD_GRACE_S, HOLD_GRACE_S)

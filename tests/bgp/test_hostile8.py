@@ -795,3 +795,31 @@ def test_bird_keeps_the_vip_across_a_sigkill_and_a_late_reannouncement(bird_lab)
     p = sp2.state()["peers"][0]
     assert p["established"] == 1 and p["notifications_in"] == 0 and p["state"] == "Established", p
     assert lab.bird_sessions() == 2
+
+
+def test_peer_dribbling_one_message_forever_meets_the_hold_timer(bgp_errors):
+    """An UPDATE's header, then one octet of its body every 0.4 s: octets keep coming,
+    but never a message.  At the hold time (3 s) the speaker cannot tell this from its
+    own lateness (octets arrived since the read began), so it grants the grace -- for one
+    more hold time, not for ever: Hold Timer Expired between 6 and 7.5 s.  Before: the
+    header taken off the buffer made the octets that followed look like no progress
+    (reset at 3 s: a late reader whose backlog ended in a partial message was judged
+    dead), and growth alone would have been proof of life for ever."""
+    async def go():
+        async with established(speaker_config(hold=3), hold=3) as (sp, peer, _):
+            t0 = time.monotonic()
+            raw = raw_update(GOOD_ATTRS)
+            peer.writer.write(raw[:19])
+            got = "alive"
+            for i in range(19, len(raw) - 1):
+                peer.writer.write(raw[i:i + 1])
+                got = await outcome(peer, 0.4)
+                if got != "alive":
+                    break
+            took = time.monotonic() - t0
+            assert got == "N4/0", (got, took)
+            assert 5.5 < took < 7.5, took
+            await peer.close()
+
+    run(go())
+    assert not bgp_errors
