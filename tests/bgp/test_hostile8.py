@@ -823,3 +823,33 @@ def test_peer_dribbling_one_message_forever_meets_the_hold_timer(bgp_errors):
 
     run(go())
     assert not bgp_errors
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_gobgp_keeps_the_vip_across_a_sigkill_and_a_late_reannouncement(gobgp_lab):
+    """The same with GoBGP as the receiving speaker: the VIP stays in its RIB while the
+    restarted speaker has announced nothing yet; after `ready` it is fresh (not stale)
+    and the VIP that was not announced again is gone."""
+    vip_gone = "203.0.113.99/32"
+    lab = gobgp_lab
+    lab.start_gobgp(graceful_restart=True)
+    sp = lab.start_speaker(announce=(VIP4, vip_gone), graceful_restart_time=30)
+    lab.wait_until(lambda: VIP4 in lab.gobgp_rib() and vip_gone in lab.gobgp_rib(), 20, "VIPs in GoBGP's RIB")
+    sp.kill()
+    lab.wait_until(lambda: lab.gobgp_neighbor_state("198.18.0.2") != "established", 10, "GoBGP noticed the dead session")
+    sp2 = lab.start_speaker(graceful_restart_time=30, restarting=True, wait_ready=True)
+    sp2.wait_established()
+    lab.wait_until(lambda: lab.gobgp_neighbor_state("198.18.0.2") == "established", 20, "session back")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.5:
+        assert VIP4 in lab.gobgp_rib(), "VIP flushed before our owner re-announced it"
+        time.sleep(0.1)
+    sp2.command(f"announce {VIP4}")
+    sp2.wait_for(lambda e: e.get("event") == "bgp.route" and e.get("action") == "announce", 10, "re-announced")
+    sp2.command("ready")
+    lab.wait_until(lambda: vip_gone not in lab.gobgp_rib(), 10, "the VIP not re-announced flushed by End-of-RIB")
+    rib = lab.gobgp_rib()
+    assert VIP4 in rib
+    paths = rib[VIP4]
+    assert not any(p.get("stale", False) for p in paths), paths
