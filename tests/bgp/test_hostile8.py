@@ -272,6 +272,37 @@ def test_header_lies_get_the_right_notification(raw, expect):
     run(go())
 
 
+def test_hostile_notification_text_is_bounded_and_escaped(caplog):
+    """The peer's NOTIFICATION goes into our log, ``last_error`` and the bgp.state event:
+    a shutdown text with a newline and an ESC must not forge a log line or colour a
+    terminal, and 4000 octets of data must not make a 8 KB log line.  Before: both went
+    out raw."""
+    async def go():
+        events: list[dict] = []
+        cfg = speaker_config()
+        async with established(cfg, events) as (sp, peer, _):
+            text = b"bye\nbgp peer 198.18.0.9: FORGED\x1b[31m"
+            await peer.send(m.Notification(6, 2, bytes([len(text)]) + text))
+            await _idle(sp)
+            first = sp.peers_state()[0]["last_error"]
+            await peer.close()
+            peer = await Scripted.connect(cfg.listen_port)
+            await peer.handshake(64512)
+            await peer.send(m.Notification(3, 1, b"\x01" * 4000))
+            await _idle(sp)
+            second = sp.peers_state()[0]["last_error"]
+            await peer.close()
+        return first, second, events
+
+    with caplog.at_level(logging.INFO, logger="maglev.bgp"):
+        first, second, events = run(go())
+    assert "\n" not in first and "\x1b" not in first and "\\x0a" in first and "FORGED" in first, first
+    assert len(second) < 200 and second.endswith("(4000 octets)"), second
+    reasons = [e["reason"] for e in events if e.get("event") == "bgp.state"]
+    assert all("\n" not in r and "\x1b" not in r and len(r) < 300 for r in reasons)
+    assert all("\n" not in r.getMessage() and len(r.getMessage()) < 500 for r in caplog.records)
+
+
 def test_unknown_capabilities_and_attributes_are_accepted():
     """An OPEN full of capabilities we do not know (several per parameter, one 200 octets
     long) and UPDATEs with unknown optional attributes (transitive, not, extended length)
