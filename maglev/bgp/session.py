@@ -334,6 +334,7 @@ class Session:
         self._switch: asyncio.Future[tuple[Connection, m.Open]] | None = None
         self._shadow: asyncio.Task | None = None
         self._shadow_conn: Connection | None = None  # the connection _shadow works on
+        self._shadow_opened = False  # its OPEN arrived (until then a newer one replaces it)
         self._pending_second: Connection | None = None  # see _offer
         self._late_dial: asyncio.Future | None = None
         self._newcomer: asyncio.Task | None = None  # a connection from the peer while Established
@@ -421,10 +422,19 @@ class Session:
             else:
                 self._newcomer = self._spawn(self._newcomer_handshake(conn))
         elif self.state in (State.OPENSENT, State.OPENCONFIRM):
-            if self._shadow is not None:
+            if self._shadow is not None and not self._shadow_opened and not conn.outgoing:
+                # The second connection has not sent its OPEN yet: a dead one (a router
+                # that died right after connecting, its RST lost) must not keep the
+                # router's next attempt out until the OpenSent hold timer (240 s).  The
+                # newest connection from the peer takes its place.
+                old, self._shadow = self._shadow, None
+                old.cancel()
+                self._shadow_conn, self._shadow_opened = conn, False
+                self._shadow = self._spawn(self._shadow_handshake(conn))
+            elif self._shadow is not None:
                 self._spawn(conn.close(m.Notification(Err.CEASE, Err.CONNECTION_REJECTED)))
             else:
-                self._shadow_conn = conn
+                self._shadow_conn, self._shadow_opened = conn, False
                 self._shadow = self._spawn(self._shadow_handshake(conn))
         elif conn.outgoing:
             if self.state == State.CONNECT and self.conn is not None:
@@ -849,6 +859,8 @@ class Session:
         try:
             await conn.send(self._open())
             msg = await conn.read(OPEN_HOLD_S)
+            if self._shadow is asyncio.current_task():
+                self._shadow_opened = True
             if not isinstance(msg, m.Open):
                 await conn.close(m.Notification(Err.FSM, Err.FSM_IN_OPENSENT) if not isinstance(msg, m.Notification) else None)
                 return

@@ -562,6 +562,32 @@ def test_peer_that_never_reads_and_peer_that_reads_slowly(monkeypatch, bgp_error
     assert not bgp_errors
 
 
+def test_two_dead_connections_do_not_keep_the_router_out(bgp_errors):
+    """Two connections from the router's address that never send an OPEN (a router that
+    died twice right after connecting, its RSTs lost), then the router's real one: the
+    real one replaces the second (no OPEN yet) and gets the session at once.  Before: it
+    was refused with CEASE "connection rejected" until the OpenSent hold timer (240 s)
+    ended the dead ones."""
+    async def go():
+        cfg = speaker_config()
+        async with started(cfg, VIP4) as sp:
+            dead = [await Scripted.connect(cfg.listen_port) for _ in range(2)]
+            for d in dead:
+                await d.expect(m.Open)
+            real = await Scripted.connect(cfg.listen_port)
+            await real.handshake(64512)
+            assert (await real.expect(m.Update)).nlri == (ipaddress.ip_network(VIP4),)
+            st_ = sp.peers_state()[0]
+            assert st_["state"] == "Established" and st_["established"] == 1, st_
+            assert await dead[1].closed(2)  # replaced
+            for d in dead:
+                await d.close()
+            await real.close()
+
+    run(go())
+    assert not bgp_errors
+
+
 def test_silent_connection_does_not_keep_the_router_out(monkeypatch, bgp_errors):
     """A connection from the router's address that says nothing after our OPEN: the
     router's real connection arriving meanwhile still gets the session (a collision of
