@@ -53,6 +53,12 @@ drained/resumed) are sent to the config manager, which publishes them on the con
 socket's event stream, topic ``bgp``.  The controller also pushes its state there every
 ``query_s`` so ``maglev ctl status`` shows it.
 
+Graceful restart: a (re)started speaker holds End-of-RIB (routers that kept our routes
+flush every one not announced again when it comes).  The controller sends it
+``bgp.ready`` once per speaker incarnation, right after the announces of its first real
+decision (healthy with fresh VIP health, drained, or stopping), or after
+``bgp_ready_after_s`` without one (docs/bgp.md, "Graceful restart").
+
 Config changes: when the generation in ``controller.vips`` changes, the controller sends
 the speaker ``bgp.reload``; the speaker re-reads ``[bgp]`` and resets only the sessions
 whose settings changed (none when ``[bgp]`` is the same).
