@@ -50,8 +50,12 @@ hold timer.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
+import time
+from pathlib import Path
 from typing import Any
 
 from maglev.actors.base import Actor, ActorSpec
@@ -61,6 +65,12 @@ from maglev.config import Bgp, Config, load
 from maglev.errors import MaglevError
 
 log = logging.getLogger("maglev.bgp")
+
+PARENT_EXITED = "parent exited"  # maglev.actors.base: the supervisor vanished (kill -9)
+# In the instance's state folder while a speaker with graceful restart runs inside
+# `maglev run`; removed after its CEASEs went out.  Found at start: the previous run
+# crashed, routers may hold our routes, and the OPENs say Restarting (RFC 4724).
+RUNNING_MARKER = "bgp-speaker-running.json"
 
 
 def bgp_config(params: dict[str, Any], run_dir: str = "") -> Bgp:
@@ -98,8 +108,12 @@ class BgpSpeakerActor(Actor):
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self._wake = asyncio.Event()
-        restarting = self.spec.incarnation > 0 and cfg.graceful_restart_time > 0
-        self.speaker = Speaker(cfg, on_event=self._on_event, restarting=restarting)
+        # A restart: of this actor within the run (incarnation > 0), or of the whole run
+        # after a crash (kill -9 of `maglev run`: the previous speaker left its marker).
+        crashed = self._mark_running(cfg)
+        restarting = (self.spec.incarnation > 0 or crashed) and cfg.graceful_restart_time > 0
+        self.speaker = Speaker(cfg, on_event=self._on_event, restarting=restarting,
+                               defer_eor=bool(self.params.get("wait_ready")))
         for p in self.params.get("announce", []):
             self.speaker.announce(p)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -181,6 +195,8 @@ class BgpSpeakerActor(Actor):
             if t == "bgp.withdraw_all":
                 self.speaker.withdraw_all()
                 return {"op": t, "ok": True}
+            if t == "bgp.ready":
+                return {"op": t, "ok": True, "changed": self.speaker.initial_complete()}
             if t == "bgp.state":
                 return {"op": t, "ok": True, "announced": self.speaker.announced(), "peers": self.speaker.peers_state()}
             if t == "bgp.reload":
@@ -215,8 +231,49 @@ class BgpSpeakerActor(Actor):
         if self._reconfiguring is not None and not self._reconfiguring.done() and self.loop is not None:
             self.loop.run_until_complete(asyncio.wait({self._reconfiguring}))
         if self.loop is not None and self.speaker is not None:
+            if self.stop_reason == PARENT_EXITED and self.speaker.config.graceful_restart_time:
+                # `maglev run` died (kill -9, a crash): not an orderly stop.  Like a crash
+                # of this actor, no CEASE, so routers with graceful restart keep our
+                # routes until the next run's speaker is back (RFC 4724); the marker stays
+                # and tells that speaker it is a restart.
+                log.warning("maglev run exited without stopping us: closing the BGP sessions "
+                            "without a NOTIFICATION (graceful restart)")
+                self.loop.run_until_complete(self.speaker.abort())
+                return
             reason = f"maglev stopping ({self.stop_reason})" if self.stop_reason else "maglev stopping"
             self.loop.run_until_complete(self.speaker.stop(reason))
+            self._unmark_running()
+
+    def _marker(self) -> Path:
+        from maglev.control.endpoints import state_dir
+
+        return state_dir(self.spec.instance) / RUNNING_MARKER
+
+    def _mark_running(self, cfg: Bgp) -> bool:
+        """With graceful restart on: True when the previous speaker of this instance did
+        not stop in order (its marker is still there), and leave our own marker.  A
+        marker that cannot be read or written is logged and costs only the Restarting
+        bit (the routers still keep our routes: RFC 4724 4.2)."""
+        if not cfg.graceful_restart_time or not self.params.get("wait_ready"):
+            return False  # only inside `maglev run`: tests and the lab start fresh speakers
+        from maglev.control.persist import atomic_write
+
+        path = self._marker()
+        crashed = path.exists()
+        try:
+            atomic_write(path, json.dumps({"pid": os.getpid(), "at": time.time()}).encode() + b"\n")
+        except OSError as exc:
+            log.warning("cannot write %s (%s): a crash of this run will not be recognised as a "
+                        "restart by the next one", path, exc.strerror or exc)
+        return crashed
+
+    def _unmark_running(self) -> None:
+        if not self.params.get("wait_ready"):
+            return
+        try:
+            self._marker().unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", self._marker(), exc.strerror or exc)
 
     def teardown(self) -> None:
         if self.loop is None:
@@ -269,4 +326,7 @@ def actor_def(opts: Any, region_name: str) -> Any:
     if not cfg.bgp.local_asn or not cfg.bgp.peers:
         return None
     params: dict[str, Any] = {"config_file": opts.config_path} if opts.config_path else {"bgp": cfg.to_dict()["bgp"]}
+    # The controller fills the prefix set after start and then sends bgp.ready:
+    # End-of-RIB waits for it (Speaker defer_eor), so a restart flushes nothing.
+    params["wait_ready"] = True
     return ActorDef("bgp", "maglev.actors.bgp_speaker:BgpSpeakerActor", params, stop_group=-1)

@@ -53,6 +53,12 @@ drained/resumed) are sent to the config manager, which publishes them on the con
 socket's event stream, topic ``bgp``.  The controller also pushes its state there every
 ``query_s`` so ``maglev ctl status`` shows it.
 
+Graceful restart: a (re)started speaker holds End-of-RIB (routers that kept our routes
+flush every one not announced again when it comes).  The controller sends it
+``bgp.ready`` once per speaker incarnation, right after the announces of its first real
+decision (healthy with fresh VIP health, drained, or stopping), or after
+``bgp_ready_after_s`` without one (docs/bgp.md, "Graceful restart").
+
 Config changes: when the generation in ``controller.vips`` changes, the controller sends
 the speaker ``bgp.reload``; the speaker re-reads ``[bgp]`` and resets only the sessions
 whose settings changed (none when ``[bgp]`` is the same).
@@ -231,6 +237,10 @@ class ControllerOptions:
     reannounce_hold_s: float = 1.0  # flap damping: the first re-announce after a VIP-health withdraw
     reannounce_hold_max_s: float = 30.0
     flap_half_life_s: float = 30.0
+    # A (re)started speaker holds End-of-RIB until `bgp.ready` (graceful restart: an early
+    # one makes the routers flush the routes they kept).  Sent once the first decision
+    # is made (healthy with fresh VIP health, drained, or stopping), or after this long.
+    bgp_ready_after_s: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -257,6 +267,8 @@ class Controller:
         self.vips_generation = 0
         self.announced: set[str] = set()  # what we told the speaker to announce
         self.bgp_incarnation = -1
+        self.bgp_ready = False  # bgp.ready sent to the current speaker incarnation
+        self.bgp_since = 0.0  # when the controller first saw that incarnation
         self.bgp_peers: list[dict[str, Any]] = []
         self.last_query = 0.0
         self.transitions = 0
@@ -291,7 +303,7 @@ class Controller:
         if t == "bgp.event" and name == BGP_ACTOR:
             body = {k: v for k, v in msg.items() if k not in ("v", "type", "name", "pid")}
             self.publish(body)
-        elif t == "bgp.reply" and name == BGP_ACTOR and msg.get("op") in ("bgp.announce", "bgp.withdraw", "bgp.state"):
+        elif t == "bgp.reply" and name == BGP_ACTOR and msg.get("op") in ("bgp.announce", "bgp.withdraw", "bgp.state", "bgp.ready"):
             if not msg.get("ok", False):
                 self.commands_failed += 1
                 log.error("BGP speaker refused a command", extra={"kv": {"error": msg.get("error")}})
@@ -399,11 +411,12 @@ class Controller:
         c = self.supervisor.children[BGP_ACTOR]
         if not (c.proc is not None and c.proc.poll() is None and c.hello):
             return
+        now = self.clock()
         if c.incarnation != self.bgp_incarnation:  # a (re)started speaker knows nothing
             self.bgp_incarnation = c.incarnation
             self.announced = set()
+            self.bgp_ready, self.bgp_since = False, now
         want = set() if self.stopping else self.wanted()
-        now = self.clock()
         for p in sorted(self.announced - want):
             reason = self._why_not(p)
             if reason == "no healthy backend":
@@ -420,6 +433,15 @@ class Controller:
             self.supervisor.send(BGP_ACTOR, "bgp.announce", prefix=p)
             self.publish({"event": "controller.announce", "prefix": p})
         self.announced = want
+        if not self.bgp_ready and (self._decided(now) or now - self.bgp_since >= self.o.bgp_ready_after_s):
+            # After the announces above (one mailbox, in order): End-of-RIB follows them.
+            self.bgp_ready = True
+            self.supervisor.send(BGP_ACTOR, "bgp.ready")
+
+    def _decided(self, now: float) -> bool:
+        """The announce set is this run's judgement, not its "starting" default."""
+        fresh = bool(self.vips_at) and now - self.vips_at <= self.o.vips_stale_s
+        return self.stopping or self.drained or (self.health.healthy and fresh)
 
     def _why_not(self, prefix: str) -> str:
         if self.stopping:

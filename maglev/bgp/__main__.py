@@ -5,6 +5,7 @@ tests (which SIGKILL it) and the lab.  Commands arrive one per line on stdin::
 
     announce 203.0.113.10/32
     withdraw 203.0.113.10/32
+    ready        (with --wait-ready: the initial announcements are in, End-of-RIB may go)
     state
     quit
 
@@ -47,18 +48,20 @@ def handle_command(speaker: Speaker, line: str) -> dict[str, Any] | None:
         if cmd in ("announce", "withdraw") and len(args) == 1:
             changed = speaker.announce(args[0]) if cmd == "announce" else speaker.withdraw(args[0])
             return {"reply": cmd, "prefix": args[0], "changed": changed}
+        if cmd == "ready" and not args:
+            return {"reply": "ready", "changed": speaker.initial_complete()}
         if cmd == "state" and not args:
             return {"reply": "state", "announced": speaker.announced(), "peers": speaker.peers_state()}
         if cmd == "quit" and not args:
             return None
     except ValueError as exc:
         return {"error": str(exc)}
-    return {"error": f"unknown command {line.strip()!r} (announce P | withdraw P | state | quit)"}
+    return {"error": f"unknown command {line.strip()!r} (announce P | withdraw P | ready | state | quit)"}
 
 
 async def _amain(args: argparse.Namespace) -> int:
     cfg = load(args.config)
-    speaker = Speaker(cfg.bgp, on_event=_out, restarting=args.restarting)
+    speaker = Speaker(cfg.bgp, on_event=_out, restarting=args.restarting, defer_eor=args.wait_ready)
     for p in args.announce:
         speaker.announce(p)
     loop = asyncio.get_running_loop()
@@ -113,6 +116,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m maglev.bgp") -> i
     ap.add_argument(
         "--restarting", action="store_true",
         help="a restart of a speaker that died: say so in the OPEN (RFC 4724; needs bgp.graceful_restart_time)",
+    )
+    ap.add_argument(
+        "--wait-ready", action="store_true",
+        help="hold End-of-RIB until the stdin command `ready` (at most graceful_restart_time s), "
+             "for announcements that come after start",
     )
     ap.add_argument(
         "--nice", type=int, default=BGP_NICE,

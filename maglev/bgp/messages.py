@@ -56,6 +56,7 @@ from maglev.errors import MaglevError
 MARKER = b"\xff" * 16
 HEADER_LEN = 19
 MAX_LEN = 4096  # RFC 4271 4.1 (RFC 8654 extended messages not negotiated)
+NOTIFICATION_DATA_SHOWN = 32  # octets of a NOTIFICATION's data in its text (logs, last_error)
 
 # Message types (RFC 4271 4.1, RFC 2918).
 OPEN, UPDATE, NOTIFICATION, KEEPALIVE, ROUTE_REFRESH = 1, 2, 3, 4, 5
@@ -435,9 +436,14 @@ class Notification:
             n = self.data[0]
             msg = self.data[1 : 1 + n].decode("utf-8", "replace")
             if msg:
+                # The peer's words go into our logs, events and state: no control
+                # characters (a newline would forge a log line, ESC a terminal's colours).
+                msg = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in msg)
                 text += f': "{msg}"'
         elif self.data:
-            text += f" data={self.data.hex()}"
+            # Bounded: a hostile peer's NOTIFICATION may carry 4 KB of data.
+            more = f"... ({len(self.data)} octets)" if len(self.data) > NOTIFICATION_DATA_SHOWN else ""
+            text += f" data={self.data[:NOTIFICATION_DATA_SHOWN].hex()}{more}"
         return text
 
 

@@ -65,13 +65,14 @@ class Speaker(Protocol):
 
     config: Bgp
     prefixes: Any
+    initial_done: bool
 
     def _emit(self, event: dict[str, Any]) -> None: ...
 
 log = logging.getLogger("maglev.bgp")
 
 OPEN_HOLD_S = 240.0  # RFC 4271 8.2.2: HoldTimer "large value" while waiting for OPEN
-SEND_TIMEOUT_S = 15.0  # a peer that does not read for this long is gone
+SEND_TIMEOUT_S = 15.0  # a peer that reads nothing for this long (or the hold time, if longer) is gone
 # A connection from the peer while Established: how long we wait for its OPEN (a peer
 # sends its OPEN as soon as TCP is up), and then for the KEEPALIVE we sent on the old
 # connection to be answered with a RST when the peer no longer has that connection.
@@ -88,7 +89,7 @@ HOLD_GRACE_S = 1.0
 KEEPALIVE_MIN_S = 1.0  # RFC 4271 4.4: KEEPALIVEs no more often than once a second
 STABLE_S = 60.0  # a session up this long resets the damping back-off
 # Received prefixes are only counted; past this many we stop remembering them, so a
-# router that sends us a full table by mistake costs no more than a few MB.
+# router that sends us a full table by mistake costs no more than ~8 MB (_key).
 MAX_TRACKED_RECEIVED = 100_000
 # RFC 7606 errors are logged once per kind and peer, then at most once per this many
 # seconds with the count of the ones not logged (a router repeating one bad UPDATE for
@@ -111,6 +112,18 @@ def _jitter(seconds: float) -> float:
     millisecond again and again (each such collision closes one connection with a CEASE)
     and KEEPALIVEs of many sessions do not come in step."""
     return seconds * random.uniform(0.75, 1.0)
+
+
+def _key(p: m.Prefix) -> int:
+    """A received prefix as one int (address, length, family): a set of 100 000 costs
+    ~8 MB where the ip_network objects cost ~50 MB."""
+    return (int(p.network_address) << 9) | (p.prefixlen << 1) | (p.version == 6)
+
+
+def _unkey(k: int) -> m.Prefix:
+    """The prefix a :func:`_key` stands for."""
+    length, addr = (k >> 1) & 0xFF, k >> 9
+    return ipaddress.IPv6Network((addr, length)) if k & 1 else ipaddress.IPv4Network((addr, length))
 
 
 def _plain(addr: str) -> str:
@@ -138,9 +151,12 @@ class Connection:
         self.pending: m.Message | None = None  # already read (the OPEN of a connection that waited)
         self._header: bytes | None = None  # a header read whose body is still to come
         self._length = 0
+        self._consumed = 0  # octets taken off the stream (see read)
         self.late_reads = 0  # hold timer deadlines passed with the peer's bytes waiting (see read)
         self.on_late: Callable[[], None] | None = None
         self.sent_at = self.opened_at  # the last message written (the KeepaliveTimer's start)
+        self.send_timeout = SEND_TIMEOUT_S  # raised to the hold time once negotiated
+        self._queued = 0  # bytes written through send() (progress of a slow reader)
 
     async def read(self, timeout: float | None) -> m.Message:
         """The next message; ``timeout`` is the hold timer (None = no hold timer).
@@ -155,19 +171,31 @@ class Connection:
         if self.pending is not None:
             msg, self.pending = self.pending, None
             return msg
-        seen, hold = self.buffered(), timeout
+        # Progress is every octet that arrived: read (a header taken off the buffer) or
+        # still buffered.  The buffer alone shrinks when a header is taken, and a late
+        # reader whose backlog ended in a partial message was judged dead.
+        seen, hold = self._consumed + self.buffered(), timeout
+        late_since: float | None = None
         while True:
             try:
                 async with asyncio.timeout(timeout):
                     if self._header is None:
                         header = await self.reader.readexactly(m.HEADER_LEN)
+                        self._consumed += m.HEADER_LEN
                         self._length = m.check_header(header)[0]
                         self._header = header
                     body = await self.reader.readexactly(self._length - m.HEADER_LEN)
+                    self._consumed += len(body)
                 break
             except TimeoutError:
-                buffered = self.buffered()
-                if self.in_kernel() == 0 and buffered <= seen:
+                buffered = self._consumed + self.buffered()
+                now = time.monotonic()
+                late_since = now if late_since is None else late_since
+                # A late reader catches up in milliseconds; a peer dribbling a message
+                # an octet at a time (never a whole one) is not alive for ever: the grace
+                # ends one more hold time after the deadline passed.
+                dribble = hold is not None and now - late_since >= hold
+                if (self.in_kernel() == 0 and buffered <= seen) or dribble:
                     raise Notify(Err.HOLD_TIMER, 0, b"", f"no message for {hold:g} s") from None
                 seen = buffered
                 timeout = min(timeout or HOLD_GRACE_S, HOLD_GRACE_S)
@@ -196,12 +224,30 @@ class Connection:
             return 0
 
     async def send(self, msg: m.Message) -> None:
-        self.writer.write(bytes(msg))
+        """Write ``msg`` and wait until the transport takes more.  A peer that reads
+        nothing for ``send_timeout`` s (at least SEND_TIMEOUT_S, at least the hold time
+        once negotiated: before that the peer's own hold timer could not have judged us)
+        raises TimeoutError; a slow reader that keeps taking bytes never does."""
+        raw = bytes(msg)
+        self.writer.write(raw)
+        self._queued += len(raw)
         self.sent_at = time.monotonic()
-        async with asyncio.timeout(SEND_TIMEOUT_S):
-            await self.writer.drain()
+        flushed = self._flushed()
+        while True:
+            try:
+                async with asyncio.timeout(self.send_timeout):
+                    await self.writer.drain()
+                break
+            except TimeoutError:
+                if (now := self._flushed()) <= flushed:
+                    raise
+                flushed = now  # the peer reads, slowly: that is not a dead peer
         if self.on_message:
             self.on_message("out", msg)
+
+    def _flushed(self) -> int:
+        """Bytes of ours the kernel took so far (all we wrote minus what still waits)."""
+        return self._queued - self.writer.transport.get_write_buffer_size()
 
     def abort(self) -> None:
         self.closed = True
@@ -268,7 +314,7 @@ class Session:
         self.hold_time = 0.0
         self.families: frozenset[tuple[int, int]] = frozenset()
         self.adj_out: set[m.Prefix] = set()  # what this peer has from us right now
-        self.received: set[m.Prefix] = set()  # what the peer announced to us (counted only)
+        self.received: set[int] = set()  # what the peer announced to us, as _key()s (counted only)
         self.no_next_hop: set[m.Prefix] = set()  # wanted but unannounceable on this session
         self.last_error = ""
         self.established_at: float | None = None
@@ -288,6 +334,7 @@ class Session:
         self._switch: asyncio.Future[tuple[Connection, m.Open]] | None = None
         self._shadow: asyncio.Task | None = None
         self._shadow_conn: Connection | None = None  # the connection _shadow works on
+        self._shadow_opened = False  # its OPEN arrived (until then a newer one replaces it)
         self._pending_second: Connection | None = None  # see _offer
         self._late_dial: asyncio.Future | None = None
         self._newcomer: asyncio.Task | None = None  # a connection from the peer while Established
@@ -346,6 +393,10 @@ class Session:
         task.add_done_callback(self._bg.discard)
         return task
 
+    def received_prefixes(self) -> list[m.Prefix]:
+        """What the peer announced to us and did not withdraw (up to MAX_TRACKED_RECEIVED)."""
+        return sorted(map(_unkey, self.received), key=lambda p: (p.version, p))
+
     def changed(self) -> None:
         """The speaker's prefix set changed: wake the writer."""
         self._dirty.set()
@@ -371,10 +422,19 @@ class Session:
             else:
                 self._newcomer = self._spawn(self._newcomer_handshake(conn))
         elif self.state in (State.OPENSENT, State.OPENCONFIRM):
-            if self._shadow is not None:
+            if self._shadow is not None and not self._shadow_opened and not conn.outgoing:
+                # The second connection has not sent its OPEN yet: a dead one (a router
+                # that died right after connecting, its RST lost) must not keep the
+                # router's next attempt out until the OpenSent hold timer (240 s).  The
+                # newest connection from the peer takes its place.
+                old, self._shadow = self._shadow, None
+                old.cancel()
+                self._shadow_conn, self._shadow_opened = conn, False
+                self._shadow = self._spawn(self._shadow_handshake(conn))
+            elif self._shadow is not None:
                 self._spawn(conn.close(m.Notification(Err.CEASE, Err.CONNECTION_REJECTED)))
             else:
-                self._shadow_conn = conn
+                self._shadow_conn, self._shadow_opened = conn, False
                 self._shadow = self._spawn(self._shadow_handshake(conn))
         elif conn.outgoing:
             if self.state == State.CONNECT and self.conn is not None:
@@ -724,6 +784,7 @@ class Session:
             self.conn.asn4 = open_msg.asn4 is not None
             self.conn.ebgp = self.ebgp
             self.hold_time = float(min(self.peer.hold_time, open_msg.hold_time))
+            self.conn.send_timeout = max(SEND_TIMEOUT_S, self.hold_time)
             self.families = open_msg.families & {m.IPV4_UNICAST, m.IPV6_UNICAST}
             await self.conn.send(m.Keepalive())
             self._set_state(State.OPENCONFIRM, f"peer {open_msg.router_id} AS {open_msg.asn}")
@@ -798,6 +859,8 @@ class Session:
         try:
             await conn.send(self._open())
             msg = await conn.read(OPEN_HOLD_S)
+            if self._shadow is asyncio.current_task():
+                self._shadow_opened = True
             if not isinstance(msg, m.Open):
                 await conn.close(m.Notification(Err.FSM, Err.FSM_IN_OPENSENT) if not isinstance(msg, m.Notification) else None)
                 return
@@ -1035,6 +1098,11 @@ class Session:
         keepalives = asyncio.get_running_loop().create_task(self._keepalives(conn))
         try:
             while True:
+                # One message per loop pass: a reader with a full buffer returns without
+                # yielding, so a flood (a full table, a KEEPALIVE storm) held the event
+                # loop for ~0.3 s per 380 KiB read (2.6 s under load): our KEEPALIVEs,
+                # other sessions and the mailbox waited behind it.
+                await asyncio.sleep(0)
                 msg = await conn.read(self.hold_time or None)
                 if isinstance(msg, m.Keepalive):
                     continue
@@ -1063,10 +1131,11 @@ class Session:
         if u.errors:
             self._count_errors(u)
         for p in u.withdrawn_all():
-            self.received.discard(p)
+            self.received.discard(_key(p))
         for p in u.announced():
-            if len(self.received) < MAX_TRACKED_RECEIVED or p in self.received:
-                self.received.add(p)
+            k = _key(p)
+            if len(self.received) < MAX_TRACKED_RECEIVED or k in self.received:
+                self.received.add(k)
             else:
                 self.counters["received_untracked"] += 1
 
@@ -1098,7 +1167,7 @@ class Session:
                 await self._dirty.wait()
                 self._dirty.clear()
                 await self._sync(conn)
-                if self._eor_pending:
+                if self._eor_pending and self.speaker.initial_done:
                     self._eor_pending = False
                     for fam in sorted(self.families):
                         await conn.send(m.end_of_rib(fam))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from maglev.errors import ConfigError
 
 log = logging.getLogger("maglev.bgp")
 
+REJECT_LOG_INTERVAL_S = 60.0
 EventCallback = Callable[[dict[str, Any]], None]
 
 
@@ -65,15 +67,25 @@ def _check(config: Bgp) -> None:
 class Speaker:
     """``Speaker(config.bgp)``; ``await start()``; ``announce``/``withdraw``; ``await stop()``."""
 
-    def __init__(self, config: Bgp, on_event: EventCallback | None = None, restarting: bool = False):
+    def __init__(self, config: Bgp, on_event: EventCallback | None = None, restarting: bool = False,
+                 defer_eor: bool = False):
         _check(config)
         self.config = config
         self.on_event = on_event
         # RFC 4724: this speaker has just restarted (its previous incarnation died without
         # a CEASE) and peers may hold its routes; the first OPENs say so.
         self.restarting = restarting and config.graceful_restart_time > 0
+        # End-of-RIB tells a router that kept our routes across a restart to drop every
+        # one we did not announce again.  When the owner fills the prefix set after start
+        # (the controller announces once it has judged health), an End-of-RIB sent as the
+        # session comes up would flush the routes the router kept: so with
+        # ``defer_eor`` it waits for :meth:`initial_complete` (at most the restart time).
+        self.initial_done = not (defer_eor and config.graceful_restart_time > 0)
+        self._initial_timer: asyncio.TimerHandle | None = None
         self.prefixes: set[Prefix] = set()
         self.rejected = 0  # incoming connections from addresses that are not peers
+        self._rejected_logged_at = -REJECT_LOG_INTERVAL_S
+        self._rejected_logged = 0  # self.rejected when last logged
         self._build(config)
 
     def _build(self, config: Bgp) -> None:
@@ -115,11 +127,35 @@ class Speaker:
                     self._server = None
                 raise
         self.started = True
+        if not self.initial_done and self._initial_timer is None:
+            self._initial_timer = asyncio.get_running_loop().call_later(
+                self.config.graceful_restart_time, self._initial_timeout)
         for s in self.sessions:
             s.start()
 
+    def initial_complete(self) -> bool:
+        """The prefix set now holds everything this speaker means to announce after its
+        start: End-of-RIB may follow (see ``defer_eor``).  False when it already had."""
+        if self._initial_timer is not None:
+            self._initial_timer.cancel()
+            self._initial_timer = None
+        if self.initial_done:
+            return False
+        self.initial_done = True
+        self._changed()
+        return True
+
+    def _initial_timeout(self) -> None:
+        self._initial_timer = None
+        if not self.initial_done:
+            log.warning("bgp: nobody said the initial announcement was complete within %d s "
+                        "(graceful_restart_time); sending End-of-RIB with %d prefixes",
+                        self.config.graceful_restart_time, len(self.prefixes))
+            self.initial_complete()
+
     async def stop(self, reason: str = "maglev BGP speaker stopping", subcode: int = Err.ADMIN_SHUTDOWN) -> None:
         """CEASE (administrative shutdown, with ``reason`` as RFC 9003 text) to every peer."""
+        self._cancel_initial_timer()
         if self._server is not None:
             self._server.close()
         await asyncio.gather(*(s.stop(reason, subcode) for s in self.sessions), return_exceptions=True)
@@ -137,6 +173,7 @@ class Speaker:
     async def abort(self) -> None:
         """Close every session without a NOTIFICATION (graceful restart: routers that
         support it keep our routes for the restart time; the others withdraw them)."""
+        self._cancel_initial_timer()
         if self._server is not None:
             self._server.close()
         await asyncio.gather(*(s.abort() for s in self.sessions), return_exceptions=True)
@@ -252,6 +289,11 @@ class Speaker:
         return [s.snapshot() for s in self.sessions]
 
     # ------------------------------------------------------------------ internals
+    def _cancel_initial_timer(self) -> None:
+        if self._initial_timer is not None:
+            self._initial_timer.cancel()
+            self._initial_timer = None
+
     def _changed(self) -> None:
         for s in self.sessions:
             s.changed()
@@ -274,7 +316,14 @@ class Speaker:
         if session is None or not self.started:
             # Not a configured peer: close without a word (RFC 4271 8.2.1.3 leaves this open).
             self.rejected += 1
-            log.warning("bgp: connection from %s refused: not a configured peer", conn.remote)
+            # A scan or a flood of connects must not flood the log: once per
+            # REJECT_LOG_INTERVAL_S, with the number refused since.
+            now = time.monotonic()
+            if now - self._rejected_logged_at >= REJECT_LOG_INTERVAL_S:
+                more = self.rejected - self._rejected_logged - 1
+                log.warning("bgp: connection from %s refused: not a configured peer%s", conn.remote,
+                            f" ({more} more refused since the last report)" if more else "")
+                self._rejected_logged_at, self._rejected_logged = now, self.rejected
             await conn.close()
             return
         session.incoming(conn)

@@ -141,7 +141,7 @@ class BgpLab:
     def start_speaker(
         self, *, asn: int = 64513, peer: str = ROUTER_V4, peer_asn: int = ROUTER_ASN, announce: tuple[str, ...] = (),
         next_hop_ipv6: str = "", passive: bool = False, graceful_restart_time: int = 0, restarting: bool = False,
-        bfd: bool = False, hold_time: int = 9,
+        bfd: bool = False, hold_time: int = 9, wait_ready: bool = False,
     ) -> SpeakerProc:
         nh6 = f'next_hop_ipv6 = "{next_hop_ipv6}"\n' if next_hop_ipv6 else ""
         nh6 += f"graceful_restart_time = {graceful_restart_time}\nbfd_interval_ms = 100\n"
@@ -167,6 +167,8 @@ bfd = {"true" if bfd else "false"}
             argv += ["--announce", p]
         if restarting:
             argv.append("--restarting")
+        if wait_ready:
+            argv.append("--wait-ready")
         proc = self.speaker_ns.popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.logfile(log_path.name), text=True, bufsize=1
         )

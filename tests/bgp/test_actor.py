@@ -201,7 +201,7 @@ def test_actor_def_for_maglev_run(tmp_path):
     with_bgp = tmp_path / "bgp.toml"
     with_bgp.write_text('[bgp]\nlocal_asn = 64513\nrouter_id = "198.18.0.2"\n[[bgp.peer]]\naddress = "198.18.0.1"\nasn = 64512\n')
     d = actor_def(PipelineOptions(config_path=str(with_bgp)), "r")
-    assert d.target == "maglev.actors.bgp_speaker:BgpSpeakerActor" and d.params == {"config_file": str(with_bgp)}
+    assert d.target == "maglev.actors.bgp_speaker:BgpSpeakerActor" and d.params == {"config_file": str(with_bgp), "wait_ready": True}
     assert d.stop_group < 0  # withdraws before the data path stops
 
 

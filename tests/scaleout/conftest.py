@@ -61,7 +61,7 @@ class RouterThread:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
     def received(self) -> set[str]:
-        return self._call(lambda: {str(p) for s in self.speaker.sessions for p in s.received})
+        return self._call(lambda: {str(p) for s in self.speaker.sessions for p in s.received_prefixes()})
 
     def state(self) -> str:
         return self._call(lambda: self.speaker.sessions[0].state.name)
