@@ -388,3 +388,42 @@ def test_udp_flows_take_the_new_key_when_the_hash_option_changes():
     moved = sum(now[i] != was[i] for i in now)
     print(f"UDP, hash 5tuple -> src_ip: {moved} of {len(udp)} flows of one client moved to its one backend")
     assert moved > 0
+
+
+def udp_fragments(sport: int, ident: int) -> list[bytes]:
+    """A 64-byte datagram of the UDP flow from ``sport`` to VIP4:53 in two IPv4 fragments."""
+    seg = P.udp(sport, 53, bytes(range(56)), src=CLIENT4, dst=VIP4)
+    return [P.eth(P.ipv4(CLIENT4, VIP4, P.UDP, seg[:32], df=False, mf=True, ident=ident)),
+            P.eth(P.ipv4(CLIENT4, VIP4, P.UDP, seg[32:], df=False, frag_offset=32, ident=ident))]
+
+
+@pytest.mark.parametrize("hash_opt", ["", "src_ip"])
+@pytest.mark.parametrize("engine", ["c", "python"])
+def test_fragments_of_a_flow_go_by_the_three_tuple(engine, hash_opt):
+    """Paper 4.3: a datagram's fragments go where the 3-tuple (source, VIP, protocol)
+    hashes -- every piece to one backend, on every maglev instance, without the connection
+    table (non-first pieces carry no port, and reach whichever worker their 3-tuple
+    steers to).  So with ``hash = "5tuple"`` a flow's fragmented datagrams reach the
+    3-tuple's backend, which is the flow's own only by chance (measured and printed); with
+    ``hash = "src_ip"`` the flow is keyed by that same 3-tuple and both agree while the
+    backend set is unchanged.  docs/operations.md says which to use."""
+    text = Conf().text()
+    if hash_opt:
+        text = text.replace('port = 53\nprotocol = "udp"\n', f'port = 53\nprotocol = "udp"\nhash = "{hash_opt}"\n')
+    blob = build_tables(cfg.loads(text))
+    udp = [f for f in FLOWS if f[0] is udp4]
+    dp = DataPath(blob, engine=engine, ct_capacity=8192)
+    was = {o.seq: addr(blob, o) for o in establish(dp, udp, NOW)}
+    same = 0
+    for i, (_mk, sp) in enumerate(udp):
+        pieces = dp.process([Packet(j, f) for j, f in enumerate(udp_fragments(sp, 100 + i))], NOW + 2 * SEC)
+        got = {addr(blob, o) for o in pieces}
+        assert len(pieces) == 2 and len(got) == 1  # the datagram stays whole on one backend
+        three = maglev_backend(blob, udp4(sp), ports=False)[1]
+        assert got == {three}
+        same += got == {was[i]}
+    if hash_opt == "src_ip":
+        assert same == len(udp)
+    else:
+        print(f"hash = 5tuple: fragments of {same} of {len(udp)} UDP flows reached the flow's own backend")
+        assert same < len(udp)
