@@ -102,6 +102,9 @@ class RefDataPath:
         self.set_tables(tables)
         h = self.t.header
         self.ct = ConnTable(ct_capacity)
+        # masked_on / masked_last in mg_dp.c: masked-key entries may be in the table
+        self.masked_on = self.ct.n_used > 0
+        self.masked_last = ticks(now_ns)
         self.frag = ref_frag.FragTable(
             ref_frag.DEFAULT_ENTRIES, ref_frag.DEFAULT_HOLD_FRAMES, ref_frag.DEFAULT_HOLD_BYTES,
             ref_frag.DEFAULT_TIMEOUT_MS * 1_000_000, (h["hash_k0"], h["hash_k1"]),
@@ -616,6 +619,8 @@ class RefDataPath:
                 b = quic_b
             elif kind in (FLOW, ICMP_FLOW):
                 mid = kind == FLOW and p.proto == 6 and not p.tcp_flags & 0x02
+                if kind == FLOW and vflags & (VIP_F_HASH_SRC_IP | VIP_F_HASH_DST_PORT):
+                    self.masked_on, self.masked_last = True, now_t
                 if mid and vflags & (VIP_F_HASH_SRC_IP | VIP_F_HASH_DST_PORT):
                     b = self._other_key_backend(vip, plain, now_t, tcp_ms, udp_ms, promote=True)
                 slot = -2 if b >= 0 else self.ct.find_slot(key, hsh, now_t, tcp_ms, udp_ms)
@@ -630,7 +635,8 @@ class RefDataPath:
                         if b >= 0:
                             e.backend, e.backend_id = b, self.t.backends[b].id
                 elif slot == -1:
-                    if mid and not vflags & (VIP_F_HASH_SRC_IP | VIP_F_HASH_DST_PORT | VIP_F_UDP_NO_SPORT):
+                    if (mid and not vflags & (VIP_F_HASH_SRC_IP | VIP_F_HASH_DST_PORT | VIP_F_UDP_NO_SPORT)
+                            and self.masked_on and (now_t - self.masked_last) & 0xFFFFFFFF < tcp_ms):
                         b = self._other_key_backend(vip, key[:32] + bytes(4) + key[36:], now_t, tcp_ms, udp_ms)
                         if b < 0:
                             b = self._other_key_backend(vip, bytes(16) + key[16:32] + bytes(2) + key[34:],

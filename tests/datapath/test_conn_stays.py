@@ -427,3 +427,28 @@ def test_fragments_of_a_flow_go_by_the_three_tuple(engine, hash_opt):
     else:
         print(f"hash = 5tuple: fragments of {same} of {len(udp)} UDP flows reached the flow's own backend")
         assert same < len(udp)
+
+
+@pytest.mark.parametrize("engine", ["c", "python"])
+def test_old_key_lookups_cost_nothing_without_masked_keys(engine):
+    """The src_ip / dst_port lookups for a packet of an unknown TCP connection (an ACK
+    flood of made-up flows) run only while entries under such keys may exist: within a TCP
+    timeout of the last packet to a src_ip / dst_port VIP (or of the start, with an adopted
+    table that is not empty).  Counted by the connection table's lookups."""
+    plain = Conf().blob(0)
+    dp = DataPath(plain, engine=engine, ct_capacity=8192)
+    acks = [Packet(i, tcp4(30000 + i)) for i in range(100)]
+    dp.process(acks, NOW)
+    assert dp.stats()["conntrack"]["lookups"] == 100  # one lookup each: no masked key around
+    keyed = Conf(hash4="src_ip").blob(1)
+    dp.set_tables(keyed)
+    dp.process([Packet(0, tcp4(50000, 0x02))], NOW + SEC)  # a src_ip VIP's packet: masked keys now
+    dp.set_tables(Conf().blob(2))
+    before = dp.stats()["conntrack"]["lookups"]
+    dp.process([Packet(i, tcp4(31000 + i)) for i in range(100)], NOW + 2 * SEC)
+    # 5-tuple, then src_ip -- found: the client's src_ip entry of the SYN above (so no
+    # dst_port lookup); these connections are the client's on its src_ip backend
+    assert dp.stats()["conntrack"]["lookups"] - before == 200
+    before = dp.stats()["conntrack"]["lookups"]
+    dp.process([Packet(i, tcp4(32000 + i)) for i in range(100)], NOW + 302 * SEC)
+    assert dp.stats()["conntrack"]["lookups"] - before == 100  # a TCP timeout later: off again

@@ -48,6 +48,13 @@ struct mg_dp {
     uint8_t gw_mac_set;
     uint16_t worker;
     uint64_t k0, k1; /* the flow-hash secret steering hashes with (MG_FRAME_F_HASHED) */
+    /* Entries under a masked key (a src_ip / dst_port VIP) may be in the table: set by a
+     * packet to such a VIP, or at start by a table that is not empty (adopted); the
+     * old-key lookups of a 5-tuple VIP (other_key_backend) run only within a TCP timeout
+     * of the last such packet -- an ACK flood on an instance without masked keys costs
+     * nothing more. */
+    uint8_t masked_on;
+    uint32_t masked_last; /* ms tick */
     struct mg_dp_counter vip_c[MG_TABLES_MAX_VIPS];
     struct mg_dp_counter be_c[MG_TABLES_MAX_BACKENDS];
     /* Identities of the entries the counters are indexed by (the last valid tables), so a
@@ -140,6 +147,8 @@ struct mg_dp *mg_dp_new_ct(struct mg_ct *ct, uint16_t worker, uint64_t k0, uint6
     dp->k0 = k0;
     dp->k1 = k1;
     dp->ct = ct;
+    dp->masked_on = ct->n_used > 0;
+    dp->masked_last = mg_ct_ticks(now_ns);
     if (mg_ratelimit_init(&dp->rl, MG_ICMP_RATE_PER_S, MG_ICMP_BURST, now_ns) < 0)
         goto fail;
     size_t fsz = mg_frag_table_size(MG_FRAG_DEFAULT_ENTRIES, MG_FRAG_DEFAULT_HOLD_FRAMES);
@@ -1084,6 +1093,10 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
         }
         if (MG_LIKELY(kind <= K_ICMP_FLOW)) { /* K_FLOW, K_ICMP_FLOW: the common case first */
             const uint8_t vfl = mg_tables_vips(tables)[vip].flags;
+            if (MG_UNLIKELY(kind == K_FLOW && (vfl & (MG_VIP_F_HASH_SRC_IP | MG_VIP_F_HASH_DST_PORT)))) {
+                dp->masked_on = 1;
+                dp->masked_last = now_t;
+            }
             if (MG_UNLIKELY(kind == K_FLOW && (vfl & (MG_VIP_F_HASH_SRC_IP | MG_VIP_F_HASH_DST_PORT)) &&
                             tcp_mid_flow(&wk->p))) {
                 struct mg_flow_key pk;
@@ -1110,7 +1123,8 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                     }
                 }
             } else if (slot == -1) {
-                if (MG_UNLIKELY(kind == K_FLOW && !(vfl & VF_KEYED) && tcp_mid_flow(&wk->p))) {
+                if (MG_UNLIKELY(kind == K_FLOW && !(vfl & VF_KEYED) && tcp_mid_flow(&wk->p) && dp->masked_on &&
+                                now_t - dp->masked_last < tcp_ms)) {
                     struct mg_flow_key ok = wk->p.key; /* the VIP's old key: src_ip, dst_port */
                     ok.sport = ok.dport = 0;
                     b = other_key_backend(cv, h, tables, bes, n_backends, vip, &ok, now_t, tcp_ms, udp_ms, 0);
