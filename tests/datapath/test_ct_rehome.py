@@ -131,3 +131,64 @@ def test_every_live_entry_lands_on_the_worker_steering_picks_with_its_backend():
             assert ent.backend_id == 500 + n % 7
             assert bool(lib.mg_ct_tag(dst[w], slot) & lib.MG_CT_TAG_PROTECTED) == bool(n % 2)
     assert lib.mg_ct_rehome(src, ffi.new("struct mg_ct *[]", dst), 0, K0, K1, ffi.NULL, 0, 1, 1, st_) == -22
+
+
+def test_rehome_run_changes_capacity_secret_and_worker_count_and_every_flow_is_found(tmp_path):
+    """``conntrack_shm.rehome_run`` on real /dev/shm tables: 3 workers' tables (capacity
+    4096, secret A) become 2 tables of capacity 8192 under secret B; each table is then
+    adopted as it is by its worker (``open_table``), every live flow is in the table of
+    the worker (h >> 32) % 2 with its backend id, the idle one is dropped, and the third
+    old table is gone.  Nothing to do a second time ("")."""
+    import secrets
+
+    from maglev.rings import conntrack_shm as cs
+
+    inst = f"s8c-rt{secrets.token_hex(3)}"
+    state, conf = str(tmp_path / "state"), str(tmp_path / "m.toml")
+    tag = cs.identity_tag(state, conf)
+    key_a, key_b = (11, 12), (21, 22)
+    now = 1_000_000 * MS
+    flows = [key(n, 6, False) for n in range(600)]
+    opened = []
+    try:
+        for i in range(3):
+            o = cs.open_table(cs.segment_name(inst, tag, i), cs.Wanted(4096, cs.key_fingerprint(*key_a), 3, i))
+            opened.append(o)
+        ck = ffi.new("struct mg_flow_key *")
+        for n, k in enumerate(flows):
+            h = siphash13(*key_a, k)
+            ffi.memmove(ck, k, 40)
+            t = now - (400_000 * MS if n == 0 else 0)  # flow 0: idle past the TCP timeout
+            assert lib.mg_ct_insert(opened[((h >> 32) & 0xFFFFFFFF) % 3].ct, ck, h, t, TCP_MS, UDP_MS, 1, 900 + n) >= 0
+        for o in opened:
+            lib.mg_ct_free(o.ct)
+            o.close()
+        opened = []
+        line = cs.rehome_run(inst, state, conf, 8192, key_b, 2, 0, None, TCP_MS, UDP_MS, now_ns=now)
+        assert line.startswith("connection tables: re-homed 599 live entries of the previous run's 3 table(s) "
+                               "into 2 fresh ones"), line
+        assert "capacity 4096 entries" in line and "1 idle past their timeout dropped" in line, line
+        assert len(cs.list_segments(inst, tag)) == 2
+        for i in range(2):
+            o = cs.open_table(cs.segment_name(inst, tag, i), cs.Wanted(8192, cs.key_fingerprint(*key_b), 2, i))
+            assert o.adopted, o.reason
+            opened.append(o)
+        for n, k in enumerate(flows[1:], 1):
+            h = siphash13(*key_b, k)
+            ffi.memmove(ck, k, 40)
+            w = ((h >> 32) & 0xFFFFFFFF) % 2
+            slot = lib.mg_ct_lookup_slot(opened[w].ct, ck, h, now, TCP_MS, UDP_MS, 0)
+            assert slot >= 0, n
+            ent = ffi.cast("struct mg_ct_entry *", ffi.cast("char *", opened[w].ct) + int(opened[w].ct.entries_off)) + slot
+            assert ent.backend_id == 900 + n
+            assert lib.mg_ct_lookup_slot(opened[1 - w].ct, ck, h, now, TCP_MS, UDP_MS, 0) == -1
+        for o in opened:
+            lib.mg_ct_free(o.ct)
+            o.close()
+        opened = []
+        assert cs.rehome_run(inst, state, conf, 8192, key_b, 2, 0, None, TCP_MS, UDP_MS, now_ns=now) == ""
+    finally:
+        for o in opened:
+            lib.mg_ct_free(o.ct)
+            o.close()
+        cs.remove_segments(inst)
