@@ -239,6 +239,15 @@ class Pipeline:
             from maglev.rings.conntrack_shm import SHM_DIR, plan_run, shm_pages
 
             inst = self.config.instance.name
+            # another worker count, map, capacity or secret: the old entries placed by flow
+            # into fresh tables the workers then adopt (connections keep their backend)
+            from maglev.rings.conntrack_shm import rehome_run
+
+            moved = rehome_run(inst, str(state_dir(inst)), opts.config_path, ctc.capacity,
+                               self.config.flow_hash_key, opts.workers, self.dispatch.fp, self.dispatch.reta,
+                               ctc.tcp_timeout_s * 1000, ctc.udp_timeout_s * 1000)
+            if moved:
+                logging.getLogger("maglev.conntrack").warning(moved)
             adopt, line = plan_run(inst, str(state_dir(inst)), opts.config_path, ctc.capacity,
                                    self.config.flow_hash_key, opts.workers, self.dispatch.fp)
             if adopt < opts.workers:

@@ -318,3 +318,80 @@ def census(table: bytes, k0: int, k1: int, now_ns: int, tcp_ms: int, udp_ms: int
             else:
                 out.unknown += 1
     return out
+
+
+@dataclass
+class RehomeStats:
+    """What :func:`rehome` (and the C ``mg_ct_rehome``) counted."""
+
+    live: int = 0
+    placed: int = 0
+    duplicates: int = 0
+    no_room: int = 0
+    expired: int = 0
+
+
+def _find_quiet(t: ConnTable, key: bytes, h: int) -> int:
+    sig = sig_of(h)
+    b = h & t.mask
+    for _ in range(2):
+        bk = t.buckets.get(b)
+        if bk is not None:
+            for w in range(WAYS):
+                if bk.tag[w] & SIG_MASK == sig and bk.entries[w].key == key:
+                    return b * WAYS + w
+        b2 = t.alt(b, sig)
+        if b2 == b:
+            break
+        b = b2
+    return -1
+
+
+def rehome(src: ConnTable, dst: list[ConnTable], k0: int, k1: int, reta: bytes | None, now_ns: int,
+           tcp_ms: int, udp_ms: int, st: RehomeStats) -> None:
+    """mg_ct_rehome(): the live entries of a previous run's table placed into this run's
+    tables, each in the worker steering picks for its key (src/mg_ct_rehome.c)."""
+    from maglev.hashing.reference import siphash13
+
+    now = ticks(now_ns)
+
+    def place(d: ConnTable, key: bytes, h: int, tag: int, last: int, e: Entry) -> None:
+        s = _find_quiet(d, key, h)
+        if s >= 0:
+            bk = d.bucket(s // WAYS)
+            w = s % WAYS
+            st.duplicates += 1
+            if 0 < (last - bk.last[w]) & M32 < 0x80000000:
+                bk.entries[w] = Entry(key, e.backend, e.backend_id)
+                bk.last[w] = last
+            return
+        s = d.add(key, h, now, tcp_ms, udp_ms, e.backend, e.backend_id)
+        if s < 0:
+            st.no_room += 1
+            return
+        d.bucket(s // WAYS).last[s % WAYS] = last
+        if tag & TAG_PROTECTED:
+            d.promote(s)
+        st.placed += 1
+
+    for b in range(src.mask + 1):
+        bk = src.buckets.get(b)
+        if bk is None:
+            continue
+        for w in range(WAYS):
+            tag = bk.tag[w]
+            if not tag:
+                continue
+            last = bk.last[w]
+            if (now - last) & M32 >= _timeout(tag, tcp_ms, udp_ms):
+                st.expired += 1
+                continue
+            e = bk.entries[w]
+            h = siphash13(k0, k1, e.key)
+            st.live += 1
+            if e.key[32:34] == b"\0\0":  # a masked key: every worker may need it
+                for d in dst:
+                    place(d, e.key, h, tag, last, e)
+                continue
+            to = reta[h >> 56] if reta is not None else ((h >> 32) & M32) % len(dst)
+            place(dst[to], e.key, h, tag, last, e)

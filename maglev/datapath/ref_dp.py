@@ -43,7 +43,10 @@ from maglev.datapath.tables import (
     BACKEND_F_HEALTHY,
     BACKEND_F_PRESENT,
     VIP_F_ALLOW_FRAGMENTS,
+    VIP_F_HASH_DST_PORT,
+    VIP_F_HASH_SRC_IP,
     VIP_F_NO_CONNTRACK,
+    VIP_F_UDP_NO_SPORT,
     TablesView,
     read_tables,
     select_key,
@@ -99,6 +102,9 @@ class RefDataPath:
         self.set_tables(tables)
         h = self.t.header
         self.ct = ConnTable(ct_capacity)
+        # masked_on / masked_last in mg_dp.c: masked-key entries may be in the table
+        self.masked_on = self.ct.n_used > 0
+        self.masked_last = ticks(now_ns)
         self.frag = ref_frag.FragTable(
             ref_frag.DEFAULT_ENTRIES, ref_frag.DEFAULT_HOLD_FRAMES, ref_frag.DEFAULT_HOLD_BYTES,
             ref_frag.DEFAULT_TIMEOUT_MS * 1_000_000, (h["hash_k0"], h["hash_k1"]),
@@ -175,6 +181,17 @@ class RefDataPath:
             e.backend = b
         want = BACKEND_F_PRESENT | BACKEND_F_HEALTHY
         return b if bes[b].flags & want == want else -1
+
+    def _other_key_backend(self, vip: int, key: bytes, now_t: int, tcp_ms: int, udp_ms: int,
+                           promote: bool = False) -> int:
+        """other_key_backend() in mg_dp.c: the backend of a live entry under a key the VIP
+        used before a change of its hashing option, or -1."""
+        slot = self.ct.find_slot(key, self._hash(key), now_t, tcp_ms, udp_ms)
+        if slot < 0:
+            return -1
+        if promote:
+            self.ct.promote(slot)
+        return self._ct_backend(vip, self.ct.entry(slot))
 
     def _find_vip(self, key: bytes) -> int:
         dport = struct.unpack_from("!H", key, 34)[0]
@@ -585,6 +602,7 @@ class RefDataPath:
                     continue
                 key = key[:32] + bytes(4) + key[36:]
             else:  # per-VIP hashing options (mg_vip_select_key)
+                plain = key
                 key = select_key(vflags, key)
                 if vflags & VIP_F_NO_CONNTRACK:
                     kind = HASH_ONLY
@@ -600,7 +618,12 @@ class RefDataPath:
             if kind == QUIC:
                 b = quic_b
             elif kind in (FLOW, ICMP_FLOW):
-                slot = self.ct.find_slot(key, hsh, now_t, tcp_ms, udp_ms)
+                mid = kind == FLOW and p.proto == 6 and not p.tcp_flags & 0x02
+                if kind == FLOW and vflags & (VIP_F_HASH_SRC_IP | VIP_F_HASH_DST_PORT):
+                    self.masked_on, self.masked_last = True, now_t
+                if mid and vflags & (VIP_F_HASH_SRC_IP | VIP_F_HASH_DST_PORT):
+                    b = self._other_key_backend(vip, plain, now_t, tcp_ms, udp_ms, promote=True)
+                slot = -2 if b >= 0 else self.ct.find_slot(key, hsh, now_t, tcp_ms, udp_ms)
                 if slot >= 0:
                     e = self.ct.entry(slot)
                     if kind == FLOW and not (p.proto == 6 and p.tcp_flags & 0x02):
@@ -611,8 +634,15 @@ class RefDataPath:
                         b = self._maglev(vip, hsh)
                         if b >= 0:
                             e.backend, e.backend_id = b, self.t.backends[b].id
-                else:
-                    b = self._maglev(vip, hsh)
+                elif slot == -1:
+                    if (mid and not vflags & (VIP_F_HASH_SRC_IP | VIP_F_HASH_DST_PORT | VIP_F_UDP_NO_SPORT)
+                            and self.masked_on and (now_t - self.masked_last) & 0xFFFFFFFF < tcp_ms):
+                        b = self._other_key_backend(vip, key[:32] + bytes(4) + key[36:], now_t, tcp_ms, udp_ms)
+                        if b < 0:
+                            b = self._other_key_backend(vip, bytes(16) + key[16:32] + bytes(2) + key[34:],
+                                                        now_t, tcp_ms, udp_ms)
+                    if b < 0:
+                        b = self._maglev(vip, hsh)
                     if b >= 0 and kind == FLOW and self.ct.admit(now_t):
                         self.ct.add(key, hsh, now_t, tcp_ms, udp_ms, b, self.t.backends[b].id)
             else:

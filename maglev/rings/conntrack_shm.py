@@ -723,3 +723,114 @@ def _census_one(buf: Any, size: int, fp: int) -> str:
     if int(ffi.cast("struct mg_ct *", buf).key_fp) != fp:
         return "made with another flow-hash secret"
     return ""
+
+
+def _open_old(path: str) -> tuple[int, int] | str | None:
+    """(fd, size) of a previous run's table at ``path``, locked and with a header that
+    checks (mg_ct_check); a reason (str) when a live process holds it; None when it is not
+    a table to read (gone, foreign, corrupt: the per-worker path deals with it)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size < HDR_SIZE:
+            os.close(fd)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return f"{os.path.basename(path)} is in use by a live process"
+        hdr = os.pread(fd, HDR_SIZE, 0)
+        if int(lib.mg_ct_check(hdr, len(hdr), st.st_size)):
+            os.close(fd)
+            return None
+        return fd, st.st_size
+    except OSError:
+        os.close(fd)
+        return None
+
+
+def rehome_run(instance: str, state_dir: str, config_path: str, capacity: int, key: tuple[int, int],
+               n_workers: int, map_fp: int, reta: bytes | None, tcp_ms: int, udp_ms: int,
+               *, now_ns: int | None = None) -> str:
+    """Before a run starts, when the previous run's tables of this identity cannot be
+    adopted as they are because flows would land on other workers or the table has another
+    shape (another worker count, flow -> worker map, capacity or flow-hash secret): make
+    this run's tables fresh and place every live entry of the old ones into the table of
+    the worker steering will hand its flow to (``mg_ct_rehome``), so the workers adopt them
+    and established connections keep their backend.  Returns one log line saying what was
+    done, or "" when there was nothing to re-home (no old table, all adoptable as they are,
+    or only unreadable ones)."""
+    import mmap
+
+    from maglev.datapath.ctmem import check_memory
+
+    tag = identity_tag(state_dir, config_path)
+    fp = key_fingerprint(*key)
+    names = list_segments(instance, tag)
+    if not names:
+        return ""
+    wants = [Wanted(capacity, fp, n_workers, i, map_fp) for i in range(n_workers)]
+    if all(preview(segment_name(instance, tag, i), wants[i])[0] for i in range(n_workers)):
+        return ""
+    old: list[tuple[str, int, Any, Any]] = []  # name, fd, mmap, struct mg_ct *
+    fresh: list[Opened] = []
+    try:
+        why: set[str] = set()
+        for n in names:
+            got = _open_old(os.path.join(SHM_DIR, n))
+            if isinstance(got, str):
+                return f"connection tables: not re-homed: {got}"
+            if got is None:
+                continue
+            fd, size = got
+            idx = int(n.rsplit("-", 1)[1])
+            reason = check_header(os.pread(fd, HDR_SIZE, 0), size, wants[idx] if idx < n_workers else
+                                  Wanted(capacity, fp, n_workers, idx, map_fp))
+            if idx >= n_workers and not reason:
+                reason = f"made by a run of more workers than {n_workers}"
+            if reason:
+                why.add(reason)
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            buf = ffi.from_buffer(mm)
+            old.append((n, fd, mm, buf))
+        if not old or not why:
+            return ""
+        try:
+            check_memory(capacity, "off", copies=n_workers)
+            check_shm_space(capacity, n_workers)
+        except MaglevError as exc:
+            return f"connection tables: not re-homed ({exc}); the per-worker rules below apply"
+        for i in range(n_workers):
+            fresh.append(_fresh(os.path.join(SHM_DIR, segment_name(instance, tag, i)), wants[i]))
+        dst = ffi.new("struct mg_ct *[]", [f.ct for f in fresh])
+        c_reta = ffi.new("uint8_t[]", reta) if reta is not None else ffi.NULL
+        st = ffi.new("struct mg_ct_rehome_stats *")
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        t0 = time.perf_counter()
+        for _n, _fd, _mm, buf in old:
+            rc = lib.mg_ct_rehome(ffi.cast("struct mg_ct *", buf), dst, n_workers, key[0], key[1], c_reta,
+                                  now, tcp_ms, udp_ms, st)
+            if rc < 0:
+                raise ConntrackShmError(f"conntrack: re-homing failed: {os.strerror(-rc)}")
+        ms = (time.perf_counter() - t0) * 1e3
+        for n, *_ in old:
+            if int(n.rsplit("-", 1)[1]) >= n_workers:  # its entries are in this run's tables now
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(SHM_DIR, n))
+        return (f"connection tables: re-homed {int(st.placed)} live entries of the previous run's "
+                f"{len(old)} table(s) into {n_workers} fresh ones ({'; '.join(sorted(why))}) in {ms:.1f} ms"
+                f"{f'; {int(st.no_room)} did not fit' if st.no_room else ''}"
+                f"{f'; {int(st.duplicates)} duplicates' if st.duplicates else ''}"
+                f"{f'; {int(st.expired)} idle past their timeout dropped' if st.expired else ''}")
+    finally:
+        for f in fresh:
+            lib.mg_ct_free(f.ct)
+            f.close()
+        for _n, fd, mm, buf in old:
+            ffi.release(buf)
+            mm.close()
+            os.close(fd)

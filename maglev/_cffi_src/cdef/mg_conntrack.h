@@ -109,3 +109,14 @@ struct mg_ct_census {
 int mg_ct_census(const struct mg_ct *ct, uint64_t k0, uint64_t k1, uint64_t now_ns,
                  uint32_t tcp_ms, uint32_t udp_ms, const uint64_t *ids, uint32_t n_ids,
                  uint64_t *counts, struct mg_ct_census *out);
+
+struct mg_ct_rehome_stats {
+    uint64_t live;
+    uint64_t placed;
+    uint64_t duplicates;
+    uint64_t no_room;
+    uint64_t expired;
+};
+int mg_ct_rehome(const struct mg_ct *src, struct mg_ct *const *dst, uint32_t n_dst, uint64_t k0, uint64_t k1,
+                 const uint8_t *reta, uint64_t now_ns, uint32_t tcp_ms, uint32_t udp_ms,
+                 struct mg_ct_rehome_stats *st);

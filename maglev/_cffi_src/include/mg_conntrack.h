@@ -530,4 +530,21 @@ int mg_ct_census(const struct mg_ct *ct, uint64_t k0, uint64_t k1, uint64_t now_
                  uint32_t tcp_ms, uint32_t udp_ms, const uint64_t *ids, uint32_t n_ids,
                  uint64_t *counts, struct mg_ct_census *out);
 
+/* Re-home the live entries of a previous run's table `src` into this run's tables
+ * dst[0..n_dst-1] (src/mg_ct_rehome.c): each goes to the worker steering picks for its key
+ * hashed with (k0, k1) -- reta[hash >> 56] when reta is not NULL, else (hash >> 32) % n_dst
+ * --, a key without source port to every worker; backend identity, last-used tick and
+ * segment kept; entries idle past their timeout at now_ns skipped.  Counts added to *st.
+ * 0, or -EINVAL (NULL pointers, n_dst 0, a reta entry >= n_dst). */
+struct mg_ct_rehome_stats {
+    uint64_t live;       /* live entries read from src */
+    uint64_t placed;     /* inserted into a dst table */
+    uint64_t duplicates; /* key already in its dst table: the copy used last kept */
+    uint64_t no_room;    /* the dst table had no way for it (a smaller capacity) */
+    uint64_t expired;    /* idle past the timeout: skipped */
+};
+int mg_ct_rehome(const struct mg_ct *src, struct mg_ct *const *dst, uint32_t n_dst, uint64_t k0, uint64_t k1,
+                 const uint8_t *reta, uint64_t now_ns, uint32_t tcp_ms, uint32_t udp_ms,
+                 struct mg_ct_rehome_stats *st);
+
 #endif

@@ -48,6 +48,13 @@ struct mg_dp {
     uint8_t gw_mac_set;
     uint16_t worker;
     uint64_t k0, k1; /* the flow-hash secret steering hashes with (MG_FRAME_F_HASHED) */
+    /* Entries under a masked key (a src_ip / dst_port VIP) may be in the table: set by a
+     * packet to such a VIP, or at start by a table that is not empty (adopted); the
+     * old-key lookups of a 5-tuple VIP (other_key_backend) run only within a TCP timeout
+     * of the last such packet -- an ACK flood on an instance without masked keys costs
+     * nothing more. */
+    uint8_t masked_on;
+    uint32_t masked_last; /* ms tick */
     struct mg_dp_counter vip_c[MG_TABLES_MAX_VIPS];
     struct mg_dp_counter be_c[MG_TABLES_MAX_BACKENDS];
     /* Identities of the entries the counters are indexed by (the last valid tables), so a
@@ -140,6 +147,8 @@ struct mg_dp *mg_dp_new_ct(struct mg_ct *ct, uint16_t worker, uint64_t k0, uint6
     dp->k0 = k0;
     dp->k1 = k1;
     dp->ct = ct;
+    dp->masked_on = ct->n_used > 0;
+    dp->masked_last = mg_ct_ticks(now_ns);
     if (mg_ratelimit_init(&dp->rl, MG_ICMP_RATE_PER_S, MG_ICMP_BURST, now_ns) < 0)
         goto fail;
     size_t fsz = mg_frag_table_size(MG_FRAG_DEFAULT_ENTRIES, MG_FRAG_DEFAULT_HOLD_FRAMES);
@@ -326,6 +335,45 @@ static inline int32_t ct_backend(const void *t, const struct mg_backend *bes, ui
     }
     const uint8_t want = MG_BACKEND_F_PRESENT | MG_BACKEND_F_HEALTHY;
     return (bes[b].flags & want) == want ? b : -1;
+}
+
+/* A VIP's hashing option changed (docs/operations.md, "What moves a connection"): the
+ * established TCP connections were tracked under the key the VIP used before, which the
+ * new key does not find.  For a TCP packet that is not a SYN -- a packet of a connection
+ * that exists --, the kernel also looks under the other keys: the packet's own 5-tuple
+ * when the VIP hashes on src_ip / dst_port now (first, before the VIP's key: an entry
+ * there is this very connection), and the src_ip / dst_port keys when the VIP hashes on
+ * the 5-tuple now (after a miss).  UDP has no such mark of a connection: its flows take
+ * the new key's choice.  Returns the backend of a live entry with a present, healthy
+ * backend, else -1. */
+static inline int tcp_mid_flow(const struct mg_parsed *p)
+{
+    return p->proto == 6 && !(p->tcp_flags & 0x02);
+}
+
+static int32_t other_key_backend(struct mg_ct_view cv, const struct mg_tables_header *h, const void *t,
+                                 const struct mg_backend *bes, uint32_t n_backends, int vip,
+                                 const struct mg_flow_key *k, uint32_t now_t, uint32_t tcp_ms,
+                                 uint32_t udp_ms, int promote)
+{
+    int slot = mg_ct_find_v(cv, k, flow_hash(h, k), now_t, tcp_ms, udp_ms);
+    if (slot < 0)
+        return -1;
+    if (promote)
+        mg_ct_promote_v(cv, (uint32_t)slot);
+    return ct_backend(t, bes, n_backends, vip, &cv.ent[slot]);
+}
+
+/* The packet's own 5-tuple (what mg_vip_select_key masked), from its headers. */
+static inline void plain_key(const uint8_t *pkt, const struct mg_parsed *p, struct mg_flow_key *k)
+{
+    *k = p->key;
+    if (p->family == 4)
+        memcpy(k->src, pkt + p->l3_off + 12, 4);
+    else
+        memcpy(k->src, pkt + p->l3_off + 8, 16);
+    memcpy(&k->sport, pkt + p->l4_off, 2);
+    memcpy(&k->dport, pkt + p->l4_off + 2, 2);
 }
 
 /* The fragment table remembers the first fragment's VIP index (the other fragments carry
@@ -1044,7 +1092,18 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
             continue;
         }
         if (MG_LIKELY(kind <= K_ICMP_FLOW)) { /* K_FLOW, K_ICMP_FLOW: the common case first */
-            int slot = mg_ct_find_v(cv, &wk->p.key, wk->hash, now_t, tcp_ms, udp_ms);
+            const uint8_t vfl = mg_tables_vips(tables)[vip].flags;
+            if (MG_UNLIKELY(kind == K_FLOW && (vfl & (MG_VIP_F_HASH_SRC_IP | MG_VIP_F_HASH_DST_PORT)))) {
+                dp->masked_on = 1;
+                dp->masked_last = now_t;
+            }
+            if (MG_UNLIKELY(kind == K_FLOW && (vfl & (MG_VIP_F_HASH_SRC_IP | MG_VIP_F_HASH_DST_PORT)) &&
+                            tcp_mid_flow(&wk->p))) {
+                struct mg_flow_key pk;
+                plain_key(mg_frame_data(pool, idx), &wk->p, &pk);
+                b = other_key_backend(cv, h, tables, bes, n_backends, vip, &pk, now_t, tcp_ms, udp_ms, 1);
+            }
+            int slot = b >= 0 ? -2 : mg_ct_find_v(cv, &wk->p.key, wk->hash, now_t, tcp_ms, udp_ms);
             if (slot >= 0) {
                 struct mg_ct_entry *e = &cv.ent[slot];
                 /* a later packet of the flow that is not a SYN: promote (mg_conntrack.h) */
@@ -1063,8 +1122,21 @@ int mg_dp_burst(struct mg_dp *dp, const void *tables, uint64_t now_ns, struct mg
                         e->backend_id = mg_tables_backends(tables)[b].id;
                     }
                 }
-            } else {
-                b = maglev_pick(tables, vip, wk->hash);
+            } else if (slot == -1) {
+                if (MG_UNLIKELY(kind == K_FLOW && !(vfl & VF_KEYED) && tcp_mid_flow(&wk->p) && dp->masked_on &&
+                                now_t - dp->masked_last < tcp_ms)) {
+                    struct mg_flow_key ok = wk->p.key; /* the VIP's old key: src_ip, dst_port */
+                    ok.sport = ok.dport = 0;
+                    b = other_key_backend(cv, h, tables, bes, n_backends, vip, &ok, now_t, tcp_ms, udp_ms, 0);
+                    if (b < 0) {
+                        ok = wk->p.key;
+                        memset(ok.src, 0, sizeof(ok.src));
+                        ok.sport = 0;
+                        b = other_key_backend(cv, h, tables, bes, n_backends, vip, &ok, now_t, tcp_ms, udp_ms, 0);
+                    }
+                }
+                if (b < 0)
+                    b = maglev_pick(tables, vip, wk->hash);
                 if (b >= 0 && kind == K_FLOW && mg_ct_admit(dp->ct, now_t))
                     mg_ct_add(dp->ct, &wk->p.key, wk->hash, now_t, h->tcp_timeout_ms,
                               h->udp_timeout_ms, b, mg_tables_backends(tables)[b].id);
