@@ -4,7 +4,8 @@ What a worker's data path counts privately -- connection-table and fragment-tabl
 counters, per-VIP and per-backend packets and bytes -- is copied by the worker's
 housekeeping tick (about 4 times a second, :meth:`WorkerPage.publish`) into a small file
 ``obs-worker-<i>`` in the run's private directory, which readers map
-(:func:`read_worker_page`).  The layout and both sides of its seqlock are C
+(:func:`read_worker_page`).  A restarted worker's page goes on from its predecessor's
+connection-table and fragment-table counters (``mg_obs_page_adopt``).  The layout and both sides of its seqlock are C
 (``mg_obs.h``): the writer makes the sequence odd, copies, makes it even; the reader
 copies and re-checks the sequence *in the mapping*, retrying a torn copy.  Python only
 names fields of ``struct mg_obs_page_hdr``.
@@ -16,6 +17,7 @@ whose counters describe another tables blob than the one the worker reports carr
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import time
@@ -61,13 +63,21 @@ class WorkerPage:
         finally:
             os.close(fd)
         self._buf: Any = ffi.from_buffer("uint8_t[]", self._mm)
+        # A restarted worker finds its killed predecessor's page: its connection-table and
+        # fragment-table counters become the base the new ones add to, so they never go
+        # backwards across the restart (mg_obs_page_adopt; docs/metrics.md).
+        self._base: Any = ffi.new("struct mg_obs_page_hdr *")
+        rc = lib.mg_obs_page_adopt(self._buf, PAGE_BYTES, self._base)
+        if rc < 0 and rc != -errno.ENODATA:
+            raise OSError(-rc, f"worker {worker}: metrics page adopt failed")
 
     def publish(self, now: float | None = None, force: bool = False) -> bool:
         now = time.monotonic() if now is None else now
         if not force and now < self._next:
             return False
         self._next = now + self.period_s
-        rc = lib.mg_obs_page_publish(self._buf, PAGE_BYTES, self.region.base, self._w, time.monotonic_ns())
+        rc = lib.mg_obs_page_publish(self._buf, PAGE_BYTES, self.region.base, self._w, time.monotonic_ns(),
+                                     self._base)
         if rc < 0:
             raise OSError(-rc, f"worker {self.worker}: metrics page publish failed")
         return True

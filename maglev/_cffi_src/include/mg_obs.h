@@ -43,10 +43,20 @@ struct mg_obs_page_hdr {
 struct mg_dp *mg_obs_worker_dp(struct mg_worker *w);
 /* Bytes a page file must have. */
 uint64_t mg_obs_page_bytes(void);
-/* Worker process: copy worker w's counters into the page (size bytes) under its seqlock.
- * 0, or -EINVAL (page too small, no worker). */
+/* Worker process: copy worker w's counters into the page (size bytes) under its seqlock,
+ * the connection-table and fragment-table counters plus base->ct / base->frag when base is
+ * not NULL (what a killed predecessor had published: mg_obs_page_adopt).  0, or -EINVAL
+ * (page too small, no worker). */
 int mg_obs_page_publish(void *page, uint64_t size, void *region_base, struct mg_worker *w,
-                        uint64_t mono_ns);
+                        uint64_t mono_ns, const struct mg_obs_page_hdr *base);
+/* Worker process, before its first publish: the connection-table and fragment-table
+ * counters its predecessor (same worker index, same run) left in the page, into base->ct /
+ * base->frag (the rest of *base zeroed), so the counters a reader sees continue across a
+ * restart instead of falling back to 0 (a Prometheus counter must not go backwards).  The
+ * predecessor is dead, so the seqlock is not waited on: a publication it was killed in the
+ * middle of leaves each word either old or new, and either is a count it had reached.
+ * 0; -ENODATA (never published: base zeroed), -EINVAL (too small). */
+int mg_obs_page_adopt(const void *page, uint64_t size, struct mg_obs_page_hdr *base);
 /* Any process: a whole copy of the page into *hdr and the first n_vips / n_backends
  * entries of vips[MG_OBS_MAX_VIPS] / backends[MG_OBS_MAX_BACKENDS].  0; -ENODATA (never
  * published: no magic), -EINVAL (too small), -EAGAIN (still torn after `tries` reads). */

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <string.h>
 
 #include "mg_stats.h"
 #include "mg_tables_pub.h"
@@ -25,8 +26,32 @@ uint64_t mg_obs_page_bytes(void)
     return MG_OBS_PAGE_BYTES;
 }
 
+/* dst[i] += src[i] over n words (the counter structs are whole words). */
+static void add_words(uint64_t *dst, const uint64_t *src, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        dst[i] += src[i];
+}
+
+_Static_assert(sizeof(struct mg_ct_stats) % 8 == 0, "conntrack counters are whole words");
+_Static_assert(sizeof(struct mg_frag_stats) % 8 == 0, "fragment counters are whole words");
+
+int mg_obs_page_adopt(const void *page, uint64_t size, struct mg_obs_page_hdr *base)
+{
+    if (!page || !base || size < MG_OBS_PAGE_BYTES)
+        return -EINVAL;
+    memset(base, 0, sizeof(*base));
+    const struct mg_obs_page_hdr *p = page;
+    if (__atomic_load_n(&p->magic, __ATOMIC_ACQUIRE) != MG_OBS_PAGE_MAGIC)
+        return -ENODATA;
+    mg_seq_load_words((uint64_t *)&base->ct, (const uint64_t *)&p->ct, WORDS(struct mg_ct_stats));
+    mg_seq_load_words((uint64_t *)&base->frag, (const uint64_t *)&p->frag, WORDS(struct mg_frag_stats));
+    base->magic = MG_OBS_PAGE_MAGIC;
+    return 0;
+}
+
 int mg_obs_page_publish(void *page, uint64_t size, void *region_base, struct mg_worker *w,
-                        uint64_t mono_ns)
+                        uint64_t mono_ns, const struct mg_obs_page_hdr *prev)
 {
     if (!page || size < MG_OBS_PAGE_BYTES || !w || !w->dp)
         return -EINVAL;
@@ -46,6 +71,10 @@ int mg_obs_page_publish(void *page, uint64_t size, void *region_base, struct mg_
         h.n_vips = h.n_backends = 0; /* the counters describe other tables: do not name them */
     h.ct = d->ct;
     h.frag = d->frag;
+    if (prev) { /* a predecessor's totals: the counters go on from there (mg_obs_page_adopt) */
+        add_words((uint64_t *)&h.ct, (const uint64_t *)&prev->ct, WORDS(struct mg_ct_stats));
+        add_words((uint64_t *)&h.frag, (const uint64_t *)&prev->frag, WORDS(struct mg_frag_stats));
+    }
 
     struct mg_obs_page_hdr *p = page;
     uint8_t *base = page;
