@@ -252,6 +252,16 @@ class AfXdpNic:
         return path
 
     # -- counters and lifecycle ---------------------------------------------------------
+    @property
+    def drops(self) -> dict[str, int]:
+        """Packets a socket handed over that are longer than a pool frame holds
+        (``rx_oversize``: an MTU above ~1700 bytes): received and dropped as
+        ``frame_overflow`` by steering (``maglev.rings.SS_NIC_DROPS``), as with AF_PACKET."""
+        socks = getattr(self, "_socks", None)
+        if not socks:
+            return {"frame_overflow": int((getattr(self, "_final", None) or {}).get("rx_oversize", 0))}
+        return {"frame_overflow": sum(int(x.stats.rx_oversize) for x in socks)}
+
     def stats(self) -> dict[str, Any]:
         if not getattr(self, "_socks", None) and getattr(self, "_final", None):
             return dict(self._final)  # closed: the counters as they were at the close
