@@ -172,6 +172,12 @@ def collect(region: Any, run_dir: str | os.PathLike | None = None, *, instance: 
             "bytes_out": sum(w["bytes_out"] for w in workers),
             "dropped": sum(drops.values()),
             "tx_packets": mx["tx_packets"],
+            # received, not judged yet: fragments a worker holds for their first fragment
+            # (at rest, packets_in == forwarded + dropped + held)
+            "held": sum(w["held"] for w in workers),
+            # the workers' forward verdicts, including those the NIC refused or a killed
+            # muxer held afterwards (tx_error / muxer_restart drops): never goes back
+            "forwarded_by_workers": sum(w["forwarded"] + w["redirected"] for w in workers),
         },
         "drops": dict(sorted(drops.items())),
         "drop_reasons": [n for n in DROP_NAMES if n and n != "none"],

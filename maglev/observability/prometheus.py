@@ -139,6 +139,9 @@ _TOP = (  # one row: the totals, steering and the muxer
     ("maglev_received_packets_total", C, "Packets received from the NIC by steering.", "packets_in"),
     ("maglev_received_bytes_total", C, "Bytes received from the NIC by steering.", "bytes_in"),
     ("maglev_transmitted_packets_total", C, "Packets the muxer handed to the NIC.", "tx_packets"),
+    ("maglev_forwarded_packets_total", C,
+     "Packets the workers forwarded (to a backend, or a fragment to its owning instance); those the NIC then "
+     "refused or a killed muxer held are also drops (tx_error, muxer_restart).", "forwarded_by_workers"),
 )
 _STEERING = (
     ("maglev_fallback_packets_total", C,
@@ -251,7 +254,8 @@ def families(s: dict[str, Any]) -> list[Metric]:
     o = _Out()
     t, mx = s["totals"], s["muxer"]
     _per_row(o, _TOP, [({}, {"packets_in": t["packets_in"], "bytes_in": t["bytes_in"],
-                             "tx_packets": mx["tx_packets"]})])
+                             "tx_packets": mx["tx_packets"],
+                             "forwarded_by_workers": t.get("forwarded_by_workers", t["forwarded"])})])
     o.family("maglev_drops_total", C, "Packets dropped, by reason (data path reasons, worker restarts, NIC errors).",
              [({"reason": k}, v) for k, v in s["drops"].items()])
     _per_row(o, _STEERING, [({}, s["steering"])])
