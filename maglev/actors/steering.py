@@ -403,16 +403,17 @@ class Steering(Actor):
         created again under the same name (a driver reload, a NIC reset): a socket bound to
         the old interface index would receive nothing for ever.  The C loop's device
         structs stay the same objects (their descriptors change), so the loop goes on; the
-        check itself runs at most once a second (``AfPacketNic.maintain``).  Not for
-        AF_XDP, whose ``maintain`` is the muxer's (it takes the transmit rings)."""
+        check itself runs at most once a second (``AfPacketNic.maintain``).  AF_XDP the
+        same way (``AfXdpNic.maintain``: new sockets and XDP program, moved into the
+        structs the C loop points at, and a new hand-off the muxer takes)."""
         nic = getattr(self, "nic", None)
-        if getattr(nic, "kind", "") != "afpacket" or not hasattr(nic, "maintain"):
+        if getattr(nic, "kind", "") not in ("afpacket", "afxdp") or not hasattr(nic, "maintain"):
             return
         nic.maintain()
         reopens = int(getattr(nic, "reopens", 0))
         if reopens != self._nic_reopens:
             self._nic_reopens = reopens
-            log.warning("afpacket: interface created again; receive socket reopened",
+            log.warning(f"{nic.kind}: interface created again; receive socket reopened",
                         extra={"kv": {"iface": getattr(nic, "iface", ""), "reopens": reopens}})
 
     def _sync_nic_drops(self) -> None:
