@@ -255,7 +255,7 @@ def families(s: dict[str, Any]) -> list[Metric]:
     t, mx = s["totals"], s["muxer"]
     _per_row(o, _TOP, [({}, {"packets_in": t["packets_in"], "bytes_in": t["bytes_in"],
                              "tx_packets": mx["tx_packets"],
-                             "forwarded_by_workers": t.get("forwarded_by_workers", t["forwarded"])})])
+                             "forwarded_by_workers": t.get("forwarded_by_workers", t.get("forwarded", 0))})])
     o.family("maglev_drops_total", C, "Packets dropped, by reason (data path reasons, worker restarts, NIC errors).",
              [({"reason": k}, v) for k, v in s["drops"].items()])
     _per_row(o, _STEERING, [({}, s["steering"])])
