@@ -116,12 +116,30 @@ int mg_obs_page_publish(void *page, uint64_t size, void *region_base, struct mg_
             pb = prev->backends ? (uint32_t)prev->hdr.n_backends * 2 : 0;
         }
     }
+    /* A replacement that has not run a burst yet (no tables in use) shows its predecessor's
+     * counters as they were, instead of none: a sum over workers must not dip meanwhile. */
+    int as_prev = prev && prev->hdr.tables_generation && !d->tables_generation;
+    if (as_prev) {
+        h.tables_generation = prev->hdr.tables_generation;
+        h.n_vips = prev->vips ? prev->hdr.n_vips : 0;
+        h.n_backends = prev->backends ? prev->hdr.n_backends : 0;
+    }
 
     struct mg_obs_page_hdr *p = page;
     uint8_t *base = page;
     uint64_t odd = mg_seq_write_begin(&p->seq);
     __atomic_store_n(&p->magic, MG_OBS_PAGE_MAGIC, __ATOMIC_RELAXED);
     mg_seq_store_words(HDR_REST(p), HDR_REST(&h), HDR_REST_WORDS);
+    if (as_prev) {
+        if (h.n_vips)
+            mg_seq_store_words((uint64_t *)(base + MG_OBS_VIPS_OFF), (const uint64_t *)prev->vips,
+                               (uint32_t)h.n_vips * 2);
+        if (h.n_backends)
+            mg_seq_store_words((uint64_t *)(base + MG_OBS_BACKENDS_OFF), (const uint64_t *)prev->backends,
+                               (uint32_t)h.n_backends * 2);
+        mg_seq_write_end(&p->seq, odd);
+        return 0;
+    }
     store_sum_words((uint64_t *)(base + MG_OBS_VIPS_OFF), (const uint64_t *)mg_dp_vip_counters(w->dp),
                     pv ? (const uint64_t *)prev->vips : NULL, (uint32_t)h.n_vips * 2, pv);
     store_sum_words((uint64_t *)(base + MG_OBS_BACKENDS_OFF), (const uint64_t *)mg_dp_backend_counters(w->dp),
