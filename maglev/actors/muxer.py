@@ -51,6 +51,9 @@ class Muxer(Actor):
         self.stats_block = self.region.stats(self.slot)
         self.region.set_slot_pid(self.slot)
         self._recover()
+        from maglev.rings.stats import MS_NIC_COUNTERS, NicCounters
+
+        self._nic_counters = NicCounters(self.stats_block, MS_NIC_COUNTERS)  # the NIC's link-down refusals
         self.burst = int(p.get("burst", 256))
         # Doorbell busy-poll rounds (0 when the CPU is shared: pipeline.doorbell_spin).
         self.spin = int(p.get("spin", lib.MG_BELL_SPIN_DEFAULT))
@@ -147,6 +150,7 @@ class Muxer(Actor):
         maintain = getattr(self.nic, "maintain", None)
         if maintain is not None:  # AF_XDP: let go of a dead steering's sockets (afxdp.py)
             maintain()
+        self._nic_counters.sync(getattr(self, "nic", None), now)
         super().tick(now)
 
     def wait(self, timeout_s: float) -> None:
@@ -165,6 +169,8 @@ class Muxer(Actor):
     def teardown(self) -> None:
         nic = getattr(self, "nic", None)
         if nic is not None:
+            if getattr(self, "_nic_counters", None) is not None:
+                self._nic_counters.sync(nic, time.monotonic(), force=True)
             nic.close()  # flushes a capture file
 
     def stats(self) -> dict[str, Any]:

@@ -447,6 +447,7 @@ class Pipeline:
             "backpressure": st["backpressure"],
             "per_worker": per_worker,
             "restarts": self.supervisor.restarts,
+            "nic": c["nic"],
             "elapsed_s": round(elapsed, 3),
             "rx_window_s": round(window, 3),
             "mpps": round(st["rx_packets"] / window / 1e6, 3) if window else 0.0,

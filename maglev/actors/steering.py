@@ -57,6 +57,7 @@ from maglev.native import check, ffi, lib
 from maglev.nic import open_rx, parse_nic
 from maglev.rings import SS_NIC_DROPS, Region
 from maglev.rings.shed_file import NO_VIP, read_shed, shed_path, write_shed
+from maglev.rings.stats import SS_NIC_COUNTERS, NicCounters
 
 log = logging.getLogger("maglev.steering")
 # Longest stretch the actors' C loops (mg_loop.h) run before Python's housekeeping.
@@ -140,6 +141,7 @@ class Steering(Actor):
         self.stats_block = self.region.stats(self.slot)
         self.region.set_slot_pid(self.slot)  # who serves the slot now (tools, tests)
         self._nic_drop_base = {w: int(self.stats_block[w]) for w in SS_NIC_DROPS.values()}
+        self._nic_counters = NicCounters(self.stats_block, SS_NIC_COUNTERS)  # link down, kernel drops
         self._recover()
         self.burst = int(p.get("burst", 256))
         self.spares = int(p.get("spares", lib.MG_SPARE_RESERVE))
@@ -390,6 +392,7 @@ class Steering(Actor):
         self._shed_reload()
         self._shed_publish(now)
         self._sync_nic_drops()
+        self._nic_counters.sync(getattr(self, "nic", None), now)
         self.tracer.tick(now)  # packet tracer: collected records -> spans
         super().tick(now)
 
@@ -400,16 +403,17 @@ class Steering(Actor):
         created again under the same name (a driver reload, a NIC reset): a socket bound to
         the old interface index would receive nothing for ever.  The C loop's device
         structs stay the same objects (their descriptors change), so the loop goes on; the
-        check itself runs at most once a second (``AfPacketNic.maintain``).  Not for
-        AF_XDP, whose ``maintain`` is the muxer's (it takes the transmit rings)."""
+        check itself runs at most once a second (``AfPacketNic.maintain``).  AF_XDP the
+        same way (``AfXdpNic.maintain``: new sockets and XDP program, moved into the
+        structs the C loop points at, and a new hand-off the muxer takes)."""
         nic = getattr(self, "nic", None)
-        if getattr(nic, "kind", "") != "afpacket" or not hasattr(nic, "maintain"):
+        if getattr(nic, "kind", "") not in ("afpacket", "afxdp") or not hasattr(nic, "maintain"):
             return
         nic.maintain()
         reopens = int(getattr(nic, "reopens", 0))
         if reopens != self._nic_reopens:
             self._nic_reopens = reopens
-            log.warning("afpacket: interface created again; receive socket reopened",
+            log.warning(f"{nic.kind}: interface created again; receive socket reopened",
                         extra={"kv": {"iface": getattr(nic, "iface", ""), "reopens": reopens}})
 
     def _sync_nic_drops(self) -> None:
@@ -479,6 +483,8 @@ class Steering(Actor):
         nic = getattr(self, "nic", None)
         if nic is not None:
             self._sync_nic_drops()
+            if getattr(self, "_nic_counters", None) is not None:
+                self._nic_counters.sync(nic, time.monotonic(), force=True)
             nic.close()
 
     def stats(self) -> dict[str, Any]:

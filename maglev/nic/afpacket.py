@@ -311,6 +311,16 @@ class AfPacketNic:
             self._kernel["kernel_drops"] += int(p[1])
             self._kernel["kernel_freezes"] += int(p[2])
 
+    @property
+    def drops(self) -> dict[str, int]:
+        """Packets the socket handed over that could not become a frame, by the run's drop
+        reason: longer than a pool frame holds (``rx_oversize``) or cut short by the ring,
+        whose frames are sized for the pool's (``rx_truncated``): ``frame_overflow``, as for
+        a capture record (docs/nic.md).  Steering counts them as received and dropped
+        (``maglev.rings.SS_NIC_DROPS``), so a jumbo frame is never an unaccounted packet."""
+        return {"frame_overflow": sum(self._prev[k] + int(getattr(self._afp.stats, k))
+                                      for k in ("rx_oversize", "rx_truncated"))}
+
     def stats(self) -> dict[str, int]:
         """Driver counters (see ``struct mg_afp_stats``) plus the kernel's ring counters:
         ``kernel_drops`` are packets lost because the ring was full."""
@@ -396,6 +406,11 @@ class AfPacketMulti:
     @property
     def reopens(self) -> int:
         return sum(nic.reopens for nic in self.nics)
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """As :attr:`AfPacketNic.drops`, over every socket of the group."""
+        return {"frame_overflow": sum(nic.drops["frame_overflow"] for nic in self.nics)}
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

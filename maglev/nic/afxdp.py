@@ -58,6 +58,7 @@ _libc.syscall.restype = ctypes.c_long
 # often it retries taking them while it has none.
 TX_CHECK_S = 0.01
 TX_RETRY_S = 0.05
+TX_HANDOFF_S = 0.25  # how often the muxer re-reads steering's hand-off (a re-open publishes a new one)
 _TX_STATS = ("tx_packets", "tx_bytes", "tx_completed", "tx_ring_full", "tx_oversize", "tx_kicks",
              "tx_kick_errors", "tx_bursts", "tx_kick_again", "tx_left")
 
@@ -66,6 +67,7 @@ MODES = ("auto", "copy", "zerocopy")
 BUSY_WAIT_S = 2.0
 SO_BUSY_POLL, SO_PREFER_BUSY_POLL, SO_BUSY_POLL_BUDGET = 46, 69, 70
 _STATS = ("rx_packets", "rx_bytes", "rx_oversize", "fill_wakeups", "rx_bursts")
+_KERNEL_STATS = ("kernel_drops", "kernel_invalid", "kernel_rx_ring_full", "kernel_fill_empty")
 
 
 def why_no_afxdp() -> str:
@@ -121,9 +123,13 @@ class AfXdpNic:
             raise NicError(errno.EINVAL, f"afxdp: {iface} has {have} receive queue(s), not {self.n_queues} "
                            f"(see `ethtool -l {iface}`; `ethtool -L {iface} combined N` changes it)")
         self.mode = mode
+        self._busy_poll_us = busy_poll
         self._socks: list[Any] = []
         self._poll = select.poll()
         self._next = 0
+        self._gone: dict[str, int] = {}  # counters of sockets closed by a re-open (maintain)
+        self._next_check = 0.0
+        self.reopens = 0
         self.prog = xdp_loader.load()
         try:
             self._vips: set[str] = set()
@@ -141,8 +147,9 @@ class AfXdpNic:
             raise
         self.bound_mode = "zerocopy" if all(x.mode == lib.MG_XSK_MODE_ZEROCOPY for x in self._socks) else "copy"
 
-    def _open_queue(self, q: int) -> Any:
+    def _open_queue(self, q: int, ifindex: int = 0) -> Any:
         x = ffi.new("struct mg_xsk *")
+        ifindex = ifindex or self.ifindex
         tries = {"auto": [lib.MG_XSK_MODE_ZEROCOPY, lib.MG_XSK_MODE_COPY], "copy": [lib.MG_XSK_MODE_COPY],
                  "zerocopy": [lib.MG_XSK_MODE_ZEROCOPY]}[self.mode]
         rc = 0
@@ -152,7 +159,7 @@ class AfXdpNic:
         deadline = time.monotonic() + BUSY_WAIT_S
         while True:
             for m in tries:
-                rc = lib.mg_xsk_open(x, self.ifindex, q, m)
+                rc = lib.mg_xsk_open(x, ifindex, q, m)
                 if rc == 0:
                     return x
                 if rc == -errno.EBUSY:
@@ -234,11 +241,78 @@ class AfXdpNic:
         self._vips = have
         return added, removed
 
+    # -- the interface created again ----------------------------------------------------
+    def maintain(self) -> bool:
+        """Call now and then (steering's tick): at most once a second, look the interface
+        up by name, and when it was deleted and created again (another ifindex: a driver
+        reload, a veth re-made) bind new sockets and a new XDP program to it, as
+        :meth:`AfPacketNic.maintain` does for AF_PACKET.  True when they were re-opened.
+        Before, the sockets stayed bound to the dead interface and nothing was received
+        again for the rest of the run."""
+        now = time.monotonic()
+        if now < self._next_check or not self._socks:
+            return False
+        self._next_check = now + 1.0
+        try:
+            idx = socket.if_nametoindex(self.iface)
+        except OSError:
+            return False  # gone for now: keep the old sockets until it comes back
+        if idx == self.ifindex:
+            return False
+        try:
+            self._reopen(idx)
+        except (OSError, NicError) as e:  # e.g. created but not up yet: try again in a second
+            log.warning("afxdp: interface created again, cannot bind it yet",
+                        extra={"kv": {"iface": self.iface, "ifindex": idx, "error": str(e)}})
+            return False
+        return True
+
+    def _reopen(self, idx: int) -> None:
+        """New sockets and program on interface ``idx`` first (the old ones are bound to a
+        deleted interface: no conflict); only when all are there, close the old ones and
+        move the new sockets into the old ``struct mg_xsk`` objects, which steering's C loop
+        points at (``nic_loop_rx``).  A failure leaves the old ones as they were."""
+        from maglev.nic import xdp_loader
+
+        if rx_queues(self.iface) < len(self._socks):
+            raise NicError(errno.EINVAL, f"afxdp: {self.iface} now has fewer than {len(self._socks)} receive queues")
+        new: list[Any] = []
+        prog = xdp_loader.load()
+        try:
+            for a in sorted(self._vips):
+                prog.add_vip(a)
+            for q in range(len(self._socks)):
+                x = self._open_queue(q, idx)
+                new.append(x)
+                prog.set_socket(q, x.fd)
+                if self._busy_poll_us:
+                    self._busy_poll(x.fd, self._busy_poll_us)
+            prog.attach(idx, self.iface, os.environ.get("MAGLEV_XDP_ATTACH", "auto"))
+        except BaseException:
+            prog.close()
+            for x in new:
+                lib.mg_xsk_close(x)
+            raise
+        old = self.stats()
+        for k in (*_STATS, *_KERNEL_STATS):
+            self._gone[k] = int(old.get(k, 0))
+        self.prog.close()
+        self.prog = prog
+        for old_x, new_x in zip(self._socks, new, strict=True):
+            self._poll.unregister(old_x.fd)
+            lib.mg_xsk_close(old_x)
+            ffi.memmove(old_x, new_x, ffi.sizeof("struct mg_xsk"))  # new_x is not closed: old_x owns it now
+            self._poll.register(old_x.fd, select.POLLIN | select.POLLERR)
+        self.ifindex = idx
+        self.reopens += 1
+        if getattr(self, "_published", None) is not None:
+            self.publish(self._published.parent)  # the muxer takes the new sockets (AfXdpTx.maintain)
+
     # -- transmit hand-off -----------------------------------------------------------
     def handoff(self) -> dict[str, Any]:
         """What the muxer needs to transmit through these sockets: this process's pid and,
         per queue, the socket's and its UMEM memfd's descriptor numbers."""
-        return {"pid": os.getpid(), "iface": self.iface, "ifindex": self.ifindex,
+        return {"pid": os.getpid(), "iface": self.iface, "ifindex": self.ifindex, "reopens": self.reopens,
                 "sockets": [{"queue": int(x.queue), "fd": int(x.fd), "umem_fd": int(lib.mg_xsk_umem_fd(x))}
                             for x in self._socks]}
 
@@ -252,12 +326,23 @@ class AfXdpNic:
         return path
 
     # -- counters and lifecycle ---------------------------------------------------------
+    @property
+    def drops(self) -> dict[str, int]:
+        """Packets a socket handed over that are longer than a pool frame holds
+        (``rx_oversize``: an MTU above ~1700 bytes): received and dropped as
+        ``frame_overflow`` by steering (``maglev.rings.SS_NIC_DROPS``), as with AF_PACKET."""
+        socks = getattr(self, "_socks", None)
+        if not socks:
+            return {"frame_overflow": int((getattr(self, "_final", None) or {}).get("rx_oversize", 0))}
+        return {"frame_overflow": self._gone.get("rx_oversize", 0) + sum(int(x.stats.rx_oversize) for x in socks)}
+
     def stats(self) -> dict[str, Any]:
         if not getattr(self, "_socks", None) and getattr(self, "_final", None):
             return dict(self._final)  # closed: the counters as they were at the close
-        out: dict[str, Any] = {k: 0 for k in _STATS}
+        gone = getattr(self, "_gone", {})
+        out: dict[str, Any] = {k: gone.get(k, 0) for k in _STATS}
         kern = ffi.new("uint64_t[4]")
-        extra = {"kernel_drops": 0, "kernel_invalid": 0, "kernel_rx_ring_full": 0, "kernel_fill_empty": 0}
+        extra = {k: gone.get(k, 0) for k in _KERNEL_STATS}
         for x in self._socks:
             for k in _STATS:
                 out[k] += int(getattr(x.stats, k))
@@ -266,6 +351,7 @@ class AfXdpNic:
                     extra[k] += int(kern[j])
         out.update(extra)
         out["queues"] = len(self._socks)
+        out["reopens"] = getattr(self, "reopens", 0)
         out["mode"] = getattr(self, "bound_mode", "")
         out["xdp_mode"] = self.prog.mode if getattr(self, "prog", None) else ""
         try:
@@ -346,6 +432,8 @@ class AfXdpTx:
         self._next = 0
         self._next_check = 0.0
         self._next_try = 0.0
+        self._next_handoff = 0.0
+        self._taken: tuple[Any, ...] = ()
         self._gone: dict[str, int] = {k: 0 for k in _TX_STATS}  # counters of detached sockets
         self.attaches = 0
         self.detaches = 0
@@ -387,6 +475,7 @@ class AfXdpTx:
             self.why_fallback = f"cannot take steering's AF_XDP sockets: {e.strerror or e}"
             return False
         self._tx, self._pidfd, self._pid = txs, pidfd, pid
+        self._taken = (pid, h.get("ifindex"), h.get("reopens", 0))
         self._sink = None
         self.attaches += 1
         self.why_fallback = ""
@@ -420,6 +509,14 @@ class AfXdpTx:
                     self._dead_pid = self._pid
                     self._detach(f"steering pid {self._pid} exited")
                     self._next_try = now  # the replacement's hand-off may be there already
+            if self._tx and now >= self._next_handoff:
+                # steering re-opened its sockets on an interface created again: take those
+                self._next_handoff = now + TX_HANDOFF_S
+                h = self._locate()
+                if h and (int(h.get("pid", 0)), h.get("ifindex"), h.get("reopens", 0)) != self._taken:
+                    self._detach("steering re-opened its AF_XDP sockets (interface created again)")
+                    self._next_try = now
+        self._fallback.maintain()  # the AF_PACKET fallback follows a re-created interface too
         if not self._tx and now >= self._next_try:
             self._next_try = now + TX_RETRY_S
             h = self._locate()

@@ -10,7 +10,8 @@ anything and cannot slow the data path down.
   writer, each word read whole through C; decoded by ``forwarder_counters``, the same
   code ``maglev run --json`` uses):
   steering (received, dispatched, fallback, back pressure, unparsed, overload shed), the muxer
-  (transmitted, NIC errors), each worker (packets, bytes, forwarded, drops by reason,
+  (transmitted, NIC errors), the NIC's own counters steering and the muxer copy there
+  (link-down reports, kernel drops, sockets reopened), each worker (packets, bytes, forwarded, drops by reason,
   tables generation in use, held fragments).
 * **Rings**: occupancy of every rx/tx/ret ring and of the free list, read from the ring
   indices (a moving pipeline gives an instantaneous, slightly skewed picture).
@@ -171,6 +172,12 @@ def collect(region: Any, run_dir: str | os.PathLike | None = None, *, instance: 
             "bytes_out": sum(w["bytes_out"] for w in workers),
             "dropped": sum(drops.values()),
             "tx_packets": mx["tx_packets"],
+            # received, not judged yet: fragments a worker holds for their first fragment
+            # (at rest, packets_in == forwarded + dropped + held)
+            "held": sum(w["held"] for w in workers),
+            # the workers' forward verdicts, including those the NIC refused or a killed
+            # muxer held afterwards (tx_error / muxer_restart drops): never goes back
+            "forwarded_by_workers": sum(w["forwarded"] + w["redirected"] for w in workers),
         },
         "drops": dict(sorted(drops.items())),
         "drop_reasons": [n for n in DROP_NAMES if n and n != "none"],
@@ -178,6 +185,7 @@ def collect(region: Any, run_dir: str | os.PathLike | None = None, *, instance: 
                                         "unparsed", "fragments", "no_free", "recovered", "bursts", "shed",
                                         "owner_stalled")},
         "shed_no_vip": shed.get(NO_VIP, 0),
+        "nic": counters["nic"],  # the NIC's link-down reports, kernel drops, reopens
         "muxer": mx,
         "rings": {"free": _ring(region.free), "sent": _ring(region.sent), "frames": region.n_frames},
         "workers": workers,

@@ -139,6 +139,9 @@ _TOP = (  # one row: the totals, steering and the muxer
     ("maglev_received_packets_total", C, "Packets received from the NIC by steering.", "packets_in"),
     ("maglev_received_bytes_total", C, "Bytes received from the NIC by steering.", "bytes_in"),
     ("maglev_transmitted_packets_total", C, "Packets the muxer handed to the NIC.", "tx_packets"),
+    ("maglev_forwarded_packets_total", C,
+     "Packets the workers forwarded (to a backend, or a fragment to its owning instance); those the NIC then "
+     "refused or a killed muxer held are also drops (tx_error, muxer_restart).", "forwarded_by_workers"),
 )
 _STEERING = (
     ("maglev_fallback_packets_total", C,
@@ -151,6 +154,16 @@ _STEERING = (
      "Packets steering dropped before enqueue: their worker's rx ring was full and not consumed for the "
      "stall time (dead or frozen worker; not moved to another worker).", "owner_stalled"),
     ("maglev_unparsed_packets_total", C, "Packets steering could not parse (spread round-robin).", "unparsed"),
+)
+_NIC = (  # one row: the NIC's own counters (steering's and the muxer's blocks)
+    ("maglev_nic_rx_link_down_total", C,
+     "Link-down reports the receiving NIC's socket gave (AF_PACKET ENETDOWN).", "rx_link_down"),
+    ("maglev_nic_tx_link_down_total", C,
+     "Transmits the NIC refused because the link was down (their packets are tx_error drops).", "tx_link_down"),
+    ("maglev_nic_kernel_drops_total", C,
+     "Packets the kernel dropped before the receiving socket (its ring full): never received.", "kernel_drops"),
+    ("maglev_nic_reopens_total", C,
+     "Receive sockets reopened because the interface was deleted and created again.", "reopens"),
 )
 _WORKER_TRAFFIC = (  # label worker; then maglev_worker_drops_total
     ("maglev_worker_packets_total", C, "Packets a worker processed.", "packets_in"),
@@ -241,10 +254,13 @@ def families(s: dict[str, Any]) -> list[Metric]:
     o = _Out()
     t, mx = s["totals"], s["muxer"]
     _per_row(o, _TOP, [({}, {"packets_in": t["packets_in"], "bytes_in": t["bytes_in"],
-                             "tx_packets": mx["tx_packets"]})])
+                             "tx_packets": mx["tx_packets"],
+                             "forwarded_by_workers": t.get("forwarded_by_workers", t.get("forwarded", 0))})])
     o.family("maglev_drops_total", C, "Packets dropped, by reason (data path reasons, worker restarts, NIC errors).",
              [({"reason": k}, v) for k, v in s["drops"].items()])
     _per_row(o, _STEERING, [({}, s["steering"])])
+    _per_row(o, _NIC, [({}, {k: 0 for k in ("rx_link_down", "tx_link_down", "kernel_drops", "reopens")}
+                        | (s.get("nic") or {}))])
     w_rows = s["workers"]
     per_w = [({"worker": w["worker"]}, w) for w in w_rows]
     _per_row(o, _WORKER_TRAFFIC, per_w)

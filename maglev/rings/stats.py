@@ -29,6 +29,39 @@ SS_NIC_DROPS: dict[str, int] = {
     "frame_overflow": int(lib.MG_SS_NIC_FRAME_OVERFLOW),
 }
 
+# The NICs' own counters, copied into the steering / muxer blocks by the actor's tick
+# (NicCounters): a restarted actor goes on from its predecessor's values.  None of them is
+# a packet of the accounting identity: a link-down report is an event, a kernel drop was
+# never received, and a refused transmit is already counted as tx_errors.
+SS_NIC_COUNTERS: dict[str, int] = {
+    "rx_link_down": int(lib.MG_SS_NIC_RX_LINK_DOWN),
+    "kernel_drops": int(lib.MG_SS_NIC_KERNEL_DROPS),
+    "reopens": int(lib.MG_SS_NIC_REOPENS),
+}
+MS_NIC_COUNTERS: dict[str, int] = {"tx_link_down": int(lib.MG_MS_NIC_TX_LINK_DOWN)}
+
+
+class NicCounters:
+    """Copies a NIC's counters (``nic.stats()`` keys named in ``words``) into an actor's
+    stats block, on top of what the block held when the actor started (its killed
+    predecessor's last copy), at most every ``period_s`` unless forced."""
+
+    def __init__(self, block: StatsBlock, words: dict[str, int], period_s: float = 0.25):
+        self.block, self.words, self.period_s = block, words, period_s
+        self.base = {name: block[w] for name, w in words.items()}
+        self._next = 0.0
+
+    def sync(self, nic: Any, now: float, force: bool = False) -> None:
+        if nic is None or (not force and now < self._next):
+            return
+        self._next = now + self.period_s
+        stats = getattr(nic, "stats", None)
+        got = stats() if stats is not None else {}
+        for name, w in self.words.items():
+            v = got.get(name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                self.block[w] = self.base[name] + v
+
 
 class _Region(Protocol):
     n_workers: int
@@ -120,13 +153,15 @@ def steering_counters(words: Any) -> dict[str, int]:
         "owner_stalled": int(words[lib.MG_SS_OWNER_STALLED]),
         "packets_in": int(words[lib.MG_SS_RX_PACKETS]) + sum(nic.values()),
         **{f"nic_{k}": v for k, v in nic.items()},
+        **{f"nic_{k}": int(words[w]) for k, w in SS_NIC_COUNTERS.items()},
     }
 
 
 def muxer_counters(words: Any) -> dict[str, int]:
     return {"tx_packets": int(words[lib.MG_MS_TX_PACKETS]), "tx_errors": int(words[lib.MG_MS_TX_ERRORS]),
             "tx_errors_fwd": int(words[lib.MG_MS_TX_ERRORS_FWD]), "lost_fwd": int(words[lib.MG_MS_LOST_FWD]),
-            "recovered": int(words[lib.MG_MS_RECOVERED]), "bursts": int(words[lib.MG_MS_BURSTS])}
+            "recovered": int(words[lib.MG_MS_RECOVERED]), "bursts": int(words[lib.MG_MS_BURSTS]),
+            **{f"nic_{k}": int(words[w]) for k, w in MS_NIC_COUNTERS.items()}}
 
 
 def edge_drops(st: dict[str, int], mx: dict[str, int]) -> tuple[dict[str, int], int]:
@@ -178,5 +213,6 @@ def forwarder_counters(region: _Region) -> dict[str, Any]:
     # too (to a peer instead of a backend); forwarded packets the NIC refused or a dead
     # muxer held are drops instead: packets_in == forwarded + sum(dropped), exactly.
     forwarded = sum(w["forwarded"] + w["redirected"] for w in workers) - not_sent
+    nic = {k: st[f"nic_{k}"] for k in SS_NIC_COUNTERS} | {k: mx[f"nic_{k}"] for k in MS_NIC_COUNTERS}
     return {"steering": st, "muxer": mx, "workers": workers, "forwarded": forwarded,
-            "dropped": dict(sorted(dropped.items()))}
+            "dropped": dict(sorted(dropped.items())), "nic": nic}

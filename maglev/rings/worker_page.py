@@ -4,7 +4,9 @@ What a worker's data path counts privately -- connection-table and fragment-tabl
 counters, per-VIP and per-backend packets and bytes -- is copied by the worker's
 housekeeping tick (about 4 times a second, :meth:`WorkerPage.publish`) into a small file
 ``obs-worker-<i>`` in the run's private directory, which readers map
-(:func:`read_worker_page`).  The layout and both sides of its seqlock are C
+(:func:`read_worker_page`).  A restarted worker's page goes on from its predecessor's
+connection-table and fragment-table counters, and from its per-VIP and per-backend ones while
+it runs the same tables (``mg_obs_page_adopt``).  The layout and both sides of its seqlock are C
 (``mg_obs.h``): the writer makes the sequence odd, copies, makes it even; the reader
 copies and re-checks the sequence *in the mapping*, retrying a torn copy.  Python only
 names fields of ``struct mg_obs_page_hdr``.
@@ -16,6 +18,7 @@ whose counters describe another tables blob than the one the worker reports carr
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import time
@@ -61,13 +64,27 @@ class WorkerPage:
         finally:
             os.close(fd)
         self._buf: Any = ffi.from_buffer("uint8_t[]", self._mm)
+        # A restarted worker finds its killed predecessor's page: its connection-table and
+        # fragment-table counters become the base the new ones add to, so they never go
+        # backwards across the restart (mg_obs_page_adopt; docs/metrics.md).
+        # So do its per-VIP and per-backend counters while it runs the same tables.
+        self._prev: Any = ffi.new("struct mg_obs_prev *")
+        rc = lib.mg_obs_page_adopt(self._buf, PAGE_BYTES, self._prev)
+        if rc == 0 and (self._prev.hdr.n_vips or self._prev.hdr.n_backends):
+            self._keep = (ffi.new("struct mg_dp_counter[]", max(1, int(self._prev.hdr.n_vips))),
+                          ffi.new("struct mg_dp_counter[]", max(1, int(self._prev.hdr.n_backends))))
+            self._prev.vips, self._prev.backends = self._keep
+            rc = lib.mg_obs_page_adopt(self._buf, PAGE_BYTES, self._prev)
+        if rc < 0 and rc != -errno.ENODATA:
+            raise OSError(-rc, f"worker {worker}: metrics page adopt failed")
 
     def publish(self, now: float | None = None, force: bool = False) -> bool:
         now = time.monotonic() if now is None else now
         if not force and now < self._next:
             return False
         self._next = now + self.period_s
-        rc = lib.mg_obs_page_publish(self._buf, PAGE_BYTES, self.region.base, self._w, time.monotonic_ns())
+        rc = lib.mg_obs_page_publish(self._buf, PAGE_BYTES, self.region.base, self._w, time.monotonic_ns(),
+                                     self._prev)
         if rc < 0:
             raise OSError(-rc, f"worker {self.worker}: metrics page publish failed")
         return True

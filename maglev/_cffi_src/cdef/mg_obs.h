@@ -15,7 +15,13 @@ struct mg_obs_page_hdr {
 struct mg_worker;
 struct mg_dp *mg_obs_worker_dp(struct mg_worker *w);
 uint64_t mg_obs_page_bytes(void);
+struct mg_obs_prev {
+    struct mg_obs_page_hdr hdr;
+    struct mg_dp_counter *vips;
+    struct mg_dp_counter *backends;
+};
 int mg_obs_page_publish(void *page, uint64_t size, void *region_base, struct mg_worker *w,
-                        uint64_t mono_ns);
+                        uint64_t mono_ns, const struct mg_obs_prev *prev);
+int mg_obs_page_adopt(const void *page, uint64_t size, struct mg_obs_prev *prev);
 int mg_obs_page_read(const void *page, uint64_t size, struct mg_obs_page_hdr *hdr,
                      struct mg_dp_counter *vips, struct mg_dp_counter *backends, uint32_t tries);

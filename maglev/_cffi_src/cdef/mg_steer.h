@@ -28,6 +28,9 @@
 #define MG_SS_SPARE_SHORT 20
 #define MG_SS_SHED 21
 #define MG_SS_OWNER_STALLED 22
+#define MG_SS_NIC_RX_LINK_DOWN 23
+#define MG_SS_NIC_KERNEL_DROPS 24
+#define MG_SS_NIC_REOPENS 25
 #define MG_SPARE_RESERVE ...
 #define MG_MS_TX_PACKETS 0
 #define MG_MS_TX_BYTES 1
@@ -37,6 +40,7 @@
 #define MG_MS_TX_ERRORS_FWD 5
 #define MG_MS_LOST_FWD 6
 #define MG_MS_BATCH 7
+#define MG_MS_NIC_TX_LINK_DOWN 8
 #define MG_MS_LAT0 16
 #define MG_MS_LAT_N 96
 struct mg_steer { ...; };

@@ -43,10 +43,32 @@ struct mg_obs_page_hdr {
 struct mg_dp *mg_obs_worker_dp(struct mg_worker *w);
 /* Bytes a page file must have. */
 uint64_t mg_obs_page_bytes(void);
-/* Worker process: copy worker w's counters into the page (size bytes) under its seqlock.
+/* What a killed predecessor had published (mg_obs_page_adopt): its connection-table and
+ * fragment-table counters, and its per-VIP / per-backend counters with the blob generation
+ * they describe (`vips` / `backends`: n_vips / n_backends entries, caller's memory). */
+struct mg_obs_prev {
+    struct mg_obs_page_hdr hdr;
+    struct mg_dp_counter *vips;
+    struct mg_dp_counter *backends;
+};
+/* Worker process: copy worker w's counters into the page (size bytes) under its seqlock,
+ * each plus its predecessor's when prev is not NULL: the connection-table and fragment-table
+ * counters always, the per-VIP / per-backend ones while the worker still runs the tables
+ * generation they describe (after a switch the data path's own restart from 0 anyway).
  * 0, or -EINVAL (page too small, no worker). */
 int mg_obs_page_publish(void *page, uint64_t size, void *region_base, struct mg_worker *w,
-                        uint64_t mono_ns);
+                        uint64_t mono_ns, const struct mg_obs_prev *prev);
+/* Worker process, before its first publish: the connection-table and fragment-table
+ * counters its predecessor (same worker index, same run) left in the page, into base->ct /
+ * base->frag (the rest of *base zeroed), so the counters a reader sees continue across a
+ * restart instead of falling back to 0 (a Prometheus counter must not go backwards).  The
+ * predecessor is dead, so the seqlock is not waited on: a publication it was killed in the
+ * middle of leaves each word either old or new, and either is a count it had reached.
+ * Called with prev->vips / prev->backends NULL it fills prev->hdr (n_vips / n_backends say
+ * how many entries the caller must give); called again with the arrays, it copies those
+ * (at most n_vips / n_backends of them, fewer if the page now has fewer).
+ * 0; -ENODATA (never published: prev->hdr zeroed), -EINVAL (too small). */
+int mg_obs_page_adopt(const void *page, uint64_t size, struct mg_obs_prev *prev);
 /* Any process: a whole copy of the page into *hdr and the first n_vips / n_backends
  * entries of vips[MG_OBS_MAX_VIPS] / backends[MG_OBS_MAX_BACKENDS].  0; -ENODATA (never
  * published: no magic), -EINVAL (too small), -EAGAIN (still torn after `tries` reads). */

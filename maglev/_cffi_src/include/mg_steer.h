@@ -109,6 +109,14 @@
  * falling back would hand its flows to a worker without their connection entries, which
  * picks by the *current* Maglev table.  Received, not dispatched. */
 #define MG_SS_OWNER_STALLED 22
+/* The receiving NIC's own counters, copied by the steering actor's tick (a restarted
+ * steering adds its NIC's to what its predecessor had copied, so they never go back):
+ * link-down reports of the receive socket, packets the kernel dropped before the socket
+ * (its ring full: never received, so not in the accounting identity), sockets reopened
+ * because the interface was created again. */
+#define MG_SS_NIC_RX_LINK_DOWN 23
+#define MG_SS_NIC_KERNEL_DROPS 24
+#define MG_SS_NIC_REOPENS 25
 
 /* Spare frames per worker by default: one burst's worth (one spare per packet). */
 #define MG_SPARE_RESERVE MG_BURST_MAX
@@ -122,6 +130,9 @@
 #define MG_MS_TX_ERRORS_FWD 5 /* of MG_MS_TX_ERRORS: forwarded packets (not ICMP errors) */
 #define MG_MS_LOST_FWD 6     /* forwarded packets a dead muxer held before counting them */
 #define MG_MS_BATCH 7        /* 0: the hand's frames are not counted yet; 1: they are */
+/* Transmits the NIC refused because the link was down (AF_PACKET tx_link_down; copied by
+ * the muxer actor's tick, continued across a restart like MG_SS_NIC_RX_LINK_DOWN). */
+#define MG_MS_NIC_TX_LINK_DOWN 8
 /* Latency histogram (only while the muxer runs with latency on, mg_loop.h): packets by
  * muxer-tx minus meta->rx_ts_ns, MG_MS_LAT_N log buckets (mg_lat_bucket). */
 #define MG_MS_LAT0 16
