@@ -12,7 +12,6 @@ for IPv6 (docs/config.md, "Address rules"; docs/lab.md).  No namespace gets a ro
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import time
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 from maglev.errors import NotRootError
 from maglev.lab.nsenter import why_no_netns
 from maglev.record import forget, note
+from maglev.testing import unique
 
 __all__ = ["Netns", "NetnsSet", "run", "why_no_netns"]  # why_no_netns: maglev.lab.nsenter
 
@@ -70,7 +70,7 @@ class NetnsSet:
     def __init__(self, tag: str = "t"):
         if reason := why_no_netns():
             raise NotRootError(reason)
-        self.tag = f"mgt-{tag}-{secrets.token_hex(2)}"
+        self.tag = unique.short(f"mgt-{tag}-")
         self.namespaces: list[Netns] = []
         self.procs: list[subprocess.Popen] = []
 
@@ -87,7 +87,7 @@ class NetnsSet:
 
     def veth(self, a: Netns, a_dev: str, b: Netns, b_dev: str) -> None:
         """A veth pair with one end in each namespace, both up."""
-        tmp_a, tmp_b = f"mgv{secrets.token_hex(4)}", f"mgv{secrets.token_hex(4)}"
+        tmp_a, tmp_b = unique.name("mgv"), unique.name("mgv")
         note("link", tmp_a)
         note("link", tmp_b)
         r = run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b], check=False)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from maglev.config import SAMPLE_CONFIG
+from maglev.testing import unique
 from maglev.testing.otlp import OtlpReceiver
 from maglev.testing.ports import free_port
 
@@ -62,7 +63,7 @@ def running():
     if not _main_module_ok():
         pytest.skip("maglev_cli is not installed (pip install -e .)")
     d = Path(tempfile.mkdtemp(prefix="mgo-", dir="/tmp"))
-    name = f"obs{os.getpid() % 100000}"
+    name = unique.name("obs")
     port = free_port()
     cfg = SAMPLE_CONFIG.read_text().replace('name = "mg1"', f'name = "{name}"')
     cfg += f"\n[tracing]\npacket_sample_rate = {SAMPLE_EVERY}\n"
