@@ -36,7 +36,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -99,9 +98,10 @@ def pct(xs: list[float], p: float) -> float:
 def run_case(n: int, builder: str, args, tmp: str) -> dict:
     from maglev.control.client import ControlClient
     from maglev.rings import Region
+    from maglev.testing import unique
 
     ctx = mp.get_context("spawn")
-    name = f"mgc-bench-{os.getpid()}-{secrets.token_hex(3)}"
+    name = unique.name("mgc-bench-")
     region = Region.create(name, args.workers, 1024, 512, 64 << 20)
     stop = ctx.Event()
     ready = ctx.Event()
@@ -162,8 +162,9 @@ def status_rtt(calls: int, tmp: str) -> dict:
     from maglev.config import Config, dump_toml
     from maglev.control.client import ControlClient
     from maglev.rings import Region
+    from maglev.testing import unique
 
-    name = f"mgc-rtt-{os.getpid()}-{secrets.token_hex(3)}"
+    name = unique.name("mgc-rtt-")
     region = Region.create(name, 1, 256, 256, 4 << 20)
     stop = threading.Event()
 
@@ -180,7 +181,7 @@ def status_rtt(calls: int, tmp: str) -> dict:
     os.makedirs(os.path.join(tmp, "rtt-run"), mode=0o700)
     endpoint = f"ipc://{tmp}/rtt-public/control.sock"
     spec = ActorSpec("config", "maglev.actors.config_manager:ConfigManagerActor", os.path.join(tmp, "rtt-run"),
-                     instance=f"bench{secrets.token_hex(2)}", parent_pid=os.getpid(),
+                     instance=unique.name("bench"), parent_pid=os.getpid(),
                      params={"region": name, "config": src, "state": os.path.join(tmp, "rtt-state.json"),
                              "control": endpoint})
     env = {**os.environ, "MAGLEV_RUN_DIR": os.path.join(tmp, "rtt-rundir"),

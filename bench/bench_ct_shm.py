@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from maglev.native import ffi, lib
 from maglev.rings import conntrack_shm as cs
+from maglev.testing import unique
 
 
 def _fill(ct, n: int) -> None:
@@ -37,7 +37,7 @@ def _fill(ct, n: int) -> None:
 
 def measure(log2: int, fill: float, repeat: int) -> dict:
     cap = 1 << log2
-    name = cs.segment_name(f"bench{secrets.token_hex(3)}", "00000000", 0)
+    name = cs.segment_name(unique.name("bench"), "00000000", 0)
     want = cs.Wanted(cap, 1, 1, 0)
     fresh, adopt, private = [], [], []
     try:

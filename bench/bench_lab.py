@@ -55,6 +55,7 @@ from maglev.lab.sender import cpu_plan, offer, steer_rx, udp_frame
 from maglev.lab.wrk import why_no_wrk, wrk_load
 from maglev.native import ffi, lib
 from maglev.nic.afpacket import AfPacketNic
+from maglev.testing import unique
 
 
 def rx_packets(ns: str, dev: str = "eth0") -> int:
@@ -239,10 +240,11 @@ def main() -> None:
 
     have_run = any(a == "run" for _, a in COMMANDS) or bool(os.environ.get("MAGLEV_LAB_FORWARDER"))
     # Own names per run: other benchmark runs on the machine must not meet this one's lab.
-    tag = f"{os.getpid() % 0x10000:04x}"
+    prefix = unique.short("mgb")  # maglev.testing.unique: no other run on the machine has it
+    tag = prefix[3:]
     state_dir = Path(f"/run/maglev-lab-bench-{tag}")
     lab = topo.Lab(state_dir)
-    spec = topo.LabSpec(prefix=f"mgb{tag}", state_dir=state_dir, backends=3, encap=args.encap, forwarder=False)
+    spec = topo.LabSpec(prefix=prefix, state_dir=state_dir, backends=3, encap=args.encap, forwarder=False)
     out: dict = {"machine_note": "2 shared vCPUs; repeat runs, compare ratios", "encap": args.encap,
                  "loadavg_start": [round(x, 2) for x in os.getloadavg()],
                  # MAGLEV_NIC_LOOP=0: AF_PACKET/AF_XDP in the per-burst Python step (before the C loops)

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_lab import measure_pps
 
 from maglev.lab import topology as topo
+from maglev.testing import unique
 
 ACTORS = ("steering", "worker-0", "muxer")
 
@@ -82,10 +83,11 @@ def main() -> int:
         print(f"bench_lab_variants: skipped: {reason}")
         return 0
     variants = [parse_variant(v) for v in args.variant]
-    tag = f"{os.getpid() % 0x10000:04x}"
+    prefix = unique.short("mgv")  # maglev.testing.unique: no other run on the machine has it
+    tag = prefix[3:]
     state_dir = Path(f"/run/maglev-lab-variants-{tag}")
     lab = topo.Lab(state_dir)
-    spec = topo.LabSpec(prefix=f"mgv{tag}", state_dir=state_dir, backends=3, encap="gre", forwarder=False)
+    spec = topo.LabSpec(prefix=prefix, state_dir=state_dir, backends=3, encap="gre", forwarder=False)
     runs: list[dict[str, Any]] = []
     try:
         state = lab.up(spec)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from native.build import load as load_bench_module  # bench/native: benchmark-on
 
 from maglev.native import ffi
 from maglev.rings import Region, worker_bell
+from maglev.testing import unique
 
 blib = load_bench_module().lib
 
@@ -105,7 +105,7 @@ def _child_on_region(args: list[str], what: str) -> Iterator[tuple[Region, subpr
     role flag, then its parameters after the region's name), once the child said it is
     ready (READY_WORD); yields (region, child, the stats words of slot 0).  At the end the
     child is killed if it still runs and the region is unlinked."""
-    name = f"bench-{os.getpid()}-{secrets.token_hex(3)}"
+    name = unique.name("bench-")
     with Region.create(name, 1, n_frames=64, ring_size=RING_SIZE, tables_bytes=0) as region:
         child = None
         try:
@@ -175,7 +175,7 @@ def _two_process(total: int, burst: int, python: bool, pin: bool) -> float:
 
 
 def _local(total: int, burst: int) -> float:
-    name = f"bench-{os.getpid()}-{secrets.token_hex(3)}"
+    name = unique.name("bench-")
     with Region.create(name, 1, n_frames=64, ring_size=RING_SIZE, tables_bytes=0) as region:
         try:
             errors = ffi.new("uint64_t *")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from maglev.testing import unique
+
 REPO = Path(__file__).resolve().parent.parent
 # The packet corpus lives in the repository (tests/data/corpus: README, MANIFEST.tsv with
 # each file's origin and licence, pcaps/); MAGLEV_CORPUS points the tests at another copy.
@@ -223,7 +225,6 @@ def make_lab(tmp_path: Path):
     lab (maglev.lab.topology) with its own prefix and state directory, always taken down
     (processes by PID, namespaces) when the test ends, also on failure; skips with the
     reason when there can be no lab here."""
-    import secrets
 
     from maglev.lab.topology import Lab, LabSpec, why_no_lab
 
@@ -233,7 +234,7 @@ def make_lab(tmp_path: Path):
 
     def make(wait_s: float = 30.0, **kw) -> Lab:
         state_dir = tmp_path / f"lab{len(labs)}"
-        spec = LabSpec(prefix=f"mgt-lab{secrets.token_hex(2)}", state_dir=state_dir, **kw)
+        spec = LabSpec(prefix=unique.short("mgt-lab"), state_dir=state_dir, **kw)
         lab = Lab(state_dir)
         labs.append(lab)
         lab.up(spec, wait_s=wait_s)

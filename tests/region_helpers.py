@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections.abc import Iterator
 
 from maglev.rings import Region
+from maglev.testing import unique
 
 
 @contextlib.contextmanager
@@ -17,7 +17,7 @@ def scratch_region(prefix: str, n_workers: int, n_frames: int, ring_size: int, t
     (and the tables area is made big enough for two copies of it)."""
     if blob is not None:
         tables_bytes = max(tables_bytes, 2 * len(blob))
-    r = Region.create(f"{prefix}-{secrets.token_hex(4)}", n_workers, n_frames, ring_size, tables_bytes)
+    r = Region.create(unique.name(f"{prefix}-"), n_workers, n_frames, ring_size, tables_bytes)
     try:
         if blob is not None:
             r.tables.publish(blob, [], 1.0)

@@ -28,11 +28,11 @@ import sys
 import time
 from pathlib import Path
 
+from maglev.datapath.ref_csum import checksum
 from maglev.lab import topology as topo
 from maglev.lab.client import Capture, http_load
 from maglev.lab.nsenter import netns
 from maglev.lab.relay import Relay
-from maglev.testing.packets import checksum
 
 
 def syn_burst(ns: str, n: int) -> None:

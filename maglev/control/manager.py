@@ -718,25 +718,18 @@ class ConfigManager:
                 new = ops.replace_config(self.config, args)
             return self.preview(new)
         if op == "reload":
-            ops.check_keys(args, (), ("force",))
             return self.reload(force=_bool(args, "force"))
         if op == "health-report":
-            ops.check_keys(args, ("reports",), ("full",))
             return self.report_health(_health_reports(args["reports"]), _bool(args, "full"))
         if op == "status":
-            ops.check_keys(args, ())
             return self.status()
         if op == "vips":
-            ops.check_keys(args, ())
             return self.vips()
         if op == "backends":
-            ops.check_keys(args, ("vip",))
             return self.backends(ops.arg_str(args, "vip"))
         if op == "get-config":
-            ops.check_keys(args, ())
             return {"generation": self.generation, "config": self.config.to_dict()}
         if op == "health":
-            ops.check_keys(args, ())
             return [
                 {"vip": k[0], "backend": k[1], "up": e.up, "since": e.since, "detail": e.detail}
                 for k, e in sorted(self.health.items())

@@ -20,6 +20,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from maglev.config import Config, Vip, pools_to_plain, trim_plain_vip
+from maglev.control import optable
 from maglev.control.protocol import (
     BAD_ARGS,
     CONFLICT,
@@ -41,6 +42,14 @@ def check_keys(args: dict[str, Any], required: tuple[str, ...], optional: tuple[
     for k in required:
         if k not in args:
             raise ProtocolError(BAD_ARGS, f"missing argument {k!r}", k)
+
+
+def check_args(op: str, args: dict[str, Any]) -> None:
+    """``args`` against op ``op``'s row of the one table (maglev/control/optable.py): the
+    argument names are written there only.  ``force`` is the config manager's (it strips
+    it before a change function runs), so a change function refuses it."""
+    row = optable.BY_NAME[op]
+    check_keys(args, row.required, tuple(k for k in row.optional if k != "force"))
 
 
 def arg_str(args: dict[str, Any], key: str) -> str:
@@ -231,12 +240,12 @@ def _with_pool_backends(base: dict[str, Any], k: int, backends: list[Any]) -> di
 
 
 def replace_config(config: Config, args: dict[str, Any], base: Base = None) -> Config:
-    check_keys(args, ("config",))
+    check_args("replace-config", args)
     return validate(arg_map(args, "config"))
 
 
 def add_vip(config: Config, args: dict[str, Any], base: Base = None) -> Config:
-    check_keys(args, ("vip",))
+    check_args("add-vip", args)
     new = arg_map(args, "vip")
     base = base if base is not None else plain(config)
     out = validate({**base, "vip": [*base["vip"], new]})
@@ -248,7 +257,7 @@ def add_vip(config: Config, args: dict[str, Any], base: Base = None) -> Config:
 
 
 def remove_vip(config: Config, args: dict[str, Any], base: Base = None) -> Config:
-    check_keys(args, ("vip",))
+    check_args("remove-vip", args)
     i = find_vip(config, arg_str(args, "vip"))
     base = base if base is not None else plain(config)
     return validate(_with_vip(base, i, None))
@@ -257,7 +266,7 @@ def remove_vip(config: Config, args: dict[str, Any], base: Base = None) -> Confi
 def update_vip(config: Config, args: dict[str, Any], base: Base = None) -> Config:
     """Change a VIP's settings (not its backends, which have their own ops).  ``set`` holds
     the keys to change; ``set.health`` is merged key by key into the current health check."""
-    check_keys(args, ("vip", "set"))
+    check_args("update-vip", args)
     i = find_vip(config, arg_str(args, "vip"))
     changes = arg_map(args, "set")
     if "backend" in changes:
@@ -273,7 +282,7 @@ def update_vip(config: Config, args: dict[str, Any], base: Base = None) -> Confi
 
 
 def add_backend(config: Config, args: dict[str, Any], base: Base = None) -> Config:
-    check_keys(args, ("vip", "backend"))
+    check_args("add-backend", args)
     i = find_vip(config, arg_str(args, "vip"))
     new = arg_map(args, "backend")
     if config.vips[i].pools:
@@ -289,7 +298,7 @@ def add_backend(config: Config, args: dict[str, Any], base: Base = None) -> Conf
 
 
 def remove_backend(config: Config, args: dict[str, Any], base: Base = None) -> Config:
-    check_keys(args, ("vip", "backend"))
+    check_args("remove-backend", args)
     i = find_vip(config, arg_str(args, "vip"))
     j = find_backend(config.vips[i], arg_str(args, "backend"))
     base = base if base is not None else plain(config)
@@ -304,7 +313,7 @@ def remove_backend(config: Config, args: dict[str, Any], base: Base = None) -> C
 
 
 def set_weight(config: Config, args: dict[str, Any], base: Base = None) -> Config:
-    check_keys(args, ("vip", "backend", "weight"))
+    check_args("set-weight", args)
     i = find_vip(config, arg_str(args, "vip"))
     j = find_backend(config.vips[i], arg_str(args, "backend"))
     weight = arg_int(args, "weight", 0, MAX_WEIGHT)
@@ -321,7 +330,7 @@ def set_weight(config: Config, args: dict[str, Any], base: Base = None) -> Confi
 
 def drain(config: Config, args: dict[str, Any], base: Base = None) -> Config:
     """Weight 0: the backend gets no new flows; established flows keep it (conntrack)."""
-    check_keys(args, ("vip", "backend"))
+    check_args("drain", args)
     return set_weight(config, {**args, "weight": 0}, base)
 
 

@@ -5,6 +5,9 @@ tool can open a packet socket "inside" namespace X without running a child proce
 switch the calling thread into X, create the socket, switch back.  Python 3.11 has no
 ``os.setns``; libc's ``setns(2)`` is called through ctypes.  Only the calling thread
 moves (setns acts per thread), and it always moves back, also on error.
+
+:func:`why_no_netns` says whether namespaces can be made here at all (``maglev lab``,
+and the tests' namespace helper ``maglev.testing.netns``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import secrets
+import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -46,3 +52,18 @@ def netns(name: str) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(home)
+
+
+def why_no_netns(who: str = "this test", why: str = "to create network namespaces") -> str | None:
+    """None when namespaces can be made here, else a full sentence saying why not, naming
+    ``who`` needs them (a test, ``maglev lab``) and ``why``."""
+    if os.geteuid() != 0:
+        return f"{who} needs root {why} (run as root, as CI does)"
+    if shutil.which("ip") is None:
+        return f"{who} needs the `ip` command from iproute2 (apt-get install iproute2)"
+    probe = f"mgt-probe-{secrets.token_hex(3)}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"this system cannot create network namespaces: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None

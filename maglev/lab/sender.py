@@ -27,10 +27,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from maglev.datapath.ref_csum import checksum
 from maglev.lab.nsenter import netns
 from maglev.native import ffi, lib
 from maglev.nic.afpacket import AfPacketNic
-from maglev.testing.packets import checksum
 
 __all__ = ["cpu_plan", "offer", "steer_rx", "udp_frame"]
 

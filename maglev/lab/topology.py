@@ -56,8 +56,8 @@ from typing import Any
 
 from maglev.actors.launch import python_argv
 from maglev.errors import MaglevError, NotRootError
+from maglev.lab.nsenter import why_no_netns
 from maglev.record import forget, note
-from maglev.testing.netns import why_no_netns
 
 STATE_DIR = Path(os.environ.get("MAGLEV_LAB_DIR", "/run/maglev-lab"))
 STATE_VERSION = 1

@@ -43,7 +43,7 @@ def handle(actor: Any, req: Any) -> Any:
         after_request(actor, req, None)  # the configured sampling rate first, then any override
         args = req.args
         if req.op == "stats":
-            cops.check_keys(args, ())
+            cops.check_args("stats", args)
             from maglev.observability.metrics import collect
 
             result: Any = collect(actor.region, actor.spec.run_dir, instance=actor.spec.instance,
@@ -51,7 +51,7 @@ def handle(actor: Any, req: Any) -> Any:
         elif req.op == "trace":
             result = _trace(actor, args)
         else:
-            cops.check_keys(args, ("src", "dst"), ("quic_cid",))
+            cops.check_args("whereis", args)
             cid = cops.arg_str(args, "quic_cid") if "quic_cid" in args else None
             result = _whereis(actor, cops.arg_str(args, "src"), cops.arg_str(args, "dst"), cid)
     except ProtocolError as exc:
@@ -78,7 +78,7 @@ def after_request(actor: Any, req: Any, reply: Any) -> None:
 def _trace(actor: Any, args: dict[str, Any]) -> dict[str, Any]:
     from maglev.control import ops as cops
     from maglev.control.protocol import BAD_ARGS, ProtocolError
-    cops.check_keys(args, (), ("vip", "src", "count", "seconds", "sample_every"))
+    cops.check_args("trace", args)
     for k in ("vip", "src"):
         if k in args and not isinstance(args[k], str):
             raise ProtocolError(BAD_ARGS, f"argument {k!r} must be a string", k)

@@ -98,7 +98,7 @@ def parse_cid(text: str) -> bytes:
 
 
 def _packet(f: FlowSpec, quic_cid: bytes | None = None) -> bytes:
-    from maglev.testing import packets as P
+    from maglev.datapath import frames as P
 
     src, dst = str(f.src), str(f.dst)
     if f.proto == "tcp":

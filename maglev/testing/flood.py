@@ -17,6 +17,7 @@ from maglev.datapath.engine import Packet
 from maglev.datapath.native import CDataPath
 from maglev.datapath.tables import build_tables
 from maglev.native import check, ffi, lib
+from maglev.testing import unique
 
 VIP = "203.0.113.10"
 BURST = 256
@@ -96,7 +97,6 @@ def _rss(pid: int) -> dict[str, int]:
 def run_real(args: FloodRun, label: str, pct: int, rate: int) -> dict:
     """One run: ``maglev run`` with the flood, the change, the analysis; every process and
     table it made removed, also on failure."""
-    import secrets
     import signal
     import subprocess
 
@@ -107,7 +107,7 @@ def run_real(args: FloodRun, label: str, pct: int, rate: int) -> dict:
 
     k, ka, n_s, w = args.established, args.keepalive_s, args.seconds, args.workers
     flood_after = 2 * ka
-    inst = f"flood{secrets.token_hex(3)}"
+    inst = unique.name("flood")
     res: dict = {"run": label, "protected_percent": pct, "new_flows_per_s": rate}
     with private_run_state("mgflood-") as base:
         conf_path = Path(base) / "maglev.toml"

@@ -12,30 +12,17 @@ for IPv6 (docs/config.md, "Address rules"; docs/lab.md).  No namespace gets a ro
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Sequence
 
 from maglev.errors import NotRootError
+from maglev.lab.nsenter import why_no_netns
 from maglev.record import forget, note
+from maglev.testing import unique
 
-
-def why_no_netns(who: str = "this test", why: str = "to create network namespaces") -> str | None:
-    """None when namespaces can be made here, else a full sentence saying why not, naming
-    ``who`` needs them (a test, ``maglev lab``) and ``why``."""
-    if os.geteuid() != 0:
-        return f"{who} needs root {why} (run as root, as CI does)"
-    if shutil.which("ip") is None:
-        return f"{who} needs the `ip` command from iproute2 (apt-get install iproute2)"
-    probe = f"mgt-probe-{secrets.token_hex(3)}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"this system cannot create network namespaces: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
+__all__ = ["Netns", "NetnsSet", "run", "why_no_netns"]  # why_no_netns: maglev.lab.nsenter
 
 
 def run(cmd: Sequence[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -83,7 +70,7 @@ class NetnsSet:
     def __init__(self, tag: str = "t"):
         if reason := why_no_netns():
             raise NotRootError(reason)
-        self.tag = f"mgt-{tag}-{secrets.token_hex(2)}"
+        self.tag = unique.short(f"mgt-{tag}-")
         self.namespaces: list[Netns] = []
         self.procs: list[subprocess.Popen] = []
 
@@ -100,7 +87,7 @@ class NetnsSet:
 
     def veth(self, a: Netns, a_dev: str, b: Netns, b_dev: str) -> None:
         """A veth pair with one end in each namespace, both up."""
-        tmp_a, tmp_b = f"mgv{secrets.token_hex(4)}", f"mgv{secrets.token_hex(4)}"
+        tmp_a, tmp_b = unique.name("mgv"), unique.name("mgv")
         note("link", tmp_a)
         note("link", tmp_b)
         r = run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b], check=False)

@@ -14,6 +14,7 @@ from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.control.endpoints import state_dir
 from maglev.native import ffi
 from maglev.rings import conntrack_shm as cs
+from maglev.testing import unique
 from tests.run_helpers import pipeline_summary, wait_worker_packets
 
 
@@ -67,9 +68,8 @@ def _run_once(conf, workers: int, caplog) -> list[str]:
 
 
 def test_a_new_run_adopts_the_tables_when_it_can_and_says_why_not_when_it_cannot(tmp_path, caplog):
-    import secrets
 
-    inst = f"adopt{secrets.token_hex(3)}"
+    inst = unique.name("adopt")
     conf = tmp_path / "m.toml"
     conf.write_text(f'[instance]\nname = "{inst}"\nsource_ipv4 = "198.18.0.1"\n[[vip]]\naddress = "203.0.113.5"\n'
                     'port = 80\nprotocol = "tcp"\n[[vip.backend]]\naddress = "198.18.5.1"\n'

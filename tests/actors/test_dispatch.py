@@ -4,7 +4,6 @@ and the map's part in adopting connection tables."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import defaultdict
 
@@ -17,6 +16,7 @@ from maglev.nic.gen import GenNic
 from maglev.nic.pcapfile import PcapReader
 from maglev.rings import SLOT_STEERING, Region, worker_slot
 from maglev.rings import conntrack_shm as cs
+from maglev.testing import unique
 from maglev.testing.slots import SlotHolder, serving
 from tests.region_helpers import scratch_region
 
@@ -125,7 +125,7 @@ def test_every_fragment_of_a_datagram_reaches_one_worker_with_a_weighted_map(cor
 
 
 def test_a_run_with_another_map_does_not_adopt_the_tables_and_says_why():
-    inst = f"t{secrets.token_hex(4)}"
+    inst = unique.name("t")
     tag = cs.identity_tag("/nonexistent/state", "/nonexistent/cfg")
     fp = cs.key_fingerprint(K0, K1)
     weighted = dispatch_map(2, plan_cpus(2, [0, 1]), 0.7)

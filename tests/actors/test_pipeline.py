@@ -230,12 +230,17 @@ def test_bad_arguments_are_one_clear_line_and_leave_nothing(args, message, tmp_p
     assert not glob.glob(f"/dev/shm/maglev-*-{proc.pid}-*")
 
 
-def test_supervisor_killed_with_9_actors_exit_and_the_region_is_reclaimed(tmp_path):
+def test_supervisor_killed_with_9_actors_exit_and_the_region_is_reclaimed(tmp_path, shortdir):
     from maglev.actors.leftovers import remove_dead_runs
     from maglev.rings import remove_stale_regions
 
+    # The run folder in a private XDG_RUNTIME_DIR: in the shared /tmp, the dead run's folder
+    # is also every other session's to remove (and once, with a second copy of the suite
+    # running, it was still there at teardown).
+    xdg = shortdir / "xdg"
+    xdg.mkdir()
     proc = subprocess.Popen([*CLI, "run", "--workers", "2", "--json"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=cli_env(tmp_path))
+                            stderr=subprocess.DEVNULL, env={**cli_env(tmp_path), "XDG_RUNTIME_DIR": str(xdg)})
     try:
         me = psutil.Process(proc.pid)
         deadline = time.monotonic() + 30
@@ -260,7 +265,8 @@ def test_supervisor_killed_with_9_actors_exit_and_the_region_is_reclaimed(tmp_pa
             os.unlink(p)
         # The killed supervisor's run folder: the next run of any instance removes a dead
         # run's folder (leftovers.py); this test is that next look, so nothing is left.
-        remove_dead_runs()
+        remove_dead_runs(str(xdg))
+    assert not list(xdg.iterdir()), list(xdg.iterdir())
 
 
 @pytest.mark.parametrize("ring_size", [256, 2048])

@@ -6,11 +6,11 @@ equal priorities sheds nothing (back pressure only, as before)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from maglev.testing import unique
 from tests.run_helpers import run_to_eof
 
 HIGH, LOW = "203.0.113.81", "203.0.113.82"
@@ -37,7 +37,7 @@ address = "198.18.1.2"
 
 
 def run(shortdir: Path, ph: int, pl: int, packets: int) -> dict:
-    name = f"pri{os.getpid() % 10000}{ph}{pl}"
+    name = unique.name(f"pri{ph}{pl}")
     cfg = shortdir / f"maglev-{ph}{pl}.toml"
     cfg.write_text(CONF.format(name=name, high=HIGH, low=LOW, ph=ph, pl=pl))
     return run_to_eof(shortdir, name, ["--workers", "1", "--ring-size", "512", "--config", str(cfg),

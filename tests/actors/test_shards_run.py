@@ -27,6 +27,7 @@ from maglev.control.client import ControlClient
 from maglev.control.protocol import ProtocolError
 from maglev.native import lib
 from maglev.rings import SLOT_MUXER, SLOT_STEERING, Region, RegionError, worker_slot
+from maglev.testing import unique
 
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
@@ -104,7 +105,7 @@ def _window(a: tuple[float, int, list[int]], b: tuple[float, int, list[int]]) ->
 def test_killing_and_flooding_one_shard_leaves_the_other_alone():
     cpus = _two_cpus()
     base = Path(tempfile.mkdtemp(prefix="mgs-", dir="/tmp"))
-    name = f"shr{os.getpid() % 100000}"
+    name = unique.name("shr")
     cfg = base / "maglev.toml"
     proc = _start(cfg, CONF.format(name=name, cpu_a=cpus[0], cpu_b=cpus[1], b_backend="198.18.1.2"),
                   "--latency", "--ring-size", "256")
@@ -245,7 +246,7 @@ def test_each_shard_announces_only_its_own_vips_over_its_own_bgp_session():
 
     cpus = _two_cpus()
     base = Path(tempfile.mkdtemp(prefix="mgs-", dir="/tmp"))
-    name = f"shg{os.getpid() % 100000}"
+    name = unique.name("shg")
     ports = {"a": free_port(), "b": free_port()}
     vips = {"a": "203.0.113.10", "b": "203.0.113.20"}
     shards = "".join(BGP_SHARD.format(shard=s, cpu=cpus[i], rid=i + 1, port=ports[s], vip=vips[s])

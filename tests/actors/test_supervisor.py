@@ -11,7 +11,7 @@ import pytest
 from maglev.actors.supervisor import ActorDef, Supervisor, SupervisorError
 from tests.run_helpers import wait_standby_ready
 
-SLEEPER = "maglev.actors.testing:Sleeper"
+SLEEPER = "maglev.testing.actors:Sleeper"
 
 
 def wait_for(cond, timeout: float, sup: Supervisor) -> float:

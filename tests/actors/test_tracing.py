@@ -10,7 +10,7 @@ from maglev.actors.supervisor import ActorDef, Supervisor
 from maglev.telemetry import setup_tracing, shutdown_tracing
 from maglev.testing.otlp import OtlpReceiver
 
-SLEEPER = "maglev.actors.testing:Sleeper"
+SLEEPER = "maglev.testing.actors:Sleeper"
 
 
 def test_start_restart_and_stop_spans_reach_the_collector():

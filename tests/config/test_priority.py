@@ -11,6 +11,7 @@ from maglev.datapath.tables import read_tables
 from maglev.errors import ConfigError
 from maglev.observability.prometheus import render
 from maglev.observability.whereis import parse_flow, whereis_config
+from maglev.testing import unique
 
 HEAD = '[instance]\nsource_ipv4 = "198.18.0.1"\n'
 
@@ -61,14 +62,13 @@ def test_whereis_shows_the_priority_and_what_overload_does():
 def test_ctl_stats_and_prometheus_show_priority_and_shed_per_vip(tmp_path):
     """collect() over a real region (tables published, steering's shed file written) and
     its Prometheus rendering: the VIP rows carry priority and shed counts."""
-    import secrets
 
     from maglev.observability.metrics import collect
     from maglev.rings import Region
     from maglev.rings.shed_file import shed_path, write_shed
 
     c = loads(two(7, 2))
-    r = Region.create(f"test-prio-{secrets.token_hex(4)}", 1, 256, 64, 1 << 20)
+    r = Region.create(unique.name("test-prio-"), 1, 256, 64, 1 << 20)
     try:
         r.tables.publish(build_tables(c), [], 1.0)
         write_shed(shed_path(tmp_path), {"203.0.113.6:80/tcp": 41, "(no VIP)": 2})

@@ -16,6 +16,7 @@ from maglev.actors.health_prober import HealthProberActor
 from maglev.config import dump_toml
 from maglev.control.client import ControlClient
 from maglev.control.publisher import ThreadedPublisher
+from maglev.testing import unique
 from maglev.testing.wait import wait_until
 
 
@@ -133,8 +134,6 @@ def test_worker_liveness_from_supervisor_events(env):
 
 def test_region_publisher_with_real_shared_memory():
     """The real double-buffered tables: the reply comes after every worker switched."""
-    import os
-    import secrets
 
     rings = pytest.importorskip("maglev.rings")
     from maglev.control.manager import ConfigManager
@@ -142,7 +141,7 @@ def test_region_publisher_with_real_shared_memory():
     from maglev.control.publisher import RegionPublisher
     from maglev.datapath.tables import read_tables
 
-    name = f"mgc-test-{os.getpid()}-{secrets.token_hex(3)}"
+    name = unique.name("mgc-test-")
     region = rings.Region.create(name, 2, 4096, 512, 8 << 20)
     stop = threading.Event()
 

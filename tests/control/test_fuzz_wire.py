@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 import shutil
 import signal
 import subprocess
@@ -43,6 +42,7 @@ from maglev.actors.base import ActorSpec
 from maglev.config import Config, dump_toml
 from maglev.control import optable
 from maglev.control.protocol import ERROR_CODES, MAX_MESSAGE_BYTES, decode_reply, pack
+from maglev.testing import unique
 from maglev.testing.wait import wait_until
 
 VIP = "203.0.113.10:80/tcp"
@@ -66,7 +66,7 @@ class LiveActor:
         from maglev.rings import Region
 
         self.dir = Path(tempfile.mkdtemp(prefix="mgfz-", dir="/tmp"))
-        self.region_name = f"mgfz-{os.getpid()}-{secrets.token_hex(3)}"
+        self.region_name = unique.name("mgfz-")
         self.region = Region.create(self.region_name, 1, 256, 256, 4 << 20)
         self.stop = threading.Event()
         self.worker = threading.Thread(target=self._worker, daemon=True)
@@ -77,7 +77,7 @@ class LiveActor:
         self.state = self.dir / "state.json"
         self.endpoint = f"ipc://{self.dir}/ctl/control.sock"
         spec = ActorSpec("config", "maglev.actors.config_manager:ConfigManagerActor", str(self.dir / "run"),
-                         instance=f"fz{secrets.token_hex(2)}", parent_pid=os.getpid(),
+                         instance=unique.name("fz"), parent_pid=os.getpid(),
                          params={"region": self.region_name, "config": str(src), "state": str(self.state),
                                  "control": self.endpoint, "confirm_timeout": 1.0})
         env = {**os.environ, "MAGLEV_RUN_DIR": str(self.dir / "rundir"), "MAGLEV_STATE_DIR": str(self.dir / "sd")}

@@ -73,3 +73,37 @@ def test_check_refuses_unknown_ops_and_argument_names(op, args, code, field):
 def test_check_accepts_required_and_optional():
     assert optable.check("trace", {"vip": "x", "count": 1}).owner == "observability"
     assert optable.check("replace-config", {"config": {}, "force": False}).changes_config
+
+
+HANDLERS = [Path(m.__file__) for m in (ops, observability)] + [DOC.parents[1] / "maglev" / "control" / "manager.py"]
+
+
+def test_handlers_take_argument_names_from_the_table_only():
+    """An op's argument names are written once, in its row: no handler re-lists them
+    (``check_keys(args, (...))`` with literal names) -- they go through ``ops.check_args``."""
+    import ast
+
+    bad = []
+    for path in HANDLERS:
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef) or fn.name == "check_args":
+                continue
+            for node in ast.walk(fn):
+                if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "check_keys"
+                        and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == "args"):
+                    bad.append(f"{path.name}:{node.lineno} ({fn.name})")
+    assert not bad, "argument names listed again outside maglev/control/optable.py: " + ", ".join(bad)
+
+
+@pytest.mark.parametrize("op", sorted(ops.CHANGES))
+def test_a_change_function_accepts_what_its_row_allows(op, monkeypatch):
+    """A name added to an op's row is accepted by its change function with no other edit
+    (then the function goes on to the next check: a missing required argument)."""
+    from dataclasses import replace
+
+    row = optable.BY_NAME[op]
+    monkeypatch.setitem(optable.BY_NAME, op, replace(row, optional=(*row.optional, "s8t_probe")))
+    with pytest.raises(ProtocolError) as ei:
+        ops.CHANGES[op](None, {"s8t_probe": 1})
+    assert (ei.value.code, ei.value.field) == ("bad-args", row.required[0]), ei.value

@@ -23,6 +23,7 @@ from maglev import config as mcfg
 from maglev.control.client import ControlClient
 from maglev.datapath.tables import backend_id, build_tables, read_tables
 from maglev.rings import conntrack_shm as cs
+from maglev.testing import unique
 
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 VIP = "203.0.113.93"
@@ -82,7 +83,7 @@ def _running(name: str, text: str, new_text: str, workers: str,
 
 
 def test_dry_run_counts_the_flows_on_a_removed_backend_exactly():
-    name = f"pv{os.getpid() % 100000}"
+    name = unique.name("pv")
     with _running(name, conf(name, BACKENDS), conf(name, BACKENDS[:2] + BACKENDS[3:]),  # 198.18.3.3 removed
                   "2", f"gen:seconds=60,flows={FLOWS},ipv6=0,rate=5000") as (base, env, proc, deadline):
         cfg, new = base / "maglev.toml", base / "new.toml"
@@ -155,7 +156,7 @@ def test_dry_run_counts_the_flows_on_a_removed_backend_exactly():
 
 
 def test_dry_run_with_private_tables_says_it_estimates():
-    name = f"pw{os.getpid() % 100000}"
+    name = unique.name("pw")
     private = "\n[conntrack]\nshared = false\n"
     with _running(name, conf(name, BACKENDS) + private, conf(name, BACKENDS[:3]) + private,
                   "1", "gen:seconds=30,flows=500,ipv6=0,rate=5000") as (base, env, _, _):

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from maglev.control.client import ControlClient
+from maglev.testing import unique
 from tests.run_helpers import poll_until_eof
 
 VIP = "203.0.113.10:80/tcp"
@@ -63,7 +64,7 @@ def outer_dsts(path):
 def test_changes_under_traffic_lose_nothing(run_env):
     from maglev.actors.pipeline import Pipeline, PipelineOptions
 
-    name = f"ctl{os.getpid() % 10000}"
+    name = unique.name("ctl")
     first = [f"198.18.1.{i}" for i in range(11, 15)]
     cfg = run_env / "maglev.toml"
     cfg.write_text(CONF.format(name=name, backends=backends_toml(first)))
@@ -129,7 +130,7 @@ def test_changes_under_traffic_lose_nothing(run_env):
 def test_kill_9_and_restart_resume_the_last_accepted_state(run_env):
     from maglev.actors.pipeline import Pipeline, PipelineOptions
 
-    name = f"ctk{os.getpid() % 10000}"
+    name = unique.name("ctk")
     cfg = run_env / "maglev.toml"
     cfg.write_text(CONF.format(name=name, backends=backends_toml(["198.18.1.11", "198.18.1.12"])))
     ep = f"ipc://{run_env}/run/{name}/control.sock"

@@ -5,7 +5,6 @@ backends`` shows the tree, ``whereis`` and the metrics name the pool path."""
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -13,6 +12,7 @@ import time
 import pytest
 
 from maglev.control.client import ControlClient
+from maglev.testing import unique
 
 from .test_run import outer_dsts, run_env  # noqa: F401  (run_env is a fixture)
 
@@ -95,7 +95,7 @@ def test_pool_backup_takes_over_in_a_real_run(run_env):  # noqa: F811
     port = free_port()
     listeners = [Acceptor("127.0.0.1", port), Acceptor("127.0.0.3", port)]
 
-    name = f"pool{os.getpid() % 10000}"
+    name = unique.name("pool")
     cfg = run_env / "maglev.toml"
     cfg.write_text(CONF.format(name=name, port=port))
     out = run_env / "out.pcap"

@@ -5,7 +5,6 @@ them, and a ``conntrack = false`` UDP VIP forwards every datagram."""
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from maglev.nic.pcapfile import PcapReader, PcapWriter
 from maglev.testing import packets as P
+from maglev.testing import unique
 from tests.run_helpers import run_to_eof
 
 STICKY, SPREAD, DNS = "203.0.113.61", "203.0.113.62", "203.0.113.63"
@@ -65,7 +65,7 @@ def gre_flows(path: Path) -> list[tuple[str, str, str]]:
 
 @pytest.mark.slow
 def test_sticky_and_stateless_vips_through_maglev_run(shortdir):
-    name = f"hsh{os.getpid() % 10000}"
+    name = unique.name("hsh")
     cfg = shortdir / "maglev.toml"
     cfg.write_text(CONF.format(name=name, sticky=STICKY, spread=SPREAD, dns=DNS, backends=backends_toml()))
     inp, outp = shortdir / "in.pcap", shortdir / "out.pcap"

@@ -5,8 +5,6 @@ fill -- and mg_steer_dispatch really sheds that way over a real region."""
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,6 +15,7 @@ from maglev.datapath.ref_shed import EXEMPT, NEVER, Shed, marks
 from maglev.native import check, ffi, lib
 from maglev.rings import SLOT_STEERING, Region
 from maglev.testing import packets as P
+from maglev.testing import unique
 
 HI4, LO4, LO6, ANY = "203.0.113.10", "203.0.113.11", "2001:db8:100::11", "203.0.113.12"
 
@@ -122,7 +121,7 @@ def test_a_bad_blob_turns_shedding_off():
 
 @pytest.fixture
 def region():
-    r = Region.create(f"test-shed-{secrets.token_hex(4)}", 1, 2048, 64, 1 << 20)
+    r = Region.create(unique.name("test-shed-"), 1, 2048, 64, 1 << 20)
     try:
         yield r
     finally:

@@ -6,11 +6,10 @@ backup cluster's forwarders."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from maglev.nic.pcapfile import PcapReader, PcapWriter
+from maglev.testing import unique
 from tests.run_helpers import run_to_eof
 
 from .cluster_helpers import (
@@ -32,7 +31,7 @@ from .cluster_helpers import (
 
 @pytest.mark.slow
 def test_peer_addresses_gre_and_backup_through_maglev_run(shortdir):
-    name = f"vm{os.getpid() % 10000}"
+    name = unique.name("vm")
     # a's A_DOWN VIP: its only backend drained (weight 0) -> no slot -> backup cluster b
     text = a_toml().replace('name = "a1"', f'name = "{name}"').replace(
         'address = "198.18.1.9"', 'address = "198.18.1.9"\nweight = 0')

@@ -26,6 +26,7 @@ import pytest
 
 from maglev.control.client import ControlClient
 from maglev.rings.conntrack_shm import remove_recorded
+from maglev.testing import unique
 from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
 from tests.scaleout.conftest import RouterThread, bgp_instance_toml
@@ -51,7 +52,7 @@ def _started(log: Path) -> dict[str, list[int]]:
 
 
 def test_every_actor_restarts_on_the_accepted_config_while_the_file_is_broken(shortdir):
-    name = f"acc{secrets.token_hex(3)}"
+    name = unique.name("acc")
     router = RouterThread(free_port()).start()
     conf = shortdir / "maglev.toml"
     head = bgp_instance_toml(name, router.port, f'flow_hash_secret = "{secrets.token_hex(16)}"')

@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from maglev.rings.conntrack_shm import remove_recorded
+from maglev.testing import unique
 from maglev_cli.main import cli
 
 CONF = """
@@ -115,7 +116,7 @@ def test_every_corpus_file_and_its_hostile_variants_through_replay(corpus_dir, t
 
 def _run(shortdir: Path, capture: Path) -> subprocess.CompletedProcess:
     conf = shortdir / "maglev.toml"
-    conf.write_text(CONF.format(name=f"hostile-cap-{os.getpid() % 100000}"))
+    conf.write_text(CONF.format(name=unique.name("hostile-cap-")))
     env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run")}
     try:
         return subprocess.run(

@@ -27,6 +27,7 @@ import zmq
 from maglev.control.client import ControlClient
 from maglev.control.protocol import MAX_MESSAGE_BYTES
 from maglev.rings.conntrack_shm import remove_recorded
+from maglev.testing import unique
 from maglev.testing.wait import wait_until
 from tests.control.test_fuzz_wire import CONFIG, LiveActor, RandPick, bad_message, serve_batch
 
@@ -52,7 +53,7 @@ class RunSocket(LiveActor):
 def test_hostile_control_messages_against_a_live_run(shortdir):
     from maglev.config import Config, dump_toml
 
-    name = f"hc{secrets.token_hex(3)}"
+    name = unique.name("hc")
     conf = shortdir / "maglev.toml"
     conf.write_text(dump_toml(Config.from_dict({**CONFIG, "instance": {**CONFIG["instance"], "name": name}})))
     control = f"ipc://{shortdir}/ctl.sock"

@@ -26,6 +26,7 @@ import pytest
 from maglev.datapath.engine import DROP_NAMES
 from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing import packets as P
+from maglev.testing import unique
 from tests.hostile.test_captures import CONF
 
 pytestmark = pytest.mark.slow
@@ -214,7 +215,7 @@ def test_a_flood_through_a_real_run_is_counted_to_the_packet(shortdir, kind):
     frames = FLOODS[kind](random.Random(kind))
     cap = P.write_pcap(shortdir / f"{kind}.pcap", frames)
     conf = shortdir / "maglev.toml"
-    conf.write_text(CONF.format(name=f"fl{os.getpid() % 100000}"))
+    conf.write_text(CONF.format(name=unique.name("fl")))
     env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run")}
     try:
         r = subprocess.run(
@@ -251,7 +252,7 @@ def test_every_flood_through_afpacket_in_a_namespace_is_counted_to_the_packet(ne
 
     _, a, b = veth_pair(netns, (bytes.fromhex("020000000001"), P.mac(P.ROUTER_MAC)))
     conf = shortdir / "maglev.toml"
-    conf.write_text(CONF.format(name=f"fa{os.getpid() % 100000}"))
+    conf.write_text(CONF.format(name=unique.name("fa")))
     env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run")}
     out_f, log = shortdir / "out.json", shortdir / "run.log"
     control = f"ipc://{shortdir}/ctl.sock"

@@ -28,6 +28,7 @@ import pytest
 
 from maglev.control.client import ControlClient
 from maglev.rings.conntrack_shm import remove_recorded
+from maglev.testing import unique
 from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
 from tests.hostile.test_accepted_config import _started, _vips
@@ -118,7 +119,7 @@ def balanced(s: dict, log: Path) -> None:
 
 @contextmanager
 def lab(shortdir: Path):
-    name = f"ke{secrets.token_hex(3)}"
+    name = unique.name("ke")
     router = RouterThread(free_port()).start()
     conf = shortdir / "maglev.toml"
     head = bgp_instance_toml(name, router.port, f'flow_hash_secret = "{secrets.token_hex(16)}"')

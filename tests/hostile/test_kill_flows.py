@@ -32,6 +32,7 @@ import pytest
 
 from maglev.control.client import ControlClient
 from maglev.rings.conntrack_shm import remove_recorded
+from maglev.testing import unique
 from maglev.testing.wait import wait_until
 from tests.hostile.test_accepted_config import _started
 
@@ -105,7 +106,7 @@ def kill_in_turn(shortdir, victims, rate: int, ring_size: int,
     by reason.  ``freeze_first``: stop the victim (SIGSTOP) until steering counts packets
     dropped for it (``owner_stalled``: its ring is full and not consumed), then kill it.
     ``steering`` gets steering's counters at the end of the run."""
-    name = f"kf{secrets.token_hex(3)}"
+    name = unique.name("kf")
     conf = shortdir / "maglev.toml"
     conf.write_text(CONF.format(name=name, secret=secrets.token_hex(16)))
     control = f"ipc://{shortdir}/ctl.sock"

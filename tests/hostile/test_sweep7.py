@@ -28,6 +28,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from maglev.testing import unique
 from maglev_cli.main import cli
 
 CONF = """
@@ -253,7 +254,7 @@ def test_run_refuses_a_pool_or_ring_it_cannot_run_with_before_starting(args, nee
     monkeypatch.setenv("MAGLEV_STATE_DIR", str(shortdir / "state"))
     monkeypatch.setenv("MAGLEV_RUN_DIR", str(shortdir / "run"))
     conf = shortdir / "c.toml"
-    inst = f"s7rd{os.getpid() % 10000}"
+    inst = unique.name("s7rd")
     conf.write_text(CONF.format(name=inst))
     shm_before = set(os.listdir("/dev/shm"))
     r = CliRunner().invoke(cli, ["run", "--config", str(conf), "--nic", "gen:packets=100,ipv6=0",
@@ -275,7 +276,7 @@ def test_run_refuses_folders_it_cannot_make_before_starting(env, needle, shortdi
     """A file (or a dangling link) where the state, socket or run folders go: the config
     manager died with NotADirectoryError after every process had started, and a bad
     XDG_RUNTIME_DIR was a mkdtemp traceback."""
-    inst = f"s7rd{os.getpid() % 10000}f"
+    inst = unique.name("s7rdf")
     f = shortdir / "a-file"
     f.write_text("")
     (shortdir / "dangling").symlink_to(shortdir / "nowhere")
@@ -294,7 +295,7 @@ def test_run_refuses_folders_it_cannot_make_before_starting(env, needle, shortdi
 @pytest.mark.slow
 def test_run_with_the_smallest_pool_it_accepts_forwards_everything(shortdir):
     conf = shortdir / "c.toml"
-    conf.write_text(CONF.format(name=f"s7rd{os.getpid() % 10000}m"))
+    conf.write_text(CONF.format(name=unique.name("s7rdm")))
     env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run")}
     try:
         r = maglev("run", "--config", str(conf), "--nic", "gen:packets=5000,ipv6=0", "--exit-on-eof", "--json",
@@ -389,7 +390,7 @@ def test_record_fields_at_their_extremes_replay_in_both_engines(name, tmp_path):
 @pytest.mark.parametrize("name", ["pcapng-le-ts-past-2^64ns.pcapng", "raw101-orig-len-max.pcap"])
 def test_record_fields_at_their_extremes_through_run(name, shortdir):
     conf = shortdir / "c.toml"
-    conf.write_text(CONF6.format(name=f"s7rd{os.getpid() % 10000}t"))
+    conf.write_text(CONF6.format(name=unique.name("s7rdt")))
     raw, n = EXTREMES[name]()
     cap = shortdir / name
     cap.write_bytes(raw)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 
 import pytest
 
 from maglev.lab.topology import Lab, LabError, LabSpec, list_netns, why_no_lab
+from maglev.testing import unique
 
 MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
@@ -40,7 +40,7 @@ def test_down_with_nothing_up_is_harmless(lab_dir):
 
 @pytest.mark.root
 def test_up_twice_then_down_removes_everything(lab_dir):
-    prefix = f"mgt-cli{secrets.token_hex(2)}"
+    prefix = unique.short("mgt-cli")
     args = ["lab", "up", "--no-forwarder", "--backends", "2", "--encap", "vxlan",
             "--state-dir", str(lab_dir), "--prefix", prefix, "--json"]
     r = maglev(*args)
@@ -73,7 +73,7 @@ def test_up_twice_then_down_removes_everything(lab_dir):
 
 @pytest.mark.root
 def test_failed_up_leaves_nothing_behind_after_down(lab_dir):
-    spec = LabSpec(prefix=f"mgt-bad{secrets.token_hex(2)}", state_dir=lab_dir, backends=1,
+    spec = LabSpec(prefix=unique.short("mgt-bad"), state_dir=lab_dir, backends=1,
                    encap="l2", forwarder=True, forwarder_argv=("false",))
     lab = Lab(lab_dir)
     with pytest.raises(LabError, match="exited"):
@@ -114,7 +114,7 @@ def test_without_root_one_sentence_and_nonzero_exit(tmp_path):
 
 @pytest.mark.root
 def test_a_foreign_namespace_with_our_name_is_never_adopted(lab_dir):
-    prefix = f"mgt-fn{secrets.token_hex(2)}"
+    prefix = unique.short("mgt-fn")
     foreign = f"{prefix}-router"
     subprocess.run(["ip", "netns", "add", foreign], check=True)
     try:

@@ -16,6 +16,7 @@ import pytest
 
 from maglev.lab.nsenter import netns as in_netns
 from maglev.testing import packets as P
+from maglev.testing import unique
 from tests.nic_helpers import veth_pair, why_no_afxdp
 
 pytestmark = pytest.mark.root
@@ -47,7 +48,7 @@ def frames() -> list[bytes]:
 
 def forward(a, b, tmp_path, nic: str, loop: bool) -> list[bytes]:
     """Run maglev on b0, send the frames from a0, return the GRE packets that came back."""
-    name = f"nl{os.getpid() % 10000}{int(loop)}"
+    name = unique.name(f"nl{int(loop)}")
     cfg = tmp_path / f"{name}.toml"
     cfg.write_text(CONF.format(name=name))
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "MAGLEV_RUN_DIR": str(tmp_path / f"run{int(loop)}"),
@@ -140,7 +141,7 @@ def test_afxdp_forwards_again_after_steering_is_killed(pair, tmp_path):
     steering's sockets (else the replacement could not bind the queue), the replacement
     takes the queue and publishes new sockets, and forwarding resumes."""
     _, a, b = pair
-    name = f"nk{os.getpid() % 10000}"
+    name = unique.name("nk")
     cfg = tmp_path / "k.toml"
     cfg.write_text(CONF.format(name=name))
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "MAGLEV_RUN_DIR": str(tmp_path / "run"),

@@ -7,7 +7,6 @@ tables keep them.  Through the real forwarder (`--nic afpacket:eth0`) in the nam
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ from maglev.lab import topology as topo
 from maglev.lab.talkers import Talkers
 from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing import packets as P
+from maglev.testing import unique
 from tests.datapath.test_dp import maglev_backend
 from tests.lab.lab_helpers import lab_config, spawn_run, write_config
 from tests.lab.test_long_lived import KeepAlive
@@ -150,7 +150,7 @@ def test_kill_9_of_every_worker_while_a_backend_is_added_keeps_every_connection(
     data = lab_config(lab)
     # An instance name of this run's own: the table files are found by name in /dev/shm,
     # and another session (CI, a colleague) may run this test at the same time.
-    inst = f"labk{secrets.token_hex(3)}"
+    inst = unique.name("labk")
     data["instance"]["name"] = inst
     short = Path(tempfile.mkdtemp(prefix="mgk9", dir="/tmp"))
     cfg = short / "maglev.toml"

@@ -5,13 +5,12 @@ of its sources."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import secrets
 from pathlib import Path
 
 from maglev.native import ffi, lib
 from maglev.rings import Region
+from maglev.testing import unique
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_C = ROOT / "bench" / "native"
@@ -53,7 +52,7 @@ def test_bench_module_runs_on_production_structures() -> None:
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
     blib = build.load().lib
-    name = f"t-bench-{os.getpid()}-{secrets.token_hex(3)}"
+    name = unique.name("t-bench-")
     with Region.create(name, 1, n_frames=64, ring_size=1024, tables_bytes=0) as region:
         try:
             errors = ffi.new("uint64_t *")

@@ -7,11 +7,17 @@
 * The low floors never import up: the low telemetry floor (``maglev.telemetry``: OpenTelemetry
   set-up, span helpers, context propagation), ``maglev.rings`` and ``maglev.datapath`` import
   neither ``maglev.actors`` nor the high telemetry floor (``maglev.observability``).
+* Production code stands alone: no module of ``maglev/`` (outside ``maglev/testing/``) or
+  ``cli/`` imports ``maglev.testing``, in any way: an import statement anywhere, or a
+  module named in a string to ``importlib.import_module``/``__import__`` or as an actor's
+  ``"module:Class"``.  What production and tests both need lives in production
+  (``maglev.datapath.frames``, ``maglev.lab.nsenter.why_no_netns``).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,6 +151,72 @@ def test_low_floors_do_not_import_up() -> None:
     bad = [f"{m} imports {t} (line {line})" for m, ts in sorted(graph.items()) if _under(m, LOW)
            for t, line in sorted(ts.items()) if _under(t, HIGH)]
     assert not bad, "\n".join(bad)
+
+
+TESTING = ("maglev.testing",)
+_MODULE_STRING = re.compile(r"^maglev\.testing(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def _named_in_strings(tree: ast.AST) -> list[tuple[str, int]]:
+    """Strings that are exactly a ``maglev.testing`` module path (``a.b`` or ``a.b:Name``):
+    what ``importlib.import_module``, ``__import__`` or an actor spec would load."""
+    return [(n.value, n.lineno) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and _MODULE_STRING.match(n.value)]
+
+
+def production_imports_of_testing(mods: dict[str, Path] | None = None) -> list[str]:
+    mods = mods if mods is not None else _modules()
+    bad = []
+    for m, path in sorted(mods.items()):
+        if _under(m, TESTING):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        by_line: dict[int, str] = {}  # the deepest module a line reaches (not its packages too)
+        for t, line in _targets(mods, m, tree).items():
+            if _under(t, TESTING) and len(t) > len(by_line.get(line, "")):
+                by_line[line] = t
+        bad += [f"{where}:{line} imports {t}" for line, t in sorted(by_line.items())]
+        bad += [f"{where}:{line} names {text!r}" for text, line in _named_in_strings(tree)]
+    return bad
+
+
+def test_production_never_imports_testing() -> None:
+    mods = _modules()
+    assert "maglev.observability.whereis" in mods and "maglev_cli.main" in mods, "the walk missed maglev/ or cli/"
+    bad = production_imports_of_testing(mods)
+    assert not bad, ("production code imports test helpers (move what it needs into a production "
+                     "module):\n" + "\n".join(bad))
+
+
+def test_checker_sees_every_way_to_import_testing(tmp_path: Path) -> None:
+    """The checker itself: each of these ways of reaching ``maglev.testing`` is found, in a
+    function body too, and ``maglev/testing/`` itself may import what it likes."""
+    ways = {
+        "plain": "import maglev.testing.packets\n",
+        "from_pkg": "from maglev import testing\n",
+        "from_mod": "def f():\n    from maglev.testing.netns import why_no_netns\n",
+        "relative": "from ..testing import packets as P\n",
+        "dynamic": "import importlib\nP = importlib.import_module('maglev.testing.packets')\n",
+        "spec": "ACTOR = 'maglev.testing.fake:Sleeper'\n",
+    }
+    root = tmp_path / "maglev"
+    mods = {"maglev": root / "__init__.py", "maglev.testing": root / "testing" / "__init__.py",
+            "maglev.testing.packets": root / "testing" / "packets.py",
+            "maglev.testing.netns": root / "testing" / "netns.py", "maglev.lab": root / "lab" / "__init__.py"}
+    for path in mods.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    mods["maglev.testing.packets"].write_text("from maglev.testing import netns\n")  # allowed
+    mods["maglev.lab.clean"] = root / "lab" / "clean.py"
+    mods["maglev.lab.clean"].write_text('"""Uses nothing of ``maglev.testing``."""\nimport maglev.lab\n')
+    for name, src in ways.items():
+        mods[f"maglev.lab.{name}"] = root / "lab" / f"{name}.py"
+        mods[f"maglev.lab.{name}"].write_text(src)
+    bad = production_imports_of_testing(mods)
+    for name in ways:
+        assert any(f"lab/{name}.py:" in b for b in bad), (name, bad)
+    assert not any("clean.py" in b or "testing/packets.py" in b for b in bad), bad
 
 
 def test_checker_sees_circles_and_lazy_imports(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from maglev.lab.nsenter import netns as in_netns
 from maglev.native import ffi, lib
 from maglev.nic import NicSpecError, parse_nic
 from maglev.testing import packets as P
+from maglev.testing import unique
 from tests.nic_helpers import veth_pair, why_no_afxdp
 
 pytestmark = pytest.mark.root
@@ -471,7 +472,7 @@ def test_maglev_run_follows_a_reload(pair, tmp_path):
     from maglev.nic import xdp_loader
 
     _, _, b = pair
-    name = f"xr{os.getpid() % 10000}"
+    name = unique.name("xr")
     cfg = tmp_path / "maglev.toml"
     cfg.write_text(CONF.format(name=name, vips=vips_toml([VIP])))
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "MAGLEV_RUN_DIR": str(tmp_path / "run"),

@@ -18,10 +18,17 @@ from pathlib import Path
 import pytest
 
 from maglev.config import SAMPLE_CONFIG
+from maglev.testing import unique
 from maglev.testing.otlp import OtlpReceiver
 from maglev.testing.ports import free_port
 
 SAMPLE_EVERY = 500
+# The package's run must outlive every test of the package: the teardown stops it.  A
+# finite generator ends the run at its end, so this is only the bound for an orphan (pytest
+# killed).  It was 120 s: with a second copy of the suite and other sessions on the 2-CPU
+# machine this package took longer, and test_sampling_rate_changes_at_run_time found the
+# run gone ("no control socket") in both copies (2026-12-07).
+RUN_SECONDS = 1800
 MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
 
@@ -62,7 +69,7 @@ def running():
     if not _main_module_ok():
         pytest.skip("maglev_cli is not installed (pip install -e .)")
     d = Path(tempfile.mkdtemp(prefix="mgo-", dir="/tmp"))
-    name = f"obs{os.getpid() % 100000}"
+    name = unique.name("obs")
     port = free_port()
     cfg = SAMPLE_CONFIG.read_text().replace('name = "mg1"', f'name = "{name}"')
     cfg += f"\n[tracing]\npacket_sample_rate = {SAMPLE_EVERY}\n"
@@ -74,7 +81,7 @@ def running():
         r = Running(d, name, port, rx, None)  # type: ignore[arg-type]
         proc = subprocess.Popen(
             [*MAGLEV, "run", "--workers", "2",
-             "--config", str(r.config), "--nic", "gen:flows=200,ipv6=0,seconds=120", "--json",
+             "--config", str(r.config), "--nic", f"gen:flows=200,ipv6=0,seconds={RUN_SECONDS}", "--json",
              "--metrics", f"127.0.0.1:{port}", "--control", r.control, "--otlp-endpoint", rx.endpoint],
             env=r.env, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
         r.proc = proc

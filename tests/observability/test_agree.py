@@ -25,6 +25,7 @@ import pytest
 from maglev.config import SAMPLE_CONFIG
 from maglev.nic.pcapfile import PcapWriter
 from maglev.testing import packets as P
+from maglev.testing import unique
 from maglev.testing.ports import free_port
 
 from .metrics_doc import documented
@@ -102,7 +103,7 @@ def workdir():
 
 
 def test_ctl_stats_prometheus_and_run_json_agree(workdir, corpus_dir):
-    name = f"agr{os.getpid() % 100000}"
+    name = unique.name("agr")
     cap = workdir / "frag.pcap"
     n = _capture(cap, corpus_dir)
     (workdir / "maglev.toml").write_text(SAMPLE_CONFIG.read_text().replace('name = "mg1"', f'name = "{name}"'))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from maglev.rings import Region
+from maglev.testing import unique
 
 CHILD = Path(__file__).resolve().parent / "ringchild.py"
 
@@ -23,7 +23,7 @@ def make_region():
     made: list[Region] = []
 
     def make(n_workers: int = 1, **kw) -> Region:
-        name = f"test-{os.getpid()}-{secrets.token_hex(4)}"
+        name = unique.name("test-")
         kw.setdefault("tables_bytes", 1 << 16)
         r = Region.create(name, n_workers, **kw)
         made.append(r)

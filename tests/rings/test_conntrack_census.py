@@ -4,11 +4,11 @@ private table and on a /dev/shm table mapped read-only (maglev/rings/conntrack_s
 from __future__ import annotations
 
 import random
-import secrets
 
 from maglev.datapath.ref_conntrack import census
 from maglev.native import ffi, lib
 from maglev.rings import conntrack_shm as cs
+from maglev.testing import unique
 
 K0, K1 = 0x0123456789ABCDEF, 0xFEDCBA9876543210
 TCP_MS, UDP_MS = 300_000, 30_000
@@ -85,7 +85,7 @@ def test_census_rejects_unsorted_ids():
 
 
 def test_census_of_an_instance_reads_its_shm_tables_read_only():
-    inst = f"t{secrets.token_hex(4)}"
+    inst = unique.name("t")
     tag = cs.identity_tag("/nonexistent/state", "/nonexistent/cfg")
     fp = cs.key_fingerprint(K0, K1)
     opened = []

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.native import lib
 from maglev.rings import conntrack_shm as cs
+from maglev.testing import unique
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,11 +26,11 @@ def maglev(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_drop_refuses_while_the_instance_runs_then_removes_its_tables(tmp_path):
-    inst = f"drop{secrets.token_hex(3)}"
+    inst = unique.name("drop")
     conf = tmp_path / "m.toml"
     conf.write_text(f'[instance]\nname = "{inst}"\nsource_ipv4 = "198.18.0.1"\n[[vip]]\naddress = "203.0.113.5"\n'
                     'port = 80\nprotocol = "tcp"\n[[vip.backend]]\naddress = "198.18.5.1"\n')
-    other = f"keep{secrets.token_hex(3)}"  # another instance's table: never touched
+    other = unique.name("keep")  # another instance's table: never touched
     keep = cs.open_table(cs.segment_name(other, "0badcafe", 0), cs.Wanted(4096, 1, 1, 0))
     lib.mg_ct_free(keep.ct)
     keep.close()
@@ -69,7 +69,7 @@ def test_drop_refuses_while_the_instance_runs_then_removes_its_tables(tmp_path):
 
 
 def test_drop_refuses_a_table_held_by_a_live_process_and_bad_names():
-    inst = f"held{secrets.token_hex(3)}"
+    inst = unique.name("held")
     t = cs.open_table(cs.segment_name(inst, "12345678", 0), cs.Wanted(4096, 1, 1, 0))
     try:
         r = maglev("conntrack", "drop", "--instance", inst)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import secrets
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from maglev.datapath.native import CDataPath
 from maglev.datapath.tables import read_tables
 from maglev.native import ffi, lib
 from maglev.rings import conntrack_shm as cs
+from maglev.testing import unique
 from tests.datapath.test_backend_identity import BASE, conf, flow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ N_FLOWS = 400
 @pytest.fixture
 def seg():
     """A segment name of a unique instance; every file of it removed afterwards."""
-    inst = f"t{secrets.token_hex(4)}"
+    inst = unique.name("t")
     name = cs.segment_name(inst, cs.identity_tag("/nonexistent/state", "/nonexistent/cfg"), 0)
     yield name
     cs.remove_segments(inst)

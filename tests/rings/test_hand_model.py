@@ -10,7 +10,6 @@ into its output rings before recovery.  MG_HAND_EXAMPLES=600 for a longer search
 from __future__ import annotations
 
 import os
-import secrets
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
@@ -20,6 +19,7 @@ from maglev.errors import NativeError
 from maglev.native import ffi, lib
 from maglev.rings import HAND_KEEP, SLOT_STEERING, Region
 from maglev.rings.reference import OP_PULL, OP_PUSH, Fault, HandError, HandModel, RingModel
+from maglev.testing import unique
 
 
 class HandMachine(RuleBasedStateMachine):
@@ -28,7 +28,7 @@ class HandMachine(RuleBasedStateMachine):
     @initialize()
     def setup(self):
         self.region = Region.create(
-            f"test-hand-{os.getpid()}-{secrets.token_hex(3)}", 2, n_frames=12, ring_size=4,
+            unique.name("test-hand-"), 2, n_frames=12, ring_size=4,
             tables_bytes=0,
         )
         self.rings = {}

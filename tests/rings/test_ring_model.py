@@ -7,9 +7,6 @@ start near 2**32 so the free-running wrap-around is crossed in most runs.
 
 from __future__ import annotations
 
-import os
-import secrets
-
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
@@ -19,6 +16,7 @@ from maglev.errors import NativeError
 from maglev.native import ffi
 from maglev.rings import Region
 from maglev.rings.reference import RingModel
+from maglev.testing import unique
 
 U64 = st.integers(0, 2**64 - 1)
 
@@ -30,7 +28,7 @@ class RingMachine(RuleBasedStateMachine):
     def setup(self, size_log, start):
         size = 1 << size_log
         self.region = Region.create(
-            f"test-model-{os.getpid()}-{secrets.token_hex(3)}", 1, n_frames=8,
+            unique.name("test-model-"), 1, n_frames=8,
             ring_size=size, tables_bytes=0,
         )
         self.ring = self.region.rx(0)

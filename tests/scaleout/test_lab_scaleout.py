@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import secrets
 from pathlib import Path
 
 import pytest
 
 from maglev.lab import failover as fo
 from maglev.lab.topology import LabSpec, list_netns, why_no_lab
+from maglev.testing import unique
 from maglev.testing.wait import wait_until
 from tests.run_helpers import ctl_status, maglev_ctl
 
@@ -30,7 +30,7 @@ def scaleout_lab(tmp_path: Path):
     if reason := why_no_bird():
         pytest.skip(reason)
     state_dir = tmp_path / "lab"
-    spec = LabSpec(prefix=f"mgt-so{secrets.token_hex(2)}", state_dir=state_dir, encap="gre", backends=3)
+    spec = LabSpec(prefix=unique.short("mgt-so"), state_dir=state_dir, encap="gre", backends=3)
     spec.extra["instances"] = 3
     lab = ScaleoutLab(state_dir)
     try:

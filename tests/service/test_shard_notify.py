@@ -19,6 +19,7 @@ import pytest
 
 from maglev.service.shard_notify import ShardNotify
 from maglev.service.systemd import Notifier
+from maglev.testing import unique
 from maglev.testing.notify import NotifySocket
 from maglev.testing.packets import write_pcap
 
@@ -215,7 +216,7 @@ def _shard_status(conf, shard: str, env: dict[str, str]) -> dict:
 
 @pytest.mark.slow
 def test_all_shards_run_is_ready_when_both_shards_are(shortdir):
-    name = f"sdsh{os.getpid() % 100000}"
+    name = unique.name("sdsh")
     conf = shortdir / "shards.toml"
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:

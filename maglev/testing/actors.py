@@ -1,4 +1,5 @@
-"""Test doubles for the actor runtime (usable by anyone's tests, trio.testing-style).
+"""Test doubles for the actor runtime (usable by anyone's tests, trio.testing-style; in
+maglev/testing/ with the other test helpers, so no production package carries one).
 
 ``Sleeper`` does no work: it heart-beats, sleeps on its mailbox, counts its ticks, and can
 be told to crash (``params["crash_after_s"]``) or to take a while to drain
