@@ -323,7 +323,8 @@ def show_config(ctx, as_json) -> None:
 @json_opt
 @click.pass_context
 def watch(ctx, topics, count, seconds, as_json) -> None:
-    """Stream events (one line each; JSON lines with --json) until Ctrl-C."""
+    """Stream events (one line each; JSON lines with --json) until Ctrl-C.  When maglev
+    stops or restarts, a line on stderr says so and the watch waits for it to come back."""
     from maglev.control.client import EventSubscriber
 
     o = _opts(ctx)
@@ -334,6 +335,7 @@ def watch(ctx, topics, count, seconds, as_json) -> None:
         ctx.exit(2)
     deadline = time.monotonic() + seconds if seconds else None
     n = 0
+    lost = False
     with EventSubscriber(ep, topics or ("",), client_key_file=o["client_key"], server_key=o["server_key"]) as sub:
         try:
             while count is None or n < count:
@@ -341,6 +343,14 @@ def watch(ctx, topics, count, seconds, as_json) -> None:
                 if left <= 0:
                     break
                 ev = sub.recv(min(left, 1.0))
+                for change in sub.link_changes():
+                    if change == "down":
+                        lost = True
+                        click.echo(f"maglev ctl: watch: the events socket closed ({ep}): maglev stopped or is "
+                                   "restarting; waiting for it (Ctrl-C to stop)", err=True)
+                    else:
+                        click.echo(f"maglev ctl: watch: connected{' again' if lost else ''} ({ep})", err=True)
+                        lost = False
                 if ev is None:
                     continue
                 n += 1

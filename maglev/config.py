@@ -1064,6 +1064,12 @@ class _Parser:
                     )
             if encap == "l2" and address and fam != _ip_address(address).version:
                 self.err(f"{p}.backend[{j}].address", "encap 'l2' needs a backend of the VIP's address family")
+            # Checked here, not only by the table build: `maglev check`, a reload and
+            # `maglev run` must give the same verdict as loading the file (a hypothesis run
+            # found a config the loader took and the build refused).
+            mac_path = f"{p}.backend[{j}].mac"
+            if encap == "l2" and not b.mac and not any(q.startswith(mac_path + ":") for q in self.problems):
+                self.err(mac_path, "required for encap 'l2'")
         # Every serving backend needs at least one slot of the Maglev table.
         serving = sum(1 for b in backends if b.weight > 0)
         if serving > size and is_prime(size):

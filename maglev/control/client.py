@@ -175,6 +175,13 @@ class EventSubscriber:
             _curve_client(self.sock, endpoint, client_key_file, server_key)
             for t in topics:
                 self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+            # The link's ups and downs (a stopped or restarted maglev): ZeroMQ reconnects
+            # by itself, but a SUB socket alone cannot tell a quiet publisher from a gone one.
+            self._monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            self._poller = zmq.Poller()
+            self._poller.register(self.sock, zmq.POLLIN)
+            self._poller.register(self._monitor, zmq.POLLIN)
+            self._link: list[str] = []
             _connect(self.sock, endpoint, "events")
         except BaseException:
             self.close()
@@ -185,13 +192,31 @@ class EventSubscriber:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+            if left <= 0:
                 return None
+            ready = dict(self._poller.poll(int(left * 1000) + 1))
+            if self._monitor in ready:
+                self._read_monitor()
+            if self.sock not in ready:
+                continue
             frames = self.sock.recv_multipart()
             try:
                 return decode_event(frames)
             except Exception:  # a garbled event must not kill a watcher
                 continue
+
+    def _read_monitor(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor.poll(0):
+            ev = recv_monitor_message(self._monitor)["event"]
+            self._link.append("up" if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED else "down")
+
+    def link_changes(self) -> list[str]:
+        """``"up"`` (connected to the publisher) / ``"down"`` (the connection closed: maglev
+        stopped or is restarting) since the last call, oldest first."""
+        out, self._link = self._link, []
+        return out
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         while True:
@@ -200,6 +225,10 @@ class EventSubscriber:
                 yield ev
 
     def close(self) -> None:
+        monitor = getattr(self, "_monitor", None)
+        if monitor is not None:
+            self.sock.disable_monitor()
+            monitor.close(0)
         self.sock.close(0)
         if self._own_ctx:
             self.ctx.term()

@@ -334,3 +334,19 @@ def test_run_warns_about_an_empty_config_with_another_nic(tmp_path):
     assert lines[0] == (f"maglev run: warning: {path} has no VIP: every packet is dropped (no_vip) until VIPs are "
                         "added over the control socket (maglev ctl apply FILE, or add-vip)")
     assert lines[1:] == [f"maglev: error: --nic pcap:{tmp_path}/none.pcap: no such file"]
+
+
+def test_the_loader_refuses_an_l2_backend_without_a_mac(tmp_path):
+    """The loader, not only the table build, says an ``l2`` backend needs its MAC: `maglev
+    check` (which also builds the tables) and everything that only loads the file must
+    agree (a hypothesis run of tests/hostile/test_config_files.py found the loader taking
+    what the build refused)."""
+    p = tmp_path / "l2.toml"
+    p.write_text('[instance]\nname = "x"\n[[vip]]\naddress = "203.0.113.10"\nport = 80\nprotocol = "tcp"\n'
+                 'encap = "l2"\n  [[vip.backend]]\n  address = "198.18.1.11"\n'
+                 '  [[vip.backend]]\n  address = "198.18.1.12"\n  mac = "not-a-mac"\n')
+    with pytest.raises(ConfigError) as exc:
+        config.load(p)
+    assert sorted(exc.value.problems) == [  # one line per field: not also "required" for backend[1]
+        "vip[0].backend[0].mac: required for encap 'l2'",
+        "vip[0].backend[1].mac: 'not-a-mac' is not a MAC address (aa:bb:cc:dd:ee:ff)"]
