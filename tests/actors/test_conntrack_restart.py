@@ -128,14 +128,13 @@ def test_a_restart_with_another_worker_count_rehomes_the_tables_and_no_connectio
     flow of run 1 goes to the same backend in run 2 and .3 gets none of them, though Maglev
     alone would move about a third of them there (checked).  On the old code the tables
     started fresh ("adopting 0 of 3") and those flows moved."""
-    import secrets
 
     from maglev import config as cfg
     from maglev.datapath import build_tables
     from maglev.testing import packets as P
     from tests.datapath.test_dp import maglev_backend
 
-    inst = f"s8c-rh{secrets.token_hex(3)}"
+    inst = unique.name("rh")
     conf = tmp_path / "m.toml"
     head = (f'[instance]\nname = "{inst}"\nsource_ipv4 = "198.18.0.1"\n[[vip]]\naddress = "203.0.113.5"\n'
             'port = 80\nprotocol = "tcp"\n[[vip.backend]]\naddress = "198.18.5.1"\n'

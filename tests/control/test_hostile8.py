@@ -7,7 +7,6 @@ Each test names the hole it closes; every one of them failed on the code before 
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -21,8 +20,9 @@ import pytest
 from maglev.actors.supervisor import ActorDef, Supervisor
 from maglev.control.client import ControlClient
 from maglev.hashing import next_prime
+from maglev.testing import unique
 
-CONFIG_ACTOR = "maglev.actors.testing_config:ThreadedConfigManager"
+CONFIG_ACTOR = "maglev.testing.config_actor:ThreadedConfigManager"
 BUSY = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < {s}:\n    pass\n"
 
 
@@ -98,7 +98,7 @@ def config_run(shortdir: Path):
         ctl = f"ipc://{shortdir}/ctl.sock"
         sup = Supervisor([ActorDef("config", CONFIG_ACTOR, {"config": str(path), "control": ctl,
                                                              "state": str(shortdir / "state.json"), **params})],
-                         instance=f"s8g-{secrets.token_hex(3)}", heartbeat_timeout_s=3.0, startup_timeout_s=60.0)
+                         instance=unique.name("cm"), heartbeat_timeout_s=3.0, startup_timeout_s=60.0)
         runs.append(sup)
         sup.use_standby = False
         sup.start()

@@ -9,13 +9,13 @@ watch first connects)."""
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from maglev.rings.conntrack_shm import remove_recorded
+from maglev.testing import unique
 from maglev.testing.wait import wait_until
 
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
@@ -45,7 +45,7 @@ def _stop(p: subprocess.Popen) -> None:
 def test_watch_says_when_the_run_stops_and_when_it_is_back(shortdir):
     d = shortdir
     conf = d / "m.toml"
-    conf.write_text(SAMPLE.read_text().replace('name = "mg1"', f'name = "wl{secrets.token_hex(4)}"', 1))
+    conf.write_text(SAMPLE.read_text().replace('name = "mg1"', f'name = "{unique.name("wl")}"', 1))
     env = {**os.environ, "MAGLEV_STATE_DIR": str(d / "state"), "MAGLEV_RUN_DIR": str(d / "run")}
     runs: list[subprocess.Popen] = []
     watch = None

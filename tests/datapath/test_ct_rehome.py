@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from maglev.datapath.ref_conntrack import WAYS, ConnTable, RehomeStats, rehome, ticks
 from maglev.hashing.reference import siphash13
 from maglev.native import ffi, lib
+from maglev.testing import unique
 
 TCP_MS, UDP_MS = 300_000, 30_000
 MS = 1_000_000
@@ -139,11 +140,10 @@ def test_rehome_run_changes_capacity_secret_and_worker_count_and_every_flow_is_f
     adopted as it is by its worker (``open_table``), every live flow is in the table of
     the worker (h >> 32) % 2 with its backend id, the idle one is dropped, and the third
     old table is gone.  Nothing to do a second time ("")."""
-    import secrets
 
     from maglev.rings import conntrack_shm as cs
 
-    inst = f"s8c-rt{secrets.token_hex(3)}"
+    inst = unique.name("rt")
     state, conf = str(tmp_path / "state"), str(tmp_path / "m.toml")
     tag = cs.identity_tag(state, conf)
     key_a, key_b = (11, 12), (21, 22)

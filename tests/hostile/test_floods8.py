@@ -50,6 +50,7 @@ from maglev.control.client import ControlClient
 from maglev.datapath.engine import DROP_NAMES
 from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing import packets as P
+from maglev.testing import unique
 from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
 from tests.hostile.test_accepted_config import _started
@@ -224,7 +225,7 @@ def test_floods_with_kill_9_and_nic_events_balance_in_every_view(shortdir, drive
         with in_netns(b.name):  # the router's thread (and socket) live in b, beside the run
             router = RouterThread(rport).start()
         conf = shortdir / "maglev.toml"
-        conf.write_text(CONF.format(name=f"s8a-{secrets.token_hex(3)}", secret=secrets.token_hex(16),
+        conf.write_text(CONF.format(name=unique.name("fl"), secret=secrets.token_hex(16),
                                     bgp=BGP.format(port=rport)))
         (shortdir / "xdg").mkdir(mode=0o700)
         env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run"),
@@ -366,7 +367,7 @@ def test_a_killed_workers_table_counters_never_go_back(shortdir):
     ``maglev_conntrack_lookups_total{worker="0"}`` fell from 289858 to 159143 at the restart,
     and ``maglev_vip_packets_total`` / ``maglev_packets_total`` with it."""
     conf = shortdir / "maglev.toml"
-    conf.write_text(CONF.format(name=f"s8a-{secrets.token_hex(3)}", secret=secrets.token_hex(16), bgp=""))
+    conf.write_text(CONF.format(name=unique.name("fl"), secret=secrets.token_hex(16), bgp=""))
     (shortdir / "xdg").mkdir(mode=0o700)
     env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run"),
            "XDG_RUNTIME_DIR": str(shortdir / "xdg")}

@@ -22,6 +22,7 @@ import pytest
 from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.errors import PacketError
 from maglev.nic.pcapfile import PcapReader, PcapWriter
+from maglev.testing import unique
 from tests.run_helpers import poll_until_eof
 
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
@@ -150,7 +151,7 @@ def test_killed_muxer_continues_the_output_file(tmp_path):
 
 def _run_summary(tmp_path: Path, cap: Path, out: str, *wrap: str) -> subprocess.CompletedProcess:
     conf = tmp_path / "m.toml"
-    conf.write_text(Path(SAMPLE).read_text().replace('name = "mg1"', f'name = "pcapout{os.getpid()}"', 1))
+    conf.write_text(Path(SAMPLE).read_text().replace('name = "mg1"', f'name = "{unique.name("po")}"', 1))
     env = {**os.environ, "MAGLEV_STATE_DIR": str(tmp_path / "state"), "MAGLEV_RUN_DIR": str(tmp_path / "run")}
     return subprocess.run([*wrap, *CLI, "run", "--config", str(conf), "--nic", f"pcap:{cap}", "--out", out,
                            "--exit-on-eof", "--json", "--workers", "1"],

@@ -1,5 +1,5 @@
 """A test double of the config-manager actor (a module of its own: importing it pulls in
-the control plane, which the do-nothing actors of ``maglev.actors.testing`` do not need)."""
+the control plane, which the do-nothing actors of ``maglev.testing.actors`` do not need)."""
 
 from __future__ import annotations
 
