@@ -220,7 +220,10 @@ def test_a_flood_through_a_real_run_is_counted_to_the_packet(shortdir, kind):
     try:
         r = subprocess.run(
             [sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--config", str(conf),
-             "--nic", f"pcap:{cap}", "--workers", "2", "--exit-on-eof", "--json", "-v"],
+             "--nic", f"pcap:{cap}", "--workers", "2", "--exit-on-eof", "--json", "-v",
+             # a worker off the CPU >50 ms (load 12+) is judged frozen: owner_stalled drops
+             # (seen with two suites at once); the stall judgement has its own tests
+             "--stall-ms", "5000"],
             capture_output=True, text=True, timeout=180, env=env)  # fmt: skip
     finally:
         remove_recorded(str(shortdir / "state"))
