@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,19 @@ def poll_until_eof(p: Pipeline, timeout: float = 30.0, what: str = "no eof in ti
     while not p.eof:
         assert time.monotonic() < deadline, what
         p.poll(0.05)
+
+
+def kill_until_replaced(p: Pipeline, actor: str, timeout: float = 10.0) -> float:
+    """kill -9 ``actor`` of the started Pipeline ``p`` and poll until the supervisor runs a
+    replacement; returns the seconds that took (fails after ``timeout``)."""
+    sup = p.supervisor
+    old = sup.pid(actor)
+    os.kill(old, signal.SIGKILL)
+    t0 = time.monotonic()
+    while not (sup.alive(actor) and sup.pid(actor) != old):
+        assert time.monotonic() - t0 < timeout, f"no replacement for {actor}"
+        p.poll(0.01)
+    return time.monotonic() - t0
 
 
 def pipeline_summary(opts: PipelineOptions, timeout: float = 30.0) -> tuple[Pipeline, dict]:

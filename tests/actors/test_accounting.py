@@ -21,7 +21,7 @@ import pytest
 from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.native import lib
 from maglev.rings import SLOT_MUXER, SLOT_STEERING, Region, RegionError, worker_slot
-from tests.run_helpers import pipeline_summary, poll_until_eof
+from tests.run_helpers import kill_until_replaced, pipeline_summary, poll_until_eof
 
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 KILLS = 5
@@ -39,7 +39,6 @@ def test_kill_9_under_load_keeps_every_packet_accounted(victim):
     p = Pipeline(PipelineOptions(workers=2, nic="gen:flows=1000", ring_size=256))
     try:
         p.start()
-        sup = p.supervisor
         deadline = time.monotonic() + 20
         while p.counters()["packets_in"] < 20000:
             assert time.monotonic() < deadline, "no traffic"
@@ -48,12 +47,7 @@ def test_kill_9_under_load_keeps_every_packet_accounted(victim):
             t = time.monotonic() + rnd.uniform(0.05, 0.4)
             while time.monotonic() < t:
                 p.poll(0.01)
-            old = sup.pid(victim)
-            os.kill(old, signal.SIGKILL)
-            t0 = time.monotonic()
-            while not (sup.alive(victim) and sup.pid(victim) != old):
-                assert time.monotonic() - t0 < 10, "no replacement"
-                p.poll(0.01)
+            kill_until_replaced(p, victim)
         before = p.counters()["packets_in"]
         deadline = time.monotonic() + 20
         while p.counters()["packets_in"] < before + 20000:  # the pipeline still flows
@@ -163,7 +157,6 @@ def test_kill_9_while_packets_are_split_into_spare_frames_stays_exact(tmp_path, 
     kills = 5
     try:
         p.start()
-        sup = p.supervisor
         deadline = time.monotonic() + 60
         while p.counters()["packets_in"] < 1000:
             assert time.monotonic() < deadline, "no traffic"
@@ -173,13 +166,8 @@ def test_kill_9_while_packets_are_split_into_spare_frames_stays_exact(tmp_path, 
             t = time.monotonic() + rnd.uniform(0.02, 0.15)
             while time.monotonic() < t:
                 p.poll(0.01)
-            old = sup.pid(victim)
             under_load += p.counters()["packets_in"] < n
-            os.kill(old, signal.SIGKILL)
-            t0 = time.monotonic()
-            while not (sup.alive(victim) and sup.pid(victim) != old):
-                assert time.monotonic() - t0 < 10, "no replacement"
-                p.poll(0.01)
+            kill_until_replaced(p, victim)
         poll_until_eof(p, 120, "the replay never ended")
         p.stop()
         s = p.summary()

@@ -7,7 +7,6 @@ in the lab: tests/lab/test_restart_adoption.py.)"""
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 from maglev.actors.pipeline import Pipeline, PipelineOptions
@@ -15,7 +14,7 @@ from maglev.control.endpoints import state_dir
 from maglev.native import ffi
 from maglev.rings import conntrack_shm as cs
 from maglev.testing import unique
-from tests.run_helpers import pipeline_summary, wait_worker_packets
+from tests.run_helpers import kill_until_replaced, pipeline_summary, wait_worker_packets
 
 
 def _header(path: str):
@@ -31,19 +30,14 @@ def test_a_worker_killed_with_9_resumes_with_its_table():
     seg = os.path.join(cs.SHM_DIR, cs.segment_name(inst, tag, 0))
     try:
         p.start()
-        sup = p.supervisor
         deadline = time.monotonic() + 15
         while int(_header(seg).n_used) < 500:  # the worker's table fills as flows arrive
             assert time.monotonic() < deadline, "worker 0's table in /dev/shm got no entries"
             p.poll(0.05)
         before = _header(seg)
         used, adoptions, inode = int(before.n_used), int(before.adoptions), os.stat(seg).st_ino
-        old = sup.pid("worker-0")
-        os.kill(old, signal.SIGKILL)
         t0 = time.monotonic()
-        while not (sup.alive("worker-0") and sup.pid("worker-0") != old):
-            assert time.monotonic() - t0 < 5, "no replacement"
-            p.poll(0.01)
+        kill_until_replaced(p, "worker-0", 5)
         while int(_header(seg).adoptions) == adoptions:  # the replacement's setup adopts it
             assert time.monotonic() - t0 < 10, "the replacement did not adopt the table"
             p.poll(0.01)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.errors import PacketError
 from maglev.nic.pcapfile import PcapReader, PcapWriter
 from maglev.testing import unique
-from tests.run_helpers import poll_until_eof
+from tests.run_helpers import kill_until_replaced, poll_until_eof
 
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 SAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "sample.toml")
@@ -118,7 +117,6 @@ def test_killed_muxer_continues_the_output_file(tmp_path):
     kills = 3
     try:
         p.start()
-        sup = p.supervisor
         under_load = 0
         for _ in range(kills):
             deadline = time.monotonic() + 60
@@ -126,13 +124,8 @@ def test_killed_muxer_continues_the_output_file(tmp_path):
             while p.counters()["packets_in"] < seen + 2000 and not p.eof:
                 assert time.monotonic() < deadline, "no traffic"
                 p.poll(0.01)
-            old = sup.pid("muxer")
             under_load += not p.eof
-            os.kill(old, signal.SIGKILL)
-            t0 = time.monotonic()
-            while not (sup.alive("muxer") and sup.pid("muxer") != old):
-                assert time.monotonic() - t0 < 10, "no replacement"
-                p.poll(0.01)
+            kill_until_replaced(p, "muxer")
         poll_until_eof(p, 120, "the replay never ended")
         p.stop()
         s = p.summary()
