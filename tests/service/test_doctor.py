@@ -48,8 +48,9 @@ def fake_host(tmp: Path, cap_eff: int = 0, ifaces: dict[str, dict[str, str]] | N
 
 def cfg(encap: str = "gre", **extra) -> Config:
     inst = {"source_ipv4": "198.18.0.10", **extra.pop("instance", {})}
+    backend = {"address": "198.18.1.11", **({"mac": "02:00:00:00:01:11"} if encap == "l2" else {})}
     data = {"instance": inst, "vip": [{"address": "203.0.113.10", "port": 80, "encap": encap,
-                                       "backend": [{"address": "198.18.1.11"}]}], **extra}
+                                       "backend": [backend]}], **extra}
     return Config.from_dict(data)
 
 
