@@ -106,9 +106,9 @@ def test_a_quic_connection_migrates_to_a_new_port_mid_transfer_and_completes(mak
     assert all(not s["connections"] for n, s in seen.items() if n != name), seen
     assert all(bytes.fromhex(c)[SID_OFFSET:SID_OFFSET + 2] == sid for c in seen[name]["cids"])
 
-    # The worker publishes its counters when its C loop hands back to Python (at the latest
-    # 0.5 s after the last packet): read until two reads 0.6 s apart agree (CI once read 95
-    # of the transfer's packets 0.5 s after it, against a bound of 100).
+    # How many packets the client sends after the handshake depends on its ACK pacing (95
+    # in one CI run, against the old bound of 100; 110-157 here): judge a share, not a
+    # count.  Read until two reads 0.6 s apart agree, so the last ACKs are in.
     def counts() -> tuple[int, int]:
         with ControlClient(ctl, timeout=5) as c:
             st = c.call("stats", {})
