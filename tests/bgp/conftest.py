@@ -236,6 +236,13 @@ protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
         except OSError:
             return 0
 
+    def bird_log_count(self, text: str) -> int:
+        """How many lines of BIRD's log (appended to across BIRD restarts) contain ``text``."""
+        try:
+            return sum(text in line for line in (self.tmp / "bird.log").read_text().splitlines())
+        except OSError:
+            return 0
+
     def bird_notifications_in(self) -> int:
         """NOTIFICATIONs BIRD received from us (its log's "Received: ..." lines)."""
         try:

@@ -115,7 +115,18 @@ def test_router_that_lost_its_tcp_state_is_accepted_at_once(bird_lab, graceful_r
     print(f"\nrouter lost its TCP state ({'GR' if graceful_restart else 'no GR'}): new session {took:.2f} s after BIRD started (keepalive 10 s)")
     assert took < 4.0
     _steady(lab, sp, 2.0)
-    assert _peer(sp)["established"] == 2 and lab.bird_sessions() == 2
+    assert _peer(sp)["established"] == 2
+    # One new session on BIRD's side too -- with one exception that is no flap.  BIRD
+    # restarts a graceful-restart session whenever a new TCP connection from the peer
+    # arrives while it is Established (bgp_incoming_connection: "Neighbor graceful restart
+    # detected"), keeping the routes.  When BIRD's own connection and our dial cross
+    # (ours refused until BIRD listens, retried every second), BIRD may accept ours from
+    # its backlog after it went Established on its own: seen once in CI at load, BIRD
+    # counted 3 sessions to our 2 and no NOTIFICATION.  Then the VIP must have stayed.
+    gr_restarts = lab.bird_log_count("Neighbor graceful restart detected")
+    assert lab.bird_sessions() == 2 + (gr_restarts if graceful_restart else 0) and gr_restarts <= 1, (
+        lab.bird_sessions(), gr_restarts)
+    assert VIP4 in lab.kernel_routes()
     # Before 2026-12-07 BIRD got one CEASE "connection collision" per connect retry here
     # (9 in 8 s): a flapping session from the router's side.
     assert lab.bird_notifications_in() == 0
