@@ -71,6 +71,8 @@ def new_pipeline(opts: PipelineOptions) -> Pipeline:
         opts.steer_cost = float(BENCH["steer_cost"])
     if BENCH.get("nap_us") is not None and hasattr(opts, "nap_us"):
         opts.nap_us = int(BENCH["nap_us"])
+    if BENCH.get("fallback") is not None and hasattr(opts, "fallback"):  # (a tree from before 2026-12-07 s9: none)
+        opts.fallback = str(BENCH["fallback"])
     return Pipeline(opts)
 
 
@@ -319,8 +321,12 @@ def main() -> int:
                     help="SCHED_FIFO base priority of the latency runs' data path (default: the pipeline's, 0 = off)")
     ap.add_argument("--nap-us", type=int, default=None,
                     help="nap under load of the data-path actors (PipelineOptions.nap_us; 0 = off)")
+    ap.add_argument("--fallback", choices=("new-flows", "any", "never"), default=None,
+                    help="which packets steering may move off a full ring (PipelineOptions.fallback; "
+                         "default: the pipeline's, new-flows)")
     a = ap.parse_args()
     BENCH["steer_cost"] = a.steer_cost
+    BENCH["fallback"] = a.fallback
     BENCH["nap_us"] = a.nap_us
     ws = [int(x) for x in a.workers.split(",")]
     rows = []

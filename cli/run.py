@@ -88,10 +88,10 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
                  otlp_endpoint: str, burst: int, ring_size: int, frames: int, verbose: int, log_format: str,
                  control: str, metrics: str, cpus: str, stall_ms: float = 50.0,
                  idle_poll_us: int | None = None, rt_prio: int | None = None,
-                 nap_us: int | None = None) -> list[str]:
+                 nap_us: int | None = None, fallback: str = "new-flows") -> list[str]:
     """The options of this `maglev run` that each shard's `maglev run --shard` gets too."""
     argv = ["--config", config_path, "--burst", str(burst), "--ring-size", str(ring_size),
-            "--log-format", log_format, "--stall-ms", str(stall_ms)]
+            "--log-format", log_format, "--stall-ms", str(stall_ms), "--fallback", fallback]
     for opt, v in (("--workers", workers), ("--nic", nic), ("--otlp-endpoint", otlp_endpoint),
                    ("--frames", frames), ("--control", control), ("--metrics", metrics), ("--cpus", cpus)):
         if v:
@@ -148,6 +148,11 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
               help="A worker whose full rx ring it has not consumed from for this long is dead or frozen: "
                    "steering drops its packets (counted, owner_stalled) instead of moving its flows to "
                    "another worker (0 = off: always fall back).")
+@click.option("--fallback", type=click.Choice(["new-flows", "any", "never"]), default="new-flows", show_default=True,
+              help="Which packets steering may hand to another worker when their own worker's ring is full: "
+                   "new-flows (a TCP SYN: no established connection ever moves backend), any (the paper's "
+                   "fallback: after a backend change such a packet may reach another backend) or never; the "
+                   "others wait for their worker (back pressure; docs/actors.md).")
 @click.option("--frames", type=click.IntRange(0, 1 << 22), default=0,
               help="Frames in the pool (default: sized from workers and ring size).")
 @click.option("-v", "--verbose", count=True, help="Actor logs on stderr (-v info, -vv debug).")
@@ -159,7 +164,7 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
 @click.option("--shard", default="", metavar="NAME",
               help="Run only this [[shard]] of the config (default: every shard, one process each).")
 def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoint, metrics, control,
-        burst, ring_size, stall_ms, frames, verbose, log_format, latency, shard, idle_poll_us, rt_prio,
+        burst, ring_size, stall_ms, fallback, frames, verbose, log_format, latency, shard, idle_poll_us, rt_prio,
         nap_us) -> None:
     """Run the forwarder until Ctrl-C (or the end of a finite input).
 
@@ -192,7 +197,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
             sh.check_options(whole, given)
             base = _passthrough(workers, config_path, nic, exit_on_eof, as_json, otlp_endpoint, burst, ring_size,
                                 frames, verbose, log_format, control, metrics, cpus, stall_ms, idle_poll_us, rt_prio,
-                                nap_us)
+                                nap_us, fallback)
             if latency:
                 base.append("--latency")
             sys.exit(sh.launch_all(whole, base, out or "", as_json))
@@ -240,6 +245,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         workers=workers, config_path=config_path or "", nic=nic, out=out or "", cpus=cpus,
         burst=burst, ring_size=ring_size, n_frames=frames, otlp_endpoint=otlp_endpoint,
         control=control, log_level=level, latency=latency, stall_ms=stall_ms,
+        fallback=fallback,
     )
     if idle_poll_us is not None:
         opts.idle_poll_us = idle_poll_us

@@ -200,7 +200,15 @@ class PipelineOptions:
     # steering drops its packets (counted: owner_stalled) instead of moving them to a worker
     # without their flows' entries (mg_steer.h MG_STEER_STALL_NS; 0 = off, always fall back).
     stall_ms: float = 50.0
+    # Which packets steering may hand to another worker when their own worker's ring is
+    # full (mg_steer.h MG_STEER_FB_*): "new-flows" (TCP SYNs and flowless packets: no
+    # established flow moves backend), "any" (the paper's fallback: after a backend change a
+    # fallen-back packet of an established flow may reach another backend) or "never".
+    fallback: str = "new-flows"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+FALLBACK_MODES = {"any": 0, "new-flows": 1, "never": 2}  # mg_steer.h MG_STEER_FB_*
 
 
 class Pipeline:
@@ -229,6 +237,8 @@ class Pipeline:
             raise ConfigError([f"steer_cost: {opts.steer_cost} must be >= 0"])
         if not 0 <= opts.stall_ms <= 60_000:
             raise ConfigError([f"stall_ms: {opts.stall_ms} must be 0..60000"])
+        if opts.fallback not in FALLBACK_MODES:
+            raise ConfigError([f"--fallback: {opts.fallback!r} must be one of {', '.join(FALLBACK_MODES)}"])
         _check_folders(self.config.instance.name)
         # steering's flow -> worker map: fixed for the run, recorded in every table it makes
         self.plan = plan_cpus(opts.workers, self.cpus)  # where each actor runs (actor_defs)
@@ -345,6 +355,7 @@ class Pipeline:
                 "maglev.actors.steering:Steering",
                 {**common, "nic": str(self.nic_spec) if self.nic_spec.kind == "gen" else o.nic, "seed": o.seed,
                  "reta": list(self.dispatch.reta or b""), "stall_ns": round(o.stall_ms * 1e6),
+                 "fallback": FALLBACK_MODES[o.fallback],
                  **spin("steering")},
                 cpus=plan["steering"],
                 stop_group=0,

@@ -420,3 +420,101 @@ def test_an_idle_worker_whose_ring_one_burst_fills_is_not_stalled(small_region):
     assert stats[lib.MG_SS_OWNER_STALLED] == 8 and region.rx(1).count() == 8
     report = region.account(held={"test": [int(out[0])]})
     assert report.ok, str(report)
+
+
+# ----------------------------------------------------------------------------- which packets may fall back
+
+def _to_worker0(make, n_workers: int = 2) -> bytes:
+    """The first packet ``make(sport)`` gives that steering sends to worker 0."""
+    h, fl = ffi.new("uint64_t *"), ffi.new("uint16_t *")
+    for sport in range(40000, 41000):
+        pkt = make(sport)
+        if lib.mg_steer_hash(pkt, len(pkt), K0, K1, n_workers, h, fl) == 0:
+            return pkt
+    raise AssertionError("no source port of 1000 hashes to worker 0")
+
+
+def _packets() -> dict[str, bytes]:
+    from maglev.testing import packets as P
+
+    c4, c6, v4, v6 = "198.51.100.7", "2001:db8:c::7", "203.0.113.10", "2001:db8:100::10"
+
+    def seg4(flags: int):
+        return lambda sp: P.eth(P.ipv4(c4, v4, P.TCP, P.tcp(sp, 80, src=c4, dst=v4, flags=flags)))
+
+    def seg6(flags: int):
+        return lambda sp: P.eth(P.ipv6(c6, v6, P.TCP, P.tcp(sp, 443, src=c6, dst=v6, flags=flags)))
+
+    return {
+        "syn4": _to_worker0(seg4(0x02)),
+        "syn6": _to_worker0(seg6(0x02)),
+        "ack4": _to_worker0(seg4(0x10)),
+        "data6": _to_worker0(seg6(0x18)),
+        "synack4": _to_worker0(seg4(0x12)),
+        "fin4": _to_worker0(seg4(0x11)),
+        "udp4": _to_worker0(lambda sp: P.eth(P.ipv4(c4, v4, P.UDP, P.udp(sp, 53, b"q", src=c4, dst=v4)))),
+        "junk": b"\x00" * 60,  # no flow: the parser rejects it (spread round-robin)
+    }
+
+
+@pytest.mark.parametrize(("mode", "moved"), [
+    ("MG_STEER_FB_ANY", {"syn4", "syn6", "ack4", "data6", "synack4", "fin4", "udp4"}),
+    ("MG_STEER_FB_NEW_FLOWS", {"syn4", "syn6"}),
+    ("MG_STEER_FB_NEVER", set()),
+])
+def test_only_the_packets_the_fallback_policy_allows_leave_their_full_ring(small_region, mode, moved):
+    """Worker 0's ring is full and nobody consumes it (the stall rule off, so no packet is
+    dropped for that).  A packet whose flow may have an entry in worker 0's connection
+    table must not go to worker 1, which would pick the backend by the *current* Maglev
+    table (after a backend change: another backend, a TCP reset).  With NEW_FLOWS only a
+    TCP SYN (no worker has an entry for it yet) falls back; every other packet of a flow
+    waits in the hand, in order, and reaches worker 0 once it consumes.  Before
+    2026-12-07 (session 9) every packet fell back (the ANY row: the paper's rule, still
+    the C default)."""
+    region = small_region
+    st = ffi.new("struct mg_steer *")
+    check(lib.mg_steer_init(st, region.base, SLOT_STEERING, K0, K1), "init")
+    check(lib.mg_steer_set_stall_ns(st, 0), "stall rule off")
+    check(lib.mg_steer_set_fallback(st, getattr(lib, mode)), "fallback")
+    assert lib.mg_steer_set_fallback(st, 3) == -22
+    pkts = _packets()
+    cnt = ffi.new("uint32_t *")
+    pool = region.pool_ptr
+
+    def receive(frames: list[bytes], fresh: int = 1) -> int:
+        got = check(lib.mg_steer_take(st, region.base, len(frames)), "take")
+        assert got == len(frames)
+        descs = lib.mg_hand_descs(region.base, SLOT_STEERING, cnt)
+        for i, pkt in enumerate(frames):
+            idx = int(descs[i]) & 0xFFFFFFFF
+            meta = ffi.cast("struct mg_frame_meta *", pool + idx * lib.MG_FRAME_SIZE)
+            meta.data_off, meta.len, meta.wire_len, meta.flags = lib.MG_FRAME_HEADROOM, len(pkt), len(pkt), 0
+            ffi.memmove(pool + idx * lib.MG_FRAME_SIZE + lib.MG_FRAME_META_SIZE + lib.MG_FRAME_HEADROOM, pkt, len(pkt))
+        return check(lib.mg_steer_dispatch(st, region.base, len(frames), fresh), "dispatch")
+
+    def frame(desc: int) -> bytes:
+        at = pool + (int(desc) & 0xFFFFFFFF) * lib.MG_FRAME_SIZE
+        meta = ffi.cast("struct mg_frame_meta *", at)
+        return bytes(ffi.buffer(at + lib.MG_FRAME_META_SIZE + meta.data_off, meta.len))
+
+    ring = 64  # small_region's ring size
+    assert receive([pkts["ack4"]] * ring) == 0 and region.rx(0).count() == ring  # worker 0's ring: full
+    names = [n for n in pkts if n != "junk"] + ["junk"]
+    kept = receive([pkts[n] for n in names])
+    stats = region.stats(SLOT_STEERING)
+    flows = [n for n in names if n != "junk"]
+    assert kept == len(flows) - len(moved)
+    # what moved went to worker 1, counted -- the junk frame too (round-robin picked worker
+    # 0 for it, whose ring is full; it belongs to no flow, a worker counts its drop)
+    on1 = region.rx(1).snapshot()
+    assert len(on1) == len(moved) + 1 and stats[lib.MG_SS_FALLBACK] == len(moved) + 1
+    assert [n for d in on1 for n in names if pkts[n] == frame(d)] == [n for n in names if n in moved or n == "junk"]
+    assert stats[lib.MG_SS_BACKPRESSURE] == (1 if kept else 0)
+    # worker 0 consumes everything: what waited follows its ring's packets, in order
+    out = ffi.new("uint64_t[]", ring)
+    assert region.rx(0).dequeue(out, ring) == ring
+    assert check(lib.mg_steer_dispatch(st, region.base, kept, 0), "retry") == 0
+    assert [n for d in region.rx(0).snapshot() for n in flows if pkts[n] == frame(d)] == \
+        [n for n in flows if n not in moved]
+    report = region.account(held={"test": [int(d) for d in ffi.unpack(out, ring)]})
+    assert report.ok, str(report)

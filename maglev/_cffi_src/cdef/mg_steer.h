@@ -2,6 +2,9 @@
 #define MG_STEER_RETA 256
 #define MG_STEER_STUCK_NS ...
 #define MG_STEER_STALL_NS ...
+#define MG_STEER_FB_ANY 0
+#define MG_STEER_FB_NEW_FLOWS 1
+#define MG_STEER_FB_NEVER 2
 #define MG_SS_RX_BYTES 1
 #define MG_SS_DISPATCHED 2
 #define MG_SS_FALLBACK 3
@@ -63,3 +66,4 @@ int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh);
 int mg_steer_set_reta(struct mg_steer *s, const uint8_t *reta, uint32_t n);
 int mg_steer_set_stuck_ns(struct mg_steer *s, uint64_t ns);
 int mg_steer_set_stall_ns(struct mg_steer *s, uint64_t ns);
+int mg_steer_set_fallback(struct mg_steer *s, uint32_t mode);

@@ -21,7 +21,10 @@
  * against its flow's earlier packets).  Otherwise it stays in the hand (backpressure: no
  * new frames are taken until it is placed), counted once per turn.  The half-free rule
  * keeps fallback for what it is for -- one slow or restarting worker -- and stops a
- * uniformly saturated pipeline from spraying every flow over every worker.  Packets the parser rejects are spread
+ * uniformly saturated pipeline from spraying every flow over every worker.  Which packets
+ * may fall back at all is a policy (MG_STEER_FB_*, below): `maglev run` lets only TCP SYNs
+ * (and packets of no flow) leave their worker, so no established flow changes backend.
+ * Packets the parser rejects are spread
  * round-robin: the worker counts the drop with its reason.
  *
  * Spare frames (a worker's reserve).  A DF-clear IPv4 packet that does not fit the path MTU
@@ -148,6 +151,21 @@
  * frozen worker; its packets are dropped (MG_SS_OWNER_STALLED), never moved to another
  * worker.  0 = off (the fallback rule alone, as before 2026-12-07). */
 #define MG_STEER_STALL_NS 50000000ull
+/* What may fall back to another worker when its own worker's ring is full
+ * (mg_steer_set_fallback).  The worker a packet falls back to has no connection entry for
+ * its flow and picks the backend by the *current* Maglev table, so a packet of an
+ * established flow moves to another backend if the VIP's table changed since the flow
+ * began (a TCP reset) -- with every policy but ANY such packets wait in the hand instead
+ * (back pressure, order kept) and are dropped as owner_stalled only once the owner is
+ * dead or frozen (the stall rule above).
+ *   ANY        every packet (the paper's fallback; the default of mg_steer_init)
+ *   NEW_FLOWS  only the first packet of a TCP connection (SYN without ACK, not a
+ *              fragment) and packets that belong to no flow (unparsable, bad metadata):
+ *              no worker has an entry for them.  The default of `maglev run`.
+ *   NEVER      only packets that belong to no flow */
+#define MG_STEER_FB_ANY 0
+#define MG_STEER_FB_NEW_FLOWS 1
+#define MG_STEER_FB_NEVER 2
 
 struct mg_steer {
     uint64_t k0, k1;     /* flow-hash secret */
@@ -165,6 +183,7 @@ struct mg_steer {
     uint8_t reta[MG_STEER_RETA]; /* flow -> worker indirection table (like a NIC's RSS RETA) */
     uint64_t stuck_ns;   /* weighted map: fall back only from a ring not consumed for this long */
     uint64_t stall_ns;   /* drop (never move) a full ring's packets once not consumed this long */
+    uint32_t fb_mode;    /* MG_STEER_FB_*: which packets may fall back (mg_steer_set_fallback) */
     uint32_t rx_id[MG_MAX_WORKERS];
     uint32_t ret_id[MG_MAX_WORKERS];
     uint32_t spare_id[MG_MAX_WORKERS];
@@ -230,6 +249,9 @@ int mg_steer_set_reta(struct mg_steer *s, const uint8_t *reta, uint32_t n);
 int mg_steer_set_stuck_ns(struct mg_steer *s, uint64_t ns);
 /* The stall time (default MG_STEER_STALL_NS, 0 = off; PipelineOptions.stall_ms). 0 or -EINVAL. */
 int mg_steer_set_stall_ns(struct mg_steer *s, uint64_t ns);
+/* Which packets may fall back (MG_STEER_FB_*; mg_steer_init sets ANY; PipelineOptions.
+ * fallback, `maglev run --fallback`). 0 or -EINVAL. */
+int mg_steer_set_fallback(struct mg_steer *s, uint32_t mode);
 int mg_steer_set_shed(struct mg_steer *s, struct mg_shed *sh);
 
 int mg_mux_init(struct mg_mux *m, void *base, uint32_t slot);

@@ -435,6 +435,29 @@ int mg_steer_set_stall_ns(struct mg_steer *s, uint64_t ns)
     return 0;
 }
 
+int mg_steer_set_fallback(struct mg_steer *s, uint32_t mode)
+{
+    if (!s || mode > MG_STEER_FB_NEVER)
+        return -EINVAL;
+    s->fb_mode = mode;
+    return 0;
+}
+
+/* May this packet (of a flow: it parsed) fall back to another worker than its own
+ * (MG_STEER_FB_*)?  Only when a ring is full, so the second parse costs nothing in the
+ * common case.  A packet the full parser rejects belongs to no flow: a worker drops it. */
+static int may_move(const struct mg_steer *s, const uint8_t *pkt, uint32_t len)
+{
+    if (s->fb_mode == MG_STEER_FB_ANY)
+        return 1;
+    if (s->fb_mode != MG_STEER_FB_NEW_FLOWS)
+        return 0;
+    struct mg_parsed p;
+    if (mg_parse(pkt, len, &p) != MG_OK)
+        return 1;
+    return p.proto == 6 && !(p.frag & MG_PF_FRAGMENT) && (p.tcp_flags & 0x12) == 0x02;
+}
+
 /* How long (ns, at `now`) has worker w had packets waiting on its rx ring without
  * consuming any?  Each dispatch with packets reads the clock once (the same read stamps
  * MG_SS_LAST_RX_NS) and notes, per worker, the time its ring was last seen empty or its
@@ -522,6 +545,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
         uint32_t idx = (uint32_t)descs[j];
         struct mg_frame_meta *m = mg_frame_meta(pool, idx);
         uint32_t w;
+        int flowless = 0; /* no flow: may go to any worker (may_move) */
         if (MG_UNLIKELY(m->data_off > MG_FRAME_SIZE - MG_FRAME_META_SIZE ||
                         m->len > MG_FRAME_SIZE - MG_FRAME_META_SIZE - m->data_off)) {
             /* Bad metadata from a NIC: let a worker count it (bad_frame). */
@@ -529,6 +553,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
             m->acct = 0;
             m->flags &= (uint16_t)~MG_FRAME_F_HASHED;
             w = s->rr++ % s->n_workers;
+            flowless = 1;
         } else {
             uint64_t h;
             uint16_t fl;
@@ -550,6 +575,7 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
             if (r < 0) {
                 w = s->rr++ % s->n_workers;
                 unparsed++;
+                flowless = 1;
             } else {
                 w = s->reta_on ? s->reta[h >> 56] : (uint32_t)r;
                 frags += (fl & MG_FRAME_F_FRAGMENT) != 0;
@@ -582,7 +608,10 @@ int mg_steer_dispatch(struct mg_steer *s, void *base, uint32_t filled, int fresh
                 stalled++;
                 continue;
             }
-            if (s->room[alt] < s->fallback_min || (s->reta_on && (!idle || idle < s->stuck_ns))) {
+            if (s->room[alt] < s->fallback_min || (s->reta_on && (!idle || idle < s->stuck_ns)) ||
+                (!flowless && !may_move(s, mg_frame_data(pool, idx), m->len))) {
+                /* No room worth spraying into, or a packet whose flow may have an entry
+                 * only its own worker holds: it waits in the hand (order kept). */
                 s->dest[j] = MG_HAND_KEEP;
                 blocked = 1;
                 continue;
