@@ -264,6 +264,27 @@ protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
         except OSError:
             return 0
 
+    def bird_gr_restarts_by_a_new_connection(self) -> int:
+        """Sessions BIRD restarted itself because a new TCP connection from us arrived
+        while it was Established with graceful restart negotiated.  BIRD does that on the
+        bare TCP connection, before any OPEN (RFC 4724 4.2 read as "a new connection is a
+        restart"): its log says "Neighbor graceful restart detected", then in the same
+        breath "Incoming connection from ... accepted".  A crossed dial does it: both
+        sides dial after a restart, BIRD goes Established on its own connection and only
+        then accepts ours from its backlog.  That is one session more in BIRD's count
+        with no flap (BIRD keeps the routes).  The same words after "Connection closed"
+        or "lost" are the ordinary graceful restart of a session that ended, not counted."""
+        try:
+            lines = [ln for ln in (self.tmp / "bird.log").read_text().splitlines() if " maglev: " in ln]
+        except OSError:
+            return 0
+        n = 0
+        for i, line in enumerate(lines):
+            if "Neighbor graceful restart detected" in line:
+                # Between them BIRD logs at most "State changed to start" and "BGP session closed".
+                n += any("Incoming connection from" in ln for ln in lines[i + 1:i + 4])
+        return n
+
     def bird_notifications_in(self) -> int:
         """NOTIFICATIONs BIRD received from us (its log's "Received: ..." lines)."""
         try:

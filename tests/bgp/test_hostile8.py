@@ -851,7 +851,13 @@ def test_bird_keeps_the_vip_across_a_sigkill_and_a_late_reannouncement(bird_lab)
     # connection, when both sides dialled at once, is no reset).
     p = sp2.state()["peers"][0]
     assert p["established"] == 1 and p["notifications_in"] == 0 and p["state"] == "Established", p
-    assert lab.bird_sessions() == 2
+    # BIRD's count has one legitimate extra: both sides dial after the restart, and when
+    # BIRD went Established on its own connection before it accepted our crossed one, it
+    # restarts the graceful-restart session on that bare connection (routes kept: the
+    # kernel watches above saw no gap).  The same class as the stale-session test in
+    # test_hostile.py (seen there in CI: BIRD 3 sessions to our 2).
+    gr_restarts = lab.bird_gr_restarts_by_a_new_connection()
+    assert lab.bird_sessions() == 2 + gr_restarts and gr_restarts <= 1, (lab.bird_sessions(), gr_restarts)
 
 
 def test_peer_dribbling_one_message_forever_meets_the_hold_timer(bgp_errors):
