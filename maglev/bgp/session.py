@@ -69,6 +69,8 @@ class Speaker(Protocol):
 
     def _emit(self, event: dict[str, Any]) -> None: ...
 
+    def accept_pending(self) -> bool: ...
+
 log = logging.getLogger("maglev.bgp")
 
 OPEN_HOLD_S = 240.0  # RFC 4271 8.2.2: HoldTimer "large value" while waiting for OPEN
@@ -78,6 +80,10 @@ SEND_TIMEOUT_S = 15.0  # a peer that reads nothing for this long (or the hold ti
 # connection to be answered with a RST when the peer no longer has that connection.
 NEWCOMER_OPEN_S = 5.0
 PROBE_WAIT_S = 1.0
+# Before a dial, a connection already complete in our listening socket's accept queue
+# (the peer dialled first) gets this long to be accepted and handed over (a few turns of
+# the event loop; a connection from a non-peer costs the dial no more than this).
+ACCEPT_PENDING_WAIT_S = 0.2
 # A collision the second connection wins by the identifiers while the first is in
 # OpenConfirm: how long we wait for the peer's own verdict (it closes one of the two, or
 # its KEEPALIVE arrives on one) before following the identifiers alone.  Under load a
@@ -664,6 +670,16 @@ class Session:
             conn = await self._incoming.get()
             return conn
         while True:
+            if self._incoming.empty() and self.speaker.accept_pending():
+                # The peer's connection may be complete in the kernel, not yet accepted (the
+                # peer dialled while we started or waited).  Dialling now crosses it, and a
+                # router with graceful restart that went Established on its own connection
+                # takes our late one for a restart of ours: it restarts the session and,
+                # with a restart already pending, flushes the routes it kept for us (BIRD;
+                # seen 2026-12-07: the VIP left its kernel while our successor came up).
+                if (conn := await self._wait_incoming(ACCEPT_PENDING_WAIT_S)) is not None:
+                    self._set_state(State.ACTIVE, "incoming connection")
+                    return conn
             if not self._incoming.empty():  # the peer's connection is already here: no dial
                 self._set_state(State.ACTIVE, "incoming connection")
                 return self._incoming.get_nowait()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import select
 import time
 from collections.abc import Callable
 from typing import Any
@@ -247,6 +248,18 @@ class Speaker:
                 s.start()
         log.warning("bgp: [bgp] changed: %s", ", ".join(f"{k} {v}" for k, v in out.items() if k != "changed" and v) or "settings only")
         return out
+
+    def accept_pending(self) -> bool:
+        """A connection waits in the kernel's accept queue of one of our listening sockets
+        (complete, not yet handed to a session: the event loop accepts it at its next
+        turn).  A session about to dial asks first (see Session._acquire)."""
+        if self._server is None:
+            return False
+        fds = [s.fileno() for s in self._server.sockets]
+        try:
+            return bool(fds) and bool(select.select(fds, [], [], 0)[0])
+        except (OSError, ValueError):  # closed meanwhile: nothing to wait for
+            return False
 
     @property
     def listen_addresses(self) -> list[tuple[str, int]]:

@@ -126,6 +126,27 @@ class BgpLab:
         self.files.append(f)
         return f
 
+    def diagnosis(self) -> list[tuple[str, str]]:
+        """What a failure needs to be understood, as report sections: every log's tail
+        (the speakers', BIRD's -- with its packets when MAGLEV_TEST_BIRD_PACKETS=1 --,
+        GoBGP's), the routers' view now, and where the whole logs stay."""
+        out = [("bgp lab dir", f"{self.tmp} (pytest keeps it; MAGLEV_TEST_BIRD_PACKETS=1 puts BIRD's packets in bird.log)")]
+        for name in ("bird.log", "bird.stderr", "gobgpd.log", *(sp.log_path.name for sp in self.speakers)):
+            try:
+                lines = (self.tmp / name).read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            if lines:
+                out.append((f"{name}, last {min(len(lines), 80)} of {len(lines)} lines", "\n".join(lines[-80:])))
+        try:
+            if self.bird_proc is not None and self.bird_proc.poll() is None:
+                out.append(("birdc show protocols all maglev", self.birdc("show", "protocols", "all", "maglev").stdout))
+            if self.gobgp_proc is not None and self.gobgp_proc.poll() is None:
+                out.append(("gobgp neighbor", self.gobgp("neighbor").stdout))
+        except (OSError, subprocess.SubprocessError) as exc:
+            out.append(("router state", f"not read: {exc}"))
+        return out
+
     def close(self) -> None:
         for f in self.files:
             f.close()
@@ -242,6 +263,27 @@ protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
             return sum(text in line for line in (self.tmp / "bird.log").read_text().splitlines())
         except OSError:
             return 0
+
+    def bird_gr_restarts_by_a_new_connection(self) -> int:
+        """Sessions BIRD restarted itself because a new TCP connection from us arrived
+        while it was Established with graceful restart negotiated.  BIRD does that on the
+        bare TCP connection, before any OPEN (RFC 4724 4.2 read as "a new connection is a
+        restart"): its log says "Neighbor graceful restart detected", then in the same
+        breath "Incoming connection from ... accepted".  A crossed dial does it: both
+        sides dial after a restart, BIRD goes Established on its own connection and only
+        then accepts ours from its backlog.  That is one session more in BIRD's count
+        with no flap (BIRD keeps the routes).  The same words after "Connection closed"
+        or "lost" are the ordinary graceful restart of a session that ended, not counted."""
+        try:
+            lines = [ln for ln in (self.tmp / "bird.log").read_text().splitlines() if " maglev: " in ln]
+        except OSError:
+            return 0
+        n = 0
+        for i, line in enumerate(lines):
+            if "Neighbor graceful restart detected" in line:
+                # Between them BIRD logs at most "State changed to start" and "BGP session closed".
+                n += any("Incoming connection from" in ln for ln in lines[i + 1:i + 4])
+        return n
 
     def bird_notifications_in(self) -> int:
         """NOTIFICATIONs BIRD received from us (its log's "Received: ..." lines)."""
@@ -379,11 +421,24 @@ def _lab(request: pytest.FixtureRequest, tmp_path: Path, binaries: tuple[str, ..
         pytest.skip(f"needs {', '.join(missing)} on PATH (apt-get install {package})")
     netns = request.getfixturevalue("netns")  # skips with the reason when not root
     lab = BgpLab(netns, tmp_path)
+    request.node._bgp_lab = lab  # for pytest_runtest_makereport: the logs of a failure
     try:
         yield lab
     finally:
         netns.close()  # processes first, so their log files can be closed after
         lab.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed BGP lab test shows its logs' tails (speaker, BIRD, GoBGP) beside the
+    assertion: a timing failure in CI is diagnosed from that report alone."""
+    outcome = yield
+    rep = outcome.get_result()
+    lab = getattr(item, "_bgp_lab", None)
+    if lab is not None and rep.failed and call.when in ("setup", "call"):
+        for title, text in lab.diagnosis():
+            rep.sections.append((title, text))
 
 
 @pytest.fixture

@@ -591,6 +591,45 @@ def test_active_peer_retries_after_connect_retry_time():
     run(go())
 
 
+def test_the_peers_connection_waiting_to_be_accepted_is_taken_not_crossed_by_a_dial():
+    """The router dialled first: its connection is complete in our listening socket's
+    accept queue when the session takes its first step (the event loop has not accepted
+    it yet).  The session takes it and dials nothing.  Before (2026-12-07, session 9) it
+    dialled at once, a second connection crossing the router's: BIRD with graceful
+    restart, Established on its own connection by the time it accepted ours, took ours
+    for a restart of the session (a restart already pending: it flushed the routes it
+    kept for us; the VIP left its kernel in test_hostile8's BIRD test)."""
+    import select
+    import socket
+
+    async def go():
+        router = socket.socket()
+        router.bind(("127.0.0.1", 0))
+        router.listen(8)
+        cfg = speaker_config(router.getsockname()[1], passive=False)
+        sp = Speaker(cfg)
+        await sp.start()  # listening; the session's task is created, it has not run yet
+        try:
+            # No await before this: the router's connect completes in the kernel (loopback)
+            # while the session still waits for its first turn.
+            sock = socket.create_connection(("127.0.0.1", cfg.listen_port), timeout=2)
+            sock.setblocking(False)
+            peer = Scripted(*await asyncio.open_connection(sock=sock))
+            await peer.handshake(64512)  # on the router's connection
+            await wait_state(sp, "Established")
+            # Nothing came to the router's own listener: no crossed dial (the retry timer is
+            # 1 s; a dial made at the start would be in the queue long before this).
+            readable, _, _ = select.select([router], [], [], 1.5)
+            assert not readable, "the session dialled the router although its connection waited to be accepted"
+            assert sp.peers_state()[0]["established"] == 1
+            await peer.close()
+        finally:
+            await sp.stop()
+            router.close()
+
+    run(go())
+
+
 # ----------------------------------------------------------------------------- lifecycle, collisions, several peers
 
 

@@ -81,7 +81,8 @@ def test_dns_query_wire_format():
 
 def test_dns_check_up_rcode_garbage_and_silence(dns):
     d = dns()
-    spec = CheckSpec("dns", "127.0.0.1", d.port, send="example.org", timeout_s=0.3)
+    # 2 s: the server is a thread of this process, slow to answer at load (see pooled()).
+    spec = CheckSpec("dns", "127.0.0.1", d.port, send="example.org", timeout_s=2.0)
     r = asyncio.run(run_check(spec))
     assert r.ok and r.detail == "DNS NOERROR, 1 answers", r
     assert d.queries[-1][12:] == b"\x07example\x03org\x00\x00\x01\x00\x01"
@@ -99,7 +100,10 @@ def test_dns_check_up_rcode_garbage_and_silence(dns):
 def pooled(tcp_port: int, http_port: int, dns_port: int) -> Config:
     """VIP 1 -> web {a: tcp [127.0.0.1, 127.0.0.2], b: http [127.0.0.3]} with backup dr
     (dns [127.0.0.4]) below 60%; VIP 2 -> a as well (the same checks: deduplicated)."""
-    tcp = {"type": "tcp", "port": tcp_port, "interval_ms": 50, "timeout_ms": 100, "rise": 1, "fall": 1}
+    # timeout 2 s, not 100 ms: the HTTP and DNS servers are threads of the test process,
+    # and at load one late answer (rise/fall 1) flipped a healthy backend to down between
+    # the wait and the assertions.  The backends meant to be down refuse at once.
+    tcp = {"type": "tcp", "port": tcp_port, "interval_ms": 50, "timeout_ms": 2000, "rise": 1, "fall": 1}
     return Config.from_dict({
         "instance": {"source_ipv4": "198.18.0.1", "allow_loopback_backends": True},
         "vip": [{"address": "203.0.113.10", "port": 80, "table_size": 101, "pool": [{"name": "web"}]},
@@ -145,7 +149,7 @@ def test_prober_drives_pool_weights_and_the_backup(servers, dns):
             return {k: r["health"] for k, r in rows().items()}
 
         want = {"127.0.0.1": "up", "127.0.0.2": "down", "127.0.0.3": "down", "127.0.0.4": "up"}
-        asyncio.run(run_for(p, 3, until=lambda: health() == want))
+        asyncio.run(run_for(p, 20, until=lambda: health() == want))
         assert health() == want
         # web is 25% healthy (< 60%): dr takes 75%, 127.0.0.1 the rest.
         r = rows()
@@ -174,7 +178,7 @@ def test_prober_drives_pool_weights_and_the_backup(servers, dns):
             assert mgr.apply(new, "test")["changed"]
             p.set_config(new)
             want = {"127.0.0.1": "up", "127.0.0.2": "up", "b1": "up", "127.0.0.4": "up"}
-            asyncio.run(run_for(p, 3, until=lambda: health() == want))
+            asyncio.run(run_for(p, 20, until=lambda: health() == want))
         finally:
             b.close()
         assert health() == want

@@ -10,6 +10,8 @@ import urllib.request
 
 import pytest
 
+from maglev.testing.wait import wait_until
+
 from .promparse import parse_prometheus
 
 pytestmark = pytest.mark.slow
@@ -30,9 +32,12 @@ def test_prometheus_endpoint_during_a_generator_run(running):
     ctype, text = scrape(running.port)
     assert ctype.startswith("text/plain; version=0.0.4")
     first = parse_prometheus(text)
-    time.sleep(1.2)
-    second = parse_prometheus(scrape(running.port)[1])
-    assert total(second, "maglev_received_packets_total") > total(first, "maglev_received_packets_total") > 0
+    assert total(first, "maglev_received_packets_total") > 0
+    # The counters move while the generator runs; when they are published (each worker's
+    # burst) is the run's business, not a fixed sleep's.
+    second = wait_until(
+        lambda: (lambda f: f if total(f, "maglev_received_packets_total") > total(first, "maglev_received_packets_total") else None)(
+            parse_prometheus(scrape(running.port)[1])), 20, "received packets growing")
     for fam in ("maglev_drops_total", "maglev_conntrack_entries", "maglev_conntrack_table_full_total",
                 "maglev_ring_occupancy_ratio", "maglev_table_entries_min", "maglev_backend_up",
                 "maglev_actor_restarts_total", "maglev_fallback_packets_total"):
@@ -211,17 +216,25 @@ def test_sampling_rate_changes_at_run_time(running):
         s = json.loads(running.ctl("stats", "--json").stdout)
         return s["tracer"]["marked"], s["totals"]["packets_in"]
 
+    def settled_off() -> tuple[int, int] | None:
+        # Steering applies a new rate at its next burst and publishes ``marked`` with its
+        # counters, both a moment later under load (a fixed 0.5 s was not always enough):
+        # "off" is proven by a window in which packets kept coming and none was marked.
+        m_a, p_a = marked_and_in()
+        time.sleep(1.0)
+        m_b, p_b = marked_and_in()
+        return (m_b, p_b) if m_b == m_a and p_b > p_a else None
+
     try:
         assert running.ctl("trace", "--sample-every", "0").returncode == 0
-        time.sleep(0.5)  # steering applies it at its next burst
-        m1, _ = marked_and_in()
-        time.sleep(1.0)
-        m2, _ = marked_and_in()
-        assert m2 == m1  # off: nothing marked
+        # Still marking at 1 in 500 (the generator's rate makes several a second) would
+        # never settle: the deadline catches a rate that was not applied.
+        m_off, _ = wait_until(settled_off, 20, "sampling off: packets in, none marked")
         assert running.ctl("trace", "--sample-every", "100").returncode == 0
-        time.sleep(0.5)
+        # On again: the window starts once the new rate is applied (marking resumed).
+        wait_until(lambda: marked_and_in()[0] > m_off, 20, "marking resumed at 1 in 100")
         m3, p3 = marked_and_in()
-        time.sleep(1.0)
+        time.sleep(1.0)  # the measuring window
         m4, p4 = marked_and_in()
         # marked (steering's counter) and packets_in (the workers' totals) are published at
         # different moments: allow 10% skew of the window, never zero
