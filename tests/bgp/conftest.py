@@ -257,13 +257,6 @@ protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
         except OSError:
             return 0
 
-    def bird_log_count(self, text: str) -> int:
-        """How many lines of BIRD's log (appended to across BIRD restarts) contain ``text``."""
-        try:
-            return sum(text in line for line in (self.tmp / "bird.log").read_text().splitlines())
-        except OSError:
-            return 0
-
     def bird_gr_restarts_by_a_new_connection(self) -> int:
         """Sessions BIRD restarted itself because a new TCP connection from us arrived
         while it was Established with graceful restart negotiated.  BIRD does that on the
