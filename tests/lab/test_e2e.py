@@ -20,6 +20,7 @@ from maglev.lab import topology as topo
 from maglev.lab.client import Capture, http_load
 from maglev.lab.nsenter import netns as in_netns
 from maglev.lab.relay import Relay
+from maglev.testing.wait import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -93,7 +94,15 @@ def test_iperf3_through_the_vip(make_lab):
     server = subprocess.Popen(["ip", "netns", "exec", be["ns"], "iperf3", "-s", "-1", "-p", "5201"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
+        # iperf3 -s -1 serves one client: no probe connection; ask the kernel (ss) until
+        # it listens, not a fixed time (a starved machine starts it late: "refused").
+        def listening() -> bool:
+            assert server.poll() is None, "iperf3 -s exited"
+            out = subprocess.run(["ip", "netns", "exec", be["ns"], "ss", "-Hltn", "sport = :5201"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            return bool(out.strip())
+
+        wait_until(listening, 20, "iperf3 -s listening on port 5201")
         r = subprocess.run(["ip", "netns", "exec", st["client"]["ns"], "iperf3", "-c", topo.VIP_V4,
                             "-p", "5201", "-t", "2", "-J"], capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr
