@@ -39,7 +39,14 @@ needs_run = pytest.mark.skipif(
 )
 
 
-def assert_spread(result, state, tolerance: float = 0.20) -> None:
+def assert_spread(result, state, tolerance: float = 0.25) -> None:
+    """Each backend's share of ``result``'s requests within ``tolerance`` (relative) of its
+    weight's share.  Each request is a new flow (a fresh client port) hashed at random:
+    with 1000 of them a 1/4 share has a standard deviation of 0.0137, so the old 20 %
+    (0.05) was 3.65 sigma: two such backends in each of the four encapsulations failed
+    about one suite run in 500.  25 % is 4.56 sigma (one run in 25 000), and still far
+    from what a weight bug gives (weights ignored: 1/3 for a 1/4 or 1/2 share, off by a
+    third or more)."""
     weights = {b["name"]: b["weight"] for b in state["backends"]}
     total = sum(weights.values())
     for name, w in weights.items():
