@@ -15,31 +15,40 @@ import pytest
 
 from maglev.lab.httpd import parse_head
 from maglev.lab.talkers import Talkers, parse_reply
+from maglev.testing.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def _start_httpd() -> tuple[subprocess.Popen, int]:
+    """The lab httpd on a free port, listening.  The port is the kernel's pick, bound by
+    the httpd a moment later: another process on this shared machine may take it in
+    between, so a start that fails with EADDRINUSE is retried on another port (3 tries)."""
+    for _ in range(3):
+        port = free_port()
+        p = subprocess.Popen([sys.executable, "-m", "maglev.lab.httpd", "--name", "beA", "--port", str(port)],
+                             cwd=REPO, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while p.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return p, port
+            except OSError:
+                if time.monotonic() > deadline:
+                    p.kill()
+                    p.communicate()
+                    raise AssertionError("httpd did not start within 20 s") from None
+                time.sleep(0.05)
+        err = p.communicate()[1]
+        if "Address already in use" not in err:
+            raise AssertionError(f"httpd exited {p.returncode}: {err[-2000:]}")
+    raise AssertionError(f"httpd found its port taken 3 times: {err[-500:]}")
 
 
 @pytest.fixture
 def httpd():
-    port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "maglev.lab.httpd", "--name", "beA", "--port", str(port)], cwd=REPO)
+    p, port = _start_httpd()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and p.poll() is None, "httpd did not start"
-                time.sleep(0.05)
         yield port
     finally:
         p.terminate()
@@ -48,6 +57,7 @@ def httpd():
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(10)
+        p.stderr.close()
 
 
 def _get(port: int, req: bytes) -> bytes:
