@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import struct
-import time
 
 import pytest
 
@@ -25,6 +24,7 @@ from maglev.lab.client import Capture, http_load
 from maglev.lab.nsenter import netns as in_netns
 from maglev.lab.relay import Relay
 from maglev.testing.packets import checksum
+from maglev.testing.wait import wait_until
 
 VIP4 = socket.inet_aton("203.0.113.10")
 VIP6 = socket.inet_pton(socket.AF_INET6, "2001:db8:f::10")
@@ -129,12 +129,20 @@ def test_backends_answer_the_client_directly(make_lab, tmp_path, encap):
     assert cap.count(f"dst host {topo.VIP_V4} and tcp dst port 80") > 0
     assert cap.count(f"src host {topo.VIP_V4} or src host {topo.VIP_V6}") == 0
     if encap in ("gre", "ipip"):
-        time.sleep(1.2)  # the agent writes its counters every second
-        total = 0
-        for b in st["backends"]:
-            stats = json.loads((lab.state_dir / f"agent-{b['name']}.json").read_text())
-            total += stats.get("decapsulated", 0)
-        assert total >= relay.forwarded * 0.99
+        # The agents write their counters every second (atomically), each on its own
+        # clock, so one read a fixed time after the load can meet a file a write behind
+        # (under load a write is late): read until they account for what the relay sent.
+        def decapsulated() -> int:
+            total = 0
+            for b in st["backends"]:
+                path = lab.state_dir / f"agent-{b['name']}.json"
+                total += json.loads(path.read_text()).get("decapsulated", 0) if path.exists() else 0
+            return total
+
+        try:
+            wait_until(lambda: decapsulated() >= relay.forwarded * 0.99, 15, "the agents' decapsulated counters")
+        except AssertionError:
+            raise AssertionError(f"agents decapsulated {decapsulated()} of the relay's {relay.forwarded}") from None
 
 
 @pytest.mark.root
@@ -150,13 +158,17 @@ def test_agent_drops_packets_not_for_its_vips(make_lab):
     finally:
         s.close()
     path = lab.state_dir / f"agent-{be['name']}.json"
-    deadline = time.monotonic() + 3
-    stats: dict = {}
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
-        stats = json.loads(path.read_text()) if path.exists() else {}
-        if stats.get("drop_not_a_vip", 0) >= 5:
-            break
+
+    def stats_now() -> dict:
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    # The agent writes its counters every second; wait for the write that has all 5 (the
+    # exact count below still catches one counted twice or a datagram decapsulated).
+    try:
+        stats = wait_until(lambda: (x := stats_now()).get("drop_not_a_vip", 0) >= 5 and x, 15,
+                           "the agent counting the 5 datagrams")
+    except AssertionError:
+        raise AssertionError(f"agent counters: {stats_now()}") from None
     assert stats.get("drop_not_a_vip") == 5 and stats.get("decapsulated", 0) == 0
     assert stats.get("received") == 5
     if os.environ.get("MAGLEV_AGENT_ENGINE", "c") == "c":

@@ -20,6 +20,7 @@ from maglev.lab import topology as topo
 from maglev.lab.client import Capture, http_load
 from maglev.lab.nsenter import netns as in_netns
 from maglev.lab.relay import Relay
+from maglev.testing.wait import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -38,7 +39,14 @@ needs_run = pytest.mark.skipif(
 )
 
 
-def assert_spread(result, state, tolerance: float = 0.20) -> None:
+def assert_spread(result, state, tolerance: float = 0.25) -> None:
+    """Each backend's share of ``result``'s requests within ``tolerance`` (relative) of its
+    weight's share.  Each request is a new flow (a fresh client port) hashed at random:
+    with 1000 of them a 1/4 share has a standard deviation of 0.0137, so the old 20 %
+    (0.05) was 3.65 sigma: two such backends in each of the four encapsulations failed
+    about one suite run in 500.  25 % is 4.56 sigma (one run in 25 000), and still far
+    from what a weight bug gives (weights ignored: 1/3 for a 1/4 or 1/2 share, off by a
+    third or more)."""
     weights = {b["name"]: b["weight"] for b in state["backends"]}
     total = sum(weights.values())
     for name, w in weights.items():
@@ -93,7 +101,15 @@ def test_iperf3_through_the_vip(make_lab):
     server = subprocess.Popen(["ip", "netns", "exec", be["ns"], "iperf3", "-s", "-1", "-p", "5201"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
+        # iperf3 -s -1 serves one client: no probe connection; ask the kernel (ss) until
+        # it listens, not a fixed time (a starved machine starts it late: "refused").
+        def listening() -> bool:
+            assert server.poll() is None, "iperf3 -s exited"
+            out = subprocess.run(["ip", "netns", "exec", be["ns"], "ss", "-Hltn", "sport = :5201"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            return bool(out.strip())
+
+        wait_until(listening, 20, "iperf3 -s listening on port 5201")
         r = subprocess.run(["ip", "netns", "exec", st["client"]["ns"], "iperf3", "-c", topo.VIP_V4,
                             "-p", "5201", "-t", "2", "-J"], capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr

@@ -19,6 +19,7 @@ from maglev.lab import topology as topo
 from maglev.lab.client import http_load
 from maglev.lab.nsenter import netns as in_netns
 from maglev.rings.conntrack_shm import remove_recorded
+from maglev.testing.wait import wait_until
 from tests.lab.lab_helpers import backend_rows, lab_config, spawn_run, write_config
 
 pytestmark = pytest.mark.root
@@ -59,6 +60,17 @@ class KeepAlive:
         self.s.close()
 
 
+def _wait_switched(ctl, reply: dict, what: str) -> None:
+    """Wait until every worker runs the generation a backend change ``reply`` published.
+    The reply says so when the workers switched within the config manager's confirm
+    timeout (2 s); on a starved machine that can pass first, and fresh flows would still
+    meet the old table: then wait for the workers' own generation, not a fixed time."""
+    if not reply["confirmed"]:
+        wait_until(lambda: all(w["tables_generation"] >= reply["generation"]
+                               for w in ctl.call("stats", {})["workers"]), 20,
+                   f"the workers running generation {reply['generation']} ({what})")
+
+
 def _run(make_lab, remove: bool) -> None:
     from maglev.control.client import ControlClient
 
@@ -83,8 +95,9 @@ def _run(make_lab, remove: bool) -> None:
         assert set(first) == {"be1", "be2", "be3"}, first
 
         with ControlClient(ep, timeout=10) as ctl:
-            ctl.call("add-backend", {"vip": VIP_KEY, "backend": {
+            reply = ctl.call("add-backend", {"vip": VIP_KEY, "backend": {
                 "address": be["be4"]["ipv4"], "name": "be4", "mac": be["be4"]["mac"], "weight": 1}})
+            _wait_switched(ctl, reply, "with be4")
             deadline = time.monotonic() + 10
             while True:
                 rows = backend_rows(ctl, VIP_KEY)
@@ -99,8 +112,8 @@ def _run(make_lab, remove: bool) -> None:
             return
 
         with ControlClient(ep, timeout=10) as ctl:
-            ctl.call("remove-backend", {"vip": VIP_KEY, "backend": "be1"})
-        time.sleep(0.5)
+            reply = ctl.call("remove-backend", {"vip": VIP_KEY, "backend": "be1"})
+            _wait_switched(ctl, reply, "without be1")
         fresh = http_load(st["client"]["ns"], topo.VIP_V4, 60, concurrency=4, deadline_s=60)
         assert fresh.ok == 60 and "be1" not in fresh.backends, fresh.to_dict()
         for c, was in zip(conns, first, strict=True):

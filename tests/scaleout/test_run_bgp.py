@@ -172,7 +172,7 @@ def test_controller_follows_health_drain_and_shutdown(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
-        listener.stop()
+        listener.stop(keep_port=False)
         sub.close()
         ctx.term()
         router.close()

@@ -22,6 +22,7 @@ from maglev.service.systemd import Notifier
 from maglev.testing import unique
 from maglev.testing.notify import NotifySocket
 from maglev.testing.packets import write_pcap
+from maglev.testing.wait import wait_until
 
 from .conftest import CLI, under_notify
 
@@ -75,6 +76,9 @@ def test_ready_only_when_every_shard_is_ready_then_reload_and_exit(tmp_path):
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as fake:
             fake.sendto(b"READY=1", sn.shards["b"].address)
         _quiet(ns, "READY", 0.3, 0)
+        # the launcher's thread reads its shards' sockets every 20 ms: wait for it to have
+        # read the forged datagram (a starved thread may not have run in those 0.3 s)
+        wait_until(lambda: sn.shards["b"].foreign == 1, 10, "the forged READY=1 counted as foreign")
         assert sn.shards["b"].foreign == 1 and not sn.shards["b"].ready
         _say(procs["b"], "READY=1;STATUS=forwarding with 1 workers")
         i = ns.wait_for("READY", "1", 5)
