@@ -17,6 +17,17 @@ from maglev.actors.supervisor import Supervisor
 
 MAGLEV = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 
+# The stall time (``PipelineOptions.stall_ms``, ``maglev run --stall-ms``) for a run whose
+# test is not about the stall judgement but demands that no packet be dropped, or none
+# under a reason other than the kills it makes.  With an unpaced input a worker's rx ring
+# is full most of the time, and a worker kept off the CPU for over the default 50 ms (a
+# loaded two-core machine: load 12+, two suites at once) is judged frozen by steering and
+# its packets are dropped as ``owner_stalled`` (1373 of 60000 once in
+# tests/control/test_run.py).  A worker that really stops still fails these tests: its
+# packets are dropped after 5 s, or the run misses its deadline.  The judgement itself has
+# its own tests with the default (tests/hostile/test_kill_flows.py, tests/actors/test_dispatch.py).
+NO_LOAD_STALL_MS = 5000.0
+
 
 def run_to_eof(workdir: Path, name: str, args: list[str], timeout: float = 120.0) -> dict:
     """``maglev run ARGS --exit-on-eof --json`` for instance ``name``, its run and state

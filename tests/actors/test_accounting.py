@@ -21,7 +21,12 @@ import pytest
 from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.native import lib
 from maglev.rings import SLOT_MUXER, SLOT_STEERING, Region, RegionError, worker_slot
-from tests.run_helpers import kill_until_replaced, pipeline_summary, poll_until_eof
+from tests.run_helpers import (
+    NO_LOAD_STALL_MS,
+    kill_until_replaced,
+    pipeline_summary,
+    poll_until_eof,
+)
 
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 KILLS = 5
@@ -36,7 +41,10 @@ def exact(s: dict) -> None:
 def test_kill_9_under_load_keeps_every_packet_accounted(victim):
     rnd = random.Random(f"{victim}-{os.getpid()}")
     # Small rings: back pressure is frequent, so a dead steering often holds packets.
-    p = Pipeline(PipelineOptions(workers=2, nic="gen:flows=1000", ring_size=256))
+    # A killed worker's full ring is what the stall judgement (50 ms) is for; with steering
+    # or the muxer killed, a stall is only the machine's load (run_helpers.NO_LOAD_STALL_MS).
+    stall_ms = 50.0 if victim.startswith("worker") else NO_LOAD_STALL_MS
+    p = Pipeline(PipelineOptions(workers=2, nic="gen:flows=1000", ring_size=256, stall_ms=stall_ms))
     try:
         p.start()
         deadline = time.monotonic() + 20
@@ -69,7 +77,9 @@ def test_kill_9_under_load_keeps_every_packet_accounted(victim):
 
 
 def test_a_clean_run_is_exact_and_has_no_restart_drops():
-    _, s = pipeline_summary(PipelineOptions(workers=3, nic="gen:packets=30000,flows=500,ipv6=0.2"))
+    # unpaced: a worker off the CPU for 50 ms would be judged frozen (run_helpers.NO_LOAD_STALL_MS)
+    _, s = pipeline_summary(PipelineOptions(workers=3, nic="gen:packets=30000,flows=500,ipv6=0.2",
+                                            stall_ms=NO_LOAD_STALL_MS))
     exact(s)
     assert s["packets_in"] == s["forwarded"] == 30000 and s["dropped"] == {}
 
@@ -151,8 +161,8 @@ def test_kill_9_while_packets_are_split_into_spare_frames_stays_exact(tmp_path, 
     _split_capture(cap, n)
     # A killed worker's full ring is what the stall judgement (50 ms) is for; with steering
     # or the muxer killed, a stall is only the machine's load (owner_stalled seen at load
-    # 12+ with two suites at once), so those runs give it 5 s.
-    stall_ms = 50.0 if victim.startswith("worker") else 5000.0
+    # 12+ with two suites at once), so those runs give it 5 s (run_helpers.NO_LOAD_STALL_MS).
+    stall_ms = 50.0 if victim.startswith("worker") else NO_LOAD_STALL_MS
     p = Pipeline(PipelineOptions(workers=2, nic=f"pcap:{cap}", ring_size=256, stall_ms=stall_ms))
     kills = 5
     try:

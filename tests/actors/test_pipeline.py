@@ -23,6 +23,7 @@ from maglev.native import ffi, lib
 from maglev.nic.gen import GenNic
 from maglev.nic.pcapfile import PcapReader, PcapWriter
 from tests.run_helpers import (
+    NO_LOAD_STALL_MS,
     kill_until_replaced,
     pipeline_summary,
     poll_until_eof,
@@ -52,7 +53,9 @@ def balanced(s: dict, slack: int = 0) -> None:
 
 
 def test_generator_run_accounts_for_every_packet():
-    p, s = pipeline_summary(PipelineOptions(workers=2, nic="gen:packets=20000,flows=500,ipv6=0.2"))
+    # unpaced: a worker off the CPU for 50 ms would be judged frozen (run_helpers.NO_LOAD_STALL_MS)
+    p, s = pipeline_summary(PipelineOptions(workers=2, nic="gen:packets=20000,flows=500,ipv6=0.2",
+                                            stall_ms=NO_LOAD_STALL_MS))
     gone(p)
     assert s["packets_in"] == 20000
     balanced(s)
@@ -99,7 +102,7 @@ def test_capture_run_gives_the_same_packets_as_replay(tmp_path, corpus_dir):
     out_run, out_replay = tmp_path / "run.pcap", tmp_path / "replay.pcap"
     r = subprocess.run(
         [*CLI, "run", "--workers", "3", "--config", str(SAMPLE_CONFIG), "--nic", f"pcap:{cap}",
-         "--out", str(out_run), "--exit-on-eof", "--json"],
+         "--out", str(out_run), "--exit-on-eof", "--json", "--stall-ms", str(NO_LOAD_STALL_MS)],
         capture_output=True, text=True, timeout=90, env=cli_env(tmp_path),
     )
     assert r.returncode == 0, r.stderr
@@ -281,7 +284,8 @@ def test_full_size_df_clear_packets_are_split_not_dropped_under_load(tmp_path, r
             pkt = P.eth(P.ipv4(client, vip, P.UDP, P.udp(1000 + i % 500, 53, body, src=client, dst=vip), df=False))
             w.write(pkt, 10**9 + i * 1000)
     out = tmp_path / "out.pcap"
-    p, s = pipeline_summary(PipelineOptions(workers=2, nic=f"pcap:{cap}", out=str(out), ring_size=ring_size), 60)
+    p, s = pipeline_summary(PipelineOptions(workers=2, nic=f"pcap:{cap}", out=str(out), ring_size=ring_size,
+                                            stall_ms=NO_LOAD_STALL_MS), 60)
     gone(p)
     assert s["packets_in"] == n
     assert s["dropped"] == {}, s["dropped"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from maglev.testing import unique
-from tests.run_helpers import run_to_eof
+from tests.run_helpers import NO_LOAD_STALL_MS, run_to_eof
 
 HIGH, LOW = "203.0.113.81", "203.0.113.82"
 
@@ -40,8 +40,11 @@ def run(shortdir: Path, ph: int, pl: int, packets: int) -> dict:
     name = unique.name(f"pri{ph}{pl}")
     cfg = shortdir / f"maglev-{ph}{pl}.toml"
     cfg.write_text(CONF.format(name=name, high=HIGH, low=LOW, ph=ph, pl=pl))
+    # the worker's ring is full most of the time: off the CPU for 50 ms it would be judged
+    # frozen and its packets dropped as owner_stalled (run_helpers.NO_LOAD_STALL_MS)
     return run_to_eof(shortdir, name, ["--workers", "1", "--ring-size", "512", "--config", str(cfg),
-                                       "--nic", f"gen:packets={packets},ipv6=0,flows=2000"], timeout=180)
+                                       "--nic", f"gen:packets={packets},ipv6=0,flows=2000",
+                                       "--stall-ms", str(NO_LOAD_STALL_MS)], timeout=180)
 
 
 @pytest.mark.slow

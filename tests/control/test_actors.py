@@ -4,7 +4,6 @@ Also the real shared-memory publisher (maglev.rings) behind the config manager."
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -18,6 +17,7 @@ from maglev.control.client import ControlClient
 from maglev.control.publisher import ThreadedPublisher
 from maglev.testing import unique
 from maglev.testing.wait import wait_until
+from tests.control.test_run_pools import Acceptor
 
 
 class LocalConfigActor(ConfigManagerActor):
@@ -73,10 +73,11 @@ def env(shortdir, monkeypatch):
 
 
 def test_prober_and_config_manager_actors(env, cfgdict):
-    up = socket.socket()
-    up.bind(("127.0.0.1", 0))
-    up.listen(8)
-    port = up.getsockname()[1]
+    # A listener that accepts: one that only listens fills its accept queue after a few
+    # probes (every 50 ms), then the SYNs are dropped and "alive" goes down ("timeout after
+    # 100 ms": seen at load 20, when "dead"'s first verdict came after that).
+    up = Acceptor("127.0.0.1", 0)
+    port = up.sock.getsockname()[1]
     d = cfgdict(0, health={"type": "tcp", "interval_ms": 50, "timeout_ms": 100, "rise": 1, "fall": 1})
     d["instance"]["name"] = "act1"
     d["instance"]["allow_loopback_backends"] = True  # health checks against this host

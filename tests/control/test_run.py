@@ -14,7 +14,7 @@ import pytest
 
 from maglev.control.client import ControlClient
 from maglev.testing import unique
-from tests.run_helpers import poll_until_eof
+from tests.run_helpers import NO_LOAD_STALL_MS, poll_until_eof
 
 VIP = "203.0.113.10:80/tcp"
 CONF = """
@@ -73,7 +73,7 @@ def test_changes_under_traffic_lose_nothing(run_env):
     # packets dropped as owner_stalled (1373 of 60000 once); that judgement has its own
     # tests (tests/hostile/test_kill_flows.py), this one is about changes losing nothing.
     p = Pipeline(PipelineOptions(workers=2, config_path=str(cfg), nic="gen:packets=60000,flows=400,ipv6=0",
-                                 out=str(out), stall_ms=5000))
+                                 out=str(out), stall_ms=NO_LOAD_STALL_MS))
     ever = set(first)
     results = []
     errors = []

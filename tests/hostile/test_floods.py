@@ -28,6 +28,7 @@ from maglev.rings.conntrack_shm import remove_recorded
 from maglev.testing import packets as P
 from maglev.testing import unique
 from tests.hostile.test_captures import CONF
+from tests.run_helpers import NO_LOAD_STALL_MS
 
 pytestmark = pytest.mark.slow
 
@@ -223,7 +224,7 @@ def test_a_flood_through_a_real_run_is_counted_to_the_packet(shortdir, kind):
              "--nic", f"pcap:{cap}", "--workers", "2", "--exit-on-eof", "--json", "-v",
              # a worker off the CPU >50 ms (load 12+) is judged frozen: owner_stalled drops
              # (seen with two suites at once); the stall judgement has its own tests
-             "--stall-ms", "5000"],
+             "--stall-ms", str(NO_LOAD_STALL_MS)],
             capture_output=True, text=True, timeout=180, env=env)  # fmt: skip
     finally:
         remove_recorded(str(shortdir / "state"))
@@ -262,7 +263,9 @@ def test_every_flood_through_afpacket_in_a_namespace_is_counted_to_the_packet(ne
     with open(out_f, "w") as out, open(log, "w") as err:
         proc = b.popen([sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--config",
                         str(conf), "--nic", "afpacket:b0", "--out", "null", "--workers", "2", "--json",
-                        "--control", control], stdout=out, stderr=err, env=env)  # fmt: skip
+                        "--control", control,
+                        # owner_stalled is not expected here: no stall judgement of the load
+                        "--stall-ms", str(NO_LOAD_STALL_MS)], stdout=out, stderr=err, env=env)  # fmt: skip
     frames = [f for kind in sorted(FLOODS) for f in FLOODS[kind](random.Random(kind))]
     random.Random(1).shuffle(frames)
     # an 802.1Q tag with nothing after it: the kernel drops it before any packet socket

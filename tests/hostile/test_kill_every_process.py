@@ -32,6 +32,7 @@ from maglev.testing import unique
 from maglev.testing.ports import free_port
 from maglev.testing.wait import wait_until
 from tests.hostile.test_accepted_config import _started, _vips
+from tests.run_helpers import NO_LOAD_STALL_MS
 from tests.scaleout.conftest import RouterThread, bgp_instance_toml
 
 pytestmark = pytest.mark.slow
@@ -216,7 +217,9 @@ def test_a_killed_supervisor_takes_its_actors_along_and_the_next_run_starts_clea
                     p.kill()
         text = r.log.read_text(errors="replace")
         assert "Traceback" not in text, text[text.find("Traceback") - 2000:][:6000]
-        r2 = Run(shortdir, conf, env, "s2")
+        # nothing is killed in this run, so no drop at all (no stall judgement of the load:
+        # run_helpers.NO_LOAD_STALL_MS)
+        r2 = Run(shortdir, conf, env, "s2", extra=("--stall-ms", str(NO_LOAD_STALL_MS)))
         try:
             wait_until(r2.healthy, 60, "the next run to be healthy")
             r2.flowing("in the next run")

@@ -22,7 +22,7 @@ from maglev.actors.pipeline import Pipeline, PipelineOptions
 from maglev.errors import PacketError
 from maglev.nic.pcapfile import PcapReader, PcapWriter
 from maglev.testing import unique
-from tests.run_helpers import kill_until_replaced, poll_until_eof
+from tests.run_helpers import NO_LOAD_STALL_MS, kill_until_replaced, poll_until_eof
 
 CLI = [sys.executable, "-c", "from maglev_cli.main import main; main()"]
 SAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "sample.toml")
@@ -113,7 +113,9 @@ def test_killed_muxer_continues_the_output_file(tmp_path):
     cap, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
     n = 60000
     _capture(cap, n)
-    p = Pipeline(PipelineOptions(workers=2, nic=f"pcap:{cap}", out=str(out), ring_size=256))
+    # the muxer is killed, not a worker: a stall is only the machine's load (run_helpers.NO_LOAD_STALL_MS)
+    p = Pipeline(PipelineOptions(workers=2, nic=f"pcap:{cap}", out=str(out), ring_size=256,
+                                 stall_ms=NO_LOAD_STALL_MS))
     kills = 3
     try:
         p.start()
@@ -147,7 +149,10 @@ def _run_summary(tmp_path: Path, cap: Path, out: str, *wrap: str) -> subprocess.
     conf.write_text(Path(SAMPLE).read_text().replace('name = "mg1"', f'name = "{unique.name("po")}"', 1))
     env = {**os.environ, "MAGLEV_STATE_DIR": str(tmp_path / "state"), "MAGLEV_RUN_DIR": str(tmp_path / "run")}
     return subprocess.run([*wrap, *CLI, "run", "--config", str(conf), "--nic", f"pcap:{cap}", "--out", out,
-                           "--exit-on-eof", "--json", "--workers", "1"],
+                           "--exit-on-eof", "--json", "--workers", "1",
+                           # every drop must be tx_error: no stall judgement of the load
+                           # (run_helpers.NO_LOAD_STALL_MS)
+                           "--stall-ms", str(NO_LOAD_STALL_MS)],
                           capture_output=True, text=True, timeout=120, env=env)
 
 
