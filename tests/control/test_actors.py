@@ -16,8 +16,8 @@ from maglev.config import dump_toml
 from maglev.control.client import ControlClient
 from maglev.control.publisher import ThreadedPublisher
 from maglev.testing import unique
+from maglev.testing.acceptor import Acceptor
 from maglev.testing.wait import wait_until
-from tests.control.test_run_pools import Acceptor
 
 
 class LocalConfigActor(ConfigManagerActor):

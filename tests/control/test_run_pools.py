@@ -6,13 +6,13 @@ backends`` shows the tree, ``whereis`` and the metrics name the pool path."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import pytest
 
 from maglev.control.client import ControlClient
 from maglev.testing import unique
+from maglev.testing.acceptor import Acceptor
 
 from .test_run import outer_dsts, run_env  # noqa: F401  (run_env is a fixture)
 
@@ -53,35 +53,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class Acceptor:
-    """A TCP listener that accepts and closes every connection, on a thread."""
-
-    def __init__(self, address: str, port: int):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((address, port))
-        self.sock.listen(64)
-        self.sock.settimeout(0.05)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import pytest
 from maglev.config import Config
 from maglev.health.checks import CheckSpec, dns_query, run_check
 from maglev.health.prober import Prober
+from maglev.testing.acceptor import Acceptor
 
 from .test_prober import prober_and_manager, run_for
 
@@ -165,10 +166,7 @@ def test_prober_drives_pool_weights_and_the_backup(servers, dns):
         assert r2["127.0.0.1"]["entries"] == 101 and r2["127.0.0.2"]["entries"] == 0
 
         # 127.0.0.2 and 127.0.0.3 come up: web is 100% healthy, the backup idles again.
-        b = socket.socket()
-        b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        b.bind(("127.0.0.2", tcp.port))
-        b.listen(8)
+        b = Acceptor("127.0.0.2", tcp.port)  # accepts: a full accept queue would look dead
         h3 = servers.http(port=0)
         try:
             d2 = config.to_dict()

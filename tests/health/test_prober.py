@@ -12,6 +12,7 @@ from typing import Any
 from maglev.config import Config
 from maglev.health.checks import Result, run_check
 from maglev.health.prober import Prober
+from maglev.testing.acceptor import Acceptor
 
 
 def cfg(ports, health, vips=1, n_backends=1):
@@ -191,7 +192,6 @@ def prober_and_manager(config: Config) -> Iterator[tuple[Prober, Any, Any, Calla
 
 def test_prober_drives_the_config_manager(servers):
     """A dead TCP backend leaves the published table; on recovery it is added back."""
-    import socket
 
     a = servers.tcp()  # backend a listens on 127.0.0.1:port; b (127.0.0.2) does not yet
     config = Config.from_dict({
@@ -208,9 +208,7 @@ def test_prober_drives_the_config_manager(servers):
         assert rows()["b"]["entries"] == 0 and rows()["a"]["entries"] == 13
         gen_down = pub.generation
 
-        b = socket.socket()
-        b.bind(("127.0.0.2", a.port))
-        b.listen(8)
+        b = Acceptor("127.0.0.2", a.port)  # accepts: a full accept queue would look dead
         try:
             asyncio.run(run_for(p, 20, until=lambda: rows()["b"]["health"] == "up"))
         finally:
