@@ -523,7 +523,12 @@ def test_a_sighup_storm_reloads_without_piling_up_or_restarting(config_run, shor
     try:
         for i in range(300):
             if i % 50 == 0:
-                path.write_text(toml_config("s8g-hup", backends=2 + i // 50))
+                # written whole, as an operator's editor or config tool does (temp + rename):
+                # a reload reading a truncated-then-written file between the two steps saw an
+                # empty one -- defaults, instance "mg1" -- and refused it, rightly (CI s9b)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(toml_config("s8g-hup", backends=2 + i // 50))
+                os.replace(tmp, path)
             os.kill(os.getpid(), signal.SIGHUP)
             loop.tick()
             sup.poll(0)
