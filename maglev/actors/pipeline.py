@@ -208,7 +208,7 @@ class PipelineOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-FALLBACK_MODES = {"any": 0, "new-flows": 1, "never": 2}  # mg_steer.h MG_STEER_FB_*
+FALLBACK_MODES = ("new-flows", "any", "never")  # mg_steer.h MG_STEER_FB_*: steering maps the name (FALLBACK)
 
 
 class Pipeline:
@@ -355,7 +355,7 @@ class Pipeline:
                 "maglev.actors.steering:Steering",
                 {**common, "nic": str(self.nic_spec) if self.nic_spec.kind == "gen" else o.nic, "seed": o.seed,
                  "reta": list(self.dispatch.reta or b""), "stall_ns": round(o.stall_ms * 1e6),
-                 "fallback": FALLBACK_MODES[o.fallback],
+                 "fallback": o.fallback,
                  **spin("steering")},
                 cpus=plan["steering"],
                 stop_group=0,

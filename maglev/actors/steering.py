@@ -138,9 +138,13 @@ class Steering(Actor):
         if not 0 <= stall_ns <= 60 * 10**9:
             raise ValueError(f"stall_ns: {stall_ns} is not within 0..60 s")
         check(lib.mg_steer_set_stall_ns(self.st, stall_ns), "steering stall time")
-        # which packets may fall back to another worker (mg_steer.h MG_STEER_FB_*); a params
+        # which packets may fall back to another worker (PipelineOptions.fallback); a params
         # dict without the key (tests that build steering by hand) keeps the paper's rule
-        check(lib.mg_steer_set_fallback(self.st, int(p.get("fallback", lib.MG_STEER_FB_ANY))), "steering fallback")
+        fallback = {"any": lib.MG_STEER_FB_ANY, "new-flows": lib.MG_STEER_FB_NEW_FLOWS,
+                    "never": lib.MG_STEER_FB_NEVER}.get(p.get("fallback", "any"))
+        if fallback is None:
+            raise ValueError(f"fallback: {p.get('fallback')!r} is not any, new-flows or never")
+        check(lib.mg_steer_set_fallback(self.st, fallback), "steering fallback")
         self.stats_block = self.region.stats(self.slot)
         self.region.set_slot_pid(self.slot)  # who serves the slot now (tools, tests)
         self._nic_drop_base = {w: int(self.stats_block[w]) for w in SS_NIC_DROPS.values()}
