@@ -73,6 +73,10 @@ def new_pipeline(opts: PipelineOptions) -> Pipeline:
         opts.nap_us = int(BENCH["nap_us"])
     if BENCH.get("fallback") is not None and hasattr(opts, "fallback"):  # (a tree from before 2026-12-07 s9: none)
         opts.fallback = str(BENCH["fallback"])
+    if BENCH.get("placement") is not None and hasattr(opts, "placement"):  # (before 2026-12-08 s10: none)
+        opts.placement = str(BENCH["placement"])
+    if BENCH.get("ring_size") is not None:
+        opts.ring_size = int(BENCH["ring_size"])
     return Pipeline(opts)
 
 
@@ -179,10 +183,10 @@ def schedstat(pid: int) -> tuple[int, int]:
         return 0, 0
 
 
-def pipeline(workers: int, seconds: float, ring_size: int = 2048, warmup: float = 1.0) -> dict:
+def pipeline(workers: int, seconds: float, warmup: float = 1.0) -> dict:
     from maglev.rings import BELL_MUXER, BELL_STEERING, worker_bell
 
-    p = new_pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN}", ring_size=ring_size))
+    p = new_pipeline(PipelineOptions(workers=workers, nic=f"gen:{GEN}"))
     try:
         p.start()
         t_end = time.monotonic() + warmup
@@ -307,7 +311,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--ring-size", type=int, default=2048, help="slots per rx/tx/ret ring")
+    ap.add_argument("--ring-size", type=int, default=None,
+                    help="slots per rx/tx/ret ring of the flood runs (default: the pipeline's)")
     ap.add_argument("--stages", action="store_true", help="also time each stage's C glue in one process")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--latency-rate", type=float, default=10000.0,
@@ -324,7 +329,11 @@ def main() -> int:
     ap.add_argument("--fallback", choices=("new-flows", "any", "never"), default=None,
                     help="which packets steering may move off a full ring (PipelineOptions.fallback; "
                          "default: the pipeline's, new-flows)")
+    ap.add_argument("--placement", choices=("apart", "spread"), default=None,
+                    help="where workers run (PipelineOptions.placement; default: the pipeline's, apart)")
     a = ap.parse_args()
+    BENCH["placement"] = a.placement
+    BENCH["ring_size"] = a.ring_size
     BENCH["steer_cost"] = a.steer_cost
     BENCH["fallback"] = a.fallback
     BENCH["nap_us"] = a.nap_us
@@ -338,7 +347,7 @@ def main() -> int:
         base = single_process(a.seconds)
         row = {"round": r + 1, "single_mpps": round(base, 3)}
         for w in ws:
-            res = pipeline(w, a.seconds, a.ring_size)
+            res = pipeline(w, a.seconds)
             row[f"pipeline{w}_mpps"] = round(res["mpps"], 3)
             row[f"pipeline{w}_ratio"] = round(res["mpps"] / base, 2) if base else 0.0
             row[f"pipeline{w}_fallback_share"] = round(res["fallback_share"], 4)
@@ -380,8 +389,11 @@ def main() -> int:
     except OSError:
         load = ()
     if a.json:
+        eff = PipelineOptions()
+        new_pipeline_opts = {"ring_size": a.ring_size or eff.ring_size,
+                             "placement": a.placement or getattr(eff, "placement", "spread")}
         print(json.dumps({"rounds": rows, "stages_ns_per_packet": stage_ns, "idle_cpu_8_workers": round(idle, 4),
-                          "loadavg": load}))
+                          "loadavg": load, "options": new_pipeline_opts}))
     else:
         print(f"idle: 8 workers + steering + muxer use {idle * 100:.2f}% of one core")
         print(f"load average during the run: {load}  (2 vCPUs shared with other work)")

@@ -88,10 +88,11 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
                  otlp_endpoint: str, burst: int, ring_size: int, frames: int, verbose: int, log_format: str,
                  control: str, metrics: str, cpus: str, stall_ms: float = 50.0,
                  idle_poll_us: int | None = None, rt_prio: int | None = None,
-                 nap_us: int | None = None, fallback: str = "new-flows") -> list[str]:
+                 nap_us: int | None = None, fallback: str = "new-flows", placement: str = "apart") -> list[str]:
     """The options of this `maglev run` that each shard's `maglev run --shard` gets too."""
     argv = ["--config", config_path, "--burst", str(burst), "--ring-size", str(ring_size),
-            "--log-format", log_format, "--stall-ms", str(stall_ms), "--fallback", fallback]
+            "--log-format", log_format, "--stall-ms", str(stall_ms), "--fallback", fallback,
+            "--placement", placement]
     for opt, v in (("--workers", workers), ("--nic", nic), ("--otlp-endpoint", otlp_endpoint),
                    ("--frames", frames), ("--control", control), ("--metrics", metrics), ("--cpus", cpus)):
         if v:
@@ -130,7 +131,11 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
 @click.option("--control", default="", help="Control socket endpoint (ipc://... or tcp://...).")
 @click.option("--burst", type=click.IntRange(1, 256), default=256, show_default=True,
               help="Packets per burst.")
-@click.option("--ring-size", type=int, default=2048, show_default=True,
+@click.option("--placement", type=click.Choice(["apart", "spread"]), default="apart", show_default=True,
+              help="Where workers run: apart (on the CPUs after the first; steering and the muxer have the "
+                   "first to themselves) or spread (also on the first once every other CPU has a worker); "
+                   "docs/actors.md.")
+@click.option("--ring-size", type=int, default=4096, show_default=True,
               help="Slots per rx/tx/ret ring (power of two).")
 @click.option("--idle-poll-us", type=click.IntRange(0, 100_000), default=None,
               help="After its last packet a data-path actor polls its rings this long before it sleeps "
@@ -164,7 +169,7 @@ def _passthrough(workers: int | None, config_path: str, nic: str | None, exit_on
 @click.option("--shard", default="", metavar="NAME",
               help="Run only this [[shard]] of the config (default: every shard, one process each).")
 def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoint, metrics, control,
-        burst, ring_size, stall_ms, fallback, frames, verbose, log_format, latency, shard, idle_poll_us, rt_prio,
+        placement, burst, ring_size, stall_ms, fallback, frames, verbose, log_format, latency, shard, idle_poll_us, rt_prio,
         nap_us) -> None:
     """Run the forwarder until Ctrl-C (or the end of a finite input).
 
@@ -197,7 +202,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
             sh.check_options(whole, given)
             base = _passthrough(workers, config_path, nic, exit_on_eof, as_json, otlp_endpoint, burst, ring_size,
                                 frames, verbose, log_format, control, metrics, cpus, stall_ms, idle_poll_us, rt_prio,
-                                nap_us, fallback)
+                                nap_us, fallback, placement)
             if latency:
                 base.append("--latency")
             sys.exit(sh.launch_all(whole, base, out or "", as_json))
@@ -245,7 +250,7 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
         workers=workers, config_path=config_path or "", nic=nic, out=out or "", cpus=cpus,
         burst=burst, ring_size=ring_size, n_frames=frames, otlp_endpoint=otlp_endpoint,
         control=control, log_level=level, latency=latency, stall_ms=stall_ms,
-        fallback=fallback,
+        fallback=fallback, placement=placement,
     )
     if idle_poll_us is not None:
         opts.idle_poll_us = idle_poll_us

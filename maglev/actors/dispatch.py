@@ -7,10 +7,11 @@ fragments) and picks a worker from the 64-bit hash.  Two maps:
   Used whenever the workers get equal CPU (one worker, all workers alone on their cores,
   or all sharing alike).
 * **weighted**: worker = ``reta[hash >> 56]``, a 256-slot indirection table like a NIC's
-  RSS RETA.  With the default placement on 2 CPUs (``plan_cpus``: steering, the muxer and
-  worker 1 on CPU 0, worker 0 alone on CPU 1) equal shares saturate CPU 0 while CPU 1
+  RSS RETA.  With the ``spread`` placement on 2 CPUs (``plan_cpus``: steering, the muxer
+  and worker 1 on CPU 0, worker 0 alone on CPU 1) equal shares saturate CPU 0 while CPU 1
   idles; the table gives a worker that shares its CPU with steering and the muxer a smaller
-  share of the flows, so both cores carry about the same load (``worker_weights``).
+  share of the flows, so both cores carry about the same load (``worker_weights``).  The
+  default placement (``apart``) runs no worker on steering's CPU, so its map is plain.
 
 The map is fixed for a run (steering builds it from its parameters, so a restarted
 steering uses the same one) and is part of what a connection table records

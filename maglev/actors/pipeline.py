@@ -172,12 +172,18 @@ class PipelineOptions:
     nic: str = "gen"
     out: str = ""
     cpus: str = ""
+    # Where workers run (placement.plan_cpus): "apart" keeps them off steering's CPU,
+    # "spread" also uses it once every other CPU has a worker.
+    placement: str = "apart"
     burst: int = 256
     n_frames: int = 0  # 0 = sized from workers and ring size
     # Slots per rx/tx/ret ring.  Deep rings let each actor do more per scheduling quantum
     # when the cores are shared (measured: 2048-4096 doubles throughput over 512 on a
-    # loaded 2-vCPU machine); the pool grows with them.
-    ring_size: int = 2048
+    # loaded 2-vCPU machine); the pool grows with them.  4096 since 2026-12-08: on the quiet
+    # 2-vCPU machine one worker forwarded 9.7-10.4 Mpps with 4096 or 8192 slots against
+    # 4.9-6.0 with 2048 (the nap under load empties a 2048-slot ring before its consumer
+    # wakes); docs/benchmarks.md, session 10.
+    ring_size: int = 4096
     otlp_endpoint: str = ""
     control: str = ""
     log_level: str = "WARNING"
@@ -241,7 +247,7 @@ class Pipeline:
             raise ConfigError([f"--fallback: {opts.fallback!r} must be one of {', '.join(FALLBACK_MODES)}"])
         _check_folders(self.config.instance.name)
         # steering's flow -> worker map: fixed for the run, recorded in every table it makes
-        self.plan = plan_cpus(opts.workers, self.cpus)  # where each actor runs (actor_defs)
+        self.plan = plan_cpus(opts.workers, self.cpus, opts.placement)  # where each actor runs (actor_defs)
         self.dispatch = dispatch_map(opts.workers, self.plan, opts.steer_cost)
         ctc = self.config.conntrack  # every worker's table must fit: a clear error, nothing started
         if ctc.shared:  # tables in /dev/shm: the ones adopted from the previous run are paid for

@@ -1,9 +1,10 @@
 """Where each actor of a run goes (CPU placement) and the idle policy that follows from it.
 
 ``plan_cpus``: steering and the muxer share the first CPU (both are light per packet and
-talk to every worker), workers go round-robin over all CPUs starting with the second; with
-one CPU everything shares it.  ``doorbell_spin`` and ``idle_params``: an actor that shares
-its CPU does not busy-poll against its neighbours.  A leaf: ``maglev.actors.pipeline`` (the
+talk to every worker); workers go round-robin over the other CPUs (``apart``, the default)
+or over all CPUs starting with the second (``spread``); with one CPU everything shares it.
+``doorbell_spin`` and ``idle_params``: an actor that shares its CPU does not busy-poll
+against its neighbours.  A leaf: ``maglev.actors.pipeline`` (the
 run) and ``maglev.actors.dispatch`` (which worker gets a flow, weighted by this placement)
 both use it, so neither has to import the other.
 """
@@ -40,14 +41,33 @@ def parse_cpus(text: str | None) -> list[int]:
     return sorted(set(out))
 
 
-def plan_cpus(n_workers: int, cpus: list[int]) -> dict[str, list[int]]:
-    """Steering and muxer on cpus[0]; workers round-robin over all CPUs starting at
-    cpus[1], so worker 0 has a core to itself and, with more workers than spare cores,
-    the next ones also use what steering and the muxer leave (measured on 2 vCPUs: two
-    workers both on cpu 1 ran at half the rate of one on each)."""
+PLACEMENTS = ("apart", "spread")  # `maglev run --placement`
+
+
+def plan_cpus(n_workers: int, cpus: list[int], placement: str = "apart") -> dict[str, list[int]]:
+    """Steering and muxer on cpus[0]; workers round-robin starting at cpus[1].
+
+    ``apart`` (the default): workers use only the CPUs after the first, so steering's CPU
+    runs steering and the muxer alone.  ``spread``: workers go round-robin over all CPUs,
+    so with more workers than spare CPUs the next ones also use what steering and the
+    muxer leave (then ``PipelineOptions.steer_cost`` can weight the flow map).
+    Measured on 2 vCPUs, 2026-12-08 (docs/benchmarks.md): with two workers, ``apart``
+    (both on CPU 1) forwarded 7.3-7.5 Mpps against 4.6-4.8 for ``spread``: a worker on
+    steering's CPU keeps steering from feeding the other worker, and all of them wait.
+    With one CPU everything shares it."""
+    if placement not in PLACEMENTS:
+        from maglev.errors import ConfigError
+
+        raise ConfigError([f"--placement: {placement!r} is not one of {', '.join(PLACEMENTS)}"])
     plan = {"steering": [cpus[0]], "muxer": [cpus[0]]}
+    if len(cpus) == 1:
+        pool = cpus
+    elif placement == "apart":
+        pool = cpus[1:]
+    else:
+        pool = cpus[1:] + cpus[:1]
     for i in range(n_workers):
-        plan[f"worker-{i}"] = [cpus[(1 + i) % len(cpus)]]
+        plan[f"worker-{i}"] = [pool[i % len(pool)]]
     return plan
 
 

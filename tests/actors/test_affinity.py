@@ -18,11 +18,18 @@ SPIN = int(lib.MG_BELL_SPIN_DEFAULT)
 
 
 def test_plan_on_two_cpus_and_who_spins():
-    plan = plan_cpus(8, [0, 1])
+    plan = plan_cpus(8, [0, 1])  # apart, the default: every worker on cpu 1
     assert plan["steering"] == plan["muxer"] == [0]
-    assert [plan[f"worker-{i}"] for i in range(8)] == [[1], [0]] * 4
-    # steering and muxer share cpu 0, and every worker shares with a sibling: nobody spins
+    assert [plan[f"worker-{i}"] for i in range(8)] == [[1]] * 8
     assert {n: doorbell_spin(plan, n) for n in plan} == dict.fromkeys(plan, 0)
+    spread = plan_cpus(8, [0, 1], "spread")
+    assert [spread[f"worker-{i}"] for i in range(8)] == [[1], [0]] * 4
+    assert plan_cpus(3, [0, 1, 2]) == {"steering": [0], "muxer": [0], "worker-0": [1], "worker-1": [2],
+                                       "worker-2": [1]}
+    assert plan_cpus(3, [0, 1, 2], "spread")["worker-2"] == [0]
+    assert plan_cpus(2, [3])["worker-1"] == [3]  # one CPU: everything shares it
+    # steering and muxer share cpu 0, and every worker shares with a sibling: nobody spins
+    assert {n: doorbell_spin(spread, n) for n in spread} == dict.fromkeys(spread, 0)
     one = plan_cpus(1, [0, 1])
     assert doorbell_spin(one, "worker-0") == SPIN  # worker 0 has cpu 1 to itself
     assert doorbell_spin(one, "steering") == doorbell_spin(one, "muxer") == 0
@@ -33,13 +40,16 @@ def test_idle_policy_follows_the_plan():
     """Adaptive idle (mg_loop.h): PAUSE alone on a CPU, sched_yield when sharing it, and no
     polling for a worker that shares its CPU with another worker."""
     pause, yld = int(lib.MG_IDLE_PAUSE), int(lib.MG_IDLE_YIELD)
-    two = plan_cpus(2, [0, 1])
+    two = plan_cpus(2, [0, 1], "spread")
     got = {n: idle_params(two, n, 200, 1, 100) for n in two}
     assert got == {"steering": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1, "nap_us": 100},
                    "muxer": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1, "nap_us": 100},
                    "worker-0": {"idle_us": 200, "idle_mode": pause, "rt_prio": 1, "nap_us": 100},  # cpu 1 alone
                    "worker-1": {"idle_us": 200, "idle_mode": yld, "rt_prio": 1, "nap_us": 100}}  # with the others
-    eight = plan_cpus(8, [0, 1])
+    apart = plan_cpus(2, [0, 1])  # both workers on cpu 1: crowded, they yield, neither polls
+    assert idle_params(apart, "worker-0", 200, 1, 100) == {"idle_us": 0, "idle_mode": yld, "rt_prio": 0,
+                                                          "nap_us": 100}
+    eight = plan_cpus(8, [0, 1], "spread")
     # crowded: no polling, no SCHED_FIFO (sched.py)
     assert all(idle_params(eight, f"worker-{i}", 200, 1)["idle_us"] == 0 for i in range(8))
     assert all(idle_params(eight, f"worker-{i}", 200, 1)["rt_prio"] == 0 for i in range(8))
@@ -47,7 +57,8 @@ def test_idle_policy_follows_the_plan():
     # the nap under load is a sleep, not a poll: crowded workers nap too
     assert all(idle_params(eight, f"worker-{i}", 200, 1, 100)["nap_us"] == 100 for i in range(8))
     assert idle_params(two, "worker-0", 0)["idle_us"] == 0  # --idle-poll-us 0: nobody polls
-    p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=100,flows=10", idle_poll_us=50, nap_us=70))
+    p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=100,flows=10", idle_poll_us=50, nap_us=70,
+                                 placement="spread"))
     try:
         p.start()
         params = {d.name: d.params for d in p.actor_defs()}

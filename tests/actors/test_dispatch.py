@@ -29,15 +29,25 @@ def test_the_c_table_size_is_the_python_one():
     assert int(lib.MG_STEER_RETA) == RETA_SIZE
 
 
+def test_apart_keeps_every_worker_off_steerings_cpu_and_the_map_plain():
+    """The default placement: no worker shares steering's CPU, so the weights are equal
+    whatever steer_cost says (nothing to make up for)."""
+    for n, cpus in ((2, [0, 1]), (8, [0, 1]), (4, [0, 1, 2])):
+        plan = plan_cpus(n, cpus)
+        assert all(plan[f"worker-{i}"] != [cpus[0]] for i in range(n))
+        assert worker_weights(plan, n, 0.7) == pytest.approx([1 / n] * n)
+        assert dispatch_map(n, plan, 0.7).reta is None
+
+
 def test_two_cpus_give_the_worker_sharing_steerings_cpu_the_smaller_share():
-    plan = plan_cpus(2, [0, 1])  # steering, muxer, worker-1 on 0; worker-0 on 1
+    plan = plan_cpus(2, [0, 1], "spread")  # steering, muxer, worker-1 on 0; worker-0 on 1
     w = worker_weights(plan, 2, 0.7)
     assert w == pytest.approx([0.85, 0.15])
     m = dispatch_map(2, plan, 0.7)
     assert m.reta is not None and len(m.reta) == RETA_SIZE
     assert m.shares() == pytest.approx([0.85, 0.15], abs=1 / RETA_SIZE)
     # 8 workers: the four on CPU 1 share its 0.85, the four on CPU 0 the 0.15
-    w8 = worker_weights(plan_cpus(8, [0, 1]), 8, 0.7)
+    w8 = worker_weights(plan_cpus(8, [0, 1], "spread"), 8, 0.7)
     assert w8[0::2] == pytest.approx([0.85 / 4] * 4) and w8[1::2] == pytest.approx([0.15 / 4] * 4)
     assert sum(w8) == pytest.approx(1.0)
 
@@ -50,14 +60,14 @@ def test_two_cpus_give_the_worker_sharing_steerings_cpu_the_smaller_share():
     (3, [0, 1, 2, 3], 0.7),  # every worker alone on its core
 ])
 def test_equal_weights_keep_the_plain_map(n, cpus, cost):
-    m = dispatch_map(n, plan_cpus(n, cpus), cost)
+    m = dispatch_map(n, plan_cpus(n, cpus, "spread"), cost)
     assert m.reta is None and m.fp == 0
     assert [m.worker_of(h) for h in (0, 1 << 32, 5 << 32, (1 << 64) - 1)] == \
         [((h >> 32) & 0xFFFFFFFF) % n for h in (0, 1 << 32, 5 << 32, (1 << 64) - 1)]
 
 
 def test_a_cpu_too_busy_for_a_worker_still_gives_it_one_slot():
-    m = dispatch_map(2, plan_cpus(2, [0, 1]), 5.0)
+    m = dispatch_map(2, plan_cpus(2, [0, 1], "spread"), 5.0)
     assert m.reta is not None and m.reta.count(1) == 1 and m.reta.count(0) == RETA_SIZE - 1
 
 
@@ -67,9 +77,9 @@ def test_the_table_apportions_every_slot_and_the_fingerprint_names_the_map():
         assert len(reta) == RETA_SIZE and set(reta) == set(range(len(weights)))
         for i, w in enumerate(weights):
             assert abs(reta.count(i) - w / sum(weights) * RETA_SIZE) <= 2
-    a = dispatch_map(2, plan_cpus(2, [0, 1]), 0.7)
-    b = dispatch_map(2, plan_cpus(2, [0, 1]), 0.5)
-    assert a.fp == dispatch_map(2, plan_cpus(2, [0, 1]), 0.7).fp != 0  # stable for the same map
+    a = dispatch_map(2, plan_cpus(2, [0, 1], "spread"), 0.7)
+    b = dispatch_map(2, plan_cpus(2, [0, 1], "spread"), 0.5)
+    assert a.fp == dispatch_map(2, plan_cpus(2, [0, 1], "spread"), 0.7).fp != 0  # stable for the same map
     assert b.fp not in (0, a.fp)
     assert DispatchMap(3, a.reta, a.weights).fp != a.fp  # the worker count is part of it
 
@@ -81,7 +91,7 @@ def region():
 
 
 def test_steering_dispatches_by_the_table_like_its_python_reference(region):
-    m = dispatch_map(3, plan_cpus(3, [0, 1]), 0.7)  # worker-1 shares CPU 0: 0.425 / 0.15 / 0.425
+    m = dispatch_map(3, plan_cpus(3, [0, 1], "spread"), 0.7)  # worker-1 shares CPU 0: 0.425 / 0.15 / 0.425
     assert m.reta is not None
     st = ffi.new("struct mg_steer *")
     check(lib.mg_steer_init(st, region.base, SLOT_STEERING, K0, K1), "init")
@@ -109,7 +119,7 @@ def test_steering_dispatches_by_the_table_like_its_python_reference(region):
 
 
 def test_every_fragment_of_a_datagram_reaches_one_worker_with_a_weighted_map(corpus_dir):
-    m = dispatch_map(4, plan_cpus(4, [0, 1]), 0.7)
+    m = dispatch_map(4, plan_cpus(4, [0, 1], "spread"), 0.7)
     assert m.reta is not None
     h = ffi.new("uint64_t *")
     fl = ffi.new("uint16_t *")
@@ -129,7 +139,7 @@ def test_a_run_with_another_map_does_not_adopt_the_tables_and_says_why():
     inst = unique.name("t")
     tag = cs.identity_tag("/nonexistent/state", "/nonexistent/cfg")
     fp = cs.key_fingerprint(K0, K1)
-    weighted = dispatch_map(2, plan_cpus(2, [0, 1]), 0.7)
+    weighted = dispatch_map(2, plan_cpus(2, [0, 1], "spread"), 0.7)
     try:
         for i in range(2):
             t = cs.open_table(cs.segment_name(inst, tag, i), cs.Wanted(4096, fp, 2, i, weighted.fp))
@@ -224,9 +234,9 @@ def test_a_run_with_a_weighted_map_gives_the_lone_worker_the_bulk_and_records_th
         pytest.skip("needs two CPUs: with one, every actor shares it and the map is plain")
     with private_run_state("mgt-dispatch-"):
         p = Pipeline(PipelineOptions(workers=2, nic="gen:packets=20000,flows=1000,rate=10000", cpus="0,1",
-                                     steer_cost=0.7, stall_ms=NO_LOAD_STALL_MS))
+                                     placement="spread", steer_cost=0.7, stall_ms=NO_LOAD_STALL_MS))
         try:
-            m = dispatch_map(2, plan_cpus(2, parse_cpus("0,1")), 0.7)
+            m = dispatch_map(2, plan_cpus(2, parse_cpus("0,1"), "spread"), 0.7)
             assert p.dispatch == m and m.fp
             defs = {d.name: d.params for d in p.actor_defs()}
             assert bytes(defs["steering"]["reta"]) == m.reta

@@ -68,7 +68,7 @@ def _policies(p: Pipeline) -> dict[str, tuple[int, int]]:
 @needs_root
 def test_data_path_runs_fifo_when_asked_and_other_by_default():
     fifo, other = os.SCHED_FIFO, os.SCHED_OTHER
-    p = Pipeline(PipelineOptions(workers=2, nic="gen:rate=1000,flows=10", rt_prio=1))
+    p = Pipeline(PipelineOptions(workers=2, nic="gen:rate=1000,flows=10", rt_prio=1, placement="spread"))
     try:
         p.start()
         got = _policies(p)
@@ -94,14 +94,15 @@ def test_crowded_workers_stay_sched_other():
     """More workers than CPUs: workers sharing a CPU with another worker do not run
     SCHED_FIFO (placement.idle_params); steering and the muxer do."""
     fifo, other = os.SCHED_FIFO, os.SCHED_OTHER
-    p = Pipeline(PipelineOptions(workers=3, nic="gen:rate=1000,flows=10", cpus="0-1", rt_prio=1))
+    p = Pipeline(PipelineOptions(workers=3, nic="gen:rate=1000,flows=10", cpus="0-1", rt_prio=1,
+                                 placement="spread"))
     try:
         p.start()
         got = _policies(p)
         p.stop()
     finally:
         p.close()
-    # plan on 2 CPUs: worker 0 and worker 2 share CPU 1; worker 1 shares CPU 0 with steering and the muxer
+    # spread on 2 CPUs: worker 0 and worker 2 share CPU 1; worker 1 shares CPU 0 with steering and the muxer
     assert got == {"steering": (fifo, 1), "muxer": (fifo, 3), "worker-0": (other, 0), "worker-1": (fifo, 2),
                    "worker-2": (other, 0)}
 
