@@ -278,12 +278,16 @@ protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}
                 n += any("Incoming connection from" in ln for ln in lines[i + 1:i + 4])
         return n
 
-    def bird_notifications_in(self) -> int:
-        """NOTIFICATIONs BIRD received from us (its log's "Received: ..." lines)."""
+    def bird_notifications_in(self, but_collisions: bool = False) -> int:
+        """NOTIFICATIONs BIRD received from us (its log's "Received: ..." lines); with
+        ``but_collisions``, not counting CEASE "Connection collision resolution" (RFC 4271
+        6.8: when both sides dial at the same moment, one of the two connections is closed
+        that way before either is Established -- no session is reset)."""
         try:
-            return (self.tmp / "bird.log").read_text().count("maglev: Received: ")
+            lines = [ln for ln in (self.tmp / "bird.log").read_text().splitlines() if "maglev: Received: " in ln]
         except OSError:
             return 0
+        return sum(1 for ln in lines if not (but_collisions and "Connection collision resolution" in ln))
 
     def birdc(self, *cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(["birdc", "-s", str(self.bird_sock), *cmd], capture_output=True, text=True, timeout=10)

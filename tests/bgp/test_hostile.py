@@ -208,7 +208,11 @@ def test_speaker_killed_and_started_again_is_exactly_one_reset(bird_lab):
     _up(lab, sp2)
     lab.wait_until(lambda: all(v in lab.bird_routes() for v in vips), 10, "all 50 VIPs back in BIRD")
     _steady(lab, sp2, 2.0)
-    assert lab.bird_sessions() == 2 and _peer(sp2)["established"] == 1 and lab.bird_notifications_in() == 0
+    # the new speaker and BIRD may dial each other at the same moment (seen in CI s10b at load
+    # 15: BIRD's connect and ours 1 ms apart): one connection then ends with a CEASE
+    # "collision" before either is Established, which resets nothing
+    assert lab.bird_sessions() == 2 and _peer(sp2)["established"] == 1
+    assert lab.bird_notifications_in(but_collisions=True) == 0
 
 
 def test_vip_churn_is_no_reset(bird_lab):

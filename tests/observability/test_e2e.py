@@ -10,7 +10,9 @@ import urllib.request
 
 import pytest
 
+from maglev.actors.pipeline import PipelineOptions
 from maglev.testing.wait import wait_until
+from maglev_cli.run import run as run_command
 
 from .promparse import parse_prometheus
 
@@ -62,6 +64,13 @@ def test_prometheus_endpoint_during_a_generator_run(running):
         assert exc.code == 404
 
 
+RUN_RING_SIZE = next(p.default for p in run_command.params if p.name == "ring_size")
+
+
+def test_maglev_run_and_the_pipeline_default_to_the_same_ring_size():
+    assert RUN_RING_SIZE == PipelineOptions().ring_size == 4096
+
+
 def test_ctl_stats_json_and_text(running):
     r = running.ctl("stats", "--json")
     assert r.returncode == 0 and r.stdout, r.stderr
@@ -73,7 +82,7 @@ def test_ctl_stats_json_and_text(running):
     assert sum(b["packets"] for b in web["backends"]) == web["packets"]
     for w in s["workers"]:
         assert w["conntrack"]["lookups"] >= w["conntrack"]["hits"] > 0
-        assert w["rx_ring"]["size"] == 2048
+        assert w["rx_ring"]["size"] == RUN_RING_SIZE  # `maglev run`'s default
     assert "restarts" in s and all(v == 0 for v in s["restarts"].values())
     text = running.ctl("stats")
     assert text.returncode == 0, text.stderr
