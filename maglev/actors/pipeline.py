@@ -359,17 +359,18 @@ class Pipeline:
                  **spin("steering")},
                 cpus=plan["steering"],
                 stop_group=0,
+                drain_after_death=True,
             )
         ]
         for i in range(o.workers):
             defs.append(
                 ActorDef(f"worker-{i}", "maglev.actors.worker:Worker", {**common, "index": i, "map_fp": self.dispatch.fp,
                                                                         **spin(f"worker-{i}")},
-                         cpus=plan[f"worker-{i}"], stop_group=1)
+                         cpus=plan[f"worker-{i}"], stop_group=1, drain_after_death=True)
             )
         defs.append(
             ActorDef("muxer", "maglev.actors.muxer:Muxer", {**common, "nic": o.nic, "out": o.out, "latency": o.latency, **spin("muxer")},
-                     cpus=plan["muxer"], stop_group=2)
+                     cpus=plan["muxer"], stop_group=2, drain_after_death=True)
         )
         for factory in EXTRA_ACTORS:
             d = factory(o, self.region_name)

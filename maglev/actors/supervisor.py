@@ -83,6 +83,10 @@ class ActorDef:
     cpus: list[int] | None = None
     stop_group: int = 0  # lower groups stop first
     restart: bool = True
+    # Its process holds packets (a data-path actor): when it dies during the stop, or is
+    # waiting for a back-off restart when the stop begins, a replacement is started to
+    # drain (ActorSpec.drain_only) before its group counts as stopped.
+    drain_after_death: bool = False
 
 
 @dataclass
@@ -104,6 +108,7 @@ class _Child:
     streak: int = 0  # deaths in a row, each incarnation up less than restart_window_s
     restart_at: float = 0.0  # monotonic: a restart delayed by the back-off is due (0: none)
     cause: str = ""  # how its last incarnation died
+    drains: int = 0  # drain-only incarnations started during this stop
 
 
 def make_run_dir(instance: str, region: str = "") -> str:
@@ -207,7 +212,7 @@ class Supervisor:
             self._spawn(c)
         self._new_standby()
 
-    def _spec(self, c: _Child) -> ActorSpec:
+    def _spec(self, c: _Child, drain_only: bool = False) -> ActorSpec:
         return ActorSpec(
             name=c.d.name,
             target=c.d.target,
@@ -220,6 +225,7 @@ class Supervisor:
             log_level=self.log_level,
             incarnation=c.incarnation,
             parent_pid=os.getpid(),
+            drain_only=drain_only,
         )
 
     def _new_standby(self) -> None:
@@ -269,8 +275,8 @@ class Supervisor:
         if sb is not None:
             self._reap(sb)
 
-    def _spawn(self, c: _Child) -> None:
-        spec = self._spec(c)
+    def _spawn(self, c: _Child, drain_only: bool = False) -> None:
+        spec = self._spec(c, drain_only)
         took = self._standby is not None
         proc = self._take_standby(spec) if c.incarnation else None
         if proc is None:
@@ -529,8 +535,16 @@ class Supervisor:
     def stop(self, reason: str = "stop") -> None:
         """Stop every actor, group by group; always returns with no child left."""
         self.stopping = True
+        pending = set()
         for c in self.children.values():
-            c.restart_at = 0.0  # a restart delayed by the back-off is not made any more
+            if c.restart_at:  # a restart delayed by the back-off is not made any more
+                pending.add(c.d.name)  # (but one that holds packets gets its drain)
+            c.restart_at = 0.0
+            # A frozen process (SIGSTOP, a debugger) acts on neither the stop message nor
+            # SIGTERM: the stop waited 7 s for it, then killed it with what waited on its
+            # rings (and a frozen muxer held up the workers' drain).  Every one, now.
+            if c.proc is not None and c.proc.poll() is None:
+                self._kill(c.proc, signal.SIGCONT)
         # The standby holds nothing (no region, no socket), and one started moments ago
         # reads its pipe only after ~1 s of imports: kill it, reap it at the end.
         standby, self._standby = self._standby, None
@@ -546,6 +560,9 @@ class Supervisor:
             for c in members:
                 c.stopping = True
                 c.stop_sent_at = time.monotonic()
+                if self._needs_drain(c, pending):
+                    self._start_drain(c)
+                    continue
                 if c.proc is not None and c.proc.poll() is None:
                     if c.hello:
                         self.send(c.d.name, "stop", reason=reason)
@@ -556,21 +573,54 @@ class Supervisor:
                             self.wake(c.d.name)
                         except Exception as exc:  # the stop message and SIGTERM still work
                             log.warning("wake failed", extra={"kv": {"actor": c.d.name, "error": exc}})
-            self._await_exit(members, self.stop_timeout_s, signal.SIGTERM)
+            self._await_exit(members, self.stop_timeout_s, signal.SIGTERM, drain=True)
         # Everyone said bye (or was killed): reap them all at once, with a deadline.
         self._await_exit([c for c in self.children.values() if c.proc is not None], 2.0, signal.SIGKILL,
                          wait_for_exit=True)
         if standby is not None:
             self._reap(standby)
 
+    # Drain-only incarnations one actor gets in one stop (each one killed in turn gets
+    # another, up to this many): bounded, so a stop always ends.
+    max_drains = 2
+
+    def _needs_drain(self, c: _Child, pending: set[str] | frozenset[str] = frozenset()) -> bool:
+        """``c`` holds packets and has no process left to drain them: it died (killed, or
+        failed; not at setup) without saying ``bye``, or its back-off restart was pending."""
+        if not (c.d.drain_after_death and c.d.restart) or c.bye or c.drains >= self.max_drains:
+            return False
+        if c.proc is None:
+            return c.d.name in pending
+        rc = c.proc.poll()  # 0: it drained and exited (its bye may still be on its way)
+        return rc is not None and rc not in (0, SETUP_FAILED_RC)
+
+    def _start_drain(self, c: _Child) -> None:
+        how = f"exit code {c.proc.returncode}" if c.proc is not None else "its restart was pending"
+        if c.proc is not None:
+            self._forget_pidfd(c.proc.pid)
+        c.drains += 1
+        c.restarts += 1
+        c.incarnation += 1
+        self.events.append((time.time(), c.d.name, f"drain after a death during the stop ({how})"))
+        log.warning("actor died during the stop; starting a replacement to drain what it held",
+                    extra={"kv": {"actor": c.d.name, "how": how}})
+        self._spawn(c, drain_only=True)
+
     def _await_exit(self, members: list[_Child], timeout_s: float, fallback: int,
-                    wait_for_exit: bool = False) -> None:
+                    wait_for_exit: bool = False, drain: bool = False) -> None:
         """Wait until every member said ``bye`` (it has drained and released its resources;
         only interpreter shutdown is left, reaped at the end of :meth:`stop` with the others
-        in parallel) or exited; SIGTERM then SIGKILL the late ones."""
+        in parallel) or exited; SIGTERM then SIGKILL the late ones.  ``drain``: a member
+        that dies first without ``bye`` gets a drain-only replacement (``_needs_drain``),
+        waited for in its turn."""
         deadline = time.monotonic() + timeout_s
         sent_fallback = False
         while True:
+            if drain:
+                for c in members:
+                    if self._needs_drain(c):
+                        self._start_drain(c)
+                        deadline, sent_fallback = time.monotonic() + timeout_s, False
             alive = [c for c in members if c.proc is not None and c.proc.poll() is None
                      and (wait_for_exit or not c.bye)]
             if not alive:
@@ -583,8 +633,13 @@ class Supervisor:
                         self._kill(c.proc)
                     for c in alive:
                         c.proc.wait(timeout=5)
+                    if drain:  # what they held is drained by a replacement, if any is left
+                        drain = any(self._needs_drain(c) for c in alive)
+                        if drain:
+                            continue
                     break
                 for c in alive:  # the mailbox may be wedged: try the signal too
+                    self._kill(c.proc, signal.SIGCONT)  # (a frozen process acts on no signal but KILL)
                     self._kill(c.proc, fallback)
                 sent_fallback = True
                 deadline = now + 2.0
