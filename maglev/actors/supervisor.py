@@ -244,6 +244,9 @@ class Supervisor:
         sb, self._standby = self._standby, None
         if sb is None or sb.poll() is not None:
             return None
+        # A frozen standby (SIGSTOP) would read the spec only when continued: the new actor
+        # was killed at the start-up timeout (15 s of a dead actor), then started cold.
+        self._kill(sb, signal.SIGCONT)
         try:
             sb.stdin.write((spec.to_json() + "\n").encode())
             sb.stdin.close()

@@ -70,6 +70,24 @@ def test_kill_9_is_restarted_within_a_second():
         sup.close()
 
 
+def test_a_frozen_standby_is_continued_and_used_for_the_restart():
+    """SIGSTOP of the standby process, then kill -9 of an actor: the standby takes the spec
+    all the same (it is sent SIGCONT first).  It used to stay frozen with the spec in its
+    pipe until the start-up timeout (15 s) killed it, and the actor then started cold."""
+    sup = Supervisor([ActorDef("victim", SLEEPER)])
+    try:
+        sup.start()
+        sup.wait_ready()
+        standby = wait_standby_ready(sup)
+        os.kill(standby, signal.SIGSTOP)
+        old = sup.pid("victim")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: sup.pid("victim") != old and (sup.alive("victim") or sup.restarts["victim"] > 1), 60, sup)
+        assert sup.pid("victim") == standby and sup.restarts == {"victim": 1}
+    finally:
+        sup.close()
+
+
 def _starts_and_deaths(sup: Supervisor, name: str) -> list[tuple[float, str]]:
     return [(t, what) for t, n, what in sup.events if n == name]
 
