@@ -315,6 +315,7 @@ class Pipeline:
                 on_message=self._on_message,
                 wake=self._wake,
                 region=self.region_name,
+                may_hold_packets=self._received_any,
             )
             # The run's accepted config, what every actor (re)start reads (never the file
             # on disk, which may be broken or not yet reloaded by then); the config manager
@@ -383,6 +384,14 @@ class Pipeline:
             self.eof = True
         if self._user_on_message is not None:
             self._user_on_message(name, msg)
+
+    def _received_any(self, _name: str) -> bool:
+        """Whether steering ever received a packet (before that no actor holds one: the
+        supervisor starts no drain replacement for an actor killed while starting up)."""
+        from maglev.native import lib
+        from maglev.rings import SLOT_STEERING
+
+        return int(self.region.stats(SLOT_STEERING)[lib.MG_SS_RX_PACKETS]) > 0
 
     def _wake(self, name: str) -> None:
         """A data-path actor sleeps on its doorbell, not its mailbox: raise the stop alert

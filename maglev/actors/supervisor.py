@@ -150,6 +150,7 @@ class Supervisor:
         on_message: Callable[[str, dict[str, Any]], None] | None = None,
         wake: Callable[[str], None] | None = None,
         region: str = "",
+        may_hold_packets: Callable[[str], bool] | None = None,
     ):
         names = [d.name for d in defs]
         if len(set(names)) != len(names):
@@ -172,6 +173,11 @@ class Supervisor:
         # something other than its mailbox (a data-path actor's futex doorbell) is woken
         # through it (the pipeline raises a doorbell alert), instead of at its next tick.
         self.wake = wake
+        # Whether actor ``name`` may hold packets now (None: assume so).  ``maglev run``
+        # says no before "go": a data-path actor killed by the stop's SIGTERM while still
+        # importing holds nothing, and a drain replacement (a cold start) only slowed the
+        # stop down.
+        self.may_hold_packets = may_hold_packets
         self.children = {d.name: _Child(d) for d in defs}
         self.events: list[tuple[float, str, str]] = []  # (time, actor, what)
         self.failed: str = ""
@@ -614,6 +620,8 @@ class Supervisor:
         """``c`` holds packets and has no process left to drain them: it died (killed, or
         failed; not at setup) without saying ``bye``, or its back-off restart was pending."""
         if not (c.d.drain_after_death and c.d.restart) or c.bye or c.drains >= self.max_drains:
+            return False
+        if self.may_hold_packets is not None and not self.may_hold_packets(c.d.name):
             return False
         if c.proc is None:
             return c.d.name in pending
