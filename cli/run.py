@@ -349,3 +349,12 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     if "pool" in s and not s["pool"]["ok"]:
         click.echo(f"maglev run: error: {s['pool']['detail']}", err=True)
         sys.exit(1)
+    # The packet identity (docs/actors.md): a packet received and then neither forwarded
+    # nor dropped under a reason is a finding, not a success (a worker killed during the
+    # stop once left its ring to nobody and the run still exited 0).
+    unaccounted = s["packets_in"] - s["forwarded"] - sum(s["dropped"].values())
+    if unaccounted:
+        click.echo(f"maglev run: error: {unaccounted} packet(s) received but neither forwarded nor dropped "
+                   f"(packets_in {s['packets_in']}, forwarded {s['forwarded']}, dropped "
+                   f"{sum(s['dropped'].values())})", err=True)
+        sys.exit(1)

@@ -76,6 +76,10 @@ class ActorSpec:
     # busy machine an actor can still be importing when its supervisor dies, and would
     # then take init for its parent and never notice.
     parent_pid: int = 0
+    # Set up, then drain and stop at once: the supervisor starts such an incarnation when
+    # the previous one died during the run's stop (docs/actors.md, "Stop"), so what it
+    # held and what waits on its rings is still processed and counted.
+    drain_only: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -462,6 +466,8 @@ class Actor:
         self._drop_caps()
         self.send("hello", incarnation=self.spec.incarnation, cpus=affinity)
         log.info("started", extra={"kv": {"cpus": affinity, "incarnation": self.spec.incarnation}})
+        if self.spec.drain_only:
+            self.request_stop("drain after a death during the stop")
         rc = 0
         try:
             self._loop()

@@ -321,6 +321,7 @@ class Pipeline:
                 on_message=self._on_message,
                 wake=self._wake,
                 region=self.region_name,
+                may_hold_packets=self._received_any,
             )
             # The run's accepted config, what every actor (re)start reads (never the file
             # on disk, which may be broken or not yet reloaded by then); the config manager
@@ -365,17 +366,18 @@ class Pipeline:
                  **spin("steering")},
                 cpus=plan["steering"],
                 stop_group=0,
+                drain_after_death=True,
             )
         ]
         for i in range(o.workers):
             defs.append(
                 ActorDef(f"worker-{i}", "maglev.actors.worker:Worker", {**common, "index": i, "map_fp": self.dispatch.fp,
                                                                         **spin(f"worker-{i}")},
-                         cpus=plan[f"worker-{i}"], stop_group=1)
+                         cpus=plan[f"worker-{i}"], stop_group=1, drain_after_death=True)
             )
         defs.append(
             ActorDef("muxer", "maglev.actors.muxer:Muxer", {**common, "nic": o.nic, "out": o.out, "latency": o.latency, **spin("muxer")},
-                     cpus=plan["muxer"], stop_group=2)
+                     cpus=plan["muxer"], stop_group=2, drain_after_death=True)
         )
         for factory in EXTRA_ACTORS:
             d = factory(o, self.region_name)
@@ -388,6 +390,14 @@ class Pipeline:
             self.eof = True
         if self._user_on_message is not None:
             self._user_on_message(name, msg)
+
+    def _received_any(self, _name: str) -> bool:
+        """Whether steering ever received a packet (before that no actor holds one: the
+        supervisor starts no drain replacement for an actor killed while starting up)."""
+        from maglev.native import lib
+        from maglev.rings import SLOT_STEERING
+
+        return int(self.region.stats(SLOT_STEERING)[lib.MG_SS_RX_PACKETS]) > 0
 
     def _wake(self, name: str) -> None:
         """A data-path actor sleeps on its doorbell, not its mailbox: raise the stop alert

@@ -70,14 +70,75 @@ def test_kill_9_is_restarted_within_a_second():
         sup.close()
 
 
-def test_crash_loop_gives_up_with_a_clear_error():
-    sup = Supervisor([ActorDef("flaky", SLEEPER, {"crash_after_s": 0})], max_restarts=2,
-                     restart_window_s=30)
+def test_a_frozen_standby_is_continued_and_used_for_the_restart():
+    """SIGSTOP of the standby process, then kill -9 of an actor: the standby takes the spec
+    all the same (it is sent SIGCONT first).  It used to stay frozen with the spec in its
+    pipe until the start-up timeout (15 s) killed it, and the actor then started cold."""
+    sup = Supervisor([ActorDef("victim", SLEEPER)])
     try:
         sup.start()
-        wait_for(lambda: sup.failed, 30, sup)
-        assert "flaky died 3 times" in sup.failed
-        assert sup.restarts == {"flaky": 2}
+        sup.wait_ready()
+        standby = wait_standby_ready(sup)
+        os.kill(standby, signal.SIGSTOP)
+        old = sup.pid("victim")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: sup.pid("victim") != old and (sup.alive("victim") or sup.restarts["victim"] > 1), 60, sup)
+        assert sup.pid("victim") == standby and sup.restarts == {"victim": 1}
+    finally:
+        sup.close()
+
+
+def _starts_and_deaths(sup: Supervisor, name: str) -> list[tuple[float, str]]:
+    return [(t, what) for t, n, what in sup.events if n == name]
+
+
+def test_a_crash_loop_is_restarted_after_a_growing_back_off_and_never_ends_the_run():
+    """An actor that dies right after every start: the first ``max_restarts`` deaths in a
+    row are restarted at once, each further one after a delay doubled each time up to the
+    cap; the supervisor never gives up (it used to fail after ``max_restarts`` deaths in
+    ``restart_window_s``: "flaky died 3 times in 30 s; giving up", and ``maglev run``
+    stopped whole after 6 ``kill -9`` of one worker in 10 s) and the bystander is
+    untouched.  A stop while a delayed restart is pending starts nothing more."""
+    sup = Supervisor([ActorDef("flaky", SLEEPER, {"crash_after_s": 0}), ActorDef("bystander", SLEEPER)],
+                     max_restarts=2, restart_window_s=30, restart_backoff_s=0.2, restart_backoff_max_s=0.8)
+    try:
+        sup.start()
+        bystander = None
+        wait_for(lambda: sup.restarts["flaky"] >= 7, 90, sup)
+        assert not sup.failed, sup.failed
+        bystander = sup.pid("bystander")
+        assert sup.restarts["bystander"] == 0
+        ev = _starts_and_deaths(sup, "flaky")
+        delays = [float(w.split()[2]) for _, w in ev if w.startswith("restart in")]
+        assert delays[:5] == [0.2, 0.4, 0.8, 0.8, 0.8], ev
+        # each delayed restart started no earlier than its delay after the death
+        for i, (t, w) in enumerate(ev):
+            if w.startswith("restart in"):
+                started = next(t2 for t2, w2 in ev[i:] if w2.startswith("started pid"))
+                assert started - t >= float(w.split()[2]) - 0.01, ev
+        # the first max_restarts (2) deaths in a row are restarted at once: the first delay
+        # follows the third death
+        kinds = [w.split()[0] for _, w in ev if not w.startswith("ready")]
+        assert kinds[:7] == ["started", "died", "started", "died", "started", "died", "restart"], ev
+        wait_for(lambda: sup.children["flaky"].restart_at > 0, 30, sup)  # a delayed restart pending
+        n = sup.restarts["flaky"]
+        sup.stop()
+        assert sup.restarts["flaky"] == n and sup.pid("flaky") is None
+        assert sup.pid("bystander") == bystander
+    finally:
+        sup.close()
+
+
+def test_an_actor_that_stayed_up_the_window_restarts_at_once_every_time():
+    """Deaths of incarnations that each lived longer than ``restart_window_s`` are not a
+    crash loop: every restart is immediate, whatever their number."""
+    sup = Supervisor([ActorDef("flaky", SLEEPER, {"crash_after_s": 0.4})], max_restarts=1,
+                     restart_window_s=0.3, restart_backoff_s=5, restart_backoff_max_s=5)
+    try:
+        sup.start()
+        wait_for(lambda: sup.restarts["flaky"] >= 4, 90, sup)
+        assert not any(w.startswith("restart in") for _, w in _starts_and_deaths(sup, "flaky"))
+        assert not sup.failed
     finally:
         sup.close()
 

@@ -205,7 +205,64 @@ def ttl_one(rnd: random.Random) -> list[bytes]:
     return out
 
 
+def extreme(rnd: random.Random) -> list[bytes]:
+    """Session 10: chains of 100 IPv6 extension headers (destination options, hop-by-hop
+    repeated, a fragment header in the middle, 100 fragment headers), IPv4 fragments past
+    offset 65535 and of zero length, ICMP errors quoting an ICMP error, a fragment or a
+    100-header chain, random bytes behind IPv4/IPv6 ethertypes, every IHL with random
+    options, IPIP/GRE/IPv6-in-IPv4 with garbage inside.  Passed on the code of the day
+    (every packet a counted drop, no restart); kept so the parser's bounds stay tested."""
+    out = []
+    body = bytes(range(256)) * 6
+    chain = b"".join(P.ext(P.DSTOPTS) for _ in range(99))
+    for i in range(3000):
+        c4, c6 = _c4(i), _c6(i)
+        seg6 = P.tcp(1024 + i, 80, b"x" * 20, src=c6, dst=VIP6)
+        k = i % 12
+        if k == 0:
+            out.append(P.eth(P.ipv6(c6, VIP6, P.DSTOPTS, chain + P.ext(P.TCP) + seg6)))
+        elif k == 1:
+            hop = b"".join(P.ext(P.HOPOPTS) for _ in range(99))
+            out.append(P.eth(P.ipv6(c6, VIP6, P.HOPOPTS, hop + P.ext(P.TCP) + seg6)))
+        elif k == 2:
+            pl = chain[:49 * 8] + P.ext(P.FRAGMENT) + P.frag6(P.DSTOPTS, i, 8 * (i % 5), more=True) + chain[:49 * 8] \
+                + P.ext(P.TCP) + seg6
+            out.append(P.eth(P.ipv6(c6, VIP6, P.DSTOPTS, pl)))
+        elif k == 3:
+            pl = b"".join(P.frag6(P.FRAGMENT, i, 0, more=True) for _ in range(99)) + P.frag6(P.TCP, i, 0) + seg6
+            out.append(P.eth(P.ipv6(c6, VIP6, P.FRAGMENT, pl)))
+        elif k == 4:
+            out.append(P.eth(P.ipv4(c4, VIP4, P.TCP, body[:1400], df=False, mf=rnd.random() < 0.5,
+                                    frag_offset=8 * 8190, ident=i)))
+        elif k == 5:
+            out.append(P.eth(P.ipv4(c4, VIP4, P.UDP, b"", df=False, mf=True, frag_offset=8 * (i % 100), ident=i)))
+        elif k == 6:
+            inner = P.ipv4(VIP4, c4, P.TCP, P.tcp(80, 1024 + i, src=VIP4, dst=c4))
+            inner2 = P.ipv4(c4, "198.18.200.1", P.ICMP, P.icmp4(3, 4, b"\0\0\x05\xdc", inner))
+            out.append(P.eth(P.ipv4("198.18.200.1", VIP4, P.ICMP, P.icmp4(3, 4, b"\0\0\x05\xdc", inner2))))
+        elif k == 7:
+            inner6 = P.ipv6(VIP6, c6, P.DSTOPTS, chain + P.ext(P.TCP) + P.tcp(80, 1024 + i, src=VIP6, dst=c6))
+            out.append(P.eth(P.ipv6("2001:db8:ff::1", VIP6, P.ICMPV6, P.icmp6(
+                2, 0, b"\0\0\x05\x00", inner6[:1200], src="2001:db8:ff::1", dst=VIP6))))
+        elif k == 8:
+            inner = P.ipv4(VIP4, c4, P.TCP, P.tcp(80, 1024 + i, src=VIP4, dst=c4)[:8], df=False, mf=True,
+                           frag_offset=8 * (i % 3))
+            out.append(P.eth(P.ipv4("198.18.200.1", VIP4, P.ICMP, P.icmp4(3, 4, b"\0\0\x05\xdc", inner))))
+        elif k == 9:
+            out.append(P.eth(rnd.randbytes(rnd.randrange(0, 200)), ethertype=rnd.choice([P.ETH_IPV4, P.ETH_IPV6])))
+        elif k == 10:
+            f = bytearray(P.eth(P.ipv4(c4, VIP4, P.TCP, P.tcp(1024 + i, 80, src=c4, dst=VIP4),
+                                       options=rnd.randbytes(40))))
+            f[14] = 0x40 | (i % 16)
+            out.append(bytes(f))
+        else:
+            out.append(P.eth(P.ipv4(c4, VIP4, rnd.choice([P.IPIP, P.GRE, P.IPV6_IN]),
+                                    rnd.randbytes(rnd.randrange(0, 120)))))
+    return out
+
+
 FLOODS: dict[str, Callable[[random.Random], list[bytes]]] = {
+    "extreme": extreme,
     "syn": syn_flood, "fragments": fragment_floods, "icmp-errors": icmp_errors, "tiny": tiny_frames,
     "vlan": vlan_tags, "ipv6-chains": ipv6_chains, "not-for-us": not_for_us, "ttl": ttl_one,
 }

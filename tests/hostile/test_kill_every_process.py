@@ -178,8 +178,9 @@ def test_every_process_killed_twice_in_a_row_and_during_reloads_balances(shortdi
 @pytest.mark.parametrize("actor", ["steering", "worker-0", "muxer"])
 def test_a_kill_during_the_stops_drain_still_balances(shortdir, actor):
     """SIGTERM to the run, then kill -9 of a data-path actor while the ordered stop drains
-    (nobody replaces it now): what it held and what waits on its rings must still be
-    counted, and the pool whole."""
+    (no restart now, only a drain-only replacement since 2026-12-08,
+    tests/actors/test_stop_deaths.py): what it held and what waits on its rings must still
+    be counted, and the pool whole."""
     with lab(shortdir) as (conf, env):
         r = Run(shortdir, conf, env, "d")
         try:
