@@ -29,6 +29,7 @@ import json
 import os
 from pathlib import Path
 
+from maglev import jsonfile
 from maglev.config import Config
 from maglev.errors import ConfigError
 
@@ -157,8 +158,8 @@ def load_state(path: str | Path) -> tuple[Config, str] | None:
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = jsonfile.loads(raw)
+    except ValueError as exc:  # also nesting too deep, a 5000-digit number (maglev/jsonfile.py)
         raise ConfigError([f"{p}: not a maglev state file: {exc}"]) from None
     if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
         raise ConfigError([f"{p}: not a maglev state file (format {STATE_FORMAT!r} expected)"])

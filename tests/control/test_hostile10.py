@@ -1,0 +1,187 @@
+"""Session 10: damaged files under the control plane, and rules that ``maglev check``, a
+reload and ``maglev run`` must apply alike (docs/operations.md, "Hostile sweep, session 10").
+
+Each test names the hole it closes; each failed on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from maglev import jsonfile
+from maglev.actors.base import Actor, ActorSpec
+from maglev.actors.bgp_speaker import bgp_config
+from maglev.config import Config, dump_toml
+from maglev.control import persist
+from maglev.control.manager import ConfigManager
+from maglev.errors import ConfigError
+from maglev.testing.tables import fallback_build_tables
+
+# What a disk, an operator or a hostile checker can leave in a JSON file maglev reads back.
+# json.loads raised RecursionError (not a ValueError) for the first two and a plain
+# ValueError, not a JSONDecodeError, for the long number.
+DAMAGED = {
+    "deep-array": b"[" * 100_000 + b"]" * 100_000,
+    "deep-in-config": b'{"format": "maglev-state-1", "config": ' + b'{"a":' * 50_000 + b"1" + b"}" * 50_001,
+    "5000-digit-number": b'{"format": "maglev-state-1", "config": {"conntrack": {"capacity": ' + b"9" * 5000 + b"}}}",
+    "not-utf8": b'{"format": "maglev-state-1", "config": {"instance": {"name": "\xff\xfe"}}}',
+    "truncated": b'{"format": "maglev-state-1", "config": {"instance": {"na',
+    "future-format": b'{"format": "maglev-state-2", "config": {}}',
+    "empty": b"",
+    "nul-bytes": b"\x00" * 64,
+}
+
+
+@pytest.mark.parametrize("raw", DAMAGED.values(), ids=DAMAGED.keys())
+def test_damaged_json_is_one_value_error(raw, tmp_path):
+    """Every reader catches ValueError (and OSError): each damage must be one of them."""
+    p = tmp_path / "f.json"
+    p.write_bytes(raw)
+    try:
+        doc = jsonfile.read(p)
+    except ValueError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) <= 200
+    else:
+        assert isinstance(doc, dict) and doc["format"] == "maglev-state-2"  # valid JSON, not ours
+
+
+@pytest.mark.parametrize("raw", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_state_file_is_set_aside_and_the_start_goes_on(raw, publisher, mkconfig, tmp_path):
+    """``maglev run`` died with a traceback at start (RecursionError, the 4300-digit
+    ValueError) when the state file held deep nesting or a long number: it is set aside
+    like any other unusable state file and the start goes on from the operator's file."""
+    from maglev.control.tables import TABLES_AREA_MIN, tables_area
+
+    src = tmp_path / "maglev.toml"
+    src.write_text(dump_toml(mkconfig(3)))
+    state = tmp_path / "state" / "state.json"
+    state.parent.mkdir()
+    state.write_bytes(raw)
+    with pytest.raises(ConfigError) as info:
+        persist.load_state(state)
+    assert all("\n" not in p for p in info.value.problems)
+    assert tables_area(1000, str(state)) == TABLES_AREA_MIN  # `maglev run` sizes its tables first
+    mgr = ConfigManager.open(publisher, source_path=src, state_path=state, build_tables=fallback_build_tables)
+    assert not mgr.resumed and mgr.config == mkconfig(3)
+    assert state.with_name("state.json.invalid").read_bytes() == raw  # kept for the operator
+    assert persist.load_state(state)[0] == mgr.config
+
+
+def test_a_second_unusable_state_file_does_not_replace_the_first(publisher, mkconfig, tmp_path):
+    """Each unusable state file was moved to ``state.json.invalid``, replacing the one an
+    earlier start had set aside (perhaps the accepted config to recover by hand)."""
+    src = tmp_path / "maglev.toml"
+    src.write_text(dump_toml(mkconfig(3)))
+    state = tmp_path / "state.json"
+    kept = []
+    for i in range(12):
+        raw = f'{{"format": "maglev-state-1", "config": {{"x{i}": 1}}}}'.encode()
+        kept.append(raw)
+        state.write_bytes(raw)
+        ConfigManager.open(publisher, source_path=src, state_path=state, build_tables=fallback_build_tables)
+    names = ["state.json.invalid", *(f"state.json.invalid.{i}" for i in range(1, 10))]
+    assert sorted(p.name for p in tmp_path.glob("state.json.invalid*")) == sorted(names)
+    for name, raw in zip(names[:9], kept, strict=False):
+        assert (tmp_path / name).read_bytes() == raw  # the first nine, each in its own file
+    assert (tmp_path / names[9]).read_bytes() == kept[-1]  # then the last one is reused (bounded)
+
+
+def test_damaged_drained_file_counts_as_drained(monkeypatch, tmp_path):
+    """The drained state (read when a run starts) raised RecursionError on deep nesting."""
+    from maglev.control import instance
+
+    monkeypatch.setenv("MAGLEV_STATE_DIR", str(tmp_path))
+    path = instance.drain_path("t1")
+    path.parent.mkdir(parents=True)
+    for raw in (DAMAGED["deep-array"], b'{"format": "maglev-drain-1", "drained": ' + b"9" * 5000 + b"}"):
+        path.write_bytes(raw)
+        drained, why = instance.load_drained("t1")
+        assert drained and why.startswith(f"{path}: damaged (") and "\n" not in why
+
+
+def test_run_folder_records_survive_damage(tmp_path):
+    """The run folder's records (owner, supervisor view, packet traces, AF_XDP hand-off,
+    shed counts) read as missing, never as an exception, whatever they hold."""
+    from maglev.actors.leftovers import OWNER_FILE, read_owner
+    from maglev.nic.afxdp import handoff_path, read_handoff
+    from maglev.observability.metrics import SUPERVISOR_VIEW, read_supervisor_view
+    from maglev.rings.shed_file import read_shed, shed_path
+    from maglev.telemetry.packets import TRACES_FILE, read_traces
+
+    files = [tmp_path / OWNER_FILE, tmp_path / SUPERVISOR_VIEW, tmp_path / TRACES_FILE,
+             handoff_path(tmp_path, "eth0"), Path(shed_path(tmp_path))]
+    for raw in (*(r for k, r in DAMAGED.items() if k != "future-format"), b"[1, 2]"):
+        for f in files:
+            f.write_bytes(raw)
+        assert read_owner(tmp_path) is None
+        assert read_supervisor_view(tmp_path) is None
+        assert read_traces(tmp_path) == ([1, 2] if raw == b"[1, 2]" else [])
+        assert read_handoff(tmp_path, "eth0") is None
+        assert read_shed(tmp_path) == {}
+
+
+# -- an actor restarted while the run folder's config.json is damaged -----------------------
+
+
+def _run_folder(tmp_path: Path) -> tuple[Path, Config, Config]:
+    """A run folder as `maglev run` leaves it: the start config and a later accepted one."""
+    run = tmp_path / "run"
+    run.mkdir()
+    start = Config.from_dict({"instance": {"name": "t1", "flow_hash_secret": "1" * 32, "source_ipv4": "198.18.0.1"},
+                              "conntrack": {"capacity": 4096},
+                              "bgp": {"local_asn": 65001, "router_id": "198.18.0.1",
+                                      "peer": [{"address": "127.0.0.1", "asn": 65002}]},
+                              "vip": [{"address": "203.0.113.10", "backend": [{"address": "198.18.1.1"}]}]})
+    accepted = Config.from_dict({**start.to_dict(), "vip": [{"address": "203.0.113.11",
+                                                             "backend": [{"address": "198.18.1.2"}]}]})
+    (run / persist.RUN_START_CONFIG).write_bytes(persist.encode_state(start.to_dict()))
+    (run / persist.RUN_CONFIG).write_bytes(persist.encode_state(accepted.to_dict()))
+    return run, start, accepted
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "deep", "deleted"])
+def test_a_restarted_data_path_actor_survives_a_damaged_run_config(damage, tmp_path, caplog):
+    """A worker or steering restarted (after a kill -9) while the run folder's config.json
+    was truncated failed its start, and the supervisor stopped the whole run ("steering
+    failed to start: ConfigError: .../config.json: not a maglev state file").  What they
+    read -- the flow hash secret, [conntrack], the instance name -- is the start's in any
+    case: they start on config-start.json, with an error in the log."""
+    run, start, accepted = _run_folder(tmp_path)
+    actor = Actor(ActorSpec("worker-0", "x:Y", str(run), instance="t1", incarnation=1,
+                            params={"config": str(tmp_path / "operator-file-is-broken.toml")}))
+    whole = actor.accepted_config()
+    assert whole.vips == accepted.vips and whole.flow_hash_key == start.flow_hash_key
+    cfg = run / persist.RUN_CONFIG
+    if damage == "deleted":
+        cfg.unlink()
+    else:
+        cfg.write_bytes({"truncated": cfg.read_bytes()[:40], "garbage": b"\x00garbage",
+                         "deep": DAMAGED["deep-array"]}[damage])
+    with caplog.at_level(logging.ERROR, logger="maglev.actor"):
+        got = actor.accepted_config()
+    assert got == start
+    assert (got.flow_hash_key, got.conntrack, got.instance.name) == \
+        (whole.flow_hash_key, whole.conntrack, whole.instance.name)
+    assert any("the run's accepted config is not usable" in r.getMessage() for r in caplog.records)
+    # the BGP speaker's (re)start too (a reload keeps raising: the speaker keeps its [bgp])
+    params = {"config_file": str(tmp_path / "operator-file-is-broken.toml")}
+    assert bgp_config(params, str(run), at_start=True) == start.bgp
+    if damage != "deleted":
+        with pytest.raises(ConfigError):
+            bgp_config(params, str(run))
+    # both files damaged: a clear ConfigError, never the operator's (broken) file
+    (run / persist.RUN_START_CONFIG).write_bytes(b"{")
+    if damage != "deleted":
+        with pytest.raises(ConfigError, match="not a maglev state file"):
+            actor.accepted_config()
+
+
+def test_jsonfile_keeps_the_json_decode_error_text(tmp_path):
+    """The state file's error names the position, as before (docs/control-protocol.md)."""
+    p = tmp_path / "s.json"
+    p.write_text("[vip]\n")
+    with pytest.raises(ConfigError, match=r"not a maglev state file: Expecting value: line 1 column 2"):
+        persist.load_state(p)
