@@ -48,6 +48,7 @@ from maglev.config_rules import (
     MAX_TABLE_SLOTS,
     MAX_VIPS,
     address_problem,
+    ipc_path_problem,
     shape_problem,
     show,
     show_key,
@@ -75,8 +76,6 @@ _DNS_NAME_RE = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-
                           r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")
 # AS_TRANS (RFC 6793): stands in for a 4-octet AS toward old speakers, never a real AS.
 AS_TRANS = 23456
-# A Unix socket path (sun_path) holds 107 bytes and a NUL.
-_IPC_PATH_MAX = 107
 _TCP_ENDPOINT_RE = re.compile(r"(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.:-]+):(\*|[0-9]{1,5})")
 _SCALARS = frozenset({str, int, bool, float})
 _LOOPBACK = frozenset({"loopback"})
@@ -1316,8 +1315,8 @@ class _Parser:
             ep = getattr(c, key)
             if ep and not ep.startswith(("ipc://", "tcp://")):
                 self.err(f"{p}.{key}", f"{show(ep)} must start with ipc:// or tcp://")
-            elif ep.startswith("ipc://") and not 0 < len(ep[6:].encode()) <= _IPC_PATH_MAX:
-                self.err(f"{p}.{key}", f"{show(ep)}: an ipc:// path must be 1-{_IPC_PATH_MAX} bytes (a Unix socket path)")
+            elif ep.startswith("ipc://") and (why := ipc_path_problem(ep[6:])):
+                self.err(f"{p}.{key}", f"{show(ep)}: {why}")
             elif ep.startswith("tcp://") and not _TCP_ENDPOINT_RE.fullmatch(ep[6:]):
                 self.err(f"{p}.{key}", f"{show(ep)} must be tcp://HOST:PORT (port 0-65535 or *)")
             elif ep.startswith("tcp://") and not (c.server_secret_key_file and c.authorized_keys_file):

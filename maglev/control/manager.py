@@ -456,6 +456,9 @@ class ConfigManager:
                 new.instance.flow_hash_secret != self.config.instance.flow_hash_secret:
             log.warning("%s changes [conntrack] or [instance] flow_hash_secret: the running data path keeps "
                         "the values it started with until maglev run starts again", op)
+        if new.control != self.config.control:
+            log.warning("%s changes [control]: the control sockets stay where they were bound until maglev run "
+                        "starts again", op)
         self.config = new
         self.counters.changes_applied += 1
         self.emit("config", {"generation": self.generation, "op": op})

@@ -17,7 +17,7 @@ from maglev.actors.bgp_speaker import bgp_config
 from maglev.config import Config, dump_toml
 from maglev.control import persist
 from maglev.control.manager import ConfigManager
-from maglev.errors import ConfigError
+from maglev.errors import ConfigError, ControlError
 from maglev.testing.tables import fallback_build_tables
 
 # What a disk, an operator or a hostile checker can leave in a JSON file maglev reads back.
@@ -177,6 +177,54 @@ def test_a_restarted_data_path_actor_survives_a_damaged_run_config(damage, tmp_p
     if damage != "deleted":
         with pytest.raises(ConfigError, match="not a maglev state file"):
             actor.accepted_config()
+
+
+# -- the control endpoint: one rule for check, reload and bind ------------------------------
+
+
+@pytest.mark.parametrize("path, why", [
+    ("/tmp/mg\x00x.sock", "control character"),
+    ("/tmp/mg\nx.sock", "control character"),
+    ("@abstract", "abstract sockets"),
+    ("", "1-107 bytes"),
+    ("/tmp/" + "x" * 103, "1-107 bytes"),
+])
+def test_check_refuses_every_control_endpoint_the_server_refuses(path, why, shortdir):
+    """``[control] endpoint = "ipc:///tmp/\\u0000x"`` passed ``maglev check`` and a reload
+    (accepted, generation moved on), then the next ``maglev run`` failed to bind it
+    ("Address already in use": the kernel read the path up to the NUL, a directory)."""
+    from maglev.control.server import ControlServer
+
+    ep = f"ipc://{path}"
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict({"control": {"endpoint": ep}})
+    assert len(info.value.problems) == 1 and why in info.value.problems[0], info.value.problems
+    assert info.value.problems[0].startswith("control.endpoint: ")
+    with pytest.raises(ControlError, match=why):
+        ControlServer(lambda r: r, ep)
+    ok = f"ipc://{shortdir}/ctl.sock"  # and a good one still binds
+    Config.from_dict({"control": {"endpoint": ok}})
+    ControlServer(lambda r: r, ok).close()
+
+
+def test_a_change_of_control_is_accepted_with_a_warning(mgr_factory, caplog):
+    """A reload or apply that changes [control] was accepted silently, and `ctl config`
+    showed an endpoint nobody listens on: the log now says it waits for a restart."""
+    mgr = mgr_factory()
+    new = Config.from_dict({**mgr.plain(mgr.config), "control": {"endpoint": "ipc:///tmp/elsewhere.sock"}})
+    with caplog.at_level(logging.WARNING, logger="maglev.control"):
+        mgr.apply(new, "reload")
+    assert any("changes [control]" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def mgr_factory(publisher, mkconfig, tmp_path):
+    def make() -> ConfigManager:
+        src = tmp_path / "maglev.toml"
+        src.write_text(dump_toml(mkconfig(3)))
+        return ConfigManager.open(publisher, source_path=src, state_path=tmp_path / "state.json",
+                                  build_tables=fallback_build_tables)
+    return make
 
 
 def test_jsonfile_keeps_the_json_decode_error_text(tmp_path):
