@@ -123,6 +123,11 @@ def test_set_sampling_keeps_the_filter_remaining_count(region):
     ({"count": 3}, "needs a filter"),
     ({"vip": WEB_VIP, "count": -1}, "count"),
     ({"sample_every": -2}, "sample rate"),
+    # NaN passed "seconds < 0 or seconds > 86400": accepted alone, and with a filter a
+    # bare ValueError from int(nan * 1e9) (session 10)
+    ({"seconds": float("nan")}, "seconds nan must be 0..86400"),
+    ({"vip": WEB_VIP, "count": 1, "seconds": float("nan")}, "seconds nan must be 0..86400"),
+    ({"vip": WEB_VIP, "count": 1, "seconds": float("inf")}, "seconds inf must be 0..86400"),
 ])
 def test_trace_request_errors(region, kw, msg):
     with pytest.raises(TraceRequestError, match=msg) as info:
