@@ -171,8 +171,11 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     A config with [[shard]] sections runs each shard as its own isolated forwarder
     (docs/operations.md, "Running shards")."""
     from maglev import shards as sh
-    from maglev.config import Config, read_document
+    from maglev.config import Config, check_rereadable, read_bytes, read_document
 
+    if config_path:
+        read_bytes(config_path)  # a file that cannot be read at all: that line first
+        check_rereadable(config_path)  # not only with root's DAC override (dropped after the start)
     if shard:
         if not config_path:
             raise click.UsageError("--shard needs --config (the file with the [[shard]] sections)")

@@ -366,6 +366,20 @@ def read_bytes(path: str | Path) -> bytes:
     return raw
 
 
+def check_rereadable(path: str | Path) -> None:
+    """ConfigError when ``path`` is readable only with root's DAC override, which ``maglev
+    run`` drops after its start although its config manager reads the file again then (at
+    its start, at every reload): ``maglev check`` and ``maglev run`` say so in one line
+    instead of the run failing later (maglev/service/privileges.py)."""
+    from maglev.service.privileges import unreadable_without_dac
+
+    why = unreadable_without_dac(path)
+    if why:
+        raise ConfigError([f"{_source(path)}: cannot read without CAP_DAC_OVERRIDE: {why} (maglev run drops "
+                           "that capability after its start and reads the file again then, and at every "
+                           "reload: make it readable by its user itself, e.g. chown or chmod u+r)"])
+
+
 SAMPLE_CONFIG = Path(__file__).resolve().parent / "data" / "sample.toml"
 
 

@@ -233,3 +233,49 @@ def test_jsonfile_keeps_the_json_decode_error_text(tmp_path):
     p.write_text("[vip]\n")
     with pytest.raises(ConfigError, match=r"not a maglev state file: Expecting value: line 1 column 2"):
         persist.load_state(p)
+
+
+# -- a config file only root's DAC override can read -----------------------------------------
+
+
+def _holds_dac() -> bool:
+    from maglev.service.privileges import cap_sets, mask
+
+    return bool(cap_sets().get("CapEff", 0) & mask(("CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH")))
+
+
+@pytest.mark.parametrize("mode, owner", [(0o000, 0), (0o600, 65534), (0o044, 0)])
+def test_check_and_run_refuse_a_file_only_the_dac_override_reads(mode, owner, shortdir):
+    """As root, ``maglev check`` said ok for a mode-0000 file (root reads anything), and
+    ``maglev run`` failed after starting its actors: its config manager reads the file after
+    the run dropped CAP_DAC_OVERRIDE ("config failed to start: ConfigError: ...: cannot
+    read: Permission denied"); started from a state file, every reload failed the same way.
+    Both now refuse it at once, in the same one line."""
+    import os
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from maglev_cli.main import cli
+
+    if not _holds_dac():
+        pytest.skip("needs CAP_DAC_OVERRIDE (root): without it the file's mode already refuses it everywhere")
+    conf = shortdir / "maglev.toml"
+    conf.write_text(dump_toml(Config.from_dict({"instance": {"name": "t10dac", "source_ipv4": "198.18.0.1"},
+                                                "vip": [{"address": "203.0.113.10",
+                                                         "backend": [{"address": "198.18.1.1"}]}]})))
+    os.chown(conf, owner, 0)
+    conf.chmod(mode)
+    line = f"maglev: error: {conf}: cannot read without CAP_DAC_OVERRIDE: Permission denied"
+    r = CliRunner().invoke(cli, ["check", str(conf)])
+    assert r.exit_code == 2 and r.stderr.startswith(line) and len(r.stderr.splitlines()) == 1, r.output
+    env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run")}
+    r = subprocess.run([sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--config",
+                        str(conf), "--workers", "1", "--nic", "gen:packets=100", "--exit-on-eof", "--json"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stderr.startswith(line) and len(r.stderr.splitlines()) == 1, r.stderr[-2000:]
+    assert not (shortdir / "state").exists()  # refused before anything was made
+    conf.chmod(0o644)  # readable by mode: both take it
+    r = CliRunner().invoke(cli, ["check", str(conf)])
+    assert r.exit_code == 0, r.output
