@@ -279,3 +279,21 @@ def test_check_and_run_refuse_a_file_only_the_dac_override_reads(mode, owner, sh
     conf.chmod(0o644)  # readable by mode: both take it
     r = CliRunner().invoke(cli, ["check", str(conf)])
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("ext", [b"\xc7\x00\x00", b"\xc7\x00\x05", b"\xc7\x00\x7f", b"\xc7\x00\x80"])
+def test_an_empty_msgpack_extension_is_malformed(ext):
+    """The unpacker's ``max_ext_len=0`` refused every extension but one of 0 bytes
+    (ext 8 with length 0: ``c7 00 <type>``): ``ExtType(5, b"")`` reached the handlers (and
+    came back in error messages as "an array"); docs/control-protocol.md says no extension
+    types."""
+    import msgpack
+
+    from maglev.control.protocol import ProtocolError, decode_request
+
+    body = msgpack.packb({"v": 1, "id": 3, "op": "set-weight",
+                          "args": {"vip": "203.0.113.10:80/tcp", "backend": "b", "weight": 1}})
+    assert body.endswith(b"\x01")
+    with pytest.raises(ProtocolError) as info:
+        decode_request(body[:-1] + ext)  # the weight: an empty extension
+    assert info.value.code == "malformed"
