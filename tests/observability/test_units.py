@@ -331,3 +331,18 @@ def test_config_manager_spans_and_health_transition_events(tmp_path):
         assert ev[0].attributes["maglev.generation"] == m.generation
     finally:
         shutdown_tracing()
+
+
+@pytest.mark.parametrize("key", ["vip", "src"])
+def test_trace_op_refuses_an_empty_filter(region, tmp_path, key):
+    """``trace {"vip": ""}`` was taken as no filter and armed an empty request (session 10)."""
+    from types import SimpleNamespace
+
+    from maglev.control.protocol import ProtocolError
+    from maglev.observability.ops import _trace
+
+    actor = SimpleNamespace(region=region, spec=SimpleNamespace(run_dir=str(tmp_path)))
+    before = request_status(region)["seq"]
+    with pytest.raises(ProtocolError, match=f"argument '{key}' must be a non-empty string"):
+        _trace(actor, {key: "", "count": 1})
+    assert request_status(region)["seq"] == before  # nothing armed
