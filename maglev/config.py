@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -335,35 +334,24 @@ def _source(path: str | Path) -> str:
     return text if text.isprintable() else repr(text)
 
 
-_FILE_KINDS = {stat.S_IFDIR: "Is a directory", stat.S_IFIFO: "a FIFO (named pipe), not a config file",
-               stat.S_IFSOCK: "a socket, not a config file", stat.S_IFCHR: "a character device, not a config file",
-               stat.S_IFBLK: "a block device, not a config file"}
-
-
 def read_bytes(path: str | Path) -> bytes:
     """The bytes of a config file, at most MAX_FILE_BYTES; ConfigError when it cannot be
     read (missing, a directory, a FIFO or a device, no permission) or is too large."""
+    from maglev import files
+
     p = _source(path)
-    what = ""
     try:
-        # O_NONBLOCK: opening a FIFO with no writer must not wait (refused just below); on a
-        # regular file it changes nothing.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISREG(mode):
-                raw = f.read(MAX_FILE_BYTES + 1)
-            else:
-                what = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        return files.read_regular(path, MAX_FILE_BYTES)
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    except files.NotRegularFile as exc:
+        what = "Is a directory" if exc.what == "a directory" else \
+            f"{exc.what}, not a config file" if exc.what else "not a regular file"
+        raise ConfigError([f"{p}: cannot read: {what}"]) from None
+    except files.FileTooLarge:
+        raise ConfigError([f"{p}: larger than {MAX_FILE_BYTES >> 20} MiB; not a maglev config"]) from None
     except ValueError:  # a NUL in the path
         raise ConfigError([f"{p}: cannot read: the path holds a NUL character"]) from None
-    if what:
-        raise ConfigError([f"{p}: cannot read: {what}"])
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError([f"{p}: larger than {MAX_FILE_BYTES >> 20} MiB; not a maglev config"])
-    return raw
 
 
 def check_rereadable(path: str | Path) -> None:

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from maglev import jsonfile
+from maglev import files
 from maglev.errors import NotRootError
 from maglev.native import check, ffi, lib
 from maglev.nic.afpacket import NicError
@@ -366,7 +366,7 @@ class AfXdpNic:
         if pub is not None:
             self._published = None
             try:
-                doc = jsonfile.read(pub)
+                doc = files.read_json(pub)
                 if isinstance(doc, dict) and doc.get("pid") == os.getpid():
                     pub.unlink()
             except (OSError, ValueError):
@@ -397,7 +397,7 @@ def handoff_path(run_dir: str | os.PathLike, iface: str) -> Path:
 def read_handoff(run_dir: str | os.PathLike, iface: str) -> dict[str, Any] | None:
     """The hand-off steering published, or None (not yet, or unreadable)."""
     try:
-        doc = jsonfile.read(handoff_path(run_dir, iface))
+        doc = files.read_json(handoff_path(run_dir, iface))
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None

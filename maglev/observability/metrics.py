@@ -53,7 +53,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from maglev import jsonfile
+from maglev import files
 from maglev.datapath.engine import DROP_NAMES
 from maglev.datapath.tables import tables_info
 from maglev.rings import forwarder_counters, trace_block
@@ -78,7 +78,7 @@ def write_supervisor_view(run_dir: str | os.PathLike, view: dict[str, Any]) -> N
 
 def read_supervisor_view(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     try:
-        view = jsonfile.read(Path(run_dir) / SUPERVISOR_VIEW)
+        view = files.read_json(Path(run_dir) / SUPERVISOR_VIEW)
     except (OSError, ValueError):
         return None
     return view if isinstance(view, dict) else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 
-from maglev import jsonfile
+from maglev import files
 
 SHED_FILE = "shed-steering.json"
 NO_VIP = "(no VIP)"  # shed packets that matched no VIP (priority 0)
@@ -29,7 +29,7 @@ def read_shed(run_dir: str | os.PathLike | None) -> dict[str, int]:
     if not run_dir:
         return {}
     try:
-        data = jsonfile.read(shed_path(run_dir))
+        data = files.read_json(shed_path(run_dir))
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):

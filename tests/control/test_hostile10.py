@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from maglev import jsonfile
+from maglev import files
 from maglev.actors.base import Actor, ActorSpec
 from maglev.actors.bgp_speaker import bgp_config
 from maglev.config import Config, dump_toml
@@ -41,7 +41,7 @@ def test_damaged_json_is_one_value_error(raw, tmp_path):
     p = tmp_path / "f.json"
     p.write_bytes(raw)
     try:
-        doc = jsonfile.read(p)
+        doc = files.read_json(p)
     except ValueError as exc:
         assert "\n" not in str(exc) and len(str(exc)) <= 200
     else:
@@ -68,6 +68,63 @@ def test_a_damaged_state_file_is_set_aside_and_the_start_goes_on(raw, publisher,
     assert not mgr.resumed and mgr.config == mkconfig(3)
     assert state.with_name("state.json.invalid").read_bytes() == raw  # kept for the operator
     assert persist.load_state(state)[0] == mgr.config
+
+
+def _special(kind: str, tmp_path: Path) -> Path:
+    """A path naming something that is not a regular file: reading it whole never ends
+    (a FIFO without writer blocks, /dev/zero never ends) or fails oddly (a directory)."""
+    import os
+
+    p = tmp_path / f"special-{kind}"
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "dev-zero":
+        p.symlink_to("/dev/zero")
+    else:
+        p.mkdir()
+    return p
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+def test_a_state_file_that_is_no_regular_file_never_hangs_the_start(kind, publisher, mkconfig, tmp_path,
+                                                                     monkeypatch):
+    """The state file was read with Path.read_bytes: a FIFO there hung ``maglev run`` at
+    start for ever (before any actor), /dev/zero ran it out of memory.  Now: not a regular
+    file, set aside, the start goes on (and the drained state counts as drained)."""
+    import os
+
+    from maglev.control import instance
+    from maglev.control.tables import TABLES_AREA_MIN, tables_area
+
+    src = tmp_path / "maglev.toml"
+    src.write_text(dump_toml(mkconfig(3)))
+    state = _special(kind, tmp_path)
+    with pytest.raises(ConfigError, match="cannot read: (a FIFO|a character device|Is a directory)"):
+        persist.load_state(state)
+    assert tables_area(1000, str(state)) == TABLES_AREA_MIN
+    mgr = ConfigManager.open(publisher, source_path=src, state_path=state, build_tables=fallback_build_tables)
+    assert not mgr.resumed and os.path.lexists(f"{state}.invalid")
+    monkeypatch.setenv("MAGLEV_STATE_DIR", str(tmp_path / "sd"))
+    d = instance.drain_path("t1")
+    d.parent.mkdir(parents=True)
+    _special(kind, d.parent).rename(d)
+    drained, why = instance.load_drained("t1")
+    assert drained and "cannot read" in why
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+def test_curve_key_files_that_are_no_regular_file_are_one_clear_error(kind, tmp_path):
+    """``[control] server_secret_key_file`` / ``authorized_keys_file`` naming a FIFO hung
+    the config manager's start (zmq.auth and read_text read it whole), /dev/zero never
+    ended.  Now ControlError, one line."""
+    from maglev.control import curve
+
+    p = _special(kind, tmp_path)
+    for load in (curve.load_keypair, curve.load_authorized_keys, curve.load_public_key):
+        with pytest.raises(ControlError) as info:
+            load(str(p))
+        assert "\n" not in str(info.value) and ("not a regular file" in str(info.value)
+                                                or "Is a directory" in str(info.value)), str(info.value)
 
 
 def test_a_second_unusable_state_file_does_not_replace_the_first(publisher, mkconfig, tmp_path):
@@ -227,7 +284,7 @@ def mgr_factory(publisher, mkconfig, tmp_path):
     return make
 
 
-def test_jsonfile_keeps_the_json_decode_error_text(tmp_path):
+def test_the_state_file_error_keeps_the_json_decode_error_text(tmp_path):
     """The state file's error names the position, as before (docs/control-protocol.md)."""
     p = tmp_path / "s.json"
     p.write_text("[vip]\n")
