@@ -438,6 +438,12 @@ class ConfigManager:
                                   f"{self.config.instance.name!r}: the name cannot change while maglev runs "
                                   "(its sockets, state and tables are named after it); restart maglev run "
                                   "to rename it"])
+        if new.shards:
+            # A reload of a file that gained [[shard]] sections, in a run that is not a shard
+            # (a shard's run reads only its own section): ops.validate refuses the same for
+            # every op; reload read the file with cfg.load and, forced, took a config of
+            # shards and no VIP, persisted it and served nothing (session 10).
+            raise invalid_config([ops.NOT_A_SHARD])
         emptied = emptying(self.config, new)
         if emptied:
             if not force:

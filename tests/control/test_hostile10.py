@@ -354,3 +354,28 @@ def test_an_empty_msgpack_extension_is_malformed(ext):
     with pytest.raises(ProtocolError) as info:
         decode_request(body[:-1] + ext)  # the weight: an empty extension
     assert info.value.code == "malformed"
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_reload_of_a_sharded_file_in_a_run_that_is_no_shard_changes_nothing(force, mgr_factory, publisher,
+                                                                               monkeypatch):
+    """``ctl apply`` of a config with [[shard]] sections was refused ("this instance is not a
+    shard"), but a reload of the same file read it with cfg.load: refused only as emptying
+    every VIP, and with --force accepted -- the run then held shards and no VIP, persisted
+    them to its state file and served nothing."""
+    from maglev.config import SHARD_ENV
+    from maglev.control.protocol import Request
+
+    monkeypatch.delenv(SHARD_ENV, raising=False)
+    mgr = mgr_factory()
+    mgr.source_path.write_text('[instance]\nname = "t1"\nsource_ipv4 = "198.18.0.1"\n'
+                               '[[shard]]\nname = "a"\n[[shard.vip]]\naddress = "203.0.113.10"\nport = 80\n'
+                               '[[shard.vip.backend]]\naddress = "198.18.1.1"\n')
+    before = (mgr.config, mgr.state_path.read_bytes(), publisher.generation)
+    r = mgr.handle(Request(op="reload", args={"force": force}, id=1))
+    assert not r.ok and r.error["code"] == "invalid-config", r.error
+    assert r.error["message"].startswith("shard: this instance is not a shard")
+    assert (mgr.config, mgr.state_path.read_bytes(), publisher.generation) == before
+    r = mgr.handle(Request(op="replace-config", args={"config": Config.from_dict(
+        __import__("tomllib").loads(mgr.source_path.read_text())).to_dict(), "force": True}, id=2))
+    assert not r.ok and r.error["message"] == mgr.handle(Request(op="reload", args={}, id=3)).error["message"]
