@@ -47,6 +47,7 @@ def check(config_path: str, shard: str, as_json: bool) -> None:
             configs = [conf.shard_config(s.name) for s in conf.shards] if conf.shards else [conf]
         for c in configs:
             _tables(c)
+            cfgmod.check_key_files(c)  # as the config manager loads them (tcp:// control)
     except ConfigError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "file": config_path, "problems": exc.problems}))

@@ -379,3 +379,56 @@ def test_a_reload_of_a_sharded_file_in_a_run_that_is_no_shard_changes_nothing(fo
     r = mgr.handle(Request(op="replace-config", args={"config": Config.from_dict(
         __import__("tomllib").loads(mgr.source_path.read_text())).to_dict(), "force": True}, id=2))
     assert not r.ok and r.error["message"] == mgr.handle(Request(op="reload", args={}, id=3)).error["message"]
+
+
+def test_check_and_run_load_the_curve_key_files_as_the_config_manager_does(shortdir):
+    """A tcp:// control endpoint whose key files are missing, not keys, or readable only
+    with the DAC override passed ``maglev check``; ``maglev run`` then failed after its
+    actors started ("config failed to start: ControlError: cannot read CURVE key pair")."""
+    import os
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from maglev.control import curve
+    from maglev_cli.main import cli
+
+    _, sec = curve.generate(shortdir, "server")
+    client_pub = curve.load_keypair(curve.generate(shortdir, "ops")[1]).public.decode()
+    allow = shortdir / "authorized_keys"
+    allow.write_text(f"{client_pub} ops\n")
+    conf = shortdir / "maglev.toml"
+
+    def write(secret: str, authorized: str) -> None:
+        conf.write_text(dump_toml(Config.from_dict({
+            "instance": {"name": "t10keys", "source_ipv4": "198.18.0.1"},
+            "control": {"endpoint": "tcp://127.0.0.1:0", "server_secret_key_file": secret,
+                        "authorized_keys_file": authorized},
+            "vip": [{"address": "203.0.113.10", "backend": [{"address": "198.18.1.1"}]}]})))
+
+    write(str(sec), str(allow))
+    r = CliRunner().invoke(cli, ["check", str(conf)])
+    assert r.exit_code == 0, r.output
+    write(str(shortdir / "missing.key_secret"), str(sec))  # a certificate is no list of keys
+    r = CliRunner().invoke(cli, ["check", str(conf)])
+    lines = r.stderr.splitlines()
+    assert r.exit_code == 2 and len(lines) == 2, r.stderr
+    assert lines[0] == (f"maglev: error: control.server_secret_key_file: cannot read CURVE key pair from "
+                        f"{shortdir}/missing.key_secret: No such file or directory")
+    assert lines[1].startswith(f"maglev: error: control.authorized_keys_file: {sec}:") and \
+        "is not a 40-character Z85 CURVE public key" in lines[1], lines[1]
+    env = {**os.environ, "MAGLEV_STATE_DIR": str(shortdir / "state"), "MAGLEV_RUN_DIR": str(shortdir / "run")}
+    run = subprocess.run([sys.executable, "-c", "from maglev_cli.main import main; main()", "run", "--config",
+                          str(conf), "--workers", "1", "--nic", "gen:packets=100", "--exit-on-eof", "--json"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 2 and run.stderr == r.stderr, run.stderr[-2000:]
+    assert not (shortdir / "state").exists()  # refused before anything was made
+    if _holds_dac():
+        write(str(sec), str(allow))
+        os.chown(allow, 65534, 0)
+        allow.chmod(0o600)
+        r = CliRunner().invoke(cli, ["check", str(conf)])
+        assert r.exit_code == 2 and r.stderr == (
+            f"maglev: error: control.authorized_keys_file: {allow}: cannot read without CAP_DAC_OVERRIDE: "
+            "Permission denied (maglev run drops that capability before its config manager reads it)\n"), r.stderr
