@@ -6,6 +6,7 @@ Each test names the hole it closes; each failed on the code before its fix.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -432,3 +433,26 @@ def test_check_and_run_load_the_curve_key_files_as_the_config_manager_does(short
         assert r.exit_code == 2 and r.stderr == (
             f"maglev: error: control.authorized_keys_file: {allow}: cannot read without CAP_DAC_OVERRIDE: "
             "Permission denied (maglev run drops that capability before its config manager reads it)\n"), r.stderr
+
+
+def test_ctl_reload_prints_the_problems_as_check_does(served, shortdir):
+    """``maglev check FILE`` prints one ``maglev: error: path: problem`` line per problem;
+    ``maglev ctl reload`` of the same file printed them joined into one line with "; ", and
+    its ``--json`` error object had no ``details`` (docs/config.md says it has)."""
+    from click.testing import CliRunner
+
+    from maglev_cli.main import cli
+
+    src = shortdir / "maglev.toml"
+    src.write_text(dump_toml(served.mgr.config).replace("port = 80", "port = 99999", 1)
+                   .replace('"198.18.1.1"', '"198.18.1.x"', 1).replace("weight = 1", "weight = -1", 1))
+    served.mgr.source_path = src
+    check = CliRunner().invoke(cli, ["check", str(src)])
+    assert check.exit_code == 2 and len(check.stderr.splitlines()) >= 3, check.output
+    ep = served.server.bound_endpoint
+    r = CliRunner().invoke(cli, ["ctl", "--control", ep, "reload"])
+    assert r.exit_code == 2 and r.stderr == check.stderr, (r.stderr, check.stderr)
+    r = CliRunner().invoke(cli, ["ctl", "--control", ep, "--json", "reload"])
+    err = json.loads(r.stdout)["error"]
+    assert r.exit_code == 2 and err["code"] == "invalid-config"
+    assert [f"maglev: error: {p}" for p in err["details"]] == check.stderr.splitlines()
