@@ -176,6 +176,9 @@ class Actor:
         run, bad = load(False)
         started, bad_start = load(True)
         if run is not None:
+            if bad_start:  # (the same values unless a reload changed them: then a table is not adopted)
+                log.error("the config the run started with is not usable (%s); taking the flow hash secret "
+                          "and [conntrack] from its accepted config", "; ".join(bad_start))
             return start_only(run[0], started[0]) if started is not None else run[0]
         if started is not None:
             log.error("the run's accepted config is not usable (%s); starting on the config the run started "

@@ -456,3 +456,14 @@ def test_ctl_reload_prints_the_problems_as_check_does(served, shortdir):
     err = json.loads(r.stdout)["error"]
     assert r.exit_code == 2 and err["code"] == "invalid-config"
     assert [f"maglev: error: {p}" for p in err["details"]] == check.stderr.splitlines()
+
+
+def test_a_damaged_start_config_with_a_whole_accepted_one_is_logged_not_fatal(tmp_path, caplog):
+    """config-start.json damaged, config.json whole: the restart failed (and the run with
+    it); now the accepted config is used, with an error naming the start file."""
+    run, start, accepted = _run_folder(tmp_path)
+    (run / persist.RUN_START_CONFIG).write_bytes(b"[" * 100_000)
+    actor = Actor(ActorSpec("steering", "x:Y", str(run), instance="t1", incarnation=1))
+    with caplog.at_level(logging.ERROR, logger="maglev.actor"):
+        assert actor.accepted_config() == accepted
+    assert any("the config the run started with is not usable" in r.getMessage() for r in caplog.records)
