@@ -38,13 +38,16 @@ def check(config_path: str, shard: str, as_json: bool) -> None:
     try:
         if shard:
             conf, _ = cfgmod.load_shard(config_path, shard)
+            cfgmod.check_rereadable(config_path)
             configs = [conf]
         else:
             os.environ.pop(cfgmod.SHARD_ENV, None)  # the whole file, every shard
             conf = cfgmod.load(config_path)
+            cfgmod.check_rereadable(config_path)  # as maglev run would after its start
             configs = [conf.shard_config(s.name) for s in conf.shards] if conf.shards else [conf]
         for c in configs:
             _tables(c)
+            cfgmod.check_key_files(c)  # as the config manager loads them (tcp:// control)
     except ConfigError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "file": config_path, "problems": exc.problems}))

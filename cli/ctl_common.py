@@ -36,9 +36,15 @@ def call(ctx: click.Context, op: str, args: dict[str, Any] | None, as_json: bool
                                             server_key=o["server_key"]) as c:
             return c.call(op, args or {})
     except ProtocolError as exc:
+        details = exc.details if isinstance(exc.details, list) and exc.details else None
         if as_json:
-            click.echo(json.dumps({"ok": False, "error": {"code": exc.code, "message": exc.message,
-                                                          "field": exc.field}}))
+            err = {"code": exc.code, "message": exc.message, "field": exc.field}
+            click.echo(json.dumps({"ok": False, "error": err if details is None else {**err, "details": details}}))
+        elif exc.code == "invalid-config" and details is not None:
+            # One line per problem, as `maglev check` and `ctl apply` print them: `ctl reload`
+            # joined them into one line with "; " (session 10).
+            for p in details:
+                click.echo(f"maglev: error: {p}", err=True)
         else:
             where = f" (field {exc.field})" if exc.field and exc.code != "needs-force" else ""
             click.echo(f"maglev ctl: {op}: {exc.code}: {exc.message}{where}", err=True)

@@ -69,10 +69,11 @@ def _check_config(config_path: str | None, nic: str) -> Any:
     problem) and refuse what cannot work: the generator NIC sends only to the config's
     VIPs, chosen when it starts, so a config without VIPs gives it nothing to send.  Any
     other NIC may start empty (VIPs come later over the control socket): a warning."""
-    from maglev.config import load_config
+    from maglev.config import check_key_files, load_config
     from maglev.errors import ConfigError
 
     conf = load_config(config_path)
+    check_key_files(conf)  # a tcp:// control endpoint's CURVE keys, as the config manager loads them
     if conf.vips:
         return conf
     src = config_path or "the config"
@@ -176,8 +177,11 @@ def run(workers, config_path, nic, out, exit_on_eof, as_json, cpus, otlp_endpoin
     A config with [[shard]] sections runs each shard as its own isolated forwarder
     (docs/operations.md, "Running shards")."""
     from maglev import shards as sh
-    from maglev.config import Config, read_document
+    from maglev.config import Config, check_rereadable, read_bytes, read_document
 
+    if config_path:
+        read_bytes(config_path)  # a file that cannot be read at all: that line first
+        check_rereadable(config_path)  # not only with root's DAC override (dropped after the start)
     if shard:
         if not config_path:
             raise click.UsageError("--shard needs --config (the file with the [[shard]] sections)")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -48,6 +47,7 @@ from maglev.config_rules import (
     MAX_TABLE_SLOTS,
     MAX_VIPS,
     address_problem,
+    ipc_path_problem,
     shape_problem,
     show,
     show_key,
@@ -75,8 +75,6 @@ _DNS_NAME_RE = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-
                           r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")
 # AS_TRANS (RFC 6793): stands in for a 4-octet AS toward old speakers, never a real AS.
 AS_TRANS = 23456
-# A Unix socket path (sun_path) holds 107 bytes and a NUL.
-_IPC_PATH_MAX = 107
 _TCP_ENDPOINT_RE = re.compile(r"(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.:-]+):(\*|[0-9]{1,5})")
 _SCALARS = frozenset({str, int, bool, float})
 _LOOPBACK = frozenset({"loopback"})
@@ -336,35 +334,67 @@ def _source(path: str | Path) -> str:
     return text if text.isprintable() else repr(text)
 
 
-_FILE_KINDS = {stat.S_IFDIR: "Is a directory", stat.S_IFIFO: "a FIFO (named pipe), not a config file",
-               stat.S_IFSOCK: "a socket, not a config file", stat.S_IFCHR: "a character device, not a config file",
-               stat.S_IFBLK: "a block device, not a config file"}
-
-
 def read_bytes(path: str | Path) -> bytes:
     """The bytes of a config file, at most MAX_FILE_BYTES; ConfigError when it cannot be
     read (missing, a directory, a FIFO or a device, no permission) or is too large."""
+    from maglev import files
+
     p = _source(path)
-    what = ""
     try:
-        # O_NONBLOCK: opening a FIFO with no writer must not wait (refused just below); on a
-        # regular file it changes nothing.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISREG(mode):
-                raw = f.read(MAX_FILE_BYTES + 1)
-            else:
-                what = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        return files.read_regular(path, MAX_FILE_BYTES)
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    except files.NotRegularFile as exc:
+        what = "Is a directory" if exc.what == "a directory" else \
+            f"{exc.what}, not a config file" if exc.what else "not a regular file"
+        raise ConfigError([f"{p}: cannot read: {what}"]) from None
+    except files.FileTooLarge:
+        raise ConfigError([f"{p}: larger than {MAX_FILE_BYTES >> 20} MiB; not a maglev config"]) from None
     except ValueError:  # a NUL in the path
         raise ConfigError([f"{p}: cannot read: the path holds a NUL character"]) from None
-    if what:
-        raise ConfigError([f"{p}: cannot read: {what}"])
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError([f"{p}: larger than {MAX_FILE_BYTES >> 20} MiB; not a maglev config"])
-    return raw
+
+
+def check_rereadable(path: str | Path) -> None:
+    """ConfigError when ``path`` is readable only with root's DAC override, which ``maglev
+    run`` drops after its start although its config manager reads the file again then (at
+    its start, at every reload): ``maglev check`` and ``maglev run`` say so in one line
+    instead of the run failing later (maglev/service/privileges.py)."""
+    from maglev.service.privileges import unreadable_without_dac
+
+    why = unreadable_without_dac(path)
+    if why:
+        raise ConfigError([f"{_source(path)}: cannot read without CAP_DAC_OVERRIDE: {why} (maglev run drops "
+                           "that capability after its start and reads the file again then, and at every "
+                           "reload: make it readable by its user itself, e.g. chown or chmod u+r)"])
+
+
+def check_key_files(config: Config) -> None:
+    """ConfigError, one line per file, when a ``tcp://`` control endpoint's CURVE key files
+    cannot be loaded as the config manager loads them at its start -- after ``maglev run``
+    dropped CAP_DAC_OVERRIDE.  ``maglev check`` said ok and the run failed after starting
+    its actors ("config failed to start: ControlError: cannot read CURVE key pair ...")."""
+    from maglev.control import curve
+    from maglev.errors import ControlError
+    from maglev.service.privileges import unreadable_without_dac
+
+    c = config.control
+    if not any(ep.startswith("tcp://") for ep in (c.endpoint, c.events_endpoint)):
+        return
+    problems = []
+    for key, load in (("server_secret_key_file", curve.load_keypair),
+                      ("authorized_keys_file", curve.load_authorized_keys)):
+        path = getattr(c, key)
+        try:
+            load(path)
+        except ControlError as exc:
+            problems.append(f"control.{key}: {exc}")
+            continue
+        why = unreadable_without_dac(path)
+        if why:
+            problems.append(f"control.{key}: {_source(path)}: cannot read without CAP_DAC_OVERRIDE: {why} "
+                            "(maglev run drops that capability before its config manager reads it)")
+    if problems:
+        raise ConfigError(problems)
 
 
 SAMPLE_CONFIG = Path(__file__).resolve().parent / "data" / "sample.toml"
@@ -1316,8 +1346,8 @@ class _Parser:
             ep = getattr(c, key)
             if ep and not ep.startswith(("ipc://", "tcp://")):
                 self.err(f"{p}.{key}", f"{show(ep)} must start with ipc:// or tcp://")
-            elif ep.startswith("ipc://") and not 0 < len(ep[6:].encode()) <= _IPC_PATH_MAX:
-                self.err(f"{p}.{key}", f"{show(ep)}: an ipc:// path must be 1-{_IPC_PATH_MAX} bytes (a Unix socket path)")
+            elif ep.startswith("ipc://") and (why := ipc_path_problem(ep[6:])):
+                self.err(f"{p}.{key}", f"{show(ep)}: {why}")
             elif ep.startswith("tcp://") and not _TCP_ENDPOINT_RE.fullmatch(ep[6:]):
                 self.err(f"{p}.{key}", f"{show(ep)} must be tcp://HOST:PORT (port 0-65535 or *)")
             elif ep.startswith("tcp://") and not (c.server_secret_key_file and c.authorized_keys_file):

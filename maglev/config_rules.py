@@ -119,6 +119,27 @@ def address_problem(ip: IPAddress, role: str, allow: frozenset[str] = frozenset(
     return None
 
 
+# ---------------------------------------------------------------- control endpoints
+
+# A Unix socket path (sun_path) holds 107 bytes and a NUL.
+IPC_PATH_MAX = 107
+
+
+def ipc_path_problem(path: str) -> str | None:
+    """Why the path of an ``ipc://`` endpoint cannot be the control socket, or None.  The
+    one rule for ``[control] endpoint`` (validator) and the control server's bind, so that
+    ``maglev check`` and a ``reload`` refuse what ``maglev run`` would refuse: before, a
+    path with a NUL passed the check and a reload, and the next start failed to bind
+    ("Address already in use": the kernel read the path up to the NUL, a directory)."""
+    if not 0 < len(path.encode("utf-8", "surrogatepass")) <= IPC_PATH_MAX:
+        return f"an ipc:// path must be 1-{IPC_PATH_MAX} bytes (a Unix socket path)"
+    if path.startswith("@"):
+        return "an ipc:// path must be a file path (abstract sockets have no permissions)"
+    if any(c < " " or c == "\x7f" for c in path):
+        return "an ipc:// path must not hold a control character (a NUL, a newline...)"
+    return None
+
+
 # ---------------------------------------------------------------- showing values
 
 

@@ -158,15 +158,40 @@ class Actor:
         edited and not yet reloaded, when this actor is restarted.  The settings the data
         path fixes at start (flow hash secret, ``[conntrack]``) stay the run's first ones
         (``persist.start_only``).  Outside a ``maglev run`` (no such file) the file named
-        by the ``config`` param."""
-        from maglev.config import load_config
-        from maglev.control.persist import load_run_config, start_only
+        by the ``config`` param.
 
-        run = load_run_config(self.spec.run_dir)
-        if run is None:
-            return load_config(self.params.get("config", ""))
-        started = load_run_config(self.spec.run_dir, start=True)
-        return start_only(run[0], started[0]) if started is not None else run[0]
+        A run folder whose ``config.json`` is damaged or gone (truncated, garbage, deleted)
+        while ``config-start.json`` is whole gives the start's config, with an error in the
+        log: for steering and the packet workers, the only callers, it is the same config
+        (they read the flow hash secret, ``[conntrack]`` and the instance name, all fixed at
+        start), and the config manager writes ``config.json`` whole again at its next
+        accepted change.  Before, the restart failed and with it the whole run (session 10:
+        "steering failed to start: ... config.json: not a maglev state file")."""
+        from maglev.config import load_config
+        from maglev.control.persist import load_run_config, run_config_path, start_only
+        from maglev.errors import ConfigError
+
+        def load(start: bool) -> tuple[Any, list[str]]:
+            try:
+                return load_run_config(self.spec.run_dir, start=start), []
+            except ConfigError as exc:
+                return None, list(exc.problems)
+
+        run, bad = load(False)
+        started, bad_start = load(True)
+        if run is not None:
+            if bad_start:  # (the same values unless a reload changed them: then a table is not adopted)
+                log.error("the config the run started with is not usable (%s); taking the flow hash secret "
+                          "and [conntrack] from its accepted config", "; ".join(bad_start))
+            return start_only(run[0], started[0]) if started is not None else run[0]
+        if started is not None:
+            log.error("the run's accepted config is not usable (%s); starting on the config the run started "
+                      "with (the same flow hash secret and [conntrack])",
+                      "; ".join(bad) or f"{run_config_path(self.spec.run_dir)} is missing")
+            return started[0]
+        if bad or bad_start:
+            raise ConfigError(bad + bad_start)
+        return load_config(self.params.get("config", ""))
 
     def setup(self) -> None:
         """Attach shared memory, open the NIC, ... (runs before the loop)."""

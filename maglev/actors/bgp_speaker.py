@@ -62,7 +62,7 @@ from maglev.actors.base import Actor, ActorSpec
 from maglev.actors.sched import BGP_NICE, set_nice
 from maglev.bgp.speaker import Speaker
 from maglev.config import Bgp, Config, load
-from maglev.errors import MaglevError
+from maglev.errors import ConfigError, MaglevError
 
 log = logging.getLogger("maglev.bgp")
 
@@ -73,14 +73,37 @@ PARENT_EXITED = "parent exited"  # maglev.actors.base: the supervisor vanished (
 RUNNING_MARKER = "bgp-speaker-running.json"
 
 
-def bgp_config(params: dict[str, Any], run_dir: str = "") -> Bgp:
+def bgp_config(params: dict[str, Any], run_dir: str = "", at_start: bool = False) -> Bgp:
     """The ``[bgp]`` section named by the actor params (raises ConfigError when invalid).
     Inside a ``maglev run`` a ``config_file`` is read as the run accepted it (``run_dir``'s
-    config.json), never as it is on disk now (broken, or edited and not yet reloaded)."""
+    config.json), never as it is on disk now (broken, or edited and not yet reloaded).
+
+    ``at_start`` (the speaker's (re)start): a damaged or missing config.json beside a whole
+    ``config-start.json`` gives the start's ``[bgp]``, with an error in the log, instead of
+    a failed start that took the whole run down (session 10); the config manager writes
+    config.json whole again at its next accepted change, and the ``bgp.reload`` that follows
+    brings the accepted ``[bgp]``.  A ``bgp.reload`` (not ``at_start``) keeps raising: the
+    speaker keeps the ``[bgp]`` it runs."""
     if params.get("config_file"):
         from maglev.control.persist import load_run_config
 
-        run = load_run_config(run_dir)
+        try:
+            run, why = load_run_config(run_dir), ""
+        except ConfigError as exc:
+            if not at_start:
+                raise
+            run, why = None, "; ".join(exc.problems)
+        if run is None and at_start:
+            try:
+                started = load_run_config(run_dir, start=True)
+            except ConfigError:
+                started = None
+            if started is not None:
+                log.error("the run's accepted config is not usable (%s); starting on the [bgp] the run started "
+                          "with", why or "config.json is missing")
+                return started[0].bgp
+            if why:
+                raise ConfigError([why])
         return run[0].bgp if run is not None else load(params["config_file"]).bgp
     return Config.from_dict({"bgp": params.get("bgp", {})}).bgp
 
@@ -102,7 +125,7 @@ class BgpSpeakerActor(Actor):
         self.nice = 0
 
     def setup(self) -> None:
-        cfg = bgp_config(self.params, self.spec.run_dir)
+        cfg = bgp_config(self.params, self.spec.run_dir, at_start=True)
         # Above packet work, so KEEPALIVEs are never late behind it (maglev.actors.sched).
         self.nice = set_nice(int(self.params.get("nice", BGP_NICE)))
         self.loop = asyncio.new_event_loop()

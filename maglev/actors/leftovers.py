@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from maglev import files
 from maglev.rings.conntrack_shm import keep_for_adoption
 
 log = logging.getLogger("maglev.supervisor")
@@ -72,7 +73,7 @@ def write_owner(run_dir: str | os.PathLike, instance: str, region: str = "") -> 
 def read_owner(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The owner record of a run folder, None when missing or unreadable."""
     try:
-        body = json.loads((Path(run_dir) / OWNER_FILE).read_text())
+        body = files.read_json(Path(run_dir) / OWNER_FILE)
     except (OSError, ValueError):
         return None
     if not isinstance(body, dict) or type(body.get("pid")) is not int:

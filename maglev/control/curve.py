@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from maglev import files
 from maglev.errors import ControlError
 
 Z85_KEY_LEN = 40
@@ -33,14 +34,29 @@ class KeyPair:
     secret: bytes
 
 
+# Key files are small (a certificate ~300 bytes, a key a line of ~60): anything larger is
+# not one, and nothing unbounded is read.
+KEY_FILE_LIMIT = 1 << 20
+
+
+def _check_file(path: str | Path) -> None:
+    """OSError/ValueError unless ``path`` is a regular file of at most KEY_FILE_LIMIT bytes."""
+    files.read_regular(path, KEY_FILE_LIMIT)
+
+
+def _why(exc: Exception) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else "") or str(exc)
+
+
 def load_keypair(path: str | Path) -> KeyPair:
     """A key pair from a ZeroMQ ``.key_secret`` certificate file."""
     import zmq.auth
 
     try:
+        _check_file(path)  # zmq.auth reads it whole: a FIFO would hang, /dev/zero never end
         public, secret = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
-        raise ControlError(f"cannot read CURVE key pair from {path}: {exc}") from None
+        raise ControlError(f"cannot read CURVE key pair from {path}: {_why(exc)}") from None
     if not secret:
         raise ControlError(f"{path} holds no secret key (give the .key_secret file)")
     return KeyPair(public, secret)
@@ -53,17 +69,18 @@ def load_public_key(path_or_key: str) -> bytes:
     import zmq.auth
 
     try:
+        _check_file(path_or_key)
         public, _ = zmq.auth.load_certificate(path_or_key)
     except (OSError, ValueError) as exc:
-        raise ControlError(f"cannot read CURVE public key from {path_or_key}: {exc}") from None
+        raise ControlError(f"cannot read CURVE public key from {path_or_key}: {_why(exc)}") from None
     return public
 
 
 def load_authorized_keys(path: str | Path) -> frozenset[bytes]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ControlError(f"cannot read authorized keys {path}: {exc}") from None
+        text = files.read_regular(path, KEY_FILE_LIMIT).decode("utf-8")
+    except (OSError, ValueError) as exc:  # also a FIFO, a device, too large (maglev/files.py)
+        raise ControlError(f"cannot read authorized keys {path}: {_why(exc)}") from None
     keys = set()
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()

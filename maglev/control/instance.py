@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from maglev import files
 from maglev.config import DEFAULT_FLOW_HASH_SECRET, SAMPLE_CONFIG
 from maglev.control.endpoints import state_dir
 from maglev.control.persist import atomic_write
@@ -42,16 +43,18 @@ def load_drained(instance: str) -> tuple[bool, str]:
     # return different things (a verdict with words vs a table's plan): kept apart.
     p = drain_path(instance)
     try:
-        raw = p.read_bytes()
+        raw = files.read_regular(p, files.JSON_LIMIT)  # never blocks on a FIFO, bounded
     except FileNotFoundError:
         return False, ""
     except OSError as exc:
         return True, f"{p}: cannot read ({exc.strerror or exc}); staying drained until resume-instance"
+    except ValueError as exc:
+        return True, f"{p}: cannot read ({exc}); staying drained until resume-instance"
     try:
-        doc = json.loads(raw)
+        doc = files.loads_json(raw)  # every damage a ValueError (deep nesting too: maglev/files.py)
         if not isinstance(doc, dict) or doc.get("format") != DRAIN_FORMAT or not isinstance(doc.get("drained"), bool):
             raise ValueError(f"not a {DRAIN_FORMAT} file")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         return True, f"{p}: damaged ({exc}); staying drained until resume-instance"
     return doc["drained"], ""
 

@@ -224,7 +224,7 @@ class ConfigManager:
                 # Refusing to start would take the load balancer down over a stale file
                 # (e.g. written before a config key was renamed): keep it aside, say so
                 # loudly, and start from the operator's file.
-                aside = Path(f"{state_path}.invalid")
+                aside = _aside_path(Path(state_path))
                 try:
                     os.replace(state_path, aside)
                 except OSError as oe:
@@ -438,6 +438,12 @@ class ConfigManager:
                                   f"{self.config.instance.name!r}: the name cannot change while maglev runs "
                                   "(its sockets, state and tables are named after it); restart maglev run "
                                   "to rename it"])
+        if new.shards:
+            # A reload of a file that gained [[shard]] sections, in a run that is not a shard
+            # (a shard's run reads only its own section): ops.validate refuses the same for
+            # every op; reload read the file with cfg.load and, forced, took a config of
+            # shards and no VIP, persisted it and served nothing (session 10).
+            raise invalid_config([ops.NOT_A_SHARD])
         emptied = emptying(self.config, new)
         if emptied:
             if not force:
@@ -456,6 +462,9 @@ class ConfigManager:
                 new.instance.flow_hash_secret != self.config.instance.flow_hash_secret:
             log.warning("%s changes [conntrack] or [instance] flow_hash_secret: the running data path keeps "
                         "the values it started with until maglev run starts again", op)
+        if new.control != self.config.control:
+            log.warning("%s changes [control]: the control sockets stay where they were bound until maglev run "
+                        "starts again", op)
         self.config = new
         self.counters.changes_applied += 1
         self.emit("config", {"generation": self.generation, "op": op})
@@ -821,6 +830,19 @@ def _checked_pairs(config: Config) -> set[tuple[str, str]]:
         key = v.key
         out.update((key, v.backends[j].key) for j, h in backend_checks(v) if h.type != "none")
     return out
+
+
+ASIDE_KEEP = 10  # unusable state files kept beside the state file (.invalid, .invalid.1 ...)
+
+
+def _aside_path(state_path: Path) -> Path:
+    """Where an unusable state file goes: ``state.json.invalid``, or when an earlier one is
+    still there ``state.json.invalid.1`` ... ``.9``, so that a second bad file does not
+    replace the first one (the operator's accepted config of an older run, perhaps the one
+    to recover by hand).  With all ten taken the last is replaced (the disk stays bounded)."""
+    first = Path(f"{state_path}.invalid")
+    names = [first, *(Path(f"{first}.{i}") for i in range(1, ASIDE_KEEP))]
+    return next((p for p in names if not os.path.lexists(p)), names[-1])
 
 
 def _mib(n: int) -> str:

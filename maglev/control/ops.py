@@ -195,9 +195,12 @@ def validate(data: Any) -> Config:
     except RecursionError:
         raise ProtocolError(INVALID_CONFIG, "configuration is nested too deeply") from None
     if out.shards:  # a shard's own manager gets its section ($MAGLEV_SHARD): this one is no shard
-        raise invalid_config(["shard: this instance is not a shard of a sharded config; start it with "
-                              "`maglev run --shard NAME` (or send a config without [[shard]] sections)"])
+        raise invalid_config([NOT_A_SHARD])
     return out
+
+
+NOT_A_SHARD = ("shard: this instance is not a shard of a sharded config; start it with "
+               "`maglev run --shard NAME` (or send a config without [[shard]] sections)")
 
 
 # -------------------------------------------------------------------- the operations

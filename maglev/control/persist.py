@@ -29,6 +29,7 @@ import json
 import os
 from pathlib import Path
 
+from maglev import files
 from maglev.config import Config
 from maglev.errors import ConfigError
 
@@ -150,15 +151,17 @@ def load_state(path: str | Path) -> tuple[Config, str] | None:
     that does not parse or validate raises ConfigError: never silently start from older
     state."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
+    try:  # a regular file of bounded size: a FIFO hung the start, /dev/zero ran out of memory
+        raw = files.read_regular(p, files.JSON_LIMIT)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    except ValueError as exc:  # not a regular file, too large
+        raise ConfigError([f"{p}: cannot read: {exc}"]) from None
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = files.loads_json(raw)
+    except ValueError as exc:  # also nesting too deep, a 5000-digit number (maglev/files.py)
         raise ConfigError([f"{p}: not a maglev state file: {exc}"]) from None
     if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
         raise ConfigError([f"{p}: not a maglev state file (format {STATE_FORMAT!r} expected)"])

@@ -172,7 +172,12 @@ def unpack(data: bytes) -> Any:
         max_array_len=200_000,
         max_map_len=200_000,
         max_ext_len=0,
+        ext_hook=_no_ext,  # max_ext_len=0 still let an extension of 0 bytes through
     )
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} (extension types are not part of the protocol)")
 
 
 def _valid_id(v: Any) -> bool:

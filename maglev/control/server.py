@@ -43,6 +43,7 @@ from typing import Any
 
 import zmq
 
+from maglev.config_rules import ipc_path_problem
 from maglev.control import curve
 from maglev.control.protocol import (
     MALFORMED,
@@ -78,10 +79,9 @@ class ServerStats:
 
 def _ipc_path(endpoint: str) -> Path:
     path = endpoint[len("ipc://") :]
-    if not path or path.startswith("@"):
-        raise ControlError(f"{endpoint!r}: give a file path (abstract sockets have no permissions)")
-    if len(path.encode()) > 107:
-        raise ControlError(f"{endpoint!r}: a unix socket path is limited to 107 bytes")
+    why = ipc_path_problem(path)  # the validator's rule too (maglev/config_rules.py)
+    if why:
+        raise ControlError(f"{endpoint!r}: {why}")
     return Path(path)
 
 

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maglev import files
 from maglev.actors.launch import python_argv
 from maglev.errors import MaglevError, NotRootError
 from maglev.lab.nsenter import why_no_netns
@@ -190,7 +191,7 @@ class Lab:
 
     def load(self) -> dict[str, Any] | None:
         try:
-            self.state = json.loads(self.state_path.read_text())
+            self.state = files.read_json(self.state_path)
         except FileNotFoundError:
             self.state = {}
             return None

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from maglev import files
 from maglev.errors import NotRootError
 from maglev.native import check, ffi, lib
 from maglev.nic.afpacket import NicError
@@ -365,7 +366,8 @@ class AfXdpNic:
         if pub is not None:
             self._published = None
             try:
-                if json.loads(pub.read_text()).get("pid") == os.getpid():
+                doc = files.read_json(pub)
+                if isinstance(doc, dict) and doc.get("pid") == os.getpid():
                     pub.unlink()
             except (OSError, ValueError):
                 pass
@@ -395,9 +397,10 @@ def handoff_path(run_dir: str | os.PathLike, iface: str) -> Path:
 def read_handoff(run_dir: str | os.PathLike, iface: str) -> dict[str, Any] | None:
     """The hand-off steering published, or None (not yet, or unreadable)."""
     try:
-        return json.loads(handoff_path(run_dir, iface).read_text())
+        doc = files.read_json(handoff_path(run_dir, iface))
     except (OSError, ValueError):
         return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _pidfd_getfd(pidfd: int, fd: int) -> int:

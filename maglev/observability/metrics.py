@@ -53,6 +53,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from maglev import files
 from maglev.datapath.engine import DROP_NAMES
 from maglev.datapath.tables import tables_info
 from maglev.rings import forwarder_counters, trace_block
@@ -77,9 +78,10 @@ def write_supervisor_view(run_dir: str | os.PathLike, view: dict[str, Any]) -> N
 
 def read_supervisor_view(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     try:
-        return json.loads((Path(run_dir) / SUPERVISOR_VIEW).read_text())
+        view = files.read_json(Path(run_dir) / SUPERVISOR_VIEW)
     except (OSError, ValueError):
         return None
+    return view if isinstance(view, dict) else None
 
 
 # ---------------------------------------------------------------------- collect

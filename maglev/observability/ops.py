@@ -80,8 +80,8 @@ def _trace(actor: Any, args: dict[str, Any]) -> dict[str, Any]:
     from maglev.control.protocol import BAD_ARGS, ProtocolError
     cops.check_args("trace", args)
     for k in ("vip", "src"):
-        if k in args and not isinstance(args[k], str):
-            raise ProtocolError(BAD_ARGS, f"argument {k!r} must be a string", k)
+        if k in args and (not isinstance(args[k], str) or not args[k]):
+            raise ProtocolError(BAD_ARGS, f"argument {k!r} must be a non-empty string", k)
     for k in ("count", "sample_every"):
         if k in args and (not isinstance(args[k], int) or isinstance(args[k], bool)):
             raise ProtocolError(BAD_ARGS, f"argument {k!r} must be an integer", k)
@@ -186,7 +186,7 @@ def arm_request(region: Any, *, vip: str | None = None, src: str | None = None, 
         raise TraceRequestError("a packet count needs a filter (--vip and/or --src)")
     if sample_every is not None and not 0 <= sample_every <= 1 << 30:
         raise TraceRequestError(f"sample rate {sample_every} must be 0..2^30")
-    if seconds < 0 or seconds > 86400:
+    if not 0 <= seconds <= 86400:  # (so written, NaN is refused too)
         raise TraceRequestError(f"seconds {seconds} must be 0..86400")
     armed: dict[str, Any] = {"count": count}
     dst = src_t = None

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 
+from maglev import files
+
 SHED_FILE = "shed-steering.json"
 NO_VIP = "(no VIP)"  # shed packets that matched no VIP (priority 0)
 
@@ -27,8 +29,7 @@ def read_shed(run_dir: str | os.PathLike | None) -> dict[str, int]:
     if not run_dir:
         return {}
     try:
-        with open(shed_path(run_dir)) as f:
-            data = json.load(f)
+        data = files.read_json(shed_path(run_dir))
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):

@@ -212,6 +212,45 @@ def drop_to(keep: list[str] | set[str]) -> dict[str, Any]:
     return result
 
 
+# Capabilities that let root read any file; maglev run never keeps them past its start.
+DAC_CAPS = ("CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH")
+
+
+def unreadable_without_dac(path: str | os.PathLike[str]) -> str:
+    """Why ``path`` cannot be opened for reading without :data:`DAC_CAPS` (the OS reason,
+    e.g. "Permission denied"), or '' when it can -- also when this thread holds neither
+    (then its own open says it) or the test itself cannot be made.
+
+    ``maglev run`` reads its config file with every capability, drops these after its
+    start, and its config manager reads the file again then (at its start and at every
+    reload): a file only root's DAC override can read (mode 0000, 0600 of another user)
+    passed ``maglev check`` and failed the run's start ("config failed to start: ...
+    Permission denied") or every reload.  Capabilities are per thread: this thread lowers
+    its *effective* set (the permitted set is untouched), tries the open and raises it
+    again; no other thread and no later code sees the difference."""
+    dac = mask(DAC_CAPS)
+    try:
+        sets = cap_sets("thread-self")
+    except (OSError, ValueError):
+        return ""
+    eff, prm, inh = sets.get("CapEff", 0), sets.get("CapPrm", 0), sets.get("CapInh", 0)
+    if not eff & dac:
+        return ""
+    try:
+        _capset(eff & ~dac, prm, inh)
+    except PrivilegeError:
+        return ""  # cannot lower it: cannot tell
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ValueError:  # a NUL in the path: the reader says so
+        return ""
+    finally:
+        _capset(eff, prm, inh)  # back as it was (allowed: they stay in the permitted set)
+    return ""
+
+
 def allow_rt_priority(prio: int) -> list[str]:
     """What keeps SCHED_FIFO up to ``prio`` possible after :func:`drop_after_setup`, for
     this process and every process it starts afterwards.  ``maglev run`` calls it before

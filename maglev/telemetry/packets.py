@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from maglev import files
 from maglev.rings import trace_block
 
 log = logging.getLogger("maglev.telemetry")
@@ -281,7 +282,7 @@ def steering_sample_rate(config: Any) -> int:
 def read_traces(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records steering wrote last (``maglev ctl trace``)."""
     try:
-        data = json.loads((Path(run_dir) / TRACES_FILE).read_text())
+        data = files.read_json(Path(run_dir) / TRACES_FILE)
     except (OSError, ValueError):
         return []
     return data if isinstance(data, list) else []

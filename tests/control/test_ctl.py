@@ -74,7 +74,9 @@ def test_errors_are_one_line_and_exit_2(ctl, served):
     assert r.exit_code == 2
     assert json.loads(r.output) == {"ok": False, "error": {
         "code": "invalid-config", "message": "vip[0].backend[3].weight: 70000 is out of range 0..65535",
-        "field": "vip[0].backend[3].weight"}}
+        "field": "vip[0].backend[3].weight", "details": ["vip[0].backend[3].weight: 70000 is out of range 0..65535"]}}
+    r = ctl("add-backend", VIP, "198.18.1.40", "--weight", "70000")  # as `maglev check` prints a problem
+    assert r.exit_code == 2 and r.stderr == "maglev: error: vip[0].backend[3].weight: 70000 is out of range 0..65535\n"
     r = ctl("reload")
     assert r.exit_code == 2  # started without a config file
 

@@ -123,6 +123,11 @@ def test_set_sampling_keeps_the_filter_remaining_count(region):
     ({"count": 3}, "needs a filter"),
     ({"vip": WEB_VIP, "count": -1}, "count"),
     ({"sample_every": -2}, "sample rate"),
+    # NaN passed "seconds < 0 or seconds > 86400": accepted alone, and with a filter a
+    # bare ValueError from int(nan * 1e9) (session 10)
+    ({"seconds": float("nan")}, "seconds nan must be 0..86400"),
+    ({"vip": WEB_VIP, "count": 1, "seconds": float("nan")}, "seconds nan must be 0..86400"),
+    ({"vip": WEB_VIP, "count": 1, "seconds": float("inf")}, "seconds inf must be 0..86400"),
 ])
 def test_trace_request_errors(region, kw, msg):
     with pytest.raises(TraceRequestError, match=msg) as info:
@@ -326,3 +331,18 @@ def test_config_manager_spans_and_health_transition_events(tmp_path):
         assert ev[0].attributes["maglev.generation"] == m.generation
     finally:
         shutdown_tracing()
+
+
+@pytest.mark.parametrize("key", ["vip", "src"])
+def test_trace_op_refuses_an_empty_filter(region, tmp_path, key):
+    """``trace {"vip": ""}`` was taken as no filter and armed an empty request (session 10)."""
+    from types import SimpleNamespace
+
+    from maglev.control.protocol import ProtocolError
+    from maglev.observability.ops import _trace
+
+    actor = SimpleNamespace(region=region, spec=SimpleNamespace(run_dir=str(tmp_path)))
+    before = request_status(region)["seq"]
+    with pytest.raises(ProtocolError, match=f"argument '{key}' must be a non-empty string"):
+        _trace(actor, {key: "", "count": 1})
+    assert request_status(region)["seq"] == before  # nothing armed
