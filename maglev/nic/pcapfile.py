@@ -4,19 +4,31 @@ Reading is defensive because captures come from anywhere (the test corpus has tc
 fuzz cases on purpose):
 
 * classic pcap in both byte orders, microsecond (magic ``a1b2c3d4``) and nanosecond
-  (``a1b23c4d``) timestamps; the link-type field is masked with ``0x0FFFFFFF`` (the upper
-  bits carry FCS/flags in some writers); a record's caplen larger than the file's snaplen
-  is tolerated (capped at :data:`MAX_RECORD`); caplen < len is normal (truncated capture);
+  (``a1b23c4d``) timestamps, and Alexey Kuznetsov's "modified" pcap (``a1b2cd34``, what
+  ``editcap -F modpcap`` writes and libpcap reads: 24-byte record headers, or the 28-byte
+  ones of the SuSE 6.3 variant, told apart by which makes sense of the first record);
+  the link type is the low 16 bits of its field (as libpcap's ``LT_LINKTYPE``), and when
+  the field says an FCS is present (bit 26, its length in 16-bit words in bits 28-31) that
+  many trailing bytes are cut from each record; a record's caplen larger than the file's
+  snaplen is tolerated (capped at :data:`MAX_RECORD`); caplen < len is normal (truncated
+  capture);
 * pcapng (section header, interface description, enhanced / simple / obsolete packet
-  blocks; other blocks skipped) in both byte orders, with ``if_tsresol`` honoured and
-  several sections per file;
+  blocks; other blocks skipped) in both byte orders, with ``if_tsresol``, ``if_tsoffset``
+  and ``if_fcslen`` honoured and several sections per file; a block length that is not a
+  multiple of 4 (a known writer bug that Wireshark accepts) is rounded up to its padding;
+  a section of a major version other than 1 is damage (it cannot be read);
 * link types Ethernet (1), Linux cooked SLL (113) and SLL2 (276), raw IP (101, and the
-  BSD values 12 and 14), raw IPv4 (228) and raw IPv6 (229).  Non-Ethernet packets get a
+  BSD values 12 and 14), raw IPv4 (228), raw IPv6 (229), BSD loopback NULL (0, address
+  family in the writer's byte order) and LOOP (108, network order), PPP (9, 50) and Cisco
+  HDLC (104).  Non-Ethernet packets get a
   synthetic Ethernet header (dst 02:00:00:00:00:01, src 02:00:00:00:00:02 -- or the SLL
   source address when it is 6 bytes -- and the ethertype from the link header or the IP
   version nibble), so the data path always sees Ethernet; ``orig_len`` is adjusted
-  the same way.  Other link types yield records with ``ok=False`` that the caller counts
-  as ``unsupported_linktype`` drops.
+  the same way.  A link header that names no IP protocol (an unknown address family, a
+  PPP control protocol) gives ethertype 0, which the data path drops as
+  ``unsupported_ethertype``; a record shorter than its link header gives a bare Ethernet
+  header (dropped as ``truncated``).  Other link types yield records with ``ok=False``
+  that the caller counts as ``unsupported_linktype`` drops.
 
 Damage: a file that is not a capture at all raises :class:`~maglev.errors.PacketError` at
 open.  Damage after the header (a truncated record, an impossible length, a bad block)
@@ -38,13 +50,18 @@ from maglev.errors import PacketError
 
 __all__ = ["PcapReader", "PcapWriter", "Record", "SUPPORTED_LINKTYPES", "open_capture"]
 
+LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
+LINKTYPE_PPP = 9
+LINKTYPE_PPP_HDLC = 50
+LINKTYPE_C_HDLC = 104
+LINKTYPE_LOOP = 108
 LINKTYPE_RAW = 101
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_LINUX_SLL2 = 276
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
-SUPPORTED_LINKTYPES = (1, 12, 14, 101, 113, 228, 229, 276)
+SUPPORTED_LINKTYPES = (0, 1, 9, 12, 14, 50, 101, 104, 108, 113, 228, 229, 276)
 MAX_RECORD = 256 * 1024  # largest record accepted (jumbo/GSO captures are ~64 KiB)
 # Latest record time: a pcapng timestamp is 64 bits in units of if_tsresol (1 s at 10^0),
 # so in ns it can pass 2^64 and the frame metadata's uint64 rx_ts_ns (the C engine's
@@ -62,7 +79,17 @@ _PCAP_MAGICS = {
     b"\xa1\xb2\xc3\xd4": (">", 1000),
     b"\x4d\x3c\xb2\xa1": ("<", 1),  # nanoseconds
     b"\xa1\xb2\x3c\x4d": (">", 1),
+    b"\x34\xcd\xb2\xa1": ("<", 1000),  # "modified" pcap (Kuznetsov): longer record headers
+    b"\xa1\xb2\xcd\x34": (">", 1000),
 }
+_MODIFIED = (b"\x34\xcd\xb2\xa1", b"\xa1\xb2\xcd\x34")
+# Link-type field of a classic pcap header (libpcap pcap-common.h): the type in the low 16
+# bits; bit 26 says the FCS length is present, in 16-bit words, in bits 28-31.
+_LT_FCS_PRESENT = 0x04000000
+# BSD loopback address families meaning IPv4 / IPv6 (Linux 10, Windows 23, NetBSD/OpenBSD
+# 24, FreeBSD 28, macOS 30).
+_AF_ETHERTYPE = {2: 0x0800, 10: 0x86DD, 23: 0x86DD, 24: 0x86DD, 28: 0x86DD, 30: 0x86DD}
+_PPP_ETHERTYPE = {0x0021: 0x0800, 0x0057: 0x86DD}
 _SHB = 0x0A0D0D0A
 _BOM = 0x1A2B3C4D
 
@@ -91,6 +118,27 @@ def _ethernet(linktype: int, raw: bytes, orig_len: int) -> tuple[bytes, int, boo
         else:  # raw IP: the version nibble says which (anything but 6 is parsed as IPv4)
             et = 0x86DD if raw and raw[0] >> 4 == 6 else 0x0800
         return SYN_DST + SYN_SRC + struct.pack("!H", et) + raw, orig_len + 14, True
+    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
+        if len(raw) < 4:
+            return SYN_DST + SYN_SRC + b"\0\0", orig_len, True  # parser: truncated
+        # NULL is in the writer's byte order, which need not be the file's: either will do
+        le, be = struct.unpack_from("<I", raw)[0], struct.unpack_from(">I", raw)[0]
+        et = _AF_ETHERTYPE.get(be if linktype == LINKTYPE_LOOP else le, _AF_ETHERTYPE.get(be, 0))
+        return SYN_DST + SYN_SRC + struct.pack("!H", et) + raw[4:], orig_len + 10, True
+    if linktype in (LINKTYPE_PPP, LINKTYPE_PPP_HDLC):
+        head = 2 if raw[:2] == b"\xff\x03" else 0  # address and control, often compressed away
+        if len(raw) > head and raw[head] & 1:  # protocol-field compression: one byte
+            proto, head = raw[head], head + 1
+        elif len(raw) >= head + 2:
+            proto, head = struct.unpack_from("!H", raw, head)[0], head + 2
+        else:
+            return SYN_DST + SYN_SRC + b"\0\0", orig_len, True
+        et = _PPP_ETHERTYPE.get(proto, 0)
+        return SYN_DST + SYN_SRC + struct.pack("!H", et) + raw[head:], max(orig_len + 14 - head, 0), True
+    if linktype == LINKTYPE_C_HDLC:  # address, control, then an ethertype
+        if len(raw) < 4:
+            return SYN_DST + SYN_SRC + b"\0\0", orig_len, True
+        return SYN_DST + SYN_SRC + raw[2:], orig_len + 10, True
     if linktype == LINKTYPE_LINUX_SLL:
         if len(raw) < 16:
             return SYN_DST + SYN_SRC + b"\0\0", orig_len, True  # parser: truncated
@@ -138,8 +186,10 @@ class PcapReader:
                 self.close()
                 raise PacketError(f"{self.name}: pcap header truncated")
             _vmaj, _vmin, _tz, _sig, self.snaplen, lt = struct.unpack(self._order + "HHiIII", rest)
-            self.linktype = lt & 0x0FFFFFFF
+            self.linktype = lt & 0xFFFF
             self.linktypes.add(self.linktype)
+            self._fcs = 2 * (lt >> 28) if lt & _LT_FCS_PRESENT else 0
+            self._rec_hdr = self._modified_header_size() if head in _MODIFIED else 16
         elif struct.unpack("<I", head)[0] == _SHB:
             self.format = "pcapng"
             self.linktype = -1
@@ -170,7 +220,33 @@ class PcapReader:
     def _damage(self, offset: int, what: str) -> None:
         self.error = PacketError(f"{self.name}: damaged at byte {offset}: {what}")
 
-    def _record(self, lt: int, ts_ns: int, raw: bytes, orig_len: int) -> Record:
+    def _modified_header_size(self) -> int:
+        """Record header size of a "modified" pcap: 24 (Kuznetsov, libpcap's reading) or 28
+        (SuSE 6.3), whichever reads the first records sensibly (whole, microseconds under a
+        million); the file is left where it was."""
+        start = self._f.tell()
+        try:
+            for size in (24, 28):
+                self._f.seek(start)
+                for _ in range(8):
+                    hdr = self._f.read(size)
+                    if not hdr:
+                        return size  # a clean end of file
+                    if len(hdr) < size:
+                        break
+                    _sec, usec, caplen = struct.unpack_from(self._order + "III", hdr)
+                    if usec >= 1_000_000 or caplen > MAX_RECORD or len(self._f.read(caplen)) < caplen:
+                        break
+                else:
+                    return size
+            return 24
+        finally:
+            self._f.seek(start)
+
+    def _record(self, lt: int, ts_ns: int, raw: bytes, orig_len: int, fcs: int = 0) -> Record:
+        if fcs:  # the frame check sequence ends the original packet; cut what of it was captured
+            raw = raw[: len(raw) - max(0, min(fcs, len(raw) - (orig_len - fcs)))]
+            orig_len = max(orig_len - fcs, 0)
         data, olen, ok = _ethernet(lt, raw, orig_len)
         rec = Record(self.records, min(ts_ns, MAX_TS_NS), data, min(olen, MAX_ORIG_LEN), lt, ok)
         self.records += 1
@@ -185,28 +261,28 @@ class PcapReader:
             yield from self._iter_pcapng()
 
     def _iter_pcap(self) -> Iterator[Record]:
-        f, o = self._f, self._order
+        f, o, size = self._f, self._order, self._rec_hdr
         off = 24
         while True:
-            hdr = f.read(16)
+            hdr = f.read(size)
             if not hdr:
                 return
-            if len(hdr) < 16:
-                return self._damage(off, f"record header cut after {len(hdr)} of 16 bytes")
-            sec, frac, caplen, orig = struct.unpack(o + "IIII", hdr)
+            if len(hdr) < size:
+                return self._damage(off, f"record header cut after {len(hdr)} of {size} bytes")
+            sec, frac, caplen, orig = struct.unpack_from(o + "IIII", hdr)
             if caplen > MAX_RECORD:
                 return self._damage(off, f"record length {caplen} exceeds {MAX_RECORD}")
             raw = f.read(caplen)
             if len(raw) < caplen:
                 return self._damage(off, f"record data cut: {len(raw)} of {caplen} bytes")
-            off += 16 + caplen
-            yield self._record(self.linktype, sec * 1_000_000_000 + frac * self._ts_mult, raw, orig)
+            off += size + caplen
+            yield self._record(self.linktype, sec * 1_000_000_000 + frac * self._ts_mult, raw, orig, self._fcs)
 
     def _iter_pcapng(self) -> Iterator[Record]:
         f = self._f
         off = 0
         o = "<"
-        ifaces: list[tuple[int, int, int]] = []  # (linktype, units per second, snaplen)
+        ifaces: list[tuple[int, int, int, int]] = []  # (linktype, units per second, offset s, FCS bytes)
         head = self._pending
         while True:
             rest = f.read(8 - len(head)) if len(head) < 8 else b""
@@ -233,26 +309,30 @@ class PcapReader:
                 body = f.read(blen - 12)
                 if len(body) < blen - 12:
                     return self._damage(off, "section header cut")
+                major, minor = struct.unpack_from(o + "HH", body)
+                if major != 1:  # the layout of everything after it may differ: unreadable
+                    return self._damage(off, f"section header version {major}.{minor} not supported")
                 ifaces = []
                 off += blen
                 continue
             blen = struct.unpack_from(o + "I", block, 4)[0]
-            if blen < 12 or blen % 4 or blen > MAX_RECORD + 64:
+            if blen < 12 or blen > MAX_RECORD + 64:
                 return self._damage(off, f"block length {blen} invalid")
-            body = f.read(blen - 8)
-            if len(body) < blen - 8:
-                return self._damage(off, f"block cut: {len(body)} of {blen - 8} bytes")
-            if struct.unpack_from(o + "I", body, blen - 12)[0] != blen:
+            padded = (blen + 3) & ~3  # some writers leave the padding out of the length
+            body = f.read(padded - 8)
+            if len(body) < padded - 8:
+                return self._damage(off, f"block cut: {len(body)} of {padded - 8} bytes")
+            if struct.unpack_from(o + "I", body, padded - 12)[0] != blen:
                 return self._damage(off, "block trailing length does not match")
             body = body[:-4]
             if btype == 1:  # interface description
                 if len(body) < 8:
                     return self._damage(off, "interface block too short")
-                lt, _res, snap = struct.unpack_from(o + "HHI", body)
-                ifaces.append((lt & 0x0FFFFFFF, self._tsresol(body[8:], o), snap))
-                self.linktypes.add(lt & 0x0FFFFFFF)
+                lt = struct.unpack_from(o + "H", body)[0]
+                ifaces.append((lt, *self._if_options(body[8:], o)))
+                self.linktypes.add(lt)
                 if self.linktype < 0:
-                    self.linktype = lt & 0x0FFFFFFF
+                    self.linktype = lt
             elif btype in (6, 2):  # enhanced / obsolete packet
                 if len(body) < 20:
                     return self._damage(off, "packet block too short")
@@ -264,33 +344,43 @@ class PcapReader:
                     return self._damage(off, f"packet for undeclared interface {ifid}")
                 if caplen > len(body) - 20:
                     return self._damage(off, f"captured length {caplen} exceeds the block")
-                lt, per_s, _snap = ifaces[ifid]
+                lt, per_s, ts_off, fcs = ifaces[ifid]
                 ts = (hi << 32) | lo
-                yield self._record(lt, ts * 1_000_000_000 // per_s, body[20 : 20 + caplen], orig)
+                ts_ns = max(ts * 1_000_000_000 // per_s + ts_off * 1_000_000_000, 0)
+                yield self._record(lt, ts_ns, body[20 : 20 + caplen], orig, fcs)
             elif btype == 3:  # simple packet: interface 0, no timestamp
                 if not ifaces or len(body) < 4:
                     return self._damage(off, "simple packet block without interface or length")
                 orig = struct.unpack_from(o + "I", body)[0]
                 data = body[4 : 4 + min(orig, len(body) - 4)]
-                yield self._record(ifaces[0][0], 0, data, orig)
-            off += blen
+                yield self._record(ifaces[0][0], 0, data, orig, ifaces[0][3])
+            off += padded
 
     @staticmethod
-    def _tsresol(opts: bytes, o: str) -> int:
-        """Timestamp units per second of an interface (option if_tsresol, default 10^6)."""
+    def _if_options(opts: bytes, o: str) -> tuple[int, int, int]:
+        """(timestamp units per second, timestamp offset in seconds, FCS bytes) of an
+        interface: options if_tsresol (default 10^6), if_tsoffset and if_fcslen (default
+        0).  An option cut short or of the wrong size is ignored."""
+        per_s, offset, fcs = 10**6, 0, 0
         i = 0
         while i + 4 <= len(opts):
             code, ln = struct.unpack_from(o + "HH", opts, i)
             if code == 0:
                 break
-            if code == 9 and ln >= 1 and i + 4 < len(opts):
-                v = opts[i + 4]
+            val = opts[i + 4 : i + 4 + ln]
+            if len(val) < ln:
+                break
+            if code == 9 and ln >= 1:
+                v = val[0]
                 exp = v & 0x7F
-                if exp > 30 and not v & 0x80:
-                    return 10**6  # absurd resolution: fall back to the default
-                return (2**exp) if v & 0x80 else (10**exp)
+                if v & 0x80 or exp <= 30:  # an absurd resolution keeps the default
+                    per_s = (2**exp) if v & 0x80 else (10**exp)
+            elif code == 14 and ln == 8:
+                offset = struct.unpack_from(o + "q", val)[0]
+            elif code == 13 and ln >= 1:  # in bits by the spec; in bytes by some writers
+                fcs = {16: 2, 32: 4, 2: 2, 4: 4}.get(val[0], 0)
             i += 4 + ((ln + 3) & ~3)
-        return 10**6
+        return per_s, offset, fcs
 
 
 def open_capture(path: str | Path) -> PcapReader:
