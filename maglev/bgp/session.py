@@ -320,6 +320,10 @@ class Session:
         self.hold_time = 0.0
         self.families: frozenset[tuple[int, int]] = frozenset()
         self.adj_out: set[m.Prefix] = set()  # what this peer has from us right now
+        # Routes in adj_out to send again (ROUTE-REFRESH, a new next hop).  Kept apart from
+        # adj_out: taking them out of it instead made a VIP withdrawn before the re-send
+        # look never announced, and the router kept it for good.
+        self.resend: set[m.Prefix] = set()
         self.received: set[int] = set()  # what the peer announced to us, as _key()s (counted only)
         self.no_next_hop: set[m.Prefix] = set()  # wanted but unannounceable on this session
         self.last_error = ""
@@ -405,6 +409,13 @@ class Session:
 
     def changed(self) -> None:
         """The speaker's prefix set changed: wake the writer."""
+        self._dirty.set()
+
+    def resend_all(self, version: int | None = None) -> None:
+        """Send every route the peer has from us again (of one IP version, or all): a
+        ROUTE-REFRESH, a new next hop.  Routes withdrawn meanwhile are still withdrawn:
+        Adj-RIB-Out keeps saying what the peer has until the UPDATEs went out."""
+        self.resend |= {p for p in self.adj_out if version is None or p.version == version}
         self._dirty.set()
 
     def incoming(self, conn: Connection) -> None:
@@ -627,6 +638,7 @@ class Session:
             # Closing the session withdraws everything implicitly (RFC 4271 3).
             self.speaker._emit({"event": "bgp.route", "peer": self.address, "action": "withdraw", "prefixes": sorted(str(p) for p in self.adj_out), "implicit": True})
         self.adj_out.clear()
+        self.resend.clear()
         self.received.clear()
         self.no_next_hop.clear()
         self.peer_open = None
@@ -1105,6 +1117,7 @@ class Session:
     # ------------------------------------------------------------------ Established
     async def _established(self, conn: Connection) -> None:
         self.adj_out.clear()
+        self.resend.clear()
         self._dirty.set()  # initial announcement of everything we have
         # End-of-RIB after it (RFC 4724 2) to peers that sent the GR capability: a
         # router keeping our routes from before a restart drops the stale ones then.
@@ -1130,8 +1143,7 @@ class Session:
                     # peer's own re-advertisement, and other values are to be ignored.
                     if fam in self.families and msg.subtype == 0:
                         version = 4 if msg.afi == m.AFI_IPV4 else 6
-                        self.adj_out = {p for p in self.adj_out if p.version != version}
-                        self._dirty.set()
+                        self.resend_all(version)
                 elif isinstance(msg, m.Notification):
                     raise PeerNotification(msg)
                 elif isinstance(msg, m.Open):
@@ -1210,8 +1222,15 @@ class Session:
                 continue
             want = {p for p in desired if p.version == version}
             have = {p for p in self.adj_out if p.version == version}
-            gone = sorted(have - want)
-            new = sorted(want - have)
+            # Taken now: a ROUTE-REFRESH while the UPDATEs below go out asks again.
+            redo = {p for p in self.resend if p.version == version}
+            self.resend -= redo
+            hop = self._next_hop(version, conn)
+            gone = have - want
+            if not hop:
+                gone |= have & redo  # announced with a next hop we no longer have
+            gone = sorted(gone)
+            new = sorted((want - have) | (want & redo))
             for u in m.build_withdraw(gone):
                 await conn.send(u)
             if gone:
@@ -1219,7 +1238,6 @@ class Session:
                 self.speaker._emit({"event": "bgp.route", "peer": self.address, "action": "withdraw", "prefixes": [str(p) for p in gone]})
             if not new:
                 continue
-            hop = self._next_hop(version, conn)
             if not hop:
                 # Counted and logged once per prefix and session, not on every wake-up.
                 fresh = set(new) - self.no_next_hop

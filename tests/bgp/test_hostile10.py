@@ -1,0 +1,112 @@
+"""Hostile peers and races, session 10 (2026-12-08): what test_hostile8.py did not cover.
+
+- Adj-RIB-Out must never forget a route the peer holds: a ROUTE-REFRESH or a next-hop
+  change asks for everything to be sent again, and a VIP withdrawn before the re-send
+  went out must still be withdrawn at the router (before: it stayed there for good).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import socket
+
+from maglev.bgp import messages as m
+from tests.bgp.test_session import Scripted, established, run, speaker_config, wait_state
+
+VIP4 = "203.0.113.10/32"
+GONE = "203.0.113.11/32"
+
+
+class Rib:
+    """The routes a scripted peer holds from the speaker, from the UPDATEs it read."""
+
+    def __init__(self) -> None:
+        self.routes: dict[m.Prefix, str] = {}  # prefix -> next hop
+
+    def apply(self, u: m.Update) -> None:
+        for p in u.withdrawn_all():
+            self.routes.pop(p, None)
+        nh = u.get(m.A_NEXT_HOP)
+        mp = u.get(m.A_MP_REACH)
+        for p in u.announced():
+            self.routes[p] = nh.address if p.version == 4 and nh else (mp.next_hops[0] if mp else "")
+
+    async def read_until(self, peer: Scripted, pred, timeout: float = 10) -> None:
+        """Read UPDATEs until ``pred(self.routes)`` holds (bounded)."""
+        async with asyncio.timeout(timeout):
+            while not pred(self.routes):
+                msg = await peer.recv(timeout)
+                if isinstance(msg, m.Update):
+                    self.apply(msg)
+
+
+def _prefix(s: str) -> m.Prefix:
+    return ipaddress.ip_network(s)
+
+
+def test_withdraw_right_after_a_next_hop_change_reaches_the_router():
+    """``reconfigure`` with a new next hop re-sends every route; a VIP withdrawn in the same
+    breath (before the writer ran) must still be withdrawn.  Before: the re-send began
+    from an empty Adj-RIB-Out, so the withdrawn VIP was neither re-sent nor withdrawn and
+    stayed at the router for good (checked: fails on the old code)."""
+    async def go():
+        cfg = speaker_config()
+        async with established(cfg) as (sp, peer, _):
+            rib = Rib()
+            sp.announce(VIP4)
+            sp.announce(GONE)
+            await rib.read_until(peer, lambda r: len(r) == 2)
+            await sp.reconfigure(dataclasses.replace(cfg, next_hop_ipv4="198.18.0.99"))
+            sp.withdraw(GONE)  # no await in between: the writer has not run yet
+            await rib.read_until(peer, lambda r: r.get(_prefix(VIP4)) == "198.18.0.99")
+            sp.announce("203.0.113.12/32")  # a marker: everything before it was sent
+            await rib.read_until(peer, lambda r: _prefix("203.0.113.12/32") in r)
+            assert _prefix(GONE) not in rib.routes, rib.routes
+            assert sp.peers_state()[0]["announced"] == ["203.0.113.10/32", "203.0.113.12/32"]
+            await peer.close()
+
+    run(go())
+
+
+def test_withdraw_during_a_route_refresh_reaches_the_router():
+    """The peer asks for a ROUTE-REFRESH while our writer is stuck sending a burst (the
+    peer is not reading); a VIP that was at the router is withdrawn meanwhile.  When the
+    peer reads again it must end without that VIP.  Before: the ROUTE-REFRESH dropped the
+    family from Adj-RIB-Out, so the withdraw found nothing to withdraw and the VIP stayed
+    at the router for good (checked: fails on the old code)."""
+    async def go():
+        cfg = speaker_config()
+        async with established(cfg) as (sp, peer, _):
+            rib = Rib()
+            sp.announce(VIP4)
+            sp.announce(GONE)
+            await rib.read_until(peer, lambda r: len(r) == 2)
+            conn = sp.sessions[0].conn
+            assert conn is not None
+            # Small buffers on both sides: the burst below blocks the writer in drain().
+            conn.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            peer.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            peer.reader._limit = 4096  # the peer's stream stops reading the socket early
+            burst = [f"10.1.{i // 256}.{i % 256}/32" for i in range(6000)]
+            for p in burst:
+                sp.announce(p)
+            s = sp.sessions[0]
+            async with asyncio.timeout(10):  # the writer is blocked: bytes wait in its transport
+                while conn.writer.transport.get_write_buffer_size() == 0:
+                    await asyncio.sleep(0.01)
+            before = s.counters["msgs_in"]
+            await peer.send(m.RouteRefresh(m.AFI_IPV4, m.SAFI_UNICAST))
+            async with asyncio.timeout(10):
+                while s.counters["msgs_in"] == before:
+                    await asyncio.sleep(0)
+            sp.withdraw(GONE)
+            sp.announce("203.0.113.12/32")  # a marker: everything before it was sent
+            await rib.read_until(peer, lambda r: _prefix("203.0.113.12/32") in r, timeout=30)
+            assert _prefix(GONE) not in rib.routes
+            await wait_state(sp, "Established")
+            assert sp.peers_state()[0]["established"] == 1
+            await peer.close()
+
+    run(go(), timeout=90)
