@@ -13,7 +13,7 @@ import ipaddress
 import socket
 
 from maglev.bgp import messages as m
-from tests.bgp.test_session import Scripted, established, run, speaker_config, wait_state
+from tests.bgp.test_session import Scripted, established, run, speaker_config, started, wait_state
 
 VIP4 = "203.0.113.10/32"
 GONE = "203.0.113.11/32"
@@ -40,6 +40,23 @@ class Rib:
                 msg = await peer.recv(timeout)
                 if isinstance(msg, m.Update):
                     self.apply(msg)
+
+
+async def _small_window_peer(port: int) -> Scripted:
+    """A scripted peer whose socket has a 4 KiB receive buffer from the start (a small TCP
+    window) and whose stream stops reading the socket at 8 KiB: what it does not read
+    soon blocks the speaker's writer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    r, w = await asyncio.open_connection(sock=sock, limit=4096)
+    return Scripted(r, w)
 
 
 def _prefix(s: str) -> m.Prefix:
@@ -78,7 +95,10 @@ def test_withdraw_during_a_route_refresh_reaches_the_router():
     at the router for good (checked: fails on the old code)."""
     async def go():
         cfg = speaker_config()
-        async with established(cfg) as (sp, peer, _):
+        async with started(cfg) as sp:
+            peer = await _small_window_peer(cfg.listen_port)
+            await peer.handshake(64512)
+            await wait_state(sp, "Established")
             rib = Rib()
             sp.announce(VIP4)
             sp.announce(GONE)
@@ -87,9 +107,7 @@ def test_withdraw_during_a_route_refresh_reaches_the_router():
             assert conn is not None
             # Small buffers on both sides: the burst below blocks the writer in drain().
             conn.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            peer.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            peer.reader._limit = 4096  # the peer's stream stops reading the socket early
-            burst = [f"10.1.{i // 256}.{i % 256}/32" for i in range(6000)]
+            burst = [f"10.{1 + i // 65536}.{(i // 256) % 256}.{i % 256}/32" for i in range(20_000)]
             for p in burst:
                 sp.announce(p)
             s = sp.sessions[0]
@@ -110,3 +128,4 @@ def test_withdraw_during_a_route_refresh_reaches_the_router():
             await peer.close()
 
     run(go(), timeout=90)
+
