@@ -3,6 +3,8 @@
 - Adj-RIB-Out must never forget a route the peer holds: a ROUTE-REFRESH or a next-hop
   change asks for everything to be sent again, and a VIP withdrawn before the re-send
   went out must still be withdrawn at the router (before: it stayed there for good).
+- Prefixes whose trailing bits (past the prefix length, in the last octet) are set: RFC
+  4271 4.3 calls them irrelevant; they reset the session (3/10, 3/1, 3/9) before.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import socket
+import struct
 
 from maglev.bgp import messages as m
 from tests.bgp.test_session import Scripted, established, run, speaker_config, started, wait_state
@@ -129,3 +132,66 @@ def test_withdraw_during_a_route_refresh_reaches_the_router():
 
     run(go(), timeout=90)
 
+
+# ----------------------------------------------------------------------------- trailing bits
+
+H = b"\xff" * 16
+ATTRS = bytes.fromhex("40010100" "400206020100" "00fc00" "400304c6120002")  # ORIGIN, AS_PATH [64512], NEXT_HOP
+
+
+def _update(withdrawn: bytes = b"", attrs: bytes = b"", nlri: bytes = b"") -> bytes:
+    body = struct.pack("!H", len(withdrawn)) + withdrawn + struct.pack("!H", len(attrs)) + attrs + nlri
+    return H + struct.pack("!HB", 19 + len(body), m.UPDATE) + body
+
+
+def _mp(code: int, value: bytes) -> bytes:
+    return struct.pack("!BBB", 0x80, code, len(value)) + value
+
+
+# 198.51.100.0/20 sent as c6 33 6f: the last octet's low 4 bits (trailing bits) set.
+V4_DIRTY = b"\x14\xc6\x33\x6f"
+# 2001:db8:7::/47 sent with its 48th bit set.
+V6_DIRTY = b"\x2f\x20\x01\x0d\xb8\x00\x07"
+MP_REACH6 = _mp(14, struct.pack("!HBB", 2, 1, 16) + bytes(16) + b"\x00" + V6_DIRTY)
+MP_UNREACH6 = _mp(15, struct.pack("!HB", 2, 1) + V6_DIRTY)
+
+
+def test_prefix_trailing_bits_are_irrelevant():
+    """RFC 4271 4.3: a prefix is padded to an octet boundary and "the value of trailing
+    bits is irrelevant".  They are cleared: 198.51.100.0/20 sent with the low bits of its
+    third octet set is 198.51.96.0/20."""
+    u = m.parse_message(_update(nlri=V4_DIRTY, attrs=ATTRS))
+    assert u.nlri == (ipaddress.ip_network("198.51.96.0/20"),) and not u.errors
+    u = m.parse_message(_update(withdrawn=V4_DIRTY))
+    assert u.withdrawn == (ipaddress.ip_network("198.51.96.0/20"),)
+    u = m.parse_message(_update(attrs=ATTRS[:13] + MP_REACH6))
+    assert u.announced() == (ipaddress.ip_network("2001:db8:6::/47"),)
+    u = m.parse_message(_update(attrs=MP_UNREACH6))
+    assert u.withdrawn_all() == (ipaddress.ip_network("2001:db8:6::/47"),)
+
+
+def test_prefixes_with_trailing_bits_from_a_router_keep_the_session():
+    """The same UPDATEs from a live peer: the session stays, the routes are counted and
+    withdrawn again.  Before: each reset the session with 3/10 (NLRI) or 3/1 (withdrawn)
+    or 3/9 (MP_REACH/MP_UNREACH) -- a legal UPDATE made the session flap (checked: fails
+    on the old code)."""
+    async def go():
+        async with established(speaker_config()) as (sp, peer, _):
+            s = sp.sessions[0]
+            await wait_state(sp, "Established")
+            await peer.send(_update(nlri=V4_DIRTY, attrs=ATTRS))
+            await peer.send(_update(attrs=ATTRS[:13] + MP_REACH6))
+            async with asyncio.timeout(10):
+                while len(s.received) < 2 and s.state.value == "Established":
+                    await asyncio.sleep(0.01)
+            assert [str(p) for p in s.received_prefixes()] == ["198.51.96.0/20", "2001:db8:6::/47"], s.last_error
+            await peer.send(_update(withdrawn=V4_DIRTY))
+            await peer.send(_update(attrs=MP_UNREACH6))
+            async with asyncio.timeout(10):
+                while s.received and s.state.value == "Established":
+                    await asyncio.sleep(0.01)
+            st = sp.peers_state()[0]
+            assert st["state"] == "Established" and st["received"] == 0 and st["notifications_out"] == 0, st
+            await peer.close()
+
+    run(go())
