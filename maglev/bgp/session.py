@@ -92,6 +92,9 @@ COLLISION_WAIT_S = 5.0
 # The hold timer passed while the peer's bytes sat unread (this process was late): how
 # much longer the read may take before the hold timer is judged again (Connection.read).
 HOLD_GRACE_S = 1.0
+# After our NOTIFICATION: how long the peer's remaining bytes are read (and dropped) while
+# we wait for its close, so that ours is a FIN, not a RST (Connection.close).
+LINGER_S = 1.0
 KEEPALIVE_MIN_S = 1.0  # RFC 4271 4.4: KEEPALIVEs no more often than once a second
 STABLE_S = 60.0  # a session up this long resets the damping back-off
 # Received prefixes are only counted; past this many we stop remembering them, so a
@@ -259,8 +262,29 @@ class Connection:
         self.closed = True
         self.writer.transport.abort()
 
+    async def _linger(self) -> None:
+        """Half-close and drop the peer's bytes until its EOF (``close``); bounded."""
+        if not self.writer.can_write_eof() or self.writer.transport.is_closing():
+            return
+        try:
+            self.writer.write_eof()
+            async with asyncio.timeout(LINGER_S):
+                while await self.reader.read(65536):
+                    pass
+        except (OSError, TimeoutError, RuntimeError):
+            # RuntimeError: a read of the session's is still waiting on the stream (it was
+            # cancelled and has not run since); then the close is as before.
+            pass
+
     async def close(self, notification: m.Notification | None = None) -> None:
-        """Send ``notification`` (best effort) and close; never raises."""
+        """Send ``notification`` (best effort) and close; never raises.
+
+        After a NOTIFICATION our side is shut down (a FIN behind it) and what the peer
+        still sends is read and dropped until it closes, for ``LINGER_S`` at most.
+        Closing at once with the peer's bytes unread (the rest of a malformed message,
+        a KEEPALIVE in flight) makes the kernel answer with a RST, and a peer that meets
+        the RST may never read the NOTIFICATION: its log says "connection reset", not
+        why (2026-12-08, session 10)."""
         if self.closed:
             return
         self.closed = True
@@ -271,11 +295,15 @@ class Connection:
                     await self.writer.drain()
                 if self.on_message:
                     self.on_message("out", notification)
+                await self._linger()
             self.writer.close()
             async with asyncio.timeout(2):
                 await self.writer.wait_closed()
         except (OSError, TimeoutError, ConnectionError):
             self.writer.transport.abort()
+        except asyncio.CancelledError:  # cancelled while draining or lingering: no leaked socket
+            self.writer.transport.abort()
+            raise
 
 
 class PeerNotification(Exception):
@@ -619,7 +647,12 @@ class Session:
         if conn is not None:
             # A NOTIFICATION only makes sense once our OPEN is out (RFC 4271 4.5).
             opened = self.state in (State.OPENSENT, State.OPENCONFIRM, State.ESTABLISHED)
-            await conn.close(notification if opened else None)
+            if notification is not None and opened:
+                # In the background: the close lingers for the peer's EOF (Connection.close);
+                # the session is over now (state, last_error) and stop() waits for it.
+                self._spawn(conn.close(notification))
+            else:
+                await conn.close()
         self.conn = None
         if self._shadow is not None:
             self._shadow.cancel()
@@ -784,7 +817,8 @@ class Session:
         self._switch = loop.create_future()
         self._primary_failed.clear()
         self._primary_confirmed.clear()
-        await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
+        # In the background: the close lingers for the peer's EOF, the winner goes on now.
+        self._spawn(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))
         raise _Switched(new_conn, open_msg)
 
     async def _session(self, conn: Connection) -> None:
@@ -1019,7 +1053,7 @@ class Session:
             self._switch = loop.create_future()
             self._primary_failed.clear()
             self._primary_confirmed.clear()
-            await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
+            self._spawn(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))  # lingers: see above
             raise _Switched(new_conn, open_msg)
         if read.done():
             conn.pending = read.result()  # the peer is Established here: the session reads it first

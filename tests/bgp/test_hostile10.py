@@ -15,6 +15,8 @@ import ipaddress
 import socket
 import struct
 
+import pytest
+
 from maglev.bgp import messages as m
 from tests.bgp.test_session import Scripted, established, run, speaker_config, started, wait_state
 
@@ -195,3 +197,55 @@ def test_prefixes_with_trailing_bits_from_a_router_keep_the_session():
             await peer.close()
 
     run(go())
+
+
+# ----------------------------------------------------------------------------- the NOTIFICATION reaches the peer
+
+
+async def _notification_or_reset(peer: Scripted, timeout: float = 5) -> str:
+    """"N<code>/<subcode>" for the first NOTIFICATION read, "reset" when the connection
+    broke first, "eof" for a close without one."""
+    try:
+        while True:
+            msg = await peer.recv(timeout)
+            if isinstance(msg, m.Notification):
+                return f"N{msg.code}/{msg.subcode}"
+    except asyncio.IncompleteReadError:
+        return "eof"
+    except ConnectionError:
+        return "reset"
+
+
+@pytest.mark.parametrize(("raw", "expect"), [
+    (b"\x00" * 16 + struct.pack("!HB", 29, m.OPEN), "N1/1"),  # bad marker, then the OPEN's body follows
+    (H + struct.pack("!HB", 4097, m.OPEN), "N1/2"),  # too long: the body follows
+    (H + struct.pack("!HB", 19, 7), "N1/3"),  # unknown type, then more
+])
+def test_notification_reaches_a_peer_that_goes_on_sending(raw, expect):
+    """A peer whose bad header is followed by more bytes (the rest of its message, arriving
+    after we decided): the speaker sends the NOTIFICATION, then shuts its side down and
+    reads what still comes until the peer closes (at most a second).  Before: it closed
+    at once with those bytes unread, the kernel answered them with a RST, and the peer's
+    stream reported the reset instead of the NOTIFICATION (checked: "reset" on the old
+    code) -- a router's log then says "connection reset", not why."""
+    async def go():
+        cfg = speaker_config()
+        async with started(cfg) as sp:
+            peer = await Scripted.connect(cfg.listen_port)
+            await peer.expect(m.Open)
+            await peer.send(raw)
+            async with asyncio.timeout(10):  # the speaker has decided and sent its NOTIFICATION
+                while sp.sessions[0].counters["notifications_out"] == 0:
+                    await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)  # and closed, on the old code
+            try:
+                for _ in range(5):
+                    await peer.send(b"\x00" * 10)  # the rest of the message, late
+                    await asyncio.sleep(0.02)
+            except ConnectionError:
+                pass
+            assert await _notification_or_reset(peer) == expect
+            await peer.close()
+
+    run(go())
+
