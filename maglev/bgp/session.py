@@ -95,6 +95,9 @@ HOLD_GRACE_S = 1.0
 # After our NOTIFICATION: how long the peer's remaining bytes are read (and dropped) while
 # we wait for its close, so that ours is a FIN, not a RST (Connection.close).
 LINGER_S = 1.0
+# At most this many connections linger at once (per process); past it a close is at once:
+# a flood of connections we refuse must not hold a socket each for LINGER_S.
+MAX_LINGERING = 32
 KEEPALIVE_MIN_S = 1.0  # RFC 4271 4.4: KEEPALIVEs no more often than once a second
 STABLE_S = 60.0  # a session up this long resets the damping back-off
 # Received prefixes are only counted; past this many we stop remembering them, so a
@@ -262,10 +265,16 @@ class Connection:
         self.closed = True
         self.writer.transport.abort()
 
+    lingering = 0  # connections in _linger now, in this process
+
     async def _linger(self) -> None:
-        """Half-close and drop the peer's bytes until its EOF (``close``); bounded."""
+        """Half-close and drop the peer's bytes until its EOF (``close``); bounded in time
+        (LINGER_S) and in number (MAX_LINGERING)."""
         if not self.writer.can_write_eof() or self.writer.transport.is_closing():
             return
+        if Connection.lingering >= MAX_LINGERING:
+            return
+        Connection.lingering += 1
         try:
             self.writer.write_eof()
             async with asyncio.timeout(LINGER_S):
@@ -275,6 +284,8 @@ class Connection:
             # RuntimeError: a read of the session's is still waiting on the stream (it was
             # cancelled and has not run since); then the close is as before.
             pass
+        finally:
+            Connection.lingering -= 1
 
     async def close(self, notification: m.Notification | None = None) -> None:
         """Send ``notification`` (best effort) and close; never raises.

@@ -249,3 +249,33 @@ def test_notification_reaches_a_peer_that_goes_on_sending(raw, expect):
 
     run(go())
 
+
+
+def test_a_flood_of_refused_connections_lingers_only_a_few():
+    """200 connections from the peer's address while Established, none closing: each is
+    refused with CEASE (one is examined as a possible restart), and at most MAX_LINGERING
+    keep their socket for the linger; the rest close at once.  Without the bound each
+    held a socket for LINGER_S: a flood's rate times a second of descriptors (checked:
+    201 sockets with the bound lifted)."""
+    import psutil
+
+    async def go():
+        cfg = speaker_config()
+        async with established(cfg) as (sp, peer, _):
+            await wait_state(sp, "Established")
+            s = sp.sessions[0]
+            flood = [await Scripted.connect(cfg.listen_port) for _ in range(200)]
+            async with asyncio.timeout(20):
+                while s.counters["collisions_refused"] < 199:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # the refusals' closes run (they are tasks)
+            ours = [c for c in psutil.Process().net_connections("tcp")
+                    if c.laddr and c.laddr.port == cfg.listen_port and c.status != psutil.CONN_LISTEN]
+            # MAX_LINGERING (32) + the session + the one examined
+            assert len(ours) <= 34, len(ours)
+            assert s.state.value == "Established"
+            for f in flood:
+                await f.close()
+            await peer.close()
+
+    run(go())
