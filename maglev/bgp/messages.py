@@ -493,10 +493,12 @@ def encode_prefixes(prefixes: tuple[Prefix, ...]) -> bytes:
 
 
 def decode_prefixes(data: bytes, version: int, err: tuple[int, int]) -> tuple[Prefix, ...]:
-    """Inverse of :func:`encode_prefixes`; ``err`` is the (code, subcode) for bad input.
+    """Inverse of :func:`encode_prefixes`; ``err`` is the (code, subcode) for bad input:
+    a length above the family's width, or a prefix that overruns the field (RFC 7606 5.3).
 
-    Host bits set beyond the prefix length are an error too: they would not survive a
-    round trip and no correct speaker sends them.
+    Bits set beyond the prefix length in the last octet are cleared, not an error: RFC
+    4271 4.3 says "the value of trailing bits is irrelevant" (before 2026-12-08 they reset
+    the session with 3/10: a legal UPDATE made the session flap).
     """
     width = 32 if version == 4 else 128
     size = width // 8
@@ -511,10 +513,7 @@ def decode_prefixes(data: bytes, version: int, err: tuple[int, int]) -> tuple[Pr
         raw = data[i + 1 : i + 1 + nbytes]
         if len(raw) != nbytes:
             raise Notify(*err, b"", "prefix overruns the field")
-        try:
-            out.append(cls((raw + bytes(size - nbytes), n)))
-        except ValueError:
-            raise Notify(*err, b"", f"prefix {raw.hex()}/{n} has host bits set") from None
+        out.append(cls((raw + bytes(size - nbytes), n), strict=False))
         i += 1 + nbytes
     return tuple(out)
 

@@ -92,6 +92,12 @@ COLLISION_WAIT_S = 5.0
 # The hold timer passed while the peer's bytes sat unread (this process was late): how
 # much longer the read may take before the hold timer is judged again (Connection.read).
 HOLD_GRACE_S = 1.0
+# After our NOTIFICATION: how long the peer's remaining bytes are read (and dropped) while
+# we wait for its close, so that ours is a FIN, not a RST (Connection.close).
+LINGER_S = 1.0
+# At most this many connections linger at once (per process); past it a close is at once:
+# a flood of connections we refuse must not hold a socket each for LINGER_S.
+MAX_LINGERING = 32
 KEEPALIVE_MIN_S = 1.0  # RFC 4271 4.4: KEEPALIVEs no more often than once a second
 STABLE_S = 60.0  # a session up this long resets the damping back-off
 # Received prefixes are only counted; past this many we stop remembering them, so a
@@ -259,8 +265,37 @@ class Connection:
         self.closed = True
         self.writer.transport.abort()
 
+    lingering = 0  # connections in _linger now, in this process
+
+    async def _linger(self) -> None:
+        """Half-close and drop the peer's bytes until its EOF (``close``); bounded in time
+        (LINGER_S) and in number (MAX_LINGERING)."""
+        if not self.writer.can_write_eof() or self.writer.transport.is_closing():
+            return
+        if Connection.lingering >= MAX_LINGERING:
+            return
+        Connection.lingering += 1
+        try:
+            self.writer.write_eof()
+            async with asyncio.timeout(LINGER_S):
+                while await self.reader.read(65536):
+                    pass
+        except (OSError, TimeoutError, RuntimeError):
+            # RuntimeError: a read of the session's is still waiting on the stream (it was
+            # cancelled and has not run since); then the close is as before.
+            pass
+        finally:
+            Connection.lingering -= 1
+
     async def close(self, notification: m.Notification | None = None) -> None:
-        """Send ``notification`` (best effort) and close; never raises."""
+        """Send ``notification`` (best effort) and close; never raises.
+
+        After a NOTIFICATION our side is shut down (a FIN behind it) and what the peer
+        still sends is read and dropped until it closes, for ``LINGER_S`` at most.
+        Closing at once with the peer's bytes unread (the rest of a malformed message,
+        a KEEPALIVE in flight) makes the kernel answer with a RST, and a peer that meets
+        the RST may never read the NOTIFICATION: its log says "connection reset", not
+        why (2026-12-08, session 10)."""
         if self.closed:
             return
         self.closed = True
@@ -271,11 +306,15 @@ class Connection:
                     await self.writer.drain()
                 if self.on_message:
                     self.on_message("out", notification)
+                await self._linger()
             self.writer.close()
             async with asyncio.timeout(2):
                 await self.writer.wait_closed()
         except (OSError, TimeoutError, ConnectionError):
             self.writer.transport.abort()
+        except asyncio.CancelledError:  # cancelled while draining or lingering: no leaked socket
+            self.writer.transport.abort()
+            raise
 
 
 class PeerNotification(Exception):
@@ -320,6 +359,10 @@ class Session:
         self.hold_time = 0.0
         self.families: frozenset[tuple[int, int]] = frozenset()
         self.adj_out: set[m.Prefix] = set()  # what this peer has from us right now
+        # Routes in adj_out to send again (ROUTE-REFRESH, a new next hop).  Kept apart from
+        # adj_out: taking them out of it instead made a VIP withdrawn before the re-send
+        # look never announced, and the router kept it for good.
+        self.resend: set[m.Prefix] = set()
         self.received: set[int] = set()  # what the peer announced to us, as _key()s (counted only)
         self.no_next_hop: set[m.Prefix] = set()  # wanted but unannounceable on this session
         self.last_error = ""
@@ -405,6 +448,13 @@ class Session:
 
     def changed(self) -> None:
         """The speaker's prefix set changed: wake the writer."""
+        self._dirty.set()
+
+    def resend_all(self, version: int | None = None) -> None:
+        """Send every route the peer has from us again (of one IP version, or all): a
+        ROUTE-REFRESH, a new next hop.  Routes withdrawn meanwhile are still withdrawn:
+        Adj-RIB-Out keeps saying what the peer has until the UPDATEs went out."""
+        self.resend |= {p for p in self.adj_out if version is None or p.version == version}
         self._dirty.set()
 
     def incoming(self, conn: Connection) -> None:
@@ -608,7 +658,12 @@ class Session:
         if conn is not None:
             # A NOTIFICATION only makes sense once our OPEN is out (RFC 4271 4.5).
             opened = self.state in (State.OPENSENT, State.OPENCONFIRM, State.ESTABLISHED)
-            await conn.close(notification if opened else None)
+            if notification is not None and opened:
+                # In the background: the close lingers for the peer's EOF (Connection.close);
+                # the session is over now (state, last_error) and stop() waits for it.
+                self._spawn(conn.close(notification))
+            else:
+                await conn.close()
         self.conn = None
         if self._shadow is not None:
             self._shadow.cancel()
@@ -627,6 +682,7 @@ class Session:
             # Closing the session withdraws everything implicitly (RFC 4271 3).
             self.speaker._emit({"event": "bgp.route", "peer": self.address, "action": "withdraw", "prefixes": sorted(str(p) for p in self.adj_out), "implicit": True})
         self.adj_out.clear()
+        self.resend.clear()
         self.received.clear()
         self.no_next_hop.clear()
         self.peer_open = None
@@ -772,7 +828,8 @@ class Session:
         self._switch = loop.create_future()
         self._primary_failed.clear()
         self._primary_confirmed.clear()
-        await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
+        # In the background: the close lingers for the peer's EOF, the winner goes on now.
+        self._spawn(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))
         raise _Switched(new_conn, open_msg)
 
     async def _session(self, conn: Connection) -> None:
@@ -1007,7 +1064,7 @@ class Session:
             self._switch = loop.create_future()
             self._primary_failed.clear()
             self._primary_confirmed.clear()
-            await conn.close(m.Notification(Err.CEASE, Err.COLLISION))
+            self._spawn(conn.close(m.Notification(Err.CEASE, Err.COLLISION)))  # lingers: see above
             raise _Switched(new_conn, open_msg)
         if read.done():
             conn.pending = read.result()  # the peer is Established here: the session reads it first
@@ -1105,6 +1162,7 @@ class Session:
     # ------------------------------------------------------------------ Established
     async def _established(self, conn: Connection) -> None:
         self.adj_out.clear()
+        self.resend.clear()
         self._dirty.set()  # initial announcement of everything we have
         # End-of-RIB after it (RFC 4724 2) to peers that sent the GR capability: a
         # router keeping our routes from before a restart drops the stale ones then.
@@ -1130,8 +1188,7 @@ class Session:
                     # peer's own re-advertisement, and other values are to be ignored.
                     if fam in self.families and msg.subtype == 0:
                         version = 4 if msg.afi == m.AFI_IPV4 else 6
-                        self.adj_out = {p for p in self.adj_out if p.version != version}
-                        self._dirty.set()
+                        self.resend_all(version)
                 elif isinstance(msg, m.Notification):
                     raise PeerNotification(msg)
                 elif isinstance(msg, m.Open):
@@ -1210,8 +1267,15 @@ class Session:
                 continue
             want = {p for p in desired if p.version == version}
             have = {p for p in self.adj_out if p.version == version}
-            gone = sorted(have - want)
-            new = sorted(want - have)
+            # Taken now: a ROUTE-REFRESH while the UPDATEs below go out asks again.
+            redo = {p for p in self.resend if p.version == version}
+            self.resend -= redo
+            hop = self._next_hop(version, conn)
+            gone = have - want
+            if not hop:
+                gone |= have & redo  # announced with a next hop we no longer have
+            gone = sorted(gone)
+            new = sorted((want - have) | (want & redo))
             for u in m.build_withdraw(gone):
                 await conn.send(u)
             if gone:
@@ -1219,7 +1283,6 @@ class Session:
                 self.speaker._emit({"event": "bgp.route", "peer": self.address, "action": "withdraw", "prefixes": [str(p) for p in gone]})
             if not new:
                 continue
-            hop = self._next_hop(version, conn)
             if not hop:
                 # Counted and logged once per prefix and session, not on every wake-up.
                 fresh = set(new) - self.no_next_hop

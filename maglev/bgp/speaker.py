@@ -233,9 +233,8 @@ class Speaker:
         resend = (old.next_hop_ipv4, old.next_hop_ipv6) != (new.next_hop_ipv4, new.next_hop_ipv6)
         for s in keep:
             if resend:
-                s.adj_out.clear()  # the writer re-announces everything with the new next hop
-                s.no_next_hop.clear()
-                s.changed()
+                s.no_next_hop.clear()  # a next hop may exist now: log again what still has none
+                s.resend_all()  # the writer re-announces everything with the new next hop
         out["resent"] = resend and bool(keep)
         fresh = [Session(self, new_by[a]) for a in out["restarted"]]
         fresh += [Session(self, p) for a, p in new_by.items() if a not in old_by]

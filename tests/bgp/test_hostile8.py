@@ -30,8 +30,8 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -45,6 +45,7 @@ from maglev.testing.ports import free_port
 from tests.bgp.test_session import Scripted, established, run, speaker_config, started, wait_state
 
 VIP4 = "203.0.113.10/32"
+ROOT = Path(__file__).resolve().parents[2]
 H = b"\xff" * 16
 GOOD_ATTRS = bytes.fromhex("40010100" "400206020100" "00fc00" "400304c6120002")  # ORIGIN, AS_PATH [64512], NEXT_HOP
 
@@ -476,7 +477,7 @@ def test_connect_storm_from_the_peer_and_from_strangers(bgp_errors, caplog):
     assert not bgp_errors
 
 
-def _sluggish_peer(port: int, slow: bool, seconds: float, ready: threading.Event) -> None:
+def _sluggish_peer(port: int, slow: bool, seconds: float) -> None:
     """A neighbour on a blocking socket with a 4 KiB receive buffer: handshake, then for
     ``seconds`` a KEEPALIVE every 0.5 s and no reading at all, or (``slow``) 2 KiB read
     every 0.1 s (20 KiB/s: a 48 KiB drain takes 2.4 s)."""
@@ -488,7 +489,6 @@ def _sluggish_peer(port: int, slow: bool, seconds: float, ready: threading.Event
         while buf.count(H) < 1 or len(buf) < struct.unpack("!H", buf[16:18])[0]:  # the speaker's OPEN
             buf += s.recv(4096)
         s.sendall(bytes(m.Open.build(64512, 3, "198.18.0.1")) + bytes(m.Keepalive()))
-        ready.set()
         t0 = said = time.monotonic()
         while (now := time.monotonic()) - t0 < seconds:
             if now - said >= 0.5:
@@ -521,12 +521,18 @@ def test_peer_that_never_reads_and_peer_that_reads_slowly(monkeypatch, bgp_error
                   connect_retry_time=1, peers=(BgpPeer("127.0.0.1", 64512, hold_time=3, passive=True),))
         sp = Speaker(cfg)
         await sp.start()
+        peers: list[subprocess.Popen] = []
         try:
             for slow in (False, True):
-                ready = threading.Event()
                 # (The peer that never reads lives until the speaker gives up on it, 20 s at most.)
-                th = threading.Thread(target=_sluggish_peer, args=(port, slow, 4.5 if slow else 20.0, ready), daemon=True)
-                th.start()
+                # A process of its own, not a thread: a thread shares the speaker's GIL,
+                # and at load 25 its KEEPALIVEs (every 0.5 s) stopped for 3 s while the
+                # speaker built the burst below: our hold timer rightly expired (session 10).
+                th = subprocess.Popen(
+                    [sys.executable, "-c", "from tests.bgp.test_hostile8 import _sluggish_peer; "
+                     f"_sluggish_peer({port}, {slow}, {4.5 if slow else 20.0})"],
+                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                peers.append(th)
                 await wait_state(sp, "Established", timeout=10)
                 # A small kernel send buffer (a slow path): our UPDATEs stay in the
                 # speaker's own write buffer rather than vanish into the kernel's.
@@ -558,10 +564,14 @@ def test_peer_that_never_reads_and_peer_that_reads_slowly(monkeypatch, bgp_error
                     assert took >= 3.0, took
                 assert lag < 1.0, lag
                 sp.withdraw_all()
-                await asyncio.to_thread(th.join, 10)
+                await asyncio.to_thread(th.wait, 25)
                 await _idle(sp)
         finally:
             await sp.stop()
+            for th in peers:
+                if th.poll() is None:
+                    th.kill()
+                th.wait(10)
 
     run(go(), timeout=60)
     assert not bgp_errors

@@ -13,7 +13,7 @@ from maglev.bgp.speaker import Speaker
 from maglev.config import Config
 
 
-def bgp_instance_toml(name: str, router_port: int, instance_extra: str = "") -> str:
+def bgp_instance_toml(name: str, router_port: int, instance_extra: str = "", hold_time: int = 9) -> str:
     """``[instance]`` and ``[bgp]`` of a maglev (AS 64513) that dials a :class:`RouterThread`
     on 127.0.0.1:``router_port``; the VIPs are the test's."""
     return f"""
@@ -31,7 +31,7 @@ connect_retry_time = 1
 address = "127.0.0.1"
 port = {router_port}
 asn = 64512
-hold_time = 9
+hold_time = {hold_time}
 """
 
 
@@ -39,11 +39,11 @@ class RouterThread:
     """A passive BGP peer on 127.0.0.1:``port`` (AS 64512) that accepts maglev (AS 64513)
     and records the prefixes maglev announces.  Runs its own event loop in a thread."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, hold_time: int = 9):
         self.port = port
         cfg = Config.from_dict({"bgp": {
             "local_asn": 64512, "router_id": "198.18.0.1", "listen_port": port, "listen_address": "127.0.0.1",
-            "peer": [{"address": "127.0.0.1", "asn": 64513, "passive": True, "hold_time": 9}],
+            "peer": [{"address": "127.0.0.1", "asn": 64513, "passive": True, "hold_time": hold_time}],
         }}).bgp  # fmt: skip
         self.loop = asyncio.new_event_loop()
         self.speaker = Speaker(cfg)
