@@ -33,6 +33,7 @@ def _tables(cfg: object) -> None:
 def check(config_path: str, shard: str, as_json: bool) -> None:
     """Validate CONFIG (a maglev TOML file) without running anything."""
     from maglev import config as cfgmod
+    from maglev.control.curve import check_key_files
     from maglev.errors import ConfigError
 
     try:
@@ -47,7 +48,7 @@ def check(config_path: str, shard: str, as_json: bool) -> None:
             configs = [conf.shard_config(s.name) for s in conf.shards] if conf.shards else [conf]
         for c in configs:
             _tables(c)
-            cfgmod.check_key_files(c)  # as the config manager loads them (tcp:// control)
+            check_key_files(c)  # as the config manager loads them (tcp:// control)
     except ConfigError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "file": config_path, "problems": exc.problems}))

@@ -69,7 +69,8 @@ def _check_config(config_path: str | None, nic: str) -> Any:
     problem) and refuse what cannot work: the generator NIC sends only to the config's
     VIPs, chosen when it starts, so a config without VIPs gives it nothing to send.  Any
     other NIC may start empty (VIPs come later over the control socket): a warning."""
-    from maglev.config import check_key_files, load_config
+    from maglev.config import load_config
+    from maglev.control.curve import check_key_files
     from maglev.errors import ConfigError
 
     conf = load_config(config_path)

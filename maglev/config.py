@@ -368,35 +368,6 @@ def check_rereadable(path: str | Path) -> None:
                            "reload: make it readable by its user itself, e.g. chown or chmod u+r)"])
 
 
-def check_key_files(config: Config) -> None:
-    """ConfigError, one line per file, when a ``tcp://`` control endpoint's CURVE key files
-    cannot be loaded as the config manager loads them at its start -- after ``maglev run``
-    dropped CAP_DAC_OVERRIDE.  ``maglev check`` said ok and the run failed after starting
-    its actors ("config failed to start: ControlError: cannot read CURVE key pair ...")."""
-    from maglev.control import curve
-    from maglev.errors import ControlError
-    from maglev.service.privileges import unreadable_without_dac
-
-    c = config.control
-    if not any(ep.startswith("tcp://") for ep in (c.endpoint, c.events_endpoint)):
-        return
-    problems = []
-    for key, load in (("server_secret_key_file", curve.load_keypair),
-                      ("authorized_keys_file", curve.load_authorized_keys)):
-        path = getattr(c, key)
-        try:
-            load(path)
-        except ControlError as exc:
-            problems.append(f"control.{key}: {exc}")
-            continue
-        why = unreadable_without_dac(path)
-        if why:
-            problems.append(f"control.{key}: {_source(path)}: cannot read without CAP_DAC_OVERRIDE: {why} "
-                            "(maglev run drops that capability before its config manager reads it)")
-    if problems:
-        raise ConfigError(problems)
-
-
 SAMPLE_CONFIG = Path(__file__).resolve().parent / "data" / "sample.toml"
 
 

@@ -20,9 +20,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from maglev import files
-from maglev.errors import ControlError
+from maglev.errors import ConfigError, ControlError
+
+if TYPE_CHECKING:
+    from maglev.config import Config
 
 Z85_KEY_LEN = 40
 _Z85 = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
@@ -134,3 +138,31 @@ class AllowList:
         if not ok:
             self.denied += 1
         return ok
+
+
+def check_key_files(config: Config) -> None:
+    """ConfigError, one line per file, when a ``tcp://`` control endpoint's CURVE key files
+    cannot be loaded as the config manager loads them at its start -- after ``maglev run``
+    dropped CAP_DAC_OVERRIDE.  ``maglev check`` said ok and the run failed after starting
+    its actors ("config failed to start: ControlError: cannot read CURVE key pair ...")."""
+    from maglev.config import _source
+    from maglev.service.privileges import unreadable_without_dac
+
+    c = config.control
+    if not any(ep.startswith("tcp://") for ep in (c.endpoint, c.events_endpoint)):
+        return
+    problems = []
+    for key, load in (("server_secret_key_file", load_keypair),
+                      ("authorized_keys_file", load_authorized_keys)):
+        path = getattr(c, key)
+        try:
+            load(path)
+        except ControlError as exc:
+            problems.append(f"control.{key}: {exc}")
+            continue
+        why = unreadable_without_dac(path)
+        if why:
+            problems.append(f"control.{key}: {_source(path)}: cannot read without CAP_DAC_OVERRIDE: {why} "
+                            "(maglev run drops that capability before its config manager reads it)")
+    if problems:
+        raise ConfigError(problems)
