@@ -300,9 +300,12 @@ def test_a_hostile_peer_does_not_starve_a_good_one(tmp_path):
     would reset it).  Session 10: worst gap 1.1-1.3 s at load 17, no late KEEPALIVE;
     passes on the old code too (coverage: other peers' sessions unaffected)."""
     import json
+    import queue
     import random
+    import signal
     import subprocess
     import sys
+    import threading
     import time
 
     from maglev.testing.ports import free_port
@@ -316,14 +319,29 @@ def test_a_hostile_peer_does_not_starve_a_good_one(tmp_path):
     conf.write_text(f'[bgp]\nlocal_asn = 64513\nrouter_id = "198.18.0.10"\nlisten_port = {port}\n'
                     f'listen_address = "127.0.0.1"\nconnect_retry_time = 1\n{peers}')
     err = open(tmp_path / "speaker.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "maglev.bgp", "--config", str(conf), "--announce", VIP4],
+    # -X faulthandler: a speaker that does not stop is made to print every thread's stack
+    # (SIGABRT) into speaker.log before it is killed (CI s10d: no answer, no exit on SIGTERM)
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "maglev.bgp", "--config", str(conf),
+                             "--announce", VIP4],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+
+    # The speaker prints an event line per session change, and the hostile peer makes
+    # hundreds: read them all the time, or the pipe fills and the speaker blocks on its
+    # stdout (CI s10d: its loop stopped, then SIGTERM could not end it within 20 s).
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for raw in proc.stdout:
+            lines.put(json.loads(raw))
+
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
 
     def state() -> list[dict]:
         proc.stdin.write("state\n")
         proc.stdin.flush()
         while True:
-            line = json.loads(proc.stdout.readline())
+            line = lines.get(timeout=30)
             if line.get("reply") == "state":
                 return line["peers"]
 
@@ -377,7 +395,7 @@ def test_a_hostile_peer_does_not_starve_a_good_one(tmp_path):
         return worst, bursts, peers
 
     try:
-        assert json.loads(proc.stdout.readline())["event"] == "ready"
+        assert lines.get(timeout=30)["event"] == "ready"
         with CpuLoad(14):
             worst, bursts, (hostile_, good_) = run(go(), 60)
         print(f"\nworst gap to the good peer {worst:.2f} s; {bursts} bursts; good {good_['keepalives_late']} late KEEPALIVEs")
@@ -386,7 +404,20 @@ def test_a_hostile_peer_does_not_starve_a_good_one(tmp_path):
         assert "Traceback" not in (tmp_path / "speaker.log").read_text()
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
-        err.close()
-        proc.stdin.close()
-        proc.stdout.close()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler: the stacks, into speaker.log
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # never leaked into the next test
+                proc.wait(timeout=20)
+            err.flush()
+            raise AssertionError("the speaker did not stop within 20 s of SIGTERM; its log and stacks:\n"
+                                 + (tmp_path / "speaker.log").read_text(errors="replace")[-6000:]) from None
+        finally:
+            err.close()
+            proc.stdin.close()
+            pumper.join(10)  # the speaker is gone: its stdout ends
+            proc.stdout.close()
